@@ -1,0 +1,212 @@
+//! The native HTTP API (axum): put records into streams, and look at the
+//! pipeline. Mistakes are answered with a 4xx and a message that says what to
+//! fix; they are not logged as errors.
+//!
+//! - `POST /v1/streams/{stream}/records`: JSON, one record
+//!   `{"partition_key": "17", "data": "text"}` (or `"data_base64"`, and an optional
+//!   `"event_time"` as RFC 3339 or ms), or a batch `{"records": [...]}`; or
+//!   `text/plain`, one record per non-empty line (`?partition_key=` applies to all).
+//! - `GET /v1/pipeline`: stages, plugin versions and counters.
+//! - `GET /v1/health`
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::pipeline::{Host, PutError};
+use crate::stream::{NewRecord, StreamError};
+
+/// Most records one request may carry (as Kinesis `PutRecords`).
+pub const MAX_RECORDS_PER_PUT: usize = 500;
+/// Largest record payload (as Kinesis).
+pub const MAX_RECORD_BYTES: usize = 1 << 20;
+/// Longest partition key (as Kinesis).
+pub const MAX_KEY_CHARS: usize = 256;
+
+/// The API's routes over a running pipeline.
+pub fn router(host: Arc<Host>) -> Router {
+    let limit = usize::try_from(host.pipeline.api.max_body_bytes).unwrap_or(usize::MAX);
+    Router::new()
+        .route("/v1/health", get(|| async { axum::Json(json!({"status": "ok"})) }))
+        .route("/v1/pipeline", get(pipeline_status))
+        .route("/v1/streams/{stream}/records", post(put_records))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(host)
+}
+
+/// An error answer: `{"error": {"code": ..., "message": ...}}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn bad(message: impl Into<String>) -> Self {
+        Self { status: StatusCode::BAD_REQUEST, code: "InvalidRequest", message: message.into() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = axum::Json(json!({"error": {"code": self.code, "message": self.message}}));
+        let mut response = (self.status, body).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+impl From<PutError> for ApiError {
+    fn from(e: PutError) -> Self {
+        let (status, code) = match &e {
+            PutError::NotASource(_) => (StatusCode::FORBIDDEN, "NotASource"),
+            PutError::Stream(StreamError::UnknownStream(_)) => (StatusCode::NOT_FOUND, "UnknownStream"),
+            PutError::Stream(StreamError::Full { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "StreamFull"),
+            PutError::Stream(StreamError::Trimmed { .. }) => (StatusCode::INTERNAL_SERVER_ERROR, "Internal"),
+        };
+        Self { status, code, message: e.to_string() }
+    }
+}
+
+async fn pipeline_status(State(host): State<Arc<Host>>) -> axum::Json<Value> {
+    axum::Json(json!(host.status()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonRecord {
+    #[serde(default)]
+    partition_key: Option<String>,
+    data: Option<String>,
+    data_base64: Option<String>,
+    event_time: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum JsonPut {
+    Batch { records: Vec<JsonRecord> },
+    One(JsonRecord),
+}
+
+#[derive(Debug, Deserialize)]
+struct PutQuery {
+    partition_key: Option<String>,
+}
+
+async fn put_records(
+    State(host): State<Arc<Host>>,
+    Path(stream): Path<String>,
+    Query(query): Query<PutQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<axum::Json<Value>, ApiError> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+    let records = if content_type.starts_with("text/plain") {
+        text_records(&body, query.partition_key)?
+    } else if content_type.starts_with("application/json") {
+        json_records(&body)?
+    } else {
+        return Err(ApiError {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            code: "UnsupportedMediaType",
+            message: format!("content type `{content_type}` is not accepted: send application/json or text/plain"),
+        });
+    };
+    if records.is_empty() {
+        return Err(ApiError::bad("the request holds no record"));
+    }
+    if records.len() > MAX_RECORDS_PER_PUT {
+        return Err(ApiError::bad(format!(
+            "{} records in one request; send at most {MAX_RECORDS_PER_PUT}",
+            records.len()
+        )));
+    }
+    let host_put = host.clone();
+    let appended = tokio::task::spawn_blocking(move || host_put.put(&stream, records))
+        .await
+        .map_err(|_| ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, code: "Internal", message: "put failed".into() })??;
+    let results: Vec<Value> = appended
+        .iter()
+        .map(|a| json!({"shard_id": a.shard_id, "sequence_number": a.sequence.to_string()}))
+        .collect();
+    Ok(axum::Json(json!({"failed_record_count": 0, "records": results})))
+}
+
+fn check_key(key: String) -> Result<String, ApiError> {
+    if key.chars().count() > MAX_KEY_CHARS {
+        return Err(ApiError::bad(format!("partition_key is longer than {MAX_KEY_CHARS} characters")));
+    }
+    Ok(key)
+}
+
+fn check_size(i: usize, data: &[u8]) -> Result<(), ApiError> {
+    if data.len() > MAX_RECORD_BYTES {
+        return Err(ApiError::bad(format!("record {i} has {} bytes; the limit is {MAX_RECORD_BYTES}", data.len())));
+    }
+    Ok(())
+}
+
+fn text_records(body: &[u8], key: Option<String>) -> Result<Vec<NewRecord>, ApiError> {
+    let text = std::str::from_utf8(body).map_err(|e| ApiError::bad(format!("text/plain body is not UTF-8: {e}")))?;
+    let key = check_key(key.unwrap_or_default())?;
+    text.lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(i, line)| {
+            check_size(i, line.as_bytes())?;
+            Ok(NewRecord { key: key.clone(), event_time_ms: None, data: Bytes::copy_from_slice(line.as_bytes()) })
+        })
+        .collect()
+}
+
+fn json_records(body: &[u8]) -> Result<Vec<NewRecord>, ApiError> {
+    let parsed: JsonPut = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad(format!(
+            "body is not a record or {{\"records\": [...]}}: {e}. A record is {{\"partition_key\": \"...\", \"data\": \"...\"}}"
+        ))
+    })?;
+    let list = match parsed {
+        JsonPut::Batch { records } => records,
+        JsonPut::One(r) => vec![r],
+    };
+    list.into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let data = match (r.data, r.data_base64) {
+                (Some(text), None) => Bytes::from(text.into_bytes()),
+                (None, Some(b64)) => Bytes::from(
+                    base64::engine::general_purpose::STANDARD
+                        .decode(b64.as_bytes())
+                        .map_err(|e| ApiError::bad(format!("record {i}: data_base64 is not base64: {e}")))?,
+                ),
+                _ => return Err(ApiError::bad(format!("record {i}: give exactly one of `data` (text) or `data_base64`"))),
+            };
+            check_size(i, &data)?;
+            let event_time_ms = r.event_time.map(|t| event_time(i, &t)).transpose()?;
+            Ok(NewRecord { key: check_key(r.partition_key.unwrap_or_default())?, event_time_ms, data })
+        })
+        .collect()
+}
+
+fn event_time(i: usize, v: &Value) -> Result<i64, ApiError> {
+    match v {
+        Value::Number(n) => n.as_i64().ok_or_else(|| ApiError::bad(format!("record {i}: event_time must be whole milliseconds"))),
+        Value::String(s) => humantime::parse_rfc3339_weak(s)
+            .map(crate::sink::system_ms)
+            .map_err(|e| ApiError::bad(format!("record {i}: event_time `{s}` is not RFC 3339 ({e})"))),
+        _ => Err(ApiError::bad(format!("record {i}: event_time must be RFC 3339 text or milliseconds"))),
+    }
+}

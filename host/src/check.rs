@@ -1,0 +1,91 @@
+//! `weir check`: validates a pipeline manifest and the plugin manifests it
+//! names, then type-checks each plugin component against its declared world.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::manifest::{self, Diagnostics, Pipeline};
+use crate::plugin::{PluginEngine, check_world};
+
+/// The outcome of a check.
+#[derive(Debug)]
+pub enum CheckError {
+    /// The manifest has problems (all of them are listed).
+    Manifest(Diagnostics),
+    /// Plugin components do not load or do not fit their world.
+    Plugins(Vec<String>),
+}
+
+impl std::fmt::Display for CheckError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CheckError::Manifest(d) => write!(f, "{d}"),
+            CheckError::Plugins(errors) => {
+                for e in errors {
+                    writeln!(f, "error: {e}")?;
+                }
+                write!(f, "{} plugin problem{} found", errors.len(), if errors.len() == 1 { "" } else { "s" })
+            }
+        }
+    }
+}
+
+impl std::error::Error for CheckError {}
+
+/// Checks the manifest only.
+pub fn check_manifest(path: &Path) -> Result<Pipeline, CheckError> {
+    manifest::load(path).map_err(CheckError::Manifest)
+}
+
+/// Checks the manifest and every plugin component; returns a summary.
+pub fn check(path: &Path, engine: &PluginEngine) -> Result<String, CheckError> {
+    let pipeline = check_manifest(path)?;
+    let mut errors = Vec::new();
+    let mut summary = String::new();
+    let _ = writeln!(summary, "{}: pipeline `{}` is valid", path.display(), pipeline.name);
+    let _ = writeln!(summary, "  streams: {}", names(pipeline.streams.iter().map(|s| s.name.as_str())));
+    let _ = writeln!(summary, "  sinks:   {}", names(pipeline.sinks.iter().map(|s| s.name.as_str())));
+    for stage in &pipeline.stages {
+        let p = &stage.plugin;
+        let component = p.component_path();
+        let verdict = if !component.exists() {
+            let hint = match &p.build.command {
+                Some(cmd) => format!("build it with `weir run --build` or `{cmd}` in {}", p.dir.display()),
+                None => format!("fix [build] output in {}", p.path.display()),
+            };
+            errors.push(format!(
+                "stage `{}`: component `{}` of plugin `{}` does not exist; {hint}",
+                stage.name,
+                component.display(),
+                p.info.name
+            ));
+            "missing".to_owned()
+        } else {
+            match check_world(engine, &component, p.info.world) {
+                Ok(c) => format!("ok, sha256 {}", &c.sha256[..12]),
+                Err(e) => {
+                    errors.push(format!("stage `{}`, plugin `{}`: {e}", stage.name, p.info.name));
+                    "does not fit its world".to_owned()
+                }
+            }
+        };
+        let _ = writeln!(
+            summary,
+            "  stage `{}`: {} -> [{}@{} ({})] -> {} ({verdict})",
+            stage.name,
+            stage.input,
+            p.info.name,
+            p.info.version.get_ref(),
+            p.info.world,
+            match &stage.output {
+                manifest::Target::Stream(s) | manifest::Target::Sink(s) => s.as_str(),
+            },
+        );
+    }
+    if errors.is_empty() { Ok(summary) } else { Err(CheckError::Plugins(errors)) }
+}
+
+fn names<'a>(it: impl Iterator<Item = &'a str>) -> String {
+    let v: Vec<_> = it.collect();
+    if v.is_empty() { "(none)".to_owned() } else { v.join(", ") }
+}

@@ -1,0 +1,17 @@
+//! weir: a self-hosted streaming runtime with WebAssembly plugins.
+//!
+//! The host reads a pipeline [`manifest`], keeps records in [`stream`]s, runs
+//! sandboxed [`plugin`] components in [`stage`]s, writes results to [`sink`]s
+//! and serves the HTTP [`api`]. [`pipeline`] wires them together; [`cli`] is
+//! the `weir` binary.
+
+pub mod api;
+pub mod build;
+pub mod check;
+pub mod cli;
+pub mod manifest;
+pub mod pipeline;
+pub mod plugin;
+pub mod sink;
+pub mod stage;
+pub mod stream;

@@ -1,0 +1,5 @@
+//! The `weir` binary.
+
+fn main() -> anyhow::Result<()> {
+    weir_host::cli::main()
+}

@@ -1,0 +1,17 @@
+//! Manifests: the pipeline manifest (`manifests/*.toml`) and the plugin
+//! manifest (`plugins/<name>/plugin.toml`), read with every problem reported
+//! at once, each with its file, line and column.
+
+mod diagnostic;
+pub mod pipeline;
+pub mod plugin;
+mod toml_doc;
+pub mod units;
+
+pub use diagnostic::{Diagnostic, Diagnostics, SourceFile};
+pub use pipeline::{
+    Api, DeadLetter, DirGrant, ErrorPolicy, FileFormat, Grants, Limits, Pipeline, SinkSpec, Source, StageSpec,
+    StreamSpec, Target, load,
+};
+pub use plugin::{PluginManifest, World};
+pub use units::Name;

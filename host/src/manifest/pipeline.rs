@@ -1,0 +1,695 @@
+//! The pipeline manifest (`manifests/*.toml`): sources, streams, stages, sinks
+//! and the edges between them. Relative paths are relative to the manifest's folder.
+//!
+//! ```toml
+//! [pipeline]
+//! name = "quickstart"
+//! data-dir = "../out/quickstart"      # default: ".weir/<name>"; dead letters etc. go here
+//!
+//! [api]
+//! listen = "127.0.0.1:7070"           # the default
+//! max-body = "8MiB"                   # the default
+//!
+//! [sources.toll-http]
+//! kind = "http"                       # records are put through the HTTP API
+//! stream = "toll-lines"
+//!
+//! [streams.toll-lines]
+//! capacity = 1000000                  # records held before puts are refused (the default)
+//!
+//! [stages.etl]
+//! plugin = "../plugins/toll-etl"      # a plugin folder (or its plugin.toml)
+//! input = "toll-lines"                # a stream
+//! output = "rows"                     # a sink or a stream
+//! dead-letter = "rejected"            # a sink; default: <data-dir>/dead-letter/<stage>.jsonl
+//! on-error = "dead-letter"            # dead-letter | skip | stop
+//! batch-size = 256                    # records per call, 1 to 10000
+//! batch-wait = "50ms"                 # how long a partial batch waits for more
+//! limits = { timeout = "2s", memory = "64MiB" }
+//! grants = { clock = false, dirs = [{ host = "../ref", guest = "/ref", access = "read-only" }] }
+//! config = { currency = "USD" }       # checked against the plugin's [config.*]
+//!
+//! [sinks.rows]
+//! kind = "file"
+//! path = "../out/quickstart/rows.jsonl"
+//! format = "lines"                    # lines: payload + newline; json: key, time and payload
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::diagnostic::{Diagnostic, Diagnostics, SourceFile};
+use super::plugin::{PluginManifest, World};
+use super::toml_doc::Document;
+use super::units::{ByteSize, HumanDuration, Name};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawPipeline {
+    name: Name,
+    #[serde(default)]
+    description: String,
+    data_dir: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawApi {
+    #[serde(default = "default_listen")]
+    listen: Spanned<String>,
+    #[serde(default = "default_max_body")]
+    max_body: ByteSize,
+}
+
+impl Default for RawApi {
+    fn default() -> Self {
+        Self { listen: default_listen(), max_body: default_max_body() }
+    }
+}
+
+fn default_listen() -> Spanned<String> {
+    Spanned::new(0..0, "127.0.0.1:7070".to_owned())
+}
+
+fn default_max_body() -> ByteSize {
+    ByteSize(8 << 20)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum SourceKind {
+    Http,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawSource {
+    #[allow(dead_code, reason = "one kind today; the field keeps manifests explicit")]
+    kind: SourceKind,
+    stream: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawStream {
+    #[serde(default = "default_capacity")]
+    capacity: usize,
+}
+
+fn default_capacity() -> usize {
+    1_000_000
+}
+
+/// What a stage does with a batch its plugin failed on (trap, deadline,
+/// memory cap, or an error returned for the whole batch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorPolicy {
+    /// Write the batch's records to the dead-letter output with the reason (the default).
+    #[default]
+    DeadLetter,
+    /// Drop the batch, counting and logging it.
+    Skip,
+    /// Stop the stage; its unprocessed records stay in the stream.
+    Stop,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawLimits {
+    timeout: Option<Spanned<HumanDuration>>,
+    memory: Option<Spanned<ByteSize>>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+enum Access {
+    ReadOnly,
+    ReadWrite,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawDirGrant {
+    host: Spanned<String>,
+    guest: String,
+    access: Access,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawGrants {
+    #[serde(default)]
+    clock: bool,
+    #[serde(default)]
+    dirs: Vec<RawDirGrant>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawStage {
+    plugin: Spanned<String>,
+    input: Spanned<String>,
+    output: Spanned<String>,
+    dead_letter: Option<Spanned<String>>,
+    #[serde(default)]
+    on_error: ErrorPolicy,
+    #[serde(default = "default_batch_size")]
+    batch_size: Spanned<u32>,
+    #[serde(default = "default_batch_wait")]
+    batch_wait: HumanDuration,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default = "absent")]
+    grants: Spanned<RawGrants>,
+    #[serde(default = "absent")]
+    config: Spanned<BTreeMap<Spanned<String>, toml::Value>>,
+}
+
+/// The default of an optional table; its empty span means "not written".
+fn absent<T: Default>() -> Spanned<T> {
+    Spanned::new(0..0, T::default())
+}
+
+fn default_batch_size() -> Spanned<u32> {
+    Spanned::new(0..0, 256)
+}
+
+fn default_batch_wait() -> HumanDuration {
+    HumanDuration(Duration::from_millis(50))
+}
+
+/// How a file sink writes each record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FileFormat {
+    /// The payload followed by a newline (the default).
+    #[default]
+    Lines,
+    /// One JSON object per record: key, event time and payload.
+    Json,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum SinkKind {
+    File,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawSink {
+    #[allow(dead_code, reason = "one kind today; the field keeps manifests explicit")]
+    kind: SinkKind,
+    path: String,
+    #[serde(default)]
+    format: FileFormat,
+}
+
+/// A validated pipeline.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    /// `[pipeline] name`
+    pub name: Name,
+    /// `[pipeline] description`
+    pub description: String,
+    /// The manifest file.
+    pub path: PathBuf,
+    /// Where the pipeline keeps its own files (dead letters by default).
+    pub data_dir: PathBuf,
+    /// `[api]`
+    pub api: Api,
+    /// `[sources.*]`
+    pub sources: Vec<Source>,
+    /// `[streams.*]`
+    pub streams: Vec<StreamSpec>,
+    /// `[stages.*]`
+    pub stages: Vec<StageSpec>,
+    /// `[sinks.*]`
+    pub sinks: Vec<SinkSpec>,
+}
+
+/// `[api]`
+#[derive(Debug, Clone)]
+pub struct Api {
+    /// Address the HTTP API listens on.
+    pub listen: SocketAddr,
+    /// Largest request body accepted.
+    pub max_body_bytes: u64,
+}
+
+/// A `[sources.<name>]` entry: an HTTP entry point into a stream.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// Its name.
+    pub name: Name,
+    /// The stream it feeds.
+    pub stream: Name,
+}
+
+/// A `[streams.<name>]` entry.
+#[derive(Debug, Clone)]
+pub struct StreamSpec {
+    /// Its name.
+    pub name: Name,
+    /// Records held before puts are refused.
+    pub capacity: usize,
+}
+
+/// Where a stage's output goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Into another stream.
+    Stream(Name),
+    /// Into a sink.
+    Sink(Name),
+}
+
+/// Where failed records go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeadLetter {
+    /// A declared sink.
+    Sink(Name),
+    /// The default file under the data dir.
+    File(PathBuf),
+}
+
+/// Resource limits of one plugin instance.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// CPU deadline of one call.
+    pub timeout: Duration,
+    /// Linear-memory cap.
+    pub memory_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { timeout: Duration::from_secs(2), memory_bytes: 64 << 20 }
+    }
+}
+
+/// A directory granted to a plugin.
+#[derive(Debug, Clone)]
+pub struct DirGrant {
+    /// Host directory.
+    pub host: PathBuf,
+    /// Path the plugin sees.
+    pub guest: String,
+    /// Whether the plugin may write.
+    pub writable: bool,
+}
+
+/// What a plugin may touch beyond computing.
+#[derive(Debug, Clone, Default)]
+pub struct Grants {
+    /// Real clocks (otherwise frozen at the epoch).
+    pub clock: bool,
+    /// Preopened directories.
+    pub dirs: Vec<DirGrant>,
+}
+
+/// A `[stages.<name>]` entry.
+#[derive(Debug, Clone)]
+pub struct StageSpec {
+    /// Its name.
+    pub name: Name,
+    /// The plugin it runs.
+    pub plugin: PluginManifest,
+    /// The stream it reads.
+    pub input: Name,
+    /// Where `ok` records go.
+    pub output: Target,
+    /// Where failed records go.
+    pub dead_letter: DeadLetter,
+    /// What a failed batch does.
+    pub on_error: ErrorPolicy,
+    /// Records per plugin call.
+    pub batch_size: usize,
+    /// How long a partial batch waits for more records.
+    pub batch_wait: Duration,
+    /// Resource limits.
+    pub limits: Limits,
+    /// Capabilities granted.
+    pub grants: Grants,
+    /// Configuration handed to the plugin (defaults filled in), values as text.
+    pub config: Vec<(String, String)>,
+}
+
+/// A `[sinks.<name>]` entry.
+#[derive(Debug, Clone)]
+pub struct SinkSpec {
+    /// Its name.
+    pub name: Name,
+    /// The file it appends to.
+    pub path: PathBuf,
+    /// How records are written.
+    pub format: FileFormat,
+}
+
+/// Reads and checks a pipeline manifest and the plugin manifests it names,
+/// reporting every problem found.
+pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
+    let mut diags = Diagnostics::default();
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            let source = SourceFile::new(path, "");
+            diags.push(Diagnostic::new(&source, 0..0, format!("cannot read the manifest: {e}")));
+            return Err(diags);
+        }
+    };
+    let source = SourceFile::new(path, &text);
+    let base = path.parent().unwrap_or(Path::new(".")).to_owned();
+    let doc = Document::parse(source.clone(), &text, &mut diags);
+    doc.check_top_level(&["pipeline", "api", "sources", "streams", "stages", "sinks"], &mut diags);
+
+    let pipeline = match doc.get("pipeline") {
+        Some(_) => doc.single::<Option<RawPipeline>>("pipeline", &mut diags).flatten(),
+        None => {
+            diags.push(Diagnostic::new(&source, 0..0, "missing [pipeline] section").help("add [pipeline] with name = \"...\""));
+            None
+        }
+    };
+    let api = doc.single::<RawApi>("api", &mut diags);
+    let sources = doc.entries::<RawSource>("sources", &mut diags);
+    let streams = doc.entries::<RawStream>("streams", &mut diags);
+    let stages = doc.entries::<RawStage>("stages", &mut diags);
+    let sinks = doc.entries::<RawSink>("sinks", &mut diags);
+
+    let api = api.and_then(|api| match api.listen.get_ref().parse::<SocketAddr>() {
+        Ok(listen) => Some(Api { listen, max_body_bytes: api.max_body.0 }),
+        Err(_) => {
+            diags.push(
+                Diagnostic::new(&source, api.listen.span(), format!("`{}` is not a socket address", api.listen.get_ref()))
+                    .help("write an IP address and a port, such as \"127.0.0.1:7070\""),
+            );
+            None
+        }
+    });
+
+    let stream_names: BTreeSet<&Name> = streams.iter().map(|s| &s.name).collect();
+    let sink_names: BTreeSet<&Name> = sinks.iter().map(|s| &s.name).collect();
+    for sink in &sinks {
+        if stream_names.contains(&sink.name) {
+            diags.push(
+                Diagnostic::new(&source, sink.name_span.clone(), format!("`{}` is both a stream and a sink", sink.name))
+                    .help("give the sink another name, so stage outputs are unambiguous"),
+            );
+        }
+    }
+    let check = Checker { source: &source, streams: &stream_names, sinks: &sink_names };
+
+    let sources = sources
+        .into_iter()
+        .filter_map(|s| {
+            let stream = check.stream(&s.value.stream, &format!("source `{}` feeds", s.name), &mut diags)?;
+            Some(Source { name: s.name, stream })
+        })
+        .collect();
+
+    let data_dir = pipeline.as_ref().map(|p| match &p.data_dir {
+        Some(dir) => base.join(dir),
+        None => base.join(".weir").join(p.name.as_str()),
+    });
+
+    let mut stage_specs = Vec::new();
+    for stage in stages {
+        if let Some(spec) = check.stage(stage, &base, data_dir.as_deref(), &mut diags) {
+            stage_specs.push(spec);
+        }
+    }
+    check_cycles(&source, &stage_specs, &doc, &mut diags);
+
+    let sinks = sinks
+        .into_iter()
+        .map(|s| SinkSpec { path: base.join(&s.value.path), name: s.name, format: s.value.format })
+        .collect();
+    let streams = streams
+        .into_iter()
+        .map(|s| StreamSpec { name: s.name, capacity: s.value.capacity })
+        .collect();
+
+    match (pipeline, api, data_dir) {
+        (Some(p), Some(api), Some(data_dir)) if diags.is_empty() => Ok(Pipeline {
+            name: p.name,
+            description: p.description,
+            path: path.to_owned(),
+            data_dir,
+            api,
+            sources,
+            streams,
+            stages: stage_specs,
+            sinks,
+        }),
+        _ => Err(diags),
+    }
+}
+
+struct Checker<'a> {
+    source: &'a SourceFile,
+    streams: &'a BTreeSet<&'a Name>,
+    sinks: &'a BTreeSet<&'a Name>,
+}
+
+fn one_of(names: &BTreeSet<&Name>) -> String {
+    if names.is_empty() {
+        "none is declared yet".to_owned()
+    } else {
+        let list: Vec<_> = names.iter().map(|n| format!("`{n}`")).collect();
+        format!("declared: {}", list.join(", "))
+    }
+}
+
+impl Checker<'_> {
+    fn at(&self, span: Range<usize>, message: String) -> Diagnostic {
+        Diagnostic::new(self.source, span, message)
+    }
+
+    fn stream(&self, name: &Spanned<String>, what: &str, diags: &mut Diagnostics) -> Option<Name> {
+        match Name::parse(name.get_ref()) {
+            Ok(n) if self.streams.contains(&n) => Some(n),
+            _ => {
+                diags.push(
+                    self.at(name.span(), format!("{what} unknown stream `{}`", name.get_ref()))
+                        .help(format!("declare [streams.{}] or use a declared stream ({})", name.get_ref(), one_of(self.streams))),
+                );
+                None
+            }
+        }
+    }
+
+    fn sink(&self, name: &Spanned<String>, what: &str, diags: &mut Diagnostics) -> Option<Name> {
+        match Name::parse(name.get_ref()) {
+            Ok(n) if self.sinks.contains(&n) => Some(n),
+            _ => {
+                diags.push(
+                    self.at(name.span(), format!("{what} unknown sink `{}`", name.get_ref()))
+                        .help(format!("declare [sinks.{}] or use a declared sink ({})", name.get_ref(), one_of(self.sinks))),
+                );
+                None
+            }
+        }
+    }
+
+    fn stage(
+        &self,
+        stage: super::toml_doc::Entry<RawStage>,
+        base: &Path,
+        data_dir: Option<&Path>,
+        diags: &mut Diagnostics,
+    ) -> Option<StageSpec> {
+        let name = stage.name;
+        let mut raw = stage.value;
+        // Problems with a table the user did not write point at the stage's name.
+        if raw.grants.span().is_empty() {
+            raw.grants = Spanned::new(stage.name_span.clone(), raw.grants.into_inner());
+        }
+        if raw.config.span().is_empty() {
+            raw.config = Spanned::new(stage.name_span.clone(), raw.config.into_inner());
+        }
+        let what = |verb: &str| format!("stage `{name}` {verb}");
+        let input = self.stream(&raw.input, &what("reads"), diags);
+        let output = match Name::parse(raw.output.get_ref()) {
+            Ok(n) if self.streams.contains(&n) => Some(Target::Stream(n)),
+            Ok(n) if self.sinks.contains(&n) => Some(Target::Sink(n)),
+            _ => {
+                diags.push(
+                    self.at(raw.output.span(), format!("stage `{name}` writes to `{}`, which is neither a stream nor a sink", raw.output.get_ref()))
+                        .help(format!("streams: {}; sinks: {}", one_of(self.streams), one_of(self.sinks))),
+                );
+                None
+            }
+        };
+        let dead_letter = match &raw.dead_letter {
+            Some(sink) => self.sink(sink, &what("sends dead letters to"), diags).map(DeadLetter::Sink),
+            None => data_dir.map(|d| DeadLetter::File(d.join("dead-letter").join(format!("{name}.jsonl")))),
+        };
+        let batch_size = *raw.batch_size.get_ref();
+        if !(1..=10_000).contains(&batch_size) {
+            diags.push(self.at(raw.batch_size.span(), format!("batch-size {batch_size} is out of range")).help("use 1 to 10000 records"));
+        }
+        let mut limits = Limits::default();
+        if let Some(t) = &raw.limits.timeout {
+            limits.timeout = t.get_ref().0;
+            if limits.timeout < Duration::from_millis(1) || limits.timeout > Duration::from_secs(600) {
+                diags.push(self.at(t.span(), "limits.timeout must be between 1ms and 10m".to_owned()));
+            }
+        }
+        if let Some(m) = &raw.limits.memory {
+            limits.memory_bytes = m.get_ref().0;
+            if limits.memory_bytes < (1 << 20) || limits.memory_bytes > (4 << 30) {
+                diags.push(self.at(m.span(), "limits.memory must be between 1MiB and 4GiB".to_owned()));
+            }
+        }
+        let grants = self.grants(&raw.grants, base, diags);
+        let plugin = self.plugin(&name, &raw.plugin, base, diags);
+        let config = plugin.as_ref().and_then(|p| self.config(&name, p, &raw.config, diags));
+        if let Some(p) = &plugin {
+            if p.info.world != World::Transformer {
+                diags.push(
+                    self.at(raw.plugin.span(), format!("stage `{name}`: plugin `{}` is a {}; this version of weir runs transformer stages only", p.info.name, p.info.world))
+                        .help("use a transformer plugin here"),
+                );
+            }
+            if p.capabilities.clock && !grants.clock {
+                diags.push(
+                    self.at(raw.grants.span(), format!("stage `{name}`: plugin `{}` needs the clock, which the stage does not grant", p.info.name))
+                        .help("add `grants = { clock = true }` to the stage"),
+                );
+            }
+            for dir in &p.capabilities.dirs {
+                if !grants.dirs.iter().any(|g| &g.guest == dir) {
+                    diags.push(
+                        self.at(raw.grants.span(), format!("stage `{name}`: plugin `{}` needs directory `{dir}`, which the stage does not grant", p.info.name))
+                            .help(format!("add `{{ host = \"...\", guest = \"{dir}\", access = \"read-only\" }}` to the stage's grants.dirs")),
+                    );
+                }
+            }
+        }
+        Some(StageSpec {
+            name,
+            plugin: plugin?,
+            input: input?,
+            output: output?,
+            dead_letter: dead_letter?,
+            on_error: raw.on_error,
+            batch_size: batch_size as usize,
+            batch_wait: raw.batch_wait.0,
+            limits,
+            grants,
+            config: config?,
+        })
+    }
+
+    fn grants(&self, raw: &Spanned<RawGrants>, base: &Path, diags: &mut Diagnostics) -> Grants {
+        let mut grants = Grants { clock: raw.get_ref().clock, dirs: Vec::new() };
+        for d in &raw.get_ref().dirs {
+            let host = base.join(d.host.get_ref());
+            if !host.is_dir() {
+                diags.push(
+                    self.at(d.host.span(), format!("granted directory `{}` does not exist", host.display()))
+                        .help("create it, or fix the path (relative to the manifest's folder)"),
+                );
+            }
+            if !d.guest.starts_with('/') {
+                diags.push(self.at(raw.span(), format!("guest path `{}` must be absolute, such as \"/ref\"", d.guest)));
+            }
+            grants.dirs.push(DirGrant { host, guest: d.guest.clone(), writable: d.access == Access::ReadWrite });
+        }
+        grants
+    }
+
+    fn plugin(&self, stage: &Name, raw: &Spanned<String>, base: &Path, diags: &mut Diagnostics) -> Option<PluginManifest> {
+        let file = PluginManifest::file_for(&base.join(raw.get_ref()));
+        match PluginManifest::load(&file, diags) {
+            Ok(p) => p,
+            Err(e) => {
+                diags.push(
+                    self.at(raw.span(), format!("stage `{stage}`: cannot read plugin manifest `{}`: {e}", file.display()))
+                        .help("point `plugin` at a plugin folder holding a plugin.toml (relative to the manifest's folder)"),
+                );
+                None
+            }
+        }
+    }
+
+    fn config(
+        &self,
+        stage: &Name,
+        plugin: &PluginManifest,
+        raw: &Spanned<BTreeMap<Spanned<String>, toml::Value>>,
+        diags: &mut Diagnostics,
+    ) -> Option<Vec<(String, String)>> {
+        let before = diags.len();
+        let declared: Vec<&str> = plugin.config.iter().map(|(k, _)| k.as_str()).collect();
+        for (key, value) in raw.get_ref() {
+            match plugin.config.iter().find(|(k, _)| k == key.get_ref()) {
+                None => diags.push(
+                    self.at(key.span(), format!("stage `{stage}`: plugin `{}` has no config key `{}`", plugin.info.name, key.get_ref()))
+                        .help(if declared.is_empty() { "this plugin takes no configuration".to_owned() } else { format!("it accepts: {}", declared.join(", ")) }),
+                ),
+                Some((_, spec)) if !spec.ty.accepts(value) => diags.push(
+                    self.at(key.span(), format!("stage `{stage}`: config `{}` must be of type {:?}, not `{value}`", key.get_ref(), spec.ty).to_lowercase()),
+                ),
+                Some(_) => {}
+            }
+        }
+        let mut out = Vec::new();
+        for (key, spec) in &plugin.config {
+            let set = raw.get_ref().iter().find(|(k, _)| k.get_ref() == key).map(|(_, v)| v);
+            match (set, &spec.default) {
+                (Some(v), _) | (None, Some(v)) => out.push((key.clone(), config_text(v))),
+                (None, None) if spec.required => diags.push(
+                    self.at(raw.span(), format!("stage `{stage}`: plugin `{}` requires config `{key}`", plugin.info.name))
+                        .help(format!("add `{key} = ...` to the stage's config ({})", spec.description)),
+                ),
+                (None, None) => {}
+            }
+        }
+        (diags.len() == before).then_some(out)
+    }
+}
+
+/// Strings verbatim; everything else as JSON text.
+fn config_text(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => s.clone(),
+        other => serde_json::to_string(other).unwrap_or_else(|_| other.to_string()),
+    }
+}
+
+/// A stage that (through other stages) feeds its own input would loop records forever.
+fn check_cycles(source: &SourceFile, stages: &[StageSpec], doc: &Document<'_>, diags: &mut Diagnostics) {
+    let edges: Vec<(&Name, &Name)> = stages
+        .iter()
+        .filter_map(|s| match &s.output {
+            Target::Stream(out) => Some((&s.input, out)),
+            Target::Sink(_) => None,
+        })
+        .collect();
+    for stage in stages {
+        let Target::Stream(start) = &stage.output else { continue };
+        let mut seen = BTreeSet::new();
+        let mut todo = vec![start];
+        while let Some(stream) = todo.pop() {
+            if stream == &stage.input {
+                let span = doc.get("stages").map(|v| v.span()).unwrap_or(0..0);
+                diags.push(
+                    Diagnostic::new(source, span, format!("stage `{}` feeds its own input stream `{}` (a cycle)", stage.name, stage.input))
+                        .help("write the output to another stream or a sink"),
+                );
+                break;
+            }
+            if seen.insert(stream) {
+                todo.extend(edges.iter().filter(|(i, _)| *i == stream).map(|(_, o)| *o));
+            }
+        }
+    }
+}

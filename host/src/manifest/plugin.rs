@@ -1,0 +1,241 @@
+//! The plugin manifest, `plugins/<name>/plugin.toml`: what a plugin is, the
+//! configuration it accepts, the capabilities it needs and how to build it.
+//!
+//! ```toml
+//! [plugin]
+//! name = "toll-etl"
+//! version = "0.1.0"
+//! world = "transformer"          # transformer | aggregator | notifier
+//! description = "..."
+//!
+//! [config.currency]              # one table per accepted config key
+//! type = "string"                # string | integer | float | boolean | array | table
+//! default = "USD"                # or `required = true`
+//! description = "..."
+//!
+//! [capabilities]
+//! clock = false                  # real wall/monotonic clocks (frozen at 0 otherwise)
+//! dirs = []                      # guest paths the plugin expects the stage to grant
+//!
+//! [build]
+//! command = "cargo build --release --target wasm32-wasip2 ..."   # run in this folder
+//! output = "../../target/wasm/wasm32-wasip2/release/toll_etl.wasm"
+//! ```
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::diagnostic::{Diagnostic, Diagnostics, SourceFile};
+use super::toml_doc::Document;
+use super::units::Name;
+
+/// The plugin kinds, one per world of the `weir:plugin` WIT package.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum World {
+    /// `weir:plugin/transformer`
+    Transformer,
+    /// `weir:plugin/aggregator`
+    Aggregator,
+    /// `weir:plugin/notifier`
+    Notifier,
+}
+
+impl fmt::Display for World {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            World::Transformer => "transformer",
+            World::Aggregator => "aggregator",
+            World::Notifier => "notifier",
+        })
+    }
+}
+
+/// `[plugin]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PluginInfo {
+    /// `name = "toll-etl"`
+    pub name: Name,
+    /// `version = "0.1.0"`
+    pub version: Spanned<String>,
+    /// `world = "transformer"`
+    pub world: World,
+    /// `description = "..."`
+    #[serde(default)]
+    pub description: String,
+}
+
+/// The type of a config value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConfigType {
+    /// A TOML string.
+    String,
+    /// A TOML integer.
+    Integer,
+    /// A TOML float or integer.
+    Float,
+    /// `true` or `false`.
+    Boolean,
+    /// A TOML array.
+    Array,
+    /// A TOML table.
+    Table,
+}
+
+impl ConfigType {
+    /// Whether `value` has this type.
+    pub fn accepts(self, value: &toml::Value) -> bool {
+        matches!(
+            (self, value),
+            (ConfigType::String, toml::Value::String(_))
+                | (ConfigType::Integer, toml::Value::Integer(_))
+                | (ConfigType::Float, toml::Value::Float(_) | toml::Value::Integer(_))
+                | (ConfigType::Boolean, toml::Value::Boolean(_))
+                | (ConfigType::Array, toml::Value::Array(_))
+                | (ConfigType::Table, toml::Value::Table(_))
+        )
+    }
+}
+
+/// `[config.<key>]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ConfigKey {
+    /// `type = "string"`
+    #[serde(rename = "type")]
+    pub ty: ConfigType,
+    /// `description = "..."`
+    #[serde(default)]
+    pub description: String,
+    /// `default = ...`: handed to the plugin when the stage does not set the key.
+    pub default: Option<toml::Value>,
+    /// `required = true`: the stage must set it.
+    #[serde(default)]
+    pub required: bool,
+}
+
+/// `[capabilities]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Capabilities {
+    /// `clock = true`: the plugin needs real clocks.
+    #[serde(default)]
+    pub clock: bool,
+    /// `dirs = ["/reference"]`: guest paths the stage must grant.
+    #[serde(default)]
+    pub dirs: Vec<String>,
+}
+
+/// `[build]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Build {
+    /// `command = "..."`: run with `sh -c` in the plugin's folder by `weir run --build`.
+    pub command: Option<String>,
+    /// `output = "path/to/plugin.wasm"`: the component, relative to the plugin's folder.
+    pub output: String,
+}
+
+/// A plugin manifest, read and checked.
+#[derive(Debug, Clone)]
+pub struct PluginManifest {
+    /// The plugin.toml file.
+    pub path: PathBuf,
+    /// Its folder; `[build]` paths are relative to it.
+    pub dir: PathBuf,
+    /// `[plugin]`
+    pub info: PluginInfo,
+    /// `[config.*]`, in file order.
+    pub config: Vec<(String, ConfigKey)>,
+    /// `[capabilities]`
+    pub capabilities: Capabilities,
+    /// `[build]`
+    pub build: Build,
+}
+
+impl PluginManifest {
+    /// The component file.
+    pub fn component_path(&self) -> PathBuf {
+        self.dir.join(&self.build.output)
+    }
+
+    /// The plugin.toml that `path` names: the file itself, or the one in that folder.
+    pub fn file_for(path: &Path) -> PathBuf {
+        if path.is_dir() { path.join("plugin.toml") } else { path.to_owned() }
+    }
+
+    /// Reads a plugin.toml; every problem goes to `diags`. A file that cannot be
+    /// read is the caller's to report, since the caller knows who named it.
+    pub fn load(file: &Path, diags: &mut Diagnostics) -> Result<Option<PluginManifest>, std::io::Error> {
+        let text = std::fs::read_to_string(file)?;
+        let file = file.to_owned();
+        let source = SourceFile::new(&file, &text);
+        let doc = Document::parse(source.clone(), &text, diags);
+        doc.check_top_level(&["plugin", "config", "capabilities", "build"], diags);
+        let before = diags.len();
+        let info = match doc.get("plugin") {
+            Some(_) => doc.single::<Option<PluginInfo>>("plugin", diags).flatten(),
+            None => {
+                diags.push(Diagnostic::new(&source, 0..0, "missing [plugin] section").help(
+                    "add [plugin] with name, version, world (transformer | aggregator | notifier) and description",
+                ));
+                None
+            }
+        };
+        if let Some(info) = &info {
+            let v = info.version.get_ref();
+            let parts: Vec<_> = v.split('.').collect();
+            if parts.len() != 3 || parts.iter().any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
+                diags.push(
+                    Diagnostic::new(&source, info.version.span(), format!("version `{v}` is not MAJOR.MINOR.PATCH"))
+                        .help("write a semantic version such as \"0.1.0\""),
+                );
+            }
+        }
+        let config = doc
+            .entries::<ConfigKey>("config", diags)
+            .into_iter()
+            .map(|e| (e.name.as_str().to_owned(), e.value))
+            .collect::<Vec<_>>();
+        for (key, spec) in &config {
+            if let Some(default) = &spec.default
+                && !spec.ty.accepts(default)
+            {
+                let span = doc.get("config").map(|v| v.span()).unwrap_or(0..0);
+                diags.push(Diagnostic::new(
+                    &source,
+                    span,
+                    format!("config `{key}`: default `{default}` is not of type {:?}", spec.ty).to_lowercase(),
+                ));
+            }
+        }
+        let capabilities = doc.single::<Capabilities>("capabilities", diags).unwrap_or_default();
+        let build = match doc.get("build") {
+            Some(_) => doc.single::<Option<Build>>("build", diags).flatten(),
+            None => {
+                diags.push(
+                    Diagnostic::new(&source, 0..0, "missing [build] section")
+                        .help("add [build] with `output = \"path/to/plugin.wasm\"` (and a `command` that builds it)"),
+                );
+                None
+            }
+        };
+        let (Some(info), Some(build)) = (info, build) else { return Ok(None) };
+        if diags.len() > before {
+            return Ok(None);
+        }
+        Ok(Some(PluginManifest {
+            dir: file.parent().unwrap_or(Path::new(".")).to_owned(),
+            path: file,
+            info,
+            config,
+            capabilities,
+            build,
+        }))
+    }
+}

@@ -1,0 +1,191 @@
+//! A running pipeline: its streams, sinks and stages, wired as the manifest
+//! says, and the graceful drain at shutdown.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::manifest::{DeadLetter, Pipeline, Target};
+use crate::plugin::{PluginEngine, PluginError, PluginIdent, SandboxSpec, TransformerPlugin};
+use crate::sink::{FileSink, SinkError};
+use crate::stage::{Stage, StageHandle, StageOutput, StageStatus};
+use crate::stream::{Appended, MemoryStreams, NewRecord, StreamError, StreamStore};
+
+/// Why a pipeline could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A plugin failed to load.
+    #[error("stage `{stage}`: {source}")]
+    Plugin {
+        /// The stage.
+        stage: String,
+        /// Why.
+        source: PluginError,
+    },
+    /// A sink could not be opened.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    /// A stage thread could not start.
+    #[error("cannot start stage `{stage}`: {source}")]
+    Thread {
+        /// The stage.
+        stage: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Why a put was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PutError {
+    /// The stream exists but has no `http` source.
+    #[error("stream `{0}` accepts no direct puts: add a [sources.<name>] with kind = \"http\" and stream = \"{0}\" to the manifest")]
+    NotASource(String),
+    /// The stream refused the records.
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+}
+
+/// What `GET /v1/pipeline` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct PipelineStatus {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Seconds since start.
+    pub uptime_seconds: u64,
+    /// Next sequence number per stream.
+    pub streams: BTreeMap<String, u64>,
+    /// Each stage's counters.
+    pub stages: Vec<StageStatus>,
+}
+
+/// A running pipeline.
+pub struct Host {
+    /// The manifest it runs.
+    pub pipeline: Arc<Pipeline>,
+    streams: Arc<MemoryStreams>,
+    stages: Mutex<Vec<StageHandle>>,
+    draining: Arc<AtomicBool>,
+    started: Instant,
+}
+
+impl Host {
+    /// Opens sinks, loads every plugin (failing fast on any that does not load)
+    /// and starts every stage.
+    pub fn start(pipeline: Pipeline, engine: &Arc<PluginEngine>) -> Result<Arc<Host>, StartError> {
+        let streams = Arc::new(MemoryStreams::new(pipeline.streams.iter().map(|s| (s.name.as_str(), s.capacity))));
+        let mut sinks: BTreeMap<String, Arc<FileSink>> = BTreeMap::new();
+        for s in &pipeline.sinks {
+            sinks.insert(s.name.to_string(), Arc::new(FileSink::open(&s.path, s.format)?));
+        }
+        let mut implicit: BTreeMap<PathBuf, Arc<FileSink>> = BTreeMap::new();
+        let draining = Arc::new(AtomicBool::new(false));
+        let mut prepared = Vec::new();
+        for spec in &pipeline.stages {
+            let stage_err = |source| StartError::Plugin { stage: spec.name.to_string(), source };
+            let ident = Arc::new(PluginIdent {
+                pipeline: pipeline.name.to_string(),
+                stage: spec.name.to_string(),
+                plugin: format!("{}@{}", spec.plugin.info.name, spec.plugin.info.version.get_ref()),
+            });
+            let sandbox = SandboxSpec { ident, limits: spec.limits, grants: spec.grants.clone() };
+            let compiled = engine.compile(&spec.plugin.component_path()).map_err(stage_err)?;
+            let plugin = TransformerPlugin::new(engine, compiled, sandbox, spec.config.clone()).map_err(stage_err)?;
+            // Instantiate once now so a plugin that cannot start is reported before any record arrives.
+            if let Err(e) = plugin.instantiate() {
+                tracing::error!(stage = %spec.name, error = %e, "plugin does not start; its records will wait in the stream");
+            }
+            let output = match &spec.output {
+                Target::Stream(name) => StageOutput::Stream(name.to_string()),
+                Target::Sink(name) => match sinks.get(name.as_str()) {
+                    Some(sink) => StageOutput::Sink(sink.clone()),
+                    None => unreachable_sink(name.as_str())?,
+                },
+            };
+            let dead_letters = match &spec.dead_letter {
+                DeadLetter::Sink(name) => match sinks.get(name.as_str()) {
+                    Some(sink) => sink.clone(),
+                    None => unreachable_sink(name.as_str())?,
+                },
+                DeadLetter::File(path) => match implicit.get(path) {
+                    Some(sink) => sink.clone(),
+                    None => {
+                        let sink = Arc::new(FileSink::open(path, crate::manifest::FileFormat::Json)?);
+                        implicit.insert(path.clone(), sink.clone());
+                        sink
+                    }
+                },
+            };
+            prepared.push(Stage::new(
+                pipeline.name.as_str(),
+                Arc::new(spec.clone()),
+                plugin,
+                streams.clone() as Arc<dyn StreamStore>,
+                output,
+                dead_letters,
+                draining.clone(),
+            ));
+        }
+        let mut stages = Vec::new();
+        for stage in prepared {
+            let name = stage.name().to_owned();
+            stages.push(stage.spawn().map_err(|source| StartError::Thread { stage: name, source })?);
+        }
+        Ok(Arc::new(Host {
+            pipeline: Arc::new(pipeline),
+            streams,
+            stages: Mutex::new(stages),
+            draining,
+            started: Instant::now(),
+        }))
+    }
+
+    /// Appends records to a stream that has an `http` source.
+    pub fn put(&self, stream: &str, records: Vec<NewRecord>) -> Result<Vec<Appended>, PutError> {
+        if !self.pipeline.sources.iter().any(|s| s.stream.as_str() == stream) {
+            self.streams.end(stream)?;
+            return Err(PutError::NotASource(stream.to_owned()));
+        }
+        Ok(self.streams.append(stream, records)?)
+    }
+
+    /// Counters of every stage and stream.
+    pub fn status(&self) -> PipelineStatus {
+        let stages = self.stages.lock().map(|s| s.iter().map(StageHandle::status).collect()).unwrap_or_default();
+        let streams = self
+            .pipeline
+            .streams
+            .iter()
+            .map(|s| (s.name.to_string(), self.streams.end(s.name.as_str()).unwrap_or(0)))
+            .collect();
+        PipelineStatus {
+            pipeline: self.pipeline.name.to_string(),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            streams,
+            stages,
+        }
+    }
+
+    /// Lets every stage finish the records already accepted, then stops them.
+    /// Blocks; call it after the HTTP API stopped accepting puts.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        let stages = self.stages.lock().map(|mut s| std::mem::take(&mut *s)).unwrap_or_default();
+        for stage in stages {
+            stage.join();
+        }
+    }
+}
+
+/// The manifest checker guarantees every named sink exists; this keeps the
+/// host honest if that ever changes.
+fn unreachable_sink<T>(name: &str) -> Result<T, StartError> {
+    Err(StartError::Sink(SinkError {
+        path: PathBuf::from(name),
+        source: std::io::Error::new(std::io::ErrorKind::NotFound, "sink not declared"),
+    }))
+}

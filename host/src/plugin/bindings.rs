@@ -1,0 +1,36 @@
+//! Host bindings of the three worlds of `wit/plugin.wit`. The shared `types`
+//! and `log` interfaces are generated once, with the transformer world.
+
+/// `weir:plugin/transformer`
+pub mod transformer {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "weir:plugin/transformer",
+    });
+}
+
+/// `weir:plugin/aggregator`
+pub mod aggregator {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "weir:plugin/aggregator",
+        with: {
+            "weir:plugin/types": super::transformer::weir::plugin::types,
+            "weir:plugin/log": super::transformer::weir::plugin::log,
+        },
+    });
+}
+
+/// `weir:plugin/notifier`
+pub mod notifier {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "weir:plugin/notifier",
+        with: {
+            "weir:plugin/types": super::transformer::weir::plugin::types,
+            "weir:plugin/log": super::transformer::weir::plugin::log,
+        },
+    });
+}
+
+pub use transformer::weir::plugin::types::{Attribute, Batch};

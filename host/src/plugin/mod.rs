@@ -1,0 +1,23 @@
+//! Plugins: WebAssembly components loaded with wasmtime's component model,
+//! each instance sandboxed (CPU deadline, memory cap, stack limit, no ambient
+//! filesystem, network, environment or clock) and called with columnar batches.
+
+mod batch;
+pub mod bindings;
+mod engine;
+mod error;
+mod sandbox;
+pub mod services;
+mod worlds;
+
+pub use batch::RecordRef;
+pub use bindings::Batch;
+pub use bindings::transformer::exports::weir::plugin::transform::Outcome;
+pub use engine::{CompiledComponent, EPOCH_TICK, PluginEngine};
+pub use error::{PluginError, PluginIdent};
+pub use sandbox::SandboxSpec;
+pub use services::{MemoryServices, Notification, Services};
+pub use worlds::{
+    AggregatorInstance, AggregatorPlugin, Loaded, NotifierInstance, NotifierPlugin, TransformerInstance,
+    TransformerPlugin, Transformed, check_world,
+};

@@ -1,0 +1,275 @@
+//! Loaded plugins and their instances, one pair per world. A loaded plugin is
+//! compiled and type-checked once (`InstancePre`); each instance has its own
+//! store, is initialised with the stage's configuration, and every call into
+//! it runs under the CPU deadline and the memory cap.
+
+use std::sync::Arc;
+
+use wasmtime::Store;
+
+use super::batch::RecordRef;
+use super::bindings::Batch;
+use super::bindings::aggregator::exports::weir::plugin::aggregate::Window;
+use super::bindings::aggregator::{Aggregator, AggregatorPre};
+use super::bindings::notifier::{Notifier, NotifierPre};
+use super::bindings::transformer::exports::weir::plugin::transform::Outcome;
+use super::bindings::transformer::{Transformer, TransformerPre};
+use super::engine::{CompiledComponent, PluginEngine};
+use super::error::PluginError;
+use super::sandbox::{SandboxSpec, StoreData, arm_deadline, classify, new_store};
+use super::services::Services;
+use crate::manifest::World;
+
+/// A compiled component checked against a world, ready to instantiate.
+#[derive(Clone)]
+pub struct Loaded<P> {
+    pre: P,
+    engine: Arc<PluginEngine>,
+    /// What is running.
+    pub compiled: CompiledComponent,
+    /// The sandbox settings.
+    pub spec: SandboxSpec,
+    /// Configuration handed to `init`.
+    pub config: Vec<(String, String)>,
+}
+
+/// Compiles `path` and checks it against `world`'s imports and exports.
+pub fn check_world(engine: &PluginEngine, path: &std::path::Path, world: World) -> Result<CompiledComponent, PluginError> {
+    let compiled = engine.compile(path)?;
+    let wrong = |e: wasmtime::Error| PluginError::WrongWorld {
+        path: path.to_owned(),
+        world: world.to_string(),
+        message: format!("{e:#}"),
+    };
+    let pre = engine.linker(world).instantiate_pre(&compiled.component).map_err(wrong)?;
+    match world {
+        World::Transformer => TransformerPre::new(pre).map(drop),
+        World::Aggregator => AggregatorPre::new(pre).map(drop),
+        World::Notifier => NotifierPre::new(pre).map(drop),
+    }
+    .map_err(wrong)?;
+    Ok(compiled)
+}
+
+fn load<P>(
+    engine: &Arc<PluginEngine>,
+    compiled: CompiledComponent,
+    world: World,
+    spec: SandboxSpec,
+    config: Vec<(String, String)>,
+    make: impl FnOnce(wasmtime::component::InstancePre<StoreData>) -> wasmtime::Result<P>,
+) -> Result<Loaded<P>, PluginError> {
+    let wrong = |e: wasmtime::Error| PluginError::WrongWorld {
+        path: compiled.path.clone(),
+        world: world.to_string(),
+        message: format!("{e:#}"),
+    };
+    let pre = engine.linker(world).instantiate_pre(&compiled.component).map_err(wrong)?;
+    let pre = make(pre).map_err(wrong)?;
+    Ok(Loaded { pre, engine: engine.clone(), compiled, spec, config })
+}
+
+/// Runs `f` (a call into the guest) under the deadline, classifying failures.
+fn guarded<T>(
+    store: &mut Store<StoreData>,
+    spec: &SandboxSpec,
+    f: impl FnOnce(&mut Store<StoreData>) -> wasmtime::Result<Result<T, String>>,
+) -> Result<T, PluginError> {
+    arm_deadline(store, spec.limits.timeout);
+    match f(store) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(message)) => Err(PluginError::Returned(message)),
+        Err(e) => Err(classify(store, &spec.limits, e)),
+    }
+}
+
+/// Makes an instance: a new store, instantiation and `init`, all under the limits.
+fn instantiate<B>(
+    engine: &PluginEngine,
+    spec: &SandboxSpec,
+    services: Option<Arc<dyn Services>>,
+    make: impl FnOnce(&mut Store<StoreData>) -> wasmtime::Result<B>,
+    init: impl FnOnce(&B, &mut Store<StoreData>) -> wasmtime::Result<Result<(), String>>,
+) -> Result<(Store<StoreData>, B), PluginError> {
+    let mut store = new_store(engine, spec, services)?;
+    let bindings = match make(&mut store) {
+        Ok(b) => b,
+        Err(e) => return Err(PluginError::Instantiate(classify(&store, &spec.limits, e).to_string())),
+    };
+    guarded(&mut store, spec, |s| init(&bindings, s)).map_err(|e| match e {
+        PluginError::Returned(m) => PluginError::Init(m),
+        other => other,
+    })?;
+    Ok((store, bindings))
+}
+
+/// A transformer plugin, loaded.
+pub type TransformerPlugin = Loaded<TransformerPre<StoreData>>;
+
+impl TransformerPlugin {
+    /// Loads a compiled component as a transformer.
+    pub fn new(
+        engine: &Arc<PluginEngine>,
+        compiled: CompiledComponent,
+        spec: SandboxSpec,
+        config: Vec<(String, String)>,
+    ) -> Result<Self, PluginError> {
+        load(engine, compiled, World::Transformer, spec, config, TransformerPre::new)
+    }
+
+    /// A new, initialised instance.
+    pub fn instantiate(&self) -> Result<TransformerInstance, PluginError> {
+        let (store, bindings) = instantiate(
+            &self.engine,
+            &self.spec,
+            None,
+            |s| self.pre.instantiate(s),
+            |b: &Transformer, s| b.weir_plugin_transform().call_init(s, &self.config),
+        )?;
+        Ok(TransformerInstance { store, bindings, spec: self.spec.clone() })
+    }
+}
+
+/// One outcome per input record and the records of the `ok` ones.
+#[derive(Debug)]
+pub struct Transformed {
+    /// One per input record.
+    pub outcomes: Vec<Outcome>,
+    /// Output records, in input order.
+    pub output: Batch,
+}
+
+impl Transformed {
+    /// Pairs each input index with its outcome and output records.
+    pub fn per_record(&self) -> impl Iterator<Item = (usize, &Outcome, Vec<RecordRef<'_>>)> {
+        let mut records = self.output.records();
+        self.outcomes.iter().enumerate().map(move |(i, o)| {
+            let n = if let Outcome::Ok(n) = o { *n as usize } else { 0 };
+            (i, o, records.by_ref().take(n).collect())
+        })
+    }
+}
+
+/// A running transformer instance.
+pub struct TransformerInstance {
+    store: Store<StoreData>,
+    bindings: Transformer,
+    spec: SandboxSpec,
+}
+
+impl TransformerInstance {
+    /// Transforms a batch; checks the result against the contract.
+    pub fn transform(&mut self, input: &Batch) -> Result<Transformed, PluginError> {
+        let t = guarded(&mut self.store, &self.spec, |s| self.bindings.weir_plugin_transform().call_transform(s, input))?;
+        if t.outcomes.len() != input.len() {
+            return Err(PluginError::Contract(format!("{} outcomes for {} records", t.outcomes.len(), input.len())));
+        }
+        t.output.validate().map_err(PluginError::Contract)?;
+        let promised: u64 = t.outcomes.iter().map(|o| if let Outcome::Ok(n) = o { u64::from(*n) } else { 0 }).sum();
+        if promised != t.output.len() as u64 {
+            return Err(PluginError::Contract(format!(
+                "outcomes promise {promised} output records but the output holds {}",
+                t.output.len()
+            )));
+        }
+        Ok(Transformed { outcomes: t.outcomes, output: t.output })
+    }
+}
+
+/// An aggregator plugin, loaded.
+pub type AggregatorPlugin = Loaded<AggregatorPre<StoreData>>;
+
+impl AggregatorPlugin {
+    /// Loads a compiled component as an aggregator.
+    pub fn new(
+        engine: &Arc<PluginEngine>,
+        compiled: CompiledComponent,
+        spec: SandboxSpec,
+        config: Vec<(String, String)>,
+    ) -> Result<Self, PluginError> {
+        load(engine, compiled, World::Aggregator, spec, config, AggregatorPre::new)
+    }
+
+    /// A new, initialised instance.
+    pub fn instantiate(&self) -> Result<AggregatorInstance, PluginError> {
+        let (store, bindings) = instantiate(
+            &self.engine,
+            &self.spec,
+            None,
+            |s| self.pre.instantiate(s),
+            |b: &Aggregator, s| b.weir_plugin_aggregate().call_init(s, &self.config),
+        )?;
+        Ok(AggregatorInstance { store, bindings, spec: self.spec.clone() })
+    }
+}
+
+/// A running aggregator instance.
+pub struct AggregatorInstance {
+    store: Store<StoreData>,
+    bindings: Aggregator,
+    spec: SandboxSpec,
+}
+
+impl AggregatorInstance {
+    /// Folds `input` into `states` (record `i` into `states[groups[i]]`).
+    pub fn fold(&mut self, input: &Batch, groups: &[u32], states: &[Vec<u8>]) -> Result<Vec<Vec<u8>>, PluginError> {
+        let out = guarded(&mut self.store, &self.spec, |s| {
+            self.bindings.weir_plugin_aggregate().call_fold(s, input, groups, states)
+        })?;
+        if out.len() != states.len() {
+            return Err(PluginError::Contract(format!("{} states returned for {}", out.len(), states.len())));
+        }
+        Ok(out)
+    }
+
+    /// Turns the states of a closed window into result records.
+    pub fn emit(&mut self, start_ms: i64, end_ms: i64, keys: &[String], states: &[Vec<u8>]) -> Result<Batch, PluginError> {
+        let window = Window { start: start_ms, end: end_ms };
+        let out = guarded(&mut self.store, &self.spec, |s| {
+            self.bindings.weir_plugin_aggregate().call_emit(s, window, keys, states)
+        })?;
+        out.validate().map_err(PluginError::Contract)?;
+        Ok(out)
+    }
+}
+
+/// A notifier plugin, loaded.
+pub type NotifierPlugin = Loaded<NotifierPre<StoreData>>;
+
+impl NotifierPlugin {
+    /// Loads a compiled component as a notifier.
+    pub fn new(
+        engine: &Arc<PluginEngine>,
+        compiled: CompiledComponent,
+        spec: SandboxSpec,
+        config: Vec<(String, String)>,
+    ) -> Result<Self, PluginError> {
+        load(engine, compiled, World::Notifier, spec, config, NotifierPre::new)
+    }
+
+    /// A new, initialised instance calling `services` for its imports.
+    pub fn instantiate(&self, services: Arc<dyn Services>) -> Result<NotifierInstance, PluginError> {
+        let (store, bindings) = instantiate(
+            &self.engine,
+            &self.spec,
+            Some(services),
+            |s| self.pre.instantiate(s),
+            |b: &Notifier, s| b.weir_plugin_consume().call_init(s, &self.config),
+        )?;
+        Ok(NotifierInstance { store, bindings, spec: self.spec.clone() })
+    }
+}
+
+/// A running notifier instance.
+pub struct NotifierInstance {
+    store: Store<StoreData>,
+    bindings: Notifier,
+    spec: SandboxSpec,
+}
+
+impl NotifierInstance {
+    /// Hands a batch to the plugin.
+    pub fn consume(&mut self, input: &Batch) -> Result<(), PluginError> {
+        guarded(&mut self.store, &self.spec, |s| self.bindings.weir_plugin_consume().call_consume(s, input))
+    }
+}

@@ -1,0 +1,451 @@
+//! A transform stage: reads batches from its input stream, runs them through
+//! its plugin, writes `ok` records to its output and failed records to its
+//! dead-letter sink, then checkpoints. A failing plugin is contained: the
+//! batch follows the stage's error policy, a broken instance is replaced, and
+//! a plugin that keeps failing is restarted with backoff (1 s doubling to 30 s).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::manifest::{ErrorPolicy, StageSpec};
+use crate::plugin::{Batch, Outcome, PluginError, TransformerInstance, TransformerPlugin};
+use crate::sink::{DeadLetter, DeadLetterOrigin, FileSink, OutRecord};
+use crate::stream::{NewRecord, StoredRecord, StreamError, StreamStore};
+
+/// First restart delay after repeated failures; doubles up to [`MAX_BACKOFF`].
+pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// Longest restart delay.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often an idle stage looks at the shutdown flag.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+
+/// Where a stage's `ok` records go.
+pub enum StageOutput {
+    /// Appended to a stream of the same host.
+    Stream(String),
+    /// Written to a sink.
+    Sink(Arc<FileSink>),
+}
+
+/// The phase a stage is in, as operators see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Processing or waiting for records.
+    Running,
+    /// Waiting to restart a failing plugin.
+    BackingOff,
+    /// Stopped by the `stop` error policy; its records wait in the stream.
+    Stopped,
+    /// Drained at shutdown.
+    Finished,
+}
+
+/// Counters of a stage, readable while it runs.
+#[derive(Debug, Default)]
+pub struct StageStats {
+    /// Records read from the input.
+    pub records_in: AtomicU64,
+    /// Records written to the output.
+    pub records_out: AtomicU64,
+    /// Records the plugin dropped.
+    pub dropped: AtomicU64,
+    /// Records sent to the dead-letter sink.
+    pub dead_lettered: AtomicU64,
+    /// Records discarded by the `skip` policy.
+    pub skipped: AtomicU64,
+    /// Batches processed.
+    pub batches: AtomicU64,
+    /// Plugin failures (trap, deadline, memory, error returned, init).
+    pub failures: AtomicU64,
+    /// Plugin instances created after the first.
+    pub restarts: AtomicU64,
+    phase: Mutex<Option<Phase>>,
+    last_error: Mutex<Option<String>>,
+}
+
+/// A snapshot of a stage's counters.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageStatus {
+    /// Stage name.
+    pub name: String,
+    /// Plugin name@version.
+    pub plugin: String,
+    /// Component SHA-256.
+    pub plugin_sha256: String,
+    /// Phase.
+    pub phase: Phase,
+    /// Records read.
+    pub records_in: u64,
+    /// Records written.
+    pub records_out: u64,
+    /// Records dropped by the plugin.
+    pub dropped: u64,
+    /// Records dead-lettered.
+    pub dead_lettered: u64,
+    /// Records skipped by policy.
+    pub skipped: u64,
+    /// Batches processed.
+    pub batches: u64,
+    /// Plugin failures.
+    pub failures: u64,
+    /// Instance restarts.
+    pub restarts: u64,
+    /// The most recent failure.
+    pub last_error: Option<String>,
+}
+
+impl StageStats {
+    fn set_phase(&self, phase: Phase) {
+        if let Ok(mut p) = self.phase.lock() {
+            *p = Some(phase);
+        }
+    }
+
+    fn set_error(&self, e: String) {
+        if let Ok(mut l) = self.last_error.lock() {
+            *l = Some(e);
+        }
+    }
+}
+
+/// A stage ready to run on its own thread.
+pub struct Stage {
+    spec: Arc<StageSpec>,
+    plugin: TransformerPlugin,
+    streams: Arc<dyn StreamStore>,
+    output: StageOutput,
+    dead_letters: Arc<FileSink>,
+    origin: DeadLetterOrigin,
+    stats: Arc<StageStats>,
+    draining: Arc<AtomicBool>,
+}
+
+/// A running stage.
+pub struct StageHandle {
+    /// Its counters.
+    pub stats: Arc<StageStats>,
+    name: String,
+    plugin: String,
+    plugin_sha256: String,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl StageHandle {
+    /// A snapshot of its counters.
+    pub fn status(&self) -> StageStatus {
+        let s = &self.stats;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StageStatus {
+            name: self.name.clone(),
+            plugin: self.plugin.clone(),
+            plugin_sha256: self.plugin_sha256.clone(),
+            phase: s.phase.lock().ok().and_then(|p| *p).unwrap_or(Phase::Running),
+            records_in: get(&s.records_in),
+            records_out: get(&s.records_out),
+            dropped: get(&s.dropped),
+            dead_lettered: get(&s.dead_lettered),
+            skipped: get(&s.skipped),
+            batches: get(&s.batches),
+            failures: get(&s.failures),
+            restarts: get(&s.restarts),
+            last_error: s.last_error.lock().ok().and_then(|l| l.clone()),
+        }
+    }
+
+    /// Waits for the stage to finish (after draining was requested).
+    pub fn join(self) {
+        if self.thread.join().is_err() {
+            tracing::error!(stage = %self.name, "stage thread panicked");
+        }
+    }
+}
+
+/// How a batch ended.
+enum BatchEnd {
+    /// Done with it: checkpoint past it.
+    Done,
+    /// Not done: try the same batch again (after backoff).
+    Retry,
+    /// The stage stops here.
+    Stop,
+}
+
+impl Stage {
+    /// A stage; `draining` tells it to finish the records it has and stop.
+    pub fn new(
+        pipeline: &str,
+        spec: Arc<StageSpec>,
+        plugin: TransformerPlugin,
+        streams: Arc<dyn StreamStore>,
+        output: StageOutput,
+        dead_letters: Arc<FileSink>,
+        draining: Arc<AtomicBool>,
+    ) -> Self {
+        let origin = DeadLetterOrigin {
+            pipeline: pipeline.to_owned(),
+            stage: spec.name.to_string(),
+            stream: spec.input.to_string(),
+            plugin: plugin.spec.ident.plugin.clone(),
+            plugin_sha256: plugin.compiled.sha256.clone(),
+        };
+        Self { spec, plugin, streams, output, dead_letters, origin, stats: Arc::default(), draining }
+    }
+
+    /// The stage's name.
+    pub fn name(&self) -> &str {
+        self.spec.name.as_str()
+    }
+
+    /// Starts the stage on its own thread.
+    pub fn spawn(self) -> std::io::Result<StageHandle> {
+        let stats = self.stats.clone();
+        let name = self.spec.name.to_string();
+        let (plugin, plugin_sha256) = (self.origin.plugin.clone(), self.origin.plugin_sha256.clone());
+        let thread = std::thread::Builder::new().name(format!("stage-{name}")).spawn(move || self.run())?;
+        Ok(StageHandle { stats, name, plugin, plugin_sha256, thread })
+    }
+
+    fn run(self) {
+        let span = tracing::info_span!("stage", pipeline = %self.origin.pipeline, stage = %self.origin.stage, plugin = %self.origin.plugin);
+        let _enter = span.enter();
+        let input = self.spec.input.as_str();
+        let consumer = self.spec.name.as_str();
+        let mut position = match self.streams.register_consumer(input, consumer) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the input stream; stage stopped");
+                self.stats.set_phase(Phase::Stopped);
+                return;
+            }
+        };
+        self.stats.set_phase(Phase::Running);
+        let mut instance: Option<TransformerInstance> = None;
+        let mut instances_created = 0u64;
+        let mut consecutive_failures = 0u32;
+        loop {
+            let available = match self.wait_for_batch(position) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::error!(error = %e, "input stream failed; stage stopped");
+                    self.stats.set_phase(Phase::Stopped);
+                    return;
+                }
+            };
+            if available == 0 {
+                if self.draining.load(Ordering::Relaxed) {
+                    break;
+                }
+                continue;
+            }
+            let records = match self.streams.read(input, position, self.spec.batch_size) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "reading the input stream failed; stage stopped");
+                    self.stats.set_phase(Phase::Stopped);
+                    return;
+                }
+            };
+            let Some(next) = records.last().map(|r| r.sequence + 1) else { continue };
+            let (end, plugin_failed) = self.process(&records, &mut instance, &mut instances_created);
+            match end {
+                BatchEnd::Done => {
+                    position = next;
+                    if let Err(e) = self.streams.checkpoint(input, consumer, position) {
+                        tracing::error!(error = %e, "checkpoint failed");
+                    }
+                }
+                BatchEnd::Retry => {}
+                BatchEnd::Stop => {
+                    self.stats.set_phase(Phase::Stopped);
+                    tracing::error!("stage stopped by its `stop` error policy; its records stay in the stream");
+                    return;
+                }
+            }
+            if plugin_failed {
+                consecutive_failures += 1;
+                self.back_off(consecutive_failures);
+            } else {
+                consecutive_failures = 0;
+            }
+        }
+        if let Err(e) = self.dead_letters.sync() {
+            tracing::error!(error = %e, "syncing the dead-letter sink failed");
+        }
+        if let StageOutput::Sink(sink) = &self.output
+            && let Err(e) = sink.sync()
+        {
+            tracing::error!(error = %e, "syncing the output sink failed");
+        }
+        self.stats.set_phase(Phase::Finished);
+    }
+
+    /// Waits for a full batch or `batch-wait` after the first record; returns readable records.
+    fn wait_for_batch(&self, position: u64) -> Result<usize, StreamError> {
+        let input = self.spec.input.as_str();
+        let first = self.streams.wait_for(input, position, 1, IDLE_POLL)?;
+        if first == 0 || first >= self.spec.batch_size || self.draining.load(Ordering::Relaxed) {
+            return Ok(first);
+        }
+        self.streams.wait_for(input, position, self.spec.batch_size, self.spec.batch_wait)
+    }
+
+    /// Sleeps before restarting a plugin that failed `streak` times in a row;
+    /// the first failure restarts at once.
+    fn back_off(&self, streak: u32) {
+        if streak < 2 {
+            return;
+        }
+        let delay = FIRST_BACKOFF.saturating_mul(1 << (streak - 2).min(5)).min(MAX_BACKOFF);
+        tracing::warn!(delay_ms = delay.as_millis() as u64, failures_in_a_row = streak, "plugin keeps failing; backing off");
+        self.stats.set_phase(Phase::BackingOff);
+        let until = std::time::Instant::now() + delay;
+        while std::time::Instant::now() < until && !self.draining.load(Ordering::Relaxed) {
+            std::thread::sleep(IDLE_POLL.min(until.saturating_duration_since(std::time::Instant::now())));
+        }
+        self.stats.set_phase(Phase::Running);
+    }
+
+    /// Runs one batch; also says whether the plugin failed on it.
+    fn process(
+        &self,
+        records: &[StoredRecord],
+        instance: &mut Option<TransformerInstance>,
+        instances_created: &mut u64,
+    ) -> (BatchEnd, bool) {
+        let span = tracing::debug_span!("stage.batch", records = records.len());
+        let _enter = span.enter();
+        let mut batch = Batch::with_capacity(records.len(), records.iter().map(|r| r.data.len()).sum());
+        for r in records {
+            batch.push(&r.key, r.event_time_ms, &r.data);
+        }
+        let result = match instance {
+            Some(i) => i.transform(&batch),
+            None => {
+                if *instances_created > 0 {
+                    self.stats.restarts.fetch_add(1, Ordering::Relaxed);
+                }
+                *instances_created += 1;
+                self.plugin.instantiate().and_then(|fresh| instance.insert(fresh).transform(&batch))
+            }
+        };
+        match result {
+            Ok(t) => {
+                self.stats.records_in.fetch_add(records.len() as u64, Ordering::Relaxed);
+                self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                (self.deliver(records, &t), false)
+            }
+            Err(e) => {
+                if e.poisons_instance() || matches!(e, PluginError::Init(_)) {
+                    *instance = None;
+                }
+                (self.failed(records, e), true)
+            }
+        }
+    }
+
+    /// Writes outputs and dead letters of a transformed batch.
+    fn deliver(&self, records: &[StoredRecord], t: &crate::plugin::Transformed) -> BatchEnd {
+        let mut out = Vec::with_capacity(t.output.len());
+        let mut letters = Vec::new();
+        let mut dropped = 0u64;
+        for (i, outcome, outputs) in t.per_record() {
+            match outcome {
+                Outcome::Ok(_) => out.extend(outputs.iter().map(|r| OutRecord {
+                    key: r.key,
+                    event_time_ms: r.event_time_ms,
+                    payload: r.payload,
+                })),
+                Outcome::Dropped => dropped += 1,
+                Outcome::ProcessingFailed(reason) => letters.push(DeadLetter {
+                    origin: &self.origin,
+                    record: &records[i],
+                    error_code: "processing-failed",
+                    reason,
+                }),
+            }
+        }
+        if let Err(e) = self.write_output(&out) {
+            tracing::error!(error = %e, "writing the output failed; the batch will be retried");
+            self.stats.set_error(e.clone());
+            std::thread::sleep(FIRST_BACKOFF);
+            return BatchEnd::Retry;
+        }
+        if let Err(e) = self.dead_letters.write_dead_letters(&letters) {
+            tracing::error!(error = %e, "writing dead letters failed; the batch will be retried");
+            self.stats.set_error(e.to_string());
+            std::thread::sleep(FIRST_BACKOFF);
+            return BatchEnd::Retry;
+        }
+        self.stats.records_out.fetch_add(out.len() as u64, Ordering::Relaxed);
+        self.stats.dropped.fetch_add(dropped, Ordering::Relaxed);
+        self.stats.dead_lettered.fetch_add(letters.len() as u64, Ordering::Relaxed);
+        BatchEnd::Done
+    }
+
+    fn write_output(&self, out: &[OutRecord<'_>]) -> Result<(), String> {
+        match &self.output {
+            StageOutput::Sink(sink) => sink.write(out).map_err(|e| e.to_string()),
+            StageOutput::Stream(stream) => {
+                let records: Vec<NewRecord> = out
+                    .iter()
+                    .map(|r| NewRecord {
+                        key: r.key.to_owned(),
+                        event_time_ms: Some(r.event_time_ms),
+                        data: Bytes::copy_from_slice(r.payload),
+                    })
+                    .collect();
+                // A full downstream stream is backpressure, not an error: wait for room.
+                loop {
+                    match self.streams.append(stream, records.clone()) {
+                        Ok(_) => return Ok(()),
+                        Err(StreamError::Full { .. }) => std::thread::sleep(IDLE_POLL),
+                        Err(e) => return Err(e.to_string()),
+                    }
+                }
+            }
+        }
+    }
+
+    /// The plugin failed on this batch: report it and apply the error policy.
+    fn failed(&self, records: &[StoredRecord], e: PluginError) -> BatchEnd {
+        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+        let message = format!("{}: {e}", self.plugin.spec.ident);
+        tracing::error!(error_code = e.code(), records = records.len(), policy = ?self.spec.on_error, "{message}");
+        self.stats.set_error(message);
+        if matches!(e, PluginError::Init(_) | PluginError::Instantiate(_)) {
+            // The plugin never saw these records: keep them and try again later.
+            return if self.spec.on_error == ErrorPolicy::Stop { BatchEnd::Stop } else { BatchEnd::Retry };
+        }
+        self.stats.records_in.fetch_add(records.len() as u64, Ordering::Relaxed);
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        match self.spec.on_error {
+            ErrorPolicy::DeadLetter => {
+                let reason = e.to_string();
+                let letters: Vec<_> = records
+                    .iter()
+                    .map(|record| DeadLetter { origin: &self.origin, record, error_code: e.code(), reason: &reason })
+                    .collect();
+                match self.dead_letters.write_dead_letters(&letters) {
+                    Ok(()) => {
+                        self.stats.dead_lettered.fetch_add(records.len() as u64, Ordering::Relaxed);
+                        BatchEnd::Done
+                    }
+                    Err(err) => {
+                        tracing::error!(error = %err, "writing dead letters failed; the batch will be retried");
+                        BatchEnd::Retry
+                    }
+                }
+            }
+            ErrorPolicy::Skip => {
+                self.stats.skipped.fetch_add(records.len() as u64, Ordering::Relaxed);
+                BatchEnd::Done
+            }
+            ErrorPolicy::Stop => BatchEnd::Stop,
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! The aggregator world: the host owns windows and one opaque state per
+//! (window, key); the plugin folds records into states and emits results.
+
+use crate::{Batch, Config, Output, Record};
+
+/// A window's bounds in milliseconds since the Unix epoch: `start` inclusive, `end` exclusive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// First millisecond of the window.
+    pub start_ms: i64,
+    /// First millisecond after the window.
+    pub end_ms: i64,
+}
+
+/// A windowed aggregation (the `weir:plugin/aggregator` world).
+///
+/// The host assigns records to windows by event time and to groups by key;
+/// the plugin only folds and emits. States cross the boundary as bytes via
+/// [`Aggregator::decode`] and [`Aggregator::encode`], so the host can
+/// checkpoint them and hand them to a newer version of the plugin.
+pub trait Aggregator: Sized + 'static {
+    /// The per-(window, key) state; `Default` is the state before any record.
+    type State: Default;
+
+    /// Build the plugin from its configuration. Called once per instance.
+    fn init(config: &Config) -> Result<Self, String>;
+
+    /// Fold one record into its group's state.
+    fn fold(&mut self, state: &mut Self::State, record: &Record<'_>) -> Result<(), String>;
+
+    /// A window closed: emit the result records for `key` (usually one).
+    /// `state` is the default state for an expected key that saw no records.
+    fn emit(&mut self, window: Window, key: &str, state: &Self::State, out: &mut Output) -> Result<(), String>;
+
+    /// Read a state written by [`Aggregator::encode`]. Never called with empty bytes.
+    fn decode(bytes: &[u8]) -> Result<Self::State, String>;
+
+    /// Write a state so that [`Aggregator::decode`] reads it back.
+    fn encode(state: &Self::State, out: &mut Vec<u8>);
+}
+
+fn decode_state<A: Aggregator>(bytes: &[u8]) -> Result<A::State, String> {
+    if bytes.is_empty() { Ok(A::State::default()) } else { A::decode(bytes) }
+}
+
+/// Folds `input` into `states`, where record `i` belongs to `states[groups[i]]`.
+#[doc(hidden)]
+pub fn fold<A: Aggregator>(
+    plugin: &mut A,
+    input: &Batch,
+    groups: &[u32],
+    states: Vec<Vec<u8>>,
+) -> Result<Vec<Vec<u8>>, String> {
+    if groups.len() != input.len() {
+        return Err(format!("host sent {} groups for {} records", groups.len(), input.len()));
+    }
+    let mut decoded = states
+        .iter()
+        .map(|s| decode_state::<A>(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (record, &group) in input.iter().zip(groups) {
+        let state = decoded
+            .get_mut(group as usize)
+            .ok_or_else(|| format!("record {} names group {group} of {}", record.index(), states.len()))?;
+        plugin.fold(state, &record)?;
+    }
+    Ok(decoded
+        .iter()
+        .map(|s| {
+            let mut bytes = Vec::new();
+            A::encode(s, &mut bytes);
+            bytes
+        })
+        .collect())
+}
+
+/// Emits the results of a closed window for each key.
+#[doc(hidden)]
+pub fn emit<A: Aggregator>(plugin: &mut A, window: Window, keys: &[String], states: &[Vec<u8>]) -> Result<Batch, String> {
+    if keys.len() != states.len() {
+        return Err(format!("host sent {} keys for {} states", keys.len(), states.len()));
+    }
+    let mut out = Output::default();
+    for (key, state) in keys.iter().zip(states) {
+        let state = decode_state::<A>(state)?;
+        plugin.emit(window, key, &state, &mut out)?;
+    }
+    Ok(out.into_batch())
+}
+
+/// Export an [`Aggregator`] as the component's `weir:plugin/aggregator` world.
+#[macro_export]
+macro_rules! export_aggregator {
+    ($plugin:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            struct WeirAggregatorExport;
+            impl $crate::__private::aggregator::exports::weir::plugin::aggregate::Guest
+                for WeirAggregatorExport
+            {
+                fn init(config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>) -> ::core::result::Result<(), ::std::string::String> {
+                    $crate::__private::init_plugin::<$plugin>(config, <$plugin as $crate::Aggregator>::init)
+                }
+                fn fold(
+                    input: $crate::__private::transformer::weir::plugin::types::Batch,
+                    groups: ::std::vec::Vec<u32>,
+                    states: ::std::vec::Vec<::std::vec::Vec<u8>>,
+                ) -> ::core::result::Result<::std::vec::Vec<::std::vec::Vec<u8>>, ::std::string::String> {
+                    $crate::__private::fold_export::<$plugin>(input, groups, states)
+                }
+                fn emit(
+                    window: $crate::__private::aggregator::exports::weir::plugin::aggregate::Window,
+                    keys: ::std::vec::Vec<::std::string::String>,
+                    states: ::std::vec::Vec<::std::vec::Vec<u8>>,
+                ) -> ::core::result::Result<$crate::__private::transformer::weir::plugin::types::Batch, ::std::string::String> {
+                    $crate::__private::emit_export::<$plugin>(window.start, window.end, keys, states)
+                }
+            }
+            $crate::__private::aggregator::export!(WeirAggregatorExport with_types_in $crate::__private::aggregator);
+        };
+    };
+}

@@ -1,0 +1,37 @@
+//! The notifier world: batches from a stream in, side effects out through
+//! state tables and notification channels ([`crate::host`]).
+
+use crate::{Config, Record};
+
+/// A consumer of a stream (the `weir:plugin/notifier` world), like Lambda on
+/// Kinesis. Batches are delivered at least once: make side effects idempotent
+/// (state-table conditions, notification idempotency keys).
+pub trait Notifier: Sized + 'static {
+    /// Build the plugin from its configuration. Called once per instance.
+    fn init(config: &Config) -> Result<Self, String>;
+
+    /// Handle one record. An error fails the batch, which the host retries.
+    fn consume(&mut self, record: &Record<'_>) -> Result<(), String>;
+}
+
+/// Export a [`Notifier`] as the component's `weir:plugin/notifier` world.
+#[macro_export]
+macro_rules! export_notifier {
+    ($plugin:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            struct WeirNotifierExport;
+            impl $crate::__private::notifier::exports::weir::plugin::consume::Guest for WeirNotifierExport {
+                fn init(config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>) -> ::core::result::Result<(), ::std::string::String> {
+                    $crate::__private::init_plugin::<$plugin>(config, <$plugin as $crate::Notifier>::init)
+                }
+                fn consume(
+                    input: $crate::__private::transformer::weir::plugin::types::Batch,
+                ) -> ::core::result::Result<(), ::std::string::String> {
+                    $crate::__private::consume_export::<$plugin>(input)
+                }
+            }
+            $crate::__private::notifier::export!(WeirNotifierExport with_types_in $crate::__private::notifier);
+        };
+    };
+}

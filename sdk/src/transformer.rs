@@ -1,0 +1,95 @@
+//! The transformer world: a batch in, one outcome per input record out.
+
+use crate::{Batch, Config, Output, Record};
+
+/// What happened to one input record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Transformed: the records emitted to the [`Output`] during this call
+    /// (zero or more) are its result.
+    Ok,
+    /// Deliberately discarded; anything emitted for it is discarded too.
+    Dropped,
+    /// Could not be processed; the reason goes with the record to the error
+    /// output. Anything emitted for it is discarded.
+    Failed(String),
+}
+
+/// A record transformer (the `weir:plugin/transformer` world).
+pub trait Transformer: Sized + 'static {
+    /// Build the plugin from its configuration. Called once per instance; an
+    /// error keeps the stage from starting and is shown to the operator.
+    fn init(config: &Config) -> Result<Self, String>;
+
+    /// Transform one record, emitting its results to `out`.
+    fn transform(&mut self, record: &Record<'_>, out: &mut Output) -> Outcome;
+}
+
+/// The outcome of one record, as it crosses the boundary.
+#[doc(hidden)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WireOutcome {
+    Ok(u32),
+    Dropped,
+    Failed(String),
+}
+
+/// Runs a transformer over a batch: the heart of both the component export
+/// and the native test harness.
+#[doc(hidden)]
+pub fn transform_batch<T: Transformer>(plugin: &mut T, input: &Batch) -> (Vec<WireOutcome>, Batch) {
+    let mut outcomes = Vec::with_capacity(input.len());
+    let mut out = Output {
+        batch: Batch {
+            payloads: Vec::with_capacity(input.payloads.len() * 2),
+            keys: Vec::with_capacity(input.keys.len()),
+            key_ends: Vec::with_capacity(input.len()),
+            payload_ends: Vec::with_capacity(input.len()),
+            event_times: Vec::with_capacity(input.len()),
+            attributes: Vec::new(),
+        },
+    };
+    for record in input.iter() {
+        let before = out.len();
+        let outcome = match plugin.transform(&record, &mut out) {
+            Outcome::Ok => WireOutcome::Ok((out.len() - before) as u32),
+            Outcome::Dropped => {
+                out.batch.truncate(before);
+                WireOutcome::Dropped
+            }
+            Outcome::Failed(reason) => {
+                out.batch.truncate(before);
+                WireOutcome::Failed(reason)
+            }
+        };
+        outcomes.push(outcome);
+    }
+    (outcomes, out.batch)
+}
+
+/// Export a [`Transformer`] as the component's `weir:plugin/transformer` world.
+#[macro_export]
+macro_rules! export_transformer {
+    ($plugin:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            struct WeirTransformerExport;
+            impl $crate::__private::transformer::exports::weir::plugin::transform::Guest
+                for WeirTransformerExport
+            {
+                fn init(config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>) -> ::core::result::Result<(), ::std::string::String> {
+                    $crate::__private::init_plugin::<$plugin>(config, <$plugin as $crate::Transformer>::init)
+                }
+                fn transform(
+                    input: $crate::__private::transformer::weir::plugin::types::Batch,
+                ) -> ::core::result::Result<
+                    $crate::__private::transformer::exports::weir::plugin::transform::Transformed,
+                    ::std::string::String,
+                > {
+                    $crate::__private::transform_export::<$plugin>(input)
+                }
+            }
+            $crate::__private::transformer::export!(WeirTransformerExport with_types_in $crate::__private::transformer);
+        };
+    };
+}

@@ -1,0 +1,147 @@
+//! The component side: generated bindings for the three worlds and the glue
+//! between them and the SDK traits. Compiled for `wasm32` only.
+
+use std::any::Any;
+use std::cell::RefCell;
+
+use crate::{Aggregator, Batch, Config, Notifier, Transformer, Window};
+
+#[allow(missing_docs, reason = "generated bindings")]
+pub mod transformer {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "weir:plugin/transformer",
+        pub_export_macro: true,
+        default_bindings_module: "weir_sdk::__private::transformer",
+        runtime_path: "weir_sdk::wit_bindgen::rt",
+        generate_all,
+    });
+}
+
+#[allow(missing_docs, reason = "generated bindings")]
+pub mod aggregator {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "weir:plugin/aggregator",
+        pub_export_macro: true,
+        default_bindings_module: "weir_sdk::__private::aggregator",
+        runtime_path: "weir_sdk::wit_bindgen::rt",
+        with: {
+            "weir:plugin/types@0.1.0": crate::wasm::transformer::weir::plugin::types,
+            "weir:plugin/log@0.1.0": crate::wasm::transformer::weir::plugin::log,
+        },
+    });
+}
+
+#[allow(missing_docs, reason = "generated bindings")]
+pub mod notifier {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "weir:plugin/notifier",
+        pub_export_macro: true,
+        default_bindings_module: "weir_sdk::__private::notifier",
+        runtime_path: "weir_sdk::wit_bindgen::rt",
+        with: {
+            "weir:plugin/types@0.1.0": crate::wasm::transformer::weir::plugin::types,
+            "weir:plugin/log@0.1.0": crate::wasm::transformer::weir::plugin::log,
+            "weir:plugin/state-table@0.1.0": generate,
+            "weir:plugin/notify@0.1.0": generate,
+            "weir:plugin/reference@0.1.0": generate,
+        },
+    });
+}
+
+use transformer::exports::weir::plugin::transform::{Outcome as WitOutcome, Transformed};
+use transformer::weir::plugin::types::{Attribute, Batch as WitBatch};
+
+thread_local! {
+    /// The one plugin instance of this component, created by `init`.
+    static PLUGIN: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+}
+
+fn with_plugin<P: 'static, R>(f: impl FnOnce(&mut P) -> Result<R, String>) -> Result<R, String> {
+    PLUGIN.with_borrow_mut(|slot| match slot.as_mut().and_then(|p| p.downcast_mut::<P>()) {
+        Some(plugin) => f(plugin),
+        None => Err("plugin called before init".to_owned()),
+    })
+}
+
+/// Creates the plugin instance from the host's configuration.
+pub fn init_plugin<P: 'static>(
+    config: Vec<(String, String)>,
+    init: fn(&Config) -> Result<P, String>,
+) -> Result<(), String> {
+    let plugin = init(&Config::new(config))?;
+    PLUGIN.with_borrow_mut(|slot| *slot = Some(Box::new(plugin)));
+    Ok(())
+}
+
+fn from_wit(b: WitBatch) -> Batch {
+    Batch::from_columns(
+        b.keys,
+        b.key_ends,
+        b.event_times,
+        b.payloads,
+        b.payload_ends,
+        b.attributes.into_iter().map(|a| (a.index, a.name, a.value)).collect(),
+    )
+}
+
+fn to_wit(b: Batch) -> WitBatch {
+    let (keys, key_ends, event_times, payloads, payload_ends, attributes) = b.into_columns();
+    WitBatch {
+        keys,
+        key_ends,
+        event_times,
+        payloads,
+        payload_ends,
+        attributes: attributes
+            .into_iter()
+            .map(|(index, name, value)| Attribute { index, name, value })
+            .collect(),
+    }
+}
+
+/// The `transform` export.
+pub fn transform_export<T: Transformer>(input: WitBatch) -> Result<Transformed, String> {
+    let input = from_wit(input);
+    with_plugin::<T, _>(|plugin| {
+        let (outcomes, output) = crate::transformer::transform_batch(plugin, &input);
+        let outcomes = outcomes
+            .into_iter()
+            .map(|o| match o {
+                crate::transformer::WireOutcome::Ok(n) => WitOutcome::Ok(n),
+                crate::transformer::WireOutcome::Dropped => WitOutcome::Dropped,
+                crate::transformer::WireOutcome::Failed(r) => WitOutcome::ProcessingFailed(r),
+            })
+            .collect();
+        Ok(Transformed { outcomes, output: to_wit(output) })
+    })
+}
+
+/// The `fold` export.
+pub fn fold_export<A: Aggregator>(
+    input: WitBatch,
+    groups: Vec<u32>,
+    states: Vec<Vec<u8>>,
+) -> Result<Vec<Vec<u8>>, String> {
+    let input = from_wit(input);
+    with_plugin::<A, _>(|plugin| crate::aggregator::fold(plugin, &input, &groups, states))
+}
+
+/// The `emit` export.
+pub fn emit_export<A: Aggregator>(
+    start_ms: i64,
+    end_ms: i64,
+    keys: Vec<String>,
+    states: Vec<Vec<u8>>,
+) -> Result<WitBatch, String> {
+    let window = Window { start_ms, end_ms };
+    with_plugin::<A, _>(|plugin| crate::aggregator::emit(plugin, window, &keys, &states).map(to_wit))
+}
+
+/// The `consume` export.
+pub fn consume_export<N: Notifier>(input: WitBatch) -> Result<(), String> {
+    let input = from_wit(input);
+    with_plugin::<N, _>(|plugin| input.iter().try_for_each(|record| plugin.consume(&record)))
+}
