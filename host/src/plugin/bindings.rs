@@ -6,6 +6,7 @@ pub mod transformer {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "weir:plugin/transformer",
+        additional_derives: [PartialEq],
     });
 }
 

@@ -1,0 +1,140 @@
+//! Hostile guests are contained: a trap, an endless loop, a memory bomb and a
+//! file access without a grant each fail with a clear error, and the plugin
+//! keeps serving from a fresh instance afterwards.
+
+use std::time::{Duration, Instant};
+
+use weir_host::manifest::{DirGrant, Grants, Limits};
+use weir_host::plugin::{Batch, Outcome, PluginError, TransformerPlugin, Transformed};
+use weir_tests::{artifacts, config, engine, sandbox};
+
+fn hostile(mode: &str, limits: Limits, grants: Grants) -> TransformerPlugin {
+    let engine = engine();
+    let compiled = engine.compile(artifacts::HOSTILE.as_ref()).expect("compile hostile");
+    TransformerPlugin::new(&engine, compiled, sandbox("hostile@0.1.0", limits, grants), config(&[("mode", mode)]))
+        .expect("load hostile")
+}
+
+fn batch(payloads: &[&str]) -> Batch {
+    let mut b = Batch::with_capacity(payloads.len(), 64);
+    for (i, p) in payloads.iter().enumerate() {
+        b.push(&format!("k{i}"), i as i64, p.as_bytes());
+    }
+    b
+}
+
+fn texts(t: &Transformed) -> Vec<String> {
+    t.output.records().map(|r| String::from_utf8_lossy(r.payload).into_owned()).collect()
+}
+
+/// The plugin still works: a new instance of the well-behaved mode transforms a batch.
+fn still_serves(plugin: &TransformerPlugin) {
+    plugin.instantiate().expect("a fresh instance after the failure");
+    let good = hostile("upper", Limits::default(), Grants::default());
+    let out = good.instantiate().expect("instantiate").transform(&batch(&["ok"])).expect("transform");
+    assert_eq!(texts(&out), vec!["OK"]);
+}
+
+#[test]
+fn outcomes_follow_the_contract() {
+    let plugin = hostile("upper", Limits::default(), Grants::default());
+    let mut instance = plugin.instantiate().expect("instantiate");
+    let out = instance.transform(&batch(&["a", "drop", "twice", "b"])).expect("transform");
+    assert_eq!(out.outcomes, vec![Outcome::Ok(1), Outcome::Dropped, Outcome::Ok(2), Outcome::Ok(1)]);
+    assert_eq!(texts(&out), vec!["A", "TWICE-1", "TWICE-2", "B"]);
+    let keys: Vec<_> = out.output.records().map(|r| (r.key.to_owned(), r.event_time_ms)).collect();
+    assert_eq!(keys, vec![("k0".into(), 0), ("k2".into(), 2), ("k2".into(), 2), ("k3".into(), 3)]);
+    let per_record: Vec<usize> = out.per_record().map(|(_, _, recs)| recs.len()).collect();
+    assert_eq!(per_record, vec![1, 0, 2, 1]);
+    // An empty batch is fine too.
+    assert!(instance.transform(&batch(&[])).expect("empty").outcomes.is_empty());
+}
+
+#[test]
+fn a_trapping_plugin_is_reported_and_replaced() {
+    let plugin = hostile("trap-on-boom", Limits::default(), Grants::default());
+    let mut instance = plugin.instantiate().expect("instantiate");
+    let err = instance.transform(&batch(&["fine", "boom"])).expect_err("trap");
+    assert!(matches!(err, PluginError::Trap(_)), "{err:?}");
+    assert!(err.poisons_instance());
+    assert_eq!(err.code(), "trap");
+    still_serves(&plugin);
+}
+
+#[test]
+fn an_endless_loop_is_interrupted_at_its_deadline() {
+    let limits = Limits { timeout: Duration::from_millis(200), ..Limits::default() };
+    let plugin = hostile("loop", limits, Grants::default());
+    let mut instance = plugin.instantiate().expect("instantiate");
+    let started = Instant::now();
+    let err = instance.transform(&batch(&["spin"])).expect_err("deadline");
+    assert!(matches!(err, PluginError::Timeout(d) if d == Duration::from_millis(200)), "{err:?}");
+    assert!(err.to_string().contains("deadline"), "{err}");
+    // Generous bound: this asserts the call was interrupted at all, not how fast.
+    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+    still_serves(&plugin);
+}
+
+#[test]
+fn a_memory_bomb_is_stopped_at_the_cap() {
+    let limits = Limits { memory_bytes: 16 << 20, ..Limits::default() };
+    let plugin = hostile("grow", limits, Grants::default());
+    let mut instance = plugin.instantiate().expect("instantiate");
+    let err = instance.transform(&batch(&["eat"])).expect_err("memory cap");
+    assert!(matches!(err, PluginError::MemoryCap(n) if n == 16 << 20), "{err:?}");
+    assert!(err.to_string().contains("memory cap of 16777216 bytes"), "{err}");
+    still_serves(&plugin);
+}
+
+#[test]
+fn files_are_denied_without_a_grant_and_readable_with_one() {
+    let denied = hostile("open-file", Limits::default(), Grants::default());
+    let out = denied.instantiate().expect("instantiate").transform(&batch(&["x"])).expect("transform");
+    match &out.outcomes[0] {
+        Outcome::ProcessingFailed(reason) => assert!(reason.starts_with("open /etc/passwd:"), "{reason}"),
+        other => panic!("reading /etc/passwd without a grant must fail, got {other:?}"),
+    }
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("hello.txt"), "granted").expect("write");
+    let grants = Grants {
+        clock: false,
+        dirs: vec![DirGrant { host: dir.path().to_owned(), guest: "/data".into(), writable: false }],
+    };
+    let engine = engine();
+    let compiled = engine.compile(artifacts::HOSTILE.as_ref()).expect("compile");
+    let plugin = TransformerPlugin::new(
+        &engine,
+        compiled,
+        sandbox("hostile@0.1.0", Limits::default(), grants),
+        config(&[("mode", "open-file"), ("path", "/data/hello.txt")]),
+    )
+    .expect("load");
+    let out = plugin.instantiate().expect("instantiate").transform(&batch(&["x"])).expect("transform");
+    assert_eq!(texts(&out), vec!["granted"]);
+}
+
+#[test]
+fn a_plugin_refusing_its_config_fails_at_init() {
+    let plugin = hostile("refuse-init", Limits::default(), Grants::default());
+    let err = plugin.instantiate().err().expect("init must fail");
+    assert!(matches!(&err, PluginError::Init(m) if m.contains("refusing to start")), "{err:?}");
+}
+
+#[test]
+fn a_component_of_another_world_is_refused_with_the_reason() {
+    let engine = engine();
+    let err = weir_host::plugin::check_world(
+        &engine,
+        artifacts::ECHO_NOTIFIER.as_ref(),
+        weir_host::manifest::World::Transformer,
+    )
+    .err()
+    .expect("a notifier is not a transformer");
+    let text = err.to_string();
+    assert!(text.contains("does not implement the `weir:plugin/transformer` world"), "{text}");
+    let err = weir_host::plugin::check_world(&engine, "/nonexistent.wasm".as_ref(), weir_host::manifest::World::Transformer)
+        .err()
+        .expect("missing file");
+    assert!(err.to_string().contains("cannot read component `/nonexistent.wasm`"), "{err}");
+}

@@ -1,0 +1,113 @@
+//! Helpers shared by weir's end-to-end tests: loading test plugins, writing
+//! manifests into temporary folders and running a pipeline with its HTTP API
+//! on a loopback port.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use weir_artifacts as artifacts;
+use weir_host::manifest::{Grants, Limits};
+use weir_host::pipeline::Host;
+use weir_host::plugin::{PluginEngine, PluginIdent, SandboxSpec};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// One engine per test process: compiling is the slow part, the cache shares it.
+pub fn engine() -> Arc<PluginEngine> {
+    static ENGINE: std::sync::OnceLock<Arc<PluginEngine>> = std::sync::OnceLock::new();
+    ENGINE
+        .get_or_init(|| Arc::new(PluginEngine::new().expect("engine")))
+        .clone()
+}
+
+/// Sandbox settings for a test stage.
+pub fn sandbox(plugin: &str, limits: Limits, grants: Grants) -> SandboxSpec {
+    SandboxSpec {
+        ident: Arc::new(PluginIdent { pipeline: "test".into(), stage: "stage".into(), plugin: plugin.into() }),
+        limits,
+        grants,
+    }
+}
+
+/// Config pairs from string slices.
+pub fn config(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+}
+
+/// A pipeline running in this process with its API on a free loopback port.
+pub struct TestHost {
+    /// The running pipeline.
+    pub host: Arc<Host>,
+    /// `http://127.0.0.1:<port>`
+    pub url: String,
+    /// The folder holding the manifest and outputs.
+    pub dir: tempfile::TempDir,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestHost {
+    /// Writes `manifest` (with `{root}` replaced by the workspace root) into a
+    /// temporary folder, starts the pipeline and serves its API.
+    pub async fn start(manifest: &str) -> anyhow::Result<TestHost> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("pipeline.toml");
+        std::fs::write(&path, manifest.replace("{root}", &root().display().to_string()))?;
+        let pipeline = weir_host::manifest::load(&path).map_err(|d| anyhow::anyhow!("{d}"))?;
+        let engine = engine();
+        let host = tokio::task::spawn_blocking(move || Host::start(pipeline, &engine)).await??;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let app = weir_host::api::router(host.clone());
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = rx.await;
+                })
+                .await;
+        });
+        Ok(TestHost { host, url, dir, shutdown: Some(tx), server: Some(server) })
+    }
+
+    /// A file in the test folder.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Stops the API, then drains every stage.
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+        let host = self.host.clone();
+        let _ = tokio::task::spawn_blocking(move || host.drain()).await;
+    }
+
+    /// Waits until `check` holds on the pipeline status, or panics after 20 s.
+    pub async fn wait_until(&self, what: &str, check: impl Fn(&weir_host::pipeline::PipelineStatus) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let status = self.host.status();
+            if check(&status) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; status: {status:#?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// The lines of a file, or none if it does not exist yet.
+pub fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .map(|t| t.lines().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
