@@ -47,7 +47,7 @@ use toml::Spanned;
 use super::diagnostic::{Diagnostic, Diagnostics, SourceFile};
 use super::plugin::{PluginManifest, World};
 use super::toml_doc::Document;
-use super::units::{ByteSize, HumanDuration, Name};
+use super::units::{ByteSize, Name, parse_duration};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -108,8 +108,7 @@ fn default_capacity() -> usize {
 
 /// What a stage does with a batch its plugin failed on (trap, deadline,
 /// memory cap, or an error returned for the whole batch).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ErrorPolicy {
     /// Write the batch's records to the dead-letter output with the reason (the default).
     #[default]
@@ -123,7 +122,7 @@ pub enum ErrorPolicy {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawLimits {
-    timeout: Option<Spanned<HumanDuration>>,
+    timeout: Option<Spanned<String>>,
     memory: Option<Spanned<ByteSize>>,
 }
 
@@ -158,12 +157,12 @@ struct RawStage {
     input: Spanned<String>,
     output: Spanned<String>,
     dead_letter: Option<Spanned<String>>,
-    #[serde(default)]
-    on_error: ErrorPolicy,
+    // Checked by the checker rather than serde, so that one bad value does not
+    // hide the other problems of the stage.
+    on_error: Option<Spanned<String>>,
     #[serde(default = "default_batch_size")]
-    batch_size: Spanned<u32>,
-    #[serde(default = "default_batch_wait")]
-    batch_wait: HumanDuration,
+    batch_size: Spanned<i64>,
+    batch_wait: Option<Spanned<String>>,
     #[serde(default)]
     limits: RawLimits,
     #[serde(default = "absent")]
@@ -177,13 +176,12 @@ fn absent<T: Default>() -> Spanned<T> {
     Spanned::new(0..0, T::default())
 }
 
-fn default_batch_size() -> Spanned<u32> {
+fn default_batch_size() -> Spanned<i64> {
     Spanned::new(0..0, 256)
 }
 
-fn default_batch_wait() -> HumanDuration {
-    HumanDuration(Duration::from_millis(50))
-}
+/// How long a partial batch waits for more records unless the stage says otherwise.
+pub const DEFAULT_BATCH_WAIT: Duration = Duration::from_millis(50);
 
 /// How a file sink writes each record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -394,8 +392,9 @@ pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
         }
     });
 
-    let stream_names: BTreeSet<&Name> = streams.iter().map(|s| &s.name).collect();
-    let sink_names: BTreeSet<&Name> = sinks.iter().map(|s| &s.name).collect();
+    let (all_streams, all_sinks) = (doc.entry_names("streams"), doc.entry_names("sinks"));
+    let stream_names: BTreeSet<&Name> = all_streams.iter().collect();
+    let sink_names: BTreeSet<&Name> = all_sinks.iter().collect();
     for sink in &sinks {
         if stream_names.contains(&sink.name) {
             diags.push(
@@ -420,12 +419,15 @@ pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
     });
 
     let mut stage_specs = Vec::new();
+    let mut output_spans = Vec::new();
     for stage in stages {
+        let output_span = stage.value.output.span();
         if let Some(spec) = check.stage(stage, &base, data_dir.as_deref(), &mut diags) {
             stage_specs.push(spec);
+            output_spans.push(output_span);
         }
     }
-    check_cycles(&source, &stage_specs, &doc, &mut diags);
+    check_cycles(&source, &stage_specs, &output_spans, &mut diags);
 
     let sinks = sinks
         .into_iter()
@@ -535,9 +537,27 @@ impl Checker<'_> {
         if !(1..=10_000).contains(&batch_size) {
             diags.push(self.at(raw.batch_size.span(), format!("batch-size {batch_size} is out of range")).help("use 1 to 10000 records"));
         }
+        let on_error = match raw.on_error.as_ref().map(|p| (p.get_ref().as_str(), p.span())) {
+            None | Some(("dead-letter", _)) => Some(ErrorPolicy::DeadLetter),
+            Some(("skip", _)) => Some(ErrorPolicy::Skip),
+            Some(("stop", _)) => Some(ErrorPolicy::Stop),
+            Some((other, span)) => {
+                diags.push(
+                    self.at(span, format!("stage `{name}`: `{other}` is not an error policy"))
+                        .help("use \"dead-letter\" (the default), \"skip\" or \"stop\""),
+                );
+                None
+            }
+        };
+        let batch_wait = match &raw.batch_wait {
+            None => Some(DEFAULT_BATCH_WAIT),
+            Some(w) => self.duration(w, diags),
+        };
         let mut limits = Limits::default();
-        if let Some(t) = &raw.limits.timeout {
-            limits.timeout = t.get_ref().0;
+        if let Some(t) = &raw.limits.timeout
+            && let Some(timeout) = self.duration(t, diags)
+        {
+            limits.timeout = timeout;
             if limits.timeout < Duration::from_millis(1) || limits.timeout > Duration::from_secs(600) {
                 diags.push(self.at(t.span(), "limits.timeout must be between 1ms and 10m".to_owned()));
             }
@@ -579,13 +599,17 @@ impl Checker<'_> {
             input: input?,
             output: output?,
             dead_letter: dead_letter?,
-            on_error: raw.on_error,
-            batch_size: batch_size as usize,
-            batch_wait: raw.batch_wait.0,
+            on_error: on_error?,
+            batch_size: batch_size.clamp(1, 10_000) as usize,
+            batch_wait: batch_wait?,
             limits,
             grants,
             config: config?,
         })
+    }
+
+    fn duration(&self, raw: &Spanned<String>, diags: &mut Diagnostics) -> Option<Duration> {
+        parse_duration(raw.get_ref()).map_err(|e| diags.push(self.at(raw.span(), e))).ok()
     }
 
     fn grants(&self, raw: &Spanned<RawGrants>, base: &Path, diags: &mut Diagnostics) -> Grants {
@@ -666,7 +690,7 @@ fn config_text(v: &toml::Value) -> String {
 }
 
 /// A stage that (through other stages) feeds its own input would loop records forever.
-fn check_cycles(source: &SourceFile, stages: &[StageSpec], doc: &Document<'_>, diags: &mut Diagnostics) {
+fn check_cycles(source: &SourceFile, stages: &[StageSpec], output_spans: &[Range<usize>], diags: &mut Diagnostics) {
     let edges: Vec<(&Name, &Name)> = stages
         .iter()
         .filter_map(|s| match &s.output {
@@ -674,15 +698,14 @@ fn check_cycles(source: &SourceFile, stages: &[StageSpec], doc: &Document<'_>, d
             Target::Sink(_) => None,
         })
         .collect();
-    for stage in stages {
+    for (stage, span) in stages.iter().zip(output_spans) {
         let Target::Stream(start) = &stage.output else { continue };
         let mut seen = BTreeSet::new();
         let mut todo = vec![start];
         while let Some(stream) = todo.pop() {
             if stream == &stage.input {
-                let span = doc.get("stages").map(|v| v.span()).unwrap_or(0..0);
                 diags.push(
-                    Diagnostic::new(source, span, format!("stage `{}` feeds its own input stream `{}` (a cycle)", stage.name, stage.input))
+                    Diagnostic::new(source, span.clone(), format!("stage `{}` feeds its own input stream `{}` (a cycle)", stage.name, stage.input))
                         .help("write the output to another stream or a sink"),
                 );
                 break;

@@ -51,6 +51,15 @@ impl<'t> Document<'t> {
         }
     }
 
+    /// The valid names of a named-entries section, including entries whose
+    /// contents have problems (so references to them are not reported twice).
+    pub fn entry_names(&self, section: &str) -> Vec<Name> {
+        match self.get(section).map(|v| v.get_ref()) {
+            Some(DeValue::Table(table)) => table.iter().filter_map(|(k, _)| Name::parse(k.get_ref()).ok()).collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Deserializes every entry of a named-entries section (`[stages.<name>]`),
     /// checking each name. An entry with a problem is reported and skipped.
     pub fn entries<T: DeserializeOwned>(&self, section: &str, diags: &mut Diagnostics) -> Vec<Entry<T>> {

@@ -56,19 +56,11 @@ impl<'de> Deserialize<'de> for Name {
     }
 }
 
-/// A duration written as text: `"500ms"`, `"2s"`, `"10m"`, `"1h 30m"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HumanDuration(pub Duration);
-
-impl<'de> Deserialize<'de> for HumanDuration {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map(HumanDuration).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "`{s}` is not a duration ({e}): write a number and a unit, such as \"500ms\", \"10s\" or \"10m\""
-            ))
-        })
-    }
+/// Parses a duration written as text: `"500ms"`, `"2s"`, `"10m"`, `"1h 30m"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| {
+        format!("`{s}` is not a duration ({e}): write a number and a unit, such as \"500ms\", \"10s\" or \"10m\"")
+    })
 }
 
 /// A size in bytes written as text: `"64MiB"`, `"512KiB"`, `"1GB"`, or a plain integer.
