@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use weir_host::manifest::{DirGrant, Grants, Limits};
-use weir_host::plugin::{Batch, Outcome, PluginError, TransformerPlugin, Transformed};
+use weir_host::plugin::{Batch, Outcome, PluginError, Transformed, TransformerPlugin};
 use weir_tests::{artifacts, config, engine, sandbox};
 
 fn hostile(mode: &str, limits: Limits, grants: Grants) -> TransformerPlugin {
@@ -133,8 +133,9 @@ fn a_component_of_another_world_is_refused_with_the_reason() {
     .expect("a notifier is not a transformer");
     let text = err.to_string();
     assert!(text.contains("does not implement the `weir:plugin/transformer` world"), "{text}");
-    let err = weir_host::plugin::check_world(&engine, "/nonexistent.wasm".as_ref(), weir_host::manifest::World::Transformer)
-        .err()
-        .expect("missing file");
+    let err =
+        weir_host::plugin::check_world(&engine, "/nonexistent.wasm".as_ref(), weir_host::manifest::World::Transformer)
+            .err()
+            .expect("missing file");
     assert!(err.to_string().contains("cannot read component `/nonexistent.wasm`"), "{err}");
 }

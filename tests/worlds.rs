@@ -19,8 +19,13 @@ fn amounts(records: &[(&str, &str)]) -> Batch {
 fn an_aggregator_folds_states_the_host_keeps_and_emits_per_key() {
     let engine = engine();
     let compiled = engine.compile(artifacts::SUM_AGGREGATOR.as_ref()).expect("compile");
-    let plugin = AggregatorPlugin::new(&engine, compiled, sandbox("sum-aggregator@0.1.0", Limits::default(), Grants::default()), vec![])
-        .expect("load");
+    let plugin = AggregatorPlugin::new(
+        &engine,
+        compiled,
+        sandbox("sum-aggregator@0.1.0", Limits::default(), Grants::default()),
+        vec![],
+    )
+    .expect("load");
     let mut instance = plugin.instantiate().expect("instantiate");
 
     // Two groups: c1 (index 0) and c2 (index 1), states start empty.

@@ -134,13 +134,11 @@ async fn put_records(
         )));
     }
     let host_put = host.clone();
-    let appended = tokio::task::spawn_blocking(move || host_put.put(&stream, records))
-        .await
-        .map_err(|_| ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, code: "Internal", message: "put failed".into() })??;
-    let results: Vec<Value> = appended
-        .iter()
-        .map(|a| json!({"shard_id": a.shard_id, "sequence_number": a.sequence.to_string()}))
-        .collect();
+    let appended = tokio::task::spawn_blocking(move || host_put.put(&stream, records)).await.map_err(|_| {
+        ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, code: "Internal", message: "put failed".into() }
+    })??;
+    let results: Vec<Value> =
+        appended.iter().map(|a| json!({"shard_id": a.shard_id, "sequence_number": a.sequence.to_string()})).collect();
     Ok(axum::Json(json!({"failed_record_count": 0, "records": results})))
 }
 
@@ -192,7 +190,11 @@ fn json_records(body: &[u8]) -> Result<Vec<NewRecord>, ApiError> {
                         .decode(b64.as_bytes())
                         .map_err(|e| ApiError::bad(format!("record {i}: data_base64 is not base64: {e}")))?,
                 ),
-                _ => return Err(ApiError::bad(format!("record {i}: give exactly one of `data` (text) or `data_base64`"))),
+                _ => {
+                    return Err(ApiError::bad(format!(
+                        "record {i}: give exactly one of `data` (text) or `data_base64`"
+                    )));
+                }
             };
             check_size(i, &data)?;
             let event_time_ms = r.event_time.map(|t| event_time(i, &t)).transpose()?;
@@ -203,7 +205,9 @@ fn json_records(body: &[u8]) -> Result<Vec<NewRecord>, ApiError> {
 
 fn event_time(i: usize, v: &Value) -> Result<i64, ApiError> {
     match v {
-        Value::Number(n) => n.as_i64().ok_or_else(|| ApiError::bad(format!("record {i}: event_time must be whole milliseconds"))),
+        Value::Number(n) => {
+            n.as_i64().ok_or_else(|| ApiError::bad(format!("record {i}: event_time must be whole milliseconds")))
+        }
         Value::String(s) => humantime::parse_rfc3339_weak(s)
             .map(crate::sink::system_ms)
             .map_err(|e| ApiError::bad(format!("record {i}: event_time `{s}` is not RFC 3339 ({e})"))),

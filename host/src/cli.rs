@@ -40,9 +40,7 @@ enum Command {
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -88,9 +86,7 @@ fn run(manifest: PathBuf, build: bool, listen: Option<std::net::SocketAddr>) -> 
             .await
             .with_context(|| format!("cannot listen on {addr}; is another weir running? (use --listen)"))?;
         tracing::info!(pipeline = %name, %addr, "weir is running; Ctrl-C to stop");
-        axum::serve(listener, crate::api::router(host.clone()))
-            .with_graceful_shutdown(shutdown_signal())
-            .await?;
+        axum::serve(listener, crate::api::router(host.clone())).with_graceful_shutdown(shutdown_signal()).await?;
         tracing::info!("draining stages");
         tokio::task::spawn_blocking(move || host.drain()).await?;
         tracing::info!("stopped");

@@ -3,8 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -43,7 +42,9 @@ pub enum StartError {
 #[derive(Debug, thiserror::Error)]
 pub enum PutError {
     /// The stream exists but has no `http` source.
-    #[error("stream `{0}` accepts no direct puts: add a [sources.<name>] with kind = \"http\" and stream = \"{0}\" to the manifest")]
+    #[error(
+        "stream `{0}` accepts no direct puts: add a [sources.<name>] with kind = \"http\" and stream = \"{0}\" to the manifest"
+    )]
     NotASource(String),
     /// The stream refused the records.
     #[error(transparent)]
@@ -68,8 +69,7 @@ pub struct Host {
     /// The manifest it runs.
     pub pipeline: Arc<Pipeline>,
     streams: Arc<MemoryStreams>,
-    stages: Mutex<Vec<StageHandle>>,
-    draining: Arc<AtomicBool>,
+    stages: Vec<StageHandle>,
     started: Instant,
 }
 
@@ -83,7 +83,6 @@ impl Host {
             sinks.insert(s.name.to_string(), Arc::new(FileSink::open(&s.path, s.format)?));
         }
         let mut implicit: BTreeMap<PathBuf, Arc<FileSink>> = BTreeMap::new();
-        let draining = Arc::new(AtomicBool::new(false));
         let mut prepared = Vec::new();
         for spec in &pipeline.stages {
             let stage_err = |source| StartError::Plugin { stage: spec.name.to_string(), source };
@@ -127,7 +126,6 @@ impl Host {
                 streams.clone() as Arc<dyn StreamStore>,
                 output,
                 dead_letters,
-                draining.clone(),
             ));
         }
         let mut stages = Vec::new();
@@ -135,13 +133,7 @@ impl Host {
             let name = stage.name().to_owned();
             stages.push(stage.spawn().map_err(|source| StartError::Thread { stage: name, source })?);
         }
-        Ok(Arc::new(Host {
-            pipeline: Arc::new(pipeline),
-            streams,
-            stages: Mutex::new(stages),
-            draining,
-            started: Instant::now(),
-        }))
+        Ok(Arc::new(Host { pipeline: Arc::new(pipeline), streams, stages, started: Instant::now() }))
     }
 
     /// Appends records to a stream that has an `http` source.
@@ -155,7 +147,7 @@ impl Host {
 
     /// Counters of every stage and stream.
     pub fn status(&self) -> PipelineStatus {
-        let stages = self.stages.lock().map(|s| s.iter().map(StageHandle::status).collect()).unwrap_or_default();
+        let stages = self.stages.iter().map(StageHandle::status).collect();
         let streams = self
             .pipeline
             .streams
@@ -171,12 +163,21 @@ impl Host {
     }
 
     /// Lets every stage finish the records already accepted, then stops them.
-    /// Blocks; call it after the HTTP API stopped accepting puts.
+    /// Upstream stages finish first, so records they still pass downstream are
+    /// not stranded. Blocks; call it after the HTTP API stopped accepting puts.
     pub fn drain(&self) {
-        self.draining.store(true, Ordering::Relaxed);
-        let stages = self.stages.lock().map(|mut s| std::mem::take(&mut *s)).unwrap_or_default();
-        for stage in stages {
-            stage.join();
+        let mut done = vec![false; self.stages.len()];
+        while done.contains(&false) {
+            for (i, stage) in self.stages.iter().enumerate() {
+                let upstream_busy =
+                    self.stages.iter().zip(&done).any(|(other, finished)| {
+                        !finished && other.output_stream.as_deref() == Some(stage.input.as_str())
+                    });
+                if !done[i] && !upstream_busy {
+                    stage.drain();
+                    done[i] = true;
+                }
+            }
         }
     }
 }

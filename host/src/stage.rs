@@ -132,7 +132,12 @@ pub struct StageHandle {
     name: String,
     plugin: String,
     plugin_sha256: String,
-    thread: std::thread::JoinHandle<()>,
+    /// The stream it reads.
+    pub input: String,
+    /// The stream it writes, if it writes to one.
+    pub output_stream: Option<String>,
+    draining: Arc<AtomicBool>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl StageHandle {
@@ -157,9 +162,14 @@ impl StageHandle {
         }
     }
 
-    /// Waits for the stage to finish (after draining was requested).
-    pub fn join(self) {
-        if self.thread.join().is_err() {
+    /// Asks the stage to finish the records already in its input, then stop,
+    /// and waits for it. Later calls return at once.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        let thread = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(thread) = thread
+            && thread.join().is_err()
+        {
             tracing::error!(stage = %self.name, "stage thread panicked");
         }
     }
@@ -176,7 +186,7 @@ enum BatchEnd {
 }
 
 impl Stage {
-    /// A stage; `draining` tells it to finish the records it has and stop.
+    /// A stage, ready to [`Stage::spawn`].
     pub fn new(
         pipeline: &str,
         spec: Arc<StageSpec>,
@@ -184,7 +194,6 @@ impl Stage {
         streams: Arc<dyn StreamStore>,
         output: StageOutput,
         dead_letters: Arc<FileSink>,
-        draining: Arc<AtomicBool>,
     ) -> Self {
         let origin = DeadLetterOrigin {
             pipeline: pipeline.to_owned(),
@@ -193,7 +202,7 @@ impl Stage {
             plugin: plugin.spec.ident.plugin.clone(),
             plugin_sha256: plugin.compiled.sha256.clone(),
         };
-        Self { spec, plugin, streams, output, dead_letters, origin, stats: Arc::default(), draining }
+        Self { spec, plugin, streams, output, dead_letters, origin, stats: Arc::default(), draining: Arc::default() }
     }
 
     /// The stage's name.
@@ -206,8 +215,23 @@ impl Stage {
         let stats = self.stats.clone();
         let name = self.spec.name.to_string();
         let (plugin, plugin_sha256) = (self.origin.plugin.clone(), self.origin.plugin_sha256.clone());
+        let input = self.spec.input.to_string();
+        let output_stream = match &self.output {
+            StageOutput::Stream(s) => Some(s.clone()),
+            StageOutput::Sink(_) => None,
+        };
+        let draining = self.draining.clone();
         let thread = std::thread::Builder::new().name(format!("stage-{name}")).spawn(move || self.run())?;
-        Ok(StageHandle { stats, name, plugin, plugin_sha256, thread })
+        Ok(StageHandle {
+            stats,
+            name,
+            plugin,
+            plugin_sha256,
+            input,
+            output_stream,
+            draining,
+            thread: Mutex::new(Some(thread)),
+        })
     }
 
     fn run(self) {
@@ -301,7 +325,11 @@ impl Stage {
             return;
         }
         let delay = FIRST_BACKOFF.saturating_mul(1 << (streak - 2).min(5)).min(MAX_BACKOFF);
-        tracing::warn!(delay_ms = delay.as_millis() as u64, failures_in_a_row = streak, "plugin keeps failing; backing off");
+        tracing::warn!(
+            delay_ms = delay.as_millis() as u64,
+            failures_in_a_row = streak,
+            "plugin keeps failing; backing off"
+        );
         self.stats.set_phase(Phase::BackingOff);
         let until = std::time::Instant::now() + delay;
         while std::time::Instant::now() < until && !self.draining.load(Ordering::Relaxed) {

@@ -226,7 +226,8 @@ mod tests {
         let s = MemoryStreams::new([("s", 10)]);
         assert_eq!(s.register_consumer("s", "a"), Ok(0));
         assert_eq!(s.register_consumer("s", "b"), Ok(0));
-        let seqs: Vec<u64> = s.append("s", vec![rec("1"), rec("2"), rec("3")]).expect("append").iter().map(|a| a.sequence).collect();
+        let seqs: Vec<u64> =
+            s.append("s", vec![rec("1"), rec("2"), rec("3")]).expect("append").iter().map(|a| a.sequence).collect();
         assert_eq!(seqs, vec![0, 1, 2]);
         s.checkpoint("s", "a", 3).expect("checkpoint");
         assert_eq!(s.read("s", 0, 10).expect("read").len(), 3, "b has not read yet");

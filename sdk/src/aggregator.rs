@@ -54,10 +54,7 @@ pub fn fold<A: Aggregator>(
     if groups.len() != input.len() {
         return Err(format!("host sent {} groups for {} records", groups.len(), input.len()));
     }
-    let mut decoded = states
-        .iter()
-        .map(|s| decode_state::<A>(s))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut decoded = states.iter().map(|s| decode_state::<A>(s)).collect::<Result<Vec<_>, _>>()?;
     for (record, &group) in input.iter().zip(groups) {
         let state = decoded
             .get_mut(group as usize)
@@ -76,7 +73,12 @@ pub fn fold<A: Aggregator>(
 
 /// Emits the results of a closed window for each key.
 #[doc(hidden)]
-pub fn emit<A: Aggregator>(plugin: &mut A, window: Window, keys: &[String], states: &[Vec<u8>]) -> Result<Batch, String> {
+pub fn emit<A: Aggregator>(
+    plugin: &mut A,
+    window: Window,
+    keys: &[String],
+    states: &[Vec<u8>],
+) -> Result<Batch, String> {
     if keys.len() != states.len() {
         return Err(format!("host sent {} keys for {} states", keys.len(), states.len()));
     }
@@ -95,10 +97,10 @@ macro_rules! export_aggregator {
         #[cfg(target_arch = "wasm32")]
         const _: () = {
             struct WeirAggregatorExport;
-            impl $crate::__private::aggregator::exports::weir::plugin::aggregate::Guest
-                for WeirAggregatorExport
-            {
-                fn init(config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>) -> ::core::result::Result<(), ::std::string::String> {
+            impl $crate::__private::aggregator::exports::weir::plugin::aggregate::Guest for WeirAggregatorExport {
+                fn init(
+                    config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
+                ) -> ::core::result::Result<(), ::std::string::String> {
                     $crate::__private::init_plugin::<$plugin>(config, <$plugin as $crate::Aggregator>::init)
                 }
                 fn fold(
@@ -112,8 +114,11 @@ macro_rules! export_aggregator {
                     window: $crate::__private::aggregator::exports::weir::plugin::aggregate::Window,
                     keys: ::std::vec::Vec<::std::string::String>,
                     states: ::std::vec::Vec<::std::vec::Vec<u8>>,
-                ) -> ::core::result::Result<$crate::__private::transformer::weir::plugin::types::Batch, ::std::string::String> {
-                    $crate::__private::emit_export::<$plugin>(window.start, window.end, keys, states)
+                ) -> ::core::result::Result<
+                    $crate::__private::transformer::weir::plugin::types::Batch,
+                    ::std::string::String,
+                > {
+            $crate::__private::emit_export::<$plugin>(window.start, window.end, keys, states)
                 }
             }
             $crate::__private::aggregator::export!(WeirAggregatorExport with_types_in $crate::__private::aggregator);

@@ -58,22 +58,13 @@ impl Batch {
             let key_start = if i == 0 { 0 } else { self.key_ends[i - 1] as usize };
             let pay_start = if i == 0 { 0 } else { self.payload_ends[i - 1] as usize };
             let key = keys.get(key_start..self.key_ends[i] as usize).unwrap_or("");
-            let payload = self
-                .payloads
-                .get(pay_start..self.payload_ends[i] as usize)
-                .unwrap_or(&[]);
+            let payload = self.payloads.get(pay_start..self.payload_ends[i] as usize).unwrap_or(&[]);
             let attr_start = attr_pos;
             while attr_pos < self.attributes.len() && self.attributes[attr_pos].0 as usize <= i {
                 attr_pos += 1;
             }
             let attributes = &self.attributes[attr_start..attr_pos];
-            Record {
-                key,
-                event_time_ms: self.event_times[i],
-                payload,
-                attributes,
-                index: i as u32,
-            }
+            Record { key, event_time_ms: self.event_times[i], payload, attributes, index: i as u32 }
         })
     }
 
@@ -108,9 +99,7 @@ impl Batch {
     /// Splits a batch into its columns; used by the bindings glue.
     #[doc(hidden)]
     #[allow(clippy::type_complexity, reason = "mirrors the WIT record field by field")]
-    pub fn into_columns(
-        self,
-    ) -> (Vec<u8>, Vec<u32>, Vec<i64>, Vec<u8>, Vec<u32>, Vec<(u32, String, String)>) {
+    pub fn into_columns(self) -> (Vec<u8>, Vec<u32>, Vec<i64>, Vec<u8>, Vec<u32>, Vec<(u32, String, String)>) {
         (self.keys, self.key_ends, self.event_times, self.payloads, self.payload_ends, self.attributes)
     }
 }
@@ -148,10 +137,7 @@ impl<'a> Record<'a> {
 
     /// The value of an attribute of this record.
     pub fn attribute(&self, name: &str) -> Option<&'a str> {
-        self.attributes
-            .iter()
-            .find(|(_, n, _)| n == name)
-            .map(|(_, _, v)| v.as_str())
+        self.attributes.iter().find(|(_, n, _)| n == name).map(|(_, _, v)| v.as_str())
     }
 
     /// Position of the record in its batch.
@@ -212,7 +198,8 @@ mod tests {
         b.push("", 2, b"");
         b.push("ccc", 3, b"three");
         b.set_attribute("y", "3");
-        let recs: Vec<_> = b.iter().map(|r| (r.key(), r.event_time_ms(), r.payload(), r.attribute("x"), r.attribute("y"))).collect();
+        let recs: Vec<_> =
+            b.iter().map(|r| (r.key(), r.event_time_ms(), r.payload(), r.attribute("x"), r.attribute("y"))).collect();
         assert_eq!(
             recs,
             vec![

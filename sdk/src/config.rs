@@ -33,9 +33,7 @@ impl Config {
     {
         match self.get(key) {
             None => Ok(default),
-            Some(raw) => raw
-                .parse()
-                .map_err(|e| format!("config `{key}` = `{raw}` is invalid: {e}")),
+            Some(raw) => raw.parse().map_err(|e| format!("config `{key}` = `{raw}` is invalid: {e}")),
         }
     }
 

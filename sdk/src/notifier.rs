@@ -22,14 +22,16 @@ macro_rules! export_notifier {
         const _: () = {
             struct WeirNotifierExport;
             impl $crate::__private::notifier::exports::weir::plugin::consume::Guest for WeirNotifierExport {
-                fn init(config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>) -> ::core::result::Result<(), ::std::string::String> {
+                fn init(
+                    config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
+                ) -> ::core::result::Result<(), ::std::string::String> {
                     $crate::__private::init_plugin::<$plugin>(config, <$plugin as $crate::Notifier>::init)
                 }
                 fn consume(
                     input: $crate::__private::transformer::weir::plugin::types::Batch,
                 ) -> ::core::result::Result<(), ::std::string::String> {
                     $crate::__private::consume_export::<$plugin>(input)
-                }
+        }
             }
             $crate::__private::notifier::export!(WeirNotifierExport with_types_in $crate::__private::notifier);
         };

@@ -23,8 +23,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::host::Notification;
 use crate::log::Level;
-use crate::transformer::{WireOutcome, transform_batch};
-use crate::{Aggregator, Batch, Config, Notifier, Transformer, Window};
+use crate::transformer::transform_batch;
+use crate::{Aggregator, Batch, Config, Notifier, Outcome, Transformer, Window};
 
 /// An output record, owned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,10 +52,9 @@ impl TestOutcome {
     /// The payloads of an `Ok` outcome as text (empty for other outcomes).
     pub fn texts(&self) -> Vec<String> {
         match self {
-            TestOutcome::Ok(records) => records
-                .iter()
-                .map(|r| String::from_utf8_lossy(&r.payload).into_owned())
-                .collect(),
+            TestOutcome::Ok(records) => {
+                records.iter().map(|r| String::from_utf8_lossy(&r.payload).into_owned()).collect()
+            }
             _ => Vec::new(),
         }
     }
@@ -64,7 +63,11 @@ impl TestOutcome {
 fn owned(batch: &Batch) -> Vec<OwnedRecord> {
     batch
         .iter()
-        .map(|r| OwnedRecord { key: r.key().to_owned(), event_time_ms: r.event_time_ms(), payload: r.payload().to_vec() })
+        .map(|r| OwnedRecord {
+            key: r.key().to_owned(),
+            event_time_ms: r.event_time_ms(),
+            payload: r.payload().to_vec(),
+        })
         .collect()
 }
 
@@ -82,14 +85,14 @@ impl<T: Transformer> TransformerHarness<T> {
 
     /// Transform a batch; one outcome per input record.
     pub fn transform(&mut self, input: &Batch) -> Vec<TestOutcome> {
-        let (outcomes, output) = transform_batch(&mut self.plugin, input);
+        let (outcomes, output) = transform_batch(&mut self.plugin, input, |o, n| (o, n));
         let mut records = owned(&output).into_iter();
         outcomes
             .into_iter()
-            .map(|o| match o {
-                WireOutcome::Ok(n) => TestOutcome::Ok(records.by_ref().take(n as usize).collect()),
-                WireOutcome::Dropped => TestOutcome::Dropped,
-                WireOutcome::Failed(reason) => TestOutcome::Failed(reason),
+            .map(|(o, n)| match o {
+                Outcome::Ok => TestOutcome::Ok(records.by_ref().take(n as usize).collect()),
+                Outcome::Dropped => TestOutcome::Dropped,
+                Outcome::Failed(reason) => TestOutcome::Failed(reason),
             })
             .collect()
     }

@@ -25,19 +25,15 @@ pub trait Transformer: Sized + 'static {
     fn transform(&mut self, record: &Record<'_>, out: &mut Output) -> Outcome;
 }
 
-/// The outcome of one record, as it crosses the boundary.
-#[doc(hidden)]
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WireOutcome {
-    Ok(u32),
-    Dropped,
-    Failed(String),
-}
-
 /// Runs a transformer over a batch: the heart of both the component export
-/// and the native test harness.
+/// and the native test harness. `outcome` turns each record's [`Outcome`] and
+/// its number of output records into the caller's representation.
 #[doc(hidden)]
-pub fn transform_batch<T: Transformer>(plugin: &mut T, input: &Batch) -> (Vec<WireOutcome>, Batch) {
+pub fn transform_batch<T: Transformer, O>(
+    plugin: &mut T,
+    input: &Batch,
+    mut outcome: impl FnMut(Outcome, u32) -> O,
+) -> (Vec<O>, Batch) {
     let mut outcomes = Vec::with_capacity(input.len());
     let mut out = Output {
         batch: Batch {
@@ -51,18 +47,12 @@ pub fn transform_batch<T: Transformer>(plugin: &mut T, input: &Batch) -> (Vec<Wi
     };
     for record in input.iter() {
         let before = out.len();
-        let outcome = match plugin.transform(&record, &mut out) {
-            Outcome::Ok => WireOutcome::Ok((out.len() - before) as u32),
-            Outcome::Dropped => {
-                out.batch.truncate(before);
-                WireOutcome::Dropped
-            }
-            Outcome::Failed(reason) => {
-                out.batch.truncate(before);
-                WireOutcome::Failed(reason)
-            }
-        };
-        outcomes.push(outcome);
+        let result = plugin.transform(&record, &mut out);
+        if result != Outcome::Ok {
+            // Dropped and failed records have no output, whatever was emitted.
+            out.batch.truncate(before);
+        }
+        outcomes.push(outcome(result, (out.len() - before) as u32));
     }
     (outcomes, out.batch)
 }
@@ -74,10 +64,10 @@ macro_rules! export_transformer {
         #[cfg(target_arch = "wasm32")]
         const _: () = {
             struct WeirTransformerExport;
-            impl $crate::__private::transformer::exports::weir::plugin::transform::Guest
-                for WeirTransformerExport
-            {
-                fn init(config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>) -> ::core::result::Result<(), ::std::string::String> {
+            impl $crate::__private::transformer::exports::weir::plugin::transform::Guest for WeirTransformerExport {
+                fn init(
+                    config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
+                ) -> ::core::result::Result<(), ::std::string::String> {
                     $crate::__private::init_plugin::<$plugin>(config, <$plugin as $crate::Transformer>::init)
                 }
                 fn transform(
@@ -89,7 +79,7 @@ macro_rules! export_transformer {
                     $crate::__private::transform_export::<$plugin>(input)
                 }
             }
-            $crate::__private::transformer::export!(WeirTransformerExport with_types_in $crate::__private::transformer);
+    $crate::__private::transformer::export!(WeirTransformerExport with_types_in $crate::__private::transformer);
         };
     };
 }

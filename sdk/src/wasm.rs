@@ -95,10 +95,7 @@ fn to_wit(b: Batch) -> WitBatch {
         event_times,
         payloads,
         payload_ends,
-        attributes: attributes
-            .into_iter()
-            .map(|(index, name, value)| Attribute { index, name, value })
-            .collect(),
+        attributes: attributes.into_iter().map(|(index, name, value)| Attribute { index, name, value }).collect(),
     }
 }
 
@@ -106,15 +103,11 @@ fn to_wit(b: Batch) -> WitBatch {
 pub fn transform_export<T: Transformer>(input: WitBatch) -> Result<Transformed, String> {
     let input = from_wit(input);
     with_plugin::<T, _>(|plugin| {
-        let (outcomes, output) = crate::transformer::transform_batch(plugin, &input);
-        let outcomes = outcomes
-            .into_iter()
-            .map(|o| match o {
-                crate::transformer::WireOutcome::Ok(n) => WitOutcome::Ok(n),
-                crate::transformer::WireOutcome::Dropped => WitOutcome::Dropped,
-                crate::transformer::WireOutcome::Failed(r) => WitOutcome::ProcessingFailed(r),
-            })
-            .collect();
+        let (outcomes, output) = crate::transformer::transform_batch(plugin, &input, |o, n| match o {
+            crate::Outcome::Ok => WitOutcome::Ok(n),
+            crate::Outcome::Dropped => WitOutcome::Dropped,
+            crate::Outcome::Failed(reason) => WitOutcome::ProcessingFailed(reason),
+        });
         Ok(Transformed { outcomes, output: to_wit(output) })
     })
 }

@@ -10,7 +10,7 @@ use std::process::Command;
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let root = root.canonicalize().expect("workspace root");
-    for watched in ["plugins", "tests/guests", "sdk", "wit"] {
+    for watched in ["plugins", "tests/guests", "sdk", "wit", "Cargo.toml", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     let mut code = String::new();
@@ -45,10 +45,7 @@ fn build(dir: &Path) -> (String, PathBuf) {
     let text = std::fs::read_to_string(&manifest).expect("read plugin.toml");
     let doc: toml::Table = text.parse().unwrap_or_else(|e| panic!("{}: {e}", manifest.display()));
     let field = |section: &str, key: &str| {
-        doc.get(section)
-            .and_then(|s| s.get(key))
-            .and_then(|v| v.as_str())
-            .map(str::to_owned)
+        doc.get(section).and_then(|s| s.get(key)).and_then(|v| v.as_str()).map(str::to_owned)
     };
     let name = field("plugin", "name").unwrap_or_else(|| panic!("{}: no [plugin] name", manifest.display()));
     let output = field("build", "output").unwrap_or_else(|| panic!("{}: no [build] output", manifest.display()));
@@ -60,7 +57,8 @@ fn build(dir: &Path) -> (String, PathBuf) {
         for (key, _) in std::env::vars_os() {
             let key = key.to_string_lossy().into_owned();
             if (key.starts_with("CARGO_") && key != "CARGO_HOME")
-                || ["RUSTC", "RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER", "RUSTFLAGS", "RUSTDOC", "CARGO"].contains(&key.as_str())
+                || ["RUSTC", "RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER", "RUSTFLAGS", "RUSTDOC", "CARGO"]
+                    .contains(&key.as_str())
             {
                 cmd.env_remove(&key);
             }
@@ -69,6 +67,7 @@ fn build(dir: &Path) -> (String, PathBuf) {
         assert!(status.success(), "building plugin `{name}` with `{command}` in {} failed: {status}", dir.display());
     }
     let path = dir.join(&output);
-    let path = path.canonicalize().unwrap_or_else(|e| panic!("plugin `{name}`: {} after the build: {e}", path.display()));
+    let path =
+        path.canonicalize().unwrap_or_else(|e| panic!("plugin `{name}`: {} after the build: {e}", path.display()));
     (name, path)
 }

@@ -19,9 +19,7 @@ pub fn root() -> PathBuf {
 /// One engine per test process: compiling is the slow part, the cache shares it.
 pub fn engine() -> Arc<PluginEngine> {
     static ENGINE: std::sync::OnceLock<Arc<PluginEngine>> = std::sync::OnceLock::new();
-    ENGINE
-        .get_or_init(|| Arc::new(PluginEngine::new().expect("engine")))
-        .clone()
+    ENGINE.get_or_init(|| Arc::new(PluginEngine::new().expect("engine"))).clone()
 }
 
 /// Sandbox settings for a test stage.
@@ -107,7 +105,5 @@ impl TestHost {
 
 /// The lines of a file, or none if it does not exist yet.
 pub fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .map(|t| t.lines().map(str::to_owned).collect())
-        .unwrap_or_default()
+    std::fs::read_to_string(path).map(|t| t.lines().map(str::to_owned).collect()).unwrap_or_default()
 }

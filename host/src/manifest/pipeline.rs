@@ -371,7 +371,9 @@ pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
     let pipeline = match doc.get("pipeline") {
         Some(_) => doc.single::<Option<RawPipeline>>("pipeline", &mut diags).flatten(),
         None => {
-            diags.push(Diagnostic::new(&source, 0..0, "missing [pipeline] section").help("add [pipeline] with name = \"...\""));
+            diags.push(
+                Diagnostic::new(&source, 0..0, "missing [pipeline] section").help("add [pipeline] with name = \"...\""),
+            );
             None
         }
     };
@@ -385,8 +387,12 @@ pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
         Ok(listen) => Some(Api { listen, max_body_bytes: api.max_body.0 }),
         Err(_) => {
             diags.push(
-                Diagnostic::new(&source, api.listen.span(), format!("`{}` is not a socket address", api.listen.get_ref()))
-                    .help("write an IP address and a port, such as \"127.0.0.1:7070\""),
+                Diagnostic::new(
+                    &source,
+                    api.listen.span(),
+                    format!("`{}` is not a socket address", api.listen.get_ref()),
+                )
+                .help("write an IP address and a port, such as \"127.0.0.1:7070\""),
             );
             None
         }
@@ -398,8 +404,12 @@ pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
     for sink in &sinks {
         if stream_names.contains(&sink.name) {
             diags.push(
-                Diagnostic::new(&source, sink.name_span.clone(), format!("`{}` is both a stream and a sink", sink.name))
-                    .help("give the sink another name, so stage outputs are unambiguous"),
+                Diagnostic::new(
+                    &source,
+                    sink.name_span.clone(),
+                    format!("`{}` is both a stream and a sink", sink.name),
+                )
+                .help("give the sink another name, so stage outputs are unambiguous"),
             );
         }
     }
@@ -433,10 +443,7 @@ pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
         .into_iter()
         .map(|s| SinkSpec { path: base.join(&s.value.path), name: s.name, format: s.value.format })
         .collect();
-    let streams = streams
-        .into_iter()
-        .map(|s| StreamSpec { name: s.name, capacity: s.value.capacity })
-        .collect();
+    let streams = streams.into_iter().map(|s| StreamSpec { name: s.name, capacity: s.value.capacity }).collect();
 
     match (pipeline, api, data_dir) {
         (Some(p), Some(api), Some(data_dir)) if diags.is_empty() => Ok(Pipeline {
@@ -478,10 +485,11 @@ impl Checker<'_> {
         match Name::parse(name.get_ref()) {
             Ok(n) if self.streams.contains(&n) => Some(n),
             _ => {
-                diags.push(
-                    self.at(name.span(), format!("{what} unknown stream `{}`", name.get_ref()))
-                        .help(format!("declare [streams.{}] or use a declared stream ({})", name.get_ref(), one_of(self.streams))),
-                );
+                diags.push(self.at(name.span(), format!("{what} unknown stream `{}`", name.get_ref())).help(format!(
+                    "declare [streams.{}] or use a declared stream ({})",
+                    name.get_ref(),
+                    one_of(self.streams)
+                )));
                 None
             }
         }
@@ -491,10 +499,11 @@ impl Checker<'_> {
         match Name::parse(name.get_ref()) {
             Ok(n) if self.sinks.contains(&n) => Some(n),
             _ => {
-                diags.push(
-                    self.at(name.span(), format!("{what} unknown sink `{}`", name.get_ref()))
-                        .help(format!("declare [sinks.{}] or use a declared sink ({})", name.get_ref(), one_of(self.sinks))),
-                );
+                diags.push(self.at(name.span(), format!("{what} unknown sink `{}`", name.get_ref())).help(format!(
+                    "declare [sinks.{}] or use a declared sink ({})",
+                    name.get_ref(),
+                    one_of(self.sinks)
+                )));
                 None
             }
         }
@@ -523,8 +532,18 @@ impl Checker<'_> {
             Ok(n) if self.sinks.contains(&n) => Some(Target::Sink(n)),
             _ => {
                 diags.push(
-                    self.at(raw.output.span(), format!("stage `{name}` writes to `{}`, which is neither a stream nor a sink", raw.output.get_ref()))
-                        .help(format!("streams: {}; sinks: {}", one_of(self.streams), one_of(self.sinks))),
+                    self.at(
+                        raw.output.span(),
+                        format!(
+                            "stage `{name}` writes to `{}`, which is neither a stream nor a sink",
+                            raw.output.get_ref()
+                        ),
+                    )
+                    .help(format!(
+                        "streams: {}; sinks: {}",
+                        one_of(self.streams),
+                        one_of(self.sinks)
+                    )),
                 );
                 None
             }
@@ -535,7 +554,10 @@ impl Checker<'_> {
         };
         let batch_size = *raw.batch_size.get_ref();
         if !(1..=10_000).contains(&batch_size) {
-            diags.push(self.at(raw.batch_size.span(), format!("batch-size {batch_size} is out of range")).help("use 1 to 10000 records"));
+            diags.push(
+                self.at(raw.batch_size.span(), format!("batch-size {batch_size} is out of range"))
+                    .help("use 1 to 10000 records"),
+            );
         }
         let on_error = match raw.on_error.as_ref().map(|p| (p.get_ref().as_str(), p.span())) {
             None | Some(("dead-letter", _)) => Some(ErrorPolicy::DeadLetter),
@@ -574,14 +596,26 @@ impl Checker<'_> {
         if let Some(p) = &plugin {
             if p.info.world != World::Transformer {
                 diags.push(
-                    self.at(raw.plugin.span(), format!("stage `{name}`: plugin `{}` is a {}; this version of weir runs transformer stages only", p.info.name, p.info.world))
-                        .help("use a transformer plugin here"),
+                    self.at(
+                        raw.plugin.span(),
+                        format!(
+                            "stage `{name}`: plugin `{}` is a {}; this version of weir runs transformer stages only",
+                            p.info.name, p.info.world
+                        ),
+                    )
+                    .help("use a transformer plugin here"),
                 );
             }
             if p.capabilities.clock && !grants.clock {
                 diags.push(
-                    self.at(raw.grants.span(), format!("stage `{name}`: plugin `{}` needs the clock, which the stage does not grant", p.info.name))
-                        .help("add `grants = { clock = true }` to the stage"),
+                    self.at(
+                        raw.grants.span(),
+                        format!(
+                            "stage `{name}`: plugin `{}` needs the clock, which the stage does not grant",
+                            p.info.name
+                        ),
+                    )
+                    .help("add `grants = { clock = true }` to the stage"),
                 );
             }
             for dir in &p.capabilities.dirs {
@@ -630,14 +664,25 @@ impl Checker<'_> {
         grants
     }
 
-    fn plugin(&self, stage: &Name, raw: &Spanned<String>, base: &Path, diags: &mut Diagnostics) -> Option<PluginManifest> {
+    fn plugin(
+        &self,
+        stage: &Name,
+        raw: &Spanned<String>,
+        base: &Path,
+        diags: &mut Diagnostics,
+    ) -> Option<PluginManifest> {
         let file = PluginManifest::file_for(&base.join(raw.get_ref()));
         match PluginManifest::load(&file, diags) {
             Ok(p) => p,
             Err(e) => {
                 diags.push(
-                    self.at(raw.span(), format!("stage `{stage}`: cannot read plugin manifest `{}`: {e}", file.display()))
-                        .help("point `plugin` at a plugin folder holding a plugin.toml (relative to the manifest's folder)"),
+                    self.at(
+                        raw.span(),
+                        format!("stage `{stage}`: cannot read plugin manifest `{}`: {e}", file.display()),
+                    )
+                    .help(
+                        "point `plugin` at a plugin folder holding a plugin.toml (relative to the manifest's folder)",
+                    ),
                 );
                 None
             }
@@ -656,11 +701,26 @@ impl Checker<'_> {
         for (key, value) in raw.get_ref() {
             match plugin.config.iter().find(|(k, _)| k == key.get_ref()) {
                 None => diags.push(
-                    self.at(key.span(), format!("stage `{stage}`: plugin `{}` has no config key `{}`", plugin.info.name, key.get_ref()))
-                        .help(if declared.is_empty() { "this plugin takes no configuration".to_owned() } else { format!("it accepts: {}", declared.join(", ")) }),
+                    self.at(
+                        key.span(),
+                        format!("stage `{stage}`: plugin `{}` has no config key `{}`", plugin.info.name, key.get_ref()),
+                    )
+                    .help(if declared.is_empty() {
+                        "this plugin takes no configuration".to_owned()
+                    } else {
+                        format!("it accepts: {}", declared.join(", "))
+                    }),
                 ),
                 Some((_, spec)) if !spec.ty.accepts(value) => diags.push(
-                    self.at(key.span(), format!("stage `{stage}`: config `{}` must be of type {:?}, not `{value}`", key.get_ref(), spec.ty).to_lowercase()),
+                    self.at(
+                        key.span(),
+                        format!(
+                            "stage `{stage}`: config `{}` must be of type {:?}, not `{value}`",
+                            key.get_ref(),
+                            spec.ty
+                        )
+                        .to_lowercase(),
+                    ),
                 ),
                 Some(_) => {}
             }
@@ -671,8 +731,11 @@ impl Checker<'_> {
             match (set, &spec.default) {
                 (Some(v), _) | (None, Some(v)) => out.push((key.clone(), config_text(v))),
                 (None, None) if spec.required => diags.push(
-                    self.at(raw.span(), format!("stage `{stage}`: plugin `{}` requires config `{key}`", plugin.info.name))
-                        .help(format!("add `{key} = ...` to the stage's config ({})", spec.description)),
+                    self.at(
+                        raw.span(),
+                        format!("stage `{stage}`: plugin `{}` requires config `{key}`", plugin.info.name),
+                    )
+                    .help(format!("add `{key} = ...` to the stage's config ({})", spec.description)),
                 ),
                 (None, None) => {}
             }
@@ -705,8 +768,12 @@ fn check_cycles(source: &SourceFile, stages: &[StageSpec], output_spans: &[Range
         while let Some(stream) = todo.pop() {
             if stream == &stage.input {
                 diags.push(
-                    Diagnostic::new(source, span.clone(), format!("stage `{}` feeds its own input stream `{}` (a cycle)", stage.name, stage.input))
-                        .help("write the output to another stream or a sink"),
+                    Diagnostic::new(
+                        source,
+                        span.clone(),
+                        format!("stage `{}` feeds its own input stream `{}` (a cycle)", stage.name, stage.input),
+                    )
+                    .help("write the output to another stream or a sink"),
                 );
                 break;
             }

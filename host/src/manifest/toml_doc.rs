@@ -96,7 +96,11 @@ pub struct Entry<T> {
     pub value: T,
 }
 
-fn deserialize<T: DeserializeOwned>(source: &SourceFile, v: &Spanned<DeValue<'_>>, diags: &mut Diagnostics) -> Option<T> {
+fn deserialize<T: DeserializeOwned>(
+    source: &SourceFile,
+    v: &Spanned<DeValue<'_>>,
+    diags: &mut Diagnostics,
+) -> Option<T> {
     match T::deserialize(ValueDeserializer::from(v.clone())) {
         Ok(t) => Some(t),
         Err(e) => {

@@ -84,11 +84,12 @@ impl ByteSize {
             _ => 0,
         };
         match num.parse::<u64>() {
-            Ok(n) if unit_mult > 0 => n
-                .checked_mul(unit_mult)
-                .map(ByteSize)
-                .ok_or_else(|| format!("`{s}` is too large")),
-            _ => Err(format!("`{s}` is not a size: write a number and a unit, such as \"64MiB\", \"512KiB\" or \"1GB\"")),
+            Ok(n) if unit_mult > 0 => {
+                n.checked_mul(unit_mult).map(ByteSize).ok_or_else(|| format!("`{s}` is too large"))
+            }
+            _ => {
+                Err(format!("`{s}` is not a size: write a number and a unit, such as \"64MiB\", \"512KiB\" or \"1GB\""))
+            }
         }
     }
 }

@@ -81,11 +81,8 @@ impl Batch {
     pub fn records(&self) -> impl Iterator<Item = RecordRef<'_>> {
         let keys = std::str::from_utf8(&self.keys).unwrap_or("");
         (0..self.len()).map(move |i| {
-            let (k0, p0) = if i == 0 {
-                (0, 0)
-            } else {
-                (self.key_ends[i - 1] as usize, self.payload_ends[i - 1] as usize)
-            };
+            let (k0, p0) =
+                if i == 0 { (0, 0) } else { (self.key_ends[i - 1] as usize, self.payload_ends[i - 1] as usize) };
             RecordRef {
                 key: keys.get(k0..self.key_ends[i] as usize).unwrap_or(""),
                 event_time_ms: self.event_times[i],

@@ -66,6 +66,10 @@ impl PluginEngine {
             .epoch_interruption(true)
             .max_wasm_stack(1 << 20)
             .cranelift_opt_level(wasmtime::OptLevel::Speed);
+        // `WEIR_PERFMAP=1` lets `perf` name the functions of plugins.
+        if std::env::var_os("WEIR_PERFMAP").is_some() {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).map_err(|e| PluginError::Instantiate(format!("engine: {e:#}")))?;
 
         let stop_ticker = Arc::new(AtomicBool::new(false));
@@ -90,7 +94,8 @@ impl PluginEngine {
         let mut notifier_linker = base.clone();
         notifier::weir::plugin::state_table::add_to_linker::<_, HasSelf<_>>(&mut notifier_linker, |d| d)
             .map_err(link_error)?;
-        notifier::weir::plugin::notify::add_to_linker::<_, HasSelf<_>>(&mut notifier_linker, |d| d).map_err(link_error)?;
+        notifier::weir::plugin::notify::add_to_linker::<_, HasSelf<_>>(&mut notifier_linker, |d| d)
+            .map_err(link_error)?;
         notifier::weir::plugin::reference::add_to_linker::<_, HasSelf<_>>(&mut notifier_linker, |d| d)
             .map_err(link_error)?;
 
@@ -133,7 +138,8 @@ impl PluginEngine {
         {
             return Ok(CompiledComponent { component, sha256, path: path.to_owned() });
         }
-        let compile_err = |e: wasmtime::Error| PluginError::Compile { path: path.to_owned(), message: format!("{e:#}") };
+        let compile_err =
+            |e: wasmtime::Error| PluginError::Compile { path: path.to_owned(), message: format!("{e:#}") };
         let serialized = self.engine.precompile_component(&bytes).map_err(compile_err)?;
         if let Some(file) = &cached {
             // Best effort: a cache that cannot be written only costs time.

@@ -18,6 +18,6 @@ pub use error::{PluginError, PluginIdent};
 pub use sandbox::SandboxSpec;
 pub use services::{MemoryServices, Notification, Services};
 pub use worlds::{
-    AggregatorInstance, AggregatorPlugin, Loaded, NotifierInstance, NotifierPlugin, TransformerInstance,
-    TransformerPlugin, Transformed, check_world,
+    AggregatorInstance, AggregatorPlugin, Loaded, NotifierInstance, NotifierPlugin, Transformed, TransformerInstance,
+    TransformerPlugin, check_world,
 };

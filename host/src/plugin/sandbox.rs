@@ -124,9 +124,8 @@ pub fn new_store(
     }
     for dir in &spec.grants.dirs {
         let perms = if dir.writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
-        wasi.preopened_dir(&dir.host, &dir.guest, perms).map_err(|e| {
-            PluginError::Instantiate(format!("cannot grant directory `{}`: {e}", dir.host.display()))
-        })?;
+        wasi.preopened_dir(&dir.host, &dir.guest, perms)
+            .map_err(|e| PluginError::Instantiate(format!("cannot grant directory `{}`: {e}", dir.host.display())))?;
     }
     let data = StoreData {
         wasi: wasi.build(),
@@ -164,11 +163,7 @@ pub fn classify(store: &Store<StoreData>, limits: &Limits, err: wasmtime::Error)
 
 fn backtrace_hint(err: &wasmtime::Error) -> String {
     match err.downcast_ref::<wasmtime::WasmBacktrace>() {
-        Some(bt) => bt
-            .frames()
-            .iter()
-            .find_map(|f| f.func_name().map(|n| format!(" in `{n}`")))
-            .unwrap_or_default(),
+        Some(bt) => bt.frames().iter().find_map(|f| f.func_name().map(|n| format!(" in `{n}`"))).unwrap_or_default(),
         None => String::new(),
     }
 }

@@ -100,9 +100,7 @@ impl Services for MemoryServices {
                 .and_then(|s| s.trim().parse::<i64>().ok())
                 .ok_or_else(|| format!("item `{key}` of table `{table}` is not a decimal integer"))?,
         };
-        let next = current
-            .checked_add(delta)
-            .ok_or_else(|| format!("adding {delta} to `{key}` overflows"))?;
+        let next = current.checked_add(delta).ok_or_else(|| format!("adding {delta} to `{key}` overflows"))?;
         tables.insert(k(table, key), next.to_string().into_bytes());
         Ok(next)
     }
@@ -136,7 +134,13 @@ impl state_table::Host for StoreData {
     fn delete(&mut self, table: String, key: String) -> Result<(), String> {
         self.services()?.delete(&table, &key)
     }
-    fn put_if(&mut self, table: String, key: String, expected: Option<Vec<u8>>, value: Vec<u8>) -> Result<bool, String> {
+    fn put_if(
+        &mut self,
+        table: String,
+        key: String,
+        expected: Option<Vec<u8>>,
+        value: Vec<u8>,
+    ) -> Result<bool, String> {
         self.services()?.put_if(&table, &key, expected, value)
     }
     fn add(&mut self, table: String, key: String, delta: i64) -> Result<i64, String> {

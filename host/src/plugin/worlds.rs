@@ -34,7 +34,11 @@ pub struct Loaded<P> {
 }
 
 /// Compiles `path` and checks it against `world`'s imports and exports.
-pub fn check_world(engine: &PluginEngine, path: &std::path::Path, world: World) -> Result<CompiledComponent, PluginError> {
+pub fn check_world(
+    engine: &PluginEngine,
+    path: &std::path::Path,
+    world: World,
+) -> Result<CompiledComponent, PluginError> {
     let compiled = engine.compile(path)?;
     let wrong = |e: wasmtime::Error| PluginError::WrongWorld {
         path: path.to_owned(),
@@ -160,7 +164,8 @@ pub struct TransformerInstance {
 impl TransformerInstance {
     /// Transforms a batch; checks the result against the contract.
     pub fn transform(&mut self, input: &Batch) -> Result<Transformed, PluginError> {
-        let t = guarded(&mut self.store, &self.spec, |s| self.bindings.weir_plugin_transform().call_transform(s, input))?;
+        let t =
+            guarded(&mut self.store, &self.spec, |s| self.bindings.weir_plugin_transform().call_transform(s, input))?;
         if t.outcomes.len() != input.len() {
             return Err(PluginError::Contract(format!("{} outcomes for {} records", t.outcomes.len(), input.len())));
         }
@@ -223,7 +228,13 @@ impl AggregatorInstance {
     }
 
     /// Turns the states of a closed window into result records.
-    pub fn emit(&mut self, start_ms: i64, end_ms: i64, keys: &[String], states: &[Vec<u8>]) -> Result<Batch, PluginError> {
+    pub fn emit(
+        &mut self,
+        start_ms: i64,
+        end_ms: i64,
+        keys: &[String],
+        states: &[Vec<u8>],
+    ) -> Result<Batch, PluginError> {
         let window = Window { start: start_ms, end: end_ms };
         let out = guarded(&mut self.store, &self.spec, |s| {
             self.bindings.weir_plugin_aggregate().call_emit(s, window, keys, states)

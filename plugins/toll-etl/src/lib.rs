@@ -68,26 +68,36 @@ impl TollEtl {
 
     /// Parse one raw line: `transaction_id,timestamp,station_id,lane,tag_id,customer_id,vehicle_class,amount_cents`.
     pub fn parse<'a>(&self, line: &'a [u8]) -> Result<Transaction<'a>, String> {
-        let line = std::str::from_utf8(line).map_err(|e| format!("line is not UTF-8 text: {e}"))?;
-        let line = line.trim_end_matches(['\r', '\n']);
+        let mut line = line;
+        while let [rest @ .., b'\r' | b'\n'] = line {
+            line = rest;
+        }
         if line.is_empty() {
             return Err("empty line".to_owned());
         }
-        let mut fields = [""; 8];
+        // Fields are checked one by one below, so the line as a whole need
+        // not be validated as UTF-8 first.
+        let mut fields: [&[u8]; 8] = [&[]; 8];
         let mut count = 0;
-        for field in line.split(',') {
+        let mut start = 0;
+        for_each_comma(line, |i| {
             if count < fields.len() {
-                fields[count] = field;
+                fields[count] = &line[start..i];
             }
             count += 1;
+            start = i + 1;
+        });
+        if count < fields.len() {
+            fields[count] = &line[start..];
         }
+        count += 1;
         if count != fields.len() {
             return Err(format!("expected 8 comma-separated fields ({}), found {count}", FIELDS.join(",")));
         }
         let [transaction_id, timestamp, station, lane, tag_id, customer_id, class, amount] = fields;
         Ok(Transaction {
             transaction_id: ident(1, transaction_id, 64)?,
-            event_time_ms: parse_timestamp(timestamp).map_err(|e| field_error(2, timestamp, &e))?,
+            event_time_ms: parse_timestamp_bytes(timestamp).map_err(|e| field_error(2, timestamp, &e))?,
             station_id: number(3, station, 1, 99_999)? as u32,
             lane: number(4, lane, 1, 64)? as u32,
             tag_id: ident(5, tag_id, 32)?,
@@ -121,23 +131,59 @@ impl TollEtl {
     }
 }
 
-fn field_error(index: usize, value: &str, problem: &str) -> String {
-    let shown: String = value.chars().take(40).collect();
+/// Calls `f` with the index of every comma, scanning eight bytes per step
+/// (fewer loop iterations: each one costs a deadline check in a sandbox).
+fn for_each_comma(line: &[u8], mut f: impl FnMut(usize)) {
+    const COMMAS: u64 = u64::from_ne_bytes([b','; 8]);
+    const LOW7: u64 = u64::from_ne_bytes([0x7f; 8]);
+    let mut chunks = line.chunks_exact(8);
+    let mut base = 0;
+    for chunk in chunks.by_ref() {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word) ^ COMMAS;
+        // Exactly the zero bytes of `x` (the commas) get their high bit set;
+        // no carry crosses bytes, so there are no false positives.
+        let mut found = !(((x & LOW7) + LOW7) | x | LOW7);
+        while found != 0 {
+            f(base + found.trailing_zeros() as usize / 8);
+            found &= found - 1;
+        }
+        base += 8;
+    }
+    for (i, &b) in chunks.remainder().iter().enumerate() {
+        if b == b',' {
+            f(base + i);
+        }
+    }
+}
+
+fn field_error(index: usize, value: &[u8], problem: &str) -> String {
+    let shown: String = String::from_utf8_lossy(value).chars().take(40).collect();
     format!("field {index} ({}) `{shown}`: {problem}", FIELDS[index - 1])
 }
 
+fn ident_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
+}
+
 /// An identifier: 1..=max characters of `A-Z a-z 0-9 - _` (so rows need no JSON escaping).
-fn ident(index: usize, value: &str, max: usize) -> Result<&str, String> {
+fn ident(index: usize, value: &[u8], max: usize) -> Result<&str, String> {
     if value.is_empty() || value.len() > max {
         return Err(field_error(index, value, &format!("must be 1 to {max} characters")));
     }
-    if !value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+    // Eight bytes per step, branch-free inside (fewer loop iterations).
+    let mut chunks = value.chunks_exact(8);
+    let ok = chunks.by_ref().all(|c| c.iter().fold(true, |ok, &b| ok & ident_byte(b)))
+        && chunks.remainder().iter().all(|&b| ident_byte(b));
+    if !ok {
         return Err(field_error(index, value, "may only contain letters, digits, '-' and '_'"));
     }
-    Ok(value)
+    // All ASCII, checked just above.
+    std::str::from_utf8(value).map_err(|e| field_error(index, value, &e.to_string()))
 }
 
-fn number(index: usize, value: &str, min: u64, max: u64) -> Result<u64, String> {
+fn number(index: usize, value: &[u8], min: u64, max: u64) -> Result<u64, String> {
     let n = digits(value).ok_or_else(|| field_error(index, value, "is not a whole number"))?;
     if n < min || n > max {
         return Err(field_error(index, value, &format!("must be between {min} and {max}")));
@@ -145,27 +191,30 @@ fn number(index: usize, value: &str, min: u64, max: u64) -> Result<u64, String> 
     Ok(n)
 }
 
-fn digits(value: &str) -> Option<u64> {
-    if value.is_empty() || value.len() > 18 || !value.bytes().all(|b| b.is_ascii_digit()) {
+fn digits(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 18 || !value.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    Some(value.bytes().fold(0u64, |n, b| n * 10 + u64::from(b - b'0')))
+    Some(value.iter().fold(0u64, |n, b| n * 10 + u64::from(b - b'0')))
 }
 
 /// Parses ISO-8601 UTC: `YYYY-MM-DDTHH:MM:SS[.fraction](Z|+00:00)`.
 pub fn parse_timestamp(s: &str) -> Result<i64, String> {
-    let b = s.as_bytes();
+    parse_timestamp_bytes(s.as_bytes())
+}
+
+fn parse_timestamp_bytes(b: &[u8]) -> Result<i64, String> {
     let shape = "expected ISO-8601 UTC time such as 2026-11-26T14:03:12.345Z";
     if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
         return Err(shape.to_owned());
     }
-    let num = |r: std::ops::Range<usize>| s.get(r).and_then(digits).ok_or_else(|| shape.to_owned());
+    let num = |r: std::ops::Range<usize>| digits(&b[r]).ok_or_else(|| shape.to_owned());
     let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    let mut rest = &s[19..];
+    let mut rest = &b[19..];
     let mut millis = 0;
-    if let Some(frac) = rest.strip_prefix('.') {
-        let len = frac.bytes().take_while(u8::is_ascii_digit).count();
+    if let [b'.', frac @ ..] = rest {
+        let len = frac.iter().take_while(|c| c.is_ascii_digit()).count();
         if len == 0 || len > 9 {
             return Err(shape.to_owned());
         }
@@ -173,7 +222,7 @@ pub fn parse_timestamp(s: &str) -> Result<i64, String> {
         millis = digits(ms_digits).unwrap_or(0) * 10u64.pow(3 - ms_digits.len() as u32);
         rest = &frac[len..];
     }
-    if rest != "Z" && rest != "+00:00" {
+    if rest != b"Z" && rest != b"+00:00" {
         return Err("time zone must be UTC (Z or +00:00)".to_owned());
     }
     if !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
@@ -187,7 +236,7 @@ pub fn parse_timestamp(s: &str) -> Result<i64, String> {
 }
 
 fn is_leap(year: u64) -> bool {
-    year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)
+    year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400))
 }
 
 fn days_in_month(year: u64, month: u64) -> u64 {
@@ -292,7 +341,11 @@ mod tests {
         let cases = [
             ("", "empty line"),
             ("a,b,c", "expected 8 comma-separated fields"),
-            ("T1,2026-02-30T00:00:00Z,17,3,TAG1,C1,2,275", "field 2 (timestamp) `2026-02-30T00:00:00Z`: 2026-02-30 is not a calendar date"),
+            ("T1,2026-11-26T14:03:12Z,17,3,TAG1,C1,2,275,extra,fields,here", "found 11"),
+            (
+                "T1,2026-02-30T00:00:00Z,17,3,TAG1,C1,2,275",
+                "field 2 (timestamp) `2026-02-30T00:00:00Z`: 2026-02-30 is not a calendar date",
+            ),
             ("T1,2026-11-26T14:03:12+01:00,17,3,TAG1,C1,2,275", "time zone must be UTC"),
             ("T1,2026-11-26T14:03:12Z,x7,3,TAG1,C1,2,275", "field 3 (station_id) `x7`: is not a whole number"),
             ("T1,2026-11-26T14:03:12Z,17,3,TAG 1,C1,2,275", "field 5 (tag_id)"),
@@ -311,7 +364,12 @@ mod tests {
 
     #[test]
     fn timestamps_round_trip_across_leap_days_and_epochs() {
-        for ts in ["1970-01-01T00:00:00.000Z", "2024-02-29T23:59:59.999Z", "2026-12-31T23:30:00.000Z", "2100-03-01T00:00:00.000Z"] {
+        for ts in [
+            "1970-01-01T00:00:00.000Z",
+            "2024-02-29T23:59:59.999Z",
+            "2026-12-31T23:30:00.000Z",
+            "2100-03-01T00:00:00.000Z",
+        ] {
             let ms = parse_timestamp(ts).expect(ts);
             let mut buf = Vec::new();
             write_timestamp(ms, &mut buf);
@@ -319,6 +377,23 @@ mod tests {
         }
         assert_eq!(parse_timestamp("1970-01-01T00:00:01Z"), Ok(1000));
         assert_eq!(parse_timestamp("1970-01-01T00:00:00.5+00:00"), Ok(500));
+    }
+
+    #[test]
+    fn commas_are_found_exactly_whatever_surrounds_them() {
+        let mut state = 7u64;
+        for len in 0..200 {
+            let line: Vec<u8> = (0..len)
+                .map(|_| {
+                    state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                    b",-.+0aZ\x00\xff"[(state >> 33) as usize % 9]
+                })
+                .collect();
+            let mut found = Vec::new();
+            for_each_comma(&line, |i| found.push(i));
+            let expected: Vec<usize> = line.iter().enumerate().filter(|(_, b)| **b == b',').map(|(i, _)| i).collect();
+            assert_eq!(found, expected, "{line:?}");
+        }
     }
 
     #[test]
