@@ -1,0 +1,97 @@
+//! The `weir` binary as a newcomer uses it: `weir check` on good and broken
+//! manifests, and `weir run` serving HTTP until SIGTERM, draining on the way out.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const WEIR: &str = env!("CARGO_BIN_EXE_weir");
+
+fn root() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+#[test]
+fn check_accepts_the_quickstart_and_lists_every_problem_of_a_broken_manifest() {
+    // The artifacts crate has built the plugins, so the component check passes.
+    assert!(Path::new(weir_artifacts::TOLL_ETL).exists());
+    let ok = Command::new(WEIR).arg("check").arg(root().join("manifests/quickstart.toml")).output().expect("run weir");
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok.status.success(), "{stdout}{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(stdout.contains("pipeline `quickstart` is valid"), "{stdout}");
+    assert!(stdout.contains("[toll-etl@0.1.0 (transformer)] -> rows (ok, sha256"), "{stdout}");
+
+    let bad = Command::new(WEIR)
+        .arg("check")
+        .arg("ui/many-problems.toml")
+        .current_dir(root().join("tests"))
+        .output()
+        .expect("run weir");
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--> ui/many-problems.toml:15:9"), "{stderr}");
+    assert!(stderr.contains("11 problems found"), "{stderr}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+#[test]
+fn run_serves_puts_and_drains_on_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifest = std::fs::read_to_string(root().join("manifests/quickstart.toml"))
+        .expect("quickstart")
+        .replace("../plugins/toll-etl", &root().join("plugins/toll-etl").display().to_string())
+        .replace("../out/quickstart", ".");
+    let path = dir.path().join("quickstart.toml");
+    std::fs::write(&path, manifest).expect("write manifest");
+    let port = free_port();
+    let mut child = Command::new(WEIR)
+        .args(["run", "--listen", &format!("127.0.0.1:{port}")])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start weir");
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/v1/streams/toll-lines/records");
+    let lines: Vec<String> = (0..300)
+        .map(|i| format!("T0017-{i:06},2026-11-26T14:{:02}:{:02}Z,17,3,TAG{i:07},C{:06},2,275", i / 60, i % 60, i % 7))
+        .collect();
+    runtime.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match client.get(format!("http://127.0.0.1:{port}/v1/health")).send().await {
+                Ok(r) if r.status().is_success() => break,
+                _ if Instant::now() > deadline => panic!("weir did not start listening"),
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        for chunk in lines.chunks(100) {
+            let body = format!("{}\nthis line is broken\n", chunk.join("\n"));
+            let r = client.post(&url).header("content-type", "text/plain").body(body).send().await.expect("put");
+            assert!(r.status().is_success(), "{}", r.text().await.unwrap_or_default());
+        }
+    });
+
+    // SIGTERM right away: everything acknowledged must still reach the files.
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    assert!(status.success());
+    let exit = child.wait().expect("wait");
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+    }
+    assert!(exit.success(), "weir exited with {exit}: {stderr}");
+    assert!(stderr.contains("draining stages"), "{stderr}");
+
+    let rows = std::fs::read_to_string(dir.path().join("rows.jsonl")).unwrap_or_default();
+    let rejected = std::fs::read_to_string(dir.path().join("rejected.jsonl")).unwrap_or_default();
+    assert_eq!(rows.lines().count(), 300, "every good line is a row");
+    assert_eq!(rejected.lines().count(), 3, "every broken line is a dead letter");
+    assert!(rows.lines().next().unwrap_or("").starts_with(r#"{"transaction_id":"T0017-000000","event_time":"2026-11-26T14:00:00.000Z""#));
+    assert!(rejected.contains("expected 8 comma-separated fields"));
+}
