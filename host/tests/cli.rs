@@ -92,6 +92,11 @@ fn run_serves_puts_and_drains_on_sigterm() {
     let rejected = std::fs::read_to_string(dir.path().join("rejected.jsonl")).unwrap_or_default();
     assert_eq!(rows.lines().count(), 300, "every good line is a row");
     assert_eq!(rejected.lines().count(), 3, "every broken line is a dead letter");
-    assert!(rows.lines().next().unwrap_or("").starts_with(r#"{"transaction_id":"T0017-000000","event_time":"2026-11-26T14:00:00.000Z""#));
+    assert!(
+        rows.lines()
+            .next()
+            .unwrap_or("")
+            .starts_with(r#"{"transaction_id":"T0017-000000","event_time":"2026-11-26T14:00:00.000Z""#)
+    );
     assert!(rejected.contains("expected 8 comma-separated fields"));
 }

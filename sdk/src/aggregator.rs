@@ -96,32 +96,23 @@ macro_rules! export_aggregator {
     ($plugin:ty) => {
         #[cfg(target_arch = "wasm32")]
         const _: () = {
+            use bindings::exports::weir::plugin::aggregate::{Guest, Window};
+            use $crate::__private::aggregator as bindings;
+            use $crate::__private::{WitBatch, WitConfig};
+
             struct WeirAggregatorExport;
-            impl $crate::__private::aggregator::exports::weir::plugin::aggregate::Guest for WeirAggregatorExport {
-                fn init(
-                    config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
-                ) -> ::core::result::Result<(), ::std::string::String> {
+            impl Guest for WeirAggregatorExport {
+                fn init(config: WitConfig) -> Result<(), String> {
                     $crate::__private::init_plugin::<$plugin>(config, <$plugin as $crate::Aggregator>::init)
                 }
-                fn fold(
-                    input: $crate::__private::transformer::weir::plugin::types::Batch,
-                    groups: ::std::vec::Vec<u32>,
-                    states: ::std::vec::Vec<::std::vec::Vec<u8>>,
-                ) -> ::core::result::Result<::std::vec::Vec<::std::vec::Vec<u8>>, ::std::string::String> {
+                fn fold(input: WitBatch, groups: Vec<u32>, states: Vec<Vec<u8>>) -> Result<Vec<Vec<u8>>, String> {
                     $crate::__private::fold_export::<$plugin>(input, groups, states)
                 }
-                fn emit(
-                    window: $crate::__private::aggregator::exports::weir::plugin::aggregate::Window,
-                    keys: ::std::vec::Vec<::std::string::String>,
-                    states: ::std::vec::Vec<::std::vec::Vec<u8>>,
-                ) -> ::core::result::Result<
-                    $crate::__private::transformer::weir::plugin::types::Batch,
-                    ::std::string::String,
-                > {
-            $crate::__private::emit_export::<$plugin>(window.start, window.end, keys, states)
+                fn emit(window: Window, keys: Vec<String>, states: Vec<Vec<u8>>) -> Result<WitBatch, String> {
+                    $crate::__private::emit_export::<$plugin>(window.start, window.end, keys, states)
                 }
             }
-            $crate::__private::aggregator::export!(WeirAggregatorExport with_types_in $crate::__private::aggregator);
+    bindings::export!(WeirAggregatorExport with_types_in bindings);
         };
     };
 }

@@ -20,20 +20,20 @@ macro_rules! export_notifier {
     ($plugin:ty) => {
         #[cfg(target_arch = "wasm32")]
         const _: () = {
+            use bindings::exports::weir::plugin::consume::Guest;
+            use $crate::__private::notifier as bindings;
+            use $crate::__private::{WitBatch, WitConfig};
+
             struct WeirNotifierExport;
-            impl $crate::__private::notifier::exports::weir::plugin::consume::Guest for WeirNotifierExport {
-                fn init(
-                    config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
-                ) -> ::core::result::Result<(), ::std::string::String> {
+            impl Guest for WeirNotifierExport {
+                fn init(config: WitConfig) -> Result<(), String> {
                     $crate::__private::init_plugin::<$plugin>(config, <$plugin as $crate::Notifier>::init)
                 }
-                fn consume(
-                    input: $crate::__private::transformer::weir::plugin::types::Batch,
-                ) -> ::core::result::Result<(), ::std::string::String> {
+                fn consume(input: WitBatch) -> Result<(), String> {
                     $crate::__private::consume_export::<$plugin>(input)
-        }
+                }
             }
-            $crate::__private::notifier::export!(WeirNotifierExport with_types_in $crate::__private::notifier);
+    bindings::export!(WeirNotifierExport with_types_in bindings);
         };
     };
 }

@@ -63,23 +63,20 @@ macro_rules! export_transformer {
     ($plugin:ty) => {
         #[cfg(target_arch = "wasm32")]
         const _: () = {
+            use bindings::exports::weir::plugin::transform::{Guest, Transformed};
+            use $crate::__private::transformer as bindings;
+            use $crate::__private::{WitBatch, WitConfig};
+
             struct WeirTransformerExport;
-            impl $crate::__private::transformer::exports::weir::plugin::transform::Guest for WeirTransformerExport {
-                fn init(
-                    config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
-                ) -> ::core::result::Result<(), ::std::string::String> {
+            impl Guest for WeirTransformerExport {
+                fn init(config: WitConfig) -> Result<(), String> {
                     $crate::__private::init_plugin::<$plugin>(config, <$plugin as $crate::Transformer>::init)
                 }
-                fn transform(
-                    input: $crate::__private::transformer::weir::plugin::types::Batch,
-                ) -> ::core::result::Result<
-                    $crate::__private::transformer::exports::weir::plugin::transform::Transformed,
-                    ::std::string::String,
-                > {
+                fn transform(input: WitBatch) -> Result<Transformed, String> {
                     $crate::__private::transform_export::<$plugin>(input)
                 }
             }
-    $crate::__private::transformer::export!(WeirTransformerExport with_types_in $crate::__private::transformer);
+    bindings::export!(WeirTransformerExport with_types_in bindings);
         };
     };
 }

@@ -52,7 +52,12 @@ pub mod notifier {
 }
 
 use transformer::exports::weir::plugin::transform::{Outcome as WitOutcome, Transformed};
-use transformer::weir::plugin::types::{Attribute, Batch as WitBatch};
+use transformer::weir::plugin::types::Attribute;
+/// The batch record of the WIT package, as the bindings name it.
+pub use transformer::weir::plugin::types::Batch as WitBatch;
+
+/// The configuration pairs handed to `init`.
+pub type WitConfig = Vec<(String, String)>;
 
 thread_local! {
     /// The one plugin instance of this component, created by `init`.

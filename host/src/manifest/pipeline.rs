@@ -45,7 +45,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::diagnostic::{Diagnostic, Diagnostics, SourceFile};
-use super::plugin::{PluginManifest, World};
+use super::plugin::{PluginManifest, World, config_value_text};
 use super::toml_doc::Document;
 use super::units::{ByteSize, Name, parse_duration};
 
@@ -729,7 +729,7 @@ impl Checker<'_> {
         for (key, spec) in &plugin.config {
             let set = raw.get_ref().iter().find(|(k, _)| k.get_ref() == key).map(|(_, v)| v);
             match (set, &spec.default) {
-                (Some(v), _) | (None, Some(v)) => out.push((key.clone(), config_text(v))),
+                (Some(v), _) | (None, Some(v)) => out.push((key.clone(), config_value_text(v))),
                 (None, None) if spec.required => diags.push(
                     self.at(
                         raw.span(),
@@ -741,14 +741,6 @@ impl Checker<'_> {
             }
         }
         (diags.len() == before).then_some(out)
-    }
-}
-
-/// Strings verbatim; everything else as JSON text.
-fn config_text(v: &toml::Value) -> String {
-    match v {
-        toml::Value::String(s) => s.clone(),
-        other => serde_json::to_string(other).unwrap_or_else(|_| other.to_string()),
     }
 }
 

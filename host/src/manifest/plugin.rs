@@ -164,6 +164,14 @@ impl PluginManifest {
         self.dir.join(&self.build.output)
     }
 
+    /// The configuration a plugin gets from its defaults alone.
+    pub fn default_config(&self) -> Vec<(String, String)> {
+        self.config
+            .iter()
+            .filter_map(|(k, spec)| spec.default.as_ref().map(|v| (k.clone(), config_value_text(v))))
+            .collect()
+    }
+
     /// The plugin.toml that `path` names: the file itself, or the one in that folder.
     pub fn file_for(path: &Path) -> PathBuf {
         if path.is_dir() { path.join("plugin.toml") } else { path.to_owned() }
@@ -237,5 +245,13 @@ impl PluginManifest {
             capabilities,
             build,
         }))
+    }
+}
+
+/// A config value as the plugin receives it: strings verbatim, everything else as JSON text.
+pub fn config_value_text(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => s.clone(),
+        other => serde_json::to_string(other).unwrap_or_else(|_| other.to_string()),
     }
 }
