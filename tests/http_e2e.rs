@@ -317,3 +317,18 @@ path = "out.jsonl"
     assert_eq!(got.len(), expected.len(), "records lost or duplicated");
     assert!(got == expected, "records out of order");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_that_cannot_start_keeps_its_records_waiting_and_does_not_block_shutdown() {
+    let mut host = TestHost::start(&hostile_manifest("refuse-init", "dead-letter", "")).await.expect("start");
+    assert_eq!(put(&host, "in", json!({"data": "waiting"})).await.0, StatusCode::OK);
+    host.wait_until("the init failure is reported", |s| stage(s).failures >= 1).await;
+    let s = host.host.status();
+    assert!(stage(&s).last_error.as_deref().unwrap_or("").contains("init refused the configuration"), "{s:?}");
+    assert_eq!(
+        (stage(&s).records_in, stage(&s).dead_lettered),
+        (0, 0),
+        "records are not consumed by a plugin that never ran"
+    );
+    tokio::time::timeout(std::time::Duration::from_secs(20), host.stop()).await.expect("shutdown does not hang");
+}

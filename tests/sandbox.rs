@@ -115,6 +115,18 @@ fn files_are_denied_without_a_grant_and_readable_with_one() {
 }
 
 #[test]
+fn the_clock_is_frozen_at_the_epoch_unless_granted() {
+    let read_clock = |grants: Grants| {
+        let out =
+            hostile("clock", Limits::default(), grants).instantiate().expect("instantiate").transform(&batch(&["t"]));
+        texts(&out.expect("transform"))[0].parse::<u64>().expect("milliseconds")
+    };
+    assert_eq!(read_clock(Grants::default()), 0);
+    let granted = read_clock(Grants { clock: true, dirs: vec![] });
+    assert!(granted > 1_700_000_000_000, "a granted clock is real: {granted}");
+}
+
+#[test]
 fn a_plugin_refusing_its_config_fails_at_init() {
     let plugin = hostile("refuse-init", Limits::default(), Grants::default());
     let err = plugin.instantiate().err().expect("init must fail");

@@ -6,6 +6,8 @@
 //!   `{"partition_key": "17", "data": "text"}` (or `"data_base64"`, and an optional
 //!   `"event_time"` as RFC 3339 or ms), or a batch `{"records": [...]}`; or
 //!   `text/plain`, one record per non-empty line (`?partition_key=` applies to all).
+//! - `GET /v1/streams/{stream}/records?from=0&limit=100`: records from a
+//!   sequence number on, with `next` to continue from.
 //! - `GET /v1/pipeline`: stages, plugin versions and counters.
 //! - `GET /v1/health`
 
@@ -37,7 +39,7 @@ pub fn router(host: Arc<Host>) -> Router {
     Router::new()
         .route("/v1/health", get(|| async { axum::Json(json!({"status": "ok"})) }))
         .route("/v1/pipeline", get(pipeline_status))
-        .route("/v1/streams/{stream}/records", post(put_records))
+        .route("/v1/streams/{stream}/records", post(put_records).get(get_records))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(host)
 }
@@ -73,7 +75,10 @@ impl From<PutError> for ApiError {
             PutError::NotASource(_) => (StatusCode::FORBIDDEN, "NotASource"),
             PutError::Stream(StreamError::UnknownStream(_)) => (StatusCode::NOT_FOUND, "UnknownStream"),
             PutError::Stream(StreamError::Full { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "StreamFull"),
-            PutError::Stream(StreamError::Trimmed { .. }) => (StatusCode::INTERNAL_SERVER_ERROR, "Internal"),
+            PutError::Stream(StreamError::Trimmed { .. } | StreamError::Corrupt { .. }) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "Internal")
+            }
+            PutError::Stream(StreamError::Failed { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "StorageFailed"),
         };
         Self { status, code, message: e.to_string() }
     }
@@ -140,6 +145,60 @@ async fn put_records(
     let results: Vec<Value> =
         appended.iter().map(|a| json!({"shard_id": a.shard_id, "sequence_number": a.sequence.to_string()})).collect();
     Ok(axum::Json(json!({"failed_record_count": 0, "records": results})))
+}
+
+#[derive(Debug, Deserialize)]
+struct GetQuery {
+    #[serde(default)]
+    from: u64,
+    limit: Option<usize>,
+}
+
+/// Most records one read returns.
+pub const MAX_RECORDS_PER_GET: usize = 10_000;
+
+async fn get_records(
+    State(host): State<Arc<Host>>,
+    Path(stream): Path<String>,
+    Query(query): Query<GetQuery>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let limit = query.limit.unwrap_or(1000);
+    if limit == 0 || limit > MAX_RECORDS_PER_GET {
+        return Err(ApiError::bad(format!("limit must be between 1 and {MAX_RECORDS_PER_GET}")));
+    }
+    let records = tokio::task::spawn_blocking(move || host.read(&stream, query.from, limit))
+        .await
+        .map_err(|_| ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "Internal",
+            message: "read failed".into(),
+        })?
+        .map_err(|e| {
+            let (status, code) = match &e {
+                StreamError::UnknownStream(_) => (StatusCode::NOT_FOUND, "UnknownStream"),
+                StreamError::Trimmed { .. } => (StatusCode::BAD_REQUEST, "Trimmed"),
+                _ => (StatusCode::INTERNAL_SERVER_ERROR, "Internal"),
+            };
+            ApiError { status, code, message: e.to_string() }
+        })?;
+    let next = records.last().map_or(query.from, |r| r.sequence + 1);
+    let list: Vec<Value> = records
+        .iter()
+        .map(|r| {
+            let mut obj = json!({
+                "sequence_number": r.sequence.to_string(),
+                "partition_key": r.key,
+                "event_time": crate::sink::format_ms(r.event_time_ms),
+                "arrival_time": crate::sink::format_ms(r.arrival_ms),
+            });
+            match std::str::from_utf8(&r.data) {
+                Ok(text) => obj["data"] = json!(text),
+                Err(_) => obj["data_base64"] = json!(base64::engine::general_purpose::STANDARD.encode(&r.data)),
+            }
+            obj
+        })
+        .collect();
+    Ok(axum::Json(json!({"records": list, "next": next.to_string()})))
 }
 
 fn check_key(key: String) -> Result<String, ApiError> {

@@ -12,7 +12,7 @@ use crate::manifest::{DeadLetter, Pipeline, Target};
 use crate::plugin::{PluginEngine, PluginError, PluginIdent, SandboxSpec, TransformerPlugin};
 use crate::sink::{FileSink, SinkError};
 use crate::stage::{Stage, StageHandle, StageOutput, StageStatus};
-use crate::stream::{Appended, MemoryStreams, NewRecord, StreamError, StreamStore};
+use crate::stream::{Appended, DiskStreamSpec, DiskStreams, FileSyncer, NewRecord, StreamError, StreamStore};
 
 /// Why a pipeline could not start.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +28,9 @@ pub enum StartError {
     /// A sink could not be opened.
     #[error(transparent)]
     Sink(#[from] SinkError),
+    /// A stream could not be opened or recovered.
+    #[error(transparent)]
+    Stream(#[from] StreamError),
     /// A stage thread could not start.
     #[error("cannot start stage `{stage}`: {source}")]
     Thread {
@@ -68,7 +71,7 @@ pub struct PipelineStatus {
 pub struct Host {
     /// The manifest it runs.
     pub pipeline: Arc<Pipeline>,
-    streams: Arc<MemoryStreams>,
+    streams: Arc<DiskStreams>,
     stages: Vec<StageHandle>,
     started: Instant,
 }
@@ -77,7 +80,12 @@ impl Host {
     /// Opens sinks, loads every plugin (failing fast on any that does not load)
     /// and starts every stage.
     pub fn start(pipeline: Pipeline, engine: &Arc<PluginEngine>) -> Result<Arc<Host>, StartError> {
-        let streams = Arc::new(MemoryStreams::new(pipeline.streams.iter().map(|s| (s.name.as_str(), s.capacity))));
+        let specs: Vec<DiskStreamSpec> = pipeline
+            .streams
+            .iter()
+            .map(|s| DiskStreamSpec { name: s.name.to_string(), capacity: s.capacity, fsync: s.fsync })
+            .collect();
+        let streams = Arc::new(DiskStreams::open(&pipeline.data_dir.join("streams"), &specs, Arc::new(FileSyncer))?);
         let mut sinks: BTreeMap<String, Arc<FileSink>> = BTreeMap::new();
         for s in &pipeline.sinks {
             sinks.insert(s.name.to_string(), Arc::new(FileSink::open(&s.path, s.format)?));
@@ -143,6 +151,11 @@ impl Host {
             return Err(PutError::NotASource(stream.to_owned()));
         }
         Ok(self.streams.append(stream, records)?)
+    }
+
+    /// Up to `max` records of a stream from sequence `from`.
+    pub fn read(&self, stream: &str, from: u64, max: usize) -> Result<Vec<crate::stream::StoredRecord>, StreamError> {
+        self.streams.read(stream, from, max)
     }
 
     /// Counters of every stage and stream.

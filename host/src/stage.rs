@@ -23,6 +23,15 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How often an idle stage looks at the shutdown flag.
 const IDLE_POLL: Duration = Duration::from_millis(100);
 
+/// How long to wait after `streak` failures in a row: the first failure
+/// restarts at once, then 1 s, 2 s, 4 s ... up to 30 s.
+pub fn backoff_delay(streak: u32) -> Duration {
+    if streak < 2 {
+        return Duration::ZERO;
+    }
+    FIRST_BACKOFF.saturating_mul(1 << (streak - 2).min(5)).min(MAX_BACKOFF)
+}
+
 /// Where a stage's `ok` records go.
 pub enum StageOutput {
     /// Appended to a stream of the same host.
@@ -283,6 +292,14 @@ impl Stage {
                         tracing::error!(error = %e, "checkpoint failed");
                     }
                 }
+                BatchEnd::Retry if self.draining.load(Ordering::Relaxed) => {
+                    // Shutting down and the batch cannot be processed now: do not
+                    // hang the shutdown; the records were never checkpointed.
+                    let left = self.streams.end(input).unwrap_or(position).saturating_sub(position);
+                    tracing::error!(records = left, "shutting down with records this stage could not process");
+                    self.stats.set_phase(Phase::Stopped);
+                    return;
+                }
                 BatchEnd::Retry => {}
                 BatchEnd::Stop => {
                     self.stats.set_phase(Phase::Stopped);
@@ -318,13 +335,12 @@ impl Stage {
         self.streams.wait_for(input, position, self.spec.batch_size, self.spec.batch_wait)
     }
 
-    /// Sleeps before restarting a plugin that failed `streak` times in a row;
-    /// the first failure restarts at once.
+    /// Sleeps before going on after a plugin failed `streak` times in a row.
     fn back_off(&self, streak: u32) {
-        if streak < 2 {
+        let delay = backoff_delay(streak);
+        if delay.is_zero() {
             return;
         }
-        let delay = FIRST_BACKOFF.saturating_mul(1 << (streak - 2).min(5)).min(MAX_BACKOFF);
         tracing::warn!(
             delay_ms = delay.as_millis() as u64,
             failures_in_a_row = streak,
@@ -475,5 +491,16 @@ impl Stage {
             }
             ErrorPolicy::Stop => BatchEnd::Stop,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_plugin_is_restarted_with_doubling_backoff_capped_at_30s() {
+        let delays: Vec<u64> = (1..=9).map(|streak| backoff_delay(streak).as_secs()).collect();
+        assert_eq!(delays, vec![0, 1, 2, 4, 8, 16, 30, 30, 30]);
     }
 }

@@ -29,8 +29,8 @@ fn check_accepts_the_quickstart_and_lists_every_problem_of_a_broken_manifest() {
         .expect("run weir");
     let stderr = String::from_utf8_lossy(&bad.stderr);
     assert_eq!(bad.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("--> ui/many-problems.toml:15:9"), "{stderr}");
-    assert!(stderr.contains("11 problems found"), "{stderr}");
+    assert!(stderr.contains("--> ui/many-problems.toml:16:9"), "{stderr}");
+    assert!(stderr.contains("12 problems found"), "{stderr}");
 }
 
 fn free_port() -> u16 {

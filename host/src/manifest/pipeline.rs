@@ -14,8 +14,10 @@
 //! kind = "http"                       # records are put through the HTTP API
 //! stream = "toll-lines"
 //!
-//! [streams.toll-lines]
-//! capacity = 1000000                  # records held before puts are refused (the default)
+//! [streams.toll-lines]                # kept on disk under <data-dir>/streams/toll-lines
+//! capacity = 1000000                  # unconsumed records held before puts are refused (the default)
+//! fsync = "group"                     # always | group (the default) | never: when a put is synced
+//! fsync-interval = "5ms"              # how long a group commit gathers puts (the default)
 //!
 //! [stages.etl]
 //! plugin = "../plugins/toll-etl"      # a plugin folder (or its plugin.toml)
@@ -48,6 +50,7 @@ use super::diagnostic::{Diagnostic, Diagnostics, SourceFile};
 use super::plugin::{PluginManifest, World, config_value_text};
 use super::toml_doc::Document;
 use super::units::{ByteSize, Name, parse_duration};
+use crate::stream::FsyncPolicy;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -100,7 +103,12 @@ struct RawSource {
 struct RawStream {
     #[serde(default = "default_capacity")]
     capacity: usize,
+    fsync: Option<Spanned<String>>,
+    fsync_interval: Option<Spanned<String>>,
 }
+
+/// The group-commit interval unless a stream sets `fsync-interval`.
+pub const DEFAULT_FSYNC_INTERVAL: Duration = Duration::from_millis(5);
 
 fn default_capacity() -> usize {
     1_000_000
@@ -256,8 +264,10 @@ pub struct Source {
 pub struct StreamSpec {
     /// Its name.
     pub name: Name,
-    /// Records held before puts are refused.
+    /// Unconsumed records held before puts are refused.
     pub capacity: usize,
+    /// When a put is synced to disk before it is acknowledged.
+    pub fsync: FsyncPolicy,
 }
 
 /// Where a stage's output goes.
@@ -443,7 +453,13 @@ pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
         .into_iter()
         .map(|s| SinkSpec { path: base.join(&s.value.path), name: s.name, format: s.value.format })
         .collect();
-    let streams = streams.into_iter().map(|s| StreamSpec { name: s.name, capacity: s.value.capacity }).collect();
+    let streams = streams
+        .into_iter()
+        .filter_map(|s| {
+            let fsync = check.fsync(&s.value, &mut diags)?;
+            Some(StreamSpec { name: s.name, capacity: s.value.capacity, fsync })
+        })
+        .collect();
 
     match (pipeline, api, data_dir) {
         (Some(p), Some(api), Some(data_dir)) if diags.is_empty() => Ok(Pipeline {
@@ -640,6 +656,25 @@ impl Checker<'_> {
             grants,
             config: config?,
         })
+    }
+
+    fn fsync(&self, raw: &RawStream, diags: &mut Diagnostics) -> Option<FsyncPolicy> {
+        let interval = match &raw.fsync_interval {
+            Some(i) => self.duration(i, diags)?,
+            None => DEFAULT_FSYNC_INTERVAL,
+        };
+        match raw.fsync.as_ref().map(|f| (f.get_ref().as_str(), f.span())) {
+            None | Some(("group", _)) => Some(FsyncPolicy::Group(interval)),
+            Some(("always", _)) => Some(FsyncPolicy::Always),
+            Some(("never", _)) => Some(FsyncPolicy::Never),
+            Some((other, span)) => {
+                diags.push(
+                    self.at(span, format!("`{other}` is not an fsync policy"))
+                        .help("use \"always\", \"group\" (the default) or \"never\""),
+                );
+                None
+            }
+        }
     }
 
     fn duration(&self, raw: &Spanned<String>, diags: &mut Diagnostics) -> Option<Duration> {

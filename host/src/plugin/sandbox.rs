@@ -119,6 +119,8 @@ pub fn new_store(
     services: Option<Arc<dyn Services>>,
 ) -> Result<Store<StoreData>, PluginError> {
     let mut wasi = WasiCtxBuilder::new();
+    // Denied by default already; said explicitly because it is a promise.
+    wasi.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
     if !spec.grants.clock {
         wasi.wall_clock(FrozenClock).monotonic_clock(FrozenClock);
     }

@@ -33,6 +33,14 @@ pub struct Loaded<P> {
     pub config: Vec<(String, String)>,
 }
 
+fn wrong_world(compiled: &CompiledComponent, world: World) -> impl Fn(wasmtime::Error) -> PluginError + '_ {
+    move |e| PluginError::WrongWorld {
+        path: compiled.path.clone(),
+        world: world.to_string(),
+        message: format!("{e:#}"),
+    }
+}
+
 /// Compiles `path` and checks it against `world`'s imports and exports.
 pub fn check_world(
     engine: &PluginEngine,
@@ -40,18 +48,13 @@ pub fn check_world(
     world: World,
 ) -> Result<CompiledComponent, PluginError> {
     let compiled = engine.compile(path)?;
-    let wrong = |e: wasmtime::Error| PluginError::WrongWorld {
-        path: path.to_owned(),
-        world: world.to_string(),
-        message: format!("{e:#}"),
-    };
-    let pre = engine.linker(world).instantiate_pre(&compiled.component).map_err(wrong)?;
+    let pre = engine.linker(world).instantiate_pre(&compiled.component).map_err(wrong_world(&compiled, world))?;
     match world {
         World::Transformer => TransformerPre::new(pre).map(drop),
         World::Aggregator => AggregatorPre::new(pre).map(drop),
         World::Notifier => NotifierPre::new(pre).map(drop),
     }
-    .map_err(wrong)?;
+    .map_err(wrong_world(&compiled, world))?;
     Ok(compiled)
 }
 
@@ -63,13 +66,8 @@ fn load<P>(
     config: Vec<(String, String)>,
     make: impl FnOnce(wasmtime::component::InstancePre<StoreData>) -> wasmtime::Result<P>,
 ) -> Result<Loaded<P>, PluginError> {
-    let wrong = |e: wasmtime::Error| PluginError::WrongWorld {
-        path: compiled.path.clone(),
-        world: world.to_string(),
-        message: format!("{e:#}"),
-    };
-    let pre = engine.linker(world).instantiate_pre(&compiled.component).map_err(wrong)?;
-    let pre = make(pre).map_err(wrong)?;
+    let pre = engine.linker(world).instantiate_pre(&compiled.component).map_err(wrong_world(&compiled, world))?;
+    let pre = make(pre).map_err(wrong_world(&compiled, world))?;
     Ok(Loaded { pre, engine: engine.clone(), compiled, spec, config })
 }
 

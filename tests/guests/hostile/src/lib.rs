@@ -42,6 +42,11 @@ impl Transformer for Hostile {
                 }
                 Err(e) => Outcome::Failed(format!("open {}: {e}", self.path)),
             },
+            "clock" => {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                out.emit(record.key(), record.event_time_ms(), now.as_millis().to_string().as_bytes());
+                Outcome::Ok
+            }
             "log" => {
                 log::info(&format!("saw a record of {} bytes", record.payload().len()));
                 out.emit(record.key(), record.event_time_ms(), record.payload());

@@ -1,0 +1,690 @@
+//! Durable streams on local disk, with no setup: per shard an append-only log
+//! split into segment files. Each append is one frame
+//! `magic "WR" | payload length u32 | CRC32C(payload) u32 | payload`, where the
+//! payload holds the first sequence number, the record count, the arrival time
+//! and the records. A put is acknowledged only after its fsync policy's sync
+//! returned, and only then can consumers read it. On open, a torn tail (a
+//! frame cut short or damaged with nothing valid after it) is truncated; a
+//! damaged frame followed by valid ones is refused with the file and offset.
+//! A failed fsync stops writes to that stream (fail-stop).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::Write as _;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::{Appended, NewRecord, SHARD_ID, StoredRecord, StreamError, StreamStore, now_ms};
+
+const MAGIC: [u8; 2] = *b"WR";
+/// Magic, payload length, payload checksum.
+const HEADER: usize = 2 + 4 + 4;
+/// First sequence, record count, arrival time.
+const PAYLOAD_HEADER: usize = 8 + 4 + 8;
+/// A frame larger than this is damage, not data (a put holds at most 500 records of 1 MiB).
+const MAX_PAYLOAD: u32 = 600 << 20;
+/// A new segment file starts once the current one is this large.
+const SEGMENT_BYTES: u64 = 128 << 20;
+
+/// When a put is synced to disk before it is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// Every put waits for its own fsync (concurrent puts may share one).
+    Always,
+    /// Puts arriving within the interval share one fsync (group commit).
+    Group(Duration),
+    /// No fsync: a machine crash may lose acknowledged puts (a process crash does not).
+    Never,
+}
+
+/// How the store makes a file durable; tests inject failures through it.
+pub trait Syncer: Send + Sync {
+    /// Makes the file's written data durable.
+    fn sync(&self, file: &File) -> std::io::Result<()>;
+}
+
+/// The real thing: `fdatasync`.
+#[derive(Debug, Default)]
+pub struct FileSyncer;
+
+impl Syncer for FileSyncer {
+    fn sync(&self, file: &File) -> std::io::Result<()> {
+        file.sync_data()
+    }
+}
+
+/// One stream to open.
+#[derive(Debug, Clone)]
+pub struct DiskStreamSpec {
+    /// Stream name (also its folder name).
+    pub name: String,
+    /// Unconsumed records held before puts are refused.
+    pub capacity: usize,
+    /// When puts are synced.
+    pub fsync: FsyncPolicy,
+}
+
+struct Segment {
+    base: u64,
+    path: PathBuf,
+    file: Arc<File>,
+    len: u64,
+}
+
+#[derive(Clone, Copy)]
+struct FrameRef {
+    first: u64,
+    count: u32,
+    segment: usize,
+    offset: u64,
+    len: u32,
+}
+
+struct State {
+    segments: Vec<Segment>,
+    frames: Vec<FrameRef>,
+    /// Next sequence number to assign.
+    next: u64,
+    /// Every sequence below this is synced and readable.
+    durable: u64,
+    syncing: bool,
+    failed: Option<String>,
+    consumers: BTreeMap<String, u64>,
+}
+
+struct Shard {
+    name: String,
+    dir: PathBuf,
+    capacity: usize,
+    fsync: FsyncPolicy,
+    syncer: Arc<dyn Syncer>,
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+/// Durable streams under one folder, one subfolder per stream.
+pub struct DiskStreams {
+    streams: HashMap<String, Shard>,
+}
+
+impl std::fmt::Debug for DiskStreams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskStreams").field("streams", &self.streams.keys().collect::<Vec<_>>()).finish()
+    }
+}
+
+fn io_failed(stream: &str, what: &str, e: &std::io::Error) -> StreamError {
+    StreamError::Failed { stream: stream.to_owned(), reason: format!("{what}: {e}") }
+}
+
+impl DiskStreams {
+    /// Opens (creating or recovering) each stream under `root/<name>/`.
+    pub fn open(root: &Path, specs: &[DiskStreamSpec], syncer: Arc<dyn Syncer>) -> Result<Self, StreamError> {
+        let mut streams = HashMap::new();
+        for spec in specs {
+            let shard = Shard::open(&root.join(&spec.name), spec, syncer.clone())?;
+            streams.insert(spec.name.clone(), shard);
+        }
+        Ok(Self { streams })
+    }
+
+    fn shard(&self, stream: &str) -> Result<&Shard, StreamError> {
+        self.streams.get(stream).ok_or_else(|| StreamError::UnknownStream(stream.to_owned()))
+    }
+}
+
+fn segment_name(base: u64) -> String {
+    format!("{base:020}.log")
+}
+
+impl Shard {
+    fn open(dir: &Path, spec: &DiskStreamSpec, syncer: Arc<dyn Syncer>) -> Result<Shard, StreamError> {
+        let name = spec.name.as_str();
+        std::fs::create_dir_all(dir.join("consumers")).map_err(|e| io_failed(name, "cannot create its folder", &e))?;
+        let mut bases: Vec<u64> = std::fs::read_dir(dir)
+            .map_err(|e| io_failed(name, "cannot list its folder", &e))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str()?.strip_suffix(".log")?.parse().ok())
+            .collect();
+        bases.sort_unstable();
+        if bases.is_empty() {
+            bases.push(0);
+        }
+        let mut state = State {
+            segments: Vec::new(),
+            frames: Vec::new(),
+            next: bases[0],
+            durable: 0,
+            syncing: false,
+            failed: None,
+            consumers: BTreeMap::new(),
+        };
+        let last = bases.len() - 1;
+        for (i, base) in bases.into_iter().enumerate() {
+            let path = dir.join(segment_name(base));
+            let file = OpenOptions::new()
+                .read(true)
+                .append(true)
+                .create(true)
+                .open(&path)
+                .map_err(|e| io_failed(name, &format!("cannot open {}", path.display()), &e))?;
+            if base != state.next {
+                return Err(corrupt(&path, 0, format!("segment starts at sequence {base}, expected {}", state.next)));
+            }
+            let len = recover_segment(&path, &file, i == last, i, &mut state)?;
+            state.segments.push(Segment { base, path, file: Arc::new(file), len });
+        }
+        state.durable = state.next;
+        for entry in
+            std::fs::read_dir(dir.join("consumers")).map_err(|e| io_failed(name, "cannot list consumers", &e))?
+        {
+            let Ok(entry) = entry else { continue };
+            let path = entry.path();
+            let (Some(consumer), Ok(text)) =
+                (path.file_stem().and_then(|s| s.to_str()).map(str::to_owned), std::fs::read_to_string(&path))
+            else {
+                continue;
+            };
+            if path.extension().is_some_and(|e| e == "checkpoint")
+                && let Ok(position) = text.trim().parse::<u64>()
+            {
+                state.consumers.insert(consumer, position.min(state.next));
+            }
+        }
+        Ok(Shard {
+            name: name.to_owned(),
+            dir: dir.to_owned(),
+            capacity: spec.capacity,
+            fsync: spec.fsync,
+            syncer,
+            state: Mutex::new(state),
+            changed: Condvar::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic under the lock leaves the state consistent (every update is a
+        // single assignment or push), so keep going rather than fail forever.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn oldest(&self, st: &State) -> u64 {
+        st.segments.first().map_or(0, |s| s.base)
+    }
+
+    /// Writes a frame to the active segment, starting a new segment when it is full.
+    fn write_frame(&self, st: &mut State, frame: &[u8], first: u64, count: u32) -> Result<(), StreamError> {
+        let roll = st.segments.last().is_some_and(|s| s.len > 0 && s.len + frame.len() as u64 > SEGMENT_BYTES);
+        if roll {
+            // The old segment's last writes must be durable before we move on.
+            if let Some(old) = st.segments.last() {
+                self.syncer.sync(&old.file).map_err(|e| self.fail(st, "fsync failed", &e))?;
+            }
+            let path = self.dir.join(segment_name(first));
+            let file = OpenOptions::new()
+                .read(true)
+                .append(true)
+                .create(true)
+                .open(&path)
+                .map_err(|e| self.fail(st, "cannot create a segment", &e))?;
+            st.segments.push(Segment { base: first, path, file: Arc::new(file), len: 0 });
+        }
+        let segment_index = st.segments.len() - 1;
+        let Some(segment) = st.segments.last_mut() else {
+            return Err(StreamError::Failed { stream: self.name.clone(), reason: "no segment".into() });
+        };
+        let offset = segment.len;
+        if let Err(e) = (&*segment.file).write_all(frame) {
+            return Err(self.fail(st, "write failed", &e));
+        }
+        segment.len += frame.len() as u64;
+        st.frames.push(FrameRef { first, count, segment: segment_index, offset, len: frame.len() as u32 });
+        Ok(())
+    }
+
+    /// Records a storage failure: no write is acknowledged after it.
+    fn fail(&self, st: &mut State, what: &str, e: &std::io::Error) -> StreamError {
+        let err = io_failed(&self.name, what, e);
+        tracing::error!(stream = %self.name, error = %err, "stream stops accepting writes");
+        if let StreamError::Failed { reason, .. } = &err {
+            st.failed = Some(reason.clone());
+        }
+        self.changed.notify_all();
+        err
+    }
+
+    /// Waits until everything up to `end` is durable, leading an fsync when
+    /// nobody else is (group commit: one fsync covers every write before it).
+    fn wait_durable<'a>(&'a self, mut st: MutexGuard<'a, State>, end: u64) -> Result<(), StreamError> {
+        loop {
+            if let Some(reason) = &st.failed {
+                return Err(StreamError::Failed { stream: self.name.clone(), reason: reason.clone() });
+            }
+            if st.durable >= end {
+                return Ok(());
+            }
+            if st.syncing {
+                st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            st.syncing = true;
+            drop(st);
+            if let FsyncPolicy::Group(linger) = self.fsync {
+                std::thread::sleep(linger);
+            }
+            let guard = self.lock();
+            let target = guard.next;
+            let file = guard.segments.last().map(|s| s.file.clone());
+            drop(guard);
+            let result = match &file {
+                Some(f) => self.syncer.sync(f),
+                None => Ok(()),
+            };
+            st = self.lock();
+            st.syncing = false;
+            match result {
+                Ok(()) => st.durable = st.durable.max(target),
+                Err(e) => {
+                    self.fail(&mut st, "fsync failed", &e);
+                }
+            }
+            self.changed.notify_all();
+        }
+    }
+
+    fn persist_checkpoint(&self, consumer: &str, next: u64) {
+        let path = self.dir.join("consumers").join(format!("{consumer}.checkpoint"));
+        let tmp = path.with_extension("tmp");
+        // Not fsynced: losing a checkpoint only means re-reading (at-least-once).
+        let result = std::fs::write(&tmp, format!("{next}\n")).and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = result {
+            tracing::warn!(stream = %self.name, consumer, error = %e, "cannot persist a checkpoint");
+        }
+    }
+}
+
+fn corrupt(path: &Path, offset: u64, reason: String) -> StreamError {
+    StreamError::Corrupt { file: path.display().to_string(), offset, reason }
+}
+
+/// Reads a segment's frames into `state`; truncates a torn tail of the last
+/// segment; refuses damage that valid frames follow. Returns the valid length.
+fn recover_segment(
+    path: &Path,
+    file: &File,
+    is_last: bool,
+    index: usize,
+    state: &mut State,
+) -> Result<u64, StreamError> {
+    let bytes = std::fs::read(path).map_err(|e| corrupt(path, 0, format!("cannot read: {e}")))?;
+    let mut offset = 0usize;
+    while offset < bytes.len() {
+        match parse_frame(&bytes[offset..]) {
+            Ok((first, count, len)) if first == state.next => {
+                state.frames.push(FrameRef { first, count, segment: index, offset: offset as u64, len: len as u32 });
+                state.next += u64::from(count);
+                offset += len;
+            }
+            Ok((first, ..)) => {
+                return Err(corrupt(
+                    path,
+                    offset as u64,
+                    format!("frame starts at sequence {first}, expected {}", state.next),
+                ));
+            }
+            Err(reason) => {
+                let valid_after = (offset + 1..bytes.len()).any(|p| parse_frame(&bytes[p..]).is_ok());
+                if !is_last || valid_after {
+                    return Err(corrupt(path, offset as u64, reason));
+                }
+                tracing::warn!(file = %path.display(), offset, dropped_bytes = bytes.len() - offset, "truncating a torn write at the end of the stream log");
+                file.set_len(offset as u64)
+                    .map_err(|e| corrupt(path, offset as u64, format!("cannot truncate: {e}")))?;
+                file.sync_all().map_err(|e| corrupt(path, offset as u64, format!("cannot sync: {e}")))?;
+                return Ok(offset as u64);
+            }
+        }
+    }
+    Ok(bytes.len() as u64)
+}
+
+/// Checks one frame at the start of `bytes`: (first sequence, record count, frame length).
+fn parse_frame(bytes: &[u8]) -> Result<(u64, u32, usize), String> {
+    if bytes.len() < HEADER {
+        return Err("frame header cut short".to_owned());
+    }
+    if bytes[..2] != MAGIC {
+        return Err("bad frame marker".to_owned());
+    }
+    let len = u32::from_le_bytes([bytes[2], bytes[3], bytes[4], bytes[5]]);
+    if len > MAX_PAYLOAD || (len as usize) < PAYLOAD_HEADER {
+        return Err(format!("implausible frame length {len}"));
+    }
+    let end = HEADER + len as usize;
+    if bytes.len() < end {
+        return Err("frame cut short".to_owned());
+    }
+    let crc = u32::from_le_bytes([bytes[6], bytes[7], bytes[8], bytes[9]]);
+    let payload = &bytes[HEADER..end];
+    if crc32c::crc32c(payload) != crc {
+        return Err("checksum mismatch".to_owned());
+    }
+    let first = u64::from_le_bytes(payload[..8].try_into().map_err(|_| "short payload")?);
+    let count = u32::from_le_bytes(payload[8..12].try_into().map_err(|_| "short payload")?);
+    Ok((first, count, end))
+}
+
+fn encode_frame(first: u64, arrival_ms: i64, records: &[NewRecord]) -> Vec<u8> {
+    let size: usize = records.iter().map(|r| 8 + 2 + r.key.len() + 4 + r.data.len()).sum();
+    let mut frame = Vec::with_capacity(HEADER + PAYLOAD_HEADER + size);
+    frame.extend_from_slice(&MAGIC);
+    frame.extend_from_slice(&[0; 8]);
+    frame.extend_from_slice(&first.to_le_bytes());
+    frame.extend_from_slice(&(records.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&arrival_ms.to_le_bytes());
+    for r in records {
+        frame.extend_from_slice(&r.event_time_ms.unwrap_or(arrival_ms).to_le_bytes());
+        frame.extend_from_slice(&(r.key.len() as u16).to_le_bytes());
+        frame.extend_from_slice(r.key.as_bytes());
+        frame.extend_from_slice(&(r.data.len() as u32).to_le_bytes());
+        frame.extend_from_slice(&r.data);
+    }
+    let len = (frame.len() - HEADER) as u32;
+    let crc = crc32c::crc32c(&frame[HEADER..]);
+    frame[2..6].copy_from_slice(&len.to_le_bytes());
+    frame[6..10].copy_from_slice(&crc.to_le_bytes());
+    frame
+}
+
+/// Decodes the records of a checked frame.
+fn decode_frame(frame: &[u8]) -> Result<Vec<StoredRecord>, String> {
+    let payload = frame.get(HEADER..).ok_or("short frame")?;
+    let mut at = 0usize;
+    let mut take = |n: usize| -> Result<&[u8], String> {
+        let slice = payload.get(at..at + n).ok_or("record runs past its frame")?;
+        at += n;
+        Ok(slice)
+    };
+    let first = u64::from_le_bytes(take(8)?.try_into().map_err(|_| "first")?);
+    let count = u32::from_le_bytes(take(4)?.try_into().map_err(|_| "count")?);
+    let arrival_ms = i64::from_le_bytes(take(8)?.try_into().map_err(|_| "arrival")?);
+    let mut records = Vec::with_capacity(count as usize);
+    for i in 0..u64::from(count) {
+        let event_time_ms = i64::from_le_bytes(take(8)?.try_into().map_err(|_| "event time")?);
+        let key_len = u16::from_le_bytes(take(2)?.try_into().map_err(|_| "key length")?) as usize;
+        let key = std::str::from_utf8(take(key_len)?).map_err(|_| "key is not UTF-8")?.to_owned();
+        let data_len = u32::from_le_bytes(take(4)?.try_into().map_err(|_| "data length")?) as usize;
+        let data = Bytes::copy_from_slice(take(data_len)?);
+        records.push(StoredRecord { sequence: first + i, key, event_time_ms, arrival_ms, data });
+    }
+    Ok(records)
+}
+
+impl StreamStore for DiskStreams {
+    fn append(&self, stream: &str, records: Vec<NewRecord>) -> Result<Vec<Appended>, StreamError> {
+        let shard = self.shard(stream)?;
+        let mut st = shard.lock();
+        if let Some(reason) = &st.failed {
+            return Err(StreamError::Failed { stream: stream.to_owned(), reason: reason.clone() });
+        }
+        let consumed = st.consumers.values().copied().min().unwrap_or(shard.oldest(&st));
+        if (st.next - consumed) as usize + records.len() > shard.capacity {
+            return Err(StreamError::Full { stream: stream.to_owned(), capacity: shard.capacity });
+        }
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let first = st.next;
+        let frame = encode_frame(first, now_ms(), &records);
+        shard.write_frame(&mut st, &frame, first, records.len() as u32)?;
+        st.next += records.len() as u64;
+        let end = st.next;
+        match shard.fsync {
+            FsyncPolicy::Never => {
+                st.durable = end;
+                shard.changed.notify_all();
+            }
+            FsyncPolicy::Always | FsyncPolicy::Group(_) => shard.wait_durable(st, end)?,
+        }
+        Ok((first..end).map(|sequence| Appended { shard_id: SHARD_ID, sequence }).collect())
+    }
+
+    fn read(&self, stream: &str, from: u64, max: usize) -> Result<Vec<StoredRecord>, StreamError> {
+        let shard = self.shard(stream)?;
+        let (end, reads) = {
+            let st = shard.lock();
+            let oldest = shard.oldest(&st);
+            if from < oldest {
+                return Err(StreamError::Trimmed { stream: stream.to_owned(), sequence: from, oldest });
+            }
+            let end = st.durable.min(from.saturating_add(max as u64));
+            let start = st.frames.partition_point(|f| f.first + u64::from(f.count) <= from);
+            let reads: Vec<(FrameRef, Arc<File>, PathBuf)> = st.frames[start..]
+                .iter()
+                .take_while(|f| f.first < end)
+                .map(|f| (*f, st.segments[f.segment].file.clone(), st.segments[f.segment].path.clone()))
+                .collect();
+            (end, reads)
+        };
+        let mut out = Vec::new();
+        for (frame, file, path) in reads {
+            let mut bytes = vec![0u8; frame.len as usize];
+            file.read_exact_at(&mut bytes, frame.offset)
+                .map_err(|e| corrupt(&path, frame.offset, format!("cannot read: {e}")))?;
+            // Checked again on every read: a record that went bad on disk is never served.
+            parse_frame(&bytes).map_err(|reason| corrupt(&path, frame.offset, reason))?;
+            let records = decode_frame(&bytes).map_err(|reason| corrupt(&path, frame.offset, reason))?;
+            out.extend(records.into_iter().filter(|r| r.sequence >= from && r.sequence < end));
+        }
+        Ok(out)
+    }
+
+    fn wait_for(&self, stream: &str, from: u64, min: usize, timeout: Duration) -> Result<usize, StreamError> {
+        let shard = self.shard(stream)?;
+        let deadline = Instant::now() + timeout;
+        let mut st = shard.lock();
+        loop {
+            let available = st.durable.saturating_sub(from) as usize;
+            let now = Instant::now();
+            if available >= min || now >= deadline {
+                return Ok(available);
+            }
+            st = shard.changed.wait_timeout(st, deadline - now).map(|(g, _)| g).unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+
+    fn register_consumer(&self, stream: &str, consumer: &str) -> Result<u64, StreamError> {
+        let shard = self.shard(stream)?;
+        let mut st = shard.lock();
+        let oldest = shard.oldest(&st);
+        Ok(*st.consumers.entry(consumer.to_owned()).or_insert(oldest))
+    }
+
+    fn checkpoint(&self, stream: &str, consumer: &str, next: u64) -> Result<(), StreamError> {
+        let shard = self.shard(stream)?;
+        shard.lock().consumers.insert(consumer.to_owned(), next);
+        shard.persist_checkpoint(consumer, next);
+        Ok(())
+    }
+
+    fn end(&self, stream: &str) -> Result<u64, StreamError> {
+        Ok(self.shard(stream)?.lock().durable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn spec(fsync: FsyncPolicy) -> Vec<DiskStreamSpec> {
+        vec![DiskStreamSpec { name: "s".into(), capacity: 1_000_000, fsync }]
+    }
+
+    fn rec(data: &str) -> NewRecord {
+        NewRecord { key: format!("k-{data}"), event_time_ms: Some(7), data: Bytes::copy_from_slice(data.as_bytes()) }
+    }
+
+    fn open(dir: &Path, fsync: FsyncPolicy) -> Result<DiskStreams, StreamError> {
+        DiskStreams::open(dir, &spec(fsync), Arc::new(FileSyncer))
+    }
+
+    fn datas(records: &[StoredRecord]) -> Vec<String> {
+        records.iter().map(|r| String::from_utf8_lossy(&r.data).into_owned()).collect()
+    }
+
+    fn segment(dir: &Path) -> PathBuf {
+        dir.join("s").join(segment_name(0))
+    }
+
+    #[test]
+    fn records_survive_a_reopen_in_order_with_their_keys_times_and_checkpoints() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let s = open(dir.path(), FsyncPolicy::Always).expect("open");
+            s.append("s", vec![rec("a"), rec("b")]).expect("append");
+            let appended = s.append("s", vec![rec("c")]).expect("append");
+            assert_eq!(appended, vec![Appended { shard_id: SHARD_ID, sequence: 2 }]);
+            s.register_consumer("s", "etl").expect("register");
+            s.checkpoint("s", "etl", 2).expect("checkpoint");
+        }
+        let s = open(dir.path(), FsyncPolicy::Always).expect("reopen");
+        let all = s.read("s", 0, 10).expect("read");
+        assert_eq!(datas(&all), vec!["a", "b", "c"]);
+        assert_eq!((all[1].sequence, all[1].key.as_str(), all[1].event_time_ms), (1, "k-b", 7));
+        assert_eq!(s.register_consumer("s", "etl"), Ok(2), "a consumer resumes after its checkpoint");
+        assert_eq!(datas(&s.read("s", 1, 1).expect("read")), vec!["b"]);
+        assert_eq!(s.append("s", vec![rec("d")]).expect("append")[0].sequence, 3);
+    }
+
+    #[test]
+    fn a_torn_tail_is_truncated_and_later_appends_continue_from_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let s = open(dir.path(), FsyncPolicy::Never).expect("open");
+            s.append("s", vec![rec("a")]).expect("append");
+            s.append("s", vec![rec("b"), rec("c")]).expect("append");
+        }
+        let len = std::fs::metadata(segment(dir.path())).expect("meta").len();
+        let file = OpenOptions::new().write(true).open(segment(dir.path())).expect("open");
+        file.set_len(len - 3).expect("tear the last frame");
+        drop(file);
+        let s = open(dir.path(), FsyncPolicy::Never).expect("recover");
+        assert_eq!(datas(&s.read("s", 0, 10).expect("read")), vec!["a"]);
+        assert_eq!(s.append("s", vec![rec("d")]).expect("append")[0].sequence, 1);
+        assert_eq!(datas(&s.read("s", 0, 10).expect("read")), vec!["a", "d"]);
+    }
+
+    #[test]
+    fn a_flipped_bit_in_the_middle_is_refused_with_file_and_offset() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first_frame_len;
+        {
+            let s = open(dir.path(), FsyncPolicy::Never).expect("open");
+            s.append("s", vec![rec("first")]).expect("append");
+            first_frame_len = std::fs::metadata(segment(dir.path())).expect("meta").len();
+            s.append("s", vec![rec("second")]).expect("append");
+            s.append("s", vec![rec("third")]).expect("append");
+        }
+        // Flip one bit in every position of the second frame in turn: each must be caught.
+        let original = std::fs::read(segment(dir.path())).expect("read");
+        let second_len = (original.len() as u64 - first_frame_len) as usize / 2;
+        for byte in first_frame_len as usize..first_frame_len as usize + second_len {
+            let mut damaged = original.clone();
+            damaged[byte] ^= 0x10;
+            std::fs::write(segment(dir.path()), &damaged).expect("write");
+            match open(dir.path(), FsyncPolicy::Never) {
+                Err(StreamError::Corrupt { file, offset, .. }) => {
+                    assert!(file.ends_with("00000000000000000000.log"));
+                    assert_eq!(offset, first_frame_len, "byte {byte}");
+                }
+                Err(other) => panic!("byte {byte}: {other}"),
+                Ok(s) => panic!(
+                    "byte {byte}: a corrupted stream opened and serves {:?}",
+                    datas(&s.read("s", 0, 9).unwrap_or_default())
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn damage_after_opening_is_never_served() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = open(dir.path(), FsyncPolicy::Never).expect("open");
+        s.append("s", vec![rec("precious")]).expect("append");
+        let mut bytes = std::fs::read(segment(dir.path())).expect("read");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        let file = OpenOptions::new().write(true).open(segment(dir.path())).expect("open");
+        file.write_all_at(&bytes, 0).expect("damage");
+        assert!(matches!(s.read("s", 0, 10), Err(StreamError::Corrupt { .. })));
+    }
+
+    struct FailAfter(AtomicUsize);
+
+    impl Syncer for FailAfter {
+        fn sync(&self, file: &File) -> std::io::Result<()> {
+            if self.0.fetch_sub(1, Ordering::SeqCst) == 0 {
+                return Err(std::io::Error::other("injected fsync failure"));
+            }
+            file.sync_data()
+        }
+    }
+
+    #[test]
+    fn after_an_fsync_failure_nothing_more_is_acknowledged() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let syncer = Arc::new(FailAfter(AtomicUsize::new(2)));
+        let s = DiskStreams::open(dir.path(), &spec(FsyncPolicy::Always), syncer).expect("open");
+        s.append("s", vec![rec("1")]).expect("first sync works");
+        s.append("s", vec![rec("2")]).expect("second sync works");
+        let err = s.append("s", vec![rec("3")]).expect_err("third sync fails");
+        assert!(err.to_string().contains("injected fsync failure"), "{err}");
+        let later = s.append("s", vec![rec("4")]).expect_err("fail-stop");
+        assert!(matches!(later, StreamError::Failed { .. }), "{later}");
+        assert_eq!(s.end("s"), Ok(2), "the unsynced record is not readable");
+        assert_eq!(datas(&s.read("s", 0, 10).expect("read")), vec!["1", "2"]);
+    }
+
+    #[test]
+    fn concurrent_puts_share_group_commits_and_keep_order_per_producer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Arc::new(open(dir.path(), FsyncPolicy::Group(Duration::from_millis(2))).expect("open"));
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    for i in 0..50 {
+                        s.append("s", vec![rec(&format!("{w}-{i}"))]).expect("append");
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().expect("writer");
+        }
+        let all = datas(&s.read("s", 0, 1000).expect("read"));
+        assert_eq!(all.len(), 200);
+        for w in 0..4 {
+            let mine: Vec<_> = all.iter().filter(|d| d.starts_with(&format!("{w}-"))).cloned().collect();
+            let expected: Vec<_> = (0..50).map(|i| format!("{w}-{i}")).collect();
+            assert_eq!(mine, expected, "producer {w} order");
+        }
+    }
+
+    #[test]
+    fn a_full_stream_refuses_puts_until_consumers_catch_up() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let specs = vec![DiskStreamSpec { name: "s".into(), capacity: 2, fsync: FsyncPolicy::Never }];
+        let s = DiskStreams::open(dir.path(), &specs, Arc::new(FileSyncer)).expect("open");
+        s.register_consumer("s", "c").expect("register");
+        s.append("s", vec![rec("1"), rec("2")]).expect("append");
+        assert!(matches!(s.append("s", vec![rec("3")]), Err(StreamError::Full { .. })));
+        s.checkpoint("s", "c", 2).expect("checkpoint");
+        s.append("s", vec![rec("3")]).expect("room again");
+    }
+}
