@@ -153,6 +153,11 @@ impl Host {
         Ok(self.streams.append(stream, records)?)
     }
 
+    /// The pipeline's stream store.
+    pub fn streams(&self) -> Arc<dyn StreamStore> {
+        self.streams.clone()
+    }
+
     /// Up to `max` records of a stream from sequence `from`.
     pub fn read(&self, stream: &str, from: u64, max: usize) -> Result<Vec<crate::stream::StoredRecord>, StreamError> {
         self.streams.read(stream, from, max)

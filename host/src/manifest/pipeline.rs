@@ -17,7 +17,7 @@
 //! [streams.toll-lines]                # kept on disk under <data-dir>/streams/toll-lines
 //! capacity = 1000000                  # unconsumed records held before puts are refused (the default)
 //! fsync = "group"                     # always | group (the default) | never: when a put is synced
-//! fsync-interval = "5ms"              # how long a group commit gathers puts (the default)
+//! fsync-interval = "5ms"              # longest a group commit waits for more puts (the default)
 //!
 //! [stages.etl]
 //! plugin = "../plugins/toll-etl"      # a plugin folder (or its plugin.toml)

@@ -13,6 +13,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,8 @@ const HEADER: usize = 2 + 4 + 4;
 const PAYLOAD_HEADER: usize = 8 + 4 + 8;
 /// A frame larger than this is damage, not data (a put holds at most 500 records of 1 MiB).
 const MAX_PAYLOAD: u32 = 600 << 20;
+/// A group commit stops gathering writes after this long without a new one.
+const GROUP_QUIET: Duration = Duration::from_micros(200);
 /// A new segment file starts once the current one is this large.
 const SEGMENT_BYTES: u64 = 128 << 20;
 
@@ -35,7 +38,8 @@ const SEGMENT_BYTES: u64 = 128 << 20;
 pub enum FsyncPolicy {
     /// Every put waits for its own fsync (concurrent puts may share one).
     Always,
-    /// Puts arriving within the interval share one fsync (group commit).
+    /// Group commit: puts arriving close together share one fsync; an fsync
+    /// waits at most this long for more puts to join it.
     Group(Duration),
     /// No fsync: a machine crash may lose acknowledged puts (a process crash does not).
     Never,
@@ -104,6 +108,18 @@ struct Shard {
     syncer: Arc<dyn Syncer>,
     state: Mutex<State>,
     changed: Condvar,
+    /// Puts that have not written their frame yet: a group commit waits for
+    /// them only, since writers already waiting on the sync add nothing.
+    arriving: AtomicUsize,
+}
+
+/// Counts a put as arriving until it is dropped.
+struct Arriving<'a>(&'a AtomicUsize);
+
+impl Drop for Arriving<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Durable streams under one folder, one subfolder per stream.
@@ -203,6 +219,7 @@ impl Shard {
             syncer,
             state: Mutex::new(state),
             changed: Condvar::new(),
+            arriving: AtomicUsize::new(0),
         })
     }
 
@@ -272,14 +289,12 @@ impl Shard {
                 continue;
             }
             st.syncing = true;
-            drop(st);
-            if let FsyncPolicy::Group(linger) = self.fsync {
-                std::thread::sleep(linger);
+            if let FsyncPolicy::Group(interval) = self.fsync {
+                st = self.gather(st, interval);
             }
-            let guard = self.lock();
-            let target = guard.next;
-            let file = guard.segments.last().map(|s| s.file.clone());
-            drop(guard);
+            let target = st.next;
+            let file = st.segments.last().map(|s| s.file.clone());
+            drop(st);
             let result = match &file {
                 Some(f) => self.syncer.sync(f),
                 None => Ok(()),
@@ -293,6 +308,27 @@ impl Shard {
                 }
             }
             self.changed.notify_all();
+        }
+    }
+
+    /// Group commit: before syncing, keep gathering writes while puts are on
+    /// their way (each quiet period of [`GROUP_QUIET`] ends it), for at most
+    /// `interval`. With no other put arriving, sync at once: waiting could
+    /// only add latency.
+    fn gather<'a>(&'a self, mut st: MutexGuard<'a, State>, interval: Duration) -> MutexGuard<'a, State> {
+        let deadline = Instant::now() + interval;
+        loop {
+            let now = Instant::now();
+            if now >= deadline || self.arriving.load(Ordering::SeqCst) == 0 {
+                return st;
+            }
+            let seen = st.next;
+            let (guard, timeout) =
+                self.changed.wait_timeout(st, GROUP_QUIET.min(deadline - now)).unwrap_or_else(|p| p.into_inner());
+            st = guard;
+            if timeout.timed_out() && st.next == seen {
+                return st;
+            }
         }
     }
 
@@ -427,6 +463,8 @@ fn decode_frame(frame: &[u8]) -> Result<Vec<StoredRecord>, String> {
 impl StreamStore for DiskStreams {
     fn append(&self, stream: &str, records: Vec<NewRecord>) -> Result<Vec<Appended>, StreamError> {
         let shard = self.shard(stream)?;
+        shard.arriving.fetch_add(1, Ordering::SeqCst);
+        let arriving = Arriving(&shard.arriving);
         let mut st = shard.lock();
         if let Some(reason) = &st.failed {
             return Err(StreamError::Failed { stream: stream.to_owned(), reason: reason.clone() });
@@ -443,11 +481,11 @@ impl StreamStore for DiskStreams {
         shard.write_frame(&mut st, &frame, first, records.len() as u32)?;
         st.next += records.len() as u64;
         let end = st.next;
+        drop(arriving);
+        // Wakes a group commit that is gathering writes.
+        shard.changed.notify_all();
         match shard.fsync {
-            FsyncPolicy::Never => {
-                st.durable = end;
-                shard.changed.notify_all();
-            }
+            FsyncPolicy::Never => st.durable = end,
             FsyncPolicy::Always | FsyncPolicy::Group(_) => shard.wait_durable(st, end)?,
         }
         Ok((first..end).map(|sequence| Appended { shard_id: SHARD_ID, sequence }).collect())
@@ -519,7 +557,6 @@ impl StreamStore for DiskStreams {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn spec(fsync: FsyncPolicy) -> Vec<DiskStreamSpec> {
         vec![DiskStreamSpec { name: "s".into(), capacity: 1_000_000, fsync }]

@@ -1,0 +1,123 @@
+//! Durable put throughput and put-to-consumer latency, measured in one run.
+//!
+//! 1. `PutRecords`-sized batches (500 records of 150 bytes) appended to a
+//!    durable stream with fsync `always`, `group` and `never`, from 1 and from
+//!    8 concurrent producers, beside a raw loop that appends the same batch to a
+//!    file and calls `fdatasync`, on the same disk. Prints records/s and the
+//!    ratio to the raw loop.
+//! 2. Single-record puts through the HTTP API on loopback, timed until an
+//!    in-process consumer sees them: p50/p99 with the default policy.
+//!
+//! Run: `cargo bench -p weir-tests --bench streams --profile dev`
+
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use weir_host::manifest::pipeline::DEFAULT_FSYNC_INTERVAL;
+use weir_host::stream::{DiskStreamSpec, DiskStreams, FileSyncer, FsyncPolicy, NewRecord, StreamStore};
+use weir_tests::TestHost;
+
+const BATCH: usize = 500;
+const RECORD: usize = 150;
+
+fn batch(producer: usize) -> Vec<NewRecord> {
+    (0..BATCH)
+        .map(|i| NewRecord {
+            key: format!("p{producer}-{i}"),
+            event_time_ms: Some(1_795_000_000_000),
+            data: Bytes::from(vec![b'x'; RECORD]),
+        })
+        .collect()
+}
+
+/// Appends the same bytes a put writes, then fdatasync, in a loop.
+fn raw_loop(dir: &std::path::Path, seconds: f64) -> f64 {
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("raw.log")).expect("open raw");
+    let bytes = vec![b'x'; BATCH * (RECORD + 30)];
+    let start = Instant::now();
+    let mut records = 0usize;
+    while start.elapsed().as_secs_f64() < seconds {
+        file.write_all(&bytes).expect("write");
+        file.sync_data().expect("fdatasync");
+        records += BATCH;
+    }
+    records as f64 / start.elapsed().as_secs_f64()
+}
+
+fn durable(dir: &std::path::Path, fsync: FsyncPolicy, producers: usize, seconds: f64) -> f64 {
+    let specs = vec![DiskStreamSpec { name: "bench".into(), capacity: usize::MAX, fsync }];
+    let store = Arc::new(DiskStreams::open(dir, &specs, Arc::new(FileSyncer)).expect("open"));
+    let start = Instant::now();
+    let producers: Vec<_> = (0..producers)
+        .map(|p| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                // Built once, like the raw loop's bytes; a clone shares the payloads.
+                let records = batch(p);
+                let mut n = 0usize;
+                while start.elapsed().as_secs_f64() < seconds {
+                    store.append("bench", records.clone()).expect("append");
+                    n += BATCH;
+                }
+                n
+            })
+        })
+        .collect();
+    let total: usize = producers.into_iter().map(|p| p.join().expect("producer")).sum();
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
+fn latency() -> (Duration, Duration, usize) {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
+    runtime.block_on(async {
+        let manifest = "[pipeline]\nname = \"latency\"\ndata-dir = \"data\"\n\n[sources.http]\nkind = \"http\"\nstream = \"s\"\n\n[streams.s]\n";
+        let mut host = TestHost::start(manifest).await.expect("start");
+        let store = host.host.streams();
+        let client = reqwest::Client::new();
+        let url = format!("{}/v1/streams/s/records", host.url);
+        let mut samples = Vec::new();
+        for i in 0..500u64 {
+            let store = store.clone();
+            let consumer = tokio::task::spawn_blocking(move || {
+                store.wait_for("s", i, 1, Duration::from_secs(10)).expect("wait");
+                Instant::now()
+            });
+            let sent = Instant::now();
+            let response = client
+                .post(&url)
+                .json(&serde_json::json!({"partition_key": "k", "data": "x".repeat(RECORD)}))
+                .send()
+                .await
+                .expect("put");
+            assert!(response.status().is_success());
+            let seen = consumer.await.expect("consumer");
+            samples.push(seen.duration_since(sent));
+        }
+        host.stop().await;
+        samples.sort();
+        (samples[samples.len() / 2], samples[samples.len() * 99 / 100], samples.len())
+    })
+}
+
+fn main() {
+    let seconds: f64 = std::env::var("WEIR_BENCH_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3.0);
+    let dir = tempfile::tempdir_in(weir_tests::root().join("target")).expect("tempdir on the project's disk");
+    println!("durable puts: {BATCH} records of {RECORD} bytes per put, {seconds} s each, same disk");
+    let raw = raw_loop(dir.path(), seconds);
+    println!("{:>28}  {:>12.0} records/s", "raw append + fdatasync loop", raw);
+    for producers in [1, 8] {
+        for (name, policy) in [
+            ("fsync always", FsyncPolicy::Always),
+            ("fsync group (5ms, default)", FsyncPolicy::Group(DEFAULT_FSYNC_INTERVAL)),
+            ("fsync never", FsyncPolicy::Never),
+        ] {
+            let sub = tempfile::tempdir_in(dir.path()).expect("tempdir");
+            let rate = durable(sub.path(), policy, producers, seconds);
+            println!("{name:>28}  {rate:>12.0} records/s  {:>6.2} x raw  ({producers} producer(s))", rate / raw);
+        }
+    }
+    let (p50, p99, n) = latency();
+    println!("put-to-consumer latency over HTTP (default policy, {n} puts): p50 {p50:?}  p99 {p99:?}");
+}
