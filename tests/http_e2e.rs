@@ -332,3 +332,20 @@ async fn a_plugin_that_cannot_start_keeps_its_records_waiting_and_does_not_block
     );
     tokio::time::timeout(std::time::Duration::from_secs(20), host.stop()).await.expect("shutdown does not hang");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_stages_resume_after_their_checkpoint() {
+    let host = TestHost::start(ETL).await.expect("start");
+    put(&host, "toll-lines", json!({"records": [{"data": LINE_1}, {"data": LINE_2}]})).await;
+    host.wait_until("2 records processed", |s| stage(s).records_in == 2).await;
+    let mut host = host.restart(ETL).await.expect("restart");
+    assert_eq!(host.host.status().streams["toll-lines"], 2, "the stream kept its records");
+    put(&host, "toll-lines", json!({"data": LINE_3})).await;
+    host.wait_until("the new record processed", |s| stage(s).records_in == 1).await;
+    host.stop().await;
+    let ids: Vec<String> = lines(&host.path("rows.jsonl"))
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).expect("json")["transaction_id"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(ids, vec!["T0017-000001", "T0017-000002", "T0042-000003"], "each row once, in order");
+}

@@ -83,7 +83,14 @@ impl Host {
         let specs: Vec<DiskStreamSpec> = pipeline
             .streams
             .iter()
-            .map(|s| DiskStreamSpec { name: s.name.to_string(), capacity: s.capacity, fsync: s.fsync })
+            .map(|s| DiskStreamSpec {
+                name: s.name.to_string(),
+                capacity: s.capacity,
+                fsync: s.fsync,
+                retention: s.retention,
+                max_bytes: s.max_bytes,
+                segment_bytes: s.segment_bytes,
+            })
             .collect();
         let streams = Arc::new(DiskStreams::open(&pipeline.data_dir.join("streams"), &specs, Arc::new(FileSyncer))?);
         let mut sinks: BTreeMap<String, Arc<FileSink>> = BTreeMap::new();

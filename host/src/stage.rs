@@ -277,6 +277,12 @@ impl Stage {
             }
             let records = match self.streams.read(input, position, self.spec.batch_size) {
                 Ok(r) => r,
+                Err(StreamError::Trimmed { oldest, .. }) => {
+                    // As in Kinesis: what retention dropped before it was read is gone.
+                    tracing::warn!(expired = oldest - position, "records expired before this stage read them");
+                    position = oldest;
+                    continue;
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "reading the input stream failed; stage stopped");
                     self.stats.set_phase(Phase::Stopped);

@@ -47,7 +47,7 @@ fn raw_loop(dir: &std::path::Path, seconds: f64) -> f64 {
 }
 
 fn durable(dir: &std::path::Path, fsync: FsyncPolicy, producers: usize, seconds: f64) -> f64 {
-    let specs = vec![DiskStreamSpec { name: "bench".into(), capacity: usize::MAX, fsync }];
+    let specs = vec![DiskStreamSpec::new("bench", usize::MAX, fsync)];
     let store = Arc::new(DiskStreams::open(dir, &specs, Arc::new(FileSyncer)).expect("open"));
     let start = Instant::now();
     let producers: Vec<_> = (0..producers)

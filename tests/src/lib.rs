@@ -52,7 +52,11 @@ impl TestHost {
     /// Writes `manifest` (with `{root}` replaced by the workspace root) into a
     /// temporary folder, starts the pipeline and serves its API.
     pub async fn start(manifest: &str) -> anyhow::Result<TestHost> {
-        let dir = tempfile::tempdir()?;
+        Self::start_in(tempfile::tempdir()?, manifest).await
+    }
+
+    /// Like [`TestHost::start`], in a folder that may hold an earlier run's data.
+    pub async fn start_in(dir: tempfile::TempDir, manifest: &str) -> anyhow::Result<TestHost> {
         let path = dir.path().join("pipeline.toml");
         std::fs::write(&path, manifest.replace("{root}", &root().display().to_string()))?;
         let pipeline = weir_host::manifest::load(&path).map_err(|d| anyhow::anyhow!("{d}"))?;
@@ -75,6 +79,13 @@ impl TestHost {
     /// A file in the test folder.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
+    }
+
+    /// Stops, then starts the same pipeline again on the same data.
+    pub async fn restart(mut self, manifest: &str) -> anyhow::Result<TestHost> {
+        self.stop().await;
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir()?);
+        Self::start_in(dir, manifest).await
     }
 
     /// Stops the API, then drains every stage.

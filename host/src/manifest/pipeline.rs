@@ -18,6 +18,9 @@
 //! capacity = 1000000                  # unconsumed records held before puts are refused (the default)
 //! fsync = "group"                     # always | group (the default) | never: when a put is synced
 //! fsync-interval = "5ms"              # longest a group commit waits for more puts (the default)
+//! retention = "24h"                   # records older than this are dropped (the default; 1s to 365d)
+//! max-size = "10GiB"                  # optional cap on the stream's files; the oldest go first
+//! segment-size = "128MiB"             # retention drops whole segment files (the default)
 //!
 //! [stages.etl]
 //! plugin = "../plugins/toll-etl"      # a plugin folder (or its plugin.toml)
@@ -50,7 +53,7 @@ use super::diagnostic::{Diagnostic, Diagnostics, SourceFile};
 use super::plugin::{PluginManifest, World, config_value_text};
 use super::toml_doc::Document;
 use super::units::{ByteSize, Name, parse_duration};
-use crate::stream::FsyncPolicy;
+use crate::stream::{DEFAULT_RETENTION, DEFAULT_SEGMENT_BYTES, FsyncPolicy};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -105,6 +108,9 @@ struct RawStream {
     capacity: usize,
     fsync: Option<Spanned<String>>,
     fsync_interval: Option<Spanned<String>>,
+    retention: Option<Spanned<String>>,
+    max_size: Option<ByteSize>,
+    segment_size: Option<Spanned<ByteSize>>,
 }
 
 /// The group-commit interval unless a stream sets `fsync-interval`.
@@ -268,6 +274,12 @@ pub struct StreamSpec {
     pub capacity: usize,
     /// When a put is synced to disk before it is acknowledged.
     pub fsync: FsyncPolicy,
+    /// How long records are kept.
+    pub retention: Duration,
+    /// Size cap of the stream's files, if any.
+    pub max_bytes: Option<u64>,
+    /// Size of one segment file.
+    pub segment_bytes: u64,
 }
 
 /// Where a stage's output goes.
@@ -453,13 +465,7 @@ pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
         .into_iter()
         .map(|s| SinkSpec { path: base.join(&s.value.path), name: s.name, format: s.value.format })
         .collect();
-    let streams = streams
-        .into_iter()
-        .filter_map(|s| {
-            let fsync = check.fsync(&s.value, &mut diags)?;
-            Some(StreamSpec { name: s.name, capacity: s.value.capacity, fsync })
-        })
-        .collect();
+    let streams = streams.into_iter().filter_map(|s| check.stream_spec(s.name, &s.value, &mut diags)).collect();
 
     match (pipeline, api, data_dir) {
         (Some(p), Some(api), Some(data_dir)) if diags.is_empty() => Ok(Pipeline {
@@ -655,6 +661,36 @@ impl Checker<'_> {
             limits,
             grants,
             config: config?,
+        })
+    }
+
+    fn stream_spec(&self, name: Name, raw: &RawStream, diags: &mut Diagnostics) -> Option<StreamSpec> {
+        let fsync = self.fsync(raw, diags);
+        let retention = match &raw.retention {
+            None => Some(DEFAULT_RETENTION),
+            Some(r) => self.duration(r, diags).filter(|d| {
+                let ok = (Duration::from_secs(1)..=Duration::from_secs(365 * 24 * 3600)).contains(d);
+                if !ok {
+                    diags.push(self.at(r.span(), "retention must be between 1s and 365 days".to_owned()));
+                }
+                ok
+            }),
+        };
+        let segment_bytes = match &raw.segment_size {
+            None => Some(DEFAULT_SEGMENT_BYTES),
+            Some(size) if (4096..=(1 << 30)).contains(&size.get_ref().0) => Some(size.get_ref().0),
+            Some(size) => {
+                diags.push(self.at(size.span(), "segment-size must be between 4KiB and 1GiB".to_owned()));
+                None
+            }
+        };
+        Some(StreamSpec {
+            name,
+            capacity: raw.capacity,
+            fsync: fsync?,
+            retention: retention?,
+            max_bytes: raw.max_size.map(|s| s.0),
+            segment_bytes: segment_bytes?,
         })
     }
 

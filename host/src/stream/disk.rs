@@ -30,8 +30,10 @@ const PAYLOAD_HEADER: usize = 8 + 4 + 8;
 const MAX_PAYLOAD: u32 = 600 << 20;
 /// A group commit stops gathering writes after this long without a new one.
 const GROUP_QUIET: Duration = Duration::from_micros(200);
-/// A new segment file starts once the current one is this large.
-const SEGMENT_BYTES: u64 = 128 << 20;
+/// Segment size unless the stream sets one.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 128 << 20;
+/// How long records are kept unless the stream says otherwise (as Kinesis).
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 /// When a put is synced to disk before it is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +72,26 @@ pub struct DiskStreamSpec {
     pub capacity: usize,
     /// When puts are synced.
     pub fsync: FsyncPolicy,
+    /// Records older than this (by arrival) are dropped, a whole segment at a time.
+    pub retention: Duration,
+    /// The stream's files are kept under this size, dropping the oldest segments first.
+    pub max_bytes: Option<u64>,
+    /// A new segment file starts once the current one is this large.
+    pub segment_bytes: u64,
+}
+
+impl DiskStreamSpec {
+    /// A stream with the default retention (24 h), no size cap and 128 MiB segments.
+    pub fn new(name: &str, capacity: usize, fsync: FsyncPolicy) -> Self {
+        Self {
+            name: name.to_owned(),
+            capacity,
+            fsync,
+            retention: DEFAULT_RETENTION,
+            max_bytes: None,
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+        }
+    }
 }
 
 struct Segment {
@@ -77,12 +99,15 @@ struct Segment {
     path: PathBuf,
     file: Arc<File>,
     len: u64,
+    /// Arrival time of its newest record.
+    newest_ms: i64,
 }
 
 #[derive(Clone, Copy)]
 struct FrameRef {
     first: u64,
     count: u32,
+    /// Which segment, counted from the first one ever (see `State::dropped_segments`).
     segment: usize,
     offset: u64,
     len: u32,
@@ -90,6 +115,8 @@ struct FrameRef {
 
 struct State {
     segments: Vec<Segment>,
+    /// Segments removed by retention; `FrameRef::segment - dropped_segments` indexes `segments`.
+    dropped_segments: usize,
     frames: Vec<FrameRef>,
     /// Next sequence number to assign.
     next: u64,
@@ -105,6 +132,9 @@ struct Shard {
     dir: PathBuf,
     capacity: usize,
     fsync: FsyncPolicy,
+    retention: Duration,
+    max_bytes: Option<u64>,
+    segment_bytes: u64,
     syncer: Arc<dyn Syncer>,
     state: Mutex<State>,
     changed: Condvar,
@@ -172,6 +202,7 @@ impl Shard {
         }
         let mut state = State {
             segments: Vec::new(),
+            dropped_segments: 0,
             frames: Vec::new(),
             next: bases[0],
             durable: 0,
@@ -191,8 +222,8 @@ impl Shard {
             if base != state.next {
                 return Err(corrupt(&path, 0, format!("segment starts at sequence {base}, expected {}", state.next)));
             }
-            let len = recover_segment(&path, &file, i == last, i, &mut state)?;
-            state.segments.push(Segment { base, path, file: Arc::new(file), len });
+            let (len, newest_ms) = recover_segment(&path, &file, i == last, i, &mut state)?;
+            state.segments.push(Segment { base, path, file: Arc::new(file), len, newest_ms });
         }
         state.durable = state.next;
         for entry in
@@ -211,16 +242,51 @@ impl Shard {
                 state.consumers.insert(consumer, position.min(state.next));
             }
         }
-        Ok(Shard {
+        let shard = Shard {
             name: name.to_owned(),
             dir: dir.to_owned(),
             capacity: spec.capacity,
             fsync: spec.fsync,
+            retention: spec.retention,
+            max_bytes: spec.max_bytes,
+            segment_bytes: spec.segment_bytes.max(1),
             syncer,
             state: Mutex::new(state),
             changed: Condvar::new(),
             arriving: AtomicUsize::new(0),
-        })
+        };
+        shard.apply_retention(&mut shard.lock(), now_ms());
+        Ok(shard)
+    }
+
+    /// Drops whole segments, oldest first, that are past the retention period
+    /// or beyond the size cap. The segment being written is always kept.
+    fn apply_retention(&self, st: &mut State, now_ms: i64) {
+        let cutoff = now_ms.saturating_sub(self.retention.as_millis() as i64);
+        let mut total: u64 = st.segments.iter().map(|s| s.len).sum();
+        let mut drop_count = 0;
+        for segment in &st.segments[..st.segments.len().saturating_sub(1)] {
+            let too_old = segment.newest_ms < cutoff;
+            let too_big = self.max_bytes.is_some_and(|max| total > max);
+            if !too_old && !too_big {
+                break;
+            }
+            total -= segment.len;
+            drop_count += 1;
+        }
+        if drop_count == 0 {
+            return;
+        }
+        for segment in st.segments.drain(..drop_count) {
+            if let Err(e) = std::fs::remove_file(&segment.path) {
+                tracing::warn!(file = %segment.path.display(), error = %e, "cannot remove an expired segment");
+            }
+        }
+        st.dropped_segments += drop_count;
+        let oldest = st.segments.first().map_or(st.next, |s| s.base);
+        let frames_gone = st.frames.partition_point(|f| f.first < oldest);
+        st.frames.drain(..frames_gone);
+        tracing::info!(stream = %self.name, segments = drop_count, oldest, "retention dropped old segments");
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -234,8 +300,15 @@ impl Shard {
     }
 
     /// Writes a frame to the active segment, starting a new segment when it is full.
-    fn write_frame(&self, st: &mut State, frame: &[u8], first: u64, count: u32) -> Result<(), StreamError> {
-        let roll = st.segments.last().is_some_and(|s| s.len > 0 && s.len + frame.len() as u64 > SEGMENT_BYTES);
+    fn write_frame(
+        &self,
+        st: &mut State,
+        frame: &[u8],
+        first: u64,
+        count: u32,
+        arrival_ms: i64,
+    ) -> Result<(), StreamError> {
+        let roll = st.segments.last().is_some_and(|s| s.len > 0 && s.len + frame.len() as u64 > self.segment_bytes);
         if roll {
             // The old segment's last writes must be durable before we move on.
             if let Some(old) = st.segments.last() {
@@ -248,9 +321,9 @@ impl Shard {
                 .create(true)
                 .open(&path)
                 .map_err(|e| self.fail(st, "cannot create a segment", &e))?;
-            st.segments.push(Segment { base: first, path, file: Arc::new(file), len: 0 });
+            st.segments.push(Segment { base: first, path, file: Arc::new(file), len: 0, newest_ms: arrival_ms });
         }
-        let segment_index = st.segments.len() - 1;
+        let segment_index = st.dropped_segments + st.segments.len() - 1;
         let Some(segment) = st.segments.last_mut() else {
             return Err(StreamError::Failed { stream: self.name.clone(), reason: "no segment".into() });
         };
@@ -259,6 +332,7 @@ impl Shard {
             return Err(self.fail(st, "write failed", &e));
         }
         segment.len += frame.len() as u64;
+        segment.newest_ms = segment.newest_ms.max(arrival_ms);
         st.frames.push(FrameRef { first, count, segment: segment_index, offset, len: frame.len() as u32 });
         Ok(())
     }
@@ -348,19 +422,22 @@ fn corrupt(path: &Path, offset: u64, reason: String) -> StreamError {
 }
 
 /// Reads a segment's frames into `state`; truncates a torn tail of the last
-/// segment; refuses damage that valid frames follow. Returns the valid length.
+/// segment; refuses damage that valid frames follow. Returns the valid length
+/// and the arrival time of the newest record.
 fn recover_segment(
     path: &Path,
     file: &File,
     is_last: bool,
     index: usize,
     state: &mut State,
-) -> Result<u64, StreamError> {
+) -> Result<(u64, i64), StreamError> {
     let bytes = std::fs::read(path).map_err(|e| corrupt(path, 0, format!("cannot read: {e}")))?;
     let mut offset = 0usize;
+    let mut newest_ms = i64::MIN;
     while offset < bytes.len() {
         match parse_frame(&bytes[offset..]) {
             Ok((first, count, len)) if first == state.next => {
+                newest_ms = newest_ms.max(frame_arrival(&bytes[offset..]));
                 state.frames.push(FrameRef { first, count, segment: index, offset: offset as u64, len: len as u32 });
                 state.next += u64::from(count);
                 offset += len;
@@ -381,11 +458,17 @@ fn recover_segment(
                 file.set_len(offset as u64)
                     .map_err(|e| corrupt(path, offset as u64, format!("cannot truncate: {e}")))?;
                 file.sync_all().map_err(|e| corrupt(path, offset as u64, format!("cannot sync: {e}")))?;
-                return Ok(offset as u64);
+                return Ok((offset as u64, newest_ms));
             }
         }
     }
-    Ok(bytes.len() as u64)
+    Ok((bytes.len() as u64, newest_ms))
+}
+
+/// The arrival time stored in a checked frame.
+fn frame_arrival(frame: &[u8]) -> i64 {
+    let at = HEADER + 12;
+    frame.get(at..at + 8).and_then(|b| b.try_into().ok()).map_or(i64::MIN, i64::from_le_bytes)
 }
 
 /// Checks one frame at the start of `bytes`: (first sequence, record count, frame length).
@@ -477,8 +560,10 @@ impl StreamStore for DiskStreams {
             return Ok(Vec::new());
         }
         let first = st.next;
-        let frame = encode_frame(first, now_ms(), &records);
-        shard.write_frame(&mut st, &frame, first, records.len() as u32)?;
+        let arrival_ms = now_ms();
+        let frame = encode_frame(first, arrival_ms, &records);
+        shard.write_frame(&mut st, &frame, first, records.len() as u32, arrival_ms)?;
+        shard.apply_retention(&mut st, arrival_ms);
         st.next += records.len() as u64;
         let end = st.next;
         drop(arriving);
@@ -504,7 +589,10 @@ impl StreamStore for DiskStreams {
             let reads: Vec<(FrameRef, Arc<File>, PathBuf)> = st.frames[start..]
                 .iter()
                 .take_while(|f| f.first < end)
-                .map(|f| (*f, st.segments[f.segment].file.clone(), st.segments[f.segment].path.clone()))
+                .filter_map(|f| {
+                    let segment = st.segments.get(f.segment - st.dropped_segments)?;
+                    Some((*f, segment.file.clone(), segment.path.clone()))
+                })
                 .collect();
             (end, reads)
         };
@@ -559,7 +647,7 @@ mod tests {
     use super::*;
 
     fn spec(fsync: FsyncPolicy) -> Vec<DiskStreamSpec> {
-        vec![DiskStreamSpec { name: "s".into(), capacity: 1_000_000, fsync }]
+        vec![DiskStreamSpec::new("s", 1_000_000, fsync)]
     }
 
     fn rec(data: &str) -> NewRecord {
@@ -716,12 +804,62 @@ mod tests {
     #[test]
     fn a_full_stream_refuses_puts_until_consumers_catch_up() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let specs = vec![DiskStreamSpec { name: "s".into(), capacity: 2, fsync: FsyncPolicy::Never }];
+        let specs = vec![DiskStreamSpec::new("s", 2, FsyncPolicy::Never)];
         let s = DiskStreams::open(dir.path(), &specs, Arc::new(FileSyncer)).expect("open");
         s.register_consumer("s", "c").expect("register");
         s.append("s", vec![rec("1"), rec("2")]).expect("append");
         assert!(matches!(s.append("s", vec![rec("3")]), Err(StreamError::Full { .. })));
         s.checkpoint("s", "c", 2).expect("checkpoint");
         s.append("s", vec![rec("3")]).expect("room again");
+    }
+
+    #[test]
+    fn retention_drops_whole_old_segments_by_age_and_by_size() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut by_size = DiskStreamSpec::new("s", 1_000_000, FsyncPolicy::Never);
+        by_size.segment_bytes = 1024;
+        by_size.max_bytes = Some(4096);
+        let s = DiskStreams::open(dir.path(), &[by_size.clone()], Arc::new(FileSyncer)).expect("open");
+        for i in 0..100 {
+            s.append("s", vec![rec(&format!("{i:0>100}"))]).expect("append");
+        }
+        let files = std::fs::read_dir(dir.path().join("s"))
+            .expect("ls")
+            .filter(|e| e.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == "log")));
+        let bytes: u64 = std::fs::read_dir(dir.path().join("s"))
+            .expect("ls")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+            .map(|e| e.metadata().map_or(0, |m| m.len()))
+            .sum();
+        assert!(bytes <= 4096 + 1024, "{bytes} bytes kept");
+        assert!(files.count() < 10);
+        let kept = s.read("s", 99, 10).expect("the newest record stays");
+        assert_eq!(datas(&kept), vec![format!("{:0>100}", 99)]);
+        let Err(StreamError::Trimmed { oldest, .. }) = s.read("s", 0, 10) else { panic!("old records must be gone") };
+        assert!(oldest > 0 && oldest <= 99);
+        assert_eq!(datas(&s.read("s", oldest, 1).expect("read from the oldest")).len(), 1);
+        drop(s);
+        // The same holds after a restart.
+        let s = DiskStreams::open(dir.path(), &[by_size], Arc::new(FileSyncer)).expect("reopen");
+        assert_eq!(s.end("s"), Ok(100));
+        assert!(matches!(s.read("s", 0, 1), Err(StreamError::Trimmed { .. })));
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut by_age = DiskStreamSpec::new("s", 1_000_000, FsyncPolicy::Never);
+        by_age.segment_bytes = 256;
+        by_age.retention = Duration::from_millis(50);
+        let s = DiskStreams::open(dir.path(), &[by_age], Arc::new(FileSyncer)).expect("open");
+        for i in 0..10 {
+            s.append("s", vec![rec(&format!("{i:0>100}"))]).expect("append");
+        }
+        assert_eq!(s.read("s", 0, 100).expect("young records stay").len(), 10);
+        std::thread::sleep(Duration::from_millis(80));
+        s.append("s", vec![rec("fresh")]).expect("append");
+        let Err(StreamError::Trimmed { oldest, .. }) = s.read("s", 0, 10) else {
+            panic!("expired records must be gone")
+        };
+        assert_eq!(oldest, 10, "everything but the active segment expired");
+        assert_eq!(datas(&s.read("s", 10, 10).expect("read")), vec!["fresh"]);
     }
 }

@@ -9,7 +9,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-pub use disk::{DiskStreamSpec, DiskStreams, FileSyncer, FsyncPolicy, Syncer};
+pub use disk::{
+    DEFAULT_RETENTION, DEFAULT_SEGMENT_BYTES, DiskStreamSpec, DiskStreams, FileSyncer, FsyncPolicy, Syncer,
+};
 
 /// The one shard of a stream (for now), named like Kinesis shards.
 pub const SHARD_ID: &str = "shardId-000000000000";
