@@ -349,3 +349,28 @@ async fn after_a_restart_stages_resume_after_their_checkpoint() {
         .collect();
     assert_eq!(ids, vec!["T0017-000001", "T0017-000002", "T0042-000003"], "each row once, in order");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_access_keys_unsigned_requests_are_refused_but_health_answers() {
+    let manifest = ETL
+        .replace("[sinks.rows]", "[api]\naccess-keys = [{ id = \"AKIAWEIR\", secret = \"s3cret\" }]\n\n[sinks.rows]");
+    let mut host = TestHost::start(&manifest).await.expect("start");
+    let (status, body) = put(&host, "toll-lines", json!({"data": LINE_1})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["error"]["code"], "MissingAuthenticationTokenException");
+    let kinesis = reqwest::Client::new()
+        .post(format!("{}/", host.url))
+        .header("x-amz-target", "Kinesis_20131202.ListStreams")
+        .header("content-type", "application/x-amz-json-1.1")
+        .body("{}")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(kinesis.status(), StatusCode::FORBIDDEN);
+    let error: Value = serde_json::from_str(&kinesis.text().await.unwrap_or_default()).expect("AWS-shaped error");
+    assert_eq!(error["__type"], "MissingAuthenticationTokenException");
+    let health = reqwest::get(format!("{}/v1/health", host.url)).await.expect("health");
+    assert_eq!(health.status(), StatusCode::OK);
+    assert_eq!(host.host.status().streams["toll-lines"], 0, "nothing was accepted");
+    host.stop().await;
+}

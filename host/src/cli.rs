@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
+use crate::api::Auth;
 use crate::plugin::PluginEngine;
 
 /// weir: a self-hosted streaming runtime with WebAssembly plugins.
@@ -28,6 +29,9 @@ enum Command {
         /// Listen here instead of the manifest's [api] listen address.
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
+        /// Accept unsigned requests: for local development only.
+        #[arg(long)]
+        insecure_no_auth: bool,
     },
     /// Check a pipeline manifest, its plugin manifests and their components.
     Check {
@@ -58,11 +62,16 @@ pub fn main() -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Run { manifest, build, listen } => run(manifest, build, listen),
+        Command::Run { manifest, build, listen, insecure_no_auth } => run(manifest, build, listen, insecure_no_auth),
     }
 }
 
-fn run(manifest: PathBuf, build: bool, listen: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
+fn run(
+    manifest: PathBuf,
+    build: bool,
+    listen: Option<std::net::SocketAddr>,
+    insecure_no_auth: bool,
+) -> anyhow::Result<()> {
     let mut pipeline = match crate::manifest::load(&manifest) {
         Ok(p) => p,
         Err(d) => {
@@ -73,6 +82,21 @@ fn run(manifest: PathBuf, build: bool, listen: Option<std::net::SocketAddr>) -> 
     if let Some(addr) = listen {
         pipeline.api.listen = addr;
     }
+    let auth = match (insecure_no_auth, pipeline.api.access_keys.is_empty()) {
+        (true, _) => {
+            tracing::warn!(
+                "--insecure-no-auth: the API accepts unsigned requests from anyone who can reach it; use it for local development only"
+            );
+            Auth::InsecureNoAuth
+        }
+        (false, false) => Auth::Keys(pipeline.api.access_keys.clone()),
+        (false, true) => anyhow::bail!(
+            "{}: [api] has no access-keys, so no request could be authenticated. Add \
+             `access-keys = [{{ id = \"...\", secret-env = \"WEIR_SECRET\" }}]` to [api], \
+             or pass --insecure-no-auth for local development",
+            manifest.display()
+        ),
+    };
     if build {
         crate::build::build_all(&pipeline)?;
     }
@@ -86,7 +110,7 @@ fn run(manifest: PathBuf, build: bool, listen: Option<std::net::SocketAddr>) -> 
             .await
             .with_context(|| format!("cannot listen on {addr}; is another weir running? (use --listen)"))?;
         tracing::info!(pipeline = %name, %addr, "weir is running; Ctrl-C to stop");
-        axum::serve(listener, crate::api::router(host.clone())).with_graceful_shutdown(shutdown_signal()).await?;
+        axum::serve(listener, crate::api::router(host.clone(), auth)).with_graceful_shutdown(shutdown_signal()).await?;
         tracing::info!("draining stages");
         tokio::task::spawn_blocking(move || host.drain()).await?;
         tracing::info!("stopped");

@@ -48,7 +48,7 @@ fn run_serves_puts_and_drains_on_sigterm() {
     std::fs::write(&path, manifest).expect("write manifest");
     let port = free_port();
     let mut child = Command::new(WEIR)
-        .args(["run", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["run", "--insecure-no-auth", "--listen", &format!("127.0.0.1:{port}")])
         .arg(&path)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -34,7 +34,7 @@ fn free_port() -> u16 {
 
 fn start(manifest: &Path, port: u16) -> Child {
     Command::new(WEIR)
-        .args(["run", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["run", "--insecure-no-auth", "--listen", &format!("127.0.0.1:{port}")])
         .arg(manifest)
         .env("WEIR_LOG", "warn")
         .stdout(Stdio::null())

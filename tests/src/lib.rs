@@ -65,7 +65,11 @@ impl TestHost {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let app = weir_host::api::router(host.clone());
+        let auth = match host.pipeline.api.access_keys.as_slice() {
+            [] => weir_host::api::Auth::InsecureNoAuth,
+            keys => weir_host::api::Auth::Keys(keys.to_vec()),
+        };
+        let app = weir_host::api::router(host.clone(), auth);
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app)
                 .with_graceful_shutdown(async {

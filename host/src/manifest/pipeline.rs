@@ -9,6 +9,7 @@
 //! [api]
 //! listen = "127.0.0.1:7070"           # the default
 //! max-body = "8MiB"                   # the default
+//! access-keys = [{ id = "AKIAWEIR", secret-env = "WEIR_SECRET" }]   # SigV4 keys (or `secret = "..."`)
 //!
 //! [sources.toll-http]
 //! kind = "http"                       # records are put through the HTTP API
@@ -53,6 +54,7 @@ use super::diagnostic::{Diagnostic, Diagnostics, SourceFile};
 use super::plugin::{PluginManifest, World, config_value_text};
 use super::toml_doc::Document;
 use super::units::{ByteSize, Name, parse_duration};
+use crate::api::AccessKey;
 use crate::stream::{DEFAULT_RETENTION, DEFAULT_SEGMENT_BYTES, FsyncPolicy};
 
 #[derive(Debug, Deserialize)]
@@ -71,11 +73,21 @@ struct RawApi {
     listen: Spanned<String>,
     #[serde(default = "default_max_body")]
     max_body: ByteSize,
+    #[serde(default)]
+    access_keys: Vec<Spanned<RawAccessKey>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawAccessKey {
+    id: String,
+    secret: Option<String>,
+    secret_env: Option<String>,
 }
 
 impl Default for RawApi {
     fn default() -> Self {
-        Self { listen: default_listen(), max_body: default_max_body() }
+        Self { listen: default_listen(), max_body: default_max_body(), access_keys: Vec::new() }
     }
 }
 
@@ -254,6 +266,8 @@ pub struct Api {
     pub listen: SocketAddr,
     /// Largest request body accepted.
     pub max_body_bytes: u64,
+    /// Keys whose SigV4 signatures the API accepts.
+    pub access_keys: Vec<AccessKey>,
 }
 
 /// A `[sources.<name>]` entry: an HTTP entry point into a stream.
@@ -406,7 +420,10 @@ pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
     let sinks = doc.entries::<RawSink>("sinks", &mut diags);
 
     let api = api.and_then(|api| match api.listen.get_ref().parse::<SocketAddr>() {
-        Ok(listen) => Some(Api { listen, max_body_bytes: api.max_body.0 }),
+        Ok(listen) => {
+            let access_keys = access_keys(&source, &api.access_keys, &mut diags)?;
+            Some(Api { listen, max_body_bytes: api.max_body.0, access_keys })
+        }
         Err(_) => {
             diags.push(
                 Diagnostic::new(
@@ -481,6 +498,48 @@ pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
         }),
         _ => Err(diags),
     }
+}
+
+/// Access keys with their secrets, inline or from the environment.
+fn access_keys(source: &SourceFile, raw: &[Spanned<RawAccessKey>], diags: &mut Diagnostics) -> Option<Vec<AccessKey>> {
+    let before = diags.len();
+    let mut keys = Vec::new();
+    for key in raw {
+        let span = key.span();
+        let k = key.get_ref();
+        let secret = match (&k.secret, &k.secret_env) {
+            (Some(secret), None) => Some(secret.clone()),
+            (None, Some(var)) => match std::env::var(var) {
+                Ok(secret) if !secret.is_empty() => Some(secret),
+                _ => {
+                    diags.push(
+                        Diagnostic::new(
+                            source,
+                            span,
+                            format!("access key `{}`: environment variable `{var}` is not set", k.id),
+                        )
+                        .help(format!("export {var}=<secret access key> before starting weir")),
+                    );
+                    None
+                }
+            },
+            _ => {
+                diags.push(
+                    Diagnostic::new(
+                        source,
+                        span,
+                        format!("access key `{}` needs exactly one of `secret` or `secret-env`", k.id),
+                    )
+                    .help("prefer `secret-env = \"WEIR_SECRET_ACCESS_KEY\"`: secrets do not belong in files"),
+                );
+                None
+            }
+        };
+        if let Some(secret) = secret {
+            keys.push(AccessKey { id: k.id.clone(), secret });
+        }
+    }
+    (diags.len() == before).then_some(keys)
 }
 
 struct Checker<'a> {

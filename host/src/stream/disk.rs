@@ -13,13 +13,15 @@ use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::{Appended, NewRecord, SHARD_ID, StoredRecord, StreamError, StreamStore, now_ms};
+use super::{
+    Appended, NewRecord, SHARD_ID, StoredRecord, StreamError, StreamInfo, StreamSettings, StreamStore, now_ms,
+};
 
 const MAGIC: [u8; 2] = *b"WR";
 /// Magic, payload length, payload checksum.
@@ -111,6 +113,8 @@ struct FrameRef {
     segment: usize,
     offset: u64,
     len: u32,
+    /// When its records arrived (never decreasing along the log).
+    arrival_ms: i64,
 }
 
 struct State {
@@ -132,7 +136,9 @@ struct Shard {
     dir: PathBuf,
     capacity: usize,
     fsync: FsyncPolicy,
-    retention: Duration,
+    /// Milliseconds; changeable through the API.
+    retention_ms: AtomicU64,
+    created_ms: i64,
     max_bytes: Option<u64>,
     segment_bytes: u64,
     syncer: Arc<dyn Syncer>,
@@ -154,33 +160,71 @@ impl Drop for Arriving<'_> {
 
 /// Durable streams under one folder, one subfolder per stream.
 pub struct DiskStreams {
-    streams: HashMap<String, Shard>,
+    root: PathBuf,
+    syncer: Arc<dyn Syncer>,
+    streams: RwLock<HashMap<String, Arc<Shard>>>,
 }
 
 impl std::fmt::Debug for DiskStreams {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DiskStreams").field("streams", &self.streams.keys().collect::<Vec<_>>()).finish()
+        f.debug_struct("DiskStreams").field("root", &self.root).finish()
     }
 }
+
+/// Settings of a stream created through the API, kept beside its segments.
+const SETTINGS_FILE: &str = "stream.settings";
 
 fn io_failed(stream: &str, what: &str, e: &std::io::Error) -> StreamError {
     StreamError::Failed { stream: stream.to_owned(), reason: format!("{what}: {e}") }
 }
 
 impl DiskStreams {
-    /// Opens (creating or recovering) each stream under `root/<name>/`.
+    /// Opens (creating or recovering) each stream under `root/<name>/`, plus
+    /// the streams created earlier through the API.
     pub fn open(root: &Path, specs: &[DiskStreamSpec], syncer: Arc<dyn Syncer>) -> Result<Self, StreamError> {
         let mut streams = HashMap::new();
         for spec in specs {
             let shard = Shard::open(&root.join(&spec.name), spec, syncer.clone())?;
-            streams.insert(spec.name.clone(), shard);
+            streams.insert(spec.name.clone(), Arc::new(shard));
         }
-        Ok(Self { streams })
+        if let Ok(entries) = std::fs::read_dir(root) {
+            for entry in entries.filter_map(|e| e.ok()) {
+                let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+                let Ok(text) = std::fs::read_to_string(entry.path().join(SETTINGS_FILE)) else { continue };
+                if streams.contains_key(&name) {
+                    continue;
+                }
+                let retention = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("retention_ms="))
+                    .and_then(|v| v.trim().parse().ok())
+                    .map_or(DEFAULT_RETENTION, Duration::from_millis);
+                let mut spec = DiskStreamSpec::new(&name, DEFAULT_CAPACITY, FsyncPolicy::Group(DEFAULT_GROUP_INTERVAL));
+                spec.retention = retention;
+                streams.insert(name, Arc::new(Shard::open(&entry.path(), &spec, syncer.clone())?));
+            }
+        }
+        Ok(Self { root: root.to_owned(), syncer, streams: RwLock::new(streams) })
     }
 
-    fn shard(&self, stream: &str) -> Result<&Shard, StreamError> {
-        self.streams.get(stream).ok_or_else(|| StreamError::UnknownStream(stream.to_owned()))
+    fn shard(&self, stream: &str) -> Result<Arc<Shard>, StreamError> {
+        let streams = self.streams.read().unwrap_or_else(|p| p.into_inner());
+        streams.get(stream).cloned().ok_or_else(|| StreamError::UnknownStream(stream.to_owned()))
     }
+}
+
+/// Unconsumed records a stream created through the API holds before refusing puts.
+pub const DEFAULT_CAPACITY: usize = 1_000_000;
+/// Group-commit interval of streams created through the API.
+const DEFAULT_GROUP_INTERVAL: Duration = Duration::from_millis(5);
+
+/// When the stream's folder was made: its creation time as the stream's.
+fn created_ms(dir: &Path) -> i64 {
+    std::fs::metadata(dir)
+        .and_then(|m| m.created().or_else(|_| m.modified()))
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or_else(now_ms, |d| d.as_millis() as i64)
 }
 
 fn segment_name(base: u64) -> String {
@@ -247,7 +291,8 @@ impl Shard {
             dir: dir.to_owned(),
             capacity: spec.capacity,
             fsync: spec.fsync,
-            retention: spec.retention,
+            retention_ms: AtomicU64::new(spec.retention.as_millis() as u64),
+            created_ms: created_ms(dir),
             max_bytes: spec.max_bytes,
             segment_bytes: spec.segment_bytes.max(1),
             syncer,
@@ -262,7 +307,7 @@ impl Shard {
     /// Drops whole segments, oldest first, that are past the retention period
     /// or beyond the size cap. The segment being written is always kept.
     fn apply_retention(&self, st: &mut State, now_ms: i64) {
-        let cutoff = now_ms.saturating_sub(self.retention.as_millis() as i64);
+        let cutoff = now_ms.saturating_sub(self.retention_ms.load(Ordering::Relaxed) as i64);
         let mut total: u64 = st.segments.iter().map(|s| s.len).sum();
         let mut drop_count = 0;
         for segment in &st.segments[..st.segments.len().saturating_sub(1)] {
@@ -333,7 +378,7 @@ impl Shard {
         }
         segment.len += frame.len() as u64;
         segment.newest_ms = segment.newest_ms.max(arrival_ms);
-        st.frames.push(FrameRef { first, count, segment: segment_index, offset, len: frame.len() as u32 });
+        st.frames.push(FrameRef { first, count, segment: segment_index, offset, len: frame.len() as u32, arrival_ms });
         Ok(())
     }
 
@@ -406,6 +451,16 @@ impl Shard {
         }
     }
 
+    /// Records the settings of a stream created through the API.
+    fn save_settings(&self) -> Result<(), StreamError> {
+        let text = format!("retention_ms={}\n", self.retention_ms.load(Ordering::Relaxed));
+        let path = self.dir.join(SETTINGS_FILE);
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| io_failed(&self.name, "cannot save its settings", &e))
+    }
+
     fn persist_checkpoint(&self, consumer: &str, next: u64) {
         let path = self.dir.join("consumers").join(format!("{consumer}.checkpoint"));
         let tmp = path.with_extension("tmp");
@@ -438,7 +493,14 @@ fn recover_segment(
         match parse_frame(&bytes[offset..]) {
             Ok((first, count, len)) if first == state.next => {
                 newest_ms = newest_ms.max(frame_arrival(&bytes[offset..]));
-                state.frames.push(FrameRef { first, count, segment: index, offset: offset as u64, len: len as u32 });
+                state.frames.push(FrameRef {
+                    first,
+                    count,
+                    segment: index,
+                    offset: offset as u64,
+                    len: len as u32,
+                    arrival_ms: newest_ms,
+                });
                 state.next += u64::from(count);
                 offset += len;
             }
@@ -560,7 +622,9 @@ impl StreamStore for DiskStreams {
             return Ok(Vec::new());
         }
         let first = st.next;
-        let arrival_ms = now_ms();
+        // Arrival times never go backwards along the log, so the time index can
+        // be searched even if the wall clock steps back.
+        let arrival_ms = now_ms().max(st.frames.last().map_or(i64::MIN, |f| f.arrival_ms));
         let frame = encode_frame(first, arrival_ms, &records);
         shard.write_frame(&mut st, &frame, first, records.len() as u32, arrival_ms)?;
         shard.apply_retention(&mut st, arrival_ms);
@@ -639,6 +703,70 @@ impl StreamStore for DiskStreams {
 
     fn end(&self, stream: &str) -> Result<u64, StreamError> {
         Ok(self.shard(stream)?.lock().durable)
+    }
+
+    fn position_at_time(&self, stream: &str, arrival_ms: i64) -> Result<u64, StreamError> {
+        let shard = self.shard(stream)?;
+        let st = shard.lock();
+        let i = st.frames.partition_point(|f| f.arrival_ms < arrival_ms);
+        Ok(st.frames.get(i).map_or(st.durable, |f| f.first.min(st.durable)))
+    }
+
+    fn create(&self, settings: StreamSettings) -> Result<(), StreamError> {
+        let mut streams = self.streams.write().unwrap_or_else(|p| p.into_inner());
+        if streams.contains_key(&settings.name) {
+            return Err(StreamError::AlreadyExists(settings.name));
+        }
+        let dir = self.root.join(&settings.name);
+        if dir.exists() {
+            // Leftovers of a deleted stream must not come back to life.
+            std::fs::remove_dir_all(&dir).map_err(|e| io_failed(&settings.name, "cannot clear its folder", &e))?;
+        }
+        let mut spec =
+            DiskStreamSpec::new(&settings.name, DEFAULT_CAPACITY, FsyncPolicy::Group(DEFAULT_GROUP_INTERVAL));
+        spec.retention = settings.retention;
+        let shard = Shard::open(&dir, &spec, self.syncer.clone())?;
+        shard.save_settings()?;
+        streams.insert(settings.name, Arc::new(shard));
+        Ok(())
+    }
+
+    fn delete(&self, stream: &str) -> Result<(), StreamError> {
+        let shard = {
+            let mut streams = self.streams.write().unwrap_or_else(|p| p.into_inner());
+            streams.remove(stream).ok_or_else(|| StreamError::UnknownStream(stream.to_owned()))?
+        };
+        std::fs::remove_dir_all(&shard.dir).map_err(|e| io_failed(stream, "cannot remove its folder", &e))
+    }
+
+    fn list(&self) -> Vec<String> {
+        let streams = self.streams.read().unwrap_or_else(|p| p.into_inner());
+        let mut names: Vec<String> = streams.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    fn info(&self, stream: &str) -> Result<StreamInfo, StreamError> {
+        let shard = self.shard(stream)?;
+        let st = shard.lock();
+        Ok(StreamInfo {
+            name: stream.to_owned(),
+            retention: Duration::from_millis(shard.retention_ms.load(Ordering::Relaxed)),
+            created_ms: shard.created_ms,
+            oldest: shard.oldest(&st),
+            end: st.durable,
+            consumers: st.consumers.clone(),
+        })
+    }
+
+    fn set_retention(&self, stream: &str, retention: Duration) -> Result<(), StreamError> {
+        let shard = self.shard(stream)?;
+        shard.retention_ms.store(retention.as_millis() as u64, Ordering::Relaxed);
+        if shard.dir.join(SETTINGS_FILE).exists() {
+            shard.save_settings()?;
+        }
+        shard.apply_retention(&mut shard.lock(), now_ms());
+        Ok(())
     }
 }
 

@@ -5,6 +5,7 @@
 
 mod disk;
 
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -84,6 +85,9 @@ pub enum StreamError {
         /// What is wrong.
         reason: String,
     },
+    /// A stream of that name exists already.
+    #[error("a stream named `{0}` exists already")]
+    AlreadyExists(String),
     /// A read asked for records that were already dropped.
     #[error("stream `{stream}` no longer holds sequence {sequence} (oldest is {oldest})")]
     Trimmed {
@@ -111,6 +115,45 @@ pub trait StreamStore: Send + Sync {
     fn checkpoint(&self, stream: &str, consumer: &str, next: u64) -> Result<(), StreamError>;
     /// The position after the newest record.
     fn end(&self, stream: &str) -> Result<u64, StreamError>;
+    /// The position of the first record that arrived at or after `arrival_ms`
+    /// (the end if none did), found through the index, not by scanning.
+    fn position_at_time(&self, stream: &str, arrival_ms: i64) -> Result<u64, StreamError>;
+    /// Creates a stream; it survives restarts.
+    fn create(&self, spec: StreamSettings) -> Result<(), StreamError>;
+    /// Deletes a stream and its records.
+    fn delete(&self, stream: &str) -> Result<(), StreamError>;
+    /// The names of all streams, sorted.
+    fn list(&self) -> Vec<String>;
+    /// What a stream is and holds.
+    fn info(&self, stream: &str) -> Result<StreamInfo, StreamError>;
+    /// Changes how long records are kept.
+    fn set_retention(&self, stream: &str, retention: Duration) -> Result<(), StreamError>;
+}
+
+/// Settings of a stream created at run time (through the Kinesis API).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamSettings {
+    /// Stream name.
+    pub name: String,
+    /// How long records are kept.
+    pub retention: Duration,
+}
+
+/// What a stream is and holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamInfo {
+    /// Stream name.
+    pub name: String,
+    /// How long records are kept.
+    pub retention: Duration,
+    /// When the stream was created, ms since the Unix epoch.
+    pub created_ms: i64,
+    /// Sequence number of the oldest record kept.
+    pub oldest: u64,
+    /// Position after the newest record.
+    pub end: u64,
+    /// Consumers and their checkpoints.
+    pub consumers: BTreeMap<String, u64>,
 }
 
 /// Milliseconds since the Unix epoch, now.

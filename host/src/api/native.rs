@@ -1,6 +1,6 @@
-//! The native HTTP API (axum): put records into streams, and look at the
-//! pipeline. Mistakes are answered with a 4xx and a message that says what to
-//! fix; they are not logged as errors.
+//! The native JSON API: put records into streams, read them back, and look
+//! at the pipeline. Mistakes are answered with a 4xx and a message that says
+//! what to fix; they are not logged as errors.
 //!
 //! - `POST /v1/streams/{stream}/records`: JSON, one record
 //!   `{"partition_key": "17", "data": "text"}` (or `"data_base64"`, and an optional
@@ -13,17 +13,15 @@
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::pipeline::{Host, PutError};
+use crate::pipeline::PutError;
 use crate::stream::{NewRecord, StreamError};
 
 /// Most records one request may carry (as Kinesis `PutRecords`).
@@ -32,17 +30,6 @@ pub const MAX_RECORDS_PER_PUT: usize = 500;
 pub const MAX_RECORD_BYTES: usize = 1 << 20;
 /// Longest partition key (as Kinesis).
 pub const MAX_KEY_CHARS: usize = 256;
-
-/// The API's routes over a running pipeline.
-pub fn router(host: Arc<Host>) -> Router {
-    let limit = usize::try_from(host.pipeline.api.max_body_bytes).unwrap_or(usize::MAX);
-    Router::new()
-        .route("/v1/health", get(|| async { axum::Json(json!({"status": "ok"})) }))
-        .route("/v1/pipeline", get(pipeline_status))
-        .route("/v1/streams/{stream}/records", post(put_records).get(get_records))
-        .layer(DefaultBodyLimit::max(limit))
-        .with_state(host)
-}
 
 /// An error answer: `{"error": {"code": ..., "message": ...}}`.
 #[derive(Debug)]
@@ -53,6 +40,10 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    pub(super) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+
     fn bad(message: impl Into<String>) -> Self {
         Self { status: StatusCode::BAD_REQUEST, code: "InvalidRequest", message: message.into() }
     }
@@ -75,17 +66,17 @@ impl From<PutError> for ApiError {
             PutError::NotASource(_) => (StatusCode::FORBIDDEN, "NotASource"),
             PutError::Stream(StreamError::UnknownStream(_)) => (StatusCode::NOT_FOUND, "UnknownStream"),
             PutError::Stream(StreamError::Full { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "StreamFull"),
-            PutError::Stream(StreamError::Trimmed { .. } | StreamError::Corrupt { .. }) => {
-                (StatusCode::INTERNAL_SERVER_ERROR, "Internal")
-            }
+            PutError::Stream(
+                StreamError::Trimmed { .. } | StreamError::Corrupt { .. } | StreamError::AlreadyExists(_),
+            ) => (StatusCode::INTERNAL_SERVER_ERROR, "Internal"),
             PutError::Stream(StreamError::Failed { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "StorageFailed"),
         };
         Self { status, code, message: e.to_string() }
     }
 }
 
-async fn pipeline_status(State(host): State<Arc<Host>>) -> axum::Json<Value> {
-    axum::Json(json!(host.status()))
+pub(super) async fn pipeline_status(State(api): State<Arc<super::ApiState>>) -> axum::Json<Value> {
+    axum::Json(json!(api.host.status()))
 }
 
 #[derive(Debug, Deserialize)]
@@ -106,12 +97,12 @@ enum JsonPut {
 }
 
 #[derive(Debug, Deserialize)]
-struct PutQuery {
+pub(super) struct PutQuery {
     partition_key: Option<String>,
 }
 
-async fn put_records(
-    State(host): State<Arc<Host>>,
+pub(super) async fn put_records(
+    State(api): State<Arc<super::ApiState>>,
     Path(stream): Path<String>,
     Query(query): Query<PutQuery>,
     headers: HeaderMap,
@@ -138,7 +129,7 @@ async fn put_records(
             records.len()
         )));
     }
-    let host_put = host.clone();
+    let host_put = api.host.clone();
     let appended = tokio::task::spawn_blocking(move || host_put.put(&stream, records)).await.map_err(|_| {
         ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, code: "Internal", message: "put failed".into() }
     })??;
@@ -148,7 +139,7 @@ async fn put_records(
 }
 
 #[derive(Debug, Deserialize)]
-struct GetQuery {
+pub(super) struct GetQuery {
     #[serde(default)]
     from: u64,
     limit: Option<usize>,
@@ -157,8 +148,8 @@ struct GetQuery {
 /// Most records one read returns.
 pub const MAX_RECORDS_PER_GET: usize = 10_000;
 
-async fn get_records(
-    State(host): State<Arc<Host>>,
+pub(super) async fn get_records(
+    State(api): State<Arc<super::ApiState>>,
     Path(stream): Path<String>,
     Query(query): Query<GetQuery>,
 ) -> Result<axum::Json<Value>, ApiError> {
@@ -166,6 +157,7 @@ async fn get_records(
     if limit == 0 || limit > MAX_RECORDS_PER_GET {
         return Err(ApiError::bad(format!("limit must be between 1 and {MAX_RECORDS_PER_GET}")));
     }
+    let host = api.host.clone();
     let records = tokio::task::spawn_blocking(move || host.read(&stream, query.from, limit))
         .await
         .map_err(|_| ApiError {

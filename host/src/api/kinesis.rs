@@ -1,0 +1,484 @@
+//! The Kinesis Data Streams JSON 1.1 protocol (`POST /`, `X-Amz-Target:
+//! Kinesis_20131202.<Operation>`), so the AWS SDKs and CLI work unchanged.
+//! Errors are AWS-shaped: `{"__type": "...", "message": "..."}`.
+//!
+//! A stream has one shard today, covering the whole 128-bit hash key range;
+//! shard iterators are signed tokens that expire after five minutes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::native::{MAX_KEY_CHARS, MAX_RECORD_BYTES, MAX_RECORDS_PER_PUT};
+use crate::pipeline::Host;
+use crate::stream::{NewRecord, SHARD_ID, StreamError, StreamInfo, StreamSettings, now_ms};
+
+const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
+/// The largest hash key: one shard owns 0 ..= this.
+const MAX_HASH_KEY: &str = "340282366920938463463374607431768211455";
+/// Shard iterators expire after this long, as in Kinesis.
+pub const ITERATOR_TTL: Duration = Duration::from_secs(300);
+/// Most records one `GetRecords` returns, as in Kinesis.
+const MAX_GET_RECORDS: usize = 10_000;
+
+/// An AWS-shaped error.
+#[derive(Debug)]
+pub struct KinesisError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+}
+
+impl KinesisError {
+    pub(super) fn new(kind: &'static str, message: impl Into<String>) -> Self {
+        Self { status: StatusCode::BAD_REQUEST, kind, message: message.into() }
+    }
+
+    pub(super) fn set_status(&mut self, status: StatusCode) {
+        self.status = status;
+    }
+
+    fn invalid(message: impl Into<String>) -> Self {
+        Self::new("InvalidArgumentException", message)
+    }
+
+    fn not_found(stream: &str) -> Self {
+        Self::new("ResourceNotFoundException", format!("Stream {stream} under account 000000000000 not found."))
+    }
+}
+
+impl IntoResponse for KinesisError {
+    fn into_response(self) -> Response {
+        let body = json!({"__type": self.kind, "message": self.message}).to_string();
+        (self.status, [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))], body).into_response()
+    }
+}
+
+impl From<StreamError> for KinesisError {
+    fn from(e: StreamError) -> Self {
+        match e {
+            StreamError::UnknownStream(s) => Self::not_found(&s),
+            StreamError::AlreadyExists(s) => {
+                Self::new("ResourceInUseException", format!("Stream {s} under account 000000000000 already exists."))
+            }
+            StreamError::Full { .. } => Self::new("ProvisionedThroughputExceededException", e.to_string()),
+            StreamError::Trimmed { .. } => Self::invalid(e.to_string()),
+            StreamError::Failed { .. } | StreamError::Corrupt { .. } => {
+                tracing::error!(error = %e, "stream failure answered as InternalFailure");
+                Self {
+                    status: StatusCode::INTERNAL_SERVER_ERROR,
+                    kind: "InternalFailure",
+                    message: "internal failure".into(),
+                }
+            }
+        }
+    }
+}
+
+fn ok(body: Value) -> Response {
+    ([(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))], body.to_string()).into_response()
+}
+
+/// Dispatches on `X-Amz-Target`.
+pub async fn dispatch(State(api): State<Arc<super::ApiState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let Some(operation) = target.strip_prefix("Kinesis_20131202.") else {
+        return KinesisError::new("UnknownOperationException", format!("unknown or missing X-Amz-Target `{target}`"))
+            .into_response();
+    };
+    let input: Value = if body.is_empty() {
+        json!({})
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => {
+                return KinesisError::new("SerializationException", format!("body is not JSON: {e}")).into_response();
+            }
+        }
+    };
+    let host = api.host.clone();
+    let secret = api.iterator_secret;
+    let operation = operation.to_owned();
+    // Store calls may wait for an fsync: keep them off the async workers.
+    let result = tokio::task::spawn_blocking(move || call(&host, secret, &operation, input)).await;
+    match result {
+        Ok(Ok(v)) => ok(v),
+        Ok(Err(e)) => e.into_response(),
+        Err(_) => KinesisError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            kind: "InternalFailure",
+            message: "internal failure".into(),
+        }
+        .into_response(),
+    }
+}
+
+fn call(host: &Host, secret: [u8; 32], operation: &str, input: Value) -> Result<Value, KinesisError> {
+    let parse = |v: Value| {
+        serde_json::from_value::<Args>(v).map_err(|e| KinesisError::new("SerializationException", e.to_string()))
+    };
+    let args = parse(input)?;
+    let streams = host.streams();
+    match operation {
+        "CreateStream" => {
+            let name = args.stream_name()?;
+            if args.shard_count.is_some_and(|n| n != 1) {
+                return Err(KinesisError::invalid("this version of weir supports streams of exactly 1 shard"));
+            }
+            streams.create(StreamSettings { name: name.to_owned(), retention: crate::stream::DEFAULT_RETENTION })?;
+            Ok(json!({}))
+        }
+        "DeleteStream" => {
+            streams.delete(args.stream_name()?)?;
+            Ok(json!({}))
+        }
+        "ListStreams" => {
+            let names = streams.list();
+            let limit = args.limit.unwrap_or(100).clamp(1, 10_000);
+            let after = args.exclusive_start_stream_name.as_deref().unwrap_or("");
+            let page: Vec<&String> = names.iter().filter(|n| n.as_str() > after).take(limit).collect();
+            let more = names.iter().filter(|n| n.as_str() > after).count() > page.len();
+            let summaries: Vec<Value> = page
+                .iter()
+                .filter_map(|n| streams.info(n).ok())
+                .map(|i| {
+                    json!({"StreamName": i.name, "StreamARN": arn(&i.name), "StreamStatus": "ACTIVE",
+                        "StreamModeDetails": {"StreamMode": "PROVISIONED"},
+                        "StreamCreationTimestamp": i.created_ms as f64 / 1000.0})
+                })
+                .collect();
+            Ok(json!({"StreamNames": page, "HasMoreStreams": more, "StreamSummaries": summaries}))
+        }
+        "DescribeStream" => {
+            let info = streams.info(args.stream_name()?)?;
+            let mut description = summary(&info);
+            description["Shards"] = json!([shard(&info)]);
+            description["HasMoreShards"] = json!(false);
+            Ok(json!({"StreamDescription": description}))
+        }
+        "DescribeStreamSummary" => {
+            let info = streams.info(args.stream_name()?)?;
+            let mut description = summary(&info);
+            description["OpenShardCount"] = json!(1);
+            description["ConsumerCount"] = json!(0);
+            Ok(json!({"StreamDescriptionSummary": description}))
+        }
+        "ListShards" => {
+            let name = match (&args.stream_name, &args.next_token) {
+                (Some(n), _) => n.clone(),
+                (None, Some(token)) => token.clone(),
+                (None, None) => return Err(KinesisError::invalid("give StreamName or NextToken")),
+            };
+            let info = streams.info(&name)?;
+            Ok(json!({"Shards": [shard(&info)]}))
+        }
+        "IncreaseStreamRetentionPeriod" | "DecreaseStreamRetentionPeriod" => {
+            let name = args.stream_name()?;
+            let hours =
+                args.retention_period_hours.ok_or_else(|| KinesisError::invalid("RetentionPeriodHours is required"))?;
+            if !(24..=8760).contains(&hours) {
+                return Err(KinesisError::invalid(format!("RetentionPeriodHours {hours} must be between 24 and 8760")));
+            }
+            let current = streams.info(name)?.retention.as_secs() / 3600;
+            let increase = operation.starts_with("Increase");
+            if (increase && hours < current) || (!increase && hours > current) {
+                return Err(KinesisError::invalid(format!(
+                    "RetentionPeriodHours {hours} would {} the current {current}",
+                    if increase { "decrease" } else { "increase" }
+                )));
+            }
+            streams.set_retention(name, Duration::from_secs(hours * 3600))?;
+            Ok(json!({}))
+        }
+        "PutRecord" => {
+            let name = args.stream_name()?;
+            let record =
+                new_record(args.data.as_deref(), args.partition_key.as_deref(), args.explicit_hash_key.as_deref())?;
+            let appended = streams.append(name, vec![record])?;
+            let a = appended.first().ok_or_else(|| KinesisError::invalid("nothing appended"))?;
+            Ok(json!({"ShardId": a.shard_id, "SequenceNumber": a.sequence.to_string(), "EncryptionType": "NONE"}))
+        }
+        "PutRecords" => put_records(host, &args),
+        "GetShardIterator" => {
+            let name = args.stream_name()?;
+            let shard_id = args.shard_id.as_deref().ok_or_else(|| KinesisError::invalid("ShardId is required"))?;
+            if shard_id != SHARD_ID {
+                return Err(KinesisError::new(
+                    "ResourceNotFoundException",
+                    format!("Shard {shard_id} in stream {name} not found."),
+                ));
+            }
+            let info = streams.info(name)?;
+            let sequence = |required: &str| {
+                args.starting_sequence_number
+                    .as_deref()
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .ok_or_else(|| KinesisError::invalid(format!("{required} needs a valid StartingSequenceNumber")))
+            };
+            let position = match args.shard_iterator_type.as_deref() {
+                Some("TRIM_HORIZON") => info.oldest,
+                Some("LATEST") => info.end,
+                Some("AT_SEQUENCE_NUMBER") => sequence("AT_SEQUENCE_NUMBER")?,
+                Some("AFTER_SEQUENCE_NUMBER") => sequence("AFTER_SEQUENCE_NUMBER")? + 1,
+                Some("AT_TIMESTAMP") => {
+                    let seconds = args.timestamp.as_ref().and_then(timestamp_seconds).ok_or_else(|| {
+                        KinesisError::invalid("AT_TIMESTAMP needs Timestamp (seconds since the epoch)")
+                    })?;
+                    streams.position_at_time(name, (seconds * 1000.0) as i64)?
+                }
+                other => {
+                    return Err(KinesisError::invalid(format!(
+                        "ShardIteratorType {other:?} is not one of TRIM_HORIZON, LATEST, AT_SEQUENCE_NUMBER, AFTER_SEQUENCE_NUMBER, AT_TIMESTAMP"
+                    )));
+                }
+            };
+            Ok(json!({"ShardIterator": iterator(secret, name, position.min(info.end), now_ms())}))
+        }
+        "GetRecords" => {
+            let token =
+                args.shard_iterator.as_deref().ok_or_else(|| KinesisError::invalid("ShardIterator is required"))?;
+            let (name, position) = open_iterator(secret, token, now_ms())?;
+            let limit = args.limit.unwrap_or(MAX_GET_RECORDS);
+            if limit == 0 || limit > MAX_GET_RECORDS {
+                return Err(KinesisError::invalid(format!("Limit must be between 1 and {MAX_GET_RECORDS}")));
+            }
+            let info = streams.info(&name)?;
+            let from = position.max(info.oldest);
+            let records = streams.read(&name, from, limit)?;
+            let next = records.last().map_or(from, |r| r.sequence + 1);
+            let behind = records.last().filter(|_| next < info.end).map_or(0, |r| (now_ms() - r.arrival_ms).max(0));
+            let list: Vec<Value> = records
+                .iter()
+                .map(|r| {
+                    json!({
+                        "SequenceNumber": r.sequence.to_string(),
+                        "ApproximateArrivalTimestamp": r.arrival_ms as f64 / 1000.0,
+                        "Data": base64::engine::general_purpose::STANDARD.encode(&r.data),
+                        "PartitionKey": r.key,
+                    })
+                })
+                .collect();
+            Ok(
+                json!({"Records": list, "NextShardIterator": iterator(secret, &name, next, now_ms()), "MillisBehindLatest": behind}),
+            )
+        }
+        other => Err(KinesisError::new("UnknownOperationException", format!("operation {other} is not supported"))),
+    }
+}
+
+fn put_records(host: &Host, args: &Args) -> Result<Value, KinesisError> {
+    let name = args.stream_name()?;
+    let entries = args.records.as_deref().ok_or_else(|| KinesisError::invalid("Records is required"))?;
+    if entries.is_empty() || entries.len() > MAX_RECORDS_PER_PUT {
+        return Err(KinesisError::invalid(format!("Records must hold 1 to {MAX_RECORDS_PER_PUT} entries")));
+    }
+    // Entries are checked one by one: a bad entry fails alone (partial failure).
+    let mut results: Vec<Value> = Vec::with_capacity(entries.len());
+    let mut good = Vec::new();
+    let mut slots = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        match new_record(e.data.as_deref(), e.partition_key.as_deref(), e.explicit_hash_key.as_deref()) {
+            Ok(r) => {
+                good.push(r);
+                slots.push(i);
+                results.push(Value::Null);
+            }
+            Err(err) => results.push(json!({"ErrorCode": err.kind, "ErrorMessage": err.message})),
+        }
+    }
+    if !good.is_empty() {
+        match host.streams().append(name, good) {
+            Ok(appended) => {
+                for (slot, a) in slots.iter().zip(appended) {
+                    results[*slot] = json!({"ShardId": a.shard_id, "SequenceNumber": a.sequence.to_string()});
+                }
+            }
+            Err(StreamError::UnknownStream(s)) => return Err(KinesisError::not_found(&s)),
+            Err(e @ StreamError::Full { .. }) => {
+                for slot in &slots {
+                    results[*slot] =
+                        json!({"ErrorCode": "ProvisionedThroughputExceededException", "ErrorMessage": e.to_string()});
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let failed = results.iter().filter(|r| r.get("ErrorCode").is_some()).count();
+    Ok(json!({"FailedRecordCount": failed, "Records": results, "EncryptionType": "NONE"}))
+}
+
+/// Request fields of every operation, all optional; each operation checks what it needs.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Args {
+    stream_name: Option<String>,
+    #[serde(rename = "StreamARN")]
+    stream_arn: Option<String>,
+    shard_count: Option<u64>,
+    limit: Option<usize>,
+    exclusive_start_stream_name: Option<String>,
+    next_token: Option<String>,
+    retention_period_hours: Option<u64>,
+    data: Option<String>,
+    partition_key: Option<String>,
+    explicit_hash_key: Option<String>,
+    records: Option<Vec<Entry>>,
+    shard_id: Option<String>,
+    shard_iterator_type: Option<String>,
+    starting_sequence_number: Option<String>,
+    timestamp: Option<Value>,
+    shard_iterator: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Entry {
+    data: Option<String>,
+    partition_key: Option<String>,
+    explicit_hash_key: Option<String>,
+}
+
+impl Args {
+    fn stream_name(&self) -> Result<&str, KinesisError> {
+        if let Some(name) = &self.stream_name {
+            return Ok(name);
+        }
+        self.stream_arn
+            .as_deref()
+            .and_then(|arn| arn.rsplit_once(":stream/").map(|(_, n)| n))
+            .ok_or_else(|| KinesisError::invalid("StreamName (or StreamARN) is required"))
+    }
+}
+
+fn new_record(
+    data: Option<&str>,
+    key: Option<&str>,
+    explicit_hash_key: Option<&str>,
+) -> Result<NewRecord, KinesisError> {
+    let key = key.ok_or_else(|| KinesisError::invalid("PartitionKey is required"))?;
+    if key.is_empty() || key.chars().count() > MAX_KEY_CHARS {
+        return Err(KinesisError::invalid(format!("PartitionKey must be 1 to {MAX_KEY_CHARS} characters")));
+    }
+    if let Some(h) = explicit_hash_key
+        && (h.is_empty() || !h.bytes().all(|b| b.is_ascii_digit()) || (h.len(), h) > (MAX_HASH_KEY.len(), MAX_HASH_KEY))
+    {
+        return Err(KinesisError::invalid(format!("ExplicitHashKey `{h}` is not a decimal between 0 and 2^128-1")));
+    }
+    let data = base64::engine::general_purpose::STANDARD
+        .decode(data.ok_or_else(|| KinesisError::invalid("Data is required"))?)
+        .map_err(|e| KinesisError::new("SerializationException", format!("Data is not base64: {e}")))?;
+    if data.len() > MAX_RECORD_BYTES {
+        return Err(KinesisError::invalid(format!("Data has {} bytes; the limit is {MAX_RECORD_BYTES}", data.len())));
+    }
+    Ok(NewRecord { key: key.to_owned(), event_time_ms: None, data: Bytes::from(data) })
+}
+
+fn arn(name: &str) -> String {
+    format!("arn:aws:kinesis:us-east-1:000000000000:stream/{name}")
+}
+
+fn summary(info: &StreamInfo) -> Value {
+    json!({
+        "StreamName": info.name,
+        "StreamARN": arn(&info.name),
+        "StreamStatus": "ACTIVE",
+        "StreamModeDetails": {"StreamMode": "PROVISIONED"},
+        "RetentionPeriodHours": info.retention.as_secs() / 3600,
+        "StreamCreationTimestamp": info.created_ms as f64 / 1000.0,
+        "EnhancedMonitoring": [{"ShardLevelMetrics": []}],
+        "EncryptionType": "NONE",
+    })
+}
+
+fn shard(info: &StreamInfo) -> Value {
+    json!({
+        "ShardId": SHARD_ID,
+        "HashKeyRange": {"StartingHashKey": "0", "EndingHashKey": MAX_HASH_KEY},
+        "SequenceNumberRange": {"StartingSequenceNumber": info.oldest.to_string()},
+    })
+}
+
+/// AWS clients send timestamps as epoch seconds (a number) or text.
+fn timestamp_seconds(v: &Value) -> Option<f64> {
+    match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s
+            .parse()
+            .ok()
+            .or_else(|| humantime::parse_rfc3339_weak(s).ok().map(|t| crate::sink::system_ms(t) as f64 / 1000.0)),
+        _ => None,
+    }
+}
+
+fn mac(secret: [u8; 32], body: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(secret);
+    h.update(body.as_bytes());
+    h.finalize()[..12].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An opaque iterator: the stream, the position and when it was issued, signed
+/// so that a client cannot forge one for another position or extend its life.
+fn iterator(secret: [u8; 32], stream: &str, position: u64, issued_ms: i64) -> String {
+    let body = format!("{issued_ms}:{position}:{stream}");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{}:{body}", mac(secret, &body)))
+}
+
+fn open_iterator(secret: [u8; 32], token: &str, now: i64) -> Result<(String, u64), KinesisError> {
+    let invalid = || KinesisError::invalid("ShardIterator is not one weir issued");
+    let text = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
+    let text = String::from_utf8(text).map_err(|_| invalid())?;
+    let (signature, body) = text.split_once(':').ok_or_else(invalid)?;
+    if mac(secret, body) != signature {
+        return Err(invalid());
+    }
+    let mut parts = body.splitn(3, ':');
+    let issued: i64 = parts.next().and_then(|s| s.parse().ok()).ok_or_else(invalid)?;
+    let position: u64 = parts.next().and_then(|s| s.parse().ok()).ok_or_else(invalid)?;
+    let stream = parts.next().ok_or_else(invalid)?.to_owned();
+    if now - issued > ITERATOR_TTL.as_millis() as i64 {
+        return Err(KinesisError::new(
+            "ExpiredIteratorException",
+            format!(
+                "Iterator expired. The iterator was created at time {issued} while right now it is {now} which is further in the future than the tolerated delay of 300000 milliseconds."
+            ),
+        ));
+    }
+    Ok((stream, position))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iterators_round_trip_expire_and_cannot_be_forged() {
+        let secret = [7u8; 32];
+        let it = iterator(secret, "toll-lines", 42, 1_000);
+        assert_eq!(open_iterator(secret, &it, 2_000).map_err(|e| e.kind), Ok(("toll-lines".to_owned(), 42)));
+        let expired = open_iterator(secret, &it, 1_000 + 300_001).expect_err("expired");
+        assert_eq!(expired.kind, "ExpiredIteratorException");
+        assert!(open_iterator([8u8; 32], &it, 2_000).is_err(), "another host's secret");
+        let forged =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("000000000000000000000000:1000:43:toll-lines");
+        assert!(open_iterator(secret, &forged, 2_000).is_err());
+    }
+
+    #[test]
+    fn explicit_hash_keys_are_checked() {
+        let data = Some("eA==");
+        assert!(new_record(data, Some("k"), Some(MAX_HASH_KEY)).is_ok());
+        assert!(new_record(data, Some("k"), Some("340282366920938463463374607431768211456")).is_err());
+        assert!(new_record(data, Some("k"), Some("12a")).is_err());
+        assert!(new_record(data, Some(""), None).is_err());
+        assert!(new_record(Some("***"), Some("k"), None).is_err());
+    }
+}

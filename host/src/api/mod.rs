@@ -1,0 +1,111 @@
+//! The host's HTTP API (axum), on one listener:
+//!
+//! - the native JSON API under `/v1/` ([`native`]);
+//! - the Kinesis Data Streams JSON 1.1 protocol on `POST /` ([`kinesis`]), for
+//!   the AWS SDKs and CLI;
+//! - AWS Signature V4 authentication of every request but `GET /v1/health`
+//!   ([`sigv4`]), against the access keys of the manifest's `[api]` section,
+//!   unless the host runs with `--insecure-no-auth`.
+
+pub mod kinesis;
+pub mod native;
+pub mod sigv4;
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+
+pub use native::{ApiError, MAX_KEY_CHARS, MAX_RECORD_BYTES, MAX_RECORDS_PER_GET, MAX_RECORDS_PER_PUT};
+pub use sigv4::AccessKey;
+
+use crate::pipeline::Host;
+
+/// Whether requests must be signed.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    /// Requests must carry a valid SigV4 signature by one of these keys.
+    Keys(Vec<AccessKey>),
+    /// Anyone may call the API: for local development only.
+    InsecureNoAuth,
+}
+
+/// What the handlers share.
+pub struct ApiState {
+    /// The running pipeline.
+    pub host: Arc<Host>,
+    auth: Auth,
+    max_body: usize,
+    /// Signs shard iterators; new at every start, like the iterators' 5-minute life.
+    iterator_secret: [u8; 32],
+}
+
+/// The API's routes over a running pipeline.
+pub fn router(host: Arc<Host>, auth: Auth) -> Router {
+    let max_body = usize::try_from(host.pipeline.api.max_body_bytes).unwrap_or(usize::MAX);
+    let state = Arc::new(ApiState { host, auth, max_body, iterator_secret: random_secret() });
+    let authenticated = Router::new()
+        .route("/", post(kinesis::dispatch))
+        .route("/v1/pipeline", get(native::pipeline_status))
+        .route("/v1/streams/{stream}/records", post(native::put_records).get(native::get_records))
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    Router::new()
+        .route("/v1/health", get(|| async { axum::Json(json!({"status": "ok"})) }))
+        .merge(authenticated)
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+fn random_secret() -> [u8; 32] {
+    let mut secret = [0u8; 32];
+    // /dev/urandom is always there on the platforms weir runs on; the fallback
+    // still differs per process and start time.
+    if std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut secret)).is_err() {
+        let seed = format!("{:?}{}", SystemTime::now(), std::process::id());
+        secret.copy_from_slice(&sha2::Digest::finalize(sha2::Digest::chain_update(sha2::Sha256::default(), seed)));
+    }
+    secret
+}
+
+/// Checks the SigV4 signature (buffering the body, within the size limit) before any handler runs.
+async fn authenticate(State(state): State<Arc<ApiState>>, request: Request, next: Next) -> Response {
+    let Auth::Keys(keys) = &state.auth else { return next.run(request).await };
+    let aws_protocol = request.uri().path() == "/";
+    let (parts, body) = request.into_parts();
+    if parts.headers.get("content-encoding").is_some_and(|v| v != "identity") {
+        let message = "Content-Encoding is not supported: send the body uncompressed";
+        return refuse(aws_protocol, StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType", message.into());
+    }
+    let bytes = match axum::body::to_bytes(body, state.max_body).await {
+        Ok(b) => b,
+        Err(_) => {
+            let message = format!("the body is larger than the limit of {} bytes", state.max_body);
+            return refuse(aws_protocol, StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge", message);
+        }
+    };
+    match sigv4::verify(keys, &parts.method, &parts.uri, &parts.headers, &bytes, SystemTime::now()) {
+        Ok(_) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
+        Err(e) => {
+            let status =
+                if matches!(e, sigv4::AuthError::Missing) { StatusCode::FORBIDDEN } else { StatusCode::BAD_REQUEST };
+            refuse(aws_protocol, status, e.aws_type(), e.to_string())
+        }
+    }
+}
+
+fn refuse(aws_protocol: bool, status: StatusCode, kind: &'static str, message: String) -> Response {
+    if aws_protocol {
+        let mut e = kinesis::KinesisError::new(kind, message);
+        e.set_status(status);
+        e.into_response()
+    } else {
+        ApiError::new(status, kind, message).into_response()
+    }
+}
