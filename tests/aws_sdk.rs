@@ -19,6 +19,7 @@ fn boto3() -> PathBuf {
             .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--upgrade", "--target"])
             .arg(&dir)
             .arg(BOTO3)
+            .env("PIP_ROOT_USER_ACTION", "ignore")
             .status()
             .expect("python3 with pip is needed for the AWS SDK test");
         assert!(status.success(), "pip could not install {BOTO3}");

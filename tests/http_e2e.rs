@@ -133,6 +133,11 @@ async fn toll_lines_put_over_http_become_rows_and_malformed_lines_dead_letters()
     assert!(letter["reason"].as_str().unwrap_or("").contains("expected 8 comma-separated fields"), "{letter}");
     let final_status = host.host.status();
     assert_eq!((stage(&final_status).records_out, stage(&final_status).dead_lettered), (3, 1));
+    let lag = &final_status.consumers[0];
+    assert_eq!(
+        (lag.stream.as_str(), lag.consumer.as_str(), lag.checkpoint, lag.lag_records),
+        ("toll-lines", "etl", 4, 0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -268,6 +273,7 @@ async fn skip_drops_failed_batches_and_stop_keeps_them_in_the_stream() {
     }
     stop.wait_until("the stage stopped", |s| stage(s).phase == weir_host::stage::Phase::Stopped).await;
     stop.stop().await;
+    assert_eq!(stop.host.status().consumers[0].lag_records, 2, "the failed batch and the one after it wait");
     assert_eq!(lines(&stop.path("out.jsonl")), vec!["A"], "nothing after the failed batch is processed");
     assert_eq!(stop.host.status().streams["in"], 3, "all three records were accepted and kept");
 }

@@ -1,4 +1,5 @@
-//! The `weir` command line: `run`, `check`.
+//! The `weir` command line: `run` and `check` a pipeline; `stream`, `put` and
+//! `tail` talk to a running one through its Kinesis API.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -6,7 +7,11 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
+use base64::Engine as _;
+use serde_json::json;
+
 use crate::api::Auth;
+use crate::client::Client;
 use crate::plugin::PluginEngine;
 
 /// weir: a self-hosted streaming runtime with WebAssembly plugins.
@@ -38,6 +43,82 @@ enum Command {
         /// The pipeline manifest.
         manifest: PathBuf,
     },
+    /// Create, list, describe or delete streams of a running weir.
+    Stream {
+        #[command(subcommand)]
+        action: StreamAction,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Put records into a stream: the DATA arguments, or else each line of standard input.
+    Put {
+        /// The stream.
+        stream: String,
+        /// Records to put; none: read lines from standard input.
+        data: Vec<String>,
+        /// Partition key of every record.
+        #[arg(long, default_value = "weir-cli")]
+        partition_key: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Print a stream's records as they arrive, like `tail -f`.
+    Tail {
+        /// The stream.
+        stream: String,
+        /// Where to start.
+        #[arg(long, value_enum, default_value = "latest")]
+        from: TailFrom,
+        /// With `--from at-timestamp`: an RFC 3339 time, e.g. 2026-11-26T14:00:00Z.
+        #[arg(long)]
+        timestamp: Option<String>,
+        /// Stop at the end of the stream instead of waiting for more.
+        #[arg(long)]
+        no_follow: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// Which weir the client verbs talk to. Requests are signed with
+/// `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` when they are set.
+#[derive(Debug, clap::Args)]
+struct Target {
+    /// The host's API.
+    #[arg(long, env = "WEIR_ENDPOINT", default_value = "http://127.0.0.1:7070")]
+    endpoint: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum StreamAction {
+    /// Create a stream.
+    Create {
+        /// Stream name.
+        name: String,
+    },
+    /// List streams.
+    List,
+    /// Describe a stream (JSON).
+    Describe {
+        /// Stream name.
+        name: String,
+    },
+    /// Delete a stream and its records.
+    Delete {
+        /// Stream name.
+        name: String,
+    },
+}
+
+/// Where `weir tail` starts.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum TailFrom {
+    /// The oldest record kept.
+    TrimHorizon,
+    /// Only records put from now on.
+    Latest,
+    /// Records that arrived at or after `--timestamp`.
+    AtTimestamp,
 }
 
 /// Runs the command line; the binary's `main` calls this.
@@ -63,6 +144,120 @@ pub fn main() -> anyhow::Result<()> {
             }
         }
         Command::Run { manifest, build, listen, insecure_no_auth } => run(manifest, build, listen, insecure_no_auth),
+        Command::Stream { action, target } => client_verb(&target, |c| stream(c, action)),
+        Command::Put { stream, data, partition_key, target } => {
+            client_verb(&target, |c| put(c, stream, data, partition_key))
+        }
+        Command::Tail { stream, from, timestamp, no_follow, target } => {
+            client_verb(&target, |c| tail(c, stream, from, timestamp, no_follow))
+        }
+    }
+}
+
+fn client_verb<F, Fut>(target: &Target, f: F) -> anyhow::Result<()>
+where
+    F: FnOnce(Client) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let client = Client::new(&target.endpoint)?;
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(f(client))
+}
+
+async fn stream(client: Client, action: StreamAction) -> anyhow::Result<()> {
+    match action {
+        StreamAction::Create { name } => {
+            client.call("CreateStream", &json!({"StreamName": name, "ShardCount": 1})).await?;
+            println!("created stream `{name}`");
+        }
+        StreamAction::List => {
+            let answer = client.call("ListStreams", &json!({})).await?;
+            for name in answer["StreamNames"].as_array().into_iter().flatten() {
+                println!("{}", name.as_str().unwrap_or(""));
+            }
+        }
+        StreamAction::Describe { name } => {
+            let answer = client.call("DescribeStreamSummary", &json!({"StreamName": name})).await?;
+            println!("{}", serde_json::to_string_pretty(&answer["StreamDescriptionSummary"])?);
+        }
+        StreamAction::Delete { name } => {
+            client.call("DeleteStream", &json!({"StreamName": name})).await?;
+            println!("deleted stream `{name}`");
+        }
+    }
+    Ok(())
+}
+
+async fn put(client: Client, stream: String, data: Vec<String>, partition_key: String) -> anyhow::Result<()> {
+    let lines = if data.is_empty() {
+        std::io::read_to_string(std::io::stdin())?.lines().filter(|l| !l.is_empty()).map(str::to_owned).collect()
+    } else {
+        data
+    };
+    let mut put = 0usize;
+    for chunk in lines.chunks(crate::api::MAX_RECORDS_PER_PUT) {
+        let records: Vec<_> = chunk
+            .iter()
+            .map(|line| json!({"Data": base64::engine::general_purpose::STANDARD.encode(line), "PartitionKey": partition_key}))
+            .collect();
+        let answer = client.call("PutRecords", &json!({"StreamName": stream, "Records": records})).await?;
+        for (line, result) in chunk.iter().zip(answer["Records"].as_array().into_iter().flatten()) {
+            match result["SequenceNumber"].as_str() {
+                Some(seq) => {
+                    put += 1;
+                    println!("{seq}");
+                }
+                None => anyhow::bail!(
+                    "record `{line}` was refused: {}: {}",
+                    result["ErrorCode"].as_str().unwrap_or("?"),
+                    result["ErrorMessage"].as_str().unwrap_or("")
+                ),
+            }
+        }
+    }
+    eprintln!("put {put} record(s) into `{stream}`");
+    Ok(())
+}
+
+async fn tail(
+    client: Client,
+    stream: String,
+    from: TailFrom,
+    timestamp: Option<String>,
+    no_follow: bool,
+) -> anyhow::Result<()> {
+    let shards = client.call("ListShards", &json!({"StreamName": stream})).await?;
+    let shard = shards["Shards"][0]["ShardId"].as_str().unwrap_or("shardId-000000000000").to_owned();
+    let mut request = json!({"StreamName": stream, "ShardId": shard});
+    match from {
+        TailFrom::TrimHorizon => request["ShardIteratorType"] = json!("TRIM_HORIZON"),
+        TailFrom::Latest => request["ShardIteratorType"] = json!("LATEST"),
+        TailFrom::AtTimestamp => {
+            let text =
+                timestamp.ok_or_else(|| anyhow::anyhow!("--from at-timestamp needs --timestamp <RFC 3339 time>"))?;
+            let at = humantime::parse_rfc3339_weak(&text)
+                .with_context(|| format!("--timestamp `{text}` is not RFC 3339"))?;
+            request["ShardIteratorType"] = json!("AT_TIMESTAMP");
+            request["Timestamp"] = json!(crate::sink::system_ms(at) as f64 / 1000.0);
+        }
+    }
+    let mut iterator = client.call("GetShardIterator", &request).await?["ShardIterator"].clone();
+    loop {
+        let answer = client.call("GetRecords", &json!({"ShardIterator": iterator, "Limit": 1000})).await?;
+        let records = answer["Records"].as_array().cloned().unwrap_or_default();
+        for record in &records {
+            let data = base64::engine::general_purpose::STANDARD.decode(record["Data"].as_str().unwrap_or(""))?;
+            match String::from_utf8(data) {
+                Ok(text) => println!("{text}"),
+                Err(e) => println!("base64:{}", base64::engine::general_purpose::STANDARD.encode(e.as_bytes())),
+            }
+        }
+        iterator = answer["NextShardIterator"].clone();
+        if records.is_empty() {
+            if no_follow {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
     }
 }
 

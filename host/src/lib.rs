@@ -9,6 +9,7 @@ pub mod api;
 pub mod build;
 pub mod check;
 pub mod cli;
+pub mod client;
 pub mod manifest;
 pub mod pipeline;
 pub mod plugin;

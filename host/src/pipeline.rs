@@ -65,6 +65,21 @@ pub struct PipelineStatus {
     pub streams: BTreeMap<String, u64>,
     /// Each stage's counters.
     pub stages: Vec<StageStatus>,
+    /// Every consumer's checkpoint and how far it lags behind its stream.
+    pub consumers: Vec<ConsumerLag>,
+}
+
+/// Where a consumer (a stage) is in its stream.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConsumerLag {
+    /// The stream.
+    pub stream: String,
+    /// The consumer (stage name).
+    pub consumer: String,
+    /// Next sequence number it will read.
+    pub checkpoint: u64,
+    /// Records accepted but not yet checkpointed by it.
+    pub lag_records: u64,
 }
 
 /// A running pipeline.
@@ -173,17 +188,26 @@ impl Host {
     /// Counters of every stage and stream.
     pub fn status(&self) -> PipelineStatus {
         let stages = self.stages.iter().map(StageHandle::status).collect();
-        let streams = self
-            .pipeline
-            .streams
-            .iter()
-            .map(|s| (s.name.to_string(), self.streams.end(s.name.as_str()).unwrap_or(0)))
-            .collect();
+        let mut streams = BTreeMap::new();
+        let mut consumers = Vec::new();
+        for name in self.streams.list() {
+            let Ok(info) = self.streams.info(&name) else { continue };
+            for (consumer, checkpoint) in &info.consumers {
+                consumers.push(ConsumerLag {
+                    stream: name.clone(),
+                    consumer: consumer.clone(),
+                    checkpoint: *checkpoint,
+                    lag_records: info.end.saturating_sub(*checkpoint),
+                });
+            }
+            streams.insert(name, info.end);
+        }
         PipelineStatus {
             pipeline: self.pipeline.name.to_string(),
             uptime_seconds: self.started.elapsed().as_secs(),
             streams,
             stages,
+            consumers,
         }
     }
 

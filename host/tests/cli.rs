@@ -100,3 +100,86 @@ fn run_serves_puts_and_drains_on_sigterm() {
     );
     assert!(rejected.contains("expected 8 comma-separated fields"));
 }
+
+#[test]
+fn stream_put_and_tail_talk_to_a_running_weir_with_signed_requests() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifest = dir.path().join("keys.toml");
+    std::fs::write(
+        &manifest,
+        "[pipeline]\nname = \"cli\"\ndata-dir = \"data\"\n\n[api]\naccess-keys = [{ id = \"AKIACLI\", secret-env = \"CLI_TEST_SECRET\" }]\n",
+    )
+    .expect("manifest");
+    let port = free_port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let mut host = Command::new(WEIR)
+        .args(["run", "--listen", &format!("127.0.0.1:{port}")])
+        .arg(&manifest)
+        .env("CLI_TEST_SECRET", "cli-secret")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start weir");
+    let weir = |args: &[&str], secret: &str, stdin: &str| {
+        let mut child = Command::new(WEIR)
+            .args(args)
+            .env("WEIR_ENDPOINT", &endpoint)
+            .env("AWS_ACCESS_KEY_ID", "AKIACLI")
+            .env("AWS_SECRET_ACCESS_KEY", secret)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run weir");
+        if let Some(mut input) = child.stdin.take() {
+            std::io::Write::write_all(&mut input, stdin.as_bytes()).expect("stdin");
+        }
+        let out = child.wait_with_output().expect("wait");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !weir(&["stream", "list"], "cli-secret", "").0 {
+        assert!(Instant::now() < deadline, "weir did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let (ok, out, err) = weir(&["stream", "create", "clicks"], "cli-secret", "");
+    assert!(ok, "{out}{err}");
+    assert_eq!(weir(&["stream", "list"], "cli-secret", "").1, "clicks\n");
+    let (ok, out, err) = weir(&["put", "clicks"], "cli-secret", "first\nsecond\n");
+    assert!(ok, "{out}{err}");
+    assert_eq!(out, "0\n1\n");
+    assert!(err.contains("put 2 record(s) into `clicks`"), "{err}");
+    let (ok, out, err) = weir(&["tail", "clicks", "--from", "trim-horizon", "--no-follow"], "cli-secret", "");
+    assert!(ok, "{err}");
+    assert_eq!(out, "first\nsecond\n");
+    let (ok, out, _) = weir(&["stream", "describe", "clicks"], "cli-secret", "");
+    assert!(ok && out.contains("\"RetentionPeriodHours\": 24"), "{out}");
+
+    let (ok, _, err) = weir(&["put", "clicks", "x"], "wrong-secret", "");
+    assert!(!ok);
+    assert!(err.contains("InvalidSignatureException"), "{err}");
+    let (ok, _, err) = weir(&["stream", "describe", "nope"], "cli-secret", "");
+    assert!(!ok && err.contains("ResourceNotFoundException"), "{err}");
+
+    let (ok, _, err) = weir(&["stream", "delete", "clicks"], "cli-secret", "");
+    assert!(ok, "{err}");
+    assert_eq!(weir(&["stream", "list"], "cli-secret", "").1, "");
+    let _ = host.kill();
+    let _ = host.wait();
+}
+
+#[test]
+fn run_refuses_to_start_without_keys_unless_told_it_is_development() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifest = dir.path().join("open.toml");
+    std::fs::write(&manifest, "[pipeline]\nname = \"open\"\ndata-dir = \"data\"\n").expect("manifest");
+    let out = Command::new(WEIR).arg("run").arg(&manifest).output().expect("run weir");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("[api] has no access-keys") && stderr.contains("--insecure-no-auth"), "{stderr}");
+}

@@ -210,8 +210,27 @@ pub fn verify(
         )));
     }
 
+    let expected = signature(key, method, uri, headers, parsed.signed_headers, parsed.scope, amz_date, body)?;
+    // Constant-time comparison: do not leak how much of the signature matched.
+    let matches = expected.len() == parsed.signature.len()
+        && expected.bytes().zip(parsed.signature.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    if matches { Ok(key.id.clone()) } else { Err(AuthError::BadSignature) }
+}
+
+/// The signature of a request: what `verify` recomputes and `sign` produces.
+#[allow(clippy::too_many_arguments, reason = "the inputs of the SigV4 algorithm, one by one")]
+fn signature(
+    key: &AccessKey,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    signed_headers: &str,
+    scope: &str,
+    amz_date: &str,
+    body: &[u8],
+) -> Result<String, AuthError> {
     let mut canonical_headers = String::new();
-    for name in parsed.signed_headers.split(';') {
+    for name in signed_headers.split(';') {
         let values: Vec<String> = headers
             .get_all(name)
             .iter()
@@ -220,7 +239,8 @@ pub fn verify(
         if values.is_empty() && name != "host" {
             return Err(AuthError::Malformed(format!("signed header `{name}` is not in the request")));
         }
-        let value = if values.is_empty() { uri.host().unwrap_or("").to_owned() } else { values.join(",") };
+        let value =
+            if values.is_empty() { uri.authority().map_or("", |a| a.as_str()).to_owned() } else { values.join(",") };
         canonical_headers.push_str(&format!("{name}:{value}\n"));
     }
     let payload_hash = match headers.get("x-amz-content-sha256").and_then(|v| v.to_str().ok()) {
@@ -233,20 +253,69 @@ pub fn verify(
         uri_encode(&percent_decode(uri.path()), true),
         canonical_query(uri.query().unwrap_or("")),
         canonical_headers,
-        parsed.signed_headers,
+        signed_headers,
         payload_hash
     );
-    let string_to_sign =
-        format!("AWS4-HMAC-SHA256\n{amz_date}\n{}\n{}", parsed.scope, sha256_hex(canonical_request.as_bytes()));
+    let string_to_sign = format!("AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}", sha256_hex(canonical_request.as_bytes()));
     let mut signing_key = format!("AWS4{}", key.secret).into_bytes();
-    for part in parsed.scope.split('/') {
+    for part in scope.split('/') {
         signing_key = hmac(&signing_key, part.as_bytes()).to_vec();
     }
-    let expected = hex(&hmac(&signing_key, string_to_sign.as_bytes()));
-    // Constant-time comparison: do not leak how much of the signature matched.
-    let matches = expected.len() == parsed.signature.len()
-        && expected.bytes().zip(parsed.signature.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
-    if matches { Ok(key.id.clone()) } else { Err(AuthError::BadSignature) }
+    Ok(hex(&hmac(&signing_key, string_to_sign.as_bytes())))
+}
+
+/// `YYYYMMDDTHHMMSSZ` for a time.
+fn amz_date(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil from days (proleptic Gregorian).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z", rem / 3600, rem / 60 % 60, rem % 60)
+}
+
+/// Who signs requests, for which region and service (the `weir` command
+/// line acting as a client).
+#[derive(Debug, Clone, Copy)]
+pub struct Signer<'a> {
+    /// The key to sign with.
+    pub key: &'a AccessKey,
+    /// e.g. `us-east-1`.
+    pub region: &'a str,
+    /// e.g. `kinesis`.
+    pub service: &'a str,
+}
+
+impl Signer<'_> {
+    /// Signs a request in place: adds `x-amz-date`, `host` and `authorization`.
+    pub fn sign(&self, method: &Method, uri: &Uri, headers: &mut HeaderMap, body: &[u8], now: SystemTime) {
+        let date = amz_date(now);
+        let scope = format!("{}/{}/{}/aws4_request", &date[..8], self.region, self.service);
+        if let Ok(v) = date.parse() {
+            headers.insert("x-amz-date", v);
+        }
+        if let Some(Ok(v)) = uri.authority().map(|a| a.as_str().parse()) {
+            headers.insert("host", v);
+        }
+        let mut names: Vec<String> = headers.keys().map(|k| k.as_str().to_owned()).collect();
+        names.sort();
+        names.dedup();
+        let signed = names.join(";");
+        if let Ok(sig) = signature(self.key, method, uri, headers, &signed, &scope, &date, body)
+            && let Ok(v) =
+                format!("AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders={signed}, Signature={sig}", self.key.id)
+                    .parse()
+        {
+            headers.insert("authorization", v);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -298,6 +367,19 @@ mod tests {
         let mut unsigned = h.clone();
         unsigned.remove("authorization");
         assert_eq!(verify(&keys(), &m, &u, &unsigned, b"", at("20150830T123600Z")), Err(AuthError::Missing));
+    }
+
+    #[test]
+    fn what_sign_signs_verify_accepts() {
+        let uri: Uri = "http://127.0.0.1:7070/?b=2&a=1".parse().expect("uri");
+        let mut headers = HeaderMap::new();
+        headers.insert("x-amz-target", "Kinesis_20131202.ListStreams".parse().expect("header"));
+        let now = at("20261126T120000Z");
+        let signer = Signer { key: &keys()[0], region: "us-east-1", service: "kinesis" };
+        signer.sign(&Method::POST, &uri, &mut headers, b"{}", now);
+        assert_eq!(headers["x-amz-date"], "20261126T120000Z");
+        assert_eq!(verify(&keys(), &Method::POST, &uri, &headers, b"{}", now), Ok("AKIDEXAMPLE".into()));
+        assert_eq!(verify(&keys(), &Method::POST, &uri, &headers, b"{ }", now), Err(AuthError::BadSignature));
     }
 
     #[test]
