@@ -105,6 +105,7 @@ impl Host {
                 retention: s.retention,
                 max_bytes: s.max_bytes,
                 segment_bytes: s.segment_bytes,
+                write_limit: s.write_limit,
             })
             .collect();
         let streams = Arc::new(DiskStreams::open(&pipeline.data_dir.join("streams"), &specs, Arc::new(FileSyncer))?);

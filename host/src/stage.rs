@@ -449,14 +449,22 @@ impl Stage {
                         data: Bytes::copy_from_slice(r.payload),
                     })
                     .collect();
-                // A full downstream stream is backpressure, not an error: wait for room.
-                loop {
-                    match self.streams.append(stream, records.clone()) {
-                        Ok(_) => return Ok(()),
-                        Err(StreamError::Full { .. }) => std::thread::sleep(IDLE_POLL),
+                // A full or throttled downstream stream is backpressure, not an
+                // error: wait, and append what is left.
+                let mut rest = records;
+                while !rest.is_empty() {
+                    match self.streams.append(stream, rest.clone()) {
+                        Ok(appended) => {
+                            rest.drain(..appended.len());
+                            if !rest.is_empty() {
+                                std::thread::sleep(IDLE_POLL);
+                            }
+                        }
+                        Err(StreamError::Full { .. } | StreamError::Throttled { .. }) => std::thread::sleep(IDLE_POLL),
                         Err(e) => return Err(e.to_string()),
                     }
                 }
+                Ok(())
             }
         }
     }

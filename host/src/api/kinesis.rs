@@ -69,7 +69,9 @@ impl From<StreamError> for KinesisError {
             StreamError::AlreadyExists(s) => {
                 Self::new("ResourceInUseException", format!("Stream {s} under account 000000000000 already exists."))
             }
-            StreamError::Full { .. } => Self::new("ProvisionedThroughputExceededException", e.to_string()),
+            StreamError::Full { .. } | StreamError::Throttled { .. } => {
+                Self::new("ProvisionedThroughputExceededException", e.to_string())
+            }
             StreamError::Trimmed { .. } => Self::invalid(e.to_string()),
             StreamError::Failed { .. } | StreamError::Corrupt { .. } => {
                 tracing::error!(error = %e, "stream failure answered as InternalFailure");

@@ -66,6 +66,7 @@ impl From<PutError> for ApiError {
             PutError::NotASource(_) => (StatusCode::FORBIDDEN, "NotASource"),
             PutError::Stream(StreamError::UnknownStream(_)) => (StatusCode::NOT_FOUND, "UnknownStream"),
             PutError::Stream(StreamError::Full { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "StreamFull"),
+            PutError::Stream(StreamError::Throttled { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "Throttled"),
             PutError::Stream(
                 StreamError::Trimmed { .. } | StreamError::Corrupt { .. } | StreamError::AlreadyExists(_),
             ) => (StatusCode::INTERNAL_SERVER_ERROR, "Internal"),
@@ -130,12 +131,19 @@ pub(super) async fn put_records(
         )));
     }
     let host_put = api.host.clone();
+    let sent = records.len();
     let appended = tokio::task::spawn_blocking(move || host_put.put(&stream, records)).await.map_err(|_| {
         ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, code: "Internal", message: "put failed".into() }
     })??;
-    let results: Vec<Value> =
-        appended.iter().map(|a| json!({"shard_id": a.shard_id, "sequence_number": a.sequence.to_string()})).collect();
-    Ok(axum::Json(json!({"failed_record_count": 0, "records": results})))
+    // Records past the stream's write limit were not appended: say so per record.
+    let throttled =
+        json!({"error_code": "Throttled", "error_message": "over the stream's write limit; retry with backoff"});
+    let results: Vec<Value> = appended
+        .iter()
+        .map(|a| json!({"shard_id": a.shard_id, "sequence_number": a.sequence.to_string()}))
+        .chain(std::iter::repeat_n(throttled, sent - appended.len()))
+        .collect();
+    Ok(axum::Json(json!({"failed_record_count": sent - appended.len(), "records": results})))
 }
 
 #[derive(Debug, Deserialize)]

@@ -22,6 +22,7 @@
 //! retention = "24h"                   # records older than this are dropped (the default; 1s to 365d)
 //! max-size = "10GiB"                  # optional cap on the stream's files; the oldest go first
 //! segment-size = "128MiB"             # retention drops whole segment files (the default)
+//! write-limit = { bytes-per-second = "1MiB", records-per-second = 1000 }   # optional, as Kinesis shards
 //!
 //! [stages.etl]
 //! plugin = "../plugins/toll-etl"      # a plugin folder (or its plugin.toml)
@@ -55,7 +56,7 @@ use super::plugin::{PluginManifest, World, config_value_text};
 use super::toml_doc::Document;
 use super::units::{ByteSize, Name, parse_duration};
 use crate::api::AccessKey;
-use crate::stream::{DEFAULT_RETENTION, DEFAULT_SEGMENT_BYTES, FsyncPolicy};
+use crate::stream::{DEFAULT_RETENTION, DEFAULT_SEGMENT_BYTES, FsyncPolicy, WriteLimit};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -123,6 +124,14 @@ struct RawStream {
     retention: Option<Spanned<String>>,
     max_size: Option<ByteSize>,
     segment_size: Option<Spanned<ByteSize>>,
+    write_limit: Option<RawWriteLimit>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawWriteLimit {
+    bytes_per_second: ByteSize,
+    records_per_second: u64,
 }
 
 /// The group-commit interval unless a stream sets `fsync-interval`.
@@ -294,6 +303,8 @@ pub struct StreamSpec {
     pub max_bytes: Option<u64>,
     /// Size of one segment file.
     pub segment_bytes: u64,
+    /// Per-shard write limit, if any.
+    pub write_limit: Option<WriteLimit>,
 }
 
 /// Where a stage's output goes.
@@ -750,6 +761,10 @@ impl Checker<'_> {
             retention: retention?,
             max_bytes: raw.max_size.map(|s| s.0),
             segment_bytes: segment_bytes?,
+            write_limit: raw.write_limit.as_ref().map(|w| WriteLimit {
+                bytes_per_second: w.bytes_per_second.0,
+                records_per_second: w.records_per_second,
+            }),
         })
     }
 

@@ -80,6 +80,59 @@ pub struct DiskStreamSpec {
     pub max_bytes: Option<u64>,
     /// A new segment file starts once the current one is this large.
     pub segment_bytes: u64,
+    /// Per-shard write limit, as Kinesis's provisioned throughput; none by default.
+    pub write_limit: Option<WriteLimit>,
+}
+
+/// A shard's write limit: puts beyond it are refused with `Throttled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteLimit {
+    /// Bytes (keys and payloads) per second; Kinesis allows 1 MiB.
+    pub bytes_per_second: u64,
+    /// Records per second; Kinesis allows 1,000.
+    pub records_per_second: u64,
+}
+
+/// A token bucket holding up to one second of the limit.
+#[derive(Debug)]
+struct Bucket {
+    limit: WriteLimit,
+    bytes: f64,
+    records: f64,
+    refilled: Instant,
+}
+
+impl Bucket {
+    fn new(limit: WriteLimit) -> Self {
+        Self {
+            limit,
+            bytes: limit.bytes_per_second as f64,
+            records: limit.records_per_second as f64,
+            refilled: Instant::now(),
+        }
+    }
+
+    /// How many of `records` (a prefix) fit now; takes their tokens.
+    fn admit(&mut self, records: &[NewRecord]) -> usize {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.refilled).as_secs_f64();
+        self.refilled = now;
+        self.bytes =
+            (self.bytes + elapsed * self.limit.bytes_per_second as f64).min(self.limit.bytes_per_second as f64);
+        self.records =
+            (self.records + elapsed * self.limit.records_per_second as f64).min(self.limit.records_per_second as f64);
+        let mut admitted = 0;
+        for r in records {
+            let size = (r.key.len() + r.data.len()) as f64;
+            if self.records < 1.0 || self.bytes < size {
+                break;
+            }
+            self.records -= 1.0;
+            self.bytes -= size;
+            admitted += 1;
+        }
+        admitted
+    }
 }
 
 impl DiskStreamSpec {
@@ -92,6 +145,7 @@ impl DiskStreamSpec {
             retention: DEFAULT_RETENTION,
             max_bytes: None,
             segment_bytes: DEFAULT_SEGMENT_BYTES,
+            write_limit: None,
         }
     }
 }
@@ -129,6 +183,7 @@ struct State {
     syncing: bool,
     failed: Option<String>,
     consumers: BTreeMap<String, u64>,
+    bucket: Option<Bucket>,
 }
 
 struct Shard {
@@ -253,6 +308,7 @@ impl Shard {
             syncing: false,
             failed: None,
             consumers: BTreeMap::new(),
+            bucket: spec.write_limit.map(Bucket::new),
         };
         let last = bases.len() - 1;
         for (i, base) in bases.into_iter().enumerate() {
@@ -617,6 +673,16 @@ impl StreamStore for DiskStreams {
         let consumed = st.consumers.values().copied().min().unwrap_or(shard.oldest(&st));
         if (st.next - consumed) as usize + records.len() > shard.capacity {
             return Err(StreamError::Full { stream: stream.to_owned(), capacity: shard.capacity });
+        }
+        let mut records = records;
+        if let Some(bucket) = &mut st.bucket {
+            let admitted = bucket.admit(&records);
+            if admitted == 0 && !records.is_empty() {
+                let l = bucket.limit;
+                let limit = format!("{} records and {} bytes per second", l.records_per_second, l.bytes_per_second);
+                return Err(StreamError::Throttled { stream: stream.to_owned(), limit });
+            }
+            records.truncate(admitted);
         }
         if records.is_empty() {
             return Ok(Vec::new());
@@ -989,5 +1055,19 @@ mod tests {
         };
         assert_eq!(oldest, 10, "everything but the active segment expired");
         assert_eq!(datas(&s.read("s", 10, 10).expect("read")), vec!["fresh"]);
+    }
+
+    #[test]
+    fn a_write_limit_admits_what_fits_and_throttles_the_rest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut spec = DiskStreamSpec::new("s", 1_000_000, FsyncPolicy::Never);
+        spec.write_limit = Some(WriteLimit { bytes_per_second: 1 << 20, records_per_second: 5 });
+        let s = DiskStreams::open(dir.path(), &[spec], Arc::new(FileSyncer)).expect("open");
+        let batch: Vec<NewRecord> = (0..8).map(|i| rec(&i.to_string())).collect();
+        assert_eq!(s.append("s", batch).expect("partly admitted").len(), 5, "a second's worth");
+        let err = s.append("s", vec![rec("x")]).expect_err("bucket empty");
+        assert!(matches!(err, StreamError::Throttled { .. }), "{err}");
+        std::thread::sleep(Duration::from_millis(450));
+        assert_eq!(s.append("s", vec![rec("a"), rec("b"), rec("c")]).expect("refilled").len(), 2);
     }
 }

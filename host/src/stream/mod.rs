@@ -11,7 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 pub use disk::{
-    DEFAULT_RETENTION, DEFAULT_SEGMENT_BYTES, DiskStreamSpec, DiskStreams, FileSyncer, FsyncPolicy, Syncer,
+    DEFAULT_CAPACITY, DEFAULT_RETENTION, DEFAULT_SEGMENT_BYTES, DiskStreamSpec, DiskStreams, FileSyncer, FsyncPolicy,
+    Syncer, WriteLimit,
 };
 
 /// The one shard of a stream (for now), named like Kinesis shards.
@@ -85,6 +86,15 @@ pub enum StreamError {
         /// What is wrong.
         reason: String,
     },
+    /// The shard's write limit is used up for now (Kinesis's
+    /// `ProvisionedThroughputExceededException`); retry with backoff.
+    #[error("stream `{stream}` is over its write limit ({limit}); retry with backoff")]
+    Throttled {
+        /// The stream.
+        stream: String,
+        /// The limit, as configured.
+        limit: String,
+    },
     /// A stream of that name exists already.
     #[error("a stream named `{0}` exists already")]
     AlreadyExists(String),
@@ -102,7 +112,9 @@ pub enum StreamError {
 
 /// What a stream store offers the host. All positions are "the next sequence to read".
 pub trait StreamStore: Send + Sync {
-    /// Appends records in order; all or none are accepted.
+    /// Appends records in order. With a write limit, only the records that fit
+    /// are appended: the result is then shorter than the input (a prefix), and
+    /// `Throttled` if none fit.
     fn append(&self, stream: &str, records: Vec<NewRecord>) -> Result<Vec<Appended>, StreamError>;
     /// Up to `max` records from position `from`.
     fn read(&self, stream: &str, from: u64, max: usize) -> Result<Vec<StoredRecord>, StreamError>;
