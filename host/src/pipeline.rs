@@ -95,19 +95,7 @@ impl Host {
     /// Opens sinks, loads every plugin (failing fast on any that does not load)
     /// and starts every stage.
     pub fn start(pipeline: Pipeline, engine: &Arc<PluginEngine>) -> Result<Arc<Host>, StartError> {
-        let specs: Vec<DiskStreamSpec> = pipeline
-            .streams
-            .iter()
-            .map(|s| DiskStreamSpec {
-                name: s.name.to_string(),
-                capacity: s.capacity,
-                fsync: s.fsync,
-                retention: s.retention,
-                max_bytes: s.max_bytes,
-                segment_bytes: s.segment_bytes,
-                write_limit: s.write_limit,
-            })
-            .collect();
+        let specs: Vec<DiskStreamSpec> = pipeline.streams.iter().map(|s| s.storage.clone()).collect();
         let streams = Arc::new(DiskStreams::open(&pipeline.data_dir.join("streams"), &specs, Arc::new(FileSyncer))?);
         let mut sinks: BTreeMap<String, Arc<FileSink>> = BTreeMap::new();
         for s in &pipeline.sinks {

@@ -56,7 +56,7 @@ use super::plugin::{PluginManifest, World, config_value_text};
 use super::toml_doc::Document;
 use super::units::{ByteSize, Name, parse_duration};
 use crate::api::AccessKey;
-use crate::stream::{DEFAULT_RETENTION, DEFAULT_SEGMENT_BYTES, FsyncPolicy, WriteLimit};
+use crate::stream::{DEFAULT_RETENTION, DEFAULT_SEGMENT_BYTES, DiskStreamSpec, FsyncPolicy, WriteLimit};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -293,18 +293,8 @@ pub struct Source {
 pub struct StreamSpec {
     /// Its name.
     pub name: Name,
-    /// Unconsumed records held before puts are refused.
-    pub capacity: usize,
-    /// When a put is synced to disk before it is acknowledged.
-    pub fsync: FsyncPolicy,
-    /// How long records are kept.
-    pub retention: Duration,
-    /// Size cap of the stream's files, if any.
-    pub max_bytes: Option<u64>,
-    /// Size of one segment file.
-    pub segment_bytes: u64,
-    /// Per-shard write limit, if any.
-    pub write_limit: Option<WriteLimit>,
+    /// How the stream is stored: capacity, fsync, retention, limits.
+    pub storage: DiskStreamSpec,
 }
 
 /// Where a stage's output goes.
@@ -754,8 +744,8 @@ impl Checker<'_> {
                 None
             }
         };
-        Some(StreamSpec {
-            name,
+        let storage = DiskStreamSpec {
+            name: name.to_string(),
             capacity: raw.capacity,
             fsync: fsync?,
             retention: retention?,
@@ -765,7 +755,8 @@ impl Checker<'_> {
                 bytes_per_second: w.bytes_per_second.0,
                 records_per_second: w.records_per_second,
             }),
-        })
+        };
+        Some(StreamSpec { name, storage })
     }
 
     fn fsync(&self, raw: &RawStream, diags: &mut Diagnostics) -> Option<FsyncPolicy> {
