@@ -55,5 +55,5 @@ access-keys = [{ id = "AKIAWEIRTEST", secret = "weir-test-secret-key" }]
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.contains("9 passed, 0 failed"), "{stdout}\n{stderr}");
+    assert!(stdout.contains("10 passed, 0 failed"), "{stdout}\n{stderr}");
 }

@@ -129,6 +129,7 @@ async fn toll_lines_put_over_http_become_rows_and_malformed_lines_dead_letters()
     assert_eq!(letter["data"], "not,a,toll,line");
     assert_eq!(letter["error_code"], "processing-failed");
     assert_eq!(letter["stage"], "etl");
+    assert_eq!((letter["shard"].as_str(), letter["sequence"].as_str()), (Some("shardId-000000000000"), Some("2")));
     assert_eq!(letter["plugin"], "toll-etl@0.1.0");
     assert!(letter["reason"].as_str().unwrap_or("").contains("expected 8 comma-separated fields"), "{letter}");
     let final_status = host.host.status();
@@ -398,4 +399,36 @@ async fn a_write_limit_throttles_per_record_and_says_so() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert!(body["error"]["message"].as_str().unwrap_or("").contains("write limit"), "{body}");
     host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_reads_every_shard_and_keeps_order_per_key() {
+    let manifest = hostile_manifest("upper", "dead-letter", "")
+        .replace("[streams.in]", "[streams.in]\nshards = 4")
+        .replace("batch-size = 1\n", "batch-size = 16\n");
+    let mut host = TestHost::start(&manifest).await.expect("start");
+    for chunk in 0..4 {
+        let records: Vec<Value> = (0..100)
+            .map(|i| {
+                let n = chunk * 100 + i;
+                json!({"partition_key": format!("k{}", n % 10), "data": format!("k{}-{n}", n % 10)})
+            })
+            .collect();
+        let (status, body) = put(&host, "in", json!({"records": records})).await;
+        assert_eq!((status, body["failed_record_count"].as_u64()), (StatusCode::OK, Some(0)), "{body}");
+    }
+    host.wait_until("400 records processed", |s| stage(s).records_out == 400).await;
+    let shards: std::collections::BTreeSet<String> =
+        host.host.status().consumers.iter().map(|c| c.shard.clone()).collect();
+    assert_eq!(shards.len(), 4, "the stage consumes every shard");
+    host.stop().await;
+    let mut per_key: std::collections::BTreeMap<String, Vec<u32>> = Default::default();
+    for line in lines(&host.path("out.jsonl")) {
+        let (key, n) = line.split_once('-').expect("key-n");
+        per_key.entry(key.to_owned()).or_default().push(n.parse().expect("n"));
+    }
+    assert_eq!(per_key.values().map(Vec::len).sum::<usize>(), 400);
+    for (key, ns) in per_key {
+        assert!(ns.windows(2).all(|w| w[0] < w[1]), "{key} out of order");
+    }
 }

@@ -225,9 +225,7 @@ async fn tail(
     timestamp: Option<String>,
     no_follow: bool,
 ) -> anyhow::Result<()> {
-    let shards = client.call("ListShards", &json!({"StreamName": stream})).await?;
-    let shard = shards["Shards"][0]["ShardId"].as_str().unwrap_or("shardId-000000000000").to_owned();
-    let mut request = json!({"StreamName": stream, "ShardId": shard});
+    let mut request = json!({"StreamName": stream});
     match from {
         TailFrom::TrimHorizon => request["ShardIteratorType"] = json!("TRIM_HORIZON"),
         TailFrom::Latest => request["ShardIteratorType"] = json!("LATEST"),
@@ -240,19 +238,28 @@ async fn tail(
             request["Timestamp"] = json!(crate::sink::system_ms(at) as f64 / 1000.0);
         }
     }
-    let mut iterator = client.call("GetShardIterator", &request).await?["ShardIterator"].clone();
+    // One iterator per shard, read in turn: order holds per shard (so per key).
+    let shards = client.call("ListShards", &json!({"StreamName": stream})).await?;
+    let mut iterators = Vec::new();
+    for shard in shards["Shards"].as_array().into_iter().flatten() {
+        request["ShardId"] = shard["ShardId"].clone();
+        iterators.push(client.call("GetShardIterator", &request).await?["ShardIterator"].clone());
+    }
     loop {
-        let answer = client.call("GetRecords", &json!({"ShardIterator": iterator, "Limit": 1000})).await?;
-        let records = answer["Records"].as_array().cloned().unwrap_or_default();
-        for record in &records {
-            let data = base64::engine::general_purpose::STANDARD.decode(record["Data"].as_str().unwrap_or(""))?;
-            match String::from_utf8(data) {
-                Ok(text) => println!("{text}"),
-                Err(e) => println!("base64:{}", base64::engine::general_purpose::STANDARD.encode(e.as_bytes())),
+        let mut printed = 0;
+        for iterator in &mut iterators {
+            let answer = client.call("GetRecords", &json!({"ShardIterator": iterator, "Limit": 1000})).await?;
+            for record in answer["Records"].as_array().into_iter().flatten() {
+                let data = base64::engine::general_purpose::STANDARD.decode(record["Data"].as_str().unwrap_or(""))?;
+                match String::from_utf8(data) {
+                    Ok(text) => println!("{text}"),
+                    Err(e) => println!("base64:{}", base64::engine::general_purpose::STANDARD.encode(e.as_bytes())),
+                }
+                printed += 1;
             }
+            *iterator = answer["NextShardIterator"].clone();
         }
-        iterator = answer["NextShardIterator"].clone();
-        if records.is_empty() {
+        if printed == 0 {
             if no_follow {
                 return Ok(());
             }

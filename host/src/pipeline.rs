@@ -12,7 +12,7 @@ use crate::manifest::{DeadLetter, Pipeline, Target};
 use crate::plugin::{PluginEngine, PluginError, PluginIdent, SandboxSpec, TransformerPlugin};
 use crate::sink::{FileSink, SinkError};
 use crate::stage::{Stage, StageHandle, StageOutput, StageStatus};
-use crate::stream::{Appended, DiskStreamSpec, DiskStreams, FileSyncer, NewRecord, StreamError, StreamStore};
+use crate::stream::{Appended, DiskStreamSpec, DiskStreams, FileSyncer, NewRecord, StreamError, StreamStore, shard_id};
 
 /// Why a pipeline could not start.
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +61,7 @@ pub struct PipelineStatus {
     pub pipeline: String,
     /// Seconds since start.
     pub uptime_seconds: u64,
-    /// Next sequence number per stream.
+    /// Records ever accepted per stream (all shards).
     pub streams: BTreeMap<String, u64>,
     /// Each stage's counters.
     pub stages: Vec<StageStatus>,
@@ -74,6 +74,8 @@ pub struct PipelineStatus {
 pub struct ConsumerLag {
     /// The stream.
     pub stream: String,
+    /// The shard.
+    pub shard: String,
     /// The consumer (stage name).
     pub consumer: String,
     /// Next sequence number it will read.
@@ -155,10 +157,10 @@ impl Host {
         Ok(Arc::new(Host { pipeline: Arc::new(pipeline), streams, stages, started: Instant::now() }))
     }
 
-    /// Appends records to a stream that has an `http` source.
-    pub fn put(&self, stream: &str, records: Vec<NewRecord>) -> Result<Vec<Appended>, PutError> {
+    /// Appends records to a stream that has an `http` source; one result per record.
+    pub fn put(&self, stream: &str, records: Vec<NewRecord>) -> Result<Vec<Result<Appended, StreamError>>, PutError> {
         if !self.pipeline.sources.iter().any(|s| s.stream.as_str() == stream) {
-            self.streams.end(stream)?;
+            self.streams.shard_count(stream)?;
             return Err(PutError::NotASource(stream.to_owned()));
         }
         Ok(self.streams.append(stream, records)?)
@@ -169,9 +171,15 @@ impl Host {
         self.streams.clone()
     }
 
-    /// Up to `max` records of a stream from sequence `from`.
-    pub fn read(&self, stream: &str, from: u64, max: usize) -> Result<Vec<crate::stream::StoredRecord>, StreamError> {
-        self.streams.read(stream, from, max)
+    /// Up to `max` records of a stream's shard from sequence `from`.
+    pub fn read(
+        &self,
+        stream: &str,
+        shard: u32,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<crate::stream::StoredRecord>, StreamError> {
+        self.streams.read(stream, shard, from, max)
     }
 
     /// Counters of every stage and stream.
@@ -181,15 +189,18 @@ impl Host {
         let mut consumers = Vec::new();
         for name in self.streams.list() {
             let Ok(info) = self.streams.info(&name) else { continue };
-            for (consumer, checkpoint) in &info.consumers {
-                consumers.push(ConsumerLag {
-                    stream: name.clone(),
-                    consumer: consumer.clone(),
-                    checkpoint: *checkpoint,
-                    lag_records: info.end.saturating_sub(*checkpoint),
-                });
+            for shard in &info.shards {
+                for (consumer, checkpoint) in &shard.consumers {
+                    consumers.push(ConsumerLag {
+                        stream: name.clone(),
+                        shard: shard_id(shard.index),
+                        consumer: consumer.clone(),
+                        checkpoint: *checkpoint,
+                        lag_records: shard.end.saturating_sub(*checkpoint),
+                    });
+                }
             }
-            streams.insert(name, info.end);
+            streams.insert(name, info.appended());
         }
         PipelineStatus {
             pipeline: self.pipeline.name.to_string(),

@@ -148,6 +148,7 @@ impl DeadLetter<'_> {
         obj.insert("error_code".into(), json!(self.error_code));
         obj.insert("reason".into(), json!(self.reason));
         obj.insert("stream".into(), json!(o.stream));
+        obj.insert("shard".into(), json!(crate::stream::shard_id(self.record.shard)));
         obj.insert("sequence".into(), json!(self.record.sequence.to_string()));
         obj.insert("partition_key".into(), json!(self.record.key));
         obj.insert("event_time".into(), json!(format_ms(self.record.event_time_ms)));

@@ -248,7 +248,12 @@ impl Stage {
         let _enter = span.enter();
         let input = self.spec.input.as_str();
         let consumer = self.spec.name.as_str();
-        let mut position = match self.streams.register_consumer(input, consumer) {
+        // One position per shard; batches never mix shards, so order per key holds.
+        let positions: Result<Vec<u64>, StreamError> = self
+            .streams
+            .shard_count(input)
+            .and_then(|n| (0..n).map(|shard| self.streams.register_consumer(input, shard, consumer)).collect());
+        let mut positions = match positions {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the input stream; stage stopped");
@@ -260,27 +265,37 @@ impl Stage {
         let mut instance: Option<TransformerInstance> = None;
         let mut instances_created = 0u64;
         let mut consecutive_failures = 0u32;
+        let mut next_shard = 0usize;
         loop {
-            let available = match self.wait_for_batch(position) {
-                Ok(n) => n,
+            let seen = self.streams.changes(input).unwrap_or(0);
+            let ready = match self.next_ready_shard(&positions, next_shard) {
+                Ok(r) => r,
                 Err(e) => {
                     tracing::error!(error = %e, "input stream failed; stage stopped");
                     self.stats.set_phase(Phase::Stopped);
                     return;
                 }
             };
-            if available == 0 {
+            let Some(shard) = ready else {
                 if self.draining.load(Ordering::Relaxed) {
                     break;
                 }
+                let _ = self.streams.wait_change(input, seen, IDLE_POLL);
                 continue;
+            };
+            next_shard = shard + 1;
+            let position = positions[shard];
+            let shard_index = shard as u32;
+            if !self.draining.load(Ordering::Relaxed) {
+                // Give a partial batch `batch-wait` to fill up.
+                let _ = self.streams.wait_for(input, shard_index, position, self.spec.batch_size, self.spec.batch_wait);
             }
-            let records = match self.streams.read(input, position, self.spec.batch_size) {
+            let records = match self.streams.read(input, shard_index, position, self.spec.batch_size) {
                 Ok(r) => r,
                 Err(StreamError::Trimmed { oldest, .. }) => {
                     // As in Kinesis: what retention dropped before it was read is gone.
                     tracing::warn!(expired = oldest - position, "records expired before this stage read them");
-                    position = oldest;
+                    positions[shard] = oldest;
                     continue;
                 }
                 Err(e) => {
@@ -293,20 +308,24 @@ impl Stage {
             let (end, plugin_failed) = self.process(&records, &mut instance, &mut instances_created);
             match end {
                 BatchEnd::Done => {
-                    position = next;
-                    if let Err(e) = self.streams.checkpoint(input, consumer, position) {
+                    positions[shard] = next;
+                    if let Err(e) = self.streams.checkpoint(input, shard_index, consumer, next) {
                         tracing::error!(error = %e, "checkpoint failed");
                     }
                 }
                 BatchEnd::Retry if self.draining.load(Ordering::Relaxed) => {
                     // Shutting down and the batch cannot be processed now: do not
                     // hang the shutdown; the records were never checkpointed.
-                    let left = self.streams.end(input).unwrap_or(position).saturating_sub(position);
+                    let left: u64 = positions
+                        .iter()
+                        .zip(0..)
+                        .map(|(p, s)| self.streams.end(input, s).unwrap_or(*p).saturating_sub(*p))
+                        .sum();
                     tracing::error!(records = left, "shutting down with records this stage could not process");
                     self.stats.set_phase(Phase::Stopped);
                     return;
                 }
-                BatchEnd::Retry => {}
+                BatchEnd::Retry => next_shard = shard,
                 BatchEnd::Stop => {
                     self.stats.set_phase(Phase::Stopped);
                     tracing::error!("stage stopped by its `stop` error policy; its records stay in the stream");
@@ -331,14 +350,16 @@ impl Stage {
         self.stats.set_phase(Phase::Finished);
     }
 
-    /// Waits for a full batch or `batch-wait` after the first record; returns readable records.
-    fn wait_for_batch(&self, position: u64) -> Result<usize, StreamError> {
+    /// The first shard, starting at `from` and going round, with records past its position.
+    fn next_ready_shard(&self, positions: &[u64], from: usize) -> Result<Option<usize>, StreamError> {
         let input = self.spec.input.as_str();
-        let first = self.streams.wait_for(input, position, 1, IDLE_POLL)?;
-        if first == 0 || first >= self.spec.batch_size || self.draining.load(Ordering::Relaxed) {
-            return Ok(first);
+        for k in 0..positions.len() {
+            let shard = (from + k) % positions.len();
+            if self.streams.end(input, shard as u32)? > positions[shard] {
+                return Ok(Some(shard));
+            }
         }
-        self.streams.wait_for(input, position, self.spec.batch_size, self.spec.batch_wait)
+        Ok(None)
     }
 
     /// Sleeps before going on after a plugin failed `streak` times in a row.
@@ -447,21 +468,25 @@ impl Stage {
                         key: r.key.to_owned(),
                         event_time_ms: Some(r.event_time_ms),
                         data: Bytes::copy_from_slice(r.payload),
+                        explicit_hash_key: None,
                     })
                     .collect();
                 // A full or throttled downstream stream is backpressure, not an
                 // error: wait, and append what is left.
                 let mut rest = records;
                 while !rest.is_empty() {
-                    match self.streams.append(stream, rest.clone()) {
-                        Ok(appended) => {
-                            rest.drain(..appended.len());
-                            if !rest.is_empty() {
-                                std::thread::sleep(IDLE_POLL);
-                            }
+                    let results = self.streams.append(stream, rest.clone()).map_err(|e| e.to_string())?;
+                    let mut left = Vec::new();
+                    for (record, result) in rest.into_iter().zip(results) {
+                        match result {
+                            Ok(_) => {}
+                            Err(StreamError::Full { .. } | StreamError::Throttled { .. }) => left.push(record),
+                            Err(e) => return Err(e.to_string()),
                         }
-                        Err(StreamError::Full { .. } | StreamError::Throttled { .. }) => std::thread::sleep(IDLE_POLL),
-                        Err(e) => return Err(e.to_string()),
+                    }
+                    rest = left;
+                    if !rest.is_empty() {
+                        std::thread::sleep(IDLE_POLL);
                     }
                 }
                 Ok(())

@@ -5,6 +5,7 @@ Each check prints one line; the last line counts them, and any failure exits 1.
 """
 
 import datetime
+import hashlib
 import os
 import sys
 import time
@@ -143,6 +144,31 @@ def stale_date():
     assert code == "InvalidSignatureException", code
 
 
+def shards():
+    k.create_stream(StreamName="sharded", ShardCount=4)
+    d = k.describe_stream(StreamName="sharded")["StreamDescription"]
+    ids = [s["ShardId"] for s in d["Shards"]]
+    assert len(ids) == 4, ids
+    ranges = [(int(s["HashKeyRange"]["StartingHashKey"]), int(s["HashKeyRange"]["EndingHashKey"])) for s in d["Shards"]]
+    assert ranges[0][0] == 0 and ranges[-1][1] == 2**128 - 1, ranges
+    assert all(a[1] + 1 == b[0] for a, b in zip(ranges, ranges[1:])), ranges
+    out = k.put_records(StreamName="sharded", Records=[{"Data": str(i).encode(), "PartitionKey": f"key-{i}"} for i in range(100)])
+    assert out["FailedRecordCount"] == 0, out
+    for i, r in enumerate(out["Records"]):
+        h = int(hashlib.md5(f"key-{i}".encode()).hexdigest(), 16)
+        owner = next(sid for sid, (a, b) in zip(ids, ranges) if a <= h <= b)
+        assert r["ShardId"] == owner, (i, r["ShardId"], owner)
+    total = 0
+    for sid in ids:
+        it = k.get_shard_iterator(StreamName="sharded", ShardId=sid, ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+        total += len(k.get_records(ShardIterator=it)["Records"])
+    assert total == 100, total
+    pinned = k.put_record(StreamName="sharded", Data=b"x", PartitionKey="any", ExplicitHashKey=str(2**128 - 1))
+    assert pinned["ShardId"] == ids[-1], pinned
+    assert len(k.list_shards(StreamName="sharded")["Shards"]) == 4
+    k.delete_stream(StreamName="sharded")
+
+
 def delete():
     k.delete_stream(StreamName=STREAM)
     assert STREAM not in k.list_streams()["StreamNames"]
@@ -158,6 +184,7 @@ for name, fn in [
     ("errors have AWS's types", errors),
     ("a wrong secret or an unknown key is refused", wrong_secret),
     ("a stale date is refused", stale_date),
+    ("records spread over shards by the MD5 of their key", shards),
     ("delete the stream", delete),
 ]:
     check(name, fn)

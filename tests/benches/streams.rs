@@ -28,6 +28,7 @@ fn batch(producer: usize) -> Vec<NewRecord> {
             key: format!("p{producer}-{i}"),
             event_time_ms: Some(1_795_000_000_000),
             data: Bytes::from(vec![b'x'; RECORD]),
+            explicit_hash_key: None,
         })
         .collect()
 }
@@ -81,7 +82,7 @@ fn latency() -> (Duration, Duration, usize) {
         for i in 0..500u64 {
             let store = store.clone();
             let consumer = tokio::task::spawn_blocking(move || {
-                store.wait_for("s", i, 1, Duration::from_secs(10)).expect("wait");
+                store.wait_for("s", 0, i, 1, Duration::from_secs(10)).expect("wait");
                 Instant::now()
             });
             let sent = Instant::now();

@@ -2,8 +2,9 @@
 //! Kinesis_20131202.<Operation>`), so the AWS SDKs and CLI work unchanged.
 //! Errors are AWS-shaped: `{"__type": "...", "message": "..."}`.
 //!
-//! A stream has one shard today, covering the whole 128-bit hash key range;
-//! shard iterators are signed tokens that expire after five minutes.
+//! A stream's shards split the 128-bit hash key range evenly; a record goes to
+//! the shard owning the MD5 of its partition key (or its `ExplicitHashKey`).
+//! Shard iterators are signed tokens that expire after five minutes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,12 +19,11 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::native::{MAX_KEY_CHARS, MAX_RECORD_BYTES, MAX_RECORDS_PER_PUT};
+use crate::manifest::pipeline::MAX_SHARDS;
 use crate::pipeline::Host;
-use crate::stream::{NewRecord, SHARD_ID, StreamError, StreamInfo, StreamSettings, now_ms};
+use crate::stream::{NewRecord, ShardInfo, StreamError, StreamInfo, StreamSettings, now_ms, parse_shard_id, shard_id};
 
 const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
-/// The largest hash key: one shard owns 0 ..= this.
-const MAX_HASH_KEY: &str = "340282366920938463463374607431768211455";
 /// Shard iterators expire after this long, as in Kinesis.
 pub const ITERATOR_TTL: Duration = Duration::from_secs(300);
 /// Most records one `GetRecords` returns, as in Kinesis.
@@ -66,6 +66,9 @@ impl From<StreamError> for KinesisError {
     fn from(e: StreamError) -> Self {
         match e {
             StreamError::UnknownStream(s) => Self::not_found(&s),
+            StreamError::UnknownShard { stream, shard } => {
+                Self::new("ResourceNotFoundException", format!("Shard {shard} in stream {stream} not found."))
+            }
             StreamError::AlreadyExists(s) => {
                 Self::new("ResourceInUseException", format!("Stream {s} under account 000000000000 already exists."))
             }
@@ -132,10 +135,15 @@ fn call(host: &Host, secret: [u8; 32], operation: &str, input: Value) -> Result<
     match operation {
         "CreateStream" => {
             let name = args.stream_name()?;
-            if args.shard_count.is_some_and(|n| n != 1) {
-                return Err(KinesisError::invalid("this version of weir supports streams of exactly 1 shard"));
+            let shards = args.shard_count.unwrap_or(1);
+            if !(1..=u64::from(MAX_SHARDS)).contains(&shards) {
+                return Err(KinesisError::invalid(format!("ShardCount {shards} must be between 1 and {MAX_SHARDS}")));
             }
-            streams.create(StreamSettings { name: name.to_owned(), retention: crate::stream::DEFAULT_RETENTION })?;
+            streams.create(StreamSettings {
+                name: name.to_owned(),
+                retention: crate::stream::DEFAULT_RETENTION,
+                shards: shards as u32,
+            })?;
             Ok(json!({}))
         }
         "DeleteStream" => {
@@ -162,14 +170,14 @@ fn call(host: &Host, secret: [u8; 32], operation: &str, input: Value) -> Result<
         "DescribeStream" => {
             let info = streams.info(args.stream_name()?)?;
             let mut description = summary(&info);
-            description["Shards"] = json!([shard(&info)]);
+            description["Shards"] = json!(info.shards.iter().map(shard).collect::<Vec<_>>());
             description["HasMoreShards"] = json!(false);
             Ok(json!({"StreamDescription": description}))
         }
         "DescribeStreamSummary" => {
             let info = streams.info(args.stream_name()?)?;
             let mut description = summary(&info);
-            description["OpenShardCount"] = json!(1);
+            description["OpenShardCount"] = json!(info.shards.len());
             description["ConsumerCount"] = json!(0);
             Ok(json!({"StreamDescriptionSummary": description}))
         }
@@ -180,7 +188,7 @@ fn call(host: &Host, secret: [u8; 32], operation: &str, input: Value) -> Result<
                 (None, None) => return Err(KinesisError::invalid("give StreamName or NextToken")),
             };
             let info = streams.info(&name)?;
-            Ok(json!({"Shards": [shard(&info)]}))
+            Ok(json!({"Shards": info.shards.iter().map(shard).collect::<Vec<_>>()}))
         }
         "IncreaseStreamRetentionPeriod" | "DecreaseStreamRetentionPeriod" => {
             let name = args.stream_name()?;
@@ -205,20 +213,22 @@ fn call(host: &Host, secret: [u8; 32], operation: &str, input: Value) -> Result<
             let record =
                 new_record(args.data.as_deref(), args.partition_key.as_deref(), args.explicit_hash_key.as_deref())?;
             let appended = streams.append(name, vec![record])?;
-            let a = appended.first().ok_or_else(|| KinesisError::invalid("nothing appended"))?;
-            Ok(json!({"ShardId": a.shard_id, "SequenceNumber": a.sequence.to_string(), "EncryptionType": "NONE"}))
+            let a = appended.into_iter().next().ok_or_else(|| KinesisError::invalid("nothing appended"))??;
+            Ok(
+                json!({"ShardId": shard_id(a.shard), "SequenceNumber": a.sequence.to_string(), "EncryptionType": "NONE"}),
+            )
         }
         "PutRecords" => put_records(host, &args),
         "GetShardIterator" => {
             let name = args.stream_name()?;
-            let shard_id = args.shard_id.as_deref().ok_or_else(|| KinesisError::invalid("ShardId is required"))?;
-            if shard_id != SHARD_ID {
+            let id = args.shard_id.as_deref().ok_or_else(|| KinesisError::invalid("ShardId is required"))?;
+            let info = streams.info(name)?;
+            let Some(shard) = parse_shard_id(id).and_then(|i| info.shards.get(i as usize)) else {
                 return Err(KinesisError::new(
                     "ResourceNotFoundException",
-                    format!("Shard {shard_id} in stream {name} not found."),
+                    format!("Shard {id} in stream {name} not found."),
                 ));
-            }
-            let info = streams.info(name)?;
+            };
             let sequence = |required: &str| {
                 args.starting_sequence_number
                     .as_deref()
@@ -226,15 +236,15 @@ fn call(host: &Host, secret: [u8; 32], operation: &str, input: Value) -> Result<
                     .ok_or_else(|| KinesisError::invalid(format!("{required} needs a valid StartingSequenceNumber")))
             };
             let position = match args.shard_iterator_type.as_deref() {
-                Some("TRIM_HORIZON") => info.oldest,
-                Some("LATEST") => info.end,
+                Some("TRIM_HORIZON") => shard.oldest,
+                Some("LATEST") => shard.end,
                 Some("AT_SEQUENCE_NUMBER") => sequence("AT_SEQUENCE_NUMBER")?,
                 Some("AFTER_SEQUENCE_NUMBER") => sequence("AFTER_SEQUENCE_NUMBER")? + 1,
                 Some("AT_TIMESTAMP") => {
                     let seconds = args.timestamp.as_ref().and_then(timestamp_seconds).ok_or_else(|| {
                         KinesisError::invalid("AT_TIMESTAMP needs Timestamp (seconds since the epoch)")
                     })?;
-                    streams.position_at_time(name, (seconds * 1000.0) as i64)?
+                    streams.position_at_time(name, shard.index, (seconds * 1000.0) as i64)?
                 }
                 other => {
                     return Err(KinesisError::invalid(format!(
@@ -242,21 +252,28 @@ fn call(host: &Host, secret: [u8; 32], operation: &str, input: Value) -> Result<
                     )));
                 }
             };
-            Ok(json!({"ShardIterator": iterator(secret, name, position.min(info.end), now_ms())}))
+            let position = position.min(shard.end);
+            Ok(
+                json!({"ShardIterator": iterator(secret, &Position { stream: name.to_owned(), shard: shard.index, position }, now_ms())}),
+            )
         }
         "GetRecords" => {
             let token =
                 args.shard_iterator.as_deref().ok_or_else(|| KinesisError::invalid("ShardIterator is required"))?;
-            let (name, position) = open_iterator(secret, token, now_ms())?;
+            let at = open_iterator(secret, token, now_ms())?;
             let limit = args.limit.unwrap_or(MAX_GET_RECORDS);
             if limit == 0 || limit > MAX_GET_RECORDS {
                 return Err(KinesisError::invalid(format!("Limit must be between 1 and {MAX_GET_RECORDS}")));
             }
-            let info = streams.info(&name)?;
-            let from = position.max(info.oldest);
-            let records = streams.read(&name, from, limit)?;
+            let info = streams.info(&at.stream)?;
+            let shard = info
+                .shards
+                .get(at.shard as usize)
+                .ok_or_else(|| KinesisError::invalid("the iterator's shard is gone"))?;
+            let from = at.position.max(shard.oldest);
+            let records = streams.read(&at.stream, at.shard, from, limit)?;
             let next = records.last().map_or(from, |r| r.sequence + 1);
-            let behind = records.last().filter(|_| next < info.end).map_or(0, |r| (now_ms() - r.arrival_ms).max(0));
+            let behind = records.last().filter(|_| next < shard.end).map_or(0, |r| (now_ms() - r.arrival_ms).max(0));
             let list: Vec<Value> = records
                 .iter()
                 .map(|r| {
@@ -268,8 +285,9 @@ fn call(host: &Host, secret: [u8; 32], operation: &str, input: Value) -> Result<
                     })
                 })
                 .collect();
+            let next = Position { position: next, ..at };
             Ok(
-                json!({"Records": list, "NextShardIterator": iterator(secret, &name, next, now_ms()), "MillisBehindLatest": behind}),
+                json!({"Records": list, "NextShardIterator": iterator(secret, &next, now_ms()), "MillisBehindLatest": behind}),
             )
         }
         other => Err(KinesisError::new("UnknownOperationException", format!("operation {other} is not supported"))),
@@ -297,20 +315,15 @@ fn put_records(host: &Host, args: &Args) -> Result<Value, KinesisError> {
         }
     }
     if !good.is_empty() {
-        match host.streams().append(name, good) {
-            Ok(appended) => {
-                for (slot, a) in slots.iter().zip(appended) {
-                    results[*slot] = json!({"ShardId": a.shard_id, "SequenceNumber": a.sequence.to_string()});
+        let appended = host.streams().append(name, good)?;
+        for (slot, result) in slots.iter().zip(appended) {
+            results[*slot] = match result {
+                Ok(a) => json!({"ShardId": shard_id(a.shard), "SequenceNumber": a.sequence.to_string()}),
+                Err(e) => {
+                    let e = KinesisError::from(e);
+                    json!({"ErrorCode": e.kind, "ErrorMessage": e.message})
                 }
-            }
-            Err(StreamError::UnknownStream(s)) => return Err(KinesisError::not_found(&s)),
-            Err(e @ StreamError::Full { .. }) => {
-                for slot in &slots {
-                    results[*slot] =
-                        json!({"ErrorCode": "ProvisionedThroughputExceededException", "ErrorMessage": e.to_string()});
-                }
-            }
-            Err(e) => return Err(e.into()),
+            };
         }
     }
     let failed = results.iter().filter(|r| r.get("ErrorCode").is_some()).count();
@@ -369,18 +382,19 @@ fn new_record(
     if key.is_empty() || key.chars().count() > MAX_KEY_CHARS {
         return Err(KinesisError::invalid(format!("PartitionKey must be 1 to {MAX_KEY_CHARS} characters")));
     }
-    if let Some(h) = explicit_hash_key
-        && (h.is_empty() || !h.bytes().all(|b| b.is_ascii_digit()) || (h.len(), h) > (MAX_HASH_KEY.len(), MAX_HASH_KEY))
-    {
-        return Err(KinesisError::invalid(format!("ExplicitHashKey `{h}` is not a decimal between 0 and 2^128-1")));
-    }
+    let explicit_hash_key = match explicit_hash_key {
+        None => None,
+        Some(h) => Some(h.parse::<u128>().ok().filter(|_| h.bytes().all(|b| b.is_ascii_digit())).ok_or_else(|| {
+            KinesisError::invalid(format!("ExplicitHashKey `{h}` is not a decimal between 0 and 2^128-1"))
+        })?),
+    };
     let data = base64::engine::general_purpose::STANDARD
         .decode(data.ok_or_else(|| KinesisError::invalid("Data is required"))?)
         .map_err(|e| KinesisError::new("SerializationException", format!("Data is not base64: {e}")))?;
     if data.len() > MAX_RECORD_BYTES {
         return Err(KinesisError::invalid(format!("Data has {} bytes; the limit is {MAX_RECORD_BYTES}", data.len())));
     }
-    Ok(NewRecord { key: key.to_owned(), event_time_ms: None, data: Bytes::from(data) })
+    Ok(NewRecord { key: key.to_owned(), event_time_ms: None, data: Bytes::from(data), explicit_hash_key })
 }
 
 fn arn(name: &str) -> String {
@@ -400,10 +414,10 @@ fn summary(info: &StreamInfo) -> Value {
     })
 }
 
-fn shard(info: &StreamInfo) -> Value {
+fn shard(info: &ShardInfo) -> Value {
     json!({
-        "ShardId": SHARD_ID,
-        "HashKeyRange": {"StartingHashKey": "0", "EndingHashKey": MAX_HASH_KEY},
+        "ShardId": shard_id(info.index),
+        "HashKeyRange": {"StartingHashKey": info.hash_start.to_string(), "EndingHashKey": info.hash_end.to_string()},
         "SequenceNumberRange": {"StartingSequenceNumber": info.oldest.to_string()},
     })
 }
@@ -427,14 +441,22 @@ fn mac(secret: [u8; 32], body: &str) -> String {
     h.finalize()[..12].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// An opaque iterator: the stream, the position and when it was issued, signed
-/// so that a client cannot forge one for another position or extend its life.
-fn iterator(secret: [u8; 32], stream: &str, position: u64, issued_ms: i64) -> String {
-    let body = format!("{issued_ms}:{position}:{stream}");
+/// Where a shard iterator points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Position {
+    stream: String,
+    shard: u32,
+    position: u64,
+}
+
+/// An opaque iterator: the stream, shard, position and when it was issued,
+/// signed so that a client cannot forge one for another position or extend its life.
+fn iterator(secret: [u8; 32], at: &Position, issued_ms: i64) -> String {
+    let body = format!("{issued_ms}:{}:{}:{}", at.shard, at.position, at.stream);
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{}:{body}", mac(secret, &body)))
 }
 
-fn open_iterator(secret: [u8; 32], token: &str, now: i64) -> Result<(String, u64), KinesisError> {
+fn open_iterator(secret: [u8; 32], token: &str, now: i64) -> Result<Position, KinesisError> {
     let invalid = || KinesisError::invalid("ShardIterator is not one weir issued");
     let text = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
     let text = String::from_utf8(text).map_err(|_| invalid())?;
@@ -442,8 +464,9 @@ fn open_iterator(secret: [u8; 32], token: &str, now: i64) -> Result<(String, u64
     if mac(secret, body) != signature {
         return Err(invalid());
     }
-    let mut parts = body.splitn(3, ':');
+    let mut parts = body.splitn(4, ':');
     let issued: i64 = parts.next().and_then(|s| s.parse().ok()).ok_or_else(invalid)?;
+    let shard: u32 = parts.next().and_then(|s| s.parse().ok()).ok_or_else(invalid)?;
     let position: u64 = parts.next().and_then(|s| s.parse().ok()).ok_or_else(invalid)?;
     let stream = parts.next().ok_or_else(invalid)?.to_owned();
     if now - issued > ITERATOR_TTL.as_millis() as i64 {
@@ -454,7 +477,7 @@ fn open_iterator(secret: [u8; 32], token: &str, now: i64) -> Result<(String, u64
             ),
         ));
     }
-    Ok((stream, position))
+    Ok(Position { stream, shard, position })
 }
 
 #[cfg(test)]
@@ -464,8 +487,9 @@ mod tests {
     #[test]
     fn iterators_round_trip_expire_and_cannot_be_forged() {
         let secret = [7u8; 32];
-        let it = iterator(secret, "toll-lines", 42, 1_000);
-        assert_eq!(open_iterator(secret, &it, 2_000).map_err(|e| e.kind), Ok(("toll-lines".to_owned(), 42)));
+        let at = Position { stream: "toll-lines".into(), shard: 3, position: 42 };
+        let it = iterator(secret, &at, 1_000);
+        assert_eq!(open_iterator(secret, &it, 2_000).map_err(|e| e.kind), Ok(at));
         let expired = open_iterator(secret, &it, 1_000 + 300_001).expect_err("expired");
         assert_eq!(expired.kind, "ExpiredIteratorException");
         assert!(open_iterator([8u8; 32], &it, 2_000).is_err(), "another host's secret");
@@ -477,7 +501,10 @@ mod tests {
     #[test]
     fn explicit_hash_keys_are_checked() {
         let data = Some("eA==");
-        assert!(new_record(data, Some("k"), Some(MAX_HASH_KEY)).is_ok());
+        assert_eq!(
+            new_record(data, Some("k"), Some(&u128::MAX.to_string())).map(|r| r.explicit_hash_key).ok(),
+            Some(Some(u128::MAX))
+        );
         assert!(new_record(data, Some("k"), Some("340282366920938463463374607431768211456")).is_err());
         assert!(new_record(data, Some("k"), Some("12a")).is_err());
         assert!(new_record(data, Some(""), None).is_err());

@@ -6,8 +6,8 @@
 //!   `{"partition_key": "17", "data": "text"}` (or `"data_base64"`, and an optional
 //!   `"event_time"` as RFC 3339 or ms), or a batch `{"records": [...]}`; or
 //!   `text/plain`, one record per non-empty line (`?partition_key=` applies to all).
-//! - `GET /v1/streams/{stream}/records?from=0&limit=100`: records from a
-//!   sequence number on, with `next` to continue from.
+//! - `GET /v1/streams/{stream}/records?shard=0&from=0&limit=100`: records of a
+//!   shard from a sequence number on, with `next` to continue from.
 //! - `GET /v1/pipeline`: stages, plugin versions and counters.
 //! - `GET /v1/health`
 
@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::pipeline::PutError;
-use crate::stream::{NewRecord, StreamError};
+use crate::stream::{NewRecord, StreamError, parse_shard_id, shard_id};
 
 /// Most records one request may carry (as Kinesis `PutRecords`).
 pub const MAX_RECORDS_PER_PUT: usize = 500;
@@ -68,7 +68,10 @@ impl From<PutError> for ApiError {
             PutError::Stream(StreamError::Full { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "StreamFull"),
             PutError::Stream(StreamError::Throttled { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "Throttled"),
             PutError::Stream(
-                StreamError::Trimmed { .. } | StreamError::Corrupt { .. } | StreamError::AlreadyExists(_),
+                StreamError::Trimmed { .. }
+                | StreamError::Corrupt { .. }
+                | StreamError::AlreadyExists(_)
+                | StreamError::UnknownShard { .. },
             ) => (StatusCode::INTERNAL_SERVER_ERROR, "Internal"),
             PutError::Stream(StreamError::Failed { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "StorageFailed"),
         };
@@ -131,19 +134,27 @@ pub(super) async fn put_records(
         )));
     }
     let host_put = api.host.clone();
-    let sent = records.len();
-    let appended = tokio::task::spawn_blocking(move || host_put.put(&stream, records)).await.map_err(|_| {
+    let results = tokio::task::spawn_blocking(move || host_put.put(&stream, records)).await.map_err(|_| {
         ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, code: "Internal", message: "put failed".into() }
     })??;
-    // Records past the stream's write limit were not appended: say so per record.
-    let throttled =
-        json!({"error_code": "Throttled", "error_message": "over the stream's write limit; retry with backoff"});
-    let results: Vec<Value> = appended
+    // Nothing accepted: answer with the error itself (503 for a full or throttled stream).
+    if let Some(Err(first)) = results.first()
+        && results.iter().all(|r| r.is_err())
+    {
+        return Err(PutError::Stream(first.clone()).into());
+    }
+    // Otherwise one entry per record; a record past its shard's limits failed alone.
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    let entries: Vec<Value> = results
         .iter()
-        .map(|a| json!({"shard_id": a.shard_id, "sequence_number": a.sequence.to_string()}))
-        .chain(std::iter::repeat_n(throttled, sent - appended.len()))
+        .map(|r| match r {
+            Ok(a) => json!({"shard_id": shard_id(a.shard), "sequence_number": a.sequence.to_string()}),
+            Err(e) => {
+                json!({"error_code": ApiError::from(PutError::Stream(e.clone())).code, "error_message": e.to_string()})
+            }
+        })
         .collect();
-    Ok(axum::Json(json!({"failed_record_count": sent - appended.len(), "records": results})))
+    Ok(axum::Json(json!({"failed_record_count": failed, "records": entries})))
 }
 
 #[derive(Debug, Deserialize)]
@@ -151,6 +162,8 @@ pub(super) struct GetQuery {
     #[serde(default)]
     from: u64,
     limit: Option<usize>,
+    /// A shard id (`shardId-000000000000`) or index; the first shard by default.
+    shard: Option<String>,
 }
 
 /// Most records one read returns.
@@ -165,8 +178,14 @@ pub(super) async fn get_records(
     if limit == 0 || limit > MAX_RECORDS_PER_GET {
         return Err(ApiError::bad(format!("limit must be between 1 and {MAX_RECORDS_PER_GET}")));
     }
+    let shard = match query.shard.as_deref() {
+        None => 0,
+        Some(s) => parse_shard_id(s).or_else(|| s.parse().ok()).ok_or_else(|| {
+            ApiError::bad(format!("shard `{s}` is neither a shard id (shardId-000000000000) nor an index"))
+        })?,
+    };
     let host = api.host.clone();
-    let records = tokio::task::spawn_blocking(move || host.read(&stream, query.from, limit))
+    let records = tokio::task::spawn_blocking(move || host.read(&stream, shard, query.from, limit))
         .await
         .map_err(|_| ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
@@ -176,6 +195,7 @@ pub(super) async fn get_records(
         .map_err(|e| {
             let (status, code) = match &e {
                 StreamError::UnknownStream(_) => (StatusCode::NOT_FOUND, "UnknownStream"),
+                StreamError::UnknownShard { .. } => (StatusCode::NOT_FOUND, "UnknownShard"),
                 StreamError::Trimmed { .. } => (StatusCode::BAD_REQUEST, "Trimmed"),
                 _ => (StatusCode::INTERNAL_SERVER_ERROR, "Internal"),
             };
@@ -186,6 +206,7 @@ pub(super) async fn get_records(
         .iter()
         .map(|r| {
             let mut obj = json!({
+                "shard_id": shard_id(r.shard),
                 "sequence_number": r.sequence.to_string(),
                 "partition_key": r.key,
                 "event_time": crate::sink::format_ms(r.event_time_ms),
@@ -224,7 +245,12 @@ fn text_records(body: &[u8], key: Option<String>) -> Result<Vec<NewRecord>, ApiE
         .enumerate()
         .map(|(i, line)| {
             check_size(i, line.as_bytes())?;
-            Ok(NewRecord { key: key.clone(), event_time_ms: None, data: Bytes::copy_from_slice(line.as_bytes()) })
+            Ok(NewRecord {
+                key: key.clone(),
+                event_time_ms: None,
+                data: Bytes::copy_from_slice(line.as_bytes()),
+                explicit_hash_key: None,
+            })
         })
         .collect()
 }
@@ -257,7 +283,12 @@ fn json_records(body: &[u8]) -> Result<Vec<NewRecord>, ApiError> {
             };
             check_size(i, &data)?;
             let event_time_ms = r.event_time.map(|t| event_time(i, &t)).transpose()?;
-            Ok(NewRecord { key: check_key(r.partition_key.unwrap_or_default())?, event_time_ms, data })
+            Ok(NewRecord {
+                key: check_key(r.partition_key.unwrap_or_default())?,
+                event_time_ms,
+                data,
+                explicit_hash_key: None,
+            })
         })
         .collect()
 }

@@ -16,6 +16,7 @@
 //! stream = "toll-lines"
 //!
 //! [streams.toll-lines]                # kept on disk under <data-dir>/streams/toll-lines
+//! shards = 1                          # each owns an equal slice of the MD5 hash key space (the default: 1)
 //! capacity = 1000000                  # unconsumed records held before puts are refused (the default)
 //! fsync = "group"                     # always | group (the default) | never: when a put is synced
 //! fsync-interval = "5ms"              # longest a group commit waits for more puts (the default)
@@ -125,6 +126,12 @@ struct RawStream {
     max_size: Option<ByteSize>,
     segment_size: Option<Spanned<ByteSize>>,
     write_limit: Option<RawWriteLimit>,
+    #[serde(default = "one_shard")]
+    shards: Spanned<u32>,
+}
+
+fn one_shard() -> Spanned<u32> {
+    Spanned::new(0..0, 1)
 }
 
 #[derive(Debug, Deserialize)]
@@ -133,6 +140,9 @@ struct RawWriteLimit {
     bytes_per_second: ByteSize,
     records_per_second: u64,
 }
+
+/// Most shards a stream may have.
+pub const MAX_SHARDS: u32 = 256;
 
 /// The group-commit interval unless a stream sets `fsync-interval`.
 pub const DEFAULT_FSYNC_INTERVAL: Duration = Duration::from_millis(5);
@@ -744,7 +754,15 @@ impl Checker<'_> {
                 None
             }
         };
+        let shards = *raw.shards.get_ref();
+        if !(1..=MAX_SHARDS).contains(&shards) {
+            diags.push(
+                self.at(raw.shards.span(), format!("shards = {shards} is out of range"))
+                    .help(format!("use 1 to {MAX_SHARDS}")),
+            );
+        }
         let storage = DiskStreamSpec {
+            shards: shards.clamp(1, MAX_SHARDS),
             name: name.to_string(),
             capacity: raw.capacity,
             fsync: fsync?,

@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::{
-    Appended, NewRecord, SHARD_ID, StoredRecord, StreamError, StreamInfo, StreamSettings, StreamStore, now_ms,
+    Appended, NewRecord, ShardInfo, StoredRecord, StreamError, StreamInfo, StreamSettings, StreamStore, hash_key,
+    now_ms, parse_shard_id, shard_end, shard_for, shard_id, shard_start,
 };
 
 const MAGIC: [u8; 2] = *b"WR";
@@ -82,6 +83,8 @@ pub struct DiskStreamSpec {
     pub segment_bytes: u64,
     /// Per-shard write limit, as Kinesis's provisioned throughput; none by default.
     pub write_limit: Option<WriteLimit>,
+    /// Number of shards, each with its own log.
+    pub shards: u32,
 }
 
 /// A shard's write limit: puts beyond it are refused with `Throttled`.
@@ -146,6 +149,7 @@ impl DiskStreamSpec {
             max_bytes: None,
             segment_bytes: DEFAULT_SEGMENT_BYTES,
             write_limit: None,
+            shards: 1,
         }
     }
 }
@@ -193,7 +197,6 @@ struct Shard {
     fsync: FsyncPolicy,
     /// Milliseconds; changeable through the API.
     retention_ms: AtomicU64,
-    created_ms: i64,
     max_bytes: Option<u64>,
     segment_bytes: u64,
     syncer: Arc<dyn Syncer>,
@@ -213,11 +216,75 @@ impl Drop for Arriving<'_> {
     }
 }
 
-/// Durable streams under one folder, one subfolder per stream.
+/// Durable streams under one folder: `<root>/<stream>/<shard id>/`.
 pub struct DiskStreams {
     root: PathBuf,
     syncer: Arc<dyn Syncer>,
-    streams: RwLock<HashMap<String, Arc<Shard>>>,
+    streams: RwLock<HashMap<String, Arc<Stream>>>,
+}
+
+/// One stream: its shards, each owning an equal slice of the hash key space.
+struct Stream {
+    dir: PathBuf,
+    created_ms: i64,
+    shards: Vec<Arc<Shard>>,
+    /// Grows with every append to any shard; stages wait on it.
+    generation: Mutex<u64>,
+    changed: Condvar,
+}
+
+impl Stream {
+    fn open(dir: &Path, spec: &DiskStreamSpec, syncer: &Arc<dyn Syncer>) -> Result<Stream, StreamError> {
+        let name = spec.name.as_str();
+        std::fs::create_dir_all(dir).map_err(|e| io_failed(name, "cannot create its folder", &e))?;
+        let on_disk = std::fs::read_dir(dir)
+            .map_err(|e| io_failed(name, "cannot list its folder", &e))?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_str().and_then(parse_shard_id).is_some())
+            .count();
+        let count = spec.shards.max(1);
+        if on_disk > 0 && on_disk != count as usize {
+            return Err(StreamError::Failed {
+                stream: name.to_owned(),
+                reason: format!(
+                    "it has {on_disk} shards on disk but {count} are configured; changing the shard count of an existing stream is not supported yet"
+                ),
+            });
+        }
+        let shards = (0..count)
+            .map(|i| Shard::open(&dir.join(shard_id(i)), spec, syncer.clone()).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Stream {
+            dir: dir.to_owned(),
+            created_ms: created_ms(dir),
+            shards,
+            generation: Mutex::new(0),
+            changed: Condvar::new(),
+        })
+    }
+
+    fn shard(&self, stream: &str, index: u32) -> Result<&Arc<Shard>, StreamError> {
+        self.shards
+            .get(index as usize)
+            .ok_or_else(|| StreamError::UnknownShard { stream: stream.to_owned(), shard: shard_id(index) })
+    }
+
+    /// Records the settings of a stream created through the API.
+    fn save_settings(&self, name: &str) -> Result<(), StreamError> {
+        let retention = self.shards.first().map_or(0, |s| s.retention_ms.load(Ordering::Relaxed));
+        let text = format!("retention_ms={retention}\nshards={}\n", self.shards.len());
+        let path = self.dir.join(SETTINGS_FILE);
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| io_failed(name, "cannot save its settings", &e))
+    }
+
+    fn bump(&self) {
+        let mut g = self.generation.lock().unwrap_or_else(|p| p.into_inner());
+        *g += 1;
+        self.changed.notify_all();
+    }
 }
 
 impl std::fmt::Debug for DiskStreams {
@@ -239,8 +306,7 @@ impl DiskStreams {
     pub fn open(root: &Path, specs: &[DiskStreamSpec], syncer: Arc<dyn Syncer>) -> Result<Self, StreamError> {
         let mut streams = HashMap::new();
         for spec in specs {
-            let shard = Shard::open(&root.join(&spec.name), spec, syncer.clone())?;
-            streams.insert(spec.name.clone(), Arc::new(shard));
+            streams.insert(spec.name.clone(), Arc::new(Stream::open(&root.join(&spec.name), spec, &syncer)?));
         }
         if let Ok(entries) = std::fs::read_dir(root) {
             for entry in entries.filter_map(|e| e.ok()) {
@@ -249,22 +315,25 @@ impl DiskStreams {
                 if streams.contains_key(&name) {
                     continue;
                 }
-                let retention = text
-                    .lines()
-                    .find_map(|l| l.strip_prefix("retention_ms="))
-                    .and_then(|v| v.trim().parse().ok())
-                    .map_or(DEFAULT_RETENTION, Duration::from_millis);
+                let setting = |key: &str| {
+                    text.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.trim().parse::<u64>().ok())
+                };
                 let mut spec = DiskStreamSpec::new(&name, DEFAULT_CAPACITY, FsyncPolicy::Group(DEFAULT_GROUP_INTERVAL));
-                spec.retention = retention;
-                streams.insert(name, Arc::new(Shard::open(&entry.path(), &spec, syncer.clone())?));
+                spec.retention = setting("retention_ms=").map_or(DEFAULT_RETENTION, Duration::from_millis);
+                spec.shards = setting("shards=").map_or(1, |n| n as u32);
+                streams.insert(name, Arc::new(Stream::open(&entry.path(), &spec, &syncer)?));
             }
         }
         Ok(Self { root: root.to_owned(), syncer, streams: RwLock::new(streams) })
     }
 
-    fn shard(&self, stream: &str) -> Result<Arc<Shard>, StreamError> {
+    fn stream(&self, stream: &str) -> Result<Arc<Stream>, StreamError> {
         let streams = self.streams.read().unwrap_or_else(|p| p.into_inner());
         streams.get(stream).cloned().ok_or_else(|| StreamError::UnknownStream(stream.to_owned()))
+    }
+
+    fn shard(&self, stream: &str, index: u32) -> Result<Arc<Shard>, StreamError> {
+        self.stream(stream)?.shard(stream, index).cloned()
     }
 }
 
@@ -348,7 +417,6 @@ impl Shard {
             capacity: spec.capacity,
             fsync: spec.fsync,
             retention_ms: AtomicU64::new(spec.retention.as_millis() as u64),
-            created_ms: created_ms(dir),
             max_bytes: spec.max_bytes,
             segment_bytes: spec.segment_bytes.max(1),
             syncer,
@@ -507,16 +575,6 @@ impl Shard {
         }
     }
 
-    /// Records the settings of a stream created through the API.
-    fn save_settings(&self) -> Result<(), StreamError> {
-        let text = format!("retention_ms={}\n", self.retention_ms.load(Ordering::Relaxed));
-        let path = self.dir.join(SETTINGS_FILE);
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, text)
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|e| io_failed(&self.name, "cannot save its settings", &e))
-    }
-
     fn persist_checkpoint(&self, consumer: &str, next: u64) {
         let path = self.dir.join("consumers").join(format!("{consumer}.checkpoint"));
         let tmp = path.with_extension("tmp");
@@ -638,7 +696,7 @@ fn encode_frame(first: u64, arrival_ms: i64, records: &[NewRecord]) -> Vec<u8> {
 }
 
 /// Decodes the records of a checked frame.
-fn decode_frame(frame: &[u8]) -> Result<Vec<StoredRecord>, String> {
+fn decode_frame(frame: &[u8], shard: u32) -> Result<Vec<StoredRecord>, String> {
     let payload = frame.get(HEADER..).ok_or("short frame")?;
     let mut at = 0usize;
     let mut take = |n: usize| -> Result<&[u8], String> {
@@ -656,23 +714,25 @@ fn decode_frame(frame: &[u8]) -> Result<Vec<StoredRecord>, String> {
         let key = std::str::from_utf8(take(key_len)?).map_err(|_| "key is not UTF-8")?.to_owned();
         let data_len = u32::from_le_bytes(take(4)?.try_into().map_err(|_| "data length")?) as usize;
         let data = Bytes::copy_from_slice(take(data_len)?);
-        records.push(StoredRecord { sequence: first + i, key, event_time_ms, arrival_ms, data });
+        records.push(StoredRecord { shard, sequence: first + i, key, event_time_ms, arrival_ms, data });
     }
     Ok(records)
 }
 
-impl StreamStore for DiskStreams {
-    fn append(&self, stream: &str, records: Vec<NewRecord>) -> Result<Vec<Appended>, StreamError> {
-        let shard = self.shard(stream)?;
-        shard.arriving.fetch_add(1, Ordering::SeqCst);
-        let arriving = Arriving(&shard.arriving);
-        let mut st = shard.lock();
+impl Shard {
+    /// Appends records to this shard; with a write limit only a prefix may fit.
+    /// Returns the sequence numbers of the records appended.
+    fn append(&self, records: Vec<NewRecord>) -> Result<Vec<u64>, StreamError> {
+        let stream = self.name.as_str();
+        self.arriving.fetch_add(1, Ordering::SeqCst);
+        let arriving = Arriving(&self.arriving);
+        let mut st = self.lock();
         if let Some(reason) = &st.failed {
             return Err(StreamError::Failed { stream: stream.to_owned(), reason: reason.clone() });
         }
-        let consumed = st.consumers.values().copied().min().unwrap_or(shard.oldest(&st));
-        if (st.next - consumed) as usize + records.len() > shard.capacity {
-            return Err(StreamError::Full { stream: stream.to_owned(), capacity: shard.capacity });
+        let consumed = st.consumers.values().copied().min().unwrap_or(self.oldest(&st));
+        if (st.next - consumed) as usize + records.len() > self.capacity {
+            return Err(StreamError::Full { stream: stream.to_owned(), capacity: self.capacity });
         }
         let mut records = records;
         if let Some(bucket) = &mut st.bucket {
@@ -692,22 +752,79 @@ impl StreamStore for DiskStreams {
         // be searched even if the wall clock steps back.
         let arrival_ms = now_ms().max(st.frames.last().map_or(i64::MIN, |f| f.arrival_ms));
         let frame = encode_frame(first, arrival_ms, &records);
-        shard.write_frame(&mut st, &frame, first, records.len() as u32, arrival_ms)?;
-        shard.apply_retention(&mut st, arrival_ms);
+        self.write_frame(&mut st, &frame, first, records.len() as u32, arrival_ms)?;
+        self.apply_retention(&mut st, arrival_ms);
         st.next += records.len() as u64;
         let end = st.next;
         drop(arriving);
         // Wakes a group commit that is gathering writes.
-        shard.changed.notify_all();
-        match shard.fsync {
+        self.changed.notify_all();
+        match self.fsync {
             FsyncPolicy::Never => st.durable = end,
-            FsyncPolicy::Always | FsyncPolicy::Group(_) => shard.wait_durable(st, end)?,
+            FsyncPolicy::Always | FsyncPolicy::Group(_) => self.wait_durable(st, end)?,
         }
-        Ok((first..end).map(|sequence| Appended { shard_id: SHARD_ID, sequence }).collect())
+        Ok((first..end).collect())
+    }
+}
+
+impl StreamStore for DiskStreams {
+    fn append(&self, stream: &str, records: Vec<NewRecord>) -> Result<Vec<Result<Appended, StreamError>>, StreamError> {
+        let target = self.stream(stream)?;
+        let count = target.shards.len() as u32;
+        // Group by shard, remembering each record's place in the input.
+        let mut by_shard: BTreeMap<u32, (Vec<usize>, Vec<NewRecord>)> = BTreeMap::new();
+        let total = records.len();
+        for (i, r) in records.into_iter().enumerate() {
+            let hash = r.explicit_hash_key.unwrap_or_else(|| hash_key(&r.key));
+            let entry = by_shard.entry(shard_for(hash, count)).or_default();
+            entry.0.push(i);
+            entry.1.push(r);
+        }
+        let mut results: Vec<Result<Appended, StreamError>> =
+            (0..total).map(|_| Err(StreamError::UnknownStream(stream.to_owned()))).collect();
+        for (shard, (places, group)) in by_shard {
+            match target.shard(stream, shard)?.append(group) {
+                Ok(sequences) => {
+                    for (k, place) in places.iter().enumerate() {
+                        results[*place] = match sequences.get(k) {
+                            Some(&sequence) => Ok(Appended { shard, sequence }),
+                            None => Err(StreamError::Throttled {
+                                stream: stream.to_owned(),
+                                limit: "the shard's write limit".to_owned(),
+                            }),
+                        };
+                    }
+                }
+                Err(e) => {
+                    for place in places {
+                        results[place] = Err(e.clone());
+                    }
+                }
+            }
+        }
+        target.bump();
+        Ok(results)
     }
 
-    fn read(&self, stream: &str, from: u64, max: usize) -> Result<Vec<StoredRecord>, StreamError> {
-        let shard = self.shard(stream)?;
+    fn shard_count(&self, stream: &str) -> Result<u32, StreamError> {
+        Ok(self.stream(stream)?.shards.len() as u32)
+    }
+
+    fn changes(&self, stream: &str) -> Result<u64, StreamError> {
+        let target = self.stream(stream)?;
+        let g = target.generation.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(*g)
+    }
+
+    fn wait_change(&self, stream: &str, seen: u64, timeout: Duration) -> Result<u64, StreamError> {
+        let target = self.stream(stream)?;
+        let g = target.generation.lock().unwrap_or_else(|p| p.into_inner());
+        let (g, _) = target.changed.wait_timeout_while(g, timeout, |g| *g == seen).unwrap_or_else(|p| p.into_inner());
+        Ok(*g)
+    }
+
+    fn read(&self, stream: &str, shard_index: u32, from: u64, max: usize) -> Result<Vec<StoredRecord>, StreamError> {
+        let shard = self.shard(stream, shard_index)?;
         let (end, reads) = {
             let st = shard.lock();
             let oldest = shard.oldest(&st);
@@ -733,14 +850,21 @@ impl StreamStore for DiskStreams {
                 .map_err(|e| corrupt(&path, frame.offset, format!("cannot read: {e}")))?;
             // Checked again on every read: a record that went bad on disk is never served.
             parse_frame(&bytes).map_err(|reason| corrupt(&path, frame.offset, reason))?;
-            let records = decode_frame(&bytes).map_err(|reason| corrupt(&path, frame.offset, reason))?;
+            let records = decode_frame(&bytes, shard_index).map_err(|reason| corrupt(&path, frame.offset, reason))?;
             out.extend(records.into_iter().filter(|r| r.sequence >= from && r.sequence < end));
         }
         Ok(out)
     }
 
-    fn wait_for(&self, stream: &str, from: u64, min: usize, timeout: Duration) -> Result<usize, StreamError> {
-        let shard = self.shard(stream)?;
+    fn wait_for(
+        &self,
+        stream: &str,
+        shard: u32,
+        from: u64,
+        min: usize,
+        timeout: Duration,
+    ) -> Result<usize, StreamError> {
+        let shard = self.shard(stream, shard)?;
         let deadline = Instant::now() + timeout;
         let mut st = shard.lock();
         loop {
@@ -753,26 +877,26 @@ impl StreamStore for DiskStreams {
         }
     }
 
-    fn register_consumer(&self, stream: &str, consumer: &str) -> Result<u64, StreamError> {
-        let shard = self.shard(stream)?;
+    fn register_consumer(&self, stream: &str, shard: u32, consumer: &str) -> Result<u64, StreamError> {
+        let shard = self.shard(stream, shard)?;
         let mut st = shard.lock();
         let oldest = shard.oldest(&st);
         Ok(*st.consumers.entry(consumer.to_owned()).or_insert(oldest))
     }
 
-    fn checkpoint(&self, stream: &str, consumer: &str, next: u64) -> Result<(), StreamError> {
-        let shard = self.shard(stream)?;
+    fn checkpoint(&self, stream: &str, shard: u32, consumer: &str, next: u64) -> Result<(), StreamError> {
+        let shard = self.shard(stream, shard)?;
         shard.lock().consumers.insert(consumer.to_owned(), next);
         shard.persist_checkpoint(consumer, next);
         Ok(())
     }
 
-    fn end(&self, stream: &str) -> Result<u64, StreamError> {
-        Ok(self.shard(stream)?.lock().durable)
+    fn end(&self, stream: &str, shard: u32) -> Result<u64, StreamError> {
+        Ok(self.shard(stream, shard)?.lock().durable)
     }
 
-    fn position_at_time(&self, stream: &str, arrival_ms: i64) -> Result<u64, StreamError> {
-        let shard = self.shard(stream)?;
+    fn position_at_time(&self, stream: &str, shard: u32, arrival_ms: i64) -> Result<u64, StreamError> {
+        let shard = self.shard(stream, shard)?;
         let st = shard.lock();
         let i = st.frames.partition_point(|f| f.arrival_ms < arrival_ms);
         Ok(st.frames.get(i).map_or(st.durable, |f| f.first.min(st.durable)))
@@ -791,18 +915,19 @@ impl StreamStore for DiskStreams {
         let mut spec =
             DiskStreamSpec::new(&settings.name, DEFAULT_CAPACITY, FsyncPolicy::Group(DEFAULT_GROUP_INTERVAL));
         spec.retention = settings.retention;
-        let shard = Shard::open(&dir, &spec, self.syncer.clone())?;
-        shard.save_settings()?;
-        streams.insert(settings.name, Arc::new(shard));
+        spec.shards = settings.shards.max(1);
+        let created = Stream::open(&dir, &spec, &self.syncer)?;
+        created.save_settings(&settings.name)?;
+        streams.insert(settings.name, Arc::new(created));
         Ok(())
     }
 
     fn delete(&self, stream: &str) -> Result<(), StreamError> {
-        let shard = {
+        let removed = {
             let mut streams = self.streams.write().unwrap_or_else(|p| p.into_inner());
             streams.remove(stream).ok_or_else(|| StreamError::UnknownStream(stream.to_owned()))?
         };
-        std::fs::remove_dir_all(&shard.dir).map_err(|e| io_failed(stream, "cannot remove its folder", &e))
+        std::fs::remove_dir_all(&removed.dir).map_err(|e| io_failed(stream, "cannot remove its folder", &e))
     }
 
     fn list(&self) -> Vec<String> {
@@ -813,25 +938,42 @@ impl StreamStore for DiskStreams {
     }
 
     fn info(&self, stream: &str) -> Result<StreamInfo, StreamError> {
-        let shard = self.shard(stream)?;
-        let st = shard.lock();
+        let target = self.stream(stream)?;
+        let count = target.shards.len() as u32;
+        let shards = target
+            .shards
+            .iter()
+            .zip(0..)
+            .map(|(shard, index)| {
+                let st = shard.lock();
+                ShardInfo {
+                    index,
+                    hash_start: shard_start(index, count),
+                    hash_end: shard_end(index, count),
+                    oldest: shard.oldest(&st),
+                    end: st.durable,
+                    consumers: st.consumers.clone(),
+                }
+            })
+            .collect();
+        let retention = target.shards.first().map_or(0, |s| s.retention_ms.load(Ordering::Relaxed));
         Ok(StreamInfo {
             name: stream.to_owned(),
-            retention: Duration::from_millis(shard.retention_ms.load(Ordering::Relaxed)),
-            created_ms: shard.created_ms,
-            oldest: shard.oldest(&st),
-            end: st.durable,
-            consumers: st.consumers.clone(),
+            retention: Duration::from_millis(retention),
+            created_ms: target.created_ms,
+            shards,
         })
     }
 
     fn set_retention(&self, stream: &str, retention: Duration) -> Result<(), StreamError> {
-        let shard = self.shard(stream)?;
-        shard.retention_ms.store(retention.as_millis() as u64, Ordering::Relaxed);
-        if shard.dir.join(SETTINGS_FILE).exists() {
-            shard.save_settings()?;
+        let target = self.stream(stream)?;
+        for shard in &target.shards {
+            shard.retention_ms.store(retention.as_millis() as u64, Ordering::Relaxed);
+            shard.apply_retention(&mut shard.lock(), now_ms());
         }
-        shard.apply_retention(&mut shard.lock(), now_ms());
+        if target.dir.join(SETTINGS_FILE).exists() {
+            target.save_settings(stream)?;
+        }
         Ok(())
     }
 }
@@ -845,7 +987,17 @@ mod tests {
     }
 
     fn rec(data: &str) -> NewRecord {
-        NewRecord { key: format!("k-{data}"), event_time_ms: Some(7), data: Bytes::copy_from_slice(data.as_bytes()) }
+        NewRecord {
+            key: format!("k-{data}"),
+            event_time_ms: Some(7),
+            data: Bytes::copy_from_slice(data.as_bytes()),
+            explicit_hash_key: None,
+        }
+    }
+
+    /// Appends to shard 0 of a one-shard stream: the sequence numbers, or the first error.
+    fn put(s: &DiskStreams, records: Vec<NewRecord>) -> Result<Vec<u64>, StreamError> {
+        s.append("s", records)?.into_iter().map(|r| r.map(|a| a.sequence)).collect()
     }
 
     fn open(dir: &Path, fsync: FsyncPolicy) -> Result<DiskStreams, StreamError> {
@@ -857,7 +1009,7 @@ mod tests {
     }
 
     fn segment(dir: &Path) -> PathBuf {
-        dir.join("s").join(segment_name(0))
+        dir.join("s").join(shard_id(0)).join(segment_name(0))
     }
 
     #[test]
@@ -865,19 +1017,19 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         {
             let s = open(dir.path(), FsyncPolicy::Always).expect("open");
-            s.append("s", vec![rec("a"), rec("b")]).expect("append");
-            let appended = s.append("s", vec![rec("c")]).expect("append");
-            assert_eq!(appended, vec![Appended { shard_id: SHARD_ID, sequence: 2 }]);
-            s.register_consumer("s", "etl").expect("register");
-            s.checkpoint("s", "etl", 2).expect("checkpoint");
+            put(&s, vec![rec("a"), rec("b")]).expect("append");
+            let appended = put(&s, vec![rec("c")]).expect("append");
+            assert_eq!(appended, vec![2]);
+            s.register_consumer("s", 0, "etl").expect("register");
+            s.checkpoint("s", 0, "etl", 2).expect("checkpoint");
         }
         let s = open(dir.path(), FsyncPolicy::Always).expect("reopen");
-        let all = s.read("s", 0, 10).expect("read");
+        let all = s.read("s", 0, 0, 10).expect("read");
         assert_eq!(datas(&all), vec!["a", "b", "c"]);
         assert_eq!((all[1].sequence, all[1].key.as_str(), all[1].event_time_ms), (1, "k-b", 7));
-        assert_eq!(s.register_consumer("s", "etl"), Ok(2), "a consumer resumes after its checkpoint");
-        assert_eq!(datas(&s.read("s", 1, 1).expect("read")), vec!["b"]);
-        assert_eq!(s.append("s", vec![rec("d")]).expect("append")[0].sequence, 3);
+        assert_eq!(s.register_consumer("s", 0, "etl"), Ok(2), "a consumer resumes after its checkpoint");
+        assert_eq!(datas(&s.read("s", 0, 1, 1).expect("read")), vec!["b"]);
+        assert_eq!(put(&s, vec![rec("d")]).expect("append")[0], 3);
     }
 
     #[test]
@@ -885,17 +1037,17 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         {
             let s = open(dir.path(), FsyncPolicy::Never).expect("open");
-            s.append("s", vec![rec("a")]).expect("append");
-            s.append("s", vec![rec("b"), rec("c")]).expect("append");
+            put(&s, vec![rec("a")]).expect("append");
+            put(&s, vec![rec("b"), rec("c")]).expect("append");
         }
         let len = std::fs::metadata(segment(dir.path())).expect("meta").len();
         let file = OpenOptions::new().write(true).open(segment(dir.path())).expect("open");
         file.set_len(len - 3).expect("tear the last frame");
         drop(file);
         let s = open(dir.path(), FsyncPolicy::Never).expect("recover");
-        assert_eq!(datas(&s.read("s", 0, 10).expect("read")), vec!["a"]);
-        assert_eq!(s.append("s", vec![rec("d")]).expect("append")[0].sequence, 1);
-        assert_eq!(datas(&s.read("s", 0, 10).expect("read")), vec!["a", "d"]);
+        assert_eq!(datas(&s.read("s", 0, 0, 10).expect("read")), vec!["a"]);
+        assert_eq!(put(&s, vec![rec("d")]).expect("append")[0], 1);
+        assert_eq!(datas(&s.read("s", 0, 0, 10).expect("read")), vec!["a", "d"]);
     }
 
     #[test]
@@ -904,10 +1056,10 @@ mod tests {
         let first_frame_len;
         {
             let s = open(dir.path(), FsyncPolicy::Never).expect("open");
-            s.append("s", vec![rec("first")]).expect("append");
+            put(&s, vec![rec("first")]).expect("append");
             first_frame_len = std::fs::metadata(segment(dir.path())).expect("meta").len();
-            s.append("s", vec![rec("second")]).expect("append");
-            s.append("s", vec![rec("third")]).expect("append");
+            put(&s, vec![rec("second")]).expect("append");
+            put(&s, vec![rec("third")]).expect("append");
         }
         // Flip one bit in every position of the second frame in turn: each must be caught.
         let original = std::fs::read(segment(dir.path())).expect("read");
@@ -924,7 +1076,7 @@ mod tests {
                 Err(other) => panic!("byte {byte}: {other}"),
                 Ok(s) => panic!(
                     "byte {byte}: a corrupted stream opened and serves {:?}",
-                    datas(&s.read("s", 0, 9).unwrap_or_default())
+                    datas(&s.read("s", 0, 0, 9).unwrap_or_default())
                 ),
             }
         }
@@ -934,13 +1086,13 @@ mod tests {
     fn damage_after_opening_is_never_served() {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = open(dir.path(), FsyncPolicy::Never).expect("open");
-        s.append("s", vec![rec("precious")]).expect("append");
+        put(&s, vec![rec("precious")]).expect("append");
         let mut bytes = std::fs::read(segment(dir.path())).expect("read");
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
         let file = OpenOptions::new().write(true).open(segment(dir.path())).expect("open");
         file.write_all_at(&bytes, 0).expect("damage");
-        assert!(matches!(s.read("s", 0, 10), Err(StreamError::Corrupt { .. })));
+        assert!(matches!(s.read("s", 0, 0, 10), Err(StreamError::Corrupt { .. })));
     }
 
     struct FailAfter(AtomicUsize);
@@ -959,14 +1111,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let syncer = Arc::new(FailAfter(AtomicUsize::new(2)));
         let s = DiskStreams::open(dir.path(), &spec(FsyncPolicy::Always), syncer).expect("open");
-        s.append("s", vec![rec("1")]).expect("first sync works");
-        s.append("s", vec![rec("2")]).expect("second sync works");
-        let err = s.append("s", vec![rec("3")]).expect_err("third sync fails");
+        put(&s, vec![rec("1")]).expect("first sync works");
+        put(&s, vec![rec("2")]).expect("second sync works");
+        let err = put(&s, vec![rec("3")]).expect_err("third sync fails");
         assert!(err.to_string().contains("injected fsync failure"), "{err}");
-        let later = s.append("s", vec![rec("4")]).expect_err("fail-stop");
+        let later = put(&s, vec![rec("4")]).expect_err("fail-stop");
         assert!(matches!(later, StreamError::Failed { .. }), "{later}");
-        assert_eq!(s.end("s"), Ok(2), "the unsynced record is not readable");
-        assert_eq!(datas(&s.read("s", 0, 10).expect("read")), vec!["1", "2"]);
+        assert_eq!(s.end("s", 0), Ok(2), "the unsynced record is not readable");
+        assert_eq!(datas(&s.read("s", 0, 0, 10).expect("read")), vec!["1", "2"]);
     }
 
     #[test]
@@ -978,7 +1130,7 @@ mod tests {
                 let s = s.clone();
                 std::thread::spawn(move || {
                     for i in 0..50 {
-                        s.append("s", vec![rec(&format!("{w}-{i}"))]).expect("append");
+                        put(&s, vec![rec(&format!("{w}-{i}"))]).expect("append");
                     }
                 })
             })
@@ -986,7 +1138,7 @@ mod tests {
         for w in writers {
             w.join().expect("writer");
         }
-        let all = datas(&s.read("s", 0, 1000).expect("read"));
+        let all = datas(&s.read("s", 0, 0, 1000).expect("read"));
         assert_eq!(all.len(), 200);
         for w in 0..4 {
             let mine: Vec<_> = all.iter().filter(|d| d.starts_with(&format!("{w}-"))).cloned().collect();
@@ -1000,11 +1152,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let specs = vec![DiskStreamSpec::new("s", 2, FsyncPolicy::Never)];
         let s = DiskStreams::open(dir.path(), &specs, Arc::new(FileSyncer)).expect("open");
-        s.register_consumer("s", "c").expect("register");
-        s.append("s", vec![rec("1"), rec("2")]).expect("append");
-        assert!(matches!(s.append("s", vec![rec("3")]), Err(StreamError::Full { .. })));
-        s.checkpoint("s", "c", 2).expect("checkpoint");
-        s.append("s", vec![rec("3")]).expect("room again");
+        s.register_consumer("s", 0, "c").expect("register");
+        put(&s, vec![rec("1"), rec("2")]).expect("append");
+        assert!(matches!(put(&s, vec![rec("3")]), Err(StreamError::Full { .. })));
+        s.checkpoint("s", 0, "c", 2).expect("checkpoint");
+        put(&s, vec![rec("3")]).expect("room again");
     }
 
     #[test]
@@ -1015,7 +1167,7 @@ mod tests {
         by_size.max_bytes = Some(4096);
         let s = DiskStreams::open(dir.path(), &[by_size.clone()], Arc::new(FileSyncer)).expect("open");
         for i in 0..100 {
-            s.append("s", vec![rec(&format!("{i:0>100}"))]).expect("append");
+            put(&s, vec![rec(&format!("{i:0>100}"))]).expect("append");
         }
         let files = std::fs::read_dir(dir.path().join("s"))
             .expect("ls")
@@ -1028,16 +1180,18 @@ mod tests {
             .sum();
         assert!(bytes <= 4096 + 1024, "{bytes} bytes kept");
         assert!(files.count() < 10);
-        let kept = s.read("s", 99, 10).expect("the newest record stays");
+        let kept = s.read("s", 0, 99, 10).expect("the newest record stays");
         assert_eq!(datas(&kept), vec![format!("{:0>100}", 99)]);
-        let Err(StreamError::Trimmed { oldest, .. }) = s.read("s", 0, 10) else { panic!("old records must be gone") };
+        let Err(StreamError::Trimmed { oldest, .. }) = s.read("s", 0, 0, 10) else {
+            panic!("old records must be gone")
+        };
         assert!(oldest > 0 && oldest <= 99);
-        assert_eq!(datas(&s.read("s", oldest, 1).expect("read from the oldest")).len(), 1);
+        assert_eq!(datas(&s.read("s", 0, oldest, 1).expect("read from the oldest")).len(), 1);
         drop(s);
         // The same holds after a restart.
         let s = DiskStreams::open(dir.path(), &[by_size], Arc::new(FileSyncer)).expect("reopen");
-        assert_eq!(s.end("s"), Ok(100));
-        assert!(matches!(s.read("s", 0, 1), Err(StreamError::Trimmed { .. })));
+        assert_eq!(s.end("s", 0), Ok(100));
+        assert!(matches!(s.read("s", 0, 0, 1), Err(StreamError::Trimmed { .. })));
 
         let dir = tempfile::tempdir().expect("tempdir");
         let mut by_age = DiskStreamSpec::new("s", 1_000_000, FsyncPolicy::Never);
@@ -1045,16 +1199,16 @@ mod tests {
         by_age.retention = Duration::from_millis(50);
         let s = DiskStreams::open(dir.path(), &[by_age], Arc::new(FileSyncer)).expect("open");
         for i in 0..10 {
-            s.append("s", vec![rec(&format!("{i:0>100}"))]).expect("append");
+            put(&s, vec![rec(&format!("{i:0>100}"))]).expect("append");
         }
-        assert_eq!(s.read("s", 0, 100).expect("young records stay").len(), 10);
+        assert_eq!(s.read("s", 0, 0, 100).expect("young records stay").len(), 10);
         std::thread::sleep(Duration::from_millis(80));
-        s.append("s", vec![rec("fresh")]).expect("append");
-        let Err(StreamError::Trimmed { oldest, .. }) = s.read("s", 0, 10) else {
+        put(&s, vec![rec("fresh")]).expect("append");
+        let Err(StreamError::Trimmed { oldest, .. }) = s.read("s", 0, 0, 10) else {
             panic!("expired records must be gone")
         };
         assert_eq!(oldest, 10, "everything but the active segment expired");
-        assert_eq!(datas(&s.read("s", 10, 10).expect("read")), vec!["fresh"]);
+        assert_eq!(datas(&s.read("s", 0, 10, 10).expect("read")), vec!["fresh"]);
     }
 
     #[test]
@@ -1064,10 +1218,65 @@ mod tests {
         spec.write_limit = Some(WriteLimit { bytes_per_second: 1 << 20, records_per_second: 5 });
         let s = DiskStreams::open(dir.path(), &[spec], Arc::new(FileSyncer)).expect("open");
         let batch: Vec<NewRecord> = (0..8).map(|i| rec(&i.to_string())).collect();
-        assert_eq!(s.append("s", batch).expect("partly admitted").len(), 5, "a second's worth");
-        let err = s.append("s", vec![rec("x")]).expect_err("bucket empty");
-        assert!(matches!(err, StreamError::Throttled { .. }), "{err}");
+        let admitted = |records| s.append("s", records).expect("append").iter().filter(|r| r.is_ok()).count();
+        assert_eq!(admitted(batch), 5, "a second's worth");
+        let results = s.append("s", vec![rec("x")]).expect("append");
+        assert!(matches!(results[0], Err(StreamError::Throttled { .. })), "{results:?}");
         std::thread::sleep(Duration::from_millis(450));
-        assert_eq!(s.append("s", vec![rec("a"), rec("b"), rec("c")]).expect("refilled").len(), 2);
+        assert_eq!(admitted(vec![rec("a"), rec("b"), rec("c")]), 2, "refilled");
+    }
+
+    #[test]
+    fn records_go_to_the_shard_owning_their_hash_and_keep_order_per_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut spec = DiskStreamSpec::new("s", 1_000_000, FsyncPolicy::Never);
+        spec.shards = 4;
+        let s = DiskStreams::open(dir.path(), &[spec.clone()], Arc::new(FileSyncer)).expect("open");
+        let info = s.info("s").expect("info");
+        assert_eq!(info.shards.len(), 4);
+        assert_eq!((info.shards[0].hash_start, info.shards[3].hash_end), (0, u128::MAX));
+        for pair in info.shards.windows(2) {
+            assert_eq!(pair[0].hash_end + 1, pair[1].hash_start, "ranges are contiguous");
+        }
+        let records: Vec<NewRecord> = (0..200)
+            .map(|i| NewRecord {
+                key: format!("customer-{}", i % 20),
+                event_time_ms: None,
+                data: Bytes::from(format!("{}-{i}", i % 20)),
+                explicit_hash_key: None,
+            })
+            .collect();
+        let results = s.append("s", records).expect("append");
+        let mut used = std::collections::BTreeSet::new();
+        for (i, r) in results.iter().enumerate() {
+            let a = r.as_ref().expect("appended");
+            let hash = hash_key(&format!("customer-{}", i % 20));
+            let owner = &info.shards[a.shard as usize];
+            assert!(owner.hash_start <= hash && hash <= owner.hash_end, "record {i} in the wrong shard");
+            used.insert(a.shard);
+        }
+        assert!(used.len() > 1, "20 keys spread over several shards");
+        let mut seen: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        for shard in 0..4 {
+            for r in s.read("s", shard, 0, 1000).expect("read") {
+                let text = String::from_utf8_lossy(&r.data).into_owned();
+                let (key, n) = text.split_once('-').expect("key-n");
+                seen.entry(key.to_owned()).or_default().push(n.parse().expect("n"));
+            }
+        }
+        assert_eq!(seen.values().map(Vec::len).sum::<usize>(), 200);
+        for (key, ns) in &seen {
+            assert!(ns.windows(2).all(|w| w[0] < w[1]), "key {key} out of order: {ns:?}");
+        }
+        // An explicit hash key wins over the partition key.
+        let pinned = NewRecord { explicit_hash_key: Some(u128::MAX), ..rec("pinned") };
+        assert_eq!(s.append("s", vec![pinned]).expect("append")[0].as_ref().map(|a| a.shard), Ok(3));
+        drop(s);
+        let s = DiskStreams::open(dir.path(), &[spec.clone()], Arc::new(FileSyncer)).expect("reopen");
+        assert_eq!(s.info("s").expect("info").records(), 201);
+        drop(s);
+        spec.shards = 2;
+        let err = DiskStreams::open(dir.path(), &[spec], Arc::new(FileSyncer)).expect_err("shard count changed");
+        assert!(err.to_string().contains("4 shards on disk but 2 are configured"), "{err}");
     }
 }

@@ -15,8 +15,36 @@ pub use disk::{
     Syncer, WriteLimit,
 };
 
-/// The one shard of a stream (for now), named like Kinesis shards.
-pub const SHARD_ID: &str = "shardId-000000000000";
+/// The Kinesis-style id of shard `index`: `shardId-000000000003`.
+pub fn shard_id(index: u32) -> String {
+    format!("shardId-{index:012}")
+}
+
+/// The index in a Kinesis-style shard id.
+pub fn parse_shard_id(id: &str) -> Option<u32> {
+    id.strip_prefix("shardId-").filter(|d| d.len() == 12).and_then(|d| d.parse().ok())
+}
+
+/// Where a partition key falls in the 128-bit hash key space: its MD5, as Kinesis does.
+pub fn hash_key(partition_key: &str) -> u128 {
+    use md5::Digest as _;
+    u128::from_be_bytes(md5::Md5::digest(partition_key.as_bytes()).into())
+}
+
+/// The first hash key of shard `index` of `count` equal shards.
+pub fn shard_start(index: u32, count: u32) -> u128 {
+    if count <= 1 { 0 } else { u128::from(index) * (u128::MAX / u128::from(count) + 1) }
+}
+
+/// The last hash key of shard `index` of `count` equal shards.
+pub fn shard_end(index: u32, count: u32) -> u128 {
+    if index + 1 >= count { u128::MAX } else { shard_start(index + 1, count) - 1 }
+}
+
+/// The shard of `count` equal shards that owns `hash`.
+pub fn shard_for(hash: u128, count: u32) -> u32 {
+    if count <= 1 { 0 } else { ((hash / (u128::MAX / u128::from(count) + 1)) as u32).min(count - 1) }
+}
 
 /// A record to append.
 #[derive(Debug, Clone)]
@@ -27,11 +55,16 @@ pub struct NewRecord {
     pub event_time_ms: Option<i64>,
     /// Payload.
     pub data: Bytes,
+    /// Routes the record to the shard owning this hash key instead of the
+    /// partition key's MD5 (Kinesis's `ExplicitHashKey`).
+    pub explicit_hash_key: Option<u128>,
 }
 
 /// A record in a stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredRecord {
+    /// The shard it is in.
+    pub shard: u32,
     /// Position in the shard, strictly increasing from 0.
     pub sequence: u64,
     /// Partition key.
@@ -47,8 +80,8 @@ pub struct StoredRecord {
 /// Where an appended record went.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Appended {
-    /// Shard id.
-    pub shard_id: &'static str,
+    /// The shard it went to.
+    pub shard: u32,
     /// Sequence number in the shard.
     pub sequence: u64,
 }
@@ -95,6 +128,14 @@ pub enum StreamError {
         /// The limit, as configured.
         limit: String,
     },
+    /// The stream has no such shard.
+    #[error("stream `{stream}` has no shard `{shard}`")]
+    UnknownShard {
+        /// The stream.
+        stream: String,
+        /// The shard id asked for.
+        shard: String,
+    },
     /// A stream of that name exists already.
     #[error("a stream named `{0}` exists already")]
     AlreadyExists(String),
@@ -110,26 +151,41 @@ pub enum StreamError {
     },
 }
 
-/// What a stream store offers the host. All positions are "the next sequence to read".
+/// What a stream store offers the host. A stream has one or more shards,
+/// each owning an equal slice of the 128-bit hash key space; positions are
+/// per shard and mean "the next sequence to read".
 pub trait StreamStore: Send + Sync {
-    /// Appends records in order. With a write limit, only the records that fit
-    /// are appended: the result is then shorter than the input (a prefix), and
-    /// `Throttled` if none fit.
-    fn append(&self, stream: &str, records: Vec<NewRecord>) -> Result<Vec<Appended>, StreamError>;
-    /// Up to `max` records from position `from`.
-    fn read(&self, stream: &str, from: u64, max: usize) -> Result<Vec<StoredRecord>, StreamError>;
-    /// Blocks until at least `min` records are readable from `from`, or `timeout`
-    /// passes; returns how many are readable.
-    fn wait_for(&self, stream: &str, from: u64, min: usize, timeout: Duration) -> Result<usize, StreamError>;
-    /// Registers a consumer; returns the position to resume from.
-    fn register_consumer(&self, stream: &str, consumer: &str) -> Result<u64, StreamError>;
-    /// Records that `consumer` is done with everything before `next`.
-    fn checkpoint(&self, stream: &str, consumer: &str, next: u64) -> Result<(), StreamError>;
-    /// The position after the newest record.
-    fn end(&self, stream: &str) -> Result<u64, StreamError>;
-    /// The position of the first record that arrived at or after `arrival_ms`
-    /// (the end if none did), found through the index, not by scanning.
-    fn position_at_time(&self, stream: &str, arrival_ms: i64) -> Result<u64, StreamError>;
+    /// Appends records, each to the shard its key hashes to, keeping their
+    /// order per shard. One result per record, in input order: a record past
+    /// its shard's write limit or capacity fails alone.
+    fn append(&self, stream: &str, records: Vec<NewRecord>) -> Result<Vec<Result<Appended, StreamError>>, StreamError>;
+    /// How many shards the stream has.
+    fn shard_count(&self, stream: &str) -> Result<u32, StreamError>;
+    /// Up to `max` records of a shard from position `from`.
+    fn read(&self, stream: &str, shard: u32, from: u64, max: usize) -> Result<Vec<StoredRecord>, StreamError>;
+    /// Blocks until at least `min` records of a shard are readable from `from`,
+    /// or `timeout` passes; returns how many are readable.
+    fn wait_for(
+        &self,
+        stream: &str,
+        shard: u32,
+        from: u64,
+        min: usize,
+        timeout: Duration,
+    ) -> Result<usize, StreamError>;
+    /// A counter that grows with every append to any shard of the stream.
+    fn changes(&self, stream: &str) -> Result<u64, StreamError>;
+    /// Blocks until [`StreamStore::changes`] moves past `seen`, or `timeout` passes.
+    fn wait_change(&self, stream: &str, seen: u64, timeout: Duration) -> Result<u64, StreamError>;
+    /// Registers a consumer of a shard; returns the position to resume from.
+    fn register_consumer(&self, stream: &str, shard: u32, consumer: &str) -> Result<u64, StreamError>;
+    /// Records that `consumer` is done with everything of the shard before `next`.
+    fn checkpoint(&self, stream: &str, shard: u32, consumer: &str, next: u64) -> Result<(), StreamError>;
+    /// The position after a shard's newest record.
+    fn end(&self, stream: &str, shard: u32) -> Result<u64, StreamError>;
+    /// The position of a shard's first record that arrived at or after
+    /// `arrival_ms` (the end if none did), found through the index, not by scanning.
+    fn position_at_time(&self, stream: &str, shard: u32, arrival_ms: i64) -> Result<u64, StreamError>;
     /// Creates a stream; it survives restarts.
     fn create(&self, spec: StreamSettings) -> Result<(), StreamError>;
     /// Deletes a stream and its records.
@@ -149,6 +205,8 @@ pub struct StreamSettings {
     pub name: String,
     /// How long records are kept.
     pub retention: Duration,
+    /// Number of shards.
+    pub shards: u32,
 }
 
 /// What a stream is and holds.
@@ -160,6 +218,31 @@ pub struct StreamInfo {
     pub retention: Duration,
     /// When the stream was created, ms since the Unix epoch.
     pub created_ms: i64,
+    /// Its shards, in hash key order.
+    pub shards: Vec<ShardInfo>,
+}
+
+impl StreamInfo {
+    /// Records held in all shards (ends minus oldest).
+    pub fn records(&self) -> u64 {
+        self.shards.iter().map(|s| s.end - s.oldest).sum()
+    }
+
+    /// Records ever appended to all shards.
+    pub fn appended(&self) -> u64 {
+        self.shards.iter().map(|s| s.end).sum()
+    }
+}
+
+/// One shard of a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardInfo {
+    /// Its index; `shard_id(index)` is its Kinesis id.
+    pub index: u32,
+    /// First hash key it owns.
+    pub hash_start: u128,
+    /// Last hash key it owns.
+    pub hash_end: u128,
     /// Sequence number of the oldest record kept.
     pub oldest: u64,
     /// Position after the newest record.
