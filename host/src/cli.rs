@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use base64::Engine as _;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::api::Auth;
 use crate::client::Client;
@@ -108,6 +108,14 @@ enum StreamAction {
         /// Stream name.
         name: String,
     },
+    /// Change the number of shards (uniform scaling): the open shards close and
+    /// this many children split the hash key space; consumers finish parents first.
+    Reshard {
+        /// Stream name.
+        name: String,
+        /// The new number of open shards.
+        shards: u32,
+    },
 }
 
 /// Where `weir tail` starts.
@@ -183,6 +191,11 @@ async fn stream(client: Client, action: StreamAction) -> anyhow::Result<()> {
             client.call("DeleteStream", &json!({"StreamName": name})).await?;
             println!("deleted stream `{name}`");
         }
+        StreamAction::Reshard { name, shards } => {
+            let request = json!({"StreamName": name, "TargetShardCount": shards, "ScalingType": "UNIFORM_SCALING"});
+            let answer = client.call("UpdateShardCount", &request).await?;
+            println!("stream `{name}`: {} -> {shards} shards", answer["CurrentShardCount"]);
+        }
     }
     Ok(())
 }
@@ -239,15 +252,32 @@ async fn tail(
         }
     }
     // One iterator per shard, read in turn: order holds per shard (so per key).
-    let shards = client.call("ListShards", &json!({"StreamName": stream})).await?;
-    let mut iterators = Vec::new();
-    for shard in shards["Shards"].as_array().into_iter().flatten() {
-        request["ShardId"] = shard["ShardId"].clone();
-        iterators.push(client.call("GetShardIterator", &request).await?["ShardIterator"].clone());
-    }
+    // A shard closed by resharding ends; its children are picked up from the start.
+    let mut iterators: Vec<(String, Value)> = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut first_listing = true;
     loop {
+        let shards = client.call("ListShards", &json!({"StreamName": stream})).await?;
+        for shard in shards["Shards"].as_array().into_iter().flatten() {
+            let id = shard["ShardId"].as_str().unwrap_or("").to_owned();
+            if !seen.insert(id.clone()) {
+                continue;
+            }
+            let mut at = request.clone();
+            at["ShardId"] = json!(id);
+            if !first_listing {
+                at["ShardIteratorType"] = json!("TRIM_HORIZON");
+            }
+            let iterator = client.call("GetShardIterator", &at).await?["ShardIterator"].clone();
+            iterators.push((id, iterator));
+        }
+        first_listing = false;
         let mut printed = 0;
-        for iterator in &mut iterators {
+        let mut ended = false;
+        for (_, iterator) in &mut iterators {
+            if iterator.is_null() {
+                continue;
+            }
             let answer = client.call("GetRecords", &json!({"ShardIterator": iterator, "Limit": 1000})).await?;
             for record in answer["Records"].as_array().into_iter().flatten() {
                 let data = base64::engine::general_purpose::STANDARD.decode(record["Data"].as_str().unwrap_or(""))?;
@@ -258,8 +288,9 @@ async fn tail(
                 printed += 1;
             }
             *iterator = answer["NextShardIterator"].clone();
+            ended |= iterator.is_null();
         }
-        if printed == 0 {
+        if printed == 0 && !ended {
             if no_follow {
                 return Ok(());
             }

@@ -268,7 +268,7 @@ impl Stage {
         let mut next_shard = 0usize;
         loop {
             let seen = self.streams.changes(input).unwrap_or(0);
-            let ready = match self.next_ready_shard(&positions, next_shard) {
+            let ready = match self.next_ready_shard(&mut positions, next_shard) {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!(error = %e, "input stream failed; stage stopped");
@@ -350,12 +350,23 @@ impl Stage {
         self.stats.set_phase(Phase::Finished);
     }
 
-    /// The first shard, starting at `from` and going round, with records past its position.
-    fn next_ready_shard(&self, positions: &[u64], from: usize) -> Result<Option<usize>, StreamError> {
+    /// The first shard, starting at `from` and going round, with records past
+    /// its position and no unfinished parent: a parent's records all come
+    /// before its children's, so order per key holds across resharding.
+    /// Shards opened by resharding since the last call are registered first.
+    fn next_ready_shard(&self, positions: &mut Vec<u64>, from: usize) -> Result<Option<usize>, StreamError> {
         let input = self.spec.input.as_str();
+        let lineage = self.streams.lineage(input)?;
+        while positions.len() < lineage.len() {
+            let shard = positions.len() as u32;
+            positions.push(self.streams.register_consumer(input, shard, self.spec.name.as_str())?);
+        }
+        let finished = |p: u32| lineage[p as usize].closed_at.is_some_and(|end| positions[p as usize] >= end);
         for k in 0..positions.len() {
             let shard = (from + k) % positions.len();
-            if self.streams.end(input, shard as u32)? > positions[shard] {
+            if lineage[shard].parents.iter().all(|&p| finished(p))
+                && self.streams.end(input, shard as u32)? > positions[shard]
+            {
                 return Ok(Some(shard));
             }
         }

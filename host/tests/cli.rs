@@ -159,6 +159,12 @@ fn stream_put_and_tail_talk_to_a_running_weir_with_signed_requests() {
     assert_eq!(out, "first\nsecond\n");
     let (ok, out, _) = weir(&["stream", "describe", "clicks"], "cli-secret", "");
     assert!(ok && out.contains("\"RetentionPeriodHours\": 24"), "{out}");
+    let (ok, out, err) = weir(&["stream", "reshard", "clicks", "2"], "cli-secret", "");
+    assert!(ok && out.contains("1 -> 2 shards"), "{out}{err}");
+    assert!(weir(&["put", "clicks", "third"], "cli-secret", "").0);
+    let (ok, out, err) = weir(&["tail", "clicks", "--from", "trim-horizon", "--no-follow"], "cli-secret", "");
+    assert!(ok, "{err}");
+    assert_eq!(out, "first\nsecond\nthird\n", "the closed parent first, then its children");
 
     let (ok, _, err) = weir(&["put", "clicks", "x"], "wrong-secret", "");
     assert!(!ok);

@@ -166,6 +166,21 @@ def shards():
     pinned = k.put_record(StreamName="sharded", Data=b"x", PartitionKey="any", ExplicitHashKey=str(2**128 - 1))
     assert pinned["ShardId"] == ids[-1], pinned
     assert len(k.list_shards(StreamName="sharded")["Shards"]) == 4
+    # Uniform resharding: the four close, two children take over.
+    r = k.update_shard_count(StreamName="sharded", TargetShardCount=2, ScalingType="UNIFORM_SCALING")
+    assert (r["CurrentShardCount"], r["TargetShardCount"]) == (4, 2), r
+    d = k.describe_stream(StreamName="sharded")["StreamDescription"]
+    closed = [s for s in d["Shards"] if "EndingSequenceNumber" in s["SequenceNumberRange"]]
+    children = [s for s in d["Shards"] if "ParentShardId" in s]
+    assert len(closed) == 4 and len(children) == 2, d["Shards"]
+    assert k.describe_stream_summary(StreamName="sharded")["StreamDescriptionSummary"]["OpenShardCount"] == 2
+    # Reading a closed shard to its end ends the iterator and names its children.
+    it = k.get_shard_iterator(StreamName="sharded", ShardId=ids[0], ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+    out = k.get_records(ShardIterator=it)
+    assert "NextShardIterator" not in out or out["NextShardIterator"] is None, out
+    assert [c["ShardId"] for c in out["ChildShards"]] == [children[0]["ShardId"]], out["ChildShards"]
+    after = k.put_record(StreamName="sharded", Data=b"y", PartitionKey="key-1")
+    assert after["ShardId"] in [c["ShardId"] for c in children], after
     k.delete_stream(StreamName="sharded")
 
 
@@ -184,7 +199,7 @@ for name, fn in [
     ("errors have AWS's types", errors),
     ("a wrong secret or an unknown key is refused", wrong_secret),
     ("a stale date is refused", stale_date),
-    ("records spread over shards by the MD5 of their key", shards),
+    ("records spread over shards by the MD5 of their key, and reshard", shards),
     ("delete the stream", delete),
 ]:
     check(name, fn)

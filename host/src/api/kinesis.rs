@@ -177,7 +177,7 @@ fn call(host: &Host, secret: [u8; 32], operation: &str, input: Value) -> Result<
         "DescribeStreamSummary" => {
             let info = streams.info(args.stream_name()?)?;
             let mut description = summary(&info);
-            description["OpenShardCount"] = json!(info.shards.len());
+            description["OpenShardCount"] = json!(info.shards.iter().filter(|s| s.closed_at.is_none()).count());
             description["ConsumerCount"] = json!(0);
             Ok(json!({"StreamDescriptionSummary": description}))
         }
@@ -219,6 +219,24 @@ fn call(host: &Host, secret: [u8; 32], operation: &str, input: Value) -> Result<
             )
         }
         "PutRecords" => put_records(host, &args),
+        "UpdateShardCount" => {
+            let name = args.stream_name()?;
+            let target =
+                args.target_shard_count.ok_or_else(|| KinesisError::invalid("TargetShardCount is required"))?;
+            if args.scaling_type.as_deref().is_some_and(|t| t != "UNIFORM_SCALING") {
+                return Err(KinesisError::invalid("ScalingType must be UNIFORM_SCALING"));
+            }
+            if !(1..=u64::from(MAX_SHARDS)).contains(&target) {
+                return Err(KinesisError::invalid(format!(
+                    "TargetShardCount {target} must be between 1 and {MAX_SHARDS}"
+                )));
+            }
+            let current = streams.info(name)?.shards.iter().filter(|s| s.closed_at.is_none()).count();
+            streams.reshard(name, target as u32)?;
+            Ok(
+                json!({"StreamName": name, "StreamARN": arn(name), "CurrentShardCount": current, "TargetShardCount": target}),
+            )
+        }
         "GetShardIterator" => {
             let name = args.stream_name()?;
             let id = args.shard_id.as_deref().ok_or_else(|| KinesisError::invalid("ShardId is required"))?;
@@ -285,6 +303,20 @@ fn call(host: &Host, secret: [u8; 32], operation: &str, input: Value) -> Result<
                     })
                 })
                 .collect();
+            // A closed shard read to its end has no next iterator: its children go on.
+            if shard.closed_at.is_some_and(|end| next >= end) {
+                let children: Vec<Value> = info
+                    .shards
+                    .iter()
+                    .filter(|s| s.parents.contains(&shard.index))
+                    .map(|s| {
+                        json!({"ShardId": shard_id(s.index),
+                            "ParentShards": s.parents.iter().map(|p| shard_id(*p)).collect::<Vec<_>>(),
+                            "HashKeyRange": {"StartingHashKey": s.hash_start.to_string(), "EndingHashKey": s.hash_end.to_string()}})
+                    })
+                    .collect();
+                return Ok(json!({"Records": list, "MillisBehindLatest": 0, "ChildShards": children}));
+            }
             let next = Position { position: next, ..at };
             Ok(
                 json!({"Records": list, "NextShardIterator": iterator(secret, &next, now_ms()), "MillisBehindLatest": behind}),
@@ -351,6 +383,8 @@ struct Args {
     starting_sequence_number: Option<String>,
     timestamp: Option<Value>,
     shard_iterator: Option<String>,
+    target_shard_count: Option<u64>,
+    scaling_type: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -415,11 +449,21 @@ fn summary(info: &StreamInfo) -> Value {
 }
 
 fn shard(info: &ShardInfo) -> Value {
-    json!({
+    let mut shard = json!({
         "ShardId": shard_id(info.index),
         "HashKeyRange": {"StartingHashKey": info.hash_start.to_string(), "EndingHashKey": info.hash_end.to_string()},
         "SequenceNumberRange": {"StartingSequenceNumber": info.oldest.to_string()},
-    })
+    });
+    if let Some(end) = info.closed_at {
+        shard["SequenceNumberRange"]["EndingSequenceNumber"] = json!(end.saturating_sub(1).to_string());
+    }
+    if let Some(parent) = info.parents.first() {
+        shard["ParentShardId"] = json!(shard_id(*parent));
+    }
+    if let Some(adjacent) = info.parents.get(1) {
+        shard["AdjacentParentShardId"] = json!(shard_id(*adjacent));
+    }
+    shard
 }
 
 /// AWS clients send timestamps as epoch seconds (a number) or text.

@@ -16,7 +16,8 @@
 //! stream = "toll-lines"
 //!
 //! [streams.toll-lines]                # kept on disk under <data-dir>/streams/toll-lines
-//! shards = 1                          # each owns an equal slice of the MD5 hash key space (the default: 1)
+//! shards = 1                          # each owns an equal slice of the MD5 hash key space (the default: 1);
+//!                                     # once the stream exists, resharding through the API wins
 //! capacity = 1000000                  # unconsumed records held before puts are refused (the default)
 //! fsync = "group"                     # always | group (the default) | never: when a put is synced
 //! fsync-interval = "5ms"              # longest a group commit waits for more puts (the default)

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::{
-    Appended, NewRecord, ShardInfo, StoredRecord, StreamError, StreamInfo, StreamSettings, StreamStore, hash_key,
-    now_ms, parse_shard_id, shard_end, shard_for, shard_id, shard_start,
+    Appended, Lineage, NewRecord, ShardInfo, StoredRecord, StreamError, StreamInfo, StreamSettings, StreamStore,
+    hash_key, now_ms, shard_end, shard_id, shard_start,
 };
 
 const MAGIC: [u8; 2] = *b"WR";
@@ -223,56 +223,153 @@ pub struct DiskStreams {
     streams: RwLock<HashMap<String, Arc<Stream>>>,
 }
 
-/// One stream: its shards, each owning an equal slice of the hash key space.
+/// One stream: its shards and their lineage. Open shards split the hash key
+/// space; resharding closes them and opens children whose parents they name.
 struct Stream {
     dir: PathBuf,
     created_ms: i64,
-    shards: Vec<Arc<Shard>>,
+    spec: DiskStreamSpec,
+    syncer: Arc<dyn Syncer>,
+    /// Appends hold it shared (routing must not change under them); resharding holds it exclusively.
+    topology: RwLock<Vec<ShardEntry>>,
     /// Grows with every append to any shard; stages wait on it.
     generation: Mutex<u64>,
     changed: Condvar,
 }
 
+/// One shard of a stream and where it sits in the lineage.
+#[derive(Clone)]
+struct ShardEntry {
+    log: Arc<Shard>,
+    hash_start: u128,
+    hash_end: u128,
+    parents: Vec<u32>,
+    /// Set when resharding closed it: the position after its last record.
+    closed_at: Option<u64>,
+}
+
+/// The lineage of a stream's shards, kept beside them: one line per shard,
+/// `index start end closed_at|- parent,parent`.
+const TOPOLOGY_FILE: &str = "shards.topology";
+
 impl Stream {
     fn open(dir: &Path, spec: &DiskStreamSpec, syncer: &Arc<dyn Syncer>) -> Result<Stream, StreamError> {
         let name = spec.name.as_str();
         std::fs::create_dir_all(dir).map_err(|e| io_failed(name, "cannot create its folder", &e))?;
-        let on_disk = std::fs::read_dir(dir)
-            .map_err(|e| io_failed(name, "cannot list its folder", &e))?
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_str().and_then(parse_shard_id).is_some())
-            .count();
-        let count = spec.shards.max(1);
-        if on_disk > 0 && on_disk != count as usize {
-            return Err(StreamError::Failed {
-                stream: name.to_owned(),
-                reason: format!(
-                    "it has {on_disk} shards on disk but {count} are configured; changing the shard count of an existing stream is not supported yet"
-                ),
-            });
-        }
-        let shards = (0..count)
-            .map(|i| Shard::open(&dir.join(shard_id(i)), spec, syncer.clone()).map(Arc::new))
-            .collect::<Result<Vec<_>, _>>()?;
+        let open_log = |index: u32| Shard::open(&dir.join(shard_id(index)), spec, syncer.clone()).map(Arc::new);
+        let entries = match std::fs::read_to_string(dir.join(TOPOLOGY_FILE)) {
+            Ok(text) => {
+                let mut entries = Vec::new();
+                for (n, line) in text.lines().enumerate() {
+                    let bad = || {
+                        corrupt(&dir.join(TOPOLOGY_FILE), n as u64, format!("line {} is malformed: `{line}`", n + 1))
+                    };
+                    let f: Vec<&str> = line.split_whitespace().collect();
+                    let [index, start, end, closed, parents] = f.as_slice() else { return Err(bad()) };
+                    let index: u32 = index.parse().map_err(|_| bad())?;
+                    if index as usize != entries.len() {
+                        return Err(bad());
+                    }
+                    entries.push(ShardEntry {
+                        log: open_log(index)?,
+                        hash_start: start.parse().map_err(|_| bad())?,
+                        hash_end: end.parse().map_err(|_| bad())?,
+                        closed_at: if *closed == "-" { None } else { Some(closed.parse().map_err(|_| bad())?) },
+                        parents: if *parents == "-" {
+                            Vec::new()
+                        } else {
+                            parents.split(',').map(|p| p.parse().map_err(|_| bad())).collect::<Result<_, _>>()?
+                        },
+                    });
+                }
+                let open = entries.iter().filter(|e| e.closed_at.is_none()).count();
+                if open != spec.shards.max(1) as usize {
+                    tracing::warn!(
+                        stream = name,
+                        open,
+                        configured = spec.shards,
+                        "the stream was resharded; its shards on disk win over the manifest's `shards`"
+                    );
+                }
+                entries
+            }
+            Err(_) => {
+                let count = spec.shards.max(1);
+                let entries = (0..count)
+                    .map(|i| {
+                        Ok(ShardEntry {
+                            log: open_log(i)?,
+                            hash_start: shard_start(i, count),
+                            hash_end: shard_end(i, count),
+                            parents: Vec::new(),
+                            closed_at: None,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, StreamError>>()?;
+                save_topology(dir, name, &entries)?;
+                entries
+            }
+        };
         Ok(Stream {
             dir: dir.to_owned(),
             created_ms: created_ms(dir),
-            shards,
+            spec: spec.clone(),
+            syncer: syncer.clone(),
+            topology: RwLock::new(entries),
             generation: Mutex::new(0),
             changed: Condvar::new(),
         })
     }
 
-    fn shard(&self, stream: &str, index: u32) -> Result<&Arc<Shard>, StreamError> {
-        self.shards
+    fn entries(&self) -> std::sync::RwLockReadGuard<'_, Vec<ShardEntry>> {
+        self.topology.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn shard(&self, stream: &str, index: u32) -> Result<Arc<Shard>, StreamError> {
+        self.entries()
             .get(index as usize)
+            .map(|e| e.log.clone())
             .ok_or_else(|| StreamError::UnknownShard { stream: stream.to_owned(), shard: shard_id(index) })
+    }
+
+    /// Closes every open shard and opens `count` children splitting the hash
+    /// key space evenly; each child names the closed shards it overlaps.
+    fn reshard(&self, stream: &str, count: u32) -> Result<(), StreamError> {
+        let mut entries = self.topology.write().unwrap_or_else(|p| p.into_inner());
+        let parents: Vec<(u32, u128, u128)> = entries
+            .iter()
+            .zip(0..)
+            .filter(|(e, _)| e.closed_at.is_none())
+            .map(|(e, i)| (i, e.hash_start, e.hash_end))
+            .collect();
+        for (index, ..) in &parents {
+            let entry = &mut entries[*index as usize];
+            let end = entry.log.lock().durable;
+            entry.closed_at = Some(end);
+        }
+        let first = entries.len() as u32;
+        for k in 0..count {
+            let (start, end) = (shard_start(k, count), shard_end(k, count));
+            let index = first + k;
+            entries.push(ShardEntry {
+                log: Arc::new(Shard::open(&self.dir.join(shard_id(index)), &self.spec, self.syncer.clone())?),
+                hash_start: start,
+                hash_end: end,
+                parents: parents.iter().filter(|(_, s, e)| *s <= end && start <= *e).map(|(i, ..)| *i).collect(),
+                closed_at: None,
+            });
+        }
+        save_topology(&self.dir, stream, &entries)?;
+        drop(entries);
+        self.bump();
+        tracing::info!(stream, shards = count, "resharded");
+        Ok(())
     }
 
     /// Records the settings of a stream created through the API.
     fn save_settings(&self, name: &str) -> Result<(), StreamError> {
-        let retention = self.shards.first().map_or(0, |s| s.retention_ms.load(Ordering::Relaxed));
-        let text = format!("retention_ms={retention}\nshards={}\n", self.shards.len());
+        let retention = self.entries().first().map_or(0, |e| e.log.retention_ms.load(Ordering::Relaxed));
+        let text = format!("retention_ms={retention}\nshards={}\n", self.spec.shards);
         let path = self.dir.join(SETTINGS_FILE);
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, text)
@@ -333,7 +430,7 @@ impl DiskStreams {
     }
 
     fn shard(&self, stream: &str, index: u32) -> Result<Arc<Shard>, StreamError> {
-        self.stream(stream)?.shard(stream, index).cloned()
+        self.stream(stream)?.shard(stream, index)
     }
 }
 
@@ -349,6 +446,26 @@ fn created_ms(dir: &Path) -> i64 {
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or_else(now_ms, |d| d.as_millis() as i64)
+}
+
+fn save_topology(dir: &Path, stream: &str, entries: &[ShardEntry]) -> Result<(), StreamError> {
+    let mut text = String::new();
+    for (i, e) in entries.iter().enumerate() {
+        let closed = e.closed_at.map_or("-".to_owned(), |c| c.to_string());
+        let parents = if e.parents.is_empty() {
+            "-".to_owned()
+        } else {
+            e.parents.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+        };
+        text.push_str(&format!("{i} {} {} {closed} {parents}\n", e.hash_start, e.hash_end));
+    }
+    let path = dir.join(TOPOLOGY_FILE);
+    let tmp = path.with_extension("tmp");
+    // Synced: losing the lineage would lose the order between parents and children.
+    std::fs::write(&tmp, text)
+        .and_then(|()| File::open(&tmp)?.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| io_failed(stream, "cannot save its shard lineage", &e))
 }
 
 fn segment_name(base: u64) -> String {
@@ -770,20 +887,27 @@ impl Shard {
 impl StreamStore for DiskStreams {
     fn append(&self, stream: &str, records: Vec<NewRecord>) -> Result<Vec<Result<Appended, StreamError>>, StreamError> {
         let target = self.stream(stream)?;
-        let count = target.shards.len() as u32;
+        // Held shared until the records are in: resharding cannot close a shard under them.
+        let entries = target.entries();
+        let open: Vec<(u32, u128)> =
+            entries.iter().zip(0..).filter(|(e, _)| e.closed_at.is_none()).map(|(e, i)| (i, e.hash_start)).collect();
         // Group by shard, remembering each record's place in the input.
         let mut by_shard: BTreeMap<u32, (Vec<usize>, Vec<NewRecord>)> = BTreeMap::new();
         let total = records.len();
         for (i, r) in records.into_iter().enumerate() {
             let hash = r.explicit_hash_key.unwrap_or_else(|| hash_key(&r.key));
-            let entry = by_shard.entry(shard_for(hash, count)).or_default();
+            // Open shards split the space in order: the owner is the last starting at or below the hash.
+            let at = open.partition_point(|(_, start)| *start <= hash).saturating_sub(1);
+            let shard = open.get(at).map_or(0, |(index, _)| *index);
+            let entry = by_shard.entry(shard).or_default();
             entry.0.push(i);
             entry.1.push(r);
         }
         let mut results: Vec<Result<Appended, StreamError>> =
             (0..total).map(|_| Err(StreamError::UnknownStream(stream.to_owned()))).collect();
         for (shard, (places, group)) in by_shard {
-            match target.shard(stream, shard)?.append(group) {
+            let Some(entry) = entries.get(shard as usize) else { continue };
+            match entry.log.append(group) {
                 Ok(sequences) => {
                     for (k, place) in places.iter().enumerate() {
                         results[*place] = match sequences.get(k) {
@@ -802,12 +926,23 @@ impl StreamStore for DiskStreams {
                 }
             }
         }
+        drop(entries);
         target.bump();
         Ok(results)
     }
 
     fn shard_count(&self, stream: &str) -> Result<u32, StreamError> {
-        Ok(self.stream(stream)?.shards.len() as u32)
+        Ok(self.stream(stream)?.entries().len() as u32)
+    }
+
+    fn lineage(&self, stream: &str) -> Result<Vec<Lineage>, StreamError> {
+        let target = self.stream(stream)?;
+        let entries = target.entries();
+        Ok(entries.iter().map(|e| Lineage { parents: e.parents.clone(), closed_at: e.closed_at }).collect())
+    }
+
+    fn reshard(&self, stream: &str, shards: u32) -> Result<(), StreamError> {
+        self.stream(stream)?.reshard(stream, shards.max(1))
     }
 
     fn changes(&self, stream: &str) -> Result<u64, StreamError> {
@@ -939,24 +1074,25 @@ impl StreamStore for DiskStreams {
 
     fn info(&self, stream: &str) -> Result<StreamInfo, StreamError> {
         let target = self.stream(stream)?;
-        let count = target.shards.len() as u32;
-        let shards = target
-            .shards
+        let entries = target.entries();
+        let shards = entries
             .iter()
             .zip(0..)
-            .map(|(shard, index)| {
-                let st = shard.lock();
+            .map(|(e, index)| {
+                let st = e.log.lock();
                 ShardInfo {
                     index,
-                    hash_start: shard_start(index, count),
-                    hash_end: shard_end(index, count),
-                    oldest: shard.oldest(&st),
+                    hash_start: e.hash_start,
+                    hash_end: e.hash_end,
+                    oldest: e.log.oldest(&st),
                     end: st.durable,
                     consumers: st.consumers.clone(),
+                    parents: e.parents.clone(),
+                    closed_at: e.closed_at,
                 }
             })
             .collect();
-        let retention = target.shards.first().map_or(0, |s| s.retention_ms.load(Ordering::Relaxed));
+        let retention = entries.first().map_or(0, |e| e.log.retention_ms.load(Ordering::Relaxed));
         Ok(StreamInfo {
             name: stream.to_owned(),
             retention: Duration::from_millis(retention),
@@ -967,9 +1103,9 @@ impl StreamStore for DiskStreams {
 
     fn set_retention(&self, stream: &str, retention: Duration) -> Result<(), StreamError> {
         let target = self.stream(stream)?;
-        for shard in &target.shards {
-            shard.retention_ms.store(retention.as_millis() as u64, Ordering::Relaxed);
-            shard.apply_retention(&mut shard.lock(), now_ms());
+        for e in target.entries().iter() {
+            e.log.retention_ms.store(retention.as_millis() as u64, Ordering::Relaxed);
+            e.log.apply_retention(&mut e.log.lock(), now_ms());
         }
         if target.dir.join(SETTINGS_FILE).exists() {
             target.save_settings(stream)?;
@@ -1274,9 +1410,37 @@ mod tests {
         drop(s);
         let s = DiskStreams::open(dir.path(), &[spec.clone()], Arc::new(FileSyncer)).expect("reopen");
         assert_eq!(s.info("s").expect("info").records(), 201);
-        drop(s);
+    }
+
+    #[test]
+    fn resharding_closes_parents_and_routes_new_records_to_their_children() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut spec = DiskStreamSpec::new("s", 1_000_000, FsyncPolicy::Never);
         spec.shards = 2;
-        let err = DiskStreams::open(dir.path(), &[spec], Arc::new(FileSyncer)).expect_err("shard count changed");
-        assert!(err.to_string().contains("4 shards on disk but 2 are configured"), "{err}");
+        let s = DiskStreams::open(dir.path(), &[spec.clone()], Arc::new(FileSyncer)).expect("open");
+        let keyed = |n: u32| NewRecord { key: format!("key-{n}"), ..rec(&n.to_string()) };
+        s.append("s", (0..50).map(keyed).collect()).expect("append");
+        s.reshard("s", 3).expect("reshard");
+        let results = s.append("s", (50..100).map(keyed).collect()).expect("append");
+        assert!(results.iter().all(|r| r.as_ref().is_ok_and(|a| a.shard >= 2)), "new records go to the children");
+        let check = |s: &DiskStreams| {
+            let info = s.info("s").expect("info");
+            assert_eq!(info.shards.len(), 5);
+            assert_eq!(info.shards[0].closed_at, Some(info.shards[0].end), "parents are closed at their end");
+            assert_eq!(info.shards[1].closed_at, Some(info.shards[1].end));
+            assert_eq!(info.shards[2].parents, vec![0], "the first child covers part of shard 0 only");
+            assert_eq!(info.shards[3].parents, vec![0, 1], "the middle child straddles both parents");
+            assert_eq!(info.shards[4].parents, vec![1]);
+            assert_eq!(info.records(), 100);
+            let lineage = s.lineage("s").expect("lineage");
+            assert_eq!(lineage[3].parents, vec![0, 1]);
+        };
+        check(&s);
+        drop(s);
+        // The lineage survives a restart, whatever the manifest's `shards` says now.
+        let s = DiskStreams::open(dir.path(), &[spec], Arc::new(FileSyncer)).expect("reopen");
+        check(&s);
+        let results = s.append("s", vec![keyed(7)]).expect("append");
+        assert!(results[0].as_ref().is_ok_and(|a| a.shard >= 2));
     }
 }

@@ -41,11 +41,6 @@ pub fn shard_end(index: u32, count: u32) -> u128 {
     if index + 1 >= count { u128::MAX } else { shard_start(index + 1, count) - 1 }
 }
 
-/// The shard of `count` equal shards that owns `hash`.
-pub fn shard_for(hash: u128, count: u32) -> u32 {
-    if count <= 1 { 0 } else { ((hash / (u128::MAX / u128::from(count) + 1)) as u32).min(count - 1) }
-}
-
 /// A record to append.
 #[derive(Debug, Clone)]
 pub struct NewRecord {
@@ -159,8 +154,13 @@ pub trait StreamStore: Send + Sync {
     /// order per shard. One result per record, in input order: a record past
     /// its shard's write limit or capacity fails alone.
     fn append(&self, stream: &str, records: Vec<NewRecord>) -> Result<Vec<Result<Appended, StreamError>>, StreamError>;
-    /// How many shards the stream has.
+    /// How many shards the stream has had, open and closed (indices 0 ..).
     fn shard_count(&self, stream: &str) -> Result<u32, StreamError>;
+    /// Each shard's parents and, if it was closed by resharding, where it ends.
+    fn lineage(&self, stream: &str) -> Result<Vec<Lineage>, StreamError>;
+    /// Closes the open shards and opens `shards` children splitting the hash key
+    /// space evenly (uniform scaling). Consumers finish a parent before its children.
+    fn reshard(&self, stream: &str, shards: u32) -> Result<(), StreamError>;
     /// Up to `max` records of a shard from position `from`.
     fn read(&self, stream: &str, shard: u32, from: u64, max: usize) -> Result<Vec<StoredRecord>, StreamError>;
     /// Blocks until at least `min` records of a shard are readable from `from`,
@@ -234,6 +234,15 @@ impl StreamInfo {
     }
 }
 
+/// Where a shard sits in its stream's lineage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lineage {
+    /// The shards it was split or merged from.
+    pub parents: Vec<u32>,
+    /// If resharding closed it: the position after its last record.
+    pub closed_at: Option<u64>,
+}
+
 /// One shard of a stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardInfo {
@@ -249,6 +258,10 @@ pub struct ShardInfo {
     pub end: u64,
     /// Consumers and their checkpoints.
     pub consumers: BTreeMap<String, u64>,
+    /// The shards it was split or merged from.
+    pub parents: Vec<u32>,
+    /// If resharding closed it: the position after its last record.
+    pub closed_at: Option<u64>,
 }
 
 /// Milliseconds since the Unix epoch, now.
