@@ -894,14 +894,19 @@ impl StreamStore for DiskStreams {
         // Group by shard, remembering each record's place in the input.
         let mut by_shard: BTreeMap<u32, (Vec<usize>, Vec<NewRecord>)> = BTreeMap::new();
         let total = records.len();
-        for (i, r) in records.into_iter().enumerate() {
-            let hash = r.explicit_hash_key.unwrap_or_else(|| hash_key(&r.key));
-            // Open shards split the space in order: the owner is the last starting at or below the hash.
-            let at = open.partition_point(|(_, start)| *start <= hash).saturating_sub(1);
-            let shard = open.get(at).map_or(0, |(index, _)| *index);
-            let entry = by_shard.entry(shard).or_default();
-            entry.0.push(i);
-            entry.1.push(r);
+        if let [(only, _)] = open.as_slice() {
+            // One open shard owns every key: no need to hash them.
+            by_shard.insert(*only, ((0..total).collect(), records));
+        } else {
+            for (i, r) in records.into_iter().enumerate() {
+                let hash = r.explicit_hash_key.unwrap_or_else(|| hash_key(&r.key));
+                // Open shards split the space in order: the owner is the last starting at or below the hash.
+                let at = open.partition_point(|(_, start)| *start <= hash).saturating_sub(1);
+                let shard = open.get(at).map_or(0, |(index, _)| *index);
+                let entry = by_shard.entry(shard).or_default();
+                entry.0.push(i);
+                entry.1.push(r);
+            }
         }
         let mut results: Vec<Result<Appended, StreamError>> =
             (0..total).map(|_| Err(StreamError::UnknownStream(stream.to_owned()))).collect();
