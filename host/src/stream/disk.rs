@@ -1337,13 +1337,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut by_age = DiskStreamSpec::new("s", 1_000_000, FsyncPolicy::Never);
         by_age.segment_bytes = 256;
-        by_age.retention = Duration::from_millis(50);
+        by_age.retention = Duration::from_millis(500);
         let s = DiskStreams::open(dir.path(), &[by_age], Arc::new(FileSyncer)).expect("open");
         for i in 0..10 {
             put(&s, vec![rec(&format!("{i:0>100}"))]).expect("append");
         }
         assert_eq!(s.read("s", 0, 0, 100).expect("young records stay").len(), 10);
-        std::thread::sleep(Duration::from_millis(80));
+        std::thread::sleep(Duration::from_millis(700));
         put(&s, vec![rec("fresh")]).expect("append");
         let Err(StreamError::Trimmed { oldest, .. }) = s.read("s", 0, 0, 10) else {
             panic!("expired records must be gone")
@@ -1364,7 +1364,9 @@ mod tests {
         let results = s.append("s", vec![rec("x")]).expect("append");
         assert!(matches!(results[0], Err(StreamError::Throttled { .. })), "{results:?}");
         std::thread::sleep(Duration::from_millis(450));
-        assert_eq!(admitted(vec![rec("a"), rec("b"), rec("c")]), 2, "refilled");
+        // About half a second's worth came back (more only if the sleep overran a lot).
+        let refilled = admitted((0..5).map(|i| rec(&format!("r{i}"))).collect());
+        assert!((2..5).contains(&refilled), "refilled {refilled}");
     }
 
     #[test]
