@@ -384,17 +384,18 @@ async fn with_access_keys_unsigned_requests_are_refused_but_health_answers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_limit_throttles_per_record_and_says_so() {
+    // One record per second: the second put comes well within that second.
     let manifest = ETL.replace(
         "[streams.toll-lines]",
-        "[streams.toll-lines]\nwrite-limit = { bytes-per-second = \"1MiB\", records-per-second = 3 }",
+        "[streams.toll-lines]\nwrite-limit = { bytes-per-second = \"1MiB\", records-per-second = 1 }",
     );
     let mut host = TestHost::start(&manifest).await.expect("start");
-    let records: Vec<Value> = (0..5).map(|_| json!({"data": LINE_1})).collect();
+    let records: Vec<Value> = (0..3).map(|_| json!({"data": LINE_1})).collect();
     let (status, body) = put(&host, "toll-lines", json!({"records": records})).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["failed_record_count"], 2, "{body}");
-    assert_eq!(body["records"][2]["sequence_number"], "2");
-    assert_eq!(body["records"][3]["error_code"], "Throttled");
+    assert_eq!(body["records"][0]["sequence_number"], "0");
+    assert_eq!(body["records"][1]["error_code"], "Throttled");
     let (status, body) = put(&host, "toll-lines", json!({"data": LINE_2})).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert!(body["error"]["message"].as_str().unwrap_or("").contains("write limit"), "{body}");
