@@ -1,7 +1,7 @@
 //! The official AWS SDK for Python (boto3, pinned) works against weir with
 //! nothing but an endpoint URL and keys: streams are created, described,
 //! written and read through every iterator type, and bad signatures and stale
-//! dates are refused with AWS's error types. boto3 is installed into
+//! dates are refused with AWS's error types; Firehose puts reach the lake. boto3 is installed into
 //! `target/python` on first use (PyPI), so no manual step is needed.
 
 use std::path::PathBuf;
@@ -10,6 +10,13 @@ use std::process::Command;
 use weir_tests::{TestHost, root};
 
 const BOTO3: &str = "boto3==1.35.99";
+
+fn walk(path: &std::path::Path) -> Vec<PathBuf> {
+    if path.is_file() {
+        return vec![path.to_owned()];
+    }
+    std::fs::read_dir(path).into_iter().flatten().filter_map(|e| e.ok()).flat_map(|e| walk(&e.path())).collect()
+}
 
 fn boto3() -> PathBuf {
     let dir = root().join("target").join("python");
@@ -38,6 +45,10 @@ data-dir = "data"
 
 [api]
 access-keys = [{ id = "AKIAWEIRTEST", secret = "weir-test-secret-key" }]
+
+[delivery.sdk-rows]
+buffer-interval = "15m"
+lake = "lake"
 "#;
     let mut host = TestHost::start(manifest).await.expect("start");
     let output = tokio::process::Command::new("python3")
@@ -55,5 +66,14 @@ access-keys = [{ id = "AKIAWEIRTEST", secret = "weir-test-secret-key" }]
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.contains("10 passed, 0 failed"), "{stdout}\n{stderr}");
+    assert!(stdout.contains("11 passed, 0 failed"), "{stdout}\n{stderr}");
+    // What Firehose took is in the lake once the host has drained.
+    let delivered: String = std::fs::read_dir(host.path("lake"))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .flat_map(|e| walk(&e.path()))
+        .map(|f| std::fs::read_to_string(f).unwrap_or_default())
+        .collect();
+    assert_eq!(delivered, "one\n\ntwo\n\nthree\n\n");
 }

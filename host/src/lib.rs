@@ -10,6 +10,7 @@ pub mod build;
 pub mod check;
 pub mod cli;
 pub mod client;
+pub mod delivery;
 pub mod manifest;
 pub mod pipeline;
 pub mod plugin;

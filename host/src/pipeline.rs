@@ -8,11 +8,16 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::delivery::{Delivery, DeliveryStatus};
+use crate::manifest::pipeline::DEFAULT_FSYNC_INTERVAL;
 use crate::manifest::{DeadLetter, Pipeline, Target};
 use crate::plugin::{PluginEngine, PluginError, PluginIdent, SandboxSpec, TransformerPlugin};
 use crate::sink::{FileSink, SinkError};
 use crate::stage::{Stage, StageHandle, StageOutput, StageStatus};
-use crate::stream::{Appended, DiskStreamSpec, DiskStreams, FileSyncer, NewRecord, StreamError, StreamStore, shard_id};
+use crate::stream::{
+    Appended, DEFAULT_CAPACITY, DiskStreamSpec, DiskStreams, FileSyncer, FsyncPolicy, NewRecord, StreamError,
+    StreamStore, shard_id,
+};
 
 /// Why a pipeline could not start.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +36,9 @@ pub enum StartError {
     /// A stream could not be opened or recovered.
     #[error(transparent)]
     Stream(#[from] StreamError),
+    /// A delivery stream could not start.
+    #[error(transparent)]
+    Delivery(#[from] crate::delivery::DeliveryError),
     /// A stage thread could not start.
     #[error("cannot start stage `{stage}`: {source}")]
     Thread {
@@ -67,6 +75,8 @@ pub struct PipelineStatus {
     pub stages: Vec<StageStatus>,
     /// Every consumer's checkpoint and how far it lags behind its stream.
     pub consumers: Vec<ConsumerLag>,
+    /// Each delivery stream's counters.
+    pub deliveries: Vec<DeliveryStatus>,
 }
 
 /// Where a consumer (a stage) is in its stream.
@@ -90,6 +100,9 @@ pub struct Host {
     pub pipeline: Arc<Pipeline>,
     streams: Arc<DiskStreams>,
     stages: Vec<StageHandle>,
+    /// Durable buffers of the delivery streams, one stream each.
+    buffers: Arc<DiskStreams>,
+    deliveries: Vec<Delivery>,
     started: Instant,
 }
 
@@ -154,7 +167,40 @@ impl Host {
             let name = stage.name().to_owned();
             stages.push(stage.spawn().map_err(|source| StartError::Thread { stage: name, source })?);
         }
-        Ok(Arc::new(Host { pipeline: Arc::new(pipeline), streams, stages, started: Instant::now() }))
+        let buffer_specs: Vec<DiskStreamSpec> = pipeline
+            .deliveries
+            .iter()
+            .map(|d| DiskStreamSpec::new(d.name.as_str(), DEFAULT_CAPACITY, FsyncPolicy::Group(DEFAULT_FSYNC_INTERVAL)))
+            .collect();
+        let buffers =
+            Arc::new(DiskStreams::open(&pipeline.data_dir.join("delivery"), &buffer_specs, Arc::new(FileSyncer))?);
+        let mut deliveries = Vec::new();
+        for spec in &pipeline.deliveries {
+            let transform = match &spec.transform {
+                None => None,
+                Some(t) => {
+                    let stage_err = |source| StartError::Plugin { stage: spec.name.to_string(), source };
+                    let ident = Arc::new(PluginIdent {
+                        pipeline: pipeline.name.to_string(),
+                        stage: spec.name.to_string(),
+                        plugin: format!("{}@{}", t.plugin.info.name, t.plugin.info.version.get_ref()),
+                    });
+                    let sandbox = SandboxSpec { ident, limits: t.limits, grants: Default::default() };
+                    let compiled = engine.compile(&t.plugin.component_path()).map_err(stage_err)?;
+                    Some(TransformerPlugin::new(engine, compiled, sandbox, t.config.clone()).map_err(stage_err)?)
+                }
+            };
+            let state_dir = pipeline.data_dir.join("delivery-state");
+            deliveries.push(Delivery::start(spec.clone(), buffers.clone(), transform, state_dir)?);
+        }
+        Ok(Arc::new(Host {
+            pipeline: Arc::new(pipeline),
+            streams,
+            stages,
+            buffers,
+            deliveries,
+            started: Instant::now(),
+        }))
     }
 
     /// Appends records to a stream that has an `http` source; one result per record.
@@ -164,6 +210,20 @@ impl Host {
             return Err(PutError::NotASource(stream.to_owned()));
         }
         Ok(self.streams.append(stream, records)?)
+    }
+
+    /// Puts records into a delivery stream's buffer; one result per record.
+    pub fn deliver(
+        &self,
+        delivery: &str,
+        records: Vec<NewRecord>,
+    ) -> Result<Vec<Result<Appended, StreamError>>, StreamError> {
+        self.buffers.append(delivery, records)
+    }
+
+    /// The delivery streams' settings and counters.
+    pub fn deliveries(&self) -> Vec<(Arc<crate::manifest::DeliverySpec>, DeliveryStatus)> {
+        self.deliveries.iter().map(|d| (d.spec.clone(), d.status())).collect()
     }
 
     /// The pipeline's stream store.
@@ -208,6 +268,7 @@ impl Host {
             streams,
             stages,
             consumers,
+            deliveries: self.deliveries.iter().map(Delivery::status).collect(),
         }
     }
 
@@ -227,6 +288,9 @@ impl Host {
                     done[i] = true;
                 }
             }
+        }
+        for delivery in &self.deliveries {
+            delivery.drain();
         }
     }
 }

@@ -55,6 +55,14 @@ def error_code(fn):
 
 
 k = client()
+f = boto3.client(
+    "firehose",
+    endpoint_url=ENDPOINT,
+    region_name="us-east-1",
+    aws_access_key_id=KEY_ID,
+    aws_secret_access_key=SECRET,
+    config=CONFIG,
+)
 STREAM = "sdk-test"
 state = {}
 
@@ -184,6 +192,17 @@ def shards():
     k.delete_stream(StreamName="sharded")
 
 
+def firehose():
+    assert f.list_delivery_streams()["DeliveryStreamNames"] == ["sdk-rows"]
+    d = f.describe_delivery_stream(DeliveryStreamName="sdk-rows")["DeliveryStreamDescription"]
+    assert d["DeliveryStreamStatus"] == "ACTIVE", d
+    assert f.put_record(DeliveryStreamName="sdk-rows", Record={"Data": b"one\n"})["RecordId"]
+    batch = f.put_record_batch(DeliveryStreamName="sdk-rows", Records=[{"Data": b"two\n"}, {"Data": b"three\n"}])
+    assert batch["FailedPutCount"] == 0, batch
+    code = error_code(lambda: f.put_record(DeliveryStreamName="nope", Record={"Data": b"x"}))
+    assert code == "ResourceNotFoundException", code
+
+
 def delete():
     k.delete_stream(StreamName=STREAM)
     assert STREAM not in k.list_streams()["StreamNames"]
@@ -201,6 +220,7 @@ for name, fn in [
     ("a stale date is refused", stale_date),
     ("records spread over shards by the MD5 of their key, and reshard", shards),
     ("delete the stream", delete),
+    ("Firehose: list, describe, put and put a batch", firehose),
 ]:
     check(name, fn)
 print(f"{passed} passed, {failed} failed")

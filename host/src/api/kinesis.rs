@@ -42,6 +42,14 @@ impl KinesisError {
         Self { status: StatusCode::BAD_REQUEST, kind, message: message.into() }
     }
 
+    pub(super) fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    pub(super) fn message(&self) -> &str {
+        &self.message
+    }
+
     pub(super) fn set_status(&mut self, status: StatusCode) {
         self.status = status;
     }
@@ -92,13 +100,21 @@ fn ok(body: Value) -> Response {
     ([(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))], body.to_string()).into_response()
 }
 
-/// Dispatches on `X-Amz-Target`.
+/// Dispatches on `X-Amz-Target`: Kinesis here, Firehose in [`super::firehose`].
 pub async fn dispatch(State(api): State<Arc<super::ApiState>>, headers: HeaderMap, body: Bytes) -> Response {
     let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or("");
-    let Some(operation) = target.strip_prefix("Kinesis_20131202.") else {
-        return KinesisError::new("UnknownOperationException", format!("unknown or missing X-Amz-Target `{target}`"))
-            .into_response();
-    };
+    let (firehose, operation) =
+        match (target.strip_prefix("Kinesis_20131202."), target.strip_prefix("Firehose_20150804.")) {
+            (Some(op), _) => (false, op),
+            (None, Some(op)) => (true, op),
+            (None, None) => {
+                return KinesisError::new(
+                    "UnknownOperationException",
+                    format!("unknown or missing X-Amz-Target `{target}`"),
+                )
+                .into_response();
+            }
+        };
     let input: Value = if body.is_empty() {
         json!({})
     } else {
@@ -113,7 +129,10 @@ pub async fn dispatch(State(api): State<Arc<super::ApiState>>, headers: HeaderMa
     let secret = api.iterator_secret;
     let operation = operation.to_owned();
     // Store calls may wait for an fsync: keep them off the async workers.
-    let result = tokio::task::spawn_blocking(move || call(&host, secret, &operation, input)).await;
+    let result = tokio::task::spawn_blocking(move || {
+        if firehose { super::firehose::call(&host, &operation, input) } else { call(&host, secret, &operation, input) }
+    })
+    .await;
     match result {
         Ok(Ok(v)) => ok(v),
         Ok(Err(e)) => e.into_response(),

@@ -1,12 +1,13 @@
 //! The host's HTTP API (axum), on one listener:
 //!
 //! - the native JSON API under `/v1/` ([`native`]);
-//! - the Kinesis Data Streams JSON 1.1 protocol on `POST /` ([`kinesis`]), for
-//!   the AWS SDKs and CLI;
+//! - the Kinesis Data Streams and Firehose JSON 1.1 protocols on `POST /`
+//!   ([`kinesis`], [`firehose`]), for the AWS SDKs and CLI;
 //! - AWS Signature V4 authentication of every request but `GET /v1/health`
 //!   ([`sigv4`]), against the access keys of the manifest's `[api]` section,
 //!   unless the host runs with `--insecure-no-auth`.
 
+pub mod firehose;
 pub mod kinesis;
 pub mod native;
 pub mod sigv4;

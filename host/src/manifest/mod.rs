@@ -10,8 +10,8 @@ pub mod units;
 
 pub use diagnostic::{Diagnostic, Diagnostics, SourceFile};
 pub use pipeline::{
-    Api, DeadLetter, DirGrant, ErrorPolicy, FileFormat, Grants, Limits, Pipeline, SinkSpec, Source, StageSpec,
-    StreamSpec, Target, load,
+    Api, DeadLetter, DeliverySpec, DirGrant, ErrorPolicy, FileFormat, Grants, Limits, Pipeline, SinkSpec, Source,
+    StageSpec, StreamSpec, Target, Transform, load,
 };
 pub use plugin::{PluginManifest, World};
 pub use units::Name;

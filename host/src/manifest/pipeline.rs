@@ -42,6 +42,15 @@
 //! kind = "file"
 //! path = "../out/quickstart/rows.jsonl"
 //! format = "lines"                    # lines: payload + newline; json: key, time and payload
+//!
+//! [delivery.toll-rows]                # a delivery stream (as Firehose), fed by direct puts
+//! transform = "../plugins/toll-etl"   # optional transformer plugin (with config, limits)
+//! buffer-size = "5MiB"                # deliver at this size (the default; 1KiB to 128MiB)...
+//! buffer-interval = "300s"            # ...or at this age, whichever first (the default; 0s to 15m)
+//! lake = "../out/lake"                # a local directory
+//! prefix = "rows/"                    # object keys: <prefix>YYYY/MM/DD/HH/<name>-<first>-<last>
+//! error-prefix = "errors/"            # failed records with their reasons (the default)
+//! compression = "gzip"                # none (the default) | gzip
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -277,6 +286,77 @@ pub struct Pipeline {
     pub stages: Vec<StageSpec>,
     /// `[sinks.*]`
     pub sinks: Vec<SinkSpec>,
+    /// `[delivery.*]`
+    pub deliveries: Vec<DeliverySpec>,
+}
+
+/// A `[delivery.<name>]` entry: a delivery stream (as Kinesis Data Firehose)
+/// taking direct puts, buffering them and delivering objects to the lake.
+#[derive(Debug, Clone)]
+pub struct DeliverySpec {
+    /// Its name.
+    pub name: Name,
+    /// The optional transform, its configuration and limits.
+    pub transform: Option<Transform>,
+    /// Deliver once this many bytes are buffered...
+    pub buffer_bytes: u64,
+    /// ... or once the oldest buffered record is this old, whichever first.
+    pub buffer_interval: Duration,
+    /// The lake: a local directory.
+    pub lake: PathBuf,
+    /// Key prefix of delivered objects; `YYYY/MM/DD/HH/` (UTC) follows it.
+    pub prefix: String,
+    /// Key prefix of records that failed, with their reasons.
+    pub error_prefix: String,
+    /// Whether objects are gzip-compressed.
+    pub gzip: bool,
+}
+
+/// A delivery stream's transform plugin.
+#[derive(Debug, Clone)]
+pub struct Transform {
+    /// The plugin.
+    pub plugin: PluginManifest,
+    /// Its configuration, defaults filled in.
+    pub config: Vec<(String, String)>,
+    /// Its limits.
+    pub limits: Limits,
+}
+
+/// Buffer size unless a delivery stream sets `buffer-size` (as Firehose).
+pub const DEFAULT_BUFFER_BYTES: u64 = 5 << 20;
+/// Buffer interval unless a delivery stream sets `buffer-interval` (as Firehose).
+pub const DEFAULT_BUFFER_INTERVAL: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawDelivery {
+    transform: Option<Spanned<String>>,
+    #[serde(default = "absent")]
+    config: Spanned<BTreeMap<Spanned<String>, toml::Value>>,
+    #[serde(default)]
+    limits: RawLimits,
+    buffer_size: Option<Spanned<ByteSize>>,
+    buffer_interval: Option<Spanned<String>>,
+    lake: String,
+    #[serde(default)]
+    prefix: String,
+    #[serde(default = "default_error_prefix")]
+    error_prefix: String,
+    #[serde(default)]
+    compression: Compression,
+}
+
+fn default_error_prefix() -> String {
+    "errors/".to_owned()
+}
+
+#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+enum Compression {
+    #[default]
+    None,
+    Gzip,
 }
 
 /// `[api]`
@@ -414,7 +494,7 @@ pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
     let source = SourceFile::new(path, &text);
     let base = path.parent().unwrap_or(Path::new(".")).to_owned();
     let doc = Document::parse(source.clone(), &text, &mut diags);
-    doc.check_top_level(&["pipeline", "api", "sources", "streams", "stages", "sinks"], &mut diags);
+    doc.check_top_level(&["pipeline", "api", "sources", "streams", "stages", "sinks", "delivery"], &mut diags);
 
     let pipeline = match doc.get("pipeline") {
         Some(_) => doc.single::<Option<RawPipeline>>("pipeline", &mut diags).flatten(),
@@ -430,6 +510,7 @@ pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
     let streams = doc.entries::<RawStream>("streams", &mut diags);
     let stages = doc.entries::<RawStage>("stages", &mut diags);
     let sinks = doc.entries::<RawSink>("sinks", &mut diags);
+    let deliveries = doc.entries::<RawDelivery>("delivery", &mut diags);
 
     let api = api.and_then(|api| match api.listen.get_ref().parse::<SocketAddr>() {
         Ok(listen) => {
@@ -495,6 +576,7 @@ pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
         .map(|s| SinkSpec { path: base.join(&s.value.path), name: s.name, format: s.value.format })
         .collect();
     let streams = streams.into_iter().filter_map(|s| check.stream_spec(s.name, &s.value, &mut diags)).collect();
+    let deliveries = deliveries.into_iter().filter_map(|d| check.delivery(d, &base, &mut diags)).collect();
 
     match (pipeline, api, data_dir) {
         (Some(p), Some(api), Some(data_dir)) if diags.is_empty() => Ok(Pipeline {
@@ -507,6 +589,7 @@ pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
             streams,
             stages: stage_specs,
             sinks,
+            deliveries,
         }),
         _ => Err(diags),
     }
@@ -684,8 +767,9 @@ impl Checker<'_> {
             }
         }
         let grants = self.grants(&raw.grants, base, diags);
-        let plugin = self.plugin(&name, &raw.plugin, base, diags);
-        let config = plugin.as_ref().and_then(|p| self.config(&name, p, &raw.config, diags));
+        let owner = format!("stage `{name}`");
+        let plugin = self.plugin(&owner, &raw.plugin, base, diags);
+        let config = plugin.as_ref().and_then(|p| self.config(&owner, p, &raw.config, diags));
         if let Some(p) = &plugin {
             if p.info.world != World::Transformer {
                 diags.push(
@@ -732,6 +816,79 @@ impl Checker<'_> {
             limits,
             grants,
             config: config?,
+        })
+    }
+
+    fn delivery(
+        &self,
+        entry: super::toml_doc::Entry<RawDelivery>,
+        base: &Path,
+        diags: &mut Diagnostics,
+    ) -> Option<DeliverySpec> {
+        let (name, mut raw) = (entry.name, entry.value);
+        if raw.config.span().is_empty() {
+            raw.config = Spanned::new(entry.name_span.clone(), raw.config.into_inner());
+        }
+        let before = diags.len();
+        let transform = match &raw.transform {
+            None => {
+                if !raw.config.get_ref().is_empty() {
+                    diags.push(self.at(raw.config.span(), format!("delivery `{name}` has config but no transform")));
+                }
+                None
+            }
+            Some(path) => {
+                let owner = format!("delivery `{name}`");
+                let plugin = self.plugin(&owner, path, base, diags)?;
+                if plugin.info.world != World::Transformer {
+                    diags.push(self.at(
+                        path.span(),
+                        format!(
+                            "delivery `{name}`: plugin `{}` is a {}, not a transformer",
+                            plugin.info.name, plugin.info.world
+                        ),
+                    ));
+                }
+                let config = self.config(&owner, &plugin, &raw.config, diags).unwrap_or_default();
+                let mut limits = Limits::default();
+                if let Some(t) = &raw.limits.timeout {
+                    limits.timeout = self.duration(t, diags)?;
+                }
+                if let Some(m) = &raw.limits.memory {
+                    limits.memory_bytes = m.get_ref().0;
+                }
+                Some(Transform { plugin, config, limits })
+            }
+        };
+        let buffer_bytes = match &raw.buffer_size {
+            None => DEFAULT_BUFFER_BYTES,
+            Some(size) => {
+                let bytes = size.get_ref().0;
+                if !((1 << 10)..=(128 << 20)).contains(&bytes) {
+                    diags.push(self.at(size.span(), "buffer-size must be between 1KiB and 128MiB".to_owned()));
+                }
+                bytes
+            }
+        };
+        let buffer_interval = match &raw.buffer_interval {
+            None => DEFAULT_BUFFER_INTERVAL,
+            Some(i) => {
+                let d = self.duration(i, diags)?;
+                if d > Duration::from_secs(900) {
+                    diags.push(self.at(i.span(), "buffer-interval must be between 0s and 15m".to_owned()));
+                }
+                d
+            }
+        };
+        (diags.len() == before).then(|| DeliverySpec {
+            name,
+            transform,
+            buffer_bytes,
+            buffer_interval,
+            lake: base.join(&raw.lake),
+            prefix: raw.prefix.clone(),
+            error_prefix: raw.error_prefix.clone(),
+            gzip: raw.compression == Compression::Gzip,
         })
     }
 
@@ -821,7 +978,7 @@ impl Checker<'_> {
 
     fn plugin(
         &self,
-        stage: &Name,
+        owner: &str,
         raw: &Spanned<String>,
         base: &Path,
         diags: &mut Diagnostics,
@@ -833,7 +990,7 @@ impl Checker<'_> {
                 diags.push(
                     self.at(
                         raw.span(),
-                        format!("stage `{stage}`: cannot read plugin manifest `{}`: {e}", file.display()),
+                        format!("{owner}: cannot read plugin manifest `{}`: {e}", file.display()),
                     )
                     .help(
                         "point `plugin` at a plugin folder holding a plugin.toml (relative to the manifest's folder)",
@@ -846,7 +1003,7 @@ impl Checker<'_> {
 
     fn config(
         &self,
-        stage: &Name,
+        owner: &str,
         plugin: &PluginManifest,
         raw: &Spanned<BTreeMap<Spanned<String>, toml::Value>>,
         diags: &mut Diagnostics,
@@ -858,7 +1015,7 @@ impl Checker<'_> {
                 None => diags.push(
                     self.at(
                         key.span(),
-                        format!("stage `{stage}`: plugin `{}` has no config key `{}`", plugin.info.name, key.get_ref()),
+                        format!("{owner}: plugin `{}` has no config key `{}`", plugin.info.name, key.get_ref()),
                     )
                     .help(if declared.is_empty() {
                         "this plugin takes no configuration".to_owned()
@@ -869,12 +1026,8 @@ impl Checker<'_> {
                 Some((_, spec)) if !spec.ty.accepts(value) => diags.push(
                     self.at(
                         key.span(),
-                        format!(
-                            "stage `{stage}`: config `{}` must be of type {:?}, not `{value}`",
-                            key.get_ref(),
-                            spec.ty
-                        )
-                        .to_lowercase(),
+                        format!("{owner}: config `{}` must be of type {:?}, not `{value}`", key.get_ref(), spec.ty)
+                            .to_lowercase(),
                     ),
                 ),
                 Some(_) => {}
@@ -886,11 +1039,8 @@ impl Checker<'_> {
             match (set, &spec.default) {
                 (Some(v), _) | (None, Some(v)) => out.push((key.clone(), config_value_text(v))),
                 (None, None) if spec.required => diags.push(
-                    self.at(
-                        raw.span(),
-                        format!("stage `{stage}`: plugin `{}` requires config `{key}`", plugin.info.name),
-                    )
-                    .help(format!("add `{key} = ...` to the stage's config ({})", spec.description)),
+                    self.at(raw.span(), format!("{owner}: plugin `{}` requires config `{key}`", plugin.info.name))
+                        .help(format!("add `{key} = ...` to the stage's config ({})", spec.description)),
                 ),
                 (None, None) => {}
             }

@@ -1,0 +1,163 @@
+//! The Kinesis Data Firehose JSON 1.1 protocol (`X-Amz-Target:
+//! Firehose_20150804.<Operation>`) for the delivery streams the manifest
+//! declares: `PutRecord`, `PutRecordBatch` (per-record failures),
+//! `DescribeDeliveryStream` and `ListDeliveryStreams`.
+
+use axum::body::Bytes;
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::kinesis::KinesisError as AwsError;
+use super::native::MAX_RECORD_BYTES;
+use crate::pipeline::Host;
+use crate::stream::{NewRecord, StreamError};
+
+/// Most records one `PutRecordBatch` may carry, as Firehose.
+const MAX_BATCH: usize = 500;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Args {
+    delivery_stream_name: Option<String>,
+    record: Option<Entry>,
+    records: Option<Vec<Entry>>,
+    limit: Option<usize>,
+    exclusive_start_delivery_stream_name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Entry {
+    data: Option<String>,
+}
+
+fn not_found(name: &str) -> AwsError {
+    AwsError::new("ResourceNotFoundException", format!("Firehose {name} under account 000000000000 not found."))
+}
+
+fn record(entry: &Entry) -> Result<NewRecord, AwsError> {
+    let data = base64::engine::general_purpose::STANDARD
+        .decode(entry.data.as_deref().ok_or_else(|| AwsError::new("InvalidArgumentException", "Data is required"))?)
+        .map_err(|e| AwsError::new("SerializationException", format!("Data is not base64: {e}")))?;
+    if data.len() > MAX_RECORD_BYTES {
+        return Err(AwsError::new(
+            "InvalidArgumentException",
+            format!("Data has {} bytes; the limit is {MAX_RECORD_BYTES}", data.len()),
+        ));
+    }
+    Ok(NewRecord { key: String::new(), event_time_ms: None, data: Bytes::from(data), explicit_hash_key: None })
+}
+
+/// A record id that names where the record is kept: unique and stable.
+fn record_id(name: &str, sequence: u64) -> String {
+    format!("{name}:{sequence:020}")
+}
+
+/// Runs one Firehose operation.
+pub fn call(host: &Host, operation: &str, input: Value) -> Result<Value, AwsError> {
+    let args: Args =
+        serde_json::from_value(input).map_err(|e| AwsError::new("SerializationException", e.to_string()))?;
+    let name = || {
+        args.delivery_stream_name
+            .as_deref()
+            .ok_or_else(|| AwsError::new("InvalidArgumentException", "DeliveryStreamName is required"))
+    };
+    let deliveries = host.deliveries();
+    match operation {
+        "ListDeliveryStreams" => {
+            let after = args.exclusive_start_delivery_stream_name.as_deref().unwrap_or("");
+            let mut names: Vec<String> = deliveries.iter().map(|(spec, _)| spec.name.to_string()).collect();
+            names.sort();
+            let limit = args.limit.unwrap_or(10_000).max(1);
+            let remaining: Vec<&String> = names.iter().filter(|n| n.as_str() > after).collect();
+            let page: Vec<&&String> = remaining.iter().take(limit).collect();
+            Ok(json!({"DeliveryStreamNames": page, "HasMoreDeliveryStreams": remaining.len() > page.len()}))
+        }
+        "DescribeDeliveryStream" => {
+            let name = name()?;
+            let (spec, _) = deliveries.iter().find(|(s, _)| s.name.as_str() == name).ok_or_else(|| not_found(name))?;
+            let destination = json!({
+                "DestinationId": "destinationId-000000000001",
+                "ExtendedS3DestinationDescription": {
+                    "BucketARN": format!("arn:weir:lake:::{}", spec.lake.display()),
+                    "Prefix": spec.prefix,
+                    "ErrorOutputPrefix": spec.error_prefix,
+                    "BufferingHints": {"SizeInMBs": spec.buffer_bytes.div_ceil(1 << 20), "IntervalInSeconds": spec.buffer_interval.as_secs()},
+                    "CompressionFormat": if spec.gzip { "GZIP" } else { "UNCOMPRESSED" },
+                    "ProcessingConfiguration": {"Enabled": spec.transform.is_some()},
+                }
+            });
+            Ok(json!({"DeliveryStreamDescription": {
+                "DeliveryStreamName": name,
+                "DeliveryStreamARN": format!("arn:aws:firehose:us-east-1:000000000000:deliverystream/{name}"),
+                "DeliveryStreamStatus": "ACTIVE",
+                "DeliveryStreamType": "DirectPut",
+                "VersionId": "1",
+                "Destinations": [destination],
+                "HasMoreDestinations": false,
+            }}))
+        }
+        "PutRecord" => {
+            let name = name()?;
+            let entry =
+                args.record.as_ref().ok_or_else(|| AwsError::new("InvalidArgumentException", "Record is required"))?;
+            let results = host.deliver(name, vec![record(entry)?]).map_err(|e| delivery_error(name, e))?;
+            match results.into_iter().next() {
+                Some(Ok(a)) => Ok(json!({"RecordId": record_id(name, a.sequence), "Encrypted": false})),
+                Some(Err(e)) => Err(delivery_error(name, e)),
+                None => Err(AwsError::new("ServiceUnavailableException", "nothing was appended")),
+            }
+        }
+        "PutRecordBatch" => {
+            let name = name()?;
+            let entries = args
+                .records
+                .as_deref()
+                .ok_or_else(|| AwsError::new("InvalidArgumentException", "Records is required"))?;
+            if entries.is_empty() || entries.len() > MAX_BATCH {
+                return Err(AwsError::new(
+                    "InvalidArgumentException",
+                    format!("Records must hold 1 to {MAX_BATCH} entries"),
+                ));
+            }
+            let mut responses: Vec<Value> = Vec::with_capacity(entries.len());
+            let (mut good, mut slots) = (Vec::new(), Vec::new());
+            for (i, entry) in entries.iter().enumerate() {
+                match record(entry) {
+                    Ok(r) => {
+                        good.push(r);
+                        slots.push(i);
+                        responses.push(Value::Null);
+                    }
+                    Err(e) => responses.push(json!({"ErrorCode": e.kind(), "ErrorMessage": e.message()})),
+                }
+            }
+            if !good.is_empty() {
+                let results = host.deliver(name, good).map_err(|e| delivery_error(name, e))?;
+                for (slot, result) in slots.iter().zip(results) {
+                    responses[*slot] = match result {
+                        Ok(a) => json!({"RecordId": record_id(name, a.sequence)}),
+                        Err(e) => {
+                            let e = delivery_error(name, e);
+                            json!({"ErrorCode": e.kind(), "ErrorMessage": e.message()})
+                        }
+                    };
+                }
+            }
+            let failed = responses.iter().filter(|r| r.get("ErrorCode").is_some()).count();
+            Ok(json!({"FailedPutCount": failed, "Encrypted": false, "RequestResponses": responses}))
+        }
+        other => Err(AwsError::new("UnknownOperationException", format!("operation {other} is not supported"))),
+    }
+}
+
+fn delivery_error(name: &str, e: StreamError) -> AwsError {
+    match e {
+        StreamError::UnknownStream(_) => not_found(name),
+        StreamError::Full { .. } | StreamError::Throttled { .. } => {
+            AwsError::new("ServiceUnavailableException", e.to_string())
+        }
+        other => other.into(),
+    }
+}

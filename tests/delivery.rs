@@ -1,0 +1,153 @@
+//! Delivery streams (Firehose) end to end: records put through the Firehose
+//! protocol are buffered durably, transformed, and delivered as objects in the
+//! lake under time-partitioned keys; failed records land under the error
+//! prefix with their reason; size, age and shutdown each trigger a delivery.
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+use weir_tests::TestHost;
+
+const GOOD: [&str; 3] = [
+    "T0017-000001,2026-11-26T14:03:12.345Z,17,3,TAG0012345,C000123,2,275",
+    "T0017-000002,2026-11-26T14:03:13Z,17,4,TAG0012346,C000124,1,150",
+    "T0042-000003,2026-11-26T14:05:00.5Z,42,1,TAG0000007,C000123,3,410",
+];
+
+async fn firehose(host: &TestHost, operation: &str, body: Value) -> Value {
+    let response = reqwest::Client::new()
+        .post(format!("{}/", host.url))
+        .header("x-amz-target", format!("Firehose_20150804.{operation}"))
+        .header("content-type", "application/x-amz-json-1.1")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("request");
+    let status = response.status();
+    let value: Value = response.json().await.expect("json");
+    assert!(status.is_success(), "{operation}: {value}");
+    value
+}
+
+fn b64(text: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+/// Every file under `dir`, sorted.
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().filter_map(|e| e.ok()) {
+            let path = entry.path();
+            if path.is_dir() { todo.push(path) } else { out.push(path) }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn firehose_puts_are_transformed_into_lake_objects_and_failures_keep_their_reason() {
+    let manifest = r#"
+[pipeline]
+name = "lake-test"
+data-dir = "data"
+
+[delivery.toll-rows]
+transform = "{root}/plugins/toll-etl"
+config = { currency = "EUR" }
+buffer-interval = "15m"
+lake = "lake"
+prefix = "rows/"
+"#;
+    let mut host = TestHost::start(manifest).await.expect("start");
+    let list = firehose(&host, "ListDeliveryStreams", json!({})).await;
+    assert_eq!(list["DeliveryStreamNames"], json!(["toll-rows"]));
+    let described = firehose(&host, "DescribeDeliveryStream", json!({"DeliveryStreamName": "toll-rows"})).await;
+    assert_eq!(described["DeliveryStreamDescription"]["DeliveryStreamStatus"], "ACTIVE");
+
+    let mut records: Vec<Value> = GOOD.iter().map(|l| json!({"Data": b64(l)})).collect();
+    records.insert(1, json!({"Data": b64("not,a,toll,line")}));
+    let put = firehose(&host, "PutRecordBatch", json!({"DeliveryStreamName": "toll-rows", "Records": records})).await;
+    assert_eq!(put["FailedPutCount"], 0, "{put}");
+    assert_eq!(put["RequestResponses"].as_array().map(Vec::len), Some(4));
+    let single =
+        firehose(&host, "PutRecord", json!({"DeliveryStreamName": "toll-rows", "Record": {"Data": b64(GOOD[0])}}))
+            .await;
+    assert!(single["RecordId"].as_str().is_some_and(|id| id.starts_with("toll-rows:")), "{single}");
+
+    // The interval is 15 minutes and the size far off: the shutdown delivers what is buffered.
+    host.stop().await;
+    let lake = host.path("lake");
+    let all = files(&lake);
+    let rows: Vec<&PathBuf> = all.iter().filter(|p| p.starts_with(lake.join("rows"))).collect();
+    let errors: Vec<&PathBuf> = all.iter().filter(|p| p.starts_with(lake.join("errors"))).collect();
+    assert_eq!((rows.len(), errors.len()), (1, 1), "{all:?}");
+    let key = rows[0].strip_prefix(&lake).expect("in the lake").display().to_string();
+    let parts: Vec<&str> = key.split('/').collect();
+    assert_eq!(parts.len(), 6, "rows/YYYY/MM/DD/HH/<name>-<first>-<last>: {key}");
+    assert!(parts[5].starts_with("toll-rows-00000000000000000000-00000000000000000004"), "{key}");
+    let text = std::fs::read_to_string(rows[0]).expect("read rows");
+    let ids: Vec<String> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("row")["transaction_id"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(ids, vec!["T0017-000001", "T0017-000002", "T0042-000003", "T0017-000001"]);
+    assert!(text.contains("\"currency\":\"EUR\""), "the transform's config applies");
+    let failure: Value =
+        serde_json::from_str(std::fs::read_to_string(errors[0]).expect("errors").trim()).expect("json");
+    assert_eq!(failure["errorCode"], "Transform.ProcessingFailed");
+    assert_eq!(failure["rawData"], b64("not,a,toll,line"));
+    assert!(failure["errorMessage"].as_str().unwrap_or("").contains("expected 8 comma-separated fields"), "{failure}");
+    assert!(failure["arrivalTimestamp"].as_i64().is_some() && failure["attemptEndingTimestamp"].as_i64().is_some());
+    let status = host.host.status();
+    let d = &status.deliveries[0];
+    assert_eq!((d.records_in, d.records_delivered, d.records_failed, d.objects), (5, 4, 1, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn size_and_age_each_trigger_a_gzip_delivery_without_waiting_for_shutdown() {
+    let manifest = r#"
+[pipeline]
+name = "gzip-test"
+data-dir = "data"
+
+[delivery.by-size]
+buffer-size = "1KiB"
+buffer-interval = "15m"
+lake = "lake"
+prefix = "size/"
+compression = "gzip"
+
+[delivery.by-age]
+buffer-interval = "200ms"
+lake = "lake"
+prefix = "age/"
+"#;
+    let mut host = TestHost::start(manifest).await.expect("start");
+    let lines: Vec<String> = (0..20).map(|i| format!("{i:03}-{}", "x".repeat(96))).collect();
+    let records: Vec<Value> = lines.iter().map(|l| json!({"Data": b64(l)})).collect();
+    firehose(&host, "PutRecordBatch", json!({"DeliveryStreamName": "by-size", "Records": records})).await;
+    firehose(&host, "PutRecord", json!({"DeliveryStreamName": "by-age", "Record": {"Data": b64("young")}})).await;
+    host.wait_until("a size-triggered and an age-triggered delivery", |s| s.deliveries.iter().all(|d| d.objects >= 1))
+        .await;
+    host.stop().await;
+    let lake = host.path("lake");
+    let mut delivered = Vec::new();
+    for file in files(&lake.join("size")) {
+        assert!(file.extension().is_some_and(|e| e == "gz"), "{file:?}");
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(std::fs::File::open(&file).expect("open"))
+            .read_to_string(&mut text)
+            .expect("gunzip");
+        delivered.extend(text.lines().map(str::to_owned));
+    }
+    assert_eq!(delivered, lines, "every record once, in order, across objects of at most ~1KiB");
+    assert!(files(&lake.join("size")).len() >= 2, "1 KiB objects");
+    let aged = files(&lake.join("age"));
+    assert_eq!(aged.len(), 1);
+    assert_eq!(std::fs::read_to_string(&aged[0]).expect("read"), "young\n");
+}
