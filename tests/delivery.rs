@@ -62,6 +62,7 @@ config = { currency = "EUR" }
 buffer-interval = "15m"
 lake = "lake"
 prefix = "rows/"
+backup-prefix = "raw/"
 "#;
     let mut host = TestHost::start(manifest).await.expect("start");
     let list = firehose(&host, "ListDeliveryStreams", json!({})).await;
@@ -78,24 +79,45 @@ prefix = "rows/"
         firehose(&host, "PutRecord", json!({"DeliveryStreamName": "toll-rows", "Record": {"Data": b64(GOOD[0])}}))
             .await;
     assert!(single["RecordId"].as_str().is_some_and(|id| id.starts_with("toll-rows:")), "{single}");
+    // The native API feeds delivery streams too.
+    let native = reqwest::Client::new()
+        .post(format!("{}/v1/delivery/toll-rows/records", host.url))
+        .header("content-type", "text/plain")
+        .body(GOOD[1])
+        .send()
+        .await
+        .expect("native put");
+    assert!(native.status().is_success());
+    let unknown = reqwest::Client::new()
+        .post(format!("{}/v1/delivery/nope/records", host.url))
+        .json(&json!({"data": "x"}))
+        .send()
+        .await
+        .expect("native put");
+    assert_eq!(unknown.status(), reqwest::StatusCode::NOT_FOUND);
 
     // The interval is 15 minutes and the size far off: the shutdown delivers what is buffered.
     host.stop().await;
     let lake = host.path("lake");
     let all = files(&lake);
+    let raw: Vec<&PathBuf> = all.iter().filter(|p| p.starts_with(lake.join("raw"))).collect();
+    assert_eq!(raw.len(), 1, "{all:?}");
+    let backup = std::fs::read_to_string(raw[0]).expect("raw backup");
+    assert_eq!(backup.lines().nth(1), Some("not,a,toll,line"), "the untransformed records, failed ones included");
+    assert_eq!(backup.lines().count(), 6);
     let rows: Vec<&PathBuf> = all.iter().filter(|p| p.starts_with(lake.join("rows"))).collect();
     let errors: Vec<&PathBuf> = all.iter().filter(|p| p.starts_with(lake.join("errors"))).collect();
     assert_eq!((rows.len(), errors.len()), (1, 1), "{all:?}");
     let key = rows[0].strip_prefix(&lake).expect("in the lake").display().to_string();
     let parts: Vec<&str> = key.split('/').collect();
     assert_eq!(parts.len(), 6, "rows/YYYY/MM/DD/HH/<name>-<first>-<last>: {key}");
-    assert!(parts[5].starts_with("toll-rows-00000000000000000000-00000000000000000004"), "{key}");
+    assert!(parts[5].starts_with("toll-rows-00000000000000000000-00000000000000000005"), "{key}");
     let text = std::fs::read_to_string(rows[0]).expect("read rows");
     let ids: Vec<String> = text
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).expect("row")["transaction_id"].as_str().unwrap_or("").to_owned())
         .collect();
-    assert_eq!(ids, vec!["T0017-000001", "T0017-000002", "T0042-000003", "T0017-000001"]);
+    assert_eq!(ids, vec!["T0017-000001", "T0017-000002", "T0042-000003", "T0017-000001", "T0017-000002"]);
     assert!(text.contains("\"currency\":\"EUR\""), "the transform's config applies");
     let failure: Value =
         serde_json::from_str(std::fs::read_to_string(errors[0]).expect("errors").trim()).expect("json");
@@ -105,7 +127,7 @@ prefix = "rows/"
     assert!(failure["arrivalTimestamp"].as_i64().is_some() && failure["attemptEndingTimestamp"].as_i64().is_some());
     let status = host.host.status();
     let d = &status.deliveries[0];
-    assert_eq!((d.records_in, d.records_delivered, d.records_failed, d.objects), (5, 4, 1, 2));
+    assert_eq!((d.records_in, d.records_delivered, d.records_failed, d.objects), (6, 5, 1, 3));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -301,6 +301,14 @@ impl Worker {
         let partition = hour_partition(batch[0].arrival_ms);
         let name = &self.spec.name;
         let extension = if self.spec.gzip { ".gz" } else { "" };
+        if let Some(backup) = &self.spec.backup_prefix {
+            let mut raw = Vec::new();
+            for r in batch {
+                raw.extend_from_slice(&r.data);
+                raw.push(b'\n');
+            }
+            self.put(runtime, &format!("{backup}{partition}{name}-{first:020}-{last:020}{extension}"), raw);
+        }
         if !rows.is_empty() {
             let key = format!("{}{partition}{name}-{first:020}-{last:020}{extension}", self.spec.prefix);
             self.put(runtime, &key, rows);
@@ -429,6 +437,7 @@ mod tests {
             lake: lake.to_owned(),
             prefix: String::new(),
             error_prefix: "errors/".into(),
+            backup_prefix: None,
             gzip: false,
         }
     }

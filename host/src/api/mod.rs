@@ -56,6 +56,7 @@ pub fn router(host: Arc<Host>, auth: Auth) -> Router {
         .route("/", post(kinesis::dispatch))
         .route("/v1/pipeline", get(native::pipeline_status))
         .route("/v1/streams/{stream}/records", post(native::put_records).get(native::get_records))
+        .route("/v1/delivery/{name}/records", post(native::put_delivery_records))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/v1/health", get(|| async { axum::Json(json!({"status": "ok"})) }))

@@ -8,6 +8,7 @@
 //!   `text/plain`, one record per non-empty line (`?partition_key=` applies to all).
 //! - `GET /v1/streams/{stream}/records?shard=0&from=0&limit=100`: records of a
 //!   shard from a sequence number on, with `next` to continue from.
+//! - `POST /v1/delivery/{name}/records`: the same bodies, into a delivery stream.
 //! - `GET /v1/pipeline`: stages, plugin versions and counters.
 //! - `GET /v1/health`
 
@@ -112,11 +113,51 @@ pub(super) async fn put_records(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<axum::Json<Value>, ApiError> {
+    let records = parse_put(&headers, query, &body)?;
+    let host = api.host.clone();
+    let results = tokio::task::spawn_blocking(move || host.put(&stream, records)).await.map_err(|_| ApiError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        code: "Internal",
+        message: "put failed".into(),
+    })??;
+    put_answer(results)
+}
+
+/// `POST /v1/delivery/{name}/records`: the same bodies, into a delivery stream.
+pub(super) async fn put_delivery_records(
+    State(api): State<Arc<super::ApiState>>,
+    Path(delivery): Path<String>,
+    Query(query): Query<PutQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<axum::Json<Value>, ApiError> {
+    let records = parse_put(&headers, query, &body)?;
+    let host = api.host.clone();
+    let results = tokio::task::spawn_blocking(move || host.deliver(&delivery, records))
+        .await
+        .map_err(|_| ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "Internal",
+            message: "put failed".into(),
+        })?
+        .map_err(|e| match e {
+            StreamError::UnknownStream(name) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "UnknownDeliveryStream",
+                format!("no delivery stream named `{name}`: declare [delivery.{name}] in the manifest"),
+            ),
+            other => PutError::Stream(other).into(),
+        })?;
+    put_answer(results)
+}
+
+/// The records of a put request: JSON (one or a batch) or text lines.
+fn parse_put(headers: &HeaderMap, query: PutQuery, body: &[u8]) -> Result<Vec<NewRecord>, ApiError> {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
     let records = if content_type.starts_with("text/plain") {
-        text_records(&body, query.partition_key)?
+        text_records(body, query.partition_key)?
     } else if content_type.starts_with("application/json") {
-        json_records(&body)?
+        json_records(body)?
     } else {
         return Err(ApiError {
             status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -133,17 +174,17 @@ pub(super) async fn put_records(
             records.len()
         )));
     }
-    let host_put = api.host.clone();
-    let results = tokio::task::spawn_blocking(move || host_put.put(&stream, records)).await.map_err(|_| {
-        ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, code: "Internal", message: "put failed".into() }
-    })??;
-    // Nothing accepted: answer with the error itself (503 for a full or throttled stream).
+    Ok(records)
+}
+
+/// One entry per record; the error itself when nothing was accepted (503
+/// for a full or throttled stream).
+fn put_answer(results: Vec<Result<crate::stream::Appended, StreamError>>) -> Result<axum::Json<Value>, ApiError> {
     if let Some(Err(first)) = results.first()
         && results.iter().all(|r| r.is_err())
     {
         return Err(PutError::Stream(first.clone()).into());
     }
-    // Otherwise one entry per record; a record past its shard's limits failed alone.
     let failed = results.iter().filter(|r| r.is_err()).count();
     let entries: Vec<Value> = results
         .iter()

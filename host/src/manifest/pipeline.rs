@@ -50,6 +50,7 @@
 //! lake = "../out/lake"                # a local directory
 //! prefix = "rows/"                    # object keys: <prefix>YYYY/MM/DD/HH/<name>-<first>-<last>
 //! error-prefix = "errors/"            # failed records with their reasons (the default)
+//! backup-prefix = "raw/"              # optional: keep the untransformed records too
 //! compression = "gzip"                # none (the default) | gzip
 //! ```
 
@@ -308,6 +309,8 @@ pub struct DeliverySpec {
     pub prefix: String,
     /// Key prefix of records that failed, with their reasons.
     pub error_prefix: String,
+    /// If set, the untransformed records are also kept under this prefix.
+    pub backup_prefix: Option<String>,
     /// Whether objects are gzip-compressed.
     pub gzip: bool,
 }
@@ -343,6 +346,7 @@ struct RawDelivery {
     prefix: String,
     #[serde(default = "default_error_prefix")]
     error_prefix: String,
+    backup_prefix: Option<String>,
     #[serde(default)]
     compression: Compression,
 }
@@ -888,6 +892,7 @@ impl Checker<'_> {
             lake: base.join(&raw.lake),
             prefix: raw.prefix.clone(),
             error_prefix: raw.error_prefix.clone(),
+            backup_prefix: raw.backup_prefix.clone(),
             gzip: raw.compression == Compression::Gzip,
         })
     }
