@@ -159,7 +159,8 @@ fn parse_authorization(value: &str) -> Result<Parsed<'_>, AuthError> {
 /// `YYYYMMDDTHHMMSSZ` to seconds since the Unix epoch.
 fn parse_amz_date(s: &str) -> Option<i64> {
     let b = s.as_bytes();
-    if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
+    // ASCII only, so the slicing below cannot split a character.
+    if b.len() != 16 || !s.is_ascii() || b[8] != b'T' || b[15] != b'Z' {
         return None;
     }
     let rfc3339 = format!("{}-{}-{}T{}:{}:{}Z", &s[0..4], &s[4..6], &s[6..8], &s[9..11], &s[11..13], &s[13..15]);
@@ -357,6 +358,13 @@ mod tests {
         assert_eq!(headers["x-amz-date"], "20261126T120000Z");
         assert_eq!(verify(&keys(), &Method::POST, &uri, &headers, b"{}", now), Ok("AKIDEXAMPLE".into()));
         assert_eq!(verify(&keys(), &Method::POST, &uri, &headers, b"{ }", now), Err(AuthError::BadSignature));
+    }
+
+    #[test]
+    fn hostile_dates_are_refused_not_panicked_on() {
+        for date in ["2015083€T12360Z", "20150830T1236ÿZ", "", "20150830T123600", "2015-08-30T12:36:00Z"] {
+            assert_eq!(parse_amz_date(date), None, "{date}");
+        }
     }
 
     #[test]
