@@ -111,7 +111,7 @@ backup-prefix = "raw/"
     let key = rows[0].strip_prefix(&lake).expect("in the lake").display().to_string();
     let parts: Vec<&str> = key.split('/').collect();
     assert_eq!(parts.len(), 6, "rows/YYYY/MM/DD/HH/<name>-<first>-<last>: {key}");
-    assert!(parts[5].starts_with("toll-rows-00000000000000000000-00000000000000000005"), "{key}");
+    assert!(parts[5].starts_with("toll-rows-000000-00000000000000000000-00000000000000000005"), "{key}");
     let text = std::fs::read_to_string(rows[0]).expect("read rows");
     let ids: Vec<String> = text
         .lines()
@@ -172,4 +172,62 @@ prefix = "age/"
     let aged = files(&lake.join("age"));
     assert_eq!(aged.len(), 1);
     assert_eq!(std::fs::read_to_string(&aged[0]).expect("read"), "young\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_stream_can_read_a_sharded_weir_stream_instead_of_direct_puts() {
+    let manifest = r#"
+[pipeline]
+name = "stream-source"
+data-dir = "data"
+
+[sources.http]
+kind = "http"
+stream = "toll-lines"
+
+[streams.toll-lines]
+shards = 3
+
+[delivery.from-stream]
+stream = "toll-lines"
+transform = "{root}/plugins/toll-etl"
+buffer-interval = "15m"
+lake = "lake"
+"#;
+    let mut host = TestHost::start(manifest).await.expect("start");
+    let records: Vec<Value> = (0..60)
+        .map(|i| {
+            let line = format!("T{i:04}-000001,2026-11-26T14:03:12Z,17,3,TAG{i:04},C{:04},2,100", i % 7);
+            json!({"partition_key": format!("C{:04}", i % 7), "data": line})
+        })
+        .collect();
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/streams/toll-lines/records", host.url))
+        .json(&json!({"records": records}))
+        .send()
+        .await
+        .expect("put");
+    assert!(response.status().is_success());
+    let refused = reqwest::Client::new()
+        .post(format!("{}/", host.url))
+        .header("x-amz-target", "Firehose_20150804.PutRecord")
+        .header("content-type", "application/x-amz-json-1.1")
+        .body(json!({"DeliveryStreamName": "from-stream", "Record": {"Data": b64("x")}}).to_string())
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(refused.status(), reqwest::StatusCode::BAD_REQUEST);
+    assert!(refused.text().await.unwrap_or_default().contains("reads stream `toll-lines`"));
+    host.stop().await;
+    let objects = files(&host.path("lake"));
+    assert!(objects.len() >= 2, "one object per shard that had records: {objects:?}");
+    let mut ids: Vec<String> = objects
+        .iter()
+        .flat_map(|f| std::fs::read_to_string(f).unwrap_or_default().lines().map(str::to_owned).collect::<Vec<_>>())
+        .map(|l| serde_json::from_str::<Value>(&l).expect("row")["transaction_id"].as_str().unwrap_or("").to_owned())
+        .collect();
+    ids.sort();
+    let mut expected: Vec<String> = (0..60).map(|i| format!("T{i:04}-000001")).collect();
+    expected.sort();
+    assert_eq!(ids, expected, "every record of every shard delivered once");
 }

@@ -69,10 +69,11 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// Starts delivering what `buffers` holds for `spec`.
+    /// Starts delivering: from the delivery's own buffer stream in `source`
+    /// (named like the delivery), or from the weir stream the spec names.
     pub fn start(
         spec: DeliverySpec,
-        buffers: Arc<dyn StreamStore>,
+        source: Arc<dyn StreamStore>,
         transform: Option<TransformerPlugin>,
         state_dir: PathBuf,
     ) -> Result<Delivery, DeliveryError> {
@@ -85,13 +86,19 @@ impl Delivery {
         let spec = Arc::new(spec);
         let stats = Arc::new(DeliveryStats::default());
         let draining = Arc::new(AtomicBool::new(false));
+        let (source_stream, consumer) = match &spec.source_stream {
+            Some(stream) => (stream.to_string(), format!("delivery-{}", spec.name)),
+            None => (spec.name.to_string(), CONSUMER.to_owned()),
+        };
         let worker = Worker {
             spec: spec.clone(),
-            buffers,
+            source,
+            source_stream,
+            consumer,
             transform,
             instance: None,
             lake: Arc::new(lake),
-            plan_file: state_dir.join(format!("{}.plan", spec.name)),
+            state_dir,
             stats: stats.clone(),
             draining: draining.clone(),
         };
@@ -136,19 +143,23 @@ pub enum DeliveryError {
 
 struct Worker {
     spec: Arc<DeliverySpec>,
-    buffers: Arc<dyn StreamStore>,
+    /// Where records come from: the delivery's own buffer, or a weir stream.
+    source: Arc<dyn StreamStore>,
+    /// The stream in `source` to read.
+    source_stream: String,
+    /// The consumer name in `source`.
+    consumer: String,
     transform: Option<TransformerPlugin>,
     instance: Option<TransformerInstance>,
     lake: Arc<LocalFileSystem>,
-    plan_file: PathBuf,
+    state_dir: PathBuf,
     stats: Arc<DeliveryStats>,
     draining: Arc<AtomicBool>,
 }
 
 impl Worker {
     fn run(mut self) {
-        let name = self.spec.name.to_string();
-        let span = tracing::info_span!("delivery", delivery = %name);
+        let span = tracing::info_span!("delivery", delivery = %self.spec.name);
         let _enter = span.enter();
         let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(r) => r,
@@ -157,109 +168,130 @@ impl Worker {
                 return;
             }
         };
-        let mut position = match self.buffers.register_consumer(&name, 0, CONSUMER) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the delivery buffer");
-                return;
-            }
-        };
-        // A delivery planned before a crash is redone with the same bounds, so
-        // it overwrites the same objects.
-        let mut planned = self.read_plan().filter(|(first, _)| *first == position);
-        let mut buffer: Vec<StoredRecord> = Vec::new();
-        let mut buffered_bytes = 0u64;
+        let stream = self.source_stream.clone();
+        let mut shards: Vec<ShardBuffer> = Vec::new();
         loop {
-            let seen = self.buffers.changes(&name).unwrap_or(0);
-            let next = buffer.last().map_or(position, |r| r.sequence + 1);
-            match self.buffers.read(&name, 0, next, 10_000) {
-                Ok(records) => {
-                    buffered_bytes += records.iter().map(|r| r.data.len() as u64).sum::<u64>();
-                    buffer.extend(records);
-                }
-                Err(StreamError::Trimmed { oldest, .. }) => {
-                    tracing::warn!(expired = oldest - position, "buffered records expired before delivery");
-                    position = oldest;
-                    buffer.clear();
-                    buffered_bytes = 0;
-                    continue;
-                }
+            let seen = self.source.changes(&stream).unwrap_or(0);
+            let lineage = match self.source.lineage(&stream) {
+                Ok(l) => l,
                 Err(e) => {
-                    tracing::error!(error = %e, "cannot read the delivery buffer");
+                    tracing::error!(error = %e, "cannot read the delivery's source");
                     std::thread::sleep(Duration::from_secs(1));
                     continue;
                 }
+            };
+            // Shards opened by resharding join in; a planned delivery is redone first.
+            while shards.len() < lineage.len() {
+                let shard = shards.len() as u32;
+                match self.source.register_consumer(&stream, shard, &self.consumer) {
+                    Ok(position) => {
+                        let planned = self.read_plan(shard).filter(|(first, _)| *first == position);
+                        shards.push(ShardBuffer { position, records: Vec::new(), bytes: 0, planned });
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot read the delivery's source");
+                        return;
+                    }
+                }
             }
             let draining = self.draining.load(Ordering::Relaxed);
-            let oldest_age = buffer
-                .first()
-                .map_or(Duration::ZERO, |r| Duration::from_millis(now_ms().saturating_sub(r.arrival_ms).max(0) as u64));
-            let due = !buffer.is_empty()
-                && (planned.is_some()
-                    || draining
-                    || buffered_bytes >= self.spec.buffer_bytes
-                    || oldest_age >= self.spec.buffer_interval);
-            if due {
-                let take = match planned.take() {
-                    Some((_, last)) => buffer.iter().take_while(|r| r.sequence <= last).count(),
-                    None => self.batch_end(&buffer),
+            let mut delivered = false;
+            let mut wait = Duration::from_millis(100);
+            let mut left = false;
+            for k in 0..shards.len() {
+                // A parent's records are delivered before its children's.
+                let parents_done = lineage[k]
+                    .parents
+                    .iter()
+                    .all(|&p| lineage[p as usize].closed_at.is_some_and(|end| shards[p as usize].position >= end));
+                if !parents_done {
+                    left = true;
+                    continue;
+                }
+                let shard = k as u32;
+                let buf = &mut shards[k];
+                let next = buf.records.last().map_or(buf.position, |r| r.sequence + 1);
+                match self.source.read(&stream, shard, next, 10_000) {
+                    Ok(records) => {
+                        buf.bytes += records.iter().map(|r| r.data.len() as u64).sum::<u64>();
+                        buf.records.extend(records);
+                    }
+                    Err(StreamError::Trimmed { oldest, .. }) => {
+                        tracing::warn!(expired = oldest - buf.position, "records expired before delivery");
+                        *buf = ShardBuffer { position: oldest, records: Vec::new(), bytes: 0, planned: None };
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot read the delivery's source");
+                        continue;
+                    }
+                }
+                let age = buf.records.first().map_or(Duration::ZERO, |r| {
+                    Duration::from_millis(now_ms().saturating_sub(r.arrival_ms).max(0) as u64)
+                });
+                let due = !buf.records.is_empty()
+                    && (buf.planned.is_some()
+                        || draining
+                        || buf.bytes >= self.spec.buffer_bytes
+                        || age >= self.spec.buffer_interval);
+                if !due {
+                    left |= !buf.records.is_empty();
+                    wait = wait.min(self.spec.buffer_interval.saturating_sub(age));
+                    continue;
+                }
+                let take = match buf.planned.take() {
+                    Some((_, last)) => buf.records.iter().take_while(|r| r.sequence <= last).count(),
+                    None => batch_end(&buf.records, self.spec.buffer_bytes),
                 };
-                let batch: Vec<StoredRecord> = buffer.drain(..take).collect();
-                buffered_bytes -= batch.iter().map(|r| r.data.len() as u64).sum::<u64>();
+                let batch: Vec<StoredRecord> = buf.records.drain(..take).collect();
+                buf.bytes -= batch.iter().map(|r| r.data.len() as u64).sum::<u64>();
                 let (Some(first), Some(last)) = (batch.first(), batch.last()) else { continue };
                 let (first, last) = (first.sequence, last.sequence);
-                self.write_plan(first, last);
-                self.deliver(&runtime, &batch);
-                position = last + 1;
-                if let Err(e) = self.buffers.checkpoint(&name, 0, CONSUMER, position) {
+                self.write_plan(shard, first, last);
+                self.deliver(&runtime, shard, &batch);
+                shards[k].position = last + 1;
+                if let Err(e) = self.source.checkpoint(&stream, shard, &self.consumer, last + 1) {
                     tracing::error!(error = %e, "checkpoint failed");
                 }
-                let _ = std::fs::remove_file(&self.plan_file);
+                let _ = std::fs::remove_file(self.plan_file(shard));
+                delivered = true;
+            }
+            if delivered {
                 continue;
             }
-            if draining && buffer.is_empty() {
+            if draining && !left {
                 return;
             }
-            let wait = self.spec.buffer_interval.saturating_sub(oldest_age).min(Duration::from_millis(100));
-            let _ = self.buffers.wait_change(&name, seen, wait.max(Duration::from_millis(1)));
+            let _ = self.source.wait_change(&stream, seen, wait.max(Duration::from_millis(1)));
         }
     }
 
-    /// How many buffered records one delivery takes: up to the size threshold.
-    fn batch_end(&self, buffer: &[StoredRecord]) -> usize {
-        let mut bytes = 0u64;
-        let mut n = 0;
-        for r in buffer {
-            if n > 0 && bytes + r.data.len() as u64 > self.spec.buffer_bytes {
-                break;
-            }
-            bytes += r.data.len() as u64;
-            n += 1;
-        }
-        n
+    fn plan_file(&self, shard: u32) -> PathBuf {
+        self.state_dir.join(format!("{}.{shard}.plan", self.spec.name))
     }
 
-    fn read_plan(&self) -> Option<(u64, u64)> {
-        let text = std::fs::read_to_string(&self.plan_file).ok()?;
+    fn read_plan(&self, shard: u32) -> Option<(u64, u64)> {
+        let text = std::fs::read_to_string(self.plan_file(shard)).ok()?;
         let (first, last) = text.trim().split_once(' ')?;
         Some((first.parse().ok()?, last.parse().ok()?))
     }
 
-    fn write_plan(&self, first: u64, last: u64) {
-        let tmp = self.plan_file.with_extension("tmp");
+    fn write_plan(&self, shard: u32, first: u64, last: u64) {
+        let plan = self.plan_file(shard);
+        let tmp = plan.with_extension("tmp");
         let result = std::fs::File::create(&tmp)
             .and_then(|mut f| {
                 f.write_all(format!("{first} {last}\n").as_bytes())?;
                 f.sync_all()
             })
-            .and_then(|()| std::fs::rename(&tmp, &self.plan_file));
+            .and_then(|()| std::fs::rename(&tmp, &plan));
         if let Err(e) = result {
             tracing::warn!(error = %e, "cannot record the delivery plan");
         }
     }
 
     /// Transforms and writes one delivery: its rows object and its errors object.
-    fn deliver(&mut self, runtime: &tokio::runtime::Runtime, batch: &[StoredRecord]) {
+    fn deliver(&mut self, runtime: &tokio::runtime::Runtime, shard: u32, batch: &[StoredRecord]) {
         self.stats.records_in.fetch_add(batch.len() as u64, Ordering::Relaxed);
         let mut rows: Vec<u8> = Vec::new();
         let mut delivered = 0u64;
@@ -299,7 +331,8 @@ impl Worker {
         }
         let (first, last) = (batch[0].sequence, batch[batch.len() - 1].sequence);
         let partition = hour_partition(batch[0].arrival_ms);
-        let name = &self.spec.name;
+        // Named by shard and sequence range: the same delivery always has the same keys.
+        let name = format!("{}-{shard:06}", self.spec.name);
         let extension = if self.spec.gzip { ".gz" } else { "" };
         if let Some(backup) = &self.spec.backup_prefix {
             let mut raw = Vec::new();
@@ -415,6 +448,30 @@ fn error_entry(r: &StoredRecord, code: &str, message: &str) -> serde_json::Value
     })
 }
 
+/// What one shard of the source has buffered for delivery.
+struct ShardBuffer {
+    /// Next position to deliver (everything before is checkpointed).
+    position: u64,
+    records: Vec<StoredRecord>,
+    bytes: u64,
+    /// A delivery planned before a crash, to redo with the same bounds.
+    planned: Option<(u64, u64)>,
+}
+
+/// How many buffered records one delivery takes: up to the size threshold.
+fn batch_end(records: &[StoredRecord], limit: u64) -> usize {
+    let mut bytes = 0u64;
+    let mut n = 0;
+    for r in records {
+        if n > 0 && bytes + r.data.len() as u64 > limit {
+            break;
+        }
+        bytes += r.data.len() as u64;
+        n += 1;
+    }
+    n
+}
+
 /// `YYYY/MM/DD/HH/` of a time, UTC.
 fn hour_partition(ms: i64) -> String {
     let text = crate::sink::format_ms(ms);
@@ -438,6 +495,7 @@ mod tests {
             prefix: String::new(),
             error_prefix: "errors/".into(),
             backup_prefix: None,
+            source_stream: None,
             gzip: false,
         }
     }
@@ -465,7 +523,7 @@ mod tests {
         // As if the host died after planning records 0..=2 and before checkpointing them.
         let state = dir.path().join("state");
         std::fs::create_dir_all(&state).expect("state dir");
-        std::fs::write(state.join("d.plan"), "0 2\n").expect("plan");
+        std::fs::write(state.join("d.0.plan"), "0 2\n").expect("plan");
         let delivery = Delivery::start(spec(&dir.path().join("lake")), buffers, None, state.clone()).expect("start");
         delivery.drain();
         let mut keys: Vec<String> = std::fs::read_dir(dir.path().join("lake"))
@@ -477,9 +535,12 @@ mod tests {
         let names: Vec<&str> = keys.iter().filter_map(|k| k.rsplit('/').next()).collect();
         assert_eq!(
             names,
-            vec!["d-00000000000000000000-00000000000000000002", "d-00000000000000000003-00000000000000000004"]
+            vec![
+                "d-000000-00000000000000000000-00000000000000000002",
+                "d-000000-00000000000000000003-00000000000000000004"
+            ]
         );
-        assert!(!state.join("d.plan").exists(), "the plan is gone once delivered");
+        assert!(!state.join("d.0.plan").exists(), "the plan is gone once delivered");
     }
 
     fn walk(path: &std::path::Path) -> Vec<String> {

@@ -57,6 +57,14 @@ pub enum PutError {
         "stream `{0}` accepts no direct puts: add a [sources.<name>] with kind = \"http\" and stream = \"{0}\" to the manifest"
     )]
     NotASource(String),
+    /// The delivery stream reads a weir stream and takes no direct puts.
+    #[error("delivery stream `{delivery}` reads stream `{stream}`: put records into that stream instead")]
+    FedByStream {
+        /// The delivery stream.
+        delivery: String,
+        /// The stream it reads.
+        stream: String,
+    },
     /// The stream refused the records.
     #[error(transparent)]
     Stream(#[from] StreamError),
@@ -170,6 +178,7 @@ impl Host {
         let buffer_specs: Vec<DiskStreamSpec> = pipeline
             .deliveries
             .iter()
+            .filter(|d| d.source_stream.is_none())
             .map(|d| DiskStreamSpec::new(d.name.as_str(), DEFAULT_CAPACITY, FsyncPolicy::Group(DEFAULT_FSYNC_INTERVAL)))
             .collect();
         let buffers =
@@ -191,7 +200,9 @@ impl Host {
                 }
             };
             let state_dir = pipeline.data_dir.join("delivery-state");
-            deliveries.push(Delivery::start(spec.clone(), buffers.clone(), transform, state_dir)?);
+            let source: Arc<dyn StreamStore> =
+                if spec.source_stream.is_some() { streams.clone() } else { buffers.clone() };
+            deliveries.push(Delivery::start(spec.clone(), source, transform, state_dir)?);
         }
         Ok(Arc::new(Host {
             pipeline: Arc::new(pipeline),
@@ -217,8 +228,13 @@ impl Host {
         &self,
         delivery: &str,
         records: Vec<NewRecord>,
-    ) -> Result<Vec<Result<Appended, StreamError>>, StreamError> {
-        self.buffers.append(delivery, records)
+    ) -> Result<Vec<Result<Appended, StreamError>>, PutError> {
+        if let Some(d) = self.deliveries.iter().find(|d| d.spec.name.as_str() == delivery)
+            && let Some(stream) = &d.spec.source_stream
+        {
+            return Err(PutError::FedByStream { delivery: delivery.to_owned(), stream: stream.to_string() });
+        }
+        Ok(self.buffers.append(delivery, records)?)
     }
 
     /// The delivery streams' settings and counters.

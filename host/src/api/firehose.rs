@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::kinesis::KinesisError as AwsError;
 use super::native::MAX_RECORD_BYTES;
-use crate::pipeline::Host;
+use crate::pipeline::{Host, PutError};
 use crate::stream::{NewRecord, StreamError};
 
 /// Most records one `PutRecordBatch` may carry, as Firehose.
@@ -105,7 +105,7 @@ pub fn call(host: &Host, operation: &str, input: Value) -> Result<Value, AwsErro
             let results = host.deliver(name, vec![record(entry)?]).map_err(|e| delivery_error(name, e))?;
             match results.into_iter().next() {
                 Some(Ok(a)) => Ok(json!({"RecordId": record_id(name, a.sequence), "Encrypted": false})),
-                Some(Err(e)) => Err(delivery_error(name, e)),
+                Some(Err(e)) => Err(delivery_error(name, PutError::Stream(e))),
                 None => Err(AwsError::new("ServiceUnavailableException", "nothing was appended")),
             }
         }
@@ -139,7 +139,7 @@ pub fn call(host: &Host, operation: &str, input: Value) -> Result<Value, AwsErro
                     responses[*slot] = match result {
                         Ok(a) => json!({"RecordId": record_id(name, a.sequence)}),
                         Err(e) => {
-                            let e = delivery_error(name, e);
+                            let e = delivery_error(name, PutError::Stream(e));
                             json!({"ErrorCode": e.kind(), "ErrorMessage": e.message()})
                         }
                     };
@@ -152,12 +152,15 @@ pub fn call(host: &Host, operation: &str, input: Value) -> Result<Value, AwsErro
     }
 }
 
-fn delivery_error(name: &str, e: StreamError) -> AwsError {
+fn delivery_error(name: &str, e: PutError) -> AwsError {
     match e {
-        StreamError::UnknownStream(_) => not_found(name),
-        StreamError::Full { .. } | StreamError::Throttled { .. } => {
+        PutError::Stream(StreamError::UnknownStream(_)) => not_found(name),
+        PutError::Stream(e @ (StreamError::Full { .. } | StreamError::Throttled { .. })) => {
             AwsError::new("ServiceUnavailableException", e.to_string())
         }
-        other => other.into(),
+        PutError::Stream(other) => other.into(),
+        other @ (PutError::FedByStream { .. } | PutError::NotASource(_)) => {
+            AwsError::new("InvalidArgumentException", other.to_string())
+        }
     }
 }

@@ -65,6 +65,7 @@ impl From<PutError> for ApiError {
     fn from(e: PutError) -> Self {
         let (status, code) = match &e {
             PutError::NotASource(_) => (StatusCode::FORBIDDEN, "NotASource"),
+            PutError::FedByStream { .. } => (StatusCode::BAD_REQUEST, "FedByStream"),
             PutError::Stream(StreamError::UnknownStream(_)) => (StatusCode::NOT_FOUND, "UnknownStream"),
             PutError::Stream(StreamError::Full { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "StreamFull"),
             PutError::Stream(StreamError::Throttled { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "Throttled"),
@@ -141,12 +142,12 @@ pub(super) async fn put_delivery_records(
             message: "put failed".into(),
         })?
         .map_err(|e| match e {
-            StreamError::UnknownStream(name) => ApiError::new(
+            PutError::Stream(StreamError::UnknownStream(name)) => ApiError::new(
                 StatusCode::NOT_FOUND,
                 "UnknownDeliveryStream",
                 format!("no delivery stream named `{name}`: declare [delivery.{name}] in the manifest"),
             ),
-            other => PutError::Stream(other).into(),
+            other => other.into(),
         })?;
     put_answer(results)
 }

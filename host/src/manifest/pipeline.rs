@@ -43,7 +43,8 @@
 //! path = "../out/quickstart/rows.jsonl"
 //! format = "lines"                    # lines: payload + newline; json: key, time and payload
 //!
-//! [delivery.toll-rows]                # a delivery stream (as Firehose), fed by direct puts
+//! [delivery.toll-rows]                # a delivery stream (as Firehose), fed by direct puts...
+//! stream = "toll-lines"               # ...or by a weir stream instead (optional)
 //! transform = "../plugins/toll-etl"   # optional transformer plugin (with config, limits)
 //! buffer-size = "5MiB"                # deliver at this size (the default; 1KiB to 128MiB)...
 //! buffer-interval = "300s"            # ...or at this age, whichever first (the default; 0s to 15m)
@@ -311,6 +312,8 @@ pub struct DeliverySpec {
     pub error_prefix: String,
     /// If set, the untransformed records are also kept under this prefix.
     pub backup_prefix: Option<String>,
+    /// Read this weir stream instead of taking direct puts.
+    pub source_stream: Option<Name>,
     /// Whether objects are gzip-compressed.
     pub gzip: bool,
 }
@@ -334,6 +337,7 @@ pub const DEFAULT_BUFFER_INTERVAL: Duration = Duration::from_secs(300);
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawDelivery {
+    stream: Option<Spanned<String>>,
     transform: Option<Spanned<String>>,
     #[serde(default = "absent")]
     config: Spanned<BTreeMap<Spanned<String>, toml::Value>>,
@@ -834,6 +838,10 @@ impl Checker<'_> {
             raw.config = Spanned::new(entry.name_span.clone(), raw.config.into_inner());
         }
         let before = diags.len();
+        let source_stream = match &raw.stream {
+            None => None,
+            Some(stream) => Some(self.stream(stream, &format!("delivery `{name}` reads"), diags)?),
+        };
         let transform = match &raw.transform {
             None => {
                 if !raw.config.get_ref().is_empty() {
@@ -893,6 +901,7 @@ impl Checker<'_> {
             prefix: raw.prefix.clone(),
             error_prefix: raw.error_prefix.clone(),
             backup_prefix: raw.backup_prefix.clone(),
+            source_stream,
             gzip: raw.compression == Compression::Gzip,
         })
     }
