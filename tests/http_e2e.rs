@@ -467,3 +467,45 @@ async fn resharding_while_records_flow_keeps_order_per_key_and_loses_nothing() {
     assert_eq!(info.shards.len(), 2 + 3 + 1);
     assert_eq!(info.shards[5].parents, vec![2, 3, 4], "the merged shard descends from all three");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzip_bodies_are_accepted_and_the_limit_holds_after_decompression() {
+    use std::io::Write as _;
+    let gzip = |bytes: &[u8]| {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(bytes).expect("gzip");
+        gz.finish().expect("gzip")
+    };
+    let mut host = TestHost::start(&ETL.replace("[sinks.rows]", "[api]\nmax-body = \"64KiB\"\n\n[sinks.rows]"))
+        .await
+        .expect("start");
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/streams/toll-lines/records", host.url);
+    let body = json!({"records": [{"data": LINE_1}, {"data": LINE_2}]}).to_string();
+    let ok = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .body(gzip(body.as_bytes()))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(ok.status(), StatusCode::OK, "{}", ok.text().await.unwrap_or_default());
+    // 1 MiB of text compresses to a few KiB: under the limit sent, over it decompressed.
+    let bomb = gzip(&vec![b'a'; 1 << 20]);
+    assert!(bomb.len() < 64 << 10);
+    let refused = client
+        .post(&url)
+        .header("content-type", "text/plain")
+        .header("content-encoding", "gzip")
+        .body(bomb)
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(refused.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(refused.text().await.unwrap_or_default().contains("decompressed body is larger"));
+    let odd = client.post(&url).header("content-encoding", "br").body("x").send().await.expect("put");
+    assert_eq!(odd.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(host.host.status().streams["toll-lines"], 2);
+    host.stop().await;
+}

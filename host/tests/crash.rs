@@ -1,5 +1,5 @@
 //! Crash safety of durable streams, with the real binary: a `weir run` taking
-//! puts under load is killed with SIGKILL at varying points, many times; after
+//! puts under load is killed with SIGKILL at varying points, 12 times; after
 //! each restart every acknowledged record is there, at the sequence number it
 //! was acknowledged with, exactly once, in order per producer.
 
@@ -79,7 +79,7 @@ fn acknowledged_records_survive_sigkill_exactly_once_and_in_order() {
     // Every acknowledged record: sequence -> data.
     let acked: Arc<Mutex<BTreeMap<u64, String>>> = Arc::default();
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-    for round in 0..8 {
+    for round in 0..12 {
         let port = free_port();
         let mut child = start(&manifest, port);
         runtime.block_on(wait_ready(&client, port));

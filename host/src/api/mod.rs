@@ -57,6 +57,8 @@ pub fn router(host: Arc<Host>, auth: Auth) -> Router {
         .route("/v1/pipeline", get(native::pipeline_status))
         .route("/v1/streams/{stream}/records", post(native::put_records).get(native::get_records))
         .route("/v1/delivery/{name}/records", post(native::put_delivery_records))
+        // Outermost first: authenticate the body as sent, then decompress it.
+        .layer(middleware::from_fn_with_state(state.clone(), decompress))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/v1/health", get(|| async { axum::Json(json!({"status": "ok"})) }))
@@ -81,10 +83,6 @@ async fn authenticate(State(state): State<Arc<ApiState>>, request: Request, next
     let Auth::Keys(keys) = &state.auth else { return next.run(request).await };
     let aws_protocol = request.uri().path() == "/";
     let (parts, body) = request.into_parts();
-    if parts.headers.get("content-encoding").is_some_and(|v| v != "identity") {
-        let message = "Content-Encoding is not supported: send the body uncompressed";
-        return refuse(aws_protocol, StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType", message.into());
-    }
     let bytes = match axum::body::to_bytes(body, state.max_body).await {
         Ok(b) => b,
         Err(_) => {
@@ -100,6 +98,43 @@ async fn authenticate(State(state): State<Arc<ApiState>>, request: Request, next
             refuse(aws_protocol, status, e.aws_type(), e.to_string())
         }
     }
+}
+
+/// Accepts `Content-Encoding: gzip` bodies; the size limit holds for the
+/// compressed body and again for the decompressed one (no gzip bombs).
+async fn decompress(State(state): State<Arc<ApiState>>, request: Request, next: Next) -> Response {
+    let aws_protocol = request.uri().path() == "/";
+    let encoding = request.headers().get("content-encoding").and_then(|v| v.to_str().ok()).map(str::to_ascii_lowercase);
+    match encoding.as_deref() {
+        None | Some("identity") => return next.run(request).await,
+        Some("gzip") => {}
+        Some(other) => {
+            let message = format!("Content-Encoding `{other}` is not supported: send gzip or an uncompressed body");
+            return refuse(aws_protocol, StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType", message);
+        }
+    }
+    let (mut parts, body) = request.into_parts();
+    let too_large = |what: &str| {
+        let message = format!("the {what} body is larger than the limit of {} bytes", state.max_body);
+        refuse(aws_protocol, StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge", message)
+    };
+    let Ok(compressed) = axum::body::to_bytes(body, state.max_body).await else { return too_large("compressed") };
+    let mut decoded = Vec::new();
+    let limit = state.max_body as u64 + 1;
+    let read = std::io::Read::read_to_end(
+        &mut std::io::Read::take(flate2::read::GzDecoder::new(&compressed[..]), limit),
+        &mut decoded,
+    );
+    if let Err(e) = read {
+        let message = format!("the body is not valid gzip: {e}");
+        return refuse(aws_protocol, StatusCode::BAD_REQUEST, "InvalidRequest", message);
+    }
+    if decoded.len() > state.max_body {
+        return too_large("decompressed");
+    }
+    parts.headers.remove("content-encoding");
+    parts.headers.remove("content-length");
+    next.run(Request::from_parts(parts, Body::from(decoded))).await
 }
 
 fn refuse(aws_protocol: bool, status: StatusCode, kind: &'static str, message: String) -> Response {
