@@ -330,7 +330,7 @@ impl Worker {
             }
         }
         let (first, last) = (batch[0].sequence, batch[batch.len() - 1].sequence);
-        let partition = hour_partition(batch[0].arrival_ms);
+        let at = batch[0].arrival_ms;
         // Named by shard and sequence range: the same delivery always has the same keys.
         let name = format!("{}-{shard:06}", self.spec.name);
         let extension = if self.spec.gzip { ".gz" } else { "" };
@@ -340,10 +340,11 @@ impl Worker {
                 raw.extend_from_slice(&r.data);
                 raw.push(b'\n');
             }
-            self.put(runtime, &format!("{backup}{partition}{name}-{first:020}-{last:020}{extension}"), raw);
+            let key = format!("{}{name}-{first:020}-{last:020}{extension}", object_prefix(backup, at, None));
+            self.put(runtime, &key, raw);
         }
         if !rows.is_empty() {
-            let key = format!("{}{partition}{name}-{first:020}-{last:020}{extension}", self.spec.prefix);
+            let key = format!("{}{name}-{first:020}-{last:020}{extension}", object_prefix(&self.spec.prefix, at, None));
             self.put(runtime, &key, rows);
         }
         if !errors.is_empty() {
@@ -352,7 +353,8 @@ impl Worker {
                 body.extend_from_slice(e.to_string().as_bytes());
                 body.push(b'\n');
             }
-            let key = format!("{}{partition}{name}-{first:020}-{last:020}.errors{extension}", self.spec.error_prefix);
+            let prefix = object_prefix(&self.spec.error_prefix, at, Some("processing-failed"));
+            let key = format!("{prefix}{name}-{first:020}-{last:020}.errors{extension}");
             self.put(runtime, &key, body);
         }
         self.stats.records_delivered.fetch_add(delivered, Ordering::Relaxed);
@@ -472,11 +474,69 @@ fn batch_end(records: &[StoredRecord], limit: u64) -> usize {
     n
 }
 
-/// `YYYY/MM/DD/HH/` of a time, UTC.
-fn hour_partition(ms: i64) -> String {
-    let text = crate::sink::format_ms(ms);
+/// The key prefix of an object delivered at `ms` (UTC). A prefix without
+/// expressions gets `YYYY/MM/DD/HH/` appended, as in Firehose; one with
+/// expressions is expanded instead: `!{timestamp:PATTERN}` (tokens `yyyy`,
+/// `MM`, `dd`, `HH`, `mm`, `ss`; anything else is literal) and
+/// `!{firehose:error-output-type}`. Only deterministic expressions exist, so a
+/// redone delivery gets the same keys.
+pub fn object_prefix(prefix: &str, ms: i64, error_type: Option<&str>) -> String {
     // RFC 3339: 2026-11-26T14:03:12.345Z
-    format!("{}/{}/{}/{}/", &text[0..4], &text[5..7], &text[8..10], &text[11..13])
+    let t = crate::sink::format_ms(ms);
+    let (year, month, day, hour, minute, second) = (&t[0..4], &t[5..7], &t[8..10], &t[11..13], &t[14..16], &t[17..19]);
+    if !prefix.contains("!{") {
+        return format!("{prefix}{year}/{month}/{day}/{hour}/");
+    }
+    let mut out = String::new();
+    let mut rest = prefix;
+    while let Some(start) = rest.find("!{") {
+        out.push_str(&rest[..start]);
+        let Some(end) = rest[start..].find('}') else {
+            out.push_str(&rest[start..]);
+            return out;
+        };
+        let expression = &rest[start + 2..start + end];
+        match expression.split_once(':') {
+            Some(("timestamp", pattern)) => {
+                out.push_str(
+                    &pattern
+                        .replace("yyyy", year)
+                        .replace("MM", month)
+                        .replace("dd", day)
+                        .replace("HH", hour)
+                        .replace("mm", minute)
+                        .replace("ss", second),
+                );
+            }
+            Some(("firehose", "error-output-type")) => out.push_str(error_type.unwrap_or("")),
+            _ => out.push_str(&rest[start..=start + end]),
+        }
+        rest = &rest[start + end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Checks the expressions of a prefix; the error says what is allowed.
+pub fn check_prefix(prefix: &str) -> Result<(), String> {
+    let mut rest = prefix;
+    while let Some(start) = rest.find("!{") {
+        let Some(end) = rest[start..].find('}') else {
+            return Err(format!("`{}` is not closed with `}}`", &rest[start..]));
+        };
+        let expression = &rest[start + 2..start + end];
+        match expression.split_once(':') {
+            Some(("timestamp", pattern)) if !pattern.is_empty() => {}
+            Some(("firehose", "error-output-type")) => {}
+            _ => {
+                return Err(format!(
+                    "`!{{{expression}}}` is not supported: use !{{timestamp:yyyy/MM/dd/HH}} (tokens yyyy MM dd HH mm ss) or !{{firehose:error-output-type}}"
+                ));
+            }
+        }
+        rest = &rest[start + end + 1..];
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -551,8 +611,25 @@ mod tests {
     }
 
     #[test]
-    fn objects_are_partitioned_by_hour_in_utc() {
+    fn objects_are_partitioned_by_hour_in_utc_or_by_the_prefix_expressions() {
         let ms = crate::sink::system_ms(humantime::parse_rfc3339("2026-11-26T14:03:12Z").expect("time"));
-        assert_eq!(hour_partition(ms), "2026/11/26/14/");
+        assert_eq!(object_prefix("rows/", ms, None), "rows/2026/11/26/14/");
+        assert_eq!(
+            object_prefix("rows/year=!{timestamp:yyyy}/month=!{timestamp:MM}/day=!{timestamp:dd}/", ms, None),
+            "rows/year=2026/month=11/day=26/"
+        );
+        assert_eq!(object_prefix("t=!{timestamp:HH-mm-ss}/", ms, None), "t=14-03-12/");
+        assert_eq!(
+            object_prefix(
+                "errors/!{firehose:error-output-type}/!{timestamp:yyyy/MM/dd}/",
+                ms,
+                Some("processing-failed")
+            ),
+            "errors/processing-failed/2026/11/26/"
+        );
+        assert_eq!(check_prefix("rows/!{timestamp:yyyy}/"), Ok(()));
+        let err = check_prefix("rows/!{firehose:random-string}/").expect_err("random keys would not be deterministic");
+        assert!(err.contains("is not supported"), "{err}");
+        assert!(check_prefix("rows/!{timestamp:yyyy").is_err());
     }
 }

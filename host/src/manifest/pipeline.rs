@@ -49,7 +49,8 @@
 //! buffer-size = "5MiB"                # deliver at this size (the default; 1KiB to 128MiB)...
 //! buffer-interval = "300s"            # ...or at this age, whichever first (the default; 0s to 15m)
 //! lake = "../out/lake"                # a local directory
-//! prefix = "rows/"                    # object keys: <prefix>YYYY/MM/DD/HH/<name>-<first>-<last>
+//! prefix = "rows/"                    # object keys: <prefix>YYYY/MM/DD/HH/<name>-<shard>-<first>-<last>;
+//!                                     # or expand !{timestamp:yyyy/MM/dd} / !{firehose:error-output-type}
 //! error-prefix = "errors/"            # failed records with their reasons (the default)
 //! backup-prefix = "raw/"              # optional: keep the untransformed records too
 //! compression = "gzip"                # none (the default) | gzip
@@ -872,6 +873,11 @@ impl Checker<'_> {
                 Some(Transform { plugin, config, limits })
             }
         };
+        for prefix in [Some(&raw.prefix), Some(&raw.error_prefix), raw.backup_prefix.as_ref()].into_iter().flatten() {
+            if let Err(e) = crate::delivery::check_prefix(prefix) {
+                diags.push(self.at(entry.name_span.clone(), format!("delivery `{name}`: {e}")));
+            }
+        }
         let buffer_bytes = match &raw.buffer_size {
             None => DEFAULT_BUFFER_BYTES,
             Some(size) => {
