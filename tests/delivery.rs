@@ -171,7 +171,8 @@ prefix = "age/y=!{timestamp:yyyy}/"
     assert!(files(&lake.join("size")).len() >= 2, "1 KiB objects");
     let aged = files(&lake.join("age"));
     assert_eq!(aged.len(), 1);
-    let dir = aged[0].parent().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir =
+        aged[0].parent().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     assert!(dir.starts_with("y=20") && dir.len() == 6, "the prefix expression was expanded: {dir}");
     assert_eq!(std::fs::read_to_string(&aged[0]).expect("read"), "young\n");
 }
