@@ -7,16 +7,9 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use weir_tests::{TestHost, root};
+use weir_tests::{TestHost, files, root};
 
 const BOTO3: &str = "boto3==1.35.99";
-
-fn walk(path: &std::path::Path) -> Vec<PathBuf> {
-    if path.is_file() {
-        return vec![path.to_owned()];
-    }
-    std::fs::read_dir(path).into_iter().flatten().filter_map(|e| e.ok()).flat_map(|e| walk(&e.path())).collect()
-}
 
 fn boto3() -> PathBuf {
     let dir = root().join("target").join("python");
@@ -68,12 +61,7 @@ lake = "lake"
     assert!(output.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("11 passed, 0 failed"), "{stdout}\n{stderr}");
     // What Firehose took is in the lake once the host has drained.
-    let delivered: String = std::fs::read_dir(host.path("lake"))
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok())
-        .flat_map(|e| walk(&e.path()))
-        .map(|f| std::fs::read_to_string(f).unwrap_or_default())
-        .collect();
+    let delivered: String =
+        files(&host.path("lake")).iter().map(|f| std::fs::read_to_string(f).unwrap_or_default()).collect();
     assert_eq!(delivered, "one\n\ntwo\n\nthree\n\n");
 }

@@ -4,11 +4,11 @@
 //! prefix with their reason; size, age and shutdown each trigger a delivery.
 
 use std::io::Read as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use base64::Engine as _;
 use serde_json::{Value, json};
-use weir_tests::TestHost;
+use weir_tests::{TestHost, files};
 
 const GOOD: [&str; 3] = [
     "T0017-000001,2026-11-26T14:03:12.345Z,17,3,TAG0012345,C000123,2,275",
@@ -33,20 +33,6 @@ async fn firehose(host: &TestHost, operation: &str, body: Value) -> Value {
 
 fn b64(text: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(text)
-}
-
-/// Every file under `dir`, sorted.
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_owned()];
-    while let Some(d) = todo.pop() {
-        for entry in std::fs::read_dir(&d).into_iter().flatten().filter_map(|e| e.ok()) {
-            let path = entry.path();
-            if path.is_dir() { todo.push(path) } else { out.push(path) }
-        }
-    }
-    out.sort();
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

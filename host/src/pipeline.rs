@@ -9,14 +9,13 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::delivery::{Delivery, DeliveryStatus};
-use crate::manifest::pipeline::DEFAULT_FSYNC_INTERVAL;
 use crate::manifest::{DeadLetter, Pipeline, Target};
 use crate::plugin::{PluginEngine, PluginError, PluginIdent, SandboxSpec, TransformerPlugin};
 use crate::sink::{FileSink, SinkError};
 use crate::stage::{Stage, StageHandle, StageOutput, StageStatus};
 use crate::stream::{
-    Appended, DEFAULT_CAPACITY, DiskStreamSpec, DiskStreams, FileSyncer, FsyncPolicy, NewRecord, StreamError,
-    StreamStore, shard_id,
+    Appended, DEFAULT_CAPACITY, DEFAULT_FSYNC_INTERVAL, DiskStreamSpec, DiskStreams, FileSyncer, FsyncPolicy,
+    NewRecord, StreamError, StreamStore, shard_id,
 };
 
 /// Why a pipeline could not start.
@@ -127,15 +126,15 @@ impl Host {
         let mut implicit: BTreeMap<PathBuf, Arc<FileSink>> = BTreeMap::new();
         let mut prepared = Vec::new();
         for spec in &pipeline.stages {
-            let stage_err = |source| StartError::Plugin { stage: spec.name.to_string(), source };
-            let ident = Arc::new(PluginIdent {
-                pipeline: pipeline.name.to_string(),
-                stage: spec.name.to_string(),
-                plugin: format!("{}@{}", spec.plugin.info.name, spec.plugin.info.version.get_ref()),
-            });
-            let sandbox = SandboxSpec { ident, limits: spec.limits, grants: spec.grants.clone() };
-            let compiled = engine.compile(&spec.plugin.component_path()).map_err(stage_err)?;
-            let plugin = TransformerPlugin::new(engine, compiled, sandbox, spec.config.clone()).map_err(stage_err)?;
+            let plugin = load_transformer(
+                engine,
+                &pipeline,
+                &spec.name,
+                &spec.plugin,
+                spec.limits,
+                spec.grants.clone(),
+                &spec.config,
+            )?;
             // Instantiate once now so a plugin that cannot start is reported before any record arrives.
             if let Err(e) = plugin.instantiate() {
                 tracing::error!(stage = %spec.name, error = %e, "plugin does not start; its records will wait in the stream");
@@ -187,17 +186,15 @@ impl Host {
         for spec in &pipeline.deliveries {
             let transform = match &spec.transform {
                 None => None,
-                Some(t) => {
-                    let stage_err = |source| StartError::Plugin { stage: spec.name.to_string(), source };
-                    let ident = Arc::new(PluginIdent {
-                        pipeline: pipeline.name.to_string(),
-                        stage: spec.name.to_string(),
-                        plugin: format!("{}@{}", t.plugin.info.name, t.plugin.info.version.get_ref()),
-                    });
-                    let sandbox = SandboxSpec { ident, limits: t.limits, grants: Default::default() };
-                    let compiled = engine.compile(&t.plugin.component_path()).map_err(stage_err)?;
-                    Some(TransformerPlugin::new(engine, compiled, sandbox, t.config.clone()).map_err(stage_err)?)
-                }
+                Some(t) => Some(load_transformer(
+                    engine,
+                    &pipeline,
+                    &spec.name,
+                    &t.plugin,
+                    t.limits,
+                    Default::default(),
+                    &t.config,
+                )?),
             };
             let state_dir = pipeline.data_dir.join("delivery-state");
             let source: Arc<dyn StreamStore> =
@@ -309,6 +306,26 @@ impl Host {
             delivery.drain();
         }
     }
+}
+
+/// Compiles and checks the transformer a stage or delivery stream runs, sandboxed as the manifest says.
+fn load_transformer(
+    engine: &Arc<PluginEngine>,
+    pipeline: &Pipeline,
+    owner: &crate::manifest::Name,
+    plugin: &crate::manifest::PluginManifest,
+    limits: crate::manifest::Limits,
+    grants: crate::manifest::Grants,
+    config: &[(String, String)],
+) -> Result<TransformerPlugin, StartError> {
+    let err = |source| StartError::Plugin { stage: owner.to_string(), source };
+    let ident = Arc::new(PluginIdent {
+        pipeline: pipeline.name.to_string(),
+        stage: owner.to_string(),
+        plugin: format!("{}@{}", plugin.info.name, plugin.info.version.get_ref()),
+    });
+    let compiled = engine.compile(&plugin.component_path()).map_err(err)?;
+    TransformerPlugin::new(engine, compiled, SandboxSpec { ident, limits, grants }, config.to_vec()).map_err(err)
 }
 
 /// The manifest checker guarantees every named sink exists; this keeps the

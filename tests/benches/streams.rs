@@ -15,8 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use weir_host::manifest::pipeline::DEFAULT_FSYNC_INTERVAL;
-use weir_host::stream::{DiskStreamSpec, DiskStreams, FileSyncer, FsyncPolicy, NewRecord, StreamStore};
+use weir_host::stream::{
+    DEFAULT_FSYNC_INTERVAL, DiskStreamSpec, DiskStreams, FileSyncer, FsyncPolicy, NewRecord, StreamStore,
+};
 use weir_tests::TestHost;
 
 const BATCH: usize = 500;

@@ -118,6 +118,20 @@ impl TestHost {
     }
 }
 
+/// Every file under `dir`, recursively, sorted.
+pub fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().filter_map(|e| e.ok()) {
+            let path = entry.path();
+            if path.is_dir() { todo.push(path) } else { out.push(path) }
+        }
+    }
+    out.sort();
+    out
+}
+
 /// The lines of a file, or none if it does not exist yet.
 pub fn lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path).map(|t| t.lines().map(str::to_owned).collect()).unwrap_or_default()

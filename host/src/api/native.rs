@@ -116,11 +116,7 @@ pub(super) async fn put_records(
 ) -> Result<axum::Json<Value>, ApiError> {
     let records = parse_put(&headers, query, &body)?;
     let host = api.host.clone();
-    let results = tokio::task::spawn_blocking(move || host.put(&stream, records)).await.map_err(|_| ApiError {
-        status: StatusCode::INTERNAL_SERVER_ERROR,
-        code: "Internal",
-        message: "put failed".into(),
-    })??;
+    let results = blocking(move || host.put(&stream, records)).await??;
     put_answer(results)
 }
 
@@ -134,22 +130,22 @@ pub(super) async fn put_delivery_records(
 ) -> Result<axum::Json<Value>, ApiError> {
     let records = parse_put(&headers, query, &body)?;
     let host = api.host.clone();
-    let results = tokio::task::spawn_blocking(move || host.deliver(&delivery, records))
-        .await
-        .map_err(|_| ApiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            code: "Internal",
-            message: "put failed".into(),
-        })?
-        .map_err(|e| match e {
-            PutError::Stream(StreamError::UnknownStream(name)) => ApiError::new(
-                StatusCode::NOT_FOUND,
-                "UnknownDeliveryStream",
-                format!("no delivery stream named `{name}`: declare [delivery.{name}] in the manifest"),
-            ),
-            other => other.into(),
-        })?;
+    let results = blocking(move || host.deliver(&delivery, records)).await?.map_err(|e| match e {
+        PutError::Stream(StreamError::UnknownStream(name)) => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "UnknownDeliveryStream",
+            format!("no delivery stream named `{name}`: declare [delivery.{name}] in the manifest"),
+        ),
+        other => other.into(),
+    })?;
     put_answer(results)
+}
+
+/// Runs a store call off the async workers (it may wait for an fsync).
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", "the request failed"))
 }
 
 /// The records of a put request: JSON (one or a batch) or text lines.
@@ -227,22 +223,15 @@ pub(super) async fn get_records(
         })?,
     };
     let host = api.host.clone();
-    let records = tokio::task::spawn_blocking(move || host.read(&stream, shard, query.from, limit))
-        .await
-        .map_err(|_| ApiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            code: "Internal",
-            message: "read failed".into(),
-        })?
-        .map_err(|e| {
-            let (status, code) = match &e {
-                StreamError::UnknownStream(_) => (StatusCode::NOT_FOUND, "UnknownStream"),
-                StreamError::UnknownShard { .. } => (StatusCode::NOT_FOUND, "UnknownShard"),
-                StreamError::Trimmed { .. } => (StatusCode::BAD_REQUEST, "Trimmed"),
-                _ => (StatusCode::INTERNAL_SERVER_ERROR, "Internal"),
-            };
-            ApiError { status, code, message: e.to_string() }
-        })?;
+    let records = blocking(move || host.read(&stream, shard, query.from, limit)).await?.map_err(|e| {
+        let (status, code) = match &e {
+            StreamError::UnknownStream(_) => (StatusCode::NOT_FOUND, "UnknownStream"),
+            StreamError::UnknownShard { .. } => (StatusCode::NOT_FOUND, "UnknownShard"),
+            StreamError::Trimmed { .. } => (StatusCode::BAD_REQUEST, "Trimmed"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "Internal"),
+        };
+        ApiError { status, code, message: e.to_string() }
+    })?;
     let next = records.last().map_or(query.from, |r| r.sequence + 1);
     let list: Vec<Value> = records
         .iter()

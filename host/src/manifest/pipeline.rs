@@ -70,7 +70,9 @@ use super::plugin::{PluginManifest, World, config_value_text};
 use super::toml_doc::Document;
 use super::units::{ByteSize, Name, parse_duration};
 use crate::api::AccessKey;
-use crate::stream::{DEFAULT_RETENTION, DEFAULT_SEGMENT_BYTES, DiskStreamSpec, FsyncPolicy, WriteLimit};
+use crate::stream::{
+    DEFAULT_FSYNC_INTERVAL, DEFAULT_RETENTION, DEFAULT_SEGMENT_BYTES, DiskStreamSpec, FsyncPolicy, WriteLimit,
+};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -156,9 +158,6 @@ struct RawWriteLimit {
 
 /// Most shards a stream may have.
 pub const MAX_SHARDS: u32 = 256;
-
-/// The group-commit interval unless a stream sets `fsync-interval`.
-pub const DEFAULT_FSYNC_INTERVAL: Duration = Duration::from_millis(5);
 
 fn default_capacity() -> usize {
     1_000_000

@@ -415,7 +415,7 @@ impl DiskStreams {
                 let setting = |key: &str| {
                     text.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.trim().parse::<u64>().ok())
                 };
-                let mut spec = DiskStreamSpec::new(&name, DEFAULT_CAPACITY, FsyncPolicy::Group(DEFAULT_GROUP_INTERVAL));
+                let mut spec = DiskStreamSpec::new(&name, DEFAULT_CAPACITY, FsyncPolicy::Group(DEFAULT_FSYNC_INTERVAL));
                 spec.retention = setting("retention_ms=").map_or(DEFAULT_RETENTION, Duration::from_millis);
                 spec.shards = setting("shards=").map_or(1, |n| n as u32);
                 streams.insert(name, Arc::new(Stream::open(&entry.path(), &spec, &syncer)?));
@@ -436,8 +436,8 @@ impl DiskStreams {
 
 /// Unconsumed records a stream created through the API holds before refusing puts.
 pub const DEFAULT_CAPACITY: usize = 1_000_000;
-/// Group-commit interval of streams created through the API.
-const DEFAULT_GROUP_INTERVAL: Duration = Duration::from_millis(5);
+/// The group-commit interval unless a stream sets `fsync-interval`.
+pub const DEFAULT_FSYNC_INTERVAL: Duration = Duration::from_millis(5);
 
 /// When the stream's folder was made: its creation time as the stream's.
 fn created_ms(dir: &Path) -> i64 {
@@ -1053,7 +1053,7 @@ impl StreamStore for DiskStreams {
             std::fs::remove_dir_all(&dir).map_err(|e| io_failed(&settings.name, "cannot clear its folder", &e))?;
         }
         let mut spec =
-            DiskStreamSpec::new(&settings.name, DEFAULT_CAPACITY, FsyncPolicy::Group(DEFAULT_GROUP_INTERVAL));
+            DiskStreamSpec::new(&settings.name, DEFAULT_CAPACITY, FsyncPolicy::Group(DEFAULT_FSYNC_INTERVAL));
         spec.retention = settings.retention;
         spec.shards = settings.shards.max(1);
         let created = Stream::open(&dir, &spec, &self.syncer)?;

@@ -6,13 +6,13 @@
 mod disk;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
 pub use disk::{
-    DEFAULT_CAPACITY, DEFAULT_RETENTION, DEFAULT_SEGMENT_BYTES, DiskStreamSpec, DiskStreams, FileSyncer, FsyncPolicy,
-    Syncer, WriteLimit,
+    DEFAULT_CAPACITY, DEFAULT_FSYNC_INTERVAL, DEFAULT_RETENTION, DEFAULT_SEGMENT_BYTES, DiskStreamSpec, DiskStreams,
+    FileSyncer, FsyncPolicy, Syncer, WriteLimit,
 };
 
 /// The Kinesis-style id of shard `index`: `shardId-000000000003`.
@@ -266,5 +266,5 @@ pub struct ShardInfo {
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    crate::sink::system_ms(SystemTime::now())
 }
