@@ -54,6 +54,16 @@
 //! error-prefix = "errors/"            # failed records with their reasons (the default)
 //! backup-prefix = "raw/"              # optional: keep the untransformed records too
 //! compression = "gzip"                # none (the default) | gzip
+//! retry-duration = "24h"              # lake writes retried this long, then the records go under error-prefix
+//!
+//! [delivery.toll-rows.warehouse]      # optional: rows are also bulk-loaded into a table
+//! kind = "sqlite"                     # sqlite (the default, created if missing) | postgres (the table must exist)
+//! database = "../out/warehouse.db"    # sqlite: a file; postgres: "host=127.0.0.1 user=weir dbname=tolls"
+//! database-env = "WEIR_WAREHOUSE"     # ...or the environment variable holding it (keeps passwords out)
+//! table = "toll_transactions"
+//! columns = ["transaction_id", "amount_cents"]        # columns named like the rows' JSON fields, or
+//! # columns = { amount = "amount_cents" }             # column = "field"
+//! retry-duration = "1h"               # loads retried this long, then the staged object is listed under error-prefix
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -73,6 +83,7 @@ use crate::api::AccessKey;
 use crate::stream::{
     DEFAULT_FSYNC_INTERVAL, DEFAULT_RETENTION, DEFAULT_SEGMENT_BYTES, DiskStreamSpec, FsyncPolicy, WriteLimit,
 };
+use crate::warehouse::{ColumnMap, Database, WarehouseSpec};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -316,6 +327,10 @@ pub struct DeliverySpec {
     pub source_stream: Option<Name>,
     /// Whether objects are gzip-compressed.
     pub gzip: bool,
+    /// How long a lake write is retried before its records go under the error prefix.
+    pub retry_duration: Duration,
+    /// Where rows are bulk-loaded, if anywhere.
+    pub warehouse: Option<WarehouseSpec>,
 }
 
 /// A delivery stream's transform plugin.
@@ -353,7 +368,34 @@ struct RawDelivery {
     backup_prefix: Option<String>,
     #[serde(default)]
     compression: Compression,
+    retry_duration: Option<Spanned<String>>,
+    warehouse: Option<Spanned<RawWarehouse>>,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawWarehouse {
+    #[serde(default)]
+    kind: WarehouseKind,
+    database: Option<Spanned<String>>,
+    database_env: Option<Spanned<String>>,
+    table: Spanned<String>,
+    columns: Spanned<toml::Value>,
+    retry_duration: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+enum WarehouseKind {
+    #[default]
+    Sqlite,
+    Postgres,
+}
+
+/// Lake writes are retried this long unless a delivery stream sets `retry-duration`.
+pub const DEFAULT_LAKE_RETRY: Duration = Duration::from_secs(24 * 3600);
+/// Warehouse loads are retried this long unless the warehouse sets `retry-duration` (as Firehose).
+pub const DEFAULT_WAREHOUSE_RETRY: Duration = Duration::from_secs(3600);
 
 fn default_error_prefix() -> String {
     "errors/".to_owned()
@@ -584,7 +626,8 @@ pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
         .map(|s| SinkSpec { path: base.join(&s.value.path), name: s.name, format: s.value.format })
         .collect();
     let streams = streams.into_iter().filter_map(|s| check.stream_spec(s.name, &s.value, &mut diags)).collect();
-    let deliveries = deliveries.into_iter().filter_map(|d| check.delivery(d, &base, &mut diags)).collect();
+    let deliveries =
+        deliveries.into_iter().filter_map(|d| check.delivery(d, &base, data_dir.as_deref(), &mut diags)).collect();
 
     match (pipeline, api, data_dir) {
         (Some(p), Some(api), Some(data_dir)) if diags.is_empty() => Ok(Pipeline {
@@ -831,6 +874,7 @@ impl Checker<'_> {
         &self,
         entry: super::toml_doc::Entry<RawDelivery>,
         base: &Path,
+        data_dir: Option<&Path>,
         diags: &mut Diagnostics,
     ) -> Option<DeliverySpec> {
         let (name, mut raw) = (entry.name, entry.value);
@@ -897,6 +941,14 @@ impl Checker<'_> {
                 d
             }
         };
+        let retry_duration = match &raw.retry_duration {
+            None => DEFAULT_LAKE_RETRY,
+            Some(d) => self.duration(d, diags)?,
+        };
+        let warehouse = match &raw.warehouse {
+            None => None,
+            Some(w) => Some(self.warehouse(&name, w, base, data_dir, diags)?),
+        };
         (diags.len() == before).then(|| DeliverySpec {
             name,
             transform,
@@ -908,7 +960,94 @@ impl Checker<'_> {
             backup_prefix: raw.backup_prefix.clone(),
             source_stream,
             gzip: raw.compression == Compression::Gzip,
+            retry_duration,
+            warehouse,
         })
+    }
+
+    fn warehouse(
+        &self,
+        delivery: &Name,
+        raw: &Spanned<RawWarehouse>,
+        base: &Path,
+        data_dir: Option<&Path>,
+        diags: &mut Diagnostics,
+    ) -> Option<WarehouseSpec> {
+        let before = diags.len();
+        let w = raw.get_ref();
+        let owner = format!("delivery `{delivery}` warehouse");
+        let database = match (&w.database, &w.database_env) {
+            (Some(_), Some(env)) => {
+                diags.push(self.at(env.span(), format!("{owner}: set `database` or `database-env`, not both")));
+                None
+            }
+            (Some(d), None) => Some(d.get_ref().clone()),
+            (None, Some(env)) => match std::env::var(env.get_ref()) {
+                Ok(value) if !value.is_empty() => Some(value),
+                _ => {
+                    diags.push(
+                        self.at(env.span(), format!("{owner}: environment variable `{}` is not set", env.get_ref()))
+                            .help("export it with the database's connection string before starting weir"),
+                    );
+                    None
+                }
+            },
+            (None, None) if w.kind == WarehouseKind::Sqlite => {
+                Some(data_dir.unwrap_or(base).join("warehouse.db").display().to_string())
+            }
+            (None, None) => {
+                diags.push(
+                    self.at(raw.span(), format!("{owner}: a postgres warehouse needs `database` or `database-env`"))
+                        .help("e.g. database = \"host=127.0.0.1 user=weir dbname=tolls\""),
+                );
+                None
+            }
+        };
+        if let Err(e) = crate::warehouse::check_identifier(w.table.get_ref()) {
+            diags.push(self.at(w.table.span(), format!("{owner}: table {e}")));
+        }
+        let columns = self.columns(&owner, &w.columns, diags);
+        let retry_duration = match &w.retry_duration {
+            None => DEFAULT_WAREHOUSE_RETRY,
+            Some(d) => self.duration(d, diags)?,
+        };
+        let database = match w.kind {
+            WarehouseKind::Sqlite => Database::Sqlite(base.join(database?)),
+            WarehouseKind::Postgres => Database::Postgres(database?),
+        };
+        (diags.len() == before).then(|| WarehouseSpec {
+            database,
+            table: w.table.get_ref().clone(),
+            columns,
+            retry_duration,
+        })
+    }
+
+    /// `columns = ["a", "b"]` (column = field) or `columns = { column = "field" }`.
+    fn columns(&self, owner: &str, raw: &Spanned<toml::Value>, diags: &mut Diagnostics) -> Vec<ColumnMap> {
+        let pairs: Vec<(String, Option<String>)> = match raw.get_ref() {
+            toml::Value::Array(items) => {
+                items.iter().map(|v| (v.as_str().unwrap_or("").to_owned(), v.as_str().map(str::to_owned))).collect()
+            }
+            toml::Value::Table(map) => {
+                map.iter().map(|(column, field)| (column.clone(), field.as_str().map(str::to_owned))).collect()
+            }
+            _ => Vec::new(),
+        };
+        let mut columns = Vec::new();
+        for (column, field) in pairs {
+            match (crate::warehouse::check_identifier(&column), field) {
+                (Ok(()), Some(field)) if !column.contains('.') => columns.push(ColumnMap { column, field }),
+                (Err(e), _) => diags.push(self.at(raw.span(), format!("{owner}: column {e}"))),
+                _ => diags.push(self.at(raw.span(), format!("{owner}: column `{column}` needs a field name string"))),
+            }
+        }
+        if columns.is_empty() {
+            diags.push(self.at(raw.span(), format!("{owner}: `columns` maps no column")).help(
+                "list the columns named like the rows' JSON fields, [\"a\", \"b\"], or map them: { column = \"field\" }",
+            ));
+        }
+        columns
     }
 
     fn stream_spec(&self, name: Name, raw: &RawStream, diags: &mut Diagnostics) -> Option<StreamSpec> {
