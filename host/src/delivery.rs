@@ -862,8 +862,9 @@ mod tests {
         wait_for(&delivery, "the records to be buffered", |s| s.records_buffered == 10);
         assert_eq!(delivery.status().objects, 0, "neither threshold is reached");
 
-        // The interval passes: delivered without another record.
-        now.fetch_add(60_000, Ordering::Relaxed);
+        // The interval passes (the records arrived a little after the clock
+        // was read, hence the extra second): delivered without another record.
+        now.fetch_add(61_000, Ordering::Relaxed);
         wait_for(&delivery, "the interval-triggered delivery", |s| s.objects == 1);
         assert_eq!(delivery.status().records_delivered, 10);
 
@@ -917,6 +918,47 @@ mod tests {
             ]
         );
         assert!(!state.join("d.0.plan").exists(), "the plan is gone once delivered");
+    }
+
+    #[test]
+    fn a_delivery_loaded_but_not_checkpointed_before_a_crash_is_not_loaded_twice() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let buffers = store(dir.path());
+        let db = dir.path().join("w.db");
+        let mut spec = spec(&dir.path().join("lake"));
+        spec.warehouse = Some(crate::warehouse::WarehouseSpec {
+            database: crate::warehouse::Database::Sqlite(db.clone()),
+            table: "t".into(),
+            columns: vec![crate::warehouse::ColumnMap { column: "n".into(), field: "n".into() }],
+            retry_duration: Duration::from_secs(1),
+        });
+        let rows = |from: usize, to: usize| -> Vec<NewRecord> {
+            (from..to)
+                .map(|i| NewRecord {
+                    key: String::new(),
+                    event_time_ms: None,
+                    data: Bytes::from(format!("{{\"n\":{i}}}")),
+                    explicit_hash_key: None,
+                })
+                .collect()
+        };
+        buffers.append("d", rows(0, 5)).expect("append");
+        let state = dir.path().join("state");
+        Delivery::start(spec.clone(), buffers.clone(), None, state.clone()).expect("start").drain();
+        // As if the host died after the load committed and before the checkpoint:
+        // the position goes back and the plan is still there.
+        buffers.checkpoint("d", 0, CONSUMER, 0).expect("rewind");
+        std::fs::write(state.join("d.0.plan"), "0 4\n").expect("plan");
+        buffers.append("d", rows(5, 7)).expect("append");
+        let delivery = Delivery::start(spec, buffers, None, state).expect("restart");
+        delivery.drain();
+        assert_eq!(delivery.status().rows_loaded, 2, "only the new records are loaded");
+        let connection = rusqlite::Connection::open(&db).expect("open");
+        let loaded: Vec<i64> = connection
+            .prepare("SELECT n FROM t ORDER BY n")
+            .and_then(|mut q| q.query_map([], |r| r.get(0))?.collect())
+            .expect("rows");
+        assert_eq!(loaded, vec![0, 1, 2, 3, 4, 5, 6]);
     }
 
     fn walk(path: &std::path::Path) -> Vec<String> {
