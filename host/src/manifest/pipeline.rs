@@ -5,6 +5,8 @@
 //! [pipeline]
 //! name = "quickstart"
 //! data-dir = "../out/quickstart"      # default: ".weir/<name>"; dead letters etc. go here
+//! include = ["abc-tolls/ingest.toml"] # fragments adding entries (any section below [api]);
+//!                                     # paths inside a fragment are relative to its own folder
 //!
 //! [api]
 //! listen = "127.0.0.1:7070"           # the default
@@ -92,6 +94,8 @@ struct RawPipeline {
     #[serde(default)]
     description: String,
     data_dir: Option<String>,
+    #[serde(default)]
+    include: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -533,19 +537,11 @@ pub struct SinkSpec {
 /// reporting every problem found.
 pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
     let mut diags = Diagnostics::default();
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) => {
-            let source = SourceFile::new(path, "");
-            diags.push(Diagnostic::new(&source, 0..0, format!("cannot read the manifest: {e}")));
-            return Err(diags);
-        }
-    };
+    let Some(text) = read_manifest(path, None, &mut diags) else { return Err(diags) };
     let source = SourceFile::new(path, &text);
     let base = path.parent().unwrap_or(Path::new(".")).to_owned();
     let doc = Document::parse(source.clone(), &text, &mut diags);
     doc.check_top_level(&["pipeline", "api", "sources", "streams", "stages", "sinks", "delivery"], &mut diags);
-
     let pipeline = match doc.get("pipeline") {
         Some(_) => doc.single::<Option<RawPipeline>>("pipeline", &mut diags).flatten(),
         None => {
@@ -555,13 +551,22 @@ pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
             None
         }
     };
-    let api = doc.single::<RawApi>("api", &mut diags);
-    let sources = doc.entries::<RawSource>("sources", &mut diags);
-    let streams = doc.entries::<RawStream>("streams", &mut diags);
-    let stages = doc.entries::<RawStage>("stages", &mut diags);
-    let sinks = doc.entries::<RawSink>("sinks", &mut diags);
-    let deliveries = doc.entries::<RawDelivery>("delivery", &mut diags);
 
+    // Fragments named by `include` add entries; their paths are relative to their own folder.
+    let mut texts = Vec::new();
+    for include in pipeline.iter().flat_map(|p| &p.include) {
+        let fragment = base.join(include.get_ref());
+        if let Some(text) = read_manifest(&fragment, Some((&source, include.span())), &mut diags) {
+            texts.push((fragment, text));
+        }
+    }
+    let mut parts = vec![Part { doc, base: base.clone() }];
+    for (fragment, text) in &texts {
+        let doc = Document::parse(SourceFile::new(fragment, text), text, &mut diags);
+        doc.check_top_level(&["sources", "streams", "stages", "sinks", "delivery"], &mut diags);
+        parts.push(Part { doc, base: fragment.parent().unwrap_or(Path::new(".")).to_owned() });
+    }
+    let api = parts[0].doc.single::<RawApi>("api", &mut diags);
     let api = api.and_then(|api| match api.listen.get_ref().parse::<SocketAddr>() {
         Ok(listen) => {
             let access_keys = access_keys(&source, &api.access_keys, &mut diags)?;
@@ -579,55 +584,74 @@ pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
             None
         }
     });
-
-    let (all_streams, all_sinks) = (doc.entry_names("streams"), doc.entry_names("sinks"));
-    let stream_names: BTreeSet<&Name> = all_streams.iter().collect();
-    let sink_names: BTreeSet<&Name> = all_sinks.iter().collect();
-    for sink in &sinks {
-        if stream_names.contains(&sink.name) {
-            diags.push(
-                Diagnostic::new(
-                    &source,
-                    sink.name_span.clone(),
-                    format!("`{}` is both a stream and a sink", sink.name),
-                )
-                .help("give the sink another name, so stage outputs are unambiguous"),
-            );
-        }
-    }
-    let check = Checker { source: &source, streams: &stream_names, sinks: &sink_names };
-
-    let sources = sources
-        .into_iter()
-        .filter_map(|s| {
-            let stream = check.stream(&s.value.stream, &format!("source `{}` feeds", s.name), &mut diags)?;
-            Some(Source { name: s.name, stream })
-        })
-        .collect();
-
     let data_dir = pipeline.as_ref().map(|p| match &p.data_dir {
         Some(dir) => base.join(dir),
         None => base.join(".weir").join(p.name.as_str()),
     });
 
+    // Names are global across the manifest and its fragments.
+    let mut all_streams = Vec::new();
+    let mut all_sinks = Vec::new();
+    for part in &parts {
+        all_streams.extend(part.doc.entry_names("streams"));
+        all_sinks.extend(part.doc.entry_names("sinks"));
+    }
+    let stream_names: BTreeSet<&Name> = all_streams.iter().collect();
+    let sink_names: BTreeSet<&Name> = all_sinks.iter().collect();
+    let mut declared: BTreeMap<(&str, Name), &Path> = BTreeMap::new();
+
+    let mut sources = Vec::new();
+    let mut streams = Vec::new();
     let mut stage_specs = Vec::new();
     let mut output_spans = Vec::new();
-    for stage in stages {
-        let output_span = stage.value.output.span();
-        if let Some(spec) = check.stage(stage, &base, data_dir.as_deref(), &mut diags) {
-            stage_specs.push(spec);
-            output_spans.push(output_span);
+    let mut sinks = Vec::new();
+    let mut deliveries = Vec::new();
+    for part in &parts {
+        let (source, base) = (&part.doc.source, part.base.as_path());
+        for section in ["sources", "streams", "stages", "sinks", "delivery"] {
+            for (name, span) in part.doc.entry_spans(section) {
+                if let Some(first) = declared.insert((section, name.clone()), &source.path) {
+                    diags.push(
+                        Diagnostic::new(source, span, format!("[{section}.{name}] is declared twice"))
+                            .help(format!("it is also declared in {}; keep one", first.display())),
+                    );
+                }
+            }
+        }
+        let check = Checker { source, streams: &stream_names, sinks: &sink_names };
+        for sink in part.doc.entries::<RawSink>("sinks", &mut diags) {
+            if stream_names.contains(&sink.name) {
+                diags.push(
+                    Diagnostic::new(
+                        source,
+                        sink.name_span.clone(),
+                        format!("`{}` is both a stream and a sink", sink.name),
+                    )
+                    .help("give the sink another name, so stage outputs are unambiguous"),
+                );
+            }
+            sinks.push(SinkSpec { path: base.join(&sink.value.path), name: sink.name, format: sink.value.format });
+        }
+        for s in part.doc.entries::<RawSource>("sources", &mut diags) {
+            if let Some(stream) = check.stream(&s.value.stream, &format!("source `{}` feeds", s.name), &mut diags) {
+                sources.push(Source { name: s.name, stream });
+            }
+        }
+        for stage in part.doc.entries::<RawStage>("stages", &mut diags) {
+            let output_span = stage.value.output.span();
+            if let Some(spec) = check.stage(stage, base, data_dir.as_deref(), &mut diags) {
+                stage_specs.push(spec);
+                output_spans.push((source, output_span));
+            }
+        }
+        for s in part.doc.entries::<RawStream>("streams", &mut diags) {
+            streams.extend(check.stream_spec(s.name, &s.value, &mut diags));
+        }
+        for d in part.doc.entries::<RawDelivery>("delivery", &mut diags) {
+            deliveries.extend(check.delivery(d, base, data_dir.as_deref(), &mut diags));
         }
     }
-    check_cycles(&source, &stage_specs, &output_spans, &mut diags);
-
-    let sinks = sinks
-        .into_iter()
-        .map(|s| SinkSpec { path: base.join(&s.value.path), name: s.name, format: s.value.format })
-        .collect();
-    let streams = streams.into_iter().filter_map(|s| check.stream_spec(s.name, &s.value, &mut diags)).collect();
-    let deliveries =
-        deliveries.into_iter().filter_map(|d| check.delivery(d, &base, data_dir.as_deref(), &mut diags)).collect();
+    check_cycles(&stage_specs, &output_spans, &mut diags);
 
     match (pipeline, api, data_dir) {
         (Some(p), Some(api), Some(data_dir)) if diags.is_empty() => Ok(Pipeline {
@@ -643,6 +667,28 @@ pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
             deliveries,
         }),
         _ => Err(diags),
+    }
+}
+
+/// The manifest or one of its fragments, with the folder its paths are relative to.
+struct Part<'t> {
+    doc: Document<'t>,
+    base: PathBuf,
+}
+
+/// Reads a manifest file; `include` is where a fragment is named, for the error.
+fn read_manifest(path: &Path, include: Option<(&SourceFile, Range<usize>)>, diags: &mut Diagnostics) -> Option<String> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            let message = format!("cannot read the manifest `{}`: {e}", path.display());
+            diags.push(match include {
+                Some((source, span)) => Diagnostic::new(source, span, message)
+                    .help("the path is relative to the including manifest's folder"),
+                None => Diagnostic::new(&SourceFile::new(path, ""), 0..0, message),
+            });
+            None
+        }
     }
 }
 
@@ -943,7 +989,7 @@ impl Checker<'_> {
         };
         let retry_duration = match &raw.retry_duration {
             None => DEFAULT_LAKE_RETRY,
-            Some(d) => self.duration(d, diags)?,
+            Some(d) => self.duration(d, diags).unwrap_or(DEFAULT_LAKE_RETRY),
         };
         let warehouse = match &raw.warehouse {
             None => None,
@@ -1009,7 +1055,7 @@ impl Checker<'_> {
         let columns = self.columns(&owner, &w.columns, diags);
         let retry_duration = match &w.retry_duration {
             None => DEFAULT_WAREHOUSE_RETRY,
-            Some(d) => self.duration(d, diags)?,
+            Some(d) => self.duration(d, diags).unwrap_or(DEFAULT_WAREHOUSE_RETRY),
         };
         let database = match w.kind {
             WarehouseKind::Sqlite => Database::Sqlite(base.join(database?)),
@@ -1034,6 +1080,7 @@ impl Checker<'_> {
             }
             _ => Vec::new(),
         };
+        let before = diags.len();
         let mut columns = Vec::new();
         for (column, field) in pairs {
             match (crate::warehouse::check_identifier(&column), field) {
@@ -1042,7 +1089,7 @@ impl Checker<'_> {
                 _ => diags.push(self.at(raw.span(), format!("{owner}: column `{column}` needs a field name string"))),
             }
         }
-        if columns.is_empty() {
+        if columns.is_empty() && diags.len() == before {
             diags.push(self.at(raw.span(), format!("{owner}: `columns` maps no column")).help(
                 "list the columns named like the rows' JSON fields, [\"a\", \"b\"], or map them: { column = \"field\" }",
             ));
@@ -1208,7 +1255,7 @@ impl Checker<'_> {
 }
 
 /// A stage that (through other stages) feeds its own input would loop records forever.
-fn check_cycles(source: &SourceFile, stages: &[StageSpec], output_spans: &[Range<usize>], diags: &mut Diagnostics) {
+fn check_cycles(stages: &[StageSpec], output_spans: &[(&SourceFile, Range<usize>)], diags: &mut Diagnostics) {
     let edges: Vec<(&Name, &Name)> = stages
         .iter()
         .filter_map(|s| match &s.output {
@@ -1216,7 +1263,7 @@ fn check_cycles(source: &SourceFile, stages: &[StageSpec], output_spans: &[Range
             Target::Sink(_) => None,
         })
         .collect();
-    for (stage, span) in stages.iter().zip(output_spans) {
+    for (stage, (source, span)) in stages.iter().zip(output_spans) {
         let Target::Stream(start) = &stage.output else { continue };
         let mut seen = BTreeSet::new();
         let mut todo = vec![start];
