@@ -12,6 +12,8 @@ mod sqlite;
 
 use std::path::PathBuf;
 
+use serde::Deserialize;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::Value;
 
 pub use postgres::PostgresWarehouse;
@@ -132,21 +134,125 @@ pub enum Cell {
 }
 
 /// The cells of one row in column order, or why the row is not a JSON object.
+/// One pass over the row: only mapped fields are kept, the others skipped.
 pub fn row_cells(row: &[u8], columns: &[ColumnMap]) -> Result<Vec<Cell>, String> {
-    let value: Value = serde_json::from_slice(row).map_err(|e| format!("row is not JSON: {e}"))?;
-    let Value::Object(object) = value else {
-        return Err("row is not a JSON object".to_owned());
-    };
-    Ok(columns
-        .iter()
-        .map(|c| match object.get(&c.field) {
-            None | Some(Value::Null) => Cell::Null,
-            Some(Value::Bool(b)) => Cell::Bool(*b),
-            Some(Value::Number(n)) => n.as_i64().map_or_else(|| Cell::Float(n.as_f64().unwrap_or(f64::NAN)), Cell::Int),
-            Some(Value::String(s)) => Cell::Text(s.clone()),
-            Some(other) => Cell::Text(other.to_string()),
-        })
-        .collect())
+    let mut de = serde_json::Deserializer::from_slice(row);
+    let seed = RowSeed { columns };
+    match seed.deserialize(&mut de).and_then(|cells| de.end().map(|()| cells)) {
+        Ok(cells) => Ok(cells),
+        // The error path only: say plainly what the row is.
+        Err(e) => Err(match serde_json::from_slice::<Value>(row) {
+            Ok(_) => "row is not a JSON object".to_owned(),
+            Err(_) => format!("row is not JSON: {e}"),
+        }),
+    }
+}
+
+/// Reads a JSON object into the cells of the mapped columns.
+struct RowSeed<'c> {
+    columns: &'c [ColumnMap],
+}
+
+impl<'de> DeserializeSeed<'de> for RowSeed<'_> {
+    type Value = Vec<Cell>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Vec<Cell>, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RowSeed<'_> {
+    type Value = Vec<Cell>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Vec<Cell>, A::Error> {
+        let mut cells = vec![Cell::Null; self.columns.len()];
+        while let Some(key) = map.next_key::<FieldName<'de>>()? {
+            let field = key.0.as_ref();
+            let mut targets = self.columns.iter().enumerate().filter(|(_, c)| c.field == field).map(|(i, _)| i);
+            match targets.next() {
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+                Some(first) => {
+                    let cell: Cell = map.next_value()?;
+                    for other in targets {
+                        cells[other] = cell.clone();
+                    }
+                    cells[first] = cell;
+                }
+            }
+        }
+        Ok(cells)
+    }
+}
+
+/// An object key, borrowed from the row unless it has escapes.
+struct FieldName<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for FieldName<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = FieldName<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<FieldName<'de>, E> {
+                Ok(FieldName(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<FieldName<'de>, E> {
+                Ok(FieldName(std::borrow::Cow::Owned(v.to_owned())))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cell {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct CellVisitor;
+        impl<'de> Visitor<'de> for CellVisitor {
+            type Value = Cell;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_unit<E>(self) -> Result<Cell, E> {
+                Ok(Cell::Null)
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Cell, E> {
+                Ok(Cell::Bool(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Cell, E> {
+                Ok(Cell::Int(v))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Cell, E> {
+                Ok(i64::try_from(v).map_or(Cell::Float(v as f64), Cell::Int))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Cell, E> {
+                Ok(Cell::Float(v))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Cell, E> {
+                Ok(Cell::Text(v.to_owned()))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Cell, E> {
+                Ok(Cell::Text(v))
+            }
+            // Objects and arrays are kept as JSON text (for json/jsonb columns).
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Cell, A::Error> {
+                let value = Value::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(Cell::Text(value.to_string()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Cell, A::Error> {
+                let value = Value::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))?;
+                Ok(Cell::Text(value.to_string()))
+            }
+        }
+        deserializer.deserialize_any(CellVisitor)
+    }
 }
 
 /// Checks a table or column name: lowercase SQL identifiers only, so the name

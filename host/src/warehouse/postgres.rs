@@ -3,6 +3,8 @@
 //! (a data or constraint error), the batch is loaded again row by row under
 //! savepoints, so only the refused rows are set aside.
 
+use std::ops::Range;
+
 use bytes::{BufMut as _, Bytes, BytesMut};
 use futures_util::SinkExt as _;
 use tokio_postgres::error::SqlState;
@@ -55,13 +57,19 @@ impl Warehouse for PostgresWarehouse {
             self.client = self.runtime.block_on(open(&self.url, &self.target))?;
         }
         let mut rejected = Vec::new();
-        let mut encoded: Vec<(usize, Bytes)> = Vec::with_capacity(rows.len());
+        let mut text = BytesMut::with_capacity(rows.iter().map(|r| r.len()).sum());
+        let mut lines: Vec<(usize, Range<usize>)> = Vec::with_capacity(rows.len());
         for (i, row) in rows.iter().enumerate() {
             match row_cells(row, &self.spec.columns) {
-                Ok(cells) => encoded.push((i, copy_line(&cells))),
+                Ok(cells) => {
+                    let start = text.len();
+                    copy_line(&cells, &mut text);
+                    lines.push((i, start..text.len()));
+                }
                 Err(reason) => rejected.push((i, reason)),
             }
         }
+        let encoded = Encoded { text: text.freeze(), lines };
         let (client, target, copy, table) = (&mut self.client, &self.target, &self.copy, &self.spec.table);
         self.runtime.block_on(async move {
             let whole = load_all(client, staged_key, table, copy, &encoded).await;
@@ -111,13 +119,19 @@ async fn finish(tx: Transaction<'_>, key: &str, loaded: Loaded) -> Result<Loaded
     Ok(loaded)
 }
 
+/// Rows in `COPY` text, and which row each line is.
+struct Encoded {
+    text: Bytes,
+    lines: Vec<(usize, Range<usize>)>,
+}
+
 /// One `COPY` of every row.
 async fn load_all(
     client: &mut Client,
     key: &str,
     table: &str,
     copy: &str,
-    rows: &[(usize, Bytes)],
+    rows: &Encoded,
 ) -> Result<Loaded, tokio_postgres::Error> {
     let tx = client.transaction().await?;
     if !record(&tx, key, table).await? {
@@ -125,15 +139,16 @@ async fn load_all(
     }
     let sink = tx.copy_in::<_, Bytes>(copy).await?;
     futures_util::pin_mut!(sink);
-    let mut chunk = BytesMut::new();
-    for (_, line) in rows {
-        chunk.put_slice(line);
-        if chunk.len() >= 1 << 20 {
-            sink.send(chunk.split().freeze()).await?;
+    // In slices of about 1 MiB, cut at line ends.
+    let mut start = 0;
+    for (_, line) in &rows.lines {
+        if line.end - start >= 1 << 20 {
+            sink.send(rows.text.slice(start..line.end)).await?;
+            start = line.end;
         }
     }
-    if !chunk.is_empty() {
-        sink.send(chunk.freeze()).await?;
+    if start < rows.text.len() {
+        sink.send(rows.text.slice(start..)).await?;
     }
     let copied = sink.finish().await?;
     finish(tx, key, Loaded { rows: copied, ..Loaded::default() }).await
@@ -145,19 +160,19 @@ async fn load_each(
     key: &str,
     table: &str,
     copy: &str,
-    rows: &[(usize, Bytes)],
+    rows: &Encoded,
 ) -> Result<Loaded, tokio_postgres::Error> {
     let mut tx = client.transaction().await?;
     if !record(&tx, key, table).await? {
         return Ok(Loaded { already_loaded: true, ..Loaded::default() });
     }
     let mut loaded = Loaded::default();
-    for (i, line) in rows {
+    for (i, line) in &rows.lines {
         let savepoint = tx.savepoint("weir_row").await?;
         let attempt = async {
             let sink = savepoint.copy_in::<_, Bytes>(copy).await?;
             futures_util::pin_mut!(sink);
-            sink.send(line.clone()).await?;
+            sink.send(rows.text.slice(line.clone())).await?;
             sink.finish().await
         }
         .await;
@@ -192,33 +207,36 @@ async fn table_columns(client: &Client, table: &str) -> Result<Vec<String>, toki
     Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
 }
 
-/// One row in `COPY`'s text format: tab-separated, `\N` for null.
-fn copy_line(cells: &[Cell]) -> Bytes {
-    let mut line = String::new();
+/// Appends one row in `COPY`'s text format: tab-separated, `\N` for null.
+fn copy_line(cells: &[Cell], out: &mut BytesMut) {
+    use std::fmt::Write as _;
     for (i, cell) in cells.iter().enumerate() {
         if i > 0 {
-            line.push('\t');
+            out.put_u8(b'\t');
         }
         match cell {
-            Cell::Null => line.push_str("\\N"),
-            Cell::Bool(b) => line.push(if *b { 't' } else { 'f' }),
-            Cell::Int(n) => line.push_str(&n.to_string()),
-            Cell::Float(f) => line.push_str(&f.to_string()),
+            Cell::Null => out.put_slice(b"\\N"),
+            Cell::Bool(b) => out.put_u8(if *b { b't' } else { b'f' }),
+            Cell::Int(n) => {
+                let _ = write!(out, "{n}");
+            }
+            Cell::Float(f) => {
+                let _ = write!(out, "{f}");
+            }
             Cell::Text(s) => {
-                for c in s.chars() {
-                    match c {
-                        '\\' => line.push_str("\\\\"),
-                        '\t' => line.push_str("\\t"),
-                        '\n' => line.push_str("\\n"),
-                        '\r' => line.push_str("\\r"),
-                        c => line.push(c),
+                for &b in s.as_bytes() {
+                    match b {
+                        b'\\' => out.put_slice(b"\\\\"),
+                        b'\t' => out.put_slice(b"\\t"),
+                        b'\n' => out.put_slice(b"\\n"),
+                        b'\r' => out.put_slice(b"\\r"),
+                        b => out.put_u8(b),
                     }
                 }
             }
         }
     }
-    line.push('\n');
-    Bytes::from(line)
+    out.put_u8(b'\n');
 }
 
 /// A refused value: data exceptions (class 22) and integrity violations (class 23).
@@ -271,13 +289,11 @@ mod tests {
 
     #[test]
     fn copy_lines_escape_text_and_write_null() {
-        let line = copy_line(&[
-            Cell::Text("a\tb\\c\nd".into()),
-            Cell::Null,
-            Cell::Int(-3),
-            Cell::Bool(true),
-            Cell::Float(2.5),
-        ]);
+        let mut line = BytesMut::new();
+        copy_line(
+            &[Cell::Text("a\tb\\c\nd".into()), Cell::Null, Cell::Int(-3), Cell::Bool(true), Cell::Float(2.5)],
+            &mut line,
+        );
         assert_eq!(&line[..], b"a\\tb\\\\c\\nd\t\\N\t-3\tt\t2.5\n");
     }
 

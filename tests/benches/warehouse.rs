@@ -1,0 +1,239 @@
+//! Warehouse delivery throughput beside a plain bulk load, measured in one run.
+//!
+//! weir: toll lines sent with `PutRecordBatch` (500 per request, 4 concurrent
+//! clients on loopback) to a delivery stream that runs `toll-etl` and loads
+//! the rows into `toll_transactions`; timed from the first put until every row
+//! is committed. Baseline: the same rows loaded directly, PostgreSQL with one
+//! `COPY ... FROM STDIN` (text format), SQLite with one transaction of prepared
+//! `INSERT`s. Prints rows/s of each and weir's ratio to the baseline.
+//!
+//! Run: `WEIR_TEST_POSTGRES="host=127.0.0.1 user=weir password=weir dbname=weir" \
+//!       cargo bench -p weir-tests --bench warehouse --profile dev`
+//! (without `WEIR_TEST_POSTGRES` only SQLite is measured).
+
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use futures_util::SinkExt as _;
+use serde_json::{Value, json};
+use weir_tests::{TestHost, postgres, postgres_database};
+
+const LINES: usize = 200_000;
+const PUT_BATCH: usize = 500;
+const CLIENTS: usize = 4;
+const COLUMNS: [&str; 9] = [
+    "transaction_id",
+    "event_time",
+    "station_id",
+    "lane",
+    "tag_id",
+    "customer_id",
+    "vehicle_class",
+    "amount_cents",
+    "currency",
+];
+
+fn lines() -> Vec<String> {
+    (0..LINES)
+        .map(|i| {
+            format!(
+                "T{:04}-{i:08},2026-11-26T{:02}:{:02}:{:02}.{:03}Z,{},{},TAG{:07},C{:06},{},{}",
+                i % 500,
+                i / 3600 % 24,
+                i / 60 % 60,
+                i % 60,
+                i % 1000,
+                i % 500 + 1,
+                i % 8 + 1,
+                i % 1_000_000,
+                i % 100_000,
+                i % 6 + 1,
+                100 + i % 900
+            )
+        })
+        .collect()
+}
+
+/// The rows as `COPY` text: what a plain bulk load of the same data sends.
+fn copy_text(lines: &[String]) -> Vec<u8> {
+    let etl = toll_etl::TollEtl::with_defaults();
+    let mut out = Vec::new();
+    for line in lines {
+        let t = etl.parse(line.as_bytes()).expect("valid line");
+        let mut time = Vec::new();
+        toll_etl::write_timestamp(t.event_time_ms, &mut time);
+        let time = String::from_utf8_lossy(&time);
+        out.extend_from_slice(
+            format!(
+                "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\tUSD\n",
+                t.transaction_id,
+                time.trim_matches('"'),
+                t.station_id,
+                t.lane,
+                t.tag_id,
+                t.customer_id,
+                t.vehicle_class,
+                t.amount_cents
+            )
+            .as_bytes(),
+        );
+    }
+    out
+}
+
+fn manifest(warehouse: &str) -> String {
+    format!(
+        r#"
+[pipeline]
+name = "warehouse-bench"
+data-dir = "data"
+
+[delivery.tolls]
+transform = "{{root}}/plugins/toll-etl"
+buffer-size = "8MiB"
+buffer-interval = "0s"
+lake = "lake"
+prefix = "rows/"
+
+[delivery.tolls.warehouse]
+{warehouse}
+table = "toll_transactions"
+columns = {columns:?}
+"#,
+        columns = COLUMNS
+    )
+}
+
+/// Puts every line through the Firehose API and waits until all rows are loaded; rows/s.
+async fn through_weir(warehouse: &str, lines: &[String]) -> f64 {
+    let mut host = TestHost::start(&manifest(warehouse)).await.expect("start");
+    let bodies: Vec<String> = lines
+        .chunks(PUT_BATCH)
+        .map(|chunk| {
+            let records: Vec<Value> =
+                chunk.iter().map(|l| json!({"Data": base64::engine::general_purpose::STANDARD.encode(l)})).collect();
+            json!({"DeliveryStreamName": "tolls", "Records": records}).to_string()
+        })
+        .collect();
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let mine: Vec<String> = bodies.iter().skip(c).step_by(CLIENTS).cloned().collect();
+        let (client, url) = (client.clone(), format!("{}/", host.url));
+        tasks.push(tokio::spawn(async move {
+            for body in mine {
+                let answer: Value = client
+                    .post(&url)
+                    .header("x-amz-target", "Firehose_20150804.PutRecordBatch")
+                    .header("content-type", "application/x-amz-json-1.1")
+                    .body(body)
+                    .send()
+                    .await
+                    .expect("put")
+                    .json()
+                    .await
+                    .expect("json");
+                assert_eq!(answer["FailedPutCount"], 0, "{answer}");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("client");
+    }
+    let put = started.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while host.host.status().deliveries[0].rows_loaded < lines.len() as u64 {
+        assert!(Instant::now() < deadline, "rows not loaded: {:?}", host.host.status().deliveries[0]);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let rate = lines.len() as f64 / started.elapsed().as_secs_f64();
+    println!("  (puts acknowledged after {put:.2?}, rows committed after {:.2?})", started.elapsed());
+    host.stop().await;
+    rate
+}
+
+const POSTGRES_TABLE: &str = "CREATE TABLE toll_transactions (
+    transaction_id text PRIMARY KEY, event_time timestamptz NOT NULL, station_id integer NOT NULL,
+    lane smallint NOT NULL, tag_id text NOT NULL, customer_id text NOT NULL, vehicle_class smallint NOT NULL,
+    amount_cents integer NOT NULL, currency char(3) NOT NULL)";
+
+async fn postgres_bench(lines: &[String]) {
+    let Some(baseline_url) = postgres_database("the PostgreSQL benchmark").await else { return };
+    let Some(weir_url) = postgres_database("the PostgreSQL benchmark").await else { return };
+    let text = Bytes::from(copy_text(lines));
+    let mut pg = postgres(&baseline_url).await;
+    pg.batch_execute(POSTGRES_TABLE).await.expect("table");
+    let started = Instant::now();
+    let tx = pg.transaction().await.expect("begin");
+    let sink = tx.copy_in::<_, Bytes>(&format!("COPY toll_transactions ({}) FROM STDIN", COLUMNS.join(", "))).await;
+    let sink = sink.expect("copy");
+    futures_util::pin_mut!(sink);
+    sink.send(text).await.expect("send");
+    let copied = sink.finish().await.expect("finish");
+    tx.commit().await.expect("commit");
+    let plain = copied as f64 / started.elapsed().as_secs_f64();
+
+    postgres(&weir_url).await.batch_execute(POSTGRES_TABLE).await.expect("table");
+    let weir = through_weir(&format!("kind = \"postgres\"\ndatabase = \"{weir_url}\""), lines).await;
+    report("PostgreSQL", "plain COPY", plain, weir);
+}
+
+async fn sqlite_bench(lines: &[String]) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let etl = toll_etl::TollEtl::with_defaults();
+    let started = Instant::now();
+    let mut db = rusqlite::Connection::open(dir.path().join("plain.db")).expect("open");
+    db.pragma_update(None, "journal_mode", "WAL").expect("wal");
+    db.execute_batch(&format!("CREATE TABLE toll_transactions ({})", COLUMNS.join(", "))).expect("table");
+    let tx = db.transaction().expect("begin");
+    {
+        let mut insert = tx
+            .prepare(&format!(
+                "INSERT INTO toll_transactions ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                COLUMNS.join(", ")
+            ))
+            .expect("prepare");
+        for line in lines {
+            let t = etl.parse(line.as_bytes()).expect("valid line");
+            let mut time = Vec::new();
+            toll_etl::write_timestamp(t.event_time_ms, &mut time);
+            let time = String::from_utf8_lossy(&time);
+            insert
+                .execute(rusqlite::params![
+                    t.transaction_id,
+                    time.trim_matches('"'),
+                    t.station_id,
+                    t.lane,
+                    t.tag_id,
+                    t.customer_id,
+                    t.vehicle_class,
+                    t.amount_cents,
+                    "USD"
+                ])
+                .expect("insert");
+        }
+    }
+    tx.commit().expect("commit");
+    let plain = lines.len() as f64 / started.elapsed().as_secs_f64();
+    let weir = through_weir("database = \"warehouse.db\"", lines).await;
+    report("SQLite", "plain INSERTs in one transaction", plain, weir);
+}
+
+fn report(database: &str, baseline: &str, plain: f64, weir: f64) {
+    println!(
+        "{database:<10}  {baseline}: {plain:>9.0} rows/s   weir PutRecordBatch -> toll-etl -> table: {weir:>9.0} rows/s   ratio {:.2}",
+        weir / plain
+    );
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
+    let lines = lines();
+    println!("{LINES} toll lines, {PUT_BATCH} per PutRecordBatch, {CLIENTS} clients");
+    runtime.block_on(async {
+        sqlite_bench(&lines).await;
+        postgres_bench(&lines).await;
+    });
+}
