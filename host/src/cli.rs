@@ -309,7 +309,13 @@ async fn tail(
 }
 
 fn agent(config: PathBuf) -> anyhow::Result<()> {
-    let config = crate::agent::AgentConfig::load(&config)?;
+    let config = match crate::agent::AgentConfig::load(&config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let span = tracing::info_span!("agent");

@@ -174,3 +174,111 @@ impl Sender {
         again
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse as _;
+
+    use super::*;
+    use crate::agent::config::{PartitionKey, StartPosition};
+
+    fn flow(endpoint: &str) -> FlowConfig {
+        FlowConfig {
+            files: "/nowhere/*.log".into(),
+            endpoint: endpoint.into(),
+            destination: Destination::Stream("lines".into()),
+            start: StartPosition::Beginning,
+            partition_key: PartitionKey::Random,
+            max_batch_records: 500,
+            max_batch_bytes: 1 << 20,
+            max_batch_age: Duration::from_secs(1),
+            multi_line_start: None,
+            steps: Vec::new(),
+            retry_initial_backoff: Duration::from_millis(10),
+            retry_max_backoff: Duration::from_millis(40),
+        }
+    }
+
+    #[tokio::test]
+    async fn only_failed_records_are_sent_again_after_throttling_and_5xx() {
+        // Each request's records, as weir saw them.
+        let seen: Arc<Mutex<Vec<Vec<String>>>> = Arc::default();
+        let log = seen.clone();
+        let app = axum::Router::new().route(
+            "/",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let log = log.clone();
+                async move {
+                    let input: Value = serde_json::from_slice(&body).unwrap_or_default();
+                    let data: Vec<String> = input["Records"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|r| r["Data"].as_str().map(str::to_owned))
+                        .collect();
+                    let call = {
+                        let mut log = log.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        log.push(data.clone());
+                        log.len()
+                    };
+                    match call {
+                        1 => (StatusCode::SERVICE_UNAVAILABLE, "{}").into_response(),
+                        2 => {
+                            let results: Vec<Value> = (0..data.len())
+                                .map(|i| match i {
+                                    1 => json!({"ErrorCode": "ProvisionedThroughputExceededException", "ErrorMessage": "slow down"}),
+                                    2 => json!({"ErrorCode": "InvalidArgumentException", "ErrorMessage": "too large"}),
+                                    _ => json!({"SequenceNumber": "1", "ShardId": "shardId-000000000000"}),
+                                })
+                                .collect();
+                            axum::Json(json!({"FailedRecordCount": 2, "Records": results})).into_response()
+                        }
+                        _ => {
+                            let results: Vec<Value> = data.iter().map(|_| json!({"SequenceNumber": "2"})).collect();
+                            axum::Json(json!({"FailedRecordCount": 0, "Records": results})).into_response()
+                        }
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let counters = Arc::new(Counters::default());
+        let sender = Sender::new(Client::new(&url).expect("client"), &flow(&url), counters.clone());
+        let records: Vec<Outgoing> =
+            ["a", "b", "c", "d"].iter().map(|d| Outgoing { data: d.as_bytes().to_vec(), key: "k".into() }).collect();
+        let (_stop_tx, mut stop) = watch::channel(false);
+        sender.send(&records, &mut stop).await.expect("sent");
+        server.abort();
+
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let seen = seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let all: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| b64(s)).collect();
+        assert_eq!(seen, vec![all.clone(), all, vec![b64("b")]], "the 503 resends all, the partial failure only `b`");
+        let c = counters.snapshot();
+        assert_eq!((c.records_sent, c.records_refused, c.retries), (3, 1, 2));
+    }
+
+    #[tokio::test]
+    async fn a_stopping_agent_gives_up_on_an_unreachable_weir() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port");
+        let url = format!("http://{port}");
+        let counters = Arc::new(Counters::default());
+        let sender = Sender::new(Client::new(&url).expect("client"), &flow(&url), counters.clone());
+        let (stop_tx, mut stop) = watch::channel(false);
+        let records = vec![Outgoing { data: b"x".to_vec(), key: "k".into() }];
+        let sending = tokio::spawn(async move { sender.send(&records, &mut stop).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let _ = stop_tx.send(true);
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(STOP_GRACE * 3, sending).await.expect("gives up in time").expect("join");
+        assert!(outcome.is_err(), "not acknowledged");
+        assert!(started.elapsed() >= STOP_GRACE - Duration::from_millis(200), "kept trying for the grace period");
+        assert!(counters.snapshot().retries > 1);
+    }
+}
