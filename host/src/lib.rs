@@ -18,3 +18,4 @@ pub mod plugin;
 pub mod sink;
 pub mod stage;
 pub mod stream;
+pub mod warehouse;

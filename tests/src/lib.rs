@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 pub use weir_artifacts as artifacts;
@@ -140,4 +141,84 @@ pub fn files(dir: &Path) -> Vec<PathBuf> {
 /// The lines of a file, or none if it does not exist yet.
 pub fn lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path).map(|t| t.lines().map(str::to_owned).collect()).unwrap_or_default()
+}
+
+/// A fresh PostgreSQL database for one test, as a connection string.
+///
+/// The server comes from `WEIR_TEST_POSTGRES` (a connection string of a role
+/// allowed to create databases; `.ci/run` starts one on loopback). Without it
+/// the test is skipped with a note, except under CI, where it fails.
+pub async fn postgres_database(test: &str) -> Option<String> {
+    let Ok(server) = std::env::var("WEIR_TEST_POSTGRES") else {
+        assert!(std::env::var_os("CI").is_none(), "CI must set WEIR_TEST_POSTGRES (see .ci/run)");
+        eprintln!("skipped {test}: set WEIR_TEST_POSTGRES to a PostgreSQL connection string to run it");
+        return None;
+    };
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let name = format!("weir_test_{}_{n}", std::process::id());
+    let (client, connection) = tokio_postgres::connect(&server, tokio_postgres::NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    client.batch_execute(&format!("DROP DATABASE IF EXISTS {name}")).await.expect("drop db");
+    client.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create db");
+    let base: Vec<&str> = server.split_whitespace().filter(|p| !p.starts_with("dbname=")).collect();
+    Some(format!("{} dbname={name}", base.join(" ")))
+}
+
+/// A PostgreSQL client of `url`.
+pub async fn postgres(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    client
+}
+
+/// A TCP proxy on loopback to `target` that can be cut and restored, to take
+/// a database "down" without stopping it.
+pub struct Proxy {
+    /// Where clients connect.
+    pub port: u16,
+    up: Arc<AtomicBool>,
+    generation: Arc<AtomicU64>,
+}
+
+impl Proxy {
+    /// Starts forwarding `127.0.0.1:<port>` to `target`.
+    pub async fn start(target: std::net::SocketAddr) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let up = Arc::new(AtomicBool::new(true));
+        let generation = Arc::new(AtomicU64::new(0));
+        let (up2, generation2) = (up.clone(), generation.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !up2.load(Ordering::SeqCst) {
+                    continue; // dropped: the connection is closed at once
+                }
+                let (up, generation) = (up2.clone(), generation2.clone());
+                let born = generation.load(Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else { return };
+                    let copy = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
+                    let cut = async {
+                        while up.load(Ordering::SeqCst) && generation.load(Ordering::SeqCst) == born {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    };
+                    tokio::select! { _ = copy => {}, () = cut => {} }
+                });
+            }
+        });
+        Proxy { port, up, generation }
+    }
+
+    /// Closes every connection and refuses new ones until [`Proxy::restore`].
+    pub fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Accepts connections again.
+    pub fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
 }

@@ -5,6 +5,8 @@
 //! [pipeline]
 //! name = "quickstart"
 //! data-dir = "../out/quickstart"      # default: ".weir/<name>"; dead letters etc. go here
+//! include = ["abc-tolls/ingest.toml"] # fragments adding entries (any section below [api]);
+//!                                     # paths inside a fragment are relative to its own folder
 //!
 //! [api]
 //! listen = "127.0.0.1:7070"           # the default
@@ -54,6 +56,16 @@
 //! error-prefix = "errors/"            # failed records with their reasons (the default)
 //! backup-prefix = "raw/"              # optional: keep the untransformed records too
 //! compression = "gzip"                # none (the default) | gzip
+//! retry-duration = "24h"              # lake writes retried this long, then the records go under error-prefix
+//!
+//! [delivery.toll-rows.warehouse]      # optional: rows are also bulk-loaded into a table
+//! kind = "sqlite"                     # sqlite (the default, created if missing) | postgres (the table must exist)
+//! database = "../out/warehouse.db"    # sqlite: a file; postgres: "host=127.0.0.1 user=weir dbname=tolls"
+//! database-env = "WEIR_WAREHOUSE"     # ...or the environment variable holding it (keeps passwords out)
+//! table = "toll_transactions"
+//! columns = ["transaction_id", "amount_cents"]        # columns named like the rows' JSON fields, or
+//! # columns = { amount = "amount_cents" }             # column = "field"
+//! retry-duration = "1h"               # loads retried this long, then the staged object is listed under error-prefix
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -73,6 +85,7 @@ use crate::api::AccessKey;
 use crate::stream::{
     DEFAULT_FSYNC_INTERVAL, DEFAULT_RETENTION, DEFAULT_SEGMENT_BYTES, DiskStreamSpec, FsyncPolicy, WriteLimit,
 };
+use crate::warehouse::{ColumnMap, Database, WarehouseSpec};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -81,6 +94,8 @@ struct RawPipeline {
     #[serde(default)]
     description: String,
     data_dir: Option<String>,
+    #[serde(default)]
+    include: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -316,6 +331,10 @@ pub struct DeliverySpec {
     pub source_stream: Option<Name>,
     /// Whether objects are gzip-compressed.
     pub gzip: bool,
+    /// How long a lake write is retried before its records go under the error prefix.
+    pub retry_duration: Duration,
+    /// Where rows are bulk-loaded, if anywhere.
+    pub warehouse: Option<WarehouseSpec>,
 }
 
 /// A delivery stream's transform plugin.
@@ -353,7 +372,34 @@ struct RawDelivery {
     backup_prefix: Option<String>,
     #[serde(default)]
     compression: Compression,
+    retry_duration: Option<Spanned<String>>,
+    warehouse: Option<Spanned<RawWarehouse>>,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawWarehouse {
+    #[serde(default)]
+    kind: WarehouseKind,
+    database: Option<Spanned<String>>,
+    database_env: Option<Spanned<String>>,
+    table: Spanned<String>,
+    columns: Spanned<toml::Value>,
+    retry_duration: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+enum WarehouseKind {
+    #[default]
+    Sqlite,
+    Postgres,
+}
+
+/// Lake writes are retried this long unless a delivery stream sets `retry-duration`.
+pub const DEFAULT_LAKE_RETRY: Duration = Duration::from_secs(24 * 3600);
+/// Warehouse loads are retried this long unless the warehouse sets `retry-duration` (as Firehose).
+pub const DEFAULT_WAREHOUSE_RETRY: Duration = Duration::from_secs(3600);
 
 fn default_error_prefix() -> String {
     "errors/".to_owned()
@@ -491,19 +537,11 @@ pub struct SinkSpec {
 /// reporting every problem found.
 pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
     let mut diags = Diagnostics::default();
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) => {
-            let source = SourceFile::new(path, "");
-            diags.push(Diagnostic::new(&source, 0..0, format!("cannot read the manifest: {e}")));
-            return Err(diags);
-        }
-    };
+    let Some(text) = read_manifest(path, None, &mut diags) else { return Err(diags) };
     let source = SourceFile::new(path, &text);
     let base = path.parent().unwrap_or(Path::new(".")).to_owned();
     let doc = Document::parse(source.clone(), &text, &mut diags);
     doc.check_top_level(&["pipeline", "api", "sources", "streams", "stages", "sinks", "delivery"], &mut diags);
-
     let pipeline = match doc.get("pipeline") {
         Some(_) => doc.single::<Option<RawPipeline>>("pipeline", &mut diags).flatten(),
         None => {
@@ -513,13 +551,22 @@ pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
             None
         }
     };
-    let api = doc.single::<RawApi>("api", &mut diags);
-    let sources = doc.entries::<RawSource>("sources", &mut diags);
-    let streams = doc.entries::<RawStream>("streams", &mut diags);
-    let stages = doc.entries::<RawStage>("stages", &mut diags);
-    let sinks = doc.entries::<RawSink>("sinks", &mut diags);
-    let deliveries = doc.entries::<RawDelivery>("delivery", &mut diags);
 
+    // Fragments named by `include` add entries; their paths are relative to their own folder.
+    let mut texts = Vec::new();
+    for include in pipeline.iter().flat_map(|p| &p.include) {
+        let fragment = base.join(include.get_ref());
+        if let Some(text) = read_manifest(&fragment, Some((&source, include.span())), &mut diags) {
+            texts.push((fragment, text));
+        }
+    }
+    let mut parts = vec![Part { doc, base: base.clone() }];
+    for (fragment, text) in &texts {
+        let doc = Document::parse(SourceFile::new(fragment, text), text, &mut diags);
+        doc.check_top_level(&["sources", "streams", "stages", "sinks", "delivery"], &mut diags);
+        parts.push(Part { doc, base: fragment.parent().unwrap_or(Path::new(".")).to_owned() });
+    }
+    let api = parts[0].doc.single::<RawApi>("api", &mut diags);
     let api = api.and_then(|api| match api.listen.get_ref().parse::<SocketAddr>() {
         Ok(listen) => {
             let access_keys = access_keys(&source, &api.access_keys, &mut diags)?;
@@ -537,54 +584,74 @@ pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
             None
         }
     });
-
-    let (all_streams, all_sinks) = (doc.entry_names("streams"), doc.entry_names("sinks"));
-    let stream_names: BTreeSet<&Name> = all_streams.iter().collect();
-    let sink_names: BTreeSet<&Name> = all_sinks.iter().collect();
-    for sink in &sinks {
-        if stream_names.contains(&sink.name) {
-            diags.push(
-                Diagnostic::new(
-                    &source,
-                    sink.name_span.clone(),
-                    format!("`{}` is both a stream and a sink", sink.name),
-                )
-                .help("give the sink another name, so stage outputs are unambiguous"),
-            );
-        }
-    }
-    let check = Checker { source: &source, streams: &stream_names, sinks: &sink_names };
-
-    let sources = sources
-        .into_iter()
-        .filter_map(|s| {
-            let stream = check.stream(&s.value.stream, &format!("source `{}` feeds", s.name), &mut diags)?;
-            Some(Source { name: s.name, stream })
-        })
-        .collect();
-
     let data_dir = pipeline.as_ref().map(|p| match &p.data_dir {
         Some(dir) => base.join(dir),
         None => base.join(".weir").join(p.name.as_str()),
     });
 
+    // Names are global across the manifest and its fragments.
+    let mut all_streams = Vec::new();
+    let mut all_sinks = Vec::new();
+    for part in &parts {
+        all_streams.extend(part.doc.entry_names("streams"));
+        all_sinks.extend(part.doc.entry_names("sinks"));
+    }
+    let stream_names: BTreeSet<&Name> = all_streams.iter().collect();
+    let sink_names: BTreeSet<&Name> = all_sinks.iter().collect();
+    let mut declared: BTreeMap<(&str, Name), &Path> = BTreeMap::new();
+
+    let mut sources = Vec::new();
+    let mut streams = Vec::new();
     let mut stage_specs = Vec::new();
     let mut output_spans = Vec::new();
-    for stage in stages {
-        let output_span = stage.value.output.span();
-        if let Some(spec) = check.stage(stage, &base, data_dir.as_deref(), &mut diags) {
-            stage_specs.push(spec);
-            output_spans.push(output_span);
+    let mut sinks = Vec::new();
+    let mut deliveries = Vec::new();
+    for part in &parts {
+        let (source, base) = (&part.doc.source, part.base.as_path());
+        for section in ["sources", "streams", "stages", "sinks", "delivery"] {
+            for (name, span) in part.doc.entry_spans(section) {
+                if let Some(first) = declared.insert((section, name.clone()), &source.path) {
+                    diags.push(
+                        Diagnostic::new(source, span, format!("[{section}.{name}] is declared twice"))
+                            .help(format!("it is also declared in {}; keep one", first.display())),
+                    );
+                }
+            }
+        }
+        let check = Checker { source, streams: &stream_names, sinks: &sink_names };
+        for sink in part.doc.entries::<RawSink>("sinks", &mut diags) {
+            if stream_names.contains(&sink.name) {
+                diags.push(
+                    Diagnostic::new(
+                        source,
+                        sink.name_span.clone(),
+                        format!("`{}` is both a stream and a sink", sink.name),
+                    )
+                    .help("give the sink another name, so stage outputs are unambiguous"),
+                );
+            }
+            sinks.push(SinkSpec { path: base.join(&sink.value.path), name: sink.name, format: sink.value.format });
+        }
+        for s in part.doc.entries::<RawSource>("sources", &mut diags) {
+            if let Some(stream) = check.stream(&s.value.stream, &format!("source `{}` feeds", s.name), &mut diags) {
+                sources.push(Source { name: s.name, stream });
+            }
+        }
+        for stage in part.doc.entries::<RawStage>("stages", &mut diags) {
+            let output_span = stage.value.output.span();
+            if let Some(spec) = check.stage(stage, base, data_dir.as_deref(), &mut diags) {
+                stage_specs.push(spec);
+                output_spans.push((source, output_span));
+            }
+        }
+        for s in part.doc.entries::<RawStream>("streams", &mut diags) {
+            streams.extend(check.stream_spec(s.name, &s.value, &mut diags));
+        }
+        for d in part.doc.entries::<RawDelivery>("delivery", &mut diags) {
+            deliveries.extend(check.delivery(d, base, data_dir.as_deref(), &mut diags));
         }
     }
-    check_cycles(&source, &stage_specs, &output_spans, &mut diags);
-
-    let sinks = sinks
-        .into_iter()
-        .map(|s| SinkSpec { path: base.join(&s.value.path), name: s.name, format: s.value.format })
-        .collect();
-    let streams = streams.into_iter().filter_map(|s| check.stream_spec(s.name, &s.value, &mut diags)).collect();
-    let deliveries = deliveries.into_iter().filter_map(|d| check.delivery(d, &base, &mut diags)).collect();
+    check_cycles(&stage_specs, &output_spans, &mut diags);
 
     match (pipeline, api, data_dir) {
         (Some(p), Some(api), Some(data_dir)) if diags.is_empty() => Ok(Pipeline {
@@ -600,6 +667,28 @@ pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
             deliveries,
         }),
         _ => Err(diags),
+    }
+}
+
+/// The manifest or one of its fragments, with the folder its paths are relative to.
+struct Part<'t> {
+    doc: Document<'t>,
+    base: PathBuf,
+}
+
+/// Reads a manifest file; `include` is where a fragment is named, for the error.
+fn read_manifest(path: &Path, include: Option<(&SourceFile, Range<usize>)>, diags: &mut Diagnostics) -> Option<String> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            let message = format!("cannot read the manifest `{}`: {e}", path.display());
+            diags.push(match include {
+                Some((source, span)) => Diagnostic::new(source, span, message)
+                    .help("the path is relative to the including manifest's folder"),
+                None => Diagnostic::new(&SourceFile::new(path, ""), 0..0, message),
+            });
+            None
+        }
     }
 }
 
@@ -831,6 +920,7 @@ impl Checker<'_> {
         &self,
         entry: super::toml_doc::Entry<RawDelivery>,
         base: &Path,
+        data_dir: Option<&Path>,
         diags: &mut Diagnostics,
     ) -> Option<DeliverySpec> {
         let (name, mut raw) = (entry.name, entry.value);
@@ -897,6 +987,14 @@ impl Checker<'_> {
                 d
             }
         };
+        let retry_duration = match &raw.retry_duration {
+            None => DEFAULT_LAKE_RETRY,
+            Some(d) => self.duration(d, diags).unwrap_or(DEFAULT_LAKE_RETRY),
+        };
+        let warehouse = match &raw.warehouse {
+            None => None,
+            Some(w) => Some(self.warehouse(&name, w, base, data_dir, diags)?),
+        };
         (diags.len() == before).then(|| DeliverySpec {
             name,
             transform,
@@ -908,7 +1006,95 @@ impl Checker<'_> {
             backup_prefix: raw.backup_prefix.clone(),
             source_stream,
             gzip: raw.compression == Compression::Gzip,
+            retry_duration,
+            warehouse,
         })
+    }
+
+    fn warehouse(
+        &self,
+        delivery: &Name,
+        raw: &Spanned<RawWarehouse>,
+        base: &Path,
+        data_dir: Option<&Path>,
+        diags: &mut Diagnostics,
+    ) -> Option<WarehouseSpec> {
+        let before = diags.len();
+        let w = raw.get_ref();
+        let owner = format!("delivery `{delivery}` warehouse");
+        let database = match (&w.database, &w.database_env) {
+            (Some(_), Some(env)) => {
+                diags.push(self.at(env.span(), format!("{owner}: set `database` or `database-env`, not both")));
+                None
+            }
+            (Some(d), None) => Some(d.get_ref().clone()),
+            (None, Some(env)) => match std::env::var(env.get_ref()) {
+                Ok(value) if !value.is_empty() => Some(value),
+                _ => {
+                    diags.push(
+                        self.at(env.span(), format!("{owner}: environment variable `{}` is not set", env.get_ref()))
+                            .help("export it with the database's connection string before starting weir"),
+                    );
+                    None
+                }
+            },
+            (None, None) if w.kind == WarehouseKind::Sqlite => {
+                Some(data_dir.unwrap_or(base).join("warehouse.db").display().to_string())
+            }
+            (None, None) => {
+                diags.push(
+                    self.at(raw.span(), format!("{owner}: a postgres warehouse needs `database` or `database-env`"))
+                        .help("e.g. database = \"host=127.0.0.1 user=weir dbname=tolls\""),
+                );
+                None
+            }
+        };
+        if let Err(e) = crate::warehouse::check_identifier(w.table.get_ref()) {
+            diags.push(self.at(w.table.span(), format!("{owner}: table {e}")));
+        }
+        let columns = self.columns(&owner, &w.columns, diags);
+        let retry_duration = match &w.retry_duration {
+            None => DEFAULT_WAREHOUSE_RETRY,
+            Some(d) => self.duration(d, diags).unwrap_or(DEFAULT_WAREHOUSE_RETRY),
+        };
+        let database = match w.kind {
+            WarehouseKind::Sqlite => Database::Sqlite(base.join(database?)),
+            WarehouseKind::Postgres => Database::Postgres(database?),
+        };
+        (diags.len() == before).then(|| WarehouseSpec {
+            database,
+            table: w.table.get_ref().clone(),
+            columns,
+            retry_duration,
+        })
+    }
+
+    /// `columns = ["a", "b"]` (column = field) or `columns = { column = "field" }`.
+    fn columns(&self, owner: &str, raw: &Spanned<toml::Value>, diags: &mut Diagnostics) -> Vec<ColumnMap> {
+        let pairs: Vec<(String, Option<String>)> = match raw.get_ref() {
+            toml::Value::Array(items) => {
+                items.iter().map(|v| (v.as_str().unwrap_or("").to_owned(), v.as_str().map(str::to_owned))).collect()
+            }
+            toml::Value::Table(map) => {
+                map.iter().map(|(column, field)| (column.clone(), field.as_str().map(str::to_owned))).collect()
+            }
+            _ => Vec::new(),
+        };
+        let before = diags.len();
+        let mut columns = Vec::new();
+        for (column, field) in pairs {
+            match (crate::warehouse::check_identifier(&column), field) {
+                (Ok(()), Some(field)) if !column.contains('.') => columns.push(ColumnMap { column, field }),
+                (Err(e), _) => diags.push(self.at(raw.span(), format!("{owner}: column {e}"))),
+                _ => diags.push(self.at(raw.span(), format!("{owner}: column `{column}` needs a field name string"))),
+            }
+        }
+        if columns.is_empty() && diags.len() == before {
+            diags.push(self.at(raw.span(), format!("{owner}: `columns` maps no column")).help(
+                "list the columns named like the rows' JSON fields, [\"a\", \"b\"], or map them: { column = \"field\" }",
+            ));
+        }
+        columns
     }
 
     fn stream_spec(&self, name: Name, raw: &RawStream, diags: &mut Diagnostics) -> Option<StreamSpec> {
@@ -1069,7 +1255,7 @@ impl Checker<'_> {
 }
 
 /// A stage that (through other stages) feeds its own input would loop records forever.
-fn check_cycles(source: &SourceFile, stages: &[StageSpec], output_spans: &[Range<usize>], diags: &mut Diagnostics) {
+fn check_cycles(stages: &[StageSpec], output_spans: &[(&SourceFile, Range<usize>)], diags: &mut Diagnostics) {
     let edges: Vec<(&Name, &Name)> = stages
         .iter()
         .filter_map(|s| match &s.output {
@@ -1077,7 +1263,7 @@ fn check_cycles(source: &SourceFile, stages: &[StageSpec], output_spans: &[Range
             Target::Sink(_) => None,
         })
         .collect();
-    for (stage, span) in stages.iter().zip(output_spans) {
+    for (stage, (source, span)) in stages.iter().zip(output_spans) {
         let Target::Stream(start) = &stage.output else { continue };
         let mut seen = BTreeSet::new();
         let mut todo = vec![start];

@@ -54,8 +54,15 @@ impl<'t> Document<'t> {
     /// The valid names of a named-entries section, including entries whose
     /// contents have problems (so references to them are not reported twice).
     pub fn entry_names(&self, section: &str) -> Vec<Name> {
+        self.entry_spans(section).into_iter().map(|(name, _)| name).collect()
+    }
+
+    /// The valid entry names of a section with where each is written.
+    pub fn entry_spans(&self, section: &str) -> Vec<(Name, Range<usize>)> {
         match self.get(section).map(|v| v.get_ref()) {
-            Some(DeValue::Table(table)) => table.iter().filter_map(|(k, _)| Name::parse(k.get_ref()).ok()).collect(),
+            Some(DeValue::Table(table)) => {
+                table.iter().filter_map(|(k, _)| Some((Name::parse(k.get_ref()).ok()?, k.span()))).collect()
+            }
             _ => Vec::new(),
         }
     }

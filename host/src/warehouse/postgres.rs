@@ -1,0 +1,289 @@
+//! The PostgreSQL warehouse: rows are bulk-loaded with `COPY ... FROM STDIN`
+//! in one transaction with their ledger entry. When the table refuses a row
+//! (a data or constraint error), the batch is loaded again row by row under
+//! savepoints, so only the refused rows are set aside.
+
+use bytes::{BufMut as _, Bytes, BytesMut};
+use futures_util::SinkExt as _;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, NoTls, Transaction};
+
+use super::{Cell, LEDGER_TABLE, Loaded, Warehouse, WarehouseError, WarehouseSpec, missing_columns, quoted, row_cells};
+
+/// A table in a PostgreSQL database.
+pub struct PostgresWarehouse {
+    runtime: tokio::runtime::Runtime,
+    client: Client,
+    url: String,
+    target: String,
+    spec: WarehouseSpec,
+    copy: String,
+}
+
+impl PostgresWarehouse {
+    /// Connects, creates the ledger if needed and checks the table's columns.
+    pub fn connect(url: &str, spec: &WarehouseSpec) -> Result<PostgresWarehouse, WarehouseError> {
+        let target = format!("postgres `{}`", redacted(url));
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| {
+            WarehouseError::Unavailable { target: target.clone(), message: format!("cannot start a runtime: {e}") }
+        })?;
+        let client = runtime.block_on(open(url, &target))?;
+        let existing = runtime.block_on(table_columns(&client, &spec.table)).map_err(|e| error(&target, e))?;
+        if existing.is_empty() {
+            return Err(WarehouseError::Schema {
+                target,
+                message: format!(
+                    "table `{}` does not exist; create it with the columns {}",
+                    spec.table,
+                    spec.columns.iter().map(|c| c.column.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            });
+        }
+        missing_columns(&target, spec, &existing)?;
+        let copy = format!(
+            "COPY {} ({}) FROM STDIN",
+            quoted(&spec.table),
+            spec.columns.iter().map(|c| quoted(&c.column)).collect::<Vec<_>>().join(", ")
+        );
+        Ok(PostgresWarehouse { runtime, client, url: url.to_owned(), target, spec: spec.clone(), copy })
+    }
+}
+
+impl Warehouse for PostgresWarehouse {
+    fn load(&mut self, staged_key: &str, rows: &[&[u8]]) -> Result<Loaded, WarehouseError> {
+        if self.client.is_closed() {
+            self.client = self.runtime.block_on(open(&self.url, &self.target))?;
+        }
+        let mut rejected = Vec::new();
+        let mut encoded: Vec<(usize, Bytes)> = Vec::with_capacity(rows.len());
+        for (i, row) in rows.iter().enumerate() {
+            match row_cells(row, &self.spec.columns) {
+                Ok(cells) => encoded.push((i, copy_line(&cells))),
+                Err(reason) => rejected.push((i, reason)),
+            }
+        }
+        let (client, target, copy, table) = (&mut self.client, &self.target, &self.copy, &self.spec.table);
+        self.runtime.block_on(async move {
+            let whole = load_all(client, staged_key, table, copy, &encoded).await;
+            let mut loaded = match whole {
+                Ok(loaded) => loaded,
+                Err(e) if is_row_error(&e) => {
+                    load_each(client, staged_key, table, copy, &encoded).await.map_err(|e| error(target, e))?
+                }
+                Err(e) => return Err(error(target, e)),
+            };
+            loaded.rejected.extend(rejected);
+            loaded.rejected.sort_by_key(|(i, _)| *i);
+            Ok(loaded)
+        })
+    }
+}
+
+async fn open(url: &str, target: &str) -> Result<Client, WarehouseError> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await.map_err(|e| error(target, e))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "warehouse connection closed");
+        }
+    });
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {LEDGER_TABLE} (object_key text PRIMARY KEY, table_name text NOT NULL, \
+             row_count bigint NOT NULL, loaded_at timestamptz NOT NULL DEFAULT now())"
+        ))
+        .await
+        .map_err(|e| error(target, e))?;
+    Ok(client)
+}
+
+/// Records the key in the ledger; false if it was there already.
+async fn record(tx: &Transaction<'_>, key: &str, table: &str) -> Result<bool, tokio_postgres::Error> {
+    let sql = format!(
+        "INSERT INTO {LEDGER_TABLE} (object_key, table_name, row_count) VALUES ($1, $2, 0) ON CONFLICT DO NOTHING"
+    );
+    Ok(tx.execute(&sql, &[&key, &table]).await? == 1)
+}
+
+async fn finish(tx: Transaction<'_>, key: &str, loaded: Loaded) -> Result<Loaded, tokio_postgres::Error> {
+    let sql = format!("UPDATE {LEDGER_TABLE} SET row_count = $1 WHERE object_key = $2");
+    tx.execute(&sql, &[&(loaded.rows as i64), &key]).await?;
+    tx.commit().await?;
+    Ok(loaded)
+}
+
+/// One `COPY` of every row.
+async fn load_all(
+    client: &mut Client,
+    key: &str,
+    table: &str,
+    copy: &str,
+    rows: &[(usize, Bytes)],
+) -> Result<Loaded, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    if !record(&tx, key, table).await? {
+        return Ok(Loaded { already_loaded: true, ..Loaded::default() });
+    }
+    let sink = tx.copy_in::<_, Bytes>(copy).await?;
+    futures_util::pin_mut!(sink);
+    let mut chunk = BytesMut::new();
+    for (_, line) in rows {
+        chunk.put_slice(line);
+        if chunk.len() >= 1 << 20 {
+            sink.send(chunk.split().freeze()).await?;
+        }
+    }
+    if !chunk.is_empty() {
+        sink.send(chunk.freeze()).await?;
+    }
+    let copied = sink.finish().await?;
+    finish(tx, key, Loaded { rows: copied, ..Loaded::default() }).await
+}
+
+/// Row by row under savepoints: slow, only for a batch with refused rows.
+async fn load_each(
+    client: &mut Client,
+    key: &str,
+    table: &str,
+    copy: &str,
+    rows: &[(usize, Bytes)],
+) -> Result<Loaded, tokio_postgres::Error> {
+    let mut tx = client.transaction().await?;
+    if !record(&tx, key, table).await? {
+        return Ok(Loaded { already_loaded: true, ..Loaded::default() });
+    }
+    let mut loaded = Loaded::default();
+    for (i, line) in rows {
+        let savepoint = tx.savepoint("weir_row").await?;
+        let attempt = async {
+            let sink = savepoint.copy_in::<_, Bytes>(copy).await?;
+            futures_util::pin_mut!(sink);
+            sink.send(line.clone()).await?;
+            sink.finish().await
+        }
+        .await;
+        match attempt {
+            Ok(n) => {
+                savepoint.commit().await?;
+                loaded.rows += n;
+            }
+            Err(e) if is_row_error(&e) => {
+                savepoint.rollback().await?;
+                loaded.rejected.push((*i, row_reason(&e)));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    finish(tx, key, loaded).await
+}
+
+/// The columns of `table` (`name` or `schema.name`), none if it does not exist.
+async fn table_columns(client: &Client, table: &str) -> Result<Vec<String>, tokio_postgres::Error> {
+    let (schema, name) = match table.split_once('.') {
+        Some((schema, name)) => (Some(schema), name),
+        None => (None, table),
+    };
+    let rows = client
+        .query(
+            "SELECT column_name::text FROM information_schema.columns \
+             WHERE table_schema = coalesce($1, current_schema()) AND table_name = $2 ORDER BY ordinal_position",
+            &[&schema, &name],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
+}
+
+/// One row in `COPY`'s text format: tab-separated, `\N` for null.
+fn copy_line(cells: &[Cell]) -> Bytes {
+    let mut line = String::new();
+    for (i, cell) in cells.iter().enumerate() {
+        if i > 0 {
+            line.push('\t');
+        }
+        match cell {
+            Cell::Null => line.push_str("\\N"),
+            Cell::Bool(b) => line.push(if *b { 't' } else { 'f' }),
+            Cell::Int(n) => line.push_str(&n.to_string()),
+            Cell::Float(f) => line.push_str(&f.to_string()),
+            Cell::Text(s) => {
+                for c in s.chars() {
+                    match c {
+                        '\\' => line.push_str("\\\\"),
+                        '\t' => line.push_str("\\t"),
+                        '\n' => line.push_str("\\n"),
+                        '\r' => line.push_str("\\r"),
+                        c => line.push(c),
+                    }
+                }
+            }
+        }
+    }
+    line.push('\n');
+    Bytes::from(line)
+}
+
+/// A refused value: data exceptions (class 22) and integrity violations (class 23).
+fn is_row_error(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("23"))
+}
+
+/// The database's message for a refused row, without the COPY line it quotes.
+fn row_reason(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}
+
+fn error(target: &str, e: tokio_postgres::Error) -> WarehouseError {
+    let message = match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    };
+    // Undefined tables or columns and permission problems will not pass by retrying.
+    let schema = e.code().is_some_and(|c| {
+        c == &SqlState::UNDEFINED_TABLE
+            || c == &SqlState::UNDEFINED_COLUMN
+            || c == &SqlState::INSUFFICIENT_PRIVILEGE
+            || c == &SqlState::INVALID_PASSWORD
+            || c == &SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+    });
+    if schema {
+        WarehouseError::Schema { target: target.to_owned(), message }
+    } else {
+        WarehouseError::Unavailable { target: target.to_owned(), message }
+    }
+}
+
+/// The connection string without its password, for messages and logs.
+fn redacted(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://")
+        && let Some((credentials, host)) = rest.split_once('@')
+    {
+        let user = credentials.split(':').next().unwrap_or("");
+        return format!("{scheme}://{user}@{host}");
+    }
+    url.split_whitespace().filter(|p| !p.starts_with("password=")).collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_lines_escape_text_and_write_null() {
+        let line = copy_line(&[
+            Cell::Text("a\tb\\c\nd".into()),
+            Cell::Null,
+            Cell::Int(-3),
+            Cell::Bool(true),
+            Cell::Float(2.5),
+        ]);
+        assert_eq!(&line[..], b"a\\tb\\\\c\\nd\t\\N\t-3\tt\t2.5\n");
+    }
+
+    #[test]
+    fn passwords_stay_out_of_messages() {
+        assert_eq!(redacted("postgresql://weir:secret@127.0.0.1/tolls"), "postgresql://weir@127.0.0.1/tolls");
+        assert_eq!(redacted("host=127.0.0.1 user=weir password=secret dbname=t"), "host=127.0.0.1 user=weir dbname=t");
+    }
+}

@@ -1,0 +1,221 @@
+//! The embedded warehouse: a SQLite file. The table is created (with untyped
+//! columns, which keep each value's JSON type) when it does not exist yet.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, ErrorCode, TransactionBehavior};
+
+use super::{Cell, LEDGER_TABLE, Loaded, Warehouse, WarehouseError, WarehouseSpec, missing_columns, quoted, row_cells};
+
+/// How long a load waits for another writer's lock before it counts as unavailable.
+const BUSY_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// A SQLite database file holding the table.
+pub struct SqliteWarehouse {
+    connection: Connection,
+    target: String,
+    spec: WarehouseSpec,
+    insert: String,
+}
+
+impl SqliteWarehouse {
+    /// Opens (or creates) the database, the table and the ledger.
+    pub fn open(path: &Path, spec: &WarehouseSpec) -> Result<SqliteWarehouse, WarehouseError> {
+        let target = format!("sqlite `{}`", path.display());
+        let unavailable = |e: rusqlite::Error| unavailable(&target, e);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| WarehouseError::Unavailable {
+                target: target.clone(),
+                message: format!("cannot create its folder: {e}"),
+            })?;
+        }
+        let connection = Connection::open(path).map_err(unavailable)?;
+        connection.busy_timeout(BUSY_TIMEOUT).map_err(unavailable)?;
+        // WAL lets readers query the table while a load is being written.
+        connection.pragma_update(None, "journal_mode", "WAL").map_err(unavailable)?;
+        connection
+            .execute_batch(&format!(
+                "CREATE TABLE IF NOT EXISTS {LEDGER_TABLE} (object_key TEXT PRIMARY KEY, table_name TEXT NOT NULL, \
+                 row_count INTEGER NOT NULL, loaded_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)"
+            ))
+            .map_err(unavailable)?;
+        let table = quoted(&spec.table);
+        let existing = table_columns(&connection, &spec.table).map_err(unavailable)?;
+        if existing.is_empty() {
+            let columns: Vec<String> = spec.columns.iter().map(|c| quoted(&c.column)).collect();
+            connection.execute_batch(&format!("CREATE TABLE {table} ({})", columns.join(", "))).map_err(unavailable)?;
+            tracing::info!(table = %spec.table, "created the warehouse table");
+        } else {
+            missing_columns(&target, spec, &existing)?;
+        }
+        let insert = format!(
+            "INSERT INTO {table} ({}) VALUES ({})",
+            spec.columns.iter().map(|c| quoted(&c.column)).collect::<Vec<_>>().join(", "),
+            (1..=spec.columns.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ")
+        );
+        Ok(SqliteWarehouse { connection, target, spec: spec.clone(), insert })
+    }
+}
+
+impl Warehouse for SqliteWarehouse {
+    fn load(&mut self, staged_key: &str, rows: &[&[u8]]) -> Result<Loaded, WarehouseError> {
+        let target = self.target.clone();
+        let unavailable = |e: rusqlite::Error| unavailable(&target, e);
+        let tx = self.connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
+        let recorded = tx
+            .execute(
+                &format!("INSERT OR IGNORE INTO {LEDGER_TABLE} (object_key, table_name, row_count) VALUES (?1, ?2, 0)"),
+                rusqlite::params![staged_key, self.spec.table],
+            )
+            .map_err(unavailable)?;
+        if recorded == 0 {
+            return Ok(Loaded { already_loaded: true, ..Loaded::default() });
+        }
+        let mut loaded = Loaded::default();
+        {
+            let mut insert = tx.prepare_cached(&self.insert).map_err(unavailable)?;
+            for (i, row) in rows.iter().enumerate() {
+                let cells = match row_cells(row, &self.spec.columns) {
+                    Ok(cells) => cells,
+                    Err(reason) => {
+                        loaded.rejected.push((i, reason));
+                        continue;
+                    }
+                };
+                let values = cells.into_iter().map(sql_value);
+                // A refused row fails its statement only; the transaction goes on.
+                match insert.execute(rusqlite::params_from_iter(values)) {
+                    Ok(_) => loaded.rows += 1,
+                    Err(e) if is_row_error(&e) => loaded.rejected.push((i, e.to_string())),
+                    Err(e) => return Err(unavailable(e)),
+                }
+            }
+        }
+        tx.execute(
+            &format!("UPDATE {LEDGER_TABLE} SET row_count = ?1 WHERE object_key = ?2"),
+            rusqlite::params![loaded.rows as i64, staged_key],
+        )
+        .map_err(unavailable)?;
+        tx.commit().map_err(unavailable)?;
+        Ok(loaded)
+    }
+}
+
+fn table_columns(connection: &Connection, table: &str) -> rusqlite::Result<Vec<String>> {
+    let (schema, name) = table.split_once('.').unwrap_or(("main", table));
+    let mut query = connection.prepare(&format!("SELECT name FROM \"{schema}\".pragma_table_info(?1)"))?;
+    // No rows: the table does not exist.
+    query.query_map([name], |row| row.get::<_, String>(0))?.collect()
+}
+
+fn sql_value(cell: Cell) -> SqlValue {
+    match cell {
+        Cell::Null => SqlValue::Null,
+        Cell::Bool(b) => SqlValue::Integer(i64::from(b)),
+        Cell::Int(i) => SqlValue::Integer(i),
+        Cell::Float(f) => SqlValue::Real(f),
+        Cell::Text(s) => SqlValue::Text(s),
+    }
+}
+
+/// Errors of one row (constraints, types of a STRICT table), not of the database.
+fn is_row_error(e: &rusqlite::Error) -> bool {
+    matches!(e.sqlite_error_code(), Some(ErrorCode::ConstraintViolation | ErrorCode::TypeMismatch | ErrorCode::TooBig))
+}
+
+fn unavailable(target: &str, e: rusqlite::Error) -> WarehouseError {
+    WarehouseError::Unavailable { target: target.to_owned(), message: e.to_string() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::warehouse::{ColumnMap, Database};
+
+    fn spec(path: &Path, columns: &[(&str, &str)]) -> WarehouseSpec {
+        WarehouseSpec {
+            database: Database::Sqlite(path.to_owned()),
+            table: "tolls".into(),
+            columns: columns
+                .iter()
+                .map(|(c, f)| ColumnMap { column: (*c).to_owned(), field: (*f).to_owned() })
+                .collect(),
+            retry_duration: Duration::from_secs(1),
+        }
+    }
+
+    fn count(path: &Path) -> i64 {
+        let c = Connection::open(path).expect("open");
+        c.query_row("SELECT count(*) FROM tolls", [], |r| r.get(0)).expect("count")
+    }
+
+    #[test]
+    fn a_staged_object_is_loaded_once_even_when_loaded_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("w.db");
+        let spec = spec(&db, &[("id", "transaction_id"), ("cents", "amount_cents")]);
+        let mut w = SqliteWarehouse::open(&db, &spec).expect("open");
+        let rows: [&[u8]; 2] = [br#"{"transaction_id":"a","amount_cents":275}"#, br#"{"transaction_id":"b"}"#];
+        assert_eq!(w.load("rows/1", &rows).expect("load"), Loaded { rows: 2, ..Loaded::default() });
+        assert!(w.load("rows/1", &rows).expect("load").already_loaded);
+        assert_eq!(count(&db), 2);
+        let c = Connection::open(&db).expect("open");
+        let cents: Option<i64> = c.query_row("SELECT cents FROM tolls WHERE id = 'b'", [], |r| r.get(0)).expect("b");
+        assert_eq!(cents, None, "a missing field is NULL");
+        let ledger: i64 = c
+            .query_row("SELECT row_count FROM weir_loads WHERE object_key = 'rows/1'", [], |r| r.get(0))
+            .expect("ledger");
+        assert_eq!(ledger, 2);
+    }
+
+    #[test]
+    fn rows_the_table_refuses_are_reported_and_the_others_loaded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("w.db");
+        Connection::open(&db)
+            .and_then(|c| c.execute_batch("CREATE TABLE tolls (id TEXT NOT NULL, cents INTEGER) STRICT"))
+            .expect("create");
+        let spec = spec(&db, &[("id", "id"), ("cents", "cents")]);
+        let mut w = SqliteWarehouse::open(&db, &spec).expect("open");
+        let rows: [&[u8]; 4] =
+            [br#"{"id":"a","cents":1}"#, br#"{"cents":2}"#, b"not json", br#"{"id":"d","cents":"many"}"#];
+        let loaded = w.load("k", &rows).expect("load");
+        assert_eq!(loaded.rows, 1);
+        let reasons: Vec<(usize, &str)> = loaded.rejected.iter().map(|(i, r)| (*i, r.as_str())).collect();
+        assert_eq!(reasons.len(), 3, "{reasons:?}");
+        assert!(reasons[0].0 == 1 && reasons[0].1.contains("NOT NULL"), "{reasons:?}");
+        assert!(reasons[1].0 == 2 && reasons[1].1.contains("not JSON"), "{reasons:?}");
+        assert!(reasons[2].0 == 3 && reasons[2].1.contains("cannot store TEXT"), "{reasons:?}");
+        assert_eq!(count(&db), 1);
+    }
+
+    #[test]
+    fn a_table_without_the_mapped_columns_is_a_clear_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("w.db");
+        Connection::open(&db).and_then(|c| c.execute_batch("CREATE TABLE tolls (id TEXT)")).expect("create");
+        let err = SqliteWarehouse::open(&db, &spec(&db, &[("id", "id"), ("amount", "amount")]))
+            .err()
+            .expect("the table lacks `amount`");
+        assert!(!err.is_retryable());
+        let message = err.to_string();
+        assert!(message.contains("table `tolls` has no column `amount` (it has: id)"), "{message}");
+    }
+
+    #[test]
+    fn a_locked_database_is_unavailable_and_retried_later() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("w.db");
+        let spec = spec(&db, &[("id", "id")]);
+        let mut w = SqliteWarehouse::open(&db, &spec).expect("open");
+        let other = Connection::open(&db).expect("open");
+        other.execute_batch("BEGIN EXCLUSIVE").expect("lock");
+        let err = w.load("k", &[br#"{"id":"a"}"#]).expect_err("locked");
+        assert!(err.is_retryable(), "{err}");
+        other.execute_batch("COMMIT").expect("unlock");
+        assert_eq!(w.load("k", &[br#"{"id":"a"}"#]).expect("load").rows, 1);
+        assert_eq!(count(&db), 1);
+    }
+}

@@ -1,0 +1,231 @@
+//! Warehouse destinations end to end: toll lines put through the Firehose
+//! protocol are transformed by `toll-etl`, staged in the lake and loaded into
+//! a `toll_transactions` table, in SQLite (embedded) and in PostgreSQL with
+//! `COPY`. Every well-formed line is one row, every malformed line is under
+//! the error prefix with its reason, and a database that is down is waited
+//! for within the retry duration and reported past it.
+
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+use weir_tests::{Proxy, TestHost, files, postgres, postgres_database};
+
+const COLUMNS: &str = r#"["transaction_id", "event_time", "station_id", "lane", "tag_id", "customer_id", "vehicle_class", "amount_cents", "currency"]"#;
+
+const POSTGRES_TABLE: &str = "CREATE TABLE toll_transactions (
+    transaction_id text PRIMARY KEY, event_time timestamptz NOT NULL, station_id integer NOT NULL,
+    lane smallint NOT NULL, tag_id text NOT NULL, customer_id text NOT NULL, vehicle_class smallint NOT NULL,
+    amount_cents integer NOT NULL, currency char(3) NOT NULL)";
+
+/// `n` toll lines, every tenth one malformed (an unknown vehicle class).
+fn toll_lines(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let class = if i % 10 == 9 { 9 } else { 1 + i % 6 };
+            format!(
+                "T0017-{i:06},2026-11-26T14:{:02}:{:02}Z,17,3,TAG{i:07},C{:06},{class},{}",
+                i / 60 % 60,
+                i % 60,
+                i % 97,
+                100 + i
+            )
+        })
+        .collect()
+}
+
+fn manifest(warehouse: &str, retry: &str) -> String {
+    format!(
+        r#"
+[pipeline]
+name = "warehouse-test"
+data-dir = "data"
+
+[delivery.tolls]
+transform = "{{root}}/plugins/toll-etl"
+buffer-interval = "1s"
+lake = "lake"
+prefix = "rows/"
+backup-prefix = "raw/"
+
+[delivery.tolls.warehouse]
+{warehouse}
+table = "toll_transactions"
+columns = {COLUMNS}
+retry-duration = "{retry}"
+"#
+    )
+}
+
+async fn put_lines(host: &TestHost, lines: &[String]) {
+    for chunk in lines.chunks(500) {
+        let records: Vec<Value> =
+            chunk.iter().map(|l| json!({"Data": base64::engine::general_purpose::STANDARD.encode(l)})).collect();
+        let response = reqwest::Client::new()
+            .post(format!("{}/", host.url))
+            .header("x-amz-target", "Firehose_20150804.PutRecordBatch")
+            .header("content-type", "application/x-amz-json-1.1")
+            .body(json!({"DeliveryStreamName": "tolls", "Records": records}).to_string())
+            .send()
+            .await
+            .expect("put");
+        let answer: Value = response.json().await.expect("json");
+        assert_eq!(answer["FailedPutCount"], 0, "{answer}");
+    }
+}
+
+/// The error-prefix entries of the delivery, all objects together.
+fn error_entries(host: &TestHost) -> Vec<Value> {
+    files(&host.path("lake").join("errors"))
+        .iter()
+        .flat_map(|f| weir_tests::lines(f))
+        .map(|l| serde_json::from_str(&l).expect("error entries are JSON"))
+        .collect()
+}
+
+fn raw_data(entry: &Value) -> String {
+    let data = base64::engine::general_purpose::STANDARD.decode(entry["rawData"].as_str().expect("rawData"));
+    String::from_utf8(data.expect("base64")).expect("utf-8")
+}
+
+/// Checks the rows against the lines: one row per good line, the malformed
+/// ones under the error prefix with the field named.
+fn check_delivery(lines: &[String], mut ids: Vec<String>, errors: &[Value]) {
+    let good: Vec<&String> = lines.iter().filter(|l| !l.contains(",9,")).collect();
+    ids.sort();
+    let mut expected: Vec<String> = good.iter().map(|l| l[..12].to_owned()).collect();
+    expected.sort();
+    assert_eq!(ids, expected, "every well-formed line is one row, once");
+    let mut failed: Vec<String> = errors.iter().map(raw_data).collect();
+    failed.sort();
+    let mut malformed: Vec<String> = lines.iter().filter(|l| l.contains(",9,")).cloned().collect();
+    malformed.sort();
+    assert_eq!(failed, malformed, "every malformed line is under the error prefix");
+    for e in errors {
+        assert_eq!(e["errorCode"], "Transform.ProcessingFailed");
+        assert!(e["errorMessage"].as_str().is_some_and(|m| m.contains("vehicle_class")), "{e}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn toll_lines_become_sqlite_rows_within_the_buffer_interval() {
+    let mut host = TestHost::start(&manifest(r#"database = "warehouse.db""#, "10s")).await.expect("start");
+    let lines = toll_lines(1000);
+    let written = Instant::now();
+    put_lines(&host, &lines).await;
+    host.wait_until("every row loaded", |s| s.deliveries[0].rows_loaded == 900).await;
+    // Freshness: the buffer interval is 1 s; the rows are queryable well within it plus a margin.
+    let fresh = written.elapsed();
+    assert!(fresh < Duration::from_secs(1 + 5), "rows took {fresh:?} to be queryable");
+
+    let db = rusqlite::Connection::open(host.path("warehouse.db")).expect("open");
+    let mut query = db.prepare("SELECT transaction_id FROM toll_transactions").expect("query");
+    let ids: Vec<String> = query.query_map([], |r| r.get(0)).expect("rows").map(|r| r.expect("row")).collect();
+    let amount: i64 = db
+        .query_row("SELECT amount_cents FROM toll_transactions WHERE transaction_id = 'T0017-000003'", [], |r| r.get(0))
+        .expect("amount");
+    assert_eq!(amount, 103, "typed columns keep the row's numbers");
+    host.stop().await;
+    check_delivery(&lines, ids, &error_entries(&host));
+    let status = host.host.status();
+    assert_eq!(status.deliveries[0].loads_failed, 0);
+    assert!(!files(&host.path("lake").join("raw")).is_empty(), "the raw lines are backed up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn toll_lines_are_copied_into_postgres_and_refused_rows_keep_the_reason() {
+    let Some(url) = postgres_database("postgres delivery").await else { return };
+    let pg = postgres(&url).await;
+    pg.batch_execute(POSTGRES_TABLE).await.expect("table");
+    let mut host =
+        TestHost::start(&manifest(&format!("kind = \"postgres\"\ndatabase = \"{url}\""), "10s")).await.expect("start");
+    let mut lines = toll_lines(2000);
+    let written = Instant::now();
+    put_lines(&host, &lines).await;
+    host.wait_until("every row loaded", |s| s.deliveries[0].rows_loaded == 1800).await;
+    let fresh = written.elapsed();
+    assert!(fresh < Duration::from_secs(1 + 5), "rows took {fresh:?} to be queryable");
+
+    // A line sent twice breaks the table's primary key: that row alone is refused.
+    put_lines(&host, &[lines[0].clone(), lines[1].replace("T0017-000001", "T0017-999999")]).await;
+    lines.push(lines[1].replace("T0017-000001", "T0017-999999"));
+    host.wait_until("the refused row", |s| s.deliveries[0].rows_rejected == 1).await;
+    host.stop().await;
+
+    let ids: Vec<String> = pg
+        .query("SELECT transaction_id FROM toll_transactions", &[])
+        .await
+        .expect("select")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let (transform_errors, refused): (Vec<Value>, Vec<Value>) =
+        error_entries(&host).into_iter().partition(|e| e["errorCode"] == "Transform.ProcessingFailed");
+    check_delivery(&lines, ids, &transform_errors);
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0]["errorCode"], "Warehouse.RowRejected");
+    let reason = refused[0]["errorMessage"].as_str().unwrap_or("");
+    assert!(reason.contains("duplicate key") && reason.contains("23505"), "{reason}");
+    assert!(raw_data(&refused[0]).contains("\"transaction_id\":\"T0017-000000\""), "the refused row is kept");
+    let event: String = pg
+        .query_one("SELECT to_char(event_time AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') FROM toll_transactions WHERE transaction_id = 'T0017-000061'", &[])
+        .await
+        .expect("row")
+        .get(0);
+    assert_eq!(event, "2026-11-26 14:01:01");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_outage_within_the_retry_duration_only_delays_the_load_and_past_it_is_listed() {
+    let Some(url) = postgres_database("postgres outage").await else { return };
+    let pg = postgres(&url).await;
+    pg.batch_execute(POSTGRES_TABLE).await.expect("table");
+    let setting = |key: &str| url.split_whitespace().find_map(|p| p.strip_prefix(key)).map(str::to_owned);
+    let server = format!(
+        "{}:{}",
+        setting("host=").unwrap_or_else(|| "127.0.0.1".into()),
+        setting("port=").unwrap_or_else(|| "5432".into())
+    );
+    let proxy = Proxy::start(server.parse().expect("WEIR_TEST_POSTGRES has host=<ip> port=<port>")).await;
+    let via_proxy: String = url
+        .split_whitespace()
+        .filter(|p| !p.starts_with("host=") && !p.starts_with("port="))
+        .chain(["host=127.0.0.1"])
+        .collect::<Vec<_>>()
+        .join(" ")
+        + &format!(" port={}", proxy.port);
+
+    // Down for ~2 s of a 30 s retry duration: loaded once it is back.
+    let mut host = TestHost::start(&manifest(&format!("kind = \"postgres\"\ndatabase = \"{via_proxy}\""), "30s"))
+        .await
+        .expect("start");
+    proxy.cut();
+    let lines = toll_lines(100);
+    put_lines(&host, &lines[..50]).await;
+    host.wait_until("a failed load attempt", |s| s.deliveries[0].last_error.is_some()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(host.host.status().deliveries[0].rows_loaded, 0, "nothing loads while the database is down");
+    proxy.restore();
+    host.wait_until("the delayed load", |s| s.deliveries[0].rows_loaded == 45).await;
+    host.stop().await;
+
+    // Down past a 1 s retry duration: the staged object is listed under the error prefix.
+    let manifest = manifest(&format!("kind = \"postgres\"\ndatabase = \"{via_proxy}\""), "1s");
+    let dir = std::mem::replace(&mut host.dir, tempfile::tempdir().expect("tempdir"));
+    proxy.cut();
+    let mut host = TestHost::start_in(dir, &manifest).await.expect("restart");
+    put_lines(&host, &lines[50..]).await;
+    host.wait_until("the load to be given up", |s| s.deliveries[0].loads_failed == 1).await;
+    host.stop().await;
+    proxy.restore();
+    let listed: Vec<Value> =
+        error_entries(&host).into_iter().filter(|e| e["errorCode"] == "Warehouse.Unavailable").collect();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let staged = listed[0]["stagedObject"].as_str().expect("stagedObject");
+    assert_eq!(listed[0]["rows"], 45);
+    assert!(listed[0]["attemptsMade"].as_u64().is_some_and(|n| n >= 1));
+    let staged_rows = std::fs::read_to_string(host.path("lake").join(staged)).expect("the staged object is kept");
+    assert_eq!(staged_rows.lines().count(), 45);
+    let count: i64 = pg.query_one("SELECT count(*) FROM toll_transactions", &[]).await.expect("count").get(0);
+    assert_eq!(count, 45, "only the first load happened");
+}
