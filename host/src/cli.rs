@@ -1,5 +1,6 @@
 //! The `weir` command line: `run` and `check` a pipeline; `stream`, `put` and
-//! `tail` talk to a running one through its Kinesis API.
+//! `tail` talk to a running one through its Kinesis API; `agent` sends the
+//! lines of log files to it.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -77,6 +78,13 @@ enum Command {
         no_follow: bool,
         #[command(flatten)]
         target: Target,
+    },
+    /// Follow log files and send their lines to a stream or delivery stream (as the Kinesis Agent),
+    /// until Ctrl-C / SIGTERM.
+    Agent {
+        /// The agent config: weir TOML, or the Kinesis Agent's agent.json (by the .json extension).
+        #[arg(long)]
+        config: PathBuf,
     },
 }
 
@@ -159,6 +167,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Tail { stream, from, timestamp, no_follow, target } => {
             client_verb(&target, |c| tail(c, stream, from, timestamp, no_follow))
         }
+        Command::Agent { config } => agent(config),
     }
 }
 
@@ -297,6 +306,38 @@ async fn tail(
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
     }
+}
+
+fn agent(config: PathBuf) -> anyhow::Result<()> {
+    let config = match crate::agent::AgentConfig::load(&config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let span = tracing::info_span!("agent");
+        let handle = {
+            let _entered = span.enter();
+            crate::agent::Agent::start(config)?
+        };
+        tracing::info!(parent: &span, "agent is running; Ctrl-C to stop");
+        shutdown_signal().await;
+        tracing::info!(parent: &span, "stopping: sending what is batched");
+        let counters = handle.stop().await;
+        tracing::info!(
+            parent: &span,
+            lines_read = counters.lines_read,
+            records_sent = counters.records_sent,
+            records_refused = counters.records_refused,
+            records_skipped = counters.records_skipped,
+            retries = counters.retries,
+            "agent stopped"
+        );
+        anyhow::Ok(())
+    })
 }
 
 fn run(

@@ -1,6 +1,7 @@
-//! A small client of weir's Kinesis API for the command line (`weir stream`,
-//! `weir put`, `weir tail`): JSON 1.1 requests signed with SigV4 using the
-//! key in `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` (unsigned without one).
+//! A small client of weir's Kinesis and Firehose APIs for the command line
+//! (`weir stream`, `weir put`, `weir tail`, `weir agent`): JSON 1.1 requests
+//! signed with SigV4 using the key in `AWS_ACCESS_KEY_ID` /
+//! `AWS_SECRET_ACCESS_KEY` (unsigned without one).
 
 use std::time::SystemTime;
 
@@ -32,6 +33,8 @@ pub enum ClientError {
     /// weir answered with an error.
     #[error("{kind}: {message}")]
     Api {
+        /// The HTTP status.
+        status: u16,
         /// AWS error type.
         kind: String,
         /// What weir said.
@@ -39,7 +42,32 @@ pub enum ClientError {
     },
 }
 
-/// A Kinesis-protocol client of one weir host.
+/// Which of weir's AWS-compatible APIs a call goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// Kinesis Data Streams (`Kinesis_20131202.*`).
+    Kinesis,
+    /// Kinesis Data Firehose (`Firehose_20150804.*`).
+    Firehose,
+}
+
+impl Service {
+    fn target_prefix(self) -> &'static str {
+        match self {
+            Service::Kinesis => "Kinesis_20131202",
+            Service::Firehose => "Firehose_20150804",
+        }
+    }
+
+    fn signing_name(self) -> &'static str {
+        match self {
+            Service::Kinesis => "kinesis",
+            Service::Firehose => "firehose",
+        }
+    }
+}
+
+/// A Kinesis- and Firehose-protocol client of one weir host.
 pub struct Client {
     endpoint: Uri,
     key: Option<AccessKey>,
@@ -62,17 +90,22 @@ impl Client {
 
     /// Calls a Kinesis operation, e.g. `ListStreams`, and returns its JSON answer.
     pub async fn call(&self, operation: &str, input: &Value) -> Result<Value, ClientError> {
+        self.call_service(Service::Kinesis, operation, input).await
+    }
+
+    /// Calls an operation of `service`, e.g. Firehose's `PutRecordBatch`, and returns its JSON answer.
+    pub async fn call_service(&self, service: Service, operation: &str, input: &Value) -> Result<Value, ClientError> {
         let body = Bytes::from(input.to_string());
         let uri: Uri = format!("{}/", self.endpoint.to_string().trim_end_matches('/'))
             .parse()
             .map_err(|_| ClientError::Endpoint(self.endpoint.to_string()))?;
         let mut headers = HeaderMap::new();
         headers.insert("content-type", HeaderValue::from_static("application/x-amz-json-1.1"));
-        if let Ok(target) = HeaderValue::from_str(&format!("Kinesis_20131202.{operation}")) {
+        if let Ok(target) = HeaderValue::from_str(&format!("{}.{operation}", service.target_prefix())) {
             headers.insert("x-amz-target", target);
         }
         if let Some(key) = &self.key {
-            let signer = sigv4::Signer { key, region: "us-east-1", service: "kinesis" };
+            let signer = sigv4::Signer { key, region: "us-east-1", service: service.signing_name() };
             signer.sign(&Method::POST, &uri, &mut headers, &body, SystemTime::now());
         }
         let mut request = Request::post(uri).body(Full::new(body)).map_err(|e| self.unreachable(e))?;
@@ -85,6 +118,7 @@ impl Client {
             return Ok(value);
         }
         Err(ClientError::Api {
+            status: status.as_u16(),
             kind: value["__type"].as_str().unwrap_or("Error").to_owned(),
             message: value["message"].as_str().map_or_else(|| format!("HTTP {status}"), str::to_owned),
         })

@@ -3,8 +3,9 @@
 //! The host reads a pipeline [`manifest`], keeps records in [`stream`]s, runs
 //! sandboxed [`plugin`] components in [`stage`]s, writes results to [`sink`]s
 //! and serves the HTTP [`api`]. [`pipeline`] wires them together; [`cli`] is
-//! the `weir` binary.
+//! the `weir` binary; [`agent`] is its file-tailing client (`weir agent`).
 
+pub mod agent;
 pub mod api;
 pub mod build;
 pub mod check;

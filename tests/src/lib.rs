@@ -58,12 +58,17 @@ impl TestHost {
 
     /// Like [`TestHost::start`], in a folder that may hold an earlier run's data.
     pub async fn start_in(dir: tempfile::TempDir, manifest: &str) -> anyhow::Result<TestHost> {
+        Self::start_on(dir, manifest, "127.0.0.1:0").await
+    }
+
+    /// Like [`TestHost::start_in`], serving the API on `addr` (e.g. a port a client already waits for).
+    pub async fn start_on(dir: tempfile::TempDir, manifest: &str, addr: &str) -> anyhow::Result<TestHost> {
         let path = dir.path().join("pipeline.toml");
         std::fs::write(&path, manifest.replace("{root}", &root().display().to_string()))?;
         let pipeline = weir_host::manifest::load(&path).map_err(|d| anyhow::anyhow!("{d}"))?;
         let engine = engine();
         let host = tokio::task::spawn_blocking(move || Host::start(pipeline, &engine)).await??;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         let url = format!("http://{}", listener.local_addr()?);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let auth = match host.pipeline.api.access_keys.as_slice() {
