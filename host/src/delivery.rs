@@ -868,8 +868,9 @@ mod tests {
         wait_for(&delivery, "the interval-triggered delivery", |s| s.objects == 1);
         assert_eq!(delivery.status().records_delivered, 10);
 
-        // 1100 bytes at once, with the clock standing still: one delivery of
+        // 1100 bytes at once, with the clock back at the present and standing still: one delivery of
         // the 1000 bytes that fit the threshold; the other 2 records wait.
+        now.store(now_ms(), Ordering::Relaxed);
         buffers.append("d", records(22, 50)).expect("append");
         wait_for(&delivery, "the size-triggered delivery", |s| s.records_delivered == 30);
         assert_eq!(delivery.status().objects, 2);
