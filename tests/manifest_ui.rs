@@ -36,9 +36,14 @@ fn broken_manifests_report_every_problem_with_its_position() {
 
 #[test]
 fn the_shipped_manifests_are_valid() {
-    for manifest in ["../manifests/quickstart.toml"] {
+    for manifest in ["../manifests/quickstart.toml", "../manifests/abc-tolls.toml"] {
         if let Err(e) = weir_host::check::check_manifest(Path::new(manifest)) {
             panic!("{manifest}:\n{e}");
+        }
+    }
+    for agent in ["../manifests/abc-tolls/agent.toml"] {
+        if let Err(e) = weir_host::agent::AgentConfig::load(Path::new(agent)) {
+            panic!("{agent}:\n{e}");
         }
     }
 }
