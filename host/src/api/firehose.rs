@@ -18,25 +18,29 @@ const MAX_BATCH: usize = 500;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct Args {
+struct Args<'a> {
     delivery_stream_name: Option<String>,
-    record: Option<Entry>,
-    records: Option<Vec<Entry>>,
+    #[serde(borrow)]
+    record: Option<Entry<'a>>,
+    #[serde(borrow)]
+    records: Option<Vec<Entry<'a>>>,
     limit: Option<usize>,
     exclusive_start_delivery_stream_name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct Entry {
-    data: Option<String>,
+struct Entry<'a> {
+    /// Base64 has no escapes: borrowed from the request body.
+    #[serde(borrow)]
+    data: Option<std::borrow::Cow<'a, str>>,
 }
 
 fn not_found(name: &str) -> AwsError {
     AwsError::new("ResourceNotFoundException", format!("Firehose {name} under account 000000000000 not found."))
 }
 
-fn record(entry: &Entry) -> Result<NewRecord, AwsError> {
+fn record(entry: &Entry<'_>) -> Result<NewRecord, AwsError> {
     let data = base64::engine::general_purpose::STANDARD
         .decode(entry.data.as_deref().ok_or_else(|| AwsError::new("InvalidArgumentException", "Data is required"))?)
         .map_err(|e| AwsError::new("SerializationException", format!("Data is not base64: {e}")))?;
@@ -55,9 +59,8 @@ fn record_id(name: &str, sequence: u64) -> String {
 }
 
 /// Runs one Firehose operation.
-pub fn call(host: &Host, operation: &str, input: Value) -> Result<Value, AwsError> {
-    let args: Args =
-        serde_json::from_value(input).map_err(|e| AwsError::new("SerializationException", e.to_string()))?;
+pub fn call(host: &Host, operation: &str, body: &[u8]) -> Result<Value, AwsError> {
+    let args: Args<'_> = super::kinesis::parse_body(body)?;
     let name = || {
         args.delivery_stream_name
             .as_deref()
