@@ -5,10 +5,10 @@
 
 use axum::body::Bytes;
 use base64::Engine as _;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::kinesis::KinesisError as AwsError;
+use super::kinesis::{KinesisError as AwsError, PutResult};
 use super::native::MAX_RECORD_BYTES;
 use crate::pipeline::{Host, PutError};
 use crate::stream::{NewRecord, StreamError};
@@ -59,8 +59,16 @@ fn record_id(name: &str, sequence: u64) -> String {
 }
 
 /// Runs one Firehose operation.
-pub fn call(host: &Host, operation: &str, body: &[u8]) -> Result<Value, AwsError> {
+/// Runs one Firehose operation; the answer is JSON text.
+pub fn call(host: &Host, operation: &str, body: &[u8]) -> Result<String, AwsError> {
     let args: Args<'_> = super::kinesis::parse_body(body)?;
+    match operation {
+        "PutRecordBatch" => put_record_batch(host, &args),
+        _ => answer(host, operation, &args).map(|v| v.to_string()),
+    }
+}
+
+fn answer(host: &Host, operation: &str, args: &Args<'_>) -> Result<Value, AwsError> {
     let name = || {
         args.delivery_stream_name
             .as_deref()
@@ -112,47 +120,56 @@ pub fn call(host: &Host, operation: &str, body: &[u8]) -> Result<Value, AwsError
                 None => Err(AwsError::new("ServiceUnavailableException", "nothing was appended")),
             }
         }
-        "PutRecordBatch" => {
-            let name = name()?;
-            let entries = args
-                .records
-                .as_deref()
-                .ok_or_else(|| AwsError::new("InvalidArgumentException", "Records is required"))?;
-            if entries.is_empty() || entries.len() > MAX_BATCH {
-                return Err(AwsError::new(
-                    "InvalidArgumentException",
-                    format!("Records must hold 1 to {MAX_BATCH} entries"),
-                ));
-            }
-            let mut responses: Vec<Value> = Vec::with_capacity(entries.len());
-            let (mut good, mut slots) = (Vec::new(), Vec::new());
-            for (i, entry) in entries.iter().enumerate() {
-                match record(entry) {
-                    Ok(r) => {
-                        good.push(r);
-                        slots.push(i);
-                        responses.push(Value::Null);
-                    }
-                    Err(e) => responses.push(json!({"ErrorCode": e.kind(), "ErrorMessage": e.message()})),
-                }
-            }
-            if !good.is_empty() {
-                let results = host.deliver(name, good).map_err(|e| delivery_error(name, e))?;
-                for (slot, result) in slots.iter().zip(results) {
-                    responses[*slot] = match result {
-                        Ok(a) => json!({"RecordId": record_id(name, a.sequence)}),
-                        Err(e) => {
-                            let e = delivery_error(name, PutError::Stream(e));
-                            json!({"ErrorCode": e.kind(), "ErrorMessage": e.message()})
-                        }
-                    };
-                }
-            }
-            let failed = responses.iter().filter(|r| r.get("ErrorCode").is_some()).count();
-            Ok(json!({"FailedPutCount": failed, "Encrypted": false, "RequestResponses": responses}))
-        }
         other => Err(AwsError::new("UnknownOperationException", format!("operation {other} is not supported"))),
     }
+}
+
+fn put_record_batch(host: &Host, args: &Args<'_>) -> Result<String, AwsError> {
+    let name = args
+        .delivery_stream_name
+        .as_deref()
+        .ok_or_else(|| AwsError::new("InvalidArgumentException", "DeliveryStreamName is required"))?;
+    let entries =
+        args.records.as_deref().ok_or_else(|| AwsError::new("InvalidArgumentException", "Records is required"))?;
+    if entries.is_empty() || entries.len() > MAX_BATCH {
+        return Err(AwsError::new("InvalidArgumentException", format!("Records must hold 1 to {MAX_BATCH} entries")));
+    }
+    let mut responses: Vec<PutResult> = Vec::with_capacity(entries.len());
+    let (mut good, mut slots) = (Vec::new(), Vec::new());
+    for (i, entry) in entries.iter().enumerate() {
+        match record(entry) {
+            Ok(r) => {
+                good.push(r);
+                slots.push(i);
+                responses.push(PutResult::Pending);
+            }
+            Err(e) => responses.push(PutResult::Failed { error_code: e.kind(), error_message: e.message().to_owned() }),
+        }
+    }
+    if !good.is_empty() {
+        let results = host.deliver(name, good).map_err(|e| delivery_error(name, e))?;
+        for (slot, result) in slots.iter().zip(results) {
+            responses[*slot] = match result {
+                Ok(a) => PutResult::Kept { record_id: record_id(name, a.sequence) },
+                Err(e) => {
+                    let e = delivery_error(name, PutError::Stream(e));
+                    PutResult::Failed { error_code: e.kind(), error_message: e.message().to_owned() }
+                }
+            };
+        }
+    }
+    let failed = responses.iter().filter(|r| matches!(r, PutResult::Failed { .. })).count();
+    let answer = BatchAnswer { failed_put_count: failed, encrypted: false, request_responses: responses };
+    serde_json::to_string(&answer).map_err(|e| AwsError::new("InternalFailure", e.to_string()))
+}
+
+/// The answer of `PutRecordBatch`, serialized without an intermediate JSON tree.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct BatchAnswer {
+    failed_put_count: usize,
+    encrypted: bool,
+    request_responses: Vec<PutResult>,
 }
 
 fn delivery_error(name: &str, e: PutError) -> AwsError {

@@ -14,7 +14,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -96,8 +96,8 @@ impl From<StreamError> for KinesisError {
     }
 }
 
-fn ok(body: Value) -> Response {
-    ([(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))], body.to_string()).into_response()
+fn ok(body: String) -> Response {
+    ([(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))], body).into_response()
 }
 
 /// Dispatches on `X-Amz-Target`: Kinesis here, Firehose in [`super::firehose`].
@@ -135,8 +135,16 @@ pub async fn dispatch(State(api): State<Arc<super::ApiState>>, headers: HeaderMa
     }
 }
 
-fn call(host: &Host, secret: [u8; 32], operation: &str, body: &[u8]) -> Result<Value, KinesisError> {
+/// Runs one Kinesis operation; the answer is JSON text.
+fn call(host: &Host, secret: [u8; 32], operation: &str, body: &[u8]) -> Result<String, KinesisError> {
     let args: Args<'_> = parse_body(body)?;
+    match operation {
+        "PutRecords" => put_records(host, &args),
+        _ => answer(host, secret, operation, &args).map(|v| v.to_string()),
+    }
+}
+
+fn answer(host: &Host, secret: [u8; 32], operation: &str, args: &Args<'_>) -> Result<Value, KinesisError> {
     let streams = host.streams();
     match operation {
         "CreateStream" => {
@@ -224,7 +232,6 @@ fn call(host: &Host, secret: [u8; 32], operation: &str, body: &[u8]) -> Result<V
                 json!({"ShardId": shard_id(a.shard), "SequenceNumber": a.sequence.to_string(), "EncryptionType": "NONE"}),
             )
         }
-        "PutRecords" => put_records(host, &args),
         "UpdateShardCount" => {
             let name = args.stream_name()?;
             let target =
@@ -332,14 +339,14 @@ fn call(host: &Host, secret: [u8; 32], operation: &str, body: &[u8]) -> Result<V
     }
 }
 
-fn put_records(host: &Host, args: &Args<'_>) -> Result<Value, KinesisError> {
+fn put_records(host: &Host, args: &Args<'_>) -> Result<String, KinesisError> {
     let name = args.stream_name()?;
     let entries = args.records.as_deref().ok_or_else(|| KinesisError::invalid("Records is required"))?;
     if entries.is_empty() || entries.len() > MAX_RECORDS_PER_PUT {
         return Err(KinesisError::invalid(format!("Records must hold 1 to {MAX_RECORDS_PER_PUT} entries")));
     }
     // Entries are checked one by one: a bad entry fails alone (partial failure).
-    let mut results: Vec<Value> = Vec::with_capacity(entries.len());
+    let mut results: Vec<PutResult> = Vec::with_capacity(entries.len());
     let mut good = Vec::new();
     let mut slots = Vec::new();
     for (i, e) in entries.iter().enumerate() {
@@ -347,25 +354,49 @@ fn put_records(host: &Host, args: &Args<'_>) -> Result<Value, KinesisError> {
             Ok(r) => {
                 good.push(r);
                 slots.push(i);
-                results.push(Value::Null);
+                results.push(PutResult::Pending);
             }
-            Err(err) => results.push(json!({"ErrorCode": err.kind, "ErrorMessage": err.message})),
+            Err(err) => results.push(PutResult::Failed { error_code: err.kind, error_message: err.message }),
         }
     }
     if !good.is_empty() {
         let appended = host.streams().append(name, good)?;
         for (slot, result) in slots.iter().zip(appended) {
             results[*slot] = match result {
-                Ok(a) => json!({"ShardId": shard_id(a.shard), "SequenceNumber": a.sequence.to_string()}),
+                Ok(a) => PutResult::Stored { shard_id: shard_id(a.shard), sequence_number: a.sequence.to_string() },
                 Err(e) => {
                     let e = KinesisError::from(e);
-                    json!({"ErrorCode": e.kind, "ErrorMessage": e.message})
+                    PutResult::Failed { error_code: e.kind, error_message: e.message }
                 }
             };
         }
     }
-    let failed = results.iter().filter(|r| r.get("ErrorCode").is_some()).count();
-    Ok(json!({"FailedRecordCount": failed, "Records": results, "EncryptionType": "NONE"}))
+    let failed = results.iter().filter(|r| matches!(r, PutResult::Failed { .. })).count();
+    let answer = PutRecordsAnswer { failed_record_count: failed, records: results, encryption_type: "NONE" };
+    serde_json::to_string(&answer).map_err(|e| KinesisError::new("InternalFailure", e.to_string()))
+}
+
+/// The answer of `PutRecords`, serialized without an intermediate JSON tree.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct PutRecordsAnswer {
+    failed_record_count: usize,
+    records: Vec<PutResult>,
+    encryption_type: &'static str,
+}
+
+/// One entry's outcome in a batch put.
+#[derive(Serialize)]
+#[serde(untagged, rename_all_fields = "PascalCase")]
+pub(super) enum PutResult {
+    /// Not decided yet (never serialized: every slot is filled).
+    Pending,
+    /// Kinesis: where the record is.
+    Stored { shard_id: String, sequence_number: String },
+    /// Firehose: the record's id.
+    Kept { record_id: String },
+    /// Why the record was refused.
+    Failed { error_code: &'static str, error_message: String },
 }
 
 /// A request body straight into its typed fields (no intermediate JSON tree:
@@ -374,7 +405,8 @@ pub(super) fn parse_body<'a, T: Deserialize<'a> + Default>(body: &'a [u8]) -> Re
     if body.is_empty() {
         return Ok(T::default());
     }
-    serde_json::from_slice(body).map_err(|e| KinesisError::new("SerializationException", format!("body is not valid: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| KinesisError::new("SerializationException", format!("body is not valid: {e}")))
 }
 
 /// Request fields of every operation, all optional; each operation checks what it needs.

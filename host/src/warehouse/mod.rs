@@ -104,10 +104,10 @@ impl WarehouseError {
 /// A table rows are loaded into.
 pub trait Warehouse: Send {
     /// Loads the rows of the object staged at `staged_key`, once: if the
-    /// ledger already holds the key, nothing is inserted. Rows the table
-    /// refuses are reported (the others are loaded); a failure of the whole
-    /// load inserts nothing.
-    fn load(&mut self, staged_key: &str, rows: &[&[u8]]) -> Result<Loaded, WarehouseError>;
+    /// ledger already holds the key, nothing is inserted. Rows that could not
+    /// be read and rows the table refuses are reported (the others are
+    /// loaded); a failure of the whole load inserts nothing.
+    fn load(&mut self, staged_key: &str, rows: &[Row]) -> Result<Loaded, WarehouseError>;
 }
 
 /// Connects to the warehouse and checks the table against the mapping.
@@ -131,6 +131,14 @@ pub enum Cell {
     Float(f64),
     /// A string, or an object or array as JSON text.
     Text(String),
+}
+
+/// A row's cells in column order, or why it cannot be loaded.
+pub type Row = Result<Vec<Cell>, String>;
+
+/// Reads staged rows (JSON objects, one per line) into their cells.
+pub fn parse_rows(rows: &[&[u8]], columns: &[ColumnMap]) -> Vec<Row> {
+    rows.iter().map(|row| row_cells(row, columns)).collect()
 }
 
 /// The cells of one row in column order, or why the row is not a JSON object.

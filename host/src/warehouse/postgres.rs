@@ -10,7 +10,7 @@ use futures_util::SinkExt as _;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls, Transaction};
 
-use super::{Cell, LEDGER_TABLE, Loaded, Warehouse, WarehouseError, WarehouseSpec, missing_columns, quoted, row_cells};
+use super::{Cell, LEDGER_TABLE, Loaded, Row, Warehouse, WarehouseError, WarehouseSpec, missing_columns, quoted};
 
 /// A table in a PostgreSQL database.
 pub struct PostgresWarehouse {
@@ -52,21 +52,21 @@ impl PostgresWarehouse {
 }
 
 impl Warehouse for PostgresWarehouse {
-    fn load(&mut self, staged_key: &str, rows: &[&[u8]]) -> Result<Loaded, WarehouseError> {
+    fn load(&mut self, staged_key: &str, rows: &[Row]) -> Result<Loaded, WarehouseError> {
         if self.client.is_closed() {
             self.client = self.runtime.block_on(open(&self.url, &self.target))?;
         }
         let mut rejected = Vec::new();
-        let mut text = BytesMut::with_capacity(rows.iter().map(|r| r.len()).sum());
+        let mut text = BytesMut::with_capacity(rows.len() * 128);
         let mut lines: Vec<(usize, Range<usize>)> = Vec::with_capacity(rows.len());
         for (i, row) in rows.iter().enumerate() {
-            match row_cells(row, &self.spec.columns) {
+            match row {
                 Ok(cells) => {
                     let start = text.len();
-                    copy_line(&cells, &mut text);
+                    copy_line(cells, &mut text);
                     lines.push((i, start..text.len()));
                 }
-                Err(reason) => rejected.push((i, reason)),
+                Err(reason) => rejected.push((i, reason.clone())),
             }
         }
         let encoded = Encoded { text: text.freeze(), lines };

@@ -4,10 +4,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::types::Value as SqlValue;
+use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, ErrorCode, TransactionBehavior};
 
-use super::{Cell, LEDGER_TABLE, Loaded, Warehouse, WarehouseError, WarehouseSpec, missing_columns, quoted, row_cells};
+use super::{Cell, LEDGER_TABLE, Loaded, Row, Warehouse, WarehouseError, WarehouseSpec, missing_columns, quoted};
 
 /// How long a load waits for another writer's lock before it counts as unavailable.
 const BUSY_TIMEOUT: Duration = Duration::from_millis(500);
@@ -60,7 +60,7 @@ impl SqliteWarehouse {
 }
 
 impl Warehouse for SqliteWarehouse {
-    fn load(&mut self, staged_key: &str, rows: &[&[u8]]) -> Result<Loaded, WarehouseError> {
+    fn load(&mut self, staged_key: &str, rows: &[Row]) -> Result<Loaded, WarehouseError> {
         let target = self.target.clone();
         let unavailable = |e: rusqlite::Error| unavailable(&target, e);
         let tx = self.connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
@@ -77,14 +77,14 @@ impl Warehouse for SqliteWarehouse {
         {
             let mut insert = tx.prepare_cached(&self.insert).map_err(unavailable)?;
             for (i, row) in rows.iter().enumerate() {
-                let cells = match row_cells(row, &self.spec.columns) {
+                let cells = match row {
                     Ok(cells) => cells,
                     Err(reason) => {
-                        loaded.rejected.push((i, reason));
+                        loaded.rejected.push((i, reason.clone()));
                         continue;
                     }
                 };
-                let values = cells.into_iter().map(sql_value);
+                let values = cells.iter().map(sql_value);
                 // A refused row fails its statement only; the transaction goes on.
                 match insert.execute(rusqlite::params_from_iter(values)) {
                     Ok(_) => loaded.rows += 1,
@@ -110,14 +110,14 @@ fn table_columns(connection: &Connection, table: &str) -> rusqlite::Result<Vec<S
     query.query_map([name], |row| row.get::<_, String>(0))?.collect()
 }
 
-fn sql_value(cell: Cell) -> SqlValue {
-    match cell {
-        Cell::Null => SqlValue::Null,
-        Cell::Bool(b) => SqlValue::Integer(i64::from(b)),
-        Cell::Int(i) => SqlValue::Integer(i),
-        Cell::Float(f) => SqlValue::Real(f),
-        Cell::Text(s) => SqlValue::Text(s),
-    }
+fn sql_value(cell: &Cell) -> ToSqlOutput<'_> {
+    ToSqlOutput::Borrowed(match cell {
+        Cell::Null => ValueRef::Null,
+        Cell::Bool(b) => ValueRef::Integer(i64::from(*b)),
+        Cell::Int(i) => ValueRef::Integer(*i),
+        Cell::Float(f) => ValueRef::Real(*f),
+        Cell::Text(s) => ValueRef::Text(s.as_bytes()),
+    })
 }
 
 /// Errors of one row (constraints, types of a STRICT table), not of the database.
@@ -132,7 +132,12 @@ fn unavailable(target: &str, e: rusqlite::Error) -> WarehouseError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::warehouse::{ColumnMap, Database};
+    use crate::warehouse::{ColumnMap, Database, parse_rows};
+
+    fn load(w: &mut SqliteWarehouse, key: &str, rows: &[&[u8]]) -> Result<Loaded, WarehouseError> {
+        let parsed = parse_rows(rows, &w.spec.columns);
+        w.load(key, &parsed)
+    }
 
     fn spec(path: &Path, columns: &[(&str, &str)]) -> WarehouseSpec {
         WarehouseSpec {
@@ -158,8 +163,8 @@ mod tests {
         let spec = spec(&db, &[("id", "transaction_id"), ("cents", "amount_cents")]);
         let mut w = SqliteWarehouse::open(&db, &spec).expect("open");
         let rows: [&[u8]; 2] = [br#"{"transaction_id":"a","amount_cents":275}"#, br#"{"transaction_id":"b"}"#];
-        assert_eq!(w.load("rows/1", &rows).expect("load"), Loaded { rows: 2, ..Loaded::default() });
-        assert!(w.load("rows/1", &rows).expect("load").already_loaded);
+        assert_eq!(load(&mut w, "rows/1", &rows).expect("load"), Loaded { rows: 2, ..Loaded::default() });
+        assert!(load(&mut w, "rows/1", &rows).expect("load").already_loaded);
         assert_eq!(count(&db), 2);
         let c = Connection::open(&db).expect("open");
         let cents: Option<i64> = c.query_row("SELECT cents FROM tolls WHERE id = 'b'", [], |r| r.get(0)).expect("b");
@@ -181,7 +186,7 @@ mod tests {
         let mut w = SqliteWarehouse::open(&db, &spec).expect("open");
         let rows: [&[u8]; 4] =
             [br#"{"id":"a","cents":1}"#, br#"{"cents":2}"#, b"not json", br#"{"id":"d","cents":"many"}"#];
-        let loaded = w.load("k", &rows).expect("load");
+        let loaded = load(&mut w, "k", &rows).expect("load");
         assert_eq!(loaded.rows, 1);
         let reasons: Vec<(usize, &str)> = loaded.rejected.iter().map(|(i, r)| (*i, r.as_str())).collect();
         assert_eq!(reasons.len(), 3, "{reasons:?}");
@@ -212,10 +217,10 @@ mod tests {
         let mut w = SqliteWarehouse::open(&db, &spec).expect("open");
         let other = Connection::open(&db).expect("open");
         other.execute_batch("BEGIN EXCLUSIVE").expect("lock");
-        let err = w.load("k", &[br#"{"id":"a"}"#]).expect_err("locked");
+        let err = load(&mut w, "k", &[br#"{"id":"a"}"#]).expect_err("locked");
         assert!(err.is_retryable(), "{err}");
         other.execute_batch("COMMIT").expect("unlock");
-        assert_eq!(w.load("k", &[br#"{"id":"a"}"#]).expect("load").rows, 1);
+        assert_eq!(load(&mut w, "k", &[br#"{"id":"a"}"#]).expect("load").rows, 1);
         assert_eq!(count(&db), 1);
     }
 }
