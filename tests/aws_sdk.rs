@@ -2,30 +2,16 @@
 //! nothing but an endpoint URL and keys: streams are created, described,
 //! written and read through every iterator type, and bad signatures and stale
 //! dates are refused with AWS's error types; Firehose puts reach the lake. boto3 is installed into
-//! `target/python` on first use (PyPI), so no manual step is needed.
+//! `target/python/boto3` on first use (PyPI), so no manual step is needed.
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use weir_tests::{TestHost, files, root};
 
 const BOTO3: &str = "boto3==1.35.99";
 
 fn boto3() -> PathBuf {
-    let dir = root().join("target").join("python");
-    let marker = dir.join(format!("{BOTO3}.installed"));
-    if !marker.exists() {
-        let status = Command::new("python3")
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--upgrade", "--target"])
-            .arg(&dir)
-            .arg(BOTO3)
-            .env("PIP_ROOT_USER_ACTION", "ignore")
-            .status()
-            .expect("python3 with pip is needed for the AWS SDK test");
-        assert!(status.success(), "pip could not install {BOTO3}");
-        std::fs::write(&marker, "").expect("marker");
-    }
-    dir
+    weir_tests::python_packages("boto3", &[BOTO3])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,6 +12,7 @@ pub mod check;
 pub mod cli;
 pub mod client;
 pub mod delivery;
+pub mod lake;
 pub mod manifest;
 pub mod pipeline;
 pub mod plugin;

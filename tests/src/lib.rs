@@ -222,3 +222,32 @@ impl Proxy {
         self.up.store(true, Ordering::SeqCst);
     }
 }
+
+/// Python packages installed with pip into `target/python/<name>` on first
+/// use (from PyPI), for tests that run a peer: the AWS SDK, an S3 server.
+/// Returns the folder to put on `PYTHONPATH`.
+pub fn python_packages(name: &str, requirements: &[&str]) -> PathBuf {
+    let dir = root().join("target").join("python").join(name);
+    let marker = dir.join(format!("{}.installed", requirements.join(" ")));
+    if !marker.exists() {
+        let status = std::process::Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-warn-conflicts",
+                "--upgrade",
+                "--target",
+            ])
+            .arg(&dir)
+            .args(requirements)
+            .env("PIP_ROOT_USER_ACTION", "ignore")
+            .status()
+            .expect("python3 with pip is needed for this test");
+        assert!(status.success(), "pip could not install {requirements:?}");
+        std::fs::write(&marker, "").expect("marker");
+    }
+    dir
+}

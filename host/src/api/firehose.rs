@@ -91,7 +91,7 @@ fn answer(host: &Host, operation: &str, args: &Args<'_>) -> Result<Value, AwsErr
             let destination = json!({
                 "DestinationId": "destinationId-000000000001",
                 "ExtendedS3DestinationDescription": {
-                    "BucketARN": format!("arn:weir:lake:::{}", spec.lake.display()),
+                    "BucketARN": format!("arn:weir:lake:::{}", spec.lake.describe()),
                     "Prefix": spec.prefix,
                     "ErrorOutputPrefix": spec.error_prefix,
                     "BufferingHints": {"SizeInMBs": spec.buffer_bytes.div_ceil(1 << 20), "IntervalInSeconds": spec.buffer_interval.as_secs()},

@@ -28,8 +28,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use object_store::ObjectStore;
-use object_store::local::LocalFileSystem;
 use serde::Serialize;
 
 pub use prefix::{check_prefix, object_prefix};
@@ -126,11 +124,7 @@ impl Delivery {
                 Err(e) => return Err(DeliveryError::Warehouse(spec.name.to_string(), e)),
             },
         };
-        let lake_error =
-            |e: &dyn std::fmt::Display| DeliveryError::Lake(spec.lake.display().to_string(), e.to_string());
-        std::fs::create_dir_all(&spec.lake).map_err(|e| lake_error(&e))?;
-        let lake: Arc<dyn ObjectStore> =
-            Arc::new(LocalFileSystem::new_with_prefix(&spec.lake).map_err(|e| lake_error(&e))?);
+        let lake = crate::lake::open(&spec.lake).map_err(|e| DeliveryError::Lake(e.lake, e.message))?;
         let plans = plans::Plans::open(state_dir, spec.name.to_string())
             .map_err(|e| DeliveryError::Lake(e.0.display().to_string(), e.1.to_string()))?;
         let spec = Arc::new(spec);
@@ -216,7 +210,7 @@ mod tests {
             transform: None,
             buffer_bytes: 1 << 20,
             buffer_interval: Duration::from_secs(900),
-            lake: lake.to_owned(),
+            lake: crate::lake::LakeSpec::Local(lake.to_owned()),
             prefix: String::new(),
             error_prefix: "errors/".into(),
             backup_prefix: None,

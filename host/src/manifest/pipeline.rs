@@ -50,7 +50,9 @@
 //! transform = "../plugins/toll-etl"   # optional transformer plugin (with config, limits)
 //! buffer-size = "5MiB"                # deliver at this size (the default; 1KiB to 128MiB)...
 //! buffer-interval = "300s"            # ...or at this age, whichever first (the default; 0s to 15m)
-//! lake = "../out/lake"                # a local directory
+//! lake = "../out/lake"                # a local directory, or "s3://bucket/prefix" with:
+//! s3 = { endpoint = "http://127.0.0.1:9000", region = "us-east-1", access-key-id = "...",
+//!        secret-access-key-env = "LAKE_SECRET" }   # all optional; else the AWS environment
 //! prefix = "rows/"                    # object keys: <prefix>YYYY/MM/DD/HH/<name>-<shard>-<first>-<last>;
 //!                                     # or expand !{timestamp:yyyy/MM/dd} / !{firehose:error-output-type}
 //! error-prefix = "errors/"            # failed records with their reasons (the default)
@@ -82,6 +84,7 @@ use super::plugin::{PluginManifest, World, config_value_text};
 use super::toml_doc::Document;
 use super::units::{ByteSize, Name, parse_duration};
 use crate::api::AccessKey;
+use crate::lake::LakeSpec;
 use crate::stream::{
     DEFAULT_FSYNC_INTERVAL, DEFAULT_RETENTION, DEFAULT_SEGMENT_BYTES, DiskStreamSpec, FsyncPolicy, WriteLimit,
 };
@@ -319,8 +322,8 @@ pub struct DeliverySpec {
     pub buffer_bytes: u64,
     /// ... or once the oldest buffered record is this old, whichever first.
     pub buffer_interval: Duration,
-    /// The lake: a local directory.
-    pub lake: PathBuf,
+    /// The lake: a local directory or an S3-compatible bucket.
+    pub lake: LakeSpec,
     /// Key prefix of delivered objects; `YYYY/MM/DD/HH/` (UTC) follows it.
     pub prefix: String,
     /// Key prefix of records that failed, with their reasons.
@@ -364,7 +367,8 @@ struct RawDelivery {
     limits: RawLimits,
     buffer_size: Option<Spanned<ByteSize>>,
     buffer_interval: Option<Spanned<String>>,
-    lake: String,
+    lake: Spanned<String>,
+    s3: Option<Spanned<RawS3>>,
     #[serde(default)]
     prefix: String,
     #[serde(default = "default_error_prefix")]
@@ -374,6 +378,16 @@ struct RawDelivery {
     compression: Compression,
     retry_duration: Option<Spanned<String>>,
     warehouse: Option<Spanned<RawWarehouse>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawS3 {
+    endpoint: Option<String>,
+    region: Option<String>,
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+    secret_access_key_env: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -987,6 +1001,7 @@ impl Checker<'_> {
                 d
             }
         };
+        let lake = self.lake(&name, &raw, base, diags);
         let retry_duration = match &raw.retry_duration {
             None => DEFAULT_LAKE_RETRY,
             Some(d) => self.duration(d, diags).unwrap_or(DEFAULT_LAKE_RETRY),
@@ -995,12 +1010,13 @@ impl Checker<'_> {
             None => None,
             Some(w) => Some(self.warehouse(&name, w, base, data_dir, diags)?),
         };
+        let lake = lake?;
         (diags.len() == before).then(|| DeliverySpec {
             name,
             transform,
             buffer_bytes,
             buffer_interval,
-            lake: base.join(&raw.lake),
+            lake,
             prefix: raw.prefix.clone(),
             error_prefix: raw.error_prefix.clone(),
             backup_prefix: raw.backup_prefix.clone(),
@@ -1009,6 +1025,64 @@ impl Checker<'_> {
             retry_duration,
             warehouse,
         })
+    }
+
+    /// `lake = "dir"` or `lake = "s3://bucket/prefix"` with `s3 = { ... }`.
+    fn lake(&self, delivery: &Name, raw: &RawDelivery, base: &Path, diags: &mut Diagnostics) -> Option<LakeSpec> {
+        let mut lake = match LakeSpec::parse(raw.lake.get_ref(), base) {
+            Ok(lake) => lake,
+            Err(e) => {
+                diags.push(self.at(raw.lake.span(), format!("delivery `{delivery}`: {e}")));
+                return None;
+            }
+        };
+        let Some(s3) = &raw.s3 else { return Some(lake) };
+        let LakeSpec::S3(spec) = &mut lake else {
+            diags.push(
+                self.at(s3.span(), format!("delivery `{delivery}` has `s3` settings but its lake is a directory"))
+                    .help("write the lake as lake = \"s3://bucket/prefix\", or remove `s3`"),
+            );
+            return None;
+        };
+        let settings = s3.get_ref();
+        if let Some(endpoint) = &settings.endpoint {
+            if !endpoint.starts_with("http://") && !endpoint.starts_with("https://") {
+                diags.push(self.at(
+                    s3.span(),
+                    format!("delivery `{delivery}`: s3 endpoint `{endpoint}` is not an http(s):// URL"),
+                ));
+            }
+            spec.endpoint = Some(endpoint.clone());
+        }
+        if let Some(region) = &settings.region {
+            spec.region = region.clone();
+        }
+        spec.access_key_id = settings.access_key_id.clone();
+        spec.secret_access_key = match (&settings.secret_access_key, &settings.secret_access_key_env) {
+            (Some(_), Some(env)) => {
+                diags.push(self.at(
+                    env.span(),
+                    format!("delivery `{delivery}`: set `secret-access-key` or `secret-access-key-env`, not both"),
+                ));
+                None
+            }
+            (Some(secret), None) => Some(secret.clone()),
+            (None, Some(env)) => match std::env::var(env.get_ref()) {
+                Ok(secret) if !secret.is_empty() => Some(secret),
+                _ => {
+                    diags.push(
+                        self.at(
+                            env.span(),
+                            format!("delivery `{delivery}`: environment variable `{}` is not set", env.get_ref()),
+                        )
+                        .help("export it with the secret access key of the lake before starting weir"),
+                    );
+                    None
+                }
+            },
+            (None, None) => None,
+        };
+        Some(lake)
     }
 
     fn warehouse(

@@ -1,0 +1,174 @@
+//! The lake on an S3-compatible store: a delivery stream writes its rows, raw
+//! backup and errors as objects in a bucket of a real S3 server (moto, from
+//! PyPI, on loopback) and loads the rows into the warehouse from there. When
+//! the store is unreachable past the retry duration, the records are listed
+//! under the error prefix once it is back; nothing is dropped.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use object_store::aws::AmazonS3Builder;
+use object_store::{ObjectStore, ObjectStoreExt as _};
+use serde_json::{Value, json};
+use weir_tests::{Proxy, TestHost};
+
+const MOTO: &str = "moto[server]==5.1.4";
+
+/// An S3 server on a loopback port, stopped when dropped.
+struct S3Server {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn s3_server() -> S3Server {
+    let python = tokio::task::spawn_blocking(|| weir_tests::python_packages("moto", &[MOTO])).await.expect("pip");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+    let child = Command::new("python3")
+        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+        .env("PYTHONPATH", &python)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the S3 server");
+    let server = S3Server { child, port };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let client = reqwest::Client::new();
+    // Buckets are created with a plain PUT (moto takes any credentials).
+    while client.put(format!("http://127.0.0.1:{port}/weir-lake")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "the S3 server did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server
+}
+
+/// Every object of the bucket with its text, listed through the S3 API.
+async fn objects(port: u16) -> Vec<(String, String)> {
+    let store = AmazonS3Builder::new()
+        .with_bucket_name("weir-lake")
+        .with_region("us-east-1")
+        .with_endpoint(format!("http://127.0.0.1:{port}"))
+        .with_allow_http(true)
+        .with_access_key_id("weir-test")
+        .with_secret_access_key("weir-test-secret")
+        .build()
+        .expect("client");
+    let store: Arc<dyn ObjectStore> = Arc::new(store);
+    let mut out = Vec::new();
+    let mut listing = store.list(None);
+    use futures_util::StreamExt as _;
+    while let Some(meta) = listing.next().await {
+        let meta = meta.expect("list");
+        let bytes = store.get(&meta.location).await.expect("get").bytes().await.expect("bytes");
+        out.push((meta.location.to_string(), String::from_utf8_lossy(&bytes).into_owned()));
+    }
+    out.sort();
+    out
+}
+
+async fn put(host: &TestHost, lines: &[String]) {
+    let records: Vec<Value> =
+        lines.iter().map(|l| json!({"Data": base64::engine::general_purpose::STANDARD.encode(l)})).collect();
+    let answer: Value = reqwest::Client::new()
+        .post(format!("{}/", host.url))
+        .header("x-amz-target", "Firehose_20150804.PutRecordBatch")
+        .header("content-type", "application/x-amz-json-1.1")
+        .body(json!({"DeliveryStreamName": "tolls", "Records": records}).to_string())
+        .send()
+        .await
+        .expect("put")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(answer["FailedPutCount"], 0, "{answer}");
+}
+
+fn line(i: usize) -> String {
+    let class = if i == 7 { 9 } else { 1 + i % 6 };
+    format!("T0005-{i:06},2026-11-26T10:00:{:02}Z,5,1,TAG{i:07},C{:06},{class},{}", i % 60, i % 9, 100 + i)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_write_to_an_s3_bucket_and_an_outage_ends_under_the_error_prefix() {
+    let server = s3_server().await;
+    let proxy = Proxy::start(format!("127.0.0.1:{}", server.port).parse().expect("addr")).await;
+    let manifest = format!(
+        r#"
+[pipeline]
+name = "s3-lake"
+data-dir = "data"
+
+[delivery.tolls]
+transform = "{{root}}/plugins/toll-etl"
+buffer-interval = "200ms"
+lake = "s3://weir-lake/tolls"
+s3 = {{ endpoint = "http://127.0.0.1:{port}", access-key-id = "weir-test", secret-access-key = "weir-test-secret" }}
+prefix = "rows/"
+backup-prefix = "raw/"
+error-prefix = "errors/"
+retry-duration = "2s"
+
+[delivery.tolls.warehouse]
+database = "warehouse.db"
+table = "toll_transactions"
+columns = ["transaction_id", "amount_cents"]
+"#,
+        port = proxy.port
+    );
+    let mut host = TestHost::start(&manifest).await.expect("start");
+    let first: Vec<String> = (0..20).map(line).collect();
+    put(&host, &first).await;
+    host.wait_until("the first delivery", |s| s.deliveries[0].rows_loaded == 19).await;
+
+    let stored = objects(server.port).await;
+    let keys: Vec<&str> = stored.iter().map(|(k, _)| k.as_str()).collect();
+    let rows: Vec<&(String, String)> = stored.iter().filter(|(k, _)| k.starts_with("tolls/rows/2")).collect();
+    assert_eq!(rows.len(), 1, "{keys:?}");
+    assert_eq!(rows[0].1.lines().count(), 19, "one row per well-formed line");
+    assert!(rows[0].0.ends_with("tolls-000000-00000000000000000000-00000000000000000019"), "{keys:?}");
+    let raw: Vec<&(String, String)> = stored.iter().filter(|(k, _)| k.starts_with("tolls/raw/")).collect();
+    assert_eq!(raw.len(), 1);
+    assert_eq!(raw[0].1.lines().collect::<Vec<_>>(), first, "the raw lines are backed up");
+    assert!(keys.iter().any(|k| k.starts_with("tolls/errors/") && k.ends_with(".errors")), "{keys:?}");
+
+    // The store goes away for longer than the 2 s retry duration.
+    proxy.cut();
+    let second: Vec<String> = (20..30).map(line).collect();
+    put(&host, &second).await;
+    host.wait_until("a failed write", |s| s.deliveries[0].last_error.is_some()).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(host.host.status().deliveries[0].records_failed, 1, "only the malformed line so far");
+    proxy.restore();
+    host.wait_until("the failure listed", |s| s.deliveries[0].records_failed == 1 + 10 + 10).await;
+    host.stop().await;
+
+    let stored = objects(server.port).await;
+    let listed: Vec<Value> = stored
+        .iter()
+        .filter(|(k, _)| k.starts_with("tolls/errors/") && k.contains("-00000000000000000020-"))
+        .flat_map(|(_, text)| text.lines().map(|l| serde_json::from_str::<Value>(l).expect("JSON")).collect::<Vec<_>>())
+        .collect();
+    let mut codes: Vec<&str> = listed.iter().filter_map(|e| e["errorCode"].as_str()).collect();
+    codes.sort();
+    codes.dedup();
+    assert_eq!(codes, vec!["Lake.BackupFailed", "Lake.WriteFailed"], "{listed:?}");
+    let mut failed: Vec<String> = listed
+        .iter()
+        .filter(|e| e["errorCode"] == "Lake.WriteFailed")
+        .map(|e| {
+            assert!(e["attemptsMade"].as_u64().is_some_and(|n| n >= 2), "{e}");
+            let data = base64::engine::general_purpose::STANDARD.decode(e["rawData"].as_str().unwrap_or(""));
+            String::from_utf8(data.expect("base64")).expect("utf-8")
+        })
+        .collect();
+    failed.sort();
+    assert_eq!(failed, second, "every record of the failed delivery is listed with its data");
+}
