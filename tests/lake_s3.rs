@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use object_store::aws::AmazonS3Builder;
 use object_store::{ObjectStore, ObjectStoreExt as _};
-use serde_json::{Value, json};
-use weir_tests::{Proxy, TestHost};
+use serde_json::Value;
+use weir_tests::{Proxy, TestHost, put_record_batch};
 
 const MOTO: &str = "moto[server]==5.1.4";
 
@@ -74,23 +74,6 @@ async fn objects(port: u16) -> Vec<(String, String)> {
     out
 }
 
-async fn put(host: &TestHost, lines: &[String]) {
-    let records: Vec<Value> =
-        lines.iter().map(|l| json!({"Data": base64::engine::general_purpose::STANDARD.encode(l)})).collect();
-    let answer: Value = reqwest::Client::new()
-        .post(format!("{}/", host.url))
-        .header("x-amz-target", "Firehose_20150804.PutRecordBatch")
-        .header("content-type", "application/x-amz-json-1.1")
-        .body(json!({"DeliveryStreamName": "tolls", "Records": records}).to_string())
-        .send()
-        .await
-        .expect("put")
-        .json()
-        .await
-        .expect("json");
-    assert_eq!(answer["FailedPutCount"], 0, "{answer}");
-}
-
 fn line(i: usize) -> String {
     let class = if i == 7 { 9 } else { 1 + i % 6 };
     format!("T0005-{i:06},2026-11-26T10:00:{:02}Z,5,1,TAG{i:07},C{:06},{class},{}", i % 60, i % 9, 100 + i)
@@ -125,7 +108,7 @@ columns = ["transaction_id", "amount_cents"]
     );
     let mut host = TestHost::start(&manifest).await.expect("start");
     let first: Vec<String> = (0..20).map(line).collect();
-    put(&host, &first).await;
+    put_record_batch(&host, "tolls", &first).await;
     host.wait_until("the first delivery", |s| s.deliveries[0].rows_loaded == 19).await;
 
     let stored = objects(server.port).await;
@@ -142,7 +125,7 @@ columns = ["transaction_id", "amount_cents"]
     // The store goes away for longer than the 2 s retry duration.
     proxy.cut();
     let second: Vec<String> = (20..30).map(line).collect();
-    put(&host, &second).await;
+    put_record_batch(&host, "tolls", &second).await;
     host.wait_until("a failed write", |s| s.deliveries[0].last_error.is_some()).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(host.host.status().deliveries[0].records_failed, 1, "only the malformed line so far");

@@ -8,8 +8,8 @@
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use serde_json::{Value, json};
-use weir_tests::{Proxy, TestHost, files, postgres, postgres_database};
+use serde_json::Value;
+use weir_tests::{Proxy, TestHost, files, postgres, postgres_database, put_record_batch};
 
 const COLUMNS: &str = r#"["transaction_id", "event_time", "station_id", "lane", "tag_id", "customer_id", "vehicle_class", "amount_cents", "currency"]"#;
 
@@ -57,23 +57,6 @@ retry-duration = "{retry}"
     )
 }
 
-async fn put_lines(host: &TestHost, lines: &[String]) {
-    for chunk in lines.chunks(500) {
-        let records: Vec<Value> =
-            chunk.iter().map(|l| json!({"Data": base64::engine::general_purpose::STANDARD.encode(l)})).collect();
-        let response = reqwest::Client::new()
-            .post(format!("{}/", host.url))
-            .header("x-amz-target", "Firehose_20150804.PutRecordBatch")
-            .header("content-type", "application/x-amz-json-1.1")
-            .body(json!({"DeliveryStreamName": "tolls", "Records": records}).to_string())
-            .send()
-            .await
-            .expect("put");
-        let answer: Value = response.json().await.expect("json");
-        assert_eq!(answer["FailedPutCount"], 0, "{answer}");
-    }
-}
-
 /// The error-prefix entries of the delivery, all objects together.
 fn error_entries(host: &TestHost) -> Vec<Value> {
     files(&host.path("lake").join("errors"))
@@ -112,7 +95,7 @@ async fn toll_lines_become_sqlite_rows_within_the_buffer_interval() {
     let mut host = TestHost::start(&manifest(r#"database = "warehouse.db""#, "10s")).await.expect("start");
     let lines = toll_lines(1000);
     let written = Instant::now();
-    put_lines(&host, &lines).await;
+    put_record_batch(&host, "tolls", &lines).await;
     host.wait_until("every row loaded", |s| s.deliveries[0].rows_loaded == 900).await;
     // Freshness: the buffer interval is 1 s; the rows are queryable well within it plus a margin.
     let fresh = written.elapsed();
@@ -141,13 +124,13 @@ async fn toll_lines_are_copied_into_postgres_and_refused_rows_keep_the_reason() 
         TestHost::start(&manifest(&format!("kind = \"postgres\"\ndatabase = \"{url}\""), "10s")).await.expect("start");
     let mut lines = toll_lines(2000);
     let written = Instant::now();
-    put_lines(&host, &lines).await;
+    put_record_batch(&host, "tolls", &lines).await;
     host.wait_until("every row loaded", |s| s.deliveries[0].rows_loaded == 1800).await;
     let fresh = written.elapsed();
     assert!(fresh < Duration::from_secs(1 + 5), "rows took {fresh:?} to be queryable");
 
     // A line sent twice breaks the table's primary key: that row alone is refused.
-    put_lines(&host, &[lines[0].clone(), lines[1].replace("T0017-000001", "T0017-999999")]).await;
+    put_record_batch(&host, "tolls", &[lines[0].clone(), lines[1].replace("T0017-000001", "T0017-999999")]).await;
     lines.push(lines[1].replace("T0017-000001", "T0017-999999"));
     host.wait_until("the refused row", |s| s.deliveries[0].rows_rejected == 1).await;
     host.stop().await;
@@ -201,7 +184,7 @@ async fn a_postgres_outage_within_the_retry_duration_only_delays_the_load_and_pa
         .expect("start");
     proxy.cut();
     let lines = toll_lines(100);
-    put_lines(&host, &lines[..50]).await;
+    put_record_batch(&host, "tolls", &lines[..50]).await;
     host.wait_until("a failed load attempt", |s| s.deliveries[0].last_error.is_some()).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(host.host.status().deliveries[0].rows_loaded, 0, "nothing loads while the database is down");
@@ -214,7 +197,7 @@ async fn a_postgres_outage_within_the_retry_duration_only_delays_the_load_and_pa
     let dir = std::mem::replace(&mut host.dir, tempfile::tempdir().expect("tempdir"));
     proxy.cut();
     let mut host = TestHost::start_in(dir, &manifest).await.expect("restart");
-    put_lines(&host, &lines[50..]).await;
+    put_record_batch(&host, "tolls", &lines[50..]).await;
     host.wait_until("the load to be given up", |s| s.deliveries[0].loads_failed == 1).await;
     host.stop().await;
     proxy.restore();

@@ -3,15 +3,15 @@
 //! each restart every acknowledged record is there, at the sequence number it
 //! was acknowledged with, exactly once, in order per producer.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::{free_port, start, wait_ready};
 use serde_json::{Value, json};
-
-const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 
 const MANIFEST: &str = r#"
 [pipeline]
@@ -27,29 +27,6 @@ capacity = 10000000
 fsync = "group"
 fsync-interval = "2ms"
 "#;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
-}
-
-fn start(manifest: &Path, port: u16) -> Child {
-    Command::new(WEIR)
-        .args(["run", "--insecure-no-auth", "--listen", &format!("127.0.0.1:{port}")])
-        .arg(manifest)
-        .env("WEIR_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start weir")
-}
-
-async fn wait_ready(client: &reqwest::Client, port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while client.get(format!("http://127.0.0.1:{port}/v1/health")).send().await.is_err() {
-        assert!(Instant::now() < deadline, "weir did not come up");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 async fn read_all(client: &reqwest::Client, port: u16) -> Vec<(u64, String)> {
     let mut out = Vec::new();

@@ -4,16 +4,16 @@
 //! restart, every acknowledged line is exactly one row: none lost, none loaded
 //! twice.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use common::{free_port, start, wait_ready};
 use serde_json::{Value, json};
-
-const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 
 const MANIFEST: &str = r#"
 [pipeline]
@@ -32,29 +32,6 @@ database = "warehouse.db"
 table = "toll_transactions"
 columns = ["transaction_id", "customer_id", "amount_cents"]
 "#;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
-}
-
-fn start(manifest: &Path, port: u16) -> Child {
-    Command::new(WEIR)
-        .args(["run", "--insecure-no-auth", "--listen", &format!("127.0.0.1:{port}")])
-        .arg(manifest)
-        .env("WEIR_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start weir")
-}
-
-async fn wait_ready(client: &reqwest::Client, port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while client.get(format!("http://127.0.0.1:{port}/v1/health")).send().await.is_err() {
-        assert!(Instant::now() < deadline, "weir did not come up");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 fn line(round: u32, i: u32) -> String {
     format!("R{round}-{i:06},2026-11-26T14:03:12Z,17,3,TAG1,C{:06},2,{}", i % 50, 100 + i)

@@ -251,3 +251,28 @@ pub fn python_packages(name: &str, requirements: &[&str]) -> PathBuf {
     }
     dir
 }
+
+/// Puts lines into a delivery stream with Firehose `PutRecordBatch`, 500 per
+/// request, and asserts that weir took every one.
+pub async fn put_record_batch(host: &TestHost, delivery: &str, lines: &[String]) {
+    use base64::Engine as _;
+    let client = reqwest::Client::new();
+    for chunk in lines.chunks(500) {
+        let records: Vec<serde_json::Value> = chunk
+            .iter()
+            .map(|l| serde_json::json!({"Data": base64::engine::general_purpose::STANDARD.encode(l)}))
+            .collect();
+        let answer: serde_json::Value = client
+            .post(format!("{}/", host.url))
+            .header("x-amz-target", "Firehose_20150804.PutRecordBatch")
+            .header("content-type", "application/x-amz-json-1.1")
+            .body(serde_json::json!({"DeliveryStreamName": delivery, "Records": records}).to_string())
+            .send()
+            .await
+            .expect("PutRecordBatch")
+            .json()
+            .await
+            .expect("a JSON answer");
+        assert_eq!(answer["FailedPutCount"], 0, "{answer}");
+    }
+}
