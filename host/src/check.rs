@@ -47,28 +47,7 @@ pub fn check(path: &Path, engine: &PluginEngine) -> Result<String, CheckError> {
     let _ = writeln!(summary, "  sinks:   {}", names(pipeline.sinks.iter().map(|s| s.name.as_str())));
     for stage in &pipeline.stages {
         let p = &stage.plugin;
-        let component = p.component_path();
-        let verdict = if !component.exists() {
-            let hint = match &p.build.command {
-                Some(cmd) => format!("build it with `weir run --build` or `{cmd}` in {}", p.dir.display()),
-                None => format!("fix [build] output in {}", p.path.display()),
-            };
-            errors.push(format!(
-                "stage `{}`: component `{}` of plugin `{}` does not exist; {hint}",
-                stage.name,
-                component.display(),
-                p.info.name
-            ));
-            "missing".to_owned()
-        } else {
-            match check_world(engine, &component, p.info.world) {
-                Ok(c) => format!("ok, sha256 {}", &c.sha256[..12]),
-                Err(e) => {
-                    errors.push(format!("stage `{}`, plugin `{}`: {e}", stage.name, p.info.name));
-                    "does not fit its world".to_owned()
-                }
-            }
-        };
+        let verdict = component_verdict(&format!("stage `{}`", stage.name), p, engine, &mut errors);
         let _ = writeln!(
             summary,
             "  stage `{}`: {} -> [{}@{} ({})] -> {} ({verdict})",
@@ -82,7 +61,56 @@ pub fn check(path: &Path, engine: &PluginEngine) -> Result<String, CheckError> {
             },
         );
     }
+    for delivery in &pipeline.deliveries {
+        let transform = match &delivery.transform {
+            None => "no transform".to_owned(),
+            Some(t) => {
+                let p = &t.plugin;
+                let verdict = component_verdict(&format!("delivery `{}`", delivery.name), p, engine, &mut errors);
+                format!("[{}@{} ({})] ({verdict})", p.info.name, p.info.version.get_ref(), p.info.world)
+            }
+        };
+        let warehouse = match &delivery.warehouse {
+            None => String::new(),
+            Some(w) => format!(" + warehouse table `{}`", w.table),
+        };
+        let _ = writeln!(
+            summary,
+            "  delivery `{}`: {transform} -> lake {}{warehouse}",
+            delivery.name,
+            delivery.lake.describe()
+        );
+    }
     if errors.is_empty() { Ok(summary) } else { Err(CheckError::Plugins(errors)) }
+}
+
+/// Whether a plugin's component exists and fits its world; problems go to `errors`.
+fn component_verdict(
+    owner: &str,
+    p: &manifest::PluginManifest,
+    engine: &PluginEngine,
+    errors: &mut Vec<String>,
+) -> String {
+    let component = p.component_path();
+    if !component.exists() {
+        let hint = match &p.build.command {
+            Some(cmd) => format!("build it with `weir run --build` or `{cmd}` in {}", p.dir.display()),
+            None => format!("fix [build] output in {}", p.path.display()),
+        };
+        errors.push(format!(
+            "{owner}: component `{}` of plugin `{}` does not exist; {hint}",
+            component.display(),
+            p.info.name
+        ));
+        return "missing".to_owned();
+    }
+    match check_world(engine, &component, p.info.world) {
+        Ok(c) => format!("ok, sha256 {}", &c.sha256[..12]),
+        Err(e) => {
+            errors.push(format!("{owner}, plugin `{}`: {e}", p.info.name));
+            "does not fit its world".to_owned()
+        }
+    }
 }
 
 fn names<'a>(it: impl Iterator<Item = &'a str>) -> String {

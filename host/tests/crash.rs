@@ -6,9 +6,9 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{free_port, start, wait_ready};
 use serde_json::{Value, json};
