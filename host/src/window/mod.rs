@@ -38,11 +38,13 @@
 //! takes `now_ms` from the caller.
 
 pub mod assign;
+pub mod operator;
 pub mod watermark;
 
 use std::time::Duration;
 
 pub use assign::{Window, WindowKind};
+pub use operator::{ClosedWindow, FoldPlan, FoldRecord, Route, SetAside, WindowMetrics, WindowOperator};
 pub use watermark::{TimeSource, Watermarks};
 
 /// The last millisecond a window time may be: 9999-12-31T23:59:59.999Z. Times must also
