@@ -41,6 +41,9 @@ pub mod assign;
 pub mod operator;
 pub mod watermark;
 
+#[cfg(test)]
+mod golden;
+
 use std::time::Duration;
 
 pub use assign::{Window, WindowKind};
