@@ -20,3 +20,4 @@ pub mod sink;
 pub mod stage;
 pub mod stream;
 pub mod warehouse;
+pub mod window;

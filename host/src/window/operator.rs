@@ -1,0 +1,657 @@
+//! The window operator: open windows and their per-key states, routing records into
+//! them, closing them in order as the watermark passes, and snapshots to restart from.
+//!
+//! An aggregator stage drives it per batch:
+//!
+//! 1. [`WindowOperator::plan_fold`] routes the batch's records and groups them by
+//!    (window, key) in the shape of the plugin's `fold(input, groups, states)`: `rows`
+//!    says which record each input row repeats (a sliding-window record is folded once per
+//!    window), `groups` which state each row folds into. Late records come back in
+//!    `set_aside`, with the reason, for the stage's side output.
+//! 2. The stage calls `fold` and hands the new states to [`WindowOperator::apply_fold`].
+//!    Nothing changes if the fold fails (but the watermark has seen the records).
+//! 3. [`WindowOperator::close_due`] (or [`WindowOperator::pop_due`] one at a time) gives
+//!    the windows the watermark has passed, each with its keys and states for `emit`.
+//! 4. [`WindowOperator::snapshot`] goes into the checkpoint with the input positions.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+use super::watermark::WatermarkState;
+use super::{MAX_TIME_MS, Watermarks, Window, WindowError, WindowKind, WindowSpec, format_span, format_time, span_ms};
+
+/// The version of the snapshot layout [`WindowOperator::snapshot`] writes.
+const SNAPSHOT_FORMAT: u32 = 1;
+
+/// Where a record goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// Into these windows, earliest first: every window holding its time that is still
+    /// open.
+    Windows(Vec<Window>),
+    /// Every window holding its time has closed: the record is set aside with the reason.
+    Late {
+        /// Which window closed and where the watermark is, for people.
+        reason: String,
+    },
+    /// Its time cannot be placed in a window (before 1970, or too far ahead of the host's
+    /// clock): the record is set aside with the reason.
+    Refused {
+        /// What is wrong with the time, for people.
+        reason: String,
+    },
+}
+
+/// One record of a batch to fold, as [`WindowOperator::plan_fold`] needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct FoldRecord<'a> {
+    /// The shard it was read from.
+    pub shard: u32,
+    /// The key it is aggregated under.
+    pub key: &'a str,
+    /// Its time per the stage's [`super::TimeSource`].
+    pub time_ms: i64,
+}
+
+/// A record of a batch that goes to the side output instead of a window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetAside {
+    /// Its index in the batch.
+    pub index: usize,
+    /// Why, for people.
+    pub reason: String,
+}
+
+/// A batch routed and grouped for the plugin's `fold(input, groups, states)`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FoldPlan {
+    /// For each row of the fold's input, the index of the batch record it is.
+    pub rows: Vec<usize>,
+    /// For each row of the fold's input, the index of the state it folds into.
+    pub groups: Vec<u32>,
+    /// The (window, key) of each state.
+    pub group_keys: Vec<(Window, String)>,
+    /// The current state of each group (empty for a new one), to pass to `fold`.
+    pub states: Vec<Vec<u8>>,
+    /// Records that are late or refused, with the reason.
+    pub set_aside: Vec<SetAside>,
+}
+
+/// A window that closed: hand it to the plugin's `emit`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClosedWindow {
+    /// Its bounds.
+    pub window: Window,
+    /// Its keys in order, including every expected key.
+    pub keys: Vec<String>,
+    /// `states[i]` belongs to `keys[i]`; empty for a key that had no record.
+    pub states: Vec<Vec<u8>>,
+}
+
+/// What the operator holds, for the stage's metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowMetrics {
+    /// The operator's watermark; `None` until the first.
+    pub watermark_ms: Option<i64>,
+    /// Windows with at least one state.
+    pub open_windows: usize,
+    /// (window, key) states held.
+    pub open_keys: usize,
+    /// Bytes of those states.
+    pub state_bytes: usize,
+    /// Shards not holding the watermark back because they are idle.
+    pub idle_shards: usize,
+}
+
+/// Open windows and their per-key states; see the [module docs](super) for the semantics.
+#[derive(Debug)]
+pub struct WindowOperator {
+    spec: WindowSpec,
+    allowed_lateness_ms: i64,
+    max_ahead_ms: Option<i64>,
+    watermarks: Watermarks,
+    /// Open windows by start (the order they close in), each with its states by key.
+    open: BTreeMap<Window, BTreeMap<String, Vec<u8>>>,
+    /// The earliest window a record was routed to: with expected keys, every window from
+    /// it on is closed, records or not.
+    first_window: Option<Window>,
+    /// The end of the last window closed: none at or before it is ever closed again.
+    last_closed_end: Option<i64>,
+    expected_keys: BTreeSet<String>,
+}
+
+impl WindowOperator {
+    /// An operator with no window open yet.
+    pub fn new(spec: WindowSpec) -> Result<Self, WindowError> {
+        spec.validate()?;
+        let idle_timeout_ms = spec.idle_timeout.map(|idle| span_ms("idle-timeout", idle)).transpose()?;
+        Ok(WindowOperator {
+            allowed_lateness_ms: span_ms("allowed-lateness", spec.allowed_lateness)?,
+            max_ahead_ms: spec.max_ahead.map(|ahead| span_ms("max-ahead", ahead)).transpose()?,
+            watermarks: Watermarks::new(span_ms("out-of-orderness", spec.out_of_orderness)?, idle_timeout_ms),
+            spec,
+            open: BTreeMap::new(),
+            first_window: None,
+            last_closed_end: None,
+            expected_keys: BTreeSet::new(),
+        })
+    }
+
+    /// The spec it runs.
+    pub fn spec(&self) -> &WindowSpec {
+        &self.spec
+    }
+
+    /// Keys every closed window must hold, with an empty state when they had no record
+    /// (e.g. every station of the reference table). Not part of the snapshot: the stage
+    /// sets them again after a restart.
+    pub fn set_expected_keys(&mut self, keys: BTreeSet<String>) {
+        self.expected_keys = keys;
+    }
+
+    /// Declares a shard the stage reads: it holds the watermark back from now until its
+    /// first record or the idle timeout.
+    pub fn add_shard(&mut self, shard: u32, now_ms: i64) {
+        self.watermarks.add_shard(shard, now_ms);
+    }
+
+    /// Forgets a shard that will have no more records (a closed parent after a reshard).
+    pub fn remove_shard(&mut self, shard: u32, now_ms: i64) {
+        self.watermarks.remove_shard(shard, now_ms);
+    }
+
+    /// The operator's watermark; `None` until the first.
+    pub fn watermark(&self) -> Option<i64> {
+        self.watermarks.current()
+    }
+
+    /// Decides where a record read from `shard` with time `time_ms` goes, taking its time
+    /// into the watermark. Does not open a window: folding states does.
+    pub fn route(&mut self, shard: u32, time_ms: i64, now_ms: i64) -> Route {
+        if !(0..=MAX_TIME_MS).contains(&time_ms) {
+            return Route::Refused {
+                reason: format!(
+                    "time {} is outside 1970-01-01 to 9999-12-31: it cannot be placed in a window",
+                    format_time(time_ms)
+                ),
+            };
+        }
+        if let Some(ahead) = self.max_ahead_ms
+            && time_ms > now_ms.saturating_add(ahead)
+        {
+            return Route::Refused {
+                reason: format!(
+                    "time {} is {} ahead of the host's clock ({}), more than the max-ahead of {}: \
+                     it would close every window up to it",
+                    format_time(time_ms),
+                    format_span(time_ms - now_ms),
+                    format_time(now_ms),
+                    format_span(ahead)
+                ),
+            };
+        }
+        self.watermarks.observe(shard, time_ms, now_ms);
+        let holding: Vec<Window> = self.spec.kind.assign(time_ms).collect();
+        let open: Vec<Window> = holding.iter().copied().filter(|window| !self.is_closed(*window)).collect();
+        let Some(&earliest) = open.first() else {
+            return Route::Late { reason: self.late_reason(time_ms, &holding) };
+        };
+        self.first_window = Some(self.first_window.map_or(earliest, |first| first.min(earliest)));
+        Route::Windows(open)
+    }
+
+    /// The state of `key` in `window`, created empty if absent, for a caller that folds
+    /// natively. Opening a window the spec never produces, or one already closed, fails.
+    pub fn state_mut(&mut self, window: Window, key: &str) -> Result<&mut Vec<u8>, WindowError> {
+        self.check_writable(window)?;
+        self.first_window = Some(self.first_window.map_or(window, |first| first.min(window)));
+        Ok(self.open.entry(window).or_default().entry(key.to_owned()).or_default())
+    }
+
+    /// Routes a batch and groups its records by (window, key) for the plugin's `fold`;
+    /// see [`FoldPlan`].
+    pub fn plan_fold<'a>(&mut self, records: impl IntoIterator<Item = FoldRecord<'a>>, now_ms: i64) -> FoldPlan {
+        let mut plan = FoldPlan::default();
+        let mut group_of: HashMap<(Window, &'a str), u32> = HashMap::new();
+        for (index, record) in records.into_iter().enumerate() {
+            let windows = match self.route(record.shard, record.time_ms, now_ms) {
+                Route::Windows(windows) => windows,
+                Route::Late { reason } | Route::Refused { reason } => {
+                    plan.set_aside.push(SetAside { index, reason });
+                    continue;
+                }
+            };
+            for window in windows {
+                let group = *group_of.entry((window, record.key)).or_insert_with(|| {
+                    let state = self.open.get(&window).and_then(|states| states.get(record.key));
+                    plan.states.push(state.cloned().unwrap_or_default());
+                    plan.group_keys.push((window, record.key.to_owned()));
+                    // A batch holds far fewer than 2^32 records.
+                    (plan.group_keys.len() - 1) as u32
+                });
+                plan.rows.push(index);
+                plan.groups.push(group);
+            }
+        }
+        plan
+    }
+
+    /// Stores the states the fold returned for `plan`, one per group in order.
+    pub fn apply_fold(&mut self, plan: FoldPlan, states: Vec<Vec<u8>>) -> Result<(), WindowError> {
+        if states.len() != plan.group_keys.len() {
+            return Err(WindowError::FoldStateCount { groups: plan.group_keys.len(), returned: states.len() });
+        }
+        // All or nothing: check before writing.
+        for (window, _) in &plan.group_keys {
+            self.check_writable(*window)?;
+        }
+        for ((window, key), state) in plan.group_keys.into_iter().zip(states) {
+            self.open.entry(window).or_default().insert(key, state);
+        }
+        Ok(())
+    }
+
+    /// Lets idle shards stop holding the watermark back at `now_ms`; returns the watermark.
+    pub fn advance(&mut self, now_ms: i64) -> Option<i64> {
+        self.watermarks.advance(now_ms)
+    }
+
+    /// Closes the next window the watermark has passed, if any, freeing its states. Call
+    /// it until `None` after [`WindowOperator::advance`]; one window at a time keeps a long
+    /// run of empty windows (expected keys after a long gap) from piling up.
+    pub fn pop_due(&mut self) -> Option<ClosedWindow> {
+        let closes_by = self.watermarks.current()?.saturating_sub(self.allowed_lateness_ms);
+        let first_open_end = self.open.first_key_value().map(|(window, _)| window.end);
+        let end = if self.expected_keys.is_empty() {
+            first_open_end?
+        } else {
+            // Every window in turn from the first one seen, records or not.
+            let next_in_turn = match self.last_closed_end {
+                Some(last) => last.saturating_add(self.spec.kind.slide_ms()),
+                None => self.first_window?.end,
+            };
+            first_open_end.map_or(next_in_turn, |open_end| open_end.min(next_in_turn))
+        };
+        if end > closes_by {
+            return None;
+        }
+        let window = self.spec.kind.window_ending_at(end);
+        let mut states = self.open.remove(&window).unwrap_or_default();
+        for key in &self.expected_keys {
+            states.entry(key.clone()).or_default();
+        }
+        self.last_closed_end = Some(end);
+        let (keys, states) = states.into_iter().unzip();
+        Some(ClosedWindow { window, keys, states })
+    }
+
+    /// Advances to `now_ms` and closes every window the watermark has passed, in order.
+    pub fn close_due(&mut self, now_ms: i64) -> Vec<ClosedWindow> {
+        self.advance(now_ms);
+        std::iter::from_fn(|| self.pop_due()).collect()
+    }
+
+    /// What the operator holds at `now_ms`.
+    pub fn metrics(&self, now_ms: i64) -> WindowMetrics {
+        WindowMetrics {
+            watermark_ms: self.watermarks.current(),
+            open_windows: self.open.len(),
+            open_keys: self.open.values().map(BTreeMap::len).sum(),
+            state_bytes: self.open.values().flat_map(BTreeMap::values).map(Vec::len).sum(),
+            idle_shards: self.watermarks.idle_shards(now_ms),
+        }
+    }
+
+    /// Everything needed to continue after a restart exactly as without one (JSON).
+    pub fn snapshot(&self) -> Vec<u8> {
+        let base64 = base64::engine::general_purpose::STANDARD;
+        let snapshot = Snapshot {
+            format: SNAPSHOT_FORMAT,
+            windows: self.spec.kind,
+            watermarks: self.watermarks.state().clone(),
+            first_window: self.first_window,
+            last_closed_end: self.last_closed_end,
+            open: self
+                .open
+                .iter()
+                .map(|(window, states)| SavedWindow {
+                    start: window.start,
+                    end: window.end,
+                    states: states.iter().map(|(key, state)| (key.clone(), base64.encode(state))).collect(),
+                })
+                .collect(),
+        };
+        serde_json::to_vec(&snapshot).expect("a snapshot is plain data with string keys, which always serializes")
+    }
+
+    /// An operator continuing from `snapshot` at `now_ms`, with `spec` (whose windows must
+    /// be the snapshot's; its bounds may have changed). The time the host was down does
+    /// not count towards the idle timeout.
+    pub fn restore(spec: WindowSpec, snapshot: &[u8], now_ms: i64) -> Result<Self, WindowError> {
+        let saved: Snapshot = serde_json::from_slice(snapshot).map_err(|e| WindowError::Snapshot(e.to_string()))?;
+        if saved.format != SNAPSHOT_FORMAT {
+            return Err(WindowError::Snapshot(format!(
+                "it has format {}, this host reads format {SNAPSHOT_FORMAT}",
+                saved.format
+            )));
+        }
+        if saved.windows != spec.kind {
+            return Err(WindowError::SnapshotKindChanged {
+                saved: saved.windows.to_string(),
+                current: spec.kind.to_string(),
+            });
+        }
+        let mut operator = WindowOperator::new(spec)?;
+        let base64 = base64::engine::general_purpose::STANDARD;
+        for saved_window in saved.open {
+            let window = Window { start: saved_window.start, end: saved_window.end };
+            if !operator.spec.kind.produces(window) || saved.last_closed_end.is_some_and(|last| window.end <= last) {
+                return Err(WindowError::Snapshot(format!("{window} cannot be open")));
+            }
+            let mut states = BTreeMap::new();
+            for (key, state) in saved_window.states {
+                let state = base64.decode(&state).map_err(|e| WindowError::Snapshot(format!("{window}: {e}")))?;
+                states.insert(key, state);
+            }
+            operator.open.insert(window, states);
+        }
+        operator.watermarks = Watermarks::restore(
+            span_ms("out-of-orderness", operator.spec.out_of_orderness)?,
+            operator.spec.idle_timeout.map(|idle| span_ms("idle-timeout", idle)).transpose()?,
+            saved.watermarks,
+            now_ms,
+        );
+        operator.first_window = saved.first_window;
+        operator.last_closed_end = saved.last_closed_end;
+        Ok(operator)
+    }
+
+    /// Whether `window` has closed or is due to: records for it are late.
+    fn is_closed(&self, window: Window) -> bool {
+        let emitted = self.last_closed_end.is_some_and(|last| window.end <= last);
+        let due = self
+            .watermarks
+            .current()
+            .is_some_and(|watermark| window.end.saturating_add(self.allowed_lateness_ms) <= watermark);
+        emitted || due
+    }
+
+    /// States may be written to `window`: one of the spec's, not yet closed.
+    fn check_writable(&self, window: Window) -> Result<(), WindowError> {
+        if !self.spec.kind.produces(window) {
+            return Err(WindowError::NotAWindow { window, kind: self.spec.kind.to_string() });
+        }
+        if self.last_closed_end.is_some_and(|last| window.end <= last) {
+            return Err(WindowError::WindowClosed { window });
+        }
+        Ok(())
+    }
+
+    fn late_reason(&self, time_ms: i64, holding: &[Window]) -> String {
+        let watermark = self.watermarks.current().map_or_else(|| "not set".to_owned(), format_time);
+        let closed = match holding {
+            [only] => format!("its {only} has closed"),
+            [.., last] => format!("all {} windows holding it have closed, the last being {last}", holding.len()),
+            [] => "it is in no window".to_owned(),
+        };
+        format!(
+            "late: time {} is behind the watermark {watermark} (allowed lateness {}): {closed}",
+            format_time(time_ms),
+            format_span(self.allowed_lateness_ms)
+        )
+    }
+}
+
+/// The layout of [`WindowOperator::snapshot`].
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Snapshot {
+    format: u32,
+    windows: WindowKind,
+    watermarks: WatermarkState,
+    first_window: Option<Window>,
+    last_closed_end: Option<i64>,
+    open: Vec<SavedWindow>,
+}
+
+/// An open window in a snapshot, its states in base64 by key.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SavedWindow {
+    start: i64,
+    end: i64,
+    states: BTreeMap<String, String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    const MINUTE: i64 = 60_000;
+    /// 2026-11-26T14:00:00Z.
+    const T0: i64 = 1_795_701_600_000;
+
+    fn tumbling(minutes: u64) -> WindowSpec {
+        WindowSpec::new(WindowKind::tumbling(Duration::from_secs(60 * minutes)).expect("valid size"))
+    }
+
+    fn window(start_minute: i64, minutes: i64) -> Window {
+        Window { start: T0 + start_minute * MINUTE, end: T0 + (start_minute + minutes) * MINUTE }
+    }
+
+    /// Folds one record natively: the state is a count, one byte per record.
+    fn count(operator: &mut WindowOperator, shard: u32, key: &str, time_ms: i64) -> Route {
+        let route = operator.route(shard, time_ms, time_ms);
+        if let Route::Windows(windows) = &route {
+            for window in windows {
+                operator.state_mut(*window, key).expect("an open window").push(1);
+            }
+        }
+        route
+    }
+
+    fn counts(closed: &ClosedWindow) -> Vec<(&str, usize)> {
+        closed.keys.iter().map(String::as_str).zip(closed.states.iter().map(Vec::len)).collect()
+    }
+
+    #[test]
+    fn windows_close_in_order_once_the_watermark_passes_their_end() {
+        let mut operator = WindowOperator::new(tumbling(10)).expect("valid spec");
+        count(&mut operator, 0, "C1", T0 + MINUTE);
+        count(&mut operator, 0, "C2", T0 + 2 * MINUTE);
+        count(&mut operator, 0, "C1", T0 + 12 * MINUTE);
+        assert_eq!(operator.close_due(T0 + 12 * MINUTE).len(), 1);
+        count(&mut operator, 0, "C1", T0 + 19 * MINUTE);
+        assert!(operator.close_due(T0 + 19 * MINUTE).is_empty(), "the watermark is before 14:20");
+        count(&mut operator, 0, "C3", T0 + 20 * MINUTE);
+        let closed = operator.close_due(T0 + 20 * MINUTE);
+        assert_eq!(closed.len(), 1);
+        assert_eq!((closed[0].window, counts(&closed[0])), (window(10, 10), vec![("C1", 2)]));
+    }
+
+    #[test]
+    fn a_closed_window_holds_its_keys_in_order() {
+        let mut operator = WindowOperator::new(tumbling(10)).expect("valid spec");
+        for key in ["b", "a", "b"] {
+            count(&mut operator, 0, key, T0);
+        }
+        count(&mut operator, 0, "c", T0 + 10 * MINUTE);
+        let closed = operator.close_due(T0 + 10 * MINUTE);
+        assert_eq!(counts(&closed[0]), [("a", 1), ("b", 2)]);
+    }
+
+    #[test]
+    fn a_record_for_a_closed_window_is_late_with_the_window_and_watermark() {
+        let mut operator = WindowOperator::new(tumbling(10)).expect("valid spec");
+        count(&mut operator, 0, "C1", T0 + 25 * MINUTE);
+        let Route::Late { reason } = count(&mut operator, 0, "C1", T0 + 3 * MINUTE) else {
+            panic!("the 14:00 window closed when the watermark reached 14:25");
+        };
+        assert_eq!(
+            reason,
+            "late: time 2026-11-26T14:03:00.000Z is behind the watermark 2026-11-26T14:25:00.000Z \
+             (allowed lateness 0s): its window [2026-11-26T14:00:00.000Z, 2026-11-26T14:10:00.000Z) has closed"
+        );
+        assert_eq!(operator.metrics(T0).open_keys, 1, "the late record opened nothing");
+    }
+
+    #[test]
+    fn allowed_lateness_keeps_a_window_open_past_its_end() {
+        let mut spec = tumbling(10);
+        spec.allowed_lateness = Duration::from_secs(60);
+        let mut operator = WindowOperator::new(spec).expect("valid spec");
+        count(&mut operator, 0, "C1", T0 + 10 * MINUTE + 59_999);
+        assert_eq!(count(&mut operator, 0, "C1", T0 + 9 * MINUTE), Route::Windows(vec![window(0, 10)]));
+        assert!(operator.close_due(T0).is_empty());
+        count(&mut operator, 0, "C1", T0 + 11 * MINUTE);
+        assert!(matches!(count(&mut operator, 0, "C1", T0 + 9 * MINUTE), Route::Late { .. }));
+        assert_eq!(counts(&operator.close_due(T0)[0]), [("C1", 1)]);
+    }
+
+    #[test]
+    fn a_sliding_record_late_for_some_windows_goes_to_the_others() {
+        let spec = WindowSpec::new(
+            WindowKind::sliding(Duration::from_secs(20 * 60), Duration::from_secs(10 * 60)).expect("valid"),
+        );
+        let mut operator = WindowOperator::new(spec).expect("valid spec");
+        count(&mut operator, 0, "k", T0 + 10 * MINUTE);
+        assert_eq!(count(&mut operator, 0, "k", T0 + 5 * MINUTE), Route::Windows(vec![window(0, 20)]));
+        assert_eq!(count(&mut operator, 0, "k", T0 + 15 * MINUTE), Route::Windows(vec![window(0, 20), window(10, 20)]));
+    }
+
+    #[test]
+    fn expected_keys_get_a_result_even_in_a_window_without_records() {
+        let mut operator = WindowOperator::new(tumbling(30)).expect("valid spec");
+        operator.set_expected_keys(["S17".to_owned(), "S18".to_owned()].into());
+        count(&mut operator, 0, "S17", T0 + MINUTE);
+        count(&mut operator, 0, "S17", T0 + 95 * MINUTE);
+        let closed = operator.close_due(T0 + 95 * MINUTE);
+        let got: Vec<_> = closed.iter().map(|c| (c.window, counts(c))).collect();
+        assert_eq!(
+            got,
+            [
+                (window(0, 30), vec![("S17", 1), ("S18", 0)]),
+                (window(30, 30), vec![("S17", 0), ("S18", 0)]),
+                (window(60, 30), vec![("S17", 0), ("S18", 0)]),
+            ]
+        );
+    }
+
+    #[test]
+    fn without_records_nothing_closes_even_with_expected_keys() {
+        let mut operator = WindowOperator::new(tumbling(30)).expect("valid spec");
+        operator.set_expected_keys(["S17".to_owned()].into());
+        assert!(operator.close_due(T0).is_empty());
+    }
+
+    #[test]
+    fn a_plan_groups_a_batch_by_window_and_key_for_the_fold() {
+        let spec = WindowSpec::new(
+            WindowKind::sliding(Duration::from_secs(20 * 60), Duration::from_secs(10 * 60)).expect("valid"),
+        );
+        let mut operator = WindowOperator::new(spec).expect("valid spec");
+        operator.state_mut(window(0, 20), "a").expect("open").push(7);
+        let batch = [
+            FoldRecord { shard: 0, key: "a", time_ms: T0 + 12 * MINUTE },
+            FoldRecord { shard: 0, key: "b", time_ms: T0 + 12 * MINUTE },
+            FoldRecord { shard: 0, key: "a", time_ms: T0 + 15 * MINUTE },
+            FoldRecord { shard: 0, key: "a", time_ms: -5 },
+        ];
+        let plan = operator.plan_fold(batch, T0 + 20 * MINUTE);
+        assert_eq!(plan.rows, [0, 0, 1, 1, 2, 2]);
+        assert_eq!(plan.groups, [0, 1, 2, 3, 0, 1]);
+        let keys: Vec<_> = plan.group_keys.iter().map(|(w, k)| (*w, k.as_str())).collect();
+        assert_eq!(keys, [(window(0, 20), "a"), (window(10, 20), "a"), (window(0, 20), "b"), (window(10, 20), "b")]);
+        assert_eq!(plan.states, [vec![7], vec![], vec![], vec![]]);
+        assert_eq!(plan.set_aside.len(), 1);
+        assert!(plan.set_aside[0].reason.contains("outside 1970-01-01"), "{:?}", plan.set_aside);
+
+        let wrong = operator.apply_fold(plan.clone(), vec![]).expect_err("too few states");
+        assert_eq!(
+            wrong.to_string(),
+            "the fold returned 0 states for 4 groups: it must return one per group, in order"
+        );
+        operator.apply_fold(plan, vec![vec![7, 1, 1], vec![1, 1], vec![1], vec![1]]).expect("right count");
+        assert_eq!(
+            operator.metrics(T0),
+            WindowMetrics {
+                watermark_ms: Some(T0 + 15 * MINUTE),
+                open_windows: 2,
+                open_keys: 4,
+                state_bytes: 7,
+                idle_shards: 0
+            }
+        );
+    }
+
+    #[test]
+    fn a_record_far_ahead_of_the_clock_is_refused_and_does_not_move_the_watermark() {
+        let mut spec = tumbling(10);
+        spec.max_ahead = Some(Duration::from_secs(3600));
+        let mut operator = WindowOperator::new(spec).expect("valid spec");
+        let Route::Refused { reason } = operator.route(0, T0 + 61 * MINUTE, T0) else { panic!("too far ahead") };
+        assert!(reason.contains("1h 1m ahead of the host's clock"), "{reason}");
+        assert_eq!(operator.watermark(), None);
+        assert!(matches!(operator.route(0, T0 + 60 * MINUTE, T0), Route::Windows(_)));
+    }
+
+    #[test]
+    fn closed_windows_cannot_be_written() {
+        let mut operator = WindowOperator::new(tumbling(10)).expect("valid spec");
+        count(&mut operator, 0, "a", T0);
+        count(&mut operator, 0, "a", T0 + 10 * MINUTE);
+        operator.close_due(T0);
+        assert!(matches!(operator.state_mut(window(0, 10), "a"), Err(WindowError::WindowClosed { .. })));
+        assert!(matches!(operator.state_mut(window(1, 10), "a"), Err(WindowError::NotAWindow { .. })));
+    }
+
+    #[test]
+    fn a_restored_operator_continues_exactly_like_an_uninterrupted_one() {
+        let mut spec = tumbling(10);
+        spec.out_of_orderness = Duration::from_secs(30);
+        spec.idle_timeout = Some(Duration::from_secs(120));
+        let records: Vec<(u32, &str, i64)> =
+            (0..40).map(|i| (i % 2, ["a", "b", "c"][i as usize % 3], T0 + i as i64 * 97_000)).collect();
+        let run = |restart_at: Option<usize>| {
+            let mut operator = WindowOperator::new(spec.clone()).expect("valid spec");
+            operator.set_expected_keys(["z".to_owned()].into());
+            let mut closed = Vec::new();
+            let mut clock = T0;
+            for (i, &(shard, key, time)) in records.iter().enumerate() {
+                if restart_at == Some(i) {
+                    // Restarted at once: no downtime to pause the idle clocks for.
+                    let snapshot = operator.snapshot();
+                    operator = WindowOperator::restore(spec.clone(), &snapshot, clock).expect("restores");
+                    operator.set_expected_keys(["z".to_owned()].into());
+                }
+                count(&mut operator, shard, key, time);
+                closed.extend(operator.close_due(time));
+                clock = time;
+            }
+            closed.extend(operator.close_due(T0 + 600 * MINUTE));
+            closed
+        };
+        let uninterrupted = run(None);
+        assert!(uninterrupted.len() > 6, "{uninterrupted:?}");
+        for restart_at in [0, 1, 7, 20, 39] {
+            assert_eq!(run(Some(restart_at)), uninterrupted, "restarted before record {restart_at}");
+        }
+    }
+
+    #[test]
+    fn a_snapshot_is_refused_for_other_windows_or_when_damaged() {
+        let mut operator = WindowOperator::new(tumbling(10)).expect("valid spec");
+        count(&mut operator, 0, "a", T0);
+        let snapshot = operator.snapshot();
+        let changed = WindowOperator::restore(tumbling(30), &snapshot, T0).expect_err("other windows");
+        assert!(changed.to_string().contains("taken with tumbling 10m windows but the stage now has tumbling 30m"));
+        let damaged = WindowOperator::restore(tumbling(10), &snapshot[..snapshot.len() - 1], T0).expect_err("cut");
+        assert!(damaged.to_string().starts_with("the window snapshot cannot be read"), "{damaged}");
+        let restored = WindowOperator::restore(tumbling(10), &snapshot, T0).expect("same windows");
+        assert_eq!(restored.snapshot(), snapshot);
+    }
+}

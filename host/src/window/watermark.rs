@@ -1,0 +1,261 @@
+//! Event-time watermarks over the shards of a stream: how far time has surely progressed,
+//! so that windows up to it can close.
+//!
+//! Each shard's watermark is the newest time seen on it minus the out-of-orderness bound.
+//! The operator's watermark is the lowest over the *active* shards and never goes back.
+//! A shard is active from its first record (or from [`Watermarks::add_shard`]) until it
+//! has had no record for the idle timeout, judged by the caller's `now_ms`; its next
+//! record makes it active again. When every shard is idle, the watermark follows the
+//! clock from where the newest shard left it, so the last windows close when a stream
+//! goes quiet. Time the host was down does not count as idleness.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Which time of a record places it in windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TimeSource {
+    /// The time its producer gave it (the stream uses the arrival time when it gave none).
+    #[default]
+    EventTime,
+    /// The time the stream accepted it.
+    ArrivalTime,
+}
+
+impl TimeSource {
+    /// The time of a record with these event and arrival times.
+    pub fn pick(self, event_time_ms: i64, arrival_ms: i64) -> i64 {
+        match self {
+            TimeSource::EventTime => event_time_ms,
+            TimeSource::ArrivalTime => arrival_ms,
+        }
+    }
+}
+
+/// What the watermark knows about one shard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct ShardClock {
+    /// The newest record time seen on the shard; `None` before its first record.
+    newest_ms: Option<i64>,
+    /// The caller's clock when the shard last had a record (or was added).
+    active_at_ms: i64,
+}
+
+/// Per-shard watermarks and the operator's watermark over them.
+#[derive(Debug, Clone)]
+pub struct Watermarks {
+    out_of_orderness_ms: i64,
+    idle_timeout_ms: Option<i64>,
+    state: WatermarkState,
+}
+
+/// The part of [`Watermarks`] a snapshot keeps.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct WatermarkState {
+    shards: BTreeMap<u32, ShardClock>,
+    /// The operator's watermark; `None` until the first one.
+    current_ms: Option<i64>,
+    /// The latest `now_ms` the caller gave: where the clock stood at a snapshot.
+    clock_ms: Option<i64>,
+}
+
+impl Watermarks {
+    /// Watermarks that trail the newest time by `out_of_orderness_ms`; a shard idle for
+    /// `idle_timeout_ms` stops holding them back (`None`: never).
+    pub fn new(out_of_orderness_ms: i64, idle_timeout_ms: Option<i64>) -> Self {
+        Watermarks { out_of_orderness_ms, idle_timeout_ms, state: WatermarkState::default() }
+    }
+
+    /// Continues from a snapshot at `now_ms`. The idle clocks resume where they stopped:
+    /// the time the host was down is not idleness (the shards' records were probably
+    /// written meanwhile, waiting to be read).
+    pub(crate) fn restore(
+        out_of_orderness_ms: i64,
+        idle_timeout_ms: Option<i64>,
+        mut state: WatermarkState,
+        now_ms: i64,
+    ) -> Self {
+        let downtime = state.clock_ms.map_or(0, |then| now_ms.saturating_sub(then).max(0));
+        for clock in state.shards.values_mut() {
+            clock.active_at_ms = clock.active_at_ms.saturating_add(downtime);
+        }
+        state.clock_ms = Some(state.clock_ms.map_or(now_ms, |then| then.max(now_ms)));
+        Watermarks { out_of_orderness_ms, idle_timeout_ms, state }
+    }
+
+    pub(crate) fn state(&self) -> &WatermarkState {
+        &self.state
+    }
+
+    /// Declares a shard the stage reads before it has any record, so that it holds the
+    /// watermark back until its first record or the idle timeout. Known shards are kept.
+    pub fn add_shard(&mut self, shard: u32, now_ms: i64) {
+        self.tick(now_ms);
+        self.state.shards.entry(shard).or_insert(ShardClock { newest_ms: None, active_at_ms: now_ms });
+    }
+
+    /// Forgets a shard that will have no more records (a closed parent after a reshard).
+    pub fn remove_shard(&mut self, shard: u32, now_ms: i64) -> Option<i64> {
+        self.state.shards.remove(&shard);
+        self.advance(now_ms)
+    }
+
+    /// Takes in a record's time; returns the operator's watermark after it.
+    pub fn observe(&mut self, shard: u32, time_ms: i64, now_ms: i64) -> Option<i64> {
+        let clock = self.state.shards.entry(shard).or_insert(ShardClock { newest_ms: None, active_at_ms: now_ms });
+        clock.newest_ms = Some(clock.newest_ms.map_or(time_ms, |newest| newest.max(time_ms)));
+        clock.active_at_ms = clock.active_at_ms.max(now_ms);
+        self.advance(now_ms)
+    }
+
+    /// Lets idle shards stop holding the watermark back at `now_ms`; returns the
+    /// operator's watermark.
+    pub fn advance(&mut self, now_ms: i64) -> Option<i64> {
+        self.tick(now_ms);
+        if let Some(candidate) = self.candidate(now_ms) {
+            self.state.current_ms = Some(self.state.current_ms.map_or(candidate, |current| current.max(candidate)));
+        }
+        self.state.current_ms
+    }
+
+    /// The operator's watermark: every window ending at or before it may close.
+    pub fn current(&self) -> Option<i64> {
+        self.state.current_ms
+    }
+
+    /// A shard's own watermark; `None` before its first record.
+    pub fn shard_watermark(&self, shard: u32) -> Option<i64> {
+        self.state.shards.get(&shard)?.newest_ms.map(|newest| newest.saturating_sub(self.out_of_orderness_ms))
+    }
+
+    /// Whether a known shard has had no record for the idle timeout at `now_ms`.
+    pub fn is_idle(&self, shard: u32, now_ms: i64) -> bool {
+        self.state.shards.get(&shard).is_some_and(|clock| self.clock_is_idle(clock, now_ms))
+    }
+
+    /// How many known shards are idle at `now_ms`.
+    pub fn idle_shards(&self, now_ms: i64) -> usize {
+        self.state.shards.values().filter(|clock| self.clock_is_idle(clock, now_ms)).count()
+    }
+
+    fn tick(&mut self, now_ms: i64) {
+        self.state.clock_ms = Some(self.state.clock_ms.map_or(now_ms, |clock| clock.max(now_ms)));
+    }
+
+    fn clock_is_idle(&self, clock: &ShardClock, now_ms: i64) -> bool {
+        self.idle_timeout_ms.is_some_and(|idle| now_ms.saturating_sub(clock.active_at_ms) >= idle)
+    }
+
+    /// Where the watermark would be at `now_ms` if it could go back; `None` while an
+    /// active shard has no record yet (or there is no shard).
+    fn candidate(&self, now_ms: i64) -> Option<i64> {
+        let watermark_of = |clock: &ShardClock| clock.newest_ms.map(|n| n.saturating_sub(self.out_of_orderness_ms));
+        let mut active = self.state.shards.values().filter(|clock| !self.clock_is_idle(clock, now_ms)).peekable();
+        if active.peek().is_some() {
+            // The slowest active shard holds everyone back; one with no record yet holds all.
+            return active.map(watermark_of).try_fold(i64::MAX, |low, w| w.map(|w| low.min(w)));
+        }
+        // Every shard is idle: the clock takes over from the newest shard, starting when
+        // the last one became idle, so the watermark does not jump.
+        let idle_timeout = self.idle_timeout_ms?;
+        let newest = self.state.shards.values().filter_map(watermark_of).max()?;
+        let last_active = self.state.shards.values().map(|clock| clock.active_at_ms).max()?;
+        let quiet_for = now_ms.saturating_sub(last_active.saturating_add(idle_timeout)).max(0);
+        Some(newest.saturating_add(quiet_for))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: i64 = 1000;
+
+    #[test]
+    fn the_watermark_trails_the_newest_time_by_the_bound() {
+        let mut marks = Watermarks::new(5 * SECOND, None);
+        assert_eq!(marks.current(), None);
+        assert_eq!(marks.observe(0, 100 * SECOND, 0), Some(95 * SECOND));
+        assert_eq!(marks.observe(0, 90 * SECOND, 0), Some(95 * SECOND), "an older record does not move it back");
+        assert_eq!(marks.observe(0, 110 * SECOND, 0), Some(105 * SECOND));
+    }
+
+    #[test]
+    fn the_slowest_active_shard_holds_the_watermark_back() {
+        let mut marks = Watermarks::new(0, Some(60 * SECOND));
+        marks.observe(0, 100 * SECOND, 0);
+        assert_eq!(marks.observe(1, 50 * SECOND, 0), Some(100 * SECOND), "never goes back");
+        assert_eq!(marks.observe(0, 200 * SECOND, 1), Some(100 * SECOND), "shard 1 is at 50 s");
+        assert_eq!(marks.observe(1, 150 * SECOND, 2), Some(150 * SECOND));
+    }
+
+    #[test]
+    fn a_declared_shard_holds_the_watermark_until_its_first_record_or_the_idle_timeout() {
+        let mut marks = Watermarks::new(0, Some(60 * SECOND));
+        marks.add_shard(1, 0);
+        assert_eq!(marks.observe(0, 100 * SECOND, 30 * SECOND), None);
+        assert_eq!(marks.advance(59 * SECOND), None);
+        assert_eq!(marks.advance(60 * SECOND), Some(100 * SECOND), "shard 1 is idle");
+    }
+
+    #[test]
+    fn an_idle_shard_stops_holding_the_watermark_back_until_its_next_record() {
+        let mut marks = Watermarks::new(0, Some(60 * SECOND));
+        marks.observe(1, 10 * SECOND, 0);
+        marks.observe(0, 100 * SECOND, 0);
+        assert_eq!(marks.observe(0, 200 * SECOND, 59 * SECOND), Some(10 * SECOND));
+        assert_eq!(marks.observe(0, 210 * SECOND, 60 * SECOND), Some(210 * SECOND), "shard 1 has been idle 60 s");
+        assert!(marks.is_idle(1, 60 * SECOND) && !marks.is_idle(0, 60 * SECOND));
+        assert_eq!(marks.observe(1, 20 * SECOND, 61 * SECOND), Some(210 * SECOND), "back, but never goes back");
+        assert!(!marks.is_idle(1, 61 * SECOND));
+        assert_eq!(marks.observe(0, 300 * SECOND, 62 * SECOND), Some(210 * SECOND), "shard 1 holds it again");
+    }
+
+    #[test]
+    fn when_every_shard_is_idle_the_clock_takes_over() {
+        let mut marks = Watermarks::new(5 * SECOND, Some(60 * SECOND));
+        marks.observe(0, 1000 * SECOND, 0);
+        marks.observe(1, 990 * SECOND, 10 * SECOND);
+        assert_eq!(marks.advance(69 * SECOND), Some(995 * SECOND), "shard 1 is still active");
+        assert_eq!(marks.advance(70 * SECOND), Some(995 * SECOND), "both idle: starts from the newest shard");
+        assert_eq!(marks.advance(100 * SECOND), Some(1025 * SECOND));
+        assert_eq!(marks.idle_shards(100 * SECOND), 2);
+    }
+
+    #[test]
+    fn without_an_idle_timeout_a_quiet_shard_holds_the_watermark_forever() {
+        let mut marks = Watermarks::new(0, None);
+        marks.observe(0, 10 * SECOND, 0);
+        marks.observe(1, 100 * SECOND, 0);
+        assert_eq!(marks.advance(i64::MAX), Some(10 * SECOND));
+        assert!(!marks.is_idle(0, i64::MAX));
+    }
+
+    #[test]
+    fn a_removed_shard_no_longer_holds_the_watermark_back() {
+        let mut marks = Watermarks::new(0, None);
+        marks.observe(0, 10 * SECOND, 0);
+        marks.observe(1, 100 * SECOND, 0);
+        assert_eq!(marks.remove_shard(0, 0), Some(100 * SECOND));
+    }
+
+    #[test]
+    fn the_time_the_host_was_down_is_not_idleness() {
+        let mut marks = Watermarks::new(0, Some(60 * SECOND));
+        marks.observe(1, 50 * SECOND, 0);
+        marks.observe(0, 100 * SECOND, 10 * SECOND);
+        let mut restored = Watermarks::restore(0, Some(60 * SECOND), marks.state().clone(), 3610 * SECOND);
+        assert_eq!(restored.advance(3659 * SECOND), Some(50 * SECOND), "shard 1 has been quiet 59 s while up");
+        assert_eq!(restored.advance(3660 * SECOND), Some(100 * SECOND), "now it is idle");
+        assert_eq!(restored.advance(3670 * SECOND), Some(100 * SECOND), "shard 0 has just become idle too");
+        assert_eq!(restored.advance(3680 * SECOND), Some(110 * SECOND), "the clock has taken over");
+    }
+
+    #[test]
+    fn the_time_source_picks_the_time() {
+        assert_eq!(TimeSource::EventTime.pick(1, 2), 1);
+        assert_eq!(TimeSource::ArrivalTime.pick(1, 2), 2);
+    }
+}
