@@ -126,7 +126,13 @@ impl PluginEngine {
     /// Reads and compiles a component, from the cache when this exact file was compiled before.
     pub fn compile(&self, path: &Path) -> Result<CompiledComponent, PluginError> {
         let bytes = std::fs::read(path).map_err(|source| PluginError::Read { path: path.to_owned(), source })?;
-        let sha256 = hex(&Sha256::digest(&bytes));
+        self.compile_bytes(&bytes, path)
+    }
+
+    /// Compiles a component from its bytes (e.g. uploaded for a hot swap);
+    /// `path` only names it in messages.
+    pub fn compile_bytes(&self, bytes: &[u8], path: &Path) -> Result<CompiledComponent, PluginError> {
+        let sha256 = hex(&Sha256::digest(bytes));
         let cached = self.cache_dir.as_ref().map(|dir| {
             let mut h = std::collections::hash_map::DefaultHasher::new();
             self.engine.precompile_compatibility_hash().hash(&mut h);
@@ -140,7 +146,7 @@ impl PluginEngine {
         }
         let compile_err =
             |e: wasmtime::Error| PluginError::Compile { path: path.to_owned(), message: format!("{e:#}") };
-        let serialized = self.engine.precompile_component(&bytes).map_err(compile_err)?;
+        let serialized = self.engine.precompile_component(bytes).map_err(compile_err)?;
         if let Some(file) = &cached {
             // Best effort: a cache that cannot be written only costs time.
             let _ = write_atomically(file, &serialized);
