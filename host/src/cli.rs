@@ -63,6 +63,13 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Hot-swap, roll back and list the plugins of a running pipeline's stages.
+    Plugin {
+        #[command(subcommand)]
+        action: PluginAction,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Print a stream's records as they arrive, like `tail -f`.
     Tail {
         /// The stream.
@@ -85,6 +92,34 @@ enum Command {
         /// The agent config: weir TOML, or the Kinesis Agent's agent.json (by the .json extension).
         #[arg(long)]
         config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginAction {
+    /// Replace a stage's plugin while its stream flows; refused candidates change nothing.
+    Swap {
+        /// The pipeline (as named in its manifest).
+        pipeline: String,
+        /// The stage.
+        stage: String,
+        /// The new component.
+        component: PathBuf,
+        /// Its version, shown in `weir plugin list` (default: `upload`).
+        #[arg(long)]
+        version: Option<String>,
+    },
+    /// Go back to the version the stage ran before its last swap.
+    Rollback {
+        /// The pipeline.
+        pipeline: String,
+        /// The stage.
+        stage: String,
+    },
+    /// Which version runs on which stage, since when, with its counters.
+    List {
+        /// The pipeline.
+        pipeline: String,
     },
 }
 
@@ -168,7 +203,57 @@ pub fn main() -> anyhow::Result<()> {
             client_verb(&target, |c| tail(c, stream, from, timestamp, no_follow))
         }
         Command::Agent { config } => agent(config),
+        Command::Plugin { action, target } => client_verb(&target, |c| plugin(c, action)),
     }
+}
+
+async fn plugin(client: Client, action: PluginAction) -> anyhow::Result<()> {
+    use axum::http::{HeaderMap, HeaderValue, Method};
+    let pipeline = match &action {
+        PluginAction::Swap { pipeline, .. }
+        | PluginAction::Rollback { pipeline, .. }
+        | PluginAction::List { pipeline } => pipeline.clone(),
+    };
+    // The host runs one pipeline: make sure it is the one meant.
+    let status = client.native(Method::GET, "/v1/pipeline", HeaderMap::new(), Default::default()).await?;
+    let running = status["pipeline"].as_str().unwrap_or("");
+    anyhow::ensure!(running == pipeline, "the weir at this endpoint runs pipeline `{running}`, not `{pipeline}`");
+    let answer = match action {
+        PluginAction::Swap { stage, component, version, .. } => {
+            let bytes = std::fs::read(&component).with_context(|| format!("cannot read {}", component.display()))?;
+            let mut headers = HeaderMap::new();
+            headers.insert("content-type", HeaderValue::from_static("application/wasm"));
+            if let Some(v) = version {
+                headers.insert("x-weir-plugin-version", HeaderValue::from_str(&v).context("--version")?);
+            }
+            let path = format!("/v1/stages/{stage}/plugin");
+            client.native(Method::PUT, &path, headers, bytes.into()).await?
+        }
+        PluginAction::Rollback { stage, .. } => {
+            let path = format!("/v1/stages/{stage}/plugin/rollback");
+            client.native(Method::POST, &path, HeaderMap::new(), Default::default()).await?
+        }
+        PluginAction::List { .. } => {
+            for stage in status["stages"].as_array().into_iter().flatten() {
+                println!("stage `{}`:", stage["name"].as_str().unwrap_or(""));
+                for v in stage["versions"].as_array().into_iter().flatten() {
+                    println!(
+                        "  {} {} sha256 {} since {}  in {} out {} failures {}",
+                        if v["active"] == true { "*" } else { " " },
+                        v["plugin"].as_str().unwrap_or(""),
+                        &v["sha256"].as_str().unwrap_or("")[..12.min(v["sha256"].as_str().unwrap_or("").len())],
+                        v["since"].as_str().unwrap_or(""),
+                        v["records_in"],
+                        v["records_out"],
+                        v["failures"],
+                    );
+                }
+            }
+            return Ok(());
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&answer)?);
+    Ok(())
 }
 
 fn client_verb<F, Fut>(target: &Target, f: F) -> anyhow::Result<()>

@@ -104,24 +104,63 @@ impl Client {
         if let Ok(target) = HeaderValue::from_str(&format!("{}.{operation}", service.target_prefix())) {
             headers.insert("x-amz-target", target);
         }
-        if let Some(key) = &self.key {
-            let signer = sigv4::Signer { key, region: "us-east-1", service: service.signing_name() };
-            signer.sign(&Method::POST, &uri, &mut headers, &body, SystemTime::now());
+        let (status, value) = self.send(Method::POST, uri, headers, body, service.signing_name()).await?;
+        if (200..300).contains(&status) {
+            return Ok(value);
         }
-        let mut request = Request::post(uri).body(Full::new(body)).map_err(|e| self.unreachable(e))?;
+        Err(ClientError::Api {
+            status,
+            kind: value["__type"].as_str().unwrap_or("Error").to_owned(),
+            message: value["message"].as_str().map_or_else(|| format!("HTTP {status}"), str::to_owned),
+        })
+    }
+
+    /// Calls weir's native API, e.g. `PUT /v1/stages/etl/plugin`, and returns its JSON answer.
+    pub async fn native(
+        &self,
+        method: Method,
+        path: &str,
+        mut headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<Value, ClientError> {
+        let uri: Uri = format!("{}{path}", self.endpoint.to_string().trim_end_matches('/'))
+            .parse()
+            .map_err(|_| ClientError::Endpoint(self.endpoint.to_string()))?;
+        if !headers.contains_key("content-type") {
+            headers.insert("content-type", HeaderValue::from_static("application/octet-stream"));
+        }
+        let (status, value) = self.send(method, uri, headers, body, "kinesis").await?;
+        if (200..300).contains(&status) {
+            return Ok(value);
+        }
+        let error = &value["error"];
+        Err(ClientError::Api {
+            status,
+            kind: error["code"].as_str().unwrap_or("Error").to_owned(),
+            message: error["message"].as_str().map_or_else(|| format!("HTTP {status}"), str::to_owned),
+        })
+    }
+
+    /// Signs (with a key) and sends a request; the status and the JSON answer.
+    async fn send(
+        &self,
+        method: Method,
+        uri: Uri,
+        mut headers: HeaderMap,
+        body: Bytes,
+        service: &str,
+    ) -> Result<(u16, Value), ClientError> {
+        if let Some(key) = &self.key {
+            let signer = sigv4::Signer { key, region: "us-east-1", service };
+            signer.sign(&method, &uri, &mut headers, &body, SystemTime::now());
+        }
+        let mut request =
+            Request::builder().method(method).uri(uri).body(Full::new(body)).map_err(|e| self.unreachable(e))?;
         *request.headers_mut() = headers;
         let response = self.http.request(request).await.map_err(|e| self.unreachable(e))?;
         let status = response.status();
         let bytes = response.into_body().collect().await.map_err(|e| self.unreachable(e))?.to_bytes();
-        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        if status.is_success() {
-            return Ok(value);
-        }
-        Err(ClientError::Api {
-            status: status.as_u16(),
-            kind: value["__type"].as_str().unwrap_or("Error").to_owned(),
-            message: value["message"].as_str().map_or_else(|| format!("HTTP {status}"), str::to_owned),
-        })
+        Ok((status.as_u16(), serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
     }
 
     fn unreachable(&self, e: impl std::fmt::Display) -> ClientError {

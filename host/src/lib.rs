@@ -19,5 +19,6 @@ pub mod plugin;
 pub mod sink;
 pub mod stage;
 pub mod stream;
+pub mod swap;
 pub mod warehouse;
 pub mod window;

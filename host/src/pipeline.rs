@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -15,8 +15,9 @@ use crate::sink::{FileSink, SinkError};
 use crate::stage::{Stage, StageHandle, StageOutput, StageStatus};
 use crate::stream::{
     Appended, DEFAULT_CAPACITY, DEFAULT_FSYNC_INTERVAL, DiskStreamSpec, DiskStreams, FileSyncer, FsyncPolicy,
-    NewRecord, StreamError, StreamStore, shard_id,
+    NewRecord, StoredRecord, StreamError, StreamStore, shard_id,
 };
+use crate::swap::{Candidate, SwapCommand, VersionStatus};
 
 /// Why a pipeline could not start.
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +112,8 @@ pub struct Host {
     buffers: Arc<DiskStreams>,
     deliveries: Vec<Delivery>,
     started: Instant,
+    /// Compiles swapped-in plugins.
+    engine: Arc<PluginEngine>,
 }
 
 impl Host {
@@ -208,6 +211,7 @@ impl Host {
             buffers,
             deliveries,
             started: Instant::now(),
+            engine: engine.clone(),
         }))
     }
 
@@ -245,13 +249,7 @@ impl Host {
     }
 
     /// Up to `max` records of a stream's shard from sequence `from`.
-    pub fn read(
-        &self,
-        stream: &str,
-        shard: u32,
-        from: u64,
-        max: usize,
-    ) -> Result<Vec<crate::stream::StoredRecord>, StreamError> {
+    pub fn read(&self, stream: &str, shard: u32, from: u64, max: usize) -> Result<Vec<StoredRecord>, StreamError> {
         self.streams.read(stream, shard, from, max)
     }
 
@@ -305,6 +303,105 @@ impl Host {
         for delivery in &self.deliveries {
             delivery.drain();
         }
+    }
+}
+
+/// How long a swap or rollback waits for its stage to reach a batch boundary.
+const SWAP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How many of the input's latest records a swap candidate must process without failing.
+const CANARY_RECORDS: u64 = 16;
+
+/// Why a swap or rollback did not happen; the running version keeps running.
+#[derive(Debug, thiserror::Error)]
+pub enum SwapError {
+    /// No such stage.
+    #[error("pipeline `{pipeline}` has no stage `{stage}`")]
+    UnknownStage {
+        /// The pipeline.
+        pipeline: String,
+        /// The stage asked for.
+        stage: String,
+    },
+    /// The candidate was refused; the reason says which check failed.
+    #[error("candidate refused, stage `{stage}` keeps its running version: {reason}")]
+    Refused {
+        /// The stage.
+        stage: String,
+        /// Why.
+        reason: String,
+    },
+    /// The stage could not apply it (stopped, or no version to roll back to).
+    #[error("{0}")]
+    Stage(String),
+}
+
+impl Host {
+    /// Replaces a stage's plugin while its stream flows. The candidate must
+    /// compile, implement the transformer world, start within the stage's
+    /// limits, and process the input's latest records without failing (its
+    /// outcomes may say `processing-failed`; a trap, deadline or error may
+    /// not). Then the stage switches at its next batch boundary: every batch
+    /// is processed by one version, none twice, none skipped.
+    pub fn swap_plugin(
+        &self,
+        stage: &str,
+        component: &[u8],
+        version: Option<&str>,
+    ) -> Result<VersionStatus, SwapError> {
+        let (spec, handle) = self.stage(stage)?;
+        let refused = |reason: String| SwapError::Refused { stage: stage.to_owned(), reason };
+        let label = PathBuf::from(format!("upload for stage {stage}"));
+        let compiled = self.engine.compile_bytes(component, &label).map_err(|e| refused(e.to_string()))?;
+        let plugin = format!("{}@{}", spec.plugin.info.name, version.unwrap_or("upload"));
+        let ident = Arc::new(PluginIdent {
+            pipeline: self.pipeline.name.to_string(),
+            stage: stage.to_owned(),
+            plugin: plugin.clone(),
+        });
+        let sha256 = compiled.sha256.clone();
+        let sandbox = SandboxSpec { ident, limits: spec.limits, grants: spec.grants.clone() };
+        let candidate = TransformerPlugin::new(&self.engine, compiled, sandbox, spec.config.clone())
+            .map_err(|e| refused(e.to_string()))?;
+        let mut instance = candidate.instantiate().map_err(|e| refused(e.to_string()))?;
+        // A canary: the latest input records, processed without a plugin failure.
+        let canary = self.canary(spec.input.as_str());
+        if !canary.is_empty() {
+            let mut batch =
+                crate::plugin::Batch::with_capacity(canary.len(), canary.iter().map(|r| r.data.len()).sum());
+            for r in &canary {
+                batch.push(&r.key, r.event_time_ms, &r.data);
+            }
+            instance.transform(&batch).map_err(|e| refused(format!("failed on the input's latest records: {e}")))?;
+            // A fresh instance runs the stream: the canary leaves no state behind.
+            instance = candidate.instantiate().map_err(|e| refused(e.to_string()))?;
+        }
+        let version = crate::swap::PluginVersion::new(plugin, sha256);
+        let command = SwapCommand::Swap(Box::new(Candidate { plugin: candidate, instance, version }));
+        handle.command(command, SWAP_TIMEOUT).map_err(SwapError::Stage)
+    }
+
+    /// Goes back to the version a stage ran before its last swap.
+    pub fn rollback_plugin(&self, stage: &str) -> Result<VersionStatus, SwapError> {
+        let (_, handle) = self.stage(stage)?;
+        handle.command(SwapCommand::Rollback, SWAP_TIMEOUT).map_err(SwapError::Stage)
+    }
+
+    fn stage(&self, stage: &str) -> Result<(&crate::manifest::StageSpec, &StageHandle), SwapError> {
+        let unknown = || SwapError::UnknownStage { pipeline: self.pipeline.name.to_string(), stage: stage.to_owned() };
+        let spec = self.pipeline.stages.iter().find(|s| s.name.as_str() == stage).ok_or_else(unknown)?;
+        let handle = self.stages.iter().find(|h| h.status().name == stage).ok_or_else(unknown)?;
+        Ok((spec, handle))
+    }
+
+    /// The latest records of a stream's open shards, a few from each.
+    fn canary(&self, stream: &str) -> Vec<StoredRecord> {
+        let Ok(info) = self.streams.info(stream) else { return Vec::new() };
+        let mut records = Vec::new();
+        for shard in info.shards.iter().filter(|s| s.closed_at.is_none()) {
+            let from = shard.end.saturating_sub(CANARY_RECORDS).max(shard.oldest);
+            records.extend(self.streams.read(stream, shard.index, from, CANARY_RECORDS as usize).unwrap_or_default());
+        }
+        records
     }
 }
 

@@ -5,6 +5,7 @@
 //! a plugin that keeps failing is restarted with backoff (1 s doubling to 30 s).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use crate::manifest::{ErrorPolicy, StageSpec};
 use crate::plugin::{Batch, Outcome, PluginError, TransformerInstance, TransformerPlugin};
 use crate::sink::{DeadLetter, DeadLetterOrigin, FileSink, OutRecord};
 use crate::stream::{NewRecord, StoredRecord, StreamError, StreamStore};
+use crate::swap::{Candidate, PluginVersion, SwapCommand, SwapReply, VersionStatus};
 
 /// First restart delay after repeated failures; doubles up to [`MAX_BACKOFF`].
 pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -73,6 +75,8 @@ pub struct StageStats {
     pub failures: AtomicU64,
     /// Plugin instances created after the first.
     pub restarts: AtomicU64,
+    /// Every plugin version the stage has run, the active one last.
+    versions: Mutex<Vec<Arc<PluginVersion>>>,
     phase: Mutex<Option<Phase>>,
     last_error: Mutex<Option<String>>,
 }
@@ -106,9 +110,15 @@ pub struct StageStatus {
     pub restarts: u64,
     /// The most recent failure.
     pub last_error: Option<String>,
+    /// Every plugin version it has run (hot swaps), the active one last.
+    pub versions: Vec<VersionStatus>,
 }
 
 impl StageStats {
+    fn versions(&self) -> Vec<VersionStatus> {
+        self.versions.lock().map(|v| v.iter().map(|v| v.status()).collect()).unwrap_or_default()
+    }
+
     fn set_phase(&self, phase: Phase) {
         if let Ok(mut p) = self.phase.lock() {
             *p = Some(phase);
@@ -132,6 +142,11 @@ pub struct Stage {
     origin: DeadLetterOrigin,
     stats: Arc<StageStats>,
     draining: Arc<AtomicBool>,
+    /// The version running now, and the one before the last swap (for rollback).
+    version: Arc<PluginVersion>,
+    previous: Option<(TransformerPlugin, Arc<PluginVersion>)>,
+    commands: Receiver<(SwapCommand, Sender<SwapReply>)>,
+    commands_in: Sender<(SwapCommand, Sender<SwapReply>)>,
 }
 
 /// A running stage.
@@ -139,8 +154,7 @@ pub struct StageHandle {
     /// Its counters.
     pub stats: Arc<StageStats>,
     name: String,
-    plugin: String,
-    plugin_sha256: String,
+    commands: Mutex<Sender<(SwapCommand, Sender<SwapReply>)>>,
     /// The stream it reads.
     pub input: String,
     /// The stream it writes, if it writes to one.
@@ -154,10 +168,12 @@ impl StageHandle {
     pub fn status(&self) -> StageStatus {
         let s = &self.stats;
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let versions = s.versions();
+        let active = versions.last();
         StageStatus {
             name: self.name.clone(),
-            plugin: self.plugin.clone(),
-            plugin_sha256: self.plugin_sha256.clone(),
+            plugin: active.map(|v| v.plugin.clone()).unwrap_or_default(),
+            plugin_sha256: active.map(|v| v.sha256.clone()).unwrap_or_default(),
             phase: s.phase.lock().ok().and_then(|p| *p).unwrap_or(Phase::Running),
             records_in: get(&s.records_in),
             records_out: get(&s.records_out),
@@ -168,6 +184,21 @@ impl StageHandle {
             failures: get(&s.failures),
             restarts: get(&s.restarts),
             last_error: s.last_error.lock().ok().and_then(|l| l.clone()),
+            versions,
+        }
+    }
+
+    /// Hands a command to the stage and waits (at most `timeout`) for it to
+    /// be applied at the next batch boundary.
+    pub fn command(&self, command: SwapCommand, timeout: Duration) -> SwapReply {
+        let (reply, answer) = std::sync::mpsc::channel();
+        let sent = self.commands.lock().map_err(|_| "the stage is not running".to_owned())?.send((command, reply));
+        if sent.is_err() {
+            return Err(format!("stage `{}` is not running", self.name));
+        }
+        match answer.recv_timeout(timeout) {
+            Ok(reply) => reply,
+            Err(_) => Err(format!("stage `{}` did not reach a batch boundary within {timeout:?}", self.name)),
         }
     }
 
@@ -211,7 +242,26 @@ impl Stage {
             plugin: plugin.spec.ident.plugin.clone(),
             plugin_sha256: plugin.compiled.sha256.clone(),
         };
-        Self { spec, plugin, streams, output, dead_letters, origin, stats: Arc::default(), draining: Arc::default() }
+        let version = PluginVersion::new(origin.plugin.clone(), origin.plugin_sha256.clone());
+        let stats = Arc::new(StageStats::default());
+        if let Ok(mut versions) = stats.versions.lock() {
+            versions.push(version.clone());
+        }
+        let (commands_in, commands) = std::sync::mpsc::channel();
+        Self {
+            spec,
+            plugin,
+            streams,
+            output,
+            dead_letters,
+            origin,
+            stats,
+            draining: Arc::default(),
+            version,
+            previous: None,
+            commands,
+            commands_in,
+        }
     }
 
     /// The stage's name.
@@ -223,7 +273,7 @@ impl Stage {
     pub fn spawn(self) -> std::io::Result<StageHandle> {
         let stats = self.stats.clone();
         let name = self.spec.name.to_string();
-        let (plugin, plugin_sha256) = (self.origin.plugin.clone(), self.origin.plugin_sha256.clone());
+        let commands = Mutex::new(self.commands_in.clone());
         let input = self.spec.input.to_string();
         let output_stream = match &self.output {
             StageOutput::Stream(s) => Some(s.clone()),
@@ -231,23 +281,14 @@ impl Stage {
         };
         let draining = self.draining.clone();
         let thread = std::thread::Builder::new().name(format!("stage-{name}")).spawn(move || self.run())?;
-        Ok(StageHandle {
-            stats,
-            name,
-            plugin,
-            plugin_sha256,
-            input,
-            output_stream,
-            draining,
-            thread: Mutex::new(Some(thread)),
-        })
+        Ok(StageHandle { stats, name, commands, input, output_stream, draining, thread: Mutex::new(Some(thread)) })
     }
 
-    fn run(self) {
+    fn run(mut self) {
         let span = tracing::info_span!("stage", pipeline = %self.origin.pipeline, stage = %self.origin.stage, plugin = %self.origin.plugin);
         let _enter = span.enter();
-        let input = self.spec.input.as_str();
-        let consumer = self.spec.name.as_str();
+        let spec = self.spec.clone();
+        let (input, consumer) = (spec.input.as_str(), spec.name.as_str());
         // One position per shard; batches never mix shards, so order per key holds.
         let positions: Result<Vec<u64>, StreamError> = self
             .streams
@@ -267,6 +308,10 @@ impl Stage {
         let mut consecutive_failures = 0u32;
         let mut next_shard = 0usize;
         loop {
+            // A batch boundary: swaps and rollbacks happen here, never inside a batch.
+            while let Ok((command, reply)) = self.commands.try_recv() {
+                let _ = reply.send(self.apply(command, &mut instance));
+            }
             let seen = self.streams.changes(input).unwrap_or(0);
             let ready = match self.next_ready_shard(&mut positions, next_shard) {
                 Ok(r) => r,
@@ -350,6 +395,35 @@ impl Stage {
         self.stats.set_phase(Phase::Finished);
     }
 
+    /// Switches plugin versions between two batches.
+    fn apply(&mut self, command: SwapCommand, instance: &mut Option<TransformerInstance>) -> SwapReply {
+        let (plugin, fresh, version) = match command {
+            SwapCommand::Swap(candidate) => {
+                let Candidate { plugin, instance, version } = *candidate;
+                (plugin, Some(instance), version)
+            }
+            SwapCommand::Rollback => {
+                let Some((plugin, version)) = self.previous.take() else {
+                    return Err(format!("stage `{}` has no previous version to roll back to", self.spec.name));
+                };
+                let again = PluginVersion::new(version.plugin.clone(), version.sha256.clone());
+                (plugin, None, again)
+            }
+        };
+        let old_plugin = std::mem::replace(&mut self.plugin, plugin);
+        let old_version = std::mem::replace(&mut self.version, version.clone());
+        old_version.set_active(false);
+        self.previous = Some((old_plugin, old_version.clone()));
+        *instance = fresh;
+        self.origin.plugin = version.plugin.clone();
+        self.origin.plugin_sha256 = version.sha256.clone();
+        if let Ok(mut versions) = self.stats.versions.lock() {
+            versions.push(version.clone());
+        }
+        tracing::info!(from = %old_version.sha256, to = %version.sha256, plugin = %version.plugin, "plugin swapped at a batch boundary");
+        Ok(version.status())
+    }
+
     /// The first shard, starting at `from` and going round, with records past
     /// its position and no unfinished parent: a parent's records all come
     /// before its children's, so order per key holds across resharding.
@@ -418,6 +492,7 @@ impl Stage {
         match result {
             Ok(t) => {
                 self.stats.records_in.fetch_add(records.len() as u64, Ordering::Relaxed);
+                self.version.records_in.fetch_add(records.len() as u64, Ordering::Relaxed);
                 self.stats.batches.fetch_add(1, Ordering::Relaxed);
                 (self.deliver(records, &t), false)
             }
@@ -464,6 +539,7 @@ impl Stage {
             return BatchEnd::Retry;
         }
         self.stats.records_out.fetch_add(out.len() as u64, Ordering::Relaxed);
+        self.version.records_out.fetch_add(out.len() as u64, Ordering::Relaxed);
         self.stats.dropped.fetch_add(dropped, Ordering::Relaxed);
         self.stats.dead_lettered.fetch_add(letters.len() as u64, Ordering::Relaxed);
         BatchEnd::Done
@@ -508,6 +584,7 @@ impl Stage {
     /// The plugin failed on this batch: report it and apply the error policy.
     fn failed(&self, records: &[StoredRecord], e: PluginError) -> BatchEnd {
         self.stats.failures.fetch_add(1, Ordering::Relaxed);
+        self.version.failures.fetch_add(1, Ordering::Relaxed);
         let message = format!("{}: {e}", self.plugin.spec.ident);
         tracing::error!(error_code = e.code(), records = records.len(), policy = ?self.spec.on_error, "{message}");
         self.stats.set_error(message);
@@ -516,6 +593,7 @@ impl Stage {
             return if self.spec.on_error == ErrorPolicy::Stop { BatchEnd::Stop } else { BatchEnd::Retry };
         }
         self.stats.records_in.fetch_add(records.len() as u64, Ordering::Relaxed);
+        self.version.records_in.fetch_add(records.len() as u64, Ordering::Relaxed);
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         match self.spec.on_error {
             ErrorPolicy::DeadLetter => {

@@ -7,6 +7,7 @@
 //!   ([`sigv4`]), against the access keys of the manifest's `[api]` section,
 //!   unless the host runs with `--insecure-no-auth`.
 
+pub mod admin;
 pub mod firehose;
 pub mod kinesis;
 pub mod native;
@@ -57,6 +58,11 @@ pub fn router(host: Arc<Host>, auth: Auth) -> Router {
         .route("/v1/pipeline", get(native::pipeline_status))
         .route("/v1/streams/{stream}/records", post(native::put_records).get(native::get_records))
         .route("/v1/delivery/{name}/records", post(native::put_delivery_records))
+        .route(
+            "/v1/stages/{stage}/plugin",
+            get(admin::versions).put(admin::swap).layer(DefaultBodyLimit::max(admin::MAX_COMPONENT_BYTES)),
+        )
+        .route("/v1/stages/{stage}/plugin/rollback", post(admin::rollback))
         // Outermost first: authenticate the body as sent, then decompress it.
         .layer(middleware::from_fn_with_state(state.clone(), decompress))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
@@ -65,6 +71,13 @@ pub fn router(host: Arc<Host>, auth: Auth) -> Router {
         .merge(authenticated)
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
+}
+
+impl ApiState {
+    /// The largest body a route takes: records as the manifest says, components for swaps.
+    fn body_limit(&self, path: &str) -> usize {
+        if path.starts_with("/v1/stages/") { self.max_body.max(admin::MAX_COMPONENT_BYTES) } else { self.max_body }
+    }
 }
 
 fn random_secret() -> [u8; 32] {
@@ -82,11 +95,12 @@ fn random_secret() -> [u8; 32] {
 async fn authenticate(State(state): State<Arc<ApiState>>, request: Request, next: Next) -> Response {
     let Auth::Keys(keys) = &state.auth else { return next.run(request).await };
     let aws_protocol = request.uri().path() == "/";
+    let limit = state.body_limit(request.uri().path());
     let (parts, body) = request.into_parts();
-    let bytes = match axum::body::to_bytes(body, state.max_body).await {
+    let bytes = match axum::body::to_bytes(body, limit).await {
         Ok(b) => b,
         Err(_) => {
-            let message = format!("the body is larger than the limit of {} bytes", state.max_body);
+            let message = format!("the body is larger than the limit of {limit} bytes");
             return refuse(aws_protocol, StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge", message);
         }
     };
@@ -113,14 +127,15 @@ async fn decompress(State(state): State<Arc<ApiState>>, request: Request, next: 
             return refuse(aws_protocol, StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType", message);
         }
     }
+    let max = state.body_limit(request.uri().path());
     let (mut parts, body) = request.into_parts();
     let too_large = |what: &str| {
-        let message = format!("the {what} body is larger than the limit of {} bytes", state.max_body);
+        let message = format!("the {what} body is larger than the limit of {max} bytes");
         refuse(aws_protocol, StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge", message)
     };
-    let Ok(compressed) = axum::body::to_bytes(body, state.max_body).await else { return too_large("compressed") };
+    let Ok(compressed) = axum::body::to_bytes(body, max).await else { return too_large("compressed") };
     let mut decoded = Vec::new();
-    let limit = state.max_body as u64 + 1;
+    let limit = max as u64 + 1;
     let read = std::io::Read::read_to_end(
         &mut std::io::Read::take(flate2::read::GzDecoder::new(&compressed[..]), limit),
         &mut decoded,
@@ -129,7 +144,7 @@ async fn decompress(State(state): State<Arc<ApiState>>, request: Request, next: 
         let message = format!("the body is not valid gzip: {e}");
         return refuse(aws_protocol, StatusCode::BAD_REQUEST, "InvalidRequest", message);
     }
-    if decoded.len() > state.max_body {
+    if decoded.len() > max {
         return too_large("decompressed");
     }
     parts.headers.remove("content-encoding");

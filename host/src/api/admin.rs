@@ -1,0 +1,81 @@
+//! The admin API: hot swap of a stage's plugin while its stream flows.
+//!
+//! - `GET  /v1/stages/{stage}/plugin`: the versions the stage has run, the active one last
+//! - `PUT  /v1/stages/{stage}/plugin`: body = the new component (`.wasm`), header
+//!   `x-weir-plugin-version` = its version (optional); answers the version now running,
+//!   or 422 with the reason it was refused (the running version keeps running)
+//! - `POST /v1/stages/{stage}/plugin/rollback`: back to the version before the last swap
+//!
+//! These routes are authenticated like the rest of the API, and take bodies up to
+//! [`MAX_COMPONENT_BYTES`] (components built by some toolchains weigh tens of MiB).
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use serde_json::{Value, json};
+
+use super::native::ApiError;
+use crate::pipeline::SwapError;
+use crate::swap::VersionStatus;
+
+/// Largest component a swap may upload.
+pub const MAX_COMPONENT_BYTES: usize = 64 << 20;
+
+/// `GET /v1/stages/{stage}/plugin`
+pub async fn versions(
+    State(api): State<Arc<super::ApiState>>,
+    Path(stage): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let status = api.host.status();
+    let Some(found) = status.stages.into_iter().find(|s| s.name == stage) else {
+        return Err(unknown(&api, &stage));
+    };
+    Ok(axum::Json(json!({"stage": stage, "versions": found.versions})))
+}
+
+/// `PUT /v1/stages/{stage}/plugin`
+pub async fn swap(
+    State(api): State<Arc<super::ApiState>>,
+    Path(stage): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<axum::Json<VersionStatus>, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "InvalidRequest", "the body must be the component (.wasm)"));
+    }
+    let version = headers.get("x-weir-plugin-version").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let host = api.host.clone();
+    // Compiling a component takes a while: off the async workers.
+    let result = tokio::task::spawn_blocking(move || host.swap_plugin(&stage, &body, version.as_deref()))
+        .await
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", "the swap failed"))?;
+    result.map(axum::Json).map_err(swap_error)
+}
+
+/// `POST /v1/stages/{stage}/plugin/rollback`
+pub async fn rollback(
+    State(api): State<Arc<super::ApiState>>,
+    Path(stage): Path<String>,
+) -> Result<axum::Json<VersionStatus>, ApiError> {
+    let host = api.host.clone();
+    let result = tokio::task::spawn_blocking(move || host.rollback_plugin(&stage))
+        .await
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", "the rollback failed"))?;
+    result.map(axum::Json).map_err(swap_error)
+}
+
+fn unknown(api: &super::ApiState, stage: &str) -> ApiError {
+    swap_error(SwapError::UnknownStage { pipeline: api.host.pipeline.name.to_string(), stage: stage.to_owned() })
+}
+
+fn swap_error(e: SwapError) -> ApiError {
+    let (status, code) = match &e {
+        SwapError::UnknownStage { .. } => (StatusCode::NOT_FOUND, "UnknownStage"),
+        SwapError::Refused { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "CandidateRefused"),
+        SwapError::Stage(_) => (StatusCode::CONFLICT, "SwapNotApplied"),
+    };
+    tracing::warn!(error = %e, "plugin swap not applied");
+    ApiError::new(status, code, e.to_string())
+}

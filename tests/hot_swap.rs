@@ -1,0 +1,192 @@
+//! Hot swap under continuous load: a stage's plugin is swapped twenty times
+//! between two builds with visibly different output (`v1|...` / `v2|...`),
+//! through the admin API, with invalid candidates in between that must be
+//! refused. Every input record comes out exactly once, every batch is
+//! processed by exactly one version, refused candidates never process a
+//! record, and a rollback brings back the previous version.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::Value;
+use sha2::Digest as _;
+use weir_host::stream::NewRecord;
+use weir_tests::{TestHost, artifacts};
+
+const MANIFEST: &str = r#"
+[pipeline]
+name = "swap-test"
+data-dir = "data"
+
+[sources.http]
+kind = "http"
+stream = "in"
+
+[streams.in]
+[streams.out]
+
+[stages.tag]
+plugin = "{root}/tests/guests/swap-v1"
+input = "in"
+output = "out"
+batch-size = 50
+batch-wait = "2ms"
+# Only a hostile candidate reads this: it traps, so the canary refuses it.
+config = { mode = "trap" }
+"#;
+
+fn sha256(bytes: &[u8]) -> String {
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn swap(host: &TestHost, component: &[u8], version: &str) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .put(format!("{}/v1/stages/tag/plugin", host.url))
+        .header("content-type", "application/wasm")
+        .header("x-weir-plugin-version", version)
+        .body(component.to_vec())
+        .send()
+        .await
+        .expect("swap request");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("JSON answer"))
+}
+
+/// Every record of a one-shard stream, as text.
+fn read_all(host: &TestHost, stream: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    loop {
+        let records = host.host.read(stream, 0, out.len() as u64, 10_000).expect("read");
+        if records.is_empty() {
+            return out;
+        }
+        out.extend(records.iter().map(|r| String::from_utf8_lossy(&r.data).into_owned()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_swaps_under_load_lose_nothing_and_refused_candidates_never_run() {
+    let mut host = TestHost::start(MANIFEST).await.expect("start");
+    let v1 = std::fs::read(artifacts::SWAP_V1).expect("swap-v1 component");
+    let v2 = std::fs::read(artifacts::SWAP_V2).expect("swap-v2 component");
+    let invalid: Vec<(&str, Vec<u8>)> = vec![
+        ("garbage", b"\0asm not really a component".to_vec()),
+        ("an aggregator", std::fs::read(artifacts::SUM_AGGREGATOR).expect("aggregator component")),
+        ("a transformer that traps", std::fs::read(artifacts::HOSTILE).expect("hostile component")),
+    ];
+
+    // Continuous load: numbered records, put in small batches until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let producer = {
+        let (stop, sent, host) = (stop.clone(), sent.clone(), host.host.clone());
+        tokio::task::spawn_blocking(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let first = sent.load(Ordering::Relaxed);
+                let records: Vec<NewRecord> = (first..first + 20)
+                    .map(|n| NewRecord {
+                        key: format!("k{}", n % 7),
+                        event_time_ms: None,
+                        data: Bytes::from(format!("n{n:07}")),
+                        explicit_hash_key: None,
+                    })
+                    .collect();
+                let results = host.put("in", records).expect("put");
+                assert!(results.iter().all(Result::is_ok), "every put is taken");
+                sent.fetch_add(20, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    while sent.load(Ordering::Relaxed) < 200 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    let mut refused = Vec::new();
+    for i in 0..20 {
+        let (component, version) = if i % 2 == 0 { (&v2, "0.2.0") } else { (&v1, "0.1.0") };
+        let (status, answer) = swap(&host, component, version).await;
+        assert_eq!(status, 200, "swap {i}: {answer}");
+        assert_eq!(answer["sha256"], sha256(component), "swap {i} runs the uploaded build");
+        assert_eq!(answer["active"], true);
+        if i % 7 == 3 {
+            let (what, bytes) = &invalid[(i / 7) % invalid.len()];
+            let (status, answer) = swap(&host, bytes, "bad").await;
+            assert_eq!(status, 422, "{what} must be refused: {answer}");
+            assert_eq!(answer["error"]["code"], "CandidateRefused", "{answer}");
+            refused.push(sha256(bytes));
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    // A refusal names the check that failed.
+    let (status, answer) = swap(&host, &invalid[2].1, "bad").await;
+    assert_eq!(status, 422, "{answer}");
+    assert!(answer["error"]["message"].as_str().is_some_and(|m| m.contains("latest records")), "{answer}");
+    refused.push(sha256(&invalid[2].1));
+
+    stop.store(true, Ordering::Relaxed);
+    producer.await.expect("producer");
+    let total = sent.load(Ordering::Relaxed);
+    host.wait_until("the stage to catch up", |s| s.stages[0].records_in == total).await;
+
+    // Every input record exactly once, every batch from one version.
+    let out = read_all(&host, "out");
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let mut batches: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in &out {
+        let mut parts = line.splitn(3, '|');
+        let (Some(version), Some(batch), Some(payload)) = (parts.next(), parts.next(), parts.next()) else {
+            panic!("untagged output {line}");
+        };
+        *seen.entry(payload.to_owned()).or_default() += 1;
+        batches.entry(batch.to_owned()).or_default().push(version.to_owned());
+    }
+    assert_eq!(seen.len() as u64, total, "every input record comes out");
+    assert!(seen.values().all(|&n| n == 1), "no record is processed twice");
+    for (batch, versions) in &batches {
+        assert!(versions.iter().all(|v| v == &versions[0]), "batch {batch} mixes versions: {versions:?}");
+    }
+    let used: std::collections::BTreeSet<&str> = batches.values().map(|v| v[0].as_str()).collect();
+    assert_eq!(used.into_iter().collect::<Vec<_>>(), vec!["v1", "v2"]);
+
+    // Visibility: 21 versions, the last one active, refused candidates absent.
+    let versions: Value =
+        reqwest::get(format!("{}/v1/stages/tag/plugin", host.url)).await.expect("versions").json().await.expect("JSON");
+    let versions = versions["versions"].as_array().cloned().unwrap_or_default();
+    assert_eq!(versions.len(), 21);
+    assert_eq!(versions.iter().filter(|v| v["active"] == true).count(), 1);
+    assert_eq!(versions[20]["active"], true);
+    assert!(versions.iter().all(|v| !refused.contains(&v["sha256"].as_str().unwrap_or("").to_owned())));
+    let processed: u64 = versions.iter().map(|v| v["records_in"].as_u64().unwrap_or(0)).sum();
+    assert_eq!(processed, total, "per-version counters add up");
+
+    // Rollback: the version before the last swap (v2) runs again.
+    let rolled: Value = reqwest::Client::new()
+        .post(format!("{}/v1/stages/tag/plugin/rollback", host.url))
+        .send()
+        .await
+        .expect("rollback")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(rolled["sha256"], sha256(&v2), "{rolled}");
+    let started = Instant::now();
+    host.host
+        .put(
+            "in",
+            vec![NewRecord {
+                key: "k".into(),
+                event_time_ms: None,
+                data: Bytes::from_static(b"after-rollback"),
+                explicit_hash_key: None,
+            }],
+        )
+        .expect("put");
+    host.wait_until("the record after the rollback", |s| s.stages[0].records_in == total + 1).await;
+    let last = read_all(&host, "out").pop().unwrap_or_default();
+    assert!(last.starts_with("v2|"), "{last} (after {:?})", started.elapsed());
+    host.stop().await;
+}
