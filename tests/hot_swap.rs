@@ -190,3 +190,62 @@ async fn twenty_swaps_under_load_lose_nothing_and_refused_candidates_never_run()
     assert!(last.starts_with("v2|"), "{last} (after {:?})", started.elapsed());
     host.stop().await;
 }
+
+const PROBATION_MANIFEST: &str = r#"
+[pipeline]
+name = "probation-test"
+data-dir = "data"
+
+[sources.http]
+kind = "http"
+stream = "in"
+
+[streams.in]
+[streams.out]
+
+[stages.tag]
+plugin = "{root}/tests/guests/swap-v1"
+input = "in"
+output = "out"
+batch-size = 1
+batch-wait = "1ms"
+config = { mode = "trap-on-boom" }
+hot-swap = { probation = "60s", max-failure-rate = 0.5 }
+"#;
+
+fn records(payloads: &[&str]) -> Vec<NewRecord> {
+    payloads
+        .iter()
+        .map(|p| NewRecord {
+            key: "k".into(),
+            event_time_ms: None,
+            data: Bytes::from(p.to_string()),
+            explicit_hash_key: None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_version_failing_most_batches_on_probation_is_rolled_back() {
+    let mut host = TestHost::start(PROBATION_MANIFEST).await.expect("start");
+    host.host.put("in", records(&["a", "b", "c"])).expect("put");
+    host.wait_until("the first records", |s| s.stages[0].records_in == 3).await;
+    // This candidate passes the canary (the latest records are fine) but traps on "boom".
+    let hostile = std::fs::read(artifacts::HOSTILE).expect("hostile component");
+    let (status, answer) = swap(&host, &hostile, "0.9.0").await;
+    assert_eq!(status, 200, "{answer}");
+
+    host.host.put("in", records(&["boom"; 8])).expect("put");
+    host.wait_until("every record", |s| s.stages[0].records_in == 11).await;
+    let stage = host.host.status().stages.remove(0);
+    let plugins: Vec<&str> = stage.versions.iter().map(|v| v.plugin.as_str()).collect();
+    assert_eq!(plugins, vec!["swap-v1@0.1.0", "swap-v1@0.9.0", "swap-v1@0.1.0"], "rolled back to the first version");
+    assert!(stage.versions[2].active);
+    assert_eq!(stage.versions[1].failures, 3, "rolled back after 3 failed batches: {:?}", stage.versions[1]);
+    assert!(stage.last_error.as_deref().is_some_and(|e| e.contains("rolled back automatically")), "{stage:?}");
+    // The failed batches' records are in the dead letters, the rest went through v1: none lost.
+    let out = read_all(&host, "out");
+    assert_eq!(out.iter().filter(|l| l.starts_with("v1|boom|")).count(), 5, "{out:?}");
+    assert_eq!(stage.dead_lettered, 3);
+    host.stop().await;
+}

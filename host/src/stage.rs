@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -145,6 +145,8 @@ pub struct Stage {
     /// The version running now, and the one before the last swap (for rollback).
     version: Arc<PluginVersion>,
     previous: Option<(TransformerPlugin, Arc<PluginVersion>)>,
+    /// Until when the version swapped in last is watched for failures.
+    probation_until: Option<Instant>,
     commands: Receiver<(SwapCommand, Sender<SwapReply>)>,
     commands_in: Sender<(SwapCommand, Sender<SwapReply>)>,
 }
@@ -259,6 +261,7 @@ impl Stage {
             draining: Arc::default(),
             version,
             previous: None,
+            probation_until: None,
             commands,
             commands_in,
         }
@@ -351,6 +354,15 @@ impl Stage {
             };
             let Some(next) = records.last().map(|r| r.sequence + 1) else { continue };
             let (end, plugin_failed) = self.process(&records, &mut instance, &mut instances_created);
+            let rolled_back = self.probation_failed().is_some_and(|why| {
+                let back = self.apply(SwapCommand::Rollback, &mut instance);
+                match &back {
+                    Ok(v) => tracing::warn!(to = %v.sha256, "{why}; rolled back automatically"),
+                    Err(e) => tracing::error!(error = %e, "{why}; the rollback failed"),
+                }
+                self.stats.set_error(format!("{why}; rolled back automatically"));
+                back.is_ok()
+            });
             match end {
                 BatchEnd::Done => {
                     positions[shard] = next;
@@ -377,7 +389,9 @@ impl Stage {
                     return;
                 }
             }
-            if plugin_failed {
+            if rolled_back {
+                consecutive_failures = 0;
+            } else if plugin_failed {
                 consecutive_failures += 1;
                 self.back_off(consecutive_failures);
             } else {
@@ -410,6 +424,8 @@ impl Stage {
                 (plugin, None, again)
             }
         };
+        // A swapped-in version is on probation; a version rolled back to is not.
+        self.probation_until = fresh.is_some().then(|| Instant::now() + self.spec.hot_swap.probation);
         let old_plugin = std::mem::replace(&mut self.plugin, plugin);
         let old_version = std::mem::replace(&mut self.version, version.clone());
         old_version.set_active(false);
@@ -422,6 +438,26 @@ impl Stage {
         }
         tracing::info!(from = %old_version.sha256, to = %version.sha256, plugin = %version.plugin, "plugin swapped at a batch boundary");
         Ok(version.status())
+    }
+
+    /// Why the version on probation should be rolled back, if it should:
+    /// more than the allowed share of its batches failed (3 batches at least).
+    fn probation_failed(&mut self) -> Option<String> {
+        let until = self.probation_until?;
+        if Instant::now() >= until {
+            self.probation_until = None;
+            return None;
+        }
+        let batches = self.version.batches.load(Ordering::Relaxed);
+        let failures = self.version.failures.load(Ordering::Relaxed);
+        let rate = failures as f64 / batches.max(1) as f64;
+        (batches >= 3 && rate > self.spec.hot_swap.max_failure_rate).then(|| {
+            format!(
+                "version {} failed {failures} of its {batches} batches on probation (more than {:.0}%)",
+                self.version.plugin,
+                self.spec.hot_swap.max_failure_rate * 100.0
+            )
+        })
     }
 
     /// The first shard, starting at `from` and going round, with records past
@@ -459,9 +495,9 @@ impl Stage {
             "plugin keeps failing; backing off"
         );
         self.stats.set_phase(Phase::BackingOff);
-        let until = std::time::Instant::now() + delay;
-        while std::time::Instant::now() < until && !self.draining.load(Ordering::Relaxed) {
-            std::thread::sleep(IDLE_POLL.min(until.saturating_duration_since(std::time::Instant::now())));
+        let until = Instant::now() + delay;
+        while Instant::now() < until && !self.draining.load(Ordering::Relaxed) {
+            std::thread::sleep(IDLE_POLL.min(until.saturating_duration_since(Instant::now())));
         }
         self.stats.set_phase(Phase::Running);
     }
@@ -479,6 +515,7 @@ impl Stage {
         for r in records {
             batch.push(&r.key, r.event_time_ms, &r.data);
         }
+        self.version.batches.fetch_add(1, Ordering::Relaxed);
         let result = match instance {
             Some(i) => i.transform(&batch),
             None => {

@@ -24,6 +24,8 @@ pub struct PluginVersion {
     pub records_in: AtomicU64,
     /// Records it wrote.
     pub records_out: AtomicU64,
+    /// Batches it processed (failed or not).
+    pub batches: AtomicU64,
     /// Batches it failed.
     pub failures: AtomicU64,
     active: AtomicBool,
@@ -44,6 +46,8 @@ pub struct VersionStatus {
     pub records_in: u64,
     /// Records it wrote.
     pub records_out: u64,
+    /// Batches it processed.
+    pub batches: u64,
     /// Batches it failed.
     pub failures: u64,
 }
@@ -57,6 +61,7 @@ impl PluginVersion {
             since: crate::sink::format_ms(crate::stream::now_ms()),
             records_in: AtomicU64::new(0),
             records_out: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             active: AtomicBool::new(true),
         })
@@ -76,6 +81,7 @@ impl PluginVersion {
             active: self.active.load(Ordering::Relaxed),
             records_in: self.records_in.load(Ordering::Relaxed),
             records_out: self.records_out.load(Ordering::Relaxed),
+            batches: self.batches.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
         }
     }

@@ -39,6 +39,8 @@
 //! limits = { timeout = "2s", memory = "64MiB" }
 //! grants = { clock = false, dirs = [{ host = "../ref", guest = "/ref", access = "read-only" }] }
 //! config = { currency = "USD" }       # checked against the plugin's [config.*]
+//! hot-swap = { probation = "60s", max-failure-rate = 0.5 }   # after a swap (the defaults): a version
+//!                                     # failing more than half its batches (3 at least) is rolled back
 //!
 //! [sinks.rows]
 //! kind = "file"
@@ -244,6 +246,29 @@ struct RawStage {
     grants: Spanned<RawGrants>,
     #[serde(default = "absent")]
     config: Spanned<BTreeMap<Spanned<String>, toml::Value>>,
+    hot_swap: Option<Spanned<RawHotSwap>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawHotSwap {
+    probation: Option<Spanned<String>>,
+    max_failure_rate: Option<Spanned<f64>>,
+}
+
+/// What a stage does after a hot swap (`hot-swap = { ... }`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HotSwap {
+    /// How long a new version is watched after a swap.
+    pub probation: Duration,
+    /// Rolled back automatically when more than this share of its batches fail during probation.
+    pub max_failure_rate: f64,
+}
+
+impl Default for HotSwap {
+    fn default() -> Self {
+        Self { probation: Duration::from_secs(60), max_failure_rate: 0.5 }
+    }
 }
 
 /// The default of an optional table; its empty span means "not written".
@@ -534,6 +559,8 @@ pub struct StageSpec {
     pub grants: Grants,
     /// Configuration handed to the plugin (defaults filled in), values as text.
     pub config: Vec<(String, String)>,
+    /// Probation and automatic rollback after hot swaps.
+    pub hot_swap: HotSwap,
 }
 
 /// A `[sinks.<name>]` entry.
@@ -915,7 +942,21 @@ impl Checker<'_> {
                 }
             }
         }
+        let mut hot_swap = HotSwap::default();
+        if let Some(raw) = &raw.hot_swap {
+            let raw = raw.get_ref();
+            if let Some(p) = &raw.probation {
+                hot_swap.probation = self.duration(p, diags).unwrap_or(hot_swap.probation);
+            }
+            if let Some(rate) = &raw.max_failure_rate {
+                if !(0.0..=1.0).contains(rate.get_ref()) {
+                    diags.push(self.at(rate.span(), "max-failure-rate must be between 0.0 and 1.0".to_owned()));
+                }
+                hot_swap.max_failure_rate = *rate.get_ref();
+            }
+        }
         Some(StageSpec {
+            hot_swap,
             name,
             plugin: plugin?,
             input: input?,
