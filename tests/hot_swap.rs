@@ -249,3 +249,52 @@ async fn a_new_version_failing_most_batches_on_probation_is_rolled_back() {
     assert_eq!(stage.dead_lettered, 3);
     host.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_component_file_is_swapped_when_a_new_build_lands() {
+    let plugin = tempfile::tempdir().expect("tempdir");
+    let write_plugin = |version: &str, component: &str| {
+        let manifest = format!(
+            "[plugin]\nname = \"watched\"\nversion = \"{version}\"\nworld = \"transformer\"\n\n[build]\noutput = \"watched.wasm\"\n"
+        );
+        std::fs::write(plugin.path().join("plugin.toml"), manifest).expect("plugin.toml");
+        // Written aside then renamed, as a build tool does.
+        let tmp = plugin.path().join("watched.wasm.tmp");
+        std::fs::copy(component, &tmp).expect("component");
+        std::fs::rename(&tmp, plugin.path().join("watched.wasm")).expect("rename");
+    };
+    write_plugin("0.1.0", artifacts::SWAP_V1);
+    let manifest = format!(
+        r#"
+[pipeline]
+name = "watch-test"
+data-dir = "data"
+
+[sources.http]
+kind = "http"
+stream = "in"
+
+[streams.in]
+[streams.out]
+
+[stages.tag]
+plugin = "{}"
+input = "in"
+output = "out"
+batch-wait = "1ms"
+hot-swap = {{ watch = true }}
+"#,
+        plugin.path().display()
+    );
+    let mut host = TestHost::start(&manifest).await.expect("start");
+    host.host.put("in", records(&["one"])).expect("put");
+    host.wait_until("the first record", |s| s.stages[0].records_in == 1).await;
+
+    write_plugin("0.2.0", artifacts::SWAP_V2);
+    host.wait_until("the new build to run", |s| s.stages[0].versions.len() == 2).await;
+    host.host.put("in", records(&["two"])).expect("put");
+    host.wait_until("the second record", |s| s.stages[0].records_in == 2).await;
+    assert_eq!(read_all(&host, "out"), vec!["v1|one|one", "v2|two|two"]);
+    assert_eq!(host.host.status().stages[0].versions[1].plugin, "watched@0.2.0");
+    host.stop().await;
+}

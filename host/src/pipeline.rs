@@ -204,7 +204,7 @@ impl Host {
                 if spec.source_stream.is_some() { streams.clone() } else { buffers.clone() };
             deliveries.push(Delivery::start(spec.clone(), source, transform, state_dir)?);
         }
-        Ok(Arc::new(Host {
+        let host = Arc::new(Host {
             pipeline: Arc::new(pipeline),
             streams,
             stages,
@@ -212,7 +212,11 @@ impl Host {
             deliveries,
             started: Instant::now(),
             engine: engine.clone(),
-        }))
+        });
+        for spec in host.pipeline.stages.iter().filter(|s| s.hot_swap.watch) {
+            watch_component(Arc::downgrade(&host), spec.name.to_string(), spec.plugin.clone());
+        }
+        Ok(host)
     }
 
     /// Appends records to a stream that has an `http` source; one result per record.
@@ -402,6 +406,52 @@ impl Host {
             records.extend(self.streams.read(stream, shard.index, from, CANARY_RECORDS as usize).unwrap_or_default());
         }
         records
+    }
+}
+
+/// How often a watched component file is looked at; a change must hold this long before the swap.
+const WATCH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Swaps a stage's plugin when its component file changes (`hot-swap = { watch = true }`):
+/// the file is polled, and a new content that stays the same for one more
+/// interval (a build has finished writing it) is swapped in like an upload.
+/// The thread ends with the host.
+fn watch_component(host: std::sync::Weak<Host>, stage: String, plugin: crate::manifest::PluginManifest) {
+    let spawned = std::thread::Builder::new().name(format!("watch-{stage}")).spawn(move || {
+        let span = tracing::info_span!("stage.watch", stage = %stage);
+        let _enter = span.enter();
+        let path = plugin.component_path();
+        let read = || std::fs::read(&path).ok().map(|b| (crate::plugin::sha256_hex(&b), b));
+        let mut running = read().map(|(sha, _)| sha);
+        let mut pending: Option<String> = None;
+        loop {
+            std::thread::sleep(WATCH_INTERVAL);
+            let Some(host) = host.upgrade() else { return };
+            let Some((sha, bytes)) = read() else { continue };
+            if Some(&sha) == running.as_ref() {
+                pending = None;
+                continue;
+            }
+            if pending.as_ref() != Some(&sha) {
+                pending = Some(sha); // changed: wait one more interval for the writer to finish
+                continue;
+            }
+            // The manifest beside the component may carry the new version.
+            let mut diags = crate::manifest::Diagnostics::default();
+            let version = crate::manifest::PluginManifest::load(&plugin.path, &mut diags)
+                .ok()
+                .flatten()
+                .map(|p| p.info.version.get_ref().clone());
+            match host.swap_plugin(&stage, &bytes, version.as_deref()) {
+                Ok(v) => tracing::info!(sha256 = %v.sha256, "component file changed: swapped"),
+                Err(e) => tracing::error!(error = %e, "component file changed, but the new build was refused"),
+            }
+            // Refused or not, this content is settled: only a new change is tried again.
+            running = pending.take();
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot watch the plugin file; swaps through the API still work");
     }
 }
 

@@ -39,8 +39,9 @@
 //! limits = { timeout = "2s", memory = "64MiB" }
 //! grants = { clock = false, dirs = [{ host = "../ref", guest = "/ref", access = "read-only" }] }
 //! config = { currency = "USD" }       # checked against the plugin's [config.*]
-//! hot-swap = { probation = "60s", max-failure-rate = 0.5 }   # after a swap (the defaults): a version
-//!                                     # failing more than half its batches (3 at least) is rolled back
+//! hot-swap = { probation = "60s", max-failure-rate = 0.5, watch = false }   # after a swap (the defaults):
+//!                                     # a version failing more than half its batches (3 at least) is rolled
+//!                                     # back; `watch`: swap when the plugin's component file changes
 //!
 //! [sinks.rows]
 //! kind = "file"
@@ -254,6 +255,8 @@ struct RawStage {
 struct RawHotSwap {
     probation: Option<Spanned<String>>,
     max_failure_rate: Option<Spanned<f64>>,
+    #[serde(default)]
+    watch: bool,
 }
 
 /// What a stage does after a hot swap (`hot-swap = { ... }`).
@@ -263,11 +266,13 @@ pub struct HotSwap {
     pub probation: Duration,
     /// Rolled back automatically when more than this share of its batches fail during probation.
     pub max_failure_rate: f64,
+    /// Swap automatically when the plugin's component file changes.
+    pub watch: bool,
 }
 
 impl Default for HotSwap {
     fn default() -> Self {
-        Self { probation: Duration::from_secs(60), max_failure_rate: 0.5 }
+        Self { probation: Duration::from_secs(60), max_failure_rate: 0.5, watch: false }
     }
 }
 
@@ -945,6 +950,7 @@ impl Checker<'_> {
         let mut hot_swap = HotSwap::default();
         if let Some(raw) = &raw.hot_swap {
             let raw = raw.get_ref();
+            hot_swap.watch = raw.watch;
             if let Some(p) = &raw.probation {
                 hot_swap.probation = self.duration(p, diags).unwrap_or(hot_swap.probation);
             }

@@ -132,7 +132,7 @@ impl PluginEngine {
     /// Compiles a component from its bytes (e.g. uploaded for a hot swap);
     /// `path` only names it in messages.
     pub fn compile_bytes(&self, bytes: &[u8], path: &Path) -> Result<CompiledComponent, PluginError> {
-        let sha256 = hex(&Sha256::digest(bytes));
+        let sha256 = sha256_hex(bytes);
         let cached = self.cache_dir.as_ref().map(|dir| {
             let mut h = std::collections::hash_map::DefaultHasher::new();
             self.engine.precompile_compatibility_hash().hash(&mut h);
@@ -187,6 +187,11 @@ fn default_cache_dir() -> Option<PathBuf> {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
     Some(base.join("weir").join("components"))
+}
+
+/// SHA-256 of a component's bytes, hex: how weir names a build.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
 }
 
 fn hex(bytes: &[u8]) -> String {

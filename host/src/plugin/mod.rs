@@ -13,7 +13,7 @@ mod worlds;
 pub use batch::RecordRef;
 pub use bindings::Batch;
 pub use bindings::transformer::exports::weir::plugin::transform::Outcome;
-pub use engine::{CompiledComponent, EPOCH_TICK, PluginEngine};
+pub use engine::{CompiledComponent, EPOCH_TICK, PluginEngine, sha256_hex};
 pub use error::{PluginError, PluginIdent};
 pub use sandbox::SandboxSpec;
 pub use services::{MemoryServices, Notification, Services};
