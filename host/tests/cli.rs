@@ -189,3 +189,68 @@ fn run_refuses_to_start_without_keys_unless_told_it_is_development() {
     assert!(!out.status.success());
     assert!(stderr.contains("[api] has no access-keys") && stderr.contains("--insecure-no-auth"), "{stderr}");
 }
+
+#[test]
+fn plugin_swap_list_and_rollback_through_the_signed_admin_api() {
+    let _built = weir_artifacts::TOLL_ETL;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifest = dir.path().join("swap.toml");
+    let plugin = root().join("plugins/toll-etl");
+    std::fs::write(
+        &manifest,
+        format!(
+            "[pipeline]\nname = \"tolls\"\ndata-dir = \"data\"\n\n[api]\naccess-keys = [{{ id = \"AKIACLI\", secret = \"cli-secret\" }}]\n\n\
+             [sources.http]\nkind = \"http\"\nstream = \"lines\"\n\n[streams.lines]\n[streams.rows]\n\n\
+             [stages.etl]\nplugin = \"{}\"\ninput = \"lines\"\noutput = \"rows\"\n",
+            plugin.display()
+        ),
+    )
+    .expect("manifest");
+    let port = free_port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let mut host = Command::new(WEIR)
+        .args(["run", "--listen", &format!("127.0.0.1:{port}")])
+        .arg(&manifest)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start weir");
+    let weir = |args: &[&str]| {
+        let out = Command::new(WEIR)
+            .args(args)
+            .env("WEIR_ENDPOINT", &endpoint)
+            .env("AWS_ACCESS_KEY_ID", "AKIACLI")
+            .env("AWS_SECRET_ACCESS_KEY", "cli-secret")
+            .output()
+            .expect("run weir");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !weir(&["plugin", "list", "tolls"]).0 {
+        assert!(Instant::now() < deadline, "weir did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let component = weir_artifacts::TOLL_ETL;
+    let (ok, out, err) = weir(&["plugin", "swap", "tolls", "etl", component, "--version", "0.1.1"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("\"plugin\": \"toll-etl@0.1.1\""), "{out}");
+    let (ok, out, _) = weir(&["plugin", "list", "tolls"]);
+    assert!(ok);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(lines[1].contains("toll-etl@0.1.0") && lines[2].starts_with("  * toll-etl@0.1.1"), "{out}");
+    let (ok, out, err) = weir(&["plugin", "rollback", "tolls", "etl"]);
+    assert!(ok && out.contains("toll-etl@0.1.0"), "{out}{err}");
+    let garbage = dir.path().join("garbage.wasm");
+    std::fs::write(&garbage, b"not a component").expect("garbage");
+    let (ok, _, err) = weir(&["plugin", "swap", "tolls", "etl", &garbage.display().to_string()]);
+    assert!(!ok && err.contains("CandidateRefused"), "{err}");
+    let (ok, _, err) = weir(&["plugin", "list", "other-pipeline"]);
+    assert!(!ok && err.contains("runs pipeline `tolls`, not `other-pipeline`"), "{err}");
+    let _ = host.kill();
+    let _ = host.wait();
+}
