@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::delivery::{Delivery, DeliveryStatus};
+use crate::manifest::plugin::{ExpectedOutcome, SelfTest};
 use crate::manifest::{DeadLetter, Pipeline, Target};
 use crate::plugin::{PluginEngine, PluginError, PluginIdent, SandboxSpec, TransformerPlugin};
 use crate::sink::{FileSink, SinkError};
@@ -366,7 +367,7 @@ impl Host {
         let sandbox = SandboxSpec { ident, limits: spec.limits, grants: spec.grants.clone() };
         let candidate = TransformerPlugin::new(&self.engine, compiled, sandbox, spec.config.clone())
             .map_err(|e| refused(e.to_string()))?;
-        let mut instance = candidate.instantiate().map_err(|e| refused(e.to_string()))?;
+        let mut checked = candidate.instantiate().map_err(|e| refused(e.to_string()))?;
         // A canary: the latest input records, processed without a plugin failure.
         let canary = self.canary(spec.input.as_str());
         if !canary.is_empty() {
@@ -375,10 +376,11 @@ impl Host {
             for r in &canary {
                 batch.push(&r.key, r.event_time_ms, &r.data);
             }
-            instance.transform(&batch).map_err(|e| refused(format!("failed on the input's latest records: {e}")))?;
-            // A fresh instance runs the stream: the canary leaves no state behind.
-            instance = candidate.instantiate().map_err(|e| refused(e.to_string()))?;
+            checked.transform(&batch).map_err(|e| refused(format!("failed on the input's latest records: {e}")))?;
         }
+        self_test(&mut checked, &spec.plugin.self_tests).map_err(refused)?;
+        // A fresh instance runs the stream: the checks leave no state behind.
+        let instance = candidate.instantiate().map_err(|e| refused(e.to_string()))?;
         let version = crate::swap::PluginVersion::new(plugin, sha256);
         let command = SwapCommand::Swap(Box::new(Candidate { plugin: candidate, instance, version }));
         handle.command(command, SWAP_TIMEOUT).map_err(SwapError::Stage)
@@ -407,6 +409,35 @@ impl Host {
         }
         records
     }
+}
+
+/// Runs the plugin manifest's `[[self-test]]` records through a candidate.
+fn self_test(instance: &mut crate::plugin::TransformerInstance, tests: &[SelfTest]) -> Result<(), String> {
+    if tests.is_empty() {
+        return Ok(());
+    }
+    let mut batch = crate::plugin::Batch::with_capacity(tests.len(), tests.iter().map(|t| t.input.len()).sum());
+    for t in tests {
+        batch.push(&t.key, 0, t.input.as_bytes());
+    }
+    let result = instance.transform(&batch).map_err(|e| format!("failed on its self-tests: {e}"))?;
+    for ((i, outcome, outputs), test) in result.per_record().zip(tests) {
+        let got = match outcome {
+            crate::plugin::Outcome::Ok(_) => ExpectedOutcome::Ok,
+            crate::plugin::Outcome::ProcessingFailed(_) => ExpectedOutcome::ProcessingFailed,
+            crate::plugin::Outcome::Dropped => ExpectedOutcome::Dropped,
+        };
+        if got != test.outcome {
+            return Err(format!("self-test {}: expected {:?}, got {got:?} ({outcome:?})", i + 1, test.outcome));
+        }
+        if let Some(expected) = &test.output {
+            let first = outputs.first().map(|o| String::from_utf8_lossy(o.payload).into_owned());
+            if first.as_deref() != Some(expected.as_str()) {
+                return Err(format!("self-test {}: expected output {expected:?}, got {first:?}", i + 1));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// How often a watched component file is looked at; a change must hold this long before the swap.

@@ -249,6 +249,9 @@ fn plugin_swap_list_and_rollback_through_the_signed_admin_api() {
     std::fs::write(&garbage, b"not a component").expect("garbage");
     let (ok, _, err) = weir(&["plugin", "swap", "tolls", "etl", &garbage.display().to_string()]);
     assert!(!ok && err.contains("CandidateRefused"), "{err}");
+    // A transformer that accepts the malformed self-test line is not a toll-etl.
+    let (ok, _, err) = weir(&["plugin", "swap", "tolls", "etl", weir_artifacts::SWAP_V2]);
+    assert!(!ok && err.contains("self-test 2: expected ProcessingFailed, got Ok"), "{err}");
     let (ok, _, err) = weir(&["plugin", "list", "other-pipeline"]);
     assert!(!ok && err.contains("runs pipeline `tolls`, not `other-pipeline`"), "{err}");
     let _ = host.kill();

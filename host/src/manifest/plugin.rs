@@ -20,6 +20,11 @@
 //! [build]
 //! command = "cargo build --release --target wasm32-wasip2 ..."   # run in this folder
 //! output = "../../target/wasm/wasm32-wasip2/release/toll_etl.wasm"
+//!
+//! [[self-test]]                  # optional, any number: a hot-swap candidate must pass them
+//! input = "T0017-000001,..."     # a record's payload (and `key = "..."`)
+//! outcome = "ok"                 # ok | processing-failed | dropped
+//! output = "..."                 # optional: the payload of its first output record
 //! ```
 
 use std::fmt;
@@ -156,6 +161,36 @@ pub struct PluginManifest {
     pub capabilities: Capabilities,
     /// `[build]`
     pub build: Build,
+    /// `[[self-test]]`
+    pub self_tests: Vec<SelfTest>,
+}
+
+/// `[[self-test]]`: a record the plugin must handle as stated (checked before a hot swap).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SelfTest {
+    /// The record's payload.
+    pub input: String,
+    /// The record's key.
+    #[serde(default)]
+    pub key: String,
+    /// The outcome the plugin must give it.
+    pub outcome: ExpectedOutcome,
+    /// The payload of its first output record, if it matters.
+    pub output: Option<String>,
+}
+
+/// A transformer's outcome for one record, as a self-test expects it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExpectedOutcome {
+    /// Transformed.
+    #[default]
+    Ok,
+    /// Refused with a reason.
+    ProcessingFailed,
+    /// Dropped on purpose.
+    Dropped,
 }
 
 impl PluginManifest {
@@ -184,7 +219,7 @@ impl PluginManifest {
         let file = file.to_owned();
         let source = SourceFile::new(&file, &text);
         let doc = Document::parse(source.clone(), &text, diags);
-        doc.check_top_level(&["plugin", "config", "capabilities", "build"], diags);
+        doc.check_top_level(&["plugin", "config", "capabilities", "build", "self-test"], diags);
         let before = diags.len();
         let info = match doc.get("plugin") {
             Some(_) => doc.single::<Option<PluginInfo>>("plugin", diags).flatten(),
@@ -223,6 +258,7 @@ impl PluginManifest {
             }
         }
         let capabilities = doc.single::<Capabilities>("capabilities", diags).unwrap_or_default();
+        let self_tests = doc.single::<Vec<SelfTest>>("self-test", diags).unwrap_or_default();
         let build = match doc.get("build") {
             Some(_) => doc.single::<Option<Build>>("build", diags).flatten(),
             None => {
@@ -244,6 +280,7 @@ impl PluginManifest {
             config,
             capabilities,
             build,
+            self_tests,
         }))
     }
 }
