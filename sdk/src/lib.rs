@@ -39,6 +39,7 @@ pub mod log;
 mod notifier;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
+pub mod time;
 mod transformer;
 
 pub use aggregator::{Aggregator, Window};
