@@ -6,6 +6,7 @@
 //! the `weir` binary; [`agent`] is its file-tailing client (`weir agent`).
 
 pub mod agent;
+pub mod aggregate;
 pub mod api;
 pub mod build;
 pub mod check;

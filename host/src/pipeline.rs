@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::aggregate::AggregateStage;
 use crate::delivery::{Delivery, DeliveryStatus};
 use crate::manifest::plugin::{ExpectedOutcome, SelfTest};
 use crate::manifest::{DeadLetter, Pipeline, Target};
-use crate::plugin::{PluginEngine, PluginError, PluginIdent, SandboxSpec, TransformerPlugin};
+use crate::plugin::{AggregatorPlugin, PluginEngine, PluginError, PluginIdent, SandboxSpec, TransformerPlugin};
 use crate::sink::{FileSink, SinkError};
 use crate::stage::{Stage, StageHandle, StageOutput, StageStatus};
 use crate::stream::{
@@ -129,7 +130,12 @@ impl Host {
         }
         let mut implicit: BTreeMap<PathBuf, Arc<FileSink>> = BTreeMap::new();
         let mut prepared = Vec::new();
+        let mut aggregators = Vec::new();
         for spec in &pipeline.stages {
+            if crate::aggregate::is_aggregator(spec) {
+                aggregators.push(spec);
+                continue;
+            }
             let plugin = load_transformer(
                 engine,
                 &pipeline,
@@ -143,27 +149,8 @@ impl Host {
             if let Err(e) = plugin.instantiate() {
                 tracing::error!(stage = %spec.name, error = %e, "plugin does not start; its records will wait in the stream");
             }
-            let output = match &spec.output {
-                Target::Stream(name) => StageOutput::Stream(name.to_string()),
-                Target::Sink(name) => match sinks.get(name.as_str()) {
-                    Some(sink) => StageOutput::Sink(sink.clone()),
-                    None => unreachable_sink(name.as_str())?,
-                },
-            };
-            let dead_letters = match &spec.dead_letter {
-                DeadLetter::Sink(name) => match sinks.get(name.as_str()) {
-                    Some(sink) => sink.clone(),
-                    None => unreachable_sink(name.as_str())?,
-                },
-                DeadLetter::File(path) => match implicit.get(path) {
-                    Some(sink) => sink.clone(),
-                    None => {
-                        let sink = Arc::new(FileSink::open(path, crate::manifest::FileFormat::Json)?);
-                        implicit.insert(path.clone(), sink.clone());
-                        sink
-                    }
-                },
-            };
+            let output = stage_output(spec, &sinks)?;
+            let dead_letters = dead_letter_sink(spec, &sinks, &mut implicit)?;
             prepared.push(Stage::new(
                 pipeline.name.as_str(),
                 Arc::new(spec.clone()),
@@ -177,6 +164,32 @@ impl Host {
         for stage in prepared {
             let name = stage.name().to_owned();
             stages.push(stage.spawn().map_err(|source| StartError::Thread { stage: name, source })?);
+        }
+        for spec in aggregators {
+            let err = |source| StartError::Plugin { stage: spec.name.to_string(), source };
+            let ident = Arc::new(PluginIdent {
+                pipeline: pipeline.name.to_string(),
+                stage: spec.name.to_string(),
+                plugin: format!("{}@{}", spec.plugin.info.name, spec.plugin.info.version.get_ref()),
+            });
+            let compiled = engine.compile(&spec.plugin.component_path()).map_err(err)?;
+            let sandbox = SandboxSpec { ident, limits: spec.limits, grants: spec.grants.clone() };
+            let plugin = AggregatorPlugin::new(engine, compiled, sandbox, spec.config.clone()).map_err(err)?;
+            if let Err(e) = plugin.instantiate() {
+                tracing::error!(stage = %spec.name, error = %e, "plugin does not start; its records will wait in the stream");
+            }
+            let output = stage_output(spec, &sinks)?;
+            let dead_letters = dead_letter_sink(spec, &sinks, &mut implicit)?;
+            let stage = AggregateStage::new(
+                pipeline.name.as_str(),
+                Arc::new(spec.clone()),
+                plugin,
+                streams.clone() as Arc<dyn StreamStore>,
+                output,
+                dead_letters,
+                pipeline.data_dir.join("stage-state"),
+            );
+            stages.push(stage.spawn().map_err(|source| StartError::Thread { stage: spec.name.to_string(), source })?);
         }
         let buffer_specs: Vec<DiskStreamSpec> = pipeline
             .deliveries
@@ -504,6 +517,42 @@ fn load_transformer(
     });
     let compiled = engine.compile(&plugin.component_path()).map_err(err)?;
     TransformerPlugin::new(engine, compiled, SandboxSpec { ident, limits, grants }, config.to_vec()).map_err(err)
+}
+
+/// Where a stage's results go.
+fn stage_output(
+    spec: &crate::manifest::StageSpec,
+    sinks: &BTreeMap<String, Arc<FileSink>>,
+) -> Result<StageOutput, StartError> {
+    Ok(match &spec.output {
+        Target::Stream(name) => StageOutput::Stream(name.to_string()),
+        Target::Sink(name) => match sinks.get(name.as_str()) {
+            Some(sink) => StageOutput::Sink(sink.clone()),
+            None => unreachable_sink(name.as_str())?,
+        },
+    })
+}
+
+/// Where a stage's failed (or late) records go; default files are shared by path.
+fn dead_letter_sink(
+    spec: &crate::manifest::StageSpec,
+    sinks: &BTreeMap<String, Arc<FileSink>>,
+    implicit: &mut BTreeMap<PathBuf, Arc<FileSink>>,
+) -> Result<Arc<FileSink>, StartError> {
+    Ok(match &spec.dead_letter {
+        DeadLetter::Sink(name) => match sinks.get(name.as_str()) {
+            Some(sink) => sink.clone(),
+            None => unreachable_sink(name.as_str())?,
+        },
+        DeadLetter::File(path) => match implicit.get(path) {
+            Some(sink) => sink.clone(),
+            None => {
+                let sink = Arc::new(FileSink::open(path, crate::manifest::FileFormat::Json)?);
+                implicit.insert(path.clone(), sink.clone());
+                sink
+            }
+        },
+    })
 }
 
 /// The manifest checker guarantees every named sink exists; this keeps the

@@ -77,6 +77,8 @@ pub struct StageStats {
     pub restarts: AtomicU64,
     /// Every plugin version the stage has run, the active one last.
     versions: Mutex<Vec<Arc<PluginVersion>>>,
+    /// An aggregator stage's windows: watermark, open windows and keys, state bytes.
+    pub(crate) windows: Mutex<Option<crate::window::WindowMetrics>>,
     phase: Mutex<Option<Phase>>,
     last_error: Mutex<Option<String>>,
 }
@@ -112,20 +114,30 @@ pub struct StageStatus {
     pub last_error: Option<String>,
     /// Every plugin version it has run (hot swaps), the active one last.
     pub versions: Vec<VersionStatus>,
+    /// An aggregator stage's windows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub windows: Option<crate::window::WindowMetrics>,
 }
 
 impl StageStats {
+    /// Records the version a stage starts with.
+    pub(crate) fn start_version(&self, version: Arc<PluginVersion>) {
+        if let Ok(mut versions) = self.versions.lock() {
+            versions.push(version);
+        }
+    }
+
     fn versions(&self) -> Vec<VersionStatus> {
         self.versions.lock().map(|v| v.iter().map(|v| v.status()).collect()).unwrap_or_default()
     }
 
-    fn set_phase(&self, phase: Phase) {
+    pub(crate) fn set_phase(&self, phase: Phase) {
         if let Ok(mut p) = self.phase.lock() {
             *p = Some(phase);
         }
     }
 
-    fn set_error(&self, e: String) {
+    pub(crate) fn set_error(&self, e: String) {
         if let Ok(mut l) = self.last_error.lock() {
             *l = Some(e);
         }
@@ -166,6 +178,27 @@ pub struct StageHandle {
 }
 
 impl StageHandle {
+    /// The handle of a stage running on `thread` (an aggregator stage; transform stages use [`Stage::spawn`]).
+    pub(crate) fn running(
+        name: String,
+        stats: Arc<StageStats>,
+        commands: Sender<(SwapCommand, Sender<SwapReply>)>,
+        input: String,
+        output_stream: Option<String>,
+        draining: Arc<AtomicBool>,
+        thread: std::thread::JoinHandle<()>,
+    ) -> StageHandle {
+        StageHandle {
+            stats,
+            name,
+            commands: Mutex::new(commands),
+            input,
+            output_stream,
+            draining,
+            thread: Mutex::new(Some(thread)),
+        }
+    }
+
     /// A snapshot of its counters.
     pub fn status(&self) -> StageStatus {
         let s = &self.stats;
@@ -187,6 +220,7 @@ impl StageHandle {
             restarts: get(&s.restarts),
             last_error: s.last_error.lock().ok().and_then(|l| l.clone()),
             versions,
+            windows: s.windows.lock().ok().and_then(|w| *w),
         }
     }
 

@@ -39,6 +39,10 @@
 //! limits = { timeout = "2s", memory = "64MiB" }
 //! grants = { clock = false, dirs = [{ host = "../ref", guest = "/ref", access = "read-only" }] }
 //! config = { currency = "USD" }       # checked against the plugin's [config.*]
+//! window = { size = "10m" }           # aggregator stages: tumbling, or sliding with slide = "5m"; also
+//!                                     # time = "event" | "arrival", out-of-orderness = "30s",
+//!                                     # allowed-lateness = "0s", idle-timeout = "1m", max-ahead = "1h"
+//! expected-keys = ["17", "42"]        # aggregator stages: keys with a result in every window
 //! hot-swap = { probation = "60s", max-failure-rate = 0.5, watch = false }   # after a swap (the defaults):
 //!                                     # a version failing more than half its batches (3 at least) is rolled
 //!                                     # back; `watch`: swap when the plugin's component file changes
@@ -248,7 +252,35 @@ struct RawStage {
     #[serde(default = "absent")]
     config: Spanned<BTreeMap<Spanned<String>, toml::Value>>,
     hot_swap: Option<Spanned<RawHotSwap>>,
+    window: Option<Spanned<RawWindow>>,
+    expected_keys: Option<Vec<String>>,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawWindow {
+    size: Spanned<String>,
+    slide: Option<Spanned<String>>,
+    #[serde(default)]
+    time: RawTime,
+    out_of_orderness: Option<Spanned<String>>,
+    allowed_lateness: Option<Spanned<String>>,
+    idle_timeout: Option<Spanned<String>>,
+    max_ahead: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+enum RawTime {
+    #[default]
+    Event,
+    Arrival,
+}
+
+/// A shard with no record for this long stops holding an aggregator stage's windows back.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Records further than this ahead of the clock are set aside instead of closing every window up to them.
+pub const DEFAULT_MAX_AHEAD: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -566,6 +598,10 @@ pub struct StageSpec {
     pub config: Vec<(String, String)>,
     /// Probation and automatic rollback after hot swaps.
     pub hot_swap: HotSwap,
+    /// An aggregator stage's windows (`None` for a transformer stage).
+    pub window: Option<crate::window::WindowSpec>,
+    /// Keys that get a result in every window, even without records.
+    pub expected_keys: Vec<String>,
 }
 
 /// A `[sinks.<name>]` entry.
@@ -913,17 +949,29 @@ impl Checker<'_> {
         let owner = format!("stage `{name}`");
         let plugin = self.plugin(&owner, &raw.plugin, base, diags);
         let config = plugin.as_ref().and_then(|p| self.config(&owner, p, &raw.config, diags));
+        let window = raw.window.as_ref().and_then(|w| self.window(&name, w, diags));
         if let Some(p) = &plugin {
-            if p.info.world != World::Transformer {
-                diags.push(
+            match (p.info.world, &raw.window) {
+                (World::Transformer, None) | (World::Aggregator, Some(_)) => {}
+                (World::Transformer, Some(w)) => diags.push(
+                    self.at(w.span(), format!("stage `{name}`: plugin `{}` is a transformer; only aggregator stages have windows", p.info.name))
+                        .help("remove `window`, or use an aggregator plugin"),
+                ),
+                (World::Aggregator, None) => diags.push(
+                    self.at(raw.plugin.span(), format!("stage `{name}`: plugin `{}` is an aggregator and needs a window", p.info.name))
+                        .help("add e.g. window = { size = \"10m\" } (tumbling) or { size = \"30m\", slide = \"10m\" }"),
+                ),
+                (World::Notifier, _) => diags.push(
                     self.at(
                         raw.plugin.span(),
-                        format!(
-                            "stage `{name}`: plugin `{}` is a {}; this version of weir runs transformer stages only",
-                            p.info.name, p.info.world
-                        ),
+                        format!("stage `{name}`: plugin `{}` is a notifier; this version of weir runs transformer and aggregator stages", p.info.name),
                     )
-                    .help("use a transformer plugin here"),
+                    .help("use a transformer or an aggregator plugin here"),
+                ),
+            }
+            if raw.expected_keys.is_some() && p.info.world != World::Aggregator {
+                diags.push(
+                    self.at(raw.plugin.span(), format!("stage `{name}`: only aggregator stages have expected-keys")),
                 );
             }
             if p.capabilities.clock && !grants.clock {
@@ -961,7 +1009,12 @@ impl Checker<'_> {
                 hot_swap.max_failure_rate = *rate.get_ref();
             }
         }
+        if raw.window.is_some() && window.is_none() {
+            return None;
+        }
         Some(StageSpec {
+            window,
+            expected_keys: raw.expected_keys.clone().unwrap_or_default(),
             hot_swap,
             name,
             plugin: plugin?,
@@ -1072,6 +1125,38 @@ impl Checker<'_> {
             retry_duration,
             warehouse,
         })
+    }
+
+    /// `window = { size = "10m" }` (tumbling) or `{ size = "30m", slide = "10m" }` (sliding), with
+    /// `time`, `out-of-orderness`, `allowed-lateness`, `idle-timeout` and `max-ahead`.
+    fn window(
+        &self,
+        stage: &Name,
+        raw: &Spanned<RawWindow>,
+        diags: &mut Diagnostics,
+    ) -> Option<crate::window::WindowSpec> {
+        use crate::window::{TimeSource, WindowKind, WindowSpec};
+        let w = raw.get_ref();
+        let size = self.duration(&w.size, diags)?;
+        let kind = match &w.slide {
+            None => WindowKind::tumbling(size),
+            Some(slide) => WindowKind::sliding(size, self.duration(slide, diags)?),
+        };
+        let kind = kind.map_err(|e| diags.push(self.at(raw.span(), format!("stage `{stage}`: {e}")))).ok()?;
+        let mut spec = WindowSpec::new(kind);
+        spec.time = if w.time == RawTime::Arrival { TimeSource::ArrivalTime } else { TimeSource::EventTime };
+        let optional =
+            |d: &Option<Spanned<String>>, diags: &mut Diagnostics| d.as_ref().map(|d| self.duration(d, diags));
+        if let Some(d) = optional(&w.out_of_orderness, diags) {
+            spec.out_of_orderness = d?;
+        }
+        if let Some(d) = optional(&w.allowed_lateness, diags) {
+            spec.allowed_lateness = d?;
+        }
+        spec.idle_timeout = Some(optional(&w.idle_timeout, diags).unwrap_or(Some(DEFAULT_IDLE_TIMEOUT))?);
+        spec.max_ahead = Some(optional(&w.max_ahead, diags).unwrap_or(Some(DEFAULT_MAX_AHEAD))?);
+        spec.validate().map_err(|e| diags.push(self.at(raw.span(), format!("stage `{stage}`: {e}")))).ok()?;
+        Some(spec)
     }
 
     /// `lake = "dir"` or `lake = "s3://bucket/prefix"` with `s3 = { ... }`.

@@ -91,7 +91,7 @@ pub struct ClosedWindow {
 }
 
 /// What the operator holds, for the stage's metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct WindowMetrics {
     /// The operator's watermark; `None` until the first.
     pub watermark_ms: Option<i64>,

@@ -1,0 +1,383 @@
+//! An aggregator stage: reads its input stream, places each record in its
+//! event-time windows ([`crate::window`]), folds it into the (window, key)
+//! state through the aggregator plugin, and when a window closes, turns its
+//! states into result records through the plugin's `emit` and appends them to
+//! the output stream (or sink). Late records go to the dead letters with the
+//! reason, never silently away.
+//!
+//! After every batch the stage writes its checkpoint: the input positions and
+//! the window state together, atomically (`<data-dir>/stage-state/<stage>.json`).
+//! A restart goes on from there, so every record is counted once. Results
+//! emitted after the last checkpoint are emitted again after a crash,
+//! identical (same window, key and content), so a consumer can drop repeats.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::StageSpec;
+use crate::plugin::{AggregatorInstance, AggregatorPlugin, Batch};
+use crate::sink::{DeadLetter, DeadLetterOrigin, FileSink, OutRecord};
+use crate::stage::{Phase, StageHandle, StageOutput, StageStats, backoff_delay};
+use crate::stream::{NewRecord, StoredRecord, StreamError, StreamStore, now_ms};
+use crate::swap::{PluginVersion, SwapCommand, SwapReply};
+use crate::window::{FoldRecord, WindowOperator};
+
+/// Failures in a row on one batch before its records go to the dead letters.
+const GIVE_UP_AFTER: u32 = 3;
+/// How often an idle stage looks for windows to close and for a shutdown.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+
+/// What is saved after every batch.
+#[derive(Serialize, Deserialize)]
+struct Checkpoint {
+    /// Next position to read, per shard.
+    positions: Vec<u64>,
+    /// The window operator's snapshot, base64.
+    windows: String,
+}
+
+/// An aggregator stage, ready to [`AggregateStage::spawn`].
+pub struct AggregateStage {
+    spec: Arc<StageSpec>,
+    plugin: AggregatorPlugin,
+    streams: Arc<dyn StreamStore>,
+    output: StageOutput,
+    dead_letters: Arc<FileSink>,
+    origin: DeadLetterOrigin,
+    state_file: PathBuf,
+    stats: Arc<StageStats>,
+    draining: Arc<AtomicBool>,
+}
+
+impl AggregateStage {
+    /// A stage; its checkpoint lives under `state_dir`.
+    pub fn new(
+        pipeline: &str,
+        spec: Arc<StageSpec>,
+        plugin: AggregatorPlugin,
+        streams: Arc<dyn StreamStore>,
+        output: StageOutput,
+        dead_letters: Arc<FileSink>,
+        state_dir: PathBuf,
+    ) -> Self {
+        let origin = DeadLetterOrigin {
+            pipeline: pipeline.to_owned(),
+            stage: spec.name.to_string(),
+            stream: spec.input.to_string(),
+            plugin: plugin.spec.ident.plugin.clone(),
+            plugin_sha256: plugin.compiled.sha256.clone(),
+        };
+        let stats = Arc::new(StageStats::default());
+        stats.start_version(PluginVersion::new(origin.plugin.clone(), origin.plugin_sha256.clone()));
+        let state_file = state_dir.join(format!("{}.json", spec.name));
+        Self { spec, plugin, streams, output, dead_letters, origin, state_file, stats, draining: Arc::default() }
+    }
+
+    /// Starts the stage on its own thread.
+    pub fn spawn(self) -> std::io::Result<StageHandle> {
+        let (commands, requests) = std::sync::mpsc::channel();
+        let (name, stats, draining) = (self.spec.name.to_string(), self.stats.clone(), self.draining.clone());
+        let input = self.spec.input.to_string();
+        let output_stream = match &self.output {
+            StageOutput::Stream(s) => Some(s.clone()),
+            StageOutput::Sink(_) => None,
+        };
+        let thread = std::thread::Builder::new().name(format!("stage-{name}")).spawn(move || self.run(requests))?;
+        Ok(StageHandle::running(name, stats, commands, input, output_stream, draining, thread))
+    }
+
+    fn run(self, requests: Receiver<(SwapCommand, Sender<SwapReply>)>) {
+        let span = tracing::info_span!("stage", pipeline = %self.origin.pipeline, stage = %self.origin.stage, plugin = %self.origin.plugin);
+        let _enter = span.enter();
+        let (input, consumer) = (self.spec.input.as_str(), self.spec.name.as_str());
+        let Some((mut operator, mut positions)) = self.restore() else {
+            self.stats.set_phase(Phase::Stopped);
+            return;
+        };
+        self.stats.set_phase(Phase::Running);
+        let mut instance: Option<AggregatorInstance> = None;
+        let mut failures = 0u32;
+        let mut next_shard = 0usize;
+        loop {
+            while let Ok((_, reply)) = requests.try_recv() {
+                let _ =
+                    reply.send(Err(format!("stage `{consumer}`: hot swap of aggregator stages is not supported yet")));
+            }
+            let draining = self.draining.load(Ordering::Relaxed);
+            let seen = self.streams.changes(input).unwrap_or(0);
+            let shards = self.streams.shard_count(input).unwrap_or(positions.len() as u32) as usize;
+            while positions.len() < shards {
+                let shard = positions.len() as u32;
+                positions.push(self.streams.register_consumer(input, shard, consumer).unwrap_or(0));
+                operator.add_shard(shard, now_ms());
+            }
+            // The next shard with records, going round.
+            let ready = (0..shards)
+                .map(|k| (next_shard + k) % shards)
+                .find(|&s| self.streams.end(input, s as u32).is_ok_and(|end| end > positions[s]));
+            let mut changed = false;
+            if let Some(shard) = ready {
+                next_shard = shard + 1;
+                if !draining {
+                    let _ = self.streams.wait_for(
+                        input,
+                        shard as u32,
+                        positions[shard],
+                        self.spec.batch_size,
+                        self.spec.batch_wait,
+                    );
+                }
+                match self.streams.read(input, shard as u32, positions[shard], self.spec.batch_size) {
+                    Ok(records) if !records.is_empty() => match self.fold(&mut operator, &mut instance, &records) {
+                        Ok(()) => {
+                            positions[shard] = records[records.len() - 1].sequence + 1;
+                            failures = 0;
+                            changed = true;
+                        }
+                        Err(e) if failures + 1 >= GIVE_UP_AFTER => {
+                            // A batch the plugin keeps refusing: set aside with the reason, not retried forever.
+                            self.set_aside(&records, &e);
+                            positions[shard] = records[records.len() - 1].sequence + 1;
+                            failures = 0;
+                            changed = true;
+                        }
+                        Err(e) => {
+                            failures += 1;
+                            self.failed(&e, failures);
+                            continue;
+                        }
+                    },
+                    Ok(_) => {}
+                    Err(StreamError::Trimmed { oldest, .. }) => {
+                        tracing::warn!(
+                            expired = oldest - positions[shard],
+                            "records expired before this stage read them"
+                        );
+                        positions[shard] = oldest;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "reading the input stream failed; stage stopped");
+                        self.stats.set_phase(Phase::Stopped);
+                        return;
+                    }
+                }
+            }
+            // Close what the watermark has passed, whether records came or not.
+            operator.advance(now_ms());
+            while let Some(closed) = operator.pop_due() {
+                changed = true;
+                if let Err(e) = self.emit(&mut instance, &closed) {
+                    // The window's states are in the last checkpoint: the restart emits it.
+                    failures += 1;
+                    self.failed(&e, failures);
+                    tracing::error!(window = %closed.window, "a window's results could not be emitted; the stage stops to keep them");
+                    self.stats.set_phase(Phase::Stopped);
+                    return;
+                }
+            }
+            if changed {
+                if let Ok(mut metrics) = self.stats.windows.lock() {
+                    *metrics = Some(operator.metrics(now_ms()));
+                }
+                self.save(&operator, &positions);
+                for (shard, &position) in positions.iter().enumerate() {
+                    let _ = self.streams.checkpoint(input, shard as u32, consumer, position);
+                }
+                continue;
+            }
+            if draining {
+                break;
+            }
+            let _ = self.streams.wait_change(input, seen, IDLE_POLL);
+        }
+        if let Err(e) = self.dead_letters.sync() {
+            tracing::error!(error = %e, "syncing the dead-letter sink failed");
+        }
+        self.stats.set_phase(Phase::Finished);
+    }
+
+    /// The checkpoint of the last run, or a fresh start at the consumer's positions.
+    fn restore(&self) -> Option<(WindowOperator, Vec<u64>)> {
+        let Some(window) = self.spec.window.clone() else {
+            tracing::error!("an aggregator stage needs a window");
+            return None;
+        };
+        let now = now_ms();
+        let saved = std::fs::read(&self.state_file).ok().and_then(|b| serde_json::from_slice::<Checkpoint>(&b).ok());
+        let (mut operator, positions) = match saved {
+            Some(c) => {
+                let snapshot = base64::engine::general_purpose::STANDARD.decode(&c.windows).unwrap_or_default();
+                match WindowOperator::restore(window, &snapshot, now) {
+                    Ok(op) => (op, c.positions),
+                    Err(e) => {
+                        tracing::error!(error = %e, file = %self.state_file.display(), "the stage's checkpoint cannot be restored; stage stopped");
+                        return None;
+                    }
+                }
+            }
+            None => match WindowOperator::new(window) {
+                Ok(op) => (op, Vec::new()),
+                Err(e) => {
+                    tracing::error!(error = %e, "the window is not valid; stage stopped");
+                    return None;
+                }
+            },
+        };
+        operator.set_expected_keys(self.spec.expected_keys.iter().cloned().collect());
+        Some((operator, positions))
+    }
+
+    /// Writes the positions and window state together: temp file, fsync, rename.
+    fn save(&self, operator: &WindowOperator, positions: &[u64]) {
+        let checkpoint = Checkpoint {
+            positions: positions.to_vec(),
+            windows: base64::engine::general_purpose::STANDARD.encode(operator.snapshot()),
+        };
+        let tmp = self.state_file.with_extension("tmp");
+        let result = serde_json::to_vec(&checkpoint)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| {
+                if let Some(dir) = tmp.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                let mut f = std::fs::File::create(&tmp)?;
+                f.write_all(&bytes)?;
+                f.sync_all()
+            })
+            .and_then(|()| std::fs::rename(&tmp, &self.state_file));
+        if let Err(e) = result {
+            tracing::error!(error = %e, "writing the stage's checkpoint failed");
+            self.stats.set_error(format!("writing the checkpoint: {e}"));
+        }
+    }
+
+    fn instance<'a>(&self, instance: &'a mut Option<AggregatorInstance>) -> Result<&'a mut AggregatorInstance, String> {
+        if instance.is_none() {
+            *instance = Some(self.plugin.instantiate().map_err(|e| e.to_string())?);
+        }
+        instance.as_mut().ok_or_else(|| "no instance".to_owned())
+    }
+
+    /// Folds a batch into the window states; late records go to the dead letters.
+    fn fold(
+        &self,
+        operator: &mut WindowOperator,
+        instance: &mut Option<AggregatorInstance>,
+        records: &[StoredRecord],
+    ) -> Result<(), String> {
+        let now = now_ms();
+        let time = self.spec.window.as_ref().map(|w| w.time).unwrap_or_default();
+        let mut plan = operator.plan_fold(
+            records.iter().map(|r| FoldRecord {
+                shard: r.shard,
+                key: &r.key,
+                time_ms: time.pick(r.event_time_ms, r.arrival_ms),
+            }),
+            now,
+        );
+        let mut batch = Batch::with_capacity(plan.rows.len(), 0);
+        for &row in &plan.rows {
+            let r = &records[row];
+            batch.push(&r.key, r.event_time_ms, &r.data);
+        }
+        let set_aside = std::mem::take(&mut plan.set_aside);
+        let late: Vec<DeadLetter<'_>> = set_aside
+            .iter()
+            .map(|s| DeadLetter {
+                origin: &self.origin,
+                record: &records[s.index],
+                error_code: "late",
+                reason: &s.reason,
+            })
+            .collect();
+        let states = if plan.rows.is_empty() {
+            Vec::new()
+        } else {
+            let folded = self.instance(instance)?.fold(&batch, &plan.groups, &plan.states);
+            folded.map_err(|e| {
+                *instance = None;
+                e.to_string()
+            })?
+        };
+        operator.apply_fold(plan, states).map_err(|e| e.to_string())?;
+        self.dead_letters.write_dead_letters(&late).map_err(|e| e.to_string())?;
+        self.stats.records_in.fetch_add(records.len() as u64, Ordering::Relaxed);
+        self.stats.dead_lettered.fetch_add(late.len() as u64, Ordering::Relaxed);
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Turns a closed window's states into results and writes them out.
+    fn emit(
+        &self,
+        instance: &mut Option<AggregatorInstance>,
+        closed: &crate::window::ClosedWindow,
+    ) -> Result<(), String> {
+        let results = self
+            .instance(instance)?
+            .emit(closed.window.start, closed.window.end, &closed.keys, &closed.states)
+            .map_err(|e| {
+                *instance = None;
+                e.to_string()
+            })?;
+        let out: Vec<OutRecord<'_>> = results
+            .records()
+            .map(|r| OutRecord { key: r.key, event_time_ms: r.event_time_ms, payload: r.payload })
+            .collect();
+        match &self.output {
+            StageOutput::Sink(sink) => sink.write(&out).map_err(|e| e.to_string())?,
+            StageOutput::Stream(stream) => {
+                let records: Vec<NewRecord> = out
+                    .iter()
+                    .map(|r| NewRecord {
+                        key: r.key.to_owned(),
+                        event_time_ms: Some(r.event_time_ms),
+                        data: bytes::Bytes::copy_from_slice(r.payload),
+                        explicit_hash_key: None,
+                    })
+                    .collect();
+                for result in self.streams.append(stream, records).map_err(|e| e.to_string())? {
+                    result.map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        self.stats.records_out.fetch_add(out.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn set_aside(&self, records: &[StoredRecord], error: &str) {
+        let reason = format!("the aggregator failed on this batch {GIVE_UP_AFTER} times: {error}");
+        let letters: Vec<DeadLetter<'_>> = records
+            .iter()
+            .map(|record| DeadLetter { origin: &self.origin, record, error_code: "aggregate-failed", reason: &reason })
+            .collect();
+        if let Err(e) = self.dead_letters.write_dead_letters(&letters) {
+            tracing::error!(error = %e, "writing dead letters failed");
+        }
+        self.stats.dead_lettered.fetch_add(records.len() as u64, Ordering::Relaxed);
+    }
+
+    fn failed(&self, error: &str, streak: u32) {
+        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(error, "aggregator failed; the batch is retried");
+        self.stats.set_error(error.to_owned());
+        let delay = backoff_delay(streak);
+        if !delay.is_zero() && !self.draining.load(Ordering::Relaxed) {
+            self.stats.set_phase(Phase::BackingOff);
+            std::thread::sleep(delay);
+            self.stats.set_phase(Phase::Running);
+        }
+    }
+}
+
+/// Whether a stage's plugin runs in an [`AggregateStage`].
+pub fn is_aggregator(spec: &StageSpec) -> bool {
+    spec.window.is_some()
+}

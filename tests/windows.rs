@@ -1,0 +1,110 @@
+//! Aggregator stages end to end: toll rows in a stream are summed per
+//! customer over 10-minute event-time windows by the `toll-billing-sum`
+//! component; a window's results come out when the watermark passes its end,
+//! late records land in the dead letters with the reason, and a restart in
+//! the middle of a window counts every record once.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use serde_json::Value;
+use weir_host::stream::NewRecord;
+use weir_tests::{TestHost, lines};
+
+const MANIFEST: &str = r#"
+[pipeline]
+name = "windows-test"
+data-dir = "data"
+
+[sources.http]
+kind = "http"
+stream = "rows"
+
+[streams.rows]
+[streams.billing]
+
+[stages.billing]
+plugin = "{root}/plugins/toll-billing-sum"
+input = "rows"
+output = "billing"
+batch-wait = "1ms"
+window = { size = "10m" }
+"#;
+
+/// 2026-11-26T14:00:00Z
+const T14: i64 = 1_795_701_600_000;
+
+fn row(customer: &str, cents: u64, at_ms: i64) -> NewRecord {
+    NewRecord {
+        key: customer.to_owned(),
+        event_time_ms: Some(at_ms),
+        data: Bytes::from(format!(r#"{{"customer_id":"{customer}","amount_cents":{cents}}}"#)),
+        explicit_hash_key: None,
+    }
+}
+
+/// The billing results so far: (window start, customer) -> total.
+fn results(host: &TestHost) -> BTreeMap<(String, String), u64> {
+    let mut out = BTreeMap::new();
+    let mut from = 0;
+    loop {
+        let records = host.host.read("billing", 0, from, 1000).expect("read");
+        let Some(last) = records.last() else { return out };
+        from = last.sequence + 1;
+        for r in &records {
+            let v: Value = serde_json::from_slice(&r.data).expect("JSON result");
+            let key = (
+                v["window_start"].as_str().unwrap_or("").to_owned(),
+                v["customer_id"].as_str().unwrap_or("").to_owned(),
+            );
+            assert!(out.insert(key, v["total_cents"].as_u64().unwrap_or(0)).is_none(), "a result came twice: {v}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_close_on_the_watermark_and_late_records_keep_their_reason() {
+    let mut host = TestHost::start(MANIFEST).await.expect("start");
+    let minute = 60_000;
+    host.host
+        .put(
+            "rows",
+            vec![row("C1", 275, T14 + minute), row("C2", 150, T14 + 2 * minute), row("C1", 410, T14 + 9 * minute)],
+        )
+        .expect("put");
+    // 14:12 moves the watermark past 14:10: the first window closes.
+    host.host.put("rows", vec![row("C1", 100, T14 + 12 * minute)]).expect("put");
+    host.wait_until("the first window", |s| s.stages[0].records_out == 2).await;
+    // 14:05 is behind the watermark now: late.
+    host.host.put("rows", vec![row("C2", 999, T14 + 5 * minute)]).expect("put");
+    host.wait_until("the late record", |s| s.stages[0].dead_lettered == 1).await;
+    let windows = host.host.status().stages[0].windows.expect("window metrics");
+    assert_eq!(windows.open_windows, 1, "only 14:10-14:20 is open; closed windows are freed: {windows:?}");
+    assert_eq!(windows.open_keys, 1);
+    host.stop().await;
+
+    let got = results(&host);
+    let first = "2026-11-26T14:00:00.000Z".to_owned();
+    assert_eq!(got.get(&(first.clone(), "C1".into())), Some(&685));
+    assert_eq!(got.get(&(first, "C2".into())), Some(&150));
+    let dead = lines(&host.path("data/dead-letter/billing.jsonl"));
+    assert_eq!(dead.len(), 1);
+    let letter: Value = serde_json::from_str(&dead[0]).expect("JSON");
+    assert_eq!(letter["error_code"], "late");
+    assert!(letter["reason"].as_str().is_some_and(|r| r.contains("behind the watermark")), "{letter}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_in_the_middle_of_a_window_counts_every_record_once() {
+    let host = TestHost::start(MANIFEST).await.expect("start");
+    let minute = 60_000;
+    host.host.put("rows", vec![row("C1", 100, T14 + minute), row("C2", 5, T14 + minute)]).expect("put");
+    host.wait_until("the first records", |s| s.stages[0].records_in == 2).await;
+    let host = host.restart(MANIFEST).await.expect("restart");
+    host.host.put("rows", vec![row("C1", 20, T14 + 3 * minute), row("C1", 3, T14 + 25 * minute)]).expect("put");
+    host.wait_until("the window after the restart", |s| s.stages[0].records_out == 2).await;
+    let got = results(&host);
+    let first = "2026-11-26T14:00:00.000Z".to_owned();
+    assert_eq!(got.get(&(first.clone(), "C1".into())), Some(&120), "{got:?}");
+    assert_eq!(got.get(&(first, "C2".into())), Some(&5), "{got:?}");
+}
