@@ -67,13 +67,7 @@ impl AggregateStage {
         dead_letters: Arc<FileSink>,
         state_dir: PathBuf,
     ) -> Self {
-        let origin = DeadLetterOrigin {
-            pipeline: pipeline.to_owned(),
-            stage: spec.name.to_string(),
-            stream: spec.input.to_string(),
-            plugin: plugin.spec.ident.plugin.clone(),
-            plugin_sha256: plugin.compiled.sha256.clone(),
-        };
+        let origin = DeadLetterOrigin::of_stage(pipeline, &spec, &plugin.spec.ident.plugin, &plugin.compiled.sha256);
         let stats = Arc::new(StageStats::default());
         stats.start_version(PluginVersion::new(origin.plugin.clone(), origin.plugin_sha256.clone()));
         let state_file = state_dir.join(format!("{}.json", spec.name));

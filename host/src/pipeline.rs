@@ -166,15 +166,10 @@ impl Host {
             stages.push(stage.spawn().map_err(|source| StartError::Thread { stage: name, source })?);
         }
         for spec in aggregators {
-            let err = |source| StartError::Plugin { stage: spec.name.to_string(), source };
-            let ident = Arc::new(PluginIdent {
-                pipeline: pipeline.name.to_string(),
-                stage: spec.name.to_string(),
-                plugin: format!("{}@{}", spec.plugin.info.name, spec.plugin.info.version.get_ref()),
-            });
-            let compiled = engine.compile(&spec.plugin.component_path()).map_err(err)?;
-            let sandbox = SandboxSpec { ident, limits: spec.limits, grants: spec.grants.clone() };
-            let plugin = AggregatorPlugin::new(engine, compiled, sandbox, spec.config.clone()).map_err(err)?;
+            let (compiled, sandbox) =
+                compile_plugin(engine, &pipeline, &spec.name, &spec.plugin, spec.limits, spec.grants.clone())?;
+            let plugin = AggregatorPlugin::new(engine, compiled, sandbox, spec.config.clone())
+                .map_err(|source| StartError::Plugin { stage: spec.name.to_string(), source })?;
             if let Err(e) = plugin.instantiate() {
                 tracing::error!(stage = %spec.name, error = %e, "plugin does not start; its records will wait in the stream");
             }
@@ -509,14 +504,29 @@ fn load_transformer(
     grants: crate::manifest::Grants,
     config: &[(String, String)],
 ) -> Result<TransformerPlugin, StartError> {
-    let err = |source| StartError::Plugin { stage: owner.to_string(), source };
+    let (compiled, sandbox) = compile_plugin(engine, pipeline, owner, plugin, limits, grants)?;
+    TransformerPlugin::new(engine, compiled, sandbox, config.to_vec())
+        .map_err(|source| StartError::Plugin { stage: owner.to_string(), source })
+}
+
+/// Compiles the component a stage or delivery stream runs, and its sandbox as the manifest says.
+fn compile_plugin(
+    engine: &Arc<PluginEngine>,
+    pipeline: &Pipeline,
+    owner: &crate::manifest::Name,
+    plugin: &crate::manifest::PluginManifest,
+    limits: crate::manifest::Limits,
+    grants: crate::manifest::Grants,
+) -> Result<(crate::plugin::CompiledComponent, SandboxSpec), StartError> {
     let ident = Arc::new(PluginIdent {
         pipeline: pipeline.name.to_string(),
         stage: owner.to_string(),
         plugin: format!("{}@{}", plugin.info.name, plugin.info.version.get_ref()),
     });
-    let compiled = engine.compile(&plugin.component_path()).map_err(err)?;
-    TransformerPlugin::new(engine, compiled, SandboxSpec { ident, limits, grants }, config.to_vec()).map_err(err)
+    let compiled = engine
+        .compile(&plugin.component_path())
+        .map_err(|source| StartError::Plugin { stage: owner.to_string(), source })?;
+    Ok((compiled, SandboxSpec { ident, limits, grants }))
 }
 
 /// Where a stage's results go.

@@ -137,6 +137,19 @@ pub struct DeadLetterOrigin {
     pub plugin_sha256: String,
 }
 
+impl DeadLetterOrigin {
+    /// The origin of a stage's dead letters.
+    pub fn of_stage(pipeline: &str, spec: &crate::manifest::StageSpec, plugin: &str, plugin_sha256: &str) -> Self {
+        Self {
+            pipeline: pipeline.to_owned(),
+            stage: spec.name.to_string(),
+            stream: spec.input.to_string(),
+            plugin: plugin.to_owned(),
+            plugin_sha256: plugin_sha256.to_owned(),
+        }
+    }
+}
+
 impl DeadLetter<'_> {
     fn to_json(&self) -> Value {
         let o = self.origin;

@@ -271,13 +271,7 @@ impl Stage {
         output: StageOutput,
         dead_letters: Arc<FileSink>,
     ) -> Self {
-        let origin = DeadLetterOrigin {
-            pipeline: pipeline.to_owned(),
-            stage: spec.name.to_string(),
-            stream: spec.input.to_string(),
-            plugin: plugin.spec.ident.plugin.clone(),
-            plugin_sha256: plugin.compiled.sha256.clone(),
-        };
+        let origin = DeadLetterOrigin::of_stage(pipeline, &spec, &plugin.spec.ident.plugin, &plugin.compiled.sha256);
         let version = PluginVersion::new(origin.plugin.clone(), origin.plugin_sha256.clone());
         let stats = Arc::new(StageStats::default());
         if let Ok(mut versions) = stats.versions.lock() {
