@@ -40,9 +40,12 @@ struct Row {
     amount_cents: u64,
 }
 
-fn native(rows: &[(String, i64, String)]) -> (f64, HashMap<(i64, String), (u64, u32)>) {
+/// (window start, customer) -> (total cents, transactions)
+type Totals = HashMap<(i64, String), (u64, u32)>;
+
+fn native(rows: &[(String, i64, String)]) -> (f64, Totals) {
     let started = Instant::now();
-    let mut totals: HashMap<(i64, String), (u64, u32)> = HashMap::new();
+    let mut totals = Totals::new();
     for i in 0..RECORDS {
         let (customer, at, payload) = &rows[i % rows.len()];
         let at = at + (i / rows.len()) as i64 * WINDOW_MS * 10;
@@ -54,7 +57,7 @@ fn native(rows: &[(String, i64, String)]) -> (f64, HashMap<(i64, String), (u64, 
     (RECORDS as f64 / started.elapsed().as_secs_f64(), totals)
 }
 
-fn component(rows: &[(String, i64, String)]) -> (f64, HashMap<(i64, String), (u64, u32)>) {
+fn component(rows: &[(String, i64, String)]) -> (f64, Totals) {
     let engine = engine();
     let compiled = engine.compile(artifacts::TOLL_BILLING_SUM.as_ref()).expect("compile");
     let spec = sandbox("toll-billing-sum", Limits::default(), Grants::default());
