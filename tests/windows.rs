@@ -1,7 +1,7 @@
 //! Aggregator stages end to end: toll rows in a stream are summed per
 //! customer over 10-minute event-time windows by the `toll-billing-sum`
 //! component; a window's results come out when the watermark passes its end,
-//! late records land in the dead letters with the reason, and a restart in
+//! late records land in a side stream with the reason, and a restart in
 //! the middle of a window counts every record once.
 
 use std::collections::BTreeMap;
@@ -22,6 +22,7 @@ stream = "rows"
 
 [streams.rows]
 [streams.billing]
+[streams.late-rows]
 
 [stages.billing]
 plugin = "{root}/plugins/toll-billing-sum"
@@ -29,6 +30,7 @@ input = "rows"
 output = "billing"
 batch-wait = "1ms"
 window = { size = "10m" }
+late = "late-rows"
 "#;
 
 /// 2026-11-26T14:00:00Z
@@ -77,7 +79,11 @@ async fn windows_close_on_the_watermark_and_late_records_keep_their_reason() {
     host.wait_until("the first window", |s| s.stages[0].records_out == 2).await;
     // 14:05 is behind the watermark now: late.
     host.host.put("rows", vec![row("C2", 999, T14 + 5 * minute)]).expect("put");
-    host.wait_until("the late record", |s| s.stages[0].dead_lettered == 1).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while host.host.read("late-rows", 0, 0, 10).expect("read").is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the late record did not reach the side stream");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     let windows = host.host.status().stages[0].windows.expect("window metrics");
     assert_eq!(windows.open_windows, 1, "only 14:10-14:20 is open; closed windows are freed: {windows:?}");
     assert_eq!(windows.open_keys, 1);
@@ -87,9 +93,11 @@ async fn windows_close_on_the_watermark_and_late_records_keep_their_reason() {
     let first = "2026-11-26T14:00:00.000Z".to_owned();
     assert_eq!(got.get(&(first.clone(), "C1".into())), Some(&685));
     assert_eq!(got.get(&(first, "C2".into())), Some(&150));
-    let dead = lines(&host.path("data/dead-letter/billing.jsonl"));
-    assert_eq!(dead.len(), 1);
-    let letter: Value = serde_json::from_str(&dead[0]).expect("JSON");
+    let late = host.host.read("late-rows", 0, 0, 10).expect("read");
+    assert_eq!(late.len(), 1);
+    let letter: Value = serde_json::from_slice(&late[0].data).expect("JSON");
+    assert_eq!(letter["data"], r#"{"customer_id":"C2","amount_cents":999}"#);
+    assert!(lines(&host.path("data/dead-letter/billing.jsonl")).is_empty(), "late records are not dead letters");
     assert_eq!(letter["error_code"], "late");
     assert!(letter["reason"].as_str().is_some_and(|r| r.contains("behind the watermark")), "{letter}");
 }

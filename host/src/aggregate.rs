@@ -2,8 +2,8 @@
 //! event-time windows ([`crate::window`]), folds it into the (window, key)
 //! state through the aggregator plugin, and when a window closes, turns its
 //! states into result records through the plugin's `emit` and appends them to
-//! the output stream (or sink). Late records go to the dead letters with the
-//! reason, never silently away.
+//! the output stream (or sink). Late records go to the stage's `late` stream
+//! (or else its dead letters) with the reason, never silently away.
 //!
 //! After every batch the stage writes its checkpoint: the input positions and
 //! the window state together, atomically (`<data-dir>/stage-state/<stage>.json`).
@@ -301,9 +301,30 @@ impl AggregateStage {
             })?
         };
         operator.apply_fold(plan, states).map_err(|e| e.to_string())?;
-        self.dead_letters.write_dead_letters(&late).map_err(|e| e.to_string())?;
+        match &self.spec.late {
+            None => self.dead_letters.write_dead_letters(&late).map_err(|e| e.to_string())?,
+            Some(stream) => {
+                // The side stream gets the dead-letter JSON: the record, its origin and the reason.
+                let records: Vec<NewRecord> = late
+                    .iter()
+                    .map(|l| NewRecord {
+                        key: l.record.key.clone(),
+                        event_time_ms: Some(l.record.event_time_ms),
+                        data: bytes::Bytes::from(l.to_json().to_string()),
+                        explicit_hash_key: None,
+                    })
+                    .collect();
+                if !records.is_empty() {
+                    for result in self.streams.append(stream.as_str(), records).map_err(|e| e.to_string())? {
+                        result.map_err(|e| e.to_string())?;
+                    }
+                }
+            }
+        }
         self.stats.records_in.fetch_add(records.len() as u64, Ordering::Relaxed);
-        self.stats.dead_lettered.fetch_add(late.len() as u64, Ordering::Relaxed);
+        if self.spec.late.is_none() {
+            self.stats.dead_lettered.fetch_add(late.len() as u64, Ordering::Relaxed);
+        }
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

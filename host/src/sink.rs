@@ -151,7 +151,8 @@ impl DeadLetterOrigin {
 }
 
 impl DeadLetter<'_> {
-    fn to_json(&self) -> Value {
+    /// The dead letter as JSON: where the record came from, why it failed, and its data.
+    pub fn to_json(&self) -> Value {
         let o = self.origin;
         let mut obj = Map::new();
         obj.insert("pipeline".into(), json!(o.pipeline));

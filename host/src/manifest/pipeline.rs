@@ -43,6 +43,8 @@
 //!                                     # time = "event" | "arrival", out-of-orderness = "30s",
 //!                                     # allowed-lateness = "0s", idle-timeout = "1m", max-ahead = "1h"
 //! expected-keys = ["17", "42"]        # aggregator stages: keys with a result in every window
+//! late = "late-tolls"                 # aggregator stages: a stream for late records, with the reason
+//!                                     # (the default: the dead letters)
 //! hot-swap = { probation = "60s", max-failure-rate = 0.5, watch = false }   # after a swap (the defaults):
 //!                                     # a version failing more than half its batches (3 at least) is rolled
 //!                                     # back; `watch`: swap when the plugin's component file changes
@@ -254,6 +256,7 @@ struct RawStage {
     hot_swap: Option<Spanned<RawHotSwap>>,
     window: Option<Spanned<RawWindow>>,
     expected_keys: Option<Vec<String>>,
+    late: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -602,6 +605,8 @@ pub struct StageSpec {
     pub window: Option<crate::window::WindowSpec>,
     /// Keys that get a result in every window, even without records.
     pub expected_keys: Vec<String>,
+    /// The stream late records go to, with the reason (default: the dead letters).
+    pub late: Option<Name>,
 }
 
 /// A `[sinks.<name>]` entry.
@@ -1012,9 +1017,18 @@ impl Checker<'_> {
         if raw.window.is_some() && window.is_none() {
             return None;
         }
+        let late = match &raw.late {
+            None => None,
+            Some(late) if raw.window.is_none() => {
+                diags.push(self.at(late.span(), format!("stage `{name}`: only aggregator stages have late records")));
+                None
+            }
+            Some(late) => Some(self.stream(late, &format!("stage `{name}` sends late records to"), diags)?),
+        };
         Some(StageSpec {
             window,
             expected_keys: raw.expected_keys.clone().unwrap_or_default(),
+            late,
             hot_swap,
             name,
             plugin: plugin?,
