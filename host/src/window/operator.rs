@@ -105,6 +105,10 @@ pub struct WindowMetrics {
     pub idle_shards: usize,
 }
 
+/// One window's states by key. A hash map of boxed keys: millions of keys cost less than
+/// in a sorted map; keys are sorted once, when the window closes.
+type States = HashMap<Box<str>, Vec<u8>>;
+
 /// Open windows and their per-key states; see the [module docs](super) for the semantics.
 #[derive(Debug)]
 pub struct WindowOperator {
@@ -113,7 +117,7 @@ pub struct WindowOperator {
     max_ahead_ms: Option<i64>,
     watermarks: Watermarks,
     /// Open windows by start (the order they close in), each with its states by key.
-    open: BTreeMap<Window, BTreeMap<String, Vec<u8>>>,
+    open: BTreeMap<Window, States>,
     /// The earliest window a record was routed to: with expected keys, every window from
     /// it on is closed, records or not.
     first_window: Option<Window>,
@@ -207,7 +211,7 @@ impl WindowOperator {
     pub fn state_mut(&mut self, window: Window, key: &str) -> Result<&mut Vec<u8>, WindowError> {
         self.check_writable(window)?;
         self.first_window = Some(self.first_window.map_or(window, |first| first.min(window)));
-        Ok(self.open.entry(window).or_default().entry(key.to_owned()).or_default())
+        Ok(self.open.entry(window).or_default().entry(Box::from(key)).or_default())
     }
 
     /// Routes a batch and groups its records by (window, key) for the plugin's `fold`;
@@ -248,7 +252,7 @@ impl WindowOperator {
             self.check_writable(*window)?;
         }
         for ((window, key), state) in plan.group_keys.into_iter().zip(states) {
-            self.open.entry(window).or_default().insert(key, state);
+            self.open.entry(window).or_default().insert(key.into_boxed_str(), state);
         }
         Ok(())
     }
@@ -280,10 +284,12 @@ impl WindowOperator {
         let window = self.spec.kind.window_ending_at(end);
         let mut states = self.open.remove(&window).unwrap_or_default();
         for key in &self.expected_keys {
-            states.entry(key.clone()).or_default();
+            states.entry(Box::from(key.as_str())).or_default();
         }
         self.last_closed_end = Some(end);
-        let (keys, states) = states.into_iter().unzip();
+        let mut sorted: Vec<(Box<str>, Vec<u8>)> = states.into_iter().collect();
+        sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let (keys, states) = sorted.into_iter().map(|(key, state)| (key.into_string(), state)).unzip();
         Some(ClosedWindow { window, keys, states })
     }
 
@@ -298,8 +304,8 @@ impl WindowOperator {
         WindowMetrics {
             watermark_ms: self.watermarks.current(),
             open_windows: self.open.len(),
-            open_keys: self.open.values().map(BTreeMap::len).sum(),
-            state_bytes: self.open.values().flat_map(BTreeMap::values).map(Vec::len).sum(),
+            open_keys: self.open.values().map(HashMap::len).sum(),
+            state_bytes: self.open.values().flat_map(HashMap::values).map(Vec::len).sum(),
             idle_shards: self.watermarks.idle_shards(now_ms),
         }
     }
@@ -319,7 +325,7 @@ impl WindowOperator {
                 .map(|(window, states)| SavedWindow {
                     start: window.start,
                     end: window.end,
-                    states: states.iter().map(|(key, state)| (key.clone(), base64.encode(state))).collect(),
+                    states: states.iter().map(|(key, state)| (key.to_string(), base64.encode(state))).collect(),
                 })
                 .collect(),
         };
@@ -350,10 +356,10 @@ impl WindowOperator {
             if !operator.spec.kind.produces(window) || saved.last_closed_end.is_some_and(|last| window.end <= last) {
                 return Err(WindowError::Snapshot(format!("{window} cannot be open")));
             }
-            let mut states = BTreeMap::new();
+            let mut states = States::new();
             for (key, state) in saved_window.states {
                 let state = base64.decode(&state).map_err(|e| WindowError::Snapshot(format!("{window}: {e}")))?;
-                states.insert(key, state);
+                states.insert(key.into_boxed_str(), state);
             }
             operator.open.insert(window, states);
         }
