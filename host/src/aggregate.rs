@@ -314,11 +314,7 @@ impl AggregateStage {
                         explicit_hash_key: None,
                     })
                     .collect();
-                if !records.is_empty() {
-                    for result in self.streams.append(stream.as_str(), records).map_err(|e| e.to_string())? {
-                        result.map_err(|e| e.to_string())?;
-                    }
-                }
+                crate::stage::append_waiting(self.streams.as_ref(), stream.as_str(), records)?;
             }
         }
         self.stats.records_in.fetch_add(records.len() as u64, Ordering::Relaxed);
@@ -346,23 +342,7 @@ impl AggregateStage {
             .records()
             .map(|r| OutRecord { key: r.key, event_time_ms: r.event_time_ms, payload: r.payload })
             .collect();
-        match &self.output {
-            StageOutput::Sink(sink) => sink.write(&out).map_err(|e| e.to_string())?,
-            StageOutput::Stream(stream) => {
-                let records: Vec<NewRecord> = out
-                    .iter()
-                    .map(|r| NewRecord {
-                        key: r.key.to_owned(),
-                        event_time_ms: Some(r.event_time_ms),
-                        data: bytes::Bytes::copy_from_slice(r.payload),
-                        explicit_hash_key: None,
-                    })
-                    .collect();
-                for result in self.streams.append(stream, records).map_err(|e| e.to_string())? {
-                    result.map_err(|e| e.to_string())?;
-                }
-            }
-        }
+        crate::stage::write_output(self.streams.as_ref(), &self.output, &out)?;
         self.stats.records_out.fetch_add(out.len() as u64, Ordering::Relaxed);
         Ok(())
     }

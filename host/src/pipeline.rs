@@ -403,7 +403,7 @@ impl Host {
     fn stage(&self, stage: &str) -> Result<(&crate::manifest::StageSpec, &StageHandle), SwapError> {
         let unknown = || SwapError::UnknownStage { pipeline: self.pipeline.name.to_string(), stage: stage.to_owned() };
         let spec = self.pipeline.stages.iter().find(|s| s.name.as_str() == stage).ok_or_else(unknown)?;
-        let handle = self.stages.iter().find(|h| h.status().name == stage).ok_or_else(unknown)?;
+        let handle = self.stages.iter().find(|h| h.name() == stage).ok_or_else(unknown)?;
         Ok((spec, handle))
     }
 

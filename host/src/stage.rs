@@ -199,6 +199,11 @@ impl StageHandle {
         }
     }
 
+    /// The stage's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// A snapshot of its counters.
     pub fn status(&self) -> StageStatus {
         let s = &self.stats;
@@ -249,6 +254,51 @@ impl StageHandle {
             tracing::error!(stage = %self.name, "stage thread panicked");
         }
     }
+}
+
+/// Writes a stage's output records to its sink or stream.
+pub(crate) fn write_output(
+    streams: &dyn StreamStore,
+    output: &StageOutput,
+    out: &[OutRecord<'_>],
+) -> Result<(), String> {
+    match output {
+        StageOutput::Sink(sink) => sink.write(out).map_err(|e| e.to_string()),
+        StageOutput::Stream(stream) => {
+            let records = out
+                .iter()
+                .map(|r| NewRecord {
+                    key: r.key.to_owned(),
+                    event_time_ms: Some(r.event_time_ms),
+                    data: Bytes::copy_from_slice(r.payload),
+                    explicit_hash_key: None,
+                })
+                .collect();
+            append_waiting(streams, stream, records)
+        }
+    }
+}
+
+/// Appends to a stream, treating a full or throttled stream as backpressure,
+/// not an error: waits, and appends what is left.
+pub(crate) fn append_waiting(streams: &dyn StreamStore, stream: &str, records: Vec<NewRecord>) -> Result<(), String> {
+    let mut rest = records;
+    while !rest.is_empty() {
+        let results = streams.append(stream, rest.clone()).map_err(|e| e.to_string())?;
+        let mut left = Vec::new();
+        for (record, result) in rest.into_iter().zip(results) {
+            match result {
+                Ok(_) => {}
+                Err(StreamError::Full { .. } | StreamError::Throttled { .. }) => left.push(record),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        rest = left;
+        if !rest.is_empty() {
+            std::thread::sleep(IDLE_POLL);
+        }
+    }
+    Ok(())
 }
 
 /// How a batch ended.
@@ -611,39 +661,7 @@ impl Stage {
     }
 
     fn write_output(&self, out: &[OutRecord<'_>]) -> Result<(), String> {
-        match &self.output {
-            StageOutput::Sink(sink) => sink.write(out).map_err(|e| e.to_string()),
-            StageOutput::Stream(stream) => {
-                let records: Vec<NewRecord> = out
-                    .iter()
-                    .map(|r| NewRecord {
-                        key: r.key.to_owned(),
-                        event_time_ms: Some(r.event_time_ms),
-                        data: Bytes::copy_from_slice(r.payload),
-                        explicit_hash_key: None,
-                    })
-                    .collect();
-                // A full or throttled downstream stream is backpressure, not an
-                // error: wait, and append what is left.
-                let mut rest = records;
-                while !rest.is_empty() {
-                    let results = self.streams.append(stream, rest.clone()).map_err(|e| e.to_string())?;
-                    let mut left = Vec::new();
-                    for (record, result) in rest.into_iter().zip(results) {
-                        match result {
-                            Ok(_) => {}
-                            Err(StreamError::Full { .. } | StreamError::Throttled { .. }) => left.push(record),
-                            Err(e) => return Err(e.to_string()),
-                        }
-                    }
-                    rest = left;
-                    if !rest.is_empty() {
-                        std::thread::sleep(IDLE_POLL);
-                    }
-                }
-                Ok(())
-            }
-        }
+        write_output(self.streams.as_ref(), &self.output, out)
     }
 
     /// The plugin failed on this batch: report it and apply the error policy.

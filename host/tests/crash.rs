@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{free_port, start, wait_ready};
+use common::{free_port, next_random, start, wait_ready};
 use serde_json::{Value, json};
 
 const MANIFEST: &str = r#"
@@ -60,10 +60,7 @@ fn acknowledged_records_survive_sigkill_exactly_once_and_in_order() {
         let port = free_port();
         let mut child = start(&manifest, port);
         runtime.block_on(wait_ready(&client, port));
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        let kill_after = Duration::from_millis(50 + rng % 400);
+        let kill_after = Duration::from_millis(50 + next_random(&mut rng) % 400);
         runtime.block_on(async {
             let producers: Vec<_> = (0..4)
                 .map(|p| {

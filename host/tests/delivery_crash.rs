@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::{free_port, start, wait_ready};
+use common::{free_port, next_random, start, wait_ready};
 use serde_json::{Value, json};
 
 const MANIFEST: &str = r#"
@@ -58,10 +58,7 @@ fn deliveries_killed_midway_load_every_acknowledged_row_exactly_once() {
         let port = free_port();
         let mut child = start(&manifest, port);
         runtime.block_on(wait_ready(&client, port));
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        let kill_after = Duration::from_millis(300 + rng % 700);
+        let kill_after = Duration::from_millis(300 + next_random(&mut rng) % 700);
         runtime.block_on(async {
             let (client, acked) = (client.clone(), acked.clone());
             let producer = tokio::spawn(async move {

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{free_port, start, wait_ready};
+use common::{free_port, next_random, start, wait_ready};
 use serde_json::{Value, json};
 
 /// 2026-11-25T00:00:00Z: a day in the past (times far ahead of the clock are refused).
@@ -107,10 +107,7 @@ fn window_results_after_sigkills_equal_the_uninterrupted_day() {
             // Go on from what the stream holds: one producer, in order, so it is a prefix.
             let have = stored(&client, port, "rows").await.len() as i64;
             killed_midway += i32::from(have < ROWS);
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            let kill_after = Duration::from_millis(100 + rng % 500);
+            let kill_after = Duration::from_millis(100 + next_random(&mut rng) % 500);
             let _ = tokio::time::timeout(kill_after, put_from(&client, port, have, ROWS)).await;
         });
         child.kill().expect("SIGKILL");

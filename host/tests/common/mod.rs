@@ -33,3 +33,11 @@ pub async fn wait_ready(client: &reqwest::Client, port: u16) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The next number of a xorshift sequence: varied kill points, the same on every run.
+pub fn next_random(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
