@@ -3,7 +3,8 @@
 //! through the admin API, with invalid candidates in between that must be
 //! refused. Every input record comes out exactly once, every batch is
 //! processed by exactly one version, refused candidates never process a
-//! record, and a rollback brings back the previous version.
+//! record, and a rollback brings back the previous version. An aggregator
+//! swapped mid-window keeps its open windows: same results as no swap.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -43,10 +44,16 @@ fn sha256(bytes: &[u8]) -> String {
 }
 
 async fn swap(host: &TestHost, component: &[u8], version: &str) -> (u16, Value) {
+    swap_stage(host, "tag", component, version, "keep").await
+}
+
+/// Uploads `component` to `stage`; `state` says what an aggregator does with its open states.
+async fn swap_stage(host: &TestHost, stage: &str, component: &[u8], version: &str, state: &str) -> (u16, Value) {
     let response = reqwest::Client::new()
-        .put(format!("{}/v1/stages/tag/plugin", host.url))
+        .put(format!("{}/v1/stages/{stage}/plugin", host.url))
         .header("content-type", "application/wasm")
         .header("x-weir-plugin-version", version)
+        .header("x-weir-state", state)
         .body(component.to_vec())
         .send()
         .await
@@ -297,4 +304,117 @@ hot-swap = {{ watch = true }}
     assert_eq!(read_all(&host, "out"), vec!["v1|one|one", "v2|two|two"]);
     assert_eq!(host.host.status().stages[0].versions[1].plugin, "watched@0.2.0");
     host.stop().await;
+}
+
+const BILLING_MANIFEST: &str = r#"
+[pipeline]
+name = "billing-swap-test"
+data-dir = "data"
+
+[sources.http]
+kind = "http"
+stream = "rows"
+
+[streams.rows]
+[streams.billing]
+
+[stages.billing]
+plugin = "{root}/plugins/toll-billing-sum"
+input = "rows"
+output = "billing"
+batch-size = 40
+batch-wait = "1ms"
+window = { size = "10m" }
+"#;
+
+/// 2026-11-26T14:00:00Z
+const T14: i64 = 1_795_701_600_000;
+
+/// Toll rows every 3 s from 14:00 to 14:35 for ten customers: (customer, cents, event time).
+fn billing_rows() -> Vec<(String, u64, i64)> {
+    (0..700).map(|i: i64| (format!("C{:02}", i % 10), (i * 37 % 900 + 100) as u64, T14 + i * 3_000)).collect()
+}
+
+fn put_rows(host: &TestHost, rows: &[(String, u64, i64)]) {
+    let records = rows
+        .iter()
+        .map(|(customer, cents, at)| NewRecord {
+            key: customer.clone(),
+            event_time_ms: Some(*at),
+            data: Bytes::from(format!(r#"{{"customer_id":"{customer}","amount_cents":{cents}}}"#)),
+            explicit_hash_key: None,
+        })
+        .collect();
+    host.host.put("rows", records).expect("put");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aggregator_swapped_mid_window_gives_the_results_of_a_run_without_the_swap() {
+    let host = TestHost::start(BILLING_MANIFEST).await.expect("start");
+    let rows = billing_rows();
+    let v1 = std::fs::read(artifacts::TOLL_BILLING_SUM).expect("toll-billing-sum");
+    let v2 = std::fs::read(artifacts::BILLING_V2).expect("billing-v2");
+    let in_count = |n: usize| move |s: &weir_host::pipeline::PipelineStatus| s.stages[0].records_in == n as u64;
+
+    // Up to 14:14: the 14:10 window is open, four minutes in.
+    put_rows(&host, &rows[..280]);
+    host.wait_until("the first rows", in_count(280)).await;
+    // A build with the same state version takes the open states as they are.
+    let (status, answer) = swap_stage(&host, "billing", &v1, "0.1.1", "keep").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["state_version"], 1);
+
+    put_rows(&host, &rows[280..480]);
+    host.wait_until("the rows up to 14:24", in_count(480)).await;
+    // Version 2 keeps its states in another layout: refused unless asked to migrate.
+    let (status, answer) = swap_stage(&host, "billing", &v2, "0.2.0", "keep").await;
+    assert_eq!(status, 422, "{answer}");
+    let reason = answer["error"]["message"].as_str().unwrap_or("");
+    assert!(reason.contains("version 2") && reason.contains("migrate"), "{answer}");
+    let (status, answer) = swap_stage(&host, "billing", &v2, "0.2.0", "migrate").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["state_version"], 2);
+    // Rolling back to version 1 would hand it version 2's states.
+    let rollback = reqwest::Client::new()
+        .post(format!("{}/v1/stages/billing/plugin/rollback", host.url))
+        .send()
+        .await
+        .expect("rollback request");
+    assert_eq!(rollback.status().as_u16(), 409);
+    let answer: Value = rollback.json().await.expect("JSON answer");
+    assert!(answer["error"]["message"].as_str().is_some_and(|m| m.contains("version 2")), "{answer}");
+
+    // The rest, and a record at 15:00 that closes every window up to 14:40.
+    put_rows(&host, &rows[480..]);
+    put_rows(&host, &[("C00".to_owned(), 1, T14 + 3_600_000)]);
+    host.wait_until("the last window's results", |s| s.stages[0].records_out == 40).await;
+    let stage = host.host.status().stages.remove(0);
+    let plugins: Vec<&str> = stage.versions.iter().map(|v| v.plugin.as_str()).collect();
+    assert_eq!(plugins, ["toll-billing-sum@0.1.0", "toll-billing-sum@0.1.1", "toll-billing-sum@0.2.0"]);
+    assert_eq!(stage.dead_lettered, 0);
+
+    // The oracle: each customer's tolls summed per 10 minutes, computed here from the input.
+    let mut expected: BTreeMap<(i64, String), (u64, u64)> = BTreeMap::new();
+    for (customer, cents, at) in &rows {
+        let sum = expected.entry(((at - T14) / 600_000, customer.clone())).or_default();
+        *sum = (sum.0 + cents, sum.1 + 1);
+    }
+    let mut got: BTreeMap<(i64, String), (u64, u64)> = BTreeMap::new();
+    for line in read_all(&host, "billing") {
+        let v: Value = serde_json::from_str(&line).expect("JSON result");
+        let start = v["window_start"].as_str().unwrap_or("");
+        let minute: i64 = start.get(14..16).and_then(|m| m.parse().ok()).expect("a window start");
+        let key = (minute / 10, v["customer_id"].as_str().unwrap_or("").to_owned());
+        let totals = (v["total_cents"].as_u64().unwrap_or(0), v["transactions"].as_u64().unwrap_or(0));
+        assert!(got.insert(key, totals).is_none(), "a result came twice: {line}");
+    }
+    assert_eq!(got, expected);
+
+    // Restarted with the manifest's version 1 plugin, the stage refuses version 2's states.
+    let host = host.restart(BILLING_MANIFEST).await.expect("restart");
+    host.wait_until("the stage to refuse the checkpoint", |s| {
+        s.stages[0].last_error.as_deref().is_some_and(|e| e.contains("state version 2"))
+    })
+    .await;
+    assert_eq!(host.host.status().stages[0].phase, weir_host::stage::Phase::Stopped);
 }

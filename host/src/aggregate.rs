@@ -5,18 +5,24 @@
 //! the output stream (or sink). Late records go to the stage's `late` stream
 //! (or else its dead letters) with the reason, never silently away.
 //!
-//! After every batch the stage writes its checkpoint: the input positions and
-//! the window state together, atomically (`<data-dir>/stage-state/<stage>.json`).
+//! After every batch the stage writes its checkpoint: the input positions, the
+//! window state and the plugin's state version together, atomically
+//! (`<data-dir>/stage-state/<stage>.json`).
 //! A restart goes on from there, so every record is counted once. Results
 //! emitted after the last checkpoint are emitted again after a crash,
 //! identical (same window, key and content), so a consumer can drop repeats.
+//!
+//! A hot swap happens between two batches. The open windows' states go on with
+//! the new version when its state version is the same; otherwise the swap is
+//! refused unless the operator asked to migrate them (through the candidate's
+//! `state-migration` export, all or nothing) or to reset them.
 
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -26,13 +32,15 @@ use crate::plugin::{AggregatorInstance, AggregatorPlugin, Batch};
 use crate::sink::{DeadLetter, DeadLetterOrigin, FileSink, OutRecord};
 use crate::stage::{Phase, StageHandle, StageOutput, StageStats, backoff_delay};
 use crate::stream::{NewRecord, StoredRecord, StreamError, StreamStore, now_ms};
-use crate::swap::{PluginVersion, SwapCommand, SwapReply};
+use crate::swap::{AggregatorCandidate, PluginVersion, StateChange, SwapCommand, SwapReply};
 use crate::window::{FoldRecord, WindowOperator};
 
 /// Failures in a row on one batch before its records go to the dead letters.
 const GIVE_UP_AFTER: u32 = 3;
 /// How often an idle stage looks for windows to close and for a shutdown.
 const IDLE_POLL: Duration = Duration::from_millis(100);
+/// States handed to a migration per call, so a million keys do not need one huge guest allocation.
+const MIGRATE_CHUNK: usize = 4096;
 
 /// What is saved after every batch.
 #[derive(Serialize, Deserialize)]
@@ -41,6 +49,9 @@ struct Checkpoint {
     positions: Vec<u64>,
     /// The window operator's snapshot, base64.
     windows: String,
+    /// The layout version of the states in `windows` (absent in checkpoints of weir 0.1).
+    #[serde(default)]
+    state_version: Option<u32>,
 }
 
 /// An aggregator stage, ready to [`AggregateStage::spawn`].
@@ -54,6 +65,13 @@ pub struct AggregateStage {
     state_file: PathBuf,
     stats: Arc<StageStats>,
     draining: Arc<AtomicBool>,
+    /// The version running now, the layout version of its states, and the
+    /// version before the last swap (for rollback).
+    version: Arc<PluginVersion>,
+    state_version: u32,
+    previous: Option<(AggregatorPlugin, Arc<PluginVersion>, u32)>,
+    /// Until when the version swapped in last is watched for failures.
+    probation_until: Option<Instant>,
 }
 
 impl AggregateStage {
@@ -69,9 +87,24 @@ impl AggregateStage {
     ) -> Self {
         let origin = DeadLetterOrigin::of_stage(pipeline, &spec, &plugin.spec.ident.plugin, &plugin.compiled.sha256);
         let stats = Arc::new(StageStats::default());
-        stats.start_version(PluginVersion::new(origin.plugin.clone(), origin.plugin_sha256.clone()));
+        let version = PluginVersion::new(origin.plugin.clone(), origin.plugin_sha256.clone());
+        stats.start_version(version.clone());
         let state_file = state_dir.join(format!("{}.json", spec.name));
-        Self { spec, plugin, streams, output, dead_letters, origin, state_file, stats, draining: Arc::default() }
+        Self {
+            spec,
+            plugin,
+            streams,
+            output,
+            dead_letters,
+            origin,
+            state_file,
+            stats,
+            draining: Arc::default(),
+            version,
+            state_version: 0,
+            previous: None,
+            probation_until: None,
+        }
     }
 
     /// Starts the stage on its own thread.
@@ -87,22 +120,28 @@ impl AggregateStage {
         Ok(StageHandle::running(name, stats, commands, input, output_stream, draining, thread))
     }
 
-    fn run(self, requests: Receiver<(SwapCommand, Sender<SwapReply>)>) {
+    fn run(mut self, requests: Receiver<(SwapCommand, Sender<SwapReply>)>) {
         let span = tracing::info_span!("stage", pipeline = %self.origin.pipeline, stage = %self.origin.stage, plugin = %self.origin.plugin);
         let _enter = span.enter();
-        let (input, consumer) = (self.spec.input.as_str(), self.spec.name.as_str());
-        let Some((mut operator, mut positions)) = self.restore() else {
+        let spec = self.spec.clone();
+        let (input, consumer) = (spec.input.as_str(), spec.name.as_str());
+        let mut instance: Option<AggregatorInstance> = None;
+        let Some((mut operator, mut positions)) = self.restore(&mut instance) else {
             self.stats.set_phase(Phase::Stopped);
             return;
         };
         self.stats.set_phase(Phase::Running);
-        let mut instance: Option<AggregatorInstance> = None;
         let mut failures = 0u32;
         let mut next_shard = 0usize;
         loop {
-            while let Ok((_, reply)) = requests.try_recv() {
-                let _ =
-                    reply.send(Err(format!("stage `{consumer}`: hot swap of aggregator stages is not supported yet")));
+            // A batch boundary: swaps and rollbacks happen here, never inside a batch.
+            while let Ok((command, reply)) = requests.try_recv() {
+                let answer = self.apply(command, &mut instance, &mut operator);
+                if answer.is_ok() {
+                    // The new version and the states it continues with, before anything else.
+                    self.save(&operator, &positions);
+                }
+                let _ = reply.send(answer);
             }
             let draining = self.draining.load(Ordering::Relaxed);
             let seen = self.streams.changes(input).unwrap_or(0);
@@ -129,25 +168,33 @@ impl AggregateStage {
                     );
                 }
                 match self.streams.read(input, shard as u32, positions[shard], self.spec.batch_size) {
-                    Ok(records) if !records.is_empty() => match self.fold(&mut operator, &mut instance, &records) {
-                        Ok(()) => {
-                            positions[shard] = records[records.len() - 1].sequence + 1;
-                            failures = 0;
-                            changed = true;
+                    Ok(records) if !records.is_empty() => {
+                        match self.fold_watched(&mut operator, &mut instance, &records) {
+                            Ok(()) => {
+                                positions[shard] = records[records.len() - 1].sequence + 1;
+                                failures = 0;
+                                changed = true;
+                            }
+                            Err(Folding::RolledBack(e)) => {
+                                // The batch goes to the version rolled back to, from its first try.
+                                failures = 0;
+                                self.failed(&e, 1);
+                                continue;
+                            }
+                            Err(Folding::Failed(e)) if failures + 1 >= GIVE_UP_AFTER => {
+                                // A batch the plugin keeps refusing: set aside with the reason, not retried forever.
+                                self.set_aside(&records, &e);
+                                positions[shard] = records[records.len() - 1].sequence + 1;
+                                failures = 0;
+                                changed = true;
+                            }
+                            Err(Folding::Failed(e)) => {
+                                failures += 1;
+                                self.failed(&e, failures);
+                                continue;
+                            }
                         }
-                        Err(e) if failures + 1 >= GIVE_UP_AFTER => {
-                            // A batch the plugin keeps refusing: set aside with the reason, not retried forever.
-                            self.set_aside(&records, &e);
-                            positions[shard] = records[records.len() - 1].sequence + 1;
-                            failures = 0;
-                            changed = true;
-                        }
-                        Err(e) => {
-                            failures += 1;
-                            self.failed(&e, failures);
-                            continue;
-                        }
-                    },
+                    }
                     Ok(_) => {}
                     Err(StreamError::Trimmed { oldest, .. }) => {
                         tracing::warn!(
@@ -198,15 +245,40 @@ impl AggregateStage {
     }
 
     /// The checkpoint of the last run, or a fresh start at the consumer's positions.
-    fn restore(&self) -> Option<(WindowOperator, Vec<u64>)> {
+    /// The plugin is instantiated first: the checkpoint's states must be in its layout.
+    fn restore(&mut self, instance: &mut Option<AggregatorInstance>) -> Option<(WindowOperator, Vec<u64>)> {
         let Some(window) = self.spec.window.clone() else {
             tracing::error!("an aggregator stage needs a window");
             return None;
+        };
+        self.state_version = match self.instance(instance).and_then(|i| i.state_version().map_err(|e| e.to_string())) {
+            Ok(v) => {
+                let _ = self.version.state_version.set(v);
+                v
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the plugin cannot start; stage stopped");
+                self.stats.set_error(e);
+                return None;
+            }
         };
         let now = now_ms();
         let saved = std::fs::read(&self.state_file).ok().and_then(|b| serde_json::from_slice::<Checkpoint>(&b).ok());
         let (mut operator, positions) = match saved {
             Some(c) => {
+                if let Some(saved) = c.state_version.filter(|&v| v != self.state_version) {
+                    let e = format!(
+                        "the checkpoint {} holds open windows in state version {saved}, but plugin `{}` keeps \
+                         version {}: run the plugin that wrote them and hot-swap this one in with state \
+                         `migrate` or `reset`",
+                        self.state_file.display(),
+                        self.version.plugin,
+                        self.state_version
+                    );
+                    tracing::error!(error = %e, "stage stopped");
+                    self.stats.set_error(e);
+                    return None;
+                }
                 let snapshot = base64::engine::general_purpose::STANDARD.decode(&c.windows).unwrap_or_default();
                 match WindowOperator::restore(window, &snapshot, now) {
                     Ok(op) => (op, c.positions),
@@ -233,6 +305,7 @@ impl AggregateStage {
         let checkpoint = Checkpoint {
             positions: positions.to_vec(),
             windows: base64::engine::general_purpose::STANDARD.encode(operator.snapshot()),
+            state_version: Some(self.state_version),
         };
         let tmp = self.state_file.with_extension("tmp");
         let result = serde_json::to_vec(&checkpoint)
@@ -257,6 +330,119 @@ impl AggregateStage {
             *instance = Some(self.plugin.instantiate().map_err(|e| e.to_string())?);
         }
         instance.as_mut().ok_or_else(|| "no instance".to_owned())
+    }
+
+    /// Switches plugin versions between two batches, carrying the open windows' states over.
+    fn apply(
+        &mut self,
+        command: SwapCommand,
+        instance: &mut Option<AggregatorInstance>,
+        operator: &mut WindowOperator,
+    ) -> SwapReply {
+        let stage = self.spec.name.clone();
+        let (plugin, fresh, version, state_version) = match command {
+            SwapCommand::Swap(_) => {
+                return Err(format!("stage `{stage}` runs an aggregator: the candidate must be one too"));
+            }
+            SwapCommand::SwapAggregator(candidate) => {
+                let AggregatorCandidate { plugin, mut instance, version, state_version, state } = *candidate;
+                let running = self.state_version;
+                match state {
+                    StateChange::Reset => {
+                        let dropped = operator.reset_states();
+                        tracing::warn!(dropped, "the swap reset the open windows' states");
+                    }
+                    _ if state_version == running => {}
+                    StateChange::Keep => {
+                        return Err(format!(
+                            "the candidate keeps its states in version {state_version}, the open windows hold \
+                             version {running}: swap with state `migrate` (the candidate exports \
+                             `state-migration`) or `reset` (drops the open windows' states)"
+                        ));
+                    }
+                    StateChange::Migrate => {
+                        operator
+                            .rewrite_states(|states| {
+                                let mut out = Vec::with_capacity(states.len());
+                                for chunk in states.chunks(MIGRATE_CHUNK) {
+                                    out.extend(instance.migrate(running, chunk)?);
+                                }
+                                Ok::<_, crate::plugin::PluginError>(out)
+                            })
+                            .map_err(|e| {
+                                format!("migrating the open windows' states from version {running} failed, nothing changed: {e}")
+                            })?;
+                        tracing::info!(from = running, to = state_version, "the open windows' states were migrated");
+                    }
+                }
+                (plugin, Some(instance), version, state_version)
+            }
+            SwapCommand::Rollback => {
+                let Some((plugin, version, state_version)) = self.previous.take() else {
+                    return Err(format!("stage `{stage}` has no previous version to roll back to"));
+                };
+                if state_version != self.state_version {
+                    let e = format!(
+                        "{} keeps states in version {state_version}, the open windows hold version {} since the \
+                         swap: roll back by swapping in a build that migrates them",
+                        version.plugin, self.state_version
+                    );
+                    self.previous = Some((plugin, version, state_version));
+                    return Err(e);
+                }
+                let again = PluginVersion::new(version.plugin.clone(), version.sha256.clone());
+                let _ = again.state_version.set(state_version);
+                (plugin, None, again, state_version)
+            }
+        };
+        // A swapped-in version is on probation; a version rolled back to is not.
+        self.probation_until = fresh.is_some().then(|| Instant::now() + self.spec.hot_swap.probation);
+        let old_plugin = std::mem::replace(&mut self.plugin, plugin);
+        let old_version = std::mem::replace(&mut self.version, version.clone());
+        let old_state_version = std::mem::replace(&mut self.state_version, state_version);
+        old_version.set_active(false);
+        self.previous = Some((old_plugin, old_version.clone(), old_state_version));
+        *instance = fresh;
+        self.origin.plugin = version.plugin.clone();
+        self.origin.plugin_sha256 = version.sha256.clone();
+        self.stats.start_version(version.clone());
+        tracing::info!(from = %old_version.sha256, to = %version.sha256, plugin = %version.plugin, "plugin swapped at a batch boundary");
+        Ok(version.status())
+    }
+
+    /// Folds a batch and counts it for the running version; a version on probation
+    /// failing too often is rolled back on the spot.
+    fn fold_watched(
+        &mut self,
+        operator: &mut WindowOperator,
+        instance: &mut Option<AggregatorInstance>,
+        records: &[StoredRecord],
+    ) -> Result<(), Folding> {
+        let result = self.fold(operator, instance, records);
+        self.version.batches.fetch_add(1, Ordering::Relaxed);
+        if result.is_ok() {
+            self.version.records_in.fetch_add(records.len() as u64, Ordering::Relaxed);
+        } else {
+            self.version.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        let max_rate = self.spec.hot_swap.max_failure_rate;
+        let verdict = crate::swap::probation_failed(&self.version, &mut self.probation_until, max_rate);
+        let rolled_back = verdict.is_some_and(|why| match self.apply(SwapCommand::Rollback, instance, operator) {
+            Ok(v) => {
+                tracing::warn!(to = %v.sha256, "{why}; rolled back automatically");
+                self.stats.set_error(format!("{why}; rolled back automatically"));
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "{why}; the rollback failed");
+                false
+            }
+        });
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) if rolled_back => Err(Folding::RolledBack(e)),
+            Err(e) => Err(Folding::Failed(e)),
+        }
     }
 
     /// Folds a batch into the window states; late records go to the dead letters.
@@ -344,6 +530,7 @@ impl AggregateStage {
             .collect();
         crate::stage::write_output(self.streams.as_ref(), &self.output, &out)?;
         self.stats.records_out.fetch_add(out.len() as u64, Ordering::Relaxed);
+        self.version.records_out.fetch_add(out.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -370,6 +557,14 @@ impl AggregateStage {
             self.stats.set_phase(Phase::Running);
         }
     }
+}
+
+/// How folding a batch failed.
+enum Folding {
+    /// The plugin failed; the batch is retried.
+    Failed(String),
+    /// The plugin failed and the version on probation was rolled back.
+    RolledBack(String),
 }
 
 /// Whether a stage's plugin runs in an [`AggregateStage`].

@@ -108,6 +108,11 @@ enum PluginAction {
         /// Its version, shown in `weir plugin list` (default: `upload`).
         #[arg(long)]
         version: Option<String>,
+        /// An aggregator stage's open windows' states, when the new plugin keeps them in
+        /// another state version: `keep` (refuse such a plugin), `migrate` (through its
+        /// `state-migration` export) or `reset` (drop them).
+        #[arg(long, default_value = "keep")]
+        state: crate::swap::StateChange,
     },
     /// Go back to the version the stage ran before its last swap.
     Rollback {
@@ -219,10 +224,11 @@ async fn plugin(client: Client, action: PluginAction) -> anyhow::Result<()> {
     let running = status["pipeline"].as_str().unwrap_or("");
     anyhow::ensure!(running == pipeline, "the weir at this endpoint runs pipeline `{running}`, not `{pipeline}`");
     let answer = match action {
-        PluginAction::Swap { stage, component, version, .. } => {
+        PluginAction::Swap { stage, component, version, state, .. } => {
             let bytes = std::fs::read(&component).with_context(|| format!("cannot read {}", component.display()))?;
             let mut headers = HeaderMap::new();
             headers.insert("content-type", HeaderValue::from_static("application/wasm"));
+            headers.insert("x-weir-state", HeaderValue::from_static(state.as_str()));
             if let Some(v) = version {
                 headers.insert("x-weir-plugin-version", HeaderValue::from_str(&v).context("--version")?);
             }

@@ -19,7 +19,7 @@ use crate::stream::{
     Appended, DEFAULT_CAPACITY, DEFAULT_FSYNC_INTERVAL, DiskStreamSpec, DiskStreams, FileSyncer, FsyncPolicy,
     NewRecord, StoredRecord, StreamError, StreamStore, shard_id,
 };
-use crate::swap::{Candidate, SwapCommand, VersionStatus};
+use crate::swap::{AggregatorCandidate, Candidate, StateChange, SwapCommand, VersionStatus};
 
 /// Why a pipeline could not start.
 #[derive(Debug, thiserror::Error)]
@@ -350,16 +350,19 @@ pub enum SwapError {
 
 impl Host {
     /// Replaces a stage's plugin while its stream flows. The candidate must
-    /// compile, implement the transformer world, start within the stage's
-    /// limits, and process the input's latest records without failing (its
-    /// outcomes may say `processing-failed`; a trap, deadline or error may
-    /// not). Then the stage switches at its next batch boundary: every batch
-    /// is processed by one version, none twice, none skipped.
+    /// compile, implement the stage's world, start within the stage's limits,
+    /// and process the input's latest records without failing (its outcomes
+    /// may say `processing-failed`; a trap, deadline or error may not). Then
+    /// the stage switches at its next batch boundary: every batch is processed
+    /// by one version, none twice, none skipped. An aggregator candidate whose
+    /// state version differs from the running one's is refused unless `state`
+    /// says to migrate the open windows' states or to reset them.
     pub fn swap_plugin(
         &self,
         stage: &str,
         component: &[u8],
         version: Option<&str>,
+        state: StateChange,
     ) -> Result<VersionStatus, SwapError> {
         let (spec, handle) = self.stage(stage)?;
         let refused = |reason: String| SwapError::Refused { stage: stage.to_owned(), reason };
@@ -371,26 +374,38 @@ impl Host {
             stage: stage.to_owned(),
             plugin: plugin.clone(),
         });
-        let sha256 = compiled.sha256.clone();
+        let version = crate::swap::PluginVersion::new(plugin, compiled.sha256.clone());
         let sandbox = SandboxSpec { ident, limits: spec.limits, grants: spec.grants.clone() };
-        let candidate = TransformerPlugin::new(&self.engine, compiled, sandbox, spec.config.clone())
-            .map_err(|e| refused(e.to_string()))?;
-        let mut checked = candidate.instantiate().map_err(|e| refused(e.to_string()))?;
-        // A canary: the latest input records, processed without a plugin failure.
         let canary = self.canary(spec.input.as_str());
-        if !canary.is_empty() {
-            let mut batch =
-                crate::plugin::Batch::with_capacity(canary.len(), canary.iter().map(|r| r.data.len()).sum());
-            for r in &canary {
-                batch.push(&r.key, r.event_time_ms, &r.data);
+        let command = if crate::aggregate::is_aggregator(spec) {
+            let candidate = AggregatorPlugin::new(&self.engine, compiled, sandbox, spec.config.clone())
+                .map_err(|e| refused(e.to_string()))?;
+            let running = handle.stats.active_version().and_then(|v| v.state_version.get().copied());
+            let state_version = check_aggregator(&candidate, &canary, running, state).map_err(refused)?;
+            let _ = version.state_version.set(state_version);
+            let instance = candidate.instantiate().map_err(|e| refused(e.to_string()))?;
+            SwapCommand::SwapAggregator(Box::new(AggregatorCandidate {
+                plugin: candidate,
+                instance,
+                version,
+                state_version,
+                state,
+            }))
+        } else {
+            if state != StateChange::Keep {
+                return Err(refused("state `migrate` and `reset` are for aggregator stages only".into()));
             }
-            checked.transform(&batch).map_err(|e| refused(format!("failed on the input's latest records: {e}")))?;
-        }
-        self_test(&mut checked, &spec.plugin.self_tests).map_err(refused)?;
-        // A fresh instance runs the stream: the checks leave no state behind.
-        let instance = candidate.instantiate().map_err(|e| refused(e.to_string()))?;
-        let version = crate::swap::PluginVersion::new(plugin, sha256);
-        let command = SwapCommand::Swap(Box::new(Candidate { plugin: candidate, instance, version }));
+            let candidate = TransformerPlugin::new(&self.engine, compiled, sandbox, spec.config.clone())
+                .map_err(|e| refused(e.to_string()))?;
+            let mut checked = candidate.instantiate().map_err(|e| refused(e.to_string()))?;
+            if !canary.is_empty() {
+                checked.transform(&records_batch(&canary)).map_err(|e| refused(canary_failed(e)))?;
+            }
+            self_test(&mut checked, &spec.plugin.self_tests).map_err(refused)?;
+            // A fresh instance runs the stream: the checks leave no state behind.
+            let instance = candidate.instantiate().map_err(|e| refused(e.to_string()))?;
+            SwapCommand::Swap(Box::new(Candidate { plugin: candidate, instance, version }))
+        };
         handle.command(command, SWAP_TIMEOUT).map_err(SwapError::Stage)
     }
 
@@ -417,6 +432,63 @@ impl Host {
         }
         records
     }
+}
+
+/// Checks an aggregator candidate: its state version fits the running one's (or
+/// `state` says what to do), it can migrate if asked to, and it folds the
+/// input's latest records and emits their results without failing. Returns
+/// its state version.
+fn check_aggregator(
+    candidate: &AggregatorPlugin,
+    canary: &[StoredRecord],
+    running: Option<u32>,
+    state: StateChange,
+) -> Result<u32, String> {
+    let mut checked = candidate.instantiate().map_err(|e| e.to_string())?;
+    let state_version = checked.state_version().map_err(|e| e.to_string())?;
+    if let Some(running) = running.filter(|&r| r != state_version) {
+        match state {
+            StateChange::Keep => {
+                return Err(format!(
+                    "it keeps its states in version {state_version}, the open windows hold version {running}: \
+                     swap with state `migrate` (if it exports `state-migration`) or `reset` (drops the open \
+                     windows' states)"
+                ));
+            }
+            StateChange::Migrate if !candidate.can_migrate() => {
+                return Err(format!(
+                    "it keeps its states in version {state_version}, the open windows hold version {running}, \
+                     and it does not export `weir:plugin/state-migration` to migrate them: build it with a \
+                     migration, or swap with state `reset` (drops the open windows' states)"
+                ));
+            }
+            StateChange::Migrate | StateChange::Reset => {}
+        }
+    }
+    if !canary.is_empty() {
+        // Each key's records into an empty state, then one window's results.
+        let mut keys: Vec<String> = canary.iter().map(|r| r.key.clone()).collect();
+        keys.sort();
+        keys.dedup();
+        let groups: Vec<u32> = canary.iter().map(|r| keys.binary_search(&r.key).unwrap_or_default() as u32).collect();
+        let states = checked.fold(&records_batch(canary), &groups, &vec![Vec::new(); keys.len()]);
+        let states = states.map_err(canary_failed)?;
+        checked.emit(0, 1, &keys, &states).map_err(canary_failed)?;
+    }
+    Ok(state_version)
+}
+
+/// The records as one batch for a plugin.
+fn records_batch(records: &[StoredRecord]) -> crate::plugin::Batch {
+    let mut batch = crate::plugin::Batch::with_capacity(records.len(), records.iter().map(|r| r.data.len()).sum());
+    for r in records {
+        batch.push(&r.key, r.event_time_ms, &r.data);
+    }
+    batch
+}
+
+fn canary_failed(e: PluginError) -> String {
+    format!("failed on the input's latest records: {e}")
 }
 
 /// Runs the plugin manifest's `[[self-test]]` records through a candidate.
@@ -481,7 +553,7 @@ fn watch_component(host: std::sync::Weak<Host>, stage: String, plugin: crate::ma
                 .ok()
                 .flatten()
                 .map(|p| p.info.version.get_ref().clone());
-            match host.swap_plugin(&stage, &bytes, version.as_deref()) {
+            match host.swap_plugin(&stage, &bytes, version.as_deref(), StateChange::Keep) {
                 Ok(v) => tracing::info!(sha256 = %v.sha256, "component file changed: swapped"),
                 Err(e) => tracing::error!(error = %e, "component file changed, but the new build was refused"),
             }

@@ -127,6 +127,11 @@ impl StageStats {
         }
     }
 
+    /// The version running now.
+    pub(crate) fn active_version(&self) -> Option<Arc<PluginVersion>> {
+        self.versions.lock().ok().and_then(|v| v.last().cloned())
+    }
+
     fn versions(&self) -> Vec<VersionStatus> {
         self.versions.lock().map(|v| v.iter().map(|v| v.status()).collect()).unwrap_or_default()
     }
@@ -432,7 +437,12 @@ impl Stage {
             };
             let Some(next) = records.last().map(|r| r.sequence + 1) else { continue };
             let (end, plugin_failed) = self.process(&records, &mut instance, &mut instances_created);
-            let rolled_back = self.probation_failed().is_some_and(|why| {
+            let rolled_back = crate::swap::probation_failed(
+                &self.version,
+                &mut self.probation_until,
+                self.spec.hot_swap.max_failure_rate,
+            )
+            .is_some_and(|why| {
                 let back = self.apply(SwapCommand::Rollback, &mut instance);
                 match &back {
                     Ok(v) => tracing::warn!(to = %v.sha256, "{why}; rolled back automatically"),
@@ -494,6 +504,9 @@ impl Stage {
                 let Candidate { plugin, instance, version } = *candidate;
                 (plugin, Some(instance), version)
             }
+            SwapCommand::SwapAggregator(_) => {
+                return Err(format!("stage `{}` runs a transformer, not an aggregator", self.spec.name));
+            }
             SwapCommand::Rollback => {
                 let Some((plugin, version)) = self.previous.take() else {
                     return Err(format!("stage `{}` has no previous version to roll back to", self.spec.name));
@@ -516,26 +529,6 @@ impl Stage {
         }
         tracing::info!(from = %old_version.sha256, to = %version.sha256, plugin = %version.plugin, "plugin swapped at a batch boundary");
         Ok(version.status())
-    }
-
-    /// Why the version on probation should be rolled back, if it should:
-    /// more than the allowed share of its batches failed (3 batches at least).
-    fn probation_failed(&mut self) -> Option<String> {
-        let until = self.probation_until?;
-        if Instant::now() >= until {
-            self.probation_until = None;
-            return None;
-        }
-        let batches = self.version.batches.load(Ordering::Relaxed);
-        let failures = self.version.failures.load(Ordering::Relaxed);
-        let rate = failures as f64 / batches.max(1) as f64;
-        (batches >= 3 && rate > self.spec.hot_swap.max_failure_rate).then(|| {
-            format!(
-                "version {} failed {failures} of its {batches} batches on probation (more than {:.0}%)",
-                self.version.plugin,
-                self.spec.hot_swap.max_failure_rate * 100.0
-            )
-        })
     }
 
     /// The first shard, starting at `from` and going round, with records past

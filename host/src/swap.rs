@@ -4,12 +4,13 @@
 //! validated before it gets there (see [`crate::pipeline::Host::swap_plugin`]):
 //! if it does not fit, the running version keeps running.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::plugin::{TransformerInstance, TransformerPlugin};
+use crate::plugin::{AggregatorInstance, AggregatorPlugin, TransformerInstance, TransformerPlugin};
 
 /// One plugin version a stage has run.
 #[derive(Debug)]
@@ -28,6 +29,8 @@ pub struct PluginVersion {
     pub batches: AtomicU64,
     /// Batches it failed.
     pub failures: AtomicU64,
+    /// An aggregator's state version (the layout of its window states).
+    pub state_version: OnceLock<u32>,
     active: AtomicBool,
 }
 
@@ -50,6 +53,9 @@ pub struct VersionStatus {
     pub batches: u64,
     /// Batches it failed.
     pub failures: u64,
+    /// An aggregator's state version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_version: Option<u32>,
 }
 
 impl PluginVersion {
@@ -63,6 +69,7 @@ impl PluginVersion {
             records_out: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            state_version: OnceLock::new(),
             active: AtomicBool::new(true),
         })
     }
@@ -83,6 +90,7 @@ impl PluginVersion {
             records_out: self.records_out.load(Ordering::Relaxed),
             batches: self.batches.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
+            state_version: self.state_version.get().copied(),
         }
     }
 }
@@ -97,13 +105,88 @@ pub struct Candidate {
     pub version: Arc<PluginVersion>,
 }
 
+/// What an aggregator swap does with the open windows' states when the
+/// candidate keeps its states in another layout (state version).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StateChange {
+    /// Only a candidate of the same state version is taken: the states go on as they are.
+    #[default]
+    Keep,
+    /// The candidate rewrites the states through its `state-migration` export.
+    Migrate,
+    /// The open windows' states are dropped: their results count only the records after the swap.
+    Reset,
+}
+
+impl StateChange {
+    /// As written in `x-weir-state` and `--state`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StateChange::Keep => "keep",
+            StateChange::Migrate => "migrate",
+            StateChange::Reset => "reset",
+        }
+    }
+}
+
+impl std::str::FromStr for StateChange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "keep" => Ok(StateChange::Keep),
+            "migrate" => Ok(StateChange::Migrate),
+            "reset" => Ok(StateChange::Reset),
+            other => Err(format!("`{other}` is not a state change: write keep, migrate or reset")),
+        }
+    }
+}
+
+/// A validated aggregator candidate, ready to run.
+pub struct AggregatorCandidate {
+    /// The plugin.
+    pub plugin: AggregatorPlugin,
+    /// An instance of it, already initialised.
+    pub instance: AggregatorInstance,
+    /// Its version record.
+    pub version: Arc<PluginVersion>,
+    /// The layout version of its states.
+    pub state_version: u32,
+    /// What to do with the open states if their version differs.
+    pub state: StateChange,
+}
+
 /// What a running stage is asked to do at its next batch boundary.
 pub enum SwapCommand {
     /// Run this candidate from the next batch on.
     Swap(Box<Candidate>),
+    /// Run this aggregator candidate from the next batch on.
+    SwapAggregator(Box<AggregatorCandidate>),
     /// Go back to the version that ran before the last swap.
     Rollback,
 }
 
 /// The stage's answer: the version now running, or why nothing changed.
 pub type SwapReply = Result<VersionStatus, String>;
+
+/// Why the version on probation should be rolled back, if it should: more than
+/// `max_failure_rate` of its batches failed (3 batches at least). Clears
+/// `until` once the probation is over.
+pub fn probation_failed(version: &PluginVersion, until: &mut Option<Instant>, max_failure_rate: f64) -> Option<String> {
+    let end = (*until)?;
+    if Instant::now() >= end {
+        *until = None;
+        return None;
+    }
+    let batches = version.batches.load(Ordering::Relaxed);
+    let failures = version.failures.load(Ordering::Relaxed);
+    let rate = failures as f64 / batches.max(1) as f64;
+    (batches >= 3 && rate > max_failure_rate).then(|| {
+        format!(
+            "version {} failed {failures} of its {batches} batches on probation (more than {:.0}%)",
+            version.plugin,
+            max_failure_rate * 100.0
+        )
+    })
+}

@@ -22,6 +22,12 @@ pub trait Aggregator: Sized + 'static {
     /// The per-(window, key) state; `Default` is the state before any record.
     type State: Default;
 
+    /// The layout version of [`Aggregator::encode`]'s bytes. Change it when the
+    /// layout changes: the host then refuses to hand the open windows' states of
+    /// the old layout to this plugin unless the operator asks to migrate them
+    /// (see [`MigrateState`]) or to reset them.
+    const STATE_VERSION: u32 = 1;
+
     /// Build the plugin from its configuration. Called once per instance.
     fn init(config: &Config) -> Result<Self, String>;
 
@@ -37,6 +43,29 @@ pub trait Aggregator: Sized + 'static {
 
     /// Write a state so that [`Aggregator::decode`] reads it back.
     fn encode(state: &Self::State, out: &mut Vec<u8>);
+}
+
+/// An [`Aggregator`] that can read the states of its earlier state versions, so a
+/// hot swap to it keeps the open windows. Export it with
+/// `weir_sdk::export_aggregator!(MyPlugin, migrate)`.
+pub trait MigrateState: Aggregator {
+    /// Read a non-empty state written by state version `from_version` of this plugin.
+    fn migrate(from_version: u32, bytes: &[u8]) -> Result<Self::State, String>;
+}
+
+/// Rewrites states of `from_version` in this plugin's layout; empty states stay empty.
+#[doc(hidden)]
+pub fn migrate<A: MigrateState>(from_version: u32, states: &[Vec<u8>]) -> Result<Vec<Vec<u8>>, String> {
+    states
+        .iter()
+        .map(|bytes| {
+            let mut out = Vec::new();
+            if !bytes.is_empty() {
+                A::encode(&A::migrate(from_version, bytes)?, &mut out);
+            }
+            Ok(out)
+        })
+        .collect()
 }
 
 fn decode_state<A: Aggregator>(bytes: &[u8]) -> Result<A::State, String> {
@@ -90,29 +119,59 @@ pub fn emit<A: Aggregator>(
     Ok(out.into_batch())
 }
 
-/// Export an [`Aggregator`] as the component's `weir:plugin/aggregator` world.
+/// Export an [`Aggregator`] as the component's `weir:plugin/aggregator` world;
+/// `export_aggregator!(MyPlugin, migrate)` exports the `migrating-aggregator`
+/// world instead, for a plugin that also implements [`MigrateState`].
 #[macro_export]
 macro_rules! export_aggregator {
     ($plugin:ty) => {
         #[cfg(target_arch = "wasm32")]
         const _: () = {
-            use bindings::exports::weir::plugin::aggregate::{Guest, Window};
             use $crate::__private::aggregator as bindings;
-            use $crate::__private::{WitBatch, WitConfig};
-
-            struct WeirAggregatorExport;
-            impl Guest for WeirAggregatorExport {
-                fn init(config: WitConfig) -> Result<(), String> {
-                    $crate::__private::init_plugin::<$plugin>(config, <$plugin as $crate::Aggregator>::init)
-                }
-                fn fold(input: WitBatch, groups: Vec<u32>, states: Vec<Vec<u8>>) -> Result<Vec<Vec<u8>>, String> {
-                    $crate::__private::fold_export::<$plugin>(input, groups, states)
-                }
-                fn emit(window: Window, keys: Vec<String>, states: Vec<Vec<u8>>) -> Result<WitBatch, String> {
-                    $crate::__private::emit_export::<$plugin>(window.start, window.end, keys, states)
-                }
-            }
+            $crate::__aggregate_export!($plugin);
     bindings::export!(WeirAggregatorExport with_types_in bindings);
         };
+    };
+    ($plugin:ty, migrate) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            use $crate::__private::aggregator as bindings;
+            use $crate::__private::state_migrator as migrating;
+            $crate::__aggregate_export!($plugin);
+    bindings::export!(WeirAggregatorExport with_types_in bindings);
+            impl migrating::exports::weir::plugin::state_migration::Guest for WeirAggregatorExport {
+                fn migrate(from_version: u32, states: Vec<Vec<u8>>) -> Result<Vec<Vec<u8>>, String> {
+                    $crate::__private::migrate_export::<$plugin>(from_version, states)
+                }
+            }
+    migrating::export!(WeirAggregatorExport with_types_in migrating);
+        };
+    };
+}
+
+/// The `aggregate` export of either aggregator world, for [`export_aggregator!`]:
+/// expects the world's bindings in scope as `bindings`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __aggregate_export {
+    ($plugin:ty) => {
+        use bindings::exports::weir::plugin::aggregate::{Guest, Window};
+        use $crate::__private::{WitBatch, WitConfig};
+
+        struct WeirAggregatorExport;
+        impl Guest for WeirAggregatorExport {
+            fn init(config: WitConfig) -> Result<(), String> {
+                $crate::__private::init_plugin::<$plugin>(config, <$plugin as $crate::Aggregator>::init)
+            }
+            fn state_version() -> u32 {
+                <$plugin as $crate::Aggregator>::STATE_VERSION
+            }
+            fn fold(input: WitBatch, groups: Vec<u32>, states: Vec<Vec<u8>>) -> Result<Vec<Vec<u8>>, String> {
+                $crate::__private::fold_export::<$plugin>(input, groups, states)
+            }
+            fn emit(window: Window, keys: Vec<String>, states: Vec<Vec<u8>>) -> Result<WitBatch, String> {
+                $crate::__private::emit_export::<$plugin>(window.start, window.end, keys, states)
+            }
+        }
     };
 }

@@ -42,7 +42,7 @@ pub mod testing;
 pub mod time;
 mod transformer;
 
-pub use aggregator::{Aggregator, Window};
+pub use aggregator::{Aggregator, MigrateState, Window};
 pub use batch::{Batch, Output, Record};
 pub use config::Config;
 pub use notifier::Notifier;
@@ -54,7 +54,7 @@ pub use wit_bindgen;
 
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::aggregator::{emit as aggregator_emit, fold as aggregator_fold};
+    pub use crate::aggregator::{emit as aggregator_emit, fold as aggregator_fold, migrate as aggregator_migrate};
     pub use crate::transformer::transform_batch;
     #[cfg(target_arch = "wasm32")]
     pub use crate::wasm::*;

@@ -34,6 +34,19 @@ pub mod aggregator {
 }
 
 #[allow(missing_docs, reason = "generated bindings")]
+pub mod state_migrator {
+    // Exported beside the aggregator world: a world that includes `aggregate`
+    // would define its export macros a second time in this crate.
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "weir:plugin/state-migrator",
+        pub_export_macro: true,
+        default_bindings_module: "weir_sdk::__private::state_migrator",
+        runtime_path: "weir_sdk::wit_bindgen::rt",
+    });
+}
+
+#[allow(missing_docs, reason = "generated bindings")]
 pub mod notifier {
     wit_bindgen::generate!({
         path: "../wit",
@@ -136,6 +149,11 @@ pub fn emit_export<A: Aggregator>(
 ) -> Result<WitBatch, String> {
     let window = Window { start_ms, end_ms };
     with_plugin::<A, _>(|plugin| crate::aggregator::emit(plugin, window, &keys, &states).map(to_wit))
+}
+
+/// The `migrate` export of `state-migration`.
+pub fn migrate_export<A: crate::MigrateState>(from_version: u32, states: Vec<Vec<u8>>) -> Result<Vec<Vec<u8>>, String> {
+    crate::aggregator::migrate::<A>(from_version, &states)
 }
 
 /// The `consume` export.

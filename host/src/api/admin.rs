@@ -2,8 +2,11 @@
 //!
 //! - `GET  /v1/stages/{stage}/plugin`: the versions the stage has run, the active one last
 //! - `PUT  /v1/stages/{stage}/plugin`: body = the new component (`.wasm`), header
-//!   `x-weir-plugin-version` = its version (optional); answers the version now running,
-//!   or 422 with the reason it was refused (the running version keeps running)
+//!   `x-weir-plugin-version` = its version (optional), header `x-weir-state` =
+//!   `keep` (default), `migrate` or `reset`: what an aggregator stage does with its
+//!   open windows' states when the candidate's state version differs; answers the
+//!   version now running, or 422 with the reason it was refused (the running
+//!   version keeps running)
 //! - `POST /v1/stages/{stage}/plugin/rollback`: back to the version before the last swap
 //!
 //! These routes are authenticated like the rest of the API, and take bodies up to
@@ -18,7 +21,7 @@ use serde_json::{Value, json};
 
 use super::native::ApiError;
 use crate::pipeline::SwapError;
-use crate::swap::VersionStatus;
+use crate::swap::{StateChange, VersionStatus};
 
 /// Largest component a swap may upload.
 pub const MAX_COMPONENT_BYTES: usize = 64 << 20;
@@ -46,9 +49,16 @@ pub async fn swap(
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "InvalidRequest", "the body must be the component (.wasm)"));
     }
     let version = headers.get("x-weir-plugin-version").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let state = match headers.get("x-weir-state").map(|v| v.to_str().unwrap_or("").parse::<StateChange>()) {
+        None => StateChange::Keep,
+        Some(Ok(state)) => state,
+        Some(Err(e)) => {
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, "InvalidRequest", format!("x-weir-state: {e}")));
+        }
+    };
     let host = api.host.clone();
     // Compiling a component takes a while: off the async workers.
-    let result = tokio::task::spawn_blocking(move || host.swap_plugin(&stage, &body, version.as_deref()))
+    let result = tokio::task::spawn_blocking(move || host.swap_plugin(&stage, &body, version.as_deref(), state))
         .await
         .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", "the swap failed"))?;
     result.map(axum::Json).map_err(swap_error)

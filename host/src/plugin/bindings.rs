@@ -1,4 +1,4 @@
-//! Host bindings of the three worlds of `wit/plugin.wit`. The shared `types`
+//! Host bindings of the worlds of `wit/plugin.wit`. The shared `types`
 //! and `log` interfaces are generated once, with the transformer world.
 
 /// `weir:plugin/transformer`
@@ -19,6 +19,15 @@ pub mod aggregator {
             "weir:plugin/types": super::transformer::weir::plugin::types,
             "weir:plugin/log": super::transformer::weir::plugin::log,
         },
+    });
+}
+
+/// `weir:plugin/state-migrator`: the `state-migration` export of a
+/// `migrating-aggregator`, looked up on aggregators that have it.
+pub mod state_migrator {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "weir:plugin/state-migrator",
     });
 }
 

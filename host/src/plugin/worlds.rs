@@ -12,6 +12,7 @@ use super::bindings::Batch;
 use super::bindings::aggregator::exports::weir::plugin::aggregate::Window;
 use super::bindings::aggregator::{Aggregator, AggregatorPre};
 use super::bindings::notifier::{Notifier, NotifierPre};
+use super::bindings::state_migrator::exports::weir::plugin::state_migration;
 use super::bindings::transformer::exports::weir::plugin::transform::Outcome;
 use super::bindings::transformer::{Transformer, TransformerPre};
 use super::engine::{CompiledComponent, PluginEngine};
@@ -195,14 +196,31 @@ impl AggregatorPlugin {
 
     /// A new, initialised instance.
     pub fn instantiate(&self) -> Result<AggregatorInstance, PluginError> {
-        let (store, bindings) = instantiate(
+        let (store, (bindings, migration)) = instantiate(
             &self.engine,
             &self.spec,
             None,
-            |s| self.pre.instantiate(s),
-            |b: &Aggregator, s| b.weir_plugin_aggregate().call_init(s, &self.config),
+            |s| {
+                let instance = self.pre.instance_pre().instantiate(&mut *s)?;
+                let bindings = Aggregator::new(&mut *s, &instance)?;
+                let migration = match self.migration_indices() {
+                    Some(indices) => Some(indices.load(&mut *s, &instance)?),
+                    None => None,
+                };
+                Ok((bindings, migration))
+            },
+            |(b, _): &(Aggregator, _), s| b.weir_plugin_aggregate().call_init(s, &self.config),
         )?;
-        Ok(AggregatorInstance { store, bindings, spec: self.spec.clone() })
+        Ok(AggregatorInstance { store, bindings, migration, spec: self.spec.clone() })
+    }
+
+    /// Whether the component exports `state-migration` (the `migrating-aggregator` world).
+    pub fn can_migrate(&self) -> bool {
+        self.migration_indices().is_some()
+    }
+
+    fn migration_indices(&self) -> Option<state_migration::GuestIndices> {
+        state_migration::GuestIndices::new(self.pre.instance_pre()).ok()
     }
 }
 
@@ -210,10 +228,28 @@ impl AggregatorPlugin {
 pub struct AggregatorInstance {
     store: Store<StoreData>,
     bindings: Aggregator,
+    migration: Option<state_migration::Guest>,
     spec: SandboxSpec,
 }
 
 impl AggregatorInstance {
+    /// The layout version of the plugin's states.
+    pub fn state_version(&mut self) -> Result<u32, PluginError> {
+        guarded(&mut self.store, &self.spec, |s| self.bindings.weir_plugin_aggregate().call_state_version(s).map(Ok))
+    }
+
+    /// Rewrites states kept by state version `from` in this plugin's layout.
+    pub fn migrate(&mut self, from: u32, states: &[Vec<u8>]) -> Result<Vec<Vec<u8>>, PluginError> {
+        let Some(migration) = &self.migration else {
+            return Err(PluginError::Contract("the plugin does not export `weir:plugin/state-migration`".into()));
+        };
+        let out = guarded(&mut self.store, &self.spec, |s| migration.call_migrate(s, from, states))?;
+        if out.len() != states.len() {
+            return Err(PluginError::Contract(format!("{} states migrated for {}", out.len(), states.len())));
+        }
+        Ok(out)
+    }
+
     /// Folds `input` into `states` (record `i` into `states[groups[i]]`).
     pub fn fold(&mut self, input: &Batch, groups: &[u32], states: &[Vec<u8>]) -> Result<Vec<Vec<u8>>, PluginError> {
         let out = guarded(&mut self.store, &self.spec, |s| {

@@ -47,7 +47,7 @@ mod golden;
 use std::time::Duration;
 
 pub use assign::{Window, WindowKind};
-pub use operator::{ClosedWindow, FoldPlan, FoldRecord, Route, SetAside, WindowMetrics, WindowOperator};
+pub use operator::{ClosedWindow, FoldPlan, FoldRecord, RewriteError, Route, SetAside, WindowMetrics, WindowOperator};
 pub use watermark::{TimeSource, Watermarks};
 
 /// The last millisecond a window time may be: 9999-12-31T23:59:59.999Z. Times must also

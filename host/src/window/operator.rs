@@ -105,6 +105,22 @@ pub struct WindowMetrics {
     pub idle_shards: usize,
 }
 
+/// Why [`WindowOperator::rewrite_states`] changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum RewriteError<E> {
+    /// The rewrite failed.
+    #[error("{0}")]
+    Failed(E),
+    /// It returned the wrong number of states.
+    #[error("{returned} states returned for {states}")]
+    Count {
+        /// States handed over.
+        states: usize,
+        /// States returned.
+        returned: usize,
+    },
+}
+
 /// One window's states by key. A hash map of boxed keys: millions of keys cost less than
 /// in a sorted map; keys are sorted once, when the window closes.
 type States = HashMap<Box<str>, Vec<u8>>;
@@ -299,6 +315,32 @@ impl WindowOperator {
         std::iter::from_fn(|| self.pop_due()).collect()
     }
 
+    /// Rewrites every open (window, key) state at once, for a plugin swap that
+    /// migrates them: `rewrite` gets them all and returns one per input, in the
+    /// same order. All or nothing: on an error no state changes.
+    pub fn rewrite_states<E>(
+        &mut self,
+        rewrite: impl FnOnce(Vec<Vec<u8>>) -> Result<Vec<Vec<u8>>, E>,
+    ) -> Result<(), RewriteError<E>> {
+        let states: Vec<Vec<u8>> = self.open.values().flat_map(HashMap::values).cloned().collect();
+        let count = states.len();
+        let rewritten = rewrite(states).map_err(RewriteError::Failed)?;
+        if rewritten.len() != count {
+            return Err(RewriteError::Count { states: count, returned: rewritten.len() });
+        }
+        // The maps have not changed since they were read: same iteration order.
+        for (slot, state) in self.open.values_mut().flat_map(HashMap::values_mut).zip(rewritten) {
+            *slot = state;
+        }
+        Ok(())
+    }
+
+    /// Drops the states of every open window (a plugin swap that resets them) and
+    /// says how many there were. The windows still close, with empty states.
+    pub fn reset_states(&mut self) -> usize {
+        self.open.values_mut().map(|states| std::mem::take(states).len()).sum()
+    }
+
     /// What the operator holds at `now_ms`.
     pub fn metrics(&self, now_ms: i64) -> WindowMetrics {
         WindowMetrics {
@@ -477,6 +519,37 @@ mod tests {
         let closed = operator.close_due(T0 + 20 * MINUTE);
         assert_eq!(closed.len(), 1);
         assert_eq!((closed[0].window, counts(&closed[0])), (window(10, 10), vec![("C1", 2)]));
+    }
+
+    #[test]
+    fn a_rewrite_changes_every_open_state_or_none() {
+        let mut operator = WindowOperator::new(tumbling(10)).expect("valid spec");
+        for (key, minute) in [("a", 1), ("b", 2), ("a", 3), ("a", 12)] {
+            count(&mut operator, 0, key, T0 + minute * MINUTE);
+        }
+        let failed = operator.rewrite_states(|_| Err::<Vec<Vec<u8>>, _>("no"));
+        assert!(matches!(failed, Err(RewriteError::Failed("no"))));
+        let short = operator.rewrite_states(|_| Ok::<_, ()>(vec![]));
+        assert!(matches!(short, Err(RewriteError::Count { states: 3, returned: 0 })));
+        // Each count of n bytes becomes n bytes of 2.
+        operator.rewrite_states(|states| Ok::<_, ()>(states.iter().map(|s| vec![2; s.len()]).collect())).expect("ok");
+        count(&mut operator, 0, "a", T0 + 25 * MINUTE);
+        let closed = operator.close_due(T0 + 25 * MINUTE);
+        assert_eq!(closed[0].states, [vec![2, 2], vec![2]], "a: 2 records, b: 1");
+        assert_eq!(closed[1].states, [vec![2]]);
+    }
+
+    #[test]
+    fn a_reset_drops_the_open_states_and_the_windows_still_close() {
+        let mut operator = WindowOperator::new(tumbling(10)).expect("valid spec");
+        operator.set_expected_keys(["a".to_owned()].into());
+        count(&mut operator, 0, "a", T0 + MINUTE);
+        count(&mut operator, 0, "b", T0 + 2 * MINUTE);
+        assert_eq!(operator.reset_states(), 2);
+        count(&mut operator, 0, "b", T0 + 3 * MINUTE);
+        count(&mut operator, 0, "c", T0 + 10 * MINUTE);
+        let closed = operator.close_due(T0 + 10 * MINUTE);
+        assert_eq!(counts(&closed[0]), [("a", 0), ("b", 1)], "only the record after the reset counts");
     }
 
     #[test]
