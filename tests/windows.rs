@@ -116,3 +116,103 @@ async fn a_restart_in_the_middle_of_a_window_counts_every_record_once() {
     assert_eq!(got.get(&(first.clone(), "C1".into())), Some(&120), "{got:?}");
     assert_eq!(got.get(&(first, "C2".into())), Some(&5), "{got:?}");
 }
+
+const TRAFFIC_MANIFEST: &str = r#"
+[pipeline]
+name = "traffic-test"
+data-dir = "data"
+
+[sources.http]
+kind = "http"
+stream = "rows"
+
+[streams.rows]
+[streams.traffic]
+
+[reference.station-minimums]
+lake = "reference"
+object = "station_minimums.csv"
+key = ["station_id", "weekday", "slot"]
+refresh = "100ms"
+
+[stages.traffic]
+plugin = "{root}/plugins/traffic-monitor-count"
+input = "rows"
+output = "traffic"
+batch-wait = "1ms"
+window = { size = "30m" }
+group-by = "station_id"
+expected-keys = { reference = "station-minimums", column = "station_id" }
+config = { minimums = "station-minimums" }
+"#;
+
+/// A toll-etl row at a station, keyed by its customer as toll-etl keys them.
+fn passage(station: &str, at_ms: i64) -> NewRecord {
+    NewRecord {
+        key: "C000123".to_owned(),
+        event_time_ms: Some(at_ms),
+        data: Bytes::from(format!(r#"{{"customer_id":"C000123","station_id":{station},"vehicle_class":2}}"#)),
+        explicit_hash_key: None,
+    }
+}
+
+/// A station's result: vehicles, minimum, below the minimum.
+type StationResult = (u64, Option<u64>, Option<bool>);
+
+/// The traffic results so far: (window start, station) -> result.
+fn traffic(host: &TestHost) -> BTreeMap<(String, String), StationResult> {
+    let records = host.host.read("traffic", 0, 0, 1000).expect("read");
+    let mut out = BTreeMap::new();
+    for r in &records {
+        let v: Value = serde_json::from_slice(&r.data).expect("JSON result");
+        let key =
+            (v["window_start"].as_str().unwrap_or("").to_owned(), v["station_id"].as_str().unwrap_or("").to_owned());
+        let value = (v["vehicles"].as_u64().unwrap_or(0), v["minimum"].as_u64(), v["below_minimum"].as_bool());
+        assert!(out.insert(key, value).is_none(), "a result came twice: {v}");
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_windows_use_the_reference_minimums_of_the_moment_they_close() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let csv = dir.path().join("reference/station_minimums.csv");
+    std::fs::create_dir_all(csv.parent().expect("folder")).expect("mkdir");
+    // Thursday 2026-11-26: 14:00 is slot 28, 14:30 slot 29. Station 99 sees no vehicle.
+    let first = "station_id,weekday,slot,minimum\n17,4,28,2\n42,4,28,2\n99,4,28,2\n17,4,29,2\n42,4,29,2\n99,4,29,2\n";
+    std::fs::write(&csv, first).expect("write");
+    let host = TestHost::start_in(dir, TRAFFIC_MANIFEST).await.expect("start");
+    let minute = 60_000;
+    let mut rows: Vec<NewRecord> = ["17", "17", "17", "42"].iter().map(|s| passage(s, T14 + 5 * minute)).collect();
+    rows.push(NewRecord { data: Bytes::from_static(br#"{"vehicle_class":2}"#), ..passage("0", T14 + 6 * minute) });
+    rows.push(passage("17", T14 + 31 * minute)); // closes 14:00-14:30
+    host.host.put("rows", rows).expect("put");
+    host.wait_until("the 14:00 window", |s| s.stages[0].records_out == 3).await;
+    let t14 = "2026-11-26T14:00:00.000Z".to_owned();
+    let got = traffic(&host);
+    assert_eq!(got[&(t14.clone(), "17".into())], (3, Some(2), Some(false)));
+    assert_eq!(got[&(t14.clone(), "42".into())], (1, Some(2), Some(true)));
+    assert_eq!(got[&(t14, "99".into())], (0, Some(2), Some(true)), "the silent station has a result");
+    let letters = lines(&host.path("data/dead-letter/traffic.jsonl"));
+    assert_eq!(letters.len(), 1, "the row without a station is set aside");
+    assert!(letters[0].contains("group-by `station_id`: the payload has no such field"), "{}", letters[0]);
+
+    // New minimums for 14:30, and a new station 55, while the pipeline runs.
+    let second = "station_id,weekday,slot,minimum\n17,4,29,10\n42,4,29,1\n99,4,29,0\n55,4,29,3\n";
+    std::fs::write(host.path("reference/station_minimums.csv"), second).expect("rewrite");
+    host.wait_until("the reload", |s| s.references[0].generation == 2).await;
+    assert_eq!(host.host.status().references[0].rows, 4);
+    host.host
+        .put(
+            "rows",
+            vec![passage("42", T14 + 35 * minute), passage("42", T14 + 36 * minute), passage("17", T14 + 61 * minute)],
+        )
+        .expect("put");
+    host.wait_until("the 14:30 window", |s| s.stages[0].records_out == 7).await;
+    let t1430 = "2026-11-26T14:30:00.000Z".to_owned();
+    let got = traffic(&host);
+    assert_eq!(got[&(t1430.clone(), "17".into())], (1, Some(10), Some(true)));
+    assert_eq!(got[&(t1430.clone(), "42".into())], (2, Some(1), Some(false)));
+    assert_eq!(got[&(t1430.clone(), "99".into())], (0, Some(0), Some(false)));
+    assert_eq!(got[&(t1430, "55".into())], (0, Some(3), Some(true)), "a station added by the reload is expected");
+}

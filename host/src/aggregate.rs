@@ -17,6 +17,7 @@
 //! refused unless the operator asked to migrate them (through the candidate's
 //! `state-migration` export, all or nothing) or to reset them.
 
+use std::borrow::Cow;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::manifest::StageSpec;
 use crate::plugin::{AggregatorInstance, AggregatorPlugin, Batch};
+use crate::reference::ReferenceTables;
 use crate::sink::{DeadLetter, DeadLetterOrigin, FileSink, OutRecord};
 use crate::stage::{Phase, StageHandle, StageOutput, StageStats, backoff_delay};
 use crate::stream::{NewRecord, StoredRecord, StreamError, StreamStore, now_ms};
@@ -72,6 +74,8 @@ pub struct AggregateStage {
     previous: Option<(AggregatorPlugin, Arc<PluginVersion>, u32)>,
     /// Until when the version swapped in last is watched for failures.
     probation_until: Option<Instant>,
+    /// The pipeline's reference tables: one may name expected keys.
+    references: Arc<ReferenceTables>,
 }
 
 impl AggregateStage {
@@ -104,7 +108,14 @@ impl AggregateStage {
             state_version: 0,
             previous: None,
             probation_until: None,
+            references: ReferenceTables::empty(),
         }
+    }
+
+    /// Lets the stage take expected keys from the pipeline's reference tables.
+    pub fn with_references(mut self, references: Arc<ReferenceTables>) -> Self {
+        self.references = references;
+        self
     }
 
     /// Starts the stage on its own thread.
@@ -133,7 +144,9 @@ impl AggregateStage {
         self.stats.set_phase(Phase::Running);
         let mut failures = 0u32;
         let mut next_shard = 0usize;
+        let mut expected_generation = 0u64;
         loop {
+            self.refresh_expected_keys(&mut operator, &mut expected_generation);
             // A batch boundary: swaps and rollbacks happen here, never inside a batch.
             while let Ok((command, reply)) = requests.try_recv() {
                 let answer = self.apply(command, &mut instance, &mut operator);
@@ -264,7 +277,7 @@ impl AggregateStage {
         };
         let now = now_ms();
         let saved = std::fs::read(&self.state_file).ok().and_then(|b| serde_json::from_slice::<Checkpoint>(&b).ok());
-        let (mut operator, positions) = match saved {
+        let (operator, positions) = match saved {
             Some(c) => {
                 if let Some(saved) = c.state_version.filter(|&v| v != self.state_version) {
                     let e = format!(
@@ -296,8 +309,26 @@ impl AggregateStage {
                 }
             },
         };
-        operator.set_expected_keys(self.spec.expected_keys.iter().cloned().collect());
         Some((operator, positions))
+    }
+
+    /// The manifest's expected keys, and those of the reference table it names,
+    /// as of that table's latest version (`generation` remembers which was used).
+    fn refresh_expected_keys(&self, operator: &mut WindowOperator, generation: &mut u64) {
+        let table = self.spec.expected_keys_from.as_ref().and_then(|(t, c)| Some((self.references.get(t)?, c)));
+        let current = table.map_or(1, |(t, _)| t.generation());
+        if current == *generation {
+            return;
+        }
+        let mut keys: std::collections::BTreeSet<String> = self.spec.expected_keys.iter().cloned().collect();
+        if let Some((table, column)) = table {
+            keys.extend(table.distinct(column));
+        }
+        if *generation != 0 {
+            tracing::info!(keys = keys.len(), "expected keys reloaded with their reference table");
+        }
+        operator.set_expected_keys(keys);
+        *generation = current;
     }
 
     /// Writes the positions and window state together: temp file, fsync, rename.
@@ -454,27 +485,48 @@ impl AggregateStage {
     ) -> Result<(), String> {
         let now = now_ms();
         let time = self.spec.window.as_ref().map(|w| w.time).unwrap_or_default();
+        // Each record's group: its partition key, or its payload's `group-by` field.
+        let mut grouped: Vec<(usize, Cow<'_, str>)> = Vec::with_capacity(records.len());
+        let mut ungroupable = Vec::new();
+        for (i, r) in records.iter().enumerate() {
+            match &self.spec.group_by {
+                None => grouped.push((i, Cow::Borrowed(r.key.as_str()))),
+                Some(field) => match json_field(&r.data, field) {
+                    Ok(key) => grouped.push((i, Cow::Owned(key))),
+                    Err(reason) => ungroupable.push((i, reason)),
+                },
+            }
+        }
         let mut plan = operator.plan_fold(
-            records.iter().map(|r| FoldRecord {
-                shard: r.shard,
-                key: &r.key,
-                time_ms: time.pick(r.event_time_ms, r.arrival_ms),
+            grouped.iter().map(|(i, key)| FoldRecord {
+                shard: records[*i].shard,
+                key,
+                time_ms: time.pick(records[*i].event_time_ms, records[*i].arrival_ms),
             }),
             now,
         );
         let mut batch = Batch::with_capacity(plan.rows.len(), 0);
         for &row in &plan.rows {
-            let r = &records[row];
-            batch.push(&r.key, r.event_time_ms, &r.data);
+            let (i, key) = &grouped[row];
+            batch.push(key, records[*i].event_time_ms, &records[*i].data);
         }
         let set_aside = std::mem::take(&mut plan.set_aside);
         let late: Vec<DeadLetter<'_>> = set_aside
             .iter()
             .map(|s| DeadLetter {
                 origin: &self.origin,
-                record: &records[s.index],
+                record: &records[grouped[s.index].0],
                 error_code: "late",
                 reason: &s.reason,
+            })
+            .collect();
+        let ungroupable: Vec<DeadLetter<'_>> = ungroupable
+            .iter()
+            .map(|(i, reason)| DeadLetter {
+                origin: &self.origin,
+                record: &records[*i],
+                error_code: "group-by",
+                reason,
             })
             .collect();
         let states = if plan.rows.is_empty() {
@@ -487,6 +539,8 @@ impl AggregateStage {
             })?
         };
         operator.apply_fold(plan, states).map_err(|e| e.to_string())?;
+        self.dead_letters.write_dead_letters(&ungroupable).map_err(|e| e.to_string())?;
+        self.stats.dead_lettered.fetch_add(ungroupable.len() as u64, Ordering::Relaxed);
         match &self.spec.late {
             None => self.dead_letters.write_dead_letters(&late).map_err(|e| e.to_string())?,
             Some(stream) => {
@@ -567,7 +621,63 @@ enum Folding {
     RolledBack(String),
 }
 
+/// The value of `field` in a JSON object payload, as a group key: strings as
+/// they are, numbers and booleans as their text.
+fn json_field(payload: &[u8], field: &str) -> Result<String, String> {
+    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+    struct Field<'f>(&'f str);
+    impl<'de> Visitor<'de> for Field<'_> {
+        type Value = Option<serde_json::Value>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut found = None;
+            while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                if key == self.0 && found.is_none() {
+                    found = Some(map.next_value::<serde_json::Value>()?);
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(found)
+        }
+    }
+    impl<'de> DeserializeSeed<'de> for Field<'_> {
+        type Value = Option<serde_json::Value>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(payload);
+    let value = Field(field)
+        .deserialize(&mut de)
+        .map_err(|e| format!("group-by `{field}`: the payload is not a JSON object: {e}"))?;
+    match value {
+        Some(serde_json::Value::String(s)) => Ok(s),
+        Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => Ok(v.to_string()),
+        Some(_) => Err(format!("group-by `{field}`: the field is not a string, number or boolean")),
+        None => Err(format!("group-by `{field}`: the payload has no such field")),
+    }
+}
+
 /// Whether a stage's plugin runs in an [`AggregateStage`].
 pub fn is_aggregator(spec: &StageSpec) -> bool {
     spec.window.is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json_field;
+
+    #[test]
+    fn a_group_key_is_a_payload_field_as_text() {
+        let row = br#"{"transaction_id":"T1","station_id":17,"lane":"3","nested":{"station_id":1},"ok":true}"#;
+        assert_eq!(json_field(row, "station_id").as_deref(), Ok("17"));
+        assert_eq!(json_field(row, "lane").as_deref(), Ok("3"));
+        assert_eq!(json_field(row, "ok").as_deref(), Ok("true"));
+        assert!(json_field(row, "nested").is_err_and(|e| e.contains("not a string, number or boolean")));
+        assert!(json_field(row, "customer_id").is_err_and(|e| e.contains("no such field")));
+        assert!(json_field(b"17,3", "station_id").is_err_and(|e| e.contains("not a JSON object")));
+    }
 }

@@ -1,5 +1,6 @@
 //! `weir check`: validates a pipeline manifest and the plugin manifests it
-//! names, then type-checks each plugin component against its declared world.
+//! names, then type-checks each plugin component against its declared world
+//! and loads each reference table.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -79,6 +80,23 @@ pub fn check(path: &Path, engine: &PluginEngine) -> Result<String, CheckError> {
             "  delivery `{}`: {transform} -> lake {}{warehouse}",
             delivery.name,
             delivery.lake.describe()
+        );
+    }
+    for reference in &pipeline.references {
+        // Loaded as at start: the object must exist and parse.
+        let verdict = match crate::reference::ReferenceTables::open(std::slice::from_ref(reference)) {
+            Ok(tables) => tables.status().first().map(|t| format!("{} rows", t.rows)).unwrap_or_default(),
+            Err(e) => {
+                errors.push(e.to_string());
+                "not loadable".to_owned()
+            }
+        };
+        let _ = writeln!(
+            summary,
+            "  reference `{}`: {} in lake {} ({verdict})",
+            reference.name,
+            reference.object,
+            reference.lake.describe()
         );
     }
     if errors.is_empty() { Ok(summary) } else { Err(CheckError::Plugins(errors)) }

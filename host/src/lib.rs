@@ -17,6 +17,7 @@ pub mod lake;
 pub mod manifest;
 pub mod pipeline;
 pub mod plugin;
+pub mod reference;
 pub mod sink;
 pub mod stage;
 pub mod stream;

@@ -13,6 +13,7 @@ use crate::delivery::{Delivery, DeliveryStatus};
 use crate::manifest::plugin::{ExpectedOutcome, SelfTest};
 use crate::manifest::{DeadLetter, Pipeline, Target};
 use crate::plugin::{AggregatorPlugin, PluginEngine, PluginError, PluginIdent, SandboxSpec, TransformerPlugin};
+use crate::reference::ReferenceTables;
 use crate::sink::{FileSink, SinkError};
 use crate::stage::{Stage, StageHandle, StageOutput, StageStatus};
 use crate::stream::{
@@ -41,6 +42,9 @@ pub enum StartError {
     /// A delivery stream could not start.
     #[error(transparent)]
     Delivery(#[from] crate::delivery::DeliveryError),
+    /// A reference table could not be loaded.
+    #[error(transparent)]
+    Reference(#[from] crate::reference::ReferenceError),
     /// A stage thread could not start.
     #[error("cannot start stage `{stage}`: {source}")]
     Thread {
@@ -87,6 +91,8 @@ pub struct PipelineStatus {
     pub consumers: Vec<ConsumerLag>,
     /// Each delivery stream's counters.
     pub deliveries: Vec<DeliveryStatus>,
+    /// Each reference table's rows and reloads.
+    pub references: Vec<crate::reference::ReferenceStatus>,
 }
 
 /// Where a consumer (a stage) is in its stream.
@@ -113,6 +119,7 @@ pub struct Host {
     /// Durable buffers of the delivery streams, one stream each.
     buffers: Arc<DiskStreams>,
     deliveries: Vec<Delivery>,
+    references: Arc<ReferenceTables>,
     started: Instant,
     /// Compiles swapped-in plugins.
     engine: Arc<PluginEngine>,
@@ -128,6 +135,8 @@ impl Host {
         for s in &pipeline.sinks {
             sinks.insert(s.name.to_string(), Arc::new(FileSink::open(&s.path, s.format)?));
         }
+        let references = ReferenceTables::open(&pipeline.references)?;
+        references.start_reloading();
         let mut implicit: BTreeMap<PathBuf, Arc<FileSink>> = BTreeMap::new();
         let mut prepared = Vec::new();
         let mut aggregators = Vec::new();
@@ -169,7 +178,8 @@ impl Host {
             let (compiled, sandbox) =
                 compile_plugin(engine, &pipeline, &spec.name, &spec.plugin, spec.limits, spec.grants.clone())?;
             let plugin = AggregatorPlugin::new(engine, compiled, sandbox, spec.config.clone())
-                .map_err(|source| StartError::Plugin { stage: spec.name.to_string(), source })?;
+                .map_err(|source| StartError::Plugin { stage: spec.name.to_string(), source })?
+                .with_references(references.clone());
             if let Err(e) = plugin.instantiate() {
                 tracing::error!(stage = %spec.name, error = %e, "plugin does not start; its records will wait in the stream");
             }
@@ -183,7 +193,8 @@ impl Host {
                 output,
                 dead_letters,
                 pipeline.data_dir.join("stage-state"),
-            );
+            )
+            .with_references(references.clone());
             stages.push(stage.spawn().map_err(|source| StartError::Thread { stage: spec.name.to_string(), source })?);
         }
         let buffer_specs: Vec<DiskStreamSpec> = pipeline
@@ -219,6 +230,7 @@ impl Host {
             stages,
             buffers,
             deliveries,
+            references,
             started: Instant::now(),
             engine: engine.clone(),
         });
@@ -293,6 +305,7 @@ impl Host {
             stages,
             consumers,
             deliveries: self.deliveries.iter().map(Delivery::status).collect(),
+            references: self.references.status(),
         }
     }
 
@@ -379,7 +392,8 @@ impl Host {
         let canary = self.canary(spec.input.as_str());
         let command = if crate::aggregate::is_aggregator(spec) {
             let candidate = AggregatorPlugin::new(&self.engine, compiled, sandbox, spec.config.clone())
-                .map_err(|e| refused(e.to_string()))?;
+                .map_err(|e| refused(e.to_string()))?
+                .with_references(self.references.clone());
             let running = handle.stats.active_version().and_then(|v| v.state_version.get().copied());
             let state_version = check_aggregator(&candidate, &canary, running, state).map_err(refused)?;
             let _ = version.state_version.set(state_version);

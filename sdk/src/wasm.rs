@@ -29,6 +29,7 @@ pub mod aggregator {
         with: {
             "weir:plugin/types@0.1.0": crate::wasm::transformer::weir::plugin::types,
             "weir:plugin/log@0.1.0": crate::wasm::transformer::weir::plugin::log,
+            "weir:plugin/reference@0.1.0": crate::wasm::notifier::weir::plugin::reference,
         },
     });
 }

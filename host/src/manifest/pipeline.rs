@@ -42,7 +42,10 @@
 //! window = { size = "10m" }           # aggregator stages: tumbling, or sliding with slide = "5m"; also
 //!                                     # time = "event" | "arrival", out-of-orderness = "30s",
 //!                                     # allowed-lateness = "0s", idle-timeout = "1m", max-ahead = "1h"
-//! expected-keys = ["17", "42"]        # aggregator stages: keys with a result in every window
+//! expected-keys = ["17", "42"]        # aggregator stages: keys with a result in every window, or
+//! # expected-keys = { reference = "station-minimums", column = "station_id" }   # a reference table's values
+//! group-by = "station_id"             # aggregator stages: group by this JSON field of the payload
+//!                                     # instead of the record's partition key
 //! late = "late-tolls"                 # aggregator stages: a stream for late records, with the reason
 //!                                     # (the default: the dead letters)
 //! hot-swap = { probation = "60s", max-failure-rate = 0.5, watch = false }   # after a swap (the defaults):
@@ -77,6 +80,13 @@
 //! columns = ["transaction_id", "amount_cents"]        # columns named like the rows' JSON fields, or
 //! # columns = { amount = "amount_cents" }             # column = "field"
 //! retry-duration = "1h"               # loads retried this long, then the staged object is listed under error-prefix
+//!
+//! [reference.station-minimums]        # a reference table, looked up by plugins (`reference` import)
+//! lake = "abc-tolls"                  # a directory or "s3://bucket/prefix" (with `s3 = { ... }`)
+//! object = "station_minimums.csv"     # CSV with a header row, or JSON lines (.jsonl / .ndjson)
+//! key = ["station_id", "weekday", "slot"]   # the key columns; a lookup key joins their values with `|`
+//! format = "csv"                      # optional: from the object's extension
+//! refresh = "30s"                     # how often the object is checked for a change (the default)
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -255,9 +265,31 @@ struct RawStage {
     config: Spanned<BTreeMap<Spanned<String>, toml::Value>>,
     hot_swap: Option<Spanned<RawHotSwap>>,
     window: Option<Spanned<RawWindow>>,
-    expected_keys: Option<Vec<String>>,
+    expected_keys: Option<RawExpectedKeys>,
+    group_by: Option<Spanned<String>>,
     late: Option<Spanned<String>>,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawExpectedKeys {
+    List(Vec<String>),
+    Reference { reference: String, column: String },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawReference {
+    lake: Spanned<String>,
+    s3: Option<Spanned<RawS3>>,
+    object: Spanned<String>,
+    key: Spanned<toml::Value>,
+    format: Option<Spanned<String>>,
+    refresh: Option<Spanned<String>>,
+}
+
+/// How often a reference table's object is checked for a change, by default.
+pub const DEFAULT_REFERENCE_REFRESH: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -373,6 +405,8 @@ pub struct Pipeline {
     pub sinks: Vec<SinkSpec>,
     /// `[delivery.*]`
     pub deliveries: Vec<DeliverySpec>,
+    /// Reference tables (`[reference.<name>]`).
+    pub references: Vec<crate::reference::ReferenceSpec>,
 }
 
 /// A `[delivery.<name>]` entry: a delivery stream (as Kinesis Data Firehose)
@@ -605,6 +639,10 @@ pub struct StageSpec {
     pub window: Option<crate::window::WindowSpec>,
     /// Keys that get a result in every window, even without records.
     pub expected_keys: Vec<String>,
+    /// A reference table and column whose values are expected keys too.
+    pub expected_keys_from: Option<(String, String)>,
+    /// The payload's JSON field that groups records (default: the partition key).
+    pub group_by: Option<String>,
     /// The stream late records go to, with the reason (default: the dead letters).
     pub late: Option<Name>,
 }
@@ -628,7 +666,10 @@ pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
     let source = SourceFile::new(path, &text);
     let base = path.parent().unwrap_or(Path::new(".")).to_owned();
     let doc = Document::parse(source.clone(), &text, &mut diags);
-    doc.check_top_level(&["pipeline", "api", "sources", "streams", "stages", "sinks", "delivery"], &mut diags);
+    doc.check_top_level(
+        &["pipeline", "api", "sources", "streams", "stages", "sinks", "delivery", "reference"],
+        &mut diags,
+    );
     let pipeline = match doc.get("pipeline") {
         Some(_) => doc.single::<Option<RawPipeline>>("pipeline", &mut diags).flatten(),
         None => {
@@ -650,7 +691,7 @@ pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
     let mut parts = vec![Part { doc, base: base.clone() }];
     for (fragment, text) in &texts {
         let doc = Document::parse(SourceFile::new(fragment, text), text, &mut diags);
-        doc.check_top_level(&["sources", "streams", "stages", "sinks", "delivery"], &mut diags);
+        doc.check_top_level(&["sources", "streams", "stages", "sinks", "delivery", "reference"], &mut diags);
         parts.push(Part { doc, base: fragment.parent().unwrap_or(Path::new(".")).to_owned() });
     }
     let api = parts[0].doc.single::<RawApi>("api", &mut diags);
@@ -679,12 +720,15 @@ pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
     // Names are global across the manifest and its fragments.
     let mut all_streams = Vec::new();
     let mut all_sinks = Vec::new();
+    let mut all_references = Vec::new();
     for part in &parts {
         all_streams.extend(part.doc.entry_names("streams"));
         all_sinks.extend(part.doc.entry_names("sinks"));
+        all_references.extend(part.doc.entry_names("reference"));
     }
     let stream_names: BTreeSet<&Name> = all_streams.iter().collect();
     let sink_names: BTreeSet<&Name> = all_sinks.iter().collect();
+    let reference_names: BTreeSet<&Name> = all_references.iter().collect();
     let mut declared: BTreeMap<(&str, Name), &Path> = BTreeMap::new();
 
     let mut sources = Vec::new();
@@ -693,9 +737,10 @@ pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
     let mut output_spans = Vec::new();
     let mut sinks = Vec::new();
     let mut deliveries = Vec::new();
+    let mut references = Vec::new();
     for part in &parts {
         let (source, base) = (&part.doc.source, part.base.as_path());
-        for section in ["sources", "streams", "stages", "sinks", "delivery"] {
+        for section in ["sources", "streams", "stages", "sinks", "delivery", "reference"] {
             for (name, span) in part.doc.entry_spans(section) {
                 if let Some(first) = declared.insert((section, name.clone()), &source.path) {
                     diags.push(
@@ -705,7 +750,7 @@ pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
                 }
             }
         }
-        let check = Checker { source, streams: &stream_names, sinks: &sink_names };
+        let check = Checker { source, streams: &stream_names, sinks: &sink_names, references: &reference_names };
         for sink in part.doc.entries::<RawSink>("sinks", &mut diags) {
             if stream_names.contains(&sink.name) {
                 diags.push(
@@ -737,6 +782,9 @@ pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
         for d in part.doc.entries::<RawDelivery>("delivery", &mut diags) {
             deliveries.extend(check.delivery(d, base, data_dir.as_deref(), &mut diags));
         }
+        for r in part.doc.entries::<RawReference>("reference", &mut diags) {
+            references.extend(check.reference(r.name, &r.value, base, &mut diags));
+        }
     }
     check_cycles(&stage_specs, &output_spans, &mut diags);
 
@@ -752,6 +800,7 @@ pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
             stages: stage_specs,
             sinks,
             deliveries,
+            references,
         }),
         _ => Err(diags),
     }
@@ -825,6 +874,7 @@ struct Checker<'a> {
     source: &'a SourceFile,
     streams: &'a BTreeSet<&'a Name>,
     sinks: &'a BTreeSet<&'a Name>,
+    references: &'a BTreeSet<&'a Name>,
 }
 
 fn one_of(names: &BTreeSet<&Name>) -> String {
@@ -979,6 +1029,9 @@ impl Checker<'_> {
                     self.at(raw.plugin.span(), format!("stage `{name}`: only aggregator stages have expected-keys")),
                 );
             }
+            if let Some(g) = raw.group_by.as_ref().filter(|_| p.info.world != World::Aggregator) {
+                diags.push(self.at(g.span(), format!("stage `{name}`: only aggregator stages have group-by")));
+            }
             if p.capabilities.clock && !grants.clock {
                 diags.push(
                     self.at(
@@ -1025,9 +1078,27 @@ impl Checker<'_> {
             }
             Some(late) => Some(self.stream(late, &format!("stage `{name}` sends late records to"), diags)?),
         };
+        let (expected_keys, expected_keys_from) = match &raw.expected_keys {
+            None => (Vec::new(), None),
+            Some(RawExpectedKeys::List(keys)) => (keys.clone(), None),
+            Some(RawExpectedKeys::Reference { reference, column }) => {
+                if !self.references.iter().any(|r| r.as_str() == reference) {
+                    diags.push(
+                        self.at(
+                            raw.plugin.span(),
+                            format!("stage `{name}`: expected-keys names reference table `{reference}`, which is not declared"),
+                        )
+                        .help(format!("declare [reference.{reference}]; {}", one_of(self.references))),
+                    );
+                }
+                (Vec::new(), Some((reference.clone(), column.clone())))
+            }
+        };
         Some(StageSpec {
             window,
-            expected_keys: raw.expected_keys.clone().unwrap_or_default(),
+            expected_keys,
+            expected_keys_from,
+            group_by: raw.group_by.as_ref().map(|g| g.get_ref().clone()),
             late,
             hot_swap,
             name,
@@ -1115,7 +1186,7 @@ impl Checker<'_> {
                 d
             }
         };
-        let lake = self.lake(&name, &raw, base, diags);
+        let lake = self.lake(&format!("delivery `{name}`"), &raw.lake, raw.s3.as_ref(), base, diags);
         let retry_duration = match &raw.retry_duration {
             None => DEFAULT_LAKE_RETRY,
             Some(d) => self.duration(d, diags).unwrap_or(DEFAULT_LAKE_RETRY),
@@ -1138,6 +1209,75 @@ impl Checker<'_> {
             gzip: raw.compression == Compression::Gzip,
             retry_duration,
             warehouse,
+        })
+    }
+
+    /// A `[reference.<name>]` table.
+    fn reference(
+        &self,
+        name: Name,
+        raw: &RawReference,
+        base: &Path,
+        diags: &mut Diagnostics,
+    ) -> Option<crate::reference::ReferenceSpec> {
+        use crate::reference::ReferenceFormat;
+        let owner = format!("reference table `{name}`");
+        let lake = self.lake(&owner, &raw.lake, raw.s3.as_ref(), base, diags);
+        let object = raw.object.get_ref().trim_start_matches('/').to_owned();
+        let format = match raw.format.as_ref().map(|f| f.get_ref().as_str()) {
+            Some("csv") => Some(ReferenceFormat::Csv),
+            Some("jsonl") => Some(ReferenceFormat::JsonLines),
+            Some(other) => {
+                let span = raw.format.as_ref().map(Spanned::span).unwrap_or_default();
+                diags.push(
+                    self.at(span, format!("{owner}: `{other}` is not a reference format")).help(
+                        "write format = \"csv\" (a header row, then values) or \"jsonl\" (a JSON object per line)",
+                    ),
+                );
+                return None;
+            }
+            None if object.ends_with(".csv") => Some(ReferenceFormat::Csv),
+            None if [".jsonl", ".ndjson", ".json"].iter().any(|e| object.ends_with(e)) => {
+                Some(ReferenceFormat::JsonLines)
+            }
+            None => {
+                diags.push(
+                    self.at(raw.object.span(), format!("{owner}: cannot tell the format of `{object}` from its name"))
+                        .help("add format = \"csv\" or \"jsonl\""),
+                );
+                None
+            }
+        };
+        let key = match raw.key.get_ref() {
+            toml::Value::String(column) => vec![column.clone()],
+            toml::Value::Array(columns) if !columns.is_empty() && columns.iter().all(toml::Value::is_str) => {
+                columns.iter().filter_map(|c| c.as_str().map(str::to_owned)).collect()
+            }
+            _ => {
+                diags.push(
+                    self.at(raw.key.span(), format!("{owner}: key must name a column or a list of columns"))
+                        .help("write key = \"station_id\" or key = [\"station_id\", \"weekday\"]"),
+                );
+                return None;
+            }
+        };
+        let refresh = match &raw.refresh {
+            None => DEFAULT_REFERENCE_REFRESH,
+            Some(r) => {
+                let d = self.duration(r, diags)?;
+                if d < Duration::from_millis(100) {
+                    diags.push(self.at(r.span(), format!("{owner}: refresh must be at least 100ms")));
+                }
+                d
+            }
+        };
+        Some(crate::reference::ReferenceSpec {
+            name: name.to_string(),
+            lake: lake?,
+            object,
+            format: format?,
+            key,
+            refresh,
         })
     }
 
@@ -1174,18 +1314,26 @@ impl Checker<'_> {
     }
 
     /// `lake = "dir"` or `lake = "s3://bucket/prefix"` with `s3 = { ... }`.
-    fn lake(&self, delivery: &Name, raw: &RawDelivery, base: &Path, diags: &mut Diagnostics) -> Option<LakeSpec> {
-        let mut lake = match LakeSpec::parse(raw.lake.get_ref(), base) {
+    fn lake(
+        &self,
+        owner: &str,
+        lake: &Spanned<String>,
+        s3: Option<&Spanned<RawS3>>,
+        base: &Path,
+        diags: &mut Diagnostics,
+    ) -> Option<LakeSpec> {
+        let span = lake.span();
+        let mut lake = match LakeSpec::parse(lake.get_ref(), base) {
             Ok(lake) => lake,
             Err(e) => {
-                diags.push(self.at(raw.lake.span(), format!("delivery `{delivery}`: {e}")));
+                diags.push(self.at(span, format!("{owner}: {e}")));
                 return None;
             }
         };
-        let Some(s3) = &raw.s3 else { return Some(lake) };
+        let Some(s3) = s3 else { return Some(lake) };
         let LakeSpec::S3(spec) = &mut lake else {
             diags.push(
-                self.at(s3.span(), format!("delivery `{delivery}` has `s3` settings but its lake is a directory"))
+                self.at(s3.span(), format!("{owner} has `s3` settings but its lake is a directory"))
                     .help("write the lake as lake = \"s3://bucket/prefix\", or remove `s3`"),
             );
             return None;
@@ -1193,10 +1341,7 @@ impl Checker<'_> {
         let settings = s3.get_ref();
         if let Some(endpoint) = &settings.endpoint {
             if !endpoint.starts_with("http://") && !endpoint.starts_with("https://") {
-                diags.push(self.at(
-                    s3.span(),
-                    format!("delivery `{delivery}`: s3 endpoint `{endpoint}` is not an http(s):// URL"),
-                ));
+                diags.push(self.at(s3.span(), format!("{owner}: s3 endpoint `{endpoint}` is not an http(s):// URL")));
             }
             spec.endpoint = Some(endpoint.clone());
         }
@@ -1206,10 +1351,12 @@ impl Checker<'_> {
         spec.access_key_id = settings.access_key_id.clone();
         spec.secret_access_key = match (&settings.secret_access_key, &settings.secret_access_key_env) {
             (Some(_), Some(env)) => {
-                diags.push(self.at(
-                    env.span(),
-                    format!("delivery `{delivery}`: set `secret-access-key` or `secret-access-key-env`, not both"),
-                ));
+                diags.push(
+                    self.at(
+                        env.span(),
+                        format!("{owner}: set `secret-access-key` or `secret-access-key-env`, not both"),
+                    ),
+                );
                 None
             }
             (Some(secret), None) => Some(secret.clone()),
@@ -1217,11 +1364,8 @@ impl Checker<'_> {
                 Ok(secret) if !secret.is_empty() => Some(secret),
                 _ => {
                     diags.push(
-                        self.at(
-                            env.span(),
-                            format!("delivery `{delivery}`: environment variable `{}` is not set", env.get_ref()),
-                        )
-                        .help("export it with the secret access key of the lake before starting weir"),
+                        self.at(env.span(), format!("{owner}: environment variable `{}` is not set", env.get_ref()))
+                            .help("export it with the secret access key of the lake before starting weir"),
                     );
                     None
                 }

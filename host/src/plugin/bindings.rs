@@ -18,6 +18,7 @@ pub mod aggregator {
         with: {
             "weir:plugin/types": super::transformer::weir::plugin::types,
             "weir:plugin/log": super::transformer::weir::plugin::log,
+            "weir:plugin/reference": super::notifier::weir::plugin::reference,
         },
     });
 }

@@ -91,6 +91,9 @@ impl PluginEngine {
         wasmtime_wasi::p2::add_to_linker_sync(&mut base).map_err(link_error)?;
         transformer::weir::plugin::log::add_to_linker::<_, HasSelf<_>>(&mut base, |d| d).map_err(link_error)?;
         transformer::weir::plugin::types::add_to_linker::<_, HasSelf<_>>(&mut base, |d| d).map_err(link_error)?;
+        let mut aggregator_linker = base.clone();
+        notifier::weir::plugin::reference::add_to_linker::<_, HasSelf<_>>(&mut aggregator_linker, |d| d)
+            .map_err(link_error)?;
         let mut notifier_linker = base.clone();
         notifier::weir::plugin::state_table::add_to_linker::<_, HasSelf<_>>(&mut notifier_linker, |d| d)
             .map_err(link_error)?;
@@ -103,8 +106,8 @@ impl PluginEngine {
             engine,
             cache_dir,
             stop_ticker,
-            transformer: base.clone(),
-            aggregator: base,
+            transformer: base,
+            aggregator: aggregator_linker,
             notifier: notifier_linker,
         })
     }

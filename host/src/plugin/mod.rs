@@ -16,7 +16,7 @@ pub use bindings::transformer::exports::weir::plugin::transform::Outcome;
 pub use engine::{CompiledComponent, EPOCH_TICK, PluginEngine, sha256_hex};
 pub use error::{PluginError, PluginIdent};
 pub use sandbox::SandboxSpec;
-pub use services::{MemoryServices, Notification, Services};
+pub use services::{MemoryServices, Notification, ReferenceLookup, Services};
 pub use worlds::{
     AggregatorInstance, AggregatorPlugin, Loaded, NotifierInstance, NotifierPlugin, Transformed, TransformerInstance,
     TransformerPlugin, check_world,

@@ -12,7 +12,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use super::bindings::transformer::weir::plugin::log;
 use super::engine::{EPOCH_TICK, PluginEngine};
 use super::error::{PluginError, PluginIdent};
-use super::services::Services;
+use super::services::{ReferenceLookup, Services};
 use crate::manifest::{Grants, Limits};
 
 /// The guest's most recent log lines are capped so a chatty plugin cannot flood the host log.
@@ -25,6 +25,7 @@ pub struct StoreData {
     limiter: MemoryCap,
     pub(crate) ident: Arc<PluginIdent>,
     pub(crate) services: Option<Arc<dyn Services>>,
+    pub(crate) references: Option<Arc<dyn ReferenceLookup>>,
 }
 
 /// Caps linear memory and remembers that the cap was hit, so the resulting
@@ -117,6 +118,7 @@ pub fn new_store(
     engine: &PluginEngine,
     spec: &SandboxSpec,
     services: Option<Arc<dyn Services>>,
+    references: Option<Arc<dyn ReferenceLookup>>,
 ) -> Result<Store<StoreData>, PluginError> {
     let mut wasi = WasiCtxBuilder::new();
     // Denied by default already; said explicitly because it is a promise.
@@ -135,6 +137,7 @@ pub fn new_store(
         limiter: MemoryCap { cap: spec.limits.memory_bytes, hit: false },
         ident: spec.ident.clone(),
         services,
+        references,
     };
     let mut store = Store::new(engine.engine(), data);
     store.limiter(|d| &mut d.limiter);

@@ -41,6 +41,13 @@ pub trait Services: Send + Sync {
     fn lookup(&self, table: &str, key: &str) -> Result<Option<String>, String>;
 }
 
+/// Where plugins' `reference.lookup` calls go: the pipeline's reference tables
+/// (see [`crate::reference`]). Without them, a notifier's [`Services`] answer.
+pub trait ReferenceLookup: Send + Sync {
+    /// The row of `key` in `table` as JSON object text, if there is one.
+    fn lookup(&self, table: &str, key: &str) -> Result<Option<String>, String>;
+}
+
 /// In-memory services: state and sent notifications live as long as the process.
 #[derive(Debug, Default)]
 pub struct MemoryServices {
@@ -162,6 +169,9 @@ impl notify::Host for StoreData {
 
 impl reference::Host for StoreData {
     fn lookup(&mut self, table: String, key: String) -> Result<Option<String>, String> {
-        self.services()?.lookup(&table, &key)
+        match &self.references {
+            Some(references) => references.lookup(&table, &key),
+            None => self.services()?.lookup(&table, &key),
+        }
     }
 }

@@ -18,7 +18,7 @@ use super::bindings::transformer::{Transformer, TransformerPre};
 use super::engine::{CompiledComponent, PluginEngine};
 use super::error::PluginError;
 use super::sandbox::{SandboxSpec, StoreData, arm_deadline, classify, new_store};
-use super::services::Services;
+use super::services::{ReferenceLookup, Services};
 use crate::manifest::World;
 
 /// A compiled component checked against a world, ready to instantiate.
@@ -32,6 +32,16 @@ pub struct Loaded<P> {
     pub spec: SandboxSpec,
     /// Configuration handed to `init`.
     pub config: Vec<(String, String)>,
+    /// The reference tables its `reference.lookup` reads (aggregators and notifiers).
+    references: Option<Arc<dyn ReferenceLookup>>,
+}
+
+impl<P> Loaded<P> {
+    /// Lets its instances look rows up in `references`.
+    pub fn with_references(mut self, references: Arc<dyn ReferenceLookup>) -> Self {
+        self.references = Some(references);
+        self
+    }
 }
 
 fn wrong_world(compiled: &CompiledComponent, world: World) -> impl Fn(wasmtime::Error) -> PluginError + '_ {
@@ -69,7 +79,7 @@ fn load<P>(
 ) -> Result<Loaded<P>, PluginError> {
     let pre = engine.linker(world).instantiate_pre(&compiled.component).map_err(wrong_world(&compiled, world))?;
     let pre = make(pre).map_err(wrong_world(&compiled, world))?;
-    Ok(Loaded { pre, engine: engine.clone(), compiled, spec, config })
+    Ok(Loaded { pre, engine: engine.clone(), compiled, spec, config, references: None })
 }
 
 /// Runs `f` (a call into the guest) under the deadline, classifying failures.
@@ -86,15 +96,18 @@ fn guarded<T>(
     }
 }
 
+/// What an instance's imports call: a notifier's services, and the reference tables.
+type HostImports = (Option<Arc<dyn Services>>, Option<Arc<dyn ReferenceLookup>>);
+
 /// Makes an instance: a new store, instantiation and `init`, all under the limits.
 fn instantiate<B>(
     engine: &PluginEngine,
     spec: &SandboxSpec,
-    services: Option<Arc<dyn Services>>,
+    (services, references): HostImports,
     make: impl FnOnce(&mut Store<StoreData>) -> wasmtime::Result<B>,
     init: impl FnOnce(&B, &mut Store<StoreData>) -> wasmtime::Result<Result<(), String>>,
 ) -> Result<(Store<StoreData>, B), PluginError> {
-    let mut store = new_store(engine, spec, services)?;
+    let mut store = new_store(engine, spec, services, references)?;
     let bindings = match make(&mut store) {
         Ok(b) => b,
         Err(e) => return Err(PluginError::Instantiate(classify(&store, &spec.limits, e).to_string())),
@@ -125,7 +138,7 @@ impl TransformerPlugin {
         let (store, bindings) = instantiate(
             &self.engine,
             &self.spec,
-            None,
+            (None, None),
             |s| self.pre.instantiate(s),
             |b: &Transformer, s| b.weir_plugin_transform().call_init(s, &self.config),
         )?;
@@ -199,7 +212,7 @@ impl AggregatorPlugin {
         let (store, (bindings, migration)) = instantiate(
             &self.engine,
             &self.spec,
-            None,
+            (None, self.references.clone()),
             |s| {
                 let instance = self.pre.instance_pre().instantiate(&mut *s)?;
                 let bindings = Aggregator::new(&mut *s, &instance)?;
@@ -297,7 +310,7 @@ impl NotifierPlugin {
         let (store, bindings) = instantiate(
             &self.engine,
             &self.spec,
-            Some(services),
+            (Some(services), self.references.clone()),
             |s| self.pre.instantiate(s),
             |b: &Notifier, s| b.weir_plugin_consume().call_init(s, &self.config),
         )?;

@@ -8,15 +8,21 @@
 //!  "vehicles":42,"by_class":[10,25,4,2,1,0]}
 //! ```
 //!
-//! The notifier half compares the count with the reference minimum for the
-//! station, weekday and slot, and alerts operations.
+//! With `minimums = "<reference table>"` in its config, each result also
+//! carries the station's minimum for the window's weekday and half-hour slot,
+//! looked up in that table under `<station>|<weekday 1-7, Monday 1>|<slot
+//! 0-47>` (its `minimum` column), and whether the count is below it:
+//! `"minimum":40,"below_minimum":true`. The notifier half alerts operations
+//! on those.
 
 use serde::{Deserialize, Serialize};
 use weir_sdk::time::timestamp;
 use weir_sdk::{Aggregator, Config, Output, Record, Window};
 
-/// The plugin.
-pub struct TrafficMonitorCount;
+/// The plugin: the reference table of minimums, if configured.
+pub struct TrafficMonitorCount {
+    minimums: Option<String>,
+}
 
 /// Vehicles counted at one station in one window, by vehicle class 1 to 6.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -39,13 +45,45 @@ struct StationCount<'a> {
     window_end: String,
     vehicles: u32,
     by_class: [u32; 6],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    minimum: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    below_minimum: Option<bool>,
+}
+
+/// The `minimum` column of a reference row, a number or a numeric string.
+#[derive(Deserialize)]
+struct MinimumRow {
+    minimum: serde_json::Value,
+}
+
+impl TrafficMonitorCount {
+    /// The station's minimum for the window's weekday and slot, if the table has one.
+    fn minimum(&self, station: &str, window: Window) -> Result<Option<u64>, String> {
+        let Some(table) = &self.minimums else { return Ok(None) };
+        let days = window.start_ms.div_euclid(86_400_000);
+        let weekday = (days + 3).rem_euclid(7) + 1; // 1970-01-01 was a Thursday
+        let slot = window.start_ms.rem_euclid(86_400_000) / 1_800_000;
+        let Some(row) = weir_sdk::host::lookup(table, &format!("{station}|{weekday}|{slot}"))? else {
+            return Ok(None);
+        };
+        let row: MinimumRow =
+            serde_json::from_str(&row).map_err(|e| format!("`{table}` row without `minimum`: {e}"))?;
+        let minimum = match &row.minimum {
+            serde_json::Value::Number(n) => n.as_u64(),
+            serde_json::Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        };
+        minimum.map(Some).ok_or_else(|| format!("`{table}`: minimum {} is not a whole number", row.minimum))
+    }
 }
 
 impl Aggregator for TrafficMonitorCount {
     type State = Count;
 
-    fn init(_config: &Config) -> Result<Self, String> {
-        Ok(TrafficMonitorCount)
+    fn init(config: &Config) -> Result<Self, String> {
+        let minimums = config.get("minimums").filter(|t| !t.is_empty()).map(str::to_owned);
+        Ok(TrafficMonitorCount { minimums })
     }
 
     fn fold(&mut self, state: &mut Count, record: &Record<'_>) -> Result<(), String> {
@@ -61,12 +99,16 @@ impl Aggregator for TrafficMonitorCount {
     }
 
     fn emit(&mut self, window: Window, key: &str, state: &Count, out: &mut Output) -> Result<(), String> {
+        let vehicles = state.by_class.iter().sum();
+        let minimum = self.minimum(key, window)?;
         let result = StationCount {
             station_id: key,
             window_start: timestamp(window.start_ms),
             window_end: timestamp(window.end_ms),
-            vehicles: state.by_class.iter().sum(),
+            vehicles,
             by_class: state.by_class,
+            minimum,
+            below_minimum: minimum.map(|m| u64::from(vehicles) < m),
         };
         let json = serde_json::to_vec(&result).map_err(|e| e.to_string())?;
         out.emit(key, window.end_ms - 1, &json);
@@ -118,6 +160,36 @@ mod tests {
                 format!(r#"{{"station_id":"17",{w},"vehicles":3,"by_class":[1,2,0,0,0,0]}}"#),
                 format!(r#"{{"station_id":"42",{w},"vehicles":1,"by_class":[0,0,0,0,0,1]}}"#),
                 format!(r#"{{"station_id":"99",{w},"vehicles":0,"by_class":[0,0,0,0,0,0]}}"#),
+            ]
+        );
+    }
+
+    #[test]
+    fn with_a_minimums_table_each_result_says_whether_the_station_fell_below() {
+        // Thursday 2026-11-26, 14:00 is slot 28.
+        weir_sdk::testing::set_reference("minimums", "17|4|28", r#"{"station_id":"17","minimum":"2"}"#);
+        weir_sdk::testing::set_reference("minimums", "99|4|28", r#"{"station_id":"99","minimum":5}"#);
+        let mut h = AggregatorHarness::<TrafficMonitorCount>::new(&[("minimums", "minimums")]).expect("init");
+        let mut batch = Batch::new();
+        for station in ["17", "17", "42"] {
+            batch.push(station, 0, br#"{"vehicle_class":1}"#);
+        }
+        h.fold(&batch).expect("fold");
+        let window = Window { start_ms: 1_795_701_600_000, end_ms: 1_795_703_400_000 };
+        let out = h.emit(window, &["99"]).expect("emit");
+        let tails: Vec<String> = out
+            .iter()
+            .map(|r| {
+                let text = String::from_utf8_lossy(&r.payload).into_owned();
+                text[text.find("\"vehicles\"").unwrap_or(0)..].to_owned()
+            })
+            .collect();
+        assert_eq!(
+            tails,
+            vec![
+                r#""vehicles":2,"by_class":[2,0,0,0,0,0],"minimum":2,"below_minimum":false}"#,
+                r#""vehicles":1,"by_class":[1,0,0,0,0,0]}"#,
+                r#""vehicles":0,"by_class":[0,0,0,0,0,0],"minimum":5,"below_minimum":true}"#,
             ]
         );
     }
