@@ -529,14 +529,20 @@ impl AggregateStage {
                 reason,
             })
             .collect();
-        let states = if plan.rows.is_empty() {
-            Vec::new()
+        let folded = if plan.rows.is_empty() {
+            Ok(Vec::new())
         } else {
-            let folded = self.instance(instance)?.fold(&batch, &plan.groups, &plan.states);
-            folded.map_err(|e| {
+            self.instance(instance)
+                .and_then(|running| running.fold(&batch, &plan.groups, &plan.states).map_err(|e| e.to_string()))
+        };
+        let states = match folded {
+            Ok(states) => states,
+            Err(e) => {
+                // A fresh instance for the retry; the states stay as they were.
                 *instance = None;
-                e.to_string()
-            })?
+                operator.abandon_fold(plan);
+                return Err(e);
+            }
         };
         operator.apply_fold(plan, states).map_err(|e| e.to_string())?;
         self.dead_letters.write_dead_letters(&ungroupable).map_err(|e| e.to_string())?;

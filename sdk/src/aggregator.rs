@@ -90,14 +90,13 @@ pub fn fold<A: Aggregator>(
             .ok_or_else(|| format!("record {} names group {group} of {}", record.index(), states.len()))?;
         plugin.fold(state, &record)?;
     }
-    Ok(decoded
-        .iter()
-        .map(|s| {
-            let mut bytes = Vec::new();
-            A::encode(s, &mut bytes);
-            bytes
-        })
-        .collect())
+    // Each new state is written into its old one's buffer: no allocation per state.
+    let mut states = states;
+    for (bytes, state) in states.iter_mut().zip(&decoded) {
+        bytes.clear();
+        A::encode(state, bytes);
+    }
+    Ok(states)
 }
 
 /// Emits the results of a closed window for each key.

@@ -64,15 +64,18 @@ pub struct SetAside {
     pub reason: String,
 }
 
-/// A batch routed and grouped for the plugin's `fold(input, groups, states)`.
+/// A batch routed and grouped for the plugin's `fold(input, groups, states)`. The
+/// groups' states are moved out of the operator into the plan: hand the plan back
+/// with [`WindowOperator::apply_fold`] (the new states) or
+/// [`WindowOperator::abandon_fold`] (the fold failed: the states go back as they were).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FoldPlan {
+pub struct FoldPlan<'a> {
     /// For each row of the fold's input, the index of the batch record it is.
     pub rows: Vec<usize>,
     /// For each row of the fold's input, the index of the state it folds into.
     pub groups: Vec<u32>,
     /// The (window, key) of each state.
-    pub group_keys: Vec<(Window, String)>,
+    pub group_keys: Vec<(Window, &'a str)>,
     /// The current state of each group (empty for a new one), to pass to `fold`.
     pub states: Vec<Vec<u8>>,
     /// Records that are late or refused, with the reason.
@@ -139,6 +142,9 @@ pub struct WindowOperator {
     first_window: Option<Window>,
     /// The end of the last window closed: none at or before it is ever closed again.
     last_closed_end: Option<i64>,
+    /// Keys of the window closed last: a new window's map starts that big, not growing
+    /// (and rehashing) its way there.
+    last_closed_keys: usize,
     expected_keys: BTreeSet<String>,
 }
 
@@ -155,6 +161,7 @@ impl WindowOperator {
             open: BTreeMap::new(),
             first_window: None,
             last_closed_end: None,
+            last_closed_keys: 0,
             expected_keys: BTreeSet::new(),
         })
     }
@@ -232,9 +239,13 @@ impl WindowOperator {
 
     /// Routes a batch and groups its records by (window, key) for the plugin's `fold`;
     /// see [`FoldPlan`].
-    pub fn plan_fold<'a>(&mut self, records: impl IntoIterator<Item = FoldRecord<'a>>, now_ms: i64) -> FoldPlan {
+    pub fn plan_fold<'a>(
+        &mut self,
+        records: impl IntoIterator<Item = FoldRecord<'a>>,
+        now_ms: i64,
+    ) -> FoldPlan<'a> {
         let mut plan = FoldPlan::default();
-        let mut group_of: HashMap<(Window, &'a str), u32> = HashMap::new();
+        let mut group_of: HashMap<(Window, &'a str), u32, foldhash::fast::RandomState> = HashMap::default();
         for (index, record) in records.into_iter().enumerate() {
             let windows = match self.route(record.shard, record.time_ms, now_ms) {
                 Route::Windows(windows) => windows,
@@ -245,9 +256,10 @@ impl WindowOperator {
             };
             for window in windows {
                 let group = *group_of.entry((window, record.key)).or_insert_with(|| {
-                    let state = self.open.get(&window).and_then(|states| states.get(record.key));
-                    plan.states.push(state.cloned().unwrap_or_default());
-                    plan.group_keys.push((window, record.key.to_owned()));
+                    // Moved out, not copied: apply_fold or abandon_fold puts a state back.
+                    let state = self.open.get_mut(&window).and_then(|states| states.get_mut(record.key));
+                    plan.states.push(state.map(std::mem::take).unwrap_or_default());
+                    plan.group_keys.push((window, record.key));
                     // A batch holds far fewer than 2^32 records.
                     (plan.group_keys.len() - 1) as u32
                 });
@@ -258,19 +270,39 @@ impl WindowOperator {
         plan
     }
 
-    /// Stores the states the fold returned for `plan`, one per group in order.
-    pub fn apply_fold(&mut self, plan: FoldPlan, states: Vec<Vec<u8>>) -> Result<(), WindowError> {
+    /// Stores the states the fold returned for `plan`, one per group in order. If they
+    /// do not fit the plan, the plan's own states go back and nothing changes.
+    pub fn apply_fold(&mut self, plan: FoldPlan<'_>, states: Vec<Vec<u8>>) -> Result<(), WindowError> {
         if states.len() != plan.group_keys.len() {
-            return Err(WindowError::FoldStateCount { groups: plan.group_keys.len(), returned: states.len() });
+            let error = WindowError::FoldStateCount { groups: plan.group_keys.len(), returned: states.len() };
+            self.abandon_fold(plan);
+            return Err(error);
         }
         // All or nothing: check before writing.
-        for (window, _) in &plan.group_keys {
-            self.check_writable(*window)?;
+        if let Some(Err(e)) = plan.group_keys.iter().map(|(window, _)| self.check_writable(*window)).find(Result::is_err) {
+            self.abandon_fold(plan);
+            return Err(e);
         }
-        for ((window, key), state) in plan.group_keys.into_iter().zip(states) {
-            self.open.entry(window).or_default().insert(key.into_boxed_str(), state);
-        }
+        self.store_states(plan.group_keys, states);
         Ok(())
+    }
+
+    /// The fold of `plan` failed: its groups' states go back as they were.
+    pub fn abandon_fold(&mut self, plan: FoldPlan<'_>) {
+        self.store_states(plan.group_keys, plan.states);
+    }
+
+    fn store_states(&mut self, keys: Vec<(Window, &str)>, states: Vec<Vec<u8>>) {
+        let capacity = self.last_closed_keys;
+        for ((window, key), state) in keys.into_iter().zip(states) {
+            let states = self.open.entry(window).or_insert_with(|| States::with_capacity(capacity));
+            match states.get_mut(key) {
+                Some(slot) => *slot = state,
+                None => {
+                    states.insert(Box::from(key), state);
+                }
+            }
+        }
     }
 
     /// Lets idle shards stop holding the watermark back at `now_ms`; returns the watermark.
@@ -303,6 +335,7 @@ impl WindowOperator {
             states.entry(Box::from(key.as_str())).or_default();
         }
         self.last_closed_end = Some(end);
+        self.last_closed_keys = states.len();
         let mut sorted: Vec<(Box<str>, Vec<u8>)> = states.into_iter().collect();
         sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let (keys, states) = sorted.into_iter().map(|(key, state)| (key.into_string(), state)).unzip();
@@ -398,7 +431,7 @@ impl WindowOperator {
             if !operator.spec.kind.produces(window) || saved.last_closed_end.is_some_and(|last| window.end <= last) {
                 return Err(WindowError::Snapshot(format!("{window} cannot be open")));
             }
-            let mut states = States::new();
+            let mut states = States::default();
             for (key, state) in saved_window.states {
                 let state = base64.decode(&state).map_err(|e| WindowError::Snapshot(format!("{window}: {e}")))?;
                 states.insert(key.into_boxed_str(), state);
@@ -643,7 +676,7 @@ mod tests {
         let plan = operator.plan_fold(batch, T0 + 20 * MINUTE);
         assert_eq!(plan.rows, [0, 0, 1, 1, 2, 2]);
         assert_eq!(plan.groups, [0, 1, 2, 3, 0, 1]);
-        let keys: Vec<_> = plan.group_keys.iter().map(|(w, k)| (*w, k.as_str())).collect();
+        let keys: Vec<_> = plan.group_keys.iter().map(|(w, k)| (*w, *k)).collect();
         assert_eq!(keys, [(window(0, 20), "a"), (window(10, 20), "a"), (window(0, 20), "b"), (window(10, 20), "b")]);
         assert_eq!(plan.states, [vec![7], vec![], vec![], vec![]]);
         assert_eq!(plan.set_aside.len(), 1);
