@@ -57,7 +57,7 @@ fn run(component: &str, batch: &Batch, keys: &[String], expected: &[&str], minut
             part.push(r.key, r.event_time_ms, r.payload);
         }
         let mut instance = plugin.instantiate().expect("instantiate");
-        states = instance.fold(&part, &groups[range], &states).expect("fold");
+        instance.fold(&part, &groups[range], &mut states).expect("fold");
     }
     let out = plugin
         .instantiate()

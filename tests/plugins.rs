@@ -36,7 +36,7 @@ fn every_plugin_builds_fits_its_world_and_starts_with_its_defaults() {
             }
             World::Aggregator => {
                 let plugin = AggregatorPlugin::new(&engine, compiled, spec, defaults).expect("load");
-                plugin.instantiate().expect("starts").fold(&empty, &[], &[]).expect("empty batch");
+                plugin.instantiate().expect("starts").fold(&empty, &[], &mut []).expect("empty batch");
             }
             World::Notifier => {
                 let plugin = NotifierPlugin::new(&engine, compiled, spec, defaults).expect("load");

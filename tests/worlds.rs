@@ -29,13 +29,12 @@ fn an_aggregator_folds_states_the_host_keeps_and_emits_per_key() {
     let mut instance = plugin.instantiate().expect("instantiate");
 
     // Two groups: c1 (index 0) and c2 (index 1), states start empty.
-    let states = instance
-        .fold(&amounts(&[("c1", "10"), ("c2", "5"), ("c1", "7")]), &[0, 1, 0], &[vec![], vec![]])
-        .expect("fold");
-    assert_eq!(states.len(), 2);
+    let mut states = vec![vec![], vec![]];
+    instance.fold(&amounts(&[("c1", "10"), ("c2", "5"), ("c1", "7")]), &[0, 1, 0], &mut states).expect("fold");
+    assert!(states.iter().all(|s| !s.is_empty()), "{states:?}");
     // The host hands the states back in a later batch, even to a new instance.
     let mut other = plugin.instantiate().expect("second instance");
-    let states = other.fold(&amounts(&[("c2", "1")]), &[1], &states).expect("fold again");
+    other.fold(&amounts(&[("c2", "1")]), &[1], &mut states).expect("fold again");
 
     let keys = vec!["c1".to_owned(), "c2".to_owned(), "silent".to_owned()];
     let all = vec![states[0].clone(), states[1].clone(), vec![]];
@@ -54,10 +53,12 @@ fn an_aggregator_folds_states_the_host_keeps_and_emits_per_key() {
     );
 
     // A record the plugin cannot fold fails the batch with its reason.
-    let err = other.fold(&amounts(&[("c1", "ten")]), &[0], &[vec![]]).expect_err("bad amount");
+    let mut untouched = vec![states[0].clone()];
+    let err = other.fold(&amounts(&[("c1", "ten")]), &[0], &mut untouched).expect_err("bad amount");
     assert!(matches!(&err, PluginError::Returned(m) if m.contains("`ten`")), "{err:?}");
+    assert_eq!(untouched, [states[0].clone()], "a failed fold leaves the states as they were");
     // A group index out of range is refused by the plugin, not a crash.
-    let err = other.fold(&amounts(&[("c1", "1")]), &[5], &[vec![]]).expect_err("bad group");
+    let err = other.fold(&amounts(&[("c1", "1")]), &[5], &mut [vec![]]).expect_err("bad group");
     assert!(matches!(err, PluginError::Returned(_)), "{err:?}");
 }
 

@@ -530,21 +530,18 @@ impl AggregateStage {
             })
             .collect();
         let folded = if plan.rows.is_empty() {
-            Ok(Vec::new())
+            Ok(())
         } else {
             self.instance(instance)
-                .and_then(|running| running.fold(&batch, &plan.groups, &plan.states).map_err(|e| e.to_string()))
+                .and_then(|running| running.fold(&batch, &plan.groups, &mut plan.states).map_err(|e| e.to_string()))
         };
-        let states = match folded {
-            Ok(states) => states,
-            Err(e) => {
-                // A fresh instance for the retry; the states stay as they were.
-                *instance = None;
-                operator.abandon_fold(plan);
-                return Err(e);
-            }
-        };
-        operator.apply_fold(plan, states).map_err(|e| e.to_string())?;
+        // Folded or not, the states go back (a failed fold left them as they were).
+        operator.apply_fold(plan);
+        if let Err(e) = folded {
+            // A fresh instance for the retry.
+            *instance = None;
+            return Err(e);
+        }
         self.dead_letters.write_dead_letters(&ungroupable).map_err(|e| e.to_string())?;
         self.stats.dead_lettered.fetch_add(ungroupable.len() as u64, Ordering::Relaxed);
         match &self.spec.late {

@@ -485,8 +485,8 @@ fn check_aggregator(
         keys.sort();
         keys.dedup();
         let groups: Vec<u32> = canary.iter().map(|r| keys.binary_search(&r.key).unwrap_or_default() as u32).collect();
-        let states = checked.fold(&records_batch(canary), &groups, &vec![Vec::new(); keys.len()]);
-        let states = states.map_err(canary_failed)?;
+        let mut states = vec![Vec::new(); keys.len()];
+        checked.fold(&records_batch(canary), &groups, &mut states).map_err(canary_failed)?;
         checked.emit(0, 1, &keys, &states).map_err(canary_failed)?;
     }
     Ok(state_version)

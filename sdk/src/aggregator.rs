@@ -53,66 +53,104 @@ pub trait MigrateState: Aggregator {
     fn migrate(from_version: u32, bytes: &[u8]) -> Result<Self::State, String>;
 }
 
+/// States as they cross the boundary, like a batch's payloads: state `i` is
+/// `bytes[ends[i-1] .. ends[i]]`. One buffer for all, not one allocation each.
+#[doc(hidden)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct States {
+    /// All states, concatenated.
+    pub bytes: Vec<u8>,
+    /// End offset of each state.
+    pub ends: Vec<u32>,
+}
+
+impl States {
+    /// One state per item.
+    pub fn from_slices<'a>(states: impl IntoIterator<Item = &'a [u8]>) -> States {
+        let mut out = States::default();
+        for state in states {
+            out.push_with(|bytes| bytes.extend_from_slice(state));
+        }
+        out
+    }
+
+    /// How many states.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Each state's bytes, checking the ends the host sent.
+    pub fn iter(&self) -> impl Iterator<Item = Result<&[u8], String>> {
+        let mut start = 0usize;
+        self.ends.iter().map(move |&end| {
+            let end = end as usize;
+            let state = self
+                .bytes
+                .get(start..end)
+                .ok_or_else(|| format!("state ends at {end}, outside 0..{} or before {start}", self.bytes.len()))?;
+            start = end;
+            Ok(state)
+        })
+    }
+
+    /// Appends a state written by `write`.
+    pub fn push_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        write(&mut self.bytes);
+        self.ends.push(self.bytes.len() as u32);
+    }
+}
+
 /// Rewrites states of `from_version` in this plugin's layout; empty states stay empty.
 #[doc(hidden)]
-pub fn migrate<A: MigrateState>(from_version: u32, states: &[Vec<u8>]) -> Result<Vec<Vec<u8>>, String> {
-    states
-        .iter()
-        .map(|bytes| {
-            let mut out = Vec::new();
-            if !bytes.is_empty() {
-                A::encode(&A::migrate(from_version, bytes)?, &mut out);
-            }
-            Ok(out)
-        })
-        .collect()
+pub fn migrate<A: MigrateState>(from_version: u32, states: &States) -> Result<States, String> {
+    let mut out = States::default();
+    for bytes in states.iter() {
+        let bytes = bytes?;
+        let state = if bytes.is_empty() { None } else { Some(A::migrate(from_version, bytes)?) };
+        out.push_with(|out| state.iter().for_each(|s| A::encode(s, out)));
+    }
+    Ok(out)
 }
 
 fn decode_state<A: Aggregator>(bytes: &[u8]) -> Result<A::State, String> {
     if bytes.is_empty() { Ok(A::State::default()) } else { A::decode(bytes) }
 }
 
-/// Folds `input` into `states`, where record `i` belongs to `states[groups[i]]`.
+/// Folds `input` into `states`, where record `i` belongs to state `groups[i]`.
 #[doc(hidden)]
-pub fn fold<A: Aggregator>(
-    plugin: &mut A,
-    input: &Batch,
-    groups: &[u32],
-    states: Vec<Vec<u8>>,
-) -> Result<Vec<Vec<u8>>, String> {
+pub fn fold<A: Aggregator>(plugin: &mut A, input: &Batch, groups: &[u32], states: &States) -> Result<States, String> {
     if groups.len() != input.len() {
         return Err(format!("host sent {} groups for {} records", groups.len(), input.len()));
     }
-    let mut decoded = states.iter().map(|s| decode_state::<A>(s)).collect::<Result<Vec<_>, _>>()?;
+    let mut decoded = states.iter().map(|s| decode_state::<A>(s?)).collect::<Result<Vec<_>, _>>()?;
     for (record, &group) in input.iter().zip(groups) {
         let state = decoded
             .get_mut(group as usize)
             .ok_or_else(|| format!("record {} names group {group} of {}", record.index(), states.len()))?;
         plugin.fold(state, &record)?;
     }
-    // Each new state is written into its old one's buffer: no allocation per state.
-    let mut states = states;
-    for (bytes, state) in states.iter_mut().zip(&decoded) {
-        bytes.clear();
-        A::encode(state, bytes);
+    let mut out = States { bytes: Vec::with_capacity(states.bytes.len() + 16 * states.len()), ends: Vec::new() };
+    out.ends.reserve(decoded.len());
+    for state in &decoded {
+        out.push_with(|bytes| A::encode(state, bytes));
     }
-    Ok(states)
+    Ok(out)
 }
 
 /// Emits the results of a closed window for each key.
 #[doc(hidden)]
-pub fn emit<A: Aggregator>(
-    plugin: &mut A,
-    window: Window,
-    keys: &[String],
-    states: &[Vec<u8>],
-) -> Result<Batch, String> {
+pub fn emit<A: Aggregator>(plugin: &mut A, window: Window, keys: &[String], states: &States) -> Result<Batch, String> {
     if keys.len() != states.len() {
         return Err(format!("host sent {} keys for {} states", keys.len(), states.len()));
     }
     let mut out = Output::default();
-    for (key, state) in keys.iter().zip(states) {
-        let state = decode_state::<A>(state)?;
+    for (key, state) in keys.iter().zip(states.iter()) {
+        let state = decode_state::<A>(state?)?;
         plugin.emit(window, key, &state, &mut out)?;
     }
     Ok(out.into_batch())
@@ -139,11 +177,14 @@ macro_rules! export_aggregator {
             $crate::__aggregate_export!($plugin);
     bindings::export!(WeirAggregatorExport with_types_in bindings);
             impl migrating::exports::weir::plugin::state_migration::Guest for WeirAggregatorExport {
-                fn migrate(from_version: u32, states: Vec<Vec<u8>>) -> Result<Vec<Vec<u8>>, String> {
-                    $crate::__private::migrate_export::<$plugin>(from_version, states)
+                fn migrate(
+                    from_version: u32,
+                    states: $crate::__private::WitStates,
+                ) -> Result<$crate::__private::WitStates, String> {
+            $crate::__private::migrate_export::<$plugin>(from_version, states)
                 }
             }
-    migrating::export!(WeirAggregatorExport with_types_in migrating);
+            migrating::export!(WeirAggregatorExport with_types_in migrating);
         };
     };
 }
@@ -155,7 +196,7 @@ macro_rules! export_aggregator {
 macro_rules! __aggregate_export {
     ($plugin:ty) => {
         use bindings::exports::weir::plugin::aggregate::{Guest, Window};
-        use $crate::__private::{WitBatch, WitConfig};
+        use $crate::__private::{WitBatch, WitConfig, WitStates};
 
         struct WeirAggregatorExport;
         impl Guest for WeirAggregatorExport {
@@ -165,10 +206,10 @@ macro_rules! __aggregate_export {
             fn state_version() -> u32 {
                 <$plugin as $crate::Aggregator>::STATE_VERSION
             }
-            fn fold(input: WitBatch, groups: Vec<u32>, states: Vec<Vec<u8>>) -> Result<Vec<Vec<u8>>, String> {
+            fn fold(input: WitBatch, groups: Vec<u32>, states: WitStates) -> Result<WitStates, String> {
                 $crate::__private::fold_export::<$plugin>(input, groups, states)
             }
-            fn emit(window: Window, keys: Vec<String>, states: Vec<Vec<u8>>) -> Result<WitBatch, String> {
+            fn emit(window: Window, keys: Vec<String>, states: WitStates) -> Result<WitBatch, String> {
                 $crate::__private::emit_export::<$plugin>(window.start, window.end, keys, states)
             }
         }

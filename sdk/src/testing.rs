@@ -21,6 +21,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::aggregator::States;
 use crate::host::Notification;
 use crate::log::Level;
 use crate::transformer::transform_batch;
@@ -139,9 +140,11 @@ impl<A: Aggregator> AggregatorHarness<A> {
                 }
             })
             .collect::<Vec<_>>();
-        let states = keys.iter().map(|k| self.states.get(k).cloned().unwrap_or_default()).collect();
-        let states = crate::aggregator::fold(&mut self.plugin, input, &groups, states)?;
-        self.states.extend(keys.into_iter().zip(states));
+        let states = States::from_slices(keys.iter().map(|k| self.states.get(k).map_or(&[][..], Vec::as_slice)));
+        let states = crate::aggregator::fold(&mut self.plugin, input, &groups, &states)?;
+        for (key, state) in keys.into_iter().zip(states.iter()) {
+            self.states.insert(key, state?.to_vec());
+        }
         Ok(())
     }
 
@@ -152,6 +155,7 @@ impl<A: Aggregator> AggregatorHarness<A> {
             all.entry((*key).to_owned()).or_default();
         }
         let (keys, states): (Vec<_>, Vec<_>) = all.into_iter().unzip();
+        let states = States::from_slices(states.iter().map(Vec::as_slice));
         let batch = crate::aggregator::emit(&mut self.plugin, window, &keys, &states)?;
         Ok(owned(&batch))
     }

@@ -4,6 +4,7 @@
 use std::any::Any;
 use std::cell::RefCell;
 
+use crate::aggregator::States;
 use crate::{Aggregator, Batch, Config, Notifier, Transformer, Window};
 
 #[allow(missing_docs, reason = "generated bindings")]
@@ -44,6 +45,9 @@ pub mod state_migrator {
         pub_export_macro: true,
         default_bindings_module: "weir_sdk::__private::state_migrator",
         runtime_path: "weir_sdk::wit_bindgen::rt",
+        with: {
+            "weir:plugin/types@0.1.0": crate::wasm::transformer::weir::plugin::types,
+        },
     });
 }
 
@@ -69,6 +73,8 @@ use transformer::exports::weir::plugin::transform::{Outcome as WitOutcome, Trans
 use transformer::weir::plugin::types::Attribute;
 /// The batch record of the WIT package, as the bindings name it.
 pub use transformer::weir::plugin::types::Batch as WitBatch;
+/// The aggregator states record of the WIT package.
+pub use transformer::weir::plugin::types::States as WitStates;
 
 /// The configuration pairs handed to `init`.
 pub type WitConfig = Vec<(String, String)>;
@@ -132,13 +138,11 @@ pub fn transform_export<T: Transformer>(input: WitBatch) -> Result<Transformed, 
 }
 
 /// The `fold` export.
-pub fn fold_export<A: Aggregator>(
-    input: WitBatch,
-    groups: Vec<u32>,
-    states: Vec<Vec<u8>>,
-) -> Result<Vec<Vec<u8>>, String> {
+pub fn fold_export<A: Aggregator>(input: WitBatch, groups: Vec<u32>, states: WitStates) -> Result<WitStates, String> {
     let input = from_wit(input);
-    with_plugin::<A, _>(|plugin| crate::aggregator::fold(plugin, &input, &groups, states))
+    let states = States { bytes: states.bytes, ends: states.ends };
+    let out = with_plugin::<A, _>(|plugin| crate::aggregator::fold(plugin, &input, &groups, &states))?;
+    Ok(WitStates { bytes: out.bytes, ends: out.ends })
 }
 
 /// The `emit` export.
@@ -146,15 +150,17 @@ pub fn emit_export<A: Aggregator>(
     start_ms: i64,
     end_ms: i64,
     keys: Vec<String>,
-    states: Vec<Vec<u8>>,
+    states: WitStates,
 ) -> Result<WitBatch, String> {
     let window = Window { start_ms, end_ms };
+    let states = States { bytes: states.bytes, ends: states.ends };
     with_plugin::<A, _>(|plugin| crate::aggregator::emit(plugin, window, &keys, &states).map(to_wit))
 }
 
 /// The `migrate` export of `state-migration`.
-pub fn migrate_export<A: crate::MigrateState>(from_version: u32, states: Vec<Vec<u8>>) -> Result<Vec<Vec<u8>>, String> {
-    crate::aggregator::migrate::<A>(from_version, &states)
+pub fn migrate_export<A: crate::MigrateState>(from_version: u32, states: WitStates) -> Result<WitStates, String> {
+    let out = crate::aggregator::migrate::<A>(from_version, &States { bytes: states.bytes, ends: states.ends })?;
+    Ok(WitStates { bytes: out.bytes, ends: out.ends })
 }
 
 /// The `consume` export.

@@ -81,7 +81,7 @@ fn component(rows: &[(String, i64, String)]) -> (f64, Totals) {
                 (customer.as_str(), at + (j / rows.len()) as i64 * WINDOW_MS * 10, payload.as_str())
             })
             .collect();
-        let plan = operator.plan_fold(
+        let mut plan = operator.plan_fold(
             batch_rows.iter().map(|(key, at, _)| FoldRecord { shard: 0, key, time_ms: *at }),
             // The clock stands still: only event time closes windows.
             START,
@@ -91,8 +91,8 @@ fn component(rows: &[(String, i64, String)]) -> (f64, Totals) {
             let (key, at, payload) = batch_rows[r];
             batch.push(key, at, payload.as_bytes());
         }
-        let states = instance.fold(&batch, &plan.groups, &plan.states).expect("fold");
-        operator.apply_fold(plan, states).expect("apply");
+        instance.fold(&batch, &plan.groups, &mut plan.states).expect("fold");
+        operator.apply_fold(plan);
         while let Some(closed) = operator.pop_due() {
             let out =
                 instance.emit(closed.window.start, closed.window.end, &closed.keys, &closed.states).expect("emit");
@@ -127,10 +127,10 @@ fn state_memory() -> (u64, usize) {
     // Keys are made a chunk at a time, so only the operator's memory grows.
     for chunk in 0..100 {
         let keys: Vec<String> = (chunk * 10_000..(chunk + 1) * 10_000).map(|i| format!("C{i:07}")).collect();
-        let plan = operator.plan_fold(keys.iter().map(|k| FoldRecord { shard: 0, key: k, time_ms: START }), START);
+        let mut plan = operator.plan_fold(keys.iter().map(|k| FoldRecord { shard: 0, key: k, time_ms: START }), START);
         // A toll-billing-sum state: 12 bytes.
-        let states = vec![vec![0u8; 12]; plan.group_keys.len()];
-        operator.apply_fold(plan, states).expect("apply");
+        plan.states.iter_mut().for_each(|s| *s = vec![0u8; 12]);
+        operator.apply_fold(plan);
     }
     let metrics = operator.metrics(START);
     (resident_bytes().saturating_sub(before), metrics.open_keys)

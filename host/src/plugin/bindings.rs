@@ -29,6 +29,9 @@ pub mod state_migrator {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "weir:plugin/state-migrator",
+        with: {
+            "weir:plugin/types": super::transformer::weir::plugin::types,
+        },
     });
 }
 

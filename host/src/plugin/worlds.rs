@@ -14,6 +14,7 @@ use super::bindings::aggregator::{Aggregator, AggregatorPre};
 use super::bindings::notifier::{Notifier, NotifierPre};
 use super::bindings::state_migrator::exports::weir::plugin::state_migration;
 use super::bindings::transformer::exports::weir::plugin::transform::Outcome;
+use super::bindings::transformer::weir::plugin::types::States;
 use super::bindings::transformer::{Transformer, TransformerPre};
 use super::engine::{CompiledComponent, PluginEngine};
 use super::error::PluginError;
@@ -256,22 +257,21 @@ impl AggregatorInstance {
         let Some(migration) = &self.migration else {
             return Err(PluginError::Contract("the plugin does not export `weir:plugin/state-migration`".into()));
         };
-        let out = guarded(&mut self.store, &self.spec, |s| migration.call_migrate(s, from, states))?;
-        if out.len() != states.len() {
-            return Err(PluginError::Contract(format!("{} states migrated for {}", out.len(), states.len())));
-        }
-        Ok(out)
+        let flat = flatten(states);
+        let out = guarded(&mut self.store, &self.spec, |s| migration.call_migrate(s, from, &flat))?;
+        let mut migrated = vec![Vec::new(); states.len()];
+        unflatten_into(&out, &mut migrated)?;
+        Ok(migrated)
     }
 
-    /// Folds `input` into `states` (record `i` into `states[groups[i]]`).
-    pub fn fold(&mut self, input: &Batch, groups: &[u32], states: &[Vec<u8>]) -> Result<Vec<Vec<u8>>, PluginError> {
+    /// Folds `input` into `states` (record `i` into `states[groups[i]]`), which it
+    /// overwrites with the new states; on an error they are left as they were.
+    pub fn fold(&mut self, input: &Batch, groups: &[u32], states: &mut [Vec<u8>]) -> Result<(), PluginError> {
+        let flat = flatten(states);
         let out = guarded(&mut self.store, &self.spec, |s| {
-            self.bindings.weir_plugin_aggregate().call_fold(s, input, groups, states)
+            self.bindings.weir_plugin_aggregate().call_fold(s, input, groups, &flat)
         })?;
-        if out.len() != states.len() {
-            return Err(PluginError::Contract(format!("{} states returned for {}", out.len(), states.len())));
-        }
-        Ok(out)
+        unflatten_into(&out, states)
     }
 
     /// Turns the states of a closed window into result records.
@@ -283,12 +283,43 @@ impl AggregatorInstance {
         states: &[Vec<u8>],
     ) -> Result<Batch, PluginError> {
         let window = Window { start: start_ms, end: end_ms };
+        let flat = flatten(states);
         let out = guarded(&mut self.store, &self.spec, |s| {
-            self.bindings.weir_plugin_aggregate().call_emit(s, window, keys, states)
+            self.bindings.weir_plugin_aggregate().call_emit(s, window, keys, &flat)
         })?;
         out.validate().map_err(PluginError::Contract)?;
         Ok(out)
     }
+}
+
+/// States as they cross the boundary: one buffer and the end of each, not a list per state.
+fn flatten(states: &[Vec<u8>]) -> States {
+    let mut flat = States { bytes: Vec::with_capacity(states.iter().map(Vec::len).sum()), ends: Vec::new() };
+    flat.ends.reserve_exact(states.len());
+    for state in states {
+        flat.bytes.extend_from_slice(state);
+        flat.ends.push(flat.bytes.len() as u32);
+    }
+    flat
+}
+
+/// Copies a plugin's states into `targets` (reusing their buffers), after checking
+/// there is one per target and the ends are in order; on an error nothing is written.
+fn unflatten_into(flat: &States, targets: &mut [Vec<u8>]) -> Result<(), PluginError> {
+    if flat.ends.len() != targets.len() {
+        return Err(PluginError::Contract(format!("{} states returned for {}", flat.ends.len(), targets.len())));
+    }
+    let ordered = flat.ends.windows(2).all(|w| w[0] <= w[1]);
+    if !ordered || flat.ends.last().is_some_and(|&end| end as usize > flat.bytes.len()) {
+        return Err(PluginError::Contract("the states' ends are out of order or past their bytes".into()));
+    }
+    let mut start = 0;
+    for (target, &end) in targets.iter_mut().zip(&flat.ends) {
+        target.clear();
+        target.extend_from_slice(&flat.bytes[start..end as usize]);
+        start = end as usize;
+    }
+    Ok(())
 }
 
 /// A notifier plugin, loaded.

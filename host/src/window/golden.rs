@@ -141,12 +141,14 @@ fn run(case: &Case, restart: bool) -> Outcome {
         if let Some(key) = &input.key {
             let time_ms = spec.time.pick(event_ms.expect("a record needs a time"), now_ms);
             let record = FoldRecord { shard: input.shard, key, time_ms };
-            let plan = operator.plan_fold([record], now_ms);
+            let mut plan = operator.plan_fold([record], now_ms);
             for set_aside in &plan.set_aside {
                 outcome.late.push((key.clone(), format_ms(time_ms), set_aside.reason.clone()));
             }
-            let states = plan.states.iter().map(|state| (sum_of(state) + input.value).to_le_bytes().to_vec()).collect();
-            operator.apply_fold(plan, states).expect("one state per group");
+            for state in &mut plan.states {
+                *state = (sum_of(state) + input.value).to_le_bytes().to_vec();
+            }
+            operator.apply_fold(plan);
         }
         for closed in operator.close_due(now_ms) {
             for (key, state) in closed.keys.iter().zip(&closed.states) {

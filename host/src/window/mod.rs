@@ -182,14 +182,6 @@ pub enum WindowError {
         /// The window.
         window: Window,
     },
-    /// The fold answered with the wrong number of states.
-    #[error("the fold returned {returned} states for {groups} groups: it must return one per group, in order")]
-    FoldStateCount {
-        /// States the fold was given.
-        groups: usize,
-        /// States it returned.
-        returned: usize,
-    },
     /// A snapshot that cannot be read.
     #[error("the window snapshot cannot be read: {0}")]
     Snapshot(String),

@@ -8,7 +8,8 @@
 //!    says which record each input row repeats (a sliding-window record is folded once per
 //!    window), `groups` which state each row folds into. Late records come back in
 //!    `set_aside`, with the reason, for the stage's side output.
-//! 2. The stage calls `fold` and hands the new states to [`WindowOperator::apply_fold`].
+//! 2. The stage calls `fold`, which overwrites the plan's states, and hands the plan back
+//!    to [`WindowOperator::apply_fold`].
 //!    Nothing changes if the fold fails (but the watermark has seen the records).
 //! 3. [`WindowOperator::close_due`] (or [`WindowOperator::pop_due`] one at a time) gives
 //!    the windows the watermark has passed, each with its keys and states for `emit`.
@@ -65,9 +66,9 @@ pub struct SetAside {
 }
 
 /// A batch routed and grouped for the plugin's `fold(input, groups, states)`. The
-/// groups' states are moved out of the operator into the plan: hand the plan back
-/// with [`WindowOperator::apply_fold`] (the new states) or
-/// [`WindowOperator::abandon_fold`] (the fold failed: the states go back as they were).
+/// groups' states are moved out of the operator into the plan: the fold overwrites
+/// them, and [`WindowOperator::apply_fold`] puts them back (a failed fold leaves them
+/// as they were, and they go back just the same).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FoldPlan<'a> {
     /// For each row of the fold's input, the index of the batch record it is.
@@ -76,7 +77,7 @@ pub struct FoldPlan<'a> {
     pub groups: Vec<u32>,
     /// The (window, key) of each state.
     pub group_keys: Vec<(Window, &'a str)>,
-    /// The current state of each group (empty for a new one), to pass to `fold`.
+    /// The state of each group (empty for a new one): the fold's input and output.
     pub states: Vec<Vec<u8>>,
     /// Records that are late or refused, with the reason.
     pub set_aside: Vec<SetAside>,
@@ -239,11 +240,7 @@ impl WindowOperator {
 
     /// Routes a batch and groups its records by (window, key) for the plugin's `fold`;
     /// see [`FoldPlan`].
-    pub fn plan_fold<'a>(
-        &mut self,
-        records: impl IntoIterator<Item = FoldRecord<'a>>,
-        now_ms: i64,
-    ) -> FoldPlan<'a> {
+    pub fn plan_fold<'a>(&mut self, records: impl IntoIterator<Item = FoldRecord<'a>>, now_ms: i64) -> FoldPlan<'a> {
         let mut plan = FoldPlan::default();
         let mut group_of: HashMap<(Window, &'a str), u32, foldhash::fast::RandomState> = HashMap::default();
         for (index, record) in records.into_iter().enumerate() {
@@ -256,7 +253,7 @@ impl WindowOperator {
             };
             for window in windows {
                 let group = *group_of.entry((window, record.key)).or_insert_with(|| {
-                    // Moved out, not copied: apply_fold or abandon_fold puts a state back.
+                    // Moved out, not copied: apply_fold puts it back.
                     let state = self.open.get_mut(&window).and_then(|states| states.get_mut(record.key));
                     plan.states.push(state.map(std::mem::take).unwrap_or_default());
                     plan.group_keys.push((window, record.key));
@@ -270,31 +267,11 @@ impl WindowOperator {
         plan
     }
 
-    /// Stores the states the fold returned for `plan`, one per group in order. If they
-    /// do not fit the plan, the plan's own states go back and nothing changes.
-    pub fn apply_fold(&mut self, plan: FoldPlan<'_>, states: Vec<Vec<u8>>) -> Result<(), WindowError> {
-        if states.len() != plan.group_keys.len() {
-            let error = WindowError::FoldStateCount { groups: plan.group_keys.len(), returned: states.len() };
-            self.abandon_fold(plan);
-            return Err(error);
-        }
-        // All or nothing: check before writing.
-        if let Some(Err(e)) = plan.group_keys.iter().map(|(window, _)| self.check_writable(*window)).find(Result::is_err) {
-            self.abandon_fold(plan);
-            return Err(e);
-        }
-        self.store_states(plan.group_keys, states);
-        Ok(())
-    }
-
-    /// The fold of `plan` failed: its groups' states go back as they were.
-    pub fn abandon_fold(&mut self, plan: FoldPlan<'_>) {
-        self.store_states(plan.group_keys, plan.states);
-    }
-
-    fn store_states(&mut self, keys: Vec<(Window, &str)>, states: Vec<Vec<u8>>) {
+    /// Puts the plan's states back into their windows: folded, or as they were when
+    /// the fold failed. Nothing can close a window between `plan_fold` and this.
+    pub fn apply_fold(&mut self, plan: FoldPlan<'_>) {
         let capacity = self.last_closed_keys;
-        for ((window, key), state) in keys.into_iter().zip(states) {
+        for ((window, key), state) in plan.group_keys.into_iter().zip(plan.states) {
             let states = self.open.entry(window).or_insert_with(|| States::with_capacity(capacity));
             match states.get_mut(key) {
                 Some(slot) => *slot = state,
@@ -682,12 +659,9 @@ mod tests {
         assert_eq!(plan.set_aside.len(), 1);
         assert!(plan.set_aside[0].reason.contains("outside 1970-01-01"), "{:?}", plan.set_aside);
 
-        let wrong = operator.apply_fold(plan.clone(), vec![]).expect_err("too few states");
-        assert_eq!(
-            wrong.to_string(),
-            "the fold returned 0 states for 4 groups: it must return one per group, in order"
-        );
-        operator.apply_fold(plan, vec![vec![7, 1, 1], vec![1, 1], vec![1], vec![1]]).expect("right count");
+        let mut plan = plan;
+        plan.states = vec![vec![7, 1, 1], vec![1, 1], vec![1], vec![1]];
+        operator.apply_fold(plan);
         assert_eq!(
             operator.metrics(T0),
             WindowMetrics {
