@@ -505,7 +505,8 @@ impl AggregateStage {
             }),
             now,
         );
-        let mut batch = Batch::with_capacity(plan.rows.len(), 0);
+        let payload_bytes = plan.rows.iter().map(|&row| records[grouped[row].0].data.len()).sum();
+        let mut batch = Batch::with_capacity(plan.rows.len(), payload_bytes);
         for &row in &plan.rows {
             let (i, key) = &grouped[row];
             batch.push(key, records[*i].event_time_ms, &records[*i].data);

@@ -181,10 +181,10 @@ macro_rules! export_aggregator {
                     from_version: u32,
                     states: $crate::__private::WitStates,
                 ) -> Result<$crate::__private::WitStates, String> {
-            $crate::__private::migrate_export::<$plugin>(from_version, states)
+                    $crate::__private::migrate_export::<$plugin>(from_version, states)
                 }
             }
-            migrating::export!(WeirAggregatorExport with_types_in migrating);
+    migrating::export!(WeirAggregatorExport with_types_in migrating);
         };
     };
 }
