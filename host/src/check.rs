@@ -59,6 +59,7 @@ pub fn check(path: &Path, engine: &PluginEngine) -> Result<String, CheckError> {
             p.info.world,
             match &stage.output {
                 manifest::Target::Stream(s) | manifest::Target::Sink(s) => s.as_str(),
+                manifest::Target::Effects => "state tables and channels",
             },
         );
     }

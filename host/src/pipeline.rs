@@ -9,13 +9,18 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::aggregate::AggregateStage;
+use crate::consume::{HostServices, NotifierStage};
 use crate::delivery::{Delivery, DeliveryStatus};
 use crate::manifest::plugin::{ExpectedOutcome, SelfTest};
 use crate::manifest::{DeadLetter, Pipeline, Target};
-use crate::plugin::{AggregatorPlugin, PluginEngine, PluginError, PluginIdent, SandboxSpec, TransformerPlugin};
+use crate::notify::Channels;
+use crate::plugin::{
+    AggregatorPlugin, NotifierPlugin, PluginEngine, PluginError, PluginIdent, SandboxSpec, TransformerPlugin,
+};
 use crate::reference::ReferenceTables;
 use crate::sink::{FileSink, SinkError};
 use crate::stage::{Stage, StageHandle, StageOutput, StageStatus};
+use crate::state::StateStore;
 use crate::stream::{
     Appended, DEFAULT_CAPACITY, DEFAULT_FSYNC_INTERVAL, DiskStreamSpec, DiskStreams, FileSyncer, FsyncPolicy,
     NewRecord, StoredRecord, StreamError, StreamStore, shard_id,
@@ -45,6 +50,9 @@ pub enum StartError {
     /// A reference table could not be loaded.
     #[error(transparent)]
     Reference(#[from] crate::reference::ReferenceError),
+    /// The state database could not be opened.
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
     /// A stage thread could not start.
     #[error("cannot start stage `{stage}`: {source}")]
     Thread {
@@ -120,6 +128,10 @@ pub struct Host {
     buffers: Arc<DiskStreams>,
     deliveries: Vec<Delivery>,
     references: Arc<ReferenceTables>,
+    /// State tables and what channels sent.
+    pub state: Arc<StateStore>,
+    /// Notification channels.
+    pub channels: Arc<Channels>,
     started: Instant,
     /// Compiles swapped-in plugins.
     engine: Arc<PluginEngine>,
@@ -137,12 +149,21 @@ impl Host {
         }
         let references = ReferenceTables::open(&pipeline.references)?;
         references.start_reloading();
+        let state = Arc::new(StateStore::open(&pipeline.data_dir.join("state.redb"), pipeline.tables.iter().cloned())?);
+        let channels = Arc::new(Channels::new(&pipeline.channels, state.clone()));
+        let services =
+            Arc::new(HostServices { state: state.clone(), channels: channels.clone(), references: references.clone() });
         let mut implicit: BTreeMap<PathBuf, Arc<FileSink>> = BTreeMap::new();
         let mut prepared = Vec::new();
         let mut aggregators = Vec::new();
+        let mut notifiers = Vec::new();
         for spec in &pipeline.stages {
             if crate::aggregate::is_aggregator(spec) {
                 aggregators.push(spec);
+                continue;
+            }
+            if spec.output == Target::Effects {
+                notifiers.push(spec);
                 continue;
             }
             let plugin = load_transformer(
@@ -197,6 +218,25 @@ impl Host {
             .with_references(references.clone());
             stages.push(stage.spawn().map_err(|source| StartError::Thread { stage: spec.name.to_string(), source })?);
         }
+        for spec in notifiers {
+            let (compiled, sandbox) =
+                compile_plugin(engine, &pipeline, &spec.name, &spec.plugin, spec.limits, spec.grants.clone())?;
+            let plugin = NotifierPlugin::new(engine, compiled, sandbox, spec.config.clone())
+                .map_err(|source| StartError::Plugin { stage: spec.name.to_string(), source })?;
+            if let Err(e) = plugin.instantiate(services.clone()) {
+                tracing::error!(stage = %spec.name, error = %e, "plugin does not start; its records will wait in the stream");
+            }
+            let dead_letters = dead_letter_sink(spec, &sinks, &mut implicit)?;
+            let stage = NotifierStage::new(
+                pipeline.name.as_str(),
+                Arc::new(spec.clone()),
+                plugin,
+                services.clone(),
+                streams.clone() as Arc<dyn StreamStore>,
+                dead_letters,
+            );
+            stages.push(stage.spawn().map_err(|source| StartError::Thread { stage: spec.name.to_string(), source })?);
+        }
         let buffer_specs: Vec<DiskStreamSpec> = pipeline
             .deliveries
             .iter()
@@ -231,6 +271,8 @@ impl Host {
             buffers,
             deliveries,
             references,
+            state,
+            channels,
             started: Instant::now(),
             engine: engine.clone(),
         });
@@ -622,6 +664,12 @@ fn stage_output(
 ) -> Result<StageOutput, StartError> {
     Ok(match &spec.output {
         Target::Stream(name) => StageOutput::Stream(name.to_string()),
+        Target::Effects => {
+            return Err(StartError::Plugin {
+                stage: spec.name.to_string(),
+                source: PluginError::Contract("a notifier stage writes no records".into()),
+            });
+        }
         Target::Sink(name) => match sinks.get(name.as_str()) {
             Some(sink) => StageOutput::Sink(sink.clone()),
             None => unreachable_sink(name.as_str())?,

@@ -261,6 +261,32 @@ impl StageHandle {
     }
 }
 
+/// The first shard of a stage's input, starting at `from` and going round, with
+/// records past its position and no unfinished parent: a parent's records all
+/// come before its children's, so order per key holds across resharding.
+/// Shards opened by resharding since the last call are registered first.
+pub(crate) fn next_ready_shard(
+    streams: &dyn StreamStore,
+    spec: &StageSpec,
+    positions: &mut Vec<u64>,
+    from: usize,
+) -> Result<Option<usize>, StreamError> {
+    let input = spec.input.as_str();
+    let lineage = streams.lineage(input)?;
+    while positions.len() < lineage.len() {
+        let shard = positions.len() as u32;
+        positions.push(streams.register_consumer(input, shard, spec.name.as_str())?);
+    }
+    let finished = |p: u32| lineage[p as usize].closed_at.is_some_and(|end| positions[p as usize] >= end);
+    for k in 0..positions.len() {
+        let shard = (from + k) % positions.len();
+        if lineage[shard].parents.iter().all(|&p| finished(p)) && streams.end(input, shard as u32)? > positions[shard] {
+            return Ok(Some(shard));
+        }
+    }
+    Ok(None)
+}
+
 /// Writes a stage's output records to its sink or stream.
 pub(crate) fn write_output(
     streams: &dyn StreamStore,
@@ -399,7 +425,7 @@ impl Stage {
                 let _ = reply.send(self.apply(command, &mut instance));
             }
             let seen = self.streams.changes(input).unwrap_or(0);
-            let ready = match self.next_ready_shard(&mut positions, next_shard) {
+            let ready = match next_ready_shard(self.streams.as_ref(), &self.spec, &mut positions, next_shard) {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!(error = %e, "input stream failed; stage stopped");
@@ -529,29 +555,6 @@ impl Stage {
         }
         tracing::info!(from = %old_version.sha256, to = %version.sha256, plugin = %version.plugin, "plugin swapped at a batch boundary");
         Ok(version.status())
-    }
-
-    /// The first shard, starting at `from` and going round, with records past
-    /// its position and no unfinished parent: a parent's records all come
-    /// before its children's, so order per key holds across resharding.
-    /// Shards opened by resharding since the last call are registered first.
-    fn next_ready_shard(&self, positions: &mut Vec<u64>, from: usize) -> Result<Option<usize>, StreamError> {
-        let input = self.spec.input.as_str();
-        let lineage = self.streams.lineage(input)?;
-        while positions.len() < lineage.len() {
-            let shard = positions.len() as u32;
-            positions.push(self.streams.register_consumer(input, shard, self.spec.name.as_str())?);
-        }
-        let finished = |p: u32| lineage[p as usize].closed_at.is_some_and(|end| positions[p as usize] >= end);
-        for k in 0..positions.len() {
-            let shard = (from + k) % positions.len();
-            if lineage[shard].parents.iter().all(|&p| finished(p))
-                && self.streams.end(input, shard as u32)? > positions[shard]
-            {
-                return Ok(Some(shard));
-            }
-        }
-        Ok(None)
     }
 
     /// Sleeps before going on after a plugin failed `streak` times in a row.

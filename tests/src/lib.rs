@@ -95,6 +95,8 @@ impl TestHost {
     pub async fn restart(mut self, manifest: &str) -> anyhow::Result<TestHost> {
         self.stop().await;
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir()?);
+        // The old host lets go of its files (the state database is locked while open).
+        drop(self);
         Self::start_in(dir, manifest).await
     }
 

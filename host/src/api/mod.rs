@@ -12,6 +12,7 @@ pub mod firehose;
 pub mod kinesis;
 pub mod native;
 pub mod sigv4;
+pub mod state;
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -63,6 +64,8 @@ pub fn router(host: Arc<Host>, auth: Auth) -> Router {
             get(admin::versions).put(admin::swap).layer(DefaultBodyLimit::max(admin::MAX_COMPONENT_BYTES)),
         )
         .route("/v1/stages/{stage}/plugin/rollback", post(admin::rollback))
+        .route("/v1/tables/{table}/items/{key}", get(state::get_item).put(state::put_item).delete(state::delete_item))
+        .route("/v1/inbox/{recipient}", get(state::inbox))
         // Outermost first: authenticate the body as sent, then decompress it.
         .layer(middleware::from_fn_with_state(state.clone(), decompress))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));

@@ -81,6 +81,12 @@
 //! # columns = { amount = "amount_cents" }             # column = "field"
 //! retry-duration = "1h"               # loads retried this long, then the staged object is listed under error-prefix
 //!
+//! [tables.month-totals]               # a state table (get / put / delete / put-if / add), kept in
+//! description = "..."                 # <data-dir>/state.redb; also GET / PUT /v1/tables/{table}/items/{key}
+//!
+//! [channels.app]                      # a notification channel for notifier plugins:
+//! kind = "inbox"                      # inbox (GET /v1/inbox/{recipient}?channel=app) | log
+//!
 //! [reference.station-minimums]        # a reference table, looked up by plugins (`reference` import)
 //! lake = "abc-tolls"                  # a directory or "s3://bucket/prefix" (with `s3 = { ... }`)
 //! object = "station_minimums.csv"     # CSV with a header row, or JSON lines (.jsonl / .ndjson)
@@ -249,6 +255,7 @@ struct RawGrants {
 struct RawStage {
     plugin: Spanned<String>,
     input: Spanned<String>,
+    #[serde(default = "absent")]
     output: Spanned<String>,
     dead_letter: Option<Spanned<String>>,
     // Checked by the checker rather than serde, so that one bad value does not
@@ -275,6 +282,20 @@ struct RawStage {
 enum RawExpectedKeys {
     List(Vec<String>),
     Reference { reference: String, column: String },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawTable {
+    #[serde(default)]
+    #[allow(dead_code, reason = "documentation for people")]
+    description: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawChannel {
+    kind: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -407,6 +428,10 @@ pub struct Pipeline {
     pub deliveries: Vec<DeliverySpec>,
     /// Reference tables (`[reference.<name>]`).
     pub references: Vec<crate::reference::ReferenceSpec>,
+    /// State tables (`[tables.<name>]`).
+    pub tables: Vec<String>,
+    /// Notification channels (`[channels.<name>]`).
+    pub channels: Vec<crate::notify::ChannelSpec>,
 }
 
 /// A `[delivery.<name>]` entry: a delivery stream (as Kinesis Data Firehose)
@@ -562,6 +587,8 @@ pub enum Target {
     Stream(Name),
     /// Into a sink.
     Sink(Name),
+    /// A notifier stage: its plugin's state writes and notifications are its output.
+    Effects,
 }
 
 /// Where failed records go.
@@ -667,7 +694,7 @@ pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
     let base = path.parent().unwrap_or(Path::new(".")).to_owned();
     let doc = Document::parse(source.clone(), &text, &mut diags);
     doc.check_top_level(
-        &["pipeline", "api", "sources", "streams", "stages", "sinks", "delivery", "reference"],
+        &["pipeline", "api", "sources", "streams", "stages", "sinks", "delivery", "reference", "tables", "channels"],
         &mut diags,
     );
     let pipeline = match doc.get("pipeline") {
@@ -691,7 +718,10 @@ pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
     let mut parts = vec![Part { doc, base: base.clone() }];
     for (fragment, text) in &texts {
         let doc = Document::parse(SourceFile::new(fragment, text), text, &mut diags);
-        doc.check_top_level(&["sources", "streams", "stages", "sinks", "delivery", "reference"], &mut diags);
+        doc.check_top_level(
+            &["sources", "streams", "stages", "sinks", "delivery", "reference", "tables", "channels"],
+            &mut diags,
+        );
         parts.push(Part { doc, base: fragment.parent().unwrap_or(Path::new(".")).to_owned() });
     }
     let api = parts[0].doc.single::<RawApi>("api", &mut diags);
@@ -738,9 +768,11 @@ pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
     let mut sinks = Vec::new();
     let mut deliveries = Vec::new();
     let mut references = Vec::new();
+    let mut tables = Vec::new();
+    let mut channels = Vec::new();
     for part in &parts {
         let (source, base) = (&part.doc.source, part.base.as_path());
-        for section in ["sources", "streams", "stages", "sinks", "delivery", "reference"] {
+        for section in ["sources", "streams", "stages", "sinks", "delivery", "reference", "tables", "channels"] {
             for (name, span) in part.doc.entry_spans(section) {
                 if let Some(first) = declared.insert((section, name.clone()), &source.path) {
                     diags.push(
@@ -785,6 +817,23 @@ pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
         for r in part.doc.entries::<RawReference>("reference", &mut diags) {
             references.extend(check.reference(r.name, &r.value, base, &mut diags));
         }
+        for t in part.doc.entries::<RawTable>("tables", &mut diags) {
+            tables.push(t.name.to_string());
+        }
+        for c in part.doc.entries::<RawChannel>("channels", &mut diags) {
+            let kind = match c.value.kind.get_ref().as_str() {
+                "inbox" => crate::notify::ChannelKind::Inbox,
+                "log" => crate::notify::ChannelKind::Log,
+                other => {
+                    diags.push(
+                        Diagnostic::new(source, c.value.kind.span(), format!("`{other}` is not a channel kind"))
+                            .help("write kind = \"inbox\" (kept per recipient for the app) or \"log\""),
+                    );
+                    continue;
+                }
+            };
+            channels.push(crate::notify::ChannelSpec { name: c.name.to_string(), kind });
+        }
     }
     check_cycles(&stage_specs, &output_spans, &mut diags);
 
@@ -801,6 +850,8 @@ pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
             sinks,
             deliveries,
             references,
+            tables,
+            channels,
         }),
         _ => Err(diags),
     }
@@ -937,7 +988,28 @@ impl Checker<'_> {
         }
         let what = |verb: &str| format!("stage `{name}` {verb}");
         let input = self.stream(&raw.input, &what("reads"), diags);
+        let owner = format!("stage `{name}`");
+        let plugin = self.plugin(&owner, &raw.plugin, base, diags);
+        let notifier = plugin.as_ref().is_some_and(|p| p.info.world == World::Notifier);
         let output = match Name::parse(raw.output.get_ref()) {
+            _ if notifier && raw.output.get_ref().is_empty() => Some(Target::Effects),
+            Err(_) if raw.output.get_ref().is_empty() => {
+                diags.push(
+                    self.at(stage.name_span.clone(), format!("stage `{name}` has no output"))
+                        .help("add output = \"<stream or sink>\" (only notifier stages have none)"),
+                );
+                None
+            }
+            Ok(n) if notifier => {
+                diags.push(
+                    self.at(
+                        raw.output.span(),
+                        format!("stage `{name}` runs a notifier, which writes no records to `{n}`"),
+                    )
+                    .help("remove `output`: a notifier's output is its state writes and notifications"),
+                );
+                None
+            }
             Ok(n) if self.streams.contains(&n) => Some(Target::Stream(n)),
             Ok(n) if self.sinks.contains(&n) => Some(Target::Sink(n)),
             _ => {
@@ -1001,27 +1073,38 @@ impl Checker<'_> {
             }
         }
         let grants = self.grants(&raw.grants, base, diags);
-        let owner = format!("stage `{name}`");
-        let plugin = self.plugin(&owner, &raw.plugin, base, diags);
         let config = plugin.as_ref().and_then(|p| self.config(&owner, p, &raw.config, diags));
         let window = raw.window.as_ref().and_then(|w| self.window(&name, w, diags));
         if let Some(p) = &plugin {
             match (p.info.world, &raw.window) {
                 (World::Transformer, None) | (World::Aggregator, Some(_)) => {}
                 (World::Transformer, Some(w)) => diags.push(
-                    self.at(w.span(), format!("stage `{name}`: plugin `{}` is a transformer; only aggregator stages have windows", p.info.name))
-                        .help("remove `window`, or use an aggregator plugin"),
+                    self.at(
+                        w.span(),
+                        format!(
+                            "stage `{name}`: plugin `{}` is a transformer; only aggregator stages have windows",
+                            p.info.name
+                        ),
+                    )
+                    .help("remove `window`, or use an aggregator plugin"),
                 ),
                 (World::Aggregator, None) => diags.push(
-                    self.at(raw.plugin.span(), format!("stage `{name}`: plugin `{}` is an aggregator and needs a window", p.info.name))
-                        .help("add e.g. window = { size = \"10m\" } (tumbling) or { size = \"30m\", slide = \"10m\" }"),
-                ),
-                (World::Notifier, _) => diags.push(
                     self.at(
                         raw.plugin.span(),
-                        format!("stage `{name}`: plugin `{}` is a notifier; this version of weir runs transformer and aggregator stages", p.info.name),
+                        format!("stage `{name}`: plugin `{}` is an aggregator and needs a window", p.info.name),
                     )
-                    .help("use a transformer or an aggregator plugin here"),
+                    .help("add e.g. window = { size = \"10m\" } (tumbling) or { size = \"30m\", slide = \"10m\" }"),
+                ),
+                (World::Notifier, None) => {}
+                (World::Notifier, Some(w)) => diags.push(
+                    self.at(
+                        w.span(),
+                        format!(
+                            "stage `{name}`: plugin `{}` is a notifier; only aggregator stages have windows",
+                            p.info.name
+                        ),
+                    )
+                    .help("remove `window`"),
                 ),
             }
             if raw.expected_keys.is_some() && p.info.world != World::Aggregator {
@@ -1624,7 +1707,7 @@ fn check_cycles(stages: &[StageSpec], output_spans: &[(&SourceFile, Range<usize>
         .iter()
         .filter_map(|s| match &s.output {
             Target::Stream(out) => Some((&s.input, out)),
-            Target::Sink(_) => None,
+            Target::Sink(_) | Target::Effects => None,
         })
         .collect();
     for (stage, (source, span)) in stages.iter().zip(output_spans) {

@@ -1,0 +1,308 @@
+//! State tables (the DynamoDB part) and what notification channels must
+//! remember, in one embedded redb database (`<data-dir>/state.redb`): items
+//! of the tables the manifest declares, the idempotency keys already sent, and
+//! each inbox's messages. Every operation is one redb transaction, so
+//! concurrent `add`s and conditional puts never lose an update, and a
+//! notification is recorded as sent in the same commit as its inbox message.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase as _, ReadableTable as _, TableDefinition};
+use serde::Serialize;
+
+/// Idempotency keys already sent, by `<channel>\0<key>`.
+const SENT: TableDefinition<'_, &str, u64> = TableDefinition::new("weir.sent");
+/// Inbox messages by `<channel>\0<recipient>\0<sequence, 20 digits>`, as JSON.
+const INBOX: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("weir.inbox");
+/// The next inbox sequence number.
+const SEQUENCE: TableDefinition<'_, &str, u64> = TableDefinition::new("weir.sequence");
+
+/// A state operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The table is not declared in the manifest.
+    #[error("no state table `{0}`: declare it as [tables.{0}] in the pipeline manifest")]
+    UnknownTable(String),
+    /// `add` on an item that is not a decimal integer.
+    #[error("item `{key}` of table `{table}` is not a decimal integer, so it cannot be added to")]
+    NotANumber {
+        /// The table.
+        table: String,
+        /// The item.
+        key: String,
+    },
+    /// `add` would overflow.
+    #[error("adding {delta} to item `{key}` of table `{table}` overflows")]
+    Overflow {
+        /// The table.
+        table: String,
+        /// The item.
+        key: String,
+        /// What was added.
+        delta: i64,
+    },
+    /// The database failed.
+    #[error("the state database failed: {0}")]
+    Storage(String),
+}
+
+fn storage(e: impl std::fmt::Display) -> StateError {
+    StateError::Storage(e.to_string())
+}
+
+/// One inbox message, as stored and served.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct InboxMessage {
+    /// Its position in the inbox (increasing).
+    pub sequence: u64,
+    /// The channel.
+    pub channel: String,
+    /// Who receives it.
+    pub recipient: String,
+    /// One-line summary.
+    pub subject: String,
+    /// Body.
+    pub body: String,
+    /// The business event's key.
+    pub idempotency_key: String,
+    /// When it was sent (RFC 3339).
+    pub sent_at: String,
+}
+
+/// The state database.
+pub struct StateStore {
+    db: Database,
+    tables: BTreeSet<String>,
+}
+
+impl StateStore {
+    /// Opens (or creates) the database with the manifest's tables.
+    pub fn open(path: &Path, tables: impl IntoIterator<Item = String>) -> Result<StateStore, StateError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(storage)?;
+        }
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StateError::Storage(format!(
+                "{} is in use by another weir: each running pipeline needs its own data-dir",
+                path.display()
+            )),
+            e => StateError::Storage(format!("{}: {e}", path.display())),
+        })?;
+        let store = StateStore { db, tables: tables.into_iter().collect() };
+        // Every table exists from the start, so reads never race a first write.
+        let tx = store.db.begin_write().map_err(storage)?;
+        for table in &store.tables {
+            tx.open_table(Self::definition(table)).map_err(storage)?;
+        }
+        tx.open_table(SENT).map_err(storage)?;
+        tx.open_table(INBOX).map_err(storage)?;
+        tx.open_table(SEQUENCE).map_err(storage)?;
+        tx.commit().map_err(storage)?;
+        Ok(store)
+    }
+
+    fn definition(table: &str) -> TableDefinition<'_, &'static str, &'static [u8]> {
+        TableDefinition::new(table)
+    }
+
+    fn check(&self, table: &str) -> Result<(), StateError> {
+        if self.tables.contains(table) { Ok(()) } else { Err(StateError::UnknownTable(table.to_owned())) }
+    }
+
+    /// The tables the manifest declares.
+    pub fn tables(&self) -> impl Iterator<Item = &str> {
+        self.tables.iter().map(String::as_str)
+    }
+
+    /// Reads an item.
+    pub fn get(&self, table: &str, key: &str) -> Result<Option<Vec<u8>>, StateError> {
+        self.check(table)?;
+        let tx = self.db.begin_read().map_err(storage)?;
+        let t = tx.open_table(Self::definition(table)).map_err(storage)?;
+        Ok(t.get(key).map_err(storage)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Writes an item.
+    pub fn put(&self, table: &str, key: &str, value: &[u8]) -> Result<(), StateError> {
+        self.put_if(table, key, None, value, false).map(drop)
+    }
+
+    /// Removes an item; removing an absent one is not an error.
+    pub fn delete(&self, table: &str, key: &str) -> Result<(), StateError> {
+        self.check(table)?;
+        let tx = self.db.begin_write().map_err(storage)?;
+        tx.open_table(Self::definition(table)).map_err(storage)?.remove(key).map_err(storage)?;
+        tx.commit().map_err(storage)
+    }
+
+    /// Writes `value` if the item equals `expected` (`None`: is absent), when
+    /// `conditional`; returns whether it wrote.
+    pub fn put_if(
+        &self,
+        table: &str,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: &[u8],
+        conditional: bool,
+    ) -> Result<bool, StateError> {
+        self.check(table)?;
+        let tx = self.db.begin_write().map_err(storage)?;
+        {
+            let mut t = tx.open_table(Self::definition(table)).map_err(storage)?;
+            if conditional {
+                let current = t.get(key).map_err(storage)?.map(|v| v.value().to_vec());
+                if current.as_deref() != expected {
+                    return Ok(false);
+                }
+            }
+            t.insert(key, value).map_err(storage)?;
+        }
+        tx.commit().map_err(storage)?;
+        Ok(true)
+    }
+
+    /// Adds `delta` to the item read as a decimal integer (absent: 0); returns the new value.
+    pub fn add(&self, table: &str, key: &str, delta: i64) -> Result<i64, StateError> {
+        self.check(table)?;
+        let tx = self.db.begin_write().map_err(storage)?;
+        let next = {
+            let mut t = tx.open_table(Self::definition(table)).map_err(storage)?;
+            let current = match t.get(key).map_err(storage)? {
+                None => 0,
+                Some(v) => std::str::from_utf8(v.value())
+                    .ok()
+                    .and_then(|s| s.trim().parse::<i64>().ok())
+                    .ok_or_else(|| StateError::NotANumber { table: table.to_owned(), key: key.to_owned() })?,
+            };
+            let next = current.checked_add(delta).ok_or_else(|| StateError::Overflow {
+                table: table.to_owned(),
+                key: key.to_owned(),
+                delta,
+            })?;
+            t.insert(key, next.to_string().as_bytes()).map_err(storage)?;
+            next
+        };
+        tx.commit().map_err(storage)?;
+        Ok(next)
+    }
+
+    /// Records `key` as sent on `channel` and, for an inbox, stores its message, in
+    /// one commit. Returns false (and stores nothing) if the key was sent before.
+    pub fn record_sent(&self, channel: &str, key: &str, inbox: Option<InboxMessage>) -> Result<bool, StateError> {
+        let tx = self.db.begin_write().map_err(storage)?;
+        {
+            let mut sent = tx.open_table(SENT).map_err(storage)?;
+            let id = format!("{channel}\0{key}");
+            if sent.get(id.as_str()).map_err(storage)?.is_some() {
+                return Ok(false);
+            }
+            sent.insert(id.as_str(), crate::stream::now_ms().max(0) as u64).map_err(storage)?;
+            if let Some(mut message) = inbox {
+                let mut sequences = tx.open_table(SEQUENCE).map_err(storage)?;
+                let next = sequences.get("inbox").map_err(storage)?.map_or(1, |v| v.value() + 1);
+                sequences.insert("inbox", next).map_err(storage)?;
+                message.sequence = next;
+                let json = serde_json::to_vec(&message).map_err(storage)?;
+                let mut inboxes = tx.open_table(INBOX).map_err(storage)?;
+                let id = format!("{}\0{}\0{next:020}", message.channel, message.recipient);
+                inboxes.insert(id.as_str(), json.as_slice()).map_err(storage)?;
+            }
+        }
+        tx.commit().map_err(storage)?;
+        Ok(true)
+    }
+
+    /// A recipient's messages on `channel` after `after` (a sequence), oldest first, at most `limit`.
+    pub fn inbox(
+        &self,
+        channel: &str,
+        recipient: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<InboxMessage>, StateError> {
+        let tx = self.db.begin_read().map_err(storage)?;
+        let inboxes = tx.open_table(INBOX).map_err(storage)?;
+        let from = format!("{channel}\0{recipient}\0{:020}", after.saturating_add(1));
+        let to = format!("{channel}\0{recipient}\u{1}");
+        let mut out = Vec::new();
+        for entry in inboxes.range(from.as_str()..to.as_str()).map_err(storage)?.take(limit) {
+            let (_, value) = entry.map_err(storage)?;
+            out.push(serde_json::from_slice(value.value()).map_err(storage)?);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(dir: &Path) -> StateStore {
+        StateStore::open(&dir.join("state.redb"), ["totals".to_owned()]).expect("open")
+    }
+
+    #[test]
+    fn items_are_read_written_and_added_to_durably() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let s = store(dir.path());
+            assert_eq!(s.add("totals", "C1", 275).expect("add"), 275);
+            assert_eq!(s.add("totals", "C1", -75).expect("add"), 200);
+            s.put("totals", "C2", b"x").expect("put");
+            assert!(matches!(s.add("totals", "C2", 1), Err(StateError::NotANumber { .. })));
+            assert!(!s.put_if("totals", "C3", Some(b"1"), b"2", true).expect("put-if"));
+            assert!(s.put_if("totals", "C3", None, b"2", true).expect("put-if absent"));
+            assert!(s.put_if("totals", "C3", Some(b"2"), b"3", true).expect("put-if equal"));
+            s.delete("totals", "C2").expect("delete");
+            let unknown = s.get("limits", "C1").expect_err("undeclared");
+            assert_eq!(
+                unknown.to_string(),
+                "no state table `limits`: declare it as [tables.limits] in the pipeline manifest"
+            );
+        }
+        let s = store(dir.path());
+        assert_eq!(s.get("totals", "C1").expect("get").as_deref(), Some(&b"200"[..]));
+        assert_eq!(s.get("totals", "C2").expect("get"), None);
+        assert_eq!(s.get("totals", "C3").expect("get").as_deref(), Some(&b"3"[..]));
+    }
+
+    #[test]
+    fn concurrent_adds_lose_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = std::sync::Arc::new(store(dir.path()));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..250 {
+                        s.add("totals", "C1", 1).expect("add");
+                    }
+                })
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().expect("thread"));
+        assert_eq!(s.get("totals", "C1").expect("get").as_deref(), Some(&b"1000"[..]));
+    }
+
+    #[test]
+    fn a_key_is_sent_once_and_its_inbox_message_kept_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(dir.path());
+        let message = |subject: &str| InboxMessage {
+            channel: "app".into(),
+            recipient: "C1".into(),
+            subject: subject.into(),
+            ..InboxMessage::default()
+        };
+        assert!(s.record_sent("app", "k1", Some(message("first"))).expect("send"));
+        assert!(!s.record_sent("app", "k1", Some(message("again"))).expect("send"), "a repeat");
+        assert!(s.record_sent("app", "k2", Some(message("second"))).expect("send"));
+        assert!(s.record_sent("log", "k1", None).expect("other channel"));
+        let inbox = s.inbox("app", "C1", 0, 10).expect("inbox");
+        let subjects: Vec<&str> = inbox.iter().map(|m| m.subject.as_str()).collect();
+        assert_eq!(subjects, ["first", "second"]);
+        assert_eq!(s.inbox("app", "C1", inbox[0].sequence, 10).expect("after").len(), 1);
+        assert!(s.inbox("app", "C2", 0, 10).expect("other recipient").is_empty());
+    }
+}
