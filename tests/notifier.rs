@@ -106,3 +106,115 @@ async fn a_threshold_crossing_sends_one_inbox_message_even_across_restarts() {
     let answer: Value = unknown.json().await.expect("JSON");
     assert!(answer["error"]["message"].as_str().is_some_and(|m| m.contains("[tables.limits]")), "{answer}");
 }
+
+const ALERTS_MANIFEST: &str = r#"
+[pipeline]
+name = "alerts-test"
+data-dir = "data"
+
+[sources.http]
+kind = "http"
+stream = "rows"
+
+[streams.rows]
+[streams.billing]
+[streams.traffic]
+
+[tables.month-totals]
+[tables.thresholds]
+
+[channels.app]
+kind = "inbox"
+
+[channels.operators]
+kind = "inbox"
+
+[reference.station-minimums]
+lake = "reference"
+object = "station_minimums.csv"
+key = ["station_id", "weekday", "slot"]
+
+[stages.billing-sum]
+plugin = "{root}/plugins/toll-billing-sum"
+input = "rows"
+output = "billing"
+batch-wait = "1ms"
+window = { size = "10m" }
+
+[stages.billing-alert]
+plugin = "{root}/plugins/toll-billing-alert"
+input = "billing"
+batch-wait = "1ms"
+config = { default-threshold-cents = 1000 }
+
+[stages.traffic-count]
+plugin = "{root}/plugins/traffic-monitor-count"
+input = "rows"
+output = "traffic"
+batch-wait = "1ms"
+window = { size = "30m" }
+group-by = "station_id"
+expected-keys = { reference = "station-minimums", column = "station_id" }
+config = { minimums = "station-minimums" }
+
+[stages.traffic-alert]
+plugin = "{root}/plugins/traffic-monitor-alert"
+input = "traffic"
+batch-wait = "1ms"
+config = { channels = ["operators"] }
+"#;
+
+/// 2026-11-26T14:00:00Z, a Thursday: slot 28.
+const T14: i64 = 1_795_701_600_000;
+
+fn toll(customer: &str, station: u32, cents: u64, minute: i64) -> NewRecord {
+    NewRecord {
+        key: customer.to_owned(),
+        event_time_ms: Some(T14 + minute * 60_000),
+        data: Bytes::from(format!(
+            r#"{{"customer_id":"{customer}","station_id":{station},"vehicle_class":2,"amount_cents":{cents}}}"#
+        )),
+        explicit_hash_key: None,
+    }
+}
+
+async fn inbox_of(host: &TestHost, channel: &str, recipient: &str) -> Vec<String> {
+    let answer: Value = reqwest::get(format!("{}/v1/inbox/{recipient}?channel={channel}", host.url))
+        .await
+        .expect("inbox request")
+        .json()
+        .await
+        .expect("JSON");
+    let messages = answer["messages"].as_array().cloned().unwrap_or_default();
+    messages.iter().map(|m| m["subject"].as_str().unwrap_or("").to_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn billing_and_traffic_alerts_reach_their_inboxes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("reference")).expect("mkdir");
+    let minimums = "station_id,weekday,slot,minimum\n17,4,28,5\n42,4,28,2\n17,4,29,0\n42,4,29,0\n";
+    std::fs::write(dir.path().join("reference/station_minimums.csv"), minimums).expect("csv");
+    let host = TestHost::start_in(dir, ALERTS_MANIFEST).await.expect("start");
+    // C1 passes $10.00 in the 14:00 window, C2 does not; station 17 sees 3 vehicles, 42 none.
+    let rows = vec![toll("C1", 17, 600, 1), toll("C2", 17, 300, 2), toll("C1", 17, 500, 5), toll("C2", 17, 100, 41)];
+    host.host.put("rows", rows).expect("put");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (app, operators) = (inbox_of(&host, "app", "C1").await, inbox_of(&host, "operators", "operators").await);
+        if app.len() == 1 && operators.len() == 2 {
+            assert_eq!(app, ["Your tolls for 2026-11 passed $10.00"]);
+            assert_eq!(
+                operators,
+                [
+                    "Station 17 low 14:00-14:30: 3 vehicles, minimum 5",
+                    "Station 42 silent 14:00-14:30: no vehicles, minimum 2",
+                ]
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "alerts so far: {app:?} {operators:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(inbox_of(&host, "app", "C2").await.is_empty());
+}

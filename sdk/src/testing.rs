@@ -185,7 +185,8 @@ struct FakeHost {
     logs: Vec<(Level, String)>,
     tables: BTreeMap<(String, String), Vec<u8>>,
     sent: Vec<Notification>,
-    sent_keys: BTreeSet<String>,
+    /// (channel, idempotency key): as in the host, a key is sent once per channel.
+    sent_keys: BTreeSet<(String, String)>,
     reference: BTreeMap<(String, String), String>,
 }
 
@@ -270,7 +271,7 @@ pub(crate) mod fake_host {
     }
     pub fn send(n: &Notification) -> Result<bool, String> {
         FAKE.with_borrow_mut(|f| {
-            if !f.sent_keys.insert(n.idempotency_key.clone()) {
+            if !f.sent_keys.insert((n.channel.clone(), n.idempotency_key.clone())) {
                 return Ok(false);
             }
             f.sent.push(n.clone());

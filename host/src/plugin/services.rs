@@ -35,7 +35,8 @@ pub trait Services: Send + Sync {
     fn put_if(&self, table: &str, key: &str, expected: Option<Vec<u8>>, value: Vec<u8>) -> Result<bool, String>;
     /// Adds to a decimal-integer item; returns the new value.
     fn add(&self, table: &str, key: &str, delta: i64) -> Result<i64, String>;
-    /// Sends a notification unless its idempotency key was sent before; returns whether it was new.
+    /// Sends a notification unless its idempotency key was sent on its channel before;
+    /// returns whether it was new.
     fn send(&self, notification: Notification) -> Result<bool, String>;
     /// Looks a key up in a reference table.
     fn lookup(&self, table: &str, key: &str) -> Result<Option<String>, String>;
@@ -113,7 +114,7 @@ impl Services for MemoryServices {
     }
     fn send(&self, notification: Notification) -> Result<bool, String> {
         let mut sent = self.sent.lock().map_err(poisoned)?;
-        if !sent.1.insert(notification.idempotency_key.clone()) {
+        if !sent.1.insert(format!("{}\0{}", notification.channel, notification.idempotency_key)) {
             return Ok(false);
         }
         tracing::info!(channel = %notification.channel, recipient = %notification.recipient, "notification sent");

@@ -1,0 +1,183 @@
+//! ABC Tolls billing, notifier half (world `notifier`): reads
+//! `toll-billing-sum`'s window totals, adds each to the customer's
+//! month-to-date total, and when that total crosses the customer's threshold
+//! sends one in-app message, once per customer and month. A new month starts
+//! from zero (the total's key holds the month).
+//!
+//! Batches come at least once, so adding is idempotent: the month's item holds
+//! the total and the start of the last window added (`{"cents":960,"last_window":"..."}`),
+//! and is written with a conditional put; a window at or before the last one
+//! was added already. Windows of one customer arrive in order (the aggregator
+//! emits them so, keyed by the customer). The message's idempotency key
+//! `billing|<customer>|<YYYY-MM>` makes it one per month even if the crossing
+//! is seen again.
+
+use serde::{Deserialize, Serialize};
+use weir_sdk::host::{self, Notification};
+use weir_sdk::{Config, Notifier, Record};
+
+/// The plugin and its configuration.
+pub struct TollBillingAlert {
+    totals: String,
+    thresholds: String,
+    default_threshold_cents: u64,
+    channel: String,
+}
+
+/// A `toll-billing-sum` result.
+#[derive(Deserialize)]
+struct WindowTotal {
+    customer_id: String,
+    window_start: String,
+    total_cents: u64,
+}
+
+/// A month-to-date total, as kept in the totals table.
+#[derive(Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+struct MonthTotal {
+    cents: u64,
+    last_window: String,
+}
+
+/// Conditional-put attempts before giving up on a contended item (the batch is then retried).
+const CAS_ATTEMPTS: usize = 16;
+
+impl Notifier for TollBillingAlert {
+    fn init(config: &Config) -> Result<Self, String> {
+        let text = |key: &str, default: &str| config.get(key).unwrap_or(default).to_owned();
+        Ok(TollBillingAlert {
+            totals: text("totals", "month-totals"),
+            thresholds: text("thresholds", "thresholds"),
+            default_threshold_cents: config.parse_or("default-threshold-cents", 10_000)?,
+            channel: text("channel", "app"),
+        })
+    }
+
+    fn consume(&mut self, record: &Record<'_>) -> Result<(), String> {
+        let window: WindowTotal = serde_json::from_slice(record.payload())
+            .map_err(|e| format!("not a toll-billing-sum result (customer_id, window_start, total_cents): {e}"))?;
+        let month = window.window_start.get(..7).filter(|m| m.as_bytes().get(4) == Some(&b'-'));
+        let month = month.ok_or_else(|| format!("window_start `{}` is not an RFC 3339 time", window.window_start))?;
+        let key = format!("{}|{month}", window.customer_id);
+        let Some((before, after)) = self.add_once(&key, &window)? else { return Ok(()) };
+        let threshold = self.threshold(&window.customer_id)?;
+        if before < threshold && after >= threshold {
+            host::send(&Notification {
+                channel: self.channel.clone(),
+                recipient: window.customer_id.clone(),
+                subject: format!("Your tolls for {month} passed {}", dollars(threshold)),
+                body: format!(
+                    "Your tolls since the start of {month} come to {} (as of {}), past your limit of {}.",
+                    dollars(after),
+                    window.window_start,
+                    dollars(threshold)
+                ),
+                idempotency_key: format!("billing|{}|{month}", window.customer_id),
+            })?;
+        }
+        Ok(())
+    }
+}
+
+impl TollBillingAlert {
+    /// Adds the window to the month's total unless it was added before; the totals
+    /// before and after, or `None` for a window already counted.
+    fn add_once(&self, key: &str, window: &WindowTotal) -> Result<Option<(u64, u64)>, String> {
+        for _ in 0..CAS_ATTEMPTS {
+            let current = host::get(&self.totals, key)?;
+            let total: MonthTotal = match &current {
+                None => MonthTotal::default(),
+                Some(bytes) => serde_json::from_slice(bytes)
+                    .map_err(|e| format!("item `{key}` of `{}` is not a month total: {e}", self.totals))?,
+            };
+            if !total.last_window.is_empty() && window.window_start.as_str() <= total.last_window.as_str() {
+                return Ok(None);
+            }
+            let next = MonthTotal {
+                cents: total.cents.saturating_add(window.total_cents),
+                last_window: window.window_start.clone(),
+            };
+            let bytes = serde_json::to_vec(&next).map_err(|e| e.to_string())?;
+            if host::put_if(&self.totals, key, current.as_deref(), &bytes)? {
+                return Ok(Some((total.cents, next.cents)));
+            }
+        }
+        Err(format!("item `{key}` of `{}` kept changing; the batch will be retried", self.totals))
+    }
+
+    /// The customer's threshold in cents: from the thresholds table, else the default.
+    fn threshold(&self, customer: &str) -> Result<u64, String> {
+        match host::get(&self.thresholds, customer)? {
+            None => Ok(self.default_threshold_cents),
+            Some(bytes) => String::from_utf8_lossy(&bytes).trim().parse().map_err(|_| {
+                format!("the threshold of `{customer}` in `{}` is not a whole number of cents", self.thresholds)
+            }),
+        }
+    }
+}
+
+/// Cents as `$12.34`.
+fn dollars(cents: u64) -> String {
+    format!("${}.{:02}", cents / 100, cents % 100)
+}
+
+weir_sdk::export_notifier!(TollBillingAlert);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_sdk::Batch;
+    use weir_sdk::testing::{self, NotifierHarness};
+
+    fn window(customer: &str, start: &str, cents: u64) -> String {
+        format!(
+            r#"{{"customer_id":"{customer}","window_start":"{start}","window_end":"","total_cents":{cents},"transactions":1}}"#
+        )
+    }
+
+    fn run(h: &mut NotifierHarness<TollBillingAlert>, windows: &[(&str, &str, u64)]) {
+        let mut batch = Batch::new();
+        for (customer, start, cents) in windows {
+            batch.push(customer, 0, window(customer, start, *cents).as_bytes());
+        }
+        h.consume(&batch).expect("consume");
+    }
+
+    #[test]
+    fn one_message_when_the_month_total_crosses_the_threshold_and_none_after() {
+        let mut h = NotifierHarness::<TollBillingAlert>::new(&[]).expect("init");
+        testing::set_item("thresholds", "C1", b"1000");
+        run(&mut h, &[("C1", "2026-11-26T14:00:00.000Z", 600), ("C2", "2026-11-26T14:00:00.000Z", 9000)]);
+        assert!(testing::sent().is_empty(), "C1 is at $6.00 of $10.00, C2 at $90.00 of the default $100.00");
+        run(&mut h, &[("C1", "2026-11-26T14:10:00.000Z", 500), ("C1", "2026-11-26T14:20:00.000Z", 500)]);
+        let sent = testing::sent();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].recipient, "C1");
+        assert_eq!(sent[0].subject, "Your tolls for 2026-11 passed $10.00");
+        assert_eq!(sent[0].idempotency_key, "billing|C1|2026-11");
+        let total = testing::item("month-totals", "C1|2026-11").expect("a total");
+        assert_eq!(total, br#"{"cents":1600,"last_window":"2026-11-26T14:20:00.000Z"}"#);
+    }
+
+    #[test]
+    fn a_window_seen_again_is_not_added_twice_and_a_new_month_starts_from_zero() {
+        let mut h = NotifierHarness::<TollBillingAlert>::new(&[("default-threshold-cents", "1000")]).expect("init");
+        let first = ("C1", "2026-11-30T23:50:00.000Z", 900);
+        run(&mut h, &[first, first]);
+        assert_eq!(
+            testing::item("month-totals", "C1|2026-11").expect("total"),
+            br#"{"cents":900,"last_window":"2026-11-30T23:50:00.000Z"}"#
+        );
+        run(&mut h, &[("C1", "2026-12-01T00:00:00.000Z", 200)]);
+        assert!(testing::sent().is_empty(), "December starts at $2.00");
+        assert!(testing::item("month-totals", "C1|2026-12").is_some());
+    }
+
+    #[test]
+    fn a_record_that_is_not_a_window_total_fails_with_the_reason() {
+        let mut h = NotifierHarness::<TollBillingAlert>::new(&[]).expect("init");
+        let mut batch = Batch::new();
+        batch.push("C1", 0, b"{}");
+        assert!(h.consume(&batch).is_err_and(|e| e.contains("toll-billing-sum result")));
+    }
+}
