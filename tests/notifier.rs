@@ -218,3 +218,101 @@ async fn billing_and_traffic_alerts_reach_their_inboxes() {
     }
     assert!(inbox_of(&host, "app", "C2").await.is_empty());
 }
+
+/// A webhook receiver on loopback that refuses the first `refuse` requests (503).
+async fn receiver(refuse: usize) -> (String, std::sync::Arc<std::sync::Mutex<Vec<(String, String, String)>>>) {
+    use axum::http::HeaderMap;
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String, String)>>> = Default::default();
+    let log = seen.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: String| {
+            let log = log.clone();
+            async move {
+                let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                let mut seen = log.lock().expect("log");
+                seen.push((header("x-weir-delivery"), header("x-weir-signature"), body));
+                if seen.len() <= refuse {
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    axum::http::StatusCode::OK
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_signed_retried_with_one_delivery_id_and_kept_when_they_fail_for_good() {
+    let (url, seen) = receiver(2).await;
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    let manifest = format!(
+        r#"
+[pipeline]
+name = "webhook-test"
+data-dir = "data"
+
+[sources.http]
+kind = "http"
+stream = "traffic"
+
+[streams.traffic]
+
+[channels.ops-hook]
+kind = "webhook"
+url = "{url}"
+secret = "s3cret"
+
+[channels.dead-hook]
+kind = "webhook"
+url = "http://127.0.0.1:{closed}/hook"
+secret = "s3cret"
+retry-duration = "1s"
+
+[stages.traffic-alert]
+plugin = "{{root}}/plugins/traffic-monitor-alert"
+input = "traffic"
+batch-wait = "1ms"
+config = {{ channels = ["ops-hook", "dead-hook"] }}
+"#
+    );
+    let host = TestHost::start(&manifest).await.expect("start");
+    let low = r#"{"station_id":"17","window_start":"2026-11-26T14:00:00.000Z","window_end":"2026-11-26T14:30:00.000Z","vehicles":3,"minimum":40}"#;
+    let record = NewRecord { key: "17".into(), event_time_ms: None, data: Bytes::from(low), explicit_hash_key: None };
+    host.host.put("traffic", vec![record]).expect("put");
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let failed = loop {
+        let answer: Value = reqwest::get(format!("{}/v1/channels/dead-hook/failed", host.url))
+            .await
+            .expect("failed deliveries")
+            .json()
+            .await
+            .expect("JSON");
+        let failed = answer["failed"].as_array().cloned().unwrap_or_default();
+        if seen.lock().expect("log").len() == 3 && !failed.is_empty() {
+            break failed;
+        }
+        assert!(std::time::Instant::now() < deadline, "deliveries so far: {:?}, failed: {failed:?}", seen.lock());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let seen = seen.lock().expect("log").clone();
+    let (id, signature, body) = &seen[0];
+    assert!(!id.is_empty());
+    assert!(seen.iter().all(|(i, _, b)| i == id && b == body), "one delivery id and body across retries");
+    let expected = weir_host::api::sigv4::hex(&weir_host::api::sigv4::hmac(b"s3cret", body.as_bytes()));
+    assert_eq!(signature, &format!("sha256={expected}"));
+    let delivered: Value = serde_json::from_str(body).expect("JSON body");
+    assert_eq!(delivered["subject"], "Station 17 low 14:00-14:30: 3 vehicles, minimum 40");
+    assert_eq!(delivered["recipient"], "operators");
+    assert_eq!(failed.len(), 1);
+    assert!(failed[0]["attempts"].as_u64().unwrap_or(0) >= 1, "{failed:?}");
+    assert!(failed[0]["last_error"].as_str().is_some_and(|e| e.contains(&closed.to_string())), "{failed:?}");
+}

@@ -1,23 +1,55 @@
 //! Notification channels (the SNS part), declared in the manifest as
-//! `[channels.<name>]`: an `inbox` keeps each recipient's messages for the
-//! app (`GET /v1/inbox/{recipient}`), a `log` writes them to the host's log.
+//! `[channels.<name>]`:
+//!
+//! - `inbox` keeps each recipient's messages for the app (`GET /v1/inbox/{recipient}`);
+//! - `webhook` POSTs each notification as JSON to a URL, signed with
+//!   HMAC-SHA256 (`x-weir-signature: sha256=<hex>` over the body) and with a
+//!   delivery id stable across retries (`x-weir-delivery`); failed attempts are
+//!   retried with backoff for `retry-duration`, then the delivery is kept among
+//!   the channel's failed deliveries (`GET /v1/channels/{channel}/failed`);
+//! - `log` writes the subject and recipient to the host's log.
+//!
 //! Every notification carries its business event's idempotency key; a key is
 //! sent at most once per channel, across retries and restarts, because it is
-//! recorded in the state database in the same commit as the message.
+//! recorded in the state database in the same commit as the inbox message or
+//! the webhook delivery (which therefore survives a restart too).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use crate::plugin::Notification;
-use crate::state::{InboxMessage, StateStore};
+use crate::state::{Delivery, InboxMessage, OutboxEntry, Settle, StateStore};
+
+/// First wait before a webhook is tried again; it doubles up to [`MAX_RETRY_WAIT`].
+const FIRST_RETRY_WAIT: Duration = Duration::from_millis(500);
+/// Longest wait between two attempts of a webhook delivery.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(60);
+/// How long one webhook request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the webhook sender looks for due deliveries.
+const SENDER_TICK: Duration = Duration::from_millis(50);
 
 /// What a channel does with a notification.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChannelKind {
     /// Kept per recipient for the app to read.
     Inbox,
+    /// POSTed to a URL.
+    Webhook(WebhookSpec),
     /// Written to the host's log (subject and recipient; never the body).
     Log,
+}
+
+/// Where and how a webhook channel POSTs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookSpec {
+    /// An http:// or https:// URL.
+    pub url: String,
+    /// The HMAC-SHA256 key of the signature header.
+    pub secret: String,
+    /// How long a delivery is retried before it is kept as failed.
+    pub retry_duration: Duration,
 }
 
 /// A `[channels.<name>]` entry.
@@ -38,7 +70,7 @@ pub struct Channels {
 impl Channels {
     /// The channels of `specs`, remembering what was sent in `state`.
     pub fn new(specs: &[ChannelSpec], state: Arc<StateStore>) -> Channels {
-        Channels { kinds: specs.iter().map(|c| (c.name.clone(), c.kind)).collect(), state }
+        Channels { kinds: specs.iter().map(|c| (c.name.clone(), c.kind.clone())).collect(), state }
     }
 
     /// Sends a notification unless its key was sent on its channel before;
@@ -53,6 +85,7 @@ impl Channels {
         if n.idempotency_key.is_empty() {
             return Err("a notification needs an idempotency key (the same for the same business event)".into());
         }
+        let now = crate::stream::now_ms();
         let message = InboxMessage {
             sequence: 0,
             channel: n.channel.clone(),
@@ -60,10 +93,34 @@ impl Channels {
             subject: n.subject.clone(),
             body: n.body.clone(),
             idempotency_key: n.idempotency_key.clone(),
-            sent_at: crate::sink::format_ms(crate::stream::now_ms()),
+            sent_at: crate::sink::format_ms(now),
         };
-        let inbox = (*kind == ChannelKind::Inbox).then_some(message);
-        let new = self.state.record_sent(&n.channel, &n.idempotency_key, inbox).map_err(|e| e.to_string())?;
+        let delivery = match kind {
+            ChannelKind::Inbox => Delivery::Inbox(message),
+            ChannelKind::Log => Delivery::None,
+            ChannelKind::Webhook(_) => {
+                let delivery_id = delivery_id(&n.channel, &n.idempotency_key);
+                let body = serde_json::json!({
+                    "delivery_id": delivery_id,
+                    "channel": message.channel,
+                    "recipient": message.recipient,
+                    "subject": message.subject,
+                    "body": message.body,
+                    "idempotency_key": message.idempotency_key,
+                    "sent_at": message.sent_at,
+                });
+                Delivery::Outbox(OutboxEntry {
+                    delivery_id,
+                    channel: n.channel.clone(),
+                    body: body.to_string(),
+                    first_ms: now,
+                    next_ms: now,
+                    attempts: 0,
+                    last_error: None,
+                })
+            }
+        };
+        let new = self.state.record_sent(&n.channel, &n.idempotency_key, delivery).map_err(|e| e.to_string())?;
         if new {
             tracing::info!(channel = %n.channel, recipient = %n.recipient, subject = %n.subject, "notification sent");
         }
@@ -75,8 +132,113 @@ impl Channels {
         self.kinds.get(name) == Some(&ChannelKind::Inbox)
     }
 
+    /// Whether `name` is a webhook channel.
+    pub fn is_webhook(&self, name: &str) -> bool {
+        matches!(self.kinds.get(name), Some(ChannelKind::Webhook(_)))
+    }
+
     /// The inbox channels' names.
     pub fn inboxes(&self) -> impl Iterator<Item = &str> {
         self.kinds.iter().filter(|(_, k)| **k == ChannelKind::Inbox).map(|(n, _)| n.as_str())
     }
+
+    /// Makes the webhook deliveries (queued ones from before a restart too) on a
+    /// thread of its own, which ends when the channels are dropped.
+    pub fn start_webhooks(self: &Arc<Self>) {
+        if !self.kinds.values().any(|k| matches!(k, ChannelKind::Webhook(_))) {
+            return;
+        }
+        let channels: Weak<Channels> = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new().name("webhooks".into()).spawn(move || {
+            let span = tracing::info_span!("channels.webhooks");
+            let _enter = span.enter();
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            let client = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build();
+            let (runtime, client) = match (runtime, client) {
+                (Ok(r), Ok(c)) => (r, c),
+                _ => return tracing::error!("cannot start the webhook sender; deliveries stay queued"),
+            };
+            loop {
+                std::thread::sleep(SENDER_TICK);
+                let Some(channels) = channels.upgrade() else { return };
+                let due = match channels.state.due_deliveries(crate::stream::now_ms()) {
+                    Ok(due) => due,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot read the webhook deliveries");
+                        continue;
+                    }
+                };
+                for entry in due {
+                    runtime.block_on(channels.attempt(&client, entry));
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the webhook sender; deliveries stay queued");
+        }
+    }
+
+    /// One attempt of a delivery, settled in the state database.
+    async fn attempt(&self, client: &reqwest::Client, mut entry: OutboxEntry) {
+        let Some(ChannelKind::Webhook(spec)) = self.kinds.get(&entry.channel) else {
+            // The channel left the manifest: nowhere to deliver to.
+            entry.last_error = Some(format!("channel `{}` is no longer a webhook", entry.channel));
+            let _ = self.state.settle(&entry, Settle::GiveUp);
+            return;
+        };
+        let signature = crate::api::sigv4::hex(&crate::api::sigv4::hmac(spec.secret.as_bytes(), entry.body.as_bytes()));
+        let response = client
+            .post(&spec.url)
+            .header("content-type", "application/json")
+            .header("x-weir-delivery", &entry.delivery_id)
+            .header("x-weir-signature", format!("sha256={signature}"))
+            .body(entry.body.clone())
+            .send()
+            .await;
+        entry.attempts += 1;
+        let now = crate::stream::now_ms();
+        let outcome = match response {
+            Ok(r) if r.status().is_success() => Settle::Delivered,
+            Ok(r) => {
+                entry.last_error = Some(format!("{} answered {}", spec.url, r.status()));
+                retry_or_give_up(&mut entry, spec, now)
+            }
+            Err(e) => {
+                entry.last_error = Some(format!("{}: {e}", spec.url));
+                retry_or_give_up(&mut entry, spec, now)
+            }
+        };
+        match outcome {
+            Settle::Delivered => {
+                tracing::info!(delivery = %entry.delivery_id, attempts = entry.attempts, "webhook delivered")
+            }
+            Settle::Retry => {
+                tracing::warn!(delivery = %entry.delivery_id, error = ?entry.last_error, "webhook failed; retried later")
+            }
+            Settle::GiveUp => {
+                tracing::error!(delivery = %entry.delivery_id, error = ?entry.last_error, "webhook failed for good")
+            }
+        }
+        if let Err(e) = self.state.settle(&entry, outcome) {
+            tracing::error!(error = %e, "cannot record the webhook attempt; it will be made again");
+        }
+    }
+}
+
+/// The next attempt after a failure, or giving up past the retry duration.
+fn retry_or_give_up(entry: &mut OutboxEntry, spec: &WebhookSpec, now_ms: i64) -> Settle {
+    let wait = FIRST_RETRY_WAIT.saturating_mul(1 << (entry.attempts.saturating_sub(1)).min(10)).min(MAX_RETRY_WAIT);
+    let next = now_ms + wait.as_millis() as i64;
+    if next - entry.first_ms > spec.retry_duration.as_millis() as i64 {
+        return Settle::GiveUp;
+    }
+    entry.next_ms = next;
+    Settle::Retry
+}
+
+/// A delivery's id: the same for the same channel and business event.
+fn delivery_id(channel: &str, key: &str) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(format!("{channel}\0{key}").as_bytes());
+    crate::api::sigv4::hex(&digest[..16])
 }

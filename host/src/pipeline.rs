@@ -151,6 +151,7 @@ impl Host {
         references.start_reloading();
         let state = Arc::new(StateStore::open(&pipeline.data_dir.join("state.redb"), pipeline.tables.iter().cloned())?);
         let channels = Arc::new(Channels::new(&pipeline.channels, state.clone()));
+        channels.start_webhooks();
         let services =
             Arc::new(HostServices { state: state.clone(), channels: channels.clone(), references: references.clone() });
         let mut implicit: BTreeMap<PathBuf, Arc<FileSink>> = BTreeMap::new();

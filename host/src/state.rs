@@ -17,6 +17,10 @@ const SENT: TableDefinition<'_, &str, u64> = TableDefinition::new("weir.sent");
 const INBOX: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("weir.inbox");
 /// The next inbox sequence number.
 const SEQUENCE: TableDefinition<'_, &str, u64> = TableDefinition::new("weir.sequence");
+/// Webhook deliveries still to make, by delivery id, as JSON [`OutboxEntry`].
+const OUTBOX: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("weir.outbox");
+/// Webhook deliveries that failed for good, by delivery id, as JSON [`OutboxEntry`].
+const FAILED: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("weir.failed");
 
 /// A state operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +74,47 @@ pub struct InboxMessage {
     pub sent_at: String,
 }
 
+/// How a webhook delivery attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// The receiver took it.
+    Delivered,
+    /// Try again at `next_ms`.
+    Retry,
+    /// Out of time: keep it among the failed deliveries.
+    GiveUp,
+}
+
+/// A webhook delivery waiting for its next attempt (or given up on).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct OutboxEntry {
+    /// Stable across retries, so the receiver can drop repeats.
+    pub delivery_id: String,
+    /// The channel.
+    pub channel: String,
+    /// The JSON body to POST.
+    pub body: String,
+    /// When it was first queued (ms since the epoch).
+    pub first_ms: i64,
+    /// When to try next.
+    pub next_ms: i64,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+}
+
+/// What a new notification leaves behind besides its key.
+#[derive(Debug)]
+pub enum Delivery {
+    /// Nothing (a log channel).
+    None,
+    /// A message in an inbox.
+    Inbox(InboxMessage),
+    /// A webhook delivery to make.
+    Outbox(OutboxEntry),
+}
+
 /// The state database.
 pub struct StateStore {
     db: Database,
@@ -98,6 +143,8 @@ impl StateStore {
         tx.open_table(SENT).map_err(storage)?;
         tx.open_table(INBOX).map_err(storage)?;
         tx.open_table(SEQUENCE).map_err(storage)?;
+        tx.open_table(OUTBOX).map_err(storage)?;
+        tx.open_table(FAILED).map_err(storage)?;
         tx.commit().map_err(storage)?;
         Ok(store)
     }
@@ -187,9 +234,10 @@ impl StateStore {
         Ok(next)
     }
 
-    /// Records `key` as sent on `channel` and, for an inbox, stores its message, in
-    /// one commit. Returns false (and stores nothing) if the key was sent before.
-    pub fn record_sent(&self, channel: &str, key: &str, inbox: Option<InboxMessage>) -> Result<bool, StateError> {
+    /// Records `key` as sent on `channel` and stores what the delivery needs (an
+    /// inbox message, a webhook delivery), in one commit. Returns false (and
+    /// stores nothing) if the key was sent before.
+    pub fn record_sent(&self, channel: &str, key: &str, delivery: Delivery) -> Result<bool, StateError> {
         let tx = self.db.begin_write().map_err(storage)?;
         {
             let mut sent = tx.open_table(SENT).map_err(storage)?;
@@ -198,7 +246,14 @@ impl StateStore {
                 return Ok(false);
             }
             sent.insert(id.as_str(), crate::stream::now_ms().max(0) as u64).map_err(storage)?;
-            if let Some(mut message) = inbox {
+            if let Delivery::Outbox(entry) = &delivery {
+                let json = serde_json::to_vec(entry).map_err(storage)?;
+                tx.open_table(OUTBOX)
+                    .map_err(storage)?
+                    .insert(entry.delivery_id.as_str(), json.as_slice())
+                    .map_err(storage)?;
+            }
+            if let Delivery::Inbox(mut message) = delivery {
                 let mut sequences = tx.open_table(SEQUENCE).map_err(storage)?;
                 let next = sequences.get("inbox").map_err(storage)?.map_or(1, |v| v.value() + 1);
                 sequences.insert("inbox", next).map_err(storage)?;
@@ -211,6 +266,60 @@ impl StateStore {
         }
         tx.commit().map_err(storage)?;
         Ok(true)
+    }
+
+    /// Webhook deliveries due at `now_ms`, oldest first.
+    pub fn due_deliveries(&self, now_ms: i64) -> Result<Vec<OutboxEntry>, StateError> {
+        let tx = self.db.begin_read().map_err(storage)?;
+        let outbox = tx.open_table(OUTBOX).map_err(storage)?;
+        let mut due = Vec::new();
+        for entry in outbox.iter().map_err(storage)? {
+            let (_, value) = entry.map_err(storage)?;
+            let entry: OutboxEntry = serde_json::from_slice(value.value()).map_err(storage)?;
+            if entry.next_ms <= now_ms {
+                due.push(entry);
+            }
+        }
+        due.sort_by_key(|e| e.first_ms);
+        Ok(due)
+    }
+
+    /// Settles a delivery attempt: `Delivered` removes it, `Retry` keeps it for its
+    /// next attempt, `GiveUp` moves it to the failed deliveries.
+    pub fn settle(&self, entry: &OutboxEntry, outcome: Settle) -> Result<(), StateError> {
+        let tx = self.db.begin_write().map_err(storage)?;
+        {
+            let mut outbox = tx.open_table(OUTBOX).map_err(storage)?;
+            let id = entry.delivery_id.as_str();
+            outbox.remove(id).map_err(storage)?;
+            let json = serde_json::to_vec(entry).map_err(storage)?;
+            match outcome {
+                Settle::Delivered => {}
+                Settle::Retry => {
+                    outbox.insert(id, json.as_slice()).map_err(storage)?;
+                }
+                Settle::GiveUp => {
+                    tx.open_table(FAILED).map_err(storage)?.insert(id, json.as_slice()).map_err(storage)?;
+                }
+            }
+        }
+        tx.commit().map_err(storage)
+    }
+
+    /// Webhook deliveries that failed for good on `channel`.
+    pub fn failed_deliveries(&self, channel: &str) -> Result<Vec<OutboxEntry>, StateError> {
+        let tx = self.db.begin_read().map_err(storage)?;
+        let failed = tx.open_table(FAILED).map_err(storage)?;
+        let mut out = Vec::new();
+        for entry in failed.iter().map_err(storage)? {
+            let (_, value) = entry.map_err(storage)?;
+            let entry: OutboxEntry = serde_json::from_slice(value.value()).map_err(storage)?;
+            if entry.channel == channel {
+                out.push(entry);
+            }
+        }
+        out.sort_by_key(|e| e.first_ms);
+        Ok(out)
     }
 
     /// A recipient's messages on `channel` after `after` (a sequence), oldest first, at most `limit`.
@@ -295,10 +404,10 @@ mod tests {
             subject: subject.into(),
             ..InboxMessage::default()
         };
-        assert!(s.record_sent("app", "k1", Some(message("first"))).expect("send"));
-        assert!(!s.record_sent("app", "k1", Some(message("again"))).expect("send"), "a repeat");
-        assert!(s.record_sent("app", "k2", Some(message("second"))).expect("send"));
-        assert!(s.record_sent("log", "k1", None).expect("other channel"));
+        assert!(s.record_sent("app", "k1", Delivery::Inbox(message("first"))).expect("send"));
+        assert!(!s.record_sent("app", "k1", Delivery::Inbox(message("again"))).expect("send"), "a repeat");
+        assert!(s.record_sent("app", "k2", Delivery::Inbox(message("second"))).expect("send"));
+        assert!(s.record_sent("log", "k1", Delivery::None).expect("other channel"));
         let inbox = s.inbox("app", "C1", 0, 10).expect("inbox");
         let subjects: Vec<&str> = inbox.iter().map(|m| m.subject.as_str()).collect();
         assert_eq!(subjects, ["first", "second"]);

@@ -7,6 +7,8 @@
 //! - `GET    /v1/inbox/{recipient}?channel=<inbox>&after=<sequence>&limit=<n>`: the
 //!   recipient's messages after `after` (0: from the first), oldest first; `channel`
 //!   may be left out when the pipeline has one inbox
+//! - `GET    /v1/channels/{channel}/failed`: a webhook channel's deliveries that failed
+//!   for good (body, attempts, last error)
 
 use std::sync::Arc;
 
@@ -72,6 +74,27 @@ pub async fn delete_item(
         .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", "the delete failed"))?
         .map_err(state_error)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v1/channels/{channel}/failed`
+pub async fn failed_deliveries(
+    State(api): State<Arc<super::ApiState>>,
+    Path(channel): Path<String>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    if !api.host.channels.is_webhook(&channel) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "UnknownChannel",
+            format!("`{channel}` is not a webhook channel"),
+        ));
+    }
+    let state = api.host.state.clone();
+    let name = channel.clone();
+    let failed = tokio::task::spawn_blocking(move || state.failed_deliveries(&name))
+        .await
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", "the read failed"))?
+        .map_err(state_error)?;
+    Ok(axum::Json(json!({"channel": channel, "failed": failed})))
 }
 
 /// The query of an inbox read.

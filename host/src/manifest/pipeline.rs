@@ -85,7 +85,10 @@
 //! description = "..."                 # <data-dir>/state.redb; also GET / PUT /v1/tables/{table}/items/{key}
 //!
 //! [channels.app]                      # a notification channel for notifier plugins:
-//! kind = "inbox"                      # inbox (GET /v1/inbox/{recipient}?channel=app) | log
+//! kind = "inbox"                      # inbox (GET /v1/inbox/{recipient}?channel=app) | webhook | log
+//! # kind = "webhook"                  # POSTs JSON signed with HMAC-SHA256 (x-weir-signature), with
+//! # url = "https://ops.example/hook"  # a stable x-weir-delivery id; retried for retry-duration (1h),
+//! # secret-env = "OPS_HOOK_SECRET"    # then listed at GET /v1/channels/{name}/failed
 //!
 //! [reference.station-minimums]        # a reference table, looked up by plugins (`reference` import)
 //! lake = "abc-tolls"                  # a directory or "s3://bucket/prefix" (with `s3 = { ... }`)
@@ -296,7 +299,14 @@ struct RawTable {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawChannel {
     kind: Spanned<String>,
+    url: Option<Spanned<String>>,
+    secret: Option<String>,
+    secret_env: Option<Spanned<String>>,
+    retry_duration: Option<Spanned<String>>,
 }
+
+/// How long a webhook delivery is retried, by default.
+pub const DEFAULT_WEBHOOK_RETRY: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -821,18 +831,7 @@ pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
             tables.push(t.name.to_string());
         }
         for c in part.doc.entries::<RawChannel>("channels", &mut diags) {
-            let kind = match c.value.kind.get_ref().as_str() {
-                "inbox" => crate::notify::ChannelKind::Inbox,
-                "log" => crate::notify::ChannelKind::Log,
-                other => {
-                    diags.push(
-                        Diagnostic::new(source, c.value.kind.span(), format!("`{other}` is not a channel kind"))
-                            .help("write kind = \"inbox\" (kept per recipient for the app) or \"log\""),
-                    );
-                    continue;
-                }
-            };
-            channels.push(crate::notify::ChannelSpec { name: c.name.to_string(), kind });
+            channels.extend(check.channel(c.name, &c.value, &mut diags));
         }
     }
     check_cycles(&stage_specs, &output_spans, &mut diags);
@@ -1293,6 +1292,71 @@ impl Checker<'_> {
             retry_duration,
             warehouse,
         })
+    }
+
+    /// A `[channels.<name>]` entry.
+    fn channel(&self, name: Name, raw: &RawChannel, diags: &mut Diagnostics) -> Option<crate::notify::ChannelSpec> {
+        use crate::notify::{ChannelKind, ChannelSpec, WebhookSpec};
+        let kind = match raw.kind.get_ref().as_str() {
+            "inbox" => ChannelKind::Inbox,
+            "log" => ChannelKind::Log,
+            "webhook" => {
+                let Some(url) = &raw.url else {
+                    diags.push(
+                        self.at(raw.kind.span(), format!("webhook channel `{name}` has no url"))
+                            .help("add url = \"https://...\""),
+                    );
+                    return None;
+                };
+                if !url.get_ref().starts_with("http://") && !url.get_ref().starts_with("https://") {
+                    diags.push(
+                        self.at(url.span(), format!("channel `{name}`: `{}` is not an http(s):// URL", url.get_ref())),
+                    );
+                    return None;
+                }
+                let secret = match (&raw.secret, &raw.secret_env) {
+                    (Some(secret), None) => secret.clone(),
+                    (None, Some(env)) => match std::env::var(env.get_ref()) {
+                        Ok(secret) if !secret.is_empty() => secret,
+                        _ => {
+                            diags.push(
+                                self.at(
+                                    env.span(),
+                                    format!("channel `{name}`: environment variable `{}` is not set", env.get_ref()),
+                                )
+                                .help("export it with the webhook's signing secret before starting weir"),
+                            );
+                            return None;
+                        }
+                    },
+                    _ => {
+                        diags.push(
+                            self.at(raw.kind.span(), format!("webhook channel `{name}` needs a signing secret"))
+                                .help("add secret-env = \"VARIABLE\" (or secret = \"...\"): deliveries are signed with HMAC-SHA256"),
+                        );
+                        return None;
+                    }
+                };
+                let retry_duration = match &raw.retry_duration {
+                    None => DEFAULT_WEBHOOK_RETRY,
+                    Some(d) => self.duration(d, diags)?,
+                };
+                ChannelKind::Webhook(WebhookSpec { url: url.get_ref().clone(), secret, retry_duration })
+            }
+            other => {
+                diags.push(
+                    self.at(raw.kind.span(), format!("`{other}` is not a channel kind"))
+                        .help("write kind = \"inbox\" (kept per recipient for the app), \"webhook\" or \"log\""),
+                );
+                return None;
+            }
+        };
+        if !matches!(kind, ChannelKind::Webhook(_))
+            && let Some(url) = raw.url.as_ref()
+        {
+            diags.push(self.at(url.span(), format!("channel `{name}`: only webhook channels have a url")));
+        }
+        Some(ChannelSpec { name: name.to_string(), kind })
     }
 
     /// A `[reference.<name>]` table.
