@@ -71,8 +71,20 @@ async fn a_threshold_crossing_sends_one_inbox_message_even_across_restarts() {
     std::fs::create_dir_all(dir.path().join("reference")).expect("mkdir");
     std::fs::write(dir.path().join("reference/recipients.csv"), "customer,recipient\n").expect("csv");
     let host = TestHost::start_in(dir, MANIFEST).await.expect("start");
+    // The app follows C1's inbox live.
+    let mut feed = reqwest::get(format!("{}/v1/inbox/C1/events", host.url)).await.expect("live feed");
+    assert_eq!(feed.headers()["content-type"], "text/event-stream");
     host.host.put("amounts", amounts(&[("C1", 60), ("C2", 30), ("C1", 50)])).expect("put");
     host.wait_until("the amounts", |s| s.stages[0].records_in == 3).await;
+    let mut events = String::new();
+    while !events.contains("\n\n") {
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(10), feed.chunk()).await;
+        let chunk = chunk.expect("an event within 10 s").expect("read").expect("the feed goes on");
+        events.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(events.contains("event: message") && events.contains("C1 crossed 100"), "{events}");
+    assert!(events.contains("id: 1\n"), "{events}");
+    drop(feed);
 
     let messages = inbox(&host, "C1").await;
     assert_eq!(messages.len(), 1, "{messages:?}");

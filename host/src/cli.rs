@@ -475,7 +475,12 @@ fn run(
             .await
             .with_context(|| format!("cannot listen on {addr}; is another weir running? (use --listen)"))?;
         tracing::info!(pipeline = %name, %addr, "weir is running; Ctrl-C to stop");
-        axum::serve(listener, crate::api::router(host.clone(), auth)).with_graceful_shutdown(shutdown_signal()).await?;
+        let stopping = host.clone();
+        let shutdown = async move {
+            shutdown_signal().await;
+            stopping.stop_feeds();
+        };
+        axum::serve(listener, crate::api::router(host.clone(), auth)).with_graceful_shutdown(shutdown).await?;
         tracing::info!("draining stages");
         tokio::task::spawn_blocking(move || host.drain()).await?;
         tracing::info!("stopped");

@@ -132,6 +132,7 @@ pub struct Host {
     pub state: Arc<StateStore>,
     /// Notification channels.
     pub channels: Arc<Channels>,
+    feeds_stopped: std::sync::atomic::AtomicBool,
     started: Instant,
     /// Compiles swapped-in plugins.
     engine: Arc<PluginEngine>,
@@ -274,6 +275,7 @@ impl Host {
             references,
             state,
             channels,
+            feeds_stopped: Default::default(),
             started: Instant::now(),
             engine: engine.clone(),
         });
@@ -350,6 +352,17 @@ impl Host {
             deliveries: self.deliveries.iter().map(Delivery::status).collect(),
             references: self.references.status(),
         }
+    }
+
+    /// The API is shutting down: live feeds (inbox events) end, so the server
+    /// can finish its connections.
+    pub fn stop_feeds(&self) {
+        self.feeds_stopped.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether [`Host::stop_feeds`] was called.
+    pub fn feeds_stopped(&self) -> bool {
+        self.feeds_stopped.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Lets every stage finish the records already accepted, then stops them.

@@ -102,6 +102,7 @@ impl TestHost {
 
     /// Stops the API, then drains every stage.
     pub async fn stop(&mut self) {
+        self.host.stop_feeds();
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }

@@ -66,6 +66,7 @@ pub fn router(host: Arc<Host>, auth: Auth) -> Router {
         .route("/v1/stages/{stage}/plugin/rollback", post(admin::rollback))
         .route("/v1/tables/{table}/items/{key}", get(state::get_item).put(state::put_item).delete(state::delete_item))
         .route("/v1/inbox/{recipient}", get(state::inbox))
+        .route("/v1/inbox/{recipient}/events", get(state::inbox_events))
         .route("/v1/channels/{channel}/failed", get(state::failed_deliveries))
         // Outermost first: authenticate the body as sent, then decompress it.
         .layer(middleware::from_fn_with_state(state.clone(), decompress))

@@ -7,15 +7,22 @@
 //! - `GET    /v1/inbox/{recipient}?channel=<inbox>&after=<sequence>&limit=<n>`: the
 //!   recipient's messages after `after` (0: from the first), oldest first; `channel`
 //!   may be left out when the pipeline has one inbox
+//! - `GET    /v1/inbox/{recipient}/events?channel=<inbox>`: a live feed of new messages
+//!   (Server-Sent Events; resumes after `Last-Event-ID`)
 //! - `GET    /v1/channels/{channel}/failed`: a webhook channel's deliveries that failed
 //!   for good (body, attempts, last error)
 
 use std::sync::Arc;
 
+use std::convert::Infallible;
+
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
 use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use futures_util::{Stream, StreamExt as _};
 use serde_json::json;
 
 use super::native::ApiError;
@@ -112,37 +119,85 @@ pub async fn inbox(
     Path(recipient): Path<String>,
     Query(query): Query<InboxQuery>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    let channels = &api.host.channels;
-    let channel = match query.channel {
-        Some(c) if channels.is_inbox(&c) => c,
-        Some(c) => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "UnknownChannel",
-                format!("`{c}` is not an inbox channel"),
-            ));
-        }
-        None => {
-            let inboxes: Vec<&str> = channels.inboxes().collect();
-            match inboxes.as_slice() {
-                [one] => (*one).to_owned(),
-                [] => return Err(ApiError::new(StatusCode::NOT_FOUND, "NoInbox", "the pipeline has no inbox channel")),
-                many => {
-                    return Err(ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        "InvalidRequest",
-                        format!("name the inbox with ?channel=, one of: {}", many.join(", ")),
-                    ));
-                }
-            }
-        }
-    };
+    let channel = inbox_channel(&api, query.channel)?;
     let limit = query.limit.unwrap_or(100).clamp(1, MAX_INBOX_PAGE);
+    let messages = read_inbox(&api, &channel, &recipient, query.after, limit).await?;
+    Ok(axum::Json(json!({"channel": channel, "recipient": recipient, "messages": messages})))
+}
+
+/// `GET /v1/inbox/{recipient}/events`: Server-Sent Events, one `message` event per
+/// inbox message (JSON), its id the message's sequence; a client reconnecting with
+/// `Last-Event-ID` (or `?after=`) gets what it missed. Ends when the host stops.
+pub async fn inbox_events(
+    State(api): State<Arc<super::ApiState>>,
+    Path(recipient): Path<String>,
+    Query(query): Query<InboxQuery>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let channel = inbox_channel(&api, query.channel)?;
+    let resume = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    let after = resume.unwrap_or(query.after);
+    let events =
+        futures_util::stream::unfold((api, channel, recipient, after), |(api, channel, recipient, after)| async move {
+            loop {
+                if api.host.feeds_stopped() {
+                    return None;
+                }
+                match read_inbox(&api, &channel, &recipient, after, MAX_INBOX_PAGE).await {
+                    Ok(messages) if !messages.is_empty() => {
+                        let last = messages.last().map_or(after, |m| m.sequence);
+                        let events: Vec<Result<Event, Infallible>> = messages
+                            .iter()
+                            .map(|m| {
+                                let data = serde_json::to_string(m).unwrap_or_default();
+                                Ok(Event::default().event("message").id(m.sequence.to_string()).data(data))
+                            })
+                            .collect();
+                        return Some((futures_util::stream::iter(events), (api, channel, recipient, last)));
+                    }
+                    Ok(_) => {}
+                    Err(_) => tracing::warn!("reading an inbox for its live feed failed; trying again"),
+                }
+                tokio::time::sleep(FEED_POLL).await;
+            }
+        });
+    Ok(Sse::new(events.flatten()).keep_alive(KeepAlive::default()))
+}
+
+/// How often a live feed looks for new messages.
+const FEED_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// The inbox channel a request means: the one named, or the pipeline's only inbox.
+fn inbox_channel(api: &super::ApiState, named: Option<String>) -> Result<String, ApiError> {
+    let channels = &api.host.channels;
+    match named {
+        Some(c) if channels.is_inbox(&c) => Ok(c),
+        Some(c) => {
+            Err(ApiError::new(StatusCode::NOT_FOUND, "UnknownChannel", format!("`{c}` is not an inbox channel")))
+        }
+        None => match channels.inboxes().collect::<Vec<_>>().as_slice() {
+            [one] => Ok((*one).to_owned()),
+            [] => Err(ApiError::new(StatusCode::NOT_FOUND, "NoInbox", "the pipeline has no inbox channel")),
+            many => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "InvalidRequest",
+                format!("name the inbox with ?channel=, one of: {}", many.join(", ")),
+            )),
+        },
+    }
+}
+
+async fn read_inbox(
+    api: &super::ApiState,
+    channel: &str,
+    recipient: &str,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<crate::state::InboxMessage>, ApiError> {
     let state = api.host.state.clone();
-    let (channel_name, who) = (channel.clone(), recipient.clone());
-    let messages = tokio::task::spawn_blocking(move || state.inbox(&channel_name, &who, query.after, limit))
+    let (channel, recipient) = (channel.to_owned(), recipient.to_owned());
+    tokio::task::spawn_blocking(move || state.inbox(&channel, &recipient, after, limit))
         .await
         .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", "the read failed"))?
-        .map_err(state_error)?;
-    Ok(axum::Json(json!({"channel": channel, "recipient": recipient, "messages": messages})))
+        .map_err(state_error)
 }
