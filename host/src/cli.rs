@@ -63,6 +63,13 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Read and write items of a running pipeline's state tables (e.g. a customer's threshold).
+    Table {
+        #[command(subcommand)]
+        action: TableAction,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Hot-swap, roll back and list the plugins of a running pipeline's stages.
     Plugin {
         #[command(subcommand)]
@@ -92,6 +99,33 @@ enum Command {
         /// The agent config: weir TOML, or the Kinesis Agent's agent.json (by the .json extension).
         #[arg(long)]
         config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TableAction {
+    /// Print an item's value.
+    Get {
+        /// The table.
+        table: String,
+        /// The item's key.
+        key: String,
+    },
+    /// Set an item's value.
+    Put {
+        /// The table.
+        table: String,
+        /// The item's key.
+        key: String,
+        /// The new value.
+        value: String,
+    },
+    /// Remove an item.
+    Delete {
+        /// The table.
+        table: String,
+        /// The item's key.
+        key: String,
     },
 }
 
@@ -209,6 +243,7 @@ pub fn main() -> anyhow::Result<()> {
         }
         Command::Agent { config } => agent(config),
         Command::Plugin { action, target } => client_verb(&target, |c| plugin(c, action)),
+        Command::Table { action, target } => client_verb(&target, |c| table(c, action)),
     }
 }
 
@@ -260,6 +295,35 @@ async fn plugin(client: Client, action: PluginAction) -> anyhow::Result<()> {
     };
     println!("{}", serde_json::to_string_pretty(&answer)?);
     Ok(())
+}
+
+async fn table(client: Client, action: TableAction) -> anyhow::Result<()> {
+    use axum::http::{HeaderMap, Method};
+    let item = |table: &str, key: &str| format!("/v1/tables/{table}/items/{}", percent_encode(key));
+    match action {
+        TableAction::Get { table, key } => {
+            let value =
+                client.native_bytes(Method::GET, &item(&table, &key), HeaderMap::new(), Default::default()).await?;
+            println!("{}", String::from_utf8_lossy(&value));
+        }
+        TableAction::Put { table, key, value } => {
+            client.native_bytes(Method::PUT, &item(&table, &key), HeaderMap::new(), value.into()).await?;
+        }
+        TableAction::Delete { table, key } => {
+            client.native_bytes(Method::DELETE, &item(&table, &key), HeaderMap::new(), Default::default()).await?;
+        }
+    }
+    Ok(())
+}
+
+/// A key as one URL path segment.
+fn percent_encode(key: &str) -> String {
+    key.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => char::from(b).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn client_verb<F, Fut>(target: &Target, f: F) -> anyhow::Result<()>

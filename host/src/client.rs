@@ -104,7 +104,8 @@ impl Client {
         if let Ok(target) = HeaderValue::from_str(&format!("{}.{operation}", service.target_prefix())) {
             headers.insert("x-amz-target", target);
         }
-        let (status, value) = self.send(Method::POST, uri, headers, body, service.signing_name()).await?;
+        let (status, bytes) = self.send(Method::POST, uri, headers, body, service.signing_name()).await?;
+        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         if (200..300).contains(&status) {
             return Ok(value);
         }
@@ -120,19 +121,32 @@ impl Client {
         &self,
         method: Method,
         path: &str,
-        mut headers: HeaderMap,
+        headers: HeaderMap,
         body: Bytes,
     ) -> Result<Value, ClientError> {
+        let bytes = self.native_bytes(method, path, headers, body).await?;
+        Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    /// Like [`Client::native`], returning the answer's bytes (e.g. a state item).
+    pub async fn native_bytes(
+        &self,
+        method: Method,
+        path: &str,
+        mut headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<Bytes, ClientError> {
         let uri: Uri = format!("{}{path}", self.endpoint.to_string().trim_end_matches('/'))
             .parse()
             .map_err(|_| ClientError::Endpoint(self.endpoint.to_string()))?;
         if !headers.contains_key("content-type") {
             headers.insert("content-type", HeaderValue::from_static("application/octet-stream"));
         }
-        let (status, value) = self.send(method, uri, headers, body, "kinesis").await?;
+        let (status, bytes) = self.send(method, uri, headers, body, "kinesis").await?;
         if (200..300).contains(&status) {
-            return Ok(value);
+            return Ok(bytes);
         }
+        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         let error = &value["error"];
         Err(ClientError::Api {
             status,
@@ -141,7 +155,7 @@ impl Client {
         })
     }
 
-    /// Signs (with a key) and sends a request; the status and the JSON answer.
+    /// Signs (with a key) and sends a request; the status and the answer's bytes.
     async fn send(
         &self,
         method: Method,
@@ -149,7 +163,7 @@ impl Client {
         mut headers: HeaderMap,
         body: Bytes,
         service: &str,
-    ) -> Result<(u16, Value), ClientError> {
+    ) -> Result<(u16, Bytes), ClientError> {
         if let Some(key) = &self.key {
             let signer = sigv4::Signer { key, region: "us-east-1", service };
             signer.sign(&method, &uri, &mut headers, &body, SystemTime::now());
@@ -160,7 +174,7 @@ impl Client {
         let response = self.http.request(request).await.map_err(|e| self.unreachable(e))?;
         let status = response.status();
         let bytes = response.into_body().collect().await.map_err(|e| self.unreachable(e))?.to_bytes();
-        Ok((status.as_u16(), serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+        Ok((status.as_u16(), bytes))
     }
 
     fn unreachable(&self, e: impl std::fmt::Display) -> ClientError {

@@ -257,3 +257,41 @@ fn plugin_swap_list_and_rollback_through_the_signed_admin_api() {
     let _ = host.kill();
     let _ = host.wait();
 }
+
+#[test]
+fn table_put_get_and_delete_talk_to_a_running_weir() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifest = dir.path().join("tables.toml");
+    std::fs::write(&manifest, "[pipeline]\nname = \"tables\"\ndata-dir = \"data\"\n\n[tables.thresholds]\n")
+        .expect("manifest");
+    let port = free_port();
+    let mut host = Command::new(WEIR)
+        .args(["run", "--insecure-no-auth", "--listen", &format!("127.0.0.1:{port}")])
+        .arg(&manifest)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start weir");
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let weir = |args: &[&str]| {
+        let out = Command::new(WEIR).args(args).env("WEIR_ENDPOINT", &endpoint).output().expect("run weir");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !weir(&["table", "put", "thresholds", "C 1/x", "5000"]).0 {
+        assert!(Instant::now() < deadline, "weir did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(weir(&["table", "get", "thresholds", "C 1/x"]), (true, "5000\n".to_owned(), String::new()));
+    assert!(weir(&["table", "delete", "thresholds", "C 1/x"]).0);
+    let (ok, _, err) = weir(&["table", "get", "thresholds", "C 1/x"]);
+    assert!(!ok && err.contains("has no item"), "{err}");
+    let (ok, _, err) = weir(&["table", "get", "limits", "C1"]);
+    assert!(!ok && err.contains("[tables.limits]"), "{err}");
+    let _ = host.kill();
+    let _ = host.wait();
+}
