@@ -63,6 +63,25 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Simulate a day of ABC Tolls traffic (seeded): run it through a pipeline and report, or
+    /// write station logs for the agent.
+    Simulate {
+        /// Run this pipeline (manifests/abc-tolls.toml) on the day, in this process, and report.
+        #[arg(long, conflicts_with = "logs")]
+        run: Option<PathBuf>,
+        /// Build every plugin first (with --run).
+        #[arg(long)]
+        build: bool,
+        /// Write one log file per station into this folder instead.
+        #[arg(long)]
+        logs: Option<PathBuf>,
+        /// The day, UTC.
+        #[arg(long, default_value = "2026-11-26")]
+        day: String,
+        /// The same seed gives the same day.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
     /// Read and write items of a running pipeline's state tables (e.g. a customer's threshold).
     Table {
         #[command(subcommand)]
@@ -244,6 +263,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Agent { config } => agent(config),
         Command::Plugin { action, target } => client_verb(&target, |c| plugin(c, action)),
         Command::Table { action, target } => client_verb(&target, |c| table(c, action)),
+        Command::Simulate { run, build, logs, day, seed } => simulate(run, build, logs, &day, seed),
     }
 }
 
@@ -295,6 +315,80 @@ async fn plugin(client: Client, action: PluginAction) -> anyhow::Result<()> {
     };
     println!("{}", serde_json::to_string_pretty(&answer)?);
     Ok(())
+}
+
+fn simulate(run: Option<PathBuf>, build: bool, logs: Option<PathBuf>, day: &str, seed: u64) -> anyhow::Result<()> {
+    use crate::simulate;
+    let day_start = humantime::parse_rfc3339(&format!("{day}T00:00:00Z"))
+        .map(crate::sink::system_ms)
+        .with_context(|| format!("--day {day}: write a date such as 2026-11-26"))?;
+    let started = std::time::Instant::now();
+    let lines = simulate::generate_day(seed, day_start);
+    let malformed = lines.iter().filter(|l| !l.text.contains(',')).count();
+    eprintln!(
+        "simulated {day} (seed {seed}): {} toll lines from {} stations, {malformed} malformed; station {} silent {}:00-{}:00",
+        lines.len(),
+        simulate::STATIONS,
+        simulate::SILENT.0,
+        simulate::SILENT.1,
+        simulate::SILENT.2
+    );
+    match (run, logs) {
+        (_, Some(dir)) => {
+            simulate::write_logs(&lines, &dir)?;
+            eprintln!("wrote one log per station to {} (point the agent's flows at them)", dir.display());
+            Ok(())
+        }
+        (Some(manifest), None) => {
+            let pipeline = match crate::manifest::load(&manifest) {
+                Ok(p) => p,
+                Err(d) => {
+                    eprintln!("{d}");
+                    std::process::exit(1);
+                }
+            };
+            if build {
+                crate::build::build_all(&pipeline)?;
+            }
+            let warehouse = pipeline.deliveries.iter().find_map(|d| d.warehouse.as_ref()).map(|w| match &w.database {
+                crate::warehouse::Database::Sqlite(path) => format!("table {} in {}", w.table, path.display()),
+                crate::warehouse::Database::Postgres(_) => format!("table {} in PostgreSQL", w.table),
+            });
+            // The error prefix up to its first expression, e.g. `errors/`.
+            let lake = pipeline
+                .deliveries
+                .first()
+                .map(|d| (d.lake.describe(), d.error_prefix.split("!{").next().unwrap_or_default().to_owned()));
+            let data_dir = pipeline.data_dir.clone();
+            let engine = Arc::new(PluginEngine::new()?);
+            let host = crate::pipeline::Host::start(pipeline, &engine)?;
+            let report = simulate::run_day(&host, &lines, |done| {
+                let filled = (done * 30.0) as usize;
+                eprint!("\r[{}{}] {:>3.0}%", "#".repeat(filled), ".".repeat(30 - filled), done * 100.0);
+            })?;
+            eprintln!();
+            println!("ABC Tolls, {day}: done in {:.1?}", started.elapsed());
+            println!("  toll lines ingested     {:>7}  (stream toll-lines)", report.lines);
+            println!(
+                "  rows in the warehouse   {:>7}  ({})",
+                report.rows_loaded,
+                warehouse.unwrap_or_else(|| "no warehouse".into())
+            );
+            let (lake, errors) = lake.unwrap_or_default();
+            println!("  malformed, set aside    {:>7}  (with the reason, under {lake}/{errors})", report.set_aside);
+            println!(
+                "  billing messages        {:>7}  (inbox `app`: weir run, then GET /v1/inbox/<customer>?channel=app)",
+                report.billing_messages
+            );
+            println!(
+                "  traffic alerts          {:>7}  (inbox `operators`: GET /v1/inbox/operators?channel=operators)",
+                report.traffic_alerts
+            );
+            println!("  state and streams in {}", data_dir.display());
+            Ok(())
+        }
+        (None, None) => anyhow::bail!("say where the day goes: --run <manifest> or --logs <folder>"),
+    }
 }
 
 async fn table(client: Client, action: TableAction) -> anyhow::Result<()> {

@@ -20,6 +20,7 @@ pub mod notify;
 pub mod pipeline;
 pub mod plugin;
 pub mod reference;
+pub mod simulate;
 pub mod sink;
 pub mod stage;
 pub mod state;

@@ -15,6 +15,7 @@
 //! the webhook delivery (which therefore survives a restart too).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -65,12 +66,18 @@ pub struct ChannelSpec {
 pub struct Channels {
     kinds: BTreeMap<String, ChannelKind>,
     state: Arc<StateStore>,
+    /// Notifications sent (new keys) per channel since the start.
+    sent: BTreeMap<String, AtomicU64>,
 }
 
 impl Channels {
     /// The channels of `specs`, remembering what was sent in `state`.
     pub fn new(specs: &[ChannelSpec], state: Arc<StateStore>) -> Channels {
-        Channels { kinds: specs.iter().map(|c| (c.name.clone(), c.kind.clone())).collect(), state }
+        Channels {
+            kinds: specs.iter().map(|c| (c.name.clone(), c.kind.clone())).collect(),
+            state,
+            sent: specs.iter().map(|c| (c.name.clone(), AtomicU64::new(0))).collect(),
+        }
     }
 
     /// Sends a notification unless its key was sent on its channel before;
@@ -123,8 +130,16 @@ impl Channels {
         let new = self.state.record_sent(&n.channel, &n.idempotency_key, delivery).map_err(|e| e.to_string())?;
         if new {
             tracing::info!(channel = %n.channel, recipient = %n.recipient, subject = %n.subject, "notification sent");
+            if let Some(count) = self.sent.get(&n.channel) {
+                count.fetch_add(1, Ordering::Relaxed);
+            }
         }
         Ok(new)
+    }
+
+    /// Notifications sent per channel since the start (keys sent before not counted).
+    pub fn sent(&self) -> BTreeMap<String, u64> {
+        self.sent.iter().map(|(name, n)| (name.clone(), n.load(Ordering::Relaxed))).collect()
     }
 
     /// Whether `name` is an inbox channel.

@@ -1,0 +1,260 @@
+//! `weir simulate`: a seeded day of ABC Tolls traffic. Twelve stations with
+//! weekday and time-of-day profiles (the same curve `station_minimums.csv` was
+//! made from: a minimum is a third of the expected traffic), two thousand
+//! customers with monthly thresholds (a few low enough to be crossed in a day),
+//! occasional malformed lines, one station that goes silent for two hours and
+//! one that runs thin for an hour. The same seed gives the same day.
+//!
+//! `--run <manifest>` runs the pipeline in this process on the generated day
+//! (thresholds set in its state table first) and prints a report;
+//! `--logs <dir>` writes one log file per station for the agent instead.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+use crate::pipeline::Host;
+use crate::stream::NewRecord;
+
+/// Stations of the showcase, numbered from 1.
+pub const STATIONS: u32 = 12;
+/// Customers, `C000001` and up.
+pub const CUSTOMERS: u32 = 2000;
+/// The station that goes silent, and when (hours, UTC).
+pub const SILENT: (u32, f64, f64) = (5, 10.0, 12.0);
+/// The station that runs at a fifth of its traffic, and when.
+pub const THIN: (u32, f64, f64) = (9, 16.0, 17.0);
+/// Tolls by vehicle class 1 to 6, in cents.
+const TOLLS: [u32; 6] = [150, 275, 410, 560, 760, 990];
+/// One line in this many is malformed.
+const MALFORMED_ONE_IN: u64 = 800;
+
+/// Expected vehicles at `station` in the half hour starting at `hour` on ISO `weekday` (1 = Monday).
+pub fn expected_vehicles(station: u32, weekday: u32, hour: f64) -> f64 {
+    let scale = 0.6 + 0.1 * f64::from(station % 7);
+    let curve = 0.15
+        + (-(hour - 8.0).powi(2) / 4.0).exp()
+        + 0.9 * (-(hour - 17.5).powi(2) / 5.0).exp()
+        + 0.4 * (-(hour - 13.0).powi(2) / 10.0).exp();
+    let weekend = if weekday >= 6 { 0.6 } else { 1.0 };
+    120.0 * scale * curve * weekend
+}
+
+/// A customer's monthly threshold in cents: $500 for most, $15 for one in a hundred.
+pub fn threshold_cents(customer: u32) -> u64 {
+    if customer.is_multiple_of(100) { 1500 } else { 50_000 }
+}
+
+/// The customer id of number `n`.
+pub fn customer_id(n: u32) -> String {
+    format!("C{n:06}")
+}
+
+/// A deterministic xorshift generator.
+struct Random(u64);
+
+impl Random {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// One generated toll line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TollLine {
+    /// Milliseconds since the epoch.
+    pub time_ms: i64,
+    /// The station that read it.
+    pub station: u32,
+    /// The line as the station logs it.
+    pub text: String,
+}
+
+/// The lines of one day (`day_start_ms` is its midnight UTC), in time order.
+pub fn generate_day(seed: u64, day_start_ms: i64) -> Vec<TollLine> {
+    let mut random = Random(seed.max(1) ^ 0x9e37_79b9_7f4a_7c15);
+    let weekday = ((day_start_ms.div_euclid(86_400_000) + 3).rem_euclid(7) + 1) as u32;
+    let mut lines = Vec::new();
+    let mut sequence = BTreeMap::new();
+    for slot in 0..48 {
+        let hour = f64::from(slot) / 2.0;
+        for station in 1..=STATIONS {
+            let mut expected = expected_vehicles(station, weekday, hour) * (0.85 + 0.3 * random.unit());
+            if station == SILENT.0 && (SILENT.1..SILENT.2).contains(&hour) {
+                expected = 0.0;
+            }
+            if station == THIN.0 && (THIN.1..THIN.2).contains(&hour) {
+                expected /= 5.0;
+            }
+            for _ in 0..expected.round() as u32 {
+                let time_ms = day_start_ms + i64::from(slot) * 1_800_000 + random.below(1_800_000) as i64;
+                // Most trips are a few regular customers' commutes: a skewed pick.
+                let customer = 1 + (random.unit().powi(2) * f64::from(CUSTOMERS)) as u32;
+                let class = 1 + random.below(6) as usize;
+                let n = sequence.entry(station).or_insert(0u32);
+                *n += 1;
+                let text = format!(
+                    "T{station:04}-{n:06},{},{station},{},TAG{customer:07},{},{class},{}",
+                    crate::sink::format_ms(time_ms),
+                    1 + random.below(4),
+                    customer_id(customer),
+                    TOLLS[class - 1]
+                );
+                lines.push(TollLine { time_ms, station, text });
+            }
+        }
+    }
+    lines.sort_by_key(|l| l.time_ms);
+    for line in &mut lines {
+        if random.below(MALFORMED_ONE_IN) == 0 {
+            // A garbled write: the fields run together.
+            line.text = line.text.replace(',', ";");
+        }
+    }
+    lines
+}
+
+/// Writes the day as one log file per station (`station-07.log`), for the agent.
+pub fn write_logs(lines: &[TollLine], dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut files = BTreeMap::new();
+    for line in lines {
+        let file = match files.entry(line.station) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                let path = dir.join(format!("station-{:02}.log", line.station));
+                e.insert(std::io::BufWriter::new(
+                    std::fs::File::create(&path).with_context(|| format!("cannot write {}", path.display()))?,
+                ))
+            }
+        };
+        writeln!(file, "{}", line.text)?;
+    }
+    for (_, mut file) in files {
+        file.flush()?;
+    }
+    Ok(())
+}
+
+/// What a run of the showcase produced, for the report.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// Lines generated and put.
+    pub lines: usize,
+    /// Rows loaded into the warehouse.
+    pub rows_loaded: u64,
+    /// Lines the warehouse delivery set aside (malformed).
+    pub set_aside: u64,
+    /// Billing messages sent.
+    pub billing_messages: u64,
+    /// Traffic alerts raised.
+    pub traffic_alerts: u64,
+}
+
+/// Runs `host` (the ABC Tolls pipeline) on `lines`: thresholds first, then the
+/// lines into `toll-lines`, then waits until every stage has processed them and
+/// the deliveries have flushed (the host is drained). `progress` sees the share done.
+pub fn run_day(host: &Arc<Host>, lines: &[TollLine], mut progress: impl FnMut(f64)) -> anyhow::Result<Report> {
+    if host.state.tables().any(|t| t == "thresholds") {
+        for customer in 1..=CUSTOMERS {
+            let threshold = threshold_cents(customer).to_string();
+            host.state.put("thresholds", &customer_id(customer), threshold.as_bytes())?;
+        }
+    }
+    let sent_before = host.channels.sent();
+    for (i, chunk) in lines.chunks(500).enumerate() {
+        let records: Vec<NewRecord> = chunk
+            .iter()
+            .map(|l| NewRecord {
+                key: format!("station-{}", l.station),
+                event_time_ms: Some(l.time_ms),
+                data: bytes::Bytes::from(l.text.clone()),
+                explicit_hash_key: None,
+            })
+            .collect();
+        let mut pending = records;
+        // A full stream is backpressure: wait and put the rest.
+        while !pending.is_empty() {
+            let results = host.put("toll-lines", pending.clone())?;
+            pending = pending.into_iter().zip(results).filter(|(_, r)| r.is_err()).map(|(rec, _)| rec).collect();
+            if !pending.is_empty() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        progress(((i + 1) * 500).min(lines.len()) as f64 / lines.len().max(1) as f64 * 0.8);
+    }
+    // Every stage has caught up when none lags behind its input (deliveries flush at the drain).
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let status = host.status();
+        let stage = |name: &str| status.stages.iter().any(|s| s.name == name);
+        if status.consumers.iter().filter(|c| stage(&c.consumer)).all(|c| c.lag_records == 0) {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the pipeline did not catch up within 5 minutes");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    progress(0.9);
+    host.drain();
+    progress(1.0);
+    let status = host.status();
+    let sent = host.channels.sent();
+    let new = |channel: &str| sent.get(channel).copied().unwrap_or(0) - sent_before.get(channel).copied().unwrap_or(0);
+    Ok(Report {
+        lines: lines.len(),
+        rows_loaded: status.deliveries.iter().map(|d| d.rows_loaded).sum(),
+        set_aside: status.deliveries.iter().map(|d| d.records_failed).sum(),
+        billing_messages: new("app"),
+        traffic_alerts: new("operators"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 2026-11-26T00:00:00Z, a Thursday.
+    const DAY: i64 = 1_795_651_200_000;
+
+    #[test]
+    fn a_seed_gives_the_same_day_with_its_silent_station_and_malformed_lines() {
+        let day = generate_day(42, DAY);
+        assert_eq!(day, generate_day(42, DAY));
+        assert_ne!(day, generate_day(7, DAY));
+        assert!(day.windows(2).all(|w| w[0].time_ms <= w[1].time_ms), "in time order");
+        let hour = |l: &TollLine| (l.time_ms - DAY) as f64 / 3_600_000.0;
+        assert!(!day.iter().any(|l| l.station == SILENT.0 && (SILENT.1..SILENT.2).contains(&hour(l))));
+        let malformed = day.iter().filter(|l| !l.text.contains(',')).count();
+        assert!(malformed > 0 && malformed < day.len() / 100, "{malformed} of {}", day.len());
+        let line = &day[day.len() / 2].text;
+        assert_eq!(line.split(',').count(), 8, "{line}");
+    }
+
+    #[test]
+    fn the_shipped_minimums_are_a_third_of_the_simulated_profile() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests/abc-tolls/station_minimums.csv");
+        let csv = std::fs::read_to_string(path).expect("station_minimums.csv");
+        let mut rows = 0;
+        for line in csv.lines().skip(1) {
+            let f: Vec<f64> = line.split(',').map(|v| v.parse().expect("a number")).collect();
+            let expected = expected_vehicles(f[0] as u32, f[1] as u32, f[2] / 2.0);
+            assert_eq!(f[3], (expected / 3.0).floor(), "{line}");
+            rows += 1;
+        }
+        assert_eq!(rows, STATIONS as usize * 7 * 48);
+    }
+}
