@@ -2,14 +2,16 @@
 //! as shipped, pointed at a temporary folder): toll lines put into the
 //! transaction stream reach the warehouse, sum up to a billing message for the
 //! customer past a threshold, and count up to traffic alerts for every station
-//! below its reference minimum, the silent ones included.
+//! below its reference minimum, the silent ones included. A simulated day,
+//! with a restart in the middle, matches an oracle computed here from the
+//! generated lines alone.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use serde_json::Value;
 use weir_host::stream::NewRecord;
-use weir_tests::{TestHost, root};
+use weir_tests::{TestHost, inbox_subjects, root};
 
 /// The shipped manifest and fragments in `dir`, writing under `dir`, delivering every second.
 fn shipped(dir: &std::path::Path) -> String {
@@ -44,17 +46,6 @@ fn line(n: u32, time: &str, station: u32, customer: &str, cents: u32) -> NewReco
     }
 }
 
-async fn subjects(host: &TestHost, channel: &str, recipient: &str) -> Vec<String> {
-    let answer: Value = reqwest::get(format!("{}/v1/inbox/{recipient}?channel={channel}", host.url))
-        .await
-        .expect("inbox")
-        .json()
-        .await
-        .expect("JSON");
-    let messages = answer["messages"].as_array().cloned().unwrap_or_default();
-    messages.iter().map(|m| m["subject"].as_str().unwrap_or("").to_owned()).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_showcase_fills_the_warehouse_and_raises_billing_and_traffic_alerts() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -75,8 +66,8 @@ async fn the_showcase_fills_the_warehouse_and_raises_billing_and_traffic_alerts(
 
     let deadline = Instant::now() + Duration::from_secs(30);
     let (billing, traffic) = loop {
-        let billing = subjects(&host, "app", "C000123").await;
-        let traffic = subjects(&host, "operators", "operators").await;
+        let billing = inbox_subjects(&host, "app", "C000123").await;
+        let traffic = inbox_subjects(&host, "operators", "operators").await;
         if !billing.is_empty() && traffic.len() == 12 {
             break (billing, traffic);
         }
@@ -84,7 +75,7 @@ async fn the_showcase_fills_the_warehouse_and_raises_billing_and_traffic_alerts(
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(billing, ["Your tolls for 2026-11 passed $5.00"]);
-    assert!(subjects(&host, "app", "C000456").await.is_empty(), "C000456 is under the default $100.00");
+    assert!(inbox_subjects(&host, "app", "C000456").await.is_empty(), "C000456 is under the default $100.00");
     assert!(traffic.iter().any(|s| s.starts_with("Station 3 low 14:00-14:30: 3 vehicles")), "{traffic:?}");
     assert!(traffic.iter().any(|s| s.starts_with("Station 12 silent 14:00-14:30")), "{traffic:?}");
 
@@ -98,4 +89,161 @@ async fn the_showcase_fills_the_warehouse_and_raises_billing_and_traffic_alerts(
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(status.stages.iter().find(|s| s.name == "etl").map(|s| s.dead_lettered), Some(1));
+}
+
+/// 2026-11-25T00:00:00Z, a Wednesday (weekday 3): in the past, so no record is
+/// set aside as too far ahead of the clock.
+const DAY: i64 = 1_795_564_800_000;
+const WEEKDAY: u64 = 3;
+const MINUTE: i64 = 60_000;
+
+/// Waits until every stage has read all of its input.
+async fn caught_up(host: &TestHost) {
+    host.wait_until("every stage to catch up", |s| {
+        let stage = |name: &str| s.stages.iter().any(|st| st.name == name);
+        s.consumers.iter().filter(|c| stage(&c.consumer)).all(|c| c.lag_records == 0)
+    })
+    .await;
+}
+
+fn put_lines(host: &TestHost, lines: &[weir_host::simulate::TollLine]) {
+    for chunk in lines.chunks(500) {
+        let records = chunk
+            .iter()
+            .map(|l| NewRecord {
+                key: format!("station-{}", l.station),
+                event_time_ms: Some(l.time_ms),
+                data: Bytes::from(l.text.clone()),
+                explicit_hash_key: None,
+            })
+            .collect();
+        assert!(host.host.put("toll-lines", records).expect("put").iter().all(Result::is_ok));
+    }
+}
+
+/// What the day must produce, from its lines alone: transaction ids, billing
+/// crossings (customer, window start) and traffic alerts (station, window start, count, minimum).
+struct Oracle {
+    rows: BTreeSet<String>,
+    billing: BTreeSet<(String, String)>,
+    traffic: BTreeSet<(String, String, u64, u64)>,
+}
+
+fn oracle(lines: &[weir_host::simulate::TollLine]) -> Oracle {
+    use weir_host::simulate::{STATIONS, threshold_cents};
+    let time = |ms: i64| weir_host::sink::format_ms(ms);
+    let mut rows = BTreeSet::new();
+    let mut sums: BTreeMap<(String, i64), u64> = BTreeMap::new();
+    let mut counts: BTreeMap<(u32, i64), u64> = BTreeMap::new();
+    for line in lines {
+        let fields: Vec<&str> = line.text.split(',').collect();
+        if fields.len() != 8 {
+            continue;
+        }
+        rows.insert(fields[0].to_owned());
+        let cents: u64 = fields[7].parse().expect("cents");
+        *sums.entry((fields[5].to_owned(), line.time_ms - line.time_ms.rem_euclid(10 * MINUTE))).or_default() += cents;
+        *counts.entry((line.station, line.time_ms - line.time_ms.rem_euclid(30 * MINUTE))).or_default() += 1;
+    }
+    let last = lines.iter().map(|l| l.time_ms).max().unwrap_or(DAY);
+    // A window closes once the watermark (the latest time less the out-of-orderness) passes its end.
+    let billing_closed = |start: i64| start + 10 * MINUTE <= last - 5_000;
+    let traffic_closed = |start: i64| start + 30 * MINUTE <= last - MINUTE;
+    let mut billing = BTreeSet::new();
+    let mut totals: BTreeMap<&str, u64> = BTreeMap::new();
+    for ((customer, start), cents) in &sums {
+        if !billing_closed(*start) {
+            continue;
+        }
+        let before = totals.get(customer.as_str()).copied().unwrap_or(0);
+        let threshold = threshold_cents(customer[1..].parse().expect("customer number"));
+        if before < threshold && before + cents >= threshold {
+            billing.insert((customer.clone(), time(*start)));
+        }
+        totals.insert(customer, before + cents);
+    }
+    let minimums: BTreeMap<(u32, u32), u64> =
+        std::fs::read_to_string(root().join("manifests/abc-tolls/station_minimums.csv"))
+            .expect("minimums")
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let f: Vec<u64> = l.split(',').filter_map(|v| v.parse().ok()).collect();
+                (f[1] == WEEKDAY).then(|| ((f[0] as u32, f[2] as u32), f[3]))
+            })
+            .collect();
+    let mut traffic = BTreeSet::new();
+    for slot in 0..48u32 {
+        let start = DAY + i64::from(slot) * 30 * MINUTE;
+        if !traffic_closed(start) {
+            continue;
+        }
+        for station in 1..=STATIONS {
+            let count = counts.get(&(station, start)).copied().unwrap_or(0);
+            let minimum = minimums[&(station, slot)];
+            if count < minimum {
+                traffic.insert((station.to_string(), time(start), count, minimum));
+            }
+        }
+    }
+    Oracle { rows, billing, traffic }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simulated_day_matches_an_independent_oracle_across_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifest = shipped(dir.path());
+    let warehouse = dir.path().join("out/warehouse.db");
+    let day = weir_host::simulate::generate_day(42, DAY);
+    let expected = oracle(&day);
+    assert!(expected.billing.len() > 5 && !expected.traffic.is_empty(), "the day has something to find");
+
+    let host = TestHost::start_in(dir, &manifest).await.expect("start");
+    for customer in 1..=weir_host::simulate::CUSTOMERS {
+        let threshold = weir_host::simulate::threshold_cents(customer).to_string();
+        host.host
+            .state
+            .put("thresholds", &weir_host::simulate::customer_id(customer), threshold.as_bytes())
+            .expect("threshold");
+    }
+    let (morning, afternoon) = day.split_at(day.len() / 2);
+    put_lines(&host, morning);
+    caught_up(&host).await;
+    let host = host.restart(&manifest).await.expect("restart");
+    put_lines(&host, afternoon);
+    caught_up(&host).await;
+    let mut host = host;
+    host.stop().await; // the deliveries flush what they buffered
+
+    // Requirement 1: every well-formed line is one row.
+    let db = rusqlite::Connection::open(&warehouse).expect("warehouse");
+    let mut query = db.prepare("SELECT transaction_id FROM toll_transactions").expect("query");
+    let rows: Vec<String> = query.query_map([], |r| r.get(0)).expect("rows").map(|r| r.expect("row")).collect();
+    assert_eq!(rows.len(), expected.rows.len(), "one row per well-formed line, none twice");
+    assert_eq!(rows.into_iter().collect::<BTreeSet<_>>(), expected.rows);
+
+    // Requirement 2: one message per customer past the threshold, as of the window that crossed it
+    // (so within the 10-minute window, plus 5 s of allowed disorder, of the crossing).
+    let state = host.host.state.clone();
+    let mut billing = BTreeSet::new();
+    for customer in 1..=weir_host::simulate::CUSTOMERS {
+        let customer = weir_host::simulate::customer_id(customer);
+        for message in state.inbox("app", &customer, 0, 10).expect("inbox") {
+            let window = message.body.split("(as of ").nth(1).and_then(|r| r.split(')').next()).unwrap_or("");
+            assert!(billing.insert((customer.clone(), window.to_owned())), "two messages for {customer}");
+        }
+    }
+    assert_eq!(billing, expected.billing);
+
+    // Requirement 3: an alert for every station and window below the minimum, silent ones included.
+    let mut traffic = BTreeSet::new();
+    for message in state.inbox("operators", "operators", 0, 1000).expect("inbox") {
+        // "Station 5 counted 0 vehicles between <start> and <end>; its minimum for that slot is 25."
+        let words: Vec<&str> = message.body.split(' ').collect();
+        let number = |word: &str| word.trim_end_matches('.').parse::<u64>().expect("a number");
+        let minimum = number(words.last().copied().unwrap_or(""));
+        traffic.insert((words[1].to_owned(), words[6].to_owned(), number(words[3]), minimum));
+    }
+    assert_eq!(traffic, expected.traffic);
+    assert!(traffic.iter().filter(|(station, ..)| station == "5").count() >= 4, "the silent station, 10:00-12:00");
 }

@@ -7,7 +7,7 @@
 use bytes::Bytes;
 use serde_json::Value;
 use weir_host::stream::NewRecord;
-use weir_tests::TestHost;
+use weir_tests::{TestHost, inbox_subjects};
 
 const MANIFEST: &str = r#"
 [pipeline]
@@ -190,17 +190,6 @@ fn toll(customer: &str, station: u32, cents: u64, minute: i64) -> NewRecord {
     }
 }
 
-async fn inbox_of(host: &TestHost, channel: &str, recipient: &str) -> Vec<String> {
-    let answer: Value = reqwest::get(format!("{}/v1/inbox/{recipient}?channel={channel}", host.url))
-        .await
-        .expect("inbox request")
-        .json()
-        .await
-        .expect("JSON");
-    let messages = answer["messages"].as_array().cloned().unwrap_or_default();
-    messages.iter().map(|m| m["subject"].as_str().unwrap_or("").to_owned()).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn billing_and_traffic_alerts_reach_their_inboxes() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -213,7 +202,8 @@ async fn billing_and_traffic_alerts_reach_their_inboxes() {
     host.host.put("rows", rows).expect("put");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
-        let (app, operators) = (inbox_of(&host, "app", "C1").await, inbox_of(&host, "operators", "operators").await);
+        let (app, operators) =
+            (inbox_subjects(&host, "app", "C1").await, inbox_subjects(&host, "operators", "operators").await);
         if app.len() == 1 && operators.len() == 2 {
             assert_eq!(app, ["Your tolls for 2026-11 passed $10.00"]);
             assert_eq!(
@@ -228,7 +218,7 @@ async fn billing_and_traffic_alerts_reach_their_inboxes() {
         assert!(std::time::Instant::now() < deadline, "alerts so far: {app:?} {operators:?}");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    assert!(inbox_of(&host, "app", "C2").await.is_empty());
+    assert!(inbox_subjects(&host, "app", "C2").await.is_empty());
 }
 
 /// A webhook receiver on loopback that refuses the first `refuse` requests (503).

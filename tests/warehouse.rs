@@ -195,6 +195,7 @@ async fn a_postgres_outage_within_the_retry_duration_only_delays_the_load_and_pa
     // Down past a 1 s retry duration: the staged object is listed under the error prefix.
     let manifest = manifest(&format!("kind = \"postgres\"\ndatabase = \"{via_proxy}\""), "1s");
     let dir = std::mem::replace(&mut host.dir, tempfile::tempdir().expect("tempdir"));
+    drop(host); // one host per data-dir: the old one lets go of its files
     proxy.cut();
     let mut host = TestHost::start_in(dir, &manifest).await.expect("restart");
     put_record_batch(&host, "tolls", &lines[50..]).await;

@@ -2,7 +2,7 @@
 //! `tail` talk to a running one through its Kinesis API; `agent` sends the
 //! lines of log files to it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -75,9 +75,10 @@ enum Command {
         /// Write one log file per station into this folder instead.
         #[arg(long)]
         logs: Option<PathBuf>,
-        /// The day, UTC.
-        #[arg(long, default_value = "2026-11-26")]
-        day: String,
+        /// The day, UTC, e.g. 2026-11-25 (default: yesterday; records far ahead of the
+        /// clock would be set aside).
+        #[arg(long)]
+        day: Option<String>,
         /// The same seed gives the same day.
         #[arg(long, default_value_t = 42)]
         seed: u64,
@@ -263,7 +264,10 @@ pub fn main() -> anyhow::Result<()> {
         Command::Agent { config } => agent(config),
         Command::Plugin { action, target } => client_verb(&target, |c| plugin(c, action)),
         Command::Table { action, target } => client_verb(&target, |c| table(c, action)),
-        Command::Simulate { run, build, logs, day, seed } => simulate(run, build, logs, &day, seed),
+        Command::Simulate { run, build, logs, day, seed } => {
+            let yesterday = crate::sink::format_ms(crate::stream::now_ms() - 86_400_000)[..10].to_owned();
+            simulate(run, build, logs, &day.unwrap_or(yesterday), seed)
+        }
     }
 }
 
@@ -351,14 +355,13 @@ fn simulate(run: Option<PathBuf>, build: bool, logs: Option<PathBuf>, day: &str,
                 crate::build::build_all(&pipeline)?;
             }
             let warehouse = pipeline.deliveries.iter().find_map(|d| d.warehouse.as_ref()).map(|w| match &w.database {
-                crate::warehouse::Database::Sqlite(path) => format!("table {} in {}", w.table, path.display()),
+                crate::warehouse::Database::Sqlite(path) => format!("table {} in {}", w.table, tidy(path)),
                 crate::warehouse::Database::Postgres(_) => format!("table {} in PostgreSQL", w.table),
             });
             // The error prefix up to its first expression, e.g. `errors/`.
-            let lake = pipeline
-                .deliveries
-                .first()
-                .map(|d| (d.lake.describe(), d.error_prefix.split("!{").next().unwrap_or_default().to_owned()));
+            let lake = pipeline.deliveries.first().map(|d| {
+                (tidy(Path::new(&d.lake.describe())), d.error_prefix.split("!{").next().unwrap_or_default().to_owned())
+            });
             let data_dir = pipeline.data_dir.clone();
             let engine = Arc::new(PluginEngine::new()?);
             let host = crate::pipeline::Host::start(pipeline, &engine)?;
@@ -384,11 +387,27 @@ fn simulate(run: Option<PathBuf>, build: bool, logs: Option<PathBuf>, day: &str,
                 "  traffic alerts          {:>7}  (inbox `operators`: GET /v1/inbox/operators?channel=operators)",
                 report.traffic_alerts
             );
-            println!("  state and streams in {}", data_dir.display());
+            println!("  state and streams in {}", tidy(&data_dir));
             Ok(())
         }
         (None, None) => anyhow::bail!("say where the day goes: --run <manifest> or --logs <folder>"),
     }
+}
+
+/// A path for people: `a/b/../c` as `a/c`.
+fn tidy(path: &Path) -> String {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out.display().to_string()
 }
 
 async fn table(client: Client, action: TableAction) -> anyhow::Result<()> {

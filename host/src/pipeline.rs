@@ -150,7 +150,11 @@ impl Host {
         }
         let references = ReferenceTables::open(&pipeline.references)?;
         references.start_reloading();
-        let state = Arc::new(StateStore::open(&pipeline.data_dir.join("state.redb"), pipeline.tables.iter().cloned())?);
+        let state = Arc::new(if pipeline.tables.is_empty() && pipeline.channels.is_empty() {
+            StateStore::in_memory()?
+        } else {
+            StateStore::open(&pipeline.data_dir.join("state.redb"), pipeline.tables.iter().cloned())?
+        });
         let channels = Arc::new(Channels::new(&pipeline.channels, state.clone()));
         channels.start_webhooks();
         let services =

@@ -134,6 +134,16 @@ impl StateStore {
             )),
             e => StateError::Storage(format!("{}: {e}", path.display())),
         })?;
+        Self::with(db, tables)
+    }
+
+    /// A database in memory, for a pipeline without state tables or channels: no file, no lock.
+    pub fn in_memory() -> Result<StateStore, StateError> {
+        let db = Database::builder().create_with_backend(redb::backends::InMemoryBackend::new()).map_err(storage)?;
+        Self::with(db, [])
+    }
+
+    fn with(db: Database, tables: impl IntoIterator<Item = String>) -> Result<StateStore, StateError> {
         let store = StateStore { db, tables: tables.into_iter().collect() };
         // Every table exists from the start, so reads never race a first write.
         let tx = store.db.begin_write().map_err(storage)?;

@@ -279,3 +279,15 @@ pub async fn put_record_batch(host: &TestHost, delivery: &str, lines: &[String])
         assert_eq!(answer["FailedPutCount"], 0, "{answer}");
     }
 }
+
+/// The subjects of a recipient's messages in an inbox channel, oldest first.
+pub async fn inbox_subjects(host: &TestHost, channel: &str, recipient: &str) -> Vec<String> {
+    let answer: serde_json::Value = reqwest::get(format!("{}/v1/inbox/{recipient}?channel={channel}", host.url))
+        .await
+        .expect("inbox request")
+        .json()
+        .await
+        .expect("JSON");
+    let messages = answer["messages"].as_array().cloned().unwrap_or_default();
+    messages.iter().map(|m| m["subject"].as_str().unwrap_or("").to_owned()).collect()
+}
