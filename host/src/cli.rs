@@ -412,7 +412,8 @@ fn tidy(path: &Path) -> String {
 
 async fn table(client: Client, action: TableAction) -> anyhow::Result<()> {
     use axum::http::{HeaderMap, Method};
-    let item = |table: &str, key: &str| format!("/v1/tables/{table}/items/{}", percent_encode(key));
+    let item =
+        |table: &str, key: &str| format!("/v1/tables/{table}/items/{}", crate::api::sigv4::uri_encode(key, false));
     match action {
         TableAction::Get { table, key } => {
             let value =
@@ -427,16 +428,6 @@ async fn table(client: Client, action: TableAction) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// A key as one URL path segment.
-fn percent_encode(key: &str) -> String {
-    key.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => char::from(b).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn client_verb<F, Fut>(target: &Target, f: F) -> anyhow::Result<()>

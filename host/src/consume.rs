@@ -20,9 +20,9 @@ use crate::notify::Channels;
 use crate::plugin::{Batch, Notification, NotifierInstance, NotifierPlugin, ReferenceLookup, Services};
 use crate::reference::ReferenceTables;
 use crate::sink::{DeadLetter, DeadLetterOrigin, FileSink};
-use crate::stage::{Phase, StageHandle, StageStats, backoff_delay, next_ready_shard};
+use crate::stage::{Phase, StageHandle, StageStats, backoff_delay, next_ready_shard, read_batch};
 use crate::state::StateStore;
-use crate::stream::{StoredRecord, StreamError, StreamStore};
+use crate::stream::{StoredRecord, StreamStore};
 use crate::swap::{PluginVersion, SwapCommand, SwapReply};
 
 /// Failures in a row on one batch before the error policy applies.
@@ -51,7 +51,7 @@ impl Services for HostServices {
         self.state.delete(table, key).map_err(|e| e.to_string())
     }
     fn put_if(&self, table: &str, key: &str, expected: Option<Vec<u8>>, value: Vec<u8>) -> Result<bool, String> {
-        self.state.put_if(table, key, expected.as_deref(), &value, true).map_err(|e| e.to_string())
+        self.state.put_if(table, key, expected.as_deref(), &value).map_err(|e| e.to_string())
     }
     fn add(&self, table: &str, key: &str, delta: i64) -> Result<i64, String> {
         self.state.add(table, key, delta).map_err(|e| e.to_string())
@@ -130,17 +130,10 @@ impl NotifierStage {
                 continue;
             };
             next_shard = shard + 1;
-            let (position, shard_index) = (positions[shard], shard as u32);
-            if !self.draining.load(Ordering::Relaxed) {
-                let _ = self.streams.wait_for(input, shard_index, position, self.spec.batch_size, self.spec.batch_wait);
-            }
-            let records = match self.streams.read(input, shard_index, position, self.spec.batch_size) {
+            let shard_index = shard as u32;
+            let draining = self.draining.load(Ordering::Relaxed);
+            let records = match read_batch(self.streams.as_ref(), &self.spec, &mut positions, shard, draining) {
                 Ok(r) => r,
-                Err(StreamError::Trimmed { oldest, .. }) => {
-                    tracing::warn!(expired = oldest - position, "records expired before this stage read them");
-                    positions[shard] = oldest;
-                    continue;
-                }
                 Err(e) => return self.stop(&format!("reading the input stream failed: {e}")),
             };
             let Some(next) = records.last().map(|r| r.sequence + 1) else { continue };

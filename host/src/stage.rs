@@ -287,6 +287,31 @@ pub(crate) fn next_ready_shard(
     Ok(None)
 }
 
+/// The next batch of a stage's input shard: unless `draining`, a partial batch
+/// first gets `batch-wait` to fill up. Records that retention dropped before they
+/// were read are gone, as in Kinesis: the position moves past them and the batch
+/// is empty.
+pub(crate) fn read_batch(
+    streams: &dyn StreamStore,
+    spec: &StageSpec,
+    positions: &mut [u64],
+    shard: usize,
+    draining: bool,
+) -> Result<Vec<StoredRecord>, StreamError> {
+    let (input, position) = (spec.input.as_str(), positions[shard]);
+    if !draining {
+        let _ = streams.wait_for(input, shard as u32, position, spec.batch_size, spec.batch_wait);
+    }
+    match streams.read(input, shard as u32, position, spec.batch_size) {
+        Err(StreamError::Trimmed { oldest, .. }) => {
+            tracing::warn!(expired = oldest - position, "records expired before this stage read them");
+            positions[shard] = oldest;
+            Ok(Vec::new())
+        }
+        other => other,
+    }
+}
+
 /// Writes a stage's output records to its sink or stream.
 pub(crate) fn write_output(
     streams: &dyn StreamStore,
@@ -441,20 +466,10 @@ impl Stage {
                 continue;
             };
             next_shard = shard + 1;
-            let position = positions[shard];
             let shard_index = shard as u32;
-            if !self.draining.load(Ordering::Relaxed) {
-                // Give a partial batch `batch-wait` to fill up.
-                let _ = self.streams.wait_for(input, shard_index, position, self.spec.batch_size, self.spec.batch_wait);
-            }
-            let records = match self.streams.read(input, shard_index, position, self.spec.batch_size) {
+            let draining = self.draining.load(Ordering::Relaxed);
+            let records = match read_batch(self.streams.as_ref(), &self.spec, &mut positions, shard, draining) {
                 Ok(r) => r,
-                Err(StreamError::Trimmed { oldest, .. }) => {
-                    // As in Kinesis: what retention dropped before it was read is gone.
-                    tracing::warn!(expired = oldest - position, "records expired before this stage read them");
-                    positions[shard] = oldest;
-                    continue;
-                }
                 Err(e) => {
                     tracing::error!(error = %e, "reading the input stream failed; stage stopped");
                     self.stats.set_phase(Phase::Stopped);

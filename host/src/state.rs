@@ -182,7 +182,10 @@ impl StateStore {
 
     /// Writes an item.
     pub fn put(&self, table: &str, key: &str, value: &[u8]) -> Result<(), StateError> {
-        self.put_if(table, key, None, value, false).map(drop)
+        self.check(table)?;
+        let tx = self.db.begin_write().map_err(storage)?;
+        tx.open_table(Self::definition(table)).map_err(storage)?.insert(key, value).map_err(storage)?;
+        tx.commit().map_err(storage)
     }
 
     /// Removes an item; removing an absent one is not an error.
@@ -193,25 +196,15 @@ impl StateStore {
         tx.commit().map_err(storage)
     }
 
-    /// Writes `value` if the item equals `expected` (`None`: is absent), when
-    /// `conditional`; returns whether it wrote.
-    pub fn put_if(
-        &self,
-        table: &str,
-        key: &str,
-        expected: Option<&[u8]>,
-        value: &[u8],
-        conditional: bool,
-    ) -> Result<bool, StateError> {
+    /// Writes `value` if the item equals `expected` (`None`: is absent); returns whether it wrote.
+    pub fn put_if(&self, table: &str, key: &str, expected: Option<&[u8]>, value: &[u8]) -> Result<bool, StateError> {
         self.check(table)?;
         let tx = self.db.begin_write().map_err(storage)?;
         {
             let mut t = tx.open_table(Self::definition(table)).map_err(storage)?;
-            if conditional {
-                let current = t.get(key).map_err(storage)?.map(|v| v.value().to_vec());
-                if current.as_deref() != expected {
-                    return Ok(false);
-                }
+            let current = t.get(key).map_err(storage)?.map(|v| v.value().to_vec());
+            if current.as_deref() != expected {
+                return Ok(false);
             }
             t.insert(key, value).map_err(storage)?;
         }
@@ -370,9 +363,9 @@ mod tests {
             assert_eq!(s.add("totals", "C1", -75).expect("add"), 200);
             s.put("totals", "C2", b"x").expect("put");
             assert!(matches!(s.add("totals", "C2", 1), Err(StateError::NotANumber { .. })));
-            assert!(!s.put_if("totals", "C3", Some(b"1"), b"2", true).expect("put-if"));
-            assert!(s.put_if("totals", "C3", None, b"2", true).expect("put-if absent"));
-            assert!(s.put_if("totals", "C3", Some(b"2"), b"3", true).expect("put-if equal"));
+            assert!(!s.put_if("totals", "C3", Some(b"1"), b"2").expect("put-if"));
+            assert!(s.put_if("totals", "C3", None, b"2").expect("put-if absent"));
+            assert!(s.put_if("totals", "C3", Some(b"2"), b"3").expect("put-if equal"));
             s.delete("totals", "C2").expect("delete");
             let unknown = s.get("limits", "C1").expect_err("undeclared");
             assert_eq!(

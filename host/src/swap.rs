@@ -107,8 +107,7 @@ pub struct Candidate {
 
 /// What an aggregator swap does with the open windows' states when the
 /// candidate keeps its states in another layout (state version).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum StateChange {
     /// Only a candidate of the same state version is taken: the states go on as they are.
     #[default]

@@ -114,7 +114,7 @@ fn component(rows: &[(String, i64, String)]) -> (f64, Totals) {
 }
 
 // The one foreign call of the benchmarks; mimalloc is linked in as the allocator.
-#[allow(unsafe_code)]
+#[allow(unsafe_code, reason = "a declaration of mimalloc's C function, to return freed pages before measuring")]
 unsafe extern "C" {
     /// mimalloc's own: returns freed memory it still holds to the OS.
     fn mi_collect(force: bool);
@@ -124,7 +124,7 @@ unsafe extern "C" {
 /// freed pages for a few milliseconds, e.g. the tables a growing map left behind).
 fn resident_bytes() -> u64 {
     // SAFETY: mi_collect takes no pointers; it only returns freed memory to the OS.
-    #[allow(unsafe_code)]
+    #[allow(unsafe_code, reason = "mi_collect takes no pointers")]
     unsafe {
         mi_collect(true)
     };

@@ -90,7 +90,7 @@ pub fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
 }
 
 /// Percent-encodes as SigV4 wants: everything but `A-Z a-z 0-9 - _ . ~` (and `/` in paths).
-fn uri_encode(s: &str, keep_slash: bool) -> String {
+pub fn uri_encode(s: &str, keep_slash: bool) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) || (keep_slash && b == b'/') {
