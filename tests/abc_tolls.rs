@@ -7,6 +7,8 @@
 //! generated lines alone.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -14,14 +16,14 @@ use weir_host::stream::NewRecord;
 use weir_tests::{TestHost, inbox_subjects, root};
 
 /// The shipped manifest and fragments in `dir`, writing under `dir`, delivering every second.
-fn shipped(dir: &std::path::Path) -> String {
+fn shipped(dir: &std::path::Path, buffer_interval: &str) -> String {
     let out = dir.join("out").display().to_string();
     let plugins = root().join("plugins").display().to_string();
     let fix = |text: String| {
         text.replace("../../out/abc-tolls", &out)
             .replace("../out/abc-tolls", &out)
             .replace("../../plugins", &plugins)
-            .replace("buffer-interval = \"60s\"", "buffer-interval = \"1s\"")
+            .replace("buffer-interval = \"60s\"", &format!("buffer-interval = \"{buffer_interval}\""))
     };
     std::fs::create_dir_all(dir.join("abc-tolls")).expect("mkdir");
     for fragment in ["ingest.toml", "billing.toml", "traffic.toml"] {
@@ -49,7 +51,7 @@ fn line(n: u32, time: &str, station: u32, customer: &str, cents: u32) -> NewReco
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_showcase_fills_the_warehouse_and_raises_billing_and_traffic_alerts() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let manifest = shipped(dir.path());
+    let manifest = shipped(dir.path(), "1s");
     let host = TestHost::start_in(dir, &manifest).await.expect("start");
     // C000123 has set a $5.00 threshold in the app.
     host.host.state.put("thresholds", "C000123", b"500").expect("threshold");
@@ -97,6 +99,11 @@ const DAY: i64 = 1_795_564_800_000;
 const WEEKDAY: u64 = 3;
 const MINUTE: i64 = 60_000;
 
+/// The end of the 10-minute window starting at an RFC 3339 time.
+fn window_end(start: &str) -> i64 {
+    weir_host::sink::system_ms(humantime::parse_rfc3339(start).expect("a window start")) + 10 * MINUTE
+}
+
 /// Waits until every stage has read all of its input.
 async fn caught_up(host: &TestHost) {
     host.wait_until("every stage to catch up", |s| {
@@ -106,8 +113,12 @@ async fn caught_up(host: &TestHost) {
     .await;
 }
 
-fn put_lines(host: &TestHost, lines: &[weir_host::simulate::TollLine]) {
+/// Puts lines as a station sends them: each batch arrives at its last line's time on `clock`.
+fn put_lines(host: &TestHost, lines: &[weir_host::simulate::TollLine], clock: &AtomicI64) {
     for chunk in lines.chunks(500) {
+        if let Some(last) = chunk.last() {
+            clock.fetch_max(last.time_ms, Ordering::SeqCst);
+        }
         let records = chunk
             .iter()
             .map(|l| NewRecord {
@@ -192,13 +203,18 @@ fn oracle(lines: &[weir_host::simulate::TollLine]) -> Oracle {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_simulated_day_matches_an_independent_oracle_across_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let manifest = shipped(dir.path());
+    let manifest = shipped(dir.path(), "60s"); // as shipped: the day's clock runs the buffer
     let warehouse = dir.path().join("out/warehouse.db");
     let day = weir_host::simulate::generate_day(42, DAY);
     let expected = oracle(&day);
     assert!(expected.billing.len() > 5 && !expected.traffic.is_empty(), "the day has something to find");
 
-    let host = TestHost::start_in(dir, &manifest).await.expect("start");
+    // The host runs on the day's clock: lines arrive when they happen, and the
+    // delivery's 60 s buffer interval is 60 simulated seconds.
+    let now = Arc::new(AtomicI64::new(DAY));
+    let clock = now.clone();
+    let clock: weir_host::stream::Clock = Arc::new(move || clock.load(Ordering::SeqCst));
+    let host = TestHost::start_with_clock(dir, &manifest, "127.0.0.1:0", clock).await.expect("start");
     for customer in 1..=weir_host::simulate::CUSTOMERS {
         let threshold = weir_host::simulate::threshold_cents(customer).to_string();
         host.host
@@ -207,11 +223,24 @@ async fn a_simulated_day_matches_an_independent_oracle_across_a_restart() {
             .expect("threshold");
     }
     let (morning, afternoon) = day.split_at(day.len() / 2);
-    put_lines(&host, morning);
+    put_lines(&host, morning, &now);
     caught_up(&host).await;
     let host = host.restart(&manifest).await.expect("restart");
-    put_lines(&host, afternoon);
-    caught_up(&host).await;
+    // The afternoon a few simulated minutes at a time: each billing message goes out as soon as
+    // its crossing window closes, so within 10 minutes (and the 5 s of allowed disorder) of the
+    // crossing in simulated time; each row is in the warehouse within 30 simulated minutes.
+    let closed_by = |now: i64| expected.billing.iter().filter(|(_, start)| window_end(start) + 5_000 <= now).count();
+    let sent_before = closed_by(now.load(Ordering::SeqCst));
+    for chunk in afternoon.chunks(100) {
+        put_lines(&host, chunk, &now);
+        caught_up(&host).await;
+        let now = now.load(Ordering::SeqCst);
+        let sent = host.host.channels.sent().get("app").copied().unwrap_or(0) as usize;
+        assert_eq!(sent_before + sent, closed_by(now), "billing messages sent by {}", weir_host::sink::format_ms(now));
+        // Counted since the restart: the morning's rows were loaded before it.
+        let due = afternoon.iter().filter(|l| l.time_ms <= now - 30 * MINUTE && l.text.contains(',')).count() as u64;
+        host.wait_until("rows no older than 30 simulated minutes", |s| s.deliveries[0].rows_loaded >= due).await;
+    }
     let mut host = host;
     host.stop().await; // the deliveries flush what they buffered
 

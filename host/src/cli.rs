@@ -73,8 +73,12 @@ enum Command {
         #[arg(long)]
         build: bool,
         /// Write one log file per station into this folder instead.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "to")]
         logs: Option<PathBuf>,
+        /// Or send the day to the weir running abc-tolls at this endpoint (thresholds through
+        /// its state table API, lines with PutRecords into `toll-lines`), e.g. http://127.0.0.1:7070.
+        #[arg(long, conflicts_with = "run")]
+        to: Option<String>,
         /// The day, UTC, e.g. 2026-11-25 (default: yesterday; records far ahead of the
         /// clock would be set aside).
         #[arg(long)]
@@ -264,9 +268,16 @@ pub fn main() -> anyhow::Result<()> {
         Command::Agent { config } => agent(config),
         Command::Plugin { action, target } => client_verb(&target, |c| plugin(c, action)),
         Command::Table { action, target } => client_verb(&target, |c| table(c, action)),
-        Command::Simulate { run, build, logs, day, seed } => {
+        Command::Simulate { run, build, logs, to, day, seed } => {
             let yesterday = crate::sink::format_ms(crate::stream::now_ms() - 86_400_000)[..10].to_owned();
-            simulate(run, build, logs, &day.unwrap_or(yesterday), seed)
+            let day = day.unwrap_or(yesterday);
+            match to {
+                Some(endpoint) => {
+                    let lines = simulated_day(&day, seed)?;
+                    client_verb(&Target { endpoint }, |c| send_day(c, lines))
+                }
+                None => simulate(run, build, logs, &day, seed),
+            }
         }
     }
 }
@@ -321,12 +332,12 @@ async fn plugin(client: Client, action: PluginAction) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn simulate(run: Option<PathBuf>, build: bool, logs: Option<PathBuf>, day: &str, seed: u64) -> anyhow::Result<()> {
+/// The generated day, announced on stderr.
+fn simulated_day(day: &str, seed: u64) -> anyhow::Result<Vec<crate::simulate::TollLine>> {
     use crate::simulate;
     let day_start = humantime::parse_rfc3339(&format!("{day}T00:00:00Z"))
         .map(crate::sink::system_ms)
-        .with_context(|| format!("--day {day}: write a date such as 2026-11-26"))?;
-    let started = std::time::Instant::now();
+        .with_context(|| format!("--day {day}: write a date such as 2026-11-25"))?;
     let lines = simulate::generate_day(seed, day_start);
     let malformed = lines.iter().filter(|l| !l.text.contains(',')).count();
     eprintln!(
@@ -337,6 +348,62 @@ fn simulate(run: Option<PathBuf>, build: bool, logs: Option<PathBuf>, day: &str,
         simulate::SILENT.1,
         simulate::SILENT.2
     );
+    Ok(lines)
+}
+
+/// Draws a progress bar on stderr.
+fn progress_bar(done: f64) {
+    let filled = (done.clamp(0.0, 1.0) * 30.0) as usize;
+    eprint!("\r[{}{}] {:>3.0}%", "#".repeat(filled), ".".repeat(30 - filled), done * 100.0);
+}
+
+/// Sends a simulated day to a running weir: the customers' thresholds, then the lines.
+async fn send_day(client: Client, lines: Vec<crate::simulate::TollLine>) -> anyhow::Result<()> {
+    use crate::simulate::{CUSTOMERS, customer_id, threshold_cents};
+    use axum::http::{HeaderMap, Method};
+    for customer in 1..=CUSTOMERS {
+        let path = format!("/v1/tables/thresholds/items/{}", customer_id(customer));
+        let threshold = threshold_cents(customer).to_string();
+        client.native_bytes(Method::PUT, &path, HeaderMap::new(), threshold.into()).await?;
+    }
+    let mut sent = 0usize;
+    for chunk in lines.chunks(crate::api::MAX_RECORDS_PER_PUT) {
+        let mut pending: Vec<&crate::simulate::TollLine> = chunk.iter().collect();
+        let mut wait = std::time::Duration::from_millis(50);
+        while !pending.is_empty() {
+            let records: Vec<Value> = pending
+                .iter()
+                .map(|l| {
+                    json!({"Data": base64::engine::general_purpose::STANDARD.encode(&l.text),
+                           "PartitionKey": format!("station-{}", l.station)})
+                })
+                .collect();
+            let answer = client.call("PutRecords", &json!({"StreamName": "toll-lines", "Records": records})).await?;
+            let results = answer["Records"].as_array().cloned().unwrap_or_default();
+            // Throttled or full: send the refused ones again, after a growing wait.
+            pending = pending
+                .into_iter()
+                .zip(&results)
+                .filter(|(_, r)| r["SequenceNumber"].is_null())
+                .map(|(l, _)| l)
+                .collect();
+            if !pending.is_empty() {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(5));
+            }
+        }
+        sent += chunk.len();
+        progress_bar(sent as f64 / lines.len().max(1) as f64);
+    }
+    eprintln!();
+    println!("sent {sent} toll lines to `toll-lines` and {CUSTOMERS} thresholds; see GET /v1/pipeline for progress");
+    Ok(())
+}
+
+fn simulate(run: Option<PathBuf>, build: bool, logs: Option<PathBuf>, day: &str, seed: u64) -> anyhow::Result<()> {
+    use crate::simulate;
+    let started = std::time::Instant::now();
+    let lines = simulated_day(day, seed)?;
     match (run, logs) {
         (_, Some(dir)) => {
             simulate::write_logs(&lines, &dir)?;
@@ -365,10 +432,7 @@ fn simulate(run: Option<PathBuf>, build: bool, logs: Option<PathBuf>, day: &str,
             let data_dir = pipeline.data_dir.clone();
             let engine = Arc::new(PluginEngine::new()?);
             let host = crate::pipeline::Host::start(pipeline, &engine)?;
-            let report = simulate::run_day(&host, &lines, |done| {
-                let filled = (done * 30.0) as usize;
-                eprint!("\r[{}{}] {:>3.0}%", "#".repeat(filled), ".".repeat(30 - filled), done * 100.0);
-            })?;
+            let report = simulate::run_day(&host, &lines, progress_bar)?;
             eprintln!();
             println!("ABC Tolls, {day}: done in {:.1?}", started.elapsed());
             println!("  toll lines ingested     {:>7}  (stream toll-lines)", report.lines);
@@ -390,7 +454,7 @@ fn simulate(run: Option<PathBuf>, build: bool, logs: Option<PathBuf>, day: &str,
             println!("  state and streams in {}", tidy(&data_dir));
             Ok(())
         }
-        (None, None) => anyhow::bail!("say where the day goes: --run <manifest> or --logs <folder>"),
+        (None, None) => anyhow::bail!("say where the day goes: --run <manifest>, --to <endpoint> or --logs <folder>"),
     }
 }
 

@@ -142,8 +142,20 @@ impl Host {
     /// Opens sinks, loads every plugin (failing fast on any that does not load)
     /// and starts every stage.
     pub fn start(pipeline: Pipeline, engine: &Arc<PluginEngine>) -> Result<Arc<Host>, StartError> {
+        Self::start_with_clock(pipeline, engine, crate::stream::system_clock())
+    }
+
+    /// [`Host::start`] on another clock: records arrive, and delivery buffers
+    /// age, in its time (a simulated day runs on the day's own clock).
+    pub fn start_with_clock(
+        pipeline: Pipeline,
+        engine: &Arc<PluginEngine>,
+        clock: crate::stream::Clock,
+    ) -> Result<Arc<Host>, StartError> {
         let specs: Vec<DiskStreamSpec> = pipeline.streams.iter().map(|s| s.storage.clone()).collect();
-        let streams = Arc::new(DiskStreams::open(&pipeline.data_dir.join("streams"), &specs, Arc::new(FileSyncer))?);
+        let streams_dir = pipeline.data_dir.join("streams");
+        let streams =
+            Arc::new(DiskStreams::open_with_clock(&streams_dir, &specs, Arc::new(FileSyncer), clock.clone())?);
         let mut sinks: BTreeMap<String, Arc<FileSink>> = BTreeMap::new();
         for s in &pipeline.sinks {
             sinks.insert(s.name.to_string(), Arc::new(FileSink::open(&s.path, s.format)?));
@@ -249,8 +261,9 @@ impl Host {
             .filter(|d| d.source_stream.is_none())
             .map(|d| DiskStreamSpec::new(d.name.as_str(), DEFAULT_CAPACITY, FsyncPolicy::Group(DEFAULT_FSYNC_INTERVAL)))
             .collect();
+        let buffers_dir = pipeline.data_dir.join("delivery");
         let buffers =
-            Arc::new(DiskStreams::open(&pipeline.data_dir.join("delivery"), &buffer_specs, Arc::new(FileSyncer))?);
+            Arc::new(DiskStreams::open_with_clock(&buffers_dir, &buffer_specs, Arc::new(FileSyncer), clock.clone())?);
         let mut deliveries = Vec::new();
         for spec in &pipeline.deliveries {
             let transform = match &spec.transform {
@@ -268,7 +281,7 @@ impl Host {
             let state_dir = pipeline.data_dir.join("delivery-state");
             let source: Arc<dyn StreamStore> =
                 if spec.source_stream.is_some() { streams.clone() } else { buffers.clone() };
-            deliveries.push(Delivery::start(spec.clone(), source, transform, state_dir)?);
+            deliveries.push(Delivery::start_with_clock(spec.clone(), source, transform, state_dir, clock.clone())?);
         }
         let host = Arc::new(Host {
             pipeline: Arc::new(pipeline),

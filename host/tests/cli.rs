@@ -295,3 +295,45 @@ fn table_put_get_and_delete_talk_to_a_running_weir() {
     let _ = host.kill();
     let _ = host.wait();
 }
+
+#[test]
+fn simulate_sends_a_day_and_the_thresholds_to_a_running_weir() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifest = dir.path().join("sink.toml");
+    std::fs::write(
+        &manifest,
+        "[pipeline]\nname = \"sink\"\ndata-dir = \"data\"\n\n[sources.http]\nkind = \"http\"\nstream = \"toll-lines\"\n\n\
+         [streams.toll-lines]\n\n[tables.thresholds]\n",
+    )
+    .expect("manifest");
+    let port = free_port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let mut host = Command::new(WEIR)
+        .args(["run", "--insecure-no-auth", "--listen", &format!("127.0.0.1:{port}")])
+        .arg(&manifest)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start weir");
+    let weir =
+        |args: &[&str]| Command::new(WEIR).args(args).env("WEIR_ENDPOINT", &endpoint).output().expect("run weir");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !weir(&["stream", "list"]).status.success() {
+        assert!(Instant::now() < deadline, "weir did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = weir(&["simulate", "--to", &endpoint, "--day", "2026-11-25", "--seed", "7"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let sent: u64 = stdout.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("sent N toll lines");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let status: serde_json::Value = runtime
+        .block_on(async { reqwest::get(format!("{endpoint}/v1/pipeline")).await?.json().await })
+        .expect("pipeline status");
+    assert_eq!(status["streams"]["toll-lines"], sent, "every line accepted once");
+    let got = weir(&["table", "get", "thresholds", "C000100"]);
+    assert_eq!(String::from_utf8_lossy(&got.stdout), "1500\n", "one customer in a hundred has a $15 threshold");
+    assert!(sent > 10_000, "a day of traffic: {sent}");
+    let _ = host.kill();
+    let _ = host.wait();
+}

@@ -47,6 +47,7 @@ pub struct TestHost {
     pub dir: tempfile::TempDir,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
+    clock: weir_host::stream::Clock,
 }
 
 impl TestHost {
@@ -63,11 +64,22 @@ impl TestHost {
 
     /// Like [`TestHost::start_in`], serving the API on `addr` (e.g. a port a client already waits for).
     pub async fn start_on(dir: tempfile::TempDir, manifest: &str, addr: &str) -> anyhow::Result<TestHost> {
+        Self::start_with_clock(dir, manifest, addr, weir_host::stream::system_clock()).await
+    }
+
+    /// Like [`TestHost::start_on`], on a clock the test sets (kept across restarts).
+    pub async fn start_with_clock(
+        dir: tempfile::TempDir,
+        manifest: &str,
+        addr: &str,
+        clock: weir_host::stream::Clock,
+    ) -> anyhow::Result<TestHost> {
         let path = dir.path().join("pipeline.toml");
         std::fs::write(&path, manifest.replace("{root}", &root().display().to_string()))?;
         let pipeline = weir_host::manifest::load(&path).map_err(|d| anyhow::anyhow!("{d}"))?;
         let engine = engine();
-        let host = tokio::task::spawn_blocking(move || Host::start(pipeline, &engine)).await??;
+        let host_clock = clock.clone();
+        let host = tokio::task::spawn_blocking(move || Host::start_with_clock(pipeline, &engine, host_clock)).await??;
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let url = format!("http://{}", listener.local_addr()?);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -83,7 +95,7 @@ impl TestHost {
                 })
                 .await;
         });
-        Ok(TestHost { host, url, dir, shutdown: Some(tx), server: Some(server) })
+        Ok(TestHost { host, url, dir, shutdown: Some(tx), server: Some(server), clock })
     }
 
     /// A file in the test folder.
@@ -95,9 +107,10 @@ impl TestHost {
     pub async fn restart(mut self, manifest: &str) -> anyhow::Result<TestHost> {
         self.stop().await;
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir()?);
+        let clock = self.clock.clone();
         // The old host lets go of its files (the state database is locked while open).
         drop(self);
-        Self::start_in(dir, manifest).await
+        Self::start_with_clock(dir, manifest, "127.0.0.1:0", clock).await
     }
 
     /// Stops the API, then drains every stage.

@@ -40,8 +40,7 @@ use crate::warehouse::WarehouseError;
 /// The buffer stream's consumer name.
 const CONSUMER: &str = "delivery";
 
-/// The time in milliseconds since the epoch; injected so tests control buffering ages.
-pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+pub use crate::stream::Clock;
 
 /// Counters of a delivery stream.
 #[derive(Debug, Default)]

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::{
-    Appended, Lineage, NewRecord, ShardInfo, StoredRecord, StreamError, StreamInfo, StreamSettings, StreamStore,
-    hash_key, now_ms, shard_end, shard_id, shard_start,
+    Appended, Clock, Lineage, NewRecord, ShardInfo, StoredRecord, StreamError, StreamInfo, StreamSettings, StreamStore,
+    hash_key, now_ms, shard_end, shard_id, shard_start, system_clock,
 };
 
 const MAGIC: [u8; 2] = *b"WR";
@@ -200,6 +200,7 @@ struct Shard {
     max_bytes: Option<u64>,
     segment_bytes: u64,
     syncer: Arc<dyn Syncer>,
+    clock: Clock,
     state: Mutex<State>,
     changed: Condvar,
     /// Puts that have not written their frame yet: a group commit waits for
@@ -220,6 +221,7 @@ impl Drop for Arriving<'_> {
 pub struct DiskStreams {
     root: PathBuf,
     syncer: Arc<dyn Syncer>,
+    clock: Clock,
     streams: RwLock<HashMap<String, Arc<Stream>>>,
 }
 
@@ -230,6 +232,7 @@ struct Stream {
     created_ms: i64,
     spec: DiskStreamSpec,
     syncer: Arc<dyn Syncer>,
+    clock: Clock,
     /// Appends hold it shared (routing must not change under them); resharding holds it exclusively.
     topology: RwLock<Vec<ShardEntry>>,
     /// Grows with every append to any shard; stages wait on it.
@@ -253,10 +256,11 @@ struct ShardEntry {
 const TOPOLOGY_FILE: &str = "shards.topology";
 
 impl Stream {
-    fn open(dir: &Path, spec: &DiskStreamSpec, syncer: &Arc<dyn Syncer>) -> Result<Stream, StreamError> {
+    fn open(dir: &Path, spec: &DiskStreamSpec, syncer: &Arc<dyn Syncer>, clock: &Clock) -> Result<Stream, StreamError> {
         let name = spec.name.as_str();
         std::fs::create_dir_all(dir).map_err(|e| io_failed(name, "cannot create its folder", &e))?;
-        let open_log = |index: u32| Shard::open(&dir.join(shard_id(index)), spec, syncer.clone()).map(Arc::new);
+        let open_log =
+            |index: u32| Shard::open(&dir.join(shard_id(index)), spec, syncer.clone(), clock.clone()).map(Arc::new);
         let entries = match std::fs::read_to_string(dir.join(TOPOLOGY_FILE)) {
             Ok(text) => {
                 let mut entries = Vec::new();
@@ -315,6 +319,7 @@ impl Stream {
             created_ms: created_ms(dir),
             spec: spec.clone(),
             syncer: syncer.clone(),
+            clock: clock.clone(),
             topology: RwLock::new(entries),
             generation: Mutex::new(0),
             changed: Condvar::new(),
@@ -352,7 +357,12 @@ impl Stream {
             let (start, end) = (shard_start(k, count), shard_end(k, count));
             let index = first + k;
             entries.push(ShardEntry {
-                log: Arc::new(Shard::open(&self.dir.join(shard_id(index)), &self.spec, self.syncer.clone())?),
+                log: Arc::new(Shard::open(
+                    &self.dir.join(shard_id(index)),
+                    &self.spec,
+                    self.syncer.clone(),
+                    self.clock.clone(),
+                )?),
                 hash_start: start,
                 hash_end: end,
                 parents: parents.iter().filter(|(_, s, e)| *s <= end && start <= *e).map(|(i, ..)| *i).collect(),
@@ -401,9 +411,19 @@ impl DiskStreams {
     /// Opens (creating or recovering) each stream under `root/<name>/`, plus
     /// the streams created earlier through the API.
     pub fn open(root: &Path, specs: &[DiskStreamSpec], syncer: Arc<dyn Syncer>) -> Result<Self, StreamError> {
+        Self::open_with_clock(root, specs, syncer, system_clock())
+    }
+
+    /// [`DiskStreams::open`] with the clock that stamps arrivals and ages records out.
+    pub fn open_with_clock(
+        root: &Path,
+        specs: &[DiskStreamSpec],
+        syncer: Arc<dyn Syncer>,
+        clock: Clock,
+    ) -> Result<Self, StreamError> {
         let mut streams = HashMap::new();
         for spec in specs {
-            streams.insert(spec.name.clone(), Arc::new(Stream::open(&root.join(&spec.name), spec, &syncer)?));
+            streams.insert(spec.name.clone(), Arc::new(Stream::open(&root.join(&spec.name), spec, &syncer, &clock)?));
         }
         if let Ok(entries) = std::fs::read_dir(root) {
             for entry in entries.filter_map(|e| e.ok()) {
@@ -418,10 +438,10 @@ impl DiskStreams {
                 let mut spec = DiskStreamSpec::new(&name, DEFAULT_CAPACITY, FsyncPolicy::Group(DEFAULT_FSYNC_INTERVAL));
                 spec.retention = setting("retention_ms=").map_or(DEFAULT_RETENTION, Duration::from_millis);
                 spec.shards = setting("shards=").map_or(1, |n| n as u32);
-                streams.insert(name, Arc::new(Stream::open(&entry.path(), &spec, &syncer)?));
+                streams.insert(name, Arc::new(Stream::open(&entry.path(), &spec, &syncer, &clock)?));
             }
         }
-        Ok(Self { root: root.to_owned(), syncer, streams: RwLock::new(streams) })
+        Ok(Self { root: root.to_owned(), syncer, clock, streams: RwLock::new(streams) })
     }
 
     fn stream(&self, stream: &str) -> Result<Arc<Stream>, StreamError> {
@@ -473,7 +493,7 @@ fn segment_name(base: u64) -> String {
 }
 
 impl Shard {
-    fn open(dir: &Path, spec: &DiskStreamSpec, syncer: Arc<dyn Syncer>) -> Result<Shard, StreamError> {
+    fn open(dir: &Path, spec: &DiskStreamSpec, syncer: Arc<dyn Syncer>, clock: Clock) -> Result<Shard, StreamError> {
         let name = spec.name.as_str();
         std::fs::create_dir_all(dir.join("consumers")).map_err(|e| io_failed(name, "cannot create its folder", &e))?;
         let mut bases: Vec<u64> = std::fs::read_dir(dir)
@@ -537,11 +557,12 @@ impl Shard {
             max_bytes: spec.max_bytes,
             segment_bytes: spec.segment_bytes.max(1),
             syncer,
+            clock,
             state: Mutex::new(state),
             changed: Condvar::new(),
             arriving: AtomicUsize::new(0),
         };
-        shard.apply_retention(&mut shard.lock(), now_ms());
+        shard.apply_retention(&mut shard.lock(), (shard.clock)());
         Ok(shard)
     }
 
@@ -867,7 +888,7 @@ impl Shard {
         let first = st.next;
         // Arrival times never go backwards along the log, so the time index can
         // be searched even if the wall clock steps back.
-        let arrival_ms = now_ms().max(st.frames.last().map_or(i64::MIN, |f| f.arrival_ms));
+        let arrival_ms = (self.clock)().max(st.frames.last().map_or(i64::MIN, |f| f.arrival_ms));
         let frame = encode_frame(first, arrival_ms, &records);
         self.write_frame(&mut st, &frame, first, records.len() as u32, arrival_ms)?;
         self.apply_retention(&mut st, arrival_ms);
@@ -1056,7 +1077,7 @@ impl StreamStore for DiskStreams {
             DiskStreamSpec::new(&settings.name, DEFAULT_CAPACITY, FsyncPolicy::Group(DEFAULT_FSYNC_INTERVAL));
         spec.retention = settings.retention;
         spec.shards = settings.shards.max(1);
-        let created = Stream::open(&dir, &spec, &self.syncer)?;
+        let created = Stream::open(&dir, &spec, &self.syncer, &self.clock)?;
         created.save_settings(&settings.name)?;
         streams.insert(settings.name, Arc::new(created));
         Ok(())
@@ -1110,7 +1131,7 @@ impl StreamStore for DiskStreams {
         let target = self.stream(stream)?;
         for e in target.entries().iter() {
             e.log.retention_ms.store(retention.as_millis() as u64, Ordering::Relaxed);
-            e.log.apply_retention(&mut e.log.lock(), now_ms());
+            e.log.apply_retention(&mut e.log.lock(), (e.log.clock)());
         }
         if target.dir.join(SETTINGS_FILE).exists() {
             target.save_settings(stream)?;

@@ -6,6 +6,7 @@
 mod disk;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -267,4 +268,13 @@ pub struct ShardInfo {
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {
     crate::sink::system_ms(SystemTime::now())
+}
+
+/// Where arrival times and buffer ages come from: the system clock, or a
+/// simulated one when a test or `weir simulate` replays a day faster than real time.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+/// The system clock, as a [`Clock`].
+pub fn system_clock() -> Clock {
+    Arc::new(now_ms)
 }
