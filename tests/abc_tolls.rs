@@ -12,11 +12,13 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use weir_host::simulate::OperationsDesk;
 use weir_host::stream::NewRecord;
 use weir_tests::{TestHost, inbox_subjects, root};
 
-/// The shipped manifest and fragments in `dir`, writing under `dir`, delivering every second.
-fn shipped(dir: &std::path::Path, buffer_interval: &str) -> String {
+/// The shipped manifest and fragments in `dir`, writing under `dir`, with the
+/// delivery's buffer interval and the operations webhook's URL replaced.
+fn shipped(dir: &std::path::Path, buffer_interval: &str, operations_hook: &str) -> String {
     let out = dir.join("out").display().to_string();
     let plugins = root().join("plugins").display().to_string();
     let fix = |text: String| {
@@ -24,6 +26,7 @@ fn shipped(dir: &std::path::Path, buffer_interval: &str) -> String {
             .replace("../out/abc-tolls", &out)
             .replace("../../plugins", &plugins)
             .replace("buffer-interval = \"60s\"", &format!("buffer-interval = \"{buffer_interval}\""))
+            .replace("http://127.0.0.1:7071/hooks/weir", operations_hook)
     };
     std::fs::create_dir_all(dir.join("abc-tolls")).expect("mkdir");
     for fragment in ["ingest.toml", "billing.toml", "traffic.toml"] {
@@ -34,6 +37,25 @@ fn shipped(dir: &std::path::Path, buffer_interval: &str) -> String {
         .expect("minimums");
     let manifest = std::fs::read_to_string(root().join("manifests/abc-tolls.toml")).expect("manifest");
     fix(manifest).replace("listen = \"127.0.0.1:7070\"", "listen = \"127.0.0.1:0\"")
+}
+
+/// The stand-in operations tool on a free loopback port, and its webhook URL.
+async fn operations_desk() -> (Arc<OperationsDesk>, String) {
+    let desk = OperationsDesk::new("abc-tolls-showcase");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/hooks/weir", listener.local_addr().expect("address"));
+    let router = desk.router();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (desk, url)
+}
+
+/// A traffic alert's (station, window start, count, minimum), from its text:
+/// "Station 5 counted 0 vehicles between <start> and <end>; its minimum for that slot is 25."
+fn traffic_alert(text: &str) -> (String, String, u64, u64) {
+    let words: Vec<&str> = text.split(' ').collect();
+    let number = |word: &str| word.trim_end_matches('.').parse::<u64>().expect("a number");
+    let minimum = number(words.last().copied().unwrap_or(""));
+    (words[1].to_owned(), words[6].to_owned(), number(words[3]), minimum)
 }
 
 /// A toll line at 2026-11-26 (a Thursday) `hh:mm`.
@@ -51,7 +73,8 @@ fn line(n: u32, time: &str, station: u32, customer: &str, cents: u32) -> NewReco
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_showcase_fills_the_warehouse_and_raises_billing_and_traffic_alerts() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let manifest = shipped(dir.path(), "1s");
+    let (_desk, hook) = operations_desk().await;
+    let manifest = shipped(dir.path(), "1s", &hook);
     let host = TestHost::start_in(dir, &manifest).await.expect("start");
     // C000123 has set a $5.00 threshold in the app.
     host.host.state.put("thresholds", "C000123", b"500").expect("threshold");
@@ -203,7 +226,8 @@ fn oracle(lines: &[weir_host::simulate::TollLine]) -> Oracle {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_simulated_day_matches_an_independent_oracle_across_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let manifest = shipped(dir.path(), "60s"); // as shipped: the day's clock runs the buffer
+    let (desk, hook) = operations_desk().await;
+    let manifest = shipped(dir.path(), "60s", &hook); // as shipped: the day's clock runs the buffer
     let warehouse = dir.path().join("out/warehouse.db");
     let day = weir_host::simulate::generate_day(42, DAY);
     let expected = oracle(&day);
@@ -241,6 +265,11 @@ async fn a_simulated_day_matches_an_independent_oracle_across_a_restart() {
         let due = afternoon.iter().filter(|l| l.time_ms <= now - 30 * MINUTE && l.text.contains(',')).count() as u64;
         host.wait_until("rows no older than 30 simulated minutes", |s| s.deliveries[0].rows_loaded >= due).await;
     }
+    let webhooks_sent = || desk.received().len() == expected.traffic.len();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !webhooks_sent() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let mut host = host;
     host.stop().await; // the deliveries flush what they buffered
 
@@ -267,12 +296,13 @@ async fn a_simulated_day_matches_an_independent_oracle_across_a_restart() {
     // Requirement 3: an alert for every station and window below the minimum, silent ones included.
     let mut traffic = BTreeSet::new();
     for message in state.inbox("operators", "operators", 0, 1000).expect("inbox") {
-        // "Station 5 counted 0 vehicles between <start> and <end>; its minimum for that slot is 25."
-        let words: Vec<&str> = message.body.split(' ').collect();
-        let number = |word: &str| word.trim_end_matches('.').parse::<u64>().expect("a number");
-        let minimum = number(words.last().copied().unwrap_or(""));
-        traffic.insert((words[1].to_owned(), words[6].to_owned(), number(words[3]), minimum));
+        traffic.insert(traffic_alert(&message.body));
     }
     assert_eq!(traffic, expected.traffic);
+    // The operations tool got the same alerts by webhook, signed, each delivery once.
+    let hooks = desk.received();
+    let by_hook: BTreeSet<_> = hooks.values().map(|m| traffic_alert(m["body"].as_str().unwrap_or_default())).collect();
+    assert_eq!((hooks.len(), by_hook), (expected.traffic.len(), expected.traffic.clone()));
+    assert_eq!(desk.refused(), 0, "every delivery signed with the channel's secret");
     assert!(traffic.iter().filter(|(station, ..)| station == "5").count() >= 4, "the silent station, 10:00-12:00");
 }

@@ -451,6 +451,11 @@ fn simulate(run: Option<PathBuf>, build: bool, logs: Option<PathBuf>, day: &str,
                 "  traffic alerts          {:>7}  (inbox `operators`: GET /v1/inbox/operators?channel=operators)",
                 report.traffic_alerts
             );
+            for (channel, url, received) in &report.webhooks {
+                println!(
+                    "  webhook deliveries      {received:>7}  (channel `{channel}`, taken by a stand-in at {url})"
+                );
+            }
             println!("  state and streams in {}", tidy(&data_dir));
             Ok(())
         }

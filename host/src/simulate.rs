@@ -8,11 +8,15 @@
 //! `--run <manifest>` runs the pipeline in this process on the generated day
 //! (thresholds set in its state table first) and prints a report;
 //! `--logs <dir>` writes one log file per station for the agent instead.
+//! A webhook channel on a loopback URL is answered by [`OperationsDesk`], the
+//! simulation's stand-in for the operations team's incident tool.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -150,6 +154,92 @@ pub fn write_logs(lines: &[TollLine], dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The operations team's incident tool, stood in for: it takes a webhook
+/// channel's deliveries, refuses those whose signature does not match the
+/// channel's secret, and keeps each delivery once by its `x-weir-delivery` id
+/// (as a receiver must: a delivery can come again after a timeout or a restart).
+pub struct OperationsDesk {
+    secret: String,
+    received: Mutex<BTreeMap<String, serde_json::Value>>,
+    refused: AtomicU64,
+}
+
+impl OperationsDesk {
+    /// A desk checking signatures with `secret`.
+    pub fn new(secret: &str) -> Arc<OperationsDesk> {
+        Arc::new(OperationsDesk { secret: secret.to_owned(), received: Mutex::default(), refused: AtomicU64::new(0) })
+    }
+
+    /// Serves the desk at every path.
+    pub fn router(self: &Arc<Self>) -> axum::Router {
+        let desk = self.clone();
+        axum::Router::new().fallback(move |headers: axum::http::HeaderMap, body: bytes::Bytes| {
+            let desk = desk.clone();
+            async move { desk.take(&headers, &body) }
+        })
+    }
+
+    fn take(&self, headers: &axum::http::HeaderMap, body: &[u8]) -> axum::http::StatusCode {
+        use axum::http::StatusCode;
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let expected =
+            format!("sha256={}", crate::api::sigv4::hex(&crate::api::sigv4::hmac(self.secret.as_bytes(), body)));
+        let (Ok(message), false) = (serde_json::from_slice(body), header("x-weir-delivery").is_empty()) else {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return StatusCode::BAD_REQUEST;
+        };
+        if header("x-weir-signature") != expected {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return StatusCode::UNAUTHORIZED;
+        }
+        self.received.lock().unwrap_or_else(|p| p.into_inner()).insert(header("x-weir-delivery").to_owned(), message);
+        StatusCode::NO_CONTENT
+    }
+
+    /// The deliveries taken, each once, by delivery id.
+    pub fn received(&self) -> BTreeMap<String, serde_json::Value> {
+        self.received.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Requests refused for a missing or wrong signature or a malformed body.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Serves the desk on `url`'s loopback address, on a thread of its own
+    /// that lasts as long as the process.
+    pub fn serve(self: &Arc<Self>, url: &str) -> anyhow::Result<()> {
+        let addr = loopback_addr(url).with_context(|| format!("{url} is not a loopback http:// URL"))?;
+        let listener = std::net::TcpListener::bind(addr)
+            .with_context(|| format!("cannot listen on {addr} for the stand-in operations tool"))?;
+        listener.set_nonblocking(true)?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let router = self.router();
+        std::thread::Builder::new().name("operations-desk".into()).spawn(move || {
+            runtime.block_on(async move {
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(listener) => {
+                        let _ = axum::serve(listener, router).await;
+                    }
+                    Err(e) => tracing::error!(error = %e, "the stand-in operations tool cannot listen"),
+                }
+            })
+        })?;
+        Ok(())
+    }
+}
+
+/// `host:port` of an `http://127.0.0.1:<port>/...` or `http://localhost:<port>/...` URL.
+fn loopback_addr(url: &str) -> Option<std::net::SocketAddr> {
+    let authority = url.strip_prefix("http://")?.split('/').next()?;
+    let (host, port) = authority.rsplit_once(':')?;
+    let ip: std::net::IpAddr = match host {
+        "localhost" => std::net::Ipv4Addr::LOCALHOST.into(),
+        other => other.trim_matches(['[', ']']).parse().ok()?,
+    };
+    ip.is_loopback().then_some(std::net::SocketAddr::new(ip, port.parse().ok()?))
+}
+
 /// What a run of the showcase produced, for the report.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
@@ -163,6 +253,8 @@ pub struct Report {
     pub billing_messages: u64,
     /// Traffic alerts raised.
     pub traffic_alerts: u64,
+    /// Webhook deliveries taken by the stand-in operations tool, by channel and URL.
+    pub webhooks: Vec<(String, String, usize)>,
 }
 
 /// Runs `host` (the ABC Tolls pipeline) on `lines`: thresholds first, then the
@@ -173,6 +265,17 @@ pub fn run_day(host: &Arc<Host>, lines: &[TollLine], mut progress: impl FnMut(f6
         for customer in 1..=CUSTOMERS {
             let threshold = threshold_cents(customer).to_string();
             host.state.put("thresholds", &customer_id(customer), threshold.as_bytes())?;
+        }
+    }
+    // Webhooks on loopback go to the stand-in operations tool.
+    let mut desks = Vec::new();
+    for channel in &host.pipeline.channels {
+        if let crate::notify::ChannelKind::Webhook(spec) = &channel.kind
+            && loopback_addr(&spec.url).is_some()
+        {
+            let desk = OperationsDesk::new(&spec.secret);
+            desk.serve(&spec.url)?;
+            desks.push((channel.name.clone(), spec.url.clone(), desk));
         }
     }
     let sent_before = host.channels.sent();
@@ -209,17 +312,22 @@ pub fn run_day(host: &Arc<Host>, lines: &[TollLine], mut progress: impl FnMut(f6
         std::thread::sleep(Duration::from_millis(50));
     }
     progress(0.9);
+    let sent = host.channels.sent();
+    let new = |channel: &str| sent.get(channel).copied().unwrap_or(0) - sent_before.get(channel).copied().unwrap_or(0);
+    // The webhooks go out on their own thread: give them until the deadline to arrive.
+    while desks.iter().any(|(name, _, desk)| (desk.received().len() as u64) < new(name)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     host.drain();
     progress(1.0);
     let status = host.status();
-    let sent = host.channels.sent();
-    let new = |channel: &str| sent.get(channel).copied().unwrap_or(0) - sent_before.get(channel).copied().unwrap_or(0);
     Ok(Report {
         lines: lines.len(),
         rows_loaded: status.deliveries.iter().map(|d| d.rows_loaded).sum(),
         set_aside: status.deliveries.iter().map(|d| d.records_failed).sum(),
         billing_messages: new("app"),
         traffic_alerts: new("operators"),
+        webhooks: desks.into_iter().map(|(name, url, desk)| (name, url, desk.received().len())).collect(),
     })
 }
 
