@@ -192,11 +192,22 @@ fn toll(customer: &str, station: u32, cents: u64, minute: i64) -> NewRecord {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn billing_and_traffic_alerts_reach_their_inboxes() {
+    billing_and_traffic_alerts_with(ALERTS_MANIFEST).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_traffic_alert_runs_in_the_pipeline_too() {
+    let python = ALERTS_MANIFEST.replace("plugins/traffic-monitor-alert\"", "plugins/traffic-monitor-alert-py\"");
+    assert_ne!(python, ALERTS_MANIFEST);
+    billing_and_traffic_alerts_with(&python).await;
+}
+
+async fn billing_and_traffic_alerts_with(manifest: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir_all(dir.path().join("reference")).expect("mkdir");
     let minimums = "station_id,weekday,slot,minimum\n17,4,28,5\n42,4,28,2\n17,4,29,0\n42,4,29,0\n";
     std::fs::write(dir.path().join("reference/station_minimums.csv"), minimums).expect("csv");
-    let host = TestHost::start_in(dir, ALERTS_MANIFEST).await.expect("start");
+    let host = TestHost::start_in(dir, manifest).await.expect("start");
     // C1 passes $10.00 in the 14:00 window, C2 does not; station 17 sees 3 vehicles, 42 none.
     let rows = vec![toll("C1", 17, 600, 1), toll("C2", 17, 300, 2), toll("C1", 17, 500, 5), toll("C2", 17, 100, 41)];
     host.host.put("rows", rows).expect("put");

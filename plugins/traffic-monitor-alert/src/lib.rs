@@ -36,6 +36,7 @@ impl Notifier for TrafficMonitorAlert {
         if channels.is_empty() {
             return Err("channels names no channel: alerts would go nowhere".into());
         }
+        weir_sdk::log::debug(&format!("alerting {}", channels.join(", ")));
         Ok(TrafficMonitorAlert { channels, recipient: config.get("recipient").unwrap_or("operators").to_owned() })
     }
 

@@ -1,0 +1,99 @@
+// weir's JavaScript plugin helpers: records and configuration out of the WIT
+// types, and output batches back in. componentize-js bundles this file into the
+// plugin: sdk/toolchains/componentize-js.sh stages it beside the plugin's files as ./weir.js.
+
+const decoder = new TextDecoder();
+const encoder = new TextEncoder();
+
+/** The records of a `types.batch`: { index, key, eventTime (BigInt ms), payload (Uint8Array) }. */
+export function* records(batch) {
+  let keyStart = 0;
+  let payloadStart = 0;
+  for (let i = 0; i < batch.keyEnds.length; i++) {
+    const keyEnd = batch.keyEnds[i];
+    const payloadEnd = batch.payloadEnds[i];
+    yield {
+      index: i,
+      key: decoder.decode(batch.keys.subarray(keyStart, keyEnd)),
+      eventTime: batch.eventTimes[i],
+      payload: batch.payloads.subarray(payloadStart, payloadEnd),
+    };
+    keyStart = keyEnd;
+    payloadStart = payloadEnd;
+  }
+}
+
+/** A payload as text. */
+export function text(payload) {
+  return decoder.decode(payload);
+}
+
+/** Collects output records into a `types.batch`. */
+export class BatchBuilder {
+  constructor() {
+    this.keys = [];
+    this.keyEnds = [];
+    this.eventTimes = [];
+    this.payloads = [];
+    this.payloadEnds = [];
+    this.keyLength = 0;
+    this.payloadLength = 0;
+  }
+
+  /** Adds a record; `payload` is a string or a Uint8Array. */
+  push(key, eventTime, payload) {
+    const k = encoder.encode(key);
+    const p = typeof payload === 'string' ? encoder.encode(payload) : payload;
+    this.keys.push(k);
+    this.payloads.push(p);
+    this.keyLength += k.length;
+    this.payloadLength += p.length;
+    this.keyEnds.push(this.keyLength);
+    this.payloadEnds.push(this.payloadLength);
+    this.eventTimes.push(BigInt(eventTime));
+  }
+
+  build() {
+    return {
+      keys: concat(this.keys, this.keyLength),
+      keyEnds: Uint32Array.from(this.keyEnds),
+      eventTimes: BigInt64Array.from(this.eventTimes),
+      payloads: concat(this.payloads, this.payloadLength),
+      payloadEnds: Uint32Array.from(this.payloadEnds),
+      attributes: [],
+    };
+  }
+}
+
+function concat(parts, length) {
+  const out = new Uint8Array(length);
+  let at = 0;
+  for (const part of parts) {
+    out.set(part, at);
+    at += part.length;
+  }
+  return out;
+}
+
+/**
+ * A stage's `config` as an object: strings arrive verbatim, other TOML values
+ * as JSON text (`json(name)` parses them, throwing a message that names the setting).
+ */
+export class Config {
+  constructor(pairs) {
+    this.values = new Map(pairs);
+  }
+
+  get(name, fallback) {
+    return this.values.has(name) ? this.values.get(name) : fallback;
+  }
+
+  json(name, fallback) {
+    if (!this.values.has(name)) return fallback;
+    try {
+      return JSON.parse(this.values.get(name));
+    } catch {
+      throw `${name} must be a TOML array, table, number or boolean, not ${this.values.get(name)}`;
+    }
+  }
+}

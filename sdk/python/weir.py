@@ -1,0 +1,58 @@
+"""weir's Python plugin helpers: records and configuration out of the WIT types.
+
+componentize-py generates the bindings (`wit_world`) from weir's WIT package; this
+module only spares each plugin the columnar batch arithmetic. Include it with
+`-p ../../sdk/python` on the componentize-py command line.
+"""
+
+import json
+from dataclasses import dataclass
+from typing import Any, Iterator, List, Optional, Tuple
+
+
+@dataclass
+class Record:
+    """One record of a batch."""
+
+    index: int
+    key: str
+    event_time_ms: int
+    payload: bytes
+
+    def json(self) -> Any:
+        """The payload parsed as JSON (raises ValueError if it is not)."""
+        return json.loads(self.payload)
+
+
+def records(batch) -> Iterator[Record]:
+    """The records of a `types.batch`, in order."""
+    key_start = 0
+    payload_start = 0
+    for i, (key_end, payload_end) in enumerate(zip(batch.key_ends, batch.payload_ends)):
+        yield Record(
+            index=i,
+            key=batch.keys[key_start:key_end].decode("utf-8", errors="replace"),
+            event_time_ms=batch.event_times[i],
+            payload=bytes(batch.payloads[payload_start:payload_end]),
+        )
+        key_start, payload_start = key_end, payload_end
+
+
+class Config:
+    """A stage's `config`: strings arrive verbatim, other TOML values as JSON text."""
+
+    def __init__(self, pairs: List[Tuple[str, str]]):
+        self.values = dict(pairs)
+
+    def get(self, name: str, default: Optional[str] = None) -> Optional[str]:
+        return self.values.get(name, default)
+
+    def get_json(self, name: str, default: Any = None) -> Any:
+        """A value given as a TOML array, table, number or boolean (ValueError if malformed)."""
+        text = self.values.get(name)
+        if text is None:
+            return default
+        try:
+            return json.loads(text)
+        except ValueError:
+            raise ValueError(f"{name} must be a TOML array, table, number or boolean, not {text}") from None

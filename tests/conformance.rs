@@ -1,0 +1,323 @@
+//! Conformance: the same contract checks for every plugin of a world, whatever
+//! language it is written in. A new language (or plugin) is proven by adding it
+//! to `plugins/` (it is then in `artifacts::PLUGINS`) and, for a plugin family
+//! implemented in several languages, to that family's list below.
+//!
+//! - Transformers: one outcome per record, each `[[self-test]]` of its
+//!   plugin.toml alone and all in one batch, malformed records answered with a
+//!   `processing-failed` reason (never a failed batch or a trap).
+//! - Notifiers: a sample batch sends its notifications, the same batch redone
+//!   sends none again, a malformed record fails the batch with a reason.
+//! - Families: the Rust and Python traffic alerts give the same notifications,
+//!   refuse the same bad config with a reason naming the setting, and log
+//!   through the host tagged with their plugin's name.
+
+use std::sync::{Arc, Mutex};
+
+use weir_host::manifest::plugin::config_value_text;
+use weir_host::manifest::{Diagnostics, Grants, Limits, PluginManifest, World};
+use weir_host::plugin::{
+    Batch, MemoryServices, Notification, NotifierPlugin, Outcome, PluginError, TransformerPlugin, check_world,
+};
+use weir_tests::{artifacts, config, engine, root, sandbox};
+
+/// A plugin of `plugins/` with its manifest.
+fn plugins_of(world: World) -> Vec<(&'static str, &'static str, PluginManifest)> {
+    artifacts::PLUGINS
+        .iter()
+        .filter_map(|&(name, component)| {
+            let mut diags = Diagnostics::default();
+            let manifest = PluginManifest::load(&root().join("plugins").join(name).join("plugin.toml"), &mut diags)
+                .expect("read plugin.toml")
+                .unwrap_or_else(|| panic!("{name}/plugin.toml:\n{diags}"));
+            (manifest.info.world == world).then_some((name, component, manifest))
+        })
+        .collect()
+}
+
+/// The config defaults a plugin.toml declares, as the host hands them over.
+fn defaults(manifest: &PluginManifest) -> Vec<(String, String)> {
+    manifest
+        .config
+        .iter()
+        .filter_map(|(k, spec)| spec.default.as_ref().map(|v| (k.clone(), config_value_text(v))))
+        .collect()
+}
+
+fn transformer(name: &str, component: &str, config: Vec<(String, String)>) -> TransformerPlugin {
+    let compiled = check_world(&engine(), component.as_ref(), World::Transformer).expect("fits its world");
+    TransformerPlugin::new(&engine(), compiled, sandbox(name, Limits::default(), Grants::default()), config)
+        .expect("load")
+}
+
+fn notifier(name: &str, component: &str, config: Vec<(String, String)>) -> NotifierPlugin {
+    let compiled = check_world(&engine(), component.as_ref(), World::Notifier).expect("fits its world");
+    NotifierPlugin::new(&engine(), compiled, sandbox(name, Limits::default(), Grants::default()), config).expect("load")
+}
+
+/// Records no plugin can make sense of: not text, empty, a wrong JSON, a huge line.
+fn garbage() -> Batch {
+    let mut batch = Batch::with_capacity(4, 70_000);
+    batch.push("k", 0, &[0xff, 0xfe, 0x00, 0x80]);
+    batch.push("k", 0, b"");
+    batch.push("k", 0, br#"{"unexpected": [1, 2, 3]}"#);
+    batch.push("k", 0, "x,".repeat(30_000).as_bytes());
+    batch
+}
+
+#[test]
+fn every_transformer_keeps_the_outcome_contract() {
+    let all = plugins_of(World::Transformer);
+    assert!(!all.is_empty());
+    for (name, component, manifest) in all {
+        let mut instance = transformer(name, component, defaults(&manifest)).instantiate().expect("starts");
+        assert!(!manifest.self_tests.is_empty(), "{name}: declare [[self-test]] records in plugin.toml");
+        let mut together = Batch::with_capacity(manifest.self_tests.len(), 1024);
+        for test in &manifest.self_tests {
+            let mut alone = Batch::with_capacity(1, test.input.len());
+            alone.push(&test.key, 0, test.input.as_bytes());
+            together.push(&test.key, 0, test.input.as_bytes());
+            let out = instance.transform(&alone).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(out.outcomes.len(), 1, "{name}: one outcome per record");
+            let expected =
+                format!("{:?}", test.outcome).to_lowercase().replace("processingfailed", "processing-failed");
+            let got = match &out.outcomes[0] {
+                Outcome::Ok(_) => "ok",
+                Outcome::Dropped => "dropped",
+                Outcome::ProcessingFailed(reason) => {
+                    assert!(!reason.trim().is_empty(), "{name}: a failed record says why");
+                    "processing-failed"
+                }
+            };
+            assert_eq!(got, expected, "{name}: self-test {:?}", test.input);
+            if let (Some(output), Some(first)) = (&test.output, out.output.records().next()) {
+                assert_eq!(std::str::from_utf8(first.payload).ok(), Some(output.as_str()), "{name}: output");
+            }
+        }
+        let out = instance.transform(&together).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(out.outcomes.len(), manifest.self_tests.len(), "{name}: one outcome per record in a batch");
+        let produced: u32 = out.outcomes.iter().map(|o| if let Outcome::Ok(n) = o { *n } else { 0 }).sum();
+        assert_eq!(out.output.len(), produced as usize, "{name}: ok(n) counts its output records");
+
+        let out = instance.transform(&garbage()).unwrap_or_else(|e| panic!("{name}: garbage failed the batch: {e}"));
+        assert_eq!(out.outcomes.len(), 4, "{name}: one outcome per garbage record");
+        for outcome in &out.outcomes {
+            if let Outcome::ProcessingFailed(reason) = outcome {
+                assert!(!reason.trim().is_empty(), "{name}: a failed record says why");
+            }
+        }
+    }
+}
+
+/// A batch each notifier of `plugins/` must act on, with its config.
+fn notifier_sample(name: &str) -> (Vec<(String, String)>, Vec<String>) {
+    let window = r#""window_start":"2026-11-26T14:00:00.000Z","window_end":"2026-11-26T14:10:00.000Z""#;
+    match name {
+        "toll-billing-alert" => (
+            config(&[("channel", "app"), ("default-threshold-cents", "10000")]),
+            vec![format!(r#"{{"customer_id":"C1",{window},"total_cents":12000}}"#)],
+        ),
+        "traffic-monitor-alert" | "traffic-monitor-alert-py" => {
+            (config(&[("channels", r#"["ops"]"#)]), vec![traffic_count("17", 3, 40), traffic_count("42", 50, 40)])
+        }
+        other => panic!("add a sample batch for the notifier `{other}` to tests/conformance.rs"),
+    }
+}
+
+fn traffic_count(station: &str, vehicles: u64, minimum: u64) -> String {
+    format!(
+        r#"{{"station_id":"{station}","window_start":"2026-11-26T14:00:00.000Z","window_end":"2026-11-26T14:30:00.000Z","vehicles":{vehicles},"by_class":[0,0,0,0,0,0],"minimum":{minimum},"below_minimum":{}}}"#,
+        vehicles < minimum
+    )
+}
+
+fn batch(payloads: &[String]) -> Batch {
+    let mut batch = Batch::with_capacity(payloads.len(), 1024);
+    for p in payloads {
+        batch.push("k", 1_795_708_800_000, p.as_bytes());
+    }
+    batch
+}
+
+#[test]
+fn every_notifier_sends_once_and_reports_bad_records() {
+    let all = plugins_of(World::Notifier);
+    assert!(!all.is_empty());
+    for (name, component, _) in all {
+        let (config, sample) = notifier_sample(name);
+        let services = Arc::new(MemoryServices::default());
+        let plugin = notifier(name, component, config);
+        let mut instance = plugin.instantiate(services.clone()).expect("starts");
+        instance.consume(&batch(&sample)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let sent = services.sent().len();
+        assert!(sent > 0, "{name}: the sample sends something");
+        // At least once: a batch is redone after a crash; nothing goes out twice.
+        let mut again = plugin.instantiate(services.clone()).expect("starts");
+        again.consume(&batch(&sample)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(services.sent().len(), sent, "{name}: the same batch again sends nothing new");
+        match again.consume(&garbage()) {
+            Err(PluginError::Returned(reason)) => assert!(!reason.trim().is_empty(), "{name}: says why"),
+            other => panic!("{name}: garbage must fail the batch with a reason, not {other:?}"),
+        }
+    }
+}
+
+/// The traffic alert in each language it is written in.
+const TRAFFIC_ALERTS: &[(&str, &str)] = &[("rust", "traffic-monitor-alert"), ("python", "traffic-monitor-alert-py")];
+
+fn component(plugin: &str) -> &'static str {
+    artifacts::PLUGINS.iter().find(|(n, _)| *n == plugin).map(|(_, c)| *c).expect("a plugin of plugins/")
+}
+
+/// Log lines written while `f` runs on this thread.
+fn logs_of(f: impl FnOnce()) -> String {
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buffer {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().map_err(|_| std::io::Error::other("poisoned"))?.extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buffer = Buffer::default();
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    buffer.0.lock().map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+}
+
+#[test]
+fn the_traffic_alert_behaves_the_same_in_every_language() {
+    let stations = [("17", 3, 40), ("42", 50, 40), ("55", 0, 5)];
+    let input: Vec<String> = stations.iter().map(|&(s, v, m)| traffic_count(s, v, m)).collect();
+    let mut results: Vec<(&str, Vec<Notification>)> = Vec::new();
+    for &(language, plugin) in TRAFFIC_ALERTS {
+        let services = Arc::new(MemoryServices::default());
+        let logs = logs_of(|| {
+            let alert = notifier(plugin, component(plugin), config(&[("channels", r#"["ops-inbox","ops-hook"]"#)]));
+            let mut instance = alert.instantiate(services.clone()).expect("starts");
+            instance.consume(&batch(&input)).unwrap_or_else(|e| panic!("{language}: {e}"));
+        });
+        assert!(
+            logs.lines()
+                .any(|l| l.contains("alerting ops-inbox, ops-hook") && l.contains(&format!("plugin=\"{plugin}\""))),
+            "{language}: the plugin's log line, tagged with its name, is in the host's log:\n{logs}"
+        );
+        results.push((language, services.sent()));
+
+        let bad = notifier(plugin, component(plugin), config(&[("channels", "ops")]));
+        match bad.instantiate(Arc::new(MemoryServices::default())) {
+            Err(PluginError::Init(reason)) => assert!(reason.contains("channels"), "{language}: {reason}"),
+            other => panic!("{language}: a bad `channels` must stop the start with a reason, not {:?}", other.err()),
+        }
+    }
+    let (_, reference) = &results[0];
+    assert_eq!(reference.len(), 4, "two stations below their minimum, two channels each");
+    assert_eq!(reference[2].subject, "Station 55 silent 14:00-14:30: no vehicles, minimum 5");
+    for (language, sent) in &results[1..] {
+        assert_eq!(sent, reference, "{language} sends what rust sends");
+    }
+}
+
+const LANGUAGES_PIPELINE: &str = r#"
+[pipeline]
+name = "languages"
+data-dir = "data"
+
+[sources.http]
+kind = "http"
+stream = "toll-lines"
+
+[streams.toll-lines]
+[streams.clean-lines]
+[streams.rows]
+
+[stages.validate]
+plugin = "{root}/plugins/toll-validate-c"
+input = "toll-lines"
+output = "clean-lines"
+dead-letter = "rejected"
+batch-wait = "1ms"
+
+[stages.etl]
+plugin = "{root}/plugins/toll-etl"
+input = "clean-lines"
+output = "rows"
+batch-wait = "1ms"
+
+[stages.enrich]
+plugin = "{root}/plugins/toll-enrich-js"
+input = "rows"
+output = "enriched"
+batch-wait = "1ms"
+config = { regions = { "17" = "north", "42" = "harbour" } }
+
+[sinks.enriched]
+kind = "file"
+path = "enriched.jsonl"
+
+[sinks.rejected]
+kind = "file"
+path = "rejected.jsonl"
+format = "json"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c_rust_and_javascript_stages_run_in_one_pipeline() {
+    let host = weir_tests::TestHost::start(LANGUAGES_PIPELINE).await.expect("start");
+    let lines = [
+        "T0017-000001,2026-11-26T14:03:12.345Z,17,3,TAG0012345,C000123,2,275",
+        "T0042-000002,2026-11-26T14:05:00.5Z,42,1,TAG0000007,C000123,6,990",
+        "T0042-000003,2026-11-26T14:05:01Z,42,1,TAG0000007,C000123,2,275,extra",
+        "T0099-000004,2026-11-26T14:06:00Z,99,2,TAG0000009,C000777,1,150",
+    ];
+    let records = lines
+        .iter()
+        .map(|l| weir_host::stream::NewRecord {
+            key: "k".into(),
+            event_time_ms: None,
+            data: bytes::Bytes::from(*l),
+            explicit_hash_key: None,
+        })
+        .collect();
+    host.host.put("toll-lines", records).expect("put");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let (enriched, rejected) = loop {
+        let (enriched, rejected) =
+            (weir_tests::lines(&host.path("enriched.jsonl")), weir_tests::lines(&host.path("rejected.jsonl")));
+        if enriched.len() == 3 && rejected.len() == 1 {
+            break (enriched, rejected);
+        }
+        assert!(std::time::Instant::now() < deadline, "so far: {enriched:?} {rejected:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let rows: Vec<serde_json::Value> = enriched.iter().map(|l| serde_json::from_str(l).expect("a JSON row")).collect();
+    let got: Vec<(&str, &str, &str)> = rows
+        .iter()
+        .map(|r| {
+            let field = |name: &str| r[name].as_str().unwrap_or_default();
+            (field("transaction_id"), field("vehicle_class_name"), field("region"))
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("T0017-000001", "car", "north"),
+            ("T0042-000002", "heavy truck", "harbour"),
+            ("T0099-000004", "motorcycle", "unassigned"),
+        ]
+    );
+    let letter: serde_json::Value = serde_json::from_str(&rejected[0]).expect("a dead letter");
+    assert_eq!(letter["stage"], "validate", "{letter}");
+    assert!(
+        letter["reason"].as_str().unwrap_or_default().contains("expected 8 comma-separated fields, found 9"),
+        "{letter}"
+    );
+}
