@@ -14,7 +14,6 @@
 
 use std::sync::{Arc, Mutex};
 
-use weir_host::manifest::plugin::config_value_text;
 use weir_host::manifest::{Diagnostics, Grants, Limits, PluginManifest, World};
 use weir_host::plugin::{
     Batch, MemoryServices, Notification, NotifierPlugin, Outcome, PluginError, TransformerPlugin, check_world,
@@ -32,15 +31,6 @@ fn plugins_of(world: World) -> Vec<(&'static str, &'static str, PluginManifest)>
                 .unwrap_or_else(|| panic!("{name}/plugin.toml:\n{diags}"));
             (manifest.info.world == world).then_some((name, component, manifest))
         })
-        .collect()
-}
-
-/// The config defaults a plugin.toml declares, as the host hands them over.
-fn defaults(manifest: &PluginManifest) -> Vec<(String, String)> {
-    manifest
-        .config
-        .iter()
-        .filter_map(|(k, spec)| spec.default.as_ref().map(|v| (k.clone(), config_value_text(v))))
         .collect()
 }
 
@@ -70,7 +60,7 @@ fn every_transformer_keeps_the_outcome_contract() {
     let all = plugins_of(World::Transformer);
     assert!(!all.is_empty());
     for (name, component, manifest) in all {
-        let mut instance = transformer(name, component, defaults(&manifest)).instantiate().expect("starts");
+        let mut instance = transformer(name, component, manifest.default_config()).instantiate().expect("starts");
         assert!(!manifest.self_tests.is_empty(), "{name}: declare [[self-test]] records in plugin.toml");
         let mut together = Batch::with_capacity(manifest.self_tests.len(), 1024);
         for test in &manifest.self_tests {

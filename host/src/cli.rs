@@ -184,6 +184,52 @@ enum PluginAction {
         /// The pipeline.
         pipeline: String,
     },
+    /// What a component is: its world, WIT version, imports and toolchain (no weir needed).
+    Inspect {
+        /// The component (.wasm).
+        component: PathBuf,
+    },
+    /// Run a plugin on sample records and print each record's outcome (no weir needed).
+    Test {
+        /// A component (.wasm), or a plugin folder / plugin.toml (its config defaults and
+        /// self-tests apply).
+        plugin: PathBuf,
+        /// Records, one per line; without it, the plugin.toml's `[[self-test]]` records,
+        /// checked against what they expect.
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// A config value, `key=value` (repeatable; TOML arrays and tables as JSON text).
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        config: Vec<String>,
+        /// Build the plugin first with its plugin.toml's `[build]` command.
+        #[arg(long)]
+        build: bool,
+    },
+    /// Scaffold a plugin that builds and passes its self-tests as written.
+    New {
+        /// Its name (lowercase, digits and '-').
+        name: String,
+        /// Its world.
+        #[arg(long, value_enum, default_value = "transformer")]
+        world: WorldArg,
+        /// Its language.
+        #[arg(long, value_enum)]
+        lang: crate::scaffold::Lang,
+        /// Where to write it (default: ./<name>).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The weir checkout it builds against (default: the one above the current folder).
+        #[arg(long)]
+        weir: Option<PathBuf>,
+    },
+}
+
+/// A world, on the command line.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum WorldArg {
+    Transformer,
+    Aggregator,
+    Notifier,
 }
 
 /// Which weir the client verbs talk to. Requests are signed with
@@ -266,7 +312,16 @@ pub fn main() -> anyhow::Result<()> {
             client_verb(&target, |c| tail(c, stream, from, timestamp, no_follow))
         }
         Command::Agent { config } => agent(config),
-        Command::Plugin { action, target } => client_verb(&target, |c| plugin(c, action)),
+        Command::Plugin { action, target } => match action {
+            PluginAction::Inspect { component } => {
+                let inspection = crate::author::inspect(&PluginEngine::new()?, &component)?;
+                print!("{inspection}");
+                Ok(())
+            }
+            PluginAction::Test { plugin, input, config, build } => plugin_test(&plugin, input, &config, build),
+            PluginAction::New { name, world, lang, dir, weir } => plugin_new(&name, world, lang, dir, weir),
+            action => client_verb(&target, |c| plugin(c, action)),
+        },
         Command::Table { action, target } => client_verb(&target, |c| table(c, action)),
         Command::Simulate { run, build, logs, to, day, seed } => {
             let yesterday = crate::sink::format_ms(crate::stream::now_ms() - 86_400_000)[..10].to_owned();
@@ -282,12 +337,63 @@ pub fn main() -> anyhow::Result<()> {
     }
 }
 
+fn plugin_test(plugin: &Path, input: Option<PathBuf>, config: &[String], build: bool) -> anyhow::Result<()> {
+    let target = crate::author::TestTarget::resolve(plugin, build)?;
+    let records = match input {
+        None => None,
+        Some(file) => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            Some(text.lines().map(str::to_owned).collect::<Vec<_>>())
+        }
+    };
+    let config = config
+        .iter()
+        .map(|pair| match pair.split_once('=') {
+            Some((k, v)) => Ok((k.to_owned(), v.to_owned())),
+            None => anyhow::bail!("--config {pair}: write key=value"),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let engine = Arc::new(PluginEngine::new()?);
+    print!("{}", crate::author::run_test(&engine, &target, records.as_deref(), &config)?);
+    Ok(())
+}
+
+fn plugin_new(
+    name: &str,
+    world: WorldArg,
+    lang: crate::scaffold::Lang,
+    dir: Option<PathBuf>,
+    weir: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use crate::manifest::World;
+    let world = match world {
+        WorldArg::Transformer => World::Transformer,
+        WorldArg::Aggregator => World::Aggregator,
+        WorldArg::Notifier => World::Notifier,
+    };
+    let weir = match weir {
+        Some(w) => w,
+        None => {
+            let here = std::env::current_dir()?;
+            here.ancestors()
+                .find(|d| d.join("wit/plugin.wit").is_file())
+                .map(Path::to_owned)
+                .context("not inside a weir checkout: pass --weir <checkout>")?
+        }
+    };
+    let dir = dir.unwrap_or_else(|| PathBuf::from(name));
+    crate::scaffold::new_plugin(name, world, lang, &dir, &weir)?;
+    println!("wrote {} ({lang:?} transformer); try: weir plugin test {} --build", dir.display(), dir.display());
+    Ok(())
+}
+
 async fn plugin(client: Client, action: PluginAction) -> anyhow::Result<()> {
     use axum::http::{HeaderMap, HeaderValue, Method};
     let pipeline = match &action {
         PluginAction::Swap { pipeline, .. }
         | PluginAction::Rollback { pipeline, .. }
         | PluginAction::List { pipeline } => pipeline.clone(),
+        _ => anyhow::bail!("`weir plugin` verbs that need no running weir are handled before this"),
     };
     // The host runs one pipeline: make sure it is the one meant.
     let status = client.native(Method::GET, "/v1/pipeline", HeaderMap::new(), Default::default()).await?;
@@ -309,6 +415,7 @@ async fn plugin(client: Client, action: PluginAction) -> anyhow::Result<()> {
             let path = format!("/v1/stages/{stage}/plugin/rollback");
             client.native(Method::POST, &path, HeaderMap::new(), Default::default()).await?
         }
+        PluginAction::Inspect { .. } | PluginAction::Test { .. } | PluginAction::New { .. } => unreachable!(),
         PluginAction::List { .. } => {
             for stage in status["stages"].as_array().into_iter().flatten() {
                 println!("stage `{}`:", stage["name"].as_str().unwrap_or(""));

@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod aggregate;
 pub mod api;
+pub mod author;
 pub mod build;
 pub mod check;
 pub mod cli;
@@ -20,6 +21,7 @@ pub mod notify;
 pub mod pipeline;
 pub mod plugin;
 pub mod reference;
+pub mod scaffold;
 pub mod simulate;
 pub mod sink;
 pub mod stage;

@@ -579,7 +579,7 @@ fn canary_failed(e: PluginError) -> String {
 }
 
 /// Runs the plugin manifest's `[[self-test]]` records through a candidate.
-fn self_test(instance: &mut crate::plugin::TransformerInstance, tests: &[SelfTest]) -> Result<(), String> {
+pub(crate) fn self_test(instance: &mut crate::plugin::TransformerInstance, tests: &[SelfTest]) -> Result<(), String> {
     if tests.is_empty() {
         return Ok(());
     }

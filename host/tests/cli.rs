@@ -337,3 +337,41 @@ fn simulate_sends_a_day_and_the_thresholds_to_a_running_weir() {
     let _ = host.kill();
     let _ = host.wait();
 }
+
+#[test]
+fn a_scaffolded_plugin_in_each_language_builds_and_passes_its_own_test() {
+    let weir_root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = tempfile::tempdir().expect("tempdir");
+    for lang in ["rust", "python", "js", "c"] {
+        let plugin = dir.path().join(format!("hello-{lang}"));
+        let run = |args: &[&str]| {
+            let out = Command::new(WEIR).args(args).output().expect("run weir");
+            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            assert!(out.status.success(), "weir {args:?}:\n{text}");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let (plugin_arg, root_arg) = (plugin.to_string_lossy(), weir_root.to_string_lossy());
+        let name = format!("hello-{lang}");
+        run(&["plugin", "new", &name, "--lang", lang, "--dir", &plugin_arg, "--weir", &root_arg]);
+        let tested = run(&["plugin", "test", &plugin_arg, "--build"]);
+        assert!(
+            tested.contains("HELLO WEIR") && tested.contains("2 self-tests of plugin.toml passed"),
+            "{lang}: {tested}"
+        );
+
+        let manifest = std::fs::read_to_string(plugin.join("plugin.toml")).expect("plugin.toml");
+        let output =
+            manifest.lines().find_map(|l| l.strip_prefix("output = ")).expect("[build] output").trim_matches('"');
+        let inspected = run(&["plugin", "inspect", &plugin.join(output).to_string_lossy()]);
+        assert!(
+            inspected.contains("world     transformer") && inspected.contains("weir:plugin/transform@0.1.0"),
+            "{inspected}"
+        );
+    }
+    let again = Command::new(WEIR)
+        .args(["plugin", "new", "hello-c", "--lang", "c", "--dir"])
+        .arg(dir.path().join("hello-c"))
+        .output()
+        .expect("run weir");
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("exists already"));
+}

@@ -1,4 +1,5 @@
-"""weir's Python plugin helpers: records and configuration out of the WIT types.
+"""weir's Python plugin helpers: records and configuration out of the WIT types, and
+output batches back in.
 
 componentize-py generates the bindings (`wit_world`) from weir's WIT package; this
 module only spares each plugin the columnar batch arithmetic. Include it with
@@ -56,3 +57,33 @@ class Config:
             return json.loads(text)
         except ValueError:
             raise ValueError(f"{name} must be a TOML array, table, number or boolean, not {text}") from None
+
+
+class BatchBuilder:
+    """Collects output records into a `types.batch`."""
+
+    def __init__(self):
+        self.keys = bytearray()
+        self.key_ends = []
+        self.event_times = []
+        self.payloads = bytearray()
+        self.payload_ends = []
+
+    def push(self, key: str, event_time_ms: int, payload: bytes) -> None:
+        self.keys += key.encode("utf-8")
+        self.payloads += payload
+        self.key_ends.append(len(self.keys))
+        self.payload_ends.append(len(self.payloads))
+        self.event_times.append(event_time_ms)
+
+    def build(self):
+        from wit_world.imports import types
+
+        return types.Batch(
+            keys=bytes(self.keys),
+            key_ends=self.key_ends,
+            event_times=self.event_times,
+            payloads=bytes(self.payloads),
+            payload_ends=self.payload_ends,
+            attributes=[],
+        )

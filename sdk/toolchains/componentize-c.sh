@@ -28,7 +28,7 @@ fi
 WORK="$ROOT/target/wasm/c/$(basename "$OUT" .wasm)"
 mkdir -p "$WORK" "$(dirname "$OUT")"
 # Its own target dir: this may run inside an outer cargo build, which holds target/'s lock.
-cargo build -q -p weir-componentize-c --target-dir "$ROOT/target/wasm"
+cargo build -q --manifest-path "$ROOT/Cargo.toml" -p weir-componentize-c --target-dir "$ROOT/target/wasm"
 TOOL="$ROOT/target/wasm/debug/weir-componentize-c"
 "$TOOL" bindings "$ROOT/wit" "$WORLD" "$WORK"
 WORLD_C=$(echo "$WORLD" | tr '-' '_')

@@ -1,0 +1,227 @@
+//! The plugin author's workflow, without a running weir: `weir plugin inspect`
+//! tells what a component is (its world, the WIT version it was built against,
+//! what it imports and which toolchain made it), `weir plugin test` runs one on
+//! sample records (or on its plugin.toml's self-tests) and prints what it did,
+//! and `weir plugin new` scaffolds a plugin (see [`crate::scaffold`]).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+
+use crate::manifest::{Diagnostics, Grants, Limits, PluginManifest, World};
+use crate::plugin::{
+    AggregatorPlugin, Batch, MemoryServices, NotifierPlugin, Outcome, PluginEngine, PluginIdent, SandboxSpec,
+    TransformerPlugin, check_world,
+};
+
+/// What `weir plugin inspect` found out about a component.
+#[derive(Debug)]
+pub struct Inspection {
+    /// Size of the file in bytes.
+    pub bytes: u64,
+    /// SHA-256 of the file, hex.
+    pub sha256: String,
+    /// The weir world it fits, if any.
+    pub world: Option<World>,
+    /// The WIT packages of weir it exports, with their versions (e.g. `weir:plugin/transform@0.1.0`).
+    pub exports: Vec<String>,
+    /// Every interface it imports.
+    pub imports: Vec<String>,
+    /// Its producers section: language, tools and SDKs with versions.
+    pub producers: Vec<String>,
+}
+
+/// Reads and compiles a component and finds out which world it fits.
+pub fn inspect(engine: &PluginEngine, path: &Path) -> anyhow::Result<Inspection> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let compiled = engine.compile_bytes(&bytes, path)?;
+    let world = [World::Transformer, World::Aggregator, World::Notifier]
+        .into_iter()
+        .find(|&w| check_world(engine, path, w).is_ok());
+    let ty = compiled.component.component_type();
+    let exports = ty.exports(engine.engine()).map(|(name, _)| name.to_owned()).collect();
+    let imports = ty.imports(engine.engine()).map(|(name, _)| name.to_owned()).collect();
+    Ok(Inspection {
+        bytes: bytes.len() as u64,
+        sha256: compiled.sha256,
+        world,
+        exports,
+        imports,
+        producers: producers(&bytes),
+    })
+}
+
+/// The distinct `field: name version` entries of every producers section in the component.
+fn producers(bytes: &[u8]) -> Vec<String> {
+    let mut found = Vec::new();
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        let Ok(wasmparser::Payload::CustomSection(section)) = payload else { continue };
+        let wasmparser::KnownCustom::Producers(reader) = section.as_known() else { continue };
+        for field in reader.into_iter().flatten() {
+            for value in field.values.into_iter().flatten() {
+                let entry = format!("{}: {} {}", field.name, value.name, value.version).trim_end().to_owned();
+                if !found.contains(&entry) {
+                    found.push(entry);
+                }
+            }
+        }
+    }
+    found
+}
+
+impl std::fmt::Display for Inspection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let world = self.world.map_or("none of weir's worlds (transformer, aggregator, notifier)".into(), |w| {
+            format!("{w:?}").to_lowercase()
+        });
+        writeln!(f, "world     {world}")?;
+        let weir: Vec<&String> = self.exports.iter().filter(|e| e.starts_with("weir:")).collect();
+        let version = weir.first().and_then(|e| e.split('@').nth(1)).unwrap_or("unknown");
+        writeln!(f, "wit       weir:plugin@{version}")?;
+        writeln!(f, "size      {} bytes ({:.1} MB)", self.bytes, self.bytes as f64 / 1e6)?;
+        writeln!(f, "sha256    {}", self.sha256)?;
+        writeln!(f, "exports")?;
+        for e in &self.exports {
+            writeln!(f, "  {e}")?;
+        }
+        writeln!(f, "imports")?;
+        for i in &self.imports {
+            // The sandbox links every WASI interface but gives the network nothing.
+            let note = if i.starts_with("wasi:sockets/") { "  (linked; every connection is denied)" } else { "" };
+            writeln!(f, "  {i}{note}")?;
+        }
+        if !self.producers.is_empty() {
+            writeln!(f, "producers")?;
+            for p in &self.producers {
+                writeln!(f, "  {p}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What `weir plugin test` runs: a component, its configuration, and where it came from.
+pub struct TestTarget {
+    /// The component.
+    pub component: PathBuf,
+    /// Its plugin.toml, when the target was a plugin folder or manifest.
+    pub manifest: Option<PluginManifest>,
+}
+
+impl TestTarget {
+    /// A `.wasm` file, or a plugin folder / plugin.toml (built first when `build`).
+    pub fn resolve(target: &Path, build: bool) -> anyhow::Result<TestTarget> {
+        if target.extension().is_some_and(|e| e == "wasm") {
+            return Ok(TestTarget { component: target.to_owned(), manifest: None });
+        }
+        let file = PluginManifest::file_for(target);
+        let mut diags = Diagnostics::default();
+        let manifest = PluginManifest::load(&file, &mut diags)
+            .with_context(|| format!("{} is neither a .wasm component nor a plugin folder", target.display()))?;
+        let Some(manifest) = manifest.filter(|_| diags.is_empty()) else { bail!("{diags}") };
+        if build {
+            crate::build::build_plugin(&manifest)?;
+        }
+        Ok(TestTarget { component: manifest.component_path(), manifest: Some(manifest) })
+    }
+}
+
+/// Runs a component on `input` records (or, without input, its plugin.toml's
+/// self-tests) and describes what it did, record by record. An error means the
+/// plugin did not start or failed the batch, or a self-test did not hold.
+pub fn run_test(
+    engine: &Arc<PluginEngine>,
+    target: &TestTarget,
+    input: Option<&[String]>,
+    overrides: &[(String, String)],
+) -> anyhow::Result<String> {
+    let name = target.manifest.as_ref().map_or_else(
+        || target.component.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+        |m| m.info.name.to_string(),
+    );
+    let mut config = target.manifest.as_ref().map(PluginManifest::default_config).unwrap_or_default();
+    for (key, value) in overrides {
+        config.retain(|(k, _)| k != key);
+        config.push((key.clone(), value.clone()));
+    }
+    let world = match &target.manifest {
+        Some(m) => m.info.world,
+        None => inspect(engine, &target.component)?.world.context("the component fits none of weir's worlds")?,
+    };
+    let compiled = check_world(engine, &target.component, world)?;
+    let spec = SandboxSpec {
+        ident: Arc::new(PluginIdent { pipeline: "test".into(), stage: "test".into(), plugin: name.clone() }),
+        limits: Limits::default(),
+        grants: Grants::default(),
+    };
+    let self_tests = target.manifest.as_ref().map(|m| m.self_tests.clone()).unwrap_or_default();
+    let records: Vec<String> = match input {
+        Some(lines) => lines.to_vec(),
+        None if world == World::Transformer && !self_tests.is_empty() => {
+            self_tests.iter().map(|t| t.input.clone()).collect()
+        }
+        None => bail!("give records to run it on: --input <file> (one record per line)"),
+    };
+    let mut batch = Batch::with_capacity(records.len(), records.iter().map(String::len).sum());
+    let now = crate::stream::now_ms();
+    for r in &records {
+        batch.push("", now, r.as_bytes());
+    }
+    let mut out = String::new();
+    match world {
+        World::Transformer => {
+            let plugin = TransformerPlugin::new(engine, compiled, spec, config)?;
+            let mut instance = plugin.instantiate()?;
+            let result = instance.transform(&batch)?;
+            let mut failed = 0;
+            for (i, outcome, outputs) in result.per_record() {
+                match outcome {
+                    Outcome::Ok(n) => {
+                        let _ = writeln!(out, "record {}: ok, {n} out", i + 1);
+                        for o in outputs {
+                            let _ = writeln!(out, "  {}", String::from_utf8_lossy(o.payload));
+                        }
+                    }
+                    Outcome::Dropped => {
+                        let _ = writeln!(out, "record {}: dropped", i + 1);
+                    }
+                    Outcome::ProcessingFailed(reason) => {
+                        failed += 1;
+                        let _ = writeln!(out, "record {}: processing-failed: {reason}", i + 1);
+                    }
+                }
+            }
+            let _ = writeln!(out, "{} records, {} set aside", records.len(), failed);
+            if input.is_none() {
+                let mut fresh = plugin.instantiate()?;
+                crate::pipeline::self_test(&mut fresh, &self_tests).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+                let _ = writeln!(out, "{} self-tests of plugin.toml passed", self_tests.len());
+            }
+        }
+        World::Notifier => {
+            let plugin = NotifierPlugin::new(engine, compiled, spec, config)?;
+            let services = Arc::new(MemoryServices::default());
+            plugin.instantiate(services.clone())?.consume(&batch)?;
+            let sent = services.sent();
+            for n in &sent {
+                let _ = writeln!(out, "{} -> {} [{}]: {}", n.channel, n.recipient, n.idempotency_key, n.subject);
+            }
+            let _ = writeln!(out, "{} records, {} notifications", records.len(), sent.len());
+        }
+        World::Aggregator => {
+            // One window holding every record, one state per key.
+            let plugin = AggregatorPlugin::new(engine, compiled, spec, config)?;
+            let mut instance = plugin.instantiate()?;
+            let mut states = vec![Vec::new()];
+            instance.fold(&batch, &vec![0; records.len()], &mut states)?;
+            let emitted = instance.emit(now - 1, now + 1, &[String::new()], &states)?;
+            for r in emitted.records() {
+                let _ = writeln!(out, "{}", String::from_utf8_lossy(r.payload));
+            }
+            let _ = writeln!(out, "{} records folded into one window, {} results", records.len(), emitted.len());
+        }
+    }
+    Ok(out)
+}
