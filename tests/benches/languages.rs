@@ -1,0 +1,98 @@
+//! What a plugin costs in each language weir builds, on the same transform:
+//! the `weir plugin new` scaffold (trim each record and upper-case it), written
+//! in Rust, Python, JavaScript and C, built by its plugin.toml's `[build]`.
+//! For each: the component's size, the time to compile it (no cache), to
+//! instantiate it (with its `init`), and per record in batches of 1,000, beside
+//! native Rust doing the same work in this run. No target: the table helps an
+//! author choose.
+//!
+//! Run: `cargo bench -p weir-tests --bench languages --profile dev`
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use weir_host::manifest::{Diagnostics, Grants, Limits, PluginManifest, World};
+use weir_host::plugin::{Batch, PluginEngine, TransformerPlugin, check_world};
+use weir_host::scaffold::{Lang, new_plugin};
+use weir_tests::{root, sandbox};
+
+const RECORDS: usize = 1_000;
+const ROUNDS: usize = 30;
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+fn main() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut batch = Batch::with_capacity(RECORDS, RECORDS * 64);
+    let lines: Vec<String> =
+        (0..RECORDS).map(|i| format!("  toll {i:06} at station {} lane {}  ", i % 12, i % 4)).collect();
+    for line in &lines {
+        batch.push("k", 0, line.as_bytes());
+    }
+
+    // Native Rust, the same work on the same records.
+    let native = median(
+        (0..ROUNDS)
+            .map(|_| {
+                let started = Instant::now();
+                let out: Vec<String> = lines.iter().map(|l| l.trim().to_uppercase()).collect();
+                std::hint::black_box(out);
+                started.elapsed()
+            })
+            .collect(),
+    );
+    let per_record = |d: Duration| d.as_nanos() as f64 / RECORDS as f64;
+    println!("per record, batches of {RECORDS}; native Rust: {:.0} ns", per_record(native));
+    println!(
+        "{:<11} {:>12} {:>12} {:>14} {:>13} {:>10}",
+        "language", "size", "compile", "instantiate", "per record", "÷ native"
+    );
+    let engine = Arc::new(PluginEngine::with_cache(None).expect("engine"));
+    for (lang, label) in [(Lang::Rust, "rust"), (Lang::C, "c"), (Lang::Js, "javascript"), (Lang::Python, "python")] {
+        let folder = dir.path().join(format!("bench-{label}"));
+        new_plugin(&format!("bench-{label}"), World::Transformer, lang, &folder, &root()).expect("scaffold");
+        let mut diags = Diagnostics::default();
+        let manifest = PluginManifest::load(&folder.join("plugin.toml"), &mut diags)
+            .expect("plugin.toml")
+            .unwrap_or_else(|| panic!("{diags}"));
+        weir_host::build::build_plugin(&manifest).expect("build");
+        let component = manifest.component_path();
+        let size = std::fs::metadata(&component).expect("component").len();
+        let started = Instant::now();
+        let compiled = check_world(&engine, &component, World::Transformer).expect("a transformer");
+        let compile = started.elapsed();
+        let spec = sandbox(label, Limits::default(), Grants::default());
+        let plugin = TransformerPlugin::new(&engine, compiled, spec, manifest.default_config()).expect("load");
+        let instantiate = median(
+            (0..ROUNDS)
+                .map(|_| {
+                    let started = Instant::now();
+                    std::hint::black_box(plugin.instantiate().expect("instantiate"));
+                    started.elapsed()
+                })
+                .collect(),
+        );
+        let mut instance = plugin.instantiate().expect("instantiate");
+        let transform = median(
+            (0..ROUNDS)
+                .map(|_| {
+                    let started = Instant::now();
+                    let out = instance.transform(&batch).expect("transform");
+                    assert_eq!(out.output.len(), RECORDS);
+                    started.elapsed()
+                })
+                .collect(),
+        );
+        println!(
+            "{label:<11} {:>9.2} MB {:>9.0} ms {:>11.2} ms {:>10.0} ns {:>10.1}",
+            size as f64 / 1e6,
+            compile.as_secs_f64() * 1e3,
+            instantiate.as_secs_f64() * 1e3,
+            per_record(transform),
+            per_record(transform) / per_record(native).max(1e-9),
+        );
+    }
+}
