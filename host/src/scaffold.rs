@@ -188,7 +188,7 @@ weir plugin inspect <the [build] output>        # world, WIT version, imports, t
 ```
 
 In a pipeline: `plugin = "<this folder>"` on a stage (`weir run --build` builds it).
-The "Writing plugins" guide of weir's README covers the contract and each language.
+weir's guide, `sdk/README.md` ("Writing plugins"), covers the contract and each language.
 "#;
 
 const RUST_CARGO: &str = r#"[package]
