@@ -204,8 +204,11 @@ enum PluginAction {
         /// Build the plugin first with its plugin.toml's `[build]` command.
         #[arg(long)]
         build: bool,
+        /// A file holding exactly what the test must print: a difference fails it.
+        #[arg(long)]
+        expect: Option<PathBuf>,
     },
-    /// Scaffold a plugin that builds and passes its self-tests as written.
+    /// Scaffold a plugin that builds and passes its test (sample.txt, expected.txt) as written.
     New {
         /// Its name (lowercase, digits and '-').
         name: String,
@@ -318,7 +321,9 @@ pub fn main() -> anyhow::Result<()> {
                 print!("{inspection}");
                 Ok(())
             }
-            PluginAction::Test { plugin, input, config, build } => plugin_test(&plugin, input, &config, build),
+            PluginAction::Test { plugin, input, config, build, expect } => {
+                plugin_test(&plugin, input, &config, build, expect)
+            }
             PluginAction::New { name, world, lang, dir, weir } => plugin_new(&name, world, lang, dir, weir),
             action => client_verb(&target, |c| plugin(c, action)),
         },
@@ -337,7 +342,13 @@ pub fn main() -> anyhow::Result<()> {
     }
 }
 
-fn plugin_test(plugin: &Path, input: Option<PathBuf>, config: &[String], build: bool) -> anyhow::Result<()> {
+fn plugin_test(
+    plugin: &Path,
+    input: Option<PathBuf>,
+    config: &[String],
+    build: bool,
+    expect: Option<PathBuf>,
+) -> anyhow::Result<()> {
     let target = crate::author::TestTarget::resolve(plugin, build)?;
     let records = match input {
         None => None,
@@ -354,7 +365,21 @@ fn plugin_test(plugin: &Path, input: Option<PathBuf>, config: &[String], build: 
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let engine = Arc::new(PluginEngine::new()?);
-    print!("{}", crate::author::run_test(&engine, &target, records.as_deref(), &config)?);
+    let report = crate::author::run_test(&engine, &target, records.as_deref(), &config)?;
+    print!("{report}");
+    if let Some(file) = expect {
+        let expected = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+        if let Some((line, (want, got))) = expected.lines().zip(report.lines()).enumerate().find(|(_, (w, g))| w != g) {
+            anyhow::bail!("line {} differs from {}:\n  expected: {want}\n  got:      {got}", line + 1, file.display());
+        }
+        anyhow::ensure!(
+            expected.lines().count() == report.lines().count(),
+            "{} expects {} lines, the test printed {}",
+            file.display(),
+            expected.lines().count(),
+            report.lines().count()
+        );
+    }
     Ok(())
 }
 
@@ -383,7 +408,14 @@ fn plugin_new(
     };
     let dir = dir.unwrap_or_else(|| PathBuf::from(name));
     crate::scaffold::new_plugin(name, world, lang, &dir, &weir)?;
-    println!("wrote {} ({lang:?} transformer); try: weir plugin test {} --build", dir.display(), dir.display());
+    println!(
+        "wrote {} ({lang:?} {}); try: weir plugin test {} --build --input {} --expect {}",
+        dir.display(),
+        format!("{world:?}").to_lowercase(),
+        dir.display(),
+        dir.join("sample.txt").display(),
+        dir.join("expected.txt").display()
+    );
     Ok(())
 }
 

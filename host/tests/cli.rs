@@ -339,38 +339,54 @@ fn simulate_sends_a_day_and_the_thresholds_to_a_running_weir() {
 }
 
 #[test]
-fn a_scaffolded_plugin_in_each_language_builds_and_passes_its_own_test() {
+fn a_scaffolded_plugin_of_each_world_and_language_builds_and_passes_its_own_test() {
     let weir_root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let dir = tempfile::tempdir().expect("tempdir");
-    for lang in ["rust", "python", "js", "c"] {
-        let plugin = dir.path().join(format!("hello-{lang}"));
-        let run = |args: &[&str]| {
-            let out = Command::new(WEIR).args(args).output().expect("run weir");
-            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-            assert!(out.status.success(), "weir {args:?}:\n{text}");
-            String::from_utf8_lossy(&out.stdout).into_owned()
-        };
-        let (plugin_arg, root_arg) = (plugin.to_string_lossy(), weir_root.to_string_lossy());
-        let name = format!("hello-{lang}");
-        run(&["plugin", "new", &name, "--lang", lang, "--dir", &plugin_arg, "--weir", &root_arg]);
-        let tested = run(&["plugin", "test", &plugin_arg, "--build"]);
-        assert!(
-            tested.contains("HELLO WEIR") && tested.contains("2 self-tests of plugin.toml passed"),
-            "{lang}: {tested}"
-        );
+    let run = |args: &[&str]| {
+        let out = Command::new(WEIR).args(args).output().expect("run weir");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "weir {args:?}:\n{text}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for world in ["transformer", "notifier", "aggregator"] {
+        for lang in ["rust", "python", "js", "c"] {
+            let name = format!("{world}-{lang}");
+            let plugin = dir.path().join(&name);
+            let file = |f: &str| plugin.join(f).to_string_lossy().into_owned();
+            let (plugin_arg, root_arg) = (plugin.to_string_lossy(), weir_root.to_string_lossy());
+            run(&["plugin", "new", &name, "--world", world, "--lang", lang, "--dir", &plugin_arg, "--weir", &root_arg]);
+            // The scaffold's own test, unchanged: the sample gives exactly the expected report.
+            let sample = ["--input", &file("sample.txt"), "--expect", &file("expected.txt")];
+            run(&[&["plugin", "test", &*plugin_arg, "--build"], &sample[..]].concat());
 
-        let manifest = std::fs::read_to_string(plugin.join("plugin.toml")).expect("plugin.toml");
-        let output =
-            manifest.lines().find_map(|l| l.strip_prefix("output = ")).expect("[build] output").trim_matches('"');
-        let inspected = run(&["plugin", "inspect", &plugin.join(output).to_string_lossy()]);
-        assert!(
-            inspected.contains("world     transformer") && inspected.contains("weir:plugin/transform@0.1.0"),
-            "{inspected}"
-        );
+            let manifest = std::fs::read_to_string(plugin.join("plugin.toml")).expect("plugin.toml");
+            let output =
+                manifest.lines().find_map(|l| l.strip_prefix("output = ")).expect("[build] output").trim_matches('"');
+            let inspected = run(&["plugin", "inspect", &plugin.join(output).to_string_lossy()]);
+            assert!(inspected.contains(&format!("world     {world}")), "{name}: {inspected}");
+            if world == "transformer" {
+                let tested = run(&["plugin", "test", &plugin_arg]);
+                assert!(tested.contains("2 self-tests of plugin.toml passed"), "{name}: {tested}");
+            }
+        }
     }
+    // A report that differs from the expected one fails, saying where.
+    let plugin = dir.path().join("transformer-c");
+    std::fs::write(plugin.join("expected.txt"), "record 1: ok, 1 out\n  hello weir\n").expect("write");
+    let out = Command::new(WEIR)
+        .args(["plugin", "test"])
+        .arg(&plugin)
+        .arg("--input")
+        .arg(plugin.join("sample.txt"))
+        .arg("--expect")
+        .arg(plugin.join("expected.txt"))
+        .output()
+        .expect("run weir");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("line 2 differs"), "{stderr}");
     let again = Command::new(WEIR)
-        .args(["plugin", "new", "hello-c", "--lang", "c", "--dir"])
-        .arg(dir.path().join("hello-c"))
+        .args(["plugin", "new", "transformer-c", "--lang", "c", "--dir"])
+        .arg(&plugin)
         .output()
         .expect("run weir");
     assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("exists already"));

@@ -97,3 +97,26 @@ export class Config {
     }
   }
 }
+
+/** The states of a `types.states`, one Uint8Array per group (empty: no records yet). */
+export function states(flat) {
+  const out = [];
+  let start = 0;
+  for (const end of flat.ends) {
+    out.push(flat.bytes.subarray(start, end));
+    start = end;
+  }
+  return out;
+}
+
+/** A `types.states` holding `items` (strings or Uint8Arrays), in order. */
+export function packStates(items) {
+  const parts = items.map((item) => (typeof item === 'string' ? encoder.encode(item) : item));
+  const ends = [];
+  let length = 0;
+  for (const part of parts) {
+    length += part.length;
+    ends.push(length);
+  }
+  return { bytes: concat(parts, length), ends: Uint32Array.from(ends) };
+}

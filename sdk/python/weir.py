@@ -87,3 +87,23 @@ class BatchBuilder:
             payload_ends=self.payload_ends,
             attributes=[],
         )
+
+
+def states(flat) -> List[bytes]:
+    """The states of a `types.states`, one per group (empty: no records yet)."""
+    out, start = [], 0
+    for end in flat.ends:
+        out.append(bytes(flat.bytes[start:end]))
+        start = end
+    return out
+
+
+def pack_states(items: List[bytes]):
+    """A `types.states` holding `items`, in order."""
+    from wit_world.imports import types
+
+    data, ends = bytearray(), []
+    for item in items:
+        data += item
+        ends.append(len(data))
+    return types.States(bytes=bytes(data), ends=ends)
