@@ -842,11 +842,11 @@ fn run(
         crate::build::build_all(&pipeline)?;
     }
     let engine = Arc::new(PluginEngine::new()?);
+    let (addr, name) = (pipeline.api.listen, pipeline.name.clone());
+    // Outside the server's runtime: a PostgreSQL warehouse runs one of its own.
+    let host = crate::pipeline::Host::start(pipeline, &engine)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
-        let addr = pipeline.api.listen;
-        let name = pipeline.name.clone();
-        let host = crate::pipeline::Host::start(pipeline, &engine)?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}; is another weir running? (use --listen)"))?;

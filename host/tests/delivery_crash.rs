@@ -1,8 +1,9 @@
 //! Crash safety of deliveries into the warehouse, with the real binary: a
-//! `weir run` delivering toll rows into SQLite is killed with SIGKILL in the
-//! middle of its deliveries, 6 times; once it has caught up after the last
-//! restart, every acknowledged line is exactly one row: none lost, none loaded
-//! twice.
+//! `weir run` delivering toll rows into SQLite, or into PostgreSQL (where two
+//! batches load at once and may commit out of order), is killed with SIGKILL
+//! in the middle of its deliveries, 6 times; once it has caught up after the
+//! last restart, every acknowledged line is exactly one row: none lost, none
+//! loaded twice.
 
 mod common;
 
@@ -28,7 +29,7 @@ lake = "lake"
 prefix = "rows/"
 
 [delivery.tolls.warehouse]
-database = "warehouse.db"
+{warehouse}
 table = "toll_transactions"
 columns = ["transaction_id", "customer_id", "amount_cents"]
 "#;
@@ -37,7 +38,7 @@ fn line(round: u32, i: u32) -> String {
     format!("R{round}-{i:06},2026-11-26T14:03:12Z,17,3,TAG1,C{:06},2,{}", i % 50, 100 + i)
 }
 
-fn rows(db: &Path) -> Vec<String> {
+fn sqlite_rows(db: &Path) -> Vec<String> {
     let Ok(connection) = rusqlite::Connection::open(db) else { return Vec::new() };
     let Ok(mut query) = connection.prepare("SELECT transaction_id FROM toll_transactions") else { return Vec::new() };
     query.query_map([], |r| r.get::<_, String>(0)).map(|rows| rows.flatten().collect()).unwrap_or_default()
@@ -45,11 +46,61 @@ fn rows(db: &Path) -> Vec<String> {
 
 #[test]
 fn deliveries_killed_midway_load_every_acknowledged_row_exactly_once() {
-    let _plugins_built = weir_artifacts::TOLL_ETL;
     let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("warehouse.db");
+    killed_midway(&dir, "database = \"warehouse.db\"", || sqlite_rows(&db));
+}
+
+#[test]
+fn deliveries_into_postgres_killed_midway_load_every_acknowledged_row_exactly_once() {
+    let Ok(server) = std::env::var("WEIR_TEST_POSTGRES") else {
+        assert!(std::env::var_os("CI").is_none(), "CI must set WEIR_TEST_POSTGRES (see .ci/run)");
+        eprintln!("skipped: set WEIR_TEST_POSTGRES to a PostgreSQL connection string to run it");
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+    let database = format!("weir_delivery_crash_{}", std::process::id());
+    let url = format!("{server} dbname={database}");
+    let connect = |url: String| async move {
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect");
+        tokio::spawn(connection);
+        client
+    };
+    runtime.block_on(async {
+        let admin = connect(server.clone()).await;
+        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {database}")).await.expect("drop");
+        admin.batch_execute(&format!("CREATE DATABASE {database}")).await.expect("create");
+        // No key: a row loaded twice shows up as two rows.
+        connect(url.clone())
+            .await
+            .batch_execute(
+                "CREATE TABLE toll_transactions (transaction_id text, customer_id text, amount_cents integer)",
+            )
+            .await
+            .expect("table");
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rows = || {
+        runtime.block_on(async {
+            let client = connect(url.clone()).await;
+            let rows = client.query("SELECT transaction_id FROM toll_transactions", &[]).await.expect("rows");
+            rows.iter().map(|r| r.get::<_, String>(0)).collect()
+        })
+    };
+    killed_midway(&dir, &format!("kind = \"postgres\"\ndatabase = \"{url}\""), rows);
+    runtime.block_on(async {
+        let drop = format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)");
+        connect(server.clone()).await.batch_execute(&drop).await.expect("drop");
+    });
+}
+
+/// Kills a delivering weir 6 times, then checks `rows()` holds each acknowledged line once.
+fn killed_midway(dir: &tempfile::TempDir, warehouse: &str, rows: impl Fn() -> Vec<String>) {
+    let _plugins_built = weir_artifacts::TOLL_ETL;
     let manifest = dir.path().join("pipeline.toml");
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    std::fs::write(&manifest, MANIFEST.replace("{root}", &root.display().to_string())).expect("manifest");
+    let text = MANIFEST.replace("{root}", &root.display().to_string()).replace("{warehouse}", warehouse);
+    std::fs::write(&manifest, text).expect("manifest");
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
     let client = reqwest::Client::new();
     let acked: Arc<Mutex<BTreeSet<String>>> = Arc::default();
@@ -98,10 +149,9 @@ fn deliveries_killed_midway_load_every_acknowledged_row_exactly_once() {
     let port = free_port();
     let mut child = start(&manifest, port);
     runtime.block_on(wait_ready(&client, port));
-    let db = dir.path().join("warehouse.db");
     let deadline = Instant::now() + Duration::from_secs(60);
     let loaded = loop {
-        let loaded = rows(&db);
+        let loaded = rows();
         let have: BTreeSet<&String> = loaded.iter().collect();
         if acked.iter().all(|id| have.contains(id)) {
             break loaded;

@@ -1,12 +1,19 @@
-//! The delivery loader: takes staged batches from the worker in order, loads
-//! their rows into the warehouse (retrying for its retry duration), writes
-//! the errors object, then checkpoints the source and forgets the plan. A
-//! batch is checkpointed only once all of it is somewhere: in the lake, in
-//! the table, or under the error prefix.
+//! The delivery loader: takes staged batches from the worker, loads their
+//! rows into the warehouse (retrying for its retry duration), writes the
+//! errors object, then checkpoints the source and forgets the plan. A batch
+//! is checkpointed only once all of it is somewhere: in the lake, in the
+//! table, or under the error prefix.
+//!
+//! Into PostgreSQL two batches load at once, on two connections: one `COPY`
+//! keeps one server process busy, and the server has more cores than that.
+//! They may commit out of order (the ledger makes each load happen once);
+//! checkpoints and plans still advance in the order the batches were staged,
+//! so a restart never skips a batch nor re-stages one that was loaded.
 
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -38,6 +45,15 @@ pub struct Staged {
     pub errors: Vec<serde_json::Value>,
 }
 
+/// Batches finished out of order, by ticket, waiting for the ones before them.
+#[derive(Default)]
+struct InOrder {
+    /// The ticket of the next batch to checkpoint.
+    next: u64,
+    /// Finished batches after it: (shard, first, last).
+    done: BTreeMap<u64, (u32, u64, u64)>,
+}
+
 pub struct Loader {
     shared: Arc<Shared>,
     /// Connected on first use if the database was down at start.
@@ -49,8 +65,35 @@ impl Loader {
         Loader { shared, warehouse }
     }
 
-    /// Finishes every staged batch in order until the worker stops.
-    pub fn run(mut self, staged: Receiver<Staged>) {
+    /// Finishes every staged batch until the worker stops, on as many lanes as
+    /// the database takes loads at once.
+    pub fn run(self, staged: Receiver<Staged>) {
+        let lanes = match &self.shared.spec.warehouse {
+            Some(w) if matches!(w.database, crate::warehouse::Database::Postgres(_)) => 2,
+            _ => 1,
+        };
+        let queue = Mutex::new((staged, 0u64));
+        let order = Mutex::new(InOrder::default());
+        let stop = AtomicBool::new(false);
+        let shared = self.shared.clone();
+        let mut loaders = vec![self];
+        loaders.extend((1..lanes).map(|_| Loader::new(shared.clone(), None)));
+        std::thread::scope(|scope| {
+            for (lane, mut loader) in loaders.into_iter().enumerate() {
+                let (queue, order, stop, span) = (&queue, &order, &stop, tracing::Span::current());
+                let spawned = std::thread::Builder::new()
+                    .name(format!("delivery-load-{}-{lane}", shared.spec.name))
+                    .spawn_scoped(scope, move || span.in_scope(|| loader.lane(queue, order, stop)));
+                if let Err(e) = spawned {
+                    tracing::error!(error = %e, "cannot start a delivery loader lane");
+                }
+            }
+        });
+    }
+
+    /// One lane: takes the next staged batch, finishes it, and hands it to the
+    /// in-order checkpoint; until the worker stops or a shutdown interrupts.
+    fn lane(&mut self, queue: &Mutex<(Receiver<Staged>, u64)>, order: &Mutex<InOrder>, stop: &AtomicBool) {
         let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(r) => r,
             Err(e) => {
@@ -58,15 +101,36 @@ impl Loader {
                 return;
             }
         };
-        for batch in staged {
+        while !stop.load(Ordering::Relaxed) {
+            let (ticket, batch) = {
+                let mut queue = queue.lock().unwrap_or_else(|p| p.into_inner());
+                let Ok(batch) = queue.0.recv() else { return };
+                queue.1 += 1;
+                (queue.1 - 1, batch)
+            };
             let (shard, first, last) = (batch.shard, batch.first, batch.last);
             if self.finish(&runtime, batch).is_err() {
                 tracing::warn!(shard, first, last, "shutdown interrupted a delivery; it is redone at the next start");
+                stop.store(true, Ordering::Relaxed);
                 return; // the worker sees the channel close and stops too
+            }
+            let mut order = order.lock().unwrap_or_else(|p| p.into_inner());
+            order.done.insert(ticket, (shard, first, last));
+            while let Some(&(shard, first, last)) = order.done.get(&order.next) {
+                let next = order.next;
+                order.done.remove(&next);
+                order.next += 1;
+                if let Err(e) =
+                    self.shared.source.checkpoint(&self.shared.source_stream, shard, &self.shared.consumer, last + 1)
+                {
+                    tracing::error!(error = %e, "checkpoint failed");
+                }
+                self.shared.plans.remove(shard, first);
             }
         }
     }
 
+    /// Loads a batch and writes its errors object; the caller checkpoints it.
     fn finish(&mut self, runtime: &tokio::runtime::Runtime, batch: Staged) -> Result<(), Interrupted> {
         let shared = self.shared.clone();
         let mut errors = batch.errors;
@@ -87,11 +151,6 @@ impl Loader {
         }
         shared.stats.records_delivered.fetch_add(batch.delivered, Ordering::Relaxed);
         shared.stats.records_failed.fetch_add(errors.len() as u64, Ordering::Relaxed);
-        let next = batch.last + 1;
-        if let Err(e) = shared.source.checkpoint(&shared.source_stream, batch.shard, &shared.consumer, next) {
-            tracing::error!(error = %e, "checkpoint failed");
-        }
-        shared.plans.remove(batch.shard, batch.first);
         Ok(())
     }
 
