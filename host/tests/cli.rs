@@ -1,11 +1,13 @@
 //! The `weir` binary as a newcomer uses it: `weir check` on good and broken
 //! manifests, and `weir run` serving HTTP until SIGTERM, draining on the way out.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const WEIR: &str = env!("CARGO_BIN_EXE_weir");
+use common::{WEIR, free_port, start};
 
 fn root() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
@@ -31,10 +33,6 @@ fn check_accepts_the_quickstart_and_lists_every_problem_of_a_broken_manifest() {
     assert_eq!(bad.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("--> ui/many-problems.toml:16:9"), "{stderr}");
     assert!(stderr.contains("16 problems found"), "{stderr}");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
 #[test]
@@ -265,13 +263,7 @@ fn table_put_get_and_delete_talk_to_a_running_weir() {
     std::fs::write(&manifest, "[pipeline]\nname = \"tables\"\ndata-dir = \"data\"\n\n[tables.thresholds]\n")
         .expect("manifest");
     let port = free_port();
-    let mut host = Command::new(WEIR)
-        .args(["run", "--insecure-no-auth", "--listen", &format!("127.0.0.1:{port}")])
-        .arg(&manifest)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start weir");
+    let mut host = start(&manifest, port);
     let endpoint = format!("http://127.0.0.1:{port}");
     let weir = |args: &[&str]| {
         let out = Command::new(WEIR).args(args).env("WEIR_ENDPOINT", &endpoint).output().expect("run weir");
@@ -308,13 +300,7 @@ fn simulate_sends_a_day_and_the_thresholds_to_a_running_weir() {
     .expect("manifest");
     let port = free_port();
     let endpoint = format!("http://127.0.0.1:{port}");
-    let mut host = Command::new(WEIR)
-        .args(["run", "--insecure-no-auth", "--listen", &format!("127.0.0.1:{port}")])
-        .arg(&manifest)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start weir");
+    let mut host = start(&manifest, port);
     let weir =
         |args: &[&str]| Command::new(WEIR).args(args).env("WEIR_ENDPOINT", &endpoint).output().expect("run weir");
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -1,5 +1,6 @@
 //! Running the `weir` binary from tests: a free loopback port, `weir run`
 //! on it, and waiting until it answers.
+#![allow(dead_code, reason = "each test binary uses its own part of these helpers")]
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
