@@ -186,8 +186,8 @@ enum PluginAction {
     },
     /// What a component is: its world, WIT version, imports and toolchain (no weir needed).
     Inspect {
-        /// The component (.wasm).
-        component: PathBuf,
+        /// A component (.wasm), or a plugin folder / plugin.toml (its name, version and component).
+        plugin: PathBuf,
     },
     /// Run a plugin on sample records and print each record's outcome (no weir needed).
     Test {
@@ -316,8 +316,15 @@ pub fn main() -> anyhow::Result<()> {
         }
         Command::Agent { config } => agent(config),
         Command::Plugin { action, target } => match action {
-            PluginAction::Inspect { component } => {
-                let inspection = crate::author::inspect(&PluginEngine::new()?, &component)?;
+            PluginAction::Inspect { plugin } => {
+                let target = crate::author::TestTarget::resolve(&plugin, false)?;
+                let inspection = crate::author::inspect(&PluginEngine::new()?, &target.component)?;
+                if let Some(m) = &target.manifest {
+                    println!("plugin    {} {} ({})", m.info.name, m.info.version.get_ref(), target.component.display());
+                    if inspection.world != Some(m.info.world) {
+                        println!("warning   plugin.toml says world `{:?}`: rebuild, or fix plugin.toml", m.info.world);
+                    }
+                }
                 print!("{inspection}");
                 Ok(())
             }
@@ -447,7 +454,9 @@ async fn plugin(client: Client, action: PluginAction) -> anyhow::Result<()> {
             let path = format!("/v1/stages/{stage}/plugin/rollback");
             client.native(Method::POST, &path, HeaderMap::new(), Default::default()).await?
         }
-        PluginAction::Inspect { .. } | PluginAction::Test { .. } | PluginAction::New { .. } => unreachable!(),
+        PluginAction::Inspect { .. } | PluginAction::Test { .. } | PluginAction::New { .. } => {
+            anyhow::bail!("`weir plugin` verbs that need no running weir are handled before this")
+        }
         PluginAction::List { .. } => {
             for stage in status["stages"].as_array().into_iter().flatten() {
                 println!("stage `{}`:", stage["name"].as_str().unwrap_or(""));

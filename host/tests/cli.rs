@@ -345,10 +345,8 @@ fn a_scaffolded_plugin_of_each_world_and_language_builds_and_passes_its_own_test
             let sample = ["--input", &file("sample.txt"), "--expect", &file("expected.txt")];
             run(&[&["plugin", "test", &*plugin_arg, "--build"], &sample[..]].concat());
 
-            let manifest = std::fs::read_to_string(plugin.join("plugin.toml")).expect("plugin.toml");
-            let output =
-                manifest.lines().find_map(|l| l.strip_prefix("output = ")).expect("[build] output").trim_matches('"');
-            let inspected = run(&["plugin", "inspect", &plugin.join(output).to_string_lossy()]);
+            let inspected = run(&["plugin", "inspect", &plugin_arg]);
+            assert!(inspected.contains(&format!("plugin    {name} 0.1.0")), "{name}: {inspected}");
             assert!(inspected.contains(&format!("world     {world}")), "{name}: {inspected}");
             if world == "transformer" {
                 let tested = run(&["plugin", "test", &plugin_arg]);

@@ -24,7 +24,7 @@ Change it to do your work, and keep `sample.txt` and `expected.txt` saying what 
 ```sh
 weir plugin test . --build --input sample.txt --expect expected.txt   # build with [build]; what it does with the sample
 weir plugin test . --input my-records.txt                           # one record per line
-weir plugin inspect <the [build] output of plugin.toml>              # world, WIT version, imports, toolchain
+weir plugin inspect .                                                # name, version, world, WIT version, imports, toolchain
 ```
 
 In a pipeline: `plugin = "<this folder>"` on a stage (`weir run --build` builds it).
