@@ -16,21 +16,19 @@
 
 use std::sync::Arc;
 
-use weir_host::manifest::{Diagnostics, Grants, Limits, PluginManifest, World};
+use weir_host::manifest::plugin::ExpectedOutcome;
+use weir_host::manifest::{Grants, Limits, PluginManifest, World};
 use weir_host::plugin::{
     Batch, MemoryServices, Notification, NotifierPlugin, Outcome, PluginError, TransformerPlugin, check_world,
 };
-use weir_tests::{artifacts, config, engine, root, sandbox};
+use weir_tests::{artifacts, config, engine, plugin_manifest, root, sandbox};
 
 /// A plugin of `plugins/` with its manifest.
 fn plugins_of(world: World) -> Vec<(&'static str, &'static str, PluginManifest)> {
     artifacts::PLUGINS
         .iter()
         .filter_map(|&(name, component)| {
-            let mut diags = Diagnostics::default();
-            let manifest = PluginManifest::load(&root().join("plugins").join(name).join("plugin.toml"), &mut diags)
-                .expect("read plugin.toml")
-                .unwrap_or_else(|| panic!("{name}/plugin.toml:\n{diags}"));
+            let manifest = plugin_manifest(&root().join("plugins").join(name));
             (manifest.info.world == world).then_some((name, component, manifest))
         })
         .collect()
@@ -71,17 +69,15 @@ fn every_transformer_keeps_the_outcome_contract() {
             together.push(&test.key, 0, test.input.as_bytes());
             let out = instance.transform(&alone).unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(out.outcomes.len(), 1, "{name}: one outcome per record");
-            let expected =
-                format!("{:?}", test.outcome).to_lowercase().replace("processingfailed", "processing-failed");
             let got = match &out.outcomes[0] {
-                Outcome::Ok(_) => "ok",
-                Outcome::Dropped => "dropped",
+                Outcome::Ok(_) => ExpectedOutcome::Ok,
+                Outcome::Dropped => ExpectedOutcome::Dropped,
                 Outcome::ProcessingFailed(reason) => {
                     assert!(!reason.trim().is_empty(), "{name}: a failed record says why");
-                    "processing-failed"
+                    ExpectedOutcome::ProcessingFailed
                 }
             };
-            assert_eq!(got, expected, "{name}: self-test {:?}", test.input);
+            assert_eq!(got, test.outcome, "{name}: self-test {:?}", test.input);
             if let (Some(output), Some(first)) = (&test.output, out.output.records().next()) {
                 assert_eq!(std::str::from_utf8(first.payload).ok(), Some(output.as_str()), "{name}: output");
             }

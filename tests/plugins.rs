@@ -5,28 +5,19 @@
 
 use std::path::Path;
 
-use weir_host::manifest::{Diagnostics, Grants, Limits, PluginManifest, World};
+use weir_host::manifest::{Grants, Limits, World};
 use weir_host::plugin::{AggregatorPlugin, Batch, MemoryServices, NotifierPlugin, TransformerPlugin, check_world};
-use weir_tests::{artifacts, engine, root, sandbox};
+use weir_tests::{artifacts, engine, plugin_manifest, root, sandbox};
 
 #[test]
 fn every_plugin_builds_fits_its_world_and_starts_with_its_defaults() {
     assert!(!artifacts::PLUGINS.is_empty());
     let engine = engine();
     for (name, component) in artifacts::PLUGINS {
-        let mut diags = Diagnostics::default();
-        let manifest = PluginManifest::load(&root().join("plugins").join(name).join("plugin.toml"), &mut diags)
-            .expect("read plugin.toml")
-            .unwrap_or_else(|| panic!("{name}/plugin.toml:\n{diags}"));
+        let manifest = plugin_manifest(&root().join("plugins").join(name));
         assert_eq!(manifest.component_path().canonicalize().ok().as_deref(), Some(Path::new(component)));
         let compiled = check_world(&engine, component.as_ref(), manifest.info.world).expect("fits its world");
-        let defaults: Vec<(String, String)> = manifest
-            .config
-            .iter()
-            .filter_map(|(k, spec)| {
-                spec.default.as_ref().map(|v| (k.clone(), v.to_string().trim_matches('"').to_owned()))
-            })
-            .collect();
+        let defaults = manifest.default_config();
         let spec = sandbox(name, Limits::default(), Grants::default());
         let empty = Batch::with_capacity(0, 0);
         match manifest.info.world {

@@ -12,8 +12,8 @@ use anyhow::{Context as _, bail};
 
 use crate::manifest::{Diagnostics, Grants, Limits, PluginManifest, World};
 use crate::plugin::{
-    AggregatorPlugin, Batch, MemoryServices, NotifierPlugin, Outcome, PluginEngine, PluginIdent, SandboxSpec,
-    TransformerPlugin, check_world,
+    AggregatorPlugin, Batch, CompiledComponent, MemoryServices, NotifierPlugin, Outcome, PluginEngine, PluginIdent,
+    SandboxSpec, TransformerPlugin, fits_world,
 };
 
 /// What `weir plugin inspect` found out about a component.
@@ -33,13 +33,18 @@ pub struct Inspection {
     pub producers: Vec<String>,
 }
 
+/// The world a compiled component fits, if any.
+fn world_of(engine: &PluginEngine, compiled: &CompiledComponent) -> Option<World> {
+    [World::Transformer, World::Aggregator, World::Notifier]
+        .into_iter()
+        .find(|&w| fits_world(engine, compiled, w).is_ok())
+}
+
 /// Reads and compiles a component and finds out which world it fits.
 pub fn inspect(engine: &PluginEngine, path: &Path) -> anyhow::Result<Inspection> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let compiled = engine.compile_bytes(&bytes, path)?;
-    let world = [World::Transformer, World::Aggregator, World::Notifier]
-        .into_iter()
-        .find(|&w| check_world(engine, path, w).is_ok());
+    let world = world_of(engine, &compiled);
     let ty = compiled.component.component_type();
     let exports = ty.exports(engine.engine()).map(|(name, _)| name.to_owned()).collect();
     let imports = ty.imports(engine.engine()).map(|(name, _)| name.to_owned()).collect();
@@ -73,9 +78,8 @@ fn producers(bytes: &[u8]) -> Vec<String> {
 
 impl std::fmt::Display for Inspection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let world = self.world.map_or("none of weir's worlds (transformer, aggregator, notifier)".into(), |w| {
-            format!("{w:?}").to_lowercase()
-        });
+        let world =
+            self.world.map_or("none of weir's worlds (transformer, aggregator, notifier)".into(), |w| w.to_string());
         writeln!(f, "world     {world}")?;
         let weir: Vec<&String> = self.exports.iter().filter(|e| e.starts_with("weir:")).collect();
         let version = weir.first().and_then(|e| e.split('@').nth(1)).unwrap_or("unknown");
@@ -146,11 +150,12 @@ pub fn run_test(
         config.retain(|(k, _)| k != key);
         config.push((key.clone(), value.clone()));
     }
+    let compiled = engine.compile(&target.component)?;
     let world = match &target.manifest {
         Some(m) => m.info.world,
-        None => inspect(engine, &target.component)?.world.context("the component fits none of weir's worlds")?,
+        None => world_of(engine, &compiled).context("the component fits none of weir's worlds")?,
     };
-    let compiled = check_world(engine, &target.component, world)?;
+    fits_world(engine, &compiled, world)?;
     let spec = SandboxSpec {
         ident: Arc::new(PluginIdent { pipeline: "test".into(), stage: "test".into(), plugin: name.clone() }),
         limits: Limits::default(),

@@ -214,7 +214,7 @@ enum PluginAction {
         name: String,
         /// Its world.
         #[arg(long, value_enum, default_value = "transformer")]
-        world: WorldArg,
+        world: crate::manifest::World,
         /// Its language.
         #[arg(long, value_enum)]
         lang: crate::scaffold::Lang,
@@ -225,14 +225,6 @@ enum PluginAction {
         #[arg(long)]
         weir: Option<PathBuf>,
     },
-}
-
-/// A world, on the command line.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum WorldArg {
-    Transformer,
-    Aggregator,
-    Notifier,
 }
 
 /// Which weir the client verbs talk to. Requests are signed with
@@ -322,7 +314,7 @@ pub fn main() -> anyhow::Result<()> {
                 if let Some(m) = &target.manifest {
                     println!("plugin    {} {} ({})", m.info.name, m.info.version.get_ref(), target.component.display());
                     if inspection.world != Some(m.info.world) {
-                        println!("warning   plugin.toml says world `{:?}`: rebuild, or fix plugin.toml", m.info.world);
+                        println!("warning   plugin.toml says world `{}`: rebuild, or fix plugin.toml", m.info.world);
                     }
                 }
                 print!("{inspection}");
@@ -392,17 +384,11 @@ fn plugin_test(
 
 fn plugin_new(
     name: &str,
-    world: WorldArg,
+    world: crate::manifest::World,
     lang: crate::scaffold::Lang,
     dir: Option<PathBuf>,
     weir: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    use crate::manifest::World;
-    let world = match world {
-        WorldArg::Transformer => World::Transformer,
-        WorldArg::Aggregator => World::Aggregator,
-        WorldArg::Notifier => World::Notifier,
-    };
     let weir = match weir {
         Some(w) => w,
         None => {
@@ -418,7 +404,7 @@ fn plugin_new(
     println!(
         "wrote {} ({lang:?} {}); try: weir plugin test {} --build --input {} --expect {}",
         dir.display(),
-        format!("{world:?}").to_lowercase(),
+        world,
         dir.display(),
         dir.join("sample.txt").display(),
         dir.join("expected.txt").display()

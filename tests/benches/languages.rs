@@ -11,10 +11,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use weir_host::manifest::{Diagnostics, Grants, Limits, PluginManifest, World};
+use weir_host::manifest::{Grants, Limits, World};
 use weir_host::plugin::{Batch, PluginEngine, TransformerPlugin, check_world};
 use weir_host::scaffold::{Lang, new_plugin};
-use weir_tests::{root, sandbox};
+use weir_tests::{plugin_manifest, root, sandbox};
 
 const RECORDS: usize = 1_000;
 const ROUNDS: usize = 30;
@@ -54,10 +54,7 @@ fn main() {
     for (lang, label) in [(Lang::Rust, "rust"), (Lang::C, "c"), (Lang::Js, "javascript"), (Lang::Python, "python")] {
         let folder = dir.path().join(format!("bench-{label}"));
         new_plugin(&format!("bench-{label}"), World::Transformer, lang, &folder, &root()).expect("scaffold");
-        let mut diags = Diagnostics::default();
-        let manifest = PluginManifest::load(&folder.join("plugin.toml"), &mut diags)
-            .expect("plugin.toml")
-            .unwrap_or_else(|| panic!("{diags}"));
+        let manifest = plugin_manifest(&folder);
         weir_host::build::build_plugin(&manifest).expect("build");
         let component = manifest.component_path();
         let size = std::fs::metadata(&component).expect("component").len();

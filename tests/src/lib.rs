@@ -23,6 +23,14 @@ pub fn engine() -> Arc<PluginEngine> {
     ENGINE.get_or_init(|| Arc::new(PluginEngine::new().expect("engine"))).clone()
 }
 
+/// The plugin.toml in `dir` (e.g. `root().join("plugins/toll-etl")`), which must be valid.
+pub fn plugin_manifest(dir: &Path) -> weir_host::manifest::PluginManifest {
+    let mut diags = weir_host::manifest::Diagnostics::default();
+    weir_host::manifest::PluginManifest::load(&dir.join("plugin.toml"), &mut diags)
+        .unwrap_or_else(|e| panic!("{}/plugin.toml: {e}", dir.display()))
+        .unwrap_or_else(|| panic!("{}/plugin.toml:\n{diags}", dir.display()))
+}
+
 /// Sandbox settings for a test stage.
 pub fn sandbox(plugin: &str, limits: Limits, grants: Grants) -> SandboxSpec {
     SandboxSpec {

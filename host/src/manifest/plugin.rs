@@ -38,7 +38,7 @@ use super::toml_doc::Document;
 use super::units::Name;
 
 /// The plugin kinds, one per world of the `weir:plugin` WIT package.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum World {
     /// `weir:plugin/transformer`

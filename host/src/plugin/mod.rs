@@ -19,5 +19,5 @@ pub use sandbox::SandboxSpec;
 pub use services::{MemoryServices, Notification, ReferenceLookup, Services};
 pub use worlds::{
     AggregatorInstance, AggregatorPlugin, Loaded, NotifierInstance, NotifierPlugin, Transformed, TransformerInstance,
-    TransformerPlugin, check_world,
+    TransformerPlugin, check_world, fits_world,
 };

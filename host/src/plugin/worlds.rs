@@ -60,14 +60,19 @@ pub fn check_world(
     world: World,
 ) -> Result<CompiledComponent, PluginError> {
     let compiled = engine.compile(path)?;
-    let pre = engine.linker(world).instantiate_pre(&compiled.component).map_err(wrong_world(&compiled, world))?;
+    fits_world(engine, &compiled, world)?;
+    Ok(compiled)
+}
+
+/// Checks a compiled component against `world`'s imports and exports.
+pub fn fits_world(engine: &PluginEngine, compiled: &CompiledComponent, world: World) -> Result<(), PluginError> {
+    let pre = engine.linker(world).instantiate_pre(&compiled.component).map_err(wrong_world(compiled, world))?;
     match world {
         World::Transformer => TransformerPre::new(pre).map(drop),
         World::Aggregator => AggregatorPre::new(pre).map(drop),
         World::Notifier => NotifierPre::new(pre).map(drop),
     }
-    .map_err(wrong_world(&compiled, world))?;
-    Ok(compiled)
+    .map_err(wrong_world(compiled, world))
 }
 
 fn load<P>(

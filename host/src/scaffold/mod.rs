@@ -47,11 +47,7 @@ pub fn new_plugin(name: &str, world: World, lang: Lang, dir: &Path, weir: &Path)
     let root = relative_to(&weir, &dir_abs);
     let root = root.to_string_lossy().replace('\\', "/");
     let under = name.replace('-', "_");
-    let world_name = match world {
-        World::Transformer => "transformer",
-        World::Aggregator => "aggregator",
-        World::Notifier => "notifier",
-    };
+    let world_name = world.to_string();
     let source = templates::source(world, lang);
     let script = |tool: &str, dir: &str, main: &str| {
         format!("sh {root}/sdk/toolchains/{tool}.sh {world_name} {root}/target/wasm/{dir}/{under}.wasm {main}")
@@ -94,13 +90,13 @@ pub fn new_plugin(name: &str, world: World, lang: Lang, dir: &Path, weir: &Path)
         .replace("{description}", description)
         .replace("{config}", config)
         .replace("{self_tests}", self_tests)
-        .replace("{world}", world_name)
+        .replace("{world}", &world_name)
         .replace("{lang}", lang_name)
         .replace("{build}", &build)
         .replace("{output}", &output);
     let readme = templates::README
         .replace("{description}", description)
-        .replace("{world}", world_name)
+        .replace("{world}", &world_name)
         .replace("{lang}", lang_name);
     all.push(("plugin.toml", manifest));
     all.push(("README.md", readme));
