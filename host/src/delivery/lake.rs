@@ -50,7 +50,7 @@ impl Shared {
         &self,
         runtime: &tokio::runtime::Runtime,
         key: &str,
-        body: Vec<u8>,
+        body: Bytes,
     ) -> Result<Result<(), WriteFailure>, Interrupted> {
         self.write(runtime, key, body, Some(self.spec.retry_duration))
     }
@@ -60,7 +60,7 @@ impl Shared {
         &self,
         runtime: &tokio::runtime::Runtime,
         key: &str,
-        body: Vec<u8>,
+        body: Bytes,
     ) -> Result<(), Interrupted> {
         self.write(runtime, key, body, None).map(|_| ())
     }
@@ -69,13 +69,13 @@ impl Shared {
         &self,
         runtime: &tokio::runtime::Runtime,
         key: &str,
-        body: Vec<u8>,
+        body: Bytes,
         retry_for: Option<Duration>,
     ) -> Result<Result<(), WriteFailure>, Interrupted> {
-        let payload = if self.spec.gzip {
+        let bytes = if self.spec.gzip {
             let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
             match gz.write_all(&body).and_then(|()| gz.finish()) {
-                Ok(compressed) => compressed,
+                Ok(compressed) => Bytes::from(compressed),
                 Err(e) => {
                     tracing::error!(error = %e, "gzip failed; writing uncompressed");
                     body
@@ -85,7 +85,6 @@ impl Shared {
             body
         };
         let path = ObjectPath::from(key);
-        let bytes = Bytes::from(payload);
         let started = Instant::now();
         let mut delay = Duration::from_millis(200);
         let mut attempts = 0u32;
@@ -140,14 +139,19 @@ pub fn error_entry(r: &StoredRecord, code: &str, message: &str, attempts: u32) -
     })
 }
 
-/// Newline-delimited rows, and where each ends.
+/// A batch's rows as the worker writes them: newline-delimited, and where each ends.
 #[derive(Default)]
-pub struct Rows {
-    pub bytes: Vec<u8>,
+pub struct RowsWriter {
+    bytes: Vec<u8>,
     ends: Vec<usize>,
 }
 
-impl Rows {
+impl RowsWriter {
+    /// Room for `rows` rows of `bytes` in all (an estimate: reserved, not touched).
+    pub fn with_capacity(rows: usize, bytes: usize) -> RowsWriter {
+        RowsWriter { bytes: Vec::with_capacity(bytes), ends: Vec::with_capacity(rows) }
+    }
+
     pub fn push(&mut self, row: &[u8]) {
         self.bytes.extend_from_slice(row);
         self.ends.push(self.bytes.len());
@@ -158,6 +162,19 @@ impl Rows {
         self.ends.is_empty()
     }
 
+    pub fn finish(self) -> Rows {
+        Rows { bytes: Bytes::from(self.bytes), ends: self.ends }
+    }
+}
+
+/// A batch's rows: the body of its rows object (shared with the loader, not copied).
+#[derive(Default)]
+pub struct Rows {
+    pub bytes: Bytes,
+    ends: Vec<usize>,
+}
+
+impl Rows {
     pub fn lines(&self) -> Vec<&[u8]> {
         let mut start = 0;
         self.ends

@@ -22,7 +22,7 @@ use serde_json::json;
 use super::lake::{MAX_RETRY_DELAY, Rows, Shared};
 use super::{Interrupted, object_prefix};
 use crate::stream::now_ms;
-use crate::warehouse::{Row, Warehouse, parse_rows};
+use crate::warehouse::{ParsedRows, Warehouse};
 
 /// A batch whose objects are written, on its way to the warehouse and the checkpoint.
 pub struct Staged {
@@ -35,8 +35,8 @@ pub struct Staged {
     pub name: String,
     /// Its rows, when a warehouse loads them...
     pub rows: Rows,
-    /// ...and their cells, unless the loader reads them (see the worker).
-    pub parsed: Vec<Row>,
+    /// ...and their cells.
+    pub parsed: ParsedRows,
     /// The rows object, if it was written.
     pub staged_key: Option<String>,
     /// Records delivered to the lake.
@@ -147,7 +147,8 @@ impl Loader {
             }
             let prefix = object_prefix(&shared.spec.error_prefix, batch.at, Some("processing-failed"));
             let extension = if shared.spec.gzip { ".gz" } else { "" };
-            shared.put_until_written(runtime, &format!("{prefix}{}.errors{extension}", batch.name), body)?;
+            let key = format!("{prefix}{}.errors{extension}", batch.name);
+            shared.put_until_written(runtime, &key, body.into())?;
         }
         shared.stats.records_delivered.fetch_add(batch.delivered, Ordering::Relaxed);
         shared.stats.records_failed.fetch_add(errors.len() as u64, Ordering::Relaxed);
@@ -162,19 +163,12 @@ impl Loader {
         &mut self,
         staged_key: &str,
         rows: &Rows,
-        parsed: &[Row],
+        parsed: &ParsedRows,
         at: i64,
     ) -> Result<Vec<serde_json::Value>, Interrupted> {
         let shared = self.shared.clone();
         let Some(spec) = &shared.spec.warehouse else { return Ok(Vec::new()) };
         let lines = rows.lines();
-        let parsed_here;
-        let parsed = if parsed.len() == lines.len() {
-            parsed
-        } else {
-            parsed_here = parse_rows(&lines, &spec.columns);
-            &parsed_here
-        };
         let started = Instant::now();
         let mut delay = Duration::from_millis(200);
         let mut attempts = 0u32;

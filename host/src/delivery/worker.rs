@@ -8,13 +8,13 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::SyncSender;
 use std::time::Duration;
 
-use super::lake::{Rows, Shared, error_entry};
+use super::lake::{Rows, RowsWriter, Shared, error_entry};
 use super::loader::{Loader, Staged};
 use super::{Clock, Interrupted, object_prefix};
 use crate::manifest::DeliverySpec;
 use crate::plugin::{Batch, Outcome, PluginError, Transformed, TransformerInstance, TransformerPlugin};
 use crate::stream::{StoredRecord, StreamError};
-use crate::warehouse::{Database, Warehouse, parse_rows};
+use crate::warehouse::{ParsedRows, Warehouse};
 
 /// Records per read of the source.
 const READ_BATCH: usize = 10_000;
@@ -207,7 +207,9 @@ impl Worker {
         let shared = self.shared.clone();
         let spec = &shared.spec;
         shared.stats.records_in.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        let mut rows = Rows::default();
+        // Rows are usually a few times larger than the records they come from.
+        let input_bytes: usize = batch.iter().map(|r| r.data.len()).sum();
+        let mut rows = RowsWriter::with_capacity(batch.len(), input_bytes * 4);
         // Records whose rows are in `rows`, to list under the error prefix if the rows cannot be written.
         let mut transformed: Vec<&StoredRecord> = Vec::new();
         let mut errors: Vec<serde_json::Value> = Vec::new();
@@ -254,7 +256,7 @@ impl Worker {
                 raw.push(b'\n');
             }
             let key = format!("{}{name}{extension}", object_prefix(backup, at, None));
-            if let Err(failure) = shared.put(runtime, &key, raw)? {
+            if let Err(failure) = shared.put(runtime, &key, raw.into())? {
                 errors.extend(
                     batch.iter().map(|r| error_entry(r, "Lake.BackupFailed", &failure.message, failure.attempts)),
                 );
@@ -262,11 +264,11 @@ impl Worker {
         }
         let mut delivered = transformed.len() as u64;
         let mut staged_key = None;
-        if !rows.is_empty() {
+        let any_rows = !rows.is_empty();
+        let rows = rows.finish();
+        if any_rows {
             let key = format!("{}{name}{extension}", object_prefix(&spec.prefix, at, None));
-            // The loader still needs the rows if there is a warehouse.
-            let body = if spec.warehouse.is_some() { rows.bytes.clone() } else { std::mem::take(&mut rows.bytes) };
-            match shared.put(runtime, &key, body)? {
+            match shared.put(runtime, &key, rows.bytes.clone())? {
                 Ok(()) => staged_key = Some(key),
                 Err(failure) => {
                     delivered = 0;
@@ -278,16 +280,14 @@ impl Worker {
                 }
             }
         }
-        // PostgreSQL works in its own process while the loader waits on it:
-        // rows are read into cells here, in parallel with the previous load.
-        // SQLite works in the loader's thread, which then has time to read them.
-        let parsed = match (&spec.warehouse, &staged_key) {
-            (Some(w), Some(_)) if matches!(w.database, Database::Postgres(_)) => parse_rows(&rows.lines(), &w.columns),
-            (Some(_), Some(_)) => Vec::new(),
-            _ => {
-                rows = Rows::default(); // nothing to load: the loader only needs the bounds
-                Vec::new()
+        // The rows are read into cells here, while the loader loads the previous batch.
+        let (rows, parsed) = match (&spec.warehouse, &staged_key) {
+            (Some(w), Some(_)) => {
+                let parsed = ParsedRows::parse(&rows.lines(), &w.columns);
+                (rows, parsed)
             }
+            // Nothing to load: the loader only needs the bounds.
+            _ => (Rows::default(), ParsedRows::default()),
         };
         Ok(Staged { shard, first, last, at, name, rows, parsed, staged_key, delivered, errors })
     }

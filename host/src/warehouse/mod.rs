@@ -8,15 +8,13 @@
 //! after a crash (loaded, but not yet checkpointed) is recognised and skipped.
 
 mod postgres;
+mod rows;
 mod sqlite;
 
 use std::path::PathBuf;
 
-use serde::Deserialize;
-use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
-use serde_json::Value;
-
 pub use postgres::PostgresWarehouse;
+pub use rows::{Cell, ParsedRows, RowCells};
 pub use sqlite::SqliteWarehouse;
 
 /// The ledger of loaded objects, one row per staged object.
@@ -107,7 +105,7 @@ pub trait Warehouse: Send {
     /// ledger already holds the key, nothing is inserted. Rows that could not
     /// be read and rows the table refuses are reported (the others are
     /// loaded); a failure of the whole load inserts nothing.
-    fn load(&mut self, staged_key: &str, rows: &[Row]) -> Result<Loaded, WarehouseError>;
+    fn load(&mut self, staged_key: &str, rows: &ParsedRows) -> Result<Loaded, WarehouseError>;
 }
 
 /// Connects to the warehouse and checks the table against the mapping.
@@ -116,151 +114,6 @@ pub fn connect(spec: &WarehouseSpec) -> Result<Box<dyn Warehouse>, WarehouseErro
         Database::Sqlite(path) => Box::new(SqliteWarehouse::open(path, spec)?),
         Database::Postgres(url) => Box::new(PostgresWarehouse::connect(url, spec)?),
     })
-}
-
-/// A cell of a row, as read from its JSON field.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Cell {
-    /// Missing field or JSON null.
-    Null,
-    /// A boolean.
-    Bool(bool),
-    /// An integer.
-    Int(i64),
-    /// Any other number.
-    Float(f64),
-    /// A string, or an object or array as JSON text.
-    Text(String),
-}
-
-/// A row's cells in column order, or why it cannot be loaded.
-pub type Row = Result<Vec<Cell>, String>;
-
-/// Reads staged rows (JSON objects, one per line) into their cells.
-pub fn parse_rows(rows: &[&[u8]], columns: &[ColumnMap]) -> Vec<Row> {
-    rows.iter().map(|row| row_cells(row, columns)).collect()
-}
-
-/// The cells of one row in column order, or why the row is not a JSON object.
-/// One pass over the row: only mapped fields are kept, the others skipped.
-pub fn row_cells(row: &[u8], columns: &[ColumnMap]) -> Result<Vec<Cell>, String> {
-    let mut de = serde_json::Deserializer::from_slice(row);
-    let seed = RowSeed { columns };
-    match seed.deserialize(&mut de).and_then(|cells| de.end().map(|()| cells)) {
-        Ok(cells) => Ok(cells),
-        // The error path only: say plainly what the row is.
-        Err(e) => Err(match serde_json::from_slice::<Value>(row) {
-            Ok(_) => "row is not a JSON object".to_owned(),
-            Err(_) => format!("row is not JSON: {e}"),
-        }),
-    }
-}
-
-/// Reads a JSON object into the cells of the mapped columns.
-struct RowSeed<'c> {
-    columns: &'c [ColumnMap],
-}
-
-impl<'de> DeserializeSeed<'de> for RowSeed<'_> {
-    type Value = Vec<Cell>;
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Vec<Cell>, D::Error> {
-        deserializer.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for RowSeed<'_> {
-    type Value = Vec<Cell>;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a JSON object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Vec<Cell>, A::Error> {
-        let mut cells = vec![Cell::Null; self.columns.len()];
-        while let Some(key) = map.next_key::<FieldName<'de>>()? {
-            let field = key.0.as_ref();
-            let mut targets = self.columns.iter().enumerate().filter(|(_, c)| c.field == field).map(|(i, _)| i);
-            match targets.next() {
-                None => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-                Some(first) => {
-                    let cell: Cell = map.next_value()?;
-                    for other in targets {
-                        cells[other] = cell.clone();
-                    }
-                    cells[first] = cell;
-                }
-            }
-        }
-        Ok(cells)
-    }
-}
-
-/// An object key, borrowed from the row unless it has escapes.
-struct FieldName<'de>(std::borrow::Cow<'de, str>);
-
-impl<'de> Deserialize<'de> for FieldName<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-        impl<'de> Visitor<'de> for KeyVisitor {
-            type Value = FieldName<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a field name")
-            }
-            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<FieldName<'de>, E> {
-                Ok(FieldName(std::borrow::Cow::Borrowed(v)))
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<FieldName<'de>, E> {
-                Ok(FieldName(std::borrow::Cow::Owned(v.to_owned())))
-            }
-        }
-        deserializer.deserialize_str(KeyVisitor)
-    }
-}
-
-impl<'de> Deserialize<'de> for Cell {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct CellVisitor;
-        impl<'de> Visitor<'de> for CellVisitor {
-            type Value = Cell;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON value")
-            }
-            fn visit_unit<E>(self) -> Result<Cell, E> {
-                Ok(Cell::Null)
-            }
-            fn visit_bool<E>(self, v: bool) -> Result<Cell, E> {
-                Ok(Cell::Bool(v))
-            }
-            fn visit_i64<E>(self, v: i64) -> Result<Cell, E> {
-                Ok(Cell::Int(v))
-            }
-            fn visit_u64<E>(self, v: u64) -> Result<Cell, E> {
-                Ok(i64::try_from(v).map_or(Cell::Float(v as f64), Cell::Int))
-            }
-            fn visit_f64<E>(self, v: f64) -> Result<Cell, E> {
-                Ok(Cell::Float(v))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Cell, E> {
-                Ok(Cell::Text(v.to_owned()))
-            }
-            fn visit_string<E>(self, v: String) -> Result<Cell, E> {
-                Ok(Cell::Text(v))
-            }
-            // Objects and arrays are kept as JSON text (for json/jsonb columns).
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Cell, A::Error> {
-                let value = Value::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
-                Ok(Cell::Text(value.to_string()))
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Cell, A::Error> {
-                let value = Value::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))?;
-                Ok(Cell::Text(value.to_string()))
-            }
-        }
-        deserializer.deserialize_any(CellVisitor)
-    }
 }
 
 /// Checks a table or column name: lowercase SQL identifiers only, so the name
@@ -304,29 +157,6 @@ fn missing_columns(target: &str, spec: &WarehouseSpec, existing: &[String]) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn columns(names: &[&str]) -> Vec<ColumnMap> {
-        names.iter().map(|n| ColumnMap { column: (*n).to_owned(), field: (*n).to_owned() }).collect()
-    }
-
-    #[test]
-    fn rows_become_cells_in_column_order_and_missing_fields_are_null() {
-        let row = br#"{"b":2,"a":"x","c":1.5,"d":true,"e":{"k":1}}"#;
-        let cells = row_cells(row, &columns(&["a", "b", "c", "d", "e", "missing"])).expect("cells");
-        assert_eq!(
-            cells,
-            vec![
-                Cell::Text("x".into()),
-                Cell::Int(2),
-                Cell::Float(1.5),
-                Cell::Bool(true),
-                Cell::Text(r#"{"k":1}"#.into()),
-                Cell::Null
-            ]
-        );
-        assert_eq!(row_cells(b"[1]", &columns(&["a"])), Err("row is not a JSON object".to_owned()));
-        assert!(row_cells(b"T0017,2026", &columns(&["a"])).expect_err("not json").starts_with("row is not JSON"));
-    }
 
     #[test]
     fn identifiers_are_lowercase_sql_names() {

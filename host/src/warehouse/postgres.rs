@@ -10,7 +10,9 @@ use futures_util::SinkExt as _;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls, Transaction};
 
-use super::{Cell, LEDGER_TABLE, Loaded, Row, Warehouse, WarehouseError, WarehouseSpec, missing_columns, quoted};
+use super::{
+    Cell, LEDGER_TABLE, Loaded, ParsedRows, RowCells, Warehouse, WarehouseError, WarehouseSpec, missing_columns, quoted,
+};
 
 /// A table in a PostgreSQL database.
 pub struct PostgresWarehouse {
@@ -52,7 +54,7 @@ impl PostgresWarehouse {
 }
 
 impl Warehouse for PostgresWarehouse {
-    fn load(&mut self, staged_key: &str, rows: &[Row]) -> Result<Loaded, WarehouseError> {
+    fn load(&mut self, staged_key: &str, rows: &ParsedRows) -> Result<Loaded, WarehouseError> {
         if self.client.is_closed() {
             self.client = self.runtime.block_on(open(&self.url, &self.target))?;
         }
@@ -66,7 +68,7 @@ impl Warehouse for PostgresWarehouse {
                     copy_line(cells, &mut text);
                     lines.push((i, start..text.len()));
                 }
-                Err(reason) => rejected.push((i, reason.clone())),
+                Err(reason) => rejected.push((i, reason.to_owned())),
             }
         }
         let encoded = Encoded { text: text.freeze(), lines };
@@ -208,15 +210,15 @@ async fn table_columns(client: &Client, table: &str) -> Result<Vec<String>, toki
 }
 
 /// Appends one row in `COPY`'s text format: tab-separated, `\N` for null.
-fn copy_line(cells: &[Cell], out: &mut BytesMut) {
+fn copy_line(row: RowCells<'_>, out: &mut BytesMut) {
     use std::fmt::Write as _;
-    for (i, cell) in cells.iter().enumerate() {
+    for (i, cell) in row.cells().enumerate() {
         if i > 0 {
             out.put_u8(b'\t');
         }
         match cell {
             Cell::Null => out.put_slice(b"\\N"),
-            Cell::Bool(b) => out.put_u8(if *b { b't' } else { b'f' }),
+            Cell::Bool(b) => out.put_u8(if b { b't' } else { b'f' }),
             Cell::Int(n) => {
                 let _ = write!(out, "{n}");
             }
@@ -289,11 +291,13 @@ mod tests {
 
     #[test]
     fn copy_lines_escape_text_and_write_null() {
+        let columns: Vec<crate::warehouse::ColumnMap> = ["t", "n", "i", "b", "f"]
+            .iter()
+            .map(|c| crate::warehouse::ColumnMap { column: (*c).to_owned(), field: (*c).to_owned() })
+            .collect();
+        let rows = ParsedRows::parse(&[br#"{"t":"a\tb\\c\nd","n":null,"i":-3,"b":true,"f":2.5}"#], &columns);
         let mut line = BytesMut::new();
-        copy_line(
-            &[Cell::Text("a\tb\\c\nd".into()), Cell::Null, Cell::Int(-3), Cell::Bool(true), Cell::Float(2.5)],
-            &mut line,
-        );
+        copy_line(rows.iter().next().expect("a row").expect("readable"), &mut line);
         assert_eq!(&line[..], b"a\\tb\\\\c\\nd\t\\N\t-3\tt\t2.5\n");
     }
 

@@ -7,7 +7,9 @@ use std::time::Duration;
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, ErrorCode, TransactionBehavior};
 
-use super::{Cell, LEDGER_TABLE, Loaded, Row, Warehouse, WarehouseError, WarehouseSpec, missing_columns, quoted};
+use super::{
+    Cell, LEDGER_TABLE, Loaded, ParsedRows, RowCells, Warehouse, WarehouseError, WarehouseSpec, missing_columns, quoted,
+};
 
 /// How long a load waits for another writer's lock before it counts as unavailable.
 const BUSY_TIMEOUT: Duration = Duration::from_millis(500);
@@ -18,7 +20,14 @@ pub struct SqliteWarehouse {
     target: String,
     spec: WarehouseSpec,
     insert: String,
+    /// The same for `rows_per_insert` rows at once: one statement per row
+    /// costs more than binding the rows.
+    insert_many: String,
+    rows_per_insert: usize,
 }
+
+/// Bound parameters per statement that any SQLite allows (newer ones allow more).
+const MAX_PARAMETERS: usize = 999;
 
 impl SqliteWarehouse {
     /// Opens (or creates) the database, the table and the ledger.
@@ -50,17 +59,20 @@ impl SqliteWarehouse {
         } else {
             missing_columns(&target, spec, &existing)?;
         }
-        let insert = format!(
-            "INSERT INTO {table} ({}) VALUES ({})",
-            spec.columns.iter().map(|c| quoted(&c.column)).collect::<Vec<_>>().join(", "),
-            (1..=spec.columns.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ")
-        );
-        Ok(SqliteWarehouse { connection, target, spec: spec.clone(), insert })
+        let names = spec.columns.iter().map(|c| quoted(&c.column)).collect::<Vec<_>>().join(", ");
+        let values = |rows: usize| {
+            let row = format!("({})", vec!["?"; spec.columns.len()].join(", "));
+            vec![row; rows].join(", ")
+        };
+        let insert = format!("INSERT INTO {table} ({names}) VALUES {}", values(1));
+        let rows_per_insert = (MAX_PARAMETERS / spec.columns.len().max(1)).clamp(1, 64);
+        let insert_many = format!("INSERT INTO {table} ({names}) VALUES {}", values(rows_per_insert));
+        Ok(SqliteWarehouse { connection, target, spec: spec.clone(), insert, insert_many, rows_per_insert })
     }
 }
 
 impl Warehouse for SqliteWarehouse {
-    fn load(&mut self, staged_key: &str, rows: &[Row]) -> Result<Loaded, WarehouseError> {
+    fn load(&mut self, staged_key: &str, rows: &ParsedRows) -> Result<Loaded, WarehouseError> {
         let target = self.target.clone();
         let unavailable = |e: rusqlite::Error| unavailable(&target, e);
         let tx = self.connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
@@ -76,22 +88,43 @@ impl Warehouse for SqliteWarehouse {
         let mut loaded = Loaded::default();
         {
             let mut insert = tx.prepare_cached(&self.insert).map_err(unavailable)?;
-            for (i, row) in rows.iter().enumerate() {
-                let cells = match row {
-                    Ok(cells) => cells,
-                    Err(reason) => {
-                        loaded.rejected.push((i, reason.clone()));
-                        continue;
+            let mut insert_many = tx.prepare_cached(&self.insert_many).map_err(unavailable)?;
+            let many = self.rows_per_insert;
+            let mut pending: Vec<(usize, RowCells<'_>)> = Vec::with_capacity(many);
+            let mut flush = |pending: &mut Vec<(usize, RowCells<'_>)>, loaded: &mut Loaded| -> rusqlite::Result<()> {
+                if pending.len() == many {
+                    let values = pending.iter().flat_map(|(_, row)| row.cells().map(sql_value));
+                    match insert_many.execute(rusqlite::params_from_iter(values)) {
+                        Ok(n) => {
+                            loaded.rows += n as u64;
+                            pending.clear();
+                            return Ok(());
+                        }
+                        // A refused row fails its statement only: the rows go one by one to find it.
+                        Err(e) if is_row_error(&e) => {}
+                        Err(e) => return Err(e),
                     }
-                };
-                let values = cells.iter().map(sql_value);
-                // A refused row fails its statement only; the transaction goes on.
-                match insert.execute(rusqlite::params_from_iter(values)) {
-                    Ok(_) => loaded.rows += 1,
-                    Err(e) if is_row_error(&e) => loaded.rejected.push((i, e.to_string())),
-                    Err(e) => return Err(unavailable(e)),
+                }
+                for (i, row) in pending.drain(..) {
+                    match insert.execute(rusqlite::params_from_iter(row.cells().map(sql_value))) {
+                        Ok(_) => loaded.rows += 1,
+                        Err(e) if is_row_error(&e) => loaded.rejected.push((i, e.to_string())),
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(())
+            };
+            for (i, row) in rows.iter().enumerate() {
+                match row {
+                    Ok(cells) => pending.push((i, cells)),
+                    Err(reason) => loaded.rejected.push((i, reason.to_owned())),
+                }
+                if pending.len() == many {
+                    flush(&mut pending, &mut loaded).map_err(unavailable)?;
                 }
             }
+            flush(&mut pending, &mut loaded).map_err(unavailable)?;
+            loaded.rejected.sort_by_key(|(i, _)| *i);
         }
         tx.execute(
             &format!("UPDATE {LEDGER_TABLE} SET row_count = ?1 WHERE object_key = ?2"),
@@ -110,12 +143,12 @@ fn table_columns(connection: &Connection, table: &str) -> rusqlite::Result<Vec<S
     query.query_map([name], |row| row.get::<_, String>(0))?.collect()
 }
 
-fn sql_value(cell: &Cell) -> ToSqlOutput<'_> {
+fn sql_value(cell: Cell<'_>) -> ToSqlOutput<'_> {
     ToSqlOutput::Borrowed(match cell {
         Cell::Null => ValueRef::Null,
-        Cell::Bool(b) => ValueRef::Integer(i64::from(*b)),
-        Cell::Int(i) => ValueRef::Integer(*i),
-        Cell::Float(f) => ValueRef::Real(*f),
+        Cell::Bool(b) => ValueRef::Integer(i64::from(b)),
+        Cell::Int(i) => ValueRef::Integer(i),
+        Cell::Float(f) => ValueRef::Real(f),
         Cell::Text(s) => ValueRef::Text(s.as_bytes()),
     })
 }
@@ -132,10 +165,10 @@ fn unavailable(target: &str, e: rusqlite::Error) -> WarehouseError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::warehouse::{ColumnMap, Database, parse_rows};
+    use crate::warehouse::{ColumnMap, Database};
 
     fn load(w: &mut SqliteWarehouse, key: &str, rows: &[&[u8]]) -> Result<Loaded, WarehouseError> {
-        let parsed = parse_rows(rows, &w.spec.columns);
+        let parsed = ParsedRows::parse(rows, &w.spec.columns);
         w.load(key, &parsed)
     }
 
@@ -194,6 +227,38 @@ mod tests {
         assert!(reasons[1].0 == 2 && reasons[1].1.contains("not JSON"), "{reasons:?}");
         assert!(reasons[2].0 == 3 && reasons[2].1.contains("cannot store TEXT"), "{reasons:?}");
         assert_eq!(count(&db), 1);
+    }
+
+    #[test]
+    fn a_refused_row_among_many_sets_aside_only_that_row() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("w.db");
+        Connection::open(&db)
+            .and_then(|c| c.execute_batch("CREATE TABLE tolls (id TEXT PRIMARY KEY, cents INTEGER) STRICT"))
+            .expect("create");
+        let spec = spec(&db, &[("id", "id"), ("cents", "cents")]);
+        let mut w = SqliteWarehouse::open(&db, &spec).expect("open");
+        // Rows 70 and 150 repeat an id: each fails the multi-row statement it is in.
+        let rows: Vec<String> = (0..200)
+            .map(|i| {
+                let id = match i {
+                    70 => 3,
+                    150 => 140,
+                    i => i,
+                };
+                format!(r#"{{"id":"r{id}","cents":{i}}}"#)
+            })
+            .collect();
+        let rows: Vec<&[u8]> = rows.iter().map(|r| r.as_bytes()).collect();
+        let loaded = load(&mut w, "k", &rows).expect("load");
+        assert_eq!(loaded.rows, 198);
+        let refused: Vec<usize> = loaded.rejected.iter().map(|(i, _)| *i).collect();
+        assert_eq!(refused, vec![70, 150]);
+        assert!(loaded.rejected[0].1.contains("UNIQUE"), "{:?}", loaded.rejected);
+        assert_eq!(count(&db), 198);
+        let c = Connection::open(&db).expect("open");
+        let cents: i64 = c.query_row("SELECT cents FROM tolls WHERE id = 'r140'", [], |r| r.get(0)).expect("r140");
+        assert_eq!(cents, 140, "the first row with an id stays");
     }
 
     #[test]
