@@ -833,8 +833,8 @@ fn encode_frame(first: u64, arrival_ms: i64, records: &[NewRecord]) -> Vec<u8> {
     frame
 }
 
-/// Decodes the records of a checked frame.
-fn decode_frame(frame: &[u8], shard: u32) -> Result<Vec<StoredRecord>, String> {
+/// Decodes the records of a checked frame; their data are slices of it, not copies.
+fn decode_frame(frame: &Bytes, shard: u32) -> Result<Vec<StoredRecord>, String> {
     let payload = frame.get(HEADER..).ok_or("short frame")?;
     let mut at = 0usize;
     let mut take = |n: usize| -> Result<&[u8], String> {
@@ -851,7 +851,7 @@ fn decode_frame(frame: &[u8], shard: u32) -> Result<Vec<StoredRecord>, String> {
         let key_len = u16::from_le_bytes(take(2)?.try_into().map_err(|_| "key length")?) as usize;
         let key = std::str::from_utf8(take(key_len)?).map_err(|_| "key is not UTF-8")?.to_owned();
         let data_len = u32::from_le_bytes(take(4)?.try_into().map_err(|_| "data length")?) as usize;
-        let data = Bytes::copy_from_slice(take(data_len)?);
+        let data = frame.slice_ref(take(data_len)?);
         records.push(StoredRecord { shard, sequence: first + i, key, event_time_ms, arrival_ms, data });
     }
     Ok(records)
@@ -1009,6 +1009,7 @@ impl StreamStore for DiskStreams {
             let mut bytes = vec![0u8; frame.len as usize];
             file.read_exact_at(&mut bytes, frame.offset)
                 .map_err(|e| corrupt(&path, frame.offset, format!("cannot read: {e}")))?;
+            let bytes = Bytes::from(bytes);
             // Checked again on every read: a record that went bad on disk is never served.
             parse_frame(&bytes).map_err(|reason| corrupt(&path, frame.offset, reason))?;
             let records = decode_frame(&bytes, shard_index).map_err(|reason| corrupt(&path, frame.offset, reason))?;
