@@ -158,10 +158,6 @@ impl RowsWriter {
         self.bytes.push(b'\n');
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
-    }
-
     pub fn finish(self) -> Rows {
         Rows { bytes: Bytes::from(self.bytes), ends: self.ends }
     }
@@ -175,6 +171,10 @@ pub struct Rows {
 }
 
 impl Rows {
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
     pub fn lines(&self) -> Vec<&[u8]> {
         let mut start = 0;
         self.ends

@@ -264,9 +264,8 @@ impl Worker {
         }
         let mut delivered = transformed.len() as u64;
         let mut staged_key = None;
-        let any_rows = !rows.is_empty();
         let rows = rows.finish();
-        if any_rows {
+        if !rows.is_empty() {
             let key = format!("{}{name}{extension}", object_prefix(&spec.prefix, at, None));
             match shared.put(runtime, &key, rows.bytes.clone())? {
                 Ok(()) => staged_key = Some(key),
