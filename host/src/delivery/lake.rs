@@ -175,15 +175,20 @@ impl Rows {
         self.ends.is_empty()
     }
 
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Row `i`, without its newline.
+    pub fn line(&self, i: usize) -> &[u8] {
+        let start = match i {
+            0 => 0,
+            i => self.ends[i - 1] + 1,
+        };
+        &self.bytes[start..self.ends[i]]
+    }
+
     pub fn lines(&self) -> Vec<&[u8]> {
-        let mut start = 0;
-        self.ends
-            .iter()
-            .map(|&end| {
-                let line = &self.bytes[start..end];
-                start = end + 1;
-                line
-            })
-            .collect()
+        (0..self.len()).map(|i| self.line(i)).collect()
     }
 }

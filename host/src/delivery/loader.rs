@@ -168,7 +168,6 @@ impl Loader {
     ) -> Result<Vec<serde_json::Value>, Interrupted> {
         let shared = self.shared.clone();
         let Some(spec) = &shared.spec.warehouse else { return Ok(Vec::new()) };
-        let lines = rows.lines();
         let started = Instant::now();
         let mut delay = Duration::from_millis(200);
         let mut attempts = 0u32;
@@ -196,7 +195,7 @@ impl Loader {
                                 "errorCode": "Warehouse.RowRejected",
                                 "errorMessage": format!("table `{}` refused the row: {reason}", spec.table),
                                 "attemptEndingTimestamp": now,
-                                "rawData": base64::engine::general_purpose::STANDARD.encode(lines[*i]),
+                                "rawData": base64::engine::general_purpose::STANDARD.encode(rows.line(*i)),
                                 "stagedObject": staged_key,
                             })
                         })
@@ -226,7 +225,7 @@ impl Loader {
             "attemptEndingTimestamp": now_ms(),
             "stagedObject": staged_key,
             "table": spec.table,
-            "rows": lines.len(),
+            "rows": rows.len(),
         })])
     }
 }

@@ -140,13 +140,9 @@ impl<'c> Fields<'c> {
         Fields { fields }
     }
 
-    fn columns(&self, field: &str) -> Option<&[usize]> {
-        self.fields.iter().find(|(f, _)| *f == field).map(|(_, targets)| targets.as_slice())
-    }
-
-    /// The same, trying first the field after the one found last: rows
-    /// written by one program list their fields in the same order.
-    fn columns_after(&self, field: &str, last: &mut usize) -> Option<&[usize]> {
+    /// The columns a field fills, trying first the field after the one found
+    /// `last` (rows written by one program list their fields in one order).
+    fn columns(&self, field: &str, last: &mut usize) -> Option<&[usize]> {
         let guess = last.wrapping_add(1);
         if let Some((f, targets)) = self.fields.get(guess)
             && *f == field
@@ -213,7 +209,7 @@ fn scan_flat(row: &str, fields: &Fields<'_>, target: &mut Target<'_>) -> Option<
             return None;
         }
         at = skip_space(bytes, at + 1);
-        let columns = fields.columns_after(key, &mut last);
+        let columns = fields.columns(key, &mut last);
         let (slot, end) = match *bytes.get(at)? {
             b'"' => {
                 let end = plain_string_end(bytes, at + 1)?;
@@ -310,8 +306,9 @@ impl<'de> Visitor<'de> for RowSeed<'_, '_, '_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut last = usize::MAX;
         while let Some(key) = map.next_key::<FieldName<'de>>()? {
-            match self.fields.columns(&key.0) {
+            match self.fields.columns(&key.0, &mut last) {
                 None => {
                     map.next_value::<IgnoredAny>()?;
                 }
