@@ -13,7 +13,7 @@ use anyhow::{Context as _, bail};
 use crate::manifest::{Diagnostics, Grants, Limits, PluginManifest, World};
 use crate::plugin::{
     AggregatorPlugin, Batch, CompiledComponent, MemoryServices, NotifierPlugin, Outcome, PluginEngine, PluginIdent,
-    SandboxSpec, TransformerPlugin, fits_world,
+    SandboxSpec, TransformerPlugin, check_world, fits_world,
 };
 
 /// What `weir plugin inspect` found out about a component.
@@ -150,30 +150,34 @@ pub fn run_test(
         config.retain(|(k, _)| k != key);
         config.push((key.clone(), value.clone()));
     }
-    let compiled = engine.compile(&target.component)?;
-    let world = match &target.manifest {
-        Some(m) => m.info.world,
-        None => world_of(engine, &compiled).context("the component fits none of weir's worlds")?,
+    let (compiled, world) = match &target.manifest {
+        Some(m) => (check_world(engine, &target.component, m.info.world)?, m.info.world),
+        None => {
+            let compiled = engine.compile(&target.component)?;
+            let world = world_of(engine, &compiled).context("the component fits none of weir's worlds")?;
+            (compiled, world)
+        }
     };
-    fits_world(engine, &compiled, world)?;
     let spec = SandboxSpec {
         ident: Arc::new(PluginIdent { pipeline: "test".into(), stage: "test".into(), plugin: name.clone() }),
         limits: Limits::default(),
         grants: Grants::default(),
     };
     let self_tests = target.manifest.as_ref().map(|m| m.self_tests.clone()).unwrap_or_default();
-    let records: Vec<String> = match input {
-        Some(lines) => lines.to_vec(),
+    let now = crate::stream::now_ms();
+    let (batch, records) = match input {
+        Some(lines) => {
+            let mut batch = Batch::with_capacity(lines.len(), lines.iter().map(String::len).sum());
+            for r in lines {
+                batch.push("", now, r.as_bytes());
+            }
+            (batch, lines.len())
+        }
         None if world == World::Transformer && !self_tests.is_empty() => {
-            self_tests.iter().map(|t| t.input.clone()).collect()
+            (crate::pipeline::self_test_batch(&self_tests), self_tests.len())
         }
         None => bail!("give records to run it on: --input <file> (one record per line)"),
     };
-    let mut batch = Batch::with_capacity(records.len(), records.iter().map(String::len).sum());
-    let now = crate::stream::now_ms();
-    for r in &records {
-        batch.push("", now, r.as_bytes());
-    }
     let mut out = String::new();
     match world {
         World::Transformer => {
@@ -198,10 +202,9 @@ pub fn run_test(
                     }
                 }
             }
-            let _ = writeln!(out, "{} records, {} set aside", records.len(), failed);
+            let _ = writeln!(out, "{records} records, {failed} set aside");
             if input.is_none() {
-                let mut fresh = plugin.instantiate()?;
-                crate::pipeline::self_test(&mut fresh, &self_tests).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+                crate::pipeline::check_self_tests(&result, &self_tests).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
                 let _ = writeln!(out, "{} self-tests of plugin.toml passed", self_tests.len());
             }
         }
@@ -213,19 +216,19 @@ pub fn run_test(
             for n in &sent {
                 let _ = writeln!(out, "{} -> {} [{}]: {}", n.channel, n.recipient, n.idempotency_key, n.subject);
             }
-            let _ = writeln!(out, "{} records, {} notifications", records.len(), sent.len());
+            let _ = writeln!(out, "{records} records, {} notifications", sent.len());
         }
         World::Aggregator => {
             // One window holding every record, one state per key.
             let plugin = AggregatorPlugin::new(engine, compiled, spec, config)?;
             let mut instance = plugin.instantiate()?;
             let mut states = vec![Vec::new()];
-            instance.fold(&batch, &vec![0; records.len()], &mut states)?;
+            instance.fold(&batch, &vec![0; records], &mut states)?;
             let emitted = instance.emit(now - 1, now + 1, &[String::new()], &states)?;
             for r in emitted.records() {
                 let _ = writeln!(out, "{}", String::from_utf8_lossy(r.payload));
             }
-            let _ = writeln!(out, "{} records folded into one window, {} results", records.len(), emitted.len());
+            let _ = writeln!(out, "{records} records folded into one window, {} results", emitted.len());
         }
     }
     Ok(out)

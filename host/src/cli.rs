@@ -402,8 +402,9 @@ fn plugin_new(
     let dir = dir.unwrap_or_else(|| PathBuf::from(name));
     crate::scaffold::new_plugin(name, world, lang, &dir, &weir)?;
     println!(
-        "wrote {} ({lang:?} {}); try: weir plugin test {} --build --input {} --expect {}",
+        "wrote {} ({} {}); try: weir plugin test {} --build --input {} --expect {}",
         dir.display(),
+        lang.label(),
         world,
         dir.display(),
         dir.join("sample.txt").display(),
@@ -599,18 +600,7 @@ fn simulate(run: Option<PathBuf>, build: bool, logs: Option<PathBuf>, day: &str,
 
 /// A path for people: `a/b/../c` as `a/c`.
 fn tidy(path: &Path) -> String {
-    use std::path::Component;
-    let mut out = PathBuf::new();
-    for part in path.components() {
-        match part {
-            Component::CurDir => {}
-            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
-                out.pop();
-            }
-            other => out.push(other),
-        }
-    }
-    out.display().to_string()
+    crate::scaffold::normalize(path).display().to_string()
 }
 
 async fn table(client: Client, action: TableAction) -> anyhow::Result<()> {

@@ -583,11 +583,21 @@ pub(crate) fn self_test(instance: &mut crate::plugin::TransformerInstance, tests
     if tests.is_empty() {
         return Ok(());
     }
+    let result = instance.transform(&self_test_batch(tests)).map_err(|e| format!("failed on its self-tests: {e}"))?;
+    check_self_tests(&result, tests)
+}
+
+/// The `[[self-test]]` records as one batch.
+pub(crate) fn self_test_batch(tests: &[SelfTest]) -> crate::plugin::Batch {
     let mut batch = crate::plugin::Batch::with_capacity(tests.len(), tests.iter().map(|t| t.input.len()).sum());
     for t in tests {
         batch.push(&t.key, 0, t.input.as_bytes());
     }
-    let result = instance.transform(&batch).map_err(|e| format!("failed on its self-tests: {e}"))?;
+    batch
+}
+
+/// Whether a transform of `self_test_batch(tests)` did what each test expects.
+pub(crate) fn check_self_tests(result: &crate::plugin::Transformed, tests: &[SelfTest]) -> Result<(), String> {
     for ((i, outcome, outputs), test) in result.per_record().zip(tests) {
         let got = match outcome {
             crate::plugin::Outcome::Ok(_) => ExpectedOutcome::Ok,

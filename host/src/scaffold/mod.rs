@@ -12,7 +12,7 @@ use std::path::{Component, Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 
-use crate::manifest::World;
+use crate::manifest::{Name, World};
 
 mod templates;
 
@@ -29,11 +29,22 @@ pub enum Lang {
     C,
 }
 
+impl Lang {
+    /// The language's name for people.
+    pub fn label(self) -> &'static str {
+        match self {
+            Lang::Rust => "Rust",
+            Lang::Python => "Python",
+            Lang::Js => "JavaScript",
+            Lang::C => "C",
+        }
+    }
+}
+
 /// Writes a new plugin of `world` named `name` into `dir`, for the weir checkout at `weir`.
 pub fn new_plugin(name: &str, world: World, lang: Lang, dir: &Path, weir: &Path) -> anyhow::Result<()> {
-    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
-        bail!("plugin name `{name}`: use lowercase letters, digits and '-', e.g. `toll-enrich`");
-    }
+    // The rule plugin.toml's `name` is read with, so the scaffold loads as written.
+    Name::parse(name).map_err(|e| anyhow::anyhow!("plugin name {e}"))?;
     if dir.exists() {
         bail!("{} exists already: choose another name or --dir", dir.display());
     }
@@ -49,43 +60,28 @@ pub fn new_plugin(name: &str, world: World, lang: Lang, dir: &Path, weir: &Path)
     let under = name.replace('-', "_");
     let world_name = world.to_string();
     let source = templates::source(world, lang);
-    let script = |tool: &str, dir: &str, main: &str| {
-        format!("sh {root}/sdk/toolchains/{tool}.sh {world_name} {root}/target/wasm/{dir}/{under}.wasm {main}")
+    let output = match lang {
+        Lang::Rust => format!("{root}/target/wasm/wasm32-wasip2/release/{under}.wasm"),
+        Lang::Python => format!("{root}/target/wasm/python/{under}.wasm"),
+        Lang::Js => format!("{root}/target/wasm/js/{under}.wasm"),
+        Lang::C => format!("{root}/target/wasm/c/{under}.wasm"),
     };
-    let (mut all, build, output): (Vec<(&str, String)>, String, String) = match lang {
+    let script = |tool: &str, main: &str| format!("sh {root}/sdk/toolchains/{tool}.sh {world_name} {output} {main}");
+    let (mut all, build): (Vec<(&str, String)>, String) = match lang {
         Lang::Rust if member => (
             vec![("Cargo.toml", templates::RUST_MEMBER_CARGO.to_owned()), ("src/lib.rs", source.to_owned())],
             format!("cargo build --release --target wasm32-wasip2 --target-dir {root}/target/wasm -p {name}"),
-            format!("{root}/target/wasm/wasm32-wasip2/release/{under}.wasm"),
         ),
         Lang::Rust => (
             vec![("Cargo.toml", templates::RUST_CARGO.replace("{root}", &root)), ("src/lib.rs", source.to_owned())],
             format!("cargo build --release --target wasm32-wasip2 --target-dir {root}/target/wasm"),
-            format!("{root}/target/wasm/wasm32-wasip2/release/{under}.wasm"),
         ),
-        Lang::Python => (
-            vec![("app.py", source.to_owned())],
-            script("componentize-py", "python", "app"),
-            format!("{root}/target/wasm/python/{under}.wasm"),
-        ),
-        Lang::Js => (
-            vec![("app.js", source.to_owned())],
-            script("componentize-js", "js", "app.js"),
-            format!("{root}/target/wasm/js/{under}.wasm"),
-        ),
-        Lang::C => (
-            vec![("plugin.c", source.to_owned())],
-            script("componentize-c", "c", "plugin.c"),
-            format!("{root}/target/wasm/c/{under}.wasm"),
-        ),
+        Lang::Python => (vec![("app.py", source.to_owned())], script("componentize-py", "app")),
+        Lang::Js => (vec![("app.js", source.to_owned())], script("componentize-js", "app.js")),
+        Lang::C => (vec![("plugin.c", source.to_owned())], script("componentize-c", "plugin.c")),
     };
     let (description, config, self_tests, sample, expected) = templates::world_files(world);
-    let lang_name = match lang {
-        Lang::Rust => "Rust",
-        Lang::Python => "Python",
-        Lang::Js => "JavaScript",
-        Lang::C => "C",
-    };
+    let lang_name = lang.label();
     let manifest = templates::PLUGIN_TOML
         .replace("{description}", description)
         .replace("{config}", config)
@@ -121,18 +117,23 @@ pub fn new_plugin(name: &str, world: World, lang: Lang, dir: &Path, weir: &Path)
 
 fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
     let path = std::path::absolute(path).with_context(|| format!("cannot resolve {}", path.display()))?;
-    // Resolve `..` lexically: the target folder does not exist yet.
+    // Lexically: the target folder does not exist yet.
+    Ok(normalize(&path))
+}
+
+/// `a/b/../c` as `a/c`, without looking at the file system.
+pub fn normalize(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::ParentDir => {
+    for part in path.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
                 out.pop();
             }
-            Component::CurDir => {}
             other => out.push(other),
         }
     }
-    Ok(out)
+    out
 }
 
 /// `target` as seen from `from`: relative when they share a prefix below the root, else absolute.
