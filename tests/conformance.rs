@@ -69,30 +69,35 @@ fn every_transformer_keeps_the_outcome_contract() {
             together.push(&test.key, 0, test.input.as_bytes());
             let out = instance.transform(&alone).unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(out.outcomes.len(), 1, "{name}: one outcome per record");
-            let got = match &out.outcomes[0] {
-                Outcome::Ok(_) => ExpectedOutcome::Ok,
-                Outcome::Dropped => ExpectedOutcome::Dropped,
-                Outcome::ProcessingFailed(reason) => {
-                    assert!(!reason.trim().is_empty(), "{name}: a failed record says why");
-                    ExpectedOutcome::ProcessingFailed
-                }
-            };
-            assert_eq!(got, test.outcome, "{name}: self-test {:?}", test.input);
-            if let (Some(output), Some(first)) = (&test.output, out.output.records().next()) {
+            assert_eq!(expected_outcome(name, &out.outcomes[0]), test.outcome, "{name}: self-test {:?}", test.input);
+            if let Some(output) = &test.output {
+                let first = out.output.records().next().unwrap_or_else(|| panic!("{name}: no output for {output}"));
                 assert_eq!(std::str::from_utf8(first.payload).ok(), Some(output.as_str()), "{name}: output");
             }
         }
         let out = instance.transform(&together).unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(out.outcomes.len(), manifest.self_tests.len(), "{name}: one outcome per record in a batch");
+        let got: Vec<ExpectedOutcome> = out.outcomes.iter().map(|o| expected_outcome(name, o)).collect();
+        let expected: Vec<ExpectedOutcome> = manifest.self_tests.iter().map(|t| t.outcome).collect();
+        assert_eq!(got, expected, "{name}: the self-tests in one batch");
         let produced: u32 = out.outcomes.iter().map(|o| if let Outcome::Ok(n) = o { *n } else { 0 }).sum();
         assert_eq!(out.output.len(), produced as usize, "{name}: ok(n) counts its output records");
 
         let out = instance.transform(&garbage()).unwrap_or_else(|e| panic!("{name}: garbage failed the batch: {e}"));
         assert_eq!(out.outcomes.len(), 4, "{name}: one outcome per garbage record");
         for outcome in &out.outcomes {
-            if let Outcome::ProcessingFailed(reason) = outcome {
-                assert!(!reason.trim().is_empty(), "{name}: a failed record says why");
-            }
+            assert_eq!(expected_outcome(name, outcome), ExpectedOutcome::ProcessingFailed, "{name}: garbage");
+        }
+    }
+}
+
+/// What an outcome is, checking that a failure says why.
+fn expected_outcome(name: &str, outcome: &Outcome) -> ExpectedOutcome {
+    match outcome {
+        Outcome::Ok(_) => ExpectedOutcome::Ok,
+        Outcome::Dropped => ExpectedOutcome::Dropped,
+        Outcome::ProcessingFailed(reason) => {
+            assert!(!reason.trim().is_empty(), "{name}: a failed record says why");
+            ExpectedOutcome::ProcessingFailed
         }
     }
 }
