@@ -501,34 +501,28 @@ async fn send_day(client: Client, lines: Vec<crate::simulate::TollLine>) -> anyh
         let threshold = threshold_cents(customer).to_string();
         client.native_bytes(Method::PUT, &path, HeaderMap::new(), threshold.into()).await?;
     }
+    // The agent's sender: only refused records go again, after a growing wait.
+    let counters = Arc::new(crate::agent::Counters::default());
+    let destination = crate::agent::Destination::Stream("toll-lines".into());
+    let backoff = (std::time::Duration::from_millis(50), std::time::Duration::from_secs(5));
+    let sender = crate::agent::Sender::to(client, destination, backoff, counters.clone());
+    let (_running, mut stop) = tokio::sync::watch::channel(false);
     let mut sent = 0usize;
     for chunk in lines.chunks(crate::api::MAX_RECORDS_PER_PUT) {
-        let mut pending: Vec<&crate::simulate::TollLine> = chunk.iter().collect();
-        let mut wait = std::time::Duration::from_millis(50);
-        while !pending.is_empty() {
-            let records: Vec<Value> = pending
-                .iter()
-                .map(|l| {
-                    json!({"Data": base64::engine::general_purpose::STANDARD.encode(&l.text),
-                           "PartitionKey": format!("station-{}", l.station)})
-                })
-                .collect();
-            let answer = client.call("PutRecords", &json!({"StreamName": "toll-lines", "Records": records})).await?;
-            let results = answer["Records"].as_array().cloned().unwrap_or_default();
-            // Throttled or full: send the refused ones again, after a growing wait.
-            pending = pending
-                .into_iter()
-                .zip(&results)
-                .filter(|(_, r)| r["SequenceNumber"].is_null())
-                .map(|(l, _)| l)
-                .collect();
-            if !pending.is_empty() {
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(std::time::Duration::from_secs(5));
-            }
-        }
+        let records: Vec<crate::agent::Outgoing> = chunk
+            .iter()
+            .map(|l| crate::agent::Outgoing {
+                data: l.text.clone().into_bytes(),
+                key: format!("station-{}", l.station),
+            })
+            .collect();
+        sender.send(&records, &mut stop).await.map_err(anyhow::Error::new)?;
         sent += chunk.len();
         progress_bar(sent as f64 / lines.len().max(1) as f64);
+    }
+    let refused = counters.snapshot().records_refused;
+    if refused > 0 {
+        eprintln!("\nweir refused {refused} lines for good (see its log)");
     }
     eprintln!();
     println!("sent {sent} toll lines to `toll-lines` and {CUSTOMERS} thresholds; see GET /v1/pipeline for progress");

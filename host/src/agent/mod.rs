@@ -25,10 +25,10 @@ use tokio::task::JoinHandle;
 use tracing::Instrument as _;
 
 pub use config::{AgentConfig, ConfigError, Destination, FlowConfig, PartitionKey, StartPosition};
+pub use sender::{Outgoing, Sender};
 
 use checkpoint::{CheckpointError, CheckpointStore};
 use preprocess::{MultiLine, Preprocessor};
-use sender::{Outgoing, Sender};
 use tailer::Tailer;
 
 use crate::client::{Client, ClientError};
@@ -76,7 +76,7 @@ pub struct CounterSnapshot {
 }
 
 impl Counters {
-    fn snapshot(&self) -> CounterSnapshot {
+    pub fn snapshot(&self) -> CounterSnapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         CounterSnapshot {
             lines_read: get(&self.lines_read),

@@ -61,13 +61,18 @@ pub struct Sender {
 impl Sender {
     /// A sender for `flow`'s destination.
     pub fn new(client: Client, flow: &FlowConfig, counters: Arc<Counters>) -> Self {
-        Self {
-            client,
-            destination: flow.destination.clone(),
-            initial_backoff: flow.retry_initial_backoff,
-            max_backoff: flow.retry_max_backoff,
-            counters,
-        }
+        let backoff = (flow.retry_initial_backoff, flow.retry_max_backoff);
+        Self::to(client, flow.destination.clone(), backoff, counters)
+    }
+
+    /// A sender for `destination`, backing off from `backoff.0` up to `backoff.1`.
+    pub fn to(
+        client: Client,
+        destination: Destination,
+        backoff: (Duration, Duration),
+        counters: Arc<Counters>,
+    ) -> Self {
+        Self { client, destination, initial_backoff: backoff.0, max_backoff: backoff.1, counters }
     }
 
     fn request(&self, records: &[&Outgoing]) -> (Service, &'static str, Value) {
