@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 
+use crate::manifest::plugin::ConfigType;
 use crate::manifest::{Diagnostics, Grants, Limits, PluginManifest, World};
 use crate::plugin::{
     AggregatorPlugin, Batch, CompiledComponent, MemoryServices, NotifierPlugin, Outcome, PluginEngine, PluginIdent,
@@ -132,6 +133,19 @@ impl TestTarget {
     }
 }
 
+/// A `--config` value as its key's declared type: strings verbatim, other types read as TOML.
+fn typed_value(manifest: &PluginManifest, key: &str, text: &str) -> toml::Value {
+    let declared = manifest.config.iter().find(|(k, _)| k == key).map(|(_, spec)| spec.ty);
+    let as_text = || toml::Value::String(text.to_owned());
+    if matches!(declared, None | Some(ConfigType::String)) {
+        return as_text();
+    }
+    toml::from_str::<toml::Table>(&format!("value = {text}"))
+        .ok()
+        .and_then(|mut t| t.remove("value"))
+        .unwrap_or_else(as_text)
+}
+
 /// Runs a component on `input` records (or, without input, its plugin.toml's
 /// self-tests) and describes what it did, record by record. An error means the
 /// plugin did not start or failed the batch, or a self-test did not hold.
@@ -145,11 +159,26 @@ pub fn run_test(
         || target.component.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
         |m| m.info.name.to_string(),
     );
-    let mut config = target.manifest.as_ref().map(PluginManifest::default_config).unwrap_or_default();
-    for (key, value) in overrides {
-        config.retain(|(k, _)| k != key);
-        config.push((key.clone(), value.clone()));
-    }
+    let config = match &target.manifest {
+        // Checked as a stage's config is: known keys, declared types, required keys.
+        Some(manifest) => {
+            let values: Vec<(&str, toml::Value)> =
+                overrides.iter().map(|(k, v)| (k.as_str(), typed_value(manifest, k, v))).collect();
+            let set: Vec<(&str, &toml::Value)> = values.iter().map(|(k, v)| (*k, v)).collect();
+            manifest.resolve_config(&set).map_err(|problems| {
+                let lines: Vec<String> = problems
+                    .into_iter()
+                    .map(|p| match p.help {
+                        Some(help) => format!("--config: {} ({help})", p.message),
+                        None => format!("--config: {}", p.message),
+                    })
+                    .collect();
+                anyhow::anyhow!(lines.join("\n"))
+            })?
+        }
+        // A bare component declares no keys: its config is what is given.
+        None => overrides.to_vec(),
+    };
     let (compiled, world) = match &target.manifest {
         Some(m) => (check_world(engine, &target.component, m.info.world)?, m.info.world),
         None => {

@@ -354,8 +354,18 @@ fn a_scaffolded_plugin_of_each_world_and_language_builds_and_passes_its_own_test
             }
         }
     }
-    // A report that differs from the expected one fails, saying where.
+    // --config is checked as a stage's config is, then handed to the plugin.
     let plugin = dir.path().join("transformer-c");
+    let (plugin_arg, sample) = (plugin.to_string_lossy(), plugin.join("sample.txt").to_string_lossy().into_owned());
+    let prefixed = run(&["plugin", "test", &plugin_arg, "--input", &sample, "--config", "prefix=> "]);
+    assert!(prefixed.lines().any(|l| l.starts_with("  > ")), "{prefixed}");
+    let typo = Command::new(WEIR)
+        .args(["plugin", "test", &plugin_arg, "--input", &sample, "--config", "prefx=> "])
+        .output()
+        .expect("run weir");
+    let stderr = String::from_utf8_lossy(&typo.stderr);
+    assert!(!typo.status.success() && stderr.contains("has no config key `prefx` (it accepts: prefix)"), "{stderr}");
+    // A report that differs from the expected one fails, saying where.
     std::fs::write(plugin.join("expected.txt"), "record 1: ok, 1 out\n  hello weir\n").expect("write");
     let out = Command::new(WEIR)
         .args(["plugin", "test"])

@@ -108,7 +108,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::diagnostic::{Diagnostic, Diagnostics, SourceFile};
-use super::plugin::{PluginManifest, World, config_value_text};
+use super::plugin::{PluginManifest, World};
 use super::toml_doc::Document;
 use super::units::{ByteSize, Name, parse_duration};
 use crate::api::AccessKey;
@@ -1724,44 +1724,24 @@ impl Checker<'_> {
         raw: &Spanned<BTreeMap<Spanned<String>, toml::Value>>,
         diags: &mut Diagnostics,
     ) -> Option<Vec<(String, String)>> {
-        let before = diags.len();
-        let declared: Vec<&str> = plugin.config.iter().map(|(k, _)| k.as_str()).collect();
-        for (key, value) in raw.get_ref() {
-            match plugin.config.iter().find(|(k, _)| k == key.get_ref()) {
-                None => diags.push(
-                    self.at(
-                        key.span(),
-                        format!("{owner}: plugin `{}` has no config key `{}`", plugin.info.name, key.get_ref()),
-                    )
-                    .help(if declared.is_empty() {
-                        "this plugin takes no configuration".to_owned()
-                    } else {
-                        format!("it accepts: {}", declared.join(", "))
-                    }),
-                ),
-                Some((_, spec)) if !spec.ty.accepts(value) => diags.push(
-                    self.at(
-                        key.span(),
-                        format!("{owner}: config `{}` must be of type {:?}, not `{value}`", key.get_ref(), spec.ty)
-                            .to_lowercase(),
-                    ),
-                ),
-                Some(_) => {}
-            }
+        let set: Vec<(&str, &toml::Value)> = raw.get_ref().iter().map(|(k, v)| (k.get_ref().as_str(), v)).collect();
+        let problems = match plugin.resolve_config(&set) {
+            Ok(config) => return Some(config),
+            Err(problems) => problems,
+        };
+        for problem in problems {
+            // At the key at fault, or at the whole config for a missing one.
+            let span = problem
+                .key
+                .and_then(|key| raw.get_ref().keys().find(|k| *k.get_ref() == key).map(|k| k.span()))
+                .unwrap_or_else(|| raw.span());
+            let diagnostic = self.at(span, format!("{owner}: {}", problem.message));
+            diags.push(match problem.help {
+                Some(help) => diagnostic.help(help),
+                None => diagnostic,
+            });
         }
-        let mut out = Vec::new();
-        for (key, spec) in &plugin.config {
-            let set = raw.get_ref().iter().find(|(k, _)| k.get_ref() == key).map(|(_, v)| v);
-            match (set, &spec.default) {
-                (Some(v), _) | (None, Some(v)) => out.push((key.clone(), config_value_text(v))),
-                (None, None) if spec.required => diags.push(
-                    self.at(raw.span(), format!("{owner}: plugin `{}` requires config `{key}`", plugin.info.name))
-                        .help(format!("add `{key} = ...` to the stage's config ({})", spec.description)),
-                ),
-                (None, None) => {}
-            }
-        }
-        (diags.len() == before).then_some(out)
+        None
     }
 }
 

@@ -107,6 +107,17 @@ impl ConfigType {
     }
 }
 
+/// What is wrong with the configuration given to a plugin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// The key at fault; none for a required key that is missing.
+    pub key: Option<String>,
+    /// What is wrong.
+    pub message: String,
+    /// How to fix it.
+    pub help: Option<String>,
+}
+
 /// `[config.<key>]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -199,6 +210,46 @@ impl PluginManifest {
         self.dir.join(&self.build.output)
     }
 
+    /// The configuration a plugin gets from the keys `set` and its defaults;
+    /// or every key it does not take, value of the wrong type and required key missing.
+    pub fn resolve_config(&self, set: &[(&str, &toml::Value)]) -> Result<Vec<(String, String)>, Vec<ConfigProblem>> {
+        let mut problems = Vec::new();
+        let declared: Vec<&str> = self.config.iter().map(|(k, _)| k.as_str()).collect();
+        for &(key, value) in set {
+            match self.config.iter().find(|(k, _)| k == key) {
+                None => problems.push(ConfigProblem {
+                    key: Some(key.to_owned()),
+                    message: format!("plugin `{}` has no config key `{key}`", self.info.name),
+                    help: Some(if declared.is_empty() {
+                        "this plugin takes no configuration".to_owned()
+                    } else {
+                        format!("it accepts: {}", declared.join(", "))
+                    }),
+                }),
+                Some((_, spec)) if !spec.ty.accepts(value) => problems.push(ConfigProblem {
+                    key: Some(key.to_owned()),
+                    message: format!("config `{key}` must be of type {:?}, not `{value}`", spec.ty).to_lowercase(),
+                    help: None,
+                }),
+                Some(_) => {}
+            }
+        }
+        let mut out = Vec::new();
+        for (key, spec) in &self.config {
+            let value = set.iter().find(|(k, _)| k == key).map(|(_, v)| *v);
+            match (value, &spec.default) {
+                (Some(v), _) | (None, Some(v)) => out.push((key.clone(), config_value_text(v))),
+                (None, None) if spec.required => problems.push(ConfigProblem {
+                    key: None,
+                    message: format!("plugin `{}` requires config `{key}`", self.info.name),
+                    help: Some(format!("add `{key} = ...` to the stage's config ({})", spec.description)),
+                }),
+                (None, None) => {}
+            }
+        }
+        if problems.is_empty() { Ok(out) } else { Err(problems) }
+    }
+
     /// The configuration a plugin gets from its defaults alone.
     pub fn default_config(&self) -> Vec<(String, String)> {
         self.config
@@ -286,7 +337,7 @@ impl PluginManifest {
 }
 
 /// A config value as the plugin receives it: strings verbatim, everything else as JSON text.
-pub fn config_value_text(v: &toml::Value) -> String {
+fn config_value_text(v: &toml::Value) -> String {
     match v {
         toml::Value::String(s) => s.clone(),
         other => serde_json::to_string(other).unwrap_or_else(|_| other.to_string()),
