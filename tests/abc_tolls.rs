@@ -265,7 +265,7 @@ async fn a_simulated_day_matches_an_independent_oracle_across_a_restart() {
         let due = afternoon.iter().filter(|l| l.time_ms <= now - 30 * MINUTE && l.text.contains(',')).count() as u64;
         host.wait_until("rows no older than 30 simulated minutes", |s| s.deliveries[0].rows_loaded >= due).await;
     }
-    let webhooks_sent = || desk.received().len() == expected.traffic.len();
+    let webhooks_sent = || desk.count() == expected.traffic.len();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !webhooks_sent() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;

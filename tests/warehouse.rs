@@ -115,6 +115,24 @@ async fn toll_lines_become_sqlite_rows_within_the_buffer_interval() {
     assert!(!files(&host.path("lake").join("raw")).is_empty(), "the raw lines are backed up");
 }
 
+/// `weir run` and embedders start the host from async code: the PostgreSQL
+/// warehouse must connect and load there without blocking the caller's runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_warehouse_connects_and_loads_from_inside_a_runtime() {
+    use weir_host::warehouse::{ColumnMap, Database, ParsedRows, WarehouseSpec};
+    let Some(url) = postgres_database("postgres inside a runtime").await else { return };
+    postgres(&url).await.batch_execute("CREATE TABLE t (id text)").await.expect("table");
+    let spec = WarehouseSpec {
+        database: Database::Postgres(url.clone()),
+        table: "t".into(),
+        columns: vec![ColumnMap { column: "id".into(), field: "id".into() }],
+        retry_duration: Duration::from_secs(1),
+    };
+    let mut warehouse = weir_host::warehouse::connect(&spec).expect("connects inside a runtime");
+    let rows = ParsedRows::parse(&[br#"{"id":"a"}"#], &spec.columns);
+    assert_eq!(warehouse.load("k", &rows).expect("loads inside a runtime").rows, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn toll_lines_are_copied_into_postgres_and_refused_rows_keep_the_reason() {
     let Some(url) = postgres_database("postgres delivery").await else { return };

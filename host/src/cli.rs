@@ -822,7 +822,6 @@ fn run(
     }
     let engine = Arc::new(PluginEngine::new()?);
     let (addr, name) = (pipeline.api.listen, pipeline.name.clone());
-    // Outside the server's runtime: a PostgreSQL warehouse runs one of its own.
     let host = crate::pipeline::Host::start(pipeline, &engine)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {

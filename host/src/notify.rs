@@ -201,12 +201,12 @@ impl Channels {
             let _ = self.state.settle(&entry, Settle::GiveUp);
             return;
         };
-        let signature = crate::api::sigv4::hex(&crate::api::sigv4::hmac(spec.secret.as_bytes(), entry.body.as_bytes()));
+        let signature = signature(&spec.secret, entry.body.as_bytes());
         let response = client
             .post(&spec.url)
             .header("content-type", "application/json")
             .header("x-weir-delivery", &entry.delivery_id)
-            .header("x-weir-signature", format!("sha256={signature}"))
+            .header("x-weir-signature", signature)
             .body(entry.body.clone())
             .send()
             .await;
@@ -256,4 +256,9 @@ fn delivery_id(channel: &str, key: &str) -> String {
     use sha2::Digest as _;
     let digest = sha2::Sha256::digest(format!("{channel}\0{key}").as_bytes());
     crate::api::sigv4::hex(&digest[..16])
+}
+/// The `x-weir-signature` of a webhook body: `sha256=` and the hex HMAC-SHA256
+/// of the body under the channel's secret.
+pub fn signature(secret: &str, body: &[u8]) -> String {
+    format!("sha256={}", crate::api::sigv4::hex(&crate::api::sigv4::hmac(secret.as_bytes(), body)))
 }

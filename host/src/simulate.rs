@@ -182,8 +182,7 @@ impl OperationsDesk {
     fn take(&self, headers: &axum::http::HeaderMap, body: &[u8]) -> axum::http::StatusCode {
         use axum::http::StatusCode;
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default();
-        let expected =
-            format!("sha256={}", crate::api::sigv4::hex(&crate::api::sigv4::hmac(self.secret.as_bytes(), body)));
+        let expected = crate::notify::signature(&self.secret, body);
         let (Ok(message), false) = (serde_json::from_slice(body), header("x-weir-delivery").is_empty()) else {
             self.refused.fetch_add(1, Ordering::Relaxed);
             return StatusCode::BAD_REQUEST;
@@ -194,6 +193,11 @@ impl OperationsDesk {
         }
         self.received.lock().unwrap_or_else(|p| p.into_inner()).insert(header("x-weir-delivery").to_owned(), message);
         StatusCode::NO_CONTENT
+    }
+
+    /// How many deliveries were taken.
+    pub fn count(&self) -> usize {
+        self.received.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// The deliveries taken, each once, by delivery id.
@@ -315,7 +319,7 @@ pub fn run_day(host: &Arc<Host>, lines: &[TollLine], mut progress: impl FnMut(f6
     let sent = host.channels.sent();
     let new = |channel: &str| sent.get(channel).copied().unwrap_or(0) - sent_before.get(channel).copied().unwrap_or(0);
     // The webhooks go out on their own thread: give them until the deadline to arrive.
-    while desks.iter().any(|(name, _, desk)| (desk.received().len() as u64) < new(name)) && Instant::now() < deadline {
+    while desks.iter().any(|(name, _, desk)| (desk.count() as u64) < new(name)) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
     host.drain();
@@ -327,7 +331,7 @@ pub fn run_day(host: &Arc<Host>, lines: &[TollLine], mut progress: impl FnMut(f6
         set_aside: status.deliveries.iter().map(|d| d.records_failed).sum(),
         billing_messages: new("app"),
         traffic_alerts: new("operators"),
-        webhooks: desks.into_iter().map(|(name, url, desk)| (name, url, desk.received().len())).collect(),
+        webhooks: desks.into_iter().map(|(name, url, desk)| (name, url, desk.count())).collect(),
     })
 }
 
@@ -337,6 +341,27 @@ mod tests {
 
     /// 2026-11-26T00:00:00Z, a Thursday.
     const DAY: i64 = 1_795_651_200_000;
+
+    #[test]
+    fn the_operations_desk_takes_signed_deliveries_once_and_refuses_the_rest() {
+        use axum::http::{HeaderMap, HeaderValue, StatusCode};
+        let desk = OperationsDesk::new("s3cret");
+        let body = br#"{"subject":"Station 17 low"}"#;
+        let headers = |id: &str, signature: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("x-weir-delivery", HeaderValue::from_str(id).expect("id"));
+            h.insert("x-weir-signature", HeaderValue::from_str(signature).expect("signature"));
+            h
+        };
+        let signed = crate::notify::signature("s3cret", body);
+        assert_eq!(desk.take(&headers("d1", &signed), body), StatusCode::NO_CONTENT);
+        assert_eq!(desk.take(&headers("d1", &signed), body), StatusCode::NO_CONTENT, "a redelivery is taken again");
+        assert_eq!(desk.take(&headers("d2", "sha256=00"), body), StatusCode::UNAUTHORIZED);
+        let other_secret = crate::notify::signature("other", body);
+        assert_eq!(desk.take(&headers("d3", &other_secret), body), StatusCode::UNAUTHORIZED);
+        assert_eq!(desk.take(&headers("d4", &signed), b"not json"), StatusCode::BAD_REQUEST);
+        assert_eq!((desk.count(), desk.refused()), (1, 3), "d1 kept once; d2, d3 and d4 refused");
+    }
 
     #[test]
     fn a_seed_gives_the_same_day_with_its_silent_station_and_malformed_lines() {

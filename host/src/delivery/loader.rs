@@ -54,6 +54,29 @@ struct InOrder {
     done: BTreeMap<u64, (u32, u64, u64)>,
 }
 
+impl InOrder {
+    /// Records batch `ticket` as finished; returns the batches that may now be
+    /// checkpointed, in staged order (none while an earlier one is unfinished).
+    fn finished(&mut self, ticket: u64, batch: (u32, u64, u64)) -> Vec<(u32, u64, u64)> {
+        self.done.insert(ticket, batch);
+        let mut ready = Vec::new();
+        while let Some(batch) = self.done.remove(&self.next) {
+            ready.push(batch);
+            self.next += 1;
+        }
+        ready
+    }
+}
+
+/// Sets the flag when dropped.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 pub struct Loader {
     shared: Arc<Shared>,
     /// Connected on first use if the database was down at start.
@@ -68,10 +91,7 @@ impl Loader {
     /// Finishes every staged batch until the worker stops, on as many lanes as
     /// the database takes loads at once.
     pub fn run(self, staged: Receiver<Staged>) {
-        let lanes = match &self.shared.spec.warehouse {
-            Some(w) if matches!(w.database, crate::warehouse::Database::Postgres(_)) => 2,
-            _ => 1,
-        };
+        let lanes = self.shared.spec.warehouse.as_ref().map_or(1, |w| w.load_lanes());
         let queue = Mutex::new((staged, 0u64));
         let order = Mutex::new(InOrder::default());
         let stop = AtomicBool::new(false);
@@ -101,6 +121,9 @@ impl Loader {
                 return;
             }
         };
+        // However this lane ends (a shutdown, a panic), the other lanes stop
+        // too: checkpoints could not pass its batch, so theirs would pile up.
+        let _stop_all = StopOnDrop(stop);
         while !stop.load(Ordering::Relaxed) {
             let (ticket, batch) = {
                 let mut queue = queue.lock().unwrap_or_else(|p| p.into_inner());
@@ -108,18 +131,16 @@ impl Loader {
                 queue.1 += 1;
                 (queue.1 - 1, batch)
             };
+            if stop.load(Ordering::Relaxed) {
+                return; // planned, so redone at the next start
+            }
             let (shard, first, last) = (batch.shard, batch.first, batch.last);
             if self.finish(&runtime, batch).is_err() {
                 tracing::warn!(shard, first, last, "shutdown interrupted a delivery; it is redone at the next start");
-                stop.store(true, Ordering::Relaxed);
                 return; // the worker sees the channel close and stops too
             }
-            let mut order = order.lock().unwrap_or_else(|p| p.into_inner());
-            order.done.insert(ticket, (shard, first, last));
-            while let Some(&(shard, first, last)) = order.done.get(&order.next) {
-                let next = order.next;
-                order.done.remove(&next);
-                order.next += 1;
+            let ready = order.lock().unwrap_or_else(|p| p.into_inner()).finished(ticket, (shard, first, last));
+            for (shard, first, last) in ready {
                 if let Err(e) =
                     self.shared.source.checkpoint(&self.shared.source_stream, shard, &self.shared.consumer, last + 1)
                 {
@@ -227,5 +248,20 @@ impl Loader {
             "table": spec.table,
             "rows": rows.len(),
         })])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::InOrder;
+
+    #[test]
+    fn batches_are_checkpointed_in_staged_order_whatever_order_they_finish_in() {
+        let mut order = InOrder::default();
+        assert_eq!(order.finished(1, (0, 10, 19)), vec![], "batch 0 is not finished");
+        assert_eq!(order.finished(2, (1, 0, 9)), vec![]);
+        assert_eq!(order.finished(0, (0, 0, 9)), vec![(0, 0, 9), (0, 10, 19), (1, 0, 9)]);
+        assert_eq!(order.finished(4, (0, 30, 39)), vec![], "a gap: batch 3 is still loading");
+        assert_eq!(order.finished(3, (0, 20, 29)), vec![(0, 20, 29), (0, 30, 39)]);
     }
 }

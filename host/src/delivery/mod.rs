@@ -3,8 +3,9 @@
 //! batches, by size or age whichever comes first, as objects in the lake,
 //! optionally transformed by a plugin and loaded into a warehouse table.
 //!
-//! Each delivery goes through two threads, so that one batch is transformed
-//! and staged while the previous one loads:
+//! Each delivery has a worker thread and a loader (one lane per load the
+//! database takes at once), so that one batch is transformed and staged while
+//! the previous ones load:
 //! - the worker ([`worker`]) reads, plans the batch's bounds durably
 //!   ([`plans`]), transforms, and writes the backup and rows objects;
 //! - the loader ([`loader`]) loads the staged rows into the warehouse (exactly
@@ -34,7 +35,7 @@ pub use prefix::{check_prefix, object_prefix};
 
 use crate::manifest::DeliverySpec;
 use crate::plugin::TransformerPlugin;
-use crate::stream::{StreamStore, now_ms};
+use crate::stream::StreamStore;
 use crate::warehouse::WarehouseError;
 
 /// The buffer stream's consumer name.
@@ -99,7 +100,7 @@ impl Delivery {
         transform: Option<TransformerPlugin>,
         state_dir: PathBuf,
     ) -> Result<Delivery, DeliveryError> {
-        Self::start_with_clock(spec, source, transform, state_dir, Arc::new(now_ms))
+        Self::start_with_clock(spec, source, transform, state_dir, crate::stream::system_clock())
     }
 
     /// [`Delivery::start`] with the clock that decides when a buffer is old enough.
@@ -201,6 +202,7 @@ mod tests {
 
     use super::*;
     use crate::manifest::Name;
+    use crate::stream::now_ms;
     use crate::stream::{DiskStreamSpec, DiskStreams, FileSyncer, FsyncPolicy, NewRecord};
 
     fn spec(lake: &std::path::Path) -> DeliverySpec {

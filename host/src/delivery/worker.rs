@@ -53,7 +53,7 @@ impl Worker {
     pub fn run(mut self) {
         let span = tracing::info_span!("delivery", delivery = %self.shared.spec.name);
         let _enter = span.enter();
-        // One batch waits for the loader while the loader works on another: bounded memory.
+        // One batch waits for the loader while the loader's lanes work on theirs: bounded memory.
         let (to_loader, from_worker) = std::sync::mpsc::sync_channel::<Staged>(1);
         let loader = Loader::new(self.shared.clone(), self.warehouse.take());
         let loader_span = span.clone();
@@ -111,7 +111,7 @@ impl Worker {
             let mut wait = Duration::from_millis(100);
             let mut left = false;
             for k in 0..shards.len() {
-                // A parent's records are delivered before its children's (the loader keeps the order).
+                // A parent's records are staged (and checkpointed) before its children's.
                 let parents_done = lineage[k]
                     .parents
                     .iter()

@@ -33,6 +33,17 @@ pub struct WarehouseSpec {
     pub retry_duration: std::time::Duration,
 }
 
+impl WarehouseSpec {
+    /// How many staged batches load at once: PostgreSQL works in its own
+    /// processes, so two `COPY`s keep two busy; SQLite takes one writer.
+    pub fn load_lanes(&self) -> usize {
+        match self.database {
+            Database::Postgres(_) => 2,
+            Database::Sqlite(_) => 1,
+        }
+    }
+}
+
 /// The database of a warehouse.
 #[derive(Debug, Clone)]
 pub enum Database {

@@ -16,7 +16,7 @@ use super::{
 
 /// A table in a PostgreSQL database.
 pub struct PostgresWarehouse {
-    runtime: tokio::runtime::Runtime,
+    runtime: OwnRuntime,
     client: Client,
     url: String,
     target: String,
@@ -28,8 +28,9 @@ impl PostgresWarehouse {
     /// Connects, creates the ledger if needed and checks the table's columns.
     pub fn connect(url: &str, spec: &WarehouseSpec) -> Result<PostgresWarehouse, WarehouseError> {
         let target = format!("postgres `{}`", redacted(url));
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| {
-            WarehouseError::Unavailable { target: target.clone(), message: format!("cannot start a runtime: {e}") }
+        let runtime = OwnRuntime::new().map_err(|e| WarehouseError::Unavailable {
+            target: target.clone(),
+            message: format!("cannot start a runtime: {e}"),
         })?;
         let client = runtime.block_on(open(url, &target))?;
         let existing = runtime.block_on(table_columns(&client, &spec.table)).map_err(|e| error(&target, e))?;
@@ -86,6 +87,37 @@ impl Warehouse for PostgresWarehouse {
             loaded.rejected.sort_by_key(|(i, _)| *i);
             Ok(loaded)
         })
+    }
+}
+
+/// The warehouse's own runtime, usable and droppable from anywhere, async
+/// code included (where tokio refuses to block a thread or drop a runtime).
+struct OwnRuntime(Option<tokio::runtime::Runtime>);
+
+impl OwnRuntime {
+    fn new() -> std::io::Result<OwnRuntime> {
+        Ok(OwnRuntime(Some(tokio::runtime::Builder::new_current_thread().enable_all().build()?)))
+    }
+
+    /// Runs `future` to its end; a caller inside another runtime is served from a thread of its own.
+    fn block_on<F: Future + Send>(&self, future: F) -> F::Output
+    where
+        F::Output: Send,
+    {
+        let Some(runtime) = &self.0 else { unreachable!("the runtime is only taken when dropped") };
+        if tokio::runtime::Handle::try_current().is_err() {
+            return runtime.block_on(future);
+        }
+        std::thread::scope(|scope| scope.spawn(|| runtime.block_on(future)).join())
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+}
+
+impl Drop for OwnRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 
