@@ -121,7 +121,7 @@ async fn toll_lines_become_sqlite_rows_within_the_buffer_interval() {
 async fn a_postgres_warehouse_connects_and_loads_from_inside_a_runtime() {
     use weir_host::warehouse::{ColumnMap, Database, ParsedRows, WarehouseSpec};
     let Some(url) = postgres_database("postgres inside a runtime").await else { return };
-    postgres(&url).await.batch_execute("CREATE TABLE t (id text)").await.expect("table");
+    postgres(&url).await.batch_execute("CREATE TABLE t (id text PRIMARY KEY)").await.expect("table");
     let spec = WarehouseSpec {
         database: Database::Postgres(url.clone()),
         table: "t".into(),
@@ -129,8 +129,12 @@ async fn a_postgres_warehouse_connects_and_loads_from_inside_a_runtime() {
         retry_duration: Duration::from_secs(1),
     };
     let mut warehouse = weir_host::warehouse::connect(&spec).expect("connects inside a runtime");
-    let rows = ParsedRows::parse(&[br#"{"id":"a"}"#], &spec.columns);
-    assert_eq!(warehouse.load("k", &rows).expect("loads inside a runtime").rows, 1);
+    let rows = ParsedRows::parse(&[br#"{"id":"a"}"#, br#"{"id":"a"}"#, b"not json"], &spec.columns);
+    let loaded = warehouse.load("k", &rows).expect("loads inside a runtime");
+    assert_eq!((loaded.rows, loaded.rejected.len()), (1, 2), "{loaded:?}");
+    // Loaded again (a redo after a crash): nothing inserted, the same rows reported refused.
+    let again = warehouse.load("k", &rows).expect("loads again");
+    assert!(again.already_loaded && again.rejected == loaded.rejected, "{again:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,8 +4,9 @@
 //! columns to its fields.
 //!
 //! Loads are idempotent: the staged object's key is recorded in the ledger
-//! table `weir_loads` in the same transaction as its rows, so a batch redone
-//! after a crash (loaded, but not yet checkpointed) is recognised and skipped.
+//! table `weir_loads` in the same transaction as its rows (with the rows the
+//! table refused), so a batch redone after a crash (loaded, but not yet
+//! checkpointed) is recognised and skipped, and its refused rows reported again.
 
 mod postgres;
 mod rows;
@@ -125,6 +126,16 @@ pub fn connect(spec: &WarehouseSpec) -> Result<Box<dyn Warehouse>, WarehouseErro
         Database::Sqlite(path) => Box::new(SqliteWarehouse::open(path, spec)?),
         Database::Postgres(url) => Box::new(PostgresWarehouse::connect(url, spec)?),
     })
+}
+
+/// The rows a load refused, as the ledger keeps them (JSON `[[index, reason], ...]`).
+fn ledger_text(rejected: &[(usize, String)]) -> String {
+    serde_json::to_string(rejected).unwrap_or_else(|_| "[]".to_owned())
+}
+
+/// The rows a load refused, from the ledger (nothing if it cannot be read).
+fn ledger_rejected(text: &str) -> Vec<(usize, String)> {
+    serde_json::from_str(text).unwrap_or_default()
 }
 
 /// Checks a table or column name: lowercase SQL identifiers only, so the name

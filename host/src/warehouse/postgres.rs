@@ -11,7 +11,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls, Transaction};
 
 use super::{
-    Cell, LEDGER_TABLE, Loaded, ParsedRows, RowCells, Warehouse, WarehouseError, WarehouseSpec, missing_columns, quoted,
+    Cell, LEDGER_TABLE, Loaded, ParsedRows, RowCells, Warehouse, WarehouseError, WarehouseSpec, ledger_rejected,
+    ledger_text, missing_columns, quoted,
 };
 
 /// A table in a PostgreSQL database.
@@ -128,27 +129,33 @@ async fn open(url: &str, target: &str) -> Result<Client, WarehouseError> {
             tracing::warn!(error = %e, "warehouse connection closed");
         }
     });
+    // `rejected` came after the first ledgers: added to those.
     client
         .batch_execute(&format!(
             "CREATE TABLE IF NOT EXISTS {LEDGER_TABLE} (object_key text PRIMARY KEY, table_name text NOT NULL, \
-             row_count bigint NOT NULL, loaded_at timestamptz NOT NULL DEFAULT now())"
+             row_count bigint NOT NULL, loaded_at timestamptz NOT NULL DEFAULT now()); \
+             ALTER TABLE {LEDGER_TABLE} ADD COLUMN IF NOT EXISTS rejected text NOT NULL DEFAULT '[]'"
         ))
         .await
         .map_err(|e| error(target, e))?;
     Ok(client)
 }
 
-/// Records the key in the ledger; false if it was there already.
-async fn record(tx: &Transaction<'_>, key: &str, table: &str) -> Result<bool, tokio_postgres::Error> {
+/// Records the key in the ledger; if it was there already, what its load refused.
+async fn record(tx: &Transaction<'_>, key: &str, table: &str) -> Result<Option<Loaded>, tokio_postgres::Error> {
     let sql = format!(
         "INSERT INTO {LEDGER_TABLE} (object_key, table_name, row_count) VALUES ($1, $2, 0) ON CONFLICT DO NOTHING"
     );
-    Ok(tx.execute(&sql, &[&key, &table]).await? == 1)
+    if tx.execute(&sql, &[&key, &table]).await? == 1 {
+        return Ok(None);
+    }
+    let row = tx.query_one(&format!("SELECT rejected FROM {LEDGER_TABLE} WHERE object_key = $1"), &[&key]).await?;
+    Ok(Some(Loaded { already_loaded: true, rejected: ledger_rejected(row.get(0)), ..Loaded::default() }))
 }
 
 async fn finish(tx: Transaction<'_>, key: &str, loaded: Loaded) -> Result<Loaded, tokio_postgres::Error> {
-    let sql = format!("UPDATE {LEDGER_TABLE} SET row_count = $1 WHERE object_key = $2");
-    tx.execute(&sql, &[&(loaded.rows as i64), &key]).await?;
+    let sql = format!("UPDATE {LEDGER_TABLE} SET row_count = $1, rejected = $2 WHERE object_key = $3");
+    tx.execute(&sql, &[&(loaded.rows as i64), &ledger_text(&loaded.rejected), &key]).await?;
     tx.commit().await?;
     Ok(loaded)
 }
@@ -168,8 +175,8 @@ async fn load_all(
     rows: &Encoded,
 ) -> Result<Loaded, tokio_postgres::Error> {
     let tx = client.transaction().await?;
-    if !record(&tx, key, table).await? {
-        return Ok(Loaded { already_loaded: true, ..Loaded::default() });
+    if let Some(before) = record(&tx, key, table).await? {
+        return Ok(before);
     }
     let sink = tx.copy_in::<_, Bytes>(copy).await?;
     futures_util::pin_mut!(sink);
@@ -197,8 +204,8 @@ async fn load_each(
     rows: &Encoded,
 ) -> Result<Loaded, tokio_postgres::Error> {
     let mut tx = client.transaction().await?;
-    if !record(&tx, key, table).await? {
-        return Ok(Loaded { already_loaded: true, ..Loaded::default() });
+    if let Some(before) = record(&tx, key, table).await? {
+        return Ok(before);
     }
     let mut loaded = Loaded::default();
     for (i, line) in &rows.lines {

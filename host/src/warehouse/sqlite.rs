@@ -8,7 +8,8 @@ use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, ErrorCode, TransactionBehavior};
 
 use super::{
-    Cell, LEDGER_TABLE, Loaded, ParsedRows, RowCells, Warehouse, WarehouseError, WarehouseSpec, missing_columns, quoted,
+    Cell, LEDGER_TABLE, Loaded, ParsedRows, RowCells, Warehouse, WarehouseError, WarehouseSpec, ledger_rejected,
+    ledger_text, missing_columns, quoted,
 };
 
 /// How long a load waits for another writer's lock before it counts as unavailable.
@@ -50,6 +51,12 @@ impl SqliteWarehouse {
                  row_count INTEGER NOT NULL, loaded_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)"
             ))
             .map_err(unavailable)?;
+        // `rejected` came after the first ledgers: added to those.
+        if !table_columns(&connection, LEDGER_TABLE).map_err(unavailable)?.iter().any(|c| c == "rejected") {
+            connection
+                .execute_batch(&format!("ALTER TABLE {LEDGER_TABLE} ADD COLUMN rejected TEXT NOT NULL DEFAULT '[]'"))
+                .map_err(unavailable)?;
+        }
         let table = quoted(&spec.table);
         let existing = table_columns(&connection, &spec.table).map_err(unavailable)?;
         if existing.is_empty() {
@@ -83,7 +90,12 @@ impl Warehouse for SqliteWarehouse {
             )
             .map_err(unavailable)?;
         if recorded == 0 {
-            return Ok(Loaded { already_loaded: true, ..Loaded::default() });
+            let rejected: String = tx
+                .query_row(&format!("SELECT rejected FROM {LEDGER_TABLE} WHERE object_key = ?1"), [staged_key], |r| {
+                    r.get(0)
+                })
+                .map_err(unavailable)?;
+            return Ok(Loaded { already_loaded: true, rejected: ledger_rejected(&rejected), ..Loaded::default() });
         }
         let mut loaded = Loaded::default();
         {
@@ -127,8 +139,8 @@ impl Warehouse for SqliteWarehouse {
             loaded.rejected.sort_by_key(|(i, _)| *i);
         }
         tx.execute(
-            &format!("UPDATE {LEDGER_TABLE} SET row_count = ?1 WHERE object_key = ?2"),
-            rusqlite::params![loaded.rows as i64, staged_key],
+            &format!("UPDATE {LEDGER_TABLE} SET row_count = ?1, rejected = ?2 WHERE object_key = ?3"),
+            rusqlite::params![loaded.rows as i64, ledger_text(&loaded.rejected), staged_key],
         )
         .map_err(unavailable)?;
         tx.commit().map_err(unavailable)?;
@@ -255,6 +267,9 @@ mod tests {
         let refused: Vec<usize> = loaded.rejected.iter().map(|(i, _)| *i).collect();
         assert_eq!(refused, vec![70, 150]);
         assert!(loaded.rejected[0].1.contains("UNIQUE"), "{:?}", loaded.rejected);
+        assert_eq!(count(&db), 198);
+        let again = load(&mut w, "k", &rows).expect("load again");
+        assert!(again.already_loaded && again.rejected == loaded.rejected, "a redo reports the same refused rows");
         assert_eq!(count(&db), 198);
         let c = Connection::open(&db).expect("open");
         let cents: i64 = c.query_row("SELECT cents FROM tolls WHERE id = 'r140'", [], |r| r.get(0)).expect("r140");
