@@ -21,7 +21,7 @@ use weir_host::manifest::{Grants, Limits, PluginManifest, World};
 use weir_host::plugin::{
     Batch, MemoryServices, Notification, NotifierPlugin, Outcome, PluginError, TransformerPlugin, check_world,
 };
-use weir_tests::{artifacts, config, engine, plugin_manifest, root, sandbox};
+use weir_tests::{artifacts, config, engine, plugin_component, plugin_manifest, root, sandbox};
 
 /// A plugin of `plugins/` with its manifest.
 fn plugins_of(world: World) -> Vec<(&'static str, &'static str, PluginManifest)> {
@@ -158,10 +158,6 @@ fn every_notifier_sends_once_and_reports_bad_records() {
 /// The traffic alert in each language it is written in.
 const TRAFFIC_ALERTS: &[(&str, &str)] = &[("rust", "traffic-monitor-alert"), ("python", "traffic-monitor-alert-py")];
 
-fn component(plugin: &str) -> &'static str {
-    artifacts::PLUGINS.iter().find(|(n, _)| *n == plugin).map(|(_, c)| *c).expect("a plugin of plugins/")
-}
-
 #[test]
 fn the_traffic_alert_behaves_the_same_in_every_language() {
     let stations = [("17", 3, 40), ("42", 50, 40), ("55", 0, 5)];
@@ -169,12 +165,18 @@ fn the_traffic_alert_behaves_the_same_in_every_language() {
     let mut results: Vec<(&str, Vec<Notification>)> = Vec::new();
     for &(language, plugin) in TRAFFIC_ALERTS {
         let services = Arc::new(MemoryServices::default());
-        let alert = notifier(plugin, component(plugin), config(&[("channels", r#"["ops-inbox","ops-hook"]"#)]));
+        // Compiled once (the Python component is 19 MB), started with two configs.
+        let compiled = check_world(&engine(), plugin_component(plugin).as_ref(), World::Notifier).expect("fits");
+        let load = |config| {
+            let spec = sandbox(plugin, Limits::default(), Grants::default());
+            NotifierPlugin::new(&engine(), compiled.clone(), spec, config).expect("load")
+        };
+        let alert = load(config(&[("channels", r#"["ops-inbox","ops-hook"]"#)]));
         let mut instance = alert.instantiate(services.clone()).expect("starts");
         instance.consume(&batch(&input)).unwrap_or_else(|e| panic!("{language}: {e}"));
         results.push((language, services.sent()));
 
-        let bad = notifier(plugin, component(plugin), config(&[("channels", "ops")]));
+        let bad = load(config(&[("channels", "ops")]));
         match bad.instantiate(Arc::new(MemoryServices::default())) {
             Err(PluginError::Init(reason)) => assert!(reason.contains("channels"), "{language}: {reason}"),
             other => panic!("{language}: a bad `channels` must stop the start with a reason, not {:?}", other.err()),

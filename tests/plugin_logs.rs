@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use weir_host::manifest::{Grants, Limits, World};
 use weir_host::plugin::{MemoryServices, NotifierPlugin, TransformerPlugin, check_world};
-use weir_tests::{artifacts, engine, plugin_manifest, root, sandbox};
+use weir_tests::{engine, plugin_component, plugin_manifest, root, sandbox};
 
 /// A plugin of each language, and a line it logs when it starts with its defaults.
 const LOGGING: &[(&str, &str)] = &[
@@ -42,7 +42,7 @@ fn plugin_logs_reach_the_host_log_under_the_plugin_name_in_every_language() {
         .finish();
     tracing::subscriber::with_default(subscriber, || {
         for &(name, _) in LOGGING {
-            let (_, component) = artifacts::PLUGINS.iter().find(|(n, _)| *n == name).expect("a plugin of plugins/");
+            let component = plugin_component(name);
             let manifest = plugin_manifest(&root().join("plugins").join(name));
             let world = manifest.info.world;
             let compiled = check_world(&engine(), component.as_ref(), world).expect("fits its world");

@@ -442,7 +442,7 @@ async fn plugin(client: Client, action: PluginAction) -> anyhow::Result<()> {
             client.native(Method::POST, &path, HeaderMap::new(), Default::default()).await?
         }
         PluginAction::Inspect { .. } | PluginAction::Test { .. } | PluginAction::New { .. } => {
-            anyhow::bail!("`weir plugin` verbs that need no running weir are handled before this")
+            unreachable!("refused by the match above")
         }
         PluginAction::List { .. } => {
             for stage in status["stages"].as_array().into_iter().flatten() {

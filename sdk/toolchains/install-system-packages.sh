@@ -9,7 +9,7 @@ missing=""
 command -v pg_ctlcluster >/dev/null 2>&1 || missing="$missing postgresql"
 command -v clang >/dev/null 2>&1 || missing="$missing clang"
 command -v wasm-ld >/dev/null 2>&1 || missing="$missing lld"
-[ -d /usr/lib/wasm32-wasi ] || missing="$missing wasi-libc"
+{ [ -d /usr/lib/wasm32-wasi ] || [ -d /usr/lib/wasm32-wasip1 ]; } || missing="$missing wasi-libc"
 ls /usr/lib/llvm-*/lib/clang/*/lib/wasi/libclang_rt.builtins-wasm32.a >/dev/null 2>&1 || missing="$missing libclang-rt-dev-wasm32"
 if [ -n "$missing" ]; then
     echo "installing:$missing" >&2

@@ -23,6 +23,11 @@ pub fn engine() -> Arc<PluginEngine> {
     ENGINE.get_or_init(|| Arc::new(PluginEngine::new().expect("engine"))).clone()
 }
 
+/// The built component of the plugin `name` of `plugins/`.
+pub fn plugin_component(name: &str) -> &'static str {
+    artifacts::PLUGINS.iter().find(|(n, _)| *n == name).map(|(_, c)| *c).expect("a plugin of plugins/")
+}
+
 /// The plugin.toml in `dir` (e.g. `root().join("plugins/toll-etl")`), which must be valid.
 pub fn plugin_manifest(dir: &Path) -> weir_host::manifest::PluginManifest {
     let mut diags = weir_host::manifest::Diagnostics::default();
