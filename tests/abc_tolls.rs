@@ -239,12 +239,8 @@ async fn a_simulated_day_matches_an_independent_oracle_across_a_restart() {
     let clock = now.clone();
     let clock: weir_host::stream::Clock = Arc::new(move || clock.load(Ordering::SeqCst));
     let host = TestHost::start_with_clock(dir, &manifest, "127.0.0.1:0", clock).await.expect("start");
-    for customer in 1..=weir_host::simulate::CUSTOMERS {
-        let threshold = weir_host::simulate::threshold_cents(customer).to_string();
-        host.host
-            .state
-            .put("thresholds", &weir_host::simulate::customer_id(customer), threshold.as_bytes())
-            .expect("threshold");
+    for (customer, threshold) in weir_host::simulate::thresholds() {
+        host.host.state.put("thresholds", &customer, threshold.as_bytes()).expect("threshold");
     }
     let (morning, afternoon) = day.split_at(day.len() / 2);
     put_lines(&host, morning, &now);

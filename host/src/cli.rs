@@ -494,11 +494,10 @@ fn progress_bar(done: f64) {
 
 /// Sends a simulated day to a running weir: the customers' thresholds, then the lines.
 async fn send_day(client: Client, lines: Vec<crate::simulate::TollLine>) -> anyhow::Result<()> {
-    use crate::simulate::{CUSTOMERS, customer_id, threshold_cents};
+    use crate::simulate::{CUSTOMERS, thresholds};
     use axum::http::{HeaderMap, Method};
-    for customer in 1..=CUSTOMERS {
-        let path = format!("/v1/tables/thresholds/items/{}", customer_id(customer));
-        let threshold = threshold_cents(customer).to_string();
+    for (customer, threshold) in thresholds() {
+        let path = format!("/v1/tables/thresholds/items/{customer}");
         client.native_bytes(Method::PUT, &path, HeaderMap::new(), threshold.into()).await?;
     }
     // The agent's sender: only refused records go again, after a growing wait.

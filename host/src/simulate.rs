@@ -58,6 +58,11 @@ pub fn customer_id(n: u32) -> String {
     format!("C{n:06}")
 }
 
+/// Every customer's id and alert threshold (cents, as text): the `thresholds` table's items.
+pub fn thresholds() -> impl Iterator<Item = (String, String)> {
+    (1..=CUSTOMERS).map(|customer| (customer_id(customer), threshold_cents(customer).to_string()))
+}
+
 /// A deterministic xorshift generator.
 struct Random(u64);
 
@@ -233,15 +238,14 @@ impl OperationsDesk {
     }
 }
 
-/// `host:port` of an `http://127.0.0.1:<port>/...` or `http://localhost:<port>/...` URL.
+/// The address of an `http://` URL on loopback (`127.0.0.1`, `[::1]`, `localhost`).
 fn loopback_addr(url: &str) -> Option<std::net::SocketAddr> {
-    let authority = url.strip_prefix("http://")?.split('/').next()?;
-    let (host, port) = authority.rsplit_once(':')?;
-    let ip: std::net::IpAddr = match host {
+    let url = reqwest::Url::parse(url).ok().filter(|u| u.scheme() == "http")?;
+    let ip: std::net::IpAddr = match url.host_str()? {
         "localhost" => std::net::Ipv4Addr::LOCALHOST.into(),
         other => other.trim_matches(['[', ']']).parse().ok()?,
     };
-    ip.is_loopback().then_some(std::net::SocketAddr::new(ip, port.parse().ok()?))
+    ip.is_loopback().then_some(std::net::SocketAddr::new(ip, url.port_or_known_default()?))
 }
 
 /// What a run of the showcase produced, for the report.
@@ -266,9 +270,8 @@ pub struct Report {
 /// the deliveries have flushed (the host is drained). `progress` sees the share done.
 pub fn run_day(host: &Arc<Host>, lines: &[TollLine], mut progress: impl FnMut(f64)) -> anyhow::Result<Report> {
     if host.state.tables().any(|t| t == "thresholds") {
-        for customer in 1..=CUSTOMERS {
-            let threshold = threshold_cents(customer).to_string();
-            host.state.put("thresholds", &customer_id(customer), threshold.as_bytes())?;
+        for (customer, threshold) in thresholds() {
+            host.state.put("thresholds", &customer, threshold.as_bytes())?;
         }
     }
     // Webhooks on loopback go to the stand-in operations tool.
@@ -341,6 +344,16 @@ mod tests {
 
     /// 2026-11-26T00:00:00Z, a Thursday.
     const DAY: i64 = 1_795_651_200_000;
+
+    #[test]
+    fn only_loopback_webhooks_get_the_stand_in() {
+        let addr = |url: &str| loopback_addr(url).map(|a| a.to_string());
+        assert_eq!(addr("http://127.0.0.1:7071/hooks/weir").as_deref(), Some("127.0.0.1:7071"));
+        assert_eq!(addr("http://[::1]:7071/").as_deref(), Some("[::1]:7071"));
+        assert_eq!(addr("http://localhost/x").as_deref(), Some("127.0.0.1:80"));
+        assert_eq!(addr("http://10.0.0.5:7071/"), None);
+        assert_eq!(addr("https://127.0.0.1:7071/"), None);
+    }
 
     #[test]
     fn the_operations_desk_takes_signed_deliveries_once_and_refuses_the_rest() {
