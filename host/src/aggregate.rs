@@ -93,6 +93,7 @@ impl AggregateStage {
         let stats = Arc::new(StageStats::default());
         let version = PluginVersion::new(origin.plugin.clone(), origin.plugin_sha256.clone());
         stats.start_version(version.clone());
+        // A stage name is a manifest name (lowercase letters, digits, '-'): one plain component.
         let state_file = state_dir.join(format!("{}.json", spec.name));
         Self {
             spec,

@@ -17,6 +17,7 @@ pub mod consume;
 pub mod delivery;
 pub mod lake;
 pub mod manifest;
+pub mod names;
 pub mod notify;
 pub mod pipeline;
 pub mod plugin;

@@ -89,6 +89,7 @@ impl Channels {
                 n.channel
             ));
         };
+        crate::names::check(crate::names::NameKind::Recipient, "recipient", &n.recipient).map_err(|e| e.to_string())?;
         if n.idempotency_key.is_empty() {
             return Err("a notification needs an idempotency key (the same for the same business event)".into());
         }

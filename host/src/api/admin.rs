@@ -19,7 +19,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
-use super::native::ApiError;
+use super::native::{ApiError, check_name};
+use crate::names::NameKind;
 use crate::pipeline::SwapError;
 use crate::swap::{StateChange, VersionStatus};
 
@@ -31,6 +32,7 @@ pub async fn versions(
     State(api): State<Arc<super::ApiState>>,
     Path(stage): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
+    check_name(NameKind::Stage, "stage", &stage)?;
     let status = api.host.status();
     let Some(found) = status.stages.into_iter().find(|s| s.name == stage) else {
         return Err(unknown(&api, &stage));
@@ -45,6 +47,7 @@ pub async fn swap(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<axum::Json<VersionStatus>, ApiError> {
+    check_name(NameKind::Stage, "stage", &stage)?;
     if body.is_empty() {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "InvalidRequest", "the body must be the component (.wasm)"));
     }
@@ -69,6 +72,7 @@ pub async fn rollback(
     State(api): State<Arc<super::ApiState>>,
     Path(stage): Path<String>,
 ) -> Result<axum::Json<VersionStatus>, ApiError> {
+    check_name(NameKind::Stage, "stage", &stage)?;
     let host = api.host.clone();
     let result = tokio::task::spawn_blocking(move || host.rollback_plugin(&stage))
         .await

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use super::kinesis::{KinesisError as AwsError, PutResult};
 use super::native::MAX_RECORD_BYTES;
+use crate::names::NameKind;
 use crate::pipeline::{Host, PutError};
 use crate::stream::{NewRecord, StreamError};
 
@@ -34,6 +35,18 @@ struct Entry<'a> {
     /// Base64 has no escapes: borrowed from the request body.
     #[serde(borrow)]
     data: Option<std::borrow::Cow<'a, str>>,
+}
+
+impl Args<'_> {
+    /// `DeliveryStreamName`, checked by the delivery stream name rule.
+    fn delivery_stream_name(&self) -> Result<&str, AwsError> {
+        let name = self
+            .delivery_stream_name
+            .as_deref()
+            .ok_or_else(|| AwsError::new("InvalidArgumentException", "DeliveryStreamName is required"))?;
+        super::kinesis::check_name(NameKind::DeliveryStream, "DeliveryStreamName", name)?;
+        Ok(name)
+    }
 }
 
 fn not_found(name: &str) -> AwsError {
@@ -80,11 +93,7 @@ pub fn call(host: &Host, operation: &str, body: &[u8]) -> Result<String, AwsErro
 }
 
 fn answer(host: &Host, operation: &str, args: &Args<'_>) -> Result<Value, AwsError> {
-    let name = || {
-        args.delivery_stream_name
-            .as_deref()
-            .ok_or_else(|| AwsError::new("InvalidArgumentException", "DeliveryStreamName is required"))
-    };
+    let name = || args.delivery_stream_name();
     let deliveries = host.deliveries();
     match operation {
         "ListDeliveryStreams" => {
@@ -136,10 +145,7 @@ fn answer(host: &Host, operation: &str, args: &Args<'_>) -> Result<Value, AwsErr
 }
 
 fn put_record_batch(host: &Host, args: &Args<'_>) -> Result<String, AwsError> {
-    let name = args
-        .delivery_stream_name
-        .as_deref()
-        .ok_or_else(|| AwsError::new("InvalidArgumentException", "DeliveryStreamName is required"))?;
+    let name = args.delivery_stream_name()?;
     let entries =
         args.records.as_deref().ok_or_else(|| AwsError::new("InvalidArgumentException", "Records is required"))?;
     if entries.is_empty() || entries.len() > MAX_BATCH {

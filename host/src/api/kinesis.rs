@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 
 use super::native::{MAX_KEY_CHARS, MAX_RECORD_BYTES, MAX_RECORDS_PER_PUT};
 use crate::manifest::pipeline::MAX_SHARDS;
+use crate::names::{self, NameKind};
 use crate::pipeline::Host;
 use crate::stream::{NewRecord, ShardInfo, StreamError, StreamInfo, StreamSettings, now_ms, parse_shard_id, shard_id};
 
@@ -84,6 +85,7 @@ impl From<StreamError> for KinesisError {
                 Self::new("ProvisionedThroughputExceededException", e.to_string())
             }
             StreamError::Trimmed { .. } => Self::invalid(e.to_string()),
+            StreamError::InvalidName(message) => Self::new("ValidationException", message),
             StreamError::Failed { .. } | StreamError::Corrupt { .. } => {
                 tracing::error!(error = %e, "stream failure answered as InternalFailure");
                 Self {
@@ -196,10 +198,13 @@ fn answer(host: &Host, secret: [u8; 32], operation: &str, args: &Args<'_>) -> Re
             Ok(json!({"StreamDescriptionSummary": description}))
         }
         "ListShards" => {
-            let name = match (&args.stream_name, &args.next_token) {
-                (Some(n), _) => n.clone(),
-                (None, Some(token)) => token.clone(),
-                (None, None) => return Err(KinesisError::invalid("give StreamName or NextToken")),
+            // The next token of a listing is the stream's name.
+            let name = match &args.next_token {
+                Some(token) if args.stream_name.is_none() && args.stream_arn.is_none() => {
+                    check_name(NameKind::Stream, "NextToken", token)?;
+                    token.clone()
+                }
+                _ => args.stream_name()?.to_owned(),
             };
             let info = streams.info(&name)?;
             Ok(json!({"Shards": info.shards.iter().map(shard).collect::<Vec<_>>()}))
@@ -446,15 +451,29 @@ struct Entry<'a> {
 }
 
 impl Args<'_> {
+    /// The stream named by `StreamName` or `StreamARN`, checked by the stream name rule.
     fn stream_name(&self) -> Result<&str, KinesisError> {
-        if let Some(name) = &self.stream_name {
-            return Ok(name);
-        }
-        self.stream_arn
-            .as_deref()
-            .and_then(|arn| arn.rsplit_once(":stream/").map(|(_, n)| n))
-            .ok_or_else(|| KinesisError::invalid("StreamName (or StreamARN) is required"))
+        let (field, name) = match (&self.stream_name, &self.stream_arn) {
+            (Some(name), _) => ("StreamName", name.as_str()),
+            (None, Some(arn)) => {
+                let name = arn.rsplit_once(":stream/").map(|(_, n)| n).ok_or_else(|| {
+                    KinesisError::new(
+                        "ValidationException",
+                        "StreamARN must look like arn:aws:kinesis:<region>:<account>:stream/<name>",
+                    )
+                })?;
+                ("StreamARN", name)
+            }
+            (None, None) => return Err(KinesisError::invalid("StreamName (or StreamARN) is required")),
+        };
+        check_name(NameKind::Stream, field, name)?;
+        Ok(name)
     }
+}
+
+/// A name checked where it enters: a `ValidationException` naming the field otherwise.
+pub(super) fn check_name(kind: NameKind, field: &str, name: &str) -> Result<(), KinesisError> {
+    names::check(kind, field, name).map_err(|e| KinesisError::new("ValidationException", e.to_string()))
 }
 
 fn new_record(

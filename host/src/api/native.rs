@@ -22,6 +22,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::names::{self, NameKind};
 use crate::pipeline::PutError;
 use crate::stream::{NewRecord, StreamError, parse_shard_id, shard_id};
 
@@ -50,6 +51,12 @@ impl ApiError {
     }
 }
 
+/// A name checked where it enters: 400 `ValidationException` naming the field otherwise.
+pub(super) fn check_name(kind: NameKind, field: &str, name: &str) -> Result<(), ApiError> {
+    names::check(kind, field, name)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "ValidationException", e.to_string()))
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = axum::Json(json!({"error": {"code": self.code, "message": self.message}}));
@@ -76,6 +83,7 @@ impl From<PutError> for ApiError {
                 | StreamError::UnknownShard { .. },
             ) => (StatusCode::INTERNAL_SERVER_ERROR, "Internal"),
             PutError::Stream(StreamError::Failed { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "StorageFailed"),
+            PutError::Stream(StreamError::InvalidName(_)) => (StatusCode::BAD_REQUEST, "ValidationException"),
         };
         Self { status, code, message: e.to_string() }
     }
@@ -114,6 +122,7 @@ pub(super) async fn put_records(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<axum::Json<Value>, ApiError> {
+    check_name(NameKind::Stream, "stream", &stream)?;
     let records = parse_put(&headers, query, &body)?;
     let host = api.host.clone();
     let results = blocking(move || host.put(&stream, records)).await??;
@@ -128,6 +137,7 @@ pub(super) async fn put_delivery_records(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<axum::Json<Value>, ApiError> {
+    check_name(NameKind::DeliveryStream, "delivery stream", &delivery)?;
     let records = parse_put(&headers, query, &body)?;
     let host = api.host.clone();
     let results = blocking(move || host.deliver(&delivery, records)).await?.map_err(|e| match e {
@@ -212,6 +222,7 @@ pub(super) async fn get_records(
     Path(stream): Path<String>,
     Query(query): Query<GetQuery>,
 ) -> Result<axum::Json<Value>, ApiError> {
+    check_name(NameKind::Stream, "stream", &stream)?;
     let limit = query.limit.unwrap_or(1000);
     if limit == 0 || limit > MAX_RECORDS_PER_GET {
         return Err(ApiError::bad(format!("limit must be between 1 and {MAX_RECORDS_PER_GET}")));

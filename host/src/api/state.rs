@@ -25,11 +25,19 @@ use axum::response::{IntoResponse, Response};
 use futures_util::{Stream, StreamExt as _};
 use serde_json::json;
 
-use super::native::ApiError;
+use super::native::{ApiError, check_name};
+use crate::names::{self, NameKind};
 use crate::state::StateError;
 
 /// Most messages one inbox read returns.
 const MAX_INBOX_PAGE: usize = 1000;
+
+/// Checks a table's name and an item key where they enter.
+fn check_item(table: &str, key: &str) -> Result<(), ApiError> {
+    check_name(NameKind::Table, "table", table)?;
+    names::check_item_key("key", key)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "ValidationException", e.to_string()))
+}
 
 fn state_error(e: StateError) -> ApiError {
     match e {
@@ -43,6 +51,7 @@ pub async fn get_item(
     State(api): State<Arc<super::ApiState>>,
     Path((table, key)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
+    check_item(&table, &key)?;
     let state = api.host.state.clone();
     let item = tokio::task::spawn_blocking(move || state.get(&table, &key).map(|v| (v, table, key)))
         .await
@@ -62,6 +71,7 @@ pub async fn put_item(
     Path((table, key)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
+    check_item(&table, &key)?;
     let state = api.host.state.clone();
     tokio::task::spawn_blocking(move || state.put(&table, &key, &body))
         .await
@@ -75,6 +85,7 @@ pub async fn delete_item(
     State(api): State<Arc<super::ApiState>>,
     Path((table, key)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
+    check_item(&table, &key)?;
     let state = api.host.state.clone();
     tokio::task::spawn_blocking(move || state.delete(&table, &key))
         .await
@@ -88,6 +99,7 @@ pub async fn failed_deliveries(
     State(api): State<Arc<super::ApiState>>,
     Path(channel): Path<String>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    check_name(NameKind::Channel, "channel", &channel)?;
     if !api.host.channels.is_webhook(&channel) {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -119,6 +131,7 @@ pub async fn inbox(
     Path(recipient): Path<String>,
     Query(query): Query<InboxQuery>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    check_name(NameKind::Recipient, "recipient", &recipient)?;
     let channel = inbox_channel(&api, query.channel)?;
     let limit = query.limit.unwrap_or(100).clamp(1, MAX_INBOX_PAGE);
     let messages = read_inbox(&api, &channel, &recipient, query.after, limit).await?;
@@ -134,6 +147,7 @@ pub async fn inbox_events(
     Query(query): Query<InboxQuery>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    check_name(NameKind::Recipient, "recipient", &recipient)?;
     let channel = inbox_channel(&api, query.channel)?;
     let resume = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
     let after = resume.unwrap_or(query.after);
@@ -170,6 +184,9 @@ const FEED_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 /// The inbox channel a request means: the one named, or the pipeline's only inbox.
 fn inbox_channel(api: &super::ApiState, named: Option<String>) -> Result<String, ApiError> {
     let channels = &api.host.channels;
+    if let Some(c) = &named {
+        check_name(NameKind::Channel, "channel", c)?;
+    }
     match named {
         Some(c) if channels.is_inbox(&c) => Ok(c),
         Some(c) => {

@@ -20,6 +20,9 @@ pub struct PlansError(pub PathBuf, pub std::io::Error);
 impl Plans {
     /// Plans of delivery `name`, kept in `dir`.
     pub fn open(dir: PathBuf, name: String) -> Result<Plans, PlansError> {
+        // A plan's file name is the name, then digits and dots: one plain component if the name is.
+        crate::names::child_path(&dir, &name)
+            .map_err(|e| PlansError(dir.clone(), std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
         std::fs::create_dir_all(&dir).map_err(|e| PlansError(dir.clone(), e))?;
         Ok(Plans { dir, name })
     }

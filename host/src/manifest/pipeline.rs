@@ -1031,7 +1031,15 @@ impl Checker<'_> {
         };
         let dead_letter = match &raw.dead_letter {
             Some(sink) => self.sink(sink, &what("sends dead letters to"), diags).map(DeadLetter::Sink),
-            None => data_dir.map(|d| DeadLetter::File(d.join("dead-letter").join(format!("{name}.jsonl")))),
+            None => data_dir.and_then(|d| {
+                match crate::names::child_path(&d.join("dead-letter"), &format!("{name}.jsonl")) {
+                    Ok(file) => Some(DeadLetter::File(file)),
+                    Err(e) => {
+                        diags.push(self.at(stage.name_span.clone(), format!("stage `{name}`: {e}")));
+                        None
+                    }
+                }
+            }),
         };
         let batch_size = *raw.batch_size.get_ref();
         if !(1..=10_000).contains(&batch_size) {

@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::names::{self, NameKind};
+
 use super::{
     Appended, Clock, Lineage, NewRecord, ShardInfo, StoredRecord, StreamError, StreamInfo, StreamSettings, StreamStore,
     hash_key, now_ms, shard_end, shard_id, shard_start, system_clock,
@@ -403,6 +405,20 @@ impl std::fmt::Debug for DiskStreams {
 /// Settings of a stream created through the API, kept beside its segments.
 const SETTINGS_FILE: &str = "stream.settings";
 
+/// The folder of stream `name` under `root`: the name is checked by the
+/// stream name rule and becomes one path component, never more.
+fn stream_dir(root: &Path, name: &str) -> Result<PathBuf, StreamError> {
+    names::check(NameKind::Stream, "stream name", name).map_err(|e| StreamError::InvalidName(e.to_string()))?;
+    names::child_path(root, name).map_err(|e| StreamError::InvalidName(e.to_string()))
+}
+
+/// The file name of a consumer's checkpoint in a shard's `consumers/` folder.
+fn checkpoint_file(consumer: &str) -> Result<PathBuf, StreamError> {
+    names::check(NameKind::Consumer, "consumer name", consumer).map_err(|e| StreamError::InvalidName(e.to_string()))?;
+    names::child_path(Path::new(""), &format!("{consumer}.checkpoint"))
+        .map_err(|e| StreamError::InvalidName(e.to_string()))
+}
+
 fn io_failed(stream: &str, what: &str, e: &std::io::Error) -> StreamError {
     StreamError::Failed { stream: stream.to_owned(), reason: format!("{what}: {e}") }
 }
@@ -423,11 +439,15 @@ impl DiskStreams {
     ) -> Result<Self, StreamError> {
         let mut streams = HashMap::new();
         for spec in specs {
-            streams.insert(spec.name.clone(), Arc::new(Stream::open(&root.join(&spec.name), spec, &syncer, &clock)?));
+            let dir = stream_dir(root, &spec.name)?;
+            streams.insert(spec.name.clone(), Arc::new(Stream::open(&dir, spec, &syncer, &clock)?));
         }
         if let Ok(entries) = std::fs::read_dir(root) {
             for entry in entries.filter_map(|e| e.ok()) {
                 let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+                if names::check(NameKind::Stream, "stream", &name).is_err() {
+                    continue;
+                }
                 let Ok(text) = std::fs::read_to_string(entry.path().join(SETTINGS_FILE)) else { continue };
                 if streams.contains_key(&name) {
                     continue;
@@ -713,8 +733,8 @@ impl Shard {
         }
     }
 
-    fn persist_checkpoint(&self, consumer: &str, next: u64) {
-        let path = self.dir.join("consumers").join(format!("{consumer}.checkpoint"));
+    fn persist_checkpoint(&self, consumer: &str, file: &Path, next: u64) {
+        let path = self.dir.join("consumers").join(file);
         let tmp = path.with_extension("tmp");
         // Not fsynced: losing a checkpoint only means re-reading (at-least-once).
         let result = std::fs::write(&tmp, format!("{next}\n")).and_then(|()| std::fs::rename(&tmp, &path));
@@ -1040,6 +1060,7 @@ impl StreamStore for DiskStreams {
     }
 
     fn register_consumer(&self, stream: &str, shard: u32, consumer: &str) -> Result<u64, StreamError> {
+        checkpoint_file(consumer)?;
         let shard = self.shard(stream, shard)?;
         let mut st = shard.lock();
         let oldest = shard.oldest(&st);
@@ -1047,9 +1068,10 @@ impl StreamStore for DiskStreams {
     }
 
     fn checkpoint(&self, stream: &str, shard: u32, consumer: &str, next: u64) -> Result<(), StreamError> {
+        let file = checkpoint_file(consumer)?;
         let shard = self.shard(stream, shard)?;
         shard.lock().consumers.insert(consumer.to_owned(), next);
-        shard.persist_checkpoint(consumer, next);
+        shard.persist_checkpoint(consumer, &file, next);
         Ok(())
     }
 
@@ -1069,7 +1091,7 @@ impl StreamStore for DiskStreams {
         if streams.contains_key(&settings.name) {
             return Err(StreamError::AlreadyExists(settings.name));
         }
-        let dir = self.root.join(&settings.name);
+        let dir = stream_dir(&self.root, &settings.name)?;
         if dir.exists() {
             // Leftovers of a deleted stream must not come back to life.
             std::fs::remove_dir_all(&dir).map_err(|e| io_failed(&settings.name, "cannot clear its folder", &e))?;
@@ -1173,6 +1195,34 @@ mod tests {
 
     fn segment(dir: &Path) -> PathBuf {
         dir.join("s").join(shard_id(0)).join(segment_name(0))
+    }
+
+    #[test]
+    fn names_that_are_not_one_plain_component_touch_nothing() {
+        let outer = tempfile::tempdir().expect("tempdir");
+        let root = outer.path().join("data/streams");
+        let victim = outer.path().join("victim");
+        std::fs::create_dir_all(&victim).expect("victim");
+        std::fs::write(victim.join("keep.txt"), "keep").expect("victim file");
+        let s = open(&root, FsyncPolicy::Always).expect("open");
+        for name in ["../../victim", "..", ".", "a/b", "/tmp/x", "", "x\0y", &"x".repeat(200)] {
+            let settings = StreamSettings { name: name.to_owned(), retention: DEFAULT_RETENTION, shards: 1 };
+            assert!(matches!(s.create(settings), Err(StreamError::InvalidName(_))), "{name:?}");
+            assert!(matches!(s.delete(name), Err(StreamError::UnknownStream(_))), "{name:?}");
+        }
+        for consumer in ["../../x", "..", "a/b"] {
+            assert!(matches!(s.register_consumer("s", 0, consumer), Err(StreamError::InvalidName(_))));
+            assert!(matches!(s.checkpoint("s", 0, consumer, 0), Err(StreamError::InvalidName(_))));
+        }
+        assert_eq!(std::fs::read_to_string(victim.join("keep.txt")).ok().as_deref(), Some("keep"));
+        let mut around: Vec<_> =
+            std::fs::read_dir(outer.path()).expect("list").filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+        around.sort();
+        assert_eq!(around, ["data", "victim"], "nothing was created beside the data folder");
+        let mut inside: Vec<_> =
+            std::fs::read_dir(&root).expect("list").filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+        inside.sort();
+        assert_eq!(inside, ["s"], "only the manifest's stream has a folder");
     }
 
     #[test]

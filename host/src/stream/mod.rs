@@ -135,6 +135,9 @@ pub enum StreamError {
     /// A stream of that name exists already.
     #[error("a stream named `{0}` exists already")]
     AlreadyExists(String),
+    /// A name breaks its rule ([`crate::names`]); nothing was touched.
+    #[error("{0}")]
+    InvalidName(String),
     /// A read asked for records that were already dropped.
     #[error("stream `{stream}` no longer holds sequence {sequence} (oldest is {oldest})")]
     Trimmed {
