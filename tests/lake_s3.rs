@@ -5,12 +5,9 @@
 //! under the error prefix once it is back; nothing is dropped.
 
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use object_store::aws::AmazonS3Builder;
-use object_store::{ObjectStore, ObjectStoreExt as _};
 use serde_json::Value;
 use weir_tests::{Proxy, TestHost, put_record_batch};
 
@@ -50,26 +47,32 @@ async fn s3_server() -> S3Server {
     server
 }
 
-/// Every object of the bucket with its text, listed through the S3 API.
+/// Every object of the bucket with its text, listed through the S3 API by
+/// boto3 (which moto depends on, so it is installed with it).
 async fn objects(port: u16) -> Vec<(String, String)> {
-    let store = AmazonS3Builder::new()
-        .with_bucket_name("weir-lake")
-        .with_region("us-east-1")
-        .with_endpoint(format!("http://127.0.0.1:{port}"))
-        .with_allow_http(true)
-        .with_access_key_id("weir-test")
-        .with_secret_access_key("weir-test-secret")
-        .build()
-        .expect("client");
-    let store: Arc<dyn ObjectStore> = Arc::new(store);
-    let mut out = Vec::new();
-    let mut listing = store.list(None);
-    use futures_util::StreamExt as _;
-    while let Some(meta) = listing.next().await {
-        let meta = meta.expect("list");
-        let bytes = store.get(&meta.location).await.expect("get").bytes().await.expect("bytes");
-        out.push((meta.location.to_string(), String::from_utf8_lossy(&bytes).into_owned()));
-    }
+    const LIST: &str = r#"
+import json, os, boto3
+s3 = boto3.client("s3", endpoint_url=os.environ["ENDPOINT"], region_name="us-east-1",
+                  aws_access_key_id="weir-test", aws_secret_access_key="weir-test-secret")
+out = []
+for page in s3.get_paginator("list_objects_v2").paginate(Bucket="weir-lake"):
+    for o in page.get("Contents", []):
+        body = s3.get_object(Bucket="weir-lake", Key=o["Key"])["Body"].read()
+        out.append([o["Key"], body.decode("utf-8", "replace")])
+print(json.dumps(out))
+"#;
+    let python = tokio::task::spawn_blocking(|| weir_tests::python_packages("moto", &[MOTO])).await.expect("pip");
+    let output = tokio::process::Command::new("python3")
+        .args(["-c", LIST])
+        .env("PYTHONPATH", &python)
+        .env("ENDPOINT", format!("http://127.0.0.1:{port}"))
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .output()
+        .await
+        .expect("python3");
+    assert!(output.status.success(), "listing the bucket failed: {}", String::from_utf8_lossy(&output.stderr));
+    let mut out: Vec<(String, String)> = serde_json::from_slice(&output.stdout).expect("the listing as JSON");
     out.sort();
     out
 }

@@ -320,7 +320,7 @@ config = {{ channels = ["ops-hook", "dead-hook"] }}
     let (id, signature, body) = &seen[0];
     assert!(!id.is_empty());
     assert!(seen.iter().all(|(i, _, b)| i == id && b == body), "one delivery id and body across retries");
-    let expected = weir_host::api::sigv4::hex(&weir_host::api::sigv4::hmac(b"s3cret", body.as_bytes()));
+    let expected = weir_host::sigv4::hex(&weir_host::sigv4::hmac(b"s3cret", body.as_bytes()));
     assert_eq!(signature, &format!("sha256={expected}"));
     let delivered: Value = serde_json::from_str(body).expect("JSON body");
     assert_eq!(delivered["subject"], "Station 17 low 14:00-14:30: 3 vehicles, minimum 40");

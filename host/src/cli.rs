@@ -598,8 +598,7 @@ fn tidy(path: &Path) -> String {
 
 async fn table(client: Client, action: TableAction) -> anyhow::Result<()> {
     use axum::http::{HeaderMap, Method};
-    let item =
-        |table: &str, key: &str| format!("/v1/tables/{table}/items/{}", crate::api::sigv4::uri_encode(key, false));
+    let item = |table: &str, key: &str| format!("/v1/tables/{table}/items/{}", crate::sigv4::uri_encode(key, false));
     match action {
         TableAction::Get { table, key } => {
             let value =

@@ -14,7 +14,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
 use crate::api::AccessKey;
-use crate::api::sigv4;
+use crate::sigv4;
 
 /// What went wrong talking to weir.
 #[derive(Debug, thiserror::Error)]

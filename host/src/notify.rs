@@ -169,7 +169,7 @@ impl Channels {
             let span = tracing::info_span!("channels.webhooks");
             let _enter = span.enter();
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
-            let client = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build();
+            let client = crate::outbound::HttpClient::new();
             let (runtime, client) = match (runtime, client) {
                 (Ok(r), Ok(c)) => (r, c),
                 _ => return tracing::error!("cannot start the webhook sender; deliveries stay queued"),
@@ -195,7 +195,7 @@ impl Channels {
     }
 
     /// One attempt of a delivery, settled in the state database.
-    async fn attempt(&self, client: &reqwest::Client, mut entry: OutboxEntry) {
+    async fn attempt(&self, client: &crate::outbound::HttpClient, mut entry: OutboxEntry) {
         let Some(ChannelKind::Webhook(spec)) = self.kinds.get(&entry.channel) else {
             // The channel left the manifest: nowhere to deliver to.
             entry.last_error = Some(format!("channel `{}` is no longer a webhook", entry.channel));
@@ -203,14 +203,16 @@ impl Channels {
             return;
         };
         let signature = signature(&spec.secret, entry.body.as_bytes());
-        let response = client
-            .post(&spec.url)
+        let request = hyper::Request::post(&spec.url)
             .header("content-type", "application/json")
             .header("x-weir-delivery", &entry.delivery_id)
             .header("x-weir-signature", signature)
-            .body(entry.body.clone())
-            .send()
-            .await;
+            .body(bytes::Bytes::from(entry.body.clone()))
+            .map_err(|e| crate::outbound::OutboundError::Request(e.to_string()));
+        let response = match request {
+            Ok(request) => client.send(request, REQUEST_TIMEOUT).await,
+            Err(e) => Err(e),
+        };
         entry.attempts += 1;
         let now = crate::stream::now_ms();
         let outcome = match response {
@@ -256,10 +258,10 @@ fn retry_or_give_up(entry: &mut OutboxEntry, spec: &WebhookSpec, now_ms: i64) ->
 fn delivery_id(channel: &str, key: &str) -> String {
     use sha2::Digest as _;
     let digest = sha2::Sha256::digest(format!("{channel}\0{key}").as_bytes());
-    crate::api::sigv4::hex(&digest[..16])
+    crate::sigv4::hex(&digest[..16])
 }
 /// The `x-weir-signature` of a webhook body: `sha256=` and the hex HMAC-SHA256
 /// of the body under the channel's secret.
 pub fn signature(secret: &str, body: &[u8]) -> String {
-    format!("sha256={}", crate::api::sigv4::hex(&crate::api::sigv4::hmac(secret.as_bytes(), body)))
+    format!("sha256={}", crate::sigv4::hex(&crate::sigv4::hmac(secret.as_bytes(), body)))
 }

@@ -13,9 +13,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
-use object_store::ObjectStore;
-use object_store::ObjectStoreExt as _;
-use object_store::path::Path as ObjectPath;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -109,7 +106,7 @@ pub struct ReferenceStatus {
 /// A reference table: the version in use, swapped whole on reload.
 pub struct ReferenceTable {
     spec: ReferenceSpec,
-    lake: Arc<dyn ObjectStore>,
+    lake: crate::lake::Lake,
     current: RwLock<Arc<Version>>,
     generation: AtomicU64,
     last_error: Mutex<Option<String>>,
@@ -154,14 +151,12 @@ impl ReferenceTable {
 
     /// Loads the object if it changed since the version in use; returns whether it did.
     async fn refresh(&self) -> Result<bool, ReferenceError> {
-        let path = ObjectPath::from(self.spec.object.as_str());
-        let meta = self.lake.head(&path).await.map_err(|e| self.read_error(e))?;
-        let tag = format!("{:?}|{}|{}", meta.e_tag, meta.last_modified, meta.size);
+        let object = self.spec.object.as_str();
+        let tag = self.lake.head(object).await.map_err(|e| self.read_error(e))?.version;
         if tag == self.version().tag {
             return Ok(false);
         }
-        let bytes = self.lake.get(&path).await.map_err(|e| self.read_error(e))?.bytes().await;
-        let bytes = bytes.map_err(|e| self.read_error(e))?;
+        let bytes = self.lake.get(object).await.map_err(|e| self.read_error(e))?;
         let mut version = self.parse(&bytes)?;
         version.tag = tag;
         version.loaded_at_ms = crate::stream::now_ms();
@@ -175,7 +170,7 @@ impl ReferenceTable {
         Ok(true)
     }
 
-    fn read_error(&self, e: object_store::Error) -> ReferenceError {
+    fn read_error(&self, e: crate::lake::ObjectError) -> ReferenceError {
         ReferenceError::Read {
             table: self.spec.name.clone(),
             object: self.spec.object.clone(),

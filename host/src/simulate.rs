@@ -240,12 +240,12 @@ impl OperationsDesk {
 
 /// The address of an `http://` URL on loopback (`127.0.0.1`, `[::1]`, `localhost`).
 fn loopback_addr(url: &str) -> Option<std::net::SocketAddr> {
-    let url = reqwest::Url::parse(url).ok().filter(|u| u.scheme() == "http")?;
-    let ip: std::net::IpAddr = match url.host_str()? {
+    let url: hyper::Uri = url.parse().ok().filter(|u: &hyper::Uri| u.scheme_str() == Some("http"))?;
+    let ip: std::net::IpAddr = match url.host()? {
         "localhost" => std::net::Ipv4Addr::LOCALHOST.into(),
         other => other.trim_matches(['[', ']']).parse().ok()?,
     };
-    ip.is_loopback().then_some(std::net::SocketAddr::new(ip, url.port_or_known_default()?))
+    ip.is_loopback().then_some(std::net::SocketAddr::new(ip, url.port_u16().unwrap_or(80)))
 }
 
 /// What a run of the showcase produced, for the report.

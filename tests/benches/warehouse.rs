@@ -256,7 +256,7 @@ fn sqlite_plain(lines: &[String]) -> f64 {
                     t.tag_id,
                     t.customer_id,
                     t.vehicle_class,
-                    t.amount_cents,
+                    i64::try_from(t.amount_cents).expect("an amount in range"),
                     "USD"
                 ])
                 .expect("insert");

@@ -4,14 +4,13 @@
 //! - the Kinesis Data Streams and Firehose JSON 1.1 protocols on `POST /`
 //!   ([`kinesis`], [`firehose`]), for the AWS SDKs and CLI;
 //! - AWS Signature V4 authentication of every request but `GET /v1/health`
-//!   ([`sigv4`]), against the access keys of the manifest's `[api]` section,
+//!   ([`crate::sigv4`]), against the access keys of the manifest's `[api]` section,
 //!   unless the host runs with `--insecure-no-auth`.
 
 pub mod admin;
 pub mod firehose;
 pub mod kinesis;
 pub mod native;
-pub mod sigv4;
 pub mod state;
 
 use std::sync::Arc;
@@ -26,8 +25,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
+pub use crate::sigv4::AccessKey;
 pub use native::{ApiError, MAX_KEY_CHARS, MAX_RECORD_BYTES, MAX_RECORDS_PER_GET, MAX_RECORDS_PER_PUT};
-pub use sigv4::AccessKey;
 
 use crate::pipeline::Host;
 
@@ -109,11 +108,14 @@ async fn authenticate(State(state): State<Arc<ApiState>>, request: Request, next
             return refuse(aws_protocol, StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge", message);
         }
     };
-    match sigv4::verify(keys, &parts.method, &parts.uri, &parts.headers, &bytes, SystemTime::now()) {
+    match crate::sigv4::verify(keys, &parts.method, &parts.uri, &parts.headers, &bytes, SystemTime::now()) {
         Ok(_) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
         Err(e) => {
-            let status =
-                if matches!(e, sigv4::AuthError::Missing) { StatusCode::FORBIDDEN } else { StatusCode::BAD_REQUEST };
+            let status = if matches!(e, crate::sigv4::AuthError::Missing) {
+                StatusCode::FORBIDDEN
+            } else {
+                StatusCode::BAD_REQUEST
+            };
             refuse(aws_protocol, status, e.aws_type(), e.to_string())
         }
     }

@@ -9,9 +9,6 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use bytes::Bytes;
-use object_store::ObjectStore;
-use object_store::ObjectStoreExt as _;
-use object_store::path::Path as ObjectPath;
 use serde_json::json;
 
 use super::plans::Plans;
@@ -25,7 +22,7 @@ pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
 /// The settings, stores and counters of one delivery stream.
 pub struct Shared {
     pub spec: Arc<DeliverySpec>,
-    pub lake: Arc<dyn ObjectStore>,
+    pub lake: crate::lake::Lake,
     pub stats: Arc<DeliveryStats>,
     pub draining: Arc<AtomicBool>,
     /// Where records come from: the delivery's own buffer, or a weir stream.
@@ -84,14 +81,13 @@ impl Shared {
         } else {
             body
         };
-        let path = ObjectPath::from(key);
         let started = Instant::now();
         let mut delay = Duration::from_millis(200);
         let mut attempts = 0u32;
         loop {
             attempts += 1;
             let attempt = Instant::now();
-            match runtime.block_on(self.lake.put(&path, bytes.clone().into())) {
+            match runtime.block_on(self.lake.put(key, bytes.clone())) {
                 Ok(_) => {
                     self.stats.objects.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(

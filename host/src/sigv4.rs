@@ -1,7 +1,8 @@
-//! AWS Signature Version 4 verification, so the official AWS SDKs and CLI can
-//! talk to weir with nothing but an endpoint URL and an access key. Requests
-//! signed with an unknown key, a wrong signature, or a date more than five
-//! minutes off are refused.
+//! AWS Signature Version 4: verifying requests to weir's API, so the official
+//! AWS SDKs and CLI can talk to weir with nothing but an endpoint URL and an
+//! access key (requests signed with an unknown key, a wrong signature, or a
+//! date more than five minutes off are refused), and signing the requests weir
+//! makes (the command line to a host, the lake to an S3-compatible store).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -1,18 +1,16 @@
 //! The lake: where delivery streams write their objects (rows, raw backups,
-//! errors) and where warehouse loads are staged. Everything goes through
-//! object_store's `ObjectStore`, so the same code writes to a local directory
-//! (the embedded default) or to any S3-compatible endpoint (AWS S3, MinIO,
-//! Ceph, ...).
+//! errors), where warehouse loads are staged and where reference tables are
+//! read from. A [`Lake`] is a local directory (the embedded default) or a
+//! bucket of any S3-compatible store (AWS S3, MinIO, Ceph, ...), spoken to
+//! directly over HTTP with SigV4-signed requests: put, head and get are all
+//! weir needs.
+
+mod local;
+mod s3;
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
 
-use object_store::ObjectStore;
-use object_store::aws::AmazonS3Builder;
-use object_store::local::LocalFileSystem;
-use object_store::prefix::PrefixStore;
-use object_store::{BackoffConfig, ClientOptions, RetryConfig};
+use bytes::Bytes;
 
 /// Where a lake is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,43 +88,80 @@ pub struct LakeError {
     pub message: String,
 }
 
-/// Opens a lake. Its own retries are short: callers retry for their own
-/// retry durations and report what could not be written.
-pub fn open(spec: &LakeSpec) -> Result<Arc<dyn ObjectStore>, LakeError> {
+/// Why an object could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectError {
+    /// No object under that key.
+    #[error("no object `{0}`")]
+    NotFound(String),
+    /// The key cannot name an object here (a `..` or empty part, a leading `/`).
+    #[error("`{0}` is not an object key: write parts separated by `/`, none empty, `.` or `..`")]
+    BadKey(String),
+    /// The store failed or refused the request.
+    #[error("{0}")]
+    Store(String),
+}
+
+/// What [`Lake::head`] tells of an object: enough to see that it changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// Changes whenever the object does (its ETag, or size and modification time).
+    pub version: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// An opened lake.
+#[derive(Debug, Clone)]
+pub enum Lake {
+    /// A local directory.
+    Local(local::LocalLake),
+    /// An S3-compatible bucket.
+    S3(s3::S3Lake),
+}
+
+/// Opens a lake. A request is tried once (with a timeout): callers retry for
+/// their own retry durations and report what could not be written.
+pub fn open(spec: &LakeSpec) -> Result<Lake, LakeError> {
     let error = |message: String| LakeError { lake: spec.describe(), message };
     match spec {
-        LakeSpec::Local(dir) => {
-            std::fs::create_dir_all(dir).map_err(|e| error(e.to_string()))?;
-            Ok(Arc::new(LocalFileSystem::new_with_prefix(dir).map_err(|e| error(e.to_string()))?))
-        }
-        LakeSpec::S3(s3) => {
-            let retry = RetryConfig {
-                backoff: BackoffConfig::default(),
-                max_retries: 2,
-                retry_timeout: Duration::from_secs(10),
-            };
-            let mut builder = AmazonS3Builder::from_env()
-                .with_bucket_name(&s3.bucket)
-                .with_region(&s3.region)
-                .with_retry(retry)
-                .with_client_options(ClientOptions::new().with_timeout(Duration::from_secs(30)));
-            if let Some(endpoint) = &s3.endpoint {
-                builder = builder.with_endpoint(endpoint).with_allow_http(endpoint.starts_with("http://"));
-            }
-            if let Some(id) = &s3.access_key_id {
-                builder = builder.with_access_key_id(id);
-            }
-            if let Some(secret) = &s3.secret_access_key {
-                builder = builder.with_secret_access_key(secret);
-            }
-            let store = builder.build().map_err(|e| error(e.to_string()))?;
-            Ok(if s3.prefix.is_empty() {
-                Arc::new(store)
-            } else {
-                Arc::new(PrefixStore::new(store, s3.prefix.as_str()))
-            })
+        LakeSpec::Local(dir) => local::LocalLake::open(dir).map(Lake::Local).map_err(|e| error(e.to_string())),
+        LakeSpec::S3(s3) => s3::S3Lake::open(s3).map(Lake::S3).map_err(error),
+    }
+}
+
+impl Lake {
+    /// Writes `body` as the object `key` (replacing it): durable when this returns.
+    pub async fn put(&self, key: &str, body: Bytes) -> Result<(), ObjectError> {
+        match self {
+            Lake::Local(l) => l.put(key, body).await,
+            Lake::S3(s) => s.put(key, body).await,
         }
     }
+
+    /// What the object `key` is, without reading it.
+    pub async fn head(&self, key: &str) -> Result<ObjectMeta, ObjectError> {
+        match self {
+            Lake::Local(l) => l.head(key).await,
+            Lake::S3(s) => s.head(key).await,
+        }
+    }
+
+    /// The bytes of the object `key`.
+    pub async fn get(&self, key: &str) -> Result<Bytes, ObjectError> {
+        match self {
+            Lake::Local(l) => l.get(key).await,
+            Lake::S3(s) => s.get(key).await,
+        }
+    }
+}
+
+/// The parts of an object key, if every one is a plain name (so a key can
+/// never reach outside its lake, on disk or in a bucket).
+fn key_parts(key: &str) -> Result<Vec<&str>, ObjectError> {
+    let parts: Vec<&str> = key.split('/').collect();
+    let plain = parts.iter().all(|p| crate::names::child_path(std::path::Path::new(""), p).is_ok());
+    if plain { Ok(parts) } else { Err(ObjectError::BadKey(key.to_owned())) }
 }
 
 #[cfg(test)]
