@@ -120,7 +120,7 @@ async fn toll_lines_become_sqlite_rows_within_the_buffer_interval() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_warehouse_connects_and_loads_from_inside_a_runtime() {
     use weir_host::warehouse::{ColumnMap, Database, ParsedRows, WarehouseSpec};
-    let Some(url) = postgres_database("postgres inside a runtime").await else { return };
+    let url = postgres_database().await;
     postgres(&url).await.batch_execute("CREATE TABLE t (id text PRIMARY KEY)").await.expect("table");
     let spec = WarehouseSpec {
         database: Database::Postgres(url.clone()),
@@ -139,7 +139,7 @@ async fn a_postgres_warehouse_connects_and_loads_from_inside_a_runtime() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn toll_lines_are_copied_into_postgres_and_refused_rows_keep_the_reason() {
-    let Some(url) = postgres_database("postgres delivery").await else { return };
+    let url = postgres_database().await;
     let pg = postgres(&url).await;
     pg.batch_execute(POSTGRES_TABLE).await.expect("table");
     let mut host =
@@ -182,7 +182,7 @@ async fn toll_lines_are_copied_into_postgres_and_refused_rows_keep_the_reason() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_outage_within_the_retry_duration_only_delays_the_load_and_past_it_is_listed() {
-    let Some(url) = postgres_database("postgres outage").await else { return };
+    let url = postgres_database().await;
     let pg = postgres(&url).await;
     pg.batch_execute(POSTGRES_TABLE).await.expect("table");
     let setting = |key: &str| url.split_whitespace().find_map(|p| p.strip_prefix(key)).map(str::to_owned);

@@ -112,10 +112,7 @@ fn component_verdict(
 ) -> String {
     let component = p.component_path();
     if !component.exists() {
-        let hint = match &p.build.command {
-            Some(cmd) => format!("build it with `weir run --build` or `{cmd}` in {}", p.dir.display()),
-            None => format!("fix [build] output in {}", p.path.display()),
-        };
+        let hint = format!("build it with `weir plugin build {}` (or `weir run --build`)", p.dir.display());
         errors.push(format!(
             "{owner}: component `{}` of plugin `{}` does not exist; {hint}",
             component.display(),

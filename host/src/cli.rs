@@ -29,7 +29,7 @@ enum Command {
     Run {
         /// The pipeline manifest.
         manifest: PathBuf,
-        /// Build every plugin first (runs each plugin.toml's [build] command).
+        /// Build every plugin first, as each plugin.toml's [build] says.
         #[arg(long)]
         build: bool,
         /// Listen here instead of the manifest's [api] listen address.
@@ -201,7 +201,7 @@ enum PluginAction {
         /// A config value, `key=value` (repeatable; TOML arrays and tables as JSON text).
         #[arg(long = "config", value_name = "KEY=VALUE")]
         config: Vec<String>,
-        /// Build the plugin first with its plugin.toml's `[build]` command.
+        /// Build the plugin first, as its plugin.toml's `[build]` says.
         #[arg(long)]
         build: bool,
         /// A file holding exactly what the test must print: a difference fails it.
@@ -215,15 +215,22 @@ enum PluginAction {
         /// Its world.
         #[arg(long, value_enum, default_value = "transformer")]
         world: crate::manifest::World,
-        /// Its language.
-        #[arg(long, value_enum)]
+        /// Its language: rust, python, js or c.
+        #[arg(long)]
         lang: crate::scaffold::Lang,
         /// Where to write it (default: ./<name>).
         #[arg(long)]
         dir: Option<PathBuf>,
-        /// The weir checkout it builds against (default: the one above the current folder).
+        /// Where its builds write, relative to its folder (default: `target`); plugins
+        /// sharing one build their dependencies once.
         #[arg(long)]
-        weir: Option<PathBuf>,
+        target_dir: Option<String>,
+    },
+    /// Build a plugin folder as its plugin.toml's [build] says (installing its language's
+    /// pinned toolchain on first use).
+    Build {
+        /// A plugin folder, or its plugin.toml.
+        plugin: PathBuf,
     },
 }
 
@@ -323,7 +330,10 @@ pub fn main() -> anyhow::Result<()> {
             PluginAction::Test { plugin, input, config, build, expect } => {
                 plugin_test(&plugin, input, &config, build, expect)
             }
-            PluginAction::New { name, world, lang, dir, weir } => plugin_new(&name, world, lang, dir, weir),
+            PluginAction::New { name, world, lang, dir, target_dir } => {
+                plugin_new(&name, world, lang, dir, target_dir.as_deref())
+            }
+            PluginAction::Build { plugin } => plugin_build(&plugin),
             action => client_verb(&target, |c| plugin(c, action)),
         },
         Command::Table { action, target } => client_verb(&target, |c| table(c, action)),
@@ -387,20 +397,10 @@ fn plugin_new(
     world: crate::manifest::World,
     lang: crate::scaffold::Lang,
     dir: Option<PathBuf>,
-    weir: Option<PathBuf>,
+    target_dir: Option<&str>,
 ) -> anyhow::Result<()> {
-    let weir = match weir {
-        Some(w) => w,
-        None => {
-            let here = std::env::current_dir()?;
-            here.ancestors()
-                .find(|d| d.join("wit/plugin.wit").is_file())
-                .map(Path::to_owned)
-                .context("not inside a weir checkout: pass --weir <checkout>")?
-        }
-    };
     let dir = dir.unwrap_or_else(|| PathBuf::from(name));
-    crate::scaffold::new_plugin(name, world, lang, &dir, &weir)?;
+    crate::scaffold::new_plugin(name, world, lang, &dir, target_dir)?;
     println!(
         "wrote {} ({} {}); try: weir plugin test {} --build --input {} --expect {}",
         dir.display(),
@@ -410,6 +410,18 @@ fn plugin_new(
         dir.join("sample.txt").display(),
         dir.join("expected.txt").display()
     );
+    Ok(())
+}
+
+/// `weir plugin build`: builds a plugin folder as its plugin.toml's `[build]` says.
+fn plugin_build(plugin: &Path) -> anyhow::Result<()> {
+    let file = crate::manifest::PluginManifest::file_for(plugin);
+    let mut diags = crate::manifest::Diagnostics::default();
+    let manifest = crate::manifest::PluginManifest::load(&file, &mut diags)
+        .with_context(|| format!("cannot read {}", file.display()))?;
+    let Some(manifest) = manifest.filter(|_| diags.is_empty()) else { anyhow::bail!("{diags}") };
+    let component = crate::build::build_plugin(&manifest)?;
+    println!("built {} {}: {}", manifest.info.name, manifest.info.version.get_ref(), component.display());
     Ok(())
 }
 
@@ -441,7 +453,10 @@ async fn plugin(client: Client, action: PluginAction) -> anyhow::Result<()> {
             let path = format!("/v1/stages/{stage}/plugin/rollback");
             client.native(Method::POST, &path, HeaderMap::new(), Default::default()).await?
         }
-        PluginAction::Inspect { .. } | PluginAction::Test { .. } | PluginAction::New { .. } => {
+        PluginAction::Inspect { .. }
+        | PluginAction::Test { .. }
+        | PluginAction::New { .. }
+        | PluginAction::Build { .. } => {
             unreachable!("refused by the match above")
         }
         PluginAction::List { .. } => {

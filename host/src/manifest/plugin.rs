@@ -18,7 +18,8 @@
 //! dirs = []                      # guest paths the plugin expects the stage to grant
 //!
 //! [build]
-//! command = "cargo build --release --target wasm32-wasip2 ..."   # run in this folder
+//! lang = "rust"                  # rust | python | js | c, built by weir (or command = "...", run in this folder)
+//! target-dir = "../../target/wasm"
 //! output = "../../target/wasm/wasm32-wasip2/release/toll_etl.wasm"
 //!
 //! [[self-test]]                  # optional, any number: a hot-swap candidate must pass them
@@ -147,15 +148,8 @@ pub struct Capabilities {
     pub dirs: Vec<String>,
 }
 
-/// `[build]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct Build {
-    /// `command = "..."`: run with `sh -c` in the plugin's folder by `weir run --build`.
-    pub command: Option<String>,
-    /// `output = "path/to/plugin.wasm"`: the component, relative to the plugin's folder.
-    pub output: String,
-}
+/// `[build]`: how the plugin is built from source (see [`weir_toolchains::BuildSection`]).
+pub type Build = weir_toolchains::BuildSection;
 
 /// A plugin manifest, read and checked.
 #[derive(Debug, Clone)]
@@ -313,13 +307,18 @@ impl PluginManifest {
         let build = match doc.get("build") {
             Some(_) => doc.single::<Option<Build>>("build", diags).flatten(),
             None => {
-                diags.push(
-                    Diagnostic::new(&source, 0..0, "missing [build] section")
-                        .help("add [build] with `output = \"path/to/plugin.wasm\"` (and a `command` that builds it)"),
-                );
+                diags.push(Diagnostic::new(&source, 0..0, "missing [build] section").help(
+                    "add [build] with `lang = \"rust\"` (or python, js, c) and `output = \"path/to/plugin.wasm\"`",
+                ));
                 None
             }
         };
+        if let Some(build) = &build {
+            let span = doc.get("build").map(|v| v.span()).unwrap_or(0..0);
+            for problem in build.problems() {
+                diags.push(Diagnostic::new(&source, span.clone(), format!("[build]: {problem}")));
+            }
+        }
         let (Some(info), Some(build)) = (info, build) else { return Ok(None) };
         if diags.len() > before {
             return Ok(None);

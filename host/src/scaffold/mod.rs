@@ -1,85 +1,80 @@
 //! `weir plugin new`: a working plugin to start from, of any world, in any
-//! language weir builds: its plugin.toml (with the `[build]` command of its
-//! language's toolchain), the source, a README, and a test: `sample.txt` with
-//! `expected.txt`, what `weir plugin test <folder> --build --input sample.txt
-//! --expect expected.txt` must print. Every language's plugin of a world
-//! behaves the same, so they share the test.
+//! language weir builds, in any folder: its plugin.toml (with the `[build]`
+//! that `weir plugin build` runs), the source, a README, and a test:
+//! `sample.txt` with `expected.txt`, what `weir plugin test <folder> --build
+//! --input sample.txt --expect expected.txt` must print. Every language's
+//! plugin of a world behaves the same, so they share the test.
 //!
-//! The scaffold refers to a weir checkout for the WIT package, the SDKs and the
-//! toolchain scripts: relatively when it sits inside that checkout.
+//! Nothing refers to a weir checkout: a Rust plugin gets a copy of the SDK and
+//! the WIT package in `.weir/` (and weir's Cargo.lock, so it builds with the
+//! versions weir was tested with); the other languages' builds take what they
+//! need from the `weir` binary. A plugin scaffolded into `plugins/` of a weir
+//! checkout joins its workspace instead, like weir's own plugins.
 
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{Context as _, bail};
+pub use weir_toolchains::Lang;
+use weir_toolchains::embedded;
 
 use crate::manifest::{Name, World};
 
 mod templates;
 
-/// A language `weir plugin new` writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Lang {
-    /// Rust, with weir-sdk (cargo, wasm32-wasip2).
-    Rust,
-    /// Python, with componentize-py.
-    Python,
-    /// JavaScript, with componentize-js.
-    Js,
-    /// C, with clang and wasi-libc.
-    C,
-}
+/// weir's own lockfile: a scaffolded Rust plugin starts from the versions weir was tested with.
+const WEIR_LOCK: &str = include_str!("../../../Cargo.lock");
 
-impl Lang {
-    /// The language's name for people.
-    pub fn label(self) -> &'static str {
-        match self {
-            Lang::Rust => "Rust",
-            Lang::Python => "Python",
-            Lang::Js => "JavaScript",
-            Lang::C => "C",
-        }
-    }
-}
-
-/// Writes a new plugin of `world` named `name` into `dir`, for the weir checkout at `weir`.
-pub fn new_plugin(name: &str, world: World, lang: Lang, dir: &Path, weir: &Path) -> anyhow::Result<()> {
+/// Writes a new plugin of `world` named `name` into `dir`; its builds write to
+/// `target_dir` (relative to `dir`; default `target`, or weir's own in a checkout).
+pub fn new_plugin(name: &str, world: World, lang: Lang, dir: &Path, target_dir: Option<&str>) -> anyhow::Result<()> {
     // The rule plugin.toml's `name` is read with, so the scaffold loads as written.
     Name::parse(name).map_err(|e| anyhow::anyhow!("plugin name {e}"))?;
-    if dir.exists() {
-        bail!("{} exists already: choose another name or --dir", dir.display());
+    if dir.exists() && std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
+        bail!("{} exists already and is not empty: choose another name or --dir", dir.display());
     }
-    if !weir.join("wit/plugin.wit").is_file() || !weir.join("sdk/toolchains").is_dir() {
-        bail!("{} is not a weir checkout (no wit/plugin.wit): pass --weir <checkout>", weir.display());
-    }
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let (weir, dir_abs) = (absolute(weir)?, absolute(dir)?);
-    // In weir's own plugins/ folder a Rust plugin is a member of weir's workspace.
-    let member = dir_abs.parent() == Some(weir.join("plugins").as_path());
-    let root = relative_to(&weir, &dir_abs);
-    let root = root.to_string_lossy().replace('\\', "/");
+    let dir_abs = absolute(dir)?;
+    // In a weir checkout's plugins/ folder a Rust plugin is a member of weir's workspace.
+    let member = dir_abs
+        .parent()
+        .filter(|p| p.ends_with("plugins"))
+        .and_then(Path::parent)
+        .filter(|weir| weir.join("wit/plugin.wit").is_file() && weir.join("Cargo.toml").is_file());
     let under = name.replace('-', "_");
     let world_name = world.to_string();
     let source = templates::source(world, lang);
+    let target_dir = match (target_dir, member) {
+        (Some(t), _) => t.replace('\\', "/"),
+        (None, Some(_)) => "../../target/wasm".to_owned(),
+        (None, None) => "target".to_owned(),
+    };
     let output = match lang {
-        Lang::Rust => format!("{root}/target/wasm/wasm32-wasip2/release/{under}.wasm"),
-        Lang::Python => format!("{root}/target/wasm/python/{under}.wasm"),
-        Lang::Js => format!("{root}/target/wasm/js/{under}.wasm"),
-        Lang::C => format!("{root}/target/wasm/c/{under}.wasm"),
+        Lang::Rust => format!("{target_dir}/wasm32-wasip2/release/{under}.wasm"),
+        Lang::Python => format!("{target_dir}/python/{under}.wasm"),
+        Lang::Js => format!("{target_dir}/js/{under}.wasm"),
+        Lang::C => format!("{target_dir}/c/{under}.wasm"),
     };
-    let script = |tool: &str, main: &str| format!("sh {root}/sdk/toolchains/{tool}.sh {world_name} {output} {main}");
-    let (mut all, build): (Vec<(&str, String)>, String) = match lang {
-        Lang::Rust if member => (
-            vec![("Cargo.toml", templates::RUST_MEMBER_CARGO.to_owned()), ("src/lib.rs", source.to_owned())],
-            format!("cargo build --release --target wasm32-wasip2 --target-dir {root}/target/wasm -p {name}"),
+    let (mut all, lang_key, entry): (Vec<(String, String)>, &str, String) = match lang {
+        Lang::Rust if member.is_some() => (
+            vec![("Cargo.toml".into(), templates::RUST_MEMBER_CARGO.to_owned()), ("src/lib.rs".into(), source.into())],
+            "rust",
+            String::new(),
         ),
-        Lang::Rust => (
-            vec![("Cargo.toml", templates::RUST_CARGO.replace("{root}", &root)), ("src/lib.rs", source.to_owned())],
-            format!("cargo build --release --target wasm32-wasip2 --target-dir {root}/target/wasm"),
-        ),
-        Lang::Python => (vec![("app.py", source.to_owned())], script("componentize-py", "app")),
-        Lang::Js => (vec![("app.js", source.to_owned())], script("componentize-js", "app.js")),
-        Lang::C => (vec![("plugin.c", source.to_owned())], script("componentize-c", "plugin.c")),
+        Lang::Rust => {
+            let mut files = vec![
+                ("Cargo.toml".into(), templates::RUST_CARGO.to_owned()),
+                ("src/lib.rs".into(), source.to_owned()),
+                ("Cargo.lock".into(), WEIR_LOCK.to_owned()),
+                (".weir/sdk/Cargo.toml".into(), embedded::RUST_SDK_CARGO.to_owned()),
+            ];
+            files.extend(embedded::RUST_SDK.iter().map(|(f, text)| (format!(".weir/sdk/{f}"), (*text).to_owned())));
+            files.extend(embedded::WIT.iter().map(|(f, text)| (format!(".weir/wit/{f}"), (*text).to_owned())));
+            (files, "rust", String::new())
+        }
+        Lang::Python => (vec![("app.py".into(), source.into())], "python", "module = \"app\"\n".into()),
+        Lang::Js => (vec![("app.js".into(), source.into())], "js", "main = \"app.js\"\n".into()),
+        Lang::C => (vec![("plugin.c".into(), source.into())], "c", "sources = [\"plugin.c\"]\n".into()),
     };
+    let build = format!("lang = \"{lang_key}\"\n{entry}target-dir = \"{target_dir}\"\noutput = \"{output}\"");
     let (description, config, self_tests, sample, expected) = templates::world_files(world);
     let lang_name = lang.label();
     let manifest = templates::PLUGIN_TOML
@@ -88,28 +83,30 @@ pub fn new_plugin(name: &str, world: World, lang: Lang, dir: &Path, weir: &Path)
         .replace("{self_tests}", self_tests)
         .replace("{world}", &world_name)
         .replace("{lang}", lang_name)
-        .replace("{build}", &build)
-        .replace("{output}", &output);
+        .replace("{build}", &build);
     let readme = templates::README
         .replace("{description}", description)
         .replace("{world}", &world_name)
         .replace("{lang}", lang_name);
-    all.push(("plugin.toml", manifest));
-    all.push(("README.md", readme));
-    all.push(("sample.txt", sample.to_owned()));
-    all.push(("expected.txt", expected.to_owned()));
-    if lang == Lang::Rust && !member {
-        // weir's own lock: the same dependency versions, so the shared target dir is reused.
-        if let Ok(lock) = std::fs::read_to_string(weir.join("Cargo.lock")) {
-            all.push(("Cargo.lock", lock));
-        }
+    all.push(("plugin.toml".into(), manifest));
+    all.push(("README.md".into(), readme));
+    all.push(("sample.txt".into(), sample.to_owned()));
+    all.push(("expected.txt".into(), expected.to_owned()));
+    if member.is_none() {
+        all.push((".gitignore".into(), "/target\n".into()));
     }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     for (file, text) in all {
-        let path = dir.join(file);
+        let path = dir.join(&file);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
         }
-        let text = text.replace("{name}", name).replace("{crate}", &under);
+        // The SDK's own files are copied as they are; templates get the plugin's names.
+        let text = if file.starts_with(".weir/") || file == "Cargo.lock" {
+            text
+        } else {
+            text.replace("{name}", name).replace("{crate}", &under)
+        };
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
@@ -136,41 +133,15 @@ pub fn normalize(path: &Path) -> PathBuf {
     out
 }
 
-/// `target` as seen from `from`: relative when they share a prefix below the root, else absolute.
-fn relative_to(target: &Path, from: &Path) -> PathBuf {
-    let (t, f): (Vec<_>, Vec<_>) = (target.components().collect(), from.components().collect());
-    let common = t.iter().zip(&f).take_while(|(a, b)| a == b).count();
-    if common <= 1 {
-        return target.to_owned();
-    }
-    let mut out = PathBuf::new();
-    for _ in common..f.len() {
-        out.push("..");
-    }
-    for c in &t[common..] {
-        out.push(c);
-    }
-    if out.as_os_str().is_empty() { PathBuf::from(".") } else { out }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn the_checkout_is_named_relatively_when_the_plugin_is_inside_it() {
-        let rel = |t: &str, f: &str| relative_to(Path::new(t), Path::new(f)).display().to_string();
-        assert_eq!(rel("/work/weir", "/work/weir/plugins/p"), "../..");
-        assert_eq!(rel("/work/weir", "/work/mine/p"), "../../weir");
-        assert_eq!(rel("/work/weir", "/tmp/p"), "/work/weir");
-    }
-
-    #[test]
     fn a_bad_name_is_refused_with_what_to_do() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let weir = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let err = |name: &str, world| {
-            new_plugin(name, world, Lang::C, &dir.path().join("x"), &weir).expect_err("refused").to_string()
+            new_plugin(name, world, Lang::C, &dir.path().join("x"), None).expect_err("refused").to_string()
         };
         assert!(err("Toll_Enrich", World::Transformer).contains("lowercase letters"));
     }

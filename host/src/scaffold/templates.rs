@@ -1,4 +1,4 @@
-//! The files `weir plugin new` writes; `{name}`, `{crate}`, `{root}` and the
+//! The files `weir plugin new` writes; `{name}`, `{crate}`, `{build}` and the
 //! like are filled in. Every language's plugin of a world behaves the same, so
 //! one `sample.txt` and `expected.txt` per world test them all.
 
@@ -12,8 +12,7 @@ world = "{world}"
 description = "{description} ({world}, written in {lang})"
 {config}
 [build]
-command = "{build}"
-output = "{output}"
+{build}
 {self_tests}"#;
 
 pub(super) const README: &str = r#"# {name}
@@ -22,7 +21,8 @@ A weir plugin (world `{world}`) written in {lang}, as scaffolded by `weir plugin
 Change it to do your work, and keep `sample.txt` and `expected.txt` saying what it must do.
 
 ```sh
-weir plugin test . --build --input sample.txt --expect expected.txt   # build with [build]; what it does with the sample
+weir plugin build .                                                  # build it as [build] says
+weir plugin test . --build --input sample.txt --expect expected.txt   # build, then what it does with the sample
 weir plugin test . --input my-records.txt                           # one record per line
 weir plugin inspect .                                                # name, version, world, WIT version, imports, toolchain
 ```
@@ -41,9 +41,10 @@ publish = false
 crate-type = ["cdylib", "rlib"]
 
 [dependencies]
-weir-sdk = { path = "{root}/sdk" }
+# The SDK and the WIT package, as weir plugin new wrote them (weir's own copy).
+weir-sdk = { path = ".weir/sdk" }
 
-# A crate of its own, not a member of weir's workspace.
+# A crate of its own, not a member of any workspace around it.
 [workspace]
 "#;
 
