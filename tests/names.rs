@@ -178,6 +178,7 @@ async fn no_api_call_reaches_outside_the_data_directory() {
             ("table", client.get(format!("{}/v1/tables/{segment}/items/k", host.url))),
             ("table", client.put(format!("{}/v1/tables/{segment}/items/k", host.url)).body("1")),
             ("table", client.delete(format!("{}/v1/tables/{segment}/items/k", host.url))),
+            ("table", client.post(format!("{}/v1/tables/{segment}/items", host.url)).body(r#"{"items": {"k": "1"}}"#)),
             ("recipient", client.get(format!("{}/v1/inbox/{segment}", host.url))),
             ("recipient", client.get(format!("{}/v1/inbox/{segment}/events", host.url))),
             ("channel", client.get(format!("{}/v1/inbox/C1?channel={segment}", host.url))),

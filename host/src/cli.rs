@@ -86,6 +86,9 @@ enum Command {
         /// The same seed gives the same day.
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// With --run: print where the time went, phase by phase.
+        #[arg(long)]
+        timings: bool,
     },
     /// Read and write items of a running pipeline's state tables (e.g. a customer's threshold).
     Table {
@@ -288,7 +291,7 @@ pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
+        .with_writer(crate::progress::LogWriter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {
@@ -337,7 +340,7 @@ pub fn main() -> anyhow::Result<()> {
             action => client_verb(&target, |c| plugin(c, action)),
         },
         Command::Table { action, target } => client_verb(&target, |c| table(c, action)),
-        Command::Simulate { run, build, logs, to, day, seed } => {
+        Command::Simulate { run, build, logs, to, day, seed, timings } => {
             let yesterday = crate::sink::format_ms(crate::stream::now_ms() - 86_400_000)[..10].to_owned();
             let day = day.unwrap_or(yesterday);
             match to {
@@ -345,7 +348,7 @@ pub fn main() -> anyhow::Result<()> {
                     let lines = simulated_day(&day, seed)?;
                     client_verb(&Target { endpoint }, |c| send_day(c, lines))
                 }
-                None => simulate(run, build, logs, &day, seed),
+                None => simulate(run, build, logs, &day, seed, timings),
             }
         }
     }
@@ -502,19 +505,16 @@ fn simulated_day(day: &str, seed: u64) -> anyhow::Result<Vec<crate::simulate::To
 }
 
 /// Draws a progress bar on stderr.
-fn progress_bar(done: f64) {
-    let filled = (done.clamp(0.0, 1.0) * 30.0) as usize;
-    eprint!("\r[{}{}] {:>3.0}%", "#".repeat(filled), ".".repeat(30 - filled), done * 100.0);
-}
-
 /// Sends a simulated day to a running weir: the customers' thresholds, then the lines.
 async fn send_day(client: Client, lines: Vec<crate::simulate::TollLine>) -> anyhow::Result<()> {
     use crate::simulate::{CUSTOMERS, thresholds};
     use axum::http::{HeaderMap, Method};
-    for (customer, threshold) in thresholds() {
-        let path = format!("/v1/tables/thresholds/items/{customer}");
-        client.native_bytes(Method::PUT, &path, HeaderMap::new(), threshold.into()).await?;
-    }
+    // Every threshold in one batch write.
+    let items: serde_json::Map<String, Value> = thresholds().map(|(k, v)| (k, Value::String(v))).collect();
+    let body = json!({ "items": items }).to_string();
+    let mut headers = HeaderMap::new();
+    headers.insert("content-type", axum::http::HeaderValue::from_static("application/json"));
+    client.native_bytes(Method::POST, "/v1/tables/thresholds/items", headers, body.into()).await?;
     // The agent's sender: only refused records go again, after a growing wait.
     let counters = Arc::new(crate::agent::Counters::default());
     let destination = crate::agent::Destination::Stream("toll-lines".into());
@@ -532,18 +532,25 @@ async fn send_day(client: Client, lines: Vec<crate::simulate::TollLine>) -> anyh
             .collect();
         sender.send(&records, &mut stop).await.map_err(anyhow::Error::new)?;
         sent += chunk.len();
-        progress_bar(sent as f64 / lines.len().max(1) as f64);
+        crate::progress::show(sent as f64 / lines.len().max(1) as f64);
     }
+    crate::progress::show(1.0);
     let refused = counters.snapshot().records_refused;
     if refused > 0 {
-        eprintln!("\nweir refused {refused} lines for good (see its log)");
+        eprintln!("weir refused {refused} lines for good (see its log)");
     }
-    eprintln!();
     println!("sent {sent} toll lines to `toll-lines` and {CUSTOMERS} thresholds; see GET /v1/pipeline for progress");
     Ok(())
 }
 
-fn simulate(run: Option<PathBuf>, build: bool, logs: Option<PathBuf>, day: &str, seed: u64) -> anyhow::Result<()> {
+fn simulate(
+    run: Option<PathBuf>,
+    build: bool,
+    logs: Option<PathBuf>,
+    day: &str,
+    seed: u64,
+    timings: bool,
+) -> anyhow::Result<()> {
     use crate::simulate;
     let started = std::time::Instant::now();
     let lines = simulated_day(day, seed)?;
@@ -564,6 +571,7 @@ fn simulate(run: Option<PathBuf>, build: bool, logs: Option<PathBuf>, day: &str,
             if build {
                 crate::build::build_all(&pipeline)?;
             }
+            simulate::start_afresh(&pipeline)?;
             let warehouse = pipeline.deliveries.iter().find_map(|d| d.warehouse.as_ref()).map(|w| match &w.database {
                 crate::warehouse::Database::Sqlite(path) => format!("table {} in {}", w.table, tidy(path)),
                 crate::warehouse::Database::Postgres(_) => format!("table {} in PostgreSQL", w.table),
@@ -575,8 +583,7 @@ fn simulate(run: Option<PathBuf>, build: bool, logs: Option<PathBuf>, day: &str,
             let data_dir = pipeline.data_dir.clone();
             let engine = Arc::new(PluginEngine::new()?);
             let host = crate::pipeline::Host::start(pipeline, &engine)?;
-            let report = simulate::run_day(&host, &lines, progress_bar)?;
-            eprintln!();
+            let report = simulate::run_day(&host, &lines, crate::progress::show)?;
             println!("ABC Tolls, {day}: done in {:.1?}", started.elapsed());
             println!("  toll lines ingested     {:>7}  (stream toll-lines)", report.lines);
             println!(
@@ -600,6 +607,12 @@ fn simulate(run: Option<PathBuf>, build: bool, logs: Option<PathBuf>, day: &str,
                 );
             }
             println!("  state and streams in {}", tidy(&data_dir));
+            if timings {
+                println!("where the time went:");
+                for (phase, took) in &report.timings {
+                    println!("  {phase:<44} {:>6.2}s", took.as_secs_f64());
+                }
+            }
             Ok(())
         }
         (None, None) => anyhow::bail!("say where the day goes: --run <manifest>, --to <endpoint> or --logs <folder>"),

@@ -10,9 +10,9 @@
 //! policy applies (`dead-letter`: the batch goes to the dead letters with the
 //! reason; `skip`; `stop`).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::manifest::{ErrorPolicy, StageSpec};
@@ -21,7 +21,7 @@ use crate::plugin::{Batch, Notification, NotifierInstance, NotifierPlugin, Refer
 use crate::reference::ReferenceTables;
 use crate::sink::{DeadLetter, DeadLetterOrigin, FileSink};
 use crate::stage::{Phase, StageHandle, StageStats, backoff_delay, next_ready_shard, read_batch};
-use crate::state::StateStore;
+use crate::state::{StateError, StateStore, StateTx};
 use crate::stream::{StoredRecord, StreamStore};
 use crate::swap::{PluginVersion, SwapCommand, SwapReply};
 
@@ -30,7 +30,9 @@ pub const GIVE_UP_AFTER: u32 = 5;
 /// How often an idle stage looks for records and for a shutdown.
 const IDLE_POLL: Duration = Duration::from_millis(100);
 
-/// What a notifier plugin's imports reach.
+/// What a notifier plugin's imports reach. Between [`HostServices::begin`]
+/// and [`HostServices::commit`] every change a batch makes (items, sent
+/// notifications) goes into one state transaction; outside one, each call is its own.
 pub struct HostServices {
     /// State tables.
     pub state: Arc<StateStore>,
@@ -38,26 +40,95 @@ pub struct HostServices {
     pub channels: Arc<Channels>,
     /// Reference tables.
     pub references: Arc<ReferenceTables>,
+    /// The open batch, if any.
+    batch: Mutex<Option<OpenBatch>>,
+}
+
+/// A batch's transaction and the channels of the notifications it sent (counted once it commits).
+type OpenBatch = (StateTx, Vec<String>);
+
+impl HostServices {
+    /// The services of one stage (each stage has its own open batch).
+    pub fn new(state: Arc<StateStore>, channels: Arc<Channels>, references: Arc<ReferenceTables>) -> HostServices {
+        HostServices { state, channels, references, batch: Mutex::new(None) }
+    }
+
+    /// Starts a batch: changes wait for [`HostServices::commit`].
+    pub fn begin(&self) -> Result<(), String> {
+        let tx = self.state.begin().map_err(|e| e.to_string())?;
+        *self.open_batch()? = Some((tx, Vec::new()));
+        Ok(())
+    }
+
+    /// Makes the batch's changes durable, all at once.
+    pub fn commit(&self) -> Result<(), String> {
+        let Some((tx, sent)) = self.open_batch()?.take() else { return Ok(()) };
+        tx.commit().map_err(|e| e.to_string())?;
+        for channel in sent {
+            self.channels.count_sent(&channel);
+        }
+        Ok(())
+    }
+
+    /// Undoes the batch's changes (its plugin failed: the batch is redone or set aside).
+    pub fn abort(&self) {
+        if let Ok(mut batch) = self.batch.lock() {
+            *batch = None;
+        }
+    }
+
+    fn open_batch(&self) -> Result<std::sync::MutexGuard<'_, Option<OpenBatch>>, String> {
+        self.batch.lock().map_err(|_| "the state of this batch is unusable after an earlier failure".to_owned())
+    }
+
+    /// Runs `op` in the open batch, or else in a transaction of its own.
+    fn with_tx<T>(&self, op: impl FnOnce(&StateTx) -> Result<T, StateError>) -> Result<T, String> {
+        let batch = self.open_batch()?;
+        match batch.as_ref() {
+            Some((tx, _)) => op(tx).map_err(|e| e.to_string()),
+            None => {
+                drop(batch);
+                let tx = self.state.begin().map_err(|e| e.to_string())?;
+                let out = op(&tx).map_err(|e| e.to_string())?;
+                tx.commit().map_err(|e| e.to_string())?;
+                Ok(out)
+            }
+        }
+    }
 }
 
 impl Services for HostServices {
     fn get(&self, table: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
-        self.state.get(table, key).map_err(|e| e.to_string())
+        self.with_tx(|tx| tx.get(table, key))
     }
     fn put(&self, table: &str, key: &str, value: Vec<u8>) -> Result<(), String> {
-        self.state.put(table, key, &value).map_err(|e| e.to_string())
+        self.with_tx(|tx| tx.put(table, key, &value))
     }
     fn delete(&self, table: &str, key: &str) -> Result<(), String> {
-        self.state.delete(table, key).map_err(|e| e.to_string())
+        self.with_tx(|tx| tx.delete(table, key))
     }
     fn put_if(&self, table: &str, key: &str, expected: Option<Vec<u8>>, value: Vec<u8>) -> Result<bool, String> {
-        self.state.put_if(table, key, expected.as_deref(), &value).map_err(|e| e.to_string())
+        self.with_tx(|tx| tx.put_if(table, key, expected.as_deref(), &value))
     }
     fn add(&self, table: &str, key: &str, delta: i64) -> Result<i64, String> {
-        self.state.add(table, key, delta).map_err(|e| e.to_string())
+        self.with_tx(|tx| tx.add(table, key, delta))
     }
     fn send(&self, notification: Notification) -> Result<bool, String> {
-        self.channels.send(notification)
+        let mut batch = self.open_batch()?;
+        match batch.as_mut() {
+            Some((tx, sent)) => {
+                let channel = notification.channel.clone();
+                let new = self.channels.send_in(notification, tx)?;
+                if new {
+                    sent.push(channel);
+                }
+                Ok(new)
+            }
+            None => {
+                drop(batch);
+                self.channels.send(notification)
+            }
+        }
     }
     fn lookup(&self, table: &str, key: &str) -> Result<Option<String>, String> {
         self.references.lookup(table, key)
@@ -184,7 +255,10 @@ impl NotifierStage {
                 instance.insert(fresh)
             }
         };
+        // The batch's changes commit together, before the position advances past it.
+        self.services.begin()?;
         if let Err(e) = running.consume(&batch) {
+            self.services.abort();
             if e.poisons_instance() {
                 *instance = None;
             }
@@ -192,6 +266,7 @@ impl NotifierStage {
             self.version.failures.fetch_add(1, Ordering::Relaxed);
             return Err(format!("{}: {e}", self.plugin.spec.ident));
         }
+        self.services.commit().map_err(|e| format!("recording the batch's changes failed: {e}"))?;
         self.stats.records_in.fetch_add(records.len() as u64, Ordering::Relaxed);
         self.version.records_in.fetch_add(records.len() as u64, Ordering::Relaxed);
         self.stats.batches.fetch_add(1, Ordering::Relaxed);

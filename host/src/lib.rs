@@ -22,6 +22,7 @@ pub mod notify;
 pub mod outbound;
 pub mod pipeline;
 pub mod plugin;
+pub mod progress;
 pub mod reference;
 pub mod scaffold;
 pub mod sigv4;

@@ -5,6 +5,14 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() -> anyhow::Result<()> {
-    weir_host::cli::main()
+/// Runs the command line; an error is one line with its causes, for people
+/// (not a Rust backtrace).
+fn main() -> std::process::ExitCode {
+    match weir_host::cli::main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

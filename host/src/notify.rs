@@ -83,6 +83,19 @@ impl Channels {
     /// Sends a notification unless its key was sent on its channel before;
     /// returns whether it was new.
     pub fn send(&self, n: Notification) -> Result<bool, String> {
+        let tx = self.state.begin().map_err(|e| e.to_string())?;
+        let channel = n.channel.clone();
+        let new = self.send_in(n, &tx)?;
+        tx.commit().map_err(|e| e.to_string())?;
+        if new {
+            self.count_sent(&channel);
+        }
+        Ok(new)
+    }
+
+    /// [`Channels::send`] as part of `tx`: recorded (and delivered) only if it
+    /// commits; the caller then counts it with [`Channels::count_sent`].
+    pub fn send_in(&self, n: Notification, tx: &crate::state::StateTx) -> Result<bool, String> {
         let Some(kind) = self.kinds.get(&n.channel) else {
             return Err(format!(
                 "no notification channel `{0}`: declare it as [channels.{0}] in the pipeline manifest",
@@ -128,14 +141,23 @@ impl Channels {
                 })
             }
         };
-        let new = self.state.record_sent(&n.channel, &n.idempotency_key, delivery).map_err(|e| e.to_string())?;
-        if new {
-            tracing::info!(channel = %n.channel, recipient = %n.recipient, subject = %n.subject, "notification sent");
-            if let Some(count) = self.sent.get(&n.channel) {
-                count.fetch_add(1, Ordering::Relaxed);
+        let new = tx.record_sent(&n.channel, &n.idempotency_key, delivery).map_err(|e| e.to_string())?;
+        match kind {
+            // What a log channel is for: the operator reads it in the host's log.
+            ChannelKind::Log if new => {
+                tracing::info!(channel = %n.channel, recipient = %n.recipient, subject = %n.subject, "notification")
             }
+            _ if new => tracing::debug!(channel = %n.channel, recipient = %n.recipient, "notification sent"),
+            _ => {}
         }
         Ok(new)
+    }
+
+    /// Counts a notification sent on `channel`, once its transaction committed.
+    pub fn count_sent(&self, channel: &str) {
+        if let Some(count) = self.sent.get(channel) {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Notifications sent per channel since the start (keys sent before not counted).
@@ -228,7 +250,7 @@ impl Channels {
         };
         match outcome {
             Settle::Delivered => {
-                tracing::info!(delivery = %entry.delivery_id, attempts = entry.attempts, "webhook delivered")
+                tracing::debug!(delivery = %entry.delivery_id, attempts = entry.attempts, "webhook delivered")
             }
             Settle::Retry => {
                 tracing::warn!(delivery = %entry.delivery_id, error = ?entry.last_error, "webhook failed; retried later")

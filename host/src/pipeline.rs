@@ -169,8 +169,6 @@ impl Host {
         });
         let channels = Arc::new(Channels::new(&pipeline.channels, state.clone()));
         channels.start_webhooks();
-        let services =
-            Arc::new(HostServices { state: state.clone(), channels: channels.clone(), references: references.clone() });
         let mut implicit: BTreeMap<PathBuf, Arc<FileSink>> = BTreeMap::new();
         let mut prepared = Vec::new();
         let mut aggregators = Vec::new();
@@ -241,6 +239,8 @@ impl Host {
                 compile_plugin(engine, &pipeline, &spec.name, &spec.plugin, spec.limits, spec.grants.clone())?;
             let plugin = NotifierPlugin::new(engine, compiled, sandbox, spec.config.clone())
                 .map_err(|source| StartError::Plugin { stage: spec.name.to_string(), source })?;
+            // Each stage its own: a batch's changes are that stage's transaction.
+            let services = Arc::new(HostServices::new(state.clone(), channels.clone(), references.clone()));
             if let Err(e) = plugin.instantiate(services.clone()) {
                 tracing::error!(stage = %spec.name, error = %e, "plugin does not start; its records will wait in the stream");
             }
@@ -249,7 +249,7 @@ impl Host {
                 pipeline.name.as_str(),
                 Arc::new(spec.clone()),
                 plugin,
-                services.clone(),
+                services,
                 streams.clone() as Arc<dyn StreamStore>,
                 dead_letters,
             );
@@ -282,6 +282,15 @@ impl Host {
             let source: Arc<dyn StreamStore> =
                 if spec.source_stream.is_some() { streams.clone() } else { buffers.clone() };
             deliveries.push(Delivery::start_with_clock(spec.clone(), source, transform, state_dir, clock.clone())?);
+        }
+        for spec in &pipeline.stages {
+            let plugin = format!("{}@{}", spec.plugin.info.name, spec.plugin.info.version.get_ref());
+            let world = spec.plugin.info.world.to_string();
+            tracing::info!(stage = %spec.name, %plugin, %world, input = %spec.input, "stage started");
+        }
+        for spec in &pipeline.deliveries {
+            let transform = spec.transform.as_ref().map_or("none".to_owned(), |t| t.plugin.info.name.to_string());
+            tracing::info!(delivery = %spec.name, lake = %spec.lake.describe(), %transform, "delivery stream started");
         }
         let host = Arc::new(Host {
             pipeline: Arc::new(pipeline),

@@ -248,6 +248,49 @@ fn loopback_addr(url: &str) -> Option<std::net::SocketAddr> {
     ip.is_loopback().then_some(std::net::SocketAddr::new(ip, url.port_u16().unwrap_or(80)))
 }
 
+/// The file `weir simulate --run` leaves in a pipeline's data-dir: the data there is a simulation's.
+const SIMULATION_MARK: &str = "made-by-weir-simulate";
+
+/// Clears what an earlier `weir simulate --run` of `pipeline` left (its data-dir,
+/// local lakes and SQLite warehouses), so that a rerun reports the same day
+/// again instead of adding a second copy. A data-dir that a simulation did not
+/// make is refused, untouched: it may be a real pipeline's. Remote lakes and
+/// PostgreSQL warehouses are not cleared (the report says where the rows went).
+pub fn start_afresh(pipeline: &crate::manifest::Pipeline) -> anyhow::Result<()> {
+    let data = &pipeline.data_dir;
+    let mark = data.join(SIMULATION_MARK);
+    let empty = std::fs::read_dir(data).map_or(true, |mut d| d.next().is_none());
+    anyhow::ensure!(
+        empty || mark.is_file(),
+        "{} holds data that weir simulate did not make (a running pipeline's?): a simulated day starts from an \
+         empty data-dir, so give the manifest another data-dir, or remove that folder yourself",
+        data.display()
+    );
+    let mut clear = vec![data.clone()];
+    for delivery in &pipeline.deliveries {
+        if let crate::lake::LakeSpec::Local(dir) = &delivery.lake {
+            clear.push(dir.clone());
+        }
+        if let Some(crate::warehouse::Database::Sqlite(db)) = delivery.warehouse.as_ref().map(|w| &w.database) {
+            let name = db.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            for suffix in ["", "-wal", "-shm"] {
+                clear.push(db.with_file_name(format!("{name}{suffix}")));
+            }
+        }
+    }
+    for path in clear {
+        let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        match removed {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(anyhow::anyhow!("cannot clear {} for a fresh day: {e}", path.display())),
+        }
+    }
+    std::fs::create_dir_all(data).with_context(|| format!("cannot create {}", data.display()))?;
+    std::fs::write(&mark, "the data here is a simulated day's; weir simulate --run clears it\n")
+        .with_context(|| format!("cannot write {}", mark.display()))
+}
+
 /// What a run of the showcase produced, for the report.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
@@ -263,17 +306,25 @@ pub struct Report {
     pub traffic_alerts: u64,
     /// Webhook deliveries taken by the stand-in operations tool, by channel and URL.
     pub webhooks: Vec<(String, String, usize)>,
+    /// Where the time went, phase by phase, in order.
+    pub timings: Vec<(String, Duration)>,
 }
 
 /// Runs `host` (the ABC Tolls pipeline) on `lines`: thresholds first, then the
 /// lines into `toll-lines`, then waits until every stage has processed them and
 /// the deliveries have flushed (the host is drained). `progress` sees the share done.
 pub fn run_day(host: &Arc<Host>, lines: &[TollLine], mut progress: impl FnMut(f64)) -> anyhow::Result<Report> {
+    let mut timings = Vec::new();
+    let mut phase = Instant::now();
+    let mut lap = |name: &str, timings: &mut Vec<(String, Duration)>| {
+        timings.push((name.to_owned(), phase.elapsed()));
+        phase = Instant::now();
+    };
     if host.state.tables().any(|t| t == "thresholds") {
-        for (customer, threshold) in thresholds() {
-            host.state.put("thresholds", &customer, threshold.as_bytes())?;
-        }
+        let items: Vec<(String, String)> = thresholds().collect();
+        host.state.put_many("thresholds", items.iter().map(|(k, v)| (k.as_str(), v.as_bytes())))?;
     }
+    lap("thresholds (one write)", &mut timings);
     // Webhooks on loopback go to the stand-in operations tool.
     let mut desks = Vec::new();
     for channel in &host.pipeline.channels {
@@ -286,6 +337,7 @@ pub fn run_day(host: &Arc<Host>, lines: &[TollLine], mut progress: impl FnMut(f6
         }
     }
     let sent_before = host.channels.sent();
+    let ingest_started = Instant::now();
     for (i, chunk) in lines.chunks(500).enumerate() {
         let records: Vec<NewRecord> = chunk
             .iter()
@@ -307,26 +359,42 @@ pub fn run_day(host: &Arc<Host>, lines: &[TollLine], mut progress: impl FnMut(f6
         }
         progress(((i + 1) * 500).min(lines.len()) as f64 / lines.len().max(1) as f64 * 0.8);
     }
+    lap("ingest (lines acknowledged)", &mut timings);
     // Every stage has caught up when none lags behind its input (deliveries flush at the drain).
     let deadline = Instant::now() + Duration::from_secs(300);
+    let mut caught_up: BTreeMap<String, Duration> = BTreeMap::new();
     loop {
         let status = host.status();
         let stage = |name: &str| status.stages.iter().any(|s| s.name == name);
+        for c in status.consumers.iter().filter(|c| stage(&c.consumer)) {
+            let lags = status.consumers.iter().filter(|o| o.consumer == c.consumer).any(|o| o.lag_records > 0);
+            if !lags {
+                caught_up.entry(c.consumer.clone()).or_insert_with(|| ingest_started.elapsed());
+            } else {
+                caught_up.remove(&c.consumer);
+            }
+        }
         if status.consumers.iter().filter(|c| stage(&c.consumer)).all(|c| c.lag_records == 0) {
             break;
         }
         anyhow::ensure!(Instant::now() < deadline, "the pipeline did not catch up within 5 minutes");
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(5));
     }
+    lap("stages caught up after ingest", &mut timings);
     progress(0.9);
     let sent = host.channels.sent();
     let new = |channel: &str| sent.get(channel).copied().unwrap_or(0) - sent_before.get(channel).copied().unwrap_or(0);
     // The webhooks go out on their own thread: give them until the deadline to arrive.
     while desks.iter().any(|(name, _, desk)| (desk.count() as u64) < new(name)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(5));
     }
+    lap("webhooks delivered", &mut timings);
     host.drain();
+    lap("drain (deliveries flushed, rows loaded)", &mut timings);
     progress(1.0);
+    for (stage, at) in caught_up {
+        timings.push((format!("  stage {stage} done, from the first put"), at));
+    }
     let status = host.status();
     Ok(Report {
         lines: lines.len(),
@@ -335,6 +403,7 @@ pub fn run_day(host: &Arc<Host>, lines: &[TollLine], mut progress: impl FnMut(f6
         billing_messages: new("app"),
         traffic_alerts: new("operators"),
         webhooks: desks.into_iter().map(|(name, url, desk)| (name, url, desk.count())).collect(),
+        timings,
     })
 }
 

@@ -1,12 +1,16 @@
 //! State tables (the DynamoDB part) and what notification channels must
 //! remember, in one embedded redb database (`<data-dir>/state.redb`): items
 //! of the tables the manifest declares, the idempotency keys already sent, and
-//! each inbox's messages. Every operation is one redb transaction, so
-//! concurrent `add`s and conditional puts never lose an update, and a
+//! each inbox's messages. Every change happens in a [`StateTx`], one redb
+//! transaction: a single call is one (so concurrent `add`s and conditional
+//! puts never lose an update), and a notifier stage makes all of a batch's
+//! changes in one, committed before its position advances (one sync per batch,
+//! and a batch redone after a failure finds none of its changes half made). A
 //! notification is recorded as sent in the same commit as its inbox message.
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase as _, ReadableTable as _, TableDefinition};
 use serde::Serialize;
@@ -118,7 +122,7 @@ pub enum Delivery {
 /// The state database.
 pub struct StateStore {
     db: Database,
-    tables: BTreeSet<String>,
+    tables: Arc<BTreeSet<String>>,
 }
 
 impl StateStore {
@@ -144,10 +148,10 @@ impl StateStore {
     }
 
     fn with(db: Database, tables: impl IntoIterator<Item = String>) -> Result<StateStore, StateError> {
-        let store = StateStore { db, tables: tables.into_iter().collect() };
+        let store = StateStore { db, tables: Arc::new(tables.into_iter().collect()) };
         // Every table exists from the start, so reads never race a first write.
         let tx = store.db.begin_write().map_err(storage)?;
-        for table in &store.tables {
+        for table in store.tables.iter() {
             tx.open_table(Self::definition(table)).map_err(storage)?;
         }
         tx.open_table(SENT).map_err(storage)?;
@@ -164,12 +168,18 @@ impl StateStore {
     }
 
     fn check(&self, table: &str) -> Result<(), StateError> {
-        if self.tables.contains(table) { Ok(()) } else { Err(StateError::UnknownTable(table.to_owned())) }
+        check(&self.tables, table)
     }
 
     /// The tables the manifest declares.
     pub fn tables(&self) -> impl Iterator<Item = &str> {
         self.tables.iter().map(String::as_str)
+    }
+
+    /// Starts a transaction; nothing it does is seen by others, or durable,
+    /// before [`StateTx::commit`]. Writers wait for each other's commits.
+    pub fn begin(&self) -> Result<StateTx, StateError> {
+        Ok(StateTx { tables: self.tables.clone(), tx: self.db.begin_write().map_err(storage)? })
     }
 
     /// Reads an item.
@@ -182,93 +192,53 @@ impl StateStore {
 
     /// Writes an item.
     pub fn put(&self, table: &str, key: &str, value: &[u8]) -> Result<(), StateError> {
-        self.check(table)?;
-        let tx = self.db.begin_write().map_err(storage)?;
-        tx.open_table(Self::definition(table)).map_err(storage)?.insert(key, value).map_err(storage)?;
-        tx.commit().map_err(storage)
+        let tx = self.begin()?;
+        tx.put(table, key, value)?;
+        tx.commit()
+    }
+
+    /// Puts many items in one transaction: all of them, or none.
+    pub fn put_many<'a>(
+        &self,
+        table: &str,
+        items: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> Result<(), StateError> {
+        let tx = self.begin()?;
+        for (key, value) in items {
+            tx.put(table, key, value)?;
+        }
+        tx.commit()
     }
 
     /// Removes an item; removing an absent one is not an error.
     pub fn delete(&self, table: &str, key: &str) -> Result<(), StateError> {
-        self.check(table)?;
-        let tx = self.db.begin_write().map_err(storage)?;
-        tx.open_table(Self::definition(table)).map_err(storage)?.remove(key).map_err(storage)?;
-        tx.commit().map_err(storage)
+        let tx = self.begin()?;
+        tx.delete(table, key)?;
+        tx.commit()
     }
 
     /// Writes `value` if the item equals `expected` (`None`: is absent); returns whether it wrote.
     pub fn put_if(&self, table: &str, key: &str, expected: Option<&[u8]>, value: &[u8]) -> Result<bool, StateError> {
-        self.check(table)?;
-        let tx = self.db.begin_write().map_err(storage)?;
-        {
-            let mut t = tx.open_table(Self::definition(table)).map_err(storage)?;
-            let current = t.get(key).map_err(storage)?.map(|v| v.value().to_vec());
-            if current.as_deref() != expected {
-                return Ok(false);
-            }
-            t.insert(key, value).map_err(storage)?;
-        }
-        tx.commit().map_err(storage)?;
-        Ok(true)
+        let tx = self.begin()?;
+        let wrote = tx.put_if(table, key, expected, value)?;
+        tx.commit()?;
+        Ok(wrote)
     }
 
     /// Adds `delta` to the item read as a decimal integer (absent: 0); returns the new value.
     pub fn add(&self, table: &str, key: &str, delta: i64) -> Result<i64, StateError> {
-        self.check(table)?;
-        let tx = self.db.begin_write().map_err(storage)?;
-        let next = {
-            let mut t = tx.open_table(Self::definition(table)).map_err(storage)?;
-            let current = match t.get(key).map_err(storage)? {
-                None => 0,
-                Some(v) => std::str::from_utf8(v.value())
-                    .ok()
-                    .and_then(|s| s.trim().parse::<i64>().ok())
-                    .ok_or_else(|| StateError::NotANumber { table: table.to_owned(), key: key.to_owned() })?,
-            };
-            let next = current.checked_add(delta).ok_or_else(|| StateError::Overflow {
-                table: table.to_owned(),
-                key: key.to_owned(),
-                delta,
-            })?;
-            t.insert(key, next.to_string().as_bytes()).map_err(storage)?;
-            next
-        };
-        tx.commit().map_err(storage)?;
+        let tx = self.begin()?;
+        let next = tx.add(table, key, delta)?;
+        tx.commit()?;
         Ok(next)
     }
 
-    /// Records `key` as sent on `channel` and stores what the delivery needs (an
-    /// inbox message, a webhook delivery), in one commit. Returns false (and
-    /// stores nothing) if the key was sent before.
+    /// Records `key` as sent on `channel` with what its delivery needs; see [`StateTx::record_sent`].
     pub fn record_sent(&self, channel: &str, key: &str, delivery: Delivery) -> Result<bool, StateError> {
-        let tx = self.db.begin_write().map_err(storage)?;
-        {
-            let mut sent = tx.open_table(SENT).map_err(storage)?;
-            let id = format!("{channel}\0{key}");
-            if sent.get(id.as_str()).map_err(storage)?.is_some() {
-                return Ok(false);
-            }
-            sent.insert(id.as_str(), crate::stream::now_ms().max(0) as u64).map_err(storage)?;
-            if let Delivery::Outbox(entry) = &delivery {
-                let json = serde_json::to_vec(entry).map_err(storage)?;
-                tx.open_table(OUTBOX)
-                    .map_err(storage)?
-                    .insert(entry.delivery_id.as_str(), json.as_slice())
-                    .map_err(storage)?;
-            }
-            if let Delivery::Inbox(mut message) = delivery {
-                let mut sequences = tx.open_table(SEQUENCE).map_err(storage)?;
-                let next = sequences.get("inbox").map_err(storage)?.map_or(1, |v| v.value() + 1);
-                sequences.insert("inbox", next).map_err(storage)?;
-                message.sequence = next;
-                let json = serde_json::to_vec(&message).map_err(storage)?;
-                let mut inboxes = tx.open_table(INBOX).map_err(storage)?;
-                let id = format!("{}\0{}\0{next:020}", message.channel, message.recipient);
-                inboxes.insert(id.as_str(), json.as_slice()).map_err(storage)?;
-            }
-        }
-        tx.commit().map_err(storage)?;
-        Ok(true)
+        let tx = self.begin()?;
+        let new = tx.record_sent(channel, key, delivery)?;
+        tx.commit()?;
+        Ok(new)
     }
 
     /// Webhook deliveries due at `now_ms`, oldest first.
@@ -346,6 +316,107 @@ impl StateStore {
     }
 }
 
+/// Changes to the state database that commit together, or not at all
+/// (dropped without [`StateTx::commit`]: undone). Reads see its own writes.
+pub struct StateTx {
+    tables: Arc<BTreeSet<String>>,
+    tx: redb::WriteTransaction,
+}
+
+fn check(tables: &BTreeSet<String>, table: &str) -> Result<(), StateError> {
+    if tables.contains(table) { Ok(()) } else { Err(StateError::UnknownTable(table.to_owned())) }
+}
+
+impl StateTx {
+    fn table(&self, table: &str) -> Result<redb::Table<'_, &'static str, &'static [u8]>, StateError> {
+        check(&self.tables, table)?;
+        self.tx.open_table(StateStore::definition(table)).map_err(storage)
+    }
+
+    /// Reads an item, as this transaction left it.
+    pub fn get(&self, table: &str, key: &str) -> Result<Option<Vec<u8>>, StateError> {
+        Ok(self.table(table)?.get(key).map_err(storage)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Writes an item.
+    pub fn put(&self, table: &str, key: &str, value: &[u8]) -> Result<(), StateError> {
+        self.table(table)?.insert(key, value).map_err(storage)?;
+        Ok(())
+    }
+
+    /// Removes an item; removing an absent one is not an error.
+    pub fn delete(&self, table: &str, key: &str) -> Result<(), StateError> {
+        self.table(table)?.remove(key).map_err(storage)?;
+        Ok(())
+    }
+
+    /// Writes `value` if the item equals `expected` (`None`: is absent); returns whether it wrote.
+    pub fn put_if(&self, table: &str, key: &str, expected: Option<&[u8]>, value: &[u8]) -> Result<bool, StateError> {
+        let mut t = self.table(table)?;
+        let current = t.get(key).map_err(storage)?.map(|v| v.value().to_vec());
+        if current.as_deref() != expected {
+            return Ok(false);
+        }
+        t.insert(key, value).map_err(storage)?;
+        Ok(true)
+    }
+
+    /// Adds `delta` to the item read as a decimal integer (absent: 0); returns the new value.
+    pub fn add(&self, table: &str, key: &str, delta: i64) -> Result<i64, StateError> {
+        let mut t = self.table(table)?;
+        let current = match t.get(key).map_err(storage)? {
+            None => 0,
+            Some(v) => std::str::from_utf8(v.value())
+                .ok()
+                .and_then(|s| s.trim().parse::<i64>().ok())
+                .ok_or_else(|| StateError::NotANumber { table: table.to_owned(), key: key.to_owned() })?,
+        };
+        let next = current.checked_add(delta).ok_or_else(|| StateError::Overflow {
+            table: table.to_owned(),
+            key: key.to_owned(),
+            delta,
+        })?;
+        t.insert(key, next.to_string().as_bytes()).map_err(storage)?;
+        Ok(next)
+    }
+
+    /// Records `key` as sent on `channel` and stores what the delivery needs (an
+    /// inbox message, a webhook delivery). Returns false (and stores nothing) if
+    /// the key was sent before.
+    pub fn record_sent(&self, channel: &str, key: &str, delivery: Delivery) -> Result<bool, StateError> {
+        let mut sent = self.tx.open_table(SENT).map_err(storage)?;
+        let id = format!("{channel}\0{key}");
+        if sent.get(id.as_str()).map_err(storage)?.is_some() {
+            return Ok(false);
+        }
+        sent.insert(id.as_str(), crate::stream::now_ms().max(0) as u64).map_err(storage)?;
+        if let Delivery::Outbox(entry) = &delivery {
+            let json = serde_json::to_vec(entry).map_err(storage)?;
+            self.tx
+                .open_table(OUTBOX)
+                .map_err(storage)?
+                .insert(entry.delivery_id.as_str(), json.as_slice())
+                .map_err(storage)?;
+        }
+        if let Delivery::Inbox(mut message) = delivery {
+            let mut sequences = self.tx.open_table(SEQUENCE).map_err(storage)?;
+            let next = sequences.get("inbox").map_err(storage)?.map_or(1, |v| v.value() + 1);
+            sequences.insert("inbox", next).map_err(storage)?;
+            message.sequence = next;
+            let json = serde_json::to_vec(&message).map_err(storage)?;
+            let mut inboxes = self.tx.open_table(INBOX).map_err(storage)?;
+            let id = format!("{}\0{}\0{next:020}", message.channel, message.recipient);
+            inboxes.insert(id.as_str(), json.as_slice()).map_err(storage)?;
+        }
+        Ok(true)
+    }
+
+    /// Makes every change durable, at once.
+    pub fn commit(self) -> Result<(), StateError> {
+        self.tx.commit().map_err(storage)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -382,7 +453,7 @@ mod tests {
     #[test]
     fn concurrent_adds_lose_nothing() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let s = std::sync::Arc::new(store(dir.path()));
+        let s = Arc::new(store(dir.path()));
         let threads: Vec<_> = (0..4)
             .map(|_| {
                 let s = s.clone();

@@ -438,3 +438,52 @@ fn a_scaffolded_plugin_of_each_world_and_language_builds_and_passes_its_own_test
         .expect("run weir");
     assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("exists already"));
 }
+
+/// README command 1 as a newcomer runs it, twice: the same report both times
+/// (the day starts afresh), and a data-dir a simulation did not make is left alone.
+#[test]
+fn simulate_run_twice_reports_the_same_day_and_leaves_foreign_data_alone() {
+    // The shipped manifests beside the shipped plugins, with out/ in a folder of the test's.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let copy = |from: &Path, to: &Path| {
+        std::fs::create_dir_all(to).expect("mkdir");
+        for entry in std::fs::read_dir(from).expect("list").filter_map(|e| e.ok()) {
+            if entry.path().is_file() {
+                std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+            }
+        }
+    };
+    copy(&root().join("manifests"), &dir.path().join("manifests"));
+    copy(&root().join("manifests/abc-tolls"), &dir.path().join("manifests/abc-tolls"));
+    std::os::unix::fs::symlink(root().join("plugins"), dir.path().join("plugins")).expect("plugins");
+    let manifest = dir.path().join("manifests/abc-tolls.toml");
+    let simulate = || {
+        let out = Command::new(WEIR)
+            .args(["simulate", "--day", "2026-11-25", "--seed", "3", "--run"])
+            .arg(&manifest)
+            .env("WEIR_LOG", "warn")
+            .output()
+            .expect("run weir");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.success(), stdout, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let report = |stdout: &str| stdout.lines().skip(1).map(str::to_owned).collect::<Vec<_>>();
+    let (ok, first, stderr) = simulate();
+    assert!(ok, "{first}{stderr}");
+    assert!(first.contains("rows in the warehouse"), "{first}");
+    let (ok, second, stderr) = simulate();
+    assert!(ok, "{second}{stderr}");
+    assert_eq!(report(&second), report(&first), "a rerun reports the same day");
+
+    // A data-dir holding someone else's data: refused in one line, nothing removed.
+    let data = dir.path().join("out/abc-tolls/data");
+    std::fs::remove_file(data.join("made-by-weir-simulate")).expect("the simulation's mark");
+    std::fs::write(data.join("precious.txt"), "not a simulation's").expect("write");
+    let (ok, _, stderr) = simulate();
+    assert!(!ok);
+    let error: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(error.len(), 1, "{stderr}");
+    assert!(error[0].contains("holds data that weir simulate did not make"), "{stderr}");
+    assert!(data.join("precious.txt").is_file());
+    assert!(!stderr.contains("backtrace"), "errors are for people: {stderr}");
+}

@@ -63,6 +63,7 @@ pub fn router(host: Arc<Host>, auth: Auth) -> Router {
             get(admin::versions).put(admin::swap).layer(DefaultBodyLimit::max(admin::MAX_COMPONENT_BYTES)),
         )
         .route("/v1/stages/{stage}/plugin/rollback", post(admin::rollback))
+        .route("/v1/tables/{table}/items", post(state::put_items))
         .route("/v1/tables/{table}/items/{key}", get(state::get_item).put(state::put_item).delete(state::delete_item))
         .route("/v1/inbox/{recipient}", get(state::inbox))
         .route("/v1/inbox/{recipient}/events", get(state::inbox_events))

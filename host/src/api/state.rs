@@ -4,6 +4,8 @@
 //! - `GET    /v1/tables/{table}/items/{key}`: the item's bytes (404 if absent)
 //! - `PUT    /v1/tables/{table}/items/{key}`: body = the new value
 //! - `DELETE /v1/tables/{table}/items/{key}`
+//! - `POST   /v1/tables/{table}/items`: body = `{"items": {"<key>": "<value>", ...}}`,
+//!   up to [`MAX_BATCH_ITEMS`] items written in one transaction (all or none)
 //! - `GET    /v1/inbox/{recipient}?channel=<inbox>&after=<sequence>&limit=<n>`: the
 //!   recipient's messages after `after` (0: from the first), oldest first; `channel`
 //!   may be left out when the pipeline has one inbox
@@ -78,6 +80,44 @@ pub async fn put_item(
         .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", "the write failed"))?
         .map_err(state_error)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Most items one batch write takes.
+pub const MAX_BATCH_ITEMS: usize = 10_000;
+
+/// The body of a batch write.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchPut {
+    items: std::collections::BTreeMap<String, String>,
+}
+
+/// `POST /v1/tables/{table}/items`
+pub async fn put_items(
+    State(api): State<Arc<super::ApiState>>,
+    Path(table): Path<String>,
+    body: Bytes,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    check_name(NameKind::Table, "table", &table)?;
+    let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, "InvalidRequest", message);
+    let batch: BatchPut = serde_json::from_slice(&body)
+        .map_err(|e| bad(format!("the body must be {{\"items\": {{\"<key>\": \"<value>\", ...}}}}: {e}")))?;
+    if batch.items.is_empty() || batch.items.len() > MAX_BATCH_ITEMS {
+        return Err(bad(format!("give 1 to {MAX_BATCH_ITEMS} items, not {}", batch.items.len())));
+    }
+    for key in batch.items.keys() {
+        names::check_item_key("key", key)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "ValidationException", e.to_string()))?;
+    }
+    let state = api.host.state.clone();
+    let written = batch.items.len();
+    tokio::task::spawn_blocking(move || {
+        state.put_many(&table, batch.items.iter().map(|(k, v)| (k.as_str(), v.as_bytes())))
+    })
+    .await
+    .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", "the write failed"))?
+    .map_err(state_error)?;
+    Ok(axum::Json(json!({"written": written})))
 }
 
 /// `DELETE /v1/tables/{table}/items/{key}`

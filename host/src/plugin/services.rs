@@ -117,7 +117,7 @@ impl Services for MemoryServices {
         if !sent.1.insert(format!("{}\0{}", notification.channel, notification.idempotency_key)) {
             return Ok(false);
         }
-        tracing::info!(channel = %notification.channel, recipient = %notification.recipient, "notification sent");
+        tracing::debug!(channel = %notification.channel, recipient = %notification.recipient, "notification sent");
         sent.0.push(notification);
         Ok(true)
     }
