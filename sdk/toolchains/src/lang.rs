@@ -240,6 +240,39 @@ mod tests {
     }
 
     #[test]
+    fn a_relative_plugin_folder_builds_where_its_target_dir_says() {
+        let bin = tempfile::tempdir().expect("tempdir");
+        let plugin_dir = bin.path().join("plugins/p");
+        std::fs::create_dir_all(&plugin_dir).expect("plugin dir");
+        let section = BuildSection {
+            lang: Some(Lang::Rust),
+            target_dir: Some("../../target".into()),
+            output: "../../target/p.wasm".into(),
+            ..BuildSection::default()
+        };
+        let mut tools = Tools::new(bin.path().join("cache"));
+        tools.rustup = fake(bin.path(), "rustup", "echo wasm32-wasip2");
+        // cargo writes its output into the target dir it is given, as cargo does.
+        tools.cargo = fake(bin.path(), "cargo", "mkdir -p \"$6\" && touch \"$6/p.wasm\"");
+        let relative = pathdiff(&plugin_dir);
+        let plugin = Plugin { name: "p", dir: &relative, world: "transformer", build: &section };
+        let built = crate::build(&plugin, &tools).expect("built");
+        let expected = bin.path().join("target/p.wasm").canonicalize().expect("the component is there");
+        assert_eq!(built.canonicalize().expect("built"), expected);
+    }
+
+    /// `path` relative to the current folder.
+    fn pathdiff(path: &Path) -> std::path::PathBuf {
+        let here = std::env::current_dir().expect("cwd");
+        let up = here.components().count() - 1;
+        let mut out = std::path::PathBuf::new();
+        for _ in 0..up {
+            out.push("..");
+        }
+        out.join(path.strip_prefix("/").expect("absolute"))
+    }
+
+    #[test]
     fn a_missing_python_or_node_is_refused_at_once_with_what_to_install() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut tools = Tools::new(dir.path().join("cache"));

@@ -272,6 +272,14 @@ pub fn build(plugin: &Plugin<'_>, tools: &Tools) -> Result<PathBuf, BuildError> 
     if let Some(problem) = plugin.build.problems().into_iter().next() {
         return Err(BuildError::Section { plugin: plugin.name.to_owned(), problem });
     }
+    // Every path of [build] is the plugin folder's, and commands run in that folder:
+    // from here on the folder is absolute, so no path is taken relative twice.
+    let dir = std::path::absolute(plugin.dir).map_err(|source| BuildError::Io {
+        plugin: plugin.name.to_owned(),
+        path: plugin.dir.display().to_string(),
+        source,
+    })?;
+    let plugin = &Plugin { dir: &dir, ..*plugin };
     match (plugin.build.lang, &plugin.build.command) {
         (Some(Lang::Rust), _) => lang::rust(plugin, tools)?,
         (Some(Lang::Python), _) => lang::python(plugin, tools)?,
