@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use weir_host::pipeline::Producer;
 use weir_host::simulate::OperationsDesk;
 use weir_host::stream::NewRecord;
 use weir_tests::{TestHost, inbox_subjects, root};
@@ -87,7 +88,7 @@ async fn the_showcase_fills_the_warehouse_and_raises_billing_and_traffic_alerts(
     lines.push(NewRecord { data: Bytes::from_static(b"T0003-000005,not a line"), ..line(5, "14:06", 3, "C0", 1) });
     // 14:45 moves the watermark past 14:31: the 14:00-14:10 and 14:00-14:30 windows close.
     lines.push(line(6, "14:45", 3, "C000789", 100));
-    host.host.put("toll-lines", lines).expect("put");
+    host.host.put("toll-lines", lines, Producer::Native).expect("put");
 
     let deadline = Instant::now() + Duration::from_secs(30);
     let (billing, traffic) = loop {
@@ -151,7 +152,7 @@ fn put_lines(host: &TestHost, lines: &[weir_host::simulate::TollLine], clock: &A
                 explicit_hash_key: None,
             })
             .collect();
-        assert!(host.host.put("toll-lines", records).expect("put").iter().all(Result::is_ok));
+        assert!(host.host.put("toll-lines", records, Producer::Native).expect("put").iter().all(Result::is_ok));
     }
 }
 

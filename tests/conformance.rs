@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use weir_host::manifest::plugin::ExpectedOutcome;
 use weir_host::manifest::{Grants, Limits, PluginManifest, World};
+use weir_host::pipeline::Producer;
 use weir_host::plugin::{
     Batch, MemoryServices, Notification, NotifierPlugin, Outcome, PluginError, TransformerPlugin, check_world,
 };
@@ -251,7 +252,7 @@ async fn c_rust_and_javascript_stages_run_in_one_pipeline() {
             explicit_hash_key: None,
         })
         .collect();
-    host.host.put("toll-lines", records).expect("put");
+    host.host.put("toll-lines", records, Producer::Native).expect("put");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let (enriched, rejected) = loop {
         let (enriched, rejected) =

@@ -228,8 +228,9 @@ async fn a_trapping_plugin_dead_letters_its_batch_and_the_pipeline_keeps_serving
             || letter["reason"].as_str().unwrap_or("").contains("trapped"),
         "{letter}"
     );
+    // The batch was tried 3 times, each on a fresh instance, before the policy set it aside.
     let s = host.host.status();
-    assert_eq!((stage(&s).failures, stage(&s).restarts, stage(&s).records_out), (1, 1, 2));
+    assert_eq!((stage(&s).failures, stage(&s).restarts, stage(&s).records_out), (3, 3, 2));
     assert!(
         stage(&s)
             .last_error
@@ -507,5 +508,77 @@ async fn gzip_bodies_are_accepted_and_the_limit_holds_after_decompression() {
     let odd = client.post(&url).header("content-encoding", "br").body("x").send().await.expect("put");
     assert_eq!(odd.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
     assert_eq!(host.host.status().streams["toll-lines"], 2);
+    host.stop().await;
+}
+
+/// Every API puts by the same rules (`Host::put`): a stage's output stream is its
+/// stage's alone, and a record over the limits fails alone, whichever API sent it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kinesis_and_native_apis_put_by_the_same_rules() {
+    let manifest = r#"
+[pipeline]
+name = "same-rules"
+data-dir = "data"
+
+[sources.http]
+kind = "http"
+stream = "lines"
+
+[streams.lines]
+[streams.rows]
+[streams.quiet]
+
+[stages.etl]
+plugin = "{root}/plugins/toll-etl"
+input = "lines"
+output = "rows"
+"#;
+    let mut host = TestHost::start(manifest).await.expect("start");
+    let client = reqwest::Client::new();
+    let kinesis = |op: &str, body: Value| {
+        client
+            .post(format!("{}/", host.url))
+            .header("x-amz-target", format!("Kinesis_20131202.{op}"))
+            .header("content-type", "application/x-amz-json-1.1")
+            .body(body.to_string())
+            .send()
+    };
+    let b64 = |data: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, data);
+
+    // A stage's output: refused through both APIs, naming the stage.
+    let refused =
+        kinesis("PutRecord", json!({"StreamName": "rows", "Data": b64(b"x"), "PartitionKey": "k"})).await.expect("put");
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    let answer: Value = refused.json().await.expect("json");
+    assert_eq!(answer["__type"], "AccessDeniedException", "{answer}");
+    assert!(answer["message"].as_str().is_some_and(|m| m.contains("output of stage `etl`")), "{answer}");
+    let (status, answer) = put(&host, "rows", json!({"data": "x"})).await;
+    assert_eq!((status, &answer["error"]["code"]), (StatusCode::FORBIDDEN, &json!("StageOutput")), "{answer}");
+
+    // A record over 1 MiB fails alone beside a good one, in both APIs.
+    let big = vec![b'x'; (1 << 20) + 1];
+    let records = json!({"StreamName": "lines", "Records": [
+        {"Data": b64(LINE_1.as_bytes()), "PartitionKey": "k"},
+        {"Data": b64(&big), "PartitionKey": "k"},
+    ]});
+    let answer: Value = kinesis("PutRecords", records).await.expect("put").json().await.expect("json");
+    assert_eq!(answer["FailedRecordCount"], 1, "{answer}");
+    assert_eq!(answer["Records"][1]["ErrorCode"], "InvalidArgumentException", "{answer}");
+    assert!(answer["Records"][1]["ErrorMessage"].as_str().is_some_and(|m| m.contains("the limit is 1048576")));
+    let body = json!({"records": [{"data": LINE_2}, {"data_base64": b64(&big)}]});
+    let (status, answer) = put(&host, "lines", body).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["failed_record_count"], 1, "{answer}");
+    assert_eq!(answer["records"][1]["error_code"], "InvalidRecord", "{answer}");
+
+    // Kinesis, as in AWS, writes a stream without an http source; the native API does not.
+    let ok = kinesis("PutRecord", json!({"StreamName": "quiet", "Data": b64(b"x"), "PartitionKey": "k"}))
+        .await
+        .expect("put");
+    assert_eq!(ok.status(), StatusCode::OK);
+    let (status, _) = put(&host, "quiet", json!({"data": "x"})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let streams = host.host.status().streams;
+    assert_eq!((streams["lines"], streams["quiet"]), (2, 1), "only what the rules let through was stored");
     host.stop().await;
 }

@@ -6,6 +6,7 @@
 
 use bytes::Bytes;
 use serde_json::Value;
+use weir_host::pipeline::Producer;
 use weir_host::stream::NewRecord;
 use weir_tests::{TestHost, inbox_subjects};
 
@@ -74,7 +75,7 @@ async fn a_threshold_crossing_sends_one_inbox_message_even_across_restarts() {
     // The app follows C1's inbox live.
     let mut feed = reqwest::get(format!("{}/v1/inbox/C1/events", host.url)).await.expect("live feed");
     assert_eq!(feed.headers()["content-type"], "text/event-stream");
-    host.host.put("amounts", amounts(&[("C1", 60), ("C2", 30), ("C1", 50)])).expect("put");
+    host.host.put("amounts", amounts(&[("C1", 60), ("C2", 30), ("C1", 50)]), Producer::Native).expect("put");
     host.wait_until("the amounts", |s| s.stages[0].records_in == 3).await;
     let mut events = String::new();
     while !events.contains("\n\n") {
@@ -102,13 +103,13 @@ async fn a_threshold_crossing_sends_one_inbox_message_even_across_restarts() {
         .await
         .expect("put item");
     assert_eq!(put.status().as_u16(), 204);
-    host.host.put("amounts", amounts(&[("C2", 10)])).expect("put");
+    host.host.put("amounts", amounts(&[("C2", 10)]), Producer::Native).expect("put");
     host.wait_until("the C2 amount", |s| s.stages[0].records_in == 4).await;
     assert_eq!(inbox(&host, "C2").await.len(), 1);
 
     // After a restart, C1 falls below and crosses again: the same business event, not sent twice.
     let host = host.restart(MANIFEST).await.expect("restart");
-    host.host.put("amounts", amounts(&[("C1", -20), ("C1", 20)])).expect("put");
+    host.host.put("amounts", amounts(&[("C1", -20), ("C1", 20)]), Producer::Native).expect("put");
     host.wait_until("the amounts after the restart", |s| s.stages[0].records_in == 2).await;
     assert_eq!(item(&host, "C1").await, (200, "110".to_owned()));
     assert_eq!(inbox(&host, "C1").await.len(), 1, "the crossing was sent once");
@@ -210,7 +211,7 @@ async fn billing_and_traffic_alerts_with(manifest: &str) {
     let host = TestHost::start_in(dir, manifest).await.expect("start");
     // C1 passes $10.00 in the 14:00 window, C2 does not; station 17 sees 3 vehicles, 42 none.
     let rows = vec![toll("C1", 17, 600, 1), toll("C2", 17, 300, 2), toll("C1", 17, 500, 5), toll("C2", 17, 100, 41)];
-    host.host.put("rows", rows).expect("put");
+    host.host.put("rows", rows, Producer::Native).expect("put");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         let (app, operators) =
@@ -299,7 +300,7 @@ config = {{ channels = ["ops-hook", "dead-hook"] }}
     let host = TestHost::start(&manifest).await.expect("start");
     let low = r#"{"station_id":"17","window_start":"2026-11-26T14:00:00.000Z","window_end":"2026-11-26T14:30:00.000Z","vehicles":3,"minimum":40}"#;
     let record = NewRecord { key: "17".into(), event_time_ms: None, data: Bytes::from(low), explicit_hash_key: None };
-    host.host.put("traffic", vec![record]).expect("put");
+    host.host.put("traffic", vec![record], Producer::Native).expect("put");
 
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let failed = loop {

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use serde_json::Value;
+use weir_host::pipeline::Producer;
 use weir_host::stream::NewRecord;
 use weir_tests::{TestHost, lines};
 
@@ -72,13 +73,14 @@ async fn windows_close_on_the_watermark_and_late_records_keep_their_reason() {
         .put(
             "rows",
             vec![row("C1", 275, T14 + minute), row("C2", 150, T14 + 2 * minute), row("C1", 410, T14 + 9 * minute)],
+            Producer::Native,
         )
         .expect("put");
     // 14:12 moves the watermark past 14:10: the first window closes.
-    host.host.put("rows", vec![row("C1", 100, T14 + 12 * minute)]).expect("put");
+    host.host.put("rows", vec![row("C1", 100, T14 + 12 * minute)], Producer::Native).expect("put");
     host.wait_until("the first window", |s| s.stages[0].records_out == 2).await;
     // 14:05 is behind the watermark now: late.
-    host.host.put("rows", vec![row("C2", 999, T14 + 5 * minute)]).expect("put");
+    host.host.put("rows", vec![row("C2", 999, T14 + 5 * minute)], Producer::Native).expect("put");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while host.host.read("late-rows", 0, 0, 10).expect("read").is_empty() {
         assert!(std::time::Instant::now() < deadline, "the late record did not reach the side stream");
@@ -106,10 +108,14 @@ async fn windows_close_on_the_watermark_and_late_records_keep_their_reason() {
 async fn a_restart_in_the_middle_of_a_window_counts_every_record_once() {
     let host = TestHost::start(MANIFEST).await.expect("start");
     let minute = 60_000;
-    host.host.put("rows", vec![row("C1", 100, T14 + minute), row("C2", 5, T14 + minute)]).expect("put");
+    host.host
+        .put("rows", vec![row("C1", 100, T14 + minute), row("C2", 5, T14 + minute)], Producer::Native)
+        .expect("put");
     host.wait_until("the first records", |s| s.stages[0].records_in == 2).await;
     let host = host.restart(MANIFEST).await.expect("restart");
-    host.host.put("rows", vec![row("C1", 20, T14 + 3 * minute), row("C1", 3, T14 + 25 * minute)]).expect("put");
+    host.host
+        .put("rows", vec![row("C1", 20, T14 + 3 * minute), row("C1", 3, T14 + 25 * minute)], Producer::Native)
+        .expect("put");
     host.wait_until("the window after the restart", |s| s.stages[0].records_out == 2).await;
     let got = results(&host);
     let first = "2026-11-26T14:00:00.000Z".to_owned();
@@ -186,7 +192,7 @@ async fn traffic_windows_use_the_reference_minimums_of_the_moment_they_close() {
     let mut rows: Vec<NewRecord> = ["17", "17", "17", "42"].iter().map(|s| passage(s, T14 + 5 * minute)).collect();
     rows.push(NewRecord { data: Bytes::from_static(br#"{"vehicle_class":2}"#), ..passage("0", T14 + 6 * minute) });
     rows.push(passage("17", T14 + 31 * minute)); // closes 14:00-14:30
-    host.host.put("rows", rows).expect("put");
+    host.host.put("rows", rows, Producer::Native).expect("put");
     host.wait_until("the 14:00 window", |s| s.stages[0].records_out == 3).await;
     let t14 = "2026-11-26T14:00:00.000Z".to_owned();
     let got = traffic(&host);
@@ -206,6 +212,7 @@ async fn traffic_windows_use_the_reference_minimums_of_the_moment_they_close() {
         .put(
             "rows",
             vec![passage("42", T14 + 35 * minute), passage("42", T14 + 36 * minute), passage("17", T14 + 61 * minute)],
+            Producer::Native,
         )
         .expect("put");
     host.wait_until("the 14:30 window", |s| s.stages[0].records_out == 7).await;

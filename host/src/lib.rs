@@ -6,14 +6,12 @@
 //! the `weir` binary; [`agent`] is its file-tailing client (`weir agent`).
 
 pub mod agent;
-pub mod aggregate;
 pub mod api;
 pub mod author;
 pub mod build;
 pub mod check;
 pub mod cli;
 pub mod client;
-pub mod consume;
 pub mod delivery;
 pub mod lake;
 pub mod manifest;

@@ -8,8 +8,6 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::aggregate::AggregateStage;
-use crate::consume::{HostServices, NotifierStage};
 use crate::delivery::{Delivery, DeliveryStatus};
 use crate::manifest::plugin::{ExpectedOutcome, SelfTest};
 use crate::manifest::{DeadLetter, Pipeline, Target};
@@ -19,13 +17,24 @@ use crate::plugin::{
 };
 use crate::reference::ReferenceTables;
 use crate::sink::{FileSink, SinkError};
-use crate::stage::{Stage, StageHandle, StageOutput, StageStatus};
+use crate::stage::aggregate::{AggregateOperator, is_aggregator};
+use crate::stage::notify::{HostServices, NotifierOperator};
+use crate::stage::transform::TransformOperator;
+use crate::stage::{StageHandle, StageOutput, StageStatus};
 use crate::state::StateStore;
 use crate::stream::{
     Appended, DEFAULT_CAPACITY, DEFAULT_FSYNC_INTERVAL, DiskStreamSpec, DiskStreams, FileSyncer, FsyncPolicy,
     NewRecord, StoredRecord, StreamError, StreamStore, shard_id,
 };
 use crate::swap::{AggregatorCandidate, Candidate, StateChange, SwapCommand, VersionStatus};
+
+/// The stream a stage writes, if it writes one (the drain finishes upstream stages first).
+fn output_stream(output: &StageOutput) -> Option<String> {
+    match output {
+        StageOutput::Stream(s) => Some(s.clone()),
+        StageOutput::Sink(_) => None,
+    }
+}
 
 /// Why a pipeline could not start.
 #[derive(Debug, thiserror::Error)]
@@ -79,9 +88,54 @@ pub enum PutError {
         /// The stream it reads.
         stream: String,
     },
+    /// The stream is a stage's output: only that stage writes it.
+    #[error("stream `{stream}` is the output of stage `{stage}`, which alone writes it: put into that stage's input")]
+    StageOutput {
+        /// The stream.
+        stream: String,
+        /// The stage writing it.
+        stage: String,
+    },
     /// The stream refused the records.
     #[error(transparent)]
     Stream(#[from] StreamError),
+}
+
+/// The API a producer puts through; the rules they share are [`Host::put`]'s,
+/// and they differ only where AWS's do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Producer {
+    /// The native API: only into streams with an `http` source in the manifest.
+    Native,
+    /// The Kinesis API: into any stream a producer may write, as in AWS.
+    Kinesis,
+}
+
+/// Appends the records that keep the limits every producer shares (see
+/// [`crate::stream::check_record`]); one that breaks one fails alone, with the reason.
+fn append_checked(
+    store: &dyn StreamStore,
+    stream: &str,
+    records: Vec<NewRecord>,
+) -> Result<Vec<Result<Appended, StreamError>>, StreamError> {
+    let checks: Vec<Result<(), StreamError>> = records.iter().map(crate::stream::check_record).collect();
+    if checks.iter().all(Result::is_ok) {
+        return store.append(stream, records);
+    }
+    let good: Vec<NewRecord> = records.into_iter().zip(&checks).filter(|(_, c)| c.is_ok()).map(|(r, _)| r).collect();
+    let mut appended = if good.is_empty() { Vec::new() } else { store.append(stream, good)? }.into_iter();
+    Ok(checks
+        .into_iter()
+        .map(|check| match check {
+            Ok(()) => appended.next().unwrap_or_else(|| {
+                Err(StreamError::Failed {
+                    stream: stream.to_owned(),
+                    reason: "the store answered for fewer records than it was given".into(),
+                })
+            }),
+            Err(e) => Err(e),
+        })
+        .collect())
 }
 
 /// What `GET /v1/pipeline` shows.
@@ -174,7 +228,7 @@ impl Host {
         let mut aggregators = Vec::new();
         let mut notifiers = Vec::new();
         for spec in &pipeline.stages {
-            if crate::aggregate::is_aggregator(spec) {
+            if is_aggregator(spec) {
                 aggregators.push(spec);
                 continue;
             }
@@ -196,20 +250,21 @@ impl Host {
                 tracing::error!(stage = %spec.name, error = %e, "plugin does not start; its records will wait in the stream");
             }
             let output = stage_output(spec, &sinks)?;
+            let output_stream = output_stream(&output);
             let dead_letters = dead_letter_sink(spec, &sinks, &mut implicit)?;
-            prepared.push(Stage::new(
+            let stage = TransformOperator::stage(
                 pipeline.name.as_str(),
                 Arc::new(spec.clone()),
                 plugin,
                 streams.clone() as Arc<dyn StreamStore>,
                 output,
                 dead_letters,
-            ));
+            );
+            prepared.push((spec.name.to_string(), stage, output_stream));
         }
         let mut stages = Vec::new();
-        for stage in prepared {
-            let name = stage.name().to_owned();
-            stages.push(stage.spawn().map_err(|source| StartError::Thread { stage: name, source })?);
+        for (name, stage, output_stream) in prepared {
+            stages.push(stage.spawn(output_stream).map_err(|source| StartError::Thread { stage: name, source })?);
         }
         for spec in aggregators {
             let (compiled, sandbox) =
@@ -221,8 +276,9 @@ impl Host {
                 tracing::error!(stage = %spec.name, error = %e, "plugin does not start; its records will wait in the stream");
             }
             let output = stage_output(spec, &sinks)?;
+            let output_stream = output_stream(&output);
             let dead_letters = dead_letter_sink(spec, &sinks, &mut implicit)?;
-            let stage = AggregateStage::new(
+            let stage = AggregateOperator::stage(
                 pipeline.name.as_str(),
                 Arc::new(spec.clone()),
                 plugin,
@@ -230,9 +286,11 @@ impl Host {
                 output,
                 dead_letters,
                 pipeline.data_dir.join("stage-state"),
+                references.clone(),
             )
-            .with_references(references.clone());
-            stages.push(stage.spawn().map_err(|source| StartError::Thread { stage: spec.name.to_string(), source })?);
+            .map_err(|e| StartError::Thread { stage: spec.name.to_string(), source: std::io::Error::other(e) })?;
+            let spawned = stage.spawn(output_stream);
+            stages.push(spawned.map_err(|source| StartError::Thread { stage: spec.name.to_string(), source })?);
         }
         for spec in notifiers {
             let (compiled, sandbox) =
@@ -245,7 +303,7 @@ impl Host {
                 tracing::error!(stage = %spec.name, error = %e, "plugin does not start; its records will wait in the stream");
             }
             let dead_letters = dead_letter_sink(spec, &sinks, &mut implicit)?;
-            let stage = NotifierStage::new(
+            let stage = NotifierOperator::stage(
                 pipeline.name.as_str(),
                 Arc::new(spec.clone()),
                 plugin,
@@ -253,7 +311,8 @@ impl Host {
                 streams.clone() as Arc<dyn StreamStore>,
                 dead_letters,
             );
-            stages.push(stage.spawn().map_err(|source| StartError::Thread { stage: spec.name.to_string(), source })?);
+            stages
+                .push(stage.spawn(None).map_err(|source| StartError::Thread { stage: spec.name.to_string(), source })?);
         }
         let buffer_specs: Vec<DiskStreamSpec> = pipeline
             .deliveries
@@ -312,12 +371,22 @@ impl Host {
     }
 
     /// Appends records to a stream that has an `http` source; one result per record.
-    pub fn put(&self, stream: &str, records: Vec<NewRecord>) -> Result<Vec<Result<Appended, StreamError>>, PutError> {
-        if !self.pipeline.sources.iter().any(|s| s.stream.as_str() == stream) {
-            self.streams.shard_count(stream)?;
+    pub fn put(
+        &self,
+        stream: &str,
+        records: Vec<NewRecord>,
+        producer: Producer,
+    ) -> Result<Vec<Result<Appended, StreamError>>, PutError> {
+        self.streams.shard_count(stream)?;
+        if let Some(stage) =
+            self.pipeline.stages.iter().find(|s| matches!(&s.output, Target::Stream(n) if n.as_str() == stream))
+        {
+            return Err(PutError::StageOutput { stream: stream.to_owned(), stage: stage.name.to_string() });
+        }
+        if producer == Producer::Native && !self.pipeline.sources.iter().any(|s| s.stream.as_str() == stream) {
             return Err(PutError::NotASource(stream.to_owned()));
         }
-        Ok(self.streams.append(stream, records)?)
+        Ok(append_checked(self.streams.as_ref(), stream, records)?)
     }
 
     /// Puts records into a delivery stream's buffer; one result per record.
@@ -331,7 +400,7 @@ impl Host {
         {
             return Err(PutError::FedByStream { delivery: delivery.to_owned(), stream: stream.to_string() });
         }
-        Ok(self.buffers.append(delivery, records)?)
+        Ok(append_checked(self.buffers.as_ref(), delivery, records)?)
     }
 
     /// The delivery streams' settings and counters.
@@ -472,7 +541,7 @@ impl Host {
         let version = crate::swap::PluginVersion::new(plugin, compiled.sha256.clone());
         let sandbox = SandboxSpec { ident, limits: spec.limits, grants: spec.grants.clone() };
         let canary = self.canary(spec.input.as_str());
-        let command = if crate::aggregate::is_aggregator(spec) {
+        let command = if is_aggregator(spec) {
             let candidate = AggregatorPlugin::new(&self.engine, compiled, sandbox, spec.config.clone())
                 .map_err(|e| refused(e.to_string()))?
                 .with_references(self.references.clone());

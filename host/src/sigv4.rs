@@ -72,22 +72,17 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// HMAC-SHA256 (RFC 2104): SigV4 and the signatures of webhook deliveries.
+/// HMAC-SHA256 (RFC 2104), with ring: SigV4, webhook signatures, shard iterators.
 pub fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
-    const BLOCK: usize = 64;
-    let mut block = [0u8; BLOCK];
-    if key.len() > BLOCK {
-        block[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        block[..key.len()].copy_from_slice(key);
-    }
-    let mut inner = Sha256::new();
-    inner.update(block.map(|b| b ^ 0x36));
-    inner.update(data);
-    let mut outer = Sha256::new();
-    outer.update(block.map(|b| b ^ 0x5c));
-    outer.update(inner.finalize());
-    outer.finalize().into()
+    let tag = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key), data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(tag.as_ref());
+    out
+}
+
+/// Whether `tag` is the HMAC-SHA256 of `data` under `key`, compared in constant time.
+pub fn hmac_matches(key: &[u8], data: &[u8], tag: &[u8]) -> bool {
+    ring::hmac::verify(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key), data, tag).is_ok()
 }
 
 /// Percent-encodes as SigV4 wants: everything but `A-Z a-z 0-9 - _ . ~` (and `/` in paths).

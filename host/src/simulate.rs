@@ -351,7 +351,7 @@ pub fn run_day(host: &Arc<Host>, lines: &[TollLine], mut progress: impl FnMut(f6
         let mut pending = records;
         // A full stream is backpressure: wait and put the rest.
         while !pending.is_empty() {
-            let results = host.put("toll-lines", pending.clone())?;
+            let results = host.put("toll-lines", pending.clone(), crate::pipeline::Producer::Native)?;
             pending = pending.into_iter().zip(results).filter(|(_, r)| r.is_err()).map(|(rec, _)| rec).collect();
             if !pending.is_empty() {
                 std::thread::sleep(Duration::from_millis(20));

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use weir_host::pipeline::Producer;
 use weir_host::stream::{NewRecord, now_ms};
 use weir_tests::{TestHost, artifacts};
 
@@ -70,7 +71,7 @@ async fn run() {
                         explicit_hash_key: None,
                     })
                     .collect();
-                host.put("in", records).expect("put");
+                host.put("in", records, Producer::Native).expect("put");
                 sent += 100;
                 // Paced below the stage's capacity, so the stage keeps up and gaps show pauses.
                 std::thread::sleep(Duration::from_micros(500));

@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::kinesis::{KinesisError as AwsError, PutResult};
-use super::native::MAX_RECORD_BYTES;
 use crate::names::NameKind;
 use crate::pipeline::{Host, PutError};
 use crate::stream::{NewRecord, StreamError};
@@ -57,12 +56,6 @@ fn record(entry: &Entry<'_>) -> Result<NewRecord, AwsError> {
     let data = base64::engine::general_purpose::STANDARD
         .decode(entry.data.as_deref().ok_or_else(|| AwsError::new("InvalidArgumentException", "Data is required"))?)
         .map_err(|e| AwsError::new("SerializationException", format!("Data is not base64: {e}")))?;
-    if data.len() > MAX_RECORD_BYTES {
-        return Err(AwsError::new(
-            "InvalidArgumentException",
-            format!("Data has {} bytes; the limit is {MAX_RECORD_BYTES}", data.len()),
-        ));
-    }
     Ok(NewRecord { key: String::new(), event_time_ms: None, data: Bytes::from(data), explicit_hash_key: None })
 }
 
@@ -196,7 +189,7 @@ fn delivery_error(name: &str, e: PutError) -> AwsError {
             AwsError::new("ServiceUnavailableException", e.to_string())
         }
         PutError::Stream(other) => other.into(),
-        other @ (PutError::FedByStream { .. } | PutError::NotASource(_)) => {
+        other @ (PutError::FedByStream { .. } | PutError::NotASource(_) | PutError::StageOutput { .. }) => {
             AwsError::new("InvalidArgumentException", other.to_string())
         }
     }

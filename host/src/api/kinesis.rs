@@ -16,12 +16,11 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
-use super::native::{MAX_KEY_CHARS, MAX_RECORD_BYTES, MAX_RECORDS_PER_PUT};
+use super::native::MAX_RECORDS_PER_PUT;
 use crate::manifest::pipeline::MAX_SHARDS;
 use crate::names::{self, NameKind};
-use crate::pipeline::Host;
+use crate::pipeline::{Host, Producer, PutError};
 use crate::stream::{NewRecord, ShardInfo, StreamError, StreamInfo, StreamSettings, now_ms, parse_shard_id, shard_id};
 
 const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
@@ -86,13 +85,28 @@ impl From<StreamError> for KinesisError {
             }
             StreamError::Trimmed { .. } => Self::invalid(e.to_string()),
             StreamError::InvalidName(message) => Self::new("ValidationException", message),
-            StreamError::Failed { .. } | StreamError::Corrupt { .. } => {
+            StreamError::InvalidRecord(message) => Self::invalid(message),
+            StreamError::Failed { .. } | StreamError::Corrupt { .. } | StreamError::CheckpointFailed { .. } => {
                 tracing::error!(error = %e, "stream failure answered as InternalFailure");
                 Self {
                     status: StatusCode::INTERNAL_SERVER_ERROR,
                     kind: "InternalFailure",
                     message: "internal failure".into(),
                 }
+            }
+        }
+    }
+}
+
+impl From<PutError> for KinesisError {
+    fn from(e: PutError) -> Self {
+        match e {
+            PutError::Stream(e) => e.into(),
+            // Kinesis answers a write it does not allow so.
+            e @ (PutError::StageOutput { .. } | PutError::NotASource(_) | PutError::FedByStream { .. }) => {
+                let mut refused = Self::new("AccessDeniedException", e.to_string());
+                refused.set_status(StatusCode::FORBIDDEN);
+                refused
             }
         }
     }
@@ -231,7 +245,7 @@ fn answer(host: &Host, secret: [u8; 32], operation: &str, args: &Args<'_>) -> Re
             let name = args.stream_name()?;
             let record =
                 new_record(args.data.as_deref(), args.partition_key.as_deref(), args.explicit_hash_key.as_deref())?;
-            let appended = streams.append(name, vec![record])?;
+            let appended = host.put(name, vec![record], Producer::Kinesis)?;
             let a = appended.into_iter().next().ok_or_else(|| KinesisError::invalid("nothing appended"))??;
             Ok(
                 json!({"ShardId": shard_id(a.shard), "SequenceNumber": a.sequence.to_string(), "EncryptionType": "NONE"}),
@@ -365,7 +379,7 @@ fn put_records(host: &Host, args: &Args<'_>) -> Result<String, KinesisError> {
         }
     }
     if !good.is_empty() {
-        let appended = host.streams().append(name, good)?;
+        let appended = host.put(name, good, Producer::Kinesis)?;
         for (slot, result) in slots.iter().zip(appended) {
             results[*slot] = match result {
                 Ok(a) => PutResult::Stored { shard_id: shard_id(a.shard), sequence_number: a.sequence.to_string() },
@@ -482,8 +496,8 @@ fn new_record(
     explicit_hash_key: Option<&str>,
 ) -> Result<NewRecord, KinesisError> {
     let key = key.ok_or_else(|| KinesisError::invalid("PartitionKey is required"))?;
-    if key.is_empty() || key.chars().count() > MAX_KEY_CHARS {
-        return Err(KinesisError::invalid(format!("PartitionKey must be 1 to {MAX_KEY_CHARS} characters")));
+    if key.is_empty() {
+        return Err(KinesisError::invalid("PartitionKey must not be empty"));
     }
     let explicit_hash_key = match explicit_hash_key {
         None => None,
@@ -494,9 +508,6 @@ fn new_record(
     let data = base64::engine::general_purpose::STANDARD
         .decode(data.ok_or_else(|| KinesisError::invalid("Data is required"))?)
         .map_err(|e| KinesisError::new("SerializationException", format!("Data is not base64: {e}")))?;
-    if data.len() > MAX_RECORD_BYTES {
-        return Err(KinesisError::invalid(format!("Data has {} bytes; the limit is {MAX_RECORD_BYTES}", data.len())));
-    }
     Ok(NewRecord { key: key.to_owned(), event_time_ms: None, data: Bytes::from(data), explicit_hash_key })
 }
 
@@ -547,13 +558,6 @@ fn timestamp_seconds(v: &Value) -> Option<f64> {
     }
 }
 
-fn mac(secret: [u8; 32], body: &str) -> String {
-    let mut h = Sha256::new();
-    h.update(secret);
-    h.update(body.as_bytes());
-    h.finalize()[..12].iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Where a shard iterator points.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Position {
@@ -563,20 +567,23 @@ struct Position {
 }
 
 /// An opaque iterator: the stream, shard, position and when it was issued,
-/// signed so that a client cannot forge one for another position or extend its life.
+/// signed with HMAC-SHA256 under the host's secret so that a client cannot
+/// forge one for another position or extend its life: `base64url(body) . base64url(tag)`.
 fn iterator(secret: [u8; 32], at: &Position, issued_ms: i64) -> String {
     let body = format!("{issued_ms}:{}:{}:{}", at.shard, at.position, at.stream);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{}:{body}", mac(secret, &body)))
+    let b64 = &base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    format!("{}.{}", b64.encode(&body), b64.encode(crate::sigv4::hmac(&secret, body.as_bytes())))
 }
 
 fn open_iterator(secret: [u8; 32], token: &str, now: i64) -> Result<Position, KinesisError> {
     let invalid = || KinesisError::invalid("ShardIterator is not one weir issued");
-    let text = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
-    let text = String::from_utf8(text).map_err(|_| invalid())?;
-    let (signature, body) = text.split_once(':').ok_or_else(invalid)?;
-    if mac(secret, body) != signature {
+    let b64 = &base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let (body, tag) = token.split_once('.').ok_or_else(invalid)?;
+    let (body, tag) = (b64.decode(body).map_err(|_| invalid())?, b64.decode(tag).map_err(|_| invalid())?);
+    if !crate::sigv4::hmac_matches(&secret, &body, &tag) {
         return Err(invalid());
     }
+    let body = String::from_utf8(body).map_err(|_| invalid())?;
     let mut parts = body.splitn(4, ':');
     let issued: i64 = parts.next().and_then(|s| s.parse().ok()).ok_or_else(invalid)?;
     let shard: u32 = parts.next().and_then(|s| s.parse().ok()).ok_or_else(invalid)?;
@@ -606,9 +613,20 @@ mod tests {
         let expired = open_iterator(secret, &it, 1_000 + 300_001).expect_err("expired");
         assert_eq!(expired.kind, "ExpiredIteratorException");
         assert!(open_iterator([8u8; 32], &it, 2_000).is_err(), "another host's secret");
-        let forged =
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("000000000000000000000000:1000:43:toll-lines");
-        assert!(open_iterator(secret, &forged, 2_000).is_err());
+        // Another position under the signature of this one: refused.
+        let b64 = &base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let (_, tag) = it.split_once('.').expect("body.tag");
+        let forged = format!("{}.{tag}", b64.encode("1000:3:43:toll-lines"));
+        assert_eq!(open_iterator(secret, &forged, 2_000).map_err(|e| e.kind), Err("InvalidArgumentException"));
+        // The old scheme's truncated SHA-256 of secret and body: refused too.
+        let truncated = {
+            use sha2::Digest as _;
+            let digest = sha2::Sha256::new().chain_update(secret).chain_update("1000:3:43:toll-lines").finalize();
+            crate::sigv4::hex(&digest[..12])
+        };
+        let old_style = b64.encode(format!("{truncated}:1000:3:43:toll-lines"));
+        assert!(open_iterator(secret, &old_style, 2_000).is_err());
+        assert!(open_iterator(secret, "not.base64!", 2_000).is_err());
     }
 
     #[test]

@@ -26,7 +26,8 @@ use axum::routing::{get, post};
 use serde_json::json;
 
 pub use crate::sigv4::AccessKey;
-pub use native::{ApiError, MAX_KEY_CHARS, MAX_RECORD_BYTES, MAX_RECORDS_PER_GET, MAX_RECORDS_PER_PUT};
+pub use crate::stream::{MAX_KEY_CHARS, MAX_RECORD_BYTES};
+pub use native::{ApiError, MAX_RECORDS_PER_GET, MAX_RECORDS_PER_PUT};
 
 use crate::pipeline::Host;
 

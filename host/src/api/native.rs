@@ -23,15 +23,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::names::{self, NameKind};
-use crate::pipeline::PutError;
+use crate::pipeline::{Producer, PutError};
 use crate::stream::{NewRecord, StreamError, parse_shard_id, shard_id};
 
 /// Most records one request may carry (as Kinesis `PutRecords`).
 pub const MAX_RECORDS_PER_PUT: usize = 500;
-/// Largest record payload (as Kinesis).
-pub const MAX_RECORD_BYTES: usize = 1 << 20;
-/// Longest partition key (as Kinesis).
-pub const MAX_KEY_CHARS: usize = 256;
 
 /// An error answer: `{"error": {"code": ..., "message": ...}}`.
 #[derive(Debug)]
@@ -72,6 +68,7 @@ impl From<PutError> for ApiError {
     fn from(e: PutError) -> Self {
         let (status, code) = match &e {
             PutError::NotASource(_) => (StatusCode::FORBIDDEN, "NotASource"),
+            PutError::StageOutput { .. } => (StatusCode::FORBIDDEN, "StageOutput"),
             PutError::FedByStream { .. } => (StatusCode::BAD_REQUEST, "FedByStream"),
             PutError::Stream(StreamError::UnknownStream(_)) => (StatusCode::NOT_FOUND, "UnknownStream"),
             PutError::Stream(StreamError::Full { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "StreamFull"),
@@ -82,8 +79,11 @@ impl From<PutError> for ApiError {
                 | StreamError::AlreadyExists(_)
                 | StreamError::UnknownShard { .. },
             ) => (StatusCode::INTERNAL_SERVER_ERROR, "Internal"),
-            PutError::Stream(StreamError::Failed { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "StorageFailed"),
+            PutError::Stream(StreamError::Failed { .. } | StreamError::CheckpointFailed { .. }) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "StorageFailed")
+            }
             PutError::Stream(StreamError::InvalidName(_)) => (StatusCode::BAD_REQUEST, "ValidationException"),
+            PutError::Stream(StreamError::InvalidRecord(_)) => (StatusCode::BAD_REQUEST, "InvalidRecord"),
         };
         Self { status, code, message: e.to_string() }
     }
@@ -125,7 +125,7 @@ pub(super) async fn put_records(
     check_name(NameKind::Stream, "stream", &stream)?;
     let records = parse_put(&headers, query, &body)?;
     let host = api.host.clone();
-    let results = blocking(move || host.put(&stream, records)).await??;
+    let results = blocking(move || host.put(&stream, records, Producer::Native)).await??;
     put_answer(results)
 }
 
@@ -264,29 +264,13 @@ pub(super) async fn get_records(
     Ok(axum::Json(json!({"records": list, "next": next.to_string()})))
 }
 
-fn check_key(key: String) -> Result<String, ApiError> {
-    if key.chars().count() > MAX_KEY_CHARS {
-        return Err(ApiError::bad(format!("partition_key is longer than {MAX_KEY_CHARS} characters")));
-    }
-    Ok(key)
-}
-
-fn check_size(i: usize, data: &[u8]) -> Result<(), ApiError> {
-    if data.len() > MAX_RECORD_BYTES {
-        return Err(ApiError::bad(format!("record {i} has {} bytes; the limit is {MAX_RECORD_BYTES}", data.len())));
-    }
-    Ok(())
-}
-
 fn text_records(body: &[u8], key: Option<String>) -> Result<Vec<NewRecord>, ApiError> {
     let text = std::str::from_utf8(body).map_err(|e| ApiError::bad(format!("text/plain body is not UTF-8: {e}")))?;
-    let key = check_key(key.unwrap_or_default())?;
+    let key = key.unwrap_or_default();
     text.lines()
         .map(|l| l.trim_end_matches('\r'))
         .filter(|l| !l.trim().is_empty())
-        .enumerate()
-        .map(|(i, line)| {
-            check_size(i, line.as_bytes())?;
+        .map(|line| {
             Ok(NewRecord {
                 key: key.clone(),
                 event_time_ms: None,
@@ -323,14 +307,8 @@ fn json_records(body: &[u8]) -> Result<Vec<NewRecord>, ApiError> {
                     )));
                 }
             };
-            check_size(i, &data)?;
             let event_time_ms = r.event_time.map(|t| event_time(i, &t)).transpose()?;
-            Ok(NewRecord {
-                key: check_key(r.partition_key.unwrap_or_default())?,
-                event_time_ms,
-                data,
-                explicit_hash_key: None,
-            })
+            Ok(NewRecord { key: r.partition_key.unwrap_or_default(), event_time_ms, data, explicit_hash_key: None })
         })
         .collect()
 }

@@ -733,14 +733,19 @@ impl Shard {
         }
     }
 
-    fn persist_checkpoint(&self, consumer: &str, file: &Path, next: u64) {
+    /// Writes a consumer's checkpoint (temporary file, then rename). Not synced:
+    /// a checkpoint lost in a crash only means re-reading (at-least-once), but
+    /// one that cannot be written is an error its stage must see.
+    fn persist_checkpoint(&self, consumer: &str, file: &Path, next: u64) -> Result<(), StreamError> {
         let path = self.dir.join("consumers").join(file);
         let tmp = path.with_extension("tmp");
-        // Not fsynced: losing a checkpoint only means re-reading (at-least-once).
-        let result = std::fs::write(&tmp, format!("{next}\n")).and_then(|()| std::fs::rename(&tmp, &path));
-        if let Err(e) = result {
-            tracing::warn!(stream = %self.name, consumer, error = %e, "cannot persist a checkpoint");
-        }
+        std::fs::write(&tmp, format!("{next}\n")).and_then(|()| std::fs::rename(&tmp, &path)).map_err(|e| {
+            StreamError::CheckpointFailed {
+                stream: self.name.clone(),
+                consumer: consumer.to_owned(),
+                reason: format!("{}: {e}", path.display()),
+            }
+        })
     }
 }
 
@@ -1070,8 +1075,8 @@ impl StreamStore for DiskStreams {
     fn checkpoint(&self, stream: &str, shard: u32, consumer: &str, next: u64) -> Result<(), StreamError> {
         let file = checkpoint_file(consumer)?;
         let shard = self.shard(stream, shard)?;
+        shard.persist_checkpoint(consumer, &file, next)?;
         shard.lock().consumers.insert(consumer.to_owned(), next);
-        shard.persist_checkpoint(consumer, &file, next);
         Ok(())
     }
 

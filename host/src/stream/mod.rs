@@ -42,6 +42,25 @@ pub fn shard_end(index: u32, count: u32) -> u128 {
     if index + 1 >= count { u128::MAX } else { shard_start(index + 1, count) - 1 }
 }
 
+/// The largest record payload, as in Kinesis.
+pub const MAX_RECORD_BYTES: usize = 1 << 20;
+/// The longest partition key, as in Kinesis.
+pub const MAX_KEY_CHARS: usize = 256;
+
+/// The limits every record keeps, whichever API put it.
+pub fn check_record(record: &NewRecord) -> Result<(), StreamError> {
+    if record.data.len() > MAX_RECORD_BYTES {
+        return Err(StreamError::InvalidRecord(format!(
+            "the record has {} bytes; the limit is {MAX_RECORD_BYTES}",
+            record.data.len()
+        )));
+    }
+    if record.key.chars().count() > MAX_KEY_CHARS {
+        return Err(StreamError::InvalidRecord(format!("the partition key is longer than {MAX_KEY_CHARS} characters")));
+    }
+    Ok(())
+}
+
 /// A record to append.
 #[derive(Debug, Clone)]
 pub struct NewRecord {
@@ -138,6 +157,19 @@ pub enum StreamError {
     /// A name breaks its rule ([`crate::names`]); nothing was touched.
     #[error("{0}")]
     InvalidName(String),
+    /// A consumer's position could not be recorded: it stays where it was.
+    #[error("stream `{stream}`: the checkpoint of consumer `{consumer}` could not be written: {reason}")]
+    CheckpointFailed {
+        /// The stream.
+        stream: String,
+        /// The consumer.
+        consumer: String,
+        /// Why.
+        reason: String,
+    },
+    /// A record breaks a limit every record keeps ([`check_record`]); it was not stored.
+    #[error("{0}")]
+    InvalidRecord(String),
     /// A read asked for records that were already dropped.
     #[error("stream `{stream}` no longer holds sequence {sequence} (oldest is {oldest})")]
     Trimmed {

@@ -1,0 +1,441 @@
+//! The one loop every stage runs, whatever its plugin's world: which shard
+//! to read next (a parent shard before its children, so order per key holds
+//! across resharding), reading batches, handing each to the stage's
+//! [`Operator`], the error policy, retries with backoff, checkpoints, hot
+//! swaps at batch boundaries, and the drain at shutdown.
+//!
+//! # At least once
+//!
+//! A shard's position advances past a batch only after everything the batch
+//! caused is durably recorded: its output written, its dead letters written,
+//! its state committed. The operator reports an effect it could not record as
+//! [`BatchError::Effect`]; the driver then keeps the position where it was and
+//! redoes the batch after a backoff (1 s doubling to 30 s), or stops the stage
+//! when its policy is `on-error = "stop"`. A checkpoint that cannot be written
+//! is retried the same way. Either is shown in the stage's status (`phase`,
+//! `last_error`) and logged. A redone batch may repeat outputs that were
+//! written before the failure, never lose them: consumers deduplicate by the
+//! ids the outputs carry (notifications by their idempotency keys).
+//!
+//! # The error policy
+//!
+//! A batch the plugin fails on ([`BatchError::Plugin`]) is tried
+//! [`PLUGIN_TRIES`] times (a fresh instance after a trap), then the stage's
+//! `on-error` applies: `dead-letter` sets the batch aside with the reason
+//! ([`Operator::set_aside`]) and goes on, `skip` goes on without it, `stop`
+//! stops the stage with the batch still in the stream.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::time::{Duration, Instant};
+
+use super::{Phase, StageHandle, StageStats, backoff_delay};
+use crate::manifest::{ErrorPolicy, StageSpec};
+use crate::stream::{StoredRecord, StreamError, StreamStore};
+use crate::swap::{SwapCommand, SwapReply};
+
+/// How often a stage with nothing to read looks again (and at a shutdown).
+pub const IDLE_POLL: Duration = Duration::from_millis(100);
+/// How many times a batch is tried before the error policy applies to it.
+pub const PLUGIN_TRIES: u32 = 3;
+
+/// Why an operator did not finish a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchError {
+    /// The plugin failed on the batch (a trap, a deadline, an error it
+    /// returned): tried again, then the error policy applies.
+    Plugin {
+        /// What failed, for the log and the status.
+        message: String,
+        /// A version on probation was rolled back because of it: the batch
+        /// goes to the version rolled back to at once, as a first try.
+        rolled_back: bool,
+    },
+    /// The plugin could not start: it never saw the batch, which waits in the
+    /// stream (retried with backoff; `stop` stops the stage).
+    Unavailable(String),
+    /// An effect of the batch (output, dead letters, state) could not be
+    /// recorded: the batch is redone after a backoff, the position stays.
+    Effect(String),
+    /// The stage cannot go on (its state is unreadable, say): it stops.
+    Fatal(String),
+}
+
+impl BatchError {
+    /// A plugin failure that rolled nothing back.
+    pub fn plugin(message: impl Into<String>) -> BatchError {
+        BatchError::Plugin { message: message.into(), rolled_back: false }
+    }
+
+    fn message(&self) -> &str {
+        match self {
+            BatchError::Plugin { message, .. }
+            | BatchError::Unavailable(message)
+            | BatchError::Effect(message)
+            | BatchError::Fatal(message) => message,
+        }
+    }
+}
+
+/// What a stage's world does in the driver's loop. Every method is called on
+/// the stage's own thread, one at a time, in the order documented on each.
+pub trait Operator: Send + 'static {
+    /// Called once, before anything else: restores what the operator keeps
+    /// between runs. Returns the positions to resume from, one per shard in
+    /// shard order (an aggregator keeps them with its windows), or `None` to
+    /// resume from the stream's consumer checkpoints. An error stops the stage
+    /// before it reads anything, with the reason in its status.
+    fn open(&mut self) -> Result<Option<Vec<u64>>, String>;
+
+    /// Called when the stage starts reading a shard it had not read before
+    /// (at the start, and when resharding opened new shards).
+    fn shard_added(&mut self, _shard: u32) {}
+
+    /// Called once a shard closed by resharding has been read to its end: it
+    /// will have no more records (an aggregator stops waiting for its clock).
+    fn shard_finished(&mut self, _shard: u32) {}
+
+    /// Called with each batch of one shard's records, in order. Returns `Ok`
+    /// once every effect of the batch is durably recorded; the driver then
+    /// checkpoints past it. May be called again with the same batch after an
+    /// error.
+    fn process(&mut self, records: &[StoredRecord]) -> Result<(), BatchError>;
+
+    /// Called when there is nothing to read: time-driven work (an aggregator
+    /// closes windows the clock has passed). Returns whether it changed what
+    /// [`Operator::checkpoint`] saves; an error is handled as
+    /// [`Operator::process`]'s are, with no batch to set aside.
+    fn idle(&mut self) -> Result<bool, BatchError> {
+        Ok(false)
+    }
+
+    /// Called after a batch was done (`shard` is the one that moved) or an
+    /// idle step changed something (`None`): records the positions durably.
+    /// The default writes the stream's consumer checkpoint of the shard.
+    fn checkpoint(&mut self, positions: &[u64], shard: Option<u32>) -> Result<(), String>;
+
+    /// Called with a batch the plugin failed on [`PLUGIN_TRIES`] times when the
+    /// policy is `dead-letter`: writes it to the dead letters with `reason`.
+    /// Returns once they are durable.
+    fn set_aside(&mut self, records: &[StoredRecord], reason: &str) -> Result<(), String>;
+
+    /// Called at a batch boundary with a hot-swap command; the answer goes to
+    /// whoever sent it.
+    fn command(&mut self, command: SwapCommand) -> SwapReply;
+
+    /// Called once, when the stage finished draining: makes its outputs durable.
+    fn close(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// The default [`Operator::checkpoint`]: the stream's consumer checkpoint of `shard`.
+pub fn checkpoint_shard(
+    streams: &dyn StreamStore,
+    spec: &StageSpec,
+    positions: &[u64],
+    shard: Option<u32>,
+) -> Result<(), String> {
+    let shards: Vec<u32> = match shard {
+        Some(s) => vec![s],
+        None => (0..positions.len() as u32).collect(),
+    };
+    for s in shards {
+        streams
+            .checkpoint(spec.input.as_str(), s, spec.name.as_str(), positions[s as usize])
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// A stage's loop over its input, around its operator.
+pub struct Driver<O: Operator> {
+    spec: Arc<StageSpec>,
+    streams: Arc<dyn StreamStore>,
+    stats: Arc<StageStats>,
+    draining: Arc<AtomicBool>,
+    operator: O,
+    /// Per shard, whether the operator was told it is finished.
+    finished: Vec<bool>,
+}
+
+/// What happened to a step the driver retries until it succeeds.
+enum Retried {
+    Done,
+    /// The stage stops (draining, or its policy is `stop`).
+    Stop,
+}
+
+impl<O: Operator> Driver<O> {
+    /// A stage reading `spec.input` through `operator`.
+    pub fn new(spec: Arc<StageSpec>, streams: Arc<dyn StreamStore>, stats: Arc<StageStats>, operator: O) -> Self {
+        Driver { spec, streams, stats, draining: Arc::default(), operator, finished: Vec::new() }
+    }
+
+    /// Starts the stage on a thread of its own. `output_stream` is the stream
+    /// it writes, if any (the drain finishes upstream stages first).
+    pub fn spawn(self, output_stream: Option<String>) -> std::io::Result<StageHandle> {
+        let (commands, requests) = std::sync::mpsc::channel();
+        let name = self.spec.name.to_string();
+        let (stats, draining, input) = (self.stats.clone(), self.draining.clone(), self.spec.input.to_string());
+        let thread = std::thread::Builder::new().name(format!("stage-{name}")).spawn(move || self.run(requests))?;
+        Ok(StageHandle::running(name, stats, commands, input, output_stream, draining, thread))
+    }
+
+    fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    fn run(mut self, requests: Receiver<(SwapCommand, Sender<SwapReply>)>) {
+        let mut positions = match self.operator.open() {
+            Ok(resumed) => resumed.unwrap_or_default(),
+            Err(e) => return self.stop(&format!("the stage cannot start: {e}")),
+        };
+        for shard in 0..positions.len() as u32 {
+            self.operator.shard_added(shard);
+        }
+        self.stats.set_phase(Phase::Running);
+        let input = self.spec.input.to_string();
+        let (mut next_shard, mut tries) = (0usize, 0u32);
+        loop {
+            // A batch boundary: swaps and rollbacks happen here, never inside a batch.
+            while let Ok((command, reply)) = requests.try_recv() {
+                // The sender may have given up waiting: the swap happened all the same.
+                let _ = reply.send(self.operator.command(command));
+            }
+            let seen = match self.streams.changes(&input) {
+                Ok(seen) => seen,
+                Err(e) => return self.stop(&format!("the input stream failed: {e}")),
+            };
+            let ready = match self.next_ready_shard(&mut positions, next_shard) {
+                Ok(ready) => ready,
+                Err(e) => match self.retry_step(&BatchError::Effect(format!("reading the input's shards: {e}")), 1) {
+                    Retried::Done => continue,
+                    Retried::Stop => return,
+                },
+            };
+            let Some(shard) = ready else {
+                if self.draining() {
+                    break;
+                }
+                match self.operator.idle() {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        if let Retried::Stop = self.checkpoint(&positions, None) {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tries += 1;
+                        if let Retried::Stop = self.retry_step(&e, tries) {
+                            return;
+                        }
+                        continue;
+                    }
+                }
+                // Nothing arrived within the poll: not an error, the loop looks again.
+                let _ = self.streams.wait_change(&input, seen, IDLE_POLL);
+                continue;
+            };
+            next_shard = shard + 1;
+            let records = match self.read_batch(&mut positions, shard) {
+                Ok(records) => records,
+                Err(e) => return self.stop(&format!("reading the input stream failed: {e}")),
+            };
+            let Some(next) = records.last().map(|r| r.sequence + 1) else { continue };
+            let outcome = self.operator.process(&records);
+            let done = match outcome {
+                Ok(()) => true,
+                Err(BatchError::Plugin { message, rolled_back: true }) => {
+                    tracing::warn!(error = %message, "the batch goes to the version rolled back to");
+                    tries = 0;
+                    next_shard = shard;
+                    continue;
+                }
+                Err(BatchError::Plugin { message, .. }) => {
+                    tries += 1;
+                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    self.stats.set_error(message.clone());
+                    if tries < PLUGIN_TRIES && !self.draining() {
+                        tracing::error!(error = %message, try_number = tries, "the plugin failed on a batch; it is tried again");
+                        self.back_off(tries);
+                        next_shard = shard;
+                        continue;
+                    }
+                    match self.apply_policy(&records, &message) {
+                        Retried::Done => true,
+                        Retried::Stop => return,
+                    }
+                }
+                Err(e @ (BatchError::Unavailable(_) | BatchError::Effect(_))) => {
+                    tries += 1;
+                    if let BatchError::Unavailable(_) = e {
+                        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                    match self.retry_step(&e, tries) {
+                        Retried::Done => {
+                            next_shard = shard;
+                            continue;
+                        }
+                        Retried::Stop => return,
+                    }
+                }
+                Err(BatchError::Fatal(e)) => return self.stop(&e),
+            };
+            if done {
+                tries = 0;
+                self.stats.records_in.fetch_add(records.len() as u64, Ordering::Relaxed);
+                self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                positions[shard] = next;
+                if let Retried::Stop = self.checkpoint(&positions, Some(shard as u32)) {
+                    return;
+                }
+            }
+        }
+        if let Err(e) = self.operator.close() {
+            tracing::error!(error = %e, "the stage's outputs could not be made durable at shutdown");
+            self.stats.set_error(e);
+        }
+        self.stats.set_phase(Phase::Finished);
+    }
+
+    /// The policy for a batch the plugin keeps failing on.
+    fn apply_policy(&mut self, records: &[StoredRecord], message: &str) -> Retried {
+        match self.spec.on_error {
+            ErrorPolicy::Stop => {
+                self.stop(&format!("{message}; stopped by the `stop` error policy, the records stay in the stream"));
+                Retried::Stop
+            }
+            ErrorPolicy::Skip => {
+                tracing::error!(error = message, records = records.len(), "a batch skipped by the error policy");
+                self.stats.skipped.fetch_add(records.len() as u64, Ordering::Relaxed);
+                Retried::Done
+            }
+            ErrorPolicy::DeadLetter => {
+                let reason = format!("the plugin failed on this batch {PLUGIN_TRIES} times: {message}");
+                let mut tries = 0;
+                loop {
+                    match self.operator.set_aside(records, &reason) {
+                        Ok(()) => {
+                            self.stats.dead_lettered.fetch_add(records.len() as u64, Ordering::Relaxed);
+                            return Retried::Done;
+                        }
+                        Err(e) => {
+                            tries += 1;
+                            let e = BatchError::Effect(format!("writing the batch's dead letters: {e}"));
+                            if let Retried::Stop = self.retry_step(&e, tries) {
+                                return Retried::Stop;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records the positions, retrying with backoff until they are.
+    fn checkpoint(&mut self, positions: &[u64], shard: Option<u32>) -> Retried {
+        let mut tries = 0;
+        loop {
+            match self.operator.checkpoint(positions, shard) {
+                Ok(()) => return Retried::Done,
+                Err(e) => {
+                    tries += 1;
+                    let e = BatchError::Effect(format!("writing the checkpoint: {e}"));
+                    if let Retried::Stop = self.retry_step(&e, tries) {
+                        return Retried::Stop;
+                    }
+                }
+            }
+        }
+    }
+
+    /// After a step failed `tries` times in a row: stop (draining, or the
+    /// `stop` policy), or wait before it is tried again.
+    fn retry_step(&mut self, error: &BatchError, tries: u32) -> Retried {
+        let message = error.message().to_owned();
+        self.stats.set_error(message.clone());
+        if self.spec.on_error == ErrorPolicy::Stop {
+            self.stop(&format!("{message}; stopped by the `stop` error policy, the records stay in the stream"));
+            return Retried::Stop;
+        }
+        if self.draining() {
+            // Shutting down: do not hang the shutdown; nothing past the last checkpoint is lost.
+            self.stop(&format!("{message}; shutting down with records this stage could not process"));
+            return Retried::Stop;
+        }
+        tracing::error!(error = %message, tries, "the stage retries after a backoff; its position stays");
+        self.back_off(tries.max(2));
+        Retried::Done
+    }
+
+    /// Sleeps before a retry, as long as [`backoff_delay`] says; a shutdown cuts it short.
+    fn back_off(&self, streak: u32) {
+        let delay = backoff_delay(streak);
+        if delay.is_zero() {
+            return;
+        }
+        self.stats.set_phase(Phase::BackingOff);
+        let until = Instant::now() + delay;
+        while Instant::now() < until && !self.draining() {
+            std::thread::sleep(IDLE_POLL.min(until.saturating_duration_since(Instant::now())));
+        }
+        self.stats.set_phase(Phase::Running);
+    }
+
+    fn stop(&self, why: &str) {
+        tracing::error!(error = why, "stage stopped");
+        self.stats.set_error(why.to_owned());
+        self.stats.set_phase(Phase::Stopped);
+    }
+
+    /// The first shard, from `from` and going round, with records past its
+    /// position and no unfinished parent: a parent's records all come before its
+    /// children's. Shards opened since the last call are registered first.
+    fn next_ready_shard(&mut self, positions: &mut Vec<u64>, from: usize) -> Result<Option<usize>, StreamError> {
+        let (input, consumer) = (self.spec.input.as_str(), self.spec.name.as_str());
+        let lineage = self.streams.lineage(input)?;
+        while positions.len() < lineage.len() {
+            let shard = positions.len() as u32;
+            positions.push(self.streams.register_consumer(input, shard, consumer)?);
+            self.operator.shard_added(shard);
+        }
+        let finished = |p: u32| lineage[p as usize].closed_at.is_some_and(|end| positions[p as usize] >= end);
+        self.finished.resize(positions.len(), false);
+        for shard in 0..positions.len() as u32 {
+            if finished(shard) && !self.finished[shard as usize] {
+                self.finished[shard as usize] = true;
+                self.operator.shard_finished(shard);
+            }
+        }
+        for k in 0..positions.len() {
+            let shard = (from + k) % positions.len();
+            if lineage[shard].parents.iter().all(|&p| finished(p))
+                && self.streams.end(input, shard as u32)? > positions[shard]
+            {
+                return Ok(Some(shard));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The next batch of a shard: unless draining, a partial batch first gets
+    /// `batch-wait` to fill up. Records that retention dropped before they were
+    /// read are gone, as in Kinesis: the position moves past them.
+    fn read_batch(&self, positions: &mut [u64], shard: usize) -> Result<Vec<StoredRecord>, StreamError> {
+        let (input, position) = (self.spec.input.as_str(), positions[shard]);
+        if !self.draining() {
+            // Waiting is only a chance to fill the batch: what is there is read either way.
+            let _ = self.streams.wait_for(input, shard as u32, position, self.spec.batch_size, self.spec.batch_wait);
+        }
+        match self.streams.read(input, shard as u32, position, self.spec.batch_size) {
+            Err(StreamError::Trimmed { oldest, .. }) => {
+                tracing::warn!(expired = oldest - position, "records expired before this stage read them");
+                positions[shard] = oldest;
+                Ok(Vec::new())
+            }
+            other => other,
+        }
+    }
+}

@@ -1,0 +1,307 @@
+//! Stages: a plugin reading a stream. Every stage runs the one loop of
+//! [`driver`] (shards, batches, the error policy, checkpoints, hot swaps,
+//! the drain); what a batch does is its world's [`Operator`]:
+//!
+//! - [`transform`]: a transformer's outputs to a stream or sink, its refusals to the dead letters;
+//! - [`aggregate`]: records folded into event-time windows, closed windows' results out;
+//! - [`notify`]: a notifier's state changes and notifications, one transaction per batch.
+//!
+//! This module holds what they share: counters and status, the handle of a
+//! running stage, and where outputs go.
+
+pub mod aggregate;
+pub mod driver;
+pub mod notify;
+pub mod transform;
+
+pub use driver::{BatchError, Driver, Operator};
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::sink::{FileSink, OutRecord};
+use crate::stream::{NewRecord, StreamError, StreamStore};
+use crate::swap::{PluginVersion, SwapCommand, SwapReply, VersionStatus};
+
+/// First restart delay after repeated failures; doubles up to [`MAX_BACKOFF`].
+pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// Longest restart delay.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// How long to wait after `streak` failures in a row: the first failure
+/// restarts at once, then 1 s, 2 s, 4 s ... up to 30 s.
+pub fn backoff_delay(streak: u32) -> Duration {
+    if streak < 2 {
+        return Duration::ZERO;
+    }
+    FIRST_BACKOFF.saturating_mul(1 << (streak - 2).min(5)).min(MAX_BACKOFF)
+}
+
+/// Where a stage's `ok` records go.
+pub enum StageOutput {
+    /// Appended to a stream of the same host.
+    Stream(String),
+    /// Written to a sink.
+    Sink(Arc<FileSink>),
+}
+
+/// The phase a stage is in, as operators see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Processing or waiting for records.
+    Running,
+    /// Waiting to restart a failing plugin.
+    BackingOff,
+    /// Stopped by the `stop` error policy; its records wait in the stream.
+    Stopped,
+    /// Drained at shutdown.
+    Finished,
+}
+
+/// Counters of a stage, readable while it runs.
+#[derive(Debug, Default)]
+pub struct StageStats {
+    /// Records read from the input.
+    pub records_in: AtomicU64,
+    /// Records written to the output.
+    pub records_out: AtomicU64,
+    /// Records the plugin dropped.
+    pub dropped: AtomicU64,
+    /// Records sent to the dead-letter sink.
+    pub dead_lettered: AtomicU64,
+    /// Records discarded by the `skip` policy.
+    pub skipped: AtomicU64,
+    /// Batches processed.
+    pub batches: AtomicU64,
+    /// Plugin failures (trap, deadline, memory, error returned, init).
+    pub failures: AtomicU64,
+    /// Plugin instances created after the first.
+    pub restarts: AtomicU64,
+    /// Every plugin version the stage has run, the active one last.
+    versions: Mutex<Vec<Arc<PluginVersion>>>,
+    /// An aggregator stage's windows: watermark, open windows and keys, state bytes.
+    pub(crate) windows: Mutex<Option<crate::window::WindowMetrics>>,
+    phase: Mutex<Option<Phase>>,
+    last_error: Mutex<Option<String>>,
+}
+
+/// A snapshot of a stage's counters.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageStatus {
+    /// Stage name.
+    pub name: String,
+    /// Plugin name@version.
+    pub plugin: String,
+    /// Component SHA-256.
+    pub plugin_sha256: String,
+    /// Phase.
+    pub phase: Phase,
+    /// Records read.
+    pub records_in: u64,
+    /// Records written.
+    pub records_out: u64,
+    /// Records dropped by the plugin.
+    pub dropped: u64,
+    /// Records dead-lettered.
+    pub dead_lettered: u64,
+    /// Records skipped by policy.
+    pub skipped: u64,
+    /// Batches processed.
+    pub batches: u64,
+    /// Plugin failures.
+    pub failures: u64,
+    /// Instance restarts.
+    pub restarts: u64,
+    /// The most recent failure.
+    pub last_error: Option<String>,
+    /// Every plugin version it has run (hot swaps), the active one last.
+    pub versions: Vec<VersionStatus>,
+    /// An aggregator stage's windows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub windows: Option<crate::window::WindowMetrics>,
+}
+
+impl StageStats {
+    /// Records the version a stage starts with.
+    pub(crate) fn start_version(&self, version: Arc<PluginVersion>) {
+        if let Ok(mut versions) = self.versions.lock() {
+            versions.push(version);
+        }
+    }
+
+    /// The version running now.
+    pub(crate) fn active_version(&self) -> Option<Arc<PluginVersion>> {
+        self.versions.lock().ok().and_then(|v| v.last().cloned())
+    }
+
+    fn versions(&self) -> Vec<VersionStatus> {
+        self.versions.lock().map(|v| v.iter().map(|v| v.status()).collect()).unwrap_or_default()
+    }
+
+    pub(crate) fn set_phase(&self, phase: Phase) {
+        if let Ok(mut p) = self.phase.lock() {
+            *p = Some(phase);
+        }
+    }
+
+    pub(crate) fn set_error(&self, e: String) {
+        if let Ok(mut l) = self.last_error.lock() {
+            *l = Some(e);
+        }
+    }
+}
+
+/// A running stage.
+pub struct StageHandle {
+    /// Its counters.
+    pub stats: Arc<StageStats>,
+    name: String,
+    commands: Mutex<Sender<(SwapCommand, Sender<SwapReply>)>>,
+    /// The stream it reads.
+    pub input: String,
+    /// The stream it writes, if it writes to one.
+    pub output_stream: Option<String>,
+    draining: Arc<AtomicBool>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl StageHandle {
+    /// The handle of a stage running on `thread` ([`Driver::spawn`]).
+    pub(crate) fn running(
+        name: String,
+        stats: Arc<StageStats>,
+        commands: Sender<(SwapCommand, Sender<SwapReply>)>,
+        input: String,
+        output_stream: Option<String>,
+        draining: Arc<AtomicBool>,
+        thread: std::thread::JoinHandle<()>,
+    ) -> StageHandle {
+        StageHandle {
+            stats,
+            name,
+            commands: Mutex::new(commands),
+            input,
+            output_stream,
+            draining,
+            thread: Mutex::new(Some(thread)),
+        }
+    }
+
+    /// The stage's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A snapshot of its counters.
+    pub fn status(&self) -> StageStatus {
+        let s = &self.stats;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let versions = s.versions();
+        let active = versions.last();
+        StageStatus {
+            name: self.name.clone(),
+            plugin: active.map(|v| v.plugin.clone()).unwrap_or_default(),
+            plugin_sha256: active.map(|v| v.sha256.clone()).unwrap_or_default(),
+            phase: s.phase.lock().ok().and_then(|p| *p).unwrap_or(Phase::Running),
+            records_in: get(&s.records_in),
+            records_out: get(&s.records_out),
+            dropped: get(&s.dropped),
+            dead_lettered: get(&s.dead_lettered),
+            skipped: get(&s.skipped),
+            batches: get(&s.batches),
+            failures: get(&s.failures),
+            restarts: get(&s.restarts),
+            last_error: s.last_error.lock().ok().and_then(|l| l.clone()),
+            versions,
+            windows: s.windows.lock().ok().and_then(|w| *w),
+        }
+    }
+
+    /// Hands a command to the stage and waits (at most `timeout`) for it to
+    /// be applied at the next batch boundary.
+    pub fn command(&self, command: SwapCommand, timeout: Duration) -> SwapReply {
+        let (reply, answer) = std::sync::mpsc::channel();
+        let sent = self.commands.lock().map_err(|_| "the stage is not running".to_owned())?.send((command, reply));
+        if sent.is_err() {
+            return Err(format!("stage `{}` is not running", self.name));
+        }
+        match answer.recv_timeout(timeout) {
+            Ok(reply) => reply,
+            Err(_) => Err(format!("stage `{}` did not reach a batch boundary within {timeout:?}", self.name)),
+        }
+    }
+
+    /// Asks the stage to finish the records already in its input, then stop,
+    /// and waits for it. Later calls return at once.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        let thread = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(thread) = thread
+            && thread.join().is_err()
+        {
+            tracing::error!(stage = %self.name, "stage thread panicked");
+        }
+    }
+}
+
+/// Writes a stage's output records to its sink or stream.
+pub(crate) fn write_output(
+    streams: &dyn StreamStore,
+    output: &StageOutput,
+    out: &[OutRecord<'_>],
+) -> Result<(), String> {
+    match output {
+        StageOutput::Sink(sink) => sink.write(out).map_err(|e| e.to_string()),
+        StageOutput::Stream(stream) => {
+            let records = out
+                .iter()
+                .map(|r| NewRecord {
+                    key: r.key.to_owned(),
+                    event_time_ms: Some(r.event_time_ms),
+                    data: Bytes::copy_from_slice(r.payload),
+                    explicit_hash_key: None,
+                })
+                .collect();
+            append_waiting(streams, stream, records)
+        }
+    }
+}
+
+/// Appends to a stream, treating a full or throttled stream as backpressure,
+/// not an error: waits, and appends what is left.
+pub(crate) fn append_waiting(streams: &dyn StreamStore, stream: &str, records: Vec<NewRecord>) -> Result<(), String> {
+    let mut rest = records;
+    while !rest.is_empty() {
+        let results = streams.append(stream, rest.clone()).map_err(|e| e.to_string())?;
+        let mut left = Vec::new();
+        for (record, result) in rest.into_iter().zip(results) {
+            match result {
+                Ok(_) => {}
+                Err(StreamError::Full { .. } | StreamError::Throttled { .. }) => left.push(record),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        rest = left;
+        if !rest.is_empty() {
+            std::thread::sleep(driver::IDLE_POLL);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_plugin_is_restarted_with_doubling_backoff_capped_at_30s() {
+        let delays: Vec<u64> = (1..=9).map(|streak| backoff_delay(streak).as_secs()).collect();
+        assert_eq!(delays, vec![0, 1, 2, 4, 8, 16, 30, 30, 30]);
+    }
+}

@@ -1,0 +1,226 @@
+//! A notifier stage's [`Operator`] (like Lambda on a Kinesis stream): each
+//! batch goes to the notifier plugin, whose effects go through the host
+//! services it imports: state tables, notification channels and reference
+//! tables ([`HostServices`]).
+//!
+//! At least once: everything a batch changes (items, notifications sent)
+//! commits in one transaction when the plugin is done with it, before its
+//! position advances; a batch the plugin fails on changes nothing. A crash
+//! between the commit and the checkpoint redoes the batch, so the plugin's
+//! effects must be idempotent (notifications are, by their keys).
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use super::StageStats;
+use super::driver::{BatchError, Driver, Operator, checkpoint_shard};
+use crate::manifest::StageSpec;
+use crate::notify::Channels;
+use crate::plugin::{Batch, Notification, NotifierInstance, NotifierPlugin, ReferenceLookup, Services};
+use crate::reference::ReferenceTables;
+use crate::sink::{DeadLetter, DeadLetterOrigin, FileSink};
+use crate::state::{StateError, StateStore, StateTx};
+use crate::stream::{StoredRecord, StreamStore};
+use crate::swap::{PluginVersion, SwapCommand, SwapReply};
+
+/// What a notifier plugin's imports reach. Between [`HostServices::begin`]
+/// and [`HostServices::commit`] every change a batch makes (items, sent
+/// notifications) goes into one state transaction; outside one, each call is its own.
+pub struct HostServices {
+    /// State tables.
+    pub state: Arc<StateStore>,
+    /// Notification channels.
+    pub channels: Arc<Channels>,
+    /// Reference tables.
+    pub references: Arc<ReferenceTables>,
+    /// The open batch, if any.
+    batch: Mutex<Option<OpenBatch>>,
+}
+
+/// A batch's transaction and the channels of the notifications it sent (counted once it commits).
+type OpenBatch = (StateTx, Vec<String>);
+
+impl HostServices {
+    /// The services of one stage (each stage has its own open batch).
+    pub fn new(state: Arc<StateStore>, channels: Arc<Channels>, references: Arc<ReferenceTables>) -> HostServices {
+        HostServices { state, channels, references, batch: Mutex::new(None) }
+    }
+
+    /// Starts a batch: changes wait for [`HostServices::commit`].
+    pub fn begin(&self) -> Result<(), String> {
+        let tx = self.state.begin().map_err(|e| e.to_string())?;
+        *self.open_batch()? = Some((tx, Vec::new()));
+        Ok(())
+    }
+
+    /// Makes the batch's changes durable, all at once.
+    pub fn commit(&self) -> Result<(), String> {
+        let Some((tx, sent)) = self.open_batch()?.take() else { return Ok(()) };
+        tx.commit().map_err(|e| e.to_string())?;
+        for channel in sent {
+            self.channels.count_sent(&channel);
+        }
+        Ok(())
+    }
+
+    /// Undoes the batch's changes (its plugin failed: the batch is redone or set aside).
+    pub fn abort(&self) {
+        if let Ok(mut batch) = self.batch.lock() {
+            *batch = None;
+        }
+    }
+
+    fn open_batch(&self) -> Result<std::sync::MutexGuard<'_, Option<OpenBatch>>, String> {
+        self.batch.lock().map_err(|_| "the state of this batch is unusable after an earlier failure".to_owned())
+    }
+
+    /// Runs `op` in the open batch, or else in a transaction of its own.
+    fn with_tx<T>(&self, op: impl FnOnce(&StateTx) -> Result<T, StateError>) -> Result<T, String> {
+        let batch = self.open_batch()?;
+        match batch.as_ref() {
+            Some((tx, _)) => op(tx).map_err(|e| e.to_string()),
+            None => {
+                drop(batch);
+                let tx = self.state.begin().map_err(|e| e.to_string())?;
+                let out = op(&tx).map_err(|e| e.to_string())?;
+                tx.commit().map_err(|e| e.to_string())?;
+                Ok(out)
+            }
+        }
+    }
+}
+
+impl Services for HostServices {
+    fn get(&self, table: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
+        self.with_tx(|tx| tx.get(table, key))
+    }
+    fn put(&self, table: &str, key: &str, value: Vec<u8>) -> Result<(), String> {
+        self.with_tx(|tx| tx.put(table, key, &value))
+    }
+    fn delete(&self, table: &str, key: &str) -> Result<(), String> {
+        self.with_tx(|tx| tx.delete(table, key))
+    }
+    fn put_if(&self, table: &str, key: &str, expected: Option<Vec<u8>>, value: Vec<u8>) -> Result<bool, String> {
+        self.with_tx(|tx| tx.put_if(table, key, expected.as_deref(), &value))
+    }
+    fn add(&self, table: &str, key: &str, delta: i64) -> Result<i64, String> {
+        self.with_tx(|tx| tx.add(table, key, delta))
+    }
+    fn send(&self, notification: Notification) -> Result<bool, String> {
+        let mut batch = self.open_batch()?;
+        match batch.as_mut() {
+            Some((tx, sent)) => {
+                let channel = notification.channel.clone();
+                let new = self.channels.send_in(notification, tx)?;
+                if new {
+                    sent.push(channel);
+                }
+                Ok(new)
+            }
+            None => {
+                drop(batch);
+                self.channels.send(notification)
+            }
+        }
+    }
+    fn lookup(&self, table: &str, key: &str) -> Result<Option<String>, String> {
+        self.references.lookup(table, key)
+    }
+}
+
+/// A notifier stage's batches.
+pub struct NotifierOperator {
+    spec: Arc<StageSpec>,
+    plugin: NotifierPlugin,
+    services: Arc<HostServices>,
+    streams: Arc<dyn StreamStore>,
+    dead_letters: Arc<FileSink>,
+    origin: DeadLetterOrigin,
+    version: Arc<PluginVersion>,
+    instance: Option<NotifierInstance>,
+}
+
+impl NotifierOperator {
+    /// A notifier stage of `pipeline` calling `plugin` with `services`, ready to spawn.
+    pub fn stage(
+        pipeline: &str,
+        spec: Arc<StageSpec>,
+        plugin: NotifierPlugin,
+        services: Arc<HostServices>,
+        streams: Arc<dyn StreamStore>,
+        dead_letters: Arc<FileSink>,
+    ) -> Driver<NotifierOperator> {
+        let origin = DeadLetterOrigin::of_stage(pipeline, &spec, &plugin.spec.ident.plugin, &plugin.compiled.sha256);
+        let stats = Arc::new(StageStats::default());
+        let version = PluginVersion::new(origin.plugin.clone(), origin.plugin_sha256.clone());
+        stats.start_version(version.clone());
+        let operator = NotifierOperator {
+            spec: spec.clone(),
+            plugin,
+            services,
+            streams: streams.clone(),
+            dead_letters,
+            origin,
+            version,
+            instance: None,
+        };
+        Driver::new(spec, streams, stats, operator)
+    }
+}
+
+impl Operator for NotifierOperator {
+    fn open(&mut self) -> Result<Option<Vec<u64>>, String> {
+        Ok(None)
+    }
+
+    fn process(&mut self, records: &[StoredRecord]) -> Result<(), BatchError> {
+        let mut batch = Batch::with_capacity(records.len(), records.iter().map(|r| r.data.len()).sum());
+        for r in records {
+            batch.push(&r.key, r.event_time_ms, &r.data);
+        }
+        let running = match &mut self.instance {
+            Some(running) => running,
+            None => {
+                let fresh = self
+                    .plugin
+                    .instantiate(self.services.clone())
+                    .map_err(|e| BatchError::Unavailable(format!("{}: {e}", self.plugin.spec.ident)))?;
+                self.instance.insert(fresh)
+            }
+        };
+        self.version.batches.fetch_add(1, Ordering::Relaxed);
+        // The batch's changes commit together, before the position advances past it.
+        self.services.begin().map_err(BatchError::Effect)?;
+        if let Err(e) = running.consume(&batch) {
+            self.services.abort();
+            if e.poisons_instance() {
+                self.instance = None;
+            }
+            self.version.failures.fetch_add(1, Ordering::Relaxed);
+            return Err(BatchError::plugin(format!("{}: {e}", self.plugin.spec.ident)));
+        }
+        self.services.commit().map_err(|e| BatchError::Effect(format!("recording the batch's changes: {e}")))?;
+        self.version.records_in.fetch_add(records.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn checkpoint(&mut self, positions: &[u64], shard: Option<u32>) -> Result<(), String> {
+        checkpoint_shard(self.streams.as_ref(), &self.spec, positions, shard)
+    }
+
+    fn set_aside(&mut self, records: &[StoredRecord], reason: &str) -> Result<(), String> {
+        let letters: Vec<DeadLetter<'_>> = records
+            .iter()
+            .map(|record| DeadLetter { origin: &self.origin, record, error_code: "consume-failed", reason })
+            .collect();
+        self.dead_letters.write_dead_letters(&letters).map_err(|e| e.to_string())
+    }
+
+    fn command(&mut self, _command: SwapCommand) -> SwapReply {
+        Err(format!("stage `{}`: hot swap of notifier stages is not supported yet", self.spec.name))
+    }
+
+    fn close(&mut self) -> Result<(), String> {
+        self.dead_letters.sync().map_err(|e| format!("syncing the dead letters: {e}"))
+    }
+}
