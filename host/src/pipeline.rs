@@ -172,14 +172,33 @@ pub struct ConsumerLag {
     pub lag_records: u64,
 }
 
+/// How a [`Host`] starts besides its manifest.
+#[derive(Clone)]
+pub struct HostOptions {
+    /// Where arrival times and buffer ages come from (a simulated day runs on its own clock).
+    pub clock: crate::stream::Clock,
+    /// Wraps each stream store the host opens (its streams, its delivery buffers):
+    /// tests run the host on a [`crate::stream::FaultyStore`].
+    pub store: Option<StoreWrapper>,
+}
+
+/// What [`HostOptions::store`] holds.
+pub type StoreWrapper = Arc<dyn Fn(Arc<dyn StreamStore>) -> Arc<dyn StreamStore> + Send + Sync>;
+
+impl Default for HostOptions {
+    fn default() -> Self {
+        HostOptions { clock: crate::stream::system_clock(), store: None }
+    }
+}
+
 /// A running pipeline.
 pub struct Host {
     /// The manifest it runs.
     pub pipeline: Arc<Pipeline>,
-    streams: Arc<DiskStreams>,
+    streams: Arc<dyn StreamStore>,
     stages: Vec<StageHandle>,
     /// Durable buffers of the delivery streams, one stream each.
-    buffers: Arc<DiskStreams>,
+    buffers: Arc<dyn StreamStore>,
     deliveries: Vec<Delivery>,
     references: Arc<ReferenceTables>,
     /// State tables and what channels sent.
@@ -196,20 +215,24 @@ impl Host {
     /// Opens sinks, loads every plugin (failing fast on any that does not load)
     /// and starts every stage.
     pub fn start(pipeline: Pipeline, engine: &Arc<PluginEngine>) -> Result<Arc<Host>, StartError> {
-        Self::start_with_clock(pipeline, engine, crate::stream::system_clock())
+        Self::start_with(pipeline, engine, HostOptions::default())
     }
 
-    /// [`Host::start`] on another clock: records arrive, and delivery buffers
-    /// age, in its time (a simulated day runs on the day's own clock).
-    pub fn start_with_clock(
+    /// [`Host::start`] with `options`: another clock, another stream store.
+    pub fn start_with(
         pipeline: Pipeline,
         engine: &Arc<PluginEngine>,
-        clock: crate::stream::Clock,
+        options: HostOptions,
     ) -> Result<Arc<Host>, StartError> {
+        let HostOptions { clock, store } = options;
         let specs: Vec<DiskStreamSpec> = pipeline.streams.iter().map(|s| s.storage.clone()).collect();
         let streams_dir = pipeline.data_dir.join("streams");
-        let streams =
+        let disk: Arc<dyn StreamStore> =
             Arc::new(DiskStreams::open_with_clock(&streams_dir, &specs, Arc::new(FileSyncer), clock.clone())?);
+        let streams = match &store {
+            Some(wrap) => wrap(disk),
+            None => disk,
+        };
         let mut sinks: BTreeMap<String, Arc<FileSink>> = BTreeMap::new();
         for s in &pipeline.sinks {
             sinks.insert(s.name.to_string(), Arc::new(FileSink::open(&s.path, s.format)?));
@@ -256,7 +279,7 @@ impl Host {
                 pipeline.name.as_str(),
                 Arc::new(spec.clone()),
                 plugin,
-                streams.clone() as Arc<dyn StreamStore>,
+                streams.clone(),
                 output,
                 dead_letters,
             );
@@ -282,7 +305,7 @@ impl Host {
                 pipeline.name.as_str(),
                 Arc::new(spec.clone()),
                 plugin,
-                streams.clone() as Arc<dyn StreamStore>,
+                streams.clone(),
                 output,
                 dead_letters,
                 pipeline.data_dir.join("stage-state"),
@@ -308,7 +331,7 @@ impl Host {
                 Arc::new(spec.clone()),
                 plugin,
                 services,
-                streams.clone() as Arc<dyn StreamStore>,
+                streams.clone(),
                 dead_letters,
             );
             stages
@@ -321,8 +344,12 @@ impl Host {
             .map(|d| DiskStreamSpec::new(d.name.as_str(), DEFAULT_CAPACITY, FsyncPolicy::Group(DEFAULT_FSYNC_INTERVAL)))
             .collect();
         let buffers_dir = pipeline.data_dir.join("delivery");
-        let buffers =
+        let buffers: Arc<dyn StreamStore> =
             Arc::new(DiskStreams::open_with_clock(&buffers_dir, &buffer_specs, Arc::new(FileSyncer), clock.clone())?);
+        let buffers = match &store {
+            Some(wrap) => wrap(buffers),
+            None => buffers,
+        };
         let mut deliveries = Vec::new();
         for spec in &pipeline.deliveries {
             let transform = match &spec.transform {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 pub use weir_artifacts as artifacts;
 use weir_host::manifest::{Grants, Limits};
-use weir_host::pipeline::Host;
+use weir_host::pipeline::{Host, HostOptions};
 use weir_host::plugin::{PluginEngine, PluginIdent, SandboxSpec};
 
 /// The workspace root.
@@ -60,7 +60,7 @@ pub struct TestHost {
     pub dir: tempfile::TempDir,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
-    clock: weir_host::stream::Clock,
+    options: HostOptions,
 }
 
 impl TestHost {
@@ -87,12 +87,23 @@ impl TestHost {
         addr: &str,
         clock: weir_host::stream::Clock,
     ) -> anyhow::Result<TestHost> {
+        Self::start_with(dir, manifest, addr, HostOptions { clock, store: None }).await
+    }
+
+    /// Like [`TestHost::start_on`], with the host's options (a clock, a stream store
+    /// that fails on command), kept across restarts.
+    pub async fn start_with(
+        dir: tempfile::TempDir,
+        manifest: &str,
+        addr: &str,
+        options: HostOptions,
+    ) -> anyhow::Result<TestHost> {
         let path = dir.path().join("pipeline.toml");
         std::fs::write(&path, manifest.replace("{root}", &root().display().to_string()))?;
         let pipeline = weir_host::manifest::load(&path).map_err(|d| anyhow::anyhow!("{d}"))?;
         let engine = engine();
-        let host_clock = clock.clone();
-        let host = tokio::task::spawn_blocking(move || Host::start_with_clock(pipeline, &engine, host_clock)).await??;
+        let host_options = options.clone();
+        let host = tokio::task::spawn_blocking(move || Host::start_with(pipeline, &engine, host_options)).await??;
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let url = format!("http://{}", listener.local_addr()?);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -108,7 +119,7 @@ impl TestHost {
                 })
                 .await;
         });
-        Ok(TestHost { host, url, dir, shutdown: Some(tx), server: Some(server), clock })
+        Ok(TestHost { host, url, dir, shutdown: Some(tx), server: Some(server), options })
     }
 
     /// A file in the test folder.
@@ -120,10 +131,10 @@ impl TestHost {
     pub async fn restart(mut self, manifest: &str) -> anyhow::Result<TestHost> {
         self.stop().await;
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir()?);
-        let clock = self.clock.clone();
+        let options = self.options.clone();
         // The old host lets go of its files (the state database is locked while open).
         drop(self);
-        Self::start_with_clock(dir, manifest, "127.0.0.1:0", clock).await
+        Self::start_with(dir, manifest, "127.0.0.1:0", options).await
     }
 
     /// Stops the API, then drains every stage.

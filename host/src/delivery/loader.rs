@@ -141,10 +141,19 @@ impl Loader {
             }
             let ready = order.lock().unwrap_or_else(|p| p.into_inner()).finished(ticket, (shard, first, last));
             for (shard, first, last) in ready {
-                if let Err(e) =
+                // The plan goes only once the checkpoint is written: until then a restart
+                // redoes the batch with the same bounds, so the ledger loads it once.
+                let mut delay = Duration::from_millis(200);
+                while let Err(e) =
                     self.shared.source.checkpoint(&self.shared.source_stream, shard, &self.shared.consumer, last + 1)
                 {
-                    tracing::error!(error = %e, "checkpoint failed");
+                    self.shared.note_error(format!("writing the checkpoint after records {first} to {last}: {e}"));
+                    tracing::error!(error = %e, "checkpoint failed; trying again");
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(MAX_RETRY_DELAY);
                 }
                 self.shared.plans.remove(shard, first);
             }

@@ -67,19 +67,18 @@ impl Plans {
         chain
     }
 
-    /// Records a batch's bounds durably before its objects are written.
-    pub fn write(&self, shard: u32, first: u64, last: u64) {
+    /// Records a batch's bounds durably before its objects are written; the
+    /// batch must not be written when this fails.
+    pub fn write(&self, shard: u32, first: u64, last: u64) -> std::io::Result<()> {
         let plan = self.file(shard, first);
         let tmp = plan.with_extension("tmp");
-        let result = std::fs::File::create(&tmp)
+        std::fs::File::create(&tmp)
             .and_then(|mut f| {
                 f.write_all(format!("{first} {last}\n").as_bytes())?;
                 f.sync_all()
             })
-            .and_then(|()| std::fs::rename(&tmp, &plan));
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "cannot record the delivery plan");
-        }
+            .and_then(|()| std::fs::rename(&tmp, &plan))
+            .and_then(|()| std::fs::File::open(&self.dir)?.sync_all())
     }
 
     /// Forgets a batch once it is checkpointed.
@@ -96,10 +95,9 @@ mod tests {
     fn pending_plans_chain_from_the_checkpoint_and_stale_ones_go() {
         let dir = tempfile::tempdir().expect("tempdir");
         let plans = Plans::open(dir.path().to_owned(), "d".into()).ok().expect("open");
-        plans.write(0, 0, 4);
-        plans.write(0, 5, 9);
-        plans.write(0, 10, 12);
-        plans.write(1, 0, 3);
+        for (shard, first, last) in [(0, 0, 4), (0, 5, 9), (0, 10, 12), (1, 0, 3)] {
+            plans.write(shard, first, last).expect("plan");
+        }
         // An older release's single plan file.
         std::fs::write(dir.path().join("d.2.plan"), "7 8\n").expect("legacy plan");
         assert_eq!(plans.pending(0, 5), VecDeque::from([(5, 9), (10, 12)]), "0..=4 was checkpointed");

@@ -101,10 +101,19 @@ impl Worker {
                         shards.push(ShardBuffer { position, records: Vec::new(), bytes: 0, planned });
                     }
                     Err(e) => {
-                        tracing::error!(error = %e, "cannot read the delivery's source");
-                        return;
+                        // Never a guessed position: wait and ask again.
+                        shared.note_error(format!("cannot read the delivery's source: {e}"));
+                        tracing::error!(error = %e, "cannot read the delivery's source; trying again");
+                        if shared.draining.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_secs(1));
+                        break;
                     }
                 }
+            }
+            if shards.len() < lineage.len() {
+                continue;
             }
             let draining = shared.draining.load(Ordering::Relaxed);
             let mut staged = false;
@@ -112,11 +121,8 @@ impl Worker {
             let mut left = false;
             for k in 0..shards.len() {
                 // A parent's records are staged (and checkpointed) before its children's.
-                let parents_done = lineage[k]
-                    .parents
-                    .iter()
-                    .all(|&p| lineage[p as usize].closed_at.is_some_and(|end| shards[p as usize].position >= end));
-                if !parents_done {
+                let positions: Vec<u64> = shards.iter().map(|s| s.position).collect();
+                if !crate::stream::parents_finished(&lineage, &positions, k) {
                     left = true;
                     continue;
                 }
@@ -169,7 +175,22 @@ impl Worker {
                 buf.bytes -= batch.iter().map(|r| r.data.len() as u64).sum::<u64>();
                 let (Some(first), Some(last)) = (batch.first(), batch.last()) else { continue };
                 let (first, last) = (first.sequence, last.sequence);
-                shared.plans.write(shard, first, last);
+                if let Err(e) = shared.plans.write(shard, first, last) {
+                    // Without its plan a batch redone after a crash could get other bounds (and
+                    // keys): it waits, back in the buffer, until the plan can be written.
+                    let message = format!("cannot record the delivery plan of records {first} to {last}: {e}");
+                    tracing::error!(error = %message, "the batch waits until its plan can be written");
+                    shared.note_error(message);
+                    let buf = &mut shards[k];
+                    buf.bytes += batch.iter().map(|r| r.data.len() as u64).sum::<u64>();
+                    buf.records.splice(0..0, batch);
+                    if draining {
+                        return;
+                    }
+                    std::thread::sleep(PLAN_RETRY);
+                    left = true;
+                    continue;
+                }
                 let Ok(ready) = self.stage(runtime, shard, &batch) else {
                     tracing::warn!(
                         shard,
@@ -337,6 +358,9 @@ impl ShardBuffer {
             && (!self.planned.is_empty() || draining || self.bytes >= spec.buffer_bytes || age >= spec.buffer_interval)
     }
 }
+
+/// How long a batch whose plan could not be written waits before another try.
+const PLAN_RETRY: Duration = Duration::from_secs(1);
 
 /// How many buffered records one delivery takes: up to the size threshold.
 fn batch_end(records: &[StoredRecord], limit: u64) -> usize {

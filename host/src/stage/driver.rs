@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use super::{Phase, StageHandle, StageStats, backoff_delay};
 use crate::manifest::{ErrorPolicy, StageSpec};
-use crate::stream::{StoredRecord, StreamError, StreamStore};
+use crate::stream::{StoredRecord, StreamError, StreamStore, parents_finished, shard_finished};
 use crate::swap::{SwapCommand, SwapReply};
 
 /// How often a stage with nothing to read looks again (and at a shutdown).
@@ -401,18 +401,16 @@ impl<O: Operator> Driver<O> {
             positions.push(self.streams.register_consumer(input, shard, consumer)?);
             self.operator.shard_added(shard);
         }
-        let finished = |p: u32| lineage[p as usize].closed_at.is_some_and(|end| positions[p as usize] >= end);
         self.finished.resize(positions.len(), false);
-        for shard in 0..positions.len() as u32 {
-            if finished(shard) && !self.finished[shard as usize] {
-                self.finished[shard as usize] = true;
-                self.operator.shard_finished(shard);
+        for shard in 0..positions.len() {
+            if shard_finished(&lineage, positions, shard) && !self.finished[shard] {
+                self.finished[shard] = true;
+                self.operator.shard_finished(shard as u32);
             }
         }
         for k in 0..positions.len() {
             let shard = (from + k) % positions.len();
-            if lineage[shard].parents.iter().all(|&p| finished(p))
-                && self.streams.end(input, shard as u32)? > positions[shard]
+            if parents_finished(&lineage, positions, shard) && self.streams.end(input, shard as u32)? > positions[shard]
             {
                 return Ok(Some(shard));
             }

@@ -4,6 +4,7 @@
 //! checksummed log on local disk (NATS JetStream is the next implementation).
 
 mod disk;
+mod faults;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ pub use disk::{
     DEFAULT_CAPACITY, DEFAULT_FSYNC_INTERVAL, DEFAULT_RETENTION, DEFAULT_SEGMENT_BYTES, DiskStreamSpec, DiskStreams,
     FileSyncer, FsyncPolicy, Syncer, WriteLimit,
 };
+pub use faults::FaultyStore;
 
 /// The Kinesis-style id of shard `index`: `shardId-000000000003`.
 pub fn shard_id(index: u32) -> String {
@@ -268,6 +270,18 @@ impl StreamInfo {
     pub fn appended(&self) -> u64 {
         self.shards.iter().map(|s| s.end).sum()
     }
+}
+
+/// Whether every parent of `shard` (by resharding) has been read to its end,
+/// given each shard's position: a child is read only then, so that a parent's
+/// records all come before its children's and order per key holds.
+pub fn parents_finished(lineage: &[Lineage], positions: &[u64], shard: usize) -> bool {
+    lineage[shard].parents.iter().all(|&p| shard_finished(lineage, positions, p as usize))
+}
+
+/// Whether `shard` was closed by resharding and has been read to its end.
+pub fn shard_finished(lineage: &[Lineage], positions: &[u64], shard: usize) -> bool {
+    lineage[shard].closed_at.is_some_and(|end| positions.get(shard).is_some_and(|&p| p >= end))
 }
 
 /// Where a shard sits in its stream's lineage.

@@ -1,0 +1,139 @@
+//! A stream store that fails on command: it wraps any [`StreamStore`] and
+//! makes its next N appends, checkpoints, consumer registrations or reads
+//! fail, as a full disk or a lost connection would. Tests run the host on it
+//! to check what weir does when storage fails; every backend gets the same
+//! tests by being wrapped.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use super::{Appended, Lineage, NewRecord, StoredRecord, StreamError, StreamInfo, StreamSettings, StreamStore};
+
+/// See the module doc.
+pub struct FaultyStore {
+    inner: Arc<dyn StreamStore>,
+    appends: AtomicU32,
+    checkpoints: AtomicU32,
+    registrations: AtomicU32,
+    reads: AtomicU32,
+}
+
+impl FaultyStore {
+    /// `inner`, failing nothing until told to.
+    pub fn new(inner: Arc<dyn StreamStore>) -> Arc<FaultyStore> {
+        Arc::new(FaultyStore {
+            inner,
+            appends: AtomicU32::new(0),
+            checkpoints: AtomicU32::new(0),
+            registrations: AtomicU32::new(0),
+            reads: AtomicU32::new(0),
+        })
+    }
+
+    /// The next `n` appends fail.
+    pub fn fail_appends(&self, n: u32) {
+        self.appends.store(n, Ordering::SeqCst);
+    }
+
+    /// The next `n` checkpoints fail.
+    pub fn fail_checkpoints(&self, n: u32) {
+        self.checkpoints.store(n, Ordering::SeqCst);
+    }
+
+    /// The next `n` consumer registrations fail.
+    pub fn fail_registrations(&self, n: u32) {
+        self.registrations.store(n, Ordering::SeqCst);
+    }
+
+    /// The next `n` reads fail.
+    pub fn fail_reads(&self, n: u32) {
+        self.reads.store(n, Ordering::SeqCst);
+    }
+
+    /// Whether the next call counted by `counter` fails (and counts it).
+    fn fails(counter: &AtomicU32) -> bool {
+        counter.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+    }
+
+    fn injected(stream: &str) -> StreamError {
+        StreamError::Failed { stream: stream.to_owned(), reason: "an injected storage failure".into() }
+    }
+}
+
+impl StreamStore for FaultyStore {
+    fn append(&self, stream: &str, records: Vec<NewRecord>) -> Result<Vec<Result<Appended, StreamError>>, StreamError> {
+        if Self::fails(&self.appends) {
+            return Err(Self::injected(stream));
+        }
+        self.inner.append(stream, records)
+    }
+    fn shard_count(&self, stream: &str) -> Result<u32, StreamError> {
+        self.inner.shard_count(stream)
+    }
+    fn lineage(&self, stream: &str) -> Result<Vec<Lineage>, StreamError> {
+        self.inner.lineage(stream)
+    }
+    fn reshard(&self, stream: &str, shards: u32) -> Result<(), StreamError> {
+        self.inner.reshard(stream, shards)
+    }
+    fn read(&self, stream: &str, shard: u32, from: u64, max: usize) -> Result<Vec<StoredRecord>, StreamError> {
+        if Self::fails(&self.reads) {
+            return Err(Self::injected(stream));
+        }
+        self.inner.read(stream, shard, from, max)
+    }
+    fn wait_for(
+        &self,
+        stream: &str,
+        shard: u32,
+        from: u64,
+        min: usize,
+        timeout: Duration,
+    ) -> Result<usize, StreamError> {
+        self.inner.wait_for(stream, shard, from, min, timeout)
+    }
+    fn changes(&self, stream: &str) -> Result<u64, StreamError> {
+        self.inner.changes(stream)
+    }
+    fn wait_change(&self, stream: &str, seen: u64, timeout: Duration) -> Result<u64, StreamError> {
+        self.inner.wait_change(stream, seen, timeout)
+    }
+    fn register_consumer(&self, stream: &str, shard: u32, consumer: &str) -> Result<u64, StreamError> {
+        if Self::fails(&self.registrations) {
+            return Err(Self::injected(stream));
+        }
+        self.inner.register_consumer(stream, shard, consumer)
+    }
+    fn checkpoint(&self, stream: &str, shard: u32, consumer: &str, next: u64) -> Result<(), StreamError> {
+        if Self::fails(&self.checkpoints) {
+            return Err(StreamError::CheckpointFailed {
+                stream: stream.to_owned(),
+                consumer: consumer.to_owned(),
+                reason: "an injected storage failure".into(),
+            });
+        }
+        self.inner.checkpoint(stream, shard, consumer, next)
+    }
+    fn end(&self, stream: &str, shard: u32) -> Result<u64, StreamError> {
+        self.inner.end(stream, shard)
+    }
+    fn position_at_time(&self, stream: &str, shard: u32, arrival_ms: i64) -> Result<u64, StreamError> {
+        self.inner.position_at_time(stream, shard, arrival_ms)
+    }
+    fn create(&self, spec: StreamSettings) -> Result<(), StreamError> {
+        self.inner.create(spec)
+    }
+    fn delete(&self, stream: &str) -> Result<(), StreamError> {
+        self.inner.delete(stream)
+    }
+    fn list(&self) -> Vec<String> {
+        self.inner.list()
+    }
+    fn info(&self, stream: &str) -> Result<StreamInfo, StreamError> {
+        self.inner.info(stream)
+    }
+    fn set_retention(&self, stream: &str, retention: Duration) -> Result<(), StreamError> {
+        self.inner.set_retention(stream, retention)
+    }
+}
