@@ -129,8 +129,11 @@ columns = ["transaction_id", "amount_cents"]
     proxy.cut();
     let second: Vec<String> = (20..30).map(line).collect();
     put_record_batch(&host, "tolls", &second).await;
-    host.wait_until("a failed write", |s| s.deliveries[0].last_error.is_some()).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Past the 2 s retry duration the records go under the error prefix, which waits for the store too.
+    let listing = |s: &weir_host::pipeline::PipelineStatus| {
+        s.deliveries[0].last_error.as_deref().is_some_and(|e| e.contains("writing `errors/"))
+    };
+    host.wait_until("the write given up and its error listing waiting", listing).await;
     assert_eq!(host.host.status().deliveries[0].records_failed, 1, "only the malformed line so far");
     proxy.restore();
     host.wait_until("the failure listed", |s| s.deliveries[0].records_failed == 1 + 10 + 10).await;

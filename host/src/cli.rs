@@ -286,6 +286,12 @@ enum TailFrom {
     AtTimestamp,
 }
 
+/// A failure already written for people (a manifest's problems, each with its
+/// place): `main` prints it as it is.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Reported(pub String);
+
 /// Runs the command line; the binary's `main` calls this.
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -302,10 +308,7 @@ pub fn main() -> anyhow::Result<()> {
                     print!("{summary}");
                     Ok(())
                 }
-                Err(e) => {
-                    eprintln!("{e}");
-                    std::process::exit(1);
-                }
+                Err(e) => Err(Reported(e.to_string()).into()),
             }
         }
         Command::Run { manifest, build, listen, insecure_no_auth } => run(manifest, build, listen, insecure_no_auth),
@@ -561,13 +564,7 @@ fn simulate(
             Ok(())
         }
         (Some(manifest), None) => {
-            let pipeline = match crate::manifest::load(&manifest) {
-                Ok(p) => p,
-                Err(d) => {
-                    eprintln!("{d}");
-                    std::process::exit(1);
-                }
-            };
+            let pipeline = crate::manifest::load(&manifest).map_err(|d| Reported(d.to_string()))?;
             if build {
                 crate::build::build_all(&pipeline)?;
             }
@@ -781,13 +778,7 @@ async fn tail(
 }
 
 fn agent(config: PathBuf) -> anyhow::Result<()> {
-    let config = match crate::agent::AgentConfig::load(&config) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            std::process::exit(1);
-        }
-    };
+    let config = crate::agent::AgentConfig::load(&config).map_err(|e| Reported(e.to_string()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let span = tracing::info_span!("agent");
@@ -818,13 +809,7 @@ fn run(
     listen: Option<std::net::SocketAddr>,
     insecure_no_auth: bool,
 ) -> anyhow::Result<()> {
-    let mut pipeline = match crate::manifest::load(&manifest) {
-        Ok(p) => p,
-        Err(d) => {
-            eprintln!("{d}");
-            std::process::exit(1);
-        }
-    };
+    let mut pipeline = crate::manifest::load(&manifest).map_err(|d| Reported(d.to_string()))?;
     if let Some(addr) = listen {
         pipeline.api.listen = addr;
     }

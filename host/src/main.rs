@@ -11,7 +11,10 @@ fn main() -> std::process::ExitCode {
     match weir_host::cli::main() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            match e.downcast_ref::<weir_host::cli::Reported>() {
+                Some(reported) => eprintln!("{reported}"),
+                None => eprintln!("error: {e:#}"),
+            }
             std::process::ExitCode::FAILURE
         }
     }

@@ -19,12 +19,14 @@ use serde_json::{Map, Value};
 use crate::lake::LakeSpec;
 use crate::plugin::ReferenceLookup;
 
-/// How a reference object is written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a reference object is written (`format = "csv"` or `"jsonl"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 pub enum ReferenceFormat {
     /// Comma-separated, a header row naming the columns, `"` quoting; every value is a string.
+    #[serde(rename = "csv")]
     Csv,
     /// One JSON object per line.
+    #[serde(rename = "jsonl")]
     JsonLines,
 }
 

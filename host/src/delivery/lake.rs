@@ -107,6 +107,7 @@ impl Shared {
                         return Ok(Err(WriteFailure { attempts, message: e.to_string() }));
                     }
                     tracing::error!(key, error = %e, retry_in_ms = delay.as_millis() as u64, "writing to the lake failed");
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
                     std::thread::sleep(delay);
                     delay = (delay * 2).min(MAX_RETRY_DELAY);
                 }

@@ -240,6 +240,7 @@ impl Loader {
                         break e;
                     }
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "warehouse load failed");
+                    shared.stats.retries.fetch_add(1, Ordering::Relaxed);
                     std::thread::sleep(delay);
                     delay = (delay * 2).min(MAX_RETRY_DELAY);
                 }

@@ -54,6 +54,7 @@ struct DeliveryStats {
     rows_loaded: AtomicU64,
     rows_rejected: AtomicU64,
     loads_failed: AtomicU64,
+    retries: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
 
@@ -78,6 +79,8 @@ pub struct DeliveryStatus {
     pub rows_rejected: u64,
     /// Staged objects not loaded within the retry duration (listed under the error prefix).
     pub loads_failed: u64,
+    /// Lake writes and warehouse loads that failed and were tried again.
+    pub retries: u64,
     /// The most recent failure.
     pub last_error: Option<String>,
 }
@@ -165,6 +168,7 @@ impl Delivery {
             rows_loaded: s.rows_loaded.load(Ordering::Relaxed),
             rows_rejected: s.rows_rejected.load(Ordering::Relaxed),
             loads_failed: s.loads_failed.load(Ordering::Relaxed),
+            retries: s.retries.load(Ordering::Relaxed),
             last_error: s.last_error.lock().ok().and_then(|l| l.clone()),
         }
     }

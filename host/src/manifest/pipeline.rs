@@ -211,7 +211,8 @@ fn default_capacity() -> usize {
 
 /// What a stage does with a batch its plugin failed on (trap, deadline,
 /// memory cap, or an error returned for the whole batch).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum ErrorPolicy {
     /// Write the batch's records to the dead-letter output with the reason (the default).
     #[default]
@@ -303,6 +304,15 @@ struct RawChannel {
     secret: Option<String>,
     secret_env: Option<Spanned<String>>,
     retry_duration: Option<Spanned<String>>,
+}
+
+/// `kind = "..."` of a channel.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum RawChannelKind {
+    Inbox,
+    Webhook,
+    Log,
 }
 
 /// How long a webhook delivery is retried, by default.
@@ -878,6 +888,39 @@ fn read_manifest(path: &Path, include: Option<(&SourceFile, Range<usize>)>, diag
     }
 }
 
+/// A value the manifest gives as `<key> = "..."` or, for a secret that does not
+/// belong in a file, `<key>-env = "VARIABLE"`: the value, `None` when neither
+/// is there, or `Err` (with the problem in `diags`) when both are, or the
+/// variable is not set. `what` says what the variable must hold.
+fn value_or_env(
+    source: &SourceFile,
+    owner: &str,
+    key: &str,
+    inline: Option<(&str, Range<usize>)>,
+    env: Option<(&str, Range<usize>)>,
+    what: &str,
+    diags: &mut Diagnostics,
+) -> Result<Option<String>, ()> {
+    match (inline, env) {
+        (Some(_), Some((_, span))) => {
+            diags.push(Diagnostic::new(source, span, format!("{owner}: set `{key}` or `{key}-env`, not both")));
+            Err(())
+        }
+        (Some((value, _)), None) => Ok(Some(value.to_owned())),
+        (None, Some((var, span))) => match std::env::var(var) {
+            Ok(value) if !value.is_empty() => Ok(Some(value)),
+            _ => {
+                diags.push(
+                    Diagnostic::new(source, span, format!("{owner}: environment variable `{var}` is not set"))
+                        .help(format!("export {var}=<{what}> before starting weir")),
+                );
+                Err(())
+            }
+        },
+        (None, None) => Ok(None),
+    }
+}
+
 /// Access keys with their secrets, inline or from the environment.
 fn access_keys(source: &SourceFile, raw: &[Spanned<RawAccessKey>], diags: &mut Diagnostics) -> Option<Vec<AccessKey>> {
     let before = diags.len();
@@ -885,33 +928,19 @@ fn access_keys(source: &SourceFile, raw: &[Spanned<RawAccessKey>], diags: &mut D
     for key in raw {
         let span = key.span();
         let k = key.get_ref();
-        let secret = match (&k.secret, &k.secret_env) {
-            (Some(secret), None) => Some(secret.clone()),
-            (None, Some(var)) => match std::env::var(var) {
-                Ok(secret) if !secret.is_empty() => Some(secret),
-                _ => {
-                    diags.push(
-                        Diagnostic::new(
-                            source,
-                            span,
-                            format!("access key `{}`: environment variable `{var}` is not set", k.id),
-                        )
-                        .help(format!("export {var}=<secret access key> before starting weir")),
-                    );
-                    None
-                }
-            },
-            _ => {
+        let owner = format!("access key `{}`", k.id);
+        let inline = k.secret.as_deref().map(|v| (v, span.clone()));
+        let env = k.secret_env.as_deref().map(|v| (v, span.clone()));
+        let secret = match value_or_env(source, &owner, "secret", inline, env, "secret access key", diags) {
+            Ok(Some(secret)) => Some(secret),
+            Ok(None) => {
                 diags.push(
-                    Diagnostic::new(
-                        source,
-                        span,
-                        format!("access key `{}` needs exactly one of `secret` or `secret-env`", k.id),
-                    )
-                    .help("prefer `secret-env = \"WEIR_SECRET_ACCESS_KEY\"`: secrets do not belong in files"),
+                    Diagnostic::new(source, span, format!("{owner} needs exactly one of `secret` or `secret-env`"))
+                        .help("prefer `secret-env = \"WEIR_SECRET_ACCESS_KEY\"`: secrets do not belong in files"),
                 );
                 None
             }
+            Err(()) => None,
         };
         if let Some(secret) = secret {
             keys.push(AccessKey { id: k.id.clone(), secret });
@@ -939,6 +968,26 @@ fn one_of(names: &BTreeSet<&Name>) -> String {
 impl Checker<'_> {
     fn at(&self, span: Range<usize>, message: String) -> Diagnostic {
         Diagnostic::new(self.source, span, message)
+    }
+
+    /// A setting written as text (`on-error = "stop"`), read by serde into its
+    /// enum; a problem is reported at its place, beside the others.
+    fn setting<T: serde::de::DeserializeOwned>(
+        &self,
+        raw: &Spanned<String>,
+        what: &str,
+        diags: &mut Diagnostics,
+    ) -> Option<T> {
+        use serde::de::IntoDeserializer as _;
+        let text: serde::de::value::StrDeserializer<'_, serde::de::value::Error> =
+            raw.get_ref().as_str().into_deserializer();
+        match T::deserialize(text) {
+            Ok(value) => Some(value),
+            Err(e) => {
+                diags.push(self.at(raw.span(), format!("{what}: {e}")));
+                None
+            }
+        }
     }
 
     fn stream(&self, name: &Spanned<String>, what: &str, diags: &mut Diagnostics) -> Option<Name> {
@@ -1048,17 +1097,9 @@ impl Checker<'_> {
                     .help("use 1 to 10000 records"),
             );
         }
-        let on_error = match raw.on_error.as_ref().map(|p| (p.get_ref().as_str(), p.span())) {
-            None | Some(("dead-letter", _)) => Some(ErrorPolicy::DeadLetter),
-            Some(("skip", _)) => Some(ErrorPolicy::Skip),
-            Some(("stop", _)) => Some(ErrorPolicy::Stop),
-            Some((other, span)) => {
-                diags.push(
-                    self.at(span, format!("stage `{name}`: `{other}` is not an error policy"))
-                        .help("use \"dead-letter\" (the default), \"skip\" or \"stop\""),
-                );
-                None
-            }
+        let on_error = match &raw.on_error {
+            None => Some(ErrorPolicy::DeadLetter),
+            Some(policy) => self.setting(policy, &format!("stage `{name}`: on-error"), diags),
         };
         let batch_wait = match &raw.batch_wait {
             None => Some(DEFAULT_BATCH_WAIT),
@@ -1305,10 +1346,10 @@ impl Checker<'_> {
     /// A `[channels.<name>]` entry.
     fn channel(&self, name: Name, raw: &RawChannel, diags: &mut Diagnostics) -> Option<crate::notify::ChannelSpec> {
         use crate::notify::{ChannelKind, ChannelSpec, WebhookSpec};
-        let kind = match raw.kind.get_ref().as_str() {
-            "inbox" => ChannelKind::Inbox,
-            "log" => ChannelKind::Log,
-            "webhook" => {
+        let kind = match self.setting(&raw.kind, &format!("channel `{name}`: kind"), diags)? {
+            RawChannelKind::Inbox => ChannelKind::Inbox,
+            RawChannelKind::Log => ChannelKind::Log,
+            RawChannelKind::Webhook => {
                 let Some(url) = &raw.url else {
                     diags.push(
                         self.at(raw.kind.span(), format!("webhook channel `{name}` has no url"))
@@ -1322,41 +1363,25 @@ impl Checker<'_> {
                     );
                     return None;
                 }
-                let secret = match (&raw.secret, &raw.secret_env) {
-                    (Some(secret), None) => secret.clone(),
-                    (None, Some(env)) => match std::env::var(env.get_ref()) {
-                        Ok(secret) if !secret.is_empty() => secret,
-                        _ => {
-                            diags.push(
-                                self.at(
-                                    env.span(),
-                                    format!("channel `{name}`: environment variable `{}` is not set", env.get_ref()),
-                                )
-                                .help("export it with the webhook's signing secret before starting weir"),
-                            );
-                            return None;
-                        }
-                    },
-                    _ => {
+                let owner = format!("channel `{name}`");
+                let inline = raw.secret.as_deref().map(|v| (v, raw.kind.span()));
+                let env = raw.secret_env.as_ref().map(|v| (v.get_ref().as_str(), v.span()));
+                let secret = match value_or_env(self.source, &owner, "secret", inline, env, "signing secret", diags) {
+                    Ok(Some(secret)) => secret,
+                    Ok(None) => {
                         diags.push(
                             self.at(raw.kind.span(), format!("webhook channel `{name}` needs a signing secret"))
                                 .help("add secret-env = \"VARIABLE\" (or secret = \"...\"): deliveries are signed with HMAC-SHA256"),
                         );
                         return None;
                     }
+                    Err(()) => return None,
                 };
                 let retry_duration = match &raw.retry_duration {
                     None => DEFAULT_WEBHOOK_RETRY,
                     Some(d) => self.duration(d, diags)?,
                 };
                 ChannelKind::Webhook(WebhookSpec { url: url.get_ref().clone(), secret, retry_duration })
-            }
-            other => {
-                diags.push(
-                    self.at(raw.kind.span(), format!("`{other}` is not a channel kind"))
-                        .help("write kind = \"inbox\" (kept per recipient for the app), \"webhook\" or \"log\""),
-                );
-                return None;
             }
         };
         if !matches!(kind, ChannelKind::Webhook(_))
@@ -1379,18 +1404,8 @@ impl Checker<'_> {
         let owner = format!("reference table `{name}`");
         let lake = self.lake(&owner, &raw.lake, raw.s3.as_ref(), base, diags);
         let object = raw.object.get_ref().trim_start_matches('/').to_owned();
-        let format = match raw.format.as_ref().map(|f| f.get_ref().as_str()) {
-            Some("csv") => Some(ReferenceFormat::Csv),
-            Some("jsonl") => Some(ReferenceFormat::JsonLines),
-            Some(other) => {
-                let span = raw.format.as_ref().map(Spanned::span).unwrap_or_default();
-                diags.push(
-                    self.at(span, format!("{owner}: `{other}` is not a reference format")).help(
-                        "write format = \"csv\" (a header row, then values) or \"jsonl\" (a JSON object per line)",
-                    ),
-                );
-                return None;
-            }
+        let format = match &raw.format {
+            Some(format) => Some(self.setting::<ReferenceFormat>(format, &format!("{owner}: format"), diags)?),
             None if object.ends_with(".csv") => Some(ReferenceFormat::Csv),
             None if [".jsonl", ".ndjson", ".json"].iter().any(|e| object.ends_with(e)) => {
                 Some(ReferenceFormat::JsonLines)
@@ -1504,29 +1519,11 @@ impl Checker<'_> {
             spec.region = region.clone();
         }
         spec.access_key_id = settings.access_key_id.clone();
-        spec.secret_access_key = match (&settings.secret_access_key, &settings.secret_access_key_env) {
-            (Some(_), Some(env)) => {
-                diags.push(
-                    self.at(
-                        env.span(),
-                        format!("{owner}: set `secret-access-key` or `secret-access-key-env`, not both"),
-                    ),
-                );
-                None
-            }
-            (Some(secret), None) => Some(secret.clone()),
-            (None, Some(env)) => match std::env::var(env.get_ref()) {
-                Ok(secret) if !secret.is_empty() => Some(secret),
-                _ => {
-                    diags.push(
-                        self.at(env.span(), format!("{owner}: environment variable `{}` is not set", env.get_ref()))
-                            .help("export it with the secret access key of the lake before starting weir"),
-                    );
-                    None
-                }
-            },
-            (None, None) => None,
-        };
+        let inline = settings.secret_access_key.as_deref().map(|v| (v, s3.span()));
+        let env = settings.secret_access_key_env.as_ref().map(|v| (v.get_ref().as_str(), v.span()));
+        let what = "the lake's secret access key";
+        spec.secret_access_key =
+            value_or_env(self.source, owner, "secret-access-key", inline, env, what, diags).ok().flatten();
         Some(lake)
     }
 
@@ -1541,26 +1538,16 @@ impl Checker<'_> {
         let before = diags.len();
         let w = raw.get_ref();
         let owner = format!("delivery `{delivery}` warehouse");
-        let database = match (&w.database, &w.database_env) {
-            (Some(_), Some(env)) => {
-                diags.push(self.at(env.span(), format!("{owner}: set `database` or `database-env`, not both")));
-                None
-            }
-            (Some(d), None) => Some(d.get_ref().clone()),
-            (None, Some(env)) => match std::env::var(env.get_ref()) {
-                Ok(value) if !value.is_empty() => Some(value),
-                _ => {
-                    diags.push(
-                        self.at(env.span(), format!("{owner}: environment variable `{}` is not set", env.get_ref()))
-                            .help("export it with the database's connection string before starting weir"),
-                    );
-                    None
-                }
-            },
-            (None, None) if w.kind == WarehouseKind::Sqlite => {
+        let inline = w.database.as_ref().map(|v| (v.get_ref().as_str(), v.span()));
+        let env = w.database_env.as_ref().map(|v| (v.get_ref().as_str(), v.span()));
+        let what = "the database's connection string";
+        let database = match value_or_env(self.source, &owner, "database", inline, env, what, diags) {
+            Ok(Some(database)) => Some(database),
+            Err(()) => None,
+            Ok(None) if w.kind == WarehouseKind::Sqlite => {
                 Some(data_dir.unwrap_or(base).join("warehouse.db").display().to_string())
             }
-            (None, None) => {
+            Ok(None) => {
                 diags.push(
                     self.at(raw.span(), format!("{owner}: a postgres warehouse needs `database` or `database-env`"))
                         .help("e.g. database = \"host=127.0.0.1 user=weir dbname=tolls\""),
