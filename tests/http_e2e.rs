@@ -551,7 +551,7 @@ output = "rows"
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
     let answer: Value = refused.json().await.expect("json");
     assert_eq!(answer["__type"], "AccessDeniedException", "{answer}");
-    assert!(answer["message"].as_str().is_some_and(|m| m.contains("output of stage `etl`")), "{answer}");
+    assert!(answer["message"].as_str().is_some_and(|m| m.contains("written by stage `etl` alone")), "{answer}");
     let (status, answer) = put(&host, "rows", json!({"data": "x"})).await;
     assert_eq!((status, &answer["error"]["code"]), (StatusCode::FORBIDDEN, &json!("StageOutput")), "{answer}");
 

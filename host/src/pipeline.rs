@@ -20,7 +20,7 @@ use crate::sink::{FileSink, SinkError};
 use crate::stage::aggregate::{AggregateOperator, is_aggregator};
 use crate::stage::notify::{HostServices, NotifierOperator};
 use crate::stage::transform::TransformOperator;
-use crate::stage::{StageHandle, StageOutput, StageStatus};
+use crate::stage::{DeadLetters, StageHandle, StageOutput, StageStatus};
 use crate::state::StateStore;
 use crate::stream::{
     Appended, DEFAULT_CAPACITY, DEFAULT_FSYNC_INTERVAL, DiskStreamSpec, DiskStreams, FileSyncer, FsyncPolicy,
@@ -88,8 +88,8 @@ pub enum PutError {
         /// The stream it reads.
         stream: String,
     },
-    /// The stream is a stage's output: only that stage writes it.
-    #[error("stream `{stream}` is the output of stage `{stage}`, which alone writes it: put into that stage's input")]
+    /// The stream is a stage's output (or its dead letters): only that stage writes it.
+    #[error("stream `{stream}` is written by stage `{stage}` alone: put into that stage's input")]
     StageOutput {
         /// The stream.
         stream: String,
@@ -274,7 +274,7 @@ impl Host {
             }
             let output = stage_output(spec, &sinks)?;
             let output_stream = output_stream(&output);
-            let dead_letters = dead_letter_sink(spec, &sinks, &mut implicit)?;
+            let dead_letters = dead_letter_sink(spec, &sinks, &mut implicit, &streams)?;
             let stage = TransformOperator::stage(
                 pipeline.name.as_str(),
                 Arc::new(spec.clone()),
@@ -300,7 +300,7 @@ impl Host {
             }
             let output = stage_output(spec, &sinks)?;
             let output_stream = output_stream(&output);
-            let dead_letters = dead_letter_sink(spec, &sinks, &mut implicit)?;
+            let dead_letters = dead_letter_sink(spec, &sinks, &mut implicit, &streams)?;
             let stage = AggregateOperator::stage(
                 pipeline.name.as_str(),
                 Arc::new(spec.clone()),
@@ -325,7 +325,7 @@ impl Host {
             if let Err(e) = plugin.instantiate(services.clone()) {
                 tracing::error!(stage = %spec.name, error = %e, "plugin does not start; its records will wait in the stream");
             }
-            let dead_letters = dead_letter_sink(spec, &sinks, &mut implicit)?;
+            let dead_letters = dead_letter_sink(spec, &sinks, &mut implicit, &streams)?;
             let stage = NotifierOperator::stage(
                 pipeline.name.as_str(),
                 Arc::new(spec.clone()),
@@ -405,9 +405,12 @@ impl Host {
         producer: Producer,
     ) -> Result<Vec<Result<Appended, StreamError>>, PutError> {
         self.streams.shard_count(stream)?;
-        if let Some(stage) =
-            self.pipeline.stages.iter().find(|s| matches!(&s.output, Target::Stream(n) if n.as_str() == stream))
-        {
+        // A stage's output and dead-letter streams are written by that stage alone.
+        let writes = |s: &&crate::manifest::StageSpec| {
+            matches!(&s.output, Target::Stream(n) if n.as_str() == stream)
+                || matches!(&s.dead_letter, DeadLetter::Stream(n) if n.as_str() == stream)
+        };
+        if let Some(stage) = self.pipeline.stages.iter().find(writes) {
             return Err(PutError::StageOutput { stream: stream.to_owned(), stage: stage.name.to_string() });
         }
         if producer == Producer::Native && !self.pipeline.sources.iter().any(|s| s.stream.as_str() == stream) {
@@ -828,20 +831,22 @@ fn dead_letter_sink(
     spec: &crate::manifest::StageSpec,
     sinks: &BTreeMap<String, Arc<FileSink>>,
     implicit: &mut BTreeMap<PathBuf, Arc<FileSink>>,
-) -> Result<Arc<FileSink>, StartError> {
+    streams: &Arc<dyn StreamStore>,
+) -> Result<DeadLetters, StartError> {
     Ok(match &spec.dead_letter {
         DeadLetter::Sink(name) => match sinks.get(name.as_str()) {
-            Some(sink) => sink.clone(),
+            Some(sink) => DeadLetters::Sink(sink.clone()),
             None => unreachable_sink(name.as_str())?,
         },
-        DeadLetter::File(path) => match implicit.get(path) {
+        DeadLetter::Stream(name) => DeadLetters::Stream { streams: streams.clone(), stream: name.to_string() },
+        DeadLetter::File(path) => DeadLetters::Sink(match implicit.get(path) {
             Some(sink) => sink.clone(),
             None => {
                 let sink = Arc::new(FileSink::open(path, crate::manifest::FileFormat::Json)?);
                 implicit.insert(path.clone(), sink.clone());
                 sink
             }
-        },
+        }),
     })
 }
 

@@ -298,7 +298,7 @@ pub struct Report {
     pub lines: usize,
     /// Rows loaded into the warehouse.
     pub rows_loaded: u64,
-    /// Lines the warehouse delivery set aside (malformed).
+    /// Records set aside with their reason: the stages' dead letters, the deliveries' failed records.
     pub set_aside: u64,
     /// Billing messages sent.
     pub billing_messages: u64,
@@ -399,7 +399,8 @@ pub fn run_day(host: &Arc<Host>, lines: &[TollLine], mut progress: impl FnMut(f6
     Ok(Report {
         lines: lines.len(),
         rows_loaded: status.deliveries.iter().map(|d| d.rows_loaded).sum(),
-        set_aside: status.deliveries.iter().map(|d| d.records_failed).sum(),
+        set_aside: status.stages.iter().map(|s| s.dead_lettered).sum::<u64>()
+            + status.deliveries.iter().map(|d| d.records_failed).sum::<u64>(),
         billing_messages: new("app"),
         traffic_alerts: new("operators"),
         webhooks: desks.into_iter().map(|(name, url, desk)| (name, url, desk.count())).collect(),

@@ -616,6 +616,8 @@ pub enum Target {
 pub enum DeadLetter {
     /// A declared sink.
     Sink(Name),
+    /// A declared stream: each dead letter a JSON record (for a delivery stream to take to the lake).
+    Stream(Name),
     /// The default file under the data dir.
     File(PathBuf),
 }
@@ -1079,7 +1081,10 @@ impl Checker<'_> {
             }
         };
         let dead_letter = match &raw.dead_letter {
-            Some(sink) => self.sink(sink, &what("sends dead letters to"), diags).map(DeadLetter::Sink),
+            Some(target) => match Name::parse(target.get_ref()) {
+                Ok(n) if self.streams.contains(&n) => Some(DeadLetter::Stream(n)),
+                _ => self.sink(target, &what("sends dead letters to"), diags).map(DeadLetter::Sink),
+            },
             None => data_dir.and_then(|d| {
                 match crate::names::child_path(&d.join("dead-letter"), &format!("{name}.jsonl")) {
                     Ok(file) => Some(DeadLetter::File(file)),

@@ -33,11 +33,11 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use super::driver::{BatchError, Driver, Operator};
-use super::{StageOutput, StageStats};
+use super::{DeadLetters, StageOutput, StageStats};
 use crate::manifest::StageSpec;
 use crate::plugin::{AggregatorInstance, AggregatorPlugin, Batch};
 use crate::reference::ReferenceTables;
-use crate::sink::{DeadLetter, DeadLetterOrigin, FileSink, OutRecord};
+use crate::sink::{DeadLetter, DeadLetterOrigin, OutRecord};
 use crate::stream::{NewRecord, StoredRecord, StreamStore, now_ms};
 use crate::swap::{AggregatorCandidate, PluginVersion, StateChange, SwapCommand, SwapReply};
 use crate::window::{ClosedWindow, FoldRecord, WindowOperator};
@@ -71,7 +71,7 @@ pub struct AggregateOperator {
     plugin: AggregatorPlugin,
     streams: Arc<dyn StreamStore>,
     output: StageOutput,
-    dead_letters: Arc<FileSink>,
+    dead_letters: DeadLetters,
     origin: DeadLetterOrigin,
     state_file: PathBuf,
     stats: Arc<StageStats>,
@@ -109,7 +109,7 @@ impl AggregateOperator {
         plugin: AggregatorPlugin,
         streams: Arc<dyn StreamStore>,
         output: StageOutput,
-        dead_letters: Arc<FileSink>,
+        dead_letters: DeadLetters,
         state_dir: PathBuf,
         references: Arc<ReferenceTables>,
     ) -> Result<Driver<AggregateOperator>, crate::names::UnsafePath> {
@@ -401,7 +401,7 @@ impl AggregateOperator {
                 ungroupable
             }
         };
-        self.dead_letters.write_dead_letters(&to_dead_letters).map_err(|e| effect(e.to_string()))?;
+        self.dead_letters.write_dead_letters(&to_dead_letters).map_err(effect)?;
         self.stats.dead_lettered.fetch_add(to_dead_letters.len() as u64, Ordering::Relaxed);
         self.unwritten.clear();
         Ok(())
@@ -539,7 +539,7 @@ impl Operator for AggregateOperator {
             .iter()
             .map(|record| DeadLetter { origin: &self.origin, record, error_code: "aggregate-failed", reason })
             .collect();
-        self.dead_letters.write_dead_letters(&letters).map_err(|e| e.to_string())
+        self.dead_letters.write_dead_letters(&letters)
     }
 
     fn command(&mut self, command: SwapCommand) -> SwapReply {

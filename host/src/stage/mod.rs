@@ -24,7 +24,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::Serialize;
 
-use crate::sink::{FileSink, OutRecord};
+use crate::sink::{DeadLetter, FileSink, OutRecord};
 use crate::stream::{NewRecord, StreamError, StreamStore};
 use crate::swap::{PluginVersion, SwapCommand, SwapReply, VersionStatus};
 
@@ -40,6 +40,51 @@ pub fn backoff_delay(streak: u32) -> Duration {
         return Duration::ZERO;
     }
     FIRST_BACKOFF.saturating_mul(1 << (streak - 2).min(5)).min(MAX_BACKOFF)
+}
+
+/// Where a stage's dead letters go: a sink, or a stream (one JSON record each,
+/// the same JSON a sink gets; a delivery stream reading it takes them to the lake).
+#[derive(Clone)]
+pub enum DeadLetters {
+    /// A file sink.
+    Sink(Arc<FileSink>),
+    /// A stream of the same host.
+    Stream {
+        /// The store.
+        streams: Arc<dyn StreamStore>,
+        /// The stream.
+        stream: String,
+    },
+}
+
+impl DeadLetters {
+    /// Writes dead letters; they are durable (flushed, or appended) when this returns.
+    pub fn write_dead_letters(&self, letters: &[DeadLetter<'_>]) -> Result<(), String> {
+        match self {
+            DeadLetters::Sink(sink) => sink.write_dead_letters(letters).map_err(|e| e.to_string()),
+            DeadLetters::Stream { streams, stream } => {
+                let records = letters
+                    .iter()
+                    .map(|l| NewRecord {
+                        key: l.record.key.clone(),
+                        event_time_ms: Some(l.record.event_time_ms),
+                        data: Bytes::from(l.to_json().to_string()),
+                        explicit_hash_key: None,
+                    })
+                    .collect();
+                append_waiting(streams.as_ref(), stream, records)
+            }
+        }
+    }
+
+    /// Makes what was written durable (at shutdown).
+    pub fn sync(&self) -> Result<(), String> {
+        match self {
+            DeadLetters::Sink(sink) => sink.sync().map_err(|e| e.to_string()),
+            // Appends are durable when they return.
+            DeadLetters::Stream { .. } => Ok(()),
+        }
+    }
 }
 
 /// Where a stage's `ok` records go.

@@ -12,13 +12,14 @@
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
+use super::DeadLetters;
 use super::StageStats;
 use super::driver::{BatchError, Driver, Operator, checkpoint_shard};
 use crate::manifest::StageSpec;
 use crate::notify::Channels;
 use crate::plugin::{Batch, Notification, NotifierInstance, NotifierPlugin, ReferenceLookup, Services};
 use crate::reference::ReferenceTables;
-use crate::sink::{DeadLetter, DeadLetterOrigin, FileSink};
+use crate::sink::{DeadLetter, DeadLetterOrigin};
 use crate::state::{StateError, StateStore, StateTx};
 use crate::stream::{StoredRecord, StreamStore};
 use crate::swap::{PluginVersion, SwapCommand, SwapReply};
@@ -134,7 +135,7 @@ pub struct NotifierOperator {
     plugin: NotifierPlugin,
     services: Arc<HostServices>,
     streams: Arc<dyn StreamStore>,
-    dead_letters: Arc<FileSink>,
+    dead_letters: DeadLetters,
     origin: DeadLetterOrigin,
     version: Arc<PluginVersion>,
     instance: Option<NotifierInstance>,
@@ -148,7 +149,7 @@ impl NotifierOperator {
         plugin: NotifierPlugin,
         services: Arc<HostServices>,
         streams: Arc<dyn StreamStore>,
-        dead_letters: Arc<FileSink>,
+        dead_letters: DeadLetters,
     ) -> Driver<NotifierOperator> {
         let origin = DeadLetterOrigin::of_stage(pipeline, &spec, &plugin.spec.ident.plugin, &plugin.compiled.sha256);
         let stats = Arc::new(StageStats::default());
@@ -213,7 +214,7 @@ impl Operator for NotifierOperator {
             .iter()
             .map(|record| DeadLetter { origin: &self.origin, record, error_code: "consume-failed", reason })
             .collect();
-        self.dead_letters.write_dead_letters(&letters).map_err(|e| e.to_string())
+        self.dead_letters.write_dead_letters(&letters)
     }
 
     fn command(&mut self, _command: SwapCommand) -> SwapReply {

@@ -9,10 +9,10 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::driver::{BatchError, Driver, Operator, checkpoint_shard};
-use super::{StageOutput, StageStats, write_output};
+use super::{DeadLetters, StageOutput, StageStats, write_output};
 use crate::manifest::StageSpec;
 use crate::plugin::{Batch, Outcome, PluginError, TransformerInstance, TransformerPlugin};
-use crate::sink::{DeadLetter, DeadLetterOrigin, FileSink, OutRecord};
+use crate::sink::{DeadLetter, DeadLetterOrigin, OutRecord};
 use crate::stream::{StoredRecord, StreamStore};
 use crate::swap::{Candidate, PluginVersion, SwapCommand, SwapReply};
 
@@ -22,7 +22,7 @@ pub struct TransformOperator {
     plugin: TransformerPlugin,
     streams: Arc<dyn StreamStore>,
     output: StageOutput,
-    dead_letters: Arc<FileSink>,
+    dead_letters: DeadLetters,
     origin: DeadLetterOrigin,
     stats: Arc<StageStats>,
     /// The version running now, and the one before the last swap (for rollback).
@@ -44,7 +44,7 @@ impl TransformOperator {
         plugin: TransformerPlugin,
         streams: Arc<dyn StreamStore>,
         output: StageOutput,
-        dead_letters: Arc<FileSink>,
+        dead_letters: DeadLetters,
     ) -> Driver<TransformOperator> {
         let origin = DeadLetterOrigin::of_stage(pipeline, &spec, &plugin.spec.ident.plugin, &plugin.compiled.sha256);
         let version = PluginVersion::new(origin.plugin.clone(), origin.plugin_sha256.clone());
@@ -212,7 +212,7 @@ impl Operator for TransformOperator {
             .iter()
             .map(|record| DeadLetter { origin: &self.origin, record, error_code: code, reason })
             .collect();
-        self.dead_letters.write_dead_letters(&letters).map_err(|e| e.to_string())
+        self.dead_letters.write_dead_letters(&letters)
     }
 
     fn command(&mut self, command: SwapCommand) -> SwapReply {
