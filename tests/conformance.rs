@@ -8,6 +8,9 @@
 //!   `processing-failed` reason (never a failed batch or a trap).
 //! - Notifiers: a sample batch sends its notifications, the same batch redone
 //!   sends none again, a malformed record fails the batch with a reason.
+//! - Aggregators (the showcase's, and the scaffold's in every language): the
+//!   same results however the records were batched, repeatable emits, an
+//!   expected key without records, garbage refused with a reason or counted.
 //! - Families: the Rust and Python traffic alerts give the same notifications
 //!   and refuse the same bad config with a reason naming the setting.
 //!
@@ -20,8 +23,10 @@ use weir_host::manifest::plugin::ExpectedOutcome;
 use weir_host::manifest::{Grants, Limits, PluginManifest, World};
 use weir_host::pipeline::Producer;
 use weir_host::plugin::{
-    Batch, MemoryServices, Notification, NotifierPlugin, Outcome, PluginError, TransformerPlugin, check_world,
+    AggregatorInstance, AggregatorPlugin, Batch, MemoryServices, Notification, NotifierPlugin, Outcome, PluginError,
+    TransformerPlugin, check_world,
 };
+use weir_host::scaffold::{Lang, new_plugin};
 use weir_tests::{artifacts, config, engine, plugin_component, plugin_manifest, root, sandbox};
 
 /// A plugin of `plugins/` with its manifest.
@@ -285,4 +290,103 @@ async fn c_rust_and_javascript_stages_run_in_one_pipeline() {
         letter["reason"].as_str().unwrap_or_default().contains("expected 8 comma-separated fields, found 9"),
         "{letter}"
     );
+}
+
+/// Toll rows (what `toll-etl` makes of a simulated morning): the input of every aggregator of `plugins/`.
+fn toll_rows() -> Vec<(String, i64, String)> {
+    let etl = toll_etl::TollEtl::with_defaults();
+    let day = weir_host::simulate::generate_day(11, 1_795_651_200_000);
+    day.iter()
+        .take(400)
+        .filter_map(|line| {
+            let row = etl.parse(line.text.as_bytes()).ok()?;
+            let mut json = Vec::new();
+            etl.write_row(&row, &mut json);
+            Some((row.customer_id.to_owned(), row.event_time_ms, String::from_utf8(json).ok()?))
+        })
+        .collect()
+}
+
+/// What an aggregator emits for `rows` folded `per_batch` records at a time into one window.
+fn aggregate(instance: &mut AggregatorInstance, rows: &[(String, i64, String)], per_batch: usize) -> Vec<String> {
+    let keys: Vec<String> = {
+        let mut keys: Vec<String> = rows.iter().map(|(k, _, _)| k.clone()).collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    };
+    let mut states = vec![Vec::new(); keys.len()];
+    for chunk in rows.chunks(per_batch) {
+        let mut batch = Batch::with_capacity(chunk.len(), 4096);
+        let mut groups = Vec::new();
+        for (key, time, payload) in chunk {
+            batch.push(key, *time, payload.as_bytes());
+            groups.push(keys.binary_search(key).expect("a key") as u32);
+        }
+        instance.fold(&batch, &groups, &mut states).expect("fold");
+    }
+    let (start, end) = (1_795_651_200_000, 1_795_651_200_000 + 86_400_000);
+    let out = instance.emit(start, end, &keys, &states).expect("emit");
+    out.records().map(|r| format!("{} {}", r.key, String::from_utf8_lossy(r.payload))).collect()
+}
+
+/// Every aggregator keeps the aggregate contract, in every language: its results do not
+/// depend on how records were batched (the host cuts batches as records arrive, and a
+/// restart cuts them elsewhere), emitting is repeatable (a restart emits again), an
+/// expected key with no records emits, and garbage is refused with a reason or counted,
+/// never a trap.
+#[test]
+fn every_aggregator_gives_the_same_results_however_its_records_are_batched() {
+    let rows = toll_rows();
+    assert!(rows.len() > 300, "{}", rows.len());
+    let mut all: Vec<(String, AggregatorPlugin)> = plugins_of(World::Aggregator)
+        .into_iter()
+        .map(|(name, component, manifest)| (name.to_owned(), aggregator(name, component, manifest.default_config())))
+        .collect();
+    // The scaffold's aggregator in each language weir builds.
+    let scaffolds = root().join("target/conformance");
+    for lang in [Lang::Rust, Lang::Python, Lang::Js, Lang::C] {
+        let name = format!("aggregator-{}", lang.label().to_lowercase());
+        let dir = scaffolds.join(&name);
+        let _ = std::fs::remove_dir_all(&dir);
+        let shared = scaffolds.join("target").display().to_string();
+        new_plugin(&name, World::Aggregator, lang, &dir, Some(&shared)).expect("scaffold");
+        let manifest = plugin_manifest(&dir);
+        let component = weir_host::build::build_plugin(&manifest).expect("build");
+        all.push((name.clone(), aggregator(&name, component.to_str().expect("a path"), manifest.default_config())));
+    }
+    assert!(all.len() >= 6, "the showcase's aggregators and one per language");
+    let mut scaffold_results = Vec::new();
+    for (name, plugin) in &all {
+        let mut instance = plugin.instantiate().unwrap_or_else(|e| panic!("{name}: {e}"));
+        let version = instance.state_version().unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(plugin.instantiate().expect("starts").state_version().expect("version"), version, "{name}");
+        let whole = aggregate(&mut instance, &rows, rows.len());
+        assert!(!whole.is_empty(), "{name}: results for the rows");
+        assert_eq!(aggregate(&mut instance, &rows, 1), whole, "{name}: one record per batch");
+        assert_eq!(aggregate(&mut instance, &rows, 37), whole, "{name}: batches of 37");
+        let mut fresh = plugin.instantiate().expect("starts");
+        assert_eq!(aggregate(&mut fresh, &rows, 100), whole, "{name}: another instance, batches of 100");
+        if name.starts_with("aggregator-") {
+            scaffold_results.push((name, whole));
+        }
+        // An expected key that saw no records: its state is empty.
+        instance.emit(0, 600_000, &["no-records".to_owned()], &[Vec::new()]).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mut states = vec![Vec::new()];
+        match instance.fold(&garbage(), &[0, 0, 0, 0], &mut states) {
+            Ok(()) | Err(PluginError::Returned(_)) => {}
+            Err(other) => panic!("{name}: garbage must be refused with a reason or folded, not {other:?}"),
+        }
+    }
+    // The scaffold is one plugin written four times: every language counts the same.
+    let (first, counts) = &scaffold_results[0];
+    for (name, other) in &scaffold_results[1..] {
+        assert_eq!(other, counts, "{name} counts differently from {first}");
+    }
+}
+
+fn aggregator(name: &str, component: &str, config: Vec<(String, String)>) -> AggregatorPlugin {
+    let compiled = check_world(&engine(), component.as_ref(), World::Aggregator).expect("fits its world");
+    AggregatorPlugin::new(&engine(), compiled, sandbox(name, Limits::default(), Grants::default()), config)
+        .expect("load")
 }
