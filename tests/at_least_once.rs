@@ -261,6 +261,57 @@ stream = "amounts"
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_loads_a_parent_shard_before_its_children() {
+    // A parent with a few records (under the size threshold) and two children
+    // with enough to fill a buffer each, in place before the delivery starts.
+    let source = r#"
+[pipeline]
+name = "delivery-lineage"
+data-dir = "data"
+
+[sources.http]
+kind = "http"
+stream = "amounts"
+
+[streams.amounts]
+"#;
+    let host = TestHost::start(source).await.expect("start");
+    let row = |n: usize| NewRecord {
+        key: format!("k{n}"),
+        event_time_ms: None,
+        data: Bytes::from(format!("{{\"n\":{n}}}")),
+        explicit_hash_key: None,
+    };
+    host.host.put("amounts", (0..3).map(row).collect(), Producer::Native).expect("put");
+    host.host.streams().reshard("amounts", 2).expect("reshard");
+    host.host.put("amounts", (100..400).map(row).collect(), Producer::Native).expect("put");
+    let delivery = format!(
+        r#"{source}
+[delivery.rows]
+stream = "amounts"
+buffer-size = "1KiB"
+buffer-interval = "15m"
+lake = "lake"
+
+[delivery.rows.warehouse]
+database = "rows.db"
+table = "amounts"
+columns = ["n"]
+"#
+    );
+    let mut host = host.restart(&delivery).await.expect("restart");
+    host.wait_until("the children's full buffers", |s| s.deliveries[0].rows_loaded >= 100).await;
+    host.stop().await;
+    let db = rusqlite::Connection::open(host.path("rows.db")).expect("open");
+    let loaded: Vec<i64> = db
+        .prepare("SELECT n FROM amounts ORDER BY rowid")
+        .and_then(|mut q| q.query_map([], |r| r.get(0))?.collect())
+        .expect("rows");
+    assert_eq!(loaded.len(), 303, "every record once");
+    assert_eq!(&loaded[..3], &[0, 1, 2], "the parent's records are loaded first, though under the size threshold");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivery_whose_plan_cannot_be_written_waits_for_it() {
     let manifest = r#"
 [pipeline]

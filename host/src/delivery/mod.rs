@@ -35,6 +35,7 @@ pub use prefix::{check_prefix, object_prefix};
 
 use crate::manifest::DeliverySpec;
 use crate::plugin::TransformerPlugin;
+use crate::stage::{Phase, StageStats};
 use crate::stream::StreamStore;
 use crate::warehouse::WarehouseError;
 
@@ -63,6 +64,8 @@ struct DeliveryStats {
 pub struct DeliveryStatus {
     /// Its name.
     pub name: String,
+    /// Whether it is reading, waiting to retry a step that failed, or drained.
+    pub phase: Phase,
     /// Records taken from its buffer.
     pub records_in: u64,
     /// Records written to the lake.
@@ -90,6 +93,8 @@ pub struct Delivery {
     /// Its settings.
     pub spec: Arc<DeliverySpec>,
     stats: Arc<DeliveryStats>,
+    /// The counters of its reading loop (the stage driver's).
+    driver: Arc<StageStats>,
     draining: Arc<AtomicBool>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -147,12 +152,13 @@ impl Delivery {
             consumer,
             plans,
         });
-        let worker = worker::Worker::new(shared, transform, warehouse, clock);
+        let driver = Arc::new(StageStats::default());
+        let worker = worker::Worker::new(shared, transform, warehouse, clock, driver.clone());
         let thread = std::thread::Builder::new()
             .name(format!("delivery-{}", spec.name))
             .spawn(move || worker.run())
             .map_err(|e| DeliveryError::Lake(String::new(), e.to_string()))?;
-        Ok(Delivery { spec, stats, draining, thread: Mutex::new(Some(thread)) })
+        Ok(Delivery { spec, stats, driver, draining, thread: Mutex::new(Some(thread)) })
     }
 
     /// Its counters.
@@ -160,6 +166,7 @@ impl Delivery {
         let s = &self.stats;
         DeliveryStatus {
             name: self.spec.name.to_string(),
+            phase: self.driver.phase(),
             records_in: s.records_in.load(Ordering::Relaxed),
             records_delivered: s.records_delivered.load(Ordering::Relaxed),
             records_failed: s.records_failed.load(Ordering::Relaxed),
@@ -169,7 +176,7 @@ impl Delivery {
             rows_rejected: s.rows_rejected.load(Ordering::Relaxed),
             loads_failed: s.loads_failed.load(Ordering::Relaxed),
             retries: s.retries.load(Ordering::Relaxed),
-            last_error: s.last_error.lock().ok().and_then(|l| l.clone()),
+            last_error: s.last_error.lock().ok().and_then(|l| l.clone()).or_else(|| self.driver.last_error()),
         }
     }
 

@@ -1,8 +1,11 @@
-//! The delivery worker: reads the source's shards (parents before children),
-//! applies the buffering rule, plans each batch, transforms it and writes its
-//! backup and rows objects, then hands it to the loader.
+//! The delivery worker: the delivery's [`Operator`] in the stage driver,
+//! which reads the source's shards (parents before children). It buffers
+//! what it is handed per shard, applies the buffering rule, plans each batch,
+//! transforms it and writes its backup and rows objects, then hands it to
+//! the loader, which loads it and checkpoints the source (the driver's own
+//! checkpoint records nothing: a position is durable once its batch loaded).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::SyncSender;
@@ -11,9 +14,11 @@ use std::time::Duration;
 use super::lake::{Rows, RowsWriter, Shared, error_entry};
 use super::loader::{Loader, Staged};
 use super::{Clock, Interrupted, object_prefix};
-use crate::manifest::DeliverySpec;
+use crate::manifest::{DeliverySpec, ErrorPolicy};
 use crate::plugin::{Batch, Outcome, PluginError, Transformed, TransformerInstance, TransformerPlugin};
-use crate::stream::{StoredRecord, StreamError};
+use crate::stage::{BatchError, Driver, Operator, StageStats, driver::Reading};
+use crate::stream::StoredRecord;
+use crate::swap::{SwapCommand, SwapReply};
 use crate::warehouse::{ParsedRows, Warehouse};
 
 /// Records per read of the source.
@@ -24,15 +29,28 @@ const TRANSFORM_BATCH: usize = 500;
 pub struct Worker {
     shared: Arc<Shared>,
     transform: Option<TransformerPlugin>,
-    instance: Option<TransformerInstance>,
     warehouse: Option<Box<dyn Warehouse>>,
     clock: Clock,
+    /// The driver's counters (its phase and last error join the delivery's status).
+    driver: Arc<StageStats>,
+}
+
+/// The delivery in the driver's loop: buffers, stages, hands to the loader.
+struct DeliveryOperator {
+    shared: Arc<Shared>,
+    transform: Option<TransformerPlugin>,
+    instance: Option<TransformerInstance>,
+    clock: Clock,
+    runtime: tokio::runtime::Runtime,
+    to_loader: SyncSender<Staged>,
+    shards: BTreeMap<u32, ShardBuffer>,
 }
 
 /// What one shard of the source has buffered for delivery.
 struct ShardBuffer {
-    /// Next position to stage (everything before is staged or checkpointed).
-    position: u64,
+    /// The position after the last record buffered: a batch redone by the
+    /// driver is not buffered twice.
+    next: u64,
     records: Vec<StoredRecord>,
     bytes: u64,
     /// Batches planned before a crash, to redo with the same bounds first.
@@ -45,8 +63,9 @@ impl Worker {
         transform: Option<TransformerPlugin>,
         warehouse: Option<Box<dyn Warehouse>>,
         clock: Clock,
+        driver: Arc<StageStats>,
     ) -> Worker {
-        Worker { shared, transform, instance: None, warehouse, clock }
+        Worker { shared, transform, warehouse, clock, driver }
     }
 
     /// Runs until drained (or interrupted by a shutdown), with the loader beside it.
@@ -68,163 +87,146 @@ impl Worker {
             }
         };
         match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(runtime) => self.deliver_all(&runtime, &to_loader),
+            Ok(runtime) => {
+                let shared = self.shared.clone();
+                let reading = Reading {
+                    input: shared.source_stream.clone(),
+                    consumer: shared.consumer.clone(),
+                    batch_size: READ_BATCH,
+                    // The operator buffers by its own thresholds.
+                    batch_wait: Duration::ZERO,
+                    // A step that fails (a plan not written) waits and is retried.
+                    on_error: ErrorPolicy::DeadLetter,
+                };
+                let operator = DeliveryOperator {
+                    shared: shared.clone(),
+                    transform: self.transform.take(),
+                    instance: None,
+                    clock: self.clock.clone(),
+                    runtime,
+                    // Dropped with the driver: the loader then finishes what it was handed.
+                    to_loader,
+                    shards: BTreeMap::new(),
+                };
+                Driver::new(reading, shared.source.clone(), self.driver.clone(), operator)
+                    .draining_with(shared.draining.clone())
+                    .run_here();
+            }
             Err(e) => tracing::error!(error = %e, "cannot start the delivery's runtime"),
         }
-        // The loader finishes what it was handed, then stops.
-        drop(to_loader);
         if loader.join().is_err() {
             tracing::error!("the delivery's loader panicked");
         }
     }
+}
 
-    fn deliver_all(&mut self, runtime: &tokio::runtime::Runtime, to_loader: &SyncSender<Staged>) {
+impl Operator for DeliveryOperator {
+    fn open(&mut self) -> Result<Option<Vec<u64>>, String> {
+        // The source's consumer checkpoints, written by the loader.
+        Ok(None)
+    }
+
+    fn shard_added(&mut self, shard: u32, position: u64) {
+        let planned = self.shared.plans.pending(shard, position);
+        self.shards.insert(shard, ShardBuffer { next: position, records: Vec::new(), bytes: 0, planned });
+    }
+
+    fn shard_finished(&mut self, shard: u32) -> Result<(), BatchError> {
+        // A parent's records are staged (and checkpointed) before its children's.
+        self.stage_due(shard, true)
+    }
+
+    fn process(&mut self, records: &[StoredRecord]) -> Result<(), BatchError> {
+        let Some(shard) = records.first().map(|r| r.shard) else { return Ok(()) };
+        let buf = self.shards.entry(shard).or_insert_with(|| ShardBuffer::at(records[0].sequence));
+        let fresh = &records[records.partition_point(|r| r.sequence < buf.next)..];
+        if let Some(last) = fresh.last() {
+            buf.next = last.sequence + 1;
+            buf.bytes += fresh.iter().map(|r| r.data.len() as u64).sum::<u64>();
+            buf.records.extend_from_slice(fresh);
+        }
+        self.stage_all_due()
+    }
+
+    fn idle(&mut self) -> Result<bool, BatchError> {
+        // Nothing in the buffers has been checkpointed here: the loader does it.
+        self.stage_all_due().map(|()| false)
+    }
+
+    fn checkpoint(&mut self, _positions: &[u64], _shard: Option<u32>) -> Result<(), String> {
+        // Read is not delivered: the loader checkpoints each batch once it is loaded.
+        Ok(())
+    }
+
+    fn command(&mut self, _command: SwapCommand) -> SwapReply {
+        Err(format!("delivery `{}`: its transform is not hot-swapped", self.shared.spec.name))
+    }
+
+    fn close(&mut self) -> Result<(), String> {
+        // Draining: everything buffered goes, whatever its size or age.
+        let shards: Vec<u32> = self.shards.keys().copied().collect();
+        for shard in shards {
+            match self.stage_due(shard, true) {
+                Ok(()) | Err(BatchError::Interrupted) => {}
+                Err(e) => return Err(format!("{}; the rest is delivered at the next start", e.message())),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl DeliveryOperator {
+    /// Stages what the buffering rule says is due, in every shard.
+    fn stage_all_due(&mut self) -> Result<(), BatchError> {
+        let draining = self.shared.draining.load(Ordering::Relaxed);
+        let shards: Vec<u32> = self.shards.keys().copied().collect();
+        let result = shards.into_iter().try_for_each(|shard| self.stage_due(shard, draining));
+        let buffered = self.shards.values().map(|s| s.records.len() as u64).sum();
+        self.shared.stats.records_buffered.store(buffered, Ordering::Relaxed);
+        result
+    }
+
+    /// Stages one shard's batches while they are due (all of them with `everything`).
+    fn stage_due(&mut self, shard: u32, everything: bool) -> Result<(), BatchError> {
         let shared = self.shared.clone();
-        let (source, stream, spec) = (&shared.source, &shared.source_stream, &shared.spec);
-        let mut shards: Vec<ShardBuffer> = Vec::new();
         loop {
-            let seen = source.changes(stream).unwrap_or(0);
-            let lineage = match source.lineage(stream) {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read the delivery's source");
-                    std::thread::sleep(Duration::from_secs(1));
-                    continue;
-                }
+            let now = (self.clock)();
+            let Some(buf) = self.shards.get_mut(&shard) else { return Ok(()) };
+            if !buf.is_due(buf.age(now), everything, &shared.spec) {
+                return Ok(());
+            }
+            let take = match buf.planned.front() {
+                Some(&(_, last)) => buf.records.iter().take_while(|r| r.sequence <= last).count(),
+                None => batch_end(&buf.records, shared.spec.buffer_bytes),
             };
-            // Shards opened by resharding join in; planned deliveries are redone first.
-            while shards.len() < lineage.len() {
-                let shard = shards.len() as u32;
-                match source.register_consumer(stream, shard, &shared.consumer) {
-                    Ok(position) => {
-                        let planned = shared.plans.pending(shard, position);
-                        shards.push(ShardBuffer { position, records: Vec::new(), bytes: 0, planned });
-                    }
-                    Err(e) => {
-                        // Never a guessed position: wait and ask again.
-                        shared.note_error(format!("cannot read the delivery's source: {e}"));
-                        tracing::error!(error = %e, "cannot read the delivery's source; trying again");
-                        if shared.draining.load(Ordering::Relaxed) {
-                            return;
-                        }
-                        std::thread::sleep(Duration::from_secs(1));
-                        break;
-                    }
-                }
-            }
-            if shards.len() < lineage.len() {
+            if take == 0 {
+                // A plan of records already delivered: nothing to redo.
+                buf.planned.pop_front();
                 continue;
             }
-            let draining = shared.draining.load(Ordering::Relaxed);
-            let mut staged = false;
-            let mut wait = Duration::from_millis(100);
-            let mut left = false;
-            for k in 0..shards.len() {
-                // A parent's records are staged (and checkpointed) before its children's.
-                let positions: Vec<u64> = shards.iter().map(|s| s.position).collect();
-                if !crate::stream::parents_finished(&lineage, &positions, k) {
-                    left = true;
-                    continue;
-                }
-                let shard = k as u32;
-                let buf = &mut shards[k];
-                // Whatever is available, up to the size threshold: a backlog
-                // goes out in full-size batches (one load and commit each).
-                let mut read = Ok(());
-                while buf.bytes < spec.buffer_bytes {
-                    let next = buf.records.last().map_or(buf.position, |r| r.sequence + 1);
-                    match source.read(stream, shard, next, READ_BATCH) {
-                        Ok(records) => {
-                            let full = records.len() == READ_BATCH;
-                            buf.bytes += records.iter().map(|r| r.data.len() as u64).sum::<u64>();
-                            buf.records.extend(records);
-                            if !full {
-                                break;
-                            }
-                        }
-                        Err(e) => {
-                            read = Err(e);
-                            break;
-                        }
-                    }
-                }
-                match read {
-                    Ok(()) => {}
-                    Err(StreamError::Trimmed { oldest, .. }) => {
-                        tracing::warn!(expired = oldest - buf.position, "records expired before delivery");
-                        *buf =
-                            ShardBuffer { position: oldest, records: Vec::new(), bytes: 0, planned: VecDeque::new() };
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot read the delivery's source");
-                        continue;
-                    }
-                }
-                let age = buf.age((self.clock)());
-                if !buf.is_due(age, draining, spec) {
-                    left |= !buf.records.is_empty();
-                    wait = wait.min(spec.buffer_interval.saturating_sub(age));
-                    continue;
-                }
-                let take = match buf.planned.pop_front() {
-                    Some((_, last)) => buf.records.iter().take_while(|r| r.sequence <= last).count(),
-                    None => batch_end(&buf.records, spec.buffer_bytes),
-                };
-                let batch: Vec<StoredRecord> = buf.records.drain(..take).collect();
-                buf.bytes -= batch.iter().map(|r| r.data.len() as u64).sum::<u64>();
-                let (Some(first), Some(last)) = (batch.first(), batch.last()) else { continue };
-                let (first, last) = (first.sequence, last.sequence);
-                if let Err(e) = shared.plans.write(shard, first, last) {
-                    // Without its plan a batch redone after a crash could get other bounds (and
-                    // keys): it waits, back in the buffer, until the plan can be written.
-                    let message = format!("cannot record the delivery plan of records {first} to {last}: {e}");
-                    tracing::error!(error = %message, "the batch waits until its plan can be written");
-                    shared.note_error(message);
-                    let buf = &mut shards[k];
-                    buf.bytes += batch.iter().map(|r| r.data.len() as u64).sum::<u64>();
-                    buf.records.splice(0..0, batch);
-                    if draining {
-                        return;
-                    }
-                    std::thread::sleep(PLAN_RETRY);
-                    left = true;
-                    continue;
-                }
-                let Ok(ready) = self.stage(runtime, shard, &batch) else {
-                    tracing::warn!(
-                        shard,
-                        first,
-                        last,
-                        "shutdown interrupted a delivery; it is redone at the next start"
-                    );
-                    return;
-                };
-                if to_loader.send(ready).is_err() {
-                    return; // the loader stopped: a shutdown interrupted it
-                }
-                shards[k].position = last + 1;
-                staged = true;
+            let (first, last) = (buf.records[0].sequence, buf.records[take - 1].sequence);
+            if let Err(e) = shared.plans.write(shard, first, last) {
+                // Without its plan a batch redone after a crash could get other bounds (and
+                // keys): it waits in the buffer until the plan can be written.
+                let message = format!("cannot record the delivery plan of records {first} to {last}: {e}");
+                shared.note_error(message.clone());
+                return Err(BatchError::Effect(message));
             }
-            let buffered = shards.iter().map(|s| s.records.len() as u64).sum();
-            shared.stats.records_buffered.store(buffered, Ordering::Relaxed);
-            if staged {
-                continue;
+            buf.planned.pop_front();
+            let batch: Vec<StoredRecord> = buf.records.drain(..take).collect();
+            buf.bytes -= batch.iter().map(|r| r.data.len() as u64).sum::<u64>();
+            let Ok(ready) = self.stage(shard, &batch) else {
+                tracing::warn!(shard, first, last, "shutdown interrupted a delivery; it is redone at the next start");
+                return Err(BatchError::Interrupted);
+            };
+            if self.to_loader.send(ready).is_err() {
+                return Err(BatchError::Interrupted); // the loader stopped: a shutdown interrupted it
             }
-            if draining && !left {
-                return;
-            }
-            let _ = source.wait_change(stream, seen, wait.max(Duration::from_millis(1)));
         }
     }
 
     /// Transforms a batch and writes its backup and rows objects.
-    fn stage(
-        &mut self,
-        runtime: &tokio::runtime::Runtime,
-        shard: u32,
-        batch: &[StoredRecord],
-    ) -> Result<Staged, Interrupted> {
+    fn stage(&mut self, shard: u32, batch: &[StoredRecord]) -> Result<Staged, Interrupted> {
         let shared = self.shared.clone();
         let spec = &shared.spec;
         shared.stats.records_in.fetch_add(batch.len() as u64, Ordering::Relaxed);
@@ -277,7 +279,7 @@ impl Worker {
                 raw.push(b'\n');
             }
             let key = format!("{}{name}{extension}", object_prefix(backup, at, None));
-            if let Err(failure) = shared.put(runtime, &key, raw.into())? {
+            if let Err(failure) = shared.put(&self.runtime, &key, raw.into())? {
                 errors.extend(
                     batch.iter().map(|r| error_entry(r, "Lake.BackupFailed", &failure.message, failure.attempts)),
                 );
@@ -288,7 +290,7 @@ impl Worker {
         let rows = rows.finish();
         if !rows.is_empty() {
             let key = format!("{}{name}{extension}", object_prefix(&spec.prefix, at, None));
-            match shared.put(runtime, &key, rows.bytes.clone())? {
+            match shared.put(&self.runtime, &key, rows.bytes.clone())? {
                 Ok(()) => staged_key = Some(key),
                 Err(failure) => {
                     delivered = 0;
@@ -344,6 +346,11 @@ impl Worker {
 }
 
 impl ShardBuffer {
+    /// An empty buffer reading from `position`, with nothing planned.
+    fn at(position: u64) -> ShardBuffer {
+        ShardBuffer { next: position, records: Vec::new(), bytes: 0, planned: VecDeque::new() }
+    }
+
     /// How long the oldest buffered record has waited at `now_ms`.
     fn age(&self, now_ms: i64) -> Duration {
         self.records
@@ -352,15 +359,18 @@ impl ShardBuffer {
     }
 
     /// The buffering rule: deliver when the size or the age threshold is
-    /// reached, whichever first, and everything when draining.
-    fn is_due(&self, age: Duration, draining: bool, spec: &DeliverySpec) -> bool {
-        !self.records.is_empty()
-            && (!self.planned.is_empty() || draining || self.bytes >= spec.buffer_bytes || age >= spec.buffer_interval)
+    /// reached, whichever first, and everything when draining. A batch planned
+    /// before a crash goes as soon as all of it is buffered, with its bounds.
+    fn is_due(&self, age: Duration, everything: bool, spec: &DeliverySpec) -> bool {
+        if self.records.is_empty() {
+            return false;
+        }
+        if let Some(&(_, last)) = self.planned.front() {
+            return everything || self.next > last;
+        }
+        everything || self.bytes >= spec.buffer_bytes || age >= spec.buffer_interval
     }
 }
-
-/// How long a batch whose plan could not be written waits before another try.
-const PLAN_RETRY: Duration = Duration::from_secs(1);
 
 /// How many buffered records one delivery takes: up to the size threshold.
 fn batch_end(records: &[StoredRecord], limit: u64) -> usize {

@@ -32,7 +32,7 @@ use std::time::Instant;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-use super::driver::{BatchError, Driver, Operator};
+use super::driver::{BatchError, Driver, Operator, Reading};
 use super::{DeadLetters, StageOutput, StageStats};
 use crate::manifest::StageSpec;
 use crate::plugin::{AggregatorInstance, AggregatorPlugin, Batch};
@@ -140,7 +140,7 @@ impl AggregateOperator {
             unwritten: Vec::new(),
             positions: Vec::new(),
         };
-        Ok(Driver::new(spec, streams, stats, operator))
+        Ok(Driver::new(Reading::of(&spec), streams, stats, operator))
     }
 
     fn windows(&mut self) -> Result<&mut WindowOperator, BatchError> {
@@ -494,16 +494,17 @@ impl Operator for AggregateOperator {
         Ok(positions)
     }
 
-    fn shard_added(&mut self, shard: u32) {
+    fn shard_added(&mut self, shard: u32, _position: u64) {
         if let Some(windows) = &mut self.windows {
             windows.add_shard(shard, now_ms());
         }
     }
 
-    fn shard_finished(&mut self, shard: u32) {
+    fn shard_finished(&mut self, shard: u32) -> Result<(), BatchError> {
         if let Some(windows) = &mut self.windows {
             windows.remove_shard(shard, now_ms());
         }
+        Ok(())
     }
 
     fn process(&mut self, records: &[StoredRecord]) -> Result<(), BatchError> {
@@ -531,7 +532,7 @@ impl Operator for AggregateOperator {
         self.save(positions)?;
         self.positions = positions.to_vec();
         // The stream's consumer checkpoints say how far behind the stage is (the file above is what resumes).
-        super::driver::checkpoint_shard(self.streams.as_ref(), &self.spec, positions, None)
+        Reading::of(&self.spec).checkpoint(self.streams.as_ref(), positions, None)
     }
 
     fn set_aside(&mut self, records: &[StoredRecord], reason: &str) -> Result<(), String> {

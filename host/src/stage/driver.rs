@@ -1,4 +1,4 @@
-//! The one loop every stage runs, whatever its plugin's world: which shard
+//! The one loop every stage and delivery runs, whatever its plugin's world: which shard
 //! to read next (a parent shard before its children, so order per key holds
 //! across resharding), reading batches, handing each to the stage's
 //! [`Operator`], the error policy, retries with backoff, checkpoints, hot
@@ -16,6 +16,13 @@
 //! `last_error`) and logged. A redone batch may repeat outputs that were
 //! written before the failure, never lose them: consumers deduplicate by the
 //! ids the outputs carry (notifications by their idempotency keys).
+//!
+//! An operator whose effects complete later than [`Operator::process`]
+//! returns (a delivery buffers records until its size or age threshold, then
+//! its loader commits them) keeps the rule itself: its
+//! [`Operator::checkpoint`] records nothing, and it writes the stream's
+//! checkpoint once the effects are durable. The driver's positions are then
+//! only how far it has read.
 //!
 //! # The error policy
 //!
@@ -60,6 +67,9 @@ pub enum BatchError {
     Effect(String),
     /// The stage cannot go on (its state is unreadable, say): it stops.
     Fatal(String),
+    /// A shutdown cut the batch short before its effects were recorded: the
+    /// stage ends quietly, and the batch is redone at the next start.
+    Interrupted,
 }
 
 impl BatchError {
@@ -68,12 +78,14 @@ impl BatchError {
         BatchError::Plugin { message: message.into(), rolled_back: false }
     }
 
-    fn message(&self) -> &str {
+    /// What failed, for the log and the status.
+    pub fn message(&self) -> &str {
         match self {
             BatchError::Plugin { message, .. }
             | BatchError::Unavailable(message)
             | BatchError::Effect(message)
             | BatchError::Fatal(message) => message,
+            BatchError::Interrupted => "interrupted by a shutdown",
         }
     }
 }
@@ -89,12 +101,18 @@ pub trait Operator: Send + 'static {
     fn open(&mut self) -> Result<Option<Vec<u64>>, String>;
 
     /// Called when the stage starts reading a shard it had not read before
-    /// (at the start, and when resharding opened new shards).
-    fn shard_added(&mut self, _shard: u32) {}
+    /// (at the start, and when resharding opened new shards), with the
+    /// position it reads from.
+    fn shard_added(&mut self, _shard: u32, _position: u64) {}
 
     /// Called once a shard closed by resharding has been read to its end: it
-    /// will have no more records (an aggregator stops waiting for its clock).
-    fn shard_finished(&mut self, _shard: u32) {}
+    /// will have no more records (an aggregator stops waiting for its clock, a
+    /// delivery sends what it buffered of it). Its children are read only
+    /// after this returned `Ok`; an error is handled as
+    /// [`Operator::process`]'s are, and the call repeated.
+    fn shard_finished(&mut self, _shard: u32) -> Result<(), BatchError> {
+        Ok(())
+    }
 
     /// Called with each batch of one shard's records, in order. Returns `Ok`
     /// once every effect of the batch is durably recorded; the driver then
@@ -117,47 +135,86 @@ pub trait Operator: Send + 'static {
 
     /// Called with a batch the plugin failed on [`PLUGIN_TRIES`] times when the
     /// policy is `dead-letter`: writes it to the dead letters with `reason`.
-    /// Returns once they are durable.
-    fn set_aside(&mut self, records: &[StoredRecord], reason: &str) -> Result<(), String>;
+    /// Returns once they are durable. The default, for an operator that never
+    /// reports [`BatchError::Plugin`], refuses.
+    fn set_aside(&mut self, records: &[StoredRecord], reason: &str) -> Result<(), String> {
+        Err(format!("{} records failed ({reason}), and this stage has no dead letters", records.len()))
+    }
 
     /// Called at a batch boundary with a hot-swap command; the answer goes to
     /// whoever sent it.
     fn command(&mut self, command: SwapCommand) -> SwapReply;
 
-    /// Called once, when the stage finished draining: makes its outputs durable.
+    /// Called once, when the stage finished draining (everything in its input
+    /// was processed): makes its outputs durable.
     fn close(&mut self) -> Result<(), String> {
         Ok(())
     }
 }
 
-/// The default [`Operator::checkpoint`]: the stream's consumer checkpoint of `shard`.
-pub fn checkpoint_shard(
-    streams: &dyn StreamStore,
-    spec: &StageSpec,
-    positions: &[u64],
-    shard: Option<u32>,
-) -> Result<(), String> {
-    let shards: Vec<u32> = match shard {
-        Some(s) => vec![s],
-        None => (0..positions.len() as u32).collect(),
-    };
-    for s in shards {
-        streams
-            .checkpoint(spec.input.as_str(), s, spec.name.as_str(), positions[s as usize])
-            .map_err(|e| e.to_string())?;
+/// What the driver reads, and how: the stream, the consumer whose
+/// checkpoints it keeps, batches, and what a failure does.
+#[derive(Debug, Clone)]
+pub struct Reading {
+    /// The stream read.
+    pub input: String,
+    /// The consumer name its positions are checkpointed under.
+    pub consumer: String,
+    /// Records per batch, at most.
+    pub batch_size: usize,
+    /// How long a partial batch waits for more records.
+    pub batch_wait: Duration,
+    /// What a batch that keeps failing does.
+    pub on_error: ErrorPolicy,
+}
+
+impl Reading {
+    /// How a stage reads: its input, under its own name.
+    pub fn of(spec: &StageSpec) -> Reading {
+        Reading {
+            input: spec.input.to_string(),
+            consumer: spec.name.to_string(),
+            batch_size: spec.batch_size,
+            batch_wait: spec.batch_wait,
+            on_error: spec.on_error,
+        }
     }
-    Ok(())
+
+    /// The stream's consumer checkpoint of `shard` (of every shard for
+    /// `None`): what [`Operator::checkpoint`] usually does.
+    pub fn checkpoint(&self, streams: &dyn StreamStore, positions: &[u64], shard: Option<u32>) -> Result<(), String> {
+        let shards: Vec<u32> = match shard {
+            Some(s) => vec![s],
+            None => (0..positions.len() as u32).collect(),
+        };
+        for s in shards {
+            streams.checkpoint(&self.input, s, &self.consumer, positions[s as usize]).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
 }
 
 /// A stage's loop over its input, around its operator.
 pub struct Driver<O: Operator> {
-    spec: Arc<StageSpec>,
+    spec: Reading,
     streams: Arc<dyn StreamStore>,
     stats: Arc<StageStats>,
     draining: Arc<AtomicBool>,
     operator: O,
     /// Per shard, whether the operator was told it is finished.
     finished: Vec<bool>,
+}
+
+/// Why the driver could not tell which shard to read next.
+enum ShardsError {
+    Stream(StreamError),
+    Operator(BatchError),
+}
+
+impl From<StreamError> for ShardsError {
+    fn from(e: StreamError) -> Self {
+        ShardsError::Stream(e)
+    }
 }
 
 /// What happened to a step the driver retries until it succeeds.
@@ -169,16 +226,29 @@ enum Retried {
 
 impl<O: Operator> Driver<O> {
     /// A stage reading `spec.input` through `operator`.
-    pub fn new(spec: Arc<StageSpec>, streams: Arc<dyn StreamStore>, stats: Arc<StageStats>, operator: O) -> Self {
+    pub fn new(spec: Reading, streams: Arc<dyn StreamStore>, stats: Arc<StageStats>, operator: O) -> Self {
         Driver { spec, streams, stats, draining: Arc::default(), operator, finished: Vec::new() }
+    }
+
+    /// The same driver, draining when `draining` is set (by its owner's drain).
+    pub fn draining_with(mut self, draining: Arc<AtomicBool>) -> Self {
+        self.draining = draining;
+        self
+    }
+
+    /// Runs the loop on the calling thread until drained or stopped, with no
+    /// hot-swap commands.
+    pub fn run_here(self) {
+        let (_commands, requests) = std::sync::mpsc::channel();
+        self.run(requests)
     }
 
     /// Starts the stage on a thread of its own. `output_stream` is the stream
     /// it writes, if any (the drain finishes upstream stages first).
     pub fn spawn(self, output_stream: Option<String>) -> std::io::Result<StageHandle> {
         let (commands, requests) = std::sync::mpsc::channel();
-        let name = self.spec.name.to_string();
-        let (stats, draining, input) = (self.stats.clone(), self.draining.clone(), self.spec.input.to_string());
+        let name = self.spec.consumer.clone();
+        let (stats, draining, input) = (self.stats.clone(), self.draining.clone(), self.spec.input.clone());
         let thread = std::thread::Builder::new().name(format!("stage-{name}")).spawn(move || self.run(requests))?;
         Ok(StageHandle::running(name, stats, commands, input, output_stream, draining, thread))
     }
@@ -192,11 +262,11 @@ impl<O: Operator> Driver<O> {
             Ok(resumed) => resumed.unwrap_or_default(),
             Err(e) => return self.stop(&format!("the stage cannot start: {e}")),
         };
-        for shard in 0..positions.len() as u32 {
-            self.operator.shard_added(shard);
+        for (shard, position) in positions.iter().enumerate() {
+            self.operator.shard_added(shard as u32, *position);
         }
         self.stats.set_phase(Phase::Running);
-        let input = self.spec.input.to_string();
+        let input = self.spec.input.clone();
         let (mut next_shard, mut tries) = (0usize, 0u32);
         loop {
             // A batch boundary: swaps and rollbacks happen here, never inside a batch.
@@ -210,10 +280,20 @@ impl<O: Operator> Driver<O> {
             };
             let ready = match self.next_ready_shard(&mut positions, next_shard) {
                 Ok(ready) => ready,
-                Err(e) => match self.retry_step(&BatchError::Effect(format!("reading the input's shards: {e}")), 1) {
-                    Retried::Done => continue,
-                    Retried::Stop => return,
-                },
+                Err(ShardsError::Stream(e)) => {
+                    match self.retry_step(&BatchError::Effect(format!("reading the input's shards: {e}")), 1) {
+                        Retried::Done => continue,
+                        Retried::Stop => return,
+                    }
+                }
+                Err(ShardsError::Operator(BatchError::Interrupted)) => return self.interrupted(),
+                Err(ShardsError::Operator(e)) => {
+                    tries += 1;
+                    match self.retry_step(&e, tries) {
+                        Retried::Done => continue,
+                        Retried::Stop => return,
+                    }
+                }
             };
             let Some(shard) = ready else {
                 if self.draining() {
@@ -226,6 +306,7 @@ impl<O: Operator> Driver<O> {
                             return;
                         }
                     }
+                    Err(BatchError::Interrupted) => return self.interrupted(),
                     Err(e) => {
                         tries += 1;
                         if let Retried::Stop = self.retry_step(&e, tries) {
@@ -282,6 +363,7 @@ impl<O: Operator> Driver<O> {
                     }
                 }
                 Err(BatchError::Fatal(e)) => return self.stop(&e),
+                Err(BatchError::Interrupted) => return self.interrupted(),
             };
             if done {
                 tries = 0;
@@ -384,6 +466,12 @@ impl<O: Operator> Driver<O> {
         self.stats.set_phase(Phase::Running);
     }
 
+    /// A shutdown cut a batch short: nothing past the last checkpoint is lost.
+    fn interrupted(&self) {
+        tracing::warn!("a shutdown interrupted a batch; it is redone at the next start");
+        self.stats.set_phase(Phase::Finished);
+    }
+
     fn stop(&self, why: &str) {
         tracing::error!(error = why, "stage stopped");
         self.stats.set_error(why.to_owned());
@@ -392,20 +480,22 @@ impl<O: Operator> Driver<O> {
 
     /// The first shard, from `from` and going round, with records past its
     /// position and no unfinished parent: a parent's records all come before its
-    /// children's. Shards opened since the last call are registered first.
-    fn next_ready_shard(&mut self, positions: &mut Vec<u64>, from: usize) -> Result<Option<usize>, StreamError> {
-        let (input, consumer) = (self.spec.input.as_str(), self.spec.name.as_str());
+    /// children's. Shards opened since the last call are registered first, and
+    /// the operator hears of shards read to their end.
+    fn next_ready_shard(&mut self, positions: &mut Vec<u64>, from: usize) -> Result<Option<usize>, ShardsError> {
+        let (input, consumer) = (self.spec.input.as_str(), self.spec.consumer.as_str());
         let lineage = self.streams.lineage(input)?;
         while positions.len() < lineage.len() {
             let shard = positions.len() as u32;
-            positions.push(self.streams.register_consumer(input, shard, consumer)?);
-            self.operator.shard_added(shard);
+            let position = self.streams.register_consumer(input, shard, consumer)?;
+            positions.push(position);
+            self.operator.shard_added(shard, position);
         }
         self.finished.resize(positions.len(), false);
         for shard in 0..positions.len() {
             if shard_finished(&lineage, positions, shard) && !self.finished[shard] {
+                self.operator.shard_finished(shard as u32).map_err(ShardsError::Operator)?;
                 self.finished[shard] = true;
-                self.operator.shard_finished(shard as u32);
             }
         }
         for k in 0..positions.len() {

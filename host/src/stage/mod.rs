@@ -4,7 +4,9 @@
 //!
 //! - [`transform`]: a transformer's outputs to a stream or sink, its refusals to the dead letters;
 //! - [`aggregate`]: records folded into event-time windows, closed windows' results out;
-//! - [`notify`]: a notifier's state changes and notifications, one transaction per batch.
+//! - [`notify`]: a notifier's state changes and notifications, one transaction per batch;
+//! - a delivery stream's worker (`delivery`) runs the same loop: records
+//!   buffered, then written to the lake and loaded into the warehouse.
 //!
 //! This module holds what they share: counters and status, the handle of a
 //! running stage, and where outputs go.
@@ -189,6 +191,16 @@ impl StageStats {
         self.versions.lock().map(|v| v.iter().map(|v| v.status()).collect()).unwrap_or_default()
     }
 
+    /// The phase it is in.
+    pub(crate) fn phase(&self) -> Phase {
+        self.phase.lock().ok().and_then(|p| *p).unwrap_or(Phase::Running)
+    }
+
+    /// The most recent failure.
+    pub(crate) fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|l| l.clone())
+    }
+
     pub(crate) fn set_phase(&self, phase: Phase) {
         if let Ok(mut p) = self.phase.lock() {
             *p = Some(phase);
@@ -253,7 +265,7 @@ impl StageHandle {
             name: self.name.clone(),
             plugin: active.map(|v| v.plugin.clone()).unwrap_or_default(),
             plugin_sha256: active.map(|v| v.sha256.clone()).unwrap_or_default(),
-            phase: s.phase.lock().ok().and_then(|p| *p).unwrap_or(Phase::Running),
+            phase: s.phase(),
             records_in: get(&s.records_in),
             records_out: get(&s.records_out),
             dropped: get(&s.dropped),
@@ -262,7 +274,7 @@ impl StageHandle {
             batches: get(&s.batches),
             failures: get(&s.failures),
             restarts: get(&s.restarts),
-            last_error: s.last_error.lock().ok().and_then(|l| l.clone()),
+            last_error: s.last_error(),
             versions,
             windows: s.windows.lock().ok().and_then(|w| *w),
         }

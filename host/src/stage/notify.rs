@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use super::DeadLetters;
 use super::StageStats;
-use super::driver::{BatchError, Driver, Operator, checkpoint_shard};
+use super::driver::{BatchError, Driver, Operator, Reading};
 use crate::manifest::StageSpec;
 use crate::notify::Channels;
 use crate::plugin::{Batch, Notification, NotifierInstance, NotifierPlugin, ReferenceLookup, Services};
@@ -165,7 +165,7 @@ impl NotifierOperator {
             version,
             instance: None,
         };
-        Driver::new(spec, streams, stats, operator)
+        Driver::new(Reading::of(&spec), streams, stats, operator)
     }
 }
 
@@ -206,7 +206,7 @@ impl Operator for NotifierOperator {
     }
 
     fn checkpoint(&mut self, positions: &[u64], shard: Option<u32>) -> Result<(), String> {
-        checkpoint_shard(self.streams.as_ref(), &self.spec, positions, shard)
+        Reading::of(&self.spec).checkpoint(self.streams.as_ref(), positions, shard)
     }
 
     fn set_aside(&mut self, records: &[StoredRecord], reason: &str) -> Result<(), String> {

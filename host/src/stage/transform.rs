@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use super::driver::{BatchError, Driver, Operator, checkpoint_shard};
+use super::driver::{BatchError, Driver, Operator, Reading};
 use super::{DeadLetters, StageOutput, StageStats, write_output};
 use crate::manifest::StageSpec;
 use crate::plugin::{Batch, Outcome, PluginError, TransformerInstance, TransformerPlugin};
@@ -65,7 +65,7 @@ impl TransformOperator {
             instances_created: 0,
             last_failure: "processing-failed",
         };
-        Driver::new(spec, streams, stats, operator)
+        Driver::new(Reading::of(&spec), streams, stats, operator)
     }
 
     /// Switches plugin versions between two batches.
@@ -203,7 +203,7 @@ impl Operator for TransformOperator {
     }
 
     fn checkpoint(&mut self, positions: &[u64], shard: Option<u32>) -> Result<(), String> {
-        checkpoint_shard(self.streams.as_ref(), &self.spec, positions, shard)
+        Reading::of(&self.spec).checkpoint(self.streams.as_ref(), positions, shard)
     }
 
     fn set_aside(&mut self, records: &[StoredRecord], reason: &str) -> Result<(), String> {
