@@ -125,7 +125,7 @@ const MINUTE: i64 = 60_000;
 
 /// The end of the 10-minute window starting at an RFC 3339 time.
 fn window_end(start: &str) -> i64 {
-    weir_host::sink::system_ms(humantime::parse_rfc3339(start).expect("a window start")) + 10 * MINUTE
+    weir_host::time::system_ms(humantime::parse_rfc3339(start).expect("a window start")) + 10 * MINUTE
 }
 
 /// Waits until every stage has read all of its input.
@@ -166,7 +166,7 @@ struct Oracle {
 
 fn oracle(lines: &[weir_host::simulate::TollLine]) -> Oracle {
     use weir_host::simulate::{STATIONS, threshold_cents};
-    let time = |ms: i64| weir_host::sink::format_ms(ms);
+    let time = |ms: i64| weir_host::time::format_ms(ms);
     let mut rows = BTreeSet::new();
     let mut sums: BTreeMap<(String, i64), u64> = BTreeMap::new();
     let mut counts: BTreeMap<(u32, i64), u64> = BTreeMap::new();
@@ -257,7 +257,7 @@ async fn a_simulated_day_matches_an_independent_oracle_across_a_restart() {
         caught_up(&host).await;
         let now = now.load(Ordering::SeqCst);
         let sent = host.host.channels.sent().get("app").copied().unwrap_or(0) as usize;
-        assert_eq!(sent_before + sent, closed_by(now), "billing messages sent by {}", weir_host::sink::format_ms(now));
+        assert_eq!(sent_before + sent, closed_by(now), "billing messages sent by {}", weir_host::time::format_ms(now));
         // Counted since the restart: the morning's rows were loaded before it.
         let due = afternoon.iter().filter(|l| l.time_ms <= now - 30 * MINUTE && l.text.contains(',')).count() as u64;
         host.wait_until("rows no older than 30 simulated minutes", |s| s.deliveries[0].rows_loaded >= due).await;

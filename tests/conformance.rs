@@ -21,9 +21,10 @@ use std::sync::Arc;
 
 use weir_host::manifest::plugin::ExpectedOutcome;
 use weir_host::manifest::{Grants, Limits, PluginManifest, World};
+use weir_host::notify::Notification;
 use weir_host::pipeline::Producer;
 use weir_host::plugin::{
-    AggregatorInstance, AggregatorPlugin, Batch, MemoryServices, Notification, NotifierPlugin, Outcome, PluginError,
+    AggregatorInstance, AggregatorPlugin, Batch, MemoryServices, NotifierPlugin, Outcome, PluginError,
     TransformerPlugin, check_world,
 };
 use weir_host::scaffold::{Lang, new_plugin};

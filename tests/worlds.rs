@@ -91,7 +91,7 @@ fn a_notifier_uses_state_tables_reference_tables_and_channels() {
     assert_eq!(sent[0].idempotency_key, "c1-crossed-100");
 
     // The same idempotency key is never sent twice, whoever sends it.
-    let duplicate = weir_host::plugin::Notification { ..sent[0].clone() };
+    let duplicate = weir_host::notify::Notification { ..sent[0].clone() };
     assert_eq!(services.send(duplicate), Ok(false));
 
     let err = instance.consume(&amounts(&[("c3", "lots")])).expect_err("bad amount");

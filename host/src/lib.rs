@@ -30,5 +30,6 @@ pub mod stage;
 pub mod state;
 pub mod stream;
 pub mod swap;
+pub mod time;
 pub mod warehouse;
 pub mod window;

@@ -19,8 +19,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use crate::plugin::Notification;
 use crate::state::{Delivery, InboxMessage, OutboxEntry, Settle, StateStore};
+
+/// A notification as a plugin sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notification {
+    /// Channel name.
+    pub channel: String,
+    /// Recipient.
+    pub recipient: String,
+    /// One-line summary.
+    pub subject: String,
+    /// Body.
+    pub body: String,
+    /// Dedup key of the business event.
+    pub idempotency_key: String,
+}
 
 /// First wait before a webhook is tried again; it doubles up to [`MAX_RETRY_WAIT`].
 const FIRST_RETRY_WAIT: Duration = Duration::from_millis(500);
@@ -114,7 +128,7 @@ impl Channels {
             subject: n.subject.clone(),
             body: n.body.clone(),
             idempotency_key: n.idempotency_key.clone(),
-            sent_at: crate::sink::format_ms(now),
+            sent_at: crate::time::format_ms(now),
         };
         let delivery = match kind {
             ChannelKind::Inbox => Delivery::Inbox(message),

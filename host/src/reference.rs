@@ -17,7 +17,13 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::lake::LakeSpec;
-use crate::plugin::ReferenceLookup;
+
+/// Where plugins' `reference.lookup` calls go: the pipeline's reference tables
+/// (these). Without them, a notifier's host services answer.
+pub trait ReferenceLookup: Send + Sync {
+    /// The row of `key` in `table` as JSON object text, if there is one.
+    fn lookup(&self, table: &str, key: &str) -> Result<Option<String>, String>;
+}
 
 /// How a reference object is written (`format = "csv"` or `"jsonl"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -139,7 +145,7 @@ impl ReferenceTable {
             object: self.spec.object.clone(),
             rows: version.rows.len(),
             generation: self.generation(),
-            loaded_at: crate::sink::format_ms(version.loaded_at_ms),
+            loaded_at: crate::time::format_ms(version.loaded_at_ms),
             last_error: self.last_error.lock().ok().and_then(|e| e.clone()),
         }
     }

@@ -118,7 +118,7 @@ pub fn generate_day(seed: u64, day_start_ms: i64) -> Vec<TollLine> {
                 *n += 1;
                 let text = format!(
                     "T{station:04}-{n:06},{},{station},{},TAG{customer:07},{},{class},{}",
-                    crate::sink::format_ms(time_ms),
+                    crate::time::format_ms(time_ms),
                     1 + random.below(4),
                     customer_id(customer),
                     TOLLS[class - 1]

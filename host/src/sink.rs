@@ -5,13 +5,13 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
 use crate::manifest::FileFormat;
 use crate::stream::StoredRecord;
+use crate::time::format_ms;
 
 /// A sink failure: the batch is not checkpointed and will be retried.
 #[derive(Debug, thiserror::Error)]
@@ -179,19 +179,4 @@ fn put_data(obj: &mut Map<String, Value>, payload: &[u8]) {
         Ok(text) => obj.insert("data".into(), json!(text)),
         Err(_) => obj.insert("data_base64".into(), json!(base64::engine::general_purpose::STANDARD.encode(payload))),
     };
-}
-
-/// RFC 3339 with milliseconds, UTC.
-pub fn format_ms(ms: i64) -> String {
-    let t = if ms >= 0 {
-        UNIX_EPOCH + Duration::from_millis(ms as u64)
-    } else {
-        UNIX_EPOCH - Duration::from_millis(ms.unsigned_abs())
-    };
-    humantime::format_rfc3339_millis(t).to_string()
-}
-
-/// Milliseconds of a `SystemTime` since the Unix epoch.
-pub fn system_ms(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }

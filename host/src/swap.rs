@@ -64,7 +64,7 @@ impl PluginVersion {
         Arc::new(PluginVersion {
             plugin,
             sha256,
-            since: crate::sink::format_ms(crate::stream::now_ms()),
+            since: crate::time::format_ms(crate::stream::now_ms()),
             records_in: AtomicU64::new(0),
             records_out: AtomicU64::new(0),
             batches: AtomicU64::new(0),

@@ -184,5 +184,5 @@ fn window_results_after_sigkills_equal_the_uninterrupted_day() {
 
 /// RFC 3339 with milliseconds, as the plugin writes it.
 fn rfc3339(ms: i64) -> String {
-    weir_host::sink::format_ms(ms)
+    weir_host::time::format_ms(ms)
 }

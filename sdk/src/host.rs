@@ -5,7 +5,20 @@
 //! Inside a component these call the host's WIT imports. Natively they use the
 //! in-memory fakes of [`crate::testing`], so plugin logic is unit-testable.
 
-use crate::log::Level;
+/// Severity of a log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// Very detailed tracing.
+    Trace,
+    /// Debugging detail.
+    Debug,
+    /// Normal operation.
+    Info,
+    /// Something the operator may want to look at.
+    Warn,
+    /// Something failed.
+    Error,
+}
 
 /// One message for one recipient on a notification channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,7 +82,7 @@ mod imp {
 }
 
 #[cfg(not(target_arch = "wasm32"))]
-use crate::testing::fake_host as imp;
+use fake as imp;
 
 pub(crate) fn log(level: Level, message: &str) {
     imp::log(level, message);
@@ -108,4 +121,82 @@ pub fn send(notification: &Notification) -> Result<bool, String> {
 /// Look a key up in a reference table; `None` if it has no such row.
 pub fn lookup(table: &str, key: &str) -> Result<Option<String>, String> {
     imp::lookup(table, key)
+}
+
+/// The in-memory host behind these functions when not compiled to
+/// WebAssembly, one per thread; [`crate::testing`] sets it up and reads it.
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) mod fake {
+    use std::cell::RefCell;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::{Level, Notification};
+
+    #[derive(Default)]
+    pub(crate) struct FakeHost {
+        pub(crate) logs: Vec<(Level, String)>,
+        pub(crate) tables: BTreeMap<(String, String), Vec<u8>>,
+        pub(crate) sent: Vec<Notification>,
+        /// (channel, idempotency key): as in the host, a key is sent once per channel.
+        pub(crate) sent_keys: BTreeSet<(String, String)>,
+        pub(crate) reference: BTreeMap<(String, String), String>,
+    }
+
+    thread_local! {
+        pub(crate) static FAKE: RefCell<FakeHost> = RefCell::new(FakeHost::default());
+    }
+
+    fn k(table: &str, key: &str) -> (String, String) {
+        (table.to_owned(), key.to_owned())
+    }
+    pub fn log(level: Level, message: &str) {
+        FAKE.with_borrow_mut(|f| f.logs.push((level, message.to_owned())));
+    }
+    pub fn get(table: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
+        Ok(FAKE.with_borrow(|f| f.tables.get(&k(table, key)).cloned()))
+    }
+    pub fn put(table: &str, key: &str, value: &[u8]) -> Result<(), String> {
+        FAKE.with_borrow_mut(|f| f.tables.insert(k(table, key), value.to_vec()));
+        Ok(())
+    }
+    pub fn delete(table: &str, key: &str) -> Result<(), String> {
+        FAKE.with_borrow_mut(|f| f.tables.remove(&k(table, key)));
+        Ok(())
+    }
+    pub fn put_if(table: &str, key: &str, expected: Option<&[u8]>, value: &[u8]) -> Result<bool, String> {
+        FAKE.with_borrow_mut(|f| {
+            let slot = f.tables.get(&k(table, key)).map(Vec::as_slice);
+            if slot != expected {
+                return Ok(false);
+            }
+            f.tables.insert(k(table, key), value.to_vec());
+            Ok(true)
+        })
+    }
+    pub fn add(table: &str, key: &str, delta: i64) -> Result<i64, String> {
+        FAKE.with_borrow_mut(|f| {
+            let current = match f.tables.get(&k(table, key)) {
+                None => 0,
+                Some(bytes) => std::str::from_utf8(bytes)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<i64>().ok())
+                    .ok_or_else(|| format!("item {table}/{key} is not a decimal integer"))?,
+            };
+            let next = current.checked_add(delta).ok_or("integer overflow")?;
+            f.tables.insert(k(table, key), next.to_string().into_bytes());
+            Ok(next)
+        })
+    }
+    pub fn send(n: &Notification) -> Result<bool, String> {
+        FAKE.with_borrow_mut(|f| {
+            if !f.sent_keys.insert((n.channel.clone(), n.idempotency_key.clone())) {
+                return Ok(false);
+            }
+            f.sent.push(n.clone());
+            Ok(true)
+        })
+    }
+    pub fn lookup(table: &str, key: &str) -> Result<Option<String>, String> {
+        Ok(FAKE.with_borrow(|f| f.reference.get(&k(table, key)).cloned()))
+    }
 }

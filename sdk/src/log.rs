@@ -1,20 +1,7 @@
 //! Structured logging into the host's log, tagged with the plugin's name.
 //! Natively (in tests) lines are captured by [`crate::testing`].
 
-/// Severity of a log line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Level {
-    /// Very detailed tracing.
-    Trace,
-    /// Debugging detail.
-    Debug,
-    /// Normal operation.
-    Info,
-    /// Something the operator may want to look at.
-    Warn,
-    /// Something failed.
-    Error,
-}
+pub use crate::host::Level;
 
 /// Write one line to the host's log.
 pub fn log(level: Level, message: &str) {

@@ -18,11 +18,11 @@
 //! assert_eq!(outcomes[0].texts(), vec!["ABC"]);
 //! ```
 
-use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use crate::aggregator::States;
 use crate::host::Notification;
+use crate::host::fake::{FAKE, FakeHost};
 use crate::log::Level;
 use crate::transformer::transform_batch;
 use crate::{Aggregator, Batch, Config, Notifier, Outcome, Transformer, Window};
@@ -180,20 +180,6 @@ impl<N: Notifier> NotifierHarness<N> {
     }
 }
 
-#[derive(Default)]
-struct FakeHost {
-    logs: Vec<(Level, String)>,
-    tables: BTreeMap<(String, String), Vec<u8>>,
-    sent: Vec<Notification>,
-    /// (channel, idempotency key): as in the host, a key is sent once per channel.
-    sent_keys: BTreeSet<(String, String)>,
-    reference: BTreeMap<(String, String), String>,
-}
-
-thread_local! {
-    static FAKE: RefCell<FakeHost> = RefCell::new(FakeHost::default());
-}
-
 /// Clear the fake host of this thread.
 pub fn reset() {
     FAKE.with_borrow_mut(|f| *f = FakeHost::default());
@@ -222,63 +208,4 @@ pub fn item(table: &str, key: &str) -> Option<Vec<u8>> {
 /// Add a reference-table row.
 pub fn set_reference(table: &str, key: &str, row: &str) {
     FAKE.with_borrow_mut(|f| f.reference.insert((table.to_owned(), key.to_owned()), row.to_owned()));
-}
-
-/// The in-memory host behind [`crate::host`] when not compiled to WebAssembly.
-pub(crate) mod fake_host {
-    use super::*;
-
-    fn k(table: &str, key: &str) -> (String, String) {
-        (table.to_owned(), key.to_owned())
-    }
-    pub fn log(level: Level, message: &str) {
-        FAKE.with_borrow_mut(|f| f.logs.push((level, message.to_owned())));
-    }
-    pub fn get(table: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
-        Ok(FAKE.with_borrow(|f| f.tables.get(&k(table, key)).cloned()))
-    }
-    pub fn put(table: &str, key: &str, value: &[u8]) -> Result<(), String> {
-        set_item(table, key, value);
-        Ok(())
-    }
-    pub fn delete(table: &str, key: &str) -> Result<(), String> {
-        FAKE.with_borrow_mut(|f| f.tables.remove(&k(table, key)));
-        Ok(())
-    }
-    pub fn put_if(table: &str, key: &str, expected: Option<&[u8]>, value: &[u8]) -> Result<bool, String> {
-        FAKE.with_borrow_mut(|f| {
-            let slot = f.tables.get(&k(table, key)).map(Vec::as_slice);
-            if slot != expected {
-                return Ok(false);
-            }
-            f.tables.insert(k(table, key), value.to_vec());
-            Ok(true)
-        })
-    }
-    pub fn add(table: &str, key: &str, delta: i64) -> Result<i64, String> {
-        FAKE.with_borrow_mut(|f| {
-            let current = match f.tables.get(&k(table, key)) {
-                None => 0,
-                Some(bytes) => std::str::from_utf8(bytes)
-                    .ok()
-                    .and_then(|s| s.trim().parse::<i64>().ok())
-                    .ok_or_else(|| format!("item {table}/{key} is not a decimal integer"))?,
-            };
-            let next = current.checked_add(delta).ok_or("integer overflow")?;
-            f.tables.insert(k(table, key), next.to_string().into_bytes());
-            Ok(next)
-        })
-    }
-    pub fn send(n: &Notification) -> Result<bool, String> {
-        FAKE.with_borrow_mut(|f| {
-            if !f.sent_keys.insert((n.channel.clone(), n.idempotency_key.clone())) {
-                return Ok(false);
-            }
-            f.sent.push(n.clone());
-            Ok(true)
-        })
-    }
-    pub fn lookup(table: &str, key: &str) -> Result<Option<String>, String> {
-        Ok(FAKE.with_borrow(|f| f.reference.get(&k(table, key)).cloned()))
-    }
 }

@@ -8,7 +8,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::kinesis::{KinesisError as AwsError, PutResult};
+use super::aws::{AwsError, PutResult, check_name, parse_body};
 use crate::names::NameKind;
 use crate::pipeline::{Host, PutError};
 use crate::stream::{NewRecord, StreamError};
@@ -43,7 +43,7 @@ impl Args<'_> {
             .delivery_stream_name
             .as_deref()
             .ok_or_else(|| AwsError::new("InvalidArgumentException", "DeliveryStreamName is required"))?;
-        super::kinesis::check_name(NameKind::DeliveryStream, "DeliveryStreamName", name)?;
+        check_name(NameKind::DeliveryStream, "DeliveryStreamName", name)?;
         Ok(name)
     }
 }
@@ -77,8 +77,8 @@ fn record_id(name: &str, sequence: u64) -> String {
 
 /// Runs one Firehose operation.
 /// Runs one Firehose operation; the answer is JSON text.
-pub fn call(host: &Host, operation: &str, body: &[u8]) -> Result<String, AwsError> {
-    let args: Args<'_> = super::kinesis::parse_body(body)?;
+pub(super) fn call(host: &Host, operation: &str, body: &[u8]) -> Result<String, AwsError> {
+    let args: Args<'_> = parse_body(body)?;
     match operation {
         "PutRecordBatch" => put_record_batch(host, &args),
         _ => answer(host, operation, &args).map(|v| v.to_string()),
@@ -153,7 +153,7 @@ fn put_record_batch(host: &Host, args: &Args<'_>) -> Result<String, AwsError> {
                 slots.push(i);
                 responses.push(PutResult::Pending);
             }
-            Err(e) => responses.push(PutResult::Failed { error_code: e.kind(), error_message: e.message().to_owned() }),
+            Err(e) => responses.push(PutResult::from(e)),
         }
     }
     if !good.is_empty() {
@@ -163,7 +163,7 @@ fn put_record_batch(host: &Host, args: &Args<'_>) -> Result<String, AwsError> {
                 Ok(a) => PutResult::Kept { record_id: record_id(name, a.sequence) },
                 Err(e) => {
                     let e = delivery_error(name, PutError::Stream(e));
-                    PutResult::Failed { error_code: e.kind(), error_message: e.message().to_owned() }
+                    PutResult::from(e)
                 }
             };
         }

@@ -6,153 +6,26 @@
 //! the shard owning the MD5 of its partition key (or its `ExplicitHashKey`).
 //! Shard iterators are signed tokens that expire after five minutes.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::aws::{AwsError, PutResult, check_name, parse_body};
 use super::native::MAX_RECORDS_PER_PUT;
-use crate::manifest::pipeline::MAX_SHARDS;
-use crate::names::{self, NameKind};
-use crate::pipeline::{Host, Producer, PutError};
-use crate::stream::{NewRecord, ShardInfo, StreamError, StreamInfo, StreamSettings, now_ms, parse_shard_id, shard_id};
+use crate::names::NameKind;
+use crate::pipeline::{Host, Producer};
+use crate::stream::{MAX_SHARDS, NewRecord, ShardInfo, StreamInfo, StreamSettings, now_ms, parse_shard_id, shard_id};
 
-const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
 /// Shard iterators expire after this long, as in Kinesis.
 pub const ITERATOR_TTL: Duration = Duration::from_secs(300);
 /// Most records one `GetRecords` returns, as in Kinesis.
 const MAX_GET_RECORDS: usize = 10_000;
 
-/// An AWS-shaped error.
-#[derive(Debug)]
-pub struct KinesisError {
-    status: StatusCode,
-    kind: &'static str,
-    message: String,
-}
-
-impl KinesisError {
-    pub(super) fn new(kind: &'static str, message: impl Into<String>) -> Self {
-        Self { status: StatusCode::BAD_REQUEST, kind, message: message.into() }
-    }
-
-    pub(super) fn kind(&self) -> &'static str {
-        self.kind
-    }
-
-    pub(super) fn message(&self) -> &str {
-        &self.message
-    }
-
-    pub(super) fn set_status(&mut self, status: StatusCode) {
-        self.status = status;
-    }
-
-    fn invalid(message: impl Into<String>) -> Self {
-        Self::new("InvalidArgumentException", message)
-    }
-
-    fn not_found(stream: &str) -> Self {
-        Self::new("ResourceNotFoundException", format!("Stream {stream} under account 000000000000 not found."))
-    }
-}
-
-impl IntoResponse for KinesisError {
-    fn into_response(self) -> Response {
-        let body = json!({"__type": self.kind, "message": self.message}).to_string();
-        (self.status, [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))], body).into_response()
-    }
-}
-
-impl From<StreamError> for KinesisError {
-    fn from(e: StreamError) -> Self {
-        match e {
-            StreamError::UnknownStream(s) => Self::not_found(&s),
-            StreamError::UnknownShard { stream, shard } => {
-                Self::new("ResourceNotFoundException", format!("Shard {shard} in stream {stream} not found."))
-            }
-            StreamError::AlreadyExists(s) => {
-                Self::new("ResourceInUseException", format!("Stream {s} under account 000000000000 already exists."))
-            }
-            StreamError::Full { .. } | StreamError::Throttled { .. } => {
-                Self::new("ProvisionedThroughputExceededException", e.to_string())
-            }
-            StreamError::Trimmed { .. } => Self::invalid(e.to_string()),
-            StreamError::InvalidName(message) => Self::new("ValidationException", message),
-            StreamError::InvalidRecord(message) => Self::invalid(message),
-            StreamError::Failed { .. } | StreamError::Corrupt { .. } | StreamError::CheckpointFailed { .. } => {
-                tracing::error!(error = %e, "stream failure answered as InternalFailure");
-                Self {
-                    status: StatusCode::INTERNAL_SERVER_ERROR,
-                    kind: "InternalFailure",
-                    message: "internal failure".into(),
-                }
-            }
-        }
-    }
-}
-
-impl From<PutError> for KinesisError {
-    fn from(e: PutError) -> Self {
-        match e {
-            PutError::Stream(e) => e.into(),
-            // Kinesis answers a write it does not allow so.
-            e @ (PutError::StageOutput { .. } | PutError::NotASource(_) | PutError::FedByStream { .. }) => {
-                let mut refused = Self::new("AccessDeniedException", e.to_string());
-                refused.set_status(StatusCode::FORBIDDEN);
-                refused
-            }
-        }
-    }
-}
-
-fn ok(body: String) -> Response {
-    ([(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))], body).into_response()
-}
-
-/// Dispatches on `X-Amz-Target`: Kinesis here, Firehose in [`super::firehose`].
-pub async fn dispatch(State(api): State<Arc<super::ApiState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or("");
-    let (firehose, operation) =
-        match (target.strip_prefix("Kinesis_20131202."), target.strip_prefix("Firehose_20150804.")) {
-            (Some(op), _) => (false, op),
-            (None, Some(op)) => (true, op),
-            (None, None) => {
-                return KinesisError::new(
-                    "UnknownOperationException",
-                    format!("unknown or missing X-Amz-Target `{target}`"),
-                )
-                .into_response();
-            }
-        };
-    let host = api.host.clone();
-    let secret = api.iterator_secret;
-    let operation = operation.to_owned();
-    // Store calls may wait for an fsync: keep them off the async workers.
-    let result = tokio::task::spawn_blocking(move || {
-        if firehose { super::firehose::call(&host, &operation, &body) } else { call(&host, secret, &operation, &body) }
-    })
-    .await;
-    match result {
-        Ok(Ok(v)) => ok(v),
-        Ok(Err(e)) => e.into_response(),
-        Err(_) => KinesisError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            kind: "InternalFailure",
-            message: "internal failure".into(),
-        }
-        .into_response(),
-    }
-}
-
 /// Runs one Kinesis operation; the answer is JSON text.
-fn call(host: &Host, secret: [u8; 32], operation: &str, body: &[u8]) -> Result<String, KinesisError> {
+pub(super) fn call(host: &Host, secret: [u8; 32], operation: &str, body: &[u8]) -> Result<String, AwsError> {
     let args: Args<'_> = parse_body(body)?;
     match operation {
         "PutRecords" => put_records(host, &args),
@@ -160,14 +33,14 @@ fn call(host: &Host, secret: [u8; 32], operation: &str, body: &[u8]) -> Result<S
     }
 }
 
-fn answer(host: &Host, secret: [u8; 32], operation: &str, args: &Args<'_>) -> Result<Value, KinesisError> {
+fn answer(host: &Host, secret: [u8; 32], operation: &str, args: &Args<'_>) -> Result<Value, AwsError> {
     let streams = host.streams();
     match operation {
         "CreateStream" => {
             let name = args.stream_name()?;
             let shards = args.shard_count.unwrap_or(1);
             if !(1..=u64::from(MAX_SHARDS)).contains(&shards) {
-                return Err(KinesisError::invalid(format!("ShardCount {shards} must be between 1 and {MAX_SHARDS}")));
+                return Err(AwsError::invalid(format!("ShardCount {shards} must be between 1 and {MAX_SHARDS}")));
             }
             streams.create(StreamSettings {
                 name: name.to_owned(),
@@ -226,14 +99,14 @@ fn answer(host: &Host, secret: [u8; 32], operation: &str, args: &Args<'_>) -> Re
         "IncreaseStreamRetentionPeriod" | "DecreaseStreamRetentionPeriod" => {
             let name = args.stream_name()?;
             let hours =
-                args.retention_period_hours.ok_or_else(|| KinesisError::invalid("RetentionPeriodHours is required"))?;
+                args.retention_period_hours.ok_or_else(|| AwsError::invalid("RetentionPeriodHours is required"))?;
             if !(24..=8760).contains(&hours) {
-                return Err(KinesisError::invalid(format!("RetentionPeriodHours {hours} must be between 24 and 8760")));
+                return Err(AwsError::invalid(format!("RetentionPeriodHours {hours} must be between 24 and 8760")));
             }
             let current = streams.info(name)?.retention.as_secs() / 3600;
             let increase = operation.starts_with("Increase");
             if (increase && hours < current) || (!increase && hours > current) {
-                return Err(KinesisError::invalid(format!(
+                return Err(AwsError::invalid(format!(
                     "RetentionPeriodHours {hours} would {} the current {current}",
                     if increase { "decrease" } else { "increase" }
                 )));
@@ -246,22 +119,19 @@ fn answer(host: &Host, secret: [u8; 32], operation: &str, args: &Args<'_>) -> Re
             let record =
                 new_record(args.data.as_deref(), args.partition_key.as_deref(), args.explicit_hash_key.as_deref())?;
             let appended = host.put(name, vec![record], Producer::Kinesis)?;
-            let a = appended.into_iter().next().ok_or_else(|| KinesisError::invalid("nothing appended"))??;
+            let a = appended.into_iter().next().ok_or_else(|| AwsError::invalid("nothing appended"))??;
             Ok(
                 json!({"ShardId": shard_id(a.shard), "SequenceNumber": a.sequence.to_string(), "EncryptionType": "NONE"}),
             )
         }
         "UpdateShardCount" => {
             let name = args.stream_name()?;
-            let target =
-                args.target_shard_count.ok_or_else(|| KinesisError::invalid("TargetShardCount is required"))?;
+            let target = args.target_shard_count.ok_or_else(|| AwsError::invalid("TargetShardCount is required"))?;
             if args.scaling_type.as_deref().is_some_and(|t| t != "UNIFORM_SCALING") {
-                return Err(KinesisError::invalid("ScalingType must be UNIFORM_SCALING"));
+                return Err(AwsError::invalid("ScalingType must be UNIFORM_SCALING"));
             }
             if !(1..=u64::from(MAX_SHARDS)).contains(&target) {
-                return Err(KinesisError::invalid(format!(
-                    "TargetShardCount {target} must be between 1 and {MAX_SHARDS}"
-                )));
+                return Err(AwsError::invalid(format!("TargetShardCount {target} must be between 1 and {MAX_SHARDS}")));
             }
             let current = streams.info(name)?.shards.iter().filter(|s| s.closed_at.is_none()).count();
             streams.reshard(name, target as u32)?;
@@ -271,10 +141,10 @@ fn answer(host: &Host, secret: [u8; 32], operation: &str, args: &Args<'_>) -> Re
         }
         "GetShardIterator" => {
             let name = args.stream_name()?;
-            let id = args.shard_id.as_deref().ok_or_else(|| KinesisError::invalid("ShardId is required"))?;
+            let id = args.shard_id.as_deref().ok_or_else(|| AwsError::invalid("ShardId is required"))?;
             let info = streams.info(name)?;
             let Some(shard) = parse_shard_id(id).and_then(|i| info.shards.get(i as usize)) else {
-                return Err(KinesisError::new(
+                return Err(AwsError::new(
                     "ResourceNotFoundException",
                     format!("Shard {id} in stream {name} not found."),
                 ));
@@ -283,7 +153,7 @@ fn answer(host: &Host, secret: [u8; 32], operation: &str, args: &Args<'_>) -> Re
                 args.starting_sequence_number
                     .as_deref()
                     .and_then(|s| s.parse::<u64>().ok())
-                    .ok_or_else(|| KinesisError::invalid(format!("{required} needs a valid StartingSequenceNumber")))
+                    .ok_or_else(|| AwsError::invalid(format!("{required} needs a valid StartingSequenceNumber")))
             };
             let position = match args.shard_iterator_type.as_deref() {
                 Some("TRIM_HORIZON") => shard.oldest,
@@ -291,13 +161,14 @@ fn answer(host: &Host, secret: [u8; 32], operation: &str, args: &Args<'_>) -> Re
                 Some("AT_SEQUENCE_NUMBER") => sequence("AT_SEQUENCE_NUMBER")?,
                 Some("AFTER_SEQUENCE_NUMBER") => sequence("AFTER_SEQUENCE_NUMBER")? + 1,
                 Some("AT_TIMESTAMP") => {
-                    let seconds = args.timestamp.as_ref().and_then(timestamp_seconds).ok_or_else(|| {
-                        KinesisError::invalid("AT_TIMESTAMP needs Timestamp (seconds since the epoch)")
-                    })?;
+                    let seconds =
+                        args.timestamp.as_ref().and_then(timestamp_seconds).ok_or_else(|| {
+                            AwsError::invalid("AT_TIMESTAMP needs Timestamp (seconds since the epoch)")
+                        })?;
                     streams.position_at_time(name, shard.index, (seconds * 1000.0) as i64)?
                 }
                 other => {
-                    return Err(KinesisError::invalid(format!(
+                    return Err(AwsError::invalid(format!(
                         "ShardIteratorType {other:?} is not one of TRIM_HORIZON, LATEST, AT_SEQUENCE_NUMBER, AFTER_SEQUENCE_NUMBER, AT_TIMESTAMP"
                     )));
                 }
@@ -308,18 +179,15 @@ fn answer(host: &Host, secret: [u8; 32], operation: &str, args: &Args<'_>) -> Re
             )
         }
         "GetRecords" => {
-            let token =
-                args.shard_iterator.as_deref().ok_or_else(|| KinesisError::invalid("ShardIterator is required"))?;
+            let token = args.shard_iterator.as_deref().ok_or_else(|| AwsError::invalid("ShardIterator is required"))?;
             let at = open_iterator(secret, token, now_ms())?;
             let limit = args.limit.unwrap_or(MAX_GET_RECORDS);
             if limit == 0 || limit > MAX_GET_RECORDS {
-                return Err(KinesisError::invalid(format!("Limit must be between 1 and {MAX_GET_RECORDS}")));
+                return Err(AwsError::invalid(format!("Limit must be between 1 and {MAX_GET_RECORDS}")));
             }
             let info = streams.info(&at.stream)?;
-            let shard = info
-                .shards
-                .get(at.shard as usize)
-                .ok_or_else(|| KinesisError::invalid("the iterator's shard is gone"))?;
+            let shard =
+                info.shards.get(at.shard as usize).ok_or_else(|| AwsError::invalid("the iterator's shard is gone"))?;
             let from = at.position.max(shard.oldest);
             let records = streams.read(&at.stream, at.shard, from, limit)?;
             let next = records.last().map_or(from, |r| r.sequence + 1);
@@ -354,15 +222,15 @@ fn answer(host: &Host, secret: [u8; 32], operation: &str, args: &Args<'_>) -> Re
                 json!({"Records": list, "NextShardIterator": iterator(secret, &next, now_ms()), "MillisBehindLatest": behind}),
             )
         }
-        other => Err(KinesisError::new("UnknownOperationException", format!("operation {other} is not supported"))),
+        other => Err(AwsError::new("UnknownOperationException", format!("operation {other} is not supported"))),
     }
 }
 
-fn put_records(host: &Host, args: &Args<'_>) -> Result<String, KinesisError> {
+fn put_records(host: &Host, args: &Args<'_>) -> Result<String, AwsError> {
     let name = args.stream_name()?;
-    let entries = args.records.as_deref().ok_or_else(|| KinesisError::invalid("Records is required"))?;
+    let entries = args.records.as_deref().ok_or_else(|| AwsError::invalid("Records is required"))?;
     if entries.is_empty() || entries.len() > MAX_RECORDS_PER_PUT {
-        return Err(KinesisError::invalid(format!("Records must hold 1 to {MAX_RECORDS_PER_PUT} entries")));
+        return Err(AwsError::invalid(format!("Records must hold 1 to {MAX_RECORDS_PER_PUT} entries")));
     }
     // Entries are checked one by one: a bad entry fails alone (partial failure).
     let mut results: Vec<PutResult> = Vec::with_capacity(entries.len());
@@ -375,7 +243,7 @@ fn put_records(host: &Host, args: &Args<'_>) -> Result<String, KinesisError> {
                 slots.push(i);
                 results.push(PutResult::Pending);
             }
-            Err(err) => results.push(PutResult::Failed { error_code: err.kind, error_message: err.message }),
+            Err(err) => results.push(PutResult::from(err)),
         }
     }
     if !good.is_empty() {
@@ -384,15 +252,15 @@ fn put_records(host: &Host, args: &Args<'_>) -> Result<String, KinesisError> {
             results[*slot] = match result {
                 Ok(a) => PutResult::Stored { shard_id: shard_id(a.shard), sequence_number: a.sequence.to_string() },
                 Err(e) => {
-                    let e = KinesisError::from(e);
-                    PutResult::Failed { error_code: e.kind, error_message: e.message }
+                    let e = AwsError::from(e);
+                    PutResult::from(e)
                 }
             };
         }
     }
     let failed = results.iter().filter(|r| matches!(r, PutResult::Failed { .. })).count();
     let answer = PutRecordsAnswer { failed_record_count: failed, records: results, encryption_type: "NONE" };
-    serde_json::to_string(&answer).map_err(|e| KinesisError::new("InternalFailure", e.to_string()))
+    serde_json::to_string(&answer).map_err(|e| AwsError::new("InternalFailure", e.to_string()))
 }
 
 /// The answer of `PutRecords`, serialized without an intermediate JSON tree.
@@ -402,30 +270,6 @@ struct PutRecordsAnswer {
     failed_record_count: usize,
     records: Vec<PutResult>,
     encryption_type: &'static str,
-}
-
-/// One entry's outcome in a batch put.
-#[derive(Serialize)]
-#[serde(untagged, rename_all_fields = "PascalCase")]
-pub(super) enum PutResult {
-    /// Not decided yet (never serialized: every slot is filled).
-    Pending,
-    /// Kinesis: where the record is.
-    Stored { shard_id: String, sequence_number: String },
-    /// Firehose: the record's id.
-    Kept { record_id: String },
-    /// Why the record was refused.
-    Failed { error_code: &'static str, error_message: String },
-}
-
-/// A request body straight into its typed fields (no intermediate JSON tree:
-/// a 500-record put is parsed in one pass). An empty body is `{}`.
-pub(super) fn parse_body<'a, T: Deserialize<'a> + Default>(body: &'a [u8]) -> Result<T, KinesisError> {
-    if body.is_empty() {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(body)
-        .map_err(|e| KinesisError::new("SerializationException", format!("body is not valid: {e}")))
 }
 
 /// Request fields of every operation, all optional; each operation checks what it needs.
@@ -466,48 +310,39 @@ struct Entry<'a> {
 
 impl Args<'_> {
     /// The stream named by `StreamName` or `StreamARN`, checked by the stream name rule.
-    fn stream_name(&self) -> Result<&str, KinesisError> {
+    fn stream_name(&self) -> Result<&str, AwsError> {
         let (field, name) = match (&self.stream_name, &self.stream_arn) {
             (Some(name), _) => ("StreamName", name.as_str()),
             (None, Some(arn)) => {
                 let name = arn.rsplit_once(":stream/").map(|(_, n)| n).ok_or_else(|| {
-                    KinesisError::new(
+                    AwsError::new(
                         "ValidationException",
                         "StreamARN must look like arn:aws:kinesis:<region>:<account>:stream/<name>",
                     )
                 })?;
                 ("StreamARN", name)
             }
-            (None, None) => return Err(KinesisError::invalid("StreamName (or StreamARN) is required")),
+            (None, None) => return Err(AwsError::invalid("StreamName (or StreamARN) is required")),
         };
         check_name(NameKind::Stream, field, name)?;
         Ok(name)
     }
 }
 
-/// A name checked where it enters: a `ValidationException` naming the field otherwise.
-pub(super) fn check_name(kind: NameKind, field: &str, name: &str) -> Result<(), KinesisError> {
-    names::check(kind, field, name).map_err(|e| KinesisError::new("ValidationException", e.to_string()))
-}
-
-fn new_record(
-    data: Option<&str>,
-    key: Option<&str>,
-    explicit_hash_key: Option<&str>,
-) -> Result<NewRecord, KinesisError> {
-    let key = key.ok_or_else(|| KinesisError::invalid("PartitionKey is required"))?;
+fn new_record(data: Option<&str>, key: Option<&str>, explicit_hash_key: Option<&str>) -> Result<NewRecord, AwsError> {
+    let key = key.ok_or_else(|| AwsError::invalid("PartitionKey is required"))?;
     if key.is_empty() {
-        return Err(KinesisError::invalid("PartitionKey must not be empty"));
+        return Err(AwsError::invalid("PartitionKey must not be empty"));
     }
     let explicit_hash_key = match explicit_hash_key {
         None => None,
         Some(h) => Some(h.parse::<u128>().ok().filter(|_| h.bytes().all(|b| b.is_ascii_digit())).ok_or_else(|| {
-            KinesisError::invalid(format!("ExplicitHashKey `{h}` is not a decimal between 0 and 2^128-1"))
+            AwsError::invalid(format!("ExplicitHashKey `{h}` is not a decimal between 0 and 2^128-1"))
         })?),
     };
     let data = base64::engine::general_purpose::STANDARD
-        .decode(data.ok_or_else(|| KinesisError::invalid("Data is required"))?)
-        .map_err(|e| KinesisError::new("SerializationException", format!("Data is not base64: {e}")))?;
+        .decode(data.ok_or_else(|| AwsError::invalid("Data is required"))?)
+        .map_err(|e| AwsError::new("SerializationException", format!("Data is not base64: {e}")))?;
     Ok(NewRecord { key: key.to_owned(), event_time_ms: None, data: Bytes::from(data), explicit_hash_key })
 }
 
@@ -553,7 +388,7 @@ fn timestamp_seconds(v: &Value) -> Option<f64> {
         Value::String(s) => s
             .parse()
             .ok()
-            .or_else(|| humantime::parse_rfc3339_weak(s).ok().map(|t| crate::sink::system_ms(t) as f64 / 1000.0)),
+            .or_else(|| humantime::parse_rfc3339_weak(s).ok().map(|t| crate::time::system_ms(t) as f64 / 1000.0)),
         _ => None,
     }
 }
@@ -575,8 +410,8 @@ fn iterator(secret: [u8; 32], at: &Position, issued_ms: i64) -> String {
     format!("{}.{}", b64.encode(&body), b64.encode(crate::sigv4::hmac(&secret, body.as_bytes())))
 }
 
-fn open_iterator(secret: [u8; 32], token: &str, now: i64) -> Result<Position, KinesisError> {
-    let invalid = || KinesisError::invalid("ShardIterator is not one weir issued");
+fn open_iterator(secret: [u8; 32], token: &str, now: i64) -> Result<Position, AwsError> {
+    let invalid = || AwsError::invalid("ShardIterator is not one weir issued");
     let b64 = &base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let (body, tag) = token.split_once('.').ok_or_else(invalid)?;
     let (body, tag) = (b64.decode(body).map_err(|_| invalid())?, b64.decode(tag).map_err(|_| invalid())?);
@@ -590,7 +425,7 @@ fn open_iterator(secret: [u8; 32], token: &str, now: i64) -> Result<Position, Ki
     let position: u64 = parts.next().and_then(|s| s.parse().ok()).ok_or_else(invalid)?;
     let stream = parts.next().ok_or_else(invalid)?.to_owned();
     if now - issued > ITERATOR_TTL.as_millis() as i64 {
-        return Err(KinesisError::new(
+        return Err(AwsError::new(
             "ExpiredIteratorException",
             format!(
                 "Iterator expired. The iterator was created at time {issued} while right now it is {now} which is further in the future than the tolerated delay of 300000 milliseconds."

@@ -8,6 +8,7 @@
 //!   unless the host runs with `--insecure-no-auth`.
 
 pub mod admin;
+pub mod aws;
 pub mod firehose;
 pub mod kinesis;
 pub mod native;
@@ -17,9 +18,9 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -55,7 +56,7 @@ pub fn router(host: Arc<Host>, auth: Auth) -> Router {
     let max_body = usize::try_from(host.pipeline.api.max_body_bytes).unwrap_or(usize::MAX);
     let state = Arc::new(ApiState { host, auth, max_body, iterator_secret: random_secret() });
     let authenticated = Router::new()
-        .route("/", post(kinesis::dispatch))
+        .route("/", post(aws_json))
         .route("/v1/pipeline", get(native::pipeline_status))
         .route("/v1/streams/{stream}/records", post(native::put_records).get(native::get_records))
         .route("/v1/delivery/{name}/records", post(native::put_delivery_records))
@@ -161,9 +162,41 @@ async fn decompress(State(state): State<Arc<ApiState>>, request: Request, next: 
     next.run(Request::from_parts(parts, Body::from(decoded))).await
 }
 
+/// `POST /` with `X-Amz-Target`: a Kinesis operation ([`kinesis`]) or a
+/// Firehose one ([`firehose`]).
+async fn aws_json(State(api): State<Arc<ApiState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let (firehose, operation) =
+        match (target.strip_prefix("Kinesis_20131202."), target.strip_prefix("Firehose_20150804.")) {
+            (Some(op), _) => (false, op),
+            (None, Some(op)) => (true, op),
+            (None, None) => {
+                let message = format!("unknown or missing X-Amz-Target `{target}`");
+                return aws::AwsError::new("UnknownOperationException", message).into_response();
+            }
+        };
+    let host = api.host.clone();
+    let secret = api.iterator_secret;
+    let operation = operation.to_owned();
+    // Store calls may wait for an fsync: keep them off the async workers.
+    let result = tokio::task::spawn_blocking(move || {
+        if firehose {
+            firehose::call(&host, &operation, &body)
+        } else {
+            kinesis::call(&host, secret, &operation, &body)
+        }
+    })
+    .await;
+    match result {
+        Ok(Ok(v)) => aws::ok(v),
+        Ok(Err(e)) => e.into_response(),
+        Err(_) => aws::AwsError::internal().into_response(),
+    }
+}
+
 fn refuse(aws_protocol: bool, status: StatusCode, kind: &'static str, message: String) -> Response {
     if aws_protocol {
-        let mut e = kinesis::KinesisError::new(kind, message);
+        let mut e = aws::AwsError::new(kind, message);
         e.set_status(status);
         e.into_response()
     } else {

@@ -251,8 +251,8 @@ pub(super) async fn get_records(
                 "shard_id": shard_id(r.shard),
                 "sequence_number": r.sequence.to_string(),
                 "partition_key": r.key,
-                "event_time": crate::sink::format_ms(r.event_time_ms),
-                "arrival_time": crate::sink::format_ms(r.arrival_ms),
+                "event_time": crate::time::format_ms(r.event_time_ms),
+                "arrival_time": crate::time::format_ms(r.arrival_ms),
             });
             match std::str::from_utf8(&r.data) {
                 Ok(text) => obj["data"] = json!(text),
@@ -319,7 +319,7 @@ fn event_time(i: usize, v: &Value) -> Result<i64, ApiError> {
             n.as_i64().ok_or_else(|| ApiError::bad(format!("record {i}: event_time must be whole milliseconds")))
         }
         Value::String(s) => humantime::parse_rfc3339_weak(s)
-            .map(crate::sink::system_ms)
+            .map(crate::time::system_ms)
             .map_err(|e| ApiError::bad(format!("record {i}: event_time `{s}` is not RFC 3339 ({e})"))),
         _ => Err(ApiError::bad(format!("record {i}: event_time must be RFC 3339 text or milliseconds"))),
     }

@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde_json::json;
 
+use super::Interrupted;
 use super::lake::{MAX_RETRY_DELAY, Rows, Shared};
-use super::{Interrupted, object_prefix};
+use crate::lake::object_prefix;
 use crate::stream::now_ms;
 use crate::warehouse::{ParsedRows, Warehouse};
 

@@ -22,7 +22,6 @@
 mod lake;
 mod loader;
 mod plans;
-mod prefix;
 mod worker;
 
 use std::path::PathBuf;
@@ -30,8 +29,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
-
-pub use prefix::{check_prefix, object_prefix};
 
 use crate::manifest::DeliverySpec;
 use crate::plugin::TransformerPlugin;

@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use super::lake::{Rows, RowsWriter, Shared, error_entry};
 use super::loader::{Loader, Staged};
-use super::{Clock, Interrupted, object_prefix};
+use super::{Clock, Interrupted};
+use crate::lake::object_prefix;
 use crate::manifest::{DeliverySpec, ErrorPolicy};
 use crate::plugin::{Batch, Outcome, PluginError, Transformed, TransformerInstance, TransformerPlugin};
 use crate::stage::{BatchError, Driver, Operator, StageStats, driver::Reading};

@@ -6,11 +6,14 @@
 //! weir needs.
 
 mod local;
+mod prefix;
 mod s3;
 
 use std::path::PathBuf;
 
 use bytes::Bytes;
+
+pub use prefix::{check_prefix, object_prefix};
 
 /// Where a lake is.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,7 +6,6 @@ use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -14,11 +13,8 @@ use wasmtime::{Config, Engine};
 
 use super::bindings::{notifier, transformer};
 use super::error::PluginError;
-use super::sandbox::StoreData;
+use super::sandbox::{EPOCH_TICK, StoreData};
 use crate::manifest::World;
-
-/// How often the epoch advances; CPU deadlines are counted in these ticks.
-pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// A compiled component and what identifies it.
 #[derive(Clone)]

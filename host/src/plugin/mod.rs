@@ -13,10 +13,11 @@ mod worlds;
 pub use batch::RecordRef;
 pub use bindings::Batch;
 pub use bindings::transformer::exports::weir::plugin::transform::Outcome;
-pub use engine::{CompiledComponent, EPOCH_TICK, PluginEngine, sha256_hex};
+pub use engine::{CompiledComponent, PluginEngine, sha256_hex};
 pub use error::{PluginError, PluginIdent};
+pub use sandbox::EPOCH_TICK;
 pub use sandbox::SandboxSpec;
-pub use services::{MemoryServices, Notification, ReferenceLookup, Services};
+pub use services::{MemoryServices, Services};
 pub use worlds::{
     AggregatorInstance, AggregatorPlugin, Loaded, NotifierInstance, NotifierPlugin, Transformed, TransformerInstance,
     TransformerPlugin, check_world, fits_world,

@@ -9,11 +9,16 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use super::bindings::notifier::weir::plugin::{notify, reference, state_table};
 use super::bindings::transformer::weir::plugin::log;
-use super::engine::{EPOCH_TICK, PluginEngine};
 use super::error::{PluginError, PluginIdent};
-use super::services::{ReferenceLookup, Services};
+use super::services::Services;
 use crate::manifest::{Grants, Limits};
+use crate::notify::Notification;
+use crate::reference::ReferenceLookup;
+
+/// How often the epoch advances; CPU deadlines are counted in these ticks.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// The guest's most recent log lines are capped so a chatty plugin cannot flood the host log.
 const MAX_LOG_MESSAGE: usize = 4096;
@@ -113,9 +118,61 @@ pub struct SandboxSpec {
     pub grants: Grants,
 }
 
+// What the imports of a plugin reach: the stage's services, if it has them.
+impl StoreData {
+    fn services(&self) -> Result<&dyn Services, String> {
+        self.services.as_deref().ok_or_else(|| "this stage has no host services".to_owned())
+    }
+}
+
+impl state_table::Host for StoreData {
+    fn get(&mut self, table: String, key: String) -> Result<Option<Vec<u8>>, String> {
+        self.services()?.get(&table, &key)
+    }
+    fn put(&mut self, table: String, key: String, value: Vec<u8>) -> Result<(), String> {
+        self.services()?.put(&table, &key, value)
+    }
+    fn delete(&mut self, table: String, key: String) -> Result<(), String> {
+        self.services()?.delete(&table, &key)
+    }
+    fn put_if(
+        &mut self,
+        table: String,
+        key: String,
+        expected: Option<Vec<u8>>,
+        value: Vec<u8>,
+    ) -> Result<bool, String> {
+        self.services()?.put_if(&table, &key, expected, value)
+    }
+    fn add(&mut self, table: String, key: String, delta: i64) -> Result<i64, String> {
+        self.services()?.add(&table, &key, delta)
+    }
+}
+
+impl notify::Host for StoreData {
+    fn send(&mut self, n: notify::Notification) -> Result<bool, String> {
+        self.services()?.send(Notification {
+            channel: n.channel,
+            recipient: n.recipient,
+            subject: n.subject,
+            body: n.body,
+            idempotency_key: n.idempotency_key,
+        })
+    }
+}
+
+impl reference::Host for StoreData {
+    fn lookup(&mut self, table: String, key: String) -> Result<Option<String>, String> {
+        match &self.references {
+            Some(references) => references.lookup(&table, &key),
+            None => self.services()?.lookup(&table, &key),
+        }
+    }
+}
+
 /// A fresh store for one instance.
 pub fn new_store(
-    engine: &PluginEngine,
+    engine: &wasmtime::Engine,
     spec: &SandboxSpec,
     services: Option<Arc<dyn Services>>,
     references: Option<Arc<dyn ReferenceLookup>>,
@@ -139,7 +196,7 @@ pub fn new_store(
         services,
         references,
     };
-    let mut store = Store::new(engine.engine(), data);
+    let mut store = Store::new(engine, data);
     store.limiter(|d| &mut d.limiter);
     store.set_epoch_deadline(deadline_ticks(spec.limits.timeout));
     Ok(store)

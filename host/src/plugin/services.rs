@@ -5,23 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
-use super::bindings::notifier::weir::plugin::{notify, reference, state_table};
-use super::sandbox::StoreData;
-
-/// A notification as a plugin sent it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Notification {
-    /// Channel name.
-    pub channel: String,
-    /// Recipient.
-    pub recipient: String,
-    /// One-line summary.
-    pub subject: String,
-    /// Body.
-    pub body: String,
-    /// Dedup key of the business event.
-    pub idempotency_key: String,
-}
+use crate::notify::Notification;
 
 /// The host services a notifier plugin can call. Errors are shown to the plugin.
 pub trait Services: Send + Sync {
@@ -39,13 +23,6 @@ pub trait Services: Send + Sync {
     /// returns whether it was new.
     fn send(&self, notification: Notification) -> Result<bool, String>;
     /// Looks a key up in a reference table.
-    fn lookup(&self, table: &str, key: &str) -> Result<Option<String>, String>;
-}
-
-/// Where plugins' `reference.lookup` calls go: the pipeline's reference tables
-/// (see [`crate::reference`]). Without them, a notifier's [`Services`] answer.
-pub trait ReferenceLookup: Send + Sync {
-    /// The row of `key` in `table` as JSON object text, if there is one.
     fn lookup(&self, table: &str, key: &str) -> Result<Option<String>, String>;
 }
 
@@ -123,56 +100,5 @@ impl Services for MemoryServices {
     }
     fn lookup(&self, table: &str, key: &str) -> Result<Option<String>, String> {
         Ok(self.reference.lock().map_err(poisoned)?.get(&k(table, key)).cloned())
-    }
-}
-
-impl StoreData {
-    fn services(&self) -> Result<&dyn Services, String> {
-        self.services.as_deref().ok_or_else(|| "this stage has no host services".to_owned())
-    }
-}
-
-impl state_table::Host for StoreData {
-    fn get(&mut self, table: String, key: String) -> Result<Option<Vec<u8>>, String> {
-        self.services()?.get(&table, &key)
-    }
-    fn put(&mut self, table: String, key: String, value: Vec<u8>) -> Result<(), String> {
-        self.services()?.put(&table, &key, value)
-    }
-    fn delete(&mut self, table: String, key: String) -> Result<(), String> {
-        self.services()?.delete(&table, &key)
-    }
-    fn put_if(
-        &mut self,
-        table: String,
-        key: String,
-        expected: Option<Vec<u8>>,
-        value: Vec<u8>,
-    ) -> Result<bool, String> {
-        self.services()?.put_if(&table, &key, expected, value)
-    }
-    fn add(&mut self, table: String, key: String, delta: i64) -> Result<i64, String> {
-        self.services()?.add(&table, &key, delta)
-    }
-}
-
-impl notify::Host for StoreData {
-    fn send(&mut self, n: notify::Notification) -> Result<bool, String> {
-        self.services()?.send(Notification {
-            channel: n.channel,
-            recipient: n.recipient,
-            subject: n.subject,
-            body: n.body,
-            idempotency_key: n.idempotency_key,
-        })
-    }
-}
-
-impl reference::Host for StoreData {
-    fn lookup(&mut self, table: String, key: String) -> Result<Option<String>, String> {
-        match &self.references {
-            Some(references) => references.lookup(&table, &key),
-            None => self.services()?.lookup(&table, &key),
-        }
     }
 }

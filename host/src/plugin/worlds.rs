@@ -19,8 +19,9 @@ use super::bindings::transformer::{Transformer, TransformerPre};
 use super::engine::{CompiledComponent, PluginEngine};
 use super::error::PluginError;
 use super::sandbox::{SandboxSpec, StoreData, arm_deadline, classify, new_store};
-use super::services::{ReferenceLookup, Services};
+use super::services::Services;
 use crate::manifest::World;
+use crate::reference::ReferenceLookup;
 
 /// A compiled component checked against a world, ready to instantiate.
 #[derive(Clone)]
@@ -113,7 +114,7 @@ fn instantiate<B>(
     make: impl FnOnce(&mut Store<StoreData>) -> wasmtime::Result<B>,
     init: impl FnOnce(&B, &mut Store<StoreData>) -> wasmtime::Result<Result<(), String>>,
 ) -> Result<(Store<StoreData>, B), PluginError> {
-    let mut store = new_store(engine, spec, services, references)?;
+    let mut store = new_store(engine.engine(), spec, services, references)?;
     let bindings = match make(&mut store) {
         Ok(b) => b,
         Err(e) => return Err(PluginError::Instantiate(classify(&store, &spec.limits, e).to_string())),

@@ -7,10 +7,14 @@ mod disk;
 mod faults;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
+
+pub use crate::time::{Clock, now_ms, system_clock};
+
+/// Most shards a stream may have.
+pub const MAX_SHARDS: u32 = 256;
 
 pub use disk::{
     DEFAULT_CAPACITY, DEFAULT_FSYNC_INTERVAL, DEFAULT_RETENTION, DEFAULT_SEGMENT_BYTES, DiskStreamSpec, DiskStreams,
@@ -312,18 +316,4 @@ pub struct ShardInfo {
     pub parents: Vec<u32>,
     /// If resharding closed it: the position after its last record.
     pub closed_at: Option<u64>,
-}
-
-/// Milliseconds since the Unix epoch, now.
-pub fn now_ms() -> i64 {
-    crate::sink::system_ms(SystemTime::now())
-}
-
-/// Where arrival times and buffer ages come from: the system clock, or a
-/// simulated one when a test or `weir simulate` replays a day faster than real time.
-pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
-
-/// The system clock, as a [`Clock`].
-pub fn system_clock() -> Clock {
-    Arc::new(now_ms)
 }

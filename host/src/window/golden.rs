@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{FoldRecord, TimeSource, WindowKind, WindowOperator, WindowSpec};
-use crate::sink::format_ms;
+use crate::time::format_ms;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -85,7 +85,7 @@ struct Outcome {
 }
 
 fn ms(rfc3339: &str) -> i64 {
-    crate::sink::system_ms(humantime::parse_rfc3339(rfc3339).unwrap_or_else(|e| panic!("`{rfc3339}`: {e}")))
+    crate::time::system_ms(humantime::parse_rfc3339(rfc3339).unwrap_or_else(|e| panic!("`{rfc3339}`: {e}")))
 }
 
 fn duration(text: &Option<String>) -> Option<Duration> {

@@ -9,7 +9,7 @@
 /// redone delivery gets the same keys.
 pub fn object_prefix(prefix: &str, ms: i64, error_type: Option<&str>) -> String {
     // RFC 3339: 2026-11-26T14:03:12.345Z
-    let t = crate::sink::format_ms(ms);
+    let t = crate::time::format_ms(ms);
     let (year, month, day, hour, minute, second) = (&t[0..4], &t[5..7], &t[8..10], &t[11..13], &t[14..16], &t[17..19]);
     if !prefix.contains("!{") {
         return format!("{prefix}{year}/{month}/{day}/{hour}/");
@@ -72,7 +72,7 @@ mod tests {
 
     #[test]
     fn objects_are_partitioned_by_hour_in_utc_or_by_the_prefix_expressions() {
-        let ms = crate::sink::system_ms(humantime::parse_rfc3339("2026-11-26T14:03:12Z").expect("time"));
+        let ms = crate::time::system_ms(humantime::parse_rfc3339("2026-11-26T14:03:12Z").expect("time"));
         assert_eq!(object_prefix("rows/", ms, None), "rows/2026/11/26/14/");
         assert_eq!(
             object_prefix("rows/year=!{timestamp:yyyy}/month=!{timestamp:MM}/day=!{timestamp:dd}/", ms, None),

@@ -1,0 +1,134 @@
+//! The AWS JSON 1.1 protocol that the Kinesis and Firehose APIs share:
+//! errors shaped as AWS's (`{"__type": "...", "message": "..."}`), request
+//! bodies read straight into typed fields, names checked where they enter,
+//! and the per-entry outcomes of batch puts.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::names::{self, NameKind};
+use crate::pipeline::PutError;
+use crate::stream::StreamError;
+
+/// The content type of every request and answer.
+pub const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
+
+/// An AWS-shaped error.
+#[derive(Debug)]
+pub struct AwsError {
+    status: StatusCode,
+    /// The AWS error type, `__type` in the answer.
+    pub(super) kind: &'static str,
+    /// What is wrong, for people.
+    pub(super) message: String,
+}
+
+impl AwsError {
+    pub(super) fn new(kind: &'static str, message: impl Into<String>) -> Self {
+        Self { status: StatusCode::BAD_REQUEST, kind, message: message.into() }
+    }
+
+    pub(super) fn set_status(&mut self, status: StatusCode) {
+        self.status = status;
+    }
+
+    /// A failure of weir's, not the request's: details are in the log, not the answer.
+    pub(super) fn internal() -> Self {
+        Self { status: StatusCode::INTERNAL_SERVER_ERROR, kind: "InternalFailure", message: "internal failure".into() }
+    }
+
+    pub(super) fn invalid(message: impl Into<String>) -> Self {
+        Self::new("InvalidArgumentException", message)
+    }
+
+    pub(super) fn not_found(stream: &str) -> Self {
+        Self::new("ResourceNotFoundException", format!("Stream {stream} under account 000000000000 not found."))
+    }
+}
+
+impl IntoResponse for AwsError {
+    fn into_response(self) -> Response {
+        let body = json!({"__type": self.kind, "message": self.message}).to_string();
+        (self.status, [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))], body).into_response()
+    }
+}
+
+impl From<StreamError> for AwsError {
+    fn from(e: StreamError) -> Self {
+        match e {
+            StreamError::UnknownStream(s) => Self::not_found(&s),
+            StreamError::UnknownShard { stream, shard } => {
+                Self::new("ResourceNotFoundException", format!("Shard {shard} in stream {stream} not found."))
+            }
+            StreamError::AlreadyExists(s) => {
+                Self::new("ResourceInUseException", format!("Stream {s} under account 000000000000 already exists."))
+            }
+            StreamError::Full { .. } | StreamError::Throttled { .. } => {
+                Self::new("ProvisionedThroughputExceededException", e.to_string())
+            }
+            StreamError::Trimmed { .. } => Self::invalid(e.to_string()),
+            StreamError::InvalidName(message) => Self::new("ValidationException", message),
+            StreamError::InvalidRecord(message) => Self::invalid(message),
+            StreamError::Failed { .. } | StreamError::Corrupt { .. } | StreamError::CheckpointFailed { .. } => {
+                tracing::error!(error = %e, "stream failure answered as InternalFailure");
+                Self::internal()
+            }
+        }
+    }
+}
+
+impl From<PutError> for AwsError {
+    fn from(e: PutError) -> Self {
+        match e {
+            PutError::Stream(e) => e.into(),
+            // Kinesis answers a write it does not allow so.
+            e @ (PutError::StageOutput { .. } | PutError::NotASource(_) | PutError::FedByStream { .. }) => {
+                let mut refused = Self::new("AccessDeniedException", e.to_string());
+                refused.set_status(StatusCode::FORBIDDEN);
+                refused
+            }
+        }
+    }
+}
+
+/// A successful answer.
+pub(super) fn ok(body: String) -> Response {
+    ([(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))], body).into_response()
+}
+
+/// One entry's outcome in a batch put.
+#[derive(Serialize)]
+#[serde(untagged, rename_all_fields = "PascalCase")]
+pub(super) enum PutResult {
+    /// Not decided yet (never serialized: every slot is filled).
+    Pending,
+    /// Kinesis: where the record is.
+    Stored { shard_id: String, sequence_number: String },
+    /// Firehose: the record's id.
+    Kept { record_id: String },
+    /// Why the record was refused.
+    Failed { error_code: &'static str, error_message: String },
+}
+
+impl From<AwsError> for PutResult {
+    /// An entry refused for this reason.
+    fn from(e: AwsError) -> Self {
+        PutResult::Failed { error_code: e.kind, error_message: e.message }
+    }
+}
+
+/// A request body straight into its typed fields (no intermediate JSON tree:
+/// a 500-record put is parsed in one pass). An empty body is `{}`.
+pub(super) fn parse_body<'a, T: Deserialize<'a> + Default>(body: &'a [u8]) -> Result<T, AwsError> {
+    if body.is_empty() {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| AwsError::new("SerializationException", format!("body is not valid: {e}")))
+}
+
+/// A name checked where it enters: a `ValidationException` naming the field otherwise.
+pub(super) fn check_name(kind: NameKind, field: &str, name: &str) -> Result<(), AwsError> {
+    names::check(kind, field, name).map_err(|e| AwsError::new("ValidationException", e.to_string()))
+}

@@ -1,0 +1,208 @@
+//! The `weir` command line, one file per command: `run` and `check` a
+//! pipeline; `stream`, `put`, `tail`, `table` and `plugin` talk to a running
+//! one through its API; `agent` sends the lines of log files to it;
+//! `simulate` runs the ABC Tolls day; `plugin` also writes, builds and tests
+//! plugins without a running weir.
+
+mod agent;
+mod plugin;
+mod put;
+mod run;
+mod shared;
+mod simulate;
+mod stream;
+mod table;
+mod tail;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::plugin::PluginEngine;
+use plugin::PluginAction;
+pub use shared::Reported;
+use shared::{Target, client_verb};
+use stream::StreamAction;
+use table::TableAction;
+use tail::TailFrom;
+
+/// weir: a self-hosted streaming runtime with WebAssembly plugins.
+#[derive(Debug, Parser)]
+#[command(name = "weir", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a pipeline: serve its HTTP API and run its stages until Ctrl-C / SIGTERM.
+    Run {
+        /// The pipeline manifest.
+        manifest: PathBuf,
+        /// Build every plugin first, as each plugin.toml's [build] says.
+        #[arg(long)]
+        build: bool,
+        /// Listen here instead of the manifest's [api] listen address.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Accept unsigned requests: for local development only.
+        #[arg(long)]
+        insecure_no_auth: bool,
+    },
+    /// Check a pipeline manifest, its plugin manifests and their components.
+    Check {
+        /// The pipeline manifest.
+        manifest: PathBuf,
+    },
+    /// Create, list, describe or delete streams of a running weir.
+    Stream {
+        #[command(subcommand)]
+        action: StreamAction,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Put records into a stream: the DATA arguments, or else each line of standard input.
+    Put {
+        /// The stream.
+        stream: String,
+        /// Records to put; none: read lines from standard input.
+        data: Vec<String>,
+        /// Partition key of every record.
+        #[arg(long, default_value = "weir-cli")]
+        partition_key: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Simulate a day of ABC Tolls traffic (seeded): run it through a pipeline and report, or
+    /// write station logs for the agent.
+    Simulate {
+        /// Run this pipeline (manifests/abc-tolls.toml) on the day, in this process, and report.
+        #[arg(long, conflicts_with = "logs")]
+        run: Option<PathBuf>,
+        /// Build every plugin first (with --run).
+        #[arg(long)]
+        build: bool,
+        /// Write one log file per station into this folder instead.
+        #[arg(long, conflicts_with = "to")]
+        logs: Option<PathBuf>,
+        /// Or send the day to the weir running abc-tolls at this endpoint (thresholds through
+        /// its state table API, lines with PutRecords into `toll-lines`), e.g. http://127.0.0.1:7070.
+        #[arg(long, conflicts_with = "run")]
+        to: Option<String>,
+        /// The day, UTC, e.g. 2026-11-25 (default: yesterday; records far ahead of the
+        /// clock would be set aside).
+        #[arg(long)]
+        day: Option<String>,
+        /// The same seed gives the same day.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// With --run: print where the time went, phase by phase.
+        #[arg(long)]
+        timings: bool,
+    },
+    /// Read and write items of a running pipeline's state tables (e.g. a customer's threshold).
+    Table {
+        #[command(subcommand)]
+        action: TableAction,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Hot-swap, roll back and list the plugins of a running pipeline's stages.
+    Plugin {
+        #[command(subcommand)]
+        action: PluginAction,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Print a stream's records as they arrive, like `tail -f`.
+    Tail {
+        /// The stream.
+        stream: String,
+        /// Where to start.
+        #[arg(long, value_enum, default_value = "latest")]
+        from: TailFrom,
+        /// With `--from at-timestamp`: an RFC 3339 time, e.g. 2026-11-26T14:00:00Z.
+        #[arg(long)]
+        timestamp: Option<String>,
+        /// Stop at the end of the stream instead of waiting for more.
+        #[arg(long)]
+        no_follow: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Follow log files and send their lines to a stream or delivery stream (as the Kinesis Agent),
+    /// until Ctrl-C / SIGTERM.
+    Agent {
+        /// The agent config: weir TOML, or the Kinesis Agent's agent.json (by the .json extension).
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+/// Runs the command line; the binary's `main` calls this.
+pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(crate::progress::LogWriter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match cli.command {
+        Command::Check { manifest } => {
+            let engine = PluginEngine::new()?;
+            match crate::check::check(&manifest, &engine) {
+                Ok(summary) => {
+                    print!("{summary}");
+                    Ok(())
+                }
+                Err(e) => Err(Reported(e.to_string()).into()),
+            }
+        }
+        Command::Run { manifest, build, listen, insecure_no_auth } => {
+            run::run(manifest, build, listen, insecure_no_auth)
+        }
+        Command::Stream { action, target } => client_verb(&target, |c| stream::stream(c, action)),
+        Command::Put { stream, data, partition_key, target } => {
+            client_verb(&target, |c| put::put(c, stream, data, partition_key))
+        }
+        Command::Tail { stream, from, timestamp, no_follow, target } => {
+            client_verb(&target, |c| tail::tail(c, stream, from, timestamp, no_follow))
+        }
+        Command::Agent { config } => agent::agent(config),
+        Command::Plugin { action, target } => match action {
+            PluginAction::Inspect { plugin } => {
+                let target = crate::author::TestTarget::resolve(&plugin, false)?;
+                let inspection = crate::author::inspect(&PluginEngine::new()?, &target.component)?;
+                if let Some(m) = &target.manifest {
+                    println!("plugin    {} {} ({})", m.info.name, m.info.version.get_ref(), target.component.display());
+                    if inspection.world != Some(m.info.world) {
+                        println!("warning   plugin.toml says world `{}`: rebuild, or fix plugin.toml", m.info.world);
+                    }
+                }
+                print!("{inspection}");
+                Ok(())
+            }
+            PluginAction::Test { plugin, input, config, build, expect } => {
+                plugin::plugin_test(&plugin, input, &config, build, expect)
+            }
+            PluginAction::New { name, world, lang, dir, target_dir } => {
+                plugin::plugin_new(&name, world, lang, dir, target_dir.as_deref())
+            }
+            PluginAction::Build { plugin } => plugin::plugin_build(&plugin),
+            action => client_verb(&target, |c| plugin::plugin(c, action)),
+        },
+        Command::Table { action, target } => client_verb(&target, |c| table::table(c, action)),
+        Command::Simulate { run, build, logs, to, day, seed, timings } => {
+            let yesterday = crate::time::format_ms(crate::stream::now_ms() - 86_400_000)[..10].to_owned();
+            let day = day.unwrap_or(yesterday);
+            match to {
+                Some(endpoint) => {
+                    let lines = simulate::simulated_day(&day, seed)?;
+                    client_verb(&Target { endpoint }, |c| simulate::send_day(c, lines))
+                }
+                None => simulate::simulate(run, build, logs, &day, seed, timings),
+            }
+        }
+    }
+}

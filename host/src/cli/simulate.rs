@@ -1,0 +1,140 @@
+//! `weir simulate`: a seeded day of ABC Tolls traffic, run here and
+//! reported, sent to a running weir, or written as station logs.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use serde_json::{Value, json};
+
+use super::shared::{Reported, tidy};
+use crate::client::Client;
+use crate::plugin::PluginEngine;
+
+/// The generated day, announced on stderr.
+pub(super) fn simulated_day(day: &str, seed: u64) -> anyhow::Result<Vec<crate::simulate::TollLine>> {
+    use crate::simulate;
+    let day_start = humantime::parse_rfc3339(&format!("{day}T00:00:00Z"))
+        .map(crate::time::system_ms)
+        .with_context(|| format!("--day {day}: write a date such as 2026-11-25"))?;
+    let lines = simulate::generate_day(seed, day_start);
+    let malformed = lines.iter().filter(|l| !l.text.contains(',')).count();
+    eprintln!(
+        "simulated {day} (seed {seed}): {} toll lines from {} stations, {malformed} malformed; station {} silent {}:00-{}:00",
+        lines.len(),
+        simulate::STATIONS,
+        simulate::SILENT.0,
+        simulate::SILENT.1,
+        simulate::SILENT.2
+    );
+    Ok(lines)
+}
+
+/// Draws a progress bar on stderr.
+/// Sends a simulated day to a running weir: the customers' thresholds, then the lines.
+pub(super) async fn send_day(client: Client, lines: Vec<crate::simulate::TollLine>) -> anyhow::Result<()> {
+    use crate::simulate::{CUSTOMERS, thresholds};
+    use axum::http::{HeaderMap, Method};
+    // Every threshold in one batch write.
+    let items: serde_json::Map<String, Value> = thresholds().map(|(k, v)| (k, Value::String(v))).collect();
+    let body = json!({ "items": items }).to_string();
+    let mut headers = HeaderMap::new();
+    headers.insert("content-type", axum::http::HeaderValue::from_static("application/json"));
+    client.native_bytes(Method::POST, "/v1/tables/thresholds/items", headers, body.into()).await?;
+    // The agent's sender: only refused records go again, after a growing wait.
+    let counters = Arc::new(crate::agent::Counters::default());
+    let destination = crate::agent::Destination::Stream("toll-lines".into());
+    let backoff = (std::time::Duration::from_millis(50), std::time::Duration::from_secs(5));
+    let sender = crate::agent::Sender::to(client, destination, backoff, counters.clone());
+    let (_running, mut stop) = tokio::sync::watch::channel(false);
+    let mut sent = 0usize;
+    for chunk in lines.chunks(crate::api::MAX_RECORDS_PER_PUT) {
+        let records: Vec<crate::agent::Outgoing> = chunk
+            .iter()
+            .map(|l| crate::agent::Outgoing {
+                data: l.text.clone().into_bytes(),
+                key: format!("station-{}", l.station),
+            })
+            .collect();
+        sender.send(&records, &mut stop).await.map_err(anyhow::Error::new)?;
+        sent += chunk.len();
+        crate::progress::show(sent as f64 / lines.len().max(1) as f64);
+    }
+    crate::progress::show(1.0);
+    let refused = counters.snapshot().records_refused;
+    if refused > 0 {
+        eprintln!("weir refused {refused} lines for good (see its log)");
+    }
+    println!("sent {sent} toll lines to `toll-lines` and {CUSTOMERS} thresholds; see GET /v1/pipeline for progress");
+    Ok(())
+}
+
+pub(super) fn simulate(
+    run: Option<PathBuf>,
+    build: bool,
+    logs: Option<PathBuf>,
+    day: &str,
+    seed: u64,
+    timings: bool,
+) -> anyhow::Result<()> {
+    use crate::simulate;
+    let started = std::time::Instant::now();
+    let lines = simulated_day(day, seed)?;
+    match (run, logs) {
+        (_, Some(dir)) => {
+            simulate::write_logs(&lines, &dir)?;
+            eprintln!("wrote one log per station to {} (point the agent's flows at them)", dir.display());
+            Ok(())
+        }
+        (Some(manifest), None) => {
+            let pipeline = crate::manifest::load(&manifest).map_err(|d| Reported(d.to_string()))?;
+            if build {
+                crate::build::build_all(&pipeline)?;
+            }
+            simulate::start_afresh(&pipeline)?;
+            let warehouse = pipeline.deliveries.iter().find_map(|d| d.warehouse.as_ref()).map(|w| match &w.database {
+                crate::warehouse::Database::Sqlite(path) => format!("table {} in {}", w.table, tidy(path)),
+                crate::warehouse::Database::Postgres(_) => format!("table {} in PostgreSQL", w.table),
+            });
+            // The error prefix up to its first expression, e.g. `errors/`.
+            let lake = pipeline.deliveries.first().map(|d| {
+                (tidy(Path::new(&d.lake.describe())), d.error_prefix.split("!{").next().unwrap_or_default().to_owned())
+            });
+            let data_dir = pipeline.data_dir.clone();
+            let engine = Arc::new(PluginEngine::new()?);
+            let host = crate::pipeline::Host::start(pipeline, &engine)?;
+            let report = simulate::run_day(&host, &lines, crate::progress::show)?;
+            println!("ABC Tolls, {day}: done in {:.1?}", started.elapsed());
+            println!("  toll lines ingested     {:>7}  (stream toll-lines)", report.lines);
+            println!(
+                "  rows in the warehouse   {:>7}  ({})",
+                report.rows_loaded,
+                warehouse.unwrap_or_else(|| "no warehouse".into())
+            );
+            let (lake, errors) = lake.unwrap_or_default();
+            println!("  malformed, set aside    {:>7}  (with the reason, under {lake}/{errors})", report.set_aside);
+            println!(
+                "  billing messages        {:>7}  (inbox `app`: weir run, then GET /v1/inbox/<customer>?channel=app)",
+                report.billing_messages
+            );
+            println!(
+                "  traffic alerts          {:>7}  (inbox `operators`: GET /v1/inbox/operators?channel=operators)",
+                report.traffic_alerts
+            );
+            for (channel, url, received) in &report.webhooks {
+                println!(
+                    "  webhook deliveries      {received:>7}  (channel `{channel}`, taken by a stand-in at {url})"
+                );
+            }
+            println!("  state and streams in {}", tidy(&data_dir));
+            if timings {
+                println!("where the time went:");
+                for (phase, took) in &report.timings {
+                    println!("  {phase:<44} {:>6.2}s", took.as_secs_f64());
+                }
+            }
+            Ok(())
+        }
+        (None, None) => anyhow::bail!("say where the day goes: --run <manifest>, --to <endpoint> or --logs <folder>"),
+    }
+}

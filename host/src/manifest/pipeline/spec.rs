@@ -1,0 +1,292 @@
+//! The checked pipeline: what the rest of the host starts from, every name
+//! resolved, every setting parsed, defaults filled in.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::lake::LakeSpec;
+use crate::manifest::plugin::PluginManifest;
+use crate::manifest::units::Name;
+use crate::sigv4::AccessKey;
+use crate::stream::DiskStreamSpec;
+use crate::warehouse::WarehouseSpec;
+
+/// What a stage does with a batch its plugin failed on (trap, deadline,
+/// memory cap, or an error returned for the whole batch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorPolicy {
+    /// Write the batch's records to the dead-letter output with the reason (the default).
+    #[default]
+    DeadLetter,
+    /// Drop the batch, counting and logging it.
+    Skip,
+    /// Stop the stage; its unprocessed records stay in the stream.
+    Stop,
+}
+
+/// How long a webhook delivery is retried, by default.
+pub const DEFAULT_WEBHOOK_RETRY: Duration = Duration::from_secs(3600);
+
+/// How often a reference table's object is checked for a change, by default.
+pub const DEFAULT_REFERENCE_REFRESH: Duration = Duration::from_secs(30);
+
+/// A shard with no record for this long stops holding an aggregator stage's windows back.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Records further than this ahead of the clock are set aside instead of closing every window up to them.
+pub const DEFAULT_MAX_AHEAD: Duration = Duration::from_secs(3600);
+
+/// What a stage does after a hot swap (`hot-swap = { ... }`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HotSwap {
+    /// How long a new version is watched after a swap.
+    pub probation: Duration,
+    /// Rolled back automatically when more than this share of its batches fail during probation.
+    pub max_failure_rate: f64,
+    /// Swap automatically when the plugin's component file changes.
+    pub watch: bool,
+}
+
+impl Default for HotSwap {
+    fn default() -> Self {
+        Self { probation: Duration::from_secs(60), max_failure_rate: 0.5, watch: false }
+    }
+}
+
+/// How long a partial batch waits for more records unless the stage says otherwise.
+pub const DEFAULT_BATCH_WAIT: Duration = Duration::from_millis(50);
+
+/// How a file sink writes each record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FileFormat {
+    /// The payload followed by a newline (the default).
+    #[default]
+    Lines,
+    /// One JSON object per record: key, event time and payload.
+    Json,
+}
+
+/// A validated pipeline.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    /// `[pipeline] name`
+    pub name: Name,
+    /// `[pipeline] description`
+    pub description: String,
+    /// The manifest file.
+    pub path: PathBuf,
+    /// Where the pipeline keeps its own files (dead letters by default).
+    pub data_dir: PathBuf,
+    /// `[api]`
+    pub api: Api,
+    /// `[sources.*]`
+    pub sources: Vec<Source>,
+    /// `[streams.*]`
+    pub streams: Vec<StreamSpec>,
+    /// `[stages.*]`
+    pub stages: Vec<StageSpec>,
+    /// `[sinks.*]`
+    pub sinks: Vec<SinkSpec>,
+    /// `[delivery.*]`
+    pub deliveries: Vec<DeliverySpec>,
+    /// Reference tables (`[reference.<name>]`).
+    pub references: Vec<crate::reference::ReferenceSpec>,
+    /// State tables (`[tables.<name>]`).
+    pub tables: Vec<String>,
+    /// Notification channels (`[channels.<name>]`).
+    pub channels: Vec<crate::notify::ChannelSpec>,
+}
+
+/// A `[delivery.<name>]` entry: a delivery stream (as Kinesis Data Firehose)
+/// taking direct puts, buffering them and delivering objects to the lake.
+#[derive(Debug, Clone)]
+pub struct DeliverySpec {
+    /// Its name.
+    pub name: Name,
+    /// The optional transform, its configuration and limits.
+    pub transform: Option<Transform>,
+    /// Deliver once this many bytes are buffered...
+    pub buffer_bytes: u64,
+    /// ... or once the oldest buffered record is this old, whichever first.
+    pub buffer_interval: Duration,
+    /// The lake: a local directory or an S3-compatible bucket.
+    pub lake: LakeSpec,
+    /// Key prefix of delivered objects; `YYYY/MM/DD/HH/` (UTC) follows it.
+    pub prefix: String,
+    /// Key prefix of records that failed, with their reasons.
+    pub error_prefix: String,
+    /// If set, the untransformed records are also kept under this prefix.
+    pub backup_prefix: Option<String>,
+    /// Read this weir stream instead of taking direct puts.
+    pub source_stream: Option<Name>,
+    /// Whether objects are gzip-compressed.
+    pub gzip: bool,
+    /// How long a lake write is retried before its records go under the error prefix.
+    pub retry_duration: Duration,
+    /// Where rows are bulk-loaded, if anywhere.
+    pub warehouse: Option<WarehouseSpec>,
+}
+
+/// A delivery stream's transform plugin.
+#[derive(Debug, Clone)]
+pub struct Transform {
+    /// The plugin.
+    pub plugin: PluginManifest,
+    /// Its configuration, defaults filled in.
+    pub config: Vec<(String, String)>,
+    /// Its limits.
+    pub limits: Limits,
+}
+
+/// Buffer size unless a delivery stream sets `buffer-size` (as Firehose).
+pub const DEFAULT_BUFFER_BYTES: u64 = 5 << 20;
+
+/// Buffer interval unless a delivery stream sets `buffer-interval` (as Firehose).
+pub const DEFAULT_BUFFER_INTERVAL: Duration = Duration::from_secs(300);
+
+/// Lake writes are retried this long unless a delivery stream sets `retry-duration`.
+pub const DEFAULT_LAKE_RETRY: Duration = Duration::from_secs(24 * 3600);
+
+/// Warehouse loads are retried this long unless the warehouse sets `retry-duration` (as Firehose).
+pub const DEFAULT_WAREHOUSE_RETRY: Duration = Duration::from_secs(3600);
+
+/// `[api]`
+#[derive(Debug, Clone)]
+pub struct Api {
+    /// Address the HTTP API listens on.
+    pub listen: SocketAddr,
+    /// Largest request body accepted.
+    pub max_body_bytes: u64,
+    /// Keys whose SigV4 signatures the API accepts.
+    pub access_keys: Vec<AccessKey>,
+}
+
+/// A `[sources.<name>]` entry: an HTTP entry point into a stream.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// Its name.
+    pub name: Name,
+    /// The stream it feeds.
+    pub stream: Name,
+}
+
+/// A `[streams.<name>]` entry.
+#[derive(Debug, Clone)]
+pub struct StreamSpec {
+    /// Its name.
+    pub name: Name,
+    /// How the stream is stored: capacity, fsync, retention, limits.
+    pub storage: DiskStreamSpec,
+}
+
+/// Where a stage's output goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Into another stream.
+    Stream(Name),
+    /// Into a sink.
+    Sink(Name),
+    /// A notifier stage: its plugin's state writes and notifications are its output.
+    Effects,
+}
+
+/// Where failed records go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeadLetter {
+    /// A declared sink.
+    Sink(Name),
+    /// A declared stream: each dead letter a JSON record (for a delivery stream to take to the lake).
+    Stream(Name),
+    /// The default file under the data dir.
+    File(PathBuf),
+}
+
+/// Resource limits of one plugin instance.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// CPU deadline of one call.
+    pub timeout: Duration,
+    /// Linear-memory cap.
+    pub memory_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { timeout: Duration::from_secs(2), memory_bytes: 64 << 20 }
+    }
+}
+
+/// A directory granted to a plugin.
+#[derive(Debug, Clone)]
+pub struct DirGrant {
+    /// Host directory.
+    pub host: PathBuf,
+    /// Path the plugin sees.
+    pub guest: String,
+    /// Whether the plugin may write.
+    pub writable: bool,
+}
+
+/// What a plugin may touch beyond computing.
+#[derive(Debug, Clone, Default)]
+pub struct Grants {
+    /// Real clocks (otherwise frozen at the epoch).
+    pub clock: bool,
+    /// Preopened directories.
+    pub dirs: Vec<DirGrant>,
+}
+
+/// A `[stages.<name>]` entry.
+#[derive(Debug, Clone)]
+pub struct StageSpec {
+    /// Its name.
+    pub name: Name,
+    /// The plugin it runs.
+    pub plugin: PluginManifest,
+    /// The stream it reads.
+    pub input: Name,
+    /// Where `ok` records go.
+    pub output: Target,
+    /// Where failed records go.
+    pub dead_letter: DeadLetter,
+    /// What a failed batch does.
+    pub on_error: ErrorPolicy,
+    /// Records per plugin call.
+    pub batch_size: usize,
+    /// How long a partial batch waits for more records.
+    pub batch_wait: Duration,
+    /// Resource limits.
+    pub limits: Limits,
+    /// Capabilities granted.
+    pub grants: Grants,
+    /// Configuration handed to the plugin (defaults filled in), values as text.
+    pub config: Vec<(String, String)>,
+    /// Probation and automatic rollback after hot swaps.
+    pub hot_swap: HotSwap,
+    /// An aggregator stage's windows (`None` for a transformer stage).
+    pub window: Option<crate::window::WindowSpec>,
+    /// Keys that get a result in every window, even without records.
+    pub expected_keys: Vec<String>,
+    /// A reference table and column whose values are expected keys too.
+    pub expected_keys_from: Option<(String, String)>,
+    /// The payload's JSON field that groups records (default: the partition key).
+    pub group_by: Option<String>,
+    /// The stream late records go to, with the reason (default: the dead letters).
+    pub late: Option<Name>,
+}
+
+/// A `[sinks.<name>]` entry.
+#[derive(Debug, Clone)]
+pub struct SinkSpec {
+    /// Its name.
+    pub name: Name,
+    /// The file it appends to.
+    pub path: PathBuf,
+    /// How records are written.
+    pub format: FileFormat,
+}
