@@ -1,0 +1,111 @@
+//! The segment format: segment file names and frames
+//! `magic "WR" | payload length u32 | CRC32C(payload) u32 | payload`, where the
+//! payload holds the first sequence number, the record count, the arrival time
+//! and the records.
+
+use bytes::Bytes;
+
+use crate::stream::{NewRecord, StoredRecord};
+
+pub(super) const MAGIC: [u8; 2] = *b"WR";
+/// Magic, payload length, payload checksum.
+pub(super) const HEADER: usize = 2 + 4 + 4;
+/// First sequence, record count, arrival time.
+pub(super) const PAYLOAD_HEADER: usize = 8 + 4 + 8;
+/// A frame larger than this is damage, not data (a put holds at most 500 records of 1 MiB).
+pub(super) const MAX_PAYLOAD: u32 = 600 << 20;
+
+pub(super) fn segment_name(base: u64) -> String {
+    format!("{base:020}.log")
+}
+
+/// The arrival time stored in a checked frame.
+pub(super) fn frame_arrival(frame: &[u8]) -> i64 {
+    let at = HEADER + 12;
+    frame.get(at..at + 8).and_then(|b| b.try_into().ok()).map_or(i64::MIN, i64::from_le_bytes)
+}
+
+/// Checks one frame at the start of `bytes`: (first sequence, record count, frame length).
+pub(super) fn parse_frame(bytes: &[u8]) -> Result<(u64, u32, usize), String> {
+    if bytes.len() < HEADER {
+        return Err("frame header cut short".to_owned());
+    }
+    if bytes[..2] != MAGIC {
+        return Err("bad frame marker".to_owned());
+    }
+    let len = u32::from_le_bytes([bytes[2], bytes[3], bytes[4], bytes[5]]);
+    if len > MAX_PAYLOAD || (len as usize) < PAYLOAD_HEADER {
+        return Err(format!("implausible frame length {len}"));
+    }
+    let end = HEADER + len as usize;
+    if bytes.len() < end {
+        return Err("frame cut short".to_owned());
+    }
+    let crc = u32::from_le_bytes([bytes[6], bytes[7], bytes[8], bytes[9]]);
+    let payload = &bytes[HEADER..end];
+    if crc32c::crc32c(payload) != crc {
+        return Err("checksum mismatch".to_owned());
+    }
+    let first = u64::from_le_bytes(payload[..8].try_into().map_err(|_| "short payload")?);
+    let count = u32::from_le_bytes(payload[8..12].try_into().map_err(|_| "short payload")?);
+    Ok((first, count, end))
+}
+
+pub(super) fn encode_frame(first: u64, arrival_ms: i64, records: &[NewRecord]) -> Vec<u8> {
+    let size: usize = records.iter().map(|r| 8 + 2 + r.key.len() + 4 + r.data.len()).sum();
+    let mut frame = Vec::with_capacity(HEADER + PAYLOAD_HEADER + size);
+    frame.extend_from_slice(&MAGIC);
+    frame.extend_from_slice(&[0; 8]);
+    frame.extend_from_slice(&first.to_le_bytes());
+    frame.extend_from_slice(&(records.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&arrival_ms.to_le_bytes());
+    for r in records {
+        frame.extend_from_slice(&r.event_time_ms.unwrap_or(arrival_ms).to_le_bytes());
+        frame.extend_from_slice(&(r.key.len() as u16).to_le_bytes());
+        frame.extend_from_slice(r.key.as_bytes());
+        frame.extend_from_slice(&(r.data.len() as u32).to_le_bytes());
+        frame.extend_from_slice(&r.data);
+    }
+    let len = (frame.len() - HEADER) as u32;
+    let crc = crc32c::crc32c(&frame[HEADER..]);
+    frame[2..6].copy_from_slice(&len.to_le_bytes());
+    frame[6..10].copy_from_slice(&crc.to_le_bytes());
+    frame
+}
+
+/// Decodes the records of a checked frame; their data are slices of it, not copies.
+pub(super) fn decode_frame(frame: &Bytes, shard: u32) -> Result<Vec<StoredRecord>, String> {
+    let payload = frame.get(HEADER..).ok_or("short frame")?;
+    let mut at = 0usize;
+    let mut take = |n: usize| -> Result<&[u8], String> {
+        let slice = payload.get(at..at + n).ok_or("record runs past its frame")?;
+        at += n;
+        Ok(slice)
+    };
+    let first = u64::from_le_bytes(take(8)?.try_into().map_err(|_| "first")?);
+    let count = u32::from_le_bytes(take(4)?.try_into().map_err(|_| "count")?);
+    let arrival_ms = i64::from_le_bytes(take(8)?.try_into().map_err(|_| "arrival")?);
+    let mut records = Vec::with_capacity(count as usize);
+    for i in 0..u64::from(count) {
+        let event_time_ms = i64::from_le_bytes(take(8)?.try_into().map_err(|_| "event time")?);
+        let key_len = u16::from_le_bytes(take(2)?.try_into().map_err(|_| "key length")?) as usize;
+        let key = std::str::from_utf8(take(key_len)?).map_err(|_| "key is not UTF-8")?.to_owned();
+        let data_len = u32::from_le_bytes(take(4)?.try_into().map_err(|_| "data length")?) as usize;
+        let data = frame.slice_ref(take(data_len)?);
+        records.push(StoredRecord { shard, sequence: first + i, key, event_time_ms, arrival_ms, data });
+    }
+    Ok(records)
+}
+
+/// Where a frame is in a shard's segments: the shard's index holds one per frame.
+#[derive(Clone, Copy)]
+pub(super) struct FrameRef {
+    pub(super) first: u64,
+    pub(super) count: u32,
+    /// Which segment, counted from the first one ever (see `State::dropped_segments`).
+    pub(super) segment: usize,
+    pub(super) offset: u64,
+    pub(super) len: u32,
+    /// When its records arrived (never decreasing along the log).
+    pub(super) arrival_ms: i64,
+}
