@@ -2,8 +2,9 @@
 //! reference tables (notifier plugins only; the component then imports them),
 //! plus logging for every plugin.
 //!
-//! Inside a component these call the host's WIT imports. Natively they use the
-//! in-memory fakes of [`crate::testing`], so plugin logic is unit-testable.
+//! Inside a component these call the host's WIT imports. Natively they use an
+//! in-memory host, one per thread (`fake` below), which [`crate::testing`]
+//! sets up and reads, so plugin logic is unit-testable.
 
 /// Severity of a log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
