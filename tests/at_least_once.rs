@@ -332,6 +332,7 @@ buffer-interval = "100ms"
         s.deliveries[0].last_error.as_deref().is_some_and(|e| e.contains("cannot record the delivery plan"))
     };
     host.wait_until("the failed plan write", plan_failed).await;
+    host.wait_until("the delivery backing off", |s| s.deliveries[0].phase == Phase::BackingOff).await;
     assert_eq!(host.host.status().deliveries[0].objects, 0, "no object is written without its plan");
     std::fs::remove_file(&plans).expect("remove the file");
     std::fs::create_dir_all(&plans).expect("the plans folder again");
