@@ -103,7 +103,7 @@ async fn a_failed_registration_is_retried_never_read_as_position_zero() {
     assert_eq!(lines(&host.path("out.jsonl")), vec!["A", "B", "C"], "resumed after its checkpoint, not from 0");
 }
 
-/// The echo notifier adds amounts to `totals`; a payload that is not a number fails its batch.
+/// The echo notifier adds amounts to `totals`; a payload that is not a number is a bad record.
 fn notifier(dead_letters: &str) -> String {
     format!(
         r#"
@@ -149,7 +149,7 @@ async fn a_dead_letter_that_cannot_be_written_keeps_the_notifier_batch_until_it_
     host.wait_until("the batch set aside", |s| checkpoint(s, "echo") == 1).await;
     let letters = lines(&host.path("letters.jsonl"));
     assert_eq!(letters.len(), 1, "{letters:?}");
-    assert!(letters[0].contains("not a number") && letters[0].contains("consume-failed"), "{letters:?}");
+    assert!(letters[0].contains("not a number") && letters[0].contains("processing-failed"), "{letters:?}");
 }
 
 /// The sum aggregator over 10-minute windows; its late records go to the dead letters.
@@ -205,7 +205,7 @@ async fn a_late_record_that_cannot_be_written_keeps_the_aggregator_batch_until_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_aggregator_stops_under_the_stop_policy_and_its_records_stay() {
     let host = TestHost::start(&aggregator("on-error = \"stop\"")).await.expect("start");
-    host.host.put("amounts", vec![record("not a number", Some(T14))], Producer::Native).expect("put");
+    host.host.put("amounts", vec![record("fail", Some(T14))], Producer::Native).expect("put");
     host.wait_until("the stage stopped", |s| stage(s, "sum").phase == Phase::Stopped).await;
     let status = host.host.status();
     assert_eq!(stage(&status, "sum").dead_lettered, 0);

@@ -20,15 +20,15 @@
 use std::sync::Arc;
 
 use weir_host::manifest::plugin::ExpectedOutcome;
-use weir_host::manifest::{Grants, Limits, PluginManifest, World};
+use weir_host::manifest::{Limits, PluginManifest, World};
 use weir_host::notify::Notification;
 use weir_host::pipeline::Producer;
 use weir_host::plugin::{
-    AggregatorInstance, AggregatorPlugin, Batch, MemoryServices, NotifierPlugin, Outcome, PluginError,
+    AggregatorInstance, AggregatorPlugin, Batch, MemoryServices, NotifierPlugin, Outcome, PluginError, SandboxSpec,
     TransformerPlugin, check_world,
 };
 use weir_host::scaffold::{Lang, new_plugin};
-use weir_tests::{artifacts, config, engine, plugin_component, plugin_manifest, root, sandbox};
+use weir_tests::{artifacts, config, engine, grants, plugin_component, plugin_manifest, root, sandbox};
 
 /// A plugin of `plugins/` with its manifest.
 fn plugins_of(world: World) -> Vec<(&'static str, &'static str, PluginManifest)> {
@@ -41,15 +41,19 @@ fn plugins_of(world: World) -> Vec<(&'static str, &'static str, PluginManifest)>
         .collect()
 }
 
-fn transformer(name: &str, component: &str, config: Vec<(String, String)>) -> TransformerPlugin {
-    let compiled = check_world(&engine(), component.as_ref(), World::Transformer).expect("fits its world");
-    TransformerPlugin::new(&engine(), compiled, sandbox(name, Limits::default(), Grants::default()), config)
-        .expect("load")
+/// The sandbox a pipeline gives the plugin of `manifest` set up with `config`.
+fn sandbox_of(manifest: &PluginManifest, config: &[(String, String)]) -> SandboxSpec {
+    sandbox(&manifest.info.name.to_string(), Limits::default(), grants(manifest, config))
 }
 
-fn notifier(name: &str, component: &str, config: Vec<(String, String)>) -> NotifierPlugin {
+fn transformer(manifest: &PluginManifest, component: &str, config: Vec<(String, String)>) -> TransformerPlugin {
+    let compiled = check_world(&engine(), component.as_ref(), World::Transformer).expect("fits its world");
+    TransformerPlugin::new(&engine(), compiled, sandbox_of(manifest, &config), config).expect("load")
+}
+
+fn notifier(manifest: &PluginManifest, component: &str, config: Vec<(String, String)>) -> NotifierPlugin {
     let compiled = check_world(&engine(), component.as_ref(), World::Notifier).expect("fits its world");
-    NotifierPlugin::new(&engine(), compiled, sandbox(name, Limits::default(), Grants::default()), config).expect("load")
+    NotifierPlugin::new(&engine(), compiled, sandbox_of(manifest, &config), config).expect("load")
 }
 
 /// Records no plugin can make sense of: not text, empty, a wrong JSON, a huge line.
@@ -67,7 +71,7 @@ fn every_transformer_keeps_the_outcome_contract() {
     let all = plugins_of(World::Transformer);
     assert!(!all.is_empty());
     for (name, component, manifest) in all {
-        let mut instance = transformer(name, component, manifest.default_config()).instantiate().expect("starts");
+        let mut instance = transformer(&manifest, component, manifest.default_config()).instantiate().expect("starts");
         assert!(!manifest.self_tests.is_empty(), "{name}: declare [[self-test]] records in plugin.toml");
         let mut together = Batch::with_capacity(manifest.self_tests.len(), 1024);
         for test in &manifest.self_tests {
@@ -143,10 +147,10 @@ fn batch(payloads: &[String]) -> Batch {
 fn every_notifier_sends_once_and_reports_bad_records() {
     let all = plugins_of(World::Notifier);
     assert!(!all.is_empty());
-    for (name, component, _) in all {
+    for (name, component, manifest) in all {
         let (config, sample) = notifier_sample(name);
         let services = Arc::new(MemoryServices::default());
-        let plugin = notifier(name, component, config);
+        let plugin = notifier(&manifest, component, config);
         let mut instance = plugin.instantiate(services.clone()).expect("starts");
         instance.consume(&batch(&sample)).unwrap_or_else(|e| panic!("{name}: {e}"));
         let sent = services.sent().len();
@@ -156,8 +160,8 @@ fn every_notifier_sends_once_and_reports_bad_records() {
         again.consume(&batch(&sample)).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(services.sent().len(), sent, "{name}: the same batch again sends nothing new");
         match again.consume(&garbage()) {
-            Err(PluginError::Returned(reason)) => assert!(!reason.trim().is_empty(), "{name}: says why"),
-            other => panic!("{name}: garbage must fail the batch with a reason, not {other:?}"),
+            Err(PluginError::BadRecord { index: 0, reason }) => assert!(!reason.trim().is_empty(), "{name}: says why"),
+            other => panic!("{name}: garbage must be refused as a bad record with a reason, not {other:?}"),
         }
     }
 }
@@ -174,9 +178,9 @@ fn the_traffic_alert_behaves_the_same_in_every_language() {
         let services = Arc::new(MemoryServices::default());
         // Compiled once (the Python component is 19 MB), started with two configs.
         let compiled = check_world(&engine(), plugin_component(plugin).as_ref(), World::Notifier).expect("fits");
-        let load = |config| {
-            let spec = sandbox(plugin, Limits::default(), Grants::default());
-            NotifierPlugin::new(&engine(), compiled.clone(), spec, config).expect("load")
+        let manifest = plugin_manifest(&root().join("plugins").join(plugin));
+        let load = |config: Vec<(String, String)>| {
+            NotifierPlugin::new(&engine(), compiled.clone(), sandbox_of(&manifest, &config), config).expect("load")
         };
         let alert = load(config(&[("channels", r#"["ops-inbox","ops-hook"]"#)]));
         let mut instance = alert.instantiate(services.clone()).expect("starts");
@@ -342,7 +346,9 @@ fn every_aggregator_gives_the_same_results_however_its_records_are_batched() {
     assert!(rows.len() > 300, "{}", rows.len());
     let mut all: Vec<(String, AggregatorPlugin)> = plugins_of(World::Aggregator)
         .into_iter()
-        .map(|(name, component, manifest)| (name.to_owned(), aggregator(name, component, manifest.default_config())))
+        .map(|(name, component, manifest)| {
+            (name.to_owned(), aggregator(&manifest, component, manifest.default_config()))
+        })
         .collect();
     // The scaffold's aggregator in each language weir builds.
     let scaffolds = root().join("target/conformance");
@@ -354,7 +360,7 @@ fn every_aggregator_gives_the_same_results_however_its_records_are_batched() {
         new_plugin(&name, World::Aggregator, lang, &dir, Some(&shared)).expect("scaffold");
         let manifest = plugin_manifest(&dir);
         let component = weir_host::build::build_plugin(&manifest).expect("build");
-        all.push((name.clone(), aggregator(&name, component.to_str().expect("a path"), manifest.default_config())));
+        all.push((name.clone(), aggregator(&manifest, component.to_str().expect("a path"), manifest.default_config())));
     }
     assert!(all.len() >= 6, "the showcase's aggregators and one per language");
     let mut scaffold_results = Vec::new();
@@ -375,7 +381,7 @@ fn every_aggregator_gives_the_same_results_however_its_records_are_batched() {
         instance.emit(0, 600_000, &["no-records".to_owned()], &[Vec::new()]).unwrap_or_else(|e| panic!("{name}: {e}"));
         let mut states = vec![Vec::new()];
         match instance.fold(&garbage(), &[0, 0, 0, 0], &mut states) {
-            Ok(()) | Err(PluginError::Returned(_)) => {}
+            Ok(()) | Err(PluginError::Returned(_) | PluginError::BadRecord { .. }) => {}
             Err(other) => panic!("{name}: garbage must be refused with a reason or folded, not {other:?}"),
         }
     }
@@ -386,8 +392,7 @@ fn every_aggregator_gives_the_same_results_however_its_records_are_batched() {
     }
 }
 
-fn aggregator(name: &str, component: &str, config: Vec<(String, String)>) -> AggregatorPlugin {
+fn aggregator(manifest: &PluginManifest, component: &str, config: Vec<(String, String)>) -> AggregatorPlugin {
     let compiled = check_world(&engine(), component.as_ref(), World::Aggregator).expect("fits its world");
-    AggregatorPlugin::new(&engine(), compiled, sandbox(name, Limits::default(), Grants::default()), config)
-        .expect("load")
+    AggregatorPlugin::new(&engine(), compiled, sandbox_of(manifest, &config), config).expect("load")
 }

@@ -258,6 +258,80 @@ async fn an_endless_loop_is_cut_off_while_the_api_keeps_answering() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_record_in_a_batch_of_256_costs_only_itself() {
+    let manifest = hostile_manifest("bad-on-boom", "stop", "")
+        .replace("batch-size = 1\nbatch-wait = \"1ms\"", "batch-size = 256\nbatch-wait = \"5s\"");
+    let mut host = TestHost::start(&manifest).await.expect("start");
+    let records: Vec<Value> =
+        (0..256).map(|i| json!({"data": if i == 100 { "boom".to_owned() } else { format!("r{i}") }})).collect();
+    let (status, answer) = put(&host, "in", json!({ "records": records })).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    host.wait_until("256 records handled", |s| stage(s).records_in == 256).await;
+    assert_eq!(stage(&host.host.status()).phase, weir_host::stage::Phase::Running, "`stop` did not stop");
+    host.stop().await;
+
+    let out = lines(&host.path("out.jsonl"));
+    assert_eq!(out.len(), 255, "every good record went through");
+    assert_eq!((out[99].as_str(), out[100].as_str()), ("R99", "R101"));
+    let letters = lines(&host.path("data/dead-letter/risky.jsonl"));
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let letter: Value = serde_json::from_str(&letters[0]).expect("json");
+    assert_eq!((letter["data"].as_str(), letter["error_code"].as_str()), (Some("boom"), Some("processing-failed")));
+    assert!(letter["reason"].as_str().unwrap_or("").contains("`boom` is no record of mine"), "{letter}");
+    // A bad record is the record's fault, not the plugin's: no failure.
+    let s = host.host.status();
+    assert_eq!((stage(&s).batches, stage(&s).failures, stage(&s).dead_lettered), (1, 0, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transient_failure_is_retried_until_it_passes_and_sets_nothing_aside() {
+    let mut host = TestHost::start(&hostile_manifest("transient-twice", "skip", "")).await.expect("start");
+    for data in ["a", "b"] {
+        put(&host, "in", json!({"data": data})).await;
+    }
+    host.wait_until("both records through", |s| stage(s).records_out == 2).await;
+    host.stop().await;
+    assert_eq!(lines(&host.path("out.jsonl")), vec!["A", "B"], "nothing skipped, in order");
+    assert!(lines(&host.path("data/dead-letter/risky.jsonl")).is_empty());
+    let s = host.host.status();
+    assert_eq!((stage(&s).failures, stage(&s).skipped, stage(&s).restarts), (2, 0, 0), "the instance was kept");
+    assert!(stage(&s).last_error.as_deref().unwrap_or("").contains("a service is down (2 of 2)"), "{s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transformer_looks_rows_up_in_the_reference_table_its_config_names() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("reference")).expect("mkdir");
+    std::fs::write(dir.path().join("reference/plates.csv"), "plate,owner\nAB-12,C000123\n").expect("csv");
+    let manifest = hostile_manifest("lookup", "dead-letter", "")
+        .replace("config = { mode = \"lookup\" }", "config = { mode = \"lookup\", table = \"plates\" }")
+        .replace(
+            "[streams.in]",
+            "[streams.in]\n\n[reference.plates]\nlake = \"reference\"\nobject = \"plates.csv\"\nkey = \"plate\"",
+        );
+    let mut host = TestHost::start_in(dir, &manifest).await.expect("start");
+    for data in ["AB-12", "ZZ-99"] {
+        put(&host, "in", json!({"data": data})).await;
+    }
+    host.wait_until("both records handled", |s| stage(s).records_in == 2).await;
+    host.stop().await;
+    let out = lines(&host.path("out.jsonl"));
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert!(out[0].contains("C000123"), "the row of AB-12: {out:?}");
+    let letters = lines(&host.path("data/dead-letter/risky.jsonl"));
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert!(letters[0].contains("ZZ-99") && letters[0].contains("no such row"), "{letters:?}");
+
+    // Without `[reference.plates]` in the pipeline, the manifest is refused before anything runs.
+    let undeclared = hostile_manifest("lookup", "dead-letter", "")
+        .replace("config = { mode = \"lookup\" }", "config = { mode = \"lookup\", table = \"plates\" }");
+    let err = TestHost::start(&undeclared).await.err().expect("refused");
+    let message = format!("{err:#}");
+    assert!(message.contains("uses reference table `plates` (config `table`)"), "{message}");
+    assert!(message.contains("which the pipeline does not declare"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn skip_drops_failed_batches_and_stop_keeps_them_in_the_stream() {
     let mut skip = TestHost::start(&hostile_manifest("trap-on-boom", "skip", "")).await.expect("start");
     for data in ["a", "boom", "b"] {

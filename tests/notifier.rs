@@ -36,7 +36,7 @@ key = "customer"
 plugin = "{root}/tests/guests/echo-notifier"
 input = "amounts"
 batch-wait = "1ms"
-config = { threshold = 100 }
+config = { threshold = 100, recipients = "recipients" }
 "#;
 
 fn amounts(pairs: &[(&str, i64)]) -> Vec<NewRecord> {
@@ -118,6 +118,33 @@ async fn a_threshold_crossing_sends_one_inbox_message_even_across_restarts() {
     assert_eq!(unknown.status().as_u16(), 404);
     let answer: Value = unknown.json().await.expect("JSON");
     assert!(answer["error"]["message"].as_str().is_some_and(|m| m.contains("[tables.limits]")), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_record_is_dead_lettered_and_the_rest_of_its_batch_takes_effect_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("reference")).expect("mkdir");
+    std::fs::write(dir.path().join("reference/recipients.csv"), "customer,recipient\n").expect("csv");
+    let mut host =
+        TestHost::start_in(dir, &MANIFEST.replace("batch-wait = \"1ms\"", "batch-wait = \"2s\"")).await.expect("start");
+    let mut records = amounts(&[("C1", 60), ("C1", 0), ("C1", 50)]);
+    records[1].data = Bytes::from_static(b"lots");
+    host.host.put("amounts", records, Producer::Native).expect("put");
+    host.wait_until("the bad record set aside", |s| s.stages[0].dead_lettered == 1).await;
+    host.wait_until("the batch committed", |s| s.stages[0].records_in == 3).await;
+
+    // The first try added 60 before the plugin refused "lots"; that try was undone.
+    assert_eq!(item(&host, "C1").await, (200, "110".to_owned()));
+    let messages = inbox(&host, "C1").await;
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    assert_eq!(messages[0]["body"], "total is now 110");
+    host.stop().await;
+    let letters = weir_tests::lines(&host.path("data/dead-letter/alerts.jsonl"));
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let letter: Value = serde_json::from_str(&letters[0]).expect("json");
+    assert_eq!((letter["data"].as_str(), letter["error_code"].as_str()), (Some("lots"), Some("processing-failed")));
+    assert!(letter["reason"].as_str().unwrap_or("").contains("amount"), "{letter}");
+    assert_eq!(host.host.status().stages[0].failures, 0, "a bad record is no failure of the plugin");
 }
 
 const ALERTS_MANIFEST: &str = r#"

@@ -105,6 +105,28 @@ async fn windows_close_on_the_watermark_and_late_records_keep_their_reason() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_the_plugin_cannot_fold_is_dead_lettered_and_its_window_holds_the_others() {
+    let mut host = TestHost::start(MANIFEST).await.expect("start");
+    let minute = 60_000;
+    let mut bad = row("C1", 0, T14 + 3 * minute);
+    bad.data = Bytes::from_static(br#"{"customer_id":"C1","amount_cents":"lots"}"#);
+    let batch =
+        vec![row("C1", 275, T14 + minute), bad, row("C1", 410, T14 + 9 * minute), row("C1", 1, T14 + 12 * minute)];
+    host.host.put("rows", batch, Producer::Native).expect("put");
+    host.wait_until("the first window", |s| s.stages[0].records_out == 1).await;
+    host.stop().await;
+
+    let got = results(&host);
+    assert_eq!(got.get(&("2026-11-26T14:00:00.000Z".to_owned(), "C1".into())), Some(&685), "{got:?}");
+    let letters = lines(&host.path("data/dead-letter/billing.jsonl"));
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let letter: Value = serde_json::from_str(&letters[0]).expect("JSON");
+    assert_eq!(letter["error_code"], "processing-failed");
+    assert!(letter["reason"].as_str().is_some_and(|r| r.contains("amount_cents")), "{letter}");
+    assert_eq!(host.host.status().stages[0].failures, 0, "a bad row is no failure of the plugin");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_in_the_middle_of_a_window_counts_every_record_once() {
     let host = TestHost::start(MANIFEST).await.expect("start");
     let minute = 60_000;

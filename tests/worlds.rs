@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use weir_host::manifest::{Grants, Limits};
+use weir_host::manifest::{Grants, Limits, Resource, Uses};
 use weir_host::plugin::{AggregatorPlugin, Batch, MemoryServices, NotifierPlugin, PluginError, Services};
 use weir_tests::{artifacts, config, engine, sandbox};
 
@@ -52,27 +52,36 @@ fn an_aggregator_folds_states_the_host_keeps_and_emits_per_key() {
         ]
     );
 
-    // A record the plugin cannot fold fails the batch with its reason.
+    // A record the plugin cannot fold fails the call, naming the record and why.
     let mut untouched = vec![states[0].clone()];
-    let err = other.fold(&amounts(&[("c1", "ten")]), &[0], &mut untouched).expect_err("bad amount");
-    assert!(matches!(&err, PluginError::Returned(m) if m.contains("`ten`")), "{err:?}");
+    let err = other.fold(&amounts(&[("c1", "1"), ("c1", "ten")]), &[0, 0], &mut untouched).expect_err("bad amount");
+    assert!(matches!(&err, PluginError::BadRecord { index: 1, reason } if reason.contains("`ten`")), "{err:?}");
     assert_eq!(untouched, [states[0].clone()], "a failed fold leaves the states as they were");
     // A group index out of range is refused by the plugin, not a crash.
     let err = other.fold(&amounts(&[("c1", "1")]), &[5], &mut [vec![]]).expect_err("bad group");
     assert!(matches!(err, PluginError::Returned(_)), "{err:?}");
 }
 
-#[test]
-fn a_notifier_uses_state_tables_reference_tables_and_channels() {
+/// What a pipeline grants echo-notifier set up as the tests set it: the resources its config names.
+fn echo_uses() -> Uses {
+    let mut uses = Uses::default();
+    uses.add(Resource::StateTable, "totals".into());
+    uses.add(Resource::Reference, "recipients".into());
+    uses.add(Resource::Channel, "inbox".into());
+    uses
+}
+
+fn echo_notifier(settings: &[(&str, &str)]) -> NotifierPlugin {
     let engine = engine();
     let compiled = engine.compile(artifacts::ECHO_NOTIFIER.as_ref()).expect("compile");
-    let plugin = NotifierPlugin::new(
-        &engine,
-        compiled,
-        sandbox("echo-notifier@0.1.0", Limits::default(), Grants::default()),
-        config(&[("threshold", "100")]),
-    )
-    .expect("load");
+    let grants = Grants { uses: echo_uses(), ..Grants::default() };
+    NotifierPlugin::new(&engine, compiled, sandbox("echo-notifier@0.1.0", Limits::default(), grants), config(settings))
+        .expect("load")
+}
+
+#[test]
+fn a_notifier_uses_state_tables_reference_tables_and_channels() {
+    let plugin = echo_notifier(&[("threshold", "100"), ("recipients", "recipients")]);
     let services = Arc::new(MemoryServices::default());
     services.set_reference("recipients", "c1", "app-user-1");
     let mut instance = plugin.instantiate(services.clone()).expect("instantiate");
@@ -94,6 +103,40 @@ fn a_notifier_uses_state_tables_reference_tables_and_channels() {
     let duplicate = weir_host::notify::Notification { ..sent[0].clone() };
     assert_eq!(services.send(duplicate), Ok(false));
 
-    let err = instance.consume(&amounts(&[("c3", "lots")])).expect_err("bad amount");
-    assert!(matches!(&err, PluginError::Returned(m) if m.contains("amount")), "{err:?}");
+    // A record that is no amount is the record's fault, and the plugin says which one.
+    let err = instance.consume(&amounts(&[("c3", "1"), ("c3", "lots")])).expect_err("bad amount");
+    assert!(matches!(&err, PluginError::BadRecord { index: 1, reason } if reason.contains("amount")), "{err:?}");
+}
+
+#[test]
+fn a_notifier_reaches_only_the_tables_and_channels_its_config_names() {
+    // `peek` names a table through a plain string key: not declared, so refused.
+    let plugin = echo_notifier(&[("peek", "customers")]);
+    let services = Arc::new(MemoryServices::default());
+    services.put("customers", "c1", b"secret".to_vec()).expect("put");
+    let mut instance = plugin.instantiate(services.clone()).expect("instantiate");
+    let err = instance.consume(&amounts(&[("c1", "5")])).expect_err("undeclared table");
+    let PluginError::Returned(message) = &err else { panic!("{err:?}") };
+    assert!(message.contains("may not use state table `customers`"), "{message}");
+    assert!(message.contains("it may use"), "says what it may use: {message}");
+
+    // A channel the pipeline did not grant is refused the same way.
+    let plugin = echo_notifier(&[("threshold", "1"), ("channel", "elsewhere")]);
+    let mut instance = plugin.instantiate(services.clone()).expect("instantiate");
+    let err = instance.consume(&amounts(&[("c9", "5")])).expect_err("undeclared channel");
+    assert!(err.to_string().contains("may not use channel `elsewhere`"), "{err}");
+    assert!(services.sent().is_empty(), "nothing was sent: {:?}", services.sent());
+}
+
+#[test]
+fn plugin_test_reports_a_record_the_plugin_calls_bad_and_goes_on() {
+    let target = weir_host::author::TestTarget::resolve(&weir_tests::root().join("tests/guests/echo-notifier"), false)
+        .expect("the plugin folder");
+    let input: Vec<String> = ["60", "lots", "50"].map(String::from).to_vec();
+    let report = weir_host::author::run_test(&engine(), &target, Some(&input), &[("threshold".into(), "100".into())])
+        .expect("a report, not an error");
+    assert!(report.contains("record 2: bad record: amount"), "{report}");
+    // 60 + 50 crosses 100 once the bad record is out of the way (records of `--input` have no key).
+    assert!(report.contains("inbox ->  [-crossed-100]"), "{report}");
+    assert!(report.ends_with("3 records, 1 set aside, 1 notifications\n"), "{report}");
 }

@@ -11,10 +11,10 @@ use std::sync::Arc;
 use anyhow::{Context as _, bail};
 
 use crate::manifest::plugin::ConfigType;
-use crate::manifest::{Diagnostics, Grants, Limits, PluginManifest, World};
+use crate::manifest::{Diagnostics, Grants, Limits, PluginManifest, Uses, World};
 use crate::plugin::{
-    AggregatorPlugin, Batch, CompiledComponent, MemoryServices, NotifierPlugin, Outcome, PluginEngine, PluginIdent,
-    SandboxSpec, TransformerPlugin, check_world, fits_world,
+    AggregatorPlugin, Batch, CompiledComponent, MemoryServices, NotifierPlugin, Outcome, PluginEngine, PluginError,
+    PluginIdent, SandboxSpec, TransformerPlugin, check_world, fits_world,
 };
 
 /// What `weir plugin inspect` found out about a component.
@@ -26,7 +26,7 @@ pub struct Inspection {
     pub sha256: String,
     /// The weir world it fits, if any.
     pub world: Option<World>,
-    /// The WIT packages of weir it exports, with their versions (e.g. `weir:plugin/transform@0.1.0`).
+    /// The WIT packages of weir it exports, with their versions (e.g. `weir:plugin/transform@0.2.0`).
     pub exports: Vec<String>,
     /// Every interface it imports.
     pub imports: Vec<String>,
@@ -159,12 +159,18 @@ pub fn run_test(
         || target.component.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
         |m| m.info.name.to_string(),
     );
+    // The tables, channels and reference tables the plugin may use: those its
+    // config names (given or by default), as in a pipeline.
+    let mut uses = Uses::default();
     let config = match &target.manifest {
         // Checked as a stage's config is: known keys, declared types, required keys.
         Some(manifest) => {
             let values: Vec<(&str, toml::Value)> =
                 overrides.iter().map(|(k, v)| (k.as_str(), typed_value(manifest, k, v))).collect();
             let set: Vec<(&str, &toml::Value)> = values.iter().map(|(k, v)| (*k, v)).collect();
+            for (_, kind, names) in manifest.uses(&set) {
+                names.into_iter().for_each(|name| uses.add(kind, name));
+            }
             manifest.resolve_config(&set).map_err(|problems| {
                 let lines: Vec<String> = problems
                     .into_iter()
@@ -190,7 +196,7 @@ pub fn run_test(
     let spec = SandboxSpec {
         ident: Arc::new(PluginIdent { pipeline: "test".into(), stage: "test".into(), plugin: name.clone() }),
         limits: Limits::default(),
-        grants: Grants::default(),
+        grants: Grants { uses, ..Grants::default() },
     };
     let self_tests = target.manifest.as_ref().map(|m| m.self_tests.clone()).unwrap_or_default();
     let now = crate::stream::now_ms();
@@ -239,26 +245,73 @@ pub fn run_test(
         }
         World::Notifier => {
             let plugin = NotifierPlugin::new(engine, compiled, spec, config)?;
-            let services = Arc::new(MemoryServices::default());
-            plugin.instantiate(services.clone())?.consume(&batch)?;
+            // As a stage does: a batch the plugin fails changes nothing (fresh
+            // services), and one it calls a record of bad goes again without it.
+            let (services, refused) = without_bad_records(records, |kept| {
+                let services = Arc::new(MemoryServices::default());
+                plugin.instantiate(services.clone())?.consume(&batch.only(kept))?;
+                Ok(services)
+            })?;
+            report_refused(&mut out, &refused);
             let sent = services.sent();
             for n in &sent {
                 let _ = writeln!(out, "{} -> {} [{}]: {}", n.channel, n.recipient, n.idempotency_key, n.subject);
             }
-            let _ = writeln!(out, "{records} records, {} notifications", sent.len());
+            let _ = writeln!(out, "{records} records, {} set aside, {} notifications", refused.len(), sent.len());
         }
         World::Aggregator => {
             // One window holding every record, one state per key.
             let plugin = AggregatorPlugin::new(engine, compiled, spec, config)?;
             let mut instance = plugin.instantiate()?;
-            let mut states = vec![Vec::new()];
-            instance.fold(&batch, &vec![0; records], &mut states)?;
+            let (states, refused) = without_bad_records(records, |kept| {
+                // A failed fold leaves the states as they were: start from none again.
+                let mut states = vec![Vec::new()];
+                instance.fold(&batch.only(kept), &vec![0; kept.len()], &mut states)?;
+                Ok(states)
+            })?;
+            report_refused(&mut out, &refused);
             let emitted = instance.emit(now - 1, now + 1, &[String::new()], &states)?;
             for r in emitted.records() {
                 let _ = writeln!(out, "{}", String::from_utf8_lossy(r.payload));
             }
-            let _ = writeln!(out, "{records} records folded into one window, {} results", emitted.len());
+            let folded = records - refused.len();
+            let _ = writeln!(
+                out,
+                "{folded} records folded into one window, {} set aside, {} results",
+                refused.len(),
+                emitted.len()
+            );
         }
     }
     Ok(out)
+}
+
+/// Calls `call` on the records `0..records` and, each time the plugin calls one
+/// of them bad, again without it: the last call's result, and the refused
+/// records (index in the input, reason) in input order.
+fn without_bad_records<T>(
+    records: usize,
+    mut call: impl FnMut(&[usize]) -> Result<T, PluginError>,
+) -> Result<(T, Vec<(usize, String)>), PluginError> {
+    let mut kept: Vec<usize> = (0..records).collect();
+    let mut refused = Vec::new();
+    loop {
+        match call(&kept) {
+            Err(PluginError::BadRecord { index, reason }) if (index as usize) < kept.len() => {
+                refused.push((kept.remove(index as usize), reason));
+            }
+            Err(e) => return Err(e),
+            Ok(done) => {
+                refused.sort();
+                return Ok((done, refused));
+            }
+        }
+    }
+}
+
+/// One line per record the plugin called bad, numbered from 1 as the input's lines are.
+fn report_refused(out: &mut String, refused: &[(usize, String)]) {
+    for (i, reason) in refused {
+        let _ = writeln!(out, "record {}: bad record: {reason}", i + 1);
+    }
 }

@@ -363,7 +363,7 @@ fn a_scaffolded_plugin_of_each_world_and_language_builds_and_passes_its_own_test
             let inspected = run(&["plugin", "inspect", &plugin_arg]);
             assert!(inspected.contains(&format!("plugin    {name} 0.1.0")), "{name}: {inspected}");
             assert!(inspected.contains(&format!("world     {world}")), "{name}: {inspected}");
-            for line in ["wit       weir:plugin@0.1.0", "size      ", "sha256    ", "\nexports\n  ", "\nimports\n"] {
+            for line in ["wit       weir:plugin@0.2.0", "size      ", "sha256    ", "\nexports\n  ", "\nimports\n"] {
                 assert!(inspected.contains(line), "{name}: no `{line}` in {inspected}");
             }
             if world == "transformer" {

@@ -4,7 +4,7 @@
 // them. A row that is not a toll row, or names an unknown class, is set aside
 // as processing-failed with the reason.
 
-import { log } from 'weir:plugin/log@0.1.0';
+import { log } from 'weir:plugin/log@0.2.0';
 import { BatchBuilder, Config, records, text } from './weir.js';
 
 const CLASS_NAMES = ['motorcycle', 'car', 'van', 'two-axle truck', 'three-axle truck', 'heavy truck'];

@@ -113,7 +113,7 @@ bool exports_weir_plugin_transform_init(exports_weir_plugin_transform_config_t *
 
 bool exports_weir_plugin_transform_transform(exports_weir_plugin_transform_batch_t *input,
                                              exports_weir_plugin_transform_transformed_t *ret,
-                                             transformer_string_t *err) {
+                                             exports_weir_plugin_transform_error_t *err) {
     size_t records = input->payload_ends.len;
     // Every output is a copy of its input, so the input's sizes bound the output's.
     outcome_t *outcomes = calloc(records ? records : 1, sizeof(outcome_t));
@@ -125,7 +125,9 @@ bool exports_weir_plugin_transform_transform(exports_weir_plugin_transform_batch
     if (!outcomes || !keys || !payloads || !key_ends || !payload_ends || !times) {
         free(outcomes), free(keys), free(payloads), free(key_ends), free(payload_ends), free(times);
         weir_plugin_types_batch_free(input);
-        transformer_string_dup(err, "out of memory");
+        // Not the records' fault, and it may pass: the host retries the batch.
+        err->tag = WEIR_PLUGIN_TYPES_ERROR_TRANSIENT;
+        transformer_string_dup(&err->val.transient, "out of memory");
         return false;
     }
     size_t out = 0, key_at = 0, payload_at = 0, key_start = 0, payload_start = 0;

@@ -43,9 +43,10 @@ class Consume(exports.Consume):
                 vehicles = int(count["vehicles"])
                 minimum = count.get("minimum")
             except (ValueError, KeyError, TypeError, AttributeError) as e:
-                raise Err(
+                raise weir.bad_record(
+                    record.index,
                     "not a traffic-monitor-count result (station_id, window_start, window_end, vehicles): "
-                    f"record {record.index}: {type(e).__name__} {e}"
+                    f"{type(e).__name__} {e}",
                 )
             if minimum is None or vehicles >= int(minimum):
                 continue

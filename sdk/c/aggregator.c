@@ -3,19 +3,19 @@
 #include <stdlib.h>
 #include <string.h>
 
-// Imported Functions from `weir:plugin/log@0.1.0`
+// Imported Functions from `weir:plugin/log@0.2.0`
 
-__attribute__((__import_module__("weir:plugin/log@0.1.0"), __import_name__("log")))
+__attribute__((__import_module__("weir:plugin/log@0.2.0"), __import_name__("log")))
 extern void __wasm_import_weir_plugin_log_log(int32_t, uint8_t *, size_t);
 
-// Imported Functions from `weir:plugin/reference@0.1.0`
+// Imported Functions from `weir:plugin/reference@0.2.0`
 
-__attribute__((__import_module__("weir:plugin/reference@0.1.0"), __import_name__("lookup")))
+__attribute__((__import_module__("weir:plugin/reference@0.2.0"), __import_name__("lookup")))
 extern void __wasm_import_weir_plugin_reference_lookup(uint8_t *, size_t, uint8_t *, size_t, uint8_t *);
 
-// Exported Functions from `weir:plugin/aggregate@0.1.0`
+// Exported Functions from `weir:plugin/aggregate@0.2.0`
 
-__attribute__((__weak__, __export_name__("cabi_post_weir:plugin/aggregate@0.1.0#init")))
+__attribute__((__weak__, __export_name__("cabi_post_weir:plugin/aggregate@0.2.0#init")))
 void __wasm_export_exports_weir_plugin_aggregate_init_post_return(uint8_t * arg0) {
   switch ((int32_t) (int32_t) *((uint8_t*) (arg0 + 0))) {
     case 0: {
@@ -31,7 +31,7 @@ void __wasm_export_exports_weir_plugin_aggregate_init_post_return(uint8_t * arg0
 }
 
 
-__attribute__((__weak__, __export_name__("cabi_post_weir:plugin/aggregate@0.1.0#fold")))
+__attribute__((__weak__, __export_name__("cabi_post_weir:plugin/aggregate@0.2.0#fold")))
 void __wasm_export_exports_weir_plugin_aggregate_fold_post_return(uint8_t * arg0) {
   switch ((int32_t) (int32_t) *((uint8_t*) (arg0 + 0))) {
     case 0: {
@@ -56,15 +56,32 @@ void __wasm_export_exports_weir_plugin_aggregate_fold_post_return(uint8_t * arg0
       break;
     }
     case 1: {
-      if ((*((size_t*) (arg0 + (2*sizeof(void*))))) > 0) {
-        free(*((uint8_t **) (arg0 + sizeof(void*))));
+      switch ((int32_t) (int32_t) *((uint8_t*) (arg0 + sizeof(void*)))) {
+        case 0: {
+          if ((*((size_t*) (arg0 + (4*sizeof(void*))))) > 0) {
+            free(*((uint8_t **) (arg0 + (3*sizeof(void*)))));
+          }
+          break;
+        }
+        case 1: {
+          if ((*((size_t*) (arg0 + (3*sizeof(void*))))) > 0) {
+            free(*((uint8_t **) (arg0 + (2*sizeof(void*)))));
+          }
+          break;
+        }
+        case 2: {
+          if ((*((size_t*) (arg0 + (3*sizeof(void*))))) > 0) {
+            free(*((uint8_t **) (arg0 + (2*sizeof(void*)))));
+          }
+          break;
+        }
       }
       break;
     }
   }
 }
 
-__attribute__((__weak__, __export_name__("cabi_post_weir:plugin/aggregate@0.1.0#emit")))
+__attribute__((__weak__, __export_name__("cabi_post_weir:plugin/aggregate@0.2.0#emit")))
 void __wasm_export_exports_weir_plugin_aggregate_emit_post_return(uint8_t * arg0) {
   switch ((int32_t) (int32_t) *((uint8_t*) (arg0 + 0))) {
     case 0: {
@@ -131,8 +148,25 @@ void __wasm_export_exports_weir_plugin_aggregate_emit_post_return(uint8_t * arg0
       break;
     }
     case 1: {
-      if ((*((size_t*) (arg0 + (2*sizeof(void*))))) > 0) {
-        free(*((uint8_t **) (arg0 + sizeof(void*))));
+      switch ((int32_t) (int32_t) *((uint8_t*) (arg0 + sizeof(void*)))) {
+        case 0: {
+          if ((*((size_t*) (arg0 + (4*sizeof(void*))))) > 0) {
+            free(*((uint8_t **) (arg0 + (3*sizeof(void*)))));
+          }
+          break;
+        }
+        case 1: {
+          if ((*((size_t*) (arg0 + (3*sizeof(void*))))) > 0) {
+            free(*((uint8_t **) (arg0 + (2*sizeof(void*)))));
+          }
+          break;
+        }
+        case 2: {
+          if ((*((size_t*) (arg0 + (3*sizeof(void*))))) > 0) {
+            free(*((uint8_t **) (arg0 + (2*sizeof(void*)))));
+          }
+          break;
+        }
       }
       break;
     }
@@ -154,20 +188,6 @@ __attribute__((__aligned__(sizeof(void*))))
 static uint8_t RET_AREA[(13*sizeof(void*))];
 
 // Helper Functions
-
-void aggregator_option_string_free(aggregator_option_string_t *ptr) {
-  if (ptr->is_some) {
-    aggregator_string_free(&ptr->val);
-  }
-}
-
-void weir_plugin_reference_result_option_string_string_free(weir_plugin_reference_result_option_string_string_t *ptr) {
-  if (!ptr->is_err) {
-    aggregator_option_string_free(&ptr->val.ok);
-  } else {
-    aggregator_string_free(&ptr->val.err);
-  }
-}
 
 void weir_plugin_types_attribute_free(weir_plugin_types_attribute_t *ptr) {
   aggregator_string_free(&ptr->name);
@@ -245,12 +265,55 @@ void weir_plugin_types_config_free(weir_plugin_types_config_t *ptr) {
   }
 }
 
+void weir_plugin_types_bad_record_free(weir_plugin_types_bad_record_t *ptr) {
+  aggregator_string_free(&ptr->reason);
+}
+
+void weir_plugin_types_error_free(weir_plugin_types_error_t *ptr) {
+  switch ((int32_t) ptr->tag) {
+    case 0: {
+      weir_plugin_types_bad_record_free(&ptr->val.bad_record);
+      break;
+    }
+    case 1: {
+      aggregator_string_free(&ptr->val.transient);
+      break;
+    }
+    case 2: {
+      aggregator_string_free(&ptr->val.failed);
+      break;
+    }
+  }
+}
+
+void weir_plugin_reference_error_free(weir_plugin_reference_error_t *ptr) {
+  weir_plugin_types_error_free(ptr);
+}
+
+void aggregator_option_string_free(aggregator_option_string_t *ptr) {
+  if (ptr->is_some) {
+    aggregator_string_free(&ptr->val);
+  }
+}
+
+void weir_plugin_reference_result_option_string_error_free(weir_plugin_reference_result_option_string_error_t *ptr) {
+  if (!ptr->is_err) {
+    aggregator_option_string_free(&ptr->val.ok);
+  } else {
+    weir_plugin_reference_error_free(&ptr->val.err);
+  }
+}
+
 void exports_weir_plugin_aggregate_batch_free(exports_weir_plugin_aggregate_batch_t *ptr) {
   weir_plugin_types_batch_free(ptr);
 }
 
 void exports_weir_plugin_aggregate_config_free(exports_weir_plugin_aggregate_config_t *ptr) {
   weir_plugin_types_config_free(ptr);
+}
+
+void exports_weir_plugin_aggregate_error_free(exports_weir_plugin_aggregate_error_t *ptr) {
+  weir_plugin_types_error_free(ptr);
 }
 
 void exports_weir_plugin_aggregate_states_free(exports_weir_plugin_aggregate_states_t *ptr) {
@@ -264,11 +327,11 @@ void exports_weir_plugin_aggregate_result_void_string_free(exports_weir_plugin_a
   }
 }
 
-void exports_weir_plugin_aggregate_result_states_string_free(exports_weir_plugin_aggregate_result_states_string_t *ptr) {
+void exports_weir_plugin_aggregate_result_states_error_free(exports_weir_plugin_aggregate_result_states_error_t *ptr) {
   if (!ptr->is_err) {
     exports_weir_plugin_aggregate_states_free(&ptr->val.ok);
   } else {
-    aggregator_string_free(&ptr->val.err);
+    exports_weir_plugin_aggregate_error_free(&ptr->val.err);
   }
 }
 
@@ -283,11 +346,11 @@ void aggregator_list_string_free(aggregator_list_string_t *ptr) {
   }
 }
 
-void exports_weir_plugin_aggregate_result_batch_string_free(exports_weir_plugin_aggregate_result_batch_string_t *ptr) {
+void exports_weir_plugin_aggregate_result_batch_error_free(exports_weir_plugin_aggregate_result_batch_error_t *ptr) {
   if (!ptr->is_err) {
     exports_weir_plugin_aggregate_batch_free(&ptr->val.ok);
   } else {
-    aggregator_string_free(&ptr->val.err);
+    exports_weir_plugin_aggregate_error_free(&ptr->val.err);
   }
 }
 
@@ -322,12 +385,12 @@ void weir_plugin_log_log(weir_plugin_log_level_t level, aggregator_string_t *mes
   __wasm_import_weir_plugin_log_log((int32_t) level, (uint8_t *) (*message).ptr, (*message).len);
 }
 
-bool weir_plugin_reference_lookup(aggregator_string_t *table, aggregator_string_t *key, aggregator_option_string_t *ret, aggregator_string_t *err) {
+bool weir_plugin_reference_lookup(aggregator_string_t *table, aggregator_string_t *key, aggregator_option_string_t *ret, weir_plugin_reference_error_t *err) {
   __attribute__((__aligned__(sizeof(void*))))
-  uint8_t ret_area[(4*sizeof(void*))];
+  uint8_t ret_area[(5*sizeof(void*))];
   uint8_t *ptr = (uint8_t *) &ret_area;
   __wasm_import_weir_plugin_reference_lookup((uint8_t *) (*table).ptr, (*table).len, (uint8_t *) (*key).ptr, (*key).len, ptr);
-  weir_plugin_reference_result_option_string_string_t result;
+  weir_plugin_reference_result_option_string_error_t result;
   switch ((int32_t) *((uint8_t*) (ptr + 0))) {
     case 0: {
       result.is_err = false;
@@ -349,7 +412,27 @@ bool weir_plugin_reference_lookup(aggregator_string_t *table, aggregator_string_
     }
     case 1: {
       result.is_err = true;
-      result.val.err = (aggregator_string_t) { (uint8_t*)(*((uint8_t **) (ptr + sizeof(void*)))), (*((size_t*) (ptr + (2*sizeof(void*))))) };
+      weir_plugin_types_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          variant.val.bad_record = (weir_plugin_types_bad_record_t) {
+            (uint32_t) (uint32_t) (*((int32_t*) (ptr + (2*sizeof(void*))))),
+            (aggregator_string_t) (aggregator_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (3*sizeof(void*))))), (*((size_t*) (ptr + (4*sizeof(void*))))) },
+          };
+          break;
+        }
+        case 1: {
+          variant.val.transient = (aggregator_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+        case 2: {
+          variant.val.failed = (aggregator_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
       break;
     }
   }
@@ -362,7 +445,7 @@ bool weir_plugin_reference_lookup(aggregator_string_t *table, aggregator_string_
   }
 }
 
-__attribute__((__export_name__("weir:plugin/aggregate@0.1.0#init")))
+__attribute__((__export_name__("weir:plugin/aggregate@0.2.0#init")))
 uint8_t * __wasm_export_exports_weir_plugin_aggregate_init(uint8_t * arg, size_t arg0) {
   exports_weir_plugin_aggregate_config_t arg1 = (weir_plugin_types_config_t) { (aggregator_tuple2_string_string_t*)(arg), (arg0) };
   exports_weir_plugin_aggregate_result_void_string_t ret;
@@ -382,13 +465,13 @@ uint8_t * __wasm_export_exports_weir_plugin_aggregate_init(uint8_t * arg, size_t
   return ptr;
 }
 
-__attribute__((__export_name__("weir:plugin/aggregate@0.1.0#state-version")))
+__attribute__((__export_name__("weir:plugin/aggregate@0.2.0#state-version")))
 int32_t __wasm_export_exports_weir_plugin_aggregate_state_version(void) {
   uint32_t ret = exports_weir_plugin_aggregate_state_version();
   return (int32_t) (ret);
 }
 
-__attribute__((__export_name__("weir:plugin/aggregate@0.1.0#fold")))
+__attribute__((__export_name__("weir:plugin/aggregate@0.2.0#fold")))
 uint8_t * __wasm_export_exports_weir_plugin_aggregate_fold(uint8_t * arg) {
   exports_weir_plugin_aggregate_batch_t arg0 = (weir_plugin_types_batch_t) {
     (aggregator_list_u8_t) (aggregator_list_u8_t) { (uint8_t*)(*((uint8_t **) (arg + 0))), (*((size_t*) (arg + sizeof(void*)))) },
@@ -403,9 +486,9 @@ uint8_t * __wasm_export_exports_weir_plugin_aggregate_fold(uint8_t * arg) {
     (aggregator_list_u8_t) (aggregator_list_u8_t) { (uint8_t*)(*((uint8_t **) (arg + (14*sizeof(void*))))), (*((size_t*) (arg + (15*sizeof(void*))))) },
     (aggregator_list_u32_t) (aggregator_list_u32_t) { (uint32_t*)(*((uint8_t **) (arg + (16*sizeof(void*))))), (*((size_t*) (arg + (17*sizeof(void*))))) },
   };
-  exports_weir_plugin_aggregate_result_states_string_t ret;
+  exports_weir_plugin_aggregate_result_states_error_t ret;
   exports_weir_plugin_aggregate_states_t ok;
-  aggregator_string_t err;
+  exports_weir_plugin_aggregate_error_t err;
   ret.is_err = !exports_weir_plugin_aggregate_fold(&arg0, &arg1, &arg2, &ok, &err);
   if (ret.is_err) {
     ret.val.err = err;
@@ -416,9 +499,31 @@ uint8_t * __wasm_export_exports_weir_plugin_aggregate_fold(uint8_t * arg) {
   free(arg);
   uint8_t *ptr = (uint8_t *) &RET_AREA;
   if ((ret).is_err) {
-    const aggregator_string_t *payload3 = &(ret).val.err;*((int8_t*)(ptr + 0)) = 1;
-    *((size_t*)(ptr + (2*sizeof(void*)))) = (*payload3).len;
-    *((uint8_t **)(ptr + sizeof(void*))) = (uint8_t *) (*payload3).ptr;
+    const exports_weir_plugin_aggregate_error_t *payload3 = &(ret).val.err;*((int8_t*)(ptr + 0)) = 1;
+    switch ((int32_t) (*payload3).tag) {
+      case 0: {
+        const weir_plugin_types_bad_record_t *payload4 = &(*payload3).val.bad_record;
+        *((int8_t*)(ptr + sizeof(void*))) = 0;
+        *((int32_t*)(ptr + (2*sizeof(void*)))) = (int32_t) ((*payload4).index);
+        *((size_t*)(ptr + (4*sizeof(void*)))) = ((*payload4).reason).len;
+        *((uint8_t **)(ptr + (3*sizeof(void*)))) = (uint8_t *) ((*payload4).reason).ptr;
+        break;
+      }
+      case 1: {
+        const aggregator_string_t *payload5 = &(*payload3).val.transient;
+        *((int8_t*)(ptr + sizeof(void*))) = 1;
+        *((size_t*)(ptr + (3*sizeof(void*)))) = (*payload5).len;
+        *((uint8_t **)(ptr + (2*sizeof(void*)))) = (uint8_t *) (*payload5).ptr;
+        break;
+      }
+      case 2: {
+        const aggregator_string_t *payload6 = &(*payload3).val.failed;
+        *((int8_t*)(ptr + sizeof(void*))) = 2;
+        *((size_t*)(ptr + (3*sizeof(void*)))) = (*payload6).len;
+        *((uint8_t **)(ptr + (2*sizeof(void*)))) = (uint8_t *) (*payload6).ptr;
+        break;
+      }
+    }
   } else {
     const exports_weir_plugin_aggregate_states_t *payload = &(ret).val.ok;*((int8_t*)(ptr + 0)) = 0;
     *((size_t*)(ptr + (2*sizeof(void*)))) = ((*payload).bytes).len;
@@ -429,7 +534,7 @@ uint8_t * __wasm_export_exports_weir_plugin_aggregate_fold(uint8_t * arg) {
   return ptr;
 }
 
-__attribute__((__export_name__("weir:plugin/aggregate@0.1.0#emit")))
+__attribute__((__export_name__("weir:plugin/aggregate@0.2.0#emit")))
 uint8_t * __wasm_export_exports_weir_plugin_aggregate_emit(int64_t arg, int64_t arg0, uint8_t * arg1, size_t arg2, uint8_t * arg3, size_t arg4, uint8_t * arg5, size_t arg6) {
   exports_weir_plugin_aggregate_window_t arg7 = (exports_weir_plugin_aggregate_window_t) {
     (exports_weir_plugin_aggregate_timestamp_ms_t) arg,
@@ -440,9 +545,9 @@ uint8_t * __wasm_export_exports_weir_plugin_aggregate_emit(int64_t arg, int64_t 
     (aggregator_list_u8_t) (aggregator_list_u8_t) { (uint8_t*)(arg3), (arg4) },
     (aggregator_list_u32_t) (aggregator_list_u32_t) { (uint32_t*)(arg5), (arg6) },
   };
-  exports_weir_plugin_aggregate_result_batch_string_t ret;
+  exports_weir_plugin_aggregate_result_batch_error_t ret;
   exports_weir_plugin_aggregate_batch_t ok;
-  aggregator_string_t err;
+  exports_weir_plugin_aggregate_error_t err;
   ret.is_err = !exports_weir_plugin_aggregate_emit(&arg7, &arg8, &arg9, &ok, &err);
   if (ret.is_err) {
     ret.val.err = err;
@@ -452,9 +557,31 @@ uint8_t * __wasm_export_exports_weir_plugin_aggregate_emit(int64_t arg, int64_t 
   }
   uint8_t *ptr = (uint8_t *) &RET_AREA;
   if ((ret).is_err) {
-    const aggregator_string_t *payload10 = &(ret).val.err;*((int8_t*)(ptr + 0)) = 1;
-    *((size_t*)(ptr + (2*sizeof(void*)))) = (*payload10).len;
-    *((uint8_t **)(ptr + sizeof(void*))) = (uint8_t *) (*payload10).ptr;
+    const exports_weir_plugin_aggregate_error_t *payload10 = &(ret).val.err;*((int8_t*)(ptr + 0)) = 1;
+    switch ((int32_t) (*payload10).tag) {
+      case 0: {
+        const weir_plugin_types_bad_record_t *payload11 = &(*payload10).val.bad_record;
+        *((int8_t*)(ptr + sizeof(void*))) = 0;
+        *((int32_t*)(ptr + (2*sizeof(void*)))) = (int32_t) ((*payload11).index);
+        *((size_t*)(ptr + (4*sizeof(void*)))) = ((*payload11).reason).len;
+        *((uint8_t **)(ptr + (3*sizeof(void*)))) = (uint8_t *) ((*payload11).reason).ptr;
+        break;
+      }
+      case 1: {
+        const aggregator_string_t *payload12 = &(*payload10).val.transient;
+        *((int8_t*)(ptr + sizeof(void*))) = 1;
+        *((size_t*)(ptr + (3*sizeof(void*)))) = (*payload12).len;
+        *((uint8_t **)(ptr + (2*sizeof(void*)))) = (uint8_t *) (*payload12).ptr;
+        break;
+      }
+      case 2: {
+        const aggregator_string_t *payload13 = &(*payload10).val.failed;
+        *((int8_t*)(ptr + sizeof(void*))) = 2;
+        *((size_t*)(ptr + (3*sizeof(void*)))) = (*payload13).len;
+        *((uint8_t **)(ptr + (2*sizeof(void*)))) = (uint8_t *) (*payload13).ptr;
+        break;
+      }
+    }
   } else {
     const exports_weir_plugin_aggregate_batch_t *payload = &(ret).val.ok;*((int8_t*)(ptr + 0)) = 0;
     *((size_t*)(ptr + (2*sizeof(void*)))) = ((*payload).keys).len;

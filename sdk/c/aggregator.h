@@ -23,19 +23,6 @@ typedef uint8_t weir_plugin_log_level_t;
 #define WEIR_PLUGIN_LOG_LEVEL_WARN 3
 #define WEIR_PLUGIN_LOG_LEVEL_ERROR 4
 
-typedef struct {
-  bool is_some;
-  aggregator_string_t val;
-} aggregator_option_string_t;
-
-typedef struct {
-  bool is_err;
-  union {
-    aggregator_option_string_t ok;
-    aggregator_string_t err;
-  } val;
-} weir_plugin_reference_result_option_string_string_t;
-
 // Milliseconds since the Unix epoch, UTC.
 typedef int64_t weir_plugin_types_timestamp_ms_t;
 
@@ -113,9 +100,58 @@ typedef struct weir_plugin_types_config_t {
   size_t len;
 } weir_plugin_types_config_t;
 
+// A record that cannot be processed as it is.
+typedef struct weir_plugin_types_bad_record_t {
+  // Its position in the batch of the call, from 0.
+  uint32_t   index;
+  // Why, for the dead letter (say what is wrong with the record).
+  aggregator_string_t   reason;
+} weir_plugin_types_bad_record_t;
+
+// Why a call failed, so that the host knows what to do with its records.
+typedef struct weir_plugin_types_error_t {
+  uint8_t tag;
+  union {
+    weir_plugin_types_bad_record_t     bad_record;
+    aggregator_string_t     transient;
+    aggregator_string_t     failed;
+  } val;
+} weir_plugin_types_error_t;
+
+// The record is at fault (bad input): the host sets it aside in the
+// stage's dead letters with the reason and calls again with the other
+// records of the batch. Retrying it would fail again.
+#define WEIR_PLUGIN_TYPES_ERROR_BAD_RECORD 0
+// Something outside the records failed and may pass (a service, a
+// store, a lock): the host retries the whole batch after a backoff
+// (1 s doubling to 30 s) for as long as it takes, sets nothing aside,
+// and shows the reason in the stage's status.
+#define WEIR_PLUGIN_TYPES_ERROR_TRANSIENT 1
+// The plugin failed on the batch for a reason it cannot pin on one
+// record: the host tries the batch again, then applies the stage's
+// `on-error` policy (dead-letter, skip or stop).
+#define WEIR_PLUGIN_TYPES_ERROR_FAILED 2
+
+typedef weir_plugin_types_error_t weir_plugin_reference_error_t;
+
+typedef struct {
+  bool is_some;
+  aggregator_string_t val;
+} aggregator_option_string_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    aggregator_option_string_t ok;
+    weir_plugin_reference_error_t err;
+  } val;
+} weir_plugin_reference_result_option_string_error_t;
+
 typedef weir_plugin_types_batch_t exports_weir_plugin_aggregate_batch_t;
 
 typedef weir_plugin_types_config_t exports_weir_plugin_aggregate_config_t;
+
+typedef weir_plugin_types_error_t exports_weir_plugin_aggregate_error_t;
 
 typedef weir_plugin_types_states_t exports_weir_plugin_aggregate_states_t;
 
@@ -140,9 +176,9 @@ typedef struct {
   bool is_err;
   union {
     exports_weir_plugin_aggregate_states_t ok;
-    aggregator_string_t err;
+    exports_weir_plugin_aggregate_error_t err;
   } val;
-} exports_weir_plugin_aggregate_result_states_string_t;
+} exports_weir_plugin_aggregate_result_states_error_t;
 
 typedef struct {
   aggregator_string_t *ptr;
@@ -153,30 +189,26 @@ typedef struct {
   bool is_err;
   union {
     exports_weir_plugin_aggregate_batch_t ok;
-    aggregator_string_t err;
+    exports_weir_plugin_aggregate_error_t err;
   } val;
-} exports_weir_plugin_aggregate_result_batch_string_t;
+} exports_weir_plugin_aggregate_result_batch_error_t;
 
-// Imported Functions from `weir:plugin/log@0.1.0`
+// Imported Functions from `weir:plugin/log@0.2.0`
 // Write one line to the host's log. Never put record payloads here by default.
 extern void weir_plugin_log_log(weir_plugin_log_level_t level, aggregator_string_t *message);
 
-// Imported Functions from `weir:plugin/reference@0.1.0`
+// Imported Functions from `weir:plugin/reference@0.2.0`
 // Look a key up; `none` if the table has no such row. The row is the table's
 // own text form (e.g. a JSON object).
-extern bool weir_plugin_reference_lookup(aggregator_string_t *table, aggregator_string_t *key, aggregator_option_string_t *ret, aggregator_string_t *err);
+extern bool weir_plugin_reference_lookup(aggregator_string_t *table, aggregator_string_t *key, aggregator_option_string_t *ret, weir_plugin_reference_error_t *err);
 
-// Exported Functions from `weir:plugin/aggregate@0.1.0`
+// Exported Functions from `weir:plugin/aggregate@0.2.0`
 bool exports_weir_plugin_aggregate_init(exports_weir_plugin_aggregate_config_t *config, aggregator_string_t *err);
 uint32_t exports_weir_plugin_aggregate_state_version(void);
-bool exports_weir_plugin_aggregate_fold(exports_weir_plugin_aggregate_batch_t *input, aggregator_list_u32_t *groups, exports_weir_plugin_aggregate_states_t *states, exports_weir_plugin_aggregate_states_t *ret, aggregator_string_t *err);
-bool exports_weir_plugin_aggregate_emit(exports_weir_plugin_aggregate_window_t *window, aggregator_list_string_t *keys, exports_weir_plugin_aggregate_states_t *states, exports_weir_plugin_aggregate_batch_t *ret, aggregator_string_t *err);
+bool exports_weir_plugin_aggregate_fold(exports_weir_plugin_aggregate_batch_t *input, aggregator_list_u32_t *groups, exports_weir_plugin_aggregate_states_t *states, exports_weir_plugin_aggregate_states_t *ret, exports_weir_plugin_aggregate_error_t *err);
+bool exports_weir_plugin_aggregate_emit(exports_weir_plugin_aggregate_window_t *window, aggregator_list_string_t *keys, exports_weir_plugin_aggregate_states_t *states, exports_weir_plugin_aggregate_batch_t *ret, exports_weir_plugin_aggregate_error_t *err);
 
 // Helper Functions
-
-void aggregator_option_string_free(aggregator_option_string_t *ptr);
-
-void weir_plugin_reference_result_option_string_string_free(weir_plugin_reference_result_option_string_string_t *ptr);
 
 void weir_plugin_types_attribute_free(weir_plugin_types_attribute_t *ptr);
 
@@ -196,19 +228,31 @@ void aggregator_tuple2_string_string_free(aggregator_tuple2_string_string_t *ptr
 
 void weir_plugin_types_config_free(weir_plugin_types_config_t *ptr);
 
+void weir_plugin_types_bad_record_free(weir_plugin_types_bad_record_t *ptr);
+
+void weir_plugin_types_error_free(weir_plugin_types_error_t *ptr);
+
+void weir_plugin_reference_error_free(weir_plugin_reference_error_t *ptr);
+
+void aggregator_option_string_free(aggregator_option_string_t *ptr);
+
+void weir_plugin_reference_result_option_string_error_free(weir_plugin_reference_result_option_string_error_t *ptr);
+
 void exports_weir_plugin_aggregate_batch_free(exports_weir_plugin_aggregate_batch_t *ptr);
 
 void exports_weir_plugin_aggregate_config_free(exports_weir_plugin_aggregate_config_t *ptr);
+
+void exports_weir_plugin_aggregate_error_free(exports_weir_plugin_aggregate_error_t *ptr);
 
 void exports_weir_plugin_aggregate_states_free(exports_weir_plugin_aggregate_states_t *ptr);
 
 void exports_weir_plugin_aggregate_result_void_string_free(exports_weir_plugin_aggregate_result_void_string_t *ptr);
 
-void exports_weir_plugin_aggregate_result_states_string_free(exports_weir_plugin_aggregate_result_states_string_t *ptr);
+void exports_weir_plugin_aggregate_result_states_error_free(exports_weir_plugin_aggregate_result_states_error_t *ptr);
 
 void aggregator_list_string_free(aggregator_list_string_t *ptr);
 
-void exports_weir_plugin_aggregate_result_batch_string_free(exports_weir_plugin_aggregate_result_batch_string_t *ptr);
+void exports_weir_plugin_aggregate_result_batch_error_free(exports_weir_plugin_aggregate_result_batch_error_t *ptr);
 
 // Sets the string `ret` to reference the input string `s` without copying it
 void aggregator_string_set(aggregator_string_t *ret, const char*s);

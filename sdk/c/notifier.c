@@ -3,41 +3,41 @@
 #include <stdlib.h>
 #include <string.h>
 
-// Imported Functions from `weir:plugin/log@0.1.0`
+// Imported Functions from `weir:plugin/log@0.2.0`
 
-__attribute__((__import_module__("weir:plugin/log@0.1.0"), __import_name__("log")))
+__attribute__((__import_module__("weir:plugin/log@0.2.0"), __import_name__("log")))
 extern void __wasm_import_weir_plugin_log_log(int32_t, uint8_t *, size_t);
 
-// Imported Functions from `weir:plugin/state-table@0.1.0`
+// Imported Functions from `weir:plugin/state-table@0.2.0`
 
-__attribute__((__import_module__("weir:plugin/state-table@0.1.0"), __import_name__("get")))
+__attribute__((__import_module__("weir:plugin/state-table@0.2.0"), __import_name__("get")))
 extern void __wasm_import_weir_plugin_state_table_get(uint8_t *, size_t, uint8_t *, size_t, uint8_t *);
 
-__attribute__((__import_module__("weir:plugin/state-table@0.1.0"), __import_name__("put")))
+__attribute__((__import_module__("weir:plugin/state-table@0.2.0"), __import_name__("put")))
 extern void __wasm_import_weir_plugin_state_table_put(uint8_t *, size_t, uint8_t *, size_t, uint8_t *, size_t, uint8_t *);
 
-__attribute__((__import_module__("weir:plugin/state-table@0.1.0"), __import_name__("delete")))
+__attribute__((__import_module__("weir:plugin/state-table@0.2.0"), __import_name__("delete")))
 extern void __wasm_import_weir_plugin_state_table_delete(uint8_t *, size_t, uint8_t *, size_t, uint8_t *);
 
-__attribute__((__import_module__("weir:plugin/state-table@0.1.0"), __import_name__("put-if")))
+__attribute__((__import_module__("weir:plugin/state-table@0.2.0"), __import_name__("put-if")))
 extern void __wasm_import_weir_plugin_state_table_put_if(uint8_t *, size_t, uint8_t *, size_t, int32_t, uint8_t *, size_t, uint8_t *, size_t, uint8_t *);
 
-__attribute__((__import_module__("weir:plugin/state-table@0.1.0"), __import_name__("add")))
+__attribute__((__import_module__("weir:plugin/state-table@0.2.0"), __import_name__("add")))
 extern void __wasm_import_weir_plugin_state_table_add(uint8_t *, size_t, uint8_t *, size_t, int64_t, uint8_t *);
 
-// Imported Functions from `weir:plugin/notify@0.1.0`
+// Imported Functions from `weir:plugin/notify@0.2.0`
 
-__attribute__((__import_module__("weir:plugin/notify@0.1.0"), __import_name__("send")))
+__attribute__((__import_module__("weir:plugin/notify@0.2.0"), __import_name__("send")))
 extern void __wasm_import_weir_plugin_notify_send(uint8_t *, size_t, uint8_t *, size_t, uint8_t *, size_t, uint8_t *, size_t, uint8_t *, size_t, uint8_t *);
 
-// Imported Functions from `weir:plugin/reference@0.1.0`
+// Imported Functions from `weir:plugin/reference@0.2.0`
 
-__attribute__((__import_module__("weir:plugin/reference@0.1.0"), __import_name__("lookup")))
+__attribute__((__import_module__("weir:plugin/reference@0.2.0"), __import_name__("lookup")))
 extern void __wasm_import_weir_plugin_reference_lookup(uint8_t *, size_t, uint8_t *, size_t, uint8_t *);
 
-// Exported Functions from `weir:plugin/consume@0.1.0`
+// Exported Functions from `weir:plugin/consume@0.2.0`
 
-__attribute__((__weak__, __export_name__("cabi_post_weir:plugin/consume@0.1.0#init")))
+__attribute__((__weak__, __export_name__("cabi_post_weir:plugin/consume@0.2.0#init")))
 void __wasm_export_exports_weir_plugin_consume_init_post_return(uint8_t * arg0) {
   switch ((int32_t) (int32_t) *((uint8_t*) (arg0 + 0))) {
     case 0: {
@@ -52,15 +52,32 @@ void __wasm_export_exports_weir_plugin_consume_init_post_return(uint8_t * arg0) 
   }
 }
 
-__attribute__((__weak__, __export_name__("cabi_post_weir:plugin/consume@0.1.0#consume")))
+__attribute__((__weak__, __export_name__("cabi_post_weir:plugin/consume@0.2.0#consume")))
 void __wasm_export_exports_weir_plugin_consume_consume_post_return(uint8_t * arg0) {
   switch ((int32_t) (int32_t) *((uint8_t*) (arg0 + 0))) {
     case 0: {
       break;
     }
     case 1: {
-      if ((*((size_t*) (arg0 + (2*sizeof(void*))))) > 0) {
-        free(*((uint8_t **) (arg0 + sizeof(void*))));
+      switch ((int32_t) (int32_t) *((uint8_t*) (arg0 + sizeof(void*)))) {
+        case 0: {
+          if ((*((size_t*) (arg0 + (4*sizeof(void*))))) > 0) {
+            free(*((uint8_t **) (arg0 + (3*sizeof(void*)))));
+          }
+          break;
+        }
+        case 1: {
+          if ((*((size_t*) (arg0 + (3*sizeof(void*))))) > 0) {
+            free(*((uint8_t **) (arg0 + (2*sizeof(void*)))));
+          }
+          break;
+        }
+        case 2: {
+          if ((*((size_t*) (arg0 + (3*sizeof(void*))))) > 0) {
+            free(*((uint8_t **) (arg0 + (2*sizeof(void*)))));
+          }
+          break;
+        }
       }
       break;
     }
@@ -79,9 +96,14 @@ void *cabi_realloc(void *ptr, size_t old_size, size_t align, size_t new_size) {
 }
 
 __attribute__((__aligned__(sizeof(void*))))
-static uint8_t RET_AREA[(3*sizeof(void*))];
+static uint8_t RET_AREA[(5*sizeof(void*))];
 
 // Helper Functions
+
+void weir_plugin_types_attribute_free(weir_plugin_types_attribute_t *ptr) {
+  notifier_string_free(&ptr->name);
+  notifier_string_free(&ptr->value);
+}
 
 void notifier_list_u8_free(notifier_list_u8_t *ptr) {
   size_t list_len = ptr->len;
@@ -91,68 +113,6 @@ void notifier_list_u8_free(notifier_list_u8_t *ptr) {
     }
     free(list_ptr);
   }
-}
-
-void notifier_option_list_u8_free(notifier_option_list_u8_t *ptr) {
-  if (ptr->is_some) {
-    notifier_list_u8_free(&ptr->val);
-  }
-}
-
-void weir_plugin_state_table_result_option_list_u8_string_free(weir_plugin_state_table_result_option_list_u8_string_t *ptr) {
-  if (!ptr->is_err) {
-    notifier_option_list_u8_free(&ptr->val.ok);
-  } else {
-    notifier_string_free(&ptr->val.err);
-  }
-}
-
-void weir_plugin_state_table_result_void_string_free(weir_plugin_state_table_result_void_string_t *ptr) {
-  if (!ptr->is_err) {
-  } else {
-    notifier_string_free(&ptr->val.err);
-  }
-}
-
-void weir_plugin_state_table_result_bool_string_free(weir_plugin_state_table_result_bool_string_t *ptr) {
-  if (!ptr->is_err) {
-  } else {
-    notifier_string_free(&ptr->val.err);
-  }
-}
-
-void weir_plugin_state_table_result_s64_string_free(weir_plugin_state_table_result_s64_string_t *ptr) {
-  if (!ptr->is_err) {
-  } else {
-    notifier_string_free(&ptr->val.err);
-  }
-}
-
-void weir_plugin_notify_notification_free(weir_plugin_notify_notification_t *ptr) {
-  notifier_string_free(&ptr->channel);
-  notifier_string_free(&ptr->recipient);
-  notifier_string_free(&ptr->subject);
-  notifier_string_free(&ptr->body);
-  notifier_string_free(&ptr->idempotency_key);
-}
-
-void notifier_option_string_free(notifier_option_string_t *ptr) {
-  if (ptr->is_some) {
-    notifier_string_free(&ptr->val);
-  }
-}
-
-void weir_plugin_reference_result_option_string_string_free(weir_plugin_reference_result_option_string_string_t *ptr) {
-  if (!ptr->is_err) {
-    notifier_option_string_free(&ptr->val.ok);
-  } else {
-    notifier_string_free(&ptr->val.err);
-  }
-}
-
-void weir_plugin_types_attribute_free(weir_plugin_types_attribute_t *ptr) {
-  notifier_string_free(&ptr->name);
-  notifier_string_free(&ptr->value);
 }
 
 void notifier_list_u32_free(notifier_list_u32_t *ptr) {
@@ -216,6 +176,103 @@ void weir_plugin_types_config_free(weir_plugin_types_config_t *ptr) {
   }
 }
 
+void weir_plugin_types_bad_record_free(weir_plugin_types_bad_record_t *ptr) {
+  notifier_string_free(&ptr->reason);
+}
+
+void weir_plugin_types_error_free(weir_plugin_types_error_t *ptr) {
+  switch ((int32_t) ptr->tag) {
+    case 0: {
+      weir_plugin_types_bad_record_free(&ptr->val.bad_record);
+      break;
+    }
+    case 1: {
+      notifier_string_free(&ptr->val.transient);
+      break;
+    }
+    case 2: {
+      notifier_string_free(&ptr->val.failed);
+      break;
+    }
+  }
+}
+
+void weir_plugin_state_table_error_free(weir_plugin_state_table_error_t *ptr) {
+  weir_plugin_types_error_free(ptr);
+}
+
+void notifier_option_list_u8_free(notifier_option_list_u8_t *ptr) {
+  if (ptr->is_some) {
+    notifier_list_u8_free(&ptr->val);
+  }
+}
+
+void weir_plugin_state_table_result_option_list_u8_error_free(weir_plugin_state_table_result_option_list_u8_error_t *ptr) {
+  if (!ptr->is_err) {
+    notifier_option_list_u8_free(&ptr->val.ok);
+  } else {
+    weir_plugin_state_table_error_free(&ptr->val.err);
+  }
+}
+
+void weir_plugin_state_table_result_void_error_free(weir_plugin_state_table_result_void_error_t *ptr) {
+  if (!ptr->is_err) {
+  } else {
+    weir_plugin_state_table_error_free(&ptr->val.err);
+  }
+}
+
+void weir_plugin_state_table_result_bool_error_free(weir_plugin_state_table_result_bool_error_t *ptr) {
+  if (!ptr->is_err) {
+  } else {
+    weir_plugin_state_table_error_free(&ptr->val.err);
+  }
+}
+
+void weir_plugin_state_table_result_s64_error_free(weir_plugin_state_table_result_s64_error_t *ptr) {
+  if (!ptr->is_err) {
+  } else {
+    weir_plugin_state_table_error_free(&ptr->val.err);
+  }
+}
+
+void weir_plugin_notify_error_free(weir_plugin_notify_error_t *ptr) {
+  weir_plugin_types_error_free(ptr);
+}
+
+void weir_plugin_notify_notification_free(weir_plugin_notify_notification_t *ptr) {
+  notifier_string_free(&ptr->channel);
+  notifier_string_free(&ptr->recipient);
+  notifier_string_free(&ptr->subject);
+  notifier_string_free(&ptr->body);
+  notifier_string_free(&ptr->idempotency_key);
+}
+
+void weir_plugin_notify_result_bool_error_free(weir_plugin_notify_result_bool_error_t *ptr) {
+  if (!ptr->is_err) {
+  } else {
+    weir_plugin_notify_error_free(&ptr->val.err);
+  }
+}
+
+void weir_plugin_reference_error_free(weir_plugin_reference_error_t *ptr) {
+  weir_plugin_types_error_free(ptr);
+}
+
+void notifier_option_string_free(notifier_option_string_t *ptr) {
+  if (ptr->is_some) {
+    notifier_string_free(&ptr->val);
+  }
+}
+
+void weir_plugin_reference_result_option_string_error_free(weir_plugin_reference_result_option_string_error_t *ptr) {
+  if (!ptr->is_err) {
+    notifier_option_string_free(&ptr->val.ok);
+  } else {
+    weir_plugin_reference_error_free(&ptr->val.err);
+  }
+}
+
 void exports_weir_plugin_consume_batch_free(exports_weir_plugin_consume_batch_t *ptr) {
   weir_plugin_types_batch_free(ptr);
 }
@@ -224,10 +281,21 @@ void exports_weir_plugin_consume_config_free(exports_weir_plugin_consume_config_
   weir_plugin_types_config_free(ptr);
 }
 
+void exports_weir_plugin_consume_error_free(exports_weir_plugin_consume_error_t *ptr) {
+  weir_plugin_types_error_free(ptr);
+}
+
 void exports_weir_plugin_consume_result_void_string_free(exports_weir_plugin_consume_result_void_string_t *ptr) {
   if (!ptr->is_err) {
   } else {
     notifier_string_free(&ptr->val.err);
+  }
+}
+
+void exports_weir_plugin_consume_result_void_error_free(exports_weir_plugin_consume_result_void_error_t *ptr) {
+  if (!ptr->is_err) {
+  } else {
+    exports_weir_plugin_consume_error_free(&ptr->val.err);
   }
 }
 
@@ -262,12 +330,12 @@ void weir_plugin_log_log(weir_plugin_log_level_t level, notifier_string_t *messa
   __wasm_import_weir_plugin_log_log((int32_t) level, (uint8_t *) (*message).ptr, (*message).len);
 }
 
-bool weir_plugin_state_table_get(notifier_string_t *table, notifier_string_t *key, notifier_option_list_u8_t *ret, notifier_string_t *err) {
+bool weir_plugin_state_table_get(notifier_string_t *table, notifier_string_t *key, notifier_option_list_u8_t *ret, weir_plugin_state_table_error_t *err) {
   __attribute__((__aligned__(sizeof(void*))))
-  uint8_t ret_area[(4*sizeof(void*))];
+  uint8_t ret_area[(5*sizeof(void*))];
   uint8_t *ptr = (uint8_t *) &ret_area;
   __wasm_import_weir_plugin_state_table_get((uint8_t *) (*table).ptr, (*table).len, (uint8_t *) (*key).ptr, (*key).len, ptr);
-  weir_plugin_state_table_result_option_list_u8_string_t result;
+  weir_plugin_state_table_result_option_list_u8_error_t result;
   switch ((int32_t) *((uint8_t*) (ptr + 0))) {
     case 0: {
       result.is_err = false;
@@ -289,7 +357,27 @@ bool weir_plugin_state_table_get(notifier_string_t *table, notifier_string_t *ke
     }
     case 1: {
       result.is_err = true;
-      result.val.err = (notifier_string_t) { (uint8_t*)(*((uint8_t **) (ptr + sizeof(void*)))), (*((size_t*) (ptr + (2*sizeof(void*))))) };
+      weir_plugin_types_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          variant.val.bad_record = (weir_plugin_types_bad_record_t) {
+            (uint32_t) (uint32_t) (*((int32_t*) (ptr + (2*sizeof(void*))))),
+            (notifier_string_t) (notifier_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (3*sizeof(void*))))), (*((size_t*) (ptr + (4*sizeof(void*))))) },
+          };
+          break;
+        }
+        case 1: {
+          variant.val.transient = (notifier_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+        case 2: {
+          variant.val.failed = (notifier_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
       break;
     }
   }
@@ -302,12 +390,12 @@ bool weir_plugin_state_table_get(notifier_string_t *table, notifier_string_t *ke
   }
 }
 
-bool weir_plugin_state_table_put(notifier_string_t *table, notifier_string_t *key, notifier_list_u8_t *value, notifier_string_t *err) {
+bool weir_plugin_state_table_put(notifier_string_t *table, notifier_string_t *key, notifier_list_u8_t *value, weir_plugin_state_table_error_t *err) {
   __attribute__((__aligned__(sizeof(void*))))
-  uint8_t ret_area[(3*sizeof(void*))];
+  uint8_t ret_area[(5*sizeof(void*))];
   uint8_t *ptr = (uint8_t *) &ret_area;
   __wasm_import_weir_plugin_state_table_put((uint8_t *) (*table).ptr, (*table).len, (uint8_t *) (*key).ptr, (*key).len, (uint8_t *) (*value).ptr, (*value).len, ptr);
-  weir_plugin_state_table_result_void_string_t result;
+  weir_plugin_state_table_result_void_error_t result;
   switch ((int32_t) *((uint8_t*) (ptr + 0))) {
     case 0: {
       result.is_err = false;
@@ -315,7 +403,27 @@ bool weir_plugin_state_table_put(notifier_string_t *table, notifier_string_t *ke
     }
     case 1: {
       result.is_err = true;
-      result.val.err = (notifier_string_t) { (uint8_t*)(*((uint8_t **) (ptr + sizeof(void*)))), (*((size_t*) (ptr + (2*sizeof(void*))))) };
+      weir_plugin_types_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          variant.val.bad_record = (weir_plugin_types_bad_record_t) {
+            (uint32_t) (uint32_t) (*((int32_t*) (ptr + (2*sizeof(void*))))),
+            (notifier_string_t) (notifier_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (3*sizeof(void*))))), (*((size_t*) (ptr + (4*sizeof(void*))))) },
+          };
+          break;
+        }
+        case 1: {
+          variant.val.transient = (notifier_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+        case 2: {
+          variant.val.failed = (notifier_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
       break;
     }
   }
@@ -327,12 +435,12 @@ bool weir_plugin_state_table_put(notifier_string_t *table, notifier_string_t *ke
   }
 }
 
-bool weir_plugin_state_table_delete(notifier_string_t *table, notifier_string_t *key, notifier_string_t *err) {
+bool weir_plugin_state_table_delete(notifier_string_t *table, notifier_string_t *key, weir_plugin_state_table_error_t *err) {
   __attribute__((__aligned__(sizeof(void*))))
-  uint8_t ret_area[(3*sizeof(void*))];
+  uint8_t ret_area[(5*sizeof(void*))];
   uint8_t *ptr = (uint8_t *) &ret_area;
   __wasm_import_weir_plugin_state_table_delete((uint8_t *) (*table).ptr, (*table).len, (uint8_t *) (*key).ptr, (*key).len, ptr);
-  weir_plugin_state_table_result_void_string_t result;
+  weir_plugin_state_table_result_void_error_t result;
   switch ((int32_t) *((uint8_t*) (ptr + 0))) {
     case 0: {
       result.is_err = false;
@@ -340,7 +448,27 @@ bool weir_plugin_state_table_delete(notifier_string_t *table, notifier_string_t 
     }
     case 1: {
       result.is_err = true;
-      result.val.err = (notifier_string_t) { (uint8_t*)(*((uint8_t **) (ptr + sizeof(void*)))), (*((size_t*) (ptr + (2*sizeof(void*))))) };
+      weir_plugin_types_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          variant.val.bad_record = (weir_plugin_types_bad_record_t) {
+            (uint32_t) (uint32_t) (*((int32_t*) (ptr + (2*sizeof(void*))))),
+            (notifier_string_t) (notifier_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (3*sizeof(void*))))), (*((size_t*) (ptr + (4*sizeof(void*))))) },
+          };
+          break;
+        }
+        case 1: {
+          variant.val.transient = (notifier_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+        case 2: {
+          variant.val.failed = (notifier_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
       break;
     }
   }
@@ -352,9 +480,9 @@ bool weir_plugin_state_table_delete(notifier_string_t *table, notifier_string_t 
   }
 }
 
-bool weir_plugin_state_table_put_if(notifier_string_t *table, notifier_string_t *key, notifier_list_u8_t *maybe_expected, notifier_list_u8_t *value, bool *ret, notifier_string_t *err) {
+bool weir_plugin_state_table_put_if(notifier_string_t *table, notifier_string_t *key, notifier_list_u8_t *maybe_expected, notifier_list_u8_t *value, bool *ret, weir_plugin_state_table_error_t *err) {
   __attribute__((__aligned__(sizeof(void*))))
-  uint8_t ret_area[(3*sizeof(void*))];
+  uint8_t ret_area[(5*sizeof(void*))];
   notifier_option_list_u8_t expected;
   expected.is_some = maybe_expected != NULL;if (maybe_expected) {
     expected.val = *maybe_expected;
@@ -374,7 +502,7 @@ bool weir_plugin_state_table_put_if(notifier_string_t *table, notifier_string_t 
   }
   uint8_t *ptr = (uint8_t *) &ret_area;
   __wasm_import_weir_plugin_state_table_put_if((uint8_t *) (*table).ptr, (*table).len, (uint8_t *) (*key).ptr, (*key).len, option, option1, option2, (uint8_t *) (*value).ptr, (*value).len, ptr);
-  weir_plugin_state_table_result_bool_string_t result;
+  weir_plugin_state_table_result_bool_error_t result;
   switch ((int32_t) *((uint8_t*) (ptr + 0))) {
     case 0: {
       result.is_err = false;
@@ -383,7 +511,27 @@ bool weir_plugin_state_table_put_if(notifier_string_t *table, notifier_string_t 
     }
     case 1: {
       result.is_err = true;
-      result.val.err = (notifier_string_t) { (uint8_t*)(*((uint8_t **) (ptr + sizeof(void*)))), (*((size_t*) (ptr + (2*sizeof(void*))))) };
+      weir_plugin_types_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          variant.val.bad_record = (weir_plugin_types_bad_record_t) {
+            (uint32_t) (uint32_t) (*((int32_t*) (ptr + (2*sizeof(void*))))),
+            (notifier_string_t) (notifier_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (3*sizeof(void*))))), (*((size_t*) (ptr + (4*sizeof(void*))))) },
+          };
+          break;
+        }
+        case 1: {
+          variant.val.transient = (notifier_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+        case 2: {
+          variant.val.failed = (notifier_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
       break;
     }
   }
@@ -396,12 +544,12 @@ bool weir_plugin_state_table_put_if(notifier_string_t *table, notifier_string_t 
   }
 }
 
-bool weir_plugin_state_table_add(notifier_string_t *table, notifier_string_t *key, int64_t delta, int64_t *ret, notifier_string_t *err) {
+bool weir_plugin_state_table_add(notifier_string_t *table, notifier_string_t *key, int64_t delta, int64_t *ret, weir_plugin_state_table_error_t *err) {
   __attribute__((__aligned__(8)))
-  uint8_t ret_area[(8+2*sizeof(void*))];
+  uint8_t ret_area[(8+4*sizeof(void*))];
   uint8_t *ptr = (uint8_t *) &ret_area;
   __wasm_import_weir_plugin_state_table_add((uint8_t *) (*table).ptr, (*table).len, (uint8_t *) (*key).ptr, (*key).len, delta, ptr);
-  weir_plugin_state_table_result_s64_string_t result;
+  weir_plugin_state_table_result_s64_error_t result;
   switch ((int32_t) *((uint8_t*) (ptr + 0))) {
     case 0: {
       result.is_err = false;
@@ -410,7 +558,27 @@ bool weir_plugin_state_table_add(notifier_string_t *table, notifier_string_t *ke
     }
     case 1: {
       result.is_err = true;
-      result.val.err = (notifier_string_t) { (uint8_t*)(*((uint8_t **) (ptr + 8))), (*((size_t*) (ptr + (8+1*sizeof(void*))))) };
+      weir_plugin_types_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + 8));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          variant.val.bad_record = (weir_plugin_types_bad_record_t) {
+            (uint32_t) (uint32_t) (*((int32_t*) (ptr + (8+1*sizeof(void*))))),
+            (notifier_string_t) (notifier_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (8+2*sizeof(void*))))), (*((size_t*) (ptr + (8+3*sizeof(void*))))) },
+          };
+          break;
+        }
+        case 1: {
+          variant.val.transient = (notifier_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (8+1*sizeof(void*))))), (*((size_t*) (ptr + (8+2*sizeof(void*))))) };
+          break;
+        }
+        case 2: {
+          variant.val.failed = (notifier_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (8+1*sizeof(void*))))), (*((size_t*) (ptr + (8+2*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
       break;
     }
   }
@@ -423,12 +591,12 @@ bool weir_plugin_state_table_add(notifier_string_t *table, notifier_string_t *ke
   }
 }
 
-bool weir_plugin_notify_send(weir_plugin_notify_notification_t *notification, bool *ret, notifier_string_t *err) {
+bool weir_plugin_notify_send(weir_plugin_notify_notification_t *notification, bool *ret, weir_plugin_notify_error_t *err) {
   __attribute__((__aligned__(sizeof(void*))))
-  uint8_t ret_area[(3*sizeof(void*))];
+  uint8_t ret_area[(5*sizeof(void*))];
   uint8_t *ptr = (uint8_t *) &ret_area;
   __wasm_import_weir_plugin_notify_send((uint8_t *) ((*notification).channel).ptr, ((*notification).channel).len, (uint8_t *) ((*notification).recipient).ptr, ((*notification).recipient).len, (uint8_t *) ((*notification).subject).ptr, ((*notification).subject).len, (uint8_t *) ((*notification).body).ptr, ((*notification).body).len, (uint8_t *) ((*notification).idempotency_key).ptr, ((*notification).idempotency_key).len, ptr);
-  weir_plugin_state_table_result_bool_string_t result;
+  weir_plugin_notify_result_bool_error_t result;
   switch ((int32_t) *((uint8_t*) (ptr + 0))) {
     case 0: {
       result.is_err = false;
@@ -437,7 +605,27 @@ bool weir_plugin_notify_send(weir_plugin_notify_notification_t *notification, bo
     }
     case 1: {
       result.is_err = true;
-      result.val.err = (notifier_string_t) { (uint8_t*)(*((uint8_t **) (ptr + sizeof(void*)))), (*((size_t*) (ptr + (2*sizeof(void*))))) };
+      weir_plugin_types_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          variant.val.bad_record = (weir_plugin_types_bad_record_t) {
+            (uint32_t) (uint32_t) (*((int32_t*) (ptr + (2*sizeof(void*))))),
+            (notifier_string_t) (notifier_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (3*sizeof(void*))))), (*((size_t*) (ptr + (4*sizeof(void*))))) },
+          };
+          break;
+        }
+        case 1: {
+          variant.val.transient = (notifier_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+        case 2: {
+          variant.val.failed = (notifier_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
       break;
     }
   }
@@ -450,12 +638,12 @@ bool weir_plugin_notify_send(weir_plugin_notify_notification_t *notification, bo
   }
 }
 
-bool weir_plugin_reference_lookup(notifier_string_t *table, notifier_string_t *key, notifier_option_string_t *ret, notifier_string_t *err) {
+bool weir_plugin_reference_lookup(notifier_string_t *table, notifier_string_t *key, notifier_option_string_t *ret, weir_plugin_reference_error_t *err) {
   __attribute__((__aligned__(sizeof(void*))))
-  uint8_t ret_area[(4*sizeof(void*))];
+  uint8_t ret_area[(5*sizeof(void*))];
   uint8_t *ptr = (uint8_t *) &ret_area;
   __wasm_import_weir_plugin_reference_lookup((uint8_t *) (*table).ptr, (*table).len, (uint8_t *) (*key).ptr, (*key).len, ptr);
-  weir_plugin_reference_result_option_string_string_t result;
+  weir_plugin_reference_result_option_string_error_t result;
   switch ((int32_t) *((uint8_t*) (ptr + 0))) {
     case 0: {
       result.is_err = false;
@@ -477,7 +665,27 @@ bool weir_plugin_reference_lookup(notifier_string_t *table, notifier_string_t *k
     }
     case 1: {
       result.is_err = true;
-      result.val.err = (notifier_string_t) { (uint8_t*)(*((uint8_t **) (ptr + sizeof(void*)))), (*((size_t*) (ptr + (2*sizeof(void*))))) };
+      weir_plugin_types_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          variant.val.bad_record = (weir_plugin_types_bad_record_t) {
+            (uint32_t) (uint32_t) (*((int32_t*) (ptr + (2*sizeof(void*))))),
+            (notifier_string_t) (notifier_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (3*sizeof(void*))))), (*((size_t*) (ptr + (4*sizeof(void*))))) },
+          };
+          break;
+        }
+        case 1: {
+          variant.val.transient = (notifier_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+        case 2: {
+          variant.val.failed = (notifier_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
       break;
     }
   }
@@ -490,7 +698,7 @@ bool weir_plugin_reference_lookup(notifier_string_t *table, notifier_string_t *k
   }
 }
 
-__attribute__((__export_name__("weir:plugin/consume@0.1.0#init")))
+__attribute__((__export_name__("weir:plugin/consume@0.2.0#init")))
 uint8_t * __wasm_export_exports_weir_plugin_consume_init(uint8_t * arg, size_t arg0) {
   exports_weir_plugin_consume_config_t arg1 = (weir_plugin_types_config_t) { (notifier_tuple2_string_string_t*)(arg), (arg0) };
   exports_weir_plugin_consume_result_void_string_t ret;
@@ -510,7 +718,7 @@ uint8_t * __wasm_export_exports_weir_plugin_consume_init(uint8_t * arg, size_t a
   return ptr;
 }
 
-__attribute__((__export_name__("weir:plugin/consume@0.1.0#consume")))
+__attribute__((__export_name__("weir:plugin/consume@0.2.0#consume")))
 uint8_t * __wasm_export_exports_weir_plugin_consume_consume(uint8_t * arg, size_t arg0, uint8_t * arg1, size_t arg2, uint8_t * arg3, size_t arg4, uint8_t * arg5, size_t arg6, uint8_t * arg7, size_t arg8, uint8_t * arg9, size_t arg10) {
   exports_weir_plugin_consume_batch_t arg11 = (weir_plugin_types_batch_t) {
     (notifier_list_u8_t) (notifier_list_u8_t) { (uint8_t*)(arg), (arg0) },
@@ -520,17 +728,39 @@ uint8_t * __wasm_export_exports_weir_plugin_consume_consume(uint8_t * arg, size_
     (notifier_list_u32_t) (notifier_list_u32_t) { (uint32_t*)(arg7), (arg8) },
     (weir_plugin_types_list_attribute_t) (weir_plugin_types_list_attribute_t) { (weir_plugin_types_attribute_t*)(arg9), (arg10) },
   };
-  exports_weir_plugin_consume_result_void_string_t ret;
-  notifier_string_t err;
+  exports_weir_plugin_consume_result_void_error_t ret;
+  exports_weir_plugin_consume_error_t err;
   ret.is_err = !exports_weir_plugin_consume_consume(&arg11, &err);
   if (ret.is_err) {
     ret.val.err = err;
   }
   uint8_t *ptr = (uint8_t *) &RET_AREA;
   if ((ret).is_err) {
-    const notifier_string_t *payload12 = &(ret).val.err;*((int8_t*)(ptr + 0)) = 1;
-    *((size_t*)(ptr + (2*sizeof(void*)))) = (*payload12).len;
-    *((uint8_t **)(ptr + sizeof(void*))) = (uint8_t *) (*payload12).ptr;
+    const exports_weir_plugin_consume_error_t *payload12 = &(ret).val.err;*((int8_t*)(ptr + 0)) = 1;
+    switch ((int32_t) (*payload12).tag) {
+      case 0: {
+        const weir_plugin_types_bad_record_t *payload13 = &(*payload12).val.bad_record;
+        *((int8_t*)(ptr + sizeof(void*))) = 0;
+        *((int32_t*)(ptr + (2*sizeof(void*)))) = (int32_t) ((*payload13).index);
+        *((size_t*)(ptr + (4*sizeof(void*)))) = ((*payload13).reason).len;
+        *((uint8_t **)(ptr + (3*sizeof(void*)))) = (uint8_t *) ((*payload13).reason).ptr;
+        break;
+      }
+      case 1: {
+        const notifier_string_t *payload14 = &(*payload12).val.transient;
+        *((int8_t*)(ptr + sizeof(void*))) = 1;
+        *((size_t*)(ptr + (3*sizeof(void*)))) = (*payload14).len;
+        *((uint8_t **)(ptr + (2*sizeof(void*)))) = (uint8_t *) (*payload14).ptr;
+        break;
+      }
+      case 2: {
+        const notifier_string_t *payload15 = &(*payload12).val.failed;
+        *((int8_t*)(ptr + sizeof(void*))) = 2;
+        *((size_t*)(ptr + (3*sizeof(void*)))) = (*payload15).len;
+        *((uint8_t **)(ptr + (2*sizeof(void*)))) = (uint8_t *) (*payload15).ptr;
+        break;
+      }
+    }
   } else {
     *((int8_t*)(ptr + 0)) = 0;
   }

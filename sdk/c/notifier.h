@@ -23,75 +23,6 @@ typedef uint8_t weir_plugin_log_level_t;
 #define WEIR_PLUGIN_LOG_LEVEL_WARN 3
 #define WEIR_PLUGIN_LOG_LEVEL_ERROR 4
 
-typedef struct {
-  uint8_t *ptr;
-  size_t len;
-} notifier_list_u8_t;
-
-typedef struct {
-  bool is_some;
-  notifier_list_u8_t val;
-} notifier_option_list_u8_t;
-
-typedef struct {
-  bool is_err;
-  union {
-    notifier_option_list_u8_t ok;
-    notifier_string_t err;
-  } val;
-} weir_plugin_state_table_result_option_list_u8_string_t;
-
-typedef struct {
-  bool is_err;
-  union {
-    notifier_string_t err;
-  } val;
-} weir_plugin_state_table_result_void_string_t;
-
-typedef struct {
-  bool is_err;
-  union {
-    bool ok;
-    notifier_string_t err;
-  } val;
-} weir_plugin_state_table_result_bool_string_t;
-
-typedef struct {
-  bool is_err;
-  union {
-    int64_t ok;
-    notifier_string_t err;
-  } val;
-} weir_plugin_state_table_result_s64_string_t;
-
-// One message for one recipient.
-typedef struct weir_plugin_notify_notification_t {
-  // The channel's name in the manifest.
-  notifier_string_t   channel;
-  // Who receives it: a customer id, `operators`, ...
-  notifier_string_t   recipient;
-  // A one-line summary.
-  notifier_string_t   subject;
-  // The message body.
-  notifier_string_t   body;
-  // The same business event always carries the same key: the host sends a key
-  // at most once per channel, across retries and restarts.
-  notifier_string_t   idempotency_key;
-} weir_plugin_notify_notification_t;
-
-typedef struct {
-  bool is_some;
-  notifier_string_t val;
-} notifier_option_string_t;
-
-typedef struct {
-  bool is_err;
-  union {
-    notifier_option_string_t ok;
-    notifier_string_t err;
-  } val;
-} weir_plugin_reference_result_option_string_string_t;
-
 // Milliseconds since the Unix epoch, UTC.
 typedef int64_t weir_plugin_types_timestamp_ms_t;
 
@@ -104,6 +35,11 @@ typedef struct weir_plugin_types_attribute_t {
   // Attribute value.
   notifier_string_t   value;
 } weir_plugin_types_attribute_t;
+
+typedef struct {
+  uint8_t *ptr;
+  size_t len;
+} notifier_list_u8_t;
 
 typedef struct {
   uint32_t *ptr;
@@ -164,9 +100,121 @@ typedef struct weir_plugin_types_config_t {
   size_t len;
 } weir_plugin_types_config_t;
 
+// A record that cannot be processed as it is.
+typedef struct weir_plugin_types_bad_record_t {
+  // Its position in the batch of the call, from 0.
+  uint32_t   index;
+  // Why, for the dead letter (say what is wrong with the record).
+  notifier_string_t   reason;
+} weir_plugin_types_bad_record_t;
+
+// Why a call failed, so that the host knows what to do with its records.
+typedef struct weir_plugin_types_error_t {
+  uint8_t tag;
+  union {
+    weir_plugin_types_bad_record_t     bad_record;
+    notifier_string_t     transient;
+    notifier_string_t     failed;
+  } val;
+} weir_plugin_types_error_t;
+
+// The record is at fault (bad input): the host sets it aside in the
+// stage's dead letters with the reason and calls again with the other
+// records of the batch. Retrying it would fail again.
+#define WEIR_PLUGIN_TYPES_ERROR_BAD_RECORD 0
+// Something outside the records failed and may pass (a service, a
+// store, a lock): the host retries the whole batch after a backoff
+// (1 s doubling to 30 s) for as long as it takes, sets nothing aside,
+// and shows the reason in the stage's status.
+#define WEIR_PLUGIN_TYPES_ERROR_TRANSIENT 1
+// The plugin failed on the batch for a reason it cannot pin on one
+// record: the host tries the batch again, then applies the stage's
+// `on-error` policy (dead-letter, skip or stop).
+#define WEIR_PLUGIN_TYPES_ERROR_FAILED 2
+
+typedef weir_plugin_types_error_t weir_plugin_state_table_error_t;
+
+typedef struct {
+  bool is_some;
+  notifier_list_u8_t val;
+} notifier_option_list_u8_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    notifier_option_list_u8_t ok;
+    weir_plugin_state_table_error_t err;
+  } val;
+} weir_plugin_state_table_result_option_list_u8_error_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    weir_plugin_state_table_error_t err;
+  } val;
+} weir_plugin_state_table_result_void_error_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    bool ok;
+    weir_plugin_state_table_error_t err;
+  } val;
+} weir_plugin_state_table_result_bool_error_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    int64_t ok;
+    weir_plugin_state_table_error_t err;
+  } val;
+} weir_plugin_state_table_result_s64_error_t;
+
+typedef weir_plugin_types_error_t weir_plugin_notify_error_t;
+
+// One message for one recipient.
+typedef struct weir_plugin_notify_notification_t {
+  // The channel's name in the manifest.
+  notifier_string_t   channel;
+  // Who receives it: a customer id, `operators`, ...
+  notifier_string_t   recipient;
+  // A one-line summary.
+  notifier_string_t   subject;
+  // The message body.
+  notifier_string_t   body;
+  // The same business event always carries the same key: the host sends a key
+  // at most once per channel, across retries and restarts.
+  notifier_string_t   idempotency_key;
+} weir_plugin_notify_notification_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    bool ok;
+    weir_plugin_notify_error_t err;
+  } val;
+} weir_plugin_notify_result_bool_error_t;
+
+typedef weir_plugin_types_error_t weir_plugin_reference_error_t;
+
+typedef struct {
+  bool is_some;
+  notifier_string_t val;
+} notifier_option_string_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    notifier_option_string_t ok;
+    weir_plugin_reference_error_t err;
+  } val;
+} weir_plugin_reference_result_option_string_error_t;
+
 typedef weir_plugin_types_batch_t exports_weir_plugin_consume_batch_t;
 
 typedef weir_plugin_types_config_t exports_weir_plugin_consume_config_t;
+
+typedef weir_plugin_types_error_t exports_weir_plugin_consume_error_t;
 
 typedef struct {
   bool is_err;
@@ -175,58 +223,49 @@ typedef struct {
   } val;
 } exports_weir_plugin_consume_result_void_string_t;
 
-// Imported Functions from `weir:plugin/log@0.1.0`
+typedef struct {
+  bool is_err;
+  union {
+    exports_weir_plugin_consume_error_t err;
+  } val;
+} exports_weir_plugin_consume_result_void_error_t;
+
+// Imported Functions from `weir:plugin/log@0.2.0`
 // Write one line to the host's log. Never put record payloads here by default.
 extern void weir_plugin_log_log(weir_plugin_log_level_t level, notifier_string_t *message);
 
-// Imported Functions from `weir:plugin/state-table@0.1.0`
+// Imported Functions from `weir:plugin/state-table@0.2.0`
 // Read an item; `none` if absent.
-extern bool weir_plugin_state_table_get(notifier_string_t *table, notifier_string_t *key, notifier_option_list_u8_t *ret, notifier_string_t *err);
+extern bool weir_plugin_state_table_get(notifier_string_t *table, notifier_string_t *key, notifier_option_list_u8_t *ret, weir_plugin_state_table_error_t *err);
 // Write an item unconditionally.
-extern bool weir_plugin_state_table_put(notifier_string_t *table, notifier_string_t *key, notifier_list_u8_t *value, notifier_string_t *err);
+extern bool weir_plugin_state_table_put(notifier_string_t *table, notifier_string_t *key, notifier_list_u8_t *value, weir_plugin_state_table_error_t *err);
 // Remove an item; removing an absent item is not an error.
-extern bool weir_plugin_state_table_delete(notifier_string_t *table, notifier_string_t *key, notifier_string_t *err);
+extern bool weir_plugin_state_table_delete(notifier_string_t *table, notifier_string_t *key, weir_plugin_state_table_error_t *err);
 // Write `value` only if the item currently equals `expected` (`none`: only if it
 // is absent). Returns whether the write happened.
-extern bool weir_plugin_state_table_put_if(notifier_string_t *table, notifier_string_t *key, notifier_list_u8_t *maybe_expected, notifier_list_u8_t *value, bool *ret, notifier_string_t *err);
+extern bool weir_plugin_state_table_put_if(notifier_string_t *table, notifier_string_t *key, notifier_list_u8_t *maybe_expected, notifier_list_u8_t *value, bool *ret, weir_plugin_state_table_error_t *err);
 // Atomically add `delta` to the item read as a decimal integer (absent counts as
 // 0) and return the new value.
-extern bool weir_plugin_state_table_add(notifier_string_t *table, notifier_string_t *key, int64_t delta, int64_t *ret, notifier_string_t *err);
+extern bool weir_plugin_state_table_add(notifier_string_t *table, notifier_string_t *key, int64_t delta, int64_t *ret, weir_plugin_state_table_error_t *err);
 
-// Imported Functions from `weir:plugin/notify@0.1.0`
+// Imported Functions from `weir:plugin/notify@0.2.0`
 // Send a notification. Returns whether it was new (false: the key was seen before).
-extern bool weir_plugin_notify_send(weir_plugin_notify_notification_t *notification, bool *ret, notifier_string_t *err);
+extern bool weir_plugin_notify_send(weir_plugin_notify_notification_t *notification, bool *ret, weir_plugin_notify_error_t *err);
 
-// Imported Functions from `weir:plugin/reference@0.1.0`
+// Imported Functions from `weir:plugin/reference@0.2.0`
 // Look a key up; `none` if the table has no such row. The row is the table's
 // own text form (e.g. a JSON object).
-extern bool weir_plugin_reference_lookup(notifier_string_t *table, notifier_string_t *key, notifier_option_string_t *ret, notifier_string_t *err);
+extern bool weir_plugin_reference_lookup(notifier_string_t *table, notifier_string_t *key, notifier_option_string_t *ret, weir_plugin_reference_error_t *err);
 
-// Exported Functions from `weir:plugin/consume@0.1.0`
+// Exported Functions from `weir:plugin/consume@0.2.0`
 bool exports_weir_plugin_consume_init(exports_weir_plugin_consume_config_t *config, notifier_string_t *err);
-bool exports_weir_plugin_consume_consume(exports_weir_plugin_consume_batch_t *input, notifier_string_t *err);
+bool exports_weir_plugin_consume_consume(exports_weir_plugin_consume_batch_t *input, exports_weir_plugin_consume_error_t *err);
 
 // Helper Functions
 
-void notifier_list_u8_free(notifier_list_u8_t *ptr);
-
-void notifier_option_list_u8_free(notifier_option_list_u8_t *ptr);
-
-void weir_plugin_state_table_result_option_list_u8_string_free(weir_plugin_state_table_result_option_list_u8_string_t *ptr);
-
-void weir_plugin_state_table_result_void_string_free(weir_plugin_state_table_result_void_string_t *ptr);
-
-void weir_plugin_state_table_result_bool_string_free(weir_plugin_state_table_result_bool_string_t *ptr);
-
-void weir_plugin_state_table_result_s64_string_free(weir_plugin_state_table_result_s64_string_t *ptr);
-
-void weir_plugin_notify_notification_free(weir_plugin_notify_notification_t *ptr);
-
-void notifier_option_string_free(notifier_option_string_t *ptr);
-
-void weir_plugin_reference_result_option_string_string_free(weir_plugin_reference_result_option_string_string_t *ptr);
-
 void weir_plugin_types_attribute_free(weir_plugin_types_attribute_t *ptr);
+
+void notifier_list_u8_free(notifier_list_u8_t *ptr);
 
 void notifier_list_u32_free(notifier_list_u32_t *ptr);
 
@@ -242,11 +281,43 @@ void notifier_tuple2_string_string_free(notifier_tuple2_string_string_t *ptr);
 
 void weir_plugin_types_config_free(weir_plugin_types_config_t *ptr);
 
+void weir_plugin_types_bad_record_free(weir_plugin_types_bad_record_t *ptr);
+
+void weir_plugin_types_error_free(weir_plugin_types_error_t *ptr);
+
+void weir_plugin_state_table_error_free(weir_plugin_state_table_error_t *ptr);
+
+void notifier_option_list_u8_free(notifier_option_list_u8_t *ptr);
+
+void weir_plugin_state_table_result_option_list_u8_error_free(weir_plugin_state_table_result_option_list_u8_error_t *ptr);
+
+void weir_plugin_state_table_result_void_error_free(weir_plugin_state_table_result_void_error_t *ptr);
+
+void weir_plugin_state_table_result_bool_error_free(weir_plugin_state_table_result_bool_error_t *ptr);
+
+void weir_plugin_state_table_result_s64_error_free(weir_plugin_state_table_result_s64_error_t *ptr);
+
+void weir_plugin_notify_error_free(weir_plugin_notify_error_t *ptr);
+
+void weir_plugin_notify_notification_free(weir_plugin_notify_notification_t *ptr);
+
+void weir_plugin_notify_result_bool_error_free(weir_plugin_notify_result_bool_error_t *ptr);
+
+void weir_plugin_reference_error_free(weir_plugin_reference_error_t *ptr);
+
+void notifier_option_string_free(notifier_option_string_t *ptr);
+
+void weir_plugin_reference_result_option_string_error_free(weir_plugin_reference_result_option_string_error_t *ptr);
+
 void exports_weir_plugin_consume_batch_free(exports_weir_plugin_consume_batch_t *ptr);
 
 void exports_weir_plugin_consume_config_free(exports_weir_plugin_consume_config_t *ptr);
 
+void exports_weir_plugin_consume_error_free(exports_weir_plugin_consume_error_t *ptr);
+
 void exports_weir_plugin_consume_result_void_string_free(exports_weir_plugin_consume_result_void_string_t *ptr);
+
+void exports_weir_plugin_consume_result_void_error_free(exports_weir_plugin_consume_result_void_error_t *ptr);
 
 // Sets the string `ret` to reference the input string `s` without copying it
 void notifier_string_set(notifier_string_t *ret, const char*s);

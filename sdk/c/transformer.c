@@ -3,14 +3,19 @@
 #include <stdlib.h>
 #include <string.h>
 
-// Imported Functions from `weir:plugin/log@0.1.0`
+// Imported Functions from `weir:plugin/log@0.2.0`
 
-__attribute__((__import_module__("weir:plugin/log@0.1.0"), __import_name__("log")))
+__attribute__((__import_module__("weir:plugin/log@0.2.0"), __import_name__("log")))
 extern void __wasm_import_weir_plugin_log_log(int32_t, uint8_t *, size_t);
 
-// Exported Functions from `weir:plugin/transform@0.1.0`
+// Imported Functions from `weir:plugin/reference@0.2.0`
 
-__attribute__((__weak__, __export_name__("cabi_post_weir:plugin/transform@0.1.0#init")))
+__attribute__((__import_module__("weir:plugin/reference@0.2.0"), __import_name__("lookup")))
+extern void __wasm_import_weir_plugin_reference_lookup(uint8_t *, size_t, uint8_t *, size_t, uint8_t *);
+
+// Exported Functions from `weir:plugin/transform@0.2.0`
+
+__attribute__((__weak__, __export_name__("cabi_post_weir:plugin/transform@0.2.0#init")))
 void __wasm_export_exports_weir_plugin_transform_init_post_return(uint8_t * arg0) {
   switch ((int32_t) (int32_t) *((uint8_t*) (arg0 + 0))) {
     case 0: {
@@ -25,7 +30,7 @@ void __wasm_export_exports_weir_plugin_transform_init_post_return(uint8_t * arg0
   }
 }
 
-__attribute__((__weak__, __export_name__("cabi_post_weir:plugin/transform@0.1.0#transform")))
+__attribute__((__weak__, __export_name__("cabi_post_weir:plugin/transform@0.2.0#transform")))
 void __wasm_export_exports_weir_plugin_transform_transform_post_return(uint8_t * arg0) {
   switch ((int32_t) (int32_t) *((uint8_t*) (arg0 + 0))) {
     case 0: {
@@ -115,8 +120,25 @@ void __wasm_export_exports_weir_plugin_transform_transform_post_return(uint8_t *
       break;
     }
     case 1: {
-      if ((*((size_t*) (arg0 + (2*sizeof(void*))))) > 0) {
-        free(*((uint8_t **) (arg0 + sizeof(void*))));
+      switch ((int32_t) (int32_t) *((uint8_t*) (arg0 + sizeof(void*)))) {
+        case 0: {
+          if ((*((size_t*) (arg0 + (4*sizeof(void*))))) > 0) {
+            free(*((uint8_t **) (arg0 + (3*sizeof(void*)))));
+          }
+          break;
+        }
+        case 1: {
+          if ((*((size_t*) (arg0 + (3*sizeof(void*))))) > 0) {
+            free(*((uint8_t **) (arg0 + (2*sizeof(void*)))));
+          }
+          break;
+        }
+        case 2: {
+          if ((*((size_t*) (arg0 + (3*sizeof(void*))))) > 0) {
+            free(*((uint8_t **) (arg0 + (2*sizeof(void*)))));
+          }
+          break;
+        }
       }
       break;
     }
@@ -215,12 +237,55 @@ void weir_plugin_types_config_free(weir_plugin_types_config_t *ptr) {
   }
 }
 
+void weir_plugin_types_bad_record_free(weir_plugin_types_bad_record_t *ptr) {
+  transformer_string_free(&ptr->reason);
+}
+
+void weir_plugin_types_error_free(weir_plugin_types_error_t *ptr) {
+  switch ((int32_t) ptr->tag) {
+    case 0: {
+      weir_plugin_types_bad_record_free(&ptr->val.bad_record);
+      break;
+    }
+    case 1: {
+      transformer_string_free(&ptr->val.transient);
+      break;
+    }
+    case 2: {
+      transformer_string_free(&ptr->val.failed);
+      break;
+    }
+  }
+}
+
+void weir_plugin_reference_error_free(weir_plugin_reference_error_t *ptr) {
+  weir_plugin_types_error_free(ptr);
+}
+
+void transformer_option_string_free(transformer_option_string_t *ptr) {
+  if (ptr->is_some) {
+    transformer_string_free(&ptr->val);
+  }
+}
+
+void weir_plugin_reference_result_option_string_error_free(weir_plugin_reference_result_option_string_error_t *ptr) {
+  if (!ptr->is_err) {
+    transformer_option_string_free(&ptr->val.ok);
+  } else {
+    weir_plugin_reference_error_free(&ptr->val.err);
+  }
+}
+
 void exports_weir_plugin_transform_batch_free(exports_weir_plugin_transform_batch_t *ptr) {
   weir_plugin_types_batch_free(ptr);
 }
 
 void exports_weir_plugin_transform_config_free(exports_weir_plugin_transform_config_t *ptr) {
   weir_plugin_types_config_free(ptr);
+}
+
+void exports_weir_plugin_transform_error_free(exports_weir_plugin_transform_error_t *ptr) {
+  weir_plugin_types_error_free(ptr);
 }
 
 void exports_weir_plugin_transform_outcome_free(exports_weir_plugin_transform_outcome_t *ptr) {
@@ -258,11 +323,11 @@ void exports_weir_plugin_transform_result_void_string_free(exports_weir_plugin_t
   }
 }
 
-void exports_weir_plugin_transform_result_transformed_string_free(exports_weir_plugin_transform_result_transformed_string_t *ptr) {
+void exports_weir_plugin_transform_result_transformed_error_free(exports_weir_plugin_transform_result_transformed_error_t *ptr) {
   if (!ptr->is_err) {
     exports_weir_plugin_transform_transformed_free(&ptr->val.ok);
   } else {
-    transformer_string_free(&ptr->val.err);
+    exports_weir_plugin_transform_error_free(&ptr->val.err);
   }
 }
 
@@ -297,7 +362,67 @@ void weir_plugin_log_log(weir_plugin_log_level_t level, transformer_string_t *me
   __wasm_import_weir_plugin_log_log((int32_t) level, (uint8_t *) (*message).ptr, (*message).len);
 }
 
-__attribute__((__export_name__("weir:plugin/transform@0.1.0#init")))
+bool weir_plugin_reference_lookup(transformer_string_t *table, transformer_string_t *key, transformer_option_string_t *ret, weir_plugin_reference_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(5*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_weir_plugin_reference_lookup((uint8_t *) (*table).ptr, (*table).len, (uint8_t *) (*key).ptr, (*key).len, ptr);
+  weir_plugin_reference_result_option_string_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      transformer_option_string_t option;
+      switch ((int32_t) *((uint8_t*) (ptr + sizeof(void*)))) {
+        case 0: {
+          option.is_some = false;
+          break;
+        }
+        case 1: {
+          option.is_some = true;
+          option.val = (transformer_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.ok = option;
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      weir_plugin_types_error_t variant;
+      variant.tag = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      switch ((int32_t) variant.tag) {
+        case 0: {
+          variant.val.bad_record = (weir_plugin_types_bad_record_t) {
+            (uint32_t) (uint32_t) (*((int32_t*) (ptr + (2*sizeof(void*))))),
+            (transformer_string_t) (transformer_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (3*sizeof(void*))))), (*((size_t*) (ptr + (4*sizeof(void*))))) },
+          };
+          break;
+        }
+        case 1: {
+          variant.val.transient = (transformer_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+        case 2: {
+          variant.val.failed = (transformer_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (2*sizeof(void*))))), (*((size_t*) (ptr + (3*sizeof(void*))))) };
+          break;
+        }
+      }
+
+      result.val.err = variant;
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+__attribute__((__export_name__("weir:plugin/transform@0.2.0#init")))
 uint8_t * __wasm_export_exports_weir_plugin_transform_init(uint8_t * arg, size_t arg0) {
   exports_weir_plugin_transform_config_t arg1 = (weir_plugin_types_config_t) { (transformer_tuple2_string_string_t*)(arg), (arg0) };
   exports_weir_plugin_transform_result_void_string_t ret;
@@ -317,7 +442,7 @@ uint8_t * __wasm_export_exports_weir_plugin_transform_init(uint8_t * arg, size_t
   return ptr;
 }
 
-__attribute__((__export_name__("weir:plugin/transform@0.1.0#transform")))
+__attribute__((__export_name__("weir:plugin/transform@0.2.0#transform")))
 uint8_t * __wasm_export_exports_weir_plugin_transform_transform(uint8_t * arg, size_t arg0, uint8_t * arg1, size_t arg2, uint8_t * arg3, size_t arg4, uint8_t * arg5, size_t arg6, uint8_t * arg7, size_t arg8, uint8_t * arg9, size_t arg10) {
   exports_weir_plugin_transform_batch_t arg11 = (weir_plugin_types_batch_t) {
     (transformer_list_u8_t) (transformer_list_u8_t) { (uint8_t*)(arg), (arg0) },
@@ -327,9 +452,9 @@ uint8_t * __wasm_export_exports_weir_plugin_transform_transform(uint8_t * arg, s
     (transformer_list_u32_t) (transformer_list_u32_t) { (uint32_t*)(arg7), (arg8) },
     (weir_plugin_types_list_attribute_t) (weir_plugin_types_list_attribute_t) { (weir_plugin_types_attribute_t*)(arg9), (arg10) },
   };
-  exports_weir_plugin_transform_result_transformed_string_t ret;
+  exports_weir_plugin_transform_result_transformed_error_t ret;
   exports_weir_plugin_transform_transformed_t ok;
-  transformer_string_t err;
+  exports_weir_plugin_transform_error_t err;
   ret.is_err = !exports_weir_plugin_transform_transform(&arg11, &ok, &err);
   if (ret.is_err) {
     ret.val.err = err;
@@ -339,9 +464,31 @@ uint8_t * __wasm_export_exports_weir_plugin_transform_transform(uint8_t * arg, s
   }
   uint8_t *ptr = (uint8_t *) &RET_AREA;
   if ((ret).is_err) {
-    const transformer_string_t *payload15 = &(ret).val.err;*((int8_t*)(ptr + 0)) = 1;
-    *((size_t*)(ptr + (2*sizeof(void*)))) = (*payload15).len;
-    *((uint8_t **)(ptr + sizeof(void*))) = (uint8_t *) (*payload15).ptr;
+    const exports_weir_plugin_transform_error_t *payload15 = &(ret).val.err;*((int8_t*)(ptr + 0)) = 1;
+    switch ((int32_t) (*payload15).tag) {
+      case 0: {
+        const weir_plugin_types_bad_record_t *payload16 = &(*payload15).val.bad_record;
+        *((int8_t*)(ptr + sizeof(void*))) = 0;
+        *((int32_t*)(ptr + (2*sizeof(void*)))) = (int32_t) ((*payload16).index);
+        *((size_t*)(ptr + (4*sizeof(void*)))) = ((*payload16).reason).len;
+        *((uint8_t **)(ptr + (3*sizeof(void*)))) = (uint8_t *) ((*payload16).reason).ptr;
+        break;
+      }
+      case 1: {
+        const transformer_string_t *payload17 = &(*payload15).val.transient;
+        *((int8_t*)(ptr + sizeof(void*))) = 1;
+        *((size_t*)(ptr + (3*sizeof(void*)))) = (*payload17).len;
+        *((uint8_t **)(ptr + (2*sizeof(void*)))) = (uint8_t *) (*payload17).ptr;
+        break;
+      }
+      case 2: {
+        const transformer_string_t *payload18 = &(*payload15).val.failed;
+        *((int8_t*)(ptr + sizeof(void*))) = 2;
+        *((size_t*)(ptr + (3*sizeof(void*)))) = (*payload18).len;
+        *((uint8_t **)(ptr + (2*sizeof(void*)))) = (uint8_t *) (*payload18).ptr;
+        break;
+      }
+    }
   } else {
     const exports_weir_plugin_transform_transformed_t *payload = &(ret).val.ok;*((int8_t*)(ptr + 0)) = 0;
     *((size_t*)(ptr + (2*sizeof(void*)))) = ((*payload).outcomes).len;

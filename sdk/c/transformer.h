@@ -100,9 +100,58 @@ typedef struct weir_plugin_types_config_t {
   size_t len;
 } weir_plugin_types_config_t;
 
+// A record that cannot be processed as it is.
+typedef struct weir_plugin_types_bad_record_t {
+  // Its position in the batch of the call, from 0.
+  uint32_t   index;
+  // Why, for the dead letter (say what is wrong with the record).
+  transformer_string_t   reason;
+} weir_plugin_types_bad_record_t;
+
+// Why a call failed, so that the host knows what to do with its records.
+typedef struct weir_plugin_types_error_t {
+  uint8_t tag;
+  union {
+    weir_plugin_types_bad_record_t     bad_record;
+    transformer_string_t     transient;
+    transformer_string_t     failed;
+  } val;
+} weir_plugin_types_error_t;
+
+// The record is at fault (bad input): the host sets it aside in the
+// stage's dead letters with the reason and calls again with the other
+// records of the batch. Retrying it would fail again.
+#define WEIR_PLUGIN_TYPES_ERROR_BAD_RECORD 0
+// Something outside the records failed and may pass (a service, a
+// store, a lock): the host retries the whole batch after a backoff
+// (1 s doubling to 30 s) for as long as it takes, sets nothing aside,
+// and shows the reason in the stage's status.
+#define WEIR_PLUGIN_TYPES_ERROR_TRANSIENT 1
+// The plugin failed on the batch for a reason it cannot pin on one
+// record: the host tries the batch again, then applies the stage's
+// `on-error` policy (dead-letter, skip or stop).
+#define WEIR_PLUGIN_TYPES_ERROR_FAILED 2
+
+typedef weir_plugin_types_error_t weir_plugin_reference_error_t;
+
+typedef struct {
+  bool is_some;
+  transformer_string_t val;
+} transformer_option_string_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    transformer_option_string_t ok;
+    weir_plugin_reference_error_t err;
+  } val;
+} weir_plugin_reference_result_option_string_error_t;
+
 typedef weir_plugin_types_batch_t exports_weir_plugin_transform_batch_t;
 
 typedef weir_plugin_types_config_t exports_weir_plugin_transform_config_t;
+
+typedef weir_plugin_types_error_t exports_weir_plugin_transform_error_t;
 
 // What happened to one input record.
 typedef struct exports_weir_plugin_transform_outcome_t {
@@ -144,17 +193,22 @@ typedef struct {
   bool is_err;
   union {
     exports_weir_plugin_transform_transformed_t ok;
-    transformer_string_t err;
+    exports_weir_plugin_transform_error_t err;
   } val;
-} exports_weir_plugin_transform_result_transformed_string_t;
+} exports_weir_plugin_transform_result_transformed_error_t;
 
-// Imported Functions from `weir:plugin/log@0.1.0`
+// Imported Functions from `weir:plugin/log@0.2.0`
 // Write one line to the host's log. Never put record payloads here by default.
 extern void weir_plugin_log_log(weir_plugin_log_level_t level, transformer_string_t *message);
 
-// Exported Functions from `weir:plugin/transform@0.1.0`
+// Imported Functions from `weir:plugin/reference@0.2.0`
+// Look a key up; `none` if the table has no such row. The row is the table's
+// own text form (e.g. a JSON object).
+extern bool weir_plugin_reference_lookup(transformer_string_t *table, transformer_string_t *key, transformer_option_string_t *ret, weir_plugin_reference_error_t *err);
+
+// Exported Functions from `weir:plugin/transform@0.2.0`
 bool exports_weir_plugin_transform_init(exports_weir_plugin_transform_config_t *config, transformer_string_t *err);
-bool exports_weir_plugin_transform_transform(exports_weir_plugin_transform_batch_t *input, exports_weir_plugin_transform_transformed_t *ret, transformer_string_t *err);
+bool exports_weir_plugin_transform_transform(exports_weir_plugin_transform_batch_t *input, exports_weir_plugin_transform_transformed_t *ret, exports_weir_plugin_transform_error_t *err);
 
 // Helper Functions
 
@@ -176,9 +230,21 @@ void transformer_tuple2_string_string_free(transformer_tuple2_string_string_t *p
 
 void weir_plugin_types_config_free(weir_plugin_types_config_t *ptr);
 
+void weir_plugin_types_bad_record_free(weir_plugin_types_bad_record_t *ptr);
+
+void weir_plugin_types_error_free(weir_plugin_types_error_t *ptr);
+
+void weir_plugin_reference_error_free(weir_plugin_reference_error_t *ptr);
+
+void transformer_option_string_free(transformer_option_string_t *ptr);
+
+void weir_plugin_reference_result_option_string_error_free(weir_plugin_reference_result_option_string_error_t *ptr);
+
 void exports_weir_plugin_transform_batch_free(exports_weir_plugin_transform_batch_t *ptr);
 
 void exports_weir_plugin_transform_config_free(exports_weir_plugin_transform_config_t *ptr);
+
+void exports_weir_plugin_transform_error_free(exports_weir_plugin_transform_error_t *ptr);
 
 void exports_weir_plugin_transform_outcome_free(exports_weir_plugin_transform_outcome_t *ptr);
 
@@ -188,7 +254,7 @@ void exports_weir_plugin_transform_transformed_free(exports_weir_plugin_transfor
 
 void exports_weir_plugin_transform_result_void_string_free(exports_weir_plugin_transform_result_void_string_t *ptr);
 
-void exports_weir_plugin_transform_result_transformed_string_free(exports_weir_plugin_transform_result_transformed_string_t *ptr);
+void exports_weir_plugin_transform_result_transformed_error_free(exports_weir_plugin_transform_result_transformed_error_t *ptr);
 
 // Sets the string `ret` to reference the input string `s` without copying it
 void transformer_string_set(transformer_string_t *ret, const char*s);

@@ -23,6 +23,27 @@ export function* records(batch) {
   }
 }
 
+/**
+ * Errors to throw from `transform`, `fold`, `emit` or `consume` (`types.error`):
+ * `throw badRecord(record.index, 'why')` sets that record aside in the dead
+ * letters and the host calls again with the others; `throw transient('why')`
+ * has the batch retried after a backoff; `throw failed('why')` has it tried
+ * again, then the stage's on-error policy applies. (`init` throws a string.)
+ */
+export function badRecord(index, reason) {
+  return { tag: 'bad-record', val: { index, reason } };
+}
+
+/** A failure that may pass: the batch is retried after a backoff. */
+export function transient(message) {
+  return { tag: 'transient', val: message };
+}
+
+/** A failure pinned on no record: tried again, then the stage's on-error policy. */
+export function failed(message) {
+  return { tag: 'failed', val: message };
+}
+
 /** A payload as text. */
 export function text(payload) {
   return decoder.decode(payload);

@@ -25,6 +25,32 @@ class Record:
         return json.loads(self.payload)
 
 
+def bad_record(index: int, reason: str) -> Exception:
+    """`raise weir.bad_record(record.index, "why")`: the record is at fault; the host sets
+    it aside in the dead letters and calls again with the batch's other records."""
+    from componentize_py_types import Err
+    from wit_world.imports import types
+
+    return Err(types.Error_BadRecord(types.BadRecord(index=index, reason=reason)))
+
+
+def transient(message: str) -> Exception:
+    """`raise weir.transient("why")`: a failure that may pass; the batch is retried after a backoff."""
+    from componentize_py_types import Err
+    from wit_world.imports import types
+
+    return Err(types.Error_Transient(message))
+
+
+def failed(message: str) -> Exception:
+    """`raise weir.failed("why")`: a failure pinned on no record; the batch is tried again,
+    then the stage's on-error policy applies. (`init` raises `Err("why")` with a string.)"""
+    from componentize_py_types import Err
+    from wit_world.imports import types
+
+    return Err(types.Error_Failed(message))
+
+
 def records(batch) -> Iterator[Record]:
     """The records of a `types.batch`, in order."""
     key_start = 0

@@ -1,7 +1,8 @@
 //! The aggregator world: the host owns windows and one opaque state per
 //! (window, key); the plugin folds records into states and emits results.
 
-use crate::{Batch, Config, Output, Record};
+use crate::error::CallError;
+use crate::{Batch, Config, Error, Output, Record};
 
 /// A window's bounds in milliseconds since the Unix epoch: `start` inclusive, `end` exclusive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,12 +32,15 @@ pub trait Aggregator: Sized + 'static {
     /// Build the plugin from its configuration. Called once per instance.
     fn init(config: &Config) -> Result<Self, String>;
 
-    /// Fold one record into its group's state.
-    fn fold(&mut self, state: &mut Self::State, record: &Record<'_>) -> Result<(), String>;
+    /// Fold one record into its group's state. [`Error::BadRecord`] sets the
+    /// record aside (dead-lettered; the others are folded without it, from
+    /// the states as they were); see [`Error`] for the other kinds.
+    fn fold(&mut self, state: &mut Self::State, record: &Record<'_>) -> Result<(), Error>;
 
     /// A window closed: emit the result records for `key` (usually one).
     /// `state` is the default state for an expected key that saw no records.
-    fn emit(&mut self, window: Window, key: &str, state: &Self::State, out: &mut Output) -> Result<(), String>;
+    /// Any error keeps the window open: it is emitted again after a backoff.
+    fn emit(&mut self, window: Window, key: &str, state: &Self::State, out: &mut Output) -> Result<(), Error>;
 
     /// Read a state written by [`Aggregator::encode`]. Never called with empty bytes.
     fn decode(bytes: &[u8]) -> Result<Self::State, String>;
@@ -123,16 +127,21 @@ fn decode_state<A: Aggregator>(bytes: &[u8]) -> Result<A::State, String> {
 
 /// Folds `input` into `states`, where record `i` belongs to state `groups[i]`.
 #[doc(hidden)]
-pub fn fold<A: Aggregator>(plugin: &mut A, input: &Batch, groups: &[u32], states: &States) -> Result<States, String> {
+pub fn fold<A: Aggregator>(
+    plugin: &mut A,
+    input: &Batch,
+    groups: &[u32],
+    states: &States,
+) -> Result<States, CallError> {
     if groups.len() != input.len() {
-        return Err(format!("host sent {} groups for {} records", groups.len(), input.len()));
+        return Err(format!("host sent {} groups for {} records", groups.len(), input.len()).into());
     }
     let mut decoded = states.iter().map(|s| decode_state::<A>(s?)).collect::<Result<Vec<_>, _>>()?;
     for (record, &group) in input.iter().zip(groups) {
         let state = decoded
             .get_mut(group as usize)
             .ok_or_else(|| format!("record {} names group {group} of {}", record.index(), states.len()))?;
-        plugin.fold(state, &record)?;
+        plugin.fold(state, &record).map_err(|e| e.at(record.index()))?;
     }
     let mut out = States { bytes: Vec::with_capacity(states.bytes.len() + 16 * states.len()), ends: Vec::new() };
     out.ends.reserve(decoded.len());
@@ -144,14 +153,19 @@ pub fn fold<A: Aggregator>(plugin: &mut A, input: &Batch, groups: &[u32], states
 
 /// Emits the results of a closed window for each key.
 #[doc(hidden)]
-pub fn emit<A: Aggregator>(plugin: &mut A, window: Window, keys: &[String], states: &States) -> Result<Batch, String> {
+pub fn emit<A: Aggregator>(
+    plugin: &mut A,
+    window: Window,
+    keys: &[String],
+    states: &States,
+) -> Result<Batch, CallError> {
     if keys.len() != states.len() {
-        return Err(format!("host sent {} keys for {} states", keys.len(), states.len()));
+        return Err(format!("host sent {} keys for {} states", keys.len(), states.len()).into());
     }
     let mut out = Output::default();
-    for (key, state) in keys.iter().zip(states.iter()) {
+    for (index, (key, state)) in keys.iter().zip(states.iter()).enumerate() {
         let state = decode_state::<A>(state?)?;
-        plugin.emit(window, key, &state, &mut out)?;
+        plugin.emit(window, key, &state, &mut out).map_err(|e| e.at(index as u32))?;
     }
     Ok(out.into_batch())
 }
@@ -206,10 +220,18 @@ macro_rules! __aggregate_export {
             fn state_version() -> u32 {
                 <$plugin as $crate::Aggregator>::STATE_VERSION
             }
-            fn fold(input: WitBatch, groups: Vec<u32>, states: WitStates) -> Result<WitStates, String> {
+            fn fold(
+                input: WitBatch,
+                groups: Vec<u32>,
+                states: WitStates,
+            ) -> Result<WitStates, $crate::__private::WitError> {
                 $crate::__private::fold_export::<$plugin>(input, groups, states)
             }
-            fn emit(window: Window, keys: Vec<String>, states: WitStates) -> Result<WitBatch, String> {
+            fn emit(
+                window: Window,
+                keys: Vec<String>,
+                states: WitStates,
+            ) -> Result<WitBatch, $crate::__private::WitError> {
                 $crate::__private::emit_export::<$plugin>(window.start, window.end, keys, states)
             }
         }

@@ -1,6 +1,8 @@
-//! What the host offers a plugin: state tables, notification channels and
-//! reference tables (notifier plugins only; the component then imports them),
-//! plus logging for every plugin.
+//! What the host offers a plugin: state tables and notification channels
+//! (notifier plugins), reference tables (every world but the state migrator),
+//! plus logging for every plugin. A plugin reaches only the tables and
+//! channels its `plugin.toml` declares; each call's [`Error`] says what failed
+//! (`?` hands it on to the host as the plugin's own error).
 //!
 //! Inside a component these call the host's WIT imports. Natively they use an
 //! in-memory host, one per thread (`fake` below), which [`crate::testing`]
@@ -37,11 +39,14 @@ pub struct Notification {
     pub idempotency_key: String,
 }
 
+use crate::Error;
+
 #[cfg(target_arch = "wasm32")]
 mod imp {
     use super::*;
-    use crate::wasm::notifier::weir::plugin::{notify, reference, state_table};
+    use crate::wasm::notifier::weir::plugin::{notify, state_table};
     use crate::wasm::transformer::weir::plugin::log as wit_log;
+    use crate::wasm::transformer::weir::plugin::reference;
 
     pub fn log(level: Level, message: &str) {
         let level = match level {
@@ -53,22 +58,22 @@ mod imp {
         };
         wit_log::log(level, message);
     }
-    pub fn get(table: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
-        state_table::get(table, key)
+    pub fn get(table: &str, key: &str) -> Result<Option<Vec<u8>>, Error> {
+        state_table::get(table, key).map_err(Error::from)
     }
-    pub fn put(table: &str, key: &str, value: &[u8]) -> Result<(), String> {
-        state_table::put(table, key, value)
+    pub fn put(table: &str, key: &str, value: &[u8]) -> Result<(), Error> {
+        state_table::put(table, key, value).map_err(Error::from)
     }
-    pub fn delete(table: &str, key: &str) -> Result<(), String> {
-        state_table::delete(table, key)
+    pub fn delete(table: &str, key: &str) -> Result<(), Error> {
+        state_table::delete(table, key).map_err(Error::from)
     }
-    pub fn put_if(table: &str, key: &str, expected: Option<&[u8]>, value: &[u8]) -> Result<bool, String> {
-        state_table::put_if(table, key, expected, value)
+    pub fn put_if(table: &str, key: &str, expected: Option<&[u8]>, value: &[u8]) -> Result<bool, Error> {
+        state_table::put_if(table, key, expected, value).map_err(Error::from)
     }
-    pub fn add(table: &str, key: &str, delta: i64) -> Result<i64, String> {
-        state_table::add(table, key, delta)
+    pub fn add(table: &str, key: &str, delta: i64) -> Result<i64, Error> {
+        state_table::add(table, key, delta).map_err(Error::from)
     }
-    pub fn send(n: &Notification) -> Result<bool, String> {
+    pub fn send(n: &Notification) -> Result<bool, Error> {
         notify::send(&notify::Notification {
             channel: n.channel.clone(),
             recipient: n.recipient.clone(),
@@ -76,9 +81,10 @@ mod imp {
             body: n.body.clone(),
             idempotency_key: n.idempotency_key.clone(),
         })
+        .map_err(Error::from)
     }
-    pub fn lookup(table: &str, key: &str) -> Result<Option<String>, String> {
-        reference::lookup(table, key)
+    pub fn lookup(table: &str, key: &str) -> Result<Option<String>, Error> {
+        reference::lookup(table, key).map_err(Error::from)
     }
 }
 
@@ -90,37 +96,37 @@ pub(crate) fn log(level: Level, message: &str) {
 }
 
 /// Read a state-table item; `None` if absent.
-pub fn get(table: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
+pub fn get(table: &str, key: &str) -> Result<Option<Vec<u8>>, Error> {
     imp::get(table, key)
 }
 
 /// Write a state-table item unconditionally.
-pub fn put(table: &str, key: &str, value: &[u8]) -> Result<(), String> {
+pub fn put(table: &str, key: &str, value: &[u8]) -> Result<(), Error> {
     imp::put(table, key, value)
 }
 
 /// Remove a state-table item (absent is fine).
-pub fn delete(table: &str, key: &str) -> Result<(), String> {
+pub fn delete(table: &str, key: &str) -> Result<(), Error> {
     imp::delete(table, key)
 }
 
 /// Write only if the item equals `expected` (`None`: only if absent); returns whether it wrote.
-pub fn put_if(table: &str, key: &str, expected: Option<&[u8]>, value: &[u8]) -> Result<bool, String> {
+pub fn put_if(table: &str, key: &str, expected: Option<&[u8]>, value: &[u8]) -> Result<bool, Error> {
     imp::put_if(table, key, expected, value)
 }
 
 /// Atomically add `delta` to the item read as a decimal integer (absent is 0); returns the new value.
-pub fn add(table: &str, key: &str, delta: i64) -> Result<i64, String> {
+pub fn add(table: &str, key: &str, delta: i64) -> Result<i64, Error> {
     imp::add(table, key, delta)
 }
 
 /// Send a notification; returns `false` when its idempotency key was already sent.
-pub fn send(notification: &Notification) -> Result<bool, String> {
+pub fn send(notification: &Notification) -> Result<bool, Error> {
     imp::send(notification)
 }
 
 /// Look a key up in a reference table; `None` if it has no such row.
-pub fn lookup(table: &str, key: &str) -> Result<Option<String>, String> {
+pub fn lookup(table: &str, key: &str) -> Result<Option<String>, Error> {
     imp::lookup(table, key)
 }
 
@@ -132,6 +138,7 @@ pub(crate) mod fake {
     use std::collections::{BTreeMap, BTreeSet};
 
     use super::{Level, Notification};
+    use crate::Error;
 
     #[derive(Default)]
     pub(crate) struct FakeHost {
@@ -153,18 +160,18 @@ pub(crate) mod fake {
     pub fn log(level: Level, message: &str) {
         FAKE.with_borrow_mut(|f| f.logs.push((level, message.to_owned())));
     }
-    pub fn get(table: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
+    pub fn get(table: &str, key: &str) -> Result<Option<Vec<u8>>, Error> {
         Ok(FAKE.with_borrow(|f| f.tables.get(&k(table, key)).cloned()))
     }
-    pub fn put(table: &str, key: &str, value: &[u8]) -> Result<(), String> {
+    pub fn put(table: &str, key: &str, value: &[u8]) -> Result<(), Error> {
         FAKE.with_borrow_mut(|f| f.tables.insert(k(table, key), value.to_vec()));
         Ok(())
     }
-    pub fn delete(table: &str, key: &str) -> Result<(), String> {
+    pub fn delete(table: &str, key: &str) -> Result<(), Error> {
         FAKE.with_borrow_mut(|f| f.tables.remove(&k(table, key)));
         Ok(())
     }
-    pub fn put_if(table: &str, key: &str, expected: Option<&[u8]>, value: &[u8]) -> Result<bool, String> {
+    pub fn put_if(table: &str, key: &str, expected: Option<&[u8]>, value: &[u8]) -> Result<bool, Error> {
         FAKE.with_borrow_mut(|f| {
             let slot = f.tables.get(&k(table, key)).map(Vec::as_slice);
             if slot != expected {
@@ -174,7 +181,7 @@ pub(crate) mod fake {
             Ok(true)
         })
     }
-    pub fn add(table: &str, key: &str, delta: i64) -> Result<i64, String> {
+    pub fn add(table: &str, key: &str, delta: i64) -> Result<i64, Error> {
         FAKE.with_borrow_mut(|f| {
             let current = match f.tables.get(&k(table, key)) {
                 None => 0,
@@ -188,7 +195,7 @@ pub(crate) mod fake {
             Ok(next)
         })
     }
-    pub fn send(n: &Notification) -> Result<bool, String> {
+    pub fn send(n: &Notification) -> Result<bool, Error> {
         FAKE.with_borrow_mut(|f| {
             if !f.sent_keys.insert((n.channel.clone(), n.idempotency_key.clone())) {
                 return Ok(false);
@@ -197,7 +204,7 @@ pub(crate) mod fake {
             Ok(true)
         })
     }
-    pub fn lookup(table: &str, key: &str) -> Result<Option<String>, String> {
+    pub fn lookup(table: &str, key: &str) -> Result<Option<String>, Error> {
         Ok(FAKE.with_borrow(|f| f.reference.get(&k(table, key)).cloned()))
     }
 }

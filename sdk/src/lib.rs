@@ -3,7 +3,7 @@
 //! A plugin is one trait impl plus one export macro:
 //!
 //! ```
-//! use weir_sdk::{Config, Outcome, Output, Record, Transformer};
+//! use weir_sdk::{Config, Error, Outcome, Output, Record, Transformer};
 //!
 //! struct Upper;
 //!
@@ -12,9 +12,9 @@
 //!         Ok(Upper)
 //!     }
 //!
-//!     fn transform(&mut self, record: &Record<'_>, out: &mut Output) -> Outcome {
+//!     fn transform(&mut self, record: &Record<'_>, out: &mut Output) -> Result<Outcome, Error> {
 //!         out.emit(record.key(), record.event_time_ms(), &record.payload().to_ascii_uppercase());
-//!         Outcome::Ok
+//!         Ok(Outcome::Ok)
 //!     }
 //! }
 //!
@@ -34,6 +34,7 @@ extern crate self as weir_sdk;
 mod aggregator;
 mod batch;
 mod config;
+mod error;
 pub mod host;
 pub mod log;
 mod notifier;
@@ -45,6 +46,7 @@ mod transformer;
 pub use aggregator::{Aggregator, MigrateState, Window};
 pub use batch::{Batch, Output, Record};
 pub use config::Config;
+pub use error::Error;
 pub use notifier::Notifier;
 pub use transformer::{Outcome, Transformer};
 

@@ -1,7 +1,7 @@
 //! The notifier world: batches from a stream in, side effects out through
 //! state tables and notification channels ([`crate::host`]).
 
-use crate::{Config, Record};
+use crate::{Config, Error, Record};
 
 /// A consumer of a stream (the `weir:plugin/notifier` world), like Lambda on
 /// Kinesis. Batches are delivered at least once: make side effects idempotent
@@ -10,8 +10,10 @@ pub trait Notifier: Sized + 'static {
     /// Build the plugin from its configuration. Called once per instance.
     fn init(config: &Config) -> Result<Self, String>;
 
-    /// Handle one record. An error fails the batch, which the host retries.
-    fn consume(&mut self, record: &Record<'_>) -> Result<(), String>;
+    /// Handle one record. An error undoes the batch's changes; then
+    /// [`Error::BadRecord`] sets this record aside and the host calls again
+    /// with the batch's other records (see [`Error`] for the other kinds).
+    fn consume(&mut self, record: &Record<'_>) -> Result<(), Error>;
 }
 
 /// Export a [`Notifier`] as the component's `weir:plugin/notifier` world.
@@ -29,7 +31,7 @@ macro_rules! export_notifier {
                 fn init(config: WitConfig) -> Result<(), String> {
                     $crate::__private::init_plugin::<$plugin>(config, <$plugin as $crate::Notifier>::init)
                 }
-                fn consume(input: WitBatch) -> Result<(), String> {
+                fn consume(input: WitBatch) -> Result<(), $crate::__private::WitError> {
                     $crate::__private::consume_export::<$plugin>(input)
                 }
             }

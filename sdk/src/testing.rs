@@ -4,17 +4,17 @@
 //!
 //! ```
 //! use weir_sdk::testing::{TransformerHarness, TestOutcome};
-//! # use weir_sdk::{Config, Outcome, Output, Record, Transformer};
+//! # use weir_sdk::{Config, Error, Outcome, Output, Record, Transformer};
 //! # struct Upper;
 //! # impl Transformer for Upper {
 //! #     fn init(_: &Config) -> Result<Self, String> { Ok(Upper) }
-//! #     fn transform(&mut self, r: &Record<'_>, out: &mut Output) -> Outcome {
+//! #     fn transform(&mut self, r: &Record<'_>, out: &mut Output) -> Result<Outcome, Error> {
 //! #         out.emit(r.key(), r.event_time_ms(), &r.payload().to_ascii_uppercase());
-//! #         Outcome::Ok
+//! #         Ok(Outcome::Ok)
 //! #     }
 //! # }
 //! let mut harness = TransformerHarness::<Upper>::new(&[]).unwrap();
-//! let outcomes = harness.transform_texts(&["abc"]);
+//! let outcomes = harness.transform_texts(&["abc"]).unwrap();
 //! assert_eq!(outcomes[0].texts(), vec!["ABC"]);
 //! ```
 
@@ -25,7 +25,7 @@ use crate::host::Notification;
 use crate::host::fake::{FAKE, FakeHost};
 use crate::log::Level;
 use crate::transformer::transform_batch;
-use crate::{Aggregator, Batch, Config, Notifier, Outcome, Transformer, Window};
+use crate::{Aggregator, Batch, Config, Error, Notifier, Outcome, Transformer, Window};
 
 /// An output record, owned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,22 +84,24 @@ impl<T: Transformer> TransformerHarness<T> {
         Ok(Self { plugin: T::init(&Config::from_pairs(config))? })
     }
 
-    /// Transform a batch; one outcome per input record.
-    pub fn transform(&mut self, input: &Batch) -> Vec<TestOutcome> {
-        let (outcomes, output) = transform_batch(&mut self.plugin, input, |o, n| (o, n));
+    /// Transform a batch; one outcome per input record, or the error that
+    /// failed the whole batch (anything but [`Error::BadRecord`], which is a
+    /// record's `Failed` outcome).
+    pub fn transform(&mut self, input: &Batch) -> Result<Vec<TestOutcome>, Error> {
+        let (outcomes, output) = transform_batch(&mut self.plugin, input, |o, n| (o, n)).map_err(|e| e.into_error())?;
         let mut records = owned(&output).into_iter();
-        outcomes
+        Ok(outcomes
             .into_iter()
             .map(|(o, n)| match o {
                 Outcome::Ok => TestOutcome::Ok(records.by_ref().take(n as usize).collect()),
                 Outcome::Dropped => TestOutcome::Dropped,
                 Outcome::Failed(reason) => TestOutcome::Failed(reason),
             })
-            .collect()
+            .collect())
     }
 
     /// Transform text payloads (empty keys, event time 0).
-    pub fn transform_texts(&mut self, texts: &[&str]) -> Vec<TestOutcome> {
+    pub fn transform_texts(&mut self, texts: &[&str]) -> Result<Vec<TestOutcome>, Error> {
         let mut batch = Batch::new();
         for text in texts {
             batch.push("", 0, text.as_bytes());
@@ -127,8 +129,8 @@ impl<A: Aggregator> AggregatorHarness<A> {
     }
 
     /// Fold a batch, grouping records by key (states survive an encode/decode round trip,
-    /// as they do in the host).
-    pub fn fold(&mut self, input: &Batch) -> Result<(), String> {
+    /// as they do in the host). The first record's error fails the fold.
+    pub fn fold(&mut self, input: &Batch) -> Result<(), Error> {
         let mut keys: Vec<String> = Vec::new();
         let groups = input
             .iter()
@@ -141,7 +143,7 @@ impl<A: Aggregator> AggregatorHarness<A> {
             })
             .collect::<Vec<_>>();
         let states = States::from_slices(keys.iter().map(|k| self.states.get(k).map_or(&[][..], Vec::as_slice)));
-        let states = crate::aggregator::fold(&mut self.plugin, input, &groups, &states)?;
+        let states = crate::aggregator::fold(&mut self.plugin, input, &groups, &states).map_err(|e| e.into_error())?;
         for (key, state) in keys.into_iter().zip(states.iter()) {
             self.states.insert(key, state?.to_vec());
         }
@@ -149,14 +151,14 @@ impl<A: Aggregator> AggregatorHarness<A> {
     }
 
     /// Close the window: results for every key folded so far plus `expected` keys.
-    pub fn emit(&mut self, window: Window, expected: &[&str]) -> Result<Vec<OwnedRecord>, String> {
+    pub fn emit(&mut self, window: Window, expected: &[&str]) -> Result<Vec<OwnedRecord>, Error> {
         let mut all = std::mem::take(&mut self.states);
         for key in expected {
             all.entry((*key).to_owned()).or_default();
         }
         let (keys, states): (Vec<_>, Vec<_>) = all.into_iter().unzip();
         let states = States::from_slices(states.iter().map(Vec::as_slice));
-        let batch = crate::aggregator::emit(&mut self.plugin, window, &keys, &states)?;
+        let batch = crate::aggregator::emit(&mut self.plugin, window, &keys, &states).map_err(|e| e.into_error())?;
         Ok(owned(&batch))
     }
 }
@@ -175,7 +177,7 @@ impl<N: Notifier> NotifierHarness<N> {
     }
 
     /// Consume a batch, stopping at the first failing record like the component does.
-    pub fn consume(&mut self, input: &Batch) -> Result<(), String> {
+    pub fn consume(&mut self, input: &Batch) -> Result<(), Error> {
         input.iter().try_for_each(|r| self.plugin.consume(&r))
     }
 }

@@ -1,6 +1,7 @@
 //! The transformer world: a batch in, one outcome per input record out.
 
-use crate::{Batch, Config, Output, Record};
+use crate::error::CallError;
+use crate::{Batch, Config, Error, Output, Record};
 
 /// What happened to one input record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -11,7 +12,8 @@ pub enum Outcome {
     /// Deliberately discarded; anything emitted for it is discarded too.
     Dropped,
     /// Could not be processed; the reason goes with the record to the error
-    /// output. Anything emitted for it is discarded.
+    /// output. Anything emitted for it is discarded. (Returning
+    /// [`Error::BadRecord`] does the same.)
     Failed(String),
 }
 
@@ -21,19 +23,21 @@ pub trait Transformer: Sized + 'static {
     /// error keeps the stage from starting and is shown to the operator.
     fn init(config: &Config) -> Result<Self, String>;
 
-    /// Transform one record, emitting its results to `out`.
-    fn transform(&mut self, record: &Record<'_>, out: &mut Output) -> Outcome;
+    /// Transform one record, emitting its results to `out`. An [`Error`] other
+    /// than [`Error::BadRecord`] fails the whole batch (see [`Error`]).
+    fn transform(&mut self, record: &Record<'_>, out: &mut Output) -> Result<Outcome, Error>;
 }
 
 /// Runs a transformer over a batch: the heart of both the component export
 /// and the native test harness. `outcome` turns each record's [`Outcome`] and
-/// its number of output records into the caller's representation.
+/// its number of output records into the caller's representation. A record's
+/// bad-record error is its `Failed` outcome; any other error fails the call.
 #[doc(hidden)]
 pub fn transform_batch<T: Transformer, O>(
     plugin: &mut T,
     input: &Batch,
     mut outcome: impl FnMut(Outcome, u32) -> O,
-) -> (Vec<O>, Batch) {
+) -> Result<(Vec<O>, Batch), CallError> {
     let mut outcomes = Vec::with_capacity(input.len());
     let mut out = Output {
         batch: Batch {
@@ -47,14 +51,18 @@ pub fn transform_batch<T: Transformer, O>(
     };
     for record in input.iter() {
         let before = out.len();
-        let result = plugin.transform(&record, &mut out);
+        let result = match plugin.transform(&record, &mut out) {
+            Ok(result) => result,
+            Err(Error::BadRecord(reason)) => Outcome::Failed(reason),
+            Err(e) => return Err(e.at(record.index())),
+        };
         if result != Outcome::Ok {
             // Dropped and failed records have no output, whatever was emitted.
             out.batch.truncate(before);
         }
         outcomes.push(outcome(result, (out.len() - before) as u32));
     }
-    (outcomes, out.batch)
+    Ok((outcomes, out.batch))
 }
 
 /// Export a [`Transformer`] as the component's `weir:plugin/transformer` world.
@@ -72,7 +80,7 @@ macro_rules! export_transformer {
                 fn init(config: WitConfig) -> Result<(), String> {
                     $crate::__private::init_plugin::<$plugin>(config, <$plugin as $crate::Transformer>::init)
                 }
-                fn transform(input: WitBatch) -> Result<Transformed, String> {
+                fn transform(input: WitBatch) -> Result<Transformed, $crate::__private::WitError> {
                     $crate::__private::transform_export::<$plugin>(input)
                 }
             }

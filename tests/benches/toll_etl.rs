@@ -58,7 +58,8 @@ fn native(lines: &[String], batch: usize) -> Run {
         for line in chunk {
             input.push("", 0, line.as_bytes());
         }
-        let (outcomes, output) = weir_sdk::__private::transform_batch(&mut plugin, &input, |o, n| (o, n));
+        let (outcomes, output) =
+            weir_sdk::__private::transform_batch(&mut plugin, &input, |o, n| (o, n)).expect("no batch error");
         ok += outcomes.iter().filter(|(o, _)| *o == weir_sdk::Outcome::Ok).count();
         output_bytes += output.iter().map(|r| r.payload().len()).sum::<usize>();
     }

@@ -45,6 +45,26 @@ pub fn sandbox(plugin: &str, limits: Limits, grants: Grants) -> SandboxSpec {
     }
 }
 
+/// What a pipeline grants a plugin set up with `config` (its keys' text as
+/// `--config` gives it: JSON arrays for lists): the state tables, channels and
+/// reference tables its config names, given or by default.
+pub fn grants(manifest: &weir_host::manifest::PluginManifest, config: &[(String, String)]) -> Grants {
+    let values: Vec<(&str, toml::Value)> = config
+        .iter()
+        .map(|(k, v)| {
+            let parsed =
+                toml::from_str::<toml::Table>(&format!("value = {v}")).ok().and_then(|mut t| t.remove("value"));
+            (k.as_str(), parsed.unwrap_or_else(|| toml::Value::String(v.clone())))
+        })
+        .collect();
+    let set: Vec<(&str, &toml::Value)> = values.iter().map(|(k, v)| (*k, v)).collect();
+    let mut uses = weir_host::manifest::Uses::default();
+    for (_, kind, names) in manifest.uses(&set) {
+        names.into_iter().for_each(|name| uses.add(kind, name));
+    }
+    Grants { uses, ..Grants::default() }
+}
+
 /// Config pairs from string slices.
 pub fn config(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()

@@ -17,7 +17,8 @@ use super::{Clock, Interrupted};
 use crate::lake::object_prefix;
 use crate::manifest::{DeliverySpec, ErrorPolicy};
 use crate::plugin::{Batch, Outcome, PluginError, Transformed, TransformerInstance, TransformerPlugin};
-use crate::stage::{BatchError, Driver, Operator, StageStats, driver::Reading};
+use crate::stage::driver::{PLUGIN_TRIES, Reading};
+use crate::stage::{BatchError, Driver, Operator, StageStats};
 use crate::stream::StoredRecord;
 use crate::swap::{SwapCommand, SwapReply};
 use crate::warehouse::{ParsedRows, Warehouse};
@@ -316,24 +317,37 @@ impl DeliveryOperator {
     }
 
     /// Runs the transform over a chunk (`None` without a transform). A plugin
-    /// that failed is replaced before the next chunk.
+    /// that failed is replaced before the next chunk; a failure it calls
+    /// transient is tried again after a backoff, [`PLUGIN_TRIES`] times in all
+    /// (as Firehose retries its transform), before the chunk goes to the error prefix.
     fn transform(&mut self, chunk: &[StoredRecord]) -> Option<Result<Transformed, PluginError>> {
         let plugin = self.transform.as_ref()?;
         let mut batch = Batch::with_capacity(chunk.len(), chunk.iter().map(|r| r.data.len()).sum());
         for r in chunk {
             batch.push(&r.key, r.event_time_ms, &r.data);
         }
-        let instance = match self.instance.take() {
-            Some(i) => Ok(i),
-            None => plugin.instantiate(),
-        };
-        let result = instance.and_then(|mut i| {
-            let r = i.transform(&batch);
-            if !matches!(&r, Err(e) if e.poisons_instance()) {
-                self.instance = Some(i);
+        let mut tries = 0;
+        let result = loop {
+            tries += 1;
+            let instance = match self.instance.take() {
+                Some(i) => Ok(i),
+                None => plugin.instantiate(),
+            };
+            let result = instance.and_then(|mut i| {
+                let r = i.transform(&batch);
+                if !matches!(&r, Err(e) if e.poisons_instance()) {
+                    self.instance = Some(i);
+                }
+                r
+            });
+            match result {
+                Err(PluginError::Transient(e)) if tries < PLUGIN_TRIES => {
+                    tracing::warn!(error = %e, tries, "the transform reported a transient failure; it is tried again");
+                    std::thread::sleep(crate::stage::backoff_delay(tries + 1));
+                }
+                other => break other,
             }
-            r
-        });
+        };
         if let Err(e) = &result {
             tracing::error!(
                 error_code = e.code(),

@@ -13,6 +13,10 @@
 //! default = "USD"                # or `required = true`
 //! description = "..."
 //!
+//! [config.totals]                # a resource the plugin uses: the only ones it may
+//! type = "state-table"           # state-table | channel | reference: a name, or an array of names
+//! default = "month-totals"       # the stage may name another one of the pipeline's
+//!
 //! [capabilities]
 //! clock = false                  # real wall/monotonic clocks (frozen at 0 otherwise)
 //! dirs = []                      # guest paths the plugin expects the stage to grant
@@ -91,11 +95,96 @@ pub enum ConfigType {
     Array,
     /// A TOML table.
     Table,
+    /// The name of a state table of the pipeline (or an array of names): one
+    /// the plugin may use.
+    StateTable,
+    /// The name of a notification channel of the pipeline (or an array of names).
+    Channel,
+    /// The name of a reference table of the pipeline (or an array of names).
+    Reference,
+}
+
+/// A pipeline resource a plugin reaches through its imports, named by its config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource {
+    /// `[tables.<name>]`, through `state-table`.
+    StateTable,
+    /// `[channels.<name>]`, through `notify`.
+    Channel,
+    /// `[reference.<name>]`, through `reference`.
+    Reference,
+}
+
+impl Resource {
+    /// The pipeline manifest's section that declares them.
+    pub fn section(self) -> &'static str {
+        match self {
+            Resource::StateTable => "tables",
+            Resource::Channel => "channels",
+            Resource::Reference => "reference",
+        }
+    }
+
+    /// The config key type that names one (`type = "..."` in plugin.toml).
+    pub fn config_type(self) -> &'static str {
+        match self {
+            Resource::StateTable => "state-table",
+            Resource::Channel => "channel",
+            Resource::Reference => "reference",
+        }
+    }
+}
+
+impl fmt::Display for Resource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Resource::StateTable => "state table",
+            Resource::Channel => "channel",
+            Resource::Reference => "reference table",
+        })
+    }
+}
+
+/// The names a resource-typed config value gives: one string, or an array of them.
+pub fn resource_names(value: &toml::Value) -> Option<Vec<String>> {
+    match value {
+        toml::Value::String(s) => Some(vec![s.clone()]),
+        toml::Value::Array(items) => items.iter().map(|i| i.as_str().map(str::to_owned)).collect(),
+        _ => None,
+    }
 }
 
 impl ConfigType {
+    /// Its name in plugin.toml.
+    pub fn name(self) -> &'static str {
+        match self {
+            ConfigType::String => "string",
+            ConfigType::Integer => "integer",
+            ConfigType::Float => "float",
+            ConfigType::Boolean => "boolean",
+            ConfigType::Array => "array",
+            ConfigType::Table => "table",
+            ConfigType::StateTable => "state-table (a name or an array of names)",
+            ConfigType::Channel => "channel (a name or an array of names)",
+            ConfigType::Reference => "reference (a name or an array of names)",
+        }
+    }
+
+    /// The resource a value of this type names, if it names one.
+    pub fn resource(self) -> Option<Resource> {
+        match self {
+            ConfigType::StateTable => Some(Resource::StateTable),
+            ConfigType::Channel => Some(Resource::Channel),
+            ConfigType::Reference => Some(Resource::Reference),
+            _ => None,
+        }
+    }
+
     /// Whether `value` has this type.
     pub fn accepts(self, value: &toml::Value) -> bool {
+        if self.resource().is_some() {
+            return resource_names(value).is_some();
+        }
         matches!(
             (self, value),
             (ConfigType::String, toml::Value::String(_))
@@ -222,7 +311,7 @@ impl PluginManifest {
                 }),
                 Some((_, spec)) if !spec.ty.accepts(value) => problems.push(ConfigProblem {
                     key: Some(key.to_owned()),
-                    message: format!("config `{key}` must be of type {:?}, not `{value}`", spec.ty).to_lowercase(),
+                    message: format!("config `{key}` must be of type {}, not `{value}`", spec.ty.name()),
                     help: None,
                 }),
                 Some(_) => {}
@@ -242,6 +331,19 @@ impl PluginManifest {
             }
         }
         if problems.is_empty() { Ok(out) } else { Err(problems) }
+    }
+
+    /// The pipeline resources the plugin uses with the config keys `set` (and
+    /// its defaults): per config key of a resource type, the names it gives.
+    pub fn uses(&self, set: &[(&str, &toml::Value)]) -> Vec<(String, Resource, Vec<String>)> {
+        self.config
+            .iter()
+            .filter_map(|(key, spec)| {
+                let kind = spec.ty.resource()?;
+                let value = set.iter().find(|(k, _)| k == key).map(|(_, v)| *v).or(spec.default.as_ref())?;
+                Some((key.clone(), kind, resource_names(value)?))
+            })
+            .collect()
     }
 
     /// The configuration a plugin gets from its defaults alone.
@@ -298,7 +400,7 @@ impl PluginManifest {
                 diags.push(Diagnostic::new(
                     &source,
                     span,
-                    format!("config `{key}`: default `{default}` is not of type {:?}", spec.ty).to_lowercase(),
+                    format!("config `{key}`: default `{default}` is not of type {}", spec.ty.name()),
                 ));
             }
         }

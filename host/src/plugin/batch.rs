@@ -77,6 +77,17 @@ impl Batch {
         Ok(())
     }
 
+    /// A batch of only the records at `indices`, in that order (attributes are not kept).
+    pub fn only(&self, indices: &[usize]) -> Batch {
+        let records: Vec<RecordRef<'_>> = self.records().collect();
+        let picked: Vec<&RecordRef<'_>> = indices.iter().filter_map(|&i| records.get(i)).collect();
+        let mut batch = Batch::with_capacity(picked.len(), picked.iter().map(|r| r.payload.len()).sum());
+        for r in picked {
+            batch.push(r.key, r.event_time_ms, r.payload);
+        }
+        batch
+    }
+
     /// The records, in order. Call [`Batch::validate`] first on untrusted batches.
     pub fn records(&self) -> impl Iterator<Item = RecordRef<'_>> {
         let keys = std::str::from_utf8(&self.keys).unwrap_or("");

@@ -1,5 +1,5 @@
-//! Host bindings of the worlds of `wit/plugin.wit`. The shared `types`
-//! and `log` interfaces are generated once, with the transformer world.
+//! Host bindings of the worlds of `wit/plugin.wit`. The shared `types`,
+//! `log` and `reference` interfaces are generated once, with the transformer world.
 
 /// `weir:plugin/transformer`
 pub mod transformer {
@@ -18,7 +18,7 @@ pub mod aggregator {
         with: {
             "weir:plugin/types": super::transformer::weir::plugin::types,
             "weir:plugin/log": super::transformer::weir::plugin::log,
-            "weir:plugin/reference": super::notifier::weir::plugin::reference,
+            "weir:plugin/reference": super::transformer::weir::plugin::reference,
         },
     });
 }
@@ -43,8 +43,9 @@ pub mod notifier {
         with: {
             "weir:plugin/types": super::transformer::weir::plugin::types,
             "weir:plugin/log": super::transformer::weir::plugin::log,
+            "weir:plugin/reference": super::transformer::weir::plugin::reference,
         },
     });
 }
 
-pub use transformer::weir::plugin::types::{Attribute, Batch};
+pub use transformer::weir::plugin::types::{Attribute, BadRecord, Batch, Error as WitError};

@@ -32,9 +32,10 @@ pub struct PluginEngine {
     engine: Engine,
     cache_dir: Option<PathBuf>,
     stop_ticker: Arc<AtomicBool>,
-    pub(crate) transformer: Linker<StoreData>,
-    pub(crate) aggregator: Linker<StoreData>,
-    pub(crate) notifier: Linker<StoreData>,
+    /// What transformers and aggregators import: WASI, log, reference tables.
+    records: Linker<StoreData>,
+    /// That, and the state tables and channels of notifiers.
+    notifier: Linker<StoreData>,
 }
 
 impl Drop for PluginEngine {
@@ -87,25 +88,15 @@ impl PluginEngine {
         wasmtime_wasi::p2::add_to_linker_sync(&mut base).map_err(link_error)?;
         transformer::weir::plugin::log::add_to_linker::<_, HasSelf<_>>(&mut base, |d| d).map_err(link_error)?;
         transformer::weir::plugin::types::add_to_linker::<_, HasSelf<_>>(&mut base, |d| d).map_err(link_error)?;
-        let mut aggregator_linker = base.clone();
-        notifier::weir::plugin::reference::add_to_linker::<_, HasSelf<_>>(&mut aggregator_linker, |d| d)
-            .map_err(link_error)?;
+        // Every world may look rows up in the reference tables its config names.
+        transformer::weir::plugin::reference::add_to_linker::<_, HasSelf<_>>(&mut base, |d| d).map_err(link_error)?;
         let mut notifier_linker = base.clone();
         notifier::weir::plugin::state_table::add_to_linker::<_, HasSelf<_>>(&mut notifier_linker, |d| d)
             .map_err(link_error)?;
         notifier::weir::plugin::notify::add_to_linker::<_, HasSelf<_>>(&mut notifier_linker, |d| d)
             .map_err(link_error)?;
-        notifier::weir::plugin::reference::add_to_linker::<_, HasSelf<_>>(&mut notifier_linker, |d| d)
-            .map_err(link_error)?;
 
-        Ok(Self {
-            engine,
-            cache_dir,
-            stop_ticker,
-            transformer: base,
-            aggregator: aggregator_linker,
-            notifier: notifier_linker,
-        })
+        Ok(Self { engine, cache_dir, stop_ticker, records: base, notifier: notifier_linker })
     }
 
     /// The wasmtime engine.
@@ -116,8 +107,7 @@ impl PluginEngine {
     /// The linker for a world.
     pub(crate) fn linker(&self, world: World) -> &Linker<StoreData> {
         match world {
-            World::Transformer => &self.transformer,
-            World::Aggregator => &self.aggregator,
+            World::Transformer | World::Aggregator => &self.records,
             World::Notifier => &self.notifier,
         }
     }

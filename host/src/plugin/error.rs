@@ -64,12 +64,44 @@ pub enum PluginError {
     /// The plugin trapped (panic, unreachable, out-of-bounds access, ...).
     #[error("plugin trapped: {0}")]
     Trap(String),
-    /// The plugin returned an error for the whole call.
+    /// The plugin failed on the batch for a reason it pins on no record
+    /// (`error.failed`): tried again, then the stage's `on-error` applies.
     #[error("plugin returned an error: {0}")]
     Returned(String),
+    /// The plugin says record `index` of the call's batch is at fault
+    /// (`error.bad-record`): it is set aside, the others go on.
+    #[error("plugin refused record {index} of the batch: {reason}")]
+    BadRecord {
+        /// The record's index in the call's batch.
+        index: u32,
+        /// Why, from the plugin.
+        reason: String,
+    },
+    /// The plugin says the failure may pass (`error.transient`): the batch is
+    /// retried after a backoff, nothing set aside.
+    #[error("plugin reported a transient failure: {0}")]
+    Transient(String),
     /// The plugin broke the contract (e.g. wrong number of outcomes).
     #[error("plugin broke the contract: {0}")]
     Contract(String),
+}
+
+/// A plain-text error (from `init` or `migrate`): the call failed.
+impl From<String> for PluginError {
+    fn from(message: String) -> PluginError {
+        PluginError::Returned(message)
+    }
+}
+
+impl From<super::bindings::WitError> for PluginError {
+    fn from(e: super::bindings::WitError) -> PluginError {
+        use super::bindings::WitError;
+        match e {
+            WitError::BadRecord(b) => PluginError::BadRecord { index: b.index, reason: b.reason },
+            WitError::Transient(m) => PluginError::Transient(m),
+            WitError::Failed(m) => PluginError::Returned(m),
+        }
+    }
 }
 
 impl PluginError {
@@ -83,6 +115,8 @@ impl PluginError {
             PluginError::MemoryCap(_) => "memory-cap",
             PluginError::Trap(_) => "trap",
             PluginError::Returned(_) => "batch-failed",
+            PluginError::BadRecord { .. } => "bad-record",
+            PluginError::Transient(_) => "transient",
             PluginError::Contract(_) => "contract-violation",
         }
     }

@@ -9,11 +9,13 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::bindings::notifier::weir::plugin::{notify, reference, state_table};
-use super::bindings::transformer::weir::plugin::log;
+use super::bindings::WitError;
+use super::bindings::notifier::weir::plugin::{notify, state_table};
+use super::bindings::transformer::weir::plugin::{log, reference};
 use super::error::{PluginError, PluginIdent};
 use super::services::Services;
-use crate::manifest::{Grants, Limits};
+use crate::manifest::plugin::Resource;
+use crate::manifest::{Grants, Limits, Uses};
 use crate::notify::Notification;
 use crate::reference::ReferenceLookup;
 
@@ -29,6 +31,8 @@ pub struct StoreData {
     table: ResourceTable,
     limiter: MemoryCap,
     pub(crate) ident: Arc<PluginIdent>,
+    /// The tables and channels its calls may name.
+    uses: Uses,
     pub(crate) services: Option<Arc<dyn Services>>,
     pub(crate) references: Option<Arc<dyn ReferenceLookup>>,
 }
@@ -118,22 +122,44 @@ pub struct SandboxSpec {
     pub grants: Grants,
 }
 
-// What the imports of a plugin reach: the stage's services, if it has them.
+// What the imports of a plugin reach: the stage's services, if it has them,
+// and of those only the resources its plugin.toml declares. A name it did not
+// declare is the plugin's mistake (`failed`); a service that fails may pass
+// (`transient`).
 impl StoreData {
-    fn services(&self) -> Result<&dyn Services, String> {
-        self.services.as_deref().ok_or_else(|| "this stage has no host services".to_owned())
+    /// Whether the plugin declared the resource `name`, and the stage's services.
+    fn services(&self, kind: Resource, name: &str) -> Result<&dyn Services, WitError> {
+        self.may_use(kind, name)?;
+        self.services.as_deref().ok_or_else(|| WitError::Failed("this stage has no host services".to_owned()))
+    }
+
+    fn may_use(&self, kind: Resource, name: &str) -> Result<(), WitError> {
+        if self.uses.of(kind).contains(name) {
+            return Ok(());
+        }
+        let declared: Vec<&str> = self.uses.of(kind).iter().map(String::as_str).collect();
+        Err(WitError::Failed(format!(
+            "plugin `{}` may not use {kind} `{name}`: plugin.toml declares no config key of type `{}` naming it (it may use: {})",
+            self.ident.plugin,
+            kind.config_type(),
+            if declared.is_empty() { "none".to_owned() } else { declared.join(", ") }
+        )))
     }
 }
 
+fn transient(message: String) -> WitError {
+    WitError::Transient(message)
+}
+
 impl state_table::Host for StoreData {
-    fn get(&mut self, table: String, key: String) -> Result<Option<Vec<u8>>, String> {
-        self.services()?.get(&table, &key)
+    fn get(&mut self, table: String, key: String) -> Result<Option<Vec<u8>>, WitError> {
+        self.services(Resource::StateTable, &table)?.get(&table, &key).map_err(transient)
     }
-    fn put(&mut self, table: String, key: String, value: Vec<u8>) -> Result<(), String> {
-        self.services()?.put(&table, &key, value)
+    fn put(&mut self, table: String, key: String, value: Vec<u8>) -> Result<(), WitError> {
+        self.services(Resource::StateTable, &table)?.put(&table, &key, value).map_err(transient)
     }
-    fn delete(&mut self, table: String, key: String) -> Result<(), String> {
-        self.services()?.delete(&table, &key)
+    fn delete(&mut self, table: String, key: String) -> Result<(), WitError> {
+        self.services(Resource::StateTable, &table)?.delete(&table, &key).map_err(transient)
     }
     fn put_if(
         &mut self,
@@ -141,31 +167,35 @@ impl state_table::Host for StoreData {
         key: String,
         expected: Option<Vec<u8>>,
         value: Vec<u8>,
-    ) -> Result<bool, String> {
-        self.services()?.put_if(&table, &key, expected, value)
+    ) -> Result<bool, WitError> {
+        self.services(Resource::StateTable, &table)?.put_if(&table, &key, expected, value).map_err(transient)
     }
-    fn add(&mut self, table: String, key: String, delta: i64) -> Result<i64, String> {
-        self.services()?.add(&table, &key, delta)
+    fn add(&mut self, table: String, key: String, delta: i64) -> Result<i64, WitError> {
+        self.services(Resource::StateTable, &table)?.add(&table, &key, delta).map_err(transient)
     }
 }
 
 impl notify::Host for StoreData {
-    fn send(&mut self, n: notify::Notification) -> Result<bool, String> {
-        self.services()?.send(Notification {
-            channel: n.channel,
-            recipient: n.recipient,
-            subject: n.subject,
-            body: n.body,
-            idempotency_key: n.idempotency_key,
-        })
+    fn send(&mut self, n: notify::Notification) -> Result<bool, WitError> {
+        self.services(Resource::Channel, &n.channel)?
+            .send(Notification {
+                channel: n.channel,
+                recipient: n.recipient,
+                subject: n.subject,
+                body: n.body,
+                idempotency_key: n.idempotency_key,
+            })
+            .map_err(transient)
     }
 }
 
 impl reference::Host for StoreData {
-    fn lookup(&mut self, table: String, key: String) -> Result<Option<String>, String> {
+    fn lookup(&mut self, table: String, key: String) -> Result<Option<String>, WitError> {
+        self.may_use(Resource::Reference, &table)?;
+        // Transformers and aggregators read the tables directly; notifiers through their services.
         match &self.references {
-            Some(references) => references.lookup(&table, &key),
-            None => self.services()?.lookup(&table, &key),
+            Some(references) => references.lookup(&table, &key).map_err(transient),
+            None => self.services(Resource::Reference, &table)?.lookup(&table, &key).map_err(transient),
         }
     }
 }
@@ -193,6 +223,7 @@ pub fn new_store(
         table: ResourceTable::new(),
         limiter: MemoryCap { cap: spec.limits.memory_bytes, hit: false },
         ident: spec.ident.clone(),
+        uses: spec.grants.uses.clone(),
         services,
         references,
     };

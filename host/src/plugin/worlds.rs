@@ -34,7 +34,7 @@ pub struct Loaded<P> {
     pub spec: SandboxSpec,
     /// Configuration handed to `init`.
     pub config: Vec<(String, String)>,
-    /// The reference tables its `reference.lookup` reads (aggregators and notifiers).
+    /// The reference tables its `reference.lookup` reads (notifiers read them through their services).
     references: Option<Arc<dyn ReferenceLookup>>,
 }
 
@@ -90,15 +90,15 @@ fn load<P>(
 }
 
 /// Runs `f` (a call into the guest) under the deadline, classifying failures.
-fn guarded<T>(
+fn guarded<T, E: Into<PluginError>>(
     store: &mut Store<StoreData>,
     spec: &SandboxSpec,
-    f: impl FnOnce(&mut Store<StoreData>) -> wasmtime::Result<Result<T, String>>,
+    f: impl FnOnce(&mut Store<StoreData>) -> wasmtime::Result<Result<T, E>>,
 ) -> Result<T, PluginError> {
     arm_deadline(store, spec.limits.timeout);
     match f(store) {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(message)) => Err(PluginError::Returned(message)),
+        Ok(Err(e)) => Err(e.into()),
         Err(e) => Err(classify(store, &spec.limits, e)),
     }
 }
@@ -145,7 +145,7 @@ impl TransformerPlugin {
         let (store, bindings) = instantiate(
             &self.engine,
             &self.spec,
-            (None, None),
+            (None, self.references.clone()),
             |s| self.pre.instantiate(s),
             |b: &Transformer, s| b.weir_plugin_transform().call_init(s, &self.config),
         )?;
@@ -181,8 +181,52 @@ pub struct TransformerInstance {
 }
 
 impl TransformerInstance {
-    /// Transforms a batch; checks the result against the contract.
+    /// Transforms a batch; checks the result against the contract. A record
+    /// the plugin refuses with a `bad-record` error gets a `processing-failed`
+    /// outcome, and the others are transformed again without it.
     pub fn transform(&mut self, input: &Batch) -> Result<Transformed, PluginError> {
+        match self.transform_once(input) {
+            Err(PluginError::BadRecord { index, reason }) => self.transform_around(input, index, reason),
+            other => other,
+        }
+    }
+
+    /// Transforms `input` without the records the plugin refused, one more
+    /// each time it refuses one, until it refuses none (so at most once per record).
+    fn transform_around(&mut self, input: &Batch, index: u32, reason: String) -> Result<Transformed, PluginError> {
+        let mut refused = std::collections::BTreeMap::new();
+        let (mut index, mut reason, mut kept): (u32, String, Vec<usize>) = (index, reason, (0..input.len()).collect());
+        loop {
+            let Some(&original) = kept.get(index as usize) else {
+                return Err(PluginError::Contract(format!("record {index} refused in a batch of {}", kept.len())));
+            };
+            refused.insert(original, reason);
+            kept.retain(|&i| i != original);
+            let batch = input.only(&kept);
+            let done = if batch.is_empty() {
+                Transformed { outcomes: Vec::new(), output: Batch::with_capacity(0, 0) }
+            } else {
+                match self.transform_once(&batch) {
+                    Ok(done) => done,
+                    Err(PluginError::BadRecord { index: next, reason: why }) => {
+                        (index, reason) = (next, why);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
+            let mut outcomes = done.outcomes.into_iter();
+            let outcomes = (0..input.len())
+                .map(|i| match refused.remove(&i) {
+                    Some(reason) => Outcome::ProcessingFailed(reason),
+                    None => outcomes.next().unwrap_or(Outcome::Dropped),
+                })
+                .collect();
+            return Ok(Transformed { outcomes, output: done.output });
+        }
+    }
+
+    fn transform_once(&mut self, input: &Batch) -> Result<Transformed, PluginError> {
         let t =
             guarded(&mut self.store, &self.spec, |s| self.bindings.weir_plugin_transform().call_transform(s, input))?;
         if t.outcomes.len() != input.len() {
@@ -255,7 +299,9 @@ pub struct AggregatorInstance {
 impl AggregatorInstance {
     /// The layout version of the plugin's states.
     pub fn state_version(&mut self) -> Result<u32, PluginError> {
-        guarded(&mut self.store, &self.spec, |s| self.bindings.weir_plugin_aggregate().call_state_version(s).map(Ok))
+        guarded(&mut self.store, &self.spec, |s| {
+            self.bindings.weir_plugin_aggregate().call_state_version(s).map(Ok::<_, PluginError>)
+        })
     }
 
     /// Rewrites states kept by state version `from` in this plugin's layout.

@@ -79,14 +79,14 @@ pub(super) fn world_files(world: World) -> (&'static str, &'static str, &'static
             "station 5 silent 10:00-10:30\n\nstation 9 low 16:00-16:30\nstation 5 silent 10:00-10:30\n",
             "inbox -> operators [station 5 silent 10:00-10:30]: station 5 silent 10:00-10:30\n\
              inbox -> operators [station 9 low 16:00-16:30]: station 9 low 16:00-16:30\n\
-             4 records, 2 notifications\n",
+             4 records, 0 set aside, 2 notifications\n",
         ),
         World::Aggregator => (
             "Counts each key's records per window and emits the count when the window closes.",
             "",
             "",
             "a\nb\nc\n",
-            "{\"count\":3}\n3 records folded into one window, 1 results\n",
+            "{\"count\":3}\n3 records folded into one window, 0 set aside, 1 results\n",
         ),
     }
 }
@@ -112,7 +112,7 @@ outcome = "processing-failed"
 
 const NOTIFIER_CONFIG: &str = r#"
 [config.channel]
-type = "string"
+type = "channel"
 default = "inbox"
 description = "The channel the notifications go to (declared in the pipeline manifest)."
 
@@ -142,7 +142,7 @@ pub(super) fn source(world: World, lang: Lang) -> &'static str {
 
 const RUST_TRANSFORMER: &str = r#"//! {name}: trims each record and upper-cases it; an empty record is set aside.
 
-use weir_sdk::{Config, Outcome, Output, Record, Transformer};
+use weir_sdk::{Config, Error, Outcome, Output, Record, Transformer};
 
 pub struct Plugin {
     prefix: String,
@@ -154,15 +154,18 @@ impl Transformer for Plugin {
         Ok(Plugin { prefix: config.get("prefix").unwrap_or("").to_owned() })
     }
 
-    fn transform(&mut self, record: &Record<'_>, out: &mut Output) -> Outcome {
-        let Some(text) = record.text() else { return Outcome::Failed("not UTF-8 text".into()) };
+    /// `Ok(Outcome::Failed(..))` sets one record aside; `Err(Error::transient(..))` would
+    /// have the whole batch retried later (a service that is down), so use it for
+    /// nothing a record did.
+    fn transform(&mut self, record: &Record<'_>, out: &mut Output) -> Result<Outcome, Error> {
+        let Some(text) = record.text() else { return Ok(Outcome::Failed("not UTF-8 text".into())) };
         let text = text.trim();
         if text.is_empty() {
-            return Outcome::Failed("empty record".into());
+            return Ok(Outcome::Failed("empty record".into()));
         }
         let upper = format!("{}{}", self.prefix, text.to_uppercase());
         out.emit(record.key(), record.event_time_ms(), upper.as_bytes());
-        Outcome::Ok
+        Ok(Outcome::Ok)
     }
 }
 
@@ -176,7 +179,7 @@ mod tests {
     #[test]
     fn records_are_trimmed_and_upper_cased_and_empty_ones_set_aside() {
         let mut h = TransformerHarness::<Plugin>::new(&[("prefix", "> ")]).expect("init");
-        let out = h.transform_texts(&["  hello weir ", "  "]);
+        let out = h.transform_texts(&["  hello weir ", "  "]).expect("no batch error");
         let TestOutcome::Ok(records) = &out[0] else { panic!("{out:?}") };
         assert_eq!(records[0].payload, b"> HELLO WEIR");
         assert!(matches!(&out[1], TestOutcome::Failed(reason) if reason == "empty record"));
@@ -214,7 +217,7 @@ class Transform(exports.Transform):
 
 const JS_TRANSFORMER: &str = r#"// {name}: trims each record and upper-cases it; an empty record is set aside.
 
-import { log } from 'weir:plugin/log@0.1.0';
+import { log } from 'weir:plugin/log@0.2.0';
 import { BatchBuilder, Config, records, text } from './weir.js';
 
 let prefix = '';
@@ -277,7 +280,7 @@ bool exports_weir_plugin_transform_init(exports_weir_plugin_transform_config_t *
 
 bool exports_weir_plugin_transform_transform(exports_weir_plugin_transform_batch_t *input,
                                              exports_weir_plugin_transform_transformed_t *ret,
-                                             transformer_string_t *err) {
+                                             exports_weir_plugin_transform_error_t *err) {
     size_t n = input->payload_ends.len;
     exports_weir_plugin_transform_outcome_t *outcomes = calloc(n ? n : 1, sizeof *outcomes);
     uint8_t *keys = malloc(input->keys.len + 1);
@@ -288,7 +291,9 @@ bool exports_weir_plugin_transform_transform(exports_weir_plugin_transform_batch
     if (!outcomes || !keys || !payloads || !key_ends || !payload_ends || !times) {
         free(outcomes), free(keys), free(payloads), free(key_ends), free(payload_ends), free(times);
         weir_plugin_types_batch_free(input);
-        transformer_string_dup(err, "out of memory");
+        // Nothing a record did: the host retries the batch after a backoff.
+        err->tag = WEIR_PLUGIN_TYPES_ERROR_TRANSIENT;
+        transformer_string_dup(&err->val.transient, "out of memory");
         return false;
     }
     size_t out = 0, key_at = 0, payload_at = 0, key_start = 0, payload_start = 0;
@@ -332,7 +337,7 @@ const RUST_NOTIFIER: &str = r#"//! {name}: sends each non-empty record's text as
 //! often its batch is redone.
 
 use weir_sdk::host::{self, Notification};
-use weir_sdk::{Config, Notifier, Record};
+use weir_sdk::{Config, Error, Notifier, Record};
 
 pub struct Plugin {
     channel: String,
@@ -348,8 +353,10 @@ impl Notifier for Plugin {
         })
     }
 
-    fn consume(&mut self, record: &Record<'_>) -> Result<(), String> {
-        let text = record.text().ok_or("a record is not UTF-8 text")?.trim();
+    /// `Error::bad_record` sets this record aside (dead letters) and the others go on;
+    /// an error from the host (the channel is down) is transient: the batch is retried.
+    fn consume(&mut self, record: &Record<'_>) -> Result<(), Error> {
+        let text = record.text().ok_or_else(|| Error::bad_record("not UTF-8 text"))?.trim();
         if text.is_empty() {
             return Ok(());
         }
@@ -406,8 +413,8 @@ class Consume(exports.Consume):
 const JS_NOTIFIER: &str = r#"// {name}: sends each non-empty record's text as a notification, once however
 // often its batch is redone.
 
-import { log } from 'weir:plugin/log@0.1.0';
-import { send } from 'weir:plugin/notify@0.1.0';
+import { log } from 'weir:plugin/log@0.2.0';
+import { send } from 'weir:plugin/notify@0.2.0';
 import { Config, records, text } from './weir.js';
 
 let channel = 'inbox';
@@ -463,7 +470,7 @@ bool exports_weir_plugin_consume_init(exports_weir_plugin_consume_config_t *conf
     return true;
 }
 
-bool exports_weir_plugin_consume_consume(exports_weir_plugin_consume_batch_t *input, notifier_string_t *err) {
+bool exports_weir_plugin_consume_consume(exports_weir_plugin_consume_batch_t *input, exports_weir_plugin_consume_error_t *err) {
     bool ok = true;
     size_t start = 0;
     for (size_t i = 0; i < input->payload_ends.len && ok; i++) {
@@ -476,7 +483,7 @@ bool exports_weir_plugin_consume_consume(exports_weir_plugin_consume_batch_t *in
         notifier_string_t text = {(uint8_t *)s, (size_t)(e - s)};
         weir_plugin_notify_notification_t n = {channel, recipient, text, text, text};
         bool fresh;
-        ok = weir_plugin_notify_send(&n, &fresh, err);  // on failure `err` carries the host's reason
+        ok = weir_plugin_notify_send(&n, &fresh, err);  // on failure `err` carries the host's error
     }
     weir_plugin_types_batch_free(input);
     return ok;
@@ -486,7 +493,7 @@ bool exports_weir_plugin_consume_consume(exports_weir_plugin_consume_batch_t *in
 const RUST_AGGREGATOR: &str = r#"//! {name}: counts each key's records per window and emits {"count": N} when the
 //! window closes.
 
-use weir_sdk::{Aggregator, Config, Output, Record, Window};
+use weir_sdk::{Aggregator, Config, Error, Output, Record, Window};
 
 pub struct Plugin;
 
@@ -499,12 +506,12 @@ impl Aggregator for Plugin {
         Ok(Plugin)
     }
 
-    fn fold(&mut self, state: &mut u64, _record: &Record<'_>) -> Result<(), String> {
+    fn fold(&mut self, state: &mut u64, _record: &Record<'_>) -> Result<(), Error> {
         *state += 1;
         Ok(())
     }
 
-    fn emit(&mut self, window: Window, key: &str, state: &u64, out: &mut Output) -> Result<(), String> {
+    fn emit(&mut self, window: Window, key: &str, state: &u64, out: &mut Output) -> Result<(), Error> {
         out.emit(key, window.end_ms - 1, format!("{{\"count\":{state}}}").as_bytes());
         Ok(())
     }
@@ -559,7 +566,7 @@ class Aggregate(exports.Aggregate):
 const JS_AGGREGATOR: &str = r#"// {name}: counts each key's records per window and emits {"count": N} when the
 // window closes.
 
-import { log } from 'weir:plugin/log@0.1.0';
+import { log } from 'weir:plugin/log@0.2.0';
 import { BatchBuilder, packStates, states, text } from './weir.js';
 
 // A state is the count so far as decimal text; empty before any record.
@@ -624,7 +631,7 @@ static unsigned long long *counts_of(exports_weir_plugin_aggregate_states_t *sta
 
 bool exports_weir_plugin_aggregate_fold(exports_weir_plugin_aggregate_batch_t *input, aggregator_list_u32_t *groups,
                                         exports_weir_plugin_aggregate_states_t *states,
-                                        exports_weir_plugin_aggregate_states_t *ret, aggregator_string_t *err) {
+                                        exports_weir_plugin_aggregate_states_t *ret, exports_weir_plugin_aggregate_error_t *err) {
     size_t n = states->ends.len;
     unsigned long long *counts = counts_of(states);
     uint8_t *bytes = malloc(n * 20 + 1);
@@ -644,7 +651,8 @@ bool exports_weir_plugin_aggregate_fold(exports_weir_plugin_aggregate_batch_t *i
     exports_weir_plugin_aggregate_states_free(states);
     if (!ok) {
         free(bytes), free(ends);
-        aggregator_string_dup(err, "out of memory");
+        err->tag = WEIR_PLUGIN_TYPES_ERROR_TRANSIENT;  // nothing a record did: retried later
+        aggregator_string_dup(&err->val.transient, "out of memory");
         return false;
     }
     ret->bytes = (aggregator_list_u8_t){bytes, at};
@@ -654,7 +662,7 @@ bool exports_weir_plugin_aggregate_fold(exports_weir_plugin_aggregate_batch_t *i
 
 bool exports_weir_plugin_aggregate_emit(exports_weir_plugin_aggregate_window_t *window, aggregator_list_string_t *keys,
                                         exports_weir_plugin_aggregate_states_t *states,
-                                        exports_weir_plugin_aggregate_batch_t *ret, aggregator_string_t *err) {
+                                        exports_weir_plugin_aggregate_batch_t *ret, exports_weir_plugin_aggregate_error_t *err) {
     size_t n = keys->len, key_bytes = 0;
     for (size_t i = 0; i < n; i++) key_bytes += keys->ptr[i].len;
     unsigned long long *counts = counts_of(states);
@@ -676,7 +684,8 @@ bool exports_weir_plugin_aggregate_emit(exports_weir_plugin_aggregate_window_t *
     exports_weir_plugin_aggregate_states_free(states);
     if (!ok) {
         free(key_buf), free(payloads), free(key_ends), free(payload_ends), free(times);
-        aggregator_string_dup(err, "out of memory, or not one state per key");
+        err->tag = WEIR_PLUGIN_TYPES_ERROR_FAILED;
+        aggregator_string_dup(&err->val.failed, "out of memory, or not one state per key");
         return false;
     }
     ret->keys = (aggregator_list_u8_t){key_buf, key_at};

@@ -21,6 +21,7 @@
 //! refused unless the operator asked to migrate them (through the candidate's
 //! `state-migration` export, all or nothing) or to reset them.
 
+use crate::plugin::PluginError;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 use std::io::Write as _;
@@ -60,8 +61,10 @@ struct Checkpoint {
 /// A record that folding set aside, and why.
 struct SetAside {
     record: StoredRecord,
-    /// Late (for the `late` stream); otherwise it had no group.
-    late: bool,
+    /// The dead letter's error code: `late` (those go to the `late` stream when
+    /// there is one), `group-by` (no group) or `processing-failed` (the plugin
+    /// called it a bad record).
+    code: &'static str,
     reason: String,
 }
 
@@ -247,7 +250,7 @@ impl AggregateOperator {
                                 for chunk in states.chunks(MIGRATE_CHUNK) {
                                     out.extend(instance.migrate(running, chunk)?);
                                 }
-                                Ok::<_, crate::plugin::PluginError>(out)
+                                Ok::<_, PluginError>(out)
                             })
                             .map_err(|e| {
                                 format!("migrating the open windows' states from version {running} failed, nothing changed: {e}")
@@ -323,7 +326,7 @@ impl AggregateOperator {
                 None => grouped.push((i, Cow::Borrowed(r.key.as_str()))),
                 Some(field) => match json_field(&r.data, field) {
                     Ok(key) => grouped.push((i, Cow::Owned(key))),
-                    Err(reason) => aside.push(SetAside { record: r.clone(), late: false, reason }),
+                    Err(reason) => aside.push(SetAside { record: r.clone(), code: "group-by", reason }),
                 },
             }
         }
@@ -336,20 +339,33 @@ impl AggregateOperator {
             }),
             now,
         );
-        let payload_bytes = plan.rows.iter().map(|&row| records[grouped[row].0].data.len()).sum();
-        let mut batch = Batch::with_capacity(plan.rows.len(), payload_bytes);
-        for &row in &plan.rows {
-            let (i, key) = &grouped[row];
-            batch.push(key, records[*i].event_time_ms, &records[*i].data);
-        }
         for late in std::mem::take(&mut plan.set_aside) {
-            aside.push(SetAside { record: records[grouped[late.index].0].clone(), late: true, reason: late.reason });
+            aside.push(SetAside { record: records[grouped[late.index].0].clone(), code: "late", reason: late.reason });
         }
-        let folded = if plan.rows.is_empty() {
-            Ok(())
-        } else {
-            self.instance()
-                .and_then(|running| running.fold(&batch, &plan.groups, &mut plan.states).map_err(|e| e.to_string()))
+        let folded = loop {
+            if plan.rows.is_empty() {
+                break Ok(());
+            }
+            let payload_bytes = plan.rows.iter().map(|&row| records[grouped[row].0].data.len()).sum();
+            let mut batch = Batch::with_capacity(plan.rows.len(), payload_bytes);
+            for &row in &plan.rows {
+                let (i, key) = &grouped[row];
+                batch.push(key, records[*i].event_time_ms, &records[*i].data);
+            }
+            let result = match self.instance() {
+                Ok(running) => running.fold(&batch, &plan.groups, &mut plan.states),
+                Err(e) => Err(PluginError::Instantiate(e)),
+            };
+            // A record the plugin calls bad is set aside; the others are folded again
+            // (a failed fold left the states as they were).
+            match result {
+                Err(PluginError::BadRecord { index, reason }) if (index as usize) < plan.rows.len() => {
+                    let row = plan.rows.remove(index as usize);
+                    plan.groups.remove(index as usize);
+                    aside.push(SetAside { record: records[grouped[row].0].clone(), code: "processing-failed", reason });
+                }
+                other => break other,
+            }
         };
         // Folded or not, the states go back (a failed fold left them as they were).
         self.windows()?.apply_fold(plan);
@@ -358,8 +374,12 @@ impl AggregateOperator {
             // A fresh instance for the retry.
             self.instance = None;
             self.version.failures.fetch_add(1, Ordering::Relaxed);
+            let message = format!("{}: {e}", self.plugin.spec.ident);
+            if let PluginError::Transient(_) = e {
+                return Err(BatchError::Transient(message));
+            }
             let rolled_back = self.watch_probation();
-            return Err(BatchError::Plugin { message: format!("{}: {e}", self.plugin.spec.ident), rolled_back });
+            return Err(BatchError::Plugin { message, rolled_back });
         }
         self.version.records_in.fetch_add(records.len() as u64, Ordering::Relaxed);
         self.watch_probation();
@@ -367,7 +387,7 @@ impl AggregateOperator {
     }
 
     /// Writes the records folding set aside: late ones to the `late` stream
-    /// (or else the dead letters), ungroupable ones to the dead letters.
+    /// (or else the dead letters), the others to the dead letters.
     fn write_set_aside(&mut self) -> Result<(), BatchError> {
         if self.unwritten.is_empty() {
             return Ok(());
@@ -376,16 +396,11 @@ impl AggregateOperator {
         let letters: Vec<DeadLetter<'_>> = self
             .unwritten
             .iter()
-            .map(|a| DeadLetter {
-                origin: &self.origin,
-                record: &a.record,
-                error_code: if a.late { "late" } else { "group-by" },
-                reason: &a.reason,
-            })
+            .map(|a| DeadLetter { origin: &self.origin, record: &a.record, error_code: a.code, reason: &a.reason })
             .collect();
-        let (late, ungroupable): (Vec<_>, Vec<_>) = letters.into_iter().partition(|l| l.error_code == "late");
+        let (late, others): (Vec<_>, Vec<_>) = letters.into_iter().partition(|l| l.error_code == "late");
         let to_dead_letters: Vec<DeadLetter<'_>> = match &self.spec.late {
-            None => ungroupable.into_iter().chain(late).collect(),
+            None => others.into_iter().chain(late).collect(),
             Some(stream) => {
                 // The side stream gets the dead-letter JSON: the record, its origin and the reason.
                 let records: Vec<NewRecord> = late
@@ -398,7 +413,7 @@ impl AggregateOperator {
                     })
                     .collect();
                 super::append_waiting(self.streams.as_ref(), stream.as_str(), records).map_err(effect)?;
-                ungroupable
+                others
             }
         };
         self.dead_letters.write_dead_letters(&to_dead_letters).map_err(effect)?;

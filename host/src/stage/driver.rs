@@ -30,7 +30,11 @@
 //! [`PLUGIN_TRIES`] times (a fresh instance after a trap), then the stage's
 //! `on-error` applies: `dead-letter` sets the batch aside with the reason
 //! ([`Operator::set_aside`]) and goes on, `skip` goes on without it, `stop`
-//! stops the stage with the batch still in the stream.
+//! stops the stage with the batch still in the stream. What the plugin itself
+//! says of a failure comes first: a record it calls bad is set aside by the
+//! operator, which goes on with the others (never a driver error), and a
+//! failure it calls transient ([`BatchError::Transient`]) is retried with
+//! backoff like an effect, never set aside.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -62,6 +66,10 @@ pub enum BatchError {
     /// The plugin could not start: it never saw the batch, which waits in the
     /// stream (retried with backoff; `stop` stops the stage).
     Unavailable(String),
+    /// The plugin said its failure may pass (`error.transient`): the batch is
+    /// retried after a backoff as long as it takes, nothing set aside (`stop`
+    /// stops the stage).
+    Transient(String),
     /// An effect of the batch (output, dead letters, state) could not be
     /// recorded: the batch is redone after a backoff, the position stays.
     Effect(String),
@@ -83,6 +91,7 @@ impl BatchError {
         match self {
             BatchError::Plugin { message, .. }
             | BatchError::Unavailable(message)
+            | BatchError::Transient(message)
             | BatchError::Effect(message)
             | BatchError::Fatal(message) => message,
             BatchError::Interrupted => "interrupted by a shutdown",
@@ -349,9 +358,9 @@ impl<O: Operator> Driver<O> {
                         Retried::Stop => return,
                     }
                 }
-                Err(e @ (BatchError::Unavailable(_) | BatchError::Effect(_))) => {
+                Err(e @ (BatchError::Unavailable(_) | BatchError::Transient(_) | BatchError::Effect(_))) => {
                     tries += 1;
-                    if let BatchError::Unavailable(_) = e {
+                    if let BatchError::Unavailable(_) | BatchError::Transient(_) = e {
                         self.stats.failures.fetch_add(1, Ordering::Relaxed);
                     }
                     match self.retry_step(&e, tries) {

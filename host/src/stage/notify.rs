@@ -5,7 +5,9 @@
 //!
 //! At least once: everything a batch changes (items, notifications sent)
 //! commits in one transaction when the plugin is done with it, before its
-//! position advances; a batch the plugin fails on changes nothing. A crash
+//! position advances; a batch the plugin fails on changes nothing. A record
+//! the plugin calls bad is written to the dead letters, and the batch's other
+//! records are handed over again without it. A crash
 //! between the commit and the checkpoint redoes the batch, so the plugin's
 //! effects must be idempotent (notifications are, by their keys).
 
@@ -18,7 +20,7 @@ use super::driver::{BatchError, Driver, Operator, Reading};
 use crate::manifest::StageSpec;
 use crate::notify::Channels;
 use crate::notify::Notification;
-use crate::plugin::{Batch, NotifierInstance, NotifierPlugin, Services};
+use crate::plugin::{Batch, NotifierInstance, NotifierPlugin, PluginError, Services};
 use crate::reference::ReferenceLookup;
 use crate::reference::ReferenceTables;
 use crate::sink::{DeadLetter, DeadLetterOrigin};
@@ -139,6 +141,7 @@ pub struct NotifierOperator {
     streams: Arc<dyn StreamStore>,
     dead_letters: DeadLetters,
     origin: DeadLetterOrigin,
+    stats: Arc<StageStats>,
     version: Arc<PluginVersion>,
     instance: Option<NotifierInstance>,
 }
@@ -164,10 +167,25 @@ impl NotifierOperator {
             streams: streams.clone(),
             dead_letters,
             origin,
+            stats: stats.clone(),
             version,
             instance: None,
         };
         Driver::new(Reading::of(&spec), streams, stats, operator)
+    }
+}
+
+impl NotifierOperator {
+    /// The running instance, made first if there is none (at the start, or after a trap).
+    fn instance(&mut self) -> Result<&mut NotifierInstance, BatchError> {
+        if self.instance.is_none() {
+            let fresh = self
+                .plugin
+                .instantiate(self.services.clone())
+                .map_err(|e| BatchError::Unavailable(format!("{}: {e}", self.plugin.spec.ident)))?;
+            self.instance = Some(fresh);
+        }
+        self.instance.as_mut().ok_or_else(|| BatchError::Unavailable("no plugin instance".into()))
     }
 }
 
@@ -181,26 +199,52 @@ impl Operator for NotifierOperator {
         for r in records {
             batch.push(&r.key, r.event_time_ms, &r.data);
         }
-        let running = match &mut self.instance {
-            Some(running) => running,
-            None => {
-                let fresh = self
-                    .plugin
-                    .instantiate(self.services.clone())
-                    .map_err(|e| BatchError::Unavailable(format!("{}: {e}", self.plugin.spec.ident)))?;
-                self.instance.insert(fresh)
-            }
-        };
+        self.instance()?;
         self.version.batches.fetch_add(1, Ordering::Relaxed);
-        // The batch's changes commit together, before the position advances past it.
-        self.services.begin().map_err(BatchError::Effect)?;
-        if let Err(e) = running.consume(&batch) {
+        // The records of `records` still in the batch (a record the plugin calls bad leaves it).
+        let mut kept: Vec<usize> = (0..records.len()).collect();
+        loop {
+            // The batch's changes commit together, before the position advances past it.
+            self.services.begin().map_err(BatchError::Effect)?;
+            let consumed = self.instance()?.consume(&batch);
+            let e = match consumed {
+                Ok(()) => break,
+                Err(e) => e,
+            };
             self.services.abort();
             if e.poisons_instance() {
                 self.instance = None;
             }
-            self.version.failures.fetch_add(1, Ordering::Relaxed);
-            return Err(BatchError::plugin(format!("{}: {e}", self.plugin.spec.ident)));
+            let message = format!("{}: {e}", self.plugin.spec.ident);
+            let PluginError::BadRecord { index, reason } = e else {
+                self.version.failures.fetch_add(1, Ordering::Relaxed);
+                return Err(match e {
+                    PluginError::Transient(_) => BatchError::Transient(message),
+                    _ => BatchError::plugin(message),
+                });
+            };
+            // Its changes were undone: set the record aside, and the others go through again.
+            let Some(at) = kept.get(index as usize).copied() else {
+                return Err(BatchError::plugin(format!("{message} (a batch of {} records)", kept.len())));
+            };
+            let letter = DeadLetter {
+                origin: &self.origin,
+                record: &records[at],
+                error_code: "processing-failed",
+                reason: &reason,
+            };
+            self.dead_letters
+                .write_dead_letters(&[letter])
+                .map_err(|e| BatchError::Effect(format!("writing a bad record to the dead letters: {e}")))?;
+            self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            kept.remove(index as usize);
+            if kept.is_empty() {
+                return Ok(());
+            }
+            batch = Batch::with_capacity(kept.len(), kept.iter().map(|&i| records[i].data.len()).sum());
+            for &i in &kept {
+                batch.push(&records[i].key, records[i].event_time_ms, &records[i].data);
+            }
         }
         self.services.commit().map_err(|e| BatchError::Effect(format!("recording the batch's changes: {e}")))?;
         self.version.records_in.fetch_add(records.len() as u64, Ordering::Relaxed);

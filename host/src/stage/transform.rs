@@ -1,6 +1,7 @@
 //! A transform stage's [`Operator`]: each batch goes through the transformer
 //! plugin; its `ok` outputs go to the stage's stream or sink, the records it
-//! refuses (`processing-failed`) to the dead letters with the reason. A broken
+//! refuses (`processing-failed`, or a `bad-record` error) to the dead letters
+//! with the reason. A broken
 //! instance is replaced before the next try; a version swapped in is watched
 //! for failures while on probation and rolled back when it fails too often.
 
@@ -194,6 +195,9 @@ impl Operator for TransformOperator {
                 if matches!(e, PluginError::Init(_) | PluginError::Instantiate(_)) {
                     // The plugin never saw these records: they wait for it.
                     return Err(BatchError::Unavailable(message));
+                }
+                if let PluginError::Transient(_) = e {
+                    return Err(BatchError::Transient(message));
                 }
                 self.last_failure = e.code();
                 self.version.failures.fetch_add(1, Ordering::Relaxed);

@@ -289,6 +289,8 @@ impl WindowOperator {
                 .or_insert_with(|| States::with_capacity_and_hasher(capacity, Default::default()));
             match states.get_mut(key) {
                 Some(slot) => *slot = state,
+                // Still empty: every record of this group was set aside.
+                None if state.is_empty() => {}
                 None => {
                     states.insert(Box::from(key), state);
                 }

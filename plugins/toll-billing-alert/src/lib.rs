@@ -14,7 +14,7 @@
 
 use serde::{Deserialize, Serialize};
 use weir_sdk::host::{self, Notification};
-use weir_sdk::{Config, Notifier, Record};
+use weir_sdk::{Config, Error, Notifier, Record};
 
 /// The plugin and its configuration.
 pub struct TollBillingAlert {
@@ -53,11 +53,14 @@ impl Notifier for TollBillingAlert {
         })
     }
 
-    fn consume(&mut self, record: &Record<'_>) -> Result<(), String> {
-        let window: WindowTotal = serde_json::from_slice(record.payload())
-            .map_err(|e| format!("not a toll-billing-sum result (customer_id, window_start, total_cents): {e}"))?;
+    fn consume(&mut self, record: &Record<'_>) -> Result<(), Error> {
+        let window: WindowTotal = serde_json::from_slice(record.payload()).map_err(|e| {
+            Error::bad_record(format!("not a toll-billing-sum result (customer_id, window_start, total_cents): {e}"))
+        })?;
         let month = window.window_start.get(..7).filter(|m| m.as_bytes().get(4) == Some(&b'-'));
-        let month = month.ok_or_else(|| format!("window_start `{}` is not an RFC 3339 time", window.window_start))?;
+        let month = month.ok_or_else(|| {
+            Error::bad_record(format!("window_start `{}` is not an RFC 3339 time", window.window_start))
+        })?;
         let key = format!("{}|{month}", window.customer_id);
         let Some((before, after)) = self.add_once(&key, &window)? else { return Ok(()) };
         let threshold = self.threshold(&window.customer_id)?;
@@ -82,7 +85,7 @@ impl Notifier for TollBillingAlert {
 impl TollBillingAlert {
     /// Adds the window to the month's total unless it was added before; the totals
     /// before and after, or `None` for a window already counted.
-    fn add_once(&self, key: &str, window: &WindowTotal) -> Result<Option<(u64, u64)>, String> {
+    fn add_once(&self, key: &str, window: &WindowTotal) -> Result<Option<(u64, u64)>, Error> {
         for _ in 0..CAS_ATTEMPTS {
             let current = host::get(&self.totals, key)?;
             let total: MonthTotal = match &current {
@@ -102,15 +105,19 @@ impl TollBillingAlert {
                 return Ok(Some((total.cents, next.cents)));
             }
         }
-        Err(format!("item `{key}` of `{}` kept changing; the batch will be retried", self.totals))
+        Err(Error::transient(format!("item `{key}` of `{}` kept changing; the batch will be retried", self.totals)))
     }
 
     /// The customer's threshold in cents: from the thresholds table, else the default.
-    fn threshold(&self, customer: &str) -> Result<u64, String> {
+    fn threshold(&self, customer: &str) -> Result<u64, Error> {
         match host::get(&self.thresholds, customer)? {
             None => Ok(self.default_threshold_cents),
             Some(bytes) => String::from_utf8_lossy(&bytes).trim().parse().map_err(|_| {
-                format!("the threshold of `{customer}` in `{}` is not a whole number of cents", self.thresholds)
+                // The app wrote a bad threshold: this customer's record waits in the dead letters until it is fixed.
+                Error::bad_record(format!(
+                    "the threshold of `{customer}` in `{}` is not a whole number of cents",
+                    self.thresholds
+                ))
             }),
         }
     }
@@ -178,6 +185,9 @@ mod tests {
         let mut h = NotifierHarness::<TollBillingAlert>::new(&[]).expect("init");
         let mut batch = Batch::new();
         batch.push("C1", 0, b"{}");
-        assert!(h.consume(&batch).is_err_and(|e| e.contains("toll-billing-sum result")));
+        assert!(
+            h.consume(&batch)
+                .is_err_and(|e| matches!(&e, Error::BadRecord(m) if m.contains("toll-billing-sum result")))
+        );
     }
 }

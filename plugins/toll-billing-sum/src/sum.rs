@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use weir_sdk::time::timestamp;
-use weir_sdk::{Aggregator, Config, Output, Record, Window};
+use weir_sdk::{Aggregator, Config, Error, Output, Record, Window};
 
 /// The plugin.
 pub struct TollBillingSum;
@@ -40,15 +40,15 @@ impl Aggregator for TollBillingSum {
         Ok(TollBillingSum)
     }
 
-    fn fold(&mut self, state: &mut Total, record: &Record<'_>) -> Result<(), String> {
+    fn fold(&mut self, state: &mut Total, record: &Record<'_>) -> Result<(), Error> {
         let row: Row = serde_json::from_slice(record.payload())
-            .map_err(|e| format!("not a toll-etl row (needs a whole-number `amount_cents`): {e}"))?;
+            .map_err(|e| Error::bad_record(format!("not a toll-etl row (needs a whole-number `amount_cents`): {e}")))?;
         state.cents = state.cents.checked_add(row.amount_cents).ok_or("the window's total overflows")?;
         state.transactions += 1;
         Ok(())
     }
 
-    fn emit(&mut self, window: Window, key: &str, state: &Total, out: &mut Output) -> Result<(), String> {
+    fn emit(&mut self, window: Window, key: &str, state: &Total, out: &mut Output) -> Result<(), Error> {
         let result = WindowTotal {
             customer_id: key,
             window_start: timestamp(window.start_ms),

@@ -4,7 +4,7 @@
 //! `processing-failed` with a reason that names the field. The line format is
 //! documented in this plugin's README.
 
-use weir_sdk::{Config, Outcome, Output, Record, Transformer};
+use weir_sdk::{Config, Error, Outcome, Output, Record, Transformer};
 
 /// The transform, configured.
 #[derive(Debug, Clone)]
@@ -47,14 +47,10 @@ impl Transformer for TollEtl {
         Ok(Self { currency, max_amount_cents })
     }
 
-    fn transform(&mut self, record: &Record<'_>, out: &mut Output) -> Outcome {
-        match self.parse(record.payload()) {
-            Ok(txn) => {
-                out.emit_with(txn.customer_id, txn.event_time_ms, |buf| self.write_row(&txn, buf));
-                Outcome::Ok
-            }
-            Err(reason) => Outcome::Failed(reason),
-        }
+    fn transform(&mut self, record: &Record<'_>, out: &mut Output) -> Result<Outcome, Error> {
+        let txn = self.parse(record.payload()).map_err(Error::bad_record)?;
+        out.emit_with(txn.customer_id, txn.event_time_ms, |buf| self.write_row(&txn, buf));
+        Ok(Outcome::Ok)
     }
 }
 
@@ -324,7 +320,7 @@ mod tests {
     #[test]
     fn a_good_line_becomes_a_row_keyed_by_customer_at_its_event_time() {
         let mut h = TransformerHarness::<TollEtl>::new(&[("currency", "EUR")]).expect("init");
-        let out = h.transform_texts(&[GOOD]);
+        let out = h.transform_texts(&[GOOD]).expect("no batch error");
         let TestOutcome::Ok(records) = &out[0] else { panic!("{out:?}") };
         assert_eq!(records.len(), 1);
         assert_eq!(records[0].key, "C000123");
@@ -354,7 +350,7 @@ mod tests {
             ("T1,2026-11-26T14:03:12Z,17,3,TAG1,C1,2,999999999", "must be between 0 and 100000"),
         ];
         let lines: Vec<&str> = cases.iter().map(|c| c.0).collect();
-        for (outcome, (line, expected)) in h.transform_texts(&lines).iter().zip(cases) {
+        for (outcome, (line, expected)) in h.transform_texts(&lines).expect("no batch error").iter().zip(cases) {
             match outcome {
                 TestOutcome::Failed(reason) => assert!(reason.contains(expected), "{line:?}: {reason}"),
                 other => panic!("{line:?} should fail, got {other:?}"),

@@ -8,7 +8,7 @@
 
 use serde::Deserialize;
 use weir_sdk::host::{self, Notification};
-use weir_sdk::{Config, Notifier, Record};
+use weir_sdk::{Config, Error, Notifier, Record};
 
 /// The plugin and its configuration.
 pub struct TrafficMonitorAlert {
@@ -40,9 +40,11 @@ impl Notifier for TrafficMonitorAlert {
         Ok(TrafficMonitorAlert { channels, recipient: config.get("recipient").unwrap_or("operators").to_owned() })
     }
 
-    fn consume(&mut self, record: &Record<'_>) -> Result<(), String> {
+    fn consume(&mut self, record: &Record<'_>) -> Result<(), Error> {
         let count: StationCount = serde_json::from_slice(record.payload()).map_err(|e| {
-            format!("not a traffic-monitor-count result (station_id, window_start, window_end, vehicles): {e}")
+            Error::bad_record(format!(
+                "not a traffic-monitor-count result (station_id, window_start, window_end, vehicles): {e}"
+            ))
         })?;
         let Some(minimum) = count.minimum.filter(|&m| count.vehicles < m) else { return Ok(()) };
         let (from, to) = (clock(&count.window_start), clock(&count.window_end));

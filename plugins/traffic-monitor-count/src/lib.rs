@@ -17,7 +17,7 @@
 
 use serde::{Deserialize, Serialize};
 use weir_sdk::time::timestamp;
-use weir_sdk::{Aggregator, Config, Output, Record, Window};
+use weir_sdk::{Aggregator, Config, Error, Output, Record, Window};
 
 /// The plugin: the reference table of minimums, if configured.
 pub struct TrafficMonitorCount {
@@ -59,7 +59,7 @@ struct MinimumRow {
 
 impl TrafficMonitorCount {
     /// The station's minimum for the window's weekday and slot, if the table has one.
-    fn minimum(&self, station: &str, window: Window) -> Result<Option<u64>, String> {
+    fn minimum(&self, station: &str, window: Window) -> Result<Option<u64>, Error> {
         let Some(table) = &self.minimums else { return Ok(None) };
         let days = window.start_ms.div_euclid(86_400_000);
         let weekday = (days + 3).rem_euclid(7) + 1; // 1970-01-01 was a Thursday
@@ -74,7 +74,7 @@ impl TrafficMonitorCount {
             serde_json::Value::String(s) => s.trim().parse().ok(),
             _ => None,
         };
-        minimum.map(Some).ok_or_else(|| format!("`{table}`: minimum {} is not a whole number", row.minimum))
+        minimum.map(Some).ok_or_else(|| format!("`{table}`: minimum {} is not a whole number", row.minimum).into())
     }
 }
 
@@ -86,19 +86,19 @@ impl Aggregator for TrafficMonitorCount {
         Ok(TrafficMonitorCount { minimums })
     }
 
-    fn fold(&mut self, state: &mut Count, record: &Record<'_>) -> Result<(), String> {
+    fn fold(&mut self, state: &mut Count, record: &Record<'_>) -> Result<(), Error> {
         let row: Row = serde_json::from_slice(record.payload())
-            .map_err(|e| format!("not a toll-etl row (needs `vehicle_class`): {e}"))?;
+            .map_err(|e| Error::bad_record(format!("not a toll-etl row (needs `vehicle_class`): {e}")))?;
         let slot = row
             .vehicle_class
             .checked_sub(1)
             .and_then(|i| state.by_class.get_mut(i))
-            .ok_or_else(|| format!("vehicle_class {} is not 1 to 6", row.vehicle_class))?;
+            .ok_or_else(|| Error::bad_record(format!("vehicle_class {} is not 1 to 6", row.vehicle_class)))?;
         *slot += 1;
         Ok(())
     }
 
-    fn emit(&mut self, window: Window, key: &str, state: &Count, out: &mut Output) -> Result<(), String> {
+    fn emit(&mut self, window: Window, key: &str, state: &Count, out: &mut Output) -> Result<(), Error> {
         let vehicles = state.by_class.iter().sum();
         let minimum = self.minimum(key, window)?;
         let result = StationCount {
@@ -199,6 +199,6 @@ mod tests {
         let mut h = AggregatorHarness::<TrafficMonitorCount>::new(&[]).expect("init");
         let mut batch = Batch::new();
         batch.push("17", 0, br#"{"vehicle_class":9}"#);
-        assert_eq!(h.fold(&batch), Err("vehicle_class 9 is not 1 to 6".to_owned()));
+        assert_eq!(h.fold(&batch), Err(Error::bad_record("vehicle_class 9 is not 1 to 6")));
     }
 }

@@ -50,6 +50,7 @@ pub const RUST_SDK: &[(&str, &str)] = &[
     ("src/aggregator.rs", include_str!("../../src/aggregator.rs")),
     ("src/batch.rs", include_str!("../../src/batch.rs")),
     ("src/config.rs", include_str!("../../src/config.rs")),
+    ("src/error.rs", include_str!("../../src/error.rs")),
     ("src/host.rs", include_str!("../../src/host.rs")),
     ("src/lib.rs", include_str!("../../src/lib.rs")),
     ("src/log.rs", include_str!("../../src/log.rs")),

@@ -53,6 +53,7 @@ impl Checker<'_> {
                     ));
                 }
                 let config = self.config(&owner, &plugin, &raw.config, diags).unwrap_or_default();
+                let uses = self.uses(&owner, &plugin, &raw.config, diags);
                 let mut limits = Limits::default();
                 if let Some(t) = &raw.limits.timeout {
                     limits.timeout = self.duration(t, diags)?;
@@ -60,7 +61,7 @@ impl Checker<'_> {
                 if let Some(m) = &raw.limits.memory {
                     limits.memory_bytes = m.get_ref().0;
                 }
-                Some(Transform { plugin, config, limits })
+                Some(Transform { plugin, config, limits, uses })
             }
         };
         for prefix in [Some(&raw.prefix), Some(&raw.error_prefix), raw.backup_prefix.as_ref()].into_iter().flatten() {

@@ -90,14 +90,20 @@ pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
     let mut all_streams = Vec::new();
     let mut all_sinks = Vec::new();
     let mut all_references = Vec::new();
+    let mut all_tables = Vec::new();
+    let mut all_channels = Vec::new();
     for part in &parts {
         all_streams.extend(part.doc.entry_names("streams"));
         all_sinks.extend(part.doc.entry_names("sinks"));
         all_references.extend(part.doc.entry_names("reference"));
+        all_tables.extend(part.doc.entry_names("tables"));
+        all_channels.extend(part.doc.entry_names("channels"));
     }
     let stream_names: BTreeSet<&Name> = all_streams.iter().collect();
     let sink_names: BTreeSet<&Name> = all_sinks.iter().collect();
     let reference_names: BTreeSet<&Name> = all_references.iter().collect();
+    let table_names: BTreeSet<&Name> = all_tables.iter().collect();
+    let channel_names: BTreeSet<&Name> = all_channels.iter().collect();
     let mut declared: BTreeMap<(&str, Name), &Path> = BTreeMap::new();
 
     let mut sources = Vec::new();
@@ -121,7 +127,14 @@ pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
                 }
             }
         }
-        let check = Checker { source, streams: &stream_names, sinks: &sink_names, references: &reference_names };
+        let check = Checker {
+            source,
+            streams: &stream_names,
+            sinks: &sink_names,
+            references: &reference_names,
+            tables: &table_names,
+            channels: &channel_names,
+        };
         for sink in part.doc.entries::<RawSink>("sinks", &mut diags) {
             if stream_names.contains(&sink.name) {
                 diags.push(
@@ -273,6 +286,8 @@ pub(super) struct Checker<'a> {
     pub(super) streams: &'a BTreeSet<&'a Name>,
     pub(super) sinks: &'a BTreeSet<&'a Name>,
     pub(super) references: &'a BTreeSet<&'a Name>,
+    pub(super) tables: &'a BTreeSet<&'a Name>,
+    pub(super) channels: &'a BTreeSet<&'a Name>,
 }
 
 pub(super) fn one_of(names: &BTreeSet<&Name>) -> String {

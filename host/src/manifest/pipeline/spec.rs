@@ -1,6 +1,7 @@
 //! The checked pipeline: what the rest of the host starts from, every name
 //! resolved, every setting parsed, defaults filled in.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::lake::LakeSpec;
-use crate::manifest::plugin::PluginManifest;
+use crate::manifest::plugin::{PluginManifest, Resource};
 use crate::manifest::units::Name;
 use crate::sigv4::AccessKey;
 use crate::stream::DiskStreamSpec;
@@ -141,6 +142,8 @@ pub struct Transform {
     pub config: Vec<(String, String)>,
     /// Its limits.
     pub limits: Limits,
+    /// The reference tables it may read (as its config names them).
+    pub uses: Uses,
 }
 
 /// Buffer size unless a delivery stream sets `buffer-size` (as Firehose).
@@ -239,6 +242,40 @@ pub struct Grants {
     pub clock: bool,
     /// Preopened directories.
     pub dirs: Vec<DirGrant>,
+    /// The state tables, channels and reference tables it may use: those its
+    /// config keys of those types name (`type = "state-table"`, ... in plugin.toml).
+    pub uses: Uses,
+}
+
+/// The pipeline's resources a plugin may use, by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Uses {
+    /// State tables (`[tables.<name>]`).
+    pub tables: BTreeSet<String>,
+    /// Notification channels (`[channels.<name>]`).
+    pub channels: BTreeSet<String>,
+    /// Reference tables (`[reference.<name>]`).
+    pub references: BTreeSet<String>,
+}
+
+impl Uses {
+    /// The names of one kind of resource.
+    pub fn of(&self, kind: Resource) -> &BTreeSet<String> {
+        match kind {
+            Resource::StateTable => &self.tables,
+            Resource::Channel => &self.channels,
+            Resource::Reference => &self.references,
+        }
+    }
+
+    /// Adds a name of one kind.
+    pub fn add(&mut self, kind: Resource, name: String) {
+        match kind {
+            Resource::StateTable => self.tables.insert(name),
+            Resource::Channel => self.channels.insert(name),
+            Resource::Reference => self.references.insert(name),
+        };
+    }
 }
 
 /// A `[stages.<name>]` entry.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use crate::manifest::diagnostic::Diagnostics;
-use crate::manifest::plugin::{PluginManifest, World};
+use crate::manifest::plugin::{PluginManifest, Resource, World};
 use crate::manifest::units::Name;
 
 use super::load::{Checker, one_of};
@@ -121,8 +121,11 @@ impl Checker<'_> {
                 diags.push(self.at(m.span(), "limits.memory must be between 1MiB and 4GiB".to_owned()));
             }
         }
-        let grants = self.grants(&raw.grants, base, diags);
+        let mut grants = self.grants(&raw.grants, base, diags);
         let config = plugin.as_ref().and_then(|p| self.config(&owner, p, &raw.config, diags));
+        if let Some(p) = &plugin {
+            grants.uses = self.uses(&owner, p, &raw.config, diags);
+        }
         let window = raw.window.as_ref().and_then(|w| self.window(&name, w, diags));
         if let Some(p) = &plugin {
             match (p.info.world, &raw.window) {
@@ -280,7 +283,7 @@ impl Checker<'_> {
     }
 
     pub(super) fn grants(&self, raw: &Spanned<RawGrants>, base: &Path, diags: &mut Diagnostics) -> Grants {
-        let mut grants = Grants { clock: raw.get_ref().clock, dirs: Vec::new() };
+        let mut grants = Grants { clock: raw.get_ref().clock, dirs: Vec::new(), uses: Uses::default() };
         for d in &raw.get_ref().dirs {
             let host = base.join(d.host.get_ref());
             if !host.is_dir() {
@@ -320,6 +323,49 @@ impl Checker<'_> {
                 None
             }
         }
+    }
+
+    /// The pipeline resources a plugin uses, as its config names them; each
+    /// one the pipeline does not declare is a problem, at the config key that
+    /// names it (or the owner's config, for a default from plugin.toml).
+    pub(super) fn uses(
+        &self,
+        owner: &str,
+        plugin: &PluginManifest,
+        raw: &Spanned<BTreeMap<Spanned<String>, toml::Value>>,
+        diags: &mut Diagnostics,
+    ) -> Uses {
+        let set: Vec<(&str, &toml::Value)> = raw.get_ref().iter().map(|(k, v)| (k.get_ref().as_str(), v)).collect();
+        let mut uses = Uses::default();
+        for (key, kind, names) in plugin.uses(&set) {
+            let declared = match kind {
+                Resource::StateTable => self.tables,
+                Resource::Channel => self.channels,
+                Resource::Reference => self.references,
+            };
+            let at = raw.get_ref().keys().find(|k| *k.get_ref() == key);
+            for name in names {
+                if !declared.iter().any(|d| d.as_str() == name) {
+                    let from = if at.is_some() { "" } else { ", its default in plugin.toml" };
+                    diags.push(
+                        self.at(
+                            at.map_or_else(|| raw.span(), |k| k.span()),
+                            format!(
+                                "{owner}: plugin `{}` uses {kind} `{name}` (config `{key}`{from}), which the pipeline does not declare",
+                                plugin.info.name
+                            ),
+                        )
+                        .help(format!(
+                            "declare [{}.{name}], or set `{key}` to one that is; {}",
+                            kind.section(),
+                            one_of(declared)
+                        )),
+                    );
+                }
+                uses.add(kind, name);
+            }
+        }
+        uses
     }
 
     pub(super) fn config(

@@ -8,7 +8,7 @@
 mod sum;
 
 use sum::{TollBillingSum, Total};
-use weir_sdk::{Aggregator, Config, MigrateState, Output, Record, Window};
+use weir_sdk::{Aggregator, Config, Error, MigrateState, Output, Record, Window};
 
 /// The plugin.
 pub struct BillingV2(TollBillingSum);
@@ -21,11 +21,11 @@ impl Aggregator for BillingV2 {
         TollBillingSum::init(config).map(BillingV2)
     }
 
-    fn fold(&mut self, state: &mut Total, record: &Record<'_>) -> Result<(), String> {
+    fn fold(&mut self, state: &mut Total, record: &Record<'_>) -> Result<(), Error> {
         self.0.fold(state, record)
     }
 
-    fn emit(&mut self, window: Window, key: &str, state: &Total, out: &mut Output) -> Result<(), String> {
+    fn emit(&mut self, window: Window, key: &str, state: &Total, out: &mut Output) -> Result<(), Error> {
         self.0.emit(window, key, state, out)
     }
 

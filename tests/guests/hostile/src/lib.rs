@@ -1,12 +1,16 @@
 //! A transformer that misbehaves on purpose, for the sandbox tests. Its
 //! `mode` config picks the misbehaviour; `upper` is the well-behaved baseline.
 
-use weir_sdk::{Config, Outcome, Output, Record, Transformer, log};
+use weir_sdk::{Config, Error, Outcome, Output, Record, Transformer, log};
 
 /// The test guest.
 pub struct Hostile {
     mode: String,
     path: String,
+    /// The reference table `lookup` reads.
+    table: String,
+    /// Calls this instance has failed with `transient-twice`.
+    transient_failures: u32,
 }
 
 impl Transformer for Hostile {
@@ -15,10 +19,37 @@ impl Transformer for Hostile {
         if mode == "refuse-init" {
             return Err("refusing to start, as configured".to_owned());
         }
-        Ok(Self { mode, path: config.get("path").unwrap_or("/etc/passwd").to_owned() })
+        Ok(Self {
+            mode,
+            path: config.get("path").unwrap_or("/etc/passwd").to_owned(),
+            table: config.get("table").unwrap_or("").to_owned(),
+            transient_failures: 0,
+        })
     }
 
-    fn transform(&mut self, record: &Record<'_>, out: &mut Output) -> Outcome {
+    fn transform(&mut self, record: &Record<'_>, out: &mut Output) -> Result<Outcome, Error> {
+        match self.mode.as_str() {
+            "bad-on-boom" if record.payload() == b"boom" => {
+                return Err(Error::bad_record("`boom` is no record of mine"));
+            }
+            "transient-twice" if self.transient_failures < 2 => {
+                self.transient_failures += 1;
+                return Err(Error::transient(format!("a service is down ({} of 2)", self.transient_failures)));
+            }
+            "lookup" => {
+                let row = weir_sdk::host::lookup(&self.table, record.text().unwrap_or(""))?;
+                let row = row.ok_or_else(|| Error::bad_record("no such row"))?;
+                out.emit(record.key(), record.event_time_ms(), row.as_bytes());
+                return Ok(Outcome::Ok);
+            }
+            _ => {}
+        }
+        Ok(self.misbehave(record, out))
+    }
+}
+
+impl Hostile {
+    fn misbehave(&mut self, record: &Record<'_>, out: &mut Output) -> Outcome {
         match self.mode.as_str() {
             "trap" => panic!("hostile guest trapping on purpose"),
             "trap-on-boom" if record.payload() == b"boom" => panic!("boom"),

@@ -1,7 +1,8 @@
 //! An aggregator for the world tests: sums decimal payloads per (window, key)
-//! and emits `key=sum (n records)`.
+//! and emits `key=sum (n records)`. A payload that is no number is a bad record;
+//! the payload `fail` fails the whole call (the plugin's fault, not the record's).
 
-use weir_sdk::{Aggregator, Config, Output, Record, Window};
+use weir_sdk::{Aggregator, Config, Error, Output, Record, Window};
 
 /// The test guest.
 pub struct Sum;
@@ -20,14 +21,17 @@ impl Aggregator for Sum {
         Ok(Sum)
     }
 
-    fn fold(&mut self, state: &mut State, record: &Record<'_>) -> Result<(), String> {
-        let text = record.text().ok_or("payload is not text")?;
-        state.sum += text.trim().parse::<i64>().map_err(|e| format!("`{text}`: {e}"))?;
+    fn fold(&mut self, state: &mut State, record: &Record<'_>) -> Result<(), Error> {
+        let text = record.text().ok_or_else(|| Error::bad_record("payload is not text"))?;
+        if text == "fail" {
+            return Err(Error::failed("failing the call, as asked"));
+        }
+        state.sum += text.trim().parse::<i64>().map_err(|e| Error::bad_record(format!("`{text}`: {e}")))?;
         state.count += 1;
         Ok(())
     }
 
-    fn emit(&mut self, window: Window, key: &str, state: &State, out: &mut Output) -> Result<(), String> {
+    fn emit(&mut self, window: Window, key: &str, state: &State, out: &mut Output) -> Result<(), Error> {
         let text = format!("{key}={} ({} records)", state.sum, state.count);
         out.emit(key, window.end_ms - 1, text.as_bytes());
         Ok(())

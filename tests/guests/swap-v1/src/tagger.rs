@@ -1,6 +1,6 @@
 // Shared by the swap-v1 and swap-v2 test guests, which differ only in `VERSION`.
 
-use weir_sdk::{Config, Outcome, Output, Record, Transformer};
+use weir_sdk::{Config, Error, Outcome, Output, Record, Transformer};
 
 /// Tags each record with the version that processed it and the batch it came in.
 pub struct Tagger {
@@ -13,14 +13,14 @@ impl Transformer for Tagger {
         Ok(Self { batch: String::new() })
     }
 
-    fn transform(&mut self, record: &Record<'_>, out: &mut Output) -> Outcome {
+    fn transform(&mut self, record: &Record<'_>, out: &mut Output) -> Result<Outcome, Error> {
         let payload = String::from_utf8_lossy(record.payload());
         if record.index() == 0 {
             self.batch = payload.to_string();
         }
         let tagged = format!("{VERSION}|{}|{payload}", self.batch);
         out.emit(record.key(), record.event_time_ms(), tagged.as_bytes());
-        Outcome::Ok
+        Ok(Outcome::Ok)
     }
 }
 
