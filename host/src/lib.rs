@@ -15,7 +15,6 @@ pub mod client;
 pub mod delivery;
 pub mod lake;
 pub mod manifest;
-pub mod names;
 pub mod notify;
 pub mod outbound;
 pub mod pipeline;
@@ -28,8 +27,11 @@ pub mod simulate;
 pub mod sink;
 pub mod stage;
 pub mod state;
-pub mod stream;
 pub mod swap;
-pub mod time;
 pub mod warehouse;
-pub mod window;
+
+/// The streams (the `weir-stream` crate).
+pub use weir_stream as stream;
+pub use weir_stream::{names, time};
+/// Event-time windows (the `weir-window` crate).
+pub use weir_window as window;

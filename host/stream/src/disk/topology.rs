@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 
-use crate::stream::{Clock, StreamError, now_ms, shard_end, shard_id, shard_start};
+use crate::{Clock, StreamError, now_ms, shard_end, shard_id, shard_start};
 
 use super::failure::*;
 use super::settings::*;

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::stream::StreamError;
+use crate::StreamError;
 
 pub(super) fn io_failed(stream: &str, what: &str, e: &std::io::Error) -> StreamError {
     StreamError::Failed { stream: stream.to_owned(), reason: format!("{what}: {e}") }

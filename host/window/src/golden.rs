@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{FoldRecord, TimeSource, WindowKind, WindowOperator, WindowSpec};
-use crate::time::format_ms;
+use weir_stream::time::format_ms;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -85,7 +85,7 @@ struct Outcome {
 }
 
 fn ms(rfc3339: &str) -> i64 {
-    crate::time::system_ms(humantime::parse_rfc3339(rfc3339).unwrap_or_else(|e| panic!("`{rfc3339}`: {e}")))
+    weir_stream::time::system_ms(humantime::parse_rfc3339(rfc3339).unwrap_or_else(|e| panic!("`{rfc3339}`: {e}")))
 }
 
 fn duration(text: &Option<String>) -> Option<Duration> {
@@ -199,7 +199,7 @@ fn check(path: &Path) -> Result<(), String> {
 
 #[test]
 fn every_case_in_the_cases_folder_holds() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/window/cases");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/cases");
     let mut paths: Vec<_> = std::fs::read_dir(&dir)
         .expect("the cases folder")
         .map(|entry| entry.expect("a readable folder").path())

@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 
-use crate::stream::{NewRecord, StoredRecord};
+use crate::{NewRecord, StoredRecord};
 
 pub(super) const MAGIC: [u8; 2] = *b"WR";
 /// Magic, payload length, payload checksum.

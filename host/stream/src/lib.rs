@@ -2,9 +2,15 @@
 //! (consumer) with its own checkpoint. [`StreamStore`] is what the host needs
 //! from a stream store; [`DiskStreams`] keeps them in an append-only,
 //! checksummed log on local disk (NATS JetStream is the next implementation).
+//!
+//! The bottom layer of weir, in a crate of its own so that nothing above can
+//! reach into it: it knows names ([`names`], the rule of every name that
+//! reaches storage) and time ([`time`]), and nothing of plugins, stages or APIs.
 
 mod disk;
 mod faults;
+pub mod names;
+pub mod time;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -122,7 +122,7 @@ pub(crate) fn span_ms(what: &'static str, span: Duration) -> Result<i64, WindowE
 
 /// Writes a window time for people: RFC 3339 in UTC, or the raw number out of range.
 pub(crate) fn format_time(ms: i64) -> String {
-    if (0..=MAX_TIME_MS).contains(&ms) { crate::time::format_ms(ms) } else { format!("{ms} ms since 1970") }
+    if (0..=MAX_TIME_MS).contains(&ms) { weir_stream::time::format_ms(ms) } else { format!("{ms} ms since 1970") }
 }
 
 /// Writes a span of milliseconds for people: `10m`, `1h 30m`.

@@ -30,7 +30,7 @@ use bytes::Bytes;
 
 use crate::names::{self, NameKind};
 
-use crate::stream::{
+use crate::{
     Appended, Clock, Lineage, NewRecord, ShardInfo, StoredRecord, StreamError, StreamInfo, StreamSettings, StreamStore,
     hash_key, system_clock,
 };

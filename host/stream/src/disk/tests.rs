@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicUsize;
 
 use super::frame::*;
 use super::*;
-use crate::stream::{StreamStore, shard_id};
+use crate::{StreamStore, shard_id};
 
 fn spec(fsync: FsyncPolicy) -> Vec<DiskStreamSpec> {
     vec![DiskStreamSpec::new("s", 1_000_000, fsync)]

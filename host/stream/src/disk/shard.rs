@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::names::{self, NameKind};
 
-use crate::stream::{Clock, NewRecord, StreamError};
+use crate::{Clock, NewRecord, StreamError};
 
 use super::failure::*;
 use super::frame::*;

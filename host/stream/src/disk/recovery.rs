@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::path::Path;
 
-use crate::stream::StreamError;
+use crate::StreamError;
 
 use super::failure::corrupt;
 use super::frame::{FrameRef, frame_arrival, parse_frame};

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use crate::stream::NewRecord;
+use crate::NewRecord;
 
 use super::settings::*;
 

@@ -144,7 +144,7 @@ mod tests {
     const MINUTE: i64 = 60_000;
 
     fn at(rfc3339: &str) -> i64 {
-        crate::time::system_ms(humantime::parse_rfc3339(rfc3339).expect("a valid test time"))
+        weir_stream::time::system_ms(humantime::parse_rfc3339(rfc3339).expect("a valid test time"))
     }
 
     fn minutes(n: u64) -> Duration {
