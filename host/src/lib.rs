@@ -13,6 +13,7 @@ pub mod check;
 pub mod cli;
 pub mod client;
 pub mod delivery;
+pub mod io;
 pub mod lake;
 pub mod manifest;
 pub mod notify;

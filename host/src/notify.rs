@@ -204,11 +204,8 @@ impl Channels {
         let spawned = std::thread::Builder::new().name("webhooks".into()).spawn(move || {
             let span = tracing::info_span!("channels.webhooks");
             let _enter = span.enter();
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
-            let client = crate::outbound::HttpClient::new();
-            let (runtime, client) = match (runtime, client) {
-                (Ok(r), Ok(c)) => (r, c),
-                _ => return tracing::error!("cannot start the webhook sender; deliveries stay queued"),
+            let Ok(client) = crate::outbound::HttpClient::new() else {
+                return tracing::error!("cannot start the webhook sender; deliveries stay queued");
             };
             loop {
                 std::thread::sleep(SENDER_TICK);
@@ -221,7 +218,10 @@ impl Channels {
                     }
                 };
                 for entry in due {
-                    runtime.block_on(channels.attempt(&client, entry));
+                    if let Err(e) = crate::io::block_on(channels.attempt(&client, entry)) {
+                        // The delivery stays queued in the state database: tried again next tick.
+                        tracing::error!(error = %e, "cannot run the webhook sender");
+                    }
                 }
             }
         });

@@ -302,18 +302,7 @@ impl ReferenceTables {
         }
         let tables = Arc::new(ReferenceTables { tables });
         if !tables.tables.is_empty() {
-            // On a thread of its own: the caller may be inside an async runtime.
-            let loading = tables.clone();
-            let loaded = std::thread::spawn(move || {
-                let runtime = runtime()?;
-                loading.tables.values().try_for_each(|t| runtime.block_on(t.refresh()).map(drop))
-            });
-            loaded.join().map_err(|_| ReferenceError::Parse {
-                table: String::new(),
-                object: String::new(),
-                line: 0,
-                message: "the loading thread panicked".into(),
-            })??;
+            tables.tables.values().try_for_each(|t| refresh(t).map(drop))?;
         }
         Ok(tables)
     }
@@ -343,10 +332,6 @@ impl ReferenceTables {
         let spawned = std::thread::Builder::new().name("reference-reload".into()).spawn(move || {
             let span = tracing::info_span!("reference.reload");
             let _enter = span.enter();
-            let runtime = match runtime() {
-                Ok(r) => r,
-                Err(e) => return tracing::error!(error = %e, "reference tables will not be reloaded"),
-            };
             let mut due: BTreeMap<String, Instant> = BTreeMap::new();
             loop {
                 std::thread::sleep(RELOAD_TICK);
@@ -357,7 +342,7 @@ impl ReferenceTables {
                         continue;
                     }
                     *next = Instant::now() + table.spec.refresh;
-                    let result = runtime.block_on(table.refresh());
+                    let result = refresh(table);
                     if let Ok(mut last) = table.last_error.lock() {
                         match &result {
                             Err(e) => {
@@ -380,13 +365,14 @@ impl ReferenceTables {
 /// How often the reload thread wakes to see which tables are due.
 const RELOAD_TICK: Duration = Duration::from_millis(100);
 
-fn runtime() -> Result<tokio::runtime::Runtime, ReferenceError> {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| ReferenceError::Read {
-        table: String::new(),
+/// Reloads a table on the host's runtime (whether or not the caller is async code).
+fn refresh(table: &ReferenceTable) -> Result<bool, ReferenceError> {
+    crate::io::block_on(table.refresh()).map_err(|e| ReferenceError::Read {
+        table: table.spec.name.to_string(),
         object: String::new(),
         lake: String::new(),
         message: format!("cannot start an I/O runtime: {e}"),
-    })
+    })?
 }
 
 impl ReferenceLookup for ReferenceTables {

@@ -215,24 +215,22 @@ impl OperationsDesk {
         self.refused.load(Ordering::Relaxed)
     }
 
-    /// Serves the desk on `url`'s loopback address, on a thread of its own
-    /// that lasts as long as the process.
+    /// Serves the desk on `url`'s loopback address, on the host's runtime, for
+    /// as long as the process lasts.
     pub fn serve(self: &Arc<Self>, url: &str) -> anyhow::Result<()> {
         let addr = loopback_addr(url).with_context(|| format!("{url} is not a loopback http:// URL"))?;
         let listener = std::net::TcpListener::bind(addr)
             .with_context(|| format!("cannot listen on {addr} for the stand-in operations tool"))?;
         listener.set_nonblocking(true)?;
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let router = self.router();
-        std::thread::Builder::new().name("operations-desk".into()).spawn(move || {
-            runtime.block_on(async move {
-                match tokio::net::TcpListener::from_std(listener) {
-                    Ok(listener) => {
-                        let _ = axum::serve(listener, router).await;
-                    }
-                    Err(e) => tracing::error!(error = %e, "the stand-in operations tool cannot listen"),
-                }
-            })
+        crate::io::spawn(async move {
+            let served = match tokio::net::TcpListener::from_std(listener) {
+                Ok(listener) => axum::serve(listener, router).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = served {
+                tracing::error!(error = %e, "the stand-in operations tool stopped serving");
+            }
         })?;
         Ok(())
     }

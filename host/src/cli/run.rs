@@ -40,8 +40,10 @@ pub(super) fn run(
     }
     let engine = Arc::new(PluginEngine::new()?);
     let (addr, name) = (pipeline.api.listen, pipeline.name.clone());
-    let host = crate::pipeline::Host::start(pipeline, &engine)?;
+    // One runtime: the API's, and the I/O of the stages', deliveries' and channels' threads.
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    crate::io::install(runtime.handle().clone());
+    let host = crate::pipeline::Host::start(pipeline, &engine)?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr)
             .await

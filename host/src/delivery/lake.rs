@@ -43,28 +43,17 @@ pub struct WriteFailure {
 impl Shared {
     /// Writes an object, retrying with backoff for the retry duration. The
     /// inner error says why it was not written.
-    pub fn put(
-        &self,
-        runtime: &tokio::runtime::Runtime,
-        key: &str,
-        body: Bytes,
-    ) -> Result<Result<(), WriteFailure>, Interrupted> {
-        self.write(runtime, key, body, Some(self.spec.retry_duration))
+    pub fn put(&self, key: &str, body: Bytes) -> Result<Result<(), WriteFailure>, Interrupted> {
+        self.write(key, body, Some(self.spec.retry_duration))
     }
 
     /// Writes an object under the error prefix: retried until written.
-    pub fn put_until_written(
-        &self,
-        runtime: &tokio::runtime::Runtime,
-        key: &str,
-        body: Bytes,
-    ) -> Result<(), Interrupted> {
-        self.write(runtime, key, body, None).map(|_| ())
+    pub fn put_until_written(&self, key: &str, body: Bytes) -> Result<(), Interrupted> {
+        self.write(key, body, None).map(|_| ())
     }
 
     fn write(
         &self,
-        runtime: &tokio::runtime::Runtime,
         key: &str,
         body: Bytes,
         retry_for: Option<Duration>,
@@ -87,7 +76,11 @@ impl Shared {
         loop {
             attempts += 1;
             let attempt = Instant::now();
-            match runtime.block_on(self.lake.put(key, bytes.clone())) {
+            let written = match crate::io::block_on(self.lake.put(key, bytes.clone())) {
+                Ok(result) => result.map_err(|e| e.to_string()),
+                Err(e) => Err(format!("cannot start the I/O runtime: {e}")),
+            };
+            match written {
                 Ok(_) => {
                     self.stats.objects.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(

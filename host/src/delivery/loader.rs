@@ -115,13 +115,6 @@ impl Loader {
     /// One lane: takes the next staged batch, finishes it, and hands it to the
     /// in-order checkpoint; until the worker stops or a shutdown interrupts.
     fn lane(&mut self, queue: &Mutex<(Receiver<Staged>, u64)>, order: &Mutex<InOrder>, stop: &AtomicBool) {
-        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot start the delivery loader's runtime");
-                return;
-            }
-        };
         // However this lane ends (a shutdown, a panic), the other lanes stop
         // too: checkpoints could not pass its batch, so theirs would pile up.
         let _stop_all = StopOnDrop(stop);
@@ -136,7 +129,7 @@ impl Loader {
                 return; // planned, so redone at the next start
             }
             let (shard, first, last) = (batch.shard, batch.first, batch.last);
-            if self.finish(&runtime, batch).is_err() {
+            if self.finish(batch).is_err() {
                 tracing::warn!(shard, first, last, "shutdown interrupted a delivery; it is redone at the next start");
                 return; // the worker sees the channel close and stops too
             }
@@ -162,7 +155,7 @@ impl Loader {
     }
 
     /// Loads a batch and writes its errors object; the caller checkpoints it.
-    fn finish(&mut self, runtime: &tokio::runtime::Runtime, batch: Staged) -> Result<(), Interrupted> {
+    fn finish(&mut self, batch: Staged) -> Result<(), Interrupted> {
         let shared = self.shared.clone();
         let mut errors = batch.errors;
         if let Some(key) = &batch.staged_key
@@ -179,7 +172,7 @@ impl Loader {
             let prefix = object_prefix(&shared.spec.error_prefix, batch.at, Some("processing-failed"));
             let extension = if shared.spec.gzip { ".gz" } else { "" };
             let key = format!("{prefix}{}.errors{extension}", batch.name);
-            shared.put_until_written(runtime, &key, body.into())?;
+            shared.put_until_written(&key, body.into())?;
         }
         shared.stats.records_delivered.fetch_add(batch.delivered, Ordering::Relaxed);
         shared.stats.records_failed.fetch_add(errors.len() as u64, Ordering::Relaxed);

@@ -43,7 +43,6 @@ struct DeliveryOperator {
     transform: Option<TransformerPlugin>,
     instance: Option<TransformerInstance>,
     clock: Clock,
-    runtime: tokio::runtime::Runtime,
     to_loader: SyncSender<Staged>,
     shards: BTreeMap<u32, ShardBuffer>,
 }
@@ -88,34 +87,28 @@ impl Worker {
                 return;
             }
         };
-        match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(runtime) => {
-                let shared = self.shared.clone();
-                let reading = Reading {
-                    input: shared.source_stream.clone(),
-                    consumer: shared.consumer.clone(),
-                    batch_size: READ_BATCH,
-                    // The operator buffers by its own thresholds.
-                    batch_wait: Duration::ZERO,
-                    // A step that fails (a plan not written) waits and is retried.
-                    on_error: ErrorPolicy::DeadLetter,
-                };
-                let operator = DeliveryOperator {
-                    shared: shared.clone(),
-                    transform: self.transform.take(),
-                    instance: None,
-                    clock: self.clock.clone(),
-                    runtime,
-                    // Dropped with the driver: the loader then finishes what it was handed.
-                    to_loader,
-                    shards: BTreeMap::new(),
-                };
-                Driver::new(reading, shared.source.clone(), self.driver.clone(), operator)
-                    .draining_with(shared.draining.clone())
-                    .run_here();
-            }
-            Err(e) => tracing::error!(error = %e, "cannot start the delivery's runtime"),
-        }
+        let shared = self.shared.clone();
+        let reading = Reading {
+            input: shared.source_stream.clone(),
+            consumer: shared.consumer.clone(),
+            batch_size: READ_BATCH,
+            // The operator buffers by its own thresholds.
+            batch_wait: Duration::ZERO,
+            // A step that fails (a plan not written) waits and is retried.
+            on_error: ErrorPolicy::DeadLetter,
+        };
+        let operator = DeliveryOperator {
+            shared: shared.clone(),
+            transform: self.transform.take(),
+            instance: None,
+            clock: self.clock.clone(),
+            // Dropped with the driver: the loader then finishes what it was handed.
+            to_loader,
+            shards: BTreeMap::new(),
+        };
+        Driver::new(reading, shared.source.clone(), self.driver.clone(), operator)
+            .draining_with(shared.draining.clone())
+            .run_here();
         if loader.join().is_err() {
             tracing::error!("the delivery's loader panicked");
         }
@@ -281,7 +274,7 @@ impl DeliveryOperator {
                 raw.push(b'\n');
             }
             let key = format!("{}{name}{extension}", object_prefix(backup, at, None));
-            if let Err(failure) = shared.put(&self.runtime, &key, raw.into())? {
+            if let Err(failure) = shared.put(&key, raw.into())? {
                 errors.extend(
                     batch.iter().map(|r| error_entry(r, "Lake.BackupFailed", &failure.message, failure.attempts)),
                 );
@@ -292,7 +285,7 @@ impl DeliveryOperator {
         let rows = rows.finish();
         if !rows.is_empty() {
             let key = format!("{}{name}{extension}", object_prefix(&spec.prefix, at, None));
-            match shared.put(&self.runtime, &key, rows.bytes.clone())? {
+            match shared.put(&key, rows.bytes.clone())? {
                 Ok(()) => staged_key = Some(key),
                 Err(failure) => {
                     delivered = 0;

@@ -17,7 +17,6 @@ use super::{
 
 /// A table in a PostgreSQL database.
 pub struct PostgresWarehouse {
-    runtime: OwnRuntime,
     client: Client,
     url: String,
     target: String,
@@ -29,12 +28,9 @@ impl PostgresWarehouse {
     /// Connects, creates the ledger if needed and checks the table's columns.
     pub fn connect(url: &str, spec: &WarehouseSpec) -> Result<PostgresWarehouse, WarehouseError> {
         let target = format!("postgres `{}`", redacted(url));
-        let runtime = OwnRuntime::new().map_err(|e| WarehouseError::Unavailable {
-            target: target.clone(),
-            message: format!("cannot start a runtime: {e}"),
-        })?;
-        let client = runtime.block_on(open(url, &target))?;
-        let existing = runtime.block_on(table_columns(&client, &spec.table)).map_err(|e| error(&target, e))?;
+        let client = run(&target, open(url, &target))?;
+        let existing =
+            run(&target, async { table_columns(&client, &spec.table).await.map_err(|e| error(&target, e)) })?;
         if existing.is_empty() {
             return Err(WarehouseError::Schema {
                 target,
@@ -51,14 +47,14 @@ impl PostgresWarehouse {
             quoted(&spec.table),
             spec.columns.iter().map(|c| quoted(&c.column)).collect::<Vec<_>>().join(", ")
         );
-        Ok(PostgresWarehouse { runtime, client, url: url.to_owned(), target, spec: spec.clone(), copy })
+        Ok(PostgresWarehouse { client, url: url.to_owned(), target, spec: spec.clone(), copy })
     }
 }
 
 impl Warehouse for PostgresWarehouse {
     fn load(&mut self, staged_key: &str, rows: &ParsedRows) -> Result<Loaded, WarehouseError> {
         if self.client.is_closed() {
-            self.client = self.runtime.block_on(open(&self.url, &self.target))?;
+            self.client = run(&self.target, open(&self.url, &self.target))?;
         }
         let mut rejected = Vec::new();
         let mut text = BytesMut::with_capacity(rows.len() * 128);
@@ -75,7 +71,7 @@ impl Warehouse for PostgresWarehouse {
         }
         let encoded = Encoded { text: text.freeze(), lines };
         let (client, target, copy, table) = (&mut self.client, &self.target, &self.copy, &self.spec.table);
-        self.runtime.block_on(async move {
+        run(target, async move {
             let whole = load_all(client, staged_key, table, copy, &encoded).await;
             let mut loaded = match whole {
                 Ok(loaded) => loaded,
@@ -91,35 +87,15 @@ impl Warehouse for PostgresWarehouse {
     }
 }
 
-/// The warehouse's own runtime, usable and droppable from anywhere, async
-/// code included (where tokio refuses to block a thread or drop a runtime).
-struct OwnRuntime(Option<tokio::runtime::Runtime>);
-
-impl OwnRuntime {
-    fn new() -> std::io::Result<OwnRuntime> {
-        Ok(OwnRuntime(Some(tokio::runtime::Builder::new_current_thread().enable_all().build()?)))
-    }
-
-    /// Runs `future` to its end; a caller inside another runtime is served from a thread of its own.
-    fn block_on<F: Future + Send>(&self, future: F) -> F::Output
-    where
-        F::Output: Send,
-    {
-        let Some(runtime) = &self.0 else { unreachable!("the runtime is only taken when dropped") };
-        if tokio::runtime::Handle::try_current().is_err() {
-            return runtime.block_on(future);
-        }
-        std::thread::scope(|scope| scope.spawn(|| runtime.block_on(future)).join())
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    }
-}
-
-impl Drop for OwnRuntime {
-    fn drop(&mut self) {
-        if let Some(runtime) = self.0.take() {
-            runtime.shutdown_background();
-        }
-    }
+/// Runs `future` on the host's runtime; a runtime that cannot start leaves the warehouse unavailable.
+fn run<T: Send>(
+    target: &str,
+    future: impl Future<Output = Result<T, WarehouseError>> + Send,
+) -> Result<T, WarehouseError> {
+    crate::io::block_on(future).map_err(|e| WarehouseError::Unavailable {
+        target: target.to_owned(),
+        message: format!("cannot start a runtime: {e}"),
+    })?
 }
 
 async fn open(url: &str, target: &str) -> Result<Client, WarehouseError> {
