@@ -31,7 +31,7 @@ pub struct StoreData {
     table: ResourceTable,
     limiter: MemoryCap,
     pub(crate) ident: Arc<PluginIdent>,
-    /// The tables and channels its calls may name.
+    /// The state tables, channels and reference tables its calls may name.
     uses: Uses,
     pub(crate) services: Option<Arc<dyn Services>>,
     pub(crate) references: Option<Arc<dyn ReferenceLookup>>,

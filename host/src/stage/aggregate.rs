@@ -21,7 +21,6 @@
 //! refused unless the operator asked to migrate them (through the candidate's
 //! `state-migration` export, all or nothing) or to reset them.
 
-use crate::plugin::PluginError;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 use std::io::Write as _;
@@ -36,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use super::driver::{BatchError, Driver, Operator, Reading};
 use super::{DeadLetters, StageOutput, StageStats};
 use crate::manifest::StageSpec;
-use crate::plugin::{AggregatorInstance, AggregatorPlugin, Batch};
+use crate::plugin::{AggregatorInstance, AggregatorPlugin, Batch, PluginError};
 use crate::reference::ReferenceTables;
 use crate::sink::{DeadLetter, DeadLetterOrigin, OutRecord};
 use crate::stream::{NewRecord, StoredRecord, StreamStore, now_ms};
