@@ -13,8 +13,8 @@ use anyhow::{Context as _, bail};
 use crate::manifest::plugin::ConfigType;
 use crate::manifest::{Diagnostics, Grants, Limits, PluginManifest, Uses, World};
 use crate::plugin::{
-    AggregatorPlugin, Batch, CompiledComponent, MemoryServices, NotifierPlugin, Outcome, PluginEngine, PluginError,
-    PluginIdent, SandboxSpec, TransformerPlugin, check_world, fits_world,
+    AggregatorPlugin, BadRecords, Batch, CompiledComponent, MemoryServices, NotifierPlugin, Outcome, PluginEngine,
+    PluginError, PluginIdent, SandboxSpec, TransformerPlugin, check_world, fits_world,
 };
 
 /// What `weir plugin inspect` found out about a component.
@@ -293,18 +293,11 @@ fn without_bad_records<T>(
     records: usize,
     mut call: impl FnMut(&[usize]) -> Result<T, PluginError>,
 ) -> Result<(T, Vec<(usize, String)>), PluginError> {
-    let mut kept: Vec<usize> = (0..records).collect();
-    let mut refused = Vec::new();
+    let mut bad = BadRecords::new(records);
     loop {
-        match call(&kept) {
-            Err(PluginError::BadRecord { index, reason }) if (index as usize) < kept.len() => {
-                refused.push((kept.remove(index as usize), reason));
-            }
-            Err(e) => return Err(e),
-            Ok(done) => {
-                refused.sort();
-                return Ok((done, refused));
-            }
+        match call(bad.kept()) {
+            Ok(done) => return Ok((done, bad.refused().to_vec())),
+            Err(e) => bad.refuse(e)?,
         }
     }
 }

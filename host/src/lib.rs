@@ -19,7 +19,6 @@ pub mod manifest;
 pub mod notify;
 pub mod outbound;
 pub mod pipeline;
-pub mod plugin;
 pub mod progress;
 pub mod reference;
 pub mod scaffold;
@@ -31,6 +30,7 @@ pub mod state;
 pub mod swap;
 pub mod warehouse;
 
+pub use weir_plugin as plugin;
 /// The streams (the `weir-stream` crate).
 pub use weir_stream as stream;
 pub use weir_stream::{names, time};

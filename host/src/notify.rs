@@ -19,22 +19,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use crate::state::{Delivery, InboxMessage, OutboxEntry, Settle, StateStore};
+pub use weir_plugin::Notification;
 
-/// A notification as a plugin sent it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Notification {
-    /// Channel name.
-    pub channel: String,
-    /// Recipient.
-    pub recipient: String,
-    /// One-line summary.
-    pub subject: String,
-    /// Body.
-    pub body: String,
-    /// Dedup key of the business event.
-    pub idempotency_key: String,
-}
+use crate::state::{Delivery, InboxMessage, OutboxEntry, Settle, StateStore};
 
 /// First wait before a webhook is tried again; it doubles up to [`MAX_RETRY_WAIT`].
 const FIRST_RETRY_WAIT: Duration = Duration::from_millis(500);

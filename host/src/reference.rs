@@ -16,14 +16,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::lake::LakeSpec;
+pub use weir_plugin::ReferenceLookup;
 
-/// Where plugins' `reference.lookup` calls go: the pipeline's reference tables
-/// (these). Without them, a notifier's host services answer.
-pub trait ReferenceLookup: Send + Sync {
-    /// The row of `key` in `table` as JSON object text, if there is one.
-    fn lookup(&self, table: &str, key: &str) -> Result<Option<String>, String>;
-}
+use crate::lake::LakeSpec;
 
 /// How a reference object is written (`format = "csv"` or `"jsonl"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]

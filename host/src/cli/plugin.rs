@@ -69,8 +69,8 @@ pub(super) enum PluginAction {
     New {
         /// Its name (lowercase, digits and '-').
         name: String,
-        /// Its world.
-        #[arg(long, value_enum, default_value = "transformer")]
+        /// Its world: transformer, aggregator or notifier.
+        #[arg(long, default_value = "transformer")]
         world: crate::manifest::World,
         /// Its language: rust, python, js or c.
         #[arg(long)]

@@ -32,37 +32,16 @@
 //! output = "..."                 # optional: the payload of its first output record
 //! ```
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use toml::Spanned;
 
+pub use weir_plugin::{Resource, World};
+
 use super::diagnostic::{Diagnostic, Diagnostics, SourceFile};
 use super::toml_doc::Document;
 use super::units::Name;
-
-/// The plugin kinds, one per world of the `weir:plugin` WIT package.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum World {
-    /// `weir:plugin/transformer`
-    Transformer,
-    /// `weir:plugin/aggregator`
-    Aggregator,
-    /// `weir:plugin/notifier`
-    Notifier,
-}
-
-impl fmt::Display for World {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            World::Transformer => "transformer",
-            World::Aggregator => "aggregator",
-            World::Notifier => "notifier",
-        })
-    }
-}
 
 /// `[plugin]`
 #[derive(Debug, Clone, Deserialize)]
@@ -102,47 +81,6 @@ pub enum ConfigType {
     Channel,
     /// The name of a reference table of the pipeline (or an array of names).
     Reference,
-}
-
-/// A pipeline resource a plugin reaches through its imports, named by its config.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Resource {
-    /// `[tables.<name>]`, through `state-table`.
-    StateTable,
-    /// `[channels.<name>]`, through `notify`.
-    Channel,
-    /// `[reference.<name>]`, through `reference`.
-    Reference,
-}
-
-impl Resource {
-    /// The pipeline manifest's section that declares them.
-    pub fn section(self) -> &'static str {
-        match self {
-            Resource::StateTable => "tables",
-            Resource::Channel => "channels",
-            Resource::Reference => "reference",
-        }
-    }
-
-    /// The config key type that names one (`type = "..."` in plugin.toml).
-    pub fn config_type(self) -> &'static str {
-        match self {
-            Resource::StateTable => "state-table",
-            Resource::Channel => "channel",
-            Resource::Reference => "reference",
-        }
-    }
-}
-
-impl fmt::Display for Resource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Resource::StateTable => "state table",
-            Resource::Channel => "channel",
-            Resource::Reference => "reference table",
-        })
-    }
 }
 
 /// The names a resource-typed config value gives: one string, or an array of them.

@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use super::driver::{BatchError, Driver, Operator, Reading};
 use super::{DeadLetters, StageOutput, StageStats};
 use crate::manifest::StageSpec;
-use crate::plugin::{AggregatorInstance, AggregatorPlugin, Batch, PluginError};
+use crate::plugin::{AggregatorInstance, AggregatorPlugin, BadRecords, Batch, PluginError};
 use crate::reference::ReferenceTables;
 use crate::sink::{DeadLetter, DeadLetterOrigin, OutRecord};
 use crate::stream::{NewRecord, StoredRecord, StreamStore, now_ms};
@@ -341,31 +341,41 @@ impl AggregateOperator {
         for late in std::mem::take(&mut plan.set_aside) {
             aside.push(SetAside { record: records[grouped[late.index].0].clone(), code: "late", reason: late.reason });
         }
+        // A record the plugin calls bad is set aside; the others are folded again
+        // (a failed fold left the states as they were).
+        let mut bad = BadRecords::new(plan.rows.len());
         let folded = loop {
-            if plan.rows.is_empty() {
+            let kept = bad.kept();
+            if kept.is_empty() {
                 break Ok(());
             }
-            let payload_bytes = plan.rows.iter().map(|&row| records[grouped[row].0].data.len()).sum();
-            let mut batch = Batch::with_capacity(plan.rows.len(), payload_bytes);
-            for &row in &plan.rows {
-                let (i, key) = &grouped[row];
+            let payload_bytes = kept.iter().map(|&k| records[grouped[plan.rows[k]].0].data.len()).sum();
+            let mut batch = Batch::with_capacity(kept.len(), payload_bytes);
+            for &k in kept {
+                let (i, key) = &grouped[plan.rows[k]];
                 batch.push(key, records[*i].event_time_ms, &records[*i].data);
             }
+            let groups: Cow<'_, [u32]> = match bad.is_whole() {
+                true => Cow::Borrowed(&plan.groups),
+                false => kept.iter().map(|&k| plan.groups[k]).collect(),
+            };
             let result = match self.instance() {
-                Ok(running) => running.fold(&batch, &plan.groups, &mut plan.states),
+                Ok(running) => running.fold(&batch, &groups, &mut plan.states),
                 Err(e) => Err(PluginError::Instantiate(e)),
             };
-            // A record the plugin calls bad is set aside; the others are folded again
-            // (a failed fold left the states as they were).
             match result {
-                Err(PluginError::BadRecord { index, reason }) if (index as usize) < plan.rows.len() => {
-                    let row = plan.rows.remove(index as usize);
-                    plan.groups.remove(index as usize);
-                    aside.push(SetAside { record: records[grouped[row].0].clone(), code: "processing-failed", reason });
+                Ok(()) => break Ok(()),
+                Err(e) => {
+                    if let Err(e) = bad.refuse(e) {
+                        break Err(e);
+                    }
                 }
-                other => break other,
             }
         };
+        for (k, reason) in bad.refused() {
+            let record = records[grouped[plan.rows[*k]].0].clone();
+            aside.push(SetAside { record, code: "processing-failed", reason: reason.clone() });
+        }
         // Folded or not, the states go back (a failed fold left them as they were).
         self.windows()?.apply_fold(plan);
         self.version.batches.fetch_add(1, Ordering::Relaxed);

@@ -35,6 +35,18 @@
 //! operator, which goes on with the others (never a driver error), and a
 //! failure it calls transient ([`BatchError::Transient`]) is retried with
 //! backoff like an effect, never set aside.
+//!
+//! # Shutdown
+//!
+//! One path stops a host: `weir run` turns Ctrl-C or SIGTERM into
+//! `Host::stop_feeds` (the API stops taking puts and ends live feeds), then
+//! `Host::drain`, which drains the stages in pipeline order, upstream first,
+//! and then the deliveries, so what an upstream stage still passes on is not
+//! stranded. That order is why each driver has its own drain flag (set by
+//! [`StageHandle::drain`](super::StageHandle::drain), read between batches and
+//! during backoff) rather than one token for the whole host: a draining driver
+//! stops waiting for partial batches, finishes what its input holds,
+//! checkpoints it, and returns.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -20,7 +20,7 @@ use super::driver::{BatchError, Driver, Operator, Reading};
 use crate::manifest::StageSpec;
 use crate::notify::Channels;
 use crate::notify::Notification;
-use crate::plugin::{Batch, NotifierInstance, NotifierPlugin, PluginError, Services};
+use crate::plugin::{BadRecords, Batch, NotifierInstance, NotifierPlugin, PluginError, Services};
 use crate::reference::ReferenceLookup;
 use crate::reference::ReferenceTables;
 use crate::sink::{DeadLetter, DeadLetterOrigin};
@@ -195,57 +195,51 @@ impl Operator for NotifierOperator {
     }
 
     fn process(&mut self, records: &[StoredRecord]) -> Result<(), BatchError> {
-        let mut batch = Batch::with_capacity(records.len(), records.iter().map(|r| r.data.len()).sum());
+        let mut whole = Batch::with_capacity(records.len(), records.iter().map(|r| r.data.len()).sum());
         for r in records {
-            batch.push(&r.key, r.event_time_ms, &r.data);
+            whole.push(&r.key, r.event_time_ms, &r.data);
         }
         self.instance()?;
         self.version.batches.fetch_add(1, Ordering::Relaxed);
-        // The records of `records` still in the batch (a record the plugin calls bad leaves it).
-        let mut kept: Vec<usize> = (0..records.len()).collect();
+        let mut bad = BadRecords::new(records.len());
         loop {
             // The batch's changes commit together, before the position advances past it.
             self.services.begin().map_err(BatchError::Effect)?;
-            let consumed = self.instance()?.consume(&batch);
-            let e = match consumed {
-                Ok(()) => break,
-                Err(e) => e,
+            let consumed = match bad.kept() {
+                _ if bad.is_whole() => self.instance()?.consume(&whole),
+                [] => Ok(()),
+                kept => self.instance()?.consume(&whole.only(kept)),
             };
+            let Err(e) = consumed else { break };
+            // Its changes are undone: a bad record is set aside and the others go through again.
             self.services.abort();
             if e.poisons_instance() {
                 self.instance = None;
             }
             let message = format!("{}: {e}", self.plugin.spec.ident);
-            let PluginError::BadRecord { index, reason } = e else {
+            if let Err(e) = bad.refuse(e) {
                 self.version.failures.fetch_add(1, Ordering::Relaxed);
                 return Err(match e {
                     PluginError::Transient(_) => BatchError::Transient(message),
                     _ => BatchError::plugin(message),
                 });
-            };
-            // Its changes were undone: set the record aside, and the others go through again.
-            let Some(at) = kept.get(index as usize).copied() else {
-                return Err(BatchError::plugin(format!("{message} (a batch of {} records)", kept.len())));
-            };
-            let letter = DeadLetter {
-                origin: &self.origin,
-                record: &records[at],
-                error_code: "processing-failed",
-                reason: &reason,
-            };
-            self.dead_letters
-                .write_dead_letters(&[letter])
-                .map_err(|e| BatchError::Effect(format!("writing a bad record to the dead letters: {e}")))?;
-            self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-            kept.remove(index as usize);
-            if kept.is_empty() {
-                return Ok(());
-            }
-            batch = Batch::with_capacity(kept.len(), kept.iter().map(|&i| records[i].data.len()).sum());
-            for &i in &kept {
-                batch.push(&records[i].key, records[i].event_time_ms, &records[i].data);
             }
         }
+        let letters: Vec<DeadLetter<'_>> = bad
+            .refused()
+            .iter()
+            .map(|(at, reason)| DeadLetter {
+                origin: &self.origin,
+                record: &records[*at],
+                error_code: "processing-failed",
+                reason,
+            })
+            .collect();
+        if let Err(e) = self.dead_letters.write_dead_letters(&letters) {
+            self.services.abort();
+            return Err(BatchError::Effect(format!("writing a bad record to the dead letters: {e}")));
+        }
+        self.stats.dead_lettered.fetch_add(letters.len() as u64, Ordering::Relaxed);
         self.services.commit().map_err(|e| BatchError::Effect(format!("recording the batch's changes: {e}")))?;
         self.version.records_in.fetch_add(records.len() as u64, Ordering::Relaxed);
         Ok(())

@@ -1,15 +1,16 @@
 //! The checked pipeline: what the rest of the host starts from, every name
 //! resolved, every setting parsed, defaults filled in.
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use weir_plugin::{DirGrant, Grants, Limits, Uses};
+
 use crate::lake::LakeSpec;
-use crate::manifest::plugin::{PluginManifest, Resource};
+use crate::manifest::plugin::PluginManifest;
 use crate::manifest::units::Name;
 use crate::sigv4::AccessKey;
 use crate::stream::DiskStreamSpec;
@@ -207,75 +208,6 @@ pub enum DeadLetter {
     Stream(Name),
     /// The default file under the data dir.
     File(PathBuf),
-}
-
-/// Resource limits of one plugin instance.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// CPU deadline of one call.
-    pub timeout: Duration,
-    /// Linear-memory cap.
-    pub memory_bytes: u64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self { timeout: Duration::from_secs(2), memory_bytes: 64 << 20 }
-    }
-}
-
-/// A directory granted to a plugin.
-#[derive(Debug, Clone)]
-pub struct DirGrant {
-    /// Host directory.
-    pub host: PathBuf,
-    /// Path the plugin sees.
-    pub guest: String,
-    /// Whether the plugin may write.
-    pub writable: bool,
-}
-
-/// What a plugin may touch beyond computing.
-#[derive(Debug, Clone, Default)]
-pub struct Grants {
-    /// Real clocks (otherwise frozen at the epoch).
-    pub clock: bool,
-    /// Preopened directories.
-    pub dirs: Vec<DirGrant>,
-    /// The state tables, channels and reference tables it may use: those its
-    /// config keys of those types name (`type = "state-table"`, ... in plugin.toml).
-    pub uses: Uses,
-}
-
-/// The pipeline's resources a plugin may use, by name.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Uses {
-    /// State tables (`[tables.<name>]`).
-    pub tables: BTreeSet<String>,
-    /// Notification channels (`[channels.<name>]`).
-    pub channels: BTreeSet<String>,
-    /// Reference tables (`[reference.<name>]`).
-    pub references: BTreeSet<String>,
-}
-
-impl Uses {
-    /// The names of one kind of resource.
-    pub fn of(&self, kind: Resource) -> &BTreeSet<String> {
-        match kind {
-            Resource::StateTable => &self.tables,
-            Resource::Channel => &self.channels,
-            Resource::Reference => &self.references,
-        }
-    }
-
-    /// Adds a name of one kind.
-    pub fn add(&mut self, kind: Resource, name: String) {
-        match kind {
-            Resource::StateTable => self.tables.insert(name),
-            Resource::Channel => self.channels.insert(name),
-            Resource::Reference => self.references.insert(name),
-        };
-    }
 }
 
 /// A `[stages.<name>]` entry.

@@ -5,8 +5,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
-use crate::notify::Notification;
-
 /// The host services a notifier plugin can call. Errors are shown to the plugin.
 pub trait Services: Send + Sync {
     /// Reads an item.
@@ -101,4 +99,26 @@ impl Services for MemoryServices {
     fn lookup(&self, table: &str, key: &str) -> Result<Option<String>, String> {
         Ok(self.reference.lock().map_err(poisoned)?.get(&k(table, key)).cloned())
     }
+}
+
+/// A notification as a plugin sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notification {
+    /// Channel name.
+    pub channel: String,
+    /// Recipient.
+    pub recipient: String,
+    /// One-line summary.
+    pub subject: String,
+    /// Body.
+    pub body: String,
+    /// Dedup key of the business event.
+    pub idempotency_key: String,
+}
+
+/// Where plugins' `reference.lookup` calls go: the pipeline's reference tables
+/// (these). Without them, a notifier's host services answer.
+pub trait ReferenceLookup: Send + Sync {
+    /// The row of `key` in `table` as JSON object text, if there is one.
+    fn lookup(&self, table: &str, key: &str) -> Result<Option<String>, String>;
 }

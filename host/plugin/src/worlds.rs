@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use wasmtime::Store;
 
+use super::bad_records::BadRecords;
 use super::batch::RecordRef;
 use super::bindings::Batch;
 use super::bindings::aggregator::exports::weir::plugin::aggregate::Window;
@@ -20,8 +21,8 @@ use super::engine::{CompiledComponent, PluginEngine};
 use super::error::PluginError;
 use super::sandbox::{SandboxSpec, StoreData, arm_deadline, classify, new_store};
 use super::services::Services;
-use crate::manifest::World;
-use crate::reference::ReferenceLookup;
+use crate::services::ReferenceLookup;
+use crate::spec::World;
 
 /// A compiled component checked against a world, ready to instantiate.
 #[derive(Clone)]
@@ -185,45 +186,30 @@ impl TransformerInstance {
     /// the plugin refuses with a `bad-record` error gets a `processing-failed`
     /// outcome, and the others are transformed again without it.
     pub fn transform(&mut self, input: &Batch) -> Result<Transformed, PluginError> {
-        match self.transform_once(input) {
-            Err(PluginError::BadRecord { index, reason }) => self.transform_around(input, index, reason),
-            other => other,
-        }
-    }
-
-    /// Transforms `input` without the records the plugin refused, one more
-    /// each time it refuses one, until it refuses none (so at most once per record).
-    fn transform_around(&mut self, input: &Batch, index: u32, reason: String) -> Result<Transformed, PluginError> {
-        let mut refused = std::collections::BTreeMap::new();
-        let (mut index, mut reason, mut kept): (u32, String, Vec<usize>) = (index, reason, (0..input.len()).collect());
-        loop {
-            let Some(&original) = kept.get(index as usize) else {
-                return Err(PluginError::Contract(format!("record {index} refused in a batch of {}", kept.len())));
+        let mut bad = BadRecords::new(input.len());
+        let done = loop {
+            let called = match bad.kept() {
+                _ if bad.is_whole() => self.transform_once(input),
+                [] => Ok(Transformed { outcomes: Vec::new(), output: Batch::with_capacity(0, 0) }),
+                kept => self.transform_once(&input.only(kept)),
             };
-            refused.insert(original, reason);
-            kept.retain(|&i| i != original);
-            let batch = input.only(&kept);
-            let done = if batch.is_empty() {
-                Transformed { outcomes: Vec::new(), output: Batch::with_capacity(0, 0) }
-            } else {
-                match self.transform_once(&batch) {
-                    Ok(done) => done,
-                    Err(PluginError::BadRecord { index: next, reason: why }) => {
-                        (index, reason) = (next, why);
-                        continue;
-                    }
-                    Err(e) => return Err(e),
-                }
-            };
-            let mut outcomes = done.outcomes.into_iter();
-            let outcomes = (0..input.len())
-                .map(|i| match refused.remove(&i) {
-                    Some(reason) => Outcome::ProcessingFailed(reason),
-                    None => outcomes.next().unwrap_or(Outcome::Dropped),
-                })
-                .collect();
-            return Ok(Transformed { outcomes, output: done.output });
+            match called {
+                Ok(done) => break done,
+                Err(e) => bad.refuse(e)?,
+            }
+        };
+        if bad.is_whole() {
+            return Ok(done);
         }
+        let mut refused = bad.refused().iter().peekable();
+        let mut outcomes = done.outcomes.into_iter();
+        let outcomes = (0..input.len())
+            .map(|i| match refused.next_if(|(at, _)| *at == i) {
+                Some((_, reason)) => Outcome::ProcessingFailed(reason.clone()),
+                None => outcomes.next().unwrap_or(Outcome::Dropped),
+            })
+            .collect();
+        Ok(Transformed { outcomes, output: done.output })
     }
 
     fn transform_once(&mut self, input: &Batch) -> Result<Transformed, PluginError> {

@@ -4,7 +4,7 @@
 /// `weir:plugin/transformer`
 pub mod transformer {
     wasmtime::component::bindgen!({
-        path: "../wit",
+        path: "../../wit",
         world: "weir:plugin/transformer",
         additional_derives: [PartialEq],
     });
@@ -13,7 +13,7 @@ pub mod transformer {
 /// `weir:plugin/aggregator`
 pub mod aggregator {
     wasmtime::component::bindgen!({
-        path: "../wit",
+        path: "../../wit",
         world: "weir:plugin/aggregator",
         with: {
             "weir:plugin/types": super::transformer::weir::plugin::types,
@@ -27,7 +27,7 @@ pub mod aggregator {
 /// `migrating-aggregator`, looked up on aggregators that have it.
 pub mod state_migrator {
     wasmtime::component::bindgen!({
-        path: "../wit",
+        path: "../../wit",
         world: "weir:plugin/state-migrator",
         with: {
             "weir:plugin/types": super::transformer::weir::plugin::types,
@@ -38,7 +38,7 @@ pub mod state_migrator {
 /// `weir:plugin/notifier`
 pub mod notifier {
     wasmtime::component::bindgen!({
-        path: "../wit",
+        path: "../../wit",
         world: "weir:plugin/notifier",
         with: {
             "weir:plugin/types": super::transformer::weir::plugin::types,

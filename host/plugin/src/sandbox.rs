@@ -14,10 +14,8 @@ use super::bindings::notifier::weir::plugin::{notify, state_table};
 use super::bindings::transformer::weir::plugin::{log, reference};
 use super::error::{PluginError, PluginIdent};
 use super::services::Services;
-use crate::manifest::plugin::Resource;
-use crate::manifest::{Grants, Limits, Uses};
-use crate::notify::Notification;
-use crate::reference::ReferenceLookup;
+use crate::services::{Notification, ReferenceLookup};
+use crate::spec::{Grants, Limits, Resource, Uses};
 
 /// How often the epoch advances; CPU deadlines are counted in these ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);

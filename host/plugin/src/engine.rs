@@ -14,7 +14,7 @@ use wasmtime::{Config, Engine};
 use super::bindings::{notifier, transformer};
 use super::error::PluginError;
 use super::sandbox::{EPOCH_TICK, StoreData};
-use crate::manifest::World;
+use crate::spec::World;
 
 /// A compiled component and what identifies it.
 #[derive(Clone)]
