@@ -62,6 +62,7 @@ fn traffic_alert(text: &str) -> (String, String, u64, u64) {
 /// A toll line at 2026-11-26 (a Thursday) `hh:mm`.
 fn line(n: u32, time: &str, station: u32, customer: &str, cents: u32) -> NewRecord {
     NewRecord {
+        source: None,
         key: format!("station-{station}"),
         event_time_ms: None,
         data: Bytes::from(format!(
@@ -85,7 +86,11 @@ async fn the_showcase_fills_the_warehouse_and_raises_billing_and_traffic_alerts(
         line(3, "14:04", 3, "C000123", 275),
         line(4, "14:05", 7, "C000456", 410),
     ];
-    lines.push(NewRecord { data: Bytes::from_static(b"T0003-000005,not a line"), ..line(5, "14:06", 3, "C0", 1) });
+    lines.push(NewRecord {
+        source: None,
+        data: Bytes::from_static(b"T0003-000005,not a line"),
+        ..line(5, "14:06", 3, "C0", 1)
+    });
     // 14:45 moves the watermark past 14:31: the 14:00-14:10 and 14:00-14:30 windows close.
     lines.push(line(6, "14:45", 3, "C000789", 100));
     host.host.put("toll-lines", lines, Producer::Native).expect("put");
@@ -146,6 +151,7 @@ fn put_lines(host: &TestHost, lines: &[weir_host::simulate::TollLine], clock: &A
         let records = chunk
             .iter()
             .map(|l| NewRecord {
+                source: None,
                 key: format!("station-{}", l.station),
                 event_time_ms: Some(l.time_ms),
                 data: Bytes::from(l.text.clone()),

@@ -256,6 +256,7 @@ async fn c_rust_and_javascript_stages_run_in_one_pipeline() {
     let records = lines
         .iter()
         .map(|l| weir_host::stream::NewRecord {
+            source: None,
             key: "k".into(),
             event_time_ms: None,
             data: bytes::Bytes::from(*l),

@@ -96,6 +96,7 @@ async fn twenty_swaps_under_load_lose_nothing_and_refused_candidates_never_run()
                 let first = sent.load(Ordering::Relaxed);
                 let records: Vec<NewRecord> = (first..first + 20)
                     .map(|n| NewRecord {
+                        source: None,
                         key: format!("k{}", n % 7),
                         event_time_ms: None,
                         data: Bytes::from(format!("n{n:07}")),
@@ -186,6 +187,7 @@ async fn twenty_swaps_under_load_lose_nothing_and_refused_candidates_never_run()
         .put(
             "in",
             vec![NewRecord {
+                source: None,
                 key: "k".into(),
                 event_time_ms: None,
                 data: Bytes::from_static(b"after-rollback"),
@@ -226,6 +228,7 @@ fn records(payloads: &[&str]) -> Vec<NewRecord> {
     payloads
         .iter()
         .map(|p| NewRecord {
+            source: None,
             key: "k".into(),
             event_time_ms: None,
             data: Bytes::from(p.to_string()),
@@ -341,6 +344,7 @@ fn put_rows(host: &TestHost, rows: &[(String, u64, i64)]) {
     let records = rows
         .iter()
         .map(|(customer, cents, at)| NewRecord {
+            source: None,
             key: customer.clone(),
             event_time_ms: Some(*at),
             data: Bytes::from(format!(r#"{{"customer_id":"{customer}","amount_cents":{cents}}}"#)),

@@ -656,3 +656,65 @@ output = "rows"
     assert_eq!((streams["lines"], streams["quiet"]), (2, 1), "only what the rules let through was stored");
     host.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_records_source_is_kept_through_every_put_path_and_a_transform_stage() {
+    let manifest = r#"
+[pipeline]
+name = "sources"
+data-dir = "data"
+
+[sources.http]
+kind = "http"
+stream = "lines"
+
+[streams.lines]
+[streams.rows]
+
+[stages.etl]
+plugin = "{root}/plugins/toll-etl"
+input = "lines"
+output = "rows"
+batch-wait = "5ms"
+"#;
+    let mut host = TestHost::start(manifest).await.expect("start");
+    let client = reqwest::Client::new();
+    let b64 = |data: &str| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, data.as_bytes());
+    // The native API: per record, or for a whole batch; Kinesis: weir's header, which AWS ignores.
+    let body = json!({"source": "station-17", "records": [{"data": LINE_1}, {"data": LINE_2, "source": "station-9"}]});
+    assert_eq!(put(&host, "lines", body).await.0, StatusCode::OK);
+    let kinesis = client
+        .post(format!("{}/", host.url))
+        .header("x-amz-target", "Kinesis_20131202.PutRecords")
+        .header("content-type", "application/x-amz-json-1.1")
+        .header("x-weir-source", "agent-7:/var/log/tolls.log")
+        .body(json!({"StreamName": "lines", "Records": [{"Data": b64(LINE_3), "PartitionKey": "k"}]}).to_string())
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(kinesis.status(), StatusCode::OK);
+    let read = |stream: &'static str| {
+        let (client, url) = (client.clone(), host.url.clone());
+        async move {
+            let answer: Value = client
+                .get(format!("{url}/v1/streams/{stream}/records?shard=0&from=0&limit=10"))
+                .send()
+                .await
+                .expect("get")
+                .json()
+                .await
+                .expect("json");
+            let records = answer["records"].as_array().cloned().unwrap_or_default();
+            records.iter().map(|r| r["source"].as_str().unwrap_or("none").to_owned()).collect::<Vec<_>>()
+        }
+    };
+    let expected = ["station-17", "station-9", "agent-7:/var/log/tolls.log"];
+    assert_eq!(read("lines").await, expected);
+    // toll-etl's rows keep the source of the line each came from.
+    host.wait_until("the rows", |s| s.streams.get("rows").copied() == Some(3)).await;
+    assert_eq!(read("rows").await, expected);
+    let (status, answer) = put(&host, "lines", json!({"data": LINE_1, "source": ""})).await;
+    assert_eq!((status, &answer["error"]["code"]), (StatusCode::BAD_REQUEST, &json!("InvalidRecord")), "{answer}");
+    assert!(answer["error"]["message"].as_str().is_some_and(|m| m.contains("give 1 to 256")), "{answer}");
+    host.stop().await;
+}

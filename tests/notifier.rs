@@ -43,6 +43,7 @@ fn amounts(pairs: &[(&str, i64)]) -> Vec<NewRecord> {
     pairs
         .iter()
         .map(|(customer, amount)| NewRecord {
+            source: None,
             key: (*customer).to_owned(),
             event_time_ms: None,
             data: Bytes::from(amount.to_string()),
@@ -209,6 +210,7 @@ const T14: i64 = 1_795_701_600_000;
 
 fn toll(customer: &str, station: u32, cents: u64, minute: i64) -> NewRecord {
     NewRecord {
+        source: None,
         key: customer.to_owned(),
         event_time_ms: Some(T14 + minute * 60_000),
         data: Bytes::from(format!(
@@ -326,7 +328,13 @@ config = {{ channels = ["ops-hook", "dead-hook"] }}
     );
     let host = TestHost::start(&manifest).await.expect("start");
     let low = r#"{"station_id":"17","window_start":"2026-11-26T14:00:00.000Z","window_end":"2026-11-26T14:30:00.000Z","vehicles":3,"minimum":40}"#;
-    let record = NewRecord { key: "17".into(), event_time_ms: None, data: Bytes::from(low), explicit_hash_key: None };
+    let record = NewRecord {
+        source: None,
+        key: "17".into(),
+        event_time_ms: None,
+        data: Bytes::from(low),
+        explicit_hash_key: None,
+    };
     host.host.put("traffic", vec![record], Producer::Native).expect("put");
 
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);

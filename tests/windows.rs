@@ -39,6 +39,7 @@ const T14: i64 = 1_795_701_600_000;
 
 fn row(customer: &str, cents: u64, at_ms: i64) -> NewRecord {
     NewRecord {
+        source: None,
         key: customer.to_owned(),
         event_time_ms: Some(at_ms),
         data: Bytes::from(format!(r#"{{"customer_id":"{customer}","amount_cents":{cents}}}"#)),
@@ -177,6 +178,7 @@ config = { minimums = "station-minimums" }
 /// A toll-etl row at a station, keyed by its customer as toll-etl keys them.
 fn passage(station: &str, at_ms: i64) -> NewRecord {
     NewRecord {
+        source: None,
         key: "C000123".to_owned(),
         event_time_ms: Some(at_ms),
         data: Bytes::from(format!(r#"{{"customer_id":"C000123","station_id":{station},"vehicle_class":2}}"#)),
@@ -212,7 +214,11 @@ async fn traffic_windows_use_the_reference_minimums_of_the_moment_they_close() {
     let host = TestHost::start_in(dir, TRAFFIC_MANIFEST).await.expect("start");
     let minute = 60_000;
     let mut rows: Vec<NewRecord> = ["17", "17", "17", "42"].iter().map(|s| passage(s, T14 + 5 * minute)).collect();
-    rows.push(NewRecord { data: Bytes::from_static(br#"{"vehicle_class":2}"#), ..passage("0", T14 + 6 * minute) });
+    rows.push(NewRecord {
+        source: None,
+        data: Bytes::from_static(br#"{"vehicle_class":2}"#),
+        ..passage("0", T14 + 6 * minute)
+    });
     rows.push(passage("17", T14 + 31 * minute)); // closes 14:00-14:30
     host.host.put("rows", rows, Producer::Native).expect("put");
     host.wait_until("the 14:00 window", |s| s.stages[0].records_out == 3).await;

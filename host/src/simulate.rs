@@ -340,6 +340,8 @@ pub fn run_day(host: &Arc<Host>, lines: &[TollLine], mut progress: impl FnMut(f6
         let records: Vec<NewRecord> = chunk
             .iter()
             .map(|l| NewRecord {
+                // Each station is a producer of its own, as its agent is.
+                source: Some(format!("station-{}", l.station).into()),
                 key: format!("station-{}", l.station),
                 event_time_ms: Some(l.time_ms),
                 data: bytes::Bytes::from(l.text.clone()),

@@ -45,6 +45,9 @@ pub struct OutRecord<'a> {
     pub event_time_ms: i64,
     /// Payload.
     pub payload: &'a [u8],
+    /// The producer of the record it came from (see [`crate::stream::Source`]);
+    /// a stream written to keeps it, files do not.
+    pub source: Option<&'a crate::stream::Source>,
 }
 
 impl FileSink {

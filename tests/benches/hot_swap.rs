@@ -65,6 +65,7 @@ async fn run() {
             while !stop.load(Ordering::Relaxed) {
                 let records: Vec<NewRecord> = (sent..sent + 100)
                     .map(|n| NewRecord {
+                        source: None,
                         key: format!("k{}", n % 16),
                         event_time_ms: None,
                         data: Bytes::from(format!("n{n:09}")),

@@ -26,6 +26,7 @@ const RECORD: usize = 150;
 fn batch(producer: usize) -> Vec<NewRecord> {
     (0..BATCH)
         .map(|i| NewRecord {
+            source: None,
             key: format!("p{producer}-{i}"),
             event_time_ms: Some(1_795_000_000_000),
             data: Bytes::from(vec![b'x'; RECORD]),

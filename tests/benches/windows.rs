@@ -82,7 +82,7 @@ fn component(rows: &[(String, i64, String)]) -> (f64, Totals) {
             })
             .collect();
         let mut plan = operator.plan_fold(
-            batch_rows.iter().map(|(key, at, _)| FoldRecord { shard: 0, key, time_ms: *at }),
+            batch_rows.iter().map(|(key, at, _)| FoldRecord { shard: 0, source: None, key, time_ms: *at }),
             // The clock stands still: only event time closes windows.
             START,
         );
@@ -141,7 +141,8 @@ fn state_memory() -> (u64, usize) {
     // Keys are made a chunk at a time, so only the operator's memory grows.
     for chunk in 0..100 {
         let keys: Vec<String> = (chunk * 10_000..(chunk + 1) * 10_000).map(|i| format!("C{i:07}")).collect();
-        let mut plan = operator.plan_fold(keys.iter().map(|k| FoldRecord { shard: 0, key: k, time_ms: START }), START);
+        let mut plan = operator
+            .plan_fold(keys.iter().map(|k| FoldRecord { shard: 0, source: None, key: k, time_ms: START }), START);
         // A toll-billing-sum state: 12 bytes.
         plan.states.iter_mut().for_each(|s| *s = vec![0u8; 12]);
         operator.apply_fold(plan);

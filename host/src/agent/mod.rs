@@ -15,6 +15,7 @@ pub mod preprocess;
 mod sender;
 pub mod tailer;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -23,6 +24,8 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::Instrument as _;
+
+use crate::stream::Source;
 
 pub use config::{AgentConfig, ConfigError, Destination, FlowConfig, PartitionKey, StartPosition};
 pub use sender::{Outgoing, Sender};
@@ -146,6 +149,16 @@ impl AgentHandle {
     }
 }
 
+/// This machine's name, for the sources of the records its files give.
+fn machine_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "agent".to_owned())
+}
+
 /// A record read and processed, waiting in the batch.
 struct Pending {
     lineage: u64,
@@ -183,6 +196,9 @@ impl FlowRunner {
             Destination::Delivery(_) => None,
         });
         let mut batch = Batch::default();
+        // Each file is a source of its own (see `crate::stream::Source`): `<host>:<path>`.
+        let machine = machine_name();
+        let mut sources: HashMap<u64, Source> = HashMap::new();
         tracing::info!(destination = %self.flow.destination, "following files");
         loop {
             let stopping = *self.stop.borrow();
@@ -219,9 +235,16 @@ impl FlowRunner {
             }
             let mut abandoned = false;
             for (lineage, data, end) in done {
+                let source = sources.entry(lineage).or_insert_with(|| {
+                    let path = tailer.as_ref().and_then(|t| t.first_path(lineage));
+                    Source::from(format!(
+                        "{machine}:{}",
+                        path.map_or_else(|| lineage.to_string(), |p| p.display().to_string())
+                    ))
+                });
                 let record = match preprocessor.apply(data) {
                     Some(data) if data.is_empty() => None,
-                    Some(data) => Some(Outgoing { key: keys.key(&data), data }),
+                    Some(data) => Some(Outgoing { key: keys.key(&data), data, source: Some(source.clone()) }),
                     None => {
                         self.counters.records_skipped.fetch_add(1, Ordering::Relaxed);
                         None

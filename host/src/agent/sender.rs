@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use super::Counters;
 use super::config::{Destination, FlowConfig};
 use crate::client::{Client, ClientError, Service};
+use crate::stream::Source;
 
 /// Longest wait for one answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -29,6 +30,8 @@ pub struct Outgoing {
     pub data: Vec<u8>,
     /// Its partition key (streams only).
     pub key: String,
+    /// Its producer (streams only; see [`crate::stream::Source`]).
+    pub source: Option<Source>,
 }
 
 /// The agent was stopped before weir acknowledged the batch.
@@ -90,15 +93,34 @@ impl Sender {
         }
     }
 
-    /// Sends `records` until each is acknowledged or refused for good.
+    /// Sends `records` until each is acknowledged or refused for good: one
+    /// request per source, as a put names one (in order within each source).
     pub async fn send(&self, records: &[Outgoing], stop: &mut watch::Receiver<bool>) -> Result<(), Abandoned> {
-        let mut todo: Vec<&Outgoing> = records.iter().collect();
+        let mut by_source: Vec<(Option<&Source>, Vec<&Outgoing>)> = Vec::new();
+        for r in records {
+            match by_source.iter_mut().find(|(source, _)| *source == r.source.as_ref()) {
+                Some((_, group)) => group.push(r),
+                None => by_source.push((r.source.as_ref(), vec![r])),
+            }
+        }
+        for (source, group) in by_source {
+            self.send_from(source, group, stop).await?;
+        }
+        Ok(())
+    }
+
+    async fn send_from(
+        &self,
+        source: Option<&Source>,
+        mut todo: Vec<&Outgoing>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), Abandoned> {
         let mut backoff = self.initial_backoff;
         let mut give_up_at: Option<Instant> = None;
         while !todo.is_empty() {
             let (service, operation, body) = self.request(&todo);
-            let answer =
-                tokio::time::timeout(REQUEST_TIMEOUT, self.client.call_service(service, operation, &body)).await;
+            let call = self.client.call_service_from(service, operation, &body, source.map(|s| &**s));
+            let answer = tokio::time::timeout(REQUEST_TIMEOUT, call).await;
             let before = todo.len();
             match answer {
                 Ok(Ok(answer)) => todo = self.settle(todo, &answer),
@@ -255,8 +277,10 @@ mod tests {
 
         let counters = Arc::new(Counters::default());
         let sender = Sender::new(Client::new(&url).expect("client"), &flow(&url), counters.clone());
-        let records: Vec<Outgoing> =
-            ["a", "b", "c", "d"].iter().map(|d| Outgoing { data: d.as_bytes().to_vec(), key: "k".into() }).collect();
+        let records: Vec<Outgoing> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|d| Outgoing { data: d.as_bytes().to_vec(), key: "k".into(), source: None })
+            .collect();
         let (_stop_tx, mut stop) = watch::channel(false);
         sender.send(&records, &mut stop).await.expect("sent");
         server.abort();
@@ -270,13 +294,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn each_source_goes_in_a_put_of_its_own_named_in_its_header() {
+        // (source header, records) of each request.
+        let seen: Arc<Mutex<Vec<(String, usize)>>> = Arc::default();
+        let log = seen.clone();
+        let app = axum::Router::new().route(
+            "/",
+            axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let log = log.clone();
+                async move {
+                    let input: Value = serde_json::from_slice(&body).unwrap_or_default();
+                    let count = input["Records"].as_array().map_or(0, Vec::len);
+                    let source = headers.get("x-weir-source").and_then(|v| v.to_str().ok()).unwrap_or("none");
+                    log.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((source.to_owned(), count));
+                    let results: Vec<Value> = (0..count).map(|_| json!({"SequenceNumber": "1"})).collect();
+                    axum::Json(json!({"FailedRecordCount": 0, "Records": results}))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let sender = Sender::new(Client::new(&url).expect("client"), &flow(&url), Arc::default());
+        let from = |source: &str| Outgoing { data: b"x".to_vec(), key: "k".into(), source: Some(source.into()) };
+        let records = vec![from("h:/a.log"), from("h:/b é.log"), from("h:/a.log")];
+        let (_stop_tx, mut stop) = watch::channel(false);
+        sender.send(&records, &mut stop).await.expect("sent");
+        server.abort();
+        let seen = seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        assert_eq!(seen, [("h:/a.log".to_owned(), 2), ("h:/b%20%C3%A9.log".to_owned(), 1)]);
+    }
+
+    #[tokio::test]
     async fn a_stopping_agent_gives_up_on_an_unreachable_weir() {
         let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port");
         let url = format!("http://{port}");
         let counters = Arc::new(Counters::default());
         let sender = Sender::new(Client::new(&url).expect("client"), &flow(&url), counters.clone());
         let (stop_tx, mut stop) = watch::channel(false);
-        let records = vec![Outgoing { data: b"x".to_vec(), key: "k".into() }];
+        let records = vec![Outgoing { data: b"x".to_vec(), key: "k".into(), source: None }];
         let sending = tokio::spawn(async move { sender.send(&records, &mut stop).await });
         tokio::time::sleep(Duration::from_millis(100)).await;
         let _ = stop_tx.send(true);

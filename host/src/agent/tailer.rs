@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::{FileExt as _, MetadataExt as _};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
@@ -50,6 +50,8 @@ pub struct Line {
 struct Lineage {
     id: u64,
     path: PathBuf,
+    /// Where it was first found: the name its records' source is made of.
+    first_path: PathBuf,
     dev: u64,
     ino: u64,
     file: File,
@@ -200,6 +202,7 @@ impl Tailer {
         let (dev, ino, size) = file.metadata().map(|m| (m.dev(), m.ino(), m.len())).unwrap_or_default();
         self.lineages.push(Lineage {
             id,
+            first_path: path.clone(),
             path,
             dev,
             ino,
@@ -348,6 +351,11 @@ impl Tailer {
         let offset = if self.first_scan && !known && self.start == StartPosition::End { size } else { 0 };
         self.add(path, file, prefix, offset, now);
         None
+    }
+
+    /// Where `lineage` was first found (it keeps this name when the file is rotated).
+    pub fn first_path(&self, lineage: u64) -> Option<&Path> {
+        self.lineages.iter().find(|l| l.id == lineage).map(|l| l.first_path.as_path())
     }
 
     /// Records that lines of `lineage` up to `end` were acknowledged.

@@ -56,7 +56,13 @@ fn record(entry: &Entry<'_>) -> Result<NewRecord, AwsError> {
     let data = base64::engine::general_purpose::STANDARD
         .decode(entry.data.as_deref().ok_or_else(|| AwsError::new("InvalidArgumentException", "Data is required"))?)
         .map_err(|e| AwsError::new("SerializationException", format!("Data is not base64: {e}")))?;
-    Ok(NewRecord { key: String::new(), event_time_ms: None, data: Bytes::from(data), explicit_hash_key: None })
+    Ok(NewRecord {
+        source: None,
+        key: String::new(),
+        event_time_ms: None,
+        data: Bytes::from(data),
+        explicit_hash_key: None,
+    })
 }
 
 /// A record id that names where the record is kept: unique and stable.

@@ -17,7 +17,9 @@ use super::aws::{AwsError, PutResult, check_name, parse_body};
 use super::native::MAX_RECORDS_PER_PUT;
 use crate::names::NameKind;
 use crate::pipeline::{Host, Producer};
-use crate::stream::{MAX_SHARDS, NewRecord, ShardInfo, StreamInfo, StreamSettings, now_ms, parse_shard_id, shard_id};
+use crate::stream::{
+    MAX_SHARDS, NewRecord, ShardInfo, Source, StreamInfo, StreamSettings, now_ms, parse_shard_id, shard_id,
+};
 
 /// Shard iterators expire after this long, as in Kinesis.
 pub const ITERATOR_TTL: Duration = Duration::from_secs(300);
@@ -25,15 +27,28 @@ pub const ITERATOR_TTL: Duration = Duration::from_secs(300);
 const MAX_GET_RECORDS: usize = 10_000;
 
 /// Runs one Kinesis operation; the answer is JSON text.
-pub(super) fn call(host: &Host, secret: [u8; 32], operation: &str, body: &[u8]) -> Result<String, AwsError> {
+/// `source` names the producer of the records a put carries (weir's `X-Weir-Source` header).
+pub(super) fn call(
+    host: &Host,
+    secret: [u8; 32],
+    operation: &str,
+    body: &[u8],
+    source: Option<Source>,
+) -> Result<String, AwsError> {
     let args: Args<'_> = parse_body(body)?;
     match operation {
-        "PutRecords" => put_records(host, &args),
-        _ => answer(host, secret, operation, &args).map(|v| v.to_string()),
+        "PutRecords" => put_records(host, &args, source),
+        _ => answer(host, secret, operation, &args, source).map(|v| v.to_string()),
     }
 }
 
-fn answer(host: &Host, secret: [u8; 32], operation: &str, args: &Args<'_>) -> Result<Value, AwsError> {
+fn answer(
+    host: &Host,
+    secret: [u8; 32],
+    operation: &str,
+    args: &Args<'_>,
+    source: Option<Source>,
+) -> Result<Value, AwsError> {
     let streams = host.streams();
     match operation {
         "CreateStream" => {
@@ -116,8 +131,9 @@ fn answer(host: &Host, secret: [u8; 32], operation: &str, args: &Args<'_>) -> Re
         }
         "PutRecord" => {
             let name = args.stream_name()?;
-            let record =
+            let mut record =
                 new_record(args.data.as_deref(), args.partition_key.as_deref(), args.explicit_hash_key.as_deref())?;
+            record.source = source;
             let appended = host.put(name, vec![record], Producer::Kinesis)?;
             let a = appended.into_iter().next().ok_or_else(|| AwsError::invalid("nothing appended"))??;
             Ok(
@@ -226,7 +242,7 @@ fn answer(host: &Host, secret: [u8; 32], operation: &str, args: &Args<'_>) -> Re
     }
 }
 
-fn put_records(host: &Host, args: &Args<'_>) -> Result<String, AwsError> {
+fn put_records(host: &Host, args: &Args<'_>, source: Option<Source>) -> Result<String, AwsError> {
     let name = args.stream_name()?;
     let entries = args.records.as_deref().ok_or_else(|| AwsError::invalid("Records is required"))?;
     if entries.is_empty() || entries.len() > MAX_RECORDS_PER_PUT {
@@ -238,7 +254,8 @@ fn put_records(host: &Host, args: &Args<'_>) -> Result<String, AwsError> {
     let mut slots = Vec::new();
     for (i, e) in entries.iter().enumerate() {
         match new_record(e.data.as_deref(), e.partition_key.as_deref(), e.explicit_hash_key.as_deref()) {
-            Ok(r) => {
+            Ok(mut r) => {
+                r.source = source.clone();
                 good.push(r);
                 slots.push(i);
                 results.push(PutResult::Pending);
@@ -343,7 +360,7 @@ fn new_record(data: Option<&str>, key: Option<&str>, explicit_hash_key: Option<&
     let data = base64::engine::general_purpose::STANDARD
         .decode(data.ok_or_else(|| AwsError::invalid("Data is required"))?)
         .map_err(|e| AwsError::new("SerializationException", format!("Data is not base64: {e}")))?;
-    Ok(NewRecord { key: key.to_owned(), event_time_ms: None, data: Bytes::from(data), explicit_hash_key })
+    Ok(NewRecord { source: None, key: key.to_owned(), event_time_ms: None, data: Bytes::from(data), explicit_hash_key })
 }
 
 fn arn(name: &str) -> String {

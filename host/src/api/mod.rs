@@ -162,6 +162,9 @@ async fn decompress(State(state): State<Arc<ApiState>>, request: Request, next: 
     next.run(Request::from_parts(parts, Body::from(decoded))).await
 }
 
+/// The header that names the producer of a Kinesis put's records (see [`crate::stream::Source`]).
+pub const SOURCE_HEADER: &str = "x-weir-source";
+
 /// `POST /` with `X-Amz-Target`: a Kinesis operation ([`kinesis`]) or a
 /// Firehose one ([`firehose`]).
 async fn aws_json(State(api): State<Arc<ApiState>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -175,6 +178,16 @@ async fn aws_json(State(api): State<Arc<ApiState>>, headers: HeaderMap, body: By
                 return aws::AwsError::new("UnknownOperationException", message).into_response();
             }
         };
+    // Not part of the AWS protocol (AWS ignores it): the producer's name that
+    // event-time watermarks are kept by, for every record of the request.
+    let source = match headers.get(SOURCE_HEADER).map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(source)) => Some(crate::stream::Source::from(source)),
+        Some(Err(_)) => {
+            let message = format!("{SOURCE_HEADER} must be visible ASCII (percent-encode other characters)");
+            return aws::AwsError::invalid(message).into_response();
+        }
+    };
     let host = api.host.clone();
     let secret = api.iterator_secret;
     let operation = operation.to_owned();
@@ -183,7 +196,7 @@ async fn aws_json(State(api): State<Arc<ApiState>>, headers: HeaderMap, body: By
         if firehose {
             firehose::call(&host, &operation, &body)
         } else {
-            kinesis::call(&host, secret, &operation, &body)
+            kinesis::call(&host, secret, &operation, &body, source)
         }
     })
     .await;

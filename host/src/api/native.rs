@@ -4,8 +4,10 @@
 //!
 //! - `POST /v1/streams/{stream}/records`: JSON, one record
 //!   `{"partition_key": "17", "data": "text"}` (or `"data_base64"`, and an optional
-//!   `"event_time"` as RFC 3339 or ms), or a batch `{"records": [...]}`; or
-//!   `text/plain`, one record per non-empty line (`?partition_key=` applies to all).
+//!   `"event_time"` as RFC 3339 or ms, and `"source"`, the producer's name that
+//!   event-time watermarks are kept by), or a batch `{"records": [...]}` (with an
+//!   optional `"source"` for all of them); or `text/plain`, one record per
+//!   non-empty line (`?partition_key=` and `?source=` apply to all).
 //! - `GET /v1/streams/{stream}/records?shard=0&from=0&limit=100`: records of a
 //!   shard from a sequence number on, with `next` to continue from.
 //! - `POST /v1/delivery/{name}/records`: the same bodies, into a delivery stream.
@@ -24,7 +26,7 @@ use serde_json::{Value, json};
 
 use crate::names::{self, NameKind};
 use crate::pipeline::{Producer, PutError};
-use crate::stream::{NewRecord, StreamError, parse_shard_id, shard_id};
+use crate::stream::{NewRecord, Source, StreamError, parse_shard_id, shard_id};
 
 /// Most records one request may carry (as Kinesis `PutRecords`).
 pub const MAX_RECORDS_PER_PUT: usize = 500;
@@ -101,18 +103,25 @@ struct JsonRecord {
     data: Option<String>,
     data_base64: Option<String>,
     event_time: Option<Value>,
+    #[serde(default)]
+    source: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 enum JsonPut {
-    Batch { records: Vec<JsonRecord> },
+    Batch {
+        records: Vec<JsonRecord>,
+        #[serde(default)]
+        source: Option<String>,
+    },
     One(JsonRecord),
 }
 
 #[derive(Debug, Deserialize)]
 pub(super) struct PutQuery {
     partition_key: Option<String>,
+    source: Option<String>,
 }
 
 pub(super) async fn put_records(
@@ -162,7 +171,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 fn parse_put(headers: &HeaderMap, query: PutQuery, body: &[u8]) -> Result<Vec<NewRecord>, ApiError> {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
     let records = if content_type.starts_with("text/plain") {
-        text_records(body, query.partition_key)?
+        text_records(body, query.partition_key, query.source.map(Source::from))?
     } else if content_type.starts_with("application/json") {
         json_records(body)?
     } else {
@@ -254,6 +263,9 @@ pub(super) async fn get_records(
                 "event_time": crate::time::format_ms(r.event_time_ms),
                 "arrival_time": crate::time::format_ms(r.arrival_ms),
             });
+            if let Some(source) = &r.source {
+                obj["source"] = json!(&**source);
+            }
             match std::str::from_utf8(&r.data) {
                 Ok(text) => obj["data"] = json!(text),
                 Err(_) => obj["data_base64"] = json!(base64::engine::general_purpose::STANDARD.encode(&r.data)),
@@ -264,7 +276,7 @@ pub(super) async fn get_records(
     Ok(axum::Json(json!({"records": list, "next": next.to_string()})))
 }
 
-fn text_records(body: &[u8], key: Option<String>) -> Result<Vec<NewRecord>, ApiError> {
+fn text_records(body: &[u8], key: Option<String>, source: Option<Source>) -> Result<Vec<NewRecord>, ApiError> {
     let text = std::str::from_utf8(body).map_err(|e| ApiError::bad(format!("text/plain body is not UTF-8: {e}")))?;
     let key = key.unwrap_or_default();
     text.lines()
@@ -272,6 +284,7 @@ fn text_records(body: &[u8], key: Option<String>) -> Result<Vec<NewRecord>, ApiE
         .filter(|l| !l.trim().is_empty())
         .map(|line| {
             Ok(NewRecord {
+                source: source.clone(),
                 key: key.clone(),
                 event_time_ms: None,
                 data: Bytes::copy_from_slice(line.as_bytes()),
@@ -287,9 +300,9 @@ fn json_records(body: &[u8]) -> Result<Vec<NewRecord>, ApiError> {
             "body is not a record or {{\"records\": [...]}}: {e}. A record is {{\"partition_key\": \"...\", \"data\": \"...\"}}"
         ))
     })?;
-    let list = match parsed {
-        JsonPut::Batch { records } => records,
-        JsonPut::One(r) => vec![r],
+    let (list, batch_source) = match parsed {
+        JsonPut::Batch { records, source } => (records, source.map(Source::from)),
+        JsonPut::One(r) => (vec![r], None),
     };
     list.into_iter()
         .enumerate()
@@ -308,7 +321,14 @@ fn json_records(body: &[u8]) -> Result<Vec<NewRecord>, ApiError> {
                 }
             };
             let event_time_ms = r.event_time.map(|t| event_time(i, &t)).transpose()?;
-            Ok(NewRecord { key: r.partition_key.unwrap_or_default(), event_time_ms, data, explicit_hash_key: None })
+            let source = r.source.map(Source::from).or_else(|| batch_source.clone());
+            Ok(NewRecord {
+                source,
+                key: r.partition_key.unwrap_or_default(),
+                event_time_ms,
+                data,
+                explicit_hash_key: None,
+            })
         })
         .collect()
 }

@@ -54,6 +54,7 @@ pub(super) async fn send_day(client: Client, lines: Vec<crate::simulate::TollLin
             .map(|l| crate::agent::Outgoing {
                 data: l.text.clone().into_bytes(),
                 key: format!("station-{}", l.station),
+                source: Some(format!("station-{}", l.station).into()),
             })
             .collect();
         sender.send(&records, &mut stop).await.map_err(anyhow::Error::new)?;

@@ -244,6 +244,7 @@ mod tests {
     fn records(n: usize, size: usize) -> Vec<NewRecord> {
         (0..n)
             .map(|i| NewRecord {
+                source: None,
                 key: String::new(),
                 event_time_ms: None,
                 data: Bytes::from(format!("{i:0size$}")),
@@ -309,6 +310,7 @@ mod tests {
         );
         let records: Vec<NewRecord> = (0..5)
             .map(|i| NewRecord {
+                source: None,
                 key: String::new(),
                 event_time_ms: None,
                 data: Bytes::from(format!("r{i}")),
@@ -354,6 +356,7 @@ mod tests {
         let rows = |from: usize, to: usize| -> Vec<NewRecord> {
             (from..to)
                 .map(|i| NewRecord {
+                    source: None,
                     key: String::new(),
                     event_time_ms: None,
                     data: Bytes::from(format!("{{\"n\":{i}}}")),

@@ -333,6 +333,7 @@ impl AggregateOperator {
         let mut plan = windows.plan_fold(
             grouped.iter().map(|(i, key)| FoldRecord {
                 shard: records[*i].shard,
+                source: records[*i].source.as_deref(),
                 key,
                 time_ms: time.pick(records[*i].event_time_ms, records[*i].arrival_ms),
             }),
@@ -415,6 +416,7 @@ impl AggregateOperator {
                 let records: Vec<NewRecord> = late
                     .iter()
                     .map(|l| NewRecord {
+                        source: l.record.source.clone(),
                         key: l.record.key.clone(),
                         event_time_ms: Some(l.record.event_time_ms),
                         data: bytes::Bytes::from(l.to_json().to_string()),
@@ -445,7 +447,7 @@ impl AggregateOperator {
         })?;
         let out: Vec<OutRecord<'_>> = results
             .records()
-            .map(|r| OutRecord { key: r.key, event_time_ms: r.event_time_ms, payload: r.payload })
+            .map(|r| OutRecord { key: r.key, event_time_ms: r.event_time_ms, payload: r.payload, source: None })
             .collect();
         super::write_output(self.streams.as_ref(), &self.output, &out)
             .map_err(|e| BatchError::Effect(format!("writing window {}'s results: {e}", closed.window)))?;

@@ -68,6 +68,7 @@ impl DeadLetters {
                 let records = letters
                     .iter()
                     .map(|l| NewRecord {
+                        source: l.record.source.clone(),
                         key: l.record.key.clone(),
                         event_time_ms: Some(l.record.event_time_ms),
                         data: Bytes::from(l.to_json().to_string()),
@@ -319,6 +320,7 @@ pub(crate) fn write_output(
             let records = out
                 .iter()
                 .map(|r| NewRecord {
+                    source: r.source.cloned(),
                     key: r.key.to_owned(),
                     event_time_ms: Some(r.event_time_ms),
                     data: Bytes::copy_from_slice(r.payload),

@@ -130,10 +130,12 @@ impl TransformOperator {
         let mut dropped = 0u64;
         for (i, outcome, outputs) in t.per_record() {
             match outcome {
+                // An output keeps its input's source: downstream watermarks follow the real producers.
                 Outcome::Ok(_) => out.extend(outputs.iter().map(|r| OutRecord {
                     key: r.key,
                     event_time_ms: r.event_time_ms,
                     payload: r.payload,
+                    source: records[i].source.as_ref(),
                 })),
                 Outcome::Dropped => dropped += 1,
                 Outcome::ProcessingFailed(reason) => letters.push(DeadLetter {

@@ -58,6 +58,15 @@ pub fn shard_end(index: u32, count: u32) -> u128 {
 pub const MAX_RECORD_BYTES: usize = 1 << 20;
 /// The longest partition key, as in Kinesis.
 pub const MAX_KEY_CHARS: usize = 256;
+/// The longest source name (bytes).
+pub const MAX_SOURCE_BYTES: usize = 256;
+
+/// Who produced a record, as its producer named it: an agent's file, a
+/// station, a device. Event-time watermarks are kept per source, so producers
+/// that share a shard cannot make its time jump back and forth; a record a
+/// stage writes keeps the source of the record it came from. Shared, because a
+/// batch's records mostly come from one.
+pub type Source = std::sync::Arc<str>;
 
 /// The limits every record keeps, whichever API put it.
 pub fn check_record(record: &NewRecord) -> Result<(), StreamError> {
@@ -69,6 +78,14 @@ pub fn check_record(record: &NewRecord) -> Result<(), StreamError> {
     }
     if record.key.chars().count() > MAX_KEY_CHARS {
         return Err(StreamError::InvalidRecord(format!("the partition key is longer than {MAX_KEY_CHARS} characters")));
+    }
+    if let Some(source) = &record.source
+        && (source.is_empty() || source.len() > MAX_SOURCE_BYTES)
+    {
+        return Err(StreamError::InvalidRecord(format!(
+            "the source has {} bytes; give 1 to {MAX_SOURCE_BYTES}, or none",
+            source.len()
+        )));
     }
     Ok(())
 }
@@ -82,6 +99,8 @@ pub struct NewRecord {
     pub event_time_ms: Option<i64>,
     /// Payload.
     pub data: Bytes,
+    /// Its producer, if it named one (see [`Source`]).
+    pub source: Option<Source>,
     /// Routes the record to the shard owning this hash key instead of the
     /// partition key's MD5 (Kinesis's `ExplicitHashKey`).
     pub explicit_hash_key: Option<u128>,
@@ -102,6 +121,8 @@ pub struct StoredRecord {
     pub arrival_ms: i64,
     /// Payload.
     pub data: Bytes,
+    /// Its producer, if it named one (see [`Source`]).
+    pub source: Option<Source>,
 }
 
 /// Where an appended record went.

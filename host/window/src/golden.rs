@@ -140,7 +140,7 @@ fn run(case: &Case, restart: bool) -> Outcome {
         }
         if let Some(key) = &input.key {
             let time_ms = spec.time.pick(event_ms.expect("a record needs a time"), now_ms);
-            let record = FoldRecord { shard: input.shard, key, time_ms };
+            let record = FoldRecord { shard: input.shard, source: None, key, time_ms };
             let mut plan = operator.plan_fold([record], now_ms);
             for set_aside in &plan.set_aside {
                 outcome.late.push((key.clone(), format_ms(time_ms), set_aside.reason.clone()));

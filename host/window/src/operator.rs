@@ -50,6 +50,8 @@ pub enum Route {
 pub struct FoldRecord<'a> {
     /// The shard it was read from.
     pub shard: u32,
+    /// The producer it names, if any: watermarks are kept per source.
+    pub source: Option<&'a str>,
     /// The key it is aggregated under.
     pub key: &'a str,
     /// Its time per the stage's [`super::TimeSource`].
@@ -105,8 +107,10 @@ pub struct WindowMetrics {
     pub open_keys: usize,
     /// Bytes of those states.
     pub state_bytes: usize,
-    /// Shards not holding the watermark back because they are idle.
-    pub idle_shards: usize,
+    /// Sources (producers, and shards for records that name none) the watermark follows.
+    pub sources: usize,
+    /// Of those, the ones not holding the watermark back because they are idle.
+    pub idle_sources: usize,
 }
 
 /// Why [`WindowOperator::rewrite_states`] changed nothing.
@@ -200,6 +204,14 @@ impl WindowOperator {
     /// Decides where a record read from `shard` with time `time_ms` goes, taking its time
     /// into the watermark. Does not open a window: folding states does.
     pub fn route(&mut self, shard: u32, time_ms: i64, now_ms: i64) -> Route {
+        let route = self.place(shard, None, time_ms, now_ms);
+        self.watermarks.advance(now_ms);
+        route
+    }
+
+    /// [`WindowOperator::route`] for a record of `source`, without moving the watermark
+    /// (a batch moves it once, after its last record).
+    fn place(&mut self, shard: u32, source: Option<&str>, time_ms: i64, now_ms: i64) -> Route {
         if !(0..=MAX_TIME_MS).contains(&time_ms) {
             return Route::Refused {
                 reason: format!(
@@ -222,7 +234,7 @@ impl WindowOperator {
                 ),
             };
         }
-        self.watermarks.observe(shard, time_ms, now_ms);
+        self.watermarks.note(shard, source, time_ms, now_ms);
         let holding: Vec<Window> = self.spec.kind.assign(time_ms).collect();
         let open: Vec<Window> = holding.iter().copied().filter(|window| !self.is_closed(*window)).collect();
         let Some(&earliest) = open.first() else {
@@ -255,7 +267,7 @@ impl WindowOperator {
         let mut group_of: HashMap<(Window, &'a str), u32, foldhash::fast::RandomState> =
             HashMap::with_capacity_and_hasher(expected, Default::default());
         for (index, record) in records.enumerate() {
-            let windows = match self.route(record.shard, record.time_ms, now_ms) {
+            let windows = match self.place(record.shard, record.source, record.time_ms, now_ms) {
                 Route::Windows(windows) => windows,
                 Route::Late { reason } | Route::Refused { reason } => {
                     plan.set_aside.push(SetAside { index, reason });
@@ -275,6 +287,7 @@ impl WindowOperator {
                 plan.groups.push(group);
             }
         }
+        self.watermarks.advance(now_ms);
         plan
     }
 
@@ -374,7 +387,8 @@ impl WindowOperator {
             open_windows: self.open.len(),
             open_keys: self.open.values().map(HashMap::len).sum(),
             state_bytes: self.open.values().flat_map(HashMap::values).map(Vec::len).sum(),
-            idle_shards: self.watermarks.idle_shards(now_ms),
+            sources: self.watermarks.sources(),
+            idle_sources: self.watermarks.idle_sources(now_ms),
         }
     }
 
@@ -533,6 +547,43 @@ mod tests {
     }
 
     #[test]
+    fn producers_hours_apart_in_one_shard_lose_no_record_as_late() {
+        // Twelve stations' logs, each an hour behind the next, sent in batches of 500
+        // lines a file, the files in turn: the shard's time jumps by hours at every batch.
+        let mut operator = WindowOperator::new(tumbling(10)).expect("valid spec");
+        operator.add_shard(0, T0 + 12 * 60 * MINUTE);
+        let stations: Vec<String> = (0..12).map(|s| format!("station-{s}")).collect();
+        let mut batches = Vec::new();
+        for first in (0..3000).step_by(500) {
+            for (hour, station) in (0..).zip(&stations) {
+                let batch: Vec<FoldRecord<'_>> = (first..first + 500)
+                    .map(|i| FoldRecord {
+                        shard: 0,
+                        source: Some(station),
+                        key: "C1",
+                        time_ms: T0 + hour * 60 * MINUTE + i * 1000,
+                    })
+                    .collect();
+                batches.push(batch);
+            }
+        }
+        let mut folded = 0;
+        for (n, batch) in batches.into_iter().enumerate() {
+            let now = T0 + 12 * 60 * MINUTE + n as i64;
+            let mut plan = operator.plan_fold(batch, now);
+            assert!(plan.set_aside.is_empty(), "batch {n}: {:?}", plan.set_aside.first());
+            folded += plan.rows.len();
+            for state in &mut plan.states {
+                state.push(1);
+            }
+            operator.apply_fold(plan);
+            operator.close_due(now);
+        }
+        assert_eq!(folded, 12 * 3000);
+        assert!(operator.watermark() <= Some(T0 + 2999 * 1000), "held by the slowest station");
+    }
+
+    #[test]
     fn windows_close_in_order_once_the_watermark_passes_their_end() {
         let mut operator = WindowOperator::new(tumbling(10)).expect("valid spec");
         count(&mut operator, 0, "C1", T0 + MINUTE);
@@ -661,10 +712,10 @@ mod tests {
         let mut operator = WindowOperator::new(spec).expect("valid spec");
         operator.state_mut(window(0, 20), "a").expect("open").push(7);
         let batch = [
-            FoldRecord { shard: 0, key: "a", time_ms: T0 + 12 * MINUTE },
-            FoldRecord { shard: 0, key: "b", time_ms: T0 + 12 * MINUTE },
-            FoldRecord { shard: 0, key: "a", time_ms: T0 + 15 * MINUTE },
-            FoldRecord { shard: 0, key: "a", time_ms: -5 },
+            FoldRecord { shard: 0, source: None, key: "a", time_ms: T0 + 12 * MINUTE },
+            FoldRecord { shard: 0, source: None, key: "b", time_ms: T0 + 12 * MINUTE },
+            FoldRecord { shard: 0, source: None, key: "a", time_ms: T0 + 15 * MINUTE },
+            FoldRecord { shard: 0, source: None, key: "a", time_ms: -5 },
         ];
         let plan = operator.plan_fold(batch, T0 + 20 * MINUTE);
         assert_eq!(plan.rows, [0, 0, 1, 1, 2, 2]);
@@ -685,7 +736,8 @@ mod tests {
                 open_windows: 2,
                 open_keys: 4,
                 state_bytes: 7,
-                idle_shards: 0
+                sources: 1,
+                idle_sources: 0
             }
         );
     }

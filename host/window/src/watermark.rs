@@ -1,13 +1,22 @@
-//! Event-time watermarks over the shards of a stream: how far time has surely progressed,
+//! Event-time watermarks over the sources of a stream: how far time has surely progressed,
 //! so that windows up to it can close.
 //!
-//! Each shard's watermark is the newest time seen on it minus the out-of-orderness bound.
-//! The operator's watermark is the lowest over the *active* shards and never goes back.
-//! A shard is active from its first record (or from [`Watermarks::add_shard`]) until it
-//! has had no record for the idle timeout, judged by the caller's `now_ms`; its next
-//! record makes it active again. When every shard is idle, the watermark follows the
-//! clock from where the newest shard left it, so the last windows close when a stream
-//! goes quiet. Time the host was down does not count as idleness.
+//! A *source* is one producer's records: those that name the same source (an agent's
+//! file, a station; see `weir_stream::Source`), and, for records that name none, each
+//! shard. Producers that share a shard are tracked apart, so a shard whose producers
+//! are hours apart (a station shipping its backlog beside live ones) does not make
+//! time jump back and forth. Each source's watermark is the newest time seen from it
+//! minus the out-of-orderness bound. The operator's watermark is the lowest over the
+//! *active* sources and never goes back. A source is active from its first record (a
+//! shard also from [`Watermarks::add_shard`]: until its first record, of any source)
+//! until it has had no record for the idle timeout, judged by the caller's `now_ms`;
+//! its next record makes it active again. When every source is idle, the watermark
+//! follows the clock from where the newest left it, so the last windows close when a
+//! stream goes quiet. Time the host was down does not count as idleness. An aggregator
+//! moves the watermark once per batch, after its last record (as Flink's periodic
+//! watermarks do): no record is late because of one beside it in its batch. At most
+//! [`MAX_SOURCES`] named sources are kept: a new one beyond them replaces the one
+//! quiet the longest.
 
 use std::collections::BTreeMap;
 
@@ -34,7 +43,10 @@ impl TimeSource {
     }
 }
 
-/// What the watermark knows about one shard.
+/// The most named sources one operator tracks.
+pub const MAX_SOURCES: usize = 10_000;
+
+/// What the watermark knows about one source (a shard, or a named producer).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct ShardClock {
     /// The newest record time seen on the shard; `None` before its first record.
@@ -54,7 +66,11 @@ pub struct Watermarks {
 /// The part of [`Watermarks`] a snapshot keeps.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct WatermarkState {
+    /// Shards, for their records that name no source (and until their first record).
     shards: BTreeMap<u32, ShardClock>,
+    /// Named sources.
+    #[serde(default)]
+    sources: BTreeMap<String, ShardClock>,
     /// The operator's watermark; `None` until the first one.
     current_ms: Option<i64>,
     /// The latest `now_ms` the caller gave: where the clock stood at a snapshot.
@@ -78,7 +94,7 @@ impl Watermarks {
         now_ms: i64,
     ) -> Self {
         let downtime = state.clock_ms.map_or(0, |then| now_ms.saturating_sub(then).max(0));
-        for clock in state.shards.values_mut() {
+        for clock in state.shards.values_mut().chain(state.sources.values_mut()) {
             clock.active_at_ms = clock.active_at_ms.saturating_add(downtime);
         }
         state.clock_ms = Some(state.clock_ms.map_or(now_ms, |then| then.max(now_ms)));
@@ -102,12 +118,50 @@ impl Watermarks {
         self.advance(now_ms)
     }
 
-    /// Takes in a record's time; returns the operator's watermark after it.
+    /// Takes in the time of a record of `shard` that names no source; returns the
+    /// operator's watermark after it.
     pub fn observe(&mut self, shard: u32, time_ms: i64, now_ms: i64) -> Option<i64> {
-        let clock = self.state.shards.entry(shard).or_insert(ShardClock { newest_ms: None, active_at_ms: now_ms });
+        self.note(shard, None, time_ms, now_ms);
+        self.advance(now_ms)
+    }
+
+    /// Takes in the time of a record of `shard` from `source` (`None`: it names none)
+    /// without moving the watermark: call [`Watermarks::advance`] after a batch.
+    pub fn note(&mut self, shard: u32, source: Option<&str>, time_ms: i64, now_ms: i64) {
+        let fresh = ShardClock { newest_ms: None, active_at_ms: now_ms };
+        let clock = match source {
+            None => self.state.shards.entry(shard).or_insert(fresh),
+            Some(source) => {
+                // The shard has begun: its named sources speak for it from now on.
+                if self.state.shards.get(&shard).is_some_and(|clock| clock.newest_ms.is_none()) {
+                    self.state.shards.remove(&shard);
+                }
+                if !self.state.sources.contains_key(source) && self.state.sources.len() >= MAX_SOURCES {
+                    self.forget_quietest_source();
+                }
+                self.state.sources.entry(source.to_owned()).or_insert(fresh)
+            }
+        };
         clock.newest_ms = Some(clock.newest_ms.map_or(time_ms, |newest| newest.max(time_ms)));
         clock.active_at_ms = clock.active_at_ms.max(now_ms);
-        self.advance(now_ms)
+    }
+
+    fn forget_quietest_source(&mut self) {
+        let quietest =
+            self.state.sources.iter().min_by_key(|(_, clock)| clock.active_at_ms).map(|(name, _)| name.clone());
+        if let Some(name) = quietest {
+            self.state.sources.remove(&name);
+        }
+    }
+
+    /// A named source's own watermark; `None` if it is not known.
+    pub fn source_watermark(&self, source: &str) -> Option<i64> {
+        self.state.sources.get(source)?.newest_ms.map(|newest| newest.saturating_sub(self.out_of_orderness_ms))
+    }
+
+    /// How many sources (shards and named ones) are known.
+    pub fn sources(&self) -> usize {
+        self.state.shards.len() + self.state.sources.len()
     }
 
     /// Lets idle shards stop holding the watermark back at `now_ms`; returns the
@@ -135,9 +189,13 @@ impl Watermarks {
         self.state.shards.get(&shard).is_some_and(|clock| self.clock_is_idle(clock, now_ms))
     }
 
-    /// How many known shards are idle at `now_ms`.
-    pub fn idle_shards(&self, now_ms: i64) -> usize {
-        self.state.shards.values().filter(|clock| self.clock_is_idle(clock, now_ms)).count()
+    /// How many known sources (shards and named ones) are idle at `now_ms`.
+    pub fn idle_sources(&self, now_ms: i64) -> usize {
+        self.clocks().filter(|clock| self.clock_is_idle(clock, now_ms)).count()
+    }
+
+    fn clocks(&self) -> impl Iterator<Item = &ShardClock> {
+        self.state.shards.values().chain(self.state.sources.values())
     }
 
     fn tick(&mut self, now_ms: i64) {
@@ -149,19 +207,19 @@ impl Watermarks {
     }
 
     /// Where the watermark would be at `now_ms` if it could go back; `None` while an
-    /// active shard has no record yet (or there is no shard).
+    /// active source has no record yet (or there is no source).
     fn candidate(&self, now_ms: i64) -> Option<i64> {
         let watermark_of = |clock: &ShardClock| clock.newest_ms.map(|n| n.saturating_sub(self.out_of_orderness_ms));
-        let mut active = self.state.shards.values().filter(|clock| !self.clock_is_idle(clock, now_ms)).peekable();
+        let mut active = self.clocks().filter(|clock| !self.clock_is_idle(clock, now_ms)).peekable();
         if active.peek().is_some() {
-            // The slowest active shard holds everyone back; one with no record yet holds all.
+            // The slowest active source holds everyone back; a shard with no record yet holds all.
             return active.map(watermark_of).try_fold(i64::MAX, |low, w| w.map(|w| low.min(w)));
         }
-        // Every shard is idle: the clock takes over from the newest shard, starting when
+        // Every source is idle: the clock takes over from the newest one, starting when
         // the last one became idle, so the watermark does not jump.
         let idle_timeout = self.idle_timeout_ms?;
-        let newest = self.state.shards.values().filter_map(watermark_of).max()?;
-        let last_active = self.state.shards.values().map(|clock| clock.active_at_ms).max()?;
+        let newest = self.clocks().filter_map(watermark_of).max()?;
+        let last_active = self.clocks().map(|clock| clock.active_at_ms).max()?;
         let quiet_for = now_ms.saturating_sub(last_active.saturating_add(idle_timeout)).max(0);
         Some(newest.saturating_add(quiet_for))
     }
@@ -221,7 +279,7 @@ mod tests {
         assert_eq!(marks.advance(69 * SECOND), Some(995 * SECOND), "shard 1 is still active");
         assert_eq!(marks.advance(70 * SECOND), Some(995 * SECOND), "both idle: starts from the newest shard");
         assert_eq!(marks.advance(100 * SECOND), Some(1025 * SECOND));
-        assert_eq!(marks.idle_shards(100 * SECOND), 2);
+        assert_eq!(marks.idle_sources(100 * SECOND), 2);
     }
 
     #[test]
@@ -251,6 +309,48 @@ mod tests {
         assert_eq!(restored.advance(3660 * SECOND), Some(100 * SECOND), "now it is idle");
         assert_eq!(restored.advance(3670 * SECOND), Some(100 * SECOND), "shard 0 has just become idle too");
         assert_eq!(restored.advance(3680 * SECOND), Some(110 * SECOND), "the clock has taken over");
+    }
+
+    #[test]
+    fn producers_sharing_a_shard_are_tracked_apart() {
+        // Two stations write into shard 0: one live, one shipping a backlog an hour behind.
+        let mut marks = Watermarks::new(0, Some(60 * SECOND));
+        marks.add_shard(0, 0);
+        marks.note(0, Some("live"), 3600 * SECOND, 0);
+        marks.note(0, Some("backlog"), 10 * SECOND, 0);
+        assert_eq!(marks.advance(0), Some(10 * SECOND), "the backlog holds the watermark back");
+        marks.note(0, Some("live"), 3700 * SECOND, SECOND);
+        marks.note(0, Some("backlog"), 20 * SECOND, SECOND);
+        assert_eq!(
+            marks.advance(SECOND),
+            Some(20 * SECOND),
+            "it moves with the slowest producer, not the shard's jumps"
+        );
+        assert_eq!((marks.source_watermark("live"), marks.sources()), (Some(3700 * SECOND), 2));
+        // The backlog is sent; that station goes quiet and stops holding the others back.
+        marks.note(0, Some("live"), 3800 * SECOND, 61 * SECOND);
+        assert_eq!(marks.advance(61 * SECOND), Some(3800 * SECOND));
+    }
+
+    #[test]
+    fn a_declared_shard_waits_for_its_first_record_from_any_source() {
+        let mut marks = Watermarks::new(0, None);
+        marks.add_shard(0, 0);
+        marks.add_shard(1, 0);
+        marks.note(0, Some("a"), 100 * SECOND, 0);
+        assert_eq!(marks.advance(0), None, "shard 1 has not begun");
+        marks.note(1, Some("b"), 50 * SECOND, 0);
+        assert_eq!(marks.advance(0), Some(50 * SECOND));
+    }
+
+    #[test]
+    fn named_sources_are_bounded() {
+        let mut marks = Watermarks::new(0, None);
+        for i in 0..=MAX_SOURCES as i64 {
+            marks.note(0, Some(&format!("s{i}")), 1000 * SECOND + i, i);
+        }
+        assert_eq!(marks.sources(), MAX_SOURCES);
+        assert_eq!(marks.source_watermark("s0"), None, "the quietest one is forgotten");
     }
 
     #[test]

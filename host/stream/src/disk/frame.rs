@@ -1,13 +1,20 @@
 //! The segment format: segment file names and frames
-//! `magic "WR" | payload length u32 | CRC32C(payload) u32 | payload`, where the
+//! `magic | payload length u32 | CRC32C(payload) u32 | payload`, where the
 //! payload holds the first sequence number, the record count, the arrival time
-//! and the records.
+//! and the records. A record is `event time i64 | key length u16 | key |
+//! data length u32 | data` in a frame with magic "WR" (format 1), and has
+//! `source length u16 | source` after its key in a frame with magic "WS"
+//! (format 2, written only for batches with a source, so the other frames
+//! stay as they were; both are read).
 
 use bytes::Bytes;
 
-use crate::{NewRecord, StoredRecord};
+use crate::{NewRecord, Source, StoredRecord};
 
+/// A frame whose records have no source (format 1).
 pub(super) const MAGIC: [u8; 2] = *b"WR";
+/// A frame whose records carry a source (format 2).
+pub(super) const MAGIC_SOURCES: [u8; 2] = *b"WS";
 /// Magic, payload length, payload checksum.
 pub(super) const HEADER: usize = 2 + 4 + 4;
 /// First sequence, record count, arrival time.
@@ -30,7 +37,7 @@ pub(super) fn parse_frame(bytes: &[u8]) -> Result<(u64, u32, usize), String> {
     if bytes.len() < HEADER {
         return Err("frame header cut short".to_owned());
     }
-    if bytes[..2] != MAGIC {
+    if bytes[..2] != MAGIC && bytes[..2] != MAGIC_SOURCES {
         return Err("bad frame marker".to_owned());
     }
     let len = u32::from_le_bytes([bytes[2], bytes[3], bytes[4], bytes[5]]);
@@ -52,9 +59,11 @@ pub(super) fn parse_frame(bytes: &[u8]) -> Result<(u64, u32, usize), String> {
 }
 
 pub(super) fn encode_frame(first: u64, arrival_ms: i64, records: &[NewRecord]) -> Vec<u8> {
-    let size: usize = records.iter().map(|r| 8 + 2 + r.key.len() + 4 + r.data.len()).sum();
+    let sources = records.iter().any(|r| r.source.is_some());
+    let source_len = |r: &NewRecord| if sources { 2 + r.source.as_ref().map_or(0, |s| s.len()) } else { 0 };
+    let size: usize = records.iter().map(|r| 8 + 2 + r.key.len() + source_len(r) + 4 + r.data.len()).sum();
     let mut frame = Vec::with_capacity(HEADER + PAYLOAD_HEADER + size);
-    frame.extend_from_slice(&MAGIC);
+    frame.extend_from_slice(if sources { &MAGIC_SOURCES } else { &MAGIC });
     frame.extend_from_slice(&[0; 8]);
     frame.extend_from_slice(&first.to_le_bytes());
     frame.extend_from_slice(&(records.len() as u32).to_le_bytes());
@@ -63,6 +72,12 @@ pub(super) fn encode_frame(first: u64, arrival_ms: i64, records: &[NewRecord]) -
         frame.extend_from_slice(&r.event_time_ms.unwrap_or(arrival_ms).to_le_bytes());
         frame.extend_from_slice(&(r.key.len() as u16).to_le_bytes());
         frame.extend_from_slice(r.key.as_bytes());
+        if sources {
+            // Checked by `check_record`: at most MAX_SOURCE_BYTES.
+            let source = r.source.as_deref().unwrap_or_default();
+            frame.extend_from_slice(&(source.len() as u16).to_le_bytes());
+            frame.extend_from_slice(source.as_bytes());
+        }
         frame.extend_from_slice(&(r.data.len() as u32).to_le_bytes());
         frame.extend_from_slice(&r.data);
     }
@@ -75,6 +90,7 @@ pub(super) fn encode_frame(first: u64, arrival_ms: i64, records: &[NewRecord]) -
 
 /// Decodes the records of a checked frame; their data are slices of it, not copies.
 pub(super) fn decode_frame(frame: &Bytes, shard: u32) -> Result<Vec<StoredRecord>, String> {
+    let sources = frame.get(..2) == Some(&MAGIC_SOURCES[..]);
     let payload = frame.get(HEADER..).ok_or("short frame")?;
     let mut at = 0usize;
     let mut take = |n: usize| -> Result<&[u8], String> {
@@ -86,13 +102,29 @@ pub(super) fn decode_frame(frame: &Bytes, shard: u32) -> Result<Vec<StoredRecord
     let count = u32::from_le_bytes(take(4)?.try_into().map_err(|_| "count")?);
     let arrival_ms = i64::from_le_bytes(take(8)?.try_into().map_err(|_| "arrival")?);
     let mut records = Vec::with_capacity(count as usize);
+    // Records of one frame mostly share a source: they share its allocation too.
+    let mut last_source: Option<Source> = None;
     for i in 0..u64::from(count) {
         let event_time_ms = i64::from_le_bytes(take(8)?.try_into().map_err(|_| "event time")?);
         let key_len = u16::from_le_bytes(take(2)?.try_into().map_err(|_| "key length")?) as usize;
         let key = std::str::from_utf8(take(key_len)?).map_err(|_| "key is not UTF-8")?.to_owned();
+        let source = if sources {
+            let source_len = u16::from_le_bytes(take(2)?.try_into().map_err(|_| "source length")?) as usize;
+            let source = std::str::from_utf8(take(source_len)?).map_err(|_| "source is not UTF-8")?;
+            match &last_source {
+                _ if source.is_empty() => None,
+                Some(last) if **last == *source => Some(last.clone()),
+                _ => {
+                    last_source = Some(Source::from(source));
+                    last_source.clone()
+                }
+            }
+        } else {
+            None
+        };
         let data_len = u32::from_le_bytes(take(4)?.try_into().map_err(|_| "data length")?) as usize;
         let data = frame.slice_ref(take(data_len)?);
-        records.push(StoredRecord { shard, sequence: first + i, key, event_time_ms, arrival_ms, data });
+        records.push(StoredRecord { shard, sequence: first + i, key, event_time_ms, arrival_ms, data, source });
     }
     Ok(records)
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicUsize;
 
 use super::frame::*;
 use super::*;
-use crate::{StreamStore, shard_id};
+use crate::{Source, StreamStore, shard_id};
 
 fn spec(fsync: FsyncPolicy) -> Vec<DiskStreamSpec> {
     vec![DiskStreamSpec::new("s", 1_000_000, fsync)]
@@ -14,6 +14,7 @@ fn spec(fsync: FsyncPolicy) -> Vec<DiskStreamSpec> {
 
 fn rec(data: &str) -> NewRecord {
     NewRecord {
+        source: None,
         key: format!("k-{data}"),
         event_time_ms: Some(7),
         data: Bytes::copy_from_slice(data.as_bytes()),
@@ -84,6 +85,33 @@ fn records_survive_a_reopen_in_order_with_their_keys_times_and_checkpoints() {
     assert_eq!(s.register_consumer("s", 0, "etl"), Ok(2), "a consumer resumes after its checkpoint");
     assert_eq!(datas(&s.read("s", 0, 1, 1).expect("read")), vec!["b"]);
     assert_eq!(put(&s, vec![rec("d")]).expect("append")[0], 3);
+}
+
+#[test]
+fn sources_are_kept_and_frames_without_them_read_as_before() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let from = |data: &str, source: Option<&str>| NewRecord { source: source.map(Source::from), ..rec(data) };
+    {
+        let s = open(dir.path(), FsyncPolicy::Always).expect("open");
+        put(&s, vec![rec("a")]).expect("a frame of format 1");
+        put(&s, vec![from("b", Some("station-7")), from("c", Some("station-7")), from("d", None)])
+            .expect("a frame of format 2");
+        // What every put path checks first.
+        assert!(matches!(crate::check_record(&from("e", Some(""))), Err(StreamError::InvalidRecord(_))));
+        let long = "x".repeat(crate::MAX_SOURCE_BYTES + 1);
+        assert!(matches!(crate::check_record(&from("e", Some(&long))), Err(StreamError::InvalidRecord(_))));
+    }
+    let bytes = std::fs::read(segment(dir.path())).expect("segment");
+    assert_eq!((&bytes[..2], bytes.windows(2).filter(|w| *w == MAGIC_SOURCES).count()), (&MAGIC[..], 1));
+    let s = open(dir.path(), FsyncPolicy::Always).expect("reopen");
+    let all = s.read("s", 0, 0, 10).expect("read");
+    let sources: Vec<Option<&str>> = all.iter().map(|r| r.source.as_deref()).collect();
+    assert_eq!(sources, [None, Some("station-7"), Some("station-7"), None]);
+    assert_eq!(datas(&all), ["a", "b", "c", "d"]);
+    assert!(std::sync::Arc::ptr_eq(
+        all[1].source.as_ref().expect("b's source"),
+        all[2].source.as_ref().expect("c's source")
+    ));
 }
 
 #[test]
@@ -294,6 +322,7 @@ fn records_go_to_the_shard_owning_their_hash_and_keep_order_per_key() {
     }
     let records: Vec<NewRecord> = (0..200)
         .map(|i| NewRecord {
+            source: None,
             key: format!("customer-{}", i % 20),
             event_time_ms: None,
             data: Bytes::from(format!("{}-{i}", i % 20)),
@@ -323,7 +352,7 @@ fn records_go_to_the_shard_owning_their_hash_and_keep_order_per_key() {
         assert!(ns.windows(2).all(|w| w[0] < w[1]), "key {key} out of order: {ns:?}");
     }
     // An explicit hash key wins over the partition key.
-    let pinned = NewRecord { explicit_hash_key: Some(u128::MAX), ..rec("pinned") };
+    let pinned = NewRecord { source: None, explicit_hash_key: Some(u128::MAX), ..rec("pinned") };
     assert_eq!(s.append("s", vec![pinned]).expect("append")[0].as_ref().map(|a| a.shard), Ok(3));
     drop(s);
     let s = DiskStreams::open(dir.path(), &[spec.clone()], Arc::new(FileSyncer)).expect("reopen");
@@ -336,7 +365,7 @@ fn resharding_closes_parents_and_routes_new_records_to_their_children() {
     let mut spec = DiskStreamSpec::new("s", 1_000_000, FsyncPolicy::Never);
     spec.shards = 2;
     let s = DiskStreams::open(dir.path(), &[spec.clone()], Arc::new(FileSyncer)).expect("open");
-    let keyed = |n: u32| NewRecord { key: format!("key-{n}"), ..rec(&n.to_string()) };
+    let keyed = |n: u32| NewRecord { source: None, key: format!("key-{n}"), ..rec(&n.to_string()) };
     s.append("s", (0..50).map(keyed).collect()).expect("append");
     s.reshard("s", 3).expect("reshard");
     let results = s.append("s", (50..100).map(keyed).collect()).expect("append");
