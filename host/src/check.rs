@@ -62,6 +62,9 @@ pub fn check(path: &Path, engine: &PluginEngine) -> Result<String, CheckError> {
                 manifest::Target::Effects => "state tables and channels",
             },
         );
+        for line in stage.window.iter().flat_map(crate::window::WindowSpec::explain) {
+            let _ = writeln!(summary, "    time: {line}");
+        }
     }
     for delivery in &pipeline.deliveries {
         let transform = match &delivery.transform {

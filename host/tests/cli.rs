@@ -23,6 +23,17 @@ fn check_accepts_the_quickstart_and_lists_every_problem_of_a_broken_manifest() {
     assert!(stdout.contains("pipeline `quickstart` is valid"), "{stdout}");
     assert!(stdout.contains("[toll-etl@0.1.0 (transformer)] -> rows (ok, sha256"), "{stdout}");
 
+    // The showcase's windows, said in words: what its settings imply for a station.
+    let tolls =
+        Command::new(WEIR).arg("check").arg(root().join("manifests/abc-tolls.toml")).output().expect("run weir");
+    let stdout = String::from_utf8_lossy(&tolls.stdout);
+    assert!(tolls.status.success(), "{stdout}{}", String::from_utf8_lossy(&tolls.stderr));
+    assert!(stdout.contains("time: tumbling 30m windows by event time; each closes once every active source's newest time is 1m past its end"), "{stdout}");
+    assert!(
+        stdout.contains("quiet for 30s stops holding windows back: one offline longer is treated as silent"),
+        "{stdout}"
+    );
+
     let bad = Command::new(WEIR)
         .arg("check")
         .arg("ui/many-problems.toml")

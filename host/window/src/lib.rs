@@ -67,11 +67,11 @@ pub struct WindowSpec {
     pub kind: WindowKind,
     /// Which time of a record places it in windows.
     pub time: TimeSource,
-    /// How far behind the newest time of its shard a record may be and still count.
+    /// How far behind the newest time of its source a record may be and still count.
     pub out_of_orderness: Duration,
     /// How long a window stays open after the watermark passes its end.
     pub allowed_lateness: Duration,
-    /// A shard with no record for this long stops holding the watermark back; `None`:
+    /// A source with no record for this long stops holding the watermark back; `None`:
     /// never.
     pub idle_timeout: Option<Duration>,
     /// A record whose time is further than this ahead of the host's clock is refused,
@@ -91,6 +91,43 @@ impl WindowSpec {
             idle_timeout: None,
             max_ahead: None,
         }
+    }
+
+    /// What these settings mean for a user, in a few sentences (`weir check` prints them).
+    pub fn explain(&self) -> Vec<String> {
+        let span = |d: Duration| humantime::format_duration(d).to_string();
+        let time = match self.time {
+            TimeSource::EventTime => "event time",
+            TimeSource::ArrivalTime => "arrival time",
+        };
+        let mut lines = vec![format!(
+            "{} windows by {time}; each closes once every active source's newest time is {} past its end{}",
+            self.kind,
+            span(self.out_of_orderness),
+            match self.allowed_lateness.is_zero() {
+                true => String::new(),
+                false => format!(" and a further {} (allowed lateness) has passed", span(self.allowed_lateness)),
+            }
+        )];
+        lines.push(match self.idle_timeout {
+            Some(idle) => format!(
+                "a source (a producer, or a shard for records that name none) quiet for {} stops holding \
+                 windows back: one offline longer is treated as silent until it sends again",
+                span(idle)
+            ),
+            None => {
+                "no idle timeout: a source that stops sending holds every window back until it sends again".to_owned()
+            }
+        });
+        lines.push(
+            "a record for a window that has closed is late: it goes to the stage's `late` stream \
+             (or its dead letters) with the reason"
+                .to_owned(),
+        );
+        if let Some(ahead) = self.max_ahead {
+            lines.push(format!("a record more than {} ahead of the host's clock is refused", span(ahead)));
+        }
+        lines
     }
 
     /// Checks every bound; the error says which one is wrong.
