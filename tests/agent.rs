@@ -136,6 +136,41 @@ async fn every_line_arrives_once_across_rename_and_copytruncate_rotations() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_of_several_files_is_sent_in_time_order_each_file_named_as_its_source() {
+    let mut host = TestHost::start(STREAM_MANIFEST).await.expect("start weir");
+    let logs = tempfile::tempdir().expect("tempdir");
+    // Three stations' logs of the same hour, written before the agent starts.
+    let mut expected = Vec::new();
+    for (offset, station) in ["a", "b", "c"].iter().enumerate() {
+        let lines: Vec<String> = (0..300).map(|i| format!("{station}-{i:04},{}", 1_000 * i + offset)).collect();
+        expected.extend(lines.iter().cloned());
+        append_lines(&logs.path().join(format!("{station}.log")), lines);
+    }
+    let flow = "files = \"*.log\"\nstream = \"lines\"\nstart = \"beginning\"\nmax-batch-records = 100\n\
+                max-batch-age = \"50ms\"\nrecord-time = \"^[^,]*,([0-9]+)$\"\n";
+    let agent = start_agent(logs.path(), &host.url, flow);
+    wait_for_records(&host, expected.len()).await;
+    agent.stop().await;
+    let got = stream_lines(&host);
+    assert_exactly_once(&got, &expected);
+    // A batch of 100 is one put per file, so the stream holds the files side by side a
+    // batch at a time: no record is more than a batch's span (~33 s) behind the newest
+    // before it. One file after another would put b and c 300 s behind a.
+    let times: Vec<u64> = got.iter().filter_map(|l| l.split(',').nth(1)?.parse().ok()).collect();
+    let (mut newest, mut behind) = (0, 0);
+    for &t in &times {
+        newest = newest.max(t);
+        behind = behind.max(newest - t);
+    }
+    assert_eq!(times.len(), expected.len());
+    assert!(behind < 40_000, "{behind} ms behind: {:?}", &got[..got.len().min(12)]);
+    let records = host.host.read("lines", 0, 0, 1).expect("read");
+    let source = records.first().and_then(|r| r.source.as_deref()).unwrap_or_default().to_owned();
+    assert!(source.contains(':') && source.ends_with("a.log"), "{source}");
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_waits_for_weir_and_resumes_from_its_checkpoint_after_a_restart() {
     // A port nobody listens on yet: weir starts there later.
     let addr = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port");

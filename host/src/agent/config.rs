@@ -9,6 +9,7 @@ use regex::Regex;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::catch_up::RecordTime;
 use super::preprocess::{LogFormat, Step};
 use crate::manifest::units::{ByteSize, parse_duration};
 
@@ -101,6 +102,8 @@ pub struct FlowConfig {
     pub multi_line_start: Option<Regex>,
     /// Steps applied to each record, in order.
     pub steps: Vec<Step>,
+    /// Reads each record's time, to send a backlog of several files interleaved by it.
+    pub record_time: Option<RecordTime>,
     /// First wait after a failed request.
     pub retry_initial_backoff: Duration,
     /// Longest wait between retries.
@@ -170,6 +173,7 @@ struct RawFlow {
     retry_max_backoff: Option<String>,
     #[serde(default)]
     preprocess: Vec<RawStep>,
+    record_time: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -203,6 +207,7 @@ struct Draft {
     max_batch_age: Duration,
     multi_line_start: Option<String>,
     steps: Vec<Step>,
+    record_time: Option<String>,
     retry_initial_backoff: Duration,
     retry_max_backoff: Duration,
 }
@@ -252,6 +257,7 @@ fn from_toml(text: &str, base: &Path) -> Result<AgentConfig, String> {
             max_batch_age: duration(&format!("{at}.max-batch-age"), flow.max_batch_age.as_deref(), SECOND)?,
             multi_line_start,
             steps,
+            record_time: flow.record_time,
             retry_initial_backoff: duration(
                 &format!("{at}.retry-initial-backoff"),
                 flow.retry_initial_backoff.as_deref(),
@@ -375,6 +381,10 @@ fn finish_flow(at: &str, d: Draft, base: &Path, keys: Keys) -> Result<FlowConfig
         Some(p) => Some(Regex::new(&p).map_err(|e| format!("{at}: `{}` is not a valid regex: {e}", keys.multi_line))?),
         None => None,
     };
+    let record_time = match d.record_time {
+        Some(p) => Some(RecordTime::new(&p).map_err(|e| format!("{at}: `record-time` {e}"))?),
+        None => None,
+    };
     if d.retry_initial_backoff.is_zero() || d.retry_max_backoff < d.retry_initial_backoff {
         return Err(format!("{at}: retry backoffs must be more than 0, the maximum at least the initial one"));
     }
@@ -390,6 +400,7 @@ fn finish_flow(at: &str, d: Draft, base: &Path, keys: Keys) -> Result<FlowConfig
         max_batch_age: d.max_batch_age,
         multi_line_start,
         steps: d.steps,
+        record_time,
         retry_initial_backoff: d.retry_initial_backoff,
         retry_max_backoff: d.retry_max_backoff,
     })
@@ -457,6 +468,7 @@ fn from_agent_json(text: &str, base: &Path) -> Result<AgentConfig, String> {
             max_batch_age: Duration::from_secs(60),
             multi_line_start: None,
             steps: Vec::new(),
+            record_time: None,
             retry_initial_backoff: INITIAL_BACKOFF,
             retry_max_backoff: MAX_BACKOFF,
         };
@@ -656,6 +668,10 @@ preprocess = [{ kind = "log-to-json", format = "combined-apache-log" }, { kind =
                 "iis",
             ),
             ("[[flows]]\nfiles = \"a\"\ndelivery-stream = \"x\"\npartition-key = \"line-hash\"", "streams only"),
+            (
+                "[[flows]]\nfiles = \"a\"\nstream = \"x\"\nrecord-time = \"^[^,]*,\"",
+                "`record-time` has no capture group",
+            ),
             ("endpoint = \"https://kinesis.example\"\n[[flows]]\nfiles = \"a\"\nstream = \"x\"", "http://"),
             ("", "no flows"),
         ];

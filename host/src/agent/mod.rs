@@ -9,6 +9,7 @@
 //! [`tailer`]) never duplicates or loses lines; an agent crash between an
 //! acknowledgement and the checkpoint write sends that last batch again.
 
+pub mod catch_up;
 pub mod checkpoint;
 pub mod config;
 pub mod preprocess;
@@ -234,6 +235,7 @@ impl FlowRunner {
                 done.extend(if stopping { m.flush_all() } else { m.flush_idle(now, MULTI_LINE_IDLE) });
             }
             let mut abandoned = false;
+            let mut read: Vec<Option<Pending>> = Vec::with_capacity(done.len());
             for (lineage, data, end) in done {
                 let source = sources.entry(lineage).or_insert_with(|| {
                     let path = tailer.as_ref().and_then(|t| t.first_path(lineage));
@@ -250,6 +252,22 @@ impl FlowRunner {
                         None
                     }
                 };
+                read.push(Some(Pending { lineage, end, record }));
+            }
+            // What several files gave is sent in time order when the flow can read the time.
+            let order: Vec<usize> = match &self.flow.record_time {
+                None => (0..read.len()).collect(),
+                Some(time) => {
+                    let timed: Vec<(u64, Option<i64>)> = read
+                        .iter()
+                        .flatten()
+                        .map(|p| (p.lineage, p.record.as_ref().and_then(|r| time.of(&r.data))))
+                        .collect();
+                    catch_up::merge_by_time(&timed)
+                }
+            };
+            for i in order {
+                let Some(Pending { lineage, end, record }) = read.get_mut(i).and_then(Option::take) else { continue };
                 let size = record.as_ref().map_or(0, |r| (r.data.len() + r.key.len()) as u64);
                 if batch.records > 0 && batch.bytes + size > self.flow.max_batch_bytes {
                     abandoned = abandoned || !self.flush(&mut batch, &mut tailer, &name).await;

@@ -224,6 +224,7 @@ mod tests {
             max_batch_age: Duration::from_secs(1),
             multi_line_start: None,
             steps: Vec::new(),
+            record_time: None,
             retry_initial_backoff: Duration::from_millis(10),
             retry_max_backoff: Duration::from_millis(40),
         }

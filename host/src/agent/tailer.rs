@@ -34,6 +34,8 @@ const COPY_PATIENCE: Duration = Duration::from_secs(10);
 /// A file no longer matched by the glob (renamed away or deleted) is read to
 /// its end and closed once it has not grown for this long.
 const ORPHAN_IDLE: Duration = Duration::from_secs(5);
+/// The least one file reads in one poll when many share the budget.
+const MIN_SHARE: usize = 64 << 10;
 
 /// One whole line of a file (without its line ending).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -219,7 +221,8 @@ impl Tailer {
     }
 
     /// Looks at the files once: notices rotation and new files, and returns
-    /// the whole lines written since the last poll (about `budget` bytes at most).
+    /// the whole lines written since the last poll (about `budget` bytes at most, shared
+    /// among the files, at least 64 KiB each).
     pub fn poll(&mut self, budget: usize, now: Instant) -> Vec<Line> {
         for l in &mut self.lineages {
             l.truncated = !l.verify(now).unwrap_or(true);
@@ -238,9 +241,12 @@ impl Tailer {
             }
         }
         self.lineages.sort_by_key(|l| l.id);
-        let mut budget = budget.max(1);
+        // Each file gets its share of the budget, so a backlog of many files is read
+        // side by side (and can be sent in time order), not one file after another.
+        let share = (budget / self.lineages.len().max(1)).max(MIN_SHARE.min(budget)).max(1);
         let mut out = Vec::new();
         for l in &mut self.lineages {
+            let mut budget = share;
             if let Err(e) = l.read_lines(&mut budget, now, &mut out) {
                 tracing::warn!(file = %l.path.display(), error = %e, "cannot read file; will retry");
             }
