@@ -198,6 +198,8 @@ impl FlowRunner {
         });
         let mut batch = Batch::default();
         // Each file is a source of its own (see `crate::stream::Source`): `<host>:<path>`.
+        // Delivery streams have no windows downstream: their puts name none.
+        let named = matches!(self.flow.destination, Destination::Stream(_));
         let machine = machine_name();
         let mut sources: HashMap<u64, Source> = HashMap::new();
         tracing::info!(destination = %self.flow.destination, "following files");
@@ -246,7 +248,7 @@ impl FlowRunner {
                 });
                 let record = match preprocessor.apply(data) {
                     Some(data) if data.is_empty() => None,
-                    Some(data) => Some(Outgoing { key: keys.key(&data), data, source: Some(source.clone()) }),
+                    Some(data) => Some(Outgoing { key: keys.key(&data), data, source: named.then(|| source.clone()) }),
                     None => {
                         self.counters.records_skipped.fetch_add(1, Ordering::Relaxed);
                         None
