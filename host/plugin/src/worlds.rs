@@ -203,12 +203,13 @@ impl TransformerInstance {
         }
         let mut refused = bad.refused().iter().peekable();
         let mut outcomes = done.outcomes.into_iter();
+        // `transform_once` checked one outcome per record it was given: none runs short.
         let outcomes = (0..input.len())
             .map(|i| match refused.next_if(|(at, _)| *at == i) {
-                Some((_, reason)) => Outcome::ProcessingFailed(reason.clone()),
-                None => outcomes.next().unwrap_or(Outcome::Dropped),
+                Some((_, reason)) => Ok(Outcome::ProcessingFailed(reason.clone())),
+                None => outcomes.next().ok_or_else(|| PluginError::Contract("fewer outcomes than records".to_owned())),
             })
-            .collect();
+            .collect::<Result<_, _>>()?;
         Ok(Transformed { outcomes, output: done.output })
     }
 

@@ -136,10 +136,15 @@ impl Watermarks {
                 if self.state.shards.get(&shard).is_some_and(|clock| clock.newest_ms.is_none()) {
                     self.state.shards.remove(&shard);
                 }
-                if !self.state.sources.contains_key(source) && self.state.sources.len() >= MAX_SOURCES {
-                    self.forget_quietest_source();
+                // Looked up by `&str`: the name is copied only for a source seen the first time.
+                if !self.state.sources.contains_key(source) {
+                    if self.state.sources.len() >= MAX_SOURCES {
+                        self.forget_quietest_source();
+                    }
+                    self.state.sources.insert(source.to_owned(), fresh);
                 }
-                self.state.sources.entry(source.to_owned()).or_insert(fresh)
+                let Some(clock) = self.state.sources.get_mut(source) else { return };
+                clock
             }
         };
         clock.newest_ms = Some(clock.newest_ms.map_or(time_ms, |newest| newest.max(time_ms)));
