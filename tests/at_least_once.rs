@@ -11,7 +11,7 @@ use bytes::Bytes;
 use weir_host::pipeline::{HostOptions, PipelineStatus, Producer, StoreWrapper};
 use weir_host::stage::{Phase, StageStatus};
 use weir_host::stream::{FaultyStore, NewRecord, StreamStore};
-use weir_tests::{TestHost, lines};
+use weir_tests::{TestHost, lines, postgres, postgres_database};
 
 /// Options whose stream store fails on command; the store is the one of the host's streams.
 fn faulty() -> (HostOptions, Arc<OnceLock<Arc<FaultyStore>>>) {
@@ -346,4 +346,54 @@ buffer-interval = "100ms"
     std::fs::remove_file(&plans).expect("remove the file");
     std::fs::create_dir_all(&plans).expect("the plans folder again");
     host.wait_until("the delivery", |s| s.deliveries[0].records_delivered == 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_loading_on_two_lanes_never_leaves_an_older_checkpoint_last() {
+    // Into PostgreSQL, two batches load at once and may finish in either order. If
+    // both lanes wrote their checkpoints at once, the earlier position could be the
+    // one left on disk: a restart would stage the batches after it again, with other
+    // bounds (other keys), and load them twice.
+    let url = postgres_database().await;
+    postgres(&url).await.batch_execute("CREATE TABLE amounts (n bigint)").await.expect("table");
+    let manifest = format!(
+        r#"
+[pipeline]
+name = "two-lanes"
+data-dir = "data"
+
+[sources.http]
+kind = "http"
+stream = "amounts"
+
+[streams.amounts]
+
+[delivery.rows]
+stream = "amounts"
+buffer-size = "1KiB"
+buffer-interval = "10ms"
+lake = "lake"
+
+[delivery.rows.warehouse]
+kind = "postgres"
+database = "{url}"
+table = "amounts"
+columns = ["n"]
+"#
+    );
+    let (options, store) = faulty();
+    let host = TestHost::start_with(tempfile::tempdir().expect("tempdir"), &manifest, "127.0.0.1:0", options)
+        .await
+        .expect("start");
+    let store = store.get().expect("the faulty store").clone();
+    store.jitter_checkpoints(std::time::Duration::from_millis(3));
+    let row = |n: usize| record(&format!("{{\"n\":{n}}}"), None);
+    for chunk in 0..40 {
+        host.host.put("amounts", (chunk * 100..chunk * 100 + 100).map(row).collect(), Producer::Native).expect("put");
+    }
+    host.wait_until("every row loaded", |s| s.deliveries[0].rows_loaded == 4000).await;
+    let written: Vec<u64> = store.checkpoints_written().into_iter().filter(|c| c.0 == "amounts").map(|c| c.3).collect();
+    assert!(written.len() > 20, "many batches were checkpointed: {written:?}");
+    assert!(written.windows(2).all(|w| w[0] <= w[1]), "a checkpoint went back: {written:?}");
+    assert_eq!(written.last(), Some(&4000), "the last checkpoint is past every record");
 }

@@ -47,25 +47,32 @@ pub struct Staged {
 }
 
 /// Batches finished out of order, by ticket, waiting for the ones before them.
+/// Lanes check batches in and take them out under one lock, and a batch leaves
+/// only once its checkpoint is written: checkpoints are written one at a time,
+/// in staged order, never past a batch whose checkpoint failed.
 #[derive(Default)]
 struct InOrder {
     /// The ticket of the next batch to checkpoint.
     next: u64,
-    /// Finished batches after it: (shard, first, last).
+    /// Finished batches from it on: (shard, first, last).
     done: BTreeMap<u64, (u32, u64, u64)>,
 }
 
 impl InOrder {
-    /// Records batch `ticket` as finished; returns the batches that may now be
-    /// checkpointed, in staged order (none while an earlier one is unfinished).
-    fn finished(&mut self, ticket: u64, batch: (u32, u64, u64)) -> Vec<(u32, u64, u64)> {
+    /// Records batch `ticket` as finished.
+    fn finished(&mut self, ticket: u64, batch: (u32, u64, u64)) {
         self.done.insert(ticket, batch);
-        let mut ready = Vec::new();
-        while let Some(batch) = self.done.remove(&self.next) {
-            ready.push(batch);
-            self.next += 1;
-        }
-        ready
+    }
+
+    /// The next batch to checkpoint, if it is finished (none while an earlier one is unfinished).
+    fn front(&self) -> Option<(u32, u64, u64)> {
+        self.done.get(&self.next).copied()
+    }
+
+    /// The front batch is checkpointed: the one after it comes next.
+    fn checkpointed(&mut self) {
+        self.done.remove(&self.next);
+        self.next += 1;
     }
 }
 
@@ -133,10 +140,12 @@ impl Loader {
                 tracing::warn!(shard, first, last, "shutdown interrupted a delivery; it is redone at the next start");
                 return; // the worker sees the channel close and stops too
             }
-            let ready = order.lock().unwrap_or_else(|p| p.into_inner()).finished(ticket, (shard, first, last));
-            for (shard, first, last) in ready {
-                // The plan goes only once the checkpoint is written: until then a restart
-                // redoes the batch with the same bounds, so the ledger loads it once.
+            // Checkpoints are written under the lock: two lanes writing theirs at once
+            // could leave the earlier position last on disk, and a restart would then
+            // stage the batches after it again, with other bounds and keys.
+            let mut in_order = order.lock().unwrap_or_else(|p| p.into_inner());
+            in_order.finished(ticket, (shard, first, last));
+            while let Some((shard, first, last)) = in_order.front() {
                 let mut delay = Duration::from_millis(200);
                 while let Err(e) =
                     self.shared.source.checkpoint(&self.shared.source_stream, shard, &self.shared.consumer, last + 1)
@@ -144,12 +153,15 @@ impl Loader {
                     self.shared.note_error(format!("writing the checkpoint after records {first} to {last}: {e}"));
                     tracing::error!(error = %e, "checkpoint failed; trying again");
                     if stop.load(Ordering::Relaxed) {
-                        return;
+                        return; // the batch stays planned: redone at the next start
                     }
                     std::thread::sleep(delay);
                     delay = (delay * 2).min(MAX_RETRY_DELAY);
                 }
+                // The plan goes only once the checkpoint is written: until then a restart
+                // redoes the batch with the same bounds, so the ledger loads it once.
                 self.shared.plans.remove(shard, first);
+                in_order.checkpointed();
             }
         }
     }
@@ -261,11 +273,35 @@ mod tests {
 
     #[test]
     fn batches_are_checkpointed_in_staged_order_whatever_order_they_finish_in() {
+        // Checks finished batches out while the front one is finished, as a lane does.
+        fn take(order: &mut InOrder) -> Vec<(u32, u64, u64)> {
+            let mut ready = Vec::new();
+            while let Some(batch) = order.front() {
+                ready.push(batch);
+                order.checkpointed();
+            }
+            ready
+        }
         let mut order = InOrder::default();
-        assert_eq!(order.finished(1, (0, 10, 19)), vec![], "batch 0 is not finished");
-        assert_eq!(order.finished(2, (1, 0, 9)), vec![]);
-        assert_eq!(order.finished(0, (0, 0, 9)), vec![(0, 0, 9), (0, 10, 19), (1, 0, 9)]);
-        assert_eq!(order.finished(4, (0, 30, 39)), vec![], "a gap: batch 3 is still loading");
-        assert_eq!(order.finished(3, (0, 20, 29)), vec![(0, 20, 29), (0, 30, 39)]);
+        order.finished(1, (0, 10, 19));
+        assert_eq!(take(&mut order), vec![], "batch 0 is not finished");
+        order.finished(2, (1, 0, 9));
+        order.finished(0, (0, 0, 9));
+        assert_eq!(take(&mut order), vec![(0, 0, 9), (0, 10, 19), (1, 0, 9)]);
+        order.finished(4, (0, 30, 39));
+        assert_eq!(take(&mut order), vec![], "a gap: batch 3 is still loading");
+        order.finished(3, (0, 20, 29));
+        assert_eq!(take(&mut order), vec![(0, 20, 29), (0, 30, 39)]);
+    }
+
+    #[test]
+    fn a_batch_whose_checkpoint_failed_stays_in_front() {
+        let mut order = InOrder::default();
+        order.finished(0, (0, 0, 9));
+        order.finished(1, (0, 10, 19));
+        // The lane stopped before checkpointing batch 0: nothing after it may go first.
+        assert_eq!(order.front(), Some((0, 0, 9)));
+        order.finished(2, (0, 20, 29));
+        assert_eq!(order.front(), Some((0, 0, 9)));
     }
 }

@@ -32,23 +32,31 @@ impl Plans {
     }
 
     /// The batches planned before a restart that continue from `position`, in
-    /// order; plans of batches already checkpointed are removed.
-    pub fn pending(&self, shard: u32, position: u64) -> VecDeque<(u64, u64)> {
+    /// order; plans of batches already checkpointed are removed. A plan that
+    /// cannot be read is an error, never skipped: without its bounds the batch
+    /// would be staged again with others, and loaded twice.
+    pub fn pending(&self, shard: u32, position: u64) -> Result<VecDeque<(u64, u64)>, String> {
         let prefix = format!("{}.{shard}.", self.name);
+        let unreadable = |path: &std::path::Path, e: &dyn std::fmt::Display| {
+            format!(
+                "the delivery plan {} cannot be read ({e}); fix or restore it (it holds `first last`, \
+                 the bounds of a batch staged before a restart) and start again",
+                path.display()
+            )
+        };
+        let entries = std::fs::read_dir(&self.dir).map_err(|e| unreadable(&self.dir, &e))?;
         let mut found: Vec<(u64, u64, PathBuf)> = Vec::new();
-        for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
-            let file_name = entry.file_name().to_string_lossy().into_owned();
+        for entry in entries {
+            let path = entry.map_err(|e| unreadable(&self.dir, &e))?.path();
+            let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             if !file_name.starts_with(&prefix) || !file_name.ends_with(".plan") {
                 continue;
             }
-            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            let text = std::fs::read_to_string(&path).map_err(|e| unreadable(&path, &e))?;
             let bounds = text.trim().split_once(' ').and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)));
             match bounds {
-                Some((first, last)) => found.push((first, last, entry.path())),
-                None => {
-                    tracing::warn!(plan = %entry.path().display(), "ignoring an unreadable delivery plan");
-                    let _ = std::fs::remove_file(entry.path());
-                }
+                Some((first, last)) => found.push((first, last, path)),
+                None => return Err(unreadable(&path, &format!("it holds {:?}", text.trim()))),
             }
         }
         found.sort_by_key(|(first, _, _)| *first);
@@ -57,14 +65,18 @@ impl Plans {
         for (first, last, path) in found {
             if first == next && last >= first {
                 // Renamed to the current naming, so `remove` finds it.
-                let _ = std::fs::rename(&path, self.file(shard, first));
+                let current = self.file(shard, first);
+                if path != current {
+                    std::fs::rename(&path, &current).map_err(|e| unreadable(&path, &e))?;
+                }
                 chain.push_back((first, last));
                 next = last + 1;
             } else {
-                let _ = std::fs::remove_file(path);
+                // Checkpointed already: a leftover is harmless (it never chains again), so only logged.
+                remove_logged(&path);
             }
         }
-        chain
+        Ok(chain)
     }
 
     /// Records a batch's bounds durably before its objects are written; the
@@ -81,9 +93,17 @@ impl Plans {
             .and_then(|()| std::fs::File::open(&self.dir)?.sync_all())
     }
 
-    /// Forgets a batch once it is checkpointed.
+    /// Forgets a batch once it is checkpointed. A plan left behind is harmless:
+    /// its batch is behind the checkpoint, and [`Plans::pending`] removes it.
     pub fn remove(&self, shard: u32, first: u64) {
-        let _ = std::fs::remove_file(self.file(shard, first));
+        remove_logged(&self.file(shard, first));
+    }
+}
+
+/// Removes a plan that is no longer needed, saying so if it cannot.
+fn remove_logged(path: &std::path::Path) {
+    if let Err(e) = std::fs::remove_file(path) {
+        tracing::warn!(plan = %path.display(), error = %e, "a finished delivery plan could not be removed");
     }
 }
 
@@ -100,11 +120,22 @@ mod tests {
         }
         // An older release's single plan file.
         std::fs::write(dir.path().join("d.2.plan"), "7 8\n").expect("legacy plan");
-        assert_eq!(plans.pending(0, 5), VecDeque::from([(5, 9), (10, 12)]), "0..=4 was checkpointed");
+        assert_eq!(plans.pending(0, 5), Ok(VecDeque::from([(5, 9), (10, 12)])), "0..=4 was checkpointed");
         assert!(!plans.file(0, 0).exists());
-        assert_eq!(plans.pending(1, 0), VecDeque::from([(0, 3)]));
-        assert_eq!(plans.pending(2, 7), VecDeque::from([(7, 8)]));
+        assert_eq!(plans.pending(1, 0), Ok(VecDeque::from([(0, 3)])));
+        assert_eq!(plans.pending(2, 7), Ok(VecDeque::from([(7, 8)])));
         plans.remove(2, 7);
-        assert_eq!(plans.pending(2, 7), VecDeque::new());
+        assert_eq!(plans.pending(2, 7), Ok(VecDeque::new()));
+    }
+
+    #[test]
+    fn an_unreadable_plan_is_an_error_naming_the_file_not_a_silent_replan() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let plans = Plans::open(dir.path().to_owned(), "d".into()).ok().expect("open");
+        plans.write(0, 0, 9).expect("plan");
+        std::fs::write(plans.file(0, 10), "garbage").expect("a torn plan");
+        let error = plans.pending(0, 0).expect_err("an unreadable plan");
+        assert!(error.contains(&plans.file(0, 10).display().to_string()) && error.contains("garbage"), "{error}");
+        assert!(plans.file(0, 10).exists(), "the plan is kept for the operator to look at");
     }
 }

@@ -121,14 +121,18 @@ impl Operator for DeliveryOperator {
         Ok(None)
     }
 
-    fn shard_added(&mut self, shard: u32, position: u64) {
-        let planned = self.shared.plans.pending(shard, position);
+    fn shard_added(&mut self, shard: u32, position: u64) -> Result<(), BatchError> {
+        let planned = self.shared.plans.pending(shard, position).map_err(|e| {
+            self.shared.note_error(e.clone());
+            BatchError::Fatal(e)
+        })?;
         self.shards.insert(shard, ShardBuffer { next: position, records: Vec::new(), bytes: 0, planned });
+        Ok(())
     }
 
     fn shard_finished(&mut self, shard: u32) -> Result<(), BatchError> {
         // A parent's records are staged (and checkpointed) before its children's.
-        self.stage_due(shard, true)
+        self.stage_due(shard, Due::ShardRead)
     }
 
     fn process(&mut self, records: &[StoredRecord]) -> Result<(), BatchError> {
@@ -161,7 +165,7 @@ impl Operator for DeliveryOperator {
         // Draining: everything buffered goes, whatever its size or age.
         let shards: Vec<u32> = self.shards.keys().copied().collect();
         for shard in shards {
-            match self.stage_due(shard, true) {
+            match self.stage_due(shard, Due::ShardRead) {
                 Ok(()) | Err(BatchError::Interrupted) => {}
                 Err(e) => return Err(format!("{}; the rest is delivered at the next start", e.message())),
             }
@@ -173,22 +177,36 @@ impl Operator for DeliveryOperator {
 impl DeliveryOperator {
     /// Stages what the buffering rule says is due, in every shard.
     fn stage_all_due(&mut self) -> Result<(), BatchError> {
-        let draining = self.shared.draining.load(Ordering::Relaxed);
+        let due = if self.shared.draining.load(Ordering::Relaxed) { Due::Draining } else { Due::Thresholds };
         let shards: Vec<u32> = self.shards.keys().copied().collect();
-        let result = shards.into_iter().try_for_each(|shard| self.stage_due(shard, draining));
+        let result = shards.into_iter().try_for_each(|shard| self.stage_due(shard, due));
         let buffered = self.shards.values().map(|s| s.records.len() as u64).sum();
         self.shared.stats.records_buffered.store(buffered, Ordering::Relaxed);
         result
     }
 
-    /// Stages one shard's batches while they are due (all of them with `everything`).
-    fn stage_due(&mut self, shard: u32, everything: bool) -> Result<(), BatchError> {
+    /// Stages one shard's batches while they are `due`.
+    fn stage_due(&mut self, shard: u32, due: Due) -> Result<(), BatchError> {
         let shared = self.shared.clone();
         loop {
             let now = (self.clock)();
             let Some(buf) = self.shards.get_mut(&shard) else { return Ok(()) };
-            if !buf.is_due(buf.age(now), everything, &shared.spec) {
+            if !buf.is_due(buf.age(now), due, &shared.spec) {
                 return Ok(());
+            }
+            if let Some(&(first, last)) = buf.planned.front()
+                && buf.next <= last
+            {
+                // The shard was read to its end short of a batch planned before a restart:
+                // the rest of its records are gone (expired). What is left keeps its first
+                // record, so its objects are named apart from the planned batch's.
+                tracing::warn!(
+                    shard,
+                    first,
+                    last,
+                    read_to = buf.next,
+                    "a planned batch is staged short: the rest of its records expired"
+                );
             }
             let take = match buf.planned.front() {
                 Some(&(_, last)) => buf.records.iter().take_while(|r| r.sequence <= last).count(),
@@ -368,16 +386,29 @@ impl ShardBuffer {
 
     /// The buffering rule: deliver when the size or the age threshold is
     /// reached, whichever first, and everything when draining. A batch planned
-    /// before a crash goes as soon as all of it is buffered, with its bounds.
-    fn is_due(&self, age: Duration, everything: bool, spec: &DeliverySpec) -> bool {
+    /// before a crash goes as soon as all of it is buffered, with its bounds,
+    /// even when draining (the driver reads on until the input's end); only a
+    /// shard read to its end lets it go short.
+    fn is_due(&self, age: Duration, due: Due, spec: &DeliverySpec) -> bool {
         if self.records.is_empty() {
             return false;
         }
         if let Some(&(_, last)) = self.planned.front() {
-            return everything || self.next > last;
+            return self.next > last || due == Due::ShardRead;
         }
-        everything || self.bytes >= spec.buffer_bytes || age >= spec.buffer_interval
+        due != Due::Thresholds || self.bytes >= spec.buffer_bytes || age >= spec.buffer_interval
     }
+}
+
+/// Why a shard's buffer is looked at: what may go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Due {
+    /// Batches that reached the size or age threshold.
+    Thresholds,
+    /// Shutting down: everything buffered, but a planned batch only whole.
+    Draining,
+    /// The shard was read to its end (finished by resharding, or drained): everything.
+    ShardRead,
 }
 
 /// How many buffered records one delivery takes: up to the size threshold.
@@ -392,4 +423,63 @@ fn batch_end(records: &[StoredRecord], limit: u64) -> usize {
         n += 1;
     }
     n
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::manifest::Name;
+
+    fn spec() -> DeliverySpec {
+        DeliverySpec {
+            name: Name::parse("d").expect("name"),
+            transform: None,
+            buffer_bytes: 100,
+            buffer_interval: Duration::from_millis(10),
+            lake: crate::lake::LakeSpec::Local(PathBuf::from("lake")),
+            prefix: String::new(),
+            error_prefix: "errors/".into(),
+            backup_prefix: None,
+            source_stream: None,
+            gzip: false,
+            retry_duration: Duration::from_secs(60),
+            warehouse: None,
+        }
+    }
+
+    /// A buffer holding records `from..to` of shard 0, with `planned` from before a restart.
+    fn buffer(from: u64, to: u64, planned: &[(u64, u64)]) -> ShardBuffer {
+        let records: Vec<StoredRecord> = (from..to)
+            .map(|sequence| StoredRecord {
+                shard: 0,
+                sequence,
+                key: String::new(),
+                event_time_ms: 0,
+                arrival_ms: 0,
+                data: bytes::Bytes::from_static(b"0123456789"),
+                source: None,
+            })
+            .collect();
+        ShardBuffer { next: to, bytes: records.len() as u64 * 10, records, planned: planned.iter().copied().collect() }
+    }
+
+    #[test]
+    fn a_planned_batch_goes_only_whole_unless_its_shard_was_read_to_the_end() {
+        let spec = spec();
+        let old = Duration::from_secs(3600);
+        // Records 0..5 of a batch planned as 0..=9: the rest is still to be read.
+        let partial = buffer(0, 5, &[(0, 9)]);
+        assert!(!partial.is_due(old, Due::Thresholds, &spec), "thresholds do not cut a planned batch");
+        assert!(!partial.is_due(old, Due::Draining, &spec), "nor does a drain that is still reading");
+        assert!(partial.is_due(old, Due::ShardRead, &spec), "a shard read to its end has no more of it");
+        let whole = buffer(0, 10, &[(0, 9)]);
+        assert!(whole.is_due(Duration::ZERO, Due::Thresholds, &spec), "a whole planned batch goes at once");
+        // Without a plan: size or age, and everything when draining.
+        let fresh = buffer(0, 1, &[]);
+        assert!(!fresh.is_due(Duration::ZERO, Due::Thresholds, &spec));
+        assert!(fresh.is_due(old, Due::Thresholds, &spec));
+        assert!(fresh.is_due(Duration::ZERO, Due::Draining, &spec));
+    }
 }

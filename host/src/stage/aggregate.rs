@@ -520,10 +520,11 @@ impl Operator for AggregateOperator {
         Ok(positions)
     }
 
-    fn shard_added(&mut self, shard: u32, _position: u64) {
+    fn shard_added(&mut self, shard: u32, _position: u64) -> Result<(), BatchError> {
         if let Some(windows) = &mut self.windows {
             windows.add_shard(shard, now_ms());
         }
+        Ok(())
     }
 
     fn shard_finished(&mut self, shard: u32) -> Result<(), BatchError> {

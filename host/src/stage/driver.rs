@@ -123,8 +123,12 @@ pub trait Operator: Send + 'static {
 
     /// Called when the stage starts reading a shard it had not read before
     /// (at the start, and when resharding opened new shards), with the
-    /// position it reads from.
-    fn shard_added(&mut self, _shard: u32, _position: u64) {}
+    /// position it reads from; the shard is read only after this returned
+    /// `Ok`. [`BatchError::Fatal`] stops the stage (what it keeps of the shard
+    /// cannot be read); any other error is retried with backoff.
+    fn shard_added(&mut self, _shard: u32, _position: u64) -> Result<(), BatchError> {
+        Ok(())
+    }
 
     /// Called once a shard closed by resharding has been read to its end: it
     /// will have no more records (an aggregator stops waiting for its clock, a
@@ -284,7 +288,9 @@ impl<O: Operator> Driver<O> {
             Err(e) => return self.stop(&format!("the stage cannot start: {e}")),
         };
         for (shard, position) in positions.iter().enumerate() {
-            self.operator.shard_added(shard as u32, *position);
+            if let Err(e) = self.operator.shard_added(shard as u32, *position) {
+                return self.stop(&format!("the stage cannot start reading shard {shard}: {}", e.message()));
+            }
         }
         self.stats.set_phase(Phase::Running);
         let input = self.spec.input.clone();
@@ -308,6 +314,7 @@ impl<O: Operator> Driver<O> {
                     }
                 }
                 Err(ShardsError::Operator(BatchError::Interrupted)) => return self.interrupted(),
+                Err(ShardsError::Operator(BatchError::Fatal(e))) => return self.stop(&e),
                 Err(ShardsError::Operator(e)) => {
                     tries += 1;
                     match self.retry_step(&e, tries) {
@@ -509,8 +516,8 @@ impl<O: Operator> Driver<O> {
         while positions.len() < lineage.len() {
             let shard = positions.len() as u32;
             let position = self.streams.register_consumer(input, shard, consumer)?;
+            self.operator.shard_added(shard, position).map_err(ShardsError::Operator)?;
             positions.push(position);
-            self.operator.shard_added(shard, position);
         }
         self.finished.resize(positions.len(), false);
         for shard in 0..positions.len() {

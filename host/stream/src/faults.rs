@@ -2,10 +2,12 @@
 //! makes its next N appends, checkpoints, consumer registrations or reads
 //! fail, as a full disk or a lost connection would. Tests run the host on it
 //! to check what weir does when storage fails; every backend gets the same
-//! tests by being wrapped.
+//! tests by being wrapped. It can also make checkpoints slow, some more than
+//! others, and keeps the order they reached the store in, so that a test
+//! sees whether concurrent writers ever put an older position last.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::{Appended, Lineage, NewRecord, StoredRecord, StreamError, StreamInfo, StreamSettings, StreamStore};
@@ -17,6 +19,11 @@ pub struct FaultyStore {
     checkpoints: AtomicU32,
     registrations: AtomicU32,
     reads: AtomicU32,
+    /// Microseconds every other checkpoint waits before it is written.
+    checkpoint_jitter_us: AtomicU64,
+    checkpoint_calls: AtomicU64,
+    /// Checkpoints in the order they were written: (stream, shard, consumer, position).
+    written: Mutex<Vec<(String, u32, String, u64)>>,
 }
 
 impl FaultyStore {
@@ -28,7 +35,23 @@ impl FaultyStore {
             checkpoints: AtomicU32::new(0),
             registrations: AtomicU32::new(0),
             reads: AtomicU32::new(0),
+            checkpoint_jitter_us: AtomicU64::new(0),
+            checkpoint_calls: AtomicU64::new(0),
+            written: Mutex::default(),
         })
+    }
+
+    /// Every other checkpoint waits `delay` before it is written, so that
+    /// checkpoints written at once from several threads may reach the store
+    /// in another order than they were started in.
+    pub fn jitter_checkpoints(&self, delay: Duration) {
+        self.checkpoint_jitter_us.store(delay.as_micros() as u64, Ordering::SeqCst);
+    }
+
+    /// The checkpoints written so far, in the order they were written:
+    /// (stream, shard, consumer, position).
+    pub fn checkpoints_written(&self) -> Vec<(String, u32, String, u64)> {
+        self.written.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The next `n` appends fail.
@@ -113,7 +136,15 @@ impl StreamStore for FaultyStore {
                 reason: "an injected storage failure".into(),
             });
         }
-        self.inner.checkpoint(stream, shard, consumer, next)
+        let jitter = self.checkpoint_jitter_us.load(Ordering::SeqCst);
+        if jitter > 0 && self.checkpoint_calls.fetch_add(1, Ordering::SeqCst).is_multiple_of(2) {
+            std::thread::sleep(Duration::from_micros(jitter));
+        }
+        // Written under the log's lock: the log's order is the order of the writes.
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        self.inner.checkpoint(stream, shard, consumer, next)?;
+        written.push((stream.to_owned(), shard, consumer.to_owned(), next));
+        Ok(())
     }
     fn end(&self, stream: &str, shard: u32) -> Result<u64, StreamError> {
         self.inner.end(stream, shard)
