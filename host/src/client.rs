@@ -95,18 +95,6 @@ impl Client {
 
     /// Calls an operation of `service`, e.g. Firehose's `PutRecordBatch`, and returns its JSON answer.
     pub async fn call_service(&self, service: Service, operation: &str, input: &Value) -> Result<Value, ClientError> {
-        self.call_service_from(service, operation, input, None).await
-    }
-
-    /// [`Client::call_service`] for a put whose records come from `source`
-    /// (weir's `X-Weir-Source` header, which AWS ignores; see [`crate::stream::Source`]).
-    pub async fn call_service_from(
-        &self,
-        service: Service,
-        operation: &str,
-        input: &Value,
-        source: Option<&str>,
-    ) -> Result<Value, ClientError> {
         let body = Bytes::from(input.to_string());
         let uri: Uri = format!("{}/", self.endpoint.to_string().trim_end_matches('/'))
             .parse()
@@ -115,11 +103,6 @@ impl Client {
         headers.insert("content-type", HeaderValue::from_static("application/x-amz-json-1.1"));
         if let Ok(target) = HeaderValue::from_str(&format!("{}.{operation}", service.target_prefix())) {
             headers.insert("x-amz-target", target);
-        }
-        if let Some(source) = source
-            && let Ok(value) = HeaderValue::from_str(&header_safe(source))
-        {
-            headers.insert(crate::api::SOURCE_HEADER, value);
         }
         let (status, bytes) = self.send(Method::POST, uri, headers, body, service.signing_name()).await?;
         let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
@@ -197,17 +180,4 @@ impl Client {
     fn unreachable(&self, e: impl std::fmt::Display) -> ClientError {
         ClientError::Unreachable { endpoint: self.endpoint.to_string(), message: e.to_string() }
     }
-}
-
-/// `text` with every byte outside visible ASCII (and `%`) percent-encoded, for a header.
-fn header_safe(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        match b {
-            b'%' => out.push_str("%25"),
-            0x21..=0x7e => out.push(char::from(b)),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
 }

@@ -82,8 +82,15 @@ impl Sender {
         let b64 = |r: &Outgoing| base64::engine::general_purpose::STANDARD.encode(&r.data);
         match &self.destination {
             Destination::Stream(name) => {
-                let entries: Vec<Value> =
-                    records.iter().map(|r| json!({"Data": b64(r), "PartitionKey": r.key})).collect();
+                // Each entry names its record's source (weir's `WeirSource`, which AWS does
+                // not have): one put keeps the order the flow merged its files in.
+                let entries: Vec<Value> = records
+                    .iter()
+                    .map(|r| match &r.source {
+                        Some(source) => json!({"Data": b64(r), "PartitionKey": r.key, "WeirSource": &**source}),
+                        None => json!({"Data": b64(r), "PartitionKey": r.key}),
+                    })
+                    .collect();
                 (Service::Kinesis, "PutRecords", json!({"StreamName": name, "Records": entries}))
             }
             Destination::Delivery(name) => {
@@ -93,33 +100,15 @@ impl Sender {
         }
     }
 
-    /// Sends `records` until each is acknowledged or refused for good: one
-    /// request per source, as a put names one (in order within each source).
+    /// Sends `records`, in their order and each naming its source, until each
+    /// is acknowledged or refused for good.
     pub async fn send(&self, records: &[Outgoing], stop: &mut watch::Receiver<bool>) -> Result<(), Abandoned> {
-        let mut by_source: Vec<(Option<&Source>, Vec<&Outgoing>)> = Vec::new();
-        for r in records {
-            match by_source.iter_mut().find(|(source, _)| *source == r.source.as_ref()) {
-                Some((_, group)) => group.push(r),
-                None => by_source.push((r.source.as_ref(), vec![r])),
-            }
-        }
-        for (source, group) in by_source {
-            self.send_from(source, group, stop).await?;
-        }
-        Ok(())
-    }
-
-    async fn send_from(
-        &self,
-        source: Option<&Source>,
-        mut todo: Vec<&Outgoing>,
-        stop: &mut watch::Receiver<bool>,
-    ) -> Result<(), Abandoned> {
+        let mut todo: Vec<&Outgoing> = records.iter().collect();
         let mut backoff = self.initial_backoff;
         let mut give_up_at: Option<Instant> = None;
         while !todo.is_empty() {
             let (service, operation, body) = self.request(&todo);
-            let call = self.client.call_service_from(service, operation, &body, source.map(|s| &**s));
+            let call = self.client.call_service(service, operation, &body);
             let answer = tokio::time::timeout(REQUEST_TIMEOUT, call).await;
             let before = todo.len();
             match answer {
@@ -295,19 +284,21 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn each_source_goes_in_a_put_of_its_own_named_in_its_header() {
-        // (source header, records) of each request.
-        let seen: Arc<Mutex<Vec<(String, usize)>>> = Arc::default();
+    async fn one_put_keeps_the_order_each_record_naming_its_source() {
+        // The sources of each request's records, in order.
+        let seen: Arc<Mutex<Vec<Vec<String>>>> = Arc::default();
         let log = seen.clone();
         let app = axum::Router::new().route(
             "/",
-            axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+            axum::routing::post(move |body: axum::body::Bytes| {
                 let log = log.clone();
                 async move {
                     let input: Value = serde_json::from_slice(&body).unwrap_or_default();
-                    let count = input["Records"].as_array().map_or(0, Vec::len);
-                    let source = headers.get("x-weir-source").and_then(|v| v.to_str().ok()).unwrap_or("none");
-                    log.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((source.to_owned(), count));
+                    let entries = input["Records"].as_array().cloned().unwrap_or_default();
+                    let count = entries.len();
+                    let sources =
+                        entries.iter().map(|e| e["WeirSource"].as_str().unwrap_or("none").to_owned()).collect();
+                    log.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(sources);
                     let results: Vec<Value> = (0..count).map(|_| json!({"SequenceNumber": "1"})).collect();
                     axum::Json(json!({"FailedRecordCount": 0, "Records": results}))
                 }
@@ -323,7 +314,7 @@ mod tests {
         sender.send(&records, &mut stop).await.expect("sent");
         server.abort();
         let seen = seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-        assert_eq!(seen, [("h:/a.log".to_owned(), 2), ("h:/b%20%C3%A9.log".to_owned(), 1)]);
+        assert_eq!(seen, [vec!["h:/a.log".to_owned(), "h:/b é.log".to_owned(), "h:/a.log".to_owned()]]);
     }
 
     #[tokio::test]

@@ -255,7 +255,7 @@ fn put_records(host: &Host, args: &Args<'_>, source: Option<Source>) -> Result<S
     for (i, e) in entries.iter().enumerate() {
         match new_record(e.data.as_deref(), e.partition_key.as_deref(), e.explicit_hash_key.as_deref()) {
             Ok(mut r) => {
-                r.source = source.clone();
+                r.source = e.weir_source.as_deref().map(Source::from).or_else(|| source.clone());
                 good.push(r);
                 slots.push(i);
                 results.push(PutResult::Pending);
@@ -323,6 +323,10 @@ struct Entry<'a> {
     data: Option<std::borrow::Cow<'a, str>>,
     partition_key: Option<String>,
     explicit_hash_key: Option<String>,
+    /// weir's own (AWS has no such field): the producer of this entry's record,
+    /// for a put that carries several producers' records in their order. It
+    /// takes the place of the `X-Weir-Source` header for this entry.
+    weir_source: Option<String>,
 }
 
 impl Args<'_> {
