@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use weir_host::agent::{Agent, AgentConfig, AgentHandle};
 use weir_host::pipeline::Producer;
 use weir_host::simulate::OperationsDesk;
 use weir_host::stream::NewRecord;
@@ -163,14 +164,25 @@ fn put_lines(host: &TestHost, lines: &[weir_host::simulate::TollLine], clock: &A
 }
 
 /// What the day must produce, from its lines alone: transaction ids, billing
-/// crossings (customer, window start) and traffic alerts (station, window start, count, minimum).
+/// crossings (customer, window start), month-to-date totals, and traffic alerts
+/// (station, window start, count, minimum).
 struct Oracle {
     rows: BTreeSet<String>,
     billing: BTreeSet<(String, String)>,
+    totals: BTreeMap<String, u64>,
     traffic: BTreeSet<(String, String, u64, u64)>,
 }
 
+/// The oracle of a day whose windows closed as a sorted feed's do: once the latest time,
+/// less the out-of-orderness, passes their end.
 fn oracle(lines: &[weir_host::simulate::TollLine]) -> Oracle {
+    let last = lines.iter().map(|l| l.time_ms).max().unwrap_or(DAY);
+    oracle_until(lines, last - 5_000, last - MINUTE)
+}
+
+/// The oracle of a day whose billing windows closed up to `billing_watermark` and
+/// traffic windows up to `traffic_watermark`.
+fn oracle_until(lines: &[weir_host::simulate::TollLine], billing_watermark: i64, traffic_watermark: i64) -> Oracle {
     use weir_host::simulate::{STATIONS, threshold_cents};
     let time = |ms: i64| weir_host::time::format_ms(ms);
     let mut rows = BTreeSet::new();
@@ -186,10 +198,8 @@ fn oracle(lines: &[weir_host::simulate::TollLine]) -> Oracle {
         *sums.entry((fields[5].to_owned(), line.time_ms - line.time_ms.rem_euclid(10 * MINUTE))).or_default() += cents;
         *counts.entry((line.station, line.time_ms - line.time_ms.rem_euclid(30 * MINUTE))).or_default() += 1;
     }
-    let last = lines.iter().map(|l| l.time_ms).max().unwrap_or(DAY);
-    // A window closes once the watermark (the latest time less the out-of-orderness) passes its end.
-    let billing_closed = |start: i64| start + 10 * MINUTE <= last - 5_000;
-    let traffic_closed = |start: i64| start + 30 * MINUTE <= last - MINUTE;
+    let billing_closed = |start: i64| start + 10 * MINUTE <= billing_watermark;
+    let traffic_closed = |start: i64| start + 30 * MINUTE <= traffic_watermark;
     let mut billing = BTreeSet::new();
     let mut totals: BTreeMap<&str, u64> = BTreeMap::new();
     for ((customer, start), cents) in &sums {
@@ -227,7 +237,8 @@ fn oracle(lines: &[weir_host::simulate::TollLine]) -> Oracle {
             }
         }
     }
-    Oracle { rows, billing, traffic }
+    let totals = totals.into_iter().map(|(customer, cents)| (customer.to_owned(), cents)).collect();
+    Oracle { rows, billing, totals, traffic }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -308,4 +319,246 @@ async fn a_simulated_day_matches_an_independent_oracle_across_a_restart() {
     assert_eq!((hooks.len(), by_hook), (expected.traffic.len(), expected.traffic.clone()));
     assert_eq!(desk.refused(), 0, "every delivery signed with the channel's secret");
     assert!(traffic.iter().filter(|(station, ..)| station == "5").count() >= 4, "the silent station, 10:00-12:00");
+}
+
+/// The shipped agent config (`manifests/abc-tolls/agent.toml`), pointed at `url` and at
+/// the station logs and checkpoints under `out`, started as `weir agent --config` does.
+fn start_shipped_agent(dir: &std::path::Path, out: &std::path::Path, url: &str) -> AgentHandle {
+    let text = std::fs::read_to_string(root().join("manifests/abc-tolls/agent.toml"))
+        .expect("the agent config")
+        .replace("http://127.0.0.1:7070", url)
+        .replace("../../out/abc-tolls", &out.display().to_string());
+    let path = dir.join("agent.toml");
+    std::fs::write(&path, text).expect("write the agent config");
+    Agent::start(AgentConfig::load(&path).expect("the shipped agent config is valid")).expect("the agent starts")
+}
+
+/// Appends lines to their stations' logs (`station-07.log`), as the stations' servers do.
+fn append_to_logs(logs: &std::path::Path, lines: &[weir_host::simulate::TollLine]) {
+    use std::io::Write as _;
+    std::fs::create_dir_all(logs).expect("the logs folder");
+    let mut by_station: BTreeMap<u32, String> = BTreeMap::new();
+    for line in lines {
+        let text = by_station.entry(line.station).or_default();
+        text.push_str(&line.text);
+        text.push('\n');
+    }
+    for (station, text) in by_station {
+        let path = logs.join(format!("station-{station:02}.log"));
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path).expect("a station log");
+        file.write_all(text.as_bytes()).expect("append");
+    }
+}
+
+/// Waits until `toll-lines` holds `lines` records and every stage has read its input.
+async fn ingested(host: &TestHost, lines: usize) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while host.host.status().streams.get("toll-lines").copied().unwrap_or(0) < lines as u64 {
+        assert!(Instant::now() < deadline, "the agent sent {:?} of {lines} lines", host.host.status().streams);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    caught_up(host).await;
+}
+
+/// An aggregator stage's watermark.
+fn watermark(host: &TestHost, stage: &str) -> i64 {
+    let status = host.host.status();
+    let stage = status.stages.iter().find(|s| s.name == stage).expect("the stage");
+    stage.windows.and_then(|w| w.watermark_ms).expect("a watermark")
+}
+
+/// What the pipeline produced for requirements 2 and 3: billing messages (customer,
+/// as of window), month-to-date totals, traffic alerts and corrections (station, window start).
+struct Produced {
+    billing: BTreeSet<(String, String)>,
+    totals: BTreeMap<String, u64>,
+    traffic: BTreeSet<(String, String, u64, u64)>,
+    corrections: BTreeSet<(String, String)>,
+}
+
+fn produced(host: &TestHost) -> Produced {
+    let state = host.host.state.clone();
+    let (mut billing, mut totals) = (BTreeSet::new(), BTreeMap::new());
+    for customer in 1..=weir_host::simulate::CUSTOMERS {
+        let customer = weir_host::simulate::customer_id(customer);
+        for message in state.inbox("app", &customer, 0, 10).expect("inbox") {
+            let window = message.body.split("(as of ").nth(1).and_then(|r| r.split(')').next()).unwrap_or("");
+            assert!(billing.insert((customer.clone(), window.to_owned())), "two messages for {customer}");
+        }
+        if let Some(item) = state.get("month-totals", &format!("{customer}|2026-11")).expect("a month total") {
+            let total: serde_json::Value = serde_json::from_slice(&item).expect("a month total is JSON");
+            let cents = total["cents"].as_u64().expect("cents");
+            if cents > 0 {
+                totals.insert(customer, cents);
+            }
+        }
+    }
+    let (mut traffic, mut corrections) = (BTreeSet::new(), BTreeSet::new());
+    for message in state.inbox("operators", "operators", 0, 10_000).expect("inbox") {
+        if let Some(rest) = message.body.strip_prefix("Correction: station ") {
+            let words: Vec<&str> = rest.split(' ').collect();
+            corrections.insert((words[0].to_owned(), words[5].to_owned()));
+        } else {
+            assert!(traffic.insert(traffic_alert(&message.body)), "an alert twice: {}", message.body);
+        }
+    }
+    Produced { billing, totals, traffic, corrections }
+}
+
+/// The documented path for real stations, as a new user takes it: the day's station
+/// logs (`weir simulate --logs`), the shipped manifest served (`weir run`), the
+/// customers' thresholds set (`weir table put`), and `weir agent` with the shipped
+/// config following the twelve logs from the beginning. Every window the watermark
+/// passed must give exactly the oracle's messages and totals, with nothing late.
+async fn the_agent_path_matches_the_oracle(seed: u64) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_desk, hook) = operations_desk().await;
+    let manifest = shipped(dir.path(), "60s", &hook);
+    let out = dir.path().join("out");
+    let day = weir_host::simulate::generate_day(seed, DAY);
+    weir_host::simulate::write_logs(&day, &out.join("stations")).expect("the station logs");
+    let agent_dir = tempfile::tempdir().expect("tempdir");
+    let host = TestHost::start_in(dir, &manifest).await.expect("start");
+    for (customer, threshold) in weir_host::simulate::thresholds() {
+        host.host.state.put("thresholds", &customer, threshold.as_bytes()).expect("threshold");
+    }
+    let agent = start_shipped_agent(agent_dir.path(), &out, &host.url);
+    ingested(&host, day.len()).await;
+    agent.stop().await;
+
+    let expected = oracle_until(&day, watermark(&host, "billing-sum"), watermark(&host, "traffic-count"));
+    let got = produced(&host);
+    assert!(expected.billing.len() > 5 && expected.traffic.len() > 5, "seed {seed}: the day has something to find");
+    assert_eq!(got.billing, expected.billing, "seed {seed}: billing messages");
+    assert_eq!(got.totals, expected.totals, "seed {seed}: every toll of a closed window counted once");
+    assert_eq!(got.traffic, expected.traffic, "seed {seed}: traffic alerts");
+    assert!(got.corrections.is_empty(), "seed {seed}: nothing to correct");
+    let status = host.host.status();
+    for stage in ["billing-sum", "traffic-count"] {
+        let stage = status.stages.iter().find(|s| s.name == stage).expect("the stage");
+        assert_eq!((stage.late, stage.revisions), (0, 0), "seed {seed}: {}: nothing came late", stage.name);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_path_matches_the_oracle_seed_7() {
+    the_agent_path_matches_the_oracle(7).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_path_matches_the_oracle_seed_42() {
+    the_agent_path_matches_the_oracle(42).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_path_matches_the_oracle_seed_2026() {
+    the_agent_path_matches_the_oracle(2026).await;
+}
+
+/// A station's server offline for two hours: the other eleven logs go on, the idle
+/// timeout lets the windows close without it (the traffic monitor then finds it silent),
+/// and its backlog arrives afterwards, within the allowed lateness. Billing must count
+/// every one of its tolls once; every alert its backlog proves wrong must be followed by
+/// a correction, and every true alert stands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_station_offline_for_two_hours_is_billed_exactly_and_its_false_alerts_corrected() {
+    const OFFLINE: u32 = 3;
+    let (from, to) = (DAY + 8 * 60 * MINUTE, DAY + 10 * 60 * MINUTE);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_desk, hook) = operations_desk().await;
+    let manifest = shipped(dir.path(), "60s", &hook);
+    let out = dir.path().join("out");
+    let logs = out.join("stations");
+    let day: Vec<_> =
+        weir_host::simulate::generate_day(11, DAY).into_iter().filter(|l| l.time_ms < to + 60 * MINUTE).collect();
+    let agent_dir = tempfile::tempdir().expect("tempdir");
+    let host = TestHost::start_in(dir, &manifest).await.expect("start");
+    for (customer, threshold) in weir_host::simulate::thresholds() {
+        host.host.state.put("thresholds", &customer, threshold.as_bytes()).expect("threshold");
+    }
+    let agent = start_shipped_agent(agent_dir.path(), &out, &host.url);
+    // Until 08:00 every station logs; then station 3's server is offline until 10:00.
+    let (before, rest): (Vec<_>, Vec<_>) = day.iter().cloned().partition(|l| l.time_ms < from);
+    let (withheld, live): (Vec<_>, Vec<_>) = rest.into_iter().partition(|l| l.station == OFFLINE && l.time_ms < to);
+    let (live_offline, after): (Vec<_>, Vec<_>) = live.into_iter().partition(|l| l.time_ms < to);
+    append_to_logs(&logs, &before);
+    ingested(&host, before.len()).await;
+    append_to_logs(&logs, &live_offline);
+    ingested(&host, before.len() + live_offline.len()).await;
+    // Station 3 has been quiet for the idle timeout: the windows of 08:00-09:30 close without it.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while watermark(&host, "traffic-count") < to - 30 * MINUTE {
+        assert!(Instant::now() < deadline, "the traffic windows did not close without station 3");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    caught_up(&host).await;
+    let silent = produced(&host).traffic.iter().filter(|(station, ..)| station == "3").count();
+    assert!(silent >= 3, "station 3 looked silent from 08:00 to 09:30 ({silent} alerts)");
+    // Its server is back: the backlog comes, then the rest of the day.
+    append_to_logs(&logs, &withheld);
+    append_to_logs(&logs, &after);
+    ingested(&host, day.len()).await;
+    agent.stop().await;
+
+    let expected = oracle_until(&day, watermark(&host, "billing-sum"), watermark(&host, "traffic-count"));
+    let got = produced(&host);
+    assert_eq!(got.totals, expected.totals, "every toll counted once, station 3's late ones too");
+    let customers = |set: &BTreeSet<(String, String)>| set.iter().map(|(c, _)| c.clone()).collect::<BTreeSet<_>>();
+    assert_eq!(customers(&got.billing), customers(&expected.billing), "the customers past their threshold, once each");
+    let alerted: BTreeSet<(String, String)> = got.traffic.iter().map(|(s, w, ..)| (s.clone(), w.clone())).collect();
+    let due: BTreeSet<(String, String)> = expected.traffic.iter().map(|(s, w, ..)| (s.clone(), w.clone())).collect();
+    let wrong: BTreeSet<(String, String)> = alerted.difference(&due).cloned().collect();
+    assert!(due.is_subset(&alerted), "every true alert went out: {:?}", due.difference(&alerted).collect::<Vec<_>>());
+    assert!(!wrong.is_empty() && wrong.iter().all(|(s, _)| s == "3"), "the false alerts are station 3's: {wrong:?}");
+    assert_eq!(got.corrections, wrong, "each false alert, and only those, corrected");
+    let status = host.host.status();
+    let revisions = |name: &str| status.stages.iter().find(|s| s.name == name).map_or(0, |s| s.revisions);
+    assert!(revisions("billing-sum") > 0 && revisions("traffic-count") > 0, "the backlog revised windows");
+}
+
+/// A backfill: three days of station logs sent at once by three agents in parallel
+/// (one per day, as three station servers catching up would) give every customer the
+/// month-to-date total of three live days, with nothing set aside as late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_days_backfilled_at_once_by_three_agents_bill_as_three_live_days() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_desk, hook) = operations_desk().await;
+    let manifest = shipped(dir.path(), "60s", &hook);
+    let out = dir.path().join("out");
+    let days: Vec<Vec<weir_host::simulate::TollLine>> =
+        (0..3).map(|d| weir_host::simulate::generate_day(100 + d, DAY - (2 - d as i64) * 24 * 60 * MINUTE)).collect();
+    for (d, day) in days.iter().enumerate() {
+        weir_host::simulate::write_logs(day, &out.join(format!("day-{d}")).join("stations")).expect("the logs");
+    }
+    let host = TestHost::start_in(dir, &manifest).await.expect("start");
+    for (customer, threshold) in weir_host::simulate::thresholds() {
+        host.host.state.put("thresholds", &customer, threshold.as_bytes()).expect("threshold");
+    }
+    let agent_dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("tempdir")).collect();
+    let agents: Vec<AgentHandle> = agent_dirs
+        .iter()
+        .enumerate()
+        .map(|(d, agent_dir)| start_shipped_agent(agent_dir.path(), &out.join(format!("day-{d}")), &host.url))
+        .collect();
+    let all: Vec<weir_host::simulate::TollLine> = days.concat();
+    ingested(&host, all.len()).await;
+    for agent in agents {
+        agent.stop().await;
+    }
+    // Once every station has been quiet for the idle timeout, the last days' windows close too.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let last_day_end = DAY + 23 * 60 * MINUTE;
+    while watermark(&host, "billing-sum") < last_day_end {
+        assert!(Instant::now() < deadline, "the windows of the three days did not close");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    caught_up(&host).await;
+    let expected = oracle_until(&all, watermark(&host, "billing-sum"), watermark(&host, "traffic-count"));
+    let got = produced(&host);
+    assert_eq!(got.totals, expected.totals, "every toll of the three days counted once");
+    let customers = |set: &BTreeSet<(String, String)>| set.iter().map(|(c, _)| c.clone()).collect::<BTreeSet<_>>();
+    assert_eq!(customers(&got.billing), customers(&expected.billing), "the customers past their threshold");
+    let status = host.host.status();
+    let late = status.stages.iter().find(|s| s.name == "billing-sum").map(|s| s.late);
+    assert_eq!(late, Some(0), "nothing came later than the allowed lateness");
 }

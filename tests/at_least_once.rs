@@ -208,6 +208,8 @@ async fn a_late_record_that_cannot_be_written_keeps_the_aggregator_batch_until_i
     let letters = lines(&host.path("letters.jsonl"));
     assert_eq!(letters.len(), 1, "the late record, once: {letters:?}");
     assert!(letters[0].contains("\"late\""), "{letters:?}");
+    let status = host.host.status();
+    assert_eq!((stage(&status, "sum").late, stage(&status, "sum").dead_lettered), (1, 0), "counted as late");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,7 +267,7 @@ stream = "amounts"
     host.stop().await;
     let sums = lines(&host.path("sums.jsonl"));
     assert!(sums.iter().any(|l| l == "k=10 (10 records)"), "the parent's window holds all its records: {sums:?}");
-    assert_eq!(host.host.status().stages[0].dead_lettered, 0, "nothing was late");
+    assert_eq!(host.host.status().stages[0].late, 0, "nothing was late");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -163,6 +163,7 @@ stream = "rows"
 
 [tables.month-totals]
 [tables.thresholds]
+[tables.traffic-alerts]
 
 [channels.app]
 kind = "inbox"
@@ -307,6 +308,8 @@ kind = "http"
 stream = "traffic"
 
 [streams.traffic]
+
+[tables.traffic-alerts]
 
 [channels.ops-hook]
 kind = "webhook"

@@ -298,6 +298,10 @@ pub struct Report {
     pub rows_loaded: u64,
     /// Records set aside with their reason: the stages' dead letters, the deliveries' failed records.
     pub set_aside: u64,
+    /// Records later than their window's allowed lateness, set aside with the reason.
+    pub late: u64,
+    /// Window results revised by records within the allowed lateness.
+    pub revisions: u64,
     /// Billing messages sent.
     pub billing_messages: u64,
     /// Traffic alerts raised.
@@ -401,6 +405,8 @@ pub fn run_day(host: &Arc<Host>, lines: &[TollLine], mut progress: impl FnMut(f6
         rows_loaded: status.deliveries.iter().map(|d| d.rows_loaded).sum(),
         set_aside: status.stages.iter().map(|s| s.dead_lettered).sum::<u64>()
             + status.deliveries.iter().map(|d| d.records_failed).sum::<u64>(),
+        late: status.stages.iter().map(|s| s.late).sum(),
+        revisions: status.stages.iter().map(|s| s.revisions).sum(),
         billing_messages: new("app"),
         traffic_alerts: new("operators"),
         webhooks: desks.into_iter().map(|(name, url, desk)| (name, url, desk.count())).collect(),

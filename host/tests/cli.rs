@@ -28,7 +28,13 @@ fn check_accepts_the_quickstart_and_lists_every_problem_of_a_broken_manifest() {
         Command::new(WEIR).arg("check").arg(root().join("manifests/abc-tolls.toml")).output().expect("run weir");
     let stdout = String::from_utf8_lossy(&tolls.stdout);
     assert!(tolls.status.success(), "{stdout}{}", String::from_utf8_lossy(&tolls.stderr));
-    assert!(stdout.contains("time: tumbling 30m windows by event time; each closes once every active source's newest time is 1m past its end"), "{stdout}");
+    assert!(stdout.contains("time: tumbling 30m windows by event time; each gives its results once every active source's newest time is 1m past its end"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "time: a record up to 3h (allowed lateness) behind that still counts: its window gives a revised result"
+        ),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("quiet for 30s stops holding windows back: one offline longer is treated as silent"),
         "{stdout}"
@@ -290,6 +296,8 @@ fn table_put_get_and_delete_talk_to_a_running_weir() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(weir(&["table", "get", "thresholds", "C 1/x"]), (true, "5000\n".to_owned(), String::new()));
+    let (ok, status, err) = weir(&["status"]);
+    assert!(ok && status.starts_with("pipeline tables, up ") && status.contains("late  revisions"), "{status}{err}");
     assert!(weir(&["table", "delete", "thresholds", "C 1/x"]).0);
     let (ok, _, err) = weir(&["table", "get", "thresholds", "C 1/x"]);
     assert!(!ok && err.contains("has no item"), "{err}");

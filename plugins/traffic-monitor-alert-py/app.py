@@ -6,19 +6,25 @@ for each station whose count for a window is below its minimum (zero vehicles
 for a silent station included), alerts the operators on every configured
 channel, naming the station, the window, the count and the minimum. The
 idempotency key `traffic|<station>|<window start>` makes each alert one per
-channel, however often its batch is redone.
+channel, however often its batch is redone. An alert that a revised count
+(late records) proves wrong is followed by one correction on the same
+channels; the `alerts` state table remembers which windows were alerted.
 """
 
 from componentize_py_types import Err
 
 import weir
 from wit_world import exports
-from wit_world.imports import log, notify
+from wit_world.imports import log, notify, state_table
+
+ALERTED = b"alerted"
+CORRECTED = b"corrected"
 
 
 class Consume(exports.Consume):
     channels = ["operators"]
     recipient = "operators"
+    alerts = "traffic-alerts"
 
     def init(self, config):
         config = weir.Config(config)
@@ -32,6 +38,7 @@ class Consume(exports.Consume):
             raise Err("channels names no channel: alerts would go nowhere")
         Consume.channels = channels
         Consume.recipient = config.get("recipient", "operators")
+        Consume.alerts = config.get("alerts", "traffic-alerts")
         log.log(log.Level.DEBUG, f"alerting {', '.join(channels)}")
 
     def consume(self, input):
@@ -48,9 +55,22 @@ class Consume(exports.Consume):
                     "not a traffic-monitor-count result (station_id, window_start, window_end, vehicles): "
                     f"{type(e).__name__} {e}",
                 )
-            if minimum is None or vehicles >= int(minimum):
+            if minimum is None:
                 continue
+            window = f"{station}|{start}"
             frm, to = clock(start), clock(end)
+            if vehicles >= int(minimum):
+                # A revised count: if it was alerted, say the alert was wrong, once.
+                if state_table.get(Consume.alerts, window) == ALERTED:
+                    subject = f"Station {station} recovered {frm}-{to}: {vehicles} vehicles, minimum {minimum} (correction)"
+                    body = (
+                        f"Correction: station {station} counted {vehicles} vehicles between {start} and {end} "
+                        f"once its late records arrived; its minimum for that slot is {minimum}, so the earlier "
+                        "alert for this window was wrong."
+                    )
+                    send_all(subject, body, f"traffic-corrected|{window}")
+                    state_table.put(Consume.alerts, window, CORRECTED)
+                continue
             if vehicles == 0:
                 subject = f"Station {station} silent {frm}-{to}: no vehicles, minimum {minimum}"
             else:
@@ -59,16 +79,23 @@ class Consume(exports.Consume):
                 f"Station {station} counted {vehicles} vehicles between {start} and {end}; "
                 f"its minimum for that slot is {minimum}."
             )
-            for channel in Consume.channels:
-                notify.send(
-                    notify.Notification(
-                        channel=channel,
-                        recipient=Consume.recipient,
-                        subject=subject,
-                        body=body,
-                        idempotency_key=f"traffic|{station}|{start}",
-                    )
-                )
+            send_all(subject, body, f"traffic|{window}")
+            if state_table.get(Consume.alerts, window) is None:
+                state_table.put(Consume.alerts, window, ALERTED)
+
+
+def send_all(subject, body, idempotency_key):
+    """One message to every configured channel."""
+    for channel in Consume.channels:
+        notify.send(
+            notify.Notification(
+                channel=channel,
+                recipient=Consume.recipient,
+                subject=subject,
+                body=body,
+                idempotency_key=idempotency_key,
+            )
+        )
 
 
 def clock(time):

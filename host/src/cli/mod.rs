@@ -10,6 +10,7 @@ mod put;
 mod run;
 mod shared;
 mod simulate;
+mod status;
 mod stream;
 mod table;
 mod tail;
@@ -100,6 +101,12 @@ enum Command {
         /// With --run: print where the time went, phase by phase.
         #[arg(long)]
         timings: bool,
+    },
+    /// Show what a running pipeline is doing: each stage's counts (late records and revised
+    /// window results among them), each delivery stream's, and each consumer's lag.
+    Status {
+        #[command(flatten)]
+        target: Target,
     },
     /// Read and write items of a running pipeline's state tables (e.g. a customer's threshold).
     Table {
@@ -193,6 +200,7 @@ pub fn main() -> anyhow::Result<()> {
             action => client_verb(&target, |c| plugin::plugin(c, action)),
         },
         Command::Table { action, target } => client_verb(&target, |c| table::table(c, action)),
+        Command::Status { target } => client_verb(&target, status::status),
         Command::Simulate { run, build, logs, to, day, seed, timings } => {
             let yesterday = crate::time::format_ms(crate::stream::now_ms() - 86_400_000)[..10].to_owned();
             let day = day.unwrap_or(yesterday);

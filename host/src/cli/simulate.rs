@@ -115,6 +115,11 @@ pub(super) fn simulate(
             let (lake, errors) = lake.unwrap_or_default();
             println!("  malformed, set aside    {:>7}  (with the reason, under {lake}/{errors})", report.set_aside);
             println!(
+                "  late, set aside         {:>7}  (later than the windows' allowed lateness, with the reason)",
+                report.late
+            );
+            println!("  windows revised         {:>7}  (by records within the allowed lateness)", report.revisions);
+            println!(
                 "  billing messages        {:>7}  (inbox `app`: weir run, then GET /v1/inbox/<customer>?channel=app)",
                 report.billing_messages
             );

@@ -2,8 +2,12 @@
 //! their event-time windows ([`crate::window`]) and folded into the (window,
 //! key) states through the aggregator plugin; a window the watermark has
 //! passed is turned into result records through the plugin's `emit` and
-//! written to the stage's output. Late records go to the stage's `late`
-//! stream (or else its dead letters) with the reason, never silently away.
+//! written to the stage's output. Within the allowed lateness a late record
+//! revises its window: the window is emitted again for the keys that changed,
+//! with their whole states so far (a consumer replaces the result it had for
+//! that window and key). Records later than that go to the stage's `late`
+//! stream (or else its dead letters) with the reason, never silently away,
+//! and are counted in the stage's status.
 //!
 //! The checkpoint holds the input positions, the window states and the
 //! plugin's state version together, written atomically after every batch
@@ -40,7 +44,7 @@ use crate::reference::ReferenceTables;
 use crate::sink::{DeadLetter, DeadLetterOrigin, OutRecord};
 use crate::stream::{NewRecord, StoredRecord, StreamStore, now_ms};
 use crate::swap::{AggregatorCandidate, PluginVersion, StateChange, SwapCommand, SwapReply};
-use crate::window::{ClosedWindow, FoldRecord, WindowOperator};
+use crate::window::{FoldRecord, Pane, WindowOperator};
 
 /// States handed to a migration per call, so a million keys do not need one huge guest allocation.
 const MIGRATE_CHUNK: usize = 4096;
@@ -91,8 +95,8 @@ pub struct AggregateOperator {
     windows: Option<WindowOperator>,
     /// The reference table generation the expected keys were taken from.
     expected_generation: u64,
-    /// Closed windows whose results are not written yet: written before anything else.
-    pending: VecDeque<ClosedWindow>,
+    /// Panes whose results are not written yet: written before anything else.
+    pending: VecDeque<Pane>,
     /// Per shard, the position after the last batch folded: a batch redone
     /// after one of its effects failed is not folded twice.
     folded_to: BTreeMap<u32, u64>,
@@ -428,13 +432,16 @@ impl AggregateOperator {
             }
         };
         self.dead_letters.write_dead_letters(&to_dead_letters).map_err(effect)?;
-        self.stats.dead_lettered.fetch_add(to_dead_letters.len() as u64, Ordering::Relaxed);
+        // Late records are counted as late, wherever they went; the others as dead-lettered.
+        let late = self.unwritten.iter().filter(|a| a.code == "late").count();
+        self.stats.dead_lettered.fetch_add((self.unwritten.len() - late) as u64, Ordering::Relaxed);
+        self.stats.late.fetch_add(late as u64, Ordering::Relaxed);
         self.unwritten.clear();
         Ok(())
     }
 
-    /// Turns a closed window's states into results through the plugin and writes them out.
-    fn write_window(&mut self, closed: &ClosedWindow) -> Result<(), BatchError> {
+    /// Turns a pane's states into results through the plugin and writes them out.
+    fn write_window(&mut self, closed: &Pane) -> Result<(), BatchError> {
         let ident = self.plugin.spec.ident.to_string();
         let emitted = self.instance().and_then(|running| {
             running
@@ -453,11 +460,16 @@ impl AggregateOperator {
             .map_err(|e| BatchError::Effect(format!("writing window {}'s results: {e}", closed.window)))?;
         self.stats.records_out.fetch_add(out.len() as u64, Ordering::Relaxed);
         self.version.records_out.fetch_add(out.len() as u64, Ordering::Relaxed);
+        if closed.revision > 0 {
+            self.stats.revisions.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(window = %closed.window, revision = closed.revision, keys = closed.keys.len(), "window revised by late records");
+        }
         Ok(())
     }
 
-    /// Closes what the watermark has passed and writes out every closed
-    /// window, oldest first; one that cannot be written stays first in line.
+    /// Takes the panes due (windows the watermark has passed, windows late
+    /// records revised) and writes each out, oldest first; one that cannot be
+    /// written stays first in line.
     fn close_due(&mut self) -> Result<bool, BatchError> {
         let windows = self.windows()?;
         windows.advance(now_ms());

@@ -121,10 +121,15 @@ pub struct StageStats {
     pub records_out: AtomicU64,
     /// Records the plugin dropped.
     pub dropped: AtomicU64,
-    /// Records sent to the dead-letter sink.
+    /// Records sent to the dead-letter sink (an aggregator's late records are counted as `late`).
     pub dead_lettered: AtomicU64,
     /// Records discarded by the `skip` policy.
     pub skipped: AtomicU64,
+    /// Records an aggregator set aside as later than its allowed lateness (to its `late`
+    /// stream, or else its dead letters).
+    pub late: AtomicU64,
+    /// Revised results an aggregator gave because of late records (panes after the on-time one).
+    pub revisions: AtomicU64,
     /// Batches processed.
     pub batches: AtomicU64,
     /// Plugin failures (trap, deadline, memory, error returned, init).
@@ -160,6 +165,10 @@ pub struct StageStatus {
     pub dead_lettered: u64,
     /// Records skipped by policy.
     pub skipped: u64,
+    /// Records set aside as later than the window's allowed lateness (aggregators).
+    pub late: u64,
+    /// Revised window results late records caused (aggregators).
+    pub revisions: u64,
     /// Batches processed.
     pub batches: u64,
     /// Plugin failures.
@@ -271,6 +280,8 @@ impl StageHandle {
             records_out: get(&s.records_out),
             dropped: get(&s.dropped),
             dead_lettered: get(&s.dead_lettered),
+            late: get(&s.late),
+            revisions: get(&s.revisions),
             skipped: get(&s.skipped),
             batches: get(&s.batches),
             failures: get(&s.failures),

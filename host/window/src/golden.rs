@@ -1,5 +1,5 @@
 //! Golden tests: each file in `cases/` is a window spec, input records and clock ticks,
-//! and the results and late records expected, compared in any order. The harness folds
+//! and the results (each pane: on time, then revisions) and late records expected, compared in any order. The harness folds
 //! natively (a sum of each record's value) and runs every case twice: straight through,
 //! and restarting from a snapshot before every input, which must not change a thing.
 
@@ -66,6 +66,9 @@ struct ExpectedResult {
     window: [String; 2],
     key: String,
     sum: i64,
+    /// The pane: 0 on time (the default), then 1, 2, ... for revisions late records caused.
+    #[serde(default)]
+    revision: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -77,10 +80,10 @@ struct ExpectedLate {
     reason: String,
 }
 
-/// What a run produced, in a canonical order: (start, end, key, sum) and (key, time, reason).
+/// What a run produced, in a canonical order: (start, end, key, sum, revision) and (key, time, reason).
 #[derive(Debug, PartialEq)]
 struct Outcome {
-    results: Vec<(String, String, String, i64)>,
+    results: Vec<(String, String, String, i64, u32)>,
     late: Vec<(String, String, String)>,
 }
 
@@ -153,7 +156,7 @@ fn run(case: &Case, restart: bool) -> Outcome {
         for closed in operator.close_due(now_ms) {
             for (key, state) in closed.keys.iter().zip(&closed.states) {
                 let (start, end) = (format_ms(closed.window.start), format_ms(closed.window.end));
-                outcome.results.push((start, end, key.clone(), sum_of(state)));
+                outcome.results.push((start, end, key.clone(), sum_of(state), closed.revision));
             }
         }
         clock_ms = now_ms;
@@ -169,7 +172,7 @@ fn check(path: &Path) -> Result<(), String> {
     let mut expected_results: Vec<_> = case
         .result
         .iter()
-        .map(|r| (format_ms(ms(&r.window[0])), format_ms(ms(&r.window[1])), r.key.clone(), r.sum))
+        .map(|r| (format_ms(ms(&r.window[0])), format_ms(ms(&r.window[1])), r.key.clone(), r.sum, r.revision))
         .collect();
     expected_results.sort();
     let mut expected_late: Vec<_> = case.late.iter().map(|l| (l.key.clone(), format_ms(ms(&l.time)))).collect();

@@ -20,18 +20,23 @@
 //!   idle timeout stops holding it back until its next record. When every shard is idle,
 //!   the clock takes over: the watermark moves on as the host's clock does, so the last
 //!   windows close when the stream goes quiet.
-//! - **A window closes** once `end + allowed lateness <= watermark`. It closes exactly once,
-//!   in order of its end, and its states are then freed. With expected keys, a closed
-//!   window holds every expected key (an empty state for one that had no record), and every
-//!   window from the first one the operator saw is closed, even one with no record at all:
-//!   a silent station still gets its result.
-//! - **A record is late** when every window it belongs to has closed (or is due to). It is
-//!   never dropped silently: the caller sets it aside with the reason [`Route::Late`]
-//!   gives. A sliding-window record that is late for some of its windows only goes to
-//!   the others.
+//! - **A window fires** once the watermark passes its end: its on-time pane (revision 0)
+//!   holds every key's state. It fires exactly once on time, in order of its end. With
+//!   expected keys, the pane holds every expected key (an empty state for one that had no
+//!   record), and every window from the first one the operator saw fires, even one with
+//!   no record at all: a silent station still gets its result.
+//! - **Late records revise results.** With an allowed lateness, a fired window is kept
+//!   until the watermark passes its end plus the lateness; a record for it folds into its
+//!   state and the window fires again for the keys that changed (revision 1, 2, ...), each
+//!   pane with the key's whole state so far, so a consumer replaces its previous result
+//!   for that window and key (see [`operator`]).
+//! - **A record is late** when every window it belongs to has closed (its lateness has
+//!   passed, or it fired with no lateness). It is never dropped silently: the caller sets
+//!   it aside with the reason [`Route::Late`] gives. A sliding-window record that is late
+//!   for some of its windows only goes to the others.
 //! - **Restarts**: [`WindowOperator::snapshot`] holds everything needed to continue as
-//!   if nothing happened (open windows and states, each shard's watermark, the last closed
-//!   window); the stage stores it with its input positions. The time the host was down
+//!   if nothing happened (open and kept windows and states, each source's watermark, the
+//!   last window fired); the stage stores it with its input positions. The time the host was down
 //!   does not count towards the idle timeout.
 //!
 //! The operator is deterministic: it reads no clock; every call that needs the time
@@ -47,7 +52,7 @@ mod golden;
 use std::time::Duration;
 
 pub use assign::{Window, WindowKind};
-pub use operator::{ClosedWindow, FoldPlan, FoldRecord, RewriteError, Route, SetAside, WindowMetrics, WindowOperator};
+pub use operator::{FoldPlan, FoldRecord, Pane, RewriteError, Route, SetAside, WindowMetrics, WindowOperator};
 pub use watermark::{TimeSource, Watermarks};
 
 /// The last millisecond a window time may be: 9999-12-31T23:59:59.999Z. Times must also
@@ -101,14 +106,19 @@ impl WindowSpec {
             TimeSource::ArrivalTime => "arrival time",
         };
         let mut lines = vec![format!(
-            "{} windows by {time}; each closes once every active source's newest time is {} past its end{}",
+            "{} windows by {time}; each gives its results once every active source's newest time is {} past \
+             its end",
             self.kind,
             span(self.out_of_orderness),
-            match self.allowed_lateness.is_zero() {
-                true => String::new(),
-                false => format!(" and a further {} (allowed lateness) has passed", span(self.allowed_lateness)),
-            }
         )];
+        lines.push(match self.allowed_lateness.is_zero() {
+            true => "no allowed lateness: a window is closed once it gave its results".to_owned(),
+            false => format!(
+                "a record up to {} (allowed lateness) behind that still counts: its window gives a revised \
+                 result for its key (revision 1, 2, ...), which replaces the one before",
+                span(self.allowed_lateness)
+            ),
+        });
         lines.push(match self.idle_timeout {
             Some(idle) => format!(
                 "a source (a producer, or a shard for records that name none) quiet for {} stops holding \
@@ -120,8 +130,8 @@ impl WindowSpec {
             }
         });
         lines.push(
-            "a record for a window that has closed is late: it goes to the stage's `late` stream \
-             (or its dead letters) with the reason"
+            "a record later than that is late: it goes to the stage's `late` stream (or its dead letters) \
+             with the reason, and is counted in the stage's status"
                 .to_owned(),
         );
         if let Some(ahead) = self.max_ahead {

@@ -1,5 +1,18 @@
 //! The window operator: open windows and their per-key states, routing records into
-//! them, closing them in order as the watermark passes, and snapshots to restart from.
+//! them, firing them in order as the watermark passes, keeping them for late records
+//! within the allowed lateness, and snapshots to restart from.
+//!
+//! # Panes
+//!
+//! A window's results go out in panes, as in Beam and Flink. The on-time pane
+//! (revision 0) fires once the watermark passes the window's end, with every key
+//! (and every expected key). With an allowed lateness, the window is then kept until
+//! the watermark passes its end plus the lateness: a late record still folds into its
+//! state, and the window fires again at the end of that batch, for the keys that
+//! changed only, as revision 1, 2, ... Each pane holds a key's whole state so far
+//! (accumulating): a consumer replaces what it had for that (window, key), which is
+//! right however often a pane is repeated after a restart. Past the lateness a
+//! record is late and set aside with the reason.
 //!
 //! An aggregator stage drives it per batch:
 //!
@@ -12,7 +25,8 @@
 //!    to [`WindowOperator::apply_fold`].
 //!    Nothing changes if the fold fails (but the watermark has seen the records).
 //! 3. [`WindowOperator::close_due`] (or [`WindowOperator::pop_due`] one at a time) gives
-//!    the windows the watermark has passed, each with its keys and states for `emit`.
+//!    the panes due: windows the watermark has passed, and windows late records
+//!    changed, each with its keys and states for `emit`.
 //! 4. [`WindowOperator::snapshot`] goes into the checkpoint with the input positions.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -23,8 +37,9 @@ use serde::{Deserialize, Serialize};
 use super::watermark::WatermarkState;
 use super::{MAX_TIME_MS, Watermarks, Window, WindowError, WindowKind, WindowSpec, format_span, format_time, span_ms};
 
-/// The version of the snapshot layout [`WindowOperator::snapshot`] writes.
-const SNAPSHOT_FORMAT: u32 = 1;
+/// The version of the snapshot layout [`WindowOperator::snapshot`] writes: 2 adds the
+/// windows kept after firing (format 1, which has none, is still read).
+const SNAPSHOT_FORMAT: u32 = 2;
 
 /// Where a record goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,7 +47,8 @@ pub enum Route {
     /// Into these windows, earliest first: every window holding its time that is still
     /// open.
     Windows(Vec<Window>),
-    /// Every window holding its time has closed: the record is set aside with the reason.
+    /// Every window holding its time has closed (the watermark passed its end plus the
+    /// allowed lateness): the record is set aside with the reason.
     Late {
         /// Which window closed and where the watermark is, for people.
         reason: String,
@@ -85,15 +101,19 @@ pub struct FoldPlan<'a> {
     pub set_aside: Vec<SetAside>,
 }
 
-/// A window that closed: hand it to the plugin's `emit`.
+/// A window's results due: hand it to the plugin's `emit`. See the module doc.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClosedWindow {
+pub struct Pane {
     /// Its bounds.
     pub window: Window,
-    /// Its keys in order, including every expected key.
+    /// Its keys in order: every key (and expected key) in the on-time pane, the keys
+    /// late records changed in a later one.
     pub keys: Vec<String>,
-    /// `states[i]` belongs to `keys[i]`; empty for a key that had no record.
+    /// `states[i]` belongs to `keys[i]`: all the key's records so far (empty for a key
+    /// that had none).
     pub states: Vec<Vec<u8>>,
+    /// 0 for the on-time pane, then 1, 2, ... for each firing late records caused.
+    pub revision: u32,
 }
 
 /// What the operator holds, for the stage's metrics.
@@ -101,9 +121,11 @@ pub struct ClosedWindow {
 pub struct WindowMetrics {
     /// The operator's watermark; `None` until the first.
     pub watermark_ms: Option<i64>,
-    /// Windows with at least one state.
+    /// Windows with at least one state, not yet fired.
     pub open_windows: usize,
-    /// (window, key) states held.
+    /// Windows fired and kept for late records (until their allowed lateness passes).
+    pub kept_windows: usize,
+    /// (window, key) states held, in open and kept windows.
     pub open_keys: usize,
     /// Bytes of those states.
     pub state_bytes: usize,
@@ -135,6 +157,16 @@ pub enum RewriteError<E> {
 /// SipHash on short keys, and the fold looks a state up twice per record.
 type States = HashMap<Box<str>, Vec<u8>, foldhash::fast::RandomState>;
 
+/// A window that fired on time, kept until the watermark passes its end plus the
+/// allowed lateness: late records still fold into its states.
+#[derive(Debug, Default)]
+struct Kept {
+    states: States,
+    /// The revision of its last pane (0: only the on-time one).
+    revision: u32,
+    /// Keys whose state late records changed since its last pane.
+    changed: BTreeSet<Box<str>>,
+}
 /// Open windows and their per-key states; see the [module docs](super) for the semantics.
 #[derive(Debug)]
 pub struct WindowOperator {
@@ -142,13 +174,16 @@ pub struct WindowOperator {
     allowed_lateness_ms: i64,
     max_ahead_ms: Option<i64>,
     watermarks: Watermarks,
-    /// Open windows by start (the order they close in), each with its states by key.
+    /// Open windows by start (the order they fire in), each with its states by key.
     open: BTreeMap<Window, States>,
+    /// Windows fired on time and kept for late records, by start.
+    kept: BTreeMap<Window, Kept>,
     /// The earliest window a record was routed to: with expected keys, every window from
-    /// it on is closed, records or not.
+    /// it on fires, records or not.
     first_window: Option<Window>,
-    /// The end of the last window closed: none at or before it is ever closed again.
-    last_closed_end: Option<i64>,
+    /// The end of the last window fired on time: none at or before it fires on time
+    /// again, and only the kept ones take records.
+    last_fired_end: Option<i64>,
     /// Keys of the window closed last: a new window's map starts that big, not growing
     /// (and rehashing) its way there.
     last_closed_keys: usize,
@@ -166,8 +201,9 @@ impl WindowOperator {
             watermarks: Watermarks::new(span_ms("out-of-orderness", spec.out_of_orderness)?, idle_timeout_ms),
             spec,
             open: BTreeMap::new(),
+            kept: BTreeMap::new(),
             first_window: None,
-            last_closed_end: None,
+            last_fired_end: None,
             last_closed_keys: 0,
             expected_keys: BTreeSet::new(),
         })
@@ -245,9 +281,14 @@ impl WindowOperator {
     }
 
     /// The state of `key` in `window`, created empty if absent, for a caller that folds
-    /// natively. Opening a window the spec never produces, or one already closed, fails.
+    /// natively (in a kept window, the key fires again). Opening a window the spec never
+    /// produces, or one already closed, fails.
     pub fn state_mut(&mut self, window: Window, key: &str) -> Result<&mut Vec<u8>, WindowError> {
         self.check_writable(window)?;
+        if let Some(kept) = self.kept.get_mut(&window) {
+            kept.changed.insert(Box::from(key));
+            return Ok(kept.states.entry(Box::from(key)).or_default());
+        }
         self.first_window = Some(self.first_window.map_or(window, |first| first.min(window)));
         Ok(self.open.entry(window).or_default().entry(Box::from(key)).or_default())
     }
@@ -277,7 +318,10 @@ impl WindowOperator {
             for window in windows {
                 let group = *group_of.entry((window, record.key)).or_insert_with(|| {
                     // Moved out, not copied: apply_fold puts it back.
-                    let state = self.open.get_mut(&window).and_then(|states| states.get_mut(record.key));
+                    let state = match self.kept.get_mut(&window) {
+                        Some(kept) => kept.states.get_mut(record.key),
+                        None => self.open.get_mut(&window).and_then(|states| states.get_mut(record.key)),
+                    };
                     plan.states.push(state.map(std::mem::take).unwrap_or_default());
                     plan.group_keys.push((window, record.key));
                     // A batch holds far fewer than 2^32 records.
@@ -292,10 +336,18 @@ impl WindowOperator {
     }
 
     /// Puts the plan's states back into their windows: folded, or as they were when
-    /// the fold failed. Nothing can close a window between `plan_fold` and this.
+    /// the fold failed. Nothing can fire a window between `plan_fold` and this. A kept
+    /// window's changed keys fire again at the next [`WindowOperator::pop_due`].
     pub fn apply_fold(&mut self, plan: FoldPlan<'_>) {
         let capacity = self.last_closed_keys;
         for ((window, key), state) in plan.group_keys.into_iter().zip(plan.states) {
+            if let Some(kept) = self.kept.get_mut(&window) {
+                if !state.is_empty() {
+                    kept.changed.insert(Box::from(key));
+                    kept.states.insert(Box::from(key), state);
+                }
+                continue;
+            }
             let states = self
                 .open
                 .entry(window)
@@ -316,23 +368,35 @@ impl WindowOperator {
         self.watermarks.advance(now_ms)
     }
 
-    /// Closes the next window the watermark has passed, if any, freeing its states. Call
-    /// it until `None` after [`WindowOperator::advance`]; one window at a time keeps a long
-    /// run of empty windows (expected keys after a long gap) from piling up.
-    pub fn pop_due(&mut self) -> Option<ClosedWindow> {
-        let closes_by = self.watermarks.current()?.saturating_sub(self.allowed_lateness_ms);
+    /// The next pane due, if any: first the kept windows late records changed (oldest
+    /// first), then the next window the watermark has passed. Kept windows whose allowed
+    /// lateness has passed are freed on the way. Call it until `None` after
+    /// [`WindowOperator::advance`]; one pane at a time keeps a long run of empty windows
+    /// (expected keys after a long gap) from piling up.
+    pub fn pop_due(&mut self) -> Option<Pane> {
+        let watermark = self.watermarks.current()?;
+        if let Some(pane) = self.pop_late_pane() {
+            return Some(pane);
+        }
+        let lateness = self.allowed_lateness_ms;
+        while let Some(entry) = self.kept.first_entry() {
+            if entry.key().end.saturating_add(lateness) > watermark {
+                break;
+            }
+            entry.remove();
+        }
         let first_open_end = self.open.first_key_value().map(|(window, _)| window.end);
         let end = if self.expected_keys.is_empty() {
             first_open_end?
         } else {
             // Every window in turn from the first one seen, records or not.
-            let next_in_turn = match self.last_closed_end {
+            let next_in_turn = match self.last_fired_end {
                 Some(last) => last.saturating_add(self.spec.kind.slide_ms()),
                 None => self.first_window?.end,
             };
             first_open_end.map_or(next_in_turn, |open_end| open_end.min(next_in_turn))
         };
-        if end > closes_by {
+        if end > watermark {
             return None;
         }
         let window = self.spec.kind.window_ending_at(end);
@@ -340,44 +404,70 @@ impl WindowOperator {
         for key in &self.expected_keys {
             states.entry(Box::from(key.as_str())).or_default();
         }
-        self.last_closed_end = Some(end);
+        self.last_fired_end = Some(end);
         self.last_closed_keys = states.len();
         let mut sorted: Vec<(Box<str>, Vec<u8>)> = states.into_iter().collect();
         sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        if end.saturating_add(lateness) > watermark {
+            // Kept for late records: they fold into what the window has so far.
+            let states = sorted.iter().filter(|(_, state)| !state.is_empty()).cloned().collect();
+            self.kept.insert(window, Kept { states, ..Kept::default() });
+        }
         let (keys, states) = sorted.into_iter().map(|(key, state)| (key.into_string(), state)).unzip();
-        Some(ClosedWindow { window, keys, states })
+        Some(Pane { window, keys, states, revision: 0 })
     }
 
-    /// Advances to `now_ms` and closes every window the watermark has passed, in order.
-    pub fn close_due(&mut self, now_ms: i64) -> Vec<ClosedWindow> {
+    /// The next revision of the oldest kept window late records changed.
+    fn pop_late_pane(&mut self) -> Option<Pane> {
+        let (&window, kept) = self.kept.iter_mut().find(|(_, kept)| !kept.changed.is_empty())?;
+        kept.revision += 1;
+        let changed = std::mem::take(&mut kept.changed);
+        let states = changed.iter().map(|key| kept.states.get(key).cloned().unwrap_or_default()).collect();
+        let keys = changed.into_iter().map(String::from).collect();
+        Some(Pane { window, keys, states, revision: kept.revision })
+    }
+
+    /// Advances to `now_ms` and gives every pane due, in order.
+    pub fn close_due(&mut self, now_ms: i64) -> Vec<Pane> {
         self.advance(now_ms);
         std::iter::from_fn(|| self.pop_due()).collect()
     }
 
-    /// Rewrites every open (window, key) state at once, for a plugin swap that
-    /// migrates them: `rewrite` gets them all and returns one per input, in the
-    /// same order. All or nothing: on an error no state changes.
+    /// Rewrites every (window, key) state held, open or kept, at once, for a plugin
+    /// swap that migrates them: `rewrite` gets them all and returns one per input, in
+    /// the same order. All or nothing: on an error no state changes.
     pub fn rewrite_states<E>(
         &mut self,
         rewrite: impl FnOnce(Vec<Vec<u8>>) -> Result<Vec<Vec<u8>>, E>,
     ) -> Result<(), RewriteError<E>> {
-        let states: Vec<Vec<u8>> = self.open.values().flat_map(HashMap::values).cloned().collect();
+        let states: Vec<Vec<u8>> = self.all_states().cloned().collect();
         let count = states.len();
         let rewritten = rewrite(states).map_err(RewriteError::Failed)?;
         if rewritten.len() != count {
             return Err(RewriteError::Count { states: count, returned: rewritten.len() });
         }
         // The maps have not changed since they were read: same iteration order.
-        for (slot, state) in self.open.values_mut().flat_map(HashMap::values_mut).zip(rewritten) {
+        let open = self.open.values_mut().flat_map(HashMap::values_mut);
+        let kept = self.kept.values_mut().flat_map(|kept| kept.states.values_mut());
+        for (slot, state) in open.chain(kept).zip(rewritten) {
             *slot = state;
         }
         Ok(())
     }
 
-    /// Drops the states of every open window (a plugin swap that resets them) and
-    /// says how many there were. The windows still close, with empty states.
+    /// Drops the states of every open and kept window (a plugin swap that resets them)
+    /// and says how many there were. The windows still fire, with empty states; late
+    /// records then start kept windows' states afresh.
     pub fn reset_states(&mut self) -> usize {
-        self.open.values_mut().map(|states| std::mem::take(states).len()).sum()
+        let open: usize = self.open.values_mut().map(|states| std::mem::take(states).len()).sum();
+        let kept: usize = self.kept.values_mut().map(|kept| std::mem::take(&mut kept.states).len()).sum();
+        open + kept
+    }
+
+    /// Every state held: the open windows' and then the kept ones'.
+    fn all_states(&self) -> impl Iterator<Item = &Vec<u8>> {
+        let open = self.open.values().flat_map(HashMap::values);
+        open.chain(self.kept.values().flat_map(|kept| kept.states.values()))
     }
 
     /// What the operator holds at `now_ms`.
@@ -385,8 +475,10 @@ impl WindowOperator {
         WindowMetrics {
             watermark_ms: self.watermarks.current(),
             open_windows: self.open.len(),
-            open_keys: self.open.values().map(HashMap::len).sum(),
-            state_bytes: self.open.values().flat_map(HashMap::values).map(Vec::len).sum(),
+            kept_windows: self.kept.len(),
+            open_keys: self.open.values().map(HashMap::len).sum::<usize>()
+                + self.kept.values().map(|kept| kept.states.len()).sum::<usize>(),
+            state_bytes: self.all_states().map(Vec::len).sum(),
             sources: self.watermarks.sources(),
             idle_sources: self.watermarks.idle_sources(now_ms),
         }
@@ -400,7 +492,7 @@ impl WindowOperator {
             windows: self.spec.kind,
             watermarks: self.watermarks.state().clone(),
             first_window: self.first_window,
-            last_closed_end: self.last_closed_end,
+            last_closed_end: self.last_fired_end,
             open: self
                 .open
                 .iter()
@@ -408,6 +500,17 @@ impl WindowOperator {
                     start: window.start,
                     end: window.end,
                     states: states.iter().map(|(key, state)| (key.to_string(), base64.encode(state))).collect(),
+                })
+                .collect(),
+            kept: self
+                .kept
+                .iter()
+                .map(|(window, kept)| SavedKept {
+                    start: window.start,
+                    end: window.end,
+                    revision: kept.revision,
+                    changed: kept.changed.iter().map(|key| key.to_string()).collect(),
+                    states: kept.states.iter().map(|(key, state)| (key.to_string(), base64.encode(state))).collect(),
                 })
                 .collect(),
         };
@@ -419,9 +522,9 @@ impl WindowOperator {
     /// not count towards the idle timeout.
     pub fn restore(spec: WindowSpec, snapshot: &[u8], now_ms: i64) -> Result<Self, WindowError> {
         let saved: Snapshot = serde_json::from_slice(snapshot).map_err(|e| WindowError::Snapshot(e.to_string()))?;
-        if saved.format != SNAPSHOT_FORMAT {
+        if !(1..=SNAPSHOT_FORMAT).contains(&saved.format) {
             return Err(WindowError::Snapshot(format!(
-                "it has format {}, this host reads format {SNAPSHOT_FORMAT}",
+                "it has format {}, this host reads formats 1 to {SNAPSHOT_FORMAT}",
                 saved.format
             )));
         }
@@ -445,6 +548,19 @@ impl WindowOperator {
             }
             operator.open.insert(window, states);
         }
+        for saved_kept in saved.kept {
+            let window = Window { start: saved_kept.start, end: saved_kept.end };
+            if !operator.spec.kind.produces(window) || saved.last_closed_end.is_none_or(|last| window.end > last) {
+                return Err(WindowError::Snapshot(format!("{window} cannot be kept: it has not fired")));
+            }
+            let mut kept = Kept { revision: saved_kept.revision, ..Kept::default() };
+            kept.changed = saved_kept.changed.into_iter().map(String::into_boxed_str).collect();
+            for (key, state) in saved_kept.states {
+                let state = base64.decode(&state).map_err(|e| WindowError::Snapshot(format!("{window}: {e}")))?;
+                kept.states.insert(key.into_boxed_str(), state);
+            }
+            operator.kept.insert(window, kept);
+        }
         operator.watermarks = Watermarks::restore(
             span_ms("out-of-orderness", operator.spec.out_of_orderness)?,
             operator.spec.idle_timeout.map(|idle| span_ms("idle-timeout", idle)).transpose()?,
@@ -452,26 +568,31 @@ impl WindowOperator {
             now_ms,
         );
         operator.first_window = saved.first_window;
-        operator.last_closed_end = saved.last_closed_end;
+        operator.last_fired_end = saved.last_closed_end;
         Ok(operator)
     }
 
-    /// Whether `window` has closed or is due to: records for it are late.
+    /// Whether `window` has closed or is due to: records for it are late. A window that
+    /// fired is closed unless it is kept; any is once its allowed lateness has passed.
     fn is_closed(&self, window: Window) -> bool {
-        let emitted = self.last_closed_end.is_some_and(|last| window.end <= last);
         let due = self
             .watermarks
             .current()
             .is_some_and(|watermark| window.end.saturating_add(self.allowed_lateness_ms) <= watermark);
-        emitted || due
+        self.fired_and_gone(window) || due
     }
 
-    /// States may be written to `window`: one of the spec's, not yet closed.
+    /// Whether `window` fired and was not kept (or no longer is).
+    fn fired_and_gone(&self, window: Window) -> bool {
+        self.last_fired_end.is_some_and(|last| window.end <= last) && !self.kept.contains_key(&window)
+    }
+
+    /// States may be written to `window`: one of the spec's, open or kept.
     fn check_writable(&self, window: Window) -> Result<(), WindowError> {
         if !self.spec.kind.produces(window) {
             return Err(WindowError::NotAWindow { window, kind: self.spec.kind.to_string() });
         }
-        if self.last_closed_end.is_some_and(|last| window.end <= last) {
+        if self.fired_and_gone(window) {
             return Err(WindowError::WindowClosed { window });
         }
         Ok(())
@@ -500,8 +621,23 @@ struct Snapshot {
     windows: WindowKind,
     watermarks: WatermarkState,
     first_window: Option<Window>,
+    /// The end of the last window fired on time.
     last_closed_end: Option<i64>,
     open: Vec<SavedWindow>,
+    /// Windows fired and kept for late records (format 2).
+    #[serde(default)]
+    kept: Vec<SavedKept>,
+}
+
+/// A kept window in a snapshot: its last revision, the keys changed since, its states.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SavedKept {
+    start: i64,
+    end: i64,
+    revision: u32,
+    changed: Vec<String>,
+    states: BTreeMap<String, String>,
 }
 
 /// An open window in a snapshot, its states in base64 by key.
@@ -542,7 +678,7 @@ mod tests {
         route
     }
 
-    fn counts(closed: &ClosedWindow) -> Vec<(&str, usize)> {
+    fn counts(closed: &Pane) -> Vec<(&str, usize)> {
         closed.keys.iter().map(String::as_str).zip(closed.states.iter().map(Vec::len)).collect()
     }
 
@@ -656,16 +792,129 @@ mod tests {
     }
 
     #[test]
-    fn allowed_lateness_keeps_a_window_open_past_its_end() {
+    fn a_late_record_within_the_allowed_lateness_revises_the_window_for_its_key() {
         let mut spec = tumbling(10);
         spec.allowed_lateness = Duration::from_secs(60);
         let mut operator = WindowOperator::new(spec).expect("valid spec");
-        count(&mut operator, 0, "C1", T0 + 10 * MINUTE + 59_999);
+        count(&mut operator, 0, "C1", T0 + MINUTE);
+        count(&mut operator, 0, "C2", T0 + 2 * MINUTE);
+        count(&mut operator, 0, "C1", T0 + 10 * MINUTE + 30_000);
+        let on_time = operator.close_due(T0);
+        assert_eq!(on_time.len(), 1, "fired once the watermark passed its end, not its end plus the lateness");
+        assert_eq!((on_time[0].revision, counts(&on_time[0])), (0, vec![("C1", 1), ("C2", 1)]));
+        assert_eq!(operator.metrics(T0).kept_windows, 1);
+
+        // Within the lateness: folded into what the window had, and fired again for that key only.
         assert_eq!(count(&mut operator, 0, "C1", T0 + 9 * MINUTE), Route::Windows(vec![window(0, 10)]));
+        count(&mut operator, 0, "C1", T0 + 8 * MINUTE);
+        let revised = operator.close_due(T0);
+        assert_eq!(revised.len(), 1, "one pane for the batch's changes");
+        assert_eq!((revised[0].window, revised[0].revision, counts(&revised[0])), (window(0, 10), 1, vec![("C1", 3)]));
+        assert!(operator.close_due(T0).is_empty(), "nothing changed since");
+        count(&mut operator, 0, "C2", T0 + 9 * MINUTE);
+        let again = operator.close_due(T0);
+        assert_eq!((again.len(), again[0].revision, counts(&again[0])), (1, 2, vec![("C2", 2)]));
+
+        // Past the lateness the window is gone: a record for it is late.
+        count(&mut operator, 0, "C3", T0 + 11 * MINUTE);
         assert!(operator.close_due(T0).is_empty());
-        count(&mut operator, 0, "C1", T0 + 11 * MINUTE);
+        assert_eq!(operator.metrics(T0).kept_windows, 0);
         assert!(matches!(count(&mut operator, 0, "C1", T0 + 9 * MINUTE), Route::Late { .. }));
-        assert_eq!(counts(&operator.close_due(T0)[0]), [("C1", 1)]);
+    }
+
+    /// A record of the property test: (shard, source, key, time, value).
+    type Timed = (u32, String, String, i64, i64);
+
+    /// A sum per (window, key): the state is an i64, little-endian.
+    fn add(state: &mut Vec<u8>, value: i64) {
+        let sum = if state.is_empty() { 0 } else { i64::from_le_bytes(state[..8].try_into().expect("8 bytes")) };
+        *state = (sum + value).to_le_bytes().to_vec();
+    }
+
+    /// Runs records (shard, source, key, time, value) through the operator in batches of
+    /// the sizes given (round robin); returns each (window, key)'s last pane and the count
+    /// of records set aside.
+    fn final_sums(
+        spec: &WindowSpec,
+        records: &[Timed],
+        batch_sizes: &[usize],
+    ) -> (BTreeMap<(Window, String), i64>, usize) {
+        let mut operator = WindowOperator::new(spec.clone()).expect("valid spec");
+        let mut last: BTreeMap<(Window, String), i64> = BTreeMap::new();
+        let mut set_aside = 0;
+        let mut rest = records;
+        for &size in batch_sizes.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (batch, after) = rest.split_at(size.min(rest.len()));
+            rest = after;
+            let now = batch.iter().map(|r| r.3).max().unwrap_or(T0);
+            let fold = batch.iter().map(|(shard, source, key, time, _)| FoldRecord {
+                shard: *shard,
+                source: Some(source),
+                key,
+                time_ms: *time,
+            });
+            let mut plan = operator.plan_fold(fold, now);
+            set_aside += plan.set_aside.len();
+            let values: Vec<i64> = batch.iter().map(|r| r.4).collect();
+            for (row, group) in plan.rows.iter().zip(&plan.groups) {
+                add(&mut plan.states[*group as usize], values[*row]);
+            }
+            operator.apply_fold(plan);
+            for pane in operator.close_due(now) {
+                for (key, state) in pane.keys.iter().zip(&pane.states) {
+                    let sum = if state.is_empty() { 0 } else { i64::from_le_bytes(state[..8].try_into().expect("8")) };
+                    last.insert((pane.window, key.clone()), sum);
+                }
+            }
+        }
+        (last, set_aside)
+    }
+
+    #[test]
+    fn any_arrival_order_within_the_allowed_lateness_ends_with_the_sorted_runs_results() {
+        // Property: records whose arrival is at most the allowed lateness after their time,
+        // in any order and any batching, give every window the sorted run's final result.
+        let mut spec = tumbling(10);
+        spec.out_of_orderness = Duration::from_secs(5);
+        spec.allowed_lateness = Duration::from_secs(20 * 60);
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut random = move |below: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % below
+        };
+        for case in 0..60 {
+            let sources: Vec<String> = (0..1 + random(5)).map(|s| format!("station-{s}")).collect();
+            let mut records: Vec<Timed> = (0..200 + random(300))
+                .map(|_| {
+                    let source = sources[random(sources.len() as u64) as usize].clone();
+                    let key = format!("C{}", random(7));
+                    (random(2) as u32, source, key, T0 + random(3 * 60) as i64 * 30_000, 1 + random(900) as i64)
+                })
+                .collect();
+            records.sort_by_key(|r| r.3);
+            let (sorted, none_late) = final_sums(&spec, &records, &[1]);
+            assert_eq!(none_late, 0);
+            // Each record arrives up to the lateness after its time: sorted by arrival.
+            let mut arrivals: Vec<(i64, Timed)> = records
+                .iter()
+                .map(|r| (r.3 + random(spec.allowed_lateness.as_millis() as u64) as i64, r.clone()))
+                .collect();
+            arrivals.sort_by_key(|(arrival, _)| *arrival);
+            let disordered: Vec<_> = arrivals.into_iter().map(|(_, r)| r).collect();
+            let sizes: Vec<usize> = (0..5).map(|_| 1 + random(40) as usize).collect();
+            let (revised, late) = final_sums(&spec, &disordered, &sizes);
+            assert_eq!(late, 0, "case {case}: nothing arrived later than the allowed lateness");
+            // Windows the disordered run's watermark passed have their final result; it is the sorted run's.
+            for (window_key, sum) in &revised {
+                assert_eq!(sorted.get(window_key), Some(sum), "case {case}: {window_key:?}");
+            }
+            assert_eq!(revised.len(), sorted.len(), "case {case}: the same windows and keys gave results");
+        }
     }
 
     #[test]
@@ -734,6 +983,7 @@ mod tests {
             WindowMetrics {
                 watermark_ms: Some(T0 + 15 * MINUTE),
                 open_windows: 2,
+                kept_windows: 0,
                 open_keys: 4,
                 state_bytes: 7,
                 sources: 1,
@@ -768,8 +1018,11 @@ mod tests {
         let mut spec = tumbling(10);
         spec.out_of_orderness = Duration::from_secs(30);
         spec.idle_timeout = Some(Duration::from_secs(120));
-        let records: Vec<(u32, &str, i64)> =
-            (0..40).map(|i| (i % 2, ["a", "b", "c"][i as usize % 3], T0 + i as i64 * 97_000)).collect();
+        spec.allowed_lateness = Duration::from_secs(15 * 60);
+        // Some records minutes behind the others: kept windows fire again after a restart too.
+        let records: Vec<(u32, &str, i64)> = (0..40)
+            .map(|i| (i % 2, ["a", "b", "c"][i as usize % 3], T0 + i as i64 * 97_000 - (i as i64 % 5) * 150_000))
+            .collect();
         let run = |restart_at: Option<usize>| {
             let mut operator = WindowOperator::new(spec.clone()).expect("valid spec");
             operator.set_expected_keys(["z".to_owned()].into());
@@ -791,6 +1044,7 @@ mod tests {
         };
         let uninterrupted = run(None);
         assert!(uninterrupted.len() > 6, "{uninterrupted:?}");
+        assert!(uninterrupted.iter().any(|pane| pane.revision > 0), "late records revised some windows");
         for restart_at in [0, 1, 7, 20, 39] {
             assert_eq!(run(Some(restart_at)), uninterrupted, "restarted before record {restart_at}");
         }

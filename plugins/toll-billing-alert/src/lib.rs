@@ -4,13 +4,18 @@
 //! sends one in-app message, once per customer and month. A new month starts
 //! from zero (the total's key holds the month).
 //!
-//! Batches come at least once, so adding is idempotent: the month's item holds
-//! the total and the start of the last window added (`{"cents":960,"last_window":"..."}`),
-//! and is written with a conditional put; a window at or before the last one
-//! was added already. Windows of one customer arrive in order (the aggregator
-//! emits them so, keyed by the customer). The message's idempotency key
+//! A window's total may come more than once: batches come at least once, and a
+//! late toll revises a window that was already summed (the aggregator sends the
+//! window again with its whole new total). So the month's item keeps each
+//! window's total as it was added (`{"cents":960,"windows":{"<start>":685,...}}`)
+//! and a window's total replaces what it added before: a repeat changes
+//! nothing, a revision adds only the difference. Every toll is counted once,
+//! however late it came and whatever order the windows arrive in. The item is
+//! written with a conditional put. The message's idempotency key
 //! `billing|<customer>|<YYYY-MM>` makes it one per month even if the crossing
 //! is seen again.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use weir_sdk::host::{self, Notification};
@@ -36,6 +41,12 @@ struct WindowTotal {
 #[derive(Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 struct MonthTotal {
     cents: u64,
+    /// Each window's total as added, by window start.
+    #[serde(default)]
+    windows: BTreeMap<String, u64>,
+    /// In items written before windows were kept: the last window added, so that
+    /// windows at or before it (not in `windows`) are not added again.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     last_window: String,
 }
 
@@ -62,7 +73,7 @@ impl Notifier for TollBillingAlert {
             Error::bad_record(format!("window_start `{}` is not an RFC 3339 time", window.window_start))
         })?;
         let key = format!("{}|{month}", window.customer_id);
-        let Some((before, after)) = self.add_once(&key, &window)? else { return Ok(()) };
+        let Some((before, after)) = self.apply(&key, &window)? else { return Ok(()) };
         let threshold = self.threshold(&window.customer_id)?;
         if before < threshold && after >= threshold {
             host::send(&Notification {
@@ -83,26 +94,31 @@ impl Notifier for TollBillingAlert {
 }
 
 impl TollBillingAlert {
-    /// Adds the window to the month's total unless it was added before; the totals
-    /// before and after, or `None` for a window already counted.
-    fn add_once(&self, key: &str, window: &WindowTotal) -> Result<Option<(u64, u64)>, Error> {
+    /// Puts the window's total in the month's total, in place of what the window
+    /// added before; the totals before and after, or `None` when nothing changed (a
+    /// repeat).
+    fn apply(&self, key: &str, window: &WindowTotal) -> Result<Option<(u64, u64)>, Error> {
         for _ in 0..CAS_ATTEMPTS {
             let current = host::get(&self.totals, key)?;
-            let total: MonthTotal = match &current {
+            let mut total: MonthTotal = match &current {
                 None => MonthTotal::default(),
                 Some(bytes) => serde_json::from_slice(bytes)
                     .map_err(|e| format!("item `{key}` of `{}` is not a month total: {e}", self.totals))?,
             };
-            if !total.last_window.is_empty() && window.window_start.as_str() <= total.last_window.as_str() {
+            let before = total.cents;
+            let added = match total.windows.get(&window.window_start) {
+                Some(&added) => added,
+                None if window.window_start <= total.last_window => return Ok(None),
+                None => 0,
+            };
+            if added == window.total_cents {
                 return Ok(None);
             }
-            let next = MonthTotal {
-                cents: total.cents.saturating_add(window.total_cents),
-                last_window: window.window_start.clone(),
-            };
-            let bytes = serde_json::to_vec(&next).map_err(|e| e.to_string())?;
+            total.cents = total.cents.saturating_sub(added).saturating_add(window.total_cents);
+            total.windows.insert(window.window_start.clone(), window.total_cents);
+            let bytes = serde_json::to_vec(&total).map_err(|e| e.to_string())?;
             if host::put_if(&self.totals, key, current.as_deref(), &bytes)? {
-                return Ok(Some((total.cents, next.cents)));
+                return Ok(Some((before, total.cents)));
             }
         }
         Err(Error::transient(format!("item `{key}` of `{}` kept changing; the batch will be retried", self.totals)))
@@ -163,7 +179,35 @@ mod tests {
         assert_eq!(sent[0].subject, "Your tolls for 2026-11 passed $10.00");
         assert_eq!(sent[0].idempotency_key, "billing|C1|2026-11");
         let total = testing::item("month-totals", "C1|2026-11").expect("a total");
-        assert_eq!(total, br#"{"cents":1600,"last_window":"2026-11-26T14:20:00.000Z"}"#);
+        assert_eq!(
+            String::from_utf8_lossy(&total),
+            r#"{"cents":1600,"windows":{"2026-11-26T14:00:00.000Z":600,"2026-11-26T14:10:00.000Z":500,"2026-11-26T14:20:00.000Z":500}}"#
+        );
+    }
+
+    #[test]
+    fn a_revised_window_adds_only_what_changed_in_any_order() {
+        let mut h = NotifierHarness::<TollBillingAlert>::new(&[("default-threshold-cents", "1000")]).expect("init");
+        let (w1, w2) = ("2026-11-26T14:00:00.000Z", "2026-11-26T14:10:00.000Z");
+        run(&mut h, &[("C1", w2, 300), ("C1", w1, 600)]);
+        assert!(testing::sent().is_empty(), "$9.00 of $10.00");
+        // A late toll of $1.50 in the first window: its revision carries the window's new total.
+        run(&mut h, &[("C1", w1, 750), ("C1", w1, 750)]);
+        let item = testing::item("month-totals", "C1|2026-11").expect("a total");
+        let cents = serde_json::from_slice::<MonthTotal>(&item).expect("a month total").cents;
+        assert_eq!(cents, 1050, "300 + 750: the revision replaced the 600, the repeat changed nothing");
+        let sent = testing::sent();
+        assert_eq!(sent.len(), 1, "the late toll crossed the threshold: one message");
+        assert!(sent[0].body.contains("$10.50 (as of 2026-11-26T14:00:00.000Z)"), "{}", sent[0].body);
+    }
+
+    #[test]
+    fn an_item_from_before_revisions_does_not_count_its_windows_again() {
+        let mut h = NotifierHarness::<TollBillingAlert>::new(&[]).expect("init");
+        testing::set_item("month-totals", "C1|2026-11", br#"{"cents":900,"last_window":"2026-11-26T14:10:00.000Z"}"#);
+        run(&mut h, &[("C1", "2026-11-26T14:00:00.000Z", 400), ("C1", "2026-11-26T14:20:00.000Z", 100)]);
+        let item = testing::item("month-totals", "C1|2026-11").expect("a total");
+        assert_eq!(serde_json::from_slice::<MonthTotal>(&item).expect("a month total").cents, 1000);
     }
 
     #[test]
@@ -172,8 +216,8 @@ mod tests {
         let first = ("C1", "2026-11-30T23:50:00.000Z", 900);
         run(&mut h, &[first, first]);
         assert_eq!(
-            testing::item("month-totals", "C1|2026-11").expect("total"),
-            br#"{"cents":900,"last_window":"2026-11-30T23:50:00.000Z"}"#
+            String::from_utf8_lossy(&testing::item("month-totals", "C1|2026-11").expect("total")),
+            r#"{"cents":900,"windows":{"2026-11-30T23:50:00.000Z":900}}"#
         );
         run(&mut h, &[("C1", "2026-12-01T00:00:00.000Z", 200)]);
         assert!(testing::sent().is_empty(), "December starts at $2.00");
