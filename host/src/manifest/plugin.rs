@@ -317,11 +317,10 @@ impl PluginManifest {
         };
         if let Some(info) = &info {
             let v = info.version.get_ref();
-            let parts: Vec<_> = v.split('.').collect();
-            if parts.len() != 3 || parts.iter().any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
+            if let Err(why) = check_semver(v) {
                 diags.push(
-                    Diagnostic::new(&source, info.version.span(), format!("version `{v}` is not MAJOR.MINOR.PATCH"))
-                        .help("write a semantic version such as \"0.1.0\""),
+                    Diagnostic::new(&source, info.version.span(), format!("version `{v}` is not a semantic version: {why}"))
+                        .help("write MAJOR.MINOR.PATCH, optionally with a pre-release and build: \"0.1.0\", \"1.2.0-rc.1+build.7\""),
                 );
             }
         }
@@ -380,5 +379,69 @@ fn config_value_text(v: &toml::Value) -> String {
     match v {
         toml::Value::String(s) => s.clone(),
         other => serde_json::to_string(other).unwrap_or_else(|_| other.to_string()),
+    }
+}
+
+/// Checks a version by SemVer 2.0.0: `MAJOR.MINOR.PATCH`, then optionally `-` and
+/// dot-separated pre-release identifiers, then `+` and build identifiers
+/// (identifiers are `[0-9A-Za-z-]`; numbers have no leading zero, except in a build).
+fn check_semver(version: &str) -> Result<(), String> {
+    let (rest, build) = match version.split_once('+') {
+        Some((rest, build)) => (rest, Some(build)),
+        None => (version, None),
+    };
+    let (core, pre) = match rest.split_once('-') {
+        Some((core, pre)) => (core, Some(pre)),
+        None => (rest, None),
+    };
+    let number = |part: &str| {
+        !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()) && (part == "0" || !part.starts_with('0'))
+    };
+    let parts: Vec<&str> = core.split('.').collect();
+    if parts.len() != 3 || !parts.iter().all(|p| number(p)) {
+        return Err("it must start with MAJOR.MINOR.PATCH, three numbers without leading zeros".to_owned());
+    }
+    let identifier = |id: &str| !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if let Some(pre) = pre {
+        for id in pre.split('.') {
+            if !identifier(id) || (id.bytes().all(|b| b.is_ascii_digit()) && !number(id)) {
+                return Err(format!(
+                    "pre-release identifier `{id}` must be [0-9A-Za-z-]+, a number without a leading zero"
+                ));
+            }
+        }
+    }
+    if let Some(build) = build
+        && let Some(id) = build.split('.').find(|id| !identifier(id))
+    {
+        return Err(format!("build identifier `{id}` must be [0-9A-Za-z-]+"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod semver_tests {
+    use super::check_semver;
+
+    #[test]
+    fn versions_follow_semver_2_in_full() {
+        for good in [
+            "0.1.0",
+            "1.2.3",
+            "0.1.0-rc.1",
+            "1.0.0-alpha",
+            "1.0.0-0.3.7",
+            "1.0.0-x.7.z.92",
+            "1.0.0+20130313144700",
+            "1.0.0-beta+exp.sha.5114f85",
+            "1.0.0+21AF26D3---117B344092BD",
+        ] {
+            assert_eq!(check_semver(good), Ok(()), "{good}");
+        }
+        for bad in
+            ["1.2", "1.2.3.4", "01.2.3", "1.2.3-", "1.2.3-01", "1.2.3-rc..1", "1.2.3+", "1.2.3-rc_1", "v1.2.3", ""]
+        {
+            assert!(check_semver(bad).is_err(), "{bad}");
+        }
     }
 }
