@@ -134,9 +134,27 @@ fn plugin_test_reports_a_record_the_plugin_calls_bad_and_goes_on() {
         .expect("the plugin folder");
     let input: Vec<String> = ["60", "lots", "50"].map(String::from).to_vec();
     let report = weir_host::author::run_test(&engine(), &target, Some(&input), &[("threshold".into(), "100".into())])
-        .expect("a report, not an error");
+        .expect("a report, not an error")
+        .text;
     assert!(report.contains("record 2: bad record: amount"), "{report}");
     // 60 + 50 crosses 100 once the bad record is out of the way (records of `--input` have no key).
     assert!(report.contains("inbox ->  [-crossed-100]"), "{report}");
     assert!(report.ends_with("3 records, 1 set aside, 1 notifications\n"), "{report}");
+}
+
+#[test]
+fn plugin_test_names_the_record_a_transformer_traps_on_and_goes_on_with_the_others() {
+    let target = weir_host::author::TestTarget::resolve(&weir_tests::root().join("tests/guests/hostile"), false)
+        .expect("the plugin folder");
+    let input: Vec<String> = ["calm", "boom", "quiet"].map(String::from).to_vec();
+    let report =
+        weir_host::author::run_test(&engine(), &target, Some(&input), &[("mode".into(), "trap-on-boom".into())])
+            .expect("a report, not an error");
+    let text = &report.text;
+    assert!(text.starts_with("the batch failed ("), "{text}");
+    assert!(text.contains("record 1: ok, 1 out\n  CALM\n"), "{text}");
+    assert!(text.contains("record 2: failed: plugin trapped"), "{text}");
+    assert!(text.contains("record 3: ok, 1 out\n  QUIET\n"), "{text}");
+    assert!(text.ends_with("3 records, 0 set aside, 1 failed\n"), "{text}");
+    assert_eq!(report.failed, 1, "the caller exits non-zero");
 }

@@ -146,15 +146,27 @@ fn typed_value(manifest: &PluginManifest, key: &str, text: &str) -> toml::Value 
         .unwrap_or_else(as_text)
 }
 
+/// What `weir plugin test` found: its report, record by record, and how many
+/// records the plugin failed on (trapped, ran past its deadline or memory).
+#[derive(Debug)]
+pub struct TestReport {
+    /// One line per record (with a transformer's outputs below it), then a summary.
+    pub text: String,
+    /// Records the plugin failed on; each has its line in `text`.
+    pub failed: usize,
+}
+
 /// Runs a component on `input` records (or, without input, its plugin.toml's
-/// self-tests) and describes what it did, record by record. An error means the
-/// plugin did not start or failed the batch, or a self-test did not hold.
+/// self-tests) and describes what it did, record by record. A transformer's batch
+/// that fails as a whole is run again one record at a time, so that the report
+/// names the records at fault and goes on with the others. An error means the
+/// plugin did not start or a self-test did not hold.
 pub fn run_test(
     engine: &Arc<PluginEngine>,
     target: &TestTarget,
     input: Option<&[String]>,
     overrides: &[(String, String)],
-) -> anyhow::Result<String> {
+) -> anyhow::Result<TestReport> {
     let name = target.manifest.as_ref().map_or_else(
         || target.component.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
         |m| m.info.name.to_string(),
@@ -214,31 +226,42 @@ pub fn run_test(
         None => bail!("give records to run it on: --input <file> (one record per line)"),
     };
     let mut out = String::new();
+    // Records the plugin failed on (trapped, timed out, out of memory), not ones it set aside.
+    let mut failed = 0;
     match world {
         World::Transformer => {
             let plugin = TransformerPlugin::new(engine, compiled, spec, config)?;
-            let mut instance = plugin.instantiate()?;
-            let result = instance.transform(&batch)?;
-            let mut failed = 0;
-            for (i, outcome, outputs) in result.per_record() {
-                match outcome {
-                    Outcome::Ok(n) => {
-                        let _ = writeln!(out, "record {}: ok, {n} out", i + 1);
-                        for o in outputs {
-                            let _ = writeln!(out, "  {}", String::from_utf8_lossy(o.payload));
+            let result = plugin.instantiate()?.transform(&batch);
+            let mut set_aside = 0;
+            match &result {
+                Ok(result) => {
+                    for (i, outcome, outputs) in result.per_record() {
+                        set_aside += usize::from(report_outcome(&mut out, i, outcome, &outputs));
+                    }
+                }
+                // The call failed as a whole (a trap, a deadline, the memory cap): each record
+                // alone, on a fresh instance, so that the ones at fault are named and the others
+                // still show what they give.
+                Err(e) => {
+                    let _ = writeln!(out, "the batch failed ({e}); each record alone:");
+                    for i in 0..records {
+                        match plugin.instantiate()?.transform(&batch.only(&[i])) {
+                            Ok(one) => {
+                                for (_, outcome, outputs) in one.per_record() {
+                                    set_aside += usize::from(report_outcome(&mut out, i, outcome, &outputs));
+                                }
+                            }
+                            Err(e) => {
+                                failed += 1;
+                                let _ = writeln!(out, "record {}: failed: {e}", i + 1);
+                            }
                         }
-                    }
-                    Outcome::Dropped => {
-                        let _ = writeln!(out, "record {}: dropped", i + 1);
-                    }
-                    Outcome::ProcessingFailed(reason) => {
-                        failed += 1;
-                        let _ = writeln!(out, "record {}: processing-failed: {reason}", i + 1);
                     }
                 }
             }
-            let _ = writeln!(out, "{records} records, {failed} set aside");
+            let _ = writeln!(out, "{records} records, {set_aside} set aside, {failed} failed");
             if input.is_none() {
+                let result = result.map_err(|e| anyhow::anyhow!("{name}: the self-tests' batch failed: {e}"))?;
                 crate::pipeline::check_self_tests(&result, &self_tests).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
                 let _ = writeln!(out, "{} self-tests of plugin.toml passed", self_tests.len());
             }
@@ -283,7 +306,29 @@ pub fn run_test(
             );
         }
     }
-    Ok(out)
+    Ok(TestReport { text: out, failed })
+}
+
+/// Writes a transformed record's outcome (numbered from 1, as the input's lines are)
+/// and its outputs; returns whether it was set aside.
+fn report_outcome(out: &mut String, i: usize, outcome: &Outcome, outputs: &[crate::plugin::RecordRef<'_>]) -> bool {
+    match outcome {
+        Outcome::Ok(n) => {
+            let _ = writeln!(out, "record {}: ok, {n} out", i + 1);
+            for o in outputs {
+                let _ = writeln!(out, "  {}", String::from_utf8_lossy(o.payload));
+            }
+            false
+        }
+        Outcome::Dropped => {
+            let _ = writeln!(out, "record {}: dropped", i + 1);
+            false
+        }
+        Outcome::ProcessingFailed(reason) => {
+            let _ = writeln!(out, "record {}: processing-failed: {reason}", i + 1);
+            true
+        }
+    }
 }
 
 /// Calls `call` on the records `0..records` and, each time the plugin calls one

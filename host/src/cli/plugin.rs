@@ -114,7 +114,8 @@ pub(super) fn plugin_test(
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let engine = Arc::new(PluginEngine::new()?);
-    let report = crate::author::run_test(&engine, &target, records.as_deref(), &config)?;
+    let crate::author::TestReport { text: report, failed } =
+        crate::author::run_test(&engine, &target, records.as_deref(), &config)?;
     print!("{report}");
     if let Some(file) = expect {
         let expected = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
@@ -129,6 +130,7 @@ pub(super) fn plugin_test(
             report.lines().count()
         );
     }
+    anyhow::ensure!(failed == 0, "the plugin failed on {failed} of the records (see their lines above)");
     Ok(())
 }
 

@@ -213,7 +213,8 @@ mod tests {
     use crate::stream::now_ms;
     use crate::stream::{DiskStreamSpec, DiskStreams, FileSyncer, FsyncPolicy, NewRecord};
 
-    fn spec(lake: &std::path::Path) -> DeliverySpec {
+    /// A delivery `d` into `lake`, with no transform or warehouse.
+    pub(super) fn spec(lake: &std::path::Path) -> DeliverySpec {
         DeliverySpec {
             name: Name::parse("d").expect("name"),
             transform: None,

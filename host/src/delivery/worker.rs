@@ -427,25 +427,15 @@ fn batch_end(records: &[StoredRecord], limit: u64) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
+    use std::path::Path;
 
     use super::*;
-    use crate::manifest::Name;
 
     fn spec() -> DeliverySpec {
         DeliverySpec {
-            name: Name::parse("d").expect("name"),
-            transform: None,
             buffer_bytes: 100,
             buffer_interval: Duration::from_millis(10),
-            lake: crate::lake::LakeSpec::Local(PathBuf::from("lake")),
-            prefix: String::new(),
-            error_prefix: "errors/".into(),
-            backup_prefix: None,
-            source_stream: None,
-            gzip: false,
-            retry_duration: Duration::from_secs(60),
-            warehouse: None,
+            ..crate::delivery::tests::spec(Path::new("lake"))
         }
     }
 

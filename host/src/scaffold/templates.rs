@@ -70,7 +70,7 @@ pub(super) fn world_files(world: World) -> (&'static str, &'static str, &'static
             TRANSFORMER_CONFIG,
             TRANSFORMER_SELF_TESTS,
             "  hello weir  \n   \n",
-            "record 1: ok, 1 out\n  HELLO WEIR\nrecord 2: processing-failed: empty record\n2 records, 1 set aside\n",
+            "record 1: ok, 1 out\n  HELLO WEIR\nrecord 2: processing-failed: empty record\n2 records, 1 set aside, 0 failed\n",
         ),
         World::Notifier => (
             "Sends each non-empty record's text as a notification, once however often its batch is redone.",
