@@ -152,3 +152,70 @@ fn a_component_of_another_world_is_refused_with_the_reason() {
             .expect("missing file");
     assert!(err.to_string().contains("cannot read component `/nonexistent.wasm`"), "{err}");
 }
+
+const OUTPUT_LIMITS: &str = r#"
+[pipeline]
+name = "output-limits"
+data-dir = "data"
+
+[sources.http]
+kind = "http"
+stream = "in"
+
+[streams.in]
+[streams.out]
+
+[stages.upper]
+plugin = "{root}/tests/guests/hostile"
+input = "in"
+output = "out"
+dead-letter = "letters"
+batch-wait = "1ms"
+
+[sinks.letters]
+kind = "file"
+path = "letters.jsonl"
+format = "json"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_input_whose_outputs_break_the_stage_limits_is_dead_lettered_and_nothing_of_it_written() {
+    use weir_host::pipeline::Producer;
+    let host = weir_tests::TestHost::start(OUTPUT_LIMITS).await.expect("start");
+    // One output of 2 MiB (over the 1 MiB of a stream record), and 2,000 outputs (over 1,000).
+    let records = ["a", "huge", "many", "b"]
+        .iter()
+        .map(|p| weir_host::stream::NewRecord {
+            source: None,
+            key: "k".into(),
+            event_time_ms: None,
+            data: bytes::Bytes::from(p.as_bytes().to_vec()),
+            explicit_hash_key: None,
+        })
+        .collect();
+    host.host.put("in", records, Producer::Native).expect("put");
+    host.wait_until("the batch done", |s| s.stages[0].records_in == 4).await;
+    let out: Vec<String> = host
+        .host
+        .read("out", 0, 0, 10_000)
+        .expect("read")
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.data).into_owned())
+        .collect();
+    assert_eq!(out, ["A", "B"], "nothing of the inputs over the limits is written");
+    let letters = weir_tests::lines(&host.path("letters.jsonl"));
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    assert!(letters.iter().all(|l| l.contains("\"output-limit\"")), "{letters:?}");
+    assert!(letters[0].contains("an output of 2097152 bytes") && letters[0].contains("output-record-size"));
+    assert!(letters[1].contains("2000 outputs") && letters[1].contains("outputs-per-record"));
+    assert_eq!(host.host.status().stages[0].dead_lettered, 2);
+
+    // A stream takes records of 1 MiB at most: a larger bound is refused where it is written.
+    let path = host.path("too-large.toml");
+    let text = OUTPUT_LIMITS
+        .replace("{root}", &weir_tests::root().display().to_string())
+        .replace("batch-wait = \"1ms\"", "batch-wait = \"1ms\"\nlimits = { output-record-size = \"2MiB\" }");
+    std::fs::write(&path, text).expect("manifest");
+    let problems = weir_host::manifest::load(&path).expect_err("refused").to_string();
+    assert!(problems.contains("limits.output-record-size must be between 1B and 1MiB"), "{problems}");
+}

@@ -123,12 +123,22 @@ impl TransformOperator {
         }
     }
 
-    /// Writes a transformed batch's outputs and dead letters.
+    /// Writes a transformed batch's outputs and dead letters. An input whose outputs
+    /// break the stage's output limits is dead-lettered (`output-limit`, with what
+    /// it tried) and nothing of it is written.
     fn deliver(&self, records: &[StoredRecord], t: &crate::plugin::Transformed) -> Result<(), BatchError> {
         let mut out = Vec::with_capacity(t.output.len());
         let mut letters = Vec::new();
+        let mut reasons = Vec::new();
         let mut dropped = 0u64;
+        let mut batch_bytes = 0u64;
         for (i, outcome, outputs) in t.per_record() {
+            if let Outcome::Ok(_) = outcome
+                && let Err(reason) = self.check_outputs(&outputs, &mut batch_bytes)
+            {
+                reasons.push((i, reason));
+                continue;
+            }
             match outcome {
                 // An output keeps its input's source: downstream watermarks follow the real producers.
                 Outcome::Ok(_) => out.extend(outputs.iter().map(|r| OutRecord {
@@ -146,6 +156,12 @@ impl TransformOperator {
                 }),
             }
         }
+        for (i, reason) in &reasons {
+            letters.push(DeadLetter { origin: &self.origin, record: &records[*i], error_code: "output-limit", reason });
+        }
+        if !reasons.is_empty() {
+            tracing::warn!(records = reasons.len(), "outputs over the stage's limits: their inputs are dead-lettered");
+        }
         write_output(self.streams.as_ref(), &self.output, &out)
             .map_err(|e| BatchError::Effect(format!("writing the output: {e}")))?;
         self.dead_letters
@@ -155,6 +171,38 @@ impl TransformOperator {
         self.version.records_out.fetch_add(out.len() as u64, Ordering::Relaxed);
         self.stats.dropped.fetch_add(dropped, Ordering::Relaxed);
         self.stats.dead_lettered.fetch_add(letters.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+impl TransformOperator {
+    /// Checks one input's outputs against the stage's output limits, counting them
+    /// into the batch's bytes when they pass; the reason when they do not.
+    fn check_outputs(&self, outputs: &[crate::plugin::RecordRef<'_>], batch_bytes: &mut u64) -> Result<(), String> {
+        let limits = &self.spec.output_limits;
+        if outputs.len() > limits.per_record {
+            return Err(format!(
+                "the plugin gave {} outputs for this record; limits.outputs-per-record is {}",
+                outputs.len(),
+                limits.per_record
+            ));
+        }
+        if let Some(big) = outputs.iter().find(|o| o.payload.len() as u64 > limits.record_bytes) {
+            return Err(format!(
+                "the plugin gave an output of {} bytes for this record; limits.output-record-size is {} bytes",
+                big.payload.len(),
+                limits.record_bytes
+            ));
+        }
+        let bytes: u64 = outputs.iter().map(|o| o.payload.len() as u64).sum();
+        if *batch_bytes + bytes > limits.batch_bytes {
+            return Err(format!(
+                "this record's {bytes} bytes of outputs would take its batch's past limits.output-batch-size \
+                 ({} bytes)",
+                limits.batch_bytes
+            ));
+        }
+        *batch_bytes += bytes;
         Ok(())
     }
 }

@@ -103,6 +103,9 @@ pub(super) fn default_capacity() -> usize {
 pub(super) struct RawLimits {
     pub(super) timeout: Option<Spanned<String>>,
     pub(super) memory: Option<Spanned<ByteSize>>,
+    pub(super) output_record_size: Option<Spanned<ByteSize>>,
+    pub(super) outputs_per_record: Option<Spanned<i64>>,
+    pub(super) output_batch_size: Option<Spanned<ByteSize>>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]

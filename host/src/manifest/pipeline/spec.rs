@@ -210,6 +210,26 @@ pub enum DeadLetter {
     File(PathBuf),
 }
 
+/// Bounds on a transformer stage's outputs (`limits = { output-record-size = "1MiB",
+/// outputs-per-record = 1000, output-batch-size = "64MiB" }`): an input record whose
+/// outputs break one is dead-lettered with code `output-limit`, and nothing of it is
+/// written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputLimits {
+    /// The largest output record, in bytes (at most 1 MiB when the output is a stream).
+    pub record_bytes: u64,
+    /// The most outputs one input record may give.
+    pub per_record: usize,
+    /// The most output bytes one batch may give.
+    pub batch_bytes: u64,
+}
+
+impl Default for OutputLimits {
+    fn default() -> Self {
+        OutputLimits { record_bytes: 1 << 20, per_record: 1000, batch_bytes: 64 << 20 }
+    }
+}
+
 /// A `[stages.<name>]` entry.
 #[derive(Debug, Clone)]
 pub struct StageSpec {
@@ -231,6 +251,8 @@ pub struct StageSpec {
     pub batch_wait: Duration,
     /// Resource limits.
     pub limits: Limits,
+    /// Bounds on what a transformer may output.
+    pub output_limits: OutputLimits,
     /// Capabilities granted.
     pub grants: Grants,
     /// Configuration handed to the plugin (defaults filled in), values as text.

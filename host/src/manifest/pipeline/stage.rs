@@ -121,6 +121,7 @@ impl Checker<'_> {
                 diags.push(self.at(m.span(), "limits.memory must be between 1MiB and 4GiB".to_owned()));
             }
         }
+        let output_limits = self.output_limits(&raw.limits, matches!(output, Some(Target::Stream(_))), diags);
         let mut grants = self.grants(&raw.grants, base, diags);
         let config = plugin.as_ref().and_then(|p| self.config(&owner, p, &raw.config, diags));
         if let Some(p) = &plugin {
@@ -245,9 +246,40 @@ impl Checker<'_> {
             batch_size: batch_size.clamp(1, 10_000) as usize,
             batch_wait: batch_wait?,
             limits,
+            output_limits,
             grants,
             config: config?,
         })
+    }
+
+    /// `limits.output-record-size`, `outputs-per-record` and `output-batch-size`, each
+    /// checked against its range (an output record to a stream: at most 1 MiB, the
+    /// limit of every put).
+    fn output_limits(&self, raw: &RawLimits, to_stream: bool, diags: &mut Diagnostics) -> OutputLimits {
+        let mut limits = OutputLimits::default();
+        let largest: u64 = if to_stream { crate::stream::MAX_RECORD_BYTES as u64 } else { 64 << 20 };
+        if let Some(size) = &raw.output_record_size {
+            limits.record_bytes = size.get_ref().0;
+            if !(1..=largest).contains(&limits.record_bytes) {
+                let most =
+                    if to_stream { "1MiB: the output is a stream, whose records are at most 1MiB" } else { "64MiB" };
+                diags.push(self.at(size.span(), format!("limits.output-record-size must be between 1B and {most}")));
+            }
+        }
+        if let Some(n) = &raw.outputs_per_record {
+            let count = *n.get_ref();
+            if !(1..=1_000_000).contains(&count) {
+                diags.push(self.at(n.span(), "limits.outputs-per-record must be between 1 and 1000000".to_owned()));
+            }
+            limits.per_record = count.clamp(1, 1_000_000) as usize;
+        }
+        if let Some(size) = &raw.output_batch_size {
+            limits.batch_bytes = size.get_ref().0;
+            if !((1 << 10)..=(1 << 30)).contains(&limits.batch_bytes) {
+                diags.push(self.at(size.span(), "limits.output-batch-size must be between 1KiB and 1GiB".to_owned()));
+            }
+        }
+        limits
     }
 
     /// `window = { size = "10m" }` (tumbling) or `{ size = "30m", slide = "10m" }` (sliding), with

@@ -87,6 +87,16 @@ impl Hostile {
                 if record.payload() == b"drop" {
                     return Outcome::Dropped;
                 }
+                if record.payload() == b"huge" {
+                    out.emit(record.key(), record.event_time_ms(), &vec![b'x'; 2 << 20]);
+                    return Outcome::Ok;
+                }
+                if record.payload() == b"many" {
+                    for _ in 0..2000 {
+                        out.emit(record.key(), record.event_time_ms(), b"M");
+                    }
+                    return Outcome::Ok;
+                }
                 if record.payload() == b"twice" {
                     out.emit(record.key(), record.event_time_ms(), b"TWICE-1");
                     out.emit(record.key(), record.event_time_ms(), b"TWICE-2");
