@@ -198,8 +198,8 @@ impl DeliveryOperator {
                 && buf.next <= last
             {
                 // The shard was read to its end short of a batch planned before a restart:
-                // the rest of its records are gone (expired). What is left keeps its first
-                // record, so its objects are named apart from the planned batch's.
+                // the rest of its records are gone (expired). What is left is staged as
+                // it is, under the bounds of what is left.
                 tracing::warn!(
                     shard,
                     first,

@@ -167,6 +167,7 @@ struct Kept {
     /// Keys whose state late records changed since its last pane.
     changed: BTreeSet<Box<str>>,
 }
+
 /// Open windows and their per-key states; see the [module docs](super) for the semantics.
 #[derive(Debug)]
 pub struct WindowOperator {
