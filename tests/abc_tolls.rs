@@ -562,3 +562,48 @@ async fn three_days_backfilled_at_once_by_three_agents_bill_as_three_live_days()
     let late = status.stages.iter().find(|s| s.name == "billing-sum").map(|s| s.late);
     assert_eq!(late, Some(0), "nothing came later than the allowed lateness");
 }
+
+/// The day sent twice: an agent that lost its checkpoints (killed between its puts and
+/// its checkpoint, or started again from the beginning) sends every line again. Each
+/// line is stored once by its transaction id, so the warehouse, the billing totals,
+/// the messages and the alerts are those of one sending, and the repeats are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_sends_the_day_again_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_desk, hook) = operations_desk().await;
+    let manifest = shipped(dir.path(), "60s", &hook);
+    let out = dir.path().join("out");
+    let day = weir_host::simulate::generate_day(5, DAY);
+    weir_host::simulate::write_logs(&day, &out.join("stations")).expect("the station logs");
+    let agent_dir = tempfile::tempdir().expect("tempdir");
+    let mut host = TestHost::start_in(dir, &manifest).await.expect("start");
+    for (customer, threshold) in weir_host::simulate::thresholds() {
+        host.host.state.put("thresholds", &customer, threshold.as_bytes()).expect("threshold");
+    }
+    let agent = start_shipped_agent(agent_dir.path(), &out, &host.url);
+    ingested(&host, day.len()).await;
+    agent.stop().await;
+    // Its checkpoints are lost: the agent starts over from the beginning of every log.
+    std::fs::remove_file(out.join("agent-checkpoints.json")).expect("the agent's checkpoints");
+    let again = start_shipped_agent(agent_dir.path(), &out, &host.url);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while again.counters().records_sent < day.len() as u64 {
+        assert!(Instant::now() < deadline, "the agent sent {:?} of {} lines again", again.counters(), day.len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    again.stop().await;
+    caught_up(&host).await;
+
+    let status = host.host.status();
+    assert_eq!(status.streams["toll-lines"], day.len() as u64, "every line stored once");
+    assert_eq!(status.duplicates["toll-lines"], day.len() as u64, "and each repeat counted");
+    let expected = oracle_until(&day, watermark(&host, "billing-sum"), watermark(&host, "traffic-count"));
+    let got = produced(&host);
+    assert_eq!(got.billing, expected.billing, "billing messages");
+    assert_eq!(got.totals, expected.totals, "every toll counted once");
+    assert_eq!(got.traffic, expected.traffic, "traffic alerts");
+    host.stop().await; // the deliveries flush what they buffered
+    let db = rusqlite::Connection::open(host.path("out/warehouse.db")).expect("warehouse");
+    let rows: i64 = db.query_row("SELECT count(*) FROM toll_transactions", [], |r| r.get(0)).expect("count");
+    assert_eq!(rows as usize, expected.rows.len(), "one row per well-formed line, none twice");
+}

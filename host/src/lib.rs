@@ -12,6 +12,7 @@ pub mod build;
 pub mod check;
 pub mod cli;
 pub mod client;
+pub mod dedup;
 pub mod delivery;
 pub mod io;
 pub mod lake;

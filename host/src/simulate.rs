@@ -99,6 +99,7 @@ pub fn generate_day(seed: u64, day_start_ms: i64) -> Vec<TollLine> {
     let weekday = ((day_start_ms.div_euclid(86_400_000) + 3).rem_euclid(7) + 1) as u32;
     let mut lines = Vec::new();
     let mut sequence = BTreeMap::new();
+    let date: String = crate::time::format_ms(day_start_ms).chars().take(10).filter(|c| *c != '-').collect();
     for slot in 0..48 {
         let hour = f64::from(slot) / 2.0;
         for station in 1..=STATIONS {
@@ -116,8 +117,9 @@ pub fn generate_day(seed: u64, day_start_ms: i64) -> Vec<TollLine> {
                 let class = 1 + random.below(6) as usize;
                 let n = sequence.entry(station).or_insert(0u32);
                 *n += 1;
+                // Unique across days too, as a real transaction id is: `T0017-20261125-000042`.
                 let text = format!(
-                    "T{station:04}-{n:06},{},{station},{},TAG{customer:07},{},{class},{}",
+                    "T{station:04}-{date}-{n:06},{},{station},{},TAG{customer:07},{},{class},{}",
                     crate::time::format_ms(time_ms),
                     1 + random.below(4),
                     customer_id(customer),
@@ -302,6 +304,8 @@ pub struct Report {
     pub late: u64,
     /// Window results revised by records within the allowed lateness.
     pub revisions: u64,
+    /// Records not stored again because their stream held their id.
+    pub duplicates: u64,
     /// Billing messages sent.
     pub billing_messages: u64,
     /// Traffic alerts raised.
@@ -407,6 +411,7 @@ pub fn run_day(host: &Arc<Host>, lines: &[TollLine], mut progress: impl FnMut(f6
             + status.deliveries.iter().map(|d| d.records_failed).sum::<u64>(),
         late: status.stages.iter().map(|s| s.late).sum(),
         revisions: status.stages.iter().map(|s| s.revisions).sum(),
+        duplicates: status.duplicates.values().sum(),
         billing_messages: new("app"),
         traffic_alerts: new("operators"),
         webhooks: desks.into_iter().map(|(name, url, desk)| (name, url, desk.count())).collect(),

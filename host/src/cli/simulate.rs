@@ -120,6 +120,10 @@ pub(super) fn simulate(
             );
             println!("  windows revised         {:>7}  (by records within the allowed lateness)", report.revisions);
             println!(
+                "  duplicates, stored once {:>7}  (records sent again, by their transaction id)",
+                report.duplicates
+            );
+            println!(
                 "  billing messages        {:>7}  (inbox `app`: weir run, then GET /v1/inbox/<customer>?channel=app)",
                 report.billing_messages
             );

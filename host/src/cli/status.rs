@@ -41,6 +41,14 @@ fn render(status: &Value) -> String {
         ]);
     }
     out.push_str(&table(&stages));
+    let mut streams = vec![["stream", "records", "duplicates"].map(str::to_owned)];
+    for (name, records) in status["streams"].as_object().into_iter().flatten() {
+        streams.push([name.clone(), number(records), number(&status["duplicates"][name.as_str()])]);
+    }
+    if streams.len() > 1 {
+        out.push('\n');
+        out.push_str(&table(&streams));
+    }
     let mut deliveries = vec![
         ["delivery", "phase", "in", "delivered", "failed", "buffered", "rows loaded", "last error"].map(str::to_owned),
     ];

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::dedup::{DedupSpec, DedupStore};
 use crate::delivery::{Delivery, DeliveryStatus};
 use crate::manifest::{DeadLetter, Pipeline, Target};
 use crate::notify::Channels;
@@ -151,6 +152,9 @@ pub struct PipelineStatus {
     pub uptime_seconds: u64,
     /// Records ever accepted per stream (all shards).
     pub streams: BTreeMap<String, u64>,
+    /// Per stream that declares an identity, the records not stored again because it
+    /// held their id (since the host started).
+    pub duplicates: BTreeMap<String, u64>,
     /// Each stage's counters.
     pub stages: Vec<StageStatus>,
     /// Every consumer's checkpoint and how far it lags behind its stream.
@@ -200,6 +204,8 @@ pub struct Host {
     /// The manifest it runs.
     pub pipeline: Arc<Pipeline>,
     streams: Arc<dyn StreamStore>,
+    /// The streams' deduplication (under any test wrapper), for its counts.
+    dedup: Arc<DedupStore>,
     stages: Vec<StageHandle>,
     /// Durable buffers of the delivery streams, one stream each.
     buffers: Arc<dyn StreamStore>,
@@ -233,9 +239,13 @@ impl Host {
         let streams_dir = pipeline.data_dir.join("streams");
         let disk: Arc<dyn StreamStore> =
             Arc::new(DiskStreams::open_with_clock(&streams_dir, &specs, Arc::new(FileSyncer), clock.clone())?);
+        // Streams that declare an identity store each record once (every way in goes through this).
+        let identities: Vec<(String, DedupSpec)> =
+            pipeline.streams.iter().filter_map(|s| Some((s.name.to_string(), s.deduplicate.clone()?))).collect();
+        let dedup = Arc::new(DedupStore::open(disk, identities, clock.clone())?);
         let streams = match &store {
-            Some(wrap) => wrap(disk),
-            None => disk,
+            Some(wrap) => wrap(dedup.clone()),
+            None => dedup.clone(),
         };
         let mut sinks: BTreeMap<String, Arc<FileSink>> = BTreeMap::new();
         for s in &pipeline.sinks {
@@ -389,6 +399,7 @@ impl Host {
         let host = Arc::new(Host {
             pipeline: Arc::new(pipeline),
             streams,
+            dedup,
             stages,
             buffers,
             deliveries,
@@ -480,6 +491,7 @@ impl Host {
             pipeline: self.pipeline.name.to_string(),
             uptime_seconds: self.started.elapsed().as_secs(),
             streams,
+            duplicates: self.dedup.duplicates(),
             stages,
             consumers,
             deliveries: self.deliveries.iter().map(Delivery::status).collect(),

@@ -327,9 +327,13 @@ impl AggregateOperator {
         for (i, r) in records.iter().enumerate() {
             match &self.spec.group_by {
                 None => grouped.push((i, Cow::Borrowed(r.key.as_str()))),
-                Some(field) => match json_field(&r.data, field) {
+                Some(field) => match crate::dedup::json_field(&r.data, field) {
                     Ok(key) => grouped.push((i, Cow::Owned(key))),
-                    Err(reason) => aside.push(SetAside { record: r.clone(), code: "group-by", reason }),
+                    Err(reason) => aside.push(SetAside {
+                        record: r.clone(),
+                        code: "group-by",
+                        reason: format!("group-by {reason}"),
+                    }),
                 },
             }
         }
@@ -599,63 +603,7 @@ impl Operator for AggregateOperator {
     }
 }
 
-/// The value of `field` in a JSON object payload, as a group key: strings as
-/// they are, numbers and booleans as their text.
-fn json_field(payload: &[u8], field: &str) -> Result<String, String> {
-    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
-    struct Field<'f>(&'f str);
-    impl<'de> Visitor<'de> for Field<'_> {
-        type Value = Option<serde_json::Value>;
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a JSON object")
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut found = None;
-            while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                if key == self.0 && found.is_none() {
-                    found = Some(map.next_value::<serde_json::Value>()?);
-                } else {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-            Ok(found)
-        }
-    }
-    impl<'de> DeserializeSeed<'de> for Field<'_> {
-        type Value = Option<serde_json::Value>;
-        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            d.deserialize_map(self)
-        }
-    }
-    let mut de = serde_json::Deserializer::from_slice(payload);
-    let value = Field(field)
-        .deserialize(&mut de)
-        .map_err(|e| format!("group-by `{field}`: the payload is not a JSON object: {e}"))?;
-    match value {
-        Some(serde_json::Value::String(s)) => Ok(s),
-        Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => Ok(v.to_string()),
-        Some(_) => Err(format!("group-by `{field}`: the field is not a string, number or boolean")),
-        None => Err(format!("group-by `{field}`: the payload has no such field")),
-    }
-}
-
 /// Whether a stage's plugin runs in an [`AggregateStage`].
 pub fn is_aggregator(spec: &StageSpec) -> bool {
     spec.window.is_some()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::json_field;
-
-    #[test]
-    fn a_group_key_is_a_payload_field_as_text() {
-        let row = br#"{"transaction_id":"T1","station_id":17,"lane":"3","nested":{"station_id":1},"ok":true}"#;
-        assert_eq!(json_field(row, "station_id").as_deref(), Ok("17"));
-        assert_eq!(json_field(row, "lane").as_deref(), Ok("3"));
-        assert_eq!(json_field(row, "ok").as_deref(), Ok("true"));
-        assert!(json_field(row, "nested").is_err_and(|e| e.contains("not a string, number or boolean")));
-        assert!(json_field(row, "customer_id").is_err_and(|e| e.contains("no such field")));
-        assert!(json_field(b"17,3", "station_id").is_err_and(|e| e.contains("not a JSON object")));
-    }
 }

@@ -396,7 +396,59 @@ impl Checker<'_> {
                 records_per_second: w.records_per_second,
             }),
         };
-        Some(StreamSpec { name, storage })
+        let deduplicate = match &raw.deduplicate {
+            None => Some(None),
+            Some(d) => self.deduplicate(d, storage.retention, diags).map(Some),
+        };
+        Some(StreamSpec { name, storage, deduplicate: deduplicate? })
+    }
+
+    /// A stream's `deduplicate`: one identity (`id-pattern`, a regex whose first group
+    /// is the id, or `id-field`, a JSON field), and a horizon within the retention.
+    fn deduplicate(
+        &self,
+        raw: &Spanned<RawDeduplicate>,
+        retention: Duration,
+        diags: &mut Diagnostics,
+    ) -> Option<crate::dedup::DedupSpec> {
+        use crate::dedup::{DedupSpec, Identity};
+        let d = raw.get_ref();
+        let identity = match (&d.id_pattern, &d.id_field) {
+            (Some(pattern), None) => match regex::bytes::Regex::new(pattern.get_ref()) {
+                Ok(re) if re.captures_len() >= 2 => Some(Identity::Pattern(re)),
+                Ok(_) => {
+                    diags.push(
+                        self.at(pattern.span(), "deduplicate.id-pattern has no capture group".to_owned())
+                            .help("put the record's id in a group, e.g. \"^([^,]+),\" for a CSV line's first field"),
+                    );
+                    None
+                }
+                Err(e) => {
+                    diags.push(self.at(pattern.span(), format!("deduplicate.id-pattern is not a valid regex: {e}")));
+                    None
+                }
+            },
+            (None, Some(field)) if !field.is_empty() => Some(Identity::Field(field.clone())),
+            _ => {
+                diags.push(
+                    self.at(raw.span(), "deduplicate needs one of id-pattern or id-field".to_owned())
+                        .help("e.g. deduplicate = { id-field = \"transaction_id\", horizon = \"24h\" }"),
+                );
+                None
+            }
+        };
+        let horizon = match &d.horizon {
+            None => Some(retention),
+            Some(h) => self.duration(h, diags).filter(|horizon| {
+                let ok = *horizon >= Duration::from_secs(1) && *horizon <= retention;
+                if !ok {
+                    diags.push(self.at(h.span(), "deduplicate.horizon must be between 1s and the stream's retention".to_owned())
+                        .help("the ids are those of the records the stream still holds: raise `retention` for a longer horizon"));
+                }
+                ok
+            }),
+        };
+        Some(DedupSpec { identity: identity?, horizon: horizon? })
     }
 
     pub(super) fn fsync(&self, raw: &RawStream, diags: &mut Diagnostics) -> Option<FsyncPolicy> {

@@ -81,6 +81,17 @@ pub(super) struct RawStream {
     pub(super) write_limit: Option<RawWriteLimit>,
     #[serde(default = "one_shard")]
     pub(super) shards: Spanned<u32>,
+    pub(super) deduplicate: Option<Spanned<RawDeduplicate>>,
+}
+
+/// `deduplicate = { id-pattern = "^([^,;]+)[,;]" }` or `{ id-field = "transaction_id" }`,
+/// with an optional `horizon`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct RawDeduplicate {
+    pub(super) id_pattern: Option<Spanned<String>>,
+    pub(super) id_field: Option<String>,
+    pub(super) horizon: Option<Spanned<String>>,
 }
 
 pub(super) fn one_shard() -> Spanned<u32> {

@@ -186,6 +186,8 @@ pub struct StreamSpec {
     pub name: Name,
     /// How the stream is stored: capacity, fsync, retention, limits.
     pub storage: DiskStreamSpec,
+    /// The identity its records are stored once by, if it declares one.
+    pub deduplicate: Option<crate::dedup::DedupSpec>,
 }
 
 /// Where a stage's output goes.
