@@ -22,9 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::stream::{
-    Appended, Clock, Lineage, NewRecord, StoredRecord, StreamError, StreamInfo, StreamSettings, StreamStore,
-};
+use crate::stream::{Appended, Clock, NewRecord, StoreLayer, StreamError, StreamStore};
 
 /// What identifies a stream's records.
 #[derive(Debug, Clone)]
@@ -159,7 +157,10 @@ impl DedupStore {
     }
 }
 
-impl StreamStore for DedupStore {
+impl StoreLayer for DedupStore {
+    fn inner(&self) -> &dyn StreamStore {
+        self.inner.as_ref()
+    }
     fn append(&self, stream: &str, records: Vec<NewRecord>) -> Result<Vec<Result<Appended, StreamError>>, StreamError> {
         let Some(ids) = self.streams.get(stream) else { return self.inner.append(stream, records) };
         let now = (self.clock)();
@@ -244,61 +245,6 @@ impl StreamStore for DedupStore {
         ids.duplicates.fetch_add(duplicates, Ordering::Relaxed);
         Ok(results)
     }
-    fn shard_count(&self, stream: &str) -> Result<u32, StreamError> {
-        self.inner.shard_count(stream)
-    }
-    fn lineage(&self, stream: &str) -> Result<Vec<Lineage>, StreamError> {
-        self.inner.lineage(stream)
-    }
-    fn reshard(&self, stream: &str, shards: u32) -> Result<(), StreamError> {
-        self.inner.reshard(stream, shards)
-    }
-    fn read(&self, stream: &str, shard: u32, from: u64, max: usize) -> Result<Vec<StoredRecord>, StreamError> {
-        self.inner.read(stream, shard, from, max)
-    }
-    fn wait_for(
-        &self,
-        stream: &str,
-        shard: u32,
-        from: u64,
-        min: usize,
-        timeout: Duration,
-    ) -> Result<usize, StreamError> {
-        self.inner.wait_for(stream, shard, from, min, timeout)
-    }
-    fn changes(&self, stream: &str) -> Result<u64, StreamError> {
-        self.inner.changes(stream)
-    }
-    fn wait_change(&self, stream: &str, seen: u64, timeout: Duration) -> Result<u64, StreamError> {
-        self.inner.wait_change(stream, seen, timeout)
-    }
-    fn register_consumer(&self, stream: &str, shard: u32, consumer: &str) -> Result<u64, StreamError> {
-        self.inner.register_consumer(stream, shard, consumer)
-    }
-    fn checkpoint(&self, stream: &str, shard: u32, consumer: &str, next: u64) -> Result<(), StreamError> {
-        self.inner.checkpoint(stream, shard, consumer, next)
-    }
-    fn end(&self, stream: &str, shard: u32) -> Result<u64, StreamError> {
-        self.inner.end(stream, shard)
-    }
-    fn position_at_time(&self, stream: &str, shard: u32, arrival_ms: i64) -> Result<u64, StreamError> {
-        self.inner.position_at_time(stream, shard, arrival_ms)
-    }
-    fn create(&self, spec: StreamSettings) -> Result<(), StreamError> {
-        self.inner.create(spec)
-    }
-    fn delete(&self, stream: &str) -> Result<(), StreamError> {
-        self.inner.delete(stream)
-    }
-    fn list(&self) -> Vec<String> {
-        self.inner.list()
-    }
-    fn info(&self, stream: &str) -> Result<StreamInfo, StreamError> {
-        self.inner.info(stream)
-    }
-    fn set_retention(&self, stream: &str, retention: Duration) -> Result<(), StreamError> {
-        self.inner.set_retention(stream, retention)
-    }
 }
 
 /// The value of `field` in a JSON object payload, as text: strings as they are,
@@ -378,7 +324,7 @@ mod tests {
         DedupStore::open(Arc::new(disk), vec![("lines".into(), spec)], clock).expect("dedup")
     }
 
-    fn held(store: &DedupStore) -> usize {
+    fn held(store: &dyn StreamStore) -> usize {
         (0..2).map(|shard| store.read("lines", shard, 0, 100).expect("read").len()).sum()
     }
 
@@ -389,10 +335,12 @@ mod tests {
         let at = now.clone();
         let clock: Clock = Arc::new(move || at.load(Ordering::SeqCst));
         let store = store(dir.path(), clock.clone());
-        let first = store.append("lines", vec![record("T1,a"), record("T2,b"), record("no id")]).expect("put");
+        let first =
+            StreamStore::append(&store, "lines", vec![record("T1,a"), record("T2,b"), record("no id")]).expect("put");
         // A retried put, a repeat within one put, and a record without an id.
         let again =
-            store.append("lines", vec![record("T1,a"), record("T3,c"), record("T3,c"), record("no id")]).expect("put");
+            StreamStore::append(&store, "lines", vec![record("T1,a"), record("T3,c"), record("T3,c"), record("no id")])
+                .expect("put");
         assert_eq!(again[0], first[0], "the duplicate gets the first one's shard and sequence");
         assert_eq!(again[2], again[1], "a repeat within the put is the first's duplicate");
         assert_eq!(held(&store), 5, "T1, T2, T3 once each, and both records without an id");
@@ -401,11 +349,11 @@ mod tests {
         // Reopened on the same data, the stream still knows its ids.
         drop(store);
         let store = self::store(dir.path(), clock.clone());
-        store.append("lines", vec![record("T2,b")]).expect("put");
+        StreamStore::append(&store, "lines", vec![record("T2,b")]).expect("put");
         assert_eq!(held(&store), 5);
         // Past the horizon an id is forgotten: the record is stored again.
         now.fetch_add(3_600_001, Ordering::SeqCst);
-        store.append("lines", vec![record("T2,b")]).expect("put");
+        StreamStore::append(&store, "lines", vec![record("T2,b")]).expect("put");
         assert_eq!(held(&store), 6);
     }
 

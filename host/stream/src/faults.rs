@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::{Appended, Lineage, NewRecord, StoredRecord, StreamError, StreamInfo, StreamSettings, StreamStore};
+use super::{Appended, NewRecord, StoreLayer, StoredRecord, StreamError, StreamStore};
 
 /// See the module doc.
 pub struct FaultyStore {
@@ -84,43 +84,21 @@ impl FaultyStore {
     }
 }
 
-impl StreamStore for FaultyStore {
+impl StoreLayer for FaultyStore {
+    fn inner(&self) -> &dyn StreamStore {
+        self.inner.as_ref()
+    }
     fn append(&self, stream: &str, records: Vec<NewRecord>) -> Result<Vec<Result<Appended, StreamError>>, StreamError> {
         if Self::fails(&self.appends) {
             return Err(Self::injected(stream));
         }
         self.inner.append(stream, records)
     }
-    fn shard_count(&self, stream: &str) -> Result<u32, StreamError> {
-        self.inner.shard_count(stream)
-    }
-    fn lineage(&self, stream: &str) -> Result<Vec<Lineage>, StreamError> {
-        self.inner.lineage(stream)
-    }
-    fn reshard(&self, stream: &str, shards: u32) -> Result<(), StreamError> {
-        self.inner.reshard(stream, shards)
-    }
     fn read(&self, stream: &str, shard: u32, from: u64, max: usize) -> Result<Vec<StoredRecord>, StreamError> {
         if Self::fails(&self.reads) {
             return Err(Self::injected(stream));
         }
         self.inner.read(stream, shard, from, max)
-    }
-    fn wait_for(
-        &self,
-        stream: &str,
-        shard: u32,
-        from: u64,
-        min: usize,
-        timeout: Duration,
-    ) -> Result<usize, StreamError> {
-        self.inner.wait_for(stream, shard, from, min, timeout)
-    }
-    fn changes(&self, stream: &str) -> Result<u64, StreamError> {
-        self.inner.changes(stream)
-    }
-    fn wait_change(&self, stream: &str, seen: u64, timeout: Duration) -> Result<u64, StreamError> {
-        self.inner.wait_change(stream, seen, timeout)
     }
     fn register_consumer(&self, stream: &str, shard: u32, consumer: &str) -> Result<u64, StreamError> {
         if Self::fails(&self.registrations) {
@@ -145,26 +123,5 @@ impl StreamStore for FaultyStore {
         self.inner.checkpoint(stream, shard, consumer, next)?;
         written.push((stream.to_owned(), shard, consumer.to_owned(), next));
         Ok(())
-    }
-    fn end(&self, stream: &str, shard: u32) -> Result<u64, StreamError> {
-        self.inner.end(stream, shard)
-    }
-    fn position_at_time(&self, stream: &str, shard: u32, arrival_ms: i64) -> Result<u64, StreamError> {
-        self.inner.position_at_time(stream, shard, arrival_ms)
-    }
-    fn create(&self, spec: StreamSettings) -> Result<(), StreamError> {
-        self.inner.create(spec)
-    }
-    fn delete(&self, stream: &str) -> Result<(), StreamError> {
-        self.inner.delete(stream)
-    }
-    fn list(&self) -> Vec<String> {
-        self.inner.list()
-    }
-    fn info(&self, stream: &str) -> Result<StreamInfo, StreamError> {
-        self.inner.info(stream)
-    }
-    fn set_retention(&self, stream: &str, retention: Duration) -> Result<(), StreamError> {
-        self.inner.set_retention(stream, retention)
     }
 }

@@ -267,6 +267,91 @@ pub trait StreamStore: Send + Sync {
     fn set_retention(&self, stream: &str, retention: Duration) -> Result<(), StreamError>;
 }
 
+/// A store wrapped around another, changing some of its calls (failing them on
+/// command, storing a record once by its id): it implements the calls it changes,
+/// and every other call of [`StreamStore`] goes to [`StoreLayer::inner`] as it is.
+pub trait StoreLayer: Send + Sync {
+    /// The store this one wraps.
+    fn inner(&self) -> &dyn StreamStore;
+    /// [`StreamStore::append`].
+    fn append(&self, stream: &str, records: Vec<NewRecord>) -> Result<Vec<Result<Appended, StreamError>>, StreamError> {
+        self.inner().append(stream, records)
+    }
+    /// [`StreamStore::read`].
+    fn read(&self, stream: &str, shard: u32, from: u64, max: usize) -> Result<Vec<StoredRecord>, StreamError> {
+        self.inner().read(stream, shard, from, max)
+    }
+    /// [`StreamStore::register_consumer`].
+    fn register_consumer(&self, stream: &str, shard: u32, consumer: &str) -> Result<u64, StreamError> {
+        self.inner().register_consumer(stream, shard, consumer)
+    }
+    /// [`StreamStore::checkpoint`].
+    fn checkpoint(&self, stream: &str, shard: u32, consumer: &str, next: u64) -> Result<(), StreamError> {
+        self.inner().checkpoint(stream, shard, consumer, next)
+    }
+}
+
+impl<L: StoreLayer> StreamStore for L {
+    fn append(&self, stream: &str, records: Vec<NewRecord>) -> Result<Vec<Result<Appended, StreamError>>, StreamError> {
+        StoreLayer::append(self, stream, records)
+    }
+    fn shard_count(&self, stream: &str) -> Result<u32, StreamError> {
+        self.inner().shard_count(stream)
+    }
+    fn lineage(&self, stream: &str) -> Result<Vec<Lineage>, StreamError> {
+        self.inner().lineage(stream)
+    }
+    fn reshard(&self, stream: &str, shards: u32) -> Result<(), StreamError> {
+        self.inner().reshard(stream, shards)
+    }
+    fn read(&self, stream: &str, shard: u32, from: u64, max: usize) -> Result<Vec<StoredRecord>, StreamError> {
+        StoreLayer::read(self, stream, shard, from, max)
+    }
+    fn wait_for(
+        &self,
+        stream: &str,
+        shard: u32,
+        from: u64,
+        min: usize,
+        timeout: Duration,
+    ) -> Result<usize, StreamError> {
+        self.inner().wait_for(stream, shard, from, min, timeout)
+    }
+    fn changes(&self, stream: &str) -> Result<u64, StreamError> {
+        self.inner().changes(stream)
+    }
+    fn wait_change(&self, stream: &str, seen: u64, timeout: Duration) -> Result<u64, StreamError> {
+        self.inner().wait_change(stream, seen, timeout)
+    }
+    fn register_consumer(&self, stream: &str, shard: u32, consumer: &str) -> Result<u64, StreamError> {
+        StoreLayer::register_consumer(self, stream, shard, consumer)
+    }
+    fn checkpoint(&self, stream: &str, shard: u32, consumer: &str, next: u64) -> Result<(), StreamError> {
+        StoreLayer::checkpoint(self, stream, shard, consumer, next)
+    }
+    fn end(&self, stream: &str, shard: u32) -> Result<u64, StreamError> {
+        self.inner().end(stream, shard)
+    }
+    fn position_at_time(&self, stream: &str, shard: u32, arrival_ms: i64) -> Result<u64, StreamError> {
+        self.inner().position_at_time(stream, shard, arrival_ms)
+    }
+    fn create(&self, spec: StreamSettings) -> Result<(), StreamError> {
+        self.inner().create(spec)
+    }
+    fn delete(&self, stream: &str) -> Result<(), StreamError> {
+        self.inner().delete(stream)
+    }
+    fn list(&self) -> Vec<String> {
+        self.inner().list()
+    }
+    fn info(&self, stream: &str) -> Result<StreamInfo, StreamError> {
+        self.inner().info(stream)
+    }
+    fn set_retention(&self, stream: &str, retention: Duration) -> Result<(), StreamError> {
+        self.inner().set_retention(stream, retention)
+    }
+}
+
 /// Settings of a stream created at run time (through the Kinesis API).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamSettings {
