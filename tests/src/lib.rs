@@ -172,7 +172,17 @@ impl TestHost {
 
     /// Waits until `check` holds on the pipeline status, or panics after 20 s.
     pub async fn wait_until(&self, what: &str, check: impl Fn(&weir_host::pipeline::PipelineStatus) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        self.wait_until_within(Duration::from_secs(20), what, check).await
+    }
+
+    /// Waits until `check` holds on the pipeline status, or panics after `limit`.
+    pub async fn wait_until_within(
+        &self,
+        limit: Duration,
+        what: &str,
+        check: impl Fn(&weir_host::pipeline::PipelineStatus) -> bool,
+    ) {
+        let deadline = Instant::now() + limit;
         loop {
             let status = self.host.status();
             if check(&status) {

@@ -17,7 +17,9 @@
 //! - **The watermark** says "no record older than this is still expected". Each shard's
 //!   is the newest time seen on it minus the out-of-orderness bound; the operator's is
 //!   the lowest of its active shards' and never goes back. A shard with no record for the
-//!   idle timeout stops holding it back until its next record. When every shard is idle,
+//!   idle timeout stops holding it back until its next record; a shard's first record
+//!   from a named source holds it one idle timeout more, for the shard's other producers
+//!   (see [`watermark`]). When every shard is idle,
 //!   the clock takes over: the watermark moves on as the host's clock does, so the last
 //!   windows close when the stream goes quiet.
 //! - **A window fires** once the watermark passes its end: its on-time pane (revision 0)

@@ -10,7 +10,11 @@
 //! *active* sources and never goes back. A source is active from its first record (a
 //! shard also from [`Watermarks::add_shard`]: until its first record, of any source)
 //! until it has had no record for the idle timeout, judged by the caller's `now_ms`;
-//! its next record makes it active again. When every source is idle, the watermark
+//! its next record makes it active again. A declared shard's first named record does not
+//! let the watermark move at once: for one idle timeout the shard's other producers may
+//! still show up (several agents started together, one a little later), as a Kafka
+//! partition with no record yet holds a Flink watermark until it is idle. A producer that
+//! first appears after that is judged against the watermark as it stands. When every source is idle, the watermark
 //! follows the clock from where the newest left it, so the last windows close when a
 //! stream goes quiet. Time the host was down does not count as idleness. An aggregator
 //! moves the watermark once per batch, after its last record (as Flink's periodic
@@ -75,6 +79,10 @@ pub(crate) struct WatermarkState {
     current_ms: Option<i64>,
     /// The latest `now_ms` the caller gave: where the clock stood at a snapshot.
     clock_ms: Option<i64>,
+    /// Declared shards whose first record named a source, and when it came: until the
+    /// idle timeout has passed since, the watermark waits for the shard's other producers.
+    #[serde(default)]
+    first_named_at_ms: BTreeMap<u32, i64>,
 }
 
 impl Watermarks {
@@ -96,6 +104,9 @@ impl Watermarks {
         let downtime = state.clock_ms.map_or(0, |then| now_ms.saturating_sub(then).max(0));
         for clock in state.shards.values_mut().chain(state.sources.values_mut()) {
             clock.active_at_ms = clock.active_at_ms.saturating_add(downtime);
+        }
+        for at in state.first_named_at_ms.values_mut() {
+            *at = at.saturating_add(downtime);
         }
         state.clock_ms = Some(state.clock_ms.map_or(now_ms, |then| then.max(now_ms)));
         Watermarks { out_of_orderness_ms, idle_timeout_ms, state }
@@ -132,9 +143,13 @@ impl Watermarks {
         let clock = match source {
             None => self.state.shards.entry(shard).or_insert(fresh),
             Some(source) => {
-                // The shard has begun: its named sources speak for it from now on.
+                // The shard has begun: its named sources speak for it from now on, once
+                // its other producers have had an idle timeout to show up.
                 if self.state.shards.get(&shard).is_some_and(|clock| clock.newest_ms.is_none()) {
                     self.state.shards.remove(&shard);
+                    if self.idle_timeout_ms.is_some() {
+                        self.state.first_named_at_ms.insert(shard, now_ms);
+                    }
                 }
                 // Looked up by `&str`: the name is copied only for a source seen the first time.
                 if !self.state.sources.contains_key(source) {
@@ -205,6 +220,9 @@ impl Watermarks {
 
     fn tick(&mut self, now_ms: i64) {
         self.state.clock_ms = Some(self.state.clock_ms.map_or(now_ms, |clock| clock.max(now_ms)));
+        if let Some(idle) = self.idle_timeout_ms {
+            self.state.first_named_at_ms.retain(|_, at| now_ms.saturating_sub(*at) < idle);
+        }
     }
 
     fn clock_is_idle(&self, clock: &ShardClock, now_ms: i64) -> bool {
@@ -214,6 +232,9 @@ impl Watermarks {
     /// Where the watermark would be at `now_ms` if it could go back; `None` while an
     /// active source has no record yet (or there is no source).
     fn candidate(&self, now_ms: i64) -> Option<i64> {
+        if !self.state.first_named_at_ms.is_empty() {
+            return None; // a shard's other producers may still show up
+        }
         let watermark_of = |clock: &ShardClock| clock.newest_ms.map(|n| n.saturating_sub(self.out_of_orderness_ms));
         let mut active = self.clocks().filter(|clock| !self.clock_is_idle(clock, now_ms)).peekable();
         if active.peek().is_some() {
@@ -235,6 +256,7 @@ mod tests {
     use super::*;
 
     const SECOND: i64 = 1000;
+    const DAY: i64 = 86_400 * SECOND;
 
     #[test]
     fn the_watermark_trails_the_newest_time_by_the_bound() {
@@ -322,19 +344,24 @@ mod tests {
         let mut marks = Watermarks::new(0, Some(60 * SECOND));
         marks.add_shard(0, 0);
         marks.note(0, Some("live"), 3600 * SECOND, 0);
-        marks.note(0, Some("backlog"), 10 * SECOND, 0);
-        assert_eq!(marks.advance(0), Some(10 * SECOND), "the backlog holds the watermark back");
-        marks.note(0, Some("live"), 3700 * SECOND, SECOND);
-        marks.note(0, Some("backlog"), 20 * SECOND, SECOND);
+        assert_eq!(marks.advance(0), None, "the shard's other producers may still show up");
+        marks.note(0, Some("backlog"), 10 * SECOND, 30 * SECOND);
+        marks.note(0, Some("live"), 3700 * SECOND, 30 * SECOND);
+        assert_eq!(marks.advance(60 * SECOND), Some(10 * SECOND), "the backlog holds the watermark back");
+        marks.note(0, Some("live"), 3800 * SECOND, 61 * SECOND);
+        marks.note(0, Some("backlog"), 20 * SECOND, 61 * SECOND);
         assert_eq!(
-            marks.advance(SECOND),
+            marks.advance(61 * SECOND),
             Some(20 * SECOND),
             "it moves with the slowest producer, not the shard's jumps"
         );
-        assert_eq!((marks.source_watermark("live"), marks.sources()), (Some(3700 * SECOND), 2));
+        assert_eq!((marks.source_watermark("live"), marks.sources()), (Some(3800 * SECOND), 2));
         // The backlog is sent; that station goes quiet and stops holding the others back.
-        marks.note(0, Some("live"), 3800 * SECOND, 61 * SECOND);
-        assert_eq!(marks.advance(61 * SECOND), Some(3800 * SECOND));
+        marks.note(0, Some("live"), 3900 * SECOND, 121 * SECOND);
+        assert_eq!(marks.advance(121 * SECOND), Some(3900 * SECOND));
+        // A producer that first shows up now is judged against the watermark as it stands.
+        marks.note(0, Some("newcomer"), 100 * SECOND, 122 * SECOND);
+        assert_eq!(marks.advance(122 * SECOND), Some(3900 * SECOND));
     }
 
     #[test]
@@ -346,6 +373,29 @@ mod tests {
         assert_eq!(marks.advance(0), None, "shard 1 has not begun");
         marks.note(1, Some("b"), 50 * SECOND, 0);
         assert_eq!(marks.advance(0), Some(50 * SECOND));
+    }
+
+    #[test]
+    fn producers_that_start_a_little_apart_are_all_waited_for() {
+        // Three agents backfill three days into one shard; the last one starts 20 s late.
+        let mut marks = Watermarks::new(0, Some(30 * SECOND));
+        marks.add_shard(0, 0);
+        marks.note(0, Some("day-3"), 3 * DAY, 0);
+        marks.note(0, Some("day-2"), 2 * DAY, 5 * SECOND);
+        assert_eq!(marks.advance(5 * SECOND), None);
+        marks.note(0, Some("day-1"), DAY, 20 * SECOND);
+        marks.note(0, Some("day-3"), 3 * DAY + SECOND, 29 * SECOND);
+        marks.note(0, Some("day-2"), 2 * DAY + SECOND, 29 * SECOND);
+        assert_eq!(marks.advance(29 * SECOND), None);
+        marks.note(0, Some("day-1"), DAY + SECOND, 30 * SECOND);
+        assert_eq!(marks.advance(30 * SECOND), Some(DAY + SECOND), "the first day holds the others back");
+        // Across a restart the wait goes on where it stopped.
+        let mut fresh = Watermarks::new(0, Some(30 * SECOND));
+        fresh.add_shard(0, 0);
+        fresh.note(0, Some("day-3"), 3 * DAY, 0);
+        let mut restored = Watermarks::restore(0, Some(30 * SECOND), fresh.state().clone(), 3600 * SECOND);
+        assert_eq!(restored.advance(3629 * SECOND), None, "29 s of waiting while up");
+        assert_eq!(restored.advance(3630 * SECOND), Some(3 * DAY));
     }
 
     #[test]
