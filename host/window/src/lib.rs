@@ -123,8 +123,9 @@ impl WindowSpec {
         });
         lines.push(match self.idle_timeout {
             Some(idle) => format!(
-                "a source (a producer, or a shard for records that name none) quiet for {} stops holding \
-                 windows back: one offline longer is treated as silent until it sends again",
+                "a source (a producer, or a shard for records that name none) quiet for {0} stops holding \
+                 windows back: one offline longer is treated as silent until it sends again; at the \
+                 start, the first results wait {0} for producers that begin a little after the first",
                 span(idle)
             ),
             None => {
