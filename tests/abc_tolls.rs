@@ -322,16 +322,46 @@ async fn a_simulated_day_matches_an_independent_oracle_across_a_restart() {
     assert!(traffic.iter().filter(|(station, ..)| station == "5").count() >= 4, "the silent station, 10:00-12:00");
 }
 
-/// The shipped agent config (`manifests/abc-tolls/agent.toml`), pointed at `url` and at
-/// the station logs and checkpoints under `out`, started as `weir agent --config` does.
-fn start_shipped_agent(dir: &std::path::Path, out: &std::path::Path, url: &str) -> AgentHandle {
+/// The shipped agent config (`manifests/abc-tolls/agent.toml`) written to `dir`, pointed
+/// at `url` and at the station logs and checkpoints under `out`.
+fn shipped_agent_config(dir: &std::path::Path, out: &std::path::Path, url: &str) -> std::path::PathBuf {
     let text = std::fs::read_to_string(root().join("manifests/abc-tolls/agent.toml"))
         .expect("the agent config")
         .replace("http://127.0.0.1:7070", url)
         .replace("../../out/abc-tolls", &out.display().to_string());
     let path = dir.join("agent.toml");
     std::fs::write(&path, text).expect("write the agent config");
+    path
+}
+
+/// The shipped agent config, started as `weir agent --config` does.
+fn start_shipped_agent(dir: &std::path::Path, out: &std::path::Path, url: &str) -> AgentHandle {
+    let path = shipped_agent_config(dir, out, url);
     Agent::start(AgentConfig::load(&path).expect("the shipped agent config is valid")).expect("the agent starts")
+}
+
+/// `weir agent --config CONFIG` in a process of its own: this test binary run again
+/// with only [`weir_in_a_child_process`], which runs weir's command line.
+fn spawn_weir_agent(config: &std::path::Path) -> std::process::Child {
+    std::process::Command::new(std::env::current_exe().expect("the test binary"))
+        .args(["--exact", "weir_in_a_child_process", "--nocapture", "--test-threads", "1"])
+        .env(CHILD_ARGS, format!("agent\n--config\n{}", config.display()))
+        .env("WEIR_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start weir agent")
+}
+
+/// The command line [`weir_in_a_child_process`] runs, one argument per line.
+const CHILD_ARGS: &str = "WEIR_TEST_CHILD_ARGS";
+
+/// Runs `weir` with the arguments in `WEIR_TEST_CHILD_ARGS`, in a child process that
+/// [`spawn_weir_agent`] started; does nothing in an ordinary test run.
+#[test]
+fn weir_in_a_child_process() {
+    let Ok(args) = std::env::var(CHILD_ARGS) else { return };
+    let args = std::iter::once("weir").chain(args.split('\n')).map(std::ffi::OsString::from);
+    weir_host::cli::main_with(args).expect("weir");
 }
 
 /// Appends lines to their stations' logs (`station-07.log`), as the stations' servers do.
@@ -538,6 +568,53 @@ async fn a_station_offline_for_two_hours_is_billed_exactly_and_its_false_alerts_
     let status = host.host.status();
     let revisions = |name: &str| status.stages.iter().find(|s| s.name == name).map_or(0, |s| s.revisions);
     assert!(revisions("billing-sum") > 0 && revisions("traffic-count") > 0, "the backlog revised windows");
+}
+
+/// `weir agent` killed with SIGKILL three times in the middle of the day and started
+/// again each time: what it sent after its last checkpoint goes again, and the stream
+/// stores each line once; its pauses are too short for a station to count as idle, so
+/// no window closes early. Billing messages, totals and traffic alerts are exactly the oracle's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_mid_day_and_started_again_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_desk, hook) = operations_desk().await;
+    let manifest = shipped(dir.path(), "60s", &hook);
+    let out = dir.path().join("out");
+    let day = weir_host::simulate::generate_day(3, DAY);
+    weir_host::simulate::write_logs(&day, &out.join("stations")).expect("the station logs");
+    let agent_dir = tempfile::tempdir().expect("tempdir");
+    let host = TestHost::start_in(dir, &manifest).await.expect("start");
+    for (customer, threshold) in weir_host::simulate::thresholds() {
+        host.host.state.put("thresholds", &customer, threshold.as_bytes()).expect("threshold");
+    }
+    let config = shipped_agent_config(agent_dir.path(), &out, &host.url);
+    let stored = || host.host.status().streams.get("toll-lines").copied().unwrap_or(0) as usize;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for quarter in 1..=3 {
+        let mut agent = spawn_weir_agent(&config);
+        while stored() < quarter * day.len() / 4 {
+            assert!(Instant::now() < deadline, "the agent sent {} of {} lines", stored(), day.len());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        agent.kill().expect("SIGKILL the agent");
+        agent.wait().expect("the agent is gone");
+    }
+    let mut agent = spawn_weir_agent(&config);
+    ingested(&host, day.len()).await;
+    agent.kill().expect("stop the agent");
+    agent.wait().expect("the agent is gone");
+
+    let (got, expected) = settled(&host, &day).await;
+    assert_eq!(got.billing, expected.billing, "billing messages");
+    assert_eq!(got.totals, expected.totals, "every toll counted once");
+    assert_eq!(got.traffic, expected.traffic, "traffic alerts");
+    assert!(got.corrections.is_empty(), "nothing to correct");
+    let status = host.host.status();
+    assert_eq!(status.streams["toll-lines"], day.len() as u64, "every line stored once");
+    for stage in ["billing-sum", "traffic-count"] {
+        let stage = status.stages.iter().find(|s| s.name == stage).expect("the stage");
+        assert_eq!(stage.late, 0, "{}: nothing came late", stage.name);
+    }
 }
 
 /// A backfill: three days of station logs sent at once by three agents in parallel

@@ -149,7 +149,13 @@ enum Command {
 
 /// Runs the command line; the binary's `main` calls this.
 pub fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    main_with(std::env::args_os())
+}
+
+/// Runs the command line `args` (the program's name first), as `weir` would: for a
+/// test that needs a real `weir` process of its own (one it can kill with SIGKILL).
+pub fn main_with(args: impl IntoIterator<Item = std::ffi::OsString>) -> anyhow::Result<()> {
+    let cli = Cli::parse_from(args);
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(crate::progress::LogWriter)
