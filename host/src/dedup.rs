@@ -34,14 +34,24 @@ pub enum Identity {
 }
 
 impl Identity {
-    /// A record's id; `None` when it has none (it is then stored as it is).
-    pub fn of(&self, payload: &[u8]) -> Option<String> {
+    /// The ids of payloads, in order; `None` for one that has none (it is then
+    /// stored as it is). One allocation per id; the regex's capture slots are
+    /// reused from one payload to the next.
+    fn of_each<'a>(&self, payloads: impl Iterator<Item = &'a [u8]>) -> Vec<Option<Arc<str>>> {
         match self {
             Identity::Pattern(re) => {
-                let id = re.captures(payload)?.get(1)?;
-                Some(String::from_utf8_lossy(id.as_bytes()).into_owned())
+                let mut slots = re.capture_locations();
+                payloads
+                    .map(|payload| {
+                        re.captures_read(&mut slots, payload)?;
+                        let (start, end) = slots.get(1)?;
+                        Some(Arc::from(String::from_utf8_lossy(&payload[start..end]).as_ref()))
+                    })
+                    .collect()
             }
-            Identity::Field(field) => json_field(payload, field).ok(),
+            Identity::Field(field) => {
+                payloads.map(|payload| json_field(payload, field).ok().map(|id| Arc::from(id.as_str()))).collect()
+            }
         }
     }
 }
@@ -60,6 +70,8 @@ pub struct DedupStore {
     inner: Arc<dyn StreamStore>,
     streams: HashMap<String, StreamIds>,
     clock: Clock,
+    /// Numbers the puts, to tell a put's own records from another's.
+    puts: AtomicU64,
 }
 
 /// One deduplicated stream's ids.
@@ -71,15 +83,18 @@ struct StreamIds {
 
 #[derive(Default)]
 struct Ids {
-    seen: HashMap<Box<str>, Seen>,
+    seen: HashMap<Arc<str>, Seen>,
     /// Ids by the time they were stored, oldest first: forgotten past the horizon.
-    order: VecDeque<(i64, Box<str>)>,
+    order: VecDeque<(i64, Arc<str>)>,
 }
 
 enum Seen {
     Stored(Appended),
-    /// A put holding it is being stored.
-    Storing,
+    /// Put `put` is storing it, as the `index`th record it hands to the store.
+    Storing {
+        put: u64,
+        index: usize,
+    },
 }
 
 /// How one record of a put is answered.
@@ -132,9 +147,10 @@ impl DedupStore {
                     };
                     let Some(last) = records.last() else { break };
                     from = last.sequence + 1;
-                    for r in records.iter().filter(|r| r.arrival_ms >= oldest) {
-                        if let Some(id) = spec.identity.of(&r.data) {
-                            let id: Box<str> = id.into();
+                    let held: Vec<_> = records.iter().filter(|r| r.arrival_ms >= oldest).collect();
+                    let held_ids = spec.identity.of_each(held.iter().map(|r| r.data.as_ref()));
+                    for (r, id) in held.into_iter().zip(held_ids) {
+                        if let Some(id) = id {
                             let stored = Appended { shard: r.shard, sequence: r.sequence };
                             ids.seen.insert(id.clone(), Seen::Stored(stored));
                             ids.order.push_back((r.arrival_ms, id));
@@ -148,7 +164,7 @@ impl DedupStore {
             }
             streams.insert(stream, StreamIds { spec, ids: Mutex::new(ids), duplicates: AtomicU64::new(0) });
         }
-        Ok(DedupStore { inner, streams, clock })
+        Ok(DedupStore { inner, streams, clock, puts: AtomicU64::new(0) })
     }
 
     /// Records not stored again because the stream held their id, by stream.
@@ -166,29 +182,27 @@ impl StoreLayer for DedupStore {
         let now = (self.clock)();
         let mut answers = Vec::with_capacity(records.len());
         let mut fresh = Vec::with_capacity(records.len());
-        let mut fresh_ids: Vec<Option<Box<str>>> = Vec::with_capacity(records.len());
+        let mut fresh_ids: Vec<Option<Arc<str>>> = Vec::with_capacity(records.len());
+        // Read before taking the lock: puts into the stream find their ids in parallel.
+        let put_ids = ids.spec.identity.of_each(records.iter().map(|r| r.data.as_ref()));
         {
             let mut state = ids.ids.lock().unwrap_or_else(|p| p.into_inner());
             state.forget_before(now.saturating_sub(ids.spec.horizon.as_millis() as i64));
-            // The same id twice in one put: the second is the first's duplicate.
-            let mut in_put: HashMap<Box<str>, usize> = HashMap::new();
-            for record in records {
-                let Some(id) = ids.spec.identity.of(&record.data).map(Box::<str>::from) else {
+            let put = self.puts.fetch_add(1, Ordering::Relaxed);
+            for (record, id) in records.into_iter().zip(put_ids) {
+                let Some(id) = id else {
                     answers.push(Answer::Stored(fresh.len()));
                     fresh_ids.push(None);
                     fresh.push(record);
                     continue;
                 };
-                if let Some(&n) = in_put.get(&id) {
-                    answers.push(Answer::Repeat(n));
-                    continue;
-                }
                 match state.seen.get(&id) {
                     Some(Seen::Stored(first)) => answers.push(Answer::Duplicate(first.clone())),
-                    Some(Seen::Storing) => answers.push(Answer::Busy),
+                    // The same id twice in one put: the second is the first's duplicate.
+                    Some(&Seen::Storing { put: by, index }) if by == put => answers.push(Answer::Repeat(index)),
+                    Some(Seen::Storing { .. }) => answers.push(Answer::Busy),
                     None => {
-                        state.seen.insert(id.clone(), Seen::Storing);
-                        in_put.insert(id.clone(), fresh.len());
+                        state.seen.insert(id.clone(), Seen::Storing { put, index: fresh.len() });
                         answers.push(Answer::Stored(fresh.len()));
                         fresh_ids.push(Some(id));
                         fresh.push(record);
@@ -205,7 +219,9 @@ impl StoreLayer for DedupStore {
                 let Some(id) = id else { continue };
                 match stored.as_ref().ok().and_then(|results| results.get(n)) {
                     Some(Ok(appended)) => {
-                        state.seen.insert(id.clone(), Seen::Stored(appended.clone()));
+                        if let Some(seen) = state.seen.get_mut(id) {
+                            *seen = Seen::Stored(appended.clone());
+                        }
                         state.order.push_back((now, id.clone()));
                     }
                     _ => {
@@ -366,6 +382,9 @@ mod tests {
         assert!(json_field(row, "nested").is_err_and(|e| e.contains("not a string, number or boolean")));
         assert!(json_field(row, "customer_id").is_err_and(|e| e.contains("no such field")));
         assert!(json_field(b"17,3", "station_id").is_err_and(|e| e.contains("not a JSON object")));
-        assert_eq!(Identity::Field("transaction_id".into()).of(row).as_deref(), Some("T1"));
+        let ids = Identity::Field("transaction_id".into()).of_each([&row[..], b"{}"].into_iter());
+        assert_eq!(ids, vec![Some(Arc::from("T1")), None]);
+        let pattern = Identity::Pattern(regex::bytes::Regex::new("^([^,]+),").expect("regex"));
+        assert_eq!(pattern.of_each([&b"T2,x"[..], b"no comma"].into_iter()), vec![Some(Arc::from("T2")), None]);
     }
 }

@@ -5,7 +5,11 @@
 //!    8 concurrent producers, beside a raw loop that appends the same batch to a
 //!    file and calls `fdatasync`, on the same disk. Prints records/s and the
 //!    ratio to the raw loop.
-//! 2. Single-record puts through the HTTP API on loopback, timed until an
+//! 2. What deduplication costs: the same durable puts (fsync `group`), each record
+//!    with an id of its own at the start of its payload as toll lines have, into a
+//!    stream that declares `deduplicate = { id-pattern = "^([^,]+)," }` and into
+//!    one that does not. Prints records/s and the ratio with / without.
+//! 3. Single-record puts through the HTTP API on loopback, timed until an
 //!    in-process consumer sees them: p50/p99 with the default policy.
 //!
 //! Run: `cargo bench -p weir-tests --bench streams --profile dev`
@@ -15,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use weir_host::dedup::{DedupSpec, DedupStore, Identity};
 use weir_host::stream::{
     DEFAULT_FSYNC_INTERVAL, DiskStreamSpec, DiskStreams, FileSyncer, FsyncPolicy, NewRecord, StreamStore,
 };
@@ -72,6 +77,57 @@ fn durable(dir: &std::path::Path, fsync: FsyncPolicy, producers: usize, seconds:
     total as f64 / start.elapsed().as_secs_f64()
 }
 
+/// A put of records each with an id of its own (`T<producer>-<n>,` then padding).
+fn fresh_batch(producer: usize, next: &mut u64) -> Vec<NewRecord> {
+    (0..BATCH)
+        .map(|i| {
+            let mut data = format!("T{producer:02}-{next:012},").into_bytes();
+            data.resize(RECORD, b'x');
+            *next += 1;
+            NewRecord {
+                source: None,
+                key: format!("p{producer}-{i}"),
+                event_time_ms: Some(1_795_000_000_000),
+                data: Bytes::from(data),
+                explicit_hash_key: None,
+            }
+        })
+        .collect()
+}
+
+/// Durable puts (fsync `group`) of records with fresh ids, into a stream that
+/// deduplicates by them or not; records/s.
+fn with_ids(dir: &std::path::Path, producers: usize, seconds: f64, deduplicate: bool) -> f64 {
+    let specs = vec![DiskStreamSpec::new("bench", usize::MAX, FsyncPolicy::Group(DEFAULT_FSYNC_INTERVAL))];
+    let disk: Arc<dyn StreamStore> = Arc::new(DiskStreams::open(dir, &specs, Arc::new(FileSyncer)).expect("open"));
+    let store: Arc<dyn StreamStore> = if deduplicate {
+        let spec = DedupSpec {
+            identity: Identity::Pattern(regex::bytes::Regex::new("^([^,]+),").expect("regex")),
+            horizon: Duration::from_secs(7 * 24 * 3600),
+        };
+        let clock: weir_host::stream::Clock = Arc::new(weir_host::stream::now_ms);
+        Arc::new(DedupStore::open(disk, vec![("bench".to_owned(), spec)], clock).expect("open"))
+    } else {
+        disk
+    };
+    let start = Instant::now();
+    let producers: Vec<_> = (0..producers)
+        .map(|p| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let mut next = 0u64;
+                while start.elapsed().as_secs_f64() < seconds {
+                    let answers = store.append("bench", fresh_batch(p, &mut next)).expect("append");
+                    assert!(answers.iter().all(Result::is_ok), "a record was refused");
+                }
+                next as usize
+            })
+        })
+        .collect();
+    let total: usize = producers.into_iter().map(|p| p.join().expect("producer")).sum();
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
 fn latency() -> (Duration, Duration, usize) {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
     runtime.block_on(async {
@@ -120,6 +176,26 @@ fn main() {
             let rate = durable(sub.path(), policy, producers, seconds);
             println!("{name:>28}  {rate:>12.0} records/s  {:>6.2} x raw  ({producers} producer(s))", rate / raw);
         }
+    }
+    println!("deduplication: {BATCH} records with ids of their own per put, fsync group");
+    for producers in [1, 8] {
+        let (mut without, mut with) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            let sub = tempfile::tempdir_in(dir.path()).expect("tempdir");
+            without.push(with_ids(sub.path(), producers, seconds, false));
+            let sub = tempfile::tempdir_in(dir.path()).expect("tempdir");
+            with.push(with_ids(sub.path(), producers, seconds, true));
+        }
+        let median = |mut rates: Vec<f64>| {
+            rates.sort_by(f64::total_cmp);
+            rates[rates.len() / 2]
+        };
+        let (without, with) = (median(without), median(with));
+        println!(
+            "{:>28}  {without:>12.0} records/s  with: {with:>12.0} records/s  {:>6.2} x without  ({producers} producer(s), median of 3)",
+            "without deduplicate",
+            with / without
+        );
     }
     let (p50, p99, n) = latency();
     println!("put-to-consumer latency over HTTP (default policy, {n} puts): p50 {p50:?}  p99 {p99:?}");
