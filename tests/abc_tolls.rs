@@ -461,23 +461,32 @@ fn produced(host: &TestHost) -> Produced {
     Produced { billing, totals, traffic, corrections }
 }
 
+/// The showcase as shipped, served from a fresh folder, with the customers' thresholds
+/// set (as the app does with `weir table put`); the host and its `out` folder, where the
+/// station logs and the agent's checkpoints go.
+async fn showcase() -> (TestHost, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The desk's server keeps it, and answers the traffic webhooks.
+    let (_, hook) = operations_desk().await;
+    let manifest = shipped(dir.path(), "60s", &hook);
+    let out = dir.path().join("out");
+    let host = TestHost::start_in(dir, &manifest).await.expect("start");
+    for (customer, threshold) in weir_host::simulate::thresholds() {
+        host.host.state.put("thresholds", &customer, threshold.as_bytes()).expect("threshold");
+    }
+    (host, out)
+}
+
 /// The documented path for real stations, as a new user takes it: the day's station
 /// logs (`weir simulate --logs`), the shipped manifest served (`weir run`), the
 /// customers' thresholds set (`weir table put`), and `weir agent` with the shipped
 /// config following the twelve logs from the beginning. Every window the watermark
 /// passed must give exactly the oracle's messages and totals, with nothing late.
 async fn the_agent_path_matches_the_oracle(seed: u64) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (_desk, hook) = operations_desk().await;
-    let manifest = shipped(dir.path(), "60s", &hook);
-    let out = dir.path().join("out");
+    let (host, out) = showcase().await;
     let day = weir_host::simulate::generate_day(seed, DAY);
     weir_host::simulate::write_logs(&day, &out.join("stations")).expect("the station logs");
     let agent_dir = tempfile::tempdir().expect("tempdir");
-    let host = TestHost::start_in(dir, &manifest).await.expect("start");
-    for (customer, threshold) in weir_host::simulate::thresholds() {
-        host.host.state.put("thresholds", &customer, threshold.as_bytes()).expect("threshold");
-    }
     let agent = start_shipped_agent(agent_dir.path(), &out, &host.url);
     ingested(&host, day.len()).await;
     agent.stop().await;
@@ -519,18 +528,11 @@ async fn the_agent_path_matches_the_oracle_seed_2026() {
 async fn a_station_offline_for_two_hours_is_billed_exactly_and_its_false_alerts_corrected() {
     const OFFLINE: u32 = 3;
     let (from, to) = (DAY + 8 * 60 * MINUTE, DAY + 10 * 60 * MINUTE);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (_desk, hook) = operations_desk().await;
-    let manifest = shipped(dir.path(), "60s", &hook);
-    let out = dir.path().join("out");
+    let (host, out) = showcase().await;
     let logs = out.join("stations");
     let day: Vec<_> =
         weir_host::simulate::generate_day(11, DAY).into_iter().filter(|l| l.time_ms < to + 60 * MINUTE).collect();
     let agent_dir = tempfile::tempdir().expect("tempdir");
-    let host = TestHost::start_in(dir, &manifest).await.expect("start");
-    for (customer, threshold) in weir_host::simulate::thresholds() {
-        host.host.state.put("thresholds", &customer, threshold.as_bytes()).expect("threshold");
-    }
     let agent = start_shipped_agent(agent_dir.path(), &out, &host.url);
     // Until 08:00 every station logs; then station 3's server is offline until 10:00.
     let (before, rest): (Vec<_>, Vec<_>) = day.iter().cloned().partition(|l| l.time_ms < from);
@@ -576,17 +578,10 @@ async fn a_station_offline_for_two_hours_is_billed_exactly_and_its_false_alerts_
 /// no window closes early. Billing messages, totals and traffic alerts are exactly the oracle's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_killed_mid_day_and_started_again_changes_nothing() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (_desk, hook) = operations_desk().await;
-    let manifest = shipped(dir.path(), "60s", &hook);
-    let out = dir.path().join("out");
+    let (host, out) = showcase().await;
     let day = weir_host::simulate::generate_day(3, DAY);
     weir_host::simulate::write_logs(&day, &out.join("stations")).expect("the station logs");
     let agent_dir = tempfile::tempdir().expect("tempdir");
-    let host = TestHost::start_in(dir, &manifest).await.expect("start");
-    for (customer, threshold) in weir_host::simulate::thresholds() {
-        host.host.state.put("thresholds", &customer, threshold.as_bytes()).expect("threshold");
-    }
     let config = shipped_agent_config(agent_dir.path(), &out, &host.url);
     let stored = || host.host.status().streams.get("toll-lines").copied().unwrap_or(0) as usize;
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -622,18 +617,11 @@ async fn an_agent_killed_mid_day_and_started_again_changes_nothing() {
 /// month-to-date total of three live days, with nothing set aside as late.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_days_backfilled_at_once_by_three_agents_bill_as_three_live_days() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (_desk, hook) = operations_desk().await;
-    let manifest = shipped(dir.path(), "60s", &hook);
-    let out = dir.path().join("out");
+    let (host, out) = showcase().await;
     let days: Vec<Vec<weir_host::simulate::TollLine>> =
         (0..3).map(|d| weir_host::simulate::generate_day(100 + d, DAY - (2 - d as i64) * 24 * 60 * MINUTE)).collect();
     for (d, day) in days.iter().enumerate() {
         weir_host::simulate::write_logs(day, &out.join(format!("day-{d}")).join("stations")).expect("the logs");
-    }
-    let host = TestHost::start_in(dir, &manifest).await.expect("start");
-    for (customer, threshold) in weir_host::simulate::thresholds() {
-        host.host.state.put("thresholds", &customer, threshold.as_bytes()).expect("threshold");
     }
     let agent_dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("tempdir")).collect();
     let agents: Vec<AgentHandle> = agent_dirs
@@ -675,17 +663,10 @@ async fn three_days_backfilled_at_once_by_three_agents_bill_as_three_live_days()
 /// the messages and the alerts are those of one sending, and the repeats are counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_that_sends_the_day_again_changes_nothing() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (_desk, hook) = operations_desk().await;
-    let manifest = shipped(dir.path(), "60s", &hook);
-    let out = dir.path().join("out");
+    let (mut host, out) = showcase().await;
     let day = weir_host::simulate::generate_day(5, DAY);
     weir_host::simulate::write_logs(&day, &out.join("stations")).expect("the station logs");
     let agent_dir = tempfile::tempdir().expect("tempdir");
-    let mut host = TestHost::start_in(dir, &manifest).await.expect("start");
-    for (customer, threshold) in weir_host::simulate::thresholds() {
-        host.host.state.put("thresholds", &customer, threshold.as_bytes()).expect("threshold");
-    }
     let agent = start_shipped_agent(agent_dir.path(), &out, &host.url);
     ingested(&host, day.len()).await;
     agent.stop().await;
