@@ -14,9 +14,9 @@
 //! let the watermark move at once: for one idle timeout the shard's other producers may
 //! still show up (several agents started together, one a little later), as a Kafka
 //! partition with no record yet holds a Flink watermark until it is idle. A producer that
-//! first appears after that is judged against the watermark as it stands. When every source is idle, the watermark
-//! follows the clock from where the newest left it, so the last windows close when a
-//! stream goes quiet. Time the host was down does not count as idleness. An aggregator
+//! first appears after that is judged against the watermark as it stands. When every
+//! source is idle, the watermark follows the clock from where the newest left it, so
+//! the last windows close when a stream goes quiet. Time the host was down does not count as idleness. An aggregator
 //! moves the watermark once per batch, after its last record (as Flink's periodic
 //! watermarks do): no record is late because of one beside it in its batch. At most
 //! [`MAX_SOURCES`] named sources are kept: a new one beyond them replaces the one
