@@ -394,6 +394,10 @@ columns = ["n"]
         host.host.put("amounts", (chunk * 100..chunk * 100 + 100).map(row).collect(), Producer::Native).expect("put");
     }
     host.wait_until("every row loaded", |s| s.deliveries[0].rows_loaded == 4000).await;
+    // A batch is checkpointed after its load: the last checkpoints may still be on their way.
+    let checkpointed =
+        |s: &PipelineStatus| s.consumers.iter().filter(|c| c.stream == "amounts").all(|c| c.lag_records == 0);
+    host.wait_until("every batch checkpointed", checkpointed).await;
     let written: Vec<u64> = store.checkpoints_written().into_iter().filter(|c| c.0 == "amounts").map(|c| c.3).collect();
     assert!(written.len() > 20, "many batches were checkpointed: {written:?}");
     assert!(written.windows(2).all(|w| w[0] <= w[1]), "a checkpoint went back: {written:?}");
