@@ -144,12 +144,15 @@ impl Operator for DeliveryOperator {
             buf.bytes += fresh.iter().map(|r| r.data.len() as u64).sum::<u64>();
             buf.records.extend_from_slice(fresh);
         }
-        self.stage_all_due()
+        // A full read means more is waiting: a backlog goes out in batches of
+        // the size threshold (one load and commit each), not one per read.
+        let backlog = (records.len() >= READ_BATCH).then_some(shard);
+        self.stage_all_due(backlog)
     }
 
     fn idle(&mut self) -> Result<bool, BatchError> {
         // Nothing in the buffers has been checkpointed here: the loader does it.
-        self.stage_all_due().map(|()| false)
+        self.stage_all_due(None).map(|()| false)
     }
 
     fn checkpoint(&mut self, _positions: &[u64], _shard: Option<u32>) -> Result<(), String> {
@@ -175,11 +178,14 @@ impl Operator for DeliveryOperator {
 }
 
 impl DeliveryOperator {
-    /// Stages what the buffering rule says is due, in every shard.
-    fn stage_all_due(&mut self) -> Result<(), BatchError> {
+    /// Stages what the buffering rule says is due, in every shard; only
+    /// full-size batches of a `backlog` shard (one with more to read).
+    fn stage_all_due(&mut self, backlog: Option<u32>) -> Result<(), BatchError> {
         let due = if self.shared.draining.load(Ordering::Relaxed) { Due::Draining } else { Due::Thresholds };
         let shards: Vec<u32> = self.shards.keys().copied().collect();
-        let result = shards.into_iter().try_for_each(|shard| self.stage_due(shard, due));
+        let result = shards
+            .into_iter()
+            .try_for_each(|shard| self.stage_due(shard, if backlog == Some(shard) { Due::Size } else { due }));
         let buffered = self.shards.values().map(|s| s.records.len() as u64).sum();
         self.shared.stats.records_buffered.store(buffered, Ordering::Relaxed);
         result
@@ -396,7 +402,11 @@ impl ShardBuffer {
         if let Some(&(_, last)) = self.planned.front() {
             return self.next > last || due == Due::ShardRead;
         }
-        due != Due::Thresholds || self.bytes >= spec.buffer_bytes || age >= spec.buffer_interval
+        match due {
+            Due::Size => self.bytes >= spec.buffer_bytes,
+            Due::Thresholds => self.bytes >= spec.buffer_bytes || age >= spec.buffer_interval,
+            Due::Draining | Due::ShardRead => true,
+        }
     }
 }
 
@@ -405,6 +415,9 @@ impl ShardBuffer {
 enum Due {
     /// Batches that reached the size or age threshold.
     Thresholds,
+    /// More is waiting in the shard (a read came back full): only batches
+    /// that reached the size threshold; the age threshold waits for the rest.
+    Size,
     /// Shutting down: everything buffered, but a planned batch only whole.
     Draining,
     /// The shard was read to its end (finished by resharding, or drained): everything.
@@ -471,5 +484,8 @@ mod tests {
         assert!(!fresh.is_due(Duration::ZERO, Due::Thresholds, &spec));
         assert!(fresh.is_due(old, Due::Thresholds, &spec));
         assert!(fresh.is_due(Duration::ZERO, Due::Draining, &spec));
+        // With more to read, only a full-size batch goes, however old.
+        assert!(!fresh.is_due(old, Due::Size, &spec), "a backlog is not cut by age");
+        assert!(buffer(0, 10, &[]).is_due(Duration::ZERO, Due::Size, &spec));
     }
 }
