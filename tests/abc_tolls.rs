@@ -352,6 +352,38 @@ fn spawn_weir_agent(config: &std::path::Path) -> std::process::Child {
         .expect("start weir agent")
 }
 
+/// The README's first command, `weir simulate --run manifests/abc-tolls.toml`, as a
+/// newcomer runs it: weir's command line in a process of its own, on the shipped
+/// manifest pointed at a temporary folder. Its report counts the oracle's rows,
+/// billing messages and traffic alerts.
+#[test]
+fn the_showcase_command_reports_what_the_oracle_finds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+    let manifest = dir.path().join("abc-tolls.toml");
+    std::fs::write(&manifest, shipped(dir.path(), "60s", &format!("http://127.0.0.1:{port}/hooks/weir")))
+        .expect("the manifest");
+    let day = weir_host::time::format_ms(DAY)[..10].to_owned();
+    let output = std::process::Command::new(std::env::current_exe().expect("the test binary"))
+        .args(["--exact", "weir_in_a_child_process", "--nocapture", "--test-threads", "1"])
+        .env(CHILD_ARGS, format!("simulate\n--run\n{}\n--day\n{day}", manifest.display()))
+        .env("WEIR_LOG", "warn")
+        .output()
+        .expect("run weir simulate");
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{report}\n{}", String::from_utf8_lossy(&output.stderr));
+    let count = |label: &str| -> Option<usize> {
+        let line = report.lines().find(|l| l.trim_start().starts_with(label))?;
+        line.trim_start()[label.len()..].split_whitespace().next()?.parse().ok()
+    };
+    let expected = oracle(&weir_host::simulate::generate_day(42, DAY));
+    assert_eq!(count("rows in the warehouse"), Some(expected.rows.len()), "{report}");
+    assert_eq!(count("billing messages"), Some(expected.billing.len()), "{report}");
+    assert_eq!(count("traffic alerts"), Some(expected.traffic.len()), "{report}");
+    assert_eq!(count("webhook deliveries"), Some(expected.traffic.len()), "{report}");
+    assert_eq!(count("late, set aside"), Some(0), "{report}");
+}
+
 /// The command line [`weir_in_a_child_process`] runs, one argument per line.
 const CHILD_ARGS: &str = "WEIR_TEST_CHILD_ARGS";
 

@@ -371,23 +371,29 @@ pub fn run_day(host: &Arc<Host>, lines: &[TollLine], mut progress: impl FnMut(f6
     // Every stage has caught up when none lags behind its input (deliveries flush at the drain).
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut caught_up: BTreeMap<String, Duration> = BTreeMap::new();
-    loop {
-        let status = host.status();
-        let stage = |name: &str| status.stages.iter().any(|s| s.name == name);
-        for c in status.consumers.iter().filter(|c| stage(&c.consumer)) {
-            let lags = status.consumers.iter().filter(|o| o.consumer == c.consumer).any(|o| o.lag_records > 0);
-            if !lags {
-                caught_up.entry(c.consumer.clone()).or_insert_with(|| ingest_started.elapsed());
-            } else {
-                caught_up.remove(&c.consumer);
+    let mut catch_up = || -> anyhow::Result<()> {
+        loop {
+            let status = host.status();
+            let stage = |name: &str| status.stages.iter().any(|s| s.name == name);
+            for c in status.consumers.iter().filter(|c| stage(&c.consumer)) {
+                let lags = status.consumers.iter().filter(|o| o.consumer == c.consumer).any(|o| o.lag_records > 0);
+                if !lags {
+                    caught_up.entry(c.consumer.clone()).or_insert_with(|| ingest_started.elapsed());
+                } else {
+                    caught_up.remove(&c.consumer);
+                }
             }
+            if status.consumers.iter().filter(|c| stage(&c.consumer)).all(|c| c.lag_records == 0) {
+                return Ok(());
+            }
+            anyhow::ensure!(Instant::now() < deadline, "the pipeline did not catch up within 5 minutes");
+            std::thread::sleep(Duration::from_millis(5));
         }
-        if status.consumers.iter().filter(|c| stage(&c.consumer)).all(|c| c.lag_records == 0) {
-            break;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "the pipeline did not catch up within 5 minutes");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    };
+    catch_up()?;
+    // The day is all in: its windows close now, not after the wall-clock waits of a live stream.
+    host.end_input(deadline.saturating_duration_since(Instant::now())).map_err(anyhow::Error::msg)?;
+    catch_up()?;
     lap("stages caught up after ingest", &mut timings);
     progress(0.9);
     let sent = host.channels.sent();

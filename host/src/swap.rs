@@ -157,17 +157,21 @@ pub struct AggregatorCandidate {
 }
 
 /// What a running stage is asked to do at its next batch boundary.
-pub enum SwapCommand {
+pub enum StageCommand {
     /// Run this candidate from the next batch on.
     Swap(Box<Candidate>),
     /// Run this aggregator candidate from the next batch on.
     SwapAggregator(Box<AggregatorCandidate>),
     /// Go back to the version that ran before the last swap.
     Rollback,
+    /// The input has ended (a bounded run, such as a simulated day): an
+    /// aggregator closes every window its records complete and writes them out
+    /// before it answers.
+    EndOfInput,
 }
 
 /// The stage's answer: the version now running, or why nothing changed.
-pub type SwapReply = Result<VersionStatus, String>;
+pub type CommandReply = Result<VersionStatus, String>;
 
 /// Why the version on probation should be rolled back, if it should: more than
 /// `max_failure_rate` of its batches failed (3 batches at least). Clears

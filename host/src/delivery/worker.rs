@@ -20,7 +20,7 @@ use crate::plugin::{Batch, Outcome, PluginError, Transformed, TransformerInstanc
 use crate::stage::driver::{PLUGIN_TRIES, Reading};
 use crate::stage::{BatchError, Driver, Operator, StageStats};
 use crate::stream::StoredRecord;
-use crate::swap::{SwapCommand, SwapReply};
+use crate::swap::{CommandReply, StageCommand};
 use crate::warehouse::{ParsedRows, Warehouse};
 
 /// Records per read of the source.
@@ -160,7 +160,7 @@ impl Operator for DeliveryOperator {
         Ok(())
     }
 
-    fn command(&mut self, _command: SwapCommand) -> SwapReply {
+    fn command(&mut self, _command: StageCommand) -> CommandReply {
         Err(format!("delivery `{}`: its transform is not hot-swapped", self.shared.spec.name))
     }
 

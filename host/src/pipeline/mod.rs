@@ -531,6 +531,30 @@ impl Host {
             delivery.drain();
         }
     }
+
+    /// Says the input has ended (a bounded run, such as the day `weir simulate
+    /// --run` puts): each aggregator, in the pipeline's order and once it has
+    /// read all of its input, closes every window its records complete, without
+    /// waiting for late records or for producers that may start later (wall-clock
+    /// waits mean nothing in a day put within seconds). Blocks until the windows
+    /// are written; call it once the sources have stopped.
+    pub fn end_input(&self, timeout: std::time::Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        for spec in self.pipeline.stages.iter().filter(|s| is_aggregator(s)) {
+            let name = spec.name.as_str();
+            let Some(handle) = self.stages.iter().find(|h| h.name() == name) else { continue };
+            // An aggregator upstream may just have written its last windows: they are read first.
+            while self.status().consumers.iter().any(|c| c.consumer == name && c.lag_records > 0) {
+                if Instant::now() >= deadline {
+                    return Err(format!("stage `{name}` did not read all of its input within {timeout:?}"));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            handle
+                .command(crate::swap::StageCommand::EndOfInput, deadline.saturating_duration_since(Instant::now()))?;
+        }
+        Ok(())
+    }
 }
 
 /// Compiles and checks the transformer a stage or delivery stream runs, sandboxed as the manifest says.

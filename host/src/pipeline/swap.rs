@@ -14,7 +14,7 @@ use crate::plugin::{AggregatorPlugin, PluginError, PluginIdent, SandboxSpec, Tra
 use crate::stage::StageHandle;
 use crate::stage::aggregate::is_aggregator;
 use crate::stream::StoredRecord;
-use crate::swap::{AggregatorCandidate, Candidate, StateChange, SwapCommand, VersionStatus};
+use crate::swap::{AggregatorCandidate, Candidate, StageCommand, StateChange, VersionStatus};
 /// How long a swap or rollback waits for its stage to reach a batch boundary.
 const SWAP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How many of the input's latest records a swap candidate must process without failing.
@@ -81,7 +81,7 @@ impl Host {
             let state_version = check_aggregator(&candidate, &canary, running, state).map_err(refused)?;
             let _ = version.state_version.set(state_version);
             let instance = candidate.instantiate().map_err(|e| refused(e.to_string()))?;
-            SwapCommand::SwapAggregator(Box::new(AggregatorCandidate {
+            StageCommand::SwapAggregator(Box::new(AggregatorCandidate {
                 plugin: candidate,
                 instance,
                 version,
@@ -102,7 +102,7 @@ impl Host {
             self_test(&mut checked, &spec.plugin.self_tests).map_err(refused)?;
             // A fresh instance runs the stream: the checks leave no state behind.
             let instance = candidate.instantiate().map_err(|e| refused(e.to_string()))?;
-            SwapCommand::Swap(Box::new(Candidate { plugin: candidate, instance, version }))
+            StageCommand::Swap(Box::new(Candidate { plugin: candidate, instance, version }))
         };
         handle.command(command, SWAP_TIMEOUT).map_err(SwapError::Stage)
     }
@@ -110,7 +110,7 @@ impl Host {
     /// Goes back to the version a stage ran before its last swap.
     pub fn rollback_plugin(&self, stage: &str) -> Result<VersionStatus, SwapError> {
         let (_, handle) = self.stage(stage)?;
-        handle.command(SwapCommand::Rollback, SWAP_TIMEOUT).map_err(SwapError::Stage)
+        handle.command(StageCommand::Rollback, SWAP_TIMEOUT).map_err(SwapError::Stage)
     }
 
     fn stage(&self, stage: &str) -> Result<(&crate::manifest::StageSpec, &StageHandle), SwapError> {

@@ -43,7 +43,7 @@ use crate::plugin::{AggregatorInstance, AggregatorPlugin, BadRecords, Batch, Plu
 use crate::reference::ReferenceTables;
 use crate::sink::{DeadLetter, DeadLetterOrigin, OutRecord};
 use crate::stream::{NewRecord, StoredRecord, StreamStore, now_ms};
-use crate::swap::{AggregatorCandidate, PluginVersion, StateChange, SwapCommand, SwapReply};
+use crate::swap::{AggregatorCandidate, CommandReply, PluginVersion, StageCommand, StateChange};
 use crate::window::{FoldRecord, Pane, WindowOperator};
 
 /// States handed to a migration per call, so a million keys do not need one huge guest allocation.
@@ -223,14 +223,21 @@ impl AggregateOperator {
     }
 
     /// Switches plugin versions between two batches, carrying the open windows' states over.
-    fn apply(&mut self, command: SwapCommand) -> SwapReply {
+    fn apply(&mut self, command: StageCommand) -> CommandReply {
         let stage = self.spec.name.clone();
         let Some(windows) = self.windows.as_mut() else { return Err(format!("stage `{stage}` has not started")) };
         let (plugin, fresh, version, state_version) = match command {
-            SwapCommand::Swap(_) => {
+            StageCommand::Swap(_) => {
                 return Err(format!("stage `{stage}` runs an aggregator: the candidate must be one too"));
             }
-            SwapCommand::SwapAggregator(candidate) => {
+            StageCommand::EndOfInput => {
+                let watermark = windows.end_input();
+                tracing::info!(?watermark, "the input ended: every window its records complete closes");
+                self.close_due()
+                    .map_err(|e| format!("closing the windows at the end of the input: {}", e.message()))?;
+                return Ok(self.version.status());
+            }
+            StageCommand::SwapAggregator(candidate) => {
                 let AggregatorCandidate { plugin, mut instance, version, state_version, state } = *candidate;
                 let running = self.state_version;
                 match state {
@@ -263,7 +270,7 @@ impl AggregateOperator {
                 }
                 (plugin, Some(instance), version, state_version)
             }
-            SwapCommand::Rollback => {
+            StageCommand::Rollback => {
                 let Some((plugin, version, state_version)) = self.previous.take() else {
                     return Err(format!("stage `{stage}` has no previous version to roll back to"));
                 };
@@ -303,7 +310,7 @@ impl AggregateOperator {
         let Some(why) = crate::swap::probation_failed(&self.version, &mut self.probation_until, max_rate) else {
             return false;
         };
-        match self.apply(SwapCommand::Rollback) {
+        match self.apply(StageCommand::Rollback) {
             Ok(v) => {
                 tracing::warn!(to = %v.sha256, "{why}; rolled back automatically");
                 self.stats.set_error(format!("{why}; rolled back automatically"));
@@ -586,7 +593,7 @@ impl Operator for AggregateOperator {
         self.dead_letters.write_dead_letters(&letters)
     }
 
-    fn command(&mut self, command: SwapCommand) -> SwapReply {
+    fn command(&mut self, command: StageCommand) -> CommandReply {
         let answer = self.apply(command)?;
         // The new version and the states it continues with, before anything else.
         let positions = self.positions.clone();

@@ -56,7 +56,7 @@ use std::time::{Duration, Instant};
 use super::{Phase, StageHandle, StageStats, backoff_delay};
 use crate::manifest::{ErrorPolicy, StageSpec};
 use crate::stream::{StoredRecord, StreamError, StreamStore, parents_finished, shard_finished};
-use crate::swap::{SwapCommand, SwapReply};
+use crate::swap::{CommandReply, StageCommand};
 
 /// How often a stage with nothing to read looks again (and at a shutdown).
 pub const IDLE_POLL: Duration = Duration::from_millis(100);
@@ -168,7 +168,7 @@ pub trait Operator: Send + 'static {
 
     /// Called at a batch boundary with a hot-swap command; the answer goes to
     /// whoever sent it.
-    fn command(&mut self, command: SwapCommand) -> SwapReply;
+    fn command(&mut self, command: StageCommand) -> CommandReply;
 
     /// Called once, when the stage finished draining (everything in its input
     /// was processed): makes its outputs durable.
@@ -282,7 +282,7 @@ impl<O: Operator> Driver<O> {
         self.draining.load(Ordering::Relaxed)
     }
 
-    fn run(mut self, requests: Receiver<(SwapCommand, Sender<SwapReply>)>) {
+    fn run(mut self, requests: Receiver<(StageCommand, Sender<CommandReply>)>) {
         let mut positions = match self.operator.open() {
             Ok(resumed) => resumed.unwrap_or_default(),
             Err(e) => return self.stop(&format!("the stage cannot start: {e}")),

@@ -28,7 +28,7 @@ use serde::Serialize;
 
 use crate::sink::{DeadLetter, FileSink, OutRecord};
 use crate::stream::{NewRecord, StreamError, StreamStore};
-use crate::swap::{PluginVersion, SwapCommand, SwapReply, VersionStatus};
+use crate::swap::{CommandReply, PluginVersion, StageCommand, VersionStatus};
 
 /// First restart delay after repeated failures; doubles up to [`MAX_BACKOFF`].
 pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -229,7 +229,7 @@ pub struct StageHandle {
     /// Its counters.
     pub stats: Arc<StageStats>,
     name: String,
-    commands: Mutex<Sender<(SwapCommand, Sender<SwapReply>)>>,
+    commands: Mutex<Sender<(StageCommand, Sender<CommandReply>)>>,
     /// The stream it reads.
     pub input: String,
     /// The stream it writes, if it writes to one.
@@ -243,7 +243,7 @@ impl StageHandle {
     pub(crate) fn running(
         name: String,
         stats: Arc<StageStats>,
-        commands: Sender<(SwapCommand, Sender<SwapReply>)>,
+        commands: Sender<(StageCommand, Sender<CommandReply>)>,
         input: String,
         output_stream: Option<String>,
         draining: Arc<AtomicBool>,
@@ -294,7 +294,7 @@ impl StageHandle {
 
     /// Hands a command to the stage and waits (at most `timeout`) for it to
     /// be applied at the next batch boundary.
-    pub fn command(&self, command: SwapCommand, timeout: Duration) -> SwapReply {
+    pub fn command(&self, command: StageCommand, timeout: Duration) -> CommandReply {
         let (reply, answer) = std::sync::mpsc::channel();
         let sent = self.commands.lock().map_err(|_| "the stage is not running".to_owned())?.send((command, reply));
         if sent.is_err() {

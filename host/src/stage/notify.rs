@@ -26,7 +26,7 @@ use crate::reference::ReferenceTables;
 use crate::sink::{DeadLetter, DeadLetterOrigin};
 use crate::state::{StateError, StateStore, StateTx};
 use crate::stream::{StoredRecord, StreamStore};
-use crate::swap::{PluginVersion, SwapCommand, SwapReply};
+use crate::swap::{CommandReply, PluginVersion, StageCommand};
 
 /// What a notifier plugin's imports reach. Between [`HostServices::begin`]
 /// and [`HostServices::commit`] every change a batch makes (items, sent
@@ -257,7 +257,7 @@ impl Operator for NotifierOperator {
         self.dead_letters.write_dead_letters(&letters)
     }
 
-    fn command(&mut self, _command: SwapCommand) -> SwapReply {
+    fn command(&mut self, _command: StageCommand) -> CommandReply {
         Err(format!("stage `{}`: hot swap of notifier stages is not supported yet", self.spec.name))
     }
 

@@ -15,7 +15,7 @@ use crate::manifest::StageSpec;
 use crate::plugin::{Batch, Outcome, PluginError, TransformerInstance, TransformerPlugin};
 use crate::sink::{DeadLetter, DeadLetterOrigin, OutRecord};
 use crate::stream::{StoredRecord, StreamStore};
-use crate::swap::{Candidate, PluginVersion, SwapCommand, SwapReply};
+use crate::swap::{Candidate, CommandReply, PluginVersion, StageCommand};
 
 /// A transformer stage's batches.
 pub struct TransformOperator {
@@ -70,16 +70,16 @@ impl TransformOperator {
     }
 
     /// Switches plugin versions between two batches.
-    fn apply(&mut self, command: SwapCommand) -> SwapReply {
+    fn apply(&mut self, command: StageCommand) -> CommandReply {
         let (plugin, fresh, version) = match command {
-            SwapCommand::Swap(candidate) => {
+            StageCommand::Swap(candidate) => {
                 let Candidate { plugin, instance, version } = *candidate;
                 (plugin, Some(instance), version)
             }
-            SwapCommand::SwapAggregator(_) => {
+            StageCommand::SwapAggregator(_) | StageCommand::EndOfInput => {
                 return Err(format!("stage `{}` runs a transformer, not an aggregator", self.spec.name));
             }
-            SwapCommand::Rollback => {
+            StageCommand::Rollback => {
                 let Some((plugin, version)) = self.previous.take() else {
                     return Err(format!("stage `{}` has no previous version to roll back to", self.spec.name));
                 };
@@ -110,7 +110,7 @@ impl TransformOperator {
         ) else {
             return false;
         };
-        match self.apply(SwapCommand::Rollback) {
+        match self.apply(StageCommand::Rollback) {
             Ok(v) => {
                 tracing::warn!(to = %v.sha256, "{why}; rolled back automatically");
                 self.stats.set_error(format!("{why}; rolled back automatically"));
@@ -269,7 +269,7 @@ impl Operator for TransformOperator {
         self.dead_letters.write_dead_letters(&letters)
     }
 
-    fn command(&mut self, command: SwapCommand) -> SwapReply {
+    fn command(&mut self, command: StageCommand) -> CommandReply {
         self.apply(command)
     }
 

@@ -369,6 +369,12 @@ impl WindowOperator {
         self.watermarks.advance(now_ms)
     }
 
+    /// The input has ended: the watermark moves up to the newest event time seen
+    /// ([`Watermarks::end_input`]), so every window the records complete is due.
+    pub fn end_input(&mut self) -> Option<i64> {
+        self.watermarks.end_input()
+    }
+
     /// The next pane due, if any: first the kept windows late records changed (oldest
     /// first), then the next window the watermark has passed. Kept windows whose allowed
     /// lateness has passed are freed on the way. Call it until `None` after

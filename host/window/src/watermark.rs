@@ -194,6 +194,18 @@ impl Watermarks {
         self.state.current_ms
     }
 
+    /// The input has ended (a bounded run, such as a simulated day): nothing more
+    /// is in flight, so the watermark moves up to the newest event time seen,
+    /// without waiting for out-of-order records, idle sources or producers yet to
+    /// start. Returns the operator's watermark.
+    pub fn end_input(&mut self) -> Option<i64> {
+        self.state.first_named_at_ms.clear();
+        if let Some(newest) = self.clocks().filter_map(|clock| clock.newest_ms).max() {
+            self.state.current_ms = Some(self.state.current_ms.map_or(newest, |current| current.max(newest)));
+        }
+        self.state.current_ms
+    }
+
     /// The operator's watermark: every window ending at or before it may close.
     pub fn current(&self) -> Option<i64> {
         self.state.current_ms
@@ -396,6 +408,18 @@ mod tests {
         let mut restored = Watermarks::restore(0, Some(30 * SECOND), fresh.state().clone(), 3600 * SECOND);
         assert_eq!(restored.advance(3629 * SECOND), None, "29 s of waiting while up");
         assert_eq!(restored.advance(3630 * SECOND), Some(3 * DAY));
+    }
+
+    #[test]
+    fn at_the_end_of_the_input_the_watermark_goes_to_the_newest_time() {
+        // A day put within a second: the producers' grace and the bound would hold it back.
+        let mut marks = Watermarks::new(5 * SECOND, Some(30 * SECOND));
+        marks.add_shard(0, 0);
+        marks.note(0, Some("station-1"), DAY - 3 * SECOND, 0);
+        marks.note(0, Some("station-2"), DAY - 20 * SECOND, 0);
+        assert_eq!(marks.advance(SECOND), None, "waiting for other producers");
+        assert_eq!(marks.end_input(), Some(DAY - 3 * SECOND), "nothing more will come");
+        assert_eq!(marks.advance(2 * SECOND), Some(DAY - 3 * SECOND), "and it does not go back");
     }
 
     #[test]
