@@ -3,7 +3,8 @@
 //! a `toll_transactions` table, in SQLite (embedded) and in PostgreSQL with
 //! `COPY`. Every well-formed line is one row, every malformed line is under
 //! the error prefix with its reason, and a database that is down is waited
-//! for within the retry duration and reported past it.
+//! for within the retry duration and reported past it. With a `key`, a line
+//! sent twice is one row in either database.
 
 use std::time::{Duration, Instant};
 
@@ -126,6 +127,7 @@ async fn a_postgres_warehouse_connects_and_loads_from_inside_a_runtime() {
         database: Database::Postgres(url.clone()),
         table: "t".into(),
         columns: vec![ColumnMap { column: "id".into(), field: "id".into() }],
+        key: Vec::new(),
         retry_duration: Duration::from_secs(1),
     };
     let mut warehouse = weir_host::warehouse::connect(&spec).expect("connects inside a runtime");
@@ -233,4 +235,77 @@ async fn a_postgres_outage_within_the_retry_duration_only_delays_the_load_and_pa
     assert_eq!(staged_rows.lines().count(), 45);
     let count: i64 = pg.query_one("SELECT count(*) FROM toll_transactions", &[]).await.expect("count").get(0);
     assert_eq!(count, 45, "only the first load happened");
+}
+
+/// Sends a day's lines, then all of them again (a station re-sending its log)
+/// and a retried put, to a warehouse with `key = "transaction_id"`: each line is
+/// one row, and `weir status` counts the rows that came again.
+async fn lines_sent_twice_are_loaded_once(warehouse: &str, ids: impl AsyncFnOnce(&TestHost) -> Vec<String>) {
+    let mut host =
+        TestHost::start(&manifest(&format!("{warehouse}\nkey = \"transaction_id\""), "10s")).await.expect("start");
+    let lines = toll_lines(600);
+    put_record_batch(&host, "tolls", &lines).await;
+    host.wait_until("every row loaded", |s| s.deliveries[0].rows_loaded == 540).await;
+    put_record_batch(&host, "tolls", &lines).await;
+    put_record_batch(&host, "tolls", &lines[..100]).await;
+    host.wait_until("every row sent again", |s| s.deliveries[0].rows_duplicate == 540 + 90).await;
+    host.stop().await;
+    let status = host.host.status();
+    assert_eq!((status.deliveries[0].rows_loaded, status.deliveries[0].rows_rejected), (540, 0), "{status:?}");
+    let ids = ids(&host).await;
+    let mut expected: Vec<String> = lines.iter().filter(|l| !l.contains(",9,")).map(|l| l[..12].to_owned()).collect();
+    expected.sort();
+    let mut ids = ids;
+    ids.sort();
+    assert_eq!(ids, expected, "every well-formed line is one row, however often it was sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_sent_twice_is_one_sqlite_row_with_a_key() {
+    lines_sent_twice_are_loaded_once(r#"database = "warehouse.db""#, async |host: &TestHost| {
+        let db = rusqlite::Connection::open(host.path("warehouse.db")).expect("open");
+        let mut query = db.prepare("SELECT transaction_id FROM toll_transactions").expect("query");
+        query.query_map([], |r| r.get(0)).expect("rows").map(|r| r.expect("row")).collect()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_sent_twice_is_one_postgres_row_with_a_key() {
+    let url = postgres_database().await;
+    let pg = postgres(&url).await;
+    pg.batch_execute(POSTGRES_TABLE).await.expect("table");
+    lines_sent_twice_are_loaded_once(&format!("kind = \"postgres\"\ndatabase = \"{url}\""), async |_: &TestHost| {
+        let rows = pg.query("SELECT transaction_id FROM toll_transactions", &[]).await.expect("select");
+        rows.iter().map(|r| r.get(0)).collect()
+    })
+    .await;
+}
+
+/// A key needs a primary key or unique index to skip rows by: without one the
+/// warehouse refuses to start and says what to add.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_without_a_unique_index_is_a_clear_error_in_both_databases() {
+    use weir_host::warehouse::{ColumnMap, Database, WarehouseSpec};
+    let url = postgres_database().await;
+    postgres(&url).await.batch_execute("CREATE TABLE t (id text, n integer)").await.expect("table");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sqlite = dir.path().join("w.db");
+    rusqlite::Connection::open(&sqlite)
+        .and_then(|c| c.execute_batch("CREATE TABLE t (id TEXT, n INTEGER)"))
+        .expect("sqlite table");
+    for database in [Database::Postgres(url.clone()), Database::Sqlite(sqlite)] {
+        let spec = WarehouseSpec {
+            database,
+            table: "t".into(),
+            columns: ["id", "n"].map(|c| ColumnMap { column: c.into(), field: c.into() }).to_vec(),
+            key: vec!["id".into()],
+            retry_duration: Duration::from_secs(1),
+        };
+        let error = weir_host::warehouse::connect(&spec).err().expect("no unique index on the key");
+        assert!(!error.is_retryable(), "{error}");
+        let message = error.to_string();
+        assert!(message.contains("table `t` has no primary key or unique index on (id)"), "{message}");
+        assert!(message.contains("CREATE UNIQUE INDEX ON t (id)"), "{message}");
+    }
 }

@@ -50,7 +50,8 @@ fn render(status: &Value) -> String {
         out.push_str(&table(&streams));
     }
     let mut deliveries = vec![
-        ["delivery", "phase", "in", "delivered", "failed", "buffered", "rows loaded", "last error"].map(str::to_owned),
+        ["delivery", "phase", "in", "delivered", "failed", "buffered", "rows loaded", "rows again", "last error"]
+            .map(str::to_owned),
     ];
     for d in status["deliveries"].as_array().into_iter().flatten() {
         deliveries.push([
@@ -61,6 +62,7 @@ fn render(status: &Value) -> String {
             number(&d["records_failed"]),
             number(&d["records_buffered"]),
             number(&d["rows_loaded"]),
+            number(&d["rows_duplicate"]),
             text(&d["last_error"]),
         ]);
     }

@@ -219,6 +219,14 @@ impl Loader {
                         tracing::info!(staged_key, "staged object was loaded before the restart; not loaded again");
                     }
                     shared.stats.rows_loaded.fetch_add(loaded.rows, Ordering::Relaxed);
+                    shared.stats.rows_duplicate.fetch_add(loaded.duplicates, Ordering::Relaxed);
+                    if loaded.duplicates > 0 {
+                        tracing::debug!(
+                            staged_key,
+                            duplicates = loaded.duplicates,
+                            "rows already in the table skipped"
+                        );
+                    }
                     shared.stats.rows_rejected.fetch_add(loaded.rejected.len() as u64, Ordering::Relaxed);
                     let now = now_ms();
                     return Ok(loaded

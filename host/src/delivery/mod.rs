@@ -50,6 +50,7 @@ struct DeliveryStats {
     objects: AtomicU64,
     records_buffered: AtomicU64,
     rows_loaded: AtomicU64,
+    rows_duplicate: AtomicU64,
     rows_rejected: AtomicU64,
     loads_failed: AtomicU64,
     retries: AtomicU64,
@@ -75,6 +76,8 @@ pub struct DeliveryStatus {
     pub records_buffered: u64,
     /// Rows loaded into the warehouse.
     pub rows_loaded: u64,
+    /// Rows not loaded because the table held their `key` already.
+    pub rows_duplicate: u64,
     /// Rows the warehouse table refused (listed under the error prefix).
     pub rows_rejected: u64,
     /// Staged objects not loaded within the retry duration (listed under the error prefix).
@@ -170,6 +173,7 @@ impl Delivery {
             objects: s.objects.load(Ordering::Relaxed),
             records_buffered: s.records_buffered.load(Ordering::Relaxed),
             rows_loaded: s.rows_loaded.load(Ordering::Relaxed),
+            rows_duplicate: s.rows_duplicate.load(Ordering::Relaxed),
             rows_rejected: s.rows_rejected.load(Ordering::Relaxed),
             loads_failed: s.loads_failed.load(Ordering::Relaxed),
             retries: s.retries.load(Ordering::Relaxed),
@@ -352,6 +356,7 @@ mod tests {
             database: crate::warehouse::Database::Sqlite(db.clone()),
             table: "t".into(),
             columns: vec![crate::warehouse::ColumnMap { column: "n".into(), field: "n".into() }],
+            key: Vec::new(),
             retry_duration: Duration::from_secs(1),
         });
         let rows = |from: usize, to: usize| -> Vec<NewRecord> {

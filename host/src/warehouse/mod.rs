@@ -7,6 +7,9 @@
 //! table `weir_loads` in the same transaction as its rows (with the rows the
 //! table refused), so a batch redone after a crash (loaded, but not yet
 //! checkpointed) is recognised and skipped, and its refused rows reported again.
+//! Rows are idempotent too when the warehouse declares a `key`: a row whose key
+//! the table holds already (a record a producer sent twice) is skipped and
+//! counted as a duplicate.
 
 mod postgres;
 mod rows;
@@ -30,6 +33,10 @@ pub struct WarehouseSpec {
     pub table: String,
     /// Which field of a row fills which column.
     pub columns: Vec<ColumnMap>,
+    /// The columns that identify a row (none: rows are not compared). A row
+    /// whose key the table holds already is skipped and counted as a
+    /// duplicate: a record sent twice is one row.
+    pub key: Vec<String>,
     /// How long a load is retried while the database is unavailable.
     pub retry_duration: std::time::Duration,
 }
@@ -69,6 +76,8 @@ pub struct ColumnMap {
 pub struct Loaded {
     /// Rows inserted.
     pub rows: u64,
+    /// Rows skipped because the table held their key already.
+    pub duplicates: u64,
     /// Rows the table refused, by index in the batch, with the database's reason.
     pub rejected: Vec<(usize, String)>,
     /// The object had been loaded before: nothing was inserted.
@@ -156,6 +165,16 @@ pub fn check_identifier(name: &str) -> Result<(), String> {
 /// `"name"` or `"schema"."name"`.
 fn quoted(name: &str) -> String {
     name.split('.').map(|p| format!("\"{p}\"")).collect::<Vec<_>>().join(".")
+}
+
+/// What to fix when the table has no primary key or unique index on the key.
+fn no_unique_key(spec: &WarehouseSpec) -> String {
+    let key = spec.key.join(", ");
+    format!(
+        "table `{}` has no primary key or unique index on ({key}), which `key` needs to skip rows loaded before; \
+         add one (CREATE UNIQUE INDEX ON {} ({key})) or remove `key`",
+        spec.table, spec.table
+    )
 }
 
 /// The columns of the mapping the table lacks, as an error saying what to fix.

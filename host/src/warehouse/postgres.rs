@@ -1,7 +1,10 @@
 //! The PostgreSQL warehouse: rows are bulk-loaded with `COPY ... FROM STDIN`
 //! in one transaction with their ledger entry. When the table refuses a row
 //! (a data or constraint error), the batch is loaded again row by row under
-//! savepoints, so only the refused rows are set aside.
+//! savepoints, so only the refused rows are set aside. With a key, the rows
+//! are copied into a temporary table and moved with `INSERT ... SELECT ... ON
+//! CONFLICT (key) DO NOTHING` (`COPY` cannot skip rows): a row whose key is
+//! there already is counted as a duplicate.
 
 use std::ops::Range;
 
@@ -12,7 +15,7 @@ use tokio_postgres::{Client, NoTls, Transaction};
 
 use super::{
     Cell, LEDGER_TABLE, Loaded, ParsedRows, RowCells, Warehouse, WarehouseError, WarehouseSpec, ledger_rejected,
-    ledger_text, missing_columns, quoted,
+    ledger_text, missing_columns, no_unique_key, quoted,
 };
 
 /// A table in a PostgreSQL database.
@@ -21,8 +24,26 @@ pub struct PostgresWarehouse {
     url: String,
     target: String,
     spec: WarehouseSpec,
-    copy: String,
+    statements: Statements,
 }
+
+/// The SQL of a load.
+struct Statements {
+    /// Copies rows into the table, or into the staging table with a key.
+    copy: String,
+    keyed: Option<Keyed>,
+}
+
+/// With a key, rows go through a temporary staging table.
+struct Keyed {
+    /// Makes the staging table; once per connection.
+    create: String,
+    /// Moves the staged rows into the table, skipping keys it holds.
+    insert: String,
+}
+
+/// The temporary table rows are copied into before they move, with a key.
+const STAGING_TABLE: &str = "weir_staged_rows";
 
 impl PostgresWarehouse {
     /// Connects, creates the ledger if needed and checks the table's columns.
@@ -42,19 +63,46 @@ impl PostgresWarehouse {
             });
         }
         missing_columns(&target, spec, &existing)?;
-        let copy = format!(
-            "COPY {} ({}) FROM STDIN",
-            quoted(&spec.table),
-            spec.columns.iter().map(|c| quoted(&c.column)).collect::<Vec<_>>().join(", ")
-        );
-        Ok(PostgresWarehouse { client, url: url.to_owned(), target, spec: spec.clone(), copy })
+        let table = quoted(&spec.table);
+        let names = spec.columns.iter().map(|c| quoted(&c.column)).collect::<Vec<_>>().join(", ");
+        let statements = if spec.key.is_empty() {
+            Statements { copy: format!("COPY {table} ({names}) FROM STDIN"), keyed: None }
+        } else {
+            let key = spec.key.iter().map(|c| quoted(c)).collect::<Vec<_>>().join(", ");
+            let keyed = Keyed {
+                create: format!(
+                    "CREATE TEMPORARY TABLE IF NOT EXISTS {STAGING_TABLE} (LIKE {table} INCLUDING DEFAULTS) \
+                     ON COMMIT DELETE ROWS"
+                ),
+                insert: format!(
+                    "INSERT INTO {table} ({names}) SELECT {names} FROM {STAGING_TABLE} ON CONFLICT ({key}) DO NOTHING"
+                ),
+            };
+            // Planning the move checks that the key is the table's primary key or a unique index.
+            run(&target, async {
+                client.batch_execute(&keyed.create).await.map_err(|e| error(&target, e))?;
+                match client.batch_execute(&format!("EXPLAIN {}", keyed.insert)).await {
+                    Err(e) if e.code() == Some(&SqlState::INVALID_COLUMN_REFERENCE) => {
+                        Err(WarehouseError::Schema { target: target.clone(), message: no_unique_key(spec) })
+                    }
+                    other => other.map(drop).map_err(|e| error(&target, e)),
+                }
+            })?;
+            Statements { copy: format!("COPY {STAGING_TABLE} ({names}) FROM STDIN"), keyed: Some(keyed) }
+        };
+        Ok(PostgresWarehouse { client, url: url.to_owned(), target, spec: spec.clone(), statements })
     }
 }
 
 impl Warehouse for PostgresWarehouse {
     fn load(&mut self, staged_key: &str, rows: &ParsedRows) -> Result<Loaded, WarehouseError> {
         if self.client.is_closed() {
-            self.client = run(&self.target, open(&self.url, &self.target))?;
+            let client = run(&self.target, open(&self.url, &self.target))?;
+            if let Some(keyed) = &self.statements.keyed {
+                let target = &self.target;
+                run(target, async { client.batch_execute(&keyed.create).await.map_err(|e| error(target, e)) })?;
+            }
+            self.client = client;
         }
         let mut rejected = Vec::new();
         let mut text = BytesMut::with_capacity(rows.len() * 128);
@@ -70,13 +118,13 @@ impl Warehouse for PostgresWarehouse {
             }
         }
         let encoded = Encoded { text: text.freeze(), lines };
-        let (client, target, copy, table) = (&mut self.client, &self.target, &self.copy, &self.spec.table);
+        let (client, target, sql, table) = (&mut self.client, &self.target, &self.statements, &self.spec.table);
         run(target, async move {
-            let whole = load_all(client, staged_key, table, copy, &encoded).await;
+            let whole = load_all(client, staged_key, table, sql, &encoded).await;
             let mut loaded = match whole {
                 Ok(loaded) => loaded,
                 Err(e) if is_row_error(&e) => {
-                    load_each(client, staged_key, table, copy, &encoded).await.map_err(|e| error(target, e))?
+                    load_each(client, staged_key, table, sql, &encoded).await.map_err(|e| error(target, e))?
                 }
                 Err(e) => return Err(error(target, e)),
             };
@@ -142,19 +190,19 @@ struct Encoded {
     lines: Vec<(usize, Range<usize>)>,
 }
 
-/// One `COPY` of every row.
+/// One `COPY` of every row (and with a key, one move into the table).
 async fn load_all(
     client: &mut Client,
     key: &str,
     table: &str,
-    copy: &str,
+    sql: &Statements,
     rows: &Encoded,
 ) -> Result<Loaded, tokio_postgres::Error> {
     let tx = client.transaction().await?;
     if let Some(before) = record(&tx, key, table).await? {
         return Ok(before);
     }
-    let sink = tx.copy_in::<_, Bytes>(copy).await?;
+    let sink = tx.copy_in::<_, Bytes>(&sql.copy).await?;
     futures_util::pin_mut!(sink);
     // In slices of about 1 MiB, cut at line ends.
     let mut start = 0;
@@ -168,7 +216,14 @@ async fn load_all(
         sink.send(rows.text.slice(start..)).await?;
     }
     let copied = sink.finish().await?;
-    finish(tx, key, Loaded { rows: copied, ..Loaded::default() }).await
+    let loaded = match &sql.keyed {
+        None => Loaded { rows: copied, ..Loaded::default() },
+        Some(keyed) => {
+            let inserted = tx.execute(&keyed.insert, &[]).await?;
+            Loaded { rows: inserted, duplicates: copied - inserted, ..Loaded::default() }
+        }
+    };
+    finish(tx, key, loaded).await
 }
 
 /// Row by row under savepoints: slow, only for a batch with refused rows.
@@ -176,7 +231,7 @@ async fn load_each(
     client: &mut Client,
     key: &str,
     table: &str,
-    copy: &str,
+    sql: &Statements,
     rows: &Encoded,
 ) -> Result<Loaded, tokio_postgres::Error> {
     let mut tx = client.transaction().await?;
@@ -187,16 +242,21 @@ async fn load_each(
     for (i, line) in &rows.lines {
         let savepoint = tx.savepoint("weir_row").await?;
         let attempt = async {
-            let sink = savepoint.copy_in::<_, Bytes>(copy).await?;
+            let sink = savepoint.copy_in::<_, Bytes>(&sql.copy).await?;
             futures_util::pin_mut!(sink);
             sink.send(rows.text.slice(line.clone())).await?;
-            sink.finish().await
+            let copied = sink.finish().await?;
+            let Some(keyed) = &sql.keyed else { return Ok((copied, 0)) };
+            let inserted = savepoint.execute(&keyed.insert, &[]).await?;
+            savepoint.batch_execute(&format!("DELETE FROM {STAGING_TABLE}")).await?;
+            Ok((inserted, copied - inserted))
         }
         .await;
         match attempt {
-            Ok(n) => {
+            Ok((inserted, duplicates)) => {
                 savepoint.commit().await?;
-                loaded.rows += n;
+                loaded.rows += inserted;
+                loaded.duplicates += duplicates;
             }
             Err(e) if is_row_error(&e) => {
                 savepoint.rollback().await?;

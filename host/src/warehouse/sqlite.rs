@@ -1,5 +1,7 @@
 //! The embedded warehouse: a SQLite file. The table is created (with untyped
-//! columns, which keep each value's JSON type) when it does not exist yet.
+//! columns, which keep each value's JSON type, and the key as its primary key)
+//! when it does not exist yet. With a key, rows go in with `ON CONFLICT (key)
+//! DO NOTHING`: a row whose key is there already is counted as a duplicate.
 
 use std::path::Path;
 use std::time::Duration;
@@ -9,7 +11,7 @@ use rusqlite::{Connection, ErrorCode, TransactionBehavior};
 
 use super::{
     Cell, LEDGER_TABLE, Loaded, ParsedRows, RowCells, Warehouse, WarehouseError, WarehouseSpec, ledger_rejected,
-    ledger_text, missing_columns, quoted,
+    ledger_text, missing_columns, no_unique_key, quoted,
 };
 
 /// How long a load waits for another writer's lock before it counts as unavailable.
@@ -59,8 +61,12 @@ impl SqliteWarehouse {
         }
         let table = quoted(&spec.table);
         let existing = table_columns(&connection, &spec.table).map_err(unavailable)?;
+        let key = spec.key.iter().map(|c| quoted(c)).collect::<Vec<_>>().join(", ");
         if existing.is_empty() {
-            let columns: Vec<String> = spec.columns.iter().map(|c| quoted(&c.column)).collect();
+            let mut columns: Vec<String> = spec.columns.iter().map(|c| quoted(&c.column)).collect();
+            if !spec.key.is_empty() {
+                columns.push(format!("PRIMARY KEY ({key})"));
+            }
             connection.execute_batch(&format!("CREATE TABLE {table} ({})", columns.join(", "))).map_err(unavailable)?;
             tracing::info!(table = %spec.table, "created the warehouse table");
         } else {
@@ -71,9 +77,17 @@ impl SqliteWarehouse {
             let row = format!("({})", vec!["?"; spec.columns.len()].join(", "));
             vec![row; rows].join(", ")
         };
-        let insert = format!("INSERT INTO {table} ({names}) VALUES {}", values(1));
+        let on_conflict = if spec.key.is_empty() { String::new() } else { format!(" ON CONFLICT ({key}) DO NOTHING") };
+        let insert = format!("INSERT INTO {table} ({names}) VALUES {}{on_conflict}", values(1));
+        // Preparing checks that the key is the table's primary key or a unique index.
+        if let Err(e) = connection.prepare(&insert) {
+            if e.to_string().contains("ON CONFLICT clause does not match") {
+                return Err(WarehouseError::Schema { target, message: no_unique_key(spec) });
+            }
+            return Err(unavailable(e));
+        }
         let rows_per_insert = (MAX_PARAMETERS / spec.columns.len().max(1)).clamp(1, 64);
-        let insert_many = format!("INSERT INTO {table} ({names}) VALUES {}", values(rows_per_insert));
+        let insert_many = format!("INSERT INTO {table} ({names}) VALUES {}{on_conflict}", values(rows_per_insert));
         Ok(SqliteWarehouse { connection, target, spec: spec.clone(), insert, insert_many, rows_per_insert })
     }
 }
@@ -109,6 +123,7 @@ impl Warehouse for SqliteWarehouse {
                     match insert_many.execute(rusqlite::params_from_iter(values)) {
                         Ok(n) => {
                             loaded.rows += n as u64;
+                            loaded.duplicates += (many - n) as u64;
                             pending.clear();
                             return Ok(());
                         }
@@ -119,6 +134,7 @@ impl Warehouse for SqliteWarehouse {
                 }
                 for (i, row) in pending.drain(..) {
                     match insert.execute(rusqlite::params_from_iter(row.cells().map(sql_value))) {
+                        Ok(0) => loaded.duplicates += 1,
                         Ok(_) => loaded.rows += 1,
                         Err(e) if is_row_error(&e) => loaded.rejected.push((i, e.to_string())),
                         Err(e) => return Err(e),
@@ -192,6 +208,7 @@ mod tests {
                 .iter()
                 .map(|(c, f)| ColumnMap { column: (*c).to_owned(), field: (*f).to_owned() })
                 .collect(),
+            key: Vec::new(),
             retry_duration: Duration::from_secs(1),
         }
     }
@@ -274,6 +291,28 @@ mod tests {
         let c = Connection::open(&db).expect("open");
         let cents: i64 = c.query_row("SELECT cents FROM tolls WHERE id = 'r140'", [], |r| r.get(0)).expect("r140");
         assert_eq!(cents, 140, "the first row with an id stays");
+    }
+
+    #[test]
+    fn with_a_key_a_row_whose_key_is_in_the_table_is_counted_as_a_duplicate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("w.db");
+        let spec = WarehouseSpec { key: vec!["id".into()], ..spec(&db, &[("id", "id"), ("cents", "cents")]) };
+        let mut w = SqliteWarehouse::open(&db, &spec).expect("open creates the table with the key");
+        // 200 rows in multi-row statements, ids 0..150: 50 repeat an id of the same object.
+        let rows: Vec<String> = (0..200).map(|i| format!(r#"{{"id":"r{}","cents":{i}}}"#, i % 150)).collect();
+        let rows: Vec<&[u8]> = rows.iter().map(|r| r.as_bytes()).collect();
+        let loaded = load(&mut w, "rows/1", &rows).expect("load");
+        assert_eq!((loaded.rows, loaded.duplicates, loaded.rejected.len()), (150, 50, 0), "{loaded:?}");
+        // Another object with the same ids and 10 new ones.
+        let more: Vec<String> = (140..160).map(|i| format!(r#"{{"id":"r{i}","cents":0}}"#)).collect();
+        let more: Vec<&[u8]> = more.iter().map(|r| r.as_bytes()).collect();
+        let loaded = load(&mut w, "rows/2", &more).expect("load");
+        assert_eq!((loaded.rows, loaded.duplicates), (10, 10));
+        assert_eq!(count(&db), 160);
+        let c = Connection::open(&db).expect("open");
+        let cents: i64 = c.query_row("SELECT cents FROM tolls WHERE id = 'r140'", [], |r| r.get(0)).expect("r140");
+        assert_eq!(cents, 140, "the row loaded first stays");
     }
 
     #[test]

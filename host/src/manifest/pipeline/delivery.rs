@@ -191,6 +191,26 @@ impl Checker<'_> {
             diags.push(self.at(w.table.span(), format!("{owner}: table {e}")));
         }
         let columns = self.columns(&owner, &w.columns, diags);
+        let key = match w.key.as_ref() {
+            None => Vec::new(),
+            Some(raw) => {
+                let key = match raw.get_ref() {
+                    RawKey::One(column) => vec![column.clone()],
+                    RawKey::Many(columns) => columns.clone(),
+                };
+                let unmapped: Vec<&String> = key.iter().filter(|k| !columns.iter().any(|c| &c.column == *k)).collect();
+                if key.is_empty() {
+                    diags.push(self.at(raw.span(), format!("{owner}: `key` names no column")));
+                } else if !unmapped.is_empty() {
+                    let names = unmapped.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
+                    diags.push(
+                        self.at(raw.span(), format!("{owner}: key column {names} is not one of `columns`"))
+                            .help("the key is made of loaded columns: list them in `columns` too"),
+                    );
+                }
+                key
+            }
+        };
         let retry_duration = match &w.retry_duration {
             None => DEFAULT_WAREHOUSE_RETRY,
             Some(d) => self.duration(d, diags).unwrap_or(DEFAULT_WAREHOUSE_RETRY),
@@ -203,6 +223,7 @@ impl Checker<'_> {
             database,
             table: w.table.get_ref().clone(),
             columns,
+            key,
             retry_duration,
         })
     }

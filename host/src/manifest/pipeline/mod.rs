@@ -79,6 +79,8 @@
 //! table = "toll_transactions"
 //! columns = ["transaction_id", "amount_cents"]        # columns named like the rows' JSON fields, or
 //! # columns = { amount = "amount_cents" }             # column = "field"
+//! key = "transaction_id"              # optional: a row whose key is in the table already is skipped and
+//!                                     # counted as a duplicate (needs a primary key or unique index on it)
 //! retry-duration = "1h"               # loads retried this long, then the staged object is listed under error-prefix
 //!
 //! [tables.month-totals]               # a state table (get / put / delete / put-if / add), kept in

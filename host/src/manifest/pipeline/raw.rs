@@ -313,7 +313,16 @@ pub(super) struct RawWarehouse {
     pub(super) database_env: Option<Spanned<String>>,
     pub(super) table: Spanned<String>,
     pub(super) columns: Spanned<toml::Value>,
+    pub(super) key: Option<Spanned<RawKey>>,
     pub(super) retry_duration: Option<Spanned<String>>,
+}
+
+/// `key = "column"` or `key = ["a", "b"]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawKey {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Debug, Default, Deserialize, PartialEq, Eq)]
