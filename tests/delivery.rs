@@ -220,3 +220,44 @@ lake = "lake"
     expected.sort();
     assert_eq!(ids, expected, "every record of every shard delivered once");
 }
+
+/// A delivery stream that declares its records' ids buffers each once, whichever
+/// way it is put again: a whole batch retried, a single put, the native API. The
+/// repeat is answered with the first one's record id, as if just stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_put_again_into_a_delivery_with_ids_are_delivered_once() {
+    let manifest = r#"
+[pipeline]
+name = "dedup-test"
+data-dir = "data"
+
+[delivery.tolls]
+buffer-interval = "15m"
+lake = "lake"
+prefix = "raw/"
+deduplicate = { id-pattern = "^([^,]+)," }
+"#;
+    let mut host = TestHost::start(manifest).await.expect("start");
+    let batch = || json!({"DeliveryStreamName": "tolls", "Records": GOOD.iter().map(|l| json!({"Data": b64(l)})).collect::<Vec<_>>()});
+    let first = firehose(&host, "PutRecordBatch", batch()).await;
+    let again = firehose(&host, "PutRecordBatch", batch()).await;
+    assert_eq!(again["FailedPutCount"], 0, "{again}");
+    assert_eq!(again["RequestResponses"], first["RequestResponses"], "a repeat is answered as the first put was");
+    firehose(&host, "PutRecord", json!({"DeliveryStreamName": "tolls", "Record": {"Data": b64(GOOD[0])}})).await;
+    let native = reqwest::Client::new()
+        .post(format!("{}/v1/delivery/tolls/records", host.url))
+        .header("content-type", "text/plain")
+        .body(GOOD[1])
+        .send()
+        .await
+        .expect("native put");
+    assert!(native.status().is_success());
+    host.wait_until("every repeat counted", |s| s.deliveries[0].records_duplicate == 5).await;
+    host.stop().await; // the drain delivers what is buffered
+    let mut delivered: Vec<String> =
+        files(&host.path("lake").join("raw")).iter().flat_map(|f| weir_tests::lines(f)).collect();
+    delivered.sort();
+    assert_eq!(delivered, GOOD.map(str::to_owned).to_vec(), "each line once");
+    let status = host.host.status();
+    assert_eq!((status.deliveries[0].records_in, status.deliveries[0].records_duplicate), (3, 5), "{status:?}");
+}

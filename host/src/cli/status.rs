@@ -50,14 +50,26 @@ fn render(status: &Value) -> String {
         out.push_str(&table(&streams));
     }
     let mut deliveries = vec![
-        ["delivery", "phase", "in", "delivered", "failed", "buffered", "rows loaded", "rows again", "last error"]
-            .map(str::to_owned),
+        [
+            "delivery",
+            "phase",
+            "in",
+            "sent again",
+            "delivered",
+            "failed",
+            "buffered",
+            "rows loaded",
+            "rows again",
+            "last error",
+        ]
+        .map(str::to_owned),
     ];
     for d in status["deliveries"].as_array().into_iter().flatten() {
         deliveries.push([
             text(&d["name"]),
             text(&d["phase"]),
             number(&d["records_in"]),
+            number(&d["records_duplicate"]),
             number(&d["records_delivered"]),
             number(&d["records_failed"]),
             number(&d["records_buffered"]),

@@ -66,6 +66,8 @@ pub struct DeliveryStatus {
     pub phase: Phase,
     /// Records taken from its buffer.
     pub records_in: u64,
+    /// Records put again whose id its buffer held (`deduplicate`): stored once.
+    pub records_duplicate: u64,
     /// Records written to the lake.
     pub records_delivered: u64,
     /// Records written under the error prefix.
@@ -168,6 +170,8 @@ impl Delivery {
             name: self.spec.name.to_string(),
             phase: self.driver.phase(),
             records_in: s.records_in.load(Ordering::Relaxed),
+            // Counted by the buffer's store; the host fills it in.
+            records_duplicate: 0,
             records_delivered: s.records_delivered.load(Ordering::Relaxed),
             records_failed: s.records_failed.load(Ordering::Relaxed),
             objects: s.objects.load(Ordering::Relaxed),
@@ -232,6 +236,7 @@ mod tests {
             gzip: false,
             retry_duration: Duration::from_secs(60),
             warehouse: None,
+            deduplicate: None,
         }
     }
 

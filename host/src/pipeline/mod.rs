@@ -206,6 +206,8 @@ pub struct Host {
     streams: Arc<dyn StreamStore>,
     /// The streams' deduplication (under any test wrapper), for its counts.
     dedup: Arc<DedupStore>,
+    /// The same for the delivery streams' buffers.
+    buffer_dedup: Arc<DedupStore>,
     stages: Vec<StageHandle>,
     /// Durable buffers of the delivery streams, one stream each.
     buffers: Arc<dyn StreamStore>,
@@ -361,6 +363,11 @@ impl Host {
         let buffers_dir = pipeline.data_dir.join("delivery");
         let buffers: Arc<dyn StreamStore> =
             Arc::new(DiskStreams::open_with_clock(&buffers_dir, &buffer_specs, Arc::new(FileSyncer), clock.clone())?);
+        // Direct puts into a delivery that declares its records' ids are buffered once.
+        let identities: Vec<(String, DedupSpec)> =
+            pipeline.deliveries.iter().filter_map(|d| Some((d.name.to_string(), d.deduplicate.clone()?))).collect();
+        let buffer_dedup = Arc::new(DedupStore::open(buffers, identities, clock.clone())?);
+        let buffers: Arc<dyn StreamStore> = buffer_dedup.clone();
         let buffers = match &store {
             Some(wrap) => wrap(buffers),
             None => buffers,
@@ -400,6 +407,7 @@ impl Host {
             pipeline: Arc::new(pipeline),
             streams,
             dedup,
+            buffer_dedup,
             stages,
             buffers,
             deliveries,
@@ -494,7 +502,14 @@ impl Host {
             duplicates: self.dedup.duplicates(),
             stages,
             consumers,
-            deliveries: self.deliveries.iter().map(Delivery::status).collect(),
+            deliveries: self
+                .deliveries
+                .iter()
+                .map(|d| DeliveryStatus {
+                    records_duplicate: self.buffer_dedup.duplicates().get(d.spec.name.as_str()).copied().unwrap_or(0),
+                    ..d.status()
+                })
+                .collect(),
             references: self.references.status(),
         }
     }

@@ -98,6 +98,23 @@ impl Checker<'_> {
             None => None,
             Some(w) => Some(self.warehouse(&name, w, base, data_dir, diags)?),
         };
+        let deduplicate = match (&raw.deduplicate, &raw.stream) {
+            (None, _) => None,
+            (Some(d), Some(stream)) => {
+                diags.push(
+                    self.at(
+                        d.span(),
+                        format!(
+                            "delivery `{name}` reads stream `{}`: it takes no puts to deduplicate",
+                            stream.get_ref()
+                        ),
+                    )
+                    .help("declare `deduplicate` on the stream it reads instead"),
+                );
+                None
+            }
+            (Some(d), None) => Some(self.deduplicate(d, crate::stream::DEFAULT_RETENTION, diags)?),
+        };
         let lake = lake?;
         (diags.len() == before).then(|| DeliverySpec {
             name,
@@ -112,6 +129,7 @@ impl Checker<'_> {
             gzip: raw.compression == Compression::Gzip,
             retry_duration,
             warehouse,
+            deduplicate,
         })
     }
 

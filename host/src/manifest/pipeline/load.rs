@@ -405,7 +405,7 @@ impl Checker<'_> {
 
     /// A stream's `deduplicate`: one identity (`id-pattern`, a regex whose first group
     /// is the id, or `id-field`, a JSON field), and a horizon within the retention.
-    fn deduplicate(
+    pub(super) fn deduplicate(
         &self,
         raw: &Spanned<RawDeduplicate>,
         retention: Duration,

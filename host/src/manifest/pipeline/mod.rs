@@ -71,6 +71,8 @@
 //! backup-prefix = "raw/"              # optional: keep the untransformed records too
 //! compression = "gzip"                # none (the default) | gzip
 //! retry-duration = "24h"              # lake writes retried this long, then the records go under error-prefix
+//! deduplicate = { id-pattern = "^([^,]+)," }  # direct puts only: a record whose id the buffer holds is
+//!                                     # answered as stored and not buffered again (as a stream's, below)
 //!
 //! [delivery.toll-rows.warehouse]      # optional: rows are also bulk-loaded into a table
 //! kind = "sqlite"                     # sqlite (the default, created if missing) | postgres (the table must exist)

@@ -291,6 +291,7 @@ pub(super) struct RawDelivery {
     #[serde(default)]
     pub(super) compression: Compression,
     pub(super) retry_duration: Option<Spanned<String>>,
+    pub(super) deduplicate: Option<Spanned<RawDeduplicate>>,
     pub(super) warehouse: Option<Spanned<RawWarehouse>>,
 }
 

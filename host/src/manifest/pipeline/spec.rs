@@ -132,6 +132,9 @@ pub struct DeliverySpec {
     pub retry_duration: Duration,
     /// Where rows are bulk-loaded, if anywhere.
     pub warehouse: Option<WarehouseSpec>,
+    /// What identifies the records put into its buffer: each is buffered once
+    /// (direct puts only; a delivery reading a stream has the stream's).
+    pub deduplicate: Option<crate::dedup::DedupSpec>,
 }
 
 /// A delivery stream's transform plugin.
