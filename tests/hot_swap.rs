@@ -168,6 +168,12 @@ async fn twenty_swaps_under_load_lose_nothing_and_refused_candidates_never_run()
     assert_eq!(versions.len(), 21);
     assert_eq!(versions.iter().filter(|v| v["active"] == true).count(), 1);
     assert_eq!(versions[20]["active"], true);
+    // Each swap says how long it paused the stage; the first version was not swapped in.
+    assert!(versions[0].get("swap_pause_ms").is_none(), "{}", versions[0]);
+    for v in &versions[1..] {
+        let pause = v["swap_pause_ms"].as_f64().unwrap_or(-1.0);
+        assert!(pause > 0.0 && pause < 10_000.0, "a swap's pause: {v}");
+    }
     assert!(versions.iter().all(|v| !refused.contains(&v["sha256"].as_str().unwrap_or("").to_owned())));
     let processed: u64 = versions.iter().map(|v| v["records_in"].as_u64().unwrap_or(0)).sum();
     assert_eq!(processed, total, "per-version counters add up");
@@ -182,6 +188,7 @@ async fn twenty_swaps_under_load_lose_nothing_and_refused_candidates_never_run()
         .await
         .expect("JSON");
     assert_eq!(rolled["sha256"], sha256(&v2), "{rolled}");
+    assert!(rolled["swap_pause_ms"].as_f64().is_some_and(|ms| ms > 0.0), "the answer has the pause: {rolled}");
     let started = Instant::now();
     host.host
         .put(

@@ -31,6 +31,9 @@ pub struct PluginVersion {
     pub failures: AtomicU64,
     /// An aggregator's state version (the layout of its window states).
     pub state_version: OnceLock<u32>,
+    /// How long swapping it in held its stage between two batches, in
+    /// microseconds (none for the version a stage started with).
+    pub swap_pause_us: OnceLock<u64>,
     active: AtomicBool,
 }
 
@@ -56,6 +59,11 @@ pub struct VersionStatus {
     /// An aggregator's state version.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state_version: Option<u32>,
+    /// How long swapping it in (or rolling back to it) paused its stage, in
+    /// milliseconds: the time between two batches the switch took, migrating
+    /// an aggregator's open windows included.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub swap_pause_ms: Option<f64>,
 }
 
 impl PluginVersion {
@@ -70,6 +78,7 @@ impl PluginVersion {
             batches: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             state_version: OnceLock::new(),
+            swap_pause_us: OnceLock::new(),
             active: AtomicBool::new(true),
         })
     }
@@ -91,6 +100,7 @@ impl PluginVersion {
             batches: self.batches.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
             state_version: self.state_version.get().copied(),
+            swap_pause_ms: self.swap_pause_us.get().map(|&us| us as f64 / 1000.0),
         }
     }
 }

@@ -205,8 +205,10 @@ pub(super) async fn plugin(client: Client, action: PluginAction) -> anyhow::Resu
             for stage in status["stages"].as_array().into_iter().flatten() {
                 println!("stage `{}`:", stage["name"].as_str().unwrap_or(""));
                 for v in stage["versions"].as_array().into_iter().flatten() {
+                    let pause =
+                        v["swap_pause_ms"].as_f64().map(|ms| format!("  swap paused {ms:.2} ms")).unwrap_or_default();
                     println!(
-                        "  {} {} sha256 {} since {}  in {} out {} failures {}",
+                        "  {} {} sha256 {} since {}  in {} out {} failures {}{pause}",
                         if v["active"] == true { "*" } else { " " },
                         v["plugin"].as_str().unwrap_or(""),
                         &v["sha256"].as_str().unwrap_or("")[..12.min(v["sha256"].as_str().unwrap_or("").len())],

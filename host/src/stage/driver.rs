@@ -298,8 +298,21 @@ impl<O: Operator> Driver<O> {
         loop {
             // A batch boundary: swaps and rollbacks happen here, never inside a batch.
             while let Ok((command, reply)) = requests.try_recv() {
+                let swap = !matches!(command, StageCommand::EndOfInput);
+                let started = Instant::now();
+                let mut answer = self.operator.command(command);
+                if swap && let Ok(version) = &mut answer {
+                    // The stage read nothing while the switch happened: that is the swap's pause.
+                    let pause_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    if let Some(active) = self.stats.active_version() {
+                        // A version just swapped in: its pause is not set yet.
+                        let _ = active.swap_pause_us.set(pause_us);
+                    }
+                    version.swap_pause_ms = Some(pause_us as f64 / 1000.0);
+                    tracing::info!(plugin = %version.plugin, pause_us, "the swap paused the stage");
+                }
                 // The sender may have given up waiting: the swap happened all the same.
-                let _ = reply.send(self.operator.command(command));
+                let _ = reply.send(answer);
             }
             let seen = match self.streams.changes(&input) {
                 Ok(seen) => seen,
