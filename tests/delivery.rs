@@ -31,6 +31,18 @@ async fn firehose(host: &TestHost, operation: &str, body: Value) -> Value {
     value
 }
 
+/// One line put into a delivery stream through the native API.
+async fn native_put(host: &TestHost, delivery: &str, line: &str) {
+    let native = reqwest::Client::new()
+        .post(format!("{}/v1/delivery/{delivery}/records", host.url))
+        .header("content-type", "text/plain")
+        .body(line.to_owned())
+        .send()
+        .await
+        .expect("native put");
+    assert!(native.status().is_success(), "{}", native.status());
+}
+
 fn b64(text: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(text)
 }
@@ -66,14 +78,7 @@ backup-prefix = "raw/"
             .await;
     assert!(single["RecordId"].as_str().is_some_and(|id| id.starts_with("toll-rows:")), "{single}");
     // The native API feeds delivery streams too.
-    let native = reqwest::Client::new()
-        .post(format!("{}/v1/delivery/toll-rows/records", host.url))
-        .header("content-type", "text/plain")
-        .body(GOOD[1])
-        .send()
-        .await
-        .expect("native put");
-    assert!(native.status().is_success());
+    native_put(&host, "toll-rows", GOOD[1]).await;
     let unknown = reqwest::Client::new()
         .post(format!("{}/v1/delivery/nope/records", host.url))
         .json(&json!({"data": "x"}))
@@ -244,14 +249,7 @@ deduplicate = { id-pattern = "^([^,]+)," }
     assert_eq!(again["FailedPutCount"], 0, "{again}");
     assert_eq!(again["RequestResponses"], first["RequestResponses"], "a repeat is answered as the first put was");
     firehose(&host, "PutRecord", json!({"DeliveryStreamName": "tolls", "Record": {"Data": b64(GOOD[0])}})).await;
-    let native = reqwest::Client::new()
-        .post(format!("{}/v1/delivery/tolls/records", host.url))
-        .header("content-type", "text/plain")
-        .body(GOOD[1])
-        .send()
-        .await
-        .expect("native put");
-    assert!(native.status().is_success());
+    native_put(&host, "tolls", GOOD[1]).await;
     host.wait_until("every repeat counted", |s| s.deliveries[0].records_duplicate == 5).await;
     host.stop().await; // the drain delivers what is buffered
     let mut delivered: Vec<String> =

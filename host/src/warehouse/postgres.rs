@@ -220,7 +220,7 @@ async fn load_all(
         None => Loaded { rows: copied, ..Loaded::default() },
         Some(keyed) => {
             let inserted = tx.execute(&keyed.insert, &[]).await?;
-            Loaded { rows: inserted, duplicates: copied - inserted, ..Loaded::default() }
+            Loaded { rows: inserted, duplicates: copied.saturating_sub(inserted), ..Loaded::default() }
         }
     };
     finish(tx, key, loaded).await
@@ -249,7 +249,7 @@ async fn load_each(
             let Some(keyed) = &sql.keyed else { return Ok((copied, 0)) };
             let inserted = savepoint.execute(&keyed.insert, &[]).await?;
             savepoint.batch_execute(&format!("DELETE FROM {STAGING_TABLE}")).await?;
-            Ok((inserted, copied - inserted))
+            Ok((inserted, copied.saturating_sub(inserted)))
         }
         .await;
         match attempt {
