@@ -70,6 +70,7 @@ fn line(n: u32, time: &str, station: u32, customer: &str, cents: u32) -> NewReco
             "T{station:04}-{n:06},2026-11-26T{time}:00Z,{station},1,TAG{n:07},{customer},2,{cents}"
         )),
         explicit_hash_key: None,
+        attributes: Vec::new(),
     }
 }
 
@@ -158,6 +159,7 @@ fn put_lines(host: &TestHost, lines: &[weir_host::simulate::TollLine], clock: &A
                 event_time_ms: Some(l.time_ms),
                 data: Bytes::from(l.text.clone()),
                 explicit_hash_key: None,
+                attributes: Vec::new(),
             })
             .collect();
         assert!(host.host.put("toll-lines", records, Producer::Native).expect("put").iter().all(Result::is_ok));

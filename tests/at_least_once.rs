@@ -33,6 +33,7 @@ fn record(data: &str, event_time_ms: Option<i64>) -> NewRecord {
         event_time_ms,
         data: Bytes::from(data.to_owned()),
         explicit_hash_key: None,
+        attributes: Vec::new(),
     }
 }
 
@@ -292,6 +293,7 @@ stream = "amounts"
         event_time_ms: None,
         data: Bytes::from(format!("{{\"n\":{n}}}")),
         explicit_hash_key: None,
+        attributes: Vec::new(),
     };
     host.host.put("amounts", (0..3).map(row).collect(), Producer::Native).expect("put");
     host.host.streams().reshard("amounts", 2).expect("reshard");

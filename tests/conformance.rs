@@ -261,6 +261,7 @@ async fn c_rust_and_javascript_stages_run_in_one_pipeline() {
             event_time_ms: None,
             data: bytes::Bytes::from(*l),
             explicit_hash_key: None,
+            attributes: Vec::new(),
         })
         .collect();
     host.host.put("toll-lines", records, Producer::Native).expect("put");

@@ -101,6 +101,7 @@ async fn twenty_swaps_under_load_lose_nothing_and_refused_candidates_never_run()
                         event_time_ms: None,
                         data: Bytes::from(format!("n{n:07}")),
                         explicit_hash_key: None,
+                        attributes: Vec::new(),
                     })
                     .collect();
                 let results = host.put("in", records, Producer::Native).expect("put");
@@ -199,6 +200,7 @@ async fn twenty_swaps_under_load_lose_nothing_and_refused_candidates_never_run()
                 event_time_ms: None,
                 data: Bytes::from_static(b"after-rollback"),
                 explicit_hash_key: None,
+                attributes: Vec::new(),
             }],
             Producer::Native,
         )
@@ -240,6 +242,7 @@ fn records(payloads: &[&str]) -> Vec<NewRecord> {
             event_time_ms: None,
             data: Bytes::from(p.to_string()),
             explicit_hash_key: None,
+            attributes: Vec::new(),
         })
         .collect()
 }
@@ -356,6 +359,7 @@ fn put_rows(host: &TestHost, rows: &[(String, u64, i64)]) {
             event_time_ms: Some(*at),
             data: Bytes::from(format!(r#"{{"customer_id":"{customer}","amount_cents":{cents}}}"#)),
             explicit_hash_key: None,
+            attributes: Vec::new(),
         })
         .collect();
     host.host.put("rows", records, Producer::Native).expect("put");

@@ -48,6 +48,7 @@ fn amounts(pairs: &[(&str, i64)]) -> Vec<NewRecord> {
             event_time_ms: None,
             data: Bytes::from(amount.to_string()),
             explicit_hash_key: None,
+            attributes: Vec::new(),
         })
         .collect()
 }
@@ -218,6 +219,7 @@ fn toll(customer: &str, station: u32, cents: u64, minute: i64) -> NewRecord {
             r#"{{"customer_id":"{customer}","station_id":{station},"vehicle_class":2,"amount_cents":{cents}}}"#
         )),
         explicit_hash_key: None,
+        attributes: Vec::new(),
     }
 }
 
@@ -337,6 +339,7 @@ config = {{ channels = ["ops-hook", "dead-hook"] }}
         event_time_ms: None,
         data: Bytes::from(low),
         explicit_hash_key: None,
+        attributes: Vec::new(),
     };
     host.host.put("traffic", vec![record], Producer::Native).expect("put");
 

@@ -191,6 +191,7 @@ async fn an_input_whose_outputs_break_the_stage_limits_is_dead_lettered_and_noth
             event_time_ms: None,
             data: bytes::Bytes::from(p.as_bytes().to_vec()),
             explicit_hash_key: None,
+            attributes: Vec::new(),
         })
         .collect();
     host.host.put("in", records, Producer::Native).expect("put");

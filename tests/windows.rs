@@ -44,6 +44,7 @@ fn row(customer: &str, cents: u64, at_ms: i64) -> NewRecord {
         event_time_ms: Some(at_ms),
         data: Bytes::from(format!(r#"{{"customer_id":"{customer}","amount_cents":{cents}}}"#)),
         explicit_hash_key: None,
+        attributes: Vec::new(),
     }
 }
 
@@ -103,6 +104,49 @@ async fn windows_close_on_the_watermark_and_late_records_keep_their_reason() {
     assert!(lines(&host.path("data/dead-letter/billing.jsonl")).is_empty(), "late records are not dead letters");
     assert_eq!(letter["error_code"], "late");
     assert!(letter["reason"].as_str().is_some_and(|r| r.contains("behind the watermark")), "{letter}");
+}
+
+/// Each result says which window it is for and which revision of it, in the
+/// attributes a consumer reads (`weir_sdk::pane::Pane::of`): revision 0 when the
+/// window closes, 1 when a record late within the allowed lateness revises it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_carry_their_window_and_revision_to_the_consumer() {
+    let manifest =
+        MANIFEST.replace(r#"window = { size = "10m" }"#, r#"window = { size = "10m", allowed-lateness = "1h" }"#);
+    let mut host = TestHost::start(&manifest).await.expect("start");
+    let minute = 60_000;
+    let put = |rows: Vec<NewRecord>| host.host.put("rows", rows, Producer::Native).expect("put");
+    put(vec![row("C1", 275, T14 + minute), row("C2", 150, T14 + 2 * minute)]);
+    put(vec![row("C1", 100, T14 + 12 * minute)]); // the watermark passes 14:10
+    host.wait_until("the on-time results", |s| s.stages[0].records_out == 2).await;
+    put(vec![row("C2", 999, T14 + 5 * minute)]); // late, within the allowed lateness
+    host.wait_until("the revision", |s| s.stages[0].revisions == 1).await;
+    host.stop().await;
+
+    let records = host.host.read("billing", 0, 0, 100).expect("read");
+    let panes: Vec<(String, u64, weir_host::stream::Attributes)> = records
+        .iter()
+        .map(|r| {
+            let v: Value = serde_json::from_slice(&r.data).expect("JSON result");
+            (
+                v["customer_id"].as_str().unwrap_or("").to_owned(),
+                v["total_cents"].as_u64().unwrap_or(0),
+                r.attributes.clone(),
+            )
+        })
+        .collect();
+    let pane = |revision: &str| {
+        vec![
+            ("weir-window-start".to_owned(), T14.to_string()),
+            ("weir-window-end".to_owned(), (T14 + 10 * minute).to_string()),
+            ("weir-revision".to_owned(), revision.to_owned()),
+        ]
+    };
+    assert_eq!(
+        panes,
+        vec![("C1".into(), 275, pane("0")), ("C2".into(), 150, pane("0")), ("C2".into(), 1149, pane("1"))],
+        "the on-time results, then C2's revision with its whole new total"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,6 +227,7 @@ fn passage(station: &str, at_ms: i64) -> NewRecord {
         event_time_ms: Some(at_ms),
         data: Bytes::from(format!(r#"{{"customer_id":"C000123","station_id":{station},"vehicle_class":2}}"#)),
         explicit_hash_key: None,
+        attributes: Vec::new(),
     }
 }
 

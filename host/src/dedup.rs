@@ -321,6 +321,7 @@ mod tests {
             event_time_ms: None,
             data: Bytes::from(line.to_owned()),
             explicit_hash_key: None,
+            attributes: Vec::new(),
         }
     }
 

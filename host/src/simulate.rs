@@ -354,6 +354,7 @@ pub fn run_day(host: &Arc<Host>, lines: &[TollLine], mut progress: impl FnMut(f6
                 event_time_ms: Some(l.time_ms),
                 data: bytes::Bytes::from(l.text.clone()),
                 explicit_hash_key: None,
+                attributes: Vec::new(),
             })
             .collect();
         let mut pending = records;

@@ -48,6 +48,9 @@ pub struct OutRecord<'a> {
     /// The producer of the record it came from (see [`crate::stream::Source`]);
     /// a stream written to keeps it, files do not.
     pub source: Option<&'a crate::stream::Source>,
+    /// Its attributes (an aggregator's results say their window and revision);
+    /// a stream keeps them, a JSON file has them as `attributes`.
+    pub attributes: &'a [(String, String)],
 }
 
 impl FileSink {
@@ -86,6 +89,11 @@ impl FileSink {
                         obj.insert("key".into(), json!(r.key));
                         obj.insert("event_time".into(), json!(format_ms(r.event_time_ms)));
                         put_data(&mut obj, r.payload);
+                        if !r.attributes.is_empty() {
+                            let attributes: Map<String, Value> =
+                                r.attributes.iter().map(|(n, v)| (n.clone(), json!(v))).collect();
+                            obj.insert("attributes".into(), Value::Object(attributes));
+                        }
                         serde_json::to_writer(&mut *w, &Value::Object(obj))?;
                         w.write_all(b"\n")?;
                     }

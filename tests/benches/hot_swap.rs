@@ -70,6 +70,7 @@ async fn run() {
                         event_time_ms: None,
                         data: Bytes::from(format!("n{n:09}")),
                         explicit_hash_key: None,
+                        attributes: Vec::new(),
                     })
                     .collect();
                 host.put("in", records, Producer::Native).expect("put");

@@ -36,6 +36,7 @@ fn batch(producer: usize) -> Vec<NewRecord> {
             event_time_ms: Some(1_795_000_000_000),
             data: Bytes::from(vec![b'x'; RECORD]),
             explicit_hash_key: None,
+            attributes: Vec::new(),
         })
         .collect()
 }
@@ -90,6 +91,7 @@ fn fresh_batch(producer: usize, next: &mut u64) -> Vec<NewRecord> {
                 event_time_ms: Some(1_795_000_000_000),
                 data: Bytes::from(data),
                 explicit_hash_key: None,
+                attributes: Vec::new(),
             }
         })
         .collect()

@@ -36,6 +36,21 @@ impl Batch {
         self.payload_ends.push(self.payloads.len() as u32);
     }
 
+    /// Appends a record with its attributes (name, value).
+    pub fn push_with_attributes(
+        &mut self,
+        key: &str,
+        event_time_ms: i64,
+        payload: &[u8],
+        attributes: &[(String, String)],
+    ) {
+        let index = self.len() as u32;
+        self.push(key, event_time_ms, payload);
+        for (name, value) in attributes {
+            self.add_attribute(index, name, value);
+        }
+    }
+
     /// Attaches an attribute to record `index`.
     pub fn add_attribute(&mut self, index: u32, name: &str, value: &str) {
         self.attributes.push(Attribute { index, name: name.to_owned(), value: value.to_owned() });

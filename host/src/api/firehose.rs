@@ -62,6 +62,7 @@ fn record(entry: &Entry<'_>) -> Result<NewRecord, AwsError> {
         event_time_ms: None,
         data: Bytes::from(data),
         explicit_hash_key: None,
+        attributes: Vec::new(),
     })
 }
 

@@ -364,7 +364,14 @@ fn new_record(data: Option<&str>, key: Option<&str>, explicit_hash_key: Option<&
     let data = base64::engine::general_purpose::STANDARD
         .decode(data.ok_or_else(|| AwsError::invalid("Data is required"))?)
         .map_err(|e| AwsError::new("SerializationException", format!("Data is not base64: {e}")))?;
-    Ok(NewRecord { source: None, key: key.to_owned(), event_time_ms: None, data: Bytes::from(data), explicit_hash_key })
+    Ok(NewRecord {
+        source: None,
+        key: key.to_owned(),
+        event_time_ms: None,
+        data: Bytes::from(data),
+        explicit_hash_key,
+        attributes: Vec::new(),
+    })
 }
 
 fn arn(name: &str) -> String {

@@ -289,6 +289,7 @@ fn text_records(body: &[u8], key: Option<String>, source: Option<Source>) -> Res
                 event_time_ms: None,
                 data: Bytes::copy_from_slice(line.as_bytes()),
                 explicit_hash_key: None,
+                attributes: Vec::new(),
             })
         })
         .collect()
@@ -328,6 +329,7 @@ fn json_records(body: &[u8]) -> Result<Vec<NewRecord>, ApiError> {
                 event_time_ms,
                 data,
                 explicit_hash_key: None,
+                attributes: Vec::new(),
             })
         })
         .collect()

@@ -259,6 +259,7 @@ mod tests {
                 event_time_ms: None,
                 data: Bytes::from(format!("{i:0size$}")),
                 explicit_hash_key: None,
+                attributes: Vec::new(),
             })
             .collect()
     }
@@ -325,6 +326,7 @@ mod tests {
                 event_time_ms: None,
                 data: Bytes::from(format!("r{i}")),
                 explicit_hash_key: None,
+                attributes: Vec::new(),
             })
             .collect();
         buffers.append("d", records).expect("append");
@@ -372,6 +374,7 @@ mod tests {
                     event_time_ms: None,
                     data: Bytes::from(format!("{{\"n\":{i}}}")),
                     explicit_hash_key: None,
+                    attributes: Vec::new(),
                 })
                 .collect()
         };

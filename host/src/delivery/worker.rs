@@ -341,7 +341,7 @@ impl DeliveryOperator {
         let plugin = self.transform.as_ref()?;
         let mut batch = Batch::with_capacity(chunk.len(), chunk.iter().map(|r| r.data.len()).sum());
         for r in chunk {
-            batch.push(&r.key, r.event_time_ms, &r.data);
+            batch.push_with_attributes(&r.key, r.event_time_ms, &r.data, &r.attributes);
         }
         let mut tries = 0;
         let result = loop {
@@ -463,6 +463,7 @@ mod tests {
                 arrival_ms: 0,
                 data: bytes::Bytes::from_static(b"0123456789"),
                 source: None,
+                attributes: Vec::new(),
             })
             .collect();
         ShardBuffer { next: to, bytes: records.len() as u64 * 10, records, planned: planned.iter().copied().collect() }

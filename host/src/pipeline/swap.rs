@@ -180,7 +180,7 @@ fn check_aggregator(
 fn records_batch(records: &[StoredRecord]) -> crate::plugin::Batch {
     let mut batch = crate::plugin::Batch::with_capacity(records.len(), records.iter().map(|r| r.data.len()).sum());
     for r in records {
-        batch.push(&r.key, r.event_time_ms, &r.data);
+        batch.push_with_attributes(&r.key, r.event_time_ms, &r.data, &r.attributes);
     }
     batch
 }

@@ -369,7 +369,8 @@ impl AggregateOperator {
             let mut batch = Batch::with_capacity(kept.len(), payload_bytes);
             for &k in kept {
                 let (i, key) = &grouped[plan.rows[k]];
-                batch.push(key, records[*i].event_time_ms, &records[*i].data);
+                let record = &records[*i];
+                batch.push_with_attributes(key, record.event_time_ms, &record.data, &record.attributes);
             }
             let groups: Cow<'_, [u32]> = match bad.is_whole() {
                 true => Cow::Borrowed(&plan.groups),
@@ -436,6 +437,7 @@ impl AggregateOperator {
                         event_time_ms: Some(l.record.event_time_ms),
                         data: bytes::Bytes::from(l.to_json().to_string()),
                         explicit_hash_key: None,
+                        attributes: Vec::new(),
                     })
                     .collect();
                 super::append_waiting(self.streams.as_ref(), stream.as_str(), records).map_err(effect)?;
@@ -463,9 +465,21 @@ impl AggregateOperator {
             self.instance = None;
             BatchError::Effect(format!("emitting window {}: {ident}: {e}", closed.window))
         })?;
+        // Each result says which window it is for and which revision (0 on time).
+        let pane = vec![
+            (PANE_START.to_owned(), closed.window.start.to_string()),
+            (PANE_END.to_owned(), closed.window.end.to_string()),
+            (PANE_REVISION.to_owned(), closed.revision.to_string()),
+        ];
         let out: Vec<OutRecord<'_>> = results
             .records()
-            .map(|r| OutRecord { key: r.key, event_time_ms: r.event_time_ms, payload: r.payload, source: None })
+            .map(|r| OutRecord {
+                key: r.key,
+                event_time_ms: r.event_time_ms,
+                payload: r.payload,
+                source: None,
+                attributes: &pane,
+            })
             .collect();
         super::write_output(self.streams.as_ref(), &self.output, &out)
             .map_err(|e| BatchError::Effect(format!("writing window {}'s results: {e}", closed.window)))?;
@@ -609,6 +623,14 @@ impl Operator for AggregateOperator {
         Ok(())
     }
 }
+
+/// The attribute of an aggregator's result that holds its window's start (ms since the Unix epoch).
+pub const PANE_START: &str = "weir-window-start";
+/// The same for the window's end (exclusive).
+pub const PANE_END: &str = "weir-window-end";
+/// The attribute that holds which result of the window this is: 0 on time, then 1, 2, ...
+/// for the revisions late records caused.
+pub const PANE_REVISION: &str = "weir-revision";
 
 /// Whether a stage's plugin runs in an [`AggregateStage`].
 pub fn is_aggregator(spec: &StageSpec) -> bool {

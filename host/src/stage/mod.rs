@@ -73,6 +73,7 @@ impl DeadLetters {
                         event_time_ms: Some(l.record.event_time_ms),
                         data: Bytes::from(l.to_json().to_string()),
                         explicit_hash_key: None,
+                        attributes: Vec::new(),
                     })
                     .collect();
                 append_waiting(streams.as_ref(), stream, records)
@@ -336,6 +337,7 @@ pub(crate) fn write_output(
                     event_time_ms: Some(r.event_time_ms),
                     data: Bytes::copy_from_slice(r.payload),
                     explicit_hash_key: None,
+                    attributes: r.attributes.to_vec(),
                 })
                 .collect();
             append_waiting(streams, stream, records)

@@ -197,7 +197,7 @@ impl Operator for NotifierOperator {
     fn process(&mut self, records: &[StoredRecord]) -> Result<(), BatchError> {
         let mut whole = Batch::with_capacity(records.len(), records.iter().map(|r| r.data.len()).sum());
         for r in records {
-            whole.push(&r.key, r.event_time_ms, &r.data);
+            whole.push_with_attributes(&r.key, r.event_time_ms, &r.data, &r.attributes);
         }
         self.instance()?;
         self.version.batches.fetch_add(1, Ordering::Relaxed);

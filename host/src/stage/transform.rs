@@ -146,6 +146,7 @@ impl TransformOperator {
                     event_time_ms: r.event_time_ms,
                     payload: r.payload,
                     source: records[i].source.as_ref(),
+                    attributes: &[],
                 })),
                 Outcome::Dropped => dropped += 1,
                 Outcome::ProcessingFailed(reason) => letters.push(DeadLetter {
@@ -217,7 +218,7 @@ impl Operator for TransformOperator {
         let _enter = span.enter();
         let mut batch = Batch::with_capacity(records.len(), records.iter().map(|r| r.data.len()).sum());
         for r in records {
-            batch.push(&r.key, r.event_time_ms, &r.data);
+            batch.push_with_attributes(&r.key, r.event_time_ms, &r.data, &r.attributes);
         }
         self.version.batches.fetch_add(1, Ordering::Relaxed);
         let result = match &mut self.instance {

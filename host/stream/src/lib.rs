@@ -68,6 +68,19 @@ pub const MAX_SOURCE_BYTES: usize = 256;
 /// batch's records mostly come from one.
 pub type Source = std::sync::Arc<str>;
 
+/// Name/value attributes of a record (as a Kafka record's headers), in order.
+/// weir writes its own under names that start with `weir-`: an aggregator's
+/// results carry `weir-window-start`, `weir-window-end` (ms since the Unix
+/// epoch) and `weir-revision`.
+pub type Attributes = Vec<(String, String)>;
+
+/// Most attributes one record carries.
+pub const MAX_ATTRIBUTES: usize = 16;
+/// Longest attribute name, in bytes.
+pub const MAX_ATTRIBUTE_NAME_BYTES: usize = 64;
+/// Longest attribute value, in bytes.
+pub const MAX_ATTRIBUTE_VALUE_BYTES: usize = 1024;
+
 /// The limits every record keeps, whichever API put it.
 pub fn check_record(record: &NewRecord) -> Result<(), StreamError> {
     if record.data.len() > MAX_RECORD_BYTES {
@@ -87,6 +100,28 @@ pub fn check_record(record: &NewRecord) -> Result<(), StreamError> {
             source.len()
         )));
     }
+    check_attributes(record)
+}
+
+/// The limits of a record's attributes; the disk store checks them on every
+/// append, since its frames keep their lengths in a byte or two.
+pub fn check_attributes(record: &NewRecord) -> Result<(), StreamError> {
+    if record.attributes.len() > MAX_ATTRIBUTES {
+        return Err(StreamError::InvalidRecord(format!(
+            "the record has {} attributes; the limit is {MAX_ATTRIBUTES}",
+            record.attributes.len()
+        )));
+    }
+    for (name, value) in &record.attributes {
+        if name.is_empty() || name.len() > MAX_ATTRIBUTE_NAME_BYTES || value.len() > MAX_ATTRIBUTE_VALUE_BYTES {
+            return Err(StreamError::InvalidRecord(format!(
+                "attribute `{name}` has a {}-byte name and a {}-byte value; give names of 1 to \
+                 {MAX_ATTRIBUTE_NAME_BYTES} bytes and values of at most {MAX_ATTRIBUTE_VALUE_BYTES}",
+                name.len(),
+                value.len()
+            )));
+        }
+    }
     Ok(())
 }
 
@@ -104,6 +139,8 @@ pub struct NewRecord {
     /// Routes the record to the shard owning this hash key instead of the
     /// partition key's MD5 (Kinesis's `ExplicitHashKey`).
     pub explicit_hash_key: Option<u128>,
+    /// Its attributes (see [`Attributes`]).
+    pub attributes: Attributes,
 }
 
 /// A record in a stream.
@@ -123,6 +160,8 @@ pub struct StoredRecord {
     pub data: Bytes,
     /// Its producer, if it named one (see [`Source`]).
     pub source: Option<Source>,
+    /// Its attributes (see [`Attributes`]).
+    pub attributes: Attributes,
 }
 
 /// Where an appended record went.

@@ -5,7 +5,9 @@
 //! data length u32 | data` in a frame with magic "WR" (format 1), and has
 //! `source length u16 | source` after its key in a frame with magic "WS"
 //! (format 2, written only for batches with a source, so the other frames
-//! stay as they were; both are read).
+//! stay as they were), then `attribute count u8 | (name length u8 | name |
+//! value length u16 | value)*` after its source in a frame with magic "WA"
+//! (format 3, only for batches with attributes). All three are read.
 
 use bytes::Bytes;
 
@@ -15,6 +17,8 @@ use crate::{NewRecord, Source, StoredRecord};
 pub(super) const MAGIC: [u8; 2] = *b"WR";
 /// A frame whose records carry a source (format 2).
 pub(super) const MAGIC_SOURCES: [u8; 2] = *b"WS";
+/// A frame whose records carry a source and attributes (format 3).
+pub(super) const MAGIC_ATTRIBUTES: [u8; 2] = *b"WA";
 /// Magic, payload length, payload checksum.
 pub(super) const HEADER: usize = 2 + 4 + 4;
 /// First sequence, record count, arrival time.
@@ -37,7 +41,7 @@ pub(super) fn parse_frame(bytes: &[u8]) -> Result<(u64, u32, usize), String> {
     if bytes.len() < HEADER {
         return Err("frame header cut short".to_owned());
     }
-    if bytes[..2] != MAGIC && bytes[..2] != MAGIC_SOURCES {
+    if bytes[..2] != MAGIC && bytes[..2] != MAGIC_SOURCES && bytes[..2] != MAGIC_ATTRIBUTES {
         return Err("bad frame marker".to_owned());
     }
     let len = u32::from_le_bytes([bytes[2], bytes[3], bytes[4], bytes[5]]);
@@ -59,11 +63,20 @@ pub(super) fn parse_frame(bytes: &[u8]) -> Result<(u64, u32, usize), String> {
 }
 
 pub(super) fn encode_frame(first: u64, arrival_ms: i64, records: &[NewRecord]) -> Vec<u8> {
-    let sources = records.iter().any(|r| r.source.is_some());
+    let attributes = records.iter().any(|r| !r.attributes.is_empty());
+    let sources = attributes || records.iter().any(|r| r.source.is_some());
     let source_len = |r: &NewRecord| if sources { 2 + r.source.as_ref().map_or(0, |s| s.len()) } else { 0 };
-    let size: usize = records.iter().map(|r| 8 + 2 + r.key.len() + source_len(r) + 4 + r.data.len()).sum();
+    let attributes_len = |r: &NewRecord| {
+        if attributes { 1 + r.attributes.iter().map(|(n, v)| 1 + n.len() + 2 + v.len()).sum::<usize>() } else { 0 }
+    };
+    let size: usize =
+        records.iter().map(|r| 8 + 2 + r.key.len() + source_len(r) + attributes_len(r) + 4 + r.data.len()).sum();
     let mut frame = Vec::with_capacity(HEADER + PAYLOAD_HEADER + size);
-    frame.extend_from_slice(if sources { &MAGIC_SOURCES } else { &MAGIC });
+    frame.extend_from_slice(match (attributes, sources) {
+        (true, _) => &MAGIC_ATTRIBUTES,
+        (false, true) => &MAGIC_SOURCES,
+        (false, false) => &MAGIC,
+    });
     frame.extend_from_slice(&[0; 8]);
     frame.extend_from_slice(&first.to_le_bytes());
     frame.extend_from_slice(&(records.len() as u32).to_le_bytes());
@@ -78,6 +91,16 @@ pub(super) fn encode_frame(first: u64, arrival_ms: i64, records: &[NewRecord]) -
             frame.extend_from_slice(&(source.len() as u16).to_le_bytes());
             frame.extend_from_slice(source.as_bytes());
         }
+        if attributes {
+            // Checked by `check_record`: at most MAX_ATTRIBUTES, names and values within their limits.
+            frame.push(r.attributes.len() as u8);
+            for (name, value) in &r.attributes {
+                frame.push(name.len() as u8);
+                frame.extend_from_slice(name.as_bytes());
+                frame.extend_from_slice(&(value.len() as u16).to_le_bytes());
+                frame.extend_from_slice(value.as_bytes());
+            }
+        }
         frame.extend_from_slice(&(r.data.len() as u32).to_le_bytes());
         frame.extend_from_slice(&r.data);
     }
@@ -90,7 +113,8 @@ pub(super) fn encode_frame(first: u64, arrival_ms: i64, records: &[NewRecord]) -
 
 /// Decodes the records of a checked frame; their data are slices of it, not copies.
 pub(super) fn decode_frame(frame: &Bytes, shard: u32) -> Result<Vec<StoredRecord>, String> {
-    let sources = frame.get(..2) == Some(&MAGIC_SOURCES[..]);
+    let attributes = frame.get(..2) == Some(&MAGIC_ATTRIBUTES[..]);
+    let sources = attributes || frame.get(..2) == Some(&MAGIC_SOURCES[..]);
     let payload = frame.get(HEADER..).ok_or("short frame")?;
     let mut at = 0usize;
     let mut take = |n: usize| -> Result<&[u8], String> {
@@ -122,9 +146,29 @@ pub(super) fn decode_frame(frame: &Bytes, shard: u32) -> Result<Vec<StoredRecord
         } else {
             None
         };
+        let mut record_attributes = Vec::new();
+        if attributes {
+            let count = take(1)?[0];
+            for _ in 0..count {
+                let name_len = take(1)?[0] as usize;
+                let name = std::str::from_utf8(take(name_len)?).map_err(|_| "attribute name is not UTF-8")?.to_owned();
+                let value_len = u16::from_le_bytes(take(2)?.try_into().map_err(|_| "attribute length")?) as usize;
+                let value = std::str::from_utf8(take(value_len)?).map_err(|_| "attribute value is not UTF-8")?;
+                record_attributes.push((name, value.to_owned()));
+            }
+        }
         let data_len = u32::from_le_bytes(take(4)?.try_into().map_err(|_| "data length")?) as usize;
         let data = frame.slice_ref(take(data_len)?);
-        records.push(StoredRecord { shard, sequence: first + i, key, event_time_ms, arrival_ms, data, source });
+        records.push(StoredRecord {
+            shard,
+            sequence: first + i,
+            key,
+            event_time_ms,
+            arrival_ms,
+            data,
+            source,
+            attributes: record_attributes,
+        });
     }
     Ok(records)
 }

@@ -328,6 +328,10 @@ impl Shard {
     /// Returns the sequence numbers of the records appended.
     pub(super) fn append(&self, records: Vec<NewRecord>) -> Result<Vec<u64>, StreamError> {
         let stream = self.name.as_str();
+        // A frame keeps attribute lengths in a byte or two: longer ones never reach it.
+        for record in records.iter().filter(|r| !r.attributes.is_empty()) {
+            crate::check_attributes(record)?;
+        }
         self.arriving.fetch_add(1, Ordering::SeqCst);
         let arriving = Arriving(&self.arriving);
         let mut st = self.lock();

@@ -19,6 +19,7 @@ fn rec(data: &str) -> NewRecord {
         event_time_ms: Some(7),
         data: Bytes::copy_from_slice(data.as_bytes()),
         explicit_hash_key: None,
+        attributes: Vec::new(),
     }
 }
 
@@ -112,6 +113,39 @@ fn sources_are_kept_and_frames_without_them_read_as_before() {
         all[1].source.as_ref().expect("b's source"),
         all[2].source.as_ref().expect("c's source")
     ));
+}
+
+#[test]
+fn attributes_are_kept_beside_frames_without_them_and_their_limits_are_checked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let with = |data: &str, attributes: &[(&str, &str)]| NewRecord {
+        attributes: attributes.iter().map(|(n, v)| ((*n).to_owned(), (*v).to_owned())).collect(),
+        source: Some(Source::from("agg")),
+        ..rec(data)
+    };
+    {
+        let s = open(dir.path(), FsyncPolicy::Always).expect("open");
+        put(&s, vec![rec("a")]).expect("a frame of format 1");
+        put(&s, vec![with("b", &[("weir-revision", "1"), ("note", "")]), with("c", &[])]).expect("format 3");
+        // Too many, a name too long, a value too long: refused by the store itself.
+        let many: Vec<(String, String)> =
+            (0..=crate::MAX_ATTRIBUTES).map(|i| (format!("a{i}"), String::new())).collect();
+        let name = "n".repeat(crate::MAX_ATTRIBUTE_NAME_BYTES + 1);
+        let value = "v".repeat(crate::MAX_ATTRIBUTE_VALUE_BYTES + 1);
+        for bad in [NewRecord { attributes: many, ..rec("x") }, with("x", &[(&name, "")]), with("x", &[("n", &value)])]
+        {
+            assert!(matches!(put(&s, vec![bad]), Err(StreamError::InvalidRecord(_))));
+        }
+    }
+    let bytes = std::fs::read(segment(dir.path())).expect("segment");
+    assert_eq!(bytes.windows(2).filter(|w| *w == MAGIC_ATTRIBUTES).count(), 1);
+    let s = open(dir.path(), FsyncPolicy::Always).expect("reopen");
+    let all = s.read("s", 0, 0, 10).expect("read");
+    assert_eq!(datas(&all), ["a", "b", "c"]);
+    let attributes: Vec<&Vec<(String, String)>> = all.iter().map(|r| &r.attributes).collect();
+    assert_eq!(attributes[1], &vec![("weir-revision".to_owned(), "1".to_owned()), ("note".to_owned(), String::new())]);
+    assert!(attributes[0].is_empty() && attributes[2].is_empty());
+    assert_eq!(all[1].source.as_deref(), Some("agg"), "the source is kept beside them");
 }
 
 #[test]
@@ -327,6 +361,7 @@ fn records_go_to_the_shard_owning_their_hash_and_keep_order_per_key() {
             event_time_ms: None,
             data: Bytes::from(format!("{}-{i}", i % 20)),
             explicit_hash_key: None,
+            attributes: Vec::new(),
         })
         .collect();
     let results = s.append("s", records).expect("append");
