@@ -5,8 +5,16 @@
 const decoder = new TextDecoder();
 const encoder = new TextEncoder();
 
-/** The records of a `types.batch`: { index, key, eventTime (BigInt ms), payload (Uint8Array) }. */
+/**
+ * The records of a `types.batch`: { index, key, eventTime (BigInt ms), payload
+ * (Uint8Array), attributes ({ name: value }) }.
+ */
 export function* records(batch) {
+  const attributes = new Map();
+  for (const a of batch.attributes) {
+    if (!attributes.has(a.index)) attributes.set(a.index, {});
+    attributes.get(a.index)[a.name] = a.value;
+  }
   let keyStart = 0;
   let payloadStart = 0;
   for (let i = 0; i < batch.keyEnds.length; i++) {
@@ -17,10 +25,22 @@ export function* records(batch) {
       key: decoder.decode(batch.keys.subarray(keyStart, keyEnd)),
       eventTime: batch.eventTimes[i],
       payload: batch.payloads.subarray(payloadStart, payloadEnd),
+      attributes: attributes.get(i) ?? {},
     };
     keyStart = keyEnd;
     payloadStart = payloadEnd;
   }
+}
+
+/**
+ * An aggregator's result's window and revision, from its attributes:
+ * { start, end (ms), revision } (revision 0 on time, 1, 2, ... for the
+ * revisions late records caused), or null for a record that is not one.
+ */
+export function pane(record) {
+  const a = record.attributes ?? {};
+  const [start, end, revision] = ['weir-window-start', 'weir-window-end', 'weir-revision'].map((n) => Number(a[n]));
+  return [start, end, revision].every(Number.isInteger) ? { start, end, revision } : null;
 }
 
 /**

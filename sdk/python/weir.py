@@ -7,8 +7,8 @@ module only spares each plugin the columnar batch arithmetic. Include it with
 """
 
 import json
-from dataclasses import dataclass
-from typing import Any, Iterator, List, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 
 @dataclass
@@ -19,10 +19,24 @@ class Record:
     key: str
     event_time_ms: int
     payload: bytes
+    attributes: Dict[str, str] = field(default_factory=dict)
 
     def json(self) -> Any:
         """The payload parsed as JSON (raises ValueError if it is not)."""
         return json.loads(self.payload)
+
+    def pane(self) -> Optional[Tuple[int, int, int]]:
+        """An aggregator's result's (window start ms, window end ms, revision), from its
+        attributes: revision 0 on time, then 1, 2, ... for the revisions late records
+        caused. None for a record that is not one."""
+        try:
+            return (
+                int(self.attributes["weir-window-start"]),
+                int(self.attributes["weir-window-end"]),
+                int(self.attributes["weir-revision"]),
+            )
+        except (KeyError, ValueError):
+            return None
 
 
 def bad_record(index: int, reason: str) -> Exception:
@@ -53,6 +67,9 @@ def failed(message: str) -> Exception:
 
 def records(batch) -> Iterator[Record]:
     """The records of a `types.batch`, in order."""
+    attributes: Dict[int, Dict[str, str]] = {}
+    for a in batch.attributes:
+        attributes.setdefault(a.index, {})[a.name] = a.value
     key_start = 0
     payload_start = 0
     for i, (key_end, payload_end) in enumerate(zip(batch.key_ends, batch.payload_ends)):
@@ -61,6 +78,7 @@ def records(batch) -> Iterator[Record]:
             key=batch.keys[key_start:key_end].decode("utf-8", errors="replace"),
             event_time_ms=batch.event_times[i],
             payload=bytes(batch.payloads[payload_start:payload_end]),
+            attributes=attributes.get(i, {}),
         )
         key_start, payload_start = key_end, payload_end
 

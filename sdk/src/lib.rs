@@ -38,6 +38,7 @@ mod error;
 pub mod host;
 pub mod log;
 mod notifier;
+pub mod pane;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
 pub mod time;

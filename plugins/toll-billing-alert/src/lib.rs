@@ -9,9 +9,12 @@
 //! window again with its whole new total). So the month's item keeps each
 //! window's total as it was added (`{"cents":960,"windows":{"<start>":685,...}}`)
 //! and a window's total replaces what it added before: a repeat changes
-//! nothing, a revision adds only the difference. Every toll is counted once,
-//! however late it came and whatever order the windows arrive in. The item is
-//! written with a conditional put. The message's idempotency key
+//! nothing, a revision adds only the difference. Each result says its
+//! revision (the host's `weir-revision` attribute, read with `Pane::of`), and
+//! the item keeps the revision each window was added at, so a repeat of an
+//! older revision that arrives after a newer one changes nothing either. Every
+//! toll is counted once, however late it came and whatever order the windows
+//! and their revisions arrive in. The item is written with a conditional put. The message's idempotency key
 //! `billing|<customer>|<YYYY-MM>` makes it one per month even if the crossing
 //! is seen again.
 
@@ -19,6 +22,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use weir_sdk::host::{self, Notification};
+use weir_sdk::pane::Pane;
 use weir_sdk::{Config, Error, Notifier, Record};
 
 /// The plugin and its configuration.
@@ -44,6 +48,9 @@ struct MonthTotal {
     /// Each window's total as added, by window start.
     #[serde(default)]
     windows: BTreeMap<String, u64>,
+    /// The revision each window's total was added at, when it was not the on-time one.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    revisions: BTreeMap<String, u32>,
     /// In items written before windows were kept: the last window added, so that
     /// windows at or before it (not in `windows`) are not added again.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -73,7 +80,9 @@ impl Notifier for TollBillingAlert {
             Error::bad_record(format!("window_start `{}` is not an RFC 3339 time", window.window_start))
         })?;
         let key = format!("{}|{month}", window.customer_id);
-        let Some((before, after)) = self.apply(&key, &window)? else { return Ok(()) };
+        // A result without a pane (a producer other than the aggregator) counts as on time.
+        let revision = Pane::of(record).map_or(0, |pane| pane.revision);
+        let Some((before, after)) = self.apply(&key, &window, revision)? else { return Ok(()) };
         let threshold = self.threshold(&window.customer_id)?;
         if before < threshold && after >= threshold {
             host::send(&Notification {
@@ -94,10 +103,10 @@ impl Notifier for TollBillingAlert {
 }
 
 impl TollBillingAlert {
-    /// Puts the window's total in the month's total, in place of what the window
-    /// added before; the totals before and after, or `None` when nothing changed (a
-    /// repeat).
-    fn apply(&self, key: &str, window: &WindowTotal) -> Result<Option<(u64, u64)>, Error> {
+    /// Puts the window's total (at `revision`) in the month's total, in place of
+    /// what the window added before; the totals before and after, or `None` when
+    /// nothing changed (a repeat, or a revision older than the one added).
+    fn apply(&self, key: &str, window: &WindowTotal, revision: u32) -> Result<Option<(u64, u64)>, Error> {
         for _ in 0..CAS_ATTEMPTS {
             let current = host::get(&self.totals, key)?;
             let mut total: MonthTotal = match &current {
@@ -111,11 +120,15 @@ impl TollBillingAlert {
                 None if window.window_start <= total.last_window => return Ok(None),
                 None => 0,
             };
-            if added == window.total_cents {
+            let added_at = total.revisions.get(&window.window_start).copied().unwrap_or(0);
+            if revision < added_at || added == window.total_cents {
                 return Ok(None);
             }
             total.cents = total.cents.saturating_sub(added).saturating_add(window.total_cents);
             total.windows.insert(window.window_start.clone(), window.total_cents);
+            if revision > 0 {
+                total.revisions.insert(window.window_start.clone(), revision);
+            }
             let bytes = serde_json::to_vec(&total).map_err(|e| e.to_string())?;
             if host::put_if(&self.totals, key, current.as_deref(), &bytes)? {
                 return Ok(Some((before, total.cents)));
@@ -199,6 +212,27 @@ mod tests {
         let sent = testing::sent();
         assert_eq!(sent.len(), 1, "the late toll crossed the threshold: one message");
         assert!(sent[0].body.contains("$10.50 (as of 2026-11-26T14:00:00.000Z)"), "{}", sent[0].body);
+    }
+
+    #[test]
+    fn an_older_revision_arriving_after_a_newer_one_changes_nothing() {
+        let mut h = NotifierHarness::<TollBillingAlert>::new(&[]).expect("init");
+        let w1 = "2026-11-26T14:00:00.000Z";
+        let result = |batch: &mut Batch, cents: u64, revision: &str| {
+            batch.push("C1", 0, window("C1", w1, cents).as_bytes());
+            batch.set_attribute("weir-window-start", "1795701600000");
+            batch.set_attribute("weir-window-end", "1795702200000");
+            batch.set_attribute("weir-revision", revision);
+        };
+        let mut batch = Batch::new();
+        result(&mut batch, 600, "0");
+        result(&mut batch, 750, "1");
+        // The on-time result again, redelivered after its revision (a batch redone after a crash).
+        result(&mut batch, 600, "0");
+        h.consume(&batch).expect("consume");
+        let item = testing::item("month-totals", "C1|2026-11").expect("a total");
+        let total = serde_json::from_slice::<MonthTotal>(&item).expect("a month total");
+        assert_eq!((total.cents, total.revisions.get(w1)), (750, Some(&1)), "revision 1 stays");
     }
 
     #[test]
