@@ -55,6 +55,7 @@ pub const RUST_SDK: &[(&str, &str)] = &[
     ("src/lib.rs", include_str!("../../src/lib.rs")),
     ("src/log.rs", include_str!("../../src/log.rs")),
     ("src/notifier.rs", include_str!("../../src/notifier.rs")),
+    ("src/pane.rs", include_str!("../../src/pane.rs")),
     ("src/testing.rs", include_str!("../../src/testing.rs")),
     ("src/time.rs", include_str!("../../src/time.rs")),
     ("src/transformer.rs", include_str!("../../src/transformer.rs")),
