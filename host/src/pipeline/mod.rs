@@ -495,6 +495,7 @@ impl Host {
             }
             streams.insert(name, info.appended());
         }
+        let buffer_duplicates = self.buffer_dedup.duplicates();
         PipelineStatus {
             pipeline: self.pipeline.name.to_string(),
             uptime_seconds: self.started.elapsed().as_secs(),
@@ -506,7 +507,7 @@ impl Host {
                 .deliveries
                 .iter()
                 .map(|d| DeliveryStatus {
-                    records_duplicate: self.buffer_dedup.duplicates().get(d.spec.name.as_str()).copied().unwrap_or(0),
+                    records_duplicate: buffer_duplicates.get(d.spec.name.as_str()).copied().unwrap_or(0),
                     ..d.status()
                 })
                 .collect(),
