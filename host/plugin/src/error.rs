@@ -121,6 +121,21 @@ impl PluginError {
         }
     }
 
+    /// Whether the call failed on its batch as a whole (a trap, a deadline, the
+    /// memory cap, an error for the whole call, a broken contract): retried in
+    /// halves, it can show which records cause it. A plugin that cannot start
+    /// or calls its failure transient is not helped by smaller batches.
+    pub fn fails_the_batch(&self) -> bool {
+        matches!(
+            self,
+            PluginError::Timeout(_)
+                | PluginError::MemoryCap(_)
+                | PluginError::Trap(_)
+                | PluginError::Returned(_)
+                | PluginError::Contract(_)
+        )
+    }
+
     /// Whether the instance is unusable afterwards and must be replaced.
     pub fn poisons_instance(&self) -> bool {
         matches!(

@@ -6,6 +6,7 @@
 //! checkpoint records nothing: a position is durable once its batch loaded).
 
 use std::collections::{BTreeMap, VecDeque};
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::SyncSender;
@@ -17,6 +18,8 @@ use super::{Clock, Interrupted};
 use crate::lake::object_prefix;
 use crate::manifest::{DeliverySpec, ErrorPolicy};
 use crate::plugin::{Batch, Outcome, PluginError, Transformed, TransformerInstance, TransformerPlugin};
+use crate::stage::bisect::{BISECT_BUDGET, FailedBatch, Part, Parts, Settle};
+use crate::stage::check_outputs;
 use crate::stage::driver::{PLUGIN_TRIES, Reading};
 use crate::stage::{BatchError, Driver, Operator, StageStats};
 use crate::stream::StoredRecord;
@@ -96,6 +99,8 @@ impl Worker {
             batch_wait: Duration::ZERO,
             // A step that fails (a plan not written) waits and is retried.
             on_error: ErrorPolicy::DeadLetter,
+            // The operator reports no plugin failures: its transform's go to the error prefix.
+            failed_batch: FailedBatch::Whole,
         };
         let operator = DeliveryOperator {
             shared: shared.clone(),
@@ -255,36 +260,10 @@ impl DeliveryOperator {
         // Records whose rows are in `rows`, to list under the error prefix if the rows cannot be written.
         let mut transformed: Vec<&StoredRecord> = Vec::new();
         let mut errors: Vec<serde_json::Value> = Vec::new();
+        let mut out =
+            Transforming { rows: &mut rows, transformed: &mut transformed, errors: &mut errors, batch_bytes: 0 };
         for chunk in batch.chunks(TRANSFORM_BATCH) {
-            match self.transform(chunk) {
-                None => {
-                    for r in chunk {
-                        rows.push(&r.data);
-                    }
-                    transformed.extend(chunk);
-                }
-                Some(Ok(t)) => {
-                    for (i, outcome, outputs) in t.per_record() {
-                        match outcome {
-                            Outcome::Ok(_) => {
-                                for o in outputs {
-                                    rows.push(o.payload);
-                                }
-                                transformed.push(&chunk[i]);
-                            }
-                            Outcome::Dropped => {}
-                            Outcome::ProcessingFailed(reason) => {
-                                errors.push(error_entry(&chunk[i], "Transform.ProcessingFailed", reason, 1));
-                            }
-                        }
-                    }
-                }
-                Some(Err(e)) => {
-                    let reason = e.to_string();
-                    let code = format!("Transform.{}", e.code());
-                    errors.extend(chunk.iter().map(|r| error_entry(r, &code, &reason, 1)));
-                }
-            }
+            self.transform_chunk(chunk, &mut out);
         }
         let (first, last) = (batch[0].sequence, batch[batch.len() - 1].sequence);
         let at = batch[0].arrival_ms;
@@ -333,12 +312,40 @@ impl DeliveryOperator {
         Ok(Staged { shard, first, last, at, name, rows, parsed, staged_key, delivered, errors })
     }
 
-    /// Runs the transform over a chunk (`None` without a transform). A plugin
-    /// that failed is replaced before the next chunk; a failure it calls
-    /// transient is tried again after a backoff, [`PLUGIN_TRIES`] times in all
-    /// (as Firehose retries its transform), before the chunk goes to the error prefix.
-    fn transform(&mut self, chunk: &[StoredRecord]) -> Option<Result<Transformed, PluginError>> {
-        let plugin = self.transform.as_ref()?;
+    /// Runs the transform over a chunk (as it is without a transform) into `out`.
+    /// A chunk the plugin fails on is settled ([`bisect`](crate::stage::bisect))
+    /// unless the transform's `failed-batch` is `whole`: only the records it fails
+    /// on alone go to the error prefix.
+    fn transform_chunk<'a>(&mut self, chunk: &'a [StoredRecord], out: &mut Transforming<'_, 'a>) {
+        let Some(transform) = &self.shared.spec.transform else {
+            for r in chunk {
+                out.rows.push(&r.data);
+            }
+            out.transformed.extend(chunk);
+            return;
+        };
+        let settle = Settle { how: transform.failed_batch, tries: PLUGIN_TRIES, budget: BISECT_BUDGET };
+        let failure = match self.transform(chunk) {
+            Ok(t) => return out.add(&self.shared.spec, chunk, &t),
+            Err(e) if e.fails_the_batch() && settle.how == FailedBatch::Bisect && chunk.len() > 1 => e,
+            Err(e) => return out.give_up(chunk, &format!("Transform.{}", e.code()), &e.to_string()),
+        };
+        tracing::warn!(error = %failure, records = chunk.len(), "the transform failed on a chunk; it is tried in halves");
+        let message = failure.to_string();
+        let mut parts = TransformParts { operator: self, chunk, out, code: failure.code() };
+        match settle.run(&mut parts, chunk.len(), message) {
+            Ok(()) => {}
+            Err(never) => match never {},
+        }
+    }
+
+    /// Runs the transform over some records. A plugin that failed is replaced
+    /// before the next call; a failure it calls transient is tried again after a
+    /// backoff, [`PLUGIN_TRIES`] times in all (as Firehose retries its transform).
+    fn transform(&mut self, chunk: &[StoredRecord]) -> Result<Transformed, PluginError> {
+        let Some(plugin) = self.transform.as_ref() else {
+            return Err(PluginError::Contract("the delivery has no transform".to_owned()));
+        };
         let mut batch = Batch::with_capacity(chunk.len(), chunk.iter().map(|r| r.data.len()).sum());
         for r in chunk {
             batch.push_with_attributes(&r.key, r.event_time_ms, &r.data, &r.attributes);
@@ -366,14 +373,94 @@ impl DeliveryOperator {
             }
         };
         if let Err(e) = &result {
-            tracing::error!(
-                error_code = e.code(),
-                records = chunk.len(),
-                "transform failed; its records go to the error prefix"
-            );
+            tracing::error!(error_code = e.code(), records = chunk.len(), "the transform failed");
             self.shared.note_error(e.to_string());
         }
-        Some(result)
+        result
+    }
+}
+
+/// What a batch's transform has given so far: rows, the records they came
+/// from, and error entries for the error prefix.
+struct Transforming<'o, 'a> {
+    rows: &'o mut RowsWriter,
+    /// Records whose rows are in `rows`, to list under the error prefix if the rows cannot be written.
+    transformed: &'o mut Vec<&'a StoredRecord>,
+    errors: &'o mut Vec<serde_json::Value>,
+    /// Output bytes so far, for `limits.output-batch-size`.
+    batch_bytes: u64,
+}
+
+impl<'a> Transforming<'_, 'a> {
+    /// Adds what the transform made of `chunk`. A record whose outputs break
+    /// the transform's output limits goes to the error prefix
+    /// (`Transform.OutputLimit`), and none of its outputs is written.
+    fn add(&mut self, spec: &DeliverySpec, chunk: &'a [StoredRecord], t: &Transformed) {
+        let limits = spec.transform.as_ref().map(|t| t.output_limits).unwrap_or_default();
+        for (i, outcome, outputs) in t.per_record() {
+            match outcome {
+                Outcome::Ok(_) => {
+                    let sizes = outputs.iter().map(|o| o.payload.len());
+                    if let Err(reason) = check_outputs(&limits, sizes, &mut self.batch_bytes) {
+                        self.errors.push(error_entry(&chunk[i], "Transform.OutputLimit", &reason, 1));
+                        continue;
+                    }
+                    for o in outputs {
+                        self.rows.push(o.payload);
+                    }
+                    self.transformed.push(&chunk[i]);
+                }
+                Outcome::Dropped => {}
+                Outcome::ProcessingFailed(reason) => {
+                    self.errors.push(error_entry(&chunk[i], "Transform.ProcessingFailed", reason, 1));
+                }
+            }
+        }
+    }
+
+    /// Lists records the transform failed on under the error prefix.
+    fn give_up(&mut self, records: &[StoredRecord], code: &str, reason: &str) {
+        self.errors.extend(records.iter().map(|r| error_entry(r, code, reason, 1)));
+    }
+}
+
+/// A chunk the transform failed on, settled part by part.
+struct TransformParts<'w, 'o, 'a> {
+    operator: &'w mut DeliveryOperator,
+    chunk: &'a [StoredRecord],
+    out: &'w mut Transforming<'o, 'a>,
+    /// The code of the last failure, for the error prefix.
+    code: &'static str,
+}
+
+impl Parts for TransformParts<'_, '_, '_> {
+    type Stop = std::convert::Infallible;
+
+    fn attempt(&mut self, part: Range<usize>) -> Result<Part, Self::Stop> {
+        let records = &self.chunk[part];
+        match self.operator.transform(records) {
+            Ok(t) => {
+                self.out.add(&self.operator.shared.spec, records, &t);
+                Ok(Part::Done)
+            }
+            Err(e) => {
+                self.code = e.code();
+                Ok(Part::Failed(e.to_string()))
+            }
+        }
+    }
+
+    fn give_up(&mut self, part: Range<usize>, reason: &str) -> Result<(), Self::Stop> {
+        self.out.give_up(&self.chunk[part], &format!("Transform.{}", self.code), reason);
+        Ok(())
+    }
+
+    fn before_retry(&mut self, failures: u32) {
+        std::thread::sleep(crate::stage::backoff_delay(failures));
+    }
+
+    fn hurry(&self) -> bool {
+        self.operator.shared.draining.load(Ordering::Relaxed)
     }
 }
 

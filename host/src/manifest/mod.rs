@@ -10,8 +10,8 @@ pub mod units;
 
 pub use diagnostic::{Diagnostic, Diagnostics, SourceFile};
 pub use pipeline::{
-    Api, DeadLetter, DeliverySpec, DirGrant, ErrorPolicy, FileFormat, Grants, Limits, OutputLimits, Pipeline, SinkSpec,
-    Source, StageSpec, StreamSpec, Target, Transform, Uses, load,
+    Api, DeadLetter, DeliverySpec, DirGrant, ErrorPolicy, FailedBatch, FileFormat, Grants, Limits, OutputLimits,
+    Pipeline, SinkSpec, Source, StageSpec, StreamSpec, Target, Transform, Uses, load,
 };
 pub use plugin::{PluginManifest, Resource, World};
 pub use units::Name;

@@ -393,8 +393,13 @@ impl AggregateOperator {
             let record = records[grouped[plan.rows[*k]].0].clone();
             aside.push(SetAside { record, code: "processing-failed", reason: reason.clone() });
         }
-        // Folded or not, the states go back (a failed fold left them as they were).
-        self.windows()?.apply_fold(plan);
+        // Folded or not, the states go back; a failed fold left them as they were, and
+        // the watermark has not seen its records, which are folded again (or in parts).
+        let windows = self.windows()?;
+        match folded {
+            Ok(()) => windows.apply_fold(plan),
+            Err(_) => windows.undo_fold(plan),
+        }
         self.version.batches.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = folded {
             // A fresh instance for the retry.

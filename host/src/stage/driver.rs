@@ -26,11 +26,14 @@
 //!
 //! # The error policy
 //!
-//! A batch the plugin fails on ([`BatchError::Plugin`]) is tried
-//! [`PLUGIN_TRIES`] times (a fresh instance after a trap), then the stage's
-//! `on-error` applies: `dead-letter` sets the batch aside with the reason
+//! A batch the plugin fails on ([`BatchError::Plugin`]) is settled by
+//! [`bisect`](super::bisect): tried again in halves (a fresh instance after a
+//! trap), down to the records that fail alone, each part checkpointed once it
+//! is done; a record that keeps failing ([`PLUGIN_TRIES`] times) gets the
+//! stage's `on-error`: `dead-letter` sets it aside with the reason
 //! ([`Operator::set_aside`]) and goes on, `skip` goes on without it, `stop`
-//! stops the stage with the batch still in the stream. What the plugin itself
+//! stops the stage with it still in the stream. With `failed-batch = "whole"`
+//! the same applies to the whole batch. What the plugin itself
 //! says of a failure comes first: a record it calls bad is set aside by the
 //! operator, which goes on with the others (never a driver error), and a
 //! failure it calls transient ([`BatchError::Transient`]) is retried with
@@ -48,11 +51,13 @@
 //! stops waiting for partial batches, finishes what its input holds,
 //! checkpoints it, and returns.
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, Instant};
 
+use super::bisect::{BISECT_BUDGET, FailedBatch, Part, Parts, Settle};
 use super::{Phase, StageHandle, StageStats, backoff_delay};
 use crate::manifest::{ErrorPolicy, StageSpec};
 use crate::stream::{StoredRecord, StreamError, StreamStore, parents_finished, shard_finished};
@@ -142,7 +147,8 @@ pub trait Operator: Send + 'static {
     /// Called with each batch of one shard's records, in order. Returns `Ok`
     /// once every effect of the batch is durably recorded; the driver then
     /// checkpoints past it. May be called again with the same batch after an
-    /// error.
+    /// error, or with parts of it, in order, after a plugin failure (a failed
+    /// batch is settled in halves, [`bisect`](super::bisect)).
     fn process(&mut self, records: &[StoredRecord]) -> Result<(), BatchError>;
 
     /// Called when there is nothing to read: time-driven work (an aggregator
@@ -158,7 +164,7 @@ pub trait Operator: Send + 'static {
     /// The default writes the stream's consumer checkpoint of the shard.
     fn checkpoint(&mut self, positions: &[u64], shard: Option<u32>) -> Result<(), String>;
 
-    /// Called with a batch the plugin failed on [`PLUGIN_TRIES`] times when the
+    /// Called with records the plugin failed on [`PLUGIN_TRIES`] times when the
     /// policy is `dead-letter`: writes it to the dead letters with `reason`.
     /// Returns once they are durable. The default, for an operator that never
     /// reports [`BatchError::Plugin`], refuses.
@@ -191,6 +197,8 @@ pub struct Reading {
     pub batch_wait: Duration,
     /// What a batch that keeps failing does.
     pub on_error: ErrorPolicy,
+    /// Whether a failed batch is tried again in halves.
+    pub failed_batch: FailedBatch,
 }
 
 impl Reading {
@@ -202,6 +210,7 @@ impl Reading {
             batch_size: spec.batch_size,
             batch_wait: spec.batch_wait,
             on_error: spec.on_error,
+            failed_batch: spec.failed_batch,
         }
     }
 
@@ -365,10 +374,11 @@ impl<O: Operator> Driver<O> {
                 Ok(records) => records,
                 Err(e) => return self.stop(&format!("reading the input stream failed: {e}")),
             };
-            let Some(next) = records.last().map(|r| r.sequence + 1) else { continue };
-            let outcome = self.operator.process(&records);
-            let done = match outcome {
-                Ok(()) => true,
+            if records.is_empty() {
+                continue;
+            }
+            match self.operator.process(&records) {
+                Ok(()) => {}
                 Err(BatchError::Plugin { message, rolled_back: true }) => {
                     tracing::warn!(error = %message, "the batch goes to the version rolled back to");
                     tries = 0;
@@ -376,17 +386,11 @@ impl<O: Operator> Driver<O> {
                     continue;
                 }
                 Err(BatchError::Plugin { message, .. }) => {
-                    tries += 1;
-                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
-                    self.stats.set_error(message.clone());
-                    if tries < PLUGIN_TRIES && !self.draining() {
-                        tracing::error!(error = %message, try_number = tries, "the plugin failed on a batch; it is tried again");
-                        self.back_off(tries);
-                        next_shard = shard;
-                        continue;
-                    }
-                    match self.apply_policy(&records, &message) {
-                        Retried::Done => true,
+                    self.note_failure(&message);
+                    // The batch is settled here: its records are done or given up on, and checkpointed.
+                    tries = 0;
+                    match self.settle(&records, &mut positions, shard, message) {
+                        Retried::Done => continue,
                         Retried::Stop => return,
                     }
                 }
@@ -405,15 +409,10 @@ impl<O: Operator> Driver<O> {
                 }
                 Err(BatchError::Fatal(e)) => return self.stop(&e),
                 Err(BatchError::Interrupted) => return self.interrupted(),
-            };
-            if done {
-                tries = 0;
-                self.stats.records_in.fetch_add(records.len() as u64, Ordering::Relaxed);
-                self.stats.batches.fetch_add(1, Ordering::Relaxed);
-                positions[shard] = next;
-                if let Retried::Stop = self.checkpoint(&positions, Some(shard as u32)) {
-                    return;
-                }
+            }
+            tries = 0;
+            if let Retried::Stop = self.done(&records, &mut positions, shard) {
+                return;
             }
         }
         if let Err(e) = self.operator.close() {
@@ -423,30 +422,59 @@ impl<O: Operator> Driver<O> {
         self.stats.set_phase(Phase::Finished);
     }
 
-    /// The policy for a batch the plugin keeps failing on.
-    fn apply_policy(&mut self, records: &[StoredRecord], message: &str) -> Retried {
+    /// Counts a plugin failure and shows it in the status.
+    fn note_failure(&self, message: &str) {
+        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+        self.stats.set_error(message.to_owned());
+    }
+
+    /// After `records` (of `shard`) were processed or set aside: the position moves past them.
+    fn done(&mut self, records: &[StoredRecord], positions: &mut [u64], shard: usize) -> Retried {
+        let Some(last) = records.last() else { return Retried::Done };
+        self.stats.records_in.fetch_add(records.len() as u64, Ordering::Relaxed);
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        positions[shard] = last.sequence + 1;
+        self.checkpoint(positions, Some(shard as u32))
+    }
+
+    /// Settles a batch the plugin failed on ([`bisect`](super::bisect)): its parts
+    /// are processed or set aside in order, each checkpointed when it is.
+    fn settle(&mut self, records: &[StoredRecord], positions: &mut [u64], shard: usize, message: String) -> Retried {
+        let settle = Settle { how: self.spec.failed_batch, tries: PLUGIN_TRIES, budget: BISECT_BUDGET };
+        if settle.how == FailedBatch::Bisect && records.len() > 1 {
+            tracing::warn!(error = %message, records = records.len(), "the plugin failed on a batch; it is tried in halves");
+        }
+        let mut parts = DriverParts { driver: self, records, positions, shard };
+        match settle.run(&mut parts, records.len(), message) {
+            Ok(()) => Retried::Done,
+            Err(Stopped) => Retried::Stop,
+        }
+    }
+
+    /// The policy for records the plugin keeps failing on, for `reason`.
+    fn apply_policy(&mut self, records: &[StoredRecord], reason: &str) -> Retried {
         match self.spec.on_error {
             ErrorPolicy::Stop => {
-                self.stop(&format!("{message}; stopped by the `stop` error policy, the records stay in the stream"));
+                self.stop(&format!("{reason}; stopped by the `stop` error policy, the records stay in the stream"));
                 Retried::Stop
             }
             ErrorPolicy::Skip => {
-                tracing::error!(error = message, records = records.len(), "a batch skipped by the error policy");
+                tracing::error!(error = reason, records = records.len(), "records skipped by the error policy");
                 self.stats.skipped.fetch_add(records.len() as u64, Ordering::Relaxed);
                 Retried::Done
             }
             ErrorPolicy::DeadLetter => {
-                let reason = format!("the plugin failed on this batch {PLUGIN_TRIES} times: {message}");
+                tracing::error!(error = reason, records = records.len(), "records dead-lettered by the error policy");
                 let mut tries = 0;
                 loop {
-                    match self.operator.set_aside(records, &reason) {
+                    match self.operator.set_aside(records, reason) {
                         Ok(()) => {
                             self.stats.dead_lettered.fetch_add(records.len() as u64, Ordering::Relaxed);
                             return Retried::Done;
                         }
                         Err(e) => {
                             tries += 1;
-                            let e = BatchError::Effect(format!("writing the batch's dead letters: {e}"));
+                            let e = BatchError::Effect(format!("writing the records' dead letters: {e}"));
                             if let Retried::Stop = self.retry_step(&e, tries) {
                                 return Retried::Stop;
                             }
@@ -566,5 +594,77 @@ impl<O: Operator> Driver<O> {
             }
             other => other,
         }
+    }
+}
+
+/// The stage stopped while a failed batch was being settled.
+struct Stopped;
+
+/// A failed batch's parts, run by the driver: each part that works, or is given
+/// up on, is checkpointed at once, so none of it is redone.
+struct DriverParts<'a, O: Operator> {
+    driver: &'a mut Driver<O>,
+    records: &'a [StoredRecord],
+    positions: &'a mut [u64],
+    shard: usize,
+}
+
+impl<O: Operator> Parts for DriverParts<'_, O> {
+    type Stop = Stopped;
+
+    fn attempt(&mut self, part: Range<usize>) -> Result<Part, Stopped> {
+        let records = &self.records[part];
+        let mut tries = 0;
+        loop {
+            match self.driver.operator.process(records) {
+                Ok(()) => break,
+                // The version rolled back to tries it at once.
+                Err(BatchError::Plugin { rolled_back: true, .. }) => {}
+                Err(BatchError::Plugin { message, .. }) => {
+                    self.driver.note_failure(&message);
+                    return Ok(Part::Failed(message));
+                }
+                Err(e @ (BatchError::Unavailable(_) | BatchError::Transient(_) | BatchError::Effect(_))) => {
+                    tries += 1;
+                    if let BatchError::Unavailable(_) | BatchError::Transient(_) = e {
+                        self.driver.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if let Retried::Stop = self.driver.retry_step(&e, tries) {
+                        return Err(Stopped);
+                    }
+                }
+                Err(BatchError::Fatal(e)) => {
+                    self.driver.stop(&e);
+                    return Err(Stopped);
+                }
+                Err(BatchError::Interrupted) => {
+                    self.driver.interrupted();
+                    return Err(Stopped);
+                }
+            }
+        }
+        match self.driver.done(records, self.positions, self.shard) {
+            Retried::Done => Ok(Part::Done),
+            Retried::Stop => Err(Stopped),
+        }
+    }
+
+    fn give_up(&mut self, part: Range<usize>, reason: &str) -> Result<(), Stopped> {
+        let records = &self.records[part];
+        if let Retried::Stop = self.driver.apply_policy(records, reason) {
+            return Err(Stopped);
+        }
+        match self.driver.done(records, self.positions, self.shard) {
+            Retried::Done => Ok(()),
+            Retried::Stop => Err(Stopped),
+        }
+    }
+
+    fn before_retry(&mut self, failures: u32) {
+        self.driver.back_off(failures);
+    }
+
+    fn hurry(&self) -> bool {
+        self.driver.draining()
     }
 }

@@ -12,6 +12,7 @@
 //! running stage, and where outputs go.
 
 pub mod aggregate;
+pub mod bisect;
 pub mod driver;
 pub mod notify;
 pub mod transform;
@@ -26,6 +27,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::Serialize;
 
+use crate::manifest::OutputLimits;
 use crate::sink::{DeadLetter, FileSink, OutRecord};
 use crate::stream::{NewRecord, StreamError, StreamStore};
 use crate::swap::{CommandReply, PluginVersion, StageCommand, VersionStatus};
@@ -318,6 +320,38 @@ impl StageHandle {
             tracing::error!(stage = %self.name, "stage thread panicked");
         }
     }
+}
+
+/// Checks the outputs one input gave (their payloads' sizes) against a stage's
+/// output limits, counting them into `batch_bytes` when they pass; the reason,
+/// saying what the plugin tried, when they do not.
+pub(crate) fn check_outputs(
+    limits: &OutputLimits,
+    sizes: impl Iterator<Item = usize> + Clone,
+    batch_bytes: &mut u64,
+) -> Result<(), String> {
+    let count = sizes.clone().count();
+    if count > limits.per_record {
+        return Err(format!(
+            "the plugin gave {count} outputs for this record; limits.outputs-per-record is {}",
+            limits.per_record
+        ));
+    }
+    if let Some(big) = sizes.clone().find(|&size| size as u64 > limits.record_bytes) {
+        return Err(format!(
+            "the plugin gave an output of {big} bytes for this record; limits.output-record-size is {} bytes",
+            limits.record_bytes
+        ));
+    }
+    let bytes: u64 = sizes.map(|size| size as u64).sum();
+    if *batch_bytes + bytes > limits.batch_bytes {
+        return Err(format!(
+            "this record's {bytes} bytes of outputs would take its batch's past limits.output-batch-size ({} bytes)",
+            limits.batch_bytes
+        ));
+    }
+    *batch_bytes += bytes;
+    Ok(())
 }
 
 /// Writes a stage's output records to its sink or stream.

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::driver::{BatchError, Driver, Operator, Reading};
-use super::{DeadLetters, StageOutput, StageStats, write_output};
+use super::{DeadLetters, StageOutput, StageStats, check_outputs, write_output};
 use crate::manifest::StageSpec;
 use crate::plugin::{Batch, Outcome, PluginError, TransformerInstance, TransformerPlugin};
 use crate::sink::{DeadLetter, DeadLetterOrigin, OutRecord};
@@ -134,7 +134,8 @@ impl TransformOperator {
         let mut batch_bytes = 0u64;
         for (i, outcome, outputs) in t.per_record() {
             if let Outcome::Ok(_) = outcome
-                && let Err(reason) = self.check_outputs(&outputs, &mut batch_bytes)
+                && let Err(reason) =
+                    check_outputs(&self.spec.output_limits, outputs.iter().map(|o| o.payload.len()), &mut batch_bytes)
             {
                 reasons.push((i, reason));
                 continue;
@@ -172,38 +173,6 @@ impl TransformOperator {
         self.version.records_out.fetch_add(out.len() as u64, Ordering::Relaxed);
         self.stats.dropped.fetch_add(dropped, Ordering::Relaxed);
         self.stats.dead_lettered.fetch_add(letters.len() as u64, Ordering::Relaxed);
-        Ok(())
-    }
-}
-
-impl TransformOperator {
-    /// Checks one input's outputs against the stage's output limits, counting them
-    /// into the batch's bytes when they pass; the reason when they do not.
-    fn check_outputs(&self, outputs: &[crate::plugin::RecordRef<'_>], batch_bytes: &mut u64) -> Result<(), String> {
-        let limits = &self.spec.output_limits;
-        if outputs.len() > limits.per_record {
-            return Err(format!(
-                "the plugin gave {} outputs for this record; limits.outputs-per-record is {}",
-                outputs.len(),
-                limits.per_record
-            ));
-        }
-        if let Some(big) = outputs.iter().find(|o| o.payload.len() as u64 > limits.record_bytes) {
-            return Err(format!(
-                "the plugin gave an output of {} bytes for this record; limits.output-record-size is {} bytes",
-                big.payload.len(),
-                limits.record_bytes
-            ));
-        }
-        let bytes: u64 = outputs.iter().map(|o| o.payload.len() as u64).sum();
-        if *batch_bytes + bytes > limits.batch_bytes {
-            return Err(format!(
-                "this record's {bytes} bytes of outputs would take its batch's past limits.output-batch-size \
-                 ({} bytes)",
-                limits.batch_bytes
-            ));
-        }
-        *batch_bytes += bytes;
         Ok(())
     }
 }

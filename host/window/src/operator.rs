@@ -22,8 +22,9 @@
 //!    window), `groups` which state each row folds into. Late records come back in
 //!    `set_aside`, with the reason, for the stage's side output.
 //! 2. The stage calls `fold`, which overwrites the plan's states, and hands the plan back
-//!    to [`WindowOperator::apply_fold`].
-//!    Nothing changes if the fold fails (but the watermark has seen the records).
+//!    to [`WindowOperator::apply_fold`], where the watermark takes in the records' times.
+//!    If the fold fails, [`WindowOperator::undo_fold`] puts the states back and nothing
+//!    changes: the records can be folded again (or in parts) as if never seen.
 //! 3. [`WindowOperator::close_due`] (or [`WindowOperator::pop_due`] one at a time) gives
 //!    the panes due: windows the watermark has passed, and windows late records
 //!    changed, each with its keys and states for `emit`.
@@ -85,8 +86,8 @@ pub struct SetAside {
 
 /// A batch routed and grouped for the plugin's `fold(input, groups, states)`. The
 /// groups' states are moved out of the operator into the plan: the fold overwrites
-/// them, and [`WindowOperator::apply_fold`] puts them back (a failed fold leaves them
-/// as they were, and they go back just the same).
+/// them, and [`WindowOperator::apply_fold`] puts them back ([`WindowOperator::undo_fold`]
+/// when the fold failed: they are as they were).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FoldPlan<'a> {
     /// For each row of the fold's input, the index of the batch record it is.
@@ -99,6 +100,10 @@ pub struct FoldPlan<'a> {
     pub states: Vec<Vec<u8>>,
     /// Records that are late or refused, with the reason.
     pub set_aside: Vec<SetAside>,
+    /// The time of each record placed (shard, source, time), for the watermark once the fold is done.
+    seen: Vec<(u32, Option<&'a str>, i64)>,
+    /// The host's clock when the plan was made.
+    now_ms: i64,
 }
 
 /// A window's results due: hand it to the plugin's `emit`. See the module doc.
@@ -241,14 +246,17 @@ impl WindowOperator {
     /// Decides where a record read from `shard` with time `time_ms` goes, taking its time
     /// into the watermark. Does not open a window: folding states does.
     pub fn route(&mut self, shard: u32, time_ms: i64, now_ms: i64) -> Route {
-        let route = self.place(shard, None, time_ms, now_ms);
+        let route = self.place(time_ms, now_ms);
+        if !matches!(route, Route::Refused { .. }) {
+            self.watermarks.note(shard, None, time_ms, now_ms);
+        }
         self.watermarks.advance(now_ms);
         route
     }
 
-    /// [`WindowOperator::route`] for a record of `source`, without moving the watermark
-    /// (a batch moves it once, after its last record).
-    fn place(&mut self, shard: u32, source: Option<&str>, time_ms: i64, now_ms: i64) -> Route {
+    /// Where a record with time `time_ms` goes, leaving the watermark as it is
+    /// (the caller lets it take the time in).
+    fn place(&mut self, time_ms: i64, now_ms: i64) -> Route {
         if !(0..=MAX_TIME_MS).contains(&time_ms) {
             return Route::Refused {
                 reason: format!(
@@ -271,7 +279,6 @@ impl WindowOperator {
                 ),
             };
         }
-        self.watermarks.note(shard, source, time_ms, now_ms);
         let holding: Vec<Window> = self.spec.kind.assign(time_ms).collect();
         let open: Vec<Window> = holding.iter().copied().filter(|window| !self.is_closed(*window)).collect();
         let Some(&earliest) = open.first() else {
@@ -305,17 +312,25 @@ impl WindowOperator {
             group_keys: Vec::with_capacity(expected),
             states: Vec::with_capacity(expected),
             set_aside: Vec::new(),
+            seen: Vec::with_capacity(expected),
+            now_ms,
         };
         let mut group_of: HashMap<(Window, &'a str), u32, foldhash::fast::RandomState> =
             HashMap::with_capacity_and_hasher(expected, Default::default());
         for (index, record) in records.enumerate() {
-            let windows = match self.place(record.shard, record.source, record.time_ms, now_ms) {
+            let windows = match self.place(record.time_ms, now_ms) {
                 Route::Windows(windows) => windows,
-                Route::Late { reason } | Route::Refused { reason } => {
+                Route::Late { reason } => {
+                    plan.seen.push((record.shard, record.source, record.time_ms));
+                    plan.set_aside.push(SetAside { index, reason });
+                    continue;
+                }
+                Route::Refused { reason } => {
                     plan.set_aside.push(SetAside { index, reason });
                     continue;
                 }
             };
+            plan.seen.push((record.shard, record.source, record.time_ms));
             for window in windows {
                 let group = *group_of.entry((window, record.key)).or_insert_with(|| {
                     // Moved out, not copied: apply_fold puts it back.
@@ -332,18 +347,31 @@ impl WindowOperator {
                 plan.groups.push(group);
             }
         }
-        self.watermarks.advance(now_ms);
         plan
     }
 
-    /// Puts the plan's states back into their windows: folded, or as they were when
-    /// the fold failed. Nothing can fire a window between `plan_fold` and this. A kept
-    /// window's changed keys fire again at the next [`WindowOperator::pop_due`].
-    pub fn apply_fold(&mut self, plan: FoldPlan<'_>) {
+    /// Puts the plan's folded states back into their windows, and lets the watermark
+    /// take in the batch's times. Nothing can fire a window between `plan_fold` and
+    /// this. A kept window's changed keys fire again at the next [`WindowOperator::pop_due`].
+    pub fn apply_fold(&mut self, mut plan: FoldPlan<'_>) {
+        for (shard, source, time_ms) in std::mem::take(&mut plan.seen) {
+            self.watermarks.note(shard, source, time_ms, plan.now_ms);
+        }
+        self.watermarks.advance(plan.now_ms);
+        self.put_back(plan, true);
+    }
+
+    /// Puts the plan's states back as they were, after the fold failed: the
+    /// watermark has not seen its records, which can be folded again.
+    pub fn undo_fold(&mut self, plan: FoldPlan<'_>) {
+        self.put_back(plan, false);
+    }
+
+    fn put_back(&mut self, plan: FoldPlan<'_>, folded: bool) {
         let capacity = self.last_closed_keys;
         for ((window, key), state) in plan.group_keys.into_iter().zip(plan.states) {
             if let Some(kept) = self.kept.get_mut(&window) {
-                if !state.is_empty() {
+                if folded && !state.is_empty() {
                     kept.changed.insert(Box::from(key));
                     kept.states.insert(Box::from(key), state);
                 }

@@ -54,14 +54,14 @@ impl Checker<'_> {
                 }
                 let config = self.config(&owner, &plugin, &raw.config, diags).unwrap_or_default();
                 let uses = self.uses(&owner, &plugin, &raw.config, diags);
-                let mut limits = Limits::default();
-                if let Some(t) = &raw.limits.timeout {
-                    limits.timeout = self.duration(t, diags)?;
-                }
-                if let Some(m) = &raw.limits.memory {
-                    limits.memory_bytes = m.get_ref().0;
-                }
-                Some(Transform { plugin, config, limits, uses })
+                let limits = self.limits(&raw.limits, diags);
+                // Its outputs go to the lake, not to a stream.
+                let output_limits = self.output_limits(&raw.limits, false, diags);
+                let failed_batch = match &raw.failed_batch {
+                    None => FailedBatch::Bisect,
+                    Some(how) => self.setting(how, &format!("delivery `{name}`: failed-batch"), diags)?,
+                };
+                Some(Transform { plugin, config, limits, output_limits, failed_batch, uses })
             }
         };
         for prefix in [Some(&raw.prefix), Some(&raw.error_prefix), raw.backup_prefix.as_ref()].into_iter().flatten() {

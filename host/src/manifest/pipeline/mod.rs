@@ -33,7 +33,10 @@
 //! input = "toll-lines"                # a stream
 //! output = "rows"                     # a sink or a stream
 //! dead-letter = "rejected"            # a sink; default: <data-dir>/dead-letter/<stage>.jsonl
-//! on-error = "dead-letter"            # dead-letter | skip | stop
+//! on-error = "dead-letter"            # dead-letter | skip | stop: for records the plugin keeps failing on
+//! failed-batch = "bisect"             # bisect (the default): a batch the plugin fails on (trap, deadline,
+//!                                     # memory cap) is tried again in halves, down to the records that fail
+//!                                     # alone, which alone get on-error | whole: the batch gets it whole
 //! batch-size = 256                    # records per call, 1 to 10000
 //! batch-wait = "50ms"                 # how long a partial batch waits for more
 //! limits = { timeout = "2s", memory = "64MiB" }
@@ -59,7 +62,8 @@
 //!
 //! [delivery.toll-rows]                # a delivery stream (as Firehose), fed by direct puts...
 //! stream = "toll-lines"               # ...or by a weir stream instead (optional)
-//! transform = "../plugins/toll-etl"   # optional transformer plugin (with config, limits)
+//! transform = "../plugins/toll-etl"   # optional transformer plugin (with config, limits, failed-batch,
+//!                                     # as a stage's); records it fails on go under error-prefix
 //! buffer-size = "5MiB"                # deliver at this size (the default; 1KiB to 128MiB)...
 //! buffer-interval = "300s"            # ...or at this age, whichever first (the default; 0s to 15m)
 //! lake = "../out/lake"                # a local directory, or "s3://bucket/prefix" with:

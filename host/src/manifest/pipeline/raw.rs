@@ -154,6 +154,7 @@ pub(super) struct RawStage {
     // Checked by the checker rather than serde, so that one bad value does not
     // hide the other problems of the stage.
     pub(super) on_error: Option<Spanned<String>>,
+    pub(super) failed_batch: Option<Spanned<String>>,
     #[serde(default = "default_batch_size")]
     pub(super) batch_size: Spanned<i64>,
     pub(super) batch_wait: Option<Spanned<String>>,
@@ -279,6 +280,7 @@ pub(super) struct RawDelivery {
     pub(super) config: Spanned<BTreeMap<Spanned<String>, toml::Value>>,
     #[serde(default)]
     pub(super) limits: RawLimits,
+    pub(super) failed_batch: Option<Spanned<String>>,
     pub(super) buffer_size: Option<Spanned<ByteSize>>,
     pub(super) buffer_interval: Option<Spanned<String>>,
     pub(super) lake: Spanned<String>,

@@ -30,6 +30,18 @@ pub enum ErrorPolicy {
     Stop,
 }
 
+/// What a stage does with a batch its plugin failed on, before `on-error` applies
+/// (`failed-batch = "bisect"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailedBatch {
+    /// Try it again in halves, down to the records that fail alone (the default).
+    #[default]
+    Bisect,
+    /// Try it again whole; the policy applies to the whole batch.
+    Whole,
+}
+
 /// How long a webhook delivery is retried, by default.
 pub const DEFAULT_WEBHOOK_RETRY: Duration = Duration::from_secs(3600);
 
@@ -146,6 +158,10 @@ pub struct Transform {
     pub config: Vec<(String, String)>,
     /// Its limits.
     pub limits: Limits,
+    /// Bounds on its outputs.
+    pub output_limits: OutputLimits,
+    /// Whether a chunk it failed on is tried again in halves first.
+    pub failed_batch: FailedBatch,
     /// The reference tables it may read (as its config names them).
     pub uses: Uses,
 }
@@ -250,6 +266,8 @@ pub struct StageSpec {
     pub dead_letter: DeadLetter,
     /// What a failed batch does.
     pub on_error: ErrorPolicy,
+    /// Whether a failed batch is tried again in halves first.
+    pub failed_batch: FailedBatch,
     /// Records per plugin call.
     pub batch_size: usize,
     /// How long a partial batch waits for more records.

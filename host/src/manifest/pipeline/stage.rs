@@ -106,21 +106,11 @@ impl Checker<'_> {
             None => Some(DEFAULT_BATCH_WAIT),
             Some(w) => self.duration(w, diags),
         };
-        let mut limits = Limits::default();
-        if let Some(t) = &raw.limits.timeout
-            && let Some(timeout) = self.duration(t, diags)
-        {
-            limits.timeout = timeout;
-            if limits.timeout < Duration::from_millis(1) || limits.timeout > Duration::from_secs(600) {
-                diags.push(self.at(t.span(), "limits.timeout must be between 1ms and 10m".to_owned()));
-            }
-        }
-        if let Some(m) = &raw.limits.memory {
-            limits.memory_bytes = m.get_ref().0;
-            if limits.memory_bytes < (1 << 20) || limits.memory_bytes > (4 << 30) {
-                diags.push(self.at(m.span(), "limits.memory must be between 1MiB and 4GiB".to_owned()));
-            }
-        }
+        let limits = self.limits(&raw.limits, diags);
+        let failed_batch = match &raw.failed_batch {
+            None => Some(FailedBatch::Bisect),
+            Some(how) => self.setting(how, &format!("stage `{name}`: failed-batch"), diags),
+        };
         let output_limits = self.output_limits(&raw.limits, matches!(output, Some(Target::Stream(_))), diags);
         let mut grants = self.grants(&raw.grants, base, diags);
         let config = plugin.as_ref().and_then(|p| self.config(&owner, p, &raw.config, diags));
@@ -243,6 +233,7 @@ impl Checker<'_> {
             output: output?,
             dead_letter: dead_letter?,
             on_error: on_error?,
+            failed_batch: failed_batch?,
             batch_size: batch_size.clamp(1, 10_000) as usize,
             batch_wait: batch_wait?,
             limits,
@@ -252,10 +243,30 @@ impl Checker<'_> {
         })
     }
 
+    /// `limits.timeout` and `limits.memory` of a plugin, each checked against its range.
+    pub(super) fn limits(&self, raw: &RawLimits, diags: &mut Diagnostics) -> Limits {
+        let mut limits = Limits::default();
+        if let Some(t) = &raw.timeout
+            && let Some(timeout) = self.duration(t, diags)
+        {
+            limits.timeout = timeout;
+            if limits.timeout < Duration::from_millis(1) || limits.timeout > Duration::from_secs(600) {
+                diags.push(self.at(t.span(), "limits.timeout must be between 1ms and 10m".to_owned()));
+            }
+        }
+        if let Some(m) = &raw.memory {
+            limits.memory_bytes = m.get_ref().0;
+            if limits.memory_bytes < (1 << 20) || limits.memory_bytes > (4 << 30) {
+                diags.push(self.at(m.span(), "limits.memory must be between 1MiB and 4GiB".to_owned()));
+            }
+        }
+        limits
+    }
+
     /// `limits.output-record-size`, `outputs-per-record` and `output-batch-size`, each
     /// checked against its range (an output record to a stream: at most 1 MiB, the
     /// limit of every put).
-    fn output_limits(&self, raw: &RawLimits, to_stream: bool, diags: &mut Diagnostics) -> OutputLimits {
+    pub(super) fn output_limits(&self, raw: &RawLimits, to_stream: bool, diags: &mut Diagnostics) -> OutputLimits {
         let mut limits = OutputLimits::default();
         let largest: u64 = if to_stream { crate::stream::MAX_RECORD_BYTES as u64 } else { 64 << 20 };
         if let Some(size) = &raw.output_record_size {

@@ -2,7 +2,7 @@
 //! key's total in the `totals` state table, and when the total crosses the
 //! threshold sends one notification on the `channel`, addressed to the
 //! recipient named in the `recipients` reference table (when it names one). A payload that is no
-//! amount is a bad record. With `peek` set it also reads that state table,
+//! amount is a bad record; the payload `boom` makes it trap (a poison record). With `peek` set it also reads that state table,
 //! which it does not declare: the host refuses.
 
 use weir_sdk::host::{self, Notification};
@@ -30,6 +30,9 @@ impl Notifier for Echo {
     }
 
     fn consume(&mut self, record: &Record<'_>) -> Result<(), Error> {
+        if record.payload() == b"boom" {
+            panic!("boom");
+        }
         if !self.peek.is_empty() {
             host::get(&self.peek, record.key())?;
         }

@@ -1,6 +1,7 @@
 //! An aggregator for the world tests: sums decimal payloads per (window, key)
 //! and emits `key=sum (n records)`. A payload that is no number is a bad record;
-//! the payload `fail` fails the whole call (the plugin's fault, not the record's).
+//! the payload `fail` fails the whole call (the plugin's fault, not the record's),
+//! and the payload `boom` makes it trap (a poison record).
 
 use weir_sdk::{Aggregator, Config, Error, Output, Record, Window};
 
@@ -23,6 +24,9 @@ impl Aggregator for Sum {
 
     fn fold(&mut self, state: &mut State, record: &Record<'_>) -> Result<(), Error> {
         let text = record.text().ok_or_else(|| Error::bad_record("payload is not text"))?;
+        if text == "boom" {
+            panic!("boom");
+        }
         if text == "fail" {
             return Err(Error::failed("failing the call, as asked"));
         }
