@@ -220,3 +220,67 @@ async fn an_input_whose_outputs_break_the_stage_limits_is_dead_lettered_and_noth
     let problems = weir_host::manifest::load(&path).expect_err("refused").to_string();
     assert!(problems.contains("limits.output-record-size must be between 1B and 1MiB"), "{problems}");
 }
+
+const EMIT_LIMITS: &str = r#"
+[pipeline]
+name = "emit-limits"
+data-dir = "data"
+
+[sources.http]
+kind = "http"
+stream = "in"
+
+[streams.in]
+[streams.sums]
+
+[stages.sum]
+plugin = "{root}/tests/guests/sum-aggregator"
+input = "in"
+output = "sums"
+dead-letter = "letters"
+batch-wait = "1ms"
+window = { size = "10m" }
+
+[sinks.letters]
+kind = "file"
+path = "letters.jsonl"
+format = "json"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_result_over_the_stage_limits_is_dead_lettered_and_the_others_written() {
+    use weir_host::pipeline::Producer;
+    let host = weir_tests::TestHost::start(EMIT_LIMITS).await.expect("start");
+    // 2026-11-26T14:00:00Z, and a record of a later window to close the first one.
+    let t14 = 1_795_701_600_000;
+    let records = [("a", t14), ("huge", t14), ("many", t14), ("b", t14), ("z", t14 + 20 * 60_000)]
+        .iter()
+        .map(|(key, at)| weir_host::stream::NewRecord {
+            source: None,
+            key: (*key).into(),
+            event_time_ms: Some(*at),
+            data: bytes::Bytes::from_static(b"5"),
+            explicit_hash_key: None,
+            attributes: Vec::new(),
+        })
+        .collect();
+    host.host.put("in", records, Producer::Native).expect("put");
+    host.wait_until("the batch done", |s| s.stages[0].records_in == 5).await;
+    host.host.end_input(Duration::from_secs(60)).expect("the window is written");
+    let mut sums: Vec<String> = host
+        .host
+        .read("sums", 0, 0, 10_000)
+        .expect("read")
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.data).into_owned())
+        .collect();
+    sums.sort();
+    assert_eq!(sums, ["a=5 (1 records)", "b=5 (1 records)"], "nothing of the keys over the limits is written");
+    let letters = weir_tests::lines(&host.path("letters.jsonl"));
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    let letter = |key: &str| letters.iter().find(|l| l.contains(&format!("for key `{key}`"))).expect("a letter");
+    assert!(letter("huge").contains("\"output-limit\"") && letter("huge").contains("an output of 2097152 bytes"));
+    assert!(letter("many").contains("2000 outputs") && letter("many").contains("outputs-per-record"));
+    assert!(letter("many").contains("2026-11-26"), "the letter names the window: {}", letter("many"));
+    assert_eq!(host.host.status().stages[0].dead_lettered, 2);
+}

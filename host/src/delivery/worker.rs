@@ -18,8 +18,8 @@ use super::{Clock, Interrupted};
 use crate::lake::object_prefix;
 use crate::manifest::{DeliverySpec, ErrorPolicy};
 use crate::plugin::{Batch, Outcome, PluginError, Transformed, TransformerInstance, TransformerPlugin};
+use crate::stage::Outputs;
 use crate::stage::bisect::{BISECT_BUDGET, FailedBatch, Part, Parts, Settle};
-use crate::stage::check_outputs;
 use crate::stage::driver::{PLUGIN_TRIES, Reading};
 use crate::stage::{BatchError, Driver, Operator, StageStats};
 use crate::stream::StoredRecord;
@@ -400,8 +400,8 @@ impl<'a> Transforming<'_, 'a> {
         for (i, outcome, outputs) in t.per_record() {
             match outcome {
                 Outcome::Ok(_) => {
-                    let sizes = outputs.iter().map(|o| o.payload.len());
-                    if let Err(reason) = check_outputs(&limits, sizes, &mut self.batch_bytes) {
+                    let given = Outputs::of(outputs.iter().map(|o| o.payload.len()));
+                    if let Err(reason) = given.check(&limits, &mut self.batch_bytes) {
                         self.errors.push(error_entry(&chunk[i], "Transform.OutputLimit", &reason, 1));
                         continue;
                     }

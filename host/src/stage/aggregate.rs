@@ -26,7 +26,7 @@
 //! `state-migration` export, all or nothing) or to reset them.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -37,7 +37,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use super::driver::{BatchError, Driver, Operator, Reading};
-use super::{DeadLetters, StageOutput, StageStats};
+use super::{DeadLetters, Outputs, StageOutput, StageStats};
 use crate::manifest::StageSpec;
 use crate::plugin::{AggregatorInstance, AggregatorPlugin, BadRecords, Batch, PluginError};
 use crate::reference::ReferenceTables;
@@ -476,8 +476,10 @@ impl AggregateOperator {
             (PANE_END.to_owned(), closed.window.end.to_string()),
             (PANE_REVISION.to_owned(), closed.revision.to_string()),
         ];
+        let over = over_limits(&self.spec.output_limits, &results);
         let out: Vec<OutRecord<'_>> = results
             .records()
+            .filter(|r| !over.iter().any(|(key, _)| *key == r.key))
             .map(|r| OutRecord {
                 key: r.key,
                 event_time_ms: r.event_time_ms,
@@ -488,6 +490,40 @@ impl AggregateOperator {
             .collect();
         super::write_output(self.streams.as_ref(), &self.output, &out)
             .map_err(|e| BatchError::Effect(format!("writing window {}'s results: {e}", closed.window)))?;
+        if !over.is_empty() {
+            // The key's results are not written; the dead letter says which window and key, and what the plugin tried.
+            let at = now_ms();
+            let keys: Vec<StoredRecord> = over
+                .iter()
+                .map(|(key, _)| StoredRecord {
+                    shard: 0,
+                    sequence: 0,
+                    key: (*key).to_owned(),
+                    event_time_ms: closed.window.end - 1,
+                    arrival_ms: at,
+                    data: bytes::Bytes::new(),
+                    source: None,
+                    attributes: pane.clone(),
+                })
+                .collect();
+            let reasons: Vec<String> = over
+                .iter()
+                .map(|(key, reason)| format!("results of window {} for key `{key}`: {reason}", closed.window))
+                .collect();
+            let letters: Vec<DeadLetter<'_>> = keys
+                .iter()
+                .zip(&reasons)
+                .map(|(record, reason)| DeadLetter { origin: &self.origin, record, error_code: "output-limit", reason })
+                .collect();
+            tracing::warn!(window = %closed.window, keys = letters.len(), "results over the stage's output limits are dead-lettered");
+            self.dead_letters.write_dead_letters(&letters).map_err(|e| {
+                BatchError::Effect(format!(
+                    "writing window {}'s results over the limits to the dead letters: {e}",
+                    closed.window
+                ))
+            })?;
+            self.stats.dead_lettered.fetch_add(letters.len() as u64, Ordering::Relaxed);
+        }
         self.stats.records_out.fetch_add(out.len() as u64, Ordering::Relaxed);
         self.version.records_out.fetch_add(out.len() as u64, Ordering::Relaxed);
         if closed.revision > 0 {
@@ -627,6 +663,31 @@ impl Operator for AggregateOperator {
         }
         Ok(())
     }
+}
+
+/// The keys of an emitted window whose results break the stage's output limits,
+/// each with the reason, in the order the plugin gave them: more results for the
+/// key than `outputs-per-record`, one larger than `output-record-size`, or
+/// results that would take the window's past `output-batch-size`.
+fn over_limits<'a>(limits: &crate::manifest::OutputLimits, results: &'a Batch) -> Vec<(&'a str, String)> {
+    // Usually nothing is near a limit: one pass, without looking at keys, says so.
+    let all = Outputs::of(results.records().map(|r| r.payload.len()));
+    if all.check(limits, &mut 0).is_ok() {
+        return Vec::new();
+    }
+    let mut order: Vec<&'a str> = Vec::new();
+    let mut per_key: HashMap<&'a str, Outputs> = HashMap::new();
+    for r in results.records() {
+        per_key
+            .entry(r.key)
+            .or_insert_with(|| {
+                order.push(r.key);
+                Outputs::default()
+            })
+            .add(r.payload.len());
+    }
+    let mut batch_bytes = 0;
+    order.into_iter().filter_map(|key| Some((key, per_key.get(key)?.check(limits, &mut batch_bytes).err()?))).collect()
 }
 
 /// The attribute of an aggregator's result that holds its window's start (ms since the Unix epoch).

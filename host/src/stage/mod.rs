@@ -322,36 +322,53 @@ impl StageHandle {
     }
 }
 
-/// Checks the outputs one input gave (their payloads' sizes) against a stage's
-/// output limits, counting them into `batch_bytes` when they pass; the reason,
-/// saying what the plugin tried, when they do not.
-pub(crate) fn check_outputs(
-    limits: &OutputLimits,
-    sizes: impl Iterator<Item = usize> + Clone,
-    batch_bytes: &mut u64,
-) -> Result<(), String> {
-    let count = sizes.clone().count();
-    if count > limits.per_record {
-        return Err(format!(
-            "the plugin gave {count} outputs for this record; limits.outputs-per-record is {}",
-            limits.per_record
-        ));
+/// What one input gave: how many outputs, the largest, and their bytes.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Outputs {
+    pub(crate) count: usize,
+    pub(crate) largest: usize,
+    pub(crate) bytes: u64,
+}
+
+impl Outputs {
+    /// The outputs of these payload sizes.
+    pub(crate) fn of(sizes: impl Iterator<Item = usize>) -> Outputs {
+        let mut outputs = Outputs::default();
+        sizes.for_each(|size| outputs.add(size));
+        outputs
     }
-    if let Some(big) = sizes.clone().find(|&size| size as u64 > limits.record_bytes) {
-        return Err(format!(
-            "the plugin gave an output of {big} bytes for this record; limits.output-record-size is {} bytes",
-            limits.record_bytes
-        ));
+
+    /// One more output, of `size` bytes.
+    pub(crate) fn add(&mut self, size: usize) {
+        self.count += 1;
+        self.largest = self.largest.max(size);
+        self.bytes += size as u64;
     }
-    let bytes: u64 = sizes.map(|size| size as u64).sum();
-    if *batch_bytes + bytes > limits.batch_bytes {
-        return Err(format!(
-            "this record's {bytes} bytes of outputs would take its batch's past limits.output-batch-size ({} bytes)",
-            limits.batch_bytes
-        ));
+
+    /// Checks them against a stage's output limits, counting them into `batch_bytes`
+    /// when they pass; the reason, saying what the plugin tried, when they do not.
+    pub(crate) fn check(&self, limits: &OutputLimits, batch_bytes: &mut u64) -> Result<(), String> {
+        if self.count > limits.per_record {
+            return Err(format!(
+                "the plugin gave {} outputs; limits.outputs-per-record is {}",
+                self.count, limits.per_record
+            ));
+        }
+        if self.largest as u64 > limits.record_bytes {
+            return Err(format!(
+                "the plugin gave an output of {} bytes; limits.output-record-size is {} bytes",
+                self.largest, limits.record_bytes
+            ));
+        }
+        if *batch_bytes + self.bytes > limits.batch_bytes {
+            return Err(format!(
+                "{} bytes of outputs would take the batch's past limits.output-batch-size ({} bytes)",
+                self.bytes, limits.batch_bytes
+            ));
+        }
+        *batch_bytes += self.bytes;
+        Ok(())
     }
-    *batch_bytes += bytes;
-    Ok(())
 }
 
 /// Writes a stage's output records to its sink or stream.

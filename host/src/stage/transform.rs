@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::driver::{BatchError, Driver, Operator, Reading};
-use super::{DeadLetters, StageOutput, StageStats, check_outputs, write_output};
+use super::{DeadLetters, Outputs, StageOutput, StageStats, write_output};
 use crate::manifest::StageSpec;
 use crate::plugin::{Batch, Outcome, PluginError, TransformerInstance, TransformerPlugin};
 use crate::sink::{DeadLetter, DeadLetterOrigin, OutRecord};
@@ -134,8 +134,8 @@ impl TransformOperator {
         let mut batch_bytes = 0u64;
         for (i, outcome, outputs) in t.per_record() {
             if let Outcome::Ok(_) = outcome
-                && let Err(reason) =
-                    check_outputs(&self.spec.output_limits, outputs.iter().map(|o| o.payload.len()), &mut batch_bytes)
+                && let Err(reason) = Outputs::of(outputs.iter().map(|o| o.payload.len()))
+                    .check(&self.spec.output_limits, &mut batch_bytes)
             {
                 reasons.push((i, reason));
                 continue;

@@ -231,10 +231,10 @@ pub enum DeadLetter {
     File(PathBuf),
 }
 
-/// Bounds on a transformer stage's outputs (`limits = { output-record-size = "1MiB",
+/// Bounds on a plugin's outputs (`limits = { output-record-size = "1MiB",
 /// outputs-per-record = 1000, output-batch-size = "64MiB" }`): an input record whose
-/// outputs break one is dead-lettered with code `output-limit`, and nothing of it is
-/// written.
+/// outputs break one (for an aggregator: a key whose window results do) is
+/// dead-lettered with code `output-limit`, and nothing of it is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OutputLimits {
     /// The largest output record, in bytes (at most 1 MiB when the output is a stream).

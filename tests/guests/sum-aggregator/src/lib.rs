@@ -1,7 +1,8 @@
 //! An aggregator for the world tests: sums decimal payloads per (window, key)
 //! and emits `key=sum (n records)`. A payload that is no number is a bad record;
 //! the payload `fail` fails the whole call (the plugin's fault, not the record's),
-//! and the payload `boom` makes it trap (a poison record).
+//! and the payload `boom` makes it trap (a poison record). The key `huge` gets a
+//! 2 MiB result and the key `many` 2,000 results (over the default output limits).
 
 use weir_sdk::{Aggregator, Config, Error, Output, Record, Window};
 
@@ -36,6 +37,16 @@ impl Aggregator for Sum {
     }
 
     fn emit(&mut self, window: Window, key: &str, state: &State, out: &mut Output) -> Result<(), Error> {
+        if key == "huge" {
+            out.emit(key, window.end_ms - 1, &vec![b'x'; 2 << 20]);
+            return Ok(());
+        }
+        if key == "many" {
+            for _ in 0..2000 {
+                out.emit(key, window.end_ms - 1, b"M");
+            }
+            return Ok(());
+        }
         let text = format!("{key}={} ({} records)", state.sum, state.count);
         out.emit(key, window.end_ms - 1, text.as_bytes());
         Ok(())
