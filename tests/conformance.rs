@@ -14,6 +14,9 @@
 //! - Families: the Rust and Python traffic alerts give the same notifications
 //!   and refuse the same bad config with a reason naming the setting.
 //!
+//! - SDK helpers: the Python and JavaScript ones read an aggregator result's
+//!   window and revision as the Rust SDK's `pane` does.
+//!
 //! That every language's plugin logs through the host under its own name is
 //! `tests/plugin_logs.rs`.
 
@@ -397,4 +400,52 @@ fn every_aggregator_gives_the_same_results_however_its_records_are_batched() {
 fn aggregator(manifest: &PluginManifest, component: &str, config: Vec<(String, String)>) -> AggregatorPlugin {
     let compiled = check_world(&engine(), component.as_ref(), World::Aggregator).expect("fits its world");
     AggregatorPlugin::new(&engine(), compiled, sandbox_of(manifest, &config), config).expect("load")
+}
+
+/// The Python and JavaScript helpers read a result's window and revision from the
+/// attributes the host stamps on it (`weir-window-start`, `-end`, `weir-revision`),
+/// out of a batch shaped as each language's bindings give it.
+#[test]
+fn the_python_and_javascript_helpers_read_a_results_pane() {
+    use weir_host::stage::aggregate::{PANE_END, PANE_REVISION, PANE_START};
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Record 1 carries a pane; record 0 none; record 2 a malformed one.
+    let python = format!(
+        r#"
+import sys
+from types import SimpleNamespace as N
+sys.path.insert(0, {sdk:?})
+import weir
+a = lambda i, n, v: N(index=i, name=n, value=v)
+batch = N(keys=b"k0k1k2", key_ends=[2, 4, 6], event_times=[1, 2, 3], payloads=b"abc", payload_ends=[1, 2, 3],
+          attributes=[a(1, "{PANE_START}", "1795701600000"), a(1, "{PANE_END}", "1795702200000"),
+                      a(1, "{PANE_REVISION}", "2"), a(2, "{PANE_START}", "soon")])
+print([r.pane() for r in weir.records(batch)])
+"#,
+        sdk = root().join("sdk/python").display().to_string()
+    );
+    let out = std::process::Command::new("python3").args(["-c", &python]).output().expect("python3 runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[None, (1795701600000, 1795702200000, 2), None]");
+
+    // Node imports the helper as an ES module.
+    std::fs::copy(root().join("sdk/js/weir.js"), dir.path().join("weir.mjs")).expect("copy weir.js");
+    let javascript = format!(
+        r#"
+import {{ records, pane }} from './weir.mjs';
+const a = (index, name, value) => ({{ index, name, value }});
+const bytes = (text) => new TextEncoder().encode(text);
+const batch = {{ keys: bytes('k0k1k2'), keyEnds: [2, 4, 6], eventTimes: [1n, 2n, 3n], payloads: bytes('abc'),
+  payloadEnds: [1, 2, 3], attributes: [a(1, '{PANE_START}', '1795701600000'), a(1, '{PANE_END}', '1795702200000'),
+  a(1, '{PANE_REVISION}', '2'), a(2, '{PANE_START}', 'soon')] }};
+console.log(JSON.stringify([...records(batch)].map(pane)));
+"#
+    );
+    std::fs::write(dir.path().join("test.mjs"), javascript).expect("write the script");
+    let out = std::process::Command::new("node").arg("test.mjs").current_dir(dir.path()).output().expect("node runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        r#"[null,{"start":1795701600000,"end":1795702200000,"revision":2},null]"#
+    );
 }
