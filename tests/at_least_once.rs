@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 use bytes::Bytes;
 use weir_host::pipeline::{HostOptions, PipelineStatus, Producer, StoreWrapper};
 use weir_host::stage::{Phase, StageStatus};
-use weir_host::stream::{FaultyStore, NewRecord, StreamStore};
+use weir_host::stream::{FaultyStore, NewRecord, Reshard, StreamStore};
 use weir_tests::{TestHost, lines, postgres, postgres_database};
 
 /// Options whose stream store fails on command; the store is the one of the host's streams.
@@ -257,7 +257,7 @@ stream = "amounts"
     let minute = 60_000;
     let parent: Vec<NewRecord> = (0..10).map(|i| record("1", Some(T14 + i * minute))).collect();
     host.host.put("amounts", parent, Producer::Native).expect("put");
-    host.host.streams().reshard("amounts", 2).expect("reshard");
+    host.host.streams().reshard("amounts", Reshard::Uniform(2)).expect("reshard");
     let children: Vec<NewRecord> = (0..10).map(|i| record("1", Some(T14 + (30 + i) * minute))).collect();
     host.host.put("amounts", children, Producer::Native).expect("put");
     // Read one record at a time, with shards that go idle at once: read a child
@@ -296,7 +296,7 @@ stream = "amounts"
         attributes: Vec::new(),
     };
     host.host.put("amounts", (0..3).map(row).collect(), Producer::Native).expect("put");
-    host.host.streams().reshard("amounts", 2).expect("reshard");
+    host.host.streams().reshard("amounts", Reshard::Uniform(2)).expect("reshard");
     host.host.put("amounts", (100..400).map(row).collect(), Producer::Native).expect("put");
     let delivery = format!(
         r#"{source}

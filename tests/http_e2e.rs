@@ -523,9 +523,9 @@ async fn resharding_while_records_flow_keeps_order_per_key_and_loses_nothing() {
     };
     assert_eq!(put(&host, "in", send(0)).await.0, StatusCode::OK);
     // The parents still hold a backlog when the children open and fill up.
-    host.host.streams().reshard("in", 3).expect("reshard");
+    host.host.streams().reshard("in", weir_host::stream::Reshard::Uniform(3)).expect("reshard");
     assert_eq!(put(&host, "in", send(200)).await.0, StatusCode::OK);
-    host.host.streams().reshard("in", 1).expect("merge back");
+    host.host.streams().reshard("in", weir_host::stream::Reshard::Uniform(1)).expect("merge back");
     assert_eq!(put(&host, "in", send(400)).await.0, StatusCode::OK);
     host.wait_until("600 records processed", |s| stage(s).records_out == 600).await;
     host.stop().await;

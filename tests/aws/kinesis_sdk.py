@@ -203,6 +203,130 @@ def firehose():
     assert code == "ResourceNotFoundException", code
 
 
+def sequence_numbers():
+    # 56 decimal digits, increasing within a shard, as numbers and as text.
+    out = k.put_records(StreamName=STREAM, Records=[{"Data": b"s", "PartitionKey": "k"} for _ in range(3)])
+    numbers = [r["SequenceNumber"] for r in out["Records"]]
+    assert all(len(n) == 56 and n.isdigit() for n in numbers), numbers
+    assert numbers == sorted(numbers) and [int(n) for n in numbers] == sorted(int(n) for n in numbers), numbers
+    assert len(state["seq0"]) == 56 and state["seq0"] < numbers[0], state["seq0"]
+    # A number of another shard is refused, as Kinesis refuses it.
+    k.create_stream(StreamName="two-shards", ShardCount=2)
+    a = k.put_record(StreamName="two-shards", Data=b"a", PartitionKey="a", ExplicitHashKey="0")
+    b = k.put_record(StreamName="two-shards", Data=b"b", PartitionKey="b", ExplicitHashKey=str(2**128 - 1))
+    assert a["ShardId"] != b["ShardId"] and a["SequenceNumber"] != b["SequenceNumber"], (a, b)
+    code = error_code(lambda: k.get_shard_iterator(StreamName="two-shards", ShardId=a["ShardId"],
+                                                   ShardIteratorType="AT_SEQUENCE_NUMBER", StartingSequenceNumber=b["SequenceNumber"]))
+    assert code == "InvalidArgumentException", code
+    # ...and so is one of another stream.
+    code = error_code(lambda: k.get_shard_iterator(StreamName=STREAM, ShardId=state["shard"],
+                                                   ShardIteratorType="AFTER_SEQUENCE_NUMBER", StartingSequenceNumber=a["SequenceNumber"]))
+    assert code == "InvalidArgumentException", code
+    k.delete_stream(StreamName="two-shards")
+
+
+def tags_mode_and_encryption():
+    arn = k.describe_stream_summary(StreamName=STREAM)["StreamDescriptionSummary"]["StreamARN"]
+    k.add_tags_to_stream(StreamName=STREAM, Tags={"team": "tolls", "env": "test", "cost-center": "42"})
+    first = k.list_tags_for_stream(StreamName=STREAM, Limit=2)
+    assert [t["Key"] for t in first["Tags"]] == ["cost-center", "env"] and first["HasMoreTags"], first
+    rest = k.list_tags_for_stream(StreamName=STREAM, ExclusiveStartTagKey="env")
+    assert rest["Tags"] == [{"Key": "team", "Value": "tolls"}] and not rest["HasMoreTags"], rest
+    k.remove_tags_from_stream(StreamName=STREAM, TagKeys=["env"])
+    assert [t["Key"] for t in k.list_tags_for_stream(StreamName=STREAM)["Tags"]] == ["cost-center", "team"]
+    too_many = {f"k{i}": "v" for i in range(50)}
+    assert error_code(lambda: k.add_tags_to_stream(StreamName=STREAM, Tags=too_many)) == "LimitExceededException"
+    # Addressed by ARN, as the SDKs v2 do.
+    k.update_stream_mode(StreamARN=arn, StreamModeDetails={"StreamMode": "ON_DEMAND"})
+    k.start_stream_encryption(StreamName=STREAM, EncryptionType="KMS", KeyId="alias/aws/kinesis")
+    s = k.describe_stream_summary(StreamARN=arn)["StreamDescriptionSummary"]
+    assert s["StreamModeDetails"]["StreamMode"] == "ON_DEMAND", s
+    assert (s["EncryptionType"], s["KeyId"]) == ("KMS", "alias/aws/kinesis"), s
+    k.stop_stream_encryption(StreamName=STREAM, EncryptionType="KMS", KeyId="alias/aws/kinesis")
+    k.update_stream_mode(StreamARN=arn, StreamModeDetails={"StreamMode": "PROVISIONED"})
+    s = k.describe_stream(StreamName=STREAM)["StreamDescription"]
+    assert (s["EncryptionType"], s["StreamModeDetails"]["StreamMode"]) == ("NONE", "PROVISIONED"), s
+    limits = k.describe_limits()
+    assert limits["ShardLimit"] == 256 and limits["OpenShardCount"] >= 1, limits
+    # A stream created with tags and a mode keeps them.
+    k.create_stream(StreamName="tagged", ShardCount=1, StreamModeDetails={"StreamMode": "ON_DEMAND"}, Tags={"a": "b"})
+    assert k.list_tags_for_stream(StreamName="tagged")["Tags"] == [{"Key": "a", "Value": "b"}]
+    summaries = {x["StreamName"]: x for x in k.list_streams()["StreamSummaries"]}
+    assert summaries["tagged"]["StreamModeDetails"]["StreamMode"] == "ON_DEMAND", summaries
+    k.delete_stream(StreamName="tagged")
+
+
+def consumers():
+    arn = k.describe_stream_summary(StreamName=STREAM)["StreamDescriptionSummary"]["StreamARN"]
+    c = k.register_stream_consumer(StreamARN=arn, ConsumerName="billing")["Consumer"]
+    assert c["ConsumerStatus"] == "ACTIVE" and c["ConsumerARN"].startswith(arn + "/consumer/billing:"), c
+    again = error_code(lambda: k.register_stream_consumer(StreamARN=arn, ConsumerName="billing"))
+    assert again == "ResourceInUseException", again
+    d = k.describe_stream_consumer(ConsumerARN=c["ConsumerARN"])["ConsumerDescription"]
+    assert (d["ConsumerName"], d["StreamARN"]) == ("billing", arn), d
+    k.register_stream_consumer(StreamARN=arn, ConsumerName="audit")
+    assert [x["ConsumerName"] for x in k.list_stream_consumers(StreamARN=arn)["Consumers"]] == ["audit", "billing"]
+    assert k.describe_stream_summary(StreamName=STREAM)["StreamDescriptionSummary"]["ConsumerCount"] == 2
+    k.deregister_stream_consumer(StreamARN=arn, ConsumerName="audit")
+    k.deregister_stream_consumer(ConsumerARN=c["ConsumerARN"])
+    assert k.list_stream_consumers(StreamARN=arn)["Consumers"] == []
+    gone = error_code(lambda: k.describe_stream_consumer(StreamARN=arn, ConsumerName="billing"))
+    assert gone == "ResourceNotFoundException", gone
+
+
+def split_merge_and_list_shards():
+    k.create_stream(StreamName="lineage", ShardCount=1)
+    parent = k.list_shards(StreamName="lineage")["Shards"][0]
+    k.put_records(StreamName="lineage", Records=[{"Data": f"before-{i}".encode(), "PartitionKey": f"k{i}"} for i in range(20)])
+    k.split_shard(StreamName="lineage", ShardToSplit=parent["ShardId"], NewStartingHashKey=str(2**127))
+    k.put_records(StreamName="lineage", Records=[{"Data": f"after-{i}".encode(), "PartitionKey": f"k{i}"} for i in range(20)])
+    shards = k.list_shards(StreamName="lineage")["Shards"]
+    assert len(shards) == 3, shards
+    children = [s for s in shards if s.get("ParentShardId") == parent["ShardId"]]
+    assert [(s["HashKeyRange"]["StartingHashKey"], s["HashKeyRange"]["EndingHashKey"]) for s in children] == [
+        ("0", str(2**127 - 1)), (str(2**127), str(2**128 - 1))], children
+    latest = k.list_shards(StreamName="lineage", ShardFilter={"Type": "AT_LATEST"})["Shards"]
+    assert [s["ShardId"] for s in latest] == [s["ShardId"] for s in children], latest
+    horizon = k.list_shards(StreamName="lineage", ShardFilter={"Type": "AT_TRIM_HORIZON"})["Shards"]
+    assert [s["ShardId"] for s in horizon] == [parent["ShardId"]], horizon
+    every = k.list_shards(StreamName="lineage", ShardFilter={"Type": "FROM_TRIM_HORIZON"})["Shards"]
+    assert len(every) == 3, every
+    after = k.list_shards(StreamName="lineage", ShardFilter={"Type": "AFTER_SHARD_ID", "ShardId": parent["ShardId"]})["Shards"]
+    assert after == children, after
+    # Pages of one shard, through NextToken.
+    paged, token = [], None
+    while True:
+        page = k.list_shards(NextToken=token, MaxResults=1) if token else k.list_shards(StreamName="lineage", MaxResults=1)
+        paged += page["Shards"]
+        token = page.get("NextToken")
+        if not token:
+            break
+    assert paged == shards, paged
+    assert error_code(lambda: k.split_shard(StreamName="lineage", ShardToSplit=parent["ShardId"], NewStartingHashKey="5")) == "InvalidArgumentException"
+    # A reader following the lineage, parent first, gets every record once.
+    def read_all(shard_id):
+        it = k.get_shard_iterator(StreamName="lineage", ShardId=shard_id, ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+        got = []
+        while it:
+            out = k.get_records(ShardIterator=it)
+            got += [r["Data"].decode() for r in out["Records"]]
+            it = out.get("NextShardIterator") if out["Records"] else None
+            if out.get("ChildShards"):
+                return got, [c["ShardId"] for c in out["ChildShards"]]
+        return got, []
+    got, next_shards = read_all(parent["ShardId"])
+    assert got == [f"before-{i}" for i in range(20)] and next_shards == [s["ShardId"] for s in children], (got, next_shards)
+    after_split = sorted(sum((read_all(s)[0] for s in next_shards), []))
+    assert after_split == sorted(f"after-{i}" for i in range(20)), after_split
+    # Merging the two children gives one shard with both as parents.
+    k.merge_shards(StreamName="lineage", ShardToMerge=children[0]["ShardId"], AdjacentShardToMerge=children[1]["ShardId"])
+    merged = k.list_shards(StreamName="lineage", ShardFilter={"Type": "AT_LATEST"})["Shards"]
+    assert len(merged) == 1 and (merged[0]["ParentShardId"], merged[0]["AdjacentParentShardId"]) == (
+        children[0]["ShardId"], children[1]["ShardId"]), merged
+    assert merged[0]["HashKeyRange"] == {"StartingHashKey": "0", "EndingHashKey": str(2**128 - 1)}, merged
+    k.delete_stream(StreamName="lineage")
+
+
 def delete():
     k.delete_stream(StreamName=STREAM)
     assert STREAM not in k.list_streams()["StreamNames"]
@@ -219,6 +343,10 @@ for name, fn in [
     ("a wrong secret or an unknown key is refused", wrong_secret),
     ("a stale date is refused", stale_date),
     ("records spread over shards by the MD5 of their key, and reshard", shards),
+    ("sequence numbers are Kinesis's: 56 digits, refused on another shard or stream", sequence_numbers),
+    ("tags, stream mode and encryption are kept and reported, by name or ARN", tags_mode_and_encryption),
+    ("enhanced fan-out consumers are registered, described, listed and deregistered", consumers),
+    ("split and merge shards; list them by filter and page; read the lineage", split_merge_and_list_shards),
     ("delete the stream", delete),
     ("Firehose: list, describe, put and put a batch", firehose),
 ]:

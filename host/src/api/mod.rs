@@ -49,12 +49,15 @@ pub struct ApiState {
     max_body: usize,
     /// Signs shard iterators; new at every start, like the iterators' 5-minute life.
     iterator_secret: [u8; 32],
+    /// What Kinesis keeps of streams besides their records (tags, mode, consumers).
+    kinesis: Arc<kinesis::Control>,
 }
 
 /// The API's routes over a running pipeline.
 pub fn router(host: Arc<Host>, auth: Auth) -> Router {
     let max_body = usize::try_from(host.pipeline.api.max_body_bytes).unwrap_or(usize::MAX);
-    let state = Arc::new(ApiState { host, auth, max_body, iterator_secret: random_secret() });
+    let kinesis = Arc::new(kinesis::Control::at(host.pipeline.data_dir.join("kinesis.json")));
+    let state = Arc::new(ApiState { host, auth, max_body, iterator_secret: random_secret(), kinesis });
     let authenticated = Router::new()
         .route("/", post(aws_json))
         .route("/v1/pipeline", get(native::pipeline_status))
@@ -190,13 +193,14 @@ async fn aws_json(State(api): State<Arc<ApiState>>, headers: HeaderMap, body: By
     };
     let host = api.host.clone();
     let secret = api.iterator_secret;
+    let control = api.kinesis.clone();
     let operation = operation.to_owned();
     // Store calls may wait for an fsync: keep them off the async workers.
     let result = tokio::task::spawn_blocking(move || {
         if firehose {
             firehose::call(&host, &operation, &body)
         } else {
-            kinesis::call(&host, secret, &operation, &body, source)
+            kinesis::call(&host, secret, &control, &operation, &body, source)
         }
     })
     .await;

@@ -79,6 +79,7 @@ impl From<PutError> for ApiError {
                 StreamError::Trimmed { .. }
                 | StreamError::Corrupt { .. }
                 | StreamError::AlreadyExists(_)
+                | StreamError::InvalidReshard(_)
                 | StreamError::UnknownShard { .. },
             ) => (StatusCode::INTERNAL_SERVER_ERROR, "Internal"),
             PutError::Stream(StreamError::Failed { .. } | StreamError::CheckpointFailed { .. }) => {

@@ -242,6 +242,10 @@ pub enum StreamError {
     /// A record breaks a limit every record keeps ([`check_record`]); it was not stored.
     #[error("{0}")]
     InvalidRecord(String),
+    /// A resharding that cannot be done as asked (a closed shard, a hash key outside
+    /// it, shards that are not adjacent, too many shards); nothing changed.
+    #[error("{0}")]
+    InvalidReshard(String),
     /// A read asked for records that were already dropped.
     #[error("stream `{stream}` no longer holds sequence {sequence} (oldest is {oldest})")]
     Trimmed {
@@ -251,6 +255,28 @@ pub enum StreamError {
         sequence: u64,
         /// Oldest retained.
         oldest: u64,
+    },
+}
+
+/// A change to a stream's shards, as Kinesis's `UpdateShardCount`, `SplitShard`
+/// and `MergeShards` make it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reshard {
+    /// Every open shard closes; this many children split the hash key space evenly.
+    Uniform(u32),
+    /// One open shard closes; two children take its hash keys below `at` and from `at` on.
+    Split {
+        /// The shard that closes.
+        shard: u32,
+        /// The first hash key of the second child.
+        at: u128,
+    },
+    /// Two open shards with adjacent hash key ranges close; one child takes both ranges.
+    Merge {
+        /// The first parent.
+        shard: u32,
+        /// The other, adjacent parent.
+        adjacent: u32,
     },
 }
 
@@ -266,9 +292,9 @@ pub trait StreamStore: Send + Sync {
     fn shard_count(&self, stream: &str) -> Result<u32, StreamError>;
     /// Each shard's parents and, if it was closed by resharding, where it ends.
     fn lineage(&self, stream: &str) -> Result<Vec<Lineage>, StreamError>;
-    /// Closes the open shards and opens `shards` children splitting the hash key
-    /// space evenly (uniform scaling). Consumers finish a parent before its children.
-    fn reshard(&self, stream: &str, shards: u32) -> Result<(), StreamError>;
+    /// Closes shards and opens their children ([`Reshard`]). Consumers finish a
+    /// parent before its children.
+    fn reshard(&self, stream: &str, change: Reshard) -> Result<(), StreamError>;
     /// Up to `max` records of a shard from position `from`.
     fn read(&self, stream: &str, shard: u32, from: u64, max: usize) -> Result<Vec<StoredRecord>, StreamError>;
     /// Blocks until at least `min` records of a shard are readable from `from`,
@@ -340,8 +366,8 @@ impl<L: StoreLayer> StreamStore for L {
     fn lineage(&self, stream: &str) -> Result<Vec<Lineage>, StreamError> {
         self.inner().lineage(stream)
     }
-    fn reshard(&self, stream: &str, shards: u32) -> Result<(), StreamError> {
-        self.inner().reshard(stream, shards)
+    fn reshard(&self, stream: &str, change: Reshard) -> Result<(), StreamError> {
+        self.inner().reshard(stream, change)
     }
     fn read(&self, stream: &str, shard: u32, from: u64, max: usize) -> Result<Vec<StoredRecord>, StreamError> {
         StoreLayer::read(self, stream, shard, from, max)
@@ -467,4 +493,8 @@ pub struct ShardInfo {
     pub parents: Vec<u32>,
     /// If resharding closed it: the position after its last record.
     pub closed_at: Option<u64>,
+    /// When it opened (with its stream, or by resharding), ms since the Unix epoch.
+    pub opened_ms: i64,
+    /// When resharding closed it.
+    pub closed_ms: Option<i64>,
 }

@@ -31,8 +31,8 @@ use bytes::Bytes;
 use crate::names::{self, NameKind};
 
 use crate::{
-    Appended, Clock, Lineage, NewRecord, ShardInfo, StoredRecord, StreamError, StreamInfo, StreamSettings, StreamStore,
-    hash_key, system_clock,
+    Appended, Clock, Lineage, NewRecord, Reshard, ShardInfo, StoredRecord, StreamError, StreamInfo, StreamSettings,
+    StreamStore, hash_key, system_clock,
 };
 
 use failure::{corrupt, io_failed};
@@ -179,8 +179,8 @@ impl StreamStore for DiskStreams {
         Ok(entries.iter().map(|e| Lineage { parents: e.parents.clone(), closed_at: e.closed_at }).collect())
     }
 
-    fn reshard(&self, stream: &str, shards: u32) -> Result<(), StreamError> {
-        self.stream(stream)?.reshard(stream, shards.max(1))
+    fn reshard(&self, stream: &str, change: Reshard) -> Result<(), StreamError> {
+        self.stream(stream)?.reshard(stream, change)
     }
 
     fn changes(&self, stream: &str) -> Result<u64, StreamError> {
@@ -330,6 +330,8 @@ impl StreamStore for DiskStreams {
                     consumers: st.consumers.clone(),
                     parents: e.parents.clone(),
                     closed_at: e.closed_at,
+                    opened_ms: e.opened_ms.unwrap_or(target.created_ms),
+                    closed_ms: e.closed_at.map(|_| e.closed_ms.unwrap_or(target.created_ms)),
                 }
             })
             .collect();

@@ -402,7 +402,7 @@ fn resharding_closes_parents_and_routes_new_records_to_their_children() {
     let s = DiskStreams::open(dir.path(), &[spec.clone()], Arc::new(FileSyncer)).expect("open");
     let keyed = |n: u32| NewRecord { source: None, key: format!("key-{n}"), ..rec(&n.to_string()) };
     s.append("s", (0..50).map(keyed).collect()).expect("append");
-    s.reshard("s", 3).expect("reshard");
+    s.reshard("s", Reshard::Uniform(3)).expect("reshard");
     let results = s.append("s", (50..100).map(keyed).collect()).expect("append");
     assert!(results.iter().all(|r| r.as_ref().is_ok_and(|a| a.shard >= 2)), "new records go to the children");
     let check = |s: &DiskStreams| {
@@ -424,4 +424,40 @@ fn resharding_closes_parents_and_routes_new_records_to_their_children() {
     check(&s);
     let results = s.append("s", vec![keyed(7)]).expect("append");
     assert!(results[0].as_ref().is_ok_and(|a| a.shard >= 2));
+}
+
+#[test]
+fn a_split_and_a_merge_keep_their_lineage_times_and_creation_across_restarts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = DiskStreamSpec::new("s", 1_000_000, FsyncPolicy::Never);
+    let s = DiskStreams::open(dir.path(), &[spec.clone()], Arc::new(FileSyncer)).expect("open");
+    let created = s.info("s").expect("info").created_ms;
+    let half = 1u128 << 127;
+    s.reshard("s", Reshard::Split { shard: 0, at: half }).expect("split");
+    let refused = |r: Result<(), StreamError>| matches!(r, Err(StreamError::InvalidReshard(_)));
+    assert!(refused(s.reshard("s", Reshard::Split { shard: 0, at: 5 })), "a closed shard");
+    assert!(refused(s.reshard("s", Reshard::Split { shard: 1, at: 0 })), "at its own first hash key");
+    s.reshard("s", Reshard::Merge { shard: 2, adjacent: 1 }).expect("merge");
+    assert!(refused(s.reshard("s", Reshard::Merge { shard: 3, adjacent: 3 })), "one shard is not two");
+    let check = |s: &DiskStreams| {
+        let info = s.info("s").expect("info");
+        assert_eq!(info.created_ms, created, "the creation time is kept, not read again from the folder");
+        let ranges: Vec<(u128, u128, Vec<u32>, bool)> =
+            info.shards.iter().map(|s| (s.hash_start, s.hash_end, s.parents.clone(), s.closed_at.is_some())).collect();
+        assert_eq!(
+            ranges,
+            vec![
+                (0, u128::MAX, vec![], true),
+                (0, half - 1, vec![0], true),
+                (half, u128::MAX, vec![0], true),
+                (0, u128::MAX, vec![2, 1], false),
+            ]
+        );
+        assert!(info.shards[1].opened_ms <= info.shards[1].closed_ms.expect("closed"));
+        assert!(info.shards[3].closed_ms.is_none());
+    };
+    check(&s);
+    drop(s);
+    let s = DiskStreams::open(dir.path(), &[spec], Arc::new(FileSyncer)).expect("reopen");
+    check(&s);
 }

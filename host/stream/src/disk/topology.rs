@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 
-use crate::{Clock, StreamError, now_ms, shard_end, shard_id, shard_start};
+use crate::{Clock, MAX_SHARDS, Reshard, StreamError, now_ms, shard_end, shard_id, shard_start};
 
 use super::failure::*;
 use super::settings::*;
@@ -36,10 +36,15 @@ pub(super) struct ShardEntry {
     pub(super) parents: Vec<u32>,
     /// Set when resharding closed it: the position after its last record.
     pub(super) closed_at: Option<u64>,
+    /// When it opened, ms since the Unix epoch (unknown for shards kept before weir recorded it).
+    pub(super) opened_ms: Option<i64>,
+    /// When resharding closed it.
+    pub(super) closed_ms: Option<i64>,
 }
 
 /// The lineage of a stream's shards, kept beside them: one line per shard,
-/// `index start end closed_at|- parent,parent`.
+/// `index start end closed_at|- parent,parent|- opened_ms closed_ms|-` (the two
+/// times are missing in files written before weir recorded them).
 pub(super) const TOPOLOGY_FILE: &str = "shards.topology";
 
 impl Stream {
@@ -61,7 +66,20 @@ impl Stream {
                         corrupt(&dir.join(TOPOLOGY_FILE), n as u64, format!("line {} is malformed: `{line}`", n + 1))
                     };
                     let f: Vec<&str> = line.split_whitespace().collect();
-                    let [index, start, end, closed, parents] = f.as_slice() else { return Err(bad()) };
+                    let (index, start, end, closed, parents, times) = match f.as_slice() {
+                        [index, start, end, closed, parents] => (index, start, end, closed, parents, None),
+                        [index, start, end, closed, parents, opened, closed_ms] => {
+                            (index, start, end, closed, parents, Some((opened, closed_ms)))
+                        }
+                        _ => return Err(bad()),
+                    };
+                    let (opened_ms, closed_ms) = match times {
+                        None => (None, None),
+                        Some((opened, closed_ms)) => (
+                            Some(opened.parse().map_err(|_| bad())?),
+                            if *closed_ms == "-" { None } else { Some(closed_ms.parse().map_err(|_| bad())?) },
+                        ),
+                    };
                     let index: u32 = index.parse().map_err(|_| bad())?;
                     if index as usize != entries.len() {
                         return Err(bad());
@@ -76,6 +94,8 @@ impl Stream {
                         } else {
                             parents.split(',').map(|p| p.parse().map_err(|_| bad())).collect::<Result<_, _>>()?
                         },
+                        opened_ms,
+                        closed_ms,
                     });
                 }
                 let open = entries.iter().filter(|e| e.closed_at.is_none()).count();
@@ -91,6 +111,7 @@ impl Stream {
             }
             Err(_) => {
                 let count = spec.shards.max(1);
+                let opened = Some(clock());
                 let entries = (0..count)
                     .map(|i| {
                         Ok(ShardEntry {
@@ -99,6 +120,8 @@ impl Stream {
                             hash_end: shard_end(i, count),
                             parents: Vec::new(),
                             closed_at: None,
+                            opened_ms: opened,
+                            closed_ms: None,
                         })
                     })
                     .collect::<Result<Vec<_>, StreamError>>()?;
@@ -108,7 +131,7 @@ impl Stream {
         };
         Ok(Stream {
             dir: dir.to_owned(),
-            created_ms: created_ms(dir),
+            created_ms: created_ms(dir, name)?,
             spec: spec.clone(),
             syncer: syncer.clone(),
             clock: clock.clone(),
@@ -129,25 +152,68 @@ impl Stream {
             .ok_or_else(|| StreamError::UnknownShard { stream: stream.to_owned(), shard: shard_id(index) })
     }
 
-    /// Closes every open shard and opens `count` children splitting the hash
-    /// key space evenly; each child names the closed shards it overlaps.
-    pub(super) fn reshard(&self, stream: &str, count: u32) -> Result<(), StreamError> {
+    /// Closes shards and opens their children, as `change` says; each child
+    /// names the closed shards whose hash keys it takes as its parents.
+    pub(super) fn reshard(&self, stream: &str, change: Reshard) -> Result<(), StreamError> {
         let mut entries = self.topology.write().unwrap_or_else(|p| p.into_inner());
-        let parents: Vec<(u32, u128, u128)> = entries
-            .iter()
-            .zip(0..)
-            .filter(|(e, _)| e.closed_at.is_none())
-            .map(|(e, i)| (i, e.hash_start, e.hash_end))
-            .collect();
-        for (index, ..) in &parents {
-            let entry = &mut entries[*index as usize];
+        let open: Vec<u32> = (0..entries.len() as u32).filter(|&i| entries[i as usize].closed_at.is_none()).collect();
+        let invalid = |message: String| Err(StreamError::InvalidReshard(message));
+        let is_open = |shard: u32| open.contains(&shard);
+        // The shards that close, and the hash key ranges of the children.
+        let (closing, children): (Vec<u32>, Vec<(u128, u128)>) = match change {
+            Reshard::Uniform(count) => {
+                let count = count.max(1);
+                (open.clone(), (0..count).map(|k| (shard_start(k, count), shard_end(k, count))).collect())
+            }
+            Reshard::Split { shard, at } => {
+                if !is_open(shard) {
+                    return invalid(format!("{} is not an open shard of stream `{stream}`", shard_id(shard)));
+                }
+                let e = &entries[shard as usize];
+                if !(e.hash_start < at && at <= e.hash_end) {
+                    return invalid(format!(
+                        "the new starting hash key {at} must be above {}'s first hash key {} and at most its last {}",
+                        shard_id(shard),
+                        e.hash_start,
+                        e.hash_end
+                    ));
+                }
+                (vec![shard], vec![(e.hash_start, at - 1), (at, e.hash_end)])
+            }
+            Reshard::Merge { shard, adjacent } => {
+                for s in [shard, adjacent] {
+                    if !is_open(s) {
+                        return invalid(format!("{} is not an open shard of stream `{stream}`", shard_id(s)));
+                    }
+                }
+                let (a, b) = (&entries[shard as usize], &entries[adjacent as usize]);
+                let (low, high) = if a.hash_start < b.hash_start { (a, b) } else { (b, a) };
+                if low.hash_end.checked_add(1) != Some(high.hash_start) {
+                    return invalid(format!(
+                        "{} and {} are not adjacent: their hash key ranges do not meet",
+                        shard_id(shard),
+                        shard_id(adjacent)
+                    ));
+                }
+                (vec![shard, adjacent], vec![(low.hash_start, high.hash_end)])
+            }
+        };
+        let open_after = open.len() - closing.len() + children.len();
+        if open_after > MAX_SHARDS as usize {
+            return invalid(format!("stream `{stream}` would have {open_after} open shards; at most {MAX_SHARDS}"));
+        }
+        let ranges: Vec<(u32, u128, u128)> =
+            closing.iter().map(|&i| (i, entries[i as usize].hash_start, entries[i as usize].hash_end)).collect();
+        let now = (self.clock)();
+        for &index in &closing {
+            let entry = &mut entries[index as usize];
             let end = entry.log.lock().durable;
             entry.closed_at = Some(end);
+            entry.closed_ms = Some(now);
         }
         let first = entries.len() as u32;
-        for k in 0..count {
-            let (start, end) = (shard_start(k, count), shard_end(k, count));
-            let index = first + k;
+        for (k, (start, end)) in children.iter().copied().enumerate() {
+            let index = first + k as u32;
             entries.push(ShardEntry {
                 log: Arc::new(Shard::open(
                     &self.dir.join(shard_id(index)),
@@ -157,14 +223,17 @@ impl Stream {
                 )?),
                 hash_start: start,
                 hash_end: end,
-                parents: parents.iter().filter(|(_, s, e)| *s <= end && start <= *e).map(|(i, ..)| *i).collect(),
+                // In the order asked: a merge's first parent, then its adjacent one.
+                parents: ranges.iter().filter(|(_, s, e)| *s <= end && start <= *e).map(|(i, ..)| *i).collect(),
                 closed_at: None,
+                opened_ms: Some(now),
+                closed_ms: None,
             });
         }
         save_topology(&self.dir, stream, &entries)?;
         drop(entries);
         self.bump();
-        tracing::info!(stream, shards = count, "resharded");
+        tracing::info!(stream, ?change, open = open_after, "resharded");
         Ok(())
     }
 
@@ -186,13 +255,29 @@ impl Stream {
     }
 }
 
-/// When the stream's folder was made: its creation time as the stream's.
-pub(super) fn created_ms(dir: &Path) -> i64 {
-    std::fs::metadata(dir)
+/// The file beside the shards that holds when the stream was created (ms since
+/// the Unix epoch): its identity, with its name, in the Kinesis sequence numbers.
+pub(super) const CREATED_FILE: &str = "created";
+
+/// When the stream was created, as its `created` file says. A stream opened the
+/// first time (or kept by a weir that did not write the file) records it now:
+/// its folder's time, which a later change to the folder must not move.
+pub(super) fn created_ms(dir: &Path, stream: &str) -> Result<i64, StreamError> {
+    let path = dir.join(CREATED_FILE);
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return text.trim().parse().map_err(|_| corrupt(&path, 0, format!("`{}` is not a time in ms", text.trim())));
+    }
+    let created = std::fs::metadata(dir)
         .and_then(|m| m.created().or_else(|_| m.modified()))
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or_else(now_ms, |d| d.as_millis() as i64)
+        .map_or_else(now_ms, |d| d.as_millis() as i64);
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{created}\n"))
+        .and_then(|()| File::open(&tmp)?.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| io_failed(stream, "cannot record when it was created", &e))?;
+    Ok(created)
 }
 
 pub(super) fn save_topology(dir: &Path, stream: &str, entries: &[ShardEntry]) -> Result<(), StreamError> {
@@ -204,7 +289,11 @@ pub(super) fn save_topology(dir: &Path, stream: &str, entries: &[ShardEntry]) ->
         } else {
             e.parents.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
         };
-        text.push_str(&format!("{i} {} {} {closed} {parents}\n", e.hash_start, e.hash_end));
+        let times = match (e.opened_ms, e.closed_ms) {
+            (Some(opened), closed_ms) => format!(" {opened} {}", closed_ms.map_or("-".to_owned(), |c| c.to_string())),
+            (None, _) => String::new(),
+        };
+        text.push_str(&format!("{i} {} {} {closed} {parents}{times}\n", e.hash_start, e.hash_end));
     }
     let path = dir.join(TOPOLOGY_FILE);
     let tmp = path.with_extension("tmp");

@@ -4,7 +4,14 @@
 //!
 //! A stream's shards split the 128-bit hash key range evenly; a record goes to
 //! the shard owning the MD5 of its partition key (or its `ExplicitHashKey`).
-//! Shard iterators are signed tokens that expire after five minutes.
+//! Shard iterators are signed tokens that expire after five minutes; sequence
+//! numbers are shaped as Kinesis's ([`sequence`]).
+
+mod control;
+mod sequence;
+mod shards;
+
+pub use control::Control;
 
 use std::time::Duration;
 
@@ -17,9 +24,8 @@ use super::aws::{AwsError, PutResult, check_name, parse_body};
 use super::native::MAX_RECORDS_PER_PUT;
 use crate::names::NameKind;
 use crate::pipeline::{Host, Producer};
-use crate::stream::{
-    MAX_SHARDS, NewRecord, ShardInfo, Source, StreamInfo, StreamSettings, now_ms, parse_shard_id, shard_id,
-};
+use crate::stream::{MAX_SHARDS, NewRecord, Source, StreamInfo, StreamSettings, now_ms, parse_shard_id, shard_id};
+use sequence::Sequences;
 
 /// Shard iterators expire after this long, as in Kinesis.
 pub const ITERATOR_TTL: Duration = Duration::from_secs(300);
@@ -31,6 +37,7 @@ const MAX_GET_RECORDS: usize = 10_000;
 pub(super) fn call(
     host: &Host,
     secret: [u8; 32],
+    control: &Control,
     operation: &str,
     body: &[u8],
     source: Option<Source>,
@@ -38,17 +45,19 @@ pub(super) fn call(
     let args: Args<'_> = parse_body(body)?;
     match operation {
         "PutRecords" => put_records(host, &args, source),
-        _ => answer(host, secret, operation, &args, source).map(|v| v.to_string()),
+        _ => answer(host, secret, control, operation, &args, source).map(|v| v.to_string()),
     }
 }
 
 fn answer(
     host: &Host,
     secret: [u8; 32],
+    control: &Control,
     operation: &str,
     args: &Args<'_>,
     source: Option<Source>,
 ) -> Result<Value, AwsError> {
+    use control::operations;
     let streams = host.streams();
     match operation {
         "CreateStream" => {
@@ -57,15 +66,26 @@ fn answer(
             if !(1..=u64::from(MAX_SHARDS)).contains(&shards) {
                 return Err(AwsError::invalid(format!("ShardCount {shards} must be between 1 and {MAX_SHARDS}")));
             }
+            if let Some(tags) = &args.tags {
+                operations::check_tags(tags)?;
+            }
             streams.create(StreamSettings {
                 name: name.to_owned(),
                 retention: crate::stream::DEFAULT_RETENTION,
                 shards: shards as u32,
             })?;
+            let info = streams.info(name)?;
+            control.update(name, info.created_ms, |kept| {
+                kept.tags = args.tags.clone().unwrap_or_default();
+                kept.mode = args.stream_mode_details.as_ref().map(|m| m.stream_mode).unwrap_or_default();
+                Ok(())
+            })?;
             Ok(json!({}))
         }
         "DeleteStream" => {
-            streams.delete(args.stream_name()?)?;
+            let name = args.stream_name()?;
+            streams.delete(name)?;
+            control.forget(name)?;
             Ok(json!({}))
         }
         "ListStreams" => {
@@ -74,42 +94,58 @@ fn answer(
             let after = args.exclusive_start_stream_name.as_deref().unwrap_or("");
             let page: Vec<&String> = names.iter().filter(|n| n.as_str() > after).take(limit).collect();
             let more = names.iter().filter(|n| n.as_str() > after).count() > page.len();
-            let summaries: Vec<Value> = page
-                .iter()
-                .filter_map(|n| streams.info(n).ok())
-                .map(|i| {
-                    json!({"StreamName": i.name, "StreamARN": arn(&i.name), "StreamStatus": "ACTIVE",
-                        "StreamModeDetails": {"StreamMode": "PROVISIONED"},
-                        "StreamCreationTimestamp": i.created_ms as f64 / 1000.0})
-                })
-                .collect();
+            let mut summaries: Vec<Value> = Vec::new();
+            for info in page.iter().filter_map(|n| streams.info(n).ok()) {
+                let mode = control.get(&info.name, info.created_ms)?.mode;
+                summaries.push(json!({"StreamName": info.name, "StreamARN": arn(&info.name), "StreamStatus": "ACTIVE",
+                    "StreamModeDetails": {"StreamMode": operations::mode_name(mode)},
+                    "StreamCreationTimestamp": info.created_ms as f64 / 1000.0}));
+            }
             Ok(json!({"StreamNames": page, "HasMoreStreams": more, "StreamSummaries": summaries}))
         }
         "DescribeStream" => {
             let info = streams.info(args.stream_name()?)?;
             let mut description = summary(&info);
-            description["Shards"] = json!(info.shards.iter().map(shard).collect::<Vec<_>>());
-            description["HasMoreShards"] = json!(false);
+            operations::describe(control, &info, &mut description)?;
+            let numbers = Sequences::of(&info.name, info.created_ms);
+            let limit = args.limit.unwrap_or(100).clamp(1, 10_000);
+            let after = args.exclusive_start_shard_id.as_deref().map(shards::shard_index).transpose()?;
+            let rest: Vec<_> = info.shards.iter().filter(|s| after.is_none_or(|a| s.index > a)).collect();
+            description["Shards"] =
+                json!(rest.iter().take(limit).map(|s| shards::shard(s, numbers)).collect::<Vec<_>>());
+            description["HasMoreShards"] = json!(rest.len() > limit);
             Ok(json!({"StreamDescription": description}))
         }
         "DescribeStreamSummary" => {
             let info = streams.info(args.stream_name()?)?;
             let mut description = summary(&info);
+            operations::describe(control, &info, &mut description)?;
             description["OpenShardCount"] = json!(info.shards.iter().filter(|s| s.closed_at.is_none()).count());
-            description["ConsumerCount"] = json!(0);
+            description["ConsumerCount"] = json!(operations::consumer_count(control, &info)?);
             Ok(json!({"StreamDescriptionSummary": description}))
         }
-        "ListShards" => {
-            // The next token of a listing is the stream's name.
-            let name = match &args.next_token {
-                Some(token) if args.stream_name.is_none() && args.stream_arn.is_none() => {
-                    check_name(NameKind::Stream, "NextToken", token)?;
-                    token.clone()
+        "ListShards" => shards::list_shards(streams.as_ref(), args),
+        "UpdateShardCount" | "SplitShard" | "MergeShards" => shards::reshard(streams.as_ref(), operation, args),
+        "AddTagsToStream" | "ListTagsForStream" | "RemoveTagsFromStream" => {
+            operations::tags(control, streams.as_ref(), operation, args)
+        }
+        "UpdateStreamMode" | "StartStreamEncryption" | "StopStreamEncryption" => {
+            operations::settings(control, streams.as_ref(), operation, args)
+        }
+        "RegisterStreamConsumer" | "DescribeStreamConsumer" | "ListStreamConsumers" | "DeregisterStreamConsumer" => {
+            operations::consumers(control, streams.as_ref(), operation, args)
+        }
+        "DescribeLimits" => {
+            let mut open = 0;
+            let mut on_demand = 0;
+            for info in streams.list().iter().filter_map(|n| streams.info(n).ok()) {
+                open += info.shards.iter().filter(|s| s.closed_at.is_none()).count();
+                if control.get(&info.name, info.created_ms)?.mode == control::StreamMode::OnDemand {
+                    on_demand += 1;
                 }
-                _ => args.stream_name()?.to_owned(),
-            };
-            let info = streams.info(&name)?;
-            Ok(json!({"Shards": info.shards.iter().map(shard).collect::<Vec<_>>()}))
+            }
+            Ok(json!({"ShardLimit": MAX_SHARDS, "OpenShardCount": open, "OnDemandStreamCount": on_demand,
+                "OnDemandStreamCountLimit": 50}))
         }
         "IncreaseStreamRetentionPeriod" | "DecreaseStreamRetentionPeriod" => {
             let name = args.stream_name()?;
@@ -136,23 +172,9 @@ fn answer(
             record.source = source;
             let appended = host.put(name, vec![record], Producer::Kinesis)?;
             let a = appended.into_iter().next().ok_or_else(|| AwsError::invalid("nothing appended"))??;
+            let numbers = sequences(host, name)?;
             Ok(
-                json!({"ShardId": shard_id(a.shard), "SequenceNumber": a.sequence.to_string(), "EncryptionType": "NONE"}),
-            )
-        }
-        "UpdateShardCount" => {
-            let name = args.stream_name()?;
-            let target = args.target_shard_count.ok_or_else(|| AwsError::invalid("TargetShardCount is required"))?;
-            if args.scaling_type.as_deref().is_some_and(|t| t != "UNIFORM_SCALING") {
-                return Err(AwsError::invalid("ScalingType must be UNIFORM_SCALING"));
-            }
-            if !(1..=u64::from(MAX_SHARDS)).contains(&target) {
-                return Err(AwsError::invalid(format!("TargetShardCount {target} must be between 1 and {MAX_SHARDS}")));
-            }
-            let current = streams.info(name)?.shards.iter().filter(|s| s.closed_at.is_none()).count();
-            streams.reshard(name, target as u32)?;
-            Ok(
-                json!({"StreamName": name, "StreamARN": arn(name), "CurrentShardCount": current, "TargetShardCount": target}),
+                json!({"ShardId": shard_id(a.shard), "SequenceNumber": numbers.number(a.shard, a.sequence), "EncryptionType": "NONE"}),
             )
         }
         "GetShardIterator" => {
@@ -165,17 +187,19 @@ fn answer(
                     format!("Shard {id} in stream {name} not found."),
                 ));
             };
+            let numbers = Sequences::of(&info.name, info.created_ms);
             let sequence = |required: &str| {
-                args.starting_sequence_number
+                let number = args
+                    .starting_sequence_number
                     .as_deref()
-                    .and_then(|s| s.parse::<u64>().ok())
-                    .ok_or_else(|| AwsError::invalid(format!("{required} needs a valid StartingSequenceNumber")))
+                    .ok_or_else(|| AwsError::invalid(format!("{required} needs a StartingSequenceNumber")))?;
+                numbers.position("StartingSequenceNumber", number, shard.index)
             };
             let position = match args.shard_iterator_type.as_deref() {
                 Some("TRIM_HORIZON") => shard.oldest,
                 Some("LATEST") => shard.end,
                 Some("AT_SEQUENCE_NUMBER") => sequence("AT_SEQUENCE_NUMBER")?,
-                Some("AFTER_SEQUENCE_NUMBER") => sequence("AFTER_SEQUENCE_NUMBER")? + 1,
+                Some("AFTER_SEQUENCE_NUMBER") => sequence("AFTER_SEQUENCE_NUMBER")?.saturating_add(1),
                 Some("AT_TIMESTAMP") => {
                     let seconds =
                         args.timestamp.as_ref().and_then(timestamp_seconds).ok_or_else(|| {
@@ -206,13 +230,14 @@ fn answer(
                 info.shards.get(at.shard as usize).ok_or_else(|| AwsError::invalid("the iterator's shard is gone"))?;
             let from = at.position.max(shard.oldest);
             let records = streams.read(&at.stream, at.shard, from, limit)?;
+            let numbers = Sequences::of(&info.name, info.created_ms);
             let next = records.last().map_or(from, |r| r.sequence + 1);
             let behind = records.last().filter(|_| next < shard.end).map_or(0, |r| (now_ms() - r.arrival_ms).max(0));
             let list: Vec<Value> = records
                 .iter()
                 .map(|r| {
                     json!({
-                        "SequenceNumber": r.sequence.to_string(),
+                        "SequenceNumber": numbers.number(r.shard, r.sequence),
                         "ApproximateArrivalTimestamp": r.arrival_ms as f64 / 1000.0,
                         "Data": base64::engine::general_purpose::STANDARD.encode(&r.data),
                         "PartitionKey": r.key,
@@ -265,9 +290,13 @@ fn put_records(host: &Host, args: &Args<'_>, source: Option<Source>) -> Result<S
     }
     if !good.is_empty() {
         let appended = host.put(name, good, Producer::Kinesis)?;
+        let numbers = sequences(host, name)?;
         for (slot, result) in slots.iter().zip(appended) {
             results[*slot] = match result {
-                Ok(a) => PutResult::Stored { shard_id: shard_id(a.shard), sequence_number: a.sequence.to_string() },
+                Ok(a) => PutResult::Stored {
+                    shard_id: shard_id(a.shard),
+                    sequence_number: numbers.number(a.shard, a.sequence),
+                },
                 Err(e) => {
                     let e = AwsError::from(e);
                     PutResult::from(e)
@@ -313,6 +342,39 @@ struct Args<'a> {
     shard_iterator: Option<String>,
     target_shard_count: Option<u64>,
     scaling_type: Option<String>,
+    tags: Option<std::collections::BTreeMap<String, String>>,
+    tag_keys: Option<Vec<String>>,
+    exclusive_start_tag_key: Option<String>,
+    stream_mode_details: Option<ModeDetails>,
+    encryption_type: Option<String>,
+    key_id: Option<String>,
+    shard_to_split: Option<String>,
+    new_starting_hash_key: Option<String>,
+    shard_to_merge: Option<String>,
+    adjacent_shard_to_merge: Option<String>,
+    consumer_name: Option<String>,
+    #[serde(rename = "ConsumerARN")]
+    consumer_arn: Option<String>,
+    max_results: Option<usize>,
+    exclusive_start_shard_id: Option<String>,
+    shard_filter: Option<ShardFilter>,
+}
+
+/// `StreamModeDetails`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ModeDetails {
+    stream_mode: control::StreamMode,
+}
+
+/// `ListShards`'s `ShardFilter`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ShardFilter {
+    #[serde(rename = "Type")]
+    kind: String,
+    shard_id: Option<String>,
+    timestamp: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -391,22 +453,10 @@ fn summary(info: &StreamInfo) -> Value {
     })
 }
 
-fn shard(info: &ShardInfo) -> Value {
-    let mut shard = json!({
-        "ShardId": shard_id(info.index),
-        "HashKeyRange": {"StartingHashKey": info.hash_start.to_string(), "EndingHashKey": info.hash_end.to_string()},
-        "SequenceNumberRange": {"StartingSequenceNumber": info.oldest.to_string()},
-    });
-    if let Some(end) = info.closed_at {
-        shard["SequenceNumberRange"]["EndingSequenceNumber"] = json!(end.saturating_sub(1).to_string());
-    }
-    if let Some(parent) = info.parents.first() {
-        shard["ParentShardId"] = json!(shard_id(*parent));
-    }
-    if let Some(adjacent) = info.parents.get(1) {
-        shard["AdjacentParentShardId"] = json!(shard_id(*adjacent));
-    }
-    shard
+/// The sequence numbers of stream `name`.
+fn sequences(host: &Host, name: &str) -> Result<Sequences, AwsError> {
+    let info = host.streams().info(name)?;
+    Ok(Sequences::of(&info.name, info.created_ms))
 }
 
 /// AWS clients send timestamps as epoch seconds (a number) or text.
