@@ -430,7 +430,7 @@ fn resharding_closes_parents_and_routes_new_records_to_their_children() {
 fn a_split_and_a_merge_keep_their_lineage_times_and_creation_across_restarts() {
     let dir = tempfile::tempdir().expect("tempdir");
     let spec = DiskStreamSpec::new("s", 1_000_000, FsyncPolicy::Never);
-    let s = DiskStreams::open(dir.path(), &[spec.clone()], Arc::new(FileSyncer)).expect("open");
+    let s = DiskStreams::open(dir.path(), std::slice::from_ref(&spec), Arc::new(FileSyncer)).expect("open");
     let created = s.info("s").expect("info").created_ms;
     let half = 1u128 << 127;
     s.reshard("s", Reshard::Split { shard: 0, at: half }).expect("split");
