@@ -45,7 +45,7 @@ lake = "lake"
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.contains("15 passed, 0 failed"), "{stdout}\n{stderr}");
+    assert!(stdout.contains("16 passed, 0 failed"), "{stdout}\n{stderr}");
     // What Firehose took is in the lake once the host has drained.
     let delivered: String =
         files(&host.path("lake")).iter().map(|f| std::fs::read_to_string(f).unwrap_or_default()).collect();

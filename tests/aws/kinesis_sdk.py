@@ -8,6 +8,7 @@ import datetime
 import hashlib
 import os
 import sys
+import threading
 import time
 import types
 from unittest import mock
@@ -327,6 +328,53 @@ def split_merge_and_list_shards():
     k.delete_stream(StreamName="lineage")
 
 
+def subscribe_to_shard():
+    k.create_stream(StreamName="fanout", ShardCount=1)
+    arn = k.describe_stream_summary(StreamName="fanout")["StreamDescriptionSummary"]["StreamARN"]
+    consumer = k.register_stream_consumer(StreamARN=arn, ConsumerName="pusher")["Consumer"]["ConsumerARN"]
+    shard = k.list_shards(StreamName="fanout")["Shards"][0]["ShardId"]
+    k.put_records(StreamName="fanout", Records=[{"Data": f"early-{i}".encode(), "PartitionKey": "k"} for i in range(5)])
+
+    def put_later():
+        time.sleep(0.5)
+        for i in range(5):
+            k.put_record(StreamName="fanout", Data=f"late-{i}".encode(), PartitionKey="k")
+
+    putter = threading.Thread(target=put_later)
+    putter.start()
+    events = k.subscribe_to_shard(ConsumerARN=consumer, ShardId=shard, StartingPosition={"Type": "TRIM_HORIZON"})["EventStream"]
+    got, last, deadline = [], None, time.time() + 30
+    for event in events:
+        e = event["SubscribeToShardEvent"]
+        got += [r["Data"].decode() for r in e["Records"]]
+        last = e
+        if len(got) >= 10 or time.time() > deadline:
+            break
+    events.close()
+    putter.join()
+    assert got == [f"early-{i}" for i in range(5)] + [f"late-{i}" for i in range(5)], got
+    assert last["Records"] and last["ContinuationSequenceNumber"] == last["Records"][-1]["SequenceNumber"], last
+    assert last["MillisBehindLatest"] == 0, last
+    # Subscribing again after the continuation number gets only what came since.
+    k.put_record(StreamName="fanout", Data=b"next", PartitionKey="k")
+    again = k.subscribe_to_shard(ConsumerARN=consumer, ShardId=shard, StartingPosition={
+        "Type": "AFTER_SEQUENCE_NUMBER", "SequenceNumber": last["ContinuationSequenceNumber"]})["EventStream"]
+    first = next(iter(again))["SubscribeToShardEvent"]
+    again.close()
+    assert [r["Data"] for r in first["Records"]] == [b"next"], first
+    # A closed shard read to its end names its children, and the subscription ends.
+    k.split_shard(StreamName="fanout", ShardToSplit=shard, NewStartingHashKey=str(2**127))
+    ended = k.subscribe_to_shard(ConsumerARN=consumer, ShardId=shard, StartingPosition={
+        "Type": "AFTER_SEQUENCE_NUMBER", "SequenceNumber": first["ContinuationSequenceNumber"]})["EventStream"]
+    final = [e["SubscribeToShardEvent"] for e in ended]
+    assert len(final) == 1 and len(final[0]["ChildShards"]) == 2, final
+    # Only a registered consumer may subscribe.
+    k.deregister_stream_consumer(ConsumerARN=consumer)
+    code = error_code(lambda: k.subscribe_to_shard(ConsumerARN=consumer, ShardId=shard, StartingPosition={"Type": "LATEST"}))
+    assert code == "ResourceNotFoundException", code
+    k.delete_stream(StreamName="fanout")
+
+
 def delete():
     k.delete_stream(StreamName=STREAM)
     assert STREAM not in k.list_streams()["StreamNames"]
@@ -347,6 +395,7 @@ for name, fn in [
     ("tags, stream mode and encryption are kept and reported, by name or ARN", tags_mode_and_encryption),
     ("enhanced fan-out consumers are registered, described, listed and deregistered", consumers),
     ("split and merge shards; list them by filter and page; read the lineage", split_merge_and_list_shards),
+    ("SubscribeToShard pushes records as they arrive, continues, and ends at a closed shard", subscribe_to_shard),
     ("delete the stream", delete),
     ("Firehose: list, describe, put and put a batch", firehose),
 ]:

@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod aws;
+pub mod eventstream;
 pub mod firehose;
 pub mod kinesis;
 pub mod native;
@@ -191,6 +192,10 @@ async fn aws_json(State(api): State<Arc<ApiState>>, headers: HeaderMap, body: By
             return aws::AwsError::invalid(message).into_response();
         }
     };
+    if !firehose && operation == "SubscribeToShard" {
+        // Its answer is a stream of events, not one JSON body.
+        return kinesis::subscribe(api.host.clone(), api.kinesis.clone(), body).await;
+    }
     let host = api.host.clone();
     let secret = api.iterator_secret;
     let control = api.kinesis.clone();

@@ -317,7 +317,7 @@ pub(super) mod operations {
 
     /// The stream and consumer names a call addresses: a `ConsumerARN`, or a
     /// `StreamARN` with a `ConsumerName`.
-    fn addressed(args: &Args<'_>) -> Result<(String, String), AwsError> {
+    pub(in super::super) fn addressed(args: &Args<'_>) -> Result<(String, String), AwsError> {
         if let Some(consumer_arn) = &args.consumer_arn {
             let invalid = || {
                 AwsError::invalid(format!(

@@ -10,8 +10,10 @@
 mod control;
 mod sequence;
 mod shards;
+mod subscribe;
 
 pub use control::Control;
+pub(super) use subscribe::subscribe;
 
 use std::time::Duration;
 
@@ -24,7 +26,9 @@ use super::aws::{AwsError, PutResult, check_name, parse_body};
 use super::native::MAX_RECORDS_PER_PUT;
 use crate::names::NameKind;
 use crate::pipeline::{Host, Producer};
-use crate::stream::{MAX_SHARDS, NewRecord, Source, StreamInfo, StreamSettings, now_ms, parse_shard_id, shard_id};
+use crate::stream::{
+    MAX_SHARDS, NewRecord, ShardInfo, Source, StreamInfo, StreamSettings, StreamStore, now_ms, parse_shard_id, shard_id,
+};
 use sequence::Sequences;
 
 /// Shard iterators expire after this long, as in Kinesis.
@@ -181,39 +185,15 @@ fn answer(
             let name = args.stream_name()?;
             let id = args.shard_id.as_deref().ok_or_else(|| AwsError::invalid("ShardId is required"))?;
             let info = streams.info(name)?;
-            let Some(shard) = parse_shard_id(id).and_then(|i| info.shards.get(i as usize)) else {
-                return Err(AwsError::new(
-                    "ResourceNotFoundException",
-                    format!("Shard {id} in stream {name} not found."),
-                ));
+            let shard = find_shard(&info, id)?;
+            let start = Start {
+                kind: args.shard_iterator_type.as_deref(),
+                kind_field: "ShardIteratorType",
+                number: args.starting_sequence_number.as_deref(),
+                number_field: "StartingSequenceNumber",
+                timestamp: args.timestamp.as_ref(),
             };
-            let numbers = Sequences::of(&info.name, info.created_ms);
-            let sequence = |required: &str| {
-                let number = args
-                    .starting_sequence_number
-                    .as_deref()
-                    .ok_or_else(|| AwsError::invalid(format!("{required} needs a StartingSequenceNumber")))?;
-                numbers.position("StartingSequenceNumber", number, shard.index)
-            };
-            let position = match args.shard_iterator_type.as_deref() {
-                Some("TRIM_HORIZON") => shard.oldest,
-                Some("LATEST") => shard.end,
-                Some("AT_SEQUENCE_NUMBER") => sequence("AT_SEQUENCE_NUMBER")?,
-                Some("AFTER_SEQUENCE_NUMBER") => sequence("AFTER_SEQUENCE_NUMBER")?.saturating_add(1),
-                Some("AT_TIMESTAMP") => {
-                    let seconds =
-                        args.timestamp.as_ref().and_then(timestamp_seconds).ok_or_else(|| {
-                            AwsError::invalid("AT_TIMESTAMP needs Timestamp (seconds since the epoch)")
-                        })?;
-                    streams.position_at_time(name, shard.index, (seconds * 1000.0) as i64)?
-                }
-                other => {
-                    return Err(AwsError::invalid(format!(
-                        "ShardIteratorType {other:?} is not one of TRIM_HORIZON, LATEST, AT_SEQUENCE_NUMBER, AFTER_SEQUENCE_NUMBER, AT_TIMESTAMP"
-                    )));
-                }
-            };
-            let position = position.min(shard.end);
+            let position = start.position(streams.as_ref(), &info, shard)?;
             Ok(
                 json!({"ShardIterator": iterator(secret, &Position { stream: name.to_owned(), shard: shard.index, position }, now_ms())}),
             )
@@ -228,40 +208,14 @@ fn answer(
             let info = streams.info(&at.stream)?;
             let shard =
                 info.shards.get(at.shard as usize).ok_or_else(|| AwsError::invalid("the iterator's shard is gone"))?;
-            let from = at.position.max(shard.oldest);
-            let records = streams.read(&at.stream, at.shard, from, limit)?;
-            let numbers = Sequences::of(&info.name, info.created_ms);
-            let next = records.last().map_or(from, |r| r.sequence + 1);
-            let behind = records.last().filter(|_| next < shard.end).map_or(0, |r| (now_ms() - r.arrival_ms).max(0));
-            let list: Vec<Value> = records
-                .iter()
-                .map(|r| {
-                    json!({
-                        "SequenceNumber": numbers.number(r.shard, r.sequence),
-                        "ApproximateArrivalTimestamp": r.arrival_ms as f64 / 1000.0,
-                        "Data": base64::engine::general_purpose::STANDARD.encode(&r.data),
-                        "PartitionKey": r.key,
-                    })
-                })
-                .collect();
+            let read = Read::from(streams.as_ref(), &info, shard, at.position, limit)?;
             // A closed shard read to its end has no next iterator: its children go on.
-            if shard.closed_at.is_some_and(|end| next >= end) {
-                let children: Vec<Value> = info
-                    .shards
-                    .iter()
-                    .filter(|s| s.parents.contains(&shard.index))
-                    .map(|s| {
-                        json!({"ShardId": shard_id(s.index),
-                            "ParentShards": s.parents.iter().map(|p| shard_id(*p)).collect::<Vec<_>>(),
-                            "HashKeyRange": {"StartingHashKey": s.hash_start.to_string(), "EndingHashKey": s.hash_end.to_string()}})
-                    })
-                    .collect();
-                return Ok(json!({"Records": list, "MillisBehindLatest": 0, "ChildShards": children}));
+            if let Some(children) = read.children {
+                return Ok(json!({"Records": read.records, "MillisBehindLatest": 0, "ChildShards": children}));
             }
-            let next = Position { position: next, ..at };
-            Ok(
-                json!({"Records": list, "NextShardIterator": iterator(secret, &next, now_ms()), "MillisBehindLatest": behind}),
-            )
+            let next = Position { position: read.next, ..at };
+            Ok(json!({"Records": read.records, "NextShardIterator": iterator(secret, &next, now_ms()),
+                "MillisBehindLatest": read.behind_ms}))
         }
         other => Err(AwsError::new("UnknownOperationException", format!("operation {other} is not supported"))),
     }
@@ -358,6 +312,17 @@ struct Args<'a> {
     max_results: Option<usize>,
     exclusive_start_shard_id: Option<String>,
     shard_filter: Option<ShardFilter>,
+    starting_position: Option<StartingPosition>,
+}
+
+/// `SubscribeToShard`'s `StartingPosition`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct StartingPosition {
+    #[serde(rename = "Type")]
+    kind: String,
+    sequence_number: Option<String>,
+    timestamp: Option<Value>,
 }
 
 /// `StreamModeDetails`.
@@ -451,6 +416,106 @@ fn summary(info: &StreamInfo) -> Value {
         "EnhancedMonitoring": [{"ShardLevelMetrics": []}],
         "EncryptionType": "NONE",
     })
+}
+
+/// What one read of a shard gives a Kinesis reader (`GetRecords`, `SubscribeToShard`).
+struct Read {
+    /// The records, as Kinesis shows them.
+    records: Vec<Value>,
+    /// The position after them.
+    next: u64,
+    /// How far the last record is behind the shard's newest (0 when it is the newest).
+    behind_ms: i64,
+    /// The shard's children, once a closed shard has been read to its end.
+    children: Option<Vec<Value>>,
+}
+
+impl Read {
+    /// Up to `limit` records of `shard` from `position` (or its oldest, if retention dropped that).
+    fn from(
+        streams: &dyn StreamStore,
+        info: &StreamInfo,
+        shard: &ShardInfo,
+        position: u64,
+        limit: usize,
+    ) -> Result<Read, AwsError> {
+        let from = position.max(shard.oldest);
+        let stored = streams.read(&info.name, shard.index, from, limit)?;
+        let numbers = Sequences::of(&info.name, info.created_ms);
+        let next = stored.last().map_or(from, |r| r.sequence + 1);
+        let behind_ms = stored.last().filter(|_| next < shard.end).map_or(0, |r| (now_ms() - r.arrival_ms).max(0));
+        let records = stored
+            .iter()
+            .map(|r| {
+                json!({
+                    "SequenceNumber": numbers.number(r.shard, r.sequence),
+                    "ApproximateArrivalTimestamp": r.arrival_ms as f64 / 1000.0,
+                    "Data": base64::engine::general_purpose::STANDARD.encode(&r.data),
+                    "PartitionKey": r.key,
+                })
+            })
+            .collect();
+        let children = shard.closed_at.filter(|end| next >= *end).map(|_| {
+            info.shards
+                .iter()
+                .filter(|s| s.parents.contains(&shard.index))
+                .map(|s| {
+                    json!({"ShardId": shard_id(s.index),
+                        "ParentShards": s.parents.iter().map(|p| shard_id(*p)).collect::<Vec<_>>(),
+                        "HashKeyRange": {"StartingHashKey": s.hash_start.to_string(), "EndingHashKey": s.hash_end.to_string()}})
+                })
+                .collect()
+        });
+        Ok(Read { records, next, behind_ms, children })
+    }
+}
+
+/// The shard of `info` named `id`.
+fn find_shard<'a>(info: &'a StreamInfo, id: &str) -> Result<&'a ShardInfo, AwsError> {
+    parse_shard_id(id).and_then(|i| info.shards.get(i as usize)).ok_or_else(|| {
+        AwsError::new("ResourceNotFoundException", format!("Shard {id} in stream {} not found.", info.name))
+    })
+}
+
+/// Where a reader starts in a shard: `GetShardIterator`'s iterator type, or
+/// `SubscribeToShard`'s starting position, with their number or time.
+struct Start<'a> {
+    kind: Option<&'a str>,
+    kind_field: &'a str,
+    number: Option<&'a str>,
+    number_field: &'a str,
+    timestamp: Option<&'a Value>,
+}
+
+impl Start<'_> {
+    fn position(&self, streams: &dyn StreamStore, info: &StreamInfo, shard: &ShardInfo) -> Result<u64, AwsError> {
+        let numbers = Sequences::of(&info.name, info.created_ms);
+        let number =
+            |kind: &str| self.number.ok_or_else(|| AwsError::invalid(format!("{kind} needs a {}", self.number_field)));
+        let position = match self.kind {
+            Some("TRIM_HORIZON") => shard.oldest,
+            Some("LATEST") => shard.end,
+            Some("AT_SEQUENCE_NUMBER") => numbers.at(self.number_field, number("AT_SEQUENCE_NUMBER")?, shard.index)?,
+            Some("AFTER_SEQUENCE_NUMBER") => {
+                numbers.after(self.number_field, number("AFTER_SEQUENCE_NUMBER")?, shard.index)?
+            }
+            Some("AT_TIMESTAMP") => {
+                let seconds = self
+                    .timestamp
+                    .and_then(timestamp_seconds)
+                    .ok_or_else(|| AwsError::invalid("AT_TIMESTAMP needs Timestamp (seconds since the epoch)"))?;
+                streams.position_at_time(&info.name, shard.index, (seconds * 1000.0) as i64)?
+            }
+            other => {
+                return Err(AwsError::invalid(format!(
+                    "{} {other:?} is not one of TRIM_HORIZON, LATEST, AT_SEQUENCE_NUMBER, AFTER_SEQUENCE_NUMBER, \
+                     AT_TIMESTAMP",
+                    self.kind_field
+                )));
+            }
+        };
+        Ok(position.min(shard.end))
+    }
 }
 
 /// The sequence numbers of stream `name`.
