@@ -1,8 +1,9 @@
 //! The official AWS SDK for Python (boto3, pinned) works against weir with
 //! nothing but an endpoint URL and keys: streams are created, described,
 //! written and read through every iterator type, and bad signatures and stale
-//! dates are refused with AWS's error types; Firehose puts reach the lake. boto3 is installed into
-//! `target/python/boto3` on first use (PyPI), so no manual step is needed.
+//! dates are refused with AWS's error types; Firehose puts reach the lake. The AWS CLI
+//! reshards a running pipeline's stream. boto3 and the CLI are installed into
+//! `target/python/` on first use (PyPI), so no manual step is needed.
 
 use std::path::PathBuf;
 
@@ -50,4 +51,137 @@ lake = "lake"
     let delivered: String =
         files(&host.path("lake")).iter().map(|f| std::fs::read_to_string(f).unwrap_or_default()).collect();
     assert_eq!(delivered, "one\n\ntwo\n\nthree\n\n");
+}
+
+const AWS_CLI: &str = "awscli==1.36.40";
+
+/// The AWS CLI (v1, pinned; the same botocore as boto3 above) reshards a stream of
+/// a running pipeline with `split-shard`, `merge-shards` and `update-shard-count`
+/// while records are put through it, and the pipeline's stage, following the
+/// lineage parent first, writes every record once, in order per key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_aws_cli_reshards_a_stream_and_its_reader_follows_the_lineage() {
+    let python_path = tokio::task::spawn_blocking(|| weir_tests::python_packages("awscli", &[AWS_CLI]))
+        .await
+        .expect("install the AWS CLI");
+    let manifest = r#"
+[pipeline]
+name = "aws-cli"
+data-dir = "data"
+
+[api]
+access-keys = [{ id = "AKIAWEIRTEST", secret = "weir-test-secret-key" }]
+
+[streams.clicks]
+shards = 2
+
+[stages.copy]
+plugin = "{root}/tests/guests/hostile"
+input = "clicks"
+output = "out"
+batch-wait = "1ms"
+
+[sinks.out]
+kind = "file"
+path = "out.jsonl"
+"#;
+    let mut host = TestHost::start(manifest).await.expect("start");
+    let aws = |args: Vec<String>| {
+        let (python_path, url) = (python_path.clone(), host.url.clone());
+        async move {
+            let output = tokio::process::Command::new("python3")
+                .args(["-m", "awscli", "kinesis", "--endpoint-url", &url, "--region", "us-east-1", "--output", "json"])
+                .args(&args)
+                .env("PYTHONPATH", &python_path)
+                .env("AWS_ACCESS_KEY_ID", "AKIAWEIRTEST")
+                .env("AWS_SECRET_ACCESS_KEY", "weir-test-secret-key")
+                .env("AWS_CONFIG_FILE", "/dev/null")
+                .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+                .output()
+                .await
+                .expect("run the AWS CLI");
+            let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+            assert!(
+                output.status.success(),
+                "aws kinesis {args:?}: {stdout}{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            if stdout.trim().is_empty() {
+                serde_json::Value::Null
+            } else {
+                serde_json::from_str(&stdout).expect("JSON")
+            }
+        }
+    };
+    let owned = |args: &[&str]| args.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>();
+    // Ten keys, each with a counter: "k3-0", "k3-1", ... in the order they were put.
+    let mut sent = 0;
+    let mut put_round = |round: usize| {
+        let records: Vec<serde_json::Value> = (0..10)
+            // The CLI v1 takes a blob as its text (v2 would want base64).
+            .map(|k| serde_json::json!({"Data": format!("k{k}-{round}"), "PartitionKey": format!("k{k}")}))
+            .collect();
+        sent += records.len();
+        vec![
+            "put-records".to_owned(),
+            "--stream-name".into(),
+            "clicks".into(),
+            "--records".into(),
+            serde_json::Value::from(records).to_string(),
+        ]
+    };
+    let shards = |v: &serde_json::Value| v["Shards"].as_array().cloned().unwrap_or_default();
+    aws(put_round(0)).await;
+    let first = shards(&aws(owned(&["list-shards", "--stream-name", "clicks"])).await);
+    assert_eq!(first.len(), 2);
+    let start = first[0]["HashKeyRange"]["StartingHashKey"].as_str().expect("start").parse::<u128>().expect("number");
+    let end = first[0]["HashKeyRange"]["EndingHashKey"].as_str().expect("end").parse::<u128>().expect("number");
+    let middle = (start + (end - start) / 2 + 1).to_string();
+    aws(owned(&[
+        "split-shard",
+        "--stream-name",
+        "clicks",
+        "--shard-to-split",
+        "shardId-000000000000",
+        "--new-starting-hash-key",
+        &middle,
+    ]))
+    .await;
+    aws(put_round(1)).await;
+    aws(owned(&[
+        "merge-shards",
+        "--stream-name",
+        "clicks",
+        "--shard-to-merge",
+        "shardId-000000000002",
+        "--adjacent-shard-to-merge",
+        "shardId-000000000003",
+    ]))
+    .await;
+    aws(put_round(2)).await;
+    aws(owned(&[
+        "update-shard-count",
+        "--stream-name",
+        "clicks",
+        "--target-shard-count",
+        "3",
+        "--scaling-type",
+        "UNIFORM_SCALING",
+    ]))
+    .await;
+    aws(put_round(3)).await;
+    let listed = shards(&aws(owned(&["list-shards", "--stream-name", "clicks"])).await);
+    assert_eq!(listed.len(), 2 + 2 + 1 + 3, "{listed:?}");
+    let open =
+        shards(&aws(owned(&["list-shards", "--stream-name", "clicks", "--shard-filter", "Type=AT_LATEST"])).await);
+    assert_eq!(open.len(), 3);
+    host.wait_until("the stage read every record", |s| s.stages[0].records_in == sent as u64).await;
+    host.stop().await;
+    let out = weir_tests::lines(&host.path("out.jsonl"));
+    assert_eq!(out.len(), sent, "each record once: {out:?}");
+    for k in 0..10 {
+        let of_key: Vec<&String> = out.iter().filter(|l| l.starts_with(&format!("K{k}-"))).collect();
+        let expected: Vec<String> = (0..4).map(|round| format!("K{k}-{round}")).collect();
+        assert_eq!(of_key, expected.iter().collect::<Vec<_>>(), "key k{k} in the order it was put");
+    }
 }
