@@ -185,3 +185,74 @@ path = "out.jsonl"
         assert_eq!(of_key, expected.iter().collect::<Vec<_>>(), "key k{k} in the order it was put");
     }
 }
+
+/// Node's HTTP/2 client (h2c, as SDKs that speak HTTP/2 to a plain endpoint do)
+/// subscribes to a shard and reads the event stream's frames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_to_shard_is_served_over_http2_too() {
+    let manifest = r#"
+[pipeline]
+name = "http2"
+data-dir = "data"
+"#;
+    let mut host = TestHost::start(manifest).await.expect("start");
+    let kinesis = |operation: &str, body: serde_json::Value| {
+        let request = reqwest::Client::new()
+            .post(format!("{}/", host.url))
+            .header("x-amz-target", format!("Kinesis_20131202.{operation}"))
+            .header("content-type", "application/x-amz-json-1.1")
+            .body(body.to_string());
+        async move {
+            let answer = request.send().await.expect("call");
+            assert!(answer.status().is_success(), "{}", answer.text().await.unwrap_or_default());
+            answer.json::<serde_json::Value>().await.expect("JSON")
+        }
+    };
+    kinesis("CreateStream", serde_json::json!({"StreamName": "pushed", "ShardCount": 1})).await;
+    let arn = "arn:aws:kinesis:us-east-1:000000000000:stream/pushed";
+    let consumer = kinesis("RegisterStreamConsumer", serde_json::json!({"StreamARN": arn, "ConsumerName": "h2"})).await;
+    let consumer_arn = consumer["Consumer"]["ConsumerARN"].as_str().expect("an ARN").to_owned();
+    for data in ["b25l", "dHdv"] {
+        kinesis("PutRecord", serde_json::json!({"StreamName": "pushed", "Data": data, "PartitionKey": "k"})).await;
+    }
+    let script = r#"
+const http2 = require('node:http2');
+const [url, consumer] = process.argv.slice(1);
+const session = http2.connect(url);
+const body = JSON.stringify({ ConsumerARN: consumer, ShardId: 'shardId-000000000000', StartingPosition: { Type: 'TRIM_HORIZON' } });
+const request = session.request({ ':method': 'POST', ':path': '/', 'x-amz-target': 'Kinesis_20131202.SubscribeToShard',
+  'content-type': 'application/x-amz-json-1.1' });
+let buffer = Buffer.alloc(0);
+const seen = [];
+request.on('response', (headers) => seen.push(`status ${headers[':status']} ${headers['content-type']}`));
+request.on('data', (chunk) => {
+  buffer = Buffer.concat([buffer, chunk]);
+  while (buffer.length >= 12 && buffer.length >= buffer.readUInt32BE(0)) {
+    const total = buffer.readUInt32BE(0), headersLength = buffer.readUInt32BE(4);
+    let at = 12; const headers = {};
+    while (at < 12 + headersLength) {
+      const nameLength = buffer[at]; const name = buffer.toString('utf8', at + 1, at + 1 + nameLength); at += 1 + nameLength + 1;
+      const valueLength = buffer.readUInt16BE(at); headers[name] = buffer.toString('utf8', at + 2, at + 2 + valueLength); at += 2 + valueLength;
+    }
+    const payload = JSON.parse(buffer.toString('utf8', 12 + headersLength, total - 4));
+    if (headers[':event-type'] === 'SubscribeToShardEvent') {
+      seen.push(payload.Records.map((r) => Buffer.from(r.Data, 'base64').toString()).join(','));
+      console.log(seen.join('\n'));
+      request.close(); session.close(); return;
+    }
+    seen.push(headers[':event-type']);
+    buffer = buffer.subarray(total);
+  }
+});
+request.end(body);
+"#;
+    let output = tokio::process::Command::new("node")
+        .args(["-e", script, &host.url, &consumer_arn])
+        .output()
+        .await
+        .expect("node runs");
+    host.stop().await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(stdout.trim(), "status 200 application/vnd.amazon.eventstream\ninitial-response\none,two");
+}

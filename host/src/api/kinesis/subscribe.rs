@@ -6,7 +6,9 @@
 //! subscribe again from, `AFTER_SEQUENCE_NUMBER`) and `MillisBehindLatest`; one
 //! at least every 5 seconds when nothing arrives. The subscription ends after 5
 //! minutes, as in Kinesis, or with `ChildShards` once a closed shard has been read
-//! to its end. Unlike Kinesis, it is served over HTTP/1.1 as well as HTTP/2.
+//! to its end. It is served over HTTP/2 (cleartext, with prior knowledge, as
+//! SDKs speak it to a plain `http://` endpoint) and, for clients such as boto3,
+//! over HTTP/1.1.
 
 use std::convert::Infallible;
 use std::sync::Arc;
