@@ -461,3 +461,22 @@ fn a_split_and_a_merge_keep_their_lineage_times_and_creation_across_restarts() {
     let s = DiskStreams::open(dir.path(), &[spec], Arc::new(FileSyncer)).expect("reopen");
     check(&s);
 }
+
+#[test]
+fn a_stream_kept_by_an_older_weir_opens_with_its_lineage_and_a_creation_time_that_stays() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stream_dir = dir.path().join("s");
+    std::fs::create_dir_all(&stream_dir).expect("folder");
+    // Lineage lines without the open and close times, as weir wrote them before.
+    let half = (1u128 << 127) - 1;
+    let topology = format!("0 0 {} 0 -\n1 0 {half} - 0\n2 {} {} - 0\n", u128::MAX, half + 1, u128::MAX);
+    std::fs::write(stream_dir.join(topology::TOPOLOGY_FILE), topology).expect("topology");
+    let spec = DiskStreamSpec::new("s", 1_000_000, FsyncPolicy::Never);
+    let s = DiskStreams::open(dir.path(), std::slice::from_ref(&spec), Arc::new(FileSyncer)).expect("open");
+    let info = s.info("s").expect("info");
+    assert_eq!(info.shards.iter().map(|s| s.parents.clone()).collect::<Vec<_>>(), vec![vec![], vec![0], vec![0]]);
+    assert_eq!(info.shards[0].closed_ms, Some(info.created_ms), "an unknown close time reads as the stream's start");
+    drop(s);
+    let again = DiskStreams::open(dir.path(), &[spec], Arc::new(FileSyncer)).expect("reopen");
+    assert_eq!(again.info("s").expect("info").created_ms, info.created_ms);
+}
