@@ -256,3 +256,71 @@ request.end(body);
     assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(stdout.trim(), "status 200 application/vnd.amazon.eventstream\ninitial-response\none,two");
 }
+
+/// Records a KPL producer aggregated (made by PyPI's aws-kinesis-agg) reach the
+/// warehouse as their user records, one row each, through a delivery that reads
+/// the stream; a broken aggregate goes under the error prefix with the reason;
+/// Kinesis API readers get the aggregates back intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kpl_aggregates_come_out_as_their_user_records_in_the_warehouse() {
+    let python_path = tokio::task::spawn_blocking(|| {
+        weir_tests::python_packages("kpl", &[BOTO3, "aws-kinesis-agg==1.2.3", "protobuf==5.29.3"])
+    })
+    .await
+    .expect("install boto3 and aws-kinesis-agg");
+    let manifest = r#"
+[pipeline]
+name = "kpl"
+data-dir = "data"
+
+[api]
+access-keys = [{ id = "AKIAWEIRTEST", secret = "weir-test-secret-key" }]
+
+[streams.toll-lines]
+shards = 2
+
+[delivery.tolls]
+stream = "toll-lines"
+transform = "{root}/plugins/toll-etl"
+buffer-interval = "15m"
+lake = "lake"
+
+[delivery.tolls.warehouse]
+database = "warehouse.db"
+table = "toll_transactions"
+columns = ["transaction_id", "event_time", "station_id", "lane", "tag_id", "customer_id", "vehicle_class", "amount_cents", "currency"]
+"#;
+    let mut host = TestHost::start(manifest).await.expect("start");
+    let output = tokio::process::Command::new("python3")
+        .arg(root().join("tests/aws/kpl_producer.py"))
+        .env("PYTHONPATH", &python_path)
+        .env("ENDPOINT", &host.url)
+        .env("ACCESS_KEY_ID", "AKIAWEIRTEST")
+        .env("SECRET_ACCESS_KEY", "weir-test-secret-key")
+        .env("LINES", "2000")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .output()
+        .await
+        .expect("run python3");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let aggregates: usize =
+        stdout.lines().find_map(|l| l.strip_prefix("aggregates ")?.parse().ok()).expect("the producer's report");
+    assert!(aggregates > 5, "the lines make several aggregates: {stdout}");
+    assert!(stdout.contains("read back 2000 user records"), "{stdout}");
+    host.stop().await; // delivers what is buffered
+    let db = rusqlite::Connection::open(host.path("warehouse.db")).expect("open");
+    let rows: i64 = db.query_row("SELECT count(*) FROM toll_transactions", [], |r| r.get(0)).expect("count");
+    let distinct: i64 =
+        db.query_row("SELECT count(DISTINCT transaction_id) FROM toll_transactions", [], |r| r.get(0)).expect("count");
+    let status = host.host.status();
+    assert_eq!((rows, distinct), (2005, 2005), "each user record and plain record once: {:?}", status.deliveries);
+    let errors: String = files(&host.path("lake"))
+        .iter()
+        .filter(|f| f.to_string_lossy().contains("/errors/"))
+        .map(|f| std::fs::read_to_string(f).unwrap_or_default())
+        .collect();
+    assert_eq!(errors.lines().count(), 1, "{errors}");
+    assert!(errors.contains("KPL.Corrupt") && errors.contains("MD5"), "{errors}");
+}

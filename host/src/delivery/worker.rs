@@ -22,7 +22,7 @@ use crate::stage::Outputs;
 use crate::stage::bisect::{BISECT_BUDGET, FailedBatch, Part, Parts, Settle};
 use crate::stage::driver::{PLUGIN_TRIES, Reading};
 use crate::stage::{BatchError, Driver, Operator, StageStats};
-use crate::stream::StoredRecord;
+use crate::stream::{StoredRecord, kpl};
 use crate::swap::{CommandReply, StageCommand};
 use crate::warehouse::{ParsedRows, Warehouse};
 
@@ -101,6 +101,9 @@ impl Worker {
             on_error: ErrorPolicy::DeadLetter,
             // The operator reports no plugin failures: its transform's go to the error prefix.
             failed_batch: FailedBatch::Whole,
+            // The operator buffers stored records (its plans count them) and takes
+            // KPL aggregates apart when it stages a batch.
+            deaggregate: false,
         };
         let operator = DeliveryOperator {
             shared: shared.clone(),
@@ -253,16 +256,18 @@ impl DeliveryOperator {
     fn stage(&mut self, shard: u32, batch: &[StoredRecord]) -> Result<Staged, Interrupted> {
         let shared = self.shared.clone();
         let spec = &shared.spec;
-        shared.stats.records_in.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let mut errors: Vec<serde_json::Value> = Vec::new();
+        // KPL aggregates are delivered as their user records; a broken one goes under the error prefix.
+        let records = unpack(batch, &mut errors);
+        shared.stats.records_in.fetch_add((records.len() + errors.len()) as u64, Ordering::Relaxed);
         // Rows are usually a few times larger than the records they come from.
-        let input_bytes: usize = batch.iter().map(|r| r.data.len()).sum();
-        let mut rows = RowsWriter::with_capacity(batch.len(), input_bytes * 4);
+        let input_bytes: usize = records.iter().map(|r| r.data.len()).sum();
+        let mut rows = RowsWriter::with_capacity(records.len(), input_bytes * 4);
         // Records whose rows are in `rows`, to list under the error prefix if the rows cannot be written.
         let mut transformed: Vec<&StoredRecord> = Vec::new();
-        let mut errors: Vec<serde_json::Value> = Vec::new();
         let mut out =
             Transforming { rows: &mut rows, transformed: &mut transformed, errors: &mut errors, batch_bytes: 0 };
-        for chunk in batch.chunks(TRANSFORM_BATCH) {
+        for chunk in records.chunks(TRANSFORM_BATCH) {
             self.transform_chunk(chunk, &mut out);
         }
         let (first, last) = (batch[0].sequence, batch[batch.len() - 1].sequence);
@@ -378,6 +383,23 @@ impl DeliveryOperator {
         }
         result
     }
+}
+
+/// A batch with its KPL aggregates taken apart into their user records (as it is
+/// when it holds none); a broken aggregate is listed in `errors` (`KPL.Corrupt`).
+fn unpack<'a>(batch: &'a [StoredRecord], errors: &mut Vec<serde_json::Value>) -> std::borrow::Cow<'a, [StoredRecord]> {
+    if !batch.iter().any(|r| r.data.starts_with(&kpl::MAGIC)) {
+        return std::borrow::Cow::Borrowed(batch);
+    }
+    let mut out = Vec::with_capacity(batch.len());
+    for record in batch {
+        match kpl::contents(record) {
+            kpl::Contents::Plain => out.push(record.clone()),
+            kpl::Contents::Aggregated(users) => out.extend(users),
+            kpl::Contents::Corrupt(reason) => errors.push(error_entry(record, "KPL.Corrupt", &reason, 1)),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// What a batch's transform has given so far: rows, the records they came

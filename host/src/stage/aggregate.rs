@@ -640,11 +640,10 @@ impl Operator for AggregateOperator {
         Reading::of(&self.spec).checkpoint(self.streams.as_ref(), positions, None)
     }
 
-    fn set_aside(&mut self, records: &[StoredRecord], reason: &str) -> Result<(), String> {
-        let letters: Vec<DeadLetter<'_>> = records
-            .iter()
-            .map(|record| DeadLetter { origin: &self.origin, record, error_code: "aggregate-failed", reason })
-            .collect();
+    fn set_aside(&mut self, records: &[StoredRecord], code: Option<&'static str>, reason: &str) -> Result<(), String> {
+        let error_code = code.unwrap_or("aggregate-failed");
+        let letters: Vec<DeadLetter<'_>> =
+            records.iter().map(|record| DeadLetter { origin: &self.origin, record, error_code, reason }).collect();
         self.dead_letters.write_dead_letters(&letters)
     }
 

@@ -60,7 +60,7 @@ use std::time::{Duration, Instant};
 use super::bisect::{BISECT_BUDGET, FailedBatch, Part, Parts, Settle};
 use super::{Phase, StageHandle, StageStats, backoff_delay};
 use crate::manifest::{ErrorPolicy, StageSpec};
-use crate::stream::{StoredRecord, StreamError, StreamStore, parents_finished, shard_finished};
+use crate::stream::{StoredRecord, StreamError, StreamStore, kpl, parents_finished, shard_finished};
 use crate::swap::{CommandReply, StageCommand};
 
 /// How often a stage with nothing to read looks again (and at a shutdown).
@@ -165,10 +165,12 @@ pub trait Operator: Send + 'static {
     fn checkpoint(&mut self, positions: &[u64], shard: Option<u32>) -> Result<(), String>;
 
     /// Called with records the plugin failed on [`PLUGIN_TRIES`] times when the
-    /// policy is `dead-letter`: writes it to the dead letters with `reason`.
-    /// Returns once they are durable. The default, for an operator that never
-    /// reports [`BatchError::Plugin`], refuses.
-    fn set_aside(&mut self, records: &[StoredRecord], reason: &str) -> Result<(), String> {
+    /// policy is `dead-letter` (`code` is `None`: the operator's code for the
+    /// plugin's last failure), or with a record that cannot be read (a broken KPL
+    /// aggregate, `code` says so): writes them to the dead letters with `reason`.
+    /// Returns once they are durable. The default, for an operator without dead
+    /// letters, refuses.
+    fn set_aside(&mut self, records: &[StoredRecord], _code: Option<&'static str>, reason: &str) -> Result<(), String> {
         Err(format!("{} records failed ({reason}), and this stage has no dead letters", records.len()))
     }
 
@@ -199,6 +201,8 @@ pub struct Reading {
     pub on_error: ErrorPolicy,
     /// Whether a failed batch is tried again in halves.
     pub failed_batch: FailedBatch,
+    /// Whether KPL aggregates are taken apart before the operator sees them.
+    pub deaggregate: bool,
 }
 
 impl Reading {
@@ -211,6 +215,7 @@ impl Reading {
             batch_wait: spec.batch_wait,
             on_error: spec.on_error,
             failed_batch: spec.failed_batch,
+            deaggregate: true,
         }
     }
 
@@ -374,7 +379,17 @@ impl<O: Operator> Driver<O> {
                 Ok(records) => records,
                 Err(e) => return self.stop(&format!("reading the input stream failed: {e}")),
             };
+            let Some(next) = records.last().map(|r| r.sequence + 1) else { continue };
+            // KPL aggregates come apart into their user records; broken ones are set aside.
+            let (records, units) = match self.unpack(records) {
+                Ok(unpacked) => unpacked,
+                Err(Stopped) => return,
+            };
             if records.is_empty() {
+                // Every record of the batch was set aside.
+                if let Retried::Stop = self.done(0, next, &mut positions, shard) {
+                    return;
+                }
                 continue;
             }
             match self.operator.process(&records) {
@@ -389,10 +404,14 @@ impl<O: Operator> Driver<O> {
                     self.note_failure(&message);
                     // The batch is settled here: its records are done or given up on, and checkpointed.
                     tries = 0;
-                    match self.settle(&records, &mut positions, shard, message) {
-                        Retried::Done => continue,
-                        Retried::Stop => return,
+                    if let Retried::Stop = self.settle(&records, &units, &mut positions, shard, message) {
+                        return;
                     }
+                    // Past broken aggregates at the batch's end too.
+                    if let Retried::Stop = self.done(0, next, &mut positions, shard) {
+                        return;
+                    }
+                    continue;
                 }
                 Err(e @ (BatchError::Unavailable(_) | BatchError::Transient(_) | BatchError::Effect(_))) => {
                     tries += 1;
@@ -411,7 +430,7 @@ impl<O: Operator> Driver<O> {
                 Err(BatchError::Interrupted) => return self.interrupted(),
             }
             tries = 0;
-            if let Retried::Stop = self.done(&records, &mut positions, shard) {
+            if let Retried::Stop = self.done(records.len(), next, &mut positions, shard) {
                 return;
             }
         }
@@ -428,24 +447,79 @@ impl<O: Operator> Driver<O> {
         self.stats.set_error(message.to_owned());
     }
 
-    /// After `records` (of `shard`) were processed or set aside: the position moves past them.
-    fn done(&mut self, records: &[StoredRecord], positions: &mut [u64], shard: usize) -> Retried {
-        let Some(last) = records.last() else { return Retried::Done };
-        self.stats.records_in.fetch_add(records.len() as u64, Ordering::Relaxed);
-        self.stats.batches.fetch_add(1, Ordering::Relaxed);
-        positions[shard] = last.sequence + 1;
+    /// After `count` records of `shard` were processed or set aside: the position
+    /// moves to `next` (if it is not there already) and is checkpointed.
+    fn done(&mut self, count: usize, next: u64, positions: &mut [u64], shard: usize) -> Retried {
+        if count > 0 {
+            self.stats.records_in.fetch_add(count as u64, Ordering::Relaxed);
+            self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        }
+        if positions[shard] >= next {
+            return Retried::Done;
+        }
+        positions[shard] = next;
         self.checkpoint(positions, Some(shard as u32))
+    }
+
+    /// Takes KPL aggregated records apart into their user records ([`kpl`]); one
+    /// that is broken goes to the dead letters with the reason. Returns the records
+    /// to process and where each stored record's user records start (and the end):
+    /// a failed batch is split only between stored records, whose positions are
+    /// what checkpoints count.
+    fn unpack(&mut self, records: Vec<StoredRecord>) -> Result<(Vec<StoredRecord>, Vec<usize>), Stopped> {
+        if !self.spec.deaggregate || !records.iter().any(|r| r.data.starts_with(&kpl::MAGIC)) {
+            let units = (0..=records.len()).collect();
+            return Ok((records, units));
+        }
+        let (mut out, mut units) = (Vec::with_capacity(records.len()), Vec::with_capacity(records.len() + 1));
+        for record in records {
+            match kpl::contents(&record) {
+                kpl::Contents::Plain => {
+                    units.push(out.len());
+                    out.push(record);
+                }
+                kpl::Contents::Aggregated(users) => {
+                    units.push(out.len());
+                    out.extend(users);
+                }
+                kpl::Contents::Corrupt(reason) => {
+                    let mut tries = 0;
+                    while let Err(e) =
+                        self.operator.set_aside(std::slice::from_ref(&record), Some("kpl-corrupt"), &reason)
+                    {
+                        tries += 1;
+                        let e = BatchError::Effect(format!("writing a broken KPL aggregate's dead letter: {e}"));
+                        if let Retried::Stop = self.retry_step(&e, tries) {
+                            return Err(Stopped);
+                        }
+                    }
+                    tracing::warn!(sequence = record.sequence, error = %reason, "a broken KPL aggregate was dead-lettered");
+                    self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        units.push(out.len());
+        // A unit with no user records (an empty aggregate) would be an empty part.
+        units.dedup();
+        Ok((out, units))
     }
 
     /// Settles a batch the plugin failed on ([`bisect`](super::bisect)): its parts
     /// are processed or set aside in order, each checkpointed when it is.
-    fn settle(&mut self, records: &[StoredRecord], positions: &mut [u64], shard: usize, message: String) -> Retried {
+    fn settle(
+        &mut self,
+        records: &[StoredRecord],
+        units: &[usize],
+        positions: &mut [u64],
+        shard: usize,
+        message: String,
+    ) -> Retried {
         let settle = Settle { how: self.spec.failed_batch, tries: PLUGIN_TRIES, budget: BISECT_BUDGET };
         if settle.how == FailedBatch::Bisect && records.len() > 1 {
             tracing::warn!(error = %message, records = records.len(), "the plugin failed on a batch; it is tried in halves");
         }
-        let mut parts = DriverParts { driver: self, records, positions, shard };
-        match settle.run(&mut parts, records.len(), message) {
+        let mut parts = DriverParts { driver: self, records, units, positions, shard };
+        match settle.run(&mut parts, units.len() - 1, message) {
             Ok(()) => Retried::Done,
             Err(Stopped) => Retried::Stop,
         }
@@ -467,7 +541,7 @@ impl<O: Operator> Driver<O> {
                 tracing::error!(error = reason, records = records.len(), "records dead-lettered by the error policy");
                 let mut tries = 0;
                 loop {
-                    match self.operator.set_aside(records, reason) {
+                    match self.operator.set_aside(records, None, reason) {
                         Ok(()) => {
                             self.stats.dead_lettered.fetch_add(records.len() as u64, Ordering::Relaxed);
                             return Retried::Done;
@@ -601,19 +675,39 @@ impl<O: Operator> Driver<O> {
 struct Stopped;
 
 /// A failed batch's parts, run by the driver: each part that works, or is given
-/// up on, is checkpointed at once, so none of it is redone.
+/// up on, is checkpointed at once, so none of it is redone. Parts are ranges of
+/// stored records (`units`: where each one's records start), never a piece of a
+/// KPL aggregate.
 struct DriverParts<'a, O: Operator> {
     driver: &'a mut Driver<O>,
     records: &'a [StoredRecord],
+    units: &'a [usize],
     positions: &'a mut [u64],
     shard: usize,
+}
+
+impl<'a, O: Operator> DriverParts<'a, O> {
+    /// The records of a range of stored records.
+    fn records(&self, part: Range<usize>) -> &'a [StoredRecord] {
+        let all: &'a [StoredRecord] = self.records;
+        &all[self.units[part.start]..self.units[part.end]]
+    }
+
+    /// The part's records are done: the position moves past its last stored record.
+    fn done(&mut self, count: usize, next: u64) -> Result<(), Stopped> {
+        match self.driver.done(count, next, self.positions, self.shard) {
+            Retried::Done => Ok(()),
+            Retried::Stop => Err(Stopped),
+        }
+    }
 }
 
 impl<O: Operator> Parts for DriverParts<'_, O> {
     type Stop = Stopped;
 
     fn attempt(&mut self, part: Range<usize>) -> Result<Part, Stopped> {
-        let records = &self.records[part];
+        let records = self.records(part);
+        let (count, next) = (records.len(), records.last().map_or(0, |r| r.sequence + 1));
         let mut tries = 0;
         loop {
             match self.driver.operator.process(records) {
@@ -643,21 +737,16 @@ impl<O: Operator> Parts for DriverParts<'_, O> {
                 }
             }
         }
-        match self.driver.done(records, self.positions, self.shard) {
-            Retried::Done => Ok(Part::Done),
-            Retried::Stop => Err(Stopped),
-        }
+        self.done(count, next).map(|()| Part::Done)
     }
 
     fn give_up(&mut self, part: Range<usize>, reason: &str) -> Result<(), Stopped> {
-        let records = &self.records[part];
+        let records = self.records(part);
+        let (count, next) = (records.len(), records.last().map_or(0, |r| r.sequence + 1));
         if let Retried::Stop = self.driver.apply_policy(records, reason) {
             return Err(Stopped);
         }
-        match self.driver.done(records, self.positions, self.shard) {
-            Retried::Done => Ok(()),
-            Retried::Stop => Err(Stopped),
-        }
+        self.done(count, next)
     }
 
     fn before_retry(&mut self, failures: u32) {

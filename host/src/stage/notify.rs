@@ -249,11 +249,10 @@ impl Operator for NotifierOperator {
         Reading::of(&self.spec).checkpoint(self.streams.as_ref(), positions, shard)
     }
 
-    fn set_aside(&mut self, records: &[StoredRecord], reason: &str) -> Result<(), String> {
-        let letters: Vec<DeadLetter<'_>> = records
-            .iter()
-            .map(|record| DeadLetter { origin: &self.origin, record, error_code: "consume-failed", reason })
-            .collect();
+    fn set_aside(&mut self, records: &[StoredRecord], code: Option<&'static str>, reason: &str) -> Result<(), String> {
+        let error_code = code.unwrap_or("consume-failed");
+        let letters: Vec<DeadLetter<'_>> =
+            records.iter().map(|record| DeadLetter { origin: &self.origin, record, error_code, reason }).collect();
         self.dead_letters.write_dead_letters(&letters)
     }
 

@@ -230,8 +230,8 @@ impl Operator for TransformOperator {
         Reading::of(&self.spec).checkpoint(self.streams.as_ref(), positions, shard)
     }
 
-    fn set_aside(&mut self, records: &[StoredRecord], reason: &str) -> Result<(), String> {
-        let code = self.last_failure;
+    fn set_aside(&mut self, records: &[StoredRecord], code: Option<&'static str>, reason: &str) -> Result<(), String> {
+        let code = code.unwrap_or(self.last_failure);
         let letters: Vec<_> = records
             .iter()
             .map(|record| DeadLetter { origin: &self.origin, record, error_code: code, reason })

@@ -9,6 +9,7 @@
 
 mod disk;
 mod faults;
+pub mod kpl;
 pub mod names;
 pub mod time;
 
