@@ -404,6 +404,8 @@ impl<O: Operator> Driver<O> {
                     self.note_failure(&message);
                     // The batch is settled here: its records are done or given up on, and checkpointed.
                     tries = 0;
+                    // Each stored record is a unit, unless KPL aggregates made several records of one.
+                    let units = units.unwrap_or_else(|| (0..=records.len()).collect());
                     if let Retried::Stop = self.settle(&records, &units, &mut positions, shard, message) {
                         return;
                     }
@@ -463,13 +465,12 @@ impl<O: Operator> Driver<O> {
 
     /// Takes KPL aggregated records apart into their user records ([`kpl`]); one
     /// that is broken goes to the dead letters with the reason. Returns the records
-    /// to process and where each stored record's user records start (and the end):
-    /// a failed batch is split only between stored records, whose positions are
-    /// what checkpoints count.
-    fn unpack(&mut self, records: Vec<StoredRecord>) -> Result<(Vec<StoredRecord>, Vec<usize>), Stopped> {
+    /// to process and, when aggregates were taken apart, where each stored record's
+    /// user records start (and the end): a failed batch is split only between
+    /// stored records, whose positions are what checkpoints count.
+    fn unpack(&mut self, records: Vec<StoredRecord>) -> Result<(Vec<StoredRecord>, Option<Vec<usize>>), Stopped> {
         if !self.spec.deaggregate || !records.iter().any(|r| r.data.starts_with(&kpl::MAGIC)) {
-            let units = (0..=records.len()).collect();
-            return Ok((records, units));
+            return Ok((records, None));
         }
         let (mut out, mut units) = (Vec::with_capacity(records.len()), Vec::with_capacity(records.len() + 1));
         for record in records {
@@ -501,7 +502,7 @@ impl<O: Operator> Driver<O> {
         units.push(out.len());
         // A unit with no user records (an empty aggregate) would be an empty part.
         units.dedup();
-        Ok((out, units))
+        Ok((out, Some(units)))
     }
 
     /// Settles a batch the plugin failed on ([`bisect`](super::bisect)): its parts

@@ -59,7 +59,8 @@ impl Sequences {
     pub fn at(&self, field: &str, number: &str, shard: u32) -> Result<u64, AwsError> {
         Ok(match self.decode(field, number, shard)? {
             Decoded::Plain(position) => position,
-            Decoded::Encoded(value) => value.saturating_sub(1),
+            // At most 2^64: one less fits.
+            Decoded::Encoded(value) => u64::try_from(value.saturating_sub(1)).unwrap_or(u64::MAX),
         })
     }
 
@@ -67,7 +68,8 @@ impl Sequences {
     pub fn after(&self, field: &str, number: &str, shard: u32) -> Result<u64, AwsError> {
         Ok(match self.decode(field, number, shard)? {
             Decoded::Plain(position) => position.saturating_add(1),
-            Decoded::Encoded(value) => value,
+            // Past the last position there is nothing to read: the end is as far as it goes.
+            Decoded::Encoded(value) => u64::try_from(value).unwrap_or(u64::MAX),
         })
     }
 
@@ -88,8 +90,9 @@ impl Sequences {
         let value: u128 = number[24..44].parse().map_err(|_| invalid())?;
         let of_shard = u32::try_from(of_shard).map_err(|_| invalid())?;
         // Every position is below 2^64: the value (position + 1) is at most 2^64.
-        let value = u64::try_from(value).ok().filter(|_| tag == self.tag && check == self.check(of_shard, value));
-        let Some(value) = value else { return Err(invalid()) };
+        if value > u128::from(u64::MAX) + 1 || tag != self.tag || check != self.check(of_shard, value) {
+            return Err(invalid());
+        }
         if of_shard != shard {
             return Err(AwsError::invalid(format!(
                 "Invalid {field}. It encodes {}, while it was used in a call to a shard with {}",
@@ -114,7 +117,7 @@ enum Decoded {
     /// A plain position (weir before this encoding).
     Plain(u64),
     /// The encoded value: a position plus one.
-    Encoded(u64),
+    Encoded(u128),
 }
 
 /// FNV-1a, 64 bits: stable across builds and platforms (the numbers outlive the process).
