@@ -15,6 +15,23 @@ fn boto3() -> PathBuf {
     weir_tests::python_packages("boto3", &[BOTO3])
 }
 
+/// `python3` with `python_path` and the test key, for the scripts here (`ENDPOINT`,
+/// `ACCESS_KEY_ID`, `SECRET_ACCESS_KEY`) and the AWS CLI (`AWS_*`); no AWS config
+/// of the machine's is read.
+fn python(python_path: &std::path::Path, url: &str) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new("python3");
+    command
+        .env("PYTHONPATH", python_path)
+        .env("ENDPOINT", url)
+        .env("ACCESS_KEY_ID", "AKIAWEIRTEST")
+        .env("SECRET_ACCESS_KEY", "weir-test-secret-key")
+        .env("AWS_ACCESS_KEY_ID", "AKIAWEIRTEST")
+        .env("AWS_SECRET_ACCESS_KEY", "weir-test-secret-key")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null");
+    command
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_aws_sdk_for_python_works_against_the_kinesis_api() {
     let python_path = tokio::task::spawn_blocking(boto3).await.expect("install boto3");
@@ -31,14 +48,8 @@ buffer-interval = "15m"
 lake = "lake"
 "#;
     let mut host = TestHost::start(manifest).await.expect("start");
-    let output = tokio::process::Command::new("python3")
+    let output = python(&python_path, &host.url)
         .arg(root().join("tests/aws/kinesis_sdk.py"))
-        .env("PYTHONPATH", &python_path)
-        .env("ENDPOINT", &host.url)
-        .env("ACCESS_KEY_ID", "AKIAWEIRTEST")
-        .env("SECRET_ACCESS_KEY", "weir-test-secret-key")
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
         .output()
         .await
         .expect("run python3");
@@ -89,14 +100,9 @@ path = "out.jsonl"
     let aws = |args: Vec<String>| {
         let (python_path, url) = (python_path.clone(), host.url.clone());
         async move {
-            let output = tokio::process::Command::new("python3")
+            let output = python(&python_path, &url)
                 .args(["-m", "awscli", "kinesis", "--endpoint-url", &url, "--region", "us-east-1", "--output", "json"])
                 .args(&args)
-                .env("PYTHONPATH", &python_path)
-                .env("AWS_ACCESS_KEY_ID", "AKIAWEIRTEST")
-                .env("AWS_SECRET_ACCESS_KEY", "weir-test-secret-key")
-                .env("AWS_CONFIG_FILE", "/dev/null")
-                .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
                 .output()
                 .await
                 .expect("run the AWS CLI");
@@ -291,15 +297,9 @@ table = "toll_transactions"
 columns = ["transaction_id", "event_time", "station_id", "lane", "tag_id", "customer_id", "vehicle_class", "amount_cents", "currency"]
 "#;
     let mut host = TestHost::start(manifest).await.expect("start");
-    let output = tokio::process::Command::new("python3")
+    let output = python(&python_path, &host.url)
         .arg(root().join("tests/aws/kpl_producer.py"))
-        .env("PYTHONPATH", &python_path)
-        .env("ENDPOINT", &host.url)
-        .env("ACCESS_KEY_ID", "AKIAWEIRTEST")
-        .env("SECRET_ACCESS_KEY", "weir-test-secret-key")
         .env("LINES", "2000")
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
         .output()
         .await
         .expect("run python3");

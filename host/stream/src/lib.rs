@@ -329,6 +329,9 @@ pub trait StreamStore: Send + Sync {
     fn list(&self) -> Vec<String>;
     /// What a stream is and holds.
     fn info(&self, stream: &str) -> Result<StreamInfo, StreamError>;
+    /// When the stream was created (what [`StreamStore::info`] says), without
+    /// looking at its shards: cheap enough for every put.
+    fn created_ms(&self, stream: &str) -> Result<i64, StreamError>;
     /// Changes how long records are kept.
     fn set_retention(&self, stream: &str, retention: Duration) -> Result<(), StreamError>;
 }
@@ -412,6 +415,9 @@ impl<L: StoreLayer> StreamStore for L {
     }
     fn info(&self, stream: &str) -> Result<StreamInfo, StreamError> {
         self.inner().info(stream)
+    }
+    fn created_ms(&self, stream: &str) -> Result<i64, StreamError> {
+        self.inner().created_ms(stream)
     }
     fn set_retention(&self, stream: &str, retention: Duration) -> Result<(), StreamError> {
         self.inner().set_retention(stream, retention)

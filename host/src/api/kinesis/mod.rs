@@ -518,10 +518,9 @@ impl Start<'_> {
     }
 }
 
-/// The sequence numbers of stream `name`.
+/// The sequence numbers of stream `name` (a put's answer: its shards are not looked at).
 fn sequences(host: &Host, name: &str) -> Result<Sequences, AwsError> {
-    let info = host.streams().info(name)?;
-    Ok(Sequences::of(&info.name, info.created_ms))
+    Ok(Sequences::of(name, host.streams().created_ms(name)?))
 }
 
 /// AWS clients send timestamps as epoch seconds (a number) or text.

@@ -344,6 +344,10 @@ impl StreamStore for DiskStreams {
         })
     }
 
+    fn created_ms(&self, stream: &str) -> Result<i64, StreamError> {
+        Ok(self.stream(stream)?.created_ms)
+    }
+
     fn set_retention(&self, stream: &str, retention: Duration) -> Result<(), StreamError> {
         let target = self.stream(stream)?;
         for e in target.entries().iter() {
