@@ -102,12 +102,14 @@ impl Control {
             *guard = Some(self.load()?);
         }
         let Some(streams) = guard.as_mut() else { return Err(AwsError::internal()) };
+        if !save {
+            // A read changes nothing that is kept (at most it adds a stream's defaults).
+            return f(streams);
+        }
         // Changed on a copy: what is kept in memory is what is on disk.
         let mut changed = streams.clone();
         let answer = f(&mut changed)?;
-        if save {
-            self.save(&changed)?;
-        }
+        self.save(&changed)?;
         *streams = changed;
         Ok(answer)
     }
