@@ -10,7 +10,6 @@
 //!
 //! Run: `cargo bench -p weir-tests --bench kinesis --profile dev`
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -19,7 +18,6 @@ use weir_tests::TestHost;
 
 const BATCH: usize = 500;
 const RECORD: usize = 150;
-const KINESALITE: &str = "kinesalite@3.3.3";
 
 /// One Kinesis JSON 1.1 call (unsigned: weir runs without keys here, kinesalite checks none).
 async fn call(client: &reqwest::Client, url: &str, operation: &str, body: &Value) -> Value {
@@ -63,40 +61,6 @@ async fn put_rate(url: &str, stream: &str, seconds: f64) -> f64 {
         sent += BATCH;
     }
     sent as f64 / start.elapsed().as_secs_f64()
-}
-
-/// kinesalite on a free loopback port, installed on first use; `None` without npm or node.
-fn kinesalite() -> Option<(Child, String)> {
-    let dir = weir_tests::root().join("target/node/kinesalite");
-    let bin = dir.join("node_modules/kinesalite/cli.js");
-    if !bin.exists() {
-        let installed = Command::new("npm")
-            .args(["install", "--silent", "--no-audit", "--no-fund", "--prefix"])
-            .arg(&dir)
-            .arg(KINESALITE)
-            .status();
-        if !installed.is_ok_and(|s| s.success()) {
-            return None;
-        }
-    }
-    let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
-    let child = Command::new("node")
-        .arg(&bin)
-        .args(["--port", &port.to_string(), "--createStreamMs", "0", "--shardLimit", "100"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    Some((child, format!("http://127.0.0.1:{port}/")))
-}
-
-async fn wait_up(url: &str) {
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while client.post(url).send().await.is_err() {
-        assert!(Instant::now() < deadline, "{url} did not come up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 fn median(mut rates: Vec<f64>) -> f64 {
@@ -212,22 +176,21 @@ fn main() {
         let mut host = TestHost::start(manifest).await.expect("start");
         let weir = format!("{}/", host.url);
         println!("PutRecords: {BATCH} records of {RECORD} bytes per request, one client, {seconds} s per run");
-        match kinesalite() {
+        match weir_tests::kinesalite() {
             None => println!("  kinesalite could not be installed or started (npm and node are needed): weir alone"),
-            Some((mut child, peer)) => {
-                wait_up(&peer).await;
+            Some(kinesalite) => {
+                let peer = &kinesalite.url;
                 let (mut ours, mut theirs) = (Vec::new(), Vec::new());
                 for run in 0..3 {
                     ours.push(put_rate(&weir, &format!("bench-{run}"), seconds).await);
-                    theirs.push(put_rate(&peer, &format!("bench-{run}"), seconds).await);
+                    theirs.push(put_rate(peer, &format!("bench-{run}"), seconds).await);
                 }
                 let (ours, theirs) = (median(ours), median(theirs));
                 println!(
                     "  weir {ours:>10.0} records/s   kinesalite {theirs:>10.0} records/s   ratio {:.1} (medians of 3)",
                     ours / theirs
                 );
-                let _ = child.kill();
-                let _ = child.wait();
+                drop(kinesalite);
             }
         }
         let ((push50, push99), (poll50, poll99)) = latencies(&host).await;

@@ -387,6 +387,9 @@ impl Proxy {
 /// use (from PyPI), for tests that run a peer: the AWS SDK, an S3 server.
 /// Returns the folder to put on `PYTHONPATH`.
 pub fn python_packages(name: &str, requirements: &[&str]) -> PathBuf {
+    // Tests running at once must not install into one folder together.
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _installing = INSTALLING.lock().unwrap_or_else(|p| p.into_inner());
     let dir = root().join("target").join("python").join(name);
     let marker = dir.join(format!("{}.installed", requirements.join(" ")));
     if !marker.exists() {
@@ -410,6 +413,59 @@ pub fn python_packages(name: &str, requirements: &[&str]) -> PathBuf {
         std::fs::write(&marker, "").expect("marker");
     }
     dir
+}
+
+/// kinesalite, the npm Kinesis emulator: a peer to compare behaviour and speed with.
+pub const KINESALITE: &str = "kinesalite@3.3.3";
+
+/// A running kinesalite on a loopback port, stopped when dropped.
+pub struct Kinesalite {
+    child: std::process::Child,
+    /// Its endpoint, `http://127.0.0.1:<port>/`.
+    pub url: String,
+}
+
+impl Drop for Kinesalite {
+    fn drop(&mut self) {
+        // Stopping a child that already ended is not an error worth reporting.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts kinesalite (installed into `target/node/` on first use) with streams
+/// that change state at once, and waits until it answers. `None` without npm or node.
+pub fn kinesalite() -> Option<Kinesalite> {
+    let dir = root().join("target/node/kinesalite");
+    let bin = dir.join("node_modules/kinesalite/cli.js");
+    if !bin.exists() {
+        let installed = std::process::Command::new("npm")
+            .args(["install", "--silent", "--no-audit", "--no-fund", "--prefix"])
+            .arg(&dir)
+            .arg(KINESALITE)
+            .status();
+        if !installed.is_ok_and(|s| s.success()) {
+            return None;
+        }
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+    let child = std::process::Command::new("node")
+        .arg(&bin)
+        .args(["--port", &port.to_string(), "--shardLimit", "256"])
+        .args(["--createStreamMs", "0", "--deleteStreamMs", "0", "--updateStreamMs", "0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let peer = Kinesalite { child, url: format!("http://127.0.0.1:{port}/") };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(peer)
 }
 
 /// Puts lines into a delivery stream with Firehose `PutRecordBatch`, 500 per

@@ -1,9 +1,11 @@
-//! The AWS JSON 1.1 protocol that the Kinesis and Firehose APIs share:
+//! The AWS JSON 1.1 protocol that the Kinesis and Firehose APIs share (and its
+//! CBOR 1.1 form, [`Wire`]):
 //! errors shaped as AWS's (`{"__type": "...", "message": "..."}`), request
 //! bodies read straight into typed fields, names checked where they enter,
 //! and the per-entry outcomes of batch puts.
 
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::body::Bytes;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -50,10 +52,76 @@ impl AwsError {
 
 impl IntoResponse for AwsError {
     fn into_response(self) -> Response {
-        let body = json!({"__type": self.kind, "message": self.message}).to_string();
-        (self.status, [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))], body).into_response()
+        Wire::Json.error(self)
     }
 }
+
+/// How a client speaks the protocol: JSON 1.1, or CBOR 1.1 (the Java SDK's
+/// default, [`cbor`](super::cbor)). Operations read and answer JSON; the wire
+/// translates at the edge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wire {
+    Json,
+    Cbor,
+}
+
+impl Wire {
+    /// The wire a request came in on, by its content type.
+    pub fn of(headers: &HeaderMap) -> Self {
+        let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        if content_type.starts_with("application/x-amz-cbor") { Wire::Cbor } else { Wire::Json }
+    }
+
+    fn content_type(self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            Wire::Json => CONTENT_TYPE,
+            Wire::Cbor => super::cbor::CONTENT_TYPE,
+        })
+    }
+
+    /// A request body as the JSON its operation reads.
+    pub fn request(self, body: Bytes) -> Result<Bytes, AwsError> {
+        match self {
+            Wire::Json => Ok(body),
+            Wire::Cbor => super::cbor::to_json(&body)
+                .map(Bytes::from)
+                .map_err(|e| AwsError::new("SerializationException", e.to_string())),
+        }
+    }
+
+    /// A document (JSON text) in this wire's encoding.
+    pub fn encode(self, json: String) -> Vec<u8> {
+        match self {
+            Wire::Json => json.into_bytes(),
+            Wire::Cbor => super::cbor::from_json(&json),
+        }
+    }
+
+    /// A successful answer.
+    pub fn answer(self, json: String) -> Response {
+        ([(header::CONTENT_TYPE, self.content_type())], self.encode(json)).into_response()
+    }
+
+    /// An error, named in the body (`__type`) and, for clients that read it
+    /// there first (the Java SDK), in `x-amzn-ErrorType`.
+    pub fn error(self, e: AwsError) -> Response {
+        let body = self.encode(json!({"__type": e.kind, "message": e.message}).to_string());
+        let kind = HeaderValue::from_static(e.kind);
+        (e.status, [(header::CONTENT_TYPE, self.content_type()), (ERROR_TYPE, kind)], body).into_response()
+    }
+
+    /// An event stream payload in this encoding, with its content type.
+    pub fn event_payload(self, json: String) -> (Vec<u8>, &'static str) {
+        let content_type = match self {
+            Wire::Json => "application/json",
+            Wire::Cbor => super::cbor::CONTENT_TYPE,
+        };
+        (self.encode(json), content_type)
+    }
+}
+
+/// The header AWS names an error's type in.
+const ERROR_TYPE: header::HeaderName = header::HeaderName::from_static("x-amzn-errortype");
 
 impl From<StreamError> for AwsError {
     fn from(e: StreamError) -> Self {
@@ -91,11 +159,6 @@ impl From<PutError> for AwsError {
             }
         }
     }
-}
-
-/// A successful answer.
-pub(super) fn ok(body: String) -> Response {
-    ([(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))], body).into_response()
 }
 
 /// One entry's outcome in a batch put.

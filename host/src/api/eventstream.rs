@@ -34,18 +34,15 @@ pub fn message(headers: &[(&str, &str)], payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// An event of type `event_type` with a JSON payload.
-pub fn event(event_type: &str, json: &[u8]) -> Vec<u8> {
-    message(&[(":event-type", event_type), (":content-type", "application/json"), (":message-type", "event")], json)
+/// An event of type `event_type`, its payload encoded as `content_type` says.
+pub fn event(event_type: &str, content_type: &str, payload: &[u8]) -> Vec<u8> {
+    message(&[(":event-type", event_type), (":content-type", content_type), (":message-type", "event")], payload)
 }
 
-/// An error that ends the stream, as AWS names its exceptions.
-pub fn exception(kind: &str, message_text: &str) -> Vec<u8> {
-    let payload = serde_json::json!({ "message": message_text }).to_string();
-    message(
-        &[(":exception-type", kind), (":content-type", "application/json"), (":message-type", "exception")],
-        payload.as_bytes(),
-    )
+/// An error that ends the stream, as AWS names its exceptions; the payload
+/// (`{"message": ...}`) encoded as `content_type` says.
+pub fn exception(kind: &str, content_type: &str, payload: &[u8]) -> Vec<u8> {
+    message(&[(":exception-type", kind), (":content-type", content_type), (":message-type", "exception")], payload)
 }
 
 #[cfg(test)]
@@ -54,7 +51,7 @@ mod tests {
 
     #[test]
     fn a_message_carries_its_lengths_and_checksums() {
-        let m = event("SubscribeToShardEvent", b"{}");
+        let m = event("SubscribeToShardEvent", "application/json", b"{}");
         let total = u32::from_be_bytes([m[0], m[1], m[2], m[3]]) as usize;
         let headers = u32::from_be_bytes([m[4], m[5], m[6], m[7]]) as usize;
         assert_eq!(total, m.len());

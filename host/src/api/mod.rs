@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod aws;
+pub mod cbor;
 pub mod eventstream;
 pub mod firehose;
 pub mod kinesis;
@@ -172,6 +173,7 @@ pub const SOURCE_HEADER: &str = "x-weir-source";
 /// `POST /` with `X-Amz-Target`: a Kinesis operation ([`kinesis`]) or a
 /// Firehose one ([`firehose`]).
 async fn aws_json(State(api): State<Arc<ApiState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let wire = aws::Wire::of(&headers);
     let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or("");
     let (firehose, operation) =
         match (target.strip_prefix("Kinesis_20131202."), target.strip_prefix("Firehose_20150804.")) {
@@ -179,7 +181,7 @@ async fn aws_json(State(api): State<Arc<ApiState>>, headers: HeaderMap, body: By
             (None, Some(op)) => (true, op),
             (None, None) => {
                 let message = format!("unknown or missing X-Amz-Target `{target}`");
-                return aws::AwsError::new("UnknownOperationException", message).into_response();
+                return wire.error(aws::AwsError::new("UnknownOperationException", message));
             }
         };
     // Not part of the AWS protocol (AWS ignores it): the producer's name that
@@ -189,12 +191,16 @@ async fn aws_json(State(api): State<Arc<ApiState>>, headers: HeaderMap, body: By
         Some(Ok(source)) => Some(crate::stream::Source::from(source)),
         Some(Err(_)) => {
             let message = format!("{SOURCE_HEADER} must be visible ASCII (percent-encode other characters)");
-            return aws::AwsError::invalid(message).into_response();
+            return wire.error(aws::AwsError::invalid(message));
         }
     };
+    let body = match wire.request(body) {
+        Ok(body) => body,
+        Err(e) => return wire.error(e),
+    };
     if !firehose && operation == "SubscribeToShard" {
-        // Its answer is a stream of events, not one JSON body.
-        return kinesis::subscribe(api.host.clone(), api.kinesis.clone(), body).await;
+        // Its answer is a stream of events, not one body.
+        return kinesis::subscribe(api.host.clone(), api.kinesis.clone(), body, wire).await;
     }
     let host = api.host.clone();
     let secret = api.iterator_secret;
@@ -210,9 +216,9 @@ async fn aws_json(State(api): State<Arc<ApiState>>, headers: HeaderMap, body: By
     })
     .await;
     match result {
-        Ok(Ok(v)) => aws::ok(v),
-        Ok(Err(e)) => e.into_response(),
-        Err(_) => aws::AwsError::internal().into_response(),
+        Ok(Ok(v)) => wire.answer(v),
+        Ok(Err(e)) => wire.error(e),
+        Err(_) => wire.error(aws::AwsError::internal()),
     }
 }
 

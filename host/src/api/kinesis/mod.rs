@@ -227,37 +227,30 @@ fn put_records(host: &Host, args: &Args<'_>, source: Option<Source>) -> Result<S
     if entries.is_empty() || entries.len() > MAX_RECORDS_PER_PUT {
         return Err(AwsError::invalid(format!("Records must hold 1 to {MAX_RECORDS_PER_PUT} entries")));
     }
-    // Entries are checked one by one: a bad entry fails alone (partial failure).
-    let mut results: Vec<PutResult> = Vec::with_capacity(entries.len());
-    let mut good = Vec::new();
-    let mut slots = Vec::new();
+    // A malformed entry refuses the whole request, as in Kinesis; only the
+    // store's answers (throttling, failures) are per entry.
+    let mut good = Vec::with_capacity(entries.len());
     for (i, e) in entries.iter().enumerate() {
-        match new_record(e.data.as_deref(), e.partition_key.as_deref(), e.explicit_hash_key.as_deref()) {
-            Ok(mut r) => {
-                r.source = e.weir_source.as_deref().map(Source::from).or_else(|| source.clone());
-                good.push(r);
-                slots.push(i);
-                results.push(PutResult::Pending);
+        let mut r = new_record(e.data.as_deref(), e.partition_key.as_deref(), e.explicit_hash_key.as_deref()).map_err(
+            |mut err| {
+                err.message = format!("Records.{i}: {}", err.message);
+                err
+            },
+        )?;
+        r.source = e.weir_source.as_deref().map(Source::from).or_else(|| source.clone());
+        good.push(r);
+    }
+    let appended = host.put(name, good, Producer::Kinesis)?;
+    let numbers = sequences(host, name)?;
+    let results: Vec<PutResult> = appended
+        .into_iter()
+        .map(|result| match result {
+            Ok(a) => {
+                PutResult::Stored { shard_id: shard_id(a.shard), sequence_number: numbers.number(a.shard, a.sequence) }
             }
-            Err(err) => results.push(PutResult::from(err)),
-        }
-    }
-    if !good.is_empty() {
-        let appended = host.put(name, good, Producer::Kinesis)?;
-        let numbers = sequences(host, name)?;
-        for (slot, result) in slots.iter().zip(appended) {
-            results[*slot] = match result {
-                Ok(a) => PutResult::Stored {
-                    shard_id: shard_id(a.shard),
-                    sequence_number: numbers.number(a.shard, a.sequence),
-                },
-                Err(e) => {
-                    let e = AwsError::from(e);
-                    PutResult::from(e)
-                }
-            };
-        }
-    }
+            Err(e) => PutResult::from(AwsError::from(e)),
+        })
+        .collect();
     let failed = results.iter().filter(|r| matches!(r, PutResult::Failed { .. })).count();
     let answer = PutRecordsAnswer { failed_record_count: failed, records: results, encryption_type: "NONE" };
     serde_json::to_string(&answer).map_err(|e| AwsError::new("InternalFailure", e.to_string()))
@@ -378,9 +371,9 @@ impl Args<'_> {
 }
 
 fn new_record(data: Option<&str>, key: Option<&str>, explicit_hash_key: Option<&str>) -> Result<NewRecord, AwsError> {
-    let key = key.ok_or_else(|| AwsError::invalid("PartitionKey is required"))?;
+    let key = key.ok_or_else(|| AwsError::new("ValidationException", "PartitionKey is required"))?;
     if key.is_empty() {
-        return Err(AwsError::invalid("PartitionKey must not be empty"));
+        return Err(AwsError::new("ValidationException", "PartitionKey must not be empty"));
     }
     let explicit_hash_key = match explicit_hash_key {
         None => None,
@@ -389,7 +382,7 @@ fn new_record(data: Option<&str>, key: Option<&str>, explicit_hash_key: Option<&
         })?),
     };
     let data = base64::engine::general_purpose::STANDARD
-        .decode(data.ok_or_else(|| AwsError::invalid("Data is required"))?)
+        .decode(data.ok_or_else(|| AwsError::new("ValidationException", "Data is required"))?)
         .map_err(|e| AwsError::new("SerializationException", format!("Data is not base64: {e}")))?;
     Ok(NewRecord {
         source: None,
@@ -504,7 +497,15 @@ impl Start<'_> {
                     .timestamp
                     .and_then(timestamp_seconds)
                     .ok_or_else(|| AwsError::invalid("AT_TIMESTAMP needs Timestamp (seconds since the epoch)"))?;
-                streams.position_at_time(&info.name, shard.index, (seconds * 1000.0) as i64)?
+                let ms = (seconds * 1000.0) as i64;
+                let now = now_ms();
+                if ms > now {
+                    return Err(AwsError::invalid(format!(
+                        "Timestamp {ms} ms is after the current time {now} ms: an AT_TIMESTAMP position must not \
+                         be in the future"
+                    )));
+                }
+                streams.position_at_time(&info.name, shard.index, ms)?
             }
             other => {
                 return Err(AwsError::invalid(format!(

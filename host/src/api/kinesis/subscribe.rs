@@ -22,7 +22,7 @@ use serde_json::json;
 use super::control::{Control, operations};
 use super::sequence::Sequences;
 use super::{Args, Read, Start, find_shard};
-use crate::api::aws::{AwsError, parse_body};
+use crate::api::aws::{AwsError, Wire, parse_body};
 use crate::api::eventstream;
 use crate::pipeline::Host;
 
@@ -43,15 +43,18 @@ struct Subscription {
     until: Instant,
     started: bool,
     ended: bool,
+    /// How events are encoded: as the request was.
+    wire: Wire,
 }
 
 /// Answers `SubscribeToShard` with its event stream, or with an error before it starts.
-pub(in crate::api) async fn subscribe(host: Arc<Host>, control: Arc<Control>, body: Bytes) -> Response {
-    let opened = tokio::task::spawn_blocking(move || open(host, &control, &body)).await;
+/// `body` is the request as JSON; `wire` is how the client speaks.
+pub(in crate::api) async fn subscribe(host: Arc<Host>, control: Arc<Control>, body: Bytes, wire: Wire) -> Response {
+    let opened = tokio::task::spawn_blocking(move || open(host, &control, &body, wire)).await;
     let subscription = match opened {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return e.into_response(),
-        Err(_) => return AwsError::internal().into_response(),
+        Ok(Err(e)) => return wire.error(e),
+        Err(_) => return wire.error(AwsError::internal()),
     };
     tracing::debug!(stream = %subscription.stream, shard = subscription.shard, "subscribed");
     let events = futures_util::stream::unfold(subscription, |mut s| async move {
@@ -63,7 +66,7 @@ pub(in crate::api) async fn subscribe(host: Arc<Host>, control: Arc<Control>, bo
 }
 
 /// Checks the call: a registered consumer (its ARN), a shard of its stream, a starting position.
-fn open(host: Arc<Host>, control: &Control, body: &[u8]) -> Result<Subscription, AwsError> {
+fn open(host: Arc<Host>, control: &Control, body: &[u8], wire: Wire) -> Result<Subscription, AwsError> {
     let args: Args<'_> = parse_body(body)?;
     if args.consumer_arn.is_none() {
         return Err(AwsError::invalid("ConsumerARN is required"));
@@ -96,6 +99,7 @@ fn open(host: Arc<Host>, control: &Control, body: &[u8]) -> Result<Subscription,
         until: Instant::now() + SUBSCRIPTION,
         started: false,
         ended: false,
+        wire,
     })
 }
 
@@ -107,7 +111,8 @@ impl Subscription {
         }
         if !self.started {
             self.started = true;
-            return Some(eventstream::event("initial-response", b"{}"));
+            let (payload, content_type) = self.wire.event_payload("{}".into());
+            return Some(eventstream::event("initial-response", content_type, &payload));
         }
         let wait = HEARTBEAT.min(self.until.saturating_duration_since(Instant::now()));
         let (host, stream, shard, position, numbers) =
@@ -117,17 +122,24 @@ impl Subscription {
             Ok(Ok((payload, next, ended))) => {
                 self.position = next;
                 self.ended = ended;
-                Some(eventstream::event("SubscribeToShardEvent", payload.as_bytes()))
+                let (payload, content_type) = self.wire.event_payload(payload);
+                Some(eventstream::event("SubscribeToShardEvent", content_type, &payload))
             }
             Ok(Err(e)) => {
                 self.ended = true;
-                Some(eventstream::exception(e.kind, &e.message))
+                Some(self.exception(e))
             }
             Err(_) => {
                 self.ended = true;
-                Some(eventstream::exception("InternalFailure", "internal failure"))
+                Some(self.exception(AwsError::internal()))
             }
         }
+    }
+
+    /// The error that ends the subscription, as an event.
+    fn exception(&self, e: AwsError) -> Vec<u8> {
+        let (payload, content_type) = self.wire.event_payload(json!({ "message": e.message }).to_string());
+        eventstream::exception(e.kind, content_type, &payload)
     }
 }
 

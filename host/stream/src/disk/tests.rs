@@ -437,6 +437,8 @@ fn a_split_and_a_merge_keep_their_lineage_times_and_creation_across_restarts() {
     let refused = |r: Result<(), StreamError>| matches!(r, Err(StreamError::InvalidReshard(_)));
     assert!(refused(s.reshard("s", Reshard::Split { shard: 0, at: 5 })), "a closed shard");
     assert!(refused(s.reshard("s", Reshard::Split { shard: 1, at: 0 })), "at its own first hash key");
+    assert!(refused(s.reshard("s", Reshard::Split { shard: 1, at: 1 })), "a child of one hash key");
+    assert!(refused(s.reshard("s", Reshard::Split { shard: 1, at: half - 1 })), "at its own last hash key");
     s.reshard("s", Reshard::Merge { shard: 2, adjacent: 1 }).expect("merge");
     assert!(refused(s.reshard("s", Reshard::Merge { shard: 3, adjacent: 3 })), "one shard is not two");
     let check = |s: &DiskStreams| {

@@ -152,7 +152,8 @@ impl Stream {
             .ok_or_else(|| StreamError::UnknownShard { stream: stream.to_owned(), shard: shard_id(index) })
     }
 
-    /// Closes shards and opens their children, as `change` says; each child
+    /// Closes shards and opens their children, as `change` says (each reshard
+    /// is checked as Kinesis checks it); each child
     /// names the closed shards whose hash keys it takes as its parents.
     pub(super) fn reshard(&self, stream: &str, change: Reshard) -> Result<(), StreamError> {
         let mut entries = self.topology.write().unwrap_or_else(|p| p.into_inner());
@@ -167,12 +168,14 @@ impl Stream {
             }
             Reshard::Split { shard, at } => {
                 if !is_open(shard) {
-                    return invalid(format!("{} is not an open shard of stream `{stream}`", shard_id(shard)));
+                    return invalid(not_open(stream, shard));
                 }
                 let e = &entries[shard as usize];
-                if !(e.hash_start < at && at <= e.hash_end) {
+                // As Kinesis: each child keeps at least two hash keys.
+                if !(e.hash_start.saturating_add(1) < at && at < e.hash_end) {
                     return invalid(format!(
-                        "the new starting hash key {at} must be above {}'s first hash key {} and at most its last {}",
+                        "the new starting hash key {at} must be greater than {}'s starting hash key {} + 1 and less \
+                         than its ending hash key {}",
                         shard_id(shard),
                         e.hash_start,
                         e.hash_end
@@ -183,7 +186,7 @@ impl Stream {
             Reshard::Merge { shard, adjacent } => {
                 for s in [shard, adjacent] {
                     if !is_open(s) {
-                        return invalid(format!("{} is not an open shard of stream `{stream}`", shard_id(s)));
+                        return invalid(not_open(stream, s));
                     }
                 }
                 let (a, b) = (&entries[shard as usize], &entries[adjacent as usize]);
@@ -302,4 +305,13 @@ pub(super) fn save_topology(dir: &Path, stream: &str, entries: &[ShardEntry]) ->
         .and_then(|()| File::open(&tmp)?.sync_all())
         .and_then(|()| std::fs::rename(&tmp, &path))
         .map_err(|e| io_failed(stream, "cannot save its shard lineage", &e))
+}
+
+/// Why a closed shard cannot be split or merged, in Kinesis's words.
+fn not_open(stream: &str, shard: u32) -> String {
+    format!(
+        "Shard {} in stream {stream} has already been merged or split, and thus is not eligible for merging or \
+         splitting",
+        shard_id(shard)
+    )
 }
