@@ -210,8 +210,14 @@ def shards():
     pinned = k.put_record(StreamName="sharded", Data=b"x", PartitionKey="any", ExplicitHashKey=str(2**128 - 1))
     assert pinned["ShardId"] == ids[-1], pinned
     assert len(k.list_shards(StreamName="sharded")["Shards"]) == 4
+    assert error_code(lambda: k.create_stream(StreamName="too-big", ShardCount=257)) == "LimitExceededException"
     if weir_only():
         uniform_resharding(ids)
+        # weir's limit is 256 open shards per stream: a split past it is refused as Kinesis refuses one.
+        make_stream("full", ShardCount=256)
+        code = error_code(lambda: k.split_shard(StreamName="full", ShardToSplit="shardId-000000000000", NewStartingHashKey="1000"))
+        assert code == "LimitExceededException", code
+        k.delete_stream(StreamName="full")
     k.delete_stream(StreamName="sharded")
 
 

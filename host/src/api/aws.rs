@@ -139,6 +139,7 @@ impl From<StreamError> for AwsError {
             StreamError::Trimmed { .. } => Self::invalid(e.to_string()),
             StreamError::InvalidName(message) => Self::new("ValidationException", message),
             StreamError::InvalidRecord(message) | StreamError::InvalidReshard(message) => Self::invalid(message),
+            StreamError::ShardLimit(message) => Self::new("LimitExceededException", message),
             StreamError::Failed { .. } | StreamError::Corrupt { .. } | StreamError::CheckpointFailed { .. } => {
                 tracing::error!(error = %e, "stream failure answered as InternalFailure");
                 Self::internal()

@@ -80,6 +80,7 @@ impl From<PutError> for ApiError {
                 | StreamError::Corrupt { .. }
                 | StreamError::AlreadyExists(_)
                 | StreamError::InvalidReshard(_)
+                | StreamError::ShardLimit(_)
                 | StreamError::UnknownShard { .. },
             ) => (StatusCode::INTERNAL_SERVER_ERROR, "Internal"),
             PutError::Stream(StreamError::Failed { .. } | StreamError::CheckpointFailed { .. }) => {

@@ -244,9 +244,12 @@ pub enum StreamError {
     #[error("{0}")]
     InvalidRecord(String),
     /// A resharding that cannot be done as asked (a closed shard, a hash key outside
-    /// it, shards that are not adjacent, too many shards); nothing changed.
+    /// it, shards that are not adjacent); nothing changed.
     #[error("{0}")]
     InvalidReshard(String),
+    /// A resharding would leave more open shards than a stream may have; nothing changed.
+    #[error("{0}")]
+    ShardLimit(String),
     /// A read asked for records that were already dropped.
     #[error("stream `{stream}` no longer holds sequence {sequence} (oldest is {oldest})")]
     Trimmed {

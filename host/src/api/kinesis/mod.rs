@@ -67,9 +67,7 @@ fn answer(
         "CreateStream" => {
             let name = args.stream_name()?;
             let shards = args.shard_count.unwrap_or(1);
-            if !(1..=u64::from(MAX_SHARDS)).contains(&shards) {
-                return Err(AwsError::invalid(format!("ShardCount {shards} must be between 1 and {MAX_SHARDS}")));
-            }
+            shard_count("ShardCount", shards)?;
             if let Some(tags) = &args.tags {
                 operations::check_tags(tags)?;
             }
@@ -517,6 +515,21 @@ impl Start<'_> {
         };
         Ok(position.min(shard.end))
     }
+}
+
+/// A stream's shard count: at least 1 (`ValidationException`) and at most weir's
+/// limit (`LimitExceededException`, as Kinesis answers going over an account's).
+fn shard_count(field: &str, count: u64) -> Result<(), AwsError> {
+    if count == 0 {
+        return Err(AwsError::new("ValidationException", format!("{field} must be at least 1")));
+    }
+    if count > u64::from(MAX_SHARDS) {
+        return Err(AwsError::new(
+            "LimitExceededException",
+            format!("{field} {count} is over the limit of {MAX_SHARDS} open shards per stream"),
+        ));
+    }
+    Ok(())
 }
 
 /// The sequence numbers of stream `name` (a put's answer: its shards are not looked at).

@@ -7,10 +7,10 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 
 use super::sequence::Sequences;
-use super::{Args, ShardFilter, arn, timestamp_seconds};
+use super::{Args, ShardFilter, arn, shard_count, timestamp_seconds};
 use crate::api::aws::{AwsError, check_name};
 use crate::names::NameKind;
-use crate::stream::{MAX_SHARDS, Reshard, ShardInfo, StreamInfo, StreamStore, now_ms, parse_shard_id, shard_id};
+use crate::stream::{Reshard, ShardInfo, StreamInfo, StreamStore, now_ms, parse_shard_id, shard_id};
 
 /// Most shards one `ListShards` answers, by default and at most.
 const DEFAULT_MAX_RESULTS: usize = 1000;
@@ -167,9 +167,7 @@ pub(super) fn reshard(streams: &dyn StreamStore, operation: &str, args: &Args<'_
             if args.scaling_type.as_deref().is_some_and(|t| t != "UNIFORM_SCALING") {
                 return Err(AwsError::invalid("ScalingType must be UNIFORM_SCALING"));
             }
-            if !(1..=u64::from(MAX_SHARDS)).contains(&target) {
-                return Err(AwsError::invalid(format!("TargetShardCount {target} must be between 1 and {MAX_SHARDS}")));
-            }
+            shard_count("TargetShardCount", target)?;
             Reshard::Uniform(target as u32)
         }
         "SplitShard" => {

@@ -203,7 +203,9 @@ impl Stream {
         };
         let open_after = open.len() - closing.len() + children.len();
         if open_after > MAX_SHARDS as usize {
-            return invalid(format!("stream `{stream}` would have {open_after} open shards; at most {MAX_SHARDS}"));
+            return Err(StreamError::ShardLimit(format!(
+                "stream `{stream}` would have {open_after} open shards; at most {MAX_SHARDS}"
+            )));
         }
         let ranges: Vec<(u32, u128, u128)> =
             closing.iter().map(|&i| (i, entries[i as usize].hash_start, entries[i as usize].hash_end)).collect();
