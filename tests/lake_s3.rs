@@ -4,46 +4,15 @@
 //! the store is unreachable past the retry duration, the records are listed
 //! under the error prefix once it is back; nothing is dropped.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
 use base64::Engine as _;
 use serde_json::Value;
-use weir_tests::{Proxy, TestHost, put_record_batch};
+use weir_tests::{MOTO, MotoServer, Proxy, TestHost, put_record_batch};
 
-const MOTO: &str = "moto[server]==5.1.4";
-
-/// An S3 server on a loopback port, stopped when dropped.
-struct S3Server {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn s3_server() -> S3Server {
-    let python = tokio::task::spawn_blocking(|| weir_tests::python_packages("moto", &[MOTO])).await.expect("pip");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
-    let child = Command::new("python3")
-        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
-        .env("PYTHONPATH", &python)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the S3 server");
-    let server = S3Server { child, port };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let client = reqwest::Client::new();
-    // Buckets are created with a plain PUT (moto takes any credentials).
-    while client.put(format!("http://127.0.0.1:{port}/weir-lake")).send().await.is_err() {
-        assert!(Instant::now() < deadline, "the S3 server did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+/// moto's S3, with the lake's bucket made (buckets are created with a plain PUT; moto takes any credentials).
+async fn s3_server() -> MotoServer {
+    let server = weir_tests::moto_server().await;
+    let response = reqwest::Client::new().put(format!("{}/weir-lake", server.url)).send().await.expect("create bucket");
+    assert!(response.status().is_success(), "creating the bucket: {}", response.status());
     server
 }
 

@@ -415,6 +415,47 @@ pub fn python_packages(name: &str, requirements: &[&str]) -> PathBuf {
     dir
 }
 
+/// moto, an AWS emulator from PyPI: the tests' S3 and DynamoDB.
+pub const MOTO: &str = "moto[server]==5.1.4";
+
+/// A running moto server on a loopback port, stopped when dropped.
+pub struct MotoServer {
+    child: std::process::Child,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    /// Its endpoint, `http://127.0.0.1:<port>`.
+    pub url: String,
+}
+
+impl Drop for MotoServer {
+    fn drop(&mut self) {
+        // Stopping a child that already ended is not an error worth reporting.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts moto (installed into `target/python/` on first use) and waits until it answers.
+pub async fn moto_server() -> MotoServer {
+    let python = tokio::task::spawn_blocking(|| python_packages("moto", &[MOTO])).await.expect("pip");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+    let child = std::process::Command::new("python3")
+        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+        .env("PYTHONPATH", &python)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start moto");
+    let server = MotoServer { child, port, url: format!("http://127.0.0.1:{port}") };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let client = reqwest::Client::new();
+    while client.get(format!("{}/moto-api/", server.url)).send().await.is_err() {
+        assert!(Instant::now() < deadline, "moto did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server
+}
+
 /// kinesalite, the npm Kinesis emulator: a peer to compare behaviour and speed with.
 pub const KINESALITE: &str = "kinesalite@3.3.3";
 
