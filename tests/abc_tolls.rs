@@ -727,3 +727,158 @@ async fn an_agent_that_sends_the_day_again_changes_nothing() {
     let rows: i64 = db.query_row("SELECT count(*) FROM toll_transactions", [], |r| r.get(0)).expect("count");
     assert_eq!(rows as usize, expected.rows.len(), "one row per well-formed line, none twice");
 }
+
+/// The showcase's three keys with their secrets set (as `weir run` reads them from the environment).
+const KEYS: [(&str, &str, &str); 3] = [
+    ("ABCTOLLSPRODUCER", "ABC_TOLLS_PRODUCER_SECRET", "producer-secret"),
+    ("ABCTOLLSAPP", "ABC_TOLLS_APP_SECRET", "app-secret"),
+    ("ABCTOLLSOPERATOR", "ABC_TOLLS_OPERATOR_SECRET", "operator-secret"),
+];
+
+/// One call signed with SigV4 by key `id` (or with `bearer` as a recipient
+/// token, or unsigned): its status and JSON answer.
+async fn call_as(
+    host: &TestHost,
+    id: Option<&str>,
+    bearer: Option<&str>,
+    method: &str,
+    path: &str,
+    target: Option<&str>,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    use axum::http::{HeaderMap, HeaderValue, Method, Uri};
+    let url = format!("{}{path}", host.url);
+    let method: Method = method.parse().expect("method");
+    let body = if body.is_null() { Vec::new() } else { body.to_string().into_bytes() };
+    let mut headers = HeaderMap::new();
+    if let Some(target) = target {
+        headers.insert("x-amz-target", HeaderValue::from_str(target).expect("target"));
+        headers.insert("content-type", HeaderValue::from_static("application/x-amz-json-1.1"));
+    }
+    if let Some(id) = id {
+        let secret = KEYS.iter().find(|(k, _, _)| *k == id).expect("a showcase key").2;
+        let key = weir_host::sigv4::AccessKey { id: id.into(), secret: secret.into() };
+        let signer = weir_host::sigv4::Signer { key: &key, region: "us-east-1", service: "kinesis" };
+        let uri: Uri = url.parse().expect("uri");
+        signer.sign(&method, &uri, &mut headers, &body, std::time::SystemTime::now());
+    }
+    if let Some(token) = bearer {
+        headers.insert("authorization", HeaderValue::from_str(&format!("Bearer {token}")).expect("token"));
+    }
+    let response =
+        reqwest::Client::new().request(method, &url).headers(headers).body(body).send().await.expect("request");
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+}
+
+/// Each of the showcase's keys may do what its holder needs and nothing else:
+/// the station agents put lines; the app backend reads `app` inboxes and mints
+/// recipient tokens, with which a phone reads its one inbox and nothing more;
+/// the operators may do everything. A refused call is `AccessDeniedException` (403).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_showcase_key_may_do_only_what_its_holder_needs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_, hook) = operations_desk().await;
+    let mut manifest = shipped(dir.path(), "60s", &hook);
+    for (_, variable, secret) in KEYS {
+        manifest = manifest.replace(&format!("secret-env = \"{variable}\""), &format!("secret = \"{secret}\""));
+    }
+    let host = TestHost::start_in(dir, &manifest).await.expect("start");
+    let kinesis = |op: &str| Some(format!("Kinesis_20131202.{op}"));
+    let denied = |(status, answer): (u16, serde_json::Value)| {
+        status == 403 && answer["__type"].as_str().or(answer["error"]["code"].as_str()) == Some("AccessDeniedException")
+    };
+    let put = serde_json::json!({"StreamName": "toll-lines", "Records": [
+        {"Data": "VDAwMDEtMDAwMDAxLDIwMjYtMTEtMjZUMDg6MDA6MDBaLDEsMSxUQUcsQzAwMDEyMywyLDE1MA==", "PartitionKey": "1"}]});
+    let producer = Some("ABCTOLLSPRODUCER");
+    let (status, answer) =
+        call_as(&host, producer, None, "POST", "/", kinesis("PutRecords").as_deref(), put.clone()).await;
+    assert_eq!((status, &answer["FailedRecordCount"]), (200, &serde_json::json!(0)), "{answer}");
+    for (op, body) in [
+        ("DeleteStream", serde_json::json!({"StreamName": "toll-lines"})),
+        ("ListStreams", serde_json::json!({})),
+        (
+            "GetShardIterator",
+            serde_json::json!({"StreamName": "toll-lines", "ShardId": "shardId-000000000000", "ShardIteratorType": "TRIM_HORIZON"}),
+        ),
+        ("PutRecords", serde_json::json!({"StreamName": "toll-rows", "Records": put["Records"]})),
+    ] {
+        let answer = call_as(&host, producer, None, "POST", "/", kinesis(op).as_deref(), body).await;
+        assert!(denied(answer.clone()), "the producer key may not {op}: {answer:?}");
+    }
+    for (method, path) in
+        [("GET", "/v1/inbox/C000123"), ("GET", "/v1/pipeline"), ("POST", "/v1/stages/etl/plugin/rollback")]
+    {
+        let answer = call_as(&host, producer, None, method, path, None, serde_json::Value::Null).await;
+        assert!(denied(answer.clone()), "the producer key may not {method} {path}: {answer:?}");
+    }
+
+    let app = Some("ABCTOLLSAPP");
+    let (status, inbox) =
+        call_as(&host, app, None, "GET", "/v1/inbox/C000123?channel=app", None, serde_json::Value::Null).await;
+    assert_eq!(status, 200, "{inbox}");
+    let (status, minted) = call_as(
+        &host,
+        app,
+        None,
+        "POST",
+        "/v1/inbox/C000123/tokens?channel=app",
+        None,
+        serde_json::json!({"seconds": 600}),
+    )
+    .await;
+    assert_eq!(status, 200, "{minted}");
+    let token = minted["token"].as_str().expect("a token").to_owned();
+    for (method, path, target) in [
+        ("GET", "/v1/inbox/C000123?channel=operators", None),
+        ("POST", "/v1/inbox/C000123/tokens?channel=operators", None),
+        ("POST", "/", kinesis("PutRecords")),
+        ("GET", "/v1/pipeline", None),
+    ] {
+        let answer = call_as(&host, app, None, method, path, target.as_deref(), put.clone()).await;
+        assert!(denied(answer.clone()), "the app key may not {method} {path} {target:?}: {answer:?}");
+    }
+
+    // The phone: its recipient token, and no key.
+    let (status, own) =
+        call_as(&host, None, Some(&token), "GET", "/v1/inbox/C000123?channel=app", None, serde_json::Value::Null).await;
+    assert_eq!((status, &own["recipient"]), (200, &serde_json::json!("C000123")), "{own}");
+    for path in [
+        "/v1/inbox/C000999?channel=app",
+        "/v1/inbox/C000123?channel=operators",
+        "/v1/pipeline",
+        "/v1/inbox/C000123/tokens",
+    ] {
+        let method = if path.ends_with("tokens") { "POST" } else { "GET" };
+        let answer = call_as(&host, None, Some(&token), method, path, None, serde_json::Value::Null).await;
+        assert!(denied(answer.clone()), "the token may not {method} {path}: {answer:?}");
+    }
+    // Browsers' EventSource cannot set headers: the token goes in the query.
+    let events = reqwest::Client::new()
+        .get(format!("{}/v1/inbox/C000123/events?channel=app&token={token}", host.url))
+        .send()
+        .await
+        .expect("events");
+    assert_eq!(events.status().as_u16(), 200);
+    drop(events);
+    let forged = format!("{}x", token.trim_end_matches('A'));
+    let answer =
+        call_as(&host, None, Some(&forged), "GET", "/v1/inbox/C000123?channel=app", None, serde_json::Value::Null)
+            .await;
+    assert!(denied(answer.clone()), "a forged token: {answer:?}");
+
+    let operator = Some("ABCTOLLSOPERATOR");
+    let (status, streams) =
+        call_as(&host, operator, None, "POST", "/", kinesis("ListStreams").as_deref(), serde_json::json!({})).await;
+    assert!(status == 200 && streams["StreamNames"].as_array().is_some_and(|s| !s.is_empty()), "{streams}");
+    let (status, _) = call_as(&host, operator, None, "GET", "/v1/pipeline", None, serde_json::Value::Null).await;
+    assert_eq!(status, 200);
+    let (status, _) =
+        call_as(&host, operator, None, "GET", "/v1/inbox/C000123?channel=operators", None, serde_json::Value::Null)
+            .await;
+    assert_eq!(status, 200);
+    // Unsigned: refused before any policy is looked at.
+    let (status, _) = call_as(&host, None, None, "GET", "/v1/pipeline", None, serde_json::Value::Null).await;
+    assert_eq!(status, 403);
+}

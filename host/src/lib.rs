@@ -5,6 +5,7 @@
 //! and serves the HTTP [`api`]. [`pipeline`] wires them together; [`cli`] is
 //! the `weir` binary; [`agent`] is its file-tailing client (`weir agent`).
 
+pub mod access;
 pub mod agent;
 pub mod api;
 pub mod author;

@@ -205,6 +205,23 @@ fn run_refuses_to_start_without_keys_unless_told_it_is_development() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("[api] has no access-keys") && stderr.contains("--insecure-no-auth"), "{stderr}");
+    // The showcase's keys read their secrets from the environment: each unset one is named.
+    let out = Command::new(WEIR)
+        .arg("run")
+        .arg(root().join("manifests/abc-tolls.toml"))
+        .env_remove("ABC_TOLLS_PRODUCER_SECRET")
+        .env("ABC_TOLLS_APP_SECRET", "set")
+        .env_remove("ABC_TOLLS_OPERATOR_SECRET")
+        .output()
+        .expect("run weir");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("`ABC_TOLLS_PRODUCER_SECRET` (access key `ABCTOLLSPRODUCER`), `ABC_TOLLS_OPERATOR_SECRET`")
+            && !stderr.contains("ABC_TOLLS_APP_SECRET")
+            && stderr.contains("--insecure-no-auth"),
+        "{stderr}"
+    );
 }
 
 #[test]

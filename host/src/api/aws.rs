@@ -148,6 +148,14 @@ impl From<StreamError> for AwsError {
     }
 }
 
+impl From<crate::access::Denied> for AwsError {
+    fn from(e: crate::access::Denied) -> Self {
+        let mut refused = Self::new("AccessDeniedException", e.to_string());
+        refused.set_status(StatusCode::FORBIDDEN);
+        refused
+    }
+}
+
 impl From<PutError> for AwsError {
     fn from(e: PutError) -> Self {
         match e {

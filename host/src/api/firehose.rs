@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::aws::{AwsError, PutResult, check_name, parse_body};
+use crate::access::Caller;
 use crate::names::NameKind;
 use crate::pipeline::{Host, PutError};
 use crate::stream::{NewRecord, StreamError};
@@ -84,8 +85,14 @@ fn record_id(name: &str, sequence: u64) -> String {
 
 /// Runs one Firehose operation.
 /// Runs one Firehose operation; the answer is JSON text.
-pub(super) fn call(host: &Host, operation: &str, body: &[u8]) -> Result<String, AwsError> {
+/// Runs one Firehose operation for `caller`, if its policy allows it; the answer is JSON text.
+pub(super) fn call(host: &Host, caller: &Caller, operation: &str, body: &[u8]) -> Result<String, AwsError> {
     let args: Args<'_> = parse_body(body)?;
+    let resource = match (operation, &args.delivery_stream_name) {
+        ("ListDeliveryStreams", _) | (_, None) => "*".to_owned(),
+        _ => format!("deliverystream/{}", args.delivery_stream_name()?),
+    };
+    caller.may(&format!("firehose:{operation}"), &resource)?;
     match operation {
         "PutRecordBatch" => put_record_batch(host, &args),
         _ => answer(host, operation, &args).map(|v| v.to_string()),

@@ -5,7 +5,9 @@
 //!   ([`kinesis`], [`firehose`]), for the AWS SDKs and CLI;
 //! - AWS Signature V4 authentication of every request but `GET /v1/health`
 //!   ([`crate::sigv4`]), against the access keys of the manifest's `[api]` section,
-//!   unless the host runs with `--insecure-no-auth`.
+//!   unless the host runs with `--insecure-no-auth`; then each call is checked
+//!   against the key's policy ([`crate::access`]). An inbox may also be read
+//!   with a recipient token instead of a key.
 
 pub mod admin;
 pub mod aws;
@@ -16,12 +18,13 @@ pub mod kinesis;
 pub mod native;
 pub mod state;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, Extension, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -32,6 +35,7 @@ pub use crate::sigv4::AccessKey;
 pub use crate::stream::{MAX_KEY_CHARS, MAX_RECORD_BYTES};
 pub use native::{ApiError, MAX_RECORDS_PER_GET, MAX_RECORDS_PER_PUT};
 
+use crate::access::{Caller, Policy, RecipientTokens};
 use crate::pipeline::Host;
 
 /// Whether requests must be signed.
@@ -53,13 +57,20 @@ pub struct ApiState {
     iterator_secret: [u8; 32],
     /// What Kinesis keeps of streams besides their records (tags, mode, consumers).
     kinesis: Arc<kinesis::Control>,
+    /// What each key may do, by key id (absent: everything).
+    policies: BTreeMap<String, Arc<Policy>>,
+    /// Signs and checks recipient tokens.
+    tokens: RecipientTokens,
 }
 
 /// The API's routes over a running pipeline.
 pub fn router(host: Arc<Host>, auth: Auth) -> Router {
     let max_body = usize::try_from(host.pipeline.api.max_body_bytes).unwrap_or(usize::MAX);
     let kinesis = Arc::new(kinesis::Control::at(host.pipeline.data_dir.join("kinesis.json")));
-    let state = Arc::new(ApiState { host, auth, max_body, iterator_secret: random_secret(), kinesis });
+    let policies = host.pipeline.api.policies.iter().map(|(id, p)| (id.clone(), Arc::new(p.clone()))).collect();
+    let tokens = RecipientTokens::new(token_key(&host.pipeline.data_dir));
+    let state =
+        Arc::new(ApiState { host, auth, max_body, iterator_secret: random_secret(), kinesis, policies, tokens });
     let authenticated = Router::new()
         .route("/", post(aws_json))
         .route("/v1/pipeline", get(native::pipeline_status))
@@ -74,8 +85,10 @@ pub fn router(host: Arc<Host>, auth: Auth) -> Router {
         .route("/v1/tables/{table}/items/{key}", get(state::get_item).put(state::put_item).delete(state::delete_item))
         .route("/v1/inbox/{recipient}", get(state::inbox))
         .route("/v1/inbox/{recipient}/events", get(state::inbox_events))
+        .route("/v1/inbox/{recipient}/tokens", post(state::mint_token))
         .route("/v1/channels/{channel}/failed", get(state::failed_deliveries))
-        // Outermost first: authenticate the body as sent, then decompress it.
+        // Outermost last: authenticate the body as sent, decompress it, then check the caller's policy.
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .layer(middleware::from_fn_with_state(state.clone(), decompress))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
@@ -92,6 +105,28 @@ impl ApiState {
     }
 }
 
+/// The key recipient tokens are signed with, kept in the data folder so that
+/// tokens outlive a restart; made on first use (readable by the owner only).
+fn token_key(data_dir: &std::path::Path) -> [u8; 32] {
+    let path = data_dir.join("recipient-token.key");
+    if let Ok(bytes) = std::fs::read(&path)
+        && let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice())
+    {
+        return key;
+    }
+    let key = random_secret();
+    let written = std::fs::create_dir_all(data_dir).and_then(|()| {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)?;
+        std::io::Write::write_all(&mut file, &key)?;
+        file.sync_all()
+    });
+    if let Err(e) = written {
+        tracing::warn!(path = %path.display(), error = %e, "could not keep the recipient token key: tokens end with this run");
+    }
+    key
+}
+
 fn random_secret() -> [u8; 32] {
     let mut secret = [0u8; 32];
     // /dev/urandom is always there on the platforms weir runs on; the fallback
@@ -104,9 +139,25 @@ fn random_secret() -> [u8; 32] {
 }
 
 /// Checks the SigV4 signature (buffering the body, within the size limit) before any handler runs.
-async fn authenticate(State(state): State<Arc<ApiState>>, request: Request, next: Next) -> Response {
-    let Auth::Keys(keys) = &state.auth else { return next.run(request).await };
+async fn authenticate(State(state): State<Arc<ApiState>>, mut request: Request, next: Next) -> Response {
+    let Auth::Keys(keys) = &state.auth else {
+        request.extensions_mut().insert(Caller::anyone());
+        return next.run(request).await;
+    };
     let aws_protocol = request.uri().path() == "/";
+    if let Some(token) = recipient_token(&request) {
+        // A token may only read its one inbox: `authorize` refuses everything else.
+        return match state.tokens.caller(&token, SystemTime::now()) {
+            Some(caller) => {
+                request.extensions_mut().insert(caller);
+                next.run(request).await
+            }
+            None => {
+                let message = "the recipient token is not valid for this inbox, or has expired: mint a new one";
+                refuse(false, StatusCode::FORBIDDEN, "AccessDeniedException", message.into())
+            }
+        };
+    }
     let limit = state.body_limit(request.uri().path());
     let (parts, body) = request.into_parts();
     let bytes = match axum::body::to_bytes(body, limit).await {
@@ -117,7 +168,12 @@ async fn authenticate(State(state): State<Arc<ApiState>>, request: Request, next
         }
     };
     match crate::sigv4::verify(keys, &parts.method, &parts.uri, &parts.headers, &bytes, SystemTime::now()) {
-        Ok(_) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
+        Ok(key) => {
+            let policy = state.policies.get(&key).cloned().unwrap_or_else(|| Arc::new(Policy::Everything));
+            let mut request = Request::from_parts(parts, Body::from(bytes));
+            request.extensions_mut().insert(Caller { who: key, policy });
+            next.run(request).await
+        }
         Err(e) => {
             let status = if matches!(e, crate::sigv4::AuthError::Missing) {
                 StatusCode::FORBIDDEN
@@ -126,6 +182,78 @@ async fn authenticate(State(state): State<Arc<ApiState>>, request: Request, next
             };
             refuse(aws_protocol, status, e.aws_type(), e.to_string())
         }
+    }
+}
+
+/// A recipient token, as `Authorization: Bearer <token>` or (for browsers'
+/// `EventSource`, which cannot set headers) `?token=<token>`.
+fn recipient_token(request: &Request) -> Option<String> {
+    let header = request.headers().get("authorization").and_then(|v| v.to_str().ok());
+    if let Some(token) = header.and_then(|h| h.strip_prefix("Bearer ")) {
+        return Some(token.trim().to_owned());
+    }
+    let query = request.uri().query()?;
+    query.split('&').find_map(|pair| pair.strip_prefix("token=")).map(crate::sigv4::percent_decode)
+}
+
+/// The action and resource of a native API call (the AWS protocol's calls are
+/// checked by their operations, which read them from the body). An inbox is
+/// `inbox/<channel>/<recipient>`, its channel `?channel=` or the only inbox.
+fn native_action(
+    state: &ApiState,
+    method: &axum::http::Method,
+    uri: &axum::http::Uri,
+) -> Option<(&'static str, String)> {
+    use axum::http::Method;
+    let path = uri.path();
+    let inbox = |recipient: &str| {
+        let named = uri.query().and_then(|q| q.split('&').find_map(|p| p.strip_prefix("channel=")));
+        let only = || match state.host.channels.inboxes().collect::<Vec<_>>().as_slice() {
+            [one] => (*one).to_owned(),
+            _ => "*".to_owned(),
+        };
+        format!("inbox/{}/{recipient}", named.map_or_else(only, crate::sigv4::percent_decode))
+    };
+    let segments: Vec<String> = path.trim_start_matches('/').split('/').map(crate::sigv4::percent_decode).collect();
+    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let (action, resource) = match (method, segments.as_slice()) {
+        (&Method::GET, ["v1", "pipeline"]) => ("admin:DescribePipeline", "pipeline".to_owned()),
+        (&Method::POST, ["v1", "streams", s, "records"]) => ("kinesis:PutRecords", format!("stream/{s}")),
+        (&Method::GET, ["v1", "streams", s, "records"]) => ("kinesis:GetRecords", format!("stream/{s}")),
+        (&Method::POST, ["v1", "delivery", d, "records"]) => ("firehose:PutRecordBatch", format!("deliverystream/{d}")),
+        (&Method::GET, ["v1", "stages", s, "plugin"]) => ("admin:ListPluginVersions", format!("stage/{s}")),
+        (&Method::PUT, ["v1", "stages", s, "plugin"]) => ("admin:SwapPlugin", format!("stage/{s}")),
+        (&Method::POST, ["v1", "stages", s, "plugin", "rollback"]) => ("admin:RollbackPlugin", format!("stage/{s}")),
+        (&Method::POST, ["v1", "tables", t, "items"]) | (&Method::PUT, ["v1", "tables", t, "items", _]) => {
+            ("state:PutItem", format!("table/{t}"))
+        }
+        (&Method::GET, ["v1", "tables", t, "items", _]) => ("state:GetItem", format!("table/{t}")),
+        (&Method::DELETE, ["v1", "tables", t, "items", _]) => ("state:DeleteItem", format!("table/{t}")),
+        (&Method::GET, ["v1", "inbox", r] | ["v1", "inbox", r, "events"]) => ("inbox:Read", inbox(r)),
+        (&Method::POST, ["v1", "inbox", r, "tokens"]) => ("inbox:IssueToken", inbox(r)),
+        (&Method::GET, ["v1", "channels", c, "failed"]) => ("notify:ListFailed", format!("channel/{c}")),
+        _ => return None,
+    };
+    Some((action, resource))
+}
+
+/// Refuses a native API call the caller's policy does not allow
+/// (`AccessDeniedException`, 403); the AWS protocol's calls pass to their operations.
+async fn authorize(
+    State(state): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if request.uri().path() == "/" {
+        return next.run(request).await;
+    }
+    // Every route is in the table; for anything else (a 404, or a route the table
+    // does not know yet) only a key that may do everything gets further.
+    let (action, resource) = native_action(&state, request.method(), request.uri()).unwrap_or(("*", "*".to_owned()));
+    match caller.may(action, &resource) {
+        Ok(()) => next.run(request).await,
+        Err(denied) => refuse(false, StatusCode::FORBIDDEN, "AccessDeniedException", denied.to_string()),
     }
 }
 
@@ -172,7 +300,12 @@ pub const SOURCE_HEADER: &str = "x-weir-source";
 
 /// `POST /` with `X-Amz-Target`: a Kinesis operation ([`kinesis`]) or a
 /// Firehose one ([`firehose`]).
-async fn aws_json(State(api): State<Arc<ApiState>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn aws_json(
+    State(api): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let wire = aws::Wire::of(&headers);
     let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or("");
     let (firehose, operation) =
@@ -200,7 +333,7 @@ async fn aws_json(State(api): State<Arc<ApiState>>, headers: HeaderMap, body: By
     };
     if !firehose && operation == "SubscribeToShard" {
         // Its answer is a stream of events, not one body.
-        return kinesis::subscribe(api.host.clone(), api.kinesis.clone(), body, wire).await;
+        return kinesis::subscribe(api.host.clone(), caller, api.kinesis.clone(), body, wire).await;
     }
     let host = api.host.clone();
     let secret = api.iterator_secret;
@@ -209,9 +342,9 @@ async fn aws_json(State(api): State<Arc<ApiState>>, headers: HeaderMap, body: By
     // Store calls may wait for an fsync: keep them off the async workers.
     let result = tokio::task::spawn_blocking(move || {
         if firehose {
-            firehose::call(&host, &operation, &body)
+            firehose::call(&host, &caller, &operation, &body)
         } else {
-            kinesis::call(&host, secret, &control, &operation, &body, source)
+            kinesis::call(&host, &caller, secret, &control, &operation, &body, source)
         }
     })
     .await;

@@ -178,6 +178,37 @@ pub async fn inbox(
     Ok(axum::Json(json!({"channel": channel, "recipient": recipient, "messages": messages})))
 }
 
+/// The body of a token request (optional): how long the token lives.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    /// Seconds; 900 if absent, at most a day.
+    seconds: Option<u64>,
+}
+
+/// `POST /v1/inbox/{recipient}/tokens` (`?channel=` as for reading): a
+/// recipient token for an app to read this one inbox with (`Authorization: Bearer <token>`, or `?token=` for
+/// `EventSource`), without a key. `{"seconds": 600}` sets its life.
+pub async fn mint_token(
+    State(api): State<Arc<super::ApiState>>,
+    Path(recipient): Path<String>,
+    Query(query): Query<InboxQuery>,
+    body: Bytes,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    check_name(NameKind::Recipient, "recipient", &recipient)?;
+    let channel = inbox_channel(&api, query.channel)?;
+    let request: TokenRequest = if body.is_empty() {
+        TokenRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(StatusCode::BAD_REQUEST, "InvalidRequest", format!("the body is not {{\"seconds\": N}}: {e}"))
+        })?
+    };
+    let life = std::time::Duration::from_secs(request.seconds.unwrap_or(900));
+    let (token, expires) = api.tokens.mint(&format!("{channel}/{recipient}"), life, std::time::SystemTime::now());
+    Ok(axum::Json(json!({"channel": channel, "recipient": recipient, "token": token, "expires_ms": expires})))
+}
+
 /// `GET /v1/inbox/{recipient}/events`: Server-Sent Events, one `message` event per
 /// inbox message (JSON), its id the message's sequence; a client reconnecting with
 /// `Last-Event-ID` (or `?after=`) gets what it missed. Ends when the host stops.

@@ -27,6 +27,17 @@ pub(super) fn run(
             );
             Auth::InsecureNoAuth
         }
+        (false, _) if !pipeline.api.unset_secrets.is_empty() => {
+            let unset: Vec<String> =
+                pipeline.api.unset_secrets.iter().map(|(id, var)| format!("`{var}` (access key `{id}`)")).collect();
+            anyhow::bail!(
+                "{}: the secrets of [api]'s access keys are read from the environment, and {} {} not set. \
+                 Export them, or pass --insecure-no-auth for local development",
+                manifest.display(),
+                unset.join(", "),
+                if unset.len() == 1 { "is" } else { "are" }
+            )
+        }
         (false, false) => Auth::Keys(pipeline.api.access_keys.clone()),
         (false, true) => anyhow::bail!(
             "{}: [api] has no access-keys, so no request could be authenticated. Add \

@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 
 use super::aws::{AwsError, PutResult, check_name, parse_body};
 use super::native::MAX_RECORDS_PER_PUT;
+use crate::access::Caller;
 use crate::names::NameKind;
 use crate::pipeline::{Host, Producer};
 use crate::stream::{
@@ -36,10 +37,11 @@ pub const ITERATOR_TTL: Duration = Duration::from_secs(300);
 /// Most records one `GetRecords` returns, as in Kinesis.
 const MAX_GET_RECORDS: usize = 10_000;
 
-/// Runs one Kinesis operation; the answer is JSON text.
+/// Runs one Kinesis operation for `caller`, if its policy allows it; the answer is JSON text.
 /// `source` names the producer of the records a put carries (weir's `X-Weir-Source` header).
 pub(super) fn call(
     host: &Host,
+    caller: &Caller,
     secret: [u8; 32],
     control: &Control,
     operation: &str,
@@ -47,10 +49,29 @@ pub(super) fn call(
     source: Option<Source>,
 ) -> Result<String, AwsError> {
     let args: Args<'_> = parse_body(body)?;
+    caller.may(&format!("kinesis:{operation}"), &resource(secret, operation, &args)?)?;
     match operation {
         "PutRecords" => put_records(host, &args, source),
         _ => answer(host, secret, control, operation, &args, source).map(|v| v.to_string()),
     }
+}
+
+/// What an operation acts on, for the caller's policy: `stream/<name>`, or `*`
+/// for the calls about every stream.
+fn resource(secret: [u8; 32], operation: &str, args: &Args<'_>) -> Result<String, AwsError> {
+    let stream = match operation {
+        "ListStreams" | "DescribeLimits" => return Ok("*".into()),
+        "GetRecords" => {
+            let token = args.shard_iterator.as_deref().ok_or_else(|| AwsError::invalid("ShardIterator is required"))?;
+            open_iterator(secret, token, now_ms())?.stream
+        }
+        "ListShards" if args.next_token.is_some() => shards::listed_stream(args)?,
+        _ if args.consumer_arn.is_some() => control::operations::addressed(args)?.0,
+        // Unknown operations too: the policy decides before the answer says it is unknown.
+        _ if args.stream_name.is_none() && args.stream_arn.is_none() => return Ok("*".into()),
+        _ => args.stream_name()?.to_owned(),
+    };
+    Ok(format!("stream/{stream}"))
 }
 
 fn answer(

@@ -47,6 +47,11 @@ struct Page {
     filter: Option<ShardFilter>,
 }
 
+/// The stream a `ListShards` call with a `NextToken` goes on listing.
+pub(super) fn listed_stream(args: &Args<'_>) -> Result<String, AwsError> {
+    Ok(read_token(args.next_token.as_deref().unwrap_or_default())?.stream)
+}
+
 /// `ListShards`: by `StreamName` / `StreamARN` with an optional `ShardFilter` and
 /// `ExclusiveStartShardId`, or by a `NextToken`; `MaxResults` a page.
 pub(super) fn list_shards(streams: &dyn StreamStore, args: &Args<'_>) -> Result<Value, AwsError> {

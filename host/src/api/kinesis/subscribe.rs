@@ -22,6 +22,7 @@ use serde_json::json;
 use super::control::{Control, operations};
 use super::sequence::Sequences;
 use super::{Args, Read, Start, find_shard};
+use crate::access::Caller;
 use crate::api::aws::{AwsError, Wire, parse_body};
 use crate::api::eventstream;
 use crate::pipeline::Host;
@@ -49,8 +50,14 @@ struct Subscription {
 
 /// Answers `SubscribeToShard` with its event stream, or with an error before it starts.
 /// `body` is the request as JSON; `wire` is how the client speaks.
-pub(in crate::api) async fn subscribe(host: Arc<Host>, control: Arc<Control>, body: Bytes, wire: Wire) -> Response {
-    let opened = tokio::task::spawn_blocking(move || open(host, &control, &body, wire)).await;
+pub(in crate::api) async fn subscribe(
+    host: Arc<Host>,
+    caller: Caller,
+    control: Arc<Control>,
+    body: Bytes,
+    wire: Wire,
+) -> Response {
+    let opened = tokio::task::spawn_blocking(move || open(host, &caller, &control, &body, wire)).await;
     let subscription = match opened {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return wire.error(e),
@@ -66,12 +73,19 @@ pub(in crate::api) async fn subscribe(host: Arc<Host>, control: Arc<Control>, bo
 }
 
 /// Checks the call: a registered consumer (its ARN), a shard of its stream, a starting position.
-fn open(host: Arc<Host>, control: &Control, body: &[u8], wire: Wire) -> Result<Subscription, AwsError> {
+fn open(
+    host: Arc<Host>,
+    caller: &Caller,
+    control: &Control,
+    body: &[u8],
+    wire: Wire,
+) -> Result<Subscription, AwsError> {
     let args: Args<'_> = parse_body(body)?;
     if args.consumer_arn.is_none() {
         return Err(AwsError::invalid("ConsumerARN is required"));
     }
     let (stream, consumer) = operations::addressed(&args)?;
+    caller.may("kinesis:SubscribeToShard", &format!("stream/{stream}"))?;
     let streams = host.streams();
     let info = streams.info(&stream)?;
     if !control.get(&info.name, info.created_ms)?.consumers.contains_key(&consumer) {

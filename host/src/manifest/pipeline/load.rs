@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+use crate::access::{self, Grant, Policy};
 use crate::manifest::diagnostic::{Diagnostic, Diagnostics, SourceFile};
 use crate::manifest::toml_doc::Document;
 use crate::manifest::units::{Name, parse_duration};
@@ -66,8 +67,8 @@ pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
     let api = parts[0].doc.single::<RawApi>("api", &mut diags);
     let api = api.and_then(|api| match api.listen.get_ref().parse::<SocketAddr>() {
         Ok(listen) => {
-            let access_keys = access_keys(&source, &api.access_keys, &mut diags)?;
-            Some(Api { listen, max_body_bytes: api.max_body.0, access_keys })
+            let (access_keys, policies, unset_secrets) = access_keys(&source, &api.access_keys, &mut diags)?;
+            Some(Api { listen, max_body_bytes: api.max_body.0, access_keys, policies, unset_secrets })
         }
         Err(_) => {
             diags.push(
@@ -253,14 +254,31 @@ pub(super) fn value_or_env(
     }
 }
 
-/// Access keys with their secrets, inline or from the environment.
-fn access_keys(source: &SourceFile, raw: &[Spanned<RawAccessKey>], diags: &mut Diagnostics) -> Option<Vec<AccessKey>> {
+/// Access keys with their secrets (inline or from the environment), their
+/// policies, and the keys whose secret variable is not set.
+#[allow(clippy::type_complexity)]
+fn access_keys(
+    source: &SourceFile,
+    raw: &[Spanned<RawAccessKey>],
+    diags: &mut Diagnostics,
+) -> Option<(Vec<AccessKey>, BTreeMap<String, Policy>, Vec<(String, String)>)> {
     let before = diags.len();
     let mut keys = Vec::new();
+    let mut policies = BTreeMap::new();
+    let mut unset = Vec::new();
     for key in raw {
         let span = key.span();
         let k = key.get_ref();
         let owner = format!("access key `{}`", k.id);
+        if let Some(allow) = &k.allow {
+            policies.insert(k.id.clone(), policy(source, &owner, allow, diags));
+        }
+        if let (None, Some(var)) = (&k.secret, &k.secret_env)
+            && std::env::var(var).map_or(true, |v| v.is_empty())
+        {
+            unset.push((k.id.clone(), var.clone()));
+            continue;
+        }
         let inline = k.secret.as_deref().map(|v| (v, span.clone()));
         let env = k.secret_env.as_deref().map(|v| (v, span.clone()));
         let secret = match value_or_env(source, &owner, "secret", inline, env, "secret access key", diags) {
@@ -278,7 +296,35 @@ fn access_keys(source: &SourceFile, raw: &[Spanned<RawAccessKey>], diags: &mut D
             keys.push(AccessKey { id: k.id.clone(), secret });
         }
     }
-    (diags.len() == before).then_some(keys)
+    (diags.len() == before).then_some((keys, policies, unset))
+}
+
+/// A key's `allow`, each action and resource checked against what weir knows.
+fn policy(source: &SourceFile, owner: &str, allow: &[Spanned<RawGrant>], diags: &mut Diagnostics) -> Policy {
+    let mut grants = Vec::new();
+    for grant in allow {
+        let g = grant.get_ref();
+        let problems = g
+            .actions
+            .iter()
+            .map(|a| access::check_action(a))
+            .chain(g.resources.iter().map(|r| access::check_resource(r)));
+        for problem in problems.filter_map(Result::err) {
+            diags.push(
+                Diagnostic::new(source, grant.span(), format!("{owner}: {problem}"))
+                    .help("for example `{ actions = [\"kinesis:PutRecord*\"], resources = [\"stream/toll-lines\"] }`"),
+            );
+        }
+        if g.actions.is_empty() || g.resources.is_empty() {
+            diags.push(Diagnostic::new(
+                source,
+                grant.span(),
+                format!("{owner}: a grant names at least one action and one resource"),
+            ));
+        }
+        grants.push(Grant { actions: g.actions.clone(), resources: g.resources.clone() });
+    }
+    Policy::Grants(grants)
 }
 
 pub(super) struct Checker<'a> {

@@ -12,6 +12,9 @@
 //! listen = "127.0.0.1:7070"           # the default
 //! max-body = "8MiB"                   # the default
 //! access-keys = [{ id = "AKIAWEIR", secret-env = "WEIR_SECRET" }]   # SigV4 keys (or `secret = "..."`)
+//!                                     # a key may be limited to grants of actions on resources:
+//!                                     # allow = [{ actions = ["kinesis:PutRecord*"], resources = ["stream/toll-lines"] }]
+//!                                     # (without `allow` it may do everything; see crate::access)
 //!
 //! [sources.toll-http]
 //! kind = "http"                       # records are put through the HTTP API

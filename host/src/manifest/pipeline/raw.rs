@@ -38,6 +38,16 @@ pub(super) struct RawAccessKey {
     pub(super) id: String,
     pub(super) secret: Option<String>,
     pub(super) secret_env: Option<String>,
+    /// What the key may do; absent: everything.
+    pub(super) allow: Option<Vec<Spanned<RawGrant>>>,
+}
+
+/// One grant of a key's `allow`: actions on resources.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawGrant {
+    pub(super) actions: Vec<String>,
+    pub(super) resources: Vec<String>,
 }
 
 impl Default for RawApi {

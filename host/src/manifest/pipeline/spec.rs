@@ -187,6 +187,11 @@ pub struct Api {
     pub max_body_bytes: u64,
     /// Keys whose SigV4 signatures the API accepts.
     pub access_keys: Vec<AccessKey>,
+    /// What each key may do, by key id (a key declared without `allow` may do everything).
+    pub policies: std::collections::BTreeMap<String, crate::access::Policy>,
+    /// Keys whose `secret-env` variable is not set: `(key id, variable)`. Only
+    /// `weir run` with authentication needs them, so they are refused there.
+    pub unset_secrets: Vec<(String, String)>,
 }
 
 /// A `[sources.<name>]` entry: an HTTP entry point into a stream.
