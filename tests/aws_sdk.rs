@@ -406,3 +406,47 @@ access-keys = [{ id = "AKIAWEIRTEST", secret = "weir-test-secret-key" }]
     }
     host.stop().await;
 }
+
+/// For the TLS test: a CA and certificates made on the spot.
+const TRUSTME: &str = "trustme==1.2.1";
+
+/// The API over TLS, as `weir run` serves it with `[api] tls`: boto3 and urllib
+/// verifying the certificate against the test CA are served, a client that does
+/// not know the CA or speaks plain HTTP is not, and a renewed certificate (from
+/// another CA) is served within seconds, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_serves_tls_that_clients_verify_and_reloads_a_renewed_certificate() {
+    let python_path =
+        tokio::task::spawn_blocking(|| weir_tests::python_packages("tls", &[TRUSTME, BOTO3])).await.expect("pip");
+    let certs = tempfile::tempdir().expect("tempdir");
+    let script = root().join("tests/aws/tls.py");
+    let made =
+        python(&python_path, "").arg(&script).arg("certs").env("CERTS", certs.path()).output().await.expect("python3");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let manifest = format!(
+        r#"
+[pipeline]
+name = "tls"
+data-dir = "data"
+
+[api]
+access-keys = [{{ id = "AKIAWEIRTEST", secret = "weir-test-secret-key" }}]
+tls = {{ cert = "{}", key = "{}" }}
+"#,
+        certs.path().join("cert.pem").display(),
+        certs.path().join("key.pem").display()
+    );
+    let mut host = TestHost::start(&manifest).await.expect("start");
+    assert!(host.url.starts_with("https://"), "{}", host.url);
+    let output = python(&python_path, &host.url)
+        .arg(&script)
+        .arg("check")
+        .env("CERTS", certs.path())
+        .output()
+        .await
+        .expect("python3");
+    host.stop().await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success() && stdout.ends_with("PASS\n"), "{stdout}\n{stderr}");
+}

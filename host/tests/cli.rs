@@ -222,6 +222,16 @@ fn run_refuses_to_start_without_keys_unless_told_it_is_development() {
             && stderr.contains("--insecure-no-auth"),
         "{stderr}"
     );
+    // An address other machines can reach needs TLS (and keys) unless told otherwise.
+    std::fs::write(
+        &manifest,
+        "[pipeline]\nname = \"open\"\ndata-dir = \"data\"\n[api]\naccess-keys = [{ id = \"K\", secret = \"s\" }]\n",
+    )
+    .expect("manifest");
+    let out = Command::new(WEIR).arg("run").arg(&manifest).args(["--listen", "0.0.0.0:0"]).output().expect("run weir");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("without TLS") && stderr.contains("--insecure-public"), "{stderr}");
 }
 
 #[test]

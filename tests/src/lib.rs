@@ -125,19 +125,24 @@ impl TestHost {
         let host_options = options.clone();
         let host = tokio::task::spawn_blocking(move || Host::start_with(pipeline, &engine, host_options)).await??;
         let listener = tokio::net::TcpListener::bind(addr).await?;
-        let url = format!("http://{}", listener.local_addr()?);
+        // Served as `weir run` serves it: over TLS when the manifest names a certificate.
+        let tls = host.pipeline.api.tls.as_ref().map(weir_host::api::tls::acceptor).transpose()?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{}", listener.local_addr()?);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let auth = match host.pipeline.api.access_keys.as_slice() {
             [] => weir_host::api::Auth::InsecureNoAuth,
             keys => weir_host::api::Auth::Keys(keys.to_vec()),
         };
         let app = weir_host::api::router(host.clone(), auth);
+        let stopped = async {
+            let _ = rx.await;
+        };
         let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await;
+            let _ = match tls {
+                Some(acceptor) => weir_host::api::tls::serve(listener, acceptor, app, stopped).await,
+                None => axum::serve(listener, app).with_graceful_shutdown(stopped).await,
+            };
         });
         Ok(TestHost { host, url, dir, shutdown: Some(tx), server: Some(server), options })
     }

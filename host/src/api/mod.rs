@@ -17,6 +17,7 @@ pub mod firehose;
 pub mod kinesis;
 pub mod native;
 pub mod state;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

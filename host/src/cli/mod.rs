@@ -50,6 +50,10 @@ enum Command {
         /// Accept unsigned requests: for local development only.
         #[arg(long)]
         insecure_no_auth: bool,
+        /// Listen on an address other machines can reach without TLS ([api] tls)
+        /// or without keys: weir refuses to otherwise.
+        #[arg(long)]
+        insecure_public: bool,
     },
     /// Check a pipeline manifest, its plugin manifests and their components.
     Check {
@@ -172,8 +176,8 @@ pub fn main_with(args: impl IntoIterator<Item = std::ffi::OsString>) -> anyhow::
                 Err(e) => Err(Reported(e.to_string()).into()),
             }
         }
-        Command::Run { manifest, build, listen, insecure_no_auth } => {
-            run::run(manifest, build, listen, insecure_no_auth)
+        Command::Run { manifest, build, listen, insecure_no_auth, insecure_public } => {
+            run::run(manifest, build, listen, insecure_no_auth, insecure_public)
         }
         Command::Stream { action, target } => client_verb(&target, |c| stream::stream(c, action)),
         Command::Put { stream, data, partition_key, target } => {

@@ -15,6 +15,7 @@ pub(super) fn run(
     build: bool,
     listen: Option<std::net::SocketAddr>,
     insecure_no_auth: bool,
+    insecure_public: bool,
 ) -> anyhow::Result<()> {
     let mut pipeline = crate::manifest::load(&manifest).map_err(|d| Reported(d.to_string()))?;
     if let Some(addr) = listen {
@@ -46,11 +47,31 @@ pub(super) fn run(
             manifest.display()
         ),
     };
+    let addr = pipeline.api.listen;
+    if !addr.ip().is_loopback() {
+        let missing = match (pipeline.api.tls.is_none(), insecure_no_auth) {
+            (true, true) => Some("TLS ([api] tls) and authentication (--insecure-no-auth is set)"),
+            (true, false) => Some("TLS ([api] tls = { cert = \"...\", key = \"...\" })"),
+            (false, true) => Some("authentication (--insecure-no-auth is set)"),
+            (false, false) => None,
+        };
+        match (missing, insecure_public) {
+            (Some(missing), false) => anyhow::bail!(
+                "{addr} can be reached from other machines, and the API would be served without {missing}: \
+                 listen on 127.0.0.1, or pass --insecure-public if this network is trusted"
+            ),
+            (Some(missing), true) => {
+                tracing::warn!(%addr, "--insecure-public: serving without {missing} on an address other machines can reach")
+            }
+            (None, _) => {}
+        }
+    }
+    let tls = pipeline.api.tls.as_ref().map(crate::api::tls::acceptor).transpose()?;
     if build {
         crate::build::build_all(&pipeline)?;
     }
     let engine = Arc::new(PluginEngine::new()?);
-    let (addr, name) = (pipeline.api.listen, pipeline.name.clone());
+    let name = pipeline.name.clone();
     // One runtime: the API's, and the I/O of the stages', deliveries' and channels' threads.
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     crate::io::install(runtime.handle().clone());
@@ -59,13 +80,18 @@ pub(super) fn run(
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}; is another weir running? (use --listen)"))?;
-        tracing::info!(pipeline = %name, %addr, "weir is running; Ctrl-C to stop");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!(pipeline = %name, %addr, scheme, "weir is running; Ctrl-C to stop");
         let stopping = host.clone();
         let shutdown = async move {
             shutdown_signal().await;
             stopping.stop_feeds();
         };
-        axum::serve(listener, crate::api::router(host.clone(), auth)).with_graceful_shutdown(shutdown).await?;
+        let router = crate::api::router(host.clone(), auth);
+        match tls {
+            Some(acceptor) => crate::api::tls::serve(listener, acceptor, router, shutdown).await?,
+            None => axum::serve(listener, router).with_graceful_shutdown(shutdown).await?,
+        }
         tracing::info!("draining stages");
         tokio::task::spawn_blocking(move || host.drain()).await?;
         tracing::info!("stopped");

@@ -67,8 +67,27 @@ pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
     let api = parts[0].doc.single::<RawApi>("api", &mut diags);
     let api = api.and_then(|api| match api.listen.get_ref().parse::<SocketAddr>() {
         Ok(listen) => {
+            let tls = api.tls.as_ref().map(|tls| {
+                let files = crate::api::tls::TlsFiles {
+                    cert: base.join(&tls.get_ref().cert),
+                    key: base.join(&tls.get_ref().key),
+                };
+                for path in [&files.cert, &files.key] {
+                    if !path.is_file() {
+                        diags.push(
+                            Diagnostic::new(
+                                &source,
+                                tls.span(),
+                                format!("[api] tls: {} is not a file", path.display()),
+                            )
+                            .help("give the PEM certificate chain and private key, relative to the manifest"),
+                        );
+                    }
+                }
+                files
+            });
             let (access_keys, policies, unset_secrets) = access_keys(&source, &api.access_keys, &mut diags)?;
-            Some(Api { listen, max_body_bytes: api.max_body.0, access_keys, policies, unset_secrets })
+            Some(Api { listen, max_body_bytes: api.max_body.0, access_keys, policies, unset_secrets, tls })
         }
         Err(_) => {
             diags.push(

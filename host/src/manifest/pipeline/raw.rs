@@ -30,6 +30,15 @@ pub(super) struct RawApi {
     pub(super) max_body: ByteSize,
     #[serde(default)]
     pub(super) access_keys: Vec<Spanned<RawAccessKey>>,
+    pub(super) tls: Option<Spanned<RawTls>>,
+}
+
+/// `[api] tls = { cert = "...", key = "..." }`: PEM files, relative to the manifest.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    pub(super) cert: String,
+    pub(super) key: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -52,7 +61,7 @@ pub(super) struct RawGrant {
 
 impl Default for RawApi {
     fn default() -> Self {
-        Self { listen: default_listen(), max_body: default_max_body(), access_keys: Vec::new() }
+        Self { listen: default_listen(), max_body: default_max_body(), access_keys: Vec::new(), tls: None }
     }
 }
 

@@ -192,6 +192,8 @@ pub struct Api {
     /// Keys whose `secret-env` variable is not set: `(key id, variable)`. Only
     /// `weir run` with authentication needs them, so they are refused there.
     pub unset_secrets: Vec<(String, String)>,
+    /// The certificate and key to serve TLS with (absent: plain HTTP).
+    pub tls: Option<crate::api::tls::TlsFiles>,
 }
 
 /// A `[sources.<name>]` entry: an HTTP entry point into a stream.
