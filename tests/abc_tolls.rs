@@ -878,7 +878,26 @@ async fn each_showcase_key_may_do_only_what_its_holder_needs() {
         call_as(&host, operator, None, "GET", "/v1/inbox/C000123?channel=operators", None, serde_json::Value::Null)
             .await;
     assert_eq!(status, 200);
+    let tags = serde_json::json!({"StreamName": "toll-lines", "Tags": {"owner": "operations"}});
+    let (status, _) = call_as(&host, operator, None, "POST", "/", kinesis("AddTagsToStream").as_deref(), tags).await;
+    assert_eq!(status, 200);
     // Unsigned: refused before any policy is looked at.
     let (status, _) = call_as(&host, None, None, "GET", "/v1/pipeline", None, serde_json::Value::Null).await;
     assert_eq!(status, 403);
+
+    // The audit log has the control plane's calls and every refusal, and no data-plane call.
+    let log = std::fs::read_to_string(host.host.pipeline.data_dir.join("audit.log")).expect("the audit log");
+    let entries: Vec<serde_json::Value> = log.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+    let has = |who: &str, action: &str, resource: &str, result: &str| {
+        entries
+            .iter()
+            .any(|e| e["who"] == who && e["action"] == action && e["resource"] == resource && e["result"] == result)
+    };
+    assert!(has("ABCTOLLSPRODUCER", "kinesis:DeleteStream", "stream/toll-lines", "denied"), "{log}");
+    assert!(has("ABCTOLLSPRODUCER", "admin:RollbackPlugin", "stage/etl", "denied"), "{log}");
+    assert!(has("ABCTOLLSAPP", "inbox:IssueToken", "inbox/app/C000123", "ok"), "{log}");
+    assert!(has("ABCTOLLSAPP", "inbox:IssueToken", "inbox/operators/C000123", "denied"), "{log}");
+    assert!(has("recipient-token:app/C000123", "inbox:Read", "inbox/app/C000999", "denied"), "{log}");
+    assert!(has("ABCTOLLSOPERATOR", "kinesis:AddTagsToStream", "stream/toll-lines", "ok"), "{log}");
+    assert!(!log.contains("PutRecords\",\"resource\":\"stream/toll-lines\",\"result\":\"ok"), "{log}");
 }

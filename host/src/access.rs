@@ -171,6 +171,53 @@ fn millis(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// The audit log: who did what on the control plane, and every refusal, one
+/// JSON line each in `<data-dir>/audit.log`: `{"time_ms", "who", "action",
+/// "resource", "result"}`. The data plane (puts, reads, inbox reads) is not
+/// in it: the stream holds what was put.
+pub struct Audit {
+    file: std::sync::Mutex<Option<std::fs::File>>,
+    path: std::path::PathBuf,
+}
+
+/// Whether an action changes something outside the data plane (and so is audited when allowed).
+pub fn is_control(action: &str) -> bool {
+    let (service, name) = action.split_once(':').unwrap_or(("", action));
+    match service {
+        "admin" => !name.starts_with("Describe") && !name.starts_with("List"),
+        "kinesis" | "firehose" => !["Put", "Get", "Describe", "List", "Subscribe"].iter().any(|p| name.starts_with(p)),
+        "state" => name != "GetItem",
+        "inbox" => name == "IssueToken",
+        _ => false,
+    }
+}
+
+impl Audit {
+    /// The log in `data_dir`, opened (and made) on first use.
+    pub fn at(data_dir: &std::path::Path) -> Self {
+        Self { file: std::sync::Mutex::new(None), path: data_dir.join("audit.log") }
+    }
+
+    /// Records one call: `result` is `ok`, `denied`, or the error the call got.
+    pub fn record(&self, who: &str, action: &str, resource: &str, result: &str) {
+        let line = serde_json::json!({
+            "time_ms": millis(SystemTime::now()), "who": who, "action": action, "resource": resource, "result": result,
+        });
+        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        if file.is_none() {
+            match std::fs::OpenOptions::new().create(true).append(true).open(&self.path) {
+                Ok(opened) => *file = Some(opened),
+                Err(e) => tracing::error!(path = %self.path.display(), error = %e, "cannot open the audit log"),
+            }
+        }
+        if let Some(f) = file.as_mut()
+            && let Err(e) = std::io::Write::write_all(f, format!("{line}\n").as_bytes())
+        {
+            tracing::error!(path = %self.path.display(), error = %e, "cannot write the audit log");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,6 +256,36 @@ mod tests {
         assert!(!producer.allows("kinesis:ListStreams", "*"));
         assert!(Policy::Everything.allows("admin:SwapPlugin", "stage/etl"));
         assert!(!Policy::Grants(Vec::new()).allows("kinesis:ListStreams", "*"));
+    }
+
+    #[test]
+    fn the_control_plane_is_audited_and_the_data_plane_is_not() {
+        for action in [
+            "kinesis:CreateStream",
+            "kinesis:SplitShard",
+            "kinesis:StartStreamEncryption",
+            "admin:SwapPlugin",
+            "admin:RollbackPlugin",
+            "state:PutItem",
+            "state:DeleteItem",
+            "inbox:IssueToken",
+            "kinesis:AddTagsToStream",
+        ] {
+            assert!(is_control(action), "{action}");
+        }
+        for action in [
+            "kinesis:PutRecords",
+            "kinesis:GetRecords",
+            "kinesis:DescribeStream",
+            "kinesis:ListShards",
+            "kinesis:SubscribeToShard",
+            "firehose:PutRecordBatch",
+            "inbox:Read",
+            "state:GetItem",
+            "admin:DescribePipeline",
+        ] {
+            assert!(!is_control(action), "{action}");
+        }
     }
 
     #[test]

@@ -85,14 +85,23 @@ fn record_id(name: &str, sequence: u64) -> String {
 
 /// Runs one Firehose operation.
 /// Runs one Firehose operation; the answer is JSON text.
+/// What an operation acts on, for the caller's policy: `deliverystream/<name>`, or `*`.
+fn resource_named(operation: &str, args: &Args<'_>) -> Result<String, AwsError> {
+    Ok(match (operation, &args.delivery_stream_name) {
+        ("ListDeliveryStreams", _) | (_, None) => "*".to_owned(),
+        _ => format!("deliverystream/{}", args.delivery_stream_name()?),
+    })
+}
+
+/// What a request acts on, for the audit log (`?` if the body does not say).
+pub(super) fn resource(operation: &str, body: &[u8]) -> String {
+    parse_body::<Args<'_>>(body).and_then(|args| resource_named(operation, &args)).unwrap_or_else(|_| "?".into())
+}
+
 /// Runs one Firehose operation for `caller`, if its policy allows it; the answer is JSON text.
 pub(super) fn call(host: &Host, caller: &Caller, operation: &str, body: &[u8]) -> Result<String, AwsError> {
     let args: Args<'_> = parse_body(body)?;
-    let resource = match (operation, &args.delivery_stream_name) {
-        ("ListDeliveryStreams", _) | (_, None) => "*".to_owned(),
-        _ => format!("deliverystream/{}", args.delivery_stream_name()?),
-    };
-    caller.may(&format!("firehose:{operation}"), &resource)?;
+    caller.may(&format!("firehose:{operation}"), &resource_named(operation, &args)?)?;
     match operation {
         "PutRecordBatch" => put_record_batch(host, &args),
         _ => answer(host, operation, &args).map(|v| v.to_string()),

@@ -36,7 +36,7 @@ pub use crate::sigv4::AccessKey;
 pub use crate::stream::{MAX_KEY_CHARS, MAX_RECORD_BYTES};
 pub use native::{ApiError, MAX_RECORDS_PER_GET, MAX_RECORDS_PER_PUT};
 
-use crate::access::{Caller, Policy, RecipientTokens};
+use crate::access::{Audit, Caller, Policy, RecipientTokens, is_control};
 use crate::pipeline::Host;
 
 /// Whether requests must be signed.
@@ -62,6 +62,8 @@ pub struct ApiState {
     policies: BTreeMap<String, Arc<Policy>>,
     /// Signs and checks recipient tokens.
     tokens: RecipientTokens,
+    /// Who did what on the control plane, and every refusal.
+    audit: Audit,
 }
 
 /// The API's routes over a running pipeline.
@@ -70,8 +72,9 @@ pub fn router(host: Arc<Host>, auth: Auth) -> Router {
     let kinesis = Arc::new(kinesis::Control::at(host.pipeline.data_dir.join("kinesis.json")));
     let policies = host.pipeline.api.policies.iter().map(|(id, p)| (id.clone(), Arc::new(p.clone()))).collect();
     let tokens = RecipientTokens::new(token_key(&host.pipeline.data_dir));
+    let audit = Audit::at(&host.pipeline.data_dir);
     let state =
-        Arc::new(ApiState { host, auth, max_body, iterator_secret: random_secret(), kinesis, policies, tokens });
+        Arc::new(ApiState { host, auth, max_body, iterator_secret: random_secret(), kinesis, policies, tokens, audit });
     let authenticated = Router::new()
         .route("/", post(aws_json))
         .route("/v1/pipeline", get(native::pipeline_status))
@@ -253,8 +256,18 @@ async fn authorize(
     // does not know yet) only a key that may do everything gets further.
     let (action, resource) = native_action(&state, request.method(), request.uri()).unwrap_or(("*", "*".to_owned()));
     match caller.may(action, &resource) {
+        Ok(()) if is_control(action) => {
+            let response = next.run(request).await;
+            let status = response.status();
+            let result = if status.is_success() { "ok".to_owned() } else { status.as_u16().to_string() };
+            state.audit.record(&caller.who, action, &resource, &result);
+            response
+        }
         Ok(()) => next.run(request).await,
-        Err(denied) => refuse(false, StatusCode::FORBIDDEN, "AccessDeniedException", denied.to_string()),
+        Err(denied) => {
+            state.audit.record(&caller.who, action, &resource, "denied");
+            refuse(false, StatusCode::FORBIDDEN, "AccessDeniedException", denied.to_string())
+        }
     }
 }
 
@@ -339,7 +352,9 @@ async fn aws_json(
     let host = api.host.clone();
     let secret = api.iterator_secret;
     let control = api.kinesis.clone();
-    let operation = operation.to_owned();
+    let who = caller.who.clone();
+    let action = format!("{}:{operation}", if firehose { "firehose" } else { "kinesis" });
+    let (operation, request) = (operation.to_owned(), body.clone());
     // Store calls may wait for an fsync: keep them off the async workers.
     let result = tokio::task::spawn_blocking(move || {
         if firehose {
@@ -349,6 +364,22 @@ async fn aws_json(
         }
     })
     .await;
+    // The control plane's calls and every refusal go to the audit log.
+    let outcome = match &result {
+        Ok(Err(e)) if e.kind == "AccessDeniedException" => Some("denied"),
+        Ok(Ok(_)) if is_control(&action) => Some("ok"),
+        Ok(Err(e)) if is_control(&action) => Some(e.kind),
+        _ => None,
+    };
+    if let Some(outcome) = outcome {
+        let operation = action.split_once(':').map_or("", |(_, op)| op);
+        let resource = if firehose {
+            firehose::resource(operation, &request)
+        } else {
+            kinesis::resource_of(secret, operation, &request)
+        };
+        api.audit.record(&who, &action, &resource, outcome);
+    }
     match result {
         Ok(Ok(v)) => wire.answer(v),
         Ok(Err(e)) => wire.error(e),

@@ -56,6 +56,11 @@ pub(super) fn call(
     }
 }
 
+/// What a request acts on, for the audit log (`?` if the body does not say).
+pub(super) fn resource_of(secret: [u8; 32], operation: &str, body: &[u8]) -> String {
+    parse_body::<Args<'_>>(body).and_then(|args| resource(secret, operation, &args)).unwrap_or_else(|_| "?".into())
+}
+
 /// What an operation acts on, for the caller's policy: `stream/<name>`, or `*`
 /// for the calls about every stream.
 fn resource(secret: [u8; 32], operation: &str, args: &Args<'_>) -> Result<String, AwsError> {
