@@ -450,3 +450,50 @@ tls = {{ cert = "{}", key = "{}" }}
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success() && stdout.ends_with("PASS\n"), "{stdout}\n{stderr}");
 }
+
+/// A key with `requests-per-second` is held to it: past one second's worth at
+/// once its calls are answered `ProvisionedThroughputExceededException`, and
+/// boto3 with its standard retries backs off and gets every call through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_over_its_request_rate_is_throttled_and_sdks_back_off() {
+    const SCRIPT: &str = r#"
+import os, boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+def client(retries):
+    return boto3.client("kinesis", endpoint_url=os.environ["ENDPOINT"], region_name="us-east-1",
+                        aws_access_key_id=os.environ["ACCESS_KEY_ID"],
+                        aws_secret_access_key=os.environ["SECRET_ACCESS_KEY"], config=Config(retries=retries))
+
+once, codes = client({"total_max_attempts": 1}), []
+for _ in range(30):
+    try:
+        once.list_streams()
+        codes.append("ok")
+    except ClientError as e:
+        codes.append(e.response["Error"]["Code"])
+print("ok", codes.count("ok"), "throttled", codes.count("ProvisionedThroughputExceededException"))
+patient = client({"mode": "standard", "max_attempts": 10})
+for _ in range(20):
+    patient.list_streams()
+print("all 20 through with retries")
+"#;
+    let python_path = tokio::task::spawn_blocking(boto3).await.expect("install boto3");
+    let manifest = r#"
+[pipeline]
+name = "rates"
+data-dir = "data"
+
+[api]
+access-keys = [{ id = "AKIAWEIRTEST", secret = "weir-test-secret-key", requests-per-second = 10 }]
+"#;
+    let mut host = TestHost::start(manifest).await.expect("start");
+    let output = python(&python_path, &host.url).args(["-c", SCRIPT]).output().await.expect("run python3");
+    host.stop().await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success() && stdout.contains("all 20 through with retries"), "{stdout}\n{stderr}");
+    let counts: Vec<usize> = stdout.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    assert!(counts.len() >= 2 && counts[0] >= 10 && counts[1] >= 10, "one second's worth, then throttled: {stdout}");
+}

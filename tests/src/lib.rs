@@ -138,11 +138,9 @@ impl TestHost {
         let stopped = async {
             let _ = rx.await;
         };
+        let limits = host.pipeline.api.limits;
         let server = tokio::spawn(async move {
-            let _ = match tls {
-                Some(acceptor) => weir_host::api::tls::serve(listener, acceptor, app, stopped).await,
-                None => axum::serve(listener, app).with_graceful_shutdown(stopped).await,
-            };
+            let _ = weir_host::api::server::serve(listener, tls, app, limits, stopped).await;
         });
         Ok(TestHost { host, url, dir, shutdown: Some(tx), server: Some(server), options })
     }

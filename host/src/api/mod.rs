@@ -16,6 +16,8 @@ pub mod eventstream;
 pub mod firehose;
 pub mod kinesis;
 pub mod native;
+pub mod rate;
+pub mod server;
 pub mod state;
 pub mod tls;
 
@@ -64,6 +66,8 @@ pub struct ApiState {
     tokens: RecipientTokens,
     /// Who did what on the control plane, and every refusal.
     audit: Audit,
+    /// Requests per second of the keys that have a limit.
+    rates: rate::KeyRates,
 }
 
 /// The API's routes over a running pipeline.
@@ -73,8 +77,9 @@ pub fn router(host: Arc<Host>, auth: Auth) -> Router {
     let policies = host.pipeline.api.policies.iter().map(|(id, p)| (id.clone(), Arc::new(p.clone()))).collect();
     let tokens = RecipientTokens::new(token_key(&host.pipeline.data_dir));
     let audit = Audit::at(&host.pipeline.data_dir);
-    let state =
-        Arc::new(ApiState { host, auth, max_body, iterator_secret: random_secret(), kinesis, policies, tokens, audit });
+    let rates = rate::KeyRates::new(host.pipeline.api.rates.iter().map(|(k, r)| (k.clone(), *r)).collect());
+    let iterator_secret = random_secret();
+    let state = Arc::new(ApiState { host, auth, max_body, iterator_secret, kinesis, policies, tokens, audit, rates });
     let authenticated = Router::new()
         .route("/", post(aws_json))
         .route("/v1/pipeline", get(native::pipeline_status))
@@ -172,6 +177,14 @@ async fn authenticate(State(state): State<Arc<ApiState>>, mut request: Request, 
         }
     };
     match crate::sigv4::verify(keys, &parts.method, &parts.uri, &parts.headers, &bytes, SystemTime::now()) {
+        Ok(key) if !state.rates.admit(&key, std::time::Instant::now()) => {
+            let message = format!("access key {key} is over its requests-per-second: slow down and retry");
+            if aws_protocol {
+                aws::AwsError::new("ProvisionedThroughputExceededException", message).into_response()
+            } else {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "Throttled", message).into_response()
+            }
+        }
         Ok(key) => {
             let policy = state.policies.get(&key).cloned().unwrap_or_else(|| Arc::new(Policy::Everything));
             let mut request = Request::from_parts(parts, Body::from(bytes));

@@ -88,10 +88,7 @@ pub(super) fn run(
             stopping.stop_feeds();
         };
         let router = crate::api::router(host.clone(), auth);
-        match tls {
-            Some(acceptor) => crate::api::tls::serve(listener, acceptor, router, shutdown).await?,
-            None => axum::serve(listener, router).with_graceful_shutdown(shutdown).await?,
-        }
+        crate::api::server::serve(listener, tls, router, host.pipeline.api.limits, shutdown).await?;
         tracing::info!("draining stages");
         tokio::task::spawn_blocking(move || host.drain()).await?;
         tracing::info!("stopped");

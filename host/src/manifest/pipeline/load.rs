@@ -86,8 +86,49 @@ pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
                 }
                 files
             });
+            let mut limits = crate::api::server::Limits::default();
+            if let Some(max) = &api.max_connections {
+                if *max.get_ref() == 0 {
+                    diags.push(Diagnostic::new(&source, max.span(), "[api] max-connections must be at least 1"));
+                }
+                limits.max_connections = *max.get_ref();
+            }
+            if let Some(timeout) = &api.header_read_timeout {
+                match parse_duration(timeout.get_ref()) {
+                    Ok(d) if !d.is_zero() => limits.header_read_timeout = d,
+                    Ok(_) => diags.push(Diagnostic::new(
+                        &source,
+                        timeout.span(),
+                        "[api] header-read-timeout must be above 0",
+                    )),
+                    Err(e) => {
+                        diags.push(Diagnostic::new(&source, timeout.span(), format!("[api] header-read-timeout: {e}")))
+                    }
+                }
+            }
+            let rates = api
+                .access_keys
+                .iter()
+                .filter_map(|k| {
+                    k.get_ref().requests_per_second.as_ref().map(|r| (k.get_ref().id.clone(), *r.get_ref()))
+                })
+                .collect::<BTreeMap<_, _>>();
+            for key in &api.access_keys {
+                if let Some(rate) = key.get_ref().requests_per_second.as_ref().filter(|r| *r.get_ref() == 0) {
+                    diags.push(Diagnostic::new(&source, rate.span(), "requests-per-second must be at least 1"));
+                }
+            }
             let (access_keys, policies, unset_secrets) = access_keys(&source, &api.access_keys, &mut diags)?;
-            Some(Api { listen, max_body_bytes: api.max_body.0, access_keys, policies, unset_secrets, tls })
+            Some(Api {
+                listen,
+                max_body_bytes: api.max_body.0,
+                access_keys,
+                policies,
+                unset_secrets,
+                tls,
+                limits,
+                rates,
+            })
         }
         Err(_) => {
             diags.push(

@@ -14,7 +14,11 @@
 //! access-keys = [{ id = "AKIAWEIR", secret-env = "WEIR_SECRET" }]   # SigV4 keys (or `secret = "..."`)
 //!                                     # a key may be limited to grants of actions on resources:
 //!                                     # allow = [{ actions = ["kinesis:PutRecord*"], resources = ["stream/toll-lines"] }]
-//!                                     # (without `allow` it may do everything; see crate::access)
+//!                                     # (without `allow` it may do everything; see crate::access),
+//!                                     # and held to `requests-per-second = 100`
+//! tls = { cert = "certs/weir.pem", key = "certs/weir-key.pem" }   # HTTPS; reloaded when they change
+//! max-connections = 1024              # the default: connections served at once
+//! header-read-timeout = "10s"         # the default: a client slower with its headers is cut off
 //!
 //! [sources.toll-http]
 //! kind = "http"                       # records are put through the HTTP API

@@ -31,6 +31,8 @@ pub(super) struct RawApi {
     #[serde(default)]
     pub(super) access_keys: Vec<Spanned<RawAccessKey>>,
     pub(super) tls: Option<Spanned<RawTls>>,
+    pub(super) max_connections: Option<Spanned<usize>>,
+    pub(super) header_read_timeout: Option<Spanned<String>>,
 }
 
 /// `[api] tls = { cert = "...", key = "..." }`: PEM files, relative to the manifest.
@@ -49,6 +51,8 @@ pub(super) struct RawAccessKey {
     pub(super) secret_env: Option<String>,
     /// What the key may do; absent: everything.
     pub(super) allow: Option<Vec<Spanned<RawGrant>>>,
+    /// Most requests per second the key may make; absent: no limit.
+    pub(super) requests_per_second: Option<Spanned<u32>>,
 }
 
 /// One grant of a key's `allow`: actions on resources.
@@ -61,7 +65,14 @@ pub(super) struct RawGrant {
 
 impl Default for RawApi {
     fn default() -> Self {
-        Self { listen: default_listen(), max_body: default_max_body(), access_keys: Vec::new(), tls: None }
+        Self {
+            listen: default_listen(),
+            max_body: default_max_body(),
+            access_keys: Vec::new(),
+            tls: None,
+            max_connections: None,
+            header_read_timeout: None,
+        }
     }
 }
 

@@ -194,6 +194,10 @@ pub struct Api {
     pub unset_secrets: Vec<(String, String)>,
     /// The certificate and key to serve TLS with (absent: plain HTTP).
     pub tls: Option<crate::api::tls::TlsFiles>,
+    /// Connections at once and how long headers may take.
+    pub limits: crate::api::server::Limits,
+    /// Requests per second, by key id (keys without `requests-per-second` are not limited).
+    pub rates: std::collections::BTreeMap<String, u32>,
 }
 
 /// A `[sources.<name>]` entry: an HTTP entry point into a stream.
