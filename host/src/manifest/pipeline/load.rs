@@ -118,7 +118,8 @@ pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
                     diags.push(Diagnostic::new(&source, rate.span(), "requests-per-second must be at least 1"));
                 }
             }
-            let (access_keys, policies, unset_secrets) = access_keys(&source, &api.access_keys, &mut diags)?;
+            let Keys { keys: access_keys, policies, unset: unset_secrets } =
+                access_keys(&source, &api.access_keys, &mut diags)?;
             Some(Api {
                 listen,
                 max_body_bytes: api.max_body.0,
@@ -314,14 +315,19 @@ pub(super) fn value_or_env(
     }
 }
 
+/// `[api]`'s access keys as [`access_keys`] reads them.
+struct Keys {
+    /// With their secrets (inline or from the environment).
+    keys: Vec<AccessKey>,
+    /// What each may do, by id (keys with `allow`).
+    policies: BTreeMap<String, Policy>,
+    /// `(key id, variable)` of the keys whose secret variable is not set.
+    unset: Vec<(String, String)>,
+}
+
 /// Access keys with their secrets (inline or from the environment), their
 /// policies, and the keys whose secret variable is not set.
-#[allow(clippy::type_complexity)]
-fn access_keys(
-    source: &SourceFile,
-    raw: &[Spanned<RawAccessKey>],
-    diags: &mut Diagnostics,
-) -> Option<(Vec<AccessKey>, BTreeMap<String, Policy>, Vec<(String, String)>)> {
+fn access_keys(source: &SourceFile, raw: &[Spanned<RawAccessKey>], diags: &mut Diagnostics) -> Option<Keys> {
     let before = diags.len();
     let mut keys = Vec::new();
     let mut policies = BTreeMap::new();
@@ -356,7 +362,7 @@ fn access_keys(
             keys.push(AccessKey { id: k.id.clone(), secret });
         }
     }
-    (diags.len() == before).then_some((keys, policies, unset))
+    (diags.len() == before).then_some(Keys { keys, policies, unset })
 }
 
 /// A key's `allow`, each action and resource checked against what weir knows.
