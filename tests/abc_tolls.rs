@@ -803,6 +803,17 @@ async fn each_showcase_key_may_do_only_what_its_holder_needs() {
             serde_json::json!({"StreamName": "toll-lines", "ShardId": "shardId-000000000000", "ShardIteratorType": "TRIM_HORIZON"}),
         ),
         ("PutRecords", serde_json::json!({"StreamName": "toll-rows", "Records": put["Records"]})),
+        // A consumer ARN of the allowed stream does not make another stream allowed.
+        (
+            "PutRecords",
+            serde_json::json!({"StreamName": "toll-rows", "Records": put["Records"],
+            "ConsumerARN": "arn:aws:kinesis:us-east-1:000000000000:stream/toll-lines/consumer/x:1"}),
+        ),
+        (
+            "DeleteStream",
+            serde_json::json!({"StreamName": "toll-rows",
+            "ConsumerARN": "arn:aws:kinesis:us-east-1:000000000000:stream/toll-lines/consumer/x:1"}),
+        ),
     ] {
         let answer = call_as(&host, producer, None, "POST", "/", kinesis(op).as_deref(), body).await;
         assert!(denied(answer.clone()), "the producer key may not {op}: {answer:?}");
@@ -862,6 +873,26 @@ async fn each_showcase_key_may_do_only_what_its_holder_needs() {
         .expect("events");
     assert_eq!(events.status().as_u16(), 200);
     drop(events);
+    // A live feed ends when its token does.
+    let (_, short) = call_as(
+        &host,
+        app,
+        None,
+        "POST",
+        "/v1/inbox/C000123/tokens?channel=app",
+        None,
+        serde_json::json!({"seconds": 1}),
+    )
+    .await;
+    let short = short["token"].as_str().expect("a token").to_owned();
+    let feed = reqwest::Client::new()
+        .get(format!("{}/v1/inbox/C000123/events?channel=app&token={short}", host.url))
+        .send()
+        .await
+        .expect("events");
+    assert_eq!(feed.status().as_u16(), 200);
+    let ended = tokio::time::timeout(Duration::from_secs(30), feed.bytes()).await;
+    assert!(ended.is_ok(), "the feed outlived its token");
     let forged = format!("{}x", token.trim_end_matches('A'));
     let answer =
         call_as(&host, None, Some(&forged), "GET", "/v1/inbox/C000123?channel=app", None, serde_json::Value::Null)

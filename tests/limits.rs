@@ -1,5 +1,5 @@
 //! The limits an operator sets on the API's listener: a client that does not
-//! finish its request headers is cut off after `header-read-timeout`, and no
+//! finish its request headers (or sends nothing) is cut off after `header-read-timeout`, and no
 //! more than `max-connections` connections are served at once (the next waits
 //! until one closes).
 
@@ -28,6 +28,15 @@ async fn a_client_that_does_not_finish_its_headers_is_cut_off() {
     let manifest = "[pipeline]\nname = \"slow\"\ndata-dir = \"data\"\n\n[api]\nheader-read-timeout = \"300ms\"\n";
     let mut host = TestHost::start(manifest).await.expect("start");
     let addr = address(&host);
+    let silent_addr = addr.clone();
+    let silent = tokio::task::spawn_blocking(move || {
+        // One that connects and sends nothing at all is cut off too.
+        let mut silent = TcpStream::connect(&silent_addr).expect("connect");
+        silent.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        let started = Instant::now();
+        let ended = silent.read_to_end(&mut Vec::new()).is_ok();
+        (ended, started.elapsed())
+    });
     let closed = tokio::task::spawn_blocking(move || {
         let mut slow = TcpStream::connect(&addr).expect("connect");
         slow.write_all(b"GET /v1/health HTTP/1.1\r\nHost: weir\r\n").expect("half the headers");
@@ -40,7 +49,9 @@ async fn a_client_that_does_not_finish_its_headers_is_cut_off() {
     })
     .await
     .expect("client");
+    let (silent_ended, silent_after) = silent.await.expect("silent client");
     host.stop().await;
+    assert!(silent_ended && silent_after < Duration::from_secs(5), "a silent client stayed for {silent_after:?}");
     let (ended, after, answer) = closed;
     assert!(ended && after < Duration::from_secs(5), "cut off after {after:?}: {answer}");
     assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "{answer}");

@@ -96,6 +96,9 @@ pub struct Caller {
     pub who: String,
     /// What it may do.
     pub policy: Arc<Policy>,
+    /// When its right ends (epoch ms): a recipient token's expiry, which ends
+    /// a live feed it opened too. `None` for keys.
+    pub until_ms: Option<u64>,
 }
 
 /// A call its caller may not make: answered `AccessDeniedException` (403).
@@ -110,7 +113,7 @@ pub struct Denied {
 impl Caller {
     /// Anyone, with `--insecure-no-auth`.
     pub fn anyone() -> Self {
-        Self { who: "anyone".into(), policy: Arc::new(Policy::Everything) }
+        Self { who: "anyone".into(), policy: Arc::new(Policy::Everything), until_ms: None }
     }
 
     /// Refuses `action` on `resource` unless the caller's policy allows it.
@@ -159,15 +162,18 @@ impl RecipientTokens {
         }
         let body = String::from_utf8(body).ok()?;
         let (inbox, expires) = body.rsplit_once(':')?;
-        if expires.parse::<u64>().ok()? < millis(now) {
+        let expires = expires.parse::<u64>().ok()?;
+        if expires < millis(now) {
             return None;
         }
         let grant = Grant { actions: vec!["inbox:Read".into()], resources: vec![format!("inbox/{inbox}")] };
-        Some(Caller { who: format!("recipient-token:{inbox}"), policy: Arc::new(Policy::Grants(vec![grant])) })
+        let policy = Arc::new(Policy::Grants(vec![grant]));
+        Some(Caller { who: format!("recipient-token:{inbox}"), policy, until_ms: Some(expires) })
     }
 }
 
-fn millis(t: SystemTime) -> u64 {
+/// Epoch milliseconds.
+pub fn millis(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 

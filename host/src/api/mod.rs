@@ -136,16 +136,17 @@ fn token_key(data_dir: &std::path::Path) -> [u8; 32] {
     key
 }
 
+/// 32 bytes from the operating system's random source. Secrets that sign
+/// iterators and tokens must not be guessable: without that source weir does not start.
 fn random_secret() -> [u8; 32] {
     let mut secret = [0u8; 32];
-    // /dev/urandom is always there on the platforms weir runs on; the fallback
-    // still differs per process and start time.
-    if std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut secret)).is_err() {
-        let seed = format!("{:?}{}", SystemTime::now(), std::process::id());
-        secret.copy_from_slice(&sha2::Digest::finalize(sha2::Digest::chain_update(sha2::Sha256::default(), seed)));
-    }
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
+        .expect("the operating system's random source is needed for the API's secrets");
     secret
 }
+
+/// The longest a request's body may take to arrive.
+const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Checks the SigV4 signature (buffering the body, within the size limit) before any handler runs.
 async fn authenticate(State(state): State<Arc<ApiState>>, mut request: Request, next: Next) -> Response {
@@ -169,11 +170,16 @@ async fn authenticate(State(state): State<Arc<ApiState>>, mut request: Request, 
     }
     let limit = state.body_limit(request.uri().path());
     let (parts, body) = request.into_parts();
-    let bytes = match axum::body::to_bytes(body, limit).await {
-        Ok(b) => b,
-        Err(_) => {
+    // A body trickled in slower than this holds a connection for nothing.
+    let bytes = match tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => {
             let message = format!("the body is larger than the limit of {limit} bytes");
             return refuse(aws_protocol, StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge", message);
+        }
+        Err(_) => {
+            let message = format!("the body did not arrive within {BODY_READ_TIMEOUT:?}");
+            return refuse(aws_protocol, StatusCode::REQUEST_TIMEOUT, "RequestTimeout", message);
         }
     };
     match crate::sigv4::verify(keys, &parts.method, &parts.uri, &parts.headers, &bytes, SystemTime::now()) {
@@ -188,7 +194,7 @@ async fn authenticate(State(state): State<Arc<ApiState>>, mut request: Request, 
         Ok(key) => {
             let policy = state.policies.get(&key).cloned().unwrap_or_else(|| Arc::new(Policy::Everything));
             let mut request = Request::from_parts(parts, Body::from(bytes));
-            request.extensions_mut().insert(Caller { who: key, policy });
+            request.extensions_mut().insert(Caller { who: key, policy, until_ms: None });
             next.run(request).await
         }
         Err(e) => {

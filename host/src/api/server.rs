@@ -32,7 +32,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_connections: 1024, header_read_timeout: Duration::from_secs(10) }
+        Self { max_connections: 1024, header_read_timeout: Duration::from_secs(30) }
     }
 }
 
@@ -47,7 +47,12 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
+    // Idle HTTP/2 connections (the KCL keeps one) are pinged, and dropped when the peer is gone.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
     let open = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
     tokio::pin!(shutdown);
     loop {
@@ -75,8 +80,15 @@ pub async fn serve(
             tracing::debug!(%peer, error = %e, "TCP_NODELAY not set");
         }
         let (tls, router, builder, watcher) = (tls.clone(), router.clone(), builder.clone(), graceful.watcher());
+        let first_byte = limits.header_read_timeout;
         tokio::spawn(async move {
             let _permit = permit;
+            // A client that connects and sends nothing holds a connection slot: it
+            // gets as long as it would have for its headers to start.
+            let mut byte = [0u8; 1];
+            if !matches!(tokio::time::timeout(first_byte, tcp.peek(&mut byte)).await, Ok(Ok(1..))) {
+                return tracing::debug!(%peer, "nothing sent: connection closed");
+            }
             match tls {
                 None => connection(&builder, watcher, tcp, router, peer).await,
                 Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {

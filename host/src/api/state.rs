@@ -214,18 +214,23 @@ pub async fn mint_token(
 /// `Last-Event-ID` (or `?after=`) gets what it missed. Ends when the host stops.
 pub async fn inbox_events(
     State(api): State<Arc<super::ApiState>>,
+    axum::extract::Extension(caller): axum::extract::Extension<crate::access::Caller>,
     Path(recipient): Path<String>,
     Query(query): Query<InboxQuery>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    // A feed opened with a recipient token ends when the token does.
+    let until_ms = caller.until_ms;
     check_name(NameKind::Recipient, "recipient", &recipient)?;
     let channel = inbox_channel(&api, query.channel)?;
     let resume = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
     let after = resume.unwrap_or(query.after);
-    let events =
-        futures_util::stream::unfold((api, channel, recipient, after), |(api, channel, recipient, after)| async move {
+    let events = futures_util::stream::unfold(
+        (api, channel, recipient, after),
+        move |(api, channel, recipient, after)| async move {
             loop {
-                if api.host.feeds_stopped() {
+                let expired = until_ms.is_some_and(|until| crate::access::millis(std::time::SystemTime::now()) > until);
+                if api.host.feeds_stopped() || expired {
                     return None;
                 }
                 match read_inbox(&api, &channel, &recipient, after, MAX_INBOX_PAGE).await {
@@ -245,7 +250,8 @@ pub async fn inbox_events(
                 }
                 tokio::time::sleep(FEED_POLL).await;
             }
-        });
+        },
+    );
     Ok(Sse::new(events.flatten()).keep_alive(KeepAlive::default()))
 }
 

@@ -71,7 +71,12 @@ fn resource(secret: [u8; 32], operation: &str, args: &Args<'_>) -> Result<String
             open_iterator(secret, token, now_ms())?.stream
         }
         "ListShards" if args.next_token.is_some() => shards::listed_stream(args)?,
-        _ if args.consumer_arn.is_some() => control::operations::addressed(args)?.0,
+        // These act on the stream their consumer is addressed by (a ConsumerARN, or
+        // StreamARN and ConsumerName); every other operation on its StreamName or
+        // StreamARN, whatever else the body carries.
+        "RegisterStreamConsumer" | "DescribeStreamConsumer" | "DeregisterStreamConsumer" => {
+            control::operations::addressed(args)?.0
+        }
         // Unknown operations too: the policy decides before the answer says it is unknown.
         _ if args.stream_name.is_none() && args.stream_arn.is_none() => return Ok("*".into()),
         _ => args.stream_name()?.to_owned(),

@@ -332,10 +332,15 @@ fn access_keys(source: &SourceFile, raw: &[Spanned<RawAccessKey>], diags: &mut D
     let mut keys = Vec::new();
     let mut policies = BTreeMap::new();
     let mut unset = Vec::new();
+    let mut seen = BTreeSet::new();
     for key in raw {
         let span = key.span();
         let k = key.get_ref();
         let owner = format!("access key `{}`", k.id);
+        if !seen.insert(k.id.as_str()) {
+            // Which of the two would sign, and with which policy, would be a guess.
+            diags.push(Diagnostic::new(source, span.clone(), format!("{owner} is declared twice")));
+        }
         if let Some(allow) = &k.allow {
             policies.insert(k.id.clone(), policy(source, &owner, allow, diags));
         }

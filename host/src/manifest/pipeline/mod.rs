@@ -18,7 +18,7 @@
 //!                                     # and held to `requests-per-second = 100`
 //! tls = { cert = "certs/weir.pem", key = "certs/weir-key.pem" }   # HTTPS; reloaded when they change
 //! max-connections = 1024              # the default: connections served at once
-//! header-read-timeout = "10s"         # the default: a client slower with its headers is cut off
+//! header-read-timeout = "30s"         # the default: a client slower with its headers is cut off
 //!
 //! [sources.toll-http]
 //! kind = "http"                       # records are put through the HTTP API
