@@ -829,18 +829,27 @@ async fn each_showcase_key_may_do_only_what_its_holder_needs() {
     let (status, inbox) =
         call_as(&host, app, None, "GET", "/v1/inbox/C000123?channel=app", None, serde_json::Value::Null).await;
     assert_eq!(status, 200, "{inbox}");
-    let (status, minted) = call_as(
-        &host,
-        app,
-        None,
-        "POST",
-        "/v1/inbox/C000123/tokens?channel=app",
-        None,
-        serde_json::json!({"seconds": 600}),
-    )
-    .await;
-    assert_eq!(status, 200, "{minted}");
-    let token = minted["token"].as_str().expect("a token").to_owned();
+    // The app backend mints a token for customer C000123's phone, living `seconds`.
+    let mint = |seconds: u64| {
+        let body = serde_json::json!({"seconds": seconds});
+        let host = &host;
+        async move {
+            let (status, minted) =
+                call_as(host, app, None, "POST", "/v1/inbox/C000123/tokens?channel=app", None, body).await;
+            assert_eq!(status, 200, "{minted}");
+            minted["token"].as_str().expect("a token").to_owned()
+        }
+    };
+    // A live feed with the token in the query (browsers' EventSource cannot set headers).
+    let feed = |token: String| {
+        let url = format!("{}/v1/inbox/C000123/events?channel=app&token={token}", host.url);
+        async move {
+            let response = reqwest::Client::new().get(url).send().await.expect("events");
+            assert_eq!(response.status().as_u16(), 200);
+            response
+        }
+    };
+    let token = mint(600).await;
     for (method, path, target) in [
         ("GET", "/v1/inbox/C000123?channel=operators", None),
         ("POST", "/v1/inbox/C000123/tokens?channel=operators", None),
@@ -865,32 +874,9 @@ async fn each_showcase_key_may_do_only_what_its_holder_needs() {
         let answer = call_as(&host, None, Some(&token), method, path, None, serde_json::Value::Null).await;
         assert!(denied(answer.clone()), "the token may not {method} {path}: {answer:?}");
     }
-    // Browsers' EventSource cannot set headers: the token goes in the query.
-    let events = reqwest::Client::new()
-        .get(format!("{}/v1/inbox/C000123/events?channel=app&token={token}", host.url))
-        .send()
-        .await
-        .expect("events");
-    assert_eq!(events.status().as_u16(), 200);
-    drop(events);
+    drop(feed(token.clone()).await);
     // A live feed ends when its token does.
-    let (_, short) = call_as(
-        &host,
-        app,
-        None,
-        "POST",
-        "/v1/inbox/C000123/tokens?channel=app",
-        None,
-        serde_json::json!({"seconds": 1}),
-    )
-    .await;
-    let short = short["token"].as_str().expect("a token").to_owned();
-    let feed = reqwest::Client::new()
-        .get(format!("{}/v1/inbox/C000123/events?channel=app&token={short}", host.url))
-        .send()
-        .await
-        .expect("events");
-    assert_eq!(feed.status().as_u16(), 200);
+    let feed = feed(mint(1).await).await;
     let ended = tokio::time::timeout(Duration::from_secs(30), feed.bytes()).await;
     assert!(ended.is_ok(), "the feed outlived its token");
     let forged = format!("{}x", token.trim_end_matches('A'));
