@@ -116,6 +116,12 @@ impl Caller {
         Self { who: "anyone".into(), policy: Arc::new(Policy::Everything), until_ms: None }
     }
 
+    /// A scraper holding `[api] metrics-token-env`'s token: it may read `/metrics` only.
+    pub fn scraper() -> Self {
+        let grant = Grant { actions: vec!["admin:GetMetrics".into()], resources: vec!["pipeline".into()] };
+        Self { who: "metrics-token".into(), policy: Arc::new(Policy::Grants(vec![grant])), until_ms: None }
+    }
+
     /// Refuses `action` on `resource` unless the caller's policy allows it.
     pub fn may(&self, action: &str, resource: &str) -> Result<(), Denied> {
         if self.policy.allows(action, resource) {

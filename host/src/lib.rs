@@ -18,6 +18,7 @@ pub mod delivery;
 pub mod io;
 pub mod lake;
 pub mod manifest;
+pub mod metrics;
 pub mod notify;
 pub mod outbound;
 pub mod pipeline;

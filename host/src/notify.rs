@@ -19,6 +19,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use serde::Serialize;
+
 pub use weir_plugin::Notification;
 
 use crate::state::{Delivery, InboxMessage, OutboxEntry, Settle, StateStore};
@@ -69,6 +71,32 @@ pub struct Channels {
     state: Arc<StateStore>,
     /// Notifications sent (new keys) per channel since the start.
     sent: BTreeMap<String, AtomicU64>,
+    /// Each webhook channel's requests since the start.
+    webhooks: BTreeMap<String, WebhookCounts>,
+}
+
+/// What a webhook channel's sender did since the host started.
+#[derive(Debug, Default)]
+struct WebhookCounts {
+    attempts: AtomicU64,
+    delivered: AtomicU64,
+    given_up: AtomicU64,
+    seconds: crate::metrics::Seconds,
+}
+
+/// What `weir status` and `/metrics` show of a channel.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChannelStatus {
+    /// Its name.
+    pub name: String,
+    /// Notifications sent (each idempotency key once) since the start.
+    pub sent: u64,
+    /// Webhook requests made, first tries and retries.
+    pub attempts: u64,
+    /// Webhook deliveries the receiver acknowledged.
+    pub delivered: u64,
+    /// Webhook deliveries given up on after the retry duration.
+    pub given_up: u64,
 }
 
 impl Channels {
@@ -78,7 +106,36 @@ impl Channels {
             kinds: specs.iter().map(|c| (c.name.clone(), c.kind.clone())).collect(),
             state,
             sent: specs.iter().map(|c| (c.name.clone(), AtomicU64::new(0))).collect(),
+            webhooks: specs
+                .iter()
+                .filter(|c| matches!(c.kind, ChannelKind::Webhook(_)))
+                .map(|c| (c.name.clone(), WebhookCounts::default()))
+                .collect(),
         }
+    }
+
+    /// Each channel's counts.
+    pub fn status(&self) -> Vec<ChannelStatus> {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        self.sent
+            .iter()
+            .map(|(name, sent)| {
+                let webhook = self.webhooks.get(name);
+                let count = |f: fn(&WebhookCounts) -> &AtomicU64| webhook.map_or(0, |w| get(f(w)));
+                ChannelStatus {
+                    name: name.clone(),
+                    sent: get(sent),
+                    attempts: count(|w| &w.attempts),
+                    delivered: count(|w| &w.delivered),
+                    given_up: count(|w| &w.given_up),
+                }
+            })
+            .collect()
+    }
+
+    /// How long each webhook channel's requests took.
+    pub fn webhook_times(&self) -> Vec<(String, crate::metrics::Seconds)> {
+        self.webhooks.iter().map(|(name, w)| (name.clone(), w.seconds.clone())).collect()
     }
 
     /// Sends a notification unless its key was sent on its channel before;
@@ -232,10 +289,16 @@ impl Channels {
             .header("x-weir-signature", signature)
             .body(bytes::Bytes::from(entry.body.clone()))
             .map_err(|e| crate::outbound::OutboundError::Request(e.to_string()));
+        let started = std::time::Instant::now();
         let response = match request {
             Ok(request) => client.send(request, REQUEST_TIMEOUT).await,
             Err(e) => Err(e),
         };
+        let counts = self.webhooks.get(&entry.channel);
+        if let Some(counts) = counts {
+            counts.seconds.observe(started.elapsed());
+            counts.attempts.fetch_add(1, Ordering::Relaxed);
+        }
         entry.attempts += 1;
         let now = crate::stream::now_ms();
         let outcome = match response {
@@ -249,6 +312,13 @@ impl Channels {
                 retry_or_give_up(&mut entry, spec, now)
             }
         };
+        if let Some(counts) = counts {
+            match outcome {
+                Settle::Delivered => counts.delivered.fetch_add(1, Ordering::Relaxed),
+                Settle::GiveUp => counts.given_up.fetch_add(1, Ordering::Relaxed),
+                Settle::Retry => 0,
+            };
+        }
         match outcome {
             Settle::Delivered => {
                 tracing::debug!(delivery = %entry.delivery_id, attempts = entry.attempts, "webhook delivered")

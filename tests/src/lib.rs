@@ -3,8 +3,9 @@
 //! on a loopback port.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub use weir_artifacts as artifacts;
@@ -254,7 +255,7 @@ fn start_embedded_postgres() -> String {
         } else {
             std::process::Command::new(program)
         };
-        command.stdout(std::process::Stdio::null());
+        command.stdout(Stdio::null());
         command
     };
     if as_root {
@@ -288,8 +289,8 @@ fn start_embedded_postgres() -> String {
         .arg(&watchdog)
         .arg(bin.join("postgres"))
         .arg(&data)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .expect("start postgres");
     // Reaped if it ends early; otherwise it ends with this process.
@@ -298,7 +299,7 @@ fn start_embedded_postgres() -> String {
     loop {
         let ready = std::process::Command::new(bin.join("pg_isready"))
             .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "weir"])
-            .stdout(std::process::Stdio::null())
+            .stdout(Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
         if ready {
@@ -391,7 +392,7 @@ impl Proxy {
 /// Returns the folder to put on `PYTHONPATH`.
 pub fn python_packages(name: &str, requirements: &[&str]) -> PathBuf {
     // Tests running at once must not install into one folder together.
-    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    static INSTALLING: Mutex<()> = Mutex::new(());
     let _installing = INSTALLING.lock().unwrap_or_else(|p| p.into_inner());
     let dir = root().join("target").join("python").join(name);
     let marker = dir.join(format!("{}.installed", requirements.join(" ")));
@@ -445,8 +446,8 @@ pub async fn moto_server() -> MotoServer {
     let child = std::process::Command::new("python3")
         .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
         .env("PYTHONPATH", &python)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .expect("start moto");
     let server = MotoServer { child, port, url: format!("http://127.0.0.1:{port}") };
@@ -497,8 +498,8 @@ pub fn kinesalite() -> Option<Kinesalite> {
         .arg(&bin)
         .args(["--port", &port.to_string(), "--shardLimit", "256"])
         .args(["--createStreamMs", "0", "--deleteStreamMs", "0", "--updateStreamMs", "0"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .ok()?;
     let peer = Kinesalite { child, url: format!("http://127.0.0.1:{port}/") };
@@ -547,4 +548,118 @@ pub async fn inbox_subjects(host: &TestHost, channel: &str, recipient: &str) -> 
         .expect("JSON");
     let messages = answer["messages"].as_array().cloned().unwrap_or_default();
     messages.iter().map(|m| m["subject"].as_str().unwrap_or("").to_owned()).collect()
+}
+
+/// A Prometheus server binary: `WEIR_TEST_PROMETHEUS`, `prometheus` on the
+/// PATH, or else Debian's `prometheus` package, fetched with `apt-get download`
+/// (no root needed) and unpacked into `target/debian/` on first use. `None`
+/// where none of these works (a system without apt).
+pub fn prometheus_binary() -> Option<PathBuf> {
+    if let Ok(path) = std::env::var("WEIR_TEST_PROMETHEUS") {
+        return Some(PathBuf::from(path));
+    }
+    let on_path = std::process::Command::new("prometheus").arg("--version").output();
+    if on_path.is_ok_and(|o| o.status.success()) {
+        return Some(PathBuf::from("prometheus"));
+    }
+    static INSTALL: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = root().join("target/debian/prometheus");
+    let bin = dir.join("usr/bin/prometheus");
+    if bin.exists() {
+        return Some(bin);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).ok()?;
+    let downloaded =
+        std::process::Command::new("apt-get").args(["download", "-q", "prometheus"]).current_dir(&dir).output();
+    if !downloaded.is_ok_and(|o| o.status.success()) {
+        return None;
+    }
+    let deb = std::fs::read_dir(&dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))?;
+    let unpacked = std::process::Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dir).status();
+    (unpacked.is_ok_and(|s| s.success()) && bin.exists()).then_some(bin)
+}
+
+/// A Prometheus server on a free loopback port, scraping one target every
+/// second; stopped when dropped.
+pub struct Prometheus {
+    child: std::process::Child,
+    /// Its HTTP API, `http://127.0.0.1:<port>`.
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        // Stopping a child that already ended is not an error worth reporting.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Prometheus {
+    /// Starts `binary` scraping `target` (`host:port`) at `/metrics` with
+    /// `Authorization: Bearer <token>`, and waits until it is ready.
+    pub fn start(binary: &Path, target: &str, token: &str) -> Prometheus {
+        let dir = tempfile::tempdir().expect("a folder for Prometheus");
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, token).expect("write the token file");
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: weir\n    \
+                 authorization:\n      type: Bearer\n      credentials_file: {}\n    static_configs:\n      \
+                 - targets: ['{target}']\n",
+                token_file.display()
+            ),
+        )
+        .expect("write prometheus.yml");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        let child = std::process::Command::new(binary)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::File::create(dir.path().join("prometheus.log")).map_or_else(|_| Stdio::null(), Stdio::from),
+            )
+            .spawn()
+            .expect("start prometheus");
+        let prometheus = Prometheus { child, url: format!("http://127.0.0.1:{port}"), _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut s| {
+                use std::io::{Read as _, Write as _};
+                s.write_all(b"GET /-/ready HTTP/1.0\r\n\r\n")?;
+                let mut answer = String::new();
+                s.read_to_string(&mut answer)?;
+                Ok(answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"))
+            });
+            if ready.unwrap_or(false) {
+                return prometheus;
+            }
+            assert!(Instant::now() < deadline, "Prometheus did not become ready");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The value of an instant PromQL query that returns one series; `None` while it returns none.
+    pub async fn value(&self, query: &str) -> Option<f64> {
+        let answer: serde_json::Value = reqwest::Client::new()
+            .get(format!("{}/api/v1/query?query={}", self.url, weir_host::sigv4::uri_encode(query, false)))
+            .send()
+            .await
+            .expect("query Prometheus")
+            .json()
+            .await
+            .expect("Prometheus answers JSON");
+        assert_eq!(answer["status"], "success", "{query}: {answer}");
+        answer["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    }
 }

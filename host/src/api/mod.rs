@@ -83,6 +83,7 @@ pub fn router(host: Arc<Host>, auth: Auth) -> Router {
     let authenticated = Router::new()
         .route("/", post(aws_json))
         .route("/v1/pipeline", get(native::pipeline_status))
+        .route("/metrics", get(metrics))
         .route("/v1/streams/{stream}/records", post(native::put_records).get(native::get_records))
         .route("/v1/delivery/{name}/records", post(native::put_delivery_records))
         .route(
@@ -155,6 +156,27 @@ async fn authenticate(State(state): State<Arc<ApiState>>, mut request: Request, 
         return next.run(request).await;
     };
     let aws_protocol = request.uri().path() == "/";
+    if request.uri().path() == "/metrics"
+        && let Some(expected) = &state.host.pipeline.api.metrics_token
+        && let Some(token) = recipient_token(&request)
+    {
+        // Prometheus sends `authorization: Bearer <token>`; compared in constant time.
+        let matches = crate::sigv4::hmac_matches(
+            expected.as_bytes(),
+            b"weir-metrics",
+            &crate::sigv4::hmac(token.as_bytes(), b"weir-metrics"),
+        );
+        if !matches {
+            return refuse(
+                false,
+                StatusCode::FORBIDDEN,
+                "AccessDeniedException",
+                "the metrics token is not valid".into(),
+            );
+        }
+        request.extensions_mut().insert(Caller::scraper());
+        return next.run(request).await;
+    }
     if let Some(token) = recipient_token(&request) {
         // A token may only read its one inbox: `authorize` refuses everything else.
         return match state.tokens.caller(&token, SystemTime::now()) {
@@ -208,6 +230,15 @@ async fn authenticate(State(state): State<Arc<ApiState>>, mut request: Request, 
     }
 }
 
+/// `GET /metrics`: the pipeline's figures for Prometheus (OpenMetrics text).
+async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
+    let host = state.host.clone();
+    match tokio::task::spawn_blocking(move || crate::metrics::render(host.metrics())).await {
+        Ok(text) => ([(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response(),
+        Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()).into_response(),
+    }
+}
+
 /// A recipient token, as `Authorization: Bearer <token>` or (for browsers'
 /// `EventSource`, which cannot set headers) `?token=<token>`.
 fn recipient_token(request: &Request) -> Option<String> {
@@ -241,6 +272,7 @@ fn native_action(
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
     let (action, resource) = match (method, segments.as_slice()) {
         (&Method::GET, ["v1", "pipeline"]) => ("admin:DescribePipeline", "pipeline".to_owned()),
+        (&Method::GET, ["metrics"]) => ("admin:GetMetrics", "pipeline".to_owned()),
         (&Method::POST, ["v1", "streams", s, "records"]) => ("kinesis:PutRecords", format!("stream/{s}")),
         (&Method::GET, ["v1", "streams", s, "records"]) => ("kinesis:GetRecords", format!("stream/{s}")),
         (&Method::POST, ["v1", "delivery", d, "records"]) => ("firehose:PutRecordBatch", format!("deliverystream/{d}")),

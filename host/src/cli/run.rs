@@ -30,7 +30,7 @@ pub(super) fn run(
         }
         (false, _) if !pipeline.api.unset_secrets.is_empty() => {
             let unset: Vec<String> =
-                pipeline.api.unset_secrets.iter().map(|(id, var)| format!("`{var}` (access key `{id}`)")).collect();
+                pipeline.api.unset_secrets.iter().map(|(id, var)| format!("`{var}` ({})", secret_of(id))).collect();
             anyhow::bail!(
                 "{}: the secrets of [api]'s access keys are read from the environment, and {} {} not set. \
                  Export them, or pass --insecure-no-auth for local development",
@@ -94,4 +94,9 @@ pub(super) fn run(
         tracing::info!("stopped");
         anyhow::Ok(())
     })
+}
+
+/// What an unset secret is for: an access key (by id), or a setting (`[api] ...`).
+fn secret_of(id: &str) -> String {
+    if id.starts_with('[') { id.to_owned() } else { format!("access key `{id}`") }
 }

@@ -41,9 +41,31 @@ fn render(status: &Value) -> String {
         ]);
     }
     out.push_str(&table(&stages));
-    let mut streams = vec![["stream", "records", "duplicates"].map(str::to_owned)];
+    let mut plugins = vec![["stage", "plugin", "swaps", "rollbacks", "failures"].map(str::to_owned)];
+    for s in status["stages"].as_array().into_iter().flatten() {
+        let failures: Vec<String> = s["plugin_failures"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(kind, n)| format!("{kind} {}", number(n)))
+            .collect();
+        let failures = if failures.is_empty() { "-".to_owned() } else { failures.join(", ") };
+        plugins.push([text(&s["name"]), text(&s["plugin"]), number(&s["swaps"]), number(&s["rollbacks"]), failures]);
+    }
+    if plugins.len() > 1 {
+        out.push('\n');
+        out.push_str(&table(&plugins));
+    }
+    let mut streams = vec![["stream", "records", "bytes", "throttled", "duplicates"].map(str::to_owned)];
     for (name, records) in status["streams"].as_object().into_iter().flatten() {
-        streams.push([name.clone(), number(records), number(&status["duplicates"][name.as_str()])]);
+        let puts = &status["puts"][name.as_str()];
+        streams.push([
+            name.clone(),
+            number(records),
+            number(&puts["bytes"]),
+            number(&puts["throttled"]),
+            number(&status["duplicates"][name.as_str()]),
+        ]);
     }
     if streams.len() > 1 {
         out.push('\n');
@@ -58,6 +80,7 @@ fn render(status: &Value) -> String {
             "delivered",
             "failed",
             "buffered",
+            "buffer age",
             "rows loaded",
             "rows again",
             "last error",
@@ -73,6 +96,7 @@ fn render(status: &Value) -> String {
             number(&d["records_delivered"]),
             number(&d["records_failed"]),
             number(&d["records_buffered"]),
+            seconds(&d["buffer_age_ms"]),
             number(&d["rows_loaded"]),
             number(&d["rows_duplicate"]),
             text(&d["last_error"]),
@@ -82,15 +106,40 @@ fn render(status: &Value) -> String {
         out.push('\n');
         out.push_str(&table(&deliveries));
     }
-    let mut lag = vec![["consumer", "stream", "shard", "behind (records)"].map(str::to_owned)];
+    let mut lag = vec![["consumer", "stream", "shard", "behind (records)", "behind (time)"].map(str::to_owned)];
     for c in status["consumers"].as_array().into_iter().flatten() {
-        lag.push([text(&c["consumer"]), text(&c["stream"]), text(&c["shard"]), number(&c["lag_records"])]);
+        lag.push([
+            text(&c["consumer"]),
+            text(&c["stream"]),
+            text(&c["shard"]),
+            number(&c["lag_records"]),
+            seconds(&c["lag_ms"]),
+        ]);
     }
     if lag.len() > 1 {
         out.push('\n');
         out.push_str(&table(&lag));
     }
+    let mut channels = vec![["channel", "sent", "webhook attempts", "delivered", "given up"].map(str::to_owned)];
+    for c in status["channels"].as_array().into_iter().flatten() {
+        channels.push([
+            text(&c["name"]),
+            number(&c["sent"]),
+            number(&c["attempts"]),
+            number(&c["delivered"]),
+            number(&c["given_up"]),
+        ]);
+    }
+    if channels.len() > 1 {
+        out.push('\n');
+        out.push_str(&table(&channels));
+    }
     out
+}
+
+/// Milliseconds as seconds with one decimal (`-` when absent).
+fn seconds(ms: &Value) -> String {
+    ms.as_u64().map_or_else(|| "-".to_owned(), |ms| format!("{:.1}s", ms as f64 / 1000.0))
 }
 
 /// Rows as columns padded to their widest cell, the first row the header.

@@ -49,6 +49,9 @@ struct DeliveryStats {
     records_failed: AtomicU64,
     objects: AtomicU64,
     records_buffered: AtomicU64,
+    bytes_buffered: AtomicU64,
+    /// Arrival (ms since the Unix epoch) of the oldest buffered record; 0: none.
+    oldest_buffered_ms: AtomicU64,
     rows_loaded: AtomicU64,
     rows_duplicate: AtomicU64,
     rows_rejected: AtomicU64,
@@ -76,6 +79,10 @@ pub struct DeliveryStatus {
     pub objects: u64,
     /// Records read from the source and waiting for their delivery.
     pub records_buffered: u64,
+    /// Bytes of those records.
+    pub bytes_buffered: u64,
+    /// How long the oldest of them has waited, in ms.
+    pub buffer_age_ms: u64,
     /// Rows loaded into the warehouse.
     pub rows_loaded: u64,
     /// Rows not loaded because the table held their `key` already.
@@ -163,6 +170,11 @@ impl Delivery {
         Ok(Delivery { spec, stats, driver, draining, thread: Mutex::new(Some(thread)) })
     }
 
+    /// How long its batches (read and buffered) and its transform's calls took.
+    pub fn times(&self) -> (crate::metrics::Seconds, crate::metrics::Seconds) {
+        (self.driver.batch_seconds.clone(), self.driver.plugin_seconds.clone())
+    }
+
     /// Its counters.
     pub fn status(&self) -> DeliveryStatus {
         let s = &self.stats;
@@ -176,6 +188,11 @@ impl Delivery {
             records_failed: s.records_failed.load(Ordering::Relaxed),
             objects: s.objects.load(Ordering::Relaxed),
             records_buffered: s.records_buffered.load(Ordering::Relaxed),
+            bytes_buffered: s.bytes_buffered.load(Ordering::Relaxed),
+            buffer_age_ms: match s.oldest_buffered_ms.load(Ordering::Relaxed) {
+                0 => 0,
+                oldest => (crate::stream::now_ms().max(0) as u64).saturating_sub(oldest),
+            },
             rows_loaded: s.rows_loaded.load(Ordering::Relaxed),
             rows_duplicate: s.rows_duplicate.load(Ordering::Relaxed),
             rows_rejected: s.rows_rejected.load(Ordering::Relaxed),

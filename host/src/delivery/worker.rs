@@ -48,6 +48,8 @@ struct DeliveryOperator {
     clock: Clock,
     to_loader: SyncSender<Staged>,
     shards: BTreeMap<u32, ShardBuffer>,
+    /// The driver's counters: the transform's call times and failures go there.
+    stats: Arc<StageStats>,
 }
 
 /// What one shard of the source has buffered for delivery.
@@ -113,6 +115,7 @@ impl Worker {
             // Dropped with the driver: the loader then finishes what it was handed.
             to_loader,
             shards: BTreeMap::new(),
+            stats: self.driver.clone(),
         };
         Driver::new(reading, shared.source.clone(), self.driver.clone(), operator)
             .draining_with(shared.draining.clone())
@@ -194,8 +197,11 @@ impl DeliveryOperator {
         let result = shards
             .into_iter()
             .try_for_each(|shard| self.stage_due(shard, if backlog == Some(shard) { Due::Size } else { due }));
-        let buffered = self.shards.values().map(|s| s.records.len() as u64).sum();
-        self.shared.stats.records_buffered.store(buffered, Ordering::Relaxed);
+        let stats = &self.shared.stats;
+        stats.records_buffered.store(self.shards.values().map(|s| s.records.len() as u64).sum(), Ordering::Relaxed);
+        stats.bytes_buffered.store(self.shards.values().map(|s| s.bytes).sum(), Ordering::Relaxed);
+        let oldest = self.shards.values().filter_map(|s| s.records.first()).map(|r| r.arrival_ms).min();
+        stats.oldest_buffered_ms.store(oldest.map_or(0, |ms| ms.max(1) as u64), Ordering::Relaxed);
         result
     }
 
@@ -363,7 +369,7 @@ impl DeliveryOperator {
                 None => plugin.instantiate(),
             };
             let result = instance.and_then(|mut i| {
-                let r = i.transform(&batch);
+                let r = self.stats.plugin_call(|| i.transform(&batch));
                 if !matches!(&r, Err(e) if e.poisons_instance()) {
                     self.instance = Some(i);
                 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -143,15 +143,21 @@ fn append_checked(
         .collect())
 }
 
-/// What `GET /v1/pipeline` shows.
-#[derive(Debug, Clone, Serialize)]
+/// What `GET /v1/pipeline` shows (and `GET /metrics`, in Prometheus's format).
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct PipelineStatus {
     /// Pipeline name.
     pub pipeline: String,
     /// Seconds since start.
     pub uptime_seconds: u64,
+    /// The host's clock when the status was taken, ms since the Unix epoch.
+    pub now_ms: i64,
     /// Records ever accepted per stream (all shards).
     pub streams: BTreeMap<String, u64>,
+    /// What puts brought per stream since the host started.
+    pub puts: BTreeMap<String, PutCounts>,
+    /// Every shard's newest position.
+    pub shards: Vec<ShardStatus>,
     /// Per stream that declares an identity, the records not stored again because it
     /// held their id (since the host started).
     pub duplicates: BTreeMap<String, u64>,
@@ -163,6 +169,28 @@ pub struct PipelineStatus {
     pub deliveries: Vec<DeliveryStatus>,
     /// Each reference table's rows and reloads.
     pub references: Vec<crate::reference::ReferenceStatus>,
+    /// Each notification channel's counts.
+    pub channels: Vec<crate::notify::ChannelStatus>,
+}
+
+/// What puts into one stream brought, since the host started.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct PutCounts {
+    /// Bytes of data accepted.
+    pub bytes: u64,
+    /// Records refused as over a shard's write limit or the stream's capacity.
+    pub throttled: u64,
+}
+
+/// Where a shard's records end.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShardStatus {
+    /// The stream.
+    pub stream: String,
+    /// The shard's id.
+    pub shard: String,
+    /// The position after its newest record.
+    pub end: u64,
 }
 
 /// Where a consumer (a stage) is in its stream.
@@ -178,6 +206,9 @@ pub struct ConsumerLag {
     pub checkpoint: u64,
     /// Records accepted but not yet checkpointed by it.
     pub lag_records: u64,
+    /// How long ago the oldest of those arrived, in ms (Kinesis's
+    /// `IteratorAgeMilliseconds`); 0 when it has caught up.
+    pub lag_ms: i64,
 }
 
 /// How a [`Host`] starts besides its manifest.
@@ -219,6 +250,8 @@ pub struct Host {
     pub channels: Arc<Channels>,
     feeds_stopped: std::sync::atomic::AtomicBool,
     started: Instant,
+    /// What puts brought per stream (for the status and `/metrics`).
+    puts: Mutex<BTreeMap<String, PutCounts>>,
     /// Compiles swapped-in plugins.
     engine: Arc<PluginEngine>,
 }
@@ -415,6 +448,7 @@ impl Host {
             state,
             channels,
             feeds_stopped: Default::default(),
+            puts: Mutex::default(),
             started: Instant::now(),
             engine: engine.clone(),
         });
@@ -443,7 +477,31 @@ impl Host {
         if producer == Producer::Native && !self.pipeline.sources.iter().any(|s| s.stream.as_str() == stream) {
             return Err(PutError::NotASource(stream.to_owned()));
         }
-        Ok(append_checked(self.streams.as_ref(), stream, records)?)
+        let sizes: Vec<u64> = records.iter().map(|r| r.data.len() as u64).collect();
+        let answer = append_checked(self.streams.as_ref(), stream, records);
+        self.count_put(stream, &sizes, &answer);
+        Ok(answer?)
+    }
+
+    /// Counts what a put into `stream` brought: the bytes accepted, the records throttled.
+    fn count_put(&self, stream: &str, sizes: &[u64], answer: &Result<Vec<Result<Appended, StreamError>>, StreamError>) {
+        let (bytes, throttled) = match answer {
+            Ok(results) => results.iter().zip(sizes).fold((0, 0), |(bytes, throttled), (result, size)| match result {
+                Ok(_) => (bytes + size, throttled),
+                Err(e) if e.is_throttle() => (bytes, throttled + 1),
+                Err(_) => (bytes, throttled),
+            }),
+            Err(e) if e.is_throttle() => (0, sizes.len() as u64),
+            Err(_) => (0, 0),
+        };
+        let Ok(mut puts) = self.puts.lock() else { return };
+        if !puts.contains_key(stream) {
+            puts.insert(stream.to_owned(), PutCounts::default());
+        }
+        if let Some(counts) = puts.get_mut(stream) {
+            counts.bytes += bytes;
+            counts.throttled += throttled;
+        }
     }
 
     /// Puts records into a delivery stream's buffer; one result per record.
@@ -478,18 +536,27 @@ impl Host {
     /// Counters of every stage and stream.
     pub fn status(&self) -> PipelineStatus {
         let stages = self.stages.iter().map(StageHandle::status).collect();
+        let now_ms = crate::stream::now_ms();
         let mut streams = BTreeMap::new();
+        let mut shards = Vec::new();
         let mut consumers = Vec::new();
         for name in self.streams.list() {
             let Ok(info) = self.streams.info(&name) else { continue };
             for shard in &info.shards {
+                shards.push(ShardStatus { stream: name.clone(), shard: shard_id(shard.index), end: shard.end });
                 for (consumer, checkpoint) in &shard.consumers {
+                    // The age of the oldest record not checkpointed; unknown (0) if it cannot be read now.
+                    let oldest = (*checkpoint < shard.end)
+                        .then(|| self.streams.read(&name, shard.index, *checkpoint, 1).ok())
+                        .flatten();
+                    let arrived = oldest.as_ref().and_then(|r| r.first()).map(|r| r.arrival_ms);
                     consumers.push(ConsumerLag {
                         stream: name.clone(),
                         shard: shard_id(shard.index),
                         consumer: consumer.clone(),
                         checkpoint: *checkpoint,
                         lag_records: shard.end.saturating_sub(*checkpoint),
+                        lag_ms: arrived.map_or(0, |at| (now_ms - at).max(0)),
                     });
                 }
             }
@@ -499,7 +566,10 @@ impl Host {
         PipelineStatus {
             pipeline: self.pipeline.name.to_string(),
             uptime_seconds: self.started.elapsed().as_secs(),
+            now_ms,
             streams,
+            puts: self.puts.lock().map(|p| p.clone()).unwrap_or_default(),
+            shards,
             duplicates: self.dedup.duplicates(),
             stages,
             consumers,
@@ -512,6 +582,25 @@ impl Host {
                 })
                 .collect(),
             references: self.references.status(),
+            channels: self.channels.status(),
+        }
+    }
+
+    /// The status and the latency histograms, for `GET /metrics`.
+    pub fn metrics(&self) -> crate::metrics::Snapshot {
+        crate::metrics::Snapshot {
+            status: self.status(),
+            stage_times: self
+                .stages
+                .iter()
+                .map(|s| (s.name().to_owned(), s.stats.batch_seconds.clone(), s.stats.plugin_seconds.clone()))
+                .chain(self.deliveries.iter().map(|d| {
+                    let (batch, plugin) = d.times();
+                    (d.spec.name.to_string(), batch, plugin)
+                }))
+                .collect(),
+            webhook_times: self.channels.webhook_times(),
+            version: env!("CARGO_PKG_VERSION"),
         }
     }
 

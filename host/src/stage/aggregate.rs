@@ -312,6 +312,7 @@ impl AggregateOperator {
         };
         match self.apply(StageCommand::Rollback) {
             Ok(v) => {
+                self.stats.rollbacks.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(to = %v.sha256, "{why}; rolled back automatically");
                 self.stats.set_error(format!("{why}; rolled back automatically"));
                 true
@@ -376,10 +377,11 @@ impl AggregateOperator {
                 true => Cow::Borrowed(&plan.groups),
                 false => kept.iter().map(|&k| plan.groups[k]).collect(),
             };
-            let result = match self.instance() {
+            let stats = self.stats.clone();
+            let result = stats.plugin_call(|| match self.instance() {
                 Ok(running) => running.fold(&batch, &groups, &mut plan.states),
                 Err(e) => Err(PluginError::Instantiate(e)),
-            };
+            });
             match result {
                 Ok(()) => break Ok(()),
                 Err(e) => {

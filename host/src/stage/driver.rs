@@ -313,8 +313,16 @@ impl<O: Operator> Driver<O> {
             // A batch boundary: swaps and rollbacks happen here, never inside a batch.
             while let Ok((command, reply)) = requests.try_recv() {
                 let swap = !matches!(command, StageCommand::EndOfInput);
+                let counter = match command {
+                    StageCommand::Rollback => Some(&self.stats.rollbacks),
+                    StageCommand::Swap(_) | StageCommand::SwapAggregator(_) => Some(&self.stats.swaps),
+                    StageCommand::EndOfInput => None,
+                };
                 let started = Instant::now();
                 let mut answer = self.operator.command(command);
+                if let (Some(counter), Ok(_)) = (counter, &answer) {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
                 if swap && let Ok(version) = &mut answer {
                     // The stage read nothing while the switch happened: that is the swap's pause.
                     let pause_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
@@ -392,7 +400,10 @@ impl<O: Operator> Driver<O> {
                 }
                 continue;
             }
-            match self.operator.process(&records) {
+            let started = Instant::now();
+            let processed = self.operator.process(&records);
+            self.stats.batch_seconds.observe(started.elapsed());
+            match processed {
                 Ok(()) => {}
                 Err(BatchError::Plugin { message, rolled_back: true }) => {
                     tracing::warn!(error = %message, "the batch goes to the version rolled back to");

@@ -19,6 +19,7 @@ pub mod transform;
 
 pub use driver::{BatchError, Driver, Operator};
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
@@ -28,6 +29,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use crate::manifest::OutputLimits;
+use crate::plugin::PluginError;
 use crate::sink::{DeadLetter, FileSink, OutRecord};
 use crate::stream::{NewRecord, StreamError, StreamStore};
 use crate::swap::{CommandReply, PluginVersion, StageCommand, VersionStatus};
@@ -139,6 +141,16 @@ pub struct StageStats {
     pub failures: AtomicU64,
     /// Plugin instances created after the first.
     pub restarts: AtomicU64,
+    /// Versions swapped in.
+    pub swaps: AtomicU64,
+    /// Rollbacks, asked for or automatic.
+    pub rollbacks: AtomicU64,
+    /// Plugin calls that failed, by kind ([`PluginError::code`]).
+    plugin_failures: Mutex<BTreeMap<&'static str, u64>>,
+    /// How long each batch took, from being read to being done.
+    pub batch_seconds: crate::metrics::Seconds,
+    /// How long each call into the plugin took.
+    pub plugin_seconds: crate::metrics::Seconds,
     /// Every plugin version the stage has run, the active one last.
     versions: Mutex<Vec<Arc<PluginVersion>>>,
     /// An aggregator stage's windows: watermark, open windows and keys, state bytes.
@@ -178,6 +190,12 @@ pub struct StageStatus {
     pub failures: u64,
     /// Instance restarts.
     pub restarts: u64,
+    /// Versions swapped in.
+    pub swaps: u64,
+    /// Rollbacks, asked for or automatic.
+    pub rollbacks: u64,
+    /// Plugin calls that failed, by kind (`trap`, `timeout`, `memory-cap`, ...).
+    pub plugin_failures: BTreeMap<&'static str, u64>,
     /// The most recent failure.
     pub last_error: Option<String>,
     /// Every plugin version it has run (hot swaps), the active one last.
@@ -188,6 +206,24 @@ pub struct StageStatus {
 }
 
 impl StageStats {
+    /// Counts a failed plugin call by its kind.
+    pub(crate) fn plugin_failed(&self, e: &PluginError) {
+        if let Ok(mut kinds) = self.plugin_failures.lock() {
+            *kinds.entry(e.code()).or_default() += 1;
+        }
+    }
+
+    /// Runs a call into the plugin, timing it (and counting it if it fails).
+    pub(crate) fn plugin_call<T>(&self, call: impl FnOnce() -> Result<T, PluginError>) -> Result<T, PluginError> {
+        let started = std::time::Instant::now();
+        let result = call();
+        self.plugin_seconds.observe(started.elapsed());
+        if let Err(e) = &result {
+            self.plugin_failed(e);
+        }
+        result
+    }
+
     /// Records the version a stage starts with.
     pub(crate) fn start_version(&self, version: Arc<PluginVersion>) {
         if let Ok(mut versions) = self.versions.lock() {
@@ -289,6 +325,9 @@ impl StageHandle {
             batches: get(&s.batches),
             failures: get(&s.failures),
             restarts: get(&s.restarts),
+            swaps: get(&s.swaps),
+            rollbacks: get(&s.rollbacks),
+            plugin_failures: s.plugin_failures.lock().map(|k| k.clone()).unwrap_or_default(),
             last_error: s.last_error(),
             versions,
             windows: s.windows.lock().ok().and_then(|w| *w),

@@ -205,10 +205,17 @@ impl Operator for NotifierOperator {
         loop {
             // The batch's changes commit together, before the position advances past it.
             self.services.begin().map_err(BatchError::Effect)?;
+            let stats = self.stats.clone();
             let consumed = match bad.kept() {
-                _ if bad.is_whole() => self.instance()?.consume(&whole),
+                _ if bad.is_whole() => {
+                    let instance = self.instance()?;
+                    stats.plugin_call(|| instance.consume(&whole))
+                }
                 [] => Ok(()),
-                kept => self.instance()?.consume(&whole.only(kept)),
+                kept => {
+                    let instance = self.instance()?;
+                    stats.plugin_call(|| instance.consume(&whole.only(kept)))
+                }
             };
             let Err(e) = consumed else { break };
             // Its changes are undone: a bad record is set aside and the others go through again.

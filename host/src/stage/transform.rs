@@ -112,6 +112,7 @@ impl TransformOperator {
         };
         match self.apply(StageCommand::Rollback) {
             Ok(v) => {
+                self.stats.rollbacks.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(to = %v.sha256, "{why}; rolled back automatically");
                 self.stats.set_error(format!("{why}; rolled back automatically"));
                 true
@@ -190,7 +191,8 @@ impl Operator for TransformOperator {
             batch.push_with_attributes(&r.key, r.event_time_ms, &r.data, &r.attributes);
         }
         self.version.batches.fetch_add(1, Ordering::Relaxed);
-        let result = match &mut self.instance {
+        let stats = self.stats.clone();
+        let result = stats.plugin_call(|| match &mut self.instance {
             Some(i) => i.transform(&batch),
             None => {
                 if self.instances_created > 0 {
@@ -199,7 +201,7 @@ impl Operator for TransformOperator {
                 self.instances_created += 1;
                 self.plugin.instantiate().and_then(|fresh| self.instance.insert(fresh).transform(&batch))
             }
-        };
+        });
         match result {
             Ok(t) => {
                 self.version.records_in.fetch_add(records.len() as u64, Ordering::Relaxed);

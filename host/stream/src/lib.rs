@@ -262,6 +262,14 @@ pub enum StreamError {
     },
 }
 
+impl StreamError {
+    /// Whether the write was refused for now (a write limit, a full stream):
+    /// Kinesis's `ProvisionedThroughputExceededException`, to retry with backoff.
+    pub fn is_throttle(&self) -> bool {
+        matches!(self, StreamError::Throttled { .. } | StreamError::Full { .. })
+    }
+}
+
 /// A change to a stream's shards, as Kinesis's `UpdateShardCount`, `SplitShard`
 /// and `MergeShards` make it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -118,8 +118,18 @@ pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
                     diags.push(Diagnostic::new(&source, rate.span(), "requests-per-second must be at least 1"));
                 }
             }
-            let Keys { keys: access_keys, policies, unset: unset_secrets } =
+            let Keys { keys: access_keys, policies, unset: mut unset_secrets } =
                 access_keys(&source, &api.access_keys, &mut diags)?;
+            let metrics_token = match &api.metrics_token_env {
+                Some(var) => match std::env::var(var.get_ref()) {
+                    Ok(token) if !token.trim().is_empty() => Some(token.trim().to_owned()),
+                    _ => {
+                        unset_secrets.push(("[api] metrics-token-env".to_owned(), var.get_ref().clone()));
+                        None
+                    }
+                },
+                None => None,
+            };
             Some(Api {
                 listen,
                 max_body_bytes: api.max_body.0,
@@ -129,6 +139,7 @@ pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
                 tls,
                 limits,
                 rates,
+                metrics_token,
             })
         }
         Err(_) => {

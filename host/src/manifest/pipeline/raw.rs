@@ -33,6 +33,8 @@ pub(super) struct RawApi {
     pub(super) tls: Option<Spanned<RawTls>>,
     pub(super) max_connections: Option<Spanned<usize>>,
     pub(super) header_read_timeout: Option<Spanned<String>>,
+    /// The variable holding the bearer token Prometheus scrapes `/metrics` with.
+    pub(super) metrics_token_env: Option<Spanned<String>>,
 }
 
 /// `[api] tls = { cert = "...", key = "..." }`: PEM files, relative to the manifest.
@@ -72,6 +74,7 @@ impl Default for RawApi {
             tls: None,
             max_connections: None,
             header_read_timeout: None,
+            metrics_token_env: None,
         }
     }
 }

@@ -198,6 +198,9 @@ pub struct Api {
     pub limits: crate::api::server::Limits,
     /// Requests per second, by key id (keys without `requests-per-second` are not limited).
     pub rates: std::collections::BTreeMap<String, u32>,
+    /// The bearer token that may read `GET /metrics` (from `metrics-token-env`),
+    /// for a scraper that cannot sign requests.
+    pub metrics_token: Option<String>,
 }
 
 /// A `[sources.<name>]` entry: an HTTP entry point into a stream.
