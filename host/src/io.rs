@@ -3,7 +3,8 @@
 //! the reference-table reloads, the warehouse): they run their I/O on it with
 //! [`block_on`]. `weir run` installs the runtime it serves the API on, so the
 //! host has one runtime; anywhere else (tests, the library) one is made on
-//! first use and kept for the process.
+//! first use and kept for the process. Also the one way small files that
+//! record progress are replaced: [`write_durably`].
 
 use std::future::Future;
 use std::sync::OnceLock;
@@ -56,4 +57,19 @@ where
     F::Output: Send + 'static,
 {
     Ok(handle()?.spawn(future))
+}
+/// Replaces `path` with `bytes` so that a crash leaves the old or the new
+/// file, never a mix: a temporary file written and synced, renamed over it,
+/// and the folder synced (which makes the rename durable). Creates the folder.
+pub fn write_durably(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
 }

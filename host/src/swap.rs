@@ -178,6 +178,10 @@ pub enum StageCommand {
     /// aggregator closes every window its records complete and writes them out
     /// before it answers.
     EndOfInput,
+    /// Process these dead-lettered records again with the running version
+    /// ([`crate::dlq`]); the stage answers once their outputs and any new
+    /// dead letters are durable. Handled by the driver, never by an operator.
+    Redrive(Vec<crate::stream::StoredRecord>),
 }
 
 /// The stage's answer: the version now running, or why nothing changed.

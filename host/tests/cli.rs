@@ -117,6 +117,46 @@ fn run_serves_puts_and_drains_on_sigterm() {
 }
 
 #[test]
+fn run_writes_one_json_object_per_log_line_for_log_shippers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifest = std::fs::read_to_string(root().join("manifests/quickstart.toml"))
+        .expect("quickstart")
+        .replace("../plugins/toll-etl", &root().join("plugins/toll-etl").display().to_string())
+        .replace("../out/quickstart", ".");
+    let path = dir.path().join("quickstart.toml");
+    std::fs::write(&path, manifest).expect("write manifest");
+    let port = free_port();
+    let mut child = Command::new(WEIR)
+        .args(["run", "--log-format", "json", "--insecure-no-auth", "--listen", &format!("127.0.0.1:{port}")])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start weir");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "weir did not start listening");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    assert!(status.success());
+    let exit = child.wait().expect("wait");
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        std::io::Read::read_to_string(&mut e, &mut stderr).expect("read the log");
+    }
+    assert!(exit.success(), "weir exited with {exit}: {stderr}");
+    let mut messages = Vec::new();
+    for line in stderr.lines() {
+        let object: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        assert!(object["timestamp"].is_string() && object["level"].is_string(), "{line}");
+        messages.push(object["fields"]["message"].as_str().unwrap_or_default().to_owned());
+    }
+    assert!(messages.iter().any(|m| m.contains("draining stages")), "{stderr}");
+}
+
+#[test]
 fn stream_put_and_tail_talk_to_a_running_weir_with_signed_requests() {
     let dir = tempfile::tempdir().expect("tempdir");
     let manifest = dir.path().join("keys.toml");

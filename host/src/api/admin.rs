@@ -1,4 +1,5 @@
-//! The admin API: hot swap of a stage's plugin while its stream flows.
+//! The admin API: hot swap of a stage's plugin while its stream flows, and
+//! its dead letters.
 //!
 //! - `GET  /v1/stages/{stage}/plugin`: the versions the stage has run, the active one last
 //! - `PUT  /v1/stages/{stage}/plugin`: body = the new component (`.wasm`), header
@@ -8,6 +9,10 @@
 //!   version now running, or 422 with the reason it was refused (the running
 //!   version keeps running)
 //! - `POST /v1/stages/{stage}/plugin/rollback`: back to the version before the last swap
+//! - `GET  /v1/stages/{stage}/dead-letters?limit=N&plugin=NAME@VERSION`: how many
+//!   are pending and the oldest `limit` (default 100) of them ([`crate::dlq`])
+//! - `POST /v1/stages/{stage}/dead-letters/redrive?plugin=NAME@VERSION`: feeds the
+//!   pending ones (those that version set aside) through the stage again
 //!
 //! These routes are authenticated like the rest of the API, and take bodies up to
 //! [`MAX_COMPONENT_BYTES`] (components built by some toolchains weigh tens of MiB).
@@ -15,7 +20,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
@@ -78,6 +83,60 @@ pub async fn rollback(
         .await
         .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", "the rollback failed"))?;
     result.map(axum::Json).map_err(swap_error)
+}
+
+/// `?limit=` and `?plugin=` of the dead-letter routes.
+#[derive(Debug, serde::Deserialize)]
+pub struct LettersQuery {
+    limit: Option<usize>,
+    plugin: Option<String>,
+}
+
+/// `GET /v1/stages/{stage}/dead-letters`
+pub async fn dead_letters(
+    State(api): State<Arc<super::ApiState>>,
+    Path(stage): Path<String>,
+    Query(query): Query<LettersQuery>,
+) -> Result<axum::Json<Value>, ApiError> {
+    check_name(NameKind::Stage, "stage", &stage)?;
+    let host = api.host.clone();
+    let name = stage.clone();
+    let letters = tokio::task::spawn_blocking(move || host.dead_letters(&name, query.plugin.as_deref()))
+        .await
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", "listing failed"))?
+        .map_err(dlq_error)?;
+    let limit = query.limit.unwrap_or(100);
+    Ok(axum::Json(json!({
+        "stage": stage,
+        "pending": letters.len(),
+        "letters": letters.iter().take(limit).collect::<Vec<_>>(),
+    })))
+}
+
+/// `POST /v1/stages/{stage}/dead-letters/redrive`
+pub async fn redrive(
+    State(api): State<Arc<super::ApiState>>,
+    Path(stage): Path<String>,
+    Query(query): Query<LettersQuery>,
+) -> Result<axum::Json<crate::dlq::Redrive>, ApiError> {
+    check_name(NameKind::Stage, "stage", &stage)?;
+    let host = api.host.clone();
+    tokio::task::spawn_blocking(move || host.redrive(&stage, query.plugin.as_deref()))
+        .await
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", "the redrive failed"))?
+        .map(axum::Json)
+        .map_err(dlq_error)
+}
+
+fn dlq_error(e: crate::dlq::DlqError) -> ApiError {
+    use crate::dlq::DlqError;
+    let (status, code) = match &e {
+        DlqError::UnknownStage { .. } => (StatusCode::NOT_FOUND, "UnknownStage"),
+        DlqError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "DeadLettersUnavailable"),
+        DlqError::Stage { .. } => (StatusCode::CONFLICT, "RedriveNotApplied"),
+    };
+    tracing::warn!(error = %e, "dead letters not listed or redriven");
+    ApiError::new(status, code, e.to_string())
 }
 
 fn unknown(api: &super::ApiState, stage: &str) -> ApiError {

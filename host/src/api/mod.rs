@@ -91,6 +91,8 @@ pub fn router(host: Arc<Host>, auth: Auth) -> Router {
             get(admin::versions).put(admin::swap).layer(DefaultBodyLimit::max(admin::MAX_COMPONENT_BYTES)),
         )
         .route("/v1/stages/{stage}/plugin/rollback", post(admin::rollback))
+        .route("/v1/stages/{stage}/dead-letters", get(admin::dead_letters))
+        .route("/v1/stages/{stage}/dead-letters/redrive", post(admin::redrive))
         .route("/v1/tables/{table}/items", post(state::put_items))
         .route("/v1/tables/{table}/items/{key}", get(state::get_item).put(state::put_item).delete(state::delete_item))
         .route("/v1/inbox/{recipient}", get(state::inbox))
@@ -279,6 +281,10 @@ fn native_action(
         (&Method::GET, ["v1", "stages", s, "plugin"]) => ("admin:ListPluginVersions", format!("stage/{s}")),
         (&Method::PUT, ["v1", "stages", s, "plugin"]) => ("admin:SwapPlugin", format!("stage/{s}")),
         (&Method::POST, ["v1", "stages", s, "plugin", "rollback"]) => ("admin:RollbackPlugin", format!("stage/{s}")),
+        (&Method::GET, ["v1", "stages", s, "dead-letters"]) => ("admin:ListDeadLetters", format!("stage/{s}")),
+        (&Method::POST, ["v1", "stages", s, "dead-letters", "redrive"]) => {
+            ("admin:RedriveDeadLetters", format!("stage/{s}"))
+        }
         (&Method::POST, ["v1", "tables", t, "items"]) | (&Method::PUT, ["v1", "tables", t, "items", _]) => {
             ("state:PutItem", format!("table/{t}"))
         }

@@ -2,9 +2,10 @@
 //! pipeline; `stream`, `put`, `tail`, `table` and `plugin` talk to a running
 //! one through its API; `agent` sends the lines of log files to it;
 //! `simulate` runs the ABC Tolls day; `plugin` also writes, builds and tests
-//! plugins without a running weir.
+//! plugins without a running weir; `dlq` lists, shows and redrives dead letters.
 
 mod agent;
+mod dlq;
 mod plugin;
 mod put;
 mod run;
@@ -20,6 +21,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::plugin::PluginEngine;
+use dlq::DlqAction;
 use plugin::PluginAction;
 pub use shared::Reported;
 use shared::{Target, client_verb};
@@ -33,6 +35,20 @@ use tail::TailFrom;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How log lines are written to standard error: `text` for people, `json`
+    /// (one object per line) for log shippers.
+    #[arg(long, global = true, value_enum, env = "WEIR_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    /// Readable lines, coloured on a terminal.
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `fields` (the message among them),
+    /// `target` and the `span`s it happened in.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -126,6 +142,13 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// List, show and redrive the dead letters of a running pipeline's stages.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Print a stream's records as they arrive, like `tail -f`.
     Tail {
         /// The stream.
@@ -160,11 +183,13 @@ pub fn main() -> anyhow::Result<()> {
 /// test that needs a real `weir` process of its own (one it can kill with SIGKILL).
 pub fn main_with(args: impl IntoIterator<Item = std::ffi::OsString>) -> anyhow::Result<()> {
     let cli = Cli::parse_from(args);
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| "info".into()))
-        .with_writer(crate::progress::LogWriter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(crate::progress::LogWriter);
+    match cli.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+        LogFormat::Json => logs.json().with_span_list(true).init(),
+    }
     match cli.command {
         Command::Check { manifest } => {
             let engine = PluginEngine::new()?;
@@ -211,6 +236,7 @@ pub fn main_with(args: impl IntoIterator<Item = std::ffi::OsString>) -> anyhow::
         },
         Command::Table { action, target } => client_verb(&target, |c| table::table(c, action)),
         Command::Status { target } => client_verb(&target, status::status),
+        Command::Dlq { action, target } => client_verb(&target, |c| dlq::dlq(c, action)),
         Command::Simulate { run, build, logs, to, day, seed, timings } => {
             let yesterday = crate::time::format_ms(crate::stream::now_ms() - 86_400_000)[..10].to_owned();
             let day = day.unwrap_or(yesterday);

@@ -5,7 +5,6 @@
 //! worker may stage a batch while the loader still finishes the one before.
 
 use std::collections::VecDeque;
-use std::io::Write as _;
 use std::path::PathBuf;
 
 /// The plan files of one delivery stream.
@@ -82,15 +81,7 @@ impl Plans {
     /// Records a batch's bounds durably before its objects are written; the
     /// batch must not be written when this fails.
     pub fn write(&self, shard: u32, first: u64, last: u64) -> std::io::Result<()> {
-        let plan = self.file(shard, first);
-        let tmp = plan.with_extension("tmp");
-        std::fs::File::create(&tmp)
-            .and_then(|mut f| {
-                f.write_all(format!("{first} {last}\n").as_bytes())?;
-                f.sync_all()
-            })
-            .and_then(|()| std::fs::rename(&tmp, &plan))
-            .and_then(|()| std::fs::File::open(&self.dir)?.sync_all())
+        crate::io::write_durably(&self.file(shard, first), format!("{first} {last}\n").as_bytes())
     }
 
     /// Forgets a batch once it is checkpointed. A plan left behind is harmless:

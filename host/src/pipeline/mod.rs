@@ -586,6 +586,30 @@ impl Host {
         }
     }
 
+    /// A stage's pending dead letters (those `plugin`, `name@version`, set aside, if given), oldest first.
+    pub fn dead_letters(
+        &self,
+        stage: &str,
+        plugin: Option<&str>,
+    ) -> Result<Vec<crate::dlq::Letter>, crate::dlq::DlqError> {
+        let (spec, _) = self.stage_of(stage)?;
+        crate::dlq::pending(&self.pipeline, self.streams.as_ref(), spec, plugin)
+    }
+
+    /// Feeds a stage's pending dead letters through the stage's running plugin again.
+    pub fn redrive(&self, stage: &str, plugin: Option<&str>) -> Result<crate::dlq::Redrive, crate::dlq::DlqError> {
+        let (spec, handle) = self.stage_of(stage)?;
+        crate::dlq::redrive(&self.pipeline, self.streams.as_ref(), spec, handle, plugin)
+    }
+
+    fn stage_of(&self, stage: &str) -> Result<(&crate::manifest::StageSpec, &StageHandle), crate::dlq::DlqError> {
+        let unknown =
+            || crate::dlq::DlqError::UnknownStage { pipeline: self.pipeline.name.to_string(), stage: stage.to_owned() };
+        let spec = self.pipeline.stages.iter().find(|s| s.name.as_str() == stage).ok_or_else(unknown)?;
+        let handle = self.stages.iter().find(|h| h.name() == stage).ok_or_else(unknown)?;
+        Ok((spec, handle))
+    }
+
     /// The status and the latency histograms, for `GET /metrics`.
     pub fn metrics(&self) -> crate::metrics::Snapshot {
         crate::metrics::Snapshot {

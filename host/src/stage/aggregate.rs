@@ -230,6 +230,7 @@ impl AggregateOperator {
             StageCommand::Swap(_) => {
                 return Err(format!("stage `{stage}` runs an aggregator: the candidate must be one too"));
             }
+            StageCommand::Redrive(_) => return Err(format!("stage `{stage}`: a redrive is the driver's")),
             StageCommand::EndOfInput => {
                 let watermark = windows.end_input();
                 tracing::info!(?watermark, "the input ended: every window its records complete closes");

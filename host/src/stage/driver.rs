@@ -312,11 +312,19 @@ impl<O: Operator> Driver<O> {
         loop {
             // A batch boundary: swaps and rollbacks happen here, never inside a batch.
             while let Ok((command, reply)) = requests.try_recv() {
+                if let StageCommand::Redrive(records) = command {
+                    let answer = self.redrive(&records).and_then(|()| {
+                        self.stats.active_version().map(|v| v.status()).ok_or_else(|| "the stage has no plugin".into())
+                    });
+                    // The sender may have given up waiting: the records were redriven all the same.
+                    let _ = reply.send(answer);
+                    continue;
+                }
                 let swap = !matches!(command, StageCommand::EndOfInput);
                 let counter = match command {
                     StageCommand::Rollback => Some(&self.stats.rollbacks),
                     StageCommand::Swap(_) | StageCommand::SwapAggregator(_) => Some(&self.stats.swaps),
-                    StageCommand::EndOfInput => None,
+                    StageCommand::EndOfInput | StageCommand::Redrive(_) => None,
                 };
                 let started = Instant::now();
                 let mut answer = self.operator.command(command);
@@ -452,6 +460,32 @@ impl<O: Operator> Driver<O> {
             self.stats.set_error(e);
         }
         self.stats.set_phase(Phase::Finished);
+    }
+
+    /// Processes dead-lettered records again ([`crate::dlq`]), with no position
+    /// to move: as a batch, or record by record if the plugin fails on the
+    /// batch; a record that fails alone is set aside again with its new reason.
+    /// Returns once every effect is durable; an effect that cannot be recorded
+    /// fails the redrive, and the records stay pending.
+    fn redrive(&mut self, records: &[StoredRecord]) -> Result<(), String> {
+        let span = tracing::info_span!("stage.redrive", records = records.len());
+        let _enter = span.enter();
+        match self.operator.process(records) {
+            Ok(()) => return Ok(()),
+            Err(BatchError::Plugin { .. }) => {}
+            Err(e) => return Err(e.message().to_owned()),
+        }
+        for record in records.chunks(1) {
+            match self.operator.process(record) {
+                Ok(()) => {}
+                Err(BatchError::Plugin { message, .. }) => {
+                    self.operator.set_aside(record, None, &message)?;
+                    self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => return Err(e.message().to_owned()),
+            }
+        }
+        Ok(())
     }
 
     /// Counts a plugin failure and shows it in the status.

@@ -79,6 +79,7 @@ impl TransformOperator {
             StageCommand::SwapAggregator(_) | StageCommand::EndOfInput => {
                 return Err(format!("stage `{}` runs a transformer, not an aggregator", self.spec.name));
             }
+            StageCommand::Redrive(_) => return Err(format!("stage `{}`: a redrive is the driver's", self.spec.name)),
             StageCommand::Rollback => {
                 let Some((plugin, version)) = self.previous.take() else {
                     return Err(format!("stage `{}` has no previous version to roll back to", self.spec.name));

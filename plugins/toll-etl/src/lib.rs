@@ -54,6 +54,7 @@ impl Transformer for TollEtl {
     }
 }
 
+#[cfg(feature = "export")]
 weir_sdk::export_transformer!(TollEtl);
 
 impl TollEtl {
