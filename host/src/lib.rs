@@ -15,7 +15,6 @@ pub mod cli;
 pub mod client;
 pub mod dedup;
 pub mod delivery;
-pub mod dlq;
 pub mod io;
 pub mod lake;
 pub mod manifest;

@@ -179,7 +179,7 @@ pub enum StageCommand {
     /// before it answers.
     EndOfInput,
     /// Process these dead-lettered records again with the running version
-    /// ([`crate::dlq`]); the stage answers once their outputs and any new
+    /// ([`crate::pipeline::dlq`]); the stage answers once their outputs and any new
     /// dead letters are durable. Handled by the driver, never by an operator.
     Redrive(Vec<crate::stream::StoredRecord>),
 }

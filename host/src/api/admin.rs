@@ -10,7 +10,7 @@
 //!   version keeps running)
 //! - `POST /v1/stages/{stage}/plugin/rollback`: back to the version before the last swap
 //! - `GET  /v1/stages/{stage}/dead-letters?limit=N&plugin=NAME@VERSION`: how many
-//!   are pending and the oldest `limit` (default 100) of them ([`crate::dlq`])
+//!   are pending and the oldest `limit` (default 100) of them ([`crate::pipeline::dlq`])
 //! - `POST /v1/stages/{stage}/dead-letters/redrive?plugin=NAME@VERSION`: feeds the
 //!   pending ones (those that version set aside) through the stage again
 //!
@@ -118,7 +118,7 @@ pub async fn redrive(
     State(api): State<Arc<super::ApiState>>,
     Path(stage): Path<String>,
     Query(query): Query<LettersQuery>,
-) -> Result<axum::Json<crate::dlq::Redrive>, ApiError> {
+) -> Result<axum::Json<crate::pipeline::dlq::Redrive>, ApiError> {
     check_name(NameKind::Stage, "stage", &stage)?;
     let host = api.host.clone();
     tokio::task::spawn_blocking(move || host.redrive(&stage, query.plugin.as_deref()))
@@ -128,8 +128,8 @@ pub async fn redrive(
         .map_err(dlq_error)
 }
 
-fn dlq_error(e: crate::dlq::DlqError) -> ApiError {
-    use crate::dlq::DlqError;
+fn dlq_error(e: crate::pipeline::dlq::DlqError) -> ApiError {
+    use crate::pipeline::dlq::DlqError;
     let (status, code) = match &e {
         DlqError::UnknownStage { .. } => (StatusCode::NOT_FOUND, "UnknownStage"),
         DlqError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "DeadLettersUnavailable"),

@@ -15,6 +15,7 @@ pub mod cbor;
 pub mod eventstream;
 pub mod firehose;
 pub mod kinesis;
+pub mod metrics;
 pub mod native;
 pub mod rate;
 pub mod server;
@@ -83,7 +84,7 @@ pub fn router(host: Arc<Host>, auth: Auth) -> Router {
     let authenticated = Router::new()
         .route("/", post(aws_json))
         .route("/v1/pipeline", get(native::pipeline_status))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics::metrics))
         .route("/v1/streams/{stream}/records", post(native::put_records).get(native::get_records))
         .route("/v1/delivery/{name}/records", post(native::put_delivery_records))
         .route(
@@ -229,15 +230,6 @@ async fn authenticate(State(state): State<Arc<ApiState>>, mut request: Request, 
             };
             refuse(aws_protocol, status, e.aws_type(), e.to_string())
         }
-    }
-}
-
-/// `GET /metrics`: the pipeline's figures for Prometheus (OpenMetrics text).
-async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
-    let host = state.host.clone();
-    match tokio::task::spawn_blocking(move || crate::metrics::render(host.metrics())).await {
-        Ok(text) => ([(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response(),
-        Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()).into_response(),
     }
 }
 

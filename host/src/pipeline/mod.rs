@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::dedup::{DedupSpec, DedupStore};
 use crate::delivery::{Delivery, DeliveryStatus};
 use crate::manifest::{DeadLetter, Pipeline, Target};
+use crate::metrics::Seconds;
 use crate::notify::Channels;
 use crate::plugin::{
     AggregatorPlugin, NotifierPlugin, PluginEngine, PluginError, PluginIdent, SandboxSpec, TransformerPlugin,
@@ -27,6 +28,7 @@ use crate::stream::{
     NewRecord, StoredRecord, StreamError, StreamStore, shard_id,
 };
 
+pub mod dlq;
 mod swap;
 
 pub use swap::SwapError;
@@ -171,6 +173,19 @@ pub struct PipelineStatus {
     pub references: Vec<crate::reference::ReferenceStatus>,
     /// Each notification channel's counts.
     pub channels: Vec<crate::notify::ChannelStatus>,
+}
+
+/// What `GET /metrics` shows: the status, and the latency histograms beside it.
+#[derive(Debug)]
+pub struct MetricsSnapshot {
+    /// The counters `weir status` shows.
+    pub status: PipelineStatus,
+    /// Per stage (and delivery): how long its batches took (read to done) and its plugin calls.
+    pub stage_times: Vec<(String, Seconds, Seconds)>,
+    /// Per webhook channel: how long its requests took to be answered.
+    pub webhook_times: Vec<(String, Seconds)>,
+    /// The host's version.
+    pub version: &'static str,
 }
 
 /// What puts into one stream brought, since the host started.
@@ -587,32 +602,28 @@ impl Host {
     }
 
     /// A stage's pending dead letters (those `plugin`, `name@version`, set aside, if given), oldest first.
-    pub fn dead_letters(
-        &self,
-        stage: &str,
-        plugin: Option<&str>,
-    ) -> Result<Vec<crate::dlq::Letter>, crate::dlq::DlqError> {
+    pub fn dead_letters(&self, stage: &str, plugin: Option<&str>) -> Result<Vec<dlq::Letter>, dlq::DlqError> {
         let (spec, _) = self.stage_of(stage)?;
-        crate::dlq::pending(&self.pipeline, self.streams.as_ref(), spec, plugin)
+        dlq::pending(&self.pipeline, self.streams.as_ref(), spec, plugin)
     }
 
     /// Feeds a stage's pending dead letters through the stage's running plugin again.
-    pub fn redrive(&self, stage: &str, plugin: Option<&str>) -> Result<crate::dlq::Redrive, crate::dlq::DlqError> {
+    pub fn redrive(&self, stage: &str, plugin: Option<&str>) -> Result<dlq::Redrive, dlq::DlqError> {
         let (spec, handle) = self.stage_of(stage)?;
-        crate::dlq::redrive(&self.pipeline, self.streams.as_ref(), spec, handle, plugin)
+        dlq::redrive(&self.pipeline, self.streams.as_ref(), spec, handle, plugin)
     }
 
-    fn stage_of(&self, stage: &str) -> Result<(&crate::manifest::StageSpec, &StageHandle), crate::dlq::DlqError> {
+    fn stage_of(&self, stage: &str) -> Result<(&crate::manifest::StageSpec, &StageHandle), dlq::DlqError> {
         let unknown =
-            || crate::dlq::DlqError::UnknownStage { pipeline: self.pipeline.name.to_string(), stage: stage.to_owned() };
+            || dlq::DlqError::UnknownStage { pipeline: self.pipeline.name.to_string(), stage: stage.to_owned() };
         let spec = self.pipeline.stages.iter().find(|s| s.name.as_str() == stage).ok_or_else(unknown)?;
         let handle = self.stages.iter().find(|h| h.name() == stage).ok_or_else(unknown)?;
         Ok((spec, handle))
     }
 
     /// The status and the latency histograms, for `GET /metrics`.
-    pub fn metrics(&self) -> crate::metrics::Snapshot {
-        crate::metrics::Snapshot {
+    pub fn metrics(&self) -> MetricsSnapshot {
+        MetricsSnapshot {
             status: self.status(),
             stage_times: self
                 .stages

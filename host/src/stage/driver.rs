@@ -462,7 +462,7 @@ impl<O: Operator> Driver<O> {
         self.stats.set_phase(Phase::Finished);
     }
 
-    /// Processes dead-lettered records again ([`crate::dlq`]), with no position
+    /// Processes dead-lettered records again ([`crate::pipeline::dlq`]), with no position
     /// to move: as a batch, or record by record if the plugin fails on the
     /// batch; a record that fails alone is set aside again with its new reason.
     /// Returns once every effect is durable; an effect that cannot be recorded
