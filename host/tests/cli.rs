@@ -214,6 +214,10 @@ fn stream_put_and_tail_talk_to_a_running_weir_with_signed_requests() {
     let (ok, out, err) = weir(&["tail", "clicks", "--from", "trim-horizon", "--no-follow"], "cli-secret", "");
     assert!(ok, "{err}");
     assert_eq!(out, "first\nsecond\n");
+    let from_second = ["tail", "clicks", "--from", "at-sequence", "--sequence", numbers[1], "--no-follow", "--keys"];
+    let (ok, out, err) = weir(&from_second, "cli-secret", "");
+    assert!(ok, "{err}");
+    assert_eq!(out, format!("shardId-000000000000  {}  weir-cli  second\n", numbers[1]));
     let (ok, out, _) = weir(&["stream", "describe", "clicks"], "cli-secret", "");
     assert!(ok && out.contains("\"RetentionPeriodHours\": 24"), "{out}");
     let (ok, out, err) = weir(&["stream", "reshard", "clicks", "2"], "cli-secret", "");

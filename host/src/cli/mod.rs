@@ -27,7 +27,7 @@ pub use shared::Reported;
 use shared::{Target, client_verb};
 use stream::StreamAction;
 use table::TableAction;
-use tail::TailFrom;
+use tail::{TailFrom, TailShow};
 
 /// weir: a self-hosted streaming runtime with WebAssembly plugins.
 #[derive(Debug, Parser)]
@@ -159,6 +159,15 @@ enum Command {
         /// With `--from at-timestamp`: an RFC 3339 time, e.g. 2026-11-26T14:00:00Z.
         #[arg(long)]
         timestamp: Option<String>,
+        /// With `--from at-sequence`: a sequence number `weir put` printed.
+        #[arg(long)]
+        sequence: Option<String>,
+        /// Print each record's shard, sequence number and partition key before it.
+        #[arg(long)]
+        keys: bool,
+        /// Indent JSON records over several lines.
+        #[arg(long)]
+        pretty: bool,
         /// Stop at the end of the stream instead of waiting for more.
         #[arg(long)]
         no_follow: bool,
@@ -208,8 +217,9 @@ pub fn main_with(args: impl IntoIterator<Item = std::ffi::OsString>) -> anyhow::
         Command::Put { stream, data, partition_key, target } => {
             client_verb(&target, |c| put::put(c, stream, data, partition_key))
         }
-        Command::Tail { stream, from, timestamp, no_follow, target } => {
-            client_verb(&target, |c| tail::tail(c, stream, from, timestamp, no_follow))
+        Command::Tail { stream, from, timestamp, sequence, keys, pretty, no_follow, target } => {
+            let show = TailShow { keys, pretty };
+            client_verb(&target, |c| tail::tail(c, stream, from, timestamp, sequence, no_follow, show))
         }
         Command::Agent { config } => agent::agent(config),
         Command::Plugin { action, target } => match action {
