@@ -374,17 +374,17 @@ pub fn run_day(host: &Arc<Host>, lines: &[TollLine], mut progress: impl FnMut(f6
     let mut caught_up: BTreeMap<String, Duration> = BTreeMap::new();
     let mut catch_up = || -> anyhow::Result<()> {
         loop {
-            let status = host.status();
-            let stage = |name: &str| status.stages.iter().any(|s| s.name == name);
-            for c in status.consumers.iter().filter(|c| stage(&c.consumer)) {
-                let lags = status.consumers.iter().filter(|o| o.consumer == c.consumer).any(|o| o.lag_records > 0);
+            let consumers = host.consumer_lags();
+            let stage = |name: &str| host.pipeline.stages.iter().any(|s| s.name.as_str() == name);
+            for c in consumers.iter().filter(|c| stage(&c.consumer)) {
+                let lags = consumers.iter().filter(|o| o.consumer == c.consumer).any(|o| o.lag_records > 0);
                 if !lags {
                     caught_up.entry(c.consumer.clone()).or_insert_with(|| ingest_started.elapsed());
                 } else {
                     caught_up.remove(&c.consumer);
                 }
             }
-            if status.consumers.iter().filter(|c| stage(&c.consumer)).all(|c| c.lag_records == 0) {
+            if consumers.iter().filter(|c| stage(&c.consumer)).all(|c| c.lag_records == 0) {
                 return Ok(());
             }
             anyhow::ensure!(Instant::now() < deadline, "the pipeline did not catch up within 5 minutes");

@@ -552,31 +552,7 @@ impl Host {
     pub fn status(&self) -> PipelineStatus {
         let stages = self.stages.iter().map(StageHandle::status).collect();
         let now_ms = crate::stream::now_ms();
-        let mut streams = BTreeMap::new();
-        let mut shards = Vec::new();
-        let mut consumers = Vec::new();
-        for name in self.streams.list() {
-            let Ok(info) = self.streams.info(&name) else { continue };
-            for shard in &info.shards {
-                shards.push(ShardStatus { stream: name.clone(), shard: shard_id(shard.index), end: shard.end });
-                for (consumer, checkpoint) in &shard.consumers {
-                    // The age of the oldest record not checkpointed; unknown (0) if it cannot be read now.
-                    let oldest = (*checkpoint < shard.end)
-                        .then(|| self.streams.read(&name, shard.index, *checkpoint, 1).ok())
-                        .flatten();
-                    let arrived = oldest.as_ref().and_then(|r| r.first()).map(|r| r.arrival_ms);
-                    consumers.push(ConsumerLag {
-                        stream: name.clone(),
-                        shard: shard_id(shard.index),
-                        consumer: consumer.clone(),
-                        checkpoint: *checkpoint,
-                        lag_records: shard.end.saturating_sub(*checkpoint),
-                        lag_ms: arrived.map_or(0, |at| (now_ms - at).max(0)),
-                    });
-                }
-            }
-            streams.insert(name, info.appended());
-        }
+        let (streams, shards, consumers) = self.walk_streams(Some(now_ms));
         let buffer_duplicates = self.buffer_dedup.duplicates();
         PipelineStatus {
             pipeline: self.pipeline.name.to_string(),
@@ -619,6 +595,44 @@ impl Host {
         let spec = self.pipeline.stages.iter().find(|s| s.name.as_str() == stage).ok_or_else(unknown)?;
         let handle = self.stages.iter().find(|h| h.name() == stage).ok_or_else(unknown)?;
         Ok((spec, handle))
+    }
+
+    /// Every consumer's checkpoint and lag in records, without their age: for
+    /// waiting until a pipeline has caught up, cheaply and often.
+    pub fn consumer_lags(&self) -> Vec<ConsumerLag> {
+        self.walk_streams(None).2
+    }
+
+    /// Records per stream, every shard's end, and every consumer's lag; with
+    /// `now_ms`, also how old the oldest record each consumer has not
+    /// checkpointed is (one read per lagging consumer and shard).
+    fn walk_streams(&self, now_ms: Option<i64>) -> (BTreeMap<String, u64>, Vec<ShardStatus>, Vec<ConsumerLag>) {
+        let mut streams = BTreeMap::new();
+        let mut shards = Vec::new();
+        let mut consumers = Vec::new();
+        for name in self.streams.list() {
+            let Ok(info) = self.streams.info(&name) else { continue };
+            for shard in &info.shards {
+                shards.push(ShardStatus { stream: name.clone(), shard: shard_id(shard.index), end: shard.end });
+                for (consumer, checkpoint) in &shard.consumers {
+                    // The age of the oldest record not checkpointed; unknown (0) if it cannot be read now.
+                    let age = now_ms.filter(|_| *checkpoint < shard.end).and_then(|now| {
+                        let oldest = self.streams.read(&name, shard.index, *checkpoint, 1).ok()?;
+                        Some((now - oldest.first()?.arrival_ms).max(0))
+                    });
+                    consumers.push(ConsumerLag {
+                        stream: name.clone(),
+                        shard: shard_id(shard.index),
+                        consumer: consumer.clone(),
+                        checkpoint: *checkpoint,
+                        lag_records: shard.end.saturating_sub(*checkpoint),
+                        lag_ms: age.unwrap_or(0),
+                    });
+                }
+            }
+            streams.insert(name, info.appended());
+        }
+        (streams, shards, consumers)
     }
 
     /// The status and the latency histograms, for `GET /metrics`.
@@ -684,7 +698,7 @@ impl Host {
             let name = spec.name.as_str();
             let Some(handle) = self.stages.iter().find(|h| h.name() == name) else { continue };
             // An aggregator upstream may just have written its last windows: they are read first.
-            while self.status().consumers.iter().any(|c| c.consumer == name && c.lag_records > 0) {
+            while self.consumer_lags().iter().any(|c| c.consumer == name && c.lag_records > 0) {
                 if Instant::now() >= deadline {
                     return Err(format!("stage `{name}` did not read all of its input within {timeout:?}"));
                 }
