@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use serde_json::Value;
-use weir_tests::{Proxy, TestHost, files, postgres, postgres_database, put_record_batch};
+use weir_tests::{Proxy, TestHost, files, postgres, postgres_database, put_record_batch, toll_lines};
 
 const COLUMNS: &str = r#"["transaction_id", "event_time", "station_id", "lane", "tag_id", "customer_id", "vehicle_class", "amount_cents", "currency"]"#;
 
@@ -18,22 +18,6 @@ const POSTGRES_TABLE: &str = "CREATE TABLE toll_transactions (
     transaction_id text PRIMARY KEY, event_time timestamptz NOT NULL, station_id integer NOT NULL,
     lane smallint NOT NULL, tag_id text NOT NULL, customer_id text NOT NULL, vehicle_class smallint NOT NULL,
     amount_cents integer NOT NULL, currency char(3) NOT NULL)";
-
-/// `n` toll lines, every tenth one malformed (an unknown vehicle class).
-fn toll_lines(n: usize) -> Vec<String> {
-    (0..n)
-        .map(|i| {
-            let class = if i % 10 == 9 { 9 } else { 1 + i % 6 };
-            format!(
-                "T0017-{i:06},2026-11-26T14:{:02}:{:02}Z,17,3,TAG{i:07},C{:06},{class},{}",
-                i / 60 % 60,
-                i % 60,
-                i % 97,
-                100 + i
-            )
-        })
-        .collect()
-}
 
 fn manifest(warehouse: &str, retry: &str) -> String {
     format!(

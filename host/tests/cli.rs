@@ -13,6 +13,40 @@ fn root() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
 
+/// `weir run ARGS` of the quickstart manifest, writing into `dir`, on a free
+/// port, without keys; its log (standard error) piped.
+fn run_quickstart(dir: &Path, args: &[&str]) -> (std::process::Child, u16) {
+    let manifest = std::fs::read_to_string(root().join("manifests/quickstart.toml"))
+        .expect("quickstart")
+        .replace("../plugins/toll-etl", &root().join("plugins/toll-etl").display().to_string())
+        .replace("../out/quickstart", ".");
+    let path = dir.join("quickstart.toml");
+    std::fs::write(&path, manifest).expect("write manifest");
+    let port = free_port();
+    let child = Command::new(WEIR)
+        .arg("run")
+        .args(args)
+        .args(["--insecure-no-auth", "--listen", &format!("127.0.0.1:{port}")])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start weir");
+    (child, port)
+}
+
+/// Sends SIGTERM and waits: how it exited, and its log.
+fn stop_with_sigterm(child: &mut std::process::Child) -> (std::process::ExitStatus, String) {
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    assert!(status.success());
+    let exit = child.wait().expect("wait");
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        std::io::Read::read_to_string(&mut e, &mut stderr).expect("read the log");
+    }
+    (exit, stderr)
+}
+
 #[test]
 fn check_accepts_the_quickstart_and_lists_every_problem_of_a_broken_manifest() {
     // The artifacts crate has built the plugins, so the component check passes.
@@ -55,20 +89,7 @@ fn check_accepts_the_quickstart_and_lists_every_problem_of_a_broken_manifest() {
 #[test]
 fn run_serves_puts_and_drains_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let manifest = std::fs::read_to_string(root().join("manifests/quickstart.toml"))
-        .expect("quickstart")
-        .replace("../plugins/toll-etl", &root().join("plugins/toll-etl").display().to_string())
-        .replace("../out/quickstart", ".");
-    let path = dir.path().join("quickstart.toml");
-    std::fs::write(&path, manifest).expect("write manifest");
-    let port = free_port();
-    let mut child = Command::new(WEIR)
-        .args(["run", "--insecure-no-auth", "--listen", &format!("127.0.0.1:{port}")])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start weir");
+    let (mut child, port) = run_quickstart(dir.path(), &[]);
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let client = reqwest::Client::new();
@@ -93,13 +114,7 @@ fn run_serves_puts_and_drains_on_sigterm() {
     });
 
     // SIGTERM right away: everything acknowledged must still reach the files.
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
-    assert!(status.success());
-    let exit = child.wait().expect("wait");
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
-    }
+    let (exit, stderr) = stop_with_sigterm(&mut child);
     assert!(exit.success(), "weir exited with {exit}: {stderr}");
     assert!(stderr.contains("draining stages"), "{stderr}");
 
@@ -119,32 +134,13 @@ fn run_serves_puts_and_drains_on_sigterm() {
 #[test]
 fn run_writes_one_json_object_per_log_line_for_log_shippers() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let manifest = std::fs::read_to_string(root().join("manifests/quickstart.toml"))
-        .expect("quickstart")
-        .replace("../plugins/toll-etl", &root().join("plugins/toll-etl").display().to_string())
-        .replace("../out/quickstart", ".");
-    let path = dir.path().join("quickstart.toml");
-    std::fs::write(&path, manifest).expect("write manifest");
-    let port = free_port();
-    let mut child = Command::new(WEIR)
-        .args(["run", "--log-format", "json", "--insecure-no-auth", "--listen", &format!("127.0.0.1:{port}")])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start weir");
+    let (mut child, port) = run_quickstart(dir.path(), &["--log-format", "json"]);
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "weir did not start listening");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
-    assert!(status.success());
-    let exit = child.wait().expect("wait");
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        std::io::Read::read_to_string(&mut e, &mut stderr).expect("read the log");
-    }
+    let (exit, stderr) = stop_with_sigterm(&mut child);
     assert!(exit.success(), "weir exited with {exit}: {stderr}");
     let mut messages = Vec::new();
     for line in stderr.lines() {

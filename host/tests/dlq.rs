@@ -9,7 +9,7 @@ mod common;
 use std::process::Command;
 
 use common::WEIR;
-use weir_tests::TestHost;
+use weir_tests::{TestHost, toll_lines};
 
 const COLUMNS: &str = r#"["transaction_id", "event_time", "station_id", "lane", "tag_id", "customer_id", "vehicle_class", "amount_cents", "currency"]"#;
 
@@ -53,22 +53,6 @@ columns = {COLUMNS}
 key = "transaction_id"
 "#
     )
-}
-
-/// `n` toll lines: every tenth malformed (vehicle class 9), the others of classes 1 to 6.
-fn toll_lines(n: usize) -> Vec<String> {
-    (0..n)
-        .map(|i| {
-            let class = if i % 10 == 9 { 9 } else { 1 + i % 6 };
-            format!(
-                "T0017-{i:06},2026-11-26T14:{:02}:{:02}Z,17,3,TAG{i:07},C{:06},{class},{}",
-                i / 60 % 60,
-                i % 60,
-                i % 97,
-                100 + i
-            )
-        })
-        .collect()
 }
 
 /// `weir ARGS` against the host: its standard output; panics with its error output if it fails.

@@ -663,3 +663,20 @@ impl Prometheus {
         answer["data"]["result"][0]["value"][1].as_str()?.parse().ok()
     }
 }
+
+/// `n` toll lines of station 17: every tenth malformed (vehicle class 9), the
+/// others of classes 1 to 6 in turn.
+pub fn toll_lines(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let class = if i % 10 == 9 { 9 } else { 1 + i % 6 };
+            format!(
+                "T0017-{i:06},2026-11-26T14:{:02}:{:02}Z,17,3,TAG{i:07},C{:06},{class},{}",
+                i / 60 % 60,
+                i % 60,
+                i % 97,
+                100 + i
+            )
+        })
+        .collect()
+}
