@@ -107,19 +107,7 @@ pub fn pending(
     plugin: Option<&str>,
 ) -> Result<Vec<Letter>, DlqError> {
     let redriven = Redriven::load(&redriven_path(pipeline, stage))?;
-    let mut newest: BTreeMap<(String, u32, u64), Letter> = BTreeMap::new();
-    let mut order = Vec::new();
-    for (entry, json) in entries(pipeline, streams, stage)? {
-        if redriven.entries.contains(&entry) {
-            continue;
-        }
-        let letter = letter(entry, &json)?;
-        let id = (letter.stream.clone(), letter.record.shard, letter.record.sequence);
-        if newest.insert(id.clone(), letter).is_none() {
-            order.push(id);
-        }
-    }
-    Ok(order.into_iter().filter_map(|id| newest.remove(&id)).filter(|l| plugin.is_none_or(|p| l.plugin == p)).collect())
+    Ok(pending_of(letters(pipeline, streams, stage)?, &redriven, plugin))
 }
 
 /// Feeds a stage's pending dead letters (those `plugin` set aside, if given)
@@ -133,35 +121,54 @@ pub fn redrive(
     plugin: Option<&str>,
 ) -> Result<Redrive, DlqError> {
     let path = redriven_path(pipeline, stage);
-    let letters = pending(pipeline, streams, stage, plugin)?;
-    // Every entry of a record redriven is done with, older failures of it included.
-    let all = entries(pipeline, streams, stage)?;
     let mut redriven = Redriven::load(&path)?;
+    // Read before the redrive: the entries it writes for records that fail again stay pending.
+    let all = letters(pipeline, streams, stage)?;
+    let pending = pending_of(all.clone(), &redriven, plugin);
     let mut done = Redrive::default();
-    for chunk in letters.chunks(REDRIVE_CHUNK) {
+    for chunk in pending.chunks(REDRIVE_CHUNK) {
         let records: Vec<StoredRecord> = chunk.iter().map(|l| l.record.clone()).collect();
         let before = handle.stats.dead_lettered.load(std::sync::atomic::Ordering::Relaxed);
         handle
             .command(StageCommand::Redrive(records), REDRIVE_TIMEOUT)
             .map_err(|reason| DlqError::Stage { stage: stage.name.to_string(), reason })?;
         let after = handle.stats.dead_lettered.load(std::sync::atomic::Ordering::Relaxed);
-        let ids: BTreeSet<(&str, u32, u64)> =
-            chunk.iter().map(|l| (l.stream.as_str(), l.record.shard, l.record.sequence)).collect();
-        for (entry, json) in &all {
-            if ids.contains(&(
-                json["stream"].as_str().unwrap_or_default(),
-                json["shard"].as_str().and_then(parse_shard_id).unwrap_or(u32::MAX),
-                json["sequence"].as_str().and_then(|s| s.parse().ok()).unwrap_or(u64::MAX),
-            )) {
-                redriven.entries.insert(entry.clone());
-            }
-        }
+        // Every entry of a record redriven is done with, older failures of it included.
+        let ids: BTreeSet<(&str, u32, u64)> = chunk.iter().map(Letter::record_id).collect();
+        redriven.entries.extend(all.iter().filter(|l| ids.contains(&l.record_id())).map(|l| l.entry.clone()));
         redriven.save(&path)?;
         done.redriven += chunk.len() as u64;
         done.failed_again += after.saturating_sub(before);
     }
     tracing::info!(stage = %stage.name, redriven = done.redriven, failed_again = done.failed_again, "dead letters redriven");
     Ok(done)
+}
+
+/// The letters not redriven yet, one per record (its newest), oldest first;
+/// with `plugin`, only those that version set aside.
+fn pending_of(letters: Vec<Letter>, redriven: &Redriven, plugin: Option<&str>) -> Vec<Letter> {
+    let mut newest: BTreeMap<(String, u32, u64), Letter> = BTreeMap::new();
+    let mut order = Vec::new();
+    for letter in letters.into_iter().filter(|l| !redriven.entries.contains(&l.entry)) {
+        let (stream, shard, sequence) = letter.record_id();
+        let id = (stream.to_owned(), shard, sequence);
+        if newest.insert(id.clone(), letter).is_none() {
+            order.push(id);
+        }
+    }
+    order.into_iter().filter_map(|id| newest.remove(&id)).filter(|l| plugin.is_none_or(|p| l.plugin == p)).collect()
+}
+
+/// Every entry of a stage's dead-letter log as a letter, oldest first.
+fn letters(pipeline: &Pipeline, streams: &dyn StreamStore, stage: &StageSpec) -> Result<Vec<Letter>, DlqError> {
+    entries(pipeline, streams, stage)?.into_iter().map(|(entry, json)| letter(entry, &json)).collect()
+}
+
+impl Letter {
+    /// The record it holds: its stream, shard and position.
+    fn record_id(&self) -> (&str, u32, u64) {
+        (self.stream.as_str(), self.record.shard, self.record.sequence)
+    }
 }
 
 /// Where a stage keeps which dead-letter entries were redriven.
