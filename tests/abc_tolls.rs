@@ -14,42 +14,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use weir_host::agent::{Agent, AgentConfig, AgentHandle};
 use weir_host::pipeline::Producer;
-use weir_host::simulate::OperationsDesk;
 use weir_host::stream::NewRecord;
-use weir_tests::{TestHost, inbox_subjects, root};
-
-/// The shipped manifest and fragments in `dir`, writing under `dir`, with the
-/// delivery's buffer interval and the operations webhook's URL replaced.
-fn shipped(dir: &std::path::Path, buffer_interval: &str, operations_hook: &str) -> String {
-    let out = dir.join("out").display().to_string();
-    let plugins = root().join("plugins").display().to_string();
-    let fix = |text: String| {
-        text.replace("../../out/abc-tolls", &out)
-            .replace("../out/abc-tolls", &out)
-            .replace("../../plugins", &plugins)
-            .replace("buffer-interval = \"60s\"", &format!("buffer-interval = \"{buffer_interval}\""))
-            .replace("http://127.0.0.1:7071/hooks/weir", operations_hook)
-    };
-    std::fs::create_dir_all(dir.join("abc-tolls")).expect("mkdir");
-    for fragment in ["ingest.toml", "billing.toml", "traffic.toml"] {
-        let text = std::fs::read_to_string(root().join("manifests/abc-tolls").join(fragment)).expect("fragment");
-        std::fs::write(dir.join("abc-tolls").join(fragment), fix(text)).expect("write fragment");
-    }
-    std::fs::copy(root().join("manifests/abc-tolls/station_minimums.csv"), dir.join("abc-tolls/station_minimums.csv"))
-        .expect("minimums");
-    let manifest = std::fs::read_to_string(root().join("manifests/abc-tolls.toml")).expect("manifest");
-    fix(manifest).replace("listen = \"127.0.0.1:7070\"", "listen = \"127.0.0.1:0\"")
-}
-
-/// The stand-in operations tool on a free loopback port, and its webhook URL.
-async fn operations_desk() -> (Arc<OperationsDesk>, String) {
-    let desk = OperationsDesk::new("abc-tolls-showcase");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}/hooks/weir", listener.local_addr().expect("address"));
-    let router = desk.router();
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    (desk, url)
-}
+use weir_tests::{TestHost, inbox_subjects, operations_desk, root, showcase_manifest};
 
 /// A traffic alert's (station, window start, count, minimum), from its text:
 /// "Station 5 counted 0 vehicles between <start> and <end>; its minimum for that slot is 25."
@@ -78,7 +44,7 @@ fn line(n: u32, time: &str, station: u32, customer: &str, cents: u32) -> NewReco
 async fn the_showcase_fills_the_warehouse_and_raises_billing_and_traffic_alerts() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_desk, hook) = operations_desk().await;
-    let manifest = shipped(dir.path(), "1s", &hook);
+    let manifest = showcase_manifest(dir.path(), "1s", &hook);
     let host = TestHost::start_in(dir, &manifest).await.expect("start");
     // C000123 has set a $5.00 threshold in the app.
     host.host.state.put("thresholds", "C000123", b"500").expect("threshold");
@@ -248,7 +214,7 @@ fn oracle_until(lines: &[weir_host::simulate::TollLine], billing_watermark: i64,
 async fn a_simulated_day_matches_an_independent_oracle_across_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (desk, hook) = operations_desk().await;
-    let manifest = shipped(dir.path(), "60s", &hook); // as shipped: the day's clock runs the buffer
+    let manifest = showcase_manifest(dir.path(), "60s", &hook); // as shipped: the day's clock runs the buffer
     let warehouse = dir.path().join("out/warehouse.db");
     let day = weir_host::simulate::generate_day(42, DAY);
     let expected = oracle(&day);
@@ -363,7 +329,7 @@ fn the_showcase_command_reports_what_the_oracle_finds() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
     let manifest = dir.path().join("abc-tolls.toml");
-    std::fs::write(&manifest, shipped(dir.path(), "60s", &format!("http://127.0.0.1:{port}/hooks/weir")))
+    std::fs::write(&manifest, showcase_manifest(dir.path(), "60s", &format!("http://127.0.0.1:{port}/hooks/weir")))
         .expect("the manifest");
     let day = weir_host::time::format_ms(DAY)[..10].to_owned();
     let output = std::process::Command::new(std::env::current_exe().expect("the test binary"))
@@ -502,7 +468,7 @@ async fn showcase() -> (TestHost, std::path::PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
     // The desk's server keeps it, and answers the traffic webhooks.
     let (_, hook) = operations_desk().await;
-    let manifest = shipped(dir.path(), "60s", &hook);
+    let manifest = showcase_manifest(dir.path(), "60s", &hook);
     let out = dir.path().join("out");
     let host = TestHost::start_in(dir, &manifest).await.expect("start");
     for (customer, threshold) in weir_host::simulate::thresholds() {
@@ -780,7 +746,7 @@ async fn call_as(
 async fn each_showcase_key_may_do_only_what_its_holder_needs() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_, hook) = operations_desk().await;
-    let mut manifest = shipped(dir.path(), "60s", &hook);
+    let mut manifest = showcase_manifest(dir.path(), "60s", &hook);
     for (_, variable, secret) in KEYS {
         manifest = manifest.replace(&format!("secret-env = \"{variable}\""), &format!("secret = \"{secret}\""));
     }

@@ -14,9 +14,9 @@
 //! recorded in the state database in the same commit as the inbox message or
 //! the webhook delivery (which therefore survives a restart too).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -73,6 +73,24 @@ pub struct Channels {
     sent: BTreeMap<String, AtomicU64>,
     /// Each webhook channel's requests since the start.
     webhooks: BTreeMap<String, WebhookCounts>,
+    /// The latest notifications sent, newest last (for the dashboard).
+    recent: Mutex<VecDeque<Sent>>,
+}
+
+/// How many of the latest notifications [`Channels::recent`] keeps.
+const RECENT: usize = 20;
+
+/// A notification sent, as the dashboard lists it: who got what, not the body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Sent {
+    /// Its channel.
+    pub channel: String,
+    /// Its recipient.
+    pub recipient: String,
+    /// Its one-line summary.
+    pub subject: String,
+    /// When it was sent (RFC 3339).
+    pub sent_at: String,
 }
 
 /// What a webhook channel's sender did since the host started.
@@ -111,6 +129,7 @@ impl Channels {
                 .filter(|c| matches!(c.kind, ChannelKind::Webhook(_)))
                 .map(|c| (c.name.clone(), WebhookCounts::default()))
                 .collect(),
+            recent: Mutex::new(VecDeque::with_capacity(RECENT)),
         }
     }
 
@@ -142,18 +161,19 @@ impl Channels {
     /// returns whether it was new.
     pub fn send(&self, n: Notification) -> Result<bool, String> {
         let tx = self.state.begin().map_err(|e| e.to_string())?;
-        let channel = n.channel.clone();
-        let new = self.send_in(n, &tx)?;
+        let sent = self.send_in(n, &tx)?;
         tx.commit().map_err(|e| e.to_string())?;
-        if new {
-            self.count_sent(&channel);
+        let new = sent.is_some();
+        if let Some(sent) = sent {
+            self.count_sent(sent);
         }
         Ok(new)
     }
 
     /// [`Channels::send`] as part of `tx`: recorded (and delivered) only if it
-    /// commits; the caller then counts it with [`Channels::count_sent`].
-    pub fn send_in(&self, n: Notification, tx: &crate::state::StateTx) -> Result<bool, String> {
+    /// commits. Returns what was sent if its key was new; the caller counts it
+    /// with [`Channels::count_sent`] once `tx` commits.
+    pub fn send_in(&self, n: Notification, tx: &crate::state::StateTx) -> Result<Option<Sent>, String> {
         let Some(kind) = self.kinds.get(&n.channel) else {
             return Err(format!(
                 "no notification channel `{0}`: declare it as [channels.{0}] in the pipeline manifest",
@@ -174,6 +194,7 @@ impl Channels {
             idempotency_key: n.idempotency_key.clone(),
             sent_at: crate::time::format_ms(now),
         };
+        let sent_at_text = message.sent_at.clone();
         let delivery = match kind {
             ChannelKind::Inbox => Delivery::Inbox(message),
             ChannelKind::Log => Delivery::None,
@@ -208,14 +229,31 @@ impl Channels {
             _ if new => tracing::debug!(channel = %n.channel, recipient = %n.recipient, "notification sent"),
             _ => {}
         }
-        Ok(new)
+        Ok(new.then_some(Sent {
+            channel: n.channel,
+            recipient: n.recipient,
+            subject: n.subject,
+            sent_at: sent_at_text,
+        }))
     }
 
-    /// Counts a notification sent on `channel`, once its transaction committed.
-    pub fn count_sent(&self, channel: &str) {
-        if let Some(count) = self.sent.get(channel) {
+    /// Counts a notification sent, once its transaction committed, and keeps
+    /// it among the latest.
+    pub fn count_sent(&self, sent: Sent) {
+        if let Some(count) = self.sent.get(&sent.channel) {
             count.fetch_add(1, Ordering::Relaxed);
         }
+        if let Ok(mut recent) = self.recent.lock() {
+            if recent.len() == RECENT {
+                recent.pop_front();
+            }
+            recent.push_back(sent);
+        }
+    }
+
+    /// The latest notifications sent since the start, newest first.
+    pub fn recent(&self) -> Vec<Sent> {
+        self.recent.lock().map(|r| r.iter().rev().cloned().collect()).unwrap_or_default()
     }
 
     /// Notifications sent per channel since the start (keys sent before not counted).

@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod browser;
+
 pub use weir_artifacts as artifacts;
 use weir_host::manifest::{Grants, Limits};
 use weir_host::pipeline::{Host, HostOptions};
@@ -679,4 +681,64 @@ pub fn toll_lines(n: usize) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// The shipped manifest and fragments in `dir`, writing under `dir`, with the
+/// delivery's buffer interval and the operations webhook's URL replaced.
+pub fn showcase_manifest(dir: &Path, buffer_interval: &str, operations_hook: &str) -> String {
+    let out = dir.join("out").display().to_string();
+    let plugins = root().join("plugins").display().to_string();
+    let fix = |text: String| {
+        text.replace("../../out/abc-tolls", &out)
+            .replace("../out/abc-tolls", &out)
+            .replace("../../plugins", &plugins)
+            .replace("buffer-interval = \"60s\"", &format!("buffer-interval = \"{buffer_interval}\""))
+            .replace("http://127.0.0.1:7071/hooks/weir", operations_hook)
+    };
+    std::fs::create_dir_all(dir.join("abc-tolls")).expect("mkdir");
+    for fragment in ["ingest.toml", "billing.toml", "traffic.toml"] {
+        let text = std::fs::read_to_string(root().join("manifests/abc-tolls").join(fragment)).expect("fragment");
+        std::fs::write(dir.join("abc-tolls").join(fragment), fix(text)).expect("write fragment");
+    }
+    std::fs::copy(root().join("manifests/abc-tolls/station_minimums.csv"), dir.join("abc-tolls/station_minimums.csv"))
+        .expect("minimums");
+    let manifest = std::fs::read_to_string(root().join("manifests/abc-tolls.toml")).expect("manifest");
+    fix(manifest).replace("listen = \"127.0.0.1:7070\"", "listen = \"127.0.0.1:0\"")
+}
+
+/// The stand-in operations tool on a free loopback port, and its webhook URL.
+pub async fn operations_desk() -> (Arc<weir_host::simulate::OperationsDesk>, String) {
+    let desk = weir_host::simulate::OperationsDesk::new("abc-tolls-showcase");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/hooks/weir", listener.local_addr().expect("address"));
+    let router = desk.router();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (desk, url)
+}
+
+/// A call to `host`'s API signed with SigV4 by the access key `(id, secret)`,
+/// with `headers` besides the signature's.
+pub async fn signed(
+    host: &TestHost,
+    (id, secret): (&str, &str),
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> reqwest::Response {
+    use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
+    let url = format!("{}{path}", host.url);
+    let method: Method = method.parse().expect("an HTTP method");
+    let mut map = HeaderMap::new();
+    for (name, value) in headers {
+        map.insert(
+            HeaderName::from_bytes(name.as_bytes()).expect("a header name"),
+            HeaderValue::from_str(value).expect("a header value"),
+        );
+    }
+    let key = weir_host::sigv4::AccessKey { id: id.into(), secret: secret.into() };
+    let signer = weir_host::sigv4::Signer { key: &key, region: "us-east-1", service: "kinesis" };
+    let uri: Uri = url.parse().expect("a URL");
+    signer.sign(&method, &uri, &mut map, &body, std::time::SystemTime::now());
+    reqwest::Client::new().request(method, &url).headers(map).body(body).send().await.expect("the request")
 }

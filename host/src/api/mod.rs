@@ -3,7 +3,9 @@
 //! - the native JSON API under `/v1/` ([`native`]);
 //! - the Kinesis Data Streams and Firehose JSON 1.1 protocols on `POST /`
 //!   ([`kinesis`], [`firehose`]), for the AWS SDKs and CLI;
+//! - the live dashboard at `GET /ui` ([`dashboard`]);
 //! - AWS Signature V4 authentication of every request but `GET /v1/health`
+//!   and the dashboard's page
 //!   ([`crate::sigv4`]), against the access keys of the manifest's `[api]` section,
 //!   unless the host runs with `--insecure-no-auth`; then each call is checked
 //!   against the key's policy ([`crate::access`]). An inbox may also be read
@@ -12,6 +14,7 @@
 pub mod admin;
 pub mod aws;
 pub mod cbor;
+pub mod dashboard;
 pub mod eventstream;
 pub mod firehose;
 pub mod kinesis;
@@ -84,6 +87,7 @@ pub fn router(host: Arc<Host>, auth: Auth) -> Router {
     let authenticated = Router::new()
         .route("/", post(aws_json))
         .route("/v1/pipeline", get(native::pipeline_status))
+        .route("/v1/pipeline/events", get(dashboard::events))
         .route("/metrics", get(metrics::metrics))
         .route("/v1/streams/{stream}/records", post(native::put_records).get(native::get_records))
         .route("/v1/delivery/{name}/records", post(native::put_delivery_records))
@@ -106,6 +110,10 @@ pub fn router(host: Arc<Host>, auth: Auth) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/v1/health", get(|| async { axum::Json(json!({"status": "ok"})) }))
+        .route("/ui", get(dashboard::index))
+        .route("/ui/app.js", get(dashboard::app_js))
+        .route("/ui/sigv4.js", get(dashboard::sigv4_js))
+        .route("/ui/style.css", get(dashboard::style_css))
         .merge(authenticated)
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
@@ -265,7 +273,9 @@ fn native_action(
     let segments: Vec<String> = path.trim_start_matches('/').split('/').map(crate::sigv4::percent_decode).collect();
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
     let (action, resource) = match (method, segments.as_slice()) {
-        (&Method::GET, ["v1", "pipeline"]) => ("admin:DescribePipeline", "pipeline".to_owned()),
+        (&Method::GET, ["v1", "pipeline"] | ["v1", "pipeline", "events"]) => {
+            ("admin:DescribePipeline", "pipeline".to_owned())
+        }
         (&Method::GET, ["metrics"]) => ("admin:GetMetrics", "pipeline".to_owned()),
         (&Method::POST, ["v1", "streams", s, "records"]) => ("kinesis:PutRecords", format!("stream/{s}")),
         (&Method::GET, ["v1", "streams", s, "records"]) => ("kinesis:GetRecords", format!("stream/{s}")),

@@ -42,8 +42,8 @@ pub struct HostServices {
     batch: Mutex<Option<OpenBatch>>,
 }
 
-/// A batch's transaction and the channels of the notifications it sent (counted once it commits).
-type OpenBatch = (StateTx, Vec<String>);
+/// A batch's transaction and the notifications it sent (counted once it commits).
+type OpenBatch = (StateTx, Vec<crate::notify::Sent>);
 
 impl HostServices {
     /// The services of one stage (each stage has its own open batch).
@@ -62,8 +62,8 @@ impl HostServices {
     pub fn commit(&self) -> Result<(), String> {
         let Some((tx, sent)) = self.open_batch()?.take() else { return Ok(()) };
         tx.commit().map_err(|e| e.to_string())?;
-        for channel in sent {
-            self.channels.count_sent(&channel);
+        for sent in sent {
+            self.channels.count_sent(sent);
         }
         Ok(())
     }
@@ -115,12 +115,10 @@ impl Services for HostServices {
         let mut batch = self.open_batch()?;
         match batch.as_mut() {
             Some((tx, sent)) => {
-                let channel = notification.channel.clone();
                 let new = self.channels.send_in(notification, tx)?;
-                if new {
-                    sent.push(channel);
-                }
-                Ok(new)
+                let is_new = new.is_some();
+                sent.extend(new);
+                Ok(is_new)
             }
             None => {
                 drop(batch);
