@@ -1,6 +1,7 @@
 //! The toll-etl transform on the same generated lines, natively in-process and
 //! through the WebAssembly component, at several batch sizes. Prints records/s
-//! and the ratio component/native measured in the same run.
+//! and the ratio component/native measured in the same run, and what recording
+//! the metrics adds to each batch, as a share of its time in the component.
 //!
 //! Run: `cargo bench -p weir-tests --bench toll_etl --profile dev`
 //! (`WEIR_BENCH_LINES` sets the number of lines, 1,000,000 by default;
@@ -98,6 +99,7 @@ fn main() {
         Ok(list) => list.split(',').filter_map(|b| b.trim().parse().ok()).collect(),
         Err(_) => vec![1, 64, 256, 1024],
     };
+    let mut component_rates = Vec::new();
     for batch in batches {
         // Best of three runs each, alternating, so a noisy neighbour hurts both alike.
         let mut best: Option<(Run, Run)> = None;
@@ -118,6 +120,17 @@ fn main() {
             a.records_per_sec,
             b.records_per_sec,
             b.records_per_sec / a.records_per_sec
+        );
+        component_rates.push((batch, b.records_per_sec));
+    }
+    // A stage times each batch and each plugin call: two timings per batch.
+    let (_, per_timing) = weir_tests::metrics_recording_cost();
+    for (batch, rate) in component_rates {
+        let batch_time = batch as f64 / rate;
+        println!(
+            "metrics recorded per batch of {batch:>4} (two timings): {:?}, {:.3}% of the batch's time in the component",
+            per_timing * 2,
+            (per_timing * 2).as_secs_f64() / batch_time * 100.0
         );
     }
 }

@@ -742,3 +742,40 @@ pub async fn signed(
     signer.sign(&method, &uri, &mut map, &body, std::time::SystemTime::now());
     reqwest::Client::new().request(method, &url).headers(map).body(body).send().await.expect("the request")
 }
+
+/// What recording the metrics costs, each timed over a million calls (median of
+/// five rounds): counting a put into its stream's counters, and one timing (two
+/// clock reads and a histogram observation; a stage makes two per batch).
+pub fn metrics_recording_cost() -> (Duration, Duration) {
+    const CALLS: u32 = 1_000_000;
+    let median = |mut rounds: Vec<Duration>| {
+        rounds.sort();
+        rounds[rounds.len() / 2]
+    };
+    let counters = weir_host::metrics::PutCounters::default();
+    let per_put = median(
+        (0..5)
+            .map(|_| {
+                let started = Instant::now();
+                for _ in 0..CALLS {
+                    counters.count(std::hint::black_box("toll-lines"), std::hint::black_box(150), 0);
+                }
+                started.elapsed() / CALLS
+            })
+            .collect(),
+    );
+    let histogram = weir_host::metrics::Seconds::default();
+    let per_timing = median(
+        (0..5)
+            .map(|_| {
+                let started = Instant::now();
+                for _ in 0..CALLS {
+                    let call = Instant::now();
+                    histogram.observe(std::hint::black_box(call).elapsed());
+                }
+                started.elapsed() / CALLS
+            })
+            .collect(),
+    );
+    (per_put, per_timing)
+}

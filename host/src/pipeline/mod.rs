@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -188,14 +188,7 @@ pub struct MetricsSnapshot {
     pub version: &'static str,
 }
 
-/// What puts into one stream brought, since the host started.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct PutCounts {
-    /// Bytes of data accepted.
-    pub bytes: u64,
-    /// Records refused as over a shard's write limit or the stream's capacity.
-    pub throttled: u64,
-}
+pub use crate::metrics::PutCounts;
 
 /// Where a shard's records end.
 #[derive(Debug, Clone, Serialize)]
@@ -266,7 +259,7 @@ pub struct Host {
     feeds_stopped: std::sync::atomic::AtomicBool,
     started: Instant,
     /// What puts brought per stream (for the status and `/metrics`).
-    puts: Mutex<BTreeMap<String, PutCounts>>,
+    puts: crate::metrics::PutCounters,
     /// Compiles swapped-in plugins.
     engine: Arc<PluginEngine>,
 }
@@ -463,7 +456,7 @@ impl Host {
             state,
             channels,
             feeds_stopped: Default::default(),
-            puts: Mutex::default(),
+            puts: crate::metrics::PutCounters::default(),
             started: Instant::now(),
             engine: engine.clone(),
         });
@@ -509,14 +502,7 @@ impl Host {
             Err(e) if e.is_throttle() => (0, sizes.len() as u64),
             Err(_) => (0, 0),
         };
-        let Ok(mut puts) = self.puts.lock() else { return };
-        if !puts.contains_key(stream) {
-            puts.insert(stream.to_owned(), PutCounts::default());
-        }
-        if let Some(counts) = puts.get_mut(stream) {
-            counts.bytes += bytes;
-            counts.throttled += throttled;
-        }
+        self.puts.count(stream, bytes, throttled);
     }
 
     /// Puts records into a delivery stream's buffer; one result per record.
@@ -559,7 +545,7 @@ impl Host {
             uptime_seconds: self.started.elapsed().as_secs(),
             now_ms,
             streams,
-            puts: self.puts.lock().map(|p| p.clone()).unwrap_or_default(),
+            puts: self.puts.snapshot(),
             shards,
             duplicates: self.dedup.duplicates(),
             stages,
