@@ -4,7 +4,7 @@
 //! the operator it draws the manifest's graph, its counters move as a day of
 //! toll lines is put, the latest notifications appear, and its buttons roll a
 //! swapped plugin back and redrive the dead letters. A screenshot is kept in
-//! `target/test-artifacts/dashboard.png`.
+//! `target/test-artifacts/dashboard.png` (and the page scrolled down in `dashboard-below.png`).
 
 use std::time::Duration;
 
@@ -136,6 +136,15 @@ async fn the_dashboard_shows_the_showcase_live_and_its_buttons_act_in_a_real_bro
     })
     .await;
 
+    // Every delivery stream has a row, its error records counted (none: the showcase's deliveries fail nothing).
+    for delivery in ["toll-transactions", "toll-raw", "toll-errors"] {
+        let errors = format!("#deliveries tr[data-delivery='{delivery}'] td:nth-child(6)");
+        eventually("the delivery's error records counted", WAIT, async || {
+            (browser.text(&errors).await.as_deref() == Some("0")).then_some(())
+        })
+        .await;
+    }
+
     // A second version of toll-etl swapped in through the admin API; the button rolls it back.
     let component = std::fs::read(artifacts::TOLL_ETL).expect("the toll-etl component");
     let headers = [("x-weir-plugin-version", "0.1.1-hotfix")];
@@ -183,6 +192,9 @@ async fn the_dashboard_shows_the_showcase_live_and_its_buttons_act_in_a_real_bro
     std::fs::create_dir_all(&artifacts).expect("the artifacts folder");
     std::fs::write(artifacts.join("dashboard.png"), &png).expect("the screenshot");
     assert!(png.starts_with(b"\x89PNG"), "a PNG");
+    // And the rest of the page, as the operator scrolls down to it.
+    browser.run("window.scrollTo(0, document.body.scrollHeight);", json!([])).await;
+    std::fs::write(artifacts.join("dashboard-below.png"), browser.screenshot().await).expect("the second screenshot");
     browser.quit().await;
     host.stop().await;
 }

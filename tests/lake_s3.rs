@@ -2,7 +2,8 @@
 //! backup and errors as objects in a bucket of a real S3 server (moto, from
 //! PyPI, on loopback) and loads the rows into the warehouse from there. When
 //! the store is unreachable past the retry duration, the records are listed
-//! under the error prefix once it is back; nothing is dropped.
+//! under the error prefix once it is back; nothing is dropped, and a redrive
+//! of the error area delivers them.
 
 use base64::Engine as _;
 use serde_json::Value;
@@ -129,4 +130,32 @@ columns = ["transaction_id", "amount_cents"]
         .collect();
     failed.sort();
     assert_eq!(failed, second, "every record of the failed delivery is listed with its data");
+
+    // The store is back: a redrive of the error area (listed in the bucket) delivers the
+    // records the outage kept out, backs them up, and keeps the malformed line listed.
+    let host = host.restart(&manifest).await.expect("restart");
+    let answer: Value = reqwest::Client::new()
+        .post(format!("{}/v1/delivery/tolls/dead-letters/redrive", host.url))
+        .send()
+        .await
+        .expect("redrive")
+        .json()
+        .await
+        .expect("a JSON answer");
+    assert_eq!((answer["redriven"].as_u64(), answer["failed_again"].as_u64()), (Some(21), Some(1)), "{answer}");
+    host.wait_until("the redriven rows loaded", |s| s.deliveries[0].rows_loaded == 10).await;
+    let stored = objects(server.port).await;
+    let backup: Vec<&(String, String)> =
+        stored.iter().filter(|(k, _)| k.starts_with("tolls/raw/") && k.contains("-redrive-")).collect();
+    assert_eq!(backup.len(), 1, "one backup object of the redriven records");
+    let mut backed_up: Vec<&str> = backup[0].1.lines().collect();
+    backed_up.sort();
+    assert_eq!(backed_up, second.iter().map(String::as_str).collect::<Vec<_>>());
+    let pending: Value = reqwest::get(format!("{}/v1/delivery/tolls/dead-letters", host.url))
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(pending["pending"], 1, "only the malformed line, with its new reason: {pending}");
 }

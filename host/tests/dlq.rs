@@ -175,3 +175,126 @@ async fn a_redrive_that_cannot_be_recorded_fails_and_is_done_again_without_dupli
     assert_eq!(warehouse_ids(&host), expected, "each line one row, though its output was sent twice");
     assert!(weir(&host, &["dlq", "show", "etl"]).contains("stage `etl`: 0 pending"));
 }
+
+/// A delivery stream's transform, a warehouse table, and an error prefix.
+fn delivery_manifest(transform: &str) -> String {
+    format!(
+        r#"
+[pipeline]
+name = "dlq-delivery-test"
+data-dir = "data"
+
+[delivery.tolls]
+transform = "{{root}}/{transform}"
+buffer-interval = "0s"
+lake = "lake"
+prefix = "rows/"
+error-prefix = "errors/!{{firehose:error-output-type}}/!{{timestamp:yyyy/MM/dd}}/"
+
+[delivery.tolls.warehouse]
+database = "warehouse.db"
+table = "toll_transactions"
+columns = {COLUMNS}
+key = "transaction_id"
+"#
+    )
+}
+
+/// A delivery stream's error area has the same verbs: its broken transform sends
+/// class 3 lines under the error prefix; after the fixed transform is deployed
+/// (a restart with it), `weir dlq redrive` takes them through the delivery again,
+/// into the lake and the warehouse once; the malformed lines stay with their new reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_streams_error_records_are_redriven_through_its_fixed_transform_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    rusqlite::Connection::open(dir.path().join("warehouse.db"))
+        .and_then(|c| c.execute_batch(TABLE))
+        .expect("create the table");
+    let host = TestHost::start_in(dir, &delivery_manifest("tests/guests/toll-etl-broken")).await.expect("start");
+    let lines = toll_lines(300);
+    weir_tests::put_record_batch(&host, "tolls", &lines).await;
+    let malformed = lines.iter().filter(|l| l.contains(",9,")).count();
+    let class_3 = lines.iter().filter(|l| l.split(',').nth(6) == Some("3")).count();
+    let good = lines.len() - malformed;
+    host.wait_until("the broken transform's rows loaded and the rest set aside", |s| {
+        s.deliveries[0].rows_loaded == (good - class_3) as u64
+            && s.deliveries[0].records_failed == (malformed + class_3) as u64
+    })
+    .await;
+    let pending = malformed + class_3;
+    let list = weir(&host, &["dlq", "list"]);
+    assert!(
+        list.lines().any(|l| l.starts_with("tolls (delivery stream)") && l.contains(&format!(" {pending} "))),
+        "{list}"
+    );
+    assert!(list.contains("Transform.ProcessingFailed"), "{list}");
+    let show = weir(&host, &["dlq", "show", "tolls", "--limit", "500"]);
+    assert!(show.contains(&format!("delivery stream `tolls`: {pending} pending")), "{show}");
+    assert_eq!(show.matches("vehicle class 3 is not in the tariff table (the bug)").count(), class_3, "{show}");
+
+    // The fix: the real toll-etl deployed, then a redrive.
+    let host = host.restart(&delivery_manifest("plugins/toll-etl")).await.expect("restart with the fix");
+    let redrive = weir(&host, &["dlq", "redrive", "tolls"]);
+    assert!(
+        redrive.contains(&format!(
+            "redrove {pending} dead letter(s) of delivery stream `tolls`: {class_3} went through, {malformed} failed again"
+        )),
+        "{redrive}"
+    );
+    let mut expected: Vec<String> = lines.iter().filter(|l| !l.contains(",9,")).map(|l| l[..12].to_owned()).collect();
+    expected.sort();
+    assert_eq!(warehouse_ids(&host), expected, "every good line is one row");
+    let show = weir(&host, &["dlq", "show", "tolls", "--limit", "500"]);
+    assert!(show.contains(&format!("delivery stream `tolls`: {malformed} pending")), "{show}");
+    let again = weir(&host, &["dlq", "redrive", "tolls"]);
+    assert!(again.contains(&format!("0 went through, {malformed} failed again")), "{again}");
+    assert_eq!(warehouse_ids(&host), expected, "no row twice");
+}
+
+/// Rows the warehouse table refused (here a CHECK the operator then removes)
+/// are loaded again by a redrive, once; a redrive that cannot be recorded
+/// fails, leaves them pending, and the next one adds no row twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_a_table_refused_are_loaded_again_once_it_is_fixed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let strict = TABLE.replace("currency TEXT)", "currency TEXT, CHECK (vehicle_class <> 3))");
+    rusqlite::Connection::open(dir.path().join("warehouse.db"))
+        .and_then(|c| c.execute_batch(&strict))
+        .expect("create the table");
+    let host = TestHost::start_in(dir, &delivery_manifest("plugins/toll-etl")).await.expect("start");
+    let lines: Vec<String> = toll_lines(120).into_iter().filter(|l| !l.contains(",9,")).collect();
+    weir_tests::put_record_batch(&host, "tolls", &lines).await;
+    let class_3 = lines.iter().filter(|l| l.split(',').nth(6) == Some("3")).count();
+    host.wait_until("the refused rows listed", |s| s.deliveries[0].rows_rejected == class_3 as u64).await;
+    let show = weir(&host, &["dlq", "show", "tolls", "--limit", "500"]);
+    assert_eq!(show.matches("Warehouse.RowRejected").count(), class_3, "{show}");
+
+    // The operator drops the CHECK (SQLite: the table made again without it).
+    let mut host = host;
+    host.stop().await;
+    rusqlite::Connection::open(host.path("warehouse.db"))
+        .and_then(|c| {
+            c.execute_batch(&format!(
+                "ALTER TABLE toll_transactions RENAME TO old; {TABLE}; \
+                 INSERT INTO toll_transactions SELECT * FROM old; DROP TABLE old;"
+            ))
+        })
+        .expect("fix the table");
+    let host = host.restart(&delivery_manifest("plugins/toll-etl")).await.expect("restart");
+
+    // The fault: the redrive's record cannot be written; the rows are loaded, the entries stay pending.
+    let blocker = host.path("data/dead-letter/delivery/tolls.tmp");
+    std::fs::create_dir_all(&blocker).expect("block the record");
+    let failed =
+        Command::new(WEIR).args(["dlq", "redrive", "tolls"]).env("WEIR_ENDPOINT", &host.url).output().expect("run");
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success() && stderr.contains("cannot record the redrive"), "{stderr}");
+    assert!(weir(&host, &["dlq", "show", "tolls"]).contains(&format!("`tolls`: {class_3} pending")));
+    std::fs::remove_dir(&blocker).expect("unblock");
+    let redrive = weir(&host, &["dlq", "redrive", "tolls"]);
+    assert!(redrive.contains(&format!("{class_3} went through, 0 failed again")), "{redrive}");
+    let mut expected: Vec<String> = lines.iter().map(|l| l[..12].to_owned()).collect();
+    expected.sort();
+    assert_eq!(warehouse_ids(&host), expected, "each line one row, though two redrives loaded the refused ones");
+    assert!(weir(&host, &["dlq", "show", "tolls"]).contains("`tolls`: 0 pending"));
+}

@@ -13,6 +13,8 @@
 //!   are pending and the oldest `limit` (default 100) of them ([`crate::pipeline::dlq`])
 //! - `POST /v1/stages/{stage}/dead-letters/redrive?plugin=NAME@VERSION`: feeds the
 //!   pending ones (those that version set aside) through the stage again
+//! - `GET  /v1/delivery/{name}/dead-letters` and `POST .../redrive`: the same for a
+//!   delivery stream's error records ([`crate::pipeline::lake_errors`])
 //!
 //! These routes are authenticated like the rest of the API, and take bodies up to
 //! [`MAX_COMPONENT_BYTES`] (components built by some toolchains weigh tens of MiB).
@@ -92,22 +94,59 @@ pub struct LettersQuery {
     plugin: Option<String>,
 }
 
+/// Whose dead letters a route is about.
+#[derive(Debug, Clone, Copy)]
+enum Owner {
+    Stage,
+    Delivery,
+}
+
 /// `GET /v1/stages/{stage}/dead-letters`
 pub async fn dead_letters(
     State(api): State<Arc<super::ApiState>>,
     Path(stage): Path<String>,
     Query(query): Query<LettersQuery>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    check_name(NameKind::Stage, "stage", &stage)?;
+    list_letters(api, Owner::Stage, stage, query).await
+}
+
+/// `GET /v1/delivery/{name}/dead-letters`: the delivery's error records.
+pub async fn delivery_dead_letters(
+    State(api): State<Arc<super::ApiState>>,
+    Path(delivery): Path<String>,
+    Query(query): Query<LettersQuery>,
+) -> Result<axum::Json<Value>, ApiError> {
+    list_letters(api, Owner::Delivery, delivery, query).await
+}
+
+async fn list_letters(
+    api: Arc<super::ApiState>,
+    owner: Owner,
+    name: String,
+    query: LettersQuery,
+) -> Result<axum::Json<Value>, ApiError> {
     let host = api.host.clone();
-    let name = stage.clone();
-    let letters = tokio::task::spawn_blocking(move || host.dead_letters(&name, query.plugin.as_deref()))
-        .await
-        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", "listing failed"))?
-        .map_err(dlq_error)?;
+    let key = match owner {
+        Owner::Stage => {
+            check_name(NameKind::Stage, "stage", &name)?;
+            "stage"
+        }
+        Owner::Delivery => {
+            check_name(NameKind::DeliveryStream, "delivery stream", &name)?;
+            "delivery"
+        }
+    };
+    let asked = name.clone();
+    let letters = tokio::task::spawn_blocking(move || match owner {
+        Owner::Stage => host.dead_letters(&asked, query.plugin.as_deref()),
+        Owner::Delivery => host.delivery_errors(&asked, query.plugin.as_deref()),
+    })
+    .await
+    .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", "listing failed"))?
+    .map_err(dlq_error)?;
     let limit = query.limit.unwrap_or(100);
     Ok(axum::Json(json!({
-        "stage": stage,
+        key: name,
         "pending": letters.len(),
         "letters": letters.iter().take(limit).collect::<Vec<_>>(),
     })))
@@ -120,18 +159,41 @@ pub async fn redrive(
     Query(query): Query<LettersQuery>,
 ) -> Result<axum::Json<crate::pipeline::dlq::Redrive>, ApiError> {
     check_name(NameKind::Stage, "stage", &stage)?;
+    redrive_letters(api, Owner::Stage, stage, query).await
+}
+
+/// `POST /v1/delivery/{name}/dead-letters/redrive`: the delivery's error records, through it again.
+pub async fn delivery_redrive(
+    State(api): State<Arc<super::ApiState>>,
+    Path(delivery): Path<String>,
+    Query(query): Query<LettersQuery>,
+) -> Result<axum::Json<crate::pipeline::dlq::Redrive>, ApiError> {
+    check_name(NameKind::DeliveryStream, "delivery stream", &delivery)?;
+    redrive_letters(api, Owner::Delivery, delivery, query).await
+}
+
+async fn redrive_letters(
+    api: Arc<super::ApiState>,
+    owner: Owner,
+    name: String,
+    query: LettersQuery,
+) -> Result<axum::Json<crate::pipeline::dlq::Redrive>, ApiError> {
     let host = api.host.clone();
-    tokio::task::spawn_blocking(move || host.redrive(&stage, query.plugin.as_deref()))
-        .await
-        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", "the redrive failed"))?
-        .map(axum::Json)
-        .map_err(dlq_error)
+    tokio::task::spawn_blocking(move || match owner {
+        Owner::Stage => host.redrive(&name, query.plugin.as_deref()),
+        Owner::Delivery => host.redrive_delivery(&name, query.plugin.as_deref()),
+    })
+    .await
+    .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", "the redrive failed"))?
+    .map(axum::Json)
+    .map_err(dlq_error)
 }
 
 fn dlq_error(e: crate::pipeline::dlq::DlqError) -> ApiError {
     use crate::pipeline::dlq::DlqError;
     let (status, code) = match &e {
         DlqError::UnknownStage { .. } => (StatusCode::NOT_FOUND, "UnknownStage"),
+        DlqError::UnknownDelivery { .. } => (StatusCode::NOT_FOUND, "UnknownDeliveryStream"),
         DlqError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "DeadLettersUnavailable"),
         DlqError::Stage { .. } => (StatusCode::CONFLICT, "RedriveNotApplied"),
     };

@@ -98,6 +98,8 @@ pub fn router(host: Arc<Host>, auth: Auth) -> Router {
         .route("/v1/stages/{stage}/plugin/rollback", post(admin::rollback))
         .route("/v1/stages/{stage}/dead-letters", get(admin::dead_letters))
         .route("/v1/stages/{stage}/dead-letters/redrive", post(admin::redrive))
+        .route("/v1/delivery/{name}/dead-letters", get(admin::delivery_dead_letters))
+        .route("/v1/delivery/{name}/dead-letters/redrive", post(admin::delivery_redrive))
         .route("/v1/tables/{table}/items", post(state::put_items))
         .route("/v1/tables/{table}/items/{key}", get(state::get_item).put(state::put_item).delete(state::delete_item))
         .route("/v1/inbox/{recipient}", get(state::inbox))
@@ -286,6 +288,12 @@ fn native_action(
         (&Method::GET, ["v1", "stages", s, "dead-letters"]) => ("admin:ListDeadLetters", format!("stage/{s}")),
         (&Method::POST, ["v1", "stages", s, "dead-letters", "redrive"]) => {
             ("admin:RedriveDeadLetters", format!("stage/{s}"))
+        }
+        (&Method::GET, ["v1", "delivery", d, "dead-letters"]) => {
+            ("admin:ListDeadLetters", format!("deliverystream/{d}"))
+        }
+        (&Method::POST, ["v1", "delivery", d, "dead-letters", "redrive"]) => {
+            ("admin:RedriveDeadLetters", format!("deliverystream/{d}"))
         }
         (&Method::POST, ["v1", "tables", t, "items"]) | (&Method::PUT, ["v1", "tables", t, "items", _]) => {
             ("state:PutItem", format!("table/{t}"))

@@ -167,7 +167,8 @@ impl Loader {
     }
 
     /// Loads a batch and writes its errors object; the caller checkpoints it.
-    fn finish(&mut self, batch: Staged) -> Result<(), Interrupted> {
+    /// Returns how many error entries it wrote.
+    pub(super) fn finish(&mut self, batch: Staged) -> Result<usize, Interrupted> {
         let shared = self.shared.clone();
         let mut errors = batch.errors;
         if let Some(key) = &batch.staged_key
@@ -188,7 +189,7 @@ impl Loader {
         }
         shared.stats.records_delivered.fetch_add(batch.delivered, Ordering::Relaxed);
         shared.stats.records_failed.fetch_add(errors.len() as u64, Ordering::Relaxed);
-        Ok(())
+        Ok(errors.len())
     }
 
     /// Loads a staged rows object into the warehouse, retrying for the retry

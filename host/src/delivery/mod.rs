@@ -22,6 +22,7 @@
 mod lake;
 mod loader;
 mod plans;
+pub mod redrive;
 mod worker;
 
 use std::path::PathBuf;
@@ -106,6 +107,9 @@ pub struct Delivery {
     driver: Arc<StageStats>,
     draining: Arc<AtomicBool>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// What the worker shares, and its transform: a redrive stages and loads with them.
+    shared: Arc<lake::Shared>,
+    transform: Option<TransformerPlugin>,
 }
 
 impl Delivery {
@@ -162,12 +166,17 @@ impl Delivery {
             plans,
         });
         let driver = Arc::new(StageStats::default());
-        let worker = worker::Worker::new(shared, transform, warehouse, clock, driver.clone());
+        let worker = worker::Worker::new(shared.clone(), transform.clone(), warehouse, clock, driver.clone());
         let thread = std::thread::Builder::new()
             .name(format!("delivery-{}", spec.name))
             .spawn(move || worker.run())
             .map_err(|e| DeliveryError::Lake(String::new(), e.to_string()))?;
-        Ok(Delivery { spec, stats, driver, draining, thread: Mutex::new(Some(thread)) })
+        Ok(Delivery { spec, stats, driver, draining, thread: Mutex::new(Some(thread)), shared, transform })
+    }
+
+    /// Its lake.
+    pub fn lake(&self) -> &crate::lake::Lake {
+        &self.shared.lake
     }
 
     /// How long its batches (read and buffered) and its transform's calls took.

@@ -260,6 +260,20 @@ impl DeliveryOperator {
 
     /// Transforms a batch and writes its backup and rows objects.
     fn stage(&mut self, shard: u32, batch: &[StoredRecord]) -> Result<Staged, Interrupted> {
+        let (first, last) = (batch[0].sequence, batch[batch.len() - 1].sequence);
+        // Named by shard and sequence range: the same delivery always has the same keys.
+        let name = format!("{}-{shard:06}-{first:020}-{last:020}", self.shared.spec.name);
+        self.stage_as(shard, batch, name, true)
+    }
+
+    /// [`DeliveryOperator::stage`], its objects named `name`; with `backup`, its raw backup too.
+    fn stage_as(
+        &mut self,
+        shard: u32,
+        batch: &[StoredRecord],
+        name: String,
+        backup: bool,
+    ) -> Result<Staged, Interrupted> {
         let shared = self.shared.clone();
         let spec = &shared.spec;
         let mut errors: Vec<serde_json::Value> = Vec::new();
@@ -278,10 +292,8 @@ impl DeliveryOperator {
         }
         let (first, last) = (batch[0].sequence, batch[batch.len() - 1].sequence);
         let at = batch[0].arrival_ms;
-        // Named by shard and sequence range: the same delivery always has the same keys.
-        let name = format!("{}-{shard:06}-{first:020}-{last:020}", spec.name);
         let extension = if spec.gzip { ".gz" } else { "" };
-        if let Some(backup) = &spec.backup_prefix {
+        if let Some(backup) = spec.backup_prefix.as_ref().filter(|_| backup) {
             let mut raw = Vec::new();
             for r in batch {
                 raw.extend_from_slice(&r.data);
@@ -389,6 +401,25 @@ impl DeliveryOperator {
         }
         result
     }
+}
+
+/// Stages records from the error area again (a redrive) under `name`: through
+/// the transform, into the lake; the caller loads them. Nothing is buffered,
+/// planned or checkpointed: the delivery's reading goes on as it was.
+pub(super) fn stage_again(
+    shared: Arc<Shared>,
+    transform: Option<TransformerPlugin>,
+    stats: Arc<StageStats>,
+    records: &[StoredRecord],
+    name: String,
+) -> Result<Staged, Interrupted> {
+    // Not used: the caller loads the batch itself.
+    let (to_loader, _) = std::sync::mpsc::sync_channel(0);
+    let clock = crate::stream::system_clock();
+    let mut operator =
+        DeliveryOperator { shared, transform, instance: None, clock, to_loader, shards: BTreeMap::new(), stats };
+    // Their backup was written when they first came, or is listed on its own (`Lake.BackupFailed`).
+    operator.stage_as(0, records, name, false)
 }
 
 /// A batch with its KPL aggregates taken apart into their user records (as it is

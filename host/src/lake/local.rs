@@ -62,6 +62,38 @@ impl LocalLake {
     }
 }
 
+impl LocalLake {
+    pub(super) async fn list(&self, prefix: &str) -> Result<Vec<String>, ObjectError> {
+        let dir = self.dir.clone();
+        let prefix = prefix.to_owned();
+        blocking(move || {
+            // Only the folder the prefix names is walked, not the whole lake.
+            let start = prefix.rsplit_once('/').map_or("", |(folder, _)| folder);
+            let mut keys = Vec::new();
+            let mut todo = vec![(dir.join(start), start.to_owned())];
+            while let Some((folder, key)) = todo.pop() {
+                let entries = match std::fs::read_dir(&folder) {
+                    Ok(entries) => entries,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(ObjectError::Store(format!("{}: {e}", folder.display()))),
+                };
+                for entry in entries {
+                    let entry = entry.map_err(|e| ObjectError::Store(format!("{}: {e}", folder.display())))?;
+                    let Ok(name) = entry.file_name().into_string() else { continue };
+                    let child = if key.is_empty() { name.clone() } else { format!("{key}/{name}") };
+                    if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                        todo.push((entry.path(), child));
+                    } else if child.starts_with(&prefix) && !name.ends_with(".weir-tmp") {
+                        keys.push(child);
+                    }
+                }
+            }
+            Ok(keys)
+        })
+        .await
+    }
+}
+
 fn read_error(key: &str, path: &Path, e: std::io::Error) -> ObjectError {
     if e.kind() == std::io::ErrorKind::NotFound {
         ObjectError::NotFound(key.to_owned())

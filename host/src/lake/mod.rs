@@ -157,6 +157,16 @@ impl Lake {
             Lake::S3(s) => s.get(key).await,
         }
     }
+
+    /// The keys of every object whose key starts with `prefix`, in key order.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, ObjectError> {
+        let mut keys = match self {
+            Lake::Local(l) => l.list(prefix).await?,
+            Lake::S3(s) => s.list(prefix).await?,
+        };
+        keys.sort();
+        Ok(keys)
+    }
 }
 
 /// The parts of an object key, if every one is a plain name (so a key can

@@ -74,9 +74,20 @@ impl S3Lake {
             .map_err(|_| ObjectError::BadKey(key.to_owned()))
     }
 
-    /// Signs and sends one request; the answer, or the store's error.
+    /// Signs and sends one request about an object; the answer, or the store's error.
     async fn send(&self, method: Method, key: &str, body: Bytes) -> Result<hyper::Response<Bytes>, ObjectError> {
         let uri = self.uri(key)?;
+        self.send_to(method, uri, key, body).await
+    }
+
+    /// Signs and sends one request to `uri`; `key` names what it is about in errors.
+    async fn send_to(
+        &self,
+        method: Method,
+        uri: Uri,
+        key: &str,
+        body: Bytes,
+    ) -> Result<hyper::Response<Bytes>, ObjectError> {
         let method_reads = method != Method::PUT;
         let mut headers = HeaderMap::new();
         let payload = sigv4::hex(&sha256(&body));
@@ -123,6 +134,52 @@ impl S3Lake {
     pub(super) async fn get(&self, key: &str) -> Result<Bytes, ObjectError> {
         Ok(self.send(Method::GET, key, Bytes::new()).await?.into_body())
     }
+
+    /// `ListObjectsV2`, page after page.
+    pub(super) async fn list(&self, prefix: &str) -> Result<Vec<String>, ObjectError> {
+        let inside = if self.inner.prefix.is_empty() { String::new() } else { format!("{}/", self.inner.prefix) };
+        let full = format!("{inside}{prefix}");
+        let bucket = if self.inner.base.matches('/').count() > 2 {
+            self.inner.base.clone()
+        } else {
+            format!("{}/", self.inner.base)
+        };
+        let mut keys = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut query = format!("list-type=2&prefix={}", sigv4::uri_encode(&full, false));
+            if let Some(token) = &token {
+                query.push_str(&format!("&continuation-token={}", sigv4::uri_encode(token, false)));
+            }
+            let uri: Uri = format!("{bucket}?{query}").parse().map_err(|_| ObjectError::BadKey(prefix.to_owned()))?;
+            let response = self.send_to(Method::GET, uri, prefix, Bytes::new()).await?;
+            let page = String::from_utf8_lossy(response.body()).into_owned();
+            for contents in page.split("<Contents>").skip(1) {
+                if let Some(key) = xml_text(contents, "Key") {
+                    keys.push(key.strip_prefix(&inside).unwrap_or(&key).to_owned());
+                }
+            }
+            token = xml_text(&page, "NextContinuationToken")
+                .filter(|_| xml_text(&page, "IsTruncated").as_deref() == Some("true"));
+            if token.is_none() {
+                return Ok(keys);
+            }
+        }
+    }
+}
+
+/// The text of the first `<tag>` in `xml`, its entities decoded.
+fn xml_text(xml: &str, tag: &str) -> Option<String> {
+    let start = xml.find(&format!("<{tag}>"))? + tag.len() + 2;
+    let end = start + xml[start..].find(&format!("</{tag}>"))?;
+    let text = &xml[start..end];
+    Some(
+        text.replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&quot;", "\"")
+            .replace("&apos;", "'")
+            .replace("&amp;", "&"),
+    )
 }
 
 fn header(value: &str) -> Result<HeaderValue, ObjectError> {

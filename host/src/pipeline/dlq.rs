@@ -46,6 +46,14 @@ pub enum DlqError {
         /// The stage asked for.
         stage: String,
     },
+    /// No such delivery stream.
+    #[error("pipeline `{pipeline}` has no delivery stream `{delivery}`")]
+    UnknownDelivery {
+        /// The pipeline.
+        pipeline: String,
+        /// The delivery stream asked for.
+        delivery: String,
+    },
     /// The dead letters or the redrive record could not be read or written.
     #[error("{0}")]
     Storage(String),
@@ -86,7 +94,7 @@ pub struct Letter {
     /// Its payload as text, or `base64:` and the bytes.
     pub data: String,
     #[serde(skip)]
-    record: StoredRecord,
+    pub(super) record: StoredRecord,
 }
 
 /// What a redrive did.
@@ -277,14 +285,14 @@ fn letter(entry: String, json: &Value) -> Result<Letter, DlqError> {
 
 /// The dead-letter entries a stage has redriven.
 #[derive(Debug, Default)]
-struct Redriven {
-    entries: BTreeSet<String>,
+pub(super) struct Redriven {
+    pub(super) entries: BTreeSet<String>,
 }
 
 impl Redriven {
     /// What `path` holds; nothing if it does not exist yet. An unreadable file
     /// is an error, never an empty set (that would redrive everything again).
-    fn load(path: &Path) -> Result<Redriven, DlqError> {
+    pub(super) fn load(path: &Path) -> Result<Redriven, DlqError> {
         match std::fs::read(path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map(|entries| Redriven { entries })
@@ -295,7 +303,7 @@ impl Redriven {
     }
 
     /// Replaces `path` with this, durably (a new file synced, then renamed over it).
-    fn save(&self, path: &Path) -> Result<(), DlqError> {
+    pub(super) fn save(&self, path: &Path) -> Result<(), DlqError> {
         let failed =
             |e: std::io::Error| DlqError::Storage(format!("cannot record the redrive in {}: {e}", path.display()));
         let bytes = serde_json::to_vec(&self.entries).map_err(|e| failed(std::io::Error::other(e)))?;

@@ -29,6 +29,7 @@ use crate::stream::{
 };
 
 pub mod dlq;
+pub mod lake_errors;
 mod swap;
 
 pub use swap::SwapError;
@@ -573,6 +574,22 @@ impl Host {
     pub fn redrive(&self, stage: &str, plugin: Option<&str>) -> Result<dlq::Redrive, dlq::DlqError> {
         let (spec, handle) = self.stage_of(stage)?;
         dlq::redrive(&self.pipeline, self.streams.as_ref(), spec, handle, plugin)
+    }
+
+    /// A delivery stream's pending error records (those of its transform `plugin`, if given), oldest first.
+    pub fn delivery_errors(&self, delivery: &str, plugin: Option<&str>) -> Result<Vec<dlq::Letter>, dlq::DlqError> {
+        lake_errors::pending(&self.pipeline, self.delivery_of(delivery)?, plugin)
+    }
+
+    /// Feeds a delivery stream's pending error records through it again.
+    pub fn redrive_delivery(&self, delivery: &str, plugin: Option<&str>) -> Result<dlq::Redrive, dlq::DlqError> {
+        lake_errors::redrive(&self.pipeline, self.delivery_of(delivery)?, plugin)
+    }
+
+    fn delivery_of(&self, delivery: &str) -> Result<&Delivery, dlq::DlqError> {
+        self.deliveries.iter().find(|d| d.spec.name.as_str() == delivery).ok_or_else(|| {
+            dlq::DlqError::UnknownDelivery { pipeline: self.pipeline.name.to_string(), delivery: delivery.to_owned() }
+        })
     }
 
     fn stage_of(&self, stage: &str) -> Result<(&crate::manifest::StageSpec, &StageHandle), dlq::DlqError> {

@@ -37,6 +37,8 @@ const TICK: Duration = Duration::from_secs(1);
 /// How often a stage's pending dead letters are counted again when nothing
 /// new was set aside (a redrive takes some).
 const PENDING_REFRESH: Duration = Duration::from_secs(5);
+/// The same for a delivery stream's error records, listed from its lake.
+const ERRORS_REFRESH: Duration = Duration::from_secs(30);
 
 /// What the page is made of.
 const INDEX_HTML: &str = include_str!("assets/index.html");
@@ -88,6 +90,8 @@ struct Tick<'a> {
     counts: BTreeMap<String, u64>,
     /// Each stage's pending dead letters.
     pending_dead_letters: &'a BTreeMap<String, usize>,
+    /// Each delivery stream's pending error records.
+    pending_errors: &'a BTreeMap<String, usize>,
     /// The latest notifications the caller may read, newest first.
     notifications: Vec<Sent>,
 }
@@ -97,10 +101,10 @@ struct Feed {
     host: Arc<Host>,
     caller: Caller,
     graph: Arc<Graph>,
-    /// Pending dead letters by stage, and the stage's dead-lettered count and
-    /// the time they were counted at.
-    pending: BTreeMap<String, usize>,
-    counted: BTreeMap<String, (u64, std::time::Instant)>,
+    /// Each stage's pending dead letters.
+    dead_letters: Pending,
+    /// Each delivery stream's pending error records (listed from its lake).
+    errors: Pending,
     first: bool,
 }
 
@@ -111,7 +115,14 @@ pub async fn events(
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let host = api.host.clone();
     let graph = Arc::new(Graph::of(&host.pipeline));
-    let feed = Feed { host, caller, graph, pending: BTreeMap::new(), counted: BTreeMap::new(), first: true };
+    let feed = Feed {
+        host,
+        caller,
+        graph,
+        dead_letters: Pending::every(PENDING_REFRESH),
+        errors: Pending::every(ERRORS_REFRESH),
+        first: true,
+    };
     let events = futures_util::stream::unfold(feed, |mut feed| async move {
         if feed.host.feeds_stopped() {
             return None;
@@ -140,21 +151,13 @@ impl Feed {
         let status = self.host.status();
         let now = std::time::Instant::now();
         for stage in &status.stages {
-            let stale = self.counted.get(&stage.name).is_none_or(|(dead_lettered, at)| {
-                *dead_lettered != stage.dead_lettered || now.duration_since(*at) >= PENDING_REFRESH
-            });
-            if !stale {
-                continue;
-            }
-            match self.host.dead_letters(&stage.name, None) {
-                Ok(letters) => {
-                    self.pending.insert(stage.name.clone(), letters.len());
-                    self.counted.insert(stage.name.clone(), (stage.dead_lettered, now));
-                }
-                Err(e) => {
-                    tracing::debug!(stage = %stage.name, error = %e, "dead letters not counted for the dashboard")
-                }
-            }
+            let host = &self.host;
+            self.dead_letters.recount(&stage.name, stage.dead_lettered, now, || host.dead_letters(&stage.name, None));
+        }
+        for delivery in &status.deliveries {
+            let host = &self.host;
+            self.errors
+                .recount(&delivery.name, delivery.records_failed, now, || host.delivery_errors(&delivery.name, None));
         }
         let policy = &self.caller.policy;
         let notifications = self
@@ -167,9 +170,46 @@ impl Feed {
         let tick = Tick {
             status: &status,
             counts: self.graph.counts(&status),
-            pending_dead_letters: &self.pending,
+            pending_dead_letters: &self.dead_letters.counts,
+            pending_errors: &self.errors.counts,
             notifications,
         };
         serde_json::to_string(&tick).unwrap_or_default()
+    }
+}
+
+/// Pending entries by stage or delivery stream, counted again when more were
+/// written or `refresh` has passed (a redrive takes some).
+struct Pending {
+    counts: BTreeMap<String, usize>,
+    /// The count of entries written when they were counted, and when.
+    counted: BTreeMap<String, (u64, std::time::Instant)>,
+    refresh: Duration,
+}
+
+impl Pending {
+    fn every(refresh: Duration) -> Pending {
+        Pending { counts: BTreeMap::new(), counted: BTreeMap::new(), refresh }
+    }
+
+    /// Counts `name`'s pending entries again with `list`, if they may have changed.
+    fn recount<T>(
+        &mut self,
+        name: &str,
+        written: u64,
+        now: std::time::Instant,
+        list: impl FnOnce() -> Result<Vec<T>, crate::pipeline::dlq::DlqError>,
+    ) {
+        let changed = self.counted.get(name).is_none_or(|(before, at)| *before != written || now - *at >= self.refresh);
+        if !changed {
+            return;
+        }
+        match list() {
+            Ok(entries) => {
+                self.counts.insert(name.to_owned(), entries.len());
+                self.counted.insert(name.to_owned(), (written, now));
+            }
+            Err(e) => tracing::debug!(name, error = %e, "dead letters not counted for the dashboard"),
+        }
     }
 }

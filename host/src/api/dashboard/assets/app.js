@@ -14,6 +14,7 @@ let graph = null; // the graph event, with the elements drawn for it
 let previous = null; // the last counts and when they were taken
 const rates = new Map(); // edge id -> records per second, smoothed
 const cards = new Map(); // stage name -> the elements of its card
+const deliveryRows = new Map(); // delivery name -> the cells and button of its row
 
 // ---- small helpers -------------------------------------------------------
 
@@ -275,7 +276,7 @@ function update(tick) {
   if (graph) updateGraph(tick);
   updateStages(tick);
   updateStreams(status);
-  updateDeliveries(status);
+  updateDeliveries(tick);
   updateNotifications(tick.notifications);
 }
 
@@ -480,18 +481,37 @@ function updateStreams(status) {
   );
 }
 
-function updateDeliveries(status) {
-  rows(
-    "#deliveries",
-    status.deliveries.map((d) => [
+// A row per delivery stream, made once (its button keeps its state), its cells updated.
+function updateDeliveries(tick) {
+  const body = $("#deliveries tbody");
+  for (const d of tick.status.deliveries) {
+    let row = deliveryRows.get(d.name);
+    if (!row) {
+      const cells = Array.from({ length: 6 }, () => el("td"));
+      const redrive = el("button", { type: "button", "data-action": "redrive", text: "Redrive" });
+      row = { cells };
+      deliveryRows.set(d.name, row);
+      body.append(el("tr", { "data-delivery": d.name }, ...cells, el("td", {}, redrive)));
+      row.redrive = redrive;
+      confirming(redrive, () => "Redrive?", async () => {
+        const response = await call("POST", `/v1/delivery/${encodeURIComponent(d.name)}/dead-letters/redrive`);
+        if (!response.ok) return [false, `${d.name}: not redriven: ${await errorOf(response)}`];
+        const done = await response.json();
+        return [true, `${d.name}: redriven ${fmt(done.redriven)}, failed again ${fmt(done.failed_again)}`];
+      }, $("#delivery-result"));
+    }
+    const pending = tick.pending_errors[d.name];
+    const texts = [
       d.name,
-      `${fmt(d.records_buffered)} (${bytes(d.bytes_buffered)})`,
-      d.records_buffered ? duration(d.buffer_age_ms) : "–",
+      d.records_buffered ? `${fmt(d.records_buffered)}, ${bytes(d.bytes_buffered)}, ${duration(d.buffer_age_ms)}` : "0",
       fmt(d.objects),
       fmt(d.rows_loaded),
       fmt(d.retries),
-    ]),
-  );
+      pending === undefined ? "…" : fmt(pending),
+    ];
+    texts.forEach((text, i) => (row.cells[i].textContent = text));
+    row.redrive.disabled = !pending;
+  }
 }
 
 function updateNotifications(notifications) {
