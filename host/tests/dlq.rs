@@ -298,3 +298,37 @@ async fn rows_a_table_refused_are_loaded_again_once_it_is_fixed() {
     assert_eq!(warehouse_ids(&host), expected, "each line one row, though two redrives loaded the refused ones");
     assert!(weir(&host, &["dlq", "show", "tolls"]).contains("`tolls`: 0 pending"));
 }
+
+/// A rows object the warehouse could not load within its retry duration (the
+/// table was gone) is listed under the error prefix; once the table is back, a
+/// redrive loads the object under its own key, and each row once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rows_object_not_loaded_in_time_is_loaded_by_a_redrive() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    rusqlite::Connection::open(dir.path().join("warehouse.db"))
+        .and_then(|c| c.execute_batch(TABLE))
+        .expect("create the table");
+    let manifest = delivery_manifest("plugins/toll-etl")
+        .replace("key = \"transaction_id\"", "key = \"transaction_id\"\nretry-duration = \"1s\"");
+    let host = TestHost::start_in(dir, &manifest).await.expect("start");
+    let lines: Vec<String> = toll_lines(80).into_iter().filter(|l| !l.contains(",9,")).collect();
+    let (first, second) = lines.split_at(40);
+    weir_tests::put_record_batch(&host, "tolls", first).await;
+    host.wait_until("the first rows loaded", |s| s.deliveries[0].rows_loaded == 40).await;
+
+    // The table goes away: the next object is not loaded within the second it may take.
+    let db = rusqlite::Connection::open(host.path("warehouse.db")).expect("open");
+    db.execute_batch("ALTER TABLE toll_transactions RENAME TO kept").expect("take the table away");
+    weir_tests::put_record_batch(&host, "tolls", second).await;
+    host.wait_until("the load given up", |s| s.deliveries[0].loads_failed == 1).await;
+    let show = weir(&host, &["dlq", "show", "tolls"]);
+    assert!(show.contains("`tolls`: 1 pending") && show.contains("rows object rows/"), "{show}");
+
+    db.execute_batch("ALTER TABLE kept RENAME TO toll_transactions").expect("the table is back");
+    let redrive = weir(&host, &["dlq", "redrive", "tolls"]);
+    assert!(redrive.contains("1 went through, 0 failed again"), "{redrive}");
+    let mut expected: Vec<String> = lines.iter().map(|l| l[..12].to_owned()).collect();
+    expected.sort();
+    assert_eq!(warehouse_ids(&host), expected, "every line one row");
+    assert!(weir(&host, &["dlq", "show", "tolls"]).contains("`tolls`: 0 pending"));
+}
