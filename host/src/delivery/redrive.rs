@@ -3,8 +3,9 @@
 //! failed on or whose objects could not be written go through the transform
 //! into the lake and the warehouse; rows the table refused are loaded again;
 //! rows objects not loaded within the retry duration are loaded again under
-//! their own keys; records whose raw backup failed are backed up again. What fails again is written under the error prefix again,
-//! with its new reason. Redriven objects are named `<delivery>-redrive-<ms>-...`.
+//! their own keys; records whose raw backup failed are backed up again. What
+//! fails again is written under the error prefix again, with its new reason.
+//! Redriven objects are named `<delivery>-redrive-<ms>-...`.
 //!
 //! A redrive runs beside the delivery's worker, not in it: it touches neither
 //! its buffers nor its source's checkpoints. The warehouse's `key` stores a row
@@ -145,7 +146,7 @@ fn lines(items: &[Bytes]) -> Bytes {
 }
 
 /// A gzip object's bytes.
-fn gunzip(body: &[u8]) -> Result<Bytes, String> {
+pub(crate) fn gunzip(body: &[u8]) -> Result<Bytes, String> {
     let mut out = Vec::new();
     std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(body), &mut out)
         .map_err(|e| format!("not valid gzip: {e}"))?;

@@ -124,8 +124,11 @@ fn entries(delivery: &Delivery) -> Result<Vec<Entry>, DlqError> {
         let body = crate::io::block_on(lake.get(&key))
             .map_err(|e| storage(e.to_string()))?
             .map_err(|e| storage(format!("reading `{key}`: {e}")))?;
-        let body =
-            if key.ends_with(".gz") { gunzip(&body).map_err(|e| storage(format!("`{key}`: {e}")))? } else { body };
+        let body = if key.ends_with(".gz") {
+            crate::delivery::redrive::gunzip(&body).map_err(|e| storage(format!("`{key}`: {e}")))?
+        } else {
+            body
+        };
         for (n, line) in body.split(|b| *b == b'\n').enumerate().filter(|(_, l)| !l.is_empty()) {
             let json: Value = serde_json::from_slice(line)
                 .map_err(|e| storage(format!("`{key}` line {}: not an error record ({e})", n + 1)))?;
@@ -188,13 +191,6 @@ fn shown(data: &[u8]) -> String {
         Ok(text) => text.to_owned(),
         Err(_) => format!("base64:{}", base64::engine::general_purpose::STANDARD.encode(data)),
     }
-}
-
-fn gunzip(body: &[u8]) -> Result<Bytes, String> {
-    let mut out = Vec::new();
-    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(body), &mut out)
-        .map_err(|e| format!("not valid gzip: {e}"))?;
-    Ok(Bytes::from(out))
 }
 
 #[cfg(test)]

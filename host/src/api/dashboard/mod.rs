@@ -6,7 +6,8 @@
 //! - `GET /v1/pipeline/events`: a live feed (Server-Sent Events) of the
 //!   pipeline: first its [`graph`] (`event: graph`), then every second its
 //!   status, what crossed each edge since the start, each stage's pending dead
-//!   letters and the latest notifications the caller may read (`event: status`).
+//!   letters and each delivery stream's pending error records, and the latest
+//!   notifications the caller may read (`event: status`).
 //!   It needs `admin:DescribePipeline`.
 //!
 //! The page signs its requests with AWS Signature V4 in the browser (WebCrypto),
