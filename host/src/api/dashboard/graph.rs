@@ -32,6 +32,22 @@ pub enum NodeKind {
     Channel,
 }
 
+impl NodeKind {
+    /// What its nodes' ids start with (as it is written in JSON).
+    fn prefix(self) -> &'static str {
+        match self {
+            NodeKind::Source => "source",
+            NodeKind::Stream => "stream",
+            NodeKind::Stage => "stage",
+            NodeKind::Delivery => "delivery",
+            NodeKind::Sink => "sink",
+            NodeKind::Lake => "lake",
+            NodeKind::Warehouse => "warehouse",
+            NodeKind::Channel => "channel",
+        }
+    }
+}
+
 /// A box in the graph.
 #[derive(Debug, Clone, Serialize)]
 pub struct Node {
@@ -238,8 +254,7 @@ impl Graph {
     }
 
     fn node(&mut self, kind: NodeKind, name: &str, detail: &str) {
-        let prefix = serde_json::to_value(kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
-        let id = format!("{prefix}:{name}");
+        let id = format!("{}:{name}", kind.prefix());
         if !self.nodes.iter().any(|n| n.id == id) {
             self.nodes.push(Node { id, kind, name: name.to_owned(), detail: detail.to_owned() });
         }
@@ -284,5 +299,9 @@ mod tests {
         }
         let stages = graph.nodes.iter().filter(|n| n.kind == NodeKind::Stage).count();
         assert_eq!(stages, 5);
+        let kinds = [NodeKind::Source, NodeKind::Stream, NodeKind::Stage, NodeKind::Delivery, NodeKind::Sink];
+        for kind in kinds.into_iter().chain([NodeKind::Lake, NodeKind::Warehouse, NodeKind::Channel]) {
+            assert_eq!(serde_json::to_value(kind).expect("a kind"), kind.prefix(), "ids start with the kind's name");
+        }
     }
 }
