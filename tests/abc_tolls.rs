@@ -712,27 +712,17 @@ async fn call_as(
     target: Option<&str>,
     body: serde_json::Value,
 ) -> (u16, serde_json::Value) {
-    use axum::http::{HeaderMap, HeaderValue, Method, Uri};
-    let url = format!("{}{path}", host.url);
-    let method: Method = method.parse().expect("method");
     let body = if body.is_null() { Vec::new() } else { body.to_string().into_bytes() };
-    let mut headers = HeaderMap::new();
+    let bearer = bearer.map(|token| format!("Bearer {token}"));
+    let mut headers = Vec::new();
     if let Some(target) = target {
-        headers.insert("x-amz-target", HeaderValue::from_str(target).expect("target"));
-        headers.insert("content-type", HeaderValue::from_static("application/x-amz-json-1.1"));
+        headers.extend([("x-amz-target", target), ("content-type", "application/x-amz-json-1.1")]);
     }
-    if let Some(id) = id {
-        let secret = KEYS.iter().find(|(k, _, _)| *k == id).expect("a showcase key").2;
-        let key = weir_host::sigv4::AccessKey { id: id.into(), secret: secret.into() };
-        let signer = weir_host::sigv4::Signer { key: &key, region: "us-east-1", service: "kinesis" };
-        let uri: Uri = url.parse().expect("uri");
-        signer.sign(&method, &uri, &mut headers, &body, std::time::SystemTime::now());
+    if let Some(bearer) = &bearer {
+        headers.push(("authorization", bearer));
     }
-    if let Some(token) = bearer {
-        headers.insert("authorization", HeaderValue::from_str(&format!("Bearer {token}")).expect("token"));
-    }
-    let response =
-        reqwest::Client::new().request(method, &url).headers(headers).body(body).send().await.expect("request");
+    let key = id.map(|id| (id, KEYS.iter().find(|(k, _, _)| *k == id).expect("a showcase key").2));
+    let response = weir_tests::call(host, key, method, path, &headers, body).await;
     let status = response.status().as_u16();
     let text = response.text().await.unwrap_or_default();
     (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use weir_tests::browser::{Browser, chromium, eventually};
-use weir_tests::{TestHost, artifacts, operations_desk, root, showcase_manifest, signed};
+use weir_tests::{TestHost, artifacts, call, operations_desk, root, showcase_manifest};
 
 /// 2026-11-25, a Wednesday, midnight UTC.
 const DAY: i64 = 1_795_564_800_000;
@@ -51,7 +51,7 @@ async fn put(host: &TestHost, lines: &[weir_host::simulate::TollLine]) {
             .collect();
         let body = json!({"records": records}).to_string().into_bytes();
         let headers = [("content-type", "application/json")];
-        let response = signed(host, PRODUCER, "POST", "/v1/streams/toll-lines/records", &headers, body).await;
+        let response = call(host, Some(PRODUCER), "POST", "/v1/streams/toll-lines/records", &headers, body).await;
         assert_eq!(response.status(), 200, "put: {}", response.text().await.unwrap_or_default());
     }
 }
@@ -148,7 +148,7 @@ async fn the_dashboard_shows_the_showcase_live_and_its_buttons_act_in_a_real_bro
     // A second version of toll-etl swapped in through the admin API; the button rolls it back.
     let component = std::fs::read(artifacts::TOLL_ETL).expect("the toll-etl component");
     let headers = [("x-weir-plugin-version", "0.1.1-hotfix")];
-    let swapped = signed(&host, OPERATOR, "PUT", "/v1/stages/etl/plugin", &headers, component).await;
+    let swapped = call(&host, Some(OPERATOR), "PUT", "/v1/stages/etl/plugin", &headers, component).await;
     assert_eq!(swapped.status(), 200, "swap: {}", swapped.text().await.unwrap_or_default());
     eventually("the swapped version on the card", WAIT, async || {
         browser.text("[data-stage='etl'] [data-figure='plugin']").await.filter(|t| t.ends_with("0.1.1-hotfix"))
