@@ -101,6 +101,16 @@ enum Owner {
     Delivery,
 }
 
+impl Owner {
+    /// Checks `name` as this owner's name; the key that names it in answers.
+    fn check(self, name: &str) -> Result<&'static str, ApiError> {
+        match self {
+            Owner::Stage => check_name(NameKind::Stage, "stage", name).map(|()| "stage"),
+            Owner::Delivery => check_name(NameKind::DeliveryStream, "delivery stream", name).map(|()| "delivery"),
+        }
+    }
+}
+
 /// `GET /v1/stages/{stage}/dead-letters`
 pub async fn dead_letters(
     State(api): State<Arc<super::ApiState>>,
@@ -125,17 +135,8 @@ async fn list_letters(
     name: String,
     query: LettersQuery,
 ) -> Result<axum::Json<Value>, ApiError> {
+    let key = owner.check(&name)?;
     let host = api.host.clone();
-    let key = match owner {
-        Owner::Stage => {
-            check_name(NameKind::Stage, "stage", &name)?;
-            "stage"
-        }
-        Owner::Delivery => {
-            check_name(NameKind::DeliveryStream, "delivery stream", &name)?;
-            "delivery"
-        }
-    };
     let asked = name.clone();
     let letters = tokio::task::spawn_blocking(move || match owner {
         Owner::Stage => host.dead_letters(&asked, query.plugin.as_deref()),
@@ -158,7 +159,6 @@ pub async fn redrive(
     Path(stage): Path<String>,
     Query(query): Query<LettersQuery>,
 ) -> Result<axum::Json<crate::pipeline::dlq::Redrive>, ApiError> {
-    check_name(NameKind::Stage, "stage", &stage)?;
     redrive_letters(api, Owner::Stage, stage, query).await
 }
 
@@ -168,7 +168,6 @@ pub async fn delivery_redrive(
     Path(delivery): Path<String>,
     Query(query): Query<LettersQuery>,
 ) -> Result<axum::Json<crate::pipeline::dlq::Redrive>, ApiError> {
-    check_name(NameKind::DeliveryStream, "delivery stream", &delivery)?;
     redrive_letters(api, Owner::Delivery, delivery, query).await
 }
 
@@ -178,6 +177,7 @@ async fn redrive_letters(
     name: String,
     query: LettersQuery,
 ) -> Result<axum::Json<crate::pipeline::dlq::Redrive>, ApiError> {
+    owner.check(&name)?;
     let host = api.host.clone();
     tokio::task::spawn_blocking(move || match owner {
         Owner::Stage => host.redrive(&name, query.plugin.as_deref()),
@@ -195,7 +195,7 @@ fn dlq_error(e: crate::pipeline::dlq::DlqError) -> ApiError {
         DlqError::UnknownStage { .. } => (StatusCode::NOT_FOUND, "UnknownStage"),
         DlqError::UnknownDelivery { .. } => (StatusCode::NOT_FOUND, "UnknownDeliveryStream"),
         DlqError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "DeadLettersUnavailable"),
-        DlqError::Stage { .. } => (StatusCode::CONFLICT, "RedriveNotApplied"),
+        DlqError::Stage { .. } | DlqError::Delivery { .. } => (StatusCode::CONFLICT, "RedriveNotApplied"),
     };
     tracing::warn!(error = %e, "dead letters not listed or redriven");
     ApiError::new(status, code, e.to_string())

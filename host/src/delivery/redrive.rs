@@ -31,7 +31,8 @@ pub struct Again {
     /// Rows objects not loaded within the retry duration: loaded again.
     pub staged: Vec<String>,
     /// Records whose raw backup could not be written: backed up again (they
-    /// were delivered, or are listed for that on their own).
+    /// were delivered, or are listed for that on their own); done with if the
+    /// manifest no longer asks for a backup.
     pub backups: Vec<Bytes>,
 }
 

@@ -66,6 +66,15 @@ pub enum DlqError {
         /// Why.
         reason: String,
     },
+    /// A delivery stream could not redrive its error records; what was redriven
+    /// before stays recorded, the rest stays pending.
+    #[error("delivery stream `{delivery}` did not redrive its error records: {reason}")]
+    Delivery {
+        /// The delivery stream.
+        delivery: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// One pending dead letter.

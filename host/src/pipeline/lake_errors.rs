@@ -70,8 +70,9 @@ pub fn redrive(pipeline: &Pipeline, delivery: &Delivery, plugin: Option<&str>) -
                 What::Backup(data) => again.backups.push(data.clone()),
             }
         }
-        let failed =
-            delivery.redrive(again).map_err(|e| DlqError::Stage { stage: name.clone(), reason: e.to_string() })?;
+        let failed = delivery
+            .redrive(again)
+            .map_err(|e| DlqError::Delivery { delivery: name.clone(), reason: e.to_string() })?;
         redriven.entries.extend(chunk.iter().map(|e| e.letter.entry.clone()));
         redriven.save(&path)?;
         done.redriven += chunk.len() as u64;
