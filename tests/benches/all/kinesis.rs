@@ -7,14 +7,15 @@
 //! 2. Put-to-consumer latency on loopback: a consumer subscribed with
 //!    `SubscribeToShard` (records pushed) beside one polling `GetRecords` every
 //!    200 ms (the usual polling reader waits longer). Prints p50 and p99 of each.
-//!
-//! Run: `cargo bench -p weir-tests --bench kinesis --profile dev`
 
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use serde_json::{Value, json};
 use weir_tests::TestHost;
+
+use crate::Report;
+use crate::table::{Figure, Row, Size, Target, median, quantile};
 
 const BATCH: usize = 500;
 const RECORD: usize = 150;
@@ -63,13 +64,8 @@ async fn put_rate(url: &str, stream: &str, seconds: f64) -> f64 {
     sent as f64 / start.elapsed().as_secs_f64()
 }
 
-fn median(mut rates: Vec<f64>) -> f64 {
-    rates.sort_by(f64::total_cmp);
-    rates[rates.len() / 2]
-}
-
 /// p50 and p99 of put-to-consumer times: pushed by `SubscribeToShard`, and polled by `GetRecords`.
-async fn latencies(host: &TestHost) -> ((Duration, Duration), (Duration, Duration)) {
+async fn latencies(host: &TestHost, puts: usize) -> ((Duration, Duration), (Duration, Duration)) {
     let url = format!("{}/", host.url);
     let client = reqwest::Client::new();
     call(&client, &url, "CreateStream", &json!({"StreamName": "latency", "ShardCount": 1})).await;
@@ -77,7 +73,6 @@ async fn latencies(host: &TestHost) -> ((Duration, Duration), (Duration, Duratio
     let consumer =
         call(&client, &url, "RegisterStreamConsumer", &json!({"StreamARN": arn, "ConsumerName": "bench"})).await;
     let consumer_arn = consumer["Consumer"]["ConsumerARN"].as_str().unwrap_or_default().to_owned();
-    const PUTS: usize = 200;
     // The pushed reader: counts records in the event stream's frames as they come.
     let pushed = {
         let (client, url) = (client.clone(), url.clone());
@@ -146,7 +141,7 @@ async fn latencies(host: &TestHost) -> ((Duration, Duration), (Duration, Duratio
     // Past the first heartbeat, so the subscription is surely established.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (mut push_times, mut poll_times) = (Vec::new(), Vec::new());
-    for i in 0..PUTS {
+    for i in 0..puts {
         let sent = Instant::now();
         call(
             &client,
@@ -161,15 +156,14 @@ async fn latencies(host: &TestHost) -> ((Duration, Duration), (Duration, Duratio
     // The readers end here, before the host stops under them.
     reader.abort();
     poller.abort();
-    let percentiles = |mut times: Vec<Duration>| {
-        times.sort();
-        (times[times.len() / 2], times[times.len() * 99 / 100])
-    };
+    let percentiles = |times: Vec<Duration>| (quantile(&times, 0.5), quantile(&times, 0.99));
     (percentiles(push_times), percentiles(poll_times))
 }
 
-fn main() {
-    let seconds: f64 = std::env::var("WEIR_BENCH_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3.0);
+pub fn run(size: Size, report: &mut Report) {
+    let seconds: f64 =
+        std::env::var("WEIR_BENCH_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(size.pick(3.0, 0.3));
+    let (turns, puts) = (size.pick(3, 1), size.pick(200, 20));
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
     runtime.block_on(async {
         let manifest = "[pipeline]\nname = \"kinesis-bench\"\ndata-dir = \"data\"\n";
@@ -181,22 +175,34 @@ fn main() {
             Some(kinesalite) => {
                 let peer = &kinesalite.url;
                 let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-                for run in 0..3 {
+                for run in 0..turns {
                     ours.push(put_rate(&weir, &format!("bench-{run}"), seconds).await);
                     theirs.push(put_rate(peer, &format!("bench-{run}"), seconds).await);
                 }
-                let (ours, theirs) = (median(ours), median(theirs));
+                let (ours, theirs) = (median(&ours), median(&theirs));
                 println!(
-                    "  weir {ours:>10.0} records/s   kinesalite {theirs:>10.0} records/s   ratio {:.1} (medians of 3)",
+                    "  weir {ours:>10.0} records/s   kinesalite {theirs:>10.0} records/s   ratio {:.1} (medians of {turns})",
                     ours / theirs
                 );
+                report.rows.push(Row::rates(
+                    "Kinesis PutRecords, one client: weir ÷ kinesalite",
+                    Figure::PerSecond(ours, "records"),
+                    Figure::PerSecond(theirs, "records"),
+                    "kinesalite",
+                    Target::Report,
+                ));
                 drop(kinesalite);
             }
         }
-        let ((push50, push99), (poll50, poll99)) = latencies(&host).await;
-        println!("put-to-consumer latency on loopback, 200 puts:");
+        let ((push50, push99), (poll50, poll99)) = latencies(&host, puts).await;
+        println!("put-to-consumer latency on loopback, {puts} puts:");
         println!("  SubscribeToShard (pushed)      p50 {push50:>10.2?}  p99 {push99:>10.2?}");
         println!("  GetRecords every 200 ms        p50 {poll50:>10.2?}  p99 {poll99:>10.2?}");
+        report.rows.push(Row::figure(
+            "Kinesis PutRecord to SubscribeToShard consumer, p99",
+            Figure::Time(push99),
+            Target::Report,
+        ));
         host.stop().await;
     });
 }

@@ -1,11 +1,9 @@
 //! The toll-etl transform on the same generated lines, natively in-process and
-//! through the WebAssembly component, at several batch sizes. Prints records/s
-//! and the ratio component/native measured in the same run, and what recording
-//! the metrics adds to each batch, as a share of its time in the component.
-//!
-//! Run: `cargo bench -p weir-tests --bench toll_etl --profile dev`
-//! (`WEIR_BENCH_LINES` sets the number of lines, 1,000,000 by default;
-//! `WEIR_BENCH_BATCHES=64,256` picks the batch sizes).
+//! through the WebAssembly component, at several batch sizes: records/s and the
+//! ratio component/native measured in the same run (median of three turns each),
+//! and what recording the metrics adds to each batch, as a share of its time in
+//! the component. `WEIR_BENCH_LINES` sets the number of lines (1,000,000 by
+//! default); `WEIR_BENCH_BATCHES=64,256` picks the batch sizes.
 
 use std::time::Instant;
 
@@ -14,6 +12,9 @@ use weir_host::manifest::{Grants, Limits};
 use weir_host::plugin::{Outcome, TransformerPlugin};
 use weir_sdk::Transformer as _;
 use weir_tests::{artifacts, config, engine, sandbox};
+
+use crate::Report;
+use crate::table::{Figure, Row, Size, Target, median};
 
 /// Deterministic toll lines, about 1% of them malformed.
 fn generate(n: usize) -> Vec<String> {
@@ -83,8 +84,9 @@ fn component(plugin: &TransformerPlugin, lines: &[String], batch: usize) -> Run 
     Run { records_per_sec: lines.len() as f64 / start.elapsed().as_secs_f64(), ok, output_bytes }
 }
 
-fn main() {
-    let n: usize = std::env::var("WEIR_BENCH_LINES").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+pub fn run(size: Size, report: &mut Report) {
+    let n: usize =
+        std::env::var("WEIR_BENCH_LINES").ok().and_then(|v| v.parse().ok()).unwrap_or(size.pick(1_000_000, 20_000));
     let lines = generate(n);
     let engine = engine();
     let compiled = engine.compile(artifacts::TOLL_ETL.as_ref()).expect("compile toll-etl");
@@ -97,31 +99,34 @@ fn main() {
     println!("{:>6}  {:>16}  {:>16}  {:>16}", "batch", "native rec/s", "component rec/s", "component/native");
     let batches: Vec<usize> = match std::env::var("WEIR_BENCH_BATCHES") {
         Ok(list) => list.split(',').filter_map(|b| b.trim().parse().ok()).collect(),
-        Err(_) => vec![1, 64, 256, 1024],
+        Err(_) => size.pick(vec![1, 64, 256, 1024], vec![256]),
     };
     let mut component_rates = Vec::new();
     for batch in batches {
-        // Best of three runs each, alternating, so a noisy neighbour hurts both alike.
-        let mut best: Option<(Run, Run)> = None;
-        for _ in 0..3 {
+        // Three turns each, alternating, so a noisy neighbour hurts both alike.
+        let (mut natives, mut components) = (Vec::new(), Vec::new());
+        for _ in 0..size.pick(3, 1) {
             let (a, b) = (native(&lines, batch), component(&plugin, &lines, batch));
-            best = Some(match best {
-                None => (a, b),
-                Some((x, y)) => (
-                    if a.records_per_sec > x.records_per_sec { a } else { x },
-                    if b.records_per_sec > y.records_per_sec { b } else { y },
-                ),
-            });
+            assert_eq!(
+                (a.ok, a.output_bytes),
+                (b.ok, b.output_bytes),
+                "native and component must produce the same rows"
+            );
+            natives.push(a.records_per_sec);
+            components.push(b.records_per_sec);
         }
-        let Some((a, b)) = best else { return };
-        assert_eq!((a.ok, a.output_bytes), (b.ok, b.output_bytes), "native and component must produce the same rows");
-        println!(
-            "{batch:>6}  {:>16.0}  {:>16.0}  {:>16.2}",
-            a.records_per_sec,
-            b.records_per_sec,
-            b.records_per_sec / a.records_per_sec
-        );
-        component_rates.push((batch, b.records_per_sec));
+        let (a, b) = (median(&natives), median(&components));
+        println!("{batch:>6}  {a:>16.0}  {b:>16.0}  {:>16.2}", b / a);
+        if batch == 256 || batch == 1024 {
+            report.rows.push(Row::rates(
+                format!("toll-etl component ÷ native Rust, batch {batch}"),
+                Figure::PerSecond(b, "records"),
+                Figure::PerSecond(a, "records"),
+                "native",
+                if batch == 256 { Target::RatioAtLeast(0.85) } else { Target::Report },
+            ));
+        }
+        component_rates.push((batch, b));
     }
     // A stage times each batch and each plugin call: two timings per batch.
     let (_, per_timing) = weir_tests::metrics_recording_cost();

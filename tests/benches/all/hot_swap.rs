@@ -9,8 +9,6 @@
 //! was applied. Prints p50/p99 of the pauses, the pause beyond the normal
 //! gap, throughput while swapping ÷ steady throughput, and checks that no
 //! record was lost or duplicated.
-//!
-//! Run: `cargo bench -p weir-tests --bench hot_swap --profile dev`
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +18,9 @@ use bytes::Bytes;
 use weir_host::pipeline::Producer;
 use weir_host::stream::{NewRecord, now_ms};
 use weir_tests::{TestHost, artifacts};
+
+use crate::Report;
+use crate::table::{Figure, Row, Size, Target};
 
 const MANIFEST: &str = r#"
 [pipeline]
@@ -43,18 +44,17 @@ batch-size = 256
 batch-wait = "5ms"
 "#;
 
-const SWAPS: usize = 20;
-
 fn percentile(sorted: &[i64], p: f64) -> i64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-fn main() {
+pub fn run(size: Size, report: &mut Report) {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
-    runtime.block_on(run());
+    runtime.block_on(measure(size, report));
 }
 
-async fn run() {
+async fn measure(size: Size, report: &mut Report) {
+    let (swaps, steady) = (size.pick(20, 3), size.pick(Duration::from_secs(3), Duration::from_millis(500)));
     let mut host = TestHost::start(MANIFEST).await.expect("start");
     let builds = [std::fs::read(artifacts::SWAP_V2).expect("v2"), std::fs::read(artifacts::SWAP_V1).expect("v1")];
     let stop = Arc::new(AtomicBool::new(false));
@@ -86,14 +86,14 @@ async fn run() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (steady_from, steady_start) = (processed(&host), Instant::now());
     let steady_window = (now_ms(), 0);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(steady).await;
     let steady_rate = (processed(&host) - steady_from) as f64 / steady_start.elapsed().as_secs_f64();
     let steady_window = (steady_window.0, now_ms());
 
     let client = reqwest::Client::new();
     let (swap_from, swap_start) = (processed(&host), Instant::now());
     let mut windows = Vec::new();
-    for i in 0..SWAPS {
+    for i in 0..swaps {
         let requested = now_ms();
         let response = client
             .put(format!("{}/v1/stages/tag/plugin", host.url))
@@ -141,7 +141,7 @@ async fn run() {
     let mut pauses: Vec<i64> = windows.iter().map(|w| gaps_within(*w)).collect();
     pauses.sort_unstable();
     let (p50, p99) = (percentile(&pauses, 0.5), percentile(&pauses, 0.99));
-    println!("{SWAPS} swaps under load ({sent} records, 0 lost, 0 duplicated)");
+    println!("{swaps} swaps under load ({sent} records, 0 lost, 0 duplicated)");
     println!("  normal gap between batch completions (p99, no swaps): {normal} ms");
     println!(
         "  pause around a swap: p50 {p50} ms, p99 {p99} ms; beyond the normal gap: p50 {} ms, p99 {} ms",
@@ -152,5 +152,10 @@ async fn run() {
         "  throughput: steady {steady_rate:.0} records/s, while swapping {swap_rate:.0} records/s, ratio {:.2}",
         swap_rate / steady_rate
     );
+    report.rows.push(Row::figure(
+        "hot-swap pause p99 under load, beyond the normal gap between batches (0 lost)",
+        Figure::Time(Duration::from_millis((p99 - normal).max(0) as u64)),
+        Target::TimeAtMost(Duration::from_millis(10)),
+    ));
     host.stop().await;
 }
