@@ -156,6 +156,12 @@ pub enum RewriteError<E> {
     },
 }
 
+/// Why a record goes to no window ([`Route::Late`] and [`Route::Refused`]).
+enum NotPlaced {
+    Late { reason: String },
+    Refused { reason: String },
+}
+
 /// One window's states by key. A hash map of boxed keys: millions of keys cost less than
 /// in a sorted map; keys are sorted once, when the window closes.
 /// Hashed with foldhash (seeded at random per process): several times faster than
@@ -257,18 +263,31 @@ impl WindowOperator {
     /// Where a record with time `time_ms` goes, leaving the watermark as it is
     /// (the caller lets it take the time in).
     fn place(&mut self, time_ms: i64, now_ms: i64) -> Route {
+        let mut open = Vec::new();
+        match self.place_into(time_ms, now_ms, &mut open) {
+            Ok(()) => Route::Windows(open),
+            Err(NotPlaced::Late { reason }) => Route::Late { reason },
+            Err(NotPlaced::Refused { reason }) => Route::Refused { reason },
+        }
+    }
+
+    /// [`WindowOperator::place`] into a buffer the caller reuses, so a batch
+    /// allocates nothing per record: fills `open` with the windows the record goes
+    /// to, or says why it goes to none.
+    fn place_into(&mut self, time_ms: i64, now_ms: i64, open: &mut Vec<Window>) -> Result<(), NotPlaced> {
+        open.clear();
         if !(0..=MAX_TIME_MS).contains(&time_ms) {
-            return Route::Refused {
+            return Err(NotPlaced::Refused {
                 reason: format!(
                     "time {} is outside 1970-01-01 to 9999-12-31: it cannot be placed in a window",
                     format_time(time_ms)
                 ),
-            };
+            });
         }
         if let Some(ahead) = self.max_ahead_ms
             && time_ms > now_ms.saturating_add(ahead)
         {
-            return Route::Refused {
+            return Err(NotPlaced::Refused {
                 reason: format!(
                     "time {} is {} ahead of the host's clock ({}), more than the max-ahead of {}: \
                      it would close every window up to it",
@@ -277,15 +296,15 @@ impl WindowOperator {
                     format_time(now_ms),
                     format_span(ahead)
                 ),
-            };
+            });
         }
-        let holding: Vec<Window> = self.spec.kind.assign(time_ms).collect();
-        let open: Vec<Window> = holding.iter().copied().filter(|window| !self.is_closed(*window)).collect();
+        open.extend(self.spec.kind.assign(time_ms).filter(|window| !self.is_closed(*window)));
         let Some(&earliest) = open.first() else {
-            return Route::Late { reason: self.late_reason(time_ms, &holding) };
+            let holding: Vec<Window> = self.spec.kind.assign(time_ms).collect();
+            return Err(NotPlaced::Late { reason: self.late_reason(time_ms, &holding) });
         };
         self.first_window = Some(self.first_window.map_or(earliest, |first| first.min(earliest)));
-        Route::Windows(open)
+        Ok(())
     }
 
     /// The state of `key` in `window`, created empty if absent, for a caller that folds
@@ -317,21 +336,22 @@ impl WindowOperator {
         };
         let mut group_of: HashMap<(Window, &'a str), u32, foldhash::fast::RandomState> =
             HashMap::with_capacity_and_hasher(expected, Default::default());
+        let mut windows = Vec::new();
         for (index, record) in records.enumerate() {
-            let windows = match self.place(record.time_ms, now_ms) {
-                Route::Windows(windows) => windows,
-                Route::Late { reason } => {
+            match self.place_into(record.time_ms, now_ms, &mut windows) {
+                Ok(()) => {}
+                Err(NotPlaced::Late { reason }) => {
                     plan.seen.push((record.shard, record.source, record.time_ms));
                     plan.set_aside.push(SetAside { index, reason });
                     continue;
                 }
-                Route::Refused { reason } => {
+                Err(NotPlaced::Refused { reason }) => {
                     plan.set_aside.push(SetAside { index, reason });
                     continue;
                 }
-            };
+            }
             plan.seen.push((record.shard, record.source, record.time_ms));
-            for window in windows {
+            for &window in &windows {
                 let group = *group_of.entry((window, record.key)).or_insert_with(|| {
                     // Moved out, not copied: apply_fold puts it back.
                     let state = match self.kept.get_mut(&window) {

@@ -5,8 +5,12 @@ use serde::{Deserialize, Serialize};
 use weir_sdk::time::timestamp;
 use weir_sdk::{Aggregator, Config, Error, Output, Record, Window};
 
-/// The plugin.
-pub struct TollBillingSum;
+/// The plugin. It keeps the window it emits for with its times as text: every
+/// key of a closed window is emitted in turn, so they are formatted once per window.
+#[derive(Default)]
+pub struct TollBillingSum {
+    emitting: Option<(Window, String, String)>,
+}
 
 /// A customer's running total in one window.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -21,8 +25,8 @@ pub struct Total {
 #[derive(Serialize)]
 struct WindowTotal<'a> {
     customer_id: &'a str,
-    window_start: String,
-    window_end: String,
+    window_start: &'a str,
+    window_end: &'a str,
     total_cents: u64,
     transactions: u32,
 }
@@ -37,7 +41,7 @@ impl Aggregator for TollBillingSum {
     type State = Total;
 
     fn init(_config: &Config) -> Result<Self, String> {
-        Ok(TollBillingSum)
+        Ok(TollBillingSum::default())
     }
 
     fn fold(&mut self, state: &mut Total, record: &Record<'_>) -> Result<(), Error> {
@@ -49,10 +53,14 @@ impl Aggregator for TollBillingSum {
     }
 
     fn emit(&mut self, window: Window, key: &str, state: &Total, out: &mut Output) -> Result<(), Error> {
+        if self.emitting.as_ref().is_none_or(|(emitting, ..)| *emitting != window) {
+            self.emitting = Some((window, timestamp(window.start_ms), timestamp(window.end_ms)));
+        }
+        let Some((_, start, end)) = &self.emitting else { return Err("no window to emit for".into()) };
         let result = WindowTotal {
             customer_id: key,
-            window_start: timestamp(window.start_ms),
-            window_end: timestamp(window.end_ms),
+            window_start: start,
+            window_end: end,
             total_cents: state.cents,
             transactions: state.transactions,
         };

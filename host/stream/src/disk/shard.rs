@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -60,17 +60,19 @@ pub(super) struct Shard {
     pub(super) clock: Clock,
     pub(super) state: Mutex<State>,
     pub(super) changed: Condvar,
-    /// Puts that have not written their frame yet: a group commit waits for
-    /// them only, since writers already waiting on the sync add nothing.
-    pub(super) arriving: AtomicUsize,
+    /// Puts that began, and puts that wrote their frame (or gave up): a group
+    /// commit waits for the puts under way when it was due, since writers
+    /// already waiting on the sync add nothing, and later ones take the next.
+    pub(super) started: AtomicU64,
+    pub(super) finished: AtomicU64,
 }
 
-/// Counts a put as arriving until it is dropped.
-pub(super) struct Arriving<'a>(&'a AtomicUsize);
+/// Counts a put as finished when it is dropped.
+pub(super) struct UnderWay<'a>(&'a AtomicU64);
 
-impl Drop for Arriving<'_> {
+impl Drop for UnderWay<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.0.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -154,7 +156,8 @@ impl Shard {
             clock,
             state: Mutex::new(state),
             changed: Condvar::new(),
-            arriving: AtomicUsize::new(0),
+            started: AtomicU64::new(0),
+            finished: AtomicU64::new(0),
         };
         shard.apply_retention(&mut shard.lock(), (shard.clock)());
         Ok(shard)
@@ -286,15 +289,17 @@ impl Shard {
         }
     }
 
-    /// Group commit: before syncing, keep gathering writes while puts are on
-    /// their way (each quiet period of [`GROUP_QUIET`] ends it), for at most
-    /// `interval`. With no other put arriving, sync at once: waiting could
-    /// only add latency.
+    /// Group commit: before syncing, wait for the puts already under way to
+    /// write (each quiet period of [`GROUP_QUIET`] ends it), for at most
+    /// `interval`. Puts that begin meanwhile wait for the next sync: gathering
+    /// them too would hold this one back as long as puts keep coming. With no
+    /// other put under way, sync at once: waiting could only add latency.
     pub(super) fn gather<'a>(&'a self, mut st: MutexGuard<'a, State>, interval: Duration) -> MutexGuard<'a, State> {
         let deadline = Instant::now() + interval;
+        let under_way = self.started.load(Ordering::SeqCst);
         loop {
             let now = Instant::now();
-            if now >= deadline || self.arriving.load(Ordering::SeqCst) == 0 {
+            if now >= deadline || self.finished.load(Ordering::SeqCst) >= under_way {
                 return st;
             }
             let seen = st.next;
@@ -332,8 +337,8 @@ impl Shard {
         for record in records.iter().filter(|r| !r.attributes.is_empty()) {
             crate::check_attributes(record)?;
         }
-        self.arriving.fetch_add(1, Ordering::SeqCst);
-        let arriving = Arriving(&self.arriving);
+        self.started.fetch_add(1, Ordering::SeqCst);
+        let under_way = UnderWay(&self.finished);
         let mut st = self.lock();
         if let Some(reason) = &st.failed {
             return Err(StreamError::Failed { stream: stream.to_owned(), reason: reason.clone() });
@@ -364,7 +369,7 @@ impl Shard {
         self.apply_retention(&mut st, arrival_ms);
         st.next += records.len() as u64;
         let end = st.next;
-        drop(arriving);
+        drop(under_way);
         // Wakes a group commit that is gathering writes.
         self.changed.notify_all();
         match self.fsync {
