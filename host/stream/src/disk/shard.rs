@@ -59,7 +59,13 @@ pub(super) struct Shard {
     pub(super) syncer: Arc<dyn Syncer>,
     pub(super) clock: Clock,
     pub(super) state: Mutex<State>,
+    /// Signalled when what readers and waiting writers see changes: records
+    /// became durable, a sync ended, the shard failed or was resharded.
     pub(super) changed: Condvar,
+    /// Signalled when a put wrote its frame: only a gathering group commit
+    /// waits on it (were it `changed`, every write would wake every put
+    /// waiting for its sync, only for them to sleep again).
+    pub(super) written: Condvar,
     /// Puts that began, and puts that wrote their frame (or gave up): a group
     /// commit waits for the puts under way when it was due, since writers
     /// already waiting on the sync add nothing, and later ones take the next.
@@ -156,6 +162,7 @@ impl Shard {
             clock,
             state: Mutex::new(state),
             changed: Condvar::new(),
+            written: Condvar::new(),
             started: AtomicU64::new(0),
             finished: AtomicU64::new(0),
         };
@@ -304,7 +311,7 @@ impl Shard {
             }
             let seen = st.next;
             let (guard, timeout) =
-                self.changed.wait_timeout(st, GROUP_QUIET.min(deadline - now)).unwrap_or_else(|p| p.into_inner());
+                self.written.wait_timeout(st, GROUP_QUIET.min(deadline - now)).unwrap_or_else(|p| p.into_inner());
             st = guard;
             if timeout.timed_out() && st.next == seen {
                 return st;
@@ -370,11 +377,16 @@ impl Shard {
         st.next += records.len() as u64;
         let end = st.next;
         drop(under_way);
-        // Wakes a group commit that is gathering writes.
-        self.changed.notify_all();
         match self.fsync {
-            FsyncPolicy::Never => st.durable = end,
-            FsyncPolicy::Always | FsyncPolicy::Group(_) => self.wait_durable(st, end)?,
+            FsyncPolicy::Never => {
+                st.durable = end;
+                self.changed.notify_all();
+            }
+            FsyncPolicy::Always | FsyncPolicy::Group(_) => {
+                // Wakes a group commit that is gathering writes.
+                self.written.notify_all();
+                self.wait_durable(st, end)?;
+            }
         }
         Ok((first..end).collect())
     }
