@@ -62,7 +62,8 @@ pub(super) fn parse_frame(bytes: &[u8]) -> Result<(u64, u32, usize), String> {
     Ok((first, count, end))
 }
 
-pub(super) fn encode_frame(first: u64, arrival_ms: i64, records: &[NewRecord]) -> Vec<u8> {
+/// Encodes records as one frame into `frame` (cleared first; a caller reuses it).
+pub(super) fn encode_frame(frame: &mut Vec<u8>, first: u64, arrival_ms: i64, records: &[NewRecord]) {
     let attributes = records.iter().any(|r| !r.attributes.is_empty());
     let sources = attributes || records.iter().any(|r| r.source.is_some());
     let source_len = |r: &NewRecord| if sources { 2 + r.source.as_ref().map_or(0, |s| s.len()) } else { 0 };
@@ -71,7 +72,8 @@ pub(super) fn encode_frame(first: u64, arrival_ms: i64, records: &[NewRecord]) -
     };
     let size: usize =
         records.iter().map(|r| 8 + 2 + r.key.len() + source_len(r) + attributes_len(r) + 4 + r.data.len()).sum();
-    let mut frame = Vec::with_capacity(HEADER + PAYLOAD_HEADER + size);
+    frame.clear();
+    frame.reserve(HEADER + PAYLOAD_HEADER + size);
     frame.extend_from_slice(match (attributes, sources) {
         (true, _) => &MAGIC_ATTRIBUTES,
         (false, true) => &MAGIC_SOURCES,
@@ -108,7 +110,6 @@ pub(super) fn encode_frame(first: u64, arrival_ms: i64, records: &[NewRecord]) -
     let crc = crc32c::crc32c(&frame[HEADER..]);
     frame[2..6].copy_from_slice(&len.to_le_bytes());
     frame[6..10].copy_from_slice(&crc.to_le_bytes());
-    frame
 }
 
 /// Decodes the records of a checked frame; their data are slices of it, not copies.

@@ -141,32 +141,35 @@ impl StreamStore for DiskStreams {
                 entry.1.push(r);
             }
         }
-        let mut results: Vec<Result<Appended, StreamError>> =
-            (0..total).map(|_| Err(StreamError::UnknownStream(stream.to_owned()))).collect();
+        // Filled in below; a record whose shard vanished (never: the entries are held) stays `None`.
+        let mut results: Vec<Option<Result<Appended, StreamError>>> = (0..total).map(|_| None).collect();
         for (shard, (places, group)) in by_shard {
             let Some(entry) = entries.get(shard as usize) else { continue };
             match entry.log.append(group) {
                 Ok(sequences) => {
                     for (k, place) in places.iter().enumerate() {
-                        results[*place] = match sequences.get(k) {
+                        results[*place] = Some(match sequences.get(k) {
                             Some(&sequence) => Ok(Appended { shard, sequence }),
                             None => Err(StreamError::Throttled {
                                 stream: stream.to_owned(),
                                 limit: "the shard's write limit".to_owned(),
                             }),
-                        };
+                        });
                     }
                 }
                 Err(e) => {
                     for place in places {
-                        results[place] = Err(e.clone());
+                        results[place] = Some(Err(e.clone()));
                     }
                 }
             }
         }
         drop(entries);
         target.bump();
-        Ok(results)
+        Ok(results
+            .into_iter()
+            .map(|result| result.unwrap_or_else(|| Err(StreamError::UnknownStream(stream.to_owned()))))
+            .collect())
     }
 
     fn shard_count(&self, stream: &str) -> Result<u32, StreamError> {

@@ -45,7 +45,13 @@ pub(super) struct State {
     pub(super) failed: Option<String>,
     pub(super) consumers: BTreeMap<String, u64>,
     pub(super) bucket: Option<Bucket>,
+    /// The buffer the last frame was encoded in: reused, so a put neither
+    /// allocates nor faults in a fresh one (kept only up to [`KEPT_FRAME_BUFFER`]).
+    pub(super) frame_buffer: Vec<u8>,
 }
+
+/// The largest frame buffer a shard keeps between puts.
+const KEPT_FRAME_BUFFER: usize = 1 << 20;
 
 pub(super) struct Shard {
     pub(super) name: String,
@@ -117,6 +123,7 @@ impl Shard {
             failed: None,
             consumers: BTreeMap::new(),
             bucket: spec.write_limit.map(Bucket::new),
+            frame_buffer: Vec::new(),
         };
         let last = bases.len() - 1;
         for (i, base) in bases.into_iter().enumerate() {
@@ -371,8 +378,12 @@ impl Shard {
         // Arrival times never go backwards along the log, so the time index can
         // be searched even if the wall clock steps back.
         let arrival_ms = (self.clock)().max(st.frames.last().map_or(i64::MIN, |f| f.arrival_ms));
-        let frame = encode_frame(first, arrival_ms, &records);
+        let mut frame = std::mem::take(&mut st.frame_buffer);
+        encode_frame(&mut frame, first, arrival_ms, &records);
         self.write_frame(&mut st, &frame, first, records.len() as u32, arrival_ms)?;
+        if frame.capacity() <= KEPT_FRAME_BUFFER {
+            st.frame_buffer = frame;
+        }
         self.apply_retention(&mut st, arrival_ms);
         st.next += records.len() as u64;
         let end = st.next;
