@@ -50,8 +50,9 @@ pub(super) struct State {
     pub(super) frame_buffer: Vec<u8>,
 }
 
-/// The largest frame buffer a shard keeps between puts.
-const KEPT_FRAME_BUFFER: usize = 1 << 20;
+/// The largest frame buffer a shard keeps between puts: a 500-record put of
+/// small records fits, and a thousand shards hold at most 256 MiB of them.
+const KEPT_FRAME_BUFFER: usize = 256 << 10;
 
 pub(super) struct Shard {
     pub(super) name: String,
