@@ -53,10 +53,11 @@ impl Aggregator for TollBillingSum {
     }
 
     fn emit(&mut self, window: Window, key: &str, state: &Total, out: &mut Output) -> Result<(), Error> {
-        if self.emitting.as_ref().is_none_or(|(emitting, ..)| *emitting != window) {
-            self.emitting = Some((window, timestamp(window.start_ms), timestamp(window.end_ms)));
+        if self.emitting.as_ref().is_some_and(|(emitting, ..)| *emitting != window) {
+            self.emitting = None;
         }
-        let Some((_, start, end)) = &self.emitting else { return Err("no window to emit for".into()) };
+        let (_, start, end) =
+            self.emitting.get_or_insert_with(|| (window, timestamp(window.start_ms), timestamp(window.end_ms)));
         let result = WindowTotal {
             customer_id: key,
             window_start: start,

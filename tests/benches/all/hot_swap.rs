@@ -20,7 +20,7 @@ use weir_host::stream::{NewRecord, now_ms};
 use weir_tests::{TestHost, artifacts};
 
 use crate::Report;
-use crate::table::{Figure, Row, Size, Target};
+use crate::table::{Figure, Row, Size, Target, quantile};
 
 const MANIFEST: &str = r#"
 [pipeline]
@@ -43,10 +43,6 @@ output = "out"
 batch-size = 256
 batch-wait = "5ms"
 "#;
-
-fn percentile(sorted: &[i64], p: f64) -> i64 {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
 
 pub fn run(size: Size, report: &mut Report) {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
@@ -137,10 +133,10 @@ async fn measure(size: Size, report: &mut Report) {
         .map(|w| w[1] - w[0])
         .collect();
     steady_gaps.sort_unstable();
-    let normal = percentile(&steady_gaps, 0.99);
+    let normal = quantile(&steady_gaps, 0.99);
     let mut pauses: Vec<i64> = windows.iter().map(|w| gaps_within(*w)).collect();
     pauses.sort_unstable();
-    let (p50, p99) = (percentile(&pauses, 0.5), percentile(&pauses, 0.99));
+    let (p50, p99) = (quantile(&pauses, 0.5), quantile(&pauses, 0.99));
     println!("{swaps} swaps under load ({sent} records, 0 lost, 0 duplicated)");
     println!("  normal gap between batch completions (p99, no swaps): {normal} ms");
     println!(

@@ -12,8 +12,9 @@
 //!    one that does not: records/s and the ratio with / without.
 //! 3. Single-record puts through the HTTP API on loopback, each timed until an
 //!    in-process consumer reads it: p50/p99 from one producer, and from 64
-//!    producers putting 100 records/s each; what recording the metrics adds to
-//!    each put, as a share of the p50.
+//!    producers putting 100 records/s each, and from those with fsync `never`
+//!    (what the disk adds); what recording the metrics adds to each put, as a
+//!    share of the p50.
 //! 4. The curve: 10×, 100× the records of the first point, put durably by one
 //!    producer into a new stream: records/s and the resident memory it grew by.
 
@@ -161,11 +162,13 @@ fn volume(dir: &std::path::Path, records: usize) -> Point {
 /// Put-to-consumer times of single-record puts over HTTP: `producers` tasks, each
 /// putting one record every `every` for `seconds`, and a consumer that reads the
 /// shard as records become readable. Each record carries when it was sent.
-fn latency(producers: usize, every: Duration, seconds: f64) -> Vec<Duration> {
+fn latency(producers: usize, every: Duration, seconds: f64, fsync: &str) -> Vec<Duration> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
     runtime.block_on(async {
-        let manifest = "[pipeline]\nname = \"latency\"\ndata-dir = \"data\"\n\n[sources.http]\nkind = \"http\"\nstream = \"s\"\n\n[streams.s]\n";
-        let mut host = TestHost::start(manifest).await.expect("start");
+        let manifest = format!(
+            "[pipeline]\nname = \"latency\"\ndata-dir = \"data\"\n\n[sources.http]\nkind = \"http\"\nstream = \"s\"\n\n[streams.s]\nfsync = \"{fsync}\"\n"
+        );
+        let mut host = TestHost::start(&manifest).await.expect("start");
         let store = host.host.streams();
         let origin = Instant::now();
         let consumer = std::thread::spawn(move || {
@@ -285,15 +288,19 @@ pub fn run(size: Size, report: &mut Report) {
         }
     }
 
-    let alone = latency(1, Duration::from_millis(2), size.pick(2.0, 0.3));
+    let alone = latency(1, Duration::from_millis(2), size.pick(2.0, 0.3), "group");
     let (p50, p99) = (quantile(&alone, 0.5), quantile(&alone, 0.99));
     println!("put-to-consumer over HTTP, one producer ({} puts): p50 {p50:?}  p99 {p99:?}", alone.len());
-    let loaded = latency(64, Duration::from_millis(10), size.pick(5.0, 0.3));
+    let loaded = latency(64, Duration::from_millis(10), size.pick(5.0, 0.3), "group");
     let (loaded50, loaded99) = (quantile(&loaded, 0.5), quantile(&loaded, 0.99));
     println!(
         "put-to-consumer over HTTP, 64 producers at 100 puts/s each ({} puts): p50 {loaded50:?}  p99 {loaded99:?}",
         loaded.len()
     );
+    // The same load without fsync: what the disk adds, and what the HTTP puts cost alone.
+    let unsynced = latency(64, Duration::from_millis(10), size.pick(5.0, 0.3), "never");
+    let (unsynced50, unsynced99) = (quantile(&unsynced, 0.5), quantile(&unsynced, 0.99));
+    println!("the same with fsync never: p50 {unsynced50:?}  p99 {unsynced99:?}");
     report.rows.push(Row::figure(
         "put-to-consumer p99 over HTTP, one producer",
         Figure::Time(p99),
@@ -303,6 +310,11 @@ pub fn run(size: Size, report: &mut Report) {
         "put-to-consumer p99 over HTTP, 64 producers putting",
         Figure::Time(loaded99),
         Target::TimeAtMost(Duration::from_millis(1)),
+    ));
+    report.rows.push(Row::figure(
+        "the same with fsync never (what the disk adds)",
+        Figure::Time(unsynced99),
+        Target::Report,
     ));
     let (per_put, _) = weir_tests::metrics_recording_cost();
     println!(

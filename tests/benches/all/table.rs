@@ -172,14 +172,12 @@ pub fn print_curves(curves: &[Curve]) {
 
 /// The median of some samples.
 pub fn median<T: Copy + PartialOrd>(samples: &[T]) -> T {
-    let mut sorted = samples.to_vec();
-    sorted.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    sorted[sorted.len() / 2]
+    quantile(samples, 0.5)
 }
 
-/// The value at quantile `q` (0..=1) of some durations.
-pub fn quantile(samples: &[Duration], q: f64) -> Duration {
+/// The value at quantile `q` (0..=1) of some samples.
+pub fn quantile<T: Copy + PartialOrd>(samples: &[T], q: f64) -> T {
     let mut sorted = samples.to_vec();
-    sorted.sort();
+    sorted.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
