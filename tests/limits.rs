@@ -84,3 +84,26 @@ async fn no_more_connections_than_max_connections_are_served_at_once() {
     assert_eq!(while_full, None, "a third connection was served while two were open");
     assert!(after.starts_with("HTTP/1.1 200 OK"), "{after}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_does_not_wait_for_connections_that_are_idle_or_sent_nothing() {
+    let manifest = "[pipeline]\nname = \"idle\"\ndata-dir = \"data\"\n";
+    let mut host = TestHost::start(manifest).await.expect("start");
+    let addr = address(&host);
+    let clients = tokio::task::spawn_blocking(move || {
+        // One that connected and sent nothing yet (accepted before the next one
+        // is answered: connections are accepted in turn), one kept alive after an answer.
+        let silent = TcpStream::connect(&addr).expect("connect");
+        let mut kept = TcpStream::connect(&addr).expect("connect");
+        let answered = health(&mut kept, Duration::from_secs(10));
+        (answered, kept, silent)
+    })
+    .await
+    .expect("clients");
+    let (answered, _kept, _silent) = clients;
+    assert_eq!(answered.as_deref(), Some("HTTP/1.1 200 OK"));
+    let started = Instant::now();
+    host.stop().await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "stopping waited {took:?} for idle connections");
+}

@@ -54,6 +54,9 @@ pub async fn serve(
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
     let open = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    // Set once the listener stops: a connection still waiting for its first byte
+    // closes then, instead of holding the drain up until its timeout.
+    let (stop, stopping) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -81,13 +84,21 @@ pub async fn serve(
         }
         let (tls, router, builder, watcher) = (tls.clone(), router.clone(), builder.clone(), graceful.watcher());
         let first_byte = limits.header_read_timeout;
+        let mut stopping = stopping.clone();
         tokio::spawn(async move {
             let _permit = permit;
             // A client that connects and sends nothing holds a connection slot: it
             // gets as long as it would have for its headers to start.
             let mut byte = [0u8; 1];
-            if !matches!(tokio::time::timeout(first_byte, tcp.peek(&mut byte)).await, Ok(Ok(1..))) {
-                return tracing::debug!(%peer, "nothing sent: connection closed");
+            tokio::select! {
+                peeked = tokio::time::timeout(first_byte, tcp.peek(&mut byte)) => {
+                    if !matches!(peeked, Ok(Ok(1..))) {
+                        return tracing::debug!(%peer, "nothing sent: connection closed");
+                    }
+                }
+                _ = stopping.wait_for(|stopped| *stopped) => {
+                    return tracing::debug!(%peer, "stopping before its first request: connection closed");
+                }
             }
             match tls {
                 None => connection(&builder, watcher, tcp, router, peer).await,
@@ -99,6 +110,8 @@ pub async fn serve(
             }
         });
     }
+    // No receiver left (no connection waiting for its first byte) is fine.
+    stop.send_replace(true);
     if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
         tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; closing them");
     }
