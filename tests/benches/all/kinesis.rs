@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use serde_json::{Value, json};
+use weir_host::stream::DEFAULT_CAPACITY;
 use weir_tests::TestHost;
 
 use crate::Report;
@@ -41,8 +42,8 @@ async fn call(client: &reqwest::Client, url: &str, operation: &str, body: &Value
     serde_json::from_str(&text).unwrap_or(Value::Null)
 }
 
-/// Records per second that `PutRecords` takes at `url` for `seconds`, into a new stream
-/// (a stream holds a million unread records at most).
+/// Records per second that `PutRecords` takes at `url` for `seconds`, into a new stream;
+/// a run that fills the stream first ends there.
 async fn put_rate(url: &str, stream: &str, seconds: f64) -> f64 {
     let client = reqwest::Client::new();
     call(&client, url, "CreateStream", &json!({"StreamName": stream, "ShardCount": 1})).await;
@@ -56,7 +57,7 @@ async fn put_rate(url: &str, stream: &str, seconds: f64) -> f64 {
         (0..BATCH).map(|i| json!({"Data": data, "PartitionKey": format!("key-{}", i % 50)})).collect();
     let body = json!({"StreamName": stream, "Records": records});
     let (start, mut sent) = (Instant::now(), 0usize);
-    while start.elapsed().as_secs_f64() < seconds {
+    while start.elapsed().as_secs_f64() < seconds && sent + BATCH <= DEFAULT_CAPACITY {
         let answer = call(&client, url, "PutRecords", &body).await;
         assert_eq!(answer["FailedRecordCount"], 0, "{}", answer["Records"][0]);
         sent += BATCH;

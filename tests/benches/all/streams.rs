@@ -13,7 +13,9 @@
 //! 3. Single-record puts through the HTTP API on loopback, each timed until an
 //!    in-process consumer reads it: p50/p99 from one producer, and from 64
 //!    producers putting 100 records/s each, and from those with fsync `never`
-//!    (what the disk adds); what recording the metrics adds to each put, as a
+//!    (what the disk adds); the floor under them: the same 64 clients putting to
+//!    an axum handler that only parses the body and hands the record to the
+//!    consumer in memory; what recording the metrics adds to each put, as a
 //!    share of the p50.
 //! 4. The curve: 10×, 100× the records of the first point, put durably by one
 //!    producer into a new stream: records/s and the resident memory it grew by.
@@ -159,39 +161,80 @@ fn volume(dir: &std::path::Path, records: usize) -> Point {
     }
 }
 
+/// Where the single-record puts go: weir's HTTP API, or the floor under it.
+#[derive(Clone, Copy)]
+enum Server<'a> {
+    /// A weir host whose stream has this `fsync` setting; the consumer reads its shard.
+    Weir { fsync: &'a str },
+    /// An axum handler that parses the same JSON body and hands the record to the
+    /// consumer in memory: no stream, no disk. What 64 HTTP clients and a server on
+    /// the same two cores cost by themselves.
+    Floor,
+}
+
 /// Put-to-consumer times of single-record puts over HTTP: `producers` tasks, each
-/// putting one record every `every` for `seconds`, and a consumer that reads the
-/// shard as records become readable. Each record carries when it was sent.
-fn latency(producers: usize, every: Duration, seconds: f64, fsync: &str) -> Vec<Duration> {
+/// putting one record every `every` for `seconds`, and a consumer thread that takes
+/// records as they become readable. Each record carries when it was sent.
+fn latency(producers: usize, every: Duration, seconds: f64, server: Server<'_>) -> Vec<Duration> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
     runtime.block_on(async {
-        let manifest = format!(
-            "[pipeline]\nname = \"latency\"\ndata-dir = \"data\"\n\n[sources.http]\nkind = \"http\"\nstream = \"s\"\n\n[streams.s]\nfsync = \"{fsync}\"\n"
-        );
-        let mut host = TestHost::start(&manifest).await.expect("start");
-        let store = host.host.streams();
         let origin = Instant::now();
-        let consumer = std::thread::spawn(move || {
-            let (mut next, mut samples) = (0u64, Vec::new());
-            let deadline = origin + Duration::from_secs_f64(seconds) + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if store.wait_for("s", 0, next, 1, Duration::from_millis(100)).expect("wait") == 0 {
-                    if origin.elapsed().as_secs_f64() > seconds + 1.0 {
-                        break;
+        let age = move |data: &[u8]| {
+            let sent: u64 = std::str::from_utf8(&data[..20]).ok().and_then(|t| t.parse().ok()).expect("a time");
+            origin.elapsed().saturating_sub(Duration::from_nanos(sent))
+        };
+        let last = Duration::from_secs_f64(seconds) + Duration::from_secs(1);
+        let (url, consumer, host) = match server {
+            Server::Weir { fsync } => {
+                let manifest = format!(
+                    "[pipeline]\nname = \"latency\"\ndata-dir = \"data\"\n\n[sources.http]\nkind = \"http\"\nstream = \"s\"\n\n[streams.s]\nfsync = \"{fsync}\"\n"
+                );
+                let host = TestHost::start(&manifest).await.expect("start");
+                let store = host.host.streams();
+                let consumer = std::thread::spawn(move || {
+                    let (mut next, mut samples) = (0u64, Vec::new());
+                    while origin.elapsed() < last + Duration::from_secs(9) {
+                        if store.wait_for("s", 0, next, 1, Duration::from_millis(100)).expect("wait") == 0 {
+                            if origin.elapsed() > last {
+                                break;
+                            }
+                            continue;
+                        }
+                        for record in store.read("s", 0, next, 10_000).expect("read") {
+                            samples.push(age(&record.data));
+                            next = record.sequence + 1;
+                        }
                     }
-                    continue;
-                }
-                let seen = origin.elapsed();
-                for record in store.read("s", 0, next, 10_000).expect("read") {
-                    let sent: u64 = std::str::from_utf8(&record.data[..20]).ok().and_then(|t| t.parse().ok()).expect("a time");
-                    samples.push(seen.saturating_sub(Duration::from_nanos(sent)));
-                    next = record.sequence + 1;
-                }
+                    samples
+                });
+                (format!("{}/v1/streams/s/records", host.url), consumer, Some(host))
             }
-            samples
-        });
+            Server::Floor => {
+                let (tx, rx) = std::sync::mpsc::channel::<Bytes>();
+                let put = move |body: Bytes| {
+                    let tx = tx.clone();
+                    async move {
+                        let put: serde_json::Value = serde_json::from_slice(&body).expect("a JSON body");
+                        let data = put["data"].as_str().expect("data");
+                        tx.send(Bytes::copy_from_slice(data.as_bytes())).expect("the consumer takes it");
+                        axum::Json(serde_json::json!({"shard": 0, "sequence": 0}))
+                    }
+                };
+                let app = axum::Router::new().route("/records", axum::routing::post(put));
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+                let addr = listener.local_addr().expect("addr");
+                tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
+                let consumer = std::thread::spawn(move || {
+                    let mut samples = Vec::new();
+                    while let Ok(data) = rx.recv_timeout(last.saturating_sub(origin.elapsed()).max(Duration::from_millis(100))) {
+                        samples.push(age(&data));
+                    }
+                    samples
+                });
+                (format!("http://{addr}/records"), consumer, None)
+            }
+        };
         let client = reqwest::Client::new();
-        let url = format!("{}/v1/streams/s/records", host.url);
         let tasks: Vec<_> = (0..producers)
             .map(|p| {
                 let (client, url) = (client.clone(), url.clone());
@@ -222,7 +265,9 @@ fn latency(producers: usize, every: Duration, seconds: f64, fsync: &str) -> Vec<
         }
         let samples = tokio::task::spawn_blocking(move || consumer.join().expect("consumer")).await.expect("join");
         assert_eq!(samples.len(), sent, "the consumer read every record put");
-        host.stop().await;
+        if let Some(mut host) = host {
+            host.stop().await;
+        }
         samples
     })
 }
@@ -288,27 +333,34 @@ pub fn run(size: Size, report: &mut Report) {
         }
     }
 
-    let alone = latency(1, Duration::from_millis(2), size.pick(2.0, 0.3), "group");
+    let group = Server::Weir { fsync: "group" };
+    let alone = latency(1, Duration::from_millis(2), size.pick(2.0, 0.3), group);
     let (p50, p99) = (quantile(&alone, 0.5), quantile(&alone, 0.99));
     println!("put-to-consumer over HTTP, one producer ({} puts): p50 {p50:?}  p99 {p99:?}", alone.len());
-    let loaded = latency(64, Duration::from_millis(10), size.pick(5.0, 0.3), "group");
+    let loaded = latency(64, Duration::from_millis(10), size.pick(5.0, 0.3), group);
     let (loaded50, loaded99) = (quantile(&loaded, 0.5), quantile(&loaded, 0.99));
     println!(
         "put-to-consumer over HTTP, 64 producers at 100 puts/s each ({} puts): p50 {loaded50:?}  p99 {loaded99:?}",
         loaded.len()
     );
     // The same load without fsync: what the disk adds, and what the HTTP puts cost alone.
-    let unsynced = latency(64, Duration::from_millis(10), size.pick(5.0, 0.3), "never");
+    let unsynced = latency(64, Duration::from_millis(10), size.pick(5.0, 0.3), Server::Weir { fsync: "never" });
     let (unsynced50, unsynced99) = (quantile(&unsynced, 0.5), quantile(&unsynced, 0.99));
     println!("the same with fsync never: p50 {unsynced50:?}  p99 {unsynced99:?}");
+    // The same clients against a server that does nothing but parse and hand over.
+    let floor = latency(64, Duration::from_millis(10), size.pick(5.0, 0.3), Server::Floor);
+    let (floor50, floor99) = (quantile(&floor, 0.5), quantile(&floor, 0.99));
+    println!("the same clients to an in-memory axum handler: p50 {floor50:?}  p99 {floor99:?}");
     report.rows.push(Row::figure(
         "put-to-consumer p99 over HTTP, one producer",
         Figure::Time(p99),
         Target::TimeAtMost(Duration::from_millis(1)),
     ));
-    report.rows.push(Row::figure(
+    report.rows.push(Row::beside(
         "put-to-consumer p99 over HTTP, 64 producers putting",
         Figure::Time(loaded99),
+        Figure::Time(floor99),
+        "the same clients to an in-memory axum handler",
         Target::TimeAtMost(Duration::from_millis(1)),
     ));
     report.rows.push(Row::figure(

@@ -90,6 +90,12 @@ impl Row {
         Row { measure: measure.into(), weir, baseline: Some((baseline, of)), ratio, target }
     }
 
+    /// weir's figure beside a baseline's of another kind than a rate (e.g. a
+    /// latency beside the machine's floor): no ratio, the target is on weir's.
+    pub fn beside(measure: impl Into<String>, weir: Figure, baseline: Figure, of: &'static str, target: Target) -> Row {
+        Row { measure: measure.into(), weir, baseline: Some((baseline, of)), ratio: None, target }
+    }
+
     /// A figure of weir's alone.
     pub fn figure(measure: impl Into<String>, weir: Figure, target: Target) -> Row {
         Row { measure: measure.into(), weir, baseline: None, ratio: None, target }
