@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub mod browser;
+pub mod nats;
 
 pub use weir_artifacts as artifacts;
 use weir_host::manifest::{Grants, Limits};
