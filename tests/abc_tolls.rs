@@ -327,7 +327,7 @@ fn spawn_weir_agent(config: &std::path::Path) -> std::process::Child {
 #[test]
 fn the_showcase_command_reports_what_the_oracle_finds() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+    let port = weir_tests::free_port();
     let manifest = dir.path().join("abc-tolls.toml");
     std::fs::write(&manifest, showcase_manifest(dir.path(), "60s", &format!("http://127.0.0.1:{port}/hooks/weir")))
         .expect("the manifest");

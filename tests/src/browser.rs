@@ -48,7 +48,7 @@ impl Browser {
     /// Starts chromedriver on a free loopback port and a headless Chromium
     /// with a laptop-sized window (1366×900) and a fresh profile.
     pub async fn start(chromium: &Path, chromedriver: &Path) -> Browser {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        let port = crate::free_port();
         let driver = Command::new(chromedriver)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())

