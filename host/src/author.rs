@@ -311,11 +311,11 @@ pub fn run_test(
 
 /// Writes a transformed record's outcome (numbered from 1, as the input's lines are)
 /// and its outputs; returns whether it was set aside.
-fn report_outcome(out: &mut String, i: usize, outcome: &Outcome, outputs: &[crate::plugin::RecordRef<'_>]) -> bool {
+fn report_outcome(out: &mut String, i: usize, outcome: &Outcome, outputs: &crate::plugin::RecordOutputs<'_>) -> bool {
     match outcome {
         Outcome::Ok(n) => {
             let _ = writeln!(out, "record {}: ok, {n} out", i + 1);
-            for o in outputs {
+            for o in outputs.iter() {
                 let _ = writeln!(out, "  {}", String::from_utf8_lossy(o.payload));
             }
             false

@@ -105,16 +105,27 @@ impl Batch {
 
     /// The records, in order. Call [`Batch::validate`] first on untrusted batches.
     pub fn records(&self) -> impl Iterator<Item = RecordRef<'_>> {
+        (0..self.len()).map(|i| self.record(i))
+    }
+
+    /// Record `i` (empty if out of range, as a malformed guest batch would be
+    /// refused before it is read).
+    pub fn record(&self, i: usize) -> RecordRef<'_> {
         let keys = std::str::from_utf8(&self.keys).unwrap_or("");
-        (0..self.len()).map(move |i| {
-            let (k0, p0) =
-                if i == 0 { (0, 0) } else { (self.key_ends[i - 1] as usize, self.payload_ends[i - 1] as usize) };
-            RecordRef {
-                key: keys.get(k0..self.key_ends[i] as usize).unwrap_or(""),
-                event_time_ms: self.event_times[i],
-                payload: self.payloads.get(p0..self.payload_ends[i] as usize).unwrap_or(&[]),
-            }
-        })
+        let (k0, p0) = match i.checked_sub(1) {
+            None => (0, 0),
+            Some(before) => (
+                self.key_ends.get(before).map_or(0, |&e| e as usize),
+                self.payload_ends.get(before).map_or(0, |&e| e as usize),
+            ),
+        };
+        let (k1, p1) =
+            (self.key_ends.get(i).map_or(k0, |&e| e as usize), self.payload_ends.get(i).map_or(p0, |&e| e as usize));
+        RecordRef {
+            key: keys.get(k0..k1).unwrap_or(""),
+            event_time_ms: self.event_times.get(i).copied().unwrap_or(0),
+            payload: self.payloads.get(p0..p1).unwrap_or(&[]),
+        }
     }
 }
 

@@ -23,6 +23,6 @@ pub use sandbox::SandboxSpec;
 pub use services::{MemoryServices, Notification, ReferenceLookup, Services};
 pub use spec::{DirGrant, Grants, Limits, Resource, Uses, World};
 pub use worlds::{
-    AggregatorInstance, AggregatorPlugin, Loaded, NotifierInstance, NotifierPlugin, Transformed, TransformerInstance,
-    TransformerPlugin, check_world, fits_world,
+    AggregatorInstance, AggregatorPlugin, Loaded, NotifierInstance, NotifierPlugin, RecordOutputs, Transformed,
+    TransformerInstance, TransformerPlugin, check_world, fits_world,
 };

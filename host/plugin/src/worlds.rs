@@ -165,12 +165,44 @@ pub struct Transformed {
 
 impl Transformed {
     /// Pairs each input index with its outcome and output records.
-    pub fn per_record(&self) -> impl Iterator<Item = (usize, &Outcome, Vec<RecordRef<'_>>)> {
-        let mut records = self.output.records();
+    pub fn per_record(&self) -> impl Iterator<Item = (usize, &Outcome, RecordOutputs<'_>)> {
+        let mut next = 0;
         self.outcomes.iter().enumerate().map(move |(i, o)| {
             let n = if let Outcome::Ok(n) = o { *n as usize } else { 0 };
-            (i, o, records.by_ref().take(n).collect())
+            let end = (next + n).min(self.output.len());
+            let outputs = RecordOutputs { batch: &self.output, range: next..end };
+            next = end;
+            (i, o, outputs)
         })
+    }
+}
+
+/// One input record's output records (a view of [`Transformed::output`]).
+#[derive(Debug, Clone)]
+pub struct RecordOutputs<'a> {
+    batch: &'a Batch,
+    range: std::ops::Range<usize>,
+}
+
+impl<'a> RecordOutputs<'a> {
+    /// How many.
+    pub fn len(&self) -> usize {
+        self.range.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.range.is_empty()
+    }
+
+    /// The first, if any.
+    pub fn first(&self) -> Option<RecordRef<'a>> {
+        (!self.is_empty()).then(|| self.batch.record(self.range.start))
+    }
+
+    /// Each, in order.
+    pub fn iter(&self) -> impl Iterator<Item = RecordRef<'a>> + use<'a> {
+        let batch = self.batch;
+        self.range.clone().map(move |i| batch.record(i))
     }
 }
 

@@ -464,7 +464,7 @@ impl<'a> Transforming<'_, 'a> {
                         self.errors.push(error_entry(&chunk[i], "Transform.OutputLimit", &reason, 1));
                         continue;
                     }
-                    for o in outputs {
+                    for o in outputs.iter() {
                         self.rows.push(o.payload);
                     }
                     self.transformed.push(&chunk[i]);

@@ -145,15 +145,21 @@ impl<'c> Fields<'c> {
     fn columns(&self, field: &str, last: &mut usize) -> Option<&[usize]> {
         let guess = last.wrapping_add(1);
         if let Some((f, targets)) = self.fields.get(guess)
-            && *f == field
+            && same(f, field)
         {
             *last = guess;
             return Some(targets);
         }
-        let found = self.fields.iter().position(|(f, _)| *f == field)?;
+        let found = self.fields.iter().position(|(f, _)| same(f, field))?;
         *last = found;
         Some(&self.fields[found].1)
     }
+}
+
+/// `a == b`, compared inline: field names are short, and a call to `memcmp`
+/// per field was a tenth of the time spent reading rows.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| x == y)
 }
 
 /// Where one row's cells go.

@@ -219,7 +219,8 @@ impl StreamStore for DiskStreams {
                 .collect();
             (end, reads)
         };
-        let mut out = Vec::new();
+        // At most `end - from` records: sized once, not regrown frame by frame.
+        let mut out = Vec::with_capacity(usize::try_from(end.saturating_sub(from)).unwrap_or(0));
         for (frame, file, path) in reads {
             let mut bytes = vec![0u8; frame.len as usize];
             file.read_exact_at(&mut bytes, frame.offset)
