@@ -116,6 +116,29 @@ impl NatsCluster {
         answer.json().await.ok()
     }
 
+    /// The node leading JetStream stream `stream`, as the first running node
+    /// that knows it says, or `None` while none does.
+    pub async fn stream_leader(&self, stream: &str) -> Option<String> {
+        for (i, _) in self.nodes.iter().enumerate().filter(|(_, n)| n.child.is_some()) {
+            let url = format!("http://127.0.0.1:{}/jsz?streams=true", self.nodes[i].monitor_port);
+            let Ok(answer) = reqwest::get(&url).await else { continue };
+            let Ok(jsz) = answer.json::<Value>().await else { continue };
+            let accounts = jsz["account_details"].as_array().cloned().unwrap_or_default();
+            let streams = accounts.iter().flat_map(|a| a["stream_detail"].as_array().cloned().unwrap_or_default());
+            for s in streams.filter(|s| s["name"] == stream) {
+                if let Some(leader) = s["cluster"]["leader"].as_str().filter(|l| !l.is_empty()) {
+                    return Some(leader.to_owned());
+                }
+            }
+        }
+        None
+    }
+
+    /// The index of the node named `name`.
+    pub fn node(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.name == name)
+    }
+
     /// Waits until every running node names the same meta leader (other than
     /// `not`, when given) with all `size` peers known; returns the leader's name.
     pub async fn wait_for_leader(&self, within: Duration, not: Option<&str>) -> String {

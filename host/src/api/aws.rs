@@ -140,6 +140,13 @@ impl From<StreamError> for AwsError {
             StreamError::InvalidName(message) => Self::new("ValidationException", message),
             StreamError::InvalidRecord(message) | StreamError::InvalidReshard(message) => Self::invalid(message),
             StreamError::ShardLimit(message) => Self::new("LimitExceededException", message),
+            // As AWS answers when it cannot serve for now: SDKs retry it with backoff.
+            StreamError::Unavailable { .. } => {
+                tracing::warn!(error = %e, "the stream store is unavailable; answered ServiceUnavailable");
+                let mut unavailable = Self::new("ServiceUnavailable", e.to_string());
+                unavailable.set_status(StatusCode::SERVICE_UNAVAILABLE);
+                unavailable
+            }
             StreamError::Failed { .. } | StreamError::Corrupt { .. } | StreamError::CheckpointFailed { .. } => {
                 tracing::error!(error = %e, "stream failure answered as InternalFailure");
                 Self::internal()

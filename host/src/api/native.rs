@@ -75,6 +75,7 @@ impl From<PutError> for ApiError {
             PutError::Stream(StreamError::UnknownStream(_)) => (StatusCode::NOT_FOUND, "UnknownStream"),
             PutError::Stream(StreamError::Full { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "StreamFull"),
             PutError::Stream(StreamError::Throttled { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "Throttled"),
+            PutError::Stream(StreamError::Unavailable { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "Unavailable"),
             PutError::Stream(
                 StreamError::Trimmed { .. }
                 | StreamError::Corrupt { .. }

@@ -197,6 +197,16 @@ pub enum StreamError {
         /// What failed.
         reason: String,
     },
+    /// The store's servers cannot be reached now (a networked store during a
+    /// leader election or an outage); nothing was changed that is not
+    /// acknowledged. Retry with backoff.
+    #[error("stream `{stream}`: the store cannot be reached now ({reason}); retry with backoff")]
+    Unavailable {
+        /// The stream.
+        stream: String,
+        /// What failed.
+        reason: String,
+    },
     /// A record on disk does not match its checksum; it is never served.
     #[error("stream data is corrupted in `{file}` at offset {offset}: {reason}")]
     Corrupt {

@@ -1,0 +1,867 @@
+//! weir's streams on NATS JetStream: the [`StreamStore`] of the embedded disk
+//! store, kept by a replicated NATS cluster instead of one machine's disk, so
+//! that several weir hosts can share a pipeline's streams.
+//!
+//! What lives where (`<p>` is the configured prefix, `<s>` a name made a NATS
+//! token by [`token`]):
+//! - **A shard is one JetStream stream**, `<p>-<s>-<index>`, taking the subject
+//!   `<p>.<s>.<index>` and replicated on `replicas` servers. Its stream sequence
+//!   is the shard's sequence plus one, so positions are dense and ordered per
+//!   shard by the cluster itself, as Kinesis shows them. (One JetStream stream
+//!   for all shards with a subject each would number records across shards.)
+//!   Records are kept by age (`max_age`, the stream's retention).
+//! - **A stream's description** (retention, creation time, each shard's hash
+//!   keys and lineage) is one value of the key-value bucket `<p>-streams`,
+//!   created once and changed only by compare-and-set on its revision.
+//! - **Consumer positions** are values of the bucket `<p>-positions`, under
+//!   `<s>.<index>.<consumer>`.
+//!
+//! A record is published with a message id of its own (`Nats-Msg-Id`); a
+//! publish whose acknowledgement is lost (a leader change, a server killed) is
+//! sent again with the same id, and JetStream stores it once within its
+//! duplicate window. A record is acknowledged to the caller only once
+//! JetStream acknowledged it, which a replicated stream does once a majority of
+//! its servers stored it. A record retried that way may land after records of
+//! the same put that did not need a retry; as in Kinesis's `PutRecords`, order
+//! within one put is kept only when nothing fails.
+//!
+//! The record's key, event time, source and attributes travel in front of its
+//! data ([`envelope`]); its arrival time is the time JetStream stored it.
+//! JetStream republishes the headers of every stored record on
+//! `<p>-stored.<s>.<index>`; that is what wakes readers waiting for records, on
+//! every host.
+//!
+//! The calls are blocking, as the disk store's are: each runs on the tokio
+//! runtime the store was given and waits for it (from a runtime's worker
+//! thread through `block_in_place`, so that runtime must be multi-threaded).
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, kv, stream};
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use weir_stream::names::{self, NameKind};
+use weir_stream::{
+    Appended, Lineage, NewRecord, Reshard, ShardInfo, StoredRecord, StreamError, StreamInfo, StreamSettings,
+    StreamStore,
+};
+
+mod envelope;
+
+/// How a store reaches its cluster.
+#[derive(Debug, Clone)]
+pub struct NatsSettings {
+    /// Server URLs (`nats://127.0.0.1:4222`); the client finds the rest of the cluster.
+    pub servers: Vec<String>,
+    /// On how many servers each shard and bucket is kept (3 for a cluster that
+    /// survives losing one server; at most the cluster's size).
+    pub replicas: usize,
+    /// The first part of every name this store makes in the cluster, so that
+    /// several deployments can share one.
+    pub prefix: String,
+    /// How long one call may wait for the cluster (a leader election takes a
+    /// few seconds) before it fails as [`StreamError::Unavailable`].
+    pub timeout: Duration,
+}
+
+impl NatsSettings {
+    /// The settings for `servers`, with three replicas and the prefix `weir`.
+    pub fn new(servers: Vec<String>) -> NatsSettings {
+        NatsSettings { servers, replicas: 3, prefix: "weir".to_owned(), timeout: Duration::from_secs(10) }
+    }
+}
+
+/// The cluster cannot be reached or set up.
+#[derive(Debug, thiserror::Error)]
+#[error("NATS at {servers}: {reason}")]
+pub struct ConnectError {
+    servers: String,
+    reason: String,
+}
+
+/// Streams kept in a NATS JetStream cluster.
+pub struct NatsStreams {
+    runtime: tokio::runtime::Handle,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    descriptions: kv::Store,
+    positions: kv::Store,
+    settings: NatsSettings,
+    /// Descriptions read before, by stream: routing uses them until a publish
+    /// says they are out of date.
+    described: Mutex<HashMap<String, Arc<Described>>>,
+    /// Where each shard's last read ended, to go on reading from there.
+    readers: Mutex<HashMap<(String, u32), ReaderSlot>>,
+    /// Stored-record counters by stream, moved by JetStream's republished headers.
+    changes: Mutex<HashMap<String, Arc<Changes>>>,
+    /// Makes each record's message id unique: this store's own id, then a counter.
+    store_id: String,
+    published: AtomicU64,
+}
+
+/// A stream's description as the cluster keeps it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Description {
+    retention_ms: u64,
+    created_ms: i64,
+    shards: Vec<ShardDescription>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct ShardDescription {
+    /// First and last hash key owned, in decimal (JSON numbers stop at 2^53).
+    hash_start: String,
+    hash_end: String,
+    parents: Vec<u32>,
+    closed_at: Option<u64>,
+    opened_ms: i64,
+    closed_ms: Option<i64>,
+}
+
+/// A description and the revision it was read at.
+struct Described {
+    description: Description,
+    /// Each shard's first and last hash key.
+    ranges: Vec<(u128, u128)>,
+    /// Hash key ranges of the open shards, for routing.
+    open: Vec<(u128, u128, u32)>,
+}
+
+/// A shard's reader, if it has one, held while it reads.
+type ReaderSlot = Arc<tokio::sync::Mutex<Option<Reader>>>;
+
+/// An ordered consumer reading one shard, and the position it is at.
+struct Reader {
+    next: u64,
+    messages: consumer::pull::Ordered,
+}
+
+/// A counter of stored records and the waiters for it to move.
+#[derive(Default)]
+struct Changes {
+    count: Mutex<u64>,
+    moved: Condvar,
+    /// The task moving the counter, stopped with the store.
+    task: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl Changes {
+    fn bump(&self) {
+        if let Ok(mut count) = self.count.lock() {
+            *count += 1;
+        }
+        self.moved.notify_all();
+    }
+}
+
+/// Longest a waiter sleeps between two looks at a shard's end: a notice of
+/// a stored record can come before the stored record is readable.
+const WAIT_SLICE: Duration = Duration::from_millis(50);
+
+/// Within this long, a message id published again is stored once.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// A name as one NATS token: `_` becomes `__` and `.` becomes `_d` (stream
+/// and consumer names have only `a-z A-Z 0-9 _ . -`), so the mapping is
+/// one to one and reversible.
+pub fn token(name: &str) -> String {
+    name.replace('_', "__").replace('.', "_d")
+}
+
+/// The name a [`token`] was made from.
+fn untoken(token: &str) -> String {
+    let mut out = String::with_capacity(token.len());
+    let mut chars = token.chars();
+    while let Some(c) = chars.next() {
+        match (c, c == '_') {
+            (_, true) => match chars.next() {
+                Some('d') => out.push('.'),
+                Some(other) => out.push(other),
+                None => out.push('_'),
+            },
+            (c, false) => out.push(c),
+        }
+    }
+    out
+}
+
+fn unavailable(stream: &str, e: impl std::fmt::Display) -> StreamError {
+    StreamError::Unavailable { stream: stream.to_owned(), reason: e.to_string() }
+}
+
+/// A consumer's position as the positions bucket keeps it (decimal text).
+fn read_position(stream: &str, consumer: &str, value: &[u8]) -> Result<u64, StreamError> {
+    std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()).ok_or_else(|| {
+        unavailable(stream, format!("the position of consumer `{consumer}` in the cluster is not a number: {value:?}"))
+    })
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+impl NatsStreams {
+    /// Connects to the cluster and makes its two buckets if they are not there.
+    /// `runtime` runs the client; it must be multi-threaded.
+    pub fn connect(settings: NatsSettings, runtime: tokio::runtime::Handle) -> Result<NatsStreams, ConnectError> {
+        let failed = |reason: String| ConnectError { servers: settings.servers.join(","), reason };
+        let (client, js, descriptions, positions) = runtime.block_on(async {
+            let client = tokio::time::timeout(
+                settings.timeout,
+                async_nats::ConnectOptions::new()
+                    .name("weir")
+                    .retry_on_initial_connect()
+                    .connect(settings.servers.clone()),
+            )
+            .await
+            .map_err(|_| failed(format!("no server answered within {:?}", settings.timeout)))?
+            .map_err(|e| failed(format!("cannot connect: {e}")))?;
+            let js = jetstream::new(client.clone());
+            let bucket = |name: String| kv::Config {
+                bucket: name,
+                history: 1,
+                num_replicas: settings.replicas,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            };
+            let mut buckets = Vec::new();
+            for name in ["streams", "positions"] {
+                let name = format!("{}-{name}", settings.prefix);
+                let store = match js.get_key_value(&name).await {
+                    Ok(store) => store,
+                    Err(_) => js
+                        .create_key_value(bucket(name.clone()))
+                        .await
+                        .map_err(|e| failed(format!("cannot make the bucket `{name}`: {e}")))?,
+                };
+                buckets.push(store);
+            }
+            let positions = buckets.pop().ok_or_else(|| failed("no positions bucket".to_owned()))?;
+            let descriptions = buckets.pop().ok_or_else(|| failed("no streams bucket".to_owned()))?;
+            Ok::<_, ConnectError>((client, js, descriptions, positions))
+        })?;
+        let store_id = format!("{:016x}{:08x}", now_ms() as u64, std::process::id());
+        Ok(NatsStreams {
+            runtime,
+            client,
+            js,
+            descriptions,
+            positions,
+            settings,
+            described: Mutex::new(HashMap::new()),
+            readers: Mutex::new(HashMap::new()),
+            changes: Mutex::new(HashMap::new()),
+            store_id,
+            published: AtomicU64::new(0),
+        })
+    }
+
+    /// Runs `f` on the store's runtime and waits for it, at most the timeout.
+    fn wait<T>(&self, stream: &str, f: impl Future<Output = Result<T, StreamError>>) -> Result<T, StreamError> {
+        let timeout = self.settings.timeout;
+        let bounded = async move {
+            match tokio::time::timeout(timeout, f).await {
+                Ok(result) => result,
+                Err(_) => Err(unavailable(stream, format!("the cluster did not answer within {timeout:?}"))),
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(_) => tokio::task::block_in_place(|| self.runtime.block_on(bounded)),
+            Err(_) => self.runtime.block_on(bounded),
+        }
+    }
+
+    fn shard_stream(&self, stream: &str, shard: u32) -> String {
+        format!("{}-{}-{shard}", self.settings.prefix, token(stream))
+    }
+
+    fn shard_subject(&self, stream: &str, shard: u32) -> String {
+        format!("{}.{}.{shard}", self.settings.prefix, token(stream))
+    }
+
+    fn position_key(stream: &str, shard: u32, consumer: &str) -> String {
+        format!("{}.{shard}.{}", token(stream), token(consumer))
+    }
+
+    /// Reads a stream's description from the cluster (and keeps it for routing).
+    async fn describe(&self, stream: &str) -> Result<(Arc<Described>, u64), StreamError> {
+        let entry = self.descriptions.entry(token(stream)).await.map_err(|e| unavailable(stream, e))?;
+        let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
+            self.forget(stream);
+            return Err(StreamError::UnknownStream(stream.to_owned()));
+        };
+        let description: Description = serde_json::from_slice(&entry.value)
+            .map_err(|e| unavailable(stream, format!("its description in the cluster cannot be read: {e}")))?;
+        let (mut ranges, mut open) = (Vec::new(), Vec::new());
+        for (index, shard) in description.shards.iter().enumerate() {
+            let range = shard.hash_start.parse::<u128>().ok().zip(shard.hash_end.parse::<u128>().ok());
+            let Some((start, end)) = range else {
+                return Err(unavailable(stream, format!("shard {index} has unreadable hash keys in the cluster")));
+            };
+            ranges.push((start, end));
+            if shard.closed_at.is_none() {
+                open.push((start, end, index as u32));
+            }
+        }
+        let described = Arc::new(Described { description, ranges, open });
+        if let Ok(mut all) = self.described.lock() {
+            all.insert(stream.to_owned(), described.clone());
+        }
+        Ok((described, entry.revision))
+    }
+
+    /// The description read before, or read now.
+    async fn described(&self, stream: &str) -> Result<Arc<Described>, StreamError> {
+        let known = self.described.lock().ok().and_then(|all| all.get(stream).cloned());
+        match known {
+            Some(d) => Ok(d),
+            None => Ok(self.describe(stream).await?.0),
+        }
+    }
+
+    fn forget(&self, stream: &str) {
+        if let Ok(mut all) = self.described.lock() {
+            all.remove(stream);
+        }
+        if let Ok(mut readers) = self.readers.lock() {
+            readers.retain(|(s, _), _| s != stream);
+        }
+    }
+
+    async fn shard_state(&self, stream: &str, shard: u32) -> Result<stream::State, StreamError> {
+        let described = self.described(stream).await?;
+        if shard as usize >= described.description.shards.len() {
+            return Err(StreamError::UnknownShard { stream: stream.to_owned(), shard: weir_stream::shard_id(shard) });
+        }
+        let name = self.shard_stream(stream, shard);
+        let info = self.js.get_stream(&name).await.map_err(|e| unavailable(stream, e))?;
+        Ok(info.cached_info().state.clone())
+    }
+
+    /// The counter of `stream`'s stored records, subscribed to on first use.
+    fn changes_of(&self, stream: &str) -> Result<Arc<Changes>, StreamError> {
+        let mut all = self.changes.lock().map_err(|_| unavailable(stream, "a waiter panicked"))?;
+        if let Some(c) = all.get(stream) {
+            return Ok(c.clone());
+        }
+        let changes = Arc::new(Changes::default());
+        let subject = format!("{}-stored.{}.*", self.settings.prefix, token(stream));
+        let client = self.client.clone();
+        let subscription =
+            self.wait(stream, async move { client.subscribe(subject).await.map_err(|e| unavailable(stream, e)) })?;
+        let counter = Arc::downgrade(&changes);
+        let task = self.runtime.spawn(async move {
+            let mut subscription = subscription;
+            while subscription.next().await.is_some() {
+                match counter.upgrade() {
+                    Some(c) => c.bump(),
+                    None => break,
+                }
+            }
+        });
+        if let Ok(mut slot) = changes.task.lock() {
+            *slot = Some(task.abort_handle());
+        }
+        all.insert(stream.to_owned(), changes.clone());
+        Ok(changes)
+    }
+
+    /// Publishes `records` (routed to `shards`), each with its own message id,
+    /// again with the same ids while their acknowledgements fail, until the timeout.
+    async fn publish(
+        &self,
+        stream: &str,
+        records: &[NewRecord],
+        shards: &[Result<u32, StreamError>],
+    ) -> Vec<Result<Appended, StreamError>> {
+        let ids: Vec<String> = (0..records.len())
+            .map(|_| format!("{}-{}", self.store_id, self.published.fetch_add(1, Ordering::Relaxed)))
+            .collect();
+        let payloads: Vec<Bytes> = records.iter().map(envelope::encode).collect();
+        let mut results: Vec<Option<Result<Appended, StreamError>>> =
+            shards.iter().map(|s| s.as_ref().err().map(|e| Err(e.clone()))).collect();
+        let deadline = Instant::now() + self.settings.timeout;
+        let mut delay = Duration::from_millis(20);
+        loop {
+            let outstanding: Vec<usize> = (0..records.len()).filter(|&i| results[i].is_none()).collect();
+            if outstanding.is_empty() {
+                break;
+            }
+            let mut acks = Vec::with_capacity(outstanding.len());
+            let mut last_error = String::new();
+            for &i in &outstanding {
+                let Ok(shard) = shards[i] else { continue };
+                let message = jetstream::message::PublishMessage::build()
+                    .payload(payloads[i].clone())
+                    .message_id(&ids[i])
+                    .expected_stream(self.shard_stream(stream, shard));
+                match self.js.send_publish(self.shard_subject(stream, shard), message).await {
+                    Ok(ack) => acks.push((i, shard, ack)),
+                    Err(e) => last_error = e.to_string(),
+                }
+            }
+            let answered = futures_util::future::join_all(
+                acks.into_iter().map(|(i, shard, ack)| async move { (i, shard, ack.await) }),
+            )
+            .await;
+            for (i, shard, answer) in answered {
+                match answer {
+                    Ok(ack) => {
+                        results[i] = Some(Ok(Appended { shard, sequence: ack.sequence.saturating_sub(1) }));
+                    }
+                    Err(e) => last_error = e.to_string(),
+                }
+            }
+            if results.iter().all(Option::is_some) {
+                break;
+            }
+            if Instant::now() + delay >= deadline {
+                for r in results.iter_mut().filter(|r| r.is_none()) {
+                    *r = Some(Err(unavailable(stream, format!("not stored: {last_error}"))));
+                }
+                break;
+            }
+            tracing::warn!(stream, error = %last_error, "a publish to NATS was not acknowledged; it is sent again");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(500));
+        }
+        results.into_iter().map(|r| r.unwrap_or_else(|| Err(unavailable(stream, "not stored")))).collect()
+    }
+
+    /// The next `max` records of a shard from `from`, `end` being its end.
+    async fn read_from(
+        &self,
+        stream: &str,
+        shard: u32,
+        from: u64,
+        count: usize,
+    ) -> Result<Vec<StoredRecord>, StreamError> {
+        let slot = {
+            let mut readers = self.readers.lock().map_err(|_| unavailable(stream, "a reader panicked"))?;
+            readers.entry((stream.to_owned(), shard)).or_default().clone()
+        };
+        let mut reader = slot.lock().await;
+        if reader.as_ref().is_none_or(|r| r.next != from) {
+            let name = self.shard_stream(stream, shard);
+            let consumer = self
+                .js
+                .get_stream_no_info(&name)
+                .await
+                .map_err(|e| unavailable(stream, e))?
+                .create_consumer(consumer::pull::OrderedConfig {
+                    deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: from + 1 },
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| unavailable(stream, e))?;
+            let messages = consumer.messages().await.map_err(|e| unavailable(stream, e))?;
+            *reader = Some(Reader { next: from, messages });
+        }
+        let Some(r) = reader.as_mut() else { return Ok(Vec::new()) };
+        let mut out = Vec::with_capacity(count);
+        while out.len() < count {
+            let message = match r.messages.next().await {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => {
+                    *reader = None;
+                    return Err(unavailable(stream, e));
+                }
+                None => {
+                    *reader = None;
+                    return Err(unavailable(stream, "the shard's reader stopped"));
+                }
+            };
+            let info = message.info().map_err(|e| unavailable(stream, e))?;
+            let (sequence, arrival_ms) =
+                (info.stream_sequence.saturating_sub(1), (info.published.unix_timestamp_nanos() / 1_000_000) as i64);
+            let record =
+                envelope::decode(message.message.payload.clone(), shard, sequence, arrival_ms).map_err(|reason| {
+                    StreamError::Corrupt { file: format!("NATS stream {}", info.stream), offset: sequence, reason }
+                })?;
+            r.next = sequence + 1;
+            out.push(record);
+        }
+        Ok(out)
+    }
+
+    /// The arrival time of the record at `position`, ms.
+    async fn arrival_at(&self, stream: &str, shard: u32, position: u64) -> Result<i64, StreamError> {
+        let js_stream =
+            self.js.get_stream_no_info(self.shard_stream(stream, shard)).await.map_err(|e| unavailable(stream, e))?;
+        let message = js_stream.get_raw_message(position + 1).await.map_err(|e| unavailable(stream, e))?;
+        Ok((message.time.unix_timestamp_nanos() / 1_000_000) as i64)
+    }
+
+    fn shard_config(&self, stream: &str, shard: u32, retention: Duration) -> stream::Config {
+        stream::Config {
+            name: self.shard_stream(stream, shard),
+            subjects: vec![self.shard_subject(stream, shard)],
+            num_replicas: self.settings.replicas,
+            storage: stream::StorageType::File,
+            retention: stream::RetentionPolicy::Limits,
+            discard: stream::DiscardPolicy::Old,
+            max_age: retention,
+            duplicate_window: DUPLICATE_WINDOW.min(retention),
+            allow_direct: true,
+            republish: Some(stream::Republish {
+                source: self.shard_subject(stream, shard),
+                destination: format!("{}-stored.{}.{shard}", self.settings.prefix, token(stream)),
+                headers_only: true,
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+impl Drop for NatsStreams {
+    /// Stops the store's readers and waiters on its runtime: the client
+    /// unsubscribes through it.
+    fn drop(&mut self) {
+        let _runtime = self.runtime.enter();
+        if let Ok(mut readers) = self.readers.lock() {
+            readers.clear();
+        }
+        if let Ok(mut changes) = self.changes.lock() {
+            for c in changes.drain().map(|(_, c)| c) {
+                if let Some(task) = c.task.lock().ok().and_then(|mut t| t.take()) {
+                    task.abort();
+                }
+            }
+        }
+    }
+}
+
+impl StreamStore for NatsStreams {
+    fn append(&self, stream: &str, records: Vec<NewRecord>) -> Result<Vec<Result<Appended, StreamError>>, StreamError> {
+        self.wait(stream, async {
+            let described = self.described(stream).await?;
+            let shards: Vec<Result<u32, StreamError>> = records
+                .iter()
+                .map(|r| {
+                    weir_stream::check_record(r)?;
+                    let hash = r.explicit_hash_key.unwrap_or_else(|| weir_stream::hash_key(&r.key));
+                    described
+                        .open
+                        .iter()
+                        .find(|(start, end, _)| (*start..=*end).contains(&hash))
+                        .map(|(_, _, shard)| *shard)
+                        .ok_or_else(|| unavailable(stream, format!("no open shard owns hash key {hash}")))
+                })
+                .collect();
+            Ok(self.publish(stream, &records, &shards).await)
+        })
+        .inspect(|results| {
+            if results.iter().any(Result::is_ok)
+                && let Ok(changes) = self.changes_of(stream)
+            {
+                changes.bump();
+            }
+        })
+    }
+
+    fn shard_count(&self, stream: &str) -> Result<u32, StreamError> {
+        self.wait(stream, async { Ok(self.describe(stream).await?.0.description.shards.len() as u32) })
+    }
+
+    fn lineage(&self, stream: &str) -> Result<Vec<Lineage>, StreamError> {
+        self.wait(stream, async {
+            let (described, _) = self.describe(stream).await?;
+            Ok(described
+                .description
+                .shards
+                .iter()
+                .map(|s| Lineage { parents: s.parents.clone(), closed_at: s.closed_at })
+                .collect())
+        })
+    }
+
+    fn reshard(&self, stream: &str, _change: Reshard) -> Result<(), StreamError> {
+        Err(StreamError::InvalidReshard(format!(
+            "stream `{stream}`: resharding is not available on the NATS backend yet; \
+             create the stream with the shards it needs"
+        )))
+    }
+
+    fn read(&self, stream: &str, shard: u32, from: u64, max: usize) -> Result<Vec<StoredRecord>, StreamError> {
+        self.wait(stream, async {
+            let state = self.shard_state(stream, shard).await?;
+            let oldest = state.first_sequence.saturating_sub(1);
+            let end = state.last_sequence;
+            if from < oldest {
+                return Err(StreamError::Trimmed { stream: stream.to_owned(), sequence: from, oldest });
+            }
+            let count = usize::try_from(end.saturating_sub(from)).unwrap_or(usize::MAX).min(max);
+            if count == 0 {
+                return Ok(Vec::new());
+            }
+            self.read_from(stream, shard, from, count).await
+        })
+    }
+
+    fn wait_for(
+        &self,
+        stream: &str,
+        shard: u32,
+        from: u64,
+        min: usize,
+        timeout: Duration,
+    ) -> Result<usize, StreamError> {
+        let deadline = Instant::now() + timeout;
+        let changes = self.changes_of(stream)?;
+        loop {
+            let seen = changes.count.lock().map(|c| *c).map_err(|_| unavailable(stream, "a waiter panicked"))?;
+            let ready = self.end(stream, shard)?.saturating_sub(from);
+            let ready = usize::try_from(ready).unwrap_or(usize::MAX);
+            let now = Instant::now();
+            if ready >= min || now >= deadline {
+                return Ok(ready);
+            }
+            let slice = (deadline - now).min(WAIT_SLICE);
+            let count = changes.count.lock().map_err(|_| unavailable(stream, "a waiter panicked"))?;
+            let _waited = changes
+                .moved
+                .wait_timeout_while(count, slice, |c| *c == seen)
+                .map_err(|_| unavailable(stream, "a waiter panicked"))?;
+        }
+    }
+
+    fn changes(&self, stream: &str) -> Result<u64, StreamError> {
+        let changes = self.changes_of(stream)?;
+        changes.count.lock().map(|c| *c).map_err(|_| unavailable(stream, "a waiter panicked"))
+    }
+
+    fn wait_change(&self, stream: &str, seen: u64, timeout: Duration) -> Result<u64, StreamError> {
+        let changes = self.changes_of(stream)?;
+        let count = changes.count.lock().map_err(|_| unavailable(stream, "a waiter panicked"))?;
+        let (count, _) = changes
+            .moved
+            .wait_timeout_while(count, timeout, |c| *c <= seen)
+            .map_err(|_| unavailable(stream, "a waiter panicked"))?;
+        Ok(*count)
+    }
+
+    fn register_consumer(&self, stream: &str, shard: u32, consumer: &str) -> Result<u64, StreamError> {
+        names::check(NameKind::Consumer, "consumer", consumer).map_err(|e| StreamError::InvalidName(e.to_string()))?;
+        self.wait(stream, async {
+            let state = self.shard_state(stream, shard).await?;
+            let key = Self::position_key(stream, shard, consumer);
+            match self.positions.get(key).await.map_err(|e| unavailable(stream, e))? {
+                Some(value) => read_position(stream, consumer, &value),
+                None => Ok(state.first_sequence.saturating_sub(1)),
+            }
+        })
+    }
+
+    fn checkpoint(&self, stream: &str, shard: u32, consumer: &str, next: u64) -> Result<(), StreamError> {
+        names::check(NameKind::Consumer, "consumer", consumer).map_err(|e| StreamError::InvalidName(e.to_string()))?;
+        let failed = |reason: String| StreamError::CheckpointFailed {
+            stream: stream.to_owned(),
+            consumer: consumer.to_owned(),
+            reason,
+        };
+        self.wait(stream, async {
+            self.shard_state(stream, shard).await?;
+            let key = Self::position_key(stream, shard, consumer);
+            self.positions.put(key, next.to_string().into()).await.map_err(|e| failed(e.to_string()))?;
+            Ok(())
+        })
+        .map_err(|e| match e {
+            StreamError::Unavailable { reason, .. } => failed(reason),
+            other => other,
+        })
+    }
+
+    fn end(&self, stream: &str, shard: u32) -> Result<u64, StreamError> {
+        self.wait(stream, async { Ok(self.shard_state(stream, shard).await?.last_sequence) })
+    }
+
+    fn position_at_time(&self, stream: &str, shard: u32, arrival_ms: i64) -> Result<u64, StreamError> {
+        self.wait(stream, async {
+            let state = self.shard_state(stream, shard).await?;
+            // Arrival times grow with positions: the first at or after `arrival_ms`, by halves.
+            let (mut low, mut high) = (state.first_sequence.saturating_sub(1), state.last_sequence);
+            while low < high {
+                let middle = low + (high - low) / 2;
+                if self.arrival_at(stream, shard, middle).await? < arrival_ms {
+                    low = middle + 1;
+                } else {
+                    high = middle;
+                }
+            }
+            Ok(low)
+        })
+    }
+
+    fn create(&self, spec: StreamSettings) -> Result<(), StreamError> {
+        let stream = spec.name.as_str();
+        names::check(NameKind::Stream, "StreamName", stream).map_err(|e| StreamError::InvalidName(e.to_string()))?;
+        // As the disk store: a stream has at least one shard.
+        let spec = StreamSettings { shards: spec.shards.max(1), ..spec };
+        let stream = spec.name.as_str();
+        self.wait(stream, async {
+            let created_ms = now_ms();
+            let description = Description {
+                retention_ms: spec.retention.as_millis() as u64,
+                created_ms,
+                shards: (0..spec.shards)
+                    .map(|i| ShardDescription {
+                        hash_start: weir_stream::shard_start(i, spec.shards).to_string(),
+                        hash_end: weir_stream::shard_end(i, spec.shards).to_string(),
+                        parents: Vec::new(),
+                        closed_at: None,
+                        opened_ms: created_ms,
+                        closed_ms: None,
+                    })
+                    .collect(),
+            };
+            // The shards first: a stream described is always writable.
+            for shard in 0..spec.shards {
+                let config = self.shard_config(stream, shard, spec.retention);
+                self.js.get_or_create_stream(config).await.map_err(|e| unavailable(stream, e))?;
+            }
+            let value = serde_json::to_vec(&description).map_err(|e| unavailable(stream, e))?;
+            match self.descriptions.create(token(stream), value.into()).await {
+                Ok(_) => Ok(()),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                    Err(StreamError::AlreadyExists(stream.to_owned()))
+                }
+                Err(e) => Err(unavailable(stream, e)),
+            }
+        })
+    }
+
+    fn delete(&self, stream: &str) -> Result<(), StreamError> {
+        self.wait(stream, async {
+            let (described, _) = self.describe(stream).await?;
+            // The description first: no host routes to the stream once it is gone.
+            self.descriptions.purge(token(stream)).await.map_err(|e| unavailable(stream, e))?;
+            self.forget(stream);
+            for shard in 0..described.description.shards.len() as u32 {
+                let name = self.shard_stream(stream, shard);
+                if let Err(e) = self.js.delete_stream(&name).await {
+                    tracing::warn!(stream, shard, error = %e, "a deleted stream's shard could not be removed from NATS");
+                }
+            }
+            let prefix = format!("{}.", token(stream));
+            let mut keys = self.positions.keys().await.map_err(|e| unavailable(stream, e))?;
+            while let Some(key) = keys.next().await {
+                let key = key.map_err(|e| unavailable(stream, e))?;
+                if key.starts_with(&prefix) {
+                    self.positions.purge(&key).await.map_err(|e| unavailable(stream, e))?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn list(&self) -> Vec<String> {
+        let listed = self.wait("*", async {
+            let mut keys = self.descriptions.keys().await.map_err(|e| unavailable("*", e))?;
+            let mut names = Vec::new();
+            while let Some(key) = keys.next().await {
+                names.push(untoken(&key.map_err(|e| unavailable("*", e))?));
+            }
+            Ok(names)
+        });
+        let mut names = match listed {
+            Ok(names) => names,
+            Err(e) => {
+                tracing::error!(error = %e, "the streams in NATS cannot be listed; the ones known here are shown");
+                self.described.lock().map(|all| all.keys().cloned().collect()).unwrap_or_default()
+            }
+        };
+        names.sort();
+        names
+    }
+
+    fn info(&self, stream: &str) -> Result<StreamInfo, StreamError> {
+        self.wait(stream, async {
+            let (described, _) = self.describe(stream).await?;
+            let description = &described.description;
+            let mut consumers: Vec<BTreeMap<String, u64>> = vec![BTreeMap::new(); description.shards.len()];
+            let prefix = format!("{}.", token(stream));
+            let mut keys = self.positions.keys().await.map_err(|e| unavailable(stream, e))?;
+            while let Some(key) = keys.next().await {
+                let key = key.map_err(|e| unavailable(stream, e))?;
+                let Some((shard, consumer)) = key.strip_prefix(&prefix).and_then(|k| k.split_once('.')) else {
+                    continue;
+                };
+                let Some(shard) = shard.parse::<usize>().ok().filter(|&s| s < consumers.len()) else { continue };
+                if let Some(position) = self.positions.get(&key).await.map_err(|e| unavailable(stream, e))? {
+                    let consumer = untoken(consumer);
+                    let position = read_position(stream, &consumer, &position)?;
+                    consumers[shard].insert(consumer, position);
+                }
+            }
+            let mut shards = Vec::with_capacity(description.shards.len());
+            let described_shards = description.shards.iter().zip(&described.ranges).zip(consumers);
+            for (index, ((shard, &(hash_start, hash_end)), consumers)) in described_shards.enumerate() {
+                let state = self.shard_state(stream, index as u32).await?;
+                shards.push(ShardInfo {
+                    index: index as u32,
+                    hash_start,
+                    hash_end,
+                    oldest: state.first_sequence.saturating_sub(1),
+                    end: state.last_sequence,
+                    consumers,
+                    parents: shard.parents.clone(),
+                    closed_at: shard.closed_at,
+                    opened_ms: shard.opened_ms,
+                    closed_ms: shard.closed_ms,
+                });
+            }
+            shards.sort_by_key(|s| s.hash_start);
+            Ok(StreamInfo {
+                name: stream.to_owned(),
+                retention: Duration::from_millis(description.retention_ms),
+                created_ms: description.created_ms,
+                shards,
+            })
+        })
+    }
+
+    fn created_ms(&self, stream: &str) -> Result<i64, StreamError> {
+        self.wait(stream, async { Ok(self.described(stream).await?.description.created_ms) })
+    }
+
+    fn set_retention(&self, stream: &str, retention: Duration) -> Result<(), StreamError> {
+        self.wait(stream, async {
+            loop {
+                let (described, revision) = self.describe(stream).await?;
+                let mut description = described.description.clone();
+                description.retention_ms = retention.as_millis() as u64;
+                for shard in 0..description.shards.len() as u32 {
+                    let config = self.shard_config(stream, shard, retention);
+                    self.js.update_stream(config).await.map_err(|e| unavailable(stream, e))?;
+                }
+                let value = serde_json::to_vec(&description).map_err(|e| unavailable(stream, e))?;
+                match self.descriptions.update(token(stream), value.into(), revision).await {
+                    Ok(_) => return Ok(()),
+                    // Changed by another host meanwhile: read it again and redo the change.
+                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                    Err(e) => return Err(unavailable(stream, e)),
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_have_no_dots_and_map_back_to_their_names() {
+        for name in ["tolls", "tolls.in_1", "a_d", "_", "__.", "x-y.z_", "._d"] {
+            let t = token(name);
+            assert!(!t.contains('.'), "{name} -> {t}");
+            assert_eq!(untoken(&t), name, "{name} -> {t}");
+        }
+        assert_ne!(token("a.b"), token("a_b"));
+        assert_ne!(token("a_d"), token("a.d"));
+    }
+}

@@ -1,0 +1,253 @@
+//! weir's streams on NATS JetStream behave as on the embedded disk store: the
+//! same calls, run by one function against both, give the same answers. Then
+//! what only a cluster can show: a second host reads and is woken by what the
+//! first wrote, positions outlive the store that wrote them, and killing the
+//! node that leads a shard while producers write loses no acknowledged record
+//! and stores none twice.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use weir_host::stream::{
+    DiskStreams, FileSyncer, NewRecord, StoredRecord, StreamError, StreamSettings, StreamStore, hash_key, shard_end,
+};
+use weir_nats::{NatsSettings, NatsStreams};
+use weir_tests::nats::NatsCluster;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime")
+}
+
+fn record(key: &str, data: &str) -> NewRecord {
+    NewRecord {
+        key: key.to_owned(),
+        event_time_ms: Some(1_795_564_800_000),
+        data: Bytes::copy_from_slice(data.as_bytes()),
+        source: Some("agent-1".into()),
+        explicit_hash_key: None,
+        attributes: vec![("weir-test".to_owned(), data.to_owned())],
+    }
+}
+
+fn settings(name: &str, shards: u32) -> StreamSettings {
+    StreamSettings { name: name.to_owned(), retention: Duration::from_secs(3600), shards }
+}
+
+fn datas(records: &[StoredRecord]) -> Vec<String> {
+    records.iter().map(|r| String::from_utf8_lossy(&r.data).into_owned()).collect()
+}
+
+/// The stream calls every backend answers alike; panics naming the backend.
+fn behaves_as_a_stream_store(backend: &str, store: &dyn StreamStore) {
+    let name = "tolls.in_1"; // a dot and an underscore: names NATS does not take as they are
+    store.create(settings(name, 2)).unwrap_or_else(|e| panic!("{backend}: create: {e}"));
+    assert!(store.list().contains(&name.to_owned()), "{backend}: listed");
+    assert_eq!(store.create(settings(name, 2)), Err(StreamError::AlreadyExists(name.to_owned())), "{backend}");
+    assert!(matches!(store.create(settings("../x", 1)), Err(StreamError::InvalidName(_))), "{backend}");
+    assert_eq!(store.shard_count(name), Ok(2), "{backend}");
+    assert!(store.lineage(name).expect("lineage").iter().all(|l| l.parents.is_empty() && l.closed_at.is_none()));
+
+    // 50 keys, four records each: each key's records in one shard, in put order.
+    let records: Vec<NewRecord> = (0..200).map(|i| record(&format!("plate-{}", i % 50), &format!("{i:03}"))).collect();
+    let appended = store.append(name, records).unwrap_or_else(|e| panic!("{backend}: append: {e}"));
+    let appended: Vec<_> = appended.into_iter().map(|r| r.unwrap_or_else(|e| panic!("{backend}: {e}"))).collect();
+    let mut next = [0u64; 2];
+    for (i, a) in appended.iter().enumerate() {
+        let owner = u32::from(hash_key(&format!("plate-{}", i % 50)) > shard_end(0, 2));
+        assert_eq!(a.shard, owner, "{backend}: record {i} goes to the shard owning its key's hash");
+        assert_eq!(a.sequence, next[a.shard as usize], "{backend}: sequences are dense per shard");
+        next[a.shard as usize] += 1;
+    }
+    for shard in 0..2u32 {
+        let all = store.read(name, shard, 0, 1000).unwrap_or_else(|e| panic!("{backend}: read: {e}"));
+        let expected: Vec<String> =
+            appended.iter().enumerate().filter(|(_, a)| a.shard == shard).map(|(i, _)| format!("{i:03}")).collect();
+        assert_eq!(datas(&all), expected, "{backend}: shard {shard} reads back in put order");
+        let first = &all[0];
+        assert_eq!((first.shard, first.sequence, first.event_time_ms), (shard, 0, 1_795_564_800_000), "{backend}");
+        assert_eq!(first.source.as_deref(), Some("agent-1"), "{backend}");
+        assert_eq!(first.attributes, vec![("weir-test".to_owned(), expected[0].clone())], "{backend}");
+        assert!(first.arrival_ms > 0, "{backend}");
+        // From a position, at most `max`, then on from where that ended.
+        let middle = store.read(name, shard, 10, 5).expect("read");
+        assert_eq!(middle.iter().map(|r| r.sequence).collect::<Vec<_>>(), vec![10, 11, 12, 13, 14], "{backend}");
+        let rest = store.read(name, shard, 15, 1000).expect("read");
+        assert_eq!(datas(&rest), expected[15..].to_vec(), "{backend}");
+        assert_eq!(store.end(name, shard), Ok(next[shard as usize]), "{backend}");
+        assert_eq!(store.read(name, shard, next[shard as usize], 10).map(|r| r.len()), Ok(0), "{backend}");
+        assert_eq!(store.position_at_time(name, shard, 0), Ok(0), "{backend}: at a time before all");
+        assert_eq!(store.position_at_time(name, shard, i64::MAX), Ok(next[shard as usize]), "{backend}: after all");
+        let at = all[7].arrival_ms;
+        let position = store.position_at_time(name, shard, at).expect("at a time");
+        assert!(position <= 7 && all[position as usize].arrival_ms >= at, "{backend}: {position}");
+    }
+
+    // Positions: a new consumer starts at the oldest; a checkpoint is where it resumes.
+    assert_eq!(store.register_consumer(name, 1, "billing.v2"), Ok(0), "{backend}");
+    store.checkpoint(name, 1, "billing.v2", 7).unwrap_or_else(|e| panic!("{backend}: checkpoint: {e}"));
+    assert_eq!(store.register_consumer(name, 1, "billing.v2"), Ok(7), "{backend}");
+    let info = store.info(name).expect("info");
+    assert_eq!(info.shards[1].consumers, BTreeMap::from([("billing.v2".to_owned(), 7)]), "{backend}");
+    assert_eq!(info.records(), 200, "{backend}");
+    assert!(matches!(store.checkpoint(name, 1, "../x", 1), Err(StreamError::InvalidName(_))), "{backend}");
+
+    // A waiter is woken by an append, and returns at its timeout when nothing comes.
+    let end = store.end(name, 0).expect("end");
+    assert_eq!(store.wait_for(name, 0, end, 1, Duration::from_millis(100)), Ok(0), "{backend}");
+    let seen = store.changes(name).expect("changes");
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| store.wait_for(name, 0, end, 1, Duration::from_secs(20)));
+        let key = (0..).map(|i| format!("k{i}")).find(|k| hash_key(k) <= shard_end(0, 2)).expect("a key of shard 0");
+        store.append(name, vec![record(&key, "late")]).expect("append");
+        assert_eq!(waiter.join().expect("waiter"), Ok(1), "{backend}: woken by the append");
+    });
+    assert!(store.wait_change(name, seen, Duration::from_secs(20)).expect("changes") > seen, "{backend}");
+
+    // Unknown things are named as such.
+    assert!(matches!(store.read(name, 9, 0, 1), Err(StreamError::UnknownShard { .. })), "{backend}");
+    assert!(matches!(store.read("nope", 0, 0, 1), Err(StreamError::UnknownStream(_))), "{backend}");
+
+    store.delete(name).unwrap_or_else(|e| panic!("{backend}: delete: {e}"));
+    assert!(!store.list().contains(&name.to_owned()), "{backend}");
+    assert!(matches!(store.read(name, 0, 0, 1), Err(StreamError::UnknownStream(_))), "{backend}");
+    // A stream made again under the name starts empty.
+    store.create(settings(name, 1)).expect("create again");
+    assert_eq!(store.end(name, 0), Ok(0), "{backend}");
+    assert_eq!(store.register_consumer(name, 0, "billing.v2"), Ok(0), "{backend}: old positions are gone");
+}
+
+#[test]
+fn the_disk_store_and_the_nats_store_answer_the_same_calls_alike() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = DiskStreams::open(dir.path(), &[], Arc::new(FileSyncer)).expect("disk store");
+    behaves_as_a_stream_store("disk", &disk);
+
+    let runtime = runtime();
+    let cluster = runtime.block_on(NatsCluster::start(3));
+    let nats = NatsStreams::connect(NatsSettings::new(cluster.servers()), runtime.handle().clone())
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    behaves_as_a_stream_store("nats", &nats);
+}
+
+#[test]
+fn a_second_host_reads_what_the_first_wrote_and_positions_outlive_the_store() {
+    let runtime = runtime();
+    let cluster = runtime.block_on(NatsCluster::start(3));
+    let connect = || {
+        NatsStreams::connect(NatsSettings::new(cluster.servers()), runtime.handle().clone())
+            .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()))
+    };
+    let (first, second) = (connect(), connect());
+    first.create(settings("shared", 1)).expect("create");
+    assert_eq!(second.shard_count("shared"), Ok(1), "the second host sees the stream");
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| second.wait_for("shared", 0, 0, 3, Duration::from_secs(20)));
+        first.append("shared", (0..3).map(|i| record("k", &i.to_string())).collect()).expect("append");
+        assert_eq!(waiter.join().expect("waiter"), Ok(3), "the second host is woken by the first's records");
+    });
+    assert_eq!(datas(&second.read("shared", 0, 0, 10).expect("read")), vec!["0", "1", "2"]);
+    first.checkpoint("shared", 0, "stage", 2).expect("checkpoint");
+    drop(first);
+    assert_eq!(connect().register_consumer("shared", 0, "stage"), Ok(2), "the position outlives its writer");
+}
+
+#[test]
+fn killing_the_node_leading_a_shard_while_producers_write_loses_and_repeats_nothing_acknowledged() {
+    let runtime = runtime();
+    let mut cluster = runtime.block_on(NatsCluster::start(3));
+    let store = NatsStreams::connect(NatsSettings::new(cluster.servers()), runtime.handle().clone())
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    store.create(settings("tolls", 1)).expect("create");
+    let leader = runtime
+        .block_on(async {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Some(leader) = cluster.stream_leader("weir-tolls-0").await {
+                    return Some(leader);
+                }
+                if Instant::now() > deadline {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .unwrap_or_else(|| panic!("the shard has no leader\n{}", cluster.logs()));
+    let node = cluster.node(&leader).expect("the leader is a node");
+
+    // Two producers put batches of 20 until told to stop; each keeps what was acknowledged.
+    let stop = AtomicBool::new(false);
+    let (acknowledged, refused, killed_after) = std::thread::scope(|s| {
+        let producers: Vec<_> = (0..2)
+            .map(|p| {
+                let (store, stop) = (&store, &stop);
+                s.spawn(move || {
+                    let (mut acknowledged, mut refused) = (Vec::new(), 0usize);
+                    for batch in 0.. {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let datas: Vec<String> = (0..20).map(|i| format!("p{p}-b{batch}-r{i}")).collect();
+                        let records = datas.iter().map(|d| record(d, d)).collect();
+                        match store.append("tolls", records) {
+                            Ok(results) => {
+                                for (data, result) in datas.into_iter().zip(results) {
+                                    match result {
+                                        Ok(_) => acknowledged.push(data),
+                                        Err(_) => refused += 1,
+                                    }
+                                }
+                            }
+                            Err(_) => refused += 20,
+                        }
+                    }
+                    (acknowledged, refused)
+                })
+            })
+            .collect();
+        // Some records stored before the kill, then the kill, then some after it.
+        let until = |count: u64, cluster: &NatsCluster| {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            // While a shard elects a leader, asking its end fails too: that is waited out.
+            while store.end("tolls", 0).map_or(true, |end| end < count) {
+                assert!(Instant::now() < deadline, "the producers stalled below {count} records\n{}", cluster.logs());
+                std::thread::yield_now();
+            }
+        };
+        until(400, &cluster);
+        let before_kill = store.end("tolls", 0).expect("end");
+        cluster.kill(node);
+        until(before_kill + 400, &cluster);
+        stop.store(true, Ordering::Relaxed);
+        let mut acknowledged = Vec::new();
+        let mut refused = 0;
+        for p in producers {
+            let (a, r) = p.join().expect("producer");
+            acknowledged.extend(a);
+            refused += r;
+        }
+        (acknowledged, refused, before_kill)
+    });
+
+    let end = store.end("tolls", 0).expect("end");
+    let stored = store.read("tolls", 0, 0, end as usize).expect("read all");
+    assert_eq!(stored.len() as u64, end, "positions are dense");
+    let mut copies: HashMap<String, usize> = HashMap::new();
+    for d in datas(&stored) {
+        *copies.entry(d).or_default() += 1;
+    }
+    let lost: Vec<&String> = acknowledged.iter().filter(|d| !copies.contains_key(*d)).collect();
+    let twice: Vec<(&String, &usize)> = copies.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(lost.is_empty(), "acknowledged records lost: {lost:?}");
+    assert!(twice.is_empty(), "records stored twice: {twice:?}");
+    assert!(end > killed_after + 400, "writes went on after the leader was killed");
+    eprintln!(
+        "{} acknowledged, {refused} refused while the shard had no leader, {end} stored, leader {leader} killed after {killed_after}",
+        acknowledged.len()
+    );
+    // The killed node rejoins.
+    cluster.start_node(node);
+    runtime.block_on(cluster.wait_for_leader(Duration::from_secs(60), None));
+}
