@@ -11,6 +11,7 @@ mod disk;
 mod faults;
 pub mod kpl;
 pub mod names;
+pub mod reshard;
 pub mod time;
 
 use std::collections::BTreeMap;

@@ -122,8 +122,10 @@ impl StreamStore for DiskStreams {
         let target = self.stream(stream)?;
         // Held shared until the records are in: resharding cannot close a shard under them.
         let entries = target.entries();
-        let open: Vec<(u32, u128)> =
+        let mut open: Vec<(u32, u128)> =
             entries.iter().zip(0..).filter(|(e, _)| e.closed_at.is_none()).map(|(e, i)| (i, e.hash_start)).collect();
+        // By hash key, not by index: a split of a shard below the last puts children after higher shards.
+        open.sort_unstable_by_key(|(_, start)| *start);
         // Group by shard, remembering each record's place in the input.
         let mut by_shard: BTreeMap<u32, (Vec<usize>, Vec<NewRecord>)> = BTreeMap::new();
         let total = records.len();

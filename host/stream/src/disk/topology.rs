@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 
-use crate::{Clock, MAX_SHARDS, Reshard, StreamError, now_ms, shard_end, shard_id, shard_start};
+use crate::reshard::{self, ReshardPlan, ShardRange};
+use crate::{Clock, Reshard, StreamError, now_ms, shard_end, shard_id, shard_start};
 
 use super::failure::*;
 use super::settings::*;
@@ -157,58 +158,11 @@ impl Stream {
     /// names the closed shards whose hash keys it takes as its parents.
     pub(super) fn reshard(&self, stream: &str, change: Reshard) -> Result<(), StreamError> {
         let mut entries = self.topology.write().unwrap_or_else(|p| p.into_inner());
-        let open: Vec<u32> = (0..entries.len() as u32).filter(|&i| entries[i as usize].closed_at.is_none()).collect();
-        let invalid = |message: String| Err(StreamError::InvalidReshard(message));
-        let is_open = |shard: u32| open.contains(&shard);
-        // The shards that close, and the hash key ranges of the children.
-        let (closing, children): (Vec<u32>, Vec<(u128, u128)>) = match change {
-            Reshard::Uniform(count) => {
-                let count = count.max(1);
-                (open.clone(), (0..count).map(|k| (shard_start(k, count), shard_end(k, count))).collect())
-            }
-            Reshard::Split { shard, at } => {
-                if !is_open(shard) {
-                    return invalid(not_open(stream, shard));
-                }
-                let e = &entries[shard as usize];
-                // As Kinesis: each child keeps at least two hash keys.
-                if !(e.hash_start.saturating_add(1) < at && at < e.hash_end) {
-                    return invalid(format!(
-                        "the new starting hash key {at} must be greater than {}'s starting hash key {} + 1 and less \
-                         than its ending hash key {}",
-                        shard_id(shard),
-                        e.hash_start,
-                        e.hash_end
-                    ));
-                }
-                (vec![shard], vec![(e.hash_start, at - 1), (at, e.hash_end)])
-            }
-            Reshard::Merge { shard, adjacent } => {
-                for s in [shard, adjacent] {
-                    if !is_open(s) {
-                        return invalid(not_open(stream, s));
-                    }
-                }
-                let (a, b) = (&entries[shard as usize], &entries[adjacent as usize]);
-                let (low, high) = if a.hash_start < b.hash_start { (a, b) } else { (b, a) };
-                if low.hash_end.checked_add(1) != Some(high.hash_start) {
-                    return invalid(format!(
-                        "{} and {} are not adjacent: their hash key ranges do not meet",
-                        shard_id(shard),
-                        shard_id(adjacent)
-                    ));
-                }
-                (vec![shard, adjacent], vec![(low.hash_start, high.hash_end)])
-            }
-        };
-        let open_after = open.len() - closing.len() + children.len();
-        if open_after > MAX_SHARDS as usize {
-            return Err(StreamError::ShardLimit(format!(
-                "stream `{stream}` would have {open_after} open shards; at most {MAX_SHARDS}"
-            )));
-        }
-        let ranges: Vec<(u32, u128, u128)> =
-            closing.iter().map(|&i| (i, entries[i as usize].hash_start, entries[i as usize].hash_end)).collect();
+        let ranges: Vec<ShardRange> = entries
+            .iter()
+            .map(|e| ShardRange { hash_start: e.hash_start, hash_end: e.hash_end, open: e.closed_at.is_none() })
+            .collect();
+        let ReshardPlan { closing, children, open_after } = reshard::plan(stream, &ranges, change)?;
         let now = (self.clock)();
         for &index in &closing {
             let entry = &mut entries[index as usize];
@@ -217,7 +171,7 @@ impl Stream {
             entry.closed_ms = Some(now);
         }
         let first = entries.len() as u32;
-        for (k, (start, end)) in children.iter().copied().enumerate() {
+        for (k, child) in children.into_iter().enumerate() {
             let index = first + k as u32;
             entries.push(ShardEntry {
                 log: Arc::new(Shard::open(
@@ -226,10 +180,9 @@ impl Stream {
                     self.syncer.clone(),
                     self.clock.clone(),
                 )?),
-                hash_start: start,
-                hash_end: end,
-                // In the order asked: a merge's first parent, then its adjacent one.
-                parents: ranges.iter().filter(|(_, s, e)| *s <= end && start <= *e).map(|(i, ..)| *i).collect(),
+                hash_start: child.hash_start,
+                hash_end: child.hash_end,
+                parents: child.parents,
                 closed_at: None,
                 opened_ms: Some(now),
                 closed_ms: None,
@@ -307,13 +260,4 @@ pub(super) fn save_topology(dir: &Path, stream: &str, entries: &[ShardEntry]) ->
         .and_then(|()| File::open(&tmp)?.sync_all())
         .and_then(|()| std::fs::rename(&tmp, &path))
         .map_err(|e| io_failed(stream, "cannot save its shard lineage", &e))
-}
-
-/// Why a closed shard cannot be split or merged, in Kinesis's words.
-fn not_open(stream: &str, shard: u32) -> String {
-    format!(
-        "Shard {} in stream {stream} has already been merged or split, and thus is not eligible for merging or \
-         splitting",
-        shard_id(shard)
-    )
 }
