@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use weir_host::stream::{
-    DiskStreams, FileSyncer, NewRecord, StoredRecord, StreamError, StreamSettings, StreamStore, hash_key, shard_end,
+    DiskStreams, FileSyncer, NewRecord, Reshard, StoredRecord, StreamError, StreamSettings, StreamStore, hash_key,
+    shard_end,
 };
 use weir_nats::{NatsSettings, NatsStreams};
 use weir_tests::nats::NatsCluster;
@@ -105,6 +106,40 @@ fn behaves_as_a_stream_store(backend: &str, store: &dyn StreamStore) {
         assert_eq!(waiter.join().expect("waiter"), Ok(1), "{backend}: woken by the append");
     });
     assert!(store.wait_change(name, seen, Duration::from_secs(20)).expect("changes") > seen, "{backend}");
+
+    // Resharding: a split closes its parent where it ended; its hash keys go to the children.
+    let parent_end = store.end(name, 0).expect("end");
+    store.reshard(name, Reshard::Split { shard: 0, at: shard_end(0, 2) / 2 }).expect("split");
+    let lineage = store.lineage(name).expect("lineage");
+    assert_eq!(lineage.len(), 4, "{backend}");
+    assert_eq!(lineage[0].closed_at, Some(parent_end), "{backend}");
+    assert_eq!((lineage[2].parents.as_slice(), lineage[3].parents.as_slice()), (&[0][..], &[0][..]), "{backend}");
+    let keys: Vec<String> = (0..40).map(|i| format!("after-{i}")).collect();
+    let placed = store.append(name, keys.iter().map(|k| record(k, k)).collect()).expect("append");
+    for (key, placed) in keys.iter().zip(placed) {
+        let shard = placed.expect("stored").shard;
+        let expected = match hash_key(key) {
+            h if h > shard_end(0, 2) => 1,
+            h if h < shard_end(0, 2) / 2 => 2,
+            _ => 3,
+        };
+        assert_eq!(shard, expected, "{backend}: {key} goes to the open shard owning its hash");
+    }
+    assert_eq!(store.end(name, 0), Ok(parent_end), "{backend}: a closed shard takes nothing more");
+    assert_eq!(store.read(name, 0, 0, 1000).map(|r| r.len() as u64), Ok(parent_end), "{backend}: it is still read");
+    assert!(matches!(store.reshard(name, Reshard::Split { shard: 0, at: 5 }), Err(StreamError::InvalidReshard(_))));
+    assert!(matches!(
+        store.reshard(name, Reshard::Merge { shard: 1, adjacent: 2 }),
+        Err(StreamError::InvalidReshard(_))
+    ));
+    store.reshard(name, Reshard::Merge { shard: 2, adjacent: 3 }).expect("merge");
+    store.reshard(name, Reshard::Uniform(3)).expect("uniform");
+    let lineage = store.lineage(name).expect("lineage");
+    assert_eq!(lineage[4].parents, vec![2, 3], "{backend}");
+    assert_eq!((lineage.len(), lineage.iter().filter(|l| l.closed_at.is_none()).count()), (8, 3), "{backend}");
+    assert_eq!(lineage[5].parents, vec![4], "{backend}: the lowest third came from the merged shard");
+    let info = store.info(name).expect("info");
+    assert_eq!(info.shards.iter().filter(|s| s.closed_at.is_none()).count(), 3, "{backend}");
 
     // Unknown things are named as such.
     assert!(matches!(store.read(name, 9, 0, 1), Err(StreamError::UnknownShard { .. })), "{backend}");

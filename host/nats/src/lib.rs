@@ -45,6 +45,7 @@ use async_nats::jetstream::{self, consumer, kv, stream};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 use weir_stream::names::{self, NameKind};
+use weir_stream::reshard::{self, ShardRange};
 use weir_stream::{
     Appended, Lineage, NewRecord, Reshard, ShardInfo, StoredRecord, StreamError, StreamInfo, StreamSettings,
     StreamStore,
@@ -129,6 +130,13 @@ struct Described {
     ranges: Vec<(u128, u128)>,
     /// Hash key ranges of the open shards, for routing.
     open: Vec<(u128, u128, u32)>,
+}
+
+impl Described {
+    /// The open shard owning `hash`.
+    fn owner(&self, hash: u128) -> Option<u32> {
+        self.open.iter().find(|(start, end, _)| (*start..=*end).contains(&hash)).map(|(_, _, shard)| *shard)
+    }
 }
 
 /// A shard's reader, if it has one, held while it reads.
@@ -370,31 +378,35 @@ impl NatsStreams {
         Ok(changes)
     }
 
-    /// Publishes `records` (routed to `shards`), each with its own message id,
-    /// again with the same ids while their acknowledgements fail, until the timeout.
+    /// Publishes `records`, each with its own message id, to the shard owning
+    /// its hash key; again with the same ids while their acknowledgements fail,
+    /// until most of the timeout has passed. After a failure the stream's
+    /// description is read again: a shard closed by a resharding takes no
+    /// records, and they go to its child.
     async fn publish(
         &self,
         stream: &str,
         records: &[NewRecord],
-        shards: &[Result<u32, StreamError>],
-    ) -> Vec<Result<Appended, StreamError>> {
+    ) -> Result<Vec<Result<Appended, StreamError>>, StreamError> {
         let ids: Vec<String> = (0..records.len())
             .map(|_| format!("{}-{}", self.store_id, self.published.fetch_add(1, Ordering::Relaxed)))
             .collect();
         let payloads: Vec<Bytes> = records.iter().map(envelope::encode).collect();
         let mut results: Vec<Option<Result<Appended, StreamError>>> =
-            shards.iter().map(|s| s.as_ref().err().map(|e| Err(e.clone()))).collect();
-        let deadline = Instant::now() + self.settings.timeout;
+            records.iter().map(|r| weir_stream::check_record(r).err().map(Err)).collect();
+        let deadline = Instant::now() + self.settings.timeout * 3 / 4;
         let mut delay = Duration::from_millis(20);
+        let mut described = self.described(stream).await?;
         loop {
             let outstanding: Vec<usize> = (0..records.len()).filter(|&i| results[i].is_none()).collect();
-            if outstanding.is_empty() {
-                break;
-            }
             let mut acks = Vec::with_capacity(outstanding.len());
             let mut last_error = String::new();
             for &i in &outstanding {
-                let Ok(shard) = shards[i] else { continue };
+                let hash = records[i].explicit_hash_key.unwrap_or_else(|| weir_stream::hash_key(&records[i].key));
+                let Some(shard) = described.owner(hash) else {
+                    last_error = format!("no open shard owns hash key {hash}");
+                    continue;
+                };
                 let message = jetstream::message::PublishMessage::build()
                     .payload(payloads[i].clone())
                     .message_id(&ids[i])
@@ -428,8 +440,11 @@ impl NatsStreams {
             tracing::warn!(stream, error = %last_error, "a publish to NATS was not acknowledged; it is sent again");
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_millis(500));
+            if let Ok((now, _)) = self.describe(stream).await {
+                described = now;
+            }
         }
-        results.into_iter().map(|r| r.unwrap_or_else(|| Err(unavailable(stream, "not stored")))).collect()
+        Ok(results.into_iter().map(|r| r.unwrap_or_else(|| Err(unavailable(stream, "not stored")))).collect())
     }
 
     /// The next `max` records of a shard from `from`, `end` being its end.
@@ -496,10 +511,24 @@ impl NatsStreams {
         Ok((message.time.unix_timestamp_nanos() / 1_000_000) as i64)
     }
 
-    fn shard_config(&self, stream: &str, shard: u32, retention: Duration) -> stream::Config {
+    /// A shard's JetStream stream. An open shard takes its subject and
+    /// republishes what it stores; a closed one's subject is moved aside, so
+    /// that nothing is published to it any more.
+    fn shard_config(&self, stream: &str, shard: u32, retention: Duration, open: bool) -> stream::Config {
+        let (subject, republish) = match open {
+            true => (
+                self.shard_subject(stream, shard),
+                Some(stream::Republish {
+                    source: self.shard_subject(stream, shard),
+                    destination: format!("{}-stored.{}.{shard}", self.settings.prefix, token(stream)),
+                    headers_only: true,
+                }),
+            ),
+            false => (format!("{}-closed.{}.{shard}", self.settings.prefix, token(stream)), None),
+        };
         stream::Config {
             name: self.shard_stream(stream, shard),
-            subjects: vec![self.shard_subject(stream, shard)],
+            subjects: vec![subject],
             num_replicas: self.settings.replicas,
             storage: stream::StorageType::File,
             retention: stream::RetentionPolicy::Limits,
@@ -507,11 +536,7 @@ impl NatsStreams {
             max_age: retention,
             duplicate_window: DUPLICATE_WINDOW.min(retention),
             allow_direct: true,
-            republish: Some(stream::Republish {
-                source: self.shard_subject(stream, shard),
-                destination: format!("{}-stored.{}.{shard}", self.settings.prefix, token(stream)),
-                headers_only: true,
-            }),
+            republish,
             ..Default::default()
         }
     }
@@ -537,24 +562,7 @@ impl Drop for NatsStreams {
 
 impl StreamStore for NatsStreams {
     fn append(&self, stream: &str, records: Vec<NewRecord>) -> Result<Vec<Result<Appended, StreamError>>, StreamError> {
-        self.wait(stream, async {
-            let described = self.described(stream).await?;
-            let shards: Vec<Result<u32, StreamError>> = records
-                .iter()
-                .map(|r| {
-                    weir_stream::check_record(r)?;
-                    let hash = r.explicit_hash_key.unwrap_or_else(|| weir_stream::hash_key(&r.key));
-                    described
-                        .open
-                        .iter()
-                        .find(|(start, end, _)| (*start..=*end).contains(&hash))
-                        .map(|(_, _, shard)| *shard)
-                        .ok_or_else(|| unavailable(stream, format!("no open shard owns hash key {hash}")))
-                })
-                .collect();
-            Ok(self.publish(stream, &records, &shards).await)
-        })
-        .inspect(|results| {
+        self.wait(stream, self.publish(stream, &records)).inspect(|results| {
             if results.iter().any(Result::is_ok)
                 && let Ok(changes) = self.changes_of(stream)
             {
@@ -579,11 +587,61 @@ impl StreamStore for NatsStreams {
         })
     }
 
-    fn reshard(&self, stream: &str, _change: Reshard) -> Result<(), StreamError> {
-        Err(StreamError::InvalidReshard(format!(
-            "stream `{stream}`: resharding is not available on the NATS backend yet; \
-             create the stream with the shards it needs"
-        )))
+    /// Closing shards stop taking records (their subject is moved aside, so a
+    /// publish to them has no taker and is routed again), their ends are
+    /// recorded, the children are made, and the description changes by
+    /// compare-and-set: a resharding another host did meanwhile is read and
+    /// this one planned again.
+    fn reshard(&self, stream: &str, change: Reshard) -> Result<(), StreamError> {
+        self.wait(stream, async {
+            loop {
+                let (described, revision) = self.describe(stream).await?;
+                let shards: Vec<ShardRange> = described
+                    .ranges
+                    .iter()
+                    .zip(&described.description.shards)
+                    .map(|(&(hash_start, hash_end), d)| ShardRange {
+                        hash_start,
+                        hash_end,
+                        open: d.closed_at.is_none(),
+                    })
+                    .collect();
+                let plan = reshard::plan(stream, &shards, change)?;
+                let retention = Duration::from_millis(described.description.retention_ms);
+                let mut description = described.description.clone();
+                let now = now_ms();
+                for &index in &plan.closing {
+                    let config = self.shard_config(stream, index, retention, false);
+                    let info = self.js.update_stream(config).await.map_err(|e| unavailable(stream, e))?;
+                    let shard = &mut description.shards[index as usize];
+                    shard.closed_at = Some(info.state.last_sequence);
+                    shard.closed_ms = Some(now);
+                }
+                let first = description.shards.len() as u32;
+                for (k, child) in plan.children.iter().enumerate() {
+                    let config = self.shard_config(stream, first + k as u32, retention, true);
+                    self.js.get_or_create_stream(config).await.map_err(|e| unavailable(stream, e))?;
+                    description.shards.push(ShardDescription {
+                        hash_start: child.hash_start.to_string(),
+                        hash_end: child.hash_end.to_string(),
+                        parents: child.parents.clone(),
+                        closed_at: None,
+                        opened_ms: now,
+                        closed_ms: None,
+                    });
+                }
+                let value = serde_json::to_vec(&description).map_err(|e| unavailable(stream, e))?;
+                match self.descriptions.update(token(stream), value.into(), revision).await {
+                    Ok(_) => {
+                        self.describe(stream).await?;
+                        tracing::info!(stream, ?change, open = plan.open_after, "resharded");
+                        return Ok(());
+                    }
+                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                    Err(e) => return Err(unavailable(stream, e)),
+                }
+            }
+        })
     }
 
     fn read(&self, stream: &str, shard: u32, from: u64, max: usize) -> Result<Vec<StoredRecord>, StreamError> {
@@ -720,7 +778,7 @@ impl StreamStore for NatsStreams {
             };
             // The shards first: a stream described is always writable.
             for shard in 0..spec.shards {
-                let config = self.shard_config(stream, shard, spec.retention);
+                let config = self.shard_config(stream, shard, spec.retention, true);
                 self.js.get_or_create_stream(config).await.map_err(|e| unavailable(stream, e))?;
             }
             let value = serde_json::to_vec(&description).map_err(|e| unavailable(stream, e))?;
@@ -834,8 +892,8 @@ impl StreamStore for NatsStreams {
                 let (described, revision) = self.describe(stream).await?;
                 let mut description = described.description.clone();
                 description.retention_ms = retention.as_millis() as u64;
-                for shard in 0..description.shards.len() as u32 {
-                    let config = self.shard_config(stream, shard, retention);
+                for (index, shard) in description.shards.iter().enumerate() {
+                    let config = self.shard_config(stream, index as u32, retention, shard.closed_at.is_none());
                     self.js.update_stream(config).await.map_err(|e| unavailable(stream, e))?;
                 }
                 let value = serde_json::to_vec(&description).map_err(|e| unavailable(stream, e))?;
