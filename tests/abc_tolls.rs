@@ -465,10 +465,15 @@ fn produced(host: &TestHost) -> Produced {
 /// set (as the app does with `weir table put`); the host and its `out` folder, where the
 /// station logs and the agent's checkpoints go.
 async fn showcase() -> (TestHost, std::path::PathBuf) {
+    showcase_with("").await
+}
+
+/// [`showcase`] with `extra` added to the manifest (a `[storage]` section).
+async fn showcase_with(extra: &str) -> (TestHost, std::path::PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
     // The desk's server keeps it, and answers the traffic webhooks.
     let (_, hook) = operations_desk().await;
-    let manifest = showcase_manifest(dir.path(), "60s", &hook);
+    let manifest = showcase_manifest(dir.path(), "60s", &hook) + extra;
     let out = dir.path().join("out");
     let host = TestHost::start_in(dir, &manifest).await.expect("start");
     for (customer, threshold) in weir_host::simulate::thresholds() {
@@ -484,6 +489,11 @@ async fn showcase() -> (TestHost, std::path::PathBuf) {
 /// passed must give exactly the oracle's messages and totals, with nothing late.
 async fn the_agent_path_matches_the_oracle(seed: u64) {
     let (host, out) = showcase().await;
+    agent_path_matches_the_oracle(seed, host, out).await;
+}
+
+/// [`the_agent_path_matches_the_oracle`] on `host`, whose `out` folder gets the station logs.
+async fn agent_path_matches_the_oracle(seed: u64, host: TestHost, out: std::path::PathBuf) {
     let day = weir_host::simulate::generate_day(seed, DAY);
     weir_host::simulate::write_logs(&day, &out.join("stations")).expect("the station logs");
     let agent_dir = tempfile::tempdir().expect("tempdir");
@@ -517,6 +527,17 @@ async fn the_agent_path_matches_the_oracle_seed_42() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_path_matches_the_oracle_seed_2026() {
     the_agent_path_matches_the_oracle(2026).await;
+}
+
+/// The same pipeline, unchanged but for `[storage]`, with its streams on a
+/// three-node NATS JetStream cluster: the same exact result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_path_on_a_nats_cluster_matches_the_oracle() {
+    let cluster = weir_tests::nats::NatsCluster::start(3).await;
+    let servers: Vec<String> = cluster.servers().iter().map(|s| format!("{s:?}")).collect();
+    let storage = format!("\n[storage]\nbackend = \"nats\"\nservers = [{}]\n", servers.join(", "));
+    let (host, out) = showcase_with(&storage).await;
+    agent_path_matches_the_oracle(7, host, out).await;
 }
 
 /// A station's server offline for two hours: the other eleven logs go on, the idle

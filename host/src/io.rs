@@ -20,7 +20,7 @@ pub fn install(handle: Handle) -> bool {
 }
 
 /// The host's runtime, made on first use when none was installed.
-fn handle() -> std::io::Result<&'static Handle> {
+pub fn handle() -> std::io::Result<&'static Handle> {
     if let Some(handle) = RUNTIME.get() {
         return Ok(handle);
     }

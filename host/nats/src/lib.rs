@@ -67,12 +67,48 @@ pub struct NatsSettings {
     /// How long one call may wait for the cluster (a leader election takes a
     /// few seconds) before it fails as [`StreamError::Unavailable`].
     pub timeout: Duration,
+    /// Who the store is to the servers.
+    pub credentials: Credentials,
+}
+
+/// How the store authenticates to the servers.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub enum Credentials {
+    /// As the servers let anyone in.
+    #[default]
+    None,
+    /// A token.
+    Token(String),
+    /// A user and password.
+    UserPassword {
+        /// The user.
+        user: String,
+        /// Its password.
+        password: String,
+    },
+}
+
+impl std::fmt::Debug for Credentials {
+    /// Never the secrets: settings end up in logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::None => f.write_str("None"),
+            Credentials::Token(_) => f.write_str("Token(..)"),
+            Credentials::UserPassword { user, .. } => write!(f, "UserPassword {{ user: {user:?}, .. }}"),
+        }
+    }
 }
 
 impl NatsSettings {
     /// The settings for `servers`, with three replicas and the prefix `weir`.
     pub fn new(servers: Vec<String>) -> NatsSettings {
-        NatsSettings { servers, replicas: 3, prefix: "weir".to_owned(), timeout: Duration::from_secs(10) }
+        NatsSettings {
+            servers,
+            replicas: 3,
+            prefix: "weir".to_owned(),
+            timeout: Duration::from_secs(10),
+            credentials: Credentials::None,
+        }
     }
 }
 
@@ -173,6 +209,13 @@ const WAIT_SLICE: Duration = Duration::from_millis(50);
 /// Within this long, a message id published again is stored once.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
+/// Whether `url` is a server address the client can connect to
+/// (`nats://host:port` or `tls://host:port`).
+pub fn is_server_address(url: &str) -> bool {
+    let scheme = ["nats://", "tls://"].iter().any(|s| url.starts_with(s));
+    scheme && url.parse::<async_nats::ServerAddr>().is_ok()
+}
+
 /// A name as one NATS token: `_` becomes `__` and `.` becomes `_d` (stream
 /// and consumer names have only `a-z A-Z 0-9 _ . -`), so the mapping is
 /// one to one and reversible.
@@ -201,6 +244,21 @@ fn unavailable(stream: &str, e: impl std::fmt::Display) -> StreamError {
     StreamError::Unavailable { stream: stream.to_owned(), reason: e.to_string() }
 }
 
+/// Waits for `f` on `runtime`, from any thread: in async code (where tokio
+/// refuses to block a thread) through `block_in_place` on a multi-threaded
+/// runtime, else on a thread of its own.
+fn block_on<T: Send>(runtime: &tokio::runtime::Handle, f: impl Future<Output = T> + Send) -> T {
+    use tokio::runtime::RuntimeFlavor;
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Err(_) => runtime.block_on(f),
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(|| runtime.block_on(f)),
+        Ok(_) => std::thread::scope(|scope| match scope.spawn(|| runtime.block_on(f)).join() {
+            Ok(value) => value,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }),
+    }
+}
+
 /// A consumer's position as the positions bucket keeps it (decimal text).
 fn read_position(stream: &str, consumer: &str, value: &[u8]) -> Result<u64, StreamError> {
     std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()).ok_or_else(|| {
@@ -217,13 +275,17 @@ impl NatsStreams {
     /// `runtime` runs the client; it must be multi-threaded.
     pub fn connect(settings: NatsSettings, runtime: tokio::runtime::Handle) -> Result<NatsStreams, ConnectError> {
         let failed = |reason: String| ConnectError { servers: settings.servers.join(","), reason };
-        let (client, js, descriptions, positions) = runtime.block_on(async {
+        let options = match &settings.credentials {
+            Credentials::None => async_nats::ConnectOptions::new(),
+            Credentials::Token(token) => async_nats::ConnectOptions::with_token(token.clone()),
+            Credentials::UserPassword { user, password } => {
+                async_nats::ConnectOptions::with_user_and_password(user.clone(), password.clone())
+            }
+        };
+        let (client, js, descriptions, positions) = block_on(&runtime, async {
             let client = tokio::time::timeout(
                 settings.timeout,
-                async_nats::ConnectOptions::new()
-                    .name("weir")
-                    .retry_on_initial_connect()
-                    .connect(settings.servers.clone()),
+                options.name("weir").retry_on_initial_connect().connect(settings.servers.clone()),
             )
             .await
             .map_err(|_| failed(format!("no server answered within {:?}", settings.timeout)))?
@@ -268,8 +330,25 @@ impl NatsStreams {
         })
     }
 
+    /// Creates each of `streams` the cluster does not hold yet (a manifest's
+    /// streams, on every host that starts with it); one that exists is kept
+    /// as it is, as on the disk store, where resharding through the API wins.
+    pub fn ensure(&self, streams: &[StreamSettings]) -> Result<(), StreamError> {
+        for stream in streams {
+            match self.create(stream.clone()) {
+                Ok(()) | Err(StreamError::AlreadyExists(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     /// Runs `f` on the store's runtime and waits for it, at most the timeout.
-    fn wait<T>(&self, stream: &str, f: impl Future<Output = Result<T, StreamError>>) -> Result<T, StreamError> {
+    fn wait<T: Send>(
+        &self,
+        stream: &str,
+        f: impl Future<Output = Result<T, StreamError>> + Send,
+    ) -> Result<T, StreamError> {
         let timeout = self.settings.timeout;
         let bounded = async move {
             match tokio::time::timeout(timeout, f).await {
@@ -277,10 +356,7 @@ impl NatsStreams {
                 Err(_) => Err(unavailable(stream, format!("the cluster did not answer within {timeout:?}"))),
             }
         };
-        match tokio::runtime::Handle::try_current() {
-            Ok(_) => tokio::task::block_in_place(|| self.runtime.block_on(bounded)),
-            Err(_) => self.runtime.block_on(bounded),
-        }
+        block_on(&self.runtime, bounded)
     }
 
     fn shard_stream(&self, stream: &str, shard: u32) -> String {

@@ -11,7 +11,7 @@ pub mod units;
 pub use diagnostic::{Diagnostic, Diagnostics, SourceFile};
 pub use pipeline::{
     Api, DeadLetter, DeliverySpec, DirGrant, ErrorPolicy, FailedBatch, FileFormat, Grants, Limits, OutputLimits,
-    Pipeline, SinkSpec, Source, StageSpec, StreamSpec, Target, Transform, Uses, load,
+    Pipeline, SinkSpec, Source, StageSpec, Storage, StreamSpec, Target, Transform, Uses, load,
 };
 pub use plugin::{PluginManifest, Resource, World};
 pub use units::Name;

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::dedup::{DedupSpec, DedupStore};
 use crate::delivery::{Delivery, DeliveryStatus};
-use crate::manifest::{DeadLetter, Pipeline, Target};
+use crate::manifest::{DeadLetter, Pipeline, Storage, Target};
 use crate::metrics::Seconds;
 use crate::notify::Channels;
 use crate::plugin::{
@@ -25,7 +25,7 @@ use crate::stage::{DeadLetters, StageHandle, StageOutput, StageStatus};
 use crate::state::StateStore;
 use crate::stream::{
     Appended, DEFAULT_CAPACITY, DEFAULT_FSYNC_INTERVAL, DiskStreamSpec, DiskStreams, FileSyncer, FsyncPolicy,
-    NewRecord, StoredRecord, StreamError, StreamStore, shard_id,
+    NewRecord, StoredRecord, StreamError, StreamSettings, StreamStore, shard_id,
 };
 
 pub mod dlq;
@@ -70,6 +70,12 @@ pub enum StartError {
     /// The state database could not be opened.
     #[error(transparent)]
     State(#[from] crate::state::StateError),
+    /// The NATS cluster of `[storage]` cannot be reached or set up.
+    #[error("[storage]: {0}")]
+    Nats(#[from] weir_nats::ConnectError),
+    /// The NATS backend runs its client on the host's runtime, which could not start.
+    #[error("[storage] the NATS client's runtime cannot start: {0}")]
+    NoRuntime(std::io::Error),
     /// A stage thread could not start.
     #[error("cannot start stage `{stage}`: {source}")]
     Thread {
@@ -280,9 +286,23 @@ impl Host {
     ) -> Result<Arc<Host>, StartError> {
         let HostOptions { clock, store } = options;
         let specs: Vec<DiskStreamSpec> = pipeline.streams.iter().map(|s| s.storage.clone()).collect();
-        let streams_dir = pipeline.data_dir.join("streams");
-        let disk: Arc<dyn StreamStore> =
-            Arc::new(DiskStreams::open_with_clock(&streams_dir, &specs, Arc::new(FileSyncer), clock.clone())?);
+        let disk: Arc<dyn StreamStore> = match &pipeline.storage {
+            Storage::Local => {
+                let streams_dir = pipeline.data_dir.join("streams");
+                Arc::new(DiskStreams::open_with_clock(&streams_dir, &specs, Arc::new(FileSyncer), clock.clone())?)
+            }
+            Storage::Nats(settings) => {
+                let runtime = crate::io::handle().map_err(StartError::NoRuntime)?.clone();
+                let nats = weir_nats::NatsStreams::connect(settings.clone(), runtime)?;
+                let declared: Vec<StreamSettings> = specs
+                    .iter()
+                    .map(|s| StreamSettings { name: s.name.clone(), retention: s.retention, shards: s.shards })
+                    .collect();
+                nats.ensure(&declared)?;
+                tracing::info!(servers = ?settings.servers, replicas = settings.replicas, "streams are kept on NATS");
+                Arc::new(nats)
+            }
+        };
         // Streams that declare an identity store each record once (every way in goes through this).
         let identities: Vec<(String, DedupSpec)> =
             pipeline.streams.iter().filter_map(|s| Some((s.name.to_string(), s.deduplicate.clone()?))).collect();

@@ -34,7 +34,19 @@ pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
     let base = path.parent().unwrap_or(Path::new(".")).to_owned();
     let doc = Document::parse(source.clone(), &text, &mut diags);
     doc.check_top_level(
-        &["pipeline", "api", "sources", "streams", "stages", "sinks", "delivery", "reference", "tables", "channels"],
+        &[
+            "pipeline",
+            "api",
+            "storage",
+            "sources",
+            "streams",
+            "stages",
+            "sinks",
+            "delivery",
+            "reference",
+            "tables",
+            "channels",
+        ],
         &mut diags,
     );
     let pipeline = match doc.get("pipeline") {
@@ -154,6 +166,9 @@ pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
             None
         }
     });
+    let raw_storage = parts[0].doc.single::<super::storage::RawStorage>("storage", &mut diags);
+    let storage = raw_storage.as_ref().and_then(|raw| super::storage::storage(&source, raw, &mut diags));
+    let backend = raw_storage.as_ref().and_then(|r| r.backend.as_ref()).map_or(Default::default(), |b| *b.get_ref());
     let data_dir = pipeline.as_ref().map(|p| match &p.data_dir {
         Some(dir) => base.join(dir),
         None => base.join(".weir").join(p.name.as_str()),
@@ -207,6 +222,7 @@ pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
             references: &reference_names,
             tables: &table_names,
             channels: &channel_names,
+            backend,
         };
         for sink in part.doc.entries::<RawSink>("sinks", &mut diags) {
             if stream_names.contains(&sink.name) {
@@ -251,13 +267,14 @@ pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
     }
     check_cycles(&stage_specs, &output_spans, &mut diags);
 
-    match (pipeline, api, data_dir) {
-        (Some(p), Some(api), Some(data_dir)) if diags.is_empty() => Ok(Pipeline {
+    match (pipeline, api, data_dir, storage) {
+        (Some(p), Some(api), Some(data_dir), Some(storage)) if diags.is_empty() => Ok(Pipeline {
             name: p.name,
             description: p.description,
             path: path.to_owned(),
             data_dir,
             api,
+            storage,
             sources,
             streams,
             stages: stage_specs,
@@ -416,6 +433,8 @@ pub(super) struct Checker<'a> {
     pub(super) references: &'a BTreeSet<&'a Name>,
     pub(super) tables: &'a BTreeSet<&'a Name>,
     pub(super) channels: &'a BTreeSet<&'a Name>,
+    /// Where streams are kept: the disk's settings mean nothing elsewhere.
+    pub(super) backend: super::Backend,
 }
 
 pub(super) fn one_of(names: &BTreeSet<&Name>) -> String {
@@ -485,6 +504,28 @@ impl Checker<'_> {
     }
 
     pub(super) fn stream_spec(&self, name: Name, raw: &RawStream, diags: &mut Diagnostics) -> Option<StreamSpec> {
+        if self.backend == super::Backend::Nats {
+            let syncing = "remove it: with [storage] backend = \"nats\", the NATS servers sync (their sync_interval)";
+            let disk_only = [
+                raw.fsync.as_ref().map(|f| ("fsync", f.span(), syncing)),
+                raw.fsync_interval.as_ref().map(|f| ("fsync-interval", f.span(), syncing)),
+                raw.segment_size.as_ref().map(|s| ("segment-size", s.span(), "remove it: NATS keeps its own files")),
+            ];
+            for (key, span, help) in disk_only.into_iter().flatten() {
+                diags.push(
+                    self.at(span, format!("[streams.{name}] {key} is a setting of the local disk store")).help(help),
+                );
+            }
+            if raw.write_limit.is_some() || raw.max_size.is_some() {
+                diags.push(
+                    self.at(
+                        raw.shards.span(),
+                        format!("[streams.{name}] write-limit and max-size are not kept on the NATS backend yet"),
+                    )
+                    .help("remove them, or keep this pipeline's streams on the local disk"),
+                );
+            }
+        }
         let fsync = self.fsync(raw, diags);
         let retention = match &raw.retention {
             None => Some(DEFAULT_RETENTION),

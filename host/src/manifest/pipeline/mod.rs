@@ -20,6 +20,15 @@
 //! max-connections = 1024              # the default: connections served at once
 //! header-read-timeout = "30s"         # the default: a client slower with its headers is cut off
 //!
+//! [storage]                           # where streams are kept: on the local disk (the default), or
+//! backend = "nats"                    # on a NATS JetStream cluster, shared by every host started with
+//! servers = ["nats://127.0.0.1:4222"] # this manifest; a shard is a JetStream stream kept on `replicas`
+//! replicas = 3                        # servers (the default); names start with `prefix` ("weir");
+//! token-env = "NATS_TOKEN"            # credentials: token(-env), or user with password(-env);
+//! timeout = "10s"                     # a call waits this long for the cluster (the default). The streams'
+//!                                     # fsync, segment, capacity and write-limit settings are the disk's:
+//!                                     # with NATS, set sync_interval on the servers
+//!
 //! [sources.toll-http]
 //! kind = "http"                       # records are put through the HTTP API
 //! stream = "toll-lines"
@@ -120,6 +129,8 @@ mod raw;
 mod resources;
 mod spec;
 mod stage;
+mod storage;
 
 pub use load::load;
 pub use spec::*;
+pub use storage::{Backend, Storage};

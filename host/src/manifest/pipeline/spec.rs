@@ -98,6 +98,8 @@ pub struct Pipeline {
     pub data_dir: PathBuf,
     /// `[api]`
     pub api: Api,
+    /// `[storage]`
+    pub storage: super::Storage,
     /// `[sources.*]`
     pub sources: Vec<Source>,
     /// `[streams.*]`
