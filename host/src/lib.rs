@@ -33,6 +33,8 @@ pub mod state;
 pub mod swap;
 pub mod warehouse;
 
+/// The streams on a NATS JetStream cluster (the `weir-nats` crate).
+pub use weir_nats as nats;
 pub use weir_plugin as plugin;
 /// The streams (the `weir-stream` crate).
 pub use weir_stream as stream;

