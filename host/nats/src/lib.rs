@@ -202,6 +202,9 @@ fn parse_time_ms(text: &str) -> Option<i64> {
 /// a stored record can come before the stored record is readable.
 const WAIT_SLICE: Duration = Duration::from_millis(50);
 
+/// Most records of one atomic batch (the servers take up to 1000).
+const ATOMIC_BATCH: usize = 500;
+
 /// Within this long, a message id published again is stored once.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
@@ -500,6 +503,29 @@ impl NatsStreams {
         let deadline = Instant::now() + self.settings.timeout * 3 / 4;
         let mut delay = Duration::from_millis(20);
         let mut described = self.described(stream).await?;
+        // First each shard's records as atomic batches (one entry of the shard's log,
+        // one sync per server); what a batch did not store goes one by one below.
+        let mut by_shard: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+        for (i, record) in records.iter().enumerate().filter(|(i, _)| results[*i].is_none()) {
+            let hash = record.explicit_hash_key.unwrap_or_else(|| weir_stream::hash_key(&record.key));
+            if let Some(shard) = described.owner(hash) {
+                by_shard.entry(shard).or_default().push(i);
+            }
+        }
+        for (shard, places) in by_shard {
+            for chunk in places.chunks(ATOMIC_BATCH).filter(|c| c.len() > 1) {
+                match self.publish_atomically(stream, shard, chunk, &ids, &payloads).await {
+                    Ok(first) => {
+                        for (k, &i) in chunk.iter().enumerate() {
+                            results[i] = Some(Ok(Appended { shard, sequence: first + k as u64 }));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(stream, shard, error = %e, "an atomic batch was not stored; its records go one by one")
+                    }
+                }
+            }
+        }
         loop {
             let outstanding: Vec<usize> = (0..records.len()).filter(|&i| results[i].is_none()).collect();
             let mut acks = Vec::with_capacity(outstanding.len());
@@ -548,6 +574,50 @@ impl NatsStreams {
             }
         }
         Ok(results.into_iter().map(|r| r.unwrap_or_else(|| Err(unavailable(stream, "not stored")))).collect())
+    }
+
+    /// Publishes the records at `places` (of one shard) as one atomic batch:
+    /// all stored, in order, or none. Returns the first one's position. Each
+    /// keeps its message id, so a record sent again alone after a batch whose
+    /// answer was lost is found stored, not stored twice.
+    async fn publish_atomically(
+        &self,
+        stream: &str,
+        shard: u32,
+        places: &[usize],
+        ids: &[String],
+        payloads: &[Bytes],
+    ) -> Result<u64, String> {
+        let subject = self.shard_subject(stream, shard);
+        let batch = format!("{}-{}", self.store_id, self.published.fetch_add(1, Ordering::Relaxed));
+        let mut commit = None;
+        for (k, &i) in places.iter().enumerate() {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Batch-Id", batch.as_str());
+            headers.insert("Nats-Batch-Sequence", (k + 1).to_string().as_str());
+            headers.insert("Nats-Msg-Id", ids[i].as_str());
+            headers.insert("Nats-Expected-Stream", self.shard_stream(stream, shard).as_str());
+            if k + 1 == places.len() {
+                headers.insert("Nats-Batch-Commit", "1");
+                commit = Some(self.client.request_with_headers(subject.clone(), headers, payloads[i].clone()));
+            } else {
+                let sent = self.client.publish_with_headers(subject.clone(), headers, payloads[i].clone()).await;
+                sent.map_err(|e| e.to_string())?;
+            }
+        }
+        // Not the whole timeout: what the batch did not store is still sent one by one.
+        let answered = tokio::time::timeout(self.settings.timeout / 4, commit.ok_or("an empty batch")?).await;
+        let answer =
+            answered.map_err(|_| "the batch was not answered in time".to_owned())?.map_err(|e| e.to_string())?;
+        let ack: serde_json::Value = serde_json::from_slice(&answer.payload).map_err(|e| e.to_string())?;
+        if let Some(error) = ack.get("error") {
+            return Err(error.to_string());
+        }
+        let (last, count) = (ack["seq"].as_u64(), ack["count"].as_u64());
+        match (last, count) {
+            (Some(last), Some(count)) if count == places.len() as u64 && last >= count => Ok(last - count),
+            _ => Err(format!("the batch's answer does not say where it went: {ack}")),
+        }
     }
 
     /// The next `count` records of a shard from `from`: a batch direct get,
@@ -654,6 +724,7 @@ impl NatsStreams {
             max_age: retention,
             duplicate_window: DUPLICATE_WINDOW.min(retention),
             allow_direct: true,
+            allow_atomic_publish: true,
             republish,
             ..Default::default()
         }

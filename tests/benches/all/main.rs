@@ -12,6 +12,7 @@
 mod hot_swap;
 mod kinesis;
 mod languages;
+mod nats;
 mod streams;
 mod table;
 mod toll_etl;
@@ -38,7 +39,7 @@ type Suite = fn(Size, &mut Report);
 
 /// The suites in the order they run. `windows` comes first: it measures the
 /// resident memory of window state, best done before anything else was allocated.
-const SUITES: [(&str, Suite); 7] = [
+const SUITES: [(&str, Suite); 8] = [
     ("windows", windows::run),
     ("toll_etl", toll_etl::run),
     ("streams", streams::run),
@@ -46,6 +47,7 @@ const SUITES: [(&str, Suite); 7] = [
     ("hot_swap", hot_swap::run),
     ("warehouse", warehouse::run),
     ("languages", languages::run),
+    ("nats", nats::run),
 ];
 
 fn main() {
