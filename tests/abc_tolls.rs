@@ -383,12 +383,17 @@ fn append_to_logs(logs: &std::path::Path, lines: &[weir_host::simulate::TollLine
 
 /// Waits until `toll-lines` holds `lines` records and every stage has read its input.
 async fn ingested(host: &TestHost, lines: usize) {
+    ingested_at_least(host, lines).await;
+    caught_up(host).await;
+}
+
+/// Waits until the lines' stream holds `lines` records.
+async fn ingested_at_least(host: &TestHost, lines: usize) {
     let deadline = Instant::now() + Duration::from_secs(120);
     while host.host.status().streams.get("toll-lines").copied().unwrap_or(0) < lines as u64 {
         assert!(Instant::now() < deadline, "the agent sent {:?} of {lines} lines", host.host.status().streams);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    caught_up(host).await;
 }
 
 /// An aggregator stage's watermark; `i64::MIN` before its first.
@@ -489,17 +494,38 @@ async fn showcase_with(extra: &str) -> (TestHost, std::path::PathBuf) {
 /// passed must give exactly the oracle's messages and totals, with nothing late.
 async fn the_agent_path_matches_the_oracle(seed: u64) {
     let (host, out) = showcase().await;
-    agent_path_matches_the_oracle(seed, host, out).await;
+    agent_path_matches_the_oracle(seed, host, out, None).await;
 }
 
 /// [`the_agent_path_matches_the_oracle`] on `host`, whose `out` folder gets the station logs.
-async fn agent_path_matches_the_oracle(seed: u64, host: TestHost, out: std::path::PathBuf) {
+/// With `nats`, the cluster keeping its streams: the server leading the lines' shard is
+/// killed (SIGKILL) once a third of the day is in, and started again once all of it is.
+async fn agent_path_matches_the_oracle(
+    seed: u64,
+    host: TestHost,
+    out: std::path::PathBuf,
+    nats: Option<&mut weir_tests::nats::NatsCluster>,
+) {
     let day = weir_host::simulate::generate_day(seed, DAY);
     weir_host::simulate::write_logs(&day, &out.join("stations")).expect("the station logs");
     let agent_dir = tempfile::tempdir().expect("tempdir");
     let agent = start_shipped_agent(agent_dir.path(), &out, &host.url);
+    let killed = match nats {
+        Some(cluster) => {
+            ingested_at_least(&host, day.len() / 3).await;
+            let leader = cluster.stream_leader("weir-toll-lines-0").await.expect("the lines' shard has a leader");
+            let node = cluster.node(&leader).expect("the leader is a node");
+            cluster.kill(node);
+            Some((cluster, node))
+        }
+        None => None,
+    };
     ingested(&host, day.len()).await;
     agent.stop().await;
+    if let Some((cluster, node)) = killed {
+        cluster.start_node(node);
+        cluster.wait_for_leader(Duration::from_secs(60), None).await;
+    }
 
     let (got, expected) = settled(&host, &day).await;
     assert!(expected.billing.len() > 5 && expected.traffic.len() > 5, "seed {seed}: the day has something to find");
@@ -530,14 +556,15 @@ async fn the_agent_path_matches_the_oracle_seed_2026() {
 }
 
 /// The same pipeline, unchanged but for `[storage]`, with its streams on a
-/// three-node NATS JetStream cluster: the same exact result.
+/// three-node NATS JetStream cluster, one of which is killed mid-day: the same
+/// exact result.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_agent_path_on_a_nats_cluster_matches_the_oracle() {
-    let cluster = weir_tests::nats::NatsCluster::start(3).await;
+async fn the_agent_path_on_a_nats_cluster_losing_a_node_matches_the_oracle() {
+    let mut cluster = weir_tests::nats::NatsCluster::start(3).await;
     let servers: Vec<String> = cluster.servers().iter().map(|s| format!("{s:?}")).collect();
     let storage = format!("\n[storage]\nbackend = \"nats\"\nservers = [{}]\n", servers.join(", "));
     let (host, out) = showcase_with(&storage).await;
-    agent_path_matches_the_oracle(7, host, out).await;
+    agent_path_matches_the_oracle(7, host, out, Some(&mut cluster)).await;
 }
 
 /// A station's server offline for two hours: the other eleven logs go on, the idle
