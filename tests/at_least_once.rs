@@ -87,6 +87,21 @@ async fn a_checkpoint_that_cannot_be_written_keeps_the_position_and_is_retried_u
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_cannot_be_read_for_now_is_read_again_not_a_stopped_stage() {
+    let (options, store) = faulty();
+    let host = TestHost::start_with(tempfile::tempdir().expect("tempdir"), UPPER, "127.0.0.1:0", options)
+        .await
+        .expect("start");
+    store.get().expect("the faulty store").unavailable_reads(3);
+    host.host.put("in", vec![record("a", None), record("b", None), record("c", None)], Producer::Native).expect("put");
+    host.wait_until("the checkpoint past the records", |s| checkpoint(s, "upper") == 3).await;
+    let status = host.host.status();
+    assert!(error_of(&status, "upper").contains("cannot be reached now"), "{:?}", stage(&status, "upper"));
+    assert_ne!(stage(&status, "upper").phase, Phase::Stopped);
+    assert_eq!(lines(&host.path("out.jsonl")), vec!["A", "B", "C"], "each once, in order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_registration_is_retried_never_read_as_position_zero() {
     let arm = Arc::new(AtomicU32::new(0));
     let armed = arm.clone();

@@ -309,6 +309,8 @@ impl<O: Operator> Driver<O> {
         self.stats.set_phase(Phase::Running);
         let input = self.spec.input.clone();
         let (mut next_shard, mut tries) = (0usize, 0u32);
+        // Reads in a row the store could not answer for now (a networked store's election).
+        let mut unavailable = 0u32;
         loop {
             // A batch boundary: swaps and rollbacks happen here, never inside a batch.
             while let Ok((command, reply)) = requests.try_recv() {
@@ -393,8 +395,18 @@ impl<O: Operator> Driver<O> {
             next_shard = shard + 1;
             let records = match self.read_batch(&mut positions, shard) {
                 Ok(records) => records,
+                // Nothing was read: the same position is read again after a backoff.
+                Err(e @ StreamError::Unavailable { .. }) => {
+                    unavailable += 1;
+                    tracing::warn!(error = %e, tries = unavailable, "the input stream cannot be read now; it is read again");
+                    self.stats.set_error(format!("reading the input stream failed: {e}"));
+                    self.back_off(unavailable + 1);
+                    next_shard = shard;
+                    continue;
+                }
                 Err(e) => return self.stop(&format!("reading the input stream failed: {e}")),
             };
+            unavailable = 0;
             let Some(next) = records.last().map(|r| r.sequence + 1) else { continue };
             // KPL aggregates come apart into their user records; broken ones are set aside.
             let (records, units) = match self.unpack(records) {

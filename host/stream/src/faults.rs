@@ -19,6 +19,7 @@ pub struct FaultyStore {
     checkpoints: AtomicU32,
     registrations: AtomicU32,
     reads: AtomicU32,
+    unavailable_reads: AtomicU32,
     /// Microseconds every other checkpoint waits before it is written.
     checkpoint_jitter_us: AtomicU64,
     checkpoint_calls: AtomicU64,
@@ -35,6 +36,7 @@ impl FaultyStore {
             checkpoints: AtomicU32::new(0),
             registrations: AtomicU32::new(0),
             reads: AtomicU32::new(0),
+            unavailable_reads: AtomicU32::new(0),
             checkpoint_jitter_us: AtomicU64::new(0),
             checkpoint_calls: AtomicU64::new(0),
             written: Mutex::default(),
@@ -74,6 +76,12 @@ impl FaultyStore {
         self.reads.store(n, Ordering::SeqCst);
     }
 
+    /// The next `n` reads answer that the store cannot be reached now, as a
+    /// networked store does while its servers elect a leader.
+    pub fn unavailable_reads(&self, n: u32) {
+        self.unavailable_reads.store(n, Ordering::SeqCst);
+    }
+
     /// Whether the next call counted by `counter` fails (and counts it).
     fn fails(counter: &AtomicU32) -> bool {
         counter.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
@@ -97,6 +105,9 @@ impl StoreLayer for FaultyStore {
     fn read(&self, stream: &str, shard: u32, from: u64, max: usize) -> Result<Vec<StoredRecord>, StreamError> {
         if Self::fails(&self.reads) {
             return Err(Self::injected(stream));
+        }
+        if Self::fails(&self.unavailable_reads) {
+            return Err(StreamError::Unavailable { stream: stream.to_owned(), reason: "an injected election".into() });
         }
         self.inner.read(stream, shard, from, max)
     }
