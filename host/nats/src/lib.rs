@@ -202,6 +202,10 @@ fn parse_time_ms(text: &str) -> Option<i64> {
 /// a stored record can come before the stored record is readable.
 const WAIT_SLICE: Duration = Duration::from_millis(50);
 
+/// Longest a store waits at its start for a cluster that has just started
+/// (its servers coming online, its buckets electing their leaders).
+const STARTING_CLUSTER: Duration = Duration::from_secs(60);
+
 /// Most records of one atomic batch (the servers take up to 1000).
 const ATOMIC_BATCH: usize = 500;
 
@@ -301,8 +305,8 @@ impl NatsStreams {
             for name in ["streams", "positions"] {
                 let name = format!("{}-{name}", settings.prefix);
                 // A cluster that just started may not have all its servers online yet: its
-                // first bucket waits for them, within the timeout.
-                let deadline = Instant::now() + settings.timeout;
+                // first bucket waits for them.
+                let deadline = Instant::now() + STARTING_CLUSTER;
                 let store = loop {
                     let made = match js.get_key_value(&name).await {
                         Ok(store) => Ok(store),
@@ -323,6 +327,16 @@ impl NatsStreams {
             }
             let positions = buckets.pop().ok_or_else(|| failed("no positions bucket".to_owned()))?;
             let descriptions = buckets.pop().ok_or_else(|| failed("no streams bucket".to_owned()))?;
+            // A bucket just made answers once its servers have elected its leader: wait for that.
+            let deadline = Instant::now() + STARTING_CLUSTER;
+            for bucket in [&descriptions, &positions] {
+                while let Err(e) = bucket.get("weir-ready").await {
+                    if Instant::now() >= deadline {
+                        return Err(failed(format!("its buckets do not answer: {e}")));
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
             Ok::<_, ConnectError>((client, js, descriptions, positions))
         })?;
         let store_id = format!("{:016x}{:08x}", now_ms() as u64, std::process::id());
