@@ -3,7 +3,9 @@
 //! what only a cluster can show: a second host reads and is woken by what the
 //! first wrote, positions outlive the store that wrote them, and killing the
 //! node that leads a shard while producers write loses no acknowledged record
-//! and stores none twice.
+//! and stores none twice. And how hosts share a consumer's shards by lease:
+//! balanced, taken from a host that stopped renewing, fenced so that the host
+//! that lost a lease cannot checkpoint it, let go of at once on a drain.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -13,8 +15,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use weir_host::nats::{NatsSettings, NatsStreams};
 use weir_host::stream::{
-    DiskStreams, FileSyncer, NewRecord, Reshard, StoredRecord, StreamError, StreamSettings, StreamStore, hash_key,
-    shard_end,
+    Claim, DiskStreams, FileSyncer, NewRecord, Reshard, Sharing, StoredRecord, StreamError, StreamSettings,
+    StreamStore, hash_key, shard_end,
 };
 use weir_tests::nats::NatsCluster;
 
@@ -311,4 +313,87 @@ fn killing_the_node_leading_a_shard_while_producers_write_loses_and_repeats_noth
     // The killed node rejoins.
     cluster.start_node(node);
     runtime.block_on(cluster.wait_for_leader(Duration::from_secs(60), None));
+}
+
+/// Until `done` holds, asking again every 100 ms; panics with `what` after `within`.
+fn wait_until(within: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn held(claim: &Claim) -> Vec<u32> {
+    claim.held.iter().enumerate().filter(|(_, h)| **h).map(|(s, _)| s as u32).collect()
+}
+
+#[test]
+fn hosts_share_shards_by_lease_and_a_host_that_lost_one_cannot_checkpoint_it() {
+    let runtime = runtime();
+    let cluster = runtime.block_on(NatsCluster::start(3));
+    let lease_timeout = Duration::from_secs(2);
+    let host = |name: &str| {
+        let mut settings = NatsSettings::new(cluster.servers());
+        settings.host = name.to_owned();
+        settings.lease_timeout = lease_timeout;
+        NatsStreams::connect(settings, runtime.handle().clone()).unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()))
+    };
+    let (a, b) = (host("host-a"), host("host-b"));
+    a.create(settings("lines", 4)).expect("create");
+    let claim = |store: &NatsStreams, consumer: &str, sharing| {
+        store.claim("lines", consumer, 4, sharing).unwrap_or_else(|e| panic!("{}: claim: {e}", store.host()))
+    };
+    assert_eq!(held(&claim(&a, "etl", Sharing::Shards)), vec![0, 1, 2, 3], "a host alone reads every shard");
+
+    // A second host joins: within a few rounds each reads two, and every shard is read by one.
+    wait_until(Duration::from_secs(30), "two shards each", || {
+        let (ca, cb) = (claim(&a, "etl", Sharing::Shards), claim(&b, "etl", Sharing::Shards));
+        held(&ca).len() == 2 && held(&cb).len() == 2 && ca.held.iter().zip(&cb.held).all(|(x, y)| x != y)
+    });
+    let b_shard = held(&claim(&b, "etl", Sharing::Shards))[0];
+    b.checkpoint("lines", b_shard, "etl", 5).expect("the holder checkpoints");
+    assert_eq!(
+        claim(&b, "etl", Sharing::Shards).holders[b_shard as usize].as_deref(),
+        Some("host-b"),
+        "the claim names the holder"
+    );
+
+    // b freezes (it stops renewing): after the lease timeout, a takes its shards, with their positions.
+    wait_until(Duration::from_secs(30), "a takes the shards b stopped renewing", || {
+        held(&claim(&a, "etl", Sharing::Shards)).len() == 4
+    });
+    assert_eq!(a.register_consumer("lines", b_shard, "etl"), Ok(5), "the shard goes on from b's last checkpoint");
+    // b wakes: its checkpoint is refused, and written nowhere.
+    assert!(
+        matches!(b.checkpoint("lines", b_shard, "etl", 9), Err(StreamError::LeaseLost { shard, .. }) if shard == b_shard),
+        "a host that lost its lease cannot checkpoint the shard"
+    );
+    assert_eq!(a.register_consumer("lines", b_shard, "etl"), Ok(5), "the refused checkpoint changed nothing");
+    let woken = claim(&b, "etl", Sharing::Shards);
+    assert!(held(&woken).len() < 4, "b does not read the shards a holds: {woken:?}");
+    a.checkpoint("lines", b_shard, "etl", 6).expect("the new holder checkpoints");
+
+    // Both drain and let go (b took a lease back to balance when it woke): a host that
+    // never saw these leases takes all four at once, which it would not if they had
+    // only stopped (it would count them alive for the timeout).
+    a.release("lines", "etl").expect("release");
+    b.release("lines", "etl").expect("release");
+    let c = host("host-c");
+    assert_eq!(held(&claim(&c, "etl", Sharing::Shards)), vec![0, 1, 2, 3], "released leases are free at once");
+    assert_eq!(c.register_consumer("lines", b_shard, "etl"), Ok(6), "with their positions");
+
+    // A consumer read whole (its state on its host's disk) stays with its host past the timeout.
+    assert_eq!(held(&claim(&a, "billing", Sharing::Whole)).len(), 4);
+    let until = Instant::now() + lease_timeout * 2;
+    while Instant::now() < until {
+        let other = claim(&b, "billing", Sharing::Whole);
+        assert!(held(&other).is_empty(), "a whole consumer never moves by a timeout: {other:?}");
+        assert_eq!(other.holders[0].as_deref(), Some("host-a"));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    a.release("lines", "billing").expect("release");
+    wait_until(Duration::from_secs(10), "b takes the whole consumer a let go of", || {
+        held(&claim(&b, "billing", Sharing::Whole)).len() == 4
+    });
 }

@@ -47,12 +47,13 @@ use futures_util::StreamExt as _;
 use weir_stream::names::{self, NameKind};
 use weir_stream::reshard::{self, ShardRange};
 use weir_stream::{
-    Appended, Lineage, NewRecord, Reshard, ShardInfo, StoredRecord, StreamError, StreamInfo, StreamSettings,
-    StreamStore,
+    Appended, Claim, Lineage, NewRecord, Reshard, ShardInfo, Sharing, StoredRecord, StreamError, StreamInfo,
+    StreamSettings, StreamStore,
 };
 
 pub mod dev;
 mod envelope;
+mod lease;
 
 /// How a store reaches its cluster.
 #[derive(Debug, Clone)]
@@ -70,6 +71,13 @@ pub struct NatsSettings {
     pub timeout: Duration,
     /// Who the store is to the servers.
     pub credentials: Credentials,
+    /// Who this host is to the others sharing the cluster: the owner named in
+    /// its leases. It must stay the same across restarts (a restarted host
+    /// takes its own leases back at once) and differ between hosts.
+    pub host: String,
+    /// How long a lease whose holder stopped renewing it stays with that
+    /// holder before another host takes it.
+    pub lease_timeout: Duration,
 }
 
 /// How the store authenticates to the servers.
@@ -109,6 +117,8 @@ impl NatsSettings {
             prefix: "weir".to_owned(),
             timeout: Duration::from_secs(10),
             credentials: Credentials::None,
+            host: "weir".to_owned(),
+            lease_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -137,6 +147,7 @@ pub struct NatsStreams {
     /// Makes each record's message id unique: this store's own id, then a counter.
     store_id: String,
     published: AtomicU64,
+    leases: lease::Leases,
 }
 
 /// A stream's description as the cluster keeps it.
@@ -263,9 +274,10 @@ fn block_on<T: Send>(runtime: &tokio::runtime::Handle, f: impl Future<Output = T
 }
 
 /// A consumer's position as the positions bucket keeps it (decimal text).
-fn read_position(stream: &str, consumer: &str, value: &[u8]) -> Result<u64, StreamError> {
-    std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()).ok_or_else(|| {
-        unavailable(stream, format!("the position of consumer `{consumer}` in the cluster is not a number: {value:?}"))
+/// A consumer's position as the cluster keeps it; `None`: the shard's first record.
+fn read_position(stream: &str, consumer: &str, value: &[u8]) -> Result<Option<u64>, StreamError> {
+    lease::Lease::parse(value).map(|l| l.position).ok_or_else(|| {
+        unavailable(stream, format!("the position of consumer `{consumer}` in the cluster is not readable: {value:?}"))
     })
 }
 
@@ -340,7 +352,9 @@ impl NatsStreams {
             Ok::<_, ConnectError>((client, js, descriptions, positions))
         })?;
         let store_id = format!("{:016x}{:08x}", now_ms() as u64, std::process::id());
+        let leases = lease::Leases::new(settings.host.clone(), settings.lease_timeout);
         Ok(NatsStreams {
+            leases,
             runtime,
             client,
             js,
@@ -392,7 +406,12 @@ impl NatsStreams {
     }
 
     fn position_key(stream: &str, shard: u32, consumer: &str) -> String {
-        format!("{}.{shard}.{}", token(stream), token(consumer))
+        lease::shard_key(stream, shard, consumer)
+    }
+
+    /// Who this store is to the other hosts (the owner its leases name).
+    pub fn host(&self) -> &str {
+        self.leases.host()
     }
 
     /// Reads a stream's description from the cluster (and keeps it for routing).
@@ -906,9 +925,10 @@ impl StreamStore for NatsStreams {
         self.wait(stream, async {
             let state = self.shard_state(stream, shard).await?;
             let key = Self::position_key(stream, shard, consumer);
+            let first = state.first_sequence.saturating_sub(1);
             match self.positions.get(key).await.map_err(|e| unavailable(stream, e))? {
-                Some(value) => read_position(stream, consumer, &value),
-                None => Ok(state.first_sequence.saturating_sub(1)),
+                Some(value) => Ok(read_position(stream, consumer, &value)?.unwrap_or(first)),
+                None => Ok(first),
             }
         })
     }
@@ -922,9 +942,19 @@ impl StreamStore for NatsStreams {
         };
         self.wait(stream, async {
             self.shard_state(stream, shard).await?;
-            let key = Self::position_key(stream, shard, consumer);
-            self.positions.put(key, next.to_string().into()).await.map_err(|e| failed(e.to_string()))?;
-            Ok(())
+            match self.leases.checkpoint(&self.positions, stream, shard, consumer, next).await.map_err(failed)? {
+                lease::Fenced::Written => Ok(()),
+                lease::Fenced::Lost => Err(StreamError::LeaseLost {
+                    stream: stream.to_owned(),
+                    shard,
+                    consumer: consumer.to_owned(),
+                }),
+                lease::Fenced::NotLeased => {
+                    let key = lease::shard_key(stream, shard, consumer);
+                    self.positions.put(key, next.to_string().into()).await.map_err(|e| failed(e.to_string()))?;
+                    Ok(())
+                }
+            }
         })
         .map_err(|e| match e {
             StreamError::Unavailable { reason, .. } => failed(reason),
@@ -1050,8 +1080,9 @@ impl StreamStore for NatsStreams {
                 let Some(shard) = shard.parse::<usize>().ok().filter(|&s| s < consumers.len()) else { continue };
                 if let Some(position) = self.positions.get(&key).await.map_err(|e| unavailable(stream, e))? {
                     let consumer = untoken(consumer);
-                    let position = read_position(stream, &consumer, &position)?;
-                    consumers[shard].insert(consumer, position);
+                    if let Some(position) = read_position(stream, &consumer, &position)? {
+                        consumers[shard].insert(consumer, position);
+                    }
                 }
             }
             let mut shards = Vec::with_capacity(description.shards.len());
@@ -1103,6 +1134,21 @@ impl StreamStore for NatsStreams {
                     Err(e) => return Err(unavailable(stream, e)),
                 }
             }
+        })
+    }
+
+    fn claim(&self, stream: &str, consumer: &str, shards: u32, sharing: Sharing) -> Result<Claim, StreamError> {
+        if let Some(claim) = self.leases.cached(stream, consumer, shards, sharing) {
+            return Ok(claim);
+        }
+        self.wait(stream, async {
+            self.leases.claim(&self.positions, stream, consumer, shards, sharing).await.map_err(|e| unavailable(stream, e))
+        })
+    }
+
+    fn release(&self, stream: &str, consumer: &str) -> Result<(), StreamError> {
+        self.wait(stream, async {
+            self.leases.release(&self.positions, stream, consumer).await.map_err(|e| unavailable(stream, e))
         })
     }
 }

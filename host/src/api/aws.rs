@@ -147,7 +147,10 @@ impl From<StreamError> for AwsError {
                 unavailable.set_status(StatusCode::SERVICE_UNAVAILABLE);
                 unavailable
             }
-            StreamError::Failed { .. } | StreamError::Corrupt { .. } | StreamError::CheckpointFailed { .. } => {
+            StreamError::Failed { .. }
+            | StreamError::Corrupt { .. }
+            | StreamError::CheckpointFailed { .. }
+            | StreamError::LeaseLost { .. } => {
                 tracing::error!(error = %e, "stream failure answered as InternalFailure");
                 Self::internal()
             }

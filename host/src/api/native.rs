@@ -82,7 +82,8 @@ impl From<PutError> for ApiError {
                 | StreamError::AlreadyExists(_)
                 | StreamError::InvalidReshard(_)
                 | StreamError::ShardLimit(_)
-                | StreamError::UnknownShard { .. },
+                | StreamError::UnknownShard { .. }
+                | StreamError::LeaseLost { .. },
             ) => (StatusCode::INTERNAL_SERVER_ERROR, "Internal"),
             PutError::Stream(StreamError::Failed { .. } | StreamError::CheckpointFailed { .. }) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "StorageFailed")

@@ -56,6 +56,17 @@ fn render(status: &Value) -> String {
         out.push('\n');
         out.push_str(&table(&plugins));
     }
+    // Hosts sharing the streams: who reads which shard of each stage's input.
+    let mut holders = vec![["stage", "shard", "read by"].map(str::to_owned)];
+    for s in status["stages"].as_array().into_iter().flatten() {
+        for (shard, holder) in s["shard_holders"].as_array().into_iter().flatten().enumerate() {
+            holders.push([text(&s["name"]), crate::stream::shard_id(shard as u32), text(holder)]);
+        }
+    }
+    if holders.len() > 1 {
+        out.push('\n');
+        out.push_str(&table(&holders));
+    }
     let mut streams = vec![["stream", "records", "bytes", "throttled", "duplicates"].map(str::to_owned)];
     for (name, records) in status["streams"].as_object().into_iter().flatten() {
         let puts = &status["puts"][name.as_str()];

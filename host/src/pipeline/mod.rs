@@ -76,6 +76,14 @@ pub enum StartError {
     /// The NATS backend runs its client on the host's runtime, which could not start.
     #[error("[storage] the NATS client's runtime cannot start: {0}")]
     NoRuntime(std::io::Error),
+    /// The host's name for the others sharing the cluster cannot be kept.
+    #[error("[storage] cannot keep this host's name in {path}: {source}; set [storage] host instead")]
+    HostName {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// A stage thread could not start.
     #[error("cannot start stage `{stage}`: {source}")]
     Thread {
@@ -293,13 +301,22 @@ impl Host {
             }
             Storage::Nats(settings) => {
                 let runtime = crate::io::handle().map_err(StartError::NoRuntime)?.clone();
+                let mut settings = settings.clone();
+                if settings.host.is_empty() {
+                    settings.host = host_name(&pipeline.data_dir)?;
+                }
                 let nats = weir_nats::NatsStreams::connect(settings.clone(), runtime)?;
                 let declared: Vec<StreamSettings> = specs
                     .iter()
                     .map(|s| StreamSettings { name: s.name.clone(), retention: s.retention, shards: s.shards })
                     .collect();
                 nats.ensure(&declared)?;
-                tracing::info!(servers = ?settings.servers, replicas = settings.replicas, "streams are kept on NATS");
+                tracing::info!(
+                    servers = ?settings.servers,
+                    replicas = settings.replicas,
+                    host = %settings.host,
+                    "streams are kept on NATS"
+                );
                 Arc::new(nats)
             }
         };
@@ -820,4 +837,30 @@ fn unreachable_sink<T>(name: &str) -> Result<T, StartError> {
         path: PathBuf::from(name),
         source: std::io::Error::new(std::io::ErrorKind::NotFound, "sink not declared"),
     }))
+}
+
+/// This host's name for the others sharing a NATS cluster: made once and kept
+/// in `<data-dir>/host-name`, so that a restarted host takes its own leases
+/// back, and two hosts (two data dirs) never share one.
+fn host_name(data_dir: &std::path::Path) -> Result<String, StartError> {
+    let path = data_dir.join("host-name");
+    let failed = |source| StartError::HostName { path: path.clone(), source };
+    match std::fs::read_to_string(&path) {
+        Ok(name) if !name.trim().is_empty() => return Ok(name.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(failed(e)),
+    }
+    let machine = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".to_owned());
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let name = format!("{machine}-{:08x}", (nanos as u64 ^ u64::from(std::process::id()).rotate_left(32)) as u32);
+    std::fs::create_dir_all(data_dir).map_err(failed)?;
+    let temporary = data_dir.join("host-name.new");
+    std::fs::write(&temporary, &name).map_err(failed)?;
+    std::fs::rename(&temporary, &path).map_err(failed)?;
+    Ok(name)
 }

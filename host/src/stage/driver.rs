@@ -60,7 +60,7 @@ use std::time::{Duration, Instant};
 use super::bisect::{BISECT_BUDGET, FailedBatch, Part, Parts, Settle};
 use super::{Phase, StageHandle, StageStats, backoff_delay};
 use crate::manifest::{ErrorPolicy, StageSpec};
-use crate::stream::{StoredRecord, StreamError, StreamStore, kpl, parents_finished, shard_finished};
+use crate::stream::{Sharing, StoredRecord, StreamError, StreamStore, kpl, parents_finished, shard_finished};
 use crate::swap::{CommandReply, StageCommand};
 
 /// How often a stage with nothing to read looks again (and at a shutdown).
@@ -164,6 +164,14 @@ pub trait Operator: Send + 'static {
     /// The default writes the stream's consumer checkpoint of the shard.
     fn checkpoint(&mut self, positions: &[u64], shard: Option<u32>) -> Result<(), String>;
 
+    /// How the stage's reading is shared among hosts that share its streams
+    /// (a NATS cluster): by shard, for an operator that keeps nothing but
+    /// the stream's checkpoints; whole, by one host at a time, for one that
+    /// keeps state on its host's disk (the default). Asked once, at the start.
+    fn sharing(&self) -> Sharing {
+        Sharing::Whole
+    }
+
     /// Called with records the plugin failed on [`PLUGIN_TRIES`] times when the
     /// policy is `dead-letter` (`code` is `None`: the operator's code for the
     /// plugin's last failure), or with a record that cannot be read (a broken KPL
@@ -242,6 +250,8 @@ pub struct Driver<O: Operator> {
     operator: O,
     /// Per shard, whether the operator was told it is finished.
     finished: Vec<bool>,
+    /// Per shard, whether this host reads it ([`StreamStore::claim`]).
+    held: Vec<bool>,
 }
 
 /// Why the driver could not tell which shard to read next.
@@ -266,7 +276,7 @@ enum Retried {
 impl<O: Operator> Driver<O> {
     /// A stage reading `spec.input` through `operator`.
     pub fn new(spec: Reading, streams: Arc<dyn StreamStore>, stats: Arc<StageStats>, operator: O) -> Self {
-        Driver { spec, streams, stats, draining: Arc::default(), operator, finished: Vec::new() }
+        Driver { spec, streams, stats, draining: Arc::default(), operator, finished: Vec::new(), held: Vec::new() }
     }
 
     /// The same driver, draining when `draining` is set (by its owner's drain).
@@ -471,6 +481,10 @@ impl<O: Operator> Driver<O> {
             tracing::error!(error = %e, "the stage's outputs could not be made durable at shutdown");
             self.stats.set_error(e);
         }
+        // Another host takes the shards at once rather than after the lease timeout.
+        if let Err(e) = self.streams.release(&self.spec.input, &self.spec.consumer) {
+            tracing::warn!(error = %e, "the stage's leases could not be let go of; they expire instead");
+        }
         self.stats.set_phase(Phase::Finished);
     }
 
@@ -617,12 +631,18 @@ impl<O: Operator> Driver<O> {
         }
     }
 
-    /// Records the positions, retrying with backoff until they are.
+    /// Records the positions, retrying with backoff until they are. A shard
+    /// whose lease another host took is not retried: that host goes on from
+    /// the last checkpoint this one wrote, and this one stops reading it.
     fn checkpoint(&mut self, positions: &[u64], shard: Option<u32>) -> Retried {
         let mut tries = 0;
         loop {
             match self.operator.checkpoint(positions, shard) {
                 Ok(()) => return Retried::Done,
+                Err(e) if shard.is_some_and(|s| !self.still_held(s, positions.len())) => {
+                    tracing::warn!(error = %e, shard, "the shard went to another host; it goes on from the last checkpoint");
+                    return Retried::Done;
+                }
                 Err(e) => {
                     tries += 1;
                     let e = BatchError::Effect(format!("writing the checkpoint: {e}"));
@@ -679,10 +699,47 @@ impl<O: Operator> Driver<O> {
         self.stats.set_phase(Phase::Stopped);
     }
 
-    /// The first shard, from `from` and going round, with records past its
-    /// position and no unfinished parent: a parent's records all come before its
-    /// children's. Shards opened since the last call are registered first, and
-    /// the operator hears of shards read to their end.
+    /// Whether this host still reads `shard`, as the store says now (after a
+    /// checkpoint failed: a lost lease is why it would not).
+    fn still_held(&mut self, shard: u32, shards: usize) -> bool {
+        let (input, consumer) = (self.spec.input.as_str(), self.spec.consumer.as_str());
+        match self.streams.claim(input, consumer, shards as u32, self.operator.sharing()) {
+            Ok(claim) => claim.held.get(shard as usize).copied().unwrap_or(false),
+            // Not known: the checkpoint is retried, as any failed one.
+            Err(_) => true,
+        }
+    }
+
+    /// Which shards this host reads now: a shard it just took is read from its
+    /// checkpoint, which the host that had it moved; one another host reads
+    /// keeps that host's position, so that its children wait for it.
+    fn claim(&mut self, positions: &mut [u64]) -> Result<(), ShardsError> {
+        let (input, consumer) = (self.spec.input.as_str(), self.spec.consumer.as_str());
+        let claim = self.streams.claim(input, consumer, positions.len() as u32, self.operator.sharing())?;
+        self.held.resize(positions.len(), false);
+        for shard in 0..positions.len() {
+            let held = claim.held.get(shard).copied().unwrap_or(false);
+            if held && !self.held[shard] {
+                positions[shard] = self.streams.register_consumer(input, shard as u32, consumer)?;
+                tracing::info!(shard, position = positions[shard], "this host reads the shard now");
+            } else if !held {
+                if self.held[shard] {
+                    tracing::info!(shard, "another host reads the shard now");
+                }
+                if let Some(position) = claim.positions.get(shard).copied().flatten() {
+                    positions[shard] = position;
+                }
+            }
+            self.held[shard] = held;
+        }
+        self.stats.set_holders(claim.holders);
+        Ok(())
+    }
+
+    /// The first shard this host reads, from `from` and going round, with records
+    /// past its position and no unfinished parent: a parent's records all come
+    /// before its children's. Shards opened since the last call are registered
+    /// first, and the operator hears of shards read to their end.
     fn next_ready_shard(&mut self, positions: &mut Vec<u64>, from: usize) -> Result<Option<usize>, ShardsError> {
         let (input, consumer) = (self.spec.input.as_str(), self.spec.consumer.as_str());
         let lineage = self.streams.lineage(input)?;
@@ -692,6 +749,8 @@ impl<O: Operator> Driver<O> {
             self.operator.shard_added(shard, position).map_err(ShardsError::Operator)?;
             positions.push(position);
         }
+        self.claim(positions)?;
+        let input = self.spec.input.as_str();
         self.finished.resize(positions.len(), false);
         for shard in 0..positions.len() {
             if shard_finished(&lineage, positions, shard) && !self.finished[shard] {
@@ -701,7 +760,9 @@ impl<O: Operator> Driver<O> {
         }
         for k in 0..positions.len() {
             let shard = (from + k) % positions.len();
-            if parents_finished(&lineage, positions, shard) && self.streams.end(input, shard as u32)? > positions[shard]
+            if self.held[shard]
+                && parents_finished(&lineage, positions, shard)
+                && self.streams.end(input, shard as u32)? > positions[shard]
             {
                 return Ok(Some(shard));
             }

@@ -157,6 +157,8 @@ pub struct StageStats {
     pub(crate) windows: Mutex<Option<crate::window::WindowMetrics>>,
     phase: Mutex<Option<Phase>>,
     last_error: Mutex<Option<String>>,
+    /// Per input shard, the host reading it, when hosts share the streams.
+    holders: Mutex<Vec<Option<String>>>,
 }
 
 /// A snapshot of a stage's counters.
@@ -203,6 +205,10 @@ pub struct StageStatus {
     /// An aggregator stage's windows.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub windows: Option<crate::window::WindowMetrics>,
+    /// Per input shard, the host reading it, when several hosts share the
+    /// streams (a NATS cluster); empty on one host.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shard_holders: Vec<Option<String>>,
 }
 
 impl StageStats {
@@ -254,6 +260,19 @@ impl StageStats {
         if let Ok(mut p) = self.phase.lock() {
             *p = Some(phase);
         }
+    }
+
+    /// Who reads each input shard, as the last lease round found.
+    pub(crate) fn set_holders(&self, holders: Vec<Option<String>>) {
+        if let Ok(mut h) = self.holders.lock() {
+            *h = holders;
+        }
+    }
+
+    fn holders(&self) -> Vec<Option<String>> {
+        let holders = self.holders.lock().map(|h| h.clone()).unwrap_or_default();
+        // One host: nobody is named.
+        if holders.iter().all(Option::is_none) { Vec::new() } else { holders }
     }
 
     pub(crate) fn set_error(&self, e: String) {
@@ -331,6 +350,7 @@ impl StageHandle {
             last_error: s.last_error(),
             versions,
             windows: s.windows.lock().ok().and_then(|w| *w),
+            shard_holders: s.holders(),
         }
     }
 

@@ -233,6 +233,11 @@ impl Operator for TransformOperator {
         Reading::of(&self.spec).checkpoint(self.streams.as_ref(), positions, shard)
     }
 
+    /// A transform keeps nothing but its checkpoints: hosts share its shards.
+    fn sharing(&self) -> crate::stream::Sharing {
+        crate::stream::Sharing::Shards
+    }
+
     fn set_aside(&mut self, records: &[StoredRecord], code: Option<&'static str>, reason: &str) -> Result<(), String> {
         let code = code.unwrap_or(self.last_failure);
         let letters: Vec<_> = records

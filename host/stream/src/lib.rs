@@ -241,6 +241,17 @@ pub enum StreamError {
     /// A name breaks its rule ([`crate::names`]); nothing was touched.
     #[error("{0}")]
     InvalidName(String),
+    /// Another host took the consumer's lease on the shard: this host no
+    /// longer reads it, and its checkpoint was not written (the fence).
+    #[error("stream `{stream}`: consumer `{consumer}` lost its lease on shard {shard} to another host")]
+    LeaseLost {
+        /// The stream.
+        stream: String,
+        /// The shard.
+        shard: u32,
+        /// The consumer.
+        consumer: String,
+    },
     /// A consumer's position could not be recorded: it stays where it was.
     #[error("stream `{stream}`: the checkpoint of consumer `{consumer}` could not be written: {reason}")]
     CheckpointFailed {
@@ -303,6 +314,43 @@ pub enum Reshard {
     },
 }
 
+/// How a consumer's reading of a stream is shared among the hosts of one
+/// store ([`StreamStore::claim`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sharing {
+    /// Each shard goes to one host, and the shards are balanced among the
+    /// live hosts: a consumer that keeps nothing but its positions (a
+    /// transform). A host that stops renewing its leases loses them after the
+    /// lease timeout.
+    Shards,
+    /// One host reads every shard, and keeps it until it lets go
+    /// ([`StreamStore::release`]): a consumer whose state lives on that host's
+    /// disk (windows, tables). It never moves by a timeout, since the state
+    /// would not move with it.
+    Whole,
+}
+
+/// What [`StreamStore::claim`] found, per shard in index order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Claim {
+    /// Whether this host reads the shard now.
+    pub held: Vec<bool>,
+    /// Where the consumer stands on the shards other hosts read (`None`:
+    /// where this host's own reading says): the host needs them to know when a
+    /// parent shard is finished.
+    pub positions: Vec<Option<u64>>,
+    /// Who reads each shard, when the store shares them (for the status).
+    pub holders: Vec<Option<String>>,
+}
+
+impl Claim {
+    /// Every one of `shards` held by this host: a store with one host.
+    pub fn all(shards: u32) -> Claim {
+        let n = shards as usize;
+        Claim { held: vec![true; n], positions: vec![None; n], holders: vec![None; n] }
+    }
+}
+
 /// What a stream store offers the host. A stream has one or more shards,
 /// each owning an equal slice of the 128-bit hash key space; positions are
 /// per shard and mean "the next sequence to read".
@@ -356,6 +404,20 @@ pub trait StreamStore: Send + Sync {
     fn created_ms(&self, stream: &str) -> Result<i64, StreamError>;
     /// Changes how long records are kept.
     fn set_retention(&self, stream: &str, retention: Duration) -> Result<(), StreamError>;
+    /// Which of the stream's first `shards` shards `consumer` reads on this
+    /// host, when several hosts share the store: leases taken, renewed and
+    /// balanced as `sharing` says. Called by a stage's loop before it picks a
+    /// shard, often (the store decides how often it asks its cluster); a
+    /// checkpoint of a shard whose lease was lost fails as
+    /// [`StreamError::LeaseLost`]. A store of one host holds every shard.
+    fn claim(&self, _stream: &str, _consumer: &str, shards: u32, _sharing: Sharing) -> Result<Claim, StreamError> {
+        Ok(Claim::all(shards))
+    }
+    /// Lets go of every lease this host holds for `consumer`, so another host
+    /// takes them at once (a stage that drained). Nothing to do on one host.
+    fn release(&self, _stream: &str, _consumer: &str) -> Result<(), StreamError> {
+        Ok(())
+    }
 }
 
 /// A store wrapped around another, changing some of its calls (failing them on
@@ -443,6 +505,12 @@ impl<L: StoreLayer> StreamStore for L {
     }
     fn set_retention(&self, stream: &str, retention: Duration) -> Result<(), StreamError> {
         self.inner().set_retention(stream, retention)
+    }
+    fn claim(&self, stream: &str, consumer: &str, shards: u32, sharing: Sharing) -> Result<Claim, StreamError> {
+        self.inner().claim(stream, consumer, shards, sharing)
+    }
+    fn release(&self, stream: &str, consumer: &str) -> Result<(), StreamError> {
+        self.inner().release(stream, consumer)
     }
 }
 

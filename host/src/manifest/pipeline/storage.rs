@@ -22,6 +22,8 @@ pub(super) struct RawStorage {
     pub(super) replicas: Option<Spanned<usize>>,
     pub(super) prefix: Option<Spanned<String>>,
     pub(super) timeout: Option<Spanned<String>>,
+    pub(super) lease_timeout: Option<Spanned<String>>,
+    pub(super) host: Option<Spanned<String>>,
     pub(super) user: Option<Spanned<String>>,
     pub(super) password: Option<Spanned<String>>,
     pub(super) password_env: Option<Spanned<String>>,
@@ -63,6 +65,8 @@ pub(super) fn storage(source: &SourceFile, raw: &RawStorage, diags: &mut Diagnos
             raw.replicas.as_ref().map(|r| ("replicas", r.span())),
             raw.prefix.as_ref().map(|p| ("prefix", p.span())),
             raw.timeout.as_ref().map(|t| ("timeout", t.span())),
+            raw.lease_timeout.as_ref().map(|t| ("lease-timeout", t.span())),
+            raw.host.as_ref().map(|h| ("host", h.span())),
             raw.user.as_ref().map(|u| ("user", u.span())),
             raw.password.as_ref().or(raw.password_env.as_ref()).map(|p| ("password", p.span())),
             raw.token.as_ref().or(raw.token_env.as_ref()).map(|t| ("token", t.span())),
@@ -113,20 +117,31 @@ pub(super) fn storage(source: &SourceFile, raw: &RawStorage, diags: &mut Diagnos
         );
         ok = false;
     }
-    let timeout = match &raw.timeout {
+    let duration = |key: &str, raw: &Option<Spanned<String>>, least: Duration, diags: &mut Diagnostics| match raw {
         None => Some(Duration::from_secs(10)),
         Some(t) => match crate::manifest::units::parse_duration(t.get_ref()) {
-            Ok(d) if d >= Duration::from_millis(100) => Some(d),
+            Ok(d) if d >= least => Some(d),
             Ok(_) => {
-                diags.push(at(t.span(), "[storage] timeout must be at least 100ms".to_owned()));
+                diags.push(at(t.span(), format!("[storage] {key} must be at least {least:?}")));
                 None
             }
             Err(e) => {
-                diags.push(at(t.span(), format!("[storage] timeout: {e}")));
+                diags.push(at(t.span(), format!("[storage] {key}: {e}")));
                 None
             }
         },
     };
+    let timeout = duration("timeout", &raw.timeout, Duration::from_millis(100), diags);
+    let lease_timeout = duration("lease-timeout", &raw.lease_timeout, Duration::from_secs(1), diags);
+    // Empty: the host names itself, once, in its data dir.
+    let host = raw.host.as_ref().map_or(String::new(), |h| h.get_ref().clone());
+    if let Some(h) = raw.host.as_ref().filter(|_| host.is_empty() || host.len() > 128 || host.chars().any(char::is_control)) {
+        diags.push(
+            at(h.span(), "[storage] host must be a name of 1 to 128 printable characters".to_owned())
+                .help("name each host sharing the cluster differently, or leave host out"),
+        );
+        ok = false;
+    }
     let secret = |key: &str, inline: &Option<Spanned<String>>, env: &Option<Spanned<String>>, diags: &mut _| {
         value_or_env(
             source,
@@ -162,6 +177,8 @@ pub(super) fn storage(source: &SourceFile, raw: &RawStorage, diags: &mut Diagnos
         prefix,
         timeout: timeout?,
         credentials: credentials?,
+        host,
+        lease_timeout: lease_timeout?,
     };
     ok.then_some(Storage::Nats(settings))
 }
