@@ -311,9 +311,7 @@ fn start_shipped_agent(dir: &std::path::Path, out: &std::path::Path, url: &str) 
 /// `weir agent --config CONFIG` in a process of its own: this test binary run again
 /// with only [`weir_in_a_child_process`], which runs weir's command line.
 fn spawn_weir_agent(config: &std::path::Path) -> std::process::Child {
-    std::process::Command::new(std::env::current_exe().expect("the test binary"))
-        .args(["--exact", "weir_in_a_child_process", "--nocapture", "--test-threads", "1"])
-        .env(CHILD_ARGS, format!("agent\n--config\n{}", config.display()))
+    weir_tests::weir_command(&["agent", "--config", &config.display().to_string()])
         .env("WEIR_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -332,9 +330,7 @@ fn the_showcase_command_reports_what_the_oracle_finds() {
     std::fs::write(&manifest, showcase_manifest(dir.path(), "60s", &format!("http://127.0.0.1:{port}/hooks/weir")))
         .expect("the manifest");
     let day = weir_host::time::format_ms(DAY)[..10].to_owned();
-    let output = std::process::Command::new(std::env::current_exe().expect("the test binary"))
-        .args(["--exact", "weir_in_a_child_process", "--nocapture", "--test-threads", "1"])
-        .env(CHILD_ARGS, format!("simulate\n--run\n{}\n--day\n{day}", manifest.display()))
+    let output = weir_tests::weir_command(&["simulate", "--run", &manifest.display().to_string(), "--day", &day])
         .env("WEIR_LOG", "warn")
         .output()
         .expect("run weir simulate");
@@ -352,16 +348,11 @@ fn the_showcase_command_reports_what_the_oracle_finds() {
     assert_eq!(count("late, set aside"), Some(0), "{report}");
 }
 
-/// The command line [`weir_in_a_child_process`] runs, one argument per line.
-const CHILD_ARGS: &str = "WEIR_TEST_CHILD_ARGS";
-
-/// Runs `weir` with the arguments in `WEIR_TEST_CHILD_ARGS`, in a child process that
-/// [`spawn_weir_agent`] started; does nothing in an ordinary test run.
+/// Runs `weir` in a child process that [`weir_tests::weir_command`] started; does
+/// nothing in an ordinary test run.
 #[test]
 fn weir_in_a_child_process() {
-    let Ok(args) = std::env::var(CHILD_ARGS) else { return };
-    let args = std::iter::once("weir").chain(args.split('\n')).map(std::ffi::OsString::from);
-    weir_host::cli::main_with(args).expect("weir");
+    weir_tests::run_weir_if_child();
 }
 
 /// Appends lines to their stations' logs (`station-07.log`), as the stations' servers do.

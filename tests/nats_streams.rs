@@ -5,7 +5,8 @@
 //! node that leads a shard while producers write loses no acknowledged record
 //! and stores none twice. And how hosts share a consumer's shards by lease:
 //! balanced, taken from a host that stopped renewing, fenced so that the host
-//! that lost a lease cannot checkpoint it, let go of at once on a drain.
+//! that lost a lease cannot checkpoint it, let go of at once on a drain; three
+//! `weir run` hosts sharing a stage while one is frozen and another killed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -204,7 +205,7 @@ fn a_second_host_reads_what_the_first_wrote_and_positions_outlive_the_store() {
             .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()))
     };
     let (first, second) = (connect(), connect());
-    first.create(settings("shared", 1)).expect("create");
+    first.ensure(&[settings("shared", 1)]).expect("create");
     assert_eq!(second.shard_count("shared"), Ok(1), "the second host sees the stream");
     std::thread::scope(|s| {
         let waiter = s.spawn(|| second.wait_for("shared", 0, 0, 3, Duration::from_secs(20)));
@@ -223,7 +224,7 @@ fn killing_the_node_leading_a_shard_while_producers_write_loses_and_repeats_noth
     let mut cluster = runtime.block_on(NatsCluster::start(3));
     let store = NatsStreams::connect(NatsSettings::new(cluster.servers()), runtime.handle().clone())
         .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
-    store.create(settings("tolls", 1)).expect("create");
+    store.ensure(&[settings("tolls", 1)]).expect("create");
     let leader = runtime
         .block_on(async {
             let deadline = Instant::now() + Duration::from_secs(30);
@@ -316,10 +317,15 @@ fn killing_the_node_leading_a_shard_while_producers_write_loses_and_repeats_noth
 }
 
 /// Until `done` holds, asking again every 100 ms; panics with `what` after `within`.
-fn wait_until(within: Duration, what: &str, mut done: impl FnMut() -> bool) {
+fn wait_until(within: Duration, what: &str, done: impl FnMut() -> bool) {
+    wait_or_show(within, what, done, String::new);
+}
+
+/// [`wait_until`], showing what `show` gives when it panics.
+fn wait_or_show(within: Duration, what: &str, mut done: impl FnMut() -> bool, show: impl Fn() -> String) {
     let deadline = Instant::now() + within;
     while !done() {
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}\n{}", show());
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -340,7 +346,7 @@ fn hosts_share_shards_by_lease_and_a_host_that_lost_one_cannot_checkpoint_it() {
         NatsStreams::connect(settings, runtime.handle().clone()).unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()))
     };
     let (a, b) = (host("host-a"), host("host-b"));
-    a.create(settings("lines", 4)).expect("create");
+    a.ensure(&[settings("lines", 4)]).expect("create");
     let claim = |store: &NatsStreams, consumer: &str, sharing| {
         store.claim("lines", consumer, 4, sharing).unwrap_or_else(|e| panic!("{}: claim: {e}", store.host()))
     };
@@ -396,4 +402,226 @@ fn hosts_share_shards_by_lease_and_a_host_that_lost_one_cannot_checkpoint_it() {
     wait_until(Duration::from_secs(10), "b takes the whole consumer a let go of", || {
         held(&claim(&b, "billing", Sharing::Whole)).len() == 4
     });
+}
+
+/// Runs `weir` in a child process that [`weir_tests::weir_command`] started; does
+/// nothing in an ordinary test run.
+#[test]
+fn weir_in_a_child_process() {
+    weir_tests::run_weir_if_child();
+}
+
+/// A `weir run` process of a pipeline sharing the cluster, with its own data dir,
+/// API port and log.
+struct WeirHost {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: std::process::Child,
+}
+
+impl WeirHost {
+    /// Starts `weir run` on `manifest` (with `{dir}` and `{port}` filled in).
+    fn start(manifest: &str) -> WeirHost {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = weir_tests::free_port();
+        let path = dir.path().join("pipeline.toml");
+        let text = manifest.replace("{dir}", &dir.path().display().to_string()).replace("{port}", &port.to_string());
+        std::fs::write(&path, text).expect("the manifest");
+        let log = std::fs::File::create(dir.path().join("weir.log")).expect("the log");
+        let child = weir_tests::weir_command(&["run", &path.display().to_string(), "--insecure-no-auth"])
+            .env("WEIR_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start weir run");
+        WeirHost { dir, port, child }
+    }
+
+    /// Its name for the other hosts, once it has made one.
+    fn name(&self) -> Option<String> {
+        std::fs::read_to_string(self.dir.path().join("data/host-name")).ok().map(|n| n.trim().to_owned())
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("weir.log")).unwrap_or_default()
+    }
+
+    /// Who reads each shard of the etl stage's input, as this host's status says.
+    fn holders(&self, runtime: &tokio::runtime::Runtime) -> Option<Vec<Option<String>>> {
+        let url = format!("http://127.0.0.1:{}/v1/pipeline", self.port);
+        let status: serde_json::Value = runtime.block_on(async { reqwest::get(url).await.ok()?.json().await.ok() })?;
+        let stage = status["stages"].as_array()?.iter().find(|s| s["name"] == "etl")?;
+        serde_json::from_value(stage["shard_holders"].clone()).ok()
+    }
+
+    /// `kill -STOP` or `kill -CONT`.
+    fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        let sent = std::process::Command::new("kill").args([signal, &pid]).status().expect("kill");
+        assert!(sent.success(), "kill {signal} {pid}");
+    }
+}
+
+impl Drop for WeirHost {
+    fn drop(&mut self) {
+        // Stopped, killed already, or killed now: either way it is gone.
+        let _ = std::process::Command::new("kill").args(["-CONT", &self.child.id().to_string()]).status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How many records the etl stage passed on (rows and rejected lines), and the
+/// transaction ids among them.
+fn transaction_ids(store: &dyn StreamStore) -> (usize, std::collections::BTreeSet<String>) {
+    let mut ids = std::collections::BTreeSet::new();
+    let mut records = 0;
+    for stream in ["toll-rows", "toll-rejects"] {
+        for shard in 0..store.shard_count(stream).expect("shards") {
+            for record in read_to_end(store, stream, shard, 0) {
+                records += 1;
+                let text = String::from_utf8_lossy(&record.data);
+                if let Some(at) = text.find("T0017-") {
+                    ids.insert(text[at..at + 12].to_owned());
+                }
+            }
+        }
+    }
+    (records, ids)
+}
+
+/// Three `weir run` hosts share a transform stage's four shards through one NATS
+/// cluster, while a producer writes 6,000 lines. One host is frozen (SIGSTOP) past
+/// its lease timeout: the others take its shards, and once it is resumed it learns
+/// it lost them. Then another host is killed (SIGKILL): its shards move too. Every
+/// line comes out (a row or a rejected line), and no shard's position ever moves
+/// back (a resumed host's stale checkpoint would move it back).
+#[test]
+fn three_hosts_share_a_stage_and_a_frozen_or_killed_host_loses_nothing() {
+    const LINES: usize = 6000;
+    let runtime = runtime();
+    let cluster = runtime.block_on(NatsCluster::start(3));
+    let servers: Vec<String> = cluster.servers().iter().map(|s| format!("{s:?}")).collect();
+    let manifest = format!(
+        r#"
+[pipeline]
+name = "shared"
+data-dir = "{{dir}}/data"
+
+[api]
+listen = "127.0.0.1:{{port}}"
+
+[storage]
+backend = "nats"
+servers = [{servers}]
+lease-timeout = "2s"
+
+[streams.toll-lines]
+shards = 4
+[streams.toll-rows]
+shards = 2
+[streams.toll-rejects]
+
+[stages.etl]
+plugin = "{plugin}"
+input = "toll-lines"
+output = "toll-rows"
+dead-letter = "toll-rejects"
+batch-size = 50
+batch-wait = "10ms"
+config = {{ currency = "USD" }}
+"#,
+        servers = servers.join(", "),
+        plugin = weir_tests::root().join("plugins/toll-etl").display(),
+    );
+    let mut hosts: Vec<WeirHost> = (0..3).map(|_| WeirHost::start(&manifest)).collect();
+    let logs = |hosts: &[WeirHost]| hosts.iter().map(WeirHost::log).collect::<Vec<_>>().join("\n----\n");
+    let mut settings = NatsSettings::new(cluster.servers());
+    settings.host = "producer".to_owned();
+    let producer = NatsStreams::connect(settings, runtime.handle().clone()).expect("the producer connects");
+
+    // Every host reads a share: 2, 1 and 1 of the four shards.
+    let views = |hosts: &[WeirHost]| {
+        let views: Vec<String> = hosts.iter().map(|h| format!("{:?}", h.holders(&runtime))).collect();
+        format!("{}\n{}", views.join("\n"), logs(hosts))
+    };
+    let mut names: Vec<String> = Vec::new();
+    wait_or_show(
+        Duration::from_secs(120),
+        "every host started and named itself",
+        || {
+            names = hosts.iter().filter_map(WeirHost::name).collect();
+            names.len() == 3 && hosts.iter().all(|h| h.holders(&runtime).is_some())
+        },
+        || views(&hosts),
+    );
+    wait_or_show(
+        Duration::from_secs(60),
+        "the shards balanced over the three hosts",
+        || {
+            let holders = hosts[0].holders(&runtime).unwrap_or_default();
+            holders.len() == 4 && names.iter().all(|n| holders.contains(&Some(n.clone())))
+        },
+        || views(&hosts),
+    );
+
+    let stop = AtomicBool::new(false);
+    let lines = weir_tests::toll_lines(LINES);
+    let put = |part: &[String]| {
+        for chunk in part.chunks(250) {
+            let records = chunk.iter().map(|l| record(&l[..12], l)).collect();
+            let appended = producer.append("toll-lines", records).expect("put");
+            assert!(appended.iter().all(Result::is_ok), "every line is acknowledged");
+        }
+    };
+    std::thread::scope(|s| {
+        // Positions, sampled while it runs: they never move back.
+        let sampler = s.spawn(|| {
+            let mut seen = [0u64; 4];
+            while !stop.load(Ordering::Relaxed) {
+                for (shard, last) in seen.iter_mut().enumerate() {
+                    if let Ok(position) = producer.register_consumer("toll-lines", shard as u32, "etl") {
+                        assert!(position >= *last, "shard {shard}'s position moved back from {last} to {position}");
+                        *last = position;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        put(&lines[..LINES / 3]);
+
+        // Freeze host 1 past its lease: the other two take its shards.
+        let frozen = names[1].clone();
+        hosts[1].signal("-STOP");
+        put(&lines[LINES / 3..LINES / 2]);
+        wait_until(Duration::from_secs(60), "the frozen host's shards taken", || {
+            hosts[0].holders(&runtime).is_some_and(|h| h.len() == 4 && !h.contains(&Some(frozen.clone())))
+        });
+        hosts[1].signal("-CONT");
+        put(&lines[LINES / 2..2 * LINES / 3]);
+
+        // Kill host 0: its shards go to the two left.
+        let killed = names[0].clone();
+        hosts[0].child.kill().expect("kill -9 host 0");
+        put(&lines[2 * LINES / 3..]);
+        wait_until(Duration::from_secs(60), "the killed host's shards taken", || {
+            hosts[2].holders(&runtime).is_some_and(|h| h.len() == 4 && !h.contains(&Some(killed.clone())))
+        });
+
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut out = transaction_ids(&producer);
+        while out.1.len() < LINES {
+            assert!(Instant::now() < deadline, "{} of {LINES} lines came out\n{}", out.1.len(), logs(&hosts));
+            std::thread::sleep(Duration::from_millis(200));
+            out = transaction_ids(&producer);
+        }
+        stop.store(true, Ordering::Relaxed);
+        sampler.join().expect("the positions never moved back");
+        eprintln!("{LINES} lines, {} records out ({} again after a host lost its shards)", out.0, out.0 - LINES);
+    });
+    let resumed = hosts[1].log();
+    assert!(
+        resumed.contains("another host reads the shard now") || resumed.contains("the checkpoint was refused"),
+        "the resumed host learns it lost its shards\n{resumed}"
+    );
 }

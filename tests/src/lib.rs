@@ -787,3 +787,24 @@ pub fn metrics_recording_cost() -> (Duration, Duration) {
     );
     (per_put, per_timing)
 }
+
+/// The command line a test binary started by [`weir_command`] runs, one argument per line.
+const CHILD_ARGS: &str = "WEIR_TEST_CHILD_ARGS";
+
+/// `weir ARGS` in a process of its own: this test binary again, running only
+/// its test `weir_in_a_child_process`, which calls [`run_weir_if_child`].
+pub fn weir_command(args: &[&str]) -> std::process::Command {
+    let mut command = std::process::Command::new(std::env::current_exe().expect("the test binary"));
+    command
+        .args(["--exact", "weir_in_a_child_process", "--nocapture", "--test-threads", "1"])
+        .env(CHILD_ARGS, args.join("\n"));
+    command
+}
+
+/// Runs weir's command line in a process [`weir_command`] started; does nothing in
+/// an ordinary test run.
+pub fn run_weir_if_child() {
+    let Ok(args) = std::env::var(CHILD_ARGS) else { return };
+    let args = std::iter::once("weir").chain(args.split('\n')).map(std::ffi::OsString::from);
+    weir_host::cli::main_with(args).expect("weir");
+}

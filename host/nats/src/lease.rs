@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::kv;
+use async_nats::jetstream::{kv, stream};
 use bytes::Bytes;
 use weir_stream::{Claim, Sharing};
 
@@ -121,13 +121,7 @@ fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Leases {
     pub(crate) fn new(host: String, timeout: Duration) -> Leases {
-        Leases {
-            host,
-            timeout,
-            held: Mutex::default(),
-            seen: Mutex::default(),
-            rounds: Mutex::default(),
-        }
+        Leases { host, timeout, held: Mutex::default(), seen: Mutex::default(), rounds: Mutex::default() }
     }
 
     pub(crate) fn host(&self) -> &str {
@@ -143,8 +137,10 @@ impl Leases {
     pub(crate) fn cached(&self, stream: &str, consumer: &str, shards: u32, sharing: Sharing) -> Option<Claim> {
         let rounds = locked(&self.rounds);
         let round = rounds.get(&(stream.to_owned(), consumer.to_owned()))?;
-        (round.sharing == sharing && round.claim.held.len() == shards as usize && round.at.elapsed() < self.renew_every())
-            .then(|| round.claim.clone())
+        (round.sharing == sharing
+            && round.claim.held.len() == shards as usize
+            && round.at.elapsed() < self.renew_every())
+        .then(|| round.claim.clone())
     }
 
     /// One round: reads each lease, renews this host's, takes its share.
@@ -165,46 +161,58 @@ impl Leases {
         Ok(claim)
     }
 
-    async fn read(bucket: &kv::Store, key: &str) -> Result<Option<(Lease, u64)>, String> {
-        let Some(entry) = bucket.entry(key).await.map_err(|e| e.to_string())? else { return Ok(None) };
-        let lease = Lease::parse(&entry.value).ok_or_else(|| format!("the lease `{key}` is not readable"))?;
-        Ok(Some((lease, entry.revision)))
+    /// A lease as the bucket's leader has it, with its revision: a server that is
+    /// behind would answer with an older one (whose compare-and-set then fails, but
+    /// whose position would send a reader back). A deleted key is a free lease at
+    /// the revision of its marker.
+    pub(crate) async fn read(bucket: &kv::Store, key: &str) -> Result<Option<(Lease, u64)>, String> {
+        let subject = format!("{}{key}", bucket.prefix);
+        let message = match bucket.stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(message) => message,
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        };
+        let deleted = message.headers.get("KV-Operation").is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"));
+        let lease = if deleted {
+            Lease::default()
+        } else {
+            Lease::parse(&message.payload).ok_or_else(|| format!("the lease `{key}` is not readable"))?
+        };
+        Ok(Some((lease, message.sequence)))
     }
 
-    /// Writes `lease` over `revision` (`None`: only if there is none); `None` if another host wrote first.
+    /// Writes `lease` over `revision` (`None`: only if the key was never
+    /// written); `None` if another host wrote first.
     async fn write(bucket: &kv::Store, key: &str, lease: &Lease, revision: Option<u64>) -> Result<Option<u64>, String> {
-        let written = match revision {
-            Some(revision) => bucket.update(key, lease.bytes(), revision).await.map_err(|e| match e.kind() {
-                kv::UpdateErrorKind::WrongLastRevision => None,
-                _ => Some(e.to_string()),
-            }),
-            None => bucket.create(key, lease.bytes()).await.map_err(|e| match e.kind() {
-                kv::CreateErrorKind::AlreadyExists => None,
-                _ => Some(e.to_string()),
-            }),
-        };
-        match written {
+        match bucket.update(key, lease.bytes(), revision.unwrap_or(0)).await {
             Ok(revision) => Ok(Some(revision)),
-            Err(None) => Ok(None),
-            Err(Some(e)) => Err(e),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+            Err(e) => Err(e.to_string()),
         }
     }
 
     /// Takes or renews `key` from what was read of it; returns whether this host holds it.
-    async fn hold(&self, bucket: &kv::Store, key: &str, read: Option<&(Lease, u64)>) -> Result<bool, String> {
+    async fn hold(&self, bucket: &kv::Store, key: &str, read: Option<&(Lease, u64)>) -> bool {
         let (position, counter, revision) = match read {
             Some((lease, revision)) => (lease.position, lease.counter + 1, Some(*revision)),
             None => (None, 1, None),
         };
         let lease = Lease { position, owner: self.host.clone(), counter };
-        match Self::write(bucket, key, &lease, revision).await? {
-            Some(revision) => {
+        match Self::write(bucket, key, &lease, revision).await {
+            Ok(Some(revision)) => {
                 locked(&self.held).insert(key.to_owned(), Held { revision, counter });
-                Ok(true)
+                true
             }
-            None => {
+            Ok(None) => {
                 locked(&self.held).remove(key);
-                Ok(false)
+                false
+            }
+            // Not held, which is always safe: the next round tries again. (Two hosts
+            // making one lease at once can see this rather than "exists already".)
+            Err(e) => {
+                tracing::debug!(key, error = %e, "a lease could not be written; it is not held this round");
+                locked(&self.held).remove(key);
+                false
             }
         }
     }
@@ -222,7 +230,13 @@ impl Leases {
         now.duration_since(moved) >= self.timeout
     }
 
-    async fn claim_shards(&self, bucket: &kv::Store, stream: &str, consumer: &str, shards: u32) -> Result<Claim, String> {
+    async fn claim_shards(
+        &self,
+        bucket: &kv::Store,
+        stream: &str,
+        consumer: &str,
+        shards: u32,
+    ) -> Result<Claim, String> {
         let keys: Vec<String> = (0..shards).map(|s| shard_key(stream, s, consumer)).collect();
         let mut read = Vec::with_capacity(keys.len());
         for key in &keys {
@@ -245,7 +259,7 @@ impl Leases {
         let mut count = 0;
         let mine = live.get(&self.host).cloned().unwrap_or_default();
         for i in mine {
-            if self.hold(bucket, &keys[i], read[i].as_ref()).await? {
+            if self.hold(bucket, &keys[i], read[i].as_ref()).await {
                 held[i] = true;
                 count += 1;
             }
@@ -254,29 +268,27 @@ impl Leases {
             if count >= share {
                 break;
             }
-            if self.hold(bucket, &keys[i], read[i].as_ref()).await? {
+            if self.hold(bucket, &keys[i], read[i].as_ref()).await {
                 tracing::info!(stream, consumer, shard = i, "took the lease of a free or expired shard");
                 held[i] = true;
                 count += 1;
             }
         }
         if count < share {
-            // One lease a round from the host with the most, if it has more than its share.
+            // One lease a round from the host with the most: if it has more than its
+            // share, or its share while this one is two or more short (3 hosts, 4
+            // shards: 2, 2, 0 becomes 2, 1, 1, and stays).
             let richest = live.iter().filter(|(owner, _)| **owner != self.host).max_by_key(|(_, shards)| shards.len());
             if let Some((owner, theirs)) = richest
-                && theirs.len() > share
+                && (theirs.len() > share || (theirs.len() == share && count + 2 <= share))
                 && let Some(&i) = theirs.last()
-                && self.hold(bucket, &keys[i], read[i].as_ref()).await?
+                && self.hold(bucket, &keys[i], read[i].as_ref()).await
             {
                 tracing::info!(stream, consumer, shard = i, from = %owner, "took a lease to balance the hosts");
                 held[i] = true;
             }
         }
-        let positions = read
-            .iter()
-            .zip(&held)
-            .map(|(lease, held)| if *held { None } else { lease.as_ref().and_then(|(l, _)| l.position) })
-            .collect();
+        let positions = read.iter().map(|lease| lease.as_ref().and_then(|(l, _)| l.position)).collect();
         let holders = read
             .iter()
             .zip(&held)
@@ -289,7 +301,13 @@ impl Leases {
         Ok(Claim { held, positions, holders })
     }
 
-    async fn claim_whole(&self, bucket: &kv::Store, stream: &str, consumer: &str, shards: u32) -> Result<Claim, String> {
+    async fn claim_whole(
+        &self,
+        bucket: &kv::Store,
+        stream: &str,
+        consumer: &str,
+        shards: u32,
+    ) -> Result<Claim, String> {
         let key = whole_key(stream, consumer);
         let read = Self::read(bucket, &key).await?;
         let owner = match &read {
@@ -297,7 +315,7 @@ impl Leases {
             _ => None,
         };
         let n = shards as usize;
-        let held = owner.is_none() && self.hold(bucket, &key, read.as_ref()).await?;
+        let held = owner.is_none() && self.hold(bucket, &key, read.as_ref()).await;
         let holder = if held { Some(self.host.clone()) } else { owner };
         Ok(Claim { held: vec![held; n], positions: vec![None; n], holders: vec![holder; n] })
     }
@@ -330,7 +348,12 @@ impl Leases {
                 locked(&self.held).remove(&key);
                 // The next claim asks the cluster again rather than trusting the last round.
                 locked(&self.rounds).remove(&(stream.to_owned(), consumer.to_owned()));
-                tracing::warn!(stream, consumer, shard, "the lease was taken by another host; the checkpoint was refused");
+                tracing::warn!(
+                    stream,
+                    consumer,
+                    shard,
+                    "the lease was taken by another host; the checkpoint was refused"
+                );
                 Ok(Fenced::Lost)
             }
             Err(e) => {

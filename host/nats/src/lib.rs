@@ -373,9 +373,19 @@ impl NatsStreams {
     /// as it is, as on the disk store, where resharding through the API wins.
     pub fn ensure(&self, streams: &[StreamSettings]) -> Result<(), StreamError> {
         for stream in streams {
-            match self.create(stream.clone()) {
-                Ok(()) | Err(StreamError::AlreadyExists(_)) => {}
-                Err(e) => return Err(e),
+            // Hosts started together make the same streams at once, on a cluster that
+            // may be starting too: a creation that timed out is tried again (it is
+            // idempotent) for as long as a cluster takes to start.
+            let deadline = Instant::now() + STARTING_CLUSTER;
+            loop {
+                match self.create(stream.clone()) {
+                    Ok(()) | Err(StreamError::AlreadyExists(_)) => break,
+                    Err(e @ StreamError::Unavailable { .. }) if Instant::now() < deadline => {
+                        tracing::debug!(error = %e, "a stream could not be made yet; tried again");
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         }
         Ok(())
@@ -926,10 +936,8 @@ impl StreamStore for NatsStreams {
             let state = self.shard_state(stream, shard).await?;
             let key = Self::position_key(stream, shard, consumer);
             let first = state.first_sequence.saturating_sub(1);
-            match self.positions.get(key).await.map_err(|e| unavailable(stream, e))? {
-                Some(value) => Ok(read_position(stream, consumer, &value)?.unwrap_or(first)),
-                None => Ok(first),
-            }
+            let read = lease::Leases::read(&self.positions, &key).await.map_err(|e| unavailable(stream, e))?;
+            Ok(read.and_then(|(lease, _)| lease.position).unwrap_or(first))
         })
     }
 
@@ -944,11 +952,9 @@ impl StreamStore for NatsStreams {
             self.shard_state(stream, shard).await?;
             match self.leases.checkpoint(&self.positions, stream, shard, consumer, next).await.map_err(failed)? {
                 lease::Fenced::Written => Ok(()),
-                lease::Fenced::Lost => Err(StreamError::LeaseLost {
-                    stream: stream.to_owned(),
-                    shard,
-                    consumer: consumer.to_owned(),
-                }),
+                lease::Fenced::Lost => {
+                    Err(StreamError::LeaseLost { stream: stream.to_owned(), shard, consumer: consumer.to_owned() })
+                }
                 lease::Fenced::NotLeased => {
                     let key = lease::shard_key(stream, shard, consumer);
                     self.positions.put(key, next.to_string().into()).await.map_err(|e| failed(e.to_string()))?;
@@ -1142,7 +1148,10 @@ impl StreamStore for NatsStreams {
             return Ok(claim);
         }
         self.wait(stream, async {
-            self.leases.claim(&self.positions, stream, consumer, shards, sharing).await.map_err(|e| unavailable(stream, e))
+            self.leases
+                .claim(&self.positions, stream, consumer, shards, sharing)
+                .await
+                .map_err(|e| unavailable(stream, e))
         })
     }
 

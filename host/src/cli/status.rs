@@ -191,5 +191,19 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("billing-sum  toll-rows  shardId-000000000000  0"), "{text}");
+        assert!(!text.contains("read by"), "one host names no holders: {text}");
+    }
+
+    #[test]
+    fn hosts_sharing_a_stage_are_named_beside_the_shards_they_read() {
+        let status = serde_json::json!({
+            "pipeline": "shared", "uptime_seconds": 5,
+            "stages": [{"name": "etl", "phase": "running", "shard_holders": ["host-a", "host-b", null]}],
+        });
+        let text = render(&status);
+        assert!(text.contains("stage  shard                 read by\n"), "{text}");
+        assert!(text.contains("etl    shardId-000000000000  host-a\n"), "{text}");
+        assert!(text.contains("etl    shardId-000000000001  host-b\n"), "{text}");
+        assert!(text.contains("etl    shardId-000000000002  -\n"), "{text}");
     }
 }

@@ -362,6 +362,14 @@ impl<O: Operator> Driver<O> {
             };
             let ready = match self.next_ready_shard(&mut positions, next_shard) {
                 Ok(ready) => ready,
+                // Not an error of the stage's: it waits for the store, whatever its policy.
+                Err(ShardsError::Stream(e @ StreamError::Unavailable { .. })) => {
+                    unavailable += 1;
+                    tracing::warn!(error = %e, tries = unavailable, "the input stream cannot be read now; it is read again");
+                    self.stats.set_error(format!("reading the input's shards failed: {e}"));
+                    self.back_off(unavailable + 1);
+                    continue;
+                }
                 Err(ShardsError::Stream(e)) => {
                     match self.retry_step(&BatchError::Effect(format!("reading the input's shards: {e}")), 1) {
                         Retried::Done => continue,
@@ -382,7 +390,9 @@ impl<O: Operator> Driver<O> {
                 if self.draining() {
                     break;
                 }
-                match self.operator.idle() {
+                // Time-driven work and its checkpoint belong to the host reading the stage.
+                let idle = if self.held.iter().any(|h| *h) { self.operator.idle() } else { Ok(false) };
+                match idle {
                     Ok(false) => {}
                     Ok(true) => {
                         if let Retried::Stop = self.checkpoint(&positions, None) {
@@ -710,24 +720,35 @@ impl<O: Operator> Driver<O> {
         }
     }
 
-    /// Which shards this host reads now: a shard it just took is read from its
-    /// checkpoint, which the host that had it moved; one another host reads
-    /// keeps that host's position, so that its children wait for it.
+    /// Which shards this host reads now. A shard it took from another host is
+    /// read from its checkpoint, which that host moved (a whole stage keeps the
+    /// positions its operator resumed from: its state is on this host); one
+    /// another host reads keeps that host's position, so that its children
+    /// wait for it.
     fn claim(&mut self, positions: &mut [u64]) -> Result<(), ShardsError> {
         let (input, consumer) = (self.spec.input.as_str(), self.spec.consumer.as_str());
-        let claim = self.streams.claim(input, consumer, positions.len() as u32, self.operator.sharing())?;
+        let sharing = self.operator.sharing();
+        let claim = self.streams.claim(input, consumer, positions.len() as u32, sharing)?;
+        let first = self.held.is_empty();
         self.held.resize(positions.len(), false);
-        for shard in 0..positions.len() {
+        for (shard, position) in positions.iter_mut().enumerate() {
             let held = claim.held.get(shard).copied().unwrap_or(false);
-            if held && !self.held[shard] {
-                positions[shard] = self.streams.register_consumer(input, shard as u32, consumer)?;
-                tracing::info!(shard, position = positions[shard], "this host reads the shard now");
+            let theirs = claim.positions.get(shard).copied().flatten();
+            if held && !self.held[shard] && !first {
+                if sharing == Sharing::Shards {
+                    // Where the lease just taken says: read with it, so never older.
+                    *position = match theirs {
+                        Some(p) => p,
+                        None => self.streams.register_consumer(input, shard as u32, consumer)?,
+                    };
+                }
+                tracing::info!(shard, position = *position, "this host reads the shard now");
             } else if !held {
                 if self.held[shard] {
                     tracing::info!(shard, "another host reads the shard now");
                 }
-                if let Some(position) = claim.positions.get(shard).copied().flatten() {
-                    positions[shard] = position;
+                if let Some(theirs) = theirs {
+                    *position = theirs;
                 }
             }
             self.held[shard] = held;

@@ -335,8 +335,9 @@ pub enum Sharing {
 pub struct Claim {
     /// Whether this host reads the shard now.
     pub held: Vec<bool>,
-    /// Where the consumer stands on the shards other hosts read (`None`:
-    /// where this host's own reading says): the host needs them to know when a
+    /// Where the consumer stands on each shard, as the store read it with the
+    /// leases (`None`: not known, or at the shard's start): a shard this host
+    /// just took goes on from there, and one another host reads tells when a
     /// parent shard is finished.
     pub positions: Vec<Option<u64>>,
     /// Who reads each shard, when the store shares them (for the status).

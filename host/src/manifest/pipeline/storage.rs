@@ -135,7 +135,9 @@ pub(super) fn storage(source: &SourceFile, raw: &RawStorage, diags: &mut Diagnos
     let lease_timeout = duration("lease-timeout", &raw.lease_timeout, Duration::from_secs(1), diags);
     // Empty: the host names itself, once, in its data dir.
     let host = raw.host.as_ref().map_or(String::new(), |h| h.get_ref().clone());
-    if let Some(h) = raw.host.as_ref().filter(|_| host.is_empty() || host.len() > 128 || host.chars().any(char::is_control)) {
+    if let Some(h) =
+        raw.host.as_ref().filter(|_| host.is_empty() || host.len() > 128 || host.chars().any(char::is_control))
+    {
         diags.push(
             at(h.span(), "[storage] host must be a name of 1 to 128 printable characters".to_owned())
                 .help("name each host sharing the cluster differently, or leave host out"),
