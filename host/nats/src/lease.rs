@@ -18,9 +18,14 @@
 //!   cut off, finds the revision moved: its checkpoint is refused
 //!   ([`weir_stream::StreamError::LeaseLost`]) and it stops reading the shard.
 //!
-//! A consumer read by one host at a time ([`Sharing::Whole`]: its state is on
-//! that host's disk) has one lease for the stream, under `<s>.all.<consumer>`,
-//! which only its holder lets go of.
+//! A consumer read by one host at a time has one lease for the stream, under
+//! `<s>.all.<consumer>`. With its state on its host's disk ([`Sharing::Whole`])
+//! only its holder lets go of it. With its state kept here ([`Sharing::Single`])
+//! it expires as a shard's does, and the state is saved in the same atomic
+//! batch as a renewal of the lease, expecting the revision this host last
+//! wrote of it: a host that lost the lease cannot save. The state is the value
+//! of `<s>.state.<consumer>` (its size and how many parts) and its parts,
+//! `<s>.state.<consumer>.<k>`, so that it may be larger than one message.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -73,6 +78,23 @@ fn whole_key(stream: &str, consumer: &str) -> String {
     format!("{}.all.{}", token(stream), token(consumer))
 }
 
+/// The key of a consumer's saved state (its parts follow it, `.0`, `.1`, ...).
+fn state_key(stream: &str, consumer: &str) -> String {
+    format!("{}.state.{}", token(stream), token(consumer))
+}
+
+/// The most bytes of state in one message (a server takes 1 MiB by default).
+const STATE_PART: usize = 256 * 1024;
+/// The most messages in one atomic batch a server takes.
+const MAX_BATCH: usize = 1000;
+
+/// What the value of a state key says of the parts after it.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct StateHeader {
+    parts: usize,
+    bytes: usize,
+}
+
 /// A lease this host holds: the revision and counter it last wrote.
 #[derive(Debug, Clone, Copy)]
 struct Held {
@@ -112,6 +134,8 @@ pub(crate) struct Leases {
     held: Mutex<HashMap<String, Held>>,
     seen: Mutex<HashMap<String, Seen>>,
     rounds: Mutex<HashMap<(String, String), Round>>,
+    /// The consumers claimed by shard: their checkpoints go through the fence only.
+    shared: Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -121,7 +145,14 @@ fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Leases {
     pub(crate) fn new(host: String, timeout: Duration) -> Leases {
-        Leases { host, timeout, held: Mutex::default(), seen: Mutex::default(), rounds: Mutex::default() }
+        Leases {
+            host,
+            timeout,
+            held: Mutex::default(),
+            seen: Mutex::default(),
+            rounds: Mutex::default(),
+            shared: Mutex::default(),
+        }
     }
 
     pub(crate) fn host(&self) -> &str {
@@ -154,7 +185,7 @@ impl Leases {
     ) -> Result<Claim, String> {
         let claim = match sharing {
             Sharing::Shards => self.claim_shards(bucket, stream, consumer, shards).await?,
-            Sharing::Whole => self.claim_whole(bucket, stream, consumer, shards).await?,
+            Sharing::Whole | Sharing::Single => self.claim_whole(bucket, stream, consumer, shards, sharing).await?,
         };
         let round = Round { at: Instant::now(), sharing, claim: claim.clone() };
         locked(&self.rounds).insert((stream.to_owned(), consumer.to_owned()), round);
@@ -217,6 +248,16 @@ impl Leases {
         }
     }
 
+    /// Whether this host holds `key` as it last wrote it (`read` is what the
+    /// cluster has): if not, a lease it holds after this round is taken anew.
+    fn continues(&self, key: &str, read: Option<&(Lease, u64)>) -> bool {
+        let held = locked(&self.held).get(key).copied();
+        match (held, read) {
+            (Some(held), Some((lease, revision))) => lease.owner == self.host && held.revision == *revision,
+            _ => false,
+        }
+    }
+
     /// Notes what was read of another host's lease; returns whether it expired
     /// (its counter did not move for the timeout, by this host's clock).
     fn expired(&self, key: &str, lease: &Lease) -> bool {
@@ -237,11 +278,14 @@ impl Leases {
         consumer: &str,
         shards: u32,
     ) -> Result<Claim, String> {
+        locked(&self.shared).insert((stream.to_owned(), consumer.to_owned()));
         let keys: Vec<String> = (0..shards).map(|s| shard_key(stream, s, consumer)).collect();
         let mut read = Vec::with_capacity(keys.len());
         for key in &keys {
             read.push(Self::read(bucket, key).await?);
         }
+        let continued: Vec<bool> =
+            keys.iter().zip(&read).map(|(key, read)| self.continues(key, read.as_ref())).collect();
         // Who is alive: the owners of leases that move, and this host.
         let mut live: HashMap<String, Vec<usize>> = HashMap::from([(self.host.clone(), Vec::new())]);
         let mut free = Vec::new();
@@ -288,6 +332,12 @@ impl Leases {
                 held[i] = true;
             }
         }
+        // What another host holds now is not this host's, whatever it last wrote.
+        for (key, held) in keys.iter().zip(&held) {
+            if !held {
+                locked(&self.held).remove(key);
+            }
+        }
         let positions = read.iter().map(|lease| lease.as_ref().and_then(|(l, _)| l.position)).collect();
         let holders = read
             .iter()
@@ -298,7 +348,8 @@ impl Leases {
                 _ => None,
             })
             .collect();
-        Ok(Claim { held, positions, holders })
+        let taken = held.iter().zip(&continued).map(|(held, continued)| *held && !continued).collect();
+        Ok(Claim { held, positions, holders, taken })
     }
 
     async fn claim_whole(
@@ -307,17 +358,35 @@ impl Leases {
         stream: &str,
         consumer: &str,
         shards: u32,
+        sharing: Sharing,
     ) -> Result<Claim, String> {
         let key = whole_key(stream, consumer);
         let read = Self::read(bucket, &key).await?;
         let owner = match &read {
+            // Its state moves with it: it may be taken from a host that stopped renewing.
+            Some((lease, _)) if sharing == Sharing::Single && !lease.owner.is_empty() && lease.owner != self.host => {
+                let expired = self.expired(&key, lease);
+                if expired {
+                    tracing::info!(stream, consumer, from = %lease.owner, "taking over a consumer whose host stopped renewing it");
+                }
+                (!expired).then(|| lease.owner.clone())
+            }
             Some((lease, _)) if !lease.owner.is_empty() && lease.owner != self.host => Some(lease.owner.clone()),
             _ => None,
         };
         let n = shards as usize;
+        let continued = self.continues(&key, read.as_ref());
         let held = owner.is_none() && self.hold(bucket, &key, read.as_ref()).await;
+        if !held {
+            locked(&self.held).remove(&key);
+        }
         let holder = if held { Some(self.host.clone()) } else { owner };
-        Ok(Claim { held: vec![held; n], positions: vec![None; n], holders: vec![holder; n] })
+        Ok(Claim {
+            held: vec![held; n],
+            positions: vec![None; n],
+            holders: vec![holder; n],
+            taken: vec![held && !continued; n],
+        })
     }
 
     /// Writes a checkpoint through the fence: a compare-and-set on the revision
@@ -333,9 +402,7 @@ impl Leases {
         let key = shard_key(stream, shard, consumer);
         let held = locked(&self.held).get(&key).copied();
         let Some(held) = held else {
-            let shared = locked(&self.rounds)
-                .get(&(stream.to_owned(), consumer.to_owned()))
-                .is_some_and(|r| r.sharing == Sharing::Shards);
+            let shared = locked(&self.shared).contains(&(stream.to_owned(), consumer.to_owned()));
             return Ok(if shared { Fenced::Lost } else { Fenced::NotLeased });
         };
         let lease = Lease { position: Some(next), owner: self.host.clone(), counter: held.counter + 1 };
@@ -367,11 +434,12 @@ impl Leases {
 
     /// Lets go of this host's leases for `consumer`, keeping their positions.
     pub(crate) async fn release(&self, bucket: &kv::Store, stream: &str, consumer: &str) -> Result<(), String> {
+        locked(&self.shared).remove(&(stream.to_owned(), consumer.to_owned()));
         let round = locked(&self.rounds).remove(&(stream.to_owned(), consumer.to_owned()));
         let Some(round) = round else { return Ok(()) };
         let keys: Vec<String> = match round.sharing {
             Sharing::Shards => (0..round.claim.held.len() as u32).map(|s| shard_key(stream, s, consumer)).collect(),
-            Sharing::Whole => vec![whole_key(stream, consumer)],
+            Sharing::Whole | Sharing::Single => vec![whole_key(stream, consumer)],
         };
         for key in keys {
             let held = locked(&self.held).remove(&key);
@@ -384,5 +452,117 @@ impl Leases {
             Self::write(bucket, &key, &free, Some(revision)).await?;
         }
         Ok(())
+    }
+
+    /// Saves a consumer's state under its lease: one atomic batch of the lease
+    /// renewed (expecting the revision this host last wrote), the state's size
+    /// and its parts. Returns `false` (nothing written) if the lease was lost.
+    pub(crate) async fn save_state(
+        &self,
+        client: &async_nats::Client,
+        bucket: &kv::Store,
+        batch: &str,
+        stream: &str,
+        consumer: &str,
+        state: &[u8],
+    ) -> Result<bool, String> {
+        let key = whole_key(stream, consumer);
+        let held = locked(&self.held).get(&key).copied();
+        let Some(held) = held else { return Ok(false) };
+        let parts: Vec<&[u8]> = state.chunks(STATE_PART).collect();
+        if parts.len() + 2 > MAX_BATCH {
+            return Err(format!(
+                "the state has {} bytes; at most {} can be saved at once",
+                state.len(),
+                (MAX_BATCH - 2) * STATE_PART
+            ));
+        }
+        let lease = Lease { position: None, owner: self.host.clone(), counter: held.counter + 1 };
+        let header =
+            serde_json::to_vec(&StateHeader { parts: parts.len(), bytes: state.len() }).map_err(|e| e.to_string())?;
+        let state_key = state_key(stream, consumer);
+        let mut messages = vec![(key.clone(), lease.bytes()), (state_key.clone(), Bytes::from(header))];
+        messages.extend(
+            parts.iter().enumerate().map(|(k, part)| (format!("{state_key}.{k}"), Bytes::copy_from_slice(part))),
+        );
+        let count = messages.len();
+        let mut commit = None;
+        for (k, (key, payload)) in messages.into_iter().enumerate() {
+            let subject = format!("{}{key}", bucket.prefix);
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Batch-Id", batch);
+            headers.insert("Nats-Batch-Sequence", (k + 1).to_string().as_str());
+            if k == 0 {
+                headers.insert("Nats-Expected-Last-Subject-Sequence", held.revision.to_string().as_str());
+            }
+            if k + 1 == count {
+                headers.insert("Nats-Batch-Commit", "1");
+                commit = Some(client.request_with_headers(subject, headers, payload));
+            } else {
+                client.publish_with_headers(subject, headers, payload).await.map_err(|e| e.to_string())?;
+            }
+        }
+        let answer = commit.ok_or("an empty batch")?.await.map_err(|e| e.to_string())?;
+        let ack: serde_json::Value = serde_json::from_slice(&answer.payload).map_err(|e| e.to_string())?;
+        let forget = || {
+            locked(&self.held).remove(&key);
+            locked(&self.rounds).remove(&(stream.to_owned(), consumer.to_owned()));
+        };
+        if let Some(error) = ack.get("error") {
+            forget();
+            // 10071: wrong last sequence, the fence.
+            if error["err_code"].as_u64() == Some(10071) {
+                tracing::warn!(stream, consumer, "another host took the consumer over; its state was not saved");
+                return Ok(false);
+            }
+            return Err(format!("the state was not saved: {error}"));
+        }
+        match (ack["seq"].as_u64(), ack["count"].as_u64()) {
+            (Some(last), Some(n)) if n == count as u64 && last >= n => {
+                locked(&self.held).insert(key, Held { revision: last - n + 1, counter: lease.counter });
+                Ok(true)
+            }
+            _ => {
+                forget();
+                Err(format!("the state's batch answer does not say where it went: {ack}"))
+            }
+        }
+    }
+
+    /// The state a consumer saved last, read from the bucket's leader.
+    pub(crate) async fn load_state(
+        bucket: &kv::Store,
+        stream: &str,
+        consumer: &str,
+    ) -> Result<Option<Vec<u8>>, String> {
+        let key = state_key(stream, consumer);
+        let subject = format!("{}{key}", bucket.prefix);
+        let header = match bucket.stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(message) => message,
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        };
+        if header.headers.get("KV-Operation").is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE")) {
+            return Ok(None);
+        }
+        let header: StateHeader = serde_json::from_slice(&header.payload)
+            .map_err(|e| format!("the saved state of `{consumer}` is not readable: {e}"))?;
+        let mut state = Vec::with_capacity(header.bytes);
+        for k in 0..header.parts {
+            let part = bucket
+                .stream
+                .get_last_raw_message_by_subject(&format!("{subject}.{k}"))
+                .await
+                .map_err(|e| format!("part {k} of the saved state of `{consumer}`: {e}"))?;
+            state.extend_from_slice(&part.payload);
+        }
+        if state.len() != header.bytes {
+            return Err(format!(
+                "the saved state of `{consumer}` has {} bytes where its header says {}",
+                state.len(),
+                header.bytes
+            ));
+        }
+        Ok(Some(state))
     }
 }

@@ -338,6 +338,29 @@ impl NatsStreams {
                 buckets.push(store);
             }
             let positions = buckets.pop().ok_or_else(|| failed("no positions bucket".to_owned()))?;
+            // A consumer's state is saved in one atomic batch with its lease. (Hosts
+            // starting together ask at once; a cluster just started may not answer yet.)
+            let deadline = Instant::now() + STARTING_CLUSTER;
+            loop {
+                let allowed = async {
+                    let mut config = js.get_stream(&positions.stream_name).await?.info().await?.config.clone();
+                    if !config.allow_atomic_publish {
+                        config.allow_atomic_publish = true;
+                        js.update_stream(config).await?;
+                    }
+                    Ok::<_, async_nats::Error>(())
+                };
+                match allowed.await {
+                    Ok(()) => break,
+                    Err(e) if Instant::now() >= deadline => {
+                        return Err(failed(format!("cannot allow atomic batches in `{}`: {e}", positions.name)));
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "the positions bucket cannot be changed yet; tried again");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
             let descriptions = buckets.pop().ok_or_else(|| failed("no streams bucket".to_owned()))?;
             // A bucket just made answers once its servers have elected its leader: wait for that.
             let deadline = Instant::now() + STARTING_CLUSTER;
@@ -1159,6 +1182,34 @@ impl StreamStore for NatsStreams {
         self.wait(stream, async {
             self.leases.release(&self.positions, stream, consumer).await.map_err(|e| unavailable(stream, e))
         })
+    }
+
+    fn keeps_state(&self) -> bool {
+        true
+    }
+
+    fn load_state(&self, stream: &str, consumer: &str) -> Result<Option<Vec<u8>>, StreamError> {
+        self.wait(stream, async {
+            lease::Leases::load_state(&self.positions, stream, consumer).await.map_err(|e| unavailable(stream, e))
+        })
+    }
+
+    fn save_state(&self, stream: &str, consumer: &str, state: &[u8]) -> Result<(), StreamError> {
+        let batch = format!("{}-{}", self.store_id, self.published.fetch_add(1, Ordering::Relaxed));
+        let saved = self.wait(stream, async {
+            let saved = self.leases.save_state(&self.client, &self.positions, &batch, stream, consumer, state).await;
+            saved.map_err(|e| unavailable(stream, e))
+        });
+        match saved {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                Err(StreamError::LeaseLost { stream: stream.to_owned(), shard: 0, consumer: consumer.to_owned() })
+            }
+            Err(StreamError::Unavailable { reason, .. }) => {
+                Err(StreamError::CheckpointFailed { stream: stream.to_owned(), consumer: consumer.to_owned(), reason })
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 

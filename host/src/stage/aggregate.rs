@@ -153,20 +153,39 @@ impl AggregateOperator {
         self.windows.as_mut().ok_or_else(|| BatchError::Fatal("the stage's windows were never opened".into()))
     }
 
-    /// Reads the checkpoint of the last run: none when there is no file; an
+    /// Where the checkpoint is kept: the stream store, when it keeps consumers'
+    /// state (a NATS cluster: then another host can take the stage over), or else a
+    /// file of this host's.
+    fn checkpoint_place(&self) -> String {
+        if self.streams.keeps_state() {
+            format!("of stream `{}` in the cluster", self.spec.input)
+        } else {
+            self.state_file.display().to_string()
+        }
+    }
+
+    /// Reads the checkpoint of the last run: none when there is none; an
     /// error when there is one that cannot be read (never a silent fresh start).
     fn saved(&self) -> Result<Option<Checkpoint>, String> {
-        let bytes = match std::fs::read(&self.state_file) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(format!("cannot read its checkpoint {}: {e}", self.state_file.display())),
+        let bytes = if self.streams.keeps_state() {
+            match self.streams.load_state(self.spec.input.as_str(), self.spec.name.as_str()) {
+                Ok(Some(bytes)) => bytes,
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(format!("cannot read its checkpoint {}: {e}", self.checkpoint_place())),
+            }
+        } else {
+            match std::fs::read(&self.state_file) {
+                Ok(bytes) => bytes,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(format!("cannot read its checkpoint {}: {e}", self.state_file.display())),
+            }
         };
         serde_json::from_slice(&bytes).map(Some).map_err(|e| {
             format!(
                 "its checkpoint {} is damaged ({e}): it holds the open windows, so the stage does not start \
-                 without it; restore the file, or remove it to start over from the stream's consumer checkpoints \
+                 without it; restore it, or remove it to start over from the stream's consumer checkpoints \
                  (the open windows' records are then counted again only if they are still in the stream)",
-                self.state_file.display()
+                self.checkpoint_place()
             )
         })
     }
@@ -192,7 +211,8 @@ impl AggregateOperator {
         self.expected_generation = current;
     }
 
-    /// Writes the positions and window state together: temp file, fsync, rename.
+    /// Writes the positions and window state together: to the stream store in
+    /// one step under the stage's lease, or to a temp file, fsync, rename.
     fn save(&self, positions: &[u64]) -> Result<(), String> {
         let windows = self.windows.as_ref().ok_or("the stage's windows were never opened")?;
         let checkpoint = Checkpoint {
@@ -200,6 +220,13 @@ impl AggregateOperator {
             windows: base64::engine::general_purpose::STANDARD.encode(windows.snapshot()),
             state_version: Some(self.state_version),
         };
+        if self.streams.keeps_state() {
+            let bytes = serde_json::to_vec(&checkpoint).map_err(|e| e.to_string())?;
+            return self
+                .streams
+                .save_state(self.spec.input.as_str(), self.spec.name.as_str(), &bytes)
+                .map_err(|e| e.to_string());
+        }
         let tmp = self.state_file.with_extension("tmp");
         serde_json::to_vec(&checkpoint)
             .map_err(std::io::Error::other)
@@ -570,6 +597,11 @@ impl Operator for AggregateOperator {
     /// restores the windows and positions of the last checkpoint.
     fn open(&mut self) -> Result<Option<Vec<u64>>, String> {
         let window = self.spec.window.clone().ok_or("an aggregator stage needs a window")?;
+        // Opened again when this host takes the stage over: nothing of before is kept.
+        self.pending.clear();
+        self.folded_to.clear();
+        self.unwritten.clear();
+        self.expected_generation = 0;
         let state_version = self.instance().and_then(|i| i.state_version().map_err(|e| e.to_string()))?;
         self.state_version = state_version;
         // Set once, on the stage's first version: it cannot be set already.
@@ -581,16 +613,16 @@ impl Operator for AggregateOperator {
                         "the checkpoint {} holds open windows in state version {saved}, but plugin `{}` keeps \
                          version {}: run the plugin that wrote them and hot-swap this one in with state \
                          `migrate` or `reset`",
-                        self.state_file.display(),
+                        self.checkpoint_place(),
                         self.version.plugin,
                         self.state_version
                     ));
                 }
                 let snapshot = base64::engine::general_purpose::STANDARD.decode(&c.windows).map_err(|e| {
-                    format!("its checkpoint {} is damaged (the windows are not base64: {e})", self.state_file.display())
+                    format!("its checkpoint {} is damaged (the windows are not base64: {e})", self.checkpoint_place())
                 })?;
                 let windows = WindowOperator::restore(window, &snapshot, now_ms())
-                    .map_err(|e| format!("its checkpoint {} cannot be restored: {e}", self.state_file.display()))?;
+                    .map_err(|e| format!("its checkpoint {} cannot be restored: {e}", self.checkpoint_place()))?;
                 (windows, Some(c.positions))
             }
             None => (WindowOperator::new(window).map_err(|e| format!("the window is not valid: {e}"))?, None),
@@ -599,6 +631,11 @@ impl Operator for AggregateOperator {
         self.refresh_expected_keys();
         self.positions = positions.clone().unwrap_or_default();
         Ok(positions)
+    }
+
+    /// Its windows move with the stage when the store keeps them; else they stay on this host.
+    fn sharing(&self) -> crate::stream::Sharing {
+        if self.streams.keeps_state() { crate::stream::Sharing::Single } else { crate::stream::Sharing::Whole }
     }
 
     fn shard_added(&mut self, shard: u32, _position: u64) -> Result<(), BatchError> {

@@ -649,7 +649,7 @@ impl<O: Operator> Driver<O> {
         loop {
             match self.operator.checkpoint(positions, shard) {
                 Ok(()) => return Retried::Done,
-                Err(e) if shard.is_some_and(|s| !self.still_held(s, positions.len())) => {
+                Err(e) if !self.still_held(shard, positions.len()) => {
                     tracing::warn!(error = %e, shard, "the shard went to another host; it goes on from the last checkpoint");
                     return Retried::Done;
                 }
@@ -709,12 +709,15 @@ impl<O: Operator> Driver<O> {
         self.stats.set_phase(Phase::Stopped);
     }
 
-    /// Whether this host still reads `shard`, as the store says now (after a
-    /// checkpoint failed: a lost lease is why it would not).
-    fn still_held(&mut self, shard: u32, shards: usize) -> bool {
+    /// Whether this host still reads `shard` (any shard, for `None`), as the
+    /// store says now (after a checkpoint failed: a lost lease is why it would not).
+    fn still_held(&mut self, shard: Option<u32>, shards: usize) -> bool {
         let (input, consumer) = (self.spec.input.as_str(), self.spec.consumer.as_str());
         match self.streams.claim(input, consumer, shards as u32, self.operator.sharing()) {
-            Ok(claim) => claim.held.get(shard as usize).copied().unwrap_or(false),
+            Ok(claim) => match shard {
+                Some(shard) => claim.held.get(shard as usize).copied().unwrap_or(false),
+                None => claim.held.iter().any(|h| *h),
+            },
             // Not known: the checkpoint is retried, as any failed one.
             Err(_) => true,
         }
@@ -730,11 +733,17 @@ impl<O: Operator> Driver<O> {
         let sharing = self.operator.sharing();
         let claim = self.streams.claim(input, consumer, positions.len() as u32, sharing)?;
         let first = self.held.is_empty();
+        let taken_over = !first
+            && sharing == Sharing::Single
+            && (claim.taken.iter().any(|t| *t) || (!self.held.iter().any(|h| *h) && claim.held.iter().any(|h| *h)));
         self.held.resize(positions.len(), false);
         for (shard, position) in positions.iter_mut().enumerate() {
             let held = claim.held.get(shard).copied().unwrap_or(false);
             let theirs = claim.positions.get(shard).copied().flatten();
-            if held && !self.held[shard] && !first {
+            // Taken anew, also while this host thought it still held it (it was frozen,
+            // another host moved the shard on, and this one took it back).
+            let taken = claim.taken.get(shard).copied().unwrap_or(false) || !self.held[shard];
+            if held && taken && !first {
                 if sharing == Sharing::Shards {
                     // Where the lease just taken says: read with it, so never older.
                     *position = match theirs {
@@ -754,6 +763,29 @@ impl<O: Operator> Driver<O> {
             self.held[shard] = held;
         }
         self.stats.set_holders(claim.holders);
+        if taken_over && let Err(e) = self.take_over(positions) {
+            // Not taken over yet: the next round tries again.
+            self.held.iter_mut().for_each(|h| *h = false);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// This host took over a stage whose state the store keeps, from a host
+    /// that stopped: the operator opens that state again, with its positions.
+    fn take_over(&mut self, positions: &mut [u64]) -> Result<(), ShardsError> {
+        let (input, consumer) = (self.spec.input.as_str(), self.spec.consumer.as_str());
+        // Retried with backoff: the saved state may be unreadable only for now.
+        let resumed = self.operator.open().map_err(|e| ShardsError::Operator(BatchError::Effect(e)))?;
+        for (shard, position) in positions.iter_mut().enumerate() {
+            *position = match resumed.as_ref().and_then(|r| r.get(shard)) {
+                Some(p) => *p,
+                None => self.streams.register_consumer(input, shard as u32, consumer)?,
+            };
+            self.operator.shard_added(shard as u32, *position).map_err(ShardsError::Operator)?;
+        }
+        self.finished.iter_mut().for_each(|f| *f = false);
+        tracing::info!(positions = ?positions, "this host took the stage over, from its saved state");
         Ok(())
     }
 

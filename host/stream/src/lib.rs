@@ -328,6 +328,11 @@ pub enum Sharing {
     /// disk (windows, tables). It never moves by a timeout, since the state
     /// would not move with it.
     Whole,
+    /// One host at a time reads every shard, and the store keeps the
+    /// consumer's state with its positions ([`StreamStore::save_state`]): when
+    /// that host stops renewing, another takes the consumer over after the
+    /// lease timeout and goes on from the state saved last.
+    Single,
 }
 
 /// What [`StreamStore::claim`] found, per shard in index order.
@@ -342,13 +347,17 @@ pub struct Claim {
     pub positions: Vec<Option<u64>>,
     /// Who reads each shard, when the store shares them (for the status).
     pub holders: Vec<Option<String>>,
+    /// Whether this host took the shard in this round: it did not hold it as it
+    /// last wrote it (newly, or back from another host that moved it meanwhile),
+    /// so its reading goes on from `positions`, not from where it was.
+    pub taken: Vec<bool>,
 }
 
 impl Claim {
     /// Every one of `shards` held by this host: a store with one host.
     pub fn all(shards: u32) -> Claim {
         let n = shards as usize;
-        Claim { held: vec![true; n], positions: vec![None; n], holders: vec![None; n] }
+        Claim { held: vec![true; n], positions: vec![None; n], holders: vec![None; n], taken: vec![false; n] }
     }
 }
 
@@ -418,6 +427,25 @@ pub trait StreamStore: Send + Sync {
     /// takes them at once (a stage that drained). Nothing to do on one host.
     fn release(&self, _stream: &str, _consumer: &str) -> Result<(), StreamError> {
         Ok(())
+    }
+    /// Whether the store keeps consumers' state ([`StreamStore::save_state`]),
+    /// so that a consumer with state can move between hosts ([`Sharing::Single`]).
+    fn keeps_state(&self) -> bool {
+        false
+    }
+    /// The state `consumer` saved last, if any.
+    fn load_state(&self, _stream: &str, _consumer: &str) -> Result<Option<Vec<u8>>, StreamError> {
+        Ok(None)
+    }
+    /// Replaces `consumer`'s saved state (its positions within it), all at once,
+    /// under its [`Sharing::Single`] lease: [`StreamError::LeaseLost`] if another
+    /// host took the consumer, and nothing is written.
+    fn save_state(&self, stream: &str, consumer: &str, _state: &[u8]) -> Result<(), StreamError> {
+        Err(StreamError::CheckpointFailed {
+            stream: stream.to_owned(),
+            consumer: consumer.to_owned(),
+            reason: "this store keeps no consumer state".to_owned(),
+        })
     }
 }
 
@@ -512,6 +540,15 @@ impl<L: StoreLayer> StreamStore for L {
     }
     fn release(&self, stream: &str, consumer: &str) -> Result<(), StreamError> {
         self.inner().release(stream, consumer)
+    }
+    fn keeps_state(&self) -> bool {
+        self.inner().keeps_state()
+    }
+    fn load_state(&self, stream: &str, consumer: &str) -> Result<Option<Vec<u8>>, StreamError> {
+        self.inner().load_state(stream, consumer)
+    }
+    fn save_state(&self, stream: &str, consumer: &str, state: &[u8]) -> Result<(), StreamError> {
+        self.inner().save_state(stream, consumer, state)
     }
 }
 
