@@ -428,6 +428,28 @@ fn weir_in_a_child_process() {
     weir_tests::run_weir_if_child();
 }
 
+/// The top of a manifest whose streams are on `cluster`, for [`WeirHost::start`]:
+/// each host fills in its data dir and API port; leases time out after 2 s.
+fn shared_manifest(cluster: &NatsCluster, name: &str) -> String {
+    let servers: Vec<String> = cluster.servers().iter().map(|s| format!("{s:?}")).collect();
+    format!(
+        r#"
+[pipeline]
+name = "{name}"
+data-dir = "{{dir}}/data"
+
+[api]
+listen = "127.0.0.1:{{port}}"
+
+[storage]
+backend = "nats"
+servers = [{}]
+lease-timeout = "2s"
+"#,
+        servers.join(", ")
+    )
+}
+
 /// A `weir run` process of a pipeline sharing the cluster, with its own data dir,
 /// API port and log.
 struct WeirHost {
@@ -463,11 +485,11 @@ impl WeirHost {
         std::fs::read_to_string(self.dir.path().join("weir.log")).unwrap_or_default()
     }
 
-    /// Who reads each shard of the etl stage's input, as this host's status says.
-    fn holders(&self, runtime: &tokio::runtime::Runtime) -> Option<Vec<Option<String>>> {
+    /// Who reads each shard of `stage`'s input, as this host's status says.
+    fn holders(&self, runtime: &tokio::runtime::Runtime, stage: &str) -> Option<Vec<Option<String>>> {
         let url = format!("http://127.0.0.1:{}/v1/pipeline", self.port);
         let status: serde_json::Value = runtime.block_on(async { reqwest::get(url).await.ok()?.json().await.ok() })?;
-        let stage = status["stages"].as_array()?.iter().find(|s| s["name"] == "etl")?;
+        let stage = status["stages"].as_array()?.iter().find(|s| s["name"] == stage)?;
         serde_json::from_value(stage["shard_holders"].clone()).ok()
     }
 
@@ -518,21 +540,9 @@ fn three_hosts_share_a_stage_and_a_frozen_or_killed_host_loses_nothing() {
     const LINES: usize = 6000;
     let runtime = runtime();
     let cluster = runtime.block_on(NatsCluster::start(3));
-    let servers: Vec<String> = cluster.servers().iter().map(|s| format!("{s:?}")).collect();
-    let manifest = format!(
-        r#"
-[pipeline]
-name = "shared"
-data-dir = "{{dir}}/data"
-
-[api]
-listen = "127.0.0.1:{{port}}"
-
-[storage]
-backend = "nats"
-servers = [{servers}]
-lease-timeout = "2s"
-
+    let manifest = shared_manifest(&cluster, "shared")
+        + &format!(
+            r#"
 [streams.toll-lines]
 shards = 4
 [streams.toll-rows]
@@ -548,9 +558,8 @@ batch-size = 50
 batch-wait = "10ms"
 config = {{ currency = "USD" }}
 "#,
-        servers = servers.join(", "),
-        plugin = weir_tests::root().join("plugins/toll-etl").display(),
-    );
+            plugin = weir_tests::root().join("plugins/toll-etl").display(),
+        );
     let mut hosts: Vec<WeirHost> = (0..3).map(|_| WeirHost::start(&manifest)).collect();
     let logs = |hosts: &[WeirHost]| hosts.iter().map(WeirHost::log).collect::<Vec<_>>().join("\n----\n");
     let mut settings = NatsSettings::new(cluster.servers());
@@ -559,7 +568,7 @@ config = {{ currency = "USD" }}
 
     // Every host reads a share: 2, 1 and 1 of the four shards.
     let views = |hosts: &[WeirHost]| {
-        let views: Vec<String> = hosts.iter().map(|h| format!("{:?}", h.holders(&runtime))).collect();
+        let views: Vec<String> = hosts.iter().map(|h| format!("{:?}", h.holders(&runtime, "etl"))).collect();
         format!("{}\n{}", views.join("\n"), logs(hosts))
     };
     let mut names: Vec<String> = Vec::new();
@@ -568,7 +577,7 @@ config = {{ currency = "USD" }}
         "every host started and named itself",
         || {
             names = hosts.iter().filter_map(WeirHost::name).collect();
-            names.len() == 3 && hosts.iter().all(|h| h.holders(&runtime).is_some())
+            names.len() == 3 && hosts.iter().all(|h| h.holders(&runtime, "etl").is_some())
         },
         || views(&hosts),
     );
@@ -576,7 +585,7 @@ config = {{ currency = "USD" }}
         Duration::from_secs(60),
         "the shards balanced over the three hosts",
         || {
-            let holders = hosts[0].holders(&runtime).unwrap_or_default();
+            let holders = hosts[0].holders(&runtime, "etl").unwrap_or_default();
             holders.len() == 4 && names.iter().all(|n| holders.contains(&Some(n.clone())))
         },
         || views(&hosts),
@@ -613,7 +622,7 @@ config = {{ currency = "USD" }}
         hosts[1].signal("-STOP");
         put(&lines[LINES / 3..LINES / 2]);
         wait_until(Duration::from_secs(60), "the frozen host's shards taken", || {
-            hosts[0].holders(&runtime).is_some_and(|h| h.len() == 4 && !h.contains(&Some(frozen.clone())))
+            hosts[0].holders(&runtime, "etl").is_some_and(|h| h.len() == 4 && !h.contains(&Some(frozen.clone())))
         });
         hosts[1].signal("-CONT");
         resumed_at = hosts[1].log().len();
@@ -624,7 +633,7 @@ config = {{ currency = "USD" }}
         hosts[0].child.kill().expect("kill -9 host 0");
         put(&lines[2 * LINES / 3..]);
         wait_until(Duration::from_secs(60), "the killed host's shards taken", || {
-            hosts[2].holders(&runtime).is_some_and(|h| h.len() == 4 && !h.contains(&Some(killed.clone())))
+            hosts[2].holders(&runtime, "etl").is_some_and(|h| h.len() == 4 && !h.contains(&Some(killed.clone())))
         });
 
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -693,22 +702,10 @@ fn a_windowed_stage_moves_to_another_host_with_its_state_and_counts_every_toll_o
     const MINUTE: i64 = 60_000;
     let runtime = runtime();
     let cluster = runtime.block_on(NatsCluster::start(3));
-    let servers: Vec<String> = cluster.servers().iter().map(|s| format!("{s:?}")).collect();
     let plugins = weir_tests::root().join("plugins");
-    let manifest = format!(
-        r#"
-[pipeline]
-name = "billing"
-data-dir = "{{dir}}/data"
-
-[api]
-listen = "127.0.0.1:{{port}}"
-
-[storage]
-backend = "nats"
-servers = [{servers}]
-lease-timeout = "2s"
-
+    let manifest = shared_manifest(&cluster, "billing")
+        + &format!(
+            r#"
 [streams.toll-lines]
 shards = 2
 [streams.toll-rows]
@@ -729,21 +726,15 @@ input = "toll-rows"
 output = "billing-windows"
 window = {{ size = "10m", out-of-orderness = "5s", idle-timeout = "5s", allowed-lateness = "3h" }}
 "#,
-        servers = servers.join(", "),
-        etl = plugins.join("toll-etl").display(),
-        sum = plugins.join("toll-billing-sum").display(),
-    );
+            etl = plugins.join("toll-etl").display(),
+            sum = plugins.join("toll-billing-sum").display(),
+        );
     let mut hosts: Vec<WeirHost> = (0..2).map(|_| WeirHost::start(&manifest)).collect();
     let logs = |hosts: &[WeirHost]| hosts.iter().map(WeirHost::log).collect::<Vec<_>>().join("\n----\n");
     let mut settings = NatsSettings::new(cluster.servers());
     settings.host = "producer".to_owned();
     let producer = NatsStreams::connect(settings, runtime.handle().clone()).expect("the producer connects");
-    let holder = |host: &WeirHost| -> Option<String> {
-        let url = format!("http://127.0.0.1:{}/v1/pipeline", host.port);
-        let status: serde_json::Value = runtime.block_on(async { reqwest::get(url).await.ok()?.json().await.ok() })?;
-        let stage = status["stages"].as_array()?.iter().find(|s| s["name"] == "billing-sum")?;
-        stage["shard_holders"][0].as_str().map(str::to_owned)
-    };
+    let holder = |host: &WeirHost| host.holders(&runtime, "billing-sum")?.first().cloned().flatten();
     let mut names = Vec::new();
     wait_or_show(
         Duration::from_secs(120),
