@@ -62,9 +62,8 @@ impl Lease {
         serde_json::from_str(text).ok()
     }
 
-    fn bytes(&self) -> Bytes {
-        // A struct of a number, a string and a number always serializes.
-        Bytes::from(serde_json::to_vec(self).unwrap_or_default())
+    fn bytes(&self) -> Result<Bytes, String> {
+        serde_json::to_vec(self).map(Bytes::from).map_err(|e| format!("a lease cannot be written: {e}"))
     }
 }
 
@@ -215,7 +214,8 @@ impl Leases {
     /// Writes `lease` over `revision` (`None`: only if the key was never
     /// written); `None` if another host wrote first.
     async fn write(bucket: &kv::Store, key: &str, lease: &Lease, revision: Option<u64>) -> Result<Option<u64>, String> {
-        match bucket.update(key, lease.bytes(), revision.unwrap_or(0)).await {
+        // Revision 0: the key must never have been written.
+        match bucket.update(key, lease.bytes()?, revision.unwrap_or(0)).await {
             Ok(revision) => Ok(Some(revision)),
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
             Err(e) => Err(e.to_string()),
@@ -481,7 +481,7 @@ impl Leases {
         let header =
             serde_json::to_vec(&StateHeader { parts: parts.len(), bytes: state.len() }).map_err(|e| e.to_string())?;
         let state_key = state_key(stream, consumer);
-        let mut messages = vec![(key.clone(), lease.bytes()), (state_key.clone(), Bytes::from(header))];
+        let mut messages = vec![(key.clone(), lease.bytes()?), (state_key.clone(), Bytes::from(header))];
         messages.extend(
             parts.iter().enumerate().map(|(k, part)| (format!("{state_key}.{k}"), Bytes::copy_from_slice(part))),
         );

@@ -281,6 +281,25 @@ fn read_position(stream: &str, consumer: &str, value: &[u8]) -> Result<Option<u6
     })
 }
 
+/// Asks `attempt` again every 200 ms while it fails, for as long as a cluster
+/// takes to start ([`STARTING_CLUSTER`]); then fails with `what` and its last error.
+async fn while_starting<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
+    what: &str,
+    mut attempt: impl FnMut() -> F,
+) -> Result<T, String> {
+    let deadline = Instant::now() + STARTING_CLUSTER;
+    loop {
+        match attempt().await {
+            Ok(done) => return Ok(done),
+            Err(e) if Instant::now() >= deadline => return Err(format!("{what}: {e}")),
+            Err(e) => {
+                tracing::debug!(what, error = %e, "the cluster cannot do it yet; asked again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
@@ -313,64 +332,40 @@ impl NatsStreams {
                 storage: stream::StorageType::File,
                 ..Default::default()
             };
+            // A cluster that just started may not have all its servers online or its
+            // leaders elected yet, and hosts starting together ask at once: each step
+            // is asked again while it fails, for as long as a cluster takes to start.
             let mut buckets = Vec::new();
             for name in ["streams", "positions"] {
                 let name = format!("{}-{name}", settings.prefix);
-                // A cluster that just started may not have all its servers online yet: its
-                // first bucket waits for them.
-                let deadline = Instant::now() + STARTING_CLUSTER;
-                let store = loop {
-                    let made = match js.get_key_value(&name).await {
+                let (js, config) = (&js, &bucket);
+                let store = while_starting(&format!("cannot make the bucket `{name}`"), || async {
+                    match js.get_key_value(&name).await {
                         Ok(store) => Ok(store),
-                        Err(_) => js.create_key_value(bucket(name.clone())).await,
-                    };
-                    match made {
-                        Ok(store) => break store,
-                        Err(e) if Instant::now() >= deadline => {
-                            return Err(failed(format!("cannot make the bucket `{name}`: {e}")));
-                        }
-                        Err(e) => {
-                            tracing::debug!(bucket = %name, error = %e, "the bucket cannot be made yet; tried again");
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                        }
+                        Err(_) => js.create_key_value(config(name.clone())).await,
                     }
-                };
+                })
+                .await
+                .map_err(failed)?;
                 buckets.push(store);
             }
             let positions = buckets.pop().ok_or_else(|| failed("no positions bucket".to_owned()))?;
-            // A consumer's state is saved in one atomic batch with its lease. (Hosts
-            // starting together ask at once; a cluster just started may not answer yet.)
-            let deadline = Instant::now() + STARTING_CLUSTER;
-            loop {
-                let allowed = async {
-                    let mut config = js.get_stream(&positions.stream_name).await?.info().await?.config.clone();
-                    if !config.allow_atomic_publish {
-                        config.allow_atomic_publish = true;
-                        js.update_stream(config).await?;
-                    }
-                    Ok::<_, async_nats::Error>(())
-                };
-                match allowed.await {
-                    Ok(()) => break,
-                    Err(e) if Instant::now() >= deadline => {
-                        return Err(failed(format!("cannot allow atomic batches in `{}`: {e}", positions.name)));
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "the positions bucket cannot be changed yet; tried again");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                }
-            }
             let descriptions = buckets.pop().ok_or_else(|| failed("no streams bucket".to_owned()))?;
-            // A bucket just made answers once its servers have elected its leader: wait for that.
-            let deadline = Instant::now() + STARTING_CLUSTER;
-            for bucket in [&descriptions, &positions] {
-                while let Err(e) = bucket.get("weir-ready").await {
-                    if Instant::now() >= deadline {
-                        return Err(failed(format!("its buckets do not answer: {e}")));
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+            // A consumer's state is saved in one atomic batch with its lease.
+            let what = format!("cannot allow atomic batches in `{}`", positions.name);
+            while_starting(&what, || async {
+                let mut config = js.get_stream(&positions.stream_name).await?.info().await?.config.clone();
+                if !config.allow_atomic_publish {
+                    config.allow_atomic_publish = true;
+                    js.update_stream(config).await?;
                 }
+                Ok::<_, async_nats::Error>(())
+            })
+            .await
+            .map_err(failed)?;
+            // A bucket just made answers once its servers have elected its leader.
+            for bucket in [&descriptions, &positions] {
+                while_starting("its buckets do not answer", || bucket.get("weir-ready")).await.map_err(failed)?;
             }
             Ok::<_, ConnectError>((client, js, descriptions, positions))
         })?;
@@ -436,10 +431,6 @@ impl NatsStreams {
 
     fn shard_subject(&self, stream: &str, shard: u32) -> String {
         format!("{}.{}.{shard}", self.settings.prefix, token(stream))
-    }
-
-    fn position_key(stream: &str, shard: u32, consumer: &str) -> String {
-        lease::shard_key(stream, shard, consumer)
     }
 
     /// Who this store is to the other hosts (the owner its leases name).
@@ -957,7 +948,7 @@ impl StreamStore for NatsStreams {
         names::check(NameKind::Consumer, "consumer", consumer).map_err(|e| StreamError::InvalidName(e.to_string()))?;
         self.wait(stream, async {
             let state = self.shard_state(stream, shard).await?;
-            let key = Self::position_key(stream, shard, consumer);
+            let key = lease::shard_key(stream, shard, consumer);
             let first = state.first_sequence.saturating_sub(1);
             let read = lease::Leases::read(&self.positions, &key).await.map_err(|e| unavailable(stream, e))?;
             Ok(read.and_then(|(lease, _)| lease.position).unwrap_or(first))
