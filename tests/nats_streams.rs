@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use weir_host::nats::{NatsSettings, NatsStreams};
+use weir_host::state::{Delivery, InboxMessage, OutboxEntry, Settle, StateError, StateStore};
 use weir_host::stream::{
     Claim, DiskStreams, FileSyncer, NewRecord, Reshard, Sharing, StoredRecord, StreamError, StreamSettings,
     StreamStore, hash_key, shard_end,
@@ -216,6 +217,134 @@ fn a_second_host_reads_what_the_first_wrote_and_positions_outlive_the_store() {
     first.checkpoint("shared", 0, "stage", 2).expect("checkpoint");
     drop(first);
     assert_eq!(connect().register_consumer("shared", 0, "stage"), Ok(2), "the position outlives its writer");
+}
+
+/// The state tables and channels' records as a pipeline's stages and API use
+/// them, on two hosts' views of one store (on the disk store, one host: the
+/// same view twice).
+fn behaves_as_state(backend: &str, a: &StateStore, b: &StateStore) {
+    assert_eq!(a.add("totals", "C1", 275).expect("add"), 275, "{backend}");
+    assert_eq!(b.add("totals", "C1", -75).expect("add"), 200, "{backend}: the other host adds to what the first wrote");
+    a.put("totals", "C2", b"x").expect("put");
+    assert!(matches!(b.add("totals", "C2", 1), Err(StateError::NotANumber { .. })), "{backend}");
+    assert!(!a.put_if("totals", "C3", Some(b"1"), b"2").expect("put-if"), "{backend}: not equal, not written");
+    assert!(b.put_if("totals", "C3", None, b"2").expect("put-if absent"), "{backend}");
+    assert!(!a.put_if("totals", "C3", None, b"9").expect("put-if absent"), "{backend}: it exists now");
+    assert!(a.put_if("totals", "C3", Some(b"2"), b"3").expect("put-if equal"), "{backend}");
+    b.delete("totals", "C2").expect("delete");
+    assert_eq!(a.get("totals", "C2").expect("get"), None, "{backend}: deleted for every host");
+    assert_eq!(a.get("totals", "C3").expect("get").as_deref(), Some(&b"3"[..]), "{backend}");
+    a.put_many("totals", [("odd key.with >*", &b"1"[..]), ("", &b"2"[..])]).expect("put many");
+    assert_eq!(b.get("totals", "odd key.with >*").expect("get").as_deref(), Some(&b"1"[..]), "{backend}: any key");
+    assert_eq!(b.get("totals", "").expect("get").as_deref(), Some(&b"2"[..]), "{backend}: even empty");
+    assert_eq!(
+        a.get("limits", "C1").expect_err("undeclared").to_string(),
+        "no state table `limits`: declare it as [tables.limits] in the pipeline manifest"
+    );
+
+    // A transaction sees its own writes and commits all or nothing.
+    let tx = a.begin().expect("begin");
+    tx.put("totals", "T", b"1").expect("put");
+    assert_eq!(tx.get("totals", "T").expect("get").as_deref(), Some(&b"1"[..]), "{backend}");
+    assert_eq!(b.get("totals", "T").expect("get"), None, "{backend}: not seen before the commit");
+    drop(tx);
+    assert_eq!(b.get("totals", "T").expect("get"), None, "{backend}: dropped, undone");
+
+    // A notification's key is sent once, whichever host sends it; inbox messages come in order.
+    let message = |subject: &str| InboxMessage {
+        channel: "app".into(),
+        recipient: "C1".into(),
+        subject: subject.into(),
+        ..InboxMessage::default()
+    };
+    assert!(a.record_sent("app", "k1", Delivery::Inbox(message("first"))).expect("send"), "{backend}");
+    assert!(!b.record_sent("app", "k1", Delivery::Inbox(message("again"))).expect("send"), "{backend}: a repeat");
+    assert!(b.record_sent("app", "k2", Delivery::Inbox(message("second"))).expect("send"), "{backend}");
+    assert!(a.record_sent("log", "k1", Delivery::None).expect("other channel"), "{backend}");
+    let inbox = a.inbox("app", "C1", 0, 10).expect("inbox");
+    let subjects: Vec<&str> = inbox.iter().map(|m| m.subject.as_str()).collect();
+    assert_eq!(subjects, ["first", "second"], "{backend}");
+    assert_eq!(b.inbox("app", "C1", inbox[0].sequence, 10).expect("after").len(), 1, "{backend}");
+    assert_eq!(b.inbox("app", "C1", 0, 1).expect("limit").len(), 1, "{backend}");
+    assert!(b.inbox("app", "C2", 0, 10).expect("other recipient").is_empty(), "{backend}");
+
+    // A webhook delivery is taken by one host at a time, and settles once.
+    let entry = OutboxEntry {
+        delivery_id: "d1".into(),
+        channel: "hook".into(),
+        body: "{}".into(),
+        first_ms: 1,
+        next_ms: 1,
+        ..OutboxEntry::default()
+    };
+    assert!(a.record_sent("hook", "k1", Delivery::Outbox(entry.clone())).expect("send"), "{backend}");
+    let due = b.due_deliveries(10).expect("due");
+    assert_eq!(due, std::slice::from_ref(&entry), "{backend}");
+    assert!(b.take_delivery(&due[0], 1_000).expect("take"), "{backend}");
+    if backend != "disk" {
+        assert!(!a.take_delivery(&due[0], 1_000).expect("take"), "{backend}: another host does not take it too");
+        assert!(a.due_deliveries(10).expect("due").is_empty(), "{backend}: not due while taken");
+    }
+    b.settle(&OutboxEntry { attempts: 1, last_error: Some("503".into()), ..entry.clone() }, Settle::GiveUp)
+        .expect("settle");
+    assert!(a.due_deliveries(i64::MAX).expect("due").is_empty(), "{backend}");
+    assert_eq!(a.failed_deliveries("hook").expect("failed").len(), 1, "{backend}");
+
+    // Hosts adding to one item at once lose no update.
+    std::thread::scope(|s| {
+        for store in [a, b] {
+            s.spawn(move || {
+                for _ in 0..50 {
+                    store.add("totals", "hot", 1).expect("add");
+                }
+            });
+        }
+    });
+    assert_eq!(a.get("totals", "hot").expect("get").as_deref(), Some(&b"100"[..]), "{backend}: every add counted");
+}
+
+#[test]
+fn state_tables_and_channels_behave_alike_on_the_disk_and_shared_by_hosts_on_nats() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tables = || ["totals".to_owned()];
+    let disk = StateStore::open(&dir.path().join("state.redb"), tables()).expect("open");
+    behaves_as_state("disk", &disk, &disk);
+
+    let runtime = runtime();
+    let cluster = runtime.block_on(NatsCluster::start(3));
+    let host = |name: &str| {
+        let mut settings = NatsSettings::new(cluster.servers());
+        settings.host = name.to_owned();
+        settings.lease_timeout = Duration::from_secs(2);
+        let nats = NatsStreams::connect(settings, runtime.handle().clone());
+        Arc::new(nats.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs())))
+    };
+    let (nats_a, nats_b) = (host("host-a"), host("host-b"));
+    let (a, b) = (StateStore::shared(nats_a.clone(), tables()), StateStore::shared(nats_b.clone(), tables()));
+    behaves_as_state("nats", &a, &b);
+
+    // The fence: a stage's changes commit only while its host holds the stage.
+    nats_a.ensure(&[settings("alerts-in", 1)]).expect("create");
+    let claim = |nats: &NatsStreams| nats.claim("alerts-in", "alerts", 1, Sharing::Single).expect("claim");
+    assert_eq!(held(&claim(&nats_a)), vec![0], "a runs the stage");
+    let fenced = |store: &StateStore, value: &[u8]| {
+        let tx = store.begin_for(Some(("alerts-in", "alerts"))).expect("begin");
+        tx.put("totals", "fenced", value)?;
+        tx.commit()
+    };
+    fenced(&a, b"a1").expect("the holder commits");
+    assert!(matches!(fenced(&b, b"b1"), Err(StateError::LeaseLost { .. })), "a host not running the stage cannot");
+    // a stops renewing (frozen): b takes the stage after the lease timeout, and a's changes are refused.
+    wait_until(Duration::from_secs(30), "b takes over the stage a stopped renewing", || claim(&nats_b).held[0]);
+    let refused = fenced(&a, b"a2");
+    assert!(matches!(refused, Err(StateError::LeaseLost { .. })), "a lost the stage: {refused:?}");
+    assert_eq!(
+        b.get("totals", "fenced").expect("get").as_deref(),
+        Some(&b"a1"[..]),
+        "the refused change wrote nothing"
+    );
+    fenced(&b, b"b2").expect("the new holder commits");
+    assert_eq!(a.get("totals", "fenced").expect("get").as_deref(), Some(&b"b2"[..]));
 }
 
 #[test]

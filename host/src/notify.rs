@@ -300,6 +300,16 @@ impl Channels {
                     }
                 };
                 for entry in due {
+                    // Hosts sharing the state attempt each delivery once at a time.
+                    let until = crate::stream::now_ms() + 2 * REQUEST_TIMEOUT.as_millis() as i64;
+                    match channels.state.take_delivery(&entry, until) {
+                        Ok(true) => {}
+                        Ok(false) => continue,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot take a webhook delivery for an attempt");
+                            continue;
+                        }
+                    }
                     if let Err(e) = crate::io::block_on(channels.attempt(&client, entry)) {
                         // The delivery stays queued in the state database: tried again next tick.
                         tracing::error!(error = %e, "cannot run the webhook sender");

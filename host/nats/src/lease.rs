@@ -35,6 +35,7 @@ use async_nats::jetstream::{kv, stream};
 use bytes::Bytes;
 use weir_stream::{Claim, Sharing};
 
+use crate::shared::{self, BatchMessage, MAX_BATCH, NAMESPACE, Refused, SharedError, SharedWrite};
 use crate::token;
 
 /// A consumer's value in the positions bucket: where it stands, and which host
@@ -84,8 +85,6 @@ fn state_key(stream: &str, consumer: &str) -> String {
 
 /// The most bytes of state in one message (a server takes 1 MiB by default).
 const STATE_PART: usize = 256 * 1024;
-/// The most messages in one atomic batch a server takes.
-const MAX_BATCH: usize = 1000;
 
 /// What the value of a state key says of the parts after it.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -485,46 +484,108 @@ impl Leases {
         messages.extend(
             parts.iter().enumerate().map(|(k, part)| (format!("{state_key}.{k}"), Bytes::copy_from_slice(part))),
         );
-        let count = messages.len();
-        let mut commit = None;
-        for (k, (key, payload)) in messages.into_iter().enumerate() {
-            let subject = format!("{}{key}", bucket.prefix);
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Nats-Batch-Id", batch);
-            headers.insert("Nats-Batch-Sequence", (k + 1).to_string().as_str());
-            if k == 0 {
-                headers.insert("Nats-Expected-Last-Subject-Sequence", held.revision.to_string().as_str());
-            }
-            if k + 1 == count {
-                headers.insert("Nats-Batch-Commit", "1");
-                commit = Some(client.request_with_headers(subject, headers, payload));
-            } else {
-                client.publish_with_headers(subject, headers, payload).await.map_err(|e| e.to_string())?;
-            }
-        }
-        let answer = commit.ok_or("an empty batch")?.await.map_err(|e| e.to_string())?;
-        let ack: serde_json::Value = serde_json::from_slice(&answer.payload).map_err(|e| e.to_string())?;
-        let forget = || {
-            locked(&self.held).remove(&key);
-            locked(&self.rounds).remove(&(stream.to_owned(), consumer.to_owned()));
-        };
-        if let Some(error) = ack.get("error") {
-            forget();
-            // 10071: wrong last sequence, the fence.
-            if error["err_code"].as_u64() == Some(10071) {
-                tracing::warn!(stream, consumer, "another host took the consumer over; its state was not saved");
-                return Ok(false);
-            }
-            return Err(format!("the state was not saved: {error}"));
-        }
-        match (ack["seq"].as_u64(), ack["count"].as_u64()) {
-            (Some(last), Some(n)) if n == count as u64 && last >= n => {
-                locked(&self.held).insert(key, Held { revision: last - n + 1, counter: lease.counter });
+        let messages = messages
+            .into_iter()
+            .enumerate()
+            .map(|(k, (key, payload))| BatchMessage {
+                key,
+                payload: Some(payload),
+                expected: (k == 0).then_some(held.revision),
+            })
+            .collect();
+        match shared::atomic(client, bucket, batch, messages).await {
+            Ok(first) => {
+                locked(&self.held).insert(key, Held { revision: first, counter: lease.counter });
                 Ok(true)
             }
-            _ => {
-                forget();
-                Err(format!("the state's batch answer does not say where it went: {ack}"))
+            Err(refused) => {
+                self.forget(&key, stream, consumer);
+                match refused {
+                    Refused::WrongRevision => {
+                        tracing::warn!(
+                            stream,
+                            consumer,
+                            "another host took the consumer over; its state was not saved"
+                        );
+                        Ok(false)
+                    }
+                    Refused::Failed(e) => Err(format!("the state was not saved: {e}")),
+                }
+            }
+        }
+    }
+
+    /// Forgets a lease's revision (it was lost, or is unknown after a failed
+    /// write): the next claim asks the cluster again.
+    fn forget(&self, key: &str, stream: &str, consumer: &str) {
+        locked(&self.held).remove(key);
+        locked(&self.rounds).remove(&(stream.to_owned(), consumer.to_owned()));
+    }
+
+    /// Commits shared values ([`crate::shared`]) in one atomic batch; with a
+    /// `fence`, the lease of that consumer (read by one host at a time) is
+    /// renewed in the same batch, expecting the revision this host last wrote.
+    pub(crate) async fn commit(
+        &self,
+        client: &async_nats::Client,
+        bucket: &kv::Store,
+        batch: &str,
+        writes: Vec<SharedWrite>,
+        fence: Option<(&str, &str)>,
+    ) -> Result<(), SharedError> {
+        let lost = |(stream, consumer): (&str, &str)| SharedError::LeaseLost {
+            stream: stream.to_owned(),
+            consumer: consumer.to_owned(),
+        };
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let most = MAX_BATCH - usize::from(fence.is_some());
+        if writes.len() > most {
+            return Err(SharedError::TooLarge { writes: writes.len(), most });
+        }
+        let mut messages = Vec::with_capacity(writes.len() + 1);
+        let mut renewed = None;
+        if let Some((stream, consumer)) = fence {
+            let key = whole_key(stream, consumer);
+            let held = locked(&self.held).get(&key).copied();
+            let Some(held) = held else { return Err(lost((stream, consumer))) };
+            let lease = Lease { position: None, owner: self.host.clone(), counter: held.counter + 1 };
+            let payload = lease.bytes().map_err(SharedError::Unavailable)?;
+            messages.push(BatchMessage { key: key.clone(), payload: Some(payload), expected: Some(held.revision) });
+            renewed = Some((key, held, lease.counter));
+        }
+        for write in writes {
+            shared::check_key(&write.key)?;
+            let key = format!("{NAMESPACE}{}", write.key);
+            messages.push(BatchMessage { key, payload: write.value, expected: write.expected });
+        }
+        match shared::atomic(client, bucket, batch, messages).await {
+            Ok(first) => {
+                if let Some((key, _, counter)) = renewed {
+                    locked(&self.held).insert(key, Held { revision: first, counter });
+                }
+                Ok(())
+            }
+            Err(Refused::WrongRevision) => {
+                // The lease or a value moved: only the first stops this host's work.
+                let (Some((stream, consumer)), Some((key, held, _))) = (fence, renewed) else {
+                    return Err(SharedError::Conflict);
+                };
+                let now = Self::read(bucket, &key).await.map_err(SharedError::Unavailable)?;
+                if now.is_some_and(|(_, revision)| revision == held.revision) {
+                    return Err(SharedError::Conflict);
+                }
+                self.forget(&key, stream, consumer);
+                tracing::warn!(stream, consumer, "another host took the consumer over; its changes were not made");
+                Err(lost((stream, consumer)))
+            }
+            Err(Refused::Failed(e)) => {
+                // Stored or not, the lease's revision is unknown now.
+                if let (Some((stream, consumer)), Some((key, _, _))) = (fence, renewed) {
+                    self.forget(&key, stream, consumer);
+                }
+                Err(SharedError::Unavailable(e))
             }
         }
     }

@@ -54,6 +54,9 @@ use weir_stream::{
 pub mod dev;
 mod envelope;
 mod lease;
+mod shared;
+
+pub use shared::{SharedError, SharedValue, SharedWrite};
 
 /// How a store reaches its cluster.
 #[derive(Debug, Clone)]
@@ -423,6 +426,50 @@ impl NatsStreams {
             }
         };
         block_on(&self.runtime, bounded)
+    }
+
+    /// Runs `f` on the store's runtime and waits for it, at most the timeout.
+    fn wait_shared<T: Send>(&self, f: impl Future<Output = Result<T, SharedError>> + Send) -> Result<T, SharedError> {
+        let timeout = self.settings.timeout;
+        let bounded = async move {
+            match tokio::time::timeout(timeout, f).await {
+                Ok(result) => result,
+                Err(_) => Err(SharedError::Unavailable(format!("the cluster did not answer within {timeout:?}"))),
+            }
+        };
+        block_on(&self.runtime, bounded)
+    }
+
+    /// Reads a shared value ([`shared`]) as the cluster has it now.
+    pub fn shared_read(&self, key: &str) -> Result<SharedValue, SharedError> {
+        shared::check_key(key)?;
+        let key = format!("{}{key}", shared::NAMESPACE);
+        self.wait_shared(async { shared::read(&self.positions, &key).await.map_err(SharedError::Unavailable) })
+    }
+
+    /// Every shared value whose key starts with `prefix` (ending in `.`), with
+    /// its key and revision, in the order
+    /// they were last written.
+    pub fn shared_scan(&self, prefix: &str) -> Result<Vec<(String, Bytes, u64)>, SharedError> {
+        shared::check_key(prefix.trim_end_matches('.'))?;
+        let full = format!("{}{prefix}", shared::NAMESPACE);
+        let found = self.wait_shared(async {
+            shared::scan(&self.client, &self.positions, &full).await.map_err(SharedError::Unavailable)
+        })?;
+        Ok(found
+            .into_iter()
+            .filter_map(|(key, value, revision)| {
+                Some((key.strip_prefix(shared::NAMESPACE)?.to_owned(), value, revision))
+            })
+            .collect())
+    }
+
+    /// Commits `writes` all at once or not at all ([`shared`]). With `fence`
+    /// (a stream and a consumer read by one host at a time), only while this
+    /// host holds that consumer's lease.
+    pub fn shared_commit(&self, writes: Vec<SharedWrite>, fence: Option<(&str, &str)>) -> Result<(), SharedError> {
+        let batch = format!("{}-{}", self.store_id, self.published.fetch_add(1, Ordering::Relaxed));
+        self.wait_shared(async { self.leases.commit(&self.client, &self.positions, &batch, writes, fence).await })
     }
 
     fn shard_stream(&self, stream: &str, shard: u32) -> String {

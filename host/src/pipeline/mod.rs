@@ -294,6 +294,8 @@ impl Host {
     ) -> Result<Arc<Host>, StartError> {
         let HostOptions { clock, store } = options;
         let specs: Vec<DiskStreamSpec> = pipeline.streams.iter().map(|s| s.storage.clone()).collect();
+        // The cluster keeping the streams keeps the state tables and channels too.
+        let mut cluster = None;
         let disk: Arc<dyn StreamStore> = match &pipeline.storage {
             Storage::Local => {
                 let streams_dir = pipeline.data_dir.join("streams");
@@ -317,7 +319,9 @@ impl Host {
                     host = %settings.host,
                     "streams are kept on NATS"
                 );
-                Arc::new(nats)
+                let nats = Arc::new(nats);
+                cluster = Some(nats.clone());
+                nats
             }
         };
         // Streams that declare an identity store each record once (every way in goes through this).
@@ -334,10 +338,11 @@ impl Host {
         }
         let references = ReferenceTables::open(&pipeline.references)?;
         references.start_reloading();
-        let state = Arc::new(if pipeline.tables.is_empty() && pipeline.channels.is_empty() {
-            StateStore::in_memory()?
-        } else {
-            StateStore::open(&pipeline.data_dir.join("state.redb"), pipeline.tables.iter().cloned())?
+        let tables = pipeline.tables.iter().cloned();
+        let state = Arc::new(match cluster {
+            Some(nats) => StateStore::shared(nats, tables),
+            None if pipeline.tables.is_empty() && pipeline.channels.is_empty() => StateStore::in_memory()?,
+            None => StateStore::open(&pipeline.data_dir.join("state.redb"), tables)?,
         });
         let channels = Arc::new(Channels::new(&pipeline.channels, state.clone()));
         channels.start_webhooks();
@@ -417,7 +422,7 @@ impl Host {
             let plugin = NotifierPlugin::new(engine, compiled, sandbox, spec.config.clone())
                 .map_err(|source| StartError::Plugin { stage: spec.name.to_string(), source })?;
             // Each stage its own: a batch's changes are that stage's transaction.
-            let services = Arc::new(HostServices::new(state.clone(), channels.clone(), references.clone()));
+            let services = Arc::new(HostServices::new(state.clone(), channels.clone(), references.clone(), spec));
             if let Err(e) = plugin.instantiate(services.clone()) {
                 tracing::error!(stage = %spec.name, error = %e, "plugin does not start; its records will wait in the stream");
             }

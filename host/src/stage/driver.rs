@@ -466,6 +466,13 @@ impl<O: Operator> Driver<O> {
                     }
                     continue;
                 }
+                Err(BatchError::Effect(e)) if !self.still_held(Some(shard as u32), positions.len()) => {
+                    // Its effects were refused (a shared store fences them): the host that
+                    // took the stage goes on from the last checkpoint.
+                    tracing::warn!(error = %e, shard, "the stage went to another host; it goes on from the last checkpoint");
+                    tries = 0;
+                    continue;
+                }
                 Err(e @ (BatchError::Unavailable(_) | BatchError::Transient(_) | BatchError::Effect(_))) => {
                     tries += 1;
                     if let BatchError::Unavailable(_) | BatchError::Transient(_) = e {

@@ -40,28 +40,38 @@ pub struct HostServices {
     pub references: Arc<ReferenceTables>,
     /// The open batch, if any.
     batch: Mutex<Option<OpenBatch>>,
+    /// The stage's input and name: on shared state, a batch commits only
+    /// while this host runs the stage.
+    fence: (String, String),
 }
 
 /// A batch's transaction and the notifications it sent (counted once it commits).
 type OpenBatch = (StateTx, Vec<crate::notify::Sent>);
 
 impl HostServices {
-    /// The services of one stage (each stage has its own open batch).
-    pub fn new(state: Arc<StateStore>, channels: Arc<Channels>, references: Arc<ReferenceTables>) -> HostServices {
-        HostServices { state, channels, references, batch: Mutex::new(None) }
+    /// The services of the stage `spec` (each stage has its own open batch).
+    pub fn new(
+        state: Arc<StateStore>,
+        channels: Arc<Channels>,
+        references: Arc<ReferenceTables>,
+        spec: &StageSpec,
+    ) -> HostServices {
+        let fence = (spec.input.to_string(), spec.name.to_string());
+        HostServices { state, channels, references, batch: Mutex::new(None), fence }
     }
 
     /// Starts a batch: changes wait for [`HostServices::commit`].
     pub fn begin(&self) -> Result<(), String> {
-        let tx = self.state.begin().map_err(|e| e.to_string())?;
+        let tx = self.state.begin_for(Some((&self.fence.0, &self.fence.1))).map_err(|e| e.to_string())?;
         *self.open_batch()? = Some((tx, Vec::new()));
         Ok(())
     }
 
     /// Makes the batch's changes durable, all at once.
-    pub fn commit(&self) -> Result<(), String> {
-        let Some((tx, sent)) = self.open_batch()?.take() else { return Ok(()) };
-        tx.commit().map_err(|e| e.to_string())?;
+    pub fn commit(&self) -> Result<(), StateError> {
+        let batch = self.open_batch().map_err(StateError::Storage)?.take();
+        let Some((tx, sent)) = batch else { return Ok(()) };
+        tx.commit()?;
         for sent in sent {
             self.channels.count_sent(sent);
         }
@@ -131,6 +141,10 @@ impl Services for HostServices {
     }
 }
 
+/// How often a batch whose changes raced another host's is redone at once
+/// (then it is retried after a backoff, as any failed effect).
+const RACES_REDONE: usize = 5;
+
 /// A notifier stage's batches.
 pub struct NotifierOperator {
     spec: Arc<StageSpec>,
@@ -145,6 +159,25 @@ pub struct NotifierOperator {
 }
 
 impl NotifierOperator {
+    /// [`NotifierOperator::consume`], redone at once when its changes raced
+    /// another host's on shared state, and in halves when they are more than
+    /// one commit takes.
+    fn consume_part(&mut self, records: &[StoredRecord]) -> Result<(), BatchError> {
+        let mut raced = 0;
+        loop {
+            match self.consume(records)? {
+                Ok(()) => return Ok(()),
+                Err(StateError::Conflict) if raced < RACES_REDONE => raced += 1,
+                Err(StateError::TooLarge { .. }) if records.len() > 1 => {
+                    let (first, second) = records.split_at(records.len() / 2);
+                    self.consume_part(first)?;
+                    return self.consume_part(second);
+                }
+                Err(e) => return Err(BatchError::Effect(format!("recording the batch's changes: {e}"))),
+            }
+        }
+    }
+
     /// A notifier stage of `pipeline` calling `plugin` with `services`, ready to spawn.
     pub fn stage(
         pipeline: &str,
@@ -174,31 +207,13 @@ impl NotifierOperator {
 }
 
 impl NotifierOperator {
-    /// The running instance, made first if there is none (at the start, or after a trap).
-    fn instance(&mut self) -> Result<&mut NotifierInstance, BatchError> {
-        if self.instance.is_none() {
-            let fresh = self
-                .plugin
-                .instantiate(self.services.clone())
-                .map_err(|e| BatchError::Unavailable(format!("{}: {e}", self.plugin.spec.ident)))?;
-            self.instance = Some(fresh);
-        }
-        self.instance.as_mut().ok_or_else(|| BatchError::Unavailable("no plugin instance".into()))
-    }
-}
-
-impl Operator for NotifierOperator {
-    fn open(&mut self) -> Result<Option<Vec<u64>>, String> {
-        Ok(None)
-    }
-
-    fn process(&mut self, records: &[StoredRecord]) -> Result<(), BatchError> {
+    /// Hands `records` to the plugin and commits what it changed; the inner
+    /// result is the commit's.
+    fn consume(&mut self, records: &[StoredRecord]) -> Result<Result<(), StateError>, BatchError> {
         let mut whole = Batch::with_capacity(records.len(), records.iter().map(|r| r.data.len()).sum());
         for r in records {
             whole.push_with_attributes(&r.key, r.event_time_ms, &r.data, &r.attributes);
         }
-        self.instance()?;
-        self.version.batches.fetch_add(1, Ordering::Relaxed);
         let mut bad = BadRecords::new(records.len());
         loop {
             // The batch's changes commit together, before the position advances past it.
@@ -245,13 +260,44 @@ impl Operator for NotifierOperator {
             return Err(BatchError::Effect(format!("writing a bad record to the dead letters: {e}")));
         }
         self.stats.dead_lettered.fetch_add(letters.len() as u64, Ordering::Relaxed);
-        self.services.commit().map_err(|e| BatchError::Effect(format!("recording the batch's changes: {e}")))?;
+        Ok(self.services.commit())
+    }
+
+    /// The running instance, made first if there is none (at the start, or after a trap).
+    fn instance(&mut self) -> Result<&mut NotifierInstance, BatchError> {
+        if self.instance.is_none() {
+            let fresh = self
+                .plugin
+                .instantiate(self.services.clone())
+                .map_err(|e| BatchError::Unavailable(format!("{}: {e}", self.plugin.spec.ident)))?;
+            self.instance = Some(fresh);
+        }
+        self.instance.as_mut().ok_or_else(|| BatchError::Unavailable("no plugin instance".into()))
+    }
+}
+
+impl Operator for NotifierOperator {
+    fn open(&mut self) -> Result<Option<Vec<u64>>, String> {
+        Ok(None)
+    }
+
+    fn process(&mut self, records: &[StoredRecord]) -> Result<(), BatchError> {
+        self.instance()?;
+        self.version.batches.fetch_add(1, Ordering::Relaxed);
+        self.consume_part(records)?;
         self.version.records_in.fetch_add(records.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 
     fn checkpoint(&mut self, positions: &[u64], shard: Option<u32>) -> Result<(), String> {
         Reading::of(&self.spec).checkpoint(self.streams.as_ref(), positions, shard)
+    }
+
+    /// With its state on this host's disk the stage stays here; with it shared
+    /// on the cluster it runs on one host at a time and moves when that host
+    /// stops renewing it (its changes are fenced by its lease).
+    fn sharing(&self) -> crate::stream::Sharing {
+        if self.services.state.is_shared() { crate::stream::Sharing::Single } else { crate::stream::Sharing::Whole }
     }
 
     fn set_aside(&mut self, records: &[StoredRecord], code: Option<&'static str>, reason: &str) -> Result<(), String> {

@@ -1,30 +1,31 @@
 //! State tables (the DynamoDB part) and what notification channels must
-//! remember, in one embedded redb database (`<data-dir>/state.redb`): items
-//! of the tables the manifest declares, the idempotency keys already sent, and
-//! each inbox's messages. Every change happens in a [`StateTx`], one redb
-//! transaction: a single call is one (so concurrent `add`s and conditional
-//! puts never lose an update), and a notifier stage makes all of a batch's
-//! changes in one, committed before its position advances (one sync per batch,
-//! and a batch redone after a failure finds none of its changes half made). A
-//! notification is recorded as sent in the same commit as its inbox message.
+//! remember: items of the tables the manifest declares, the idempotency keys
+//! already sent, each inbox's messages and the webhook deliveries to make.
+//! They are kept on this host's disk ([`local`], the default) or, when the
+//! streams are on a NATS cluster, on the cluster, shared by every host
+//! ([`shared`]).
+//!
+//! Every change happens in a [`StateTx`]: a single call is one (so concurrent
+//! `add`s and conditional puts never lose an update), and a notifier stage
+//! makes all of a batch's changes in one, committed before its position
+//! advances (a batch redone after a failure finds none of its changes half
+//! made). A notification is recorded as sent in the same commit as its inbox
+//! message.
+
+mod local;
+mod shared;
 
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
-use redb::{Database, ReadableDatabase as _, ReadableTable as _, TableDefinition};
 use serde::Serialize;
 
-/// Idempotency keys already sent, by `<channel>\0<key>`.
-const SENT: TableDefinition<'_, &str, u64> = TableDefinition::new("weir.sent");
-/// Inbox messages by `<channel>\0<recipient>\0<sequence, 20 digits>`, as JSON.
-const INBOX: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("weir.inbox");
-/// The next inbox sequence number.
-const SEQUENCE: TableDefinition<'_, &str, u64> = TableDefinition::new("weir.sequence");
-/// Webhook deliveries still to make, by delivery id, as JSON [`OutboxEntry`].
-const OUTBOX: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("weir.outbox");
-/// Webhook deliveries that failed for good, by delivery id, as JSON [`OutboxEntry`].
-const FAILED: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("weir.failed");
+use local::{LocalState, LocalTx};
+use shared::{SharedState, SharedTx};
+
+/// How often a single change that raced another host's is made again.
+const CONFLICT_TRIES: usize = 20;
 
 /// A state operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +54,26 @@ pub enum StateError {
     /// The database failed.
     #[error("the state database failed: {0}")]
     Storage(String),
+    /// Another host changed what this change read (shared state): nothing was
+    /// written; it is redone from fresh reads.
+    #[error("another host changed an item this change read; nothing was written")]
+    Conflict,
+    /// The host no longer holds the stage whose changes these were: nothing was written.
+    #[error("this host no longer runs consumer `{consumer}` of `{stream}` (another host took it); nothing was written")]
+    LeaseLost {
+        /// The stage's input.
+        stream: String,
+        /// The stage.
+        consumer: String,
+    },
+    /// More changes than one commit takes (shared state).
+    #[error("{writes} changes in one commit; at most {most} can be")]
+    TooLarge {
+        /// The changes.
+        writes: usize,
+        /// The most one commit takes.
+        most: usize,
+    },
 }
 
 fn storage(e: impl std::fmt::Display) -> StateError {
@@ -109,7 +130,7 @@ pub struct OutboxEntry {
 }
 
 /// What a new notification leaves behind besides its key.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Delivery {
     /// Nothing (a log channel).
     None,
@@ -119,56 +140,39 @@ pub enum Delivery {
     Outbox(OutboxEntry),
 }
 
-/// The state database.
+/// The state, on this host's disk or shared on a cluster.
 pub struct StateStore {
-    db: Database,
     tables: Arc<BTreeSet<String>>,
+    backend: Backend,
+}
+
+enum Backend {
+    Local(LocalState),
+    Shared(SharedState),
 }
 
 impl StateStore {
-    /// Opens (or creates) the database with the manifest's tables.
+    /// Opens (or creates) the database at `path` with the manifest's tables.
     pub fn open(path: &Path, tables: impl IntoIterator<Item = String>) -> Result<StateStore, StateError> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(storage)?;
-        }
-        let db = Database::create(path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => StateError::Storage(format!(
-                "{} is in use by another weir: each running pipeline needs its own data-dir",
-                path.display()
-            )),
-            e => StateError::Storage(format!("{}: {e}", path.display())),
-        })?;
-        Self::with(db, tables)
+        let tables: Arc<BTreeSet<String>> = Arc::new(tables.into_iter().collect());
+        let local = LocalState::open(path, tables.iter().map(String::as_str))?;
+        Ok(StateStore { tables, backend: Backend::Local(local) })
     }
 
     /// A database in memory, for a pipeline without state tables or channels: no file, no lock.
     pub fn in_memory() -> Result<StateStore, StateError> {
-        let db = Database::builder().create_with_backend(redb::backends::InMemoryBackend::new()).map_err(storage)?;
-        Self::with(db, [])
+        Ok(StateStore { tables: Arc::default(), backend: Backend::Local(LocalState::in_memory()?) })
     }
 
-    fn with(db: Database, tables: impl IntoIterator<Item = String>) -> Result<StateStore, StateError> {
-        let store = StateStore { db, tables: Arc::new(tables.into_iter().collect()) };
-        // Every table exists from the start, so reads never race a first write.
-        let tx = store.db.begin_write().map_err(storage)?;
-        for table in store.tables.iter() {
-            tx.open_table(Self::definition(table)).map_err(storage)?;
-        }
-        tx.open_table(SENT).map_err(storage)?;
-        tx.open_table(INBOX).map_err(storage)?;
-        tx.open_table(SEQUENCE).map_err(storage)?;
-        tx.open_table(OUTBOX).map_err(storage)?;
-        tx.open_table(FAILED).map_err(storage)?;
-        tx.commit().map_err(storage)?;
-        Ok(store)
+    /// The state kept on the NATS cluster `nats` holds the streams on, shared by every host.
+    pub fn shared(nats: Arc<weir_nats::NatsStreams>, tables: impl IntoIterator<Item = String>) -> StateStore {
+        StateStore { tables: Arc::new(tables.into_iter().collect()), backend: Backend::Shared(SharedState::new(nats)) }
     }
 
-    fn definition(table: &str) -> TableDefinition<'_, &'static str, &'static [u8]> {
-        TableDefinition::new(table)
-    }
-
-    fn check(&self, table: &str) -> Result<(), StateError> {
-        check(&self.tables, table)
+    /// Whether several hosts share this state: then a notifier stage runs on
+    /// one host at a time, and may move to another.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Shared(_))
     }
 
     /// The tables the manifest declares.
@@ -177,24 +181,49 @@ impl StateStore {
     }
 
     /// Starts a transaction; nothing it does is seen by others, or durable,
-    /// before [`StateTx::commit`]. Writers wait for each other's commits.
+    /// before [`StateTx::commit`].
     pub fn begin(&self) -> Result<StateTx, StateError> {
-        Ok(StateTx { tables: self.tables.clone(), tx: self.db.begin_write().map_err(storage)? })
+        self.begin_for(None)
+    }
+
+    /// [`StateStore::begin`] for the work of a stage (`fence`: its input and
+    /// its name): on shared state, its commit fails with
+    /// [`StateError::LeaseLost`] once this host no longer runs the stage.
+    pub fn begin_for(&self, fence: Option<(&str, &str)>) -> Result<StateTx, StateError> {
+        let tx = match &self.backend {
+            Backend::Local(local) => Tx::Local(Box::new(local.begin()?)),
+            Backend::Shared(shared) => Tx::Shared(shared.begin(fence)),
+        };
+        Ok(StateTx { tables: self.tables.clone(), tx })
+    }
+
+    /// Runs `change` in a transaction of its own and commits it; made again
+    /// from fresh reads if it raced another host's.
+    fn change<T>(&self, change: impl Fn(&StateTx) -> Result<T, StateError>) -> Result<T, StateError> {
+        let mut tries = 1;
+        loop {
+            let tx = self.begin()?;
+            let out = change(&tx)?;
+            match tx.commit() {
+                Err(StateError::Conflict) if tries < CONFLICT_TRIES => tries += 1,
+                Err(e) => return Err(e),
+                Ok(()) => return Ok(out),
+            }
+        }
     }
 
     /// Reads an item.
     pub fn get(&self, table: &str, key: &str) -> Result<Option<Vec<u8>>, StateError> {
-        self.check(table)?;
-        let tx = self.db.begin_read().map_err(storage)?;
-        let t = tx.open_table(Self::definition(table)).map_err(storage)?;
-        Ok(t.get(key).map_err(storage)?.map(|v| v.value().to_vec()))
+        check(&self.tables, table)?;
+        match &self.backend {
+            Backend::Local(local) => local.get(table, key),
+            Backend::Shared(shared) => shared.get(table, key),
+        }
     }
 
     /// Writes an item.
     pub fn put(&self, table: &str, key: &str, value: &[u8]) -> Result<(), StateError> {
-        let tx = self.begin()?;
-        tx.put(table, key, value)?;
-        tx.commit()
+        self.change(|tx| tx.put(table, key, value))
     }
 
     /// Puts many items in one transaction: all of them, or none.
@@ -203,96 +232,70 @@ impl StateStore {
         table: &str,
         items: impl IntoIterator<Item = (&'a str, &'a [u8])>,
     ) -> Result<(), StateError> {
-        let tx = self.begin()?;
-        for (key, value) in items {
-            tx.put(table, key, value)?;
-        }
-        tx.commit()
+        let items: Vec<(&str, &[u8])> = items.into_iter().collect();
+        self.change(|tx| items.iter().try_for_each(|(key, value)| tx.put(table, key, value)))
     }
 
     /// Removes an item; removing an absent one is not an error.
     pub fn delete(&self, table: &str, key: &str) -> Result<(), StateError> {
-        let tx = self.begin()?;
-        tx.delete(table, key)?;
-        tx.commit()
+        self.change(|tx| tx.delete(table, key))
     }
 
     /// Writes `value` if the item equals `expected` (`None`: is absent); returns whether it wrote.
     pub fn put_if(&self, table: &str, key: &str, expected: Option<&[u8]>, value: &[u8]) -> Result<bool, StateError> {
-        let tx = self.begin()?;
-        let wrote = tx.put_if(table, key, expected, value)?;
-        tx.commit()?;
-        Ok(wrote)
+        self.change(|tx| tx.put_if(table, key, expected, value))
     }
 
     /// Adds `delta` to the item read as a decimal integer (absent: 0); returns the new value.
     pub fn add(&self, table: &str, key: &str, delta: i64) -> Result<i64, StateError> {
-        let tx = self.begin()?;
-        let next = tx.add(table, key, delta)?;
-        tx.commit()?;
-        Ok(next)
+        self.change(|tx| tx.add(table, key, delta))
     }
 
     /// Records `key` as sent on `channel` with what its delivery needs; see [`StateTx::record_sent`].
     pub fn record_sent(&self, channel: &str, key: &str, delivery: Delivery) -> Result<bool, StateError> {
-        let tx = self.begin()?;
-        let new = tx.record_sent(channel, key, delivery)?;
-        tx.commit()?;
-        Ok(new)
+        self.change(|tx| tx.record_sent(channel, key, delivery.clone()))
     }
 
     /// Webhook deliveries due at `now_ms`, oldest first.
     pub fn due_deliveries(&self, now_ms: i64) -> Result<Vec<OutboxEntry>, StateError> {
-        let tx = self.db.begin_read().map_err(storage)?;
-        let outbox = tx.open_table(OUTBOX).map_err(storage)?;
-        let mut due = Vec::new();
-        for entry in outbox.iter().map_err(storage)? {
-            let (_, value) = entry.map_err(storage)?;
-            let entry: OutboxEntry = serde_json::from_slice(value.value()).map_err(storage)?;
-            if entry.next_ms <= now_ms {
-                due.push(entry);
-            }
-        }
+        let mut due = match &self.backend {
+            Backend::Local(local) => local.outbox()?,
+            Backend::Shared(shared) => shared.outbox()?,
+        };
+        due.retain(|e| e.next_ms <= now_ms);
         due.sort_by_key(|e| e.first_ms);
         Ok(due)
+    }
+
+    /// Takes a due delivery for one attempt, which ends by `until_ms`: on
+    /// shared state no other host attempts it before then (or before this
+    /// host settles it). False if another host took it first.
+    pub fn take_delivery(&self, entry: &OutboxEntry, until_ms: i64) -> Result<bool, StateError> {
+        match &self.backend {
+            // One sender per database.
+            Backend::Local(_) => Ok(true),
+            Backend::Shared(shared) => shared.take(entry, until_ms),
+        }
     }
 
     /// Settles a delivery attempt: `Delivered` removes it, `Retry` keeps it for its
     /// next attempt, `GiveUp` moves it to the failed deliveries.
     pub fn settle(&self, entry: &OutboxEntry, outcome: Settle) -> Result<(), StateError> {
-        let tx = self.db.begin_write().map_err(storage)?;
-        {
-            let mut outbox = tx.open_table(OUTBOX).map_err(storage)?;
-            let id = entry.delivery_id.as_str();
-            outbox.remove(id).map_err(storage)?;
-            let json = serde_json::to_vec(entry).map_err(storage)?;
-            match outcome {
-                Settle::Delivered => {}
-                Settle::Retry => {
-                    outbox.insert(id, json.as_slice()).map_err(storage)?;
-                }
-                Settle::GiveUp => {
-                    tx.open_table(FAILED).map_err(storage)?.insert(id, json.as_slice()).map_err(storage)?;
-                }
-            }
+        match &self.backend {
+            Backend::Local(local) => local.settle(entry, outcome),
+            Backend::Shared(shared) => shared.settle(entry, outcome),
         }
-        tx.commit().map_err(storage)
     }
 
     /// Webhook deliveries that failed for good on `channel`.
     pub fn failed_deliveries(&self, channel: &str) -> Result<Vec<OutboxEntry>, StateError> {
-        let tx = self.db.begin_read().map_err(storage)?;
-        let failed = tx.open_table(FAILED).map_err(storage)?;
-        let mut out = Vec::new();
-        for entry in failed.iter().map_err(storage)? {
-            let (_, value) = entry.map_err(storage)?;
-            let entry: OutboxEntry = serde_json::from_slice(value.value()).map_err(storage)?;
-            if entry.channel == channel {
-                out.push(entry);
-            }
-        }
-        out.sort_by_key(|e| e.first_ms);
-        Ok(out)
+        let mut failed = match &self.backend {
+            Backend::Local(local) => local.failed()?,
+            Backend::Shared(shared) => shared.failed()?,
+        };
+        failed.retain(|e| e.channel == channel);
+        failed.sort_by_key(|e| e.first_ms);
+        Ok(failed)
     }
 
     /// A recipient's messages on `channel` after `after` (a sequence), oldest first, at most `limit`.
@@ -303,24 +306,24 @@ impl StateStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<InboxMessage>, StateError> {
-        let tx = self.db.begin_read().map_err(storage)?;
-        let inboxes = tx.open_table(INBOX).map_err(storage)?;
-        let from = format!("{channel}\0{recipient}\0{:020}", after.saturating_add(1));
-        let to = format!("{channel}\0{recipient}\u{1}");
-        let mut out = Vec::new();
-        for entry in inboxes.range(from.as_str()..to.as_str()).map_err(storage)?.take(limit) {
-            let (_, value) = entry.map_err(storage)?;
-            out.push(serde_json::from_slice(value.value()).map_err(storage)?);
+        match &self.backend {
+            Backend::Local(local) => local.inbox(channel, recipient, after, limit),
+            Backend::Shared(shared) => shared.inbox(channel, recipient, after, limit),
         }
-        Ok(out)
     }
 }
 
-/// Changes to the state database that commit together, or not at all
-/// (dropped without [`StateTx::commit`]: undone). Reads see its own writes.
+/// Changes to the state that commit together, or not at all (dropped
+/// without [`StateTx::commit`]: undone). Reads see its own writes.
 pub struct StateTx {
     tables: Arc<BTreeSet<String>>,
-    tx: redb::WriteTransaction,
+    tx: Tx,
+}
+
+enum Tx {
+    // Boxed: a redb transaction is large, and moved with the batch it belongs to.
+    Local(Box<LocalTx>),
+    Shared(SharedTx),
 }
 
 fn check(tables: &BTreeSet<String>, table: &str) -> Result<(), StateError> {
@@ -328,45 +331,51 @@ fn check(tables: &BTreeSet<String>, table: &str) -> Result<(), StateError> {
 }
 
 impl StateTx {
-    fn table(&self, table: &str) -> Result<redb::Table<'_, &'static str, &'static [u8]>, StateError> {
+    fn item(&self, table: &str, key: &str) -> Result<Option<Vec<u8>>, StateError> {
         check(&self.tables, table)?;
-        self.tx.open_table(StateStore::definition(table)).map_err(storage)
+        match &self.tx {
+            Tx::Local(tx) => tx.item(table, key),
+            Tx::Shared(tx) => tx.item(table, key),
+        }
+    }
+
+    fn set_item(&self, table: &str, key: &str, value: Option<&[u8]>) -> Result<(), StateError> {
+        check(&self.tables, table)?;
+        match &self.tx {
+            Tx::Local(tx) => tx.set_item(table, key, value),
+            Tx::Shared(tx) => tx.set_item(table, key, value),
+        }
     }
 
     /// Reads an item, as this transaction left it.
     pub fn get(&self, table: &str, key: &str) -> Result<Option<Vec<u8>>, StateError> {
-        Ok(self.table(table)?.get(key).map_err(storage)?.map(|v| v.value().to_vec()))
+        self.item(table, key)
     }
 
     /// Writes an item.
     pub fn put(&self, table: &str, key: &str, value: &[u8]) -> Result<(), StateError> {
-        self.table(table)?.insert(key, value).map_err(storage)?;
-        Ok(())
+        self.set_item(table, key, Some(value))
     }
 
     /// Removes an item; removing an absent one is not an error.
     pub fn delete(&self, table: &str, key: &str) -> Result<(), StateError> {
-        self.table(table)?.remove(key).map_err(storage)?;
-        Ok(())
+        self.set_item(table, key, None)
     }
 
     /// Writes `value` if the item equals `expected` (`None`: is absent); returns whether it wrote.
     pub fn put_if(&self, table: &str, key: &str, expected: Option<&[u8]>, value: &[u8]) -> Result<bool, StateError> {
-        let mut t = self.table(table)?;
-        let current = t.get(key).map_err(storage)?.map(|v| v.value().to_vec());
-        if current.as_deref() != expected {
+        if self.item(table, key)?.as_deref() != expected {
             return Ok(false);
         }
-        t.insert(key, value).map_err(storage)?;
+        self.set_item(table, key, Some(value))?;
         Ok(true)
     }
 
     /// Adds `delta` to the item read as a decimal integer (absent: 0); returns the new value.
     pub fn add(&self, table: &str, key: &str, delta: i64) -> Result<i64, StateError> {
-        let mut t = self.table(table)?;
-        let current = match t.get(key).map_err(storage)? {
+        let current = match self.item(table, key)? {
             None => 0,
-            Some(v) => std::str::from_utf8(v.value())
+            Some(v) => std::str::from_utf8(&v)
                 .ok()
                 .and_then(|s| s.trim().parse::<i64>().ok())
                 .ok_or_else(|| StateError::NotANumber { table: table.to_owned(), key: key.to_owned() })?,
@@ -376,7 +385,7 @@ impl StateTx {
             key: key.to_owned(),
             delta,
         })?;
-        t.insert(key, next.to_string().as_bytes()).map_err(storage)?;
+        self.set_item(table, key, Some(next.to_string().as_bytes()))?;
         Ok(next)
     }
 
@@ -384,39 +393,20 @@ impl StateTx {
     /// inbox message, a webhook delivery). Returns false (and stores nothing) if
     /// the key was sent before.
     pub fn record_sent(&self, channel: &str, key: &str, delivery: Delivery) -> Result<bool, StateError> {
-        let mut sent = self.tx.open_table(SENT).map_err(storage)?;
-        let id = format!("{channel}\0{key}");
-        if sent.get(id.as_str()).map_err(storage)?.is_some() {
-            return Ok(false);
+        match &self.tx {
+            Tx::Local(tx) => tx.record_sent(channel, key, delivery),
+            Tx::Shared(tx) => tx.record_sent(channel, key, delivery),
         }
-        sent.insert(id.as_str(), crate::stream::now_ms().max(0) as u64).map_err(storage)?;
-        if let Delivery::Outbox(entry) = &delivery {
-            let json = serde_json::to_vec(entry).map_err(storage)?;
-            self.tx
-                .open_table(OUTBOX)
-                .map_err(storage)?
-                .insert(entry.delivery_id.as_str(), json.as_slice())
-                .map_err(storage)?;
-        }
-        if let Delivery::Inbox(mut message) = delivery {
-            let mut sequences = self.tx.open_table(SEQUENCE).map_err(storage)?;
-            let next = sequences.get("inbox").map_err(storage)?.map_or(1, |v| v.value() + 1);
-            sequences.insert("inbox", next).map_err(storage)?;
-            message.sequence = next;
-            let json = serde_json::to_vec(&message).map_err(storage)?;
-            let mut inboxes = self.tx.open_table(INBOX).map_err(storage)?;
-            let id = format!("{}\0{}\0{next:020}", message.channel, message.recipient);
-            inboxes.insert(id.as_str(), json.as_slice()).map_err(storage)?;
-        }
-        Ok(true)
     }
 
     /// Makes every change durable, at once.
     pub fn commit(self) -> Result<(), StateError> {
-        self.tx.commit().map_err(storage)
+        match self.tx {
+            Tx::Local(tx) => tx.commit(),
+            Tx::Shared(tx) => tx.commit(),
+        }
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
