@@ -820,13 +820,16 @@ fn billing_results(store: &dyn StreamStore) -> Vec<((String, String), u64, u64)>
     results
 }
 
-/// An aggregator stage runs on one of two `weir run` hosts at a time, its windows
-/// saved in the cluster with its positions. The host running it is killed
-/// (SIGKILL) halfway through the morning's tolls: the other host takes the stage
-/// over after the lease timeout, from the state saved last, and every window's
-/// totals are exactly the rows in it: none missed, none counted twice.
+/// The showcase's billing on two `weir run` hosts: the aggregator and the
+/// notifier each run on one host at a time, the windows saved in the cluster
+/// with their positions, the month totals and the inbox kept there too. The
+/// host running both is killed (SIGKILL) halfway through the morning's tolls:
+/// the other host takes both over after the lease timeout, and every window's
+/// totals are exactly the rows in it (none missed, none counted twice), every
+/// customer's month total is the sum of its windows, and every customer past
+/// the threshold has exactly one message in the inbox.
 #[test]
-fn a_windowed_stage_moves_to_another_host_with_its_state_and_counts_every_toll_once() {
+fn billing_moves_to_another_host_with_its_windows_and_state_and_counts_and_alerts_every_toll_once() {
     const DAY: i64 = 1_795_564_800_000;
     const MINUTE: i64 = 60_000;
     let runtime = runtime();
@@ -854,26 +857,51 @@ plugin = "{sum}"
 input = "toll-rows"
 output = "billing-windows"
 window = {{ size = "10m", out-of-orderness = "5s", idle-timeout = "5s", allowed-lateness = "3h" }}
+
+[stages.billing-alert]
+plugin = "{alert}"
+input = "billing-windows"
+config = {{ default-threshold-cents = {THRESHOLD}, channel = "app" }}
+
+[tables.month-totals]
+[tables.thresholds]
+
+[channels.app]
+kind = "inbox"
 "#,
             etl = plugins.join("toll-etl").display(),
             sum = plugins.join("toll-billing-sum").display(),
+            alert = plugins.join("toll-billing-alert").display(),
         );
-    let mut hosts: Vec<WeirHost> = (0..2).map(|_| WeirHost::start(&manifest)).collect();
+    let mut hosts: Vec<WeirHost> = vec![WeirHost::start(&manifest)];
     let logs = |hosts: &[WeirHost]| hosts.iter().map(WeirHost::log).collect::<Vec<_>>().join("\n----\n");
     let mut settings = NatsSettings::new(cluster.servers());
     settings.host = "producer".to_owned();
-    let producer = NatsStreams::connect(settings, runtime.handle().clone()).expect("the producer connects");
-    let holder = |host: &WeirHost| host.holders(&runtime, "billing-sum")?.first().cloned().flatten();
+    let producer = NatsStreams::connect(settings.clone(), runtime.handle().clone()).expect("the producer connects");
+    settings.host = "reader".to_owned();
+    let reader = Arc::new(NatsStreams::connect(settings, runtime.handle().clone()).expect("the reader connects"));
+    let state = StateStore::shared(reader.clone(), ["month-totals".to_owned(), "thresholds".to_owned()]);
+    let holder_of = |host: &WeirHost, stage: &str| host.holders(&runtime, stage)?.first().cloned().flatten();
+    let holder = |host: &WeirHost| holder_of(host, "billing-sum");
+    // The first host runs both billing stages, then the second joins.
+    wait_or_show(
+        Duration::from_secs(120),
+        "the first host started and runs both billing stages",
+        || ["billing-sum", "billing-alert"].iter().all(|stage| holder_of(&hosts[0], stage).is_some()),
+        || logs(&hosts),
+    );
+    hosts.push(WeirHost::start(&manifest));
     let mut names = Vec::new();
     wait_or_show(
         Duration::from_secs(120),
-        "both hosts started, and one runs the windows",
+        "both hosts started",
         || {
             names = hosts.iter().filter_map(WeirHost::name).collect::<Vec<_>>();
             names.len() == 2 && hosts.iter().all(|h| holder(h).is_some())
         },
         || logs(&hosts),
     );
+    assert_eq!(holder_of(&hosts[1], "billing-alert").as_deref(), Some(names[0].as_str()), "the first runs the alerts");
 
     // The morning, 06:00 to 08:00, in time order as the stations log it.
     let lines: Vec<_> = weir_host::simulate::generate_day(5, DAY)
@@ -899,15 +927,18 @@ window = {{ size = "10m", out-of-orderness = "5s", idle-timeout = "5s", allowed-
         || logs(&hosts),
     );
     eprintln!("{:?}: first windows out", started.elapsed());
-    let running = holder(&hosts[0]).expect("a holder");
-    let killed = names.iter().position(|n| *n == running).expect("the holder is a host");
-    hosts[killed].child.kill().expect("kill -9 the host running the windows");
-    let survivor = 1 - killed;
+    let (killed, survivor) = (0, 1);
+    assert_eq!(holder(&hosts[1]).as_deref(), Some(names[killed].as_str()), "the first host runs the windows");
+    hosts[killed].child.kill().expect("kill -9 the host running billing");
     put(&records[half..]);
     wait_or_show(
         Duration::from_secs(60),
-        "the other host takes the windows over",
-        || holder(&hosts[survivor]).as_deref() == Some(names[survivor].as_str()),
+        "the other host takes the windows and the alerts over",
+        || {
+            ["billing-sum", "billing-alert"]
+                .iter()
+                .all(|stage| holder_of(&hosts[survivor], stage).as_deref() == Some(names[survivor].as_str()))
+        },
         || logs(&hosts),
     );
 
@@ -984,4 +1015,74 @@ window = {{ size = "10m", out-of-orderness = "5s", idle-timeout = "5s", allowed-
         required.len(),
         results.len()
     );
+
+    // The alerts: once the notifier has taken in every result, each customer's month
+    // total is the sum of its windows' last totals, and every customer past the
+    // threshold has one message. A total and its alert commit together, so the inbox
+    // read between two equal readings of the totals is the one those totals made.
+    let month = weir_host::time::format_ms(DAY)[..7].to_owned();
+    let month_totals = |customers: &BTreeMap<String, u64>| -> BTreeMap<String, u64> {
+        let total = |customer: &String| {
+            let item = state.get("month-totals", &format!("{customer}|{month}")).expect("a month total");
+            let item: Option<serde_json::Value> = item.map(|v| serde_json::from_slice(&v).expect("JSON"));
+            item.and_then(|i| i["cents"].as_u64()).unwrap_or(0)
+        };
+        customers.keys().map(|customer| (customer.clone(), total(customer))).collect()
+    };
+    let mut totals: BTreeMap<String, u64> = BTreeMap::new();
+    let mut alerted: BTreeMap<String, usize> = BTreeMap::new();
+    wait_or_show(
+        Duration::from_secs(120),
+        "every result in the month totals",
+        || {
+            let mut last: BTreeMap<&(String, String), (u64, u64)> = BTreeMap::new();
+            let results = billing_results(&producer);
+            for (key, revision, cents) in &results {
+                let kept = last.entry(key).or_insert((*revision, *cents));
+                if *revision > kept.0 {
+                    *kept = (*revision, *cents);
+                }
+            }
+            totals.clear();
+            for ((_, customer), (_, cents)) in &last {
+                *totals.entry(customer.clone()).or_default() += cents;
+            }
+            if month_totals(&totals) != totals {
+                return false;
+            }
+            alerted.clear();
+            for recipient in inbox_recipients(&reader) {
+                *alerted.entry(recipient).or_default() += 1;
+            }
+            month_totals(&totals) == totals
+        },
+        || logs(&hosts),
+    );
+    for (customer, cents) in &totals {
+        let messages = alerted.get(customer).copied().unwrap_or(0);
+        assert_eq!(messages, usize::from(*cents >= THRESHOLD), "{customer}: {cents} cents, {messages} messages");
+    }
+    // What the app sees through the API of the host left (a window closed since may
+    // have alerted one more, never twice).
+    for (customer, cents) in totals.iter().take(200) {
+        let url = format!("http://127.0.0.1:{}/v1/inbox/{customer}", hosts[survivor].port);
+        let inbox: serde_json::Value =
+            runtime.block_on(async { reqwest::get(url).await.expect("GET").json().await.expect("JSON") });
+        let messages = inbox["messages"].as_array().map_or(0, Vec::len);
+        assert!(messages <= 1, "{customer}: {messages} messages: {inbox}");
+        assert!(*cents < THRESHOLD || messages == 1, "{customer}: {cents} cents and no message: {inbox}");
+    }
+    let past = totals.values().filter(|c| **c >= THRESHOLD).count();
+    eprintln!("{} customers billed, {past} past {THRESHOLD} cents, each alerted once", totals.len());
+}
+
+/// The threshold of the billing test's customers, in cents.
+const THRESHOLD: u64 = 500;
+
+/// The recipient of every message in the `app` inbox, as often as it is there
+/// (read from the cluster in one pass, as the inbox's values).
+fn inbox_recipients(reader: &NatsStreams) -> Vec<String> {
+    let messages = reader.shared_scan("i.app.").expect("the inbox");
+    let message = |value: &[u8]| serde_json::from_slice::<InboxMessage>(value).expect("an inbox message");
+    messages.iter().map(|(_, value, _)| message(value).recipient).collect()
 }

@@ -33,6 +33,8 @@ const MAX_RETRY_WAIT: Duration = Duration::from_secs(60);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the webhook sender looks for due deliveries.
 const SENDER_TICK: Duration = Duration::from_millis(50);
+/// How often, when the deliveries are on a cluster (looking is a scan there).
+const SHARED_SENDER_TICK: Duration = Duration::from_millis(500);
 
 /// What a channel does with a notification.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -282,6 +284,7 @@ impl Channels {
         if !self.kinds.values().any(|k| matches!(k, ChannelKind::Webhook(_))) {
             return;
         }
+        let tick = if self.state.is_shared() { SHARED_SENDER_TICK } else { SENDER_TICK };
         let channels: Weak<Channels> = Arc::downgrade(self);
         let spawned = std::thread::Builder::new().name("webhooks".into()).spawn(move || {
             let span = tracing::info_span!("channels.webhooks");
@@ -290,7 +293,7 @@ impl Channels {
                 return tracing::error!("cannot start the webhook sender; deliveries stay queued");
             };
             loop {
-                std::thread::sleep(SENDER_TICK);
+                std::thread::sleep(tick);
                 let Some(channels) = channels.upgrade() else { return };
                 let due = match channels.state.due_deliveries(crate::stream::now_ms()) {
                     Ok(due) => due,
