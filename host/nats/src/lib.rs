@@ -14,9 +14,9 @@
 //!   keys and lineage) is one value of the key-value bucket `<p>-streams`,
 //!   created once and changed only by compare-and-set on its revision.
 //! - **Consumer positions** are values of the bucket `<p>-positions`, under
-//!   `<s>.<index>.<consumer>`; they are leases too ([`lease`]).
+//!   `<s>.<index>.<consumer>`; they are leases too (`lease.rs`).
 //! - **What the hosts change together** (a pipeline's state tables and
-//!   channels) are values of the same bucket under `_x.` ([`shared`]), so that
+//!   channels) are values of the same bucket under `_x.` (`shared.rs`), so that
 //!   one atomic batch can change them with a stage's lease.
 //!
 //! A record is published with a message id of its own (`Nats-Msg-Id`); a

@@ -1,9 +1,9 @@
 //! State tables (the DynamoDB part) and what notification channels must
 //! remember: items of the tables the manifest declares, the idempotency keys
 //! already sent, each inbox's messages and the webhook deliveries to make.
-//! They are kept on this host's disk ([`local`], the default) or, when the
+//! They are kept on this host's disk (`local.rs`, the default) or, when the
 //! streams are on a NATS cluster, on the cluster, shared by every host
-//! ([`shared`]).
+//! (`shared.rs`).
 //!
 //! Every change happens in a [`StateTx`]: a single call is one (so concurrent
 //! `add`s and conditional puts never lose an update), and a notifier stage
