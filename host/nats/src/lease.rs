@@ -132,8 +132,9 @@ pub(crate) struct Leases {
     held: Mutex<HashMap<String, Held>>,
     seen: Mutex<HashMap<String, Seen>>,
     rounds: Mutex<HashMap<(String, String), Round>>,
-    /// The consumers claimed by shard: their checkpoints go through the fence only.
-    shared: Mutex<std::collections::HashSet<(String, String)>>,
+    /// The consumers claimed by shard or by one host with their state here
+    /// ([`Sharing::Shards`], [`Sharing::Single`]): their checkpoints go through the fence only.
+    leased: Mutex<HashMap<(String, String), Sharing>>,
 }
 
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -149,7 +150,7 @@ impl Leases {
             held: Mutex::default(),
             seen: Mutex::default(),
             rounds: Mutex::default(),
-            shared: Mutex::default(),
+            leased: Mutex::default(),
         }
     }
 
@@ -277,7 +278,7 @@ impl Leases {
         consumer: &str,
         shards: u32,
     ) -> Result<Claim, String> {
-        locked(&self.shared).insert((stream.to_owned(), consumer.to_owned()));
+        locked(&self.leased).insert((stream.to_owned(), consumer.to_owned()), Sharing::Shards);
         let keys: Vec<String> = (0..shards).map(|s| shard_key(stream, s, consumer)).collect();
         let mut read = Vec::with_capacity(keys.len());
         for key in &keys {
@@ -360,6 +361,9 @@ impl Leases {
         sharing: Sharing,
     ) -> Result<Claim, String> {
         let key = whole_key(stream, consumer);
+        if sharing == Sharing::Single {
+            locked(&self.leased).insert((stream.to_owned(), consumer.to_owned()), Sharing::Single);
+        }
         let read = Self::read(bucket, &key).await?;
         let owner = match &read {
             // Its state moves with it: it may be taken from a host that stopped renewing.
@@ -389,20 +393,27 @@ impl Leases {
     }
 
     /// Writes a checkpoint through the fence: a compare-and-set on the revision
-    /// this host last wrote of the lease.
+    /// this host last wrote of the lease (of the shard's, or for a consumer
+    /// read by one host with its state here, of the stream's).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn checkpoint(
         &self,
+        client: &async_nats::Client,
         bucket: &kv::Store,
+        batch: &str,
         stream: &str,
         shard: u32,
         consumer: &str,
         next: u64,
     ) -> Result<Fenced, String> {
         let key = shard_key(stream, shard, consumer);
+        let leased = locked(&self.leased).get(&(stream.to_owned(), consumer.to_owned())).copied();
+        if leased == Some(Sharing::Single) {
+            return self.checkpoint_single(client, bucket, batch, stream, shard, consumer, next).await;
+        }
         let held = locked(&self.held).get(&key).copied();
         let Some(held) = held else {
-            let shared = locked(&self.shared).contains(&(stream.to_owned(), consumer.to_owned()));
-            return Ok(if shared { Fenced::Lost } else { Fenced::NotLeased });
+            return Ok(if leased.is_some() { Fenced::Lost } else { Fenced::NotLeased });
         };
         let lease = Lease { position: Some(next), owner: self.host.clone(), counter: held.counter + 1 };
         match Self::write(bucket, &key, &lease, Some(held.revision)).await {
@@ -431,9 +442,55 @@ impl Leases {
         }
     }
 
+    /// A checkpoint of a consumer read by one host at a time: one atomic batch
+    /// of the stream's lease renewed (expecting the revision this host last
+    /// wrote) and the shard's position.
+    #[allow(clippy::too_many_arguments)]
+    async fn checkpoint_single(
+        &self,
+        client: &async_nats::Client,
+        bucket: &kv::Store,
+        batch: &str,
+        stream: &str,
+        shard: u32,
+        consumer: &str,
+        next: u64,
+    ) -> Result<Fenced, String> {
+        let key = whole_key(stream, consumer);
+        let held = locked(&self.held).get(&key).copied();
+        let Some(held) = held else { return Ok(Fenced::Lost) };
+        let lease = Lease { position: None, owner: self.host.clone(), counter: held.counter + 1 };
+        let position = Lease { position: Some(next), ..Lease::default() };
+        let messages = vec![
+            BatchMessage { key: key.clone(), payload: Some(lease.bytes()?), expected: Some(held.revision) },
+            BatchMessage { key: shard_key(stream, shard, consumer), payload: Some(position.bytes()?), expected: None },
+        ];
+        match shared::atomic(client, bucket, batch, messages).await {
+            Ok(first) => {
+                locked(&self.held).insert(key, Held { revision: first, counter: lease.counter });
+                Ok(Fenced::Written)
+            }
+            Err(refused) => {
+                self.forget(&key, stream, consumer);
+                match refused {
+                    Refused::WrongRevision => {
+                        tracing::warn!(
+                            stream,
+                            consumer,
+                            shard,
+                            "another host took the consumer over; the checkpoint was refused"
+                        );
+                        Ok(Fenced::Lost)
+                    }
+                    Refused::Failed(e) => Err(e),
+                }
+            }
+        }
+    }
+
     /// Lets go of this host's leases for `consumer`, keeping their positions.
     pub(crate) async fn release(&self, bucket: &kv::Store, stream: &str, consumer: &str) -> Result<(), String> {
-        locked(&self.shared).remove(&(stream.to_owned(), consumer.to_owned()));
+        locked(&self.leased).remove(&(stream.to_owned(), consumer.to_owned()));
         let round = locked(&self.rounds).remove(&(stream.to_owned(), consumer.to_owned()));
         let Some(round) = round else { return Ok(()) };
         let keys: Vec<String> = match round.sharing {

@@ -1012,9 +1012,11 @@ impl StreamStore for NatsStreams {
             consumer: consumer.to_owned(),
             reason,
         };
+        let batch = format!("{}-{}", self.store_id, self.published.fetch_add(1, Ordering::Relaxed));
         self.wait(stream, async {
             self.shard_state(stream, shard).await?;
-            match self.leases.checkpoint(&self.positions, stream, shard, consumer, next).await.map_err(failed)? {
+            let fenced = self.leases.checkpoint(&self.client, &self.positions, &batch, stream, shard, consumer, next);
+            match fenced.await.map_err(failed)? {
                 lease::Fenced::Written => Ok(()),
                 lease::Fenced::Lost => {
                     Err(StreamError::LeaseLost { stream: stream.to_owned(), shard, consumer: consumer.to_owned() })

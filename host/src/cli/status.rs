@@ -58,7 +58,8 @@ fn render(status: &Value) -> String {
     }
     // Hosts sharing the streams: who reads which shard of each stage's input.
     let mut holders = vec![["stage", "shard", "read by"].map(str::to_owned)];
-    for s in status["stages"].as_array().into_iter().flatten() {
+    let deliveries = status["deliveries"].as_array().into_iter().flatten();
+    for s in status["stages"].as_array().into_iter().flatten().chain(deliveries) {
         for (shard, holder) in s["shard_holders"].as_array().into_iter().flatten().enumerate() {
             holders.push([text(&s["name"]), crate::stream::shard_id(shard as u32), text(holder)]);
         }
@@ -199,11 +200,13 @@ mod tests {
         let status = serde_json::json!({
             "pipeline": "shared", "uptime_seconds": 5,
             "stages": [{"name": "etl", "phase": "running", "shard_holders": ["host-a", "host-b", null]}],
+            "deliveries": [{"name": "toll-transactions", "phase": "running", "shard_holders": ["host-b"]}],
         });
         let text = render(&status);
-        assert!(text.contains("stage  shard                 read by\n"), "{text}");
-        assert!(text.contains("etl    shardId-000000000000  host-a\n"), "{text}");
-        assert!(text.contains("etl    shardId-000000000001  host-b\n"), "{text}");
-        assert!(text.contains("etl    shardId-000000000002  -\n"), "{text}");
+        assert!(text.contains("stage              shard                 read by\n"), "{text}");
+        assert!(text.contains("etl                shardId-000000000000  host-a\n"), "{text}");
+        assert!(text.contains("etl                shardId-000000000001  host-b\n"), "{text}");
+        assert!(text.contains("etl                shardId-000000000002  -\n"), "{text}");
+        assert!(text.contains("toll-transactions  shardId-000000000000  host-b\n"), "{text}");
     }
 }

@@ -22,7 +22,7 @@ use serde_json::json;
 use super::Interrupted;
 use super::lake::{MAX_RETRY_DELAY, Rows, Shared};
 use crate::lake::object_prefix;
-use crate::stream::now_ms;
+use crate::stream::{StreamError, now_ms};
 use crate::warehouse::{ParsedRows, Warehouse};
 
 /// A batch whose objects are written, on its way to the warehouse and the checkpoint.
@@ -147,9 +147,17 @@ impl Loader {
             in_order.finished(ticket, (shard, first, last));
             while let Some((shard, first, last)) = in_order.front() {
                 let mut delay = Duration::from_millis(200);
+                let mut lost = false;
                 while let Err(e) =
                     self.shared.source.checkpoint(&self.shared.source_stream, shard, &self.shared.consumer, last + 1)
                 {
+                    if let StreamError::LeaseLost { .. } = e {
+                        // The host that took the delivery redoes the batch from its plan (kept);
+                        // the warehouse's ledger loads it once.
+                        tracing::warn!(shard, first, last, "another host took the delivery over; it redoes this batch");
+                        lost = true;
+                        break;
+                    }
                     self.shared.note_error(format!("writing the checkpoint after records {first} to {last}: {e}"));
                     tracing::error!(error = %e, "checkpoint failed; trying again");
                     if stop.load(Ordering::Relaxed) {
@@ -160,7 +168,9 @@ impl Loader {
                 }
                 // The plan goes only once the checkpoint is written: until then a restart
                 // redoes the batch with the same bounds, so the ledger loads it once.
-                self.shared.plans.remove(shard, first);
+                if !lost {
+                    self.shared.plans.remove(shard, first);
+                }
                 in_order.checkpointed();
             }
         }

@@ -25,7 +25,6 @@ mod plans;
 pub mod redrive;
 mod worker;
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -41,6 +40,7 @@ use crate::warehouse::WarehouseError;
 const CONSUMER: &str = "delivery";
 
 pub use crate::stream::Clock;
+pub use plans::PlanPlace;
 
 /// Counters of a delivery stream.
 #[derive(Debug, Default)]
@@ -96,6 +96,10 @@ pub struct DeliveryStatus {
     pub retries: u64,
     /// The most recent failure.
     pub last_error: Option<String>,
+    /// Which host reads each shard of its source, when hosts share the streams
+    /// (empty on one host).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shard_holders: Vec<String>,
 }
 
 /// A running delivery stream.
@@ -119,9 +123,9 @@ impl Delivery {
         spec: DeliverySpec,
         source: Arc<dyn StreamStore>,
         transform: Option<TransformerPlugin>,
-        state_dir: PathBuf,
+        plans: impl Into<PlanPlace>,
     ) -> Result<Delivery, DeliveryError> {
-        Self::start_with_clock(spec, source, transform, state_dir, crate::stream::system_clock())
+        Self::start_with_clock(spec, source, transform, plans, crate::stream::system_clock())
     }
 
     /// [`Delivery::start`] with the clock that decides when a buffer is old enough.
@@ -129,7 +133,7 @@ impl Delivery {
         spec: DeliverySpec,
         source: Arc<dyn StreamStore>,
         transform: Option<TransformerPlugin>,
-        state_dir: PathBuf,
+        plans: impl Into<PlanPlace>,
         clock: Clock,
     ) -> Result<Delivery, DeliveryError> {
         // A table that does not fit is a configuration error; a database that
@@ -146,15 +150,15 @@ impl Delivery {
             },
         };
         let lake = crate::lake::open(&spec.lake).map_err(|e| DeliveryError::Lake(e.lake, e.message))?;
-        let plans = plans::Plans::open(state_dir, spec.name.to_string())
-            .map_err(|e| DeliveryError::Lake(e.0.display().to_string(), e.1.to_string()))?;
-        let spec = Arc::new(spec);
-        let stats = Arc::new(DeliveryStats::default());
-        let draining = Arc::new(AtomicBool::new(false));
         let (source_stream, consumer) = match &spec.source_stream {
             Some(stream) => (stream.to_string(), format!("delivery-{}", spec.name)),
             None => (spec.name.to_string(), CONSUMER.to_owned()),
         };
+        let plans = plans::Plans::open(plans.into(), spec.name.to_string(), &source_stream, &consumer)
+            .map_err(|e| DeliveryError::Lake(e.0.display().to_string(), e.1.to_string()))?;
+        let spec = Arc::new(spec);
+        let stats = Arc::new(DeliveryStats::default());
+        let draining = Arc::new(AtomicBool::new(false));
         let shared = Arc::new(lake::Shared {
             spec: spec.clone(),
             lake,
@@ -208,6 +212,7 @@ impl Delivery {
             loads_failed: s.loads_failed.load(Ordering::Relaxed),
             retries: s.retries.load(Ordering::Relaxed),
             last_error: s.last_error.lock().ok().and_then(|l| l.clone()).or_else(|| self.driver.last_error()),
+            shard_holders: self.driver.holders().into_iter().map(Option::unwrap_or_default).collect(),
         }
     }
 

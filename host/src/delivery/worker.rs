@@ -166,6 +166,13 @@ impl Operator for DeliveryOperator {
         self.stage_all_due(None).map(|()| false)
     }
 
+    /// With its plans on this host's disk the delivery stays here; with them on
+    /// the cluster it runs on one host at a time and moves when that host stops
+    /// renewing it (its plans and checkpoints are fenced by its lease).
+    fn sharing(&self) -> crate::stream::Sharing {
+        if self.shared.plans.is_shared() { crate::stream::Sharing::Single } else { crate::stream::Sharing::Whole }
+    }
+
     fn checkpoint(&mut self, _positions: &[u64], _shard: Option<u32>) -> Result<(), String> {
         // Read is not delivered: the loader checkpoints each batch once it is loaded.
         Ok(())

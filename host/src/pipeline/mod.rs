@@ -9,7 +9,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::dedup::{DedupSpec, DedupStore};
-use crate::delivery::{Delivery, DeliveryStatus};
+use crate::delivery::{Delivery, DeliveryStatus, PlanPlace};
 use crate::manifest::{DeadLetter, Pipeline, Storage, Target};
 use crate::metrics::Seconds;
 use crate::notify::Channels;
@@ -339,7 +339,7 @@ impl Host {
         let references = ReferenceTables::open(&pipeline.references)?;
         references.start_reloading();
         let tables = pipeline.tables.iter().cloned();
-        let state = Arc::new(match cluster {
+        let state = Arc::new(match cluster.clone() {
             Some(nats) => StateStore::shared(nats, tables),
             None if pipeline.tables.is_empty() && pipeline.channels.is_empty() => StateStore::in_memory()?,
             None => StateStore::open(&pipeline.data_dir.join("state.redb"), tables)?,
@@ -474,9 +474,14 @@ impl Host {
                 ),
             };
             let state_dir = pipeline.data_dir.join("delivery-state");
-            let source: Arc<dyn StreamStore> =
-                if spec.source_stream.is_some() { streams.clone() } else { buffers.clone() };
-            deliveries.push(Delivery::start_with_clock(spec.clone(), source, transform, state_dir, clock.clone())?);
+            let (source, plans): (Arc<dyn StreamStore>, PlanPlace) = match (&spec.source_stream, &cluster) {
+                // Reading a stream on a cluster, it keeps its plans there and may move between hosts.
+                (Some(_), Some(nats)) => (streams.clone(), PlanPlace::Cluster(nats.clone())),
+                (Some(_), None) => (streams.clone(), PlanPlace::Dir(state_dir)),
+                // Its own buffer is on this host's disk, and so are its plans.
+                (None, _) => (buffers.clone(), PlanPlace::Dir(state_dir)),
+            };
+            deliveries.push(Delivery::start_with_clock(spec.clone(), source, transform, plans, clock.clone())?);
         }
         for spec in &pipeline.stages {
             let plugin = format!("{}@{}", spec.plugin.info.name, spec.plugin.info.version.get_ref());

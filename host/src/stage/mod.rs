@@ -269,7 +269,7 @@ impl StageStats {
         }
     }
 
-    fn holders(&self) -> Vec<Option<String>> {
+    pub(crate) fn holders(&self) -> Vec<Option<String>> {
         let holders = self.holders.lock().map(|h| h.clone()).unwrap_or_default();
         // One host: nobody is named.
         if holders.iter().all(Option::is_none) { Vec::new() } else { holders }
