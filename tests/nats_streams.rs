@@ -1230,3 +1230,57 @@ key = "transaction_id"
         lines.len()
     );
 }
+
+/// A stream that declares its records' ids (`deduplicate`) stores each id once
+/// whichever host puts it: the cluster keeps the ids (JetStream's message ids),
+/// not each host. A repeat is answered with the first one's position and counted.
+#[test]
+fn hosts_putting_the_same_ids_store_each_once() {
+    use weir_host::dedup::{DedupSpec, DedupStore, Identity};
+    let runtime = runtime();
+    let cluster = runtime.block_on(NatsCluster::start(3));
+    let host = |name: &str| {
+        let mut settings = NatsSettings::new(cluster.servers());
+        settings.host = name.to_owned();
+        let nats = NatsStreams::connect(settings, runtime.handle().clone());
+        let nats: Arc<dyn StreamStore> = Arc::new(nats.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs())));
+        let spec = DedupSpec { identity: Identity::Field("id".into()), horizon: Duration::from_secs(3600) };
+        let store = DedupStore::open(nats.clone(), vec![("lines".to_owned(), spec)], weir_host::stream::system_clock());
+        (nats, store.expect("a deduplicating store"))
+    };
+    let ((nats, a), (_, b)) = (host("host-a"), host("host-b"));
+    nats.create(settings("lines", 2)).expect("create");
+    let line = |id: u32| NewRecord {
+        key: format!("station-{}", id % 7),
+        event_time_ms: None,
+        data: Bytes::from(format!(r#"{{"id":"T{id}","cents":275}}"#)),
+        source: None,
+        explicit_hash_key: None,
+        attributes: Vec::new(),
+    };
+    // a puts 0..300; b puts 200..400 with 250 twice, in puts large enough for atomic batches.
+    let first = a.append("lines", (0..300).map(line).collect()).expect("put");
+    assert!(first.iter().all(Result::is_ok), "{first:?}");
+    let again: Vec<NewRecord> = (200..400).map(line).chain([line(250)]).collect();
+    let second = b.append("lines", again).expect("put");
+    assert!(second.iter().all(Result::is_ok), "{second:?}");
+    for (k, id) in (200..300).enumerate() {
+        assert_eq!(second[k], first[id], "T{id} is answered with where a stored it");
+    }
+    assert_eq!(second[200], second[50], "a repeat within one put is answered with the first");
+    assert_eq!(b.duplicates()["lines"], 101, "the repeats are counted");
+    // What the stream holds: each id once.
+    let mut held: BTreeMap<String, usize> = BTreeMap::new();
+    for shard in 0..2 {
+        for record in read_to_end(nats.as_ref(), "lines", shard, 0) {
+            let value: serde_json::Value = serde_json::from_slice(&record.data).expect("JSON");
+            *held.entry(value["id"].as_str().unwrap_or_default().to_owned()).or_default() += 1;
+        }
+    }
+    assert_eq!(held.len(), 400, "every id stored");
+    assert!(
+        held.values().all(|n| *n == 1),
+        "each once: {:?}",
+        held.iter().filter(|(_, n)| **n > 1).collect::<Vec<_>>()
+    );
+}

@@ -13,7 +13,9 @@
 //! native API, Kinesis, the agent, a stage writing its output) goes through it.
 //! The ids are those of the records the stream holds: on open they are read back
 //! from the stream (so the horizon is at most its retention), and a put records
-//! its ids once the store answered. Two puts of the same id at once: the second
+//! its ids once the store answered. A store shared by several hosts (NATS) keeps
+//! the ids itself, for all of them ([`StreamStore::append_identified`]): this
+//! one then only finds each record's id. Two puts of the same id at once: the second
 //! is answered as throttled (retry), so that it is acknowledged only once the
 //! first is stored.
 
@@ -135,6 +137,11 @@ impl DedupStore {
         for (stream, spec) in specs {
             let oldest = now.saturating_sub(spec.horizon.as_millis() as i64);
             let mut ids = Ids::default();
+            if inner.stores_once_by_id() {
+                // The store keeps the ids, for every host: no index here.
+                streams.insert(stream, StreamIds { spec, ids: Mutex::new(ids), duplicates: AtomicU64::new(0) });
+                continue;
+            }
             for shard in 0..inner.lineage(&stream)?.len() as u32 {
                 let mut from = 0;
                 loop {
@@ -179,6 +186,13 @@ impl StoreLayer for DedupStore {
     }
     fn append(&self, stream: &str, records: Vec<NewRecord>) -> Result<Vec<Result<Appended, StreamError>>, StreamError> {
         let Some(ids) = self.streams.get(stream) else { return self.inner.append(stream, records) };
+        if self.inner.stores_once_by_id() {
+            let put_ids = ids.spec.identity.of_each(records.iter().map(|r| r.data.as_ref()));
+            let stored = self.inner.append_identified(stream, records, put_ids, ids.spec.horizon)?;
+            let duplicates = stored.iter().filter(|r| matches!(r, Ok((_, true)))).count();
+            ids.duplicates.fetch_add(duplicates as u64, Ordering::Relaxed);
+            return Ok(stored.into_iter().map(|r| r.map(|(appended, _)| appended)).collect());
+        }
         let now = (self.clock)();
         let mut answers = Vec::with_capacity(records.len());
         let mut fresh = Vec::with_capacity(records.len());

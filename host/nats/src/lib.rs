@@ -154,6 +154,8 @@ pub struct NatsStreams {
     store_id: String,
     published: AtomicU64,
     leases: lease::Leases,
+    /// How long each shard stream remembers message ids, as this store made sure.
+    windows: Mutex<HashMap<String, Duration>>,
 }
 
 /// A stream's description as the cluster keeps it.
@@ -207,6 +209,22 @@ impl Changes {
         }
         self.moved.notify_all();
     }
+}
+
+/// The message id of a record whose stream declares its id: the same on every
+/// host and every retry (hex, so any id makes a valid header value).
+fn declared_message_id(id: &str) -> String {
+    let mut out = String::with_capacity(3 + 2 * id.len());
+    out.push_str("id-");
+    for b in id.bytes() {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every change under these locks is one insert: a panic elsewhere leaves them whole.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Milliseconds since the epoch of an RFC 3339 time, as the servers stamp records.
@@ -389,6 +407,7 @@ impl NatsStreams {
             changes: Mutex::new(HashMap::new()),
             store_id,
             published: AtomicU64::new(0),
+            windows: Mutex::new(HashMap::new()),
         })
     }
 
@@ -429,6 +448,46 @@ impl NatsStreams {
             }
         };
         block_on(&self.runtime, bounded)
+    }
+
+    /// Publishes `records` ([`NatsStreams::publish`]) and wakes the readers.
+    #[allow(clippy::type_complexity)]
+    fn append_with(
+        &self,
+        stream: &str,
+        records: &[NewRecord],
+        declared: Option<&[Option<Arc<str>>]>,
+    ) -> Result<Vec<Result<(Appended, bool), StreamError>>, StreamError> {
+        self.wait(stream, self.publish(stream, records, declared)).inspect(|results| {
+            if results.iter().any(|r| matches!(r, Ok((_, false))))
+                && let Ok(changes) = self.changes_of(stream)
+            {
+                changes.bump();
+            }
+        })
+    }
+
+    /// Makes every shard of `stream` remember message ids for `window` at least
+    /// (at most its retention), so that a record put again within it is stored once.
+    async fn widen_duplicate_window(&self, stream: &str, window: Duration) -> Result<(), StreamError> {
+        let described = self.described(stream).await?;
+        for shard in 0..described.description.shards.len() as u32 {
+            let name = self.shard_stream(stream, shard);
+            let known = locked(&self.windows).get(&name).copied();
+            if known.is_some_and(|known| known >= window) {
+                continue;
+            }
+            let mut info = self.js.get_stream(&name).await.map_err(|e| unavailable(stream, e))?;
+            let mut config = info.info().await.map_err(|e| unavailable(stream, e))?.config.clone();
+            let wanted = window.min(config.max_age);
+            if config.duplicate_window < wanted {
+                config.duplicate_window = wanted;
+                self.js.update_stream(config).await.map_err(|e| unavailable(stream, e))?;
+                tracing::info!(stream, shard, window = ?wanted, "the shard remembers record ids this long");
+            }
+            locked(&self.windows).insert(name, wanted);
+        }
+        Ok(())
     }
 
     /// Runs `f` on the store's runtime and waits for it, at most the timeout.
@@ -596,16 +655,25 @@ impl NatsStreams {
     /// until most of the timeout has passed. After a failure the stream's
     /// description is read again: a shard closed by a resharding takes no
     /// records, and they go to its child.
+    ///
+    /// A record with a declared id (`declared`) has a message id made of it, the
+    /// same on every host: JetStream stores it once per shard within the shard's
+    /// duplicate window, and answers a repeat with the first one's position and
+    /// `true` (a duplicate).
     async fn publish(
         &self,
         stream: &str,
         records: &[NewRecord],
-    ) -> Result<Vec<Result<Appended, StreamError>>, StreamError> {
+        declared: Option<&[Option<Arc<str>>]>,
+    ) -> Result<Vec<Result<(Appended, bool), StreamError>>, StreamError> {
         let ids: Vec<String> = (0..records.len())
-            .map(|_| format!("{}-{}", self.store_id, self.published.fetch_add(1, Ordering::Relaxed)))
+            .map(|i| match declared.and_then(|d| d.get(i)).and_then(Option::as_ref) {
+                Some(id) => declared_message_id(id),
+                None => format!("{}-{}", self.store_id, self.published.fetch_add(1, Ordering::Relaxed)),
+            })
             .collect();
         let payloads: Vec<Bytes> = records.iter().map(envelope::encode).collect();
-        let mut results: Vec<Option<Result<Appended, StreamError>>> =
+        let mut results: Vec<Option<Result<(Appended, bool), StreamError>>> =
             records.iter().map(|r| weir_stream::check_record(r).err().map(Err)).collect();
         let deadline = Instant::now() + self.settings.timeout * 3 / 4;
         let mut delay = Duration::from_millis(20);
@@ -624,7 +692,7 @@ impl NatsStreams {
                 match self.publish_atomically(stream, shard, chunk, &ids, &payloads).await {
                     Ok(first) => {
                         for (k, &i) in chunk.iter().enumerate() {
-                            results[i] = Some(Ok(Appended { shard, sequence: first + k as u64 }));
+                            results[i] = Some(Ok((Appended { shard, sequence: first + k as u64 }, false)));
                         }
                     }
                     Err(e) => {
@@ -659,7 +727,8 @@ impl NatsStreams {
             for (i, shard, answer) in answered {
                 match answer {
                     Ok(ack) => {
-                        results[i] = Some(Ok(Appended { shard, sequence: ack.sequence.saturating_sub(1) }));
+                        let appended = Appended { shard, sequence: ack.sequence.saturating_sub(1) };
+                        results[i] = Some(Ok((appended, ack.duplicate)));
                     }
                     Err(e) => last_error = e.to_string(),
                 }
@@ -854,13 +923,23 @@ impl Drop for NatsStreams {
 
 impl StreamStore for NatsStreams {
     fn append(&self, stream: &str, records: Vec<NewRecord>) -> Result<Vec<Result<Appended, StreamError>>, StreamError> {
-        self.wait(stream, self.publish(stream, &records)).inspect(|results| {
-            if results.iter().any(Result::is_ok)
-                && let Ok(changes) = self.changes_of(stream)
-            {
-                changes.bump();
-            }
-        })
+        let results = self.append_with(stream, &records, None)?;
+        Ok(results.into_iter().map(|r| r.map(|(appended, _)| appended)).collect())
+    }
+
+    fn stores_once_by_id(&self) -> bool {
+        true
+    }
+
+    fn append_identified(
+        &self,
+        stream: &str,
+        records: Vec<NewRecord>,
+        ids: Vec<Option<Arc<str>>>,
+        window: Duration,
+    ) -> Result<Vec<Result<(Appended, bool), StreamError>>, StreamError> {
+        self.wait(stream, self.widen_duplicate_window(stream, window))?;
+        self.append_with(stream, &records, Some(&ids))
     }
 
     fn shard_count(&self, stream: &str) -> Result<u32, StreamError> {

@@ -447,6 +447,26 @@ pub trait StreamStore: Send + Sync {
             reason: "this store keeps no consumer state".to_owned(),
         })
     }
+    /// Whether the store itself stores a record once by the id a stream's
+    /// `deduplicate` gives it ([`StreamStore::append_identified`]), for every
+    /// host sharing it; if not, the host keeps an index of ids of its own.
+    fn stores_once_by_id(&self) -> bool {
+        false
+    }
+    /// Appends `records`, each with its id (`None`: it has none), in a store
+    /// that [`StreamStore::stores_once_by_id`]: a record whose id the stream's
+    /// shard was given within `window` is not stored again, and is answered
+    /// with the first one's position and `true` (a duplicate).
+    #[allow(clippy::type_complexity)]
+    fn append_identified(
+        &self,
+        stream: &str,
+        _records: Vec<NewRecord>,
+        _ids: Vec<Option<std::sync::Arc<str>>>,
+        _window: Duration,
+    ) -> Result<Vec<Result<(Appended, bool), StreamError>>, StreamError> {
+        Err(StreamError::Failed { stream: stream.to_owned(), reason: "this store does not store records by id".into() })
+    }
 }
 
 /// A store wrapped around another, changing some of its calls (failing them on
@@ -549,6 +569,18 @@ impl<L: StoreLayer> StreamStore for L {
     }
     fn save_state(&self, stream: &str, consumer: &str, state: &[u8]) -> Result<(), StreamError> {
         self.inner().save_state(stream, consumer, state)
+    }
+    fn stores_once_by_id(&self) -> bool {
+        self.inner().stores_once_by_id()
+    }
+    fn append_identified(
+        &self,
+        stream: &str,
+        records: Vec<NewRecord>,
+        ids: Vec<Option<std::sync::Arc<str>>>,
+        window: Duration,
+    ) -> Result<Vec<Result<(Appended, bool), StreamError>>, StreamError> {
+        self.inner().append_identified(stream, records, ids, window)
     }
 }
 
