@@ -913,3 +913,193 @@ async fn each_showcase_key_may_do_only_what_its_holder_needs() {
     assert!(has("ABCTOLLSOPERATOR", "kinesis:AddTagsToStream", "stream/toll-lines", "ok"), "{log}");
     assert!(!log.contains("PutRecords\",\"resource\":\"stream/toll-lines\",\"result\":\"ok"), "{log}");
 }
+
+/// A `weir run` of the showcase in a process of its own, sharing the in-process
+/// host's cluster, lake and warehouse: its manifest beside the shipped one (whose
+/// fragments it includes), with its own data dir and API port.
+struct ChildHost {
+    data: std::path::PathBuf,
+    log: std::path::PathBuf,
+    port: u16,
+    child: std::process::Child,
+}
+
+impl ChildHost {
+    fn start(dir: &std::path::Path, name: &str, manifest: &str) -> ChildHost {
+        let data = dir.join(format!("{name}-data"));
+        let path = dir.join(format!("{name}.toml"));
+        let out = dir.join("out").join("data").display().to_string();
+        std::fs::write(&path, manifest.replace(&out, &data.display().to_string())).expect("the manifest");
+        let port = weir_tests::free_port();
+        let log = dir.join(format!("{name}.log"));
+        let listen = format!("127.0.0.1:{port}");
+        let args = ["run", &path.display().to_string(), "--insecure-no-auth", "--listen", &listen];
+        let child = weir_tests::weir_command(&args)
+            .env("WEIR_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("the log"))
+            .spawn()
+            .expect("start weir run");
+        ChildHost { data, log, port, child }
+    }
+
+    fn name(&self) -> Option<String> {
+        std::fs::read_to_string(self.data.join("host-name")).ok().map(|n| n.trim().to_owned())
+    }
+
+    async fn status(&self) -> Option<serde_json::Value> {
+        let url = format!("http://127.0.0.1:{}/v1/pipeline", self.port);
+        reqwest::get(url).await.ok()?.json().await.ok()
+    }
+}
+
+impl Drop for ChildHost {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Who reads a stage's (or a delivery's) first input shard, as a status says.
+fn holder_in(status: &serde_json::Value, name: &str) -> Option<String> {
+    let all = status["stages"].as_array()?.iter().chain(status["deliveries"].as_array()?.iter());
+    let found = all.into_iter().find(|s| s["name"] == name)?;
+    found["shard_holders"][0].as_str().filter(|h| !h.is_empty()).map(str::to_owned)
+}
+
+/// The stages and deliveries that run on one host at a time.
+const ONE_HOST_AT_A_TIME: [&str; 7] =
+    ["billing-sum", "billing-alert", "traffic-count", "traffic-alert", "toll-transactions", "toll-raw", "toll-errors"];
+
+/// The showcase on three hosts sharing a NATS cluster, fed by the shipped agent:
+/// the first host to start runs every stage that runs on one host at a time, and
+/// is killed (SIGKILL) a third of the way through the day. The two left take its
+/// work over within the lease timeout, and the day's billing messages, month
+/// totals, traffic alerts and warehouse rows are exactly the oracle's: nothing
+/// lost, nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hosts_on_a_nats_cluster_lose_one_mid_day_and_match_the_oracle() {
+    let cluster = weir_tests::nats::NatsCluster::start(3).await;
+    let servers: Vec<String> = cluster.servers().iter().map(|s| format!("{s:?}")).collect();
+    let storage =
+        format!("\n[storage]\nbackend = \"nats\"\nservers = [{}]\nlease-timeout = \"5s\"\n", servers.join(", "));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let top = dir.path().to_owned();
+    let (_desk, hook) = operations_desk().await;
+    let manifest = showcase_manifest(&top, "1s", &hook) + &storage;
+    let logs = |hosts: &[&ChildHost]| {
+        hosts.iter().map(|h| std::fs::read_to_string(&h.log).unwrap_or_default()).collect::<Vec<_>>().join("\n----\n")
+    };
+    // The first host runs everything that runs on one host at a time.
+    let first = ChildHost::start(&top, "host-a", &manifest);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let name = first.name();
+        let status = first.status().await;
+        let holds_all = status
+            .as_ref()
+            .is_some_and(|s| ONE_HOST_AT_A_TIME.iter().all(|stage| name.is_some() && holder_in(s, stage) == name));
+        if holds_all {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the first host did not take its stages: {status:?}\n{}", logs(&[&first]));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Then this process's host, and a third.
+    let host = TestHost::start_in(dir, &manifest).await.expect("start");
+    let third = ChildHost::start(&top, "host-c", &manifest);
+    for (customer, threshold) in weir_host::simulate::thresholds() {
+        host.host.state.put("thresholds", &customer, threshold.as_bytes()).expect("threshold");
+    }
+    let out = top.join("out");
+    // The day until 14:00: a notifier on the cluster reads each item from its leader,
+    // and the whole day's results would take minutes on two cores shared by six processes.
+    let day: Vec<_> =
+        weir_host::simulate::generate_day(7, DAY).into_iter().filter(|l| l.time_ms < DAY + 14 * 60 * MINUTE).collect();
+    weir_host::simulate::write_logs(&day, &out.join("stations")).expect("the station logs");
+    let agent_dir = tempfile::tempdir().expect("tempdir");
+    let agent = start_shipped_agent(agent_dir.path(), &out, &host.url);
+    ingested_at_least(&host, day.len() / 3).await;
+    let mut first = first;
+    first.child.kill().expect("kill -9 the first host");
+    let killed = first.name().expect("its name");
+    ingested(&host, day.len()).await;
+    agent.stop().await;
+    // The two left run everything the first ran.
+    let here = host.host.status();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, theirs) = (serde_json::to_value(host.host.status()).expect("JSON"), third.status().await);
+        let moved = ONE_HOST_AT_A_TIME.iter().all(|stage| {
+            let holder = holder_in(&status, stage).or_else(|| theirs.as_ref().and_then(|t| holder_in(t, stage)));
+            holder.is_some_and(|h| h != killed)
+        });
+        if moved {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the stages did not move: {status}\n{}", logs(&[&third]));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(here);
+
+    // Settled: every stage caught up, with the windows each aggregator closed, on
+    // whichever host runs it, the same before and after reading what was produced.
+    let watermarks = || async {
+        let (status, theirs) = (serde_json::to_value(host.host.status()).expect("JSON"), third.status().await);
+        let mark = |stage: &str| {
+            let running = [Some(status.clone()), theirs.clone()].into_iter().flatten().find(|s| {
+                let me = s["host"].as_str().map(str::to_owned);
+                holder_in(s, stage).is_some() && holder_in(s, stage) == me
+            });
+            let found =
+                running.as_ref().and_then(|s| s["stages"].as_array()?.iter().find(|st| st["name"] == stage).cloned());
+            found.and_then(|st| st["windows"]["watermark_ms"].as_i64()).unwrap_or(i64::MIN)
+        };
+        (mark("billing-sum"), mark("traffic-count"))
+    };
+    // (A window the watermark passed fires a moment later, on the host running it,
+    // and its alert a moment after that, on the host running the notifier: what
+    // was produced is read until it is what the oracle says for those windows.)
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (got, expected) = loop {
+        let (billing, traffic) = watermarks().await;
+        if billing > i64::MIN && traffic > i64::MIN {
+            caught_up(&host).await;
+            let got = produced(&host);
+            let after = watermarks().await;
+            let windows = |(b, t): (i64, i64)| (b.div_euclid(10 * MINUTE), t.div_euclid(30 * MINUTE));
+            let expected = oracle_until(&day, billing, traffic);
+            let same =
+                got.billing == expected.billing && got.totals == expected.totals && got.traffic == expected.traffic;
+            if windows((billing, traffic)) == windows(after) && (same || Instant::now() >= deadline) {
+                break (got, expected);
+            }
+        }
+        assert!(Instant::now() < deadline, "the windows did not settle\n{}", logs(&[&third]));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(expected.billing.len() > 5 && !expected.traffic.is_empty(), "the day has something to find");
+    assert_eq!(got.billing, expected.billing, "billing messages");
+    assert_eq!(got.totals, expected.totals, "every toll of a closed window counted once");
+    assert_eq!(got.traffic, expected.traffic, "traffic alerts");
+    assert!(got.corrections.is_empty(), "nothing to correct");
+    // The warehouse: one row per well-formed line.
+    let warehouse = out.join("warehouse.db");
+    let rows = || -> i64 {
+        let Ok(db) = rusqlite::Connection::open(&warehouse) else { return 0 };
+        db.query_row("SELECT count(*) FROM toll_transactions", [], |r| r.get(0)).unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while rows() < expected.rows.len() as i64 {
+        assert!(Instant::now() < deadline, "{} of {} rows\n{}", rows(), expected.rows.len(), logs(&[&third]));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(rows(), expected.rows.len() as i64, "one row per well-formed line, none twice");
+    eprintln!(
+        "{} lines; {} billing messages, {} traffic alerts and {} rows, as the oracle says, after host {killed} was killed",
+        day.len(),
+        got.billing.len(),
+        got.traffic.len(),
+        rows()
+    );
+}

@@ -165,6 +165,9 @@ fn append_checked(
 pub struct PipelineStatus {
     /// Pipeline name.
     pub pipeline: String,
+    /// This host's name among the hosts sharing the streams (none on one host).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     /// Seconds since start.
     pub uptime_seconds: u64,
     /// The host's clock when the status was taken, ms since the Unix epoch.
@@ -277,6 +280,8 @@ pub struct Host {
     puts: crate::metrics::PutCounters,
     /// Compiles swapped-in plugins.
     engine: Arc<PluginEngine>,
+    /// Its name among the hosts sharing the streams on a cluster.
+    name: Option<String>,
 }
 
 impl Host {
@@ -507,6 +512,7 @@ impl Host {
             puts: crate::metrics::PutCounters::default(),
             started: Instant::now(),
             engine: engine.clone(),
+            name: cluster.as_ref().map(|nats| nats.host().to_owned()),
         });
         for spec in host.pipeline.stages.iter().filter(|s| s.hot_swap.watch) {
             watch_component(Arc::downgrade(&host), spec.name.to_string(), spec.plugin.clone());
@@ -590,6 +596,7 @@ impl Host {
         let buffer_duplicates = self.buffer_dedup.duplicates();
         PipelineStatus {
             pipeline: self.pipeline.name.to_string(),
+            host: self.name.clone(),
             uptime_seconds: self.started.elapsed().as_secs(),
             now_ms,
             streams,

@@ -145,6 +145,11 @@ impl Services for HostServices {
 /// (then it is retried after a backoff, as any failed effect).
 const RACES_REDONE: usize = 5;
 
+/// Most records per batch of a notifier whose state is on a cluster: each item
+/// it reads is a request to the cluster, and a batch is one plugin call, which
+/// must end within the plugin's time limit.
+const SHARED_STATE_BATCH: usize = 100;
+
 /// A notifier stage's batches.
 pub struct NotifierOperator {
     spec: Arc<StageSpec>,
@@ -202,7 +207,11 @@ impl NotifierOperator {
             version,
             instance: None,
         };
-        Driver::new(Reading::of(&spec), streams, stats, operator)
+        let mut reading = Reading::of(&spec);
+        if operator.services.state.is_shared() {
+            reading.batch_size = reading.batch_size.min(SHARED_STATE_BATCH);
+        }
+        Driver::new(reading, streams, stats, operator)
     }
 }
 
