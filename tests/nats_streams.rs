@@ -579,6 +579,27 @@ lease-timeout = "2s"
     )
 }
 
+/// The lines' and rows' streams (two shards each) and the showcase's `etl` stage between them.
+fn etl_section() -> String {
+    format!(
+        r#"
+[streams.toll-lines]
+shards = 2
+[streams.toll-rows]
+shards = 2
+[streams.toll-rejects]
+
+[stages.etl]
+plugin = "{}"
+input = "toll-lines"
+output = "toll-rows"
+dead-letter = "toll-rejects"
+config = {{ currency = "USD" }}
+"#,
+        weir_tests::root().join("plugins/toll-etl").display()
+    )
+}
+
 /// A `weir run` process of a pipeline sharing the cluster, with its own data dir,
 /// API port and log.
 struct WeirHost {
@@ -836,21 +857,10 @@ fn billing_moves_to_another_host_with_its_windows_and_state_and_counts_and_alert
     let cluster = runtime.block_on(NatsCluster::start(3));
     let plugins = weir_tests::root().join("plugins");
     let manifest = shared_manifest(&cluster, "billing")
+        + &etl_section()
         + &format!(
             r#"
-[streams.toll-lines]
-shards = 2
-[streams.toll-rows]
-shards = 2
-[streams.toll-rejects]
 [streams.billing-windows]
-
-[stages.etl]
-plugin = "{etl}"
-input = "toll-lines"
-output = "toll-rows"
-dead-letter = "toll-rejects"
-config = {{ currency = "USD" }}
 
 [stages.billing-sum]
 plugin = "{sum}"
@@ -869,7 +879,6 @@ config = {{ default-threshold-cents = {THRESHOLD}, channel = "app" }}
 [channels.app]
 kind = "inbox"
 "#,
-            etl = plugins.join("toll-etl").display(),
             sum = plugins.join("toll-billing-sum").display(),
             alert = plugins.join("toll-billing-alert").display(),
         );
@@ -1101,21 +1110,9 @@ fn a_delivery_moves_to_another_host_and_every_line_is_one_warehouse_row() {
     let shared = tempfile::tempdir().expect("tempdir");
     let (lake, warehouse) = (shared.path().join("lake"), shared.path().join("warehouse.db"));
     let manifest = shared_manifest(&cluster, "ingest")
+        + &etl_section()
         + &format!(
             r#"
-[streams.toll-lines]
-shards = 2
-[streams.toll-rows]
-shards = 2
-[streams.toll-rejects]
-
-[stages.etl]
-plugin = "{etl}"
-input = "toll-lines"
-output = "toll-rows"
-dead-letter = "toll-rejects"
-config = {{ currency = "USD" }}
-
 [delivery.toll-transactions]
 stream = "toll-rows"
 buffer-size = "64KiB"
@@ -1129,7 +1126,6 @@ table = "toll_transactions"
 columns = ["transaction_id", "event_time", "station_id", "customer_id", "amount_cents"]
 key = "transaction_id"
 "#,
-            etl = weir_tests::root().join("plugins/toll-etl").display(),
             lake = lake.display(),
             warehouse = warehouse.display(),
         );
