@@ -135,6 +135,10 @@ pub(crate) struct Leases {
     /// The consumers claimed by shard or by one host with their state here
     /// ([`Sharing::Shards`], [`Sharing::Single`]): their checkpoints go through the fence only.
     leased: Mutex<HashMap<(String, String), Sharing>>,
+    /// Held while this host reads and writes leases: a renewal and a fenced
+    /// write from two threads (a delivery's reader and its loader) would each
+    /// move the revision the other expects, and one would think the lease lost.
+    writing: tokio::sync::Mutex<()>,
 }
 
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -151,6 +155,7 @@ impl Leases {
             seen: Mutex::default(),
             rounds: Mutex::default(),
             leased: Mutex::default(),
+            writing: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -182,6 +187,7 @@ impl Leases {
         shards: u32,
         sharing: Sharing,
     ) -> Result<Claim, String> {
+        let _writing = self.writing.lock().await;
         let claim = match sharing {
             Sharing::Shards => self.claim_shards(bucket, stream, consumer, shards).await?,
             Sharing::Whole | Sharing::Single => self.claim_whole(bucket, stream, consumer, shards, sharing).await?,
@@ -406,6 +412,7 @@ impl Leases {
         consumer: &str,
         next: u64,
     ) -> Result<Fenced, String> {
+        let _writing = self.writing.lock().await;
         let key = shard_key(stream, shard, consumer);
         let leased = locked(&self.leased).get(&(stream.to_owned(), consumer.to_owned())).copied();
         if leased == Some(Sharing::Single) {
@@ -490,6 +497,7 @@ impl Leases {
 
     /// Lets go of this host's leases for `consumer`, keeping their positions.
     pub(crate) async fn release(&self, bucket: &kv::Store, stream: &str, consumer: &str) -> Result<(), String> {
+        let _writing = self.writing.lock().await;
         locked(&self.leased).remove(&(stream.to_owned(), consumer.to_owned()));
         let round = locked(&self.rounds).remove(&(stream.to_owned(), consumer.to_owned()));
         let Some(round) = round else { return Ok(()) };
@@ -522,6 +530,7 @@ impl Leases {
         consumer: &str,
         state: &[u8],
     ) -> Result<bool, String> {
+        let _writing = self.writing.lock().await;
         let key = whole_key(stream, consumer);
         let held = locked(&self.held).get(&key).copied();
         let Some(held) = held else { return Ok(false) };
@@ -590,6 +599,11 @@ impl Leases {
         writes: Vec<SharedWrite>,
         fence: Option<(&str, &str)>,
     ) -> Result<(), SharedError> {
+        // Only a commit under a lease touches one.
+        let _writing = match fence {
+            Some(_) => Some(self.writing.lock().await),
+            None => None,
+        };
         let lost = |(stream, consumer): (&str, &str)| SharedError::LeaseLost {
             stream: stream.to_owned(),
             consumer: consumer.to_owned(),
