@@ -25,7 +25,15 @@ use local::{LocalState, LocalTx};
 use shared::{SharedState, SharedTx};
 
 /// How often a single change that raced another host's is made again.
-const CONFLICT_TRIES: usize = 20;
+const CONFLICT_TRIES: u32 = 20;
+
+/// A wait before making a change again after its `tries`th race: up to 2^tries
+/// ms (at most 64), its length drawn from the clock's nanoseconds.
+fn race_wait(tries: u32) -> std::time::Duration {
+    let most = 1u64 << tries.min(6);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    std::time::Duration::from_micros(u64::from(nanos) % (most * 1000))
+}
 
 /// A state operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -198,14 +206,19 @@ impl StateStore {
     }
 
     /// Runs `change` in a transaction of its own and commits it; made again
-    /// from fresh reads if it raced another host's.
+    /// from fresh reads if it raced another host's, after a short wait of a
+    /// random length (growing with the races), so that two writers of one item
+    /// stop racing in step.
     fn change<T>(&self, change: impl Fn(&StateTx) -> Result<T, StateError>) -> Result<T, StateError> {
         let mut tries = 1;
         loop {
             let tx = self.begin()?;
             let out = change(&tx)?;
             match tx.commit() {
-                Err(StateError::Conflict) if tries < CONFLICT_TRIES => tries += 1,
+                Err(StateError::Conflict) if tries < CONFLICT_TRIES => {
+                    std::thread::sleep(race_wait(tries));
+                    tries += 1;
+                }
                 Err(e) => return Err(e),
                 Ok(()) => return Ok(out),
             }
