@@ -333,6 +333,7 @@ fn state_tables_and_channels_behave_alike_on_the_disk_and_shared_by_hosts_on_nat
         tx.commit()
     };
     fenced(&a, b"a1").expect("the holder commits");
+    nats_a.checkpoint("alerts-in", 0, "alerts", 1).expect("the holder checkpoints under the lease");
     assert!(matches!(fenced(&b, b"b1"), Err(StateError::LeaseLost { .. })), "a host not running the stage cannot");
     // a stops renewing (frozen): b takes the stage after the lease timeout, and a's changes are refused.
     wait_until(Duration::from_secs(30), "b takes over the stage a stopped renewing", || claim(&nats_b).held[0]);
@@ -343,7 +344,20 @@ fn state_tables_and_channels_behave_alike_on_the_disk_and_shared_by_hosts_on_nat
         Some(&b"a1"[..]),
         "the refused change wrote nothing"
     );
+    assert!(
+        matches!(nats_a.checkpoint("alerts-in", 0, "alerts", 9), Err(StreamError::LeaseLost { .. })),
+        "a host that lost the stage cannot move its position"
+    );
+    assert_eq!(nats_b.register_consumer("alerts-in", 0, "alerts"), Ok(1), "the refused checkpoint wrote nothing");
+    nats_b.checkpoint("alerts-in", 0, "alerts", 3).expect("the new holder checkpoints");
     fenced(&b, b"b2").expect("the new holder commits");
+    // More changes than one atomic batch takes are refused whole, saying so (a notifier then commits in halves).
+    let tx = b.begin_for(Some(("alerts-in", "alerts"))).expect("begin");
+    for k in 0..1000 {
+        tx.put("totals", &format!("many-{k}"), b"1").expect("put");
+    }
+    assert!(matches!(tx.commit(), Err(StateError::TooLarge { writes: 1000, most: 999 })), "too large");
+    assert_eq!(a.get("totals", "many-0").expect("get"), None, "nothing written");
     assert_eq!(a.get("totals", "fenced").expect("get").as_deref(), Some(&b"b2"[..]));
 }
 

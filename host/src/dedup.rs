@@ -70,6 +70,8 @@ pub struct DedupSpec {
 /// A stream store whose streams with a [`DedupSpec`] store each id once; see the module doc.
 pub struct DedupStore {
     inner: Arc<dyn StreamStore>,
+    /// The inner store keeps the ids itself, for every host sharing it.
+    inner_keeps_ids: bool,
     streams: HashMap<String, StreamIds>,
     clock: Clock,
     /// Numbers the puts, to tell a put's own records from another's.
@@ -133,11 +135,12 @@ impl DedupStore {
         clock: Clock,
     ) -> Result<DedupStore, StreamError> {
         let now = clock();
+        let inner_keeps_ids = inner.stores_once_by_id();
         let mut streams = HashMap::new();
         for (stream, spec) in specs {
             let oldest = now.saturating_sub(spec.horizon.as_millis() as i64);
             let mut ids = Ids::default();
-            if inner.stores_once_by_id() {
+            if inner_keeps_ids {
                 // The store keeps the ids, for every host: no index here.
                 streams.insert(stream, StreamIds { spec, ids: Mutex::new(ids), duplicates: AtomicU64::new(0) });
                 continue;
@@ -171,7 +174,7 @@ impl DedupStore {
             }
             streams.insert(stream, StreamIds { spec, ids: Mutex::new(ids), duplicates: AtomicU64::new(0) });
         }
-        Ok(DedupStore { inner, streams, clock, puts: AtomicU64::new(0) })
+        Ok(DedupStore { inner, inner_keeps_ids, streams, clock, puts: AtomicU64::new(0) })
     }
 
     /// Records not stored again because the stream held their id, by stream.
@@ -186,7 +189,7 @@ impl StoreLayer for DedupStore {
     }
     fn append(&self, stream: &str, records: Vec<NewRecord>) -> Result<Vec<Result<Appended, StreamError>>, StreamError> {
         let Some(ids) = self.streams.get(stream) else { return self.inner.append(stream, records) };
-        if self.inner.stores_once_by_id() {
+        if self.inner_keeps_ids {
             let put_ids = ids.spec.identity.of_each(records.iter().map(|r| r.data.as_ref()));
             let stored = self.inner.append_identified(stream, records, put_ids, ids.spec.horizon)?;
             let duplicates = stored.iter().filter(|r| matches!(r, Ok((_, true)))).count();

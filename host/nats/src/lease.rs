@@ -35,8 +35,8 @@ use async_nats::jetstream::{kv, stream};
 use bytes::Bytes;
 use weir_stream::{Claim, Sharing};
 
-use crate::shared::{self, BatchMessage, MAX_BATCH, NAMESPACE, Refused, SharedError, SharedWrite};
-use crate::token;
+use crate::shared::{self, BatchMessage, BatchTo, MAX_BATCH, NAMESPACE, Refused, SharedError, SharedWrite};
+use crate::{locked, token};
 
 /// A consumer's value in the positions bucket: where it stands, and which host
 /// holds the lease on the shard. A value written before leases (a bare number)
@@ -139,11 +139,6 @@ pub(crate) struct Leases {
     /// write from two threads (a delivery's reader and its loader) would each
     /// move the revision the other expects, and one would think the lease lost.
     writing: tokio::sync::Mutex<()>,
-}
-
-fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic elsewhere does not make the map wrong: every change is one insert or remove.
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Leases {
@@ -401,12 +396,9 @@ impl Leases {
     /// Writes a checkpoint through the fence: a compare-and-set on the revision
     /// this host last wrote of the lease (of the shard's, or for a consumer
     /// read by one host with its state here, of the stream's).
-    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn checkpoint(
         &self,
-        client: &async_nats::Client,
-        bucket: &kv::Store,
-        batch: &str,
+        to: &BatchTo<'_>,
         stream: &str,
         shard: u32,
         consumer: &str,
@@ -416,14 +408,14 @@ impl Leases {
         let key = shard_key(stream, shard, consumer);
         let leased = locked(&self.leased).get(&(stream.to_owned(), consumer.to_owned())).copied();
         if leased == Some(Sharing::Single) {
-            return self.checkpoint_single(client, bucket, batch, stream, shard, consumer, next).await;
+            return self.checkpoint_single(to, stream, shard, consumer, next).await;
         }
         let held = locked(&self.held).get(&key).copied();
         let Some(held) = held else {
             return Ok(if leased.is_some() { Fenced::Lost } else { Fenced::NotLeased });
         };
         let lease = Lease { position: Some(next), owner: self.host.clone(), counter: held.counter + 1 };
-        match Self::write(bucket, &key, &lease, Some(held.revision)).await {
+        match Self::write(to.bucket, &key, &lease, Some(held.revision)).await {
             Ok(Some(revision)) => {
                 locked(&self.held).insert(key, Held { revision, counter: lease.counter });
                 Ok(Fenced::Written)
@@ -452,12 +444,9 @@ impl Leases {
     /// A checkpoint of a consumer read by one host at a time: one atomic batch
     /// of the stream's lease renewed (expecting the revision this host last
     /// wrote) and the shard's position.
-    #[allow(clippy::too_many_arguments)]
     async fn checkpoint_single(
         &self,
-        client: &async_nats::Client,
-        bucket: &kv::Store,
-        batch: &str,
+        to: &BatchTo<'_>,
         stream: &str,
         shard: u32,
         consumer: &str,
@@ -472,7 +461,7 @@ impl Leases {
             BatchMessage { key: key.clone(), payload: Some(lease.bytes()?), expected: Some(held.revision) },
             BatchMessage { key: shard_key(stream, shard, consumer), payload: Some(position.bytes()?), expected: None },
         ];
-        match shared::atomic(client, bucket, batch, messages).await {
+        match shared::atomic(to, messages).await {
             Ok(first) => {
                 locked(&self.held).insert(key, Held { revision: first, counter: lease.counter });
                 Ok(Fenced::Written)
@@ -523,9 +512,7 @@ impl Leases {
     /// and its parts. Returns `false` (nothing written) if the lease was lost.
     pub(crate) async fn save_state(
         &self,
-        client: &async_nats::Client,
-        bucket: &kv::Store,
-        batch: &str,
+        to: &BatchTo<'_>,
         stream: &str,
         consumer: &str,
         state: &[u8],
@@ -559,7 +546,7 @@ impl Leases {
                 expected: (k == 0).then_some(held.revision),
             })
             .collect();
-        match shared::atomic(client, bucket, batch, messages).await {
+        match shared::atomic(to, messages).await {
             Ok(first) => {
                 locked(&self.held).insert(key, Held { revision: first, counter: lease.counter });
                 Ok(true)
@@ -593,9 +580,7 @@ impl Leases {
     /// renewed in the same batch, expecting the revision this host last wrote.
     pub(crate) async fn commit(
         &self,
-        client: &async_nats::Client,
-        bucket: &kv::Store,
-        batch: &str,
+        to: &BatchTo<'_>,
         writes: Vec<SharedWrite>,
         fence: Option<(&str, &str)>,
     ) -> Result<(), SharedError> {
@@ -631,7 +616,7 @@ impl Leases {
             let key = format!("{NAMESPACE}{}", write.key);
             messages.push(BatchMessage { key, payload: write.value, expected: write.expected });
         }
-        match shared::atomic(client, bucket, batch, messages).await {
+        match shared::atomic(to, messages).await {
             Ok(first) => {
                 if let Some((key, _, counter)) = renewed {
                     locked(&self.held).insert(key, Held { revision: first, counter });
@@ -643,7 +628,7 @@ impl Leases {
                 let (Some((stream, consumer)), Some((key, held, _))) = (fence, renewed) else {
                     return Err(SharedError::Conflict);
                 };
-                let now = Self::read(bucket, &key).await.map_err(SharedError::Unavailable)?;
+                let now = Self::read(to.bucket, &key).await.map_err(SharedError::Unavailable)?;
                 if now.is_some_and(|(_, revision)| revision == held.revision) {
                     return Err(SharedError::Conflict);
                 }

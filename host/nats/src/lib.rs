@@ -50,8 +50,8 @@ use futures_util::StreamExt as _;
 use weir_stream::names::{self, NameKind};
 use weir_stream::reshard::{self, ShardRange};
 use weir_stream::{
-    Appended, Claim, Lineage, NewRecord, Reshard, ShardInfo, Sharing, StoredRecord, StreamError, StreamInfo,
-    StreamSettings, StreamStore,
+    Appended, Claim, Identified, Lineage, NewRecord, Reshard, ShardInfo, Sharing, StoredRecord, StreamError,
+    StreamInfo, StreamSettings, StreamStore,
 };
 
 pub mod dev;
@@ -211,19 +211,27 @@ impl Changes {
     }
 }
 
-/// The message id of a record whose stream declares its id: the same on every
-/// host and every retry (hex, so any id makes a valid header value).
-fn declared_message_id(id: &str) -> String {
-    let mut out = String::with_capacity(3 + 2 * id.len());
-    out.push_str("id-");
-    for b in id.bytes() {
-        out.push_str(&format!("{b:02x}"));
+/// Any text as one NATS token and header value: `k`, then its bytes in hex.
+pub fn hex_token(text: &str) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(1 + 2 * text.len());
+    out.push('k');
+    for b in text.bytes() {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 15)]));
     }
     out
 }
 
-fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Every change under these locks is one insert: a panic elsewhere leaves them whole.
+/// The message id of a record whose stream declares its id: the same on every
+/// host and every retry.
+fn declared_message_id(id: &str) -> String {
+    format!("id-{}", hex_token(id))
+}
+
+/// A lock of this crate's maps of leases and windows, whole even after a panic
+/// elsewhere: every change under them is one insert or remove.
+pub(crate) fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -451,13 +459,12 @@ impl NatsStreams {
     }
 
     /// Publishes `records` ([`NatsStreams::publish`]) and wakes the readers.
-    #[allow(clippy::type_complexity)]
     fn append_with(
         &self,
         stream: &str,
         records: &[NewRecord],
         declared: Option<&[Option<Arc<str>>]>,
-    ) -> Result<Vec<Result<(Appended, bool), StreamError>>, StreamError> {
+    ) -> Result<Identified, StreamError> {
         self.wait(stream, self.publish(stream, records, declared)).inspect(|results| {
             if results.iter().any(|r| matches!(r, Ok((_, false))))
                 && let Ok(changes) = self.changes_of(stream)
@@ -488,6 +495,16 @@ impl NatsStreams {
             locked(&self.windows).insert(name, wanted);
         }
         Ok(())
+    }
+
+    /// An id no other message or batch of any store has: this store's own id, then a counter.
+    fn unique_id(&self) -> String {
+        format!("{}-{}", self.store_id, self.published.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Where an atomic batch `id` of the positions bucket goes.
+    fn batch_to<'a>(&'a self, id: &'a str) -> shared::BatchTo<'a> {
+        shared::BatchTo { client: &self.client, bucket: &self.positions, id }
     }
 
     /// Runs `f` on the store's runtime and waits for it, at most the timeout.
@@ -530,8 +547,9 @@ impl NatsStreams {
     /// (a stream and a consumer read by one host at a time), only while this
     /// host holds that consumer's lease.
     pub fn shared_commit(&self, writes: Vec<SharedWrite>, fence: Option<(&str, &str)>) -> Result<(), SharedError> {
-        let batch = format!("{}-{}", self.store_id, self.published.fetch_add(1, Ordering::Relaxed));
-        self.wait_shared(async { self.leases.commit(&self.client, &self.positions, &batch, writes, fence).await })
+        let batch = self.unique_id();
+        let to = self.batch_to(&batch);
+        self.wait_shared(async { self.leases.commit(&to, writes, fence).await })
     }
 
     fn shard_stream(&self, stream: &str, shard: u32) -> String {
@@ -665,11 +683,11 @@ impl NatsStreams {
         stream: &str,
         records: &[NewRecord],
         declared: Option<&[Option<Arc<str>>]>,
-    ) -> Result<Vec<Result<(Appended, bool), StreamError>>, StreamError> {
+    ) -> Result<Identified, StreamError> {
         let ids: Vec<String> = (0..records.len())
             .map(|i| match declared.and_then(|d| d.get(i)).and_then(Option::as_ref) {
                 Some(id) => declared_message_id(id),
-                None => format!("{}-{}", self.store_id, self.published.fetch_add(1, Ordering::Relaxed)),
+                None => self.unique_id(),
             })
             .collect();
         let payloads: Vec<Bytes> = records.iter().map(envelope::encode).collect();
@@ -765,7 +783,7 @@ impl NatsStreams {
         payloads: &[Bytes],
     ) -> Result<u64, String> {
         let subject = self.shard_subject(stream, shard);
-        let batch = format!("{}-{}", self.store_id, self.published.fetch_add(1, Ordering::Relaxed));
+        let batch = self.unique_id();
         let mut commit = None;
         for (k, &i) in places.iter().enumerate() {
             let mut headers = async_nats::HeaderMap::new();
@@ -937,7 +955,7 @@ impl StreamStore for NatsStreams {
         records: Vec<NewRecord>,
         ids: Vec<Option<Arc<str>>>,
         window: Duration,
-    ) -> Result<Vec<Result<(Appended, bool), StreamError>>, StreamError> {
+    ) -> Result<Identified, StreamError> {
         self.wait(stream, self.widen_duplicate_window(stream, window))?;
         self.append_with(stream, &records, Some(&ids))
     }
@@ -1091,11 +1109,11 @@ impl StreamStore for NatsStreams {
             consumer: consumer.to_owned(),
             reason,
         };
-        let batch = format!("{}-{}", self.store_id, self.published.fetch_add(1, Ordering::Relaxed));
+        let batch = self.unique_id();
         self.wait(stream, async {
             self.shard_state(stream, shard).await?;
-            let fenced = self.leases.checkpoint(&self.client, &self.positions, &batch, stream, shard, consumer, next);
-            match fenced.await.map_err(failed)? {
+            let to = self.batch_to(&batch);
+            match self.leases.checkpoint(&to, stream, shard, consumer, next).await.map_err(failed)? {
                 lease::Fenced::Written => Ok(()),
                 lease::Fenced::Lost => {
                     Err(StreamError::LeaseLost { stream: stream.to_owned(), shard, consumer: consumer.to_owned() })
@@ -1317,9 +1335,10 @@ impl StreamStore for NatsStreams {
     }
 
     fn save_state(&self, stream: &str, consumer: &str, state: &[u8]) -> Result<(), StreamError> {
-        let batch = format!("{}-{}", self.store_id, self.published.fetch_add(1, Ordering::Relaxed));
+        let batch = self.unique_id();
         let saved = self.wait(stream, async {
-            let saved = self.leases.save_state(&self.client, &self.positions, &batch, stream, consumer, state).await;
+            let to = self.batch_to(&batch);
+            let saved = self.leases.save_state(&to, stream, consumer, state).await;
             saved.map_err(|e| unavailable(stream, e))
         });
         match saved {

@@ -156,14 +156,18 @@ pub(crate) async fn scan(
     Ok(out)
 }
 
-/// Publishes `messages` to `bucket` as one atomic batch `batch` (a unique id):
-/// all stored, or none. Returns the revision of the first.
-pub(crate) async fn atomic(
-    client: &async_nats::Client,
-    bucket: &kv::Store,
-    batch: &str,
-    messages: Vec<BatchMessage>,
-) -> Result<u64, Refused> {
+/// Where an atomic batch goes: the client sending it, the bucket, and the
+/// batch's id (unique to it).
+pub(crate) struct BatchTo<'a> {
+    pub client: &'a async_nats::Client,
+    pub bucket: &'a kv::Store,
+    pub id: &'a str,
+}
+
+/// Publishes `messages` as one atomic batch: all stored, or none. Returns the
+/// revision of the first.
+pub(crate) async fn atomic(to: &BatchTo<'_>, messages: Vec<BatchMessage>) -> Result<u64, Refused> {
+    let BatchTo { client, bucket, id: batch } = *to;
     let count = messages.len();
     if count == 0 || count > MAX_BATCH {
         return Err(Refused::Failed(format!("an atomic batch holds 1 to {MAX_BATCH} messages, not {count}")));

@@ -17,19 +17,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use weir_nats::{NatsStreams, SharedError, SharedValue, SharedWrite, token};
+use weir_nats::{NatsStreams, SharedError, SharedValue, SharedWrite, hex_token as hex, token};
 
 use super::{Delivery, InboxMessage, OutboxEntry, Settle, StateError, storage};
-
-/// Any text as one key token.
-fn hex(text: &str) -> String {
-    let mut out = String::with_capacity(1 + 2 * text.len());
-    out.push('k');
-    for b in text.bytes() {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
-}
 
 fn item_key(table: &str, key: &str) -> String {
     format!("t.{}.{}", token(table), hex(key))

@@ -457,14 +457,13 @@ pub trait StreamStore: Send + Sync {
     /// that [`StreamStore::stores_once_by_id`]: a record whose id the stream's
     /// shard was given within `window` is not stored again, and is answered
     /// with the first one's position and `true` (a duplicate).
-    #[allow(clippy::type_complexity)]
     fn append_identified(
         &self,
         stream: &str,
         _records: Vec<NewRecord>,
         _ids: Vec<Option<std::sync::Arc<str>>>,
         _window: Duration,
-    ) -> Result<Vec<Result<(Appended, bool), StreamError>>, StreamError> {
+    ) -> Result<Identified, StreamError> {
         Err(StreamError::Failed { stream: stream.to_owned(), reason: "this store does not store records by id".into() })
     }
 }
@@ -579,10 +578,14 @@ impl<L: StoreLayer> StreamStore for L {
         records: Vec<NewRecord>,
         ids: Vec<Option<std::sync::Arc<str>>>,
         window: Duration,
-    ) -> Result<Vec<Result<(Appended, bool), StreamError>>, StreamError> {
+    ) -> Result<Identified, StreamError> {
         self.inner().append_identified(stream, records, ids, window)
     }
 }
+
+/// What [`StreamStore::append_identified`] answers per record: where it is,
+/// and whether it was there already (a duplicate).
+pub type Identified = Vec<Result<(Appended, bool), StreamError>>;
 
 /// Settings of a stream created at run time (through the Kinesis API).
 #[derive(Debug, Clone, PartialEq, Eq)]
