@@ -118,9 +118,32 @@ fn is_deleted(headers: &async_nats::HeaderMap) -> bool {
     headers.get("KV-Operation").is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"))
 }
 
+/// Longest a scan waits for its consumer's next message before it starts over
+/// with a fresh consumer (one whose delivery stalled).
+const SCAN_STALL: std::time::Duration = std::time::Duration::from_secs(2);
+/// How often a scan starts over.
+const SCAN_TRIES: usize = 3;
+
 /// Every live key under `prefix` (a key prefix ending in `.`) with its value
 /// and revision, in the order they were last written.
 pub(crate) async fn scan(
+    client: &async_nats::Client,
+    bucket: &kv::Store,
+    prefix: &str,
+) -> Result<Vec<(String, Bytes, u64)>, String> {
+    let mut tries = 1;
+    loop {
+        match scan_once(client, bucket, prefix).await {
+            Err(e) if tries < SCAN_TRIES => {
+                tracing::debug!(prefix, error = %e, "a scan of shared values starts over");
+                tries += 1;
+            }
+            done => return done,
+        }
+    }
+}
+
+async fn scan_once(
     client: &async_nats::Client,
     bucket: &kv::Store,
     prefix: &str,
@@ -141,7 +164,10 @@ pub(crate) async fn scan(
         return Ok(out);
     }
     let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
-    while let Some(message) = messages.next().await {
+    loop {
+        let next = tokio::time::timeout(SCAN_STALL, messages.next()).await;
+        let next = next.map_err(|_| format!("no message within {SCAN_STALL:?}"))?;
+        let Some(message) = next else { break };
         let message = message.map_err(|e| e.to_string())?;
         let info = message.info().map_err(|e| e.to_string())?;
         let (sequence, pending) = (info.stream_sequence, info.pending);
