@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use weir_nats::{NatsStreams, SharedWrite};
+use weir_nats::{NatsStreams, SharedError, SharedWrite};
 
 /// Where a delivery keeps its plans.
 pub enum PlanPlace {
@@ -47,6 +47,23 @@ enum Place {
 
 /// The state directory cannot be created.
 pub struct PlansError(pub PathBuf, pub std::io::Error);
+
+/// Why the pending plans are not known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PendingError {
+    /// A plan is there but cannot be read: an operator must look.
+    Unreadable(String),
+    /// The cluster keeping the plans did not answer: asked again later.
+    Unavailable(String),
+}
+
+impl std::fmt::Display for PendingError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PendingError::Unreadable(e) | PendingError::Unavailable(e) => f.write_str(e),
+        }
+    }
+}
 
 impl Plans {
     /// Plans of delivery `name`, which reads `consumer` of `stream`, kept at `place`.
@@ -87,9 +104,9 @@ impl Plans {
     }
 
     /// Changes plans on the cluster under the delivery's lease.
-    fn commit(&self, writes: Vec<SharedWrite>) -> Result<(), String> {
+    fn commit(&self, writes: Vec<SharedWrite>) -> Result<(), SharedError> {
         let Place::Cluster { nats, stream, consumer } = &self.place else { return Ok(()) };
-        nats.shared_commit(writes, Some((stream, consumer))).map_err(|e| e.to_string())
+        nats.shared_commit(writes, Some((stream, consumer)))
     }
 
     /// The batches planned before a restart (or by the host this one took the
@@ -97,18 +114,23 @@ impl Plans {
     /// already checkpointed are removed. A plan that cannot be read is an error,
     /// never skipped: without its bounds the batch would be staged again with
     /// others, and loaded twice.
-    pub fn pending(&self, shard: u32, position: u64) -> Result<VecDeque<(u64, u64)>, String> {
+    pub fn pending(&self, shard: u32, position: u64) -> Result<VecDeque<(u64, u64)>, PendingError> {
         let dir = match &self.place {
             Place::Dir(dir) => dir,
             Place::Cluster { nats, .. } => {
                 let prefix = self.prefix(shard);
-                let found =
-                    nats.shared_scan(&prefix).map_err(|e| format!("the delivery's plans cannot be read: {e}"))?;
+                let found = nats
+                    .shared_scan(&prefix)
+                    .map_err(|e| PendingError::Unavailable(format!("the delivery's plans cannot be read now: {e}")))?;
                 let mut plans = Vec::new();
                 for (key, value, _) in found {
                     let text = String::from_utf8_lossy(&value);
-                    let bounds = parse_bounds(&text)
-                        .ok_or_else(|| format!("the delivery plan `{key}` in the cluster holds {:?}", text.trim()))?;
+                    let bounds = parse_bounds(&text).ok_or_else(|| {
+                        PendingError::Unreadable(format!(
+                            "the delivery plan `{key}` in the cluster holds {:?}; fix or remove it",
+                            text.trim()
+                        ))
+                    })?;
                     plans.push(bounds);
                 }
                 let (chain, stale) = chain(plans, position);
@@ -117,19 +139,22 @@ impl Plans {
                     value: None,
                     expected: None,
                 });
-                if let Err(e) = self.commit(stale.collect()) {
-                    tracing::warn!(error = %e, "finished delivery plans could not be removed");
+                match self.commit(stale.collect()) {
+                    Ok(()) => {}
+                    // A host not running the delivery leaves them to the one that does.
+                    Err(SharedError::LeaseLost { .. }) => {}
+                    Err(e) => tracing::warn!(error = %e, "finished delivery plans could not be removed"),
                 }
                 return Ok(chain);
             }
         };
         let prefix = format!("{}.{shard}.", self.name);
         let unreadable = |path: &std::path::Path, e: &dyn std::fmt::Display| {
-            format!(
+            PendingError::Unreadable(format!(
                 "the delivery plan {} cannot be read ({e}); fix or restore it (it holds `first last`, \
                  the bounds of a batch staged before a restart) and start again",
                 path.display()
-            )
+            ))
         };
         let entries = std::fs::read_dir(dir).map_err(|e| unreadable(dir, &e))?;
         let mut found: Vec<(u64, u64, PathBuf)> = Vec::new();
@@ -172,7 +197,7 @@ impl Plans {
             Place::Dir(dir) => crate::io::write_durably(&self.file(dir, shard, first), text.as_bytes()),
             Place::Cluster { .. } => {
                 let write = SharedWrite { key: self.key(shard, first), value: Some(text.into()), expected: None };
-                self.commit(vec![write]).map_err(std::io::Error::other)
+                self.commit(vec![write]).map_err(|e| std::io::Error::other(e.to_string()))
             }
         }
     }
@@ -184,8 +209,11 @@ impl Plans {
             Place::Dir(dir) => remove_logged(&self.file(dir, shard, first)),
             Place::Cluster { .. } => {
                 let write = SharedWrite { key: self.key(shard, first), value: None, expected: None };
-                if let Err(e) = self.commit(vec![write]) {
-                    tracing::warn!(error = %e, shard, first, "a finished delivery plan could not be removed");
+                match self.commit(vec![write]) {
+                    Ok(()) => {}
+                    // Taken over: the new host removes it once its checkpoint passes it.
+                    Err(SharedError::LeaseLost { .. }) => {}
+                    Err(e) => tracing::warn!(error = %e, shard, first, "a finished delivery plan could not be removed"),
                 }
             }
         }
@@ -252,6 +280,8 @@ mod tests {
         plans.write(0, 0, 9).expect("plan");
         std::fs::write(plans.file(dir.path(), 0, 10), "garbage").expect("a torn plan");
         let error = plans.pending(0, 0).expect_err("an unreadable plan");
+        assert!(matches!(error, PendingError::Unreadable(_)), "{error}");
+        let error = error.to_string();
         assert!(
             error.contains(&plans.file(dir.path(), 0, 10).display().to_string()) && error.contains("garbage"),
             "{error}"

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use super::lake::{Rows, RowsWriter, Shared, error_entry};
 use super::loader::{Loader, Staged};
+use super::plans::PendingError;
 use super::{Clock, Interrupted};
 use crate::lake::object_prefix;
 use crate::manifest::{DeliverySpec, ErrorPolicy};
@@ -134,8 +135,11 @@ impl Operator for DeliveryOperator {
 
     fn shard_added(&mut self, shard: u32, position: u64) -> Result<(), BatchError> {
         let planned = self.shared.plans.pending(shard, position).map_err(|e| {
-            self.shared.note_error(e.clone());
-            BatchError::Fatal(e)
+            self.shared.note_error(e.to_string());
+            match e {
+                PendingError::Unreadable(e) => BatchError::Fatal(e),
+                PendingError::Unavailable(e) => BatchError::Unavailable(e),
+            }
         })?;
         self.shards.insert(shard, ShardBuffer { next: position, records: Vec::new(), bytes: 0, planned });
         Ok(())
