@@ -564,6 +564,113 @@ fn hosts_share_shards_by_lease_and_a_host_that_lost_one_cannot_checkpoint_it() {
     assert_eq!(b.load_state("lines", "windows"), Ok(Some(b"small".to_vec())), "a smaller state replaces a larger one");
 }
 
+/// A stage's operator whose plugin fails on its first batch, during which the
+/// stage goes to another host; every later call's effects are refused, as a
+/// fenced store refuses them once another host holds the stage.
+struct LosesItsStage {
+    this: Arc<NatsStreams>,
+    other: Arc<NatsStreams>,
+    calls: Arc<std::sync::Mutex<Vec<usize>>>,
+}
+
+impl weir_host::stage::Operator for LosesItsStage {
+    fn open(&mut self) -> Result<Option<Vec<u64>>, String> {
+        Ok(None)
+    }
+
+    fn process(&mut self, records: &[StoredRecord]) -> Result<(), weir_host::stage::BatchError> {
+        let first = {
+            let mut calls = self.calls.lock().expect("calls");
+            calls.push(records.len());
+            calls.len() == 1
+        };
+        if first {
+            self.this.release("failing", "notify").expect("release");
+            wait_until(Duration::from_secs(30), "the other host takes the stage", || {
+                self.other.claim("failing", "notify", 1, Sharing::Single).is_ok_and(|c| c.held[0])
+            });
+            return Err(weir_host::stage::BatchError::plugin("the plugin failed on the batch"));
+        }
+        Err(weir_host::stage::BatchError::Effect("another host holds the stage: nothing was written".into()))
+    }
+
+    fn checkpoint(&mut self, positions: &[u64], shard: Option<u32>) -> Result<(), String> {
+        let shard = shard.unwrap_or(0);
+        let position = positions.get(shard as usize).copied().unwrap_or(0);
+        self.this.checkpoint("failing", shard, "notify", position).map_err(|e| e.to_string())
+    }
+
+    fn sharing(&self) -> Sharing {
+        Sharing::Single
+    }
+
+    fn command(&mut self, _: weir_host::swap::StageCommand) -> weir_host::swap::CommandReply {
+        Err("no plugin to swap".into())
+    }
+}
+
+/// A host settling a batch its plugin failed on (trying it in halves) when
+/// another host takes the stage: the parts' effects are refused, and it leaves
+/// the batch to the new holder at once instead of retrying them with backoff.
+#[test]
+fn a_host_that_loses_a_stage_while_settling_a_failed_batch_leaves_it_to_the_new_holder() {
+    let runtime = runtime();
+    let cluster = runtime.block_on(NatsCluster::start(3));
+    let host = |name: &str| {
+        let mut settings = NatsSettings::new(cluster.servers());
+        settings.host = name.to_owned();
+        settings.lease_timeout = Duration::from_secs(2);
+        let store = NatsStreams::connect(settings, runtime.handle().clone());
+        Arc::new(store.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs())))
+    };
+    let (a, b) = (host("host-a"), host("host-b"));
+    a.ensure(&[settings("failing", 1)]).expect("create");
+    let records: Vec<NewRecord> = (0..4).map(|i| record("k", &format!("r{i}"))).collect();
+    assert!(a.append("failing", records).expect("append").iter().all(Result::is_ok));
+    let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let reading = weir_host::stage::driver::Reading {
+        input: "failing".into(),
+        consumer: "notify".into(),
+        batch_size: 10,
+        batch_wait: Duration::ZERO,
+        on_error: weir_host::manifest::ErrorPolicy::DeadLetter,
+        failed_batch: weir_host::manifest::FailedBatch::Bisect,
+        deaggregate: false,
+    };
+    let stats = Arc::new(weir_host::stage::StageStats::default());
+    let operator = LosesItsStage { this: a.clone(), other: b.clone(), calls: calls.clone() };
+    let stage = weir_host::stage::Driver::new(reading, a.clone(), stats, operator).spawn(None).expect("spawn");
+    wait_until(Duration::from_secs(60), "the first part tried", || calls.lock().expect("calls").len() >= 2);
+    // The new holder keeps its lease, as its driver would.
+    let renewing = Arc::new(AtomicBool::new(true));
+    let renewer = {
+        let (b, renewing) = (b.clone(), renewing.clone());
+        std::thread::spawn(move || {
+            while renewing.load(Ordering::Relaxed) {
+                let claim = b.claim("failing", "notify", 1, Sharing::Single).expect("claim");
+                assert!(claim.held[0], "the new holder keeps the stage");
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        })
+    };
+    // Long enough for a retry after the first backoff (1 s): none comes.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        let status = stage.status();
+        assert_eq!(calls.lock().expect("calls").len(), 2, "the refused part is not retried: {calls:?}");
+        assert_eq!(status.phase, weir_host::stage::Phase::Running, "no backoff: {:?}", status.last_error);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        a.register_consumer("failing", 0, "notify"),
+        Ok(0),
+        "nothing checkpointed: the new holder redoes it all"
+    );
+    stage.drain();
+    renewing.store(false, Ordering::Relaxed);
+    renewer.join().expect("the renewer");
+}
+
 /// Runs `weir` in a child process that [`weir_tests::weir_command`] started; does
 /// nothing in an ordinary test run.
 #[test]

@@ -273,6 +273,16 @@ enum Retried {
     Stop,
 }
 
+/// How settling a batch the plugin failed on ended.
+enum Settled {
+    /// Every part processed or given up on, and checkpointed.
+    Done,
+    /// A part's effects were refused because another host took the stage.
+    Moved,
+    /// The stage stops.
+    Stop,
+}
+
 impl<O: Operator> Driver<O> {
     /// A stage reading `spec.input` through `operator`.
     pub fn new(spec: Reading, streams: Arc<dyn StreamStore>, stats: Arc<StageStats>, operator: O) -> Self {
@@ -457,8 +467,11 @@ impl<O: Operator> Driver<O> {
                     tries = 0;
                     // Each stored record is a unit, unless KPL aggregates made several records of one.
                     let units = units.unwrap_or_else(|| (0..=records.len()).collect());
-                    if let Retried::Stop = self.settle(&records, &units, &mut positions, shard, message) {
-                        return;
+                    match self.settle(&records, &units, &mut positions, shard, message) {
+                        Settled::Done => {}
+                        // The host that took the stage goes on from the last checkpoint.
+                        Settled::Moved => continue,
+                        Settled::Stop => return,
                     }
                     // Past broken aggregates at the batch's end too.
                     if let Retried::Stop = self.done(0, next, &mut positions, shard) {
@@ -602,15 +615,16 @@ impl<O: Operator> Driver<O> {
         positions: &mut [u64],
         shard: usize,
         message: String,
-    ) -> Retried {
+    ) -> Settled {
         let settle = Settle { how: self.spec.failed_batch, tries: PLUGIN_TRIES, budget: BISECT_BUDGET };
         if settle.how == FailedBatch::Bisect && records.len() > 1 {
             tracing::warn!(error = %message, records = records.len(), "the plugin failed on a batch; it is tried in halves");
         }
-        let mut parts = DriverParts { driver: self, records, units, positions, shard };
+        let mut parts = DriverParts { driver: self, records, units, positions, shard, moved: false };
         match settle.run(&mut parts, units.len() - 1, message) {
-            Ok(()) => Retried::Done,
-            Err(Stopped) => Retried::Stop,
+            Ok(()) => Settled::Done,
+            Err(Stopped) if parts.moved => Settled::Moved,
+            Err(Stopped) => Settled::Stop,
         }
     }
 
@@ -863,6 +877,8 @@ struct DriverParts<'a, O: Operator> {
     units: &'a [usize],
     positions: &'a mut [u64],
     shard: usize,
+    /// Set when a part's effects were refused because another host took the stage.
+    moved: bool,
 }
 
 impl<'a, O: Operator> DriverParts<'a, O> {
@@ -896,6 +912,14 @@ impl<O: Operator> Parts for DriverParts<'_, O> {
                 Err(BatchError::Plugin { message, .. }) => {
                     self.driver.note_failure(&message);
                     return Ok(Part::Failed(message));
+                }
+                Err(BatchError::Effect(e))
+                    if !self.driver.still_held(Some(self.shard as u32), self.positions.len()) =>
+                {
+                    // As for a whole batch: the host that took the stage redoes the rest.
+                    tracing::warn!(error = %e, shard = self.shard, "the stage went to another host while it settled a failed batch; it goes on from the last checkpoint");
+                    self.moved = true;
+                    return Err(Stopped);
                 }
                 Err(e @ (BatchError::Unavailable(_) | BatchError::Transient(_) | BatchError::Effect(_))) => {
                     tries += 1;
