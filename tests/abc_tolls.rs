@@ -914,52 +914,6 @@ async fn each_showcase_key_may_do_only_what_its_holder_needs() {
     assert!(!log.contains("PutRecords\",\"resource\":\"stream/toll-lines\",\"result\":\"ok"), "{log}");
 }
 
-/// A `weir run` of the showcase in a process of its own, sharing the in-process
-/// host's cluster, lake and warehouse: its manifest beside the shipped one (whose
-/// fragments it includes), with its own data dir and API port.
-struct ChildHost {
-    data: std::path::PathBuf,
-    log: std::path::PathBuf,
-    port: u16,
-    child: std::process::Child,
-}
-
-impl ChildHost {
-    fn start(dir: &std::path::Path, name: &str, manifest: &str) -> ChildHost {
-        let data = dir.join(format!("{name}-data"));
-        let path = dir.join(format!("{name}.toml"));
-        let out = dir.join("out").join("data").display().to_string();
-        std::fs::write(&path, manifest.replace(&out, &data.display().to_string())).expect("the manifest");
-        let port = weir_tests::free_port();
-        let log = dir.join(format!("{name}.log"));
-        let listen = format!("127.0.0.1:{port}");
-        let args = ["run", &path.display().to_string(), "--insecure-no-auth", "--listen", &listen];
-        let child = weir_tests::weir_command(&args)
-            .env("WEIR_LOG", "info")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("the log"))
-            .spawn()
-            .expect("start weir run");
-        ChildHost { data, log, port, child }
-    }
-
-    fn name(&self) -> Option<String> {
-        std::fs::read_to_string(self.data.join("host-name")).ok().map(|n| n.trim().to_owned())
-    }
-
-    async fn status(&self) -> Option<serde_json::Value> {
-        let url = format!("http://127.0.0.1:{}/v1/pipeline", self.port);
-        reqwest::get(url).await.ok()?.json().await.ok()
-    }
-}
-
-impl Drop for ChildHost {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Who reads a stage's (or a delivery's) first input shard, as a status says.
 fn holder_in(status: &serde_json::Value, name: &str) -> Option<String> {
     let all = status["stages"].as_array()?.iter().chain(status["deliveries"].as_array()?.iter());
@@ -979,6 +933,7 @@ const ONE_HOST_AT_A_TIME: [&str; 7] =
 /// lost, nothing twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hosts_on_a_nats_cluster_lose_one_mid_day_and_match_the_oracle() {
+    use weir_tests::ChildHost;
     let cluster = weir_tests::nats::NatsCluster::start(3).await;
     let servers: Vec<String> = cluster.servers().iter().map(|s| format!("{s:?}")).collect();
     let storage =
@@ -987,9 +942,7 @@ async fn three_hosts_on_a_nats_cluster_lose_one_mid_day_and_match_the_oracle() {
     let top = dir.path().to_owned();
     let (_desk, hook) = operations_desk().await;
     let manifest = showcase_manifest(&top, "1s", &hook) + &storage;
-    let logs = |hosts: &[&ChildHost]| {
-        hosts.iter().map(|h| std::fs::read_to_string(&h.log).unwrap_or_default()).collect::<Vec<_>>().join("\n----\n")
-    };
+    let logs = |hosts: &[&ChildHost]| hosts.iter().map(|h| h.logged()).collect::<Vec<_>>().join("\n----\n");
     // The first host runs everything that runs on one host at a time.
     let first = ChildHost::start(&top, "host-a", &manifest);
     let deadline = Instant::now() + Duration::from_secs(120);

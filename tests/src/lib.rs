@@ -788,6 +788,64 @@ pub fn metrics_recording_cost() -> (Duration, Duration) {
     (per_put, per_timing)
 }
 
+/// A `weir run` in a process of its own ([`weir_command`]): one of several
+/// hosts sharing a cluster, a lake and a warehouse. Its manifest is written
+/// beside the shipped one's fragments in `dir`, with its own data dir (in place
+/// of `dir/out/data`) and API port. Killed when dropped.
+pub struct ChildHost {
+    pub data: PathBuf,
+    pub log: PathBuf,
+    pub port: u16,
+    pub child: std::process::Child,
+}
+
+impl ChildHost {
+    pub fn start(dir: &Path, name: &str, manifest: &str) -> ChildHost {
+        let data = dir.join(format!("{name}-data"));
+        let path = dir.join(format!("{name}.toml"));
+        let out = dir.join("out").join("data").display().to_string();
+        std::fs::write(&path, manifest.replace(&out, &data.display().to_string())).expect("the manifest");
+        let port = free_port();
+        let log = dir.join(format!("{name}.log"));
+        let listen = format!("127.0.0.1:{port}");
+        let args = ["run", &path.display().to_string(), "--insecure-no-auth", "--listen", &listen];
+        let child = weir_command(&args)
+            .env("WEIR_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("the log"))
+            .spawn()
+            .expect("start weir run");
+        ChildHost { data, log, port, child }
+    }
+
+    /// Its API's base URL.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The name it took, once it wrote it.
+    pub fn name(&self) -> Option<String> {
+        std::fs::read_to_string(self.data.join("host-name")).ok().map(|n| n.trim().to_owned())
+    }
+
+    /// `GET /v1/pipeline`, once it answers.
+    pub async fn status(&self) -> Option<serde_json::Value> {
+        reqwest::get(format!("{}/v1/pipeline", self.url())).await.ok()?.json().await.ok()
+    }
+
+    /// What it logged so far.
+    pub fn logged(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ChildHost {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The command line a test binary started by [`weir_command`] runs, one argument per line.
 const CHILD_ARGS: &str = "WEIR_TEST_CHILD_ARGS";
 
@@ -801,10 +859,11 @@ pub fn weir_command(args: &[&str]) -> std::process::Command {
     command
 }
 
-/// Runs weir's command line in a process [`weir_command`] started; does nothing in
-/// an ordinary test run.
-pub fn run_weir_if_child() {
-    let Ok(args) = std::env::var(CHILD_ARGS) else { return };
+/// Runs weir's command line in a process [`weir_command`] started, and says so;
+/// does nothing in an ordinary run.
+pub fn run_weir_if_child() -> bool {
+    let Ok(args) = std::env::var(CHILD_ARGS) else { return false };
     let args = std::iter::once("weir").chain(args.split('\n')).map(std::ffi::OsString::from);
     weir_host::cli::main_with(args).expect("weir");
+    true
 }

@@ -44,6 +44,8 @@ fn check_item(table: &str, key: &str) -> Result<(), ApiError> {
 fn state_error(e: StateError) -> ApiError {
     match e {
         StateError::UnknownTable(_) => ApiError::new(StatusCode::NOT_FOUND, "UnknownTable", e.to_string()),
+        // State on a cluster changes at most so many values at once.
+        StateError::TooLarge { .. } => ApiError::new(StatusCode::BAD_REQUEST, "TooManyItems", e.to_string()),
         _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "StateUnavailable", e.to_string()),
     }
 }

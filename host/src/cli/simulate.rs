@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use serde_json::{Value, json};
 
 use super::shared::{Reported, tidy};
 use crate::client::Client;
@@ -30,43 +29,17 @@ pub(super) fn simulated_day(day: &str, seed: u64) -> anyhow::Result<Vec<crate::s
     Ok(lines)
 }
 
-/// Draws a progress bar on stderr.
 /// Sends a simulated day to a running weir: the customers' thresholds, then the lines.
 pub(super) async fn send_day(client: Client, lines: Vec<crate::simulate::TollLine>) -> anyhow::Result<()> {
-    use crate::simulate::{CUSTOMERS, thresholds};
-    use axum::http::{HeaderMap, Method};
-    // Every threshold in one batch write.
-    let items: serde_json::Map<String, Value> = thresholds().map(|(k, v)| (k, Value::String(v))).collect();
-    let body = json!({ "items": items }).to_string();
-    let mut headers = HeaderMap::new();
-    headers.insert("content-type", axum::http::HeaderValue::from_static("application/json"));
-    client.native_bytes(Method::POST, "/v1/tables/thresholds/items", headers, body.into()).await?;
-    // The agent's sender: only refused records go again, after a growing wait.
-    let counters = Arc::new(crate::agent::Counters::default());
-    let destination = crate::agent::Destination::Stream("toll-lines".into());
-    let backoff = (std::time::Duration::from_millis(50), std::time::Duration::from_secs(5));
-    let sender = crate::agent::Sender::to(client, destination, backoff, counters.clone());
-    let (_running, mut stop) = tokio::sync::watch::channel(false);
-    let mut sent = 0usize;
-    for chunk in lines.chunks(crate::api::MAX_RECORDS_PER_PUT) {
-        let records: Vec<crate::agent::Outgoing> = chunk
-            .iter()
-            .map(|l| crate::agent::Outgoing {
-                data: l.text.clone().into_bytes(),
-                key: format!("station-{}", l.station),
-                source: Some(format!("station-{}", l.station).into()),
-            })
-            .collect();
-        sender.send(&records, &mut stop).await.map_err(anyhow::Error::new)?;
-        sent += chunk.len();
-        crate::progress::show(sent as f64 / lines.len().max(1) as f64);
-    }
-    crate::progress::show(1.0);
-    let refused = counters.snapshot().records_refused;
+    let refused = crate::simulate::send_day(client, &lines, crate::progress::show).await?;
     if refused > 0 {
         eprintln!("weir refused {refused} lines for good (see its log)");
     }
-    println!("sent {sent} toll lines to `toll-lines` and {CUSTOMERS} thresholds; see GET /v1/pipeline for progress");
+    println!(
+        "sent {} toll lines to `toll-lines` and {} thresholds; see GET /v1/pipeline for progress",
+        lines.len(),
+        crate::simulate::CUSTOMERS
+    );
     Ok(())
 }
 

@@ -51,6 +51,10 @@ const SUITES: [(&str, Suite); 8] = [
 ];
 
 fn main() {
+    // A `weir run` host a suite started (`nats`): this binary again.
+    if weir_tests::run_weir_if_child() {
+        return;
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     // `cargo bench` passes `--bench`; `cargo test` does not, and gets a quick run.
     let size = if args.iter().any(|a| a == "--quick") || !args.iter().any(|a| a == "--bench") {

@@ -9,19 +9,30 @@
 //!    second, a reader waiting for them as a stage does (`wait_for`, `read`):
 //!    p50 and p99 on each store.
 //!
-//! Both run on the same two cores and one disk: the three servers, the client
+//! 3. The showcase's day (seed 7: the whole day, the day until 02:00 with
+//!    `--quick`) on one, two and three `weir run` hosts sharing the cluster,
+//!    beside one host on the local disk: the shipped manifest, with `[storage]`
+//!    added for the cluster, sent by `weir simulate --to` to the first host;
+//!    timed from the first threshold sent until every consumer (stage and
+//!    delivery) has read everything, the streams stand still and every
+//!    well-formed line is a warehouse row. Lines/s ÷ the local host's, and how
+//!    busy the two cores were meanwhile.
+//!
+//! All of it runs on the same two cores and one disk: the three servers, the client
 //! and the producers share them, so the NATS figures are what one small
 //! machine gives, not what three would. With `sync_interval: always` a server
 //! syncs each record it writes (an atomic batch too is written record by
 //! record), so three servers on one disk share its sync rate: that, not weir's
 //! client, bounds the NATS put rate here.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use weir_host::nats::{NatsSettings, NatsStreams};
 use weir_host::stream::{DiskStreams, FileSyncer, NewRecord, StreamError, StreamSettings, StreamStore};
+use weir_tests::ChildHost;
 use weir_tests::nats::NatsCluster;
 
 use crate::Report;
@@ -105,6 +116,129 @@ fn latencies(store: &Arc<dyn StreamStore>, name: &str, count: usize) -> Vec<Dura
     sent.iter().zip(seen).map(|(s, r)| r.saturating_duration_since(*s)).collect()
 }
 
+/// Midnight UTC of the showcase's day.
+const DAY: i64 = 1_795_564_800_000;
+
+/// Busy and total jiffies of all cores so far (`/proc/stat`).
+fn cpu_jiffies() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let times: Vec<u64> = stat
+        .lines()
+        .next()
+        .map(|l| l.split_whitespace().skip(1).filter_map(|t| t.parse().ok()).collect())
+        .unwrap_or_default();
+    let total: u64 = times.iter().sum();
+    // idle and iowait
+    let idle = times.get(3).copied().unwrap_or(0) + times.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+/// How the day went on one set of hosts.
+struct DayRun {
+    took: Duration,
+    rows: usize,
+    /// Share of both cores busy meanwhile.
+    busy: f64,
+}
+
+/// The day's `lines` on `hosts` `weir run` processes of the shipped manifest
+/// with `storage` added, sent by `weir simulate --to` the first; see the module docs.
+fn day_on(
+    runtime: &tokio::runtime::Runtime,
+    hosts: usize,
+    storage: &str,
+    lines: &[weir_host::simulate::TollLine],
+) -> DayRun {
+    let dir = tempfile::tempdir_in(weir_tests::root().join("target")).expect("tempdir on the project's disk");
+    let top = dir.path();
+    let (_desk, hook) = runtime.block_on(weir_tests::operations_desk());
+    let manifest = weir_tests::showcase_manifest(top, "1s", &hook) + storage;
+    let children: Vec<ChildHost> = (0..hosts).map(|i| ChildHost::start(top, &format!("host-{i}"), &manifest)).collect();
+    let logs = || children.iter().map(ChildHost::logged).collect::<Vec<_>>().join("\n----\n");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for child in &children {
+        while runtime.block_on(child.status()).is_none() {
+            assert!(Instant::now() < deadline, "a host did not start:\n{}", logs());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let expected: BTreeSet<&str> =
+        lines.iter().filter(|l| l.text.split(',').count() == 8).filter_map(|l| l.text.split(',').next()).collect();
+    let warehouse = top.join("out").join("warehouse.db");
+    let rows = || -> usize {
+        let Ok(db) = rusqlite::Connection::open(&warehouse) else { return 0 };
+        db.query_row("SELECT count(*) FROM toll_transactions", [], |r| r.get::<_, i64>(0)).map_or(0, |n| n as usize)
+    };
+    let (busy_before, total_before) = cpu_jiffies();
+    let started = Instant::now();
+    let client = weir_host::client::Client::new(&children[0].url()).expect("a client");
+    let refused = runtime.block_on(weir_host::simulate::send_day(client, lines, |_| {})).expect("send the day");
+    assert_eq!(refused, 0, "lines refused:\n{}", logs());
+    // Done: every consumer read everything, the streams stood still for a poll, and
+    // every well-formed line is a row.
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    let mut last: Option<(serde_json::Value, Duration)> = None;
+    let took = loop {
+        assert!(Instant::now() < deadline, "the day did not settle in 30 minutes:\n{}", logs());
+        std::thread::sleep(Duration::from_millis(250));
+        let Some(status) = runtime.block_on(children[0].status()) else { continue };
+        let read_all = status["consumers"].as_array().is_some_and(|c| c.iter().all(|c| c["lag_records"] == 0));
+        let all_in = status["streams"]["toll-lines"].as_u64() == Some(lines.len() as u64);
+        let now = (status["streams"].clone(), started.elapsed());
+        if !(read_all && all_in && rows() >= expected.len()) {
+            last = None;
+            continue;
+        }
+        match last.take() {
+            Some((streams, at)) if streams == now.0 => break at,
+            _ => last = Some(now),
+        }
+    };
+    let (busy_after, total_after) = cpu_jiffies();
+    let busy = (busy_after - busy_before) as f64 / (total_after - total_before).max(1) as f64;
+    assert_eq!(rows(), expected.len(), "one row per well-formed line");
+    DayRun { took, rows: rows(), busy }
+}
+
+/// The showcase's day on the local disk and on 1, 2 and 3 hosts sharing a cluster.
+fn showcase_day(size: Size, runtime: &tokio::runtime::Runtime, report: &mut Report) {
+    let until = DAY + size.pick(24, 2) * 3_600_000;
+    let lines: Vec<_> = weir_host::simulate::generate_day(7, DAY).into_iter().filter(|l| l.time_ms < until).collect();
+    println!("the showcase's day until {}: {} lines", weir_host::time::format_ms(until), lines.len());
+    let local = day_on(runtime, 1, "", &lines);
+    let rate = |run: &DayRun| lines.len() as f64 / run.took.as_secs_f64();
+    println!(
+        "1 host, local disk: {:.1?}, {:.0} lines/s, {} rows; cores {:.0}% busy",
+        local.took,
+        rate(&local),
+        local.rows,
+        local.busy * 100.0
+    );
+    for hosts in 1..=3 {
+        let cluster = runtime.block_on(NatsCluster::start(3));
+        let servers: Vec<String> = cluster.servers().iter().map(|s| format!("{s:?}")).collect();
+        let storage =
+            format!("\n[storage]\nbackend = \"nats\"\nservers = [{}]\nlease-timeout = \"5s\"\n", servers.join(", "));
+        let run = day_on(runtime, hosts, &storage, &lines);
+        println!(
+            "{hosts} host(s), NATS: {:.1?}, {:.0} lines/s, {} rows; cores {:.0}% busy ({:.2} of the local host's rate)",
+            run.took,
+            rate(&run),
+            run.rows,
+            run.busy * 100.0,
+            rate(&run) / rate(&local)
+        );
+        report.rows.push(Row::rates(
+            format!("the showcase's day on {hosts} host(s) sharing NATS (3 nodes, R3) ÷ 1 host on the local disk"),
+            Figure::PerSecond(rate(&run), "lines"),
+            Figure::PerSecond(rate(&local), "lines"),
+            "1 host, local disk",
+            Target::Report,
+        ));
+        drop(cluster);
+    }
+}
+
 pub fn run(size: Size, report: &mut Report) {
     let (seconds, turns, count) = (size.pick(2.0, 0.2), size.pick(3, 1), size.pick(2000, 50));
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
@@ -147,5 +281,7 @@ pub fn run(size: Size, report: &mut Report) {
         Target::Report,
     ));
     drop(nats);
+    drop(cluster);
+    showcase_day(size, &runtime, report);
     drop(runtime);
 }
