@@ -219,6 +219,15 @@ fn a_second_host_reads_what_the_first_wrote_and_positions_outlive_the_store() {
     assert_eq!(connect().register_consumer("shared", 0, "stage"), Ok(2), "the position outlives its writer");
 }
 
+/// A host named `name` on `cluster`, with a 2 s lease timeout.
+fn host(cluster: &NatsCluster, runtime: &tokio::runtime::Runtime, name: &str) -> Arc<NatsStreams> {
+    let mut settings = NatsSettings::new(cluster.servers());
+    settings.host = name.to_owned();
+    settings.lease_timeout = Duration::from_secs(2);
+    let store = NatsStreams::connect(settings, runtime.handle().clone());
+    Arc::new(store.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs())))
+}
+
 /// The state tables and channels' records as a pipeline's stages and API use
 /// them, on two hosts' views of one store (on the disk store, one host: the
 /// same view twice).
@@ -312,14 +321,7 @@ fn state_tables_and_channels_behave_alike_on_the_disk_and_shared_by_hosts_on_nat
 
     let runtime = runtime();
     let cluster = runtime.block_on(NatsCluster::start(3));
-    let host = |name: &str| {
-        let mut settings = NatsSettings::new(cluster.servers());
-        settings.host = name.to_owned();
-        settings.lease_timeout = Duration::from_secs(2);
-        let nats = NatsStreams::connect(settings, runtime.handle().clone());
-        Arc::new(nats.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs())))
-    };
-    let (nats_a, nats_b) = (host("host-a"), host("host-b"));
+    let (nats_a, nats_b) = (host(&cluster, &runtime, "host-a"), host(&cluster, &runtime, "host-b"));
     let (a, b) = (StateStore::shared(nats_a.clone(), tables()), StateStore::shared(nats_b.clone(), tables()));
     behaves_as_state("nats", &a, &b);
 
@@ -508,7 +510,16 @@ fn hosts_share_shards_by_lease_and_a_host_that_lost_one_cannot_checkpoint_it() {
         "the claim names the holder"
     );
 
-    // b freezes (it stops renewing): after the lease timeout, a takes its shards, with their positions.
+    // b's stage stops claiming, as during a batch longer than the timeout: its host
+    // renews the leases for it, so a takes none meanwhile...
+    let until = Instant::now() + lease_timeout * 3;
+    while Instant::now() < until {
+        let ours = claim(&a, "etl", Sharing::Shards);
+        assert_eq!(held(&ours).len(), 2, "a host whose stage is busy keeps its leases: {ours:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // ...but not forever (a stuck stage), nor when its host freezes: after four timeouts
+    // without a claim and then the lease timeout, a takes its shards, with their positions.
     wait_until(Duration::from_secs(30), "a takes the shards b stopped renewing", || {
         held(&claim(&a, "etl", Sharing::Shards)).len() == 4
     });
@@ -616,14 +627,7 @@ impl weir_host::stage::Operator for LosesItsStage {
 fn a_host_that_loses_a_stage_while_settling_a_failed_batch_leaves_it_to_the_new_holder() {
     let runtime = runtime();
     let cluster = runtime.block_on(NatsCluster::start(3));
-    let host = |name: &str| {
-        let mut settings = NatsSettings::new(cluster.servers());
-        settings.host = name.to_owned();
-        settings.lease_timeout = Duration::from_secs(2);
-        let store = NatsStreams::connect(settings, runtime.handle().clone());
-        Arc::new(store.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs())))
-    };
-    let (a, b) = (host("host-a"), host("host-b"));
+    let (a, b) = (host(&cluster, &runtime, "host-a"), host(&cluster, &runtime, "host-b"));
     a.ensure(&[settings("failing", 1)]).expect("create");
     let records: Vec<NewRecord> = (0..4).map(|i| record("k", &format!("r{i}"))).collect();
     assert!(a.append("failing", records).expect("append").iter().all(Result::is_ok));

@@ -28,7 +28,7 @@
 //! `<s>.state.<consumer>.<k>`, so that it may be larger than one message.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{kv, stream};
@@ -93,11 +93,12 @@ struct StateHeader {
     bytes: usize,
 }
 
-/// A lease this host holds: the revision and counter it last wrote.
+/// A lease this host holds: the revision and counter it last wrote, and when.
 #[derive(Debug, Clone, Copy)]
 struct Held {
     revision: u64,
     counter: u64,
+    at: Instant,
 }
 
 /// What a host saw of another's lease, and when by its own clock.
@@ -125,6 +126,9 @@ pub(crate) enum Fenced {
     NotLeased,
 }
 
+/// The lock one consumer's lease reads and writes take turns at.
+type Turns = Arc<tokio::sync::Mutex<()>>;
+
 /// This host's leases, and what it saw of the others'.
 pub(crate) struct Leases {
     host: String,
@@ -135,10 +139,31 @@ pub(crate) struct Leases {
     /// The consumers claimed by shard or by one host with their state here
     /// ([`Sharing::Shards`], [`Sharing::Single`]): their checkpoints go through the fence only.
     leased: Mutex<HashMap<(String, String), Sharing>>,
-    /// Held while this host reads and writes leases: a renewal and a fenced
-    /// write from two threads (a delivery's reader and its loader) would each
-    /// move the revision the other expects, and one would think the lease lost.
-    writing: tokio::sync::Mutex<()>,
+    /// Per consumer, held while this host reads and writes its leases: a
+    /// renewal and a fenced write from two threads (a delivery's reader and its
+    /// loader) would each move the revision the other expects, and one would
+    /// think the lease lost. Per consumer, so that one stage's long commit does
+    /// not hold back another's renewal (which then expires under load).
+    writing: Mutex<HashMap<(String, String), Turns>>,
+}
+
+/// How many lease timeouts after its stage's last claim round a lease is still
+/// renewed for it: a batch may take that long (at the default 10 s, 40 s) on
+/// a busy cluster; a stage stuck for longer loses its leases.
+const BUSY_TIMEOUTS: u32 = 4;
+
+/// Renews, four times per timeout, the leases of this host's stages that are
+/// busy with a batch longer than that ([`Leases::renew_idle`]), so that a long
+/// batch on a busy cluster (an aggregator closing many windows at once) does
+/// not lose its lease, be redone by another host, and lose it there too. A
+/// frozen or dead host renews nothing. Ends when the store is dropped.
+pub(crate) async fn renew_in_background(leases: Weak<Leases>, bucket: kv::Store) {
+    loop {
+        let Some(every) = leases.upgrade().map(|l| l.renew_every()) else { return };
+        tokio::time::sleep(every).await;
+        let Some(leases) = leases.upgrade() else { return };
+        leases.renew_idle(&bucket).await;
+    }
 }
 
 impl Leases {
@@ -150,12 +175,18 @@ impl Leases {
             seen: Mutex::default(),
             rounds: Mutex::default(),
             leased: Mutex::default(),
-            writing: tokio::sync::Mutex::new(()),
+            writing: Mutex::default(),
         }
     }
 
     pub(crate) fn host(&self) -> &str {
         &self.host
+    }
+
+    /// Waits for this host's turn to read and write `consumer`'s leases.
+    async fn turn(&self, stream: &str, consumer: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = locked(&self.writing).entry((stream.to_owned(), consumer.to_owned())).or_default().clone();
+        lock.lock_owned().await
     }
 
     /// How often a host asks the cluster: renewals come four times per timeout.
@@ -182,7 +213,7 @@ impl Leases {
         shards: u32,
         sharing: Sharing,
     ) -> Result<Claim, String> {
-        let _writing = self.writing.lock().await;
+        let _turn = self.turn(stream, consumer).await;
         let claim = match sharing {
             Sharing::Shards => self.claim_shards(bucket, stream, consumer, shards).await?,
             Sharing::Whole | Sharing::Single => self.claim_whole(bucket, stream, consumer, shards, sharing).await?,
@@ -232,7 +263,7 @@ impl Leases {
         let lease = Lease { position, owner: self.host.clone(), counter };
         match Self::write(bucket, key, &lease, revision).await {
             Ok(Some(revision)) => {
-                locked(&self.held).insert(key.to_owned(), Held { revision, counter });
+                locked(&self.held).insert(key.to_owned(), Held { revision, counter, at: Instant::now() });
                 true
             }
             Ok(None) => {
@@ -404,7 +435,7 @@ impl Leases {
         consumer: &str,
         next: u64,
     ) -> Result<Fenced, String> {
-        let _writing = self.writing.lock().await;
+        let _turn = self.turn(stream, consumer).await;
         let key = shard_key(stream, shard, consumer);
         let leased = locked(&self.leased).get(&(stream.to_owned(), consumer.to_owned())).copied();
         if leased == Some(Sharing::Single) {
@@ -417,7 +448,7 @@ impl Leases {
         let lease = Lease { position: Some(next), owner: self.host.clone(), counter: held.counter + 1 };
         match Self::write(to.bucket, &key, &lease, Some(held.revision)).await {
             Ok(Some(revision)) => {
-                locked(&self.held).insert(key, Held { revision, counter: lease.counter });
+                locked(&self.held).insert(key, Held { revision, counter: lease.counter, at: Instant::now() });
                 Ok(Fenced::Written)
             }
             Ok(None) => {
@@ -463,7 +494,7 @@ impl Leases {
         ];
         match shared::atomic(to, messages).await {
             Ok(first) => {
-                locked(&self.held).insert(key, Held { revision: first, counter: lease.counter });
+                locked(&self.held).insert(key, Held { revision: first, counter: lease.counter, at: Instant::now() });
                 Ok(Fenced::Written)
             }
             Err(refused) => {
@@ -484,9 +515,51 @@ impl Leases {
         }
     }
 
+    /// Renews each lease this host holds that nothing renewed for a quarter
+    /// of the timeout (no claim round, checkpoint, state save or commit): one
+    /// whose stage is busy with a long batch, for at most [`BUSY_TIMEOUTS`]
+    /// timeouts after its last claim round. One another host took is no
+    /// longer held; its stage learns it at its next claim or write.
+    async fn renew_idle(&self, bucket: &kv::Store) {
+        let consumers: Vec<(String, String, Vec<String>)> = locked(&self.rounds)
+            .iter()
+            // A stage stuck for longer loses its leases, as a frozen host does.
+            .filter(|(_, round)| round.at.elapsed() < self.timeout * BUSY_TIMEOUTS)
+            .map(|((stream, consumer), round)| {
+                let keys = match round.sharing {
+                    Sharing::Shards => {
+                        (0..round.claim.held.len() as u32).map(|s| shard_key(stream, s, consumer)).collect()
+                    }
+                    Sharing::Whole | Sharing::Single => vec![whole_key(stream, consumer)],
+                };
+                (stream.clone(), consumer.clone(), keys)
+            })
+            .collect();
+        for (stream, consumer, keys) in consumers {
+            let _turn = self.turn(&stream, &consumer).await;
+            for key in keys {
+                let held = locked(&self.held).get(&key).copied();
+                let Some(held) = held.filter(|h| h.at.elapsed() >= self.renew_every()) else { continue };
+                match Self::read(bucket, &key).await {
+                    Ok(Some(read)) if read.1 == held.revision && read.0.owner == self.host => {
+                        if !self.hold(bucket, &key, Some(&read)).await {
+                            tracing::info!(stream, consumer, "another host took a lease while its stage was busy");
+                        }
+                    }
+                    Ok(_) => {
+                        locked(&self.held).remove(&key);
+                        tracing::info!(stream, consumer, "another host took a lease while its stage was busy");
+                    }
+                    // Tried again in a quarter of the timeout.
+                    Err(e) => tracing::debug!(key, error = %e, "a lease could not be renewed now"),
+                }
+            }
+        }
+    }
+
     /// Lets go of this host's leases for `consumer`, keeping their positions.
     pub(crate) async fn release(&self, bucket: &kv::Store, stream: &str, consumer: &str) -> Result<(), String> {
-        let _writing = self.writing.lock().await;
+        let _turn = self.turn(stream, consumer).await;
         locked(&self.leased).remove(&(stream.to_owned(), consumer.to_owned()));
         let round = locked(&self.rounds).remove(&(stream.to_owned(), consumer.to_owned()));
         let Some(round) = round else { return Ok(()) };
@@ -517,7 +590,7 @@ impl Leases {
         consumer: &str,
         state: &[u8],
     ) -> Result<bool, String> {
-        let _writing = self.writing.lock().await;
+        let _turn = self.turn(stream, consumer).await;
         let key = whole_key(stream, consumer);
         let held = locked(&self.held).get(&key).copied();
         let Some(held) = held else { return Ok(false) };
@@ -548,7 +621,7 @@ impl Leases {
             .collect();
         match shared::atomic(to, messages).await {
             Ok(first) => {
-                locked(&self.held).insert(key, Held { revision: first, counter: lease.counter });
+                locked(&self.held).insert(key, Held { revision: first, counter: lease.counter, at: Instant::now() });
                 Ok(true)
             }
             Err(refused) => {
@@ -585,8 +658,8 @@ impl Leases {
         fence: Option<(&str, &str)>,
     ) -> Result<(), SharedError> {
         // Only a commit under a lease touches one.
-        let _writing = match fence {
-            Some(_) => Some(self.writing.lock().await),
+        let _turn = match fence {
+            Some((stream, consumer)) => Some(self.turn(stream, consumer).await),
             None => None,
         };
         let lost = |(stream, consumer): (&str, &str)| SharedError::LeaseLost {
@@ -619,7 +692,7 @@ impl Leases {
         match shared::atomic(to, messages).await {
             Ok(first) => {
                 if let Some((key, _, counter)) = renewed {
-                    locked(&self.held).insert(key, Held { revision: first, counter });
+                    locked(&self.held).insert(key, Held { revision: first, counter, at: Instant::now() });
                 }
                 Ok(())
             }

@@ -153,7 +153,9 @@ pub struct NatsStreams {
     /// Makes each record's message id unique: this store's own id, then a counter.
     store_id: String,
     published: AtomicU64,
-    leases: lease::Leases,
+    leases: Arc<lease::Leases>,
+    /// Renews the leases of stages busy with a long batch.
+    renewer: tokio::task::JoinHandle<()>,
     /// How long each shard stream remembers message ids, as this store made sure.
     windows: Mutex<HashMap<String, Duration>>,
 }
@@ -402,9 +404,11 @@ impl NatsStreams {
             Ok::<_, ConnectError>((client, js, descriptions, positions))
         })?;
         let store_id = format!("{:016x}{:08x}", now_ms() as u64, std::process::id());
-        let leases = lease::Leases::new(settings.host.clone(), settings.lease_timeout);
+        let leases = Arc::new(lease::Leases::new(settings.host.clone(), settings.lease_timeout));
+        let renewer = runtime.spawn(lease::renew_in_background(Arc::downgrade(&leases), positions.clone()));
         Ok(NatsStreams {
             leases,
+            renewer,
             runtime,
             client,
             js,
@@ -929,6 +933,7 @@ impl Drop for NatsStreams {
     /// Stops the store's waiters on its runtime: the client unsubscribes through it.
     fn drop(&mut self) {
         let _runtime = self.runtime.enter();
+        self.renewer.abort();
         if let Ok(mut changes) = self.changes.lock() {
             for c in changes.drain().map(|(_, c)| c) {
                 if let Some(task) = c.task.lock().ok().and_then(|mut t| t.take()) {
@@ -1239,19 +1244,18 @@ impl StreamStore for NatsStreams {
             let (described, _) = self.describe(stream).await?;
             let description = &described.description;
             let mut consumers: Vec<BTreeMap<String, u64>> = vec![BTreeMap::new(); description.shards.len()];
+            // Only this stream's keys: the bucket also holds every other stream's and the shared state.
             let prefix = format!("{}.", token(stream));
-            let mut keys = self.positions.keys().await.map_err(|e| unavailable(stream, e))?;
-            while let Some(key) = keys.next().await {
-                let key = key.map_err(|e| unavailable(stream, e))?;
+            let found =
+                shared::scan(&self.client, &self.positions, &prefix).await.map_err(|e| unavailable(stream, e))?;
+            for (key, position, _) in found {
                 let Some((shard, consumer)) = key.strip_prefix(&prefix).and_then(|k| k.split_once('.')) else {
                     continue;
                 };
                 let Some(shard) = shard.parse::<usize>().ok().filter(|&s| s < consumers.len()) else { continue };
-                if let Some(position) = self.positions.get(&key).await.map_err(|e| unavailable(stream, e))? {
-                    let consumer = untoken(consumer);
-                    if let Some(position) = read_position(stream, &consumer, &position)? {
-                        consumers[shard].insert(consumer, position);
-                    }
+                let consumer = untoken(consumer);
+                if let Some(position) = read_position(stream, &consumer, &position)? {
+                    consumers[shard].insert(consumer, position);
                 }
             }
             let mut shards = Vec::with_capacity(description.shards.len());
