@@ -90,6 +90,16 @@ impl NatsCluster {
         answer.json().await.ok()
     }
 
+    /// Messages ever stored in the cluster's streams, as node 0 counts them (the
+    /// sum of their last sequences: records, and every revision of a bucket's keys).
+    pub async fn messages_stored(&self) -> Option<u64> {
+        let url = format!("http://127.0.0.1:{}/jsz?streams=true", self.nodes.ports(0).monitor);
+        let jsz: Value = reqwest::get(&url).await.ok()?.json().await.ok()?;
+        let accounts = jsz["account_details"].as_array()?;
+        let streams = accounts.iter().flat_map(|a| a["stream_detail"].as_array().cloned().unwrap_or_default());
+        Some(streams.map(|s| s["state"]["last_seq"].as_u64().unwrap_or(0)).sum())
+    }
+
     /// The node leading JetStream stream `stream`, as the first running node
     /// that knows it says, or `None` while none does.
     pub async fn stream_leader(&self, stream: &str) -> Option<String> {

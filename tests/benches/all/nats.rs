@@ -12,11 +12,14 @@
 //! 3. The showcase's day (seed 7: the whole day, the day until 02:00 with
 //!    `--quick`) on one, two and three `weir run` hosts sharing the cluster,
 //!    beside one host on the local disk: the shipped manifest, with `[storage]`
-//!    added for the cluster, sent by `weir simulate --to` to the first host;
-//!    timed from the first threshold sent until every consumer (stage and
-//!    delivery) has read everything, the streams stand still and every
-//!    well-formed line is a warehouse row. Lines/s ÷ the local host's, and how
-//!    busy the two cores were meanwhile.
+//!    added for the cluster and the windows' idle timeout at 1 s (a fixed wait), sent with the thresholds as `weir simulate --to`
+//!    sends them to the first host, then one line of each station from the
+//!    next day (which closes the day's last windows); timed from the first
+//!    threshold sent until both aggregators closed the day's windows, every
+//!    consumer (stage and delivery) has read everything, the streams stand
+//!    still and every well-formed line is a warehouse row. Lines/s ÷ the local host's, how busy the two cores were
+//!    meanwhile, and how many messages the cluster stored (what its synced
+//!    writes alone take, at the rate measured in 1).
 //!
 //! All of it runs on the same two cores and one disk: the three servers, the client
 //! and the producers share them, so the NATS figures are what one small
@@ -139,6 +142,8 @@ struct DayRun {
     rows: usize,
     /// Share of both cores busy meanwhile.
     busy: f64,
+    /// Messages the cluster stored, if it ran on one.
+    stored: Option<u64>,
 }
 
 /// The day's `lines` on `hosts` `weir run` processes of the shipped manifest
@@ -146,13 +151,27 @@ struct DayRun {
 fn day_on(
     runtime: &tokio::runtime::Runtime,
     hosts: usize,
-    storage: &str,
+    cluster: Option<&NatsCluster>,
     lines: &[weir_host::simulate::TollLine],
+    day_end: i64,
 ) -> DayRun {
     let dir = tempfile::tempdir_in(weir_tests::root().join("target")).expect("tempdir on the project's disk");
     let top = dir.path();
     let (_desk, hook) = runtime.block_on(weir_tests::operations_desk());
-    let manifest = weir_tests::showcase_manifest(top, "1s", &hook) + storage;
+    let storage = cluster.map_or(String::new(), |cluster| {
+        let servers: Vec<String> = cluster.servers().iter().map(|s| format!("{s:?}")).collect();
+        format!("\n[storage]\nbackend = \"nats\"\nservers = [{}]\n", servers.join(", "))
+    });
+    let manifest = weir_tests::showcase_manifest(top, "1s", &hook) + &storage;
+    // Windows wait for a source's other producers, and close past idle sources, after
+    // one second, not thirty: a fixed wait, the same on any store, that would be most
+    // of a small day's time.
+    for fragment in ["billing.toml", "traffic.toml"] {
+        let path = top.join("abc-tolls").join(fragment);
+        let text = std::fs::read_to_string(&path).expect("a fragment");
+        assert!(text.contains("idle-timeout = \"30s\""), "{fragment} has an idle timeout");
+        std::fs::write(&path, text.replace("idle-timeout = \"30s\"", "idle-timeout = \"1s\"")).expect("write");
+    }
     let children: Vec<ChildHost> = (0..hosts).map(|i| ChildHost::start(top, &format!("host-{i}"), &manifest)).collect();
     let logs = || children.iter().map(ChildHost::logged).collect::<Vec<_>>().join("\n----\n");
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -174,18 +193,42 @@ fn day_on(
     let client = weir_host::client::Client::new(&children[0].url()).expect("a client");
     let refused = runtime.block_on(weir_host::simulate::send_day(client, lines, |_| {})).expect("send the day");
     assert_eq!(refused, 0, "lines refused:\n{}", logs());
-    // Done: every consumer read everything, the streams stood still for a poll, and
-    // every well-formed line is a row.
+    // Done: every line in, the day's windows closed, every stage and delivery read
+    // everything, the streams stood still for half a second, and every well-formed
+    // line is a row.
     let deadline = Instant::now() + Duration::from_secs(1800);
     let mut last: Option<(serde_json::Value, Duration)> = None;
     let took = loop {
         assert!(Instant::now() < deadline, "the day did not settle in 30 minutes:\n{}", logs());
-        std::thread::sleep(Duration::from_millis(250));
-        let Some(status) = runtime.block_on(children[0].status()) else { continue };
-        let read_all = status["consumers"].as_array().is_some_and(|c| c.iter().all(|c| c["lag_records"] == 0));
+        std::thread::sleep(Duration::from_millis(500));
+        let statuses: Vec<serde_json::Value> =
+            children.iter().filter_map(|child| runtime.block_on(child.status())).collect();
+        let Some(status) = statuses.first().filter(|_| statuses.len() == children.len()) else { continue };
+        // Both aggregators, on whichever host runs them, closed the day's windows.
+        let closed = ["billing-sum", "traffic-count"].iter().all(|stage| {
+            statuses.iter().any(|s| {
+                let all = s["stages"].as_array().cloned().unwrap_or_default();
+                all.iter().any(|st| {
+                    st["name"] == *stage
+                        && st["shard_holders"][0] == s["host"]
+                        && st["windows"]["watermark_ms"].as_i64().is_some_and(|w| w >= day_end)
+                })
+            })
+        });
+        // Every stage and delivery among the consumers, none behind.
+        let names = |kind: &str, prefix: &str| -> Vec<String> {
+            let all = status[kind].as_array().cloned().unwrap_or_default();
+            all.iter().filter_map(|s| s["name"].as_str().map(|n| format!("{prefix}{n}"))).collect()
+        };
+        let consumers = status["consumers"].as_array().cloned().unwrap_or_default();
+        let read_all = names("stages", "")
+            .into_iter()
+            .chain(names("deliveries", "delivery-"))
+            .all(|name| consumers.iter().any(|c| c["consumer"] == name.as_str()))
+            && consumers.iter().all(|c| c["lag_records"] == 0);
         let all_in = status["streams"]["toll-lines"].as_u64() == Some(lines.len() as u64);
         let now = (status["streams"].clone(), started.elapsed());
-        if !(read_all && all_in && rows() >= expected.len()) {
+        if !(read_all && all_in && closed && rows() >= expected.len()) {
             last = None;
             continue;
         }
@@ -197,16 +240,32 @@ fn day_on(
     let (busy_after, total_after) = cpu_jiffies();
     let busy = (busy_after - busy_before) as f64 / (total_after - total_before).max(1) as f64;
     assert_eq!(rows(), expected.len(), "one row per well-formed line");
-    DayRun { took, rows: rows(), busy }
+    let stored = cluster.and_then(|cluster| runtime.block_on(cluster.messages_stored()));
+    DayRun { took, rows: rows(), busy, stored }
+}
+
+/// One line of each station from 02:00 the next day, sent after the day: every
+/// station's watermark passes the day's last windows at once, as the next day's
+/// traffic closes them, rather than the clock half a minute or a minute later
+/// (an idle source's watermark follows the clock).
+fn closing_bell() -> Vec<weir_host::simulate::TollLine> {
+    let next = DAY + 24 * 3_600_000;
+    let mut stations = BTreeSet::new();
+    weir_host::simulate::generate_day(7, next)
+        .into_iter()
+        .filter(|l| l.time_ms >= next + 2 * 3_600_000 && l.text.split(',').count() == 8 && stations.insert(l.station))
+        .collect()
 }
 
 /// The showcase's day on the local disk and on 1, 2 and 3 hosts sharing a cluster.
-fn showcase_day(size: Size, runtime: &tokio::runtime::Runtime, report: &mut Report) {
+fn showcase_day(size: Size, runtime: &tokio::runtime::Runtime, synced_writes: f64, report: &mut Report) {
     let until = DAY + size.pick(24, 2) * 3_600_000;
     let lines: Vec<_> = weir_host::simulate::generate_day(7, DAY).into_iter().filter(|l| l.time_ms < until).collect();
     println!("the showcase's day until {}: {} lines", weir_host::time::format_ms(until), lines.len());
-    let local = day_on(runtime, 1, "", &lines);
-    let rate = |run: &DayRun| lines.len() as f64 / run.took.as_secs_f64();
+    let day = lines.len();
+    let lines: Vec<_> = lines.into_iter().chain(closing_bell()).collect();
+    let local = day_on(runtime, 1, None, &lines, until);
+    let rate = |run: &DayRun| day as f64 / run.took.as_secs_f64();
     println!(
         "1 host, local disk: {:.1?}, {:.0} lines/s, {} rows; cores {:.0}% busy",
         local.took,
@@ -216,10 +275,7 @@ fn showcase_day(size: Size, runtime: &tokio::runtime::Runtime, report: &mut Repo
     );
     for hosts in 1..=3 {
         let cluster = runtime.block_on(NatsCluster::start(3));
-        let servers: Vec<String> = cluster.servers().iter().map(|s| format!("{s:?}")).collect();
-        let storage =
-            format!("\n[storage]\nbackend = \"nats\"\nservers = [{}]\nlease-timeout = \"5s\"\n", servers.join(", "));
-        let run = day_on(runtime, hosts, &storage, &lines);
+        let run = day_on(runtime, hosts, Some(&cluster), &lines, until);
         println!(
             "{hosts} host(s), NATS: {:.1?}, {:.0} lines/s, {} rows; cores {:.0}% busy ({:.2} of the local host's rate)",
             run.took,
@@ -228,6 +284,13 @@ fn showcase_day(size: Size, runtime: &tokio::runtime::Runtime, report: &mut Repo
             run.busy * 100.0,
             rate(&run) / rate(&local)
         );
+        if let Some(stored) = run.stored {
+            // What the servers' synced writes alone take, at the rate measured above.
+            println!(
+                "   the cluster stored {stored} messages (records, state and position changes): {:.0} s at {synced_writes:.0} synced writes/s",
+                stored as f64 / synced_writes
+            );
+        }
         report.rows.push(Row::rates(
             format!("the showcase's day on {hosts} host(s) sharing NATS (3 nodes, R3) ÷ 1 host on the local disk"),
             Figure::PerSecond(rate(&run), "lines"),
@@ -252,6 +315,7 @@ pub fn run(size: Size, report: &mut Report) {
     println!(
         "three NATS nodes on loopback, R3, sync always; {BATCH} records of {RECORD} bytes per put, {seconds} s each"
     );
+    let mut synced_writes: f64 = 0.0;
     for producers in [1, 8] {
         let (mut on_nats, mut on_disk) = (Vec::new(), Vec::new());
         for turn in 0..turns {
@@ -259,6 +323,7 @@ pub fn run(size: Size, report: &mut Report) {
             on_disk.push(puts(&local, &format!("puts-{producers}-{turn}"), producers, seconds));
         }
         let (n, d) = (median(&on_nats), median(&on_disk));
+        synced_writes = synced_writes.max(n);
         println!("{producers} producer(s): NATS {n:.0} records/s, local disk {d:.0} records/s: {:.2}", n / d);
         report.rows.push(Row::rates(
             format!("PutRecords-sized puts on NATS (3 nodes, R3) ÷ local disk, {producers} producer(s)"),
@@ -282,6 +347,6 @@ pub fn run(size: Size, report: &mut Report) {
     ));
     drop(nats);
     drop(cluster);
-    showcase_day(size, &runtime, report);
+    showcase_day(size, &runtime, synced_writes, report);
     drop(runtime);
 }
